@@ -1,0 +1,86 @@
+"""cellvault: backup, restore and disaster recovery for the cells of a PaaS platform.
+
+>>> import cellvault
+>>> vault = cellvault.Vault.from_env()          # the seed's BACKUP_* variables
+>>> report = vault.backup(kind="incremental")   # doctest: +SKIP
+>>> report.ok                                    # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._version import __version__
+from .archive import ArchiveId, ArchiveMeta, Selector, Sidecar
+from .cell import Cell
+from .config import Config, load_env, load_toml
+from .errors import (
+    ArchiveCorrupt,
+    ArchiveNotFound,
+    BackupError,
+    CellvaultError,
+    ConfigError,
+    LockHeld,
+    RestoreError,
+    TargetError,
+    UnsafeArchive,
+)
+from .events import Event
+from .hookspecs import hookimpl
+from .manifest import Entry, Manifest
+from .report import (
+    BackupReport,
+    CellReport,
+    CellRestore,
+    Failure,
+    RestoreReport,
+    TargetOutcome,
+    VerifyReport,
+    VerifyResult,
+)
+from .targets import FsspecTarget, LocalTarget, ObjectInfo, Target, TargetSpec
+from .vault import ArchiveInfo, Vault
+
+# A library leaves output to its host: nothing is printed unless it configures logging.
+logging.getLogger("cellvault").addHandler(logging.NullHandler())
+
+__all__ = [
+    "ArchiveCorrupt",
+    "ArchiveId",
+    "ArchiveInfo",
+    "ArchiveMeta",
+    "ArchiveNotFound",
+    "BackupError",
+    "BackupReport",
+    "Cell",
+    "CellReport",
+    "CellRestore",
+    "CellvaultError",
+    "Config",
+    "ConfigError",
+    "Entry",
+    "Event",
+    "Failure",
+    "FsspecTarget",
+    "LocalTarget",
+    "LockHeld",
+    "Manifest",
+    "ObjectInfo",
+    "RestoreError",
+    "RestoreReport",
+    "Selector",
+    "Sidecar",
+    "Target",
+    "TargetError",
+    "TargetOutcome",
+    "TargetSpec",
+    "UnsafeArchive",
+    "Vault",
+    "VerifyReport",
+    "VerifyResult",
+    "__version__",
+    "hookimpl",
+    "load_env",
+    "load_toml",
+]

@@ -1,0 +1,312 @@
+"""Archive identities, metadata and the sidecar that commits an archive.
+
+An archive is one immutable backup of one cell at one instant. Its id is
+``cell_<cell>_<YYYYMMDD_HHMMSS>`` (the stamp is UTC), which is also its file
+name on every target: ``<root>/<cell>/<id>.tar.zst`` (or ``.tar.gz``) and the
+sidecar ``<root>/<cell>/<id>.json``, written last, that makes it count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from .cell import validate_cell_name
+from .errors import ArchiveCorrupt, ConfigError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ArchiveId",
+    "ArchiveMeta",
+    "Kind",
+    "Selector",
+    "Sidecar",
+    "format_stamp",
+    "parse_stamp",
+]
+
+#: Version of the archive format this cellvault writes (see docs/format.md).
+FORMAT_VERSION = 1
+
+Kind = Literal["full", "incremental"]
+KINDS: tuple[str, ...] = ("full", "incremental")
+
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+_STAMP = re.compile(r"\d{8}_\d{6}")
+_ID = re.compile(r"cell_(?P<cell>[a-z0-9][a-z0-9_-]*)_(?P<stamp>\d{8}_\d{6})")
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC, to the second (archive stamps have one-second resolution)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def format_stamp(when: dt.datetime) -> str:
+    """Format an aware datetime as an archive stamp (``YYYYMMDD_HHMMSS``, UTC)."""
+    if when.tzinfo is None:
+        raise ValueError("archive stamps are made from timezone-aware datetimes")
+    return when.astimezone(dt.UTC).strftime(STAMP_FORMAT)
+
+
+def parse_stamp(text: str) -> dt.datetime:
+    """Parse an archive stamp into an aware UTC datetime."""
+    if not _STAMP.fullmatch(text):
+        raise ConfigError(f"malformed archive stamp {text!r}", hint="expected YYYYMMDD_HHMMSS")
+    try:
+        return dt.datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError as exc:
+        raise ConfigError(f"malformed archive stamp {text!r}: {exc}") from None
+
+
+@attrs.frozen(order=True)
+class ArchiveId:
+    """The identity of one archive: a cell and a UTC instant to the second.
+
+    Ordered by cell, then time. ``str(ArchiveId)`` is the id as the seed names
+    its packages: ``cell_crm_20250101_020000``.
+    """
+
+    cell: str = attrs.field(validator=lambda _, __, v: validate_cell_name(v))
+    when: dt.datetime = attrs.field()
+
+    @when.validator
+    def _check_when(self, attribute: attrs.Attribute[dt.datetime], value: dt.datetime) -> None:
+        if value.tzinfo is None or value.microsecond:
+            raise ValueError("an archive instant is timezone-aware and whole seconds")
+
+    @property
+    def stamp(self) -> str:
+        """The ``YYYYMMDD_HHMMSS`` part of the id."""
+        return format_stamp(self.when)
+
+    def __str__(self) -> str:
+        return f"cell_{self.cell}_{self.stamp}"
+
+    @classmethod
+    def parse(cls, text: str) -> ArchiveId:
+        """Parse ``cell_<cell>_<YYYYMMDD_HHMMSS>``; raise :class:`ConfigError` otherwise."""
+        match = _ID.fullmatch(text)
+        if not match:
+            raise ConfigError(
+                f"malformed archive id {text!r}",
+                hint="archive ids look like cell_crm_20250101_020000",
+            )
+        return cls(match["cell"], parse_stamp(match["stamp"]))
+
+    @classmethod
+    def is_id(cls, text: str) -> bool:
+        """Tell whether *text* has the shape of an archive id."""
+        return _ID.fullmatch(text) is not None
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _from_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+@attrs.frozen
+class ArchiveMeta:
+    """What ``meta.json``, the first member of every archive, says.
+
+    ``backed_at`` is the instant the scan started, in UTC, to the microsecond;
+    the seed's verify checks that it is present.
+    """
+
+    id: ArchiveId
+    kind: str = attrs.field(validator=attrs.validators.in_(KINDS))
+    backed_at: dt.datetime
+    host: str
+    version: str
+    codec: str
+    parent: ArchiveId | None = None
+    #: The archive ids this one needs to restore, oldest first, itself excluded.
+    chain: tuple[ArchiveId, ...] = ()
+    #: archive root name -> the absolute path it was taken from.
+    roots: Mapping[str, str] = attrs.field(factory=dict)
+    #: Why the archive was made: "scheduled", "pre-restore", "demo", ...
+    reason: str = "scheduled"
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written as ``meta.json``."""
+        return {
+            "format": self.format,
+            "id": str(self.id),
+            "cell": self.id.cell,
+            "kind": self.kind,
+            "parent": str(self.parent) if self.parent else None,
+            "chain": [str(a) for a in self.chain],
+            "backed_at": _iso(self.backed_at),
+            "host": self.host,
+            "cellvault_version": self.version,
+            "codec": self.codec,
+            "roots": dict(self.roots),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchiveMeta:
+        """Read ``meta.json``; raise :class:`ArchiveCorrupt` when it is unusable."""
+        ident = str(data.get("id", "?"))
+        try:
+            if "backed_at" not in data:
+                raise KeyError("backed_at")
+            return cls(
+                id=ArchiveId.parse(data["id"]),
+                kind=data["kind"],
+                backed_at=_from_iso(data["backed_at"]),
+                host=data.get("host", ""),
+                version=data.get("cellvault_version", ""),
+                codec=data.get("codec", ""),
+                parent=ArchiveId.parse(data["parent"]) if data.get("parent") else None,
+                chain=tuple(ArchiveId.parse(a) for a in data.get("chain", ())),
+                roots=dict(data.get("roots", {})),
+                reason=data.get("reason", "scheduled"),
+                format=int(data.get("format", FORMAT_VERSION)),
+            )
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise ArchiveCorrupt(
+                f"meta.json is unusable ({type(exc).__name__}: {exc})", archive=ident, member="meta.json"
+            ) from None
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+
+
+@attrs.frozen
+class Sidecar:
+    """The commit marker ``<id>.json`` stored beside an archive, after it.
+
+    A target lists an archive only when its sidecar exists, so a crash during
+    an upload leaves debris, never a half archive that looks whole.
+    """
+
+    meta: ArchiveMeta
+    #: File name of the archive data on the target (``<id>.tar.zst``).
+    data_name: str
+    size: int
+    sha256: str
+    files: int = 0
+    bytes_read: int = 0
+
+    @property
+    def id(self) -> ArchiveId:
+        return self.meta.id
+
+    def to_json(self) -> bytes:
+        body = {
+            **self.meta.to_dict(),
+            "data": self.data_name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "files": self.files,
+            "bytes_read": self.bytes_read,
+        }
+        return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, name: str = "?") -> Sidecar:
+        """Parse a sidecar; raise :class:`ArchiveCorrupt` when it is unusable."""
+        try:
+            data = json.loads(raw)
+            meta = ArchiveMeta.from_dict(data)
+            return cls(
+                meta=meta,
+                data_name=str(data["data"]),
+                size=int(data["size"]),
+                sha256=str(data["sha256"]),
+                files=int(data.get("files", 0)),
+                bytes_read=int(data.get("bytes_read", 0)),
+            )
+        except ArchiveCorrupt:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchiveCorrupt(f"sidecar is unusable ({type(exc).__name__}: {exc})", archive=name) from None
+
+
+_DATE_PREFIX = re.compile(r"\d{8}(_\d{1,6})?")
+
+
+@attrs.frozen
+class Selector:
+    """Which archive of a cell to pick, as an operator says it.
+
+    * ``latest``: the newest committed archive;
+    * an exact id: ``cell_crm_20250101_020000``;
+    * a date prefix, as the seed's ``RESTORE_DATE``: ``20250101_0200`` matches
+      ``20250101_020000`` (the newest match wins);
+    * an ISO 8601 time (``2025-01-01T02:30:00+08:00``; UTC when no zone is
+      given): the newest archive at or before it.
+    """
+
+    text: str
+    kind: Literal["latest", "id", "prefix", "before"]
+    before: dt.datetime | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Selector:
+        """Parse what an operator typed; raise :class:`ConfigError` for a malformed date."""
+        text = text.strip()
+        if text == "latest":
+            return cls(text, "latest")
+        if text.startswith("cell_"):
+            ArchiveId.parse(text)
+            return cls(text, "id")
+        if _DATE_PREFIX.fullmatch(text):
+            _check_prefix(text)
+            return cls(text, "prefix")
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"malformed restore date {text!r}",
+                hint="use 'latest', an archive id, a date prefix such as 20250101_0200, "
+                "or an ISO time such as 2025-01-01T02:00:00Z",
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return cls(text, "before", when.astimezone(dt.UTC))
+
+    @classmethod
+    def at_or_before(cls, when: dt.datetime) -> Selector:
+        """The newest archive at or before *when*."""
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return cls(when.isoformat(), "before", when.astimezone(dt.UTC))
+
+    def matches(self, ident: ArchiveId) -> bool:
+        """Tell whether *ident* is a candidate (the newest candidate wins)."""
+        if self.kind == "latest":
+            return True
+        if self.kind == "id":
+            return str(ident) == self.text
+        if self.kind == "prefix":
+            return ident.stamp.startswith(self.text)
+        assert self.before is not None
+        return ident.when <= self.before
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _check_prefix(text: str) -> None:
+    """Reject prefixes that name no possible instant (month 13, hour 25, ...)."""
+    digits = text.replace("_", "")
+    # Pad the prefix with the smallest valid completion and parse it.
+    template = "20000101000000"
+    full = digits + template[len(digits) :]
+    try:
+        dt.datetime.strptime(full, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise ConfigError(
+            f"malformed restore date {text!r}: no such date or time",
+            hint="a date prefix is YYYYMMDD, optionally followed by _HH, _HHMM or _HHMMSS",
+        ) from None

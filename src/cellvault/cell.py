@@ -1,0 +1,103 @@
+"""Cells: the independent units of the platform that are backed up on their own."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["Cell", "validate_cell_name"]
+
+CELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# Names that would collide with what cellvault keeps beside the cells' folders
+# in a backup directory (the seed's ``<backup_dir>/logs``).
+RESERVED_NAMES = frozenset({"logs"})
+
+
+def validate_cell_name(name: str) -> str:
+    """Return *name* if it is a valid cell name, else raise :class:`ConfigError`."""
+    if not isinstance(name, str) or not CELL_NAME.fullmatch(name) or len(name) > 64:
+        raise ConfigError(
+            f"invalid cell name {name!r}",
+            hint="a cell name is 1-64 characters of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit",
+        )
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"cell name {name!r} is reserved", hint="choose another name")
+    return name
+
+
+def _check_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    validate_cell_name(value)
+
+
+def _to_paths(value: Iterable[str | Path]) -> tuple[Path, ...]:
+    if isinstance(value, str | Path):
+        value = [value]
+    return tuple(Path(p).expanduser() for p in value)
+
+
+def _check_paths(cell: Cell, attribute: attrs.Attribute[tuple[Path, ...]], value: tuple[Path, ...]) -> None:
+    if not value:
+        raise ConfigError(f"cell {cell.name}: no paths configured", hint="give the cell's data paths")
+    seen: dict[str, Path] = {}
+    for path in value:
+        if not path.is_absolute():
+            raise ConfigError(
+                f"cell {cell.name}: path {str(path)!r} is not absolute",
+                hint="give absolute paths so a restore knows where the data belongs",
+            )
+        root = path.name
+        if not root:
+            raise ConfigError(f"cell {cell.name}: cannot back up the file system root '/'")
+        if root in seen:
+            raise ConfigError(
+                f"cell {cell.name}: paths {seen[root]} and {path} have the same name {root!r}",
+                hint="each path of a cell is kept under its last name; rename or split the cell",
+            )
+        seen[root] = path
+
+
+@attrs.frozen
+class Cell:
+    """A named unit of the platform: its data paths, what to leave out, its dumpers.
+
+    Each path is kept in the archive under ``data/<last name of the path>/``,
+    so the names of one cell's paths must differ. *exclude* holds glob patterns:
+    one without a ``/`` matches a name at any depth (``*.tmp``, ``cache``), one
+    with a ``/`` matches a path relative to the cell path (``logs/*.gz``).
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    paths: tuple[Path, ...] = attrs.field(converter=_to_paths, validator=_check_paths)
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Dumper specifications (name -> options), run at backup time; see :mod:`cellvault.dumpers`.
+    dumpers: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def roots(self) -> dict[str, Path]:
+        """Map each archive root name (``data/<root>``) to the path it comes from."""
+        return {p.name: p for p in self.paths}
+
+    def excludes(self, relpath: PurePosixPath) -> bool:
+        """Tell whether *relpath* (relative to one of the cell's paths) is excluded."""
+        return is_excluded(relpath, self.exclude)
+
+
+def is_excluded(relpath: PurePosixPath, patterns: Sequence[str]) -> bool:
+    """Match *relpath* against gitignore-like glob *patterns*."""
+    text = relpath.as_posix()
+    for pattern in patterns:
+        pat = pattern.rstrip("/")
+        if "/" in pat:
+            if fnmatch.fnmatchcase(text, pat.lstrip("/")):
+                return True
+        elif fnmatch.fnmatchcase(relpath.name, pat):
+            return True
+    return False

@@ -1,0 +1,342 @@
+"""Configuration: from Python, from a TOML file, or from the seed's environment variables.
+
+The seed's ``backup_config.env`` is read as it is (``--env-file``); the process
+environment wins over the file, as in the seed's cron line
+``. backup_config.env; BACKUP_TYPE=full backup_runner.sh``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .cell import Cell, validate_cell_name
+from .codec import get_codec
+from .errors import ConfigError
+from .lock import DEFAULT_TTL
+from .targets.base import TargetSpec
+
+__all__ = ["KNOWN_ENV", "Config", "load_env", "load_toml"]
+
+#: Every environment variable cellvault reads (others starting with BACKUP_ or
+#: RESTORE_ are reported as unknown, with a suggestion).
+KNOWN_ENV: tuple[str, ...] = (
+    "BACKUP_DIR",
+    "BACKUP_TYPE",
+    "BACKUP_TARGETS",
+    "BACKUP_CELLS",
+    "BACKUP_CELLS_ROOT",
+    "BACKUP_EXCLUDE",
+    "BACKUP_CODEC",
+    "BACKUP_COMPRESSION_LEVEL",
+    "BACKUP_JOBS",
+    "BACKUP_VERIFY",
+    "BACKUP_MAX_CHAIN",
+    "BACKUP_CHECKSUM",
+    "BACKUP_S3_BUCKET",
+    "BACKUP_S3_PREFIX",
+    "BACKUP_S3_ENDPOINT",
+    "BACKUP_S3_REGION",
+    "BACKUP_OSS_BUCKET",
+    "BACKUP_OSS_PREFIX",
+    "BACKUP_OSS_ENDPOINT",
+    "BACKUP_NAS_PATH",
+    "BACKUP_NAS_RSYNC",
+    "BACKUP_ALERT_WEBHOOK",
+    "BACKUP_ALERT_LOG",
+    "RESTORE_DATE",
+    "RESTORE_CELL",
+    "RESTORE_SKIP_PREBACKUP",
+    "RESTORE_INTO",
+)
+# Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL.
+_FAMILY_PREFIXES = ("BACKUP_CELL_", "BACKUP_TARGET_")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{attribute.name} must be at least 1, not {value}")
+
+
+@attrs.frozen
+class Config:
+    """Everything a :class:`~cellvault.Vault` needs.
+
+    *targets* default to one local target, ``local``, in *backup_dir*. The
+    first target is the primary: restores look there first.
+    """
+
+    backup_dir: Path = attrs.field(converter=lambda p: Path(p).expanduser().absolute())
+    cells: tuple[Cell, ...] = attrs.field(default=(), converter=tuple)
+    targets: tuple[TargetSpec, ...] = attrs.field(default=(), converter=tuple)
+    codec: str = "zstd"
+    level: int | None = None
+    #: Cells backed up (and restored) at once.
+    jobs: int = attrs.field(default=2, validator=_positive)
+    #: Read every stored copy back and check it after each backup.
+    verify_after_backup: bool = True
+    #: Incrementals in a row before the next backup is full again.
+    max_chain: int = attrs.field(default=30, validator=_positive)
+    #: Hash every file at incremental time, to catch changes that keep size and mtime.
+    checksum: bool = False
+    lock_ttl: float = DEFAULT_TTL
+    #: Defaults for the command line, from BACKUP_TYPE and RESTORE_*.
+    backup_type: str = attrs.field(default="full", validator=attrs.validators.in_(("full", "incremental")))
+    restore_date: str | None = None
+    restore_cell: str | None = None
+    restore_skip_prebackup: bool = False
+    restore_into: Path | None = None
+    #: Settings read but owned by plugins (alerts, ...), name -> value.
+    extra: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        get_codec(self.codec, self.level)
+        names = [c.name for c in self.cells]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ConfigError(f"cell {sorted(dupes)[0]} is configured twice")
+        tnames = [t.name for t in self.targets]
+        tdupes = {n for n in tnames if tnames.count(n) > 1}
+        if tdupes:
+            raise ConfigError(f"target {sorted(tdupes)[0]} is configured twice")
+
+    @property
+    def target_specs(self) -> tuple[TargetSpec, ...]:
+        """The targets, or the default local one in the backup directory."""
+        return self.targets or (TargetSpec("local", str(self.backup_dir)),)
+
+    def cell(self, name: str) -> Cell:
+        """The configured cell *name*; :class:`ConfigError` listing the known ones otherwise."""
+        for cell in self.cells:
+            if cell.name == name:
+                return cell
+        validate_cell_name(name)
+        known = ", ".join(c.name for c in self.cells) or "none"
+        raise ConfigError(f"unknown cell {name!r}", hint=f"configured cells: {known}")
+
+
+# -- environment -------------------------------------------------------------
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read a shell-style env file (``export X=...``, quotes, ``${VAR}``, comments)."""
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        raise ConfigError(f"env file {path} does not exist", hint="check --env-file")
+    return {k: v for k, v in dotenv_values(path, interpolate=True).items() if v is not None}
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Variables that look like cellvault's but are not, each with a suggestion."""
+    out = []
+    for key in sorted(environ):
+        if not key.startswith(("BACKUP_", "RESTORE_")) or key in KNOWN_ENV:
+            continue
+        if key.startswith(_FAMILY_PREFIXES):
+            continue
+        match = difflib.get_close_matches(key, KNOWN_ENV, n=1, cutoff=0.75)
+        out.append((key, match[0] if match else None))
+    return out
+
+
+def _flag(environ: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = environ.get(key)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{key}={raw!r} is not a yes/no value", hint="use 1 or 0")
+
+
+def _int(environ: Mapping[str, str], key: str, default: int | None) -> int | None:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a whole number") from None
+
+
+def _env_key(cell: str) -> str:
+    return cell.upper().replace("-", "_")
+
+
+def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Config:
+    """Build a :class:`Config` from the seed's variables (and an optional env file)."""
+    env: dict[str, str] = {}
+    if env_file is not None:
+        env.update(read_env_file(env_file))
+    env.update(os.environ if environ is None else environ)
+
+    backup_dir = env.get("BACKUP_DIR", "").strip()
+    if not backup_dir:
+        raise ConfigError("BACKUP_DIR is not set", hint="set it to the local backup directory, e.g. /backup/paas")
+
+    cells = []
+    names = env.get("BACKUP_CELLS", "").replace(",", " ").split()
+    root = env.get("BACKUP_CELLS_ROOT", "").strip()
+    common_exclude = tuple(env.get("BACKUP_EXCLUDE", "").split())
+    for name in names:
+        validate_cell_name(name)
+        key = _env_key(name)
+        raw_paths = env.get(f"BACKUP_CELL_{key}_PATHS", "").strip()
+        if raw_paths:
+            paths = [p for p in raw_paths.split(":") if p]
+        elif root:
+            paths = [str(Path(root) / name)]
+        else:
+            raise ConfigError(
+                f"cell {name}: no data path",
+                hint=f"set BACKUP_CELLS_ROOT (cell {name} is then $BACKUP_CELLS_ROOT/{name}) "
+                f"or BACKUP_CELL_{key}_PATHS",
+            )
+        exclude = common_exclude + tuple(env.get(f"BACKUP_CELL_{key}_EXCLUDE", "").split())
+        cells.append(Cell(name, paths, exclude=exclude))
+
+    targets = [_env_target(t, env, backup_dir) for t in _split(env.get("BACKUP_TARGETS", "local"))]
+    backup_type = env.get("BACKUP_TYPE", "full").strip() or "full"
+    if backup_type not in ("full", "incremental"):
+        raise ConfigError(f"BACKUP_TYPE={backup_type!r} is neither full nor incremental")
+    into = env.get("RESTORE_INTO", "").strip()
+    return Config(
+        backup_dir=backup_dir,
+        cells=cells,
+        targets=targets,
+        codec=env.get("BACKUP_CODEC", "zstd").strip() or "zstd",
+        level=_int(env, "BACKUP_COMPRESSION_LEVEL", None),
+        jobs=_int(env, "BACKUP_JOBS", 2) or 2,
+        verify_after_backup=_flag(env, "BACKUP_VERIFY", True),
+        max_chain=_int(env, "BACKUP_MAX_CHAIN", 30) or 30,
+        checksum=_flag(env, "BACKUP_CHECKSUM", False),
+        backup_type=backup_type,
+        restore_date=env.get("RESTORE_DATE", "").strip() or None,
+        restore_cell=env.get("RESTORE_CELL", "").strip() or None,
+        restore_skip_prebackup=_flag(env, "RESTORE_SKIP_PREBACKUP", False),
+        restore_into=Path(into) if into else None,
+        extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
+    )
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.replace(" ", ",").split(",") if t.strip()]
+
+
+def _env_target(name: str, env: Mapping[str, str], backup_dir: str) -> TargetSpec:
+    if name == "local":
+        return TargetSpec("local", backup_dir)
+    if name == "s3":
+        bucket = _required(env, "BACKUP_S3_BUCKET", "s3")
+        url = f"s3://{bucket}/{env.get('BACKUP_S3_PREFIX', '').strip('/')}".rstrip("/")
+        options: dict[str, Any] = {}
+        if env.get("AWS_ACCESS_KEY_ID"):
+            options["key"] = env["AWS_ACCESS_KEY_ID"]
+            options["secret"] = env.get("AWS_SECRET_ACCESS_KEY", "")
+        client: dict[str, str] = {}
+        if env.get("BACKUP_S3_ENDPOINT"):
+            client["endpoint_url"] = env["BACKUP_S3_ENDPOINT"]
+        region = env.get("BACKUP_S3_REGION") or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
+        if region:
+            client["region_name"] = region
+        if client:
+            options["client_kwargs"] = client
+        return TargetSpec("s3", url, options)
+    if name == "oss":
+        bucket = _required(env, "BACKUP_OSS_BUCKET", "oss")
+        url = f"oss://{bucket}/{env.get('BACKUP_OSS_PREFIX', '').strip('/')}".rstrip("/")
+        options = {"endpoint": _required(env, "BACKUP_OSS_ENDPOINT", "oss")}
+        if env.get("OSS_ACCESS_KEY_ID"):
+            options["key"] = env["OSS_ACCESS_KEY_ID"]
+            options["secret"] = env.get("OSS_ACCESS_KEY_SECRET", "")
+        return TargetSpec("oss", url, options)
+    if name == "nas":
+        if env.get("BACKUP_NAS_PATH"):
+            return TargetSpec("nas", env["BACKUP_NAS_PATH"])
+        if env.get("BACKUP_NAS_RSYNC"):
+            return TargetSpec("nas", _rsync_url(env["BACKUP_NAS_RSYNC"]))
+        raise ConfigError("target nas needs BACKUP_NAS_PATH or BACKUP_NAS_RSYNC")
+    key = name.upper().replace("-", "_")
+    url = env.get(f"BACKUP_TARGET_{key}_URL")
+    if not url:
+        raise ConfigError(
+            f"unknown target {name!r} in BACKUP_TARGETS",
+            hint=f"use local, s3, oss or nas, or give its URL in BACKUP_TARGET_{key}_URL",
+        )
+    return TargetSpec(name, url)
+
+
+def _rsync_url(dest: str) -> str:
+    """``host::module/path`` and ``user@host:path`` as URLs the rsync target reads."""
+    if "://" in dest:
+        return dest
+    if "::" in dest:
+        host, _, rest = dest.partition("::")
+        return f"rsync://{host}/{rest}"
+    return f"rsync+ssh://{dest.replace(':', '/', 1)}"
+
+
+def _required(env: Mapping[str, str], key: str, target: str) -> str:
+    value = env.get(key, "").strip()
+    if not value:
+        raise ConfigError(f"target {target} needs {key}", hint=f"set {key} or remove {target} from BACKUP_TARGETS")
+    return value
+
+
+# -- TOML -------------------------------------------------------------------
+
+_TOP_KEYS = {f.name for f in attrs.fields(Config)} - {"cells", "targets", "extra"} | {"cells", "targets", "alerts"}
+_CELL_KEYS = {"paths", "exclude", "dumpers"}
+_TARGET_KEYS = {"url", "options"}
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            match = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"{where}: unknown key {key!r}", hint=hint)
+
+
+def load_toml(path: Path) -> Config:
+    """Build a :class:`Config` from a TOML file (see ``docs/configuration.md``)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", hint="check --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _check_keys(str(path), data, _TOP_KEYS)
+    if "backup_dir" not in data:
+        raise ConfigError(f"{path}: backup_dir is missing")
+    cells = []
+    for name, body in data.get("cells", {}).items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: [cells.{name}] must be a table")
+        _check_keys(f"{path} [cells.{name}]", body, _CELL_KEYS)
+        cells.append(Cell(name, body.get("paths", ()), exclude=body.get("exclude", ()), dumpers=body.get("dumpers", ())))
+    targets = []
+    for name, body in data.get("targets", {}).items():
+        if not isinstance(body, dict) or "url" not in body:
+            raise ConfigError(f"{path}: [targets.{name}] needs a url")
+        _check_keys(f"{path} [targets.{name}]", body, _TARGET_KEYS)
+        targets.append(TargetSpec(name, str(body["url"]), dict(body.get("options", {}))))
+    scalars = {k: v for k, v in data.items() if k not in ("cells", "targets", "alerts")}
+    if "restore_into" in scalars:
+        scalars["restore_into"] = Path(scalars["restore_into"])
+    try:
+        return Config(cells=cells, targets=targets, extra=dict(data.get("alerts", {})), **scalars)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None

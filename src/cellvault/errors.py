@@ -1,0 +1,108 @@
+"""The exceptions cellvault raises.
+
+Every failure a caller can act on is a :class:`CellvaultError`. Its message
+says what failed, where (cell, target, archive) and what to do; it never holds
+a secret. The command line maps :attr:`CellvaultError.exit_code` to the
+process exit status in one place and prints no traceback for these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchiveCorrupt",
+    "ArchiveNotFound",
+    "BackupError",
+    "CellvaultError",
+    "ConfigError",
+    "LockHeld",
+    "RestoreError",
+    "TargetError",
+    "UnsafeArchive",
+]
+
+
+class CellvaultError(Exception):
+    """Root of every error cellvault raises on purpose.
+
+    ``exit_code`` is what the command line exits with: 1 for a failed backup,
+    verify or restore, 2 for a usage or configuration problem.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class ConfigError(CellvaultError):
+    """The configuration or the command line's input cannot be used.
+
+    Raised where the bad value enters (a cell name, a date, a target URL), with
+    the field named.
+    """
+
+    exit_code = 2
+
+
+class TargetError(CellvaultError):
+    """A storage target could not be reached, read or written."""
+
+    def __init__(self, message: str, *, target: str, hint: str | None = None) -> None:
+        self.target = target
+        super().__init__(f"target {target}: {message}", hint=hint)
+
+
+class ArchiveNotFound(CellvaultError):  # noqa: N818 - the name reads as the condition
+    """No committed archive matches what was asked for."""
+
+
+class ArchiveCorrupt(CellvaultError):  # noqa: N818
+    """A stored archive does not match its sidecar or its manifest."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        archive: str,
+        member: str | None = None,
+        target: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.archive = archive
+        self.member = member
+        self.target = target
+        where = f"archive {archive}"
+        if member:
+            where += f", member {member}"
+        if target:
+            where += f", on target {target}"
+        super().__init__(f"{where}: {message}", hint=hint)
+
+
+class UnsafeArchive(ArchiveCorrupt):
+    """An archive member would escape the restore destination.
+
+    Absolute paths, ``..`` components, links pointing outside the destination,
+    hard links and device files are refused before anything is written.
+    """
+
+
+class LockHeld(CellvaultError):  # noqa: N818
+    """Another run holds the lock on a cell at a target."""
+
+    def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
+        self.holder = holder or {}
+        super().__init__(
+            message,
+            hint="wait for that run to finish; a lock whose holder died expires by itself",
+        )
+
+
+class BackupError(CellvaultError):
+    """A backup could not be made or stored."""
+
+
+class RestoreError(CellvaultError):
+    """A restore could not be completed; the live data was left as it was."""

@@ -1,0 +1,162 @@
+"""Leases: one writer per cell and target, and no lock that stays stale.
+
+A lease is a small JSON object at ``.locks/<cell>.lock`` on the target,
+created only if absent (a conditional create). Its holder renews it in the
+background; a lease whose expiry has passed, or whose holder process on this
+host is gone, is taken over. So a crashed run never needs a manual unlock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .errors import LockHeld
+from .log import get_logger
+
+if TYPE_CHECKING:
+    from .targets.base import Target
+
+__all__ = ["DEFAULT_TTL", "Lease"]
+
+log = get_logger(__name__)
+
+#: Seconds a lease lasts without renewal. It is renewed every third of that.
+DEFAULT_TTL = 120.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@attrs.define
+class Lease:
+    """A held lease on *cell* at *target*; release it with :meth:`release` or ``with``."""
+
+    target: Target
+    cell: str
+    purpose: str
+    ttl: float = DEFAULT_TTL
+    token: str = attrs.field(factory=lambda: secrets.token_hex(8))
+    since: dt.datetime = attrs.field(factory=_now)
+    _stop: threading.Event = attrs.field(factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def key(self) -> str:
+        return f".locks/{self.cell}.lock"
+
+    def _body(self) -> bytes:
+        now = _now()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "purpose": self.purpose,
+                "since": self.since.isoformat(),
+                "expires": (now + dt.timedelta(seconds=self.ttl)).isoformat(),
+                "token": self.token,
+            }
+        ).encode()
+
+    @classmethod
+    def acquire(cls, target: Target, cell: str, purpose: str, ttl: float = DEFAULT_TTL) -> Lease:
+        """Take the lease or raise :class:`LockHeld` naming its holder."""
+        lease = cls(target, cell, purpose, ttl)
+        with target.guard(f"lock cell {cell}"):
+            for _ in range(3):
+                if target.create_exclusive(lease.key, lease._body()):
+                    lease._start()
+                    log.debug("lock.acquired", target=target.name, cell=cell, purpose=purpose)
+                    return lease
+                holder = lease._holder()
+                if holder is None:
+                    continue  # released between our attempt and the read
+                if _is_stale(holder):
+                    log.warning("lock.expired", target=target.name, cell=cell, holder=holder)
+                    # Delete only the stale lease we saw, not one taken meanwhile.
+                    if lease._holder() == holder:
+                        target.delete(lease.key)
+                    continue
+                raise LockHeld(
+                    f"cell {cell} on target {target.name} is locked by {holder.get('purpose', 'a run')} "
+                    f"on host {holder.get('host')} (pid {holder.get('pid')}) since {holder.get('since')}",
+                    holder=holder,
+                )
+        raise LockHeld(f"cell {cell} on target {target.name}: the lock changed hands while taking it")
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            raw = self.target.read_bytes(self.key)
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+            return data if isinstance(data, dict) else {"unreadable": True}
+        except ValueError:
+            return {"unreadable": True}
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{self.cell}", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                holder = self._holder()
+                if holder is None or holder.get("token") != self.token:
+                    log.error("lock.lost", target=self.target.name, cell=self.cell)
+                    return
+                self.target.put_bytes(self.key, self._body())
+            except Exception as exc:  # renewal must never kill the run; the next try may work
+                log.warning("lock.renew_failed", target=self.target.name, cell=self.cell, error=str(exc))
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            holder = self._holder()
+            if holder is not None and holder.get("token") == self.token:
+                self.target.delete(self.key)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _is_stale(holder: dict[str, Any]) -> bool:
+    if holder.get("unreadable"):
+        return True  # every write of a lease is whole, so this is damage, not a holder
+    try:
+        expires = dt.datetime.fromisoformat(str(holder["expires"]))
+    except (KeyError, ValueError):
+        return False
+    if expires < _now():
+        return True
+    if holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        if isinstance(pid, int) and pid != os.getpid():
+            return not _alive(pid)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,107 @@
+"""Structured events, and the redaction that keeps secrets out of them.
+
+The library logs through :func:`get_logger`: structlog bound loggers that hand
+their events to the standard :mod:`logging` module (logger names under
+``cellvault``). A host application keeps control: nothing is printed unless it
+configures logging, and a structlog ``ProcessorFormatter`` renders the events
+as structlog would. The command line configures this with
+:func:`configure_logging`. Secrets are removed before an event leaves the
+library, so no handler can print them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import IO, Any
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger", "redact", "redact_text"]
+
+_SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|credential|signature|api[_-]?key|access[_-]?key)", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
+_QUERY_SECRET = re.compile(
+    r"(?P<k>[?&](?:X-Amz-Signature|X-Amz-Credential|Signature|OSSAccessKeyId|access_key|secret|token|password|sign)=)"
+    r"[^&\s]+",
+    re.I,
+)
+_ENV_SECRET = re.compile(r"(?P<k>\b[A-Z0-9_]*(?:SECRET|PASSWORD|TOKEN|ACCESS_KEY)[A-Z0-9_]*=)\S+")
+MASK = "***"
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials inside *text*: URL passwords, signed query strings, ``X_SECRET=...``."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['k']}{MASK}", text)
+    return _ENV_SECRET.sub(lambda m: f"{m['k']}{MASK}", text)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Return *value* with secrets masked, recursing into mappings and lists."""
+    if key and _SECRET_KEY.search(key) and value not in (None, ""):
+        return MASK
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, BaseException):
+        return redact_text(str(value))
+    return value
+
+
+def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        event_dict[key] = redact(event_dict[key], key)
+    return event_dict
+
+
+_PROCESSORS: list[Any] = [
+    structlog.stdlib.filter_by_level,
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.add_log_level,
+    _redact_processor,
+    structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+]
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger for module *name* whose events go to :mod:`logging`."""
+    return structlog.wrap_logger(  # type: ignore[no-any-return]
+        logging.getLogger(name),
+        processors=_PROCESSORS,
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+def configure_logging(fmt: str = "console", level: int = logging.INFO, stream: IO[str] | None = None) -> logging.Handler:
+    """Send cellvault's events to *stream* (stderr), rendered for people or as JSON lines.
+
+    For applications and the command line; the library never calls it itself.
+    Returns the handler so that a caller can remove it again.
+    """
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=True)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger("cellvault")
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -1,0 +1,158 @@
+"""What a run returns: reports per cell and per target, and failures.
+
+Reports are values: the command line prints them (or their JSON), a service
+that embeds cellvault reads them. ``ok`` tells whether everything succeeded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "BackupReport",
+    "CellReport",
+    "CellRestore",
+    "Failure",
+    "RestoreReport",
+    "TargetOutcome",
+    "VerifyReport",
+    "VerifyResult",
+]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if attrs.has(type(value)):
+        return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class _Report:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the report."""
+        out: dict[str, Any] = _plain(self)
+        out["ok"] = getattr(self, "ok", True)
+        return out
+
+
+@attrs.frozen
+class Failure:
+    """One failure of a run, as alerts and logs carry it."""
+
+    #: pack, upload, verify, prune, restore, lock, hook, ...
+    stage: str
+    error: str
+    cell: str | None = None
+    target: str | None = None
+    archive: str | None = None
+    run: str | None = None
+    host: str | None = None
+    operation: str = "backup"
+
+
+@attrs.frozen
+class TargetOutcome(_Report):
+    """How storing (and verifying) one archive on one target went."""
+
+    target: str
+    ok: bool
+    stage: str | None = None
+    error: str | None = None
+    bytes_stored: int = 0
+    duration: float = 0.0
+    verified: bool = False
+
+
+@attrs.frozen
+class CellReport(_Report):
+    """The backup of one cell in a run."""
+
+    cell: str
+    ok: bool
+    archive: str | None = None
+    kind: str | None = None
+    parent: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    files: int = 0
+    bytes_read: int = 0
+    bytes_total: int = 0
+    archive_size: int = 0
+    duration: float = 0.0
+    targets: tuple[TargetOutcome, ...] = ()
+    warnings: tuple[str, ...] = ()
+    #: Why a requested incremental was made full, if it was.
+    note: str | None = None
+
+
+@attrs.frozen
+class BackupReport(_Report):
+    """A backup run: every cell, every target."""
+
+    run: str
+    stamp: str
+    cells: tuple[CellReport, ...]
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.cells)
+
+    def failures(self) -> list[CellReport]:
+        return [c for c in self.cells if not c.ok]
+
+
+@attrs.frozen
+class VerifyResult(_Report):
+    """The verify of one archive on one target."""
+
+    archive: str
+    target: str
+    ok: bool
+    level: str = "full"
+    error: str | None = None
+    members: int = 0
+    duration: float = 0.0
+
+
+@attrs.frozen
+class VerifyReport(_Report):
+    results: tuple[VerifyResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+@attrs.frozen
+class CellRestore(_Report):
+    """The restore of one cell."""
+
+    cell: str
+    ok: bool
+    archive: str | None = None
+    target: str | None = None
+    destination: tuple[str, ...] = ()
+    safety_backup: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    files: int = 0
+    bytes: int = 0
+    duration: float = 0.0
+
+
+@attrs.frozen
+class RestoreReport(_Report):
+    cells: tuple[CellRestore, ...]
+    duration: float
+    #: Set when the restore was refused as a whole before anything was touched.
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(c.ok for c in self.cells)

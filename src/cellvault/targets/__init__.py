@@ -1,0 +1,14 @@
+"""Storage targets: where archives are kept.
+
+:class:`Target` is the interface; :class:`LocalTarget` keeps archives in a
+directory (or a mounted NAS); :class:`FsspecTarget` serves any fsspec URL.
+Target types are plugins: :func:`cellvault.hookspecs.cellvault_make_target`.
+"""
+
+from __future__ import annotations
+
+from .base import ObjectInfo, Target, TargetSpec
+from .fsspec import FsspecTarget
+from .local import LocalTarget
+
+__all__ = ["FsspecTarget", "LocalTarget", "ObjectInfo", "Target", "TargetSpec"]

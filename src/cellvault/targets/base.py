@@ -1,0 +1,311 @@
+"""The storage target interface.
+
+A :class:`Target` is a place archives are kept. A target type implements a few
+primitives on keys (relative POSIX paths under the target's root): put a whole
+file or bytes atomically, create a key only if it is absent, open a key for
+streaming reads, list a folder, delete. Everything cellvault does with archives
+(commit order, listing committed archives, locks, debris) is built here on
+those primitives, the same for every target.
+
+Layout on every target::
+
+    <root>/<cell>/<id>.tar.zst              the archive data
+    <root>/<cell>/<id>.manifest.json.zst    a copy of its manifest
+    <root>/<cell>/<id>.json                 the sidecar, written last: the commit
+    <root>/.locks/<cell>.lock               the lease of the run writing the cell
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import io
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import zstandard
+
+from ..archive import ArchiveId, Sidecar
+from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, ConfigError, TargetError
+from ..log import get_logger, redact_text
+from ..manifest import Manifest
+
+__all__ = ["ObjectInfo", "Target", "TargetSpec"]
+
+log = get_logger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+MANIFEST_SUFFIX = ".manifest.json.zst"
+LOCKS = ".locks"
+
+
+@attrs.frozen
+class TargetSpec:
+    """How a target was configured: a name, an fsspec-style URL, and options.
+
+    *options* are passed untouched to the target type (for fsspec targets,
+    they are the ``storage_options``). Names are what reports, alerts and
+    ``--target`` use: ``local``, ``s3``, ``nas``, ...
+    """
+
+    name: str = attrs.field()
+    url: str = attrs.field()
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @name.validator
+    def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not value or not value.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"invalid target name {value!r}", hint="use letters, digits, '-' and '_'")
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme (``s3``, ``oss``, ``file``), or ``""`` for a plain path."""
+        head, sep, _ = self.url.partition("://")
+        return head.lower() if sep else ""
+
+    def display(self) -> str:
+        """The URL with any credential masked, for messages."""
+        return redact_text(self.url)
+
+
+@attrs.frozen
+class ObjectInfo:
+    """One entry of a listing."""
+
+    name: str
+    size: int
+    is_dir: bool = False
+
+
+class Target(abc.ABC):
+    """A place archives are kept.
+
+    Subclasses implement the primitives (the abstract methods). They raise
+    :class:`FileNotFoundError` for a missing key and may raise anything else
+    for other failures: the archive-level methods turn those into
+    :class:`TargetError` naming the target, with secrets masked.
+    """
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.spec.display()}>"
+
+    # -- primitives ------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_file(self, local: Path, key: str) -> None:
+        """Store the local file *local* at *key*; readers see all of it or nothing."""
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store *data* at *key*, replacing what is there, atomically."""
+
+    @abc.abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Store *data* at *key* only if *key* does not exist; tell whether it did."""
+
+    @abc.abstractmethod
+    def open_read(self, key: str) -> IO[bytes]:
+        """Open *key* for a streaming read."""
+
+    @abc.abstractmethod
+    def list(self, folder: str) -> list[ObjectInfo]:
+        """The entries directly inside *folder* (``""`` is the root); empty when absent."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete *key*; a missing key is not an error."""
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    def fetch(self, key: str, local: Path) -> None:
+        """Copy *key* to the local file *local*."""
+        with self.open_read(key) as src, open(local, "wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+
+    def check(self) -> None:
+        """Make sure the target can be reached; raise :class:`TargetError` if not."""
+        with self.guard("reach"):
+            self.list("")
+
+    # -- errors ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def guard(self, action: str, hint: str | None = None) -> Iterator[None]:
+        """Turn what a primitive raises into a :class:`TargetError` naming this target."""
+        try:
+            yield
+        except CellvaultError:
+            raise
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            detail = redact_text(f"{type(exc).__name__}: {exc}")
+            raise TargetError(
+                f"cannot {action} ({detail})",
+                target=self.name,
+                hint=hint or f"check that {self.spec.display()} is reachable and writable, "
+                "and the credentials",
+            ) from None
+
+    # -- archives --------------------------------------------------------
+
+    @staticmethod
+    def data_key(ident: ArchiveId, suffix: str) -> str:
+        return f"{ident.cell}/{ident}{suffix}"
+
+    @staticmethod
+    def sidecar_key(ident: ArchiveId) -> str:
+        return f"{ident.cell}/{ident}{SIDECAR_SUFFIX}"
+
+    @staticmethod
+    def manifest_key(ident: ArchiveId) -> str:
+        return f"{ident.cell}/{ident}{MANIFEST_SUFFIX}"
+
+    def store(self, data: Path, manifest: Path, sidecar: Sidecar) -> None:
+        """Store an archive: data, then the manifest copy, then the sidecar that commits it."""
+        ident = sidecar.id
+        with self.guard(f"store archive {ident}"):
+            self.put_file(data, f"{ident.cell}/{sidecar.data_name}")
+            self.put_file(manifest, self.manifest_key(ident))
+            self.put_bytes(self.sidecar_key(ident), sidecar.to_json())
+
+    def cells(self) -> list[str]:
+        """The cells that have a folder on this target."""
+        with self.guard("list cells"):
+            return sorted(e.name for e in self.list("") if e.is_dir and not e.name.startswith("."))
+
+    def archive_ids(self, cell: str) -> list[ArchiveId]:
+        """The ids of the committed archives of *cell*, oldest first, from a listing alone."""
+        with self.guard(f"list archives of cell {cell}"):
+            entries = self.list(cell)
+        ids = [ArchiveId.parse(e.name.removesuffix(SIDECAR_SUFFIX)) for e in entries if _is_sidecar(e.name)]
+        return sorted(ids)
+
+    def archives(self, cell: str) -> list[Sidecar]:
+        """The committed archives of *cell*, oldest first (those whose sidecar exists)."""
+        with self.guard(f"list archives of cell {cell}"):
+            entries = self.list(cell)
+        out = []
+        for entry in entries:
+            stem = entry.name.removesuffix(SIDECAR_SUFFIX)
+            if entry.name == stem or not ArchiveId.is_id(stem) or stem.endswith(".manifest"):
+                continue
+            try:
+                with self.guard(f"read sidecar {entry.name}"):
+                    raw = self.read_bytes(f"{cell}/{entry.name}")
+            except FileNotFoundError:
+                continue  # pruned while we listed
+            try:
+                out.append(Sidecar.from_json(raw, name=stem))
+            except ArchiveCorrupt as exc:
+                log.warning("sidecar.unreadable", target=self.name, archive=stem, error=str(exc))
+        out.sort(key=lambda s: s.id)
+        return out
+
+    def sidecar(self, ident: ArchiveId) -> Sidecar:
+        """The sidecar of *ident*; :class:`ArchiveNotFound` when it is not committed here."""
+        try:
+            with self.guard(f"read sidecar of {ident}"):
+                raw = self.read_bytes(self.sidecar_key(ident))
+        except FileNotFoundError:
+            raise ArchiveNotFound(f"archive {ident} is not on target {self.name}") from None
+        return Sidecar.from_json(raw, name=str(ident))
+
+    @contextlib.contextmanager
+    def open_archive(self, sidecar: Sidecar) -> Iterator[IO[bytes]]:
+        """Open the data of a committed archive for a streaming read."""
+        key = f"{sidecar.id.cell}/{sidecar.data_name}"
+        try:
+            with self.guard(f"open archive {sidecar.id}"):
+                f = self.open_read(key)
+        except FileNotFoundError:
+            raise ArchiveCorrupt(
+                "data is missing although the sidecar exists",
+                archive=str(sidecar.id),
+                target=self.name,
+                hint="the archive cannot be restored from this target; use another target",
+            ) from None
+        with f:
+            yield f
+
+    def manifest(self, sidecar: Sidecar) -> Manifest:
+        """The manifest of a committed archive, from its compressed copy."""
+        try:
+            with self.guard(f"read manifest of {sidecar.id}"):
+                raw = self.read_bytes(self.manifest_key(sidecar.id))
+        except FileNotFoundError:
+            raise ArchiveCorrupt(
+                "manifest copy is missing", archive=str(sidecar.id), target=self.name
+            ) from None
+        try:
+            body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        except zstandard.ZstdError as exc:
+            raise ArchiveCorrupt(
+                f"manifest copy does not decompress ({exc})", archive=str(sidecar.id), target=self.name
+            ) from None
+        return Manifest.from_json(body, archive=str(sidecar.id))
+
+    def delete_archive(self, sidecar: Sidecar) -> None:
+        """Delete an archive: the sidecar first (it stops counting), then its data."""
+        ident = sidecar.id
+        with self.guard(f"delete archive {ident}"):
+            self.delete(self.sidecar_key(ident))
+            self.delete(self.manifest_key(ident))
+            self.delete(f"{ident.cell}/{sidecar.data_name}")
+
+    def debris(self, cell: str) -> list[str]:
+        """Keys under *cell* that belong to no committed archive (interrupted runs).
+
+        Only call this while holding the cell's lock: a run in progress leaves
+        exactly such keys until it commits.
+        """
+        with self.guard(f"list archives of cell {cell}"):
+            entries = self.list(cell)
+        names = {e.name for e in entries if not e.is_dir}
+        committed = {n.removesuffix(SIDECAR_SUFFIX) for n in names if _is_sidecar(n)}
+        out = []
+        for name in sorted(names):
+            if _is_sidecar(name):
+                continue
+            stem = _archive_stem(name)
+            if stem is not None and stem not in committed:
+                out.append(f"{cell}/{name}")
+        return out
+
+    def clear_debris(self, cell: str) -> list[str]:
+        """Delete what :meth:`debris` finds; return the deleted keys."""
+        keys = self.debris(cell)
+        for key in keys:
+            with self.guard(f"delete debris {key}"):
+                self.delete(key)
+            log.info("debris.removed", target=self.name, key=key)
+        return keys
+
+
+def _is_sidecar(name: str) -> bool:
+    stem = name.removesuffix(SIDECAR_SUFFIX)
+    return stem != name and ArchiveId.is_id(stem)
+
+
+def _archive_stem(name: str) -> str | None:
+    """The archive id a data, manifest or temporary file name belongs to, if any."""
+    match = _OWNED.fullmatch(name)
+    return match["stem"] if match else None
+
+
+# Ours: "<id>.<suffix>", and temporary ".<id>.<suffix>.<tmp>" names; any other
+# file in a cell's folder is left alone.
+_OWNED = re.compile(r"\.?(?P<stem>cell_[a-z0-9][a-z0-9_-]*_\d{8}_\d{6})\..*")

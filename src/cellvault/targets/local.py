@@ -1,0 +1,148 @@
+"""The local directory target: a plain path or a ``file://`` URL.
+
+Also serves a NAS mounted as a directory. Every write goes to a temporary
+name, is flushed to disk, and is renamed into place (the folder flushed too),
+so a crash leaves the old state or the new one. When the spool and the target
+share a file system the archive is hard-linked instead of copied: archives are
+immutable, so sharing the inode is safe and costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import IO
+
+from ..hookspecs import hookimpl
+from ..errors import ConfigError, TargetError
+from .base import ObjectInfo, Target, TargetSpec
+
+__all__ = ["LocalTarget"]
+
+
+class LocalTarget(Target):
+    """Archives in a directory of this machine (or a mounted NAS)."""
+
+    def __init__(self, spec: TargetSpec) -> None:
+        super().__init__(spec)
+        url = spec.url
+        if url.startswith("file://"):
+            url = url[len("file://") :]
+        if not url:
+            raise ConfigError(f"target {spec.name}: empty path")
+        self.root = Path(url).expanduser().absolute()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def _tmp(self, path: Path) -> Path:
+        return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+    def put_file(self, local: Path, key: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(path)
+        try:
+            try:
+                os.link(local, tmp)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                with open(local, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(path.parent)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(path)
+        try:
+            _write_synced(tmp, data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(path.parent)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(path)
+        _write_synced(tmp, data)
+        try:
+            # link() fails if the name exists, and the content is whole when it appears.
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        _fsync_dir(path.parent)
+        return True
+
+    def open_read(self, key: str) -> IO[bytes]:
+        return open(self._path(key), "rb")
+
+    def fetch(self, key: str, local: Path) -> None:
+        shutil.copyfile(self._path(key), local)
+
+    def list(self, folder: str) -> list[ObjectInfo]:
+        path = self._path(folder)
+        try:
+            with os.scandir(path) as it:
+                return [
+                    ObjectInfo(e.name, 0 if e.is_dir() else e.stat().st_size, e.is_dir(follow_symlinks=False))
+                    for e in it
+                ]
+        except FileNotFoundError:
+            return []
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot create {self.root} ({exc.strerror})",
+                target=self.name,
+                hint="create the directory or fix its permissions",
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise TargetError(f"{self.root} is not writable", target=self.name, hint="fix its permissions")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@hookimpl
+def cellvault_make_target(spec: TargetSpec) -> Target | None:
+    """Local directories: plain paths and ``file://`` URLs."""
+    if spec.scheme in ("", "file"):
+        return LocalTarget(spec)
+    return None
