@@ -1,0 +1,45 @@
+"""The project's verbs: ``nox -s tests``, ``lint``, ``typing``, ``docs``.
+
+Sessions run on the interpreter nox itself runs on (Python >= 3.11); the
+supported versions are the classifiers in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typing"]
+
+TEST_EXTRAS = ".[test,s3,oss]"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, against the real servers of the machine."""
+    session.install("-e", TEST_EXTRAS)
+    args = session.posargs or ["-q", "-p", "no:cacheprovider"]
+    session.run("pytest", *args, env={"PYTHONHASHSEED": "0", **({"CI": os.environ["CI"]} if "CI" in os.environ else {})})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", TEST_EXTRAS, "mypy>=1.11")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation (API reference from docstrings), failing on any warning."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")

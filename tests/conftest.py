@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests never load whatever plugins happen to be installed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Entry points are loaded only by the tests that install one on purpose.
+os.environ["CELLVAULT_LOAD_PLUGINS"] = ""
+
+pytest_plugins = ["tests.servers.fixtures"]
+
+
+@pytest.fixture
+def cells_root(tmp_path: Path) -> Path:
+    """A folder for the cells' live data."""
+    root = tmp_path / "cells"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path) -> Path:
+    return tmp_path / "backup"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep the seed's variables of the machine out of the tests."""
+    for key in list(os.environ):
+        if key.startswith(("BACKUP_", "RESTORE_", "DR_")) or key == "CELLVAULT_CONFIG":
+            monkeypatch.delenv(key, raising=False)
+    yield
