@@ -1,0 +1,204 @@
+"""Retention: which archives a target keeps, and why.
+
+The seed keeps full backups 7 days and incrementals 3 days; restic and borg
+users expect ``keep_last`` and grandfather-father-son buckets (hourly, daily,
+weekly, monthly). A :class:`RetentionPolicy` can hold both: an archive is kept
+when any rule keeps it. Two guarantees hold whatever the rules say: a cell's
+newest archive and its newest full archive are kept, and so is every archive a
+kept archive needs (its chain). :func:`plan` decides; it touches nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .archive import ArchiveId, Sidecar
+from .errors import ConfigError
+from .lock import DEFAULT_TTL, Lease
+from .log import get_logger
+
+if TYPE_CHECKING:
+    from .targets.base import Target
+
+__all__ = ["Decision", "PruneResult", "RetentionPolicy", "plan", "prune_cell"]
+
+log = get_logger(__name__)
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"retention {attribute.name} must not be negative, not {value}")
+
+
+_opt = attrs.field(default=None, validator=_non_negative)
+
+
+@attrs.frozen
+class RetentionPolicy:
+    """What a target keeps. ``None`` switches a rule off.
+
+    Defaults are the seed's: full archives 7 days, incrementals 3 days.
+    """
+
+    keep_full_days: float | None = attrs.field(default=7, validator=_non_negative)
+    keep_incremental_days: float | None = attrs.field(default=3, validator=_non_negative)
+    keep_last: int | None = _opt
+    keep_hourly: int | None = _opt
+    keep_daily: int | None = _opt
+    keep_weekly: int | None = _opt
+    keep_monthly: int | None = _opt
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, where: str = "retention") -> RetentionPolicy:
+        """Build a policy from a TOML table or similar; unknown keys are errors."""
+        names = {f.name for f in attrs.fields(cls)}
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"{where}: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(names))}")
+        try:
+            return cls(**{k: (None if v in ("", None) else v) for k, v in data.items()})
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def describe(self) -> str:
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in attrs.fields(type(self)) if getattr(self, f.name) is not None]
+        return ", ".join(parts) or "keep everything"
+
+
+@attrs.frozen
+class Decision:
+    """Whether one archive stays, and the reasons."""
+
+    sidecar: Sidecar
+    keep: bool
+    reasons: tuple[str, ...]
+
+    @property
+    def id(self) -> ArchiveId:
+        return self.sidecar.id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": str(self.id), "keep": self.keep, "reasons": list(self.reasons)}
+
+
+_BUCKETS: tuple[tuple[str, Callable[[dt.datetime], tuple[int, ...]]], ...] = (
+    ("hourly", lambda t: (t.year, t.month, t.day, t.hour)),
+    ("daily", lambda t: (t.year, t.month, t.day)),
+    ("weekly", lambda t: t.isocalendar()[:2]),
+    ("monthly", lambda t: (t.year, t.month)),
+)
+
+
+def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime) -> list[Decision]:
+    """Decide for each archive of one cell on one target; oldest first."""
+    ordered = sorted(sidecars, key=lambda s: s.id)
+    reasons: dict[ArchiveId, list[str]] = {s.id: [] for s in ordered}
+    newest_first = list(reversed(ordered))
+
+    if newest_first:
+        reasons[newest_first[0].id].append("newest archive of the cell")
+        full = next((s for s in newest_first if s.meta.kind == "full"), None)
+        if full is not None:
+            reasons[full.id].append("newest full archive of the cell")
+    if policy.keep_last:
+        for s in newest_first[: policy.keep_last]:
+            reasons[s.id].append(f"keep_last={policy.keep_last}")
+    for name, bucket_of in _BUCKETS:
+        count = getattr(policy, f"keep_{name}")
+        if not count:
+            continue
+        seen: set[tuple[int, ...]] = set()
+        for s in newest_first:
+            bucket = bucket_of(s.meta.backed_at)
+            if bucket in seen:
+                continue
+            seen.add(bucket)
+            if len(seen) > count:
+                break
+            reasons[s.id].append(f"keep_{name}={count}")
+    for s in ordered:
+        age = (now - s.meta.backed_at).total_seconds() / 86400
+        limit = policy.keep_full_days if s.meta.kind == "full" else policy.keep_incremental_days
+        if limit is not None and age <= limit:
+            reasons[s.id].append(f"{s.meta.kind} younger than {limit:g} days")
+
+    # Everything a kept archive needs to restore stays too.
+    by_id = {s.id: s for s in ordered}
+    for s in newest_first:
+        if not reasons[s.id]:
+            continue
+        for needed in s.meta.chain:
+            if needed in by_id and not any(r.startswith("needed by") for r in reasons[needed]):
+                reasons[needed].append(f"needed by {s.id}")
+
+    out = []
+    for s in ordered:
+        if reasons[s.id]:
+            out.append(Decision(s, True, tuple(reasons[s.id])))
+        else:
+            age = (now - s.meta.backed_at).total_seconds() / 86400
+            out.append(Decision(s, False, (f"{s.meta.kind}, {age:.1f} days old, kept by no rule",)))
+    return out
+
+
+@attrs.frozen
+class PruneResult:
+    """What a prune decided (and, unless a dry run, did) for one cell on one target."""
+
+    target: str
+    cell: str
+    decisions: tuple[Decision, ...]
+    dry_run: bool
+    debris: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def removed(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.keep]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "cell": self.cell,
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "error": self.error,
+            "debris": list(self.debris),
+            "decisions": [d.to_dict() for d in self.decisions],
+        }
+
+
+def prune_cell(
+    target: Target,
+    cell: str,
+    policy: RetentionPolicy,
+    now: dt.datetime,
+    *,
+    dry_run: bool = False,
+    lock_ttl: float = DEFAULT_TTL,
+) -> PruneResult:
+    """Apply *policy* to *cell* on *target* under the cell's lease.
+
+    Archives go newest first, each sidecar before its data, so at no moment
+    does a committed archive need one that is already gone. Debris of
+    interrupted runs is removed too. A dry run lists the same decisions and
+    touches nothing.
+    """
+    if dry_run:
+        decisions = plan(target.archives(cell), policy, now)
+        return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
+    with Lease.acquire(target, cell, "prune", lock_ttl):
+        decisions = plan(target.archives(cell), policy, now)
+        for decision in sorted((d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True):
+            target.delete_archive(decision.sidecar)
+            log.info("archive.pruned", target=target.name, archive=str(decision.id), reasons=list(decision.reasons))
+        debris = target.clear_debris(cell)
+    return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))

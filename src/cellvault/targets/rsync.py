@@ -1,0 +1,190 @@
+"""The NAS rsync target: an rsync daemon (``host::module/path``) or rsync over ssh.
+
+URLs (the seed's ``BACKUP_NAS_RSYNC`` is converted to them):
+
+* ``rsync://[user@]host[:port]/module/path`` for an rsync daemon; its password
+  comes from the ``password`` option or ``RSYNC_PASSWORD``, passed to rsync
+  in its environment, never on a command line;
+* ``rsync+ssh://[user@]host[:port]/path`` for rsync over ssh (``//abs`` for an
+  absolute path), with ``ssh_options`` (a list) added to ssh's arguments.
+
+rsync is always run with an argument list, never through a shell. rsync
+writes each file to a temporary name in the destination folder and renames
+it when complete, so a transfer cut short never leaves a whole-looking file;
+the sidecar, sent last, commits the archive as on every target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+from ..log import redact_text
+from .base import ObjectInfo, Target, TargetSpec
+
+__all__ = ["RsyncError", "RsyncTarget"]
+
+_LISTING = re.compile(r"(?P<mode>[-dlcbps][-rwxsStT]{9})\s+(?P<size>[\d,.]+)\s+\S+\s+\S+\s(?P<name>.+)")
+_MISSING = ("No such file or directory", "change_dir", "does not exist")
+
+
+class RsyncError(OSError):
+    """rsync exited with an error; the message holds its (redacted) stderr."""
+
+    def __init__(self, code: int, stderr: str) -> None:
+        self.code = code
+        super().__init__(f"rsync exited with code {code}: {redact_text(stderr.strip())[-500:]}")
+
+
+class RsyncTarget(Target):
+    """Archives on a NAS reached with rsync."""
+
+    def __init__(self, spec: TargetSpec) -> None:
+        super().__init__(spec)
+        self.binary = shutil.which(str(spec.options.get("rsync", "rsync")))
+        if self.binary is None:
+            raise ConfigError(
+                f"target {spec.name}: the rsync program is not installed",
+                hint="install it (apt-get install rsync) or use BACKUP_NAS_PATH for a mounted NAS",
+            )
+        parts = urlsplit(spec.url)
+        if parts.scheme not in ("rsync", "rsync+ssh") or not parts.hostname:
+            raise ConfigError(f"target {spec.name}: cannot use {spec.display()} as an rsync destination")
+        self.ssh = parts.scheme == "rsync+ssh"
+        user = f"{unquote(parts.username)}@" if parts.username else ""
+        path = unquote(parts.path)
+        self.env = dict(os.environ)
+        password = spec.options.get("password") or (unquote(parts.password) if parts.password else None)
+        if password:
+            self.env["RSYNC_PASSWORD"] = str(password)
+        self.timeout = int(spec.options.get("timeout", 120))
+        self.args: list[str] = [f"--timeout={self.timeout}"]
+        if self.ssh:
+            ssh = ["ssh", "-o", "BatchMode=yes"]
+            if parts.port:
+                ssh += ["-p", str(parts.port)]
+            ssh += [str(o) for o in spec.options.get("ssh_options", ())]
+            self.args += ["-e", " ".join(ssh)]
+            root = path[1:] if path.startswith("//") else path.lstrip("/")
+            if path.startswith("//"):
+                root = "/" + root.lstrip("/")
+            self.base = f"{user}{parts.hostname}:{root.rstrip('/')}"
+        else:
+            module_path = path.strip("/")
+            if not module_path:
+                raise ConfigError(f"target {spec.name}: {spec.display()} names no rsync module")
+            port = f":{parts.port}" if parts.port else ""
+            self.base = f"rsync://{user}{parts.hostname}{port}/{module_path}"
+            self.args.append("--contimeout=15")
+        self.scratch = Path(str(spec.options.get("scratch_dir", tempfile.gettempdir())))
+
+    def _remote(self, key: str) -> str:
+        if not key:
+            return self.base + "/"
+        return f"{self.base}/{key}"
+
+    def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        assert self.binary is not None
+        proc = subprocess.run(
+            [self.binary, *self.args, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout * 4,
+            check=False,
+        )
+        if proc.returncode != 0:
+            if any(m in proc.stderr for m in _MISSING) and proc.returncode in (23, 5, 2):
+                raise FileNotFoundError(redact_text(proc.stderr.strip()))
+            raise RsyncError(proc.returncode, proc.stderr)
+        return proc
+
+    def put_file(self, local: Path, key: str) -> None:
+        # --mkpath creates the cell's folder; rsync renames its temporary file into place.
+        self._run(["--mkpath", "--no-perms", "--chmod=F0640", str(local), self._remote(key)])
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._scratch_file(data) as path:
+            self.put_file(path, key)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        # rsync has no atomic create-if-absent: --ignore-existing skips a file
+        # that is there, and --itemize-changes says whether ours was sent. Two
+        # runs starting within the same instant could both pass; the lease's
+        # token check on renewal and release limits what that can break.
+        with self._scratch_file(data) as path:
+            proc = self._run(["--mkpath", "--ignore-existing", "--itemize-changes", str(path), self._remote(key)])
+        return any(line.startswith("<f") for line in proc.stdout.splitlines())
+
+    def open_read(self, key: str) -> IO[bytes]:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".cellvault-fetch-", dir=self.scratch)
+        os.close(fd)
+        try:
+            self._run([self._remote(key), name])
+            f = open(name, "rb")  # noqa: SIM115 - handed to the caller
+        finally:
+            # Unlinked at once: the open file stays readable and nothing is left behind.
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        return f
+
+    def fetch(self, key: str, local: Path) -> None:
+        self._run([self._remote(key), str(local)])
+
+    def list(self, folder: str) -> list[ObjectInfo]:
+        try:
+            proc = self._run(["--list-only", self._remote(folder).rstrip("/") + "/"])
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in proc.stdout.splitlines():
+            match = _LISTING.match(line)
+            if not match or match["name"] in (".", ".."):
+                continue
+            size = int(re.sub(r"[,.]", "", match["size"]))
+            out.append(ObjectInfo(match["name"], size, match["mode"].startswith("d")))
+        return out
+
+    def delete(self, key: str) -> None:
+        folder, _, name = key.rpartition("/")
+        with tempfile.TemporaryDirectory(dir=self._scratch_dir()) as empty:
+            # Sync an empty folder onto the remote one, deleting only *name*.
+            args = ["-r", "--delete", f"--include=/{name}", "--exclude=*", empty + "/"]
+            try:
+                self._run([*args, self._remote(folder).rstrip("/") + "/"])
+            except FileNotFoundError:
+                return
+
+    def _scratch_dir(self) -> str:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        return str(self.scratch)
+
+    @contextlib.contextmanager
+    def _scratch_file(self, data: bytes) -> Any:
+        fd, name = tempfile.mkstemp(prefix=".cellvault-put-", dir=self._scratch_dir())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            yield Path(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+
+@hookimpl
+def cellvault_make_target(spec: TargetSpec) -> Target | None:
+    """``rsync://`` (daemon) and ``rsync+ssh://`` URLs."""
+    if spec.scheme in ("rsync", "rsync+ssh"):
+        return RsyncTarget(spec)
+    return None

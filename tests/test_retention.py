@@ -1,0 +1,134 @@
+"""Retention decisions: the seed's age rules, GFS buckets, and the chain guarantee."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellvault.archive import ArchiveId, ArchiveMeta, Sidecar
+from cellvault.errors import ConfigError
+from cellvault.retention import RetentionPolicy, plan
+
+NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def sidecar(when: dt.datetime, kind: str = "full", chain: tuple[ArchiveId, ...] = ()) -> Sidecar:
+    ident = ArchiveId("crm", when)
+    meta = ArchiveMeta(
+        id=ident,
+        kind=kind,
+        backed_at=when,
+        host="h",
+        version="0",
+        codec="zstd",
+        parent=chain[-1] if chain else None,
+        chain=chain,
+    )
+    return Sidecar(meta=meta, data_name=f"{ident}.tar.zst", size=1, sha256="0" * 64)
+
+
+def series(days: int, incrementals_per_day: int = 3) -> list[Sidecar]:
+    """A daily full at 02:00 and incrementals every 6 hours after it, like the seed's cron."""
+    out = []
+    for d in range(days, 0, -1):
+        base = (NOW - dt.timedelta(days=d)).replace(hour=2, minute=0, second=0)
+        full = sidecar(base)
+        out.append(full)
+        chain = (full.id,)
+        for i in range(1, incrementals_per_day + 1):
+            inc = sidecar(base + dt.timedelta(hours=6 * i), "incremental", chain)
+            out.append(inc)
+            chain = (*chain, inc.id)
+    return out
+
+
+def kept(decisions) -> set[ArchiveId]:
+    return {d.id for d in decisions if d.keep}
+
+
+def test_seed_defaults_keep_full_7_days_and_incrementals_3_days() -> None:
+    archives = series(10)
+    decisions = plan(archives, RetentionPolicy(), NOW)
+    for d in decisions:
+        age = (NOW - d.sidecar.meta.backed_at).total_seconds() / 86400
+        if d.sidecar.meta.kind == "full":
+            assert d.keep == (age <= 7), d
+        elif age <= 3:
+            assert d.keep, d
+    # An incremental older than 3 days goes, unless a kept archive needs it.
+    old_incs = [d for d in decisions if d.sidecar.meta.kind == "incremental" and not d.keep]
+    assert old_incs
+    assert all("kept by no rule" in d.reasons[0] for d in old_incs)
+
+
+def test_a_kept_incremental_keeps_its_whole_chain() -> None:
+    archives = series(10)
+    # Keep only the newest archive: an incremental whose full is a day old.
+    policy = RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_last=1)
+    decisions = plan(archives, policy, NOW)
+    newest = archives[-1]
+    assert kept(decisions) == {*newest.meta.chain, newest.id}
+    reasons = {d.id: d.reasons for d in decisions}
+    assert any(r.startswith("needed by") for r in reasons[newest.meta.chain[0]])
+
+
+def test_newest_full_is_always_kept() -> None:
+    archives = series(30)
+    policy = RetentionPolicy(keep_full_days=0, keep_incremental_days=0)
+    decisions = plan(archives, policy, NOW + dt.timedelta(days=365))
+    newest_full = max((s for s in archives if s.meta.kind == "full"), key=lambda s: s.id)
+    assert newest_full.id in kept(decisions)
+    assert archives[-1].id in kept(decisions)
+
+
+def test_gfs_buckets() -> None:
+    fulls = [sidecar(NOW - dt.timedelta(days=d)) for d in range(120, 0, -1)]
+    policy = RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_daily=7, keep_weekly=4, keep_monthly=3)
+    decisions = plan(fulls, policy, NOW)
+    keep = sorted(kept(decisions))
+    daily = [d for d in decisions if any(r.startswith("keep_daily") for r in d.reasons)]
+    weekly = [d for d in decisions if any(r.startswith("keep_weekly") for r in d.reasons)]
+    monthly = [d for d in decisions if any(r.startswith("keep_monthly") for r in d.reasons)]
+    assert len(daily) == 7 and len(weekly) == 4 and len(monthly) == 3
+    # No more than the union of the buckets.
+    assert len(keep) <= 7 + 4 + 3
+    # Each monthly pick is the newest archive of its month.
+    for d in monthly:
+        month = (d.sidecar.meta.backed_at.year, d.sidecar.meta.backed_at.month)
+        same_month = [s for s in fulls if (s.meta.backed_at.year, s.meta.backed_at.month) == month]
+        assert d.id == max(s.id for s in same_month)
+
+
+def test_policy_from_mapping_rejects_unknown_keys() -> None:
+    assert RetentionPolicy.from_mapping({"keep_last": 3}).keep_last == 3
+    with pytest.raises(ConfigError, match="keep_lats"):
+        RetentionPolicy.from_mapping({"keep_lats": 3})
+    with pytest.raises(ConfigError, match="negative"):
+        RetentionPolicy(keep_last=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    days=st.integers(1, 20),
+    per_day=st.integers(0, 4),
+    keep_last=st.one_of(st.none(), st.integers(0, 10)),
+    keep_daily=st.one_of(st.none(), st.integers(0, 10)),
+    full_days=st.one_of(st.none(), st.floats(0, 15)),
+    inc_days=st.one_of(st.none(), st.floats(0, 15)),
+    later=st.floats(0, 30),
+)
+def test_every_kept_archive_keeps_what_it_needs(days, per_day, keep_last, keep_daily, full_days, inc_days, later) -> None:
+    archives = series(days, per_day)
+    policy = RetentionPolicy(
+        keep_full_days=full_days, keep_incremental_days=inc_days, keep_last=keep_last, keep_daily=keep_daily
+    )
+    decisions = plan(archives, policy, NOW + dt.timedelta(days=later))
+    keep = kept(decisions)
+    assert archives[-1].id in keep
+    for d in decisions:
+        if d.keep:
+            assert set(d.sidecar.meta.chain) <= keep
+        assert d.reasons
