@@ -21,7 +21,11 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, against the real servers of the machine."""
     session.install("-e", TEST_EXTRAS)
     args = session.posargs or ["-q", "-p", "no:cacheprovider"]
-    session.run("pytest", *args, env={"PYTHONHASHSEED": "0", **({"CI": os.environ["CI"]} if "CI" in os.environ else {})})
+    session.run(
+        "pytest",
+        *args,
+        env={"PYTHONHASHSEED": "0", **({"CI": os.environ["CI"]} if "CI" in os.environ else {})},
+    )
 
 
 @nox.session

@@ -105,7 +105,14 @@ def test_chain_is_capped_by_max_chain(tmp_path: Path) -> None:
     (live / "a").write_text("a")
     vault = make_vault(tmp_path, live, max_chain=3)
     kinds = [vault.backup(kind="incremental").cells[0] for _ in range(6)]
-    assert [k.kind for k in kinds] == ["full", "incremental", "incremental", "full", "incremental", "incremental"]
+    assert [k.kind for k in kinds] == [
+        "full",
+        "incremental",
+        "incremental",
+        "full",
+        "incremental",
+        "incremental",
+    ]
     assert "max_chain=3" in (kinds[3].note or "")
 
 
@@ -317,7 +324,9 @@ class ChainMachine(RuleBasedStateMachine):
     def backup(self, kind: str) -> None:
         report = self.vault.backup(kind=kind)
         assert report.ok, report
-        self.held_elsewhere += report.cells[0].kind == "incremental" and report.cells[0].files < len(self._files())
+        self.held_elsewhere += report.cells[0].kind == "incremental" and report.cells[
+            0
+        ].files < len(self._files())
         self.points.append((report.cells[0].archive, snapshot(self.live)))
 
     @invariant()

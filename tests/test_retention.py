@@ -86,7 +86,9 @@ def test_newest_full_is_always_kept() -> None:
 
 def test_gfs_buckets() -> None:
     fulls = [sidecar(NOW - dt.timedelta(days=d)) for d in range(120, 0, -1)]
-    policy = RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_daily=7, keep_weekly=4, keep_monthly=3)
+    policy = RetentionPolicy(
+        keep_full_days=None, keep_incremental_days=None, keep_daily=7, keep_weekly=4, keep_monthly=3
+    )
     decisions = plan(fulls, policy, NOW)
     keep = sorted(kept(decisions))
     daily = [d for d in decisions if any(r.startswith("keep_daily") for r in d.reasons)]
@@ -120,10 +122,15 @@ def test_policy_from_mapping_rejects_unknown_keys() -> None:
     inc_days=st.one_of(st.none(), st.floats(0, 15)),
     later=st.floats(0, 30),
 )
-def test_every_kept_archive_keeps_what_it_needs(days, per_day, keep_last, keep_daily, full_days, inc_days, later) -> None:
+def test_every_kept_archive_keeps_what_it_needs(
+    days, per_day, keep_last, keep_daily, full_days, inc_days, later
+) -> None:
     archives = series(days, per_day)
     policy = RetentionPolicy(
-        keep_full_days=full_days, keep_incremental_days=inc_days, keep_last=keep_last, keep_daily=keep_daily
+        keep_full_days=full_days,
+        keep_incremental_days=inc_days,
+        keep_last=keep_last,
+        keep_daily=keep_daily,
     )
     decisions = plan(archives, policy, NOW + dt.timedelta(days=later))
     keep = kept(decisions)

@@ -37,8 +37,9 @@ Kind = Literal["full", "incremental"]
 KINDS: tuple[str, ...] = ("full", "incremental")
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
-_STAMP = re.compile(r"\d{8}_\d{6}")
-_ID = re.compile(r"cell_(?P<cell>[a-z0-9][a-z0-9_-]*)_(?P<stamp>\d{8}_\d{6})")
+# re.ASCII: \d would otherwise accept any Unicode digit (Arabic-Indic, fullwidth, ...).
+_STAMP = re.compile(r"\d{8}_\d{6}", re.ASCII)
+_ID = re.compile(r"cell_(?P<cell>[a-z0-9][a-z0-9_-]*)_(?P<stamp>\d{8}_\d{6})", re.ASCII)
 
 
 def utcnow() -> dt.datetime:
@@ -50,7 +51,10 @@ def format_stamp(when: dt.datetime) -> str:
     """Format an aware datetime as an archive stamp (``YYYYMMDD_HHMMSS``, UTC)."""
     if when.tzinfo is None:
         raise ValueError("archive stamps are made from timezone-aware datetimes")
-    return when.astimezone(dt.UTC).strftime(STAMP_FORMAT)
+    utc = when.astimezone(dt.UTC)
+    # Not strftime: "%Y" does not pad years before 1000, and the stamp must stay 15 characters.
+    date = f"{utc.year:04d}{utc.month:02d}{utc.day:02d}"
+    return f"{date}_{utc.hour:02d}{utc.minute:02d}{utc.second:02d}"
 
 
 def parse_stamp(text: str) -> dt.datetime:
@@ -155,6 +159,12 @@ class ArchiveMeta:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArchiveMeta:
         """Read ``meta.json``; raise :class:`ArchiveCorrupt` when it is unusable."""
+        if not isinstance(data, Mapping):
+            raise ArchiveCorrupt(
+                f"meta.json is unusable (a JSON {type(data).__name__}, not an object)",
+                archive="?",
+                member="meta.json",
+            )
         ident = str(data.get("id", "?"))
         try:
             if "backed_at" not in data:
@@ -174,7 +184,9 @@ class ArchiveMeta:
             )
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ArchiveCorrupt(
-                f"meta.json is unusable ({type(exc).__name__}: {exc})", archive=ident, member="meta.json"
+                f"meta.json is unusable ({type(exc).__name__}: {exc})",
+                archive=ident,
+                member="meta.json",
             ) from None
 
     def to_json(self) -> bytes:
@@ -217,6 +229,8 @@ class Sidecar:
         """Parse a sidecar; raise :class:`ArchiveCorrupt` when it is unusable."""
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
             meta = ArchiveMeta.from_dict(data)
             return cls(
                 meta=meta,
@@ -229,10 +243,12 @@ class Sidecar:
         except ArchiveCorrupt:
             raise
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArchiveCorrupt(f"sidecar is unusable ({type(exc).__name__}: {exc})", archive=name) from None
+            raise ArchiveCorrupt(
+                f"sidecar is unusable ({type(exc).__name__}: {exc})", archive=name
+            ) from None
 
 
-_DATE_PREFIX = re.compile(r"\d{8}(_\d{1,6})?")
+_DATE_PREFIX = re.compile(r"\d{8}(_\d{1,6})?", re.ASCII)
 
 
 @attrs.frozen

@@ -43,9 +43,22 @@ def _to_paths(value: Iterable[str | Path]) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in value)
 
 
-def _check_paths(cell: Cell, attribute: attrs.Attribute[tuple[Path, ...]], value: tuple[Path, ...]) -> None:
+def _to_patterns(value: str | Iterable[str]) -> tuple[str, ...]:
+    # One pattern given as a string is one pattern, not one per character.
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+def _check_paths(
+    cell: Cell, attribute: attrs.Attribute[tuple[Path, ...]], value: tuple[Path, ...]
+) -> None:
     if not value:
-        raise ConfigError(f"cell {cell.name}: no paths configured", hint="give the cell's data paths")
+        raise ConfigError(
+            f"cell {cell.name}: no paths configured", hint="give the cell's data paths"
+        )
     seen: dict[str, Path] = {}
     for path in value:
         if not path.is_absolute():
@@ -76,9 +89,9 @@ class Cell:
 
     name: str = attrs.field(validator=_check_name)
     paths: tuple[Path, ...] = attrs.field(converter=_to_paths, validator=_check_paths)
-    exclude: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=_to_patterns)
     #: Dumper specifications (name -> options), run at backup time; see :mod:`cellvault.dumpers`.
-    dumpers: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    dumpers: tuple[Any, ...] = attrs.field(default=(), converter=_to_tuple)
 
     @property
     def roots(self) -> dict[str, Path]:

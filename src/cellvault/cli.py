@@ -20,21 +20,28 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .config import Config, load_env, load_toml
+from .config import Config, load_env, load_toml, read_env_file, unknown_env, with_restore_env
 from .errors import CellvaultError, ConfigError
 from .events import Event
-from .log import configure_logging, redact_text
+from .log import configure_logging, get_logger, redact_text
 from .vault import Vault, iter_failures
 
 __all__ = ["main"]
 
+log = get_logger(__name__)
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: The log handler this command line installed, replaced on each invocation.
+_handler: logging.Handler | None = None
 
 
 class State:
     """What the group's options decide for every subcommand."""
 
-    def __init__(self, config: Path | None, env_file: Path | None, as_json: bool, debug: bool) -> None:
+    def __init__(
+        self, config: Path | None, env_file: Path | None, as_json: bool, debug: bool
+    ) -> None:
         self.config_path = config
         self.env_file = env_file
         self.as_json = as_json
@@ -43,13 +50,21 @@ class State:
 
     def load(self) -> Config:
         if self.config_path is not None:
-            return load_toml(self.config_path)
+            # The seed's RESTORE_* choices are made per run, in the environment:
+            # they apply whatever file holds the rest of the configuration.
+            return with_restore_env(load_toml(self.config_path), os.environ)
         if self.env_file is None and not os.environ.get("BACKUP_DIR"):
             raise ConfigError(
                 "no configuration: BACKUP_DIR is not set and no --config or --env-file was given",
                 hint="pass --env-file backup_config.env or --config cellvault.toml, or try 'cellvault demo'",
             )
-        return load_env(None, self.env_file)
+        config = load_env(None, self.env_file)
+        env = dict(read_env_file(self.env_file)) if self.env_file is not None else {}
+        env.update(os.environ)
+        for key, suggestion in unknown_env(env):
+            # A log event, so that --log-format json keeps stderr machine-readable.
+            log.warning("config.unknown_variable", variable=key, did_you_mean=suggestion)
+        return config
 
     def vault(self, config: Config | None = None) -> Vault:
         return Vault(config or self.load(), on_event=self.progress.event if self.progress else None)
@@ -113,7 +128,15 @@ def _errors(state: State) -> Iterator[None]:
         if state.progress:
             state.progress.clear()
         if state.as_json:
-            _emit_json({"ok": False, "error": redact_text(exc.message), "hint": exc.hint, "type": type(exc).__name__})
+            hint = redact_text(exc.hint) if exc.hint else None
+            _emit_json(
+                {
+                    "ok": False,
+                    "error": redact_text(exc.message),
+                    "hint": hint,
+                    "type": type(exc).__name__,
+                }
+            )
             sys.exit(exc.exit_code)
         _fail(exc.message, exc.hint, exc.exit_code)
     except KeyboardInterrupt:
@@ -147,7 +170,9 @@ pass_state = click.make_pass_decorator(State)
     type=click.Path(dir_okay=False, path_type=Path),
     help="A backup_config.env in the seed's format; variables set in the environment win over it.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines."
+)
 @click.option(
     "--log-format",
     type=click.Choice(["console", "json"]),
@@ -178,7 +203,10 @@ def cli(
     """
     default = logging.INFO if log_format == "json" else logging.WARNING
     level = {0: default, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    configure_logging(log_format, level)
+    global _handler
+    if _handler is not None:  # main() called again in the same process
+        logging.getLogger("cellvault").removeHandler(_handler)
+    _handler = configure_logging(log_format, level, tracebacks=debug)
     ctx.obj = State(config, env_file, as_json, debug)
 
 
@@ -189,10 +217,19 @@ def cli(
     type=click.Choice(["full", "incremental"]),
     help="Backup type (default: BACKUP_TYPE, else full).",
 )
-@click.option("--cell", "cells", multiple=True, help="Back up only this cell (repeatable). Default: all.")
-@click.option("--target", "targets", multiple=True, help="Store only to this target (repeatable). Default: all.")
+@click.option(
+    "--cell", "cells", multiple=True, help="Back up only this cell (repeatable). Default: all."
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Store only to this target (repeatable). Default: all.",
+)
 @pass_state
-def backup(state: State, kind: str | None, cells: tuple[str, ...], targets: tuple[str, ...]) -> None:
+def backup(
+    state: State, kind: str | None, cells: tuple[str, ...], targets: tuple[str, ...]
+) -> None:
     """Back up cells to every target, then verify each stored copy.
 
     Each cell's archive is built once and stored to all targets at once. The
@@ -219,13 +256,17 @@ def backup(state: State, kind: str | None, cells: tuple[str, ...], targets: tupl
                 click.echo(f"warn {cell.cell}: {warning}", err=True)
         for line in iter_failures(report):
             click.echo(f"FAIL {line}", err=True)
-        click.echo(f"backup run {report.run}: {'ok' if report.ok else 'FAILED'} in {report.duration:.1f}s")
+        click.echo(
+            f"backup run {report.run}: {'ok' if report.ok else 'FAILED'} in {report.duration:.1f}s"
+        )
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 @cli.command()
 @click.option("--cell", "cells", multiple=True, help="Verify only this cell (repeatable).")
-@click.option("--target", "targets", multiple=True, help="Read back from this target only (repeatable).")
+@click.option(
+    "--target", "targets", multiple=True, help="Read back from this target only (repeatable)."
+)
 @click.option(
     "--date",
     "select",
@@ -233,9 +274,16 @@ def backup(state: State, kind: str | None, cells: tuple[str, ...], targets: tupl
     show_default=True,
     help="Which archive: latest, an id, a date prefix (20250101_0200) or an ISO time.",
 )
-@click.option("--all", "all_archives", is_flag=True, help="Verify every committed archive, not only one per cell.")
+@click.option(
+    "--all",
+    "all_archives",
+    is_flag=True,
+    help="Verify every committed archive, not only one per cell.",
+)
 @pass_state
-def verify(state: State, cells: tuple[str, ...], targets: tuple[str, ...], select: str, all_archives: bool) -> None:
+def verify(
+    state: State, cells: tuple[str, ...], targets: tuple[str, ...], select: str, all_archives: bool
+) -> None:
     """Read archives back from the targets and check every byte.
 
     Checks each archive's sha256 against its sidecar, every member against the
@@ -243,7 +291,10 @@ def verify(state: State, cells: tuple[str, ...], targets: tuple[str, ...], selec
     """
     with _errors(state):
         report = state.vault().verify(
-            list(cells) or None, targets=list(targets) or None, select=select, all_archives=all_archives
+            list(cells) or None,
+            targets=list(targets) or None,
+            select=select,
+            all_archives=all_archives,
         )
     if state.as_json:
         _emit_json(report.to_dict())
@@ -265,7 +316,12 @@ def verify(state: State, cells: tuple[str, ...], targets: tuple[str, ...], selec
     help="latest, an archive id, a date prefix such as 20250101_0200, or an ISO time "
     "(newest at or before it). Default: RESTORE_DATE, else latest.",
 )
-@click.option("--cell", "cells", multiple=True, help="Restore only this cell (default: RESTORE_CELL, else all).")
+@click.option(
+    "--cell",
+    "cells",
+    multiple=True,
+    help="Restore only this cell (default: RESTORE_CELL, else all).",
+)
 @click.option(
     "--into",
     type=click.Path(file_okay=False, path_type=Path),
@@ -276,7 +332,12 @@ def verify(state: State, cells: tuple[str, ...], targets: tuple[str, ...], selec
     is_flag=True,
     help="Do not back up the current data first (RESTORE_SKIP_PREBACKUP=1). Needs approval.",
 )
-@click.option("--source", "sources", multiple=True, help="Read from these targets, in this order (default: all).")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Read from these targets, in this order (default: all).",
+)
 @click.option(
     "--allow-external-links",
     is_flag=True,
@@ -334,22 +395,34 @@ def restore(
 @click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
 @pass_state
 def list_(state: State, cells: tuple[str, ...], targets: tuple[str, ...]) -> None:
-    """List committed archives: id, kind, chain, size and where they are stored."""
+    """List committed archives: id, kind, chain, size and where they are stored.
+
+    With --json: {"ok": true, "archives": [...]}, oldest first.
+    """
     with _errors(state):
         archives = state.vault().list(list(cells) or None, targets=list(targets) or None)
     if state.as_json:
-        _emit_json([a.to_dict() for a in archives])
+        # An object like every other --json output (and like its errors), not a bare list.
+        _emit_json({"ok": True, "archives": [a.to_dict() for a in archives]})
         return
     if not archives:
         click.echo("no archives")
         return
     click.echo(f"{'ARCHIVE':<40} {'KIND':<12} {'SIZE':>10} {'FILES':>7}  {'TARGETS':<16} CHAIN")
     for a in archives:
-        chain = f"<- {a.parent} (+{len(a.chain) - 1} more)" if len(a.chain) > 1 else (f"<- {a.parent}" if a.parent else "")
+        chain = (
+            f"<- {a.parent} (+{len(a.chain) - 1} more)"
+            if len(a.chain) > 1
+            else (f"<- {a.parent}" if a.parent else "")
+        )
         kind = a.kind if a.reason == "scheduled" else f"{a.kind}*"
-        click.echo(f"{a.id:<40} {kind:<12} {_size(a.size):>10} {a.files:>7}  {','.join(a.targets):<16} {chain}")
+        click.echo(
+            f"{a.id:<40} {kind:<12} {_size(a.size):>10} {a.files:>7}  {','.join(a.targets):<16} {chain}"
+        )
     if any(a.reason != "scheduled" for a in archives):
-        click.echo("* made for a reason other than the schedule (pre-restore safety backup, demo, ...)")
+        click.echo(
+            "* made for a reason other than the schedule (pre-restore safety backup, demo, ...)"
+        )
 
 
 @cli.command()
@@ -383,12 +456,18 @@ def demo(state: State, where: Path) -> None:
     echo(f"1. created sample cells crm and billing in {result.cells_dir}")
     for c in result.backup.cells:
         state_ = "ok" if c.ok else f"FAILED ({c.error})"
-        echo(f"2. backed up {c.cell}: {c.archive}, {c.files} files, {_size(c.archive_size)} -> {state_}")
-    echo(f"   archives are in {result.backup_dir}/<cell>/ (restorable with: zstd -d < X.tar.zst | tar x)")
+        echo(
+            f"2. backed up {c.cell}: {c.archive}, {c.files} files, {_size(c.archive_size)} -> {state_}"
+        )
+    echo(
+        f"   archives are in {result.backup_dir}/<cell>/ (restorable with: zstd -d < X.tar.zst | tar x)"
+    )
     for r in result.verify.results:
         echo(f"3. verified {r.archive} on {r.target}: {'ok' if r.ok else 'FAILED ' + str(r.error)}")
     for rc in result.restore.cells:
-        echo(f"4. restored {rc.cell} into {', '.join(rc.destination)}: {'ok' if rc.ok else 'FAILED ' + str(rc.error)}")
+        echo(
+            f"4. restored {rc.cell} into {', '.join(rc.destination)}: {'ok' if rc.ok else 'FAILED ' + str(rc.error)}"
+        )
     echo(f"5. restored trees identical to the originals: {'yes' if result.identical else 'NO'}")
     echo("demo ok" if result.ok else "demo FAILED")
     sys.exit(EXIT_OK if result.ok else EXIT_FAILED)

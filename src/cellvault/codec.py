@@ -33,9 +33,12 @@ class Codec:
     def writer(self, raw: IO[bytes]) -> BinaryIO:
         """A file object that compresses into *raw*; closing it does not close *raw*."""
         if self.name == "zstd":
-            cctx = zstandard.ZstdCompressor(level=self.level or 3, threads=self.threads)
+            level = 3 if self.level is None else self.level
+            cctx = zstandard.ZstdCompressor(level=level, threads=self.threads)
             return cast(BinaryIO, cctx.stream_writer(raw, closefd=False))
-        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=self.level or 6, mtime=0))
+        # Level 0 is valid for gzip (stored, no compression): only None means the default.
+        level = 6 if self.level is None else self.level
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0))
 
     def reader(self, raw: IO[bytes]) -> BinaryIO:
         """A file object that decompresses what it reads from *raw*."""
@@ -60,6 +63,14 @@ def get_codec(name: str, level: int | None = None) -> Codec:
         codec = CODECS[name]
     except KeyError:
         raise ConfigError(f"unknown codec {name!r}", hint="use 'zstd' or 'gzip'") from None
+    if level is not None:
+        low, high = (0, 9) if name == "gzip" else (-(1 << 17), zstandard.MAX_COMPRESSION_LEVEL)
+        if not isinstance(level, int) or not low <= level <= high:
+            raise ConfigError(
+                f"compression level {level!r} is out of range for {name}",
+                hint=f"use a whole number from {low} to {high}"
+                + ("; negative levels are zstd's fast modes" if name == "zstd" else ""),
+            )
     return codec.with_level(level)
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
@@ -22,7 +23,7 @@ from .errors import ConfigError
 from .lock import DEFAULT_TTL
 from .targets.base import TargetSpec
 
-__all__ = ["KNOWN_ENV", "Config", "load_env", "load_toml"]
+__all__ = ["KNOWN_ENV", "Config", "load_env", "load_toml", "unknown_env", "with_restore_env"]
 
 #: Every environment variable cellvault reads (others starting with BACKUP_ or
 #: RESTORE_ are reported as unknown, with a suggestion).
@@ -56,7 +57,12 @@ KNOWN_ENV: tuple[str, ...] = (
     "RESTORE_INTO",
 )
 # Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL.
-_FAMILY_PREFIXES = ("BACKUP_CELL_", "BACKUP_TARGET_")
+_FAMILY = re.compile(r"BACKUP_CELL_[A-Z0-9_]+_(PATHS|EXCLUDE)|BACKUP_TARGET_[A-Z0-9_]+_URL")
+_FAMILY_EXAMPLES = (
+    "BACKUP_CELL_<NAME>_PATHS",
+    "BACKUP_CELL_<NAME>_EXCLUDE",
+    "BACKUP_TARGET_<NAME>_URL",
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -67,6 +73,18 @@ def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
         raise ConfigError(f"{attribute.name} must be at least 1, not {value}")
 
 
+def _abspath(value: str | os.PathLike[str]) -> Path:
+    return Path(value).expanduser().absolute()
+
+
+def _cells(value: Iterable[Cell]) -> tuple[Cell, ...]:
+    return tuple(value)
+
+
+def _targets(value: Iterable[TargetSpec]) -> tuple[TargetSpec, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Config:
     """Everything a :class:`~cellvault.Vault` needs.
@@ -75,9 +93,12 @@ class Config:
     first target is the primary: restores look there first.
     """
 
-    backup_dir: Path = attrs.field(converter=lambda p: Path(p).expanduser().absolute())
-    cells: tuple[Cell, ...] = attrs.field(default=(), converter=tuple)
-    targets: tuple[TargetSpec, ...] = attrs.field(default=(), converter=tuple)
+    #: The local backup directory: the spool, run logs, and the default local target.
+    backup_dir: Path = attrs.field(converter=_abspath)
+    #: The cells to back up.
+    cells: tuple[Cell, ...] = attrs.field(default=(), converter=_cells)
+    #: Where archives are stored, the primary first.
+    targets: tuple[TargetSpec, ...] = attrs.field(default=(), converter=_targets)
     codec: str = "zstd"
     level: int | None = None
     #: Cells backed up (and restored) at once.
@@ -90,7 +111,9 @@ class Config:
     checksum: bool = False
     lock_ttl: float = DEFAULT_TTL
     #: Defaults for the command line, from BACKUP_TYPE and RESTORE_*.
-    backup_type: str = attrs.field(default="full", validator=attrs.validators.in_(("full", "incremental")))
+    backup_type: str = attrs.field(
+        default="full", validator=attrs.validators.in_(("full", "incremental"))
+    )
     restore_date: str | None = None
     restore_cell: str | None = None
     restore_skip_prebackup: bool = False
@@ -138,14 +161,24 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """Variables that look like cellvault's but are not, each with a suggestion."""
-    out = []
+    out: list[tuple[str, str | None]] = []
     for key in sorted(environ):
         if not key.startswith(("BACKUP_", "RESTORE_")) or key in KNOWN_ENV:
             continue
-        if key.startswith(_FAMILY_PREFIXES):
+        if _FAMILY.fullmatch(key):
             continue
-        match = difflib.get_close_matches(key, KNOWN_ENV, n=1, cutoff=0.75)
-        out.append((key, match[0] if match else None))
+        if key.startswith("BACKUP_CELL_"):
+            out.append((key, _FAMILY_EXAMPLES[1] if "EXCL" in key else _FAMILY_EXAMPLES[0]))
+            continue
+        if key.startswith("BACKUP_TARGET_"):
+            out.append((key, _FAMILY_EXAMPLES[2]))
+            continue
+        # Compare what follows the shared BACKUP_/RESTORE_ prefix, which would
+        # otherwise make every pair look alike.
+        prefix, _, rest = key.partition("_")
+        known = {k.partition("_")[2]: k for k in KNOWN_ENV if k.startswith(prefix + "_")}
+        match = difflib.get_close_matches(rest, list(known), n=1, cutoff=0.75)
+        out.append((key, known[match[0]] if match else None))
     return out
 
 
@@ -161,6 +194,10 @@ def _flag(environ: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigError(f"{key}={raw!r} is not a yes/no value", hint="use 1 or 0")
 
 
+@overload
+def _int(environ: Mapping[str, str], key: str, default: int) -> int: ...
+@overload
+def _int(environ: Mapping[str, str], key: str, default: None) -> int | None: ...
 def _int(environ: Mapping[str, str], key: str, default: int | None) -> int | None:
     raw = environ.get(key, "").strip()
     if not raw:
@@ -184,7 +221,9 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
 
     backup_dir = env.get("BACKUP_DIR", "").strip()
     if not backup_dir:
-        raise ConfigError("BACKUP_DIR is not set", hint="set it to the local backup directory, e.g. /backup/paas")
+        raise ConfigError(
+            "BACKUP_DIR is not set", hint="set it to the local backup directory, e.g. /backup/paas"
+        )
 
     cells = []
     names = env.get("BACKUP_CELLS", "").replace(",", " ").split()
@@ -218,9 +257,9 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         targets=targets,
         codec=env.get("BACKUP_CODEC", "zstd").strip() or "zstd",
         level=_int(env, "BACKUP_COMPRESSION_LEVEL", None),
-        jobs=_int(env, "BACKUP_JOBS", 2) or 2,
+        jobs=_int(env, "BACKUP_JOBS", 2),
         verify_after_backup=_flag(env, "BACKUP_VERIFY", True),
-        max_chain=_int(env, "BACKUP_MAX_CHAIN", 30) or 30,
+        max_chain=_int(env, "BACKUP_MAX_CHAIN", 30),
         checksum=_flag(env, "BACKUP_CHECKSUM", False),
         backup_type=backup_type,
         restore_date=env.get("RESTORE_DATE", "").strip() or None,
@@ -229,6 +268,20 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         restore_into=Path(into) if into else None,
         extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
     )
+
+
+def with_restore_env(config: Config, environ: Mapping[str, str]) -> Config:
+    """*config* with the seed's ``RESTORE_*`` variables of *environ* applied over it."""
+    changes: dict[str, Any] = {}
+    if environ.get("RESTORE_DATE", "").strip():
+        changes["restore_date"] = environ["RESTORE_DATE"].strip()
+    if environ.get("RESTORE_CELL", "").strip():
+        changes["restore_cell"] = environ["RESTORE_CELL"].strip()
+    if "RESTORE_SKIP_PREBACKUP" in environ:
+        changes["restore_skip_prebackup"] = _flag(environ, "RESTORE_SKIP_PREBACKUP", False)
+    if environ.get("RESTORE_INTO", "").strip():
+        changes["restore_into"] = Path(environ["RESTORE_INTO"].strip())
+    return attrs.evolve(config, **changes) if changes else config
 
 
 def _split(text: str) -> list[str]:
@@ -248,7 +301,9 @@ def _env_target(name: str, env: Mapping[str, str], backup_dir: str) -> TargetSpe
         client: dict[str, str] = {}
         if env.get("BACKUP_S3_ENDPOINT"):
             client["endpoint_url"] = env["BACKUP_S3_ENDPOINT"]
-        region = env.get("BACKUP_S3_REGION") or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
+        region = (
+            env.get("BACKUP_S3_REGION") or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
+        )
         if region:
             client["region_name"] = region
         if client:
@@ -269,13 +324,13 @@ def _env_target(name: str, env: Mapping[str, str], backup_dir: str) -> TargetSpe
             return TargetSpec("nas", _rsync_url(env["BACKUP_NAS_RSYNC"]))
         raise ConfigError("target nas needs BACKUP_NAS_PATH or BACKUP_NAS_RSYNC")
     key = name.upper().replace("-", "_")
-    url = env.get(f"BACKUP_TARGET_{key}_URL")
-    if not url:
+    custom = env.get(f"BACKUP_TARGET_{key}_URL")
+    if not custom:
         raise ConfigError(
             f"unknown target {name!r} in BACKUP_TARGETS",
             hint=f"use local, s3, oss or nas, or give its URL in BACKUP_TARGET_{key}_URL",
         )
-    return TargetSpec(name, url)
+    return TargetSpec(name, custom)
 
 
 def _rsync_url(dest: str) -> str:
@@ -291,13 +346,19 @@ def _rsync_url(dest: str) -> str:
 def _required(env: Mapping[str, str], key: str, target: str) -> str:
     value = env.get(key, "").strip()
     if not value:
-        raise ConfigError(f"target {target} needs {key}", hint=f"set {key} or remove {target} from BACKUP_TARGETS")
+        raise ConfigError(
+            f"target {target} needs {key}", hint=f"set {key} or remove {target} from BACKUP_TARGETS"
+        )
     return value
 
 
 # -- TOML -------------------------------------------------------------------
 
-_TOP_KEYS = {f.name for f in attrs.fields(Config)} - {"cells", "targets", "extra"} | {"cells", "targets", "alerts"}
+_TOP_KEYS = {f.name for f in attrs.fields(Config)} - {"cells", "targets", "extra"} | {
+    "cells",
+    "targets",
+    "alerts",
+}
 _CELL_KEYS = {"paths", "exclude", "dumpers"}
 _TARGET_KEYS = {"url", "options"}
 
@@ -306,8 +367,58 @@ def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
     for key in data:
         if key not in allowed:
             match = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(sorted(allowed))}"
+            hint = (
+                f"did you mean {match[0]!r}?"
+                if match
+                else f"known keys: {', '.join(sorted(allowed))}"
+            )
             raise ConfigError(f"{where}: unknown key {key!r}", hint=hint)
+
+
+#: The type each top-level scalar of a TOML file must have.
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    "backup_dir": (str,),
+    "codec": (str,),
+    "level": (int,),
+    "jobs": (int,),
+    "verify_after_backup": (bool,),
+    "max_chain": (int,),
+    "checksum": (bool,),
+    "lock_ttl": (int, float),
+    "backup_type": (str,),
+    "restore_date": (str,),
+    "restore_cell": (str,),
+    "restore_skip_prebackup": (bool,),
+    "restore_into": (str,),
+}
+_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def _check_type(where: str, key: str, value: Any, types: tuple[type, ...]) -> None:
+    # bool is an int in Python, but `jobs = true` is a mistake, not 1.
+    ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    if not ok:
+        wanted = (
+            "a number"
+            if float in types
+            else " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        )
+        raise ConfigError(f"{where}: {key} must be {wanted}, not {value!r}")
+
+
+def _table(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, not {value!r}")
+    return value
+
+
+def _strings(where: str, key: str, value: Any) -> list[str]:
+    """A list of strings; a single string is a list of one."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of strings, not {value!r}")
+    return value
 
 
 def load_toml(path: Path) -> Config:
@@ -316,27 +427,47 @@ def load_toml(path: Path) -> Config:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", hint="check --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory", hint="check --config") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     _check_keys(str(path), data, _TOP_KEYS)
     if "backup_dir" not in data:
         raise ConfigError(f"{path}: backup_dir is missing")
     cells = []
-    for name, body in data.get("cells", {}).items():
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: [cells.{name}] must be a table")
-        _check_keys(f"{path} [cells.{name}]", body, _CELL_KEYS)
-        cells.append(Cell(name, body.get("paths", ()), exclude=body.get("exclude", ()), dumpers=body.get("dumpers", ())))
+    for name, body in _table(f"{path}: [cells]", data.get("cells", {})).items():
+        where = f"{path} [cells.{name}]"
+        body = _table(f"{path}: [cells.{name}]", body)
+        _check_keys(where, body, _CELL_KEYS)
+        dumpers = body.get("dumpers", ())
+        if not isinstance(dumpers, list | tuple):
+            raise ConfigError(f"{where}: dumpers must be a list, not {dumpers!r}")
+        cells.append(
+            Cell(
+                name,
+                _strings(where, "paths", body.get("paths", [])),
+                exclude=_strings(where, "exclude", body.get("exclude", [])),
+                dumpers=dumpers,
+            )
+        )
     targets = []
-    for name, body in data.get("targets", {}).items():
+    for name, body in _table(f"{path}: [targets]", data.get("targets", {})).items():
         if not isinstance(body, dict) or "url" not in body:
             raise ConfigError(f"{path}: [targets.{name}] needs a url")
-        _check_keys(f"{path} [targets.{name}]", body, _TARGET_KEYS)
-        targets.append(TargetSpec(name, str(body["url"]), dict(body.get("options", {}))))
+        where = f"{path} [targets.{name}]"
+        _check_keys(where, body, _TARGET_KEYS)
+        _check_type(where, "url", body["url"], (str,))
+        options = _table(f"{path}: [targets.{name}.options]", body.get("options", {}))
+        targets.append(TargetSpec(name, body["url"], dict(options)))
+    alerts = _table(f"{path}: [alerts]", data.get("alerts", {}))
     scalars = {k: v for k, v in data.items() if k not in ("cells", "targets", "alerts")}
+    for key, value in scalars.items():
+        _check_type(str(path), key, value, _SCALAR_TYPES[key])
     if "restore_into" in scalars:
         scalars["restore_into"] = Path(scalars["restore_into"])
     try:
-        return Config(cells=cells, targets=targets, extra=dict(data.get("alerts", {})), **scalars)
+        return Config(cells=cells, targets=targets, extra=dict(alerts), **scalars)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None

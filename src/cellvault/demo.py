@@ -78,8 +78,13 @@ def run_demo(root: Path) -> DemoResult:
     vault = Vault(Config(backup_dir=backup_dir, cells=cells), load_entry_points=False)
     backup = vault.backup(reason="demo")
     verify = vault.verify()
-    restore = vault.restore("latest", into=restored) if backup.ok else RestoreReport((), 0.0, "backup failed")
+    restore = (
+        vault.restore("latest", into=restored)
+        if backup.ok
+        else RestoreReport((), 0.0, "backup failed")
+    )
     identical = restore.ok and all(
-        _same_tree(cell.paths[0], restored / cell.name / cell.paths[0].name, ignore=["session.tmp"]) for cell in cells
+        _same_tree(cell.paths[0], restored / cell.name / cell.paths[0].name, ignore=["session.tmp"])
+        for cell in cells
     )
     return DemoResult(root, cells_dir, backup_dir, restored, backup, verify, restore, identical)

@@ -54,11 +54,11 @@ class TargetError(CellvaultError):
         super().__init__(f"target {target}: {message}", hint=hint)
 
 
-class ArchiveNotFound(CellvaultError):  # noqa: N818 - the name reads as the condition
+class ArchiveNotFound(CellvaultError):
     """No committed archive matches what was asked for."""
 
 
-class ArchiveCorrupt(CellvaultError):  # noqa: N818
+class ArchiveCorrupt(CellvaultError):
     """A stored archive does not match its sidecar or its manifest."""
 
     def __init__(
@@ -89,7 +89,7 @@ class UnsafeArchive(ArchiveCorrupt):
     """
 
 
-class LockHeld(CellvaultError):  # noqa: N818
+class LockHeld(CellvaultError):
     """Another run holds the lock on a cell at a target."""
 
     def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:

@@ -18,7 +18,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -50,42 +50,74 @@ class MemberRecord:
 def safe_member_path(name: str, *, archive: str) -> PurePosixPath:
     """Check an archive member name; raise :class:`UnsafeArchive` for a hostile one."""
     if not name or name.startswith("/") or "\0" in name:
-        raise UnsafeArchive(f"member name {name!r} is absolute or empty; refused", archive=archive, member=name)
+        raise UnsafeArchive(
+            f"member name {name!r} is absolute or empty; refused", archive=archive, member=name
+        )
     parts = name.rstrip("/").split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafeArchive(
-            f"member name {name!r} has '..', '.' or empty components; refused", archive=archive, member=name
+            f"member name {name!r} has '..', '.' or empty components; refused",
+            archive=archive,
+            member=name,
         )
     return PurePosixPath(*parts)
 
 
-def _check_link(entry_path: PurePosixPath, target: str, *, archive: str, allow_external: bool) -> None:
+def _check_link(
+    entry_path: PurePosixPath,
+    target: str,
+    *,
+    archive: str,
+    allow_external: bool,
+    links: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse a link that resolves outside its cell root.
+
+    The target is resolved below ``data/<root>/`` component by component;
+    *links* (path -> target of the archive's other symbolic links) are
+    followed on the way, so ``a -> d/up/..`` with ``d/up -> ..`` is caught too.
+    """
     if allow_external:
         return
-    if target.startswith("/"):
-        raise UnsafeArchive(
-            f"symbolic link to absolute path {target!r} points outside the destination; refused",
+
+    def refuse(why: str) -> UnsafeArchive:
+        return UnsafeArchive(
+            f"symbolic link to {target!r} {why}; refused",
             archive=archive,
             member=entry_path.as_posix(),
-            hint="restore with allow_external_links (--allow-external-links) if the archive is trusted",
+            hint="restore with allow_external_links (--allow-external-links) "
+            "if the archive is trusted",
         )
+
+    if target.startswith("/"):
+        raise refuse("points to an absolute path, outside the destination")
+    links = links or {}
     # Resolve lexically below the cell root: data/<root>/...
     root_depth = 2
     base = list(entry_path.parts[:-1])
-    for part in target.split("/"):
+    todo = list(reversed(target.split("/")))
+    hops = 0
+    while todo:
+        part = todo.pop()
         if part in ("", "."):
             continue
         if part == "..":
             if len(base) <= root_depth:
-                raise UnsafeArchive(
-                    f"symbolic link to {target!r} points outside the destination; refused",
-                    archive=archive,
-                    member=entry_path.as_posix(),
-                    hint="restore with allow_external_links (--allow-external-links) if the archive is trusted",
-                )
+                raise refuse("points outside the destination")
             base.pop()
-        else:
-            base.append(part)
+            continue
+        base.append(part)
+        via = links.get("/".join(base))
+        if via is None:
+            continue
+        hops += 1
+        if hops > 40:
+            return  # a loop: the kernel refuses to resolve it (ELOOP), it leads nowhere
+        if via.startswith("/"):
+            through = "/".join(base)
+            raise refuse(f"leads through the link {through} to an absolute path, outside")
+        base.pop()
+        todo.extend(reversed(via.split("/")))
 
 
 class ArchiveStream:
@@ -100,6 +132,13 @@ class ArchiveStream:
         self.current: str | None = None
         self.meta: ArchiveMeta | None = None
         self.manifest_raw: bytes | None = None
+        #: Set when the stream ended but its sha256 or size differs from the sidecar: why.
+        self.digest_mismatch: str | None = None
+
+    def _reader_of(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> IO[bytes]:
+        f = tar.extractfile(info)
+        assert f is not None
+        return _MemberReader(f, self, name)  # type: ignore[return-value]
 
     def corrupt(self, message: str, member: str | None = None) -> ArchiveCorrupt:
         return ArchiveCorrupt(
@@ -117,7 +156,7 @@ class ArchiveStream:
         and :attr:`manifest_raw`).
         """
         try:
-            tar = tarfile.open(fileobj=self._reader, mode="r|", bufsize=BLOCK)  # type: ignore[call-overload]
+            tar = tarfile.open(fileobj=self._reader, mode="r|", bufsize=BLOCK)  # noqa: SIM115 - a stream, read to its end below
             seen: set[str] = set()
             first = True
             for info in tar:
@@ -126,7 +165,9 @@ class ArchiveStream:
                 path = safe_member_path(name, archive=self.archive)
                 norm = path.as_posix()
                 if norm in seen:
-                    raise UnsafeArchive("member appears twice; refused", archive=self.archive, member=norm)
+                    raise UnsafeArchive(
+                        "member appears twice; refused", archive=self.archive, member=norm
+                    )
                 seen.add(norm)
                 if first:
                     first = False
@@ -148,24 +189,34 @@ class ArchiveStream:
                         member=norm,
                     )
                 if len(path.parts) < 2 or path.parts[0] not in ("data", "dumps"):
-                    raise UnsafeArchive("member lies outside data/ and dumps/", archive=self.archive, member=norm)
-                yield info, path, tar.extractfile(info) if info.isreg() else None
+                    raise UnsafeArchive(
+                        "member lies outside data/ and dumps/", archive=self.archive, member=norm
+                    )
+                yield info, path, self._reader_of(tar, info, norm) if info.isreg() else None
             if self.meta is None:
                 raise self.corrupt("the archive is empty (no meta.json)")
             if self.manifest_raw is None:
-                raise self.corrupt("manifest.json is missing: the archive is truncated", member=self.current)
+                raise self.corrupt(
+                    "manifest.json is missing: the archive is truncated", member=self.current
+                )
             self.current = None
             self._hashing.drain()
         except (ArchiveCorrupt, UnsafeArchive):
             raise
         except _STREAM_ERRORS as exc:
             where = f"at or after member {self.current}" if self.current else "at its start"
-            raise self.corrupt(f"unreadable {where} ({type(exc).__name__}: {exc}); truncated or damaged") from None
-        if self._hashing.count != self.sidecar.size or self._hashing.hexdigest() != self.sidecar.sha256:
             raise self.corrupt(
+                f"unreadable {where} ({type(exc).__name__}: {exc}); truncated or damaged"
+            ) from None
+        if (
+            self._hashing.count != self.sidecar.size
+            or self._hashing.hexdigest() != self.sidecar.sha256
+        ):
+            self.digest_mismatch = (
                 f"sha256 {self._hashing.hexdigest()[:16]}… over {self._hashing.count} bytes does not match "
                 f"the sidecar ({self.sidecar.sha256[:16]}… over {self.sidecar.size} bytes)"
             )
+            raise self.corrupt(self.digest_mismatch)
 
     def _meta(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> ArchiveMeta:
         f = tar.extractfile(info)
@@ -187,6 +238,24 @@ class ArchiveStream:
         return Manifest.from_json(self.manifest_raw, archive=self.archive)
 
 
+class _MemberReader:
+    """A member's data: a damaged or truncated stream raises :class:`ArchiveCorrupt` naming it."""
+
+    def __init__(self, raw: IO[bytes], stream: ArchiveStream, name: str) -> None:
+        self.raw = raw
+        self.stream = stream
+        self.name = name
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.raw.read(size)
+        except _STREAM_ERRORS as exc:
+            raise self.stream.corrupt(
+                f"unreadable data ({type(exc).__name__}: {exc}); truncated or damaged",
+                member=self.name,
+            ) from None
+
+
 def _tar_kind(info: tarfile.TarInfo) -> str:
     if info.islnk():
         return "hard link"
@@ -204,7 +273,9 @@ def _hash_stream(f: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def verify_archive(raw: IO[bytes], sidecar: Sidecar, target: str) -> tuple[ArchiveMeta, Manifest, int]:
+def verify_archive(
+    raw: IO[bytes], sidecar: Sidecar, target: str
+) -> tuple[ArchiveMeta, Manifest, int]:
     """Read a stored archive to its end and check it against its sidecar and manifest.
 
     Checks: the sha256 and size match the sidecar; ``meta.json`` is first and
@@ -215,14 +286,31 @@ def verify_archive(raw: IO[bytes], sidecar: Sidecar, target: str) -> tuple[Archi
     """
     stream = ArchiveStream(raw, sidecar, target)
     seen: dict[str, MemberRecord] = {}
-    for info, path, f in stream.members():
-        name = path.as_posix()
-        if f is not None:
-            seen[name] = MemberRecord("file", info.size, info.mode, sha256=_hash_stream(f))
-        elif info.isdir():
-            seen[name] = MemberRecord("dir", 0, info.mode)
-        else:
-            seen[name] = MemberRecord("symlink", 0, info.mode, target=info.linkname)
+    try:
+        for info, path, f in stream.members():
+            name = path.as_posix()
+            if f is not None:
+                seen[name] = MemberRecord("file", info.size, info.mode, sha256=_hash_stream(f))
+            elif info.isdir():
+                seen[name] = MemberRecord("dir", 0, info.mode)
+            else:
+                seen[name] = MemberRecord("symlink", 0, info.mode, target=info.linkname)
+    except ArchiveCorrupt:
+        if not stream.digest_mismatch or stream.manifest_raw is None:
+            raise
+        # The whole stream read but does not hash right: name the damaged member if the
+        # archive's own manifest can tell which one it is.
+        try:
+            check_members(stream, stream.manifest(), seen)
+        except ArchiveCorrupt as damaged:
+            where = ArchiveCorrupt(
+                "", archive=damaged.archive, member=damaged.member, target=damaged.target
+            ).message
+            detail = damaged.message.removeprefix(where)
+            raise stream.corrupt(
+                f"{detail}; {stream.digest_mismatch}", member=damaged.member
+            ) from None
+        raise
     assert stream.meta is not None
     manifest = stream.manifest()
     check_members(stream, manifest, seen)
@@ -236,20 +324,28 @@ def check_members(stream: ArchiveStream, manifest: Manifest, seen: dict[str, Mem
         if entry is None:
             raise stream.corrupt("member is not in the manifest", member=name)
         if entry.type != rec.type:
-            raise stream.corrupt(f"member is a {rec.type}, the manifest says {entry.type}", member=name)
+            raise stream.corrupt(
+                f"member is a {rec.type}, the manifest says {entry.type}", member=name
+            )
         if rec.type == "file":
             if entry.archive != stream.archive:
                 raise stream.corrupt(f"manifest says archive {entry.archive} holds it", member=name)
             if rec.size != entry.size or rec.sha256 != entry.sha256:
-                raise stream.corrupt("content does not match the manifest (sha256 differs)", member=name)
+                raise stream.corrupt(
+                    "content does not match the manifest (sha256 differs)", member=name
+                )
         if rec.type == "symlink" and rec.target != entry.target:
             raise stream.corrupt("link target does not match the manifest", member=name)
         if rec.mode != entry.mode:
-            raise stream.corrupt(f"mode {rec.mode:o} does not match the manifest ({entry.mode:o})", member=name)
+            raise stream.corrupt(
+                f"mode {rec.mode:o} does not match the manifest ({entry.mode:o})", member=name
+            )
     for entry in manifest:
         held_here = entry.type != "file" or entry.archive == stream.archive
         if held_here and entry.path not in seen:
-            raise stream.corrupt("listed in the manifest but missing from the archive", member=entry.path)
+            raise stream.corrupt(
+                "listed in the manifest but missing from the archive", member=entry.path
+            )
 
 
 @attrs.define
@@ -274,15 +370,28 @@ class StagedTree:
     def _dest(self, path: str) -> Path:
         rel = safe_member_path(path, archive=self.archive)
         if rel.parts[0] != "data" or len(rel.parts) < 2:
-            raise UnsafeArchive("manifest path lies outside data/", archive=self.archive, member=path)
+            raise UnsafeArchive(
+                "manifest path lies outside data/", archive=self.archive, member=path
+            )
         return self.staging.joinpath(*rel.parts[1:])
 
     def prepare(self) -> None:
         """Check every manifest path and create the directories."""
         self.staging.mkdir(parents=True, exist_ok=True)
         self._dirs.add(self.staging)
+        links = {e.path: e.target or "" for e in self.manifest if e.type == "symlink"}
         for entry in self.manifest:
             dest = self._dest(entry.path)
+            parts = PurePosixPath(entry.path).parts
+            for depth in range(1, len(parts)):
+                above = self.manifest.get("/".join(parts[:depth]))
+                if above is not None and above.type != "dir":
+                    kind = "symbolic link" if above.type == "symlink" else above.type
+                    raise UnsafeArchive(
+                        f"path lies under the {kind} {above.path}; refused",
+                        archive=self.archive,
+                        member=entry.path,
+                    )
             if entry.type == "symlink":
                 assert entry.target is not None
                 _check_link(
@@ -290,6 +399,7 @@ class StagedTree:
                     entry.target,
                     archive=self.archive,
                     allow_external=self.allow_external_links,
+                    links=links,
                 )
             elif entry.type == "dir":
                 self._mkdir(dest)
@@ -309,14 +419,16 @@ class StagedTree:
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise UnsafeArchive(
-                    "a directory path is taken by a file or link", archive=self.archive, member=str(path)
+                    "a directory path is taken by a file or link",
+                    archive=self.archive,
+                    member=str(path),
                 ) from None
         self._dirs.add(path)
 
     def take(self, stream: ArchiveStream) -> None:
         """Extract from *stream* the files the manifest says it holds, checking each."""
         holder = stream.archive
-        for info, path, f in stream.members():
+        for _info, path, f in stream.members():
             name = path.as_posix()
             entry = self._pending.get(name)
             if f is None or entry is None or entry.archive != holder:
@@ -334,14 +446,19 @@ class StagedTree:
                     if self.on_bytes is not None:
                         self.on_bytes(len(block))
             if size != entry.size or digest.hexdigest() != entry.sha256:
-                raise stream.corrupt("content does not match the manifest (sha256 differs)", member=name)
+                raise stream.corrupt(
+                    "content does not match the manifest (sha256 differs)", member=name
+                )
             del self._pending[name]
             self.files += 1
             self.bytes += size
-        if stream.archive == self.archive:
-            # The selected archive's own manifest must be the one we planned with.
-            if stream.manifest_raw is None or stream.manifest().entries != self.manifest.entries:
-                raise stream.corrupt("manifest.json differs from the stored manifest copy", member="manifest.json")
+        # The selected archive's own manifest must be the one we planned with.
+        if stream.archive == self.archive and (
+            stream.manifest_raw is None or stream.manifest().entries != self.manifest.entries
+        ):
+            raise stream.corrupt(
+                "manifest.json differs from the stored manifest copy", member="manifest.json"
+            )
 
     def finish(self) -> None:
         """Create links, then set modes, owners and times (directories last, deepest first)."""
@@ -379,4 +496,3 @@ class StagedTree:
                     os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
             os.chmod(dest, entry.mode)
             os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-

@@ -27,7 +27,7 @@ hookimpl = pluggy.HookimplMarker("cellvault")
 
 
 @hookspec(firstresult=True)
-def cellvault_make_target(spec: TargetSpec) -> Target | None:  # type: ignore[empty-body]
+def cellvault_make_target(spec: TargetSpec) -> Target | None:
     """Build the target for *spec*, or return ``None`` if it is not yours.
 
     Called once per configured target when a :class:`~cellvault.Vault` is
@@ -50,15 +50,19 @@ def cellvault_before_backup(cell: Cell, archive: str) -> None:
 
 @hookspec
 def cellvault_after_backup(report: CellReport) -> None:
-    """Called after a cell's backup ends, successful or not, with its report."""
+    """Called after a cell's backup ends, successful or not, with its report.
+
+    An exception raised here is logged and never changes the run's result.
+    """
 
 
 @hookspec
 def cellvault_backup_failed(failure: Failure) -> None:
     """Called for every failure of a run: which stage, cell, target, and why.
 
-    Notifiers (webhooks, alert logs) implement this. An exception raised here
-    is logged and never changes the run's result.
+    Notifiers (webhooks, alert logs) implement this. Each implementation is
+    called on its own: an exception raised in one is logged, the others are
+    still called, and the run's result does not change.
     """
 
 
@@ -74,4 +78,7 @@ def cellvault_restore_cell(cell: Cell, meta: ArchiveMeta, staging: Path) -> None
 
 @hookspec
 def cellvault_after_restore(report: RestoreReport) -> None:
-    """Called after a restore ends, with its report (restart services, health checks)."""
+    """Called after a restore ends, with its report (restart services, health checks).
+
+    An exception raised here is logged and never changes the restore's result.
+    """

@@ -8,7 +8,6 @@ host is gone, is taken over. So a crashed run never needs a manual unlock.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -31,6 +30,13 @@ log = get_logger(__name__)
 
 #: Seconds a lease lasts without renewal. It is renewed every third of that.
 DEFAULT_TTL = 120.0
+
+
+# Tokens of the leases this process holds now. A lease on this host, with our
+# pid, whose token is not here was left by a run of ours that could not delete
+# it (its target was down): it is stale, not a concurrent holder.
+_LIVE: set[str] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 def _now() -> dt.datetime:
@@ -71,31 +77,46 @@ class Lease:
     def acquire(cls, target: Target, cell: str, purpose: str, ttl: float = DEFAULT_TTL) -> Lease:
         """Take the lease or raise :class:`LockHeld` naming its holder."""
         lease = cls(target, cell, purpose, ttl)
-        with target.guard(f"lock cell {cell}"):
-            for _ in range(3):
-                if target.create_exclusive(lease.key, lease._body()):
-                    lease._start()
-                    log.debug("lock.acquired", target=target.name, cell=cell, purpose=purpose)
-                    return lease
-                holder = lease._holder()
-                if holder is None:
-                    continue  # released between our attempt and the read
-                if _is_stale(holder):
-                    log.warning("lock.expired", target=target.name, cell=cell, holder=holder)
-                    # Delete only the stale lease we saw, not one taken meanwhile.
-                    if lease._holder() == holder:
-                        target.delete(lease.key)
-                    continue
-                raise LockHeld(
-                    f"cell {cell} on target {target.name} is locked by {holder.get('purpose', 'a run')} "
-                    f"on host {holder.get('host')} (pid {holder.get('pid')}) since {holder.get('since')}",
-                    holder=holder,
-                )
-        raise LockHeld(f"cell {cell} on target {target.name}: the lock changed hands while taking it")
+        # Known as live before it can appear on the target: another thread of this
+        # process that reads it mid-acquire must not take it for one left behind.
+        with _LIVE_LOCK:
+            _LIVE.add(lease.token)
+        try:
+            with target.guard(f"lock cell {cell}"):
+                for _ in range(3):
+                    if target.retrying(target.create_exclusive, lease.key, lease._body()):
+                        lease._start()
+                        log.debug("lock.acquired", target=target.name, cell=cell, purpose=purpose)
+                        return lease
+                    holder = lease._holder()
+                    if holder is None:
+                        continue  # released between our attempt and the read
+                    if holder.get("token") == lease.token:
+                        # Our create went through but its answer was lost, and a retry said "exists".
+                        lease._start()
+                        return lease
+                    if _is_stale(holder):
+                        log.warning("lock.expired", target=target.name, cell=cell, holder=holder)
+                        # Delete only the stale lease we saw, not one taken meanwhile.
+                        if lease._holder() == holder:
+                            target.retrying(target.delete, lease.key)
+                        continue
+                    raise LockHeld(
+                        f"cell {cell} on target {target.name} is locked by {holder.get('purpose', 'a run')} "
+                        f"on host {holder.get('host')} (pid {holder.get('pid')}) since {holder.get('since')}",
+                        holder=holder,
+                    )
+            raise LockHeld(
+                f"cell {cell} on target {target.name}: the lock changed hands while taking it"
+            )
+        except BaseException:
+            with _LIVE_LOCK:
+                _LIVE.discard(lease.token)
+            raise
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            raw = self.target.read_bytes(self.key)
+            raw = self.target.retrying(self.target.read_bytes, self.key)
         except FileNotFoundError:
             return None
         try:
@@ -105,6 +126,8 @@ class Lease:
             return {"unreadable": True}
 
     def _start(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.add(self.token)
         self._thread = threading.Thread(target=self._renew, name=f"lease-{self.cell}", daemon=True)
         self._thread.start()
 
@@ -115,19 +138,33 @@ class Lease:
                 if holder is None or holder.get("token") != self.token:
                     log.error("lock.lost", target=self.target.name, cell=self.cell)
                     return
-                self.target.put_bytes(self.key, self._body())
-            except Exception as exc:  # renewal must never kill the run; the next try may work
-                log.warning("lock.renew_failed", target=self.target.name, cell=self.cell, error=str(exc))
+                self.target.retrying(self.target.put_bytes, self.key, self._body())
+            except Exception as exc:  # noqa: BLE001 - renewal must never kill the run; the next try may work
+                log.warning(
+                    "lock.renew_failed", target=self.target.name, cell=self.cell, error=str(exc)
+                )
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with contextlib.suppress(Exception):
+        try:
             holder = self._holder()
             if holder is not None and holder.get("token") == self.token:
-                self.target.delete(self.key)
+                self.target.retrying(self.target.delete, self.key)
+        except Exception as exc:  # noqa: BLE001 - the lease then expires by itself; say so
+            log.warning(
+                "lock.release_failed",
+                target=self.target.name,
+                cell=self.cell,
+                error=str(exc),
+                expires_in=self.ttl,
+            )
+        finally:
+            # Only once it is gone: until then another thread of ours must see it as held.
+            with _LIVE_LOCK:
+                _LIVE.discard(self.token)
 
     def __enter__(self) -> Lease:
         return self
@@ -139,17 +176,28 @@ class Lease:
 def _is_stale(holder: dict[str, Any]) -> bool:
     if holder.get("unreadable"):
         return True  # every write of a lease is whole, so this is damage, not a holder
+    # A holder on this host whose process is gone is stale whatever its expiry says.
+    if holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        if (
+            isinstance(pid, int)
+            and not isinstance(pid, bool)
+            and pid > 0
+            and pid != os.getpid()
+            and not _alive(pid)
+        ):
+            return True
+        if pid == os.getpid():
+            with _LIVE_LOCK:
+                if holder.get("token") not in _LIVE:
+                    return True
     try:
         expires = dt.datetime.fromisoformat(str(holder["expires"]))
     except (KeyError, ValueError):
         return False
-    if expires < _now():
-        return True
-    if holder.get("host") == socket.gethostname():
-        pid = holder.get("pid")
-        if isinstance(pid, int) and pid != os.getpid():
-            return not _alive(pid)
-    return False
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=dt.UTC)
+    return expires < _now()
 
 
 def _alive(pid: int) -> bool:

@@ -21,11 +21,18 @@ import structlog
 
 __all__ = ["configure_logging", "get_logger", "redact", "redact_text"]
 
-_SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|credential|signature|api[_-]?key|access[_-]?key)", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
+_SECRET_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|credential|signature|api[_-]?key|access[_-]?key)", re.I
+)
+# The password runs to the last '@' before the host: an unencoded '@' in it is not a way out.
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@", re.I
+)
+# Query parameters that carry a credential: signatures, tokens (DingTalk's
+# access_token), keys (WeCom's webhook key), passwords.
 _QUERY_SECRET = re.compile(
-    r"(?P<k>[?&](?:X-Amz-Signature|X-Amz-Credential|Signature|OSSAccessKeyId|access_key|secret|token|password|sign)=)"
-    r"[^&\s]+",
+    r"(?P<k>[?&][a-z0-9_.-]*(?:signature|credential|token|secret|password|passwd|sign|key|keyid)=)"
+    r"[^&#\s]+",
     re.I,
 )
 _ENV_SECRET = re.compile(r"(?P<k>\b[A-Z0-9_]*(?:SECRET|PASSWORD|TOKEN|ACCESS_KEY)[A-Z0-9_]*=)\S+")
@@ -54,7 +61,9 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _redact_processor(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key in list(event_dict):
         event_dict[key] = redact(event_dict[key], key)
     return event_dict
@@ -79,11 +88,38 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     )
 
 
-def configure_logging(fmt: str = "console", level: int = logging.INFO, stream: IO[str] | None = None) -> logging.Handler:
+def _summarize_exc_info(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Replace a traceback by one line naming the exception (``error=...``)."""
+    exc_info = event_dict.pop("exc_info", None)
+    event_dict.pop("stack_info", None)
+    if not exc_info:
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc: BaseException | None = exc_info
+    elif isinstance(exc_info, tuple):
+        exc = exc_info[1]
+    else:
+        exc = sys.exc_info()[1]
+    if exc is not None:
+        event_dict.setdefault("error", redact_text(f"{type(exc).__name__}: {exc}"))
+    return event_dict
+
+
+def configure_logging(
+    fmt: str = "console",
+    level: int = logging.INFO,
+    stream: IO[str] | None = None,
+    *,
+    tracebacks: bool = True,
+) -> logging.Handler:
     """Send cellvault's events to *stream* (stderr), rendered for people or as JSON lines.
 
     For applications and the command line; the library never calls it itself.
-    Returns the handler so that a caller can remove it again.
+    With *tracebacks* false, an event logged with an exception shows a
+    one-line ``error`` instead of the traceback (the command line does this
+    unless ``--debug``). Returns the handler so that a caller can remove it again.
     """
     renderer: Any
     if fmt == "json":
@@ -96,7 +132,7 @@ def configure_logging(fmt: str = "console", level: int = logging.INFO, stream: I
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.format_exc_info,
+                structlog.processors.format_exc_info if tracebacks else _summarize_exc_info,
                 renderer,
             ],
         )

@@ -64,6 +64,10 @@ class Entry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Entry:
+        for key in ("path", "sha256", "target", "archive"):
+            value = data.get(key) if key != "path" else data["path"]
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{key} of an entry is a {type(value).__name__}, not a string")
         return cls(
             path=data["path"],
             type=data["type"],

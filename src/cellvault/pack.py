@@ -8,12 +8,17 @@ manifest (one small record per path) is held for the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -142,6 +147,25 @@ class Packer:
         chain: tuple[ArchiveId, ...] = ()
         if self.parent_meta is not None:
             chain = (*self.parent_meta.chain, self.parent_meta.id)
+        roots: dict[str, Path] = {}
+        for name, path in self.cell.roots.items():
+            try:
+                os.lstat(path)
+            except FileNotFoundError:
+                if self.reason == "pre-restore":
+                    # The safety backup before a restore keeps what is there: a path
+                    # that was lost is what the restore is about to bring back.
+                    self._warn(f"{path} does not exist; the safety backup holds the other paths")
+                    continue
+                raise BackupError(
+                    f"cell {self.cell.name}: path {path} does not exist",
+                    hint="create it, fix the cell's paths, or remove the cell from BACKUP_CELLS",
+                ) from None
+            except OSError as exc:
+                raise BackupError(
+                    f"cell {self.cell.name}: cannot read {path}: {exc.strerror}"
+                ) from None
+            roots[name] = path
         meta = ArchiveMeta(
             id=self.ident,
             kind=kind,
@@ -151,42 +175,47 @@ class Packer:
             codec=self.codec.name,
             parent=self.parent_meta.id if self.parent_meta else None,
             chain=chain,
-            roots={name: str(path) for name, path in self.cell.roots.items()},
+            roots={name: str(path) for name, path in roots.items()},
             reason=self.reason,
         )
-        for name, path in self.cell.roots.items():
-            try:
-                os.lstat(path)
-            except FileNotFoundError:
-                raise BackupError(
-                    f"cell {self.cell.name}: path {path} does not exist",
-                    hint="create it, fix the cell's paths, or remove the cell from BACKUP_CELLS",
-                ) from None
-            except OSError as exc:
-                raise BackupError(f"cell {self.cell.name}: cannot read {path}: {exc.strerror}") from None
-            del name
 
-        self.spool.mkdir(parents=True, exist_ok=True)
         final = self.spool / f"{self.ident}{self.codec.suffix}"
         partial = final.with_name(final.name + ".partial")
-        with open(partial, "wb") as raw:
-            hashing = HashingWriter(raw)
-            compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
-            sink = _Sink(compressor)
-            tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
-            tar.copybufsize = BLOCK
+        clear_stale_spool(self.spool.parent, keep=self.spool)
+        for attempt in range(5):
+            _claim_spool(self.spool)
             try:
-                self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
-                for name, path in self.cell.roots.items():
-                    self._add_tree(tar, path, PurePosixPath("data", name), PurePosixPath())
-                self._add_bytes(tar, "manifest.json", self._manifest.to_json(), backed_at)
-                tar.close()
-                compressor.close()
-            except BaseException:
-                tar.fileobj = None  # type: ignore[assignment]
-                raise
-            raw.flush()
-            os.fsync(raw.fileno())
+                out = open(partial, "wb")  # noqa: SIM115 - closed by the with below
+                break
+            except FileNotFoundError:
+                # The cells of a run share its folder, and the run removes it when
+                # it is empty: another cell may have done so just now. Again.
+                if attempt == 4:
+                    raise
+        try:
+            with out as raw:
+                hashing = HashingWriter(raw)
+                compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
+                sink = _Sink(compressor)
+                tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115 - closed below, or dropped on failure
+                tar.copybufsize = BLOCK
+                try:
+                    self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
+                    for name, path in roots.items():
+                        self._add_tree(tar, path, PurePosixPath("data", name), PurePosixPath())
+                    self._add_bytes(tar, "manifest.json", self._manifest.to_json(), backed_at)
+                    tar.close()
+                    compressor.close()
+                except BaseException:
+                    tar.fileobj = None
+                    raise
+                raw.flush()
+                os.fsync(raw.fileno())
+        except BaseException:
+            # A failed pack leaves nothing in the spool (the run removes its empty folder).
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
         os.replace(partial, final)
         manifest_path = self.spool / f"{self.ident}.manifest.json.zst"
         _write_manifest_copy(manifest_path, self._manifest)
@@ -205,7 +234,9 @@ class Packer:
 
     # -- the walk --------------------------------------------------------
 
-    def _add_tree(self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, rel: PurePosixPath) -> None:
+    def _add_tree(
+        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, rel: PurePosixPath
+    ) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -223,7 +254,12 @@ class Packer:
             self._warn(f"{path} is a {kind}; skipped (only files, directories and links are kept)")
 
     def _add_dir(
-        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, rel: PurePosixPath, st: os.stat_result
+        self,
+        tar: tarfile.TarFile,
+        path: Path,
+        member: PurePosixPath,
+        rel: PurePosixPath,
+        st: os.stat_result,
     ) -> None:
         entry = Entry(
             path=member.as_posix(),
@@ -235,7 +271,7 @@ class Packer:
         )
         info = self._tarinfo(entry, tarfile.DIRTYPE)
         tar.addfile(info)
-        tar.members.clear()
+        tar.members.clear()  # type: ignore[attr-defined]
         self._manifest.add(entry)
         try:
             with os.scandir(path) as it:
@@ -251,7 +287,9 @@ class Packer:
                 continue
             self._add_tree(tar, path / name, member / name, child_rel)
 
-    def _add_symlink(self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, st: os.stat_result) -> None:
+    def _add_symlink(
+        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, st: os.stat_result
+    ) -> None:
         try:
             target = os.readlink(path)
         except FileNotFoundError:
@@ -269,10 +307,12 @@ class Packer:
         info = self._tarinfo(entry, tarfile.SYMTYPE)
         info.linkname = target
         tar.addfile(info)
-        tar.members.clear()
+        tar.members.clear()  # type: ignore[attr-defined]
         self._manifest.add(entry)
 
-    def _add_file(self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, st: os.stat_result) -> None:
+    def _add_file(
+        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, st: os.stat_result
+    ) -> None:
         name = member.as_posix()
         self._bytes_total += st.st_size
         prev = self.parent.get(name) if self.parent is not None else None
@@ -291,7 +331,12 @@ class Packer:
                 hint="run the backup as a user that can read the cell's data",
             ) from None
         with raw:
-            if self.checksum and prev is not None and prev.type == "file" and prev.size == st.st_size:
+            if (
+                self.checksum
+                and prev is not None
+                and prev.type == "file"
+                and prev.size == st.st_size
+            ):
                 digest = _hash_file(raw)
                 if digest == prev.sha256 and stat.S_IMODE(st.st_mode) == prev.mode:
                     self._manifest.add(
@@ -323,10 +368,12 @@ class Packer:
             info = self._tarinfo(entry, tarfile.REGTYPE)
             info.size = st.st_size
             source = _FileSource(raw, st.st_size, self._progress)
-            tar.addfile(info, source)  # type: ignore[arg-type]
-            tar.members.clear()
+            tar.addfile(info, source)
+            tar.members.clear()  # type: ignore[attr-defined]
         if source.short:
-            self._warn(f"{path} shrank while it was read; stored padded with zeros, back it up again")
+            self._warn(
+                f"{path} shrank while it was read; stored padded with zeros, back it up again"
+            )
         self._files_stored += 1
         self._bytes_stored += st.st_size
         self._manifest.add(attrs.evolve(entry, sha256=source.digest.hexdigest()))
@@ -359,7 +406,9 @@ class Packer:
         info.uname = ""
         info.gname = ""
         # PAX keeps sub-second mtimes; the manifest keeps the exact nanoseconds.
-        info.mtime = entry.mtime_ns / 1e9 if entry.mtime_ns % 1_000_000_000 else entry.mtime_ns // 10**9
+        info.mtime = (
+            entry.mtime_ns / 1e9 if entry.mtime_ns % 1_000_000_000 else entry.mtime_ns // 10**9
+        )
         return info
 
     def _add_bytes(self, tar: tarfile.TarFile, name: str, data: bytes, when: dt.datetime) -> None:
@@ -368,7 +417,7 @@ class Packer:
         info.mode = 0o644
         info.mtime = int(when.timestamp())
         tar.addfile(info, io.BytesIO(data))
-        tar.members.clear()
+        tar.members.clear()  # type: ignore[attr-defined]
 
     def _warn(self, message: str) -> None:
         self._warnings.append(message)
@@ -407,6 +456,81 @@ def _write_manifest_copy(path: Path, manifest: Manifest) -> None:
     import zstandard
 
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(zstandard.ZstdCompressor(level=3).compress(manifest.to_json()))
+    with open(tmp, "wb") as f:
+        f.write(zstandard.ZstdCompressor(level=3).compress(manifest.to_json()))
+        f.flush()
+        # Like the archive: a local target may hard-link this very file and commit it.
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
+
+# -- the spool ------------------------------------------------------------------
+#
+# Each run packs into its own folder of the spool (``<backup_dir>/.cellvault/spool/<run>``).
+# A run that is killed leaves its folder behind. To tell such debris from the
+# folder of a run still in progress (in this process or another), a run holds a
+# shared flock on its folder for as long as the process lives or until the folder
+# is removed; the kernel drops it when the process dies, even by SIGKILL. A
+# folder nobody holds belongs to a dead run and is deleted by the next pack.
+
+_HELD: dict[Path, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _claim_spool(folder: Path) -> None:
+    """Create *folder* (a run's spool folder) and mark it as in use by this process."""
+    with _HELD_LOCK:
+        for path, fd in list(_HELD.items()):
+            if os.fstat(fd).st_nlink == 0:  # the run is over and its folder was removed
+                os.close(fd)
+                del _HELD[path]
+        if folder in _HELD:
+            return
+        for _ in range(5):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, FileExistsError):
+                continue  # removed (by its run or a cleaner) while we made it: again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                # No locks on this file system: nothing is ever cleaned as stale here.
+            if os.fstat(fd).st_nlink > 0:
+                _HELD[folder] = fd
+                return
+            os.close(fd)
+        raise BackupError(f"cannot create the spool folder {folder}; it keeps disappearing")
+
+
+def clear_stale_spool(spool: Path, keep: Path | None = None) -> list[Path]:
+    """Delete the run folders in *spool* that no live run holds (left by killed runs)."""
+    removed: list[Path] = []
+    try:
+        children = list(spool.iterdir())
+    except FileNotFoundError:
+        return removed
+    for child in children:
+        if child == keep or child in _HELD:
+            continue
+        try:
+            fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not a folder (or gone): not ours to judge
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run holds it, or the file system has no locks
+            if os.fstat(fd).st_nlink == 0:
+                continue
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+            log.info("spool.debris_removed", path=str(child))
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return removed

@@ -9,6 +9,7 @@ comma-separated list of entry-point names.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from collections.abc import Iterable, Mapping
 
@@ -26,6 +27,9 @@ ENTRY_POINT_GROUP = "cellvault"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "cellvault.targets.fsspec",
     "cellvault.targets.local",
+    "cellvault.targets.rsync",
+    "cellvault.targets.s3",
+    "cellvault.targets.oss",
 )
 
 
@@ -52,7 +56,7 @@ def _load_entry_points(pm: pluggy.PluginManager, environ: Mapping[str, str]) -> 
     if wanted is None:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
             raise ConfigError(
                 f"a cellvault plugin failed to load ({type(exc).__name__}: {exc})",
                 hint="fix or uninstall it, or choose plugins with CELLVAULT_LOAD_PLUGINS",
@@ -60,9 +64,18 @@ def _load_entry_points(pm: pluggy.PluginManager, environ: Mapping[str, str]) -> 
         return
     for name in filter(None, (n.strip() for n in wanted.split(","))):
         try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-        except Exception as exc:
+            loaded = pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
             raise ConfigError(
                 f"cellvault plugin {name!r} failed to load ({type(exc).__name__}: {exc})",
                 hint="fix or uninstall it, or remove it from CELLVAULT_LOAD_PLUGINS",
             ) from None
+        if not loaded and pm.get_plugin(name) is None:
+            known = sorted(
+                {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+            )
+            raise ConfigError(
+                f"CELLVAULT_LOAD_PLUGINS names {name!r}, but no installed package provides "
+                f"a cellvault plugin of that name",
+                hint=f"installed cellvault plugins: {', '.join(known) or 'none'}",
+            )

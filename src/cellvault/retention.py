@@ -58,14 +58,20 @@ class RetentionPolicy:
         names = {f.name for f in attrs.fields(cls)}
         for key in data:
             if key not in names:
-                raise ConfigError(f"{where}: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(names))}")
+                raise ConfigError(
+                    f"{where}: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(names))}"
+                )
         try:
             return cls(**{k: (None if v in ("", None) else v) for k, v in data.items()})
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
     def describe(self) -> str:
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in attrs.fields(type(self)) if getattr(self, f.name) is not None]
+        parts = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in attrs.fields(type(self))
+            if getattr(self, f.name) is not None
+        ]
         return ", ".join(parts) or "keep everything"
 
 
@@ -197,8 +203,15 @@ def prune_cell(
         return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
     with Lease.acquire(target, cell, "prune", lock_ttl):
         decisions = plan(target.archives(cell), policy, now)
-        for decision in sorted((d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True):
+        for decision in sorted(
+            (d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True
+        ):
             target.delete_archive(decision.sidecar)
-            log.info("archive.pruned", target=target.name, archive=str(decision.id), reasons=list(decision.reasons))
+            log.info(
+                "archive.pruned",
+                target=target.name,
+                archive=str(decision.id),
+                reasons=list(decision.reasons),
+            )
         debris = target.clear_debris(cell)
     return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))

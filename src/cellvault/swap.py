@@ -14,6 +14,7 @@ import ctypes.util
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 import attrs
@@ -26,7 +27,7 @@ log = get_logger(__name__)
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_libc = None
+_libc: ctypes.CDLL | bool | None = None
 
 
 def _renameat2(a: Path, b: Path) -> bool:
@@ -36,7 +37,7 @@ def _renameat2(a: Path, b: Path) -> bool:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         except OSError:
             _libc = False
-    if not _libc or not hasattr(_libc, "renameat2"):
+    if not isinstance(_libc, ctypes.CDLL) or not hasattr(_libc, "renameat2"):
         return False
     rc = _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
@@ -59,6 +60,31 @@ def exchange(a: Path, b: Path) -> None:
         os.rename(tmp, b)
         raise
     os.rename(tmp, a)
+
+
+def _copy_across(src: Path, dst: Path) -> None:
+    """Copy a staged tree to another file system, keeping modes, times, links and owners.
+
+    ``shutil.move`` across file systems copies with ``copy2``, which keeps
+    modes and times but not owners: every restored path would belong to the
+    user running the restore.
+    """
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True)
+        copies = [dst]
+        for dirpath, dirnames, filenames in os.walk(dst):
+            copies.extend(Path(dirpath, name) for name in [*dirnames, *filenames])
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+        copies = [dst]
+    as_root = os.geteuid() == 0
+    for there in copies:
+        st = os.lstat(src / there.relative_to(dst))
+        if as_root:
+            os.chown(there, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            # chown clears the set-user-ID and set-group-ID bits: put the mode back.
+            there.chmod(stat.S_IMODE(st.st_mode))
 
 
 def _remove(path: Path) -> None:
@@ -100,7 +126,12 @@ class Swap:
                 continue
             # Another file system: copy it next to the destination first.
             near = dest.parent / f".cellvault-restore-{root}-{secrets.token_hex(4)}"
-            shutil.move(str(staged), str(near))
+            try:
+                _copy_across(staged, near)
+            except BaseException:
+                _remove(near)
+                raise
+            _remove(staged)
             self.placed[root] = near
 
     def commit(self) -> None:
@@ -125,7 +156,9 @@ class Swap:
                 else:
                     os.rename(dest, src)
             except OSError as exc:
-                log.error("restore.rollback_failed", destination=str(dest), kept=str(src), error=str(exc))
+                log.error(
+                    "restore.rollback_failed", destination=str(dest), kept=str(src), error=str(exc)
+                )
         self.done.clear()
 
     def cleanup(self) -> None:

@@ -6,11 +6,11 @@ return reports; they never print, never exit and never configure logging.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import os
 import secrets
-import shutil
 import socket
 import threading
 import time
@@ -24,7 +24,7 @@ import pluggy
 
 from ._version import __version__
 from .archive import ArchiveId, ArchiveMeta, Selector, Sidecar, utcnow
-from .cell import Cell
+from .cell import Cell, validate_cell_name
 from .codec import Codec, get_codec
 from .config import Config, load_env, load_toml
 from .errors import (
@@ -80,6 +80,16 @@ class ArchiveInfo:
         return attrs.asdict(self)
 
 
+class _NoTargetLeft(Exception):
+    """Internal: no target of a cell's backup could be locked."""
+
+
+def _target_error(target: str, error: str | None) -> str:
+    """*error* of *target*, naming the target once."""
+    text = error or "failed"
+    return text if text.startswith(f"target {target}:") else f"target {target}: {text}"
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, CellvaultError):
         return str(exc)
@@ -105,7 +115,9 @@ class Vault:
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.config = config
-        self.plugins: pluggy.PluginManager = make_plugin_manager(plugins, load_entry_points=load_entry_points)
+        self.plugins: pluggy.PluginManager = make_plugin_manager(
+            plugins, load_entry_points=load_entry_points
+        )
         self.on_event = on_event
         self.clock = clock
         self.host = socket.gethostname()
@@ -165,7 +177,7 @@ class Vault:
         )
         try:
             self.on_event(event)
-        except Exception as exc:  # a caller's callback must not break a backup
+        except Exception as exc:  # noqa: BLE001 - a caller's callback must not break a backup
             log.warning("event.callback_failed", event_name=name, error=_error_text(exc))
 
     def _failed(self, failure: Failure) -> None:
@@ -178,15 +190,29 @@ class Vault:
             run=failure.run,
             error=failure.error,
         )
-        try:
-            self.plugins.hook.cellvault_backup_failed(failure=failure)
-        except Exception as exc:  # an alert plugin never changes the run's result
-            log.error("alert.failed", error=_error_text(exc))
+        # Each notifier on its own: one that fails must not keep the others silent.
+        self._notify("cellvault_backup_failed", failure=failure)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        """Call every implementation of *hook*; log and swallow what each raises.
+
+        For the hooks whose exceptions never change a run's result (alerts,
+        after-backup and after-restore notifications).
+        """
+        for impl in reversed(getattr(self.plugins.hook, hook).get_hookimpls()):
+            try:
+                impl.function(*(kwargs[name] for name in impl.argnames))
+            except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
+                log.error(
+                    "plugin.hook_failed", hook=hook, plugin=impl.plugin_name, error=_error_text(exc)
+                )
 
     def _cells(self, names: Sequence[str] | None) -> list[Cell]:
         if not names:
             if not self.config.cells:
-                raise ConfigError("no cells are configured", hint="set BACKUP_CELLS or [cells] in the config")
+                raise ConfigError(
+                    "no cells are configured", hint="set BACKUP_CELLS or [cells] in the config"
+                )
             return list(self.config.cells)
         return [self.config.cell(n) for n in dict.fromkeys(names)]
 
@@ -199,13 +225,20 @@ class Vault:
                     ids = target.archive_ids(cell.name)
                     if ids and (newest is None or ids[-1].when > newest):
                         newest = ids[-1].when
-        now = self.clock()
+        now = self._now()
         while newest is not None and now <= newest:
             # Two runs in the same second: wait for the next one rather than
             # stamping an archive with a time that has not come yet.
             time.sleep(max(0.05, 1 - (time.time() % 1)))
-            now = self.clock()
+            now = self._now()
         return now
+
+    def _now(self) -> dt.datetime:
+        """The clock's time as an archive instant: UTC, whole seconds (naive counts as UTC)."""
+        now = self.clock()
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.UTC)
+        return now.astimezone(dt.UTC).replace(microsecond=0)
 
     # -- backup ----------------------------------------------------------
 
@@ -240,9 +273,16 @@ class Vault:
         self._emit("backup.started", run, stamp=stamp, kind=kind, cells=[c.name for c in chosen])
         with ThreadPoolExecutor(max_workers=self.config.jobs, thread_name_prefix="cell") as pool:
             reports = list(
-                pool.map(lambda c: self._backup_cell(c, ArchiveId(c.name, when), kind, tgts, run, reason), chosen)
+                pool.map(
+                    lambda c: self._backup_cell(
+                        c, ArchiveId(c.name, when), kind, tgts, run, reason
+                    ),
+                    chosen,
+                )
             )
-        report = BackupReport(run=run, stamp=stamp, cells=tuple(reports), duration=time.monotonic() - started)
+        report = BackupReport(
+            run=run, stamp=stamp, cells=tuple(reports), duration=time.monotonic() - started
+        )
         log.info("backup.finished", run=run, ok=report.ok, duration=round(report.duration, 3))
         self._emit("backup.finished", run, ok=report.ok)
         return report
@@ -256,16 +296,58 @@ class Vault:
         leases: list[Lease] = []
         result: PackResult | None = None
         note = None
+        # A target that cannot be locked fails on its own; the others go on.
+        refused: dict[str, TargetOutcome] = {}
+        live: list[Target] = []
         try:
             for target in targets:
-                leases.append(Lease.acquire(target, cell.name, f"backup run {run}", self.config.lock_ttl))
-            for target in targets:
-                target.clear_debris(cell.name)
+                try:
+                    leases.append(
+                        Lease.acquire(target, cell.name, f"backup run {run}", self.config.lock_ttl)
+                    )
+                except CellvaultError as exc:
+                    refused[target.name] = TargetOutcome(
+                        target=target.name, ok=False, stage="lock", error=str(exc)
+                    )
+                    self._failed(
+                        Failure(
+                            stage="lock",
+                            error=str(exc),
+                            cell=cell.name,
+                            target=target.name,
+                            archive=str(ident),
+                            run=run,
+                            host=self.host,
+                        )
+                    )
+                    continue
+                live.append(target)
+            if not live:
+                raise _NoTargetLeft()
+            for target in live:
+                try:
+                    target.clear_debris(cell.name)
+                except (
+                    CellvaultError
+                ) as exc:  # housekeeping: the store will tell if the target is unusable
+                    blog.warning("debris.clear_failed", target=target.name, error=str(exc))
+            for target in live:
+                # The stamp was chosen before the lock was ours: a run that held it
+                # meanwhile may have committed this id (or a newer one). Storing now
+                # would overwrite a committed archive, or chain onto itself.
+                with contextlib.suppress(TargetError):
+                    ids = target.archive_ids(cell.name)
+                    if ids and ids[-1] >= ident:
+                        raise BackupError(
+                            f"cell {cell.name}: another run committed archive {ids[-1]} on target "
+                            f"{target.name} while this run waited for its lock; nothing was written",
+                            hint="run the backup again: it will take a newer stamp",
+                        )
             stage = "plan"
             parent_meta: ArchiveMeta | None = None
             parent: Manifest | None = None
             if kind == "incremental":
-                parent_meta, parent, note = self._parent(cell, targets)
+                parent_meta, parent, note = self._parent(cell, live)
                 if parent is None:
                     blog.info("backup.full_instead", reason=note)
             stage = "hook"
@@ -284,11 +366,21 @@ class Vault:
                 parent_meta=parent_meta,
                 checksum=self.config.checksum,
                 on_progress=lambda done, files: self._emit(
-                    "cell.progress", run, cell=cell.name, archive=str(ident), bytes=done, files=files
+                    "cell.progress",
+                    run,
+                    cell=cell.name,
+                    archive=str(ident),
+                    bytes=done,
+                    files=files,
                 ),
             )
             result = packer.pack()
-            blog.info("archive.packed", size=result.size, files=result.files_stored, bytes=result.bytes_stored)
+            blog.info(
+                "archive.packed",
+                size=result.size,
+                files=result.files_stored,
+                bytes=result.bytes_stored,
+            )
             self._emit("archive.packed", run, cell=cell.name, archive=str(ident), size=result.size)
             sidecar = Sidecar(
                 meta=result.meta,
@@ -299,8 +391,10 @@ class Vault:
                 bytes_read=result.bytes_total,
             )
             stage = "upload"
-            with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="store") as pool:
-                outcomes = list(pool.map(lambda t: self._store(t, result, sidecar, run), targets))  # type: ignore[arg-type]
+            with ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="store") as pool:
+                stored = list(pool.map(lambda t: self._store(t, result, sidecar, run), live))
+            by_name = {o.target: o for o in stored} | refused
+            outcomes = [by_name[t.name] for t in targets]
             ok = all(o.ok for o in outcomes)
             failed = next((o for o in outcomes if not o.ok), None)
             report = CellReport(
@@ -310,7 +404,7 @@ class Vault:
                 kind=result.meta.kind,
                 parent=str(result.meta.parent) if result.meta.parent else None,
                 stage=failed.stage if failed else None,
-                error=f"target {failed.target}: {failed.error}" if failed else None,
+                error=_target_error(failed.target, failed.error) if failed else None,
                 files=result.files_stored,
                 bytes_read=result.bytes_stored,
                 bytes_total=result.bytes_total,
@@ -320,11 +414,33 @@ class Vault:
                 warnings=result.warnings,
                 note=note,
             )
-        except Exception as exc:
+        except _NoTargetLeft:
+            # Every target refused its lock; each failure was reported already.
+            outcomes = [refused[t.name] for t in targets]
+            report = CellReport(
+                cell=cell.name,
+                ok=False,
+                archive=None,
+                kind=kind,
+                stage="lock",
+                error=_target_error(outcomes[0].target, outcomes[0].error),
+                duration=time.monotonic() - started,
+                targets=tuple(outcomes),
+            )
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
             error = _error_text(exc)
             if not isinstance(exc, CellvaultError):
                 blog.exception("backup.crashed", stage=stage)
-            self._failed(Failure(stage=stage, error=error, cell=cell.name, archive=str(ident), run=run, host=self.host))
+            self._failed(
+                Failure(
+                    stage=stage,
+                    error=error,
+                    cell=cell.name,
+                    archive=str(ident),
+                    run=run,
+                    host=self.host,
+                )
+            )
             report = CellReport(
                 cell=cell.name,
                 ok=False,
@@ -333,6 +449,7 @@ class Vault:
                 stage=stage,
                 error=error,
                 duration=time.monotonic() - started,
+                targets=tuple(refused[t.name] for t in targets if t.name in refused),
             )
         finally:
             for lease in leases:
@@ -343,7 +460,7 @@ class Vault:
                         path.unlink()
             with contextlib.suppress(OSError):
                 (self.spool / run).rmdir()
-        self.plugins.hook.cellvault_after_backup(report=report)
+        self._notify("cellvault_after_backup", report=report)
         self._emit("cell.finished", run, cell=cell.name, archive=report.archive, ok=report.ok)
         return report
 
@@ -352,32 +469,53 @@ class Vault:
     ) -> tuple[ArchiveMeta | None, Manifest | None, str | None]:
         """The parent of an incremental: the newest archive committed on every target."""
         common: set[ArchiveId] | None = None
+        readable: list[Target] = []
         for target in targets:
-            ids = set(target.archive_ids(cell.name))
+            try:
+                ids = set(target.archive_ids(cell.name))
+            except TargetError as exc:
+                # Its store will fail (or its verify, if the chain is missing there).
+                log.warning(
+                    "backup.parent_unreadable", cell=cell.name, target=target.name, error=str(exc)
+                )
+                continue
+            readable.append(target)
             common = ids if common is None else common & ids
         if not common:
             return None, None, "no earlier archive on every target; made a full backup"
         newest = max(common)
-        sidecar = targets[0].sidecar(newest)
+        sidecar = readable[0].sidecar(newest)
         if len(sidecar.meta.chain) + 1 >= self.config.max_chain:
-            return None, None, f"chain reached max_chain={self.config.max_chain}; made a full backup"
-        manifest = targets[0].manifest(sidecar)
+            return (
+                None,
+                None,
+                f"chain reached max_chain={self.config.max_chain}; made a full backup",
+            )
+        manifest = readable[0].manifest(sidecar)
         return sidecar.meta, manifest, None
 
-    def _store(self, target: Target, result: PackResult, sidecar: Sidecar, run: str) -> TargetOutcome:
+    def _store(
+        self, target: Target, result: PackResult, sidecar: Sidecar, run: str
+    ) -> TargetOutcome:
         started = time.monotonic()
         ident = str(sidecar.id)
         stage = "upload"
         try:
             target.store(result.data_path, result.manifest_path, sidecar)
-            log.info("archive.stored", run=run, cell=sidecar.id.cell, archive=ident, target=target.name)
-            self._emit("archive.stored", run, cell=sidecar.id.cell, archive=ident, target=target.name)
+            log.info(
+                "archive.stored", run=run, cell=sidecar.id.cell, archive=ident, target=target.name
+            )
+            self._emit(
+                "archive.stored", run, cell=sidecar.id.cell, archive=ident, target=target.name
+            )
             verified = False
             if self.config.verify_after_backup:
                 stage = "verify"
                 self._verify_one(target, sidecar)
                 verified = True
-                self._emit("archive.verified", run, cell=sidecar.id.cell, archive=ident, target=target.name)
+                self._emit(
+                    "archive.verified", run, cell=sidecar.id.cell, archive=ident, target=target.name
+                )
             return TargetOutcome(
                 target=target.name,
                 ok=True,
@@ -405,7 +543,11 @@ class Vault:
                 )
             )
             return TargetOutcome(
-                target=target.name, ok=False, stage=stage, error=error, duration=time.monotonic() - started
+                target=target.name,
+                ok=False,
+                stage=stage,
+                error=error,
+                duration=time.monotonic() - started,
             )
 
     # -- verify ----------------------------------------------------------
@@ -414,7 +556,8 @@ class Vault:
         with target.open_archive(sidecar) as raw:
             _, manifest, members = verify_archive(raw, sidecar, target.name)
         committed = set(target.archive_ids(sidecar.id.cell))
-        for holder in sorted(manifest.holders() - {str(sidecar.id)}):
+        needed = {str(a) for a in sidecar.meta.chain} | manifest.holders()
+        for holder in sorted(needed - {str(sidecar.id)}):
             if ArchiveId.parse(holder) not in committed:
                 raise ArchiveCorrupt(
                     f"its chain needs archive {holder}, which is not committed on this target",
@@ -440,7 +583,10 @@ class Vault:
         ``meta.json``, and that an incremental's chain is committed there.
         """
         selector = select if isinstance(select, Selector) else Selector.parse(select)
-        names = [c.name for c in self._cells(cells)] if cells or self.config.cells else self._all_cells()
+        if cells:
+            names = self._known_cells(cells)
+        else:
+            names = [c.name for c in self.config.cells] or self._all_cells()
         tgts = [self.target(n) for n in targets] if targets else list(self.targets)
         run = secrets.token_hex(6)
         results = []
@@ -449,7 +595,11 @@ class Vault:
                 try:
                     sidecars = target.archives(cell)
                 except TargetError as exc:
-                    results.append(VerifyResult(archive=f"cell_{cell}", target=target.name, ok=False, error=str(exc)))
+                    results.append(
+                        VerifyResult(
+                            archive=f"cell_{cell}", target=target.name, ok=False, error=str(exc)
+                        )
+                    )
                     continue
                 chosen = [s for s in sidecars if selector.matches(s.id)]
                 if not all_archives:
@@ -476,14 +626,41 @@ class Vault:
                 )
             )
             return VerifyResult(
-                archive=str(sidecar.id), target=target.name, ok=False, error=str(exc), duration=time.monotonic() - started
+                archive=str(sidecar.id),
+                target=target.name,
+                ok=False,
+                error=str(exc),
+                duration=time.monotonic() - started,
             )
         log.info("verify.ok", archive=str(sidecar.id), target=target.name, members=members)
         return VerifyResult(
-            archive=str(sidecar.id), target=target.name, ok=True, members=members, duration=time.monotonic() - started
+            archive=str(sidecar.id),
+            target=target.name,
+            ok=True,
+            members=members,
+            duration=time.monotonic() - started,
         )
 
     # -- list ------------------------------------------------------------
+
+    def _known_cells(self, names: Sequence[str]) -> list[str]:
+        """*names*, each configured or with archives on some target; :class:`ConfigError` otherwise.
+
+        Reading archives (a DR site's verify) needs no configured cell, but
+        a name nobody knows is a typo, not an empty result.
+        """
+        wanted = [validate_cell_name(n) for n in dict.fromkeys(names)]
+        configured = {c.name for c in self.config.cells}
+        if all(n in configured for n in wanted):
+            return wanted
+        known = self._all_cells()
+        for name in wanted:
+            if name not in known:
+                raise ConfigError(
+                    f"unknown cell {name!r}: not configured and no archive of it on any target",
+                    hint=f"known cells: {', '.join(known) or 'none'}",
+                )
+        return wanted
 
     def _all_cells(self) -> list[str]:
         names: set[str] = {c.name for c in self.config.cells}
@@ -492,15 +669,31 @@ class Vault:
                 names.update(target.cells())
         return sorted(names)
 
-    def list(self, cells: Sequence[str] | None = None, *, targets: Sequence[str] | None = None) -> list[ArchiveInfo]:
+    def list(
+        self, cells: Sequence[str] | None = None, *, targets: Sequence[str] | None = None
+    ) -> list[ArchiveInfo]:
         """The committed archives, oldest first, each with the targets that hold it."""
-        names = list(cells) if cells else self._all_cells()
+        names = (
+            [validate_cell_name(c) for c in dict.fromkeys(cells)] if cells else self._all_cells()
+        )
         tgts = [self.target(n) for n in targets] if targets else list(self.targets)
         found: dict[ArchiveId, tuple[Sidecar, list[str]]] = {}
+        errors: list[TargetError] = []
         for target in tgts:
             for cell in names:
-                for sidecar in target.archives(cell):
+                try:
+                    sidecars = target.archives(cell)
+                except TargetError as exc:
+                    # One unreachable target must not hide what the others hold.
+                    log.warning(
+                        "list.target_unreadable", target=target.name, cell=cell, error=str(exc)
+                    )
+                    errors.append(exc)
+                    continue
+                for sidecar in sidecars:
                     found.setdefault(sidecar.id, (sidecar, []))[1].append(target.name)
+        if errors and len(errors) == len(tgts) * len(names):
+            raise errors[0]
         out = []
         for ident in sorted(found, key=lambda i: (i.when, i.cell)):
             sidecar, where = found[ident]
@@ -557,9 +750,15 @@ class Vault:
 
         safety: dict[str, str] = {}
         if into_path is None and not skip_prebackup:
-            present = [p.cell.name for p in plans if any(d.exists() or d.is_symlink() for d in p.dests.values())]
+            present = [
+                p.cell.name
+                for p in plans
+                if any(d.exists() or d.is_symlink() for d in p.dests.values())
+            ]
             if present:
-                pre = self.backup(present, kind="full", targets=[self.targets[0].name], reason="pre-restore")
+                pre = self.backup(
+                    present, kind="full", targets=[self.targets[0].name], reason="pre-restore"
+                )
                 if not pre.ok:
                     failed = pre.failures()[0]
                     raise RestoreError(
@@ -573,8 +772,12 @@ class Vault:
         results: dict[str, CellRestore] = {}
         error: str | None = None
         try:
-            with ThreadPoolExecutor(max_workers=self.config.jobs, thread_name_prefix="restore") as pool:
-                outcomes = list(pool.map(lambda p: self._stage(p, run, allow_external_links), plans))
+            with ThreadPoolExecutor(
+                max_workers=self.config.jobs, thread_name_prefix="restore"
+            ) as pool:
+                outcomes = list(
+                    pool.map(lambda p: self._stage(p, run, allow_external_links), plans)
+                )
             for plan, outcome in zip(plans, outcomes, strict=True):
                 if isinstance(outcome, CellRestore):
                     results[plan.cell.name] = outcome
@@ -587,11 +790,18 @@ class Vault:
                     for plan, swap in staged:
                         swap.commit()
                         done.append(swap)
-                        self._emit("restore.swapped", run, cell=plan.cell.name, archive=str(plan.sidecar.id))
-                except Exception as exc:
+                        self._emit(
+                            "restore.swapped",
+                            run,
+                            cell=plan.cell.name,
+                            archive=str(plan.sidecar.id),
+                        )
+                except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
                     for swap in reversed(done):
                         swap.rollback()
-                    raise RestoreError(f"swapping the restored data into place failed: {_error_text(exc)}") from None
+                    raise RestoreError(
+                        f"swapping the restored data into place failed: {_error_text(exc)}"
+                    ) from None
                 for swap in done:
                     swap.cleanup()
                 for plan, swap in staged:
@@ -622,22 +832,28 @@ class Vault:
                     )
         except RestoreError as exc:
             error = str(exc)
-            self._failed(Failure(stage="restore", error=error, run=run, host=self.host, operation="restore"))
+            self._failed(
+                Failure(stage="restore", error=error, run=run, host=self.host, operation="restore")
+            )
         report = RestoreReport(
             cells=tuple(results[n] for n in names if n in results),
             duration=time.monotonic() - started,
             error=error,
         )
-        self.plugins.hook.cellvault_after_restore(report=report)
+        self._notify("cellvault_after_restore", report=report)
         log.info("restore.finished", run=run, ok=report.ok, duration=round(report.duration, 3))
         self._emit("restore.finished", run, ok=report.ok)
         return report
 
-    def _plan(self, name: str, selector: Selector, sources: list[Target], into: Path | None) -> _Plan:
+    def _plan(
+        self, name: str, selector: Selector, sources: builtins.list[Target], into: Path | None
+    ) -> _Plan:
         if into is None:
             cell = self.config.cell(name)
         else:
-            cell = next((c for c in self.config.cells if c.name == name), None) or _placeholder(name)
+            cell = next((c for c in self.config.cells if c.name == name), None) or _placeholder(
+                name
+            )
         candidates: dict[ArchiveId, Target] = {}
         errors = []
         for target in sources:
@@ -650,7 +866,11 @@ class Vault:
         if not matching:
             raise ArchiveNotFound(
                 f"no archive of cell {name} matches {selector}"
-                + (f" (and {len(errors)} target(s) could not be read: {errors[0]})" if errors else ""),
+                + (
+                    f" (and {len(errors)} target(s) could not be read: {errors[0]})"
+                    if errors
+                    else ""
+                ),
                 hint=_nearest(sorted(candidates), selector),
             )
         ident = matching[-1]
@@ -689,7 +909,10 @@ class Vault:
                 dests = {r: cell.roots[r] for r in roots}
             else:
                 dests = {r: into / name / r for r in roots}
-            chain = [target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})]
+            chain = [
+                target.sidecar(ArchiveId.parse(h))
+                for h in sorted(manifest.holders() - {str(ident)})
+            ]
             return _Plan(cell, sidecar, manifest, target, chain, dests)
         assert last_error is not None
         raise last_error
@@ -697,9 +920,11 @@ class Vault:
     def _stage(self, plan: _Plan, run: str, allow_external_links: bool) -> Swap | CellRestore:
         started = time.monotonic()
         name = plan.cell.name
-        swap = Swap.create(plan.dests, str(plan.sidecar.id))
-        stage = "fetch"
+        swap: Swap | None = None
+        stage = "staging"
         try:
+            swap = Swap.create(plan.dests, str(plan.sidecar.id))
+            stage = "fetch"
             tree = StagedTree(
                 staging=swap.staging,
                 manifest=plan.manifest,
@@ -710,14 +935,23 @@ class Vault:
             for sidecar in [*plan.chain, plan.sidecar]:
                 with plan.target.open_archive(sidecar) as raw:
                     tree.take(ArchiveStream(raw, sidecar, plan.target.name))
-                self._emit("restore.fetched", run, cell=name, archive=str(sidecar.id), target=plan.target.name)
+                self._emit(
+                    "restore.fetched",
+                    run,
+                    cell=name,
+                    archive=str(sidecar.id),
+                    target=plan.target.name,
+                )
             stage = "check"
             tree.finish()
             swap.place()
             stage = "hook"
-            self.plugins.hook.cellvault_restore_cell(cell=plan.cell, meta=plan.sidecar.meta, staging=swap.staging)
+            self.plugins.hook.cellvault_restore_cell(
+                cell=plan.cell, meta=plan.sidecar.meta, staging=swap.staging
+            )
         except Exception as exc:
-            swap.discard()
+            if swap is not None:
+                swap.discard()
             error = _error_text(exc)
             if not isinstance(exc, CellvaultError):
                 log.exception("restore.crashed", cell=name, stage=stage)
@@ -742,6 +976,7 @@ class Vault:
                 error=error,
                 duration=time.monotonic() - started,
             )
+        assert swap is not None
         swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
         return swap
 
@@ -763,7 +998,9 @@ def _placeholder(name: str) -> Cell:
 
 def _nearest(ids: list[ArchiveId], selector: Selector) -> str:
     if not ids:
-        return "there is no archive of this cell on any target; check the cell name and BACKUP_TARGETS"
+        return (
+            "there is no archive of this cell on any target; check the cell name and BACKUP_TARGETS"
+        )
     if selector.kind == "before" and selector.before is not None:
         pivot = selector.before
     elif selector.kind == "prefix":
@@ -783,11 +1020,9 @@ def iter_failures(report: BackupReport) -> Iterator[str]:
     for cell in report.cells:
         if cell.ok:
             continue
-        if cell.targets:
-            for outcome in cell.targets:
-                if not outcome.ok:
-                    yield f"cell {cell.cell}: {outcome.stage} to target {outcome.target} failed: {outcome.error}"
-        else:
+        failed = [o for o in cell.targets if not o.ok]
+        for outcome in failed:
+            yield f"cell {cell.cell}: {outcome.stage} to target {outcome.target} failed: {outcome.error}"
+        # The cell's own failure (pack, hook, ...), unless it is one of the targets' above.
+        if cell.error not in {_target_error(o.target, o.error) for o in failed}:
             yield f"cell {cell.cell}: {cell.stage} failed: {cell.error}"
-
-

@@ -233,3 +233,19 @@ class S3Server:
                 raise RuntimeError(f"moto reset failed: HTTP {answer.status}")
         finally:
             conn.close()
+
+    def require_auth(self, on: bool = True) -> None:
+        """Check credentials from the next request on (moto accepts any by default).
+
+        With checks on, only access keys moto's IAM knows are accepted, so any
+        key a test makes up is refused with ``InvalidAccessKeyId``.
+        """
+        conn = http.client.HTTPConnection(self.host, self._port, timeout=10)
+        try:
+            conn.request("POST", "/moto-api/reset-auth", body=b"0" if on else b"inf")
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"moto reset-auth failed: HTTP {answer.status}")
+        finally:
+            conn.close()

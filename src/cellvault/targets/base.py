@@ -18,14 +18,17 @@ Layout on every target::
 from __future__ import annotations
 
 import abc
+import builtins
 import contextlib
+import errno
 import io
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import attrs
+import tenacity
 import zstandard
 
 from ..archive import ArchiveId, Sidecar
@@ -40,6 +43,18 @@ log = get_logger(__name__)
 SIDECAR_SUFFIX = ".json"
 MANIFEST_SUFFIX = ".manifest.json.zst"
 LOCKS = ".locks"
+_T = TypeVar("_T")
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.EAGAIN,
+        errno.EHOSTUNREACH,
+    }
+)
 
 
 @attrs.frozen
@@ -58,7 +73,9 @@ class TargetSpec:
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
         if not value or not value.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"invalid target name {value!r}", hint="use letters, digits, '-' and '_'")
+            raise ConfigError(
+                f"invalid target name {value!r}", hint="use letters, digits, '-' and '_'"
+            )
 
     @property
     def scheme(self) -> str:
@@ -89,6 +106,11 @@ class Target(abc.ABC):
     :class:`TargetError` naming the target, with secrets masked.
     """
 
+    #: How often a primitive that fails with a transient error is tried, in all.
+    retry_attempts: int = 4
+    #: The longest a primitive is retried, in seconds.
+    retry_timeout: float = 60.0
+
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
 
@@ -118,7 +140,7 @@ class Target(abc.ABC):
         """Open *key* for a streaming read."""
 
     @abc.abstractmethod
-    def list(self, folder: str) -> list[ObjectInfo]:
+    def list(self, folder: str) -> builtins.list[ObjectInfo]:
         """The entries directly inside *folder* (``""`` is the root); empty when absent."""
 
     @abc.abstractmethod
@@ -138,25 +160,79 @@ class Target(abc.ABC):
     def check(self) -> None:
         """Make sure the target can be reached; raise :class:`TargetError` if not."""
         with self.guard("reach"):
-            self.list("")
+            self.retrying(self.list, "")
 
-    # -- errors ----------------------------------------------------------
+    # -- errors and retries ----------------------------------------------
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Tell whether *exc* may go away if the same call is made again.
+
+        Connection resets and refusals, timeouts and 5xx answers are; a missing
+        key, a refused credential or a full disk are not. Target types refine
+        this for their client's exceptions.
+        """
+        if isinstance(exc, FileNotFoundError | PermissionError | FileExistsError | CellvaultError):
+            return False
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return True
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        return isinstance(status, int) and (status >= 500 or status == 429)
+
+    def retrying(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Call the primitive *fn*, retrying transient errors with exponential backoff and jitter."""
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "target.retry",
+                target=self.name,
+                call=getattr(fn, "__name__", "?"),
+                attempt=state.attempt_number,
+                error=redact_text(f"{type(exc).__name__}: {exc}"),
+            )
+
+        retryer = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(self.is_transient),
+            stop=tenacity.stop_after_attempt(self.retry_attempts)
+            | tenacity.stop_after_delay(self.retry_timeout),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.3),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retryer(fn, *args, **kwargs)
 
     @contextlib.contextmanager
-    def guard(self, action: str, hint: str | None = None) -> Iterator[None]:
-        """Turn what a primitive raises into a :class:`TargetError` naming this target."""
+    def guard(
+        self, action: str, hint: str | None = None, *, missing_ok: bool = False
+    ) -> Iterator[None]:
+        """Turn what a primitive raises into a :class:`TargetError` naming this target.
+
+        With *missing_ok*, :class:`FileNotFoundError` passes through for the
+        caller to handle (a key that is not there); otherwise it is an error
+        too: a write that finds no bucket or folder.
+        """
         try:
             yield
         except CellvaultError:
             raise
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
+        except FileNotFoundError as exc:
+            if missing_ok:
+                raise
+            detail = redact_text(f"{type(exc).__name__}: {exc}")
+            raise TargetError(
+                f"cannot {action}: the bucket or folder does not exist ({detail})",
+                target=self.name,
+                hint=f"create {self.spec.display()} or fix the target's URL",
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
             detail = redact_text(f"{type(exc).__name__}: {exc}")
             raise TargetError(
                 f"cannot {action} ({detail})",
                 target=self.name,
-                hint=hint or f"check that {self.spec.display()} is reachable and writable, "
+                hint=hint
+                or f"check that {self.spec.display()} is reachable and writable, "
                 "and the credentials",
             ) from None
 
@@ -178,34 +254,42 @@ class Target(abc.ABC):
         """Store an archive: data, then the manifest copy, then the sidecar that commits it."""
         ident = sidecar.id
         with self.guard(f"store archive {ident}"):
-            self.put_file(data, f"{ident.cell}/{sidecar.data_name}")
-            self.put_file(manifest, self.manifest_key(ident))
-            self.put_bytes(self.sidecar_key(ident), sidecar.to_json())
+            self.retrying(self.put_file, data, f"{ident.cell}/{sidecar.data_name}")
+            self.retrying(self.put_file, manifest, self.manifest_key(ident))
+            self.retrying(self.put_bytes, self.sidecar_key(ident), sidecar.to_json())
 
-    def cells(self) -> list[str]:
+    def cells(self) -> builtins.list[str]:
         """The cells that have a folder on this target."""
         with self.guard("list cells"):
-            return sorted(e.name for e in self.list("") if e.is_dir and not e.name.startswith("."))
+            return sorted(
+                e.name
+                for e in self.retrying(self.list, "")
+                if e.is_dir and not e.name.startswith(".")
+            )
 
-    def archive_ids(self, cell: str) -> list[ArchiveId]:
+    def archive_ids(self, cell: str) -> builtins.list[ArchiveId]:
         """The ids of the committed archives of *cell*, oldest first, from a listing alone."""
         with self.guard(f"list archives of cell {cell}"):
-            entries = self.list(cell)
-        ids = [ArchiveId.parse(e.name.removesuffix(SIDECAR_SUFFIX)) for e in entries if _is_sidecar(e.name)]
+            entries = self.retrying(self.list, cell)
+        ids = [
+            ArchiveId.parse(e.name.removesuffix(SIDECAR_SUFFIX))
+            for e in entries
+            if _is_sidecar(e.name)
+        ]
         return sorted(ids)
 
-    def archives(self, cell: str) -> list[Sidecar]:
+    def archives(self, cell: str) -> builtins.list[Sidecar]:
         """The committed archives of *cell*, oldest first (those whose sidecar exists)."""
         with self.guard(f"list archives of cell {cell}"):
-            entries = self.list(cell)
-        out = []
+            entries = self.retrying(self.list, cell)
+        out: builtins.list[Any] = []
         for entry in entries:
             stem = entry.name.removesuffix(SIDECAR_SUFFIX)
             if entry.name == stem or not ArchiveId.is_id(stem) or stem.endswith(".manifest"):
                 continue
             try:
-                with self.guard(f"read sidecar {entry.name}"):
-                    raw = self.read_bytes(f"{cell}/{entry.name}")
+                with self.guard(f"read sidecar {entry.name}", missing_ok=True):
+                    raw = self.retrying(self.read_bytes, f"{cell}/{entry.name}")
             except FileNotFoundError:
                 continue  # pruned while we listed
             try:
@@ -218,8 +302,8 @@ class Target(abc.ABC):
     def sidecar(self, ident: ArchiveId) -> Sidecar:
         """The sidecar of *ident*; :class:`ArchiveNotFound` when it is not committed here."""
         try:
-            with self.guard(f"read sidecar of {ident}"):
-                raw = self.read_bytes(self.sidecar_key(ident))
+            with self.guard(f"read sidecar of {ident}", missing_ok=True):
+                raw = self.retrying(self.read_bytes, self.sidecar_key(ident))
         except FileNotFoundError:
             raise ArchiveNotFound(f"archive {ident} is not on target {self.name}") from None
         return Sidecar.from_json(raw, name=str(ident))
@@ -229,8 +313,8 @@ class Target(abc.ABC):
         """Open the data of a committed archive for a streaming read."""
         key = f"{sidecar.id.cell}/{sidecar.data_name}"
         try:
-            with self.guard(f"open archive {sidecar.id}"):
-                f = self.open_read(key)
+            with self.guard(f"open archive {sidecar.id}", missing_ok=True):
+                f = self.retrying(self.open_read, key)
         except FileNotFoundError:
             raise ArchiveCorrupt(
                 "data is missing although the sidecar exists",
@@ -244,8 +328,8 @@ class Target(abc.ABC):
     def manifest(self, sidecar: Sidecar) -> Manifest:
         """The manifest of a committed archive, from its compressed copy."""
         try:
-            with self.guard(f"read manifest of {sidecar.id}"):
-                raw = self.read_bytes(self.manifest_key(sidecar.id))
+            with self.guard(f"read manifest of {sidecar.id}", missing_ok=True):
+                raw = self.retrying(self.read_bytes, self.manifest_key(sidecar.id))
         except FileNotFoundError:
             raise ArchiveCorrupt(
                 "manifest copy is missing", archive=str(sidecar.id), target=self.name
@@ -254,7 +338,9 @@ class Target(abc.ABC):
             body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
         except zstandard.ZstdError as exc:
             raise ArchiveCorrupt(
-                f"manifest copy does not decompress ({exc})", archive=str(sidecar.id), target=self.name
+                f"manifest copy does not decompress ({exc})",
+                archive=str(sidecar.id),
+                target=self.name,
             ) from None
         return Manifest.from_json(body, archive=str(sidecar.id))
 
@@ -262,21 +348,21 @@ class Target(abc.ABC):
         """Delete an archive: the sidecar first (it stops counting), then its data."""
         ident = sidecar.id
         with self.guard(f"delete archive {ident}"):
-            self.delete(self.sidecar_key(ident))
-            self.delete(self.manifest_key(ident))
-            self.delete(f"{ident.cell}/{sidecar.data_name}")
+            self.retrying(self.delete, self.sidecar_key(ident))
+            self.retrying(self.delete, self.manifest_key(ident))
+            self.retrying(self.delete, f"{ident.cell}/{sidecar.data_name}")
 
-    def debris(self, cell: str) -> list[str]:
+    def debris(self, cell: str) -> builtins.list[str]:
         """Keys under *cell* that belong to no committed archive (interrupted runs).
 
         Only call this while holding the cell's lock: a run in progress leaves
         exactly such keys until it commits.
         """
         with self.guard(f"list archives of cell {cell}"):
-            entries = self.list(cell)
+            entries = self.retrying(self.list, cell)
         names = {e.name for e in entries if not e.is_dir}
         committed = {n.removesuffix(SIDECAR_SUFFIX) for n in names if _is_sidecar(n)}
-        out = []
+        out: builtins.list[Any] = []
         for name in sorted(names):
             if _is_sidecar(name):
                 continue
@@ -285,12 +371,12 @@ class Target(abc.ABC):
                 out.append(f"{cell}/{name}")
         return out
 
-    def clear_debris(self, cell: str) -> list[str]:
+    def clear_debris(self, cell: str) -> builtins.list[str]:
         """Delete what :meth:`debris` finds; return the deleted keys."""
         keys = self.debris(cell)
         for key in keys:
             with self.guard(f"delete debris {key}"):
-                self.delete(key)
+                self.retrying(self.delete, key)
             log.info("debris.removed", target=self.name, key=key)
         return keys
 

@@ -9,6 +9,7 @@ first and is moved into place.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import secrets
 from pathlib import Path
@@ -104,6 +105,8 @@ class FsspecTarget(Target):
 
     def list(self, folder: str) -> list[ObjectInfo]:
         path = self._path(folder)
+        # Listings must be fresh: another run (or site) may have committed since.
+        self.fs.invalidate_cache(path)
         try:
             entries = self.fs.ls(path, detail=True, refresh=True)
         except FileNotFoundError:
@@ -113,14 +116,14 @@ class FsspecTarget(Target):
             name = posixpath.basename(entry["name"].rstrip("/"))
             if not name or entry["name"].rstrip("/") == path.rstrip("/"):
                 continue
-            out.append(ObjectInfo(name, int(entry.get("size") or 0), entry.get("type") == "directory"))
+            out.append(
+                ObjectInfo(name, int(entry.get("size") or 0), entry.get("type") == "directory")
+            )
         return out
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
-            pass
 
     @staticmethod
     def _tmp(path: str) -> str:

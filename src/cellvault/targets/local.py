@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import IO
 
-from ..hookspecs import hookimpl
 from ..errors import ConfigError, TargetError
+from ..hookspecs import hookimpl
 from .base import ObjectInfo, Target, TargetSpec
 
 __all__ = ["LocalTarget"]
@@ -80,7 +80,12 @@ class LocalTarget(Target):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp(path)
-        _write_synced(tmp, data)
+        try:
+            _write_synced(tmp, data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         try:
             # link() fails if the name exists, and the content is whole when it appears.
             os.link(tmp, path)
@@ -99,14 +104,21 @@ class LocalTarget(Target):
 
     def list(self, folder: str) -> list[ObjectInfo]:
         path = self._path(folder)
+        out = []
         try:
             with os.scandir(path) as it:
-                return [
-                    ObjectInfo(e.name, 0 if e.is_dir() else e.stat().st_size, e.is_dir(follow_symlinks=False))
-                    for e in it
-                ]
+                for e in it:
+                    # One entry that vanished meanwhile (a temporary file renamed, debris
+                    # removed) or a dangling link must not hide the whole folder.
+                    try:
+                        is_dir = e.is_dir(follow_symlinks=False)
+                        size = 0 if is_dir else e.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                    out.append(ObjectInfo(e.name, size, is_dir))
         except FileNotFoundError:
             return []
+        return out
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -122,7 +134,9 @@ class LocalTarget(Target):
                 hint="create the directory or fix its permissions",
             ) from None
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise TargetError(f"{self.root} is not writable", target=self.name, hint="fix its permissions")
+            raise TargetError(
+                f"{self.root} is not writable", target=self.name, hint="fix its permissions"
+            )
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -34,7 +34,9 @@ from .base import ObjectInfo, Target, TargetSpec
 
 __all__ = ["RsyncError", "RsyncTarget"]
 
-_LISTING = re.compile(r"(?P<mode>[-dlcbps][-rwxsStT]{9})\s+(?P<size>[\d,.]+)\s+\S+\s+\S+\s(?P<name>.+)")
+_LISTING = re.compile(
+    r"(?P<mode>[-dlcbps][-rwxsStT]{9})\s+(?P<size>[\d,.]+)\s+\S+\s+\S+\s(?P<name>.+)"
+)
 _MISSING = ("No such file or directory", "change_dir", "does not exist")
 
 
@@ -59,12 +61,16 @@ class RsyncTarget(Target):
             )
         parts = urlsplit(spec.url)
         if parts.scheme not in ("rsync", "rsync+ssh") or not parts.hostname:
-            raise ConfigError(f"target {spec.name}: cannot use {spec.display()} as an rsync destination")
+            raise ConfigError(
+                f"target {spec.name}: cannot use {spec.display()} as an rsync destination"
+            )
         self.ssh = parts.scheme == "rsync+ssh"
         user = f"{unquote(parts.username)}@" if parts.username else ""
         path = unquote(parts.path)
         self.env = dict(os.environ)
-        password = spec.options.get("password") or (unquote(parts.password) if parts.password else None)
+        password = spec.options.get("password") or (
+            unquote(parts.password) if parts.password else None
+        )
         if password:
             self.env["RSYNC_PASSWORD"] = str(password)
         self.timeout = int(spec.options.get("timeout", 120))
@@ -123,7 +129,9 @@ class RsyncTarget(Target):
         # runs starting within the same instant could both pass; the lease's
         # token check on renewal and release limits what that can break.
         with self._scratch_file(data) as path:
-            proc = self._run(["--mkpath", "--ignore-existing", "--itemize-changes", str(path), self._remote(key)])
+            proc = self._run(
+                ["--mkpath", "--ignore-existing", "--itemize-changes", str(path), self._remote(key)]
+            )
         return any(line.startswith("<f") for line in proc.stdout.splitlines())
 
     def open_read(self, key: str) -> IO[bytes]:

@@ -1,0 +1,65 @@
+"""The S3 target, through s3fs: ``s3://bucket/prefix``.
+
+Credentials come from ``storage_options`` (``key``, ``secret``, ``token``) or
+the usual AWS chain (environment, profile, instance role). An S3-compatible
+endpoint (MinIO, OSS's S3 endpoint) is ``client_kwargs={"endpoint_url": ...}``.
+s3fs uploads large files as multipart uploads, so memory stays bounded; a
+completed upload appears whole. Leases use S3's conditional create
+(``If-None-Match``), which s3fs exposes as the ``"xb"`` mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..hookspecs import hookimpl
+from .base import Target, TargetSpec
+from .fsspec import FsspecTarget
+
+__all__ = ["S3Target"]
+
+# botocore's connection failures are not OSErrors; name them by class.
+_TRANSIENT_NAMES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ResponseStreamingError",
+    }
+)
+
+
+class S3Target(FsspecTarget):
+    """Archives in an S3 bucket (or any S3-compatible store)."""
+
+    #: Part size of multipart uploads; files under twice this go up in one PUT.
+    multipart_chunk: int = 50 << 20
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        try:
+            with self.fs.open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    def put_file(self, local: Path, key: str) -> None:
+        # s3fs streams the file in parts: memory stays bounded by the part size.
+        self.fs.put_file(str(local), self._path(key), chunksize=self.multipart_chunk)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if type(exc).__name__ in _TRANSIENT_NAMES:
+            return True
+        return super().is_transient(exc)
+
+
+@hookimpl
+def cellvault_make_target(spec: TargetSpec) -> Target | None:
+    """``s3://`` URLs."""
+    if spec.scheme in ("s3", "s3a"):
+        return S3Target(spec)
+    return None

@@ -1,0 +1,443 @@
+"""Archive ids, selectors, meta.json and sidecars."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellvault import ArchiveCorrupt, ArchiveId, ArchiveMeta, ConfigError, Selector, Sidecar
+from cellvault.archive import FORMAT_VERSION, format_stamp, parse_stamp
+
+from .archive_helpers import make_vault
+
+UTC = dt.UTC
+#: "2025" in Arabic-Indic digits, which a bare \d would accept.
+ARABIC_2025 = "\u0662\u0660\u0662\u0665"
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+
+
+def ident(cell: str, stamp: str) -> ArchiveId:
+    return ArchiveId(cell, at(stamp))
+
+
+# -- ids --------------------------------------------------------------------
+
+
+def test_id_formats_as_the_seed_names_packages() -> None:
+    assert str(ident("crm", "20250101_020000")) == "cell_crm_20250101_020000"
+
+
+def test_id_parse_round_trip() -> None:
+    parsed = ArchiveId.parse("cell_crm_20250101_020000")
+    assert parsed.cell == "crm"
+    assert parsed.when == dt.datetime(2025, 1, 1, 2, 0, tzinfo=UTC)
+    assert parsed.stamp == "20250101_020000"
+    assert str(parsed) == "cell_crm_20250101_020000"
+
+
+@pytest.mark.parametrize("cell", ["my_cell", "my-cell", "a_1-b_2", "db_2025", "x", "0cell"])
+def test_id_cell_names_with_underscores_and_dashes(cell: str) -> None:
+    text = f"cell_{cell}_20250101_020000"
+    parsed = ArchiveId.parse(text)
+    assert parsed.cell == cell
+    assert str(parsed) == text
+    assert ArchiveId.is_id(text)
+
+
+def test_id_whose_cell_name_looks_like_a_stamp() -> None:
+    parsed = ArchiveId.parse("cell_x_20240101_010101_20250101_020000")
+    assert parsed.cell == "x_20240101_010101"
+    assert parsed.stamp == "20250101_020000"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "cell_crm",
+        "crm_20250101_020000",
+        "cell__20250101_020000",
+        "cell_CRM_20250101_020000",
+        "cell_crm_20250101_0200",
+        "cell_crm_20250101020000",
+        "cell_crm_20250101_020000.tar.zst",
+        "cell_crm_20251301_020000",  # month 13
+        "cell_crm_20250101_250000",  # hour 25
+        "cell_crm_20250230_020000",  # 30 February
+        "cell_-crm_20250101_020000",
+        f"cell_crm_{ARABIC_2025}0101_020000",  # Unicode digits are not stamp digits
+        " cell_crm_20250101_020000",
+    ],
+)
+def test_malformed_ids_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ArchiveId.parse(text)
+    assert "malformed archive" in str(info.value)
+    assert not ArchiveId.is_id(text) or "2025" in text
+
+
+def test_is_id_rejects_shapes() -> None:
+    assert ArchiveId.is_id("cell_crm_20250101_020000")
+    assert not ArchiveId.is_id("cell_crm_20250101_020000.json")
+    assert not ArchiveId.is_id(f"cell_crm_{ARABIC_2025}0101_020000")
+
+
+def test_ids_need_aware_whole_second_instants() -> None:
+    with pytest.raises(ValueError):
+        ArchiveId("crm", dt.datetime(2025, 1, 1, 2, 0))  # naive
+    with pytest.raises(ValueError):
+        ArchiveId("crm", dt.datetime(2025, 1, 1, 2, 0, 0, 5, tzinfo=UTC))
+    with pytest.raises(ConfigError):
+        ArchiveId("CRM", at("20250101_020000"))
+    with pytest.raises(ConfigError):
+        ArchiveId("logs", at("20250101_020000"))
+
+
+def test_id_stamp_is_utc_whatever_the_zone() -> None:
+    east = dt.timezone(dt.timedelta(hours=8))
+    a = ArchiveId("crm", dt.datetime(2025, 1, 1, 10, 0, tzinfo=east))
+    assert str(a) == "cell_crm_20250101_020000"
+    assert a == ident("crm", "20250101_020000")
+
+
+def test_ids_order_by_cell_then_time() -> None:
+    ids = [
+        ident("crm", "20250102_000000"),
+        ident("billing", "20250103_000000"),
+        ident("crm", "20250101_235959"),
+        ident("billing", "20250101_000000"),
+    ]
+    assert [str(i) for i in sorted(ids)] == [
+        "cell_billing_20250101_000000",
+        "cell_billing_20250103_000000",
+        "cell_crm_20250101_235959",
+        "cell_crm_20250102_000000",
+    ]
+    # Within a cell the string order is the time order (the stamp is fixed width).
+    crm = [i for i in ids if i.cell == "crm"]
+    assert sorted(crm) == sorted(crm, key=str)
+
+
+def test_stamp_helpers() -> None:
+    assert format_stamp(dt.datetime(2025, 1, 1, 2, 3, 4, tzinfo=UTC)) == "20250101_020304"
+    assert parse_stamp("20250101_020304") == dt.datetime(2025, 1, 1, 2, 3, 4, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        format_stamp(dt.datetime(2025, 1, 1))
+    with pytest.raises(ConfigError):
+        parse_stamp("2025-01-01")
+    # Years before 1000 keep four digits, so the id still parses.
+    old = ArchiveId("crm", dt.datetime(999, 1, 2, tzinfo=UTC))
+    assert str(old) == "cell_crm_09990102_000000"
+    assert ArchiveId.parse(str(old)) == old
+
+
+cell_names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True).filter(
+    lambda n: n != "logs"
+)
+instants = st.datetimes(
+    min_value=dt.datetime(1, 1, 1),
+    max_value=dt.datetime(9999, 12, 31, 23, 59, 59),
+    timezones=st.just(UTC),
+).map(lambda d: d.replace(microsecond=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cell=cell_names, when=instants)
+def test_id_round_trip_property(cell: str, when: dt.datetime) -> None:
+    a = ArchiveId(cell, when)
+    text = str(a)
+    assert len(text) == len(f"cell_{cell}_") + 15
+    assert ArchiveId.is_id(text)
+    assert ArchiveId.parse(text) == a
+    assert str(ArchiveId.parse(text)) == text
+
+
+@settings(max_examples=40, deadline=None)
+@given(cell=cell_names, a=instants, b=instants)
+def test_id_order_matches_time_order_property(cell: str, a: dt.datetime, b: dt.datetime) -> None:
+    ia, ib = ArchiveId(cell, a), ArchiveId(cell, b)
+    assert (ia < ib) == (a < b)
+    assert (str(ia) < str(ib)) == (a < b)
+
+
+# -- selectors --------------------------------------------------------------
+
+ARCHIVES = [
+    ident("crm", "20241231_230000"),
+    ident("crm", "20250101_020000"),
+    ident("crm", "20250101_020030"),
+    ident("crm", "20250101_080000"),
+    ident("crm", "20250102_020000"),
+]
+
+
+def pick(selector: Selector, ids: list[ArchiveId] = ARCHIVES) -> str | None:
+    matching = sorted(i for i in ids if selector.matches(i))
+    return str(matching[-1]) if matching else None
+
+
+def test_selector_latest() -> None:
+    sel = Selector.parse("latest")
+    assert sel.kind == "latest"
+    assert pick(sel) == "cell_crm_20250102_020000"
+    assert Selector.parse("  latest ").kind == "latest"
+
+
+def test_selector_exact_id() -> None:
+    sel = Selector.parse("cell_crm_20250101_020000")
+    assert sel.kind == "id"
+    assert pick(sel) == "cell_crm_20250101_020000"
+    assert pick(Selector.parse("cell_crm_20250101_020001")) is None
+    assert not sel.matches(ident("billing", "20250101_020000"))
+
+
+def test_selector_prefix_matches_full_stamp() -> None:
+    sel = Selector.parse("20250101_0200")
+    assert sel.kind == "prefix"
+    assert sel.matches(ident("crm", "20250101_020000"))
+    assert not sel.matches(ident("crm", "20250101_021000"))
+    # The newest match wins.
+    assert pick(sel) == "cell_crm_20250101_020030"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20250101", "cell_crm_20250101_080000"),
+        ("20250101_02", "cell_crm_20250101_020030"),
+        ("20250101_020000", "cell_crm_20250101_020000"),
+        ("20241231", "cell_crm_20241231_230000"),
+        ("20250103", None),
+    ],
+)
+def test_selector_prefixes(text: str, expected: str | None) -> None:
+    assert pick(Selector.parse(text)) == expected
+
+
+def test_selector_iso_time_at_or_before_utc() -> None:
+    sel = Selector.parse("2025-01-01T05:00:00Z")
+    assert sel.kind == "before"
+    assert sel.before == dt.datetime(2025, 1, 1, 5, 0, tzinfo=UTC)
+    assert pick(sel) == "cell_crm_20250101_020030"
+    # "At": an archive stamped exactly then is a match.
+    assert pick(Selector.parse("2025-01-01T08:00:00Z")) == "cell_crm_20250101_080000"
+    assert pick(Selector.parse("2025-01-01T07:59:59Z")) == "cell_crm_20250101_020030"
+    assert pick(Selector.parse("2024-01-01T00:00:00Z")) is None
+
+
+def test_selector_iso_time_with_zone() -> None:
+    sel = Selector.parse("2025-01-01T10:00:15+08:00")
+    assert sel.before == dt.datetime(2025, 1, 1, 2, 0, 15, tzinfo=UTC)
+    assert pick(sel) == "cell_crm_20250101_020000"
+
+
+def test_selector_iso_time_without_zone_is_utc() -> None:
+    sel = Selector.parse("2025-01-01T02:00:29")
+    assert sel.before == dt.datetime(2025, 1, 1, 2, 0, 29, tzinfo=UTC)
+    assert pick(sel) == "cell_crm_20250101_020000"
+
+
+def test_selector_at_or_before() -> None:
+    sel = Selector.at_or_before(dt.datetime(2025, 1, 1, 9, 0))
+    assert pick(sel) == "cell_crm_20250101_080000"
+    east = dt.timezone(dt.timedelta(hours=8))
+    sel = Selector.at_or_before(dt.datetime(2025, 1, 1, 10, 0, 30, tzinfo=east))
+    assert pick(sel) == "cell_crm_20250101_020030"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2025-13-01",
+        "20251301",
+        "20250101_25",
+        "20250132",
+        "20250230",
+        "20250101_0260",
+        "20250101_020060",
+        "20250101_",
+        "20250101_0200000",
+        "2025010102",
+        "yesterday",
+        "",
+        "now",
+        "2025-01-01T25:00:00",
+        f"{ARABIC_2025}0101",
+    ],
+)
+def test_malformed_dates_are_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Selector.parse(text)
+    message = str(info.value)
+    assert "malformed restore date" in message
+    assert repr(text.strip()) in message
+    assert info.value.hint  # says what a good date looks like
+    assert info.value.exit_code == 2
+
+
+def test_malformed_prefix_message_says_no_such_date() -> None:
+    with pytest.raises(ConfigError, match="no such date or time"):
+        Selector.parse("20251301")
+    with pytest.raises(ConfigError, match=r"YYYYMMDD"):
+        Selector.parse("20250101_25")
+
+
+def test_malformed_id_selector() -> None:
+    with pytest.raises(ConfigError, match="malformed archive id"):
+        Selector.parse("cell_crm_2025")
+
+
+# -- meta and sidecar --------------------------------------------------------
+
+
+def sample_meta(**over: object) -> ArchiveMeta:
+    fields: dict[str, object] = dict(
+        id=ident("crm", "20250101_020000"),
+        kind="incremental",
+        backed_at=dt.datetime(2025, 1, 1, 2, 0, 0, 123456, tzinfo=UTC),
+        host="node-1",
+        version="0.1.0",
+        codec="zstd",
+        parent=ident("crm", "20241231_020000"),
+        chain=(ident("crm", "20241230_020000"), ident("crm", "20241231_020000")),
+        roots={"crm": "/srv/crm"},
+        reason="scheduled",
+    )
+    fields.update(over)
+    return ArchiveMeta(**fields)  # type: ignore[arg-type]
+
+
+def test_meta_json_round_trip() -> None:
+    meta = sample_meta()
+    data = json.loads(meta.to_json())
+    assert data["format"] == FORMAT_VERSION
+    assert data["id"] == "cell_crm_20250101_020000"
+    assert data["cell"] == "crm"
+    assert data["kind"] == "incremental"
+    assert data["parent"] == "cell_crm_20241231_020000"
+    assert data["backed_at"] == "2025-01-01T02:00:00.123456Z"
+    assert data["host"] == "node-1"
+    assert data["cellvault_version"] == "0.1.0"
+    assert data["codec"] == "zstd"
+    assert ArchiveMeta.from_dict(data) == meta
+
+
+def test_meta_backed_at_in_another_zone_is_stored_as_utc() -> None:
+    east = dt.timezone(dt.timedelta(hours=8))
+    meta = sample_meta(backed_at=dt.datetime(2025, 1, 1, 10, 0, tzinfo=east), parent=None, chain=())
+    data = meta.to_dict()
+    assert data["backed_at"] == "2025-01-01T02:00:00Z"
+    assert data["parent"] is None
+    back = ArchiveMeta.from_dict(data)
+    assert back.backed_at == meta.backed_at
+    assert back.backed_at.tzinfo == UTC
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"backed_at": None},
+        {"kind": "weekly"},
+        {"id": "cell_crm_garbage"},
+        {"backed_at": "not a time"},
+        {"parent": "nope"},
+    ],
+)
+def test_unusable_meta_is_archive_corrupt(change: dict[str, object]) -> None:
+    data = sample_meta().to_dict()
+    for key, value in change.items():
+        if value is None:
+            del data[key]
+        else:
+            data[key] = value
+    with pytest.raises(ArchiveCorrupt) as info:
+        ArchiveMeta.from_dict(data)
+    assert info.value.member == "meta.json"
+
+
+def test_sidecar_json_round_trip() -> None:
+    sidecar = Sidecar(
+        meta=sample_meta(),
+        data_name="cell_crm_20250101_020000.tar.zst",
+        size=1234,
+        sha256="ab" * 32,
+        files=7,
+        bytes_read=99,
+    )
+    data = json.loads(sidecar.to_json())
+    assert data["data"] == "cell_crm_20250101_020000.tar.zst"
+    assert data["size"] == 1234
+    assert data["sha256"] == "ab" * 32
+    assert data["backed_at"] == "2025-01-01T02:00:00.123456Z"
+    back = Sidecar.from_json(sidecar.to_json())
+    assert back == sidecar
+    assert back.id == sidecar.meta.id
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"[]", b'{"id": "cell_crm_20250101_020000"}'],
+)
+def test_unusable_sidecar_is_archive_corrupt(raw: bytes) -> None:
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name="cell_crm_20250101_020000")
+    assert "cell_crm_20250101_020000" in str(info.value)
+
+
+def test_sidecar_without_size_is_archive_corrupt() -> None:
+    body = json.loads(
+        Sidecar(sample_meta(), "cell_crm_20250101_020000.tar.zst", 1, "00" * 32).to_json()
+    )
+    del body["size"]
+    with pytest.raises(ArchiveCorrupt, match="sidecar is unusable"):
+        Sidecar.from_json(json.dumps(body).encode(), name="x")
+
+
+# -- selectors through a vault ----------------------------------------------------------------
+
+
+def test_restore_picks_the_archive_the_selector_names(tmp_path: Path) -> None:
+    src = tmp_path / "crm"
+    src.mkdir()
+    vault = make_vault(tmp_path / "backup", [src])  # stamps 20250101_020000, _020001, ...
+    ids = []
+    for version in range(3):
+        (src / "v").write_text(str(version))
+        ids.append(vault.backup().cells[0].archive)
+    assert ids == [f"cell_crm_20250101_02000{i}" for i in range(3)]
+
+    def restored(select: str) -> str:
+        out = tmp_path / "out" / select.replace(":", "-")
+        report = vault.restore(select, into=out)
+        assert report.ok, report.error
+        assert report.cells[0].archive is not None
+        return (out / "crm" / "crm" / "v").read_text()
+
+    assert restored("latest") == "2"
+    assert restored("cell_crm_20250101_020001") == "1"
+    assert restored("20250101_0200") == "2"  # the newest match wins
+    assert restored("20250101_020000") == "0"
+    assert restored("2025-01-01T02:00:01Z") == "1"
+    assert restored("2025-01-01T10:00:01+08:00") == "1"
+    assert restored("2025-01-01T02:00:00.5") == "0"
+
+
+@pytest.mark.parametrize("text", ["2025-13-01", "20251301", "20250101_25", "yesterday"])
+def test_restore_with_a_malformed_date_touches_nothing(tmp_path: Path, text: str) -> None:
+    src = tmp_path / "crm"
+    src.mkdir()
+    (src / "f").write_text("live")
+    vault = make_vault(tmp_path / "backup", [src])
+    assert vault.backup().ok
+    with pytest.raises(ConfigError, match="malformed restore date"):
+        vault.restore(text)
+    assert (src / "f").read_text() == "live"
+    assert len(vault.list()) == 1  # not even a safety backup was taken
