@@ -426,6 +426,46 @@ def list_(state: State, cells: tuple[str, ...], targets: tuple[str, ...]) -> Non
 
 
 @cli.command()
+@click.option("--cell", "cells", multiple=True, help="Only this cell (repeatable). Default: all.")
+@click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted and why; delete nothing.")
+@pass_state
+def prune(state: State, cells: tuple[str, ...], targets: tuple[str, ...], dry_run: bool) -> None:
+    """Delete archives the retention policy no longer keeps (--dry-run first).
+
+    Default policy, the seed's: full archives 7 days, incrementals 3 days
+    (BACKUP_KEEP_FULL_DAYS, BACKUP_KEEP_INCREMENTAL_DAYS), plus optional
+    BACKUP_KEEP_LAST / _HOURLY / _DAILY / _WEEKLY / _MONTHLY. A cell's newest
+    archive, its newest full archive, and every archive a kept one needs are
+    always kept. Debris of interrupted runs is removed too.
+    """
+    with _errors(state):
+        report = state.vault().prune(
+            list(cells) or None, targets=list(targets) or None, dry_run=dry_run
+        )
+    if state.as_json:
+        _emit_json(report.to_dict())
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    deleted = 0
+    for result in report.results:
+        if result.error:
+            click.echo(f"FAIL {result.target} {result.cell}: {result.error}", err=True)
+            continue
+        if not result.decisions and not result.debris:
+            continue
+        click.echo(f"{result.target} {result.cell}")
+        for d in result.decisions:
+            verb = "keep  " if d.keep else ("would delete" if dry_run else "delete")
+            deleted += not d.keep
+            click.echo(f"  {verb} {d.id}  {'; '.join(d.reasons)}")
+        for key in result.debris:
+            click.echo(f"  {'would remove' if dry_run else 'removed'} debris {key}")
+    what = "would be deleted" if dry_run else "deleted"
+    click.echo(f"prune: {deleted} archive(s) {what}; {'ok' if report.ok else 'FAILED'}")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@cli.command()
 @click.option(
     "--dir",
     "where",

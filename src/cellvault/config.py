@@ -21,6 +21,7 @@ from .cell import Cell, validate_cell_name
 from .codec import get_codec
 from .errors import ConfigError
 from .lock import DEFAULT_TTL
+from .retention import RetentionPolicy
 from .targets.base import TargetSpec
 
 __all__ = ["KNOWN_ENV", "Config", "load_env", "load_toml", "unknown_env", "with_restore_env"]
@@ -55,6 +56,13 @@ KNOWN_ENV: tuple[str, ...] = (
     "RESTORE_CELL",
     "RESTORE_SKIP_PREBACKUP",
     "RESTORE_INTO",
+    "BACKUP_KEEP_FULL_DAYS",
+    "BACKUP_KEEP_INCREMENTAL_DAYS",
+    "BACKUP_KEEP_LAST",
+    "BACKUP_KEEP_HOURLY",
+    "BACKUP_KEEP_DAILY",
+    "BACKUP_KEEP_WEEKLY",
+    "BACKUP_KEEP_MONTHLY",
 )
 # Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL.
 _FAMILY = re.compile(r"BACKUP_CELL_[A-Z0-9_]+_(PATHS|EXCLUDE)|BACKUP_TARGET_[A-Z0-9_]+_URL")
@@ -120,6 +128,14 @@ class Config:
     restore_into: Path | None = None
     #: Settings read but owned by plugins (alerts, ...), name -> value.
     extra: Mapping[str, str] = attrs.field(factory=dict)
+    #: What ``prune`` keeps on every target (the seed's 7 days full, 3 days incremental).
+    retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
+    #: Target name -> its own policy, instead of *retention*.
+    target_retention: Mapping[str, RetentionPolicy] = attrs.field(factory=dict)
+
+    def retention_for(self, target: str) -> RetentionPolicy:
+        """The retention policy of the target called *target*."""
+        return self.target_retention.get(target, self.retention)
 
     def __attrs_post_init__(self) -> None:
         get_codec(self.codec, self.level)
@@ -267,7 +283,26 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         restore_skip_prebackup=_flag(env, "RESTORE_SKIP_PREBACKUP", False),
         restore_into=Path(into) if into else None,
         extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
+        retention=_env_retention(env),
     )
+
+
+def _env_retention(env: Mapping[str, str]) -> RetentionPolicy:
+    """``BACKUP_KEEP_*``: an empty value switches a rule off."""
+    values: dict[str, float | int | None] = {}
+    for field in attrs.fields(RetentionPolicy):
+        key = "BACKUP_" + field.name.upper()
+        if key not in env:
+            continue
+        raw = env[key].strip()
+        if not raw:
+            values[field.name] = None
+            continue
+        try:
+            values[field.name] = float(raw) if field.name.endswith("_days") else int(raw)
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not a number") from None
+    return RetentionPolicy(**values)  # type: ignore[arg-type]
 
 
 def with_restore_env(config: Config, environ: Mapping[str, str]) -> Config:
@@ -354,13 +389,18 @@ def _required(env: Mapping[str, str], key: str, target: str) -> str:
 
 # -- TOML -------------------------------------------------------------------
 
-_TOP_KEYS = {f.name for f in attrs.fields(Config)} - {"cells", "targets", "extra"} | {
+_TOP_KEYS = {f.name for f in attrs.fields(Config)} - {
+    "cells",
+    "targets",
+    "extra",
+    "target_retention",
+} | {
     "cells",
     "targets",
     "alerts",
 }
 _CELL_KEYS = {"paths", "exclude", "dumpers"}
-_TARGET_KEYS = {"url", "options"}
+_TARGET_KEYS = {"url", "options", "retention"}
 
 
 def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
@@ -453,6 +493,7 @@ def load_toml(path: Path) -> Config:
             )
         )
     targets = []
+    target_retention: dict[str, RetentionPolicy] = {}
     for name, body in _table(f"{path}: [targets]", data.get("targets", {})).items():
         if not isinstance(body, dict) or "url" not in body:
             raise ConfigError(f"{path}: [targets.{name}] needs a url")
@@ -461,13 +502,30 @@ def load_toml(path: Path) -> Config:
         _check_type(where, "url", body["url"], (str,))
         options = _table(f"{path}: [targets.{name}.options]", body.get("options", {}))
         targets.append(TargetSpec(name, body["url"], dict(options)))
+        if "retention" in body:
+            where_r = f"{path} [targets.{name}.retention]"
+            target_retention[name] = RetentionPolicy.from_mapping(
+                _table(where_r, body["retention"]), where=where_r
+            )
     alerts = _table(f"{path}: [alerts]", data.get("alerts", {}))
-    scalars = {k: v for k, v in data.items() if k not in ("cells", "targets", "alerts")}
+    retention = RetentionPolicy.from_mapping(
+        _table(f"{path}: [retention]", data.get("retention", {})), where=f"{path} [retention]"
+    )
+    scalars = {
+        k: v for k, v in data.items() if k not in ("cells", "targets", "alerts", "retention")
+    }
     for key, value in scalars.items():
         _check_type(str(path), key, value, _SCALAR_TYPES[key])
     if "restore_into" in scalars:
         scalars["restore_into"] = Path(scalars["restore_into"])
     try:
-        return Config(cells=cells, targets=targets, extra=dict(alerts), **scalars)
+        return Config(
+            cells=cells,
+            targets=targets,
+            extra=dict(alerts),
+            retention=retention,
+            target_retention=target_retention,
+            **scalars,
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -24,7 +24,7 @@ from .log import get_logger
 if TYPE_CHECKING:
     from .targets.base import Target
 
-__all__ = ["Decision", "PruneResult", "RetentionPolicy", "plan", "prune_cell"]
+__all__ = ["Decision", "PruneReport", "PruneResult", "RetentionPolicy", "plan", "prune_cell"]
 
 log = get_logger(__name__)
 
@@ -41,7 +41,8 @@ _opt = attrs.field(default=None, validator=_non_negative)
 class RetentionPolicy:
     """What a target keeps. ``None`` switches a rule off.
 
-    Defaults are the seed's: full archives 7 days, incrementals 3 days.
+    Defaults are the seed's: full archives 7 days, incrementals 3 days. An age
+    rule of 0 is off, like None (TOML has no null).
     """
 
     keep_full_days: float | None = attrs.field(default=7, validator=_non_negative)
@@ -119,7 +120,7 @@ def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime)
             continue
         seen: set[tuple[int, ...]] = set()
         for s in newest_first:
-            bucket = bucket_of(s.meta.backed_at)
+            bucket = bucket_of(s.id.when)
             if bucket in seen:
                 continue
             seen.add(bucket)
@@ -127,9 +128,9 @@ def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime)
                 break
             reasons[s.id].append(f"keep_{name}={count}")
     for s in ordered:
-        age = (now - s.meta.backed_at).total_seconds() / 86400
+        age = (now - s.id.when).total_seconds() / 86400
         limit = policy.keep_full_days if s.meta.kind == "full" else policy.keep_incremental_days
-        if limit is not None and age <= limit:
+        if limit and age <= limit:  # 0 (or None) switches the age rule off
             reasons[s.id].append(f"{s.meta.kind} younger than {limit:g} days")
 
     # Everything a kept archive needs to restore stays too.
@@ -146,7 +147,7 @@ def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime)
         if reasons[s.id]:
             out.append(Decision(s, True, tuple(reasons[s.id])))
         else:
-            age = (now - s.meta.backed_at).total_seconds() / 86400
+            age = (now - s.id.when).total_seconds() / 86400
             out.append(Decision(s, False, (f"{s.meta.kind}, {age:.1f} days old, kept by no rule",)))
     return out
 
@@ -215,3 +216,22 @@ def prune_cell(
             )
         debris = target.clear_debris(cell)
     return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))
+
+
+@attrs.frozen
+class PruneReport:
+    """A prune run: one :class:`PruneResult` per target and cell."""
+
+    results: tuple[PruneResult, ...]
+    dry_run: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "results": [r.to_dict() for r in self.results],
+        }

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -53,6 +54,7 @@ from .report import (
     VerifyReport,
     VerifyResult,
 )
+from .retention import PruneReport, PruneResult, prune_cell
 from .swap import Swap
 from .targets.base import Target
 
@@ -280,6 +282,8 @@ class Vault:
                     chosen,
                 )
             )
+        # The run's spool folder is shared by its cells: removed once, when all are done.
+        shutil.rmtree(self.spool / run, ignore_errors=True)
         report = BackupReport(
             run=run, stamp=stamp, cells=tuple(reports), duration=time.monotonic() - started
         )
@@ -458,8 +462,6 @@ class Vault:
                 for path in (result.data_path, result.manifest_path):
                     with contextlib.suppress(OSError):
                         path.unlink()
-            with contextlib.suppress(OSError):
-                (self.spool / run).rmdir()
         self._notify("cellvault_after_backup", report=report)
         self._emit("cell.finished", run, cell=cell.name, archive=report.archive, ok=report.ok)
         return report
@@ -555,6 +557,15 @@ class Vault:
     def _verify_one(self, target: Target, sidecar: Sidecar) -> int:
         with target.open_archive(sidecar) as raw:
             _, manifest, members = verify_archive(raw, sidecar, target.name)
+        # Incrementals and restore planning trust the stored manifest copy: it
+        # must say exactly what the archive's own manifest says.
+        if target.manifest(sidecar).entries != manifest.entries:
+            raise ArchiveCorrupt(
+                "the stored manifest copy differs from the archive's manifest.json",
+                archive=str(sidecar.id),
+                target=target.name,
+                hint="take a new full backup; restore this archive from another target",
+            )
         committed = set(target.archive_ids(sidecar.id.cell))
         needed = {str(a) for a in sidecar.meta.chain} | manifest.holders()
         for holder in sorted(needed - {str(sidecar.id)}):
@@ -716,6 +727,60 @@ class Vault:
 
     # -- restore ---------------------------------------------------------
 
+    # -- prune -----------------------------------------------------------
+
+    def prune(
+        self,
+        cells: Sequence[str] | None = None,
+        *,
+        targets: Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Delete the archives each target's retention policy no longer keeps.
+
+        Per target and cell, under the cell's lease: archives go newest first,
+        each sidecar before its data, and an archive a kept archive needs is
+        never deleted, nor a cell's newest (full) archive. Debris of
+        interrupted runs goes too. With *dry_run*, every decision and its
+        reasons are returned and nothing is touched. A target that cannot be
+        pruned is reported (and alerted) without stopping the others.
+        """
+        names = self._known_cells(cells) if cells else self._all_cells()
+        tgts = [self.target(n) for n in targets] if targets else builtins.list(self.targets)
+        run = secrets.token_hex(6)
+        now = self._now()
+        results: builtins.list[PruneResult] = []
+        for target in tgts:
+            policy = self.config.retention_for(target.name)
+            for cell in names:
+                try:
+                    result = prune_cell(
+                        target, cell, policy, now, dry_run=dry_run, lock_ttl=self.config.lock_ttl
+                    )
+                except CellvaultError as exc:
+                    self._failed(
+                        Failure(
+                            stage="prune",
+                            error=str(exc),
+                            cell=cell,
+                            target=target.name,
+                            run=run,
+                            host=self.host,
+                            operation="prune",
+                        )
+                    )
+                    result = PruneResult(target.name, cell, (), dry_run, error=str(exc))
+                results.append(result)
+                self._emit(
+                    "prune.cell",
+                    run,
+                    cell=cell,
+                    target=target.name,
+                    removed=[str(d.id) for d in result.removed],
+                    dry_run=dry_run,
+                )
+        return PruneReport(results=tuple(results), dry_run=dry_run)
+
     def restore(
         self,
         select: str | Selector = "latest",
@@ -873,7 +938,7 @@ class Vault:
                 ),
                 hint=_nearest(sorted(candidates), selector),
             )
-        ident = matching[-1]
+        ident = self._prefer_scheduled(matching, candidates, selector)
         # Read from the first target that holds the archive and its whole chain.
         last_error: CellvaultError | None = None
         for target in sources:
@@ -916,6 +981,27 @@ class Vault:
             return _Plan(cell, sidecar, manifest, target, chain, dests)
         assert last_error is not None
         raise last_error
+
+    @staticmethod
+    def _prefer_scheduled(
+        matching: builtins.list[ArchiveId], where: dict[ArchiveId, Target], selector: Selector
+    ) -> ArchiveId:
+        """The newest match that is not a pre-restore safety backup, if there is one.
+
+        A restore's safety backup holds the data the restore replaced. Picked
+        by ``latest`` or a date, it would bring that data back on a second run
+        of the same restore; it is restored only when named by its id (or when
+        nothing else matches).
+        """
+        if selector.kind == "id":
+            return matching[-1]
+        for ident in reversed(matching):
+            try:
+                if where[ident].sidecar(ident).meta.reason != "pre-restore":
+                    return ident
+            except CellvaultError:
+                return ident  # let planning report what is wrong with it
+        return matching[-1]
 
     def _stage(self, plan: _Plan, run: str, allow_external_links: bool) -> Swap | CellRestore:
         started = time.monotonic()

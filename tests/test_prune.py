@@ -1,0 +1,237 @@
+"""Prune on real targets: what goes, what stays, and that what stays restores."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from pathlib import Path
+
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cellvault import Cell, Config, TargetSpec, Vault
+from cellvault.cli import cli
+from cellvault.config import load_toml
+from cellvault.lock import Lease
+from cellvault.retention import RetentionPolicy
+
+from .test_incremental import age, snapshot
+
+START = dt.datetime(2025, 1, 1, 2, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def setup(root: Path, **config: object) -> tuple[Vault, Path, Clock]:
+    live = root / "crm"
+    live.mkdir(parents=True)
+    (live / "base.txt").write_text("base")
+    age(live, 100)
+    clock = Clock()
+    cfg = Config(backup_dir=root / "backup", cells=[Cell("crm", [live])], **config)  # type: ignore[arg-type]
+    return Vault(cfg, load_entry_points=False, clock=clock), live, clock
+
+
+def files_of(backup: Path, archive: str) -> list[Path]:
+    return sorted((backup / "crm").glob(f"{archive}*"))
+
+
+def test_seed_defaults_and_what_a_prune_deletes(tmp_path: Path) -> None:
+    vault, live, clock = setup(tmp_path)
+    made = []
+    # Ten days of the seed's schedule: a full at 02:00, incrementals every 6 hours.
+    for day in range(10):
+        clock.now = START + dt.timedelta(days=day)
+        made.append(vault.backup(kind="full").cells[0].archive)
+        for step in range(1, 4):
+            clock.now = START + dt.timedelta(days=day, hours=6 * step)
+            (live / f"d{day}s{step}").write_text(f"{day}-{step}")
+            age(live / f"d{day}s{step}", 10)
+            made.append(vault.backup(kind="incremental").cells[0].archive)
+    clock.now = START + dt.timedelta(days=9, hours=20)
+
+    dry = vault.prune(dry_run=True)
+    assert dry.ok and dry.dry_run
+    doomed = [str(d.id) for r in dry.results for d in r.removed]
+    assert doomed, "ten days of backups under a 7/3-day policy must lose some"
+    assert all(files_of(tmp_path / "backup", a) for a in made), "a dry run deletes nothing"
+
+    report = vault.prune()
+    assert report.ok
+    assert [str(d.id) for r in report.results for d in r.removed] == doomed
+    for archive in doomed:
+        assert files_of(tmp_path / "backup", archive) == []
+    kept = [a.id for a in vault.list()]
+    assert set(kept) == set(made) - set(doomed)
+    # Fulls of the last 7 days and incrementals of the last 3 days (with their chains) stay.
+    for info in vault.list():
+        when = dt.datetime.strptime(info.id[-15:], "%Y%m%d_%H%M%S").replace(tzinfo=dt.UTC)
+        age_days = (clock.now - when).total_seconds() / 86400
+        assert age_days <= 7 or info.id == kept[-1]
+    assert vault.verify(all_archives=True).ok
+
+
+def test_prune_clears_debris_and_respects_a_held_lease(tmp_path: Path) -> None:
+    vault, _, clock = setup(tmp_path)
+    vault.backup()
+    debris = tmp_path / "backup" / "crm" / "cell_crm_20000101_000000.tar.zst"
+    debris.write_bytes(b"half an upload")
+    other = tmp_path / "backup" / "crm" / "README.txt"
+    other.write_text("not ours")
+
+    target = vault.target("local")
+    lease = Lease.acquire(target, "crm", "a test holding the cell")
+    try:
+        held = vault.prune()
+    finally:
+        lease.release()
+    assert not held.ok
+    assert "locked by a test holding the cell" in (held.results[0].error or "")
+    assert debris.exists()
+
+    clock.now += dt.timedelta(minutes=1)
+    report = vault.prune()
+    assert report.ok
+    assert report.results[0].debris == ("crm/cell_crm_20000101_000000.tar.zst",)
+    assert not debris.exists()
+    assert other.exists(), "files that are not cellvault's are left alone"
+
+
+def test_per_target_retention_from_toml(tmp_path: Path) -> None:
+    live = tmp_path / "crm"
+    live.mkdir()
+    (live / "a").write_text("a")
+    config = tmp_path / "cellvault.toml"
+    config.write_text(
+        f"""
+backup_dir = "{tmp_path / "backup"}"
+[retention]
+keep_full_days = 0
+keep_incremental_days = 0
+keep_last = 1
+[cells.crm]
+paths = ["{live}"]
+[targets.local]
+url = "{tmp_path / "backup"}"
+[targets.cold]
+url = "{tmp_path / "cold"}"
+[targets.cold.retention]
+keep_full_days = 0
+keep_incremental_days = 0
+keep_last = 3
+"""
+    )
+    cfg = load_toml(config)
+    assert cfg.retention_for("local").keep_last == 1
+    assert cfg.retention_for("cold").keep_last == 3
+    clock = Clock()
+    vault = Vault(cfg, load_entry_points=False, clock=clock)
+    for hour in range(4):
+        clock.now = START + dt.timedelta(hours=hour)
+        assert vault.backup(kind="full").ok
+    assert vault.prune().ok
+    listing = {a.id: a.targets for a in vault.list()}
+    assert sorted(listing.values()).count(("local", "cold")) == 1
+    assert len(listing) == 3
+
+
+def test_cli_prune_dry_run_and_json(tmp_path: Path) -> None:
+    vault, _, _ = setup(tmp_path)
+    vault.backup()
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(tmp_path),
+        "BACKUP_KEEP_LAST": "1",
+    }
+    runner = CliRunner()
+    result = runner.invoke(cli, ["prune", "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "keep" in result.output and "newest archive of the cell" in result.output
+    result = runner.invoke(cli, ["--json", "prune"], env=env)
+    assert result.exit_code == 0
+    assert '"dry_run": false' in result.output
+    bad = runner.invoke(cli, ["prune"], env={**env, "BACKUP_KEEP_LAST": "many"})
+    assert bad.exit_code == 2
+    assert "BACKUP_KEEP_LAST" in bad.output
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["full", "incremental", "incremental"]), st.integers(1, 40)),
+        min_size=1,
+        max_size=12,
+    ),
+    keep_last=st.one_of(st.none(), st.integers(0, 4)),
+    keep_daily=st.one_of(st.none(), st.integers(0, 3)),
+    full_days=st.one_of(st.none(), st.floats(0, 3)),
+    inc_days=st.one_of(st.none(), st.floats(0, 2)),
+)
+def test_after_any_prune_every_kept_archive_restores(
+    steps: list[tuple[str, int]],
+    keep_last: int | None,
+    keep_daily: int | None,
+    full_days: float | None,
+    inc_days: float | None,
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="cv-prune-"))
+    try:
+        policy = RetentionPolicy(
+            keep_full_days=full_days,
+            keep_incremental_days=inc_days,
+            keep_last=keep_last,
+            keep_daily=keep_daily,
+        )
+        vault, live, clock = setup(root, retention=policy)
+        expected: dict[str, dict[str, tuple]] = {}
+        for n, (kind, hours) in enumerate(steps):
+            clock.now += dt.timedelta(hours=hours)
+            (live / f"f{n}").write_text(str(n))
+            age(live / f"f{n}", 10)
+            if n and n % 3 == 0:
+                (live / f"f{n - 1}").unlink()
+            report = vault.backup(kind=kind)
+            assert report.ok
+            expected[report.cells[0].archive] = snapshot(live)
+        clock.now += dt.timedelta(hours=5)
+        assert vault.prune().ok
+        kept = [a.id for a in vault.list()]
+        assert kept, "a cell never loses its newest archive"
+        assert kept[-1] == list(expected)[-1]
+        for archive in kept:
+            out = root / "out" / archive
+            restored = vault.restore(archive, into=out)
+            assert restored.ok, restored
+            assert snapshot(out / "crm" / "crm") == expected[archive]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_prune_on_a_second_target_type(tmp_path: Path) -> None:
+    """The same decisions through the generic fsspec target."""
+    vault, _, clock = setup(
+        tmp_path,
+        targets=[
+            TargetSpec("local", str(tmp_path / "backup")),
+            TargetSpec("mem", "memory://cv-prune-" + tmp_path.name),
+        ],
+        retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_last=2),
+    )
+    for hour in range(4):
+        clock.now = START + dt.timedelta(hours=hour)
+        assert vault.backup(kind="full").ok
+    assert vault.prune().ok
+    assert [a.targets for a in vault.list()] == [("local", "mem"), ("local", "mem")]
