@@ -39,7 +39,7 @@ from .report import (
     VerifyReport,
     VerifyResult,
 )
-from .targets import FsspecTarget, LocalTarget, ObjectInfo, Target, TargetSpec
+from .targets import FsspecTarget, LocalTarget, ObjectInfo, ObjectStat, Target, TargetSpec
 from .vault import ArchiveInfo, Vault
 
 # A library leaves output to its host: nothing is printed unless it configures logging.
@@ -67,6 +67,7 @@ __all__ = [
     "LockHeld",
     "Manifest",
     "ObjectInfo",
+    "ObjectStat",
     "RestoreError",
     "RestoreReport",
     "Selector",

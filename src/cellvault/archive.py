@@ -208,6 +208,10 @@ class Sidecar:
     sha256: str
     files: int = 0
     bytes_read: int = 0
+    #: Content checksums of the data besides sha256, by kind (``md5``,
+    #: ``crc64ecma``): what object stores report on HEAD, so that a quick
+    #: verify can compare them without reading the data.
+    checksums: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def id(self) -> ArchiveId:
@@ -222,6 +226,8 @@ class Sidecar:
             "files": self.files,
             "bytes_read": self.bytes_read,
         }
+        if self.checksums:
+            body["checksums"] = dict(self.checksums)
         return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -239,6 +245,7 @@ class Sidecar:
                 sha256=str(data["sha256"]),
                 files=int(data.get("files", 0)),
                 bytes_read=int(data.get("bytes_read", 0)),
+                checksums={str(k): str(v) for k, v in dict(data.get("checksums") or {}).items()},
             )
         except ArchiveCorrupt:
             raise

@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import structlog
 
+from .runlog import tee as _runlog_tee
+
 __all__ = ["configure_logging", "get_logger", "redact", "redact_text"]
 
 _SECRET_KEY = re.compile(
@@ -70,11 +72,14 @@ def _redact_processor(
 
 
 _PROCESSORS: list[Any] = [
-    structlog.stdlib.filter_by_level,
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
     _redact_processor,
+    # Run logs get their run's events whatever level the host logs at, so
+    # the level filter comes after them (and after redaction).
+    _runlog_tee,
+    structlog.stdlib.filter_by_level,
     structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
 ]
 

@@ -74,8 +74,19 @@ def captured_logs() -> Iterator[io.StringIO]:
 
 
 def test_seed_variables_back_up_to_four_targets_at_once(
-    tmp_path: Path, s3_bucket: S3Bucket, oss_bucket: OssBucket, rsync_module: RsyncModule
+    tmp_path: Path,
+    s3_bucket: S3Bucket,
+    oss_bucket: OssBucket,
+    rsync_module: RsyncModule,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import ossfs.core
+
+    # ossfs hands files from 100 MiB up to oss2's resumable multipart upload
+    # (which splits from 10 MiB); lower its switch so the 12 MiB archive takes
+    # the multipart path, as a large archive does in production.
+    monkeypatch.setattr(ossfs.core, "SIMPLE_TRANSFER_THRESHOLD", 5 << 20)
+    monkeypatch.setenv("HOME", str(tmp_path))  # oss2 keeps its upload checkpoints there
     live = make_cell(tmp_path, big=12 << 20)
     env = {
         "BACKUP_DIR": str(tmp_path / "backup"),
@@ -109,6 +120,8 @@ def test_seed_variables_back_up_to_four_targets_at_once(
     archive = report.cells[0].archive
     assert committed(s3_bucket.objects()) == [f"paas/backup/crm/{archive}.json"]
     assert committed(oss_bucket.objects()) == [f"paas/backup/crm/{archive}.json"]
+    assert list(oss_bucket.server.requests_matching("POST", "uploads")), "OSS multipart upload"
+    assert s3_bucket.server.uploads(s3_bucket.name) == {}, "no S3 multipart upload left open"
     assert (rsync_module.root / "nas" / "crm" / f"{archive}.json").is_file()
     assert vault.list()[0].targets == ("local", "s3", "oss", "nas")
 

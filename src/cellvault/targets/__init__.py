@@ -7,8 +7,8 @@ Target types are plugins: :func:`cellvault.hookspecs.cellvault_make_target`.
 
 from __future__ import annotations
 
-from .base import ObjectInfo, Target, TargetSpec
+from .base import ObjectInfo, ObjectStat, Target, TargetSpec
 from .fsspec import FsspecTarget
 from .local import LocalTarget
 
-__all__ = ["FsspecTarget", "LocalTarget", "ObjectInfo", "Target", "TargetSpec"]
+__all__ = ["FsspecTarget", "LocalTarget", "ObjectInfo", "ObjectStat", "Target", "TargetSpec"]

@@ -36,7 +36,7 @@ from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, ConfigErro
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
 
-__all__ = ["ObjectInfo", "Target", "TargetSpec"]
+__all__ = ["ObjectInfo", "ObjectStat", "Target", "TargetSpec"]
 
 log = get_logger(__name__)
 
@@ -97,6 +97,19 @@ class ObjectInfo:
     is_dir: bool = False
 
 
+@attrs.frozen
+class ObjectStat:
+    """What a store says about one object without reading it (a HEAD request).
+
+    *checksums* are the store's own checksums of the content, by kind:
+    ``crc64ecma`` (OSS's ``x-oss-hash-crc64ecma``), ``md5`` (an S3 ETag of a
+    single-part upload). Empty when the store gives none cheaply.
+    """
+
+    size: int
+    checksums: Mapping[str, str] = attrs.field(factory=dict)
+
+
 class Target(abc.ABC):
     """A place archives are kept.
 
@@ -110,6 +123,9 @@ class Target(abc.ABC):
     retry_attempts: int = 4
     #: The longest a primitive is retried, in seconds.
     retry_timeout: float = 60.0
+    #: The checksum kinds :meth:`stat` can report for this target type. A
+    #: backup records these in the sidecar so a quick verify can compare them.
+    stat_checksums: frozenset[str] = frozenset()
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
@@ -156,6 +172,18 @@ class Target(abc.ABC):
         with self.open_read(key) as src, open(local, "wb") as dst:
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
+
+    def stat(self, key: str) -> ObjectStat:
+        """Size (and the store's own checksums) of *key*, without reading it.
+
+        Raises :class:`FileNotFoundError` when *key* is absent. The default
+        lists the key's folder; target types with a cheaper HEAD override it.
+        """
+        folder, _, name = key.rpartition("/")
+        for entry in self.list(folder):
+            if entry.name == name and not entry.is_dir:
+                return ObjectStat(entry.size)
+        raise FileNotFoundError(key)
 
     def check(self) -> None:
         """Make sure the target can be reached; raise :class:`TargetError` if not."""

@@ -19,7 +19,7 @@ import fsspec
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from .base import ObjectInfo, Target, TargetSpec
+from .base import ObjectInfo, ObjectStat, Target, TargetSpec
 
 __all__ = ["FsspecTarget"]
 
@@ -102,6 +102,20 @@ class FsspecTarget(Target):
 
     def fetch(self, key: str, local: Path) -> None:
         self.fs.get_file(self._path(key), str(local))
+
+    def stat(self, key: str) -> ObjectStat:
+        path = self._path(key)
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        if info.get("type") == "directory":
+            raise FileNotFoundError(key)
+        checksums = {}
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"').lower()
+        # A single-part upload's ETag is the MD5 of the content; a multipart
+        # one ("<hex>-<parts>") depends on the part size and is not compared.
+        if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+            checksums["md5"] = etag
+        return ObjectStat(int(info.get("size") or 0), checksums)
 
     def list(self, folder: str) -> list[ObjectInfo]:
         path = self._path(folder)

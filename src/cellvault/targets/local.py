@@ -19,7 +19,7 @@ from typing import IO
 
 from ..errors import ConfigError, TargetError
 from ..hookspecs import hookimpl
-from .base import ObjectInfo, Target, TargetSpec
+from .base import ObjectInfo, ObjectStat, Target, TargetSpec
 
 __all__ = ["LocalTarget"]
 
@@ -101,6 +101,9 @@ class LocalTarget(Target):
 
     def fetch(self, key: str, local: Path) -> None:
         shutil.copyfile(self._path(key), local)
+
+    def stat(self, key: str) -> ObjectStat:
+        return ObjectStat(os.stat(self._path(key)).st_size)
 
     def list(self, folder: str) -> list[ObjectInfo]:
         path = self._path(folder)

@@ -1,0 +1,204 @@
+"""Alerts: the built-in notifiers and the settings and alert text they share.
+
+Two built-in plugins implement the ``cellvault_backup_failed`` hook (and
+``cellvault_run_finished`` for success notices):
+
+* :mod:`cellvault.notify.webhook` POSTs to ``BACKUP_ALERT_WEBHOOK`` in the
+  format of the chat tool behind it (generic JSON, WeCom, DingTalk, Slack,
+  Feishu/Lark);
+* :mod:`cellvault.notify.alertlog` appends a JSON line to ``BACKUP_ALERT_LOG``
+  (default ``deploy/backup/backup_alerts.log``, relative to the current
+  directory, as in the operations manual).
+
+Settings come from the environment (``BACKUP_ALERT_*``) or the TOML file's
+``[alerts]`` table; both land in :attr:`cellvault.Config.extra`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..errors import ConfigError
+from ..runlog import active_log
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..report import Failure
+
+__all__ = [
+    "DEFAULT_ALERT_LOG",
+    "FORMATS",
+    "AlertSettings",
+    "alert_for",
+    "alert_settings",
+    "alert_text",
+    "summary_for",
+]
+
+#: The manual's alert log, relative to the current directory.
+DEFAULT_ALERT_LOG = "deploy/backup/backup_alerts.log"
+#: Webhook formats; ``auto`` picks one from the URL's host.
+FORMATS: tuple[str, ...] = ("auto", "generic", "wecom", "dingtalk", "slack", "feishu")
+_WHEN = ("failure", "always")
+
+# TOML [alerts] key -> environment variable.
+_KEYS = {
+    "webhook": "BACKUP_ALERT_WEBHOOK",
+    "format": "BACKUP_ALERT_FORMAT",
+    "secret": "BACKUP_ALERT_SECRET",
+    "log": "BACKUP_ALERT_LOG",
+    "timeout": "BACKUP_ALERT_TIMEOUT",
+    "on": "BACKUP_ALERT_ON",
+}
+_OFF = {"", "off", "none", "no", "0"}
+
+
+@attrs.frozen
+class AlertSettings:
+    """Where and how alerts are sent."""
+
+    #: The webhook URL, or ``None`` for no webhook.
+    webhook: str | None = None
+    #: One of :data:`FORMATS`.
+    format: str = "auto"
+    #: DingTalk's or Feishu's signing secret.
+    secret: str | None = attrs.field(default=None, repr=False)
+    #: The alert log, or ``None`` when switched off.
+    log: Path | None = Path(DEFAULT_ALERT_LOG)
+    #: Seconds to wait for the webhook, per attempt.
+    timeout: float = 5.0
+    #: ``failure`` (alerts only) or ``always`` (also a notice when a run succeeds).
+    on: str = "failure"
+
+
+def alert_settings(config: Config) -> AlertSettings:
+    """The alert settings of *config* (``BACKUP_ALERT_*`` or ``[alerts]``).
+
+    Raises :class:`ConfigError` for an unknown format, a malformed timeout or
+    an unknown key of the ``[alerts]`` table.
+    """
+    raw: dict[str, str] = {}
+    for key, value in config.extra.items():
+        name = _KEYS.get(key, key)
+        if not name.startswith("BACKUP_ALERT"):
+            raise ConfigError(
+                f"[alerts]: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(_KEYS))}"
+            )
+        raw[name] = str(value).strip() if not isinstance(value, bool) else str(int(value))
+    webhook = raw.get("BACKUP_ALERT_WEBHOOK") or None
+    fmt = (raw.get("BACKUP_ALERT_FORMAT") or "auto").lower()
+    if fmt == "lark":
+        fmt = "feishu"
+    if fmt not in FORMATS:
+        raise ConfigError(
+            f"BACKUP_ALERT_FORMAT={fmt!r} is not a webhook format",
+            hint=f"use one of {', '.join(FORMATS)}",
+        )
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise ConfigError(
+            "BACKUP_ALERT_WEBHOOK is not an http(s) URL", hint="give the full https:// address"
+        )
+    log_value = raw.get("BACKUP_ALERT_LOG", DEFAULT_ALERT_LOG)
+    log = None if log_value.lower() in _OFF else Path(log_value).expanduser()
+    try:
+        timeout = float(raw.get("BACKUP_ALERT_TIMEOUT") or 5.0)
+    except ValueError:
+        raise ConfigError(
+            f"BACKUP_ALERT_TIMEOUT={raw['BACKUP_ALERT_TIMEOUT']!r} is not a number of seconds"
+        ) from None
+    if timeout <= 0:
+        raise ConfigError("BACKUP_ALERT_TIMEOUT must be more than 0 seconds")
+    on = (raw.get("BACKUP_ALERT_ON") or "failure").lower()
+    if on not in _WHEN:
+        raise ConfigError(f"BACKUP_ALERT_ON={on!r} is neither failure nor always")
+    return AlertSettings(
+        webhook=webhook,
+        format=fmt,
+        secret=raw.get("BACKUP_ALERT_SECRET") or None,
+        log=log,
+        timeout=timeout,
+        on=on,
+    )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def alert_for(failure: Failure) -> dict[str, Any]:
+    """The alert of one failure, as the alert log and the generic webhook carry it."""
+    log = active_log(failure.run)
+    return {
+        "time": _now(),
+        "status": "failed",
+        "operation": failure.operation,
+        "stage": failure.stage,
+        "cell": failure.cell,
+        "target": failure.target,
+        "archive": failure.archive,
+        "run": failure.run,
+        "host": failure.host or socket.gethostname(),
+        "error": failure.error,
+        "log": str(log) if log is not None else None,
+    }
+
+
+def summary_for(operation: str, report: Any) -> dict[str, Any]:
+    """The notice of a finished run (for ``BACKUP_ALERT_ON=always``)."""
+    ok = bool(getattr(report, "ok", True))
+    run = getattr(report, "run", None)
+    cells = sorted(
+        {
+            str(getattr(item, "cell", None) or getattr(item, "archive", ""))
+            for item in (getattr(report, "cells", None) or getattr(report, "results", None) or ())
+        }
+    )
+    log = active_log(run)
+    return {
+        "time": _now(),
+        "status": "ok" if ok else "failed",
+        "operation": operation,
+        "stage": None,
+        "cell": None,
+        "target": None,
+        "archive": None,
+        "run": run,
+        "host": socket.gethostname(),
+        "error": None,
+        "cells": cells,
+        "duration": round(float(getattr(report, "duration", 0.0) or 0.0), 3),
+        "log": str(log) if log is not None else None,
+    }
+
+
+def alert_text(alert: Mapping[str, Any], *, markdown: bool = False) -> str:
+    """A short human text of *alert* (Markdown for WeCom and DingTalk)."""
+    failed = alert.get("status") == "failed"
+    op = alert.get("operation") or "backup"
+    if alert.get("stage"):
+        title = f"cellvault {op} FAILED at stage {alert['stage']}"
+    else:
+        title = f"cellvault {op} {'FAILED' if failed else 'ok'}"
+    rows = [
+        ("host", alert.get("host")),
+        ("cell", alert.get("cell")),
+        ("target", alert.get("target")),
+        ("archive", alert.get("archive")),
+        ("cells", ", ".join(alert.get("cells") or ()) or None),
+        ("run", alert.get("run")),
+        ("duration", f"{alert['duration']}s" if alert.get("duration") is not None else None),
+        ("error", alert.get("error")),
+        ("log", alert.get("log")),
+        ("time", alert.get("time")),
+    ]
+    if markdown:
+        lines = [f"### {title}"]
+        lines += [f"> **{k}**: {v}" for k, v in rows if v]
+        return "\n".join(lines)
+    return "\n".join([title, *(f"{k}: {v}" for k, v in rows if v)])
