@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -258,3 +259,20 @@ def rsync_module(rsync_daemon: RsyncDaemon) -> Iterator[RsyncModule]:
     module = rsync_daemon.add_module(_unique_name("m"))
     yield module
     rsync_daemon.remove_module(module.name)
+
+
+# --- ssh ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ssh_server() -> Iterator[Any]:
+    """OpenSSH's sshd on 127.0.0.1 with a key of its own, for rsync over ssh."""
+    from tests.servers.sshd import SshServer, sshd_binary
+
+    if sshd_binary() is None or shutil.which("ssh") is None:
+        unavailable("OpenSSH is missing; apt-get install openssh-server openssh-client")
+    server = SshServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

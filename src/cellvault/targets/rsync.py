@@ -77,6 +77,12 @@ class RsyncTarget(Target):
         self.args: list[str] = [f"--timeout={self.timeout}"]
         if self.ssh:
             ssh = ["ssh", "-o", "BatchMode=yes"]
+            if spec.options.get("ssh_multiplex", True):
+                # One ssh connection for the many short rsync calls of a run
+                # (list, read sidecars, lease, put): handshakes dominate otherwise.
+                control = Path(tempfile.gettempdir()) / "cellvault-ssh-%C"
+                ssh += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}"]
+                ssh += ["-o", "ControlPersist=30"]
             if parts.port:
                 ssh += ["-p", str(parts.port)]
             ssh += [str(o) for o in spec.options.get("ssh_options", ())]
