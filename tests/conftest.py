@@ -28,6 +28,17 @@ def backup_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each test in a scratch directory of its own.
+
+    The alert log's default, as in the operations manual, is
+    ``deploy/backup/backup_alerts.log`` relative to the current directory:
+    a failing backup in a test must not write into the checkout.
+    """
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep the seed's variables of the machine out of the tests."""
     for key in list(os.environ):

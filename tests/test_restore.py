@@ -176,7 +176,7 @@ def test_failing_safety_backup_aborts_the_restore(
     # The spool of the backup directory is unusable: the safety backup cannot be packed.
     spool_parent = backup_dir / ".cellvault"
     for path in sorted(spool_parent.rglob("*"), reverse=True):
-        path.rmdir()
+        path.rmdir() if path.is_dir() else path.unlink()  # the state file lives there too
     spool_parent.rmdir()
     spool_parent.write_text("not a directory")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from .dumpers.base import check_cell_dumpers, to_dumpers
 from .errors import ConfigError
 
 __all__ = ["Cell", "validate_cell_name"]
@@ -48,8 +49,8 @@ def _to_patterns(value: str | Iterable[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(value)
+def _check_dumpers(cell: Cell, attribute: attrs.Attribute[tuple[Any, ...]], value: Any) -> None:
+    check_cell_dumpers(cell, attribute, value)
 
 
 def _check_paths(
@@ -90,8 +91,12 @@ class Cell:
     name: str = attrs.field(validator=_check_name)
     paths: tuple[Path, ...] = attrs.field(converter=_to_paths, validator=_check_paths)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_to_patterns)
-    #: Dumper specifications (name -> options), run at backup time; see :mod:`cellvault.dumpers`.
-    dumpers: tuple[Any, ...] = attrs.field(default=(), converter=_to_tuple)
+    #: Dumpers run at backup time, after the files: :class:`~cellvault.dumpers.Dumper`
+    #: objects, :class:`~cellvault.dumpers.DumperSpec`, or tables such as
+    #: ``{"type": "postgres", "dsn": "..."}``; see ``docs/dumpers.md``.
+    dumpers: tuple[Any, ...] = attrs.field(
+        default=(), converter=to_dumpers, validator=_check_dumpers
+    )
 
     @property
     def roots(self) -> dict[str, Path]:

@@ -85,6 +85,9 @@ class _Progress:
             text = f"{event.cell}: stored on {event.target}"
         elif event.name == "restore.fetched":
             text = f"{event.cell}: read {event.archive} from {event.target}"
+        elif event.name == "sync.progress":
+            done, total = int(event.data.get("bytes", 0)), int(event.data.get("total", 0))
+            text = f"{event.archive}: copying to {event.target}, {_size(done)} of {_size(total)}"
         else:
             return
         with self.lock:
@@ -248,9 +251,10 @@ def backup(
             if cell.ok:
                 where = ", ".join(t.target for t in cell.targets)
                 extra = f" ({cell.note})" if cell.note else ""
+                dumped = "".join(f" + dump {d.name} {_size(d.bytes)}" for d in cell.dumps if d.ok)
                 click.echo(
-                    f"ok   {cell.archive}  {cell.kind}  {cell.files} files, {_size(cell.bytes_read)} read, "
-                    f"{_size(cell.archive_size)} stored on {where}{extra}"
+                    f"ok   {cell.archive}  {cell.kind}  {cell.files} files, {_size(cell.bytes_read)} read"
+                    f"{dumped}, {_size(cell.archive_size)} stored on {where}{extra}"
                 )
             for warning in cell.warnings:
                 click.echo(f"warn {cell.cell}: {warning}", err=True)
@@ -278,16 +282,33 @@ def backup(
     "--all",
     "all_archives",
     is_flag=True,
-    help="Verify every committed archive, not only one per cell.",
+    help="Verify every committed archive, not only one per cell (not with --level drill).",
+)
+@click.option(
+    "--level",
+    type=click.Choice(["quick", "full", "drill"]),
+    default="full",
+    show_default=True,
+    help="quick: size and the store's checksum, no download; full: read back and check every "
+    "member; drill: restore into a scratch directory, check, run health checks, time it.",
 )
 @pass_state
 def verify(
-    state: State, cells: tuple[str, ...], targets: tuple[str, ...], select: str, all_archives: bool
+    state: State,
+    cells: tuple[str, ...],
+    targets: tuple[str, ...],
+    select: str,
+    all_archives: bool,
+    level: str,
 ) -> None:
-    """Read archives back from the targets and check every byte.
+    """Check the archives on every target: quick, full (the default) or a restore drill.
 
-    Checks each archive's sha256 against its sidecar, every member against the
-    manifest, meta.json's backed_at, and that an incremental's chain is there.
+    full checks each archive's sha256 against its sidecar, every member against
+    the manifest, meta.json's backed_at, and that an incremental's chain is
+    there. quick downloads nothing. drill restores the newest archive of each
+    cell from each target into a scratch directory under the backup directory,
+    compares it with the manifest, runs the cells' health checks and reports
+    the restore time (RTO). Exits 1 if any check failed.
     """
     with _errors(state):
         report = state.vault().verify(
@@ -295,17 +316,75 @@ def verify(
             targets=list(targets) or None,
             select=select,
             all_archives=all_archives,
+            level=level,
         )
     if state.as_json:
         _emit_json(report.to_dict())
     else:
         for r in report.results:
-            if r.ok:
-                click.echo(f"ok   {r.archive} on {r.target}: {r.members} members")
-            else:
+            if not r.ok:
                 click.echo(f"FAIL {r.archive} on {r.target}: {r.error}", err=True)
+            elif r.level == "drill":
+                click.echo(
+                    f"ok   {r.archive} on {r.target}: restored {r.files} files, {_size(r.bytes)} "
+                    f"in {r.rto or 0:.2f}s (RTO)"
+                )
+            elif r.level == "quick":
+                click.echo(f"ok   {r.archive} on {r.target}: {', '.join(r.checks)} as recorded")
+            else:
+                click.echo(f"ok   {r.archive} on {r.target}: {r.members} members")
         if not report.results:
             click.echo("nothing to verify: no archives found")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+@cli.command()
+@click.option("--cell", "cells", multiple=True, help="Only this cell (repeatable).")
+@click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Hours a newest archive may be old (default: BACKUP_MAX_AGE_HOURS, else 26).",
+)
+@pass_state
+def status(
+    state: State, cells: tuple[str, ...], targets: tuple[str, ...], max_age: float | None
+) -> None:
+    """Tell a monitor whether every cell has a fresh, verified backup on every target.
+
+    Per cell and target: the newest archive, its age (the RPO), and the last
+    quick, full and drill verify. Reads no archive. Exits 1 when any cell's
+    newest archive is older than the maximum age, missing, or failed its
+    last verify; 0 otherwise.
+    """
+    with _errors(state):
+        report = state.vault().status(
+            list(cells) or None, targets=list(targets) or None, max_age=max_age
+        )
+    if state.as_json:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(f"{'CELL':<16} {'TARGET':<10} {'NEWEST':<36} {'AGE':>6}  {'VERIFY':<24} STATE")
+        for c in report.cells:
+            for t in c.targets:
+                checks = " ".join(f"{x.level}:{'ok' if x.ok else 'FAIL'}" for x in t.checks)
+                click.echo(
+                    f"{c.cell:<16} {t.target:<10} {t.newest or '-':<36} {_age(t.age):>6}  "
+                    f"{checks or '-':<24} {'ok' if t.ok else 'PROBLEM'}"
+                )
+        for line in report.problems():
+            click.echo(f"FAIL {line}", err=True)
+        click.echo(f"status: {'ok' if report.ok else 'PROBLEMS'} (max age {report.max_age:g} h)")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
@@ -343,6 +422,27 @@ def verify(
     is_flag=True,
     help="Restore symbolic links that point outside the cell (only for archives you trust).",
 )
+@click.option(
+    "--dumps/--no-dumps",
+    "load_dumps",
+    default=None,
+    help="Load the cells' database dumps (default: yes in place, no with --into).",
+)
+@click.option(
+    "--dump",
+    "only_dumps",
+    multiple=True,
+    metavar="NAME",
+    help="Load only this dumper's dump, even one with autoload off (repeatable).",
+)
+@click.option(
+    "--dump-option",
+    "dump_options",
+    multiple=True,
+    metavar="NAME.KEY=VALUE",
+    help="Change a dumper's option for this restore, e.g. db.only_tables=public.orders "
+    "(repeatable; see docs/dumpers.md).",
+)
 @pass_state
 def restore(
     state: State,
@@ -352,17 +452,31 @@ def restore(
     skip_prebackup: bool,
     sources: tuple[str, ...],
     allow_external_links: bool,
+    load_dumps: bool | None,
+    only_dumps: tuple[str, ...],
+    dump_options: tuple[str, ...],
 ) -> None:
     """Restore all cells, or one, to a point in time, in one step.
 
     The current data is backed up first (abort if that fails). Each archive is
     fetched from the first target that has it, extracted beside its
-    destination, checked file by file, and only then swapped into place: a
-    restore that fails leaves the live data as it was.
+    destination, checked file by file, its database dumps loaded and its
+    restore hooks run, and only then swapped into place: a restore that fails
+    leaves the live files as they were.
     """
     with _errors(state):
         config = state.load()
         chosen = list(cells) or ([config.restore_cell] if config.restore_cell else None)
+        options: dict[str, dict[str, str]] = {}
+        for item in dump_options:
+            name, dot, rest = item.partition(".")
+            key, eq, value = rest.partition("=")
+            if not (dot and eq and name and key):
+                raise ConfigError(
+                    f"--dump-option {item!r} is not NAME.KEY=VALUE",
+                    hint="for example --dump-option db.only_tables=public.orders",
+                )
+            options.setdefault(name, {})[key] = value
         vault = state.vault(config)
         report = vault.restore(
             select or config.restore_date or "latest",
@@ -371,6 +485,8 @@ def restore(
             skip_prebackup=skip_prebackup or config.restore_skip_prebackup,
             source=list(sources) or None,
             allow_external_links=allow_external_links,
+            load_dumps=list(only_dumps) if only_dumps else load_dumps,
+            dump_options=options,
         )
     if state.as_json:
         _emit_json(report.to_dict())
@@ -511,6 +627,418 @@ def demo(state: State, where: Path) -> None:
     echo(f"5. restored trees identical to the originals: {'yes' if result.identical else 'NO'}")
     echo("demo ok" if result.ok else "demo FAILED")
     sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+# -- disaster recovery (cellvault.dr) ------------------------------------------------
+
+
+def _site(state: State, site_id: str | None = None) -> Any:
+    """The :class:`cellvault.dr.Site` of this configuration; ``DR_*`` of the environment win."""
+    from .dr import DrSettings, Site
+
+    config = state.load()
+    settings = DrSettings.from_config(config, os.environ)
+    return Site(state.vault(config), site_id, settings=settings)
+
+
+def _echo_sync(report: Any) -> None:
+    """Print a push or pull report for people."""
+    for c in report.cells:
+        for archive in c.copied:
+            click.echo(f"copied {archive}  {c.source} -> {c.target}")
+        if c.locked:
+            click.echo(f"skip {c.cell} {c.source} -> {c.target}: {c.locked}", err=True)
+        elif not c.ok:
+            click.echo(f"FAIL {c.cell} {c.source} -> {c.target}: {c.stage}: {c.error}", err=True)
+        else:
+            extra = (
+                f", {len(c.skipped)} older than {c.target}'s retention keeps, not copied"
+                if c.skipped
+                else ""
+            )
+            extra += f", debris of an interrupted run removed: {len(c.debris)}" if c.debris else ""
+            click.echo(
+                f"ok   {c.cell} {c.source} -> {c.target}: {len(c.copied)} copied, "
+                f"{c.present} already there{extra}"
+            )
+    for warning in report.warnings:
+        click.echo(f"warn {warning}", err=True)
+    rate = report.bytes / report.duration if report.duration > 0 else 0.0
+    click.echo(
+        f"sync ({report.mode}, site {report.site}): {'ok' if report.ok else 'FAILED'}, "
+        f"{len(report.copied)} archive(s) copied, {_size(report.bytes)} in {report.duration:.1f}s"
+        + (f" ({_size(rate)}/s)" if report.bytes else "")
+        + (f"; {len(report.locked)} cell(s) left to another run" if report.locked else "")
+    )
+
+
+def _utc(when: Any) -> str:
+    return str(when.isoformat()).replace("+00:00", "Z")
+
+
+def _echo_steps(steps: tuple[str, ...]) -> None:
+    if steps:
+        click.echo("Next steps:")
+        for n, step in enumerate(steps, 1):
+            click.echo(f"  {n}. {step}")
+
+
+def _echo_verify_restore(verify: Any, restore: Any) -> None:
+    if verify is not None:
+        for r in verify.results:
+            if r.ok:
+                click.echo(f"ok   verified {r.archive} on {r.target}: {r.members} members")
+            else:
+                click.echo(f"FAIL verify {r.archive} on {r.target}: {r.error}", err=True)
+    if restore is not None:
+        for c in restore.cells:
+            if c.ok:
+                click.echo(f"ok   restored {c.cell}: {c.archive} -> {', '.join(c.destination)}")
+            else:
+                click.echo(f"FAIL restore {c.cell}: {c.stage}: {c.error}", err=True)
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print the result as JSON (as 'cellvault --json')."
+    )(fn)
+
+
+def _site_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--site-id", help="This site's id (default: DR_SITE_ID, else the host name)."
+    )(fn)
+
+
+@cli.command()
+@click.option(
+    "--pull-only/--push",
+    "pull_only",
+    default=None,
+    help="Pull from the object storage into this site's backup directory (the standby's "
+    "mode), or push. Default: DR_PULL_ONLY (1: pull), else push.",
+)
+@click.option(
+    "--from",
+    "sources",
+    multiple=True,
+    help="Copy from this target. Push: default the first target. Pull: default the "
+    "object-storage targets (DR_TARGET, else all but the first); repeatable.",
+)
+@click.option(
+    "--to",
+    "targets",
+    multiple=True,
+    help="Push to this target (repeatable). Default: the object-storage targets.",
+)
+@click.option("--cell", "cells", multiple=True, help="Only this cell (repeatable). Default: all.")
+@click.option(
+    "--verify", is_flag=True, help="Read every copy back completely before committing it."
+)
+@_site_option
+@_json_option
+@pass_state
+def sync(
+    state: State,
+    pull_only: bool | None,
+    sources: tuple[str, ...],
+    targets: tuple[str, ...],
+    cells: tuple[str, ...],
+    verify: bool,
+    site_id: str | None,
+    as_json: bool,
+) -> None:
+    """Copy missing archives to the object storage, or (--pull-only) from it.
+
+    The seed's sync_backup_to_dr.sh. Each archive is copied once, oldest
+    first: data, manifest, then the sidecar that commits it, after its sha256
+    was checked. A cell that another run is copying (its lease is held) is
+    skipped with a message: exit 0, so a cron job every 15 minutes stays quiet.
+    Exit 1 if a copy failed (it is resumed by the next run).
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        site = _site(state, site_id)
+        pull = site.settings.pull_only if pull_only is None else pull_only
+        if pull:
+            if targets:
+                raise ConfigError(
+                    "--to is for a push; a pull copies into this site's backup directory"
+                )
+            report = site.pull(list(cells) or None, source=list(sources) or None, verify=verify)
+        else:
+            if len(sources) > 1:
+                raise ConfigError("a push copies from one target: give --from once")
+            report = site.push(
+                list(cells) or None,
+                source=sources[0] if sources else None,
+                to=list(targets) or None,
+                verify=verify,
+            )
+    if state.progress:
+        state.progress.clear()
+    if state.as_json:
+        _emit_json(report.to_dict())
+    else:
+        _echo_sync(report)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@cli.group()
+def dr() -> None:
+    """Disaster recovery: prepare a standby site, fail over, fail back, status.
+
+    Each site sets DR_SITE_ID (primary, dr, ...) and the same object storage
+    (BACKUP_TARGETS=local,s3). The primary pushes ('cellvault sync'), the
+    standby pulls ('cellvault sync --pull-only' or DR_PULL_ONLY=1). See the
+    runbook in docs/dr.md.
+    """
+
+
+@dr.command()
+@click.option("--no-pull", is_flag=True, help="Only create directories and check targets.")
+@_site_option
+@_json_option
+@pass_state
+def prepare(state: State, no_pull: bool, site_id: str | None, as_json: bool) -> None:
+    """Set up this site as a standby (the seed's prepare_dr_site.sh).
+
+    Creates the backup directory and the cells' parent directories, checks
+    every target (credentials, reachability, a probe object written, read and
+    removed), pulls from the object storage, and shows what the site holds.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        report = _site(state, site_id).prepare(pull=not no_pull)
+    if state.progress:
+        state.progress.clear()
+    if state.as_json:
+        _emit_json(report.to_dict())
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    for path in report.created:
+        click.echo(f"created {path}")
+    for check in report.checks:
+        if check.ok:
+            click.echo(f"ok   target {check.target}: reachable, probe written, read and removed")
+        else:
+            click.echo(f"FAIL target {check.target}: {check.error}", err=True)
+    if report.pull is not None:
+        _echo_sync(report.pull)
+    if report.holdings:
+        click.echo(f"{'CELL':<20} {'ARCHIVES':>8} {'SIZE':>10}  NEWEST")
+        for cell, h in sorted(report.holdings.items()):
+            click.echo(f"{cell:<20} {h.count:>8} {_size(h.bytes):>10}  {h.newest or '-'}")
+    else:
+        click.echo("this site holds no archive yet")
+    click.echo(f"prepare site {report.site}: {'ok' if report.ok else 'FAILED'}")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@dr.command()
+@click.option(
+    "--restore",
+    "select",
+    help="Also restore the cells' own paths: 'latest', a date prefix or an archive id. "
+    "Default: verify only (restore yourself with 'cellvault restore').",
+)
+@click.option(
+    "--skip-prebackup",
+    is_flag=True,
+    help="With --restore: no safety backup of the current data first (RESTORE_SKIP_PREBACKUP=1).",
+)
+@click.option("--no-pull", is_flag=True, help="Do not pull first (the object storage is down).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Fail over although a failover is in effect, the newest backups are not all "
+    "here, or one does not verify.",
+)
+@_site_option
+@_json_option
+@pass_state
+def failover(
+    state: State,
+    select: str | None,
+    skip_prebackup: bool,
+    no_pull: bool,
+    force: bool,
+    site_id: str | None,
+    as_json: bool,
+) -> None:
+    """Make this standby site the active one (the seed's dr_failover.sh).
+
+    Pulls the newest backups, checks that this site holds the newest archive
+    of every cell and verifies each completely, optionally restores them,
+    writes the failover marker (object storage and local), calls the failover
+    plugins (DNS, SLB, Ingress) and prints the switch steps. Refuses while a
+    failover is in effect, unless --force.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        config = state.load()
+        report = _site(state, site_id).failover(
+            restore=select,
+            skip_prebackup=skip_prebackup or config.restore_skip_prebackup,
+            force=force,
+            pull=not no_pull,
+        )
+    if state.progress:
+        state.progress.clear()
+    if state.as_json:
+        _emit_json(report.to_dict())
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    if report.pull is not None:
+        click.echo(f"pull: {len(report.pull.copied)} archive(s) copied")
+    _echo_verify_restore(report.verify, report.restore)
+    for warning in report.warnings:
+        click.echo(f"warn {warning}", err=True)
+    if report.marker is not None:
+        click.echo(
+            f"marker written to {', '.join(report.marker_written)}: site {report.marker.site_id} "
+            f"active since {_utc(report.marker.at)}"
+        )
+    for hook in report.hooks:
+        if hook.ok:
+            click.echo(f"ok   failover plugin {hook.plugin}")
+        else:
+            click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)
+    if report.error:
+        click.echo(f"FAIL {report.error}", err=True)
+    _echo_steps(report.steps)
+    click.echo(f"failover to site {report.site}: {'ok' if report.ok else 'FAILED'}")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@dr.command()
+@click.option(
+    "--final-backup",
+    type=click.Choice(["full", "incremental", "none"]),
+    default="incremental",
+    show_default=True,
+    help="On the active site: the backup taken before handing back.",
+)
+@click.option(
+    "--no-restore", is_flag=True, help="On the primary: pull and verify, but do not restore."
+)
+@click.option(
+    "--skip-prebackup",
+    is_flag=True,
+    help="On the primary: no safety backup of the current data first.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="On the primary: take over without a hand-back of the active site.",
+)
+@_site_option
+@_json_option
+@pass_state
+def failback(
+    state: State,
+    final_backup: str,
+    no_restore: bool,
+    skip_prebackup: bool,
+    force: bool,
+    site_id: str | None,
+    as_json: bool,
+) -> None:
+    """Hand the service back to the recovered primary: run on the active site, then there.
+
+    On the active (standby) site, with writes stopped: a final backup, a push
+    of everything the object storage misses, and the hand-back recorded in
+    the marker. Then on the primary: a pull, a verify and a restore of
+    exactly what was handed back, the marker cleared, the failover plugins
+    called, and the switch-back steps printed.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        config = state.load()
+        report = _site(state, site_id).failback(
+            final_backup=None if final_backup == "none" else final_backup,
+            restore=not no_restore,
+            skip_prebackup=skip_prebackup or config.restore_skip_prebackup,
+            force=force,
+        )
+    if state.progress:
+        state.progress.clear()
+    if state.as_json:
+        _emit_json(report.to_dict())
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    if report.backup is not None:
+        for line in iter_failures(report.backup):
+            click.echo(f"FAIL {line}", err=True)
+        for c in report.backup.cells:
+            if c.ok:
+                click.echo(f"ok   final backup {c.archive}")
+    for sync_report in (report.push, report.pull):
+        if sync_report is not None:
+            _echo_sync(sync_report)
+    _echo_verify_restore(report.verify, report.restore)
+    for warning in report.warnings:
+        click.echo(f"warn {warning}", err=True)
+    if report.step == "handback" and report.marker is not None and report.marker.handback:
+        for cell, archive in sorted(report.marker.handback.archives.items()):
+            click.echo(f"handed back {cell}: {archive}")
+    for hook in report.hooks:
+        if hook.ok:
+            click.echo(f"ok   failover plugin {hook.plugin}")
+        else:
+            click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)
+    if report.error:
+        click.echo(f"FAIL {report.error}", err=True)
+    _echo_steps(report.steps)
+    click.echo(f"failback ({report.step}) on site {report.site}: {'ok' if report.ok else 'FAILED'}")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@dr.command(name="status")
+@click.option("--cell", "cells", multiple=True, help="Only this cell (repeatable).")
+@_site_option
+@_json_option
+@pass_state
+def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json: bool) -> None:
+    """Which site is active, what each site and target holds, and the replication lag.
+
+    Exit 1 when a target cannot be read.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        report = _site(state, site_id).status(list(cells) or None)
+    if state.as_json:
+        _emit_json(report.to_dict())
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    marker = report.marker
+    if marker is None:
+        click.echo(f"this site: {report.site}; active: the primary (no failover in effect)")
+    else:
+        handed = " (handed back, failback pending)" if marker.handback else ""
+        click.echo(
+            f"this site: {report.site}; active: {marker.site_id} since {_utc(marker.at)} "
+            f"(failover marker on {report.marker_source}, written by {marker.host}){handed}"
+        )
+    click.echo(f"{'TARGET':<12} {'CELL':<16} {'ARCHIVES':>8} {'SIZE':>10}  NEWEST")
+    for view in report.targets:
+        if not view.reachable:
+            click.echo(f"{view.target:<12} unreachable: {view.error}")
+            continue
+        for cell, h in sorted(view.cells.items()):
+            click.echo(
+                f"{view.target:<12} {cell:<16} {h.count:>8} {_size(h.bytes):>10}  {h.newest or '-'}"
+            )
+    if report.lag:
+        click.echo(f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6}")
+        for lag in report.lag:
+            text = "-" if lag.lag_seconds is None else f"{lag.lag_seconds / 60:.0f} min"
+            click.echo(f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}")
+    for record in report.sites:
+        newest = ", ".join(f"{c}={h.newest}" for c, h in sorted(record.cells.items()))
+        click.echo(
+            f"site {record.site_id} ({record.host}): last {record.action} at "
+            f"{_utc(record.at)}; {newest or 'no archive'}"
+        )
+    for warning in report.warnings:
+        click.echo(f"warn {warning}", err=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 def main(argv: list[str] | None = None) -> None:

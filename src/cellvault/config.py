@@ -19,6 +19,7 @@ import attrs
 
 from .cell import Cell, validate_cell_name
 from .codec import get_codec
+from .dumpers.base import DumperSpec
 from .errors import ConfigError
 from .lock import DEFAULT_TTL
 from .retention import RetentionPolicy
@@ -52,6 +53,14 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_NAS_RSYNC",
     "BACKUP_ALERT_WEBHOOK",
     "BACKUP_ALERT_LOG",
+    "BACKUP_ALERT_FORMAT",
+    "BACKUP_ALERT_SECRET",
+    "BACKUP_ALERT_TIMEOUT",
+    "BACKUP_ALERT_ON",
+    "BACKUP_VERIFY_LEVEL",
+    "BACKUP_METRICS_FILE",
+    "BACKUP_MAX_AGE_HOURS",
+    "BACKUP_LOG_KEEP_DAYS",
     "RESTORE_DATE",
     "RESTORE_CELL",
     "RESTORE_SKIP_PREBACKUP",
@@ -63,9 +72,21 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_KEEP_DAILY",
     "BACKUP_KEEP_WEEKLY",
     "BACKUP_KEEP_MONTHLY",
+    # Hook scripts (cellvault.hooks): restore_hook_<cell>.sh and its siblings.
+    "BACKUP_HOOKS_DIR",
+    "BACKUP_HOOK_TIMEOUT",
+    "RESTORE_HOOKS_DIR",
+    # Disaster recovery (cellvault.dr): the seed's DR_* names, and DR_TARGET.
+    "DR_SITE_ID",
+    "DR_PULL_ONLY",
+    "DR_TARGET",
 )
-# Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL.
-_FAMILY = re.compile(r"BACKUP_CELL_[A-Z0-9_]+_(PATHS|EXCLUDE)|BACKUP_TARGET_[A-Z0-9_]+_URL")
+# Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL,
+# and a cell's dumpers: BACKUP_CELL_<NAME>_DUMPERS, BACKUP_CELL_<NAME>_DUMPER_<DUMPER>_<OPTION>.
+_FAMILY = re.compile(
+    r"BACKUP_CELL_[A-Z0-9_]+_(PATHS|EXCLUDE|DUMPERS)|BACKUP_CELL_[A-Z0-9_]+_DUMPER_[A-Z0-9_]+"
+    r"|BACKUP_TARGET_[A-Z0-9_]+_URL"
+)
 _FAMILY_EXAMPLES = (
     "BACKUP_CELL_<NAME>_PATHS",
     "BACKUP_CELL_<NAME>_EXCLUDE",
@@ -81,6 +102,19 @@ def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
         raise ConfigError(f"{attribute.name} must be at least 1, not {value}")
 
 
+def _after_backup_level(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("quick", "full"):
+        raise ConfigError(
+            f"{attribute.name} (BACKUP_VERIFY_LEVEL) must be quick or full, not {value!r}",
+            hint="a drill after every backup is too slow; schedule 'cellvault verify --level drill'",
+        )
+
+
+def _more_than_zero(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be more than 0, not {value}")
+
+
 def _abspath(value: str | os.PathLike[str]) -> Path:
     return Path(value).expanduser().absolute()
 
@@ -91,6 +125,16 @@ def _cells(value: Iterable[Cell]) -> tuple[Cell, ...]:
 
 def _targets(value: Iterable[TargetSpec]) -> tuple[TargetSpec, ...]:
     return tuple(value)
+
+
+def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Target names: a comma-separated string (``DR_TARGET=s3,oss``) or a list."""
+    if isinstance(value, str):
+        value = value.replace(" ", ",").split(",")
+    names = tuple(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"target names must be strings, not {names!r}")
+    return tuple(n.strip() for n in names if n.strip())
 
 
 @attrs.frozen
@@ -132,6 +176,37 @@ class Config:
     retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
     #: Target name -> its own policy, instead of *retention*.
     target_retention: Mapping[str, RetentionPolicy] = attrs.field(factory=dict)
+    #: The verify after each backup: ``full`` reads every stored copy back,
+    #: ``quick`` compares size and the store's checksum without reading.
+    verify_level: str = attrs.field(default="full", validator=_after_backup_level)
+    #: A Prometheus textfile rewritten after every run (node_exporter's textfile collector).
+    metrics_file: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_abspath)
+    )
+    #: Hours: ``status`` fails a cell whose newest archive on a target is older.
+    max_age: float = attrs.field(default=26.0, validator=_more_than_zero)
+    #: Days run logs are kept (the newest ten of each kind are always kept).
+    log_keep_days: float = attrs.field(default=14.0, validator=_more_than_zero)
+    #: Folder of hook scripts (``before_backup_<cell>.sh``, ``after_backup_<cell>.sh``,
+    #: and, unless *restore_hooks_dir* is set, the restore ones); see ``docs/dumpers.md``.
+    hooks_dir: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_abspath)
+    )
+    #: Folder of ``restore_hook_<cell>.sh`` and ``health_check_<cell>.sh`` (default: *hooks_dir*).
+    restore_hooks_dir: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_abspath)
+    )
+    #: Seconds a hook script may run before it is killed and its step fails.
+    hook_timeout: float = attrs.field(default=600.0, validator=_more_than_zero)
+    #: Disaster recovery (``cellvault.dr``): this site's id (``DR_SITE_ID``;
+    #: default: the host name).
+    dr_site_id: str | None = None
+    #: ``cellvault sync`` pulls from the object storage instead of pushing
+    #: (``DR_PULL_ONLY``): the standby's mode.
+    dr_pull_only: bool = False
+    #: The object-storage targets of the DR pair (``DR_TARGET``; default: every
+    #: target but the first).
+    dr_targets: tuple[str, ...] = attrs.field(default=(), converter=_names)
 
     def retention_for(self, target: str) -> RetentionPolicy:
         """The retention policy of the target called *target*."""
@@ -224,6 +299,16 @@ def _int(environ: Mapping[str, str], key: str, default: int | None) -> int | Non
         raise ConfigError(f"{key}={raw!r} is not a whole number") from None
 
 
+def _float(environ: Mapping[str, str], key: str, default: float) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a number") from None
+
+
 def _env_key(cell: str) -> str:
     return cell.upper().replace("-", "_")
 
@@ -260,7 +345,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
                 f"or BACKUP_CELL_{key}_PATHS",
             )
         exclude = common_exclude + tuple(env.get(f"BACKUP_CELL_{key}_EXCLUDE", "").split())
-        cells.append(Cell(name, paths, exclude=exclude))
+        cells.append(Cell(name, paths, exclude=exclude, dumpers=_env_dumpers(env, name, key)))
 
     targets = [_env_target(t, env, backup_dir) for t in _split(env.get("BACKUP_TARGETS", "local"))]
     backup_type = env.get("BACKUP_TYPE", "full").strip() or "full"
@@ -283,8 +368,41 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         restore_skip_prebackup=_flag(env, "RESTORE_SKIP_PREBACKUP", False),
         restore_into=Path(into) if into else None,
         extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
+        verify_level=env.get("BACKUP_VERIFY_LEVEL", "full").strip().lower() or "full",
+        metrics_file=env.get("BACKUP_METRICS_FILE", "").strip() or None,
+        max_age=_float(env, "BACKUP_MAX_AGE_HOURS", 26.0),
+        log_keep_days=_float(env, "BACKUP_LOG_KEEP_DAYS", 14.0),
         retention=_env_retention(env),
+        hooks_dir=env.get("BACKUP_HOOKS_DIR", "").strip() or None,
+        restore_hooks_dir=env.get("RESTORE_HOOKS_DIR", "").strip() or None,
+        hook_timeout=_float(env, "BACKUP_HOOK_TIMEOUT", 600.0),
+        dr_site_id=env.get("DR_SITE_ID", "").strip() or None,
+        dr_pull_only=_flag(env, "DR_PULL_ONLY", False),
+        dr_targets=env.get("DR_TARGET", ""),
     )
+
+
+def _env_dumpers(env: Mapping[str, str], cell: str, key: str) -> list[DumperSpec]:
+    """``BACKUP_CELL_<CELL>_DUMPERS`` and each dumper's ``BACKUP_CELL_<CELL>_DUMPER_<NAME>_*``.
+
+    ``DUMPERS`` lists dumper names; a name's type is its ``_TYPE`` variable,
+    else the name itself (``DUMPERS=postgres`` needs no ``_TYPE``). Every
+    other ``..._DUMPER_<NAME>_<OPTION>`` sets an option (lower-cased).
+    """
+    specs = []
+    for name in _split(env.get(f"BACKUP_CELL_{key}_DUMPERS", "")):
+        prefix = f"BACKUP_CELL_{key}_DUMPER_{_env_key(name)}_"
+        options = {
+            k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix) and v
+        }
+        kind = options.pop("type", name).strip()
+        try:
+            specs.append(DumperSpec(kind, name, options))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"cell {cell}: BACKUP_CELL_{key}_DUMPERS: {exc.message}", hint=exc.hint
+            ) from None
+    return specs
 
 
 def _env_retention(env: Mapping[str, str]) -> RetentionPolicy:
@@ -430,6 +548,16 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "restore_cell": (str,),
     "restore_skip_prebackup": (bool,),
     "restore_into": (str,),
+    "verify_level": (str,),
+    "metrics_file": (str,),
+    "max_age": (int, float),
+    "log_keep_days": (int, float),
+    "hooks_dir": (str,),
+    "restore_hooks_dir": (str,),
+    "hook_timeout": (int, float),
+    "dr_site_id": (str,),
+    "dr_pull_only": (bool,),
+    "dr_targets": (str, list),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
@@ -484,6 +612,9 @@ def load_toml(path: Path) -> Config:
         dumpers = body.get("dumpers", ())
         if not isinstance(dumpers, list | tuple):
             raise ConfigError(f"{where}: dumpers must be a list, not {dumpers!r}")
+        dumpers = [
+            DumperSpec.from_mapping(d, where=f"{where} dumpers[{i}]") for i, d in enumerate(dumpers)
+        ]
         cells.append(
             Cell(
                 name,

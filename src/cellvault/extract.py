@@ -353,8 +353,10 @@ class StagedTree:
     """Build a cell's tree from its manifest and archives, in a staging directory.
 
     *staging* receives ``<root name>/...`` for each ``data/<root name>`` of the
-    manifest. Call :meth:`prepare`, then :meth:`take` once per archive of the
-    chain (any order), then :meth:`finish`.
+    manifest. With *dumps*, the ``dumps/`` tree (database dumps) is extracted
+    and checked there too (``dumps/<dumper>/...`` lands in ``<dumps>/<dumper>/...``);
+    without, it is skipped. Call :meth:`prepare`, then :meth:`take` once per
+    archive of the chain (any order), then :meth:`finish`.
     """
 
     staging: Path
@@ -362,13 +364,17 @@ class StagedTree:
     archive: str
     allow_external_links: bool = False
     on_bytes: Callable[[int], None] | None = None
+    dumps: Path | None = None
     _pending: dict[str, Entry] = attrs.field(init=False, factory=dict)
     _dirs: set[Path] = attrs.field(init=False, factory=set)
     files: int = attrs.field(init=False, default=0)
     bytes: int = attrs.field(init=False, default=0)
 
-    def _dest(self, path: str) -> Path:
+    def _dest(self, path: str) -> Path | None:
+        """Where a manifest path goes; ``None`` for a dump when dumps are not wanted."""
         rel = safe_member_path(path, archive=self.archive)
+        if rel.parts[0] == "dumps":
+            return None if self.dumps is None else self.dumps.joinpath(*rel.parts[1:])
         if rel.parts[0] != "data" or len(rel.parts) < 2:
             raise UnsafeArchive(
                 "manifest path lies outside data/", archive=self.archive, member=path
@@ -382,7 +388,24 @@ class StagedTree:
         links = {e.path: e.target or "" for e in self.manifest if e.type == "symlink"}
         for entry in self.manifest:
             dest = self._dest(entry.path)
+            if dest is None:
+                continue
             parts = PurePosixPath(entry.path).parts
+            if parts[0] == "dumps":
+                if entry.type == "symlink":
+                    raise UnsafeArchive(
+                        "a symbolic link under dumps/; refused",
+                        archive=self.archive,
+                        member=entry.path,
+                    )
+            elif (
+                len(parts) == 2 and self.dumps is not None and self.staging / parts[1] == self.dumps
+            ):
+                raise UnsafeArchive(
+                    "a cell path has the name of the dumps folder; refused",
+                    archive=self.archive,
+                    member=entry.path,
+                )
             for depth in range(1, len(parts)):
                 above = self.manifest.get("/".join(parts[:depth]))
                 if above is not None and above.type != "dir":
@@ -434,6 +457,7 @@ class StagedTree:
             if f is None or entry is None or entry.archive != holder:
                 continue
             dest = self._dest(name)
+            assert dest is not None  # only wanted paths are pending
             self._mkdir(dest.parent)
             digest = hashlib.sha256()
             size = 0
@@ -474,6 +498,8 @@ class StagedTree:
         dirs: list[tuple[Path, Entry]] = []
         for entry in self.manifest:
             dest = self._dest(entry.path)
+            if dest is None:
+                continue
             if entry.type == "symlink":
                 assert entry.target is not None
                 self._mkdir(dest.parent)

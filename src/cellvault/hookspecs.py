@@ -16,6 +16,9 @@ import pluggy
 if TYPE_CHECKING:
     from .archive import ArchiveMeta
     from .cell import Cell
+    from .config import Config
+    from .dr import FailoverMarker
+    from .dumpers.base import Dumper, DumperSpec
     from .report import CellReport, Failure, RestoreReport
     from .targets.base import Target, TargetSpec
 
@@ -39,12 +42,38 @@ def cellvault_make_target(spec: TargetSpec) -> Target | None:
     """
 
 
+@hookspec(firstresult=True)
+def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
+    """Build the dumper for *spec*, or return ``None`` if its type is not yours.
+
+    Called once per dumper of each configured cell when a
+    :class:`~cellvault.Vault` is built. Look at ``spec.type`` (``postgres``,
+    ``mysql``, ...), ``spec.name`` and ``spec.options``; the first plugin
+    that returns a :class:`~cellvault.dumpers.Dumper` wins, and plugins
+    registered later are asked first. Raise
+    :class:`~cellvault.errors.ConfigError` for a spec you own but cannot use
+    (``Dumper.from_spec`` does, for unknown or malformed options).
+    """
+
+
 @hookspec
 def cellvault_before_backup(cell: Cell, archive: str) -> None:
     """Called before *cell* is read for the archive with id *archive*.
 
     For example to pause writers or flush caches. Raising fails this cell's
     backup (the run goes on with the other cells) and the message is reported.
+    """
+
+
+@hookspec
+def cellvault_after_snapshot(cell: Cell, archive: str, error: str | None) -> None:
+    """Called as soon as *cell* has been read (files and dumps), before the archive is stored.
+
+    Called whenever ``cellvault_before_backup`` was, also when it or the
+    reading failed (*error* then says why): resume here what
+    ``cellvault_before_backup`` paused, so that writers wait for the read
+    only, not for uploads. An exception raised here is logged and alerted;
+    the archive, already complete, is stored anyway.
     """
 
 
@@ -57,22 +86,61 @@ def cellvault_after_backup(report: CellReport) -> None:
 
 
 @hookspec
-def cellvault_backup_failed(failure: Failure) -> None:
+def cellvault_backup_failed(failure: Failure, config: Config) -> None:
     """Called for every failure of a run: which stage, cell, target, and why.
 
-    Notifiers (webhooks, alert logs) implement this. Each implementation is
+    Notifiers (webhooks, alert logs) implement this; *config* is the vault's
+    configuration (alert settings are in ``config.extra``), and an
+    implementation may leave it out of its arguments. Each implementation is
     called on its own: an exception raised in one is logged, the others are
-    still called, and the run's result does not change.
+    still called, and the run's result does not change. Despite the name it
+    is called for failures of every operation (``failure.operation``:
+    backup, verify, restore, prune).
     """
 
 
 @hookspec
-def cellvault_restore_cell(cell: Cell, meta: ArchiveMeta, staging: Path) -> None:
+def cellvault_run_finished(operation: str, report: object, config: Config) -> None:
+    """Called when a run ends, with its report, successful or not.
+
+    *operation* is ``backup``, ``verify`` or ``restore``; *report* is its
+    :class:`~cellvault.BackupReport`, :class:`~cellvault.VerifyReport` or
+    :class:`~cellvault.RestoreReport`. For success notices and summaries
+    (failures have reached ``cellvault_backup_failed`` already). An exception
+    raised here is logged and never changes the run's result.
+    """
+
+
+@hookspec
+def cellvault_health_check(cell: Cell, meta: ArchiveMeta, root: Path) -> None:
+    """Called by a restore drill once a cell's archive is restored into a scratch directory.
+
+    *root* holds the restored tree (``root/<root name>`` for each of the
+    cell's paths), checked against the manifest already. Check that the data
+    is usable (open the database file, load a dump into a throwaway
+    instance); raise to fail the drill, with a message saying what is wrong.
+    Live data is never touched by a drill.
+
+    A restore calls it too, for each cell, once every cell is swapped into
+    place (and its dumps loaded): then ``root/<root name>`` are links to the
+    cell's live paths (or, with ``into``, the restored directories). Raising
+    marks that cell's restore failed (stage ``health``) and alerts; the
+    restored data stays in place.
+    """
+
+
+@hookspec
+def cellvault_restore_cell(cell: Cell, meta: ArchiveMeta, staging: Path, dumps: Path) -> None:
     """Called when a cell's archive is extracted and verified, before the swap.
 
     *staging* holds the restored tree (``staging/<root name>`` for each of the
-    cell's paths). Load database dumps, rewrite configuration, or check the
-    data here. Raising aborts this restore before anything live is touched.
+    cell's paths); *dumps* holds the archive's dumps (``dumps/<dumper
+    name>/...``, checked against the manifest; the folder may not exist when
+    the archive has none). The dumpers configured to load automatically have
+    loaded theirs already. Import one table by hand, rewrite configuration,
+    or check the data here. Raising aborts this restore before anything live
+    is touched (a database already loaded stays loaded: see
+    ``docs/dumpers.md``).
     """
 
 
@@ -81,4 +149,20 @@ def cellvault_after_restore(report: RestoreReport) -> None:
     """Called after a restore ends, with its report (restart services, health checks).
 
     An exception raised here is logged and never changes the restore's result.
+    """
+
+
+@hookspec
+def cellvault_failover(marker: FailoverMarker) -> None:
+    """Called when a site becomes the active one: switch the traffic to it here.
+
+    After ``cellvault dr failover`` on the standby (``marker.event ==
+    "failover"``), once the marker is written; and after ``cellvault dr
+    failback`` on the recovered primary (``marker.event == "failback"``),
+    once the marker is cleared. ``marker.site_id`` is the site that serves
+    from now on, ``marker.previous_site`` the one that served before. Point a
+    DNS record, an SLB listener or a Kubernetes Ingress at the new site.
+    Each implementation is called on its own: an exception is reported in
+    the failover report (the command exits 1 and says to switch by hand), the
+    others are still called, and the marker stands.
     """

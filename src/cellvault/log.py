@@ -27,8 +27,11 @@ _SECRET_KEY = re.compile(
     r"(pass(word|wd)?|secret|token|credential|signature|api[_-]?key|access[_-]?key)", re.I
 )
 # The password runs to the last '@' before the host: an unencoded '@' in it is not a way out.
+# The lookbehind starts a match only where a scheme can start: without it, a long
+# run of letters (a big error text) is rescanned from every position.
 _URL_USERINFO = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@", re.I
+    r"(?<![a-z0-9+.-])(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@",
+    re.I,
 )
 # Query parameters that carry a credential: signatures, tokens (DingTalk's
 # access_token), keys (WeCom's webhook key), passwords.

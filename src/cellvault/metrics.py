@@ -44,7 +44,8 @@ class StateCollector(Collector):
             "When the last backup run of the cell to the target was taken, successful or not.",
         )
         last_ok = _gauge(
-            "cellvault_last_run_success", "1 if the last backup run succeeded on the target, else 0."
+            "cellvault_last_run_success",
+            "1 if the last backup run succeeded on the target, else 0.",
         )
         duration = _gauge(
             "cellvault_last_duration_seconds",

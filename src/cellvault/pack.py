@@ -20,7 +20,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -29,6 +29,7 @@ import attrs
 from .archive import ArchiveId, ArchiveMeta
 from .cell import Cell
 from .codec import Codec, HashingWriter
+from .dumpers.base import Dumper, DumpSummary, write_dumps
 from .errors import BackupError
 from .log import get_logger
 from .manifest import Entry, Manifest
@@ -62,6 +63,8 @@ class PackResult:
     #: Bytes of all live files of the cell (what a full backup would read).
     bytes_total: int
     warnings: tuple[str, ...] = ()
+    #: What each of the cell's dumpers did (see :mod:`cellvault.dumpers`).
+    dumps: tuple[DumpSummary, ...] = ()
 
 
 class _Sink:
@@ -130,6 +133,11 @@ class Packer:
     parent_meta: ArchiveMeta | None = None
     checksum: bool = False
     on_progress: Callable[[int, int], None] | None = None
+    #: Dumpers whose output goes under ``dumps/`` after the files, always fresh.
+    dumpers: Sequence[Dumper] = ()
+    #: Bytes of a dump held in memory before it is written as a part (default:
+    #: :data:`cellvault.dumpers.base.DUMP_CHUNK`).
+    dump_chunk: int | None = None
 
     _manifest: Manifest = attrs.field(init=False)
     _warnings: list[str] = attrs.field(init=False, factory=list)
@@ -148,6 +156,7 @@ class Packer:
         if self.parent_meta is not None:
             chain = (*self.parent_meta.chain, self.parent_meta.id)
         roots: dict[str, Path] = {}
+        dumps: list[DumpSummary] = []
         for name, path in self.cell.roots.items():
             try:
                 os.lstat(path)
@@ -203,6 +212,19 @@ class Packer:
                     self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
                     for name, path in roots.items():
                         self._add_tree(tar, path, PurePosixPath("data", name), PurePosixPath())
+                    if self.dumpers:
+                        dumps = write_dumps(
+                            tar,
+                            self._manifest,
+                            self.dumpers,
+                            cell=self.cell,
+                            archive=str(self.ident),
+                            spool=self.spool,
+                            reason=self.reason,
+                            chunk=self.dump_chunk,
+                            on_progress=self._progress,
+                            warn=self._warnings.append,
+                        )
                     self._add_bytes(tar, "manifest.json", self._manifest.to_json(), backed_at)
                     tar.close()
                     compressor.close()
@@ -230,6 +252,7 @@ class Packer:
             bytes_stored=self._bytes_stored,
             bytes_total=self._bytes_total,
             warnings=tuple(self._warnings),
+            dumps=tuple(dumps),
         )
 
     # -- the walk --------------------------------------------------------

@@ -30,6 +30,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cellvault.targets.rsync",
     "cellvault.targets.s3",
     "cellvault.targets.oss",
+    "cellvault.notify.alertlog",
+    "cellvault.notify.webhook",
+    "cellvault.dumpers.command",
+    "cellvault.dumpers.sqlite",
+    "cellvault.dumpers.postgres",
+    "cellvault.dumpers.mysql",
+    "cellvault.dumpers.redis",
 )
 
 

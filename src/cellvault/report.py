@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from .dumpers.base import DumpSummary
+
 __all__ = [
     "BackupReport",
     "CellReport",
@@ -88,6 +90,8 @@ class CellReport(_Report):
     warnings: tuple[str, ...] = ()
     #: Why a requested incremental was made full, if it was.
     note: str | None = None
+    #: What each of the cell's dumpers wrote (name, type, ok, bytes, duration).
+    dumps: tuple[DumpSummary, ...] = ()
 
 
 @attrs.frozen
@@ -114,15 +118,27 @@ class VerifyResult(_Report):
     archive: str
     target: str
     ok: bool
+    #: quick, full or drill.
     level: str = "full"
     error: str | None = None
     members: int = 0
     duration: float = 0.0
+    #: What a quick verify compared: ``size``, and the store's checksums (``crc64ecma``, ``md5``).
+    checks: tuple[str, ...] = ()
+    #: Drill: files and bytes restored, and the measured restore time (seconds).
+    files: int = 0
+    bytes: int = 0
+    rto: float | None = None
 
 
 @attrs.frozen
 class VerifyReport(_Report):
+    """A verify run (any level): one result per archive and target."""
+
     results: tuple[VerifyResult, ...]
+    level: str = "full"
+    run: str | None = None
+    duration: float = 0.0
 
     @property
     def ok(self) -> bool:

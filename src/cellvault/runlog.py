@@ -18,6 +18,7 @@ warnings, and the library still configures no logging of its host.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import logging
@@ -148,10 +149,9 @@ def tee(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> 
         with _sinks_lock:
             sink = _sinks.get(str(run))
         if sink is not None:
-            try:
+            # A run log must never break the run it logs.
+            with contextlib.suppress(Exception):
                 sink.emit(logger, method_name, event_dict)
-            except Exception:  # noqa: BLE001, S110 - a run log must never break the run it logs
-                pass
     return event_dict
 
 

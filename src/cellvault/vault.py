@@ -9,25 +9,28 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import functools
 import os
 import secrets
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import attrs
 import pluggy
+import structlog
 
 from ._version import __version__
-from .archive import ArchiveId, ArchiveMeta, Selector, Sidecar, utcnow
+from .archive import ArchiveId, ArchiveMeta, Selector, Sidecar, parse_stamp, utcnow
 from .cell import Cell, validate_cell_name
 from .codec import Codec, get_codec
 from .config import Config, load_env, load_toml
+from .dumpers.base import DUMPS_ROOT, Dumper, DumpError, load_staged_dumps
 from .errors import (
     ArchiveCorrupt,
     ArchiveNotFound,
@@ -39,9 +42,11 @@ from .errors import (
 )
 from .events import Event
 from .extract import ArchiveStream, StagedTree, verify_archive
+from .hooks import ScriptHooks
 from .lock import Lease
 from .log import get_logger, redact_text
 from .manifest import Manifest
+from .notify import alert_settings
 from .pack import Packer, PackResult
 from .plugins import make_plugin_manager
 from .report import (
@@ -55,12 +60,55 @@ from .report import (
     VerifyResult,
 )
 from .retention import PruneReport, PruneResult, prune_cell
+from .runlog import RunLog, carry, prune_logs
+from .state import StateFile, slot
+from .status import StatusReport, build_status
 from .swap import Swap
 from .targets.base import Target
+from .verify import LEVELS, compare_tree, content_checksums, quick_check
 
 __all__ = ["ArchiveInfo", "Vault"]
 
 log = get_logger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _current_run() -> str:
+    """The id of the run the calling method belongs to (bound by :func:`_run`)."""
+    run = structlog.contextvars.get_contextvars().get("run")
+    return str(run) if run else secrets.token_hex(6)
+
+
+def _run(
+    operation: str,
+) -> Callable[[Callable[Concatenate[Vault, _P], _R]], Callable[Concatenate[Vault, _P], _R]]:
+    """Run a :class:`Vault` method as one run: its own id, run log and end-of-run work.
+
+    The run id is bound in structlog's context (so every event of the run
+    carries it, and :func:`_current_run` finds it); the run log
+    ``<backup_dir>/logs/<operation>_<stamp>.log`` is open for its duration.
+    Afterwards the metrics file is rewritten, old run logs are pruned (after
+    backups) and ``cellvault_run_finished`` is called.
+    """
+
+    def wrap(method: Callable[Concatenate[Vault, _P], _R]) -> Callable[Concatenate[Vault, _P], _R]:
+        @functools.wraps(method)
+        def run_method(self: Vault, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            run = secrets.token_hex(6)
+            stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+            with (
+                RunLog(self.config.backup_dir / "logs", operation, run, stamp),
+                structlog.contextvars.bound_contextvars(run=run),
+            ):
+                report = method(self, *args, **kwargs)
+                self._finish_run(operation, report)
+            return report
+
+        return cast("Callable[Concatenate[Vault, _P], _R]", run_method)
+
+    return wrap
 
 
 @attrs.frozen
@@ -125,7 +173,21 @@ class Vault:
         self.host = socket.gethostname()
         self.codec: Codec = get_codec(config.codec, config.level)
         self.targets: list[Target] = [self._make_target(spec) for spec in config.target_specs]
+        if config.hooks_dir is not None or config.restore_hooks_dir is not None:
+            # The seed's restore_hook_<cell>.sh and siblings: a plugin bound to this config.
+            self.plugins.register(
+                ScriptHooks(config.hooks_dir, config.restore_hooks_dir, config.hook_timeout),
+                name="cellvault.hooks",
+            )
+        #: Each configured cell's dumpers, built (and so checked) once, by the dumper plugins.
+        self.dumpers: dict[str, tuple[Dumper, ...]] = {
+            cell.name: self._make_dumpers(cell) for cell in config.cells
+        }
         self._stamp_lock = threading.Lock()
+        # Alert settings are read at every alert: a mistake must show now, not then.
+        alert_settings(config)
+        #: What status and metrics remember between runs.
+        self.state = StateFile(config.backup_dir)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Vault:
@@ -150,6 +212,41 @@ class Vault:
                 hint="install the plugin or fsspec backend for this URL scheme",
             )
         return target  # type: ignore[no-any-return]
+
+    def _make_dumpers(self, cell: Cell) -> tuple[Dumper, ...]:
+        out: list[Dumper] = []
+        for item in cell.dumpers:
+            if isinstance(item, Dumper):
+                out.append(item)
+                continue
+            dumper = self.plugins.hook.cellvault_make_dumper(spec=item)
+            if dumper is None:
+                raise ConfigError(
+                    f"cell {cell.name}: no dumper type handles dumper {item.display()}",
+                    hint="built-in types: command, mysql, postgres, redis, sqlite; "
+                    "or install the plugin that provides it",
+                )
+            out.append(dumper)
+        return tuple(out)
+
+    def _after_snapshot(self, cell: Cell, ident: ArchiveId, run: str, error: str | None) -> None:
+        """Run the after-snapshot hooks (resume writers); a failure is alerted, never fatal."""
+        hook = self.plugins.hook.cellvault_after_snapshot
+        for impl in reversed(hook.get_hookimpls()):
+            args = {"cell": cell, "archive": str(ident), "error": error}
+            try:
+                impl.function(*(args[name] for name in impl.argnames))
+            except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
+                self._failed(
+                    Failure(
+                        stage="hook",
+                        error=f"after-snapshot hook of {impl.plugin_name} failed: {_error_text(exc)}",
+                        cell=cell.name,
+                        archive=str(ident),
+                        run=run,
+                        host=self.host,
+                    )
+                )
 
     # -- helpers ---------------------------------------------------------
 
@@ -193,7 +290,137 @@ class Vault:
             error=failure.error,
         )
         # Each notifier on its own: one that fails must not keep the others silent.
-        self._notify("cellvault_backup_failed", failure=failure)
+        self._notify("cellvault_backup_failed", failure=failure, config=self.config)
+
+    def _finish_run(self, operation: str, report: Any) -> None:
+        """End-of-run work of :func:`_run`: metrics, log pruning, the run-finished hook."""
+        if self.config.metrics_file is not None and operation in ("backup", "verify"):
+            self.write_metrics()
+        if operation == "backup":
+            try:
+                removed = prune_logs(
+                    self.config.backup_dir / "logs", keep_days=self.config.log_keep_days
+                )
+            except OSError as exc:
+                log.warning("runlog.prune_failed", error=_error_text(exc))
+            else:
+                if removed:
+                    log.info("runlog.pruned", removed=[p.name for p in removed])
+        self._notify(
+            "cellvault_run_finished", operation=operation, report=report, config=self.config
+        )
+
+    def write_metrics(self, path: str | os.PathLike[str] | None = None) -> Path | None:
+        """Rewrite the Prometheus textfile (*path*, else ``metrics_file``) from the state file.
+
+        Returns the path written, or ``None`` when none is configured or it
+        could not be written (logged: metrics never fail a run).
+        """
+        target = Path(path) if path is not None else self.config.metrics_file
+        if target is None:
+            return None
+        from .metrics import write_textfile
+
+        try:
+            write_textfile(target, self.state.read())
+        except OSError as exc:
+            log.warning("metrics.unwritable", path=str(target), error=_error_text(exc))
+            return None
+        log.info("metrics.written", path=str(target))
+        return target
+
+    def _record_backup(self, report: BackupReport, targets: Sequence[Target]) -> None:
+        """Remember each cell's outcome on each target, for status and metrics."""
+        at = parse_stamp(report.stamp).timestamp()
+        checked = time.time()
+        level = self.config.verify_level
+
+        def change(data: dict[str, Any]) -> None:
+            for cell in report.cells:
+                outcomes = {o.target: o for o in cell.targets}
+                for target in targets:
+                    entry = slot(data, cell.cell, target.name)
+                    outcome = outcomes.get(target.name)
+                    ok = outcome is not None and outcome.ok
+                    entry["backup"] = {
+                        "at": at,
+                        "ok": ok,
+                        "archive": cell.archive,
+                        "kind": cell.kind,
+                        "duration": round(cell.duration, 3),
+                        "stage": None if ok else (outcome.stage if outcome else cell.stage),
+                        "error": None if ok else (outcome.error if outcome else cell.error),
+                    }
+                    if ok and outcome is not None:
+                        entry["last_success"] = at
+                        entry["last_good"] = {
+                            "archive": cell.archive,
+                            "bytes_read": cell.bytes_read,
+                            "bytes_stored": outcome.bytes_stored,
+                        }
+                    else:
+                        entry["failures_total"] = int(entry.get("failures_total", 0)) + 1
+                    if outcome is not None and (outcome.verified or outcome.stage == "verify"):
+                        entry.setdefault("verify", {})[level] = {
+                            "ok": outcome.verified,
+                            "at": checked,
+                            "archive": cell.archive,
+                            "error": None if outcome.verified else outcome.error,
+                        }
+
+        self.state.update(change)
+
+    def _record_verify(self, results: Sequence[tuple[str, VerifyResult]]) -> None:
+        """Remember the last result of each verify level (and drill) per cell and target."""
+        checked = time.time()
+
+        def change(data: dict[str, Any]) -> None:
+            for cell, result in results:
+                entry = slot(data, cell, result.target)
+                record = {
+                    "ok": result.ok,
+                    "at": checked,
+                    "archive": result.archive if ArchiveId.is_id(result.archive) else None,
+                    "error": result.error,
+                    "duration": round(result.duration, 3),
+                }
+                if result.level == "drill":
+                    entry["drill"] = record | {
+                        "rto": None if result.rto is None else round(result.rto, 3),
+                        "files": result.files,
+                        "bytes": result.bytes,
+                    }
+                else:
+                    entry.setdefault("verify", {})[result.level] = record
+
+        self.state.update(change)
+
+    def status(
+        self,
+        cells: Sequence[str] | None = None,
+        *,
+        targets: Sequence[str] | None = None,
+        max_age: float | None = None,
+    ) -> StatusReport:
+        """Whether every cell has a fresh, verified backup on every target.
+
+        For each cell and target: the newest committed archive and its age
+        (the RPO), and the last verify, quick, full and drill results
+        remembered from earlier runs. A cell is not ok on a target when its
+        newest archive is older than *max_age* hours (default: the config's
+        ``max_age``, 26), when there is none, or when its last verify failed.
+        Lists the targets; reads no archive.
+        """
+        if cells:
+            names = self._known_cells(cells)
+        else:
+            # Configured cells: a retired cell's old archives must not fail status forever.
+            names = [c.name for c in self.config.cells] or self._all_cells()
+        tgts = [self.target(n) for n in targets] if targets else builtins.list(self.targets)
+        limit = self.config.max_age if max_age is None else max_age
+        if not limit > 0:
+            raise ConfigError(f"max_age must be more than 0 hours, not {limit}")
+        return build_status(names, tgts, self.state.read(), now=self._now(), max_age=limit)
 
     def _notify(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of *hook*; log and swallow what each raises.
@@ -244,6 +471,7 @@ class Vault:
 
     # -- backup ----------------------------------------------------------
 
+    @_run("backup")
     def backup(
         self,
         cells: Sequence[str] | None = None,
@@ -260,13 +488,15 @@ class Vault:
         ``verify_after_backup`` is off). All archives of one run share one
         stamp. Failures are in the report (and sent to the
         ``cellvault_backup_failed`` hook); nothing committed is ever partial.
+        Each run writes ``<backup_dir>/logs/backup_<stamp>.log`` and is
+        remembered per cell and target for :meth:`status` and the metrics.
         """
         kind = kind or self.config.backup_type
         if kind not in ("full", "incremental"):
             raise ConfigError(f"backup kind {kind!r} is neither full nor incremental")
         chosen = self._cells(cells)
         tgts = [self.target(n) for n in targets] if targets else list(self.targets)
-        run = secrets.token_hex(6)
+        run = _current_run()
         started = time.monotonic()
         with self._stamp_lock:
             when = self._next_stamp(chosen, tgts)
@@ -276,8 +506,10 @@ class Vault:
         with ThreadPoolExecutor(max_workers=self.config.jobs, thread_name_prefix="cell") as pool:
             reports = list(
                 pool.map(
-                    lambda c: self._backup_cell(
-                        c, ArchiveId(c.name, when), kind, tgts, run, reason
+                    carry(
+                        lambda c: self._backup_cell(  # type: ignore[misc]
+                            c, ArchiveId(c.name, when), kind, tgts, run, reason
+                        )
                     ),
                     chosen,
                 )
@@ -289,6 +521,7 @@ class Vault:
         )
         log.info("backup.finished", run=run, ok=report.ok, duration=round(report.duration, 3))
         self._emit("backup.finished", run, ok=report.ok)
+        self._record_backup(report, tgts)
         return report
 
     def _backup_cell(
@@ -298,6 +531,8 @@ class Vault:
         blog = log.bind(run=run, cell=cell.name, archive=str(ident))
         stage = "lock"
         leases: list[Lease] = []
+        # Set once the before-backup hooks ran: the after-snapshot hooks then must too.
+        snapshot_pending = False
         result: PackResult | None = None
         note = None
         # A target that cannot be locked fails on its own; the others go on.
@@ -355,6 +590,7 @@ class Vault:
                 if parent is None:
                     blog.info("backup.full_instead", reason=note)
             stage = "hook"
+            snapshot_pending = True
             self.plugins.hook.cellvault_before_backup(cell=cell, archive=str(ident))
             stage = "pack"
             self._emit("cell.packing", run, cell=cell.name, archive=str(ident))
@@ -377,8 +613,11 @@ class Vault:
                     bytes=done,
                     files=files,
                 ),
+                dumpers=self.dumpers.get(cell.name, ()),
             )
             result = packer.pack()
+            snapshot_pending = False
+            self._after_snapshot(cell, ident, run, None)
             blog.info(
                 "archive.packed",
                 size=result.size,
@@ -393,10 +632,21 @@ class Vault:
                 sha256=result.sha256,
                 files=len(result.manifest),
                 bytes_read=result.bytes_total,
+                # What the stores report on HEAD, for quick verifies (one read of the spool file).
+                checksums=content_checksums(
+                    result.data_path, set().union(*(t.stat_checksums for t in live))
+                ),
             )
             stage = "upload"
             with ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="store") as pool:
-                stored = list(pool.map(lambda t: self._store(t, result, sidecar, run), live))
+                stored = list(
+                    pool.map(
+                        carry(
+                            functools.partial(self._store, result=result, sidecar=sidecar, run=run)
+                        ),
+                        live,
+                    )
+                )
             by_name = {o.target: o for o in stored} | refused
             outcomes = [by_name[t.name] for t in targets]
             ok = all(o.ok for o in outcomes)
@@ -417,6 +667,7 @@ class Vault:
                 targets=tuple(outcomes),
                 warnings=result.warnings,
                 note=note,
+                dumps=result.dumps,
             )
         except _NoTargetLeft:
             # Every target refused its lock; each failure was reported already.
@@ -433,6 +684,10 @@ class Vault:
             )
         except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
             error = _error_text(exc)
+            if isinstance(exc, DumpError):
+                stage = "dump"
+            if snapshot_pending:
+                self._after_snapshot(cell, ident, run, error)
             if not isinstance(exc, CellvaultError):
                 blog.exception("backup.crashed", stage=stage)
             self._failed(
@@ -513,8 +768,19 @@ class Vault:
             verified = False
             if self.config.verify_after_backup:
                 stage = "verify"
-                self._verify_one(target, sidecar)
+                if self.config.verify_level == "quick":
+                    quick_check(target, sidecar, set(target.archive_ids(sidecar.id.cell)))
+                else:
+                    self._verify_one(target, sidecar)
                 verified = True
+                log.info(
+                    "archive.verified",
+                    run=run,
+                    cell=sidecar.id.cell,
+                    archive=ident,
+                    target=target.name,
+                    verify_level=self.config.verify_level,
+                )
                 self._emit(
                     "archive.verified", run, cell=sidecar.id.cell, archive=ident, target=target.name
                 )
@@ -578,6 +844,7 @@ class Vault:
                 )
         return members
 
+    @_run("verify")
     def verify(
         self,
         cells: Sequence[str] | None = None,
@@ -585,44 +852,123 @@ class Vault:
         targets: Sequence[str] | None = None,
         select: str | Selector = "latest",
         all_archives: bool = False,
+        level: str = "full",
     ) -> VerifyReport:
-        """Read archives back from each target and check them completely.
+        """Check archives on each target, at one of three levels.
 
         By default the latest archive of each cell on each target; with
-        *all_archives*, every committed one. Checks the sha256 against the
-        sidecar, every member against the manifest, ``backed_at`` in
-        ``meta.json``, and that an incremental's chain is committed there.
+        *all_archives*, every committed one (not for drills).
+
+        * ``quick`` reads no data: the sidecar is there, the stored object has
+          the recorded size and, where the store reports one on HEAD (OSS's
+          CRC-64, an S3 single-part ETag), the recorded checksum; the manifest
+          copy and an incremental's chain are committed there.
+        * ``full`` reads each archive back: the sha256 against the sidecar,
+          every member against the manifest, ``backed_at`` in ``meta.json``,
+          and that an incremental's chain is committed there.
+        * ``drill`` restores the archive (and its chain) from each target into
+          a scratch directory under the backup directory, compares the tree
+          with the manifest, runs the ``cellvault_health_check`` hooks, and
+          reports the time it took (``rto``); the scratch copy is removed.
+
+        Each result is remembered per cell and target for :meth:`status`;
+        failures go to the ``cellvault_backup_failed`` hook (operation
+        ``verify``).
         """
+        if level not in LEVELS:
+            raise ConfigError(
+                f"unknown verify level {level!r}", hint=f"use one of {', '.join(LEVELS)}"
+            )
         selector = select if isinstance(select, Selector) else Selector.parse(select)
         if cells:
             names = self._known_cells(cells)
         else:
             names = [c.name for c in self.config.cells] or self._all_cells()
         tgts = [self.target(n) for n in targets] if targets else list(self.targets)
-        run = secrets.token_hex(6)
-        results = []
+        run = _current_run()
+        started = time.monotonic()
+        log.info(
+            "verify.started",
+            run=run,
+            verify_level=level,
+            cells=names,
+            targets=[t.name for t in tgts],
+        )
+        results: builtins.list[tuple[str, VerifyResult]] = []
         for target in tgts:
             for cell in names:
+                if level == "drill":
+                    results.append((cell, self._drill(target, cell, selector, run)))
+                    continue
                 try:
                     sidecars = target.archives(cell)
                 except TargetError as exc:
+                    self._failed(
+                        Failure(
+                            stage="verify",
+                            error=str(exc),
+                            cell=cell,
+                            target=target.name,
+                            run=run,
+                            host=self.host,
+                            operation="verify",
+                        )
+                    )
                     results.append(
-                        VerifyResult(
-                            archive=f"cell_{cell}", target=target.name, ok=False, error=str(exc)
+                        (
+                            cell,
+                            VerifyResult(
+                                archive=f"cell_{cell}",
+                                target=target.name,
+                                ok=False,
+                                level=level,
+                                error=str(exc),
+                            ),
                         )
                     )
                     continue
+                committed = {s.id for s in sidecars}
                 chosen = [s for s in sidecars if selector.matches(s.id)]
                 if not all_archives:
                     chosen = chosen[-1:]
                 for sidecar in chosen:
-                    results.append(self._verify_result(target, sidecar, run))
-        return VerifyReport(results=tuple(results))
+                    results.append(
+                        (cell, self._verify_result(target, sidecar, run, level, committed))
+                    )
+        self._record_verify(results)
+        report = VerifyReport(
+            results=tuple(r for _, r in results),
+            level=level,
+            run=run,
+            duration=time.monotonic() - started,
+        )
+        log.info(
+            "verify.finished",
+            run=run,
+            verify_level=level,
+            ok=report.ok,
+            duration=round(report.duration, 3),
+        )
+        return report
 
-    def _verify_result(self, target: Target, sidecar: Sidecar, run: str) -> VerifyResult:
+    def _verify_result(
+        self,
+        target: Target,
+        sidecar: Sidecar,
+        run: str,
+        level: str = "full",
+        committed: set[ArchiveId] | None = None,
+    ) -> VerifyResult:
         started = time.monotonic()
+        checks: tuple[str, ...] = ()
+        members = 0
         try:
-            members = self._verify_one(target, sidecar)
+            if level == "quick":
+                if committed is None:
+                    committed = set(target.archive_ids(sidecar.id.cell))
+                checks = quick_check(target, sidecar, committed)
+            else:
+                members = self._verify_one(target, sidecar)
         except CellvaultError as exc:
             self._failed(
                 Failure(
@@ -640,15 +986,105 @@ class Vault:
                 archive=str(sidecar.id),
                 target=target.name,
                 ok=False,
+                level=level,
                 error=str(exc),
                 duration=time.monotonic() - started,
             )
-        log.info("verify.ok", archive=str(sidecar.id), target=target.name, members=members)
+        log.info(
+            "verify.ok",
+            run=run,
+            verify_level=level,
+            cell=sidecar.id.cell,
+            archive=str(sidecar.id),
+            target=target.name,
+            members=members,
+            checks=builtins.list(checks),
+        )
         return VerifyResult(
             archive=str(sidecar.id),
             target=target.name,
             ok=True,
+            level=level,
             members=members,
+            checks=checks,
+            duration=time.monotonic() - started,
+        )
+
+    def _drill(self, target: Target, cell: str, selector: Selector, run: str) -> VerifyResult:
+        """Restore *cell* from *target* into a scratch directory, check it, time it, remove it."""
+        started = time.monotonic()
+        scratch = self.config.backup_dir / ".cellvault" / "drill" / f"{run}-{target.name}-{cell}"
+        archive = f"cell_{cell}"
+        step = "plan"
+        try:
+            plan = self._plan(cell, selector, [target], scratch)
+            archive = str(plan.sidecar.id)
+            root = scratch / cell
+            step = "fetch"
+            tree = StagedTree(staging=root, manifest=plan.manifest, archive=archive)
+            tree.prepare()
+            for sidecar in [*plan.chain, plan.sidecar]:
+                with target.open_archive(sidecar) as raw:
+                    tree.take(ArchiveStream(raw, sidecar, target.name))
+            step = "check"
+            tree.finish()
+            compared = compare_tree(root, plan.manifest)
+            step = "health check"
+            # The hook spec may come from a newer cellvault than a plugin manager built by hand.
+            if hasattr(self.plugins.hook, "cellvault_health_check"):
+                self.plugins.hook.cellvault_health_check(
+                    cell=plan.cell, meta=plan.sidecar.meta, root=root
+                )
+            rto = time.monotonic() - started
+        except Exception as exc:
+            # A health check that raises is a verdict on the data, not a crash.
+            if not isinstance(exc, CellvaultError) and step != "health check":
+                log.exception("drill.crashed", run=run, cell=cell, target=target.name, step=step)
+            error = f"drill failed at {step}: {_error_text(exc)}"
+            self._failed(
+                Failure(
+                    stage="drill",
+                    error=error,
+                    cell=cell,
+                    target=target.name,
+                    archive=archive if ArchiveId.is_id(archive) else None,
+                    run=run,
+                    host=self.host,
+                    operation="verify",
+                )
+            )
+            return VerifyResult(
+                archive=archive,
+                target=target.name,
+                ok=False,
+                level="drill",
+                error=error,
+                duration=time.monotonic() - started,
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()
+        log.info(
+            "drill.ok",
+            run=run,
+            cell=cell,
+            target=target.name,
+            archive=archive,
+            files=tree.files,
+            bytes=tree.bytes,
+            paths=compared,
+            rto=round(rto, 3),
+        )
+        return VerifyResult(
+            archive=archive,
+            target=target.name,
+            ok=True,
+            level="drill",
+            members=compared,
+            files=tree.files,
+            bytes=tree.bytes,
+            rto=rto,
             duration=time.monotonic() - started,
         )
 
@@ -779,8 +1215,15 @@ class Vault:
                     removed=[str(d.id) for d in result.removed],
                     dry_run=dry_run,
                 )
+        if not dry_run:
+            # Run logs go with the archives (the newest of each kind always stay).
+            try:
+                prune_logs(self.config.backup_dir / "logs", keep_days=self.config.log_keep_days)
+            except OSError as exc:
+                log.warning("runlog.prune_failed", error=_error_text(exc))
         return PruneReport(results=tuple(results), dry_run=dry_run)
 
+    @_run("restore")
     def restore(
         self,
         select: str | Selector = "latest",
@@ -790,6 +1233,8 @@ class Vault:
         skip_prebackup: bool = False,
         source: Sequence[str] | None = None,
         allow_external_links: bool = False,
+        load_dumps: bool | Sequence[str] | None = None,
+        dump_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> RestoreReport:
         """Restore cells to the archive *select* picks (``latest``, an id, a date prefix, a time).
 
@@ -802,14 +1247,39 @@ class Vault:
         restore hooks, and only then swapped into place. If any step fails,
         the live data is left as it was. *source* orders the targets to read
         from (default: configured order, so local first).
+
+        Dumps (``docs/dumpers.md``) are extracted and checked with the files.
+        Once every cell is staged, each cell's dumps are loaded, then its
+        restore hooks run (``cellvault_restore_cell``, ``restore_hook_<cell>.sh``),
+        one cell after the other, all before any swap: a load or hook that
+        fails leaves every cell's files as they were. *load_dumps*: ``None``
+        loads the dumps of the dumpers with ``autoload`` when restoring in
+        place, none with *into* (their files are kept in ``<into>/<cell>.dumps/``);
+        ``False`` loads none, ``True`` the autoload ones even with *into*, a
+        list of dumper names exactly those. *dump_options* (dumper name ->
+        options) changes a dumper's options for this restore, e.g.
+        ``{"pg": {"tables": ["public.orders"]}}``. After the swap, the
+        ``cellvault_health_check`` hooks (``health_check_<cell>.sh``) run.
         """
         selector = select if isinstance(select, Selector) else Selector.parse(select)
         started = time.monotonic()
-        run = secrets.token_hex(6)
+        run = _current_run()
         into_path = Path(into).expanduser().absolute() if into is not None else None
         sources = [self.target(n) for n in source] if source else list(self.targets)
         names = list(dict.fromkeys(cells)) if cells else [c.name for c in self._cells(None)]
         plans = [self._plan(name, selector, sources, into_path) for name in names]
+        wanted = set(dump_options or {}) | (
+            set(load_dumps) if not isinstance(load_dumps, bool | None) else set()
+        )
+        known = {d.name for p in plans for d in self.dumpers.get(p.cell.name, ())}
+        if wanted - known:
+            raise ConfigError(
+                f"no cell being restored has a dumper named {sorted(wanted - known)[0]!r}",
+                hint=f"their dumpers: {', '.join(sorted(known)) or 'none'}",
+            )
+        for plan in plans:  # a bad option must fail before anything is touched
+            for dumper in self.dumpers.get(plan.cell.name, ()):
+                dumper.with_options((dump_options or {}).get(dumper.name, {}))
         log.info("restore.planned", run=run, archives=[str(p.sidecar.id) for p in plans])
         self._emit("restore.planned", run, archives=[str(p.sidecar.id) for p in plans])
 
@@ -841,7 +1311,17 @@ class Vault:
                 max_workers=self.config.jobs, thread_name_prefix="restore"
             ) as pool:
                 outcomes = list(
-                    pool.map(lambda p: self._stage(p, run, allow_external_links), plans)
+                    pool.map(
+                        carry(
+                            functools.partial(
+                                self._stage,
+                                run=run,
+                                allow_external_links=allow_external_links,
+                                into=into_path,
+                            )
+                        ),
+                        plans,
+                    )
                 )
             for plan, outcome in zip(plans, outcomes, strict=True):
                 if isinstance(outcome, CellRestore):
@@ -849,7 +1329,16 @@ class Vault:
                 else:
                     staged.append((plan, outcome))
             if len(staged) == len(plans):
-                # Everything is extracted and checked: only now touch live data.
+                # Every cell is extracted and checked: load dumps and run the restore
+                # hooks, cell by cell, stopping at the first that fails.
+                only = _dump_choice(load_dumps, into_path)
+                for plan, swap in staged:
+                    refused = self._prepare(plan, swap, run, only, dump_options or {})
+                    if refused is not None:
+                        results[plan.cell.name] = refused
+                        break
+            if len(staged) == len(plans) and not results:
+                # Everything is staged, loaded and hooked: only now touch live data.
                 done: list[Swap] = []
                 try:
                     for plan, swap in staged:
@@ -870,13 +1359,16 @@ class Vault:
                 for swap in done:
                     swap.cleanup()
                 for plan, swap in staged:
+                    health = self._health_check(plan, run, into_path)
                     results[plan.cell.name] = CellRestore(
                         cell=plan.cell.name,
-                        ok=True,
+                        ok=health is None,
                         archive=str(plan.sidecar.id),
                         target=plan.target.name,
-                        destination=tuple(str(d) for d in plan.dests.values()),
+                        destination=tuple(str(d) for d in swap.dests.values()),
                         safety_backup=safety.get(plan.cell.name),
+                        stage=None if health is None else "health",
+                        error=health,
                         files=swap.files,
                         bytes=swap.bytes,
                         duration=swap.duration,
@@ -887,6 +1379,8 @@ class Vault:
                 )
                 for plan, swap in staged:
                     swap.discard()
+                    if plan.cell.name in results:
+                        continue  # the cell whose load or hook failed
                     results[plan.cell.name] = CellRestore(
                         cell=plan.cell.name,
                         ok=False,
@@ -1003,19 +1497,27 @@ class Vault:
                 return ident  # let planning report what is wrong with it
         return matching[-1]
 
-    def _stage(self, plan: _Plan, run: str, allow_external_links: bool) -> Swap | CellRestore:
+    def _stage(
+        self, plan: _Plan, run: str, allow_external_links: bool, into: Path | None = None
+    ) -> Swap | CellRestore:
         started = time.monotonic()
         name = plan.cell.name
         swap: Swap | None = None
         stage = "staging"
         try:
-            swap = Swap.create(plan.dests, str(plan.sidecar.id))
+            dests = dict(plan.dests)
+            has_dumps = any(e.path.startswith(f"{DUMPS_ROOT}/") for e in plan.manifest)
+            if has_dumps and into is not None:
+                # Restored elsewhere, the dumps are kept beside the cell's folder.
+                dests[_DUMPS_STAGE] = into / f"{name}.dumps"
+            swap = Swap.create(dests, str(plan.sidecar.id))
             stage = "fetch"
             tree = StagedTree(
                 staging=swap.staging,
                 manifest=plan.manifest,
                 archive=str(plan.sidecar.id),
                 allow_external_links=allow_external_links,
+                dumps=swap.staging / _DUMPS_STAGE if has_dumps else None,
             )
             tree.prepare()
             for sidecar in [*plan.chain, plan.sidecar]:
@@ -1031,10 +1533,6 @@ class Vault:
             stage = "check"
             tree.finish()
             swap.place()
-            stage = "hook"
-            self.plugins.hook.cellvault_restore_cell(
-                cell=plan.cell, meta=plan.sidecar.meta, staging=swap.staging
-            )
         except Exception as exc:
             if swap is not None:
                 swap.discard()
@@ -1065,6 +1563,130 @@ class Vault:
         assert swap is not None
         swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
         return swap
+
+    def _prepare(
+        self,
+        plan: _Plan,
+        swap: Swap,
+        run: str,
+        only: Sequence[str] | None,
+        options: Mapping[str, Mapping[str, Any]],
+    ) -> CellRestore | None:
+        """Load a staged cell's dumps, then run its restore hooks; return its failure, if any."""
+        started = time.monotonic()
+        name = plan.cell.name
+        dumpers = self.dumpers.get(name, ())
+        mine = {d.name for d in dumpers}
+        dumps = swap.placed.get(_DUMPS_STAGE, swap.staging / _DUMPS_STAGE)
+        scratch = swap.staging / ".cellvault-load"
+        stage = "load"
+        try:
+            loaded = load_staged_dumps(
+                cell=plan.cell,
+                meta=plan.sidecar.meta,
+                dumpers=dumpers,
+                dumps=dumps,
+                spool=scratch,
+                only=None if only is None else [n for n in only if n in mine],
+                options={k: v for k, v in options.items() if k in mine},
+                staged_roots={
+                    plan.cell.roots[r]: swap.placed.get(r, swap.staging / r)
+                    for r in plan.dests
+                    if r in plan.cell.roots
+                },
+            )
+            shutil.rmtree(scratch, ignore_errors=True)
+            if loaded:
+                self._emit(
+                    "restore.loaded", run, cell=name, archive=str(plan.sidecar.id), dumps=loaded
+                )
+            stage = "hook"
+            self.plugins.hook.cellvault_restore_cell(
+                cell=plan.cell, meta=plan.sidecar.meta, staging=swap.staging, dumps=dumps
+            )
+        except Exception as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            error = _error_text(exc)
+            if not isinstance(exc, CellvaultError):
+                log.exception("restore.crashed", cell=name, stage=stage)
+            self._failed(
+                Failure(
+                    stage="restore",
+                    error=error,
+                    cell=name,
+                    target=plan.target.name,
+                    archive=str(plan.sidecar.id),
+                    run=run,
+                    host=self.host,
+                    operation="restore",
+                )
+            )
+            return CellRestore(
+                cell=name,
+                ok=False,
+                archive=str(plan.sidecar.id),
+                target=plan.target.name,
+                stage=stage,
+                error=error,
+                duration=swap.duration + time.monotonic() - started,
+            )
+        swap.duration += time.monotonic() - started
+        return None
+
+    def _health_check(self, plan: _Plan, run: str, into: Path | None) -> str | None:
+        """Run the health-check hooks on a restored cell; return the failure, if any."""
+        hook = self.plugins.hook.cellvault_health_check
+        if not hook.get_hookimpls():
+            return None
+        name = plan.cell.name
+        links: Path | None = None
+        if into is not None:
+            root = into / name
+        else:
+            # The hook sees root/<root name> for each path, as in a drill: links to the live paths.
+            links = root = self.config.backup_dir / ".cellvault" / "health" / f"{run}-{name}"
+            root.mkdir(parents=True)
+            for rname, dest in plan.dests.items():
+                (root / rname).symlink_to(dest)
+        try:
+            hook(cell=plan.cell, meta=plan.sidecar.meta, root=root)
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
+            error = f"health check failed after the restore: {_error_text(exc)}"
+            self._failed(
+                Failure(
+                    stage="health",
+                    error=error,
+                    cell=name,
+                    target=plan.target.name,
+                    archive=str(plan.sidecar.id),
+                    run=run,
+                    host=self.host,
+                    operation="restore",
+                )
+            )
+            return error
+        finally:
+            if links is not None:
+                shutil.rmtree(links, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    links.parent.rmdir()
+        log.info("restore.healthy", run=run, cell=name, archive=str(plan.sidecar.id))
+        return None
+
+
+#: The staged dumps' folder inside a cell's staging directory.
+_DUMPS_STAGE = ".cellvault-dumps"
+
+
+def _dump_choice(load: bool | Sequence[str] | None, into: Path | None) -> Sequence[str] | None:
+    """Which dumps a restore loads: ``None`` the autoload ones, else exactly those named."""
+    if load is None:
+        return None if into is None else ()
+    if load is True:
+        return None
+    if load is False:
+        return ()
+    return list(load)
 
 
 @attrs.frozen

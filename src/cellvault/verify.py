@@ -121,7 +121,9 @@ def quick_check(target: Target, sidecar: Sidecar, committed: set[ArchiveId]) -> 
         with target.guard(f"stat manifest of {ident}", missing_ok=True):
             target.retrying(target.stat, target.manifest_key(sidecar.id))
     except FileNotFoundError:
-        raise ArchiveCorrupt("manifest copy is missing", archive=ident, target=target.name) from None
+        raise ArchiveCorrupt(
+            "manifest copy is missing", archive=ident, target=target.name
+        ) from None
     for holder in sidecar.meta.chain:
         if holder not in committed:
             raise ArchiveCorrupt(

@@ -84,9 +84,13 @@ def alert_settings(config: Config) -> AlertSettings:
     an unknown key of the ``[alerts]`` table.
     """
     raw: dict[str, str] = {}
-    for key, value in config.extra.items():
+    extra: Mapping[str, Any] = config.extra  # TOML values may be numbers or booleans
+    for key, value in extra.items():
         name = _KEYS.get(key, key)
+        if key.isupper() and not name.startswith("BACKUP_ALERT"):
+            continue  # another plugin's setting, from the environment
         if not name.startswith("BACKUP_ALERT"):
+            # Lower-case keys come from the TOML file's [alerts] table: a typo.
             raise ConfigError(
                 f"[alerts]: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(_KEYS))}"
             )

@@ -173,6 +173,17 @@ class Target(abc.ABC):
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
 
+    def put_stream(self, key: str, stream: IO[bytes]) -> bool:
+        """Store what *stream* yields, read to its end in bounded memory, at *key*.
+
+        Return ``False`` at once, having read nothing, when this target type
+        cannot write a stream (the default): the caller then spools to a local
+        file and uses :meth:`put_file`. If reading *stream* raises, nothing
+        appears at *key* (``cellvault.dr`` checks an archive's sha256 as it
+        streams this way, and raises at its end on a mismatch).
+        """
+        return False
+
     def stat(self, key: str) -> ObjectStat:
         """Size (and the store's own checksums) of *key*, without reading it.
 

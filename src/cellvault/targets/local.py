@@ -14,6 +14,7 @@ import errno
 import os
 import secrets
 import shutil
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -47,11 +48,7 @@ class LocalTarget(Target):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp(path)
         try:
-            try:
-                os.link(local, tmp)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise
+            if not _link_once(local, tmp):
                 with open(local, "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                     dst.flush()
@@ -140,6 +137,26 @@ class LocalTarget(Target):
             raise TargetError(
                 f"{self.root} is not writable", target=self.name, hint="fix its permissions"
             )
+
+
+# One hard link per spooled file, at most: a second local target on the same
+# file system (a "NAS" directory on the backup disk) must get a copy of its own,
+# or a damaged block would damage both "copies" at once.
+_LINK_LOCK = threading.Lock()
+
+
+def _link_once(local: Path, tmp: Path) -> bool:
+    """Hard-link *local* to *tmp* if no other target linked it yet; tell whether it did."""
+    with _LINK_LOCK:
+        if os.stat(local).st_nlink > 1:
+            return False
+        try:
+            os.link(local, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            return False
+    return True
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -10,7 +10,9 @@ completed upload appears whole. Leases use S3's conditional create
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import IO
 
 from ..hookspecs import hookimpl
 from .base import Target, TargetSpec
@@ -52,6 +54,22 @@ class S3Target(FsspecTarget):
     def put_file(self, local: Path, key: str) -> None:
         # s3fs streams the file in parts: memory stays bounded by the part size.
         self.fs.put_file(str(local), self._path(key), chunksize=self.multipart_chunk)
+
+    def put_stream(self, key: str, stream: IO[bytes]) -> bool:
+        # A multipart upload of part-size blocks: memory stays bounded by one part.
+        f = self.fs.open(self._path(key), "wb", block_size=self.multipart_chunk)
+        try:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                f.write(block)
+        except BaseException:
+            # Abort the multipart upload, and keep close() (here or at garbage
+            # collection) from completing what was written so far.
+            with contextlib.suppress(Exception):
+                f.discard()
+            f.closed = True
+            raise
+        f.close()
+        return True
 
     def is_transient(self, exc: BaseException) -> bool:
         if type(exc).__name__ in _TRANSIENT_NAMES:

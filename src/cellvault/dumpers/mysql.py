@@ -1,0 +1,371 @@
+"""The ``mysql`` dumper: MySQL and MariaDB with ``mysqldump``/``mariadb-dump``, loaded with the client.
+
+::
+
+    [[cells.crm.dumpers]]
+    type = "mysql"
+    dsn = "mysql://crm@127.0.0.1:3306/crm"
+    password_env = "CRM_MYSQL_PASSWORD"      # or defaults_file = "/etc/crm/my.cnf"
+
+The dump runs ``--single-transaction --routines --triggers --events
+--add-drop-database --hex-blob --databases <db>...``: one consistent
+snapshot of InnoDB tables without locking writers out (MyISAM tables are not
+transactional and get no such guarantee). It is streamed straight into the
+archive. A password never goes on a command line: it is written to a
+temporary ``--defaults-extra-file`` (mode 0600, in a private folder, deleted
+afterwards), which can ``!include`` your own options file.
+
+Restore pipes the dump into ``mariadb``/``mysql``, optionally filtered:
+``only_databases``, ``only_tables`` (``db.table``; a bare ``table`` when
+the dump holds one database) or ``restore_database`` (load one database
+under another name). A table is restored with its triggers; the rest of the
+database is untouched.
+
+MySQL cannot load a dump atomically: every ``CREATE``/``DROP`` commits. A
+load that fails part-way leaves the tables before the failing statement
+restored, that one dropped or partly filled, and the later ones as they were.
+The restore then stops before any file is swapped, and the safety backup
+taken before the restore holds the database as it was: restore that archive
+to go back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, ClassVar
+
+import attrs
+
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+from .base import (
+    DumpContext,
+    Dumper,
+    DumperSpec,
+    LoadContext,
+    LoadError,
+    run_tool,
+    to_args,
+    to_bool,
+    to_list,
+)
+
+__all__ = ["MysqlDumper", "filter_dump"]
+
+FILENAME = "dump.sql"
+
+
+def _program(*names: str) -> str:
+    for name in names:
+        if shutil.which(name):
+            return name
+    return names[-1]
+
+
+def _option_value(value: str) -> str:
+    """Quote a value for a MySQL option file."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+@attrs.define(kw_only=True)
+class MysqlDumper(Dumper):
+    """Databases of one MySQL or MariaDB server, in one consistent dump."""
+
+    type: ClassVar[str] = "mysql"
+
+    #: ``mysql://user[:password]@host[:port]/db1,db2``: a short form of the fields below.
+    dsn: str = attrs.field(default="", repr=False)
+    host: str | None = None
+    port: int | None = attrs.field(default=None, converter=attrs.converters.optional(int))
+    #: A Unix socket instead of host and port.
+    socket: str | None = None
+    user: str | None = None
+    #: Name of an environment variable holding the password.
+    password_env: str | None = None
+    #: The password itself (prefer password_env or defaults_file).
+    password: str | None = attrs.field(default=None, repr=False)
+    #: An options file with ``[client]`` settings (user, password, host, ssl-*...).
+    defaults_file: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Path)
+    )
+    #: The databases to dump (required, here or in the dsn's path).
+    databases: tuple[str, ...] = attrs.field(default=(), converter=to_list)
+    #: Programs (default: the MariaDB names when installed, else the MySQL ones).
+    dump_program: str = attrs.field(factory=lambda: _program("mariadb-dump", "mysqldump"))
+    client_program: str = attrs.field(factory=lambda: _program("mariadb", "mysql"))
+    dump_args: tuple[str, ...] = attrs.field(default=(), converter=to_args)
+    restore_args: tuple[str, ...] = attrs.field(default=(), converter=to_args)
+    #: Restore only these databases; only these tables (``db.table``).
+    only_databases: tuple[str, ...] = attrs.field(default=(), converter=to_list)
+    only_tables: tuple[str, ...] = attrs.field(default=(), converter=to_list)
+    #: Load the (one) restored database under this name instead.
+    restore_database: str | None = None
+    #: Drop each restored database first (whole-database restores), so that it
+    #: is exactly the dump's. Off: tables created since the backup stay.
+    clean: bool = attrs.field(default=True, converter=to_bool)
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"password"})
+
+    def __attrs_post_init__(self) -> None:
+        where = f"dumper {self.name} (type mysql)"
+        if self.dsn:
+            if not self.dsn.startswith(("mysql://", "mariadb://")):
+                raise ConfigError(f"{where}: dsn must look like mysql://user@host:port/database")
+            url = urllib.parse.urlsplit(self.dsn)
+            try:
+                port = url.port
+            except ValueError:
+                raise ConfigError(f"{where}: the dsn's port is not a number") from None
+            self.host = self.host or url.hostname
+            self.port = self.port or port
+            self.user = self.user or (urllib.parse.unquote(url.username) if url.username else None)
+            if url.password is not None and self.password is None:
+                self.password = urllib.parse.unquote(url.password)
+            if not self.databases and url.path.strip("/"):
+                self.databases = to_list(urllib.parse.unquote(url.path.strip("/")))
+        if not self.databases:
+            raise ConfigError(
+                f"{where}: no databases given",
+                hint="name them with databases = [...] or in the dsn (mysql://host/db)",
+            )
+        if self.restore_database and len(self._restored()) != 1:
+            raise ConfigError(
+                f"{where}: restore_database needs exactly one database to restore",
+                hint="narrow it with only_databases",
+            )
+
+    def _restored(self) -> list[str]:
+        dbs = list(self.only_databases or self.databases)
+        for spec in self.only_tables:
+            db, dot, _ = spec.rpartition(".")
+            if dot and db not in dbs:
+                dbs.append(db)
+        return dbs
+
+    # -- connections -----------------------------------------------------------------
+
+    def _secret(self) -> str | None:
+        if self.password:
+            return self.password
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"dumper {self.name} (type mysql): environment variable "
+                    f"{self.password_env} (password_env) is not set"
+                )
+            return value
+        return None
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[tuple[list[str], list[str]]]:
+        """Leading arguments that connect (an options file first), and the secrets to mask."""
+        password = self._secret()
+        args: list[str] = []
+        folder: str | None = None
+        try:
+            if password is not None:
+                folder = tempfile.mkdtemp(prefix="cellvault-mysql-")  # mode 0700
+                path = Path(folder) / "client.cnf"
+                lines = []
+                if self.defaults_file is not None:
+                    lines.append(f"!include {self.defaults_file}")
+                lines += ["[client]", f"password={_option_value(password)}"]
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write("\n".join(lines) + "\n")
+                args.append(f"--defaults-extra-file={path}")
+            elif self.defaults_file is not None:
+                args.append(f"--defaults-extra-file={self.defaults_file}")
+            if self.socket:
+                args.append(f"--socket={self.socket}")
+            else:
+                if self.host:
+                    args.append(f"--host={self.host}")
+                if self.port:
+                    args.append(f"--port={self.port}")
+            if self.user:
+                args.append(f"--user={self.user}")
+            yield args, [password] if password else []
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- backup ----------------------------------------------------------------------
+
+    def dump(self, ctx: DumpContext) -> None:
+        version = run_tool([self.dump_program, "--version"], what=ctx.where, timeout=60)
+        ctx.info.update(
+            databases=list(self.databases),
+            host=self.socket or self.host or "",
+            tool=version.stdout.decode().strip(),
+        )
+        with self._connection() as (conn, secrets):
+            argv = [
+                self.dump_program,
+                *conn,
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--events",
+                "--add-drop-database",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+                *self.dump_args,
+                "--databases",
+                *self.databases,
+            ]
+            ctx.run(
+                argv,
+                stdout_to=FILENAME,
+                secrets=secrets,
+                hint="check host, user, the password (password_env, defaults_file) and that "
+                "the databases exist",
+            )
+
+    def stock_restore(self, files: Sequence[str]) -> str | None:
+        return f"{self.client_program} --user=<user> -p < {FILENAME}"
+
+    # -- restore ---------------------------------------------------------------------
+
+    def load(self, ctx: LoadContext) -> None:
+        dumped = list(self.databases)
+        tables: list[tuple[str, str]] = []
+        for spec in self.only_tables:
+            db, dot, table = spec.rpartition(".")
+            if not dot:
+                if len(dumped) != 1:
+                    raise LoadError(
+                        f"{ctx.where}: table {spec!r} needs its database (db.table): "
+                        f"the dump holds {', '.join(dumped)}"
+                    )
+                db = dumped[0]
+            tables.append((db, table))
+        databases = self._restored()
+        unknown = [db for db in databases if db not in dumped]
+        if unknown:
+            raise LoadError(
+                f"{ctx.where}: the dump does not hold database {unknown[0]}",
+                hint=f"it holds: {', '.join(dumped)}",
+            )
+        rename = {databases[0]: self.restore_database} if self.restore_database else {}
+        seen: set[tuple[str, str]] = set()
+        with ctx.open(FILENAME) as raw:
+            lines = filter_dump(
+                raw,
+                databases=set(databases),
+                tables=set(tables) or None,
+                clean=self.clean,
+                rename=rename,
+                seen=seen,
+            )
+            with self._connection() as (conn, secrets):
+                argv = [
+                    self.client_program,
+                    *conn,
+                    "--batch",
+                    "--default-character-set=utf8mb4",
+                    *self.restore_args,
+                ]
+                ctx.run(
+                    argv,
+                    stdin=lines,
+                    secrets=secrets,
+                    stdout="discard",
+                    hint="statements before the failing one were applied (MySQL commits DDL "
+                    "at once); restore the safety backup to go back",
+                )
+        missing = sorted(set(tables) - seen)
+        if missing:
+            raise LoadError(
+                f"{ctx.where}: the dump has no table {missing[0][0]}.{missing[0][1]}",
+                hint="the other tables named were loaded",
+            )
+
+
+# -- filtering a dump ------------------------------------------------------------------
+
+_MARKER = re.compile(
+    rb"^-- (?P<what>Current Database: |Table structure for table |Dumping data for table "
+    rb"|Temporary table structure for view |Final view structure for view "
+    rb"|Dumping events for database |Dumping routines for database )"
+    rb"(?P<q>[`'])(?P<name>.*)(?P=q)\s*$"
+)
+_SETTINGS = re.compile(rb"^/\*!\d+ SET .*@OLD_")
+
+
+def _ident(name: bytes) -> bytes:
+    return b"`" + name.replace(b"`", b"``") + b"`"
+
+
+def filter_dump(
+    raw: IO[bytes] | Iterable[bytes],
+    *,
+    databases: set[str],
+    tables: set[tuple[str, str]] | None = None,
+    clean: bool = True,
+    rename: dict[str, str] | None = None,
+    seen: set[tuple[str, str]] | None = None,
+) -> Iterator[bytes]:
+    """The lines of a mysqldump ``--databases`` dump that restore *databases* (or *tables*).
+
+    mysqldump marks each part with a comment (``-- Current Database:``,
+    ``-- Table structure for table``...); INSERT statements are single lines
+    (newlines in values are escaped), so the dump can be cut at those marks.
+    The header and the session settings are always kept. *rename* maps a
+    database to the name it is loaded under; *seen* collects the tables met.
+    """
+    rename = rename or {}
+    db: str | None = None
+    keep = True  # the header
+    kind = b""
+    for line in raw:
+        match = _MARKER.match(line)
+        if match:
+            kind = match["what"]
+            name = match["name"].decode("utf-8", "replace")
+            if kind == b"Current Database: ":
+                db = name.replace("``", "`")
+                keep = db in databases
+            elif kind in (b"Dumping events for database ", b"Dumping routines for database "):
+                keep = db is not None and db in databases and tables is None
+            else:
+                table = name.replace("``", "`")
+                keep = db is not None and db in databases
+                if keep and tables is not None:
+                    keep = (db, table) in tables
+                if keep and seen is not None and db is not None:
+                    seen.add((db, table))
+        if keep:
+            if kind == b"Current Database: " and db is not None:
+                line = _database_line(line, db, tables is not None, clean, rename)
+                if not line:
+                    continue
+            yield line
+        elif _SETTINGS.match(line):
+            yield line  # restore the session settings the header changed
+
+
+def _database_line(
+    line: bytes, db: str, tables: bool, clean: bool, rename: dict[str, str]
+) -> bytes:
+    """A line of a ``Current Database`` part, with the database renamed or its DROP left out."""
+    if b"DROP DATABASE" in line and (tables or not clean):
+        return b""
+    if db in rename and (b"DATABASE" in line or line.startswith(b"USE ")):
+        old, new = _ident(db.encode()), _ident(rename[db].encode())
+        return line.replace(old, new)
+    return line
+
+
+@hookimpl
+def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
+    return MysqlDumper.from_spec(spec) if spec.type == "mysql" else None

@@ -1,0 +1,141 @@
+"""The ``sqlite`` dumper: a consistent copy through SQLite's online backup API.
+
+Copying a SQLite file that is being written gives a torn database; the
+online backup API copies it page by page under one read transaction, so the
+copy is the database as of one commit, while writers go on (in WAL mode) or
+wait for the copy (in rollback-journal mode, up to their busy timeout)::
+
+    [[cells.crm.dumpers]]
+    type = "sqlite"
+    path = "/srv/crm/db/app.sqlite"
+
+The copy is written to the run's spool (the API needs a database file to
+write into), checked with ``PRAGMA quick_check``, then streamed into the
+archive as ``dumps/<name>/<file name>``.
+
+On restore the copy replaces the database file atomically (a temporary file
+renamed over it). When the file lies inside one of the cell's paths, the
+staged copy of the cell is replaced instead, so the swap puts the consistent
+database in place with the rest of the files; stale ``-wal``, ``-shm`` and
+``-journal`` files beside it are removed, as SQLite would otherwise replay
+them onto the restored database. Outside the cell, the live file is
+replaced: stop the service that writes it first (a ``before`` step of your
+deployment, or ``restore_path`` to restore elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+
+from ..hookspecs import hookimpl
+from .base import DumpContext, Dumper, DumpError, DumperSpec, LoadContext, LoadError
+
+__all__ = ["SqliteDumper"]
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _abs(value: Any) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"path {str(path)!r} is not absolute")
+    return path
+
+
+def _connect_ro(path: Path, timeout: float) -> sqlite3.Connection:
+    # mode=ro: a missing file is an error, never a new empty database.
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout)
+
+
+@attrs.define(kw_only=True)
+class SqliteDumper(Dumper):
+    """A SQLite database file, copied consistently while it may be written."""
+
+    type: ClassVar[str] = "sqlite"
+
+    #: The database file.
+    path: Path = attrs.field(converter=_abs)
+    #: Where a restore writes it (default: *path*).
+    restore_path: Path | None = attrs.field(default=None, converter=attrs.converters.optional(_abs))
+    #: Seconds to wait for a writer's lock before the copy starts.
+    busy_timeout: float = attrs.field(default=60.0, converter=float)
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    def dump(self, ctx: DumpContext) -> None:
+        copy = ctx.spool / self.filename
+        try:
+            source = _connect_ro(self.path, self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise DumpError(f"{ctx.where}: cannot open {self.path}: {exc}") from None
+        try:
+            dest = sqlite3.connect(copy)
+            try:
+                # pages=-1: the whole database in one step, under one read
+                # transaction: a consistent snapshot even while others write.
+                source.backup(dest, pages=-1)
+                (check,) = dest.execute("PRAGMA quick_check").fetchone()
+                pages = dest.execute("PRAGMA page_count").fetchone()[0]
+            finally:
+                dest.close()
+            (mode,) = source.execute("PRAGMA journal_mode").fetchone()
+        except sqlite3.Error as exc:
+            raise DumpError(f"{ctx.where}: backup of {self.path} failed: {exc}") from None
+        finally:
+            source.close()
+        if check != "ok":
+            raise DumpError(f"{ctx.where}: the copy of {self.path} fails quick_check: {check}")
+        ctx.info.update(
+            sqlite=sqlite3.sqlite_version, source=str(self.path), pages=pages, journal_mode=mode
+        )
+        ctx.add_file(self.filename, copy)
+
+    def load(self, ctx: LoadContext) -> None:
+        target = self.restore_path or self.path
+        where = ctx.staged(target)
+        dest = where if where is not None else target
+        dump = ctx.path(self.filename)
+        try:
+            with contextlib.closing(sqlite3.connect(dump)) as db:
+                (check,) = db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.Error as exc:
+            raise LoadError(f"{ctx.where}: the dumped database does not open: {exc}") from None
+        if check != "ok":
+            raise LoadError(f"{ctx.where}: the dumped database fails quick_check: {check}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.cellvault-restore")
+        try:
+            shutil.copyfile(dump, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            # A WAL or journal of another state would be replayed onto the restored file.
+            for suffix in _SIDE_FILES:
+                Path(f"{dest}{suffix}").unlink(missing_ok=True)
+            if dest.exists():
+                shutil.copymode(dest, tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LoadError(f"{ctx.where}: cannot write {dest}: {exc.strerror}") from None
+
+    def stock_restore(self, files: Sequence[str]) -> str | None:
+        target = self.restore_path or self.path
+        return f"cp {self.filename} {target} && rm -f {target}-wal {target}-shm {target}-journal"
+
+
+@hookimpl
+def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
+    return SqliteDumper.from_spec(spec) if spec.type == "sqlite" else None

@@ -1,0 +1,74 @@
+"""The alert log: one JSON line per alert in ``BACKUP_ALERT_LOG``.
+
+The default is the manual's ``deploy/backup/backup_alerts.log``, relative to
+the current directory of the process (as the manual's scripts ran from the
+platform's checkout); set ``BACKUP_ALERT_LOG`` to an absolute path for cron,
+or to ``off`` to write none. Each line is the alert as
+:func:`cellvault.notify.alert_for` builds it: time, status, operation,
+stage, cell, target, archive, run, host, error and the run's log file. Lines
+are appended under a lock, so processes running at once never interleave
+them; a log that cannot be written is reported in the run's log and never
+changes the run's result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..hookspecs import hookimpl
+from ..log import get_logger, redact
+from . import alert_for, alert_settings, summary_for
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..report import Failure
+
+__all__ = ["append"]
+
+log = get_logger(__name__)
+_lock = threading.Lock()
+
+
+def append(path: Path, alert: Mapping[str, Any]) -> bool:
+    """Append *alert* as one JSON line to *path*; tell whether it was written. Never raises."""
+    line = json.dumps(redact(dict(alert)), ensure_ascii=False, sort_keys=True) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _lock:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        log.warning(
+            "alert.log_failed",
+            path=str(path),
+            error=f"{type(exc).__name__}: {exc.strerror or exc}",
+            run=alert.get("run"),
+        )
+        return False
+    return True
+
+
+@hookimpl
+def cellvault_backup_failed(failure: Failure, config: Config) -> None:
+    """Append the failure to the alert log."""
+    settings = alert_settings(config)
+    if settings.log is not None:
+        append(settings.log, alert_for(failure))
+
+
+@hookimpl
+def cellvault_run_finished(operation: str, report: Any, config: Config) -> None:
+    """With ``BACKUP_ALERT_ON=always``, log a successful run too."""
+    settings = alert_settings(config)
+    if settings.log is not None and settings.on == "always" and getattr(report, "ok", True):
+        append(settings.log, summary_for(operation, report))

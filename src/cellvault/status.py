@@ -1,0 +1,191 @@
+"""``status``: does every cell have a fresh, verified backup on every target?
+
+For each cell and target: the newest committed archive, its age (the
+recovery point, RPO), and the last verify and drill results remembered in the
+state file. A cell is fine on a target when its newest archive is younger
+than ``max_age`` hours and no verify level's last result failed (a failed
+result is cleared by a later pass at the same or a stronger level). One call
+answers a monitor: :attr:`StatusReport.ok`, and ``cellvault status`` exits 1
+when it is false.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .errors import CellvaultError
+from .report import _Report
+from .targets.base import Target
+from .verify import LEVELS
+
+__all__ = ["CellStatus", "CheckResult", "StatusReport", "TargetStatus", "build_status"]
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@attrs.frozen
+class CheckResult(_Report):
+    """The last verify (of one level) or drill of a cell on a target."""
+
+    level: str
+    ok: bool
+    at: str | None = None
+    archive: str | None = None
+    error: str | None = None
+    #: Drills: the measured restore time, in seconds.
+    rto: float | None = None
+
+
+@attrs.frozen
+class TargetStatus(_Report):
+    """One cell on one target."""
+
+    target: str
+    ok: bool
+    #: The newest committed archive, and when it was taken (UTC, ISO 8601).
+    newest: str | None = None
+    backed_at: str | None = None
+    #: Seconds since *backed_at*: the data a restore now would lose (RPO).
+    age: float | None = None
+    #: The last result of each verify level, and of the last drill.
+    checks: tuple[CheckResult, ...] = ()
+    #: What is wrong, for people (empty when ``ok``).
+    problems: tuple[str, ...] = ()
+    last_success: str | None = None
+    failures_total: int = 0
+
+
+@attrs.frozen
+class CellStatus(_Report):
+    cell: str
+    ok: bool
+    targets: tuple[TargetStatus, ...] = ()
+
+
+@attrs.frozen
+class StatusReport(_Report):
+    """Every cell on every target, as :meth:`cellvault.Vault.status` returns it."""
+
+    cells: tuple[CellStatus, ...]
+    #: The limit, in hours, and the instant the ages were measured at.
+    max_age: float
+    checked_at: str
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.cells)
+
+    def problems(self) -> list[str]:
+        """One line per problem: ``cell crm on target s3: ...``."""
+        return [
+            f"cell {c.cell} on target {t.target}: {p}"
+            for c in self.cells
+            for t in c.targets
+            for p in t.problems
+        ]
+
+
+def _checks(entry: Mapping[str, Any]) -> tuple[list[CheckResult], list[str]]:
+    results: list[CheckResult] = []
+    verify = entry.get("verify") or {}
+    for level in LEVELS:
+        found = verify.get(level) if level != "drill" else entry.get("drill")
+        if not found:
+            continue
+        results.append(
+            CheckResult(
+                level=level,
+                ok=bool(found.get("ok")),
+                at=_iso(found.get("at")),
+                archive=found.get("archive"),
+                error=found.get("error"),
+                rto=found.get("rto"),
+            )
+        )
+    problems = []
+    rank = {level: i for i, level in enumerate(LEVELS)}
+    stamps: dict[str, float] = {}
+    for level in (r.level for r in results):
+        found = (verify.get(level) if level != "drill" else entry.get("drill")) or {}
+        stamps[level] = float(found.get("at", 0))
+    for result in results:
+        if result.ok:
+            continue
+        cleared = any(
+            other.ok
+            and rank[other.level] >= rank[result.level]
+            and stamps[other.level] > stamps[result.level]
+            for other in results
+        )
+        if not cleared:
+            problems.append(f"last {result.level} verify failed: {result.error or 'failed'}")
+    return results, problems
+
+
+def build_status(
+    cells: Sequence[str],
+    targets: Sequence[Target],
+    state: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    max_age: float,
+) -> StatusReport:
+    """The status of *cells* on *targets* at *now*, with the remembered *state*."""
+    limit = max_age * 3600
+    out = []
+    recorded = state.get("cells", {})
+    for cell in cells:
+        per_target = []
+        for target in targets:
+            entry = recorded.get(cell, {}).get(target.name, {})
+            checks, problems = _checks(entry)
+            newest = backed_at = None
+            age = None
+            try:
+                ids = target.archive_ids(cell)
+            except CellvaultError as exc:
+                problems.insert(0, f"cannot list archives: {exc}")
+                ids = []
+            else:
+                if not ids:
+                    problems.insert(0, "no archive on this target")
+            if ids:
+                ident = ids[-1]
+                newest = str(ident)
+                backed_at = ident.when.isoformat().replace("+00:00", "Z")
+                age = max(0.0, (now - ident.when).total_seconds())
+                if age > limit:
+                    problems.insert(
+                        0,
+                        f"newest archive {ident} is {age / 3600:.1f} h old, "
+                        f"more than max_age {max_age:g} h",
+                    )
+            per_target.append(
+                TargetStatus(
+                    target=target.name,
+                    ok=not problems,
+                    newest=newest,
+                    backed_at=backed_at,
+                    age=age,
+                    checks=tuple(checks),
+                    problems=tuple(problems),
+                    last_success=_iso(entry.get("last_success")),
+                    failures_total=int(entry.get("failures_total", 0)),
+                )
+            )
+        out.append(
+            CellStatus(cell=cell, ok=all(t.ok for t in per_target), targets=tuple(per_target))
+        )
+    return StatusReport(
+        cells=tuple(out),
+        max_age=max_age,
+        checked_at=now.isoformat().replace("+00:00", "Z"),
+    )

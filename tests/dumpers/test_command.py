@@ -1,0 +1,406 @@
+"""The command dumper, and what every dumper shares: dumps in the archive, verify, load, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+import cellvault.dumpers.base as base
+from cellvault import Cell, ConfigError, Vault, hookimpl
+from cellvault.dumpers import DumpContext, Dumper, LoadContext
+from tests.dumpers.conftest import Alerts, argv_log, vault_for
+from tests.helpers import clock, snapshot, write_tree
+
+PY = sys.executable
+
+
+def emit(n: int, seed: int = 1) -> list[str]:
+    """A command writing *n* deterministic, incompressible-ish bytes to stdout."""
+    code = (
+        f"import random,sys; r=random.Random({seed}); "
+        f"sys.stdout.buffer.write(bytes(r.getrandbits(8) for _ in range({n})))"
+    )
+    return [PY, "-c", code]
+
+
+def expected(n: int, seed: int = 1) -> bytes:
+    return subprocess.run(emit(n, seed), capture_output=True, check=True).stdout
+
+
+def sink(path: Path) -> list[str]:
+    """A restore command writing its stdin to *path*."""
+    code = f"import sys,pathlib; pathlib.Path({str(path)!r}).write_bytes(sys.stdin.buffer.read())"
+    return [PY, "-c", code]
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    """Every regular member of a .tar.zst, by name."""
+    with open(archive, "rb") as raw:
+        stream = zstandard.ZstdDecompressor().stream_reader(raw)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            out = {}
+            for info in tar:
+                f = tar.extractfile(info)
+                out[info.name] = f.read() if f is not None else b""
+            return out
+
+
+def only_archive(backup: Path, cell: str = "crm") -> Path:
+    (archive,) = sorted((backup / cell).glob("*.tar.zst"))
+    return archive
+
+
+def test_dump_goes_into_the_archive_and_loads_back(tmp_path: Path) -> None:
+    out = tmp_path / "restored.bin"
+    dumper = {
+        "type": "command",
+        "name": "blob",
+        "command": emit(5000),
+        "restore_command": sink(out),
+        "filename": "blob.bin",
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    report = vault.backup()
+    assert report.ok, report.cells[0].error
+    archive = only_archive(tmp_path / "backup")
+    got = members(archive)
+    assert got["dumps/blob/blob.bin"] == expected(5000)
+    descriptor = json.loads(got["dumps/blob/dumper.json"])
+    assert descriptor["ok"] is True and descriptor["type"] == "command"
+    assert descriptor["files"]["blob.bin"]["parts"] == ["blob.bin"]
+    assert descriptor["files"]["blob.bin"]["size"] == 5000
+    # The manifest lists the dump with its sha256, so verify covers it.
+    manifest = json.loads(got["manifest.json"])
+    entries = {e["path"]: e for e in manifest["entries"]}
+    assert entries["dumps/blob"]["type"] == "dir"
+    assert entries["dumps/blob/blob.bin"]["archive"] == report.cells[0].archive
+    assert vault.verify().ok
+
+    restored = vault.restore("latest", skip_prebackup=True)
+    assert restored.ok, restored.cells[0].error
+    assert out.read_bytes() == expected(5000)
+
+
+def test_a_large_dump_is_written_in_parts_that_stock_tools_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "DUMP_CHUNK", 4096)
+    out = tmp_path / "restored.bin"
+    dumper = {
+        "type": "command",
+        "name": "big",
+        "command": emit(10_000),
+        "restore_command": sink(out),
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    archive = only_archive(tmp_path / "backup")
+    got = members(archive)
+    parts = sorted(n for n in got if n.startswith("dumps/big/output.part-"))
+    assert parts == [f"dumps/big/output.part-00000{i}" for i in (1, 2, 3)]
+    assert [len(got[p]) for p in parts] == [4096, 4096, 10_000 - 8192]
+    # Stock tools: zstd -d | tar x, then cat the parts in order.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(  # noqa: S602 - the stock-tools procedure of docs/dumpers.md
+        f"zstd -dc {archive} | tar -x -C {unpacked} && cat {unpacked}/dumps/big/output.part-* > {unpacked}/joined",
+        shell=True,
+        check=True,
+    )
+    assert (unpacked / "joined").read_bytes() == expected(10_000)
+    assert vault.verify().ok
+    assert vault.restore("latest", skip_prebackup=True).ok
+    assert out.read_bytes() == expected(10_000)
+
+
+def test_an_exact_multiple_of_the_chunk_and_an_empty_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "DUMP_CHUNK", 1000)
+    dumpers = [
+        {"type": "command", "name": "even", "command": emit(2000), "autoload": False},
+        {"type": "command", "name": "empty", "command": ["true"], "autoload": False},
+    ]
+    vault = vault_for(tmp_path, dumpers, clock=clock())
+    assert vault.backup().ok
+    got = members(only_archive(tmp_path / "backup"))
+    assert sorted(n for n in got if n.startswith("dumps/even/output")) == [
+        "dumps/even/output.part-000001",
+        "dumps/even/output.part-000002",
+    ]
+    assert got["dumps/empty/output"] == b""
+    assert vault.verify().ok
+
+
+def test_a_damaged_dump_member_fails_verify_and_restore(tmp_path: Path) -> None:
+    out = tmp_path / "restored.bin"
+    dumper = {
+        "type": "command",
+        "name": "blob",
+        "command": emit(3000),
+        "restore_command": sink(out),
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock(), codec="gzip", level=0)
+    assert vault.backup().ok
+    (archive,) = (tmp_path / "backup" / "crm").glob("*.tar.gz")
+    # Rewrite the archive with one byte of the dump flipped (a valid gzip stream).
+    import gzip
+
+    raw = bytearray(gzip.decompress(archive.read_bytes()))
+    at = raw.index(expected(3000)[:64])
+    raw[at + 10] ^= 0xFF
+    archive.write_bytes(gzip.compress(bytes(raw)))
+    report = vault.verify()
+    assert not report.ok
+    assert "dumps/blob/output" in (report.results[0].error or "")
+    restored = vault.restore("latest", skip_prebackup=True)
+    assert not restored.ok
+    assert not out.exists()
+
+
+def test_dumps_are_taken_fresh_in_every_incremental(tmp_path: Path) -> None:
+    dumper = {"type": "command", "name": "blob", "command": emit(100), "autoload": False}
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    first = vault.backup(kind="full")
+    second = vault.backup(kind="incremental")
+    assert first.ok and second.ok
+    assert second.cells[0].kind == "incremental"
+    archives = sorted((tmp_path / "backup" / "crm").glob("*.tar.zst"))
+    got = members(archives[-1])
+    assert "dumps/blob/output" in got
+    assert "data/crm/config.yaml" not in got  # unchanged files stay in the full archive
+    entries = {e["path"]: e for e in json.loads(got["manifest.json"])["entries"]}
+    assert entries["dumps/blob/output"]["archive"] == second.cells[0].archive
+    assert entries["data/crm/config.yaml"]["archive"] == first.cells[0].archive
+    assert vault.verify().ok
+
+
+def test_a_failing_dump_fails_its_cell_with_a_clear_error_and_an_alert(
+    tmp_path: Path, alerts: Alerts
+) -> None:
+    secret = "s3cr3t-Passw0rd"
+    bad = {
+        "type": "command",
+        "name": "db",
+        "command": [
+            PY,
+            "-c",
+            f"import sys; print('connecting with password {secret}', file=sys.stderr); "
+            f"print('PGPASSWORD={secret}', file=sys.stderr); sys.exit(3)",
+        ],
+        "env": {"DB_PASSWORD": secret},
+    }
+    billing = write_tree(tmp_path / "cells" / "billing", {"a": "b"})
+    vault = vault_for(
+        tmp_path, [bad], cells=[Cell("billing", [billing])], plugins=[alerts], clock=clock()
+    )
+    # DB_PASSWORD's value is a known secret: masked wherever the tool prints it.
+    report = vault.backup()
+    by_cell = {c.cell: c for c in report.cells}
+    assert by_cell["billing"].ok
+    crm = by_cell["crm"]
+    assert not crm.ok and crm.stage == "dump"
+    assert "cell crm, dumper db" in (crm.error or "") and "exit code 3" in (crm.error or "")
+    assert "PGPASSWORD=***" in (crm.error or "")
+    assert secret not in (crm.error or "")
+    (failure,) = [f for f in alerts.failures if f.cell == "crm"]
+    assert failure.stage == "dump" and failure.error == crm.error
+    assert not list((tmp_path / "backup" / "crm").glob("*.json"))  # nothing committed
+
+
+def test_a_dump_that_hangs_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    hang = {
+        "type": "command",
+        "name": "slow",
+        # A child of the command that would outlive a plain kill of the command.
+        "command": ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
+        "timeout": 1,
+    }
+    vault = vault_for(tmp_path, [hang], clock=clock())
+    started = time.monotonic()
+    report = vault.backup()
+    assert time.monotonic() - started < 30
+    assert not report.ok
+    assert "timed out after 1 s" in (report.cells[0].error or "")
+    pid = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert (
+        not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
+
+
+def test_a_failing_load_leaves_the_files_untouched(tmp_path: Path, alerts: Alerts) -> None:
+    dumper = {
+        "type": "command",
+        "name": "db",
+        "command": ["echo", "dump"],
+        "restore_command": ["sh", "-c", "cat >/dev/null; echo 'import failed' >&2; exit 1"],
+    }
+    vault = vault_for(tmp_path, [dumper], plugins=[alerts], clock=clock())
+    assert vault.backup().ok
+    crm = tmp_path / "cells" / "crm"
+    (crm / "config.yaml").write_text("changed after the backup\n")
+    before = snapshot(crm)
+    report = vault.restore("latest", skip_prebackup=True)
+    assert not report.ok
+    (cell,) = report.cells
+    assert cell.stage == "load" and "import failed" in (cell.error or "")
+    assert snapshot(crm) == before
+    assert any(f.operation == "restore" and f.cell == "crm" for f in alerts.failures)
+    assert not [p for p in crm.parent.iterdir() if p.name.startswith(".cellvault")]
+
+
+def test_restore_chooses_which_dumps_load(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.out", tmp_path / "b.out"
+    dumpers = [
+        {"type": "command", "name": "a", "command": ["echo", "A"], "restore_command": sink(a)},
+        {
+            "type": "command",
+            "name": "b",
+            "command": ["echo", "B"],
+            "restore_command": sink(b),
+            "autoload": False,
+        },
+    ]
+    vault = vault_for(tmp_path, dumpers, clock=clock())
+    assert vault.backup().ok
+    assert vault.restore("latest", skip_prebackup=True).ok
+    assert a.read_text() == "A\n" and not b.exists()  # b is not autoloaded
+    a.unlink()
+    assert vault.restore("latest", skip_prebackup=True, load_dumps=["b"]).ok
+    assert b.read_text() == "B\n" and not a.exists()
+    b.unlink()
+    assert vault.restore("latest", skip_prebackup=True, load_dumps=False).ok
+    assert not a.exists() and not b.exists()
+    # Options for this restore only: here, another restore command.
+    c = tmp_path / "c.out"
+    assert vault.restore(
+        "latest", skip_prebackup=True, dump_options={"a": {"restore_command": sink(c)}}
+    ).ok
+    assert c.read_text() == "A\n" and not a.exists()
+    with pytest.raises(ConfigError, match="no cell being restored has a dumper named 'nope'"):
+        vault.restore("latest", skip_prebackup=True, load_dumps=["nope"])
+    with pytest.raises(ConfigError, match="unknown option 'restor_command'"):
+        vault.restore("latest", skip_prebackup=True, dump_options={"a": {"restor_command": []}})
+
+
+def test_restore_into_a_directory_keeps_the_dumps_and_loads_none(tmp_path: Path) -> None:
+    out = tmp_path / "loaded.out"
+    dumper = {
+        "type": "command",
+        "name": "db",
+        "command": ["echo", "D"],
+        "restore_command": sink(out),
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest", into=tmp_path / "elsewhere")
+    assert report.ok, report.cells[0].error
+    assert not out.exists()
+    kept = tmp_path / "elsewhere" / "crm.dumps" / "db"
+    assert (kept / "output").read_text() == "D\n"
+    assert json.loads((kept / "dumper.json").read_text())["ok"] is True
+    assert str(tmp_path / "elsewhere" / "crm.dumps") in report.cells[0].destination
+    assert (tmp_path / "elsewhere" / "crm" / "crm" / "config.yaml").exists()
+
+
+def test_the_safety_backup_survives_a_failing_dumper(tmp_path: Path) -> None:
+    """The database may be what the restore repairs: its dump failing must not block it."""
+    flag = tmp_path / "broken"
+    dumper = {
+        "type": "command",
+        "name": "db",
+        "command": ["sh", "-c", f"test ! -e {flag} && echo ok"],
+        "autoload": False,
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    flag.touch()
+    report = vault.restore("latest")
+    assert report.ok, report.error
+    safety = report.cells[0].safety_backup
+    assert safety
+    (pre,) = [a for a in vault.list(["crm"]) if a.id == safety]
+    assert pre.reason == "pre-restore"
+    got = members(tmp_path / "backup" / "crm" / f"{safety}.tar.zst")
+    descriptor = json.loads(got["dumps/db/dumper.json"])
+    assert descriptor["ok"] is False and "exit code 1" in descriptor["error"]
+    # That incomplete dump is refused if someone tries to load it.
+    back = vault.restore(safety, skip_prebackup=True, load_dumps=["db"])
+    assert not back.ok and "incomplete dump" in (back.cells[0].error or "")
+
+
+def test_tools_run_without_a_shell_and_credentials_stay_out_of_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = argv_log(monkeypatch)
+    dumper = {
+        "type": "command",
+        "name": "db",
+        "command": ["echo", "$HOME;", "x"],
+        "autoload": False,
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    got = members(only_archive(tmp_path / "backup"))
+    assert got["dumps/db/output"] == b"$HOME; x\n"  # no shell expanded anything
+    assert calls and calls[0][0] == ["echo", "$HOME;", "x"]
+
+
+def test_config_errors_name_the_dumper(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no dumper type handles dumper x \\(type nosuch\\)"):
+        vault_for(tmp_path, [{"type": "nosuch", "name": "x"}])
+    with pytest.raises(ConfigError, match="unknown option 'comand'") as info:
+        vault_for(tmp_path, [{"type": "command", "comand": ["x"]}])
+    assert "command" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="two dumpers are named 'a'"):
+        Cell("crm", ["/srv/crm"], dumpers=[{"type": "command", "name": "a"}] * 2)
+    with pytest.raises(ConfigError, match="invalid dumper name"):
+        Cell("crm", ["/srv/crm"], dumpers=[{"type": "command", "name": "../x"}])
+    with pytest.raises(ConfigError, match="needs a type"):
+        Cell("crm", ["/srv/crm"], dumpers=[{"command": ["x"]}])
+
+
+class Upper(Dumper):
+    """A dumper written in the test, passed as an object rather than a spec."""
+
+    type = "upper"
+
+    def dump(self, ctx: DumpContext) -> None:
+        with ctx.open("text") as out:
+            out.write(b"hello\n")
+
+    def load(self, ctx: LoadContext) -> None:
+        with ctx.open("text") as f:
+            (ctx.staged(ctx.cell.paths[0] / "from-dump.txt") or Path("/nonexistent")).write_bytes(
+                f.read().upper()
+            )
+
+
+def test_a_dumper_object_loads_into_the_staged_cell(tmp_path: Path) -> None:
+    vault = vault_for(tmp_path, [Upper(name="up")], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest", skip_prebackup=True)
+    assert report.ok, report.cells[0].error
+    # Written into the staged copy, swapped in with the rest.
+    assert (tmp_path / "cells" / "crm" / "from-dump.txt").read_text() == "HELLO\n"
+
+
+class Registers:
+    @hookimpl
+    def cellvault_make_dumper(self, spec):  # type: ignore[no-untyped-def]
+        return Upper.from_spec(spec) if spec.type == "upper" else None
+
+
+def test_a_plugin_registers_a_dumper_type(tmp_path: Path) -> None:
+    vault = vault_for(tmp_path, [{"type": "upper", "name": "u"}], plugins=[Registers()])
+    assert isinstance(vault.dumpers["crm"][0], Upper)
+    assert isinstance(vault, Vault)

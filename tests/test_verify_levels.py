@@ -1,0 +1,307 @@
+"""Verify levels: quick (no download), full (read back), drill (restore, check, time)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cellvault import ArchiveMeta, Cell, TargetSpec, Vault, hookimpl
+from cellvault.cli import cli
+from cellvault.targets.local import LocalTarget
+from tests.helpers import SAMPLE, clock, make_vault, snapshot, write_tree
+from tests.servers.fixtures import OssBucket, S3Bucket
+
+
+def _two_targets(tmp_path: Path, **kwargs: Any) -> Vault:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    billing = write_tree(tmp_path / "cells" / "billing", {"ledger.csv": "a,b\n1,2\n" * 100})
+    return make_vault(
+        tmp_path / "backup",
+        {"crm": [crm], "billing": [billing]},
+        targets=[
+            TargetSpec("local", str(tmp_path / "backup")),
+            TargetSpec("nas", str(tmp_path / "nas")),
+        ],
+        clock=clock(),
+        extra={"BACKUP_ALERT_LOG": str(tmp_path / "alerts.log")},
+        **kwargs,
+    )
+
+
+def _data(root: Path, cell: str) -> Path:
+    (path,) = (root / cell).glob("cell_*.tar.zst")
+    return path
+
+
+def _own_copy(path: Path) -> None:
+    """Give *path* an inode of its own: local targets on one file system hard-link the archive."""
+    tmp = path.with_name(path.name + ".copy")
+    tmp.write_bytes(path.read_bytes())
+    os.replace(tmp, path)
+
+
+def _flip_a_byte(path: Path) -> None:
+    _own_copy(path)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _alerts(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "alerts.log"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_corrupt_copy_on_one_target_fails_full_verify_there_only(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    _flip_a_byte(_data(tmp_path / "nas", "crm"))
+
+    report = vault.verify(level="full")
+    outcome = {(r.archive.split("_")[1], r.target): r.ok for r in report.results}
+    assert outcome == {
+        ("crm", "local"): True,
+        ("billing", "local"): True,
+        ("crm", "nas"): False,
+        ("billing", "nas"): True,
+    }
+    failed = next(r for r in report.results if not r.ok)
+    assert "on target nas" in (failed.error or "")
+    (alert,) = _alerts(tmp_path)
+    assert (alert["operation"], alert["stage"], alert["cell"], alert["target"]) == (
+        "verify",
+        "verify",
+        "crm",
+        "nas",
+    )
+    assert alert["archive"] == failed.archive
+    assert alert["run"] == report.run
+
+    # The command line says the same, and exits 1.
+    env = {"BACKUP_DIR": str(tmp_path / "backup"), "BACKUP_ALERT_LOG": str(tmp_path / "alerts.log")}
+    env |= {"BACKUP_TARGETS": "local,nas", "BACKUP_NAS_PATH": str(tmp_path / "nas")}
+    result = CliRunner().invoke(cli, ["verify", "--level", "full"], env=env)
+    assert result.exit_code == 1
+    assert "FAIL cell_crm_" in result.stderr and "on nas" in result.stderr
+    assert result.stdout.count("ok   ") == 3
+    assert [a["target"] for a in _alerts(tmp_path)] == ["nas", "nas"]
+
+    # quick cannot see a flipped byte on a plain directory (same size): that is full's job.
+    assert vault.verify(level="quick").ok
+
+
+def _no_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archive data and manifest copies may not be read (sidecars, a few hundred bytes, may)."""
+    original = LocalTarget.open_read
+
+    def refuse(self: LocalTarget, key: str) -> Any:
+        if key.endswith((".tar.zst", ".manifest.json.zst")):
+            raise AssertionError(f"quick verify read {key}")
+        return original(self, key)
+
+    monkeypatch.setattr(LocalTarget, "open_read", refuse)
+
+
+def test_quick_catches_a_truncated_object_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    data = _data(tmp_path / "nas", "crm")
+    _own_copy(data)
+    os.truncate(data, data.stat().st_size - 100)
+    _no_reads(monkeypatch)
+    report = vault.verify(level="quick")
+    bad = [(r.target, r.error) for r in report.results if not r.ok]
+    assert len(bad) == 1
+    assert bad[0][0] == "nas"
+    assert "truncated or replaced" in (bad[0][1] or "")
+    assert all(r.checks == ("size",) for r in report.results if r.ok)
+
+
+def test_quick_catches_a_swapped_or_missing_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    crm, billing = _data(tmp_path / "nas", "crm"), _data(tmp_path / "nas", "billing")
+    _own_copy(crm)
+    crm.write_bytes(billing.read_bytes())
+    (tmp_path / "backup" / "billing" / f"{billing.name.split('.')[0]}.manifest.json.zst").unlink()
+    _no_reads(monkeypatch)
+    report = vault.verify(level="quick")
+    errors = {(r.target, r.archive.split("_")[1]): r.error for r in report.results if not r.ok}
+    assert set(errors) == {("nas", "crm"), ("local", "billing")}
+    assert "sidecar says" in (errors["nas", "crm"] or "")
+    assert "manifest copy is missing" in (errors["local", "billing"] or "")
+
+
+def test_quick_after_backup_reads_nothing_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = _two_targets(tmp_path, verify_level="quick")
+    _no_reads(monkeypatch)
+    report = vault.backup()
+    assert report.ok
+    assert all(t.verified for c in report.cells for t in c.targets)
+    entry = vault.state.entry("crm", "nas")
+    assert entry["verify"]["quick"]["ok"] is True
+    assert "full" not in entry["verify"]
+
+
+def test_oss_quick_compares_the_crc64_oss_reports(tmp_path: Path, oss_bucket: OssBucket) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [crm]},
+        targets=[TargetSpec("oss", oss_bucket.url, oss_bucket.storage_options)],
+        extra={"BACKUP_ALERT_LOG": "off"},
+    )
+    report = vault.backup()
+    assert report.ok
+    (sidecar,) = vault.target("oss").archives("crm")
+    assert set(sidecar.checksums) == {"crc64ecma"}
+    ok = vault.verify(level="quick")
+    assert ok.ok and ok.results[0].checks == ("size", "crc64ecma")
+    # Same size, other bytes: only the store's own checksum can tell.
+    key = f"crm/{sidecar.data_name}"
+    original = oss_bucket.objects()[key]
+    oss_bucket.oss2_bucket().put_object(key, bytes(b ^ 1 for b in original))
+    bad = vault.verify(level="quick")
+    assert not bad.ok
+    assert "crc64ecma" in (bad.results[0].error or "")
+    assert not vault.verify(level="full").ok
+
+
+def test_s3_quick_compares_the_single_part_etag(tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [crm]},
+        targets=[TargetSpec("s3", s3_bucket.url, s3_bucket.storage_options)],
+        extra={"BACKUP_ALERT_LOG": "off"},
+    )
+    assert vault.backup().ok
+    (sidecar,) = vault.target("s3").archives("crm")
+    assert set(sidecar.checksums) == {"md5"}
+    assert vault.verify(level="quick").results[0].checks == ("size", "md5")
+    fs = s3_bucket.fs()
+    path = f"{s3_bucket.name}/crm/{sidecar.data_name}"
+    fs.pipe_file(path, bytes(b ^ 1 for b in fs.cat_file(path)))
+    bad = vault.verify(level="quick")
+    assert not bad.ok and "md5" in (bad.results[0].error or "")
+
+
+class HealthCheck:
+    """Records what each drill restored; fails for the cells in *sick*."""
+
+    def __init__(self, sick: frozenset[str] = frozenset()) -> None:
+        self.seen: dict[str, Any] = {}
+        self.sick = sick
+
+    @hookimpl
+    def cellvault_health_check(self, cell: Cell, meta: ArchiveMeta, root: Path) -> None:
+        self.seen[cell.name] = (str(meta.id), root, snapshot(root))
+        if cell.name in self.sick:
+            raise RuntimeError(f"{cell.name}: ledger does not open")
+
+
+def test_drill_restores_checks_and_measures(tmp_path: Path) -> None:
+    health = HealthCheck()
+    vault = _two_targets(tmp_path, plugins=[health])
+    backup = vault.backup()
+    assert backup.ok
+    report = vault.verify(level="drill", targets=["nas"])
+    assert report.ok, report
+    assert {r.level for r in report.results} == {"drill"}
+    crm = next(r for r in report.results if r.archive.startswith("cell_crm_"))
+    assert crm.target == "nas"
+    assert crm.files == 4 and crm.bytes == sum(len(v) for v in _bytes(SAMPLE).values())
+    assert crm.rto is not None and 0 < crm.rto < 30
+    archive, root, tree = health.seen["crm"]
+    assert archive == crm.archive
+    assert str(root).startswith(str(tmp_path / "backup" / ".cellvault" / "drill"))
+    assert any(k.endswith("/config.yaml") for k in tree)
+    # Cleaned up, and remembered.
+    assert not (tmp_path / "backup" / ".cellvault" / "drill").exists()
+    drill = vault.state.entry("crm", "nas")["drill"]
+    assert drill["ok"] is True and drill["rto"] == round(crm.rto, 3)
+    assert drill["archive"] == crm.archive
+
+
+def _bytes(files: dict[str, bytes | str]) -> dict[str, bytes]:
+    return {k: v.encode() if isinstance(v, str) else v for k, v in files.items()}
+
+
+def test_drill_tree_matches_the_live_data(tmp_path: Path) -> None:
+    health = HealthCheck()
+    vault = _two_targets(tmp_path, plugins=[health])
+    assert vault.backup().ok
+    assert vault.verify(level="drill", cells=["crm"], targets=["local"]).ok
+    _, _, tree = health.seen["crm"]
+    (name,) = {k.split("/")[0] for k in tree}
+    restored = {k.removeprefix(f"{name}/"): v for k, v in tree.items() if "/" in k}
+    assert restored == snapshot(tmp_path / "cells" / "crm")
+
+
+def test_failing_health_check_or_corrupt_copy_fails_the_drill(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path, plugins=[HealthCheck(sick=frozenset({"billing"}))])
+    assert vault.backup().ok
+    _flip_a_byte(_data(tmp_path / "nas", "crm"))
+    report = vault.verify(level="drill")
+    result = {(r.archive.split("_")[1], r.target): r for r in report.results}
+    assert result["crm", "local"].ok
+    assert not result["crm", "nas"].ok
+    assert "drill failed at fetch" in (result["crm", "nas"].error or "")
+    assert not result["billing", "local"].ok
+    assert "health check" in (result["billing", "local"].error or "")
+    assert "ledger does not open" in (result["billing", "local"].error or "")
+    alerts = {(a["cell"], a["target"]): a for a in _alerts(tmp_path)}
+    assert set(alerts) == {("crm", "nas"), ("billing", "local"), ("billing", "nas")}
+    assert {a["stage"] for a in alerts.values()} == {"drill"}
+    assert not (tmp_path / "backup" / ".cellvault" / "drill").exists()
+
+
+def test_drill_of_an_incremental_restores_its_chain(tmp_path: Path) -> None:
+    health = HealthCheck()
+    vault = _two_targets(tmp_path, plugins=[health])
+    assert vault.backup(["crm"]).ok
+    write_tree(tmp_path / "cells" / "crm", {"uploads/new.txt": "new\n"})
+    inc = vault.backup(["crm"], kind="incremental")
+    assert inc.cells[0].kind == "incremental"
+    report = vault.verify(level="drill", cells=["crm"], targets=["nas"])
+    assert report.ok
+    assert report.results[0].archive == inc.cells[0].archive
+    _, _, tree = health.seen["crm"]
+    assert any(k.endswith("uploads/new.txt") for k in tree)
+
+
+def test_cli_levels(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_TARGETS": "local,nas",
+        "BACKUP_NAS_PATH": str(tmp_path / "nas"),
+    }
+    runner = CliRunner()
+    quick = runner.invoke(cli, ["verify", "--level", "quick", "--cell", "crm"], env=env)
+    assert quick.exit_code == 0, quick.output
+    assert quick.stdout.count("size as recorded") == 2
+    drill = runner.invoke(
+        cli, ["--json", "verify", "--level", "drill", "--target", "nas", "--cell", "crm"], env=env
+    )
+    assert drill.exit_code == 0, drill.output
+    data = json.loads(drill.stdout)
+    (result,) = data["results"]
+    assert (result["level"], result["target"], result["files"]) == ("drill", "nas", 4)
+    assert result["rto"] > 0
+    text = runner.invoke(cli, ["verify", "--level", "drill", "--cell", "billing"], env=env)
+    assert "(RTO)" in text.stdout
+    bad = runner.invoke(cli, ["verify", "--level", "deep"], env=env)
+    assert bad.exit_code == 2
