@@ -114,3 +114,27 @@ autoload = false
     path.write_text(path.read_text().replace('type = "sqlite"', 'kind = "sqlite"'))
     with pytest.raises(ConfigError, match=r"\[cells.crm\] dumpers\[1\]: a dumper needs a type"):
         load_toml(path)
+
+
+def test_an_unset_password_variable_fails_the_dump_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CV_UNSET_PASSWORD", raising=False)
+    crm = tmp_path / "cells" / "crm"
+    crm.mkdir(parents=True)
+    config = load_env(
+        env(
+            tmp_path,
+            BACKUP_CELLS="crm",
+            BACKUP_CELL_CRM_DUMPERS="postgres",
+            BACKUP_CELL_CRM_DUMPER_POSTGRES_DSN="postgresql://crm@127.0.0.1/crm",
+            BACKUP_CELL_CRM_DUMPER_POSTGRES_PASSWORD_ENV="CV_UNSET_PASSWORD",
+        )
+    )
+    report = Vault(config, load_entry_points=False).backup()
+    (cell,) = report.cells
+    assert not cell.ok and cell.stage == "dump"
+    assert cell.error == (
+        "cell crm, dumper postgres: dumper postgres (type postgres): environment variable "
+        "CV_UNSET_PASSWORD (password_env) is not set"
+    )

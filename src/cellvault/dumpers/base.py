@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
-from ..errors import BackupError, ConfigError, RestoreError
+from ..errors import BackupError, CellvaultError, ConfigError, RestoreError
 from ..log import get_logger, redact, redact_text
 from ..manifest import Entry, Manifest
 
@@ -839,13 +839,16 @@ def write_dumps(
             scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
             dumper.dump(ctx)
         except Exception as exc:
-            if isinstance(exc, DumpError):
-                error = str(exc)
+            if isinstance(exc, CellvaultError):
+                # A known failure (a DumpError, a ConfigError such as an unset
+                # password_env): its message says it all.
+                error = str(exc) if ctx.where in str(exc) else f"{ctx.where}: {exc}"
             else:
                 dlog.exception("dump.crashed")
                 error = f"{ctx.where}: {type(exc).__name__}: {redact_text(str(exc))}"
+            # A failed dump fails the backup; in a safety backup, only a failed
+            # write does (the tar stream is then unusable).
             if reason != "pre-restore" or out.broken:
-                # A failed write leaves the tar stream unusable: nothing can follow it.
                 if isinstance(exc, DumpError):
                     raise
                 raise DumpError(error) from None
@@ -1116,6 +1119,8 @@ def load_staged_dumps(
                 dumper.load(ctx)
             except LoadError:
                 raise
+            except CellvaultError as exc:
+                raise LoadError(f"{where}: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - re-raised as a LoadError naming the cause
                 llog.exception("dump.load_crashed", dumper=dumper.name)
                 raise LoadError(f"{where}: {type(exc).__name__}: {redact_text(str(exc))}") from None
