@@ -48,7 +48,7 @@ class State:
         self.debug = debug
         self.progress = _Progress() if (sys.stderr.isatty() and not as_json) else None
 
-    def load(self) -> Config:
+    def load(self, *, warn_unknown: bool = True) -> Config:
         if self.config_path is not None:
             # The seed's RESTORE_* choices are made per run, in the environment:
             # they apply whatever file holds the rest of the configuration.
@@ -61,7 +61,7 @@ class State:
         config = load_env(None, self.env_file)
         env = dict(read_env_file(self.env_file)) if self.env_file is not None else {}
         env.update(os.environ)
-        for key, suggestion in unknown_env(env):
+        for key, suggestion in unknown_env(env) if warn_unknown else ():
             # A log event, so that --log-format json keeps stderr machine-readable.
             log.warning("config.unknown_variable", variable=key, did_you_mean=suggestion)
         return config
@@ -1038,6 +1038,92 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
         )
     for warning in report.warnings:
         click.echo(f"warn {warning}", err=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@cli.command()
+@click.option(
+    "--send-test-alert",
+    is_flag=True,
+    help="POST a test alert to BACKUP_ALERT_WEBHOOK (default: only a HEAD request, no message).",
+)
+@click.option(
+    "--no-probe",
+    is_flag=True,
+    help="Write no probe object: skip the target lines (the backup lines still list the targets).",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Hours the newest backup may be old (default: BACKUP_MAX_AGE_HOURS, else 26).",
+)
+@click.option(
+    "--drill-max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Days since the last passed restore drill (cellvault verify --level drill).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="Seconds each target and the webhook get to answer.",
+)
+@_json_option
+@pass_state
+def doctor(
+    state: State,
+    send_test_alert: bool,
+    no_probe: bool,
+    max_age: float | None,
+    drill_max_age: float,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Check, line by line, that this setup is ready for production.
+
+    The operations manual's checklist (section 7) as one command: the
+    configuration loads and names no unknown variable; every cell's paths
+    exist and are readable; every target is reachable and writable with its
+    credentials (a probe object .cellvault-doctor-<random> is written, read
+    back and removed); the alert webhook answers and the alert log is
+    writable; the newest backup of each cell is fresh and verified; a restore
+    drill passed recently. Each failure says what to do. Exits 1 when any
+    check failed, 0 otherwise (warnings included).
+    """
+    from .doctor import config_failed, format_report, run_checks
+
+    state.as_json = state.as_json or as_json
+    environ: dict[str, str] | None = None
+    if state.config_path is not None:
+        source = str(state.config_path)
+    else:
+        source = str(state.env_file) if state.env_file is not None else "environment"
+    with _errors(state):
+        try:
+            if state.config_path is None and (state.env_file is None or state.env_file.is_file()):
+                environ = dict(read_env_file(state.env_file)) if state.env_file else {}
+                environ.update(os.environ)
+            config = state.load(warn_unknown=False)
+        except ConfigError as exc:
+            report = config_failed(exc, environ=environ, source=source)
+        else:
+            report = run_checks(
+                config,
+                environ=environ,
+                source=source,
+                probe=not no_probe,
+                send_test_alert=send_test_alert,
+                max_age=max_age,
+                drill_max_age=drill_max_age,
+                timeout=timeout,
+            )
+    if state.as_json:
+        _emit_json(report.to_dict())
+    else:
+        format_report(report, click.echo)
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 

@@ -121,6 +121,13 @@ class RsyncTarget(Target):
             raise RsyncError(proc.returncode, proc.stderr)
         return proc
 
+    def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, RsyncError):
+            # 10 socket I/O, 12 protocol stream, 30 timeout, 35 daemon timeout;
+            # and two runs' --mkpath racing to create the same folder ("File exists").
+            return exc.code in (10, 12, 30, 35) or "File exists (17)" in str(exc)
+        return super().is_transient(exc)
+
     def put_file(self, local: Path, key: str) -> None:
         # --mkpath creates the cell's folder; rsync renames its temporary file into place.
         self._run(["--mkpath", "--no-perms", "--chmod=F0640", str(local), self._remote(key)])
