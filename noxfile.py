@@ -48,3 +48,13 @@ def docs(session: nox.Session) -> None:
     """Build the documentation (API reference from docstrings), failing on any warning."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark harness: cellvault against tar+zstd, restic and borg (not a default session).
+
+    Arguments go to benchmarks/run.py, e.g. ``nox -s bench -- --size 100M --repeat 1``.
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs)
