@@ -652,17 +652,7 @@ def _transfer(
 ) -> None:
     """Copy the data of one archive from *src* to *dst*, checking it as it streams."""
     key = f"{sidecar.id.cell}/{sidecar.data_name}"
-    try:
-        with src.guard(f"open archive {sidecar.id}", missing_ok=True):
-            raw = src.retrying(src.open_read, key)
-    except FileNotFoundError:
-        raise ArchiveCorrupt(
-            "its data is missing although its sidecar exists",
-            archive=str(sidecar.id),
-            target=src.name,
-            hint="the archive cannot be copied from this target",
-        ) from None
-    with raw:
+    with src.open_archive(sidecar) as raw:
         reader = _CheckingReader(raw, sidecar, src.name, progress)
         if dst.put_stream(key, cast(IO[bytes], reader)):
             return

@@ -1476,6 +1476,36 @@ class Vault:
         assert last_error is not None
         raise last_error
 
+    def _restore_failed(
+        self, plan: _Plan, run: str, stage: str, exc: BaseException, duration: float
+    ) -> CellRestore:
+        """Report and alert one cell's failed restore (nothing live was touched)."""
+        name = plan.cell.name
+        error = _error_text(exc)
+        if not isinstance(exc, CellvaultError):
+            log.exception("restore.crashed", cell=name, stage=stage)
+        self._failed(
+            Failure(
+                stage="restore",
+                error=error,
+                cell=name,
+                target=plan.target.name,
+                archive=str(plan.sidecar.id),
+                run=run,
+                host=self.host,
+                operation="restore",
+            )
+        )
+        return CellRestore(
+            cell=name,
+            ok=False,
+            archive=str(plan.sidecar.id),
+            target=plan.target.name,
+            stage=stage,
+            error=error,
+            duration=duration,
+        )
+
     @staticmethod
     def _prefer_scheduled(
         matching: builtins.list[ArchiveId], where: dict[ArchiveId, Target], selector: Selector
@@ -1533,33 +1563,10 @@ class Vault:
             stage = "check"
             tree.finish()
             swap.place()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported and alerted by _restore_failed
             if swap is not None:
                 swap.discard()
-            error = _error_text(exc)
-            if not isinstance(exc, CellvaultError):
-                log.exception("restore.crashed", cell=name, stage=stage)
-            self._failed(
-                Failure(
-                    stage="restore",
-                    error=error,
-                    cell=name,
-                    target=plan.target.name,
-                    archive=str(plan.sidecar.id),
-                    run=run,
-                    host=self.host,
-                    operation="restore",
-                )
-            )
-            return CellRestore(
-                cell=name,
-                ok=False,
-                archive=str(plan.sidecar.id),
-                target=plan.target.name,
-                stage=stage,
-                error=error,
-                duration=time.monotonic() - started,
-            )
+            return self._restore_failed(plan, run, stage, exc, time.monotonic() - started)
         assert swap is not None
         swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
         return swap
@@ -1604,31 +1611,10 @@ class Vault:
             self.plugins.hook.cellvault_restore_cell(
                 cell=plan.cell, meta=plan.sidecar.meta, staging=swap.staging, dumps=dumps
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported and alerted by _restore_failed
             shutil.rmtree(scratch, ignore_errors=True)
-            error = _error_text(exc)
-            if not isinstance(exc, CellvaultError):
-                log.exception("restore.crashed", cell=name, stage=stage)
-            self._failed(
-                Failure(
-                    stage="restore",
-                    error=error,
-                    cell=name,
-                    target=plan.target.name,
-                    archive=str(plan.sidecar.id),
-                    run=run,
-                    host=self.host,
-                    operation="restore",
-                )
-            )
-            return CellRestore(
-                cell=name,
-                ok=False,
-                archive=str(plan.sidecar.id),
-                target=plan.target.name,
-                stage=stage,
-                error=error,
-                duration=swap.duration + time.monotonic() - started,
+            return self._restore_failed(
+                plan, run, stage, exc, swap.duration + time.monotonic() - started
             )
         swap.duration += time.monotonic() - started
         return None
