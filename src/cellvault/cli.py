@@ -676,6 +676,18 @@ def _utc(when: Any) -> str:
     return str(when.isoformat()).replace("+00:00", "Z")
 
 
+def _echo_hooks_error_steps(report: Any) -> None:
+    """The end of a failover or failback report: plugin outcomes, the error, the manual steps."""
+    for hook in report.hooks:
+        if hook.ok:
+            click.echo(f"ok   failover plugin {hook.plugin}")
+        else:
+            click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)
+    if report.error:
+        click.echo(f"FAIL {report.error}", err=True)
+    _echo_steps(report.steps)
+
+
 def _echo_steps(steps: tuple[str, ...]) -> None:
     if steps:
         click.echo("Next steps:")
@@ -897,14 +909,7 @@ def failover(
             f"marker written to {', '.join(report.marker_written)}: site {report.marker.site_id} "
             f"active since {_utc(report.marker.at)}"
         )
-    for hook in report.hooks:
-        if hook.ok:
-            click.echo(f"ok   failover plugin {hook.plugin}")
-        else:
-            click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)
-    if report.error:
-        click.echo(f"FAIL {report.error}", err=True)
-    _echo_steps(report.steps)
+    _echo_hooks_error_steps(report)
     click.echo(f"failover to site {report.site}: {'ok' if report.ok else 'FAILED'}")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
@@ -979,14 +984,7 @@ def failback(
     if report.step == "handback" and report.marker is not None and report.marker.handback:
         for cell, archive in sorted(report.marker.handback.archives.items()):
             click.echo(f"handed back {cell}: {archive}")
-    for hook in report.hooks:
-        if hook.ok:
-            click.echo(f"ok   failover plugin {hook.plugin}")
-        else:
-            click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)
-    if report.error:
-        click.echo(f"FAIL {report.error}", err=True)
-    _echo_steps(report.steps)
+    _echo_hooks_error_steps(report)
     click.echo(f"failback ({report.step}) on site {report.site}: {'ok' if report.ok else 'FAILED'}")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 

@@ -1476,6 +1476,19 @@ class Vault:
         assert last_error is not None
         raise last_error
 
+    def _restore_failure(self, plan: _Plan, run: str, stage: str, error: str) -> Failure:
+        """The alert of a restore failure of *plan*'s cell at *stage*."""
+        return Failure(
+            stage=stage,
+            error=error,
+            cell=plan.cell.name,
+            target=plan.target.name,
+            archive=str(plan.sidecar.id),
+            run=run,
+            host=self.host,
+            operation="restore",
+        )
+
     def _restore_failed(
         self, plan: _Plan, run: str, stage: str, exc: BaseException, duration: float
     ) -> CellRestore:
@@ -1484,18 +1497,7 @@ class Vault:
         error = _error_text(exc)
         if not isinstance(exc, CellvaultError):
             log.exception("restore.crashed", cell=name, stage=stage)
-        self._failed(
-            Failure(
-                stage="restore",
-                error=error,
-                cell=name,
-                target=plan.target.name,
-                archive=str(plan.sidecar.id),
-                run=run,
-                host=self.host,
-                operation="restore",
-            )
-        )
+        self._failed(self._restore_failure(plan, run, "restore", error))
         return CellRestore(
             cell=name,
             ok=False,
@@ -1638,18 +1640,7 @@ class Vault:
             hook(cell=plan.cell, meta=plan.sidecar.meta, root=root)
         except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
             error = f"health check failed after the restore: {_error_text(exc)}"
-            self._failed(
-                Failure(
-                    stage="health",
-                    error=error,
-                    cell=name,
-                    target=plan.target.name,
-                    archive=str(plan.sidecar.id),
-                    run=run,
-                    host=self.host,
-                    operation="restore",
-                )
-            )
+            self._failed(self._restore_failure(plan, run, "health", error))
             return error
         finally:
             if links is not None:
