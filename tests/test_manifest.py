@@ -168,6 +168,48 @@ def test_manifest_round_trip_property(items: list[Entry]) -> None:
     assert Manifest.from_json(raw).entries == m.entries
 
 
+def dumps_whole(m: Manifest) -> bytes:
+    """The manifest as format v1 was first written: one json.dumps of the whole body."""
+    body = {"format": 1, "archive": m.archive, "entries": [e.to_dict() for e in m]}
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(entries(), max_size=20), st.sampled_from([ARCHIVE, 'odd "name" é']))
+def test_manifest_json_is_byte_for_byte_json_dumps(items: list[Entry], archive: str) -> None:
+    # Written entry by entry now; the bytes must not change (manifest copies are
+    # compared with the archive's, and older readers parse them).
+    m = Manifest(archive=archive)
+    for item in items:
+        m.add(item)
+    assert m.to_json() == dumps_whole(m)
+
+
+def test_manifest_json_odd_values_match_json_dumps() -> None:
+    m = sample()
+    m.add(Entry("data/crm/" + os.fsdecode(b"\xff\xfe") + '"\\\n\u2028数', "dir", 0, -5))
+    m.add(Entry("data/crm/nolink", "symlink", 0o777, 0, target=None))
+    m.add(Entry("data/crm/unhashed", "file", 0o644, 0, sha256=None, archive=None))
+    assert m.to_json() == dumps_whole(m)
+    assert Manifest(archive=ARCHIVE).to_json() == dumps_whole(Manifest(archive=ARCHIVE))
+
+
+def test_write_json_in_chunks_is_to_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cellvault.manifest
+
+    monkeypatch.setattr(cellvault.manifest, "JSON_CHUNK", 3)
+    m = Manifest(archive=ARCHIVE)
+    for i in range(10):  # three full chunks and a part
+        m.add(Entry(f"data/crm/f{i}", "file", 0o644, i, size=i, sha256="a" * 64, archive=ARCHIVE))
+    with open(tmp_path / "m.json", "w+b") as f:
+        size = m.write_json(f)
+        f.seek(0)
+        raw = f.read()
+    assert size == len(raw)
+    assert raw == dumps_whole(m)
+    assert Manifest.from_json(raw).entries == m.entries
+
+
 def test_manifest_of_a_backup_describes_every_path(tmp_path: Path) -> None:
     src = tmp_path / "crm"
     (src / "sub" / "deep").mkdir(parents=True)

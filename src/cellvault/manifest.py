@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from json.encoder import encode_basestring_ascii
+from typing import IO, Any, Literal
 
 import attrs
 
 from .errors import ArchiveCorrupt
 
 __all__ = ["Entry", "EntryType", "Manifest"]
+
+#: Entries serialised per chunk by :meth:`Manifest.write_json`.
+JSON_CHUNK = 2048
 
 EntryType = Literal["file", "dir", "symlink"]
 ENTRY_TYPES: tuple[str, ...] = ("file", "dir", "symlink")
@@ -62,26 +66,59 @@ class Entry:
             out["target"] = self.target
         return out
 
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict(), separators=(",", ":"))``, without the dict.
+
+        The manifest of a backup is serialised entry by entry (tens of thousands
+        of them): the same text, written directly, takes a third of the time.
+        """
+        head = (
+            f'{{"path":{_quote(self.path)},"type":"{self.type}","mode":{self.mode:d},'
+            f'"mtime_ns":{self.mtime_ns:d},"uid":{self.uid:d},"gid":{self.gid:d}'
+        )
+        if self.type == "file":
+            return (
+                f'{head},"size":{self.size:d},"sha256":{_quote_opt(self.sha256)},'
+                f'"archive":{_quote_opt(self.archive)},"inode":{self.inode:d},'
+                f'"dev":{self.dev:d},"ctime_ns":{self.ctime_ns:d}}}'
+            )
+        if self.type == "symlink":
+            return f'{head},"target":{_quote_opt(self.target)}}}'
+        return head + "}"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Entry:
-        for key in ("path", "sha256", "target", "archive"):
-            value = data.get(key) if key != "path" else data["path"]
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{key} of an entry is a {type(value).__name__}, not a string")
+        get = data.get
+        path, sha256, target, archive = data["path"], get("sha256"), get("target"), get("archive")
+        # One test for the usual case (a parent manifest has an entry per file).
+        if not (
+            type(path) is str
+            and (sha256 is None or type(sha256) is str)
+            and (target is None or type(target) is str)
+            and (archive is None or type(archive) is str)
+        ):
+            for key, value in (
+                ("path", path),
+                ("sha256", sha256),
+                ("target", target),
+                ("archive", archive),
+            ):
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"{key} of an entry is a {type(value).__name__}, not a string")
         return cls(
-            path=data["path"],
+            path=path,
             type=data["type"],
             mode=int(data["mode"]),
             mtime_ns=int(data["mtime_ns"]),
-            size=int(data.get("size", 0)),
-            sha256=data.get("sha256"),
-            target=data.get("target"),
-            uid=int(data.get("uid", 0)),
-            gid=int(data.get("gid", 0)),
-            inode=int(data.get("inode", 0)),
-            dev=int(data.get("dev", 0)),
-            ctime_ns=int(data.get("ctime_ns", 0)),
-            archive=data.get("archive"),
+            size=int(get("size", 0)),
+            sha256=sha256,
+            target=target,
+            uid=int(get("uid", 0)),
+            gid=int(get("gid", 0)),
+            inode=int(get("inode", 0)),
+            dev=int(get("dev", 0)),
+            ctime_ns=int(get("ctime_ns", 0)),
+            archive=archive,
         )
 
 
@@ -119,16 +156,48 @@ class Manifest:
         return sum(e.size for e in self.files())
 
     def to_json(self) -> bytes:
-        body = {"format": 1, "archive": self.archive, "entries": [e.to_dict() for e in self]}
-        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        """The manifest as ``manifest.json`` (format v1, see docs/format.md)."""
+        out = _Collect()
+        self.write_json(out)
+        return b"".join(out.parts)
+
+    def write_json(self, out: IO[bytes] | _Collect) -> int:
+        """Write :meth:`to_json`'s bytes into *out* a chunk at a time; return their number.
+
+        The whole text of a large manifest is never held at once (a backup
+        writes it into a spool file, and both of its copies come from there).
+        """
+        written = out.write(b'{"format":1,"archive":%s,"entries":[' % _quote(self.archive).encode())
+        entries = list(self.entries.values())
+        for start in range(0, len(entries), JSON_CHUNK):
+            text = ",".join(e.to_json() for e in entries[start : start + JSON_CHUNK])
+            written += out.write((text if start == 0 else "," + text).encode())
+        written += out.write(b"]}\n")
+        return written
 
     @classmethod
     def from_json(cls, raw: bytes, *, archive: str = "?") -> Manifest:
+        # Each entry becomes an Entry as soon as the parser has read it (object_hook):
+        # the parsed dicts of a large manifest are never all alive at once. The few
+        # archive ids are shared by all the entries that name them.
+        ids: dict[str, str] = {}
+
+        def entry(item: dict[str, Any]) -> Any:
+            if "path" not in item:
+                return item
+            holder = item.get("archive")
+            if type(holder) is str:
+                item["archive"] = ids.setdefault(holder, holder)
+            return Entry.from_dict(item)
+
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_hook=entry)
             manifest = cls(archive=str(data["archive"]))
+            add = manifest.add
             for item in data["entries"]:
-                manifest.add(Entry.from_dict(item))
+                if not isinstance(item, Entry):
+                    raise TypeError(f"an entry is a {type(item).__name__}, not an object")
+                add(item)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArchiveCorrupt(
                 f"manifest is unusable ({type(exc).__name__}: {exc})",
@@ -136,3 +205,24 @@ class Manifest:
                 member="manifest.json",
             ) from None
         return manifest
+
+
+def _quote(text: str) -> str:
+    # json.dumps's own encoder for strings (ensure_ascii): the very same bytes.
+    quoted: str = encode_basestring_ascii(text)
+    return quoted
+
+
+def _quote_opt(text: str | None) -> str:
+    return "null" if text is None else _quote(text)
+
+
+class _Collect:
+    """A sink for :meth:`Manifest.write_json` that keeps the parts."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        return len(data)

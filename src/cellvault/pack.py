@@ -4,6 +4,10 @@ The archive is written once into a spool directory; targets then store that
 file. Memory stays bounded whatever the file sizes: files are read in 1 MiB
 blocks, hashed while read, and tar bookkeeping is dropped as it goes. Only the
 manifest (one small record per path) is held for the whole run.
+
+Files are opened and read a little ahead of the tar writer by a few threads
+(:class:`_ReadAhead`), so that the disk's latency for one small file overlaps
+the compression of the ones before it; the bytes read ahead are bounded.
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import fnmatch
 import hashlib
-import io
 import os
+import re
 import shutil
 import stat
 import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -45,6 +53,23 @@ BLOCK = 1 << 20
 RACY_NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
+#: Read-ahead: threads that open and read the next files, and the bounds on what
+#: they hold. Files up to READ_WHOLE are read whole into memory; larger ones are
+#: only opened, and the kernel asked to read them ahead into its page cache
+#: (READ_WINDOW bytes at a time: not in this process's memory). READ_BUDGET bounds
+#: the bytes of both kinds ahead of the writer, READ_ITEMS the paths. One thread:
+#: it hides the disk's latency as well as four did on a cold cache, and every
+#: further thread costs the packer in GIL hand-offs (500 MiB warm, 2 cores,
+#: alternating runs: 1 thread 3.8-4.1 s, 2 threads 4.3-4.9 s, 4 threads 5.0-5.2 s).
+READ_THREADS = 1
+READ_BUDGET = 32 << 20
+READ_ITEMS = 512
+READ_WHOLE = 256 << 10
+READ_WINDOW = 8 << 20
+#: Larger files held open ahead of the writer (cells may be packed in parallel:
+#: this keeps a run far from the limit on open files).
+READ_OPEN = 16
+
 
 @attrs.frozen
 class PackResult:
@@ -67,20 +92,186 @@ class PackResult:
     dumps: tuple[DumpSummary, ...] = ()
 
 
-class _Sink:
-    """The tar writer's output: counts bytes so that ``tell()`` works on a stream."""
+# -- the tar stream ----------------------------------------------------------------
+#
+# The packer writes tar headers itself: tarfile's TarFile.addfile copies each
+# TarInfo and builds a PAX header through dicts and several encodings, about half
+# of the Python calls of a backup (every member needs a PAX header, as mtimes have
+# nanoseconds). The bytes are exactly those of tarfile's PAX_FORMAT with
+# encoding utf-8 and errors surrogateescape (tests/test_pack_tar.py compares them).
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.pos = 0
+_RECORD = tarfile.RECORDSIZE
+_MAGIC_TAIL = tarfile.POSIX_MAGIC + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
+_ZEROS = bytes(BLOCK)
 
-    def write(self, data: Any) -> int:
-        n = self.raw.write(data)
-        self.pos += len(data)
-        return n if n is not None else len(data)
 
-    def tell(self) -> int:
-        return self.pos
+def _ustar(
+    name: str, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: str
+) -> bytes:
+    """One ustar header block; the numbers must fit (the PAX header carries the rest)."""
+    head = b"".join(
+        (
+            name.encode("ascii", "replace")[:100].ljust(100, b"\0"),
+            b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode, uid, gid, size, mtime),
+            kind,
+            link.encode("ascii", "replace")[:100].ljust(100, b"\0") if link else _ZEROS[:100],
+            _MAGIC_TAIL,
+        )
+    )
+    return b"%s%06o\0%s" % (head[:148], sum(head), head[155:])
+
+
+def _pax_record(keyword: bytes, value: bytes) -> bytes:
+    # The length prefix counts its own digits (tarfile's loop, same result).
+    length = len(keyword) + len(value) + 3
+    n = p = 0
+    while True:
+        n = length + len(str(p))
+        if n == p:
+            break
+        p = n
+    return b"%d %s=%s\n" % (p, keyword, value)
+
+
+_PAX_HEADS: dict[int, bytes] = {}
+
+
+def _pax_head(length: int) -> bytes:
+    # Only the size differs between PAX headers: one block per payload length.
+    head = _PAX_HEADS.get(length)
+    if head is None:
+        head = _ustar("././@PaxHeader", 0, 0, 0, length, 0, tarfile.XHDTYPE, "")
+        _PAX_HEADS[length] = head
+    return head
+
+
+def tar_header(
+    name: str,
+    kind: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: float,
+    link: str = "",
+) -> bytes:
+    """The header blocks of one member, as ``tarfile`` writes them in PAX_FORMAT.
+
+    *mtime* is an int, or a float when it has a fraction (then the PAX header
+    keeps it and the ustar field has it rounded), as in :class:`tarfile.TarInfo`.
+    """
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    pax: dict[str, str] | None = None
+    if len(name) > 100 or not name.isascii():
+        pax = {"path": name}
+    if link and (len(link) > 100 or not link.isascii()):
+        pax = pax or {}
+        pax["linkpath"] = link
+    numbers = [uid, gid, size, 0]
+    for i, key, limit, val in (
+        (0, "uid", 8**7, uid),
+        (1, "gid", 8**7, gid),
+        (2, "size", 8**11, size),
+        (3, "mtime", 8**11, mtime),
+    ):
+        if isinstance(val, float):
+            whole = round(val)
+            numbers[i] = whole if 0 <= whole < limit else 0
+            pax = pax or {}
+            pax[key] = str(val)
+        elif 0 <= val < limit:
+            numbers[i] = val
+        else:
+            numbers[i] = 0
+            pax = pax or {}
+            pax[key] = str(val)
+    header = _ustar(name, mode & 0o7777, numbers[0], numbers[1], numbers[2], numbers[3], kind, link)
+    if pax is None:
+        return header
+    binary = False
+    for value in pax.values():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            binary = True
+            break
+    # Undecodable names (surrogate escapes) go out as their original bytes.
+    records = [b"21 hdrcharset=BINARY\n"] if binary else []
+    errors = "surrogateescape" if binary else "strict"
+    for key, value in pax.items():
+        records.append(_pax_record(key.encode(), value.encode("utf-8", errors)))
+    payload = b"".join(records)
+    return b"".join((_pax_head(len(payload)), payload, _ZEROS[: -len(payload) % 512], header))
+
+
+class _TarWriter:
+    """Writes a tar stream into *fileobj*: the part of tarfile.TarFile that packing uses.
+
+    ``addfile`` and ``members`` are there for the dumpers (see
+    :func:`cellvault.dumpers.base.write_dumps`), which build TarInfo objects;
+    the packer writes headers and data directly.
+    """
+
+    def __init__(self, fileobj: Any) -> None:
+        self.fileobj = fileobj
+        self.offset = 0
+        #: Always empty: nothing is kept per member.
+        self.members: list[tarfile.TarInfo] = []
+
+    def write(self, data: bytes) -> None:
+        self.fileobj.write(data)
+        self.offset += len(data)
+
+    def pad(self) -> None:
+        """End a member's data with zeros to a whole block."""
+        pad = -self.offset % 512
+        if pad:
+            self.fileobj.write(_ZEROS[:pad])
+            self.offset += pad
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: IO[bytes] | None = None) -> None:
+        if tarinfo.uname or tarinfo.gname or tarinfo.pax_headers or tarinfo.isdev():
+            # Fields tar_header does not write: tarfile's own header, same format.
+            header = tarinfo.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        else:
+            header = tar_header(
+                tarinfo.name,
+                tarinfo.type,
+                tarinfo.mode,
+                tarinfo.uid,
+                tarinfo.gid,
+                tarinfo.size,
+                tarinfo.mtime,
+                tarinfo.linkname,
+            )
+        self.write(header)
+        if fileobj is None:
+            return
+        left = tarinfo.size
+        while left > 0:
+            want = min(BLOCK, left)
+            block = fileobj.read(want)
+            if len(block) < want:
+                raise OSError("unexpected end of data")  # as tarfile.copyfileobj
+            self.write(block)
+            left -= want
+        self.pad()
+
+    def close(self) -> None:
+        self.write(_ZEROS[:1024])
+        pad = -self.offset % _RECORD
+        if pad:
+            self.write(_ZEROS[:pad])
+
+
+def _mtime(mtime_ns: int) -> float:
+    # PAX keeps sub-second mtimes; the manifest keeps the exact nanoseconds.
+    return mtime_ns / 1e9 if mtime_ns % 1_000_000_000 else mtime_ns // 1_000_000_000
+
+
+def _no_progress(n: int) -> None:
+    pass
 
 
 class _FileSource:
@@ -88,10 +279,12 @@ class _FileSource:
 
     A file that shrinks while it is read is padded with zeros so that the tar
     stays valid; the manifest then records the hash of what was stored and a
-    warning names the file.
+    warning names the file. A file that grows is stored at its scanned size.
     """
 
-    def __init__(self, raw: IO[bytes], size: int, progress: Callable[[int], None]) -> None:
+    def __init__(
+        self, raw: IO[bytes], size: int, progress: Callable[[int], None] = _no_progress
+    ) -> None:
         self.raw = raw
         self.remaining = size
         self.digest = hashlib.sha256()
@@ -103,12 +296,175 @@ class _FileSource:
             n = self.remaining
         data = self.raw.read(n)
         if len(data) < n:
-            self.short = True
-            data = data + b"\0" * (n - len(data))
+            # One read may return less than asked (a FUSE or network file system):
+            # only an empty read is the end of the file.
+            parts = [data]
+            got = len(data)
+            while got < n:
+                more = self.raw.read(n - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+            if got < n:
+                self.short = True
+                data += _ZEROS[: n - got] if n - got <= BLOCK else bytes(n - got)
         self.remaining -= n
         self.digest.update(data)
         self.progress(n)
         return data
+
+
+class _Opened:
+    """A file opened (and read in part or whole) by a read-ahead thread."""
+
+    __slots__ = ("head", "source")
+
+    def __init__(self, source: _FileSource, head: bytes) -> None:
+        self.source = source
+        #: All of a small file, already hashed; nothing of a larger one.
+        self.head = head
+
+
+def _open_ahead(path: str, size: int) -> _Opened:
+    """Open *path*; read it whole if it is small, else start the kernel reading it."""
+    raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed here or by the packer
+    try:
+        source = _FileSource(raw, size)
+        if size <= READ_WHOLE:
+            head = source.read(size)
+            raw.close()
+        else:
+            # Not read here: bytes held in this process would be its memory, the
+            # kernel's read-ahead is not (and is as far ahead when the writer comes).
+            head = b""
+            with contextlib.suppress(OSError):
+                fd = raw.fileno()
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                os.posix_fadvise(fd, 0, READ_WINDOW, os.POSIX_FADV_WILLNEED)
+    except BaseException:
+        raw.close()
+        raise
+    return _Opened(source, head)
+
+
+def _close_opened(future: Future[_Opened]) -> None:
+    if future.done() and not future.cancelled() and future.exception() is None:
+        future.result().source.raw.close()
+
+
+class _ReadAhead:
+    """Open and read files in walk order on a few threads, a bounded way ahead.
+
+    :meth:`items` passes the walk's items through in order; for each file to
+    store it starts :func:`_open_ahead` as soon as the item enters the window
+    (at most :data:`READ_ITEMS` items, :data:`READ_BUDGET` bytes and
+    :data:`READ_OPEN` open files ahead) and
+    hands out its future, whose result (or error) the packer takes in order.
+    :meth:`close` stops the threads and closes whatever was opened and not
+    taken; no thread outlives it.
+    """
+
+    def __init__(
+        self, threads: int | None = None, budget: int | None = None, items: int | None = None
+    ) -> None:
+        self.threads = threads or READ_THREADS
+        self.budget = budget or READ_BUDGET
+        self.max_items = items or READ_ITEMS
+        self._pool: ThreadPoolExecutor | None = None
+        self._window: deque[tuple[_Item, Future[_Opened] | None, int]] = deque()
+
+    def _submit(self, item: _Item) -> tuple[_Item, Future[_Opened] | None, int]:
+        if item[0] != _FILE:
+            return item, None, 0
+        if self._pool is None:
+            # Started on the first file to read: an incremental with nothing
+            # changed starts no thread.
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cellvault-read")
+        size: int = item[3].st_size
+        return item, self._pool.submit(_open_ahead, item[1], size), min(size, READ_WINDOW)
+
+    def items(self, walk: Iterator[_Item]) -> Iterator[tuple[_Item, Future[_Opened] | None]]:
+        window = self._window
+        held = 0  # bytes ahead: read into memory, or asked of the kernel
+        opened = 0  # larger files open ahead
+        more = True
+        while True:
+            while (
+                more and len(window) < self.max_items and held < self.budget and opened < READ_OPEN
+            ):
+                item = next(walk, None)
+                if item is None:
+                    more = False
+                    break
+                entry = self._submit(item)
+                held += entry[2]
+                opened += entry[2] > READ_WHOLE
+                window.append(entry)
+            if not window:
+                return
+            item, future, cost = window[0]
+            yield item, future
+            # Taken only now: if the packer failed on it, close() still sees it.
+            window.popleft()
+            held -= cost
+            opened -= cost > READ_WHOLE
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for _, future, _ in self._window:
+            if future is not None:
+                _close_opened(future)
+        self._window.clear()
+
+
+# The walk's items, in archive order (tuples: built once per path, cheap to pass).
+_DIR, _LINK, _FILE, _SAME, _WARN = range(5)
+#: (kind, path, member name, stat, extra): extra is the link's target for _LINK,
+#: the parent's entry (or None) for _FILE, the entry to list for _SAME, the
+#: message for _WARN.
+_Item = tuple[int, str, str, Any, Any]
+
+
+def _excluder(cell: Cell) -> Callable[[str, str], bool] | None:
+    """``cell.excludes`` for a relative path given as text and its last name.
+
+    None when the cell excludes nothing (the walk then skips the test).
+
+    The same rules as :func:`cellvault.cell.is_excluded` (a pattern with a ``/``
+    matches the path relative to the cell path, one without matches any name),
+    compiled once into two regular expressions instead of a PurePosixPath and
+    an fnmatch per pattern for every path.
+    """
+    if type(cell).excludes is not Cell.excludes:  # a subclass with its own rules
+        return lambda rel, name: cell.excludes(PurePosixPath(rel))
+    if not cell.exclude:
+        return None
+    by_path: list[str] = []
+    by_name: list[str] = []
+    for pattern in cell.exclude:
+        pat = pattern.rstrip("/")
+        if "/" in pat:
+            by_path.append(fnmatch.translate(pat.lstrip("/")))
+        else:
+            by_name.append(fnmatch.translate(pat))
+    path_match = re.compile("|".join(by_path)).match if by_path else None
+    name_match = re.compile("|".join(by_name)).match if by_name else None
+
+    def excludes(rel: str, name: str) -> bool:
+        return bool(
+            (name_match is not None and name_match(name))
+            or (path_match is not None and path_match(rel))
+        )
+
+    return excludes
+
+
+def _by_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 @attrs.define
@@ -146,15 +502,22 @@ class Packer:
     _bytes_total: int = attrs.field(init=False, default=0)
     _done: int = attrs.field(init=False, default=0)
     _last_report: float = attrs.field(init=False, default=0.0)
+    #: This archive's id, one string shared by the entries of the files it stores.
+    _archive: str = attrs.field(init=False, default="")
+    #: A file modified before this instant (ns) cannot have changed unseen since the parent.
+    _racy_before: int | None = attrs.field(init=False, default=None)
 
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
-        self._manifest = Manifest(archive=str(self.ident))
+        self._archive = str(self.ident)
+        self._manifest = Manifest(archive=self._archive)
         backed_at = dt.datetime.now(dt.UTC)
         kind = "incremental" if self.parent is not None else "full"
         chain: tuple[ArchiveId, ...] = ()
         if self.parent_meta is not None:
             chain = (*self.parent_meta.chain, self.parent_meta.id)
+            scan_ns = (self.parent_meta.backed_at - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+            self._racy_before = scan_ns - RACY_NS
         roots: dict[str, Path] = {}
         dumps: list[DumpSummary] = []
         for name, path in self.cell.roots.items():
@@ -201,46 +564,46 @@ class Packer:
                 # it is empty: another cell may have done so just now. Again.
                 if attempt == 4:
                     raise
+        manifest_json: IO[bytes] | None = None
         try:
             with out as raw:
                 hashing = HashingWriter(raw)
                 compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
-                sink = _Sink(compressor)
-                tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]  # noqa: SIM115 - closed below, or dropped on failure
-                tar.copybufsize = BLOCK
-                try:
-                    self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
-                    for name, path in roots.items():
-                        self._add_tree(tar, path, PurePosixPath("data", name), PurePosixPath())
-                    if self.dumpers:
-                        dumps = write_dumps(
-                            tar,
-                            self._manifest,
-                            self.dumpers,
-                            cell=self.cell,
-                            archive=str(self.ident),
-                            spool=self.spool,
-                            reason=self.reason,
-                            chunk=self.dump_chunk,
-                            on_progress=self._progress,
-                            warn=self._warnings.append,
-                        )
-                    self._add_bytes(tar, "manifest.json", self._manifest.to_json(), backed_at)
-                    tar.close()
-                    compressor.close()
-                except BaseException:
-                    tar.fileobj = None
-                    raise
+                tar = _TarWriter(compressor)
+                self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
+                self._add_trees(tar, roots)
+                if self.dumpers:
+                    dumps = write_dumps(
+                        tar,
+                        self._manifest,
+                        self.dumpers,
+                        cell=self.cell,
+                        archive=self._archive,
+                        spool=self.spool,
+                        reason=self.reason,
+                        chunk=self.dump_chunk,
+                        on_progress=self._progress,
+                        warn=self._warnings.append,
+                    )
+                # The manifest goes through a spool file, never whole in memory; its
+                # compressed copy is made from the same file below.
+                manifest_json = tempfile.TemporaryFile(dir=self.spool)  # noqa: SIM115 - closed below
+                self._add_manifest(tar, manifest_json, backed_at)
+                tar.close()
+                compressor.close()
                 raw.flush()
                 os.fsync(raw.fileno())
         except BaseException:
             # A failed pack leaves nothing in the spool (the run removes its empty folder).
             with contextlib.suppress(OSError):
                 partial.unlink()
+            if manifest_json is not None:
+                manifest_json.close()
             raise
         os.replace(partial, final)
         manifest_path = self.spool / f"{self.ident}.manifest.json.zst"
-        _write_manifest_copy(manifest_path, self._manifest)
+        with manifest_json:
+            _write_manifest_copy(manifest_path, manifest_json)
         return PackResult(
             meta=meta,
             manifest=self._manifest,
@@ -256,112 +619,176 @@ class Packer:
         )
 
     # -- the walk --------------------------------------------------------
+    #
+    # The walk (main thread) yields items in archive order; _ReadAhead opens and
+    # reads the files among them on its threads, ahead of the writer; _add_trees
+    # writes the members in that same order. Paths are strings: pathlib per file
+    # cost a third of a walk.
 
-    def _add_tree(
-        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, rel: PurePosixPath
-    ) -> None:
+    def _add_trees(self, tar: _TarWriter, roots: dict[str, Path]) -> None:
+        ahead = _ReadAhead()
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            self._warn(f"{path} vanished during the scan; not in this archive")
-            return
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            self._add_dir(tar, path, member, rel, st)
-        elif stat.S_ISREG(mode):
-            self._add_file(tar, path, member, st)
-        elif stat.S_ISLNK(mode):
-            self._add_symlink(tar, path, member, st)
-        else:
-            kind = _special_kind(mode)
-            self._warn(f"{path} is a {kind}; skipped (only files, directories and links are kept)")
+            for item, future in ahead.items(self._walk(roots)):
+                kind = item[0]
+                if kind == _SAME:
+                    self._manifest.add(item[4])
+                elif kind == _FILE:
+                    assert future is not None
+                    self._add_file(tar, item, future)
+                elif kind == _DIR:
+                    self._add_dir(tar, item[2], item[3])
+                elif kind == _LINK:
+                    self._add_symlink(tar, item[2], item[3], item[4])
+                else:
+                    self._warn(item[4])
+        finally:
+            ahead.close()
 
-    def _add_dir(
-        self,
-        tar: tarfile.TarFile,
-        path: Path,
-        member: PurePosixPath,
-        rel: PurePosixPath,
-        st: os.stat_result,
-    ) -> None:
-        entry = Entry(
-            path=member.as_posix(),
-            type="dir",
-            mode=stat.S_IMODE(st.st_mode),
-            mtime_ns=st.st_mtime_ns,
-            uid=st.st_uid,
-            gid=st.st_gid,
-        )
-        info = self._tarinfo(entry, tarfile.DIRTYPE)
-        tar.addfile(info)
-        tar.members.clear()  # type: ignore[attr-defined]
-        self._manifest.add(entry)
+    def _walk(self, roots: dict[str, Path]) -> Iterator[_Item]:
+        for name, root in roots.items():
+            path = str(root)
+            member = f"data/{name}"
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                yield (
+                    _WARN,
+                    path,
+                    member,
+                    None,
+                    f"{path} vanished during the scan; not in this archive",
+                )
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._walk_dir(path, member, st)
+            else:
+                yield self._item(path, member, st)
+
+    def _walk_dir(self, path: str, member: str, st: os.stat_result) -> Iterator[_Item]:
+        # Depth first, names sorted, as a stack of directory listings (a generator
+        # per level would pass every item up through each level).
+        excludes = _excluder(self.cell)
+        item = self._item
+        yield (_DIR, path, member, st, None)
+        stack = [(self._list(path), path + "/", member + "/", "")]
+        while stack:
+            entries, base, mbase, rbase = stack[-1]
+            for entry in entries:
+                name = entry.name
+                rel = rbase + name
+                if excludes is not None and excludes(rel, name):
+                    continue
+                child = base + name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    yield (
+                        _WARN,
+                        child,
+                        "",
+                        None,
+                        f"{child} vanished during the scan; not in this archive",
+                    )
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    cmember = mbase + name
+                    yield (_DIR, child, cmember, st, None)
+                    stack.append((self._list(child), child + "/", cmember + "/", rel + "/"))
+                    break
+                yield item(child, mbase + name, st)
+            else:
+                stack.pop()
+
+    def _list(self, path: str) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(path) as it:
-                names = sorted(e.name for e in it)
+                entries = sorted(it, key=_by_name)
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot list {path}: permission denied",
                 hint="run the backup as a user that can read the cell's data",
             ) from None
-        for name in names:
-            child_rel = rel / name
-            if self.cell.excludes(child_rel):
-                continue
-            self._add_tree(tar, path / name, member / name, child_rel)
+        return iter(entries)
 
-    def _add_symlink(
-        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, st: os.stat_result
-    ) -> None:
-        try:
-            target = os.readlink(path)
-        except FileNotFoundError:
-            self._warn(f"{path} vanished during the scan; not in this archive")
-            return
-        entry = Entry(
-            path=member.as_posix(),
-            type="symlink",
-            mode=stat.S_IMODE(st.st_mode),
-            mtime_ns=st.st_mtime_ns,
-            target=target,
-            uid=st.st_uid,
-            gid=st.st_gid,
+    def _item(self, path: str, member: str, st: os.stat_result) -> _Item:
+        """The item of a path that is not a directory."""
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self._bytes_total += st.st_size
+            prev = self.parent.get(member) if self.parent is not None else None
+            if prev is not None and not self.checksum and self._unchanged(prev, st):
+                if prev.uid != st.st_uid or prev.gid != st.st_gid:
+                    prev = attrs.evolve(prev, uid=st.st_uid, gid=st.st_gid)
+                return (_SAME, path, member, st, prev)
+            return (_FILE, path, member, st, prev)
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(path)
+            except FileNotFoundError:
+                return (
+                    _WARN,
+                    path,
+                    member,
+                    st,
+                    f"{path} vanished during the scan; not in this archive",
+                )
+            return (_LINK, path, member, st, target)
+        kind = _special_kind(mode)
+        message = f"{path} is a {kind}; skipped (only files, directories and links are kept)"
+        return (_WARN, path, member, st, message)
+
+    def _add_dir(self, tar: _TarWriter, member: str, st: os.stat_result) -> None:
+        mode = stat.S_IMODE(st.st_mode)
+        mtime_ns = st.st_mtime_ns
+        uid, gid = st.st_uid, st.st_gid
+        tar.write(tar_header(member, tarfile.DIRTYPE, mode, uid, gid, 0, _mtime(mtime_ns)))
+        self._manifest.add(
+            Entry(path=member, type="dir", mode=mode, mtime_ns=mtime_ns, uid=uid, gid=gid)
         )
-        info = self._tarinfo(entry, tarfile.SYMTYPE)
-        info.linkname = target
-        tar.addfile(info)
-        tar.members.clear()  # type: ignore[attr-defined]
-        self._manifest.add(entry)
 
-    def _add_file(
-        self, tar: tarfile.TarFile, path: Path, member: PurePosixPath, st: os.stat_result
-    ) -> None:
-        name = member.as_posix()
-        self._bytes_total += st.st_size
-        prev = self.parent.get(name) if self.parent is not None else None
-        if prev is not None and not self.checksum and self._unchanged(prev, st):
-            self._manifest.add(attrs.evolve(prev, uid=st.st_uid, gid=st.st_gid))
-            return
+    def _add_symlink(self, tar: _TarWriter, member: str, st: os.stat_result, target: str) -> None:
+        mode = stat.S_IMODE(st.st_mode)
+        mtime_ns = st.st_mtime_ns
+        uid, gid = st.st_uid, st.st_gid
+        tar.write(tar_header(member, tarfile.SYMTYPE, mode, uid, gid, 0, _mtime(mtime_ns), target))
+        self._manifest.add(
+            Entry(
+                path=member,
+                type="symlink",
+                mode=mode,
+                mtime_ns=mtime_ns,
+                target=target,
+                uid=uid,
+                gid=gid,
+            )
+        )
+
+    def _add_file(self, tar: _TarWriter, item: _Item, future: Future[_Opened]) -> None:
+        _, path, name, st, prev = item
+        size = st.st_size
         try:
-            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after tar reads it
+            opened = future.result()
         except FileNotFoundError:
             self._warn(f"{path} vanished during the scan; not in this archive")
-            self._bytes_total -= st.st_size
+            self._bytes_total -= size
             return
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot read {path}: permission denied",
                 hint="run the backup as a user that can read the cell's data",
             ) from None
-        with raw:
-            if (
-                self.checksum
-                and prev is not None
-                and prev.type == "file"
-                and prev.size == st.st_size
-            ):
-                digest = _hash_file(raw)
-                if digest == prev.sha256 and stat.S_IMODE(st.st_mode) == prev.mode:
+        source, head = opened.source, opened.head
+        raw = source.raw
+        mode = stat.S_IMODE(st.st_mode)
+        try:  # a small file is closed already: closing again is harmless
+            if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
+                digest = source.digest
+                if source.remaining:
+                    # A large file: hash the rest (to its end, as it is now), then
+                    # read it again from the start if it is to be stored.
+                    for block in iter(lambda: raw.read(BLOCK), b""):
+                        digest.update(block)
+                if digest.hexdigest() == prev.sha256 and mode == prev.mode:
                     self._manifest.add(
                         attrs.evolve(
                             prev,
@@ -374,32 +801,60 @@ class Packer:
                         )
                     )
                     return
-                raw.seek(0)
-            entry = Entry(
-                path=name,
-                type="file",
-                mode=stat.S_IMODE(st.st_mode),
-                mtime_ns=st.st_mtime_ns,
-                size=st.st_size,
-                uid=st.st_uid,
-                gid=st.st_gid,
-                inode=st.st_ino,
-                dev=st.st_dev,
-                ctime_ns=st.st_ctime_ns,
-                archive=str(self.ident),
+                if size > READ_WHOLE:
+                    raw.seek(0)
+                    source = _FileSource(raw, size)
+                    head = b""
+            tar.write(
+                tar_header(
+                    name, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size, _mtime(st.st_mtime_ns)
+                )
             )
-            info = self._tarinfo(entry, tarfile.REGTYPE)
-            info.size = st.st_size
-            source = _FileSource(raw, st.st_size, self._progress)
-            tar.addfile(info, source)
-            tar.members.clear()  # type: ignore[attr-defined]
+            if head:
+                tar.write(head)
+                self._progress(len(head))
+            if source.remaining:
+                self._copy_rest(tar, source, size)
+            tar.pad()
+        finally:
+            raw.close()
         if source.short:
             self._warn(
                 f"{path} shrank while it was read; stored padded with zeros, back it up again"
             )
         self._files_stored += 1
-        self._bytes_stored += st.st_size
-        self._manifest.add(attrs.evolve(entry, sha256=source.digest.hexdigest()))
+        self._bytes_stored += size
+        self._manifest.add(
+            Entry(
+                path=name,
+                type="file",
+                mode=mode,
+                mtime_ns=st.st_mtime_ns,
+                size=size,
+                sha256=source.digest.hexdigest(),
+                uid=st.st_uid,
+                gid=st.st_gid,
+                inode=st.st_ino,
+                dev=st.st_dev,
+                ctime_ns=st.st_ctime_ns,
+                archive=self._archive,
+            )
+        )
+
+    def _copy_rest(self, tar: _TarWriter, source: _FileSource, size: int) -> None:
+        """Copy a large file's remaining bytes, keeping the kernel reading ahead of us."""
+        source.progress = self._progress
+        fd = source.raw.fileno()
+        pos = size - source.remaining
+        advised = READ_WINDOW  # the read-ahead thread asked for the first window
+        while source.remaining:
+            if pos + READ_WINDOW // 2 > advised:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, advised, READ_WINDOW, os.POSIX_FADV_WILLNEED)
+                advised += READ_WINDOW
+            block = source.read(BLOCK)
+            tar.write(block)
+            pos += len(block)
 
     def _unchanged(self, prev: Entry, st: os.stat_result) -> bool:
         if prev.type != "file" or prev.archive is None:
@@ -414,37 +869,34 @@ class Packer:
             return False
         # Racy: modified so close to the parent's scan that a change in the
         # same timestamp tick would not show. Store it again.
-        assert self.parent_meta is not None
-        scan_ns = (self.parent_meta.backed_at - _EPOCH) // dt.timedelta(microseconds=1) * 1000
-        return prev.mtime_ns < scan_ns - RACY_NS
+        assert self._racy_before is not None
+        return prev.mtime_ns < self._racy_before
 
     # -- tar members -----------------------------------------------------
 
-    def _tarinfo(self, entry: Entry, kind: bytes) -> tarfile.TarInfo:
-        info = tarfile.TarInfo(entry.path)
-        info.type = kind
-        info.mode = entry.mode
-        info.uid = entry.uid
-        info.gid = entry.gid
-        info.uname = ""
-        info.gname = ""
-        # PAX keeps sub-second mtimes; the manifest keeps the exact nanoseconds.
-        info.mtime = (
-            entry.mtime_ns / 1e9 if entry.mtime_ns % 1_000_000_000 else entry.mtime_ns // 10**9
+    def _add_manifest(self, tar: _TarWriter, spool: IO[bytes], when: dt.datetime) -> None:
+        size = self._manifest.write_json(spool)
+        spool.seek(0)
+        tar.write(
+            tar_header("manifest.json", tarfile.REGTYPE, 0o644, 0, 0, size, int(when.timestamp()))
         )
-        return info
+        left = size
+        while left:
+            block = spool.read(min(BLOCK, left))
+            if not block:
+                raise BackupError(f"the manifest's spool file in {self.spool} was cut short")
+            tar.write(block)
+            left -= len(block)
+        tar.pad()
 
-    def _add_bytes(self, tar: tarfile.TarFile, name: str, data: bytes, when: dt.datetime) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        info.mtime = int(when.timestamp())
-        tar.addfile(info, io.BytesIO(data))
-        tar.members.clear()  # type: ignore[attr-defined]
+    def _add_bytes(self, tar: _TarWriter, name: str, data: bytes, when: dt.datetime) -> None:
+        tar.write(tar_header(name, tarfile.REGTYPE, 0o644, 0, 0, len(data), int(when.timestamp())))
+        tar.write(data)
+        tar.pad()
 
     def _warn(self, message: str) -> None:
         self._warnings.append(message)
-        log.warning("pack.skipped", cell=self.cell.name, archive=str(self.ident), detail=message)
+        log.warning("pack.skipped", cell=self.cell.name, archive=self._archive, detail=message)
 
     def _progress(self, n: int) -> None:
         self._done += n
@@ -475,12 +927,18 @@ def _hash_file(raw: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _write_manifest_copy(path: Path, manifest: Manifest) -> None:
+def _write_manifest_copy(path: Path, manifest_json: IO[bytes]) -> None:
+    """Compress the manifest's spool file (``manifest.json``'s bytes) into *path*."""
     import zstandard
 
     tmp = path.with_name(path.name + ".partial")
+    size = manifest_json.seek(0, os.SEEK_END)
+    manifest_json.seek(0)
     with open(tmp, "wb") as f:
-        f.write(zstandard.ZstdCompressor(level=3).compress(manifest.to_json()))
+        # Checksummed like the archive: a damaged copy fails to decompress, never parses wrong.
+        zstandard.ZstdCompressor(level=3, write_checksum=True).copy_stream(
+            manifest_json, f, size=size
+        )
         f.flush()
         # Like the archive: a local target may hard-link this very file and commit it.
         os.fsync(f.fileno())

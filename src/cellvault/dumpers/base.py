@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import attrs
 
@@ -699,11 +699,22 @@ class _HashingFileReader:
         return data
 
 
+class TarSink(Protocol):
+    """What the dumpers write into: the part of :class:`tarfile.TarFile` they use.
+
+    The packer passes its own tar writer (:class:`cellvault.pack._TarWriter`).
+    """
+
+    members: list[tarfile.TarInfo]
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: Any = None) -> None: ...
+
+
 @attrs.define
 class _ArchiveDumps:
     """Writes the ``dumps/`` tree of one archive into its tar stream, and into its manifest."""
 
-    tar: tarfile.TarFile
+    tar: TarSink
     manifest: Manifest
     archive: str
     chunk: int = DUMP_CHUNK
@@ -730,7 +741,7 @@ class _ArchiveDumps:
         info.mode = 0o700
         self._own(info)
         self.tar.addfile(info)
-        self.tar.members.clear()  # type: ignore[attr-defined]
+        self.tar.members.clear()
         self._dirs.add(path)
         self.manifest.add(
             Entry(
@@ -759,7 +770,7 @@ class _ArchiveDumps:
         except BaseException:
             self.broken = True
             raise
-        self.tar.members.clear()  # type: ignore[attr-defined]
+        self.tar.members.clear()
         self.manifest.add(
             Entry(
                 path=path,
@@ -807,7 +818,7 @@ class DumpSummary:
 
 
 def write_dumps(
-    tar: tarfile.TarFile,
+    tar: TarSink,
     manifest: Manifest,
     dumpers: Sequence[Dumper],
     *,
