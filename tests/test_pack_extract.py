@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zstandard
 
 import cellvault
 from cellvault import ArchiveId, ConfigError, Manifest
@@ -309,27 +310,49 @@ def flip_inside(data_path: Path, needle: bytes) -> None:
     data_path.write_bytes(bytes(raw))
 
 
+def without_zstd_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write zstd frames as cellvault did before they carried a content checksum."""
+    params = zstandard.ZstdCompressionParameters
+    real = params.from_level
+
+    def from_level(level: int, **kwargs: object) -> zstandard.ZstdCompressionParameters:
+        kwargs["write_checksum"] = False
+        return real(level, **kwargs)
+
+    monkeypatch.setattr(params, "from_level", from_level)
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["zstd-checksum", "older-archive"])
 def test_flipped_byte_in_member_data_fails_verify_naming_archive_and_member(
-    tmp_path: Path, src: Path
+    tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch, checksum: bool
 ) -> None:
+    if not checksum:
+        without_zstd_checksum(monkeypatch)
     vault = make_vault(tmp_path / "backup", [src])
     ident = vault.backup().cells[0].archive
     assert ident is not None
+    monkeypatch.undo()
     (data,) = archive_files(tmp_path / "backup")
     blob = (src / "db" / "blob.bin").read_bytes()
     flip_inside(data, blob[1_000_000:1_000_064])  # incompressible: stored verbatim by zstd
+    # With a content checksum zstd itself refuses the damaged frame at its end,
+    # which a verify reaches before it compares the digests with the manifest; an
+    # older archive has only the digests.
+    damage = "match checksum" if checksum else "data/crm/db/blob.bin"
 
     result = vault.verify()
     assert not result.ok
     (res,) = result.results
     assert not res.ok
     assert ident in (res.error or "")
-    assert "data/crm/db/blob.bin" in (res.error or "")
-    assert "sidecar" in (res.error or "")
+    assert damage in (res.error or "")
+    if not checksum:
+        assert "sidecar" in (res.error or "")
 
     before = snapshot(src)
     restored = vault.restore(ident)
     assert not restored.ok
+    # A restore checks each member's digest as it goes: it stops at the member.
     assert "data/crm/db/blob.bin" in (restored.cells[0].error or "")
     assert ident in (restored.cells[0].error or "")
     assert snapshot(src) == before
