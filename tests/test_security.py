@@ -187,6 +187,28 @@ def outside_data(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg
     return [member("etc/cron.d/x", b"* * * * * root sh")], [], "etc/cron.d/x"
 
 
+def pax_path(name: str) -> tuple[tarfile.TarInfo, bytes | None]:
+    """An innocent ustar name that a pax ``path`` record overrides with *name*."""
+    info, data = member("data/crm/innocent", b"pwned")
+    info.pax_headers = {"path": name}
+    return info, data
+
+
+def pax_path_dotdot(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    name = "data/crm/../../x"
+    return [pax_path(name)], [file_entry("data/crm/innocent", b"pwned", ARCHIVE)], name
+
+
+def pax_path_absolute(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    name = str(env.outside / "x")
+    return [pax_path(name)], [file_entry("data/crm/innocent", b"pwned", ARCHIVE)], name
+
+
+def pax_path_nul(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    name = "data/crm/x\0/../../../x"
+    return [pax_path(name)], [], name
+
+
 CASES: list[Case] = [
     abs_path,
     abs_path_listed,
@@ -205,11 +227,14 @@ CASES: list[Case] = [
     link_escape_deep,
     link_escape_through_link,
     outside_data,
+    pax_path_dotdot,
+    pax_path_absolute,
+    pax_path_nul,
 ]
 #: Cases refused while the tar stream is read, so verify sees them too (the others are
 #: refused when a restore plans the links it would create).
 STREAM_CASES = {abs_path, dotdot, hard_link, hard_link_inside, char_device, block_device, fifo}
-STREAM_CASES |= {duplicate, outside_data}
+STREAM_CASES |= {duplicate, outside_data, pax_path_dotdot, pax_path_absolute, pax_path_nul}
 
 
 def plant(env: Setup, case: Case) -> str:

@@ -2,11 +2,14 @@
 
 Archives are read as streams (never seeked), each archive of a chain once. The
 archive's sha256 is computed while it is read and compared with its sidecar
-when the stream ends. Member names and link targets are checked before
-anything is written: absolute paths, ``..``, hard links, devices and links
-that escape the destination are refused with :class:`UnsafeArchive`. Files are
-created with ``O_EXCL | O_NOFOLLOW`` under directories this module made, so
-nothing is ever written through a link.
+when the stream ends. The tar stream is parsed by a small reader for the
+subset cellvault writes (ustar headers and pax ``x`` records); the input is
+untrusted, so every malformed or truncated header is :class:`ArchiveCorrupt`.
+Member names and link targets are checked before anything is written:
+absolute paths, ``..``, hard links, devices and links that escape the
+destination are refused with :class:`UnsafeArchive`. Files are created with
+``O_EXCL | O_NOFOLLOW`` under directories this module made, so nothing is ever
+written through a link.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import stat
-import tarfile
+import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 import attrs
 import zstandard
@@ -30,11 +35,41 @@ from .codec import HashingReader, codec_for
 from .errors import ArchiveCorrupt, UnsafeArchive
 from .manifest import Entry, Manifest
 
-__all__ = ["ArchiveStream", "MemberRecord", "StagedTree", "safe_member_path", "verify_archive"]
+__all__ = [
+    "ArchiveStream",
+    "MemberRecord",
+    "StagedTree",
+    "TarMember",
+    "safe_member_path",
+    "verify_archive",
+]
 
 BLOCK = 1 << 20
-TAR_READ_BUFFER = 16 << 10
-_STREAM_ERRORS = (tarfile.TarError, zstandard.ZstdError, EOFError, zlib.error, OSError)
+#: Decompressed bytes fetched at a time: headers and small members are sliced from it.
+READ_CHUNK = 256 << 10
+#: Limits for what is read whole into memory, far above what cellvault writes.
+PAX_MAX = 1 << 20
+META_MAX = 1 << 20
+#: Largest member size accepted (a size field is at most 2**88 in base-256).
+SIZE_MAX = 1 << 62
+#: Decompressed chunks read ahead by the decompression thread (0: no thread).
+#: Writer threads for the files were tried too: on 2 cores their GIL hand-offs
+#: and concurrent creates in one directory cost more than they overlapped.
+PREFETCH = 8
+
+_CODEC_ERRORS = (zstandard.ZstdError, EOFError, zlib.error, OSError)
+_ZERO_BLOCK = bytes(512)
+_SIGNED = struct.Struct("148b8x356b")
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Tar type flags.
+_REGTYPE, _AREGTYPE, _DIRTYPE, _SYMTYPE = b"0", b"\0", b"5", b"2"
+_KINDS = {_REGTYPE: "file", _AREGTYPE: "file", _DIRTYPE: "dir", _SYMTYPE: "symlink"}
+#: Types whose size field does not count data blocks.
+_NO_DATA = frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))
+#: Extension headers cellvault never writes: GNU long names, global pax headers, sparse files.
+_UNSUPPORTED = {b"g": "global pax", b"L": "GNU long name", b"K": "GNU long link"}
+_UNSUPPORTED |= {b"S": "GNU sparse", b"M": "GNU multi-volume", b"V": "GNU volume"}
 
 
 @attrs.frozen
@@ -48,20 +83,26 @@ class MemberRecord:
     target: str | None = None
 
 
-def safe_member_path(name: str, *, archive: str) -> PurePosixPath:
-    """Check an archive member name; raise :class:`UnsafeArchive` for a hostile one."""
-    if not name or name.startswith("/") or "\0" in name:
+def _checked_name(name: str, archive: str) -> str:
+    """Check an archive member name and return it without a trailing slash."""
+    if not name or name[0] == "/" or "\0" in name:
         raise UnsafeArchive(
             f"member name {name!r} is absolute or empty; refused", archive=archive, member=name
         )
-    parts = name.rstrip("/").split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    norm = name.rstrip("/")
+    parts = norm.split("/")
+    if "" in parts or "." in parts or ".." in parts:
         raise UnsafeArchive(
             f"member name {name!r} has '..', '.' or empty components; refused",
             archive=archive,
             member=name,
         )
-    return PurePosixPath(*parts)
+    return norm
+
+
+def safe_member_path(name: str, *, archive: str) -> PurePosixPath:
+    """Check an archive member name; raise :class:`UnsafeArchive` for a hostile one."""
+    return PurePosixPath(*_checked_name(name, archive).split("/"))
 
 
 def _check_link(
@@ -121,6 +162,324 @@ def _check_link(
         todo.extend(reversed(via.split("/")))
 
 
+# -- the tar reader ---------------------------------------------------------------
+#
+# tarfile's stream mode cost about 1 s per 6,000 members in header parsing
+# (frombuf, _proc_pax, nti) and copied its buffer at every header
+# (docs/performance.md, proposals 1 and 4). This reader parses only what
+# extraction and verification use: name, type, mode, size, link target, and the
+# pax path, linkpath and size records. Anything else malformed is _BadTar.
+
+
+class _BadTar(Exception):
+    """The tar stream is malformed or ends early; reported as :class:`ArchiveCorrupt`."""
+
+
+class TarMember:
+    """One member's header, as the reader parsed it (names not checked yet)."""
+
+    __slots__ = ("linkname", "mode", "name", "size", "type")
+
+    def __init__(self, name: str, type: bytes, mode: int, size: int, linkname: str) -> None:
+        self.name = name
+        self.type = type
+        self.mode = mode
+        self.size = size
+        self.linkname = linkname
+
+    @property
+    def kind(self) -> str | None:
+        """``file``, ``dir`` or ``symlink``; ``None`` for any other type."""
+        return _KINDS.get(self.type)
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Source:
+    """Buffered reads of the decompressed stream; large reads bypass the buffer."""
+
+    def __init__(self, raw: _Readable, chunk: int = READ_CHUNK) -> None:
+        self.raw = raw
+        self.chunk = chunk
+        self.buf = b""
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        """Between 1 and *n* bytes (*n* > 0); ``b""`` only at the end of the stream."""
+        buf, pos = self.buf, self.pos
+        avail = len(buf) - pos
+        if not avail:
+            if n >= self.chunk:
+                return self.raw.read(min(n, BLOCK))
+            buf = self.buf = self.raw.read(self.chunk)
+            pos = self.pos = 0
+            avail = len(buf)
+            if not avail:
+                return b""
+        if avail <= n:
+            self.buf, self.pos = b"", 0
+            return buf if pos == 0 else buf[pos:]
+        self.pos = pos + n
+        return buf[pos : pos + n]
+
+    def exact(self, n: int) -> bytes:
+        """Exactly *n* bytes, or :class:`_BadTar` if the stream ends first."""
+        data = self.take(n) if n else b""
+        if len(data) == n:
+            return data
+        parts = [data]
+        need = n - len(data)
+        while need:
+            data = self.take(need)
+            if not data:
+                raise _BadTar("unexpected end of data")
+            parts.append(data)
+            need -= len(data)
+        return b"".join(parts)
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            got = len(self.take(min(n, BLOCK)))
+            if not got:
+                raise _BadTar("unexpected end of data")
+            n -= got
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal text, or base-256 (GNU) when the high bit is set."""
+    if field[0] & 0x80:
+        value = int.from_bytes(field[1:], "big")
+        if field[0] == 0x80:
+            return value
+        if field[0] == 0xFF:
+            return value - (1 << (8 * (len(field) - 1)))
+        raise _BadTar("invalid number in a header")
+    text = field.split(b"\0", 1)[0].strip()
+    if not text:
+        return 0
+    if text.strip(b"01234567"):
+        raise _BadTar("invalid number in a header")
+    return int(text, 8)
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored = _number(block[148:156])
+    # The checksum field counts as eight spaces; some writers summed signed bytes.
+    unsigned = sum(block) - sum(block[148:156]) + 256
+    return stored == unsigned or stored == sum(_SIGNED.unpack(block)) + 256
+
+
+def _pax_records(payload: bytes, records: dict[bytes, bytes]) -> None:
+    """Parse ``"<length> <key>=<value>\\n"`` records into *records* (later ones win)."""
+    pos, end = 0, len(payload)
+    while pos < end and payload[pos] != 0:
+        space = payload.find(b" ", pos, pos + 21)
+        digits = payload[pos:space]
+        if space < 0 or not digits.isdigit():
+            raise _BadTar("invalid pax header")
+        stop = pos + int(digits)
+        if stop > end or stop <= space + 2 or payload[stop - 1] != 0x0A:
+            raise _BadTar("invalid pax header")
+        key, eq, value = payload[space + 1 : stop - 1].partition(b"=")
+        if not eq or not key:
+            raise _BadTar("invalid pax header")
+        records[key] = value
+        pos = stop
+
+
+def _pax_size(value: bytes) -> int:
+    if not value.isdigit() or len(value) > 19:
+        raise _BadTar("invalid size in a pax header")
+    return int(value)
+
+
+class _Prefetch:
+    """Decompress on a thread of its own, :data:`PREFETCH` chunks ahead of the parser.
+
+    zstd (and zlib, on large buffers) release the GIL, so decompression overlaps
+    with parsing, hashing and writing. The thread's errors are raised by
+    :meth:`read`, in stream order; :meth:`close` stops and joins the thread.
+    """
+
+    def __init__(self, raw: IO[bytes], chunk: int = READ_CHUNK, depth: int = PREFETCH) -> None:
+        self._raw = raw
+        self._chunk = chunk
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._left = b""
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="cellvault-decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        item: bytes | BaseException
+        try:
+            while not self._stop.is_set():
+                item = self._raw.read(self._chunk)
+                self._put(item)
+                if not item:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - raised by read(), on the reading thread
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._left:
+            if self._ended:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if not item:
+                self._ended = True
+                return b""
+            self._left = item
+        data = self._left
+        if 0 <= size < len(data):
+            data, self._left = data[:size], data[size:]
+        else:
+            self._left = b""
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _TarReader:
+    """Iterate the headers of a tar stream; :attr:`left` bytes of data follow the last one."""
+
+    def __init__(self, source: _Source) -> None:
+        self.source = source
+        self.left = 0
+        self.pad = 0
+        #: The reader of the current member's data (set by the caller).
+        self.data: _MemberData | None = None
+
+    def next(self) -> TarMember | None:
+        """The next member's header, or ``None`` at the end of the archive."""
+        source = self.source
+        self.data = None
+        if self.left or self.pad:
+            source.skip(self.left + self.pad)
+            self.left = self.pad = 0
+        pax: dict[bytes, bytes] = {}
+        while True:
+            block = source.take(512)
+            if len(block) < 512:
+                if not block:
+                    if pax:
+                        raise _BadTar("the archive ends after a pax header")
+                    return None  # ends on a header boundary: the caller sees what is missing
+                block += source.exact(512 - len(block))
+            if block == _ZERO_BLOCK:
+                if pax:
+                    raise _BadTar("the archive ends after a pax header")
+                return None
+            if not _checksum_ok(block):
+                raise _BadTar("bad header checksum")
+            kind = block[156:157]
+            size = _number(block[124:136])
+            if size < 0 or size > SIZE_MAX:
+                raise _BadTar(f"member size {size} out of range")
+            if kind == b"x":
+                if size > PAX_MAX:
+                    raise _BadTar(f"pax header of {size} bytes; too large")
+                _pax_records(source.exact(size), pax)
+                source.skip(-size % 512)
+                continue
+            if kind in _UNSUPPORTED:
+                raise _BadTar(f"{_UNSUPPORTED[kind]} header; cellvault does not write those")
+            name = _text(block[0:100])
+            if block[257:263] == b"ustar\0":
+                prefix = _text(block[345:500])
+                if prefix:
+                    name = f"{prefix}/{name}"
+            linkname = _text(block[157:257])
+            if pax:
+                if b"path" in pax:
+                    name = pax[b"path"].decode("utf-8", "surrogateescape")
+                if b"linkpath" in pax:
+                    linkname = pax[b"linkpath"].decode("utf-8", "surrogateescape")
+                if b"size" in pax:
+                    size = _pax_size(pax[b"size"])
+                    if size > SIZE_MAX:
+                        raise _BadTar(f"member size {size} out of range")
+            if kind == _AREGTYPE and name.endswith("/"):
+                kind = _DIRTYPE  # the old V7 way of writing a directory
+            if kind == _DIRTYPE:
+                name = name.rstrip("/")  # as tarfile reports it: errors name "data/crm/conf"
+            member = TarMember(name, kind, _number(block[100:108]), size, linkname)
+            if kind not in _NO_DATA:
+                self.left = size
+                self.pad = -size % 512
+            return member
+
+
+class _MemberData:
+    """The data of the current member; a damaged or truncated stream raises naming it."""
+
+    __slots__ = ("name", "reader", "stream")
+
+    def __init__(self, reader: _TarReader, stream: ArchiveStream, name: str) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.name = name
+        reader.data = self
+
+    def _current(self) -> _TarReader:
+        if self.reader.data is not self:
+            raise ValueError(f"the data of {self.name} was read after the next member")
+        return self.reader
+
+    def _damaged(self, exc: Exception) -> ArchiveCorrupt:
+        why = str(exc) if isinstance(exc, _BadTar) else f"{type(exc).__name__}: {exc}"
+        return self.stream.corrupt(
+            f"unreadable data ({why}); truncated or damaged", member=self.name
+        )
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to *size* bytes (at most 1 MiB at a time); ``b""`` at the member's end."""
+        reader = self._current()
+        if size < 0 or size > BLOCK:
+            size = BLOCK
+        size = min(size, reader.left)
+        if not size:
+            return b""
+        try:
+            data = reader.source.take(size)
+        except _CODEC_ERRORS as exc:
+            raise self._damaged(exc) from None
+        if not data:
+            raise self._damaged(_BadTar("unexpected end of data"))
+        reader.left -= len(data)
+        return data
+
+    def readall(self) -> bytes:
+        """All of the member's remaining data."""
+        reader = self._current()
+        try:
+            data = reader.source.exact(reader.left)
+        except (_BadTar, *_CODEC_ERRORS) as exc:
+            raise self._damaged(exc) from None
+        reader.left = 0
+        return data
+
+
 class ArchiveStream:
     """Iterate the members of one stored archive, checking its digest at the end."""
 
@@ -133,13 +492,16 @@ class ArchiveStream:
         self.current: str | None = None
         self.meta: ArchiveMeta | None = None
         self.manifest_raw: bytes | None = None
+        self._manifest: Manifest | None = None
+        self._prefetch: _Prefetch | None = None
         #: Set when the stream ended but its sha256 or size differs from the sidecar: why.
         self.digest_mismatch: str | None = None
 
-    def _reader_of(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> IO[bytes]:
-        f = tar.extractfile(info)
-        assert f is not None
-        return _MemberReader(f, self, name)  # type: ignore[return-value]
+    def close(self) -> None:
+        """Stop the decompression thread, if one runs (idempotent)."""
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
 
     def corrupt(self, message: str, member: str | None = None) -> ArchiveCorrupt:
         return ArchiveCorrupt(
@@ -150,53 +512,54 @@ class ArchiveStream:
             hint="the stored copy is damaged; verify other targets and restore from a good one",
         )
 
-    def members(self) -> Iterator[tuple[tarfile.TarInfo, PurePosixPath, IO[bytes] | None]]:
-        """Yield each data member with its checked path and, for files, a reader.
+    def members(self) -> Iterator[tuple[TarMember, str, _MemberData | None]]:
+        """Yield each data member with its checked name and, for files, its data.
 
         ``meta.json`` and ``manifest.json`` are consumed here (see :attr:`meta`
-        and :attr:`manifest_raw`).
+        and :attr:`manifest_raw`). A file's data can be read until the next
+        member is asked for.
         """
+        if PREFETCH:
+            self._prefetch = _Prefetch(self._reader)
+        source = _Source(self._prefetch or self._reader)
+        reader = _TarReader(source)
         try:
-            # A small read buffer: tarfile's stream mode copies what is left of
-            # its buffer at every 512-byte header, so 1 MiB cost ~0.5 s per
-            # 200 MB archive (docs/performance.md, proposal 1).
-            tar = tarfile.open(fileobj=self._reader, mode="r|", bufsize=TAR_READ_BUFFER)  # noqa: SIM115 - a stream, read to its end below
             seen: set[str] = set()
             first = True
-            for info in tar:
-                name = info.name
-                self.current = name
-                path = safe_member_path(name, archive=self.archive)
-                norm = path.as_posix()
-                if norm in seen:
+            while (member := reader.next()) is not None:
+                self.current = member.name
+                name = _checked_name(member.name, self.archive)
+                if name in seen:
                     raise UnsafeArchive(
-                        "member appears twice; refused", archive=self.archive, member=norm
+                        "member appears twice; refused", archive=self.archive, member=name
                     )
-                seen.add(norm)
+                seen.add(name)
+                kind = member.kind
                 if first:
                     first = False
-                    if norm != "meta.json" or not info.isreg():
-                        raise self.corrupt("meta.json is not the first member", member=norm)
-                    self.meta = self._meta(tar, info)
+                    if name != "meta.json" or kind != "file":
+                        raise self.corrupt("meta.json is not the first member", member=name)
+                    self.meta = self._meta(member, _MemberData(reader, self, name))
                     continue
-                if norm == "manifest.json":
-                    f = tar.extractfile(info)
-                    assert f is not None
-                    self.manifest_raw = f.read()
+                if name == "manifest.json":
+                    if kind != "file":
+                        raise self.corrupt("manifest.json is not a file", member=name)
+                    self.manifest_raw = _MemberData(reader, self, name).readall()
                     continue
                 if self.manifest_raw is not None:
-                    raise self.corrupt("a member follows manifest.json", member=norm)
-                if not (info.isreg() or info.isdir() or info.issym()):
+                    raise self.corrupt("a member follows manifest.json", member=name)
+                if kind is None:
                     raise UnsafeArchive(
-                        f"member is a {_tar_kind(info)}; only files, directories and symbolic links are allowed",
+                        f"member is a {_tar_kind(member.type)}; only files, directories and symbolic links are allowed",
                         archive=self.archive,
-                        member=norm,
+                        member=name,
                     )
-                if len(path.parts) < 2 or path.parts[0] not in ("data", "dumps"):
+                top, slash, _ = name.partition("/")
+                if not slash or top not in ("data", "dumps"):
                     raise UnsafeArchive(
-                        "member lies outside data/ and dumps/", archive=self.archive, member=norm
+                        "member lies outside data/ and dumps/", archive=self.archive, member=name
                     )
-                yield info, path, self._reader_of(tar, info, norm) if info.isreg() else None
+                yield member, name, _MemberData(reader, self, name) if kind == "file" else None
             if self.meta is None:
                 raise self.corrupt("the archive is empty (no meta.json)")
             if self.manifest_raw is None:
@@ -204,14 +567,20 @@ class ArchiveStream:
                     "manifest.json is missing: the archive is truncated", member=self.current
                 )
             self.current = None
+            # The rest (the tar's zero records) is decompressed too, so that the
+            # thread reaches the end; damage there shows as a digest mismatch.
+            with contextlib.suppress(*_CODEC_ERRORS):
+                while source.take(BLOCK):
+                    pass
+            self.close()  # before reading the raw stream from this thread
             self._hashing.drain()
-        except (ArchiveCorrupt, UnsafeArchive):
-            raise
-        except _STREAM_ERRORS as exc:
+        except (_BadTar, *_CODEC_ERRORS) as exc:
             where = f"at or after member {self.current}" if self.current else "at its start"
-            raise self.corrupt(
-                f"unreadable {where} ({type(exc).__name__}: {exc}); truncated or damaged"
-            ) from None
+            why = str(exc) if isinstance(exc, _BadTar) else f"{type(exc).__name__}: {exc}"
+            raise self.corrupt(f"unreadable {where} ({why}); truncated or damaged") from None
+        finally:
+            # Also when the caller stops early or fails: no thread outlives the stream.
+            self.close()
         if (
             self._hashing.count != self.sidecar.size
             or self._hashing.hexdigest() != self.sidecar.sha256
@@ -222,59 +591,56 @@ class ArchiveStream:
             )
             raise self.corrupt(self.digest_mismatch)
 
-    def _meta(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> ArchiveMeta:
-        f = tar.extractfile(info)
-        assert f is not None
+    def _meta(self, member: TarMember, data: _MemberData) -> ArchiveMeta:
+        if member.size > META_MAX:
+            raise self.corrupt(f"meta.json has {member.size} bytes; too large", member="meta.json")
         try:
-            data = json.loads(f.read())
-        except ValueError:
+            parsed = json.loads(data.readall())
+        except (ValueError, RecursionError):
             raise self.corrupt("meta.json is not JSON", member="meta.json") from None
-        if not isinstance(data, dict) or "backed_at" not in data:
+        if not isinstance(parsed, dict) or "backed_at" not in parsed:
             raise self.corrupt("meta.json has no backed_at", member="meta.json")
-        meta = ArchiveMeta.from_dict(data)
+        try:
+            meta = ArchiveMeta.from_dict(parsed)
+        except ArchiveCorrupt as exc:
+            # It names the archive the damaged meta.json claims to be: name the one read.
+            detail = exc.message.partition(": ")[2] or exc.message
+            raise self.corrupt(detail, member="meta.json") from None
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # from_dict names the usual problems; a value of an odd JSON type may slip past it.
+            raise self.corrupt(
+                f"meta.json is unusable ({type(exc).__name__}: {exc})", member="meta.json"
+            ) from None
         if meta.id != self.sidecar.id:
             raise self.corrupt(f"meta.json names archive {meta.id}", member="meta.json")
         return meta
 
     def manifest(self) -> Manifest:
-        """The manifest read from the end of the stream (after :meth:`members` is exhausted)."""
+        """The manifest read from the end of the stream (after :meth:`members` is exhausted).
+
+        Parsed once, on the first call.
+        """
         assert self.manifest_raw is not None
-        return Manifest.from_json(self.manifest_raw, archive=self.archive)
+        if self._manifest is None:
+            try:
+                self._manifest = Manifest.from_json(self.manifest_raw, archive=self.archive)
+            except (AttributeError, RecursionError, TypeError) as exc:
+                # from_json names bad keys and values; entries that are not even
+                # JSON objects, or nesting too deep to parse, end up here.
+                raise self.corrupt(
+                    f"manifest is unusable ({type(exc).__name__})", member="manifest.json"
+                ) from None
+        return self._manifest
 
 
-class _MemberReader:
-    """A member's data: a damaged or truncated stream raises :class:`ArchiveCorrupt` naming it."""
-
-    def __init__(self, raw: IO[bytes], stream: ArchiveStream, name: str) -> None:
-        self.raw = raw
-        self.stream = stream
-        self.name = name
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self.raw.read(size)
-        except _STREAM_ERRORS as exc:
-            raise self.stream.corrupt(
-                f"unreadable data ({type(exc).__name__}: {exc}); truncated or damaged",
-                member=self.name,
-            ) from None
-
-
-def _tar_kind(info: tarfile.TarInfo) -> str:
-    if info.islnk():
+def _tar_kind(kind: bytes) -> str:
+    if kind == b"1":
         return "hard link"
-    if info.ischr() or info.isblk():
+    if kind in (b"3", b"4"):
         return "device"
-    if info.isfifo():
+    if kind == b"6":
         return "named pipe"
-    return f"member of type {info.type!r}"
-
-
-def _hash_stream(f: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: f.read(BLOCK), b""):
-        digest.update(block)
-    return digest.hexdigest()
+    return f"member of type {kind!r}"
 
 
 def verify_archive(
@@ -290,15 +656,21 @@ def verify_archive(
     """
     stream = ArchiveStream(raw, sidecar, target)
     seen: dict[str, MemberRecord] = {}
+    sha256 = hashlib.sha256
     try:
-        for info, path, f in stream.members():
-            name = path.as_posix()
-            if f is not None:
-                seen[name] = MemberRecord("file", info.size, info.mode, sha256=_hash_stream(f))
-            elif info.isdir():
-                seen[name] = MemberRecord("dir", 0, info.mode)
-            else:
-                seen[name] = MemberRecord("symlink", 0, info.mode, target=info.linkname)
+        try:
+            for member, name, data in stream.members():
+                if data is not None:
+                    digest = sha256()
+                    while block := data.read(BLOCK):
+                        digest.update(block)
+                    seen[name] = MemberRecord("file", member.size, member.mode, digest.hexdigest())
+                elif member.type == _DIRTYPE:
+                    seen[name] = MemberRecord("dir", 0, member.mode)
+                else:
+                    seen[name] = MemberRecord("symlink", 0, member.mode, target=member.linkname)
+        finally:
+            stream.close()
     except ArchiveCorrupt:
         if not stream.digest_mismatch or stream.manifest_raw is None:
             raise
@@ -352,6 +724,20 @@ def check_members(stream: ArchiveStream, manifest: Manifest, seen: dict[str, Mem
             )
 
 
+# -- writing the staged tree ------------------------------------------------------
+
+
+def _set_attributes(fd: int, entry: Entry, as_root: bool) -> None:
+    """Owner, mode and times through the open file, right after its data."""
+    if as_root:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, entry.uid, entry.gid)
+    # After chown, which clears the set-user-ID and set-group-ID bits; the data
+    # is written already, so a read-only mode is harmless.
+    os.fchmod(fd, entry.mode)
+    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
 @attrs.define
 class StagedTree:
     """Build a cell's tree from its manifest and archives, in a staging directory.
@@ -361,6 +747,9 @@ class StagedTree:
     and checked there too (``dumps/<dumper>/...`` lands in ``<dumps>/<dumper>/...``);
     without, it is skipped. Call :meth:`prepare`, then :meth:`take` once per
     archive of the chain (any order), then :meth:`finish`.
+
+    Each file gets its owner, mode and times as soon as its data is written;
+    :meth:`finish` creates the links and sets the directories.
     """
 
     staging: Path
@@ -370,31 +759,47 @@ class StagedTree:
     on_bytes: Callable[[int], None] | None = None
     dumps: Path | None = None
     _pending: dict[str, Entry] = attrs.field(init=False, factory=dict)
-    _dirs: set[Path] = attrs.field(init=False, factory=set)
+    _dirs: set[str] = attrs.field(init=False, factory=set)
+    #: Manifest path -> where it goes (``None``: a dump that is not wanted), checked once.
+    _dests: dict[str, str | None] = attrs.field(init=False, factory=dict)
     files: int = attrs.field(init=False, default=0)
     bytes: int = attrs.field(init=False, default=0)
 
-    def _dest(self, path: str) -> Path | None:
+    def _dest(self, path: str) -> str | None:
         """Where a manifest path goes; ``None`` for a dump when dumps are not wanted."""
-        rel = safe_member_path(path, archive=self.archive)
-        if rel.parts[0] == "dumps":
-            return None if self.dumps is None else self.dumps.joinpath(*rel.parts[1:])
-        if rel.parts[0] != "data" or len(rel.parts) < 2:
+        try:
+            return self._dests[path]
+        except KeyError:
+            pass
+        norm = _checked_name(path, self.archive)
+        top, slash, _ = norm.partition("/")
+        dest: str | None
+        if top == "dumps":
+            dest = None if self.dumps is None else os.fspath(self.dumps) + norm[5:]
+        elif top != "data" or not slash:
             raise UnsafeArchive(
                 "manifest path lies outside data/", archive=self.archive, member=path
             )
-        return self.staging.joinpath(*rel.parts[1:])
+        else:
+            dest = os.fspath(self.staging) + norm[4:]
+        self._dests[path] = dest
+        return dest
 
     def prepare(self) -> None:
         """Check every manifest path and create the directories."""
         self.staging.mkdir(parents=True, exist_ok=True)
-        self._dirs.add(self.staging)
+        self._dirs.add(os.fspath(self.staging))
         links = {e.path: e.target or "" for e in self.manifest if e.type == "symlink"}
+        not_dirs = {e.path for e in self.manifest if e.type != "dir"}
+        dumps_name = None
+        if self.dumps is not None and self.dumps.parent == self.staging:
+            dumps_name = self.dumps.name
         for entry in self.manifest:
             dest = self._dest(entry.path)
             if dest is None:
                 continue
-            parts = PurePosixPath(entry.path).parts
+            norm = _checked_name(entry.path, self.archive)
+            parts = norm.split("/")
             if parts[0] == "dumps":
                 if entry.type == "symlink":
                     raise UnsafeArchive(
@@ -402,23 +807,17 @@ class StagedTree:
                         archive=self.archive,
                         member=entry.path,
                     )
-            elif (
-                len(parts) == 2 and self.dumps is not None and self.staging / parts[1] == self.dumps
-            ):
+            elif len(parts) == 2 and parts[1] == dumps_name:
                 raise UnsafeArchive(
                     "a cell path has the name of the dumps folder; refused",
                     archive=self.archive,
                     member=entry.path,
                 )
-            for depth in range(1, len(parts)):
-                above = self.manifest.get("/".join(parts[:depth]))
-                if above is not None and above.type != "dir":
-                    kind = "symbolic link" if above.type == "symlink" else above.type
-                    raise UnsafeArchive(
-                        f"path lies under the {kind} {above.path}; refused",
-                        archive=self.archive,
-                        member=entry.path,
-                    )
+            above = norm
+            while (cut := above.rfind("/")) > 0:
+                above = above[:cut]
+                if above in not_dirs:
+                    self._refuse_under(parts, entry)
             if entry.type == "symlink":
                 assert entry.target is not None
                 _check_link(
@@ -433,14 +832,28 @@ class StagedTree:
             elif entry.type == "file":
                 self._pending[entry.path] = entry
 
+    def _refuse_under(self, parts: list[str], entry: Entry) -> None:
+        # Name the outermost file or link the path lies under.
+        for depth in range(1, len(parts)):
+            above = self.manifest.get("/".join(parts[:depth]))
+            if above is not None and above.type != "dir":
+                kind = "symbolic link" if above.type == "symlink" else above.type
+                raise UnsafeArchive(
+                    f"path lies under the {kind} {above.path}; refused",
+                    archive=self.archive,
+                    member=entry.path,
+                )
+
     def holders(self) -> set[str]:
         """The archives that still have to be read."""
         return {e.archive for e in self._pending.values() if e.archive}
 
-    def _mkdir(self, path: Path) -> None:
+    def _mkdir(self, path: str) -> None:
         if path in self._dirs:
             return
-        self._mkdir(path.parent)
+        parent = os.path.dirname(path)
+        if parent and parent != path:
+            self._mkdir(parent)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -448,38 +861,16 @@ class StagedTree:
                 raise UnsafeArchive(
                     "a directory path is taken by a file or link",
                     archive=self.archive,
-                    member=str(path),
+                    member=path,
                 ) from None
         self._dirs.add(path)
 
     def take(self, stream: ArchiveStream) -> None:
         """Extract from *stream* the files the manifest says it holds, checking each."""
-        holder = stream.archive
-        for _info, path, f in stream.members():
-            name = path.as_posix()
-            entry = self._pending.get(name)
-            if f is None or entry is None or entry.archive != holder:
-                continue
-            dest = self._dest(name)
-            assert dest is not None  # only wanted paths are pending
-            self._mkdir(dest.parent)
-            digest = hashlib.sha256()
-            size = 0
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                for block in iter(lambda: f.read(BLOCK), b""):  # noqa: B023 - consumed in this iteration
-                    digest.update(block)
-                    out.write(block)
-                    size += len(block)
-                    if self.on_bytes is not None:
-                        self.on_bytes(len(block))
-            if size != entry.size or digest.hexdigest() != entry.sha256:
-                raise stream.corrupt(
-                    "content does not match the manifest (sha256 differs)", member=name
-                )
-            del self._pending[name]
-            self.files += 1
-            self.bytes += size
+        try:
+            self._take(stream, os.geteuid() == 0)
+        finally:
+            stream.close()
         # The selected archive's own manifest must be the one we planned with.
         if stream.archive == self.archive and (
             stream.manifest_raw is None or stream.manifest().entries != self.manifest.entries
@@ -488,8 +879,49 @@ class StagedTree:
                 "manifest.json differs from the stored manifest copy", member="manifest.json"
             )
 
+    def _take(self, stream: ArchiveStream, as_root: bool) -> None:
+        holder = stream.archive
+        pending = self._pending
+        for _member, name, data in stream.members():
+            if data is None:
+                continue
+            entry = pending.get(name)
+            if entry is None or entry.archive != holder:
+                continue
+            dest = self._dest(name)
+            assert dest is not None  # only wanted paths are pending
+            self._mkdir(os.path.dirname(dest))
+            size = self._write(dest, data, entry, stream, as_root)
+            del pending[name]
+            self.files += 1
+            self.bytes += size
+
+    def _write(
+        self, dest: str, data: _MemberData, entry: Entry, stream: ArchiveStream, as_root: bool
+    ) -> int:
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(dest, _CREATE, 0o600)
+        try:
+            while block := data.read(BLOCK):
+                digest.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view) :]
+                size += len(block)
+                if self.on_bytes is not None:
+                    self.on_bytes(len(block))
+            if size != entry.size or digest.hexdigest() != entry.sha256:
+                raise stream.corrupt(
+                    "content does not match the manifest (sha256 differs)", member=data.name
+                )
+            _set_attributes(fd, entry, as_root)
+        finally:
+            os.close(fd)
+        return size
+
     def finish(self) -> None:
-        """Create links, then set modes, owners and times (directories last, deepest first)."""
+        """Create links, then set the directories' modes, owners and times (deepest first)."""
         if self._pending:
             missing = sorted(self._pending)[0]
             entry = self._pending[missing]
@@ -499,28 +931,22 @@ class StagedTree:
                 member=missing,
             )
         as_root = os.geteuid() == 0
-        dirs: list[tuple[Path, Entry]] = []
+        dirs: list[tuple[str, Entry]] = []
         for entry in self.manifest:
             dest = self._dest(entry.path)
             if dest is None:
                 continue
             if entry.type == "symlink":
                 assert entry.target is not None
-                self._mkdir(dest.parent)
+                self._mkdir(os.path.dirname(dest))
                 os.symlink(entry.target, dest)
                 if as_root:
                     with contextlib.suppress(OSError):
                         os.lchown(dest, entry.uid, entry.gid)
                 os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            elif entry.type == "file":
-                if as_root:
-                    with contextlib.suppress(OSError):
-                        os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
-                os.chmod(dest, entry.mode, follow_symlinks=False)
-                os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            else:
+            elif entry.type == "dir":
                 dirs.append((dest, entry))
-        for dest, entry in sorted(dirs, key=lambda d: len(d[0].parts), reverse=True):
+        for dest, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
             if as_root:
                 with contextlib.suppress(OSError):
                     os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)

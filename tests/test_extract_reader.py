@@ -1,0 +1,381 @@
+"""The tar reader on hand-made headers: what cellvault writes is read, anything else is refused.
+
+Each archive is ``meta.json``, the blocks under test, ``manifest.json`` and
+the end of the archive, compressed, with a sidecar that matches: only the
+tar structure can be refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from cellvault import ArchiveCorrupt, ArchiveId, ArchiveMeta, Manifest, Sidecar, UnsafeArchive
+from cellvault.extract import ArchiveStream, StagedTree, verify_archive
+
+from .archive_helpers import all_paths, dir_entry, file_entry, link_entry, member
+
+IDENT = ArchiveId("crm", dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.UTC))
+ARCHIVE = str(IDENT)
+DATA = b"file data\n"
+
+
+def blocks(info: tarfile.TarInfo, data: bytes | None = None) -> bytes:
+    """A member as tarfile writes it in PAX format: its header block(s) and padded data."""
+    out = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    if data:
+        out += data + bytes(-len(data) % 512)
+    return out
+
+
+def header(
+    name: bytes,
+    *,
+    kind: bytes = b"0",
+    size: bytes | None = None,
+    mode: bytes = b"0000644\0",
+    prefix: bytes = b"",
+    linkname: bytes = b"",
+    checksum: bytes | None = None,
+) -> bytes:
+    """One ustar header block with raw fields; the checksum is right unless given."""
+    block = bytearray(512)
+    block[0 : len(name)] = name
+    block[100:108] = mode
+    block[108:116] = b"0000000\0"
+    block[116:124] = b"0000000\0"
+    block[124:136] = size if size is not None else b"%011o\0" % len(DATA)
+    block[136:148] = b"14511111111\0"
+    block[156:157] = kind
+    block[157 : 157 + len(linkname)] = linkname
+    block[257:265] = b"ustar\x0000"
+    block[345 : 345 + len(prefix)] = prefix
+    block[148:156] = b" " * 8
+    block[148:156] = checksum if checksum is not None else b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def pax(*records: bytes) -> bytes:
+    """A pax ``x`` header with these raw records (each ``b"<length> key=value\\n"``)."""
+    payload = b"".join(records)
+    head = header(b"././@PaxHeader", kind=b"x", size=b"%011o\0" % len(payload))
+    return head + payload + bytes(-len(payload) % 512)
+
+
+def record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def archive_bytes(middle: bytes, entries: list | None = None) -> tuple[bytes, Sidecar, Manifest]:  # type: ignore[type-arg]
+    meta = ArchiveMeta(
+        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
+    )
+    manifest = Manifest(archive=ARCHIVE)
+    for entry in entries if entries is not None else [dir_entry("data/crm")]:
+        manifest.add(entry)
+    tar = (
+        blocks(*member("meta.json", meta.to_json()))
+        + middle
+        + blocks(*member("manifest.json", manifest.to_json()))
+        + bytes(1024)
+    )
+    raw = zstandard.ZstdCompressor().compress(tar)
+    sidecar = Sidecar(
+        meta=meta,
+        data_name=f"{ARCHIVE}.tar.zst",
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        files=len(manifest),
+    )
+    return raw, sidecar, manifest
+
+
+def verify(middle: bytes, entries: list | None = None) -> int:  # type: ignore[type-arg]
+    raw, sidecar, _ = archive_bytes(middle, entries)
+    return verify_archive(io.BytesIO(raw), sidecar, "t")[2]
+
+
+def test_what_tarfile_writes_is_read() -> None:
+    long_dir = "data/crm/" + "d" * 150
+    odd = "data/crm/caf\udce9"  # an undecodable name: pax with hdrcharset=BINARY
+    dir_info, _ = member(long_dir, kind=tarfile.DIRTYPE, mode=0o750)
+    link_info, _ = member("data/crm/l", kind=tarfile.SYMTYPE, mode=0o777, linkname="x" * 200)
+    middle = (
+        blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+        + blocks(dir_info)
+        + blocks(*member(long_dir + "/f", DATA))
+        + blocks(*member(odd, DATA, mode=0o600))
+        + blocks(link_info)
+    )
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry(long_dir, mode=0o750),
+        file_entry(long_dir + "/f", DATA, ARCHIVE),
+        file_entry(odd, DATA, ARCHIVE, mode=0o600),
+        link_entry("data/crm/l", "x" * 200),
+    ]
+    assert verify(middle, entries) == 5
+
+
+def test_ustar_prefix_and_old_style_directories_are_read() -> None:
+    middle = (
+        header(b"crm/", kind=b"\0", prefix=b"data", size=b"0" * 11 + b"\0", mode=b"0000755\0")
+        + header(b"f", prefix=b"data/crm")
+        + padded(DATA)
+    )
+    assert verify(middle, [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]) == 2
+
+
+# Each case: the blocks between meta.json and manifest.json, the error type, and
+# words of its message.
+HOSTILE: dict[str, tuple[bytes, type[ArchiveCorrupt], str]] = {
+    "pax path with ..": (
+        pax(record(b"path", b"data/crm/../../../x")) + header(b"data/crm/ok") + padded(DATA),
+        UnsafeArchive,
+        "'..'",
+    ),
+    "pax path absolute": (
+        pax(record(b"path", b"/etc/cron.d/x")) + header(b"data/crm/ok") + padded(DATA),
+        UnsafeArchive,
+        "absolute",
+    ),
+    "pax path with NUL": (
+        pax(record(b"path", b"data/crm/a\0/../../x")) + header(b"data/crm/ok") + padded(DATA),
+        UnsafeArchive,
+        "absolute or empty",
+    ),
+    "ustar prefix absolute": (
+        header(b"x", prefix=b"/etc/cron.d") + padded(DATA),
+        UnsafeArchive,
+        "absolute",
+    ),
+    "ustar prefix with ..": (
+        header(b"x", prefix=b"data/crm/../..") + padded(DATA),
+        UnsafeArchive,
+        "'..'",
+    ),
+    "negative size (base-256)": (
+        header(b"data/crm/f", size=b"\xff" * 12) + padded(DATA),
+        ArchiveCorrupt,
+        "out of range",
+    ),
+    "negative size (octal text)": (
+        header(b"data/crm/f", size=b"-0000000012\0") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid number",
+    ),
+    "huge size (base-256)": (
+        header(b"data/crm/f", size=b"\x80" + b"\xff" * 11) + padded(DATA),
+        ArchiveCorrupt,
+        "out of range",
+    ),
+    "huge size (octal), data missing": (
+        header(b"data/crm/f", size=b"77777777777\0") + padded(DATA),
+        ArchiveCorrupt,
+        "unexpected end of data",
+    ),
+    "huge pax size": (
+        pax(record(b"size", b"9" * 40)) + header(b"data/crm/f") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid size",
+    ),
+    "negative pax size": (
+        pax(record(b"size", b"-1")) + header(b"data/crm/f") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid size",
+    ),
+    "huge pax header": (
+        header(b"././@PaxHeader", kind=b"x", size=b"77777777777\0"),
+        ArchiveCorrupt,
+        "too large",
+    ),
+    "octal digits 8 and 9": (
+        header(b"data/crm/f", size=b"00000000019\0") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid number",
+    ),
+    "bad checksum": (
+        header(b"data/crm/f", checksum=b"000000\0 ") + padded(DATA),
+        ArchiveCorrupt,
+        "bad header checksum",
+    ),
+    "checksum not a number": (
+        header(b"data/crm/f", checksum=b"zzzzzz\0 ") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid number",
+    ),
+    "pax record length too long": (
+        pax(b"99 path=data/crm/f\n") + header(b"data/crm/f") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid pax header",
+    ),
+    "pax record length zero": (
+        pax(b"0 path=data/crm/f\n") + header(b"data/crm/f") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid pax header",
+    ),
+    "pax record without =": (
+        pax(b"14 pathdata/f\n") + header(b"data/crm/f") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid pax header",
+    ),
+    "pax record length not decimal": (
+        pax(b"+18 path=data/f\n") + header(b"data/crm/f") + padded(DATA),
+        ArchiveCorrupt,
+        "invalid pax header",
+    ),
+    "global pax header": (
+        header(b"pax_global_header", kind=b"g", size=b"%011o\0" % 18)
+        + padded(b"18 path=/etc/pwn\n"),
+        ArchiveCorrupt,
+        "global pax",
+    ),
+    "GNU long name": (
+        header(b"././@LongLink", kind=b"L", size=b"%011o\0" % 10) + padded(b"../../etc\0"),
+        ArchiveCorrupt,
+        "GNU long name",
+    ),
+    "hard link": (
+        header(b"data/crm/h", kind=b"1", linkname=b"/etc/passwd"),
+        UnsafeArchive,
+        "hard link",
+    ),
+    "contiguous file": (header(b"data/crm/c", kind=b"7") + padded(DATA), UnsafeArchive, "type"),
+    "header cut short": (header(b"data/crm/f")[:300], ArchiveCorrupt, "checksum"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_or_malformed_headers_are_refused(case: str, tmp_path: Path) -> None:
+    middle, error, words = HOSTILE[case]
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    with pytest.raises(error) as info:
+        verify(middle, entries)
+    assert words in info.value.message
+    assert info.value.archive == ARCHIVE
+
+    # A restore refuses it the same way, and writes nothing outside its staging folder.
+    raw, sidecar, manifest = archive_bytes(middle, entries)
+    staging = tmp_path / "staging"
+    tree = StagedTree(staging=staging, manifest=manifest, archive=ARCHIVE)
+    tree.prepare()
+    with pytest.raises(error):
+        tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    assert all(p.startswith(str(staging)) for p in all_paths(tmp_path))
+
+
+def test_archive_ending_after_a_pax_header_is_refused() -> None:
+    meta = ArchiveMeta(
+        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
+    )
+    for end in (b"", bytes(1024)):
+        tar = blocks(*member("meta.json", meta.to_json())) + pax(record(b"path", b"x")) + end
+        raw = zstandard.ZstdCompressor().compress(tar)
+        sidecar = Sidecar(
+            meta=meta,
+            data_name=f"{ARCHIVE}.tar.zst",
+            size=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+        )
+        with pytest.raises(ArchiveCorrupt, match="ends after a pax header"):
+            verify_archive(io.BytesIO(raw), sidecar, "t")
+
+
+def test_manifest_json_must_be_a_file() -> None:
+    info, _ = member("manifest.json", kind=tarfile.DIRTYPE)
+    with pytest.raises(ArchiveCorrupt, match=r"manifest\.json is not a file"):
+        verify(blocks(info))
+
+
+def test_oversized_meta_json_is_refused() -> None:
+    meta = ArchiveMeta(
+        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
+    )
+    tar = blocks(*member("meta.json", meta.to_json() + b" " * (2 << 20))) + bytes(1024)
+    raw = zstandard.ZstdCompressor().compress(tar)
+    sidecar = Sidecar(
+        meta=meta,
+        data_name=f"{ARCHIVE}.tar.zst",
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    with pytest.raises(ArchiveCorrupt, match="too large"):
+        verify_archive(io.BytesIO(raw), sidecar, "t")
+
+
+@pytest.mark.parametrize(
+    "meta_json",
+    [b'{"backed_at": 1, "id": 5}', b'{"backed_at": "x", "id": []}', b"[" * 100_000],
+    ids=["numbers", "list-id", "deep"],
+)
+def test_unusable_meta_json_is_corrupt(meta_json: bytes) -> None:
+    meta = ArchiveMeta(
+        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
+    )
+    tar = blocks(*member("meta.json", meta_json)) + bytes(1024)
+    raw = zstandard.ZstdCompressor().compress(tar)
+    sidecar = Sidecar(
+        meta=meta,
+        data_name=f"{ARCHIVE}.tar.zst",
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    with pytest.raises(ArchiveCorrupt, match=r"meta\.json"):
+        verify_archive(io.BytesIO(raw), sidecar, "t")
+
+
+@pytest.mark.parametrize(
+    "manifest_json",
+    [b'{"archive": "a", "entries": [1, 2]}', b"[" * 100_000, b'{"entries": []}'],
+    ids=["numbers", "deep", "no-archive"],
+)
+def test_unusable_manifest_json_is_corrupt(manifest_json: bytes) -> None:
+    meta = ArchiveMeta(
+        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
+    )
+    tar = (
+        blocks(*member("meta.json", meta.to_json()))
+        + blocks(*member("manifest.json", manifest_json))
+        + bytes(1024)
+    )
+    raw = zstandard.ZstdCompressor().compress(tar)
+    sidecar = Sidecar(
+        meta=meta,
+        data_name=f"{ARCHIVE}.tar.zst",
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    with pytest.raises(ArchiveCorrupt, match="manifest"):
+        verify_archive(io.BytesIO(raw), sidecar, "t")
+
+
+def test_reading_a_member_after_the_next_one_is_an_error() -> None:
+    raw, sidecar, _ = archive_bytes(
+        blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+        + blocks(*member("data/crm/f", DATA))
+        + blocks(*member("data/crm/g", DATA)),
+        [
+            dir_entry("data/crm"),
+            file_entry("data/crm/f", DATA, ARCHIVE),
+            file_entry("data/crm/g", DATA, ARCHIVE),
+        ],
+    )
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    files = [(name, data) for _, name, data in stream.members() if data is not None]
+    assert [name for name, _ in files] == ["data/crm/f", "data/crm/g"]
+    with pytest.raises(ValueError, match="after the next member"):
+        files[0][1].read()
