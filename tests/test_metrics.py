@@ -55,7 +55,7 @@ def test_metrics_after_backup_verify_and_drill(tmp_path: Path) -> None:
         assert m["cellvault_bytes_read"][key] == report.cells[0].bytes_read > 0
         assert m["cellvault_bytes_stored"][key] == report.cells[0].archive_size
         assert m["cellvault_failures_total"][key] == 0
-        assert m["cellvault_last_verify_success"][_key("crm", target, level="full")] == 1
+        assert m["cellvault_last_verify_success"][_key("crm", target, level="read")] == 1
     assert vault.verify(level="drill", targets=["nas"]).ok
     m = _metrics(prom)
     assert m["cellvault_last_drill_success"] == {_key("crm", "nas"): 1}

@@ -43,7 +43,7 @@ def test_fresh_then_stale(tmp_path: Path) -> None:
     assert local.newest == "cell_crm_20250101_020000"
     assert local.backed_at == "2025-01-01T02:00:00Z"
     assert local.age == 3600
-    assert [(c.level, c.ok) for c in local.checks] == [("full", True)]
+    assert [(c.level, c.ok) for c in local.checks] == [("read", True)]
     stale = vault.status()
     assert not stale.ok
     assert len(stale.problems()) == 4
@@ -103,7 +103,7 @@ def test_cli_status_json_and_exit_codes(tmp_path: Path) -> None:
     assert set(cells) == {"crm", "billing"}
     target = cells["crm"]["targets"][0]
     assert 3500 < target["age"] < 3700
-    assert target["checks"][0]["level"] == "full" and target["checks"][0]["ok"] is True
+    assert target["checks"][0]["level"] == "read" and target["checks"][0]["ok"] is True
     text = _cli(tmp_path, "status")
     assert text.exit_code == 0
     assert "status: ok (max age 26 h)" in text.stdout

@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellvault import ArchiveMeta, Cell, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
@@ -305,3 +308,245 @@ def test_cli_levels(tmp_path: Path) -> None:
     assert "(RTO)" in text.stdout
     bad = runner.invoke(cli, ["verify", "--level", "deep"], env=env)
     assert bad.exit_code == 2
+
+
+# -- read: every byte once, decompressed to the end, nothing unpacked --------------
+
+
+def _resign(root: Path, cell: str) -> None:
+    """Make the sidecar of *cell* on *root* agree with its (damaged) data again.
+
+    So that only the checks after the sha256 can catch the damage: as if the
+    data had been damaged before it was hashed.
+    """
+    import hashlib
+
+    data = _data(root, cell)
+    (sidecar,) = (root / cell).glob("cell_*.json")
+    body = json.loads(sidecar.read_text())
+    raw = data.read_bytes()
+    body["size"], body["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+    sidecar.write_text(json.dumps(body))
+
+
+def test_read_is_the_default_after_backup_and_unpacks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cellvault import extract
+
+    def no_unpacking(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the read level parsed the members")
+
+    monkeypatch.setattr(extract, "verify_archive", no_unpacking)
+    monkeypatch.setattr("cellvault.vault.verify_archive", no_unpacking)
+    vault = _two_targets(tmp_path)
+    report = vault.backup()
+    assert report.ok, report
+    assert all(t.verified for c in report.cells for t in c.targets)
+    entry = vault.state.entry("crm", "nas")
+    assert entry["verify"]["read"]["ok"] is True
+    checks = vault.verify(level="read")
+    assert checks.ok
+    assert all(r.checks[:3] == ("size", "sha256", "decompress") for r in checks.results)
+
+
+def test_read_catches_a_flipped_byte(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    _flip_a_byte(_data(tmp_path / "nas", "crm"))
+    report = vault.verify(level="read")
+    (bad,) = [r for r in report.results if not r.ok]
+    assert (bad.target, bad.archive.split("_")[1]) == ("nas", "crm")
+    # The codec's checksum fails first, as the data is read; the sha256 at its end.
+    assert "Restored data doesn't match checksum" in (bad.error or "")
+    assert "the stored copy is damaged" in (bad.error or "")
+
+
+def test_read_catches_damage_the_sidecar_agrees_with(tmp_path: Path) -> None:
+    """Damage inside the compressed data: the codec's content checksum refuses it."""
+    big = tmp_path / "cells" / "crm"
+    write_tree(big, {f"f{i}.txt": f"line {i} of some text\n" * 2000 for i in range(20)})
+    vault = make_vault(tmp_path / "backup", {"crm": [big]}, clock=clock())
+    assert vault.backup().ok
+    data = _data(tmp_path / "backup", "crm")
+    _flip_a_byte(data)
+    _resign(tmp_path / "backup", "crm")
+    report = vault.verify(level="read")
+    (bad,) = report.results
+    assert not bad.ok
+    assert "does not decompress" in (bad.error or "")
+
+
+def test_read_catches_a_truncated_stream_and_a_bad_meta(tmp_path: Path) -> None:
+    import zstandard
+
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    # A whole zstd frame of a tar stream cut short: decompresses, but the tar has no end.
+    data = _data(tmp_path / "nas", "crm")
+    tar = zstandard.ZstdDecompressor().stream_reader(data.read_bytes()).read()
+    _own_copy(data)
+    data.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(tar[:-10240]))
+    _resign(tmp_path / "nas", "crm")
+    # The first member of billing's archive renamed: meta.json is no longer first.
+    other = _data(tmp_path / "nas", "billing")
+    tar = bytearray(zstandard.ZstdDecompressor().stream_reader(other.read_bytes()).read())
+    at = tar.find(b"meta.json")
+    tar[at : at + 9] = b"meta.jsoN"
+    _own_copy(other)
+    other.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(bytes(tar)))
+    _resign(tmp_path / "nas", "billing")
+    report = vault.verify(level="read", targets=["nas"])
+    errors = {r.archive.split("_")[1]: r.error or "" for r in report.results if not r.ok}
+    assert "no end-of-archive blocks" in errors["crm"]
+    assert "meta.json" in errors["billing"]
+
+
+def test_read_after_backup_compares_the_manifest_copy_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = _two_targets(tmp_path)
+    original = LocalTarget.put_file
+
+    def damaging(self: LocalTarget, local: Path, key: str) -> None:
+        original(self, local, key)
+        if self.name == "nas" and key.endswith(".manifest.json.zst"):
+            dest = tmp_path / "nas" / key
+            _own_copy(dest)
+            dest.write_bytes(dest.read_bytes() + b"\0")
+
+    monkeypatch.setattr(LocalTarget, "put_file", damaging)
+    report = vault.backup()
+    assert not report.ok
+    failed = {(c.cell, t.target): t for c in report.cells for t in c.targets if not t.ok}
+    assert set(failed) == {("crm", "nas"), ("billing", "nas")}
+    assert all(t.stage == "verify" for t in failed.values())
+    assert all("manifest copy differs" in (t.error or "") for t in failed.values())
+    # The copy that did not verify was uncommitted there, and only there.
+    assert vault.target("nas").archive_ids("crm") == []
+    assert len(vault.target("local").archive_ids("crm")) == 1
+
+
+def test_cli_read_level(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_TARGETS": "local,nas",
+        "BACKUP_NAS_PATH": str(tmp_path / "nas"),
+    }
+    result = CliRunner().invoke(cli, ["verify", "--level", "read", "--cell", "crm"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("size, sha256, decompress, meta.json, manifest, chain") == 2
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@given(
+    damage=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=3
+    ),
+    cut=st.one_of(st.none(), st.floats(0, 1, exclude_max=True)),
+)
+def test_read_refuses_any_damage_its_sidecar_agrees_with(
+    tmp_path_factory: pytest.TempPathFactory,
+    damage: list[tuple[float, int]],
+    cut: float | None,
+) -> None:
+    """Flipped bits and truncations anywhere: ArchiveCorrupt, or the very same content."""
+    import zstandard
+
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [write_tree(tmp_path / "cells" / "crm", SAMPLE)]},
+        clock=clock(),
+    )
+    assert vault.backup().ok
+    data = _data(tmp_path / "backup", "crm")
+    good = data.read_bytes()
+    raw = bytearray(good)
+    for where, bits in damage:
+        raw[int(where * len(raw))] ^= bits
+    if cut is not None:
+        del raw[int(cut * len(raw)) :]
+    _own_copy(data)
+    data.write_bytes(bytes(raw))
+    _resign(tmp_path / "backup", "crm")
+    (result,) = vault.verify(level="read").results
+    if result.ok:
+        original = zstandard.ZstdDecompressor().stream_reader(good).read()
+        damaged = zstandard.ZstdDecompressor().stream_reader(bytes(raw)).read()
+        assert damaged == original
+    else:
+        assert "archive cell_crm_" in (result.error or "")
+
+
+def test_zstd_frame_walk_accepts_whole_streams_and_refuses_every_cut() -> None:
+    import os as _os
+
+    import zstandard
+
+    from cellvault.verify import _ZstdFrames
+
+    def walk(data: bytes, step: int) -> None:
+        frames = _ZstdFrames()
+        for i in range(0, len(data), step):
+            frames.feed(data[i : i + step])
+        frames.finish()
+
+    text = b"".join(b"line %d of a text\n" % i for i in range(40_000))
+    noise = _os.urandom(300_000)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        3, threads=2, job_size=1 << 20, write_checksum=True
+    )
+    threaded = zstandard.ZstdCompressor(compression_params=params).compress(text + noise)
+    plain = zstandard.ZstdCompressor(write_checksum=False).compress(noise[:5000])
+    skippable = (0x184D2A53).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    for whole in (threaded, plain, threaded + plain, skippable + plain):
+        for step in (1, 7, 4096, len(whole)):
+            walk(whole, step)
+    for whole in (threaded, plain + threaded):
+        for cut in sorted({1, 4, 5, 9, len(whole) // 2, len(whole) - 4, len(whole) - 1}):
+            with pytest.raises(EOFError):
+                walk(whole[:cut], 997)
+    with pytest.raises(EOFError):
+        walk(b"", 1)
+    with pytest.raises(zstandard.ZstdError):
+        walk(plain + b"garbage!", 4096)
+
+
+def test_read_memory_stays_bounded_on_a_very_compressible_archive(tmp_path: Path) -> None:
+    """300 MB of zeros is a few kB of zstd: the check must not decompress it in one piece."""
+    import subprocess
+    import sys
+
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    with open(cell / "sparse.img", "wb") as f:
+        f.truncate(300 << 20)
+    vault = make_vault(
+        tmp_path / "backup", {"crm": [cell]}, clock=clock(), verify_after_backup=False
+    )
+    assert vault.backup().ok
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from tests.helpers import make_vault\n"
+        "v = make_vault(Path(sys.argv[1]), {'crm': [Path(sys.argv[2])]})\n"
+        "r = v.verify(level='read')\n"
+        "assert r.ok, r\n"
+        # VmHWM: this process's own peak (ru_maxrss would carry pytest's across exec).
+        "print(next(x for x in open('/proc/self/status') if x.startswith('VmHWM')).split()[1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "backup"), str(cell)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    peak_mib = int(out.stdout.split()[-1]) / 1024
+    assert peak_mib < 150, f"{peak_mib:.0f} MiB"

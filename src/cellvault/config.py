@@ -103,9 +103,9 @@ def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
 
 
 def _after_backup_level(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in ("quick", "full"):
+    if value not in ("quick", "read", "full"):
         raise ConfigError(
-            f"{attribute.name} (BACKUP_VERIFY_LEVEL) must be quick or full, not {value!r}",
+            f"{attribute.name} (BACKUP_VERIFY_LEVEL) must be quick, read or full, not {value!r}",
             hint="a drill after every backup is too slow; schedule 'cellvault verify --level drill'",
         )
 
@@ -176,9 +176,11 @@ class Config:
     retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
     #: Target name -> its own policy, instead of *retention*.
     target_retention: Mapping[str, RetentionPolicy] = attrs.field(factory=dict)
-    #: The verify after each backup: ``full`` reads every stored copy back,
-    #: ``quick`` compares size and the store's checksum without reading.
-    verify_level: str = attrs.field(default="full", validator=_after_backup_level)
+    #: The verify after each backup: ``read`` (the default) reads every stored
+    #: copy once and decompresses it to its end, ``full`` also checks every
+    #: member against the manifest, ``quick`` compares size and the store's
+    #: checksum without reading (see :mod:`cellvault.verify`).
+    verify_level: str = attrs.field(default="read", validator=_after_backup_level)
     #: A Prometheus textfile rewritten after every run (node_exporter's textfile collector).
     metrics_file: Path | None = attrs.field(
         default=None, converter=attrs.converters.optional(_abspath)
@@ -368,7 +370,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         restore_skip_prebackup=_flag(env, "RESTORE_SKIP_PREBACKUP", False),
         restore_into=Path(into) if into else None,
         extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
-        verify_level=env.get("BACKUP_VERIFY_LEVEL", "full").strip().lower() or "full",
+        verify_level=env.get("BACKUP_VERIFY_LEVEL", "read").strip().lower() or "read",
         metrics_file=env.get("BACKUP_METRICS_FILE", "").strip() or None,
         max_age=_float(env, "BACKUP_MAX_AGE_HOURS", 26.0),
         log_keep_days=_float(env, "BACKUP_LOG_KEEP_DAYS", 14.0),

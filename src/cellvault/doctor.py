@@ -544,7 +544,7 @@ def _check_backups(vault: Vault, targets: list[Target], max_age: float | None) -
             f"{t.target} {c.level}"
             for t in cell.targets
             for c in t.checks
-            if c.ok and c.level in ("quick", "full")
+            if c.ok and c.level in ("quick", "read", "full")
         ]
         ages = [t.age for t in cell.targets if t.age is not None]
         newest = {t.newest for t in cell.targets if t.newest}

@@ -65,7 +65,7 @@ from .state import StateFile, slot
 from .status import StatusReport, build_status
 from .swap import Swap
 from .targets.base import Target
-from .verify import LEVELS, compare_tree, content_checksums, quick_check
+from .verify import LEVELS, compare_tree, content_checksums, quick_check, read_check
 
 __all__ = ["ArchiveInfo", "Vault"]
 
@@ -768,8 +768,15 @@ class Vault:
             verified = False
             if self.config.verify_after_backup:
                 stage = "verify"
+                committed = set(target.archive_ids(sidecar.id.cell))
                 if self.config.verify_level == "quick":
-                    quick_check(target, sidecar, set(target.archive_ids(sidecar.id.cell)))
+                    quick_check(target, sidecar, committed)
+                elif self.config.verify_level == "read":
+                    # The manifest copy must be, byte for byte, the one this run wrote.
+                    copy = result.manifest_path.read_bytes()
+                    read_check(
+                        target, sidecar, committed, manifest_copy=copy, manifest=result.manifest
+                    )
                 else:
                     self._verify_one(target, sidecar)
                 verified = True
@@ -967,6 +974,10 @@ class Vault:
                 if committed is None:
                     committed = set(target.archive_ids(sidecar.id.cell))
                 checks = quick_check(target, sidecar, committed)
+            elif level == "read":
+                if committed is None:
+                    committed = set(target.archive_ids(sidecar.id.cell))
+                checks = read_check(target, sidecar, committed)
             else:
                 members = self._verify_one(target, sidecar)
         except CellvaultError as exc:

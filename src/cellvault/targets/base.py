@@ -373,6 +373,10 @@ class Target(abc.ABC):
             raise ArchiveCorrupt(
                 "manifest copy is missing", archive=str(sidecar.id), target=self.name
             ) from None
+        return self.parse_manifest(sidecar, raw)
+
+    def parse_manifest(self, sidecar: Sidecar, raw: bytes) -> Manifest:
+        """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar*."""
         try:
             body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
         except zstandard.ZstdError as exc:
