@@ -15,8 +15,6 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
-import fsspec
-
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from .base import ObjectInfo, ObjectStat, Target, TargetSpec
@@ -33,6 +31,8 @@ class FsspecTarget(Target):
     def __init__(self, spec: TargetSpec) -> None:
         super().__init__(spec)
         try:
+            import fsspec
+
             fs, root = fsspec.core.url_to_fs(spec.url, **dict(spec.options))
         except ImportError as exc:
             raise ConfigError(
@@ -148,6 +148,10 @@ class FsspecTarget(Target):
 @hookimpl(trylast=True)
 def cellvault_make_target(spec: TargetSpec) -> Target | None:
     """Any URL whose protocol fsspec knows; asked last, so specific plugins win."""
-    if spec.scheme and spec.scheme in fsspec.available_protocols():
+    if not spec.scheme:
+        return None
+    import fsspec
+
+    if spec.scheme in fsspec.available_protocols():
         return FsspecTarget(spec)
     return None
