@@ -61,7 +61,7 @@ OP_LABELS = {
     "restore": "restore (latest)",
     "verify": "verify (all data)",
 }
-ALL_TOOLS = ("cellvault", "cellvault-noverify", "tar", "restic", "borg")
+ALL_TOOLS = ("cellvault", "cellvault-noverify", "cellvault-fullverify", "tar", "restic", "borg")
 DEFAULT_TOOLS = ("cellvault", "tar", "restic", "borg")
 #: Where cellvault is imported from (``--cellvault-src``); None: the installed package.
 CELLVAULT_SRC: Path | None = None
@@ -276,6 +276,10 @@ class Cellvault(Tool):
 
     name = "cellvault"
     verify_after_backup = True
+    #: ``BACKUP_VERIFY_LEVEL`` of the check after each backup; ``None``: the default (read).
+    verify_level: str | None = None
+    #: Import cellvault from this copy of ``src/`` (``None``: ``--cellvault-src`` or installed).
+    src: Path | None = None
 
     def __init__(self, corpus: Path, base: Path, split_cells: bool = False) -> None:
         super().__init__(corpus, base, split_cells)
@@ -290,9 +294,12 @@ class Cellvault(Tool):
             self.env["BACKUP_CELL_BENCH_PATHS"] = str(corpus)
         if not self.verify_after_backup:
             self.env["BACKUP_VERIFY"] = "0"
-        if CELLVAULT_SRC is not None:
+        if self.verify_level is not None:
+            self.env["BACKUP_VERIFY_LEVEL"] = self.verify_level
+        src = self.src or CELLVAULT_SRC
+        if src is not None:
             self.env["PYTHONPATH"] = os.pathsep.join(
-                [str(CELLVAULT_SRC), *filter(None, [os.environ.get("PYTHONPATH")])]
+                [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
             )
         self._last_backup = 0.0
 
@@ -334,6 +341,19 @@ class CellvaultNoVerify(Cellvault):
 
     name = "cellvault-noverify"
     verify_after_backup = False
+
+
+class CellvaultFullVerify(Cellvault):
+    """cellvault with BACKUP_VERIFY_LEVEL=full: every member checked again after storing."""
+
+    name = "cellvault-fullverify"
+    verify_level = "full"
+
+
+class CellvaultBaseline(Cellvault):
+    """cellvault at another revision (``--baseline-src``), with its own defaults: before/after."""
+
+    name = "cellvault-baseline"
 
 
 class TarZstd(Tool):
@@ -487,6 +507,8 @@ class Borg(Tool):
 TOOL_CLASSES: dict[str, type[Tool]] = {
     "cellvault": Cellvault,
     "cellvault-noverify": CellvaultNoVerify,
+    "cellvault-fullverify": CellvaultFullVerify,
+    "cellvault-baseline": CellvaultBaseline,
     "tar": TarZstd,
     "restic": Restic,
     "borg": Borg,
@@ -780,6 +802,13 @@ def main(argv: list[str] | None = None) -> int:
         help="import cellvault from this directory (a copy of src/, e.g. from git archive) "
         "instead of the installed package, to measure a fixed revision",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also measure the cellvault in this directory (a copy of src/ of an earlier "
+        "revision) as the tool cellvault-baseline, side by side with the current one",
+    )
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
 
@@ -789,6 +818,14 @@ def main(argv: list[str] | None = None) -> int:
     global CELLVAULT_SRC
     CELLVAULT_SRC = args.cellvault_src.resolve() if args.cellvault_src else None
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if args.baseline_src is not None:
+        CellvaultBaseline.src = args.baseline_src.resolve()
+        if "cellvault-baseline" not in wanted:
+            wanted.insert(
+                wanted.index("cellvault") + 1 if "cellvault" in wanted else 0, "cellvault-baseline"
+            )
+    elif "cellvault-baseline" in wanted:
+        parser.error("the tool cellvault-baseline needs --baseline-src")
     for t in wanted:
         if t not in TOOL_CLASSES:
             parser.error(f"unknown tool {t!r}; choose from {', '.join(ALL_TOOLS)}")
@@ -924,6 +961,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(work),
             "cellvault_revision": git_revision() if CELLVAULT_SRC is None else None,
             "cellvault_src": str(CELLVAULT_SRC) if CELLVAULT_SRC else None,
+            "baseline_src": str(CellvaultBaseline.src) if CellvaultBaseline.src else None,
             "load": {"start": uptime_start, "end": uptime_end},
             "versions": versions,
             "skipped": skipped,
