@@ -1,4 +1,4 @@
-"""Verify levels: quick (no download), full (read back), drill (restore, check, time)."""
+"""Verify levels: quick (no download), read (read once, nothing unpacked), full (read back), drill."""
 
 from __future__ import annotations
 

@@ -861,7 +861,7 @@ class Vault:
         all_archives: bool = False,
         level: str = "full",
     ) -> VerifyReport:
-        """Check archives on each target, at one of three levels.
+        """Check archives on each target, at one of four levels.
 
         By default the latest archive of each cell on each target; with
         *all_archives*, every committed one (not for drills).
@@ -870,6 +870,12 @@ class Vault:
           the recorded size and, where the store reports one on HEAD (OSS's
           CRC-64, an S3 single-part ETag), the recorded checksum; the manifest
           copy and an incremental's chain are committed there.
+        * ``read`` reads each archive once without unpacking it: the sha256
+          against the sidecar, the data decompressed to its end (the codec's
+          checksum of every byte), ``meta.json`` with ``backed_at``, the tar's
+          end blocks, the manifest copy and the chain
+          (:func:`cellvault.verify.read_check`); the check after each backup
+          by default.
         * ``full`` reads each archive back: the sha256 against the sidecar,
           every member against the manifest, ``backed_at`` in ``meta.json``,
           and that an incremental's chain is committed there.

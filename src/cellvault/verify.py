@@ -1,4 +1,4 @@
-"""Verify levels: ``quick``, ``full`` and ``drill``, and what each compares.
+"""Verify levels: ``quick``, ``read``, ``full`` and ``drill``, and what each compares.
 
 * **quick** reads no archive data: the sidecar is committed, the data and
   manifest objects exist, the data object has the size the sidecar records
