@@ -43,6 +43,17 @@ def open_under(root: Path) -> list[str]:
     return held
 
 
+#: Larger than what a read-ahead thread reads whole, when it reads any whole.
+WHOLE = 256 << 10
+
+
+@pytest.fixture(autouse=True, params=[0, WHOLE], ids=["kernel-read-ahead", "read-whole"])
+def read_whole(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Each test twice: files only opened ahead (the default), and small files read whole."""
+    monkeypatch.setattr(pack, "READ_WHOLE", request.param)
+    return int(request.param)
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """Many small files around a few larger than what is read whole, in nested folders."""
@@ -53,9 +64,9 @@ def tree(tmp_path: Path) -> Path:
         folder.mkdir(parents=True)
         for i in range(40):
             (folder / f"f{i:02}.txt").write_bytes(rnd.randbytes(rnd.randrange(0, 9000)))
-    (root / "big.bin").write_bytes(rnd.randbytes(pack.READ_WHOLE * 3 + 17))
-    (root / "d3" / "edge.bin").write_bytes(rnd.randbytes(pack.READ_WHOLE))
-    (root / "d3" / "past-edge.bin").write_bytes(rnd.randbytes(pack.READ_WHOLE + 1))
+    (root / "big.bin").write_bytes(rnd.randbytes(WHOLE * 3 + 17))
+    (root / "d3" / "edge.bin").write_bytes(rnd.randbytes(WHOLE))
+    (root / "d3" / "past-edge.bin").write_bytes(rnd.randbytes(WHOLE + 1))
     (root / "empty").write_bytes(b"")
     (root / "link").symlink_to("big.bin")
     return root
