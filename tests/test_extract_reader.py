@@ -80,27 +80,33 @@ def padded(data: bytes) -> bytes:
     return data + bytes(-len(data) % 512)
 
 
-def archive_bytes(middle: bytes, entries: list | None = None) -> tuple[bytes, Sidecar, Manifest]:  # type: ignore[type-arg]
-    meta = ArchiveMeta(
-        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
+META = ArchiveMeta(id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd")
+
+
+def sealed(tar: bytes, files: int = 0) -> tuple[bytes, Sidecar]:
+    """*tar* compressed, with a sidecar that vouches for exactly those bytes."""
+    raw = zstandard.ZstdCompressor().compress(tar)
+    sidecar = Sidecar(
+        meta=META,
+        data_name=f"{ARCHIVE}.tar.zst",
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        files=files,
     )
+    return raw, sidecar
+
+
+def archive_bytes(middle: bytes, entries: list | None = None) -> tuple[bytes, Sidecar, Manifest]:  # type: ignore[type-arg]
     manifest = Manifest(archive=ARCHIVE)
     for entry in entries if entries is not None else [dir_entry("data/crm")]:
         manifest.add(entry)
     tar = (
-        blocks(*member("meta.json", meta.to_json()))
+        blocks(*member("meta.json", META.to_json()))
         + middle
         + blocks(*member("manifest.json", manifest.to_json()))
         + bytes(1024)
     )
-    raw = zstandard.ZstdCompressor().compress(tar)
-    sidecar = Sidecar(
-        meta=meta,
-        data_name=f"{ARCHIVE}.tar.zst",
-        size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        files=len(manifest),
-    )
+    raw, sidecar = sealed(tar, files=len(manifest))
     return raw, sidecar, manifest
 
 
@@ -279,18 +285,9 @@ def test_hostile_or_malformed_headers_are_refused(case: str, tmp_path: Path) -> 
 
 
 def test_archive_ending_after_a_pax_header_is_refused() -> None:
-    meta = ArchiveMeta(
-        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
-    )
     for end in (b"", bytes(1024)):
-        tar = blocks(*member("meta.json", meta.to_json())) + pax(record(b"path", b"x")) + end
-        raw = zstandard.ZstdCompressor().compress(tar)
-        sidecar = Sidecar(
-            meta=meta,
-            data_name=f"{ARCHIVE}.tar.zst",
-            size=len(raw),
-            sha256=hashlib.sha256(raw).hexdigest(),
-        )
+        tar = blocks(*member("meta.json", META.to_json())) + pax(record(b"path", b"x")) + end
+        raw, sidecar = sealed(tar)
         with pytest.raises(ArchiveCorrupt, match="ends after a pax header"):
             verify_archive(io.BytesIO(raw), sidecar, "t")
 
@@ -302,17 +299,8 @@ def test_manifest_json_must_be_a_file() -> None:
 
 
 def test_oversized_meta_json_is_refused() -> None:
-    meta = ArchiveMeta(
-        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
-    )
-    tar = blocks(*member("meta.json", meta.to_json() + b" " * (2 << 20))) + bytes(1024)
-    raw = zstandard.ZstdCompressor().compress(tar)
-    sidecar = Sidecar(
-        meta=meta,
-        data_name=f"{ARCHIVE}.tar.zst",
-        size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    tar = blocks(*member("meta.json", META.to_json() + b" " * (2 << 20))) + bytes(1024)
+    raw, sidecar = sealed(tar)
     with pytest.raises(ArchiveCorrupt, match="too large"):
         verify_archive(io.BytesIO(raw), sidecar, "t")
 
@@ -323,17 +311,8 @@ def test_oversized_meta_json_is_refused() -> None:
     ids=["numbers", "list-id", "deep"],
 )
 def test_unusable_meta_json_is_corrupt(meta_json: bytes) -> None:
-    meta = ArchiveMeta(
-        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
-    )
     tar = blocks(*member("meta.json", meta_json)) + bytes(1024)
-    raw = zstandard.ZstdCompressor().compress(tar)
-    sidecar = Sidecar(
-        meta=meta,
-        data_name=f"{ARCHIVE}.tar.zst",
-        size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    raw, sidecar = sealed(tar)
     with pytest.raises(ArchiveCorrupt, match=r"meta\.json"):
         verify_archive(io.BytesIO(raw), sidecar, "t")
 
@@ -344,21 +323,12 @@ def test_unusable_meta_json_is_corrupt(meta_json: bytes) -> None:
     ids=["numbers", "deep", "no-archive"],
 )
 def test_unusable_manifest_json_is_corrupt(manifest_json: bytes) -> None:
-    meta = ArchiveMeta(
-        id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd"
-    )
     tar = (
-        blocks(*member("meta.json", meta.to_json()))
+        blocks(*member("meta.json", META.to_json()))
         + blocks(*member("manifest.json", manifest_json))
         + bytes(1024)
     )
-    raw = zstandard.ZstdCompressor().compress(tar)
-    sidecar = Sidecar(
-        meta=meta,
-        data_name=f"{ARCHIVE}.tar.zst",
-        size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    raw, sidecar = sealed(tar)
     with pytest.raises(ArchiveCorrupt, match="manifest"):
         verify_archive(io.BytesIO(raw), sidecar, "t")
 

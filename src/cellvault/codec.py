@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Callable
 from typing import IO, Any, BinaryIO, cast
 
 import attrs
@@ -118,17 +119,23 @@ class HashingWriter:
 
 
 class HashingReader:
-    """Pass reads from *raw* while counting bytes and computing their sha256."""
+    """Pass reads from *raw* while counting bytes and computing their sha256.
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    *see*, if given, is shown every block read too (in order, once each).
+    """
+
+    def __init__(self, raw: IO[bytes], see: Callable[[bytes], None] | None = None) -> None:
         self.raw = raw
         self.digest = hashlib.sha256()
         self.count = 0
+        self.see = see
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.digest.update(data)
         self.count += len(data)
+        if self.see is not None:
+            self.see(data)
         return data
 
     def readinto(self, buffer: Any) -> int:

@@ -37,7 +37,6 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import zstandard
 
@@ -191,19 +190,19 @@ def read_check(
             hint="the stored copy is damaged; verify other targets and restore from a good one",
         )
 
+    frames = _ZstdFrames() if codec_for(sidecar.data_name).name == "zstd" else None
     with target.open_archive(sidecar) as raw:
-        hashing = HashingReader(raw)
+        hashing = HashingReader(raw, see=frames.feed if frames is not None else None)
         head = bytearray()
         tail = b""
         with target.guard(f"read archive {ident}"):
             try:
-                for block in _decompressed(sidecar.data_name, hashing):
+                for block in _decompressed(sidecar.data_name, hashing, frames):
                     if len(head) < _HEAD:
                         head += block[: _HEAD - len(head)]
                     tail = (tail + block[-_TAR_END:])[-_TAR_END:]
             except (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
                 raise corrupt(f"data does not decompress ({exc})") from None
-            hashing.drain()
     if hashing.count != sidecar.size:
         raise corrupt(f"stored data is {hashing.count} bytes, the sidecar says {sidecar.size}")
     if hashing.digest.hexdigest() != sidecar.sha256:
@@ -232,47 +231,25 @@ def read_check(
     return ("size", "sha256", "decompress", "meta.json", "manifest", "chain")
 
 
-def _decompressed(data_name: str, raw: HashingReader) -> Iterator[bytes]:
+def _decompressed(
+    data_name: str, raw: HashingReader, frames: _ZstdFrames | None
+) -> Iterator[bytes]:
     """The decompressed blocks of an archive; a truncated stream raises, even at a block edge.
 
     zstd's streaming reader ends quietly when its input stops inside a frame
     (a cut just before the content checksum, say), so the compressed bytes
-    also go through :class:`_ZstdFrames`, which follows the frames' structure
-    and says whether the last one is whole. Memory stays bounded: the reader
-    hands out at most a block at a time, however well the data compresses.
+    also go through *frames* (fed by *raw*), which follows the frames'
+    structure and says whether the last one is whole. Memory stays bounded:
+    the reader hands out at most a block at a time, however well the data
+    compresses. gzip's reader raises EOFError on a truncated member itself, and
+    checks each member's CRC-32.
     """
-    codec = codec_for(data_name)
-    frames = _ZstdFrames() if codec.name == "zstd" else None
-    source = _Tap(raw, frames.feed) if frames is not None else raw
-    # gzip's reader raises EOFError on a truncated member and checks each CRC-32.
-    reader = codec.reader(source)  # type: ignore[arg-type]
+    reader = codec_for(data_name).reader(raw)  # type: ignore[arg-type]
     while block := reader.read(_BLOCK):
         yield block
-    while source.read(_BLOCK):
-        pass  # bytes after the last frame: the frame walk refuses them
+    raw.drain(_BLOCK)  # bytes after the last frame: the frame walk refuses them
     if frames is not None:
         frames.finish()
-
-
-class _Tap:
-    """A reader that shows every byte read from *raw* to *see*."""
-
-    def __init__(self, raw: HashingReader, see: Callable[[bytes], None]) -> None:
-        self.raw = raw
-        self.see = see
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.see(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
 
 _ZSTD_MAGIC = 0xFD2FB528
