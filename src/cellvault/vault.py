@@ -778,7 +778,7 @@ class Vault:
                         target, sidecar, committed, manifest_copy=copy, manifest=result.manifest
                     )
                 else:
-                    self._verify_one(target, sidecar)
+                    self._verify_one(target, sidecar, committed)
                 verified = True
                 log.info(
                     "archive.verified",
@@ -827,7 +827,9 @@ class Vault:
 
     # -- verify ----------------------------------------------------------
 
-    def _verify_one(self, target: Target, sidecar: Sidecar) -> int:
+    def _verify_one(
+        self, target: Target, sidecar: Sidecar, committed: set[ArchiveId] | None = None
+    ) -> int:
         with target.open_archive(sidecar) as raw:
             _, manifest, members = verify_archive(raw, sidecar, target.name)
         # Incrementals and restore planning trust the stored manifest copy: it
@@ -839,7 +841,8 @@ class Vault:
                 target=target.name,
                 hint="take a new full backup; restore this archive from another target",
             )
-        committed = set(target.archive_ids(sidecar.id.cell))
+        if committed is None:
+            committed = set(target.archive_ids(sidecar.id.cell))
         needed = {str(a) for a in sidecar.meta.chain} | manifest.holders()
         for holder in sorted(needed - {str(sidecar.id)}):
             if ArchiveId.parse(holder) not in committed:
@@ -976,16 +979,14 @@ class Vault:
         checks: tuple[str, ...] = ()
         members = 0
         try:
+            if committed is None:
+                committed = set(target.archive_ids(sidecar.id.cell))
             if level == "quick":
-                if committed is None:
-                    committed = set(target.archive_ids(sidecar.id.cell))
                 checks = quick_check(target, sidecar, committed)
             elif level == "read":
-                if committed is None:
-                    committed = set(target.archive_ids(sidecar.id.cell))
                 checks = read_check(target, sidecar, committed)
             else:
-                members = self._verify_one(target, sidecar)
+                members = self._verify_one(target, sidecar, committed)
         except CellvaultError as exc:
             self._failed(
                 Failure(
