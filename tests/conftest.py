@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cellvault.notify import webhook
+from tests.servers.webhook import WebhookServer
+
 # Entry points are loaded only by the tests that install one on purpose.
 os.environ["CELLVAULT_LOAD_PLUGINS"] = ""
 
@@ -45,3 +48,21 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith(("BACKUP_", "RESTORE_", "DR_")) or key == "CELLVAULT_CONFIG":
             monkeypatch.delenv(key, raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_webhook_state() -> Iterator[None]:
+    """A webhook that failed in one test must not be 'recently down' in the next."""
+    webhook._down_until.clear()
+    yield
+    webhook._down_until.clear()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookServer]:
+    """A webhook receiver on 127.0.0.1 that records what it is sent."""
+    server = WebhookServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +14,10 @@ from click.testing import CliRunner
 from cellvault import Cell, Config, TargetSpec, Vault
 from cellvault.cli import cli
 from cellvault.doctor import PROBE_PREFIX, Check, DoctorReport, run_checks
-from cellvault.notify import webhook
 from tests.helpers import SAMPLE, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
 from tests.servers.rsyncd import RsyncModule
 from tests.servers.webhook import WebhookServer, closed_port
-
-
-@pytest.fixture(autouse=True)
-def _fresh_webhook_state() -> Iterator[None]:
-    webhook._down_until.clear()
-    yield
-    webhook._down_until.clear()
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookServer]:
-    server = WebhookServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Setup:

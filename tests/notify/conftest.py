@@ -1,18 +1,16 @@
-"""Fixtures of the alert tests: a webhook receiver and a vault with one failing target."""
+"""Fixtures of the alert tests: a vault with one failing target (the webhook receiver is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cellvault import TargetSpec, Vault, hookimpl
-from cellvault.notify import webhook
 from tests.helpers import SAMPLE, MemTarget, make_vault, write_tree
-from tests.servers.webhook import WebhookServer
 
 _urls = itertools.count()
 
@@ -28,23 +26,6 @@ class DeniedPlugin:
     @hookimpl
     def cellvault_make_target(self, spec: TargetSpec) -> MemTarget | None:
         return DeniedTarget(spec) if spec.scheme == "denied" else None
-
-
-@pytest.fixture(autouse=True)
-def _fresh_webhook_state() -> Iterator[None]:
-    """A webhook that failed in one test must not be 'recently down' in the next."""
-    webhook._down_until.clear()
-    yield
-    webhook._down_until.clear()
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookServer]:
-    server = WebhookServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
