@@ -54,7 +54,7 @@ import zstandard
 from .archive import ArchiveId, Selector, Sidecar
 from .cell import validate_cell_name
 from .config import Config
-from .errors import ArchiveCorrupt, CellvaultError, ConfigError, LockHeld, TargetError
+from .errors import ArchiveCorrupt, CellvaultError, ConfigError, DrError, LockHeld, TargetError
 from .events import Event
 from .extract import verify_archive
 from .lock import Lease
@@ -107,10 +107,6 @@ _FALSE = {"0", "false", "no", "off", ""}
 _BLOCK = 1 << 20
 #: A copy cut by a transient error starts again this many times in all.
 COPY_ATTEMPTS = 3
-
-
-class DrError(CellvaultError):
-    """A disaster-recovery step was refused or cannot be done; nothing was switched."""
 
 
 # -- settings ----------------------------------------------------------------

@@ -14,10 +14,14 @@ __all__ = [
     "BackupError",
     "CellvaultError",
     "ConfigError",
+    "DrError",
+    "DumpError",
+    "LoadError",
     "LockHeld",
     "RestoreError",
     "TargetError",
     "UnsafeArchive",
+    "WebhookError",
 ]
 
 
@@ -106,3 +110,26 @@ class BackupError(CellvaultError):
 
 class RestoreError(CellvaultError):
     """A restore could not be completed; the live data was left as it was."""
+
+
+class DumpError(BackupError):
+    """A dumper could not take its snapshot; the cell's backup fails (stage ``dump``)."""
+
+
+class LoadError(RestoreError):
+    """A dump could not be loaded back; the cell's restore fails before the swap."""
+
+
+class DrError(CellvaultError):
+    """A disaster-recovery step was refused or cannot be done; nothing was switched."""
+
+
+class WebhookError(CellvaultError):
+    """An alert delivery failed; the message never holds the URL's path, query or the secret.
+
+    ``transient`` tells whether another attempt may succeed (a timeout, a 5xx).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient

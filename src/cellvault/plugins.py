@@ -12,13 +12,21 @@ import importlib
 import importlib.metadata
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+import attrs
 import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "make_plugin_manager"]
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "PluginOutcome",
+    "call_each",
+    "make_plugin_manager",
+]
 
 ENTRY_POINT_GROUP = "cellvault"
 
@@ -56,6 +64,49 @@ def make_plugin_manager(
     for plugin in plugins:
         pm.register(plugin)
     return pm
+
+
+@attrs.frozen
+class PluginOutcome:
+    """What one plugin's implementation of a hook did in :func:`call_each`."""
+
+    plugin: str
+    ok: bool
+    #: What it returned (``None`` when it failed).
+    result: Any = None
+    #: What it raised, as an exception object (``None`` when it succeeded).
+    exception: BaseException | None = None
+
+
+def call_each(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[PluginOutcome]:
+    """Call hook *name* once per plugin that implements it, each call on its own.
+
+    For the hooks whose implementations must not stop one another (alerts,
+    notifications, the after-snapshot and failover hooks): one plugin that
+    raises must not keep the next from running, and the caller learns each
+    plugin's outcome. Every call goes through pluggy's own hook caller (a
+    subset of the plugin manager holding that plugin and every plugin that
+    only wraps the hook), so ``wrapper``/``hookwrapper`` implementations wrap
+    each call as pluggy documents; implementations are called in pluggy's
+    order (last registered first, ``tryfirst``/``trylast`` respected).
+    """
+    caller = getattr(pm.hook, name)
+    impls = caller.get_hookimpls()
+    wrapping = {id(i.plugin) for i in impls if i.hookwrapper or i.wrapper}
+    callers = [i for i in impls if not (i.hookwrapper or i.wrapper)]
+    plugins = [i.plugin for i in impls]
+    out: list[PluginOutcome] = []
+    for impl in reversed(callers):
+        others = [p for p in plugins if p is not impl.plugin and id(p) not in wrapping]
+        subset = pm.subset_hook_caller(name, remove_plugins=others)
+        try:
+            results = subset(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - a boundary: the caller reports each outcome
+            out.append(PluginOutcome(impl.plugin_name, False, exception=exc))
+            continue
+        result = results[0] if isinstance(results, list) and results else results
+        out.append(PluginOutcome(impl.plugin_name, True, result=result))
+    return out
 
 
 def _load_entry_points(pm: pluggy.PluginManager, environ: Mapping[str, str]) -> None:

@@ -6,6 +6,8 @@ that embeds cellvault reads them. ``ok`` tells whether everything succeeded.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -17,6 +19,7 @@ __all__ = [
     "CellReport",
     "CellRestore",
     "Failure",
+    "Report",
     "RestoreReport",
     "TargetOutcome",
     "VerifyReport",
@@ -24,21 +27,35 @@ __all__ = [
 ]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+def iso(when: dt.datetime) -> str:
+    """*when* in UTC, ISO 8601 with a ``Z`` (how reports and records write times)."""
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def plain(value: Any) -> Any:
+    """*value* as JSON-ready data: times in UTC with a ``Z``, reports with their ``ok``."""
+    if isinstance(value, dt.datetime):
+        return iso(value)
     if attrs.has(type(value)):
-        return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        names = [f.name for f in attrs.fields(type(value))]
+        out = {name: plain(getattr(value, name)) for name in names}
+        if "ok" not in names and isinstance(getattr(type(value), "ok", None), property):
+            out["ok"] = value.ok
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
     return value
 
 
-class _Report:
+class Report:
+    """The base of every report and record: an attrs value with one :meth:`to_dict`."""
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the report."""
-        out: dict[str, Any] = _plain(self)
-        out["ok"] = getattr(self, "ok", True)
+        """A JSON-ready dict of the report (what ``--json`` prints), with its ``ok``."""
+        out: dict[str, Any] = plain(self)
+        out.setdefault("ok", getattr(self, "ok", True))
         return out
 
 
@@ -58,7 +75,7 @@ class Failure:
 
 
 @attrs.frozen
-class TargetOutcome(_Report):
+class TargetOutcome(Report):
     """How storing (and verifying) one archive on one target went."""
 
     target: str
@@ -71,7 +88,7 @@ class TargetOutcome(_Report):
 
 
 @attrs.frozen
-class CellReport(_Report):
+class CellReport(Report):
     """The backup of one cell in a run."""
 
     cell: str
@@ -95,7 +112,7 @@ class CellReport(_Report):
 
 
 @attrs.frozen
-class BackupReport(_Report):
+class BackupReport(Report):
     """A backup run: every cell, every target."""
 
     run: str
@@ -112,7 +129,7 @@ class BackupReport(_Report):
 
 
 @attrs.frozen
-class VerifyResult(_Report):
+class VerifyResult(Report):
     """The verify of one archive on one target."""
 
     archive: str
@@ -132,7 +149,7 @@ class VerifyResult(_Report):
 
 
 @attrs.frozen
-class VerifyReport(_Report):
+class VerifyReport(Report):
     """A verify run (any level): one result per archive and target."""
 
     results: tuple[VerifyResult, ...]
@@ -146,7 +163,7 @@ class VerifyReport(_Report):
 
 
 @attrs.frozen
-class CellRestore(_Report):
+class CellRestore(Report):
     """The restore of one cell."""
 
     cell: str
@@ -163,7 +180,7 @@ class CellRestore(_Report):
 
 
 @attrs.frozen
-class RestoreReport(_Report):
+class RestoreReport(Report):
     cells: tuple[CellRestore, ...]
     duration: float
     #: Set when the restore was refused as a whole before anything was touched.

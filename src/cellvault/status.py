@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from .errors import CellvaultError
-from .report import _Report
+from .report import Report
 from .targets.base import Target
 from .verify import LEVELS
 
@@ -32,7 +32,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 @attrs.frozen
-class CheckResult(_Report):
+class CheckResult(Report):
     """The last verify (of one level) or drill of a cell on a target."""
 
     level: str
@@ -45,7 +45,7 @@ class CheckResult(_Report):
 
 
 @attrs.frozen
-class TargetStatus(_Report):
+class TargetStatus(Report):
     """One cell on one target."""
 
     target: str
@@ -64,14 +64,14 @@ class TargetStatus(_Report):
 
 
 @attrs.frozen
-class CellStatus(_Report):
+class CellStatus(Report):
     cell: str
     ok: bool
     targets: tuple[TargetStatus, ...] = ()
 
 
 @attrs.frozen
-class StatusReport(_Report):
+class StatusReport(Report):
     """Every cell on every target, as :meth:`cellvault.Vault.status` returns it."""
 
     cells: tuple[CellStatus, ...]

@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import attrs
 
-from ..errors import BackupError, CellvaultError, ConfigError, RestoreError
+from ..errors import BackupError, CellvaultError, ConfigError, DumpError, LoadError, RestoreError
 from ..log import get_logger, redact, redact_text
 from ..manifest import Entry, Manifest
 
@@ -91,14 +91,6 @@ _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PART = re.compile(r"(?P<file>.+)\.part-(?P<n>\d{6})")
 # How much of a failing tool's stderr an error message quotes.
 _STDERR_TAIL = 1500
-
-
-class DumpError(BackupError):
-    """A dumper could not take its snapshot; the cell's backup fails (stage ``dump``)."""
-
-
-class LoadError(RestoreError):
-    """A dump could not be loaded back; the cell's restore fails before the swap."""
 
 
 # -- values from TOML and the environment ---------------------------------------------

@@ -33,6 +33,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 import tenacity
 
+from ..errors import WebhookError
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact_text
 from . import AlertSettings, alert_for, alert_settings, alert_text, summary_for
@@ -52,14 +53,6 @@ BACKOFF_WINDOW = 60.0
 
 _down_until: dict[str, float] = {}
 _down_lock = threading.Lock()
-
-
-class WebhookError(Exception):
-    """A delivery failed; the message never holds the URL's path, query or the secret."""
-
-    def __init__(self, message: str, *, transient: bool) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 def detect_format(url: str) -> str:

@@ -1,0 +1,206 @@
+"""One run of an operation: its id, host, run log, events, failures and alerts.
+
+Every operation (backup, verify, restore, prune, a DR sync, ...) is one
+:class:`Run`, opened once by the façade that starts it with :func:`open_run`
+and handed to the operation's functions. The run owns what every operation
+did by hand before: the run id bound into every structlog event of the run
+(so deeper layers' events land in its run log), ``emit`` for the caller's
+``on_event``, ``fail`` for a failure that is logged and alerted, ``notify``
+for the notification hooks, and the end-of-run work (metrics, log pruning,
+``cellvault_run_finished``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pluggy
+import structlog
+
+from .errors import CellvaultError
+from .events import Event
+from .layout import BackupDirLayout
+from .log import get_logger, redact_text
+from .plugins import call_each
+from .report import Failure
+from .runlog import RunLog, prune_logs
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["Run", "error_text", "new_run_id", "open_run"]
+
+log = get_logger(__name__)
+
+
+def new_run_id() -> str:
+    """A fresh run id: 12 hex digits."""
+    return secrets.token_hex(6)
+
+
+def error_text(exc: BaseException) -> str:
+    """What a report or an alert says of *exc*: its message, redacted unless it is ours."""
+    if isinstance(exc, CellvaultError):
+        return str(exc)
+    return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+@attrs.define
+class Run:
+    """The context of one operation's run; see the module's text.
+
+    *operation* is the run's kind (``backup``, ``verify``, ``restore``,
+    ``prune``, ``sync``, ...): the run log's first word and the
+    ``operation`` of the failures it reports.
+    """
+
+    operation: str
+    id: str
+    host: str
+    config: Config
+    plugins: pluggy.PluginManager
+    on_event: Callable[[Event], None] | None = None
+    #: The run's log file, while it is open.
+    runlog: RunLog | None = None
+    started: float = attrs.field(factory=time.monotonic)
+
+    @property
+    def layout(self) -> BackupDirLayout:
+        return BackupDirLayout(self.config.backup_dir)
+
+    def emit(self, name: str, **fields: Any) -> None:
+        """Hand the event *name* to the caller's ``on_event``; a callback that fails is logged."""
+        if self.on_event is None:
+            return
+        data = {k: v for k, v in fields.items() if k not in ("cell", "target", "archive")}
+        event = Event(
+            name,
+            self.id,
+            cell=fields.get("cell"),
+            target=fields.get("target"),
+            archive=fields.get("archive"),
+            data=data,
+        )
+        try:
+            self.on_event(event)
+        except Exception as exc:  # noqa: BLE001 - a caller's callback must not break a run
+            log.warning("event.callback_failed", event_name=name, error=error_text(exc))
+
+    def failure(
+        self,
+        stage: str,
+        error: str,
+        *,
+        cell: str | None = None,
+        target: str | None = None,
+        archive: str | None = None,
+        operation: str | None = None,
+    ) -> Failure:
+        """A :class:`Failure` of this run (its id, host and operation filled in)."""
+        return Failure(
+            stage=stage,
+            error=error,
+            cell=cell,
+            target=target,
+            archive=archive,
+            run=self.id,
+            host=self.host,
+            operation=operation or self.operation,
+        )
+
+    def fail(
+        self,
+        stage: str,
+        error: str,
+        *,
+        cell: str | None = None,
+        target: str | None = None,
+        archive: str | None = None,
+        operation: str | None = None,
+    ) -> Failure:
+        """Log and alert a failure of this run; return it."""
+        failure = self.failure(
+            stage, error, cell=cell, target=target, archive=archive, operation=operation
+        )
+        self.alert(failure)
+        return failure
+
+    def alert(self, failure: Failure) -> None:
+        """Log *failure* and send it to every ``cellvault_backup_failed`` implementation."""
+        log.error(
+            f"{failure.operation}.failed",
+            stage=failure.stage,
+            cell=failure.cell,
+            target=failure.target,
+            archive=failure.archive,
+            run=failure.run,
+            error=failure.error,
+        )
+        # Each notifier on its own: one that fails must not keep the others silent.
+        self.notify("cellvault_backup_failed", failure=failure, config=self.config)
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call every implementation of *hook*; log and swallow what each raises.
+
+        For the hooks whose exceptions never change a run's result (alerts,
+        after-backup and after-restore notifications).
+        """
+        notify(self.plugins, hook, **kwargs)
+
+    def finish(self, report: Any, *, metrics: Callable[[], object] | None = None) -> None:
+        """End-of-run work: metrics (backup, verify), run-log pruning (backup), the hook."""
+        if metrics is not None and self.operation in ("backup", "verify"):
+            metrics()
+        if self.operation == "backup":
+            try:
+                removed = prune_logs(self.layout.logs, keep_days=self.config.log_keep_days)
+            except OSError as exc:
+                log.warning("runlog.prune_failed", error=error_text(exc))
+            else:
+                if removed:
+                    log.info("runlog.pruned", removed=[p.name for p in removed])
+        self.notify(
+            "cellvault_run_finished", operation=self.operation, report=report, config=self.config
+        )
+
+
+def notify(plugins: pluggy.PluginManager, hook: str, **kwargs: Any) -> None:
+    """Call every implementation of *hook* on its own; log what any raises (see :meth:`Run.notify`)."""
+    for outcome in call_each(plugins, hook, **kwargs):
+        if outcome.exception is not None:
+            log.error(
+                "plugin.hook_failed",
+                hook=hook,
+                plugin=outcome.plugin,
+                error=error_text(outcome.exception),
+            )
+
+
+@contextlib.contextmanager
+def open_run(
+    operation: str,
+    *,
+    config: Config,
+    plugins: pluggy.PluginManager,
+    host: str,
+    on_event: Callable[[Event], None] | None = None,
+    run_log: bool = True,
+) -> Iterator[Run]:
+    """Open a :class:`Run` of *operation*: a fresh id bound into structlog's context.
+
+    With *run_log* (the default), ``<backup_dir>/logs/<operation>_<stamp>.log``
+    is open for the run's duration. The caller calls :meth:`Run.finish` with
+    its report when the operation returned one.
+    """
+    run = Run(operation, new_run_id(), host, config, plugins, on_event)
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+    with contextlib.ExitStack() as stack:
+        if run_log:
+            run.runlog = stack.enter_context(RunLog(run.layout.logs, operation, run.id, stamp))
+        stack.enter_context(structlog.contextvars.bound_contextvars(run=run.id))
+        yield run
