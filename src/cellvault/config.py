@@ -25,7 +25,17 @@ from .lock import DEFAULT_TTL
 from .retention import RetentionPolicy
 from .targets.base import TargetSpec
 
-__all__ = ["KNOWN_ENV", "Config", "load_env", "load_toml", "unknown_env", "with_restore_env"]
+__all__ = [
+    "KNOWN_ENV",
+    "Config",
+    "env_flag",
+    "load_env",
+    "load_toml",
+    "parse_flag",
+    "parse_names",
+    "unknown_env",
+    "with_restore_env",
+]
 
 #: Every environment variable cellvault reads (others starting with BACKUP_ or
 #: RESTORE_ are reported as unknown, with a suggestion).
@@ -127,7 +137,7 @@ def _targets(value: Iterable[TargetSpec]) -> tuple[TargetSpec, ...]:
     return tuple(value)
 
 
-def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
     """Target names: a comma-separated string (``DR_TARGET=s3,oss``) or a list."""
     if isinstance(value, str):
         value = value.replace(" ", ",").split(",")
@@ -208,7 +218,7 @@ class Config:
     dr_pull_only: bool = False
     #: The object-storage targets of the DR pair (``DR_TARGET``; default: every
     #: target but the first).
-    dr_targets: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    dr_targets: tuple[str, ...] = attrs.field(default=(), converter=parse_names)
 
     def retention_for(self, target: str) -> RetentionPolicy:
         """The retention policy of the target called *target*."""
@@ -275,16 +285,20 @@ def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def _flag(environ: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = environ.get(key)
-    if raw is None:
-        return default
+def parse_flag(key: str, raw: str) -> bool:
+    """The yes/no value *raw* of variable *key* (``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off``)."""
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     raise ConfigError(f"{key}={raw!r} is not a yes/no value", hint="use 1 or 0")
+
+
+def env_flag(environ: Mapping[str, str], key: str, default: bool) -> bool:
+    """Variable *key* of *environ* as a yes/no value; *default* when unset."""
+    raw = environ.get(key)
+    return default if raw is None else parse_flag(key, raw)
 
 
 @overload
@@ -361,13 +375,13 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         codec=env.get("BACKUP_CODEC", "zstd").strip() or "zstd",
         level=_int(env, "BACKUP_COMPRESSION_LEVEL", None),
         jobs=_int(env, "BACKUP_JOBS", 2),
-        verify_after_backup=_flag(env, "BACKUP_VERIFY", True),
+        verify_after_backup=env_flag(env, "BACKUP_VERIFY", True),
         max_chain=_int(env, "BACKUP_MAX_CHAIN", 30),
-        checksum=_flag(env, "BACKUP_CHECKSUM", False),
+        checksum=env_flag(env, "BACKUP_CHECKSUM", False),
         backup_type=backup_type,
         restore_date=env.get("RESTORE_DATE", "").strip() or None,
         restore_cell=env.get("RESTORE_CELL", "").strip() or None,
-        restore_skip_prebackup=_flag(env, "RESTORE_SKIP_PREBACKUP", False),
+        restore_skip_prebackup=env_flag(env, "RESTORE_SKIP_PREBACKUP", False),
         restore_into=Path(into) if into else None,
         extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
         verify_level=env.get("BACKUP_VERIFY_LEVEL", "read").strip().lower() or "read",
@@ -379,7 +393,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         restore_hooks_dir=env.get("RESTORE_HOOKS_DIR", "").strip() or None,
         hook_timeout=_float(env, "BACKUP_HOOK_TIMEOUT", 600.0),
         dr_site_id=env.get("DR_SITE_ID", "").strip() or None,
-        dr_pull_only=_flag(env, "DR_PULL_ONLY", False),
+        dr_pull_only=env_flag(env, "DR_PULL_ONLY", False),
         dr_targets=env.get("DR_TARGET", ""),
     )
 
@@ -433,7 +447,7 @@ def with_restore_env(config: Config, environ: Mapping[str, str]) -> Config:
     if environ.get("RESTORE_CELL", "").strip():
         changes["restore_cell"] = environ["RESTORE_CELL"].strip()
     if "RESTORE_SKIP_PREBACKUP" in environ:
-        changes["restore_skip_prebackup"] = _flag(environ, "RESTORE_SKIP_PREBACKUP", False)
+        changes["restore_skip_prebackup"] = env_flag(environ, "RESTORE_SKIP_PREBACKUP", False)
     if environ.get("RESTORE_INTO", "").strip():
         changes["restore_into"] = Path(environ["RESTORE_INTO"].strip())
     return attrs.evolve(config, **changes) if changes else config
