@@ -341,7 +341,7 @@ def test_read_is_the_default_after_backup_and_unpacks_nothing(
         raise AssertionError("the read level parsed the members")
 
     monkeypatch.setattr(extract, "verify_archive", no_unpacking)
-    monkeypatch.setattr("cellvault.vault.verify_archive", no_unpacking)
+    monkeypatch.setattr("cellvault.ops.verify.verify_archive", no_unpacking)
     vault = _two_targets(tmp_path)
     report = vault.backup()
     assert report.ok, report
@@ -480,7 +480,7 @@ def test_zstd_frame_walk_accepts_whole_streams_and_refuses_every_cut() -> None:
 
     import zstandard
 
-    from cellvault.verify import _ZstdFrames
+    from cellvault.integrity import ZstdFrames as _ZstdFrames
 
     def walk(data: bytes, step: int) -> None:
         frames = _ZstdFrames()

@@ -5,28 +5,22 @@ users expect ``keep_last`` and grandfather-father-son buckets (hourly, daily,
 weekly, monthly). A :class:`RetentionPolicy` can hold both: an archive is kept
 when any rule keeps it. Two guarantees hold whatever the rules say: a cell's
 newest archive and its newest full archive are kept, and so is every archive a
-kept archive needs (its chain). :func:`plan` decides; it touches nothing.
+kept archive needs (its chain). :func:`plan` decides; it touches nothing
+(:mod:`cellvault.ops.prune` carries its decisions out).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from .archive import ArchiveId, Sidecar
 from .errors import ConfigError
-from .lock import DEFAULT_TTL, Lease
-from .log import get_logger
 
-if TYPE_CHECKING:
-    from .targets.base import Target
-
-__all__ = ["Decision", "PruneReport", "PruneResult", "RetentionPolicy", "plan", "prune_cell"]
-
-log = get_logger(__name__)
+__all__ = ["Decision", "PruneReport", "PruneResult", "RetentionPolicy", "plan"]
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -105,12 +99,41 @@ def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime)
     ordered = sorted(sidecars, key=lambda s: s.id)
     reasons: dict[ArchiveId, list[str]] = {s.id: [] for s in ordered}
     newest_first = list(reversed(ordered))
+    _keep_newest(newest_first, reasons)
+    _keep_counted(newest_first, policy, reasons)
+    for s in ordered:
+        limit = policy.keep_full_days if s.meta.kind == "full" else policy.keep_incremental_days
+        if limit and _age_days(s, now) <= limit:  # 0 (or None) switches the age rule off
+            reasons[s.id].append(f"{s.meta.kind} younger than {limit:g} days")
+    _keep_chains(newest_first, reasons)
+    out = []
+    for s in ordered:
+        if reasons[s.id]:
+            out.append(Decision(s, True, tuple(reasons[s.id])))
+        else:
+            why = f"{s.meta.kind}, {_age_days(s, now):.1f} days old, kept by no rule"
+            out.append(Decision(s, False, (why,)))
+    return out
 
-    if newest_first:
-        reasons[newest_first[0].id].append("newest archive of the cell")
-        full = next((s for s in newest_first if s.meta.kind == "full"), None)
-        if full is not None:
-            reasons[full.id].append("newest full archive of the cell")
+
+def _age_days(sidecar: Sidecar, now: dt.datetime) -> float:
+    return (now - sidecar.id.when).total_seconds() / 86400
+
+
+def _keep_newest(newest_first: list[Sidecar], reasons: dict[ArchiveId, list[str]]) -> None:
+    """A cell's newest archive and its newest full archive stay, whatever the rules say."""
+    if not newest_first:
+        return
+    reasons[newest_first[0].id].append("newest archive of the cell")
+    full = next((s for s in newest_first if s.meta.kind == "full"), None)
+    if full is not None:
+        reasons[full.id].append("newest full archive of the cell")
+
+
+def _keep_counted(
+    newest_first: list[Sidecar], policy: RetentionPolicy, reasons: dict[ArchiveId, list[str]]
+) -> None:
+    """``keep_last``, then the newest archive of each of the newest hourly ... monthly buckets."""
     if policy.keep_last:
         for s in newest_first[: policy.keep_last]:
             reasons[s.id].append(f"keep_last={policy.keep_last}")
@@ -127,29 +150,16 @@ def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime)
             if len(seen) > count:
                 break
             reasons[s.id].append(f"keep_{name}={count}")
-    for s in ordered:
-        age = (now - s.id.when).total_seconds() / 86400
-        limit = policy.keep_full_days if s.meta.kind == "full" else policy.keep_incremental_days
-        if limit and age <= limit:  # 0 (or None) switches the age rule off
-            reasons[s.id].append(f"{s.meta.kind} younger than {limit:g} days")
 
-    # Everything a kept archive needs to restore stays too.
-    by_id = {s.id: s for s in ordered}
+
+def _keep_chains(newest_first: list[Sidecar], reasons: dict[ArchiveId, list[str]]) -> None:
+    """Everything a kept archive needs to restore stays too."""
     for s in newest_first:
         if not reasons[s.id]:
             continue
         for needed in s.meta.chain:
-            if needed in by_id and not any(r.startswith("needed by") for r in reasons[needed]):
+            if needed in reasons and not any(r.startswith("needed by") for r in reasons[needed]):
                 reasons[needed].append(f"needed by {s.id}")
-
-    out = []
-    for s in ordered:
-        if reasons[s.id]:
-            out.append(Decision(s, True, tuple(reasons[s.id])))
-        else:
-            age = (now - s.id.when).total_seconds() / 86400
-            out.append(Decision(s, False, (f"{s.meta.kind}, {age:.1f} days old, kept by no rule",)))
-    return out
 
 
 @attrs.frozen
@@ -181,41 +191,6 @@ class PruneResult:
             "debris": list(self.debris),
             "decisions": [d.to_dict() for d in self.decisions],
         }
-
-
-def prune_cell(
-    target: Target,
-    cell: str,
-    policy: RetentionPolicy,
-    now: dt.datetime,
-    *,
-    dry_run: bool = False,
-    lock_ttl: float = DEFAULT_TTL,
-) -> PruneResult:
-    """Apply *policy* to *cell* on *target* under the cell's lease.
-
-    Archives go newest first, each sidecar before its data, so at no moment
-    does a committed archive need one that is already gone. Debris of
-    interrupted runs is removed too. A dry run lists the same decisions and
-    touches nothing.
-    """
-    if dry_run:
-        decisions = plan(target.archives(cell), policy, now)
-        return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
-    with Lease.acquire(target, cell, "prune", lock_ttl):
-        decisions = plan(target.archives(cell), policy, now)
-        for decision in sorted(
-            (d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True
-        ):
-            target.delete_archive(decision.sidecar)
-            log.info(
-                "archive.pruned",
-                target=target.name,
-                archive=str(decision.id),
-                reasons=list(decision.reasons),
-            )
-        debris = target.clear_debris(cell)
-    return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))
 
 
 @attrs.frozen

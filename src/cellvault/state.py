@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .layout import BackupDirLayout
 from .log import get_logger
 
-__all__ = ["STATE_VERSION", "StateFile"]
+__all__ = ["STATE_VERSION", "StateFile", "slot"]
 
 log = get_logger(__name__)
 
@@ -39,7 +40,7 @@ class StateFile:
     """
 
     def __init__(self, backup_dir: Path) -> None:
-        self.directory = backup_dir / ".cellvault" / "state"
+        self.directory = BackupDirLayout(backup_dir).state
         self.path = self.directory / "state.json"
 
     def read(self) -> dict[str, Any]:

@@ -18,17 +18,16 @@ from typing import Any
 import attrs
 
 from .errors import CellvaultError
-from .report import Report
+from .integrity import LEVELS
+from .report import Report, iso
 from .targets.base import Target
-from .verify import LEVELS
 
 __all__ = ["CellStatus", "CheckResult", "StatusReport", "TargetStatus", "build_status"]
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+    """A state file's timestamp as a report writes times."""
+    return None if ts is None else iso(dt.datetime.fromtimestamp(ts, dt.UTC))
 
 
 @attrs.frozen
@@ -160,7 +159,7 @@ def build_status(
             if ids:
                 ident = ids[-1]
                 newest = str(ident)
-                backed_at = ident.when.isoformat().replace("+00:00", "Z")
+                backed_at = iso(ident.when)
                 age = max(0.0, (now - ident.when).total_seconds())
                 if age > limit:
                     problems.insert(
@@ -187,5 +186,5 @@ def build_status(
     return StatusReport(
         cells=tuple(out),
         max_age=max_age,
-        checked_at=now.isoformat().replace("+00:00", "Z"),
+        checked_at=iso(now),
     )

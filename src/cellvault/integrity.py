@@ -1,28 +1,17 @@
-"""Verify levels: ``quick``, ``read``, ``full`` and ``drill``, and what each compares.
+"""The checks the verify levels share, below any target: names, checksums, streams, trees.
 
-* **quick** reads no archive data: the sidecar is committed, the data and
-  manifest objects exist, the data object has the size the sidecar records
-  and, where the store reports a checksum of its own on a HEAD request (OSS's
-  CRC-64, an S3 single-part ETag), that checksum matches the one recorded at
-  backup time; the chain of an incremental is committed on the same target.
-  It proves the stored object is the one that was written, not that every
-  byte still reads back: that is ``full``.
-* **read** reads every stored byte once and unpacks nothing to disk: the
-  sha256 and size against the sidecar, the stream decompresses to its end
-  (zstd's content checksum and gzip's CRC-32 prove the decompressed bytes are
-  the ones that were compressed), ``meta.json`` is first and has
-  ``backed_at``, the tar stream ends with its end-of-archive blocks, the
-  manifest copy parses and names the archive, and the chain is committed. It is
-  the manual's check after every backup ("the archive unpacks, ``meta.json``
-  has ``backed_at``") at the cost of one decompression: the default after a
-  backup (``BACKUP_VERIFY_LEVEL``).
-* **full** reads every archive back and checks every member against the
-  manifest (see :func:`cellvault.extract.verify_archive`), and the chain.
-* **drill** restores the newest archive of a cell from one target into a
-  scratch directory, compares the tree with the manifest, runs the
-  ``cellvault_health_check`` hooks and measures how long it took (the RTO).
+The verify levels themselves (``quick``, ``read``, ``full``, ``drill``) are
+in :mod:`cellvault.ops.verify`. This module holds what they compute on bytes
+and files, without a target:
 
-This module holds the pieces the :class:`~cellvault.Vault` combines.
+* :data:`LEVELS`, the levels' names, cheapest first (status ranks results by it);
+* :func:`content_checksums`, the checksums a store reports on HEAD (OSS's
+  CRC-64, an S3 single-part ETag), computed once at backup time;
+* :func:`scan`, one read of an archive's stored bytes to its end, without
+  unpacking it: size, sha256, the decompressed head (``meta.json``) and tail
+  (the tar's end blocks), with :class:`ZstdFrames` catching a zstd stream cut
+  at a frame's edge; :func:`check_meta` checks the head;
+* :func:`compare_tree`, a restored tree against its manifest (drills).
 """
 
 from __future__ import annotations
@@ -37,19 +26,37 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO
 
+import attrs
 import zstandard
 
-from .archive import ArchiveId, ArchiveMeta, Sidecar
+from .archive import ArchiveMeta, Sidecar
 from .codec import HashingReader, codec_for
 from .errors import ArchiveCorrupt
 from .manifest import Manifest
-from .targets.base import Target
 
-__all__ = ["LEVELS", "compare_tree", "content_checksums", "quick_check", "read_check"]
+__all__ = [
+    "DECOMPRESS_ERRORS",
+    "LEVELS",
+    "Scan",
+    "ZstdFrames",
+    "check_meta",
+    "compare_tree",
+    "content_checksums",
+    "scan",
+]
 
 #: The verify levels, cheapest first.
 LEVELS: tuple[str, ...] = ("quick", "read", "full", "drill")
+
+#: What :func:`scan` raises for data that does not decompress (or ends too soon).
+DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (
+    zstandard.ZstdError,
+    gzip.BadGzipFile,
+    zlib.error,
+    EOFError,
+)
 
 #: Decompressed bytes kept from the head of an archive: ``meta.json`` (a few KiB,
 #: with its PAX header) lies well within.
@@ -99,141 +106,41 @@ def content_checksums(path: Path, kinds: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def quick_check(target: Target, sidecar: Sidecar, committed: set[ArchiveId]) -> tuple[str, ...]:
-    """Check a committed archive on *target* without reading its data.
+@attrs.frozen
+class Scan:
+    """What one read of an archive's stored bytes found (see :func:`scan`)."""
 
-    *committed* are the archive ids committed on the target (for the chain).
-    Returns what was compared (``size``, and each checksum kind); raises
-    :class:`ArchiveCorrupt` naming the archive and target otherwise.
+    #: Stored bytes read, and their sha256 (hex).
+    count: int
+    sha256: str
+    #: The first decompressed bytes (``meta.json`` lies within) and the last KiB.
+    head: bytes
+    tail: bytes
+
+    @property
+    def tar_ends(self) -> bool:
+        """Whether the tar stream ends with its end-of-archive blocks."""
+        return len(self.tail) == _TAR_END and self.tail.count(0) == _TAR_END
+
+
+def scan(data_name: str, raw: IO[bytes]) -> Scan:
+    """Read the archive data *raw* (stored as *data_name*) once, to its end.
+
+    Raises one of :data:`DECOMPRESS_ERRORS` when the data does not
+    decompress or ends inside a frame; memory stays bounded however large.
     """
-    ident = str(sidecar.id)
-    key = f"{sidecar.id.cell}/{sidecar.data_name}"
-    try:
-        with target.guard(f"stat archive {ident}", missing_ok=True):
-            found = target.retrying(target.stat, key)
-    except FileNotFoundError:
-        raise ArchiveCorrupt(
-            "data is missing although the sidecar exists",
-            archive=ident,
-            target=target.name,
-            hint="restore from another target; the next backup stores a new copy",
-        ) from None
-    if found.size != sidecar.size:
-        raise ArchiveCorrupt(
-            f"stored data is {found.size} bytes, the sidecar says {sidecar.size} "
-            "(truncated or replaced)",
-            archive=ident,
-            target=target.name,
-            hint="restore from another target; run 'cellvault verify --level full' to read it back",
-        )
-    checks = ["size"]
-    for kind, value in sorted(found.checksums.items()):
-        recorded = sidecar.checksums.get(kind)
-        if recorded is None:
-            continue
-        if recorded.lower() != value.lower():
-            raise ArchiveCorrupt(
-                f"the store's {kind} of the data is {value}, the sidecar recorded {recorded} "
-                "(the object was replaced or damaged)",
-                archive=ident,
-                target=target.name,
-                hint="restore from another target; run 'cellvault verify --level full' to read it back",
-            )
-        checks.append(kind)
-    try:
-        with target.guard(f"stat manifest of {ident}", missing_ok=True):
-            target.retrying(target.stat, target.manifest_key(sidecar.id))
-    except FileNotFoundError:
-        raise ArchiveCorrupt(
-            "manifest copy is missing", archive=ident, target=target.name
-        ) from None
-    for holder in sidecar.meta.chain:
-        if holder not in committed:
-            raise ArchiveCorrupt(
-                f"its chain needs archive {holder}, which is not committed on this target",
-                archive=ident,
-                target=target.name,
-                hint="restore from another target, or take a full backup",
-            )
-    return tuple(checks)
+    frames = ZstdFrames() if codec_for(data_name).name == "zstd" else None
+    hashing = HashingReader(raw, see=frames.feed if frames is not None else None)
+    head = bytearray()
+    tail = b""
+    for block in _decompressed(data_name, hashing, frames):
+        if len(head) < _HEAD:
+            head += block[: _HEAD - len(head)]
+        tail = (tail + block[-_TAR_END:])[-_TAR_END:]
+    return Scan(hashing.count, hashing.digest.hexdigest(), bytes(head), tail)
 
 
-def read_check(
-    target: Target,
-    sidecar: Sidecar,
-    committed: set[ArchiveId],
-    *,
-    manifest_copy: bytes | None = None,
-    manifest: Manifest | None = None,
-) -> tuple[str, ...]:
-    """Read a committed archive on *target* once, to its end, without unpacking it.
-
-    Checks that the stored bytes have the sidecar's size and sha256; that they
-    decompress to the end (the codec's own checksum of the content, written
-    by cellvault 0.1.0: zstd's XXH64, gzip's CRC-32); that ``meta.json``
-    is the first member, names this archive and has ``backed_at``; that the
-    tar stream ends with its end-of-archive blocks; that the manifest copy
-    decompresses, parses and names this archive (and, with *manifest_copy*,
-    the compressed bytes just written, is byte for byte that, and *manifest*,
-    what they hold, need not be parsed again); and that the chain of an
-    incremental is committed (*committed*). Returns what was
-    compared; raises :class:`ArchiveCorrupt` naming the archive and target.
-    """
-    ident = str(sidecar.id)
-
-    def corrupt(message: str, member: str | None = None) -> ArchiveCorrupt:
-        return ArchiveCorrupt(
-            message,
-            archive=ident,
-            member=member,
-            target=target.name,
-            hint="the stored copy is damaged; verify other targets and restore from a good one",
-        )
-
-    frames = _ZstdFrames() if codec_for(sidecar.data_name).name == "zstd" else None
-    with target.open_archive(sidecar) as raw:
-        hashing = HashingReader(raw, see=frames.feed if frames is not None else None)
-        head = bytearray()
-        tail = b""
-        with target.guard(f"read archive {ident}"):
-            try:
-                for block in _decompressed(sidecar.data_name, hashing, frames):
-                    if len(head) < _HEAD:
-                        head += block[: _HEAD - len(head)]
-                    tail = (tail + block[-_TAR_END:])[-_TAR_END:]
-            except (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
-                raise corrupt(f"data does not decompress ({exc})") from None
-    if hashing.count != sidecar.size:
-        raise corrupt(f"stored data is {hashing.count} bytes, the sidecar says {sidecar.size}")
-    if hashing.digest.hexdigest() != sidecar.sha256:
-        raise corrupt("sha256 of the stored data differs from the sidecar")
-    if len(tail) < _TAR_END or tail.count(0) != _TAR_END:
-        raise corrupt("the tar stream has no end-of-archive blocks (truncated)")
-    _check_meta(bytes(head), sidecar, corrupt)
-    try:
-        with target.guard(f"read manifest of {ident}", missing_ok=True):
-            stored = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
-    except FileNotFoundError:
-        raise corrupt("manifest copy is missing") from None
-    if manifest_copy is not None and stored != manifest_copy:
-        raise corrupt("the stored manifest copy differs from the one written")
-    if manifest is None or manifest_copy is None:
-        manifest = target.parse_manifest(sidecar, stored)
-    needed = {str(a) for a in sidecar.meta.chain} | manifest.holders()
-    for holder in sorted(needed - {ident}):
-        if ArchiveId.parse(holder) not in committed:
-            raise ArchiveCorrupt(
-                f"its chain needs archive {holder}, which is not committed on this target",
-                archive=ident,
-                target=target.name,
-                hint="restore from another target, or take a full backup",
-            )
-    return ("size", "sha256", "decompress", "meta.json", "manifest", "chain")
-
-
-def _decompressed(
-    data_name: str, raw: HashingReader, frames: _ZstdFrames | None
-) -> Iterator[bytes]:
+def _decompressed(data_name: str, raw: HashingReader, frames: ZstdFrames | None) -> Iterator[bytes]:
     """The decompressed blocks of an archive; a truncated stream raises, even at a block edge.
 
     zstd's streaming reader ends quietly when its input stops inside a frame
@@ -256,7 +163,7 @@ _ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE = 0x184D2A50  # to 0x184D2A5F
 
 
-class _ZstdFrames:
+class ZstdFrames:
     """Follow the frame and block headers of a zstd stream (RFC 8878), not its content.
 
     Fed the compressed bytes in order; :meth:`finish` raises :class:`EOFError`
@@ -329,7 +236,7 @@ class _ZstdFrames:
             raise EOFError("the data ends inside a zstd frame (truncated)")
 
 
-def _check_meta(
+def check_meta(
     head: bytes, sidecar: Sidecar, corrupt: Callable[[str, str | None], ArchiveCorrupt]
 ) -> None:
     """``meta.json`` is the first member of *head*, names the archive and has ``backed_at``."""

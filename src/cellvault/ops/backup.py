@@ -1,0 +1,453 @@
+"""The backup operation: each cell packed once, stored to every target, checked, remembered.
+
+Per cell (:class:`CellBackup`): lock the cell on every target (a target that
+refuses goes on without it), plan (an incremental's parent), call the
+before-backup hooks, pack into the run's spool folder, call the
+after-snapshot hooks, store to every target at once and check each copy
+(:mod:`cellvault.ops.store`). Cells run in parallel (``jobs``); all
+archives of one run share one stamp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+
+from .._version import __version__
+from ..archive import ArchiveId, ArchiveMeta, Sidecar, parse_stamp
+from ..cell import Cell
+from ..errors import BackupError, CellvaultError, ConfigError, DumpError, TargetError
+from ..integrity import content_checksums
+from ..lock import Lease
+from ..log import get_logger
+from ..manifest import Manifest
+from ..pack import Packer, PackResult
+from ..plugins import call_each
+from ..report import BackupReport, CellReport, TargetOutcome
+from ..run import Run, error_text
+from ..runlog import carry
+from ..state import StateFile, slot
+from ..targets.base import Target
+from .listing import configured_cells
+from .resources import Resources
+from .store import store_all
+
+__all__ = [
+    "CellBackup",
+    "backup",
+    "find_parent",
+    "iter_failures",
+    "next_stamp",
+    "record_backup",
+    "target_error",
+]
+
+log = get_logger(__name__)
+
+
+def backup(
+    run: Run,
+    res: Resources,
+    cells: Sequence[str] | None,
+    *,
+    kind: str | None = None,
+    targets: Sequence[str] | None = None,
+    reason: str = "scheduled",
+) -> BackupReport:
+    """The operation of :meth:`cellvault.Vault.backup` (see there), as *run*."""
+    kind = kind or run.config.backup_type
+    if kind not in ("full", "incremental"):
+        raise ConfigError(f"backup kind {kind!r} is neither full nor incremental")
+    chosen = configured_cells(run.config, cells)
+    tgts = res.chosen(targets)
+    started = time.monotonic()
+    with res.stamp_lock:
+        when = next_stamp(res, chosen, tgts)
+    stamp = when.strftime("%Y%m%d_%H%M%S")
+    names = [c.name for c in chosen]
+    log.info("backup.started", run=run.id, stamp=stamp, kind=kind, cells=names)
+    run.emit("backup.started", stamp=stamp, kind=kind, cells=names)
+
+    def one(cell: Cell) -> CellReport:
+        return CellBackup(run, res, cell, ArchiveId(cell.name, when), kind, tgts, reason)()
+
+    with ThreadPoolExecutor(max_workers=run.config.jobs, thread_name_prefix="cell") as pool:
+        reports = list(pool.map(carry(one), chosen))
+    # The run's spool folder is shared by its cells: removed once, when all are done.
+    shutil.rmtree(run.layout.run_spool(run.id), ignore_errors=True)
+    report = BackupReport(
+        run=run.id, stamp=stamp, cells=tuple(reports), duration=time.monotonic() - started
+    )
+    log.info("backup.finished", run=run.id, ok=report.ok, duration=round(report.duration, 3))
+    run.emit("backup.finished", ok=report.ok)
+    record_backup(res.state, run.config.verify_level, report, tgts)
+    return report
+
+
+def next_stamp(res: Resources, cells: Sequence[Cell], targets: Sequence[Target]) -> dt.datetime:
+    """A stamp newer than every archive of *cells*: runs never share an id."""
+    newest: dt.datetime | None = None
+    for cell in cells:
+        for target in targets:
+            with contextlib.suppress(TargetError):
+                ids = target.archive_ids(cell.name)
+                if ids and (newest is None or ids[-1].when > newest):
+                    newest = ids[-1].when
+    now = res.now()
+    while newest is not None and now <= newest:
+        # Two runs in the same second: wait for the next one rather than
+        # stamping an archive with a time that has not come yet.
+        time.sleep(max(0.05, 1 - (time.time() % 1)))
+        now = res.now()
+    return now
+
+
+class _NoTargetLeft(Exception):
+    """No target of a cell's backup could be locked (each refusal is reported already)."""
+
+
+@attrs.define
+class CellBackup:
+    """The backup of one cell in a run; calling it returns the cell's report.
+
+    Whatever happens, the leases are released, the spool files removed, the
+    after-snapshot hooks called once the before-backup hooks were, and the
+    ``cellvault_after_backup`` hooks get the report.
+    """
+
+    run: Run
+    res: Resources
+    cell: Cell
+    ident: ArchiveId
+    kind: str
+    targets: Sequence[Target]
+    reason: str
+    started: float = attrs.field(factory=time.monotonic)
+    stage: str = "lock"
+    leases: list[Lease] = attrs.Factory(list)
+    #: The targets locked, and those that refused (with their outcome).
+    live: list[Target] = attrs.Factory(list)
+    refused: dict[str, TargetOutcome] = attrs.Factory(dict)
+    #: Set once the before-backup hooks ran: the after-snapshot hooks then must too.
+    snapshot_pending: bool = False
+    packed: PackResult | None = None
+    note: str | None = None
+
+    def __call__(self) -> CellReport:
+        try:
+            report = self._back_up()
+        except _NoTargetLeft:
+            report = self._all_refused()
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
+            report = self._crashed(exc)
+        finally:
+            for lease in self.leases:
+                lease.release()
+            if self.packed is not None:
+                for path in (self.packed.data_path, self.packed.manifest_path):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        self.run.notify("cellvault_after_backup", report=report)
+        self.run.emit("cell.finished", cell=self.cell.name, archive=report.archive, ok=report.ok)
+        return report
+
+    @property
+    def log(self) -> Any:
+        return log.bind(run=self.run.id, cell=self.cell.name, archive=str(self.ident))
+
+    def _back_up(self) -> CellReport:
+        self._lock()
+        self._prepare_targets()
+        self.stage = "plan"
+        parent_meta: ArchiveMeta | None = None
+        parent: Manifest | None = None
+        if self.kind == "incremental":
+            parent_meta, parent, self.note = find_parent(
+                self.cell, self.live, self.run.config.max_chain
+            )
+            if parent is None:
+                self.log.info("backup.full_instead", reason=self.note)
+        self.stage = "hook"
+        self.snapshot_pending = True
+        self.run.plugins.hook.cellvault_before_backup(cell=self.cell, archive=str(self.ident))
+        self.stage = "pack"
+        result = self._pack(parent, parent_meta)
+        self.stage = "upload"
+        outcomes = store_all(self.run, self.live, result, self._sidecar(result))
+        return self._stored(result, outcomes)
+
+    def _lock(self) -> None:
+        """Lock the cell on each target; a target that refuses fails on its own."""
+        for target in self.targets:
+            try:
+                lease = Lease.acquire(
+                    target,
+                    self.cell.name,
+                    f"backup run {self.run.id}",
+                    self.run.config.lock_ttl,
+                )
+            except CellvaultError as exc:
+                self.refused[target.name] = TargetOutcome(
+                    target=target.name, ok=False, stage="lock", error=str(exc)
+                )
+                self.run.fail(
+                    "lock",
+                    str(exc),
+                    cell=self.cell.name,
+                    target=target.name,
+                    archive=str(self.ident),
+                )
+                continue
+            self.leases.append(lease)
+            self.live.append(target)
+        if not self.live:
+            raise _NoTargetLeft()
+
+    def _prepare_targets(self) -> None:
+        """Clear debris of interrupted runs; refuse to overwrite a newer committed archive."""
+        for target in self.live:
+            try:
+                target.clear_debris(self.cell.name)
+            except (
+                CellvaultError
+            ) as exc:  # housekeeping: the store will tell if the target is unusable
+                self.log.warning("debris.clear_failed", target=target.name, error=str(exc))
+        for target in self.live:
+            # The stamp was chosen before the lock was ours: a run that held it
+            # meanwhile may have committed this id (or a newer one). Storing now
+            # would overwrite a committed archive, or chain onto itself.
+            with contextlib.suppress(TargetError):
+                ids = target.archive_ids(self.cell.name)
+                if ids and ids[-1] >= self.ident:
+                    raise BackupError(
+                        f"cell {self.cell.name}: another run committed archive {ids[-1]} on target "
+                        f"{target.name} while this run waited for its lock; nothing was written",
+                        hint="run the backup again: it will take a newer stamp",
+                    )
+
+    def _pack(self, parent: Manifest | None, parent_meta: ArchiveMeta | None) -> PackResult:
+        """Pack the cell into the run's spool folder, then call the after-snapshot hooks."""
+        cell, archive = self.cell.name, str(self.ident)
+        self.run.emit("cell.packing", cell=cell, archive=archive)
+        packer = Packer(
+            cell=self.cell,
+            ident=self.ident,
+            codec=self.res.codec,
+            spool=self.run.layout.run_spool(self.run.id),
+            host=self.run.host,
+            version=__version__,
+            reason=self.reason,
+            parent=parent,
+            parent_meta=parent_meta,
+            checksum=self.run.config.checksum,
+            on_progress=lambda done, files: self.run.emit(
+                "cell.progress", cell=cell, archive=archive, bytes=done, files=files
+            ),
+            dumpers=self.res.dumpers.get(cell, ()),
+        )
+        self.packed = result = packer.pack()
+        self.snapshot_pending = False
+        after_snapshot(self.run, self.cell, self.ident, None)
+        self.log.info(
+            "archive.packed",
+            size=result.size,
+            files=result.files_stored,
+            bytes=result.bytes_stored,
+        )
+        self.run.emit("archive.packed", cell=cell, archive=archive, size=result.size)
+        return result
+
+    def _sidecar(self, result: PackResult) -> Sidecar:
+        return Sidecar(
+            meta=result.meta,
+            data_name=result.data_path.name,
+            size=result.size,
+            sha256=result.sha256,
+            files=len(result.manifest),
+            bytes_read=result.bytes_total,
+            # What the stores report on HEAD, for quick verifies (one read of the spool file).
+            checksums=content_checksums(
+                result.data_path, set().union(*(t.stat_checksums for t in self.live))
+            ),
+        )
+
+    def _stored(self, result: PackResult, stored: list[TargetOutcome]) -> CellReport:
+        """The report of a packed cell, with each target's outcome (in configured order)."""
+        by_name = {o.target: o for o in stored} | self.refused
+        outcomes = [by_name[t.name] for t in self.targets]
+        failed = next((o for o in outcomes if not o.ok), None)
+        return CellReport(
+            cell=self.cell.name,
+            ok=failed is None,
+            archive=str(self.ident),
+            kind=result.meta.kind,
+            parent=str(result.meta.parent) if result.meta.parent else None,
+            stage=failed.stage if failed else None,
+            error=target_error(failed.target, failed.error) if failed else None,
+            files=result.files_stored,
+            bytes_read=result.bytes_stored,
+            bytes_total=result.bytes_total,
+            archive_size=result.size,
+            duration=time.monotonic() - self.started,
+            targets=tuple(outcomes),
+            warnings=result.warnings,
+            note=self.note,
+            dumps=result.dumps,
+        )
+
+    def _all_refused(self) -> CellReport:
+        outcomes = [self.refused[t.name] for t in self.targets]
+        return CellReport(
+            cell=self.cell.name,
+            ok=False,
+            archive=None,
+            kind=self.kind,
+            stage="lock",
+            error=target_error(outcomes[0].target, outcomes[0].error),
+            duration=time.monotonic() - self.started,
+            targets=tuple(outcomes),
+        )
+
+    def _crashed(self, exc: Exception) -> CellReport:
+        error = error_text(exc)
+        if isinstance(exc, DumpError):
+            self.stage = "dump"
+        if self.snapshot_pending:
+            after_snapshot(self.run, self.cell, self.ident, error)
+        if not isinstance(exc, CellvaultError):
+            self.log.exception("backup.crashed", stage=self.stage)
+        self.run.fail(self.stage, error, cell=self.cell.name, archive=str(self.ident))
+        return CellReport(
+            cell=self.cell.name,
+            ok=False,
+            archive=None,
+            kind=self.kind,
+            stage=self.stage,
+            error=error,
+            duration=time.monotonic() - self.started,
+            targets=tuple(self.refused[t.name] for t in self.targets if t.name in self.refused),
+        )
+
+
+def after_snapshot(run: Run, cell: Cell, ident: ArchiveId, error: str | None) -> None:
+    """Call the after-snapshot hooks (resume writers); a failure is alerted, never fatal."""
+    for outcome in call_each(
+        run.plugins, "cellvault_after_snapshot", cell=cell, archive=str(ident), error=error
+    ):
+        if outcome.exception is not None:
+            run.fail(
+                "hook",
+                f"after-snapshot hook of {outcome.plugin} failed: {error_text(outcome.exception)}",
+                cell=cell.name,
+                archive=str(ident),
+            )
+
+
+def find_parent(
+    cell: Cell, targets: Sequence[Target], max_chain: int
+) -> tuple[ArchiveMeta | None, Manifest | None, str | None]:
+    """The parent of an incremental: the newest archive committed on every target.
+
+    Returns its meta and manifest, or ``None`` twice and why a full backup is made instead.
+    """
+    common: set[ArchiveId] | None = None
+    readable: list[Target] = []
+    for target in targets:
+        try:
+            ids = set(target.archive_ids(cell.name))
+        except TargetError as exc:
+            # Its store will fail (or its verify, if the chain is missing there).
+            log.warning(
+                "backup.parent_unreadable", cell=cell.name, target=target.name, error=str(exc)
+            )
+            continue
+        readable.append(target)
+        common = ids if common is None else common & ids
+    if not common:
+        return None, None, "no earlier archive on every target; made a full backup"
+    newest = max(common)
+    sidecar = readable[0].sidecar(newest)
+    if len(sidecar.meta.chain) + 1 >= max_chain:
+        return None, None, f"chain reached max_chain={max_chain}; made a full backup"
+    manifest = readable[0].manifest(sidecar)
+    return sidecar.meta, manifest, None
+
+
+def record_backup(
+    state: StateFile, level: str, report: BackupReport, targets: Sequence[Target]
+) -> None:
+    """Remember each cell's outcome on each target, for status and metrics.
+
+    *level* is the check after the backup (``verify_level``): its result is
+    remembered as that level's last verify.
+    """
+    at = parse_stamp(report.stamp).timestamp()
+    checked = time.time()
+
+    def change(data: dict[str, Any]) -> None:
+        for cell in report.cells:
+            outcomes = {o.target: o for o in cell.targets}
+            for target in targets:
+                entry = slot(data, cell.cell, target.name)
+                outcome = outcomes.get(target.name)
+                _record_one(entry, cell, outcome, at)
+                if outcome is not None and (outcome.verified or outcome.stage == "verify"):
+                    entry.setdefault("verify", {})[level] = {
+                        "ok": outcome.verified,
+                        "at": checked,
+                        "archive": cell.archive,
+                        "error": None if outcome.verified else outcome.error,
+                    }
+
+    state.update(change)
+
+
+def _record_one(
+    entry: dict[str, Any], cell: CellReport, outcome: TargetOutcome | None, at: float
+) -> None:
+    """Record one cell's backup on one target into its state *entry*."""
+    ok = outcome is not None and outcome.ok
+    entry["backup"] = {
+        "at": at,
+        "ok": ok,
+        "archive": cell.archive,
+        "kind": cell.kind,
+        "duration": round(cell.duration, 3),
+        "stage": None if ok else (outcome.stage if outcome else cell.stage),
+        "error": None if ok else (outcome.error if outcome else cell.error),
+    }
+    if ok and outcome is not None:
+        entry["last_success"] = at
+        entry["last_good"] = {
+            "archive": cell.archive,
+            "bytes_read": cell.bytes_read,
+            "bytes_stored": outcome.bytes_stored,
+        }
+    else:
+        entry["failures_total"] = int(entry.get("failures_total", 0)) + 1
+
+
+def target_error(target: str, error: str | None) -> str:
+    """*error* of *target*, naming the target once."""
+    text = error or "failed"
+    return text if text.startswith(f"target {target}:") else f"target {target}: {text}"
+
+
+def iter_failures(report: BackupReport) -> Iterator[str]:
+    """Lines naming each failure of a backup report, for people."""
+    for cell in report.cells:
+        if cell.ok:
+            continue
+        failed = [o for o in cell.targets if not o.ok]
+        for outcome in failed:
+            yield f"cell {cell.cell}: {outcome.stage} to target {outcome.target} failed: {outcome.error}"
+        # The cell's own failure (pack, hook, ...), unless it is one of the targets' above.
+        if cell.error not in {target_error(o.target, o.error) for o in failed}:
+            yield f"cell {cell.cell}: {cell.stage} failed: {cell.error}"

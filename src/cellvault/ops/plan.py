@@ -1,0 +1,169 @@
+"""Restore planning: which archive of a cell, from which target, with its chain, to where.
+
+A restore (and a drill) plans every archive before it touches anything: an
+unknown cell, a malformed date, a missing archive or a broken chain raises
+here, before any byte is fetched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from ..archive import ArchiveId, Selector, Sidecar
+from ..cell import Cell
+from ..config import Config
+from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, RestoreError, TargetError
+from ..manifest import Manifest
+from ..targets.base import Target
+
+__all__ = ["RestorePlan", "plan_restore"]
+
+
+@attrs.frozen
+class RestorePlan:
+    """One cell's archive to restore, where from and where to."""
+
+    cell: Cell
+    sidecar: Sidecar
+    manifest: Manifest
+    #: The target read from: the first that holds the archive and its whole chain.
+    target: Target
+    #: The archives before it that hold some of its files, oldest first.
+    chain: list[Sidecar]
+    #: Root name -> the path it is restored to.
+    dests: dict[str, Path]
+
+
+def plan_restore(
+    config: Config, name: str, selector: Selector, sources: Sequence[Target], into: Path | None
+) -> RestorePlan:
+    """Plan the restore of cell *name* to the archive *selector* picks.
+
+    Read from the first of *sources* holding the archive and its whole
+    chain; into the cell's own paths or, with *into*, under ``<into>/<cell>/``
+    (a cell known only from its archives may be restored so).
+    """
+    if into is None:
+        cell = config.cell(name)
+    else:
+        cell = next((c for c in config.cells if c.name == name), None) or _placeholder(name)
+    ident = _choose(name, selector, sources)
+    last_error: CellvaultError | None = None
+    for target in sources:
+        found = _plan_on(target, cell, ident, into)
+        if isinstance(found, RestorePlan):
+            return found
+        if found is not None:
+            last_error = found
+    assert last_error is not None
+    raise last_error
+
+
+def _choose(name: str, selector: Selector, sources: Sequence[Target]) -> ArchiveId:
+    """The archive of *name* that *selector* picks among every source's."""
+    candidates: dict[ArchiveId, Target] = {}
+    errors = []
+    for target in sources:
+        try:
+            for ident in target.archive_ids(name):
+                candidates.setdefault(ident, target)
+        except TargetError as exc:
+            errors.append(str(exc))
+    matching = sorted(i for i in candidates if selector.matches(i))
+    if not matching:
+        raise ArchiveNotFound(
+            f"no archive of cell {name} matches {selector}"
+            + (f" (and {len(errors)} target(s) could not be read: {errors[0]})" if errors else ""),
+            hint=_nearest(sorted(candidates), selector),
+        )
+    return _prefer_scheduled(matching, candidates, selector)
+
+
+def _plan_on(
+    target: Target, cell: Cell, ident: ArchiveId, into: Path | None
+) -> RestorePlan | CellvaultError | None:
+    """The plan reading *ident* from *target*; why not (``None``: it is not there)."""
+    try:
+        ids = set(target.archive_ids(cell.name))
+    except TargetError as exc:
+        return exc
+    if ident not in ids:
+        return None
+    sidecar = target.sidecar(ident)
+    try:
+        manifest = target.manifest(sidecar)
+    except ArchiveCorrupt as exc:
+        return exc
+    missing = sorted(h for h in manifest.holders() if ArchiveId.parse(h) not in ids)
+    if missing:
+        return ArchiveNotFound(
+            f"archive {ident} on target {target.name} needs archive {missing[0]} of its chain, "
+            "which is missing there",
+            hint="restore from a target that has the whole chain, or pick another date",
+        )
+    dests = _dests(cell, sidecar, into)
+    chain = [target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})]
+    return RestorePlan(cell, sidecar, manifest, target, chain, dests)
+
+
+def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:
+    """Where each root of *sidecar*'s archive goes; :class:`RestoreError` for a root gone."""
+    roots = dict(sidecar.meta.roots)
+    if into is not None:
+        return {r: into / cell.name / r for r in roots}
+    unknown = sorted(set(roots) - set(cell.roots))
+    if unknown:
+        raise RestoreError(
+            f"archive {sidecar.id} holds path {roots[unknown[0]]}, which cell {cell.name} no longer has",
+            hint="restore it into another directory with --into",
+        )
+    return {r: cell.roots[r] for r in roots}
+
+
+def _prefer_scheduled(
+    matching: list[ArchiveId], where: dict[ArchiveId, Target], selector: Selector
+) -> ArchiveId:
+    """The newest match that is not a pre-restore safety backup, if there is one.
+
+    A restore's safety backup holds the data the restore replaced. Picked
+    by ``latest`` or a date, it would bring that data back on a second run
+    of the same restore; it is restored only when named by its id (or when
+    nothing else matches).
+    """
+    if selector.kind == "id":
+        return matching[-1]
+    for ident in reversed(matching):
+        try:
+            if where[ident].sidecar(ident).meta.reason != "pre-restore":
+                return ident
+        except CellvaultError:
+            return ident  # let planning report what is wrong with it
+    return matching[-1]
+
+
+def _placeholder(name: str) -> Cell:
+    """A cell known only from its archives (restored with ``into``)."""
+    return Cell(name, [f"/{name}"])
+
+
+def _nearest(ids: list[ArchiveId], selector: Selector) -> str:
+    if not ids:
+        return (
+            "there is no archive of this cell on any target; check the cell name and BACKUP_TARGETS"
+        )
+    if selector.kind == "before" and selector.before is not None:
+        pivot = selector.before
+    elif selector.kind == "prefix":
+        digits = selector.text.replace("_", "")
+        full = digits + "20000101000000"[len(digits) :]
+        pivot = dt.datetime.strptime(full, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+    elif selector.kind == "id":
+        pivot = ArchiveId.parse(selector.text).when
+    else:
+        pivot = ids[-1].when
+    nearest = sorted(ids, key=lambda i: abs((i.when - pivot).total_seconds()))[:3]
+    return "nearest available: " + ", ".join(str(i) for i in sorted(nearest))

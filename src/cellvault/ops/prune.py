@@ -1,0 +1,101 @@
+"""The prune operation: delete what each target's retention policy no longer keeps.
+
+The decisions are :func:`cellvault.retention.plan`'s; this module carries
+them out, per target and cell, under the cell's lease.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from ..errors import CellvaultError
+from ..lock import DEFAULT_TTL, Lease
+from ..log import get_logger
+from ..retention import PruneReport, PruneResult, RetentionPolicy, plan
+from ..run import Run, error_text
+from ..runlog import prune_logs
+from ..targets.base import Target
+from .listing import all_cells, known_cells
+from .resources import Resources
+
+__all__ = ["prune", "prune_cell"]
+
+log = get_logger(__name__)
+
+
+def prune(
+    run: Run,
+    res: Resources,
+    cells: Sequence[str] | None,
+    *,
+    targets: Sequence[str] | None = None,
+    dry_run: bool = False,
+) -> PruneReport:
+    """The operation of :meth:`cellvault.Vault.prune` (see there), as *run*."""
+    names = (
+        known_cells(run.config, res.targets, cells) if cells else all_cells(run.config, res.targets)
+    )
+    tgts = res.chosen(targets)
+    now = res.now()
+    results: list[PruneResult] = []
+    for target in tgts:
+        policy = run.config.retention_for(target.name)
+        for cell in names:
+            try:
+                result = prune_cell(
+                    target, cell, policy, now, dry_run=dry_run, lock_ttl=run.config.lock_ttl
+                )
+            except CellvaultError as exc:
+                run.fail("prune", str(exc), cell=cell, target=target.name)
+                result = PruneResult(target.name, cell, (), dry_run, error=str(exc))
+            results.append(result)
+            run.emit(
+                "prune.cell",
+                cell=cell,
+                target=target.name,
+                removed=[str(d.id) for d in result.removed],
+                dry_run=dry_run,
+            )
+    if not dry_run:
+        # Run logs go with the archives (the newest of each kind always stay).
+        try:
+            prune_logs(run.layout.logs, keep_days=run.config.log_keep_days)
+        except OSError as exc:
+            log.warning("runlog.prune_failed", error=error_text(exc))
+    return PruneReport(results=tuple(results), dry_run=dry_run)
+
+
+def prune_cell(
+    target: Target,
+    cell: str,
+    policy: RetentionPolicy,
+    now: dt.datetime,
+    *,
+    dry_run: bool = False,
+    lock_ttl: float = DEFAULT_TTL,
+) -> PruneResult:
+    """Apply *policy* to *cell* on *target* under the cell's lease.
+
+    Archives go newest first, each sidecar before its data, so at no moment
+    does a committed archive need one that is already gone. Debris of
+    interrupted runs is removed too. A dry run lists the same decisions and
+    touches nothing.
+    """
+    if dry_run:
+        decisions = plan(target.archives(cell), policy, now)
+        return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
+    with Lease.acquire(target, cell, "prune", lock_ttl):
+        decisions = plan(target.archives(cell), policy, now)
+        for decision in sorted(
+            (d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True
+        ):
+            target.delete_archive(decision.sidecar)
+            log.info(
+                "archive.pruned",
+                target=target.name,
+                archive=str(decision.id),
+                reasons=list(decision.reasons),
+            )
+        debris = target.clear_debris(cell)
+    return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))

@@ -1,0 +1,419 @@
+"""The restore operation: plan every cell, back up what is there, stage, load, hook, swap.
+
+Every archive is planned first (:mod:`cellvault.ops.plan`); then, unless
+restoring elsewhere or told not to, a safety backup of the live data runs as
+a backup run of its own. Each cell is extracted into a staging directory
+beside its destination and checked against its manifest (in parallel); once
+every cell is staged, each cell's dumps are loaded and its restore hooks run,
+one cell after the other; only then is each cell swapped into place
+(:class:`~cellvault.swap.Swap`), and the health checks run. If any step
+before the swap fails, the live data is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..archive import Selector
+from ..dumpers.base import DUMPS_ROOT, load_staged_dumps
+from ..errors import CellvaultError, ConfigError, RestoreError
+from ..extract import ArchiveStream, StagedTree
+from ..log import get_logger
+from ..report import CellRestore, RestoreReport
+from ..run import Run, error_text, open_run
+from ..runlog import carry
+from ..swap import Swap
+from .backup import backup
+from .listing import configured_cells, write_metrics
+from .plan import RestorePlan, plan_restore
+from .resources import Resources
+
+__all__ = [
+    "check_dump_choices",
+    "dump_choice",
+    "health_check",
+    "prepare",
+    "restore",
+    "restore_failed",
+    "safety_backup",
+    "stage",
+]
+
+log = get_logger(__name__)
+
+#: The staged dumps' folder inside a cell's staging directory.
+DUMPS_STAGE = ".cellvault-dumps"
+
+
+def restore(
+    run: Run,
+    res: Resources,
+    select: str | Selector,
+    *,
+    cells: Sequence[str] | None = None,
+    into: str | os.PathLike[str] | None = None,
+    skip_prebackup: bool = False,
+    source: Sequence[str] | None = None,
+    allow_external_links: bool = False,
+    load_dumps: bool | Sequence[str] | None = None,
+    dump_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> RestoreReport:
+    """The operation of :meth:`cellvault.Vault.restore` (see there), as *run*."""
+    selector = select if isinstance(select, Selector) else Selector.parse(select)
+    started = time.monotonic()
+    into_path = Path(into).expanduser().absolute() if into is not None else None
+    sources = res.chosen(source)
+    names = (
+        list(dict.fromkeys(cells))
+        if cells
+        else [c.name for c in configured_cells(run.config, None)]
+    )
+    plans = [plan_restore(run.config, name, selector, sources, into_path) for name in names]
+    check_dump_choices(res, plans, load_dumps, dump_options)
+    log.info("restore.planned", run=run.id, archives=[str(p.sidecar.id) for p in plans])
+    run.emit("restore.planned", archives=[str(p.sidecar.id) for p in plans])
+    safety: dict[str, str] = {}
+    if into_path is None and not skip_prebackup:
+        safety = safety_backup(run, res, plans)
+    work = _Restore(
+        run,
+        res,
+        plans,
+        into_path,
+        allow_external_links,
+        dump_choice(load_dumps, into_path),
+        dump_options or {},
+        safety,
+    )
+    try:
+        error = work()
+    except RestoreError as exc:
+        error = str(exc)
+        run.fail("restore", error)
+    report = RestoreReport(
+        cells=tuple(work.results[n] for n in names if n in work.results),
+        duration=time.monotonic() - started,
+        error=error,
+    )
+    run.notify("cellvault_after_restore", report=report)
+    log.info("restore.finished", run=run.id, ok=report.ok, duration=round(report.duration, 3))
+    run.emit("restore.finished", ok=report.ok)
+    return report
+
+
+def check_dump_choices(
+    res: Resources,
+    plans: Sequence[RestorePlan],
+    load_dumps: bool | Sequence[str] | None,
+    dump_options: Mapping[str, Mapping[str, Any]] | None,
+) -> None:
+    """Refuse, before anything is touched, a dumper name or option no restored cell has."""
+    wanted = set(dump_options or {}) | (
+        set(load_dumps) if not isinstance(load_dumps, bool | None) else set()
+    )
+    known = {d.name for p in plans for d in res.dumpers.get(p.cell.name, ())}
+    if wanted - known:
+        raise ConfigError(
+            f"no cell being restored has a dumper named {sorted(wanted - known)[0]!r}",
+            hint=f"their dumpers: {', '.join(sorted(known)) or 'none'}",
+        )
+    for plan in plans:  # a bad option must fail before anything is touched
+        for dumper in res.dumpers.get(plan.cell.name, ()):
+            dumper.with_options((dump_options or {}).get(dumper.name, {}))
+
+
+def dump_choice(load: bool | Sequence[str] | None, into: Path | None) -> Sequence[str] | None:
+    """Which dumps a restore loads: ``None`` the autoload ones, else exactly those named."""
+    if load is None:
+        return None if into is None else ()
+    if load is True:
+        return None
+    if load is False:
+        return ()
+    return list(load)
+
+
+def safety_backup(run: Run, res: Resources, plans: Sequence[RestorePlan]) -> dict[str, str]:
+    """Back up the cells whose destinations hold data, to the first target; return their archives.
+
+    A backup run of its own (its own id and run log, reason ``pre-restore``);
+    :class:`RestoreError` when it fails, so nothing is restored over data
+    that could not be saved.
+    """
+    present = [
+        p.cell.name for p in plans if any(d.exists() or d.is_symlink() for d in p.dests.values())
+    ]
+    if not present:
+        return {}
+    with open_run(
+        "backup", config=run.config, plugins=run.plugins, host=run.host, on_event=run.on_event
+    ) as inner:
+        pre = backup(
+            inner, res, present, kind="full", targets=[res.targets[0].name], reason="pre-restore"
+        )
+        inner.finish(pre, metrics=lambda: write_metrics(run.config, res.state))
+    if not pre.ok:
+        failed = pre.failures()[0]
+        raise RestoreError(
+            f"the safety backup of cell {failed.cell} failed, so nothing was restored: {failed.error}",
+            hint="fix the backup directory or its permissions and retry, "
+            "or (with approval) skip it with RESTORE_SKIP_PREBACKUP=1",
+        )
+    return {c.cell: c.archive or "" for c in pre.cells}
+
+
+@attrs.define
+class _Restore:
+    """Stage, load, hook and swap the planned cells; the results fill :attr:`results`."""
+
+    run: Run
+    res: Resources
+    plans: Sequence[RestorePlan]
+    into: Path | None
+    allow_external_links: bool
+    only: Sequence[str] | None
+    options: Mapping[str, Mapping[str, Any]]
+    safety: Mapping[str, str]
+    results: dict[str, CellRestore] = attrs.Factory(dict)
+
+    def __call__(self) -> str | None:
+        """Restore; return why the restore was aborted (``None`` when it was not)."""
+        staged = self._stage_all()
+        if len(staged) == len(self.plans):
+            # Every cell is extracted and checked: load dumps and run the restore
+            # hooks, cell by cell, stopping at the first that fails.
+            for plan, swap in staged:
+                refused = prepare(self.run, self.res, plan, swap, self.only, self.options)
+                if refused is not None:
+                    self.results[plan.cell.name] = refused
+                    break
+        if len(staged) == len(self.plans) and not self.results:
+            # Everything is staged, loaded and hooked: only now touch live data.
+            self._swap_in(staged)
+            return None
+        return self._abort(staged)
+
+    def _stage_all(self) -> list[tuple[RestorePlan, Swap]]:
+        stage_one = functools.partial(
+            stage, self.run, allow_external_links=self.allow_external_links, into=self.into
+        )
+        with ThreadPoolExecutor(
+            max_workers=self.run.config.jobs, thread_name_prefix="restore"
+        ) as pool:
+            outcomes = list(pool.map(carry(stage_one), self.plans))
+        staged: list[tuple[RestorePlan, Swap]] = []
+        for plan, outcome in zip(self.plans, outcomes, strict=True):
+            if isinstance(outcome, CellRestore):
+                self.results[plan.cell.name] = outcome
+            else:
+                staged.append((plan, outcome))
+        return staged
+
+    def _swap_in(self, staged: list[tuple[RestorePlan, Swap]]) -> None:
+        done: list[Swap] = []
+        try:
+            for plan, swap in staged:
+                swap.commit()
+                done.append(swap)
+                self.run.emit("restore.swapped", cell=plan.cell.name, archive=str(plan.sidecar.id))
+        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
+            for swap in reversed(done):
+                swap.rollback()
+            raise RestoreError(
+                f"swapping the restored data into place failed: {error_text(exc)}"
+            ) from None
+        for swap in done:
+            swap.cleanup()
+        for plan, swap in staged:
+            health = health_check(self.run, plan, self.into)
+            self.results[plan.cell.name] = CellRestore(
+                cell=plan.cell.name,
+                ok=health is None,
+                archive=str(plan.sidecar.id),
+                target=plan.target.name,
+                destination=tuple(str(d) for d in swap.dests.values()),
+                safety_backup=self.safety.get(plan.cell.name),
+                stage=None if health is None else "health",
+                error=health,
+                files=swap.files,
+                bytes=swap.bytes,
+                duration=swap.duration,
+            )
+
+    def _abort(self, staged: list[tuple[RestorePlan, Swap]]) -> str:
+        error = "restore aborted before any live data was touched: " + "; ".join(
+            f"cell {c}: {r.error}" for c, r in self.results.items() if not r.ok
+        )
+        for plan, swap in staged:
+            swap.discard()
+            if plan.cell.name in self.results:
+                continue  # the cell whose load or hook failed
+            self.results[plan.cell.name] = CellRestore(
+                cell=plan.cell.name,
+                ok=False,
+                archive=str(plan.sidecar.id),
+                target=plan.target.name,
+                stage="aborted",
+                error="not swapped in because another cell failed",
+            )
+        return error
+
+
+def stage(
+    run: Run, plan: RestorePlan, allow_external_links: bool, into: Path | None = None
+) -> Swap | CellRestore:
+    """Extract a planned cell (its chain first) beside its destination and check it.
+
+    Returns the :class:`Swap` that puts it in place, or the cell's failure
+    (alerted; its staging directory is removed).
+    """
+    started = time.monotonic()
+    name = plan.cell.name
+    swap: Swap | None = None
+    step = "staging"
+    try:
+        dests = dict(plan.dests)
+        has_dumps = any(e.path.startswith(f"{DUMPS_ROOT}/") for e in plan.manifest)
+        if has_dumps and into is not None:
+            # Restored elsewhere, the dumps are kept beside the cell's folder.
+            dests[DUMPS_STAGE] = into / f"{name}.dumps"
+        swap = Swap.create(dests, str(plan.sidecar.id))
+        step = "fetch"
+        tree = StagedTree(
+            staging=swap.staging,
+            manifest=plan.manifest,
+            archive=str(plan.sidecar.id),
+            allow_external_links=allow_external_links,
+            dumps=swap.staging / DUMPS_STAGE if has_dumps else None,
+        )
+        tree.prepare()
+        for sidecar in [*plan.chain, plan.sidecar]:
+            with plan.target.open_archive(sidecar) as raw:
+                tree.take(ArchiveStream(raw, sidecar, plan.target.name))
+            run.emit("restore.fetched", cell=name, archive=str(sidecar.id), target=plan.target.name)
+        step = "check"
+        tree.finish()
+        swap.place()
+    except Exception as exc:  # noqa: BLE001 - reported and alerted by restore_failed
+        if swap is not None:
+            swap.discard()
+        return restore_failed(run, plan, step, exc, time.monotonic() - started)
+    swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
+    return swap
+
+
+def prepare(
+    run: Run,
+    res: Resources,
+    plan: RestorePlan,
+    swap: Swap,
+    only: Sequence[str] | None,
+    options: Mapping[str, Mapping[str, Any]],
+) -> CellRestore | None:
+    """Load a staged cell's dumps, then run its restore hooks; return its failure, if any."""
+    started = time.monotonic()
+    name = plan.cell.name
+    dumpers = res.dumpers.get(name, ())
+    mine = {d.name for d in dumpers}
+    dumps = swap.placed.get(DUMPS_STAGE, swap.staging / DUMPS_STAGE)
+    scratch = swap.staging / ".cellvault-load"
+    step = "load"
+    try:
+        loaded = load_staged_dumps(
+            cell=plan.cell,
+            meta=plan.sidecar.meta,
+            dumpers=dumpers,
+            dumps=dumps,
+            spool=scratch,
+            only=None if only is None else [n for n in only if n in mine],
+            options={k: v for k, v in options.items() if k in mine},
+            staged_roots={
+                plan.cell.roots[r]: swap.placed.get(r, swap.staging / r)
+                for r in plan.dests
+                if r in plan.cell.roots
+            },
+        )
+        shutil.rmtree(scratch, ignore_errors=True)
+        if loaded:
+            run.emit("restore.loaded", cell=name, archive=str(plan.sidecar.id), dumps=loaded)
+        step = "hook"
+        run.plugins.hook.cellvault_restore_cell(
+            cell=plan.cell, meta=plan.sidecar.meta, staging=swap.staging, dumps=dumps
+        )
+    except Exception as exc:  # noqa: BLE001 - reported and alerted by restore_failed
+        shutil.rmtree(scratch, ignore_errors=True)
+        return restore_failed(run, plan, step, exc, swap.duration + time.monotonic() - started)
+    swap.duration += time.monotonic() - started
+    return None
+
+
+def health_check(run: Run, plan: RestorePlan, into: Path | None) -> str | None:
+    """Run the health-check hooks on a restored cell; return the failure (alerted), if any."""
+    hook = run.plugins.hook.cellvault_health_check
+    if not hook.get_hookimpls():
+        return None
+    name = plan.cell.name
+    links: Path | None = None
+    if into is not None:
+        root = into / name
+    else:
+        # The hook sees root/<root name> for each path, as in a drill: links to the live paths.
+        links = root = run.layout.health(run.id, name)
+        root.mkdir(parents=True)
+        for rname, dest in plan.dests.items():
+            (root / rname).symlink_to(dest)
+    try:
+        hook(cell=plan.cell, meta=plan.sidecar.meta, root=root)
+    except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
+        error = f"health check failed after the restore: {error_text(exc)}"
+        _fail(run, plan, "health", error)
+        return error
+    finally:
+        if links is not None:
+            shutil.rmtree(links, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                links.parent.rmdir()
+    log.info("restore.healthy", run=run.id, cell=name, archive=str(plan.sidecar.id))
+    return None
+
+
+def restore_failed(
+    run: Run, plan: RestorePlan, step: str, exc: BaseException, duration: float
+) -> CellRestore:
+    """Report and alert one cell's failed restore at *step* (nothing live was touched)."""
+    name = plan.cell.name
+    error = error_text(exc)
+    if not isinstance(exc, CellvaultError):
+        log.exception("restore.crashed", cell=name, stage=step)
+    _fail(run, plan, "restore", error)
+    return CellRestore(
+        cell=name,
+        ok=False,
+        archive=str(plan.sidecar.id),
+        target=plan.target.name,
+        stage=step,
+        error=error,
+        duration=duration,
+    )
+
+
+def _fail(run: Run, plan: RestorePlan, stage: str, error: str) -> None:
+    """Alert a restore failure of *plan*'s cell at *stage*."""
+    run.fail(
+        stage,
+        error,
+        cell=plan.cell.name,
+        target=plan.target.name,
+        archive=str(plan.sidecar.id),
+        operation="restore",
+    )

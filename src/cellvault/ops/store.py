@@ -1,0 +1,96 @@
+"""Storing one packed archive to every target, and the check after a backup."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ..archive import Sidecar
+from ..errors import CellvaultError
+from ..log import get_logger
+from ..pack import PackResult
+from ..report import TargetOutcome
+from ..run import Run, error_text
+from ..runlog import carry
+from ..targets.base import Target
+from .verify import check_archive
+
+__all__ = ["check_stored", "store", "store_all"]
+
+log = get_logger(__name__)
+
+
+def store_all(
+    run: Run, targets: Sequence[Target], result: PackResult, sidecar: Sidecar
+) -> list[TargetOutcome]:
+    """Store the packed archive to every target at once; one outcome per target, in order."""
+    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="store") as pool:
+        return list(
+            pool.map(carry(functools.partial(store, run, result=result, sidecar=sidecar)), targets)
+        )
+
+
+def store(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> TargetOutcome:
+    """Store the packed archive to *target*, then check it there (``verify_after_backup``).
+
+    A failure is alerted and in the outcome; a copy that does not verify is
+    uncommitted (its sidecar deleted), so it never counts.
+    """
+    started = time.monotonic()
+    ident = str(sidecar.id)
+    stage = "upload"
+    try:
+        target.store(result.data_path, result.manifest_path, sidecar)
+        log.info(
+            "archive.stored", run=run.id, cell=sidecar.id.cell, archive=ident, target=target.name
+        )
+        run.emit("archive.stored", cell=sidecar.id.cell, archive=ident, target=target.name)
+        verified = False
+        if run.config.verify_after_backup:
+            stage = "verify"
+            check_stored(run, target, result, sidecar)
+            verified = True
+        return TargetOutcome(
+            target=target.name,
+            ok=True,
+            bytes_stored=sidecar.size,
+            duration=time.monotonic() - started,
+            verified=verified,
+        )
+    except Exception as exc:
+        error = error_text(exc)
+        if not isinstance(exc, CellvaultError):
+            log.exception("store.crashed", target=target.name, archive=ident)
+        if stage == "verify":
+            # A copy that does not verify must not count: uncommit it.
+            with contextlib.suppress(Exception):
+                target.delete(target.sidecar_key(sidecar.id))
+        run.fail(stage, error, cell=sidecar.id.cell, target=target.name, archive=ident)
+        return TargetOutcome(
+            target=target.name,
+            ok=False,
+            stage=stage,
+            error=error,
+            duration=time.monotonic() - started,
+        )
+
+
+def check_stored(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> None:
+    """Check the archive just stored on *target* at the configured ``verify_level``."""
+    level = run.config.verify_level
+    committed = set(target.archive_ids(sidecar.id.cell))
+    # The manifest copy must be, byte for byte, the one this run wrote.
+    copy = result.manifest_path.read_bytes() if level == "read" else None
+    check_archive(target, sidecar, level, committed, manifest_copy=copy, manifest=result.manifest)
+    log.info(
+        "archive.verified",
+        run=run.id,
+        cell=sidecar.id.cell,
+        archive=str(sidecar.id),
+        target=target.name,
+        verify_level=level,
+    )
+    run.emit("archive.verified", cell=sidecar.id.cell, archive=str(sidecar.id), target=target.name)
