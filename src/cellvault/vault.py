@@ -8,7 +8,6 @@ operation's module under :mod:`cellvault.ops`.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import datetime as dt
 import os
@@ -136,6 +135,7 @@ class Vault:
 
     @property
     def spool(self) -> Path:
+        """Where archives are built and DR copies transferred (``<backup_dir>/.cellvault/spool``)."""
         return BackupDirLayout(self.config.backup_dir).spool
 
     def target(self, name: str) -> Target:
@@ -145,7 +145,7 @@ class Vault:
     def _resources(self) -> Resources:
         """What an operation works with, as this vault holds it now."""
         return Resources(
-            targets=builtins.list(self.targets),
+            targets=list(self.targets),
             dumpers=self.dumpers,
             codec=self.codec,
             state=self.state,
@@ -275,7 +275,7 @@ class Vault:
 
     def list(
         self, cells: Sequence[str] | None = None, *, targets: Sequence[str] | None = None
-    ) -> builtins.list[ArchiveInfo]:
+    ) -> list[ArchiveInfo]:
         """The committed archives, oldest first, each with the targets that hold it."""
         return listing.list_archives(self.config, self._resources(), cells, targets)
 
