@@ -84,6 +84,24 @@ def test_verify_and_restore_runs_have_their_own_logs(tmp_path: Path) -> None:
     assert "restore.planned" in names and "restore.finished" in names
 
 
+def test_a_prune_run_has_its_own_log(tmp_path: Path) -> None:
+    from cellvault.lock import Lease
+
+    vault = _vault(tmp_path, cells=("crm",))
+    assert vault.backup().ok
+    lease = Lease.acquire(vault.target("nas"), "crm", "a test holding the cell")
+    try:
+        report = vault.prune()
+    finally:
+        lease.release()
+    assert not report.ok
+    (prune_log,) = (tmp_path / "backup" / "logs").glob("prune_*.log")
+    events = _events(prune_log)
+    assert len({e["run"] for e in events}) == 1
+    (failed,) = [e for e in events if e["event"] == "prune.failed"]
+    assert (failed["cell"], failed["target"], failed["stage"]) == ("crm", "nas", "prune")
+
+
 def test_concurrent_runs_never_write_into_each_others_logs(tmp_path: Path) -> None:
     vaults = [_vault(tmp_path / name, cells=(name,)) for name in ("crm", "billing", "web")]
     reports: dict[str, Any] = {}
