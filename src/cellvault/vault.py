@@ -246,7 +246,7 @@ class Vault:
           against the sidecar, the data decompressed to its end (the codec's
           checksum of every byte), ``meta.json`` with ``backed_at``, the tar's
           end blocks, the manifest copy and the chain
-          (:func:`cellvault.verify.read_check`); the check after each backup
+          (:func:`cellvault.ops.verify.read_check`); the check after each backup
           by default.
         * ``full`` reads each archive back: the sha256 against the sidecar,
           every member against the manifest, ``backed_at`` in ``meta.json``,
