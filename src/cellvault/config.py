@@ -189,7 +189,7 @@ class Config:
     #: The verify after each backup: ``read`` (the default) reads every stored
     #: copy once and decompresses it to its end, ``full`` also checks every
     #: member against the manifest, ``quick`` compares size and the store's
-    #: checksum without reading (see :mod:`cellvault.verify`).
+    #: checksum without reading (see :mod:`cellvault.ops.verify`).
     verify_level: str = attrs.field(default="read", validator=_after_backup_level)
     #: A Prometheus textfile rewritten after every run (node_exporter's textfile collector).
     metrics_file: Path | None = attrs.field(
