@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from .dumpers.base import check_cell_dumpers, to_dumpers
 from .errors import ConfigError
+from .specs import check_cell_dumpers, to_dumpers
 
 __all__ = ["Cell", "validate_cell_name"]
 

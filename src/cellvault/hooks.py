@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .dumpers.base import run_tool
 from .errors import BackupError, RestoreError
 from .hookspecs import hookimpl
 from .log import get_logger
+from .tool import run_tool
 
 if TYPE_CHECKING:
     from .archive import ArchiveMeta

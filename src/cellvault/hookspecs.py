@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from .specs import DumperSpec, TargetSpec
+
 if TYPE_CHECKING:
     from .archive import ArchiveMeta
     from .cell import Cell
     from .config import Config
     from .dr import FailoverMarker
-    from .dumpers.base import Dumper, DumperSpec
+    from .dumpers.base import Dumper
     from .report import CellReport, Failure, RestoreReport
-    from .targets.base import Target, TargetSpec
+    from .targets.base import Target
 
 __all__ = ["hookimpl", "hookspec"]
 

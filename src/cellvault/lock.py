@@ -20,6 +20,7 @@ import attrs
 
 from .errors import LockHeld
 from .log import get_logger
+from .specs import DEFAULT_TTL
 
 if TYPE_CHECKING:
     from .targets.base import Target
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TTL", "Lease"]
 
 log = get_logger(__name__)
-
-#: Seconds a lease lasts without renewal. It is renewed every third of that.
-DEFAULT_TTL = 120.0
 
 
 # Tokens of the leases this process holds now. A lease on this host, with our

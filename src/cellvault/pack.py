@@ -37,10 +37,12 @@ import attrs
 from .archive import ArchiveId, ArchiveMeta
 from .cell import Cell
 from .codec import Codec, HashingWriter
-from .dumpers.base import Dumper, DumpSummary, write_dumps
+from .dumpers.archive_io import write_dumps
+from .dumpers.base import Dumper
 from .errors import BackupError
 from .log import get_logger
 from .manifest import Entry, Manifest
+from .report import DumpSummary
 
 __all__ = ["PackResult", "Packer"]
 
@@ -215,7 +217,7 @@ class _TarWriter:
     """Writes a tar stream into *fileobj*: the part of tarfile.TarFile that packing uses.
 
     ``addfile`` and ``members`` are there for the dumpers (see
-    :func:`cellvault.dumpers.base.write_dumps`), which build TarInfo objects;
+    :func:`cellvault.dumpers.archive_io.write_dumps`), which build TarInfo objects;
     the packer writes headers and data directly.
     """
 
@@ -498,7 +500,7 @@ class Packer:
     #: Dumpers whose output goes under ``dumps/`` after the files, always fresh.
     dumpers: Sequence[Dumper] = ()
     #: Bytes of a dump held in memory before it is written as a part (default:
-    #: :data:`cellvault.dumpers.base.DUMP_CHUNK`).
+    #: :data:`cellvault.dumpers.members.DUMP_CHUNK`).
     dump_chunk: int | None = None
 
     _manifest: Manifest = attrs.field(init=False)

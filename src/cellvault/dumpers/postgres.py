@@ -46,20 +46,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoadError
 from ..hookspecs import hookimpl
 from ..log import get_logger
-from .base import (
-    DumpContext,
-    Dumper,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    run_tool,
-    to_args,
-    to_bool,
-    to_list,
-)
+from ..specs import DumperSpec
+from ..tool import run_tool
+from .base import DumpContext, Dumper, LoadContext
+from .options import to_args, to_bool, to_list
 
 __all__ = ["PostgresDumper", "parse_dsn"]
 

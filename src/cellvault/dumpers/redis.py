@@ -48,20 +48,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DumpError, LoadError
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact_text
-from .base import (
-    DumpContext,
-    Dumper,
-    DumpError,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    run_tool,
-    to_bool,
-    to_list,
-)
+from ..specs import DumperSpec
+from ..tool import run_tool
+from .base import DumpContext, Dumper, LoadContext
+from .options import to_bool, to_list
 
 __all__ = ["RedisDumper", "Resp"]
 

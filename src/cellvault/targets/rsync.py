@@ -30,7 +30,8 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..log import redact_text
-from .base import ObjectInfo, Target, TargetSpec
+from ..specs import TargetSpec
+from .base import ObjectInfo, Target
 
 __all__ = ["RsyncError", "RsyncTarget"]
 
