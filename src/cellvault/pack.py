@@ -591,40 +591,14 @@ class Packer:
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
-                digest = source.digest
-                if source.remaining:
-                    # A large file: hash the rest (to its end, as it is now), then
-                    # read it again from the start if it is to be stored.
-                    for block in iter(lambda: raw.read(BLOCK), b""):
-                        digest.update(block)
-                if digest.hexdigest() == prev.sha256 and mode == prev.mode:
-                    self._manifest.add(
-                        attrs.evolve(
-                            prev,
-                            mtime_ns=st.st_mtime_ns,
-                            inode=st.st_ino,
-                            dev=st.st_dev,
-                            ctime_ns=st.st_ctime_ns,
-                            uid=st.st_uid,
-                            gid=st.st_gid,
-                        )
-                    )
+                if self._same_content(source, prev, st, mode):
                     return
                 if size > READ_WHOLE:
                     raw.seek(0)
                     source = _FileSource(raw, size)
                     head = b""
-            tar.write(
-                tar_header(
-                    name,
-                    tarfile.REGTYPE,
-                    mode,
-                    st.st_uid,
-                    st.st_gid,
-                    size,
-                    pax_mtime(st.st_mtime_ns),
-                )
-            )
+            mtime = pax_mtime(st.st_mtime_ns)
+            tar.write(tar_header(name, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size, mtime))
             if head:
                 tar.write(head)
                 self._progress(len(head))
@@ -655,6 +629,32 @@ class Packer:
                 archive=self._archive,
             )
         )
+
+    def _same_content(
+        self, source: _FileSource, prev: Entry, st: os.stat_result, mode: int
+    ) -> bool:
+        """With *checksum*: list the file as unchanged if its bytes hash as the parent's did."""
+        digest = source.digest
+        if source.remaining:
+            # A large file: hash the rest (to its end, as it is now), then
+            # read it again from the start if it is to be stored.
+            raw = source.raw
+            for block in iter(lambda: raw.read(BLOCK), b""):
+                digest.update(block)
+        if digest.hexdigest() != prev.sha256 or mode != prev.mode:
+            return False
+        self._manifest.add(
+            attrs.evolve(
+                prev,
+                mtime_ns=st.st_mtime_ns,
+                inode=st.st_ino,
+                dev=st.st_dev,
+                ctime_ns=st.st_ctime_ns,
+                uid=st.st_uid,
+                gid=st.st_gid,
+            )
+        )
+        return True
 
     def _copy_rest(self, tar: TarWriter, source: _FileSource, size: int) -> None:
         """Copy a large file's remaining bytes, keeping the kernel reading ahead of us."""
