@@ -33,18 +33,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
+from .archive import ArchiveMeta
+from .cell import Cell
 from .errors import BackupError, RestoreError
 from .hookspecs import hookimpl
 from .log import get_logger
 from .tool import run_tool
-
-if TYPE_CHECKING:
-    from .archive import ArchiveMeta
-    from .cell import Cell
 
 __all__ = ["DEFAULT_HOOK_TIMEOUT", "SCRIPTS", "ScriptHooks"]
 

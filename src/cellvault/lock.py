@@ -14,16 +14,14 @@ import os
 import secrets
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from .errors import LockHeld
 from .log import get_logger
 from .specs import DEFAULT_TTL
-
-if TYPE_CHECKING:
-    from .targets.base import Target
+from .targets.base import Target
 
 __all__ = ["DEFAULT_TTL", "Lease"]
 

@@ -27,20 +27,18 @@ import hmac
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
 import tenacity
 
+from ..config import Config
 from ..errors import WebhookError
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact_text
+from ..report import Failure
 from . import AlertSettings, alert_for, alert_settings, alert_text, summary_for
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..report import Failure
 
 __all__ = [
     "WebhookError",
