@@ -24,7 +24,8 @@ import cellvault
 from cellvault import ArchiveId, ConfigError, Manifest
 from cellvault.codec import get_codec
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
-from cellvault.pack import Packer, _FileSource, clear_stale_spool
+from cellvault.pack import Packer, _FileSource
+from cellvault.spool import clear_stale_spool
 
 from .archive_helpers import (
     TickingClock,

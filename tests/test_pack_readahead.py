@@ -199,15 +199,15 @@ def test_an_interrupt_stops_the_threads_and_closes_the_files(
     tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    real_write = pack._TarWriter.write
+    real_write = pack.TarWriter.write
 
-    def interrupted(self: pack._TarWriter, data: bytes) -> None:
+    def interrupted(self: pack.TarWriter, data: bytes) -> None:
         calls["n"] += 1
         if calls["n"] == 60:  # well inside the walk, with reads in flight
             raise KeyboardInterrupt
         real_write(self, data)
 
-    monkeypatch.setattr(pack._TarWriter, "write", interrupted)
+    monkeypatch.setattr(pack.TarWriter, "write", interrupted)
     vault = make_vault(tmp_path / "backup", [tree])
     with pytest.raises(KeyboardInterrupt):
         vault.backup()

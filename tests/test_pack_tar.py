@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cellvault.pack import _TarWriter, tar_header
+from cellvault.tarwrite import TarWriter as _TarWriter
+from cellvault.tarwrite import tar_header
 
 from .archive_helpers import archive_files, make_vault
 from .test_stock_tools import need

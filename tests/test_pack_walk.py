@@ -10,8 +10,8 @@ import attrs
 import pytest
 
 from cellvault import Cell, Manifest
+from cellvault.cell import excluder as _excluder
 from cellvault.cell import is_excluded
-from cellvault.pack import _excluder
 
 from .archive_helpers import archive_files, make_vault, read_members
 

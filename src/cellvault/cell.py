@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
 
-from .dumpers.base import check_cell_dumpers, to_dumpers
 from .errors import ConfigError
+from .specs import check_cell_dumpers, to_dumpers
 
-__all__ = ["Cell", "validate_cell_name"]
+__all__ = ["Cell", "excluder", "is_excluded", "validate_cell_name"]
 
 CELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # Names that would collide with what cellvault keeps beside the cells' folders
@@ -119,3 +119,37 @@ def is_excluded(relpath: PurePosixPath, patterns: Sequence[str]) -> bool:
         elif fnmatch.fnmatchcase(relpath.name, pat):
             return True
     return False
+
+
+def excluder(cell: Cell) -> Callable[[str, str], bool] | None:
+    """``cell.excludes`` for a relative path given as text and its last name.
+
+    None when the cell excludes nothing (the walk then skips the test).
+
+    The same rules as :func:`is_excluded` (a pattern with a ``/``
+    matches the path relative to the cell path, one without matches any name),
+    compiled once into two regular expressions instead of a PurePosixPath and
+    an fnmatch per pattern for every path.
+    """
+    if type(cell).excludes is not Cell.excludes:  # a subclass with its own rules
+        return lambda rel, name: cell.excludes(PurePosixPath(rel))
+    if not cell.exclude:
+        return None
+    by_path: list[str] = []
+    by_name: list[str] = []
+    for pattern in cell.exclude:
+        pat = pattern.rstrip("/")
+        if "/" in pat:
+            by_path.append(fnmatch.translate(pat.lstrip("/")))
+        else:
+            by_name.append(fnmatch.translate(pat))
+    path_match = re.compile("|".join(by_path)).match if by_path else None
+    name_match = re.compile("|".join(by_name)).match if by_name else None
+
+    def excludes(rel: str, name: str) -> bool:
+        return bool(
+            (name_match is not None and name_match(name))
+            or (path_match is not None and path_match(rel))
+        )
+
+    return excludes

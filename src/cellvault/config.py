@@ -19,11 +19,9 @@ import attrs
 
 from .cell import Cell, validate_cell_name
 from .codec import get_codec
-from .dumpers.base import DumperSpec
 from .errors import ConfigError
-from .lock import DEFAULT_TTL
 from .retention import RetentionPolicy
-from .targets.base import TargetSpec
+from .specs import DEFAULT_TTL, DumperSpec, TargetSpec
 
 __all__ = [
     "KNOWN_ENV",

@@ -41,7 +41,7 @@ from .config import Config, unknown_env
 from .errors import CellvaultError, ConfigError, TargetError
 from .log import get_logger, redact_text
 from .notify import AlertSettings, alert_settings
-from .notify.webhook import WebhookError, _post, _where, build_request, detect_format
+from .notify.webhook import WebhookError, build_request, detect_format, display_url, post
 from .targets.base import Target
 from .vault import Vault
 
@@ -369,38 +369,60 @@ def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
 
 
 def _check_webhook(settings: AlertSettings, timeout: float, send_test_alert: bool) -> Check:
-    name = "alert webhook"
     if settings.webhook is None:
         return Check(
-            name,
+            "alert webhook",
             True,
             "no BACKUP_ALERT_WEBHOOK: failures go to the alert log only",
             fix="set BACKUP_ALERT_WEBHOOK to your WeCom, DingTalk, Slack or Feishu robot",
             warn=True,
         )
-    where = _where(settings.webhook)
+    where = display_url(settings.webhook)
     fmt = settings.format if settings.format != "auto" else detect_format(settings.webhook)
-    wait = min(timeout, settings.timeout)
+    where = f"{where} ({fmt})"
+    settings = attrs.evolve(settings, timeout=min(timeout, settings.timeout))
     if send_test_alert:
-        alert = {
-            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "status": "ok",
-            "operation": "doctor test alert",
-            "host": socket.gethostname(),
-            "error": None,
-        }
-        url, body = build_request(attrs.evolve(settings, timeout=wait), alert)
-        try:
-            _post(url, body, attrs.evolve(settings, timeout=wait))
-        except WebhookError as exc:
-            return Check(
-                name,
-                False,
-                f"{where} ({fmt}): the test alert was not delivered: {_one_line(str(exc))}",
-                fix="check BACKUP_ALERT_WEBHOOK (the robot's full URL and key), "
-                "BACKUP_ALERT_FORMAT and BACKUP_ALERT_SECRET",
-            )
-        return Check(name, True, f"{where} ({fmt}): a test alert was posted and accepted")
+        return _post_test_alert(settings, where)
+    return _head_webhook(settings, where)
+
+
+def _post_test_alert(settings: AlertSettings, where: str) -> Check:
+    """Post a test alert (``--send-test-alert``): the robot must accept it."""
+    alert = {
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "status": "ok",
+        "operation": "doctor test alert",
+        "host": socket.gethostname(),
+        "error": None,
+    }
+    url, body = build_request(settings, alert)
+    try:
+        post(url, body, settings)
+    except WebhookError as exc:
+        return Check(
+            "alert webhook",
+            False,
+            f"{where}: the test alert was not delivered: {_one_line(str(exc))}",
+            fix="check BACKUP_ALERT_WEBHOOK (the robot's full URL and key), "
+            "BACKUP_ALERT_FORMAT and BACKUP_ALERT_SECRET",
+        )
+    return Check("alert webhook", True, f"{where}: a test alert was posted and accepted")
+
+
+#: What a failed connection's message says, and how a check line names it.
+_CONNECT_CAUSES = (
+    ("refused", "connection refused"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host"),
+    ("No route to host", "no route to host"),
+    ("SSL", "TLS error"),
+)
+
+
+def _head_webhook(settings: AlertSettings, where: str) -> Check:
+    """Ask the webhook's URL for a ``HEAD``: it answers, and nothing is posted."""
+    assert settings.webhook is not None
+    wait = settings.timeout
     try:
         answer = requests.head(
             settings.webhook,
@@ -410,31 +432,18 @@ def _check_webhook(settings: AlertSettings, timeout: float, send_test_alert: boo
         )
     except requests.Timeout:
         return Check(
-            name,
+            "alert webhook",
             False,
-            f"{where} ({fmt}): no answer within {wait:g} s",
+            f"{where}: no answer within {wait:g} s",
             fix="check that this host can reach the webhook (proxy, firewall, DNS)",
         )
     except requests.RequestException as exc:
         text = str(exc)
-        cause = next(
-            (
-                why
-                for pattern, why in (
-                    ("refused", "connection refused"),
-                    ("Name or service not known", "unknown host"),
-                    ("Temporary failure in name resolution", "unknown host"),
-                    ("No route to host", "no route to host"),
-                    ("SSL", "TLS error"),
-                )
-                if pattern in text
-            ),
-            type(exc).__name__,
-        )
+        cause = next((why for pattern, why in _CONNECT_CAUSES if pattern in text), None)
         return Check(
-            name,
+            "alert webhook",
             False,
-            f"{where} ({fmt}): cannot connect ({cause})",
+            f"{where}: cannot connect ({cause or type(exc).__name__})",
             fix="check BACKUP_ALERT_WEBHOOK's host and that this host can reach it "
             "(proxy, firewall, DNS)",
         )
@@ -442,25 +451,24 @@ def _check_webhook(settings: AlertSettings, timeout: float, send_test_alert: boo
     answer.close()
     if code in (404, 410):
         return Check(
-            name,
+            "alert webhook",
             True,
-            f"{where} ({fmt}) answers, but HTTP {code} to HEAD: the path may be wrong",
+            f"{where} answers, but HTTP {code} to HEAD: the path may be wrong",
             fix="check the webhook URL; 'cellvault doctor --send-test-alert' posts a real test alert",
             warn=True,
         )
     if code >= 500 and code != 501:
         return Check(
-            name,
+            "alert webhook",
             True,
-            f"{where} ({fmt}) answers with HTTP {code} (a server error)",
+            f"{where} answers with HTTP {code} (a server error)",
             fix="'cellvault doctor --send-test-alert' posts a real test alert",
             warn=True,
         )
     return Check(
-        name,
+        "alert webhook",
         True,
-        f"{where} ({fmt}) answers (HTTP {code} to HEAD); no alert was posted "
-        "(--send-test-alert posts one)",
+        f"{where} answers (HTTP {code} to HEAD); no alert was posted (--send-test-alert posts one)",
     )
 
 
@@ -616,6 +624,25 @@ def _check_drills(vault: Vault, targets: list[Target], max_days: float, now: flo
 # -- the whole checklist ---------------------------------------------------------------
 
 
+def _check_config(config: Config, source: str | None) -> Check:
+    if config.cells:
+        return Check("configuration", True, _describe(config, source))
+    return Check(
+        "configuration",
+        False,
+        _describe(config, source) + ": no cells are configured",
+        fix="set BACKUP_CELLS (and BACKUP_CELLS_ROOT) or add [cells.<name>] tables",
+    )
+
+
+def _check_alerts(config: Config, timeout: float, send_test_alert: bool) -> list[Check]:
+    try:
+        settings = alert_settings(config)
+    except ConfigError as exc:
+        return [Check("alert webhook", False, exc.message, fix=exc.hint or "fix BACKUP_ALERT_*")]
+    return [_check_webhook(settings, timeout, send_test_alert), _check_alert_log(settings)]
+
+
 def run_checks(
     subject: Vault | Config,
     *,
@@ -651,18 +678,7 @@ def run_checks(
             report = config_failed(exc, environ=environ, source=source)
             return attrs.evolve(report, duration=time.monotonic() - started)
     config = vault.config
-    checks: list[Check] = []
-    if config.cells:
-        checks.append(Check("configuration", True, _describe(config, source)))
-    else:
-        checks.append(
-            Check(
-                "configuration",
-                False,
-                _describe(config, source) + ": no cells are configured",
-                fix="set BACKUP_CELLS (and BACKUP_CELLS_ROOT) or add [cells.<name>] tables",
-            )
-        )
+    checks: list[Check] = [_check_config(config, source)]
     checks.extend(_variables(environ))
     checks.extend(_check_cell(cell) for cell in config.cells)
 
@@ -674,16 +690,7 @@ def run_checks(
         # A target that failed its probe fails on its own line only.
         reachable = [t for t in vault.targets if f"target {t.name}" not in bad]
 
-    try:
-        settings: AlertSettings | None = alert_settings(config)
-    except ConfigError as exc:
-        settings = None
-        checks.append(
-            Check("alert webhook", False, exc.message, fix=exc.hint or "fix BACKUP_ALERT_*")
-        )
-    if settings is not None:
-        checks.append(_check_webhook(settings, timeout, send_test_alert))
-        checks.append(_check_alert_log(settings))
+    checks.extend(_check_alerts(config, timeout, send_test_alert))
 
     limit = config.max_age if max_age is None else max_age
     try:

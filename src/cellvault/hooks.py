@@ -33,18 +33,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
-from .dumpers.base import run_tool
+from .archive import ArchiveMeta
+from .cell import Cell
 from .errors import BackupError, RestoreError
 from .hookspecs import hookimpl
 from .log import get_logger
-
-if TYPE_CHECKING:
-    from .archive import ArchiveMeta
-    from .cell import Cell
+from .tool import run_tool
 
 __all__ = ["DEFAULT_HOOK_TIMEOUT", "SCRIPTS", "ScriptHooks"]
 

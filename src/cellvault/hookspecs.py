@@ -13,14 +13,18 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from .archive import ArchiveMeta
+from .cell import Cell
+from .report import CellReport, Failure, RestoreReport
+from .specs import DumperSpec, TargetSpec
+
+# For the signatures only: these modules build on this one (config, through
+# retention's lease, reaches the targets, which implement these hooks).
 if TYPE_CHECKING:
-    from .archive import ArchiveMeta
-    from .cell import Cell
     from .config import Config
     from .dr import FailoverMarker
-    from .dumpers.base import Dumper, DumperSpec
-    from .report import CellReport, Failure, RestoreReport
-    from .targets.base import Target, TargetSpec
+    from .dumpers.base import Dumper
+    from .targets.base import Target
 
 __all__ = ["hookimpl", "hookspec"]
 

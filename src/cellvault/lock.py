@@ -14,22 +14,18 @@ import os
 import secrets
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from .errors import LockHeld
 from .log import get_logger
-
-if TYPE_CHECKING:
-    from .targets.base import Target
+from .specs import DEFAULT_TTL
+from .targets.base import Target
 
 __all__ = ["DEFAULT_TTL", "Lease"]
 
 log = get_logger(__name__)
-
-#: Seconds a lease lasts without renewal. It is renewed every third of that.
-DEFAULT_TTL = 120.0
 
 
 # Tokens of the leases this process holds now. A lease on this host, with our

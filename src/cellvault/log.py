@@ -11,17 +11,28 @@ library, so no handler can print them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import structlog
 
-from .runlog import tee as _runlog_tee
-
-__all__ = ["configure_logging", "get_logger", "redact", "redact_text"]
+__all__ = [
+    "RunSink",
+    "add_run_sink",
+    "configure_logging",
+    "get_logger",
+    "redact",
+    "redact_text",
+    "remove_run_sink",
+    "run_sink",
+    "summarize_exc_info",
+    "tee",
+]
 
 _SECRET_KEY = re.compile(
     r"(pass(word|wd)?|secret|token|credential|signature|api[_-]?key|access[_-]?key)", re.I
@@ -74,6 +85,61 @@ def _redact_processor(
     return event_dict
 
 
+# -- run logs ------------------------------------------------------------------
+#
+# A run's events also go to that run's own log file (cellvault.runlog.RunLog),
+# whatever the host application configured. The run log registers itself here
+# under the run's id; tee, a processor of every cellvault logger, copies each
+# event whose ``run`` key names a registered run to it.
+
+
+class RunSink(Protocol):
+    """Where the events of one run are copied (a :class:`cellvault.runlog.RunLog`)."""
+
+    def emit(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> None:
+        """Write one event (already redacted)."""
+
+
+_LEVELS = {"info", "warning", "error", "critical", "exception"}
+_sinks: dict[str, RunSink] = {}
+_sinks_lock = threading.Lock()
+
+
+def add_run_sink(run: str, sink: RunSink) -> None:
+    """Copy the events of the run *run* to *sink* from now on."""
+    with _sinks_lock:
+        _sinks[run] = sink
+
+
+def remove_run_sink(run: str) -> None:
+    """Stop copying the events of the run *run* (nothing if none are copied)."""
+    with _sinks_lock:
+        _sinks.pop(run, None)
+
+
+def run_sink(run: str) -> RunSink | None:
+    """The sink the events of the run *run* are copied to, if any."""
+    with _sinks_lock:
+        return _sinks.get(run)
+
+
+def tee(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: copy an event of an open run to that run's log.
+
+    Runs after redaction and before the level filter, so run logs hold the
+    info events even when the host logs only warnings.
+    """
+    run = event_dict.get("run")
+    if run and method_name in _LEVELS:
+        with _sinks_lock:
+            sink = _sinks.get(str(run))
+        if sink is not None:
+            # A run log must never break the run it logs.
+            with contextlib.suppress(Exception):
+                sink.emit(logger, method_name, event_dict)
+    return event_dict
+
+
 _PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
@@ -81,7 +147,7 @@ _PROCESSORS: list[Any] = [
     _redact_processor,
     # Run logs get their run's events whatever level the host logs at, so
     # the level filter comes after them (and after redaction).
-    _runlog_tee,
+    tee,
     structlog.stdlib.filter_by_level,
     structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
 ]
@@ -96,7 +162,7 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     )
 
 
-def _summarize_exc_info(
+def summarize_exc_info(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Replace a traceback by one line naming the exception (``error=...``)."""
@@ -140,7 +206,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.format_exc_info if tracebacks else _summarize_exc_info,
+                structlog.processors.format_exc_info if tracebacks else summarize_exc_info,
                 renderer,
             ],
         )

@@ -35,94 +35,93 @@ class StateCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        success = _gauge(
-            "cellvault_last_success_timestamp_seconds",
-            "When the newest successful backup of the cell to the target was taken (Unix time).",
-        )
-        last_run = _gauge(
-            "cellvault_last_run_timestamp_seconds",
-            "When the last backup run of the cell to the target was taken, successful or not.",
-        )
-        last_ok = _gauge(
-            "cellvault_last_run_success",
-            "1 if the last backup run succeeded on the target, else 0.",
-        )
-        duration = _gauge(
-            "cellvault_last_duration_seconds",
-            "How long the last backup of the cell took (packing, upload and verify), in seconds.",
-        )
-        read = _gauge(
-            "cellvault_bytes_read", "Bytes of the cell's files read by the last successful backup."
-        )
-        stored = _gauge(
-            "cellvault_bytes_stored",
-            "Bytes stored on the target by the last successful backup (the archive's size).",
-        )
-        failures = CounterMetricFamily(
-            "cellvault_failures",
-            "Failed backup runs of the cell on the target, counted since the state file was made.",
-            labels=_LABELS,
-        )
-        verify_ok = _gauge(
-            "cellvault_last_verify_success",
-            "1 if the last verify at this level passed, else 0.",
-            [*_LABELS, "level"],
-        )
-        verify_at = _gauge(
-            "cellvault_last_verify_timestamp_seconds",
-            "When the last verify at this level ran (Unix time).",
-            [*_LABELS, "level"],
-        )
-        drill_ok = _gauge(
-            "cellvault_last_drill_success", "1 if the last restore drill passed, else 0."
-        )
-        drill_rto = _gauge(
-            "cellvault_drill_rto_seconds",
-            "How long the last successful restore drill took: fetch, extract, check and health checks.",
-        )
-        drill_at = _gauge(
-            "cellvault_last_drill_timestamp_seconds", "When the last restore drill ran (Unix time)."
-        )
+        families = _families()
         cells = self.state.get("cells", {})
         for cell in sorted(cells):
             for target in sorted(cells[cell]):
-                entry = cells[cell][target]
-                labels = [cell, target]
-                backup = entry.get("backup") or {}
-                if entry.get("last_success") is not None:
-                    success.add_metric(labels, float(entry["last_success"]))
-                if backup:
-                    last_run.add_metric(labels, float(backup.get("at", 0)))
-                    last_ok.add_metric(labels, 1.0 if backup.get("ok") else 0.0)
-                    duration.add_metric(labels, float(backup.get("duration", 0)))
-                good = entry.get("last_good") or {}
-                if good:
-                    read.add_metric(labels, float(good.get("bytes_read", 0)))
-                    stored.add_metric(labels, float(good.get("bytes_stored", 0)))
-                failures.add_metric(labels, float(entry.get("failures_total", 0)))
-                for level, result in sorted((entry.get("verify") or {}).items()):
-                    verify_ok.add_metric([*labels, level], 1.0 if result.get("ok") else 0.0)
-                    verify_at.add_metric([*labels, level], float(result.get("at", 0)))
-                drill = entry.get("drill") or {}
-                if drill:
-                    drill_ok.add_metric(labels, 1.0 if drill.get("ok") else 0.0)
-                    drill_at.add_metric(labels, float(drill.get("at", 0)))
-                    if drill.get("ok") and drill.get("rto") is not None:
-                        drill_rto.add_metric(labels, float(drill["rto"]))
-        yield from (
-            success,
-            last_run,
-            last_ok,
-            duration,
-            read,
-            stored,
-            failures,
-            verify_ok,
-            verify_at,
-            drill_ok,
-            drill_rto,
-            drill_at,
-        )
+                _add_entry(families, [cell, target], cells[cell][target])
+        yield from families.values()
+
+
+def _families() -> dict[str, Metric]:
+    """The metric families, empty, in the order the textfile lists them."""
+    level = [*_LABELS, "level"]
+    return {
+        "success": _gauge(
+            "cellvault_last_success_timestamp_seconds",
+            "When the newest successful backup of the cell to the target was taken (Unix time).",
+        ),
+        "last_run": _gauge(
+            "cellvault_last_run_timestamp_seconds",
+            "When the last backup run of the cell to the target was taken, successful or not.",
+        ),
+        "last_ok": _gauge(
+            "cellvault_last_run_success",
+            "1 if the last backup run succeeded on the target, else 0.",
+        ),
+        "duration": _gauge(
+            "cellvault_last_duration_seconds",
+            "How long the last backup of the cell took (packing, upload and verify), in seconds.",
+        ),
+        "read": _gauge(
+            "cellvault_bytes_read", "Bytes of the cell's files read by the last successful backup."
+        ),
+        "stored": _gauge(
+            "cellvault_bytes_stored",
+            "Bytes stored on the target by the last successful backup (the archive's size).",
+        ),
+        "failures": CounterMetricFamily(
+            "cellvault_failures",
+            "Failed backup runs of the cell on the target, counted since the state file was made.",
+            labels=_LABELS,
+        ),
+        "verify_ok": _gauge(
+            "cellvault_last_verify_success",
+            "1 if the last verify at this level passed, else 0.",
+            level,
+        ),
+        "verify_at": _gauge(
+            "cellvault_last_verify_timestamp_seconds",
+            "When the last verify at this level ran (Unix time).",
+            level,
+        ),
+        "drill_ok": _gauge(
+            "cellvault_last_drill_success", "1 if the last restore drill passed, else 0."
+        ),
+        "drill_rto": _gauge(
+            "cellvault_drill_rto_seconds",
+            "How long the last successful restore drill took: fetch, extract, check and health checks.",
+        ),
+        "drill_at": _gauge(
+            "cellvault_last_drill_timestamp_seconds", "When the last restore drill ran (Unix time)."
+        ),
+    }
+
+
+def _add_entry(families: Mapping[str, Any], labels: list[str], entry: Mapping[str, Any]) -> None:
+    """Add the samples of one cell at one target (a state entry)."""
+    f = families
+    backup = entry.get("backup") or {}
+    if entry.get("last_success") is not None:
+        f["success"].add_metric(labels, float(entry["last_success"]))
+    if backup:
+        f["last_run"].add_metric(labels, float(backup.get("at", 0)))
+        f["last_ok"].add_metric(labels, 1.0 if backup.get("ok") else 0.0)
+        f["duration"].add_metric(labels, float(backup.get("duration", 0)))
+    good = entry.get("last_good") or {}
+    if good:
+        f["read"].add_metric(labels, float(good.get("bytes_read", 0)))
+        f["stored"].add_metric(labels, float(good.get("bytes_stored", 0)))
+    f["failures"].add_metric(labels, float(entry.get("failures_total", 0)))
+    for level, result in sorted((entry.get("verify") or {}).items()):
+        f["verify_ok"].add_metric([*labels, level], 1.0 if result.get("ok") else 0.0)
+        f["verify_at"].add_metric([*labels, level], float(result.get("at", 0)))
+    drill = entry.get("drill") or {}
+    if drill:
+        f["drill_ok"].add_metric(labels, 1.0 if drill.get("ok") else 0.0)
+        f["drill_at"].add_metric(labels, float(drill.get("at", 0)))
+        if drill.get("ok") and drill.get("rto") is not None:
+            f["drill_rto"].add_metric(labels, float(drill["rto"]))
 
 
 def _registry(state: Mapping[str, Any]) -> CollectorRegistry:

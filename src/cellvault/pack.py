@@ -14,39 +14,36 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
-import fcntl
-import fnmatch
 import hashlib
 import os
-import re
-import shutil
 import stat
 import tarfile
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
 from .archive import ArchiveId, ArchiveMeta
-from .cell import Cell
+from .cell import Cell, excluder
 from .codec import Codec, HashingWriter
-from .dumpers.base import Dumper, DumpSummary, write_dumps
+from .dumpers.archive_io import write_dumps
+from .dumpers.base import Dumper
 from .errors import BackupError
 from .log import get_logger
 from .manifest import Entry, Manifest
+from .report import DumpSummary
+from .spool import claim_spool, clear_stale_spool, write_manifest_copy
+from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
 
 __all__ = ["PackResult", "Packer"]
 
 log = get_logger(__name__)
 
-BLOCK = 1 << 20
 #: A file modified this close to (or after) the parent's scan start may have
 #: changed without its mtime showing it: git's "racy" case. One second covers
 #: file systems with coarse timestamps.
@@ -98,184 +95,6 @@ class PackResult:
     dumps: tuple[DumpSummary, ...] = ()
 
 
-# -- the tar stream ----------------------------------------------------------------
-#
-# The packer writes tar headers itself: tarfile's TarFile.addfile copies each
-# TarInfo and builds a PAX header through dicts and several encodings, about half
-# of the Python calls of a backup (every member needs a PAX header, as mtimes have
-# nanoseconds). The bytes are exactly those of tarfile's PAX_FORMAT with
-# encoding utf-8 and errors surrogateescape (tests/test_pack_tar.py compares them).
-
-_RECORD = tarfile.RECORDSIZE
-_MAGIC_TAIL = tarfile.POSIX_MAGIC + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
-_ZEROS = bytes(BLOCK)
-
-
-def _ustar(
-    name: str, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: str
-) -> bytes:
-    """One ustar header block; the numbers must fit (the PAX header carries the rest)."""
-    head = b"".join(
-        (
-            name.encode("ascii", "replace")[:100].ljust(100, b"\0"),
-            b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode, uid, gid, size, mtime),
-            kind,
-            link.encode("ascii", "replace")[:100].ljust(100, b"\0") if link else _ZEROS[:100],
-            _MAGIC_TAIL,
-        )
-    )
-    return b"%s%06o\0%s" % (head[:148], sum(head), head[155:])
-
-
-def _pax_record(keyword: bytes, value: bytes) -> bytes:
-    # The length prefix counts its own digits (tarfile's loop, same result).
-    length = len(keyword) + len(value) + 3
-    n = p = 0
-    while True:
-        n = length + len(str(p))
-        if n == p:
-            break
-        p = n
-    return b"%d %s=%s\n" % (p, keyword, value)
-
-
-_PAX_HEADS: dict[int, bytes] = {}
-
-
-def _pax_head(length: int) -> bytes:
-    # Only the size differs between PAX headers: one block per payload length.
-    head = _PAX_HEADS.get(length)
-    if head is None:
-        head = _ustar("././@PaxHeader", 0, 0, 0, length, 0, tarfile.XHDTYPE, "")
-        _PAX_HEADS[length] = head
-    return head
-
-
-def tar_header(
-    name: str,
-    kind: bytes,
-    mode: int,
-    uid: int,
-    gid: int,
-    size: int,
-    mtime: float,
-    link: str = "",
-) -> bytes:
-    """The header blocks of one member, as ``tarfile`` writes them in PAX_FORMAT.
-
-    *mtime* is an int, or a float when it has a fraction (then the PAX header
-    keeps it and the ustar field has it rounded), as in :class:`tarfile.TarInfo`.
-    """
-    if kind == tarfile.DIRTYPE and not name.endswith("/"):
-        name += "/"
-    pax: dict[str, str] | None = None
-    if len(name) > 100 or not name.isascii():
-        pax = {"path": name}
-    if link and (len(link) > 100 or not link.isascii()):
-        pax = pax or {}
-        pax["linkpath"] = link
-    numbers = [uid, gid, size, 0]
-    for i, key, limit, val in (
-        (0, "uid", 8**7, uid),
-        (1, "gid", 8**7, gid),
-        (2, "size", 8**11, size),
-        (3, "mtime", 8**11, mtime),
-    ):
-        if isinstance(val, float):
-            whole = round(val)
-            numbers[i] = whole if 0 <= whole < limit else 0
-            pax = pax or {}
-            pax[key] = str(val)
-        elif 0 <= val < limit:
-            numbers[i] = val
-        else:
-            numbers[i] = 0
-            pax = pax or {}
-            pax[key] = str(val)
-    header = _ustar(name, mode & 0o7777, numbers[0], numbers[1], numbers[2], numbers[3], kind, link)
-    if pax is None:
-        return header
-    binary = False
-    for value in pax.values():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            binary = True
-            break
-    # Undecodable names (surrogate escapes) go out as their original bytes.
-    records = [b"21 hdrcharset=BINARY\n"] if binary else []
-    errors = "surrogateescape" if binary else "strict"
-    for key, value in pax.items():
-        records.append(_pax_record(key.encode(), value.encode("utf-8", errors)))
-    payload = b"".join(records)
-    return b"".join((_pax_head(len(payload)), payload, _ZEROS[: -len(payload) % 512], header))
-
-
-class _TarWriter:
-    """Writes a tar stream into *fileobj*: the part of tarfile.TarFile that packing uses.
-
-    ``addfile`` and ``members`` are there for the dumpers (see
-    :func:`cellvault.dumpers.base.write_dumps`), which build TarInfo objects;
-    the packer writes headers and data directly.
-    """
-
-    def __init__(self, fileobj: Any) -> None:
-        self.fileobj = fileobj
-        self.offset = 0
-        #: Always empty: nothing is kept per member.
-        self.members: list[tarfile.TarInfo] = []
-
-    def write(self, data: bytes) -> None:
-        self.fileobj.write(data)
-        self.offset += len(data)
-
-    def pad(self) -> None:
-        """End a member's data with zeros to a whole block."""
-        pad = -self.offset % 512
-        if pad:
-            self.fileobj.write(_ZEROS[:pad])
-            self.offset += pad
-
-    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: IO[bytes] | None = None) -> None:
-        if tarinfo.uname or tarinfo.gname or tarinfo.pax_headers or tarinfo.isdev():
-            # Fields tar_header does not write: tarfile's own header, same format.
-            header = tarinfo.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        else:
-            header = tar_header(
-                tarinfo.name,
-                tarinfo.type,
-                tarinfo.mode,
-                tarinfo.uid,
-                tarinfo.gid,
-                tarinfo.size,
-                tarinfo.mtime,
-                tarinfo.linkname,
-            )
-        self.write(header)
-        if fileobj is None:
-            return
-        left = tarinfo.size
-        while left > 0:
-            want = min(BLOCK, left)
-            block = fileobj.read(want)
-            if len(block) < want:
-                raise OSError("unexpected end of data")  # as tarfile.copyfileobj
-            self.write(block)
-            left -= want
-        self.pad()
-
-    def close(self) -> None:
-        self.write(_ZEROS[:1024])
-        pad = -self.offset % _RECORD
-        if pad:
-            self.write(_ZEROS[:pad])
-
-
-def _mtime(mtime_ns: int) -> float:
-    # PAX keeps sub-second mtimes; the manifest keeps the exact nanoseconds.
-    return mtime_ns / 1e9 if mtime_ns % 1_000_000_000 else mtime_ns // 1_000_000_000
-
-
 def _no_progress(n: int) -> None:
     pass
 
@@ -315,7 +134,7 @@ class _FileSource:
             data = b"".join(parts)
             if got < n:
                 self.short = True
-                data += _ZEROS[: n - got] if n - got <= BLOCK else bytes(n - got)
+                data += ZEROS[: n - got] if n - got <= BLOCK else bytes(n - got)
         self.remaining -= n
         self.digest.update(data)
         self.progress(n)
@@ -435,40 +254,6 @@ _DIR, _LINK, _FILE, _SAME, _WARN = range(5)
 _Item = tuple[int, str, str, Any, Any]
 
 
-def _excluder(cell: Cell) -> Callable[[str, str], bool] | None:
-    """``cell.excludes`` for a relative path given as text and its last name.
-
-    None when the cell excludes nothing (the walk then skips the test).
-
-    The same rules as :func:`cellvault.cell.is_excluded` (a pattern with a ``/``
-    matches the path relative to the cell path, one without matches any name),
-    compiled once into two regular expressions instead of a PurePosixPath and
-    an fnmatch per pattern for every path.
-    """
-    if type(cell).excludes is not Cell.excludes:  # a subclass with its own rules
-        return lambda rel, name: cell.excludes(PurePosixPath(rel))
-    if not cell.exclude:
-        return None
-    by_path: list[str] = []
-    by_name: list[str] = []
-    for pattern in cell.exclude:
-        pat = pattern.rstrip("/")
-        if "/" in pat:
-            by_path.append(fnmatch.translate(pat.lstrip("/")))
-        else:
-            by_name.append(fnmatch.translate(pat))
-    path_match = re.compile("|".join(by_path)).match if by_path else None
-    name_match = re.compile("|".join(by_name)).match if by_name else None
-
-    def excludes(rel: str, name: str) -> bool:
-        return bool(
-            (name_match is not None and name_match(name))
-            or (path_match is not None and path_match(rel))
-        )
-
-    return excludes
-
-
 def _by_name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
@@ -498,7 +283,7 @@ class Packer:
     #: Dumpers whose output goes under ``dumps/`` after the files, always fresh.
     dumpers: Sequence[Dumper] = ()
     #: Bytes of a dump held in memory before it is written as a part (default:
-    #: :data:`cellvault.dumpers.base.DUMP_CHUNK`).
+    #: :data:`cellvault.dumpers.members.DUMP_CHUNK`).
     dump_chunk: int | None = None
 
     _manifest: Manifest = attrs.field(init=False)
@@ -518,79 +303,21 @@ class Packer:
         self._archive = str(self.ident)
         self._manifest = Manifest(archive=self._archive)
         backed_at = dt.datetime.now(dt.UTC)
-        kind = "incremental" if self.parent is not None else "full"
-        chain: tuple[ArchiveId, ...] = ()
-        if self.parent_meta is not None:
-            chain = (*self.parent_meta.chain, self.parent_meta.id)
-            scan_ns = (self.parent_meta.backed_at - _EPOCH) // dt.timedelta(microseconds=1) * 1000
-            self._racy_before = scan_ns - RACY_NS
-        roots: dict[str, Path] = {}
-        dumps: list[DumpSummary] = []
-        for name, path in self.cell.roots.items():
-            try:
-                os.lstat(path)
-            except FileNotFoundError:
-                if self.reason == "pre-restore":
-                    # The safety backup before a restore keeps what is there: a path
-                    # that was lost is what the restore is about to bring back.
-                    self._warn(f"{path} does not exist; the safety backup holds the other paths")
-                    continue
-                raise BackupError(
-                    f"cell {self.cell.name}: path {path} does not exist",
-                    hint="create it, fix the cell's paths, or remove the cell from BACKUP_CELLS",
-                ) from None
-            except OSError as exc:
-                raise BackupError(
-                    f"cell {self.cell.name}: cannot read {path}: {exc.strerror}"
-                ) from None
-            roots[name] = path
-        meta = ArchiveMeta(
-            id=self.ident,
-            kind=kind,
-            backed_at=backed_at,
-            host=self.host,
-            version=self.version,
-            codec=self.codec.name,
-            parent=self.parent_meta.id if self.parent_meta else None,
-            chain=chain,
-            roots={name: str(path) for name, path in roots.items()},
-            reason=self.reason,
-        )
-
+        roots = self._roots()
+        meta = self._meta(backed_at, roots)
         final = self.spool / f"{self.ident}{self.codec.suffix}"
         partial = final.with_name(final.name + ".partial")
         clear_stale_spool(self.spool.parent, keep=self.spool)
-        for attempt in range(5):
-            _claim_spool(self.spool)
-            try:
-                out = open(partial, "wb")  # noqa: SIM115 - closed by the with below
-                break
-            except FileNotFoundError:
-                # The cells of a run share its folder, and the run removes it when
-                # it is empty: another cell may have done so just now. Again.
-                if attempt == 4:
-                    raise
+        out = self._open_partial(partial)
         manifest_json: IO[bytes] | None = None
         try:
             with out as raw:
                 hashing = HashingWriter(raw)
                 compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
-                tar = _TarWriter(compressor)
+                tar = TarWriter(compressor)
                 self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
                 self._add_trees(tar, roots)
-                if self.dumpers:
-                    dumps = write_dumps(
-                        tar,
-                        self._manifest,
-                        self.dumpers,
-                        cell=self.cell,
-                        archive=self._archive,
-                        spool=self.spool,
-                        reason=self.reason,
-                        chunk=self.dump_chunk,
-                        on_progress=self._progress,
-                        warn=self._warnings.append,
-                    )
+                dumps = self._add_dumps(tar)
                 # The manifest goes through a spool file, never whole in memory; its
                 # compressed copy is made from the same file below.
                 manifest_json = tempfile.TemporaryFile(dir=self.spool)  # noqa: SIM115 - closed below
@@ -609,7 +336,7 @@ class Packer:
         os.replace(partial, final)
         manifest_path = self.spool / f"{self.ident}.manifest.json.zst"
         with manifest_json:
-            _write_manifest_copy(manifest_path, manifest_json)
+            write_manifest_copy(manifest_path, manifest_json)
         return PackResult(
             meta=meta,
             manifest=self._manifest,
@@ -624,6 +351,80 @@ class Packer:
             dumps=tuple(dumps),
         )
 
+    def _roots(self) -> dict[str, Path]:
+        """The cell's paths by archive root name, each checked to exist."""
+        roots: dict[str, Path] = {}
+        for name, path in self.cell.roots.items():
+            try:
+                os.lstat(path)
+            except FileNotFoundError:
+                if self.reason == "pre-restore":
+                    # The safety backup before a restore keeps what is there: a path
+                    # that was lost is what the restore is about to bring back.
+                    self._warn(f"{path} does not exist; the safety backup holds the other paths")
+                    continue
+                raise BackupError(
+                    f"cell {self.cell.name}: path {path} does not exist",
+                    hint="create it, fix the cell's paths, or remove the cell from BACKUP_CELLS",
+                ) from None
+            except OSError as exc:
+                raise BackupError(
+                    f"cell {self.cell.name}: cannot read {path}: {exc.strerror}"
+                ) from None
+            roots[name] = path
+        return roots
+
+    def _meta(self, backed_at: dt.datetime, roots: dict[str, Path]) -> ArchiveMeta:
+        """The archive's ``meta.json``; for an incremental, also when a file is racy."""
+        kind = "incremental" if self.parent is not None else "full"
+        chain: tuple[ArchiveId, ...] = ()
+        if self.parent_meta is not None:
+            chain = (*self.parent_meta.chain, self.parent_meta.id)
+            scan_ns = (self.parent_meta.backed_at - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+            self._racy_before = scan_ns - RACY_NS
+        return ArchiveMeta(
+            id=self.ident,
+            kind=kind,
+            backed_at=backed_at,
+            host=self.host,
+            version=self.version,
+            codec=self.codec.name,
+            parent=self.parent_meta.id if self.parent_meta else None,
+            chain=chain,
+            roots={name: str(path) for name, path in roots.items()},
+            reason=self.reason,
+        )
+
+    def _open_partial(self, partial: Path) -> IO[bytes]:
+        """Open the archive's file in the run's spool folder, claimed for this run."""
+        for attempt in range(5):
+            claim_spool(self.spool)
+            try:
+                return open(partial, "wb")  # closed by the with in pack()
+            except FileNotFoundError:
+                # The cells of a run share its folder, and the run removes it when
+                # it is empty: another cell may have done so just now. Again.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _add_dumps(self, tar: TarWriter) -> list[DumpSummary]:
+        """Run the cell's dumpers into the archive, after its files."""
+        if not self.dumpers:
+            return []
+        return write_dumps(
+            tar,
+            self._manifest,
+            self.dumpers,
+            cell=self.cell,
+            archive=self._archive,
+            spool=self.spool,
+            reason=self.reason,
+            chunk=self.dump_chunk,
+            on_progress=self._progress,
+            warn=self._warnings.append,
+        )
+
     # -- the walk --------------------------------------------------------
     #
     # The walk (main thread) yields items in archive order; _ReadAhead opens and
@@ -631,7 +432,7 @@ class Packer:
     # writes the members in that same order. Paths are strings: pathlib per file
     # cost a third of a walk.
 
-    def _add_trees(self, tar: _TarWriter, roots: dict[str, Path]) -> None:
+    def _add_trees(self, tar: TarWriter, roots: dict[str, Path]) -> None:
         ahead = _ReadAhead()
         try:
             for item, future in ahead.items(self._walk(roots)):
@@ -673,7 +474,7 @@ class Packer:
     def _walk_dir(self, path: str, member: str, st: os.stat_result) -> Iterator[_Item]:
         # Depth first, names sorted, as a stack of directory listings (a generator
         # per level would pass every item up through each level).
-        excludes = _excluder(self.cell)
+        excludes = excluder(self.cell)
         item = self._item
         yield (_DIR, path, member, st, None)
         stack = [(self._list(path), path + "/", member + "/", "")]
@@ -743,20 +544,22 @@ class Packer:
         message = f"{path} is a {kind}; skipped (only files, directories and links are kept)"
         return (_WARN, path, member, st, message)
 
-    def _add_dir(self, tar: _TarWriter, member: str, st: os.stat_result) -> None:
+    def _add_dir(self, tar: TarWriter, member: str, st: os.stat_result) -> None:
         mode = stat.S_IMODE(st.st_mode)
         mtime_ns = st.st_mtime_ns
         uid, gid = st.st_uid, st.st_gid
-        tar.write(tar_header(member, tarfile.DIRTYPE, mode, uid, gid, 0, _mtime(mtime_ns)))
+        tar.write(tar_header(member, tarfile.DIRTYPE, mode, uid, gid, 0, pax_mtime(mtime_ns)))
         self._manifest.add(
             Entry(path=member, type="dir", mode=mode, mtime_ns=mtime_ns, uid=uid, gid=gid)
         )
 
-    def _add_symlink(self, tar: _TarWriter, member: str, st: os.stat_result, target: str) -> None:
+    def _add_symlink(self, tar: TarWriter, member: str, st: os.stat_result, target: str) -> None:
         mode = stat.S_IMODE(st.st_mode)
         mtime_ns = st.st_mtime_ns
         uid, gid = st.st_uid, st.st_gid
-        tar.write(tar_header(member, tarfile.SYMTYPE, mode, uid, gid, 0, _mtime(mtime_ns), target))
+        tar.write(
+            tar_header(member, tarfile.SYMTYPE, mode, uid, gid, 0, pax_mtime(mtime_ns), target)
+        )
         self._manifest.add(
             Entry(
                 path=member,
@@ -769,7 +572,7 @@ class Packer:
             )
         )
 
-    def _add_file(self, tar: _TarWriter, item: _Item, future: Future[_Opened]) -> None:
+    def _add_file(self, tar: TarWriter, item: _Item, future: Future[_Opened]) -> None:
         _, path, name, st, prev = item
         size = st.st_size
         try:
@@ -788,34 +591,14 @@ class Packer:
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
-                digest = source.digest
-                if source.remaining:
-                    # A large file: hash the rest (to its end, as it is now), then
-                    # read it again from the start if it is to be stored.
-                    for block in iter(lambda: raw.read(BLOCK), b""):
-                        digest.update(block)
-                if digest.hexdigest() == prev.sha256 and mode == prev.mode:
-                    self._manifest.add(
-                        attrs.evolve(
-                            prev,
-                            mtime_ns=st.st_mtime_ns,
-                            inode=st.st_ino,
-                            dev=st.st_dev,
-                            ctime_ns=st.st_ctime_ns,
-                            uid=st.st_uid,
-                            gid=st.st_gid,
-                        )
-                    )
+                if self._same_content(source, prev, st, mode):
                     return
                 if size > READ_WHOLE:
                     raw.seek(0)
                     source = _FileSource(raw, size)
                     head = b""
-            tar.write(
-                tar_header(
-                    name, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size, _mtime(st.st_mtime_ns)
-                )
-            )
+            mtime = pax_mtime(st.st_mtime_ns)
+            tar.write(tar_header(name, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size, mtime))
             if head:
                 tar.write(head)
                 self._progress(len(head))
@@ -847,7 +630,33 @@ class Packer:
             )
         )
 
-    def _copy_rest(self, tar: _TarWriter, source: _FileSource, size: int) -> None:
+    def _same_content(
+        self, source: _FileSource, prev: Entry, st: os.stat_result, mode: int
+    ) -> bool:
+        """With *checksum*: list the file as unchanged if its bytes hash as the parent's did."""
+        digest = source.digest
+        if source.remaining:
+            # A large file: hash the rest (to its end, as it is now), then
+            # read it again from the start if it is to be stored.
+            raw = source.raw
+            for block in iter(lambda: raw.read(BLOCK), b""):
+                digest.update(block)
+        if digest.hexdigest() != prev.sha256 or mode != prev.mode:
+            return False
+        self._manifest.add(
+            attrs.evolve(
+                prev,
+                mtime_ns=st.st_mtime_ns,
+                inode=st.st_ino,
+                dev=st.st_dev,
+                ctime_ns=st.st_ctime_ns,
+                uid=st.st_uid,
+                gid=st.st_gid,
+            )
+        )
+        return True
+
+    def _copy_rest(self, tar: TarWriter, source: _FileSource, size: int) -> None:
         """Copy a large file's remaining bytes, keeping the kernel reading ahead of us."""
         source.progress = self._progress
         fd = source.raw.fileno()
@@ -880,7 +689,7 @@ class Packer:
 
     # -- tar members -----------------------------------------------------
 
-    def _add_manifest(self, tar: _TarWriter, spool: IO[bytes], when: dt.datetime) -> None:
+    def _add_manifest(self, tar: TarWriter, spool: IO[bytes], when: dt.datetime) -> None:
         size = self._manifest.write_json(spool)
         spool.seek(0)
         tar.write(
@@ -895,7 +704,7 @@ class Packer:
             left -= len(block)
         tar.pad()
 
-    def _add_bytes(self, tar: _TarWriter, name: str, data: bytes, when: dt.datetime) -> None:
+    def _add_bytes(self, tar: TarWriter, name: str, data: bytes, when: dt.datetime) -> None:
         tar.write(tar_header(name, tarfile.REGTYPE, 0o644, 0, 0, len(data), int(when.timestamp())))
         tar.write(data)
         tar.pad()
@@ -924,100 +733,3 @@ def _special_kind(mode: int) -> str:
     if stat.S_ISBLK(mode):
         return "block device"
     return "special file"
-
-
-def _hash_file(raw: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: raw.read(BLOCK), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_manifest_copy(path: Path, manifest_json: IO[bytes]) -> None:
-    """Compress the manifest's spool file (``manifest.json``'s bytes) into *path*."""
-    import zstandard
-
-    tmp = path.with_name(path.name + ".partial")
-    size = manifest_json.seek(0, os.SEEK_END)
-    manifest_json.seek(0)
-    with open(tmp, "wb") as f:
-        # Checksummed like the archive: a damaged copy fails to decompress, never parses wrong.
-        zstandard.ZstdCompressor(level=3, write_checksum=True).copy_stream(
-            manifest_json, f, size=size
-        )
-        f.flush()
-        # Like the archive: a local target may hard-link this very file and commit it.
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# -- the spool ------------------------------------------------------------------
-#
-# Each run packs into its own folder of the spool (``<backup_dir>/.cellvault/spool/<run>``).
-# A run that is killed leaves its folder behind. To tell such debris from the
-# folder of a run still in progress (in this process or another), a run holds a
-# shared flock on its folder for as long as the process lives or until the folder
-# is removed; the kernel drops it when the process dies, even by SIGKILL. A
-# folder nobody holds belongs to a dead run and is deleted by the next pack.
-
-_HELD: dict[Path, int] = {}
-_HELD_LOCK = threading.Lock()
-
-
-def _claim_spool(folder: Path) -> None:
-    """Create *folder* (a run's spool folder) and mark it as in use by this process."""
-    with _HELD_LOCK:
-        for path, fd in list(_HELD.items()):
-            if os.fstat(fd).st_nlink == 0:  # the run is over and its folder was removed
-                os.close(fd)
-                del _HELD[path]
-        if folder in _HELD:
-            return
-        for _ in range(5):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            except (FileNotFoundError, FileExistsError):
-                continue  # removed (by its run or a cleaner) while we made it: again
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                    os.close(fd)
-                    raise
-                # No locks on this file system: nothing is ever cleaned as stale here.
-            if os.fstat(fd).st_nlink > 0:
-                _HELD[folder] = fd
-                return
-            os.close(fd)
-        raise BackupError(f"cannot create the spool folder {folder}; it keeps disappearing")
-
-
-def clear_stale_spool(spool: Path, keep: Path | None = None) -> list[Path]:
-    """Delete the run folders in *spool* that no live run holds (left by killed runs)."""
-    removed: list[Path] = []
-    try:
-        children = list(spool.iterdir())
-    except FileNotFoundError:
-        return removed
-    for child in children:
-        if child == keep or child in _HELD:
-            continue
-        try:
-            fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue  # not a folder (or gone): not ours to judge
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live run holds it, or the file system has no locks
-            if os.fstat(fd).st_nlink == 0:
-                continue
-            shutil.rmtree(child, ignore_errors=True)
-            removed.append(child)
-            log.info("spool.debris_removed", path=str(child))
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return removed

@@ -12,12 +12,11 @@ from typing import Any
 
 import attrs
 
-from .dumpers.base import DumpSummary
-
 __all__ = [
     "BackupReport",
     "CellReport",
     "CellRestore",
+    "DumpSummary",
     "Failure",
     "Report",
     "RestoreReport",
@@ -57,6 +56,18 @@ class Report:
         out: dict[str, Any] = plain(self)
         out.setdefault("ok", getattr(self, "ok", True))
         return out
+
+
+@attrs.frozen
+class DumpSummary:
+    """What one dumper did during a backup."""
+
+    name: str
+    type: str
+    ok: bool
+    bytes: int
+    duration: float
+    error: str | None = None
 
 
 @attrs.frozen

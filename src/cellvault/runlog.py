@@ -9,7 +9,7 @@ cell, target, stage and error, enough to see where a failure happened.
 The events reach the file through a :class:`logging.Handler` with a
 structlog ``ProcessorFormatter`` (``JSONRenderer``), but not through the
 ``cellvault`` logger's level and propagation: a processor of cellvault's
-chain (:func:`tee`) hands each event whose ``run`` key names an open run
+chain (:func:`cellvault.log.tee`) hands each event whose ``run`` key names an open run
 log to that run's handler, at info level and above, whatever the host
 application configured. So concurrent runs in one process never write into
 each other's files, the run log is complete even when the host logs only
@@ -18,13 +18,11 @@ warnings, and the library still configures no logging of its host.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import datetime as dt
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -32,29 +30,25 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 import structlog
 
-__all__ = ["LOG_KINDS", "RunLog", "active_log", "carry", "prune_logs", "tee"]
+from .log import add_run_sink, get_logger, remove_run_sink, run_sink, summarize_exc_info
+
+__all__ = ["LOG_KINDS", "RunLog", "active_log", "carry", "prune_logs"]
 
 #: The operations that write run logs (the file name's first word).
 LOG_KINDS: tuple[str, ...] = ("backup", "verify", "restore", "prune", "sync")
 _NAME = re.compile(r"(?P<kind>[a-z]+)_(?P<stamp>\d{8}_\d{6})(_[0-9a-f]+)?\.log")
-_LEVELS = {"info", "warning", "error", "critical", "exception"}
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_sinks: dict[str, RunLog] = {}
-_sinks_lock = threading.Lock()
-
 
 def _formatter() -> logging.Formatter:
-    from .log import _summarize_exc_info
-
     return structlog.stdlib.ProcessorFormatter(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             # One redacted line per exception: a traceback could carry a secret.
-            _summarize_exc_info,
+            summarize_exc_info,
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
     )
@@ -94,8 +88,6 @@ class RunLog:
         try:
             self._stream = self._open()
         except OSError as exc:
-            from .log import get_logger
-
             get_logger(__name__).warning(
                 "runlog.unavailable",
                 directory=str(self.directory),
@@ -105,13 +97,11 @@ class RunLog:
         handler = logging.StreamHandler(self._stream)
         handler.setFormatter(_formatter())
         self._handler = handler
-        with _sinks_lock:
-            _sinks[self.run] = self
+        add_run_sink(self.run, self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with _sinks_lock:
-            _sinks.pop(self.run, None)
+        remove_run_sink(self.run)
         if self._handler is not None:
             self._handler.close()
         if self._stream is not None:
@@ -138,30 +128,12 @@ class RunLog:
         handler.handle(record)
 
 
-def tee(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """structlog processor: copy an event of an open run to that run's log.
-
-    Runs after redaction and before the level filter, so run logs hold the
-    info events even when the host logs only warnings.
-    """
-    run = event_dict.get("run")
-    if run and method_name in _LEVELS:
-        with _sinks_lock:
-            sink = _sinks.get(str(run))
-        if sink is not None:
-            # A run log must never break the run it logs.
-            with contextlib.suppress(Exception):
-                sink.emit(logger, method_name, event_dict)
-    return event_dict
-
-
 def active_log(run: str | None) -> Path | None:
     """The log file of the open run *run*, if any (alerts name it)."""
     if not run:
         return None
-    with _sinks_lock:
-        sink = _sinks.get(run)
-    return sink.path if sink is not None else None
+    sink = run_sink(run)
+    return sink.path if isinstance(sink, RunLog) else None
 
 
 def carry(fn: Callable[_P, _R]) -> Callable[_P, _R]:

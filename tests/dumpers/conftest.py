@@ -233,14 +233,14 @@ def vault_for(
 
 def argv_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, str]]]:
     """Record the argv and environment of every tool cellvault starts."""
-    import cellvault.dumpers.base as base
+    import cellvault.tool as tool
 
     calls: list[tuple[list[str], dict[str, str]]] = []
-    real = base.subprocess.Popen
+    real = tool.subprocess.Popen
 
     def spy(argv: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append((list(argv), dict(kwargs.get("env") or os.environ)))
         return real(argv, *args, **kwargs)
 
-    monkeypatch.setattr(base.subprocess, "Popen", spy)
+    monkeypatch.setattr(tool.subprocess, "Popen", spy)
     return calls

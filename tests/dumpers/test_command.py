@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-import cellvault.dumpers.base as base
 from cellvault import Cell, ConfigError, Vault, hookimpl
-from cellvault.dumpers import DumpContext, Dumper, LoadContext
+from cellvault.dumpers import DumpContext, Dumper, LoadContext, archive_io
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
 from tests.helpers import clock, snapshot, write_tree
 
@@ -91,7 +90,7 @@ def test_dump_goes_into_the_archive_and_loads_back(tmp_path: Path) -> None:
 def test_a_large_dump_is_written_in_parts_that_stock_tools_join(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "DUMP_CHUNK", 4096)
+    monkeypatch.setattr(archive_io, "DUMP_CHUNK", 4096)
     out = tmp_path / "restored.bin"
     dumper = {
         "type": "command",
@@ -123,7 +122,7 @@ def test_a_large_dump_is_written_in_parts_that_stock_tools_join(
 def test_an_exact_multiple_of_the_chunk_and_an_empty_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "DUMP_CHUNK", 1000)
+    monkeypatch.setattr(archive_io, "DUMP_CHUNK", 1000)
     dumpers = [
         {"type": "command", "name": "even", "command": emit(2000), "autoload": False},
         {"type": "command", "name": "empty", "command": ["true"], "autoload": False},

@@ -1,6 +1,7 @@
 """Database dumpers: consistent snapshots of what is not a plain file tree.
 
-The plugin interface is in :mod:`cellvault.dumpers.base`; the built-in
+The plugin interface is in :mod:`cellvault.dumpers.base` (options in
+:mod:`~cellvault.dumpers.options`, tools run by :mod:`cellvault.tool`); the built-in
 types (each a plugin module registered like a third party's) are
 :mod:`~cellvault.dumpers.postgres`, :mod:`~cellvault.dumpers.mysql`,
 :mod:`~cellvault.dumpers.sqlite`, :mod:`~cellvault.dumpers.redis` and
@@ -9,16 +10,10 @@ types (each a plugin module registered like a third party's) are
 
 from __future__ import annotations
 
-from .base import (
-    DumpContext,
-    Dumper,
-    DumpError,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    ToolResult,
-    run_tool,
-)
+from ..errors import DumpError, LoadError
+from ..specs import DumperSpec
+from ..tool import ToolResult, run_tool
+from .base import DumpContext, Dumper, LoadContext
 
 __all__ = [
     "DumpContext",

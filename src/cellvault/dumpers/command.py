@@ -26,16 +26,11 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ..errors import LoadError
 from ..hookspecs import hookimpl
-from .base import (
-    DumpContext,
-    Dumper,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    to_args,
-    to_env,
-)
+from ..specs import DumperSpec
+from .base import DumpContext, Dumper, LoadContext
+from .options import to_args, to_env
 
 __all__ = ["CommandDumper"]
 

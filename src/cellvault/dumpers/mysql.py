@@ -43,19 +43,12 @@ from typing import IO, ClassVar
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoadError
 from ..hookspecs import hookimpl
-from .base import (
-    DumpContext,
-    Dumper,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    run_tool,
-    to_args,
-    to_bool,
-    to_list,
-)
+from ..specs import DumperSpec
+from ..tool import run_tool
+from .base import DumpContext, Dumper, LoadContext
+from .options import to_args, to_bool, to_list
 
 __all__ = ["MysqlDumper", "filter_dump"]
 

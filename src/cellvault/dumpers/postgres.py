@@ -46,20 +46,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LoadError
 from ..hookspecs import hookimpl
 from ..log import get_logger
-from .base import (
-    DumpContext,
-    Dumper,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    run_tool,
-    to_args,
-    to_bool,
-    to_list,
-)
+from ..specs import DumperSpec
+from ..tool import run_tool
+from .base import DumpContext, Dumper, LoadContext
+from .options import to_args, to_bool, to_list
 
 __all__ = ["PostgresDumper", "parse_dsn"]
 
@@ -111,53 +104,63 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     dsn = dsn.strip()
     if not dsn:
         return {}
-    out: dict[str, str] = {}
-    if re.match(r"postgres(ql)?://", dsn):
-        rest = dsn.split("://", 1)[1]
-        rest, _, query = rest.partition("?")
-        netloc, _, path = rest.partition("/")
-        userinfo, at, hostspec = netloc.rpartition("@")
-        if not at:
-            hostspec = netloc
-        if userinfo:
-            user, colon, password = userinfo.partition(":")
-            if user:
-                out["user"] = urllib.parse.unquote(user)
-            if colon:
-                out["password"] = urllib.parse.unquote(password)
-        hosts, ports = [], []
-        for item in filter(None, hostspec.split(",")):
-            if item.startswith("["):
-                host, _, port = item[1:].partition("]")
-                port = port.removeprefix(":")
-            else:
-                host, _, port = item.partition(":")
-            hosts.append(urllib.parse.unquote(host))
-            ports.append(port)
-        if any(hosts):
-            out["host"] = ",".join(hosts)
-        if any(ports):
-            out["port"] = ",".join(ports)
-        if path:
-            out["dbname"] = urllib.parse.unquote(path)
-        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-            out[key] = value
-    else:
-        pos = 0
-        while pos < len(dsn):
-            match = _KV.match(dsn, pos)
-            if not match or match.end() == pos:
-                raise ValueError("the dsn is neither a postgresql:// URI nor key=value pairs")
-            value = match["value"]
-            if value.startswith("'"):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            out[match["key"]] = value
-            pos = match.end()
-            while pos < len(dsn) and dsn[pos].isspace():
-                pos += 1
+    out = _parse_uri(dsn) if re.match(r"postgres(ql)?://", dsn) else _parse_pairs(dsn)
     for key in out:
         if key not in LIBPQ_ENV:
             raise ValueError(f"the dsn has a keyword libpq does not know: {key!r}")
+    return out
+
+
+def _parse_uri(dsn: str) -> dict[str, str]:
+    """``postgresql://user:password@host:port,host2/dbname?key=value`` as keywords."""
+    out: dict[str, str] = {}
+    rest = dsn.split("://", 1)[1]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostspec = netloc.rpartition("@")
+    if not at:
+        hostspec = netloc
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            out["user"] = urllib.parse.unquote(user)
+        if colon:
+            out["password"] = urllib.parse.unquote(password)
+    hosts, ports = [], []
+    for item in filter(None, hostspec.split(",")):
+        if item.startswith("["):
+            host, _, port = item[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        hosts.append(urllib.parse.unquote(host))
+        ports.append(port)
+    if any(hosts):
+        out["host"] = ",".join(hosts)
+    if any(ports):
+        out["port"] = ",".join(ports)
+    if path:
+        out["dbname"] = urllib.parse.unquote(path)
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        out[key] = value
+    return out
+
+
+def _parse_pairs(dsn: str) -> dict[str, str]:
+    """``host=db port=5432 password='two words'`` (libpq's key=value form) as keywords."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(dsn):
+        match = _KV.match(dsn, pos)
+        if not match or match.end() == pos:
+            raise ValueError("the dsn is neither a postgresql:// URI nor key=value pairs")
+        value = match["value"]
+        if value.startswith("'"):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        out[match["key"]] = value
+        pos = match.end()
+        while pos < len(dsn) and dsn[pos].isspace():
+            pos += 1
     return out
 
 

@@ -48,20 +48,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DumpError, LoadError
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact_text
-from .base import (
-    DumpContext,
-    Dumper,
-    DumpError,
-    DumperSpec,
-    LoadContext,
-    LoadError,
-    run_tool,
-    to_bool,
-    to_list,
-)
+from ..specs import DumperSpec
+from ..tool import run_tool
+from .base import DumpContext, Dumper, LoadContext
+from .options import to_bool, to_list
 
 __all__ = ["RedisDumper", "Resp"]
 
@@ -72,15 +65,19 @@ FILENAME = "dump.rdb"
 BATCH = 500
 
 
-class RespError(Exception):
-    """A Redis error reply (``-ERR ...``)."""
+class _RespError(Exception):
+    """A Redis error reply (``-ERR ...``); the dumper reports it as a LoadError."""
+
+
+# Messages name the type of the error, as they did.
+_RespError.__name__ = _RespError.__qualname__ = "RespError"
 
 
 class Resp:
     """A minimal RESP2 client: enough to copy keys (no pub/sub, no cluster).
 
     Binary-safe both ways; replies are ``bytes``, ``int``, ``list`` or
-    ``None``; an error reply in a pipeline is returned as :class:`RespError`.
+    ``None``; an error reply in a pipeline is returned as an exception, not raised.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -119,7 +116,7 @@ class Resp:
         if kind == b"+":
             return body
         if kind == b"-":
-            return RespError(body.decode("utf-8", "replace"))
+            return _RespError(body.decode("utf-8", "replace"))
         if kind == b":":
             return int(body)
         if kind == b"$":
@@ -134,14 +131,14 @@ class Resp:
         raise ConnectionError(f"unexpected reply {line[:20]!r}")
 
     def pipeline(self, commands: Iterable[Sequence[bytes | str | int]]) -> list[Any]:
-        """Send *commands* at once, return their replies (errors as :class:`RespError`)."""
+        """Send *commands* at once, return their replies (error replies as exceptions)."""
         batch = list(commands)
         self.sock.sendall(b"".join(self._encode(c) for c in batch))
         return [self._read() for _ in batch]
 
     def __call__(self, *args: bytes | str | int) -> Any:
         (reply,) = self.pipeline([args])
-        if isinstance(reply, RespError):
+        if isinstance(reply, _RespError):
             raise reply
         return reply
 
@@ -278,7 +275,7 @@ class RedisDumper(Dumper):
         try:
             if password:
                 live(*(["AUTH", self.username] if self.username else ["AUTH"]), password)
-        except RespError as exc:
+        except _RespError as exc:
             live.close()
             raise LoadError(
                 f"Redis at {host}:{port} refused the credentials: {redact_text(str(exc))}"
@@ -307,7 +304,7 @@ class RedisDumper(Dumper):
                         into=target,
                         keys=copied,
                     )
-            except (RespError, OSError) as exc:
+            except (_RespError, OSError) as exc:
                 raise LoadError(
                     f"{ctx.where}: loading the keys failed: {redact_text(str(exc))}",
                     hint="the target databases may be partly loaded; swap_db avoids that",
@@ -334,12 +331,12 @@ class RedisDumper(Dumper):
             replies = scratch.pipeline([c for k in keys for c in (("DUMP", k), ("PTTL", k))])
             commands = []
             for key, payload, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
-                if payload is None or isinstance(payload, RespError):
+                if payload is None or isinstance(payload, _RespError):
                     continue  # expired in the scratch server meanwhile
                 ttl = int(ttl) if isinstance(ttl, int) and ttl > 0 else 0
                 commands.append(("RESTORE", key, ttl, payload, "REPLACE"))
             for reply in live.pipeline(commands):
-                if isinstance(reply, RespError):
+                if isinstance(reply, _RespError):
                     raise reply
             copied += len(commands)
         if self.swap_db is not None:
@@ -437,7 +434,7 @@ def _scratch_server(
         yield client
     finally:
         if client is not None:
-            with contextlib.suppress(OSError, RespError, ConnectionError):
+            with contextlib.suppress(OSError, _RespError, ConnectionError):
                 client.pipeline([("SHUTDOWN", "NOSAVE")])
             client.close()
         try:

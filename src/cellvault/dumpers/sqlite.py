@@ -36,8 +36,10 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ..errors import DumpError, LoadError
 from ..hookspecs import hookimpl
-from .base import DumpContext, Dumper, DumpError, DumperSpec, LoadContext, LoadError
+from ..specs import DumperSpec
+from .base import DumpContext, Dumper, LoadContext
 
 __all__ = ["SqliteDumper"]
 

@@ -20,16 +20,14 @@ import datetime as dt
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
+from ..config import Config
 from ..errors import ConfigError
+from ..report import Failure
 from ..runlog import active_log
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..report import Failure
 
 __all__ = [
     "DEFAULT_ALERT_LOG",

@@ -19,15 +19,13 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config import Config
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact
+from ..report import Failure
 from . import alert_for, alert_settings, summary_for
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..report import Failure
 
 __all__ = ["append"]
 

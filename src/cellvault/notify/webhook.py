@@ -27,22 +27,29 @@ import hmac
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
 import tenacity
 
+from ..config import Config
 from ..errors import WebhookError
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact_text
+from ..report import Failure
 from . import AlertSettings, alert_for, alert_settings, alert_text, summary_for
 
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..report import Failure
-
-__all__ = ["WebhookError", "build_request", "detect_format", "dingtalk_sign", "feishu_sign", "send"]
+__all__ = [
+    "WebhookError",
+    "build_request",
+    "detect_format",
+    "dingtalk_sign",
+    "display_url",
+    "feishu_sign",
+    "post",
+    "send",
+]
 
 log = get_logger(__name__)
 
@@ -116,7 +123,7 @@ def build_request(
     return url, body
 
 
-def _where(url: str) -> str:
+def display_url(url: str) -> str:
     """The URL without path or query: what a log line may show."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
@@ -133,7 +140,8 @@ def _scrub(text: str, settings: AlertSettings) -> str:
     return text[:300]
 
 
-def _post(url: str, body: Mapping[str, Any], settings: AlertSettings) -> None:
+def post(url: str, body: Mapping[str, Any], settings: AlertSettings) -> None:
+    """Post *body* to *url* once; raise :class:`WebhookError` unless the robot accepted it."""
     try:
         answer = requests.post(
             url,
@@ -182,7 +190,7 @@ def send(settings: AlertSettings, alert: Mapping[str, Any]) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         log.info(
             "alert.webhook_retry",
-            webhook=_where(settings.webhook or ""),
+            webhook=display_url(settings.webhook or ""),
             attempt=state.attempt_number,
             error=str(exc),
             run=alert.get("run"),
@@ -197,13 +205,13 @@ def send(settings: AlertSettings, alert: Mapping[str, Any]) -> bool:
         reraise=True,
     )
     try:
-        retryer(_post, url, body, settings)
+        retryer(post, url, body, settings)
     except WebhookError as exc:
         with _down_lock:
             _down_until[settings.webhook] = time.monotonic() + BACKOFF_WINDOW
         log.warning(
             "alert.webhook_failed",
-            webhook=_where(settings.webhook),
+            webhook=display_url(settings.webhook),
             format=fmt,
             error=str(exc),
             run=alert.get("run"),
@@ -213,7 +221,10 @@ def send(settings: AlertSettings, alert: Mapping[str, Any]) -> bool:
     with _down_lock:
         _down_until.pop(settings.webhook, None)
     log.info(
-        "alert.webhook_sent", webhook=_where(settings.webhook), format=fmt, run=alert.get("run")
+        "alert.webhook_sent",
+        webhook=display_url(settings.webhook),
+        format=fmt,
+        run=alert.get("run"),
     )
     return True
 

@@ -7,7 +7,8 @@ Target types are plugins: :func:`cellvault.hookspecs.cellvault_make_target`.
 
 from __future__ import annotations
 
-from .base import ObjectInfo, ObjectStat, Target, TargetSpec
+from ..specs import TargetSpec
+from .base import ObjectInfo, ObjectStat, Target
 from .fsspec import FsspecTarget
 from .local import LocalTarget
 

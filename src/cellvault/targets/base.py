@@ -32,11 +32,12 @@ import tenacity
 import zstandard
 
 from ..archive import ArchiveId, Sidecar
-from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, ConfigError, TargetError
+from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetError
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
+from ..specs import TargetSpec
 
-__all__ = ["ObjectInfo", "ObjectStat", "Target", "TargetSpec"]
+__all__ = ["ObjectInfo", "ObjectStat", "Target"]
 
 log = get_logger(__name__)
 
@@ -55,37 +56,6 @@ _TRANSIENT_ERRNOS = frozenset(
         errno.EHOSTUNREACH,
     }
 )
-
-
-@attrs.frozen
-class TargetSpec:
-    """How a target was configured: a name, an fsspec-style URL, and options.
-
-    *options* are passed untouched to the target type (for fsspec targets,
-    they are the ``storage_options``). Names are what reports, alerts and
-    ``--target`` use: ``local``, ``s3``, ``nas``, ...
-    """
-
-    name: str = attrs.field()
-    url: str = attrs.field()
-    options: Mapping[str, Any] = attrs.field(factory=dict)
-
-    @name.validator
-    def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if not value or not value.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(
-                f"invalid target name {value!r}", hint="use letters, digits, '-' and '_'"
-            )
-
-    @property
-    def scheme(self) -> str:
-        """The URL scheme (``s3``, ``oss``, ``file``), or ``""`` for a plain path."""
-        head, sep, _ = self.url.partition("://")
-        return head.lower() if sep else ""
-
-    def display(self) -> str:
-        """The URL with any credential masked, for messages."""
-        return redact_text(self.url)
 
 
 @attrs.frozen

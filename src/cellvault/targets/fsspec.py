@@ -17,7 +17,8 @@ from typing import IO, Any
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from .base import ObjectInfo, ObjectStat, Target, TargetSpec
+from ..specs import TargetSpec
+from .base import ObjectInfo, ObjectStat, Target
 
 __all__ = ["FsspecTarget"]
 

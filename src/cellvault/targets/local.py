@@ -20,7 +20,8 @@ from typing import IO
 
 from ..errors import ConfigError, TargetError
 from ..hookspecs import hookimpl
-from .base import ObjectInfo, ObjectStat, Target, TargetSpec
+from ..specs import TargetSpec
+from .base import ObjectInfo, ObjectStat, Target
 
 __all__ = ["LocalTarget"]
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .base import ObjectInfo, ObjectStat, Target, TargetSpec
+from ..specs import TargetSpec
+from .base import ObjectInfo, ObjectStat, Target
 from .fsspec import FsspecTarget
 
 __all__ = ["OssTarget"]

@@ -30,9 +30,10 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..log import redact_text
-from .base import ObjectInfo, Target, TargetSpec
+from ..specs import TargetSpec
+from .base import ObjectInfo, Target
 
-__all__ = ["RsyncError", "RsyncTarget"]
+__all__ = ["RsyncTarget"]
 
 _LISTING = re.compile(
     r"(?P<mode>[-dlcbps][-rwxsStT]{9})\s+(?P<size>[\d,.]+)\s+\S+\s+\S+\s(?P<name>.+)"
@@ -40,12 +41,20 @@ _LISTING = re.compile(
 _MISSING = ("No such file or directory", "change_dir", "does not exist")
 
 
-class RsyncError(OSError):
-    """rsync exited with an error; the message holds its (redacted) stderr."""
+class _RsyncError(OSError):
+    """rsync exited with an error; the message holds its (redacted) stderr.
+
+    An OSError: what the target's callers treat as a failure of the store,
+    wrapped into a :class:`~cellvault.TargetError` naming the target.
+    """
 
     def __init__(self, code: int, stderr: str) -> None:
         self.code = code
         super().__init__(f"rsync exited with code {code}: {redact_text(stderr.strip())[-500:]}")
+
+
+# Messages name the type of the error ("... (RsyncError: rsync exited with code 10 ...)").
+_RsyncError.__name__ = _RsyncError.__qualname__ = "RsyncError"
 
 
 class RsyncTarget(Target):
@@ -118,11 +127,11 @@ class RsyncTarget(Target):
         if proc.returncode != 0:
             if any(m in proc.stderr for m in _MISSING) and proc.returncode in (23, 5, 2):
                 raise FileNotFoundError(redact_text(proc.stderr.strip()))
-            raise RsyncError(proc.returncode, proc.stderr)
+            raise _RsyncError(proc.returncode, proc.stderr)
         return proc
 
     def is_transient(self, exc: BaseException) -> bool:
-        if isinstance(exc, RsyncError):
+        if isinstance(exc, _RsyncError):
             # 10 socket I/O, 12 protocol stream, 30 timeout, 35 daemon timeout;
             # and two runs' --mkpath racing to create the same folder ("File exists").
             return exc.code in (10, 12, 30, 35) or "File exists (17)" in str(exc)

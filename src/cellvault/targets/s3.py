@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import IO
 
 from ..hookspecs import hookimpl
-from .base import Target, TargetSpec
+from ..specs import TargetSpec
+from .base import Target
 from .fsspec import FsspecTarget
 
 __all__ = ["S3Target"]

@@ -1,0 +1,347 @@
+"""Reading one stored archive as a stream: its members checked, its digest compared.
+
+Archives are read as streams (never seeked), each archive of a chain once. The
+archive's sha256 is computed while it is read and compared with its sidecar
+when the stream ends. :func:`verify_archive` reads an archive to its end and
+checks every member against the archive's manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import zlib
+from collections.abc import Iterator
+from typing import IO
+
+import attrs
+import zstandard
+
+from ..archive import ArchiveMeta, Sidecar
+from ..codec import HashingReader, codec_for
+from ..errors import ArchiveCorrupt, UnsafeArchive
+from ..manifest import Manifest
+from .names import checked_name
+from .tarread import (
+    BLOCK,
+    DIRTYPE,
+    PREFETCH,
+    Prefetch,
+    Source,
+    TarFormatError,
+    TarMember,
+    TarReader,
+    type_name,
+)
+
+__all__ = ["ArchiveStream", "MemberData", "MemberRecord", "check_members", "verify_archive"]
+
+#: Limit for ``meta.json``, read whole into memory, far above what cellvault writes.
+META_MAX = 1 << 20
+
+_CODEC_ERRORS = (zstandard.ZstdError, EOFError, zlib.error, OSError)
+
+
+@attrs.frozen
+class MemberRecord:
+    """What a verify saw of one member."""
+
+    type: str
+    size: int
+    mode: int
+    sha256: str | None = None
+    target: str | None = None
+
+
+class MemberData:
+    """The data of the current member; a damaged or truncated stream raises naming it."""
+
+    __slots__ = ("name", "reader", "stream")
+
+    def __init__(self, reader: TarReader, stream: ArchiveStream, name: str) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.name = name
+        reader.data = self
+
+    def _current(self) -> TarReader:
+        if self.reader.data is not self:
+            raise ValueError(f"the data of {self.name} was read after the next member")
+        return self.reader
+
+    def _damaged(self, exc: Exception) -> ArchiveCorrupt:
+        why = str(exc) if isinstance(exc, TarFormatError) else f"{type(exc).__name__}: {exc}"
+        return self.stream.corrupt(
+            f"unreadable data ({why}); truncated or damaged", member=self.name
+        )
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to *size* bytes (at most 1 MiB at a time); ``b""`` at the member's end."""
+        reader = self._current()
+        if size < 0 or size > BLOCK:
+            size = BLOCK
+        size = min(size, reader.left)
+        if not size:
+            return b""
+        try:
+            data = reader.source.take(size)
+        except _CODEC_ERRORS as exc:
+            raise self._damaged(exc) from None
+        if not data:
+            raise self._damaged(TarFormatError("unexpected end of data"))
+        reader.left -= len(data)
+        return data
+
+    def readall(self) -> bytes:
+        """All of the member's remaining data."""
+        reader = self._current()
+        try:
+            data = reader.source.exact(reader.left)
+        except (TarFormatError, *_CODEC_ERRORS) as exc:
+            raise self._damaged(exc) from None
+        reader.left = 0
+        return data
+
+
+class ArchiveStream:
+    """Iterate the members of one stored archive, checking its digest at the end."""
+
+    def __init__(self, raw: IO[bytes], sidecar: Sidecar, target: str) -> None:
+        self.sidecar = sidecar
+        self.target = target
+        self.archive = str(sidecar.id)
+        self._hashing = HashingReader(raw)
+        self._reader = codec_for(sidecar.data_name).reader(self._hashing)  # type: ignore[arg-type]
+        self.current: str | None = None
+        self.meta: ArchiveMeta | None = None
+        self.manifest_raw: bytes | None = None
+        self._manifest: Manifest | None = None
+        self._prefetch: Prefetch | None = None
+        #: Set when the stream ended but its sha256 or size differs from the sidecar: why.
+        self.digest_mismatch: str | None = None
+
+    def close(self) -> None:
+        """Stop the decompression thread, if one runs (idempotent)."""
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
+
+    def corrupt(self, message: str, member: str | None = None) -> ArchiveCorrupt:
+        return ArchiveCorrupt(
+            message,
+            archive=self.archive,
+            member=member,
+            target=self.target,
+            hint="the stored copy is damaged; verify other targets and restore from a good one",
+        )
+
+    def members(self) -> Iterator[tuple[TarMember, str, MemberData | None]]:
+        """Yield each data member with its checked name and, for files, its data.
+
+        ``meta.json`` and ``manifest.json`` are consumed here (see :attr:`meta`
+        and :attr:`manifest_raw`). A file's data can be read until the next
+        member is asked for.
+        """
+        if PREFETCH:
+            self._prefetch = Prefetch(self._reader)
+        source = Source(self._prefetch or self._reader)
+        try:
+            yield from self._read_members(TarReader(source))
+            if self.meta is None:
+                raise self.corrupt("the archive is empty (no meta.json)")
+            if self.manifest_raw is None:
+                raise self.corrupt(
+                    "manifest.json is missing: the archive is truncated", member=self.current
+                )
+            self.current = None
+            # The rest (the tar's zero records) is decompressed too, so that the
+            # thread reaches the end; damage there shows as a digest mismatch.
+            with contextlib.suppress(*_CODEC_ERRORS):
+                while source.take(BLOCK):
+                    pass
+            self.close()  # before reading the raw stream from this thread
+            self._hashing.drain()
+        except (TarFormatError, *_CODEC_ERRORS) as exc:
+            where = f"at or after member {self.current}" if self.current else "at its start"
+            why = str(exc) if isinstance(exc, TarFormatError) else f"{type(exc).__name__}: {exc}"
+            raise self.corrupt(f"unreadable {where} ({why}); truncated or damaged") from None
+        finally:
+            # Also when the caller stops early or fails: no thread outlives the stream.
+            self.close()
+        if (
+            self._hashing.count != self.sidecar.size
+            or self._hashing.hexdigest() != self.sidecar.sha256
+        ):
+            self.digest_mismatch = (
+                f"sha256 {self._hashing.hexdigest()[:16]}… over {self._hashing.count} bytes does not match "
+                f"the sidecar ({self.sidecar.sha256[:16]}… over {self.sidecar.size} bytes)"
+            )
+            raise self.corrupt(self.digest_mismatch)
+
+    def _read_members(
+        self, reader: TarReader
+    ) -> Iterator[tuple[TarMember, str, MemberData | None]]:
+        """The members up to ``manifest.json``: ``meta.json`` first, the data after it."""
+        seen: set[str] = set()
+        first = True
+        while (member := reader.next()) is not None:
+            self.current = member.name
+            name = checked_name(member.name, self.archive)
+            if name in seen:
+                raise UnsafeArchive(
+                    "member appears twice; refused", archive=self.archive, member=name
+                )
+            seen.add(name)
+            kind = member.kind
+            if first:
+                first = False
+                if name != "meta.json" or kind != "file":
+                    raise self.corrupt("meta.json is not the first member", member=name)
+                self.meta = self._meta(member, MemberData(reader, self, name))
+                continue
+            if name == "manifest.json":
+                if kind != "file":
+                    raise self.corrupt("manifest.json is not a file", member=name)
+                self.manifest_raw = MemberData(reader, self, name).readall()
+                continue
+            self._check_data_member(member, name)
+            yield member, name, MemberData(reader, self, name) if kind == "file" else None
+
+    def _check_data_member(self, member: TarMember, name: str) -> None:
+        """A member of the cell's data (or dumps): a file, directory or link below them."""
+        if self.manifest_raw is not None:
+            raise self.corrupt("a member follows manifest.json", member=name)
+        if member.kind is None:
+            raise UnsafeArchive(
+                f"member is a {type_name(member.type)}; only files, directories and symbolic links are allowed",
+                archive=self.archive,
+                member=name,
+            )
+        top, slash, _ = name.partition("/")
+        if not slash or top not in ("data", "dumps"):
+            raise UnsafeArchive(
+                "member lies outside data/ and dumps/", archive=self.archive, member=name
+            )
+
+    def _meta(self, member: TarMember, data: MemberData) -> ArchiveMeta:
+        if member.size > META_MAX:
+            raise self.corrupt(f"meta.json has {member.size} bytes; too large", member="meta.json")
+        try:
+            parsed = json.loads(data.readall())
+        except (ValueError, RecursionError):
+            raise self.corrupt("meta.json is not JSON", member="meta.json") from None
+        if not isinstance(parsed, dict) or "backed_at" not in parsed:
+            raise self.corrupt("meta.json has no backed_at", member="meta.json")
+        try:
+            meta = ArchiveMeta.from_dict(parsed)
+        except ArchiveCorrupt as exc:
+            # It names the archive the damaged meta.json claims to be: name the one read.
+            detail = exc.message.partition(": ")[2] or exc.message
+            raise self.corrupt(detail, member="meta.json") from None
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # from_dict names the usual problems; a value of an odd JSON type may slip past it.
+            raise self.corrupt(
+                f"meta.json is unusable ({type(exc).__name__}: {exc})", member="meta.json"
+            ) from None
+        if meta.id != self.sidecar.id:
+            raise self.corrupt(f"meta.json names archive {meta.id}", member="meta.json")
+        return meta
+
+    def manifest(self) -> Manifest:
+        """The manifest read from the end of the stream (after :meth:`members` is exhausted).
+
+        Parsed once, on the first call.
+        """
+        assert self.manifest_raw is not None
+        if self._manifest is None:
+            try:
+                self._manifest = Manifest.from_json(self.manifest_raw, archive=self.archive)
+            except (AttributeError, RecursionError, TypeError) as exc:
+                # from_json names bad keys and values; entries that are not even
+                # JSON objects, or nesting too deep to parse, end up here.
+                raise self.corrupt(
+                    f"manifest is unusable ({type(exc).__name__})", member="manifest.json"
+                ) from None
+        return self._manifest
+
+
+def verify_archive(
+    raw: IO[bytes], sidecar: Sidecar, target: str
+) -> tuple[ArchiveMeta, Manifest, int]:
+    """Read a stored archive to its end and check it against its sidecar and manifest.
+
+    Checks: the sha256 and size match the sidecar; ``meta.json`` is first and
+    has ``backed_at``; every member is safe, listed in the manifest and
+    matches it (type, size, sha256, mode, link target); every path the
+    manifest says this archive holds is present. Returns the meta, the
+    manifest and the number of members.
+    """
+    stream = ArchiveStream(raw, sidecar, target)
+    seen: dict[str, MemberRecord] = {}
+    sha256 = hashlib.sha256
+    try:
+        try:
+            for member, name, data in stream.members():
+                if data is not None:
+                    digest = sha256()
+                    while block := data.read(BLOCK):
+                        digest.update(block)
+                    seen[name] = MemberRecord("file", member.size, member.mode, digest.hexdigest())
+                elif member.type == DIRTYPE:
+                    seen[name] = MemberRecord("dir", 0, member.mode)
+                else:
+                    seen[name] = MemberRecord("symlink", 0, member.mode, target=member.linkname)
+        finally:
+            stream.close()
+    except ArchiveCorrupt:
+        if not stream.digest_mismatch or stream.manifest_raw is None:
+            raise
+        # The whole stream read but does not hash right: name the damaged member if the
+        # archive's own manifest can tell which one it is.
+        try:
+            check_members(stream, stream.manifest(), seen)
+        except ArchiveCorrupt as damaged:
+            where = ArchiveCorrupt(
+                "", archive=damaged.archive, member=damaged.member, target=damaged.target
+            ).message
+            detail = damaged.message.removeprefix(where)
+            raise stream.corrupt(
+                f"{detail}; {stream.digest_mismatch}", member=damaged.member
+            ) from None
+        raise
+    assert stream.meta is not None
+    manifest = stream.manifest()
+    check_members(stream, manifest, seen)
+    return stream.meta, manifest, len(seen)
+
+
+def check_members(stream: ArchiveStream, manifest: Manifest, seen: dict[str, MemberRecord]) -> None:
+    """Compare what a stream held with its manifest; raise :class:`ArchiveCorrupt` on a difference."""
+    for name, rec in seen.items():
+        entry = manifest.get(name)
+        if entry is None:
+            raise stream.corrupt("member is not in the manifest", member=name)
+        if entry.type != rec.type:
+            raise stream.corrupt(
+                f"member is a {rec.type}, the manifest says {entry.type}", member=name
+            )
+        if rec.type == "file":
+            if entry.archive != stream.archive:
+                raise stream.corrupt(f"manifest says archive {entry.archive} holds it", member=name)
+            if rec.size != entry.size or rec.sha256 != entry.sha256:
+                raise stream.corrupt(
+                    "content does not match the manifest (sha256 differs)", member=name
+                )
+        if rec.type == "symlink" and rec.target != entry.target:
+            raise stream.corrupt("link target does not match the manifest", member=name)
+        if rec.mode != entry.mode:
+            raise stream.corrupt(
+                f"mode {rec.mode:o} does not match the manifest ({entry.mode:o})", member=name
+            )
+    for entry in manifest:
+        held_here = entry.type != "file" or entry.archive == stream.archive
+        if held_here and entry.path not in seen:
+            raise stream.corrupt(
+                "listed in the manifest but missing from the archive", member=entry.path
+            )
