@@ -51,25 +51,25 @@ from typing import IO, Any, cast
 import attrs
 import zstandard
 
-from .archive import ArchiveId, Selector, Sidecar
-from .cell import validate_cell_name
-from .config import Config
-from .errors import ArchiveCorrupt, CellvaultError, ConfigError, DrError, LockHeld, TargetError
-from .events import Event
-from .extract import verify_archive
-from .lock import Lease
-from .log import get_logger, redact_text
-from .manifest import Manifest
-from .report import (
+from ..archive import ArchiveId, Selector, Sidecar
+from ..cell import validate_cell_name
+from ..config import Config
+from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, DrError, LockHeld, TargetError
+from ..events import Event
+from ..extract import verify_archive
+from ..lock import Lease
+from ..log import get_logger, redact_text
+from ..manifest import Manifest
+from ..report import (
     BackupReport,
     Failure,
     RestoreReport,
     VerifyReport,
     VerifyResult,
 )
-from .retention import plan
-from .targets.base import SIDECAR_SUFFIX, Target
-from .vault import Vault
+from ..retention import plan
+from ..targets.base import SIDECAR_SUFFIX, Target
+from ..vault import Vault
 
 __all__ = [
     "CellLag",
