@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .archive import ArchiveMeta
     from .cell import Cell
     from .config import Config
-    from .dr import FailoverMarker
+    from .dr.records import FailoverMarker
     from .dumpers.base import Dumper, DumperSpec
     from .report import CellReport, Failure, RestoreReport
     from .targets.base import Target, TargetSpec

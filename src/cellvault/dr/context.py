@@ -189,7 +189,11 @@ def hooks_error(hooks: Sequence[HookOutcome], done: str, then: str) -> str | Non
     failed = [h for h in hooks if not h.ok]
     if not failed:
         return None
-    return f"{done}, but hook(s) failed: " + "; ".join(f"{h.plugin}: {h.error}" for h in failed) + f"; {then}"
+    return (
+        f"{done}, but hook(s) failed: "
+        + "; ".join(f"{h.plugin}: {h.error}" for h in failed)
+        + f"; {then}"
+    )
 
 
 def restore_error(report: RestoreReport) -> str:

@@ -71,9 +71,7 @@ def failback(
     return take_over(ctx, marker, restore=restore, skip_prebackup=skip_prebackup, force=force)
 
 
-def hand_back(
-    ctx: SiteContext, marker: FailoverMarker, final_backup: str | None
-) -> FailbackReport:
+def hand_back(ctx: SiteContext, marker: FailoverMarker, final_backup: str | None) -> FailbackReport:
     """Step ``handback`` on the active site: final backup, push, the hand-back in the marker."""
     step = _Step(ctx, "handback")
     backup: BackupReport | None = None

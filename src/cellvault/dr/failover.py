@@ -127,7 +127,9 @@ def failover(
     attempt.warnings += problems
     attempt.verify = verify = ctx.verify(chosen)
     if not verify.ok and not force:
-        return attempt.stop(f"the newest archives do not verify on this site: {verify_error(verify)}")
+        return attempt.stop(
+            f"the newest archives do not verify on this site: {verify_error(verify)}"
+        )
     if restore:
         attempt.restore = ctx.restore(chosen, selector, skip_prebackup=skip_prebackup)
         if attempt.restore is not None and not attempt.restore.ok:
@@ -156,7 +158,9 @@ def _switch(ctx: SiteContext, attempt: _Failover, marker: FailoverMarker) -> Fai
     written, errors = ctx.markers.publish(marker)
     attempt.warnings += errors
     if not written:
-        return attempt.stop("the failover marker could not be written anywhere: " + "; ".join(errors))
+        return attempt.stop(
+            "the failover marker could not be written anywhere: " + "; ".join(errors)
+        )
     log.info("dr.failover", site=ctx.site_id, restored=dict(marker.restored), written=written)
     hooks = ctx.failover_hooks(marker)
     attempt.warnings += ctx.record("failover")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import CellvaultError, ConfigError, DrError, TargetError
@@ -32,15 +32,20 @@ __all__ = ["copy_pairs", "pull", "push"]
 log = get_logger(__name__)
 
 
-def _open_sync(ctx: SiteContext) -> contextlib.AbstractContextManager[Run]:
+@contextlib.contextmanager
+def _sync_run(ctx: SiteContext, mode: str, pairs: list[tuple[Target, Target]]) -> Iterator[Run]:
+    """The ``sync`` run of a push or a pull, its start and end in its run log."""
     vault = ctx.vault
-    return open_run(
-        "sync",
-        config=vault.config,
-        plugins=vault.plugins,
-        host=vault.host,
-        on_event=vault.on_event,
-    )
+    with open_run(
+        "sync", config=vault.config, plugins=vault.plugins, host=vault.host, on_event=vault.on_event
+    ) as run:
+        log.info(
+            "sync.started",
+            mode=mode,
+            site=ctx.site_id,
+            pairs=[f"{src.name} -> {dst.name}" for src, dst in pairs],
+        )
+        yield run
 
 
 def _copy_one(
@@ -122,7 +127,9 @@ def copy_pairs(
         def one(cell: str, pair: tuple[Target, Target] = (src, dst)) -> CellSync:
             return _copy_one(ctx, run, pair, cell, now=now, mode=mode, verify=verify)
 
-        with ThreadPoolExecutor(max_workers=ctx.vault.config.jobs, thread_name_prefix="sync") as pool:
+        with ThreadPoolExecutor(
+            max_workers=ctx.vault.config.jobs, thread_name_prefix="sync"
+        ) as pool:
             out.extend(pool.map(carry(one), names))
     return out
 
@@ -151,16 +158,11 @@ def push(
             hint=f"on site {marker.site_id} run 'cellvault dr failback' first, then here; "
             "if this site IS the one serving, set DR_SITE_ID to its id",
         )
-    with _open_sync(ctx) as run:
-        results = copy_pairs(ctx, run, [(src, d) for d in dsts], cells, mode="push", verify=verify)
+    pairs = [(src, d) for d in dsts]
+    with _sync_run(ctx, "push", pairs) as run:
+        results = copy_pairs(ctx, run, pairs, cells, mode="push", verify=verify)
         warnings = ctx.record("push")
-    return SyncReport(
-        mode="push",
-        site=ctx.site_id,
-        cells=tuple(results),
-        duration=time.monotonic() - started,
-        warnings=tuple(warnings),
-    )
+        return _report(ctx, "push", results, warnings, started)
 
 
 def pull(
@@ -178,17 +180,32 @@ def pull(
         ctx.need_storage("a pull")
     if any(s is ctx.local for s in srcs):
         raise ConfigError(f"cannot pull target {ctx.local.name} into itself")
-    with _open_sync(ctx) as run:
-        pairs = [(s, ctx.local) for s in srcs]
+    pairs = [(s, ctx.local) for s in srcs]
+    with _sync_run(ctx, "pull", pairs) as run:
         results = copy_pairs(ctx, run, pairs, cells, mode="pull", verify=verify)
         warnings = _after_pull(ctx) if record else []
-    return SyncReport(
-        mode="pull",
+        return _report(ctx, "pull", results, warnings, started)
+
+
+def _report(
+    ctx: SiteContext, mode: str, results: list[CellSync], warnings: list[str], started: float
+) -> SyncReport:
+    report = SyncReport(
+        mode=mode,
         site=ctx.site_id,
         cells=tuple(results),
         duration=time.monotonic() - started,
         warnings=tuple(warnings),
     )
+    log.info(
+        "sync.finished",
+        mode=mode,
+        ok=report.ok,
+        copied=len(report.copied),
+        bytes=report.bytes,
+        duration=round(report.duration, 3),
+    )
+    return report
 
 
 def _after_pull(ctx: SiteContext) -> list[str]:

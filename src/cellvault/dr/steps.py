@@ -7,6 +7,7 @@ from .records import FailoverMarker
 
 __all__ = ["failover_steps", "handback_steps", "takeover_steps"]
 
+
 def failover_steps(marker: FailoverMarker, *, restored: bool) -> tuple[str, ...]:
     """What the operator does after a failover (the seed's 5.4, step 3)."""
     site = marker.site_id

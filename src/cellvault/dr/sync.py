@@ -33,8 +33,9 @@ from ..archive import ArchiveId, Sidecar
 from ..errors import ArchiveCorrupt, CellvaultError, LockHeld, TargetError
 from ..extract import verify_archive
 from ..lock import Lease
-from ..log import get_logger, redact_text
+from ..log import get_logger
 from ..retention import plan
+from ..run import error_text
 from ..targets.base import Target
 from .reports import CellSync
 
@@ -189,42 +190,33 @@ def _transfer(
 
 def _classify(exc: Exception, src: Target, dst: Target, ident: ArchiveId) -> tuple[bool, Exception]:
     """Whether a failed transfer is worth another try, and the error to raise if not."""
-    if isinstance(exc, _ReadFailed):
-        cause = exc.cause
-        if isinstance(cause, CellvaultError):
-            return False, cause
-        return src.is_transient(cause), TargetError(
-            f"cannot read archive {ident} ({redact_text(f'{type(cause).__name__}: {cause}')})",
-            target=src.name,
-            hint=f"check that {src.spec.display()} is reachable; run the sync again",
-        )
     if isinstance(exc, _Truncated):
         # A stream cut short (a connection reset mid-body): read it once more.
         return True, exc
     if isinstance(exc, CellvaultError):
         # A whole stream that does not match its sidecar is damage, not bad luck.
         return False, exc
-    return dst.is_transient(exc), TargetError(
-        f"cannot store archive {ident} ({redact_text(f'{type(exc).__name__}: {exc}')})",
-        target=dst.name,
-        hint=f"check that {dst.spec.display()} is reachable and writable, and the credentials",
+    cause: BaseException = exc
+    if isinstance(exc, _ReadFailed):
+        if isinstance(exc.cause, CellvaultError):
+            return False, exc.cause
+        side, verb, hint, cause = src, "read", "is reachable; run the sync again", exc.cause
+    else:
+        side, verb, hint = dst, "store", "is reachable and writable, and the credentials"
+    return side.is_transient(cause), TargetError(
+        f"cannot {verb} archive {ident} ({error_text(cause)})",
+        target=side.name,
+        hint=f"check that {side.spec.display()} {hint}",
     )
 
 
-def _transfer_retrying(
-    src: Target,
-    dst: Target,
-    sidecar: Sidecar,
-    spool: Path,
-    progress: Callable[[int], None] | None,
-) -> None:
-    """:func:`_transfer`, started again after a transient error (:data:`COPY_ATTEMPTS` in all)."""
-    ident = sidecar.id
+def _retrying(transfer: Callable[[], None], src: Target, dst: Target, ident: ArchiveId) -> None:
+    """Call *transfer*, again after a transient error (:data:`COPY_ATTEMPTS` times in all)."""
     for attempt in range(1, COPY_ATTEMPTS + 1):
         try:
-            _transfer(src, dst, sidecar, spool, progress)
+            transfer()
             return
-        except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError
+        except Exception as exc:
             transient, failed = _classify(exc, src, dst, ident)
             if not transient or attempt == COPY_ATTEMPTS:
                 if failed is exc:
@@ -254,7 +246,7 @@ def copy_archive(
         raise ArchiveCorrupt(
             "its sidecar changed while it was being copied", archive=str(ident), target=src.name
         )
-    _transfer_retrying(src, dst, sidecar, spool, progress)
+    _retrying(functools.partial(_transfer, src, dst, sidecar, spool, progress), src, dst, ident)
     with dst.guard(f"store archive {ident}"):
         dst.retrying(dst.put_bytes, dst.manifest_key(ident), manifest_raw)
     if verify:
