@@ -15,14 +15,14 @@ import pluggy
 
 from .archive import ArchiveMeta
 from .cell import Cell
+from .config import Config
 from .report import CellReport, Failure, RestoreReport
 from .specs import DumperSpec, TargetSpec
 
-# For the signatures only: these modules build on this one (config, through
-# retention's lease, reaches the targets, which implement these hooks).
+# For the signatures only: these modules implement or build on the hooks
+# (dumpers and targets register their built-ins through them; dr is above all).
 if TYPE_CHECKING:
-    from .config import Config
-    from .dr import FailoverMarker
+    from .dr.records import FailoverMarker
     from .dumpers.base import Dumper
     from .targets.base import Target
 

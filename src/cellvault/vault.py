@@ -38,9 +38,9 @@ from .ops.backup import iter_failures
 from .ops.listing import ArchiveInfo
 from .ops.resources import Resources, find_target
 from .plugins import make_plugin_manager
-from .report import BackupReport, Failure, RestoreReport, VerifyReport
+from .report import BackupReport, RestoreReport, VerifyReport
 from .retention import PruneReport
-from .run import Run, new_run_id, open_run
+from .run import Run, open_run
 from .state import StateFile
 from .status import StatusReport
 from .targets.base import Target
@@ -162,13 +162,6 @@ class Vault:
             host=self.host,
             on_event=self.on_event,
         )
-
-    def _failed(self, failure: Failure) -> None:
-        # Only for dr.py's copies until they run as a Run of their own: log and alert *failure*.
-        run = Run(
-            failure.operation, failure.run or new_run_id(), self.host, self.config, self.plugins
-        )
-        run.alert(failure)
 
     def write_metrics(self, path: str | os.PathLike[str] | None = None) -> Path | None:
         """Rewrite the Prometheus textfile (*path*, else ``metrics_file``) from the state file.

@@ -345,13 +345,3 @@ class LoadContext:
             check=check,
             cwd=cwd,
         )
-
-
-def __getattr__(name: str) -> Any:
-    # Until the operations import it from its own module: a lazy re-export
-    # (importing archive_io at the top would be a cycle, as it builds on this module).
-    if name == "load_staged_dumps":
-        from .archive_io import load_staged_dumps
-
-        return load_staged_dumps
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

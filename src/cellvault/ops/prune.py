@@ -10,11 +10,12 @@ import datetime as dt
 from collections.abc import Sequence
 
 from ..errors import CellvaultError
-from ..lock import DEFAULT_TTL, Lease
+from ..lock import Lease
 from ..log import get_logger
 from ..retention import PruneReport, PruneResult, RetentionPolicy, plan
 from ..run import Run, error_text
 from ..runlog import prune_logs
+from ..specs import DEFAULT_TTL
 from ..targets.base import Target
 from .listing import all_cells, known_cells
 from .resources import Resources

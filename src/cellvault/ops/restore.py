@@ -25,7 +25,8 @@ from typing import Any
 import attrs
 
 from ..archive import Selector
-from ..dumpers.base import DUMPS_ROOT, load_staged_dumps
+from ..dumpers.archive_io import load_staged_dumps
+from ..dumpers.members import DUMPS_ROOT
 from ..errors import CellvaultError, ConfigError, RestoreError
 from ..extract import ArchiveStream, StagedTree
 from ..log import get_logger

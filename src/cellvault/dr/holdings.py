@@ -1,0 +1,68 @@
+"""What a target holds of each cell, and how far one target is behind another."""
+
+from __future__ import annotations
+
+from ..archive import ArchiveId
+from ..cell import validate_cell_name
+from ..errors import ConfigError
+from ..targets.base import SIDECAR_SUFFIX, Target
+from .records import Holding
+from .reports import CellLag
+
+__all__ = ["cells_of", "holding", "holdings", "lag"]
+
+
+def cells_of(target: Target) -> list[str]:
+    """The cells with a folder on *target* (not the seed's ``logs`` or other folders)."""
+    out = []
+    for name in target.cells():
+        try:
+            validate_cell_name(name)
+        except ConfigError:
+            continue
+        out.append(name)
+    return out
+
+
+def holding(target: Target, cell: str) -> tuple[Holding, list[ArchiveId]]:
+    """What *target* holds of *cell*, and the committed archives' ids, from one listing."""
+    with target.guard(f"list archives of cell {cell}"):
+        entries = target.retrying(target.list, cell)
+    files = {e.name: e.size for e in entries if not e.is_dir}
+    stems = (name.removesuffix(SIDECAR_SUFFIX) for name in files if name.endswith(SIDECAR_SUFFIX))
+    ids = sorted(ArchiveId.parse(stem) for stem in stems if ArchiveId.is_id(stem))
+    committed = {str(i) for i in ids}
+    size = sum(n for name, n in files.items() if name.split(".", 1)[0] in committed)
+    newest = ids[-1] if ids else None
+    found = Holding(
+        count=len(ids),
+        bytes=size,
+        newest=str(newest) if newest else None,
+        newest_at=newest.when if newest else None,
+    )
+    return found, ids
+
+
+def holdings(target: Target) -> dict[str, Holding]:
+    """What *target* holds, per cell."""
+    return {cell: holding(target, cell)[0] for cell in cells_of(target)}
+
+
+def lag(cell: str, target: str, here: list[ArchiveId], there: list[ArchiveId]) -> CellLag:
+    """How far *here* (this site's archives of *cell*) is from *there* (on *target*)."""
+    newest_here = here[-1] if here else None
+    newest_there = there[-1] if there else None
+    seconds = (
+        (newest_there.when - newest_here.when).total_seconds()
+        if newest_here and newest_there
+        else None
+    )
+    return CellLag(
+        cell=cell,
+        target=target,
+        local=str(newest_here) if newest_here else None,
+        remote=str(newest_there) if newest_there else None,
+        lag_seconds=seconds,
+        behind=sum(1 for i in there if newest_here is None or i > newest_here),
+        ahead=sum(1 for i in here if newest_there is None or i > newest_there),
+    )

@@ -1,0 +1,222 @@
+"""Push and pull: copy what one side misses from the other, as one ``sync`` run.
+
+The primary pushes its backups to the object storage (the seed's
+``sync_backup_to_dr.sh``); the standby pulls them into its own backup
+directory every few minutes (``DR_PULL_ONLY=1``). Each push or pull is a
+:class:`~cellvault.run.Run` of operation ``sync``: its own run id and run log
+(``<backup_dir>/logs/sync_<stamp>.log``), its events (``archive.copied``,
+``sync.progress``) and its failed copies alerted as failures of ``sync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import CellvaultError, ConfigError, DrError, TargetError
+from ..log import get_logger
+from ..report import iso
+from ..run import Run, open_run
+from ..runlog import carry
+from ..targets.base import Target
+from .context import SiteContext
+from .holdings import cells_of
+from .reports import CellSync, SyncReport
+from .sync import copy_cell
+
+__all__ = ["copy_pairs", "pull", "push"]
+
+log = get_logger(__name__)
+
+
+@contextlib.contextmanager
+def _sync_run(ctx: SiteContext, mode: str, pairs: list[tuple[Target, Target]]) -> Iterator[Run]:
+    """The ``sync`` run of a push or a pull, its start and end in its run log."""
+    vault = ctx.vault
+    with open_run(
+        "sync", config=vault.config, plugins=vault.plugins, host=vault.host, on_event=vault.on_event
+    ) as run:
+        log.info(
+            "sync.started",
+            mode=mode,
+            site=ctx.site_id,
+            pairs=[f"{src.name} -> {dst.name}" for src, dst in pairs],
+        )
+        yield run
+
+
+def _copy_one(
+    ctx: SiteContext,
+    run: Run,
+    pair: tuple[Target, Target],
+    cell: str,
+    *,
+    now: dt.datetime,
+    mode: str,
+    verify: bool,
+) -> CellSync:
+    src, dst = pair
+    result = copy_cell(
+        src,
+        dst,
+        cell,
+        spool=ctx.spool(dst, cell),
+        now=now,
+        policy=ctx.policy(dst),
+        verify=verify,
+        lock_ttl=ctx.vault.config.lock_ttl,
+        purpose=mode,
+        on_copied=lambda s, n, secs: run.emit(
+            "archive.copied",
+            cell=s.id.cell,
+            archive=str(s.id),
+            target=dst.name,
+            source=src.name,
+            bytes=n,
+            seconds=secs,
+        ),
+        progress=lambda s, n: run.emit(
+            "sync.progress",
+            cell=s.id.cell,
+            archive=str(s.id),
+            target=dst.name,
+            bytes=n,
+            total=s.size,
+        ),
+    )
+    if not result.ok:
+        # The alert hooks hear of a failed copy as of a failed upload.
+        run.fail(mode, result.error or "failed", cell=result.cell, target=result.target)
+    return result
+
+
+def copy_pairs(
+    ctx: SiteContext,
+    run: Run,
+    pairs: Iterable[tuple[Target, Target]],
+    cells: Sequence[str] | None,
+    *,
+    mode: str,
+    verify: bool,
+) -> list[CellSync]:
+    """Copy *cells* (default: every cell of each source) for each (source, destination) pair."""
+    now = ctx.now()
+    out: list[CellSync] = []
+    for src, dst in pairs:
+        if cells:
+            names = list(dict.fromkeys(cells))
+        else:
+            try:
+                names = cells_of(src)
+            except TargetError as exc:
+                out.append(
+                    CellSync(
+                        cell="*",
+                        source=src.name,
+                        target=dst.name,
+                        ok=False,
+                        stage="list",
+                        error=str(exc),
+                    )
+                )
+                continue
+
+        def one(cell: str, pair: tuple[Target, Target] = (src, dst)) -> CellSync:
+            return _copy_one(ctx, run, pair, cell, now=now, mode=mode, verify=verify)
+
+        with ThreadPoolExecutor(
+            max_workers=ctx.vault.config.jobs, thread_name_prefix="sync"
+        ) as pool:
+            out.extend(pool.map(carry(one), names))
+    return out
+
+
+def push(
+    ctx: SiteContext,
+    cells: Sequence[str] | None = None,
+    *,
+    source: str | None = None,
+    to: Sequence[str] | None = None,
+    verify: bool = False,
+) -> SyncReport:
+    """See :meth:`cellvault.dr.Site.push`."""
+    started = time.monotonic()
+    src = ctx.vault.target(source) if source else ctx.local
+    dsts = [ctx.vault.target(n) for n in to] if to else list(ctx.storage)
+    if not dsts:
+        ctx.need_storage("a push")
+    if any(d is src for d in dsts):
+        raise ConfigError(f"cannot push target {src.name} to itself")
+    marker, where = ctx.markers.current()
+    if marker is not None and marker.site_id != ctx.site_id:
+        raise DrError(
+            f"site {marker.site_id} is active since {iso(marker.at)} (failover marker on "
+            f"{where}); this site ({ctx.site_id}) must not push its archives until failback",
+            hint=f"on site {marker.site_id} run 'cellvault dr failback' first, then here; "
+            "if this site IS the one serving, set DR_SITE_ID to its id",
+        )
+    pairs = [(src, d) for d in dsts]
+    with _sync_run(ctx, "push", pairs) as run:
+        results = copy_pairs(ctx, run, pairs, cells, mode="push", verify=verify)
+        warnings = ctx.record("push")
+        return _report(ctx, "push", results, warnings, started)
+
+
+def pull(
+    ctx: SiteContext,
+    cells: Sequence[str] | None = None,
+    *,
+    source: Sequence[str] | None = None,
+    verify: bool = False,
+    record: bool = True,
+) -> SyncReport:
+    """See :meth:`cellvault.dr.Site.pull`."""
+    started = time.monotonic()
+    srcs = [ctx.vault.target(n) for n in source] if source else list(ctx.storage)
+    if not srcs:
+        ctx.need_storage("a pull")
+    if any(s is ctx.local for s in srcs):
+        raise ConfigError(f"cannot pull target {ctx.local.name} into itself")
+    pairs = [(s, ctx.local) for s in srcs]
+    with _sync_run(ctx, "pull", pairs) as run:
+        results = copy_pairs(ctx, run, pairs, cells, mode="pull", verify=verify)
+        warnings = _after_pull(ctx) if record else []
+        return _report(ctx, "pull", results, warnings, started)
+
+
+def _report(
+    ctx: SiteContext, mode: str, results: list[CellSync], warnings: list[str], started: float
+) -> SyncReport:
+    report = SyncReport(
+        mode=mode,
+        site=ctx.site_id,
+        cells=tuple(results),
+        duration=time.monotonic() - started,
+        warnings=tuple(warnings),
+    )
+    log.info(
+        "sync.finished",
+        mode=mode,
+        ok=report.ok,
+        copied=len(report.copied),
+        bytes=report.bytes,
+        duration=round(report.duration, 3),
+    )
+    return report
+
+
+def _after_pull(ctx: SiteContext) -> list[str]:
+    """Retire a marker the other site's failback ended, and record what this site holds."""
+    warnings: list[str] = []
+    with contextlib.suppress(CellvaultError):
+        ended = ctx.markers.reconcile()
+        if ended is not None:
+            log.info("dr.marker_cleared", site=ctx.site_id, was_active=ended.site_id)
+            warnings.append(
+                f"the failover to site {ended.site_id} of {iso(ended.at)} has ended (the object "
+                "storage no longer holds its marker): this site's copy was moved to its history"
+            )
+    return warnings + ctx.record("pull")
