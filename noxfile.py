@@ -30,9 +30,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and formatting."""
-    session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    """The layers (import-linter), ruff's rules (complexity included) and ruff's formatting."""
+    session.install("-e", ".", "ruff>=0.6", "import-linter>=2.1")
+    session.run("lint-imports", "--no-cache")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
