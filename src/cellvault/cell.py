@@ -11,14 +11,12 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
+from .layout import RESERVED_NAMES
 from .specs import check_cell_dumpers, to_dumpers
 
 __all__ = ["Cell", "excluder", "is_excluded", "validate_cell_name"]
 
 CELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-# Names that would collide with what cellvault keeps beside the cells' folders
-# in a backup directory (the seed's ``<backup_dir>/logs``).
-RESERVED_NAMES = frozenset({"logs"})
 
 
 def validate_cell_name(name: str) -> str:

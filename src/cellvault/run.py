@@ -16,7 +16,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import attrs
 import pluggy
@@ -33,9 +33,18 @@ from .runlog import RunLog, prune_logs
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["Run", "error_text", "new_run_id", "open_run"]
+__all__ = ["Run", "Where", "error_text", "new_run_id", "notify", "open_run"]
 
 log = get_logger(__name__)
+
+
+class Where(TypedDict, total=False):
+    """Where a failure happened: what :meth:`Run.failure` takes besides stage and error."""
+
+    cell: str | None
+    target: str | None
+    archive: str | None
+    operation: str | None
 
 
 def new_run_id() -> str:
@@ -91,42 +100,26 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - a caller's callback must not break a run
             log.warning("event.callback_failed", event_name=name, error=error_text(exc))
 
-    def failure(
-        self,
-        stage: str,
-        error: str,
-        *,
-        cell: str | None = None,
-        target: str | None = None,
-        archive: str | None = None,
-        operation: str | None = None,
-    ) -> Failure:
-        """A :class:`Failure` of this run (its id, host and operation filled in)."""
+    def failure(self, stage: str, error: str, **where: Unpack[Where]) -> Failure:
+        """A :class:`Failure` of this run (its id, host and operation filled in).
+
+        *where* names the cell, target and archive (and an operation other
+        than the run's own, such as ``backup`` for a restore's safety backup).
+        """
         return Failure(
             stage=stage,
             error=error,
-            cell=cell,
-            target=target,
-            archive=archive,
+            cell=where.get("cell"),
+            target=where.get("target"),
+            archive=where.get("archive"),
             run=self.id,
             host=self.host,
-            operation=operation or self.operation,
+            operation=where.get("operation") or self.operation,
         )
 
-    def fail(
-        self,
-        stage: str,
-        error: str,
-        *,
-        cell: str | None = None,
-        target: str | None = None,
-        archive: str | None = None,
-        operation: str | None = None,
-    ) -> Failure:
-        """Log and alert a failure of this run; return it."""
-        failure = self.failure(
-            stage, error, cell=cell, target=target, archive=archive, operation=operation
-        )
+    def fail(self, stage: str, error: str, **where: Unpack[Where]) -> Failure:
+        """Log and alert a failure of this run (see :meth:`failure`); return it."""
+        failure = self.failure(stage, error, **where)
         self.alert(failure)
         return failure
 
