@@ -4,7 +4,7 @@ The packer writes tar headers itself: tarfile's TarFile.addfile copies each
 TarInfo and builds a PAX header through dicts and several encodings, about half
 of the Python calls of a backup (every member needs a PAX header, as mtimes have
 nanoseconds). The bytes are exactly those of tarfile's PAX_FORMAT with
-encoding utf-8 and errors surrogateescape (tests/test_pack_tar.py compares them).
+encoding utf-8 and errors surrogateescape (tests/test_tarwrite.py compares them).
 """
 
 from __future__ import annotations

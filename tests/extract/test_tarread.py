@@ -18,8 +18,7 @@ import zstandard
 
 from cellvault import ArchiveCorrupt, ArchiveId, ArchiveMeta, Manifest, Sidecar, UnsafeArchive
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
-
-from .archive_helpers import all_paths, dir_entry, file_entry, link_entry, member
+from tests.archive_helpers import all_paths, dir_entry, file_entry, link_entry, member
 
 IDENT = ArchiveId("crm", dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.UTC))
 ARCHIVE = str(IDENT)

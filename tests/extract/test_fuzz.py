@@ -35,8 +35,7 @@ from cellvault.codec import get_codec
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
 from cellvault.manifest import Manifest
 from cellvault.pack import Packer
-
-from .archive_helpers import snapshot
+from tests.archive_helpers import snapshot
 
 IDENT = ArchiveId("crm", dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC))
 

@@ -40,7 +40,7 @@ from cellvault.lock import Lease
 from tests.helpers import clock, snapshot, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dr"
 CELLS = ("crm", "billing", "iam")
 PREFIX = "paas/backup"
