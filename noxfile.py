@@ -18,7 +18,15 @@ TEST_EXTRAS = ".[test,s3,oss]"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, against the real servers of the machine."""
+    """The whole test suite, against the real servers of the machine.
+
+    First the programs the tests run (rsync, zstd, OpenSSH, the database
+    clients, redis-server): ``tests/system_tools.py`` installs the missing
+    ones as root with apt-get, saying what; otherwise it prints the command
+    to run, and the tests that need them are skipped with it (failed under
+    CI=true).
+    """
+    session.run("python", "-m", "tests.system_tools", "--install", external=True)
     session.install("-e", TEST_EXTRAS)
     args = session.posargs or ["-q", "-p", "no:cacheprovider"]
     session.run(
