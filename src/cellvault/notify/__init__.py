@@ -7,8 +7,9 @@ Two built-in plugins implement the ``cellvault_backup_failed`` hook (and
   format of the chat tool behind it (generic JSON, WeCom, DingTalk, Slack,
   Feishu/Lark);
 * :mod:`cellvault.notify.alertlog` appends a JSON line to ``BACKUP_ALERT_LOG``
-  (default ``deploy/backup/backup_alerts.log``, relative to the current
-  directory, as in the operations manual).
+  (see :func:`alert_log_path` for where it is by default: the manual's
+  ``deploy/backup/backup_alerts.log`` beside ``deploy/scripts/backup_config.env``,
+  else ``<BACKUP_DIR>/logs/backup_alerts.log``; never the current directory).
 
 Settings come from the environment (``BACKUP_ALERT_*``) or the TOML file's
 ``[alerts]`` table; both land in :attr:`cellvault.Config.extra`.
@@ -17,6 +18,7 @@ Settings come from the environment (``BACKUP_ALERT_*``) or the TOML file's
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import ConfigError
+from ..layout import BackupDirLayout
 from ..runlog import active_log
 
 if TYPE_CHECKING:
@@ -36,13 +39,17 @@ __all__ = [
     "FORMATS",
     "AlertSettings",
     "alert_for",
+    "alert_log_path",
     "alert_settings",
     "alert_text",
     "summary_for",
 ]
 
-#: The manual's alert log, relative to the current directory.
+#: The manual's alert log, relative to the platform's checkout (whose
+#: ``deploy/scripts/`` holds ``backup_config.env``).
 DEFAULT_ALERT_LOG = "deploy/backup/backup_alerts.log"
+#: The alert log's file name.
+ALERT_LOG_NAME = "backup_alerts.log"
 #: Webhook formats; ``auto`` picks one from the URL's host.
 FORMATS: tuple[str, ...] = ("auto", "generic", "wecom", "dingtalk", "slack", "feishu")
 _WHEN = ("failure", "always")
@@ -69,12 +76,36 @@ class AlertSettings:
     format: str = "auto"
     #: DingTalk's or Feishu's signing secret.
     secret: str | None = attrs.field(default=None, repr=False)
-    #: The alert log, or ``None`` when switched off.
+    #: The alert log, or ``None`` when switched off (:func:`alert_settings`
+    #: gives an absolute path, see :func:`alert_log_path`).
     log: Path | None = Path(DEFAULT_ALERT_LOG)
     #: Seconds to wait for the webhook, per attempt.
     timeout: float = 5.0
     #: ``failure`` (alerts only) or ``always`` (also a notice when a run succeeds).
     on: str = "failure"
+
+
+def alert_log_path(config: Config, value: str | None = None) -> Path:
+    """Where the alert log of *config* is, for a ``BACKUP_ALERT_LOG`` of *value*.
+
+    An absolute *value* is taken as it is. Otherwise the folder of the file
+    the configuration was read from (``--env-file`` or ``--config``,
+    :attr:`cellvault.Config.source`) is the base: a relative *value* is
+    relative to it, and the default is ``../backup/backup_alerts.log`` from
+    there, the manual's layout (``deploy/scripts/backup_config.env`` ->
+    ``deploy/backup/backup_alerts.log``). Without such a file the base is
+    ``BACKUP_DIR``, and the default is ``<BACKUP_DIR>/logs/backup_alerts.log``,
+    beside the run logs. The current directory is never used.
+    """
+    if value:
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        base = config.source.parent if config.source is not None else config.backup_dir
+        return Path(os.path.normpath(base / path))
+    if config.source is not None:
+        return config.source.parent.parent / "backup" / ALERT_LOG_NAME
+    return BackupDirLayout(config.backup_dir).logs / ALERT_LOG_NAME
 
 
 def alert_settings(config: Config) -> AlertSettings:
@@ -108,8 +139,9 @@ def alert_settings(config: Config) -> AlertSettings:
         raise ConfigError(
             "BACKUP_ALERT_WEBHOOK is not an http(s) URL", hint="give the full https:// address"
         )
-    log_value = raw.get("BACKUP_ALERT_LOG", DEFAULT_ALERT_LOG)
-    log = None if log_value.lower() in _OFF else Path(log_value).expanduser()
+    log_value = raw.get("BACKUP_ALERT_LOG")
+    off = log_value is not None and log_value.lower() in _OFF
+    log = None if off else alert_log_path(config, log_value)
     try:
         timeout = float(raw.get("BACKUP_ALERT_TIMEOUT") or 5.0)
     except ValueError:
