@@ -48,6 +48,11 @@ class State:
         self.debug = debug
         self.progress = _Progress() if (sys.stderr.isatty() and not as_json) else None
 
+    def use_json(self) -> None:
+        """``--json`` was given after the subcommand: JSON on stdout, no progress line."""
+        self.as_json = True
+        self.progress = None
+
     def load(self, *, warn_unknown: bool = True) -> Config:
         if self.config_path is not None:
             # The seed's RESTORE_* choices are made per run, in the environment:
@@ -160,7 +165,41 @@ def _errors(state: State) -> Iterator[None]:
 pass_state = click.make_pass_decorator(State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Command(click.Command):
+    """A subcommand that takes ``--json`` after its name too (``cellvault list --json``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Commands with a --json of their own (doctor, sync, dr ...) handle it themselves.
+        self.adds_json = not any(p.name == "as_json" for p in self.params)
+        if self.adds_json:
+            self.params.append(
+                click.Option(
+                    ["--json", "as_json"],
+                    is_flag=True,
+                    help="Print the result as JSON (as 'cellvault --json').",
+                )
+            )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if self.adds_json and ctx.params.pop("as_json", False):
+            state = ctx.find_object(State)
+            if state is not None:
+                state.use_json()
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    """The command groups: every subcommand a :class:`_Command`, every subgroup a ``_Group``."""
+
+    command_class = _Command
+    group_class = type
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="cellvault")
 @click.option(
     "--config",
@@ -1126,6 +1165,28 @@ def doctor(
     else:
         format_report(report, click.echo)
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@pass_state
+def completion(state: State, shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Commands, options, choices and file names complete on Tab. Load it from
+    the shell's start-up file: in ~/.bashrc, eval "$(cellvault completion
+    bash)"; in ~/.zshrc, eval "$(cellvault completion zsh)"; for fish,
+    cellvault completion fish > ~/.config/fish/completions/cellvault.fish.
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the three shells click knows
+    script = completer(cli, {}, "cellvault", "_CELLVAULT_COMPLETE").source()
+    if state.as_json:
+        _emit_json({"ok": True, "shell": shell, "script": script})
+    else:
+        click.echo(script)
 
 
 def main(argv: list[str] | None = None) -> None:
