@@ -53,9 +53,15 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation (API reference from docstrings), failing on any warning."""
+    """Build the documentation, failing on any warning, and the man pages.
+
+    The API reference comes from the docstrings, docs/cli.md's command
+    reference from the click commands (mkdocs-click), and the man pages in
+    build/man/ from the same commands (click-man).
+    """
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+    session.run("python", "docs/_tools/man_pages.py", "build/man")
 
 
 @nox.session
