@@ -1,6 +1,6 @@
 """Alerts: the built-in notifiers and the settings and alert text they share.
 
-Two built-in plugins implement the ``cellvault_backup_failed`` hook (and
+Three built-in plugins implement the ``cellvault_backup_failed`` hook (and
 ``cellvault_run_finished`` for success notices):
 
 * :mod:`cellvault.notify.webhook` POSTs to ``BACKUP_ALERT_WEBHOOK`` in the
@@ -9,7 +9,10 @@ Two built-in plugins implement the ``cellvault_backup_failed`` hook (and
 * :mod:`cellvault.notify.alertlog` appends a JSON line to ``BACKUP_ALERT_LOG``
   (see :func:`alert_log_path` for where it is by default: the manual's
   ``deploy/backup/backup_alerts.log`` beside ``deploy/scripts/backup_config.env``,
-  else ``<BACKUP_DIR>/logs/backup_alerts.log``; never the current directory).
+  else ``<BACKUP_DIR>/logs/backup_alerts.log``; never the current directory);
+* :mod:`cellvault.notify.apprise` sends to every apprise URL of
+  ``BACKUP_ALERT_URLS`` (e-mail, PagerDuty, Opsgenie, Telegram, ...), with the
+  ``apprise`` extra installed.
 
 Settings come from the environment (``BACKUP_ALERT_*``) or the TOML file's
 ``[alerts]`` table; both land in :attr:`cellvault.Config.extra`.
@@ -62,6 +65,7 @@ _KEYS = {
     "log": "BACKUP_ALERT_LOG",
     "timeout": "BACKUP_ALERT_TIMEOUT",
     "on": "BACKUP_ALERT_ON",
+    "urls": "BACKUP_ALERT_URLS",
 }
 _OFF = {"", "off", "none", "no", "0"}
 
@@ -83,6 +87,9 @@ class AlertSettings:
     timeout: float = 5.0
     #: ``failure`` (alerts only) or ``always`` (also a notice when a run succeeds).
     on: str = "failure"
+    #: apprise URLs (``BACKUP_ALERT_URLS``), each one more channel; they hold
+    #: credentials, so they are left out of the repr (see :mod:`cellvault.notify.apprise`).
+    urls: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 def alert_log_path(config: Config, value: str | None = None) -> Path:
@@ -125,7 +132,12 @@ def alert_settings(config: Config) -> AlertSettings:
             raise ConfigError(
                 f"[alerts]: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(_KEYS))}"
             )
-        raw[name] = str(value).strip() if not isinstance(value, bool) else str(int(value))
+        if isinstance(value, bool):
+            raw[name] = str(int(value))
+        elif isinstance(value, list | tuple):  # TOML: urls = ["...", "..."]
+            raw[name] = " ".join(str(v) for v in value)
+        else:
+            raw[name] = str(value).strip()
     webhook = raw.get("BACKUP_ALERT_WEBHOOK") or None
     fmt = (raw.get("BACKUP_ALERT_FORMAT") or "auto").lower()
     if fmt == "lark":
@@ -153,6 +165,11 @@ def alert_settings(config: Config) -> AlertSettings:
     on = (raw.get("BACKUP_ALERT_ON") or "failure").lower()
     if on not in _WHEN:
         raise ConfigError(f"BACKUP_ALERT_ON={on!r} is neither failure nor always")
+    urls = tuple(raw.get("BACKUP_ALERT_URLS", "").split())
+    if urls:
+        from .apprise import check_urls  # apprise is optional: imported only when used
+
+        check_urls(urls)
     return AlertSettings(
         webhook=webhook,
         format=fmt,
@@ -160,6 +177,7 @@ def alert_settings(config: Config) -> AlertSettings:
         log=log,
         timeout=timeout,
         on=on,
+        urls=urls,
     )
 
 
