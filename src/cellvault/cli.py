@@ -1168,6 +1168,87 @@ def doctor(
 
 
 @cli.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write the configuration and the schedule (the manual's deploy/scripts/).",
+)
+@click.option(
+    "--backup-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/backup/paas"),
+    show_default=True,
+    help="BACKUP_DIR of the configuration: the local backup directory.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["env", "toml"]),
+    default="env",
+    show_default=True,
+    help="backup_config.env (the manual's format) or cellvault.toml.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["cron", "systemd", "none"]),
+    default="cron",
+    show_default=True,
+    help="Also write a cron file, or systemd services and timers.",
+)
+@click.option("--force", is_flag=True, help="Replace files that exist.")
+@click.option("--no-doctor", is_flag=True, help="Do not run the doctor checklist afterwards.")
+@pass_state
+def init(
+    state: State,
+    root: Path,
+    dest: Path,
+    backup_dir: Path,
+    fmt: str,
+    schedule: str,
+    force: bool,
+    no_doctor: bool,
+) -> None:
+    """Write a configuration for the cells found under ROOT, and its schedule.
+
+    Every folder directly under ROOT with a cell's name is a cell
+    (BACKUP_CELLS_ROOT=ROOT). Writes a commented backup_config.env (or
+    cellvault.toml) into --dir, and a cron file or systemd units running
+    full backups daily at 02:00, incrementals every 6 hours, prune daily and a
+    restore drill weekly; then runs 'cellvault doctor' on the result. Nothing
+    is replaced without --force. Exits 0 when every doctor line passed but the
+    backup and drill lines (no backup can exist yet), 1 otherwise.
+    """
+    from .doctor import format_report
+    from .scaffold import init as run_init
+
+    with _errors(state):
+        result = run_init(
+            root,
+            dest,
+            backup_dir=backup_dir,
+            fmt=fmt,
+            schedule=schedule,
+            force=force,
+            doctor=not no_doctor,
+        )
+    if state.as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(f"cells under {root}: {', '.join(result.cells)}")
+        for path in result.files:
+            click.echo(f"wrote {path}")
+        if result.doctor is not None:
+            format_report(result.doctor, click.echo)
+        flag = "--env-file" if fmt == "env" else "--config"
+        click.echo(f"next: cellvault {flag} {result.config} backup")
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 @pass_state
 def completion(state: State, shell: str) -> None:
