@@ -18,7 +18,15 @@ TEST_EXTRAS = ".[test,s3,oss]"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, against the real servers of the machine."""
+    """The whole test suite, against the real servers of the machine.
+
+    First the programs the tests run (rsync, zstd, OpenSSH, the database
+    clients, redis-server): ``tests/system_tools.py`` installs the missing
+    ones as root with apt-get, saying what; otherwise it prints the command
+    to run, and the tests that need them are skipped with it (failed under
+    CI=true).
+    """
+    session.run("python", "-m", "tests.system_tools", "--install", external=True)
     session.install("-e", TEST_EXTRAS)
     args = session.posargs or ["-q", "-p", "no:cacheprovider"]
     session.run(
@@ -47,9 +55,15 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation (API reference from docstrings), failing on any warning."""
+    """Build the documentation, failing on any warning, and the man pages.
+
+    The API reference comes from the docstrings, docs/cli.md's command
+    reference from the click commands (mkdocs-click), and the man pages in
+    build/man/ from the same commands (click-man).
+    """
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+    session.run("python", "docs/_tools/man_pages.py", "build/man")
 
 
 @nox.session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +11,61 @@ import pytest
 
 from cellvault.notify import webhook
 from tests.servers.webhook import WebhookServer
+from tests.system_tools import require
 
 # Entry points are loaded only by the tests that install one on purpose.
 os.environ["CELLVAULT_LOAD_PLUGINS"] = ""
 
-pytest_plugins = ["tests.servers.fixtures"]
+pytest_plugins = ["tests.servers.fixtures", "cellvault.testing"]
+
+REPO = Path(__file__).resolve().parents[1]
+_BEFORE = pytest.StashKey[set[str] | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "tools(*programs): the test runs these programs; skipped with the install command "
+        "when one is missing (failed under CI=true)",
+    )
+
+
+def _untracked() -> set[str] | None:
+    """The checkout's untracked files that git does not ignore; ``None`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines() if line.startswith("??")}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _untracked()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite leaves nothing in the checkout: a file a test wrote there fails the run."""
+    before = session.config.stash.get(_BEFORE, None)
+    after = _untracked() if before is not None else None
+    if before is None or after is None or not after - before:
+        return
+    left = ", ".join(sorted(after - before))
+    session.config.get_terminal_writer().line(
+        f"ERROR: the tests left files in the checkout: {left}", red=True
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("tools"):
+        require(*marker.args)
 
 
 @pytest.fixture

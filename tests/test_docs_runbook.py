@@ -133,8 +133,12 @@ def _spaces(text: str) -> str:
     return " +".join(re.escape(part) for part in re.split(r" {2,}", text))
 
 
+#: The comments that keep the next block from being run.
+SKIP_MARKS = ("<!-- runbook: skip -->", "<!-- docs-test: skip -->")
+
+
 def parse(text: str) -> list[Command]:
-    """The commands of every ``console`` block (not after ``<!-- runbook: skip -->``)."""
+    """The commands of every ``console`` block (not after a :data:`SKIP_MARKS` comment)."""
     commands: list[Command] = []
     lines = text.splitlines()
     i = 0
@@ -142,7 +146,7 @@ def parse(text: str) -> list[Command]:
         if lines[i].strip() != "```console":
             i += 1
             continue
-        skip = i > 0 and lines[i - 1].strip() == "<!-- runbook: skip -->"
+        skip = i > 0 and lines[i - 1].strip() in SKIP_MARKS
         i += 1
         block: list[Command] = []
         while lines[i].strip() != "```":
@@ -195,6 +199,23 @@ def run_runbook(tmp: Path, record: bool) -> None:
     commands = parse(RUNBOOK.read_text())
     assert len(commands) >= 30, "the runbook lost its commands"
     root = sandbox(tmp)
+    run_console(commands, tmp, root, root, PREFIXES, record)
+
+
+def run_console(
+    commands: list[Command],
+    tmp: Path,
+    root: Path,
+    cwd: Path,
+    prefixes: tuple[str, ...],
+    record: bool,
+    stamps: Stamps | None = None,
+) -> Stamps:
+    """Run *commands* in one bash, in *cwd*, with each of *prefixes* moved under *root*.
+
+    Fails on a wrong exit code or a documented line missing from the output;
+    returns the stamps seen, for what the page says next.
+    """
     cellvault = Path(sys.executable).parent / "cellvault"
     if not cellvault.exists():
         pytest.skip("the cellvault console script is not installed next to this Python")
@@ -214,18 +235,18 @@ def run_runbook(tmp: Path, record: bool) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
-        cwd=root,
+        cwd=cwd,
         text=True,
         bufsize=1,
     )
     assert shell.stdin is not None and shell.stdout is not None
-    stamps = Stamps()
+    stamps = stamps or Stamps()
     failures: list[str] = []
     try:
-        shell.stdin.write(f"set +e\ncd {root}\n")
+        shell.stdin.write(f"set +e\ncd {cwd}\n")
         for command in commands:
             text = command.text
-            for prefix in PREFIXES:
+            for prefix in prefixes:
                 text = re.sub(rf"(?<![\w/]){re.escape(prefix)}", f"{root}{prefix}", text)
             text = stamps.command(text, command.line)
             shell.stdin.write(f'{text}\n__rc=$?; echo; echo "{MARK} $__rc"; (exit $__rc)\n')
@@ -256,6 +277,7 @@ def run_runbook(tmp: Path, record: bool) -> None:
         shell.stdin.close()
         shell.wait(timeout=60)
     assert not failures, "\n\n".join(failures)
+    return stamps
 
 
 def match(command: Command, output: list[str], stamps: Stamps) -> str | None:

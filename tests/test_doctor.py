@@ -161,6 +161,7 @@ def test_an_unreachable_target_fails_its_line_alone(s: Setup) -> None:
     assert "reachable" in (check.fix or "")
 
 
+@pytest.mark.tools("rsync")
 def test_an_unreachable_rsync_nas_fails_its_line_alone(s: Setup) -> None:
     s.healthy()
     vault = s.vault(TargetSpec("nas", f"rsync://127.0.0.1:{closed_port()}/backup"))

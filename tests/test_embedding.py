@@ -216,8 +216,11 @@ def test_the_library_never_prints_exits_or_configures_logging(tmp_path: Path) ->
     assert (tmp_path / "done").read_text() == "done"
     assert result.stdout == b""
     assert result.stderr == b""
-    # The failure was alerted all the same: the manual's alert log, relative to the cwd.
-    assert (tmp_path / "deploy" / "backup" / "backup_alerts.log").read_text().count('"nas"') >= 1
+    # The failure was alerted all the same: the alert log beside the run logs
+    # (no configuration file here), never in the current directory.
+    alert_log = tmp_path / "backup" / "logs" / "backup_alerts.log"
+    assert alert_log.read_text().count('"nas"') >= 1
+    assert not (tmp_path / "deploy").exists()
 
 
 def test_no_print_exit_or_logging_setup_in_the_library() -> None:

@@ -204,9 +204,14 @@ def _same(env_config: Any, toml_config: Any) -> None:
 def test_toml_example_is_the_env_example(tmp_path: Path) -> None:
     _same(load_env({}, ENV_EXAMPLE), load_toml(TOML_EXAMPLE))
     # With the S3 and NAS targets too (commented out in both, as they need a bucket and a mount).
-    toml = tmp_path / "cellvault.toml"
+    # Both files in one folder, as an operator keeps them (relative paths start there).
+    folder = tmp_path / "deploy" / "scripts"
+    folder.mkdir(parents=True)
+    toml = folder / "cellvault.toml"
     toml.write_text(_toml_with("s3", "nas"))
-    env = load_env({"BACKUP_TARGETS": "local,s3,nas"}, ENV_EXAMPLE)
+    env_file = folder / "backup_config.env"
+    shutil.copyfile(ENV_EXAMPLE, env_file)
+    env = load_env({"BACKUP_TARGETS": "local,s3,nas"}, env_file)
     assert [t.name for t in env.target_specs] == ["local", "s3", "nas"]
     _same(env, load_toml(toml))
 

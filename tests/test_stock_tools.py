@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.system_tools import require
+
 from .archive_helpers import archive_files, make_vault, snapshot
 
 
 def need(tool: str) -> str:
+    """The path of *tool*; skipped with the install command when it is missing (failed on CI)."""
+    require(tool)
     path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{tool} is not installed, and CI must run the stock-tool tests")
-        pytest.skip(f"{tool} is not installed")
+    assert path is not None
     return path
 
 

@@ -48,6 +48,11 @@ class State:
         self.debug = debug
         self.progress = _Progress() if (sys.stderr.isatty() and not as_json) else None
 
+    def use_json(self) -> None:
+        """``--json`` was given after the subcommand: JSON on stdout, no progress line."""
+        self.as_json = True
+        self.progress = None
+
     def load(self, *, warn_unknown: bool = True) -> Config:
         if self.config_path is not None:
             # The seed's RESTORE_* choices are made per run, in the environment:
@@ -160,7 +165,41 @@ def _errors(state: State) -> Iterator[None]:
 pass_state = click.make_pass_decorator(State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Command(click.Command):
+    """A subcommand that takes ``--json`` after its name too (``cellvault list --json``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Commands with a --json of their own (doctor, sync, dr ...) handle it themselves.
+        self.adds_json = not any(p.name == "as_json" for p in self.params)
+        if self.adds_json:
+            self.params.append(
+                click.Option(
+                    ["--json", "as_json"],
+                    is_flag=True,
+                    help="Print the result as JSON (as 'cellvault --json').",
+                )
+            )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if self.adds_json and ctx.params.pop("as_json", False):
+            state = ctx.find_object(State)
+            if state is not None:
+                state.use_json()
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    """The command groups: every subcommand a :class:`_Command`, every subgroup a ``_Group``."""
+
+    command_class = _Command
+    group_class = type
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="cellvault")
 @click.option(
     "--config",
@@ -1126,6 +1165,109 @@ def doctor(
     else:
         format_report(report, click.echo)
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write the configuration and the schedule (the manual's deploy/scripts/).",
+)
+@click.option(
+    "--backup-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/backup/paas"),
+    show_default=True,
+    help="BACKUP_DIR of the configuration: the local backup directory.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["env", "toml"]),
+    default="env",
+    show_default=True,
+    help="backup_config.env (the manual's format) or cellvault.toml.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["cron", "systemd", "none"]),
+    default="cron",
+    show_default=True,
+    help="Also write a cron file, or systemd services and timers.",
+)
+@click.option("--force", is_flag=True, help="Replace files that exist.")
+@click.option("--no-doctor", is_flag=True, help="Do not run the doctor checklist afterwards.")
+@pass_state
+def init(
+    state: State,
+    root: Path,
+    dest: Path,
+    backup_dir: Path,
+    fmt: str,
+    schedule: str,
+    force: bool,
+    no_doctor: bool,
+) -> None:
+    """Write a configuration for the cells found under ROOT, and its schedule.
+
+    Every folder directly under ROOT with a cell's name is a cell
+    (BACKUP_CELLS_ROOT=ROOT). Writes a commented backup_config.env (or
+    cellvault.toml) into --dir, and a cron file or systemd units running
+    full backups daily at 02:00, incrementals every 6 hours, prune daily and a
+    restore drill weekly; then runs 'cellvault doctor' on the result. Nothing
+    is replaced without --force. Exits 0 when every doctor line passed but the
+    backup and drill lines (no backup can exist yet), 1 otherwise.
+    """
+    from .doctor import format_report
+    from .scaffold import init as run_init
+
+    with _errors(state):
+        result = run_init(
+            root,
+            dest,
+            backup_dir=backup_dir,
+            fmt=fmt,
+            schedule=schedule,
+            force=force,
+            doctor=not no_doctor,
+        )
+    if state.as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(f"cells under {root}: {', '.join(result.cells)}")
+        for path in result.files:
+            click.echo(f"wrote {path}")
+        if result.doctor is not None:
+            format_report(result.doctor, click.echo)
+        flag = "--env-file" if fmt == "env" else "--config"
+        click.echo(f"next: cellvault {flag} {result.config} backup")
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@pass_state
+def completion(state: State, shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Commands, options, choices and file names complete on Tab. Load it from
+    the shell's start-up file: in ~/.bashrc, eval "$(cellvault completion
+    bash)"; in ~/.zshrc, eval "$(cellvault completion zsh)"; for fish,
+    cellvault completion fish > ~/.config/fish/completions/cellvault.fish.
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the three shells click knows
+    script = completer(cli, {}, "cellvault", "_CELLVAULT_COMPLETE").source()
+    if state.as_json:
+        _emit_json({"ok": True, "shell": shell, "script": script})
+    else:
+        click.echo(script)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,6 +65,7 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_ALERT_SECRET",
     "BACKUP_ALERT_TIMEOUT",
     "BACKUP_ALERT_ON",
+    "BACKUP_ALERT_URLS",
     "BACKUP_VERIFY_LEVEL",
     "BACKUP_METRICS_FILE",
     "BACKUP_MAX_AGE_HOURS",
@@ -217,6 +218,12 @@ class Config:
     #: The object-storage targets of the DR pair (``DR_TARGET``; default: every
     #: target but the first).
     dr_targets: tuple[str, ...] = attrs.field(default=(), converter=parse_names)
+    #: The file this configuration was read from (``--env-file`` or
+    #: ``--config``), or ``None``. Relative paths of plugins' settings (the
+    #: alert log) are taken from its folder. Not part of a config's value.
+    source: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_abspath), eq=False
+    )
 
     def retention_for(self, target: str) -> RetentionPolicy:
         """The retention policy of the target called *target*."""
@@ -393,6 +400,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         dr_site_id=env.get("DR_SITE_ID", "").strip() or None,
         dr_pull_only=env_flag(env, "DR_PULL_ONLY", False),
         dr_targets=env.get("DR_TARGET", ""),
+        source=env_file,
     )
 
 
@@ -526,6 +534,7 @@ _TOP_KEYS = {f.name for f in attrs.fields(Config)} - {
     "targets",
     "extra",
     "target_retention",
+    "source",
 } | {
     "cells",
     "targets",
@@ -670,6 +679,7 @@ def load_toml(path: Path) -> Config:
             extra=dict(alerts),
             retention=retention,
             target_retention=target_retention,
+            source=path,
             **scalars,
         )
     except (TypeError, ValueError) as exc:

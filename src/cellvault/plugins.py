@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cellvault.targets.oss",
     "cellvault.notify.alertlog",
     "cellvault.notify.webhook",
+    "cellvault.notify.apprise",
     "cellvault.dumpers.command",
     "cellvault.dumpers.sqlite",
     "cellvault.dumpers.postgres",

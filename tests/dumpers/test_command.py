@@ -87,6 +87,7 @@ def test_dump_goes_into_the_archive_and_loads_back(tmp_path: Path) -> None:
     assert out.read_bytes() == expected(5000)
 
 
+@pytest.mark.tools("zstd", "tar")
 def test_a_large_dump_is_written_in_parts_that_stock_tools_join(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

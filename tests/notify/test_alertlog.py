@@ -12,9 +12,9 @@ import attrs
 import pytest
 from click.testing import CliRunner
 
-from cellvault import Failure, Vault
+from cellvault import Failure, Vault, load_env, load_toml
 from cellvault.cli import cli
-from cellvault.notify import DEFAULT_ALERT_LOG, alert_for
+from cellvault.notify import DEFAULT_ALERT_LOG, alert_for, alert_settings
 from cellvault.notify.alertlog import append
 from tests.helpers import SAMPLE, write_tree
 from tests.servers.webhook import closed_port
@@ -50,17 +50,69 @@ def test_each_failure_is_one_json_line(failing_vault: Callable[..., Vault], tmp_
     assert first.run in run_log and '"stage": "upload"' in run_log
 
 
-def test_default_path_is_the_manuals_relative_to_the_current_directory(
+def test_default_path_is_under_the_backup_dir_never_the_current_directory(
     failing_vault: Callable[..., Vault], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     vault = failing_vault()
     # Drop the fixture's explicit path: the default applies.
     vault.config = attrs.evolve(vault.config, extra={})
     vault.backup()
-    log = tmp_path / DEFAULT_ALERT_LOG
-    assert log == tmp_path / "deploy" / "backup" / "backup_alerts.log"
+    log = tmp_path / "backup" / "logs" / "backup_alerts.log"
     assert json.loads(log.read_text().splitlines()[0])["target"] == "nas"
+    assert list(cwd.iterdir()) == []
+
+
+def test_default_path_follows_the_manuals_layout_beside_the_env_file(tmp_path: Path) -> None:
+    scripts = tmp_path / "platform" / "deploy" / "scripts"
+    scripts.mkdir(parents=True)
+    env_file = scripts / "backup_config.env"
+    env_file.write_text(f"BACKUP_DIR={tmp_path / 'backup'}\n")
+    settings = alert_settings(load_env({}, env_file))
+    assert settings.log == tmp_path / "platform" / "deploy" / "backup" / "backup_alerts.log"
+    assert settings.log == tmp_path / "platform" / DEFAULT_ALERT_LOG
+    # A relative value is taken from the env file's folder; an absolute one as it is.
+    env_file.write_text(f"BACKUP_DIR={tmp_path / 'backup'}\nBACKUP_ALERT_LOG=../logs/a.log\n")
+    assert alert_settings(load_env({}, env_file)).log == scripts.parent / "logs" / "a.log"
+    env_file.write_text(f"BACKUP_DIR={tmp_path / 'backup'}\nBACKUP_ALERT_LOG=/var/log/a.log\n")
+    assert alert_settings(load_env({}, env_file)).log == Path("/var/log/a.log")
+
+
+def test_default_path_follows_the_toml_file_and_relative_values_the_backup_dir(
+    tmp_path: Path,
+) -> None:
+    toml = tmp_path / "deploy" / "scripts" / "cellvault.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text(f'backup_dir = "{tmp_path / "backup"}"\n')
+    assert alert_settings(load_toml(toml)).log == tmp_path / DEFAULT_ALERT_LOG
+    # Without a configuration file a relative value is relative to BACKUP_DIR.
+    env = {"BACKUP_DIR": str(tmp_path / "backup"), "BACKUP_ALERT_LOG": "alerts/a.log"}
+    assert alert_settings(load_env(env)).log == tmp_path / "backup" / "alerts" / "a.log"
+
+
+def test_the_command_line_puts_the_alert_log_beside_its_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripts = tmp_path / "platform" / "deploy" / "scripts"
+    scripts.mkdir(parents=True)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the NAS folder should be\n")
+    write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    (scripts / "backup_config.env").write_text(
+        f"BACKUP_DIR={tmp_path / 'backup'}\nBACKUP_CELLS=crm\n"
+        f"BACKUP_CELLS_ROOT={tmp_path / 'cells'}\n"
+        f"BACKUP_TARGETS=local,nas\nBACKUP_NAS_PATH={blocked}\n"
+    )
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = CliRunner().invoke(cli, ["--env-file", str(scripts / "backup_config.env"), "backup"])
+    assert result.exit_code == 1, result.output
+    alerts = tmp_path / "platform" / "deploy" / "backup" / "backup_alerts.log"
+    assert json.loads(alerts.read_text().splitlines()[0])["target"] == "nas"
+    assert list(cwd.iterdir()) == []
 
 
 def test_off_writes_nothing(

@@ -20,7 +20,8 @@ cv=("${CELLVAULT:-cellvault}")
 if [[ -n ${BACKUP_CONFIG:-} || -f $here/backup_config.env ]]; then
     cv+=(--env-file "$(realpath -m -- "${BACKUP_CONFIG:-$here/backup_config.env}")")
 fi
-# Run from the platform's root, as the manual does: the alert log is deploy/backup/ there.
+# Run from the platform's root, as the manual does (the alert log, deploy/backup/backup_alerts.log,
+# is placed from the env file's folder, whatever the current directory).
 cd -- "$here/../.."
 "${cv[@]}" backup "$@"
 exec "${cv[@]}" prune

@@ -1,14 +1,18 @@
 """Alerts: the built-in notifiers and the settings and alert text they share.
 
-Two built-in plugins implement the ``cellvault_backup_failed`` hook (and
+Three built-in plugins implement the ``cellvault_backup_failed`` hook (and
 ``cellvault_run_finished`` for success notices):
 
 * :mod:`cellvault.notify.webhook` POSTs to ``BACKUP_ALERT_WEBHOOK`` in the
   format of the chat tool behind it (generic JSON, WeCom, DingTalk, Slack,
   Feishu/Lark);
 * :mod:`cellvault.notify.alertlog` appends a JSON line to ``BACKUP_ALERT_LOG``
-  (default ``deploy/backup/backup_alerts.log``, relative to the current
-  directory, as in the operations manual).
+  (see :func:`alert_log_path` for where it is by default: the manual's
+  ``deploy/backup/backup_alerts.log`` beside ``deploy/scripts/backup_config.env``,
+  else ``<BACKUP_DIR>/logs/backup_alerts.log``; never the current directory);
+* :mod:`cellvault.notify.apprise` sends to every apprise URL of
+  ``BACKUP_ALERT_URLS`` (e-mail, PagerDuty, Opsgenie, Telegram, ...), with the
+  ``apprise`` extra installed.
 
 Settings come from the environment (``BACKUP_ALERT_*``) or the TOML file's
 ``[alerts]`` table; both land in :attr:`cellvault.Config.extra`.
@@ -17,6 +21,7 @@ Settings come from the environment (``BACKUP_ALERT_*``) or the TOML file's
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +31,7 @@ import attrs
 
 from ..config import Config
 from ..errors import ConfigError
+from ..layout import BackupDirLayout
 from ..report import Failure
 from ..runlog import active_log
 
@@ -34,13 +40,17 @@ __all__ = [
     "FORMATS",
     "AlertSettings",
     "alert_for",
+    "alert_log_path",
     "alert_settings",
     "alert_text",
     "summary_for",
 ]
 
-#: The manual's alert log, relative to the current directory.
+#: The manual's alert log, relative to the platform's checkout (whose
+#: ``deploy/scripts/`` holds ``backup_config.env``).
 DEFAULT_ALERT_LOG = "deploy/backup/backup_alerts.log"
+#: The alert log's file name.
+ALERT_LOG_NAME = "backup_alerts.log"
 #: Webhook formats; ``auto`` picks one from the URL's host.
 FORMATS: tuple[str, ...] = ("auto", "generic", "wecom", "dingtalk", "slack", "feishu")
 _WHEN = ("failure", "always")
@@ -53,6 +63,7 @@ _KEYS = {
     "log": "BACKUP_ALERT_LOG",
     "timeout": "BACKUP_ALERT_TIMEOUT",
     "on": "BACKUP_ALERT_ON",
+    "urls": "BACKUP_ALERT_URLS",
 }
 _OFF = {"", "off", "none", "no", "0"}
 
@@ -67,12 +78,39 @@ class AlertSettings:
     format: str = "auto"
     #: DingTalk's or Feishu's signing secret.
     secret: str | None = attrs.field(default=None, repr=False)
-    #: The alert log, or ``None`` when switched off.
+    #: The alert log, or ``None`` when switched off (:func:`alert_settings`
+    #: gives an absolute path, see :func:`alert_log_path`).
     log: Path | None = Path(DEFAULT_ALERT_LOG)
     #: Seconds to wait for the webhook, per attempt.
     timeout: float = 5.0
     #: ``failure`` (alerts only) or ``always`` (also a notice when a run succeeds).
     on: str = "failure"
+    #: apprise URLs (``BACKUP_ALERT_URLS``), each one more channel; they hold
+    #: credentials, so they are left out of the repr (see :mod:`cellvault.notify.apprise`).
+    urls: tuple[str, ...] = attrs.field(default=(), repr=False)
+
+
+def alert_log_path(config: Config, value: str | None = None) -> Path:
+    """Where the alert log of *config* is, for a ``BACKUP_ALERT_LOG`` of *value*.
+
+    An absolute *value* is taken as it is. Otherwise the folder of the file
+    the configuration was read from (``--env-file`` or ``--config``,
+    :attr:`cellvault.Config.source`) is the base: a relative *value* is
+    relative to it, and the default is ``../backup/backup_alerts.log`` from
+    there, the manual's layout (``deploy/scripts/backup_config.env`` ->
+    ``deploy/backup/backup_alerts.log``). Without such a file the base is
+    ``BACKUP_DIR``, and the default is ``<BACKUP_DIR>/logs/backup_alerts.log``,
+    beside the run logs. The current directory is never used.
+    """
+    if value:
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        base = config.source.parent if config.source is not None else config.backup_dir
+        return Path(os.path.normpath(base / path))
+    if config.source is not None:
+        return config.source.parent.parent / "backup" / ALERT_LOG_NAME
+    return BackupDirLayout(config.backup_dir).logs / ALERT_LOG_NAME
 
 
 def alert_settings(config: Config) -> AlertSettings:
@@ -92,7 +130,12 @@ def alert_settings(config: Config) -> AlertSettings:
             raise ConfigError(
                 f"[alerts]: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(_KEYS))}"
             )
-        raw[name] = str(value).strip() if not isinstance(value, bool) else str(int(value))
+        if isinstance(value, bool):
+            raw[name] = str(int(value))
+        elif isinstance(value, list | tuple):  # TOML: urls = ["...", "..."]
+            raw[name] = " ".join(str(v) for v in value)
+        else:
+            raw[name] = str(value).strip()
     webhook = raw.get("BACKUP_ALERT_WEBHOOK") or None
     fmt = (raw.get("BACKUP_ALERT_FORMAT") or "auto").lower()
     if fmt == "lark":
@@ -106,8 +149,9 @@ def alert_settings(config: Config) -> AlertSettings:
         raise ConfigError(
             "BACKUP_ALERT_WEBHOOK is not an http(s) URL", hint="give the full https:// address"
         )
-    log_value = raw.get("BACKUP_ALERT_LOG", DEFAULT_ALERT_LOG)
-    log = None if log_value.lower() in _OFF else Path(log_value).expanduser()
+    log_value = raw.get("BACKUP_ALERT_LOG")
+    off = log_value is not None and log_value.lower() in _OFF
+    log = None if off else alert_log_path(config, log_value)
     try:
         timeout = float(raw.get("BACKUP_ALERT_TIMEOUT") or 5.0)
     except ValueError:
@@ -119,6 +163,11 @@ def alert_settings(config: Config) -> AlertSettings:
     on = (raw.get("BACKUP_ALERT_ON") or "failure").lower()
     if on not in _WHEN:
         raise ConfigError(f"BACKUP_ALERT_ON={on!r} is neither failure nor always")
+    urls = tuple(raw.get("BACKUP_ALERT_URLS", "").split())
+    if urls:
+        from .apprise import check_urls  # apprise is optional: imported only when used
+
+        check_urls(urls)
     return AlertSettings(
         webhook=webhook,
         format=fmt,
@@ -126,6 +175,7 @@ def alert_settings(config: Config) -> AlertSettings:
         log=log,
         timeout=timeout,
         on=on,
+        urls=urls,
     )
 
 

@@ -1,9 +1,11 @@
 """The alert log: one JSON line per alert in ``BACKUP_ALERT_LOG``.
 
-The default is the manual's ``deploy/backup/backup_alerts.log``, relative to
-the current directory of the process (as the manual's scripts ran from the
-platform's checkout); set ``BACKUP_ALERT_LOG`` to an absolute path for cron,
-or to ``off`` to write none. Each line is the alert as
+The default follows the manual's layout: ``deploy/backup/backup_alerts.log``
+beside the ``deploy/scripts/backup_config.env`` (or TOML file) in use, else
+``<BACKUP_DIR>/logs/backup_alerts.log`` (:func:`cellvault.notify.alert_log_path`);
+never the current directory. A relative ``BACKUP_ALERT_LOG`` is taken from
+the configuration file's folder (else from ``BACKUP_DIR``); ``off`` writes
+none. Each line is the alert as
 :func:`cellvault.notify.alert_for` builds it: time, status, operation,
 stage, cell, target, archive, run, host, error and the run's log file. Lines
 are appended under a lock, so processes running at once never interleave
