@@ -19,7 +19,7 @@ from cellvault import (
     Vault,
     hookimpl,
 )
-from cellvault.plugins import make_plugin_manager
+from cellvault.plugins import PluginOutcome, make_plugin_manager
 from tests.helpers import SAMPLE, MemPlugin, MemTarget, clock, make_vault, snapshot, write_tree
 
 
@@ -397,3 +397,76 @@ def test_before_backup_hook_that_raises_fails_the_cell(
     assert by_cell["billing"].ok
     assert sorted(seen) == sorted([by_cell["billing"].archive, "cell_crm_" + report.stamp])
     assert [a.cell for a in vault.list()] == ["billing"]
+
+
+class _Raising:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    @hookimpl
+    def cellvault_run_finished(self, operation, report, config):  # type: ignore[no-untyped-def]
+        self.calls.append("raising")
+        raise RuntimeError("boom")
+
+
+class _Returning:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    @hookimpl
+    def cellvault_run_finished(self, operation, report, config):  # type: ignore[no-untyped-def]
+        self.calls.append("value")
+        return 5
+
+
+class _Wrapper:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    @hookimpl(wrapper=True)
+    def cellvault_run_finished(self, operation, report, config):  # type: ignore[no-untyped-def]
+        self.calls.append("wrap")
+        return (yield)
+
+
+def _ours(outcomes: list[PluginOutcome]) -> list[PluginOutcome]:
+    return [o for o in outcomes if not o.plugin.startswith("cellvault.")]
+
+
+def test_call_each_calls_every_plugin_on_its_own_through_pluggy() -> None:
+    """Each plugin once, in pluggy's order; one that raises does not stop the next; wrappers wrap each call."""
+    from cellvault.plugins import call_each, make_plugin_manager
+
+    calls: list[str] = []
+    pm = make_plugin_manager(
+        [_Raising(calls), _Returning(calls), _Wrapper(calls)], load_entry_points=False
+    )
+    outcomes = call_each(pm, "cellvault_run_finished", operation="x", report=None, config=None)
+    ours = _ours(outcomes)
+    assert [(o.ok, o.result) for o in ours] == [(True, 5), (False, None)]
+    assert isinstance(ours[1].exception, RuntimeError)
+    assert calls.count("value") == 1 and calls.count("raising") == 1
+    # The wrapper wrapped every plugin's call, the built-in notifiers' included.
+    assert calls.count("wrap") == len(outcomes)
+
+
+def test_call_each_still_calls_a_plugin_that_cannot_be_hashed() -> None:
+    """pluggy's subset callers hash plugins: an attrs value with eq is still called (directly)."""
+    import attrs
+
+    from cellvault.plugins import call_each, make_plugin_manager
+
+    @attrs.define  # eq=True: instances cannot be hashed
+    class Value:
+        seen: list[str]
+
+        @hookimpl
+        def cellvault_run_finished(self, operation, report, config):  # type: ignore[no-untyped-def]
+            self.seen.append(operation)
+            return 7
+
+    calls: list[str] = []
+    pm = make_plugin_manager([Value(calls), _Raising(calls)], load_entry_points=False)
+    ours = _ours(call_each(pm, "cellvault_run_finished", operation="x", report=None, config=None))
+    assert [(o.ok, o.result) for o in ours] == [(False, None), (True, 7)]
+    assert calls == ["raising", "x"]

@@ -64,7 +64,8 @@ def _stamp(archive: str) -> str:
     return archive[-15:]
 
 
-@attrs.define
+# eq=False: a plugin is one object (hashed by identity, as pluggy needs), not a value.
+@attrs.define(eq=False)
 class ScriptHooks:
     """Runs the hook scripts of a folder as cellvault hooks (see the module docs)."""
 

@@ -8,10 +8,11 @@ comma-separated list of entry-point names.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -90,16 +91,25 @@ def call_each(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Plugin
     only wraps the hook), so ``wrapper``/``hookwrapper`` implementations wrap
     each call as pluggy documents; implementations are called in pluggy's
     order (last registered first, ``tryfirst``/``trylast`` respected).
+
+    pluggy's subset callers hash the hook's plugins; when one of them cannot
+    be hashed (an attrs or dataclass value with ``eq``), each implementation
+    is still called, directly and without the wrappers, rather than left silent.
     """
     caller = getattr(pm.hook, name)
     impls = caller.get_hookimpls()
     wrapping = {id(i.plugin) for i in impls if i.hookwrapper or i.wrapper}
     callers = [i for i in impls if not (i.hookwrapper or i.wrapper)]
     plugins = [i.plugin for i in impls]
+    hashable = _all_hashable(plugins)
     out: list[PluginOutcome] = []
     for impl in reversed(callers):
         others = [p for p in plugins if p is not impl.plugin and id(p) not in wrapping]
-        subset = pm.subset_hook_caller(name, remove_plugins=others)
+        subset: Callable[..., Any] = (
+            pm.subset_hook_caller(name, remove_plugins=others)
+            if hashable
+            else functools.partial(_call_directly, impl)
+        )
         try:
             results = subset(**kwargs)
         except Exception as exc:  # noqa: BLE001 - a boundary: the caller reports each outcome
@@ -108,6 +118,19 @@ def call_each(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Plugin
         result = results[0] if isinstance(results, list) and results else results
         out.append(PluginOutcome(impl.plugin_name, True, result=result))
     return out
+
+
+def _all_hashable(plugins: Iterable[object]) -> bool:
+    try:
+        for plugin in plugins:
+            hash(plugin)
+    except TypeError:
+        return False
+    return True
+
+
+def _call_directly(impl: pluggy.HookImpl, **kwargs: Any) -> list[Any]:
+    return [impl.function(*(kwargs[arg] for arg in impl.argnames))]
 
 
 def _load_entry_points(pm: pluggy.PluginManager, environ: Mapping[str, str]) -> None:

@@ -109,7 +109,7 @@ def _captured(urls: Sequence[str], run: Any) -> Iterator[None]:
     with _logging_lock:
         propagate, logger.propagate = logger.propagate, False
         try:
-            with apprise.LogCapture(level=logging.WARNING) as output:
+            with apprise.LogCapture(level=logging.WARNING) as output:  # type: ignore[no-untyped-call,unused-ignore]
                 yield
         finally:
             logger.propagate = propagate
