@@ -13,7 +13,8 @@ import nox
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typing"]
 
-TEST_EXTRAS = ".[test,s3,oss]"
+# Every optional feature is tested: the object-storage targets and the apprise notifier.
+TEST_EXTRAS = ".[test,s3,oss,apprise]"
 
 
 @nox.session
