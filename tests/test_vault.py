@@ -512,3 +512,29 @@ def test_failure_lines_name_every_failure(
     assert any(line.startswith("cell ghost: pack failed") for line in lines)
     assert not any(line.startswith("cell crm: upload failed") for line in lines)
     assert len(lines) == 4
+
+
+# -- the API's edges: one name is one name ------------------------------------
+
+
+def test_a_single_cell_name_is_one_cell_not_its_characters(
+    crm: Path, cells_root: Path, backup_dir: Path
+) -> None:
+    billing = write_tree(cells_root / "billing", SAMPLE)
+    vault = make_vault(backup_dir, {"crm": [crm], "billing": [billing]})
+    report = vault.backup(cells="crm", kind="full", targets="local")
+    assert [c.cell for c in report.cells] == ["crm"]
+    assert report.ok
+    assert [a.cell for a in vault.list("crm")] == ["crm"]
+    assert {c.cell for c in vault.status(cells="crm").cells} == {"crm"}
+    assert vault.verify("crm", level="quick").ok
+
+
+@pytest.mark.parametrize("bad", [42, [b"crm"], ["crm", None]])
+def test_cells_that_are_not_names_are_refused_at_the_call(
+    crm: Path, backup_dir: Path, bad: object
+) -> None:
+    vault = make_vault(backup_dir, {"crm": [crm]})
+    with pytest.raises(TypeError, match="cells must be"):
+        vault.backup(cells=bad)  # type: ignore[arg-type]
+    assert not (backup_dir / "crm").exists()

@@ -20,11 +20,12 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from .archive import Kind
 from .config import Config, load_env, load_toml, read_env_file, unknown_env, with_restore_env
 from .errors import CellvaultError, ConfigError
 from .events import Event
 from .log import configure_logging, get_logger, redact_text
-from .vault import Vault, iter_failures
+from .vault import Level, Vault, iter_failures
 
 __all__ = ["main"]
 
@@ -270,7 +271,7 @@ def cli(
 )
 @pass_state
 def backup(
-    state: State, kind: str | None, cells: tuple[str, ...], targets: tuple[str, ...]
+    state: State, kind: Kind | None, cells: tuple[str, ...], targets: tuple[str, ...]
 ) -> None:
     """Back up cells to every target, then verify each stored copy.
 
@@ -339,7 +340,7 @@ def verify(
     targets: tuple[str, ...],
     select: str,
     all_archives: bool,
-    level: str,
+    level: Level,
 ) -> None:
     """Check the archives on every target: quick, read, full (the default) or a drill.
 

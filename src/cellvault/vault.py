@@ -13,13 +13,13 @@ import datetime as dt
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 
-from .archive import Selector, utcnow
+from .archive import Kind, Selector, utcnow
 from .cell import Cell
 from .codec import Codec, get_codec
 from .config import Config, load_env, load_toml
@@ -45,7 +45,36 @@ from .state import StateFile
 from .status import StatusReport
 from .targets.base import Target
 
-__all__ = ["ArchiveInfo", "Vault", "iter_failures"]
+__all__ = ["ArchiveInfo", "Level", "Names", "Vault", "iter_failures", "names"]
+
+#: A verify level, cheapest first (:data:`cellvault.integrity.LEVELS`).
+Level = Literal["quick", "read", "full", "drill"]
+
+#: Cells, targets or dumpers named at a call: one name, any iterable of names,
+#: or ``None`` for all of them. One string is one name, never its characters.
+Names = str | Iterable[str] | None
+
+
+def names(value: Names, what: str = "cells") -> tuple[str, ...] | None:
+    """*value* as a tuple of names (``None`` stays ``None``: all of them).
+
+    A single string is one name (``cells="crm"`` is ``("crm",)``); anything
+    that is not a string or an iterable of strings is a :class:`TypeError`
+    at the call, before anything runs.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, Iterable):
+        raise TypeError(
+            f"{what} must be a name or an iterable of names, not {type(value).__name__}"
+        )
+    out = tuple(value)
+    for item in out:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must be names (str), not {type(item).__name__}: {item!r}")
+    return out
 
 
 class Vault:
@@ -173,9 +202,9 @@ class Vault:
 
     def status(
         self,
-        cells: Sequence[str] | None = None,
+        cells: Names = None,
         *,
-        targets: Sequence[str] | None = None,
+        targets: Names = None,
         max_age: float | None = None,
     ) -> StatusReport:
         """Whether every cell has a fresh, verified backup on every target.
@@ -187,16 +216,18 @@ class Vault:
         ``max_age``, 26), when there is none, or when its last verify failed.
         Lists the targets; reads no archive.
         """
-        return listing.status(self.config, self._resources(), cells, targets, max_age)
+        return listing.status(
+            self.config, self._resources(), names(cells), names(targets, "targets"), max_age
+        )
 
     # -- operations ------------------------------------------------------
 
     def backup(
         self,
-        cells: Sequence[str] | None = None,
+        cells: Names = None,
         *,
-        kind: str | None = None,
-        targets: Sequence[str] | None = None,
+        kind: Kind | None = None,
+        targets: Names = None,
         reason: str = "scheduled",
     ) -> BackupReport:
         """Back up *cells* (all by default) to *targets* (all by default).
@@ -212,19 +243,24 @@ class Vault:
         """
         with self._open("backup") as run:
             report = backup_op.backup(
-                run, self._resources(), cells, kind=kind, targets=targets, reason=reason
+                run,
+                self._resources(),
+                names(cells),
+                kind=kind,
+                targets=names(targets, "targets"),
+                reason=reason,
             )
             run.finish(report, metrics=self.write_metrics)
         return report
 
     def verify(
         self,
-        cells: Sequence[str] | None = None,
+        cells: Names = None,
         *,
-        targets: Sequence[str] | None = None,
+        targets: Names = None,
         select: str | Selector = "latest",
         all_archives: bool = False,
-        level: str = "full",
+        level: Level = "full",
     ) -> VerifyReport:
         """Check archives on each target, at one of four levels.
 
@@ -257,8 +293,8 @@ class Vault:
             report = verify_op.verify(
                 run,
                 self._resources(),
-                cells,
-                targets=targets,
+                names(cells),
+                targets=names(targets, "targets"),
                 select=select,
                 all_archives=all_archives,
                 level=level,
@@ -266,17 +302,17 @@ class Vault:
             run.finish(report, metrics=self.write_metrics)
         return report
 
-    def list(
-        self, cells: Sequence[str] | None = None, *, targets: Sequence[str] | None = None
-    ) -> list[ArchiveInfo]:
+    def list(self, cells: Names = None, *, targets: Names = None) -> list[ArchiveInfo]:
         """The committed archives, oldest first, each with the targets that hold it."""
-        return listing.list_archives(self.config, self._resources(), cells, targets)
+        return listing.list_archives(
+            self.config, self._resources(), names(cells), names(targets, "targets")
+        )
 
     def prune(
         self,
-        cells: Sequence[str] | None = None,
+        cells: Names = None,
         *,
-        targets: Sequence[str] | None = None,
+        targets: Names = None,
         dry_run: bool = False,
     ) -> PruneReport:
         """Delete the archives each target's retention policy no longer keeps.
@@ -289,18 +325,24 @@ class Vault:
         pruned is reported (and alerted) without stopping the others.
         """
         with self._open("prune") as run:
-            return prune_op.prune(run, self._resources(), cells, targets=targets, dry_run=dry_run)
+            return prune_op.prune(
+                run,
+                self._resources(),
+                names(cells),
+                targets=names(targets, "targets"),
+                dry_run=dry_run,
+            )
 
     def restore(
         self,
         select: str | Selector = "latest",
         *,
-        cells: Sequence[str] | None = None,
+        cells: Names = None,
         into: str | os.PathLike[str] | None = None,
         skip_prebackup: bool = False,
-        source: Sequence[str] | None = None,
+        source: Names = None,
         allow_external_links: bool = False,
-        load_dumps: bool | Sequence[str] | None = None,
+        load_dumps: bool | str | Iterable[str] | None = None,
         dump_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> RestoreReport:
         """Restore cells to the archive *select* picks (``latest``, an id, a date prefix, a time).
@@ -333,12 +375,14 @@ class Vault:
                 run,
                 self._resources(),
                 select,
-                cells=cells,
+                cells=names(cells),
                 into=into,
                 skip_prebackup=skip_prebackup,
-                source=source,
+                source=names(source, "source"),
                 allow_external_links=allow_external_links,
-                load_dumps=load_dumps,
+                load_dumps=load_dumps
+                if isinstance(load_dumps, bool | None)
+                else names(load_dumps, "load_dumps"),
                 dump_options=dump_options,
             )
             run.finish(report)

@@ -10,11 +10,11 @@ restore, the marker cleared and the ``cellvault_failover`` hooks called.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
-from ..archive import Selector, Sidecar
+from ..archive import Kind, Selector, Sidecar
 from ..errors import DrError
 from ..log import get_logger
 from ..report import BackupReport
@@ -76,7 +76,7 @@ def hand_back(ctx: SiteContext, marker: FailoverMarker, final_backup: str | None
     step = _Step(ctx, "handback")
     backup: BackupReport | None = None
     if final_backup:
-        backup = ctx.vault.backup(kind=final_backup, reason="failback")
+        backup = ctx.vault.backup(kind=cast(Kind, final_backup), reason="failback")
         if not backup.ok:
             return step.report(
                 ok=False, backup=backup, error="the final backup failed; nothing was handed back"
