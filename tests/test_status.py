@@ -122,3 +122,39 @@ def test_cli_status_of_an_old_backup(tmp_path: Path) -> None:
     result = _cli(tmp_path, "status")
     assert result.exit_code == 1
     assert "PROBLEM" in result.stdout
+
+
+def test_a_check_of_an_older_archive_is_shown_as_such(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    vault = _vault(tmp_path, [now - dt.timedelta(hours=2), now - dt.timedelta(hours=1)])
+    assert vault.backup(["crm"], targets=["local"]).ok
+    first = vault.list(["crm"])[0].id
+    assert vault.verify(["crm"], targets=["local"], level="full").ok
+    assert vault.backup(["crm"], targets=["local"]).ok
+    newest = vault.list(["crm"])[-1].id
+    assert newest != first
+    (local,) = vault.status(["crm"], targets=["local"]).cells[0].targets
+    checks = {c.level: c for c in local.checks}
+    # The read check after the second backup was of the newest; the full one of the first.
+    assert checks["read"].archive == newest and checks["read"].label(local.newest) == "read:ok"
+    assert checks["full"].archive == first
+    assert checks["full"].label(local.newest) == f"full:ok({first})"
+    text = _cli(tmp_path, "status", "--cell", "crm", "--target", "local")
+    line = next(x for x in text.stdout.splitlines() if x.startswith("crm"))
+    assert newest in line and f"full:ok({first})" in line and "read:ok " in line
+    data = json.loads(_cli(tmp_path, "status", "--json", "--cell", "crm").stdout)
+    full = next(c for c in data["cells"][0]["targets"][0]["checks"] if c["level"] == "full")
+    assert full["archive"] == first
+
+
+def test_only_folders_holding_archives_are_cells(tmp_path: Path) -> None:
+    vault = _vault(tmp_path, [T0])
+    assert vault.backup(["crm"], targets=["local"]).ok
+    backup = tmp_path / "backup"
+    (backup / "lost+found").mkdir()
+    (backup / "scratch").mkdir()  # a folder nothing was committed to
+    (backup / "old" / "notes.json").parent.mkdir()
+    (backup / "old" / "notes.json").write_text("{}")
+    assert (backup / "logs").is_dir()  # the run logs of the backup above
+    assert vault.target("local").cells() == ["crm"]
+    assert {a.cell for a in vault.list()} == {"crm"}

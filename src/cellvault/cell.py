@@ -14,9 +14,18 @@ from .errors import ConfigError
 from .layout import RESERVED_NAMES
 from .specs import check_cell_dumpers, to_dumpers
 
-__all__ = ["Cell", "excluder", "is_excluded", "validate_cell_name"]
+__all__ = ["Cell", "excluder", "is_cell_name", "is_excluded", "validate_cell_name"]
 
 CELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def is_cell_name(name: str) -> bool:
+    """Whether *name* is a valid, unreserved cell name (see :func:`validate_cell_name`)."""
+    try:
+        validate_cell_name(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def validate_cell_name(name: str) -> str:

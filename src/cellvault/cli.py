@@ -420,7 +420,7 @@ def status(
         click.echo(f"{'CELL':<16} {'TARGET':<10} {'NEWEST':<36} {'AGE':>6}  {'VERIFY':<24} STATE")
         for c in report.cells:
             for t in c.targets:
-                checks = " ".join(f"{x.level}:{'ok' if x.ok else 'FAIL'}" for x in t.checks)
+                checks = " ".join(x.label(t.newest) for x in t.checks)
                 click.echo(
                     f"{c.cell:<16} {t.target:<10} {t.newest or '-':<36} {_age(t.age):>6}  "
                     f"{checks or '-':<24} {'ok' if t.ok else 'PROBLEM'}"

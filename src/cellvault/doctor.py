@@ -550,6 +550,7 @@ def _check_backups(vault: Vault, targets: list[Target], max_age: float | None) -
             continue
         verified = [
             f"{t.target} {c.level}"
+            + (f" of older {c.archive}" if c.archive and c.archive != t.newest else "")
             for t in cell.targets
             for c in t.checks
             if c.ok and c.level in ("quick", "read", "full")

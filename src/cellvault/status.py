@@ -42,6 +42,17 @@ class CheckResult(Report):
     #: Drills: the measured restore time, in seconds.
     rto: float | None = None
 
+    def label(self, newest: str | None) -> str:
+        """``full:ok`` when this check was of *newest*, else ``full:ok(<archive>)``.
+
+        A claim is tied to the archive it checked: a pass of an older archive
+        never reads as a pass of the newest one.
+        """
+        text = f"{self.level}:{'ok' if self.ok else 'FAIL'}"
+        if self.archive and self.archive != newest:
+            return f"{text}({self.archive})"
+        return text
+
 
 @attrs.frozen
 class TargetStatus(Report):

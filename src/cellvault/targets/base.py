@@ -32,6 +32,7 @@ import tenacity
 import zstandard
 
 from ..archive import ArchiveId, Sidecar
+from ..cell import is_cell_name
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetError
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
@@ -268,13 +269,18 @@ class Target(abc.ABC):
             self.retrying(self.put_bytes, self.sidecar_key(ident), sidecar.to_json())
 
     def cells(self) -> builtins.list[str]:
-        """The cells that have a folder on this target."""
+        """The cells whose folder on this target holds at least one committed archive.
+
+        Other folders (the seed's ``logs/``, a NAS's ``lost+found``, a
+        cell's folder with nothing committed yet) are not cells.
+        """
         with self.guard("list cells"):
-            return sorted(
+            folders = [
                 e.name
                 for e in self.retrying(self.list, "")
-                if e.is_dir and not e.name.startswith(".")
-            )
+                if e.is_dir and not e.name.startswith(".") and is_cell_name(e.name)
+            ]
+        return sorted(name for name in folders if self.archive_ids(name))
 
     def archive_ids(self, cell: str) -> builtins.list[ArchiveId]:
         """The ids of the committed archives of *cell*, oldest first, from a listing alone."""
