@@ -122,8 +122,8 @@ class EventHub:
 
 
 def event_dict(event: Event) -> dict[str, Any]:
-    """An event as JSON-ready data."""
-    return {
+    """An event as JSON-ready data; a ``progress`` event gains the ``percent`` a page shows."""
+    data = {
         "event": event.name,
         "run": event.run,
         "cell": event.cell,
@@ -131,6 +131,10 @@ def event_dict(event: Event) -> dict[str, Any]:
         "archive": event.archive,
         **{k: v for k, v in event.data.items() if k not in ("event", "run")},
     }
+    if event.name == "progress" and event.data.get("fraction") is not None:
+        # Cells, bytes and files done of their totals (known from the start).
+        data["percent"] = round(100 * event.data["fraction"], 1)
+    return data
 
 
 class BackupService:

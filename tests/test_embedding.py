@@ -254,6 +254,8 @@ def test_the_example_streams_a_backup_and_reads_status(example: ModuleType, tmp_
     assert names[0] == "backup.started" and names[-2:] == ["backup.finished", "result"]
     assert {"cell.packing", "cell.progress", "archive.stored", "archive.verified"} <= set(names)
     assert {i["target"] for i in items if i["event"] == "archive.stored"} == {"local", "nas"}
+    percents = [i["percent"] for i in items if i["event"] == "progress"]
+    assert percents and percents[-1] == 100.0 and percents == sorted(percents)
     result = items[-1]
     assert result["ok"] is True
     assert [c["cell"] for c in result["report"]["cells"]] == ["crm"]

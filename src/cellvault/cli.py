@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +21,10 @@ import click
 from . import __version__
 from .archive import Kind
 from .config import Config, load_env, load_toml, read_env_file, unknown_env, with_restore_env
+from .display import Display, PlainProgress
 from .errors import CellvaultError, ConfigError
-from .events import Event
 from .log import configure_logging, get_logger, redact_text
+from .progress import human_size
 from .vault import Level, Vault, iter_failures
 
 __all__ = ["main"]
@@ -47,7 +47,9 @@ class State:
         self.env_file = env_file
         self.as_json = as_json
         self.debug = debug
-        self.progress = _Progress() if (sys.stderr.isatty() and not as_json) else None
+        self.progress: Display | PlainProgress | None = None
+        if not as_json:
+            self.progress = Display(handler=_handler) if sys.stderr.isatty() else PlainProgress(0)
 
     def use_json(self) -> None:
         """``--json`` was given after the subcommand: JSON on stdout, no progress line."""
@@ -73,49 +75,13 @@ class State:
         return config
 
     def vault(self, config: Config | None = None) -> Vault:
-        return Vault(config or self.load(), on_event=self.progress.event if self.progress else None)
+        config = config or self.load()
+        if isinstance(self.progress, PlainProgress):
+            self.progress.interval = config.progress_interval
+        return Vault(config, on_event=self.progress.event if self.progress else None)
 
 
-class _Progress:
-    """One updating status line on a terminal, fed by the vault's events."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.width = 0
-
-    def event(self, event: Event) -> None:
-        if event.name == "cell.progress":
-            done = int(event.data.get("bytes", 0))
-            text = f"{event.cell}: packing {_size(done)} ({event.data.get('files', 0)} files)"
-        elif event.name == "archive.stored":
-            text = f"{event.cell}: stored on {event.target}"
-        elif event.name == "restore.fetched":
-            text = f"{event.cell}: read {event.archive} from {event.target}"
-        elif event.name == "sync.progress":
-            done, total = int(event.data.get("bytes", 0)), int(event.data.get("total", 0))
-            text = f"{event.archive}: copying to {event.target}, {_size(done)} of {_size(total)}"
-        else:
-            return
-        with self.lock:
-            pad = max(0, self.width - len(text))
-            sys.stderr.write("\r" + text + " " * pad)
-            sys.stderr.flush()
-            self.width = len(text)
-
-    def clear(self) -> None:
-        with self.lock:
-            if self.width:
-                sys.stderr.write("\r" + " " * self.width + "\r")
-                sys.stderr.flush()
-                self.width = 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+_size = human_size
 
 
 def _emit_json(data: Any) -> None:

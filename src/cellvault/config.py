@@ -70,6 +70,7 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_METRICS_FILE",
     "BACKUP_MAX_AGE_HOURS",
     "BACKUP_LOG_KEEP_DAYS",
+    "BACKUP_PROGRESS_INTERVAL",
     "RESTORE_DATE",
     "RESTORE_CELL",
     "RESTORE_SKIP_PREBACKUP",
@@ -122,6 +123,11 @@ def _after_backup_level(_: object, attribute: attrs.Attribute[str], value: str) 
 def _more_than_zero(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{attribute.name} must be more than 0, not {value}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{attribute.name} must be 0 or more seconds, not {value}")
 
 
 def _abspath(value: str | os.PathLike[str]) -> Path:
@@ -198,6 +204,8 @@ class Config:
     max_age: float = attrs.field(default=26.0, validator=_more_than_zero)
     #: Days run logs are kept (the newest ten of each kind are always kept).
     log_keep_days: float = attrs.field(default=14.0, validator=_more_than_zero)
+    #: Seconds between the progress lines a run writes to its log (0: none).
+    progress_interval: float = attrs.field(default=60.0, validator=_not_negative)
     #: Folder of hook scripts (``before_backup_<cell>.sh``, ``after_backup_<cell>.sh``,
     #: and, unless *restore_hooks_dir* is set, the restore ones); see ``docs/dumpers.md``.
     hooks_dir: Path | None = attrs.field(
@@ -393,6 +401,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         metrics_file=env.get("BACKUP_METRICS_FILE", "").strip() or None,
         max_age=_float(env, "BACKUP_MAX_AGE_HOURS", 26.0),
         log_keep_days=_float(env, "BACKUP_LOG_KEEP_DAYS", 14.0),
+        progress_interval=_float(env, "BACKUP_PROGRESS_INTERVAL", 60.0),
         retention=_env_retention(env),
         hooks_dir=env.get("BACKUP_HOOKS_DIR", "").strip() or None,
         restore_hooks_dir=env.get("RESTORE_HOOKS_DIR", "").strip() or None,
@@ -575,6 +584,7 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "metrics_file": (str,),
     "max_age": (int, float),
     "log_keep_days": (int, float),
+    "progress_interval": (int, float),
     "hooks_dir": (str,),
     "restore_hooks_dir": (str,),
     "hook_timeout": (int, float),

@@ -279,6 +279,9 @@ class Packer:
     parent: Manifest | None = None
     parent_meta: ArchiveMeta | None = None
     checksum: bool = False
+    #: Called (at most every 0.25 s) with the bytes and regular files done so
+    #: far: read and stored, or found unchanged since the parent (their size
+    #: counts as done), plus the dumps' bytes.
     on_progress: Callable[[int, int], None] | None = None
     #: Dumpers whose output goes under ``dumps/`` after the files, always fresh.
     dumpers: Sequence[Dumper] = ()
@@ -292,6 +295,8 @@ class Packer:
     _bytes_stored: int = attrs.field(init=False, default=0)
     _bytes_total: int = attrs.field(init=False, default=0)
     _done: int = attrs.field(init=False, default=0)
+    #: Regular files done: stored, or found unchanged since the parent.
+    _seen: int = attrs.field(init=False, default=0)
     _last_report: float = attrs.field(init=False, default=0.0)
     #: This archive's id, one string shared by the entries of the files it stores.
     _archive: str = attrs.field(init=False, default="")
@@ -439,6 +444,8 @@ class Packer:
                 kind = item[0]
                 if kind == _SAME:
                     self._manifest.add(item[4])
+                    self._seen += 1
+                    self._progress(item[3].st_size)
                 elif kind == _FILE:
                     assert future is not None
                     self._add_file(tar, item, future)
@@ -612,6 +619,7 @@ class Packer:
                 f"{path} shrank while it was read; stored padded with zeros, back it up again"
             )
         self._files_stored += 1
+        self._seen += 1
         self._bytes_stored += size
         self._manifest.add(
             Entry(
@@ -720,7 +728,7 @@ class Packer:
         now = time.monotonic()
         if now - self._last_report >= 0.25:
             self._last_report = now
-            self.on_progress(self._done, self._files_stored)
+            self.on_progress(self._done, self._seen)
 
 
 def _special_kind(mode: int) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
@@ -27,6 +28,7 @@ from .events import Event
 from .layout import BackupDirLayout
 from .log import get_logger, redact_text
 from .plugins import call_each
+from .progress import Meter
 from .report import Failure
 from .runlog import RunLog, prune_logs
 
@@ -77,6 +79,11 @@ class Run:
     #: The run's log file, while it is open.
     runlog: RunLog | None = None
     started: float = attrs.field(factory=time.monotonic)
+    #: How far the run has come (see :meth:`expect` and :meth:`advance`).
+    meter: Meter | None = None
+    _progress_emitted: float = attrs.field(init=False, default=0.0)
+    _progress_logged: float = attrs.field(init=False, default=0.0)
+    _progress_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     @property
     def layout(self) -> BackupDirLayout:
@@ -99,6 +106,66 @@ class Run:
             self.on_event(event)
         except Exception as exc:  # noqa: BLE001 - a caller's callback must not break a run
             log.warning("event.callback_failed", event_name=name, error=error_text(exc))
+
+    def expect(
+        self,
+        *,
+        cells: int = 0,
+        bytes: int = 0,
+        files: int = 0,
+        cell: str | None = None,
+        unit: str = "cells",
+    ) -> Meter:
+        """Add to the totals of this run's :class:`~cellvault.progress.Meter` (made on first use).
+
+        *unit* names what the meter counts as one "cell" (see :attr:`Meter.unit`);
+        it is fixed by the first call.
+        """
+        if self.meter is None:
+            self.meter = Meter(self.operation, unit=unit)
+            self._progress_logged = self.meter.started
+        self.meter.expect(cells=cells, bytes=bytes, files=files, cell=cell)
+        return self.meter
+
+    def advance(
+        self,
+        cell: str,
+        *,
+        bytes: int | None = None,
+        files: int | None = None,
+        add: bool = False,
+        finished: bool = False,
+    ) -> None:
+        """Count *cell*'s progress: running totals (or increments, with *add*).
+
+        Emits a ``progress`` event (a :meth:`Meter.snapshot`: done and total
+        cells, bytes and files, fraction, rate, ETA) at most every 0.2 s and
+        whenever a cell finishes, and logs ``run.progress`` with a line for
+        people every ``progress_interval`` seconds.
+        """
+        meter = self.meter or self.expect()
+        if add:
+            meter.add(cell, bytes=bytes or 0, files=files or 0)
+        else:
+            meter.update(cell, bytes=bytes, files=files)
+        if finished:
+            meter.finish(cell)
+        now = time.monotonic()
+        interval = self.config.progress_interval
+        with self._progress_lock:
+            emit = finished or now - self._progress_emitted >= 0.2
+            write = bool(interval) and now - self._progress_logged >= interval
+            if emit:
+                self._progress_emitted = now
+            if write:
+                self._progress_logged = now
+        if not (emit or write):
+            return
+        snapshot = meter.snapshot()
+        if write:
+            log.info("run.progress", run=self.id, line=meter.line(snapshot), **snapshot)
+        if emit:
+            self.emit("progress", cell=cell, line=meter.line(snapshot), **snapshot)
 
     def failure(self, stage: str, error: str, **where: Unpack[Where]) -> Failure:
         """A :class:`Failure` of this run (its id, host and operation filled in).

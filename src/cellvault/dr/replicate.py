@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from ..archive import Sidecar
 from ..errors import CellvaultError, ConfigError, DrError, TargetError
 from ..log import get_logger
 from ..report import iso
@@ -78,19 +79,30 @@ def _copy_one(
             bytes=n,
             seconds=secs,
         ),
-        progress=lambda s, n: run.emit(
-            "sync.progress",
-            cell=s.id.cell,
-            archive=str(s.id),
-            target=dst.name,
-            bytes=n,
-            total=s.size,
-        ),
+        progress=lambda s, n: _progress(run, s, dst.name, n),
     )
     if not result.ok:
         # The alert hooks hear of a failed copy as of a failed upload.
         run.fail(mode, result.error or "failed", cell=result.cell, target=result.target)
     return result
+
+
+def _progress(run: Run, sidecar: Sidecar, target: str, done: int) -> None:
+    """A copy's progress: its ``sync.progress`` event, and the run's meter (one unit an archive)."""
+    ident = str(sidecar.id)
+    run.emit(
+        "sync.progress",
+        cell=sidecar.id.cell,
+        archive=ident,
+        target=target,
+        bytes=done,
+        total=sidecar.size,
+    )
+    key = f"{ident}@{target}"
+    meter = run.meter or run.expect(unit="archives")
+    if key not in meter.expected:
+        run.expect(cells=1, bytes=sidecar.size, files=sidecar.files, cell=key)
+    run.advance(key, bytes=done, finished=done >= sidecar.size)
 
 
 def copy_pairs(

@@ -33,6 +33,7 @@ from ..plugins import call_each
 from ..report import BackupReport, CellReport, TargetOutcome
 from ..run import Run, error_text
 from ..runlog import carry
+from ..scan import tree_totals
 from ..state import StateFile, slot
 from ..targets.base import Target
 from .listing import configured_cells
@@ -72,6 +73,11 @@ def backup(
         when = next_stamp(res, chosen, tgts)
     stamp = when.strftime("%Y%m%d_%H%M%S")
     names = [c.name for c in chosen]
+    for cell in chosen:
+        # The progress totals: what a full backup would read (an incremental
+        # counts the files it finds unchanged as done).
+        totals = tree_totals(cell)
+        run.expect(cells=1, bytes=totals.bytes, files=totals.files, cell=cell.name)
     log.info("backup.started", run=run.id, stamp=stamp, kind=kind, cells=names)
     run.emit("backup.started", stamp=stamp, kind=kind, cells=names)
 
@@ -156,6 +162,7 @@ class CellBackup:
                         path.unlink()
         self.run.notify("cellvault_after_backup", report=report)
         self.run.emit("cell.finished", cell=self.cell.name, archive=report.archive, ok=report.ok)
+        self.run.advance(self.cell.name, finished=True)
         return report
 
     @property
@@ -247,9 +254,7 @@ class CellBackup:
             parent=parent,
             parent_meta=parent_meta,
             checksum=self.run.config.checksum,
-            on_progress=lambda done, files: self.run.emit(
-                "cell.progress", cell=cell, archive=archive, bytes=done, files=files
-            ),
+            on_progress=lambda done, files: self._progress(archive, done, files),
             dumpers=self.res.dumpers.get(cell, ()),
         )
         self.packed = result = packer.pack()
@@ -263,6 +268,11 @@ class CellBackup:
         )
         self.run.emit("archive.packed", cell=cell, archive=archive, size=result.size)
         return result
+
+    def _progress(self, archive: str, done: int, files: int) -> None:
+        cell = self.cell.name
+        self.run.emit("cell.progress", cell=cell, archive=archive, bytes=done, files=files)
+        self.run.advance(cell, bytes=done, files=files)
 
     def _sidecar(self, result: PackResult) -> Sidecar:
         return Sidecar(

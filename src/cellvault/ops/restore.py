@@ -13,14 +13,13 @@ before the swap fails, the live data is left as it was.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import attrs
 
@@ -30,6 +29,7 @@ from ..dumpers.members import DUMPS_ROOT
 from ..errors import CellvaultError, ConfigError, RestoreError
 from ..extract import ArchiveStream, StagedTree
 from ..log import get_logger
+from ..progress import CountingReader
 from ..report import CellRestore, RestoreReport
 from ..run import Run, error_text, open_run
 from ..runlog import carry
@@ -83,6 +83,14 @@ def restore(
     check_dump_choices(res, plans, load_dumps, dump_options)
     log.info("restore.planned", run=run.id, archives=[str(p.sidecar.id) for p in plans])
     run.emit("restore.planned", archives=[str(p.sidecar.id) for p in plans])
+    for p in plans:
+        # The progress totals: the bytes of every archive read, files of the newest.
+        run.expect(
+            cells=1,
+            bytes=sum(s.size for s in (*p.chain, p.sidecar)),
+            files=p.sidecar.files,
+            cell=p.cell.name,
+        )
     safety: dict[str, str] = {}
     if into_path is None and not skip_prebackup:
         safety = safety_backup(run, res, plans)
@@ -205,9 +213,14 @@ class _Restore:
         return self._abort(staged)
 
     def _stage_all(self) -> list[tuple[RestorePlan, Swap]]:
-        stage_one = functools.partial(
-            stage, self.run, allow_external_links=self.allow_external_links, into=self.into
-        )
+        def stage_one(plan: RestorePlan) -> Swap | CellRestore:
+            try:
+                return stage(
+                    self.run, plan, allow_external_links=self.allow_external_links, into=self.into
+                )
+            finally:
+                self.run.advance(plan.cell.name, finished=True)
+
         with ThreadPoolExecutor(
             max_workers=self.run.config.jobs, thread_name_prefix="restore"
         ) as pool:
@@ -300,7 +313,8 @@ def stage(
         tree.prepare()
         for sidecar in [*plan.chain, plan.sidecar]:
             with plan.target.open_archive(sidecar) as raw:
-                tree.take(ArchiveStream(raw, sidecar, plan.target.name))
+                counted = CountingReader(raw, lambda n: run.advance(name, bytes=n, add=True))
+                tree.take(ArchiveStream(cast(IO[bytes], counted), sidecar, plan.target.name))
             run.emit("restore.fetched", cell=name, archive=str(sidecar.id), target=plan.target.name)
         step = "check"
         tree.finish()
@@ -329,6 +343,13 @@ def prepare(
     dumps = swap.placed.get(DUMPS_STAGE, swap.staging / DUMPS_STAGE)
     scratch = swap.staging / ".cellvault-load"
     step = "load"
+    if dumpers:
+        run.emit(
+            "restore.loading",
+            cell=name,
+            archive=str(plan.sidecar.id),
+            dumpers=[d.name for d in dumpers],
+        )
     try:
         loaded = load_staged_dumps(
             cell=plan.cell,

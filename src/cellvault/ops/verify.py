@@ -85,13 +85,15 @@ def verify(
         targets=[t.name for t in tgts],
     )
     results: list[tuple[str, VerifyResult]] = []
+    run.expect(cells=len(names) * len(tgts), unit="checks")
     for target in tgts:
         for cell in names:
             if level == "drill":
                 results.append((cell, drill(run, target, cell, selector)))
-                continue
-            found = verify_cell(run, target, cell, selector, level, all_archives=all_archives)
-            results.extend((cell, r) for r in found)
+            else:
+                found = verify_cell(run, target, cell, selector, level, all_archives=all_archives)
+                results.extend((cell, r) for r in found)
+            run.advance(f"{cell}@{target.name}", finished=True)
     record_verify(res.state, results)
     report = VerifyReport(
         results=tuple(r for _, r in results),
@@ -130,7 +132,15 @@ def verify_cell(
     chosen = [s for s in sidecars if selector.matches(s.id)]
     if not all_archives:
         chosen = chosen[-1:]
-    return [verify_result(run, target, s, level, committed) for s in chosen]
+    key = f"{cell}@{target.name}"
+    if level != "quick":  # quick reads no data: its progress is in checks alone
+        run.expect(bytes=sum(s.size for s in chosen), files=len(chosen), cell=key)
+    out = []
+    for sidecar in chosen:
+        out.append(verify_result(run, target, sidecar, level, committed))
+        if level != "quick":
+            run.advance(key, bytes=sidecar.size, files=1, add=True)
+    return out
 
 
 def verify_result(

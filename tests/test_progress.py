@@ -1,0 +1,186 @@
+"""Progress: totals known up front, counts that reach them, a bar on a terminal, a line under cron."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from cellvault import Event
+from cellvault.cli import cli
+from cellvault.display import Display, PlainProgress
+from cellvault.progress import Meter
+from tests.helpers import SAMPLE, make_vault, write_tree
+
+SAMPLE_BYTES = sum(len(v.encode() if isinstance(v, str) else v) for v in SAMPLE.values())
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the meter -----------------------------------------------------------------------
+
+
+def test_a_meter_gives_fraction_rate_and_time_left() -> None:
+    clock = FakeClock()
+    meter = Meter("backup", clock=clock)
+    meter.expect(cells=1, bytes=1000, files=10, cell="crm")
+    meter.expect(cells=1, bytes=3000, files=30, cell="billing")
+    clock.now += 10
+    meter.update("crm", bytes=1000, files=10)
+    meter.finish("crm")
+    meter.update("billing", bytes=1000, files=5)
+    snap = meter.snapshot()
+    assert (snap["cells_done"], snap["cells_total"]) == (1, 2)
+    assert (snap["bytes_done"], snap["bytes_total"]) == (2000, 4000)
+    assert (snap["files_done"], snap["files_total"]) == (15, 40)
+    assert snap["fraction"] == 0.5
+    assert snap["rate"] == 200.0  # bytes per second since the start
+    assert snap["eta"] == 10.0
+    assert meter.line(snap) == (
+        "backup: 1 of 2 cells, 2.0 KiB of 3.9 KiB (50%), 15 of 40 files, 200 B/s, 10 s left"
+    )
+
+
+def test_a_finished_cell_counts_whole_and_growth_never_passes_one() -> None:
+    meter = Meter("backup")
+    meter.expect(cells=1, bytes=1000, files=4, cell="crm")
+    meter.update("crm", bytes=600, files=3)  # a file excluded or gone since the pre-scan
+    meter.finish("crm")
+    assert meter.snapshot()["fraction"] == 1.0
+    grown = Meter("backup")
+    grown.expect(cells=1, bytes=100, cell="crm")
+    grown.update("crm", bytes=250)  # a file grew since the pre-scan
+    snap = grown.snapshot()
+    assert snap["bytes_total"] == 250 and snap["fraction"] == 1.0
+
+
+def test_without_a_byte_total_the_fraction_counts_cells() -> None:
+    meter = Meter("verify", unit="checks")
+    meter.expect(cells=4)
+    meter.finish("crm@local")
+    snap = meter.snapshot()
+    assert snap["fraction"] == 0.25 and snap["eta"] is None
+    assert meter.line(snap).startswith("verify: 1 of 4 checks")
+
+
+# -- events with totals, from real runs ---------------------------------------------------
+
+
+def _progress(events: list[Event]) -> list[dict[str, Any]]:
+    return [dict(e.data) for e in events if e.name == "progress"]
+
+
+def test_backup_restore_and_verify_progress_carry_totals_and_reach_them(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    billing = write_tree(tmp_path / "cells" / "billing", {**SAMPLE, "more.bin": b"x" * 50_000})
+    events: list[Event] = []
+    vault = make_vault(
+        tmp_path / "backup", {"crm": [crm], "billing": [billing]}, on_event=events.append
+    )
+    assert vault.backup(kind="full").ok
+    backup = _progress(events)
+    assert backup, "a backup emits progress events"
+    # The totals are known from the first event on (the pre-scan), not discovered on the way.
+    first, last = backup[0], backup[-1]
+    assert first["operation"] == "backup" and first["cells_total"] == 2
+    assert first["bytes_total"] >= 2 * SAMPLE_BYTES + 50_000
+    assert first["files_total"] == 2 * len(SAMPLE) + 1
+    assert (last["cells_done"], last["fraction"]) == (2, 1.0)
+    assert last["files_done"] == last["files_total"]
+    assert all(0 <= p["fraction"] <= 1 for p in backup)
+    assert all(b["bytes_done"] >= a["bytes_done"] for a, b in zip(backup, backup[1:], strict=False))
+    assert last["line"].startswith("backup: 2 of 2 cells")
+
+    events.clear()
+    assert vault.restore("latest", cells=["crm"], into=tmp_path / "out").ok
+    restore = _progress(events)
+    archive = vault.list("crm")[-1]
+    assert restore[0]["operation"] == "restore"
+    assert (restore[-1]["cells_done"], restore[-1]["cells_total"]) == (1, 1)
+    assert restore[-1]["bytes_total"] == archive.size == restore[-1]["bytes_done"]
+
+    events.clear()
+    assert vault.verify(level="full").ok
+    verify = _progress(events)
+    assert verify[-1]["unit"] == "checks"
+    assert (verify[-1]["cells_done"], verify[-1]["cells_total"]) == (2, 2)
+    assert verify[-1]["fraction"] == 1.0
+
+
+def test_an_incremental_counts_unchanged_files_as_done(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    events: list[Event] = []
+    vault = make_vault(tmp_path / "backup", {"crm": [crm]}, on_event=events.append)
+    assert vault.backup(kind="full").ok
+    events.clear()
+    assert vault.backup(kind="incremental").ok
+    last = _progress(events)[-1]
+    assert last["fraction"] == 1.0 and last["files_done"] == len(SAMPLE)
+
+
+def test_the_run_log_gets_a_progress_line_every_interval(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    vault = make_vault(tmp_path / "backup", {"crm": [crm]}, progress_interval=1e-9)
+    assert vault.backup().ok
+    (log,) = (tmp_path / "backup" / "logs").glob("backup_*.log")
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    progress = [e for e in lines if e["event"] == "run.progress"]
+    assert progress and progress[-1]["line"].startswith("backup: 1 of 1 cells")
+    assert progress[-1]["bytes_total"] >= SAMPLE_BYTES
+    quiet = make_vault(tmp_path / "backup2", {"crm": [crm]}, progress_interval=0)
+    assert quiet.backup().ok
+    (log,) = (tmp_path / "backup2" / "logs").glob("backup_*.log")
+    assert "run.progress" not in log.read_text()
+
+
+# -- the command line: a line under cron, a bar on a terminal --------------------------------
+
+
+def test_off_a_terminal_the_command_writes_a_plain_line_every_interval(tmp_path: Path) -> None:
+    write_tree(tmp_path / "cells" / "crm", {**SAMPLE, "big.bin": b"y" * 3_000_000})
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(tmp_path / "cells"),
+        "BACKUP_ALERT_LOG": "off",
+        "BACKUP_PROGRESS_INTERVAL": "0.000001",
+    }
+    result = CliRunner().invoke(cli, ["backup"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "progress: backup: " in result.stderr
+    assert "of 1 cells" in result.stderr
+    env["BACKUP_PROGRESS_INTERVAL"] = "0"
+    result = CliRunner().invoke(cli, ["backup"], env=env)
+    assert result.exit_code == 0 and "progress:" not in result.stderr
+
+
+def test_plain_progress_waits_one_interval_before_its_first_line() -> None:
+    out = io.StringIO()
+    plain = PlainProgress(3600, out)
+    for _ in range(3):
+        plain.event(Event("progress", "run1", data={"line": "backup: 0 of 1 cells"}))
+    assert out.getvalue() == ""
+
+
+def test_on_a_terminal_a_bar_with_totals_is_drawn_and_taken_away(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", {**SAMPLE, "big.bin": b"z" * 2_000_000})
+    screen = io.StringIO()
+    display = Display(screen)
+    vault = make_vault(tmp_path / "backup", {"crm": [crm]}, on_event=display.event)
+    assert vault.backup().ok
+    assert display.task is not None  # shown while the run went on
+    display.clear()
+    assert display.task is None
+    drawn = screen.getvalue()
+    assert "backup 1/1 cells" in drawn
+    assert "100%" in drawn
+    assert "MiB" in drawn  # bytes done of the total
