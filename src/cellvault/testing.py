@@ -1,4 +1,4 @@
-"""Contract tests for plugin authors: the tests every cellvault target passes.
+"""Contract tests for plugin authors: the tests every cellvault target and dumper passes.
 
 A package that adds a target type subclasses :class:`TargetContract` in its
 own test suite and gives it a ``target`` fixture (a fresh, empty target of
@@ -21,15 +21,24 @@ This module is also a pytest plugin (the ``pytest11`` entry point
 ``pytest_plugins = ["cellvault.testing"]``): it adds the ``target_contract``
 marker to every contract test, so ``pytest -m target_contract`` runs them
 alone. It needs pytest, which cellvault itself does not depend on.
+
+A package that adds a dumper type subclasses :class:`DumperContract` the same
+way: a ``spec`` fixture (the options of a dumper of its type, against a real
+source of its own), ``write_state`` and ``read_state`` (put a known state in
+the source, read back which one it holds) and, optionally, a
+``broken_spec`` fixture (the same type pointed at a source that is not
+there). The built-in dumpers (sqlite, command, PostgreSQL, MariaDB, Redis)
+run it in cellvault's own suite; ``pytest -m dumper_contract`` runs them alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,16 +46,18 @@ import pytest
 
 from .cell import Cell
 from .config import Config
-from .errors import LockHeld
+from .dumpers.members import DESCRIPTOR, DUMPS_ROOT
+from .errors import ConfigError, LockHeld
 from .hookspecs import hookimpl
 from .lock import Lease
 from .specs import TargetSpec
 from .targets.base import Target
 from .vault import Vault
 
-__all__ = ["TargetContract"]
+__all__ = ["DumperContract", "TargetContract"]
 
 MARKER = "target_contract"
+DUMPER_MARKER = "dumper_contract"
 CELL = "crm"
 #: An archive id no test writes but the debris test.
 DEBRIS_ID = "cell_crm_20250101_020000"
@@ -57,14 +68,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{MARKER}: a test of cellvault.testing's contract for plugin authors"
     )
+    config.addinivalue_line(
+        "markers", f"{DUMPER_MARKER}: a test of cellvault.testing's contract for dumper authors"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test a :class:`TargetContract` subclass inherits."""
+    """Mark every test a :class:`TargetContract` or :class:`DumperContract` subclass inherits."""
     for item in items:
         cls = getattr(item, "cls", None)
         if cls is not None and issubclass(cls, TargetContract):
             item.add_marker(MARKER)
+        if cls is not None and issubclass(cls, DumperContract):
+            item.add_marker(DUMPER_MARKER)
 
 
 class _Provide:
@@ -268,3 +284,144 @@ def _sha256(stream: IO[bytes]) -> str:
     for block in iter(lambda: stream.read(1 << 20), b""):
         digest.update(block)
     return digest.hexdigest()
+
+
+def _members(archive: Path) -> dict[str, bytes]:
+    """Every regular member of a committed ``.tar.zst`` archive, by name (stock zstd + tar)."""
+    import tarfile
+
+    import zstandard
+
+    out: dict[str, bytes] = {}
+    with (
+        open(archive, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        for info in tar:
+            f = tar.extractfile(info)
+            out[info.name] = f.read() if f is not None else b""
+    return out
+
+
+class DumperContract:
+    """The contract every dumper type keeps; subclass it in a test module.
+
+    Define:
+
+    * a ``spec`` fixture: the dumper's table as a cell's configuration gives
+      it (``{"type": ..., "name": ..., <options>}``), against a real source
+      of the test's own (a scratch database, a file under ``tmp_path``);
+    * :meth:`write_state` and :meth:`read_state`: put the state called
+      *marker* into that source, and say which marker it holds now;
+    * optionally a ``broken_spec`` fixture: the same type pointed at a source
+      that does not answer (a closed port, a missing file); without it the
+      failure test is skipped with that reason;
+    * optionally :attr:`secret_option`: the name of an option whose value
+      must never be written (default ``password``, used when *spec* has it).
+
+    The tests back up a cell holding only the dumper through a real
+    :class:`~cellvault.Vault` on a local target, restore it in place and
+    ``--into``, and read the archive with zstandard and tarfile as stock
+    tools would.
+    """
+
+    #: An option of *spec* whose value must reach no file, log or error.
+    secret_option: str = "password"  # noqa: S105 - an option's name, not a password
+
+    @pytest.fixture
+    def spec(self) -> dict[str, Any]:
+        """The dumper's options against a real source: override this fixture."""
+        raise NotImplementedError("a DumperContract subclass must define a 'spec' fixture")
+
+    @pytest.fixture
+    def broken_spec(self) -> dict[str, Any] | None:
+        """The same type pointed at a source that is not there (``None``: not tested)."""
+        return None
+
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        """Put the state called *marker* into the source *spec* dumps."""
+        raise NotImplementedError("a DumperContract subclass must define write_state")
+
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        """The marker of the state the source *spec* dumps holds now."""
+        raise NotImplementedError("a DumperContract subclass must define read_state")
+
+    @staticmethod
+    def _vault(tmp_path: Path, spec: Mapping[str, Any]) -> Vault:
+        cell = tmp_path / "cells" / CELL
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "config.yaml").write_text("service: crm\n")
+        config = Config(
+            backup_dir=tmp_path / "backup",
+            cells=[Cell(CELL, [cell], dumpers=[dict(spec)])],
+            extra={"BACKUP_ALERT_LOG": "off"},
+        )
+        return Vault(config, load_entry_points=False)
+
+    def test_a_restore_in_place_brings_the_dumped_state_back(
+        self, spec: dict[str, Any], tmp_path: Path
+    ) -> None:
+        self.write_state(spec, "before")
+        vault = self._vault(tmp_path, spec)
+        backup = vault.backup(kind="full")
+        assert backup.ok, [(c.stage, c.error) for c in backup.cells]
+        self.write_state(spec, "after")
+        assert self.read_state(spec) == "after"
+        restored = vault.restore("latest", cells=[CELL])
+        assert restored.ok, [(c.stage, c.error) for c in restored.cells]
+        assert self.read_state(spec) == "before"
+
+    def test_the_dump_is_in_the_archive_with_its_descriptor(
+        self, spec: dict[str, Any], tmp_path: Path
+    ) -> None:
+        self.write_state(spec, "archived")
+        vault = self._vault(tmp_path, spec)
+        assert vault.backup(kind="full").ok
+        (data,) = sorted((tmp_path / "backup" / CELL).glob("*.tar.zst"))
+        members = _members(data)
+        prefix = f"{DUMPS_ROOT}/{spec['name']}/"
+        mine = {n.removeprefix(prefix) for n in members if n.startswith(prefix)}
+        assert DESCRIPTOR in mine, f"no {prefix}{DESCRIPTOR} in the archive"
+        assert mine - {DESCRIPTOR}, "the dump wrote no file"
+        descriptor = json.loads(members[prefix + DESCRIPTOR])
+        assert descriptor["type"] == spec["type"]
+        secret = spec.get(self.secret_option)
+        if secret:
+            blob = b"".join(members.values())
+            assert str(secret).encode() not in blob, "a secret option reached the archive"
+
+    def test_a_restore_into_keeps_the_dump_beside_and_loads_nothing(
+        self, spec: dict[str, Any], tmp_path: Path
+    ) -> None:
+        self.write_state(spec, "before")
+        vault = self._vault(tmp_path, spec)
+        assert vault.backup(kind="full").ok
+        self.write_state(spec, "live")
+        restored = vault.restore("latest", cells=[CELL], into=tmp_path / "out")
+        assert restored.ok, [(c.stage, c.error) for c in restored.cells]
+        assert self.read_state(spec) == "live"
+        kept = tmp_path / "out" / f"{CELL}.dumps" / spec["name"]
+        assert (kept / DESCRIPTOR).is_file()
+
+    def test_an_unknown_option_is_a_configuration_error(
+        self, spec: dict[str, Any], tmp_path: Path
+    ) -> None:
+        with pytest.raises(ConfigError, match="no_such_option"):
+            self._vault(tmp_path, {**spec, "no_such_option": "1"})
+
+    def test_a_failing_dump_fails_the_cell_and_commits_nothing(
+        self, broken_spec: dict[str, Any] | None, tmp_path: Path
+    ) -> None:
+        if broken_spec is None:
+            pytest.skip("no broken_spec fixture: the failure of a dump is not tested")
+        vault = self._vault(tmp_path, broken_spec)
+        report = vault.backup(kind="full")
+        assert not report.ok
+        (cell,) = report.cells
+        assert cell.error and broken_spec["name"] in cell.error
+        secret = broken_spec.get(self.secret_option)
+        if secret:
+            assert str(secret) not in cell.error
+        assert vault.list([CELL]) == []
+        assert not list((tmp_path / "backup" / CELL).glob("*.tar.zst"))
