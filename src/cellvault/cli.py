@@ -666,10 +666,13 @@ def _echo_sync(report: Any) -> None:
                 else ""
             )
             extra += f", debris of an interrupted run removed: {len(c.debris)}" if c.debris else ""
+            extra += f", {len(c.ignored)} left out" if c.ignored else ""
             click.echo(
                 f"ok   {c.cell} {c.source} -> {c.target}: {len(c.copied)} copied, "
                 f"{c.present} already there{extra}"
             )
+        for line in c.ignored:
+            click.echo(f"note {c.cell}: not copied: {line}", err=True)
     for warning in report.warnings:
         click.echo(f"warn {warning}", err=True)
     rate = report.bytes / report.duration if report.duration > 0 else 0.0
@@ -756,6 +759,11 @@ def _site_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--verify", is_flag=True, help="Read every copy back completely before committing it."
 )
+@click.option(
+    "--include-safety",
+    is_flag=True,
+    help="Copy pre-restore safety backups too (they stay on the site that took them).",
+)
 @_site_option
 @_json_option
 @pass_state
@@ -766,6 +774,7 @@ def sync(
     targets: tuple[str, ...],
     cells: tuple[str, ...],
     verify: bool,
+    include_safety: bool,
     site_id: str | None,
     as_json: bool,
 ) -> None:
@@ -775,7 +784,10 @@ def sync(
     first: data, manifest, then the sidecar that commits it, after its sha256
     was checked. A cell that another run is copying (its lease is held) is
     skipped with a message: exit 0, so a cron job every 15 minutes stays quiet.
-    Exit 1 if a copy failed (it is resumed by the next run).
+    Exit 1 if a copy failed (it is resumed by the next run). A push from a
+    site that another site has fenced (it holds the current DR epoch) is
+    refused; a pull leaves out what a fenced site wrote after the fence.
+    Pre-restore safety backups are not copied unless --include-safety.
     """
     state.as_json = state.as_json or as_json
     with _errors(state):
@@ -786,7 +798,12 @@ def sync(
                 raise ConfigError(
                     "--to is for a push; a pull copies into this site's backup directory"
                 )
-            report = site.pull(list(cells) or None, source=list(sources) or None, verify=verify)
+            report = site.pull(
+                list(cells) or None,
+                source=list(sources) or None,
+                verify=verify,
+                include_safety=include_safety,
+            )
         else:
             if len(sources) > 1:
                 raise ConfigError("a push copies from one target: give --from once")
@@ -795,6 +812,7 @@ def sync(
                 source=sources[0] if sources else None,
                 to=list(targets) or None,
                 verify=verify,
+                include_safety=include_safety,
             )
     if state.progress:
         state.progress.clear()

@@ -18,6 +18,7 @@ import attrs
 
 from ..archive import Selector, Sidecar
 from ..errors import CellvaultError, ConfigError, TargetError
+from ..fence import Fence
 from ..layout import BackupDirLayout
 from ..log import get_logger
 from ..plugins import call_each
@@ -57,6 +58,11 @@ class SiteContext:
     @property
     def layout(self) -> BackupDirLayout:
         return BackupDirLayout(self.vault.config.backup_dir)
+
+    @property
+    def fence(self) -> Fence:
+        """This site's fencing: its id and the object storage the epochs live on."""
+        return Fence(self.site_id, self.storage)
 
     @property
     def markers(self) -> MarkerStore:

@@ -43,6 +43,9 @@ class CellSync(Report):
     present: int = 0
     #: Missing archives left out because the target's retention would not keep them.
     skipped: tuple[str, ...] = ()
+    #: Missing archives not copied on purpose, each ``<id>: <why>`` (a pre-restore
+    #: safety backup, an archive a fenced site wrote after the fence).
+    ignored: tuple[str, ...] = ()
     #: What interrupted runs had left on the target (and in the spool), removed.
     debris: tuple[str, ...] = ()
     bytes: int = 0
