@@ -691,7 +691,9 @@ def _utc(when: Any) -> str:
 def _echo_hooks_error_steps(report: Any) -> None:
     """The end of a failover or failback report: plugin outcomes, the error, the manual steps."""
     for hook in report.hooks:
-        if hook.ok:
+        if hook.ok and hook.detail:
+            click.echo(f"ok   traffic switch {hook.plugin}: {hook.detail}")
+        elif hook.ok:
             click.echo(f"ok   failover plugin {hook.plugin}")
         else:
             click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)

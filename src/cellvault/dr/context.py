@@ -179,6 +179,28 @@ class SiteContext:
             out.append(HookOutcome(outcome.plugin, False, error))
         return out
 
+    def switch_traffic(self, marker: FailoverMarker) -> list[HookOutcome]:
+        """Call each ``cellvault_switch_traffic`` implementation that is configured; report each."""
+        out = []
+        outcomes = call_each(
+            self.vault.plugins,
+            "cellvault_switch_traffic",
+            site=marker.site_id,
+            previous_site=marker.previous_site,
+            event=marker.event,
+            config=self.vault.config,
+        )
+        for outcome in outcomes:
+            if outcome.exception is None:
+                if outcome.result is not None:
+                    log.info("dr.traffic_switched", plugin=outcome.plugin, done=outcome.result)
+                    out.append(HookOutcome(outcome.plugin, True, detail=str(outcome.result)))
+                continue
+            error = error_text(outcome.exception)
+            log.error("dr.traffic_switch_failed", plugin=outcome.plugin, error=error)
+            out.append(HookOutcome(outcome.plugin, False, error))
+        return out
+
 
 def restored_archives(report: RestoreReport | None) -> dict[str, str]:
     """cell -> the archive *report* restored into it."""

@@ -103,6 +103,7 @@ def hand_back(ctx: SiteContext, marker: FailoverMarker, final_backup: str | None
                 error = f"archive {chosen.id} is not on {target.name} after the push"
                 return step.report(ok=False, backup=backup, push=sync, error=error)
         archives[cell] = str(chosen.id)
+    ctx.fence.check("hand back")  # pushed under this site's epoch; still so before the marker
     handback = Handback(site_id=ctx.site_id, host=ctx.vault.host, at=now, archives=archives)
     handed = attrs.evolve(marker, handback=handback)
     written, errors = ctx.markers.publish(handed)
@@ -208,12 +209,16 @@ def _clear(
     back: FailoverMarker,
     **done: Any,
 ) -> FailbackReport:
-    """Retire the failover's marker and record *back* beside it; call the hooks."""
+    """Take the next epoch (the standby is fenced), retire the failover's marker, call the hooks."""
+    try:
+        epoch = ctx.fence.take("failback", now=back.at, host=back.host)
+    except DrError as exc:
+        return step.report(ok=False, marker=marker, error=f"{exc}; the failover marker stays")
     step.warnings += ctx.markers.retire(marker, everywhere=True)
     # The failback itself goes into the history beside the failover it ended.
     step.warnings += ctx.markers.retire(back, everywhere=True)
     log.info("dr.failback", site=ctx.site_id, restored=dict(back.restored))
-    hooks = ctx.failover_hooks(back)
+    hooks = ctx.failover_hooks(back) + ctx.switch_traffic(back)
     step.warnings += ctx.record("failback")
     error = hooks_error(
         hooks, "failback done and marker cleared", "switch the traffic back by hand"
@@ -225,5 +230,6 @@ def _clear(
         marker_written=tuple(t.name for t in ctx.storage),
         steps=takeover_steps(back, restored=bool(back.restored)),
         error=error,
+        epoch=epoch.number,
         **done,
     )

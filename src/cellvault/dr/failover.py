@@ -103,8 +103,13 @@ def failover(
     skip_prebackup: bool = False,
     force: bool = False,
     pull_first: bool = True,
+    switch: bool = True,
 ) -> FailoverReport:
-    """See :meth:`cellvault.dr.Site.failover`."""
+    """See :meth:`cellvault.dr.Site.failover`.
+
+    With *switch* false the ``cellvault_switch_traffic`` hooks are left to
+    the caller (``dr watch`` records that it is switching first).
+    """
     attempt = _Failover(ctx)
     current = ctx.markers.current()[0] if force else _refuse_if_active(ctx)
     if pull_first and ctx.storage:
@@ -150,11 +155,19 @@ def failover(
         },
         forced=force and (current is not None or bool(problems) or not verify.ok),
     )
-    return _switch(ctx, attempt, marker)
+    return _switch(ctx, attempt, marker, switch=switch)
 
 
-def _switch(ctx: SiteContext, attempt: _Failover, marker: FailoverMarker) -> FailoverReport:
-    """Write *marker* everywhere, call the hooks, record this site: the failover proper."""
+def _switch(
+    ctx: SiteContext, attempt: _Failover, marker: FailoverMarker, *, switch: bool = True
+) -> FailoverReport:
+    """Take the epoch, write *marker* everywhere, call the hooks, record this site."""
+    try:
+        epoch = ctx.fence.take("failover", now=marker.at, host=marker.host)
+    except DrError as exc:
+        # Another standby won the race for the epoch: it is the active site.
+        return attempt.stop(f"{exc} (no failover marker was written by this site)")
+    log.info("dr.fenced", site=ctx.site_id, epoch=epoch.number)
     written, errors = ctx.markers.publish(marker)
     attempt.warnings += errors
     if not written:
@@ -162,7 +175,7 @@ def _switch(ctx: SiteContext, attempt: _Failover, marker: FailoverMarker) -> Fai
             "the failover marker could not be written anywhere: " + "; ".join(errors)
         )
     log.info("dr.failover", site=ctx.site_id, restored=dict(marker.restored), written=written)
-    hooks = ctx.failover_hooks(marker)
+    hooks = ctx.failover_hooks(marker) + (ctx.switch_traffic(marker) if switch else [])
     attempt.warnings += ctx.record("failover")
     error = hooks_error(hooks, "failover done and marker written", "switch the traffic by hand")
     return attempt.report(
@@ -172,4 +185,5 @@ def _switch(ctx: SiteContext, attempt: _Failover, marker: FailoverMarker) -> Fai
         hooks=tuple(hooks),
         steps=failover_steps(marker, restored=bool(marker.restored)),
         error=error,
+        epoch=epoch.number,
     )

@@ -114,11 +114,13 @@ class PrepareReport(Report):
 
 @attrs.frozen
 class HookOutcome(Report):
-    """One ``cellvault_failover`` hook implementation's result."""
+    """One ``cellvault_failover`` or ``cellvault_switch_traffic`` implementation's result."""
 
     plugin: str
     ok: bool
     error: str | None = None
+    #: What a traffic switch says it switched.
+    detail: str | None = None
 
 
 @attrs.frozen
@@ -139,6 +141,8 @@ class SwitchReport(Report):
     steps: tuple[str, ...] = ()
     error: str | None = None
     duration: float = 0.0
+    #: The DR epoch this site took (:mod:`cellvault.fence`), once it took one.
+    epoch: int | None = None
 
 
 @attrs.frozen

@@ -66,6 +66,9 @@ class Site:
             local=local,
             storage=others,
         )
+        # The vault's own writers (a backup to the shared targets, a prune)
+        # prove this site's epoch, under this site's id.
+        vault.fence = self.context.fence
 
     def __repr__(self) -> str:
         return f"<Site {self.site_id} local={self.local.name} storage={[t.name for t in self.storage]}>"
