@@ -168,7 +168,13 @@ def read_epoch(storage: Sequence[Target]) -> tuple[Epoch | None, str | None, lis
 
 
 def claim_epoch(
-    storage: Sequence[Target], site: str, *, reason: str, now: dt.datetime, host: str = ""
+    storage: Sequence[Target],
+    site: str,
+    *,
+    reason: str,
+    now: dt.datetime,
+    host: str = "",
+    over: int | None = None,
 ) -> Epoch:
     """Claim the next epoch for *site* on the arbiter (the first shared target); return it.
 
@@ -177,6 +183,9 @@ def claim_epoch(
     naming it; the arbiter unreachable is one too (a claim must not be made
     where the other site might not see it). The record is then copied to the
     other shared targets (best effort, for readers while the arbiter is down).
+    With *over* (the epoch number the claimant saw when it decided, ``0`` for
+    none), the claim is of epoch *over* + 1 exactly: a site that decided on
+    an outdated view loses, whoever claimed in the meantime.
     """
     if not storage:
         raise ConfigError("claiming an epoch needs a shared (object-storage) target")
@@ -188,8 +197,15 @@ def claim_epoch(
             f"cannot read the epochs on the arbiter {arbiter.name}: {exc}",
             hint="the first shared target decides which site is active; it must be reachable",
         ) from None
+    seen = current.number if current else 0
+    if over is not None and seen != over and current is not None:
+        raise DrError(
+            f"site {current.site} took epoch {current.number} ({current.reason} at "
+            f"{_iso(current.at)}) since this site ({site}) looked; it did not become active",
+            hint="see 'cellvault dr status'; only one site may be active at a time",
+        )
     epoch = Epoch(
-        number=(current.number if current else 0) + 1,
+        number=(over if over is not None else seen) + 1,
         site=site,
         at=now.astimezone(dt.UTC),
         reason=reason,
@@ -246,17 +262,21 @@ class Fence:
             return None
         return read_epoch(self.storage)[0]
 
-    def take(self, reason: str, *, now: dt.datetime, host: str = "") -> Epoch:
+    def take(
+        self, reason: str, *, now: dt.datetime, host: str = "", over: int | None = None
+    ) -> Epoch:
         """Become the active site: the current epoch if this site holds it, else claim the next.
 
         :class:`~cellvault.errors.DrError` when another site claimed that
         number first (it won; this site did not become active) or the
-        arbiter cannot be reached.
+        arbiter cannot be reached. *over*: the epoch number this site saw when
+        it decided to take over (``0``: none); another site's claim since then
+        wins (see :func:`claim_epoch`).
         """
         current = read_epoch(self.storage)[0] if self.storage else None
         if current is not None and current.site == self.site:
             return current
-        return claim_epoch(self.storage, self.site, reason=reason, now=now, host=host)
+        return claim_epoch(self.storage, self.site, reason=reason, now=now, host=host, over=over)
 
     def check(self, action: str) -> Epoch | None:
         """Prove this site may write to the shared targets; return the epoch it holds.

@@ -38,6 +38,8 @@ class _Step:
     step: str
     started: float = attrs.Factory(time.monotonic)
     warnings: list[str] = attrs.Factory(list)
+    #: The epoch number seen when the step started (another claim since wins).
+    over: int | None = None
 
     def report(self, *, ok: bool, **fields: Any) -> FailbackReport:
         fields.setdefault("warnings", tuple(self.warnings))
@@ -150,6 +152,8 @@ def take_over(
 ) -> FailbackReport:
     """Step ``takeover`` on the recovered primary: pull, verify, restore, clear the marker."""
     step = _Step(ctx, "takeover")
+    seen = ctx.fence.current()
+    step.over = seen.number if seen else 0
     handback = marker.handback
     if handback is None and not force:
         raise DrError(
@@ -211,7 +215,7 @@ def _clear(
 ) -> FailbackReport:
     """Take the next epoch (the standby is fenced), retire the failover's marker, call the hooks."""
     try:
-        epoch = ctx.fence.take("failback", now=back.at, host=back.host)
+        epoch = ctx.fence.take("failback", now=back.at, host=back.host, over=step.over)
     except DrError as exc:
         return step.report(ok=False, marker=marker, error=f"{exc}; the failover marker stays")
     step.warnings += ctx.markers.retire(marker, everywhere=True)

@@ -28,6 +28,8 @@ class _Failover:
     ctx: SiteContext
     started: float = attrs.Factory(time.monotonic)
     warnings: list[str] = attrs.Factory(list)
+    #: The epoch number seen when the failover started (another claim since wins).
+    over: int | None = None
     pull: SyncReport | None = None
     verify: VerifyReport | None = None
     restore: RestoreReport | None = None
@@ -111,6 +113,8 @@ def failover(
     the caller (``dr watch`` records that it is switching first).
     """
     attempt = _Failover(ctx)
+    seen = ctx.fence.current()  # the epoch this failover takes over from
+    attempt.over = seen.number if seen else 0
     current = ctx.markers.current()[0] if force else _refuse_if_active(ctx)
     if pull_first and ctx.storage:
         _pull(ctx, attempt)
@@ -163,7 +167,7 @@ def _switch(
 ) -> FailoverReport:
     """Take the epoch, write *marker* everywhere, call the hooks, record this site."""
     try:
-        epoch = ctx.fence.take("failover", now=marker.at, host=marker.host)
+        epoch = ctx.fence.take("failover", now=marker.at, host=marker.host, over=attempt.over)
     except DrError as exc:
         # Another standby won the race for the epoch: it is the active site.
         return attempt.stop(f"{exc} (no failover marker was written by this site)")
