@@ -192,7 +192,8 @@ class SiteContext:
         )
         for outcome in outcomes:
             if outcome.exception is None:
-                if outcome.result is not None:
+                # pluggy drops a None result: an implementation not configured gives [].
+                if outcome.result is not None and outcome.result != []:
                     log.info("dr.traffic_switched", plugin=outcome.plugin, done=outcome.result)
                     out.append(HookOutcome(outcome.plugin, True, detail=str(outcome.result)))
                 continue

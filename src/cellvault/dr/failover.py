@@ -106,11 +106,13 @@ def failover(
     force: bool = False,
     pull_first: bool = True,
     switch: bool = True,
+    previous_site: str | None = None,
 ) -> FailoverReport:
     """See :meth:`cellvault.dr.Site.failover`.
 
     With *switch* false the ``cellvault_switch_traffic`` hooks are left to
     the caller (``dr watch`` records that it is switching first).
+    *previous_site*: the site that served before, when the caller knows it.
     """
     attempt = _Failover(ctx)
     seen = ctx.fence.current()  # the epoch this failover takes over from
@@ -150,7 +152,10 @@ def failover(
         site_id=ctx.site_id,
         at=ctx.now(),
         host=ctx.vault.host,
-        previous_site=(current.site_id if current else None) or ctx.previous_site(),
+        previous_site=(current.site_id if current else None)
+        or previous_site
+        or (seen.site if seen and seen.site != ctx.site_id else None)
+        or ctx.previous_site(),
         restored=restored_archives(attempt.restore),
         verified={
             c: str(s.id)

@@ -294,7 +294,12 @@ class Watcher:
         marker = self.ctx.markers.current()[0]
         report: FailoverReport | None = None
         if marker is None or marker.site_id != self.ctx.site_id:
-            report = failover(self.ctx, restore=self.settings.restore, switch=False)
+            report = failover(
+                self.ctx,
+                restore=self.settings.restore,
+                switch=False,
+                previous_site=self.settings.primary,
+            )
             if not report.ok or report.marker is None:
                 del state["intent"]
                 _write_json(self.state_path, state)
