@@ -96,10 +96,9 @@ def _api_client() -> Any:
         ) from None
     kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     try:
-        if Path(kubeconfig.split(os.pathsep)[0]).is_file():
-            config.load_kube_config()
-        else:
-            config.load_incluster_config()
+        if any(Path(p).is_file() for p in kubeconfig.split(os.pathsep) if p):
+            return config.new_client_from_config(config_file=kubeconfig)
+        config.load_incluster_config()
     except config.ConfigException as exc:
         raise DrError(f"DR_SWITCH_K8S: no usable Kubernetes configuration ({exc})") from None
     return client.ApiClient()
