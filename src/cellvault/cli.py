@@ -542,8 +542,10 @@ def list_(state: State, cells: tuple[str, ...], targets: tuple[str, ...]) -> Non
             else (f"<- {a.parent}" if a.parent else "")
         )
         kind = a.kind if a.reason == "scheduled" else f"{a.kind}*"
+        safety = "  [safety backup: stays on this site]" if a.reason == "pre-restore" else ""
         click.echo(
-            f"{a.id:<40} {kind:<12} {_size(a.size):>10} {a.files:>7}  {','.join(a.targets):<16} {chain}"
+            f"{a.id:<40} {kind:<12} {_size(a.size):>10} {a.files:>7}  {','.join(a.targets):<16} "
+            f"{chain}{safety}"
         )
     if any(a.reason != "scheduled" for a in archives):
         click.echo(
@@ -1163,10 +1165,21 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
                 f"{view.target:<12} {cell:<16} {h.count:>8} {_size(h.bytes):>10}  {h.newest or '-'}"
             )
     if report.lag:
-        click.echo(f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6}")
+        click.echo(
+            f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6} {'SAFETY':>6}  LEADS"
+        )
         for lag in report.lag:
             text = "-" if lag.lag_seconds is None else f"{lag.lag_seconds / 60:.0f} min"
-            click.echo(f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}")
+            lead = "this site" if lag.leader == "local" else (lag.leader or "-")
+            click.echo(
+                f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6} "
+                f"{len(lag.safety):>6}  {lead}"
+            )
+        for lag in report.lag:
+            if lag.behind or lag.ahead:
+                click.echo(f"  {lag.summary()}")
+            for ident in lag.safety:
+                click.echo(f"  {lag.cell}: {ident} is a pre-restore safety backup (not counted)")
     for record in report.sites:
         newest = ", ".join(f"{c}={h.newest}" for c, h in sorted(record.cells.items()))
         click.echo(

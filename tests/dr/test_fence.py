@@ -259,3 +259,50 @@ def test_a_vault_without_dr_is_never_fenced_and_a_bad_epoch_record_is_not_believ
     assert vault.backup().ok
     with pytest.raises(ConfigError, match="needs a shared"):
         claim_epoch([], "x", reason="t", now=utc(2025, 1, 1))
+
+
+def test_safety_backups_stay_local_and_never_count_toward_the_lag(
+    tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    storage = s3_spec(s3_bucket)
+    primary_dir, standby_dir = tmp_path / "primary", tmp_path / "standby"
+    primary = make_site(primary_dir, "primary", storage, start=utc(2025, 1, 1, 2))
+    standby = make_site(standby_dir, "dr", storage, start=utc(2025, 1, 1, 2, 30))
+    seed_cells(primary_dir)
+    seed_cells(standby_dir, seed=7)  # the standby's cells hold older data of their own
+    assert primary.vault.backup(kind="full").ok
+    assert standby.prepare().ok
+    report = standby.failover(restore="latest")
+    assert report.ok and report.restore is not None
+    safety = {c.cell: c.safety_backup for c in report.restore.cells}
+    assert all(safety.values()), safety
+
+    status = standby.status()
+    for lag in status.lag:
+        assert lag.safety == (safety[lag.cell],)
+        assert (lag.behind, lag.ahead, lag.lag_seconds, lag.leader) == (0, 0, 0.0, None)
+        assert "the same archives" in lag.summary()
+    # The push of the active standby leaves them here.
+    pushed = standby.push()
+    assert pushed.ok and pushed.copied == []
+    assert all(any("safety backup" in line for line in c.ignored) for c in pushed.cells)
+    assert all(safety[c] not in s3_ids(standby, c) for c in CELLS)
+    # Asked for, they go.
+    assert len(standby.push(include_safety=True).copied) == len(CELLS)
+
+    # A new backup on the standby: it is ahead of the storage by that archive.
+    assert standby.vault.backup(kind="incremental", targets=["local"]).ok
+    lag = next(x for x in standby.status().lag if x.cell == "crm")
+    assert (lag.ahead, lag.behind, lag.leader) == (1, 0, "local")
+    assert lag.lag_seconds is not None and lag.lag_seconds > 0
+    assert lag.summary().startswith("crm: this site is ahead of s3 by ")
+    assert lag.ahead_archives[0] in lag.summary()
+    text = CliRunner().invoke(
+        cli,
+        ["dr", "status"],
+        env={
+            **site_env(standby_dir, s3_bucket, "dr"),
+            "BACKUP_CELLS": " ".join(CELLS),
+        },
+    )
+    assert "is a pre-restore safety backup (not counted)" in text.output, text.output

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 from ..archive import ArchiveId
 from ..cell import validate_cell_name
-from ..errors import ConfigError
+from ..errors import CellvaultError, ConfigError
 from ..targets.base import SIDECAR_SUFFIX, Target
 from .records import Holding
 from .reports import CellLag
 
-__all__ = ["cells_of", "holding", "holdings", "lag"]
+__all__ = ["cells_of", "holding", "holdings", "lag", "safety_backups"]
 
 
 def cells_of(target: Target) -> list[str]:
@@ -48,21 +50,58 @@ def holdings(target: Target) -> dict[str, Holding]:
     return {cell: holding(target, cell)[0] for cell in cells_of(target)}
 
 
-def lag(cell: str, target: str, here: list[ArchiveId], there: list[ArchiveId]) -> CellLag:
-    """How far *here* (this site's archives of *cell*) is from *there* (on *target*)."""
-    newest_here = here[-1] if here else None
-    newest_there = there[-1] if there else None
+def safety_backups(target: Target, ids: Iterable[ArchiveId]) -> set[ArchiveId]:
+    """Which of *ids* on *target* are pre-restore safety backups (a sidecar it cannot read: not)."""
+    out = set()
+    for ident in ids:
+        try:
+            if target.sidecar(ident).meta.reason == "pre-restore":
+                out.add(ident)
+        except CellvaultError:
+            continue
+    return out
+
+
+def lag(
+    cell: str,
+    target: str,
+    here: list[ArchiveId],
+    there: list[ArchiveId],
+    safety: Collection[ArchiveId] = (),
+) -> CellLag:
+    """How far *here* (this site's archives of *cell*) is from *there* (on *target*).
+
+    The archives in *safety* (pre-restore safety backups) are listed apart
+    and never counted: they stay on the site that took them.
+    """
+    skip = set(safety)
+    mine = [i for i in here if i not in skip]
+    theirs = [i for i in there if i not in skip]
+    newest_here = mine[-1] if mine else None
+    newest_there = theirs[-1] if theirs else None
     seconds = (
-        (newest_there.when - newest_here.when).total_seconds()
+        abs((newest_there.when - newest_here.when).total_seconds())
         if newest_here and newest_there
         else None
     )
+    leader = None
+    if newest_here != newest_there:
+        if newest_there is None or (newest_here is not None and newest_here > newest_there):
+            leader = "local"
+        else:
+            leader = target
+    behind = [str(i) for i in theirs if i not in set(mine)]
+    ahead = [str(i) for i in mine if i not in set(theirs)]
     return CellLag(
         cell=cell,
         target=target,
         local=str(newest_here) if newest_here else None,
         remote=str(newest_there) if newest_there else None,
         lag_seconds=seconds,
-        behind=sum(1 for i in there if newest_here is None or i > newest_here),
-        ahead=sum(1 for i in here if newest_there is None or i > newest_there),
+        behind=len(behind),
+        ahead=len(ahead),
+        leader=leader,
+        behind_archives=tuple(behind),
+        ahead_archives=tuple(ahead),
+        safety=tuple(sorted(str(i) for i in skip if i in set(here) | set(there))),
     )

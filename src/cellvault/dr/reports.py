@@ -184,12 +184,48 @@ class CellLag(Record):
     #: Newest archive here and there.
     local: str | None
     remote: str | None
-    #: Newest there minus newest here, in seconds (positive: this site is behind).
+    #: How far the side that trails is behind the other, in seconds: newest
+    #: there minus newest here, or the other way round; never negative
+    #: (pre-restore safety backups are not counted).
     lag_seconds: float | None
-    #: Archives there newer than the newest here (what a pull would bring).
+    #: Archives there that this site lacks (what a pull would bring).
     behind: int
-    #: Archives here newer than the newest there (what a push would bring).
+    #: Archives here that the target lacks (what a push would bring).
     ahead: int
+    #: Which side holds the newer archives: ``local``, the target's name, or
+    #: ``None`` when both hold the same newest archive.
+    leader: str | None = None
+    #: The archives counted in *behind* and *ahead*.
+    behind_archives: tuple[str, ...] = ()
+    ahead_archives: tuple[str, ...] = ()
+    #: Pre-restore safety backups on either side: they stay on the site that
+    #: took them and never count toward the lag.
+    safety: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """Which side is ahead of which, and by which archives, in one sentence."""
+        if self.leader is None and not self.behind and not self.ahead:
+            return f"{self.cell}: this site and {self.target} hold the same archives"
+        parts = []
+        if self.behind:
+            parts.append(
+                f"{self.target} holds {self.behind} archive(s) this site lacks: "
+                + ", ".join(self.behind_archives)
+            )
+        if self.ahead:
+            parts.append(
+                f"this site holds {self.ahead} archive(s) {self.target} lacks: "
+                + ", ".join(self.ahead_archives)
+            )
+        lead = (
+            "this site is ahead of " + self.target
+            if self.leader == "local"
+            else f"{self.target} is ahead of this site"
+            if self.leader
+            else "both hold the same newest archive"
+        )
+        minutes = f" by {self.lag_seconds / 60:.0f} min" if self.lag_seconds else ""
+        return f"{self.cell}: {lead}{minutes}; " + "; ".join(parts)
 
 
 @attrs.frozen

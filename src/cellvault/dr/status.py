@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from ..archive import ArchiveId
 from ..errors import CellvaultError
+from ..targets.base import Target
 from .context import SiteContext
-from .holdings import cells_of, holding, lag
+from .holdings import cells_of, holding, lag, safety_backups
 from .records import FailoverMarker
 from .reports import CellLag, StatusReport, TargetView
 
@@ -50,6 +51,20 @@ def _views(
     return views, ids
 
 
+def _safety(target: Target, ids: list[ArchiveId], other: list[ArchiveId]) -> set[ArchiveId]:
+    """The safety backups among *ids* on *target* that matter to a lag: those *other* lacks, the newest."""
+    others = set(other)
+    found = safety_backups(target, [i for i in ids if i not in others])
+    for ident in reversed(ids):  # the newest, until one that is not a safety backup
+        if ident in found:
+            continue
+        if ident in others and safety_backups(target, [ident]):
+            found.add(ident)
+            continue
+        break
+    return found
+
+
 def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport:
     """See :meth:`cellvault.dr.Site.status`."""
     warnings: list[str] = []
@@ -63,7 +78,9 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
             if there is None:
                 continue
             for cell in sorted(set(here) | set(there)):
-                lags.append(lag(cell, target.name, here.get(cell, []), there.get(cell, [])))
+                mine, theirs = here.get(cell, []), there.get(cell, [])
+                safety = _safety(ctx.local, mine, theirs) | _safety(target, theirs, mine)
+                lags.append(lag(cell, target.name, mine, theirs, safety))
     return StatusReport(
         site=ctx.site_id,
         active=marker.site_id if marker else None,
