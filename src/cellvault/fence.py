@@ -250,6 +250,9 @@ class Fence:
 
     site: str
     storage: Sequence[Target]
+    #: Whether this vault is a site of a DR pair (``DR_SITE_ID`` or ``DR_TARGET`` set, or
+    #: a :class:`~cellvault.dr.Site`): its scheduled backups then write its heartbeat.
+    dr: bool = False
 
     @property
     def names(self) -> frozenset[str]:
@@ -305,7 +308,7 @@ def fence_for(config: Any, targets: Sequence[Target]) -> Fence:
     site = config.dr_site_id or host_site_id()
     names = list(config.dr_targets)
     shared = [t for t in targets if t.name in names] if names else list(targets[1:])
-    return Fence(site, shared)
+    return Fence(site, shared, dr=bool(config.dr_site_id or names))
 
 
 @attrs.frozen

@@ -245,7 +245,8 @@ class Vault:
         ``cellvault_backup_failed`` hook); nothing committed is ever partial.
         Each run writes ``<backup_dir>/logs/backup_<stamp>.log`` and is
         remembered per cell and target for :meth:`status` and the metrics.
-        A scheduled backup of a DR site also writes the site's heartbeat to
+        A scheduled backup of a DR site (``DR_SITE_ID`` or ``DR_TARGET`` set,
+        or a :class:`~cellvault.dr.Site`'s vault) also writes the site's heartbeat to
         the shared targets (what ``cellvault dr watch`` on the standby reads).
         """
         with self._open("backup") as run:
@@ -258,7 +259,7 @@ class Vault:
                 reason=reason,
             )
             run.finish(report, metrics=self.write_metrics)
-        if reason == "scheduled" and self.fence.storage:
+        if reason == "scheduled" and self.fence.dr and self.fence.storage:
             write_heartbeat(self.fence, now=self.clock(), source="backup", host=self.host)
         return report
 

@@ -315,3 +315,31 @@ def test_watch_settings_need_a_primary_and_health_urls(pair: Pair) -> None:
         WatchSettings.from_config(config, primary="primary", urls=("ftp://x/",))
     made = WatchSettings.from_config(config, primary="primary", urls=("http://gw/healthz",))
     assert (made.probes, made.window, made.interval) == (3, 180.0, 30.0)
+
+
+def test_dr_heartbeat_and_watch_on_the_command_line(tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    runner = CliRunner()
+    cells = {"BACKUP_CELLS": " ".join(CELLS)}
+    penv = {**site_env(tmp_path / "primary", s3_bucket, "primary"), **cells}
+    gone = f"http://127.0.0.1:{closed_port()}/healthz"
+    senv = {
+        **site_env(tmp_path / "standby", s3_bucket, "dr", DR_PULL_ONLY="1"),
+        **cells,
+        "DR_WATCH_PRIMARY": "primary",
+        "DR_WATCH_URLS": gone,
+    }
+    beat = runner.invoke(cli, ["dr", "heartbeat"], env=penv)
+    assert beat.exit_code == 0 and "heartbeat of site primary written at" in beat.output
+    watched = runner.invoke(cli, ["dr", "watch", "--once", "--dry-run"], env=senv)
+    assert watched.exit_code == 0, watched.output + watched.stderr
+    assert "watch: alive: the primary is alive: its heartbeat is fresh" in watched.output
+    assert "probe " in watched.output and "ConnectionError" in watched.output
+    as_json = runner.invoke(cli, ["--json", "dr", "watch", "--once", "--dry-run"], env=senv)
+    assert json.loads(as_json.output)["action"] == "alive"
+    missing = runner.invoke(cli, ["dr", "watch", "--once"], env={**senv, "DR_WATCH_URLS": ""})
+    assert missing.exit_code == 2 and "DR_WATCH_URLS" in missing.stderr
+    assert "Traceback" not in missing.output + missing.stderr

@@ -62,7 +62,7 @@ class SiteContext:
     @property
     def fence(self) -> Fence:
         """This site's fencing: its id and the object storage the epochs live on."""
-        return Fence(self.site_id, self.storage)
+        return Fence(self.site_id, self.storage, dr=True)
 
     @property
     def markers(self) -> MarkerStore:
