@@ -1041,6 +1041,12 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
             f"this site: {report.site}; active: {marker.site_id} since {_utc(marker.at)} "
             f"(failover marker on {report.marker_source}, written by {marker.host}){handed}"
         )
+    if report.epoch is not None:
+        fenced = "" if report.epoch_site == report.site else " (this site is fenced)"
+        click.echo(
+            f"epoch {report.epoch}, held by site {report.epoch_site} since "
+            f"{_utc(report.epoch_since)}{fenced}"
+        )
     click.echo(f"{'TARGET':<12} {'CELL':<16} {'ARCHIVES':>8} {'SIZE':>10}  NEWEST")
     for view in report.targets:
         if not view.reachable:
@@ -1051,10 +1057,16 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
                 f"{view.target:<12} {cell:<16} {h.count:>8} {_size(h.bytes):>10}  {h.newest or '-'}"
             )
     if report.lag:
-        click.echo(f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6}")
+        click.echo(f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6}  NEWER")
         for lag in report.lag:
             text = "-" if lag.lag_seconds is None else f"{lag.lag_seconds / 60:.0f} min"
-            click.echo(f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}")
+            newer = {
+                "local": f"this site, by {', '.join(lag.ahead_archives) or '-'}",
+                "remote": f"{lag.target}, by {', '.join(lag.behind_archives) or '-'}",
+            }.get(lag.leader, "even")
+            click.echo(
+                f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}  {newer}"
+            )
     for record in report.sites:
         newest = ", ".join(f"{c}={h.newest}" for c, h in sorted(record.cells.items()))
         click.echo(
