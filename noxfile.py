@@ -13,8 +13,8 @@ import nox
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typing"]
 
-# Every optional feature is tested: the object-storage targets and the apprise notifier.
-TEST_EXTRAS = ".[test,s3,oss,apprise]"
+# Every optional feature is tested: the object-storage targets, the apprise notifier, the fleet.
+TEST_EXTRAS = ".[test,s3,oss,apprise,fleet]"
 
 
 @nox.session
