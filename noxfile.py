@@ -62,7 +62,8 @@ def docs(session: nox.Session) -> None:
     reference from the click commands (mkdocs-click), and the man pages in
     build/man/ from the same commands (click-man).
     """
-    session.install("-e", ".[docs]")
+    # The fleet's API reference imports celery.
+    session.install("-e", ".[docs,fleet]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
     session.run("python", "docs/_tools/man_pages.py", "build/man")
 

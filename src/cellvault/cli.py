@@ -380,6 +380,11 @@ def status(
         report = state.vault().status(
             list(cells) or None, targets=list(targets) or None, max_age=max_age
         )
+    _echo_status(state, report)
+
+
+def _echo_status(state: State, report: Any) -> NoReturn:
+    """Print a status report (text or JSON) and exit 1 when it is not ok."""
     if state.as_json:
         _emit_json(report.to_dict())
     else:
@@ -1459,12 +1464,16 @@ def fleet_restore(
     help="Hours a newest archive may be old.",
 )
 @_json_option
-@click.pass_context
-def fleet_status(ctx: click.Context, max_age: float | None, as_json: bool) -> None:
-    """Every cell's newest archive and RPO per target, read from the targets (workers may be down)."""
-    if as_json:
-        ctx.obj.use_json()
-    ctx.invoke(status, cells=(), targets=(), max_age=max_age)
+@pass_state
+def fleet_status(state: State, max_age: float | None, as_json: bool) -> None:
+    """Every cell's newest archive and RPO per target, read from the targets (workers may be down).
+
+    Needs no broker and no worker. Exits 1 when a cell is stale, missing or failed its last verify.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        report = state.vault().status(max_age=max_age)
+    _echo_status(state, report)
 
 
 def main(argv: list[str] | None = None) -> None:

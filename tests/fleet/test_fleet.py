@@ -331,3 +331,100 @@ def test_a_platform_restore_spreads_over_the_standby_pool(
     finally:
         for worker in pool:
             worker.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, so that it can be stopped mid-run."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            unavailable("redis-server is missing; apt-get install redis-server")
+        self.port = _free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert self.binary is not None
+        self.proc = subprocess.Popen(
+            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not _reachable(self.port):
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_broker_that_goes_away_mid_run_is_a_clear_error_and_a_rerun_completes(
+    tmp_path: Path, broker: str
+) -> None:
+    from cellvault.errors import FleetError
+
+    private = PrivateRedis(tmp_path)
+    private.start()
+    tag = uuid.uuid4().hex[:6]
+    host = Host(
+        tmp_path,
+        f"solo-{tag}",
+        [f"s{i:02d}-{tag}" for i in range(6)],
+        private.url,
+        tmp_path / "nas",
+    )
+    (tmp_path / "nas").mkdir()
+    for cell in host.cells[2:]:
+        hook = host.root / "hooks" / f"before_backup_{cell}.sh"
+        hook.write_text("#!/bin/sh\nsleep 2\n")
+        hook.chmod(0o755)
+    try:
+        host.start()
+        fleet = coordinator(tmp_path, private.url, [host])
+        wait_live(fleet, {host.name})
+        import threading
+
+        outcome: dict[str, BaseException | object] = {}
+
+        def run() -> None:
+            try:
+                outcome["report"] = fleet.backup(kind="full", timeout=120)  # type: ignore[attr-defined]
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        time.sleep(1.5)
+        private.stop()
+        runner.join(timeout=120)
+        assert not runner.is_alive(), "the coordinator hung when the broker went away"
+        error = outcome.get("error")
+        assert isinstance(error, FleetError), outcome
+        assert "cannot be reached" in str(error) and "again" in str(error.hint)
+        # The broker comes back; the worker reconnects; running the backup again completes.
+        private.start()
+        wait_live(fleet, {host.name})
+        report = fleet.backup(kind="full", timeout=120)  # type: ignore[attr-defined]
+        assert report.ok, [r for r in report.results if not r.ok]
+        for cell in host.cells:
+            assert archives_on(tmp_path / "nas", cell), cell
+    finally:
+        host.kill()
+        private.stop()

@@ -28,6 +28,22 @@ log = get_logger(__name__)
 OnResult = Callable[[TaskResult], None]
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """What the broker's and the result backend's clients raise when their server is gone."""
+    errors: list[type[BaseException]] = [KombuError, OSError]
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # an AMQP-only installation
+        pass
+    else:
+        errors += [RedisConnectionError, RedisTimeoutError]
+    return tuple(errors)
+
+
+BROKER_ERRORS = _broker_errors()
+
+
 def _broker_error(exc: BaseException, settings: FleetSettings) -> FleetError:
     host = settings.broker_url.split("@")[-1].split("/")[0].split("://")[-1]
     return FleetError(
@@ -74,7 +90,7 @@ class Fleet:
                 configured=[c.name for c in self.vault.config.cells],
                 timeout=timeout,
             )
-        except (KombuError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             raise _broker_error(exc, self.settings) from None
 
     def backup(
@@ -108,7 +124,7 @@ class Fleet:
                     BACKUP_TASK, args=(cell, kind, since), queue=host_queue(host)
                 )
             results = self._wait(pending, timeout, on_result)
-        except (KombuError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             raise _broker_error(exc, self.settings) from None
         return FleetReport(
             operation="backup",
@@ -148,7 +164,7 @@ class Fleet:
                 results.update(self._wait(pending, timeout, on_result, first=True))
                 for cell in results:
                     pending.pop(cell, None)
-        except (KombuError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             raise _broker_error(exc, self.settings) from None
         return FleetReport(
             operation="restore",
