@@ -216,14 +216,23 @@ def test_a_failover_killed_mid_way_is_finished_or_rolled_back_on_restart(
         watcher.step()
     intent = json.loads(watcher.state_path.read_text())["intent"]
     assert intent["stage"] == "failing-over"
-    assert read_epoch(standby.storage)[0] is None and standby.marker()[0] is None
+    # Killed after the epoch was taken (the primary is fenced) and before the marker.
+    epoch = read_epoch(standby.storage)[0]
+    assert epoch is not None and epoch.site == "dr" and standby.marker()[0] is None
 
-    # Restarted while the primary is back: rolled back, nothing switched.
+    # Restarted while the primary is back: rolled back, the epoch handed back, nothing switched.
     primary.heartbeat()
     back = watcher.step()
     assert back.action == "rolled-back", back
     assert traffic.calls == [] and standby.marker()[0] is None
     assert "intent" not in json.loads(watcher.state_path.read_text())
+    epoch = read_epoch(standby.storage)[0]
+    assert epoch is not None and (epoch.number, epoch.site, epoch.reason) == (
+        2,
+        "primary",
+        "rollback",
+    )
+    assert primary.vault.backup(kind="incremental").ok  # the primary writes again
 
     # Killed again, restarted with the primary still gone: the failover is finished.
     killer.armed = True

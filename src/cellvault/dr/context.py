@@ -18,7 +18,7 @@ import attrs
 
 from ..archive import Selector, Sidecar
 from ..errors import CellvaultError, ConfigError, TargetError
-from ..fence import Fence
+from ..fence import Epoch, Fence
 from ..layout import BackupDirLayout
 from ..log import get_logger
 from ..plugins import call_each
@@ -63,6 +63,17 @@ class SiteContext:
     def fence(self) -> Fence:
         """This site's fencing: its id and the object storage the epochs live on."""
         return Fence(self.site_id, self.storage, dr=True)
+
+    def take_epoch(self, reason: str, *, over: int | None = None) -> Epoch:
+        """Claim the next DR epoch for this site (:meth:`cellvault.fence.Fence.take`).
+
+        A site that holds the current epoch already keeps it (a failover run
+        again after a failed restore). *over*: the epoch number seen when the
+        step started; a claim by another site since then wins. :class:`DrError`
+        when another site won.
+        """
+        self.need_storage("taking the DR epoch")
+        return self.fence.take(reason, now=self.now(), host=self.vault.host, over=over)
 
     @property
     def markers(self) -> MarkerStore:

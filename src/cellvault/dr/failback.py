@@ -178,6 +178,14 @@ def take_over(
         return step.report(
             ok=False, marker=marker, pull=sync, verify=verify, warnings=(), error=error
         )
+    try:
+        # The active site is fenced from here on: it must not push any more.
+        epoch = ctx.take_epoch("failback", over=step.over)
+    except DrError as exc:
+        error = f"this site could not take the DR epoch, so it did not take over: {exc}"
+        return step.report(
+            ok=False, marker=marker, pull=sync, verify=verify, warnings=(), error=error
+        )
     result = None
     if restore:
         configured = ctx.configured()
@@ -188,9 +196,19 @@ def take_over(
         ]
         result = ctx.restore(chosen, Selector.at_or_before(when), skip_prebackup=skip_prebackup)
         if result is not None and not result.ok:
-            error = f"the restore failed; the failover marker stays: {restore_error(result)}"
+            error = (
+                f"the restore failed; the failover marker stays (this site holds epoch "
+                f"{epoch.number}: run the failback again once the cause is fixed): "
+                f"{restore_error(result)}"
+            )
             return step.report(
-                ok=False, marker=marker, pull=sync, verify=verify, restore=result, error=error
+                ok=False,
+                marker=marker,
+                pull=sync,
+                verify=verify,
+                restore=result,
+                error=error,
+                epoch=epoch.number,
             )
     back = FailoverMarker(
         site_id=ctx.site_id,
@@ -203,7 +221,9 @@ def take_over(
         handback=handback,
         forced=force and (handback is None or bool(problems)),
     )
-    return _clear(ctx, step, marker, back, pull=sync, verify=verify, restore=result)
+    return _clear(
+        ctx, step, marker, back, pull=sync, verify=verify, restore=result, epoch=epoch.number
+    )
 
 
 def _clear(
@@ -213,11 +233,7 @@ def _clear(
     back: FailoverMarker,
     **done: Any,
 ) -> FailbackReport:
-    """Take the next epoch (the standby is fenced), retire the failover's marker, call the hooks."""
-    try:
-        epoch = ctx.fence.take("failback", now=back.at, host=back.host, over=step.over)
-    except DrError as exc:
-        return step.report(ok=False, marker=marker, error=f"{exc}; the failover marker stays")
+    """Retire the failover's marker and record *back* beside it; call the hooks."""
     step.warnings += ctx.markers.retire(marker, everywhere=True)
     # The failback itself goes into the history beside the failover it ended.
     step.warnings += ctx.markers.retire(back, everywhere=True)
@@ -234,6 +250,5 @@ def _clear(
         marker_written=tuple(t.name for t in ctx.storage),
         steps=takeover_steps(back, restored=bool(back.restored)),
         error=error,
-        epoch=epoch.number,
         **done,
     )

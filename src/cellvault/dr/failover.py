@@ -8,6 +8,7 @@ import attrs
 
 from ..archive import Selector, Sidecar
 from ..errors import DrError, TargetError
+from ..fence import Epoch
 from ..log import get_logger
 from ..report import RestoreReport, VerifyReport, iso
 from .context import SiteContext, hooks_error, restore_error, restored_archives, verify_error
@@ -33,11 +34,13 @@ class _Failover:
     pull: SyncReport | None = None
     verify: VerifyReport | None = None
     restore: RestoreReport | None = None
+    epoch: Epoch | None = None
 
     def report(self, *, ok: bool, **fields: object) -> FailoverReport:
         return FailoverReport(
             site=self.ctx.site_id,
             ok=ok,
+            epoch=self.epoch.number if self.epoch else None,
             pull=self.pull,
             verify=self.verify,
             restore=self.restore,
@@ -141,12 +144,21 @@ def failover(
         return attempt.stop(
             f"the newest archives do not verify on this site: {verify_error(verify)}"
         )
+    # Fence the old primary: claim the next epoch. Only one claimant wins, so
+    # two standbys racing to fail over cannot both go on.
+    try:
+        attempt.epoch = ctx.take_epoch("failover", over=attempt.over)
+    except DrError as exc:
+        return attempt.stop(
+            f"this site could not take the DR epoch, so it did not fail over: {exc}"
+        )
     if restore:
         attempt.restore = ctx.restore(chosen, selector, skip_prebackup=skip_prebackup)
         if attempt.restore is not None and not attempt.restore.ok:
             return attempt.stop(
-                "the restore failed, so no failover marker was written: "
-                + restore_error(attempt.restore)
+                f"the restore failed, so no failover marker was written (this site holds epoch "
+                f"{attempt.epoch.number}: the old primary is fenced; run the failover again "
+                "with --force once the cause is fixed): " + restore_error(attempt.restore)
             )
     marker = FailoverMarker(
         site_id=ctx.site_id,
@@ -170,13 +182,7 @@ def failover(
 def _switch(
     ctx: SiteContext, attempt: _Failover, marker: FailoverMarker, *, switch: bool = True
 ) -> FailoverReport:
-    """Take the epoch, write *marker* everywhere, call the hooks, record this site."""
-    try:
-        epoch = ctx.fence.take("failover", now=marker.at, host=marker.host, over=attempt.over)
-    except DrError as exc:
-        # Another standby won the race for the epoch: it is the active site.
-        return attempt.stop(f"{exc} (no failover marker was written by this site)")
-    log.info("dr.fenced", site=ctx.site_id, epoch=epoch.number)
+    """Write *marker* everywhere (the epoch is taken), call the hooks, record this site."""
     written, errors = ctx.markers.publish(marker)
     attempt.warnings += errors
     if not written:
@@ -194,5 +200,4 @@ def _switch(
         hooks=tuple(hooks),
         steps=failover_steps(marker, restored=bool(marker.restored)),
         error=error,
-        epoch=epoch.number,
     )

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 from ..archive import ArchiveId
 from ..cell import validate_cell_name
-from ..errors import CellvaultError, ConfigError
+from ..errors import ConfigError
 from ..targets.base import SIDECAR_SUFFIX, Target
 from .records import Holding
 from .reports import CellLag
 
-__all__ = ["cells_of", "holding", "holdings", "lag", "safety_backups"]
+__all__ = ["cells_of", "holding", "holdings", "lag"]
 
 
 def cells_of(target: Target) -> list[str]:
@@ -50,18 +50,6 @@ def holdings(target: Target) -> dict[str, Holding]:
     return {cell: holding(target, cell)[0] for cell in cells_of(target)}
 
 
-def safety_backups(target: Target, ids: Iterable[ArchiveId]) -> set[ArchiveId]:
-    """Which of *ids* on *target* are pre-restore safety backups (a sidecar it cannot read: not)."""
-    out = set()
-    for ident in ids:
-        try:
-            if target.sidecar(ident).meta.reason == "pre-restore":
-                out.add(ident)
-        except CellvaultError:
-            continue
-    return out
-
-
 def lag(
     cell: str,
     target: str,
@@ -84,20 +72,17 @@ def lag(
         if newest_here and newest_there
         else None
     )
-    leader = None
-    if newest_here != newest_there:
-        if newest_there is None or (newest_here is not None and newest_here > newest_there):
-            leader = "local"
-        else:
-            leader = target
-    behind = [str(i) for i in theirs if i not in set(mine)]
-    ahead = [str(i) for i in mine if i not in set(theirs)]
+    behind = [str(i) for i in theirs if newest_here is None or i > newest_here]
+    ahead = [str(i) for i in mine if newest_there is None or i > newest_there]
+    leader = "remote" if behind and not ahead else "local" if ahead and not behind else "even"
+    if newest_here and newest_there and newest_here != newest_there and leader == "even":
+        leader = "remote" if newest_there > newest_here else "local"
     return CellLag(
         cell=cell,
         target=target,
         local=str(newest_here) if newest_here else None,
         remote=str(newest_there) if newest_there else None,
-        lag_seconds=seconds,
+        lag_seconds=abs(seconds) if seconds is not None else None,
         behind=len(behind),
         ahead=len(ahead),
         leader=leader,

@@ -7,6 +7,7 @@ lag of a cell) are :class:`~cellvault.dr.records.Record` values, without an ``ok
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
 import attrs
@@ -141,7 +142,7 @@ class SwitchReport(Report):
     steps: tuple[str, ...] = ()
     error: str | None = None
     duration: float = 0.0
-    #: The DR epoch this site took (:mod:`cellvault.fence`), once it took one.
+    #: The DR epoch this site took (:mod:`cellvault.fence`), when it took one.
     epoch: int | None = None
 
 
@@ -184,48 +185,22 @@ class CellLag(Record):
     #: Newest archive here and there.
     local: str | None
     remote: str | None
-    #: How far the side that trails is behind the other, in seconds: newest
-    #: there minus newest here, or the other way round; never negative
-    #: (pre-restore safety backups are not counted).
+    #: How far apart the newest archives are, in seconds (never negative; see *leader*).
     lag_seconds: float | None
     #: Archives there that this site lacks (what a pull would bring).
     behind: int
     #: Archives here that the target lacks (what a push would bring).
     ahead: int
-    #: Which side holds the newer archives: ``local``, the target's name, or
-    #: ``None`` when both hold the same newest archive.
-    leader: str | None = None
-    #: The archives counted in *behind* and *ahead*.
+    #: Which side holds the newer archive: ``local`` (this site), ``remote`` (the
+    #: target) or ``even``. Pre-restore safety backups never count: they stay
+    #: on the site that took them.
+    leader: str = "even"
+    #: The archives a pull (*behind*) or a push (*ahead*) would bring, oldest first.
     behind_archives: tuple[str, ...] = ()
     ahead_archives: tuple[str, ...] = ()
     #: Pre-restore safety backups on either side: they stay on the site that
-    #: took them and never count toward the lag.
+    #: took them and are never counted.
     safety: tuple[str, ...] = ()
-
-    def summary(self) -> str:
-        """Which side is ahead of which, and by which archives, in one sentence."""
-        if self.leader is None and not self.behind and not self.ahead:
-            return f"{self.cell}: this site and {self.target} hold the same archives"
-        parts = []
-        if self.behind:
-            parts.append(
-                f"{self.target} holds {self.behind} archive(s) this site lacks: "
-                + ", ".join(self.behind_archives)
-            )
-        if self.ahead:
-            parts.append(
-                f"this site holds {self.ahead} archive(s) {self.target} lacks: "
-                + ", ".join(self.ahead_archives)
-            )
-        lead = (
-            "this site is ahead of " + self.target
-            if self.leader == "local"
-            else f"{self.target} is ahead of this site"
-            if self.leader
-            else "both hold the same newest archive"
-        )
-        minutes = f" by {self.lag_seconds / 60:.0f} min" if self.lag_seconds else ""
-        return f"{self.cell}: {lead}{minutes}; " + "; ".join(parts)
 
 
 @attrs.frozen
@@ -243,6 +218,11 @@ class StatusReport(Report):
     #: What every site recorded at its last DR step (the other site's view, too).
     sites: tuple[SiteRecord, ...]
     warnings: tuple[str, ...] = ()
+    #: The current DR epoch (:mod:`cellvault.fence`): its number, the site that
+    #: holds it (the only one that may write to the object storage) and since when.
+    epoch: int | None = None
+    epoch_site: str | None = None
+    epoch_since: dt.datetime | None = None
 
     @property
     def ok(self) -> bool:

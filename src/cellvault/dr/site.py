@@ -68,8 +68,7 @@ class Site:
             local=local,
             storage=others,
         )
-        # The vault's own writers (a backup to the shared targets, a prune)
-        # prove this site's epoch, under this site's id.
+        # The vault's own writers (backup, prune) are fenced as this site.
         vault.fence = self.context.fence
 
     def __repr__(self) -> str:

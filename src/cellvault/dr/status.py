@@ -8,7 +8,7 @@ from ..archive import ArchiveId
 from ..errors import CellvaultError
 from ..targets.base import Target
 from .context import SiteContext
-from .holdings import cells_of, holding, lag, safety_backups
+from .holdings import cells_of, holding, lag
 from .records import FailoverMarker
 from .reports import CellLag, StatusReport, TargetView
 
@@ -51,24 +51,37 @@ def _views(
     return views, ids
 
 
-def _safety(target: Target, ids: list[ArchiveId], other: list[ArchiveId]) -> set[ArchiveId]:
-    """The safety backups among *ids* on *target* that matter to a lag: those *other* lacks, the newest."""
-    others = set(other)
-    found = safety_backups(target, [i for i in ids if i not in others])
-    for ident in reversed(ids):  # the newest, until one that is not a safety backup
-        if ident in found:
-            continue
-        if ident in others and safety_backups(target, [ident]):
-            found.add(ident)
-            continue
-        break
-    return found
+def _scheduled(target: Target, ids: list[ArchiveId], since: ArchiveId | None) -> list[ArchiveId]:
+    """*ids* without the pre-restore safety backups among those newer than *since*.
+
+    Only those can change the lag; their sidecars are read (few), the rest not.
+    """
+    out = []
+    for ident in ids:
+        if since is None or ident > since:
+            try:
+                if target.sidecar(ident).meta.reason == "pre-restore":
+                    continue
+            except CellvaultError:
+                pass  # counted: what is wrong with it shows elsewhere
+        out.append(ident)
+    return out
 
 
 def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport:
     """See :meth:`cellvault.dr.Site.status`."""
     warnings: list[str] = []
     marker, source = _marker(ctx, warnings)
+    epoch = ctx.fence.current() if ctx.storage else None
+    if (
+        epoch is not None
+        and epoch.site != ctx.site_id
+        and (marker is None or marker.site_id == ctx.site_id)
+    ):
+        warnings.append(
+            f"site {epoch.site} holds DR epoch {epoch.number}: this site is fenced from the "
+            "object storage (its backups, pushes and prunes there are refused)"
+        )
     views, ids = _views(ctx, cells)
     lags: list[CellLag] = []
     here = ids.get(ctx.local.name)
@@ -79,7 +92,11 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
                 continue
             for cell in sorted(set(here) | set(there)):
                 mine, theirs = here.get(cell, []), there.get(cell, [])
-                safety = _safety(ctx.local, mine, theirs) | _safety(target, theirs, mine)
+                since = min(mine[-1], theirs[-1]) if mine and theirs else None
+                kept = set(_scheduled(ctx.local, mine, since)) | set(
+                    _scheduled(target, theirs, since)
+                )
+                safety = (set(mine) | set(theirs)) - kept
                 lags.append(lag(cell, target.name, mine, theirs, safety))
     return StatusReport(
         site=ctx.site_id,
@@ -90,4 +107,7 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
         lag=tuple(lags),
         sites=tuple(ctx.markers.records()),
         warnings=tuple(warnings),
+        epoch=epoch.number if epoch else None,
+        epoch_site=epoch.site if epoch else None,
+        epoch_since=epoch.at if epoch else None,
     )

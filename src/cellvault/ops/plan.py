@@ -48,6 +48,7 @@ def plan_restore(
     selector: Selector,
     sources: Sequence[Target],
     into: Path | None,
+    *,
     epoch: Epoch | None = None,
 ) -> RestorePlan:
     """Plan the restore of cell *name* to the archive *selector* picks.
@@ -55,8 +56,8 @@ def plan_restore(
     Read from the first of *sources* holding the archive and its whole
     chain; into the cell's own paths or, with *into*, under ``<into>/<cell>/``
     (a cell known only from its archives may be restored so). With the
-    current DR *epoch*, an archive a fenced site wrote after that epoch began
-    is passed over (and logged, ``restore.fenced_archive``) unless named by id.
+    current DR *epoch*, an archive a fenced site wrote after it began is
+    passed over (and logged) unless named by its id.
     """
     if into is None:
         cell = config.cell(name)
@@ -148,37 +149,38 @@ def _prefer_scheduled(
     A restore's safety backup holds the data the restore replaced. Picked
     by ``latest`` or a date, it would bring that data back on a second run
     of the same restore; it is restored only when named by its id (or when
-    nothing else matches). Nor is an archive that a fenced site wrote after
-    the current *epoch* began (DR fencing).
+    nothing else matches). Nor is an archive a fenced site wrote after the
+    current *epoch* began (logged as ``restore.fenced_archive_ignored``).
     """
     if selector.kind == "id":
         return matching[-1]
-    usable: list[ArchiveId] = []
+    fallback: ArchiveId | None = None
     for ident in reversed(matching):
         try:
             meta = where[ident].sidecar(ident).meta
         except CellvaultError:
             return ident  # let planning report what is wrong with it
-        if epoch is not None and written_after_fence(meta.epoch, meta.backed_at, epoch):
+        if epoch is not None and written_after_fence(meta.epoch, ident.when, epoch):
             log.warning(
-                "restore.fenced_archive",
+                "restore.fenced_archive_ignored",
                 archive=str(ident),
                 written_by=meta.site,
                 epoch=meta.epoch,
-                active=epoch.site,
                 current_epoch=epoch.number,
+                active=epoch.site,
             )
             continue
         if meta.reason != "pre-restore":
             return ident
-        usable.append(ident)
-    if not usable:
+        fallback = fallback or ident
+    if fallback is None:
+        # Every match was written by a fenced site after the fence: none is restored.
         raise ArchiveNotFound(
             f"every archive matching {selector} was written by a fenced site after site "
-            f"{epoch.site if epoch else '?'} took the current epoch; none is restored",
-            hint="pick an older date, or name an archive by its id to restore it anyway",
+            f"{epoch.site if epoch else '?'} took the current DR epoch; none is restored",
+            hint="pick an earlier date, or name an archive by its id to restore it anyway",
         )
-    return usable[0]
+    return fallback
 
 
 def _placeholder(name: str) -> Cell:
