@@ -260,7 +260,10 @@ class Vault:
             )
             run.finish(report, metrics=self.write_metrics)
         if reason == "scheduled" and self.fence.dr and self.fence.storage:
-            write_heartbeat(self.fence, now=self.clock(), source="backup", host=self.host)
+            # The run's own stamp (the vault's clock at its start) and its duration.
+            at = dt.datetime.strptime(report.stamp, "%Y%m%d_%H%M%S").replace(tzinfo=dt.UTC)
+            at += dt.timedelta(seconds=report.duration)
+            write_heartbeat(self.fence, now=at, source="backup", host=self.host)
         return report
 
     def verify(
