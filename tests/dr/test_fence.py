@@ -294,6 +294,13 @@ def test_safety_backups_stay_local_and_never_count_toward_the_lag(
         },
     )
     assert "is a pre-restore safety backup (not counted)" in text.output, text.output
+    listed = CliRunner().invoke(
+        cli,
+        ["list", "--cell", "crm", "--target", "local"],
+        env={**site_env(standby_dir, s3_bucket, "dr"), "BACKUP_CELLS": " ".join(CELLS)},
+    )
+    line = next(x for x in listed.output.splitlines() if x.startswith(safety["crm"]))
+    assert line.endswith("[safety backup: stays on this site]"), listed.output
     # The push of the active standby leaves them here.
     pushed = standby.push()
     assert pushed.ok and pushed.copied == []
