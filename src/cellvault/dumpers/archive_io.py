@@ -193,6 +193,8 @@ def load_staged_dumps(
     only: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     staged_roots: Mapping[Path, Path] | None = None,
+    on_loading: Callable[[str], None] | None = None,
+    on_loaded: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -202,7 +204,9 @@ def load_staged_dumps(
     *only* names the dumpers to load, whatever their ``autoload``, and each
     must be in the archive. *options* (dumper name -> options) changes
     options for this restore only, such as ``tables`` or ``restore_dsn``.
-    Raises :class:`LoadError` at the first failure.
+    Raises :class:`LoadError` at the first failure. *on_loading* is called
+    with a dumper's name before its load begins, *on_loaded* once it is done
+    (a restore journals and reports them).
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -221,8 +225,12 @@ def load_staged_dumps(
             continue
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
+        if on_loading is not None:
+            on_loading(ctx.dumper.name)
         _load(ctx, llog)
         loaded.append(ctx.dumper.name)
+        if on_loaded is not None:
+            on_loaded(ctx.dumper.name)
     return loaded
 
 

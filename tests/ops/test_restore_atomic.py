@@ -1,0 +1,294 @@
+"""A cell restores as one unit: every root and database swapped together, or put back.
+
+The partial-swap rollback, the safety backup of everything live, truthful
+reports per part, and the journal that settles a restore killed with
+SIGKILL at each stage (the next run rolls it back or finishes it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cellvault import Cell, Vault, hookimpl
+from tests.helpers import make_vault, snapshot, times_clock, utc, write_tree
+
+TIMES = [utc(2025, 1, 1, 2), utc(2025, 1, 2, 2), utc(2025, 1, 3, 2), utc(2025, 1, 4, 2)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def leftovers(*dirs: Path) -> list[str]:
+    """The restore's staging directories, journals and kept data beside the live roots."""
+    return sorted(p.name for d in dirs for p in d.iterdir() if p.name.startswith(".cellvault"))
+
+
+@pytest.fixture
+def two_roots(tmp_path: Path) -> tuple[Vault, Path, Path]:
+    """Cell crm with two roots, app and data, backed up once, then changed live."""
+    app = write_tree(tmp_path / "srv" / "app", {"config.yaml": "v: 1\n", "bin/run": "old\n"})
+    data = write_tree(tmp_path / "var" / "data", {"ledger.csv": "1\n", "inv/a.csv": "a\n"})
+    vault = make_vault(
+        tmp_path / "backup", [Cell("crm", [app, data])], clock=times_clock(list(TIMES))
+    )
+    assert vault.backup().ok
+    write_tree(app, {"config.yaml": "v: live\n", "new.txt": "written after\n"})
+    write_tree(data, {"ledger.csv": "live\n"})
+    return vault, app, data
+
+
+class BreakSecondRoot:
+    """A restore hook that removes the staged ``data`` root: its swap then fails."""
+
+    @hookimpl
+    def cellvault_restore_cell(self, cell, meta, staging):  # type: ignore[no-untyped-def]
+        import shutil
+
+        shutil.rmtree(staging / "data")
+
+
+def test_second_root_failing_to_swap_puts_the_first_back(two_roots) -> None:  # type: ignore[no-untyped-def]
+    vault, app, data = two_roots
+    live = {p: (snapshot(p), p.stat().st_ino) for p in (app, data)}
+    broken = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[BreakSecondRoot()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = broken.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    # Every root is live again, the very same directories, and nothing stranded.
+    assert {p: (snapshot(p), p.stat().st_ino) for p in (app, data)} == live
+    assert leftovers(app.parent, data.parent) == []
+    (cell,) = report.cells
+    assert cell.stage == "swap"
+    assert cell.parts["files:app"].startswith("swapped in, then rolled back")
+    assert cell.parts["files:data"].startswith("swapped in, then rolled back")
+    assert "every cell's live files are back in place" in (report.error or "")
+
+
+def test_report_names_every_part_the_safety_backup_and_the_undo(two_roots) -> None:  # type: ignore[no-untyped-def]
+    vault, app, _ = two_roots
+    live = snapshot(app)
+    report = vault.restore("latest", cells=["crm"])
+    assert report.ok, report.to_dict()
+    (cell,) = report.cells
+    assert cell.safety_backup
+    assert cell.parts == {
+        "safety backup": f"taken: {cell.safety_backup}",
+        "files:app": "swapped in",
+        "files:data": "swapped in",
+    }
+    assert cell.undo == f"cellvault restore --cell crm --date {cell.safety_backup}"
+    assert report.to_dict()["cells"][0]["undo"] == cell.undo
+    # The undo command's restore brings the replaced data back.
+    assert vault.restore(cell.safety_backup, cells=["crm"], skip_prebackup=True).ok
+    assert snapshot(app) == live
+
+
+def test_skipped_safety_backup_is_said(two_roots) -> None:  # type: ignore[no-untyped-def]
+    vault, _, _ = two_roots
+    report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert report.ok
+    (cell,) = report.cells
+    assert cell.parts["safety backup"] == "skipped (RESTORE_SKIP_PREBACKUP=1)"
+    assert cell.undo is None
+
+
+# -- databases: the safety backup covers them, the report says what was loaded ----------
+
+
+def make_db(path: Path, rows: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (n INTEGER)")
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)])
+    db.close()
+
+
+def rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        (n,) = db.execute("SELECT count(*) FROM t").fetchone()
+    db.close()
+    return int(n)
+
+
+def test_safety_backup_covers_databases_when_the_file_directory_is_gone(tmp_path: Path) -> None:
+    """The issue's billing case: no file directory, a live database, a restore in place."""
+    import shutil
+
+    billing = write_tree(tmp_path / "cells" / "billing", {"a.txt": "a\n"})
+    db = tmp_path / "db" / "invoices.sqlite"
+    make_db(db, 150)
+    dumpers = [{"type": "sqlite", "name": "inv", "path": str(db)}]
+    cell = Cell("billing", [billing], dumpers=dumpers)
+    vault = make_vault(tmp_path / "backup", [cell], clock=times_clock(list(TIMES)))
+    assert vault.backup().ok
+    make_db(db, 155)  # written after the backup
+    shutil.rmtree(billing)
+
+    report = vault.restore("latest", cells=["billing"])
+    assert report.ok, report.to_dict()
+    assert rows(db) == 150
+    (result,) = report.cells
+    assert result.safety_backup, "no safety backup of the live database"
+    assert result.parts["dump:inv"] == "loaded into the live database"
+    # The safety backup holds the 155 rows: the undo brings them back.
+    assert vault.restore(result.safety_backup, cells=["billing"], skip_prebackup=True).ok
+    assert rows(db) == 155
+
+
+def test_failed_load_after_another_says_what_the_databases_hold(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    one, two = tmp_path / "db" / "one.sqlite", tmp_path / "db" / "two.sqlite"
+    make_db(one, 10)
+    make_db(two, 20)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    dumpers = [
+        {"type": "sqlite", "name": "one", "path": str(one)},
+        {
+            "type": "sqlite",
+            "name": "two",
+            "path": str(two),
+            "restore_path": f"{blocker}/two.sqlite",
+        },
+    ]
+    vault = make_vault(
+        tmp_path / "backup", [Cell("crm", [crm], dumpers=dumpers)], clock=times_clock(list(TIMES))
+    )
+    assert vault.backup().ok
+    make_db(one, 11)
+    (crm / "a.txt").write_text("live\n")
+
+    report = vault.restore("latest", cells=["crm"])
+    assert not report.ok
+    assert (crm / "a.txt").read_text() == "live\n"
+    assert rows(one) == 10  # loaded before the failure: the report must say so
+    assert "nothing" not in (report.error or "") and "before any live data" not in (
+        report.error or ""
+    )
+    (cell,) = report.cells
+    assert cell.parts["dump:one"] == "loaded into the live database"
+    assert cell.parts["dump:two"].startswith("load failed")
+    assert cell.parts["files:crm"].startswith("staged, then discarded")
+    assert cell.undo and cell.undo in (report.error or "")
+    assert leftovers(crm.parent) == []
+
+
+def test_failed_hook_before_any_load_is_reported_as_touching_nothing(two_roots) -> None:  # type: ignore[no-untyped-def]
+    vault, app, data = two_roots
+
+    class Fail:
+        @hookimpl
+        def cellvault_restore_cell(self, cell, meta, staging):  # type: ignore[no-untyped-def]
+            raise RuntimeError("the import failed")
+
+    live = {p: snapshot(p) for p in (app, data)}
+    failing = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[Fail()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = failing.restore("latest", cells=["crm"])
+    assert not report.ok
+    assert (report.error or "").startswith("restore aborted before any live data was touched")
+    assert {p: snapshot(p) for p in (app, data)} == live
+    (cell,) = report.cells
+    assert cell.stage == "hook" and cell.safety_backup and cell.undo
+    assert cell.parts["files:app"].startswith("staged, then discarded")
+    assert leftovers(app.parent, data.parent) == []
+
+
+# -- killed with SIGKILL, settled by the next run -----------------------------------------
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from cellvault import Cell
+    from tests.helpers import make_vault, times_clock, utc
+
+    backup, app, data, at, skip = sys.argv[1:6]
+
+    def on_event(event):
+        if event.name == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    vault = make_vault(
+        Path(backup), [Cell("crm", [Path(app), Path(data)])],
+        on_event=on_event, clock=times_clock([utc(2025, 3, 1)]),
+    )
+    vault.restore("latest", cells=["crm"], skip_prebackup=skip == "1")
+    sys.exit(3)  # not killed
+    """
+)
+
+
+def kill_at(vault: Vault, app: Path, data: Path, event: str, skip: bool) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    argv = [sys.executable, "-c", KILLER, str(vault.config.backup_dir), str(app), str(data)]
+    done = subprocess.run(
+        [*argv, event, "1" if skip else "0"], env=env, capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("event", "expect", "skip"),
+    [
+        ("restore.planned", "old", False),  # before staging
+        ("restore.fetched", "old", False),  # during staging
+        ("restore.root_swapped", "old", True),  # between the swaps of two roots
+        ("restore.swapped", "new", False),  # after the swap, before the old data is removed
+        ("restore.swapped", "new", True),  # the same without a safety backup: old data kept
+    ],
+)
+def test_killed_restore_is_settled_by_the_next_run(two_roots, event, expect, skip) -> None:  # type: ignore[no-untyped-def]
+    vault, app, data = two_roots
+    old = {p: snapshot(p) for p in (app, data)}
+    kill_at(vault, app, data, event, skip)
+    # The next command on the cell (a backup) settles the interrupted restore first.
+    events: list = []
+    after = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        on_event=events.append,
+        clock=times_clock([utc(2025, 4, 1)]),
+    )
+    assert after.backup().ok
+    now = {p: snapshot(p) for p in (app, data)}
+    if expect == "old":
+        assert now == old
+    else:
+        assert now != old
+        assert (app / "config.yaml").read_text() == "v: 1\n"
+        assert (data / "ledger.csv").read_text() == "1\n"
+    recovered = [e for e in events if e.name == "restore.recovered"]
+    left = leftovers(app.parent, data.parent)
+    if event in ("restore.planned",):
+        assert recovered == [] and left == []
+        return
+    if event == "restore.fetched":
+        # Killed while staging, before the journal: only staged data is left, never live data.
+        assert all(".cellvault-restore-" in name for name in left)
+        return
+    (rec,) = recovered
+    assert rec.data["action"] == ("finished" if expect == "new" else "rolled back")
+    if expect == "new" and skip:
+        # No safety backup holds the replaced data: it is kept, and named.
+        assert "old data is kept at" in rec.data["detail"]
+        assert len(left) == 2 and all("cellvault-replaced" in n for n in left)
+        assert snapshot(app.parent / left[0]) == old[app]
+        assert snapshot(data.parent / left[1]) == old[data]
+    else:
+        assert left == []
