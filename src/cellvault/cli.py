@@ -500,6 +500,8 @@ def restore(
     if state.as_json:
         _emit_json(report.to_dict())
     else:
+        for line in report.recovered:
+            click.echo(f"note {line}")
         for c in report.cells:
             if c.ok:
                 safety = f"; safety backup {c.safety_backup}" if c.safety_backup else ""
@@ -509,6 +511,10 @@ def restore(
                 )
             else:
                 click.echo(f"FAIL {c.cell}: {c.stage}: {c.error}", err=True)
+            for part, what in c.parts.items():
+                click.echo(f"     {part}: {what}", err=not c.ok)
+            if c.undo:
+                click.echo(f"     undo: {c.undo}", err=not c.ok)
         if report.error:
             click.echo(f"FAIL {report.error}", err=True)
         click.echo(f"restore: {'ok' if report.ok else 'FAILED'} in {report.duration:.1f}s")

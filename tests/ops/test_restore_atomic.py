@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cellvault import Cell, Vault, hookimpl
+from cellvault.retention import RetentionPolicy
 from tests.helpers import make_vault, snapshot, times_clock, utc, write_tree
 
 TIMES = [utc(2025, 1, 1, 2), utc(2025, 1, 2, 2), utc(2025, 1, 3, 2), utc(2025, 1, 4, 2)]
@@ -292,3 +293,59 @@ def test_killed_restore_is_settled_by_the_next_run(two_roots, event, expect, ski
         assert snapshot(data.parent / left[1]) == old[data]
     else:
         assert left == []
+
+
+# -- a restore's read lease: prune keeps what it reads ---------------------------------
+
+
+def test_prune_while_a_restore_runs_keeps_what_it_reads(tmp_path: Path) -> None:
+    """A restore of an old archive is paused in its hook; a prune then runs; both succeed."""
+    import datetime as dt
+    import threading
+
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "v0\n"})
+    now = [utc(2025, 1, 1, 2)]
+    vault = make_vault(
+        tmp_path / "backup",
+        [Cell("crm", [crm])],
+        clock=lambda: now[0],
+        retention=RetentionPolicy(keep_full_days=1),
+    )
+    made = []
+    for day in range(4):
+        now[0] = utc(2025, 1, 1, 2) + dt.timedelta(days=day)
+        write_tree(crm, {"a.txt": f"v{day}\n"})
+        made.append(vault.backup(kind="full").cells[0].archive)
+    now[0] = utc(2025, 1, 10)
+    assert [str(d.id) for d in vault.prune(dry_run=True).results[0].removed] == made[:3]
+
+    entered, go = threading.Event(), threading.Event()
+
+    class Pause:
+        @hookimpl
+        def cellvault_restore_cell(self, cell, meta, staging):  # type: ignore[no-untyped-def]
+            entered.set()
+            assert go.wait(60)
+
+    restoring = make_vault(
+        tmp_path / "backup", [Cell("crm", [crm])], plugins=[Pause()], clock=lambda: now[0]
+    )
+    out: list = []
+    worker = threading.Thread(
+        target=lambda: out.append(restoring.restore(made[0], skip_prebackup=True))
+    )
+    worker.start()
+    try:
+        assert entered.wait(60)
+        report = vault.prune()
+    finally:
+        go.set()
+        worker.join(60)
+    (result,) = report.results
+    assert [str(d.id) for d in result.removed] == made[1:3]
+    (held,) = [d for d in result.decisions if str(d.id) == made[0]]
+    assert held.keep and any(r.startswith("held by restore on host") for r in held.reasons)
+    assert out and out[0].ok, out[0].to_dict()
+    assert (crm / "a.txt").read_text() == "v0\n"
+    # The restore is over: its read lease is gone, and the next prune deletes the archive.
+    assert [str(d.id) for d in vault.prune().results[0].removed] == [made[0]]

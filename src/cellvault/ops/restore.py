@@ -37,6 +37,7 @@ from ..run import Run, error_text, open_run
 from ..runlog import carry
 from ..swap import Swap
 from .backup import backup
+from .holds import hold_archives
 from .listing import configured_cells, write_metrics
 from .outcome import (
     DISCARDED,
@@ -102,6 +103,34 @@ def restore(
             files=p.sidecar.files,
             cell=p.cell.name,
         )
+    # Prune keeps what this restore reads until it is done.
+    with hold_archives(run, plans):
+        return _restore_held(
+            run,
+            res,
+            plans,
+            names,
+            into_path,
+            skip_prebackup,
+            allow_external_links,
+            dump_choice(load_dumps, into_path),
+            dump_options or {},
+            started,
+        )
+
+
+def _restore_held(
+    run: Run,
+    res: Resources,
+    plans: Sequence[RestorePlan],
+    names: Sequence[str],
+    into_path: Path | None,
+    skip_prebackup: bool,
+    allow_external_links: bool,
+    only: Sequence[str] | None,
+    dump_options: Mapping[str, Mapping[str, Any]],
+    started: float,
+) -> RestoreReport:
     # An earlier restore of these cells that was killed is settled first.
     recovered = recover_cells(run, plans) if into_path is None else ()
     safety: dict[str, str] = {}
@@ -113,8 +142,8 @@ def restore(
         plans,
         into_path,
         allow_external_links,
-        dump_choice(load_dumps, into_path),
-        dump_options or {},
+        only,
+        dump_options,
         safety,
         skipped=into_path is None and skip_prebackup,
     )
