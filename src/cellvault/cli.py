@@ -452,6 +452,12 @@ def status(
     help="Change a dumper's option for this restore, e.g. db.only_tables=public.orders "
     "(repeatable; see docs/dumpers.md).",
 )
+@click.option(
+    "--remove-excluded",
+    is_flag=True,
+    help="In place: also remove live paths the cell's exclude rules leave out of backups "
+    "(default: keep them).",
+)
 @pass_state
 def restore(
     state: State,
@@ -464,6 +470,7 @@ def restore(
     load_dumps: bool | None,
     only_dumps: tuple[str, ...],
     dump_options: tuple[str, ...],
+    remove_excluded: bool,
 ) -> None:
     """Restore all cells, or one, to a point in time, in one step.
 
@@ -496,6 +503,7 @@ def restore(
             allow_external_links=allow_external_links,
             load_dumps=list(only_dumps) if only_dumps else load_dumps,
             dump_options=options,
+            keep_excluded=not remove_excluded,
         )
     if state.as_json:
         _emit_json(report.to_dict())

@@ -349,3 +349,38 @@ def test_prune_while_a_restore_runs_keeps_what_it_reads(tmp_path: Path) -> None:
     assert (crm / "a.txt").read_text() == "v0\n"
     # The restore is over: its read lease is gone, and the next prune deletes the archive.
     assert [str(d.id) for d in vault.prune().results[0].removed] == [made[0]]
+
+
+# -- in place, what the backup left out stays -----------------------------------------
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_in_place_restore_keeps_excluded_live_paths(tmp_path: Path, keep: bool) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", {"config.yaml": "v1\n", "cache/x.tmp": "c\n"})
+    cell = Cell("crm", [crm], exclude=["cache", "*.tmp"])
+    vault = make_vault(tmp_path / "backup", [cell], clock=times_clock(list(TIMES)))
+    assert vault.backup().ok
+    write_tree(
+        crm,
+        {
+            "config.yaml": "v2\n",
+            "cache/y.tmp": "y\n",
+            "new/deep/scratch.tmp": "s\n",
+            "stray.txt": "gone after the restore\n",
+        },
+    )
+    (crm / "cache").chmod(0o750)
+    report = vault.restore("latest", keep_excluded=keep)
+    assert report.ok, report.to_dict()
+    assert (crm / "config.yaml").read_text() == "v1\n"
+    assert not (crm / "stray.txt").exists()  # not excluded: the archive's state wins
+    kept = {"cache", "cache/x.tmp", "cache/y.tmp", "new", "new/deep", "new/deep/scratch.tmp"}
+    present = {p.relative_to(crm).as_posix() for p in crm.rglob("*")}
+    if keep:
+        assert kept <= present
+        assert (crm / "cache" / "y.tmp").read_text() == "y\n"
+        assert (crm / "cache").stat().st_mode & 0o777 == 0o750
+        assert report.cells[0].parts["excluded paths"].startswith("2 live path(s)")
+    else:
+        assert not kept & present
+        assert "excluded paths" not in report.cells[0].parts

@@ -37,6 +37,7 @@ from ..run import Run, error_text, open_run
 from ..runlog import carry
 from ..swap import Swap
 from .backup import backup
+from .excluded import carry_excluded
 from .holds import hold_archives
 from .listing import configured_cells, write_metrics
 from .outcome import (
@@ -80,6 +81,7 @@ def restore(
     allow_external_links: bool = False,
     load_dumps: bool | Sequence[str] | None = None,
     dump_options: Mapping[str, Mapping[str, Any]] | None = None,
+    keep_excluded: bool = True,
 ) -> RestoreReport:
     """The operation of :meth:`cellvault.Vault.restore` (see there), as *run*."""
     selector = select if isinstance(select, Selector) else Selector.parse(select)
@@ -116,6 +118,7 @@ def restore(
             dump_choice(load_dumps, into_path),
             dump_options or {},
             started,
+            keep_excluded,
         )
 
 
@@ -130,6 +133,7 @@ def _restore_held(
     only: Sequence[str] | None,
     dump_options: Mapping[str, Mapping[str, Any]],
     started: float,
+    keep_excluded: bool = True,
 ) -> RestoreReport:
     # An earlier restore of these cells that was killed is settled first.
     recovered = recover_cells(run, plans) if into_path is None else ()
@@ -146,6 +150,7 @@ def _restore_held(
         dump_options,
         safety,
         skipped=into_path is None and skip_prebackup,
+        keep_excluded=keep_excluded,
     )
     try:
         error = work()
@@ -243,6 +248,7 @@ class _Restore:
     options: Mapping[str, Mapping[str, Any]]
     safety: Mapping[str, str]
     skipped: bool = False
+    keep_excluded: bool = True
     results: dict[str, CellRestore] = attrs.Factory(dict)
     parts: dict[str, CellParts] = attrs.Factory(dict)
     journals: dict[str, Journal] = attrs.Factory(dict)
@@ -277,9 +283,23 @@ class _Restore:
                     break
         if len(staged) == len(self.plans) and not self.results:
             # Everything is staged, loaded and hooked: only now touch live data.
+            if self.into is None and self.keep_excluded:
+                self._carry_excluded(staged)
             self._swap_in(staged)
             return None
         return self._abort(staged)
+
+    def _carry_excluded(self, staged: list[tuple[RestorePlan, Swap]]) -> None:
+        """Link the live paths each cell excludes into its staged tree, so the swap keeps them."""
+        for plan, swap in staged:
+            kept = sum(
+                carry_excluded(plan.cell, dest, swap.placed.get(root, swap.staging / root))
+                for root, dest in swap.dests.items()
+            )
+            if kept:
+                self.parts[plan.cell.name].states["excluded paths"] = (
+                    f"{kept} live path(s) the cell's exclude rules leave out kept in place"
+                )
 
     def _prepare(self, plan: RestorePlan, swap: Swap) -> CellRestore | None:
         parts, journal = self.parts[plan.cell.name], self.journals.get(plan.cell.name)
