@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-from ..errors import ArchiveNotFound
+from ..errors import ArchiveNotFound, TargetError
+from ..log import get_logger
 from ..readlease import ReadLease
-from ..run import Run
+from ..run import Run, error_text
 from .plan import RestorePlan
 
 __all__ = ["hold_archives"]
+
+log = get_logger(__name__)
 
 
 def hold_archives(
@@ -25,11 +28,16 @@ def hold_archives(
     try:
         for plan in plans:
             ids = [str(s.id) for s in (*plan.chain, plan.sidecar)]
-            stack.enter_context(
-                ReadLease.acquire(
+            try:
+                lease = ReadLease.acquire(
                     plan.target, plan.cell.name, ids, purpose, ttl=run.config.lock_ttl
                 )
-            )
+            except TargetError as exc:
+                # The target takes no lease now: a prune there cannot take its own either.
+                log.warning("restore.unheld", cell=plan.cell.name, error=error_text(exc))
+                run.emit("restore.unheld", cell=plan.cell.name, error=error_text(exc))
+                continue
+            stack.enter_context(lease)
             present = {str(i) for i in plan.target.archive_ids(plan.cell.name)}
             gone = [i for i in ids if i not in present]
             if gone:
