@@ -123,6 +123,11 @@ class Journal:
         self.data["loading"] = dumper
         self._save()
 
+    def staged(self, dumpers: list[str]) -> None:
+        """The dumps of *dumpers* are loaded into side objects, not yet swapped in."""
+        self.data["staged"] = list(dumpers)
+        self._save()
+
     def loaded(self, dumper: str) -> None:
         """The dump of *dumper* is loaded."""
         self.data["loaded"] = [*self.data["loaded"], dumper]
@@ -237,7 +242,11 @@ def _settle(data: Mapping[str, Any]) -> Recovery:
     phase = data.get("phase")
     loaded = tuple(data.get("loaded") or ())
     partly = data.get("loading")
-    forward = phase == "swapped" or (phase == "swapping" and loaded and partly is None)
+    # Forward only when every database holds the archive (staged ones all swapped in).
+    unswapped = [d for d in data.get("staged") or () if d not in loaded]
+    forward = phase == "swapped" or (
+        phase == "swapping" and bool(loaded) and partly is None and not unswapped
+    )
     states: dict[str, str] = {}
     kept: list[str] = []
     for name, root in roots.items():

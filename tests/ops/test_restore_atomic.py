@@ -19,6 +19,7 @@ import pytest
 
 from cellvault import Cell, Vault, hookimpl
 from cellvault.retention import RetentionPolicy
+from tests.dumpers.conftest import PgDb, pg, psql  # noqa: F401 - pg is a fixture
 from tests.helpers import make_vault, snapshot, times_clock, utc, write_tree
 
 TIMES = [utc(2025, 1, 1, 2), utc(2025, 1, 2, 2), utc(2025, 1, 3, 2), utc(2025, 1, 4, 2)]
@@ -141,13 +142,14 @@ def test_safety_backup_covers_databases_when_the_file_directory_is_gone(tmp_path
     assert rows(db) == 150
     (result,) = report.cells
     assert result.safety_backup, "no safety backup of the live database"
-    assert result.parts["dump:inv"] == "loaded into the live database"
+    assert result.parts["dump:inv"] == f"swapped in: {db}"
     # The safety backup holds the 155 rows: the undo brings them back.
     assert vault.restore(result.safety_backup, cells=["billing"], skip_prebackup=True).ok
     assert rows(db) == 155
 
 
-def test_failed_load_after_another_says_what_the_databases_hold(tmp_path: Path) -> None:
+def test_failed_load_after_another_leaves_every_database_live(tmp_path: Path) -> None:
+    """Two SQLite dumpers outside the cell: the first stages, the second fails; nothing changes."""
     crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
     one, two = tmp_path / "db" / "one.sqlite", tmp_path / "db" / "two.sqlite"
     make_db(one, 10)
@@ -173,16 +175,14 @@ def test_failed_load_after_another_says_what_the_databases_hold(tmp_path: Path) 
     report = vault.restore("latest", cells=["crm"])
     assert not report.ok
     assert (crm / "a.txt").read_text() == "live\n"
-    assert rows(one) == 10  # loaded before the failure: the report must say so
-    assert "nothing" not in (report.error or "") and "before any live data" not in (
-        report.error or ""
-    )
+    assert rows(one) == 11  # staged beside, never swapped in
+    assert (report.error or "").startswith("restore aborted before any live data was touched")
     (cell,) = report.cells
-    assert cell.parts["dump:one"] == "loaded into the live database"
-    assert cell.parts["dump:two"].startswith("load failed")
+    assert cell.parts["dump:one"] == "staged, then discarded: the live database is untouched"
+    assert cell.parts["dump:two"] == "not loaded: the live database is untouched"
     assert cell.parts["files:crm"].startswith("staged, then discarded")
-    assert cell.undo and cell.undo in (report.error or "")
-    assert leftovers(crm.parent) == []
+    assert cell.undo
+    assert leftovers(crm.parent) == [] and leftovers(one.parent) == []
 
 
 def test_failed_hook_before_any_load_is_reported_as_touching_nothing(two_roots) -> None:  # type: ignore[no-untyped-def]
@@ -217,7 +217,8 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from cellvault import Cell
-    from tests.helpers import make_vault, times_clock, utc
+    from tests.dumpers.conftest import PgDb, pg, psql  # noqa: F401 - pg is a fixture
+from tests.helpers import make_vault, times_clock, utc
 
     backup, app, data, at, skip = sys.argv[1:6]
 
@@ -384,3 +385,79 @@ def test_in_place_restore_keeps_excluded_live_paths(tmp_path: Path, keep: bool) 
     else:
         assert not kept & present
         assert "excluded paths" not in report.cells[0].parts
+
+
+# -- PostgreSQL staged into a scratch database, swapped by renaming ------------------------
+
+
+def pg_rows(db: PgDb) -> str:
+    return db.sql("SELECT count(*) || ':' || coalesce(sum(n), 0) FROM t;")
+
+
+def pg_cell(tmp_path: Path, db: PgDb) -> tuple[Vault, Path, Path]:
+    app = write_tree(tmp_path / "srv" / "app", {"config.yaml": "v: 1\n"})
+    data = write_tree(tmp_path / "var" / "data", {"ledger.csv": "1\n"})
+    db.sql("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 100);")
+    dumper = {"type": "postgres", "name": "db", "dsn": db.dsn, "mode": "replace"}
+    cell = Cell("crm", [app, data], dumpers=[dumper])
+    vault = make_vault(tmp_path / "backup", [cell], clock=times_clock(list(TIMES)))
+    assert vault.backup().ok
+    db.sql("INSERT INTO t VALUES (1000);")  # written after the backup
+    write_tree(app, {"config.yaml": "v: live\n"})
+    return vault, app, data
+
+
+def pg_siblings(db: PgDb) -> str:
+    return psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{db.name}_cv%';")  # noqa: S608 - generated name
+
+
+def test_postgres_is_swapped_in_with_the_files(tmp_path: Path, pg: PgDb) -> None:  # noqa: F811 - the fixture
+    vault, app, _ = pg_cell(tmp_path, pg)
+    report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert report.ok, report.to_dict()
+    assert pg_rows(pg) == "100:5050"
+    assert (app / "config.yaml").read_text() == "v: 1\n"
+    assert report.cells[0].parts["dump:db"].startswith(f"swapped in: database {pg.name}")
+    assert pg_siblings(pg) == ""
+
+
+def test_postgres_goes_back_when_a_file_swap_fails(tmp_path: Path, pg: PgDb) -> None:  # noqa: F811 - the fixture
+    vault, app, data = pg_cell(tmp_path, pg)
+    live = {p: snapshot(p) for p in (app, data)}
+    broken = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[BreakSecondRoot()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = broken.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    assert pg_rows(pg) == "101:6050"  # the live rows, the row written after the backup too
+    assert {p: snapshot(p) for p in (app, data)} == live
+    (cell,) = report.cells
+    assert cell.parts["dump:db"].startswith("swapped in, then rolled back")
+    assert pg_siblings(pg) == ""
+
+
+def test_postgres_load_failing_in_staging_leaves_it_live(tmp_path: Path, pg: PgDb) -> None:  # noqa: F811 - the fixture
+    vault, _, _ = pg_cell(tmp_path, pg)
+
+    class Fail:
+        @hookimpl
+        def cellvault_restore_cell(self, cell, meta, staging):  # type: ignore[no-untyped-def]
+            raise RuntimeError("the import failed")
+
+    failing = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[Fail()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = failing.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    assert (report.error or "").startswith("restore aborted before any live data was touched")
+    assert pg_rows(pg) == "101:6050"
+    assert (
+        report.cells[0].parts["dump:db"] == "staged, then discarded: the live database is untouched"
+    )
+    assert pg_siblings(pg) == ""

@@ -36,6 +36,7 @@ are checked against the restored rows). ``restore_dsn`` or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets as _secrets
@@ -53,6 +54,7 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .options import to_args, to_bool, to_list
+from .staging import StagedLoad
 
 __all__ = ["PostgresDumper", "parse_dsn"]
 
@@ -397,6 +399,57 @@ class PostgresDumper(Dumper):
         listing = self._table_list(ctx, dump) if self.only_tables else None
         self._pg_restore(ctx, keywords, dump, clean=True, listing=listing)
 
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        """``mode = replace``: load into a scratch database on the same server, swapped in by renaming.
+
+        ``mode = clean`` restores into the live database (keeping what the
+        dump does not know), so it cannot stage: it loads before the swap.
+        """
+        if self.mode != "replace":
+            return None
+        files = ctx.files()
+        if len(files) != 1:
+            raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
+        dump = ctx.path(files[0])
+        keywords = self._target()
+        db = keywords["dbname"]
+        suffix = _secrets.token_hex(4)
+        fresh, old = f"{db[:40]}_cvnew_{suffix}", f"{db[:40]}_cvold_{suffix}"
+        self._create(ctx, keywords, fresh)
+        try:
+            self._pg_restore(ctx, {**keywords, "dbname": fresh}, dump, clean=False)
+        except BaseException:
+            with contextlib.suppress(LoadError):
+                self._drop(ctx, keywords, fresh)
+            raise
+        where = f"database {db} on {keywords.get('host', 'localhost')}"
+        return _DatabaseSwap(self.name, where, fresh, owner=self, ctx=ctx, db=db, old=old)
+
+    def rename_swap(self, ctx: LoadContext, db: str, fresh: str, old: str) -> bool:
+        """Rename *db* to *old* and *fresh* to *db*, in one transaction (sessions ended with ``terminate``).
+
+        Returns whether *db* existed (and is now *old*).
+        """
+        keywords = self._target()
+        exists = self._exists(ctx, keywords, db)
+        sql = ""
+        if exists:
+            if self.terminate:
+                sql += (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :'db' AND pid <> pg_backend_pid();\n"
+                )
+            sql += 'BEGIN;\nALTER DATABASE :"db" RENAME TO :"old";\n'
+        else:
+            sql += "BEGIN;\n"
+        sql += 'ALTER DATABASE :"fresh" RENAME TO :"db";\nCOMMIT;\n'
+        self._psql(ctx, self._maintenance(keywords), sql, db=db, old=old, fresh=fresh)
+        return exists
+
+    def drop_database(self, ctx: LoadContext, db: str) -> None:
+        """Drop *db* on the dumper's server (a scratch or an old database)."""
+        self._drop(ctx, self._target(), db)
+
     def _replace(self, ctx: LoadContext, keywords: dict[str, str], dump: Path) -> None:
         db = keywords["dbname"]
         suffix = _secrets.token_hex(4)
@@ -544,3 +597,45 @@ def _split_table(text: str) -> tuple[str | None, str]:
 @hookimpl
 def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
     return PostgresDumper.from_spec(spec) if spec.type == "postgres" else None
+
+
+@attrs.define
+class _DatabaseSwap(StagedLoad):
+    """A scratch database, swapped with the live one by ``ALTER DATABASE ... RENAME``."""
+
+    owner: PostgresDumper = attrs.field(kw_only=True)
+    ctx: LoadContext = attrs.field(kw_only=True)
+    db: str = attrs.field(kw_only=True)
+    old: str = attrs.field(kw_only=True)
+    had_old: bool = attrs.field(default=False, kw_only=True)
+
+    def swap(self) -> None:
+        self.had_old = self.owner.rename_swap(self.ctx, self.db, self.side, self.old)
+
+    def unswap(self) -> None:
+        # The restored database goes back to its scratch name, the old one to its own.
+        if self.had_old:
+            self.owner.rename_swap(self.ctx, self.db, self.old, self.side)
+        else:
+            self.owner.rename_swap(self.ctx, self.side, self.db, self.side + "_x")
+        self.had_old = False
+
+    def discard(self) -> None:
+        try:
+            self.owner.drop_database(self.ctx, self.side)
+        except LoadError as exc:
+            log.warning("dump.cleanup_failed", database=self.side, error=str(exc))
+
+    def commit(self) -> None:
+        if not self.had_old:
+            return
+        if self.owner.keep_old:
+            log.info("dump.old_database_kept", database=self.old)
+            return
+        try:
+            self.owner.drop_database(self.ctx, self.old)
+        except LoadError as exc:
+            log.warning("dump.old_database_kept", database=self.old, error=str(exc))
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "old": self.old if self.had_old else None}

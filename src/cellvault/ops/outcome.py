@@ -27,9 +27,14 @@ STAGED = "staged (not yet live)"
 DISCARDED = "staged, then discarded: the live files are untouched"
 SWAPPED = "swapped in"
 ROLLED_BACK = "swapped in, then rolled back: the live files are back"
+DISCARDED_SIDE = "staged, then discarded: the live database is untouched"
+STAGED_IN_FILES = "written into the staged files (swapped in with them)"
 NOT_LOADED = "not loaded: the live database is untouched"
-LOADED = "loaded into the live database"
-PART_LOADED = "load failed: the live database may hold part of the archive"
+LOADED = "loaded into the live database before the swap (this dumper cannot stage)"
+PART_LOADED = (
+    "loaded into the live database before the swap (this dumper cannot stage), "
+    "and the load failed: the live database may hold part of the archive"
+)
 
 
 def undo_command(cell: str, safety: str | None) -> str | None:

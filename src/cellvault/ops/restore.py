@@ -27,6 +27,7 @@ import attrs
 from ..archive import Selector
 from ..dumpers.archive_io import load_staged_dumps
 from ..dumpers.members import DUMPS_ROOT
+from ..dumpers.staging import StagedLoad
 from ..errors import CellvaultError, ConfigError, RestoreError
 from ..extract import ArchiveStream, StagedTree
 from ..journal import Journal
@@ -42,7 +43,9 @@ from .holds import hold_archives
 from .listing import configured_cells, write_metrics
 from .outcome import (
     DISCARDED,
+    DISCARDED_SIDE,
     ROLLED_BACK,
+    STAGED_IN_FILES,
     SWAPPED,
     CellParts,
     recover_cells,
@@ -250,8 +253,10 @@ class _Restore:
     skipped: bool = False
     keep_excluded: bool = True
     results: dict[str, CellRestore] = attrs.Factory(dict)
+    swapped_sides: list[StagedLoad] = attrs.Factory(list)
     parts: dict[str, CellParts] = attrs.Factory(dict)
     journals: dict[str, Journal] = attrs.Factory(dict)
+    sides: dict[str, list[StagedLoad]] = attrs.Factory(dict)
 
     def __call__(self) -> str | None:
         """Restore; return why the restore was aborted (``None`` when it was not)."""
@@ -314,6 +319,7 @@ class _Restore:
                 journal.loaded(dumper)
             parts.done_loading(dumper)
 
+        sides = self.sides.setdefault(plan.cell.name, [])
         refused = prepare(
             self.run,
             self.res,
@@ -323,7 +329,14 @@ class _Restore:
             self.options,
             on_loading=loading,
             on_loaded=loaded,
+            sides=sides,
         )
+        for side in sides:
+            parts.states[f"dump:{side.dumper}"] = (
+                f"staged into {side.side} (not yet live)" if side.side else STAGED_IN_FILES
+            )
+        if journal is not None and sides:
+            journal.staged([side.dumper for side in sides])
         return None if refused is None else self._with_parts(refused)
 
     def _with_parts(self, result: CellRestore) -> CellRestore:
@@ -367,6 +380,7 @@ class _Restore:
                 if journal is not None:
                     journal.phase("swapping")
                 done.append((plan, swap))  # a failing commit rolls its own roots back
+                self._swap_sides(name, journal)
                 swap.commit(on_root=functools.partial(self._root_swapped, name))
                 self.parts[name].files(SWAPPED)
                 if journal is not None:
@@ -379,6 +393,8 @@ class _Restore:
                 + self._rollback_text()
             ) from None
         for plan, swap in done:
+            for side in self.sides.get(plan.cell.name, ()):
+                side.commit()
             swap.cleanup()
             if plan.cell.name in self.journals:
                 self.journals.pop(plan.cell.name).close()
@@ -402,10 +418,44 @@ class _Restore:
     def _root_swapped(self, cell: str, root: str) -> None:
         self.run.emit("restore.root_swapped", cell=cell, root=root)
 
+    def _swap_sides(self, cell: str, journal: Journal | None) -> None:
+        """Swap the cell's staged databases in, one short step each (before its files)."""
+        for side in self.sides.get(cell, ()):
+            if not side.side:
+                continue  # written into the staged files: swapped with them
+            side.swap()
+            self.swapped_sides.append(side)
+            self.parts[cell].states[f"dump:{side.dumper}"] = f"swapped in: {side.what}"
+            if journal is not None:
+                journal.loaded(side.dumper)
+
+    def _unswap_sides(self) -> None:
+        """Put every swapped database back, then drop every side object."""
+        for side in reversed(self.swapped_sides):
+            try:
+                side.unswap()
+                state = f"swapped in, then rolled back: {side.what} is back"
+            except Exception as exc:  # noqa: BLE001 - reported in the cell's parts
+                state = f"rollback failed, {side.what} holds the archive: {error_text(exc)}"
+            for parts in self.parts.values():
+                if f"dump:{side.dumper}" in parts.states and side in self.sides.get(parts.cell, ()):
+                    parts.states[f"dump:{side.dumper}"] = state
+        self.swapped_sides.clear()
+        self._discard_sides(rolled_back=True)
+
+    def _discard_sides(self, rolled_back: bool = False) -> None:
+        for cell, sides in self.sides.items():
+            for side in sides:
+                side.discard()
+                key = f"dump:{side.dumper}"
+                if side.side and not rolled_back:
+                    self.parts[cell].states[key] = DISCARDED_SIDE
+
     def _unswap(
         self, staged: list[tuple[RestorePlan, Swap]], done: list[tuple[RestorePlan, Swap]]
     ) -> None:
         """After a failed swap: every cell's roots back to live, staged data removed, reported."""
+        self._unswap_sides()
         for plan, swap in reversed(done):
             swap.rollback()
             parts = self.parts[plan.cell.name]
@@ -453,6 +503,7 @@ class _Restore:
         else:
             # Checked: no dump was loaded and no root swapped.
             error = "restore aborted before any live data was touched: " + failures
+        self._discard_sides()
         for plan, swap in staged:
             swap.discard()
             name = plan.cell.name
@@ -532,6 +583,7 @@ def prepare(
     *,
     on_loading: Callable[[str], None] | None = None,
     on_loaded: Callable[[str], None] | None = None,
+    sides: list[StagedLoad] | None = None,
 ) -> CellRestore | None:
     """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
 
@@ -568,6 +620,7 @@ def prepare(
             },
             on_loading=on_loading,
             on_loaded=on_loaded,
+            sides=sides,
         )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
