@@ -217,8 +217,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from cellvault import Cell
-    from tests.dumpers.conftest import PgDb, pg, psql  # noqa: F401 - pg is a fixture
-from tests.helpers import make_vault, times_clock, utc
+    from tests.helpers import make_vault, times_clock, utc
 
     backup, app, data, at, skip = sys.argv[1:6]
 
