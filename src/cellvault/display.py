@@ -60,7 +60,9 @@ class Display:
     def __init__(
         self, stream: IO[str] | None = None, *, handler: logging.Handler | None = None
     ) -> None:
-        self.console = Console(file=stream or sys.stderr, force_terminal=stream is not None)
+        self.console = Console(
+            file=stream or sys.stderr, force_terminal=True if stream is not None else None
+        )
         self.handler = handler if isinstance(handler, logging.StreamHandler) else None
         self._saved: Any = None
         self.bar = Progress(

@@ -38,7 +38,7 @@ from ..state import StateFile, slot
 from ..targets.base import Target
 from .listing import configured_cells
 from .outcome import recover_cells
-from .resources import Resources
+from .resources import Resources, check_fence
 from .store import store_all
 
 __all__ = [
@@ -71,6 +71,7 @@ def backup(
     # A restore of these cells that was killed is settled before their data is read.
     recover_cells(run, chosen, operation="backup")
     tgts = res.chosen(targets)
+    epoch = check_fence(run, res, tgts, "backup")
     started = time.monotonic()
     with res.stamp_lock:
         when = next_stamp(res, chosen, tgts)
@@ -85,7 +86,8 @@ def backup(
     run.emit("backup.started", stamp=stamp, kind=kind, cells=names)
 
     def one(cell: Cell) -> CellReport:
-        return CellBackup(run, res, cell, ArchiveId(cell.name, when), kind, tgts, reason)()
+        ident = ArchiveId(cell.name, when)
+        return CellBackup(run, res, cell, ident, kind, tgts, reason, epoch=epoch)()
 
     with ThreadPoolExecutor(max_workers=run.config.jobs, thread_name_prefix="cell") as pool:
         reports = list(pool.map(carry(one), chosen))
@@ -138,6 +140,8 @@ class CellBackup:
     kind: str
     targets: Sequence[Target]
     reason: str
+    #: The DR epoch this site held at the start (recorded in the archive).
+    epoch: int | None = None
     started: float = attrs.field(factory=time.monotonic)
     stage: str = "lock"
     leases: list[Lease] = attrs.Factory(list)
@@ -190,7 +194,9 @@ class CellBackup:
         self.stage = "pack"
         result = self._pack(parent, parent_meta)
         self.stage = "upload"
-        outcomes = store_all(self.run, self.live, result, self._sidecar(result))
+        outcomes = store_all(
+            self.run, self.live, result, self._sidecar(result), fence=self.res.fence
+        )
         return self._stored(result, outcomes)
 
     def _lock(self) -> None:
@@ -259,6 +265,8 @@ class CellBackup:
             checksum=self.run.config.checksum,
             on_progress=lambda done, files: self._progress(archive, done, files),
             dumpers=self.res.dumpers.get(cell, ()),
+            epoch=self.epoch,
+            site=self.res.fence.site,
         )
         self.packed = result = packer.pack()
         self.snapshot_pending = False
