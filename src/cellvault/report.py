@@ -157,6 +157,8 @@ class VerifyResult(Report):
     files: int = 0
     bytes: int = 0
     rto: float | None = None
+    #: Drill: per dumper, whether its dump was loaded into a scratch object (and dropped).
+    dumps: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

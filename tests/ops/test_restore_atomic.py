@@ -19,7 +19,13 @@ import pytest
 
 from cellvault import Cell, Vault, hookimpl
 from cellvault.retention import RetentionPolicy
-from tests.dumpers.conftest import PgDb, pg, psql  # noqa: F401 - pg is a fixture
+from tests.dumpers.conftest import (  # noqa: F401 - pg and redis_db are fixtures
+    PgDb,
+    RedisDb,
+    pg,
+    psql,
+    redis_db,
+)
 from tests.helpers import make_vault, snapshot, times_clock, utc, write_tree
 
 TIMES = [utc(2025, 1, 1, 2), utc(2025, 1, 2, 2), utc(2025, 1, 3, 2), utc(2025, 1, 4, 2)]
@@ -460,3 +466,64 @@ def test_postgres_load_failing_in_staging_leaves_it_live(tmp_path: Path, pg: PgD
         report.cells[0].parts["dump:db"] == "staged, then discarded: the live database is untouched"
     )
     assert pg_siblings(pg) == ""
+
+
+# -- Redis staged into swap_db, swapped by SWAPDB ---------------------------------------
+
+
+def test_redis_goes_back_when_a_file_swap_fails(tmp_path: Path, redis_db: RedisDb) -> None:  # noqa: F811 - the fixture
+    app = write_tree(tmp_path / "srv" / "app", {"config.yaml": "v: 1\n"})
+    data = write_tree(tmp_path / "var" / "data", {"ledger.csv": "1\n"})
+    redis_db.cli("SET", "k", "backed-up")
+    dumper = {"type": "redis", "name": "cache", "url": redis_db.url, "swap_db": 15}
+    cell = Cell("crm", [app, data], dumpers=[dumper])
+    vault = make_vault(tmp_path / "backup", [cell], clock=times_clock(list(TIMES)))
+    assert vault.backup().ok
+    redis_db.cli("SET", "k", "live")
+    redis_db.cli("SET", "new", "written after")
+    broken = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[BreakSecondRoot()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = broken.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    assert redis_db.cli("GET", "k") == "live" and redis_db.cli("GET", "new") == "written after"
+    assert redis_db.cli("DBSIZE", db=15) == "0"
+    assert report.cells[0].parts["dump:cache"].startswith("swapped in, then rolled back")
+    # Without the failure: swapped in, the spare database emptied.
+    report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert report.ok, report.to_dict()
+    assert redis_db.cli("GET", "k") == "backed-up" and redis_db.cli("EXISTS", "new") == "0"
+    assert redis_db.cli("DBSIZE", db=15) == "0"
+
+
+# -- the drill loads the dumps it can stage ----------------------------------------------
+
+
+def test_drill_loads_postgres_into_a_scratch_database(tmp_path: Path, pg: PgDb) -> None:  # noqa: F811 - the fixture
+    seen: list[str] = []
+
+    class Health:
+        @hookimpl
+        def cellvault_health_check(self, cell, meta, root):  # type: ignore[no-untyped-def]
+            # While the health checks run, the dump is loaded in a scratch database.
+            seen.append(pg_siblings(pg))
+
+    vault, _, _ = pg_cell(tmp_path, pg)
+    drilling = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[Health()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = drilling.verify(level="drill")
+    assert report.ok, report.to_dict()
+    (result,) = report.results
+    assert result.dumps["db"].startswith(f"loaded into {pg.name}_cvnew_")
+    assert result.dumps["db"].endswith("then dropped")
+    assert len(seen) == 1 and seen[0].startswith(f"{pg.name}_cvnew_")
+    assert pg_siblings(pg) == ""  # dropped
+    assert pg_rows(pg) == "101:6050"  # the live database untouched
+    assert result.rto is not None

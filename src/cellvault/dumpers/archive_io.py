@@ -197,6 +197,7 @@ def load_staged_dumps(
     on_loading: Callable[[str], None] | None = None,
     on_loaded: Callable[[str], None] | None = None,
     sides: list[StagedLoad] | None = None,
+    no_live: list[str] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -212,7 +213,8 @@ def load_staged_dumps(
     dumper that can stage (:meth:`Dumper.stage`) loads into a side object
     instead, appended to *sides* for the caller to swap in; only a dumper
     that cannot stage loads into the live store (between *on_loading* and
-    *on_loaded*).
+    *on_loaded*). With *no_live* (a list, a drill's), a dumper that cannot
+    stage is not loaded at all; its name is appended there.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -236,6 +238,9 @@ def load_staged_dumps(
             if side is not None:
                 sides.append(side)
                 loaded.append(ctx.dumper.name)
+                continue
+            if no_live is not None:
+                no_live.append(ctx.dumper.name)
                 continue
         if on_loading is not None:
             on_loading(ctx.dumper.name)

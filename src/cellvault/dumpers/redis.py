@@ -55,6 +55,7 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .options import to_bool, to_list
+from .staging import StagedLoad
 
 __all__ = ["RedisDumper", "Resp"]
 
@@ -312,8 +313,69 @@ class RedisDumper(Dumper):
             finally:
                 live.close()
 
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        """With ``swap_db`` and one database in ``db``: load into ``swap_db``, SWAPDB at the swap.
+
+        Otherwise the keys go into the live database(s): this dumper cannot stage.
+        """
+        if self.swap_db is None or len(self.db) != 1:
+            return None
+        (source,) = self.db
+        target = self.restore_db if self.restore_db is not None else source
+        timeout = self.timeout or 3600.0
+        with _scratch_server(
+            self.server_program, ctx.path(FILENAME), ctx.spool, timeout, ctx.where
+        ) as scratch:
+            try:
+                live = self._live(timeout)
+            except LoadError as exc:
+                raise LoadError(f"{ctx.where}: {exc.message}") from None
+            try:
+                self._copy_db(ctx, scratch, live, source, target, swap=False)
+            except (_RespError, OSError) as exc:
+                with contextlib.suppress(_RespError, OSError):
+                    live("SELECT", self.swap_db)
+                    live("FLUSHDB")
+                raise LoadError(
+                    f"{ctx.where}: loading the keys into database {self.swap_db} failed: "
+                    f"{redact_text(str(exc))}",
+                    hint=f"database {target} was not touched",
+                ) from None
+            finally:
+                live.close()
+        host, port = self._address(restore=True)
+        return _SwapDb(
+            self.name,
+            f"Redis database {target} at {host}:{port}",
+            f"database {self.swap_db}",
+            owner=self,
+            target=target,
+            timeout=timeout,
+        )
+
+    def swap_dbs(self, a: int, b: int, timeout: float, flush: int | None = None) -> None:
+        """``SWAPDB a b`` on the live server; then empty database *flush*, if given."""
+        live = self._live(timeout)
+        try:
+            if flush is None:
+                live("SWAPDB", a, b)
+            else:
+                live("SELECT", flush)
+                live("FLUSHDB")
+        except _RespError as exc:
+            raise LoadError(f"Redis: {redact_text(str(exc))}") from None
+        finally:
+            live.close()
+
     def _copy_db(
-        self, ctx: LoadContext, scratch: Resp, live: Resp, source: int, target: int
+        self,
+        ctx: LoadContext,
+        scratch: Resp,
+        live: Resp,
+        source: int,
+        target: int,
+        *,
+        swap: bool = True,
     ) -> int:
         load_into = target if self.swap_db is None else self.swap_db
         live("SELECT", load_into)
@@ -339,7 +401,7 @@ class RedisDumper(Dumper):
                 if isinstance(reply, _RespError):
                     raise reply
             copied += len(commands)
-        if self.swap_db is not None:
+        if self.swap_db is not None and swap:
             live("SWAPDB", target, self.swap_db)
             live("SELECT", self.swap_db)
             live("FLUSHDB")
@@ -456,3 +518,32 @@ def _log_tail(path: Path) -> str:
 @hookimpl
 def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
     return RedisDumper.from_spec(spec) if spec.type == "redis" else None
+
+
+@attrs.define
+class _SwapDb(StagedLoad):
+    """Keys loaded into ``swap_db``, exchanged with the target database by ``SWAPDB``."""
+
+    owner: RedisDumper = attrs.field(kw_only=True)
+    target: int = attrs.field(kw_only=True)
+    timeout: float = attrs.field(kw_only=True)
+
+    @property
+    def _spare(self) -> int:
+        assert self.owner.swap_db is not None
+        return self.owner.swap_db
+
+    def swap(self) -> None:
+        self.owner.swap_dbs(self.target, self._spare, self.timeout)
+
+    def unswap(self) -> None:
+        self.owner.swap_dbs(self.target, self._spare, self.timeout)
+
+    def discard(self) -> None:
+        try:
+            self.owner.swap_dbs(self.target, self._spare, self.timeout, flush=self._spare)
+        except LoadError as exc:
+            log.warning("dump.cleanup_failed", database=self._spare, error=str(exc))
+
+    def commit(self) -> None:
+        self.discard()  # the old keys are in swap_db now
