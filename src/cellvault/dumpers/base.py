@@ -159,6 +159,16 @@ class Dumper:
         """
         raise NotImplementedError
 
+    def probe(self) -> str | None:
+        """Check, from this machine, that a backup and a restore could run; say what was found.
+
+        Connect, check the permissions the dump needs and the tools'
+        versions; raise :class:`DumpError` (with a hint that says the fix)
+        when something is wrong. ``None`` (the default): this type has no
+        probe. ``cellvault doctor`` calls it for every configured dumper.
+        """
+        return None
+
     def stage(self, ctx: LoadContext) -> StagedLoad | None:
         """Load the staged dump in *ctx* into a side object; return how to swap it in.
 

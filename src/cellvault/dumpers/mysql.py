@@ -43,7 +43,7 @@ from typing import IO, ClassVar
 
 import attrs
 
-from ..errors import ConfigError, LoadError
+from ..errors import ConfigError, DumpError, LoadError
 from ..hookspecs import hookimpl
 from ..specs import DumperSpec
 from ..tool import run_tool
@@ -193,6 +193,28 @@ class MysqlDumper(Dumper):
                 shutil.rmtree(folder, ignore_errors=True)
 
     # -- backup ----------------------------------------------------------------------
+
+    def probe(self) -> str:
+        """Connect with the dump's settings; check the databases are visible and the tools run."""
+        tool = run_tool([self.dump_program, "--version"], what=f"dumper {self.name}", timeout=30)
+        with self._connection() as (conn, secrets):
+            result = run_tool(
+                [self.client_program, *conn, "--batch", "--skip-column-names", "-e",
+                 "SELECT CONCAT('user=', CURRENT_USER(), ' version=', VERSION()); SHOW DATABASES;"],
+                what=f"dumper {self.name}: {self.client_program}",
+                secrets=secrets,
+                timeout=30,
+                hint="check host, port, user and the password (password_env, defaults_file)",
+            )  # fmt: skip
+        first, *visible = result.stdout.decode().splitlines()
+        missing = [d for d in self.databases if d not in visible]
+        if missing:
+            raise DumpError(
+                f"dumper {self.name}: database {missing[0]} is not visible to this user",
+                hint="create it, or grant this user SELECT, SHOW VIEW, TRIGGER, EVENT and "
+                "LOCK TABLES on it",
+            )
+        return f"connected ({first}); {tool.stdout.decode().strip()}"
 
     def dump(self, ctx: DumpContext) -> None:
         version = run_tool([self.dump_program, "--version"], what=ctx.where, timeout=60)

@@ -286,6 +286,26 @@ class PostgresDumper(Dumper):
         # Never prompt: a missing password is an error, not a hung backup.
         return env, [password] if password else []
 
+    def probe(self) -> str:
+        """Connect with the dump's settings; check CONNECT and the client tools."""
+        tools = []
+        for program in ("pg_dump", "pg_restore", "psql"):
+            found = run_tool([program, "--version"], what=f"dumper {self.name}", timeout=30)
+            tools.append(found.stdout.decode().strip())
+        keywords = self._keywords(self.dsn)
+        env, secrets = self._env(keywords)
+        sql = "SELECT current_user || ' on ' || split_part(version(), ' ', 2);"
+        result = run_tool(
+            ["psql", "--no-psqlrc", "--no-password", "--tuples-only", "--no-align", "-c", sql],
+            what=f"dumper {self.name}: psql",
+            env=env,
+            secrets=secrets,
+            timeout=30,
+            hint="check dsn (host, port, database), the user and the password",
+        )
+        who = result.stdout.decode().strip()
+        return f"connected as {who} to {keywords.get('dbname', '')}; {tools[0]}"
+
     def _target(self) -> dict[str, str]:
         return self._keywords(self.restore_dsn or self.dsn, restore=True)
 

@@ -266,6 +266,40 @@ class RedisDumper(Dumper):
 
     # -- restore ---------------------------------------------------------------------
 
+    def probe(self) -> str:
+        """PING the server; compare its version with this machine's redis-server (for loads)."""
+        try:
+            live = self._live(15.0)
+        except LoadError as exc:
+            raise DumpError(
+                f"dumper {self.name}: {exc.message}", hint="check url, host, port and the password"
+            ) from None
+        try:
+            info = live("INFO", "server").decode()
+        except (_RespError, OSError) as exc:
+            raise DumpError(f"dumper {self.name}: INFO failed: {redact_text(str(exc))}") from None
+        finally:
+            live.close()
+        server = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in info.splitlines()
+                if ln.startswith("redis_version:")
+            ),
+            "?",
+        )
+        local = run_tool(
+            [self.server_program, "--version"], what=f"dumper {self.name}", timeout=30
+        ).stdout.decode()
+        mine = next((w.split("=", 1)[1] for w in local.split() if w.startswith("v=")), "?")
+        if _version(mine) < _version(server):
+            raise DumpError(
+                f"dumper {self.name}: the live server is Redis {server}, but this machine's "
+                f"{self.server_program} is {mine}: it may not read the server's snapshots",
+                hint=f"install redis-server {server} or newer on the restore host",
+            )
+        return f"Redis {server} reachable; local {self.server_program} {mine}"
+
     def _live(self, timeout: float) -> Resp:
         host, port = self._address(restore=True)
         try:
@@ -547,3 +581,7 @@ class _SwapDb(StagedLoad):
 
     def commit(self) -> None:
         self.discard()  # the old keys are in swap_db now
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())

@@ -107,6 +107,18 @@ class SqliteDumper(Dumper):
         )
         ctx.add_file(self.filename, copy)
 
+    def probe(self) -> str:
+        """Open the database read-only and run a quick check."""
+        try:
+            with contextlib.closing(_connect_ro(self.path, 5.0)) as db:
+                (pages,) = db.execute("PRAGMA page_count").fetchone()
+        except sqlite3.Error as exc:
+            raise DumpError(
+                f"dumper {self.name}: cannot open {self.path}: {exc}",
+                hint="check path and that this user may read it",
+            ) from None
+        return f"{self.path} opens ({pages} pages)"
+
     def stage(self, ctx: LoadContext) -> StagedLoad:
         """Inside the cell: written into the staged files. Outside: a file beside the live one."""
         target = self.restore_path or self.path
