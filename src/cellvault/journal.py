@@ -123,9 +123,10 @@ class Journal:
         self.data["loading"] = dumper
         self._save()
 
-    def staged(self, dumpers: list[str]) -> None:
-        """The dumps of *dumpers* are loaded into side objects, not yet swapped in."""
-        self.data["staged"] = list(dumpers)
+    def staged(self, sides: Sequence[Mapping[str, Any]]) -> None:
+        """Dumps are loaded into side objects (their :meth:`StagedLoad.state`), not yet swapped in."""
+        self.data["staged"] = [str(s.get("dumper")) for s in sides]
+        self.data["sides"] = [dict(s) for s in sides]
         self._save()
 
     def loaded(self, dumper: str) -> None:
@@ -158,6 +159,8 @@ class Recovery:
     safety_backup: str | None = None
     #: Paths kept because they may be the only copy of something.
     kept: tuple[str, ...] = ()
+    #: Side objects (scratch databases, files) the interrupted restore may have left.
+    sides: tuple[str, ...] = ()
 
     @property
     def settled(self) -> bool:
@@ -180,6 +183,8 @@ class Recovery:
                     else "no safety backup was taken"
                 )
                 text += f": run the restore again to finish it ({way})"
+        if self.sides:
+            text += f"; it may have left the scratch objects {', '.join(self.sides)} (drop them)"
         if self.kept:
             text += f"; the old data is kept at {', '.join(self.kept)}"
         return text
@@ -279,6 +284,16 @@ def _settle(data: Mapping[str, Any]) -> Recovery:
         partly_loaded=partly,
         safety_backup=data.get("safety_backup"),
         kept=tuple(kept),
+        sides=tuple(
+            f"{s.get('side')} ({s.get('dumper')})"
+            for s in data.get("sides") or ()
+            if s.get("side") and s.get("dumper") not in loaded
+        )
+        + tuple(
+            f"{s.get('old') or s.get('side')} (dumper {s.get('dumper')}: the replaced state)"
+            for s in data.get("sides") or ()
+            if s.get("dumper") in loaded
+        ),
     )
 
 

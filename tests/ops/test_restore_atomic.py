@@ -527,3 +527,74 @@ def test_drill_loads_postgres_into_a_scratch_database(tmp_path: Path, pg: PgDb) 
     assert pg_siblings(pg) == ""  # dropped
     assert pg_rows(pg) == "101:6050"  # the live database untouched
     assert result.rto is not None
+
+
+PG_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from cellvault import Cell
+    from tests.helpers import make_vault, times_clock, utc
+
+    backup, app, data, dsn, at = sys.argv[1:6]
+
+    def on_event(event):
+        if event.name == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    dumper = {"type": "postgres", "name": "db", "dsn": dsn, "mode": "replace"}
+    vault = make_vault(
+        Path(backup), [Cell("crm", [Path(app), Path(data)], dumpers=[dumper])],
+        on_event=on_event, clock=times_clock([utc(2025, 3, 1)]),
+    )
+    vault.restore("latest", cells=["crm"])
+    sys.exit(3)  # not killed
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "expect"),
+    [
+        ("restore.loaded", "old"),  # PostgreSQL staged in a scratch database, nothing swapped
+        ("restore.dump_swapped", "new"),  # PostgreSQL swapped in, files not yet
+        ("restore.root_swapped", "new"),  # PostgreSQL and the first root swapped in
+        ("restore.swapped", "new"),  # everything swapped, nothing cleaned up
+    ],
+)
+def test_killed_restore_of_files_and_postgres_is_wholly_old_or_new(
+    tmp_path: Path,
+    pg: PgDb,  # noqa: F811 - the fixture
+    event: str,
+    expect: str,
+) -> None:
+    vault, app, data = pg_cell(tmp_path, pg)
+    old = {p: snapshot(p) for p in (app, data)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    argv = [sys.executable, "-c", PG_KILLER, str(vault.config.backup_dir), str(app), str(data)]
+    done = subprocess.run(
+        [*argv, pg.dsn, event], env=env, capture_output=True, timeout=180, check=False
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    events: list = []
+    after = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        on_event=events.append,
+        clock=times_clock([utc(2025, 4, 1)]),
+    )
+    assert after.backup().ok
+    (rec,) = [e for e in events if e.name == "restore.recovered"]
+    if expect == "old":
+        assert {p: snapshot(p) for p in (app, data)} == old
+        assert pg_rows(pg) == "101:6050"
+        assert rec.data["action"] == "rolled back"
+        assert "_cvnew_" in rec.data["detail"]  # the scratch database is named
+    else:
+        assert (app / "config.yaml").read_text() == "v: 1\n"
+        assert (data / "ledger.csv").read_text() == "1\n"
+        assert pg_rows(pg) == "100:5050"
+        assert rec.data["action"] == "finished"
+        assert "_cvold_" in rec.data["detail"]  # the replaced database is named
+    for name in pg_siblings(pg).split():
+        psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')

@@ -198,6 +198,7 @@ def load_staged_dumps(
     on_loaded: Callable[[str], None] | None = None,
     sides: list[StagedLoad] | None = None,
     no_live: list[str] | None = None,
+    on_staged: Callable[[StagedLoad], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -238,6 +239,8 @@ def load_staged_dumps(
             if side is not None:
                 sides.append(side)
                 loaded.append(ctx.dumper.name)
+                if on_staged is not None:
+                    on_staged(side)
                 continue
             if no_live is not None:
                 no_live.append(ctx.dumper.name)

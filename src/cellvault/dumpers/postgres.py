@@ -658,4 +658,5 @@ class _DatabaseSwap(StagedLoad):
             log.warning("dump.old_database_kept", database=self.old, error=str(exc))
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "old": self.old if self.had_old else None}
+        # Once swapped in, the replaced database has this name.
+        return {**super().state(), "old": self.old}

@@ -323,6 +323,11 @@ class _Restore:
             parts.done_loading(dumper)
 
         sides = self.sides.setdefault(plan.cell.name, [])
+
+        def staged(_: StagedLoad) -> None:
+            if journal is not None:
+                journal.staged([side.state() for side in sides if side.side])
+
         refused = prepare(
             self.run,
             self.res,
@@ -333,13 +338,12 @@ class _Restore:
             on_loading=loading,
             on_loaded=loaded,
             sides=sides,
+            on_staged=staged,
         )
         for side in sides:
             parts.states[f"dump:{side.dumper}"] = (
                 f"staged into {side.side} (not yet live)" if side.side else STAGED_IN_FILES
             )
-        if journal is not None and sides:
-            journal.staged([side.dumper for side in sides])
         return None if refused is None else self._with_parts(refused)
 
     def _with_parts(self, result: CellRestore) -> CellRestore:
@@ -431,6 +435,7 @@ class _Restore:
             self.parts[cell].states[f"dump:{side.dumper}"] = f"swapped in: {side.what}"
             if journal is not None:
                 journal.loaded(side.dumper)
+            self.run.emit("restore.dump_swapped", cell=cell, dumper=side.dumper)
 
     def _unswap_sides(self) -> None:
         """Put every swapped database back, then drop every side object."""
@@ -587,6 +592,7 @@ def prepare(
     on_loading: Callable[[str], None] | None = None,
     on_loaded: Callable[[str], None] | None = None,
     sides: list[StagedLoad] | None = None,
+    on_staged: Callable[[StagedLoad], None] | None = None,
 ) -> CellRestore | None:
     """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
 
@@ -624,6 +630,7 @@ def prepare(
             on_loading=on_loading,
             on_loaded=on_loaded,
             sides=sides,
+            on_staged=on_staged,
         )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
