@@ -10,10 +10,14 @@
 
 **Backup.** ``redis-cli --rdb`` asks the server for a replication snapshot:
 the server forks and writes its whole keyspace as of one instant (every
-database; ``db`` only matters at restore). It works with persistence
-switched off (``--save ""``). redis-cli writes it to a file of the run's
-spool: it appends a 40-byte end marker to standard output instead of
-removing it, so the file is the one form of its output that is a clean RDB.
+database). It works with persistence switched off (``--save ""``).
+redis-cli writes it to a file of the run's spool: it appends a 40-byte end
+marker to standard output instead of removing it, so the file is the one
+form of its output that is a clean RDB. With ``db`` set (or a database in the
+url), the snapshot is cut down to those databases in a scratch
+``redis-server`` (the others emptied, then ``SAVE``), so other tenants'
+data never reaches the archive; without it, or without ``redis-server`` on
+the backup host, the whole snapshot is stored and ``dumper.json`` says why.
 The file is then streamed into the archive as ``dumps/<name>/dump.rdb``.
 
 **Restore.** A running Redis cannot load an RDB file without a restart
@@ -256,7 +260,38 @@ class RedisDumper(Dumper):
         if not magic.startswith(b"REDIS"):
             raise DumpError(f"{ctx.where}: redis-cli --rdb wrote no RDB file (it starts {magic!r})")
         ctx.info.update(host=host, port=port, rdb_version=magic[5:].decode("ascii", "replace"))
-        ctx.add_file(FILENAME, rdb)
+        ctx.add_file(FILENAME, self._scoped(ctx, rdb))
+
+    def _scoped(self, ctx: DumpContext, rdb: Path) -> Path:
+        """The snapshot with only the cell's databases (``db``), or the whole one, saying why.
+
+        The server's snapshot holds every database (other tenants' too): it is
+        loaded into a scratch ``redis-server``, the other databases are
+        emptied there, and the scratch server saves the result.
+        """
+        if not self.db:
+            ctx.info["databases"] = "all: set db = [N] to store only the cell's database"
+            return rdb
+        folder = ctx.spool / "scope"
+        try:
+            with _scratch_server(
+                self.server_program, rdb, folder, self.timeout or 3600.0, ctx.where
+            ) as scratch:
+                for number in _keyspace(scratch("INFO", "keyspace")):
+                    if number not in self.db:
+                        scratch("SELECT", number)
+                        scratch("FLUSHDB")
+                scratch("SAVE")
+        except (LoadError, _RespError, OSError) as exc:
+            why = exc.message if isinstance(exc, LoadError) else redact_text(str(exc))
+            log.warning("dump.redis_unscoped", dumper=self.name, error=why)
+            ctx.info["databases"] = (
+                f"all: the snapshot could not be cut down to db {list(self.db)} ({why}); "
+                f"install {self.server_program} on the backup host"
+            )
+            return rdb
+        ctx.info["databases"] = list(self.db)
+        return folder / "redis" / FILENAME
 
     def stock_restore(self, files: Sequence[str]) -> str | None:
         return (
