@@ -598,3 +598,26 @@ def test_killed_restore_of_files_and_postgres_is_wholly_old_or_new(
         assert "_cvold_" in rec.data["detail"]  # the replaced database is named
     for name in pg_siblings(pg).split():
         psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
+
+
+def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_said(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    out = tmp_path / "loaded.txt"
+    dumpers = [
+        {
+            "type": "command",
+            "name": "cmd",
+            "command": ["sh", "-c", "echo state"],
+            "restore_command": ["sh", "-c", f"cat > {out}"],
+        }
+    ]
+    vault = make_vault(
+        tmp_path / "backup", [Cell("crm", [crm], dumpers=dumpers)], clock=times_clock(list(TIMES))
+    )
+    assert vault.backup().ok
+    report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert report.ok, report.to_dict()
+    (cell,) = report.cells
+    assert cell.parts["safety backup"].endswith("this restore is not atomic and cannot be undone")
+    assert cell.parts["dump:cmd"].startswith("loaded into the live database before the swap")
+    assert out.read_text() == "state\n"

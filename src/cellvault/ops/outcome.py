@@ -82,8 +82,14 @@ class CellParts:
                 self.states[key] = state
 
     def loading(self, dumper: str) -> None:
+        """A dumper that cannot stage starts loading into its live store."""
         self.partly = dumper
         self.states[f"dump:{dumper}"] = PART_LOADED
+        if self.states.get("safety backup", "").startswith("skipped"):
+            self.states["safety backup"] = (
+                f"skipped (RESTORE_SKIP_PREBACKUP=1), though dumper {dumper} cannot stage: "
+                "this restore is not atomic and cannot be undone"
+            )
 
     def done_loading(self, dumper: str) -> None:
         self.partly = None
