@@ -54,6 +54,7 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .options import to_args, to_bool, to_list
+from .pgroles import RELEVANT_ROLES_SQL, ROLES_FILE, filter_roles
 from .staging import StagedLoad
 
 __all__ = ["PostgresDumper", "parse_dsn"]
@@ -216,6 +217,8 @@ class PostgresDumper(Dumper):
     keep_old: bool = attrs.field(default=False, converter=to_bool)
     #: The database to connect to for CREATE, RENAME and DROP DATABASE.
     maintenance_db: str = "postgres"
+    #: Also store the roles the database uses (``roles.sql``, no passwords), created on restore.
+    roles: bool = attrs.field(default=False, converter=to_bool)
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password"})
 
@@ -333,6 +336,45 @@ class PostgresDumper(Dumper):
             hint="check the dsn, the password (password_env, PGPASSWORD, .pgpass) and that the "
             "server is up",
         )
+        if self.roles:
+            self._dump_roles(ctx, env, secrets)
+
+    def _dump_roles(self, ctx: DumpContext, env: dict[str, str], secrets: list[str]) -> None:
+        """Store the roles the database uses (see :mod:`cellvault.dumpers.pgroles`)."""
+        argv = ["psql", "--no-psqlrc", "--no-password", "--tuples-only", "--no-align"]
+        used = run_tool(
+            [*argv, "-c", RELEVANT_ROLES_SQL],
+            what=f"{ctx.where}: psql",
+            env=env,
+            secrets=secrets,
+            timeout=self.timeout,
+        )
+        keep = set(used.stdout.decode().split())
+        everything = run_tool(
+            ["pg_dumpall", "--roles-only", "--no-role-passwords", "--no-password"],
+            what=f"{ctx.where}: pg_dumpall --roles-only",
+            env=env,
+            secrets=secrets,
+            timeout=self.timeout,
+            hint="pg_dumpall --roles-only reads pg_authid: the user needs to be a superuser, "
+            "or set roles = false",
+        )
+        with ctx.open(ROLES_FILE) as out:
+            out.write(filter_roles(everything.stdout.decode(), keep).encode())
+        ctx.info["roles"] = sorted(keep)
+
+    def _load_roles(self, ctx: LoadContext) -> None:
+        """Create the stored roles on the restore server; existing ones are left as they are."""
+        if not self.roles or ROLES_FILE not in ctx.files():
+            return
+        env, secrets = self._env(self._maintenance(self._target()))
+        ctx.run(
+            ["psql", "--no-psqlrc", "--no-password", "--quiet"],
+            stdin=ROLES_FILE,
+            env=env,
+            secrets=secrets,
+            stdout="discard",
+        )
 
     @staticmethod
     def filename(keywords: Mapping[str, str]) -> str:
@@ -400,9 +442,10 @@ class PostgresDumper(Dumper):
         )
 
     def load(self, ctx: LoadContext) -> None:
-        files = ctx.files()
+        files = [f for f in ctx.files() if f != ROLES_FILE]
         if len(files) != 1:
             raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
+        self._load_roles(ctx)
         dump = ctx.path(files[0])
         keywords = self._target()
         db = keywords["dbname"]
@@ -427,9 +470,10 @@ class PostgresDumper(Dumper):
         """
         if self.mode != "replace":
             return None
-        files = ctx.files()
+        files = [f for f in ctx.files() if f != ROLES_FILE]
         if len(files) != 1:
             raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
+        self._load_roles(ctx)
         dump = ctx.path(files[0])
         keywords = self._target()
         db = keywords["dbname"]
