@@ -19,9 +19,12 @@ import pytest
 
 from cellvault import Cell, Vault, hookimpl
 from cellvault.retention import RetentionPolicy
-from tests.dumpers.conftest import (  # noqa: F401 - pg and redis_db are fixtures
+from tests.dumpers.conftest import (  # noqa: F401 - pg, my and redis_db are fixtures
+    MyDb,
     PgDb,
     RedisDb,
+    my,
+    mysql,
     pg,
     psql,
     redis_db,
@@ -621,3 +624,46 @@ def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_said(tmp_path:
     assert cell.parts["safety backup"].endswith("this restore is not atomic and cannot be undone")
     assert cell.parts["dump:cmd"].startswith("loaded into the live database before the swap")
     assert out.read_text() == "state\n"
+
+
+# -- MariaDB staged into a scratch schema, swapped by one RENAME TABLE ---------------------
+
+
+def my_siblings(db: MyDb) -> str:
+    return mysql(f"SHOW DATABASES LIKE '{db.name}\\_cv%';")
+
+
+def test_mariadb_is_swapped_in_with_the_files_or_put_back(tmp_path: Path, my: MyDb) -> None:  # noqa: F811 - the fixture
+    app = write_tree(tmp_path / "srv" / "app", {"config.yaml": "v: 1\n"})
+    data = write_tree(tmp_path / "var" / "data", {"ledger.csv": "1\n"})
+    my.sql(
+        "CREATE TABLE a (id INT PRIMARY KEY) ENGINE=InnoDB; "
+        "CREATE TABLE b (id INT PRIMARY KEY, a_id INT, FOREIGN KEY (a_id) REFERENCES a(id)) "
+        "ENGINE=InnoDB; INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (10, 1);"
+    )
+    dumper = {"type": "mysql", "name": "db", "dsn": my.dsn}
+    cell = Cell("crm", [app, data], dumpers=[dumper])
+    vault = make_vault(tmp_path / "backup", [cell], clock=times_clock(list(TIMES)))
+    assert vault.backup().ok
+    my.sql("INSERT INTO a VALUES (3); CREATE TABLE later (x INT);")
+    live = my.sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM a;")
+    broken = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[BreakSecondRoot()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = broken.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    assert my.sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM a;") == live == "1,2,3"
+    assert my.sql("SHOW TABLES LIKE 'later';") == "later"
+    assert report.cells[0].parts["dump:db"].startswith("swapped in, then rolled back")
+    assert my_siblings(my) == ""
+
+    report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert report.ok, report.to_dict()
+    assert report.cells[0].parts["dump:db"].startswith(f"swapped in: database {my.name}")
+    assert my.sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM a;") == "1,2"
+    assert my.sql("SELECT a_id FROM b;") == "1"
+    assert my.sql("SHOW TABLES LIKE 'later';") == ""  # exactly the dump
+    assert my_siblings(my) == ""
