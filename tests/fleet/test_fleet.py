@@ -152,6 +152,10 @@ def wait_live(fleet: object, names: set[str], timeout: float = 60) -> None:
     raise AssertionError(f"workers {sorted(names)} did not answer within {timeout} s")
 
 
+def everything_of(hosts: list[Host]) -> list[str]:
+    return [c for h in hosts for c in h.cells]
+
+
 def archives_on(shared: Path, cell: str) -> list[str]:
     return sorted(p.name for p in (shared / cell).glob("*.json") if ".manifest" not in p.name)
 
@@ -170,7 +174,9 @@ def test_sixty_cells_on_three_hosts_back_up_through_the_broker(
         h.name: set(h.cells) for h in fleet_hosts
     }
 
-    report = fleet.backup(kind="full", timeout=300)  # type: ignore[attr-defined]
+    # Only this test's cells: other suites' workers may be live on the same broker.
+    mine_cells = [c for h in fleet_hosts for c in h.cells]
+    report = fleet.backup(mine_cells, kind="full", timeout=300)  # type: ignore[attr-defined]
     assert report.ok, [r for r in report.results if not r.ok]
     assert len(report.results) == 3 * CELLS_PER_HOST
     # Each cell was backed up by the host that owns it.
@@ -211,7 +217,9 @@ def test_a_worker_killed_mid_backup_loses_and_duplicates_nothing(
 
     outcome: dict[str, object] = {}
     runner = threading.Thread(
-        target=lambda: outcome.update(report=fleet.backup(kind="full", timeout=300))  # type: ignore[attr-defined]
+        target=lambda: outcome.update(
+            report=fleet.backup(everything_of(fleet_hosts), kind="full", timeout=300)
+        )  # type: ignore[attr-defined]
     )
     runner.start()
     deadline = time.monotonic() + 60
@@ -298,7 +306,7 @@ def test_a_platform_restore_spreads_over_the_standby_pool(
         host.start()
     fleet = coordinator(tmp_path, broker, fleet_hosts)
     wait_live(fleet, {h.name for h in fleet_hosts})
-    assert fleet.backup(kind="full", timeout=300).ok  # type: ignore[attr-defined]
+    assert fleet.backup(everything_of(fleet_hosts), kind="full", timeout=300).ok  # type: ignore[attr-defined]
     for host in fleet_hosts:
         host.stop()
     # The standby: every cell in its configuration, none of their data yet; two pool workers.
@@ -417,7 +425,7 @@ def test_a_broker_that_goes_away_mid_run_is_a_clear_error_and_a_rerun_completes(
 
         def run() -> None:
             try:
-                outcome["report"] = fleet.backup(kind="full", timeout=120)  # type: ignore[attr-defined]
+                outcome["report"] = fleet.backup(host.cells, kind="full", timeout=120)  # type: ignore[attr-defined]
             except BaseException as exc:
                 outcome["error"] = exc
 
@@ -433,7 +441,7 @@ def test_a_broker_that_goes_away_mid_run_is_a_clear_error_and_a_rerun_completes(
         # The broker comes back; the worker reconnects; running the backup again completes.
         private.start()
         wait_live(fleet, {host.name})
-        report = fleet.backup(kind="full", timeout=120)  # type: ignore[attr-defined]
+        report = fleet.backup(host.cells, kind="full", timeout=120)  # type: ignore[attr-defined]
         assert report.ok, [r for r in report.results if not r.ok]
         for cell in host.cells:
             assert archives_on(tmp_path / "nas", cell), cell
