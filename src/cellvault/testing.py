@@ -1,4 +1,4 @@
-"""Contract tests for plugin authors: the tests every cellvault target passes.
+"""Contract tests for plugin authors: the tests every cellvault target and dumper passes.
 
 A package that adds a target type subclasses :class:`TargetContract` in its
 own test suite and gives it a ``target`` fixture (a fresh, empty target of
@@ -16,37 +16,51 @@ fsspec URL) pass in cellvault's own suite::
         def target(self, tmp_path):
             return SimpleDirTarget(TargetSpec("usb", f"simpledir://{tmp_path}/usb"))
 
+A package that adds a dumper type subclasses :class:`DumperContract` the
+same way: a ``dumper_config`` fixture (the configuration of one dumper of its
+type, on a fresh source), a ``broken_config`` fixture (one whose dump
+fails), and two methods that put rows into the source and read them back.
+The built-in dumpers (sqlite, command, postgres, mysql, redis) pass it in
+cellvault's own suite.
+
 This module is also a pytest plugin (the ``pytest11`` entry point
 ``cellvault``, loaded by pytest wherever cellvault is installed; or
 ``pytest_plugins = ["cellvault.testing"]``): it adds the ``target_contract``
-marker to every contract test, so ``pytest -m target_contract`` runs them
-alone. It needs pytest, which cellvault itself does not depend on.
+marker to every target contract test and ``dumper_contract`` to every dumper
+contract test, so ``pytest -m target_contract`` runs them alone. It needs
+pytest, which cellvault itself does not depend on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import secrets
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import attrs
 import pytest
 
 from .cell import Cell
 from .config import Config
-from .errors import LockHeld
+from .dumpers import archive_io
+from .errors import ConfigError, LockHeld
 from .hookspecs import hookimpl
 from .lock import Lease
+from .report import Failure
 from .specs import TargetSpec
 from .targets.base import Target
 from .vault import Vault
 
-__all__ = ["TargetContract"]
+__all__ = ["DumperContract", "TargetContract"]
 
 MARKER = "target_contract"
+DUMPER_MARKER = "dumper_contract"
 CELL = "crm"
 #: An archive id no test writes but the debris test.
 DEBRIS_ID = "cell_crm_20250101_020000"
@@ -55,16 +69,22 @@ DEBRIS_ID = "cell_crm_20250101_020000"
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker of the contract tests."""
     config.addinivalue_line(
-        "markers", f"{MARKER}: a test of cellvault.testing's contract for plugin authors"
+        "markers", f"{MARKER}: a test of cellvault.testing's target contract for plugin authors"
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{DUMPER_MARKER}: a test of cellvault.testing's dumper contract for plugin authors",
     )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test a :class:`TargetContract` subclass inherits."""
+    """Mark every test a :class:`TargetContract` or :class:`DumperContract` subclass inherits."""
     for item in items:
         cls = getattr(item, "cls", None)
         if cls is not None and issubclass(cls, TargetContract):
             item.add_marker(MARKER)
+        if cls is not None and issubclass(cls, DumperContract):
+            item.add_marker(DUMPER_MARKER)
 
 
 class _Provide:
@@ -268,3 +288,270 @@ def _sha256(stream: IO[bytes]) -> str:
     for block in iter(lambda: stream.read(1 << 20), b""):
         digest.update(block)
     return digest.hexdigest()
+
+
+# -- dumpers ---------------------------------------------------------------------------------
+
+
+class _Alerts:
+    """A plugin that keeps every failure the run reports (what an alert channel receives)."""
+
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    @hookimpl
+    def cellvault_backup_failed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+
+@attrs.define
+class DumperKit:
+    """What a :class:`DumperContract` test works with: vaults, alerts, the run logs.
+
+    The vault it makes has two cells: ``crm`` (a few files and the dumper
+    under test) and ``billing`` (files only, to show a failing dumper fails
+    its own cell alone).
+    """
+
+    root: Path
+    plugins: list[object]
+    alerts: _Alerts = attrs.field(factory=_Alerts)
+
+    @property
+    def crm(self) -> Path:
+        """The files of cell ``crm``."""
+        return self.root / "cells" / CELL
+
+    def vault(self, dumper: Mapping[str, Any]) -> Vault:
+        """A vault whose cell ``crm`` has *dumper* (a configuration table)."""
+        billing = self.root / "cells" / "billing"
+        for folder, text in ((self.crm, "service: crm\n"), (billing, "service: billing\n")):
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "config.yaml").exists():
+                (folder / "config.yaml").write_text(text)
+        config = Config(
+            backup_dir=self.root / "backup",
+            cells=[Cell(CELL, [self.crm], dumpers=[dict(dumper)]), Cell("billing", [billing])],
+            extra={"BACKUP_ALERT_LOG": "off"},
+        )
+        return Vault(config, plugins=[self.alerts, *self.plugins], load_entry_points=False)
+
+    def run_logs(self) -> str:
+        """Every run log written so far, as one text."""
+        logs = self.root / "backup" / "logs"
+        return "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+
+
+class DumperContract:
+    """The contract every dumper type keeps; subclass it in a test module.
+
+    Give the subclass:
+
+    - a ``dumper_config`` fixture: the configuration table of one dumper of
+      your type (``{"type": ..., "name": ..., <options>}``, as in
+      ``[[cells.<cell>.dumpers]]``) on a fresh, empty source;
+    - a ``broken_config`` fixture: a table of the same type whose dump fails
+      (an unreachable server, a missing file);
+    - :meth:`put_rows` and :meth:`get_rows`: make the source hold exactly
+      the given rows, and read back the rows it holds (their order does not
+      matter). Rows are short ASCII strings without spaces or quotes.
+
+    And, if your type needs them: a ``dumper_plugins`` fixture (the plugin
+    objects or modules whose ``cellvault_make_dumper`` makes your type; the
+    built-in types need none; entry points are not loaded), a
+    ``load_failure_options`` fixture (options for one restore that make the
+    load fail before it writes anything, such as an unreachable server:
+    without it that test is skipped) and :attr:`secret` (a value your
+    tables carry that must never reach an argv, a log, an error or
+    ``dumper.json``).
+    """
+
+    #: A secret the ``dumper_config`` and ``broken_config`` tables may carry (a password).
+    secret: str | None = "cv-contract-S3cret"  # noqa: S105 - a test value
+    #: The part size of the large-dump test (the archive's ``DUMP_CHUNK`` for that test).
+    part_size: int = 4096
+    #: Rows of the large-dump test: enough that the dump exceeds :attr:`part_size`.
+    part_rows: int = 2000
+
+    @pytest.fixture
+    def dumper_config(self) -> dict[str, Any]:
+        """A dumper of the type under test on a fresh, empty source: override this fixture."""
+        raise NotImplementedError("a DumperContract subclass must define a 'dumper_config' fixture")
+
+    @pytest.fixture
+    def broken_config(self) -> dict[str, Any]:
+        """A dumper of the type under test whose dump fails: override this fixture."""
+        raise NotImplementedError("a DumperContract subclass must define a 'broken_config' fixture")
+
+    @pytest.fixture
+    def load_failure_options(self) -> dict[str, Any] | None:
+        """Restore-time options that make the load fail before it writes (``None``: skip)."""
+        return None
+
+    @pytest.fixture
+    def dumper_plugins(self) -> list[object]:
+        """The plugins that make the type under test (none for the built-in types)."""
+        return []
+
+    @pytest.fixture
+    def kit(self, tmp_path: Path, dumper_plugins: list[object]) -> DumperKit:
+        """Vaults with the dumper under test, and the alerts they sent."""
+        return DumperKit(tmp_path, list(dumper_plugins))
+
+    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
+        """Make the source of *config* hold exactly *rows*: override this method."""
+        raise NotImplementedError("a DumperContract subclass must define put_rows")
+
+    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
+        """The rows the source of *config* holds now, in any order: override this method."""
+        raise NotImplementedError("a DumperContract subclass must define get_rows")
+
+    def rows(self, tag: str, n: int = 20) -> list[str]:
+        """*n* distinct rows, tagged (hard to compress, as real data is)."""
+        return [f"{tag}-{i:06d}-{secrets.token_hex(16)}" for i in range(n)]
+
+    def held(self, config: Mapping[str, Any]) -> list[str]:
+        return sorted(self.get_rows(config))
+
+    # -- the tests ---------------------------------------------------------------------
+
+    def test_an_unknown_option_is_a_config_error_naming_it(
+        self, kit: DumperKit, dumper_config: dict[str, Any]
+    ) -> None:
+        with pytest.raises(ConfigError, match="unknown option 'no_such_option'"):
+            kit.vault({**dumper_config, "no_such_option": "1"})
+
+    def test_a_dump_loads_back_the_state_it_was_taken_in(
+        self, kit: DumperKit, dumper_config: dict[str, Any]
+    ) -> None:
+        vault = kit.vault(dumper_config)
+        first, second = self.rows("full"), self.rows("incremental")
+        self.put_rows(dumper_config, first)
+        full = vault.backup(kind="full")
+        assert full.ok, [(c.cell, c.stage, c.error) for c in full.cells]
+        self.put_rows(dumper_config, second)
+        incremental = vault.backup(kind="incremental")
+        assert incremental.ok, [(c.cell, c.stage, c.error) for c in incremental.cells]
+        # Every backup takes a dump of its own, the incrementals too.
+        assert [c.kind for c in incremental.cells if c.cell == CELL] == ["incremental"]
+        assert vault.verify(CELL, level="full").ok
+        self.put_rows(dumper_config, self.rows("later"))
+        latest = vault.restore("latest", cells=CELL, skip_prebackup=True)
+        assert latest.ok, [(c.stage, c.error) for c in latest.cells]
+        assert self.held(dumper_config) == sorted(second)
+        archive = full.cells[[c.cell for c in full.cells].index(CELL)].archive
+        assert archive is not None
+        older = vault.restore(archive, cells=CELL, skip_prebackup=True)
+        assert older.ok, [(c.stage, c.error) for c in older.cells]
+        assert self.held(dumper_config) == sorted(first)
+
+    def test_a_large_dump_is_kept_in_parts_and_loads_back(
+        self, kit: DumperKit, dumper_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(archive_io, "DUMP_CHUNK", self.part_size)
+        vault = kit.vault(dumper_config)
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        big = self.rows("big", self.part_rows)
+        self.put_rows(dumper_config, big)
+        assert vault.backup(CELL).ok
+        after = self.rows("after")
+        self.put_rows(dumper_config, after)
+        # Restored into a folder, the dump is kept as the archive holds it and loads nowhere.
+        into = kit.root / "elsewhere"
+        report = vault.restore("latest", cells=CELL, into=into)
+        assert report.ok, [(c.stage, c.error) for c in report.cells]
+        assert self.held(dumper_config) == sorted(after)
+        kept = into / f"{CELL}.dumps" / name
+        descriptor = json.loads((kept / "dumper.json").read_text())
+        assert descriptor["ok"] is True and descriptor["type"] == vault.dumpers[CELL][0].type
+        records = descriptor["files"].values()
+        total = sum(r["size"] for r in records)
+        assert total > self.part_size, f"raise part_rows: the dump is {total} bytes"
+        for record in records:
+            sizes = [(kept / part).stat().st_size for part in record["parts"]]
+            assert sum(sizes) == record["size"]
+            # A streamed file is cut into parts of part_size; a file of known size
+            # (DumpContext.add_file) is one member, whatever its size.
+            assert all(size == self.part_size for size in sizes[:-1])
+        loaded = vault.restore("latest", cells=CELL, skip_prebackup=True)
+        assert loaded.ok, [(c.stage, c.error) for c in loaded.cells]
+        assert self.held(dumper_config) == sorted(big)
+
+    def test_a_failing_dump_fails_its_cell_alone_with_a_clear_error_and_an_alert(
+        self, kit: DumperKit, broken_config: dict[str, Any]
+    ) -> None:
+        vault = kit.vault(broken_config)
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        report = vault.backup()
+        assert not report.ok
+        by_cell = {c.cell: c for c in report.cells}
+        assert by_cell["billing"].ok
+        crm = by_cell[CELL]
+        assert not crm.ok and crm.stage == "dump" and crm.error
+        assert f"cell {CELL}, dumper {name}" in crm.error
+        (failure,) = [f for f in kit.alerts.failures if f.cell == CELL]
+        assert failure.stage == "dump" and failure.error == crm.error
+        assert vault.list(CELL) == []  # nothing committed
+        if self.secret and self.secret in json.dumps(broken_config):
+            assert self.secret not in crm.error
+            assert self.secret not in kit.run_logs()
+
+    def test_a_failing_load_leaves_files_and_data_untouched(
+        self,
+        kit: DumperKit,
+        dumper_config: dict[str, Any],
+        load_failure_options: dict[str, Any] | None,
+    ) -> None:
+        if load_failure_options is None:
+            pytest.skip("no load_failure_options for this dumper type")
+        vault = kit.vault(dumper_config)
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        self.put_rows(dumper_config, self.rows("backed-up"))
+        assert vault.backup(CELL).ok
+        now = self.rows("now")
+        self.put_rows(dumper_config, now)
+        (kit.crm / "config.yaml").write_text("changed after the backup\n")
+        report = vault.restore(
+            "latest", cells=CELL, skip_prebackup=True, dump_options={name: load_failure_options}
+        )
+        assert not report.ok
+        (cell,) = report.cells
+        assert cell.stage == "load" and f"dumper {name}" in (cell.error or "")
+        assert (kit.crm / "config.yaml").read_text() == "changed after the backup\n"
+        assert self.held(dumper_config) == sorted(now)
+        assert any(f.operation == "restore" and f.cell == CELL for f in kit.alerts.failures)
+
+    def test_secrets_stay_out_of_argv_logs_errors_and_the_descriptor(
+        self,
+        kit: DumperKit,
+        dumper_config: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        secret = self.secret
+        if not secret or secret not in json.dumps(dumper_config):
+            pytest.skip("the dumper_config of this type carries no secret")
+        started: list[list[str]] = []
+        real = subprocess.Popen
+
+        def spy(argv: Any, *args: Any, **kwargs: Any) -> Any:
+            started.append([str(a) for a in ([argv] if isinstance(argv, str | bytes) else argv)])
+            return real(argv, *args, **kwargs)
+
+        monkeypatch.setattr(subprocess, "Popen", spy)
+        caplog.set_level("DEBUG")
+        vault = kit.vault(dumper_config)
+        (dumper,) = vault.dumpers[CELL]
+        assert secret not in repr(dumper) and secret not in json.dumps(dumper.describe())
+        rows = self.rows("secret")
+        self.put_rows(dumper_config, rows)
+        assert vault.backup(CELL).ok
+        self.put_rows(dumper_config, [])
+        assert vault.restore("latest", cells=CELL, skip_prebackup=True).ok
+        assert self.held(dumper_config) == sorted(rows)
+        assert vault.restore("latest", cells=CELL, into=kit.root / "elsewhere").ok
+        descriptor = kit.root / "elsewhere" / f"{CELL}.dumps" / dumper.name / "dumper.json"
+        assert secret not in descriptor.read_text()
+        assert not [argv for argv in started if any(secret in a for a in argv)]
+        assert secret not in caplog.text
+        assert secret not in kit.run_logs()

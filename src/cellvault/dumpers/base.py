@@ -91,6 +91,9 @@ class Dumper:
     #: Load this dump automatically when the cell is restored in place. Off, the
     #: dump is only staged, for a restore hook (``$CELLVAULT_DUMPS``) to import.
     autoload: bool = attrs.field(default=True, converter=to_bool)
+    #: The options as configured, before the type filled in fields from others (a
+    #: dsn's host and port): what :meth:`with_options` starts from.
+    _configured: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
     @classmethod
     def from_spec(cls, spec: DumperSpec) -> Dumper:
@@ -111,18 +114,25 @@ class Dumper:
                     else f"known options: {', '.join(sorted(known))}",
                 )
         try:
-            return cls(name=name, **options)
+            dumper = cls(name=name, **options)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {redact_text(str(exc))}") from None
+        dumper._configured = dict(options)
+        return dumper
 
     def with_options(self, options: Mapping[str, Any]) -> Dumper:
         """A copy with *options* changed (restore-time choices such as ``tables``)."""
         if not options:
             return self
-        current = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.init}
-        current.pop("name")
+        if self._configured is not None:
+            # From the options as configured: a dsn given for this restore must not
+            # lose to the host and port the configured dsn filled in.
+            current = dict(self._configured)
+        else:
+            current = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.init}
+            current.pop("name")
         return self._build(self.name, self.type, {**current, **options})
 
     def describe(self) -> dict[str, Any]:
