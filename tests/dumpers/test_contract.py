@@ -186,40 +186,28 @@ class TestRedis(DumperContract):
         return RedisDb().cli("LRANGE", "contract", "0", "-1").split()
 
 
-def _example_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "cellvault_sqlitesql", EXAMPLE / "src" / "cellvault_sqlitesql" / "__init__.py"
-    )
+def _example_tests() -> ModuleType:
+    """The example plugin's own test module (what the plugin guide shows)."""
+    path = EXAMPLE / "tests" / "test_contract.py"
+    spec = importlib.util.spec_from_file_location("cellvault_sqlitesql_tests", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-class TestExamplePlugin(TestSqlite):
-    """The third-party ``sqlite-sql`` dumper of examples/dumper_plugin, as its own suite would run it."""
+class TestExamplePlugin(_example_tests().TestSqliteSql):  # type: ignore[misc,name-defined]
+    """The third-party ``sqlite-sql`` dumper of examples/dumper_plugin, run by its own test class."""
 
-    @pytest.fixture
-    def dumper_plugins(self) -> list[object]:
-        return [_example_module()]
+    @pytest.fixture(autouse=True)
+    def _importable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # As if the example were installed: its module importable, imported afresh.
+        monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+        monkeypatch.delitem(sys.modules, "cellvault_sqlitesql", raising=False)
 
-    @pytest.fixture
-    def dumper_config(self, tmp_path: Path) -> dict[str, Any]:
-        path = tmp_path / "db" / "app.sqlite"
-        path.parent.mkdir()
-        _sqlite_put(path, [])
-        return {"type": "sqlite-sql", "name": "app", "path": str(path)}
 
-    @pytest.fixture
-    def broken_config(self, tmp_path: Path) -> dict[str, Any]:
-        return {
-            "type": "sqlite-sql",
-            "name": "app",
-            "path": str(tmp_path / "nowhere" / "app.sqlite"),
-        }
-
-    @pytest.fixture
-    def load_failure_options(self, tmp_path: Path) -> dict[str, Any]:
-        blocker = tmp_path / "a-file"
-        blocker.write_text("not a folder\n")
-        return {"path": str(blocker / "app.sqlite")}
+def test_the_plugin_guide_shows_the_example_s_contract_tests() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    code = (EXAMPLE / "tests" / "test_contract.py").read_text()
+    start = code.index("class TestSqliteSql")
+    assert code[start:] in guide
