@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from .events import Event
+from .progress import human_size
 
 __all__ = ["Display", "PlainProgress"]
 
@@ -109,6 +110,14 @@ class Display:
         if data.get("files_total"):
             text += f", {data.get('files_done', 0)}/{data['files_total']} files"
         total = data.get("bytes_total") or None
+        if data.get("step"):
+            # A step the counts do not cover (loading dumps): what it has read of what.
+            self.step = str(data["step"])
+            if data.get("step_bytes_total"):
+                self.step += (
+                    f", {human_size(data.get('step_bytes_done', 0))}"
+                    f" of {human_size(data['step_bytes_total'])} read"
+                )
         self.bar.update(
             self.task,
             description=text,

@@ -193,6 +193,7 @@ def load_staged_dumps(
     only: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     staged_roots: Mapping[Path, Path] | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -202,7 +203,8 @@ def load_staged_dumps(
     *only* names the dumpers to load, whatever their ``autoload``, and each
     must be in the archive. *options* (dumper name -> options) changes
     options for this restore only, such as ``tables`` or ``restore_dsn``.
-    Raises :class:`LoadError` at the first failure.
+    Raises :class:`LoadError` at the first failure. *on_read* is told the
+    bytes each dumper reads through its :class:`LoadContext`.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -221,6 +223,7 @@ def load_staged_dumps(
             continue
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
+        ctx.on_read = on_read
         _load(ctx, llog)
         loaded.append(ctx.dumper.name)
     return loaded

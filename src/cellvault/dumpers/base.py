@@ -21,9 +21,9 @@ import difflib
 import io
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal, cast
 
 import attrs
 
@@ -31,6 +31,7 @@ from ..archive import ArchiveMeta
 from ..cell import Cell
 from ..errors import ConfigError, DumpError, LoadError
 from ..log import redact, redact_text
+from ..progress import CountingReader
 from ..specs import DumperSpec, validate_dumper_name
 from ..tool import BLOCK, DEFAULT_TIMEOUT, StdinSource, ToolResult, run_tool
 from .members import (
@@ -277,6 +278,9 @@ class LoadContext:
     spool: Path
     descriptor: dict[str, Any]
     staged_roots: Mapping[Path, Path] = attrs.field(factory=dict)
+    #: Told the bytes read through :meth:`open` (and ``run(stdin=<file name>)``):
+    #: the restore's progress display.
+    on_read: Callable[[int], None] | None = None
 
     def staged(self, path: Path) -> Path | None:
         """Where *path* is staged, if it lies in one of the cell's paths (else ``None``).
@@ -325,7 +329,10 @@ class LoadContext:
 
     def open(self, filename: str) -> IO[bytes]:
         """The staged file *filename* as a stream (parts are read in order)."""
-        return io.BufferedReader(ConcatReader(self._parts(filename)), BLOCK)
+        raw: Any = ConcatReader(self._parts(filename))
+        if self.on_read is not None:
+            raw = CountingReader(raw, self.on_read)
+        return io.BufferedReader(raw, BLOCK)
 
     def run(
         self,
@@ -340,18 +347,23 @@ class LoadContext:
         cwd: Path | None = None,
     ) -> ToolResult:
         """Run *argv* with *stdin* (a file name of this dump is opened for you)."""
-        if isinstance(stdin, str):
-            stdin = self.open(stdin)
-        return run_tool(
-            argv,
-            what=f"{self.where}: {Path(argv[0]).name}",
-            error=LoadError,
-            env=env,
-            stdin=stdin,
-            stdout=stdout,
-            timeout=self.dumper.timeout,
-            secrets=secrets,
-            hint=hint,
-            check=check,
-            cwd=cwd,
-        )
+        with contextlib.ExitStack() as stack:
+            if isinstance(stdin, str):
+                stdin = stack.enter_context(self.open(stdin))
+            elif isinstance(stdin, Path) and self.on_read is not None:
+                # Fed through a counting reader, so that the progress display sees the load move.
+                raw = CountingReader(stack.enter_context(open(stdin, "rb")), self.on_read)
+                stdin = io.BufferedReader(cast(Any, raw), BLOCK)
+            return run_tool(
+                argv,
+                what=f"{self.where}: {Path(argv[0]).name}",
+                error=LoadError,
+                env=env,
+                stdin=stdin,
+                stdout=stdout,
+                timeout=self.dumper.timeout,
+                secrets=secrets,
+                hint=hint,
+                check=check,
+                cwd=cwd,
+            )
