@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from cellvault import Cell, Event
@@ -249,3 +250,21 @@ def test_a_long_step_still_gets_its_line_in_the_run_log(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     during = [e for e in lines if e["event"] == "run.progress" and e.get("step")]
     assert during and during[0]["line"].startswith("restore: ")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_command_line_s_display_draws_on_a_real_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only on a stream forced to be one: stderr that is a terminal gets the bar."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for name in ("NO_COLOR", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert Display().console.is_terminal
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not Display().console.is_terminal

@@ -40,6 +40,8 @@ def _step(event: Event) -> str | None:
         return f"{event.cell}: packing"
     if event.name == "archive.stored":
         return f"{event.cell}: stored on {event.target}"
+    if event.name == "restore.reading":
+        return f"{event.cell}: reading {event.archive} from {event.target}"
     if event.name == "restore.fetched":
         return f"{event.cell}: read {event.archive} from {event.target}"
     if event.name == "restore.loading":
@@ -61,7 +63,9 @@ class Display:
     def __init__(
         self, stream: IO[str] | None = None, *, handler: logging.Handler | None = None
     ) -> None:
-        self.console = Console(file=stream or sys.stderr, force_terminal=stream is not None)
+        # A given stream is drawn on as a terminal (tests); stderr only when it is one
+        # (None: rich looks; False would switch the bar off on a real terminal too).
+        self.console = Console(file=stream or sys.stderr, force_terminal=True if stream else None)
         self.handler = handler if isinstance(handler, logging.StreamHandler) else None
         self._saved: Any = None
         self.bar = Progress(
@@ -87,21 +91,22 @@ class Display:
                 self.step = step
             if event.name != "progress" and self.task is None:
                 return
-            self._start()
-            assert self.task is not None
+            fresh = self.task is None
+            if self.task is None:
+                self.task = self.bar.add_task("", total=None, step="")
             if event.name == "progress":
                 self._update(event.data)
             else:
                 self.bar.update(self.task, step=self.step)
+            if fresh:
+                # Drawn from its first counts on, never as an empty bar.
+                self._start()
 
     def _start(self) -> None:
-        if self.task is not None:
-            return
         self.bar.start()
         if self.handler is not None:
             # Log lines go through the console, above the bar.
             self._saved = self.handler.setStream(sys.stderr)
-        self.task = self.bar.add_task("", total=None, step="")
 
     def _update(self, data: Any) -> None:
         assert self.task is not None
@@ -134,6 +139,8 @@ class Display:
             self.bar.stop()
             if self.handler is not None and self._saved is not None:
                 self.handler.setStream(self._saved)
+            # A later operation of the same command draws a bar of its own.
+            self.bar.remove_task(self.task)
             self.task = None
 
 

@@ -312,6 +312,7 @@ def stage(
         )
         tree.prepare()
         for sidecar in [*plan.chain, plan.sidecar]:
+            run.emit("restore.reading", cell=name, archive=str(sidecar.id), target=plan.target.name)
             with plan.target.open_archive(sidecar) as raw:
                 counted = CountingReader(raw, lambda n: run.advance(name, bytes=n, add=True))
                 tree.take(ArchiveStream(cast(IO[bytes], counted), sidecar, plan.target.name))
