@@ -117,6 +117,10 @@ def test_backup_restore_and_verify_progress_carry_totals_and_reach_them(tmp_path
     assert verify[-1]["unit"] == "checks"
     assert (verify[-1]["cells_done"], verify[-1]["cells_total"]) == (2, 2)
     assert verify[-1]["fraction"] == 1.0
+    # The bytes and files of the archives checked (the files an archive holds, not archives).
+    newest = [vault.list(c)[-1] for c in ("crm", "billing")]
+    assert verify[-1]["bytes_total"] == sum(a.size for a in newest) == verify[-1]["bytes_done"]
+    assert verify[-1]["files_total"] == sum(a.files for a in newest) == verify[-1]["files_done"]
 
 
 def test_an_incremental_counts_unchanged_files_as_done(tmp_path: Path) -> None:
