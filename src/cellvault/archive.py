@@ -118,6 +118,15 @@ class ArchiveId:
         return _ID.fullmatch(text) is not None
 
 
+def _epoch(value: Any) -> int | None:
+    """A ``meta.json`` epoch: absent, or a positive integer."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"epoch {value!r} is not a positive integer")
+    return value
+
+
 def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -148,10 +157,15 @@ class ArchiveMeta:
     #: Why the archive was made: "scheduled", "pre-restore", "demo", ...
     reason: str = "scheduled"
     format: int = FORMAT_VERSION
+    #: DR fencing (:mod:`cellvault.fence`): the epoch the writing site held, and its id.
+    epoch: int | None = None
+    site: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written as ``meta.json``."""
+        fenced = {} if self.epoch is None else {"epoch": self.epoch, "site": self.site}
         return {
+            **fenced,
             "format": self.format,
             "id": str(self.id),
             "cell": self.id.cell,
@@ -191,6 +205,8 @@ class ArchiveMeta:
                 roots=dict(data.get("roots", {})),
                 reason=data.get("reason", "scheduled"),
                 format=int(data.get("format", FORMAT_VERSION)),
+                epoch=_epoch(data.get("epoch")),
+                site=str(data["site"]) if data.get("site") is not None else None,
             )
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ArchiveCorrupt(

@@ -666,10 +666,13 @@ def _echo_sync(report: Any) -> None:
                 else ""
             )
             extra += f", debris of an interrupted run removed: {len(c.debris)}" if c.debris else ""
+            extra += f", {len(c.ignored)} left out" if c.ignored else ""
             click.echo(
                 f"ok   {c.cell} {c.source} -> {c.target}: {len(c.copied)} copied, "
                 f"{c.present} already there{extra}"
             )
+        for line in c.ignored:
+            click.echo(f"note {c.cell}: not copied: {line}", err=True)
     for warning in report.warnings:
         click.echo(f"warn {warning}", err=True)
     rate = report.bytes / report.duration if report.duration > 0 else 0.0
@@ -756,6 +759,11 @@ def _site_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--verify", is_flag=True, help="Read every copy back completely before committing it."
 )
+@click.option(
+    "--include-safety",
+    is_flag=True,
+    help="Copy pre-restore safety backups too (they stay on the site that took them).",
+)
 @_site_option
 @_json_option
 @pass_state
@@ -766,6 +774,7 @@ def sync(
     targets: tuple[str, ...],
     cells: tuple[str, ...],
     verify: bool,
+    include_safety: bool,
     site_id: str | None,
     as_json: bool,
 ) -> None:
@@ -775,7 +784,10 @@ def sync(
     first: data, manifest, then the sidecar that commits it, after its sha256
     was checked. A cell that another run is copying (its lease is held) is
     skipped with a message: exit 0, so a cron job every 15 minutes stays quiet.
-    Exit 1 if a copy failed (it is resumed by the next run).
+    Exit 1 if a copy failed (it is resumed by the next run). A push from a
+    site that another site has fenced (it holds the current DR epoch) is
+    refused; a pull leaves out what a fenced site wrote after the fence.
+    Pre-restore safety backups are not copied unless --include-safety.
     """
     state.as_json = state.as_json or as_json
     with _errors(state):
@@ -786,7 +798,12 @@ def sync(
                 raise ConfigError(
                     "--to is for a push; a pull copies into this site's backup directory"
                 )
-            report = site.pull(list(cells) or None, source=list(sources) or None, verify=verify)
+            report = site.pull(
+                list(cells) or None,
+                source=list(sources) or None,
+                verify=verify,
+                include_safety=include_safety,
+            )
         else:
             if len(sources) > 1:
                 raise ConfigError("a push copies from one target: give --from once")
@@ -795,6 +812,7 @@ def sync(
                 source=sources[0] if sources else None,
                 to=list(targets) or None,
                 verify=verify,
+                include_safety=include_safety,
             )
     if state.progress:
         state.progress.clear()
@@ -1023,6 +1041,12 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
             f"this site: {report.site}; active: {marker.site_id} since {_utc(marker.at)} "
             f"(failover marker on {report.marker_source}, written by {marker.host}){handed}"
         )
+    if report.epoch is not None:
+        fenced = "" if report.epoch_site == report.site else " (this site is fenced)"
+        click.echo(
+            f"epoch {report.epoch}, held by site {report.epoch_site} since "
+            f"{_utc(report.epoch_since)}{fenced}"
+        )
     click.echo(f"{'TARGET':<12} {'CELL':<16} {'ARCHIVES':>8} {'SIZE':>10}  NEWEST")
     for view in report.targets:
         if not view.reachable:
@@ -1033,10 +1057,16 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
                 f"{view.target:<12} {cell:<16} {h.count:>8} {_size(h.bytes):>10}  {h.newest or '-'}"
             )
     if report.lag:
-        click.echo(f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6}")
+        click.echo(f"{'CELL':<16} {'VS':<10} {'LAG':>10} {'BEHIND':>7} {'AHEAD':>6}  NEWER")
         for lag in report.lag:
             text = "-" if lag.lag_seconds is None else f"{lag.lag_seconds / 60:.0f} min"
-            click.echo(f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}")
+            newer = {
+                "local": f"this site, by {', '.join(lag.ahead_archives) or '-'}",
+                "remote": f"{lag.target}, by {', '.join(lag.behind_archives) or '-'}",
+            }.get(lag.leader, "even")
+            click.echo(
+                f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}  {newer}"
+            )
     for record in report.sites:
         newest = ", ".join(f"{c}={h.newest}" for c, h in sorted(record.cells.items()))
         click.echo(

@@ -65,7 +65,9 @@ class Display:
     ) -> None:
         # A given stream is drawn on as a terminal (tests); stderr only when it is one
         # (None: rich looks; False would switch the bar off on a real terminal too).
-        self.console = Console(file=stream or sys.stderr, force_terminal=True if stream else None)
+        self.console = Console(
+            file=stream or sys.stderr, force_terminal=True if stream is not None else None
+        )
         self.handler = handler if isinstance(handler, logging.StreamHandler) else None
         self._saved: Any = None
         self.bar = Progress(

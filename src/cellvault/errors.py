@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "DrError",
     "DumpError",
+    "Fenced",
     "LoadError",
     "LockHeld",
     "RestoreError",
@@ -122,6 +123,18 @@ class LoadError(RestoreError):
 
 class DrError(CellvaultError):
     """A disaster-recovery step was refused or cannot be done; nothing was switched."""
+
+
+class Fenced(DrError):
+    """This site does not hold the current DR epoch: it must not write to the shared targets.
+
+    ``active`` is the site that holds it, ``since`` when it claimed it (ISO 8601).
+    """
+
+    def __init__(self, message: str, *, active: str, since: str, hint: str | None = None) -> None:
+        self.active = active
+        self.since = since
+        super().__init__(message, hint=hint)
 
 
 class WebhookError(CellvaultError):

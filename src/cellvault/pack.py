@@ -288,6 +288,9 @@ class Packer:
     #: Bytes of a dump held in memory before it is written as a part (default:
     #: :data:`cellvault.dumpers.members.DUMP_CHUNK`).
     dump_chunk: int | None = None
+    #: DR fencing: the epoch this site held when the backup started, and its id.
+    epoch: int | None = None
+    site: str | None = None
 
     _manifest: Manifest = attrs.field(init=False)
     _warnings: list[str] = attrs.field(init=False, factory=list)
@@ -398,6 +401,8 @@ class Packer:
             chain=chain,
             roots={name: str(path) for name, path in roots.items()},
             reason=self.reason,
+            epoch=self.epoch,
+            site=self.site if self.epoch is not None else None,
         )
 
     def _open_partial(self, partial: Path) -> IO[bytes]:

@@ -17,11 +17,12 @@ fsspec URL) pass in cellvault's own suite::
             return SimpleDirTarget(TargetSpec("usb", f"simpledir://{tmp_path}/usb"))
 
 A package that adds a dumper type subclasses :class:`DumperContract` the
-same way: a ``dumper_config`` fixture (the configuration of one dumper of its
-type, on a fresh source), a ``broken_config`` fixture (one whose dump
-fails), and two methods that put rows into the source and read them back.
-The built-in dumpers (sqlite, command, postgres, mysql, redis) pass it in
-cellvault's own suite.
+same way: a ``spec`` fixture (the table of a dumper of its type, against a
+real source of its own), ``write_state`` and ``read_state`` (put a known
+state in the source, read back which one it holds) and, optionally, a
+``broken_spec`` fixture (the same type pointed at a source that is not
+there). The built-in dumpers (sqlite, command, PostgreSQL, MariaDB, Redis)
+and the example plugin's ``sqlite-sql`` pass it in cellvault's own suite.
 
 This module is also a pytest plugin (the ``pytest11`` entry point
 ``cellvault``, loaded by pytest wherever cellvault is installed; or
@@ -39,16 +40,19 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import tarfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 import pytest
+import zstandard
 
 from .cell import Cell
 from .config import Config
 from .dumpers import archive_io
+from .dumpers.members import DESCRIPTOR, DUMPS_ROOT
 from .errors import ConfigError, LockHeld
 from .hookspecs import hookimpl
 from .lock import Lease
@@ -347,41 +351,44 @@ class DumperContract:
 
     Give the subclass:
 
-    - a ``dumper_config`` fixture: the configuration table of one dumper of
-      your type (``{"type": ..., "name": ..., <options>}``, as in
-      ``[[cells.<cell>.dumpers]]``) on a fresh, empty source;
-    - a ``broken_config`` fixture: a table of the same type whose dump fails
-      (an unreachable server, a missing file);
-    - :meth:`put_rows` and :meth:`get_rows`: make the source hold exactly
-      the given rows, and read back the rows it holds (their order does not
-      matter). Rows are short ASCII strings without spaces or quotes.
+    - a ``spec`` fixture: the table of one dumper of your type, as a cell's
+      configuration holds it (``{"type": ..., "name": ..., <options>}``),
+      against a real source of the test's own (a scratch database, a file
+      under ``tmp_path``);
+    - :meth:`write_state` and :meth:`read_state`: put the state called
+      *marker* into that source, and say which marker it holds now. A
+      marker is up to :attr:`big_marker` characters of ``[a-z0-9-]``.
 
-    And, if your type needs them: a ``dumper_plugins`` fixture (the plugin
-    objects or modules whose ``cellvault_make_dumper`` makes your type; the
-    built-in types need none; entry points are not loaded), a
-    ``load_failure_options`` fixture (options for one restore that make the
-    load fail before it writes anything, such as an unreachable server:
-    without it that test is skipped) and :attr:`secret` (a value your
-    tables carry that must never reach an argv, a log, an error or
-    ``dumper.json``).
+    And, as your type needs them: a ``broken_spec`` fixture (the same type
+    pointed at a source that does not answer: without it the failure test
+    is skipped); a ``dumper_plugins`` fixture (the plugin modules or objects
+    whose ``cellvault_make_dumper`` makes your type; entry points are not
+    loaded, so that whatever else is installed stays out; the built-in types
+    need none); a ``load_failure_options`` fixture (options for one restore
+    that make the load fail before it writes, such as an unreachable server:
+    without it that test is skipped); :attr:`secret_option` and
+    :attr:`secret` (what must never reach an argv, a log, an error or the
+    archive).
     """
 
-    #: A secret the ``dumper_config`` and ``broken_config`` tables may carry (a password).
-    secret: str | None = "cv-contract-S3cret"  # noqa: S105 - a test value
+    #: An option of *spec* whose value must reach no argv, file, log or error.
+    secret_option: str = "password"  # noqa: S105 - an option's name, not a password
+    #: A secret *spec* may carry elsewhere (the password in a DSN, an env value).
+    secret: str = "cv-contract-S3cret"  # noqa: S105 - a test value
     #: The part size of the large-dump test (the archive's ``DUMP_CHUNK`` for that test).
     part_size: int = 4096
-    #: Rows of the large-dump test: enough that the dump exceeds :attr:`part_size`.
-    part_rows: int = 2000
+    #: Characters of the large-dump test's marker: enough for a dump of several parts.
+    big_marker: int = 16384
 
     @pytest.fixture
-    def dumper_config(self) -> dict[str, Any]:
-        """A dumper of the type under test on a fresh, empty source: override this fixture."""
-        raise NotImplementedError("a DumperContract subclass must define a 'dumper_config' fixture")
+    def spec(self) -> dict[str, Any]:
+        """The dumper's table against a real source: override this fixture."""
+        raise NotImplementedError("a DumperContract subclass must define a 'spec' fixture")
 
     @pytest.fixture
-    def broken_config(self) -> dict[str, Any]:
-        """A dumper of the type under test whose dump fails: override this fixture."""
-        raise NotImplementedError("a DumperContract subclass must define a 'broken_config' fixture")
+    def broken_spec(self) -> dict[str, Any] | None:
+        """The same type pointed at a source that is not there (``None``: not tested)."""
+        return None
 
     @pytest.fixture
     def load_failure_options(self) -> dict[str, Any] | None:
@@ -398,75 +405,93 @@ class DumperContract:
         """Vaults with the dumper under test, and the alerts they sent."""
         return DumperKit(tmp_path, list(dumper_plugins))
 
-    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
-        """Make the source of *config* hold exactly *rows*: override this method."""
-        raise NotImplementedError("a DumperContract subclass must define put_rows")
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        """Put the state called *marker* into the source *spec* dumps: override this method."""
+        raise NotImplementedError("a DumperContract subclass must define write_state")
 
-    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
-        """The rows the source of *config* holds now, in any order: override this method."""
-        raise NotImplementedError("a DumperContract subclass must define get_rows")
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        """The marker of the state the source *spec* dumps holds now: override this method."""
+        raise NotImplementedError("a DumperContract subclass must define read_state")
 
-    def rows(self, tag: str, n: int = 20) -> list[str]:
-        """*n* distinct rows, tagged (hard to compress, as real data is)."""
-        return [f"{tag}-{i:06d}-{secrets.token_hex(16)}" for i in range(n)]
-
-    def held(self, config: Mapping[str, Any]) -> list[str]:
-        return sorted(self.get_rows(config))
+    def secrets_of(self, spec: Mapping[str, Any]) -> list[str]:
+        """The secret values *spec* carries: its :attr:`secret_option`, and :attr:`secret`."""
+        found = [str(spec[self.secret_option])] if spec.get(self.secret_option) else []
+        if self.secret and self.secret in json.dumps(spec):
+            found.append(self.secret)
+        return found
 
     # -- the tests ---------------------------------------------------------------------
 
-    def test_an_unknown_option_is_a_config_error_naming_it(
-        self, kit: DumperKit, dumper_config: dict[str, Any]
+    def test_an_unknown_option_is_a_configuration_error(
+        self, kit: DumperKit, spec: dict[str, Any]
     ) -> None:
         with pytest.raises(ConfigError, match="unknown option 'no_such_option'"):
-            kit.vault({**dumper_config, "no_such_option": "1"})
+            kit.vault({**spec, "no_such_option": "1"})
 
-    def test_a_dump_loads_back_the_state_it_was_taken_in(
-        self, kit: DumperKit, dumper_config: dict[str, Any]
+    def test_a_restore_brings_back_the_state_each_backup_dumped(
+        self, kit: DumperKit, spec: dict[str, Any]
     ) -> None:
-        vault = kit.vault(dumper_config)
-        first, second = self.rows("full"), self.rows("incremental")
-        self.put_rows(dumper_config, first)
+        vault = kit.vault(spec)
+        self.write_state(spec, "full")
         full = vault.backup(kind="full")
         assert full.ok, [(c.cell, c.stage, c.error) for c in full.cells]
-        self.put_rows(dumper_config, second)
+        self.write_state(spec, "incremental")
         incremental = vault.backup(kind="incremental")
         assert incremental.ok, [(c.cell, c.stage, c.error) for c in incremental.cells]
         # Every backup takes a dump of its own, the incrementals too.
         assert [c.kind for c in incremental.cells if c.cell == CELL] == ["incremental"]
         assert vault.verify(CELL, level="full").ok
-        self.put_rows(dumper_config, self.rows("later"))
+        self.write_state(spec, "later")
+        assert self.read_state(spec) == "later"
         latest = vault.restore("latest", cells=CELL, skip_prebackup=True)
         assert latest.ok, [(c.stage, c.error) for c in latest.cells]
-        assert self.held(dumper_config) == sorted(second)
-        archive = full.cells[[c.cell for c in full.cells].index(CELL)].archive
+        assert self.read_state(spec) == "incremental"
+        (archive,) = [c.archive for c in full.cells if c.cell == CELL]
         assert archive is not None
         older = vault.restore(archive, cells=CELL, skip_prebackup=True)
         assert older.ok, [(c.stage, c.error) for c in older.cells]
-        assert self.held(dumper_config) == sorted(first)
+        assert self.read_state(spec) == "full"
+
+    def test_the_dump_is_in_the_archive_with_its_descriptor(
+        self, kit: DumperKit, spec: dict[str, Any]
+    ) -> None:
+        self.write_state(spec, "archived")
+        vault = kit.vault(spec)
+        assert vault.backup(CELL, kind="full").ok
+        (data,) = sorted((kit.root / "backup" / CELL).glob("*.tar.zst"))
+        members = _members(data)  # read as stock zstd and tar would
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        prefix = f"{DUMPS_ROOT}/{name}/"
+        mine = {n.removeprefix(prefix) for n in members if n.startswith(prefix)}
+        assert DESCRIPTOR in mine, f"no {prefix}{DESCRIPTOR} in the archive"
+        assert mine - {DESCRIPTOR}, "the dump wrote no file"
+        descriptor = json.loads(members[prefix + DESCRIPTOR])
+        assert descriptor["ok"] is True and descriptor["type"] == spec["type"]
+        blob = b"".join(members.values())
+        for secret in self.secrets_of(spec):
+            assert secret.encode() not in blob, "a secret reached the archive"
 
     def test_a_large_dump_is_kept_in_parts_and_loads_back(
-        self, kit: DumperKit, dumper_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+        self, kit: DumperKit, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(archive_io, "DUMP_CHUNK", self.part_size)
-        vault = kit.vault(dumper_config)
+        vault = kit.vault(spec)
         (name,) = [d.name for d in vault.dumpers[CELL]]
-        big = self.rows("big", self.part_rows)
-        self.put_rows(dumper_config, big)
+        big = "big-" + secrets.token_hex(self.big_marker // 2)[: self.big_marker - 4]
+        self.write_state(spec, big)
         assert vault.backup(CELL).ok
-        after = self.rows("after")
-        self.put_rows(dumper_config, after)
+        self.write_state(spec, "after")
         # Restored into a folder, the dump is kept as the archive holds it and loads nowhere.
         into = kit.root / "elsewhere"
         report = vault.restore("latest", cells=CELL, into=into)
         assert report.ok, [(c.stage, c.error) for c in report.cells]
-        assert self.held(dumper_config) == sorted(after)
+        assert self.read_state(spec) == "after"
         kept = into / f"{CELL}.dumps" / name
-        descriptor = json.loads((kept / "dumper.json").read_text())
-        assert descriptor["ok"] is True and descriptor["type"] == vault.dumpers[CELL][0].type
+        descriptor = json.loads((kept / DESCRIPTOR).read_text())
+        assert descriptor["ok"] is True
         records = descriptor["files"].values()
         total = sum(r["size"] for r in records)
-        assert total > self.part_size, f"raise part_rows: the dump is {total} bytes"
+        assert total > self.part_size, f"raise big_marker: the dump is {total} bytes"
         for record in records:
             sizes = [(kept / part).stat().st_size for part in record["parts"]]
             assert sum(sizes) == record["size"]
@@ -475,12 +500,14 @@ class DumperContract:
             assert all(size == self.part_size for size in sizes[:-1])
         loaded = vault.restore("latest", cells=CELL, skip_prebackup=True)
         assert loaded.ok, [(c.stage, c.error) for c in loaded.cells]
-        assert self.held(dumper_config) == sorted(big)
+        assert self.read_state(spec) == big
 
     def test_a_failing_dump_fails_its_cell_alone_with_a_clear_error_and_an_alert(
-        self, kit: DumperKit, broken_config: dict[str, Any]
+        self, kit: DumperKit, broken_spec: dict[str, Any] | None
     ) -> None:
-        vault = kit.vault(broken_config)
+        if broken_spec is None:
+            pytest.skip("no broken_spec fixture: the failure of a dump is not tested")
+        vault = kit.vault(broken_spec)
         (name,) = [d.name for d in vault.dumpers[CELL]]
         report = vault.backup()
         assert not report.ok
@@ -492,24 +519,24 @@ class DumperContract:
         (failure,) = [f for f in kit.alerts.failures if f.cell == CELL]
         assert failure.stage == "dump" and failure.error == crm.error
         assert vault.list(CELL) == []  # nothing committed
-        if self.secret and self.secret in json.dumps(broken_config):
-            assert self.secret not in crm.error
-            assert self.secret not in kit.run_logs()
+        assert not list((kit.root / "backup" / CELL).glob("*.tar.*"))
+        for secret in self.secrets_of(broken_spec):
+            assert secret not in crm.error
+            assert secret not in kit.run_logs()
 
     def test_a_failing_load_leaves_files_and_data_untouched(
         self,
         kit: DumperKit,
-        dumper_config: dict[str, Any],
+        spec: dict[str, Any],
         load_failure_options: dict[str, Any] | None,
     ) -> None:
         if load_failure_options is None:
             pytest.skip("no load_failure_options for this dumper type")
-        vault = kit.vault(dumper_config)
+        vault = kit.vault(spec)
         (name,) = [d.name for d in vault.dumpers[CELL]]
-        self.put_rows(dumper_config, self.rows("backed-up"))
+        self.write_state(spec, "backed-up")
         assert vault.backup(CELL).ok
-        now = self.rows("now")
-        self.put_rows(dumper_config, now)
+        self.write_state(spec, "now")
         (kit.crm / "config.yaml").write_text("changed after the backup\n")
         report = vault.restore(
             "latest", cells=CELL, skip_prebackup=True, dump_options={name: load_failure_options}
@@ -518,19 +545,19 @@ class DumperContract:
         (cell,) = report.cells
         assert cell.stage == "load" and f"dumper {name}" in (cell.error or "")
         assert (kit.crm / "config.yaml").read_text() == "changed after the backup\n"
-        assert self.held(dumper_config) == sorted(now)
+        assert self.read_state(spec) == "now"
         assert any(f.operation == "restore" and f.cell == CELL for f in kit.alerts.failures)
 
     def test_secrets_stay_out_of_argv_logs_errors_and_the_descriptor(
         self,
         kit: DumperKit,
-        dumper_config: dict[str, Any],
+        spec: dict[str, Any],
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        secret = self.secret
-        if not secret or secret not in json.dumps(dumper_config):
-            pytest.skip("the dumper_config of this type carries no secret")
+        found = self.secrets_of(spec)
+        if not found:
+            pytest.skip("the spec of this type carries no secret")
         started: list[list[str]] = []
         real = subprocess.Popen
 
@@ -540,18 +567,32 @@ class DumperContract:
 
         monkeypatch.setattr(subprocess, "Popen", spy)
         caplog.set_level("DEBUG")
-        vault = kit.vault(dumper_config)
+        vault = kit.vault(spec)
         (dumper,) = vault.dumpers[CELL]
-        assert secret not in repr(dumper) and secret not in json.dumps(dumper.describe())
-        rows = self.rows("secret")
-        self.put_rows(dumper_config, rows)
+        self.write_state(spec, "secret")
         assert vault.backup(CELL).ok
-        self.put_rows(dumper_config, [])
+        self.write_state(spec, "other")
         assert vault.restore("latest", cells=CELL, skip_prebackup=True).ok
-        assert self.held(dumper_config) == sorted(rows)
+        assert self.read_state(spec) == "secret"
         assert vault.restore("latest", cells=CELL, into=kit.root / "elsewhere").ok
-        descriptor = kit.root / "elsewhere" / f"{CELL}.dumps" / dumper.name / "dumper.json"
-        assert secret not in descriptor.read_text()
-        assert not [argv for argv in started if any(secret in a for a in argv)]
-        assert secret not in caplog.text
-        assert secret not in kit.run_logs()
+        descriptor = kit.root / "elsewhere" / f"{CELL}.dumps" / dumper.name / DESCRIPTOR
+        for secret in found:
+            assert secret not in repr(dumper) and secret not in json.dumps(dumper.describe())
+            assert secret not in descriptor.read_text()
+            assert not [argv for argv in started if any(secret in a for a in argv)]
+            assert secret not in caplog.text
+            assert secret not in kit.run_logs()
+
+
+def _members(archive: Path) -> dict[str, bytes]:
+    """Every regular member of a committed ``.tar.zst`` archive, by name (as zstd and tar read it)."""
+    out: dict[str, bytes] = {}
+    with (
+        open(archive, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        for info in tar:
+            f = tar.extractfile(info)
+            out[info.name] = f.read() if f is not None else b""
+    return out

@@ -26,6 +26,7 @@ from .config import Config, load_env, load_toml
 from .dumpers.base import Dumper
 from .errors import ConfigError
 from .events import Event
+from .fence import Fence, fence_for
 from .hooks import ScriptHooks
 from .layout import BackupDirLayout
 from .notify import alert_settings
@@ -104,6 +105,9 @@ class Vault:
         self.host = socket.gethostname()
         self.codec: Codec = get_codec(config.codec, config.level)
         self.targets: list[Target] = [self._make_target(spec) for spec in config.target_specs]
+        #: DR fencing: who may write to the shared targets (:mod:`cellvault.fence`). A
+        #: plugin that writes to a shared target calls ``vault.fence.check("what")`` first.
+        self.fence: Fence = fence_for(config, self.targets)
         if config.hooks_dir is not None or config.restore_hooks_dir is not None:
             # The seed's restore_hook_<cell>.sh and siblings: a plugin bound to this config.
             self.plugins.register(
@@ -180,6 +184,7 @@ class Vault:
             state=self.state,
             clock=self.clock,
             stamp_lock=self._stamp_lock,
+            fence=self.fence,
         )
 
     def _open(self, operation: str) -> contextlib.AbstractContextManager[Run]:

@@ -1,10 +1,10 @@
 """The built-in dumpers pass cellvault.testing's DumperContract, as a plugin's dumper must.
 
-Each class says how to configure a dumper of its type on a fresh source (a
-SQLite file, a file read by a command, a database of its own on the real
-PostgreSQL and MariaDB, database 9 of the real Redis), one whose dump fails,
-and how to put rows into that source and read them back. The example
-third-party dumper of ``examples/dumper_plugin`` runs it too.
+Each class gives the contract a real source of its own (a SQLite file, a file
+a command reads, a scratch PostgreSQL or MariaDB database, Redis database 9),
+a broken one (a missing file, a failing command, a closed port) and restore
+options that make a load fail. The example third-party dumper of
+``examples/dumper_plugin`` runs it from its own test module.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sqlite3
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
@@ -27,72 +27,67 @@ PY = sys.executable
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dumper_plugin"
 
 
-def _sqlite_put(path: Path, rows: Sequence[str]) -> None:
-    with closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE IF NOT EXISTS contract (row TEXT)")
-        db.execute("DELETE FROM contract")
-        db.executemany("INSERT INTO contract VALUES (?)", [(r,) for r in rows])
-
-
-def _sqlite_get(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    with closing(sqlite3.connect(path)) as db:
-        return [r for (r,) in db.execute("SELECT row FROM contract")]
-
-
-def _values(rows: Sequence[str]) -> str:
-    return ",".join(f"('{r}')" for r in rows)
+def _blocked(tmp_path: Path) -> Path:
+    """A path whose parent is a file: nothing can be written there."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    return blocker / "app.sqlite"
 
 
 class TestSqlite(DumperContract):
     @pytest.fixture
-    def dumper_config(self, tmp_path: Path) -> dict[str, Any]:
+    def spec(self, tmp_path: Path) -> dict[str, Any]:
         path = tmp_path / "db" / "app.sqlite"
         path.parent.mkdir()
-        _sqlite_put(path, [])
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("CREATE TABLE state (marker TEXT)")
         return {"type": "sqlite", "name": "app", "path": str(path)}
 
     @pytest.fixture
-    def broken_config(self, tmp_path: Path) -> dict[str, Any]:
-        return {"type": "sqlite", "name": "app", "path": str(tmp_path / "nowhere" / "app.sqlite")}
+    def broken_spec(self, tmp_path: Path) -> dict[str, Any]:
+        return {"type": "sqlite", "name": "app", "path": str(tmp_path / "missing.sqlite")}
 
     @pytest.fixture
     def load_failure_options(self, tmp_path: Path) -> dict[str, Any]:
-        blocker = tmp_path / "a-file"
-        blocker.write_text("not a folder\n")
-        return {"restore_path": str(blocker / "app.sqlite")}
+        return {"restore_path": str(_blocked(tmp_path))}
 
-    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
-        _sqlite_put(Path(config["path"]), rows)
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        with closing(sqlite3.connect(spec["path"])) as db, db:
+            db.execute("DELETE FROM state")
+            db.execute("INSERT INTO state VALUES (?)", (marker,))
 
-    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
-        return _sqlite_get(Path(config["path"]))
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        with closing(sqlite3.connect(spec["path"])) as db:
+            (marker,) = db.execute("SELECT marker FROM state").fetchone()
+        return str(marker)
 
 
 class TestCommand(DumperContract):
     @pytest.fixture
-    def dumper_config(self, tmp_path: Path) -> dict[str, Any]:
-        source = tmp_path / "source.txt"
-        source.write_text("")
-        write = f"import sys,pathlib; pathlib.Path({str(source)!r}).write_bytes(sys.stdin.buffer.read())"
+    def spec(self, tmp_path: Path) -> dict[str, Any]:
+        state = tmp_path / "state.txt"
+        state.write_text("")
+        write = f"import sys,pathlib; pathlib.Path({str(state)!r}).write_text(sys.stdin.read())"
         return {
             "type": "command",
-            "name": "lines",
-            "command": ["cat", str(source)],
+            "name": "state",
+            "command": ["cat", str(state)],
             "restore_command": [PY, "-c", write],
-            "filename": "lines.txt",
+            "filename": "state.txt",
             # A credential the tool gets in its environment, never on its command line.
             "env": {"SOURCE_PASSWORD": self.secret},
         }
 
     @pytest.fixture
-    def broken_config(self) -> dict[str, Any]:
-        code = "import os,sys; print('login failed for', os.environ['SOURCE_PASSWORD'], file=sys.stderr); sys.exit(3)"
+    def broken_spec(self) -> dict[str, Any]:
+        fail = (
+            "import os,sys; print('login failed for', os.environ['SOURCE_PASSWORD'],"
+            " file=sys.stderr); sys.exit(3)"
+        )
         return {
             "type": "command",
-            "name": "lines",
-            "command": [PY, "-c", code],
+            "name": "state",
+            "command": [PY, "-c", fail],
             "env": {"SOURCE_PASSWORD": self.secret},
         }
 
@@ -100,22 +95,23 @@ class TestCommand(DumperContract):
     def load_failure_options(self) -> dict[str, Any]:
         return {"restore_command": ["sh", "-c", "cat >/dev/null; echo 'import failed' >&2; exit 1"]}
 
-    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
-        Path(config["command"][1]).write_text("".join(f"{r}\n" for r in rows))
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        Path(spec["command"][1]).write_text(marker)
 
-    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
-        return Path(config["command"][1]).read_text().split()
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        return Path(spec["command"][1]).read_text()
 
 
 class TestPostgres(DumperContract):
     @pytest.fixture
-    def dumper_config(self, pg: PgDb) -> dict[str, Any]:
+    def spec(self, pg: PgDb) -> dict[str, Any]:
+        pg.sql("CREATE TABLE state (marker text);")
         # The server trusts 127.0.0.1: the password is carried, never asked for.
         dsn = f"postgresql://postgres:{self.secret}@127.0.0.1:5432/{pg.name}"
         return {"type": "postgres", "name": "db", "dsn": dsn}
 
     @pytest.fixture
-    def broken_config(self, pg: PgDb) -> dict[str, Any]:
+    def broken_spec(self, pg: PgDb) -> dict[str, Any]:
         dsn = f"postgresql://postgres:{self.secret}@127.0.0.1:1/{pg.name}"
         return {"type": "postgres", "name": "db", "dsn": dsn}
 
@@ -123,24 +119,24 @@ class TestPostgres(DumperContract):
     def load_failure_options(self, pg: PgDb) -> dict[str, Any]:
         return {"dsn": f"postgresql://postgres@127.0.0.1:1/{pg.name}"}
 
-    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
-        db = PgDb(config["dsn"].rsplit("/", 1)[1])
-        insert = f"INSERT INTO contract VALUES {_values(rows)};" if rows else ""  # noqa: S608 - the contract's own rows
-        db.sql(f"DROP TABLE IF EXISTS contract; CREATE TABLE contract (row text); {insert}")
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        PgDb(spec["dsn"].rsplit("/", 1)[1]).sql(
+            f"DELETE FROM state; INSERT INTO state VALUES ('{marker}');"  # noqa: S608 - a marker
+        )
 
-    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
-        db = PgDb(config["dsn"].rsplit("/", 1)[1])
-        return db.sql("SELECT row FROM contract;").split()
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        return PgDb(spec["dsn"].rsplit("/", 1)[1]).sql("SELECT marker FROM state;")
 
 
 class TestMysql(DumperContract):
     @pytest.fixture
-    def dumper_config(self, my: MyDb) -> dict[str, Any]:
+    def spec(self, my: MyDb) -> dict[str, Any]:
         # root has no password here: this table carries no secret (the broken one does).
+        my.sql("CREATE TABLE state (marker TEXT);")
         return {"type": "mysql", "name": "db", "dsn": my.dsn}
 
     @pytest.fixture
-    def broken_config(self, my: MyDb) -> dict[str, Any]:
+    def broken_spec(self, my: MyDb) -> dict[str, Any]:
         return {
             "type": "mysql",
             "name": "db",
@@ -151,39 +147,35 @@ class TestMysql(DumperContract):
     def load_failure_options(self, my: MyDb) -> dict[str, Any]:
         return {"dsn": f"mysql://root@127.0.0.1:1/{my.name}"}
 
-    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
-        db = MyDb(config["dsn"].rsplit("/", 1)[1])
-        insert = f"INSERT INTO contract VALUES {_values(rows)};" if rows else ""  # noqa: S608 - the contract's own rows
-        db.sql(f"DROP TABLE IF EXISTS contract; CREATE TABLE contract (row TEXT); {insert}")
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        MyDb(spec["dsn"].rsplit("/", 1)[1]).sql(
+            f"DELETE FROM state; INSERT INTO state VALUES ('{marker}');"  # noqa: S608 - a marker
+        )
 
-    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
-        db = MyDb(config["dsn"].rsplit("/", 1)[1])
-        return db.sql("SELECT row FROM contract;").split()
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        return MyDb(spec["dsn"].rsplit("/", 1)[1]).sql("SELECT marker FROM state;")
 
 
 class TestRedis(DumperContract):
     # Every Redis backup waits for the server's snapshot delay (5 s by default).
 
     @pytest.fixture
-    def dumper_config(self, redis_db: RedisDb) -> dict[str, Any]:
+    def spec(self, redis_db: RedisDb) -> dict[str, Any]:
         return {"type": "redis", "name": "cache", "url": redis_db.url}
 
     @pytest.fixture
-    def broken_config(self, redis_db: RedisDb) -> dict[str, Any]:
+    def broken_spec(self) -> dict[str, Any]:
         return {"type": "redis", "name": "cache", "url": f"redis://:{self.secret}@127.0.0.1:1/9"}
 
     @pytest.fixture
     def load_failure_options(self) -> dict[str, Any]:
         return {"url": "redis://127.0.0.1:1/9"}
 
-    def put_rows(self, config: Mapping[str, Any], rows: Sequence[str]) -> None:
-        r = RedisDb()
-        r.cli("DEL", "contract")
-        for start in range(0, len(rows), 500):
-            r.cli("RPUSH", "contract", *rows[start : start + 500])
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        RedisDb().cli("SET", "contract:state", marker)
 
-    def get_rows(self, config: Mapping[str, Any]) -> Iterable[str]:
-        return RedisDb().cli("LRANGE", "contract", "0", "-1").split()
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        return RedisDb().cli("GET", "contract:state")
 
 
 def _example_tests() -> ModuleType:

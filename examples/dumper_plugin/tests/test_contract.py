@@ -18,26 +18,26 @@ class TestSqliteSql(DumperContract):
         return [cellvault_sqlitesql]  # the module that makes the type (entry points stay off)
 
     @pytest.fixture
-    def dumper_config(self, tmp_path):
+    def spec(self, tmp_path):
         path = tmp_path / "app.sqlite"
-        self.put_rows({"path": path}, [])
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("CREATE TABLE state (marker TEXT)")
         return {"type": "sqlite-sql", "name": "app", "path": str(path)}
 
     @pytest.fixture
-    def broken_config(self, tmp_path):
-        return {"type": "sqlite-sql", "name": "app", "path": str(tmp_path / "no" / "app.sqlite")}
+    def broken_spec(self, tmp_path):
+        return {"type": "sqlite-sql", "name": "app", "path": str(tmp_path / "missing.sqlite")}
 
     @pytest.fixture
     def load_failure_options(self, tmp_path):
         (tmp_path / "a-file").write_text("not a folder\n")
         return {"path": str(tmp_path / "a-file" / "app.sqlite")}
 
-    def put_rows(self, config, rows):
-        with closing(sqlite3.connect(config["path"])) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS contract (row TEXT)")
-            db.execute("DELETE FROM contract")
-            db.executemany("INSERT INTO contract VALUES (?)", [(r,) for r in rows])
+    def write_state(self, spec, marker):
+        with closing(sqlite3.connect(spec["path"])) as db, db:
+            db.execute("DELETE FROM state")
+            db.execute("INSERT INTO state VALUES (?)", (marker,))
 
-    def get_rows(self, config):
-        with closing(sqlite3.connect(config["path"])) as db:
-            return [row for (row,) in db.execute("SELECT row FROM contract")]
+    def read_state(self, spec):
+        with closing(sqlite3.connect(spec["path"])) as db:
+            return db.execute("SELECT marker FROM state").fetchone()[0]

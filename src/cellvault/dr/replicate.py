@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import attrs
+
 from ..archive import Sidecar
-from ..errors import CellvaultError, ConfigError, DrError, TargetError
+from ..errors import CellvaultError, ConfigError, DrError, Fenced, TargetError
+from ..fence import Epoch, written_after_fence
 from ..log import get_logger
 from ..report import iso
 from ..run import Run, open_run
@@ -49,6 +53,32 @@ def _sync_run(ctx: SiteContext, mode: str, pairs: list[tuple[Target, Target]]) -
         yield run
 
 
+@attrs.frozen
+class _Rules:
+    """What a sync copies (*select* says why not) and checks before each commit."""
+
+    select: Callable[[Sidecar], str | None] | None = None
+    before_commit: Callable[[], object] | None = None
+
+
+def _not_safety(include_safety: bool, sidecar: Sidecar) -> str | None:
+    """Safety backups stay on the site that took them, unless asked (``--include-safety``)."""
+    if sidecar.meta.reason == "pre-restore" and not include_safety:
+        return "a pre-restore safety backup (stays on the site that took it; --include-safety)"
+    return None
+
+
+def _pullable(include_safety: bool, current: Epoch | None, sidecar: Sidecar) -> str | None:
+    """Why a pull leaves *sidecar* on the storage: a safety backup, or a fenced site's late write."""
+    meta = sidecar.meta
+    if current is not None and written_after_fence(meta.epoch, sidecar.id.when, current):
+        return (
+            f"written by site {meta.site} under epoch {meta.epoch} after site {current.site} "
+            f"took epoch {current.number} at {iso(current.at)}: a fenced site's write, ignored"
+        )
+    return _not_safety(include_safety, sidecar)
+
+
 def _copy_one(
     ctx: SiteContext,
     run: Run,
@@ -58,6 +88,7 @@ def _copy_one(
     now: dt.datetime,
     mode: str,
     verify: bool,
+    rules: _Rules,
 ) -> CellSync:
     src, dst = pair
     result = copy_cell(
@@ -80,6 +111,8 @@ def _copy_one(
             seconds=secs,
         ),
         progress=lambda s, n: _progress(run, s, dst.name, n),
+        select=rules.select,
+        before_commit=rules.before_commit,
     )
     if not result.ok:
         # The alert hooks hear of a failed copy as of a failed upload.
@@ -113,8 +146,10 @@ def copy_pairs(
     *,
     mode: str,
     verify: bool,
+    rules: _Rules | None = None,
 ) -> list[CellSync]:
     """Copy *cells* (default: every cell of each source) for each (source, destination) pair."""
+    rules = rules or _Rules()
     now = ctx.now()
     out: list[CellSync] = []
     for src, dst in pairs:
@@ -137,7 +172,7 @@ def copy_pairs(
                 continue
 
         def one(cell: str, pair: tuple[Target, Target] = (src, dst)) -> CellSync:
-            return _copy_one(ctx, run, pair, cell, now=now, mode=mode, verify=verify)
+            return _copy_one(ctx, run, pair, cell, now=now, mode=mode, verify=verify, rules=rules)
 
         with ThreadPoolExecutor(
             max_workers=ctx.vault.config.jobs, thread_name_prefix="sync"
@@ -153,6 +188,7 @@ def push(
     source: str | None = None,
     to: Sequence[str] | None = None,
     verify: bool = False,
+    include_safety: bool = False,
 ) -> SyncReport:
     """See :meth:`cellvault.dr.Site.push`."""
     started = time.monotonic()
@@ -172,7 +208,16 @@ def push(
         )
     pairs = [(src, d) for d in dsts]
     with _sync_run(ctx, "push", pairs) as run:
-        results = copy_pairs(ctx, run, pairs, cells, mode="push", verify=verify)
+        try:
+            ctx.fence.check("push")
+        except Fenced as exc:
+            run.fail("fence", str(exc))
+            raise
+        rules = _Rules(
+            select=functools.partial(_not_safety, include_safety),
+            before_commit=functools.partial(ctx.fence.check, "committing a pushed archive"),
+        )
+        results = copy_pairs(ctx, run, pairs, cells, mode="push", verify=verify, rules=rules)
         warnings = ctx.record("push")
         return _report(ctx, "push", results, warnings, started)
 
@@ -184,6 +229,7 @@ def pull(
     source: Sequence[str] | None = None,
     verify: bool = False,
     record: bool = True,
+    include_safety: bool = False,
 ) -> SyncReport:
     """See :meth:`cellvault.dr.Site.pull`."""
     started = time.monotonic()
@@ -193,8 +239,13 @@ def pull(
     if any(s is ctx.local for s in srcs):
         raise ConfigError(f"cannot pull target {ctx.local.name} into itself")
     pairs = [(s, ctx.local) for s in srcs]
+    current = ctx.fence.current()
     with _sync_run(ctx, "pull", pairs) as run:
-        results = copy_pairs(ctx, run, pairs, cells, mode="pull", verify=verify)
+        rules = _Rules(select=functools.partial(_pullable, include_safety, current))
+        results = copy_pairs(ctx, run, pairs, cells, mode="pull", verify=verify, rules=rules)
+        for c in results:
+            for line in c.ignored:
+                log.warning("sync.ignored", cell=c.cell, source=c.source, archive=line)
         warnings = _after_pull(ctx) if record else []
         return _report(ctx, "pull", results, warnings, started)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +10,7 @@ import attrs
 
 from ..config import Config, parse_flag, parse_names
 from ..errors import ConfigError
+from ..fence import host_site_id
 
 __all__ = ["DrSettings", "host_site_id", "validate_site_id"]
 
@@ -25,13 +25,6 @@ def validate_site_id(value: str, *, field: str = "site id") -> str:
             hint="a site id is 1-63 characters of a-z, 0-9, '_' and '-', e.g. 'primary' or 'dr'",
         )
     return value
-
-
-def host_site_id() -> str:
-    """This host's short name as a site id (the default when DR_SITE_ID is unset)."""
-    name = socket.gethostname().split(".")[0].lower()
-    name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_") or "site"
-    return name[:63]
 
 
 @attrs.frozen

@@ -66,6 +66,8 @@ class Site:
             local=local,
             storage=others,
         )
+        # The vault's own writers (backup, prune) are fenced as this site.
+        vault.fence = self.context.fence
 
     def __repr__(self) -> str:
         return f"<Site {self.site_id} local={self.local.name} storage={[t.name for t in self.storage]}>"
@@ -141,15 +143,21 @@ class Site:
         source: str | None = None,
         to: Sequence[str] | None = None,
         verify: bool = False,
+        include_safety: bool = False,
     ) -> SyncReport:
         """Copy what the object storage misses from this site (the seed's ``sync_backup_to_dr.sh``).
 
         From *source* (default: this site's backup directory) to *to* (default:
         the storage targets). Refused with :class:`DrError` while a failover
-        marker names another site: this site's archives must not become the
-        newest the active site sees.
+        marker names another site, and with :class:`~cellvault.errors.Fenced`
+        while another site holds the current epoch (checked again before each
+        archive is committed): this site's archives must not become the newest
+        the active site sees. Pre-restore safety backups stay here unless
+        *include_safety* (listed in each cell's ``ignored``).
         """
-        return replicate.push(self.context, cells, source=source, to=to, verify=verify)
+        return replicate.push(
+            self.context, cells, source=source, to=to, verify=verify, include_safety=include_safety
+        )
 
     def pull(
         self,
@@ -158,15 +166,26 @@ class Site:
         source: Sequence[str] | None = None,
         verify: bool = False,
         record: bool = True,
+        include_safety: bool = False,
     ) -> SyncReport:
         """Bring what this site misses from the object storage (``DR_PULL_ONLY=1``).
 
         From *source* (default: the storage targets, in order: the first that
         holds an archive gives it) into this site's backup directory. Safe to
         run from cron every few minutes: a cell another run is copying is left
-        to it (reported as ``locked``, which is not a failure).
+        to it (reported as ``locked``, which is not a failure). Left on the
+        storage, and listed in each cell's ``ignored``: archives a fenced site
+        wrote after the current epoch began, and other sites' pre-restore
+        safety backups (unless *include_safety*).
         """
-        return replicate.pull(self.context, cells, source=source, verify=verify, record=record)
+        return replicate.pull(
+            self.context,
+            cells,
+            source=source,
+            verify=verify,
+            record=record,
+            include_safety=include_safety,
+        )
 
     def sync(
         self, cells: Sequence[str] | None = None, *, pull_only: bool | None = None, **kwargs: Any

@@ -236,8 +236,13 @@ def copy_archive(
     *,
     verify: bool,
     progress: Callable[[int], None] | None = None,
+    before_commit: Callable[[], object] | None = None,
 ) -> None:
-    """Copy one committed archive: data, manifest copy, then the sidecar that commits it."""
+    """Copy one committed archive: data, manifest copy, then the sidecar that commits it.
+
+    *before_commit* is called just before the sidecar is written (DR fencing);
+    if it raises, the copy stays uncommitted.
+    """
     ident = sidecar.id
     manifest_raw = _read_small(src, src.manifest_key(ident), "manifest copy", ident)
     src.parse_manifest(sidecar, manifest_raw)
@@ -253,6 +258,8 @@ def copy_archive(
         # Read back what arrived and check every member before it counts.
         with dst.open_archive(sidecar) as raw:
             verify_archive(raw, sidecar, dst.name)
+    if before_commit is not None:
+        before_commit()
     with dst.guard(f"commit archive {ident}"):
         dst.retrying(dst.put_bytes, dst.sidecar_key(ident), sidecar_raw)
 
@@ -283,6 +290,10 @@ class _CellCopy:
     on_copied: OnCopied | None
     progress: Callable[[Sidecar, int], None] | None
     started: float
+    #: Says why an archive must not be copied (``None``: copy it).
+    select: Callable[[Sidecar], str | None] | None = None
+    #: Called before each copy is committed on the destination (DR fencing).
+    before_commit: Callable[[], object] | None = None
     stage: str = "debris"
     copied: list[str] = attrs.Factory(list)
     nbytes: int = 0
@@ -297,6 +308,11 @@ class _CellCopy:
         there = set(self.dst.archive_ids(self.cell))
         missing_ids = [i for i in src_ids if i not in there]
         missing = [self.src.sidecar(i) for i in missing_ids]
+        ignored: list[str] = []
+        if self.select is not None:
+            reasons = {s.id: self.select(s) for s in missing}
+            ignored = [f"{i}: {why}" for i, why in reasons.items() if why]
+            missing = [s for s in missing if not reasons[s.id]]
         skipped: list[str] = []
         if missing and policy is not None:
             decisions = plan([*self.dst.archives(self.cell), *missing], policy, now)
@@ -313,6 +329,7 @@ class _CellCopy:
             ok=not self.bad,
             present=len(src_ids) - len(missing_ids),
             skipped=tuple(skipped),
+            ignored=tuple(ignored),
             debris=tuple(debris),
             stage="copy" if self.bad else None,
             error="; ".join(self.bad.values()) + hint if self.bad else None,
@@ -345,7 +362,15 @@ class _CellCopy:
     def copy_one(self, sidecar: Sidecar) -> None:
         t0 = time.monotonic()
         progress = functools.partial(self.progress, sidecar) if self.progress else None
-        copy_archive(self.src, self.dst, sidecar, self.spool, verify=self.verify, progress=progress)
+        copy_archive(
+            self.src,
+            self.dst,
+            sidecar,
+            self.spool,
+            verify=self.verify,
+            progress=progress,
+            before_commit=self.before_commit,
+        )
         elapsed = time.monotonic() - t0
         self.copied.append(str(sidecar.id))
         self.nbytes += sidecar.size
@@ -386,6 +411,8 @@ def copy_cell(
     purpose: str = "sync",
     on_copied: OnCopied | None = None,
     progress: Callable[[Sidecar, int], None] | None = None,
+    select: Callable[[Sidecar], str | None] | None = None,
+    before_commit: Callable[[], object] | None = None,
 ) -> CellSync:
     """Make every archive of *cell* on *src* that *dst* should keep committed on *dst*.
 
@@ -395,9 +422,22 @@ def copy_cell(
     missing archive is copied, oldest first, its chain before it. With a
     retention *policy* (:class:`~cellvault.retention.RetentionPolicy`),
     missing archives the destination would prune at once are not copied.
-    *verify* reads each copy back completely before committing it.
+    *verify* reads each copy back completely before committing it. *select*
+    says why a missing archive must not be copied (reported in ``ignored``);
+    *before_commit* is called before each copy is committed.
     """
-    copy = _CellCopy(src, dst, cell, spool, verify, on_copied, progress, time.monotonic())
+    copy = _CellCopy(
+        src,
+        dst,
+        cell,
+        spool,
+        verify,
+        on_copied,
+        progress,
+        time.monotonic(),
+        select=select,
+        before_commit=before_commit,
+    )
     try:
         lease = Lease.acquire(dst, cell, f"{purpose} from {src.name}", lock_ttl)
     except LockHeld as exc:

@@ -37,7 +37,7 @@ from ..scan import tree_totals
 from ..state import StateFile, slot
 from ..targets.base import Target
 from .listing import configured_cells
-from .resources import Resources
+from .resources import Resources, check_fence
 from .store import store_all
 
 __all__ = [
@@ -66,6 +66,7 @@ def backup(
     kind = to_kind(kind or run.config.backup_type)
     chosen = configured_cells(run.config, cells)
     tgts = res.chosen(targets)
+    epoch = check_fence(run, res, tgts, "backup")
     started = time.monotonic()
     with res.stamp_lock:
         when = next_stamp(res, chosen, tgts)
@@ -80,7 +81,8 @@ def backup(
     run.emit("backup.started", stamp=stamp, kind=kind, cells=names)
 
     def one(cell: Cell) -> CellReport:
-        return CellBackup(run, res, cell, ArchiveId(cell.name, when), kind, tgts, reason)()
+        ident = ArchiveId(cell.name, when)
+        return CellBackup(run, res, cell, ident, kind, tgts, reason, epoch=epoch)()
 
     with ThreadPoolExecutor(max_workers=run.config.jobs, thread_name_prefix="cell") as pool:
         reports = list(pool.map(carry(one), chosen))
@@ -133,6 +135,8 @@ class CellBackup:
     kind: Kind
     targets: Sequence[Target]
     reason: str
+    #: The DR epoch this site held at the start (recorded in the archive).
+    epoch: int | None = None
     started: float = attrs.field(factory=time.monotonic)
     stage: str = "lock"
     leases: list[Lease] = attrs.Factory(list)
@@ -185,7 +189,9 @@ class CellBackup:
         self.stage = "pack"
         result = self._pack(parent, parent_meta)
         self.stage = "upload"
-        outcomes = store_all(self.run, self.live, result, self._sidecar(result))
+        outcomes = store_all(
+            self.run, self.live, result, self._sidecar(result), fence=self.res.fence
+        )
         return self._stored(result, outcomes)
 
     def _lock(self) -> None:
@@ -254,6 +260,8 @@ class CellBackup:
             checksum=self.run.config.checksum,
             on_progress=lambda done, files: self._progress(archive, done, files),
             dumpers=self.res.dumpers.get(cell, ()),
+            epoch=self.epoch,
+            site=self.res.fence.site,
         )
         self.packed = result = packer.pack()
         self.snapshot_pending = False

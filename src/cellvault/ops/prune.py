@@ -18,7 +18,7 @@ from ..runlog import prune_logs
 from ..specs import DEFAULT_TTL
 from ..targets.base import Target
 from .listing import all_cells, known_cells
-from .resources import Resources
+from .resources import Resources, check_fence
 
 __all__ = ["prune", "prune_cell"]
 
@@ -38,12 +38,16 @@ def prune(
         known_cells(run.config, res.targets, cells) if cells else all_cells(run.config, res.targets)
     )
     tgts = res.chosen(targets)
+    if not dry_run:
+        check_fence(run, res, tgts, "prune")
     now = res.now()
     results: list[PruneResult] = []
     for target in tgts:
         policy = run.config.retention_for(target.name)
         for cell in names:
             try:
+                if not dry_run and target.name in res.fence.names:
+                    res.fence.check(f"pruning cell {cell} on target {target.name}")
                 result = prune_cell(
                     target, cell, policy, now, dry_run=dry_run, lock_ttl=run.config.lock_ttl
                 )

@@ -10,11 +10,13 @@ import attrs
 
 from ..codec import Codec
 from ..dumpers.base import Dumper
-from ..errors import ConfigError
+from ..errors import ConfigError, Fenced
+from ..fence import Fence
+from ..run import Run
 from ..state import StateFile
 from ..targets.base import Target
 
-__all__ = ["Resources", "find_target"]
+__all__ = ["Resources", "check_fence", "find_target"]
 
 
 def find_target(targets: Sequence[Target], name: str) -> Target:
@@ -44,6 +46,8 @@ class Resources:
     clock: Callable[[], dt.datetime]
     #: Held while a backup chooses its stamp: runs of one vault never share one.
     stamp_lock: threading.Lock
+    #: DR fencing: checked before writing to a shared target.
+    fence: Fence = attrs.field(factory=lambda: Fence("", ()))
 
     def target(self, name: str) -> Target:
         """The configured target called *name*."""
@@ -59,3 +63,20 @@ class Resources:
         if now.tzinfo is None:
             now = now.replace(tzinfo=dt.UTC)
         return now.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def check_fence(run: Run, res: Resources, targets: Sequence[Target], action: str) -> int | None:
+    """Prove this site may write to the shared ones among *targets*; return the epoch it holds.
+
+    A fenced site (:class:`~cellvault.errors.Fenced`) is alerted and refused
+    before anything is written. ``None`` when no shared target is written
+    to, or no epoch was ever claimed.
+    """
+    if not any(t.name in res.fence.names for t in targets):
+        return None
+    try:
+        epoch = res.fence.check(action)
+    except Fenced as exc:
+        run.fail("fence", str(exc))
+        raise
+    return epoch.number if epoch is not None else None

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..archive import Sidecar
-from ..errors import CellvaultError
+from ..errors import CellvaultError, Fenced
+from ..fence import Fence
 from ..log import get_logger
 from ..pack import PackResult
 from ..report import TargetOutcome
@@ -24,26 +25,37 @@ log = get_logger(__name__)
 
 
 def store_all(
-    run: Run, targets: Sequence[Target], result: PackResult, sidecar: Sidecar
+    run: Run,
+    targets: Sequence[Target],
+    result: PackResult,
+    sidecar: Sidecar,
+    *,
+    fence: Fence | None = None,
 ) -> list[TargetOutcome]:
     """Store the packed archive to every target at once; one outcome per target, in order."""
+    one = functools.partial(store, run, result=result, sidecar=sidecar, fence=fence)
     with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="store") as pool:
-        return list(
-            pool.map(carry(functools.partial(store, run, result=result, sidecar=sidecar)), targets)
-        )
+        return list(pool.map(carry(one), targets))
 
 
-def store(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> TargetOutcome:
+def store(
+    run: Run, target: Target, result: PackResult, sidecar: Sidecar, fence: Fence | None = None
+) -> TargetOutcome:
     """Store the packed archive to *target*, then check it there (``verify_after_backup``).
 
     A failure is alerted and in the outcome; a copy that does not verify is
-    uncommitted (its sidecar deleted), so it never counts.
+    uncommitted (its sidecar deleted), so it never counts. On a shared target
+    (*fence*), the site proves it still holds the DR epoch just before the
+    commit; fenced, the copy stays uncommitted (stage ``fence``).
     """
     started = time.monotonic()
     ident = str(sidecar.id)
     stage = "upload"
+    guard = None
+    if fence is not None and target.name in fence.names:
+        guard = functools.partial(_still_active, fence, ident, target.name)
     try:
-        target.store(result.data_path, result.manifest_path, sidecar)
+        target.store(result.data_path, result.manifest_path, sidecar, before_commit=guard)
         log.info(
             "archive.stored", run=run.id, cell=sidecar.id.cell, archive=ident, target=target.name
         )
@@ -62,6 +74,8 @@ def store(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> Tar
         )
     except Exception as exc:
         error = error_text(exc)
+        if isinstance(exc, Fenced):
+            stage = "fence"
         if not isinstance(exc, CellvaultError):
             log.exception("store.crashed", target=target.name, archive=ident)
         if stage == "verify":
@@ -76,6 +90,10 @@ def store(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> Tar
             error=error,
             duration=time.monotonic() - started,
         )
+
+
+def _still_active(fence: Fence, archive: str, target: str) -> None:
+    fence.check(f"committing archive {archive} to target {target}")
 
 
 def check_stored(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> None:

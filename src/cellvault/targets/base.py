@@ -260,12 +260,26 @@ class Target(abc.ABC):
     def manifest_key(ident: ArchiveId) -> str:
         return f"{ident.cell}/{ident}{MANIFEST_SUFFIX}"
 
-    def store(self, data: Path, manifest: Path, sidecar: Sidecar) -> None:
-        """Store an archive: data, then the manifest copy, then the sidecar that commits it."""
+    def store(
+        self,
+        data: Path,
+        manifest: Path,
+        sidecar: Sidecar,
+        *,
+        before_commit: Callable[[], object] | None = None,
+    ) -> None:
+        """Store an archive: data, then the manifest copy, then the sidecar that commits it.
+
+        *before_commit* is called between the two (DR fencing checks there);
+        if it raises, nothing is committed: what was written is debris.
+        """
         ident = sidecar.id
         with self.guard(f"store archive {ident}"):
             self.retrying(self.put_file, data, f"{ident.cell}/{sidecar.data_name}")
             self.retrying(self.put_file, manifest, self.manifest_key(ident))
+        if before_commit is not None:
+            before_commit()
+        with self.guard(f"commit archive {ident}"):
             self.retrying(self.put_bytes, self.sidecar_key(ident), sidecar.to_json())
 
     def cells(self) -> builtins.list[str]:
