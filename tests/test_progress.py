@@ -272,3 +272,15 @@ def test_the_command_line_s_display_draws_on_a_real_terminal(
     assert Display().console.is_terminal
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert not Display().console.is_terminal
+
+
+def test_a_second_run_of_the_same_command_gets_a_bar_of_its_own() -> None:
+    display = Display(io.StringIO())
+    first = {"operation": "backup", "cells_done": 1, "cells_total": 1, "bytes_total": 10}
+    display.event(Event("progress", "run1", data={**first, "bytes_done": 10}))
+    display.clear()
+    second = {"operation": "restore", "cells_done": 0, "cells_total": 1, "bytes_total": 20}
+    display.event(Event("progress", "run2", data={**second, "bytes_done": 5}))
+    (task,) = display.bar.tasks
+    assert task.description.startswith("restore 0/1 cells") and task.completed == 5
+    display.clear()
