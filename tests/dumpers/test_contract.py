@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sqlite3
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +24,8 @@ from cellvault.testing import DumperContract
 from tests.dumpers.conftest import MyDb, PgDb, RedisDb
 
 PY = sys.executable
+#: The Redis database of the contract tests.
+CONTRACT_DB = 14
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dumper_plugin"
 
 
@@ -157,25 +159,30 @@ class TestMysql(DumperContract):
 
 
 class TestRedis(DumperContract):
-    # Every Redis backup waits for the server's snapshot delay (5 s by default).
+    # Every Redis backup waits for the server's snapshot delay (5 s by default). The
+    # contract's database is one no other test flushes (the others use 9 to 11).
 
     @pytest.fixture
-    def spec(self, redis_db: RedisDb) -> dict[str, Any]:
-        return {"type": "redis", "name": "cache", "url": redis_db.url}
+    def spec(self, redis_db: RedisDb) -> Iterator[dict[str, Any]]:
+        mine = RedisDb(db=CONTRACT_DB)
+        mine.cli("FLUSHDB")
+        yield {"type": "redis", "name": "cache", "url": mine.url}
+        mine.cli("FLUSHDB")
 
     @pytest.fixture
     def broken_spec(self) -> dict[str, Any]:
-        return {"type": "redis", "name": "cache", "url": f"redis://:{self.secret}@127.0.0.1:1/9"}
+        url = f"redis://:{self.secret}@127.0.0.1:1/{CONTRACT_DB}"
+        return {"type": "redis", "name": "cache", "url": url}
 
     @pytest.fixture
     def load_failure_options(self) -> dict[str, Any]:
-        return {"url": "redis://127.0.0.1:1/9"}
+        return {"url": f"redis://127.0.0.1:1/{CONTRACT_DB}"}
 
     def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
-        RedisDb().cli("SET", "contract:state", marker)
+        RedisDb(db=CONTRACT_DB).cli("SET", "contract:state", marker)
 
     def read_state(self, spec: Mapping[str, Any]) -> str:
-        return RedisDb().cli("GET", "contract:state")
+        return RedisDb(db=CONTRACT_DB).cli("GET", "contract:state")
 
 
 def _example_tests() -> ModuleType:
