@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
-from cellvault import Event
+from cellvault import Cell, Event
 from cellvault.cli import cli
 from cellvault.display import Display, PlainProgress
 from cellvault.progress import Meter
@@ -115,6 +117,10 @@ def test_backup_restore_and_verify_progress_carry_totals_and_reach_them(tmp_path
     assert verify[-1]["unit"] == "checks"
     assert (verify[-1]["cells_done"], verify[-1]["cells_total"]) == (2, 2)
     assert verify[-1]["fraction"] == 1.0
+    # The bytes and files of the archives checked (the files an archive holds, not archives).
+    newest = [vault.list(c)[-1] for c in ("crm", "billing")]
+    assert verify[-1]["bytes_total"] == sum(a.size for a in newest) == verify[-1]["bytes_done"]
+    assert verify[-1]["files_total"] == sum(a.files for a in newest) == verify[-1]["files_done"]
 
 
 def test_an_incremental_counts_unchanged_files_as_done(tmp_path: Path) -> None:
@@ -185,3 +191,96 @@ def test_on_a_terminal_a_bar_with_totals_is_drawn_and_taken_away(tmp_path: Path)
     assert "backup 1/1 cells" in drawn
     assert "100%" in drawn
     assert "MiB" in drawn  # bytes done of the total
+
+
+# -- a step the counts do not cover: loading dumps -------------------------------------------
+
+
+def test_a_dump_load_is_a_step_with_the_bytes_it_read(tmp_path: Path) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    out = tmp_path / "loaded.bin"
+    size = 300_000
+    dumper = {
+        "type": "command",
+        "name": "blob",
+        "command": [sys.executable, "-c", f"import sys; sys.stdout.buffer.write(b'd' * {size})"],
+        "restore_command": [
+            sys.executable,
+            "-c",
+            f"import sys,pathlib; pathlib.Path({str(out)!r}).write_bytes(sys.stdin.buffer.read())",
+        ],
+    }
+    events: list[Event] = []
+    vault = make_vault(
+        tmp_path / "backup", [Cell("crm", [crm], dumpers=[dumper])], on_event=events.append
+    )
+    assert vault.backup().ok
+    events.clear()
+    assert vault.restore("latest", skip_prebackup=True).ok
+    assert out.stat().st_size == size
+    steps = [p for p in _progress(events) if p.get("step")]
+    assert steps and steps[0]["step"] == "crm: loading dumps (blob)"
+    assert steps[0]["step_bytes_total"] >= size  # the staged dump (and its dumper.json)
+    assert steps[-1]["step_bytes_done"] == size  # all of it read through cellvault
+    assert "now crm: loading dumps (blob): " in steps[-1]["line"]
+    assert _progress(events)[-1]["step"] is None  # the step is over when the restore is
+
+
+def test_a_long_step_still_gets_its_line_in_the_run_log(tmp_path: Path) -> None:
+    """The heartbeat logs the line while a load counts nothing; the load waits to see it."""
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    logs = tmp_path / "backup" / "logs"
+    wait = (
+        "import glob,sys,time\n"
+        "sys.stdin.buffer.read()\n"
+        "while not any('now crm: loading dumps' in open(p).read()"
+        f" for p in glob.glob({str(logs)!r} + '/restore_*.log')):\n"
+        "    time.sleep(0.05)\n"
+    )
+    dumper = {
+        "type": "command",
+        "name": "db",
+        "command": ["echo", "dump"],
+        "restore_command": [sys.executable, "-c", wait],
+        "timeout": 120,
+    }
+    vault = make_vault(
+        tmp_path / "backup", [Cell("crm", [crm], dumpers=[dumper])], progress_interval=1e-9
+    )
+    assert vault.backup().ok
+    report = vault.restore("latest", skip_prebackup=True)
+    assert report.ok, report.cells[0].error
+    (log,) = logs.glob("restore_*.log")
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    during = [e for e in lines if e["event"] == "run.progress" and e.get("step")]
+    assert during and during[0]["line"].startswith("restore: ")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_command_line_s_display_draws_on_a_real_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only on a stream forced to be one: stderr that is a terminal gets the bar."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for name in ("NO_COLOR", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert Display().console.is_terminal
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not Display().console.is_terminal
+
+
+def test_a_second_run_of_the_same_command_gets_a_bar_of_its_own() -> None:
+    display = Display(io.StringIO())
+    first = {"operation": "backup", "cells_done": 1, "cells_total": 1, "bytes_total": 10}
+    display.event(Event("progress", "run1", data={**first, "bytes_done": 10}))
+    display.clear()
+    second = {"operation": "restore", "cells_done": 0, "cells_total": 1, "bytes_total": 20}
+    display.event(Event("progress", "run2", data={**second, "bytes_done": 5}))
+    (task,) = display.bar.tasks
+    assert task.description.startswith("restore 0/1 cells") and task.completed == 5
+    display.clear()

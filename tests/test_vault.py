@@ -14,12 +14,14 @@ from cellvault import (
     Cell,
     ConfigError,
     Event,
+    Kind,
     LocalTarget,
     Target,
     TargetSpec,
     Vault,
     hookimpl,
 )
+from cellvault.archive import to_kind
 from tests.helpers import SAMPLE, clock, make_vault, snapshot, utc, write_tree
 
 
@@ -538,3 +540,15 @@ def test_cells_that_are_not_names_are_refused_at_the_call(
     with pytest.raises(TypeError, match="cells must be"):
         vault.backup(cells=bad)  # type: ignore[arg-type]
     assert not (backup_dir / "crm").exists()
+
+
+def test_kinds_are_typed_throughout(crm: Path, backup_dir: Path) -> None:
+    vault = make_vault(backup_dir, {"crm": [crm]})
+    kind: Kind = "full"
+    report = vault.backup("crm", kind=kind)
+    assert report.cells[0].kind == "full"
+    (info,) = vault.list("crm")
+    assert info.kind == "full"
+    with pytest.raises(ConfigError, match="backup kind 'weekly' is neither full nor incremental"):
+        vault.backup("crm", kind="weekly")  # type: ignore[arg-type]
+    assert to_kind("incremental") == "incremental"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
-from .archive import ArchiveId, ArchiveMeta, Selector, Sidecar
+from .archive import ArchiveId, ArchiveMeta, Kind, Selector, Sidecar
 from .cell import Cell
 from .config import Config, load_env, load_toml
 from .errors import (
@@ -41,7 +41,7 @@ from .report import (
     VerifyResult,
 )
 from .targets import FsspecTarget, LocalTarget, ObjectInfo, ObjectStat, Target, TargetSpec
-from .vault import ArchiveInfo, Vault
+from .vault import ArchiveInfo, Level, Names, Vault
 
 # A library leaves output to its host: nothing is printed unless it configures logging.
 logging.getLogger("cellvault").addHandler(logging.NullHandler())
@@ -65,9 +65,12 @@ __all__ = [
     "Failure",
     "Fenced",
     "FsspecTarget",
+    "Kind",
+    "Level",
     "LocalTarget",
     "LockHeld",
     "Manifest",
+    "Names",
     "ObjectInfo",
     "ObjectStat",
     "RestoreError",

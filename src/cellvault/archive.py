@@ -36,6 +36,16 @@ FORMAT_VERSION = 1
 Kind = Literal["full", "incremental"]
 KINDS: tuple[str, ...] = ("full", "incremental")
 
+
+def to_kind(value: object, what: str = "backup kind") -> Kind:
+    """*value* as a :data:`Kind`; a :class:`ConfigError` naming *what* otherwise."""
+    if value == "full":
+        return "full"
+    if value == "incremental":
+        return "incremental"
+    raise ConfigError(f"{what} {value!r} is neither full nor incremental")
+
+
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 # re.ASCII: \d would otherwise accept any Unicode digit (Arabic-Indic, fullwidth, ...).
 _STAMP = re.compile(r"\d{8}_\d{6}", re.ASCII)
@@ -134,7 +144,7 @@ class ArchiveMeta:
     """
 
     id: ArchiveId
-    kind: str = attrs.field(validator=attrs.validators.in_(KINDS))
+    kind: Kind = attrs.field(validator=attrs.validators.in_(KINDS))
     backed_at: dt.datetime
     host: str
     version: str

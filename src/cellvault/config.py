@@ -17,6 +17,7 @@ from typing import Any, overload
 
 import attrs
 
+from .archive import Kind, to_kind
 from .cell import Cell, validate_cell_name
 from .codec import get_codec
 from .errors import ConfigError
@@ -202,7 +203,7 @@ class Config:
     checksum: bool = False
     lock_ttl: float = DEFAULT_TTL
     #: Defaults for the command line, from BACKUP_TYPE and RESTORE_*.
-    backup_type: str = attrs.field(
+    backup_type: Kind = attrs.field(
         default="full", validator=attrs.validators.in_(("full", "incremental"))
     )
     restore_date: str | None = None
@@ -420,9 +421,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         cells.append(Cell(name, paths, exclude=exclude, dumpers=_env_dumpers(env, name, key)))
 
     targets = [_env_target(t, env, backup_dir) for t in _split(env.get("BACKUP_TARGETS", "local"))]
-    backup_type = env.get("BACKUP_TYPE", "full").strip() or "full"
-    if backup_type not in ("full", "incremental"):
-        raise ConfigError(f"BACKUP_TYPE={backup_type!r} is neither full nor incremental")
+    backup_type = to_kind(env.get("BACKUP_TYPE", "full").strip() or "full", "BACKUP_TYPE")
     into = env.get("RESTORE_INTO", "").strip()
     return Config(
         backup_dir=backup_dir,

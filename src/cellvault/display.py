@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from .events import Event
+from .progress import human_size
 
 __all__ = ["Display", "PlainProgress"]
 
@@ -39,6 +40,8 @@ def _step(event: Event) -> str | None:
         return f"{event.cell}: packing"
     if event.name == "archive.stored":
         return f"{event.cell}: stored on {event.target}"
+    if event.name == "restore.reading":
+        return f"{event.cell}: reading {event.archive} from {event.target}"
     if event.name == "restore.fetched":
         return f"{event.cell}: read {event.archive} from {event.target}"
     if event.name == "restore.loading":
@@ -60,6 +63,8 @@ class Display:
     def __init__(
         self, stream: IO[str] | None = None, *, handler: logging.Handler | None = None
     ) -> None:
+        # A given stream is drawn on as a terminal (tests); stderr only when it is one
+        # (None: rich looks; False would switch the bar off on a real terminal too).
         self.console = Console(
             file=stream or sys.stderr, force_terminal=True if stream is not None else None
         )
@@ -88,21 +93,22 @@ class Display:
                 self.step = step
             if event.name != "progress" and self.task is None:
                 return
-            self._start()
-            assert self.task is not None
+            fresh = self.task is None
+            if self.task is None:
+                self.task = self.bar.add_task("", total=None, step="")
             if event.name == "progress":
                 self._update(event.data)
             else:
                 self.bar.update(self.task, step=self.step)
+            if fresh:
+                # Drawn from its first counts on, never as an empty bar.
+                self._start()
 
     def _start(self) -> None:
-        if self.task is not None:
-            return
         self.bar.start()
         if self.handler is not None:
             # Log lines go through the console, above the bar.
             self._saved = self.handler.setStream(sys.stderr)
-        self.task = self.bar.add_task("", total=None, step="")
 
     def _update(self, data: Any) -> None:
         assert self.task is not None
@@ -111,6 +117,14 @@ class Display:
         if data.get("files_total"):
             text += f", {data.get('files_done', 0)}/{data['files_total']} files"
         total = data.get("bytes_total") or None
+        if data.get("step"):
+            # A step the counts do not cover (loading dumps): what it has read of what.
+            self.step = str(data["step"])
+            if data.get("step_bytes_total"):
+                self.step += (
+                    f", {human_size(data.get('step_bytes_done', 0))}"
+                    f" of {human_size(data['step_bytes_total'])} read"
+                )
         self.bar.update(
             self.task,
             description=text,
@@ -127,6 +141,8 @@ class Display:
             self.bar.stop()
             if self.handler is not None and self._saved is not None:
                 self.handler.setStream(self._saved)
+            # A later operation of the same command draws a bar of its own.
+            self.bar.remove_task(self.task)
             self.task = None
 
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import attrs
 
-from .archive import ArchiveId, ArchiveMeta
+from .archive import ArchiveId, ArchiveMeta, Kind
 from .cell import Cell, excluder
 from .codec import Codec, HashingWriter
 from .dumpers.archive_io import write_dumps
@@ -384,7 +384,7 @@ class Packer:
 
     def _meta(self, backed_at: dt.datetime, roots: dict[str, Path]) -> ArchiveMeta:
         """The archive's ``meta.json``; for an incremental, also when a file is racy."""
-        kind = "incremental" if self.parent is not None else "full"
+        kind: Kind = "incremental" if self.parent is not None else "full"
         chain: tuple[ArchiveId, ...] = ()
         if self.parent_meta is not None:
             chain = (*self.parent_meta.chain, self.parent_meta.id)

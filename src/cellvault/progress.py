@@ -11,7 +11,10 @@ The ``progress`` events of a run carry a snapshot, so that an embedding
 service can show a percentage; the command line draws them as a progress bar
 on a terminal, and every run writes :meth:`Meter.line` to its log every
 ``progress_interval`` seconds (``BACKUP_PROGRESS_INTERVAL``), which is what
-cron mail and ``journalctl`` show of a long run.
+cron mail and ``journalctl`` show of a long run. A step the counts do not
+cover (a restore loading a cell's dumps after its archive was read) is
+named in the snapshot and the line (:meth:`Meter.begin_step`), with the
+bytes it read when the dumper reads through cellvault.
 """
 
 from __future__ import annotations
@@ -71,9 +74,29 @@ class Meter:
     _finished: set[str] = attrs.field(init=False, factory=set)
     _expected: dict[str, tuple[int, int]] = attrs.field(init=False, factory=dict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    #: The step in hand that the counts above do not cover (loading a cell's
+    #: dumps after its archive was read): its text, start, bytes done and total.
+    _step: tuple[str, float, int, int] | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
+
+    def begin_step(self, text: str, *, bytes: int = 0) -> None:
+        """A step starts: *text* says what it is, *bytes* how much it will read (0: unknown)."""
+        with self._lock:
+            self._step = (text, self.clock(), 0, bytes)
+
+    def step_read(self, n: int) -> None:
+        """The step in hand read *n* more bytes."""
+        with self._lock:
+            if self._step is not None:
+                text, started, done, total = self._step
+                self._step = (text, started, done + n, total)
+
+    def end_step(self) -> None:
+        """The step in hand is over."""
+        with self._lock:
+            self._step = None
 
     def expect(
         self, *, cells: int = 0, bytes: int = 0, files: int = 0, cell: str | None = None
@@ -139,6 +162,7 @@ class Meter:
                 self.files_total,
                 self.cells_total,
             )
+            step = self._step
         elapsed = max(0.0, self.clock() - self.started)
         if bytes_total:
             fraction: float | None = done_bytes / bytes_total
@@ -161,6 +185,22 @@ class Meter:
             "elapsed": round(elapsed, 3),
             "rate": round(rate, 1),
             "eta": None if eta is None else round(eta, 1),
+            **self._step_counts(step),
+        }
+
+    def _step_counts(self, step: tuple[str, float, int, int] | None) -> dict[str, Any]:
+        if step is None:
+            return {"step": None}
+        text, started, done, total = step
+        elapsed = max(0.0, self.clock() - started)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (total - done) / rate if rate > 0 and total > done else None
+        return {
+            "step": text,
+            "step_bytes_done": done,
+            "step_bytes_total": max(total, done),
+            "step_elapsed": round(elapsed, 3),
+            "step_eta": None if left is None else round(left, 1),
         }
 
     def line(self, snapshot: dict[str, Any] | None = None) -> str:
@@ -180,7 +220,22 @@ class Meter:
             parts.append(f"{_duration(s['eta'])} left")
         else:
             parts.append(f"{_duration(s['elapsed'])} so far")
-        return f"{s['operation']}: " + ", ".join(parts)
+        line = f"{s['operation']}: " + ", ".join(parts)
+        if s.get("step"):
+            line += f"; now {s['step']}: " + _step_text(s)
+        return line
+
+
+def _step_text(s: dict[str, Any]) -> str:
+    """``12.0 MiB of 40.0 MiB read, 2 min 10 s so far, 5 min 03 s left``."""
+    parts = []
+    done, total = s.get("step_bytes_done", 0), s.get("step_bytes_total", 0)
+    if total:
+        parts.append(f"{human_size(done)} of {human_size(total)} read")
+    parts.append(f"{_duration(s.get('step_elapsed', 0.0))} so far")
+    if s.get("step_eta") is not None:
+        parts.append(f"{_duration(s['step_eta'])} left")
+    return ", ".join(parts)
 
 
 class CountingReader:

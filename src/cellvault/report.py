@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from .archive import Kind
+
 __all__ = [
     "BackupReport",
     "CellReport",
@@ -105,7 +107,7 @@ class CellReport(Report):
     cell: str
     ok: bool
     archive: str | None = None
-    kind: str | None = None
+    kind: Kind | None = None
     parent: str | None = None
     stage: str | None = None
     error: str | None = None

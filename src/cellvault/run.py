@@ -159,13 +159,63 @@ class Run:
                 self._progress_emitted = now
             if write:
                 self._progress_logged = now
-        if not (emit or write):
-            return
+        if emit or write:
+            self._report(meter, cell, emit=emit, write=write)
+
+    def _report(self, meter: Meter, cell: str | None, *, emit: bool, write: bool) -> None:
         snapshot = meter.snapshot()
+        line = meter.line(snapshot)
         if write:
-            log.info("run.progress", run=self.id, line=meter.line(snapshot), **snapshot)
+            log.info("run.progress", run=self.id, line=line, **snapshot)
         if emit:
-            self.emit("progress", cell=cell, line=meter.line(snapshot), **snapshot)
+            self.emit("progress", cell=cell, line=line, **snapshot)
+
+    @contextlib.contextmanager
+    def step(self, cell: str, text: str, *, bytes: int = 0) -> Iterator[Callable[[int], None]]:
+        """A step the counts do not cover (loading *cell*'s dumps), named in the progress.
+
+        Yields the function that counts the bytes the step reads. A
+        ``progress`` event is emitted as it starts, as it reads (at most every
+        0.2 s), with its last counts as it ends and without it after; in
+        between, :meth:`beat` keeps the run log's line coming.
+        """
+        meter = self.meter or self.expect()
+        meter.begin_step(text, bytes=bytes)
+        self._report(meter, cell, emit=True, write=False)
+
+        def read(n: int) -> None:
+            meter.step_read(n)
+            now = time.monotonic()
+            with self._progress_lock:
+                emit = now - self._progress_emitted >= 0.2
+                if emit:
+                    self._progress_emitted = now
+            if emit:
+                self._report(meter, cell, emit=True, write=False)
+
+        try:
+            yield read
+        finally:
+            self._report(meter, cell, emit=True, write=False)  # what the step read, in all
+            meter.end_step()
+            self._report(meter, cell, emit=True, write=False)
+
+    def beat(self) -> None:
+        """Log (and emit) the progress line if none was for ``progress_interval`` seconds.
+
+        Called by the run's heartbeat thread (see :func:`open_run`), so that
+        a step that counts nothing (a database load, a slow upload's commit)
+        still shows in the run log and under cron.
+        """
+        meter, interval = self.meter, self.config.progress_interval
+        if meter is None or not interval:
+            return
+        now = time.monotonic()
+        with self._progress_lock:
+            if now - self._progress_logged < interval:
+                return
+            self._progress_logged = self._progress_emitted = now
+        self._report(meter, None, emit=True, write=True)
 
     def failure(self, stage: str, error: str, **where: Unpack[Where]) -> Failure:
         """A :class:`Failure` of this run (its id, host and operation filled in).
@@ -263,4 +313,28 @@ def open_run(
         if run_log:
             run.runlog = stack.enter_context(RunLog(run.layout.logs, operation, run.id, stamp))
         stack.enter_context(structlog.contextvars.bound_contextvars(run=run.id))
+        if config.progress_interval:
+            stack.enter_context(_heartbeat(run, config.progress_interval))
         yield run
+
+
+@contextlib.contextmanager
+def _heartbeat(run: Run, interval: float) -> Iterator[None]:
+    """A daemon thread calling :meth:`Run.beat` while the run is open."""
+    stop = threading.Event()
+    every = min(max(interval / 2, 0.05), 5.0)
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                run.beat()
+            except Exception as exc:  # noqa: BLE001 - progress must never break a run
+                log.warning("run.progress_failed", run=run.id, error=error_text(exc))
+
+    thread = threading.Thread(target=beat, name=f"progress-{run.id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)

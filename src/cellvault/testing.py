@@ -16,19 +16,20 @@ fsspec URL) pass in cellvault's own suite::
         def target(self, tmp_path):
             return SimpleDirTarget(TargetSpec("usb", f"simpledir://{tmp_path}/usb"))
 
+A package that adds a dumper type subclasses :class:`DumperContract` the
+same way: a ``spec`` fixture (the table of a dumper of its type, against a
+real source of its own), ``write_state`` and ``read_state`` (put a known
+state in the source, read back which one it holds) and, optionally, a
+``broken_spec`` fixture (the same type pointed at a source that is not
+there). The built-in dumpers (sqlite, command, PostgreSQL, MariaDB, Redis)
+and the example plugin's ``sqlite-sql`` pass it in cellvault's own suite.
+
 This module is also a pytest plugin (the ``pytest11`` entry point
 ``cellvault``, loaded by pytest wherever cellvault is installed; or
 ``pytest_plugins = ["cellvault.testing"]``): it adds the ``target_contract``
-marker to every contract test, so ``pytest -m target_contract`` runs them
-alone. It needs pytest, which cellvault itself does not depend on.
-
-A package that adds a dumper type subclasses :class:`DumperContract` the same
-way: a ``spec`` fixture (the options of a dumper of its type, against a real
-source of its own), ``write_state`` and ``read_state`` (put a known state in
-the source, read back which one it holds) and, optionally, a
-``broken_spec`` fixture (the same type pointed at a source that is not
-there). The built-in dumpers (sqlite, command, PostgreSQL, MariaDB, Redis)
-run it in cellvault's own suite; ``pytest -m dumper_contract`` runs them alone.
+marker to every target contract test and ``dumper_contract`` to every dumper
+contract test, so ``pytest -m target_contract`` runs them alone. It needs
+pytest, which cellvault itself does not depend on.
 """
 
 from __future__ import annotations
@@ -38,18 +39,24 @@ import io
 import json
 import os
 import secrets
+import subprocess
+import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import attrs
 import pytest
+import zstandard
 
 from .cell import Cell
 from .config import Config
+from .dumpers import archive_io
 from .dumpers.members import DESCRIPTOR, DUMPS_ROOT
 from .errors import ConfigError, LockHeld
 from .hookspecs import hookimpl
 from .lock import Lease
+from .report import Failure
 from .specs import TargetSpec
 from .targets.base import Target
 from .vault import Vault
@@ -66,10 +73,11 @@ DEBRIS_ID = "cell_crm_20250101_020000"
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker of the contract tests."""
     config.addinivalue_line(
-        "markers", f"{MARKER}: a test of cellvault.testing's contract for plugin authors"
+        "markers", f"{MARKER}: a test of cellvault.testing's target contract for plugin authors"
     )
     config.addinivalue_line(
-        "markers", f"{DUMPER_MARKER}: a test of cellvault.testing's contract for dumper authors"
+        "markers",
+        f"{DUMPER_MARKER}: a test of cellvault.testing's dumper contract for plugin authors",
     )
 
 
@@ -286,12 +294,298 @@ def _sha256(stream: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
+# -- dumpers ---------------------------------------------------------------------------------
+
+
+class _Alerts:
+    """A plugin that keeps every failure the run reports (what an alert channel receives)."""
+
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    @hookimpl
+    def cellvault_backup_failed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+
+@attrs.define
+class DumperKit:
+    """What a :class:`DumperContract` test works with: vaults, alerts, the run logs.
+
+    The vault it makes has two cells: ``crm`` (a few files and the dumper
+    under test) and ``billing`` (files only, to show a failing dumper fails
+    its own cell alone).
+    """
+
+    root: Path
+    plugins: list[object]
+    alerts: _Alerts = attrs.field(factory=_Alerts)
+
+    @property
+    def crm(self) -> Path:
+        """The files of cell ``crm``."""
+        return self.root / "cells" / CELL
+
+    def vault(self, dumper: Mapping[str, Any]) -> Vault:
+        """A vault whose cell ``crm`` has *dumper* (a configuration table)."""
+        billing = self.root / "cells" / "billing"
+        for folder, text in ((self.crm, "service: crm\n"), (billing, "service: billing\n")):
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "config.yaml").exists():
+                (folder / "config.yaml").write_text(text)
+        config = Config(
+            backup_dir=self.root / "backup",
+            cells=[Cell(CELL, [self.crm], dumpers=[dict(dumper)]), Cell("billing", [billing])],
+            extra={"BACKUP_ALERT_LOG": "off"},
+        )
+        return Vault(config, plugins=[self.alerts, *self.plugins], load_entry_points=False)
+
+    def run_logs(self) -> str:
+        """Every run log written so far, as one text."""
+        logs = self.root / "backup" / "logs"
+        return "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+
+
+class DumperContract:
+    """The contract every dumper type keeps; subclass it in a test module.
+
+    Give the subclass:
+
+    - a ``spec`` fixture: the table of one dumper of your type, as a cell's
+      configuration holds it (``{"type": ..., "name": ..., <options>}``),
+      against a real source of the test's own (a scratch database, a file
+      under ``tmp_path``);
+    - :meth:`write_state` and :meth:`read_state`: put the state called
+      *marker* into that source, and say which marker it holds now. A
+      marker is up to :attr:`big_marker` characters of ``[a-z0-9-]``.
+
+    And, as your type needs them: a ``broken_spec`` fixture (the same type
+    pointed at a source that does not answer: without it the failure test
+    is skipped); a ``dumper_plugins`` fixture (the plugin modules or objects
+    whose ``cellvault_make_dumper`` makes your type; entry points are not
+    loaded, so that whatever else is installed stays out; the built-in types
+    need none); a ``load_failure_options`` fixture (options for one restore
+    that make the load fail before it writes, such as an unreachable server:
+    without it that test is skipped); :attr:`secret_option` and
+    :attr:`secret` (what must never reach an argv, a log, an error or the
+    archive).
+    """
+
+    #: An option of *spec* whose value must reach no argv, file, log or error.
+    secret_option: str = "password"  # noqa: S105 - an option's name, not a password
+    #: A secret *spec* may carry elsewhere (the password in a DSN, an env value).
+    secret: str = "cv-contract-S3cret"  # noqa: S105 - a test value
+    #: The part size of the large-dump test (the archive's ``DUMP_CHUNK`` for that test).
+    part_size: int = 4096
+    #: Characters of the large-dump test's marker: enough for a dump of several parts.
+    big_marker: int = 16384
+
+    @pytest.fixture
+    def spec(self) -> dict[str, Any]:
+        """The dumper's table against a real source: override this fixture."""
+        raise NotImplementedError("a DumperContract subclass must define a 'spec' fixture")
+
+    @pytest.fixture
+    def broken_spec(self) -> dict[str, Any] | None:
+        """The same type pointed at a source that is not there (``None``: not tested)."""
+        return None
+
+    @pytest.fixture
+    def load_failure_options(self) -> dict[str, Any] | None:
+        """Restore-time options that make the load fail before it writes (``None``: skip)."""
+        return None
+
+    @pytest.fixture
+    def dumper_plugins(self) -> list[object]:
+        """The plugins that make the type under test (none for the built-in types)."""
+        return []
+
+    @pytest.fixture
+    def kit(self, tmp_path: Path, dumper_plugins: list[object]) -> DumperKit:
+        """Vaults with the dumper under test, and the alerts they sent."""
+        return DumperKit(tmp_path, list(dumper_plugins))
+
+    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
+        """Put the state called *marker* into the source *spec* dumps: override this method."""
+        raise NotImplementedError("a DumperContract subclass must define write_state")
+
+    def read_state(self, spec: Mapping[str, Any]) -> str:
+        """The marker of the state the source *spec* dumps holds now: override this method."""
+        raise NotImplementedError("a DumperContract subclass must define read_state")
+
+    def secrets_of(self, spec: Mapping[str, Any]) -> list[str]:
+        """The secret values *spec* carries: its :attr:`secret_option`, and :attr:`secret`."""
+        found = [str(spec[self.secret_option])] if spec.get(self.secret_option) else []
+        if self.secret and self.secret in json.dumps(spec):
+            found.append(self.secret)
+        return found
+
+    # -- the tests ---------------------------------------------------------------------
+
+    def test_an_unknown_option_is_a_configuration_error(
+        self, kit: DumperKit, spec: dict[str, Any]
+    ) -> None:
+        with pytest.raises(ConfigError, match="unknown option 'no_such_option'"):
+            kit.vault({**spec, "no_such_option": "1"})
+
+    def test_a_restore_brings_back_the_state_each_backup_dumped(
+        self, kit: DumperKit, spec: dict[str, Any]
+    ) -> None:
+        vault = kit.vault(spec)
+        self.write_state(spec, "full")
+        full = vault.backup(kind="full")
+        assert full.ok, [(c.cell, c.stage, c.error) for c in full.cells]
+        self.write_state(spec, "incremental")
+        incremental = vault.backup(kind="incremental")
+        assert incremental.ok, [(c.cell, c.stage, c.error) for c in incremental.cells]
+        # Every backup takes a dump of its own, the incrementals too.
+        assert [c.kind for c in incremental.cells if c.cell == CELL] == ["incremental"]
+        assert vault.verify(CELL, level="full").ok
+        self.write_state(spec, "later")
+        assert self.read_state(spec) == "later"
+        latest = vault.restore("latest", cells=CELL, skip_prebackup=True)
+        assert latest.ok, [(c.stage, c.error) for c in latest.cells]
+        assert self.read_state(spec) == "incremental"
+        (archive,) = [c.archive for c in full.cells if c.cell == CELL]
+        assert archive is not None
+        older = vault.restore(archive, cells=CELL, skip_prebackup=True)
+        assert older.ok, [(c.stage, c.error) for c in older.cells]
+        assert self.read_state(spec) == "full"
+
+    def test_the_dump_is_in_the_archive_with_its_descriptor(
+        self, kit: DumperKit, spec: dict[str, Any]
+    ) -> None:
+        self.write_state(spec, "archived")
+        vault = kit.vault(spec)
+        assert vault.backup(CELL, kind="full").ok
+        (data,) = sorted((kit.root / "backup" / CELL).glob("*.tar.zst"))
+        members = _members(data)  # read as stock zstd and tar would
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        prefix = f"{DUMPS_ROOT}/{name}/"
+        mine = {n.removeprefix(prefix) for n in members if n.startswith(prefix)}
+        assert DESCRIPTOR in mine, f"no {prefix}{DESCRIPTOR} in the archive"
+        assert mine - {DESCRIPTOR}, "the dump wrote no file"
+        descriptor = json.loads(members[prefix + DESCRIPTOR])
+        assert descriptor["ok"] is True and descriptor["type"] == spec["type"]
+        blob = b"".join(members.values())
+        for secret in self.secrets_of(spec):
+            assert secret.encode() not in blob, "a secret reached the archive"
+
+    def test_a_large_dump_is_kept_in_parts_and_loads_back(
+        self, kit: DumperKit, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(archive_io, "DUMP_CHUNK", self.part_size)
+        vault = kit.vault(spec)
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        big = "big-" + secrets.token_hex(self.big_marker // 2)[: self.big_marker - 4]
+        self.write_state(spec, big)
+        assert vault.backup(CELL).ok
+        self.write_state(spec, "after")
+        # Restored into a folder, the dump is kept as the archive holds it and loads nowhere.
+        into = kit.root / "elsewhere"
+        report = vault.restore("latest", cells=CELL, into=into)
+        assert report.ok, [(c.stage, c.error) for c in report.cells]
+        assert self.read_state(spec) == "after"
+        kept = into / f"{CELL}.dumps" / name
+        descriptor = json.loads((kept / DESCRIPTOR).read_text())
+        assert descriptor["ok"] is True
+        records = descriptor["files"].values()
+        total = sum(r["size"] for r in records)
+        assert total > self.part_size, f"raise big_marker: the dump is {total} bytes"
+        for record in records:
+            sizes = [(kept / part).stat().st_size for part in record["parts"]]
+            assert sum(sizes) == record["size"]
+            # A streamed file is cut into parts of part_size; a file of known size
+            # (DumpContext.add_file) is one member, whatever its size.
+            assert all(size == self.part_size for size in sizes[:-1])
+        loaded = vault.restore("latest", cells=CELL, skip_prebackup=True)
+        assert loaded.ok, [(c.stage, c.error) for c in loaded.cells]
+        assert self.read_state(spec) == big
+
+    def test_a_failing_dump_fails_its_cell_alone_with_a_clear_error_and_an_alert(
+        self, kit: DumperKit, broken_spec: dict[str, Any] | None
+    ) -> None:
+        if broken_spec is None:
+            pytest.skip("no broken_spec fixture: the failure of a dump is not tested")
+        vault = kit.vault(broken_spec)
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        report = vault.backup()
+        assert not report.ok
+        by_cell = {c.cell: c for c in report.cells}
+        assert by_cell["billing"].ok
+        crm = by_cell[CELL]
+        assert not crm.ok and crm.stage == "dump" and crm.error
+        assert f"cell {CELL}, dumper {name}" in crm.error
+        (failure,) = [f for f in kit.alerts.failures if f.cell == CELL]
+        assert failure.stage == "dump" and failure.error == crm.error
+        assert vault.list(CELL) == []  # nothing committed
+        assert not list((kit.root / "backup" / CELL).glob("*.tar.*"))
+        for secret in self.secrets_of(broken_spec):
+            assert secret not in crm.error
+            assert secret not in kit.run_logs()
+
+    def test_a_failing_load_leaves_files_and_data_untouched(
+        self,
+        kit: DumperKit,
+        spec: dict[str, Any],
+        load_failure_options: dict[str, Any] | None,
+    ) -> None:
+        if load_failure_options is None:
+            pytest.skip("no load_failure_options for this dumper type")
+        vault = kit.vault(spec)
+        (name,) = [d.name for d in vault.dumpers[CELL]]
+        self.write_state(spec, "backed-up")
+        assert vault.backup(CELL).ok
+        self.write_state(spec, "now")
+        (kit.crm / "config.yaml").write_text("changed after the backup\n")
+        report = vault.restore(
+            "latest", cells=CELL, skip_prebackup=True, dump_options={name: load_failure_options}
+        )
+        assert not report.ok
+        (cell,) = report.cells
+        assert cell.stage == "load" and f"dumper {name}" in (cell.error or "")
+        assert (kit.crm / "config.yaml").read_text() == "changed after the backup\n"
+        assert self.read_state(spec) == "now"
+        assert any(f.operation == "restore" and f.cell == CELL for f in kit.alerts.failures)
+
+    def test_secrets_stay_out_of_argv_logs_errors_and_the_descriptor(
+        self,
+        kit: DumperKit,
+        spec: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        found = self.secrets_of(spec)
+        if not found:
+            pytest.skip("the spec of this type carries no secret")
+        started: list[list[str]] = []
+        real = subprocess.Popen
+
+        def spy(argv: Any, *args: Any, **kwargs: Any) -> Any:
+            started.append([str(a) for a in ([argv] if isinstance(argv, str | bytes) else argv)])
+            return real(argv, *args, **kwargs)
+
+        monkeypatch.setattr(subprocess, "Popen", spy)
+        caplog.set_level("DEBUG")
+        vault = kit.vault(spec)
+        (dumper,) = vault.dumpers[CELL]
+        self.write_state(spec, "secret")
+        assert vault.backup(CELL).ok
+        self.write_state(spec, "other")
+        assert vault.restore("latest", cells=CELL, skip_prebackup=True).ok
+        assert self.read_state(spec) == "secret"
+        assert vault.restore("latest", cells=CELL, into=kit.root / "elsewhere").ok
+        descriptor = kit.root / "elsewhere" / f"{CELL}.dumps" / dumper.name / DESCRIPTOR
+        for secret in found:
+            assert secret not in repr(dumper) and secret not in json.dumps(dumper.describe())
+            assert secret not in descriptor.read_text()
+            assert not [argv for argv in started if any(secret in a for a in argv)]
+            assert secret not in caplog.text
+            assert secret not in kit.run_logs()
+
+
 def _members(archive: Path) -> dict[str, bytes]:
-    """Every regular member of a committed ``.tar.zst`` archive, by name (stock zstd + tar)."""
-    import tarfile
-
-    import zstandard
-
+    """Every regular member of a committed ``.tar.zst`` archive, by name (as zstd and tar read it)."""
     out: dict[str, bytes] = {}
     with (
         open(archive, "rb") as raw,
@@ -302,126 +596,3 @@ def _members(archive: Path) -> dict[str, bytes]:
             f = tar.extractfile(info)
             out[info.name] = f.read() if f is not None else b""
     return out
-
-
-class DumperContract:
-    """The contract every dumper type keeps; subclass it in a test module.
-
-    Define:
-
-    * a ``spec`` fixture: the dumper's table as a cell's configuration gives
-      it (``{"type": ..., "name": ..., <options>}``), against a real source
-      of the test's own (a scratch database, a file under ``tmp_path``);
-    * :meth:`write_state` and :meth:`read_state`: put the state called
-      *marker* into that source, and say which marker it holds now;
-    * optionally a ``broken_spec`` fixture: the same type pointed at a source
-      that does not answer (a closed port, a missing file); without it the
-      failure test is skipped with that reason;
-    * optionally :attr:`secret_option`: the name of an option whose value
-      must never be written (default ``password``, used when *spec* has it).
-
-    The tests back up a cell holding only the dumper through a real
-    :class:`~cellvault.Vault` on a local target, restore it in place and
-    ``--into``, and read the archive with zstandard and tarfile as stock
-    tools would.
-    """
-
-    #: An option of *spec* whose value must reach no file, log or error.
-    secret_option: str = "password"  # noqa: S105 - an option's name, not a password
-
-    @pytest.fixture
-    def spec(self) -> dict[str, Any]:
-        """The dumper's options against a real source: override this fixture."""
-        raise NotImplementedError("a DumperContract subclass must define a 'spec' fixture")
-
-    @pytest.fixture
-    def broken_spec(self) -> dict[str, Any] | None:
-        """The same type pointed at a source that is not there (``None``: not tested)."""
-        return None
-
-    def write_state(self, spec: Mapping[str, Any], marker: str) -> None:
-        """Put the state called *marker* into the source *spec* dumps."""
-        raise NotImplementedError("a DumperContract subclass must define write_state")
-
-    def read_state(self, spec: Mapping[str, Any]) -> str:
-        """The marker of the state the source *spec* dumps holds now."""
-        raise NotImplementedError("a DumperContract subclass must define read_state")
-
-    @staticmethod
-    def _vault(tmp_path: Path, spec: Mapping[str, Any]) -> Vault:
-        cell = tmp_path / "cells" / CELL
-        cell.mkdir(parents=True, exist_ok=True)
-        (cell / "config.yaml").write_text("service: crm\n")
-        config = Config(
-            backup_dir=tmp_path / "backup",
-            cells=[Cell(CELL, [cell], dumpers=[dict(spec)])],
-            extra={"BACKUP_ALERT_LOG": "off"},
-        )
-        return Vault(config, load_entry_points=False)
-
-    def test_a_restore_in_place_brings_the_dumped_state_back(
-        self, spec: dict[str, Any], tmp_path: Path
-    ) -> None:
-        self.write_state(spec, "before")
-        vault = self._vault(tmp_path, spec)
-        backup = vault.backup(kind="full")
-        assert backup.ok, [(c.stage, c.error) for c in backup.cells]
-        self.write_state(spec, "after")
-        assert self.read_state(spec) == "after"
-        restored = vault.restore("latest", cells=[CELL])
-        assert restored.ok, [(c.stage, c.error) for c in restored.cells]
-        assert self.read_state(spec) == "before"
-
-    def test_the_dump_is_in_the_archive_with_its_descriptor(
-        self, spec: dict[str, Any], tmp_path: Path
-    ) -> None:
-        self.write_state(spec, "archived")
-        vault = self._vault(tmp_path, spec)
-        assert vault.backup(kind="full").ok
-        (data,) = sorted((tmp_path / "backup" / CELL).glob("*.tar.zst"))
-        members = _members(data)
-        prefix = f"{DUMPS_ROOT}/{spec['name']}/"
-        mine = {n.removeprefix(prefix) for n in members if n.startswith(prefix)}
-        assert DESCRIPTOR in mine, f"no {prefix}{DESCRIPTOR} in the archive"
-        assert mine - {DESCRIPTOR}, "the dump wrote no file"
-        descriptor = json.loads(members[prefix + DESCRIPTOR])
-        assert descriptor["type"] == spec["type"]
-        secret = spec.get(self.secret_option)
-        if secret:
-            blob = b"".join(members.values())
-            assert str(secret).encode() not in blob, "a secret option reached the archive"
-
-    def test_a_restore_into_keeps_the_dump_beside_and_loads_nothing(
-        self, spec: dict[str, Any], tmp_path: Path
-    ) -> None:
-        self.write_state(spec, "before")
-        vault = self._vault(tmp_path, spec)
-        assert vault.backup(kind="full").ok
-        self.write_state(spec, "live")
-        restored = vault.restore("latest", cells=[CELL], into=tmp_path / "out")
-        assert restored.ok, [(c.stage, c.error) for c in restored.cells]
-        assert self.read_state(spec) == "live"
-        kept = tmp_path / "out" / f"{CELL}.dumps" / spec["name"]
-        assert (kept / DESCRIPTOR).is_file()
-
-    def test_an_unknown_option_is_a_configuration_error(
-        self, spec: dict[str, Any], tmp_path: Path
-    ) -> None:
-        with pytest.raises(ConfigError, match="no_such_option"):
-            self._vault(tmp_path, {**spec, "no_such_option": "1"})
-
-    def test_a_failing_dump_fails_the_cell_and_commits_nothing(
-        self, broken_spec: dict[str, Any] | None, tmp_path: Path
-    ) -> None:
-        if broken_spec is None:
-            pytest.skip("no broken_spec fixture: the failure of a dump is not tested")
-        vault = self._vault(tmp_path, broken_spec)
-        report = vault.backup(kind="full")
-        assert not report.ok
-        (cell,) = report.cells
-        assert cell.error and broken_spec["name"] in cell.error
-        secret = broken_spec.get(self.secret_option)
-        if secret:
-            assert str(secret) not in cell.error
-        assert vault.list([CELL]) == []
-        assert not list((tmp_path / "backup" / CELL).glob("*.tar.zst"))

@@ -138,3 +138,14 @@ def test_an_unset_password_variable_fails_the_dump_clearly(
         "cell crm, dumper postgres: dumper postgres (type postgres): environment variable "
         "CV_UNSET_PASSWORD (password_env) is not set"
     )
+
+
+def test_restore_time_options_start_from_the_configured_ones() -> None:
+    """A dsn given for one restore wins over the host and port the configured dsn filled in."""
+    spec = DumperSpec("mysql", "db", {"dsn": "mysql://root@db1:3306/crm"})
+    dumper = MysqlDumper.from_spec(spec)
+    assert (dumper.host, dumper.port) == ("db1", 3306)
+    other = dumper.with_options({"dsn": "mysql://admin@db2:3307/crm"})
+    assert isinstance(other, MysqlDumper)
+    assert (other.host, other.port, other.user) == ("db2", 3307, "admin")
+    assert dumper.with_options({"clean": "false"}).host == "db1"  # the rest is kept

@@ -61,15 +61,6 @@ class TestRsync(TargetContract):
     def target(self, tmp_path: Path, rsync_module: RsyncModule) -> Target:
         return make_target(TargetSpec("nas", rsync_module.url_for("nas")), tmp_path)
 
-    @pytest.mark.xfail(
-        reason="the rsync target's delete of a key in a folder that does not exist on the "
-        "remote fails (rsync: mkdir ... No such file or directory) instead of doing nothing",
-        raises=Exception,
-        strict=True,
-    )
-    def test_a_missing_key_is_file_not_found(self, target: Target) -> None:
-        super().test_a_missing_key_is_file_not_found(target)
-
 
 def _plugin_guide_module(tmp_path: Path) -> ModuleType:
     """The plugin guide's complete example, ``cellvault_simpledir.py``, imported from the page."""

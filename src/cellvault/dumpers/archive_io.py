@@ -199,6 +199,7 @@ def load_staged_dumps(
     sides: list[StagedLoad] | None = None,
     no_live: list[str] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -215,7 +216,8 @@ def load_staged_dumps(
     instead, appended to *sides* for the caller to swap in; only a dumper
     that cannot stage loads into the live store (between *on_loading* and
     *on_loaded*). With *no_live* (a list, a drill's), a dumper that cannot
-    stage is not loaded at all; its name is appended there.
+    stage is not loaded at all; its name is appended there. *on_read* is
+    told the bytes each dumper reads through its :class:`LoadContext`.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -234,6 +236,7 @@ def load_staged_dumps(
             continue
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
+        ctx.on_read = on_read
         if sides is not None:
             side = _load(ctx, llog, stage=True)
             if side is not None:

@@ -21,9 +21,9 @@ import difflib
 import io
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal, cast
 
 import attrs
 
@@ -31,6 +31,7 @@ from ..archive import ArchiveMeta
 from ..cell import Cell
 from ..errors import ConfigError, DumpError, LoadError
 from ..log import redact, redact_text
+from ..progress import CountingReader
 from ..specs import DumperSpec, validate_dumper_name
 from ..tool import BLOCK, DEFAULT_TIMEOUT, StdinSource, ToolResult, run_tool
 from .members import (
@@ -92,6 +93,9 @@ class Dumper:
     #: Load this dump automatically when the cell is restored in place. Off, the
     #: dump is only staged, for a restore hook (``$CELLVAULT_DUMPS``) to import.
     autoload: bool = attrs.field(default=True, converter=to_bool)
+    #: The options as configured, before the type filled in fields from others (a
+    #: dsn's host and port): what :meth:`with_options` starts from.
+    _configured: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
     @classmethod
     def from_spec(cls, spec: DumperSpec) -> Dumper:
@@ -112,18 +116,25 @@ class Dumper:
                     else f"known options: {', '.join(sorted(known))}",
                 )
         try:
-            return cls(name=name, **options)
+            dumper = cls(name=name, **options)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {redact_text(str(exc))}") from None
+        dumper._configured = dict(options)
+        return dumper
 
     def with_options(self, options: Mapping[str, Any]) -> Dumper:
         """A copy with *options* changed (restore-time choices such as ``tables``)."""
         if not options:
             return self
-        current = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.init}
-        current.pop("name")
+        if self._configured is not None:
+            # From the options as configured: a dsn given for this restore must not
+            # lose to the host and port the configured dsn filled in.
+            current = dict(self._configured)
+        else:
+            current = {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.init}
+            current.pop("name")
         return self._build(self.name, self.type, {**current, **options})
 
     def describe(self) -> dict[str, Any]:
@@ -289,6 +300,9 @@ class LoadContext:
     spool: Path
     descriptor: dict[str, Any]
     staged_roots: Mapping[Path, Path] = attrs.field(factory=dict)
+    #: Told the bytes read through :meth:`open` (and ``run(stdin=<file name>)``):
+    #: the restore's progress display.
+    on_read: Callable[[int], None] | None = None
 
     def staged(self, path: Path) -> Path | None:
         """Where *path* is staged, if it lies in one of the cell's paths (else ``None``).
@@ -337,7 +351,10 @@ class LoadContext:
 
     def open(self, filename: str) -> IO[bytes]:
         """The staged file *filename* as a stream (parts are read in order)."""
-        return io.BufferedReader(ConcatReader(self._parts(filename)), BLOCK)
+        raw: Any = ConcatReader(self._parts(filename))
+        if self.on_read is not None:
+            raw = CountingReader(raw, self.on_read)
+        return io.BufferedReader(raw, BLOCK)
 
     def run(
         self,
@@ -352,18 +369,23 @@ class LoadContext:
         cwd: Path | None = None,
     ) -> ToolResult:
         """Run *argv* with *stdin* (a file name of this dump is opened for you)."""
-        if isinstance(stdin, str):
-            stdin = self.open(stdin)
-        return run_tool(
-            argv,
-            what=f"{self.where}: {Path(argv[0]).name}",
-            error=LoadError,
-            env=env,
-            stdin=stdin,
-            stdout=stdout,
-            timeout=self.dumper.timeout,
-            secrets=secrets,
-            hint=hint,
-            check=check,
-            cwd=cwd,
-        )
+        with contextlib.ExitStack() as stack:
+            if isinstance(stdin, str):
+                stdin = stack.enter_context(self.open(stdin))
+            elif isinstance(stdin, Path) and self.on_read is not None:
+                # Fed through a counting reader, so that the progress display sees the load move.
+                raw = CountingReader(stack.enter_context(open(stdin, "rb")), self.on_read)
+                stdin = io.BufferedReader(cast(Any, raw), BLOCK)
+            return run_tool(
+                argv,
+                what=f"{self.where}: {Path(argv[0]).name}",
+                error=LoadError,
+                env=env,
+                stdin=stdin,
+                stdout=stdout,
+                timeout=self.dumper.timeout,
+                secrets=secrets,
+                hint=hint,
+                check=check,
+                cwd=cwd,
+            )

@@ -64,8 +64,9 @@ class CommandDumper(Dumper):
     restore_command: tuple[str, ...] = attrs.field(default=(), converter=to_args)
     #: The dump's file name inside ``dumps/<name>/``.
     filename: str = attrs.field(default="output", converter=_filename)
-    #: Extra environment variables for both commands.
-    env: dict[str, str] = attrs.field(factory=dict, converter=to_env)
+    #: Extra environment variables for both commands (they may hold credentials:
+    #: never in the repr; describe() masks those whose names say so).
+    env: dict[str, str] = attrs.field(factory=dict, converter=to_env, repr=False)
     #: Working directory of both commands.
     cwd: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
 

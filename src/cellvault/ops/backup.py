@@ -21,9 +21,9 @@ from typing import Any
 import attrs
 
 from .._version import __version__
-from ..archive import ArchiveId, ArchiveMeta, Sidecar, parse_stamp
+from ..archive import ArchiveId, ArchiveMeta, Kind, Sidecar, parse_stamp, to_kind
 from ..cell import Cell
-from ..errors import BackupError, CellvaultError, ConfigError, DumpError, TargetError
+from ..errors import BackupError, CellvaultError, DumpError, TargetError
 from ..integrity import content_checksums
 from ..lock import Lease
 from ..log import get_logger
@@ -59,14 +59,12 @@ def backup(
     res: Resources,
     cells: Sequence[str] | None,
     *,
-    kind: str | None = None,
+    kind: Kind | None = None,
     targets: Sequence[str] | None = None,
     reason: str = "scheduled",
 ) -> BackupReport:
     """The operation of :meth:`cellvault.Vault.backup` (see there), as *run*."""
-    kind = kind or run.config.backup_type
-    if kind not in ("full", "incremental"):
-        raise ConfigError(f"backup kind {kind!r} is neither full nor incremental")
+    kind = to_kind(kind or run.config.backup_type)
     chosen = configured_cells(run.config, cells)
     # A restore of these cells that was killed is settled before their data is read.
     recover_cells(run, chosen, operation="backup")
@@ -137,7 +135,7 @@ class CellBackup:
     res: Resources
     cell: Cell
     ident: ArchiveId
-    kind: str
+    kind: Kind
     targets: Sequence[Target]
     reason: str
     #: The DR epoch this site held at the start (recorded in the archive).

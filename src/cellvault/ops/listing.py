@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ..archive import ArchiveId, Sidecar
+from ..archive import ArchiveId, Kind, Sidecar
 from ..cell import Cell, validate_cell_name
 from ..config import Config
 from ..errors import ConfigError, TargetError
@@ -42,7 +42,7 @@ class ArchiveInfo:
 
     id: str
     cell: str
-    kind: str
+    kind: Kind
     backed_at: str
     size: int
     files: int

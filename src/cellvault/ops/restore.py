@@ -17,7 +17,7 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, cast
@@ -566,6 +566,7 @@ def stage(
         )
         tree.prepare()
         for sidecar in [*plan.chain, plan.sidecar]:
+            run.emit("restore.reading", cell=name, archive=str(sidecar.id), target=plan.target.name)
             with plan.target.open_archive(sidecar) as raw:
                 counted = CountingReader(raw, lambda n: run.advance(name, bytes=n, add=True))
                 tree.take(ArchiveStream(cast(IO[bytes], counted), sidecar, plan.target.name))
@@ -613,25 +614,28 @@ def prepare(
             archive=str(plan.sidecar.id),
             dumpers=[d.name for d in dumpers],
         )
+    text = f"{name}: loading dumps ({', '.join(d.name for d in dumpers)})"
     try:
-        loaded = load_staged_dumps(
-            cell=plan.cell,
-            meta=plan.sidecar.meta,
-            dumpers=dumpers,
-            dumps=dumps,
-            spool=scratch,
-            only=None if only is None else [n for n in only if n in mine],
-            options={k: v for k, v in options.items() if k in mine},
-            staged_roots={
-                plan.cell.roots[r]: swap.placed.get(r, swap.staging / r)
-                for r in plan.dests
-                if r in plan.cell.roots
-            },
-            on_loading=on_loading,
-            on_loaded=on_loaded,
-            sides=sides,
-            on_staged=on_staged,
-        )
+        with run.step(name, text, bytes=_tree_size(dumps)) if dumpers else _no_step() as read:
+            loaded = load_staged_dumps(
+                cell=plan.cell,
+                meta=plan.sidecar.meta,
+                dumpers=dumpers,
+                dumps=dumps,
+                spool=scratch,
+                only=None if only is None else [n for n in only if n in mine],
+                options={k: v for k, v in options.items() if k in mine},
+                staged_roots={
+                    plan.cell.roots[r]: swap.placed.get(r, swap.staging / r)
+                    for r in plan.dests
+                    if r in plan.cell.roots
+                },
+                on_loading=on_loading,
+                on_loaded=on_loaded,
+                sides=sides,
+                on_staged=on_staged,
+                on_read=read,
+            )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
             run.emit("restore.loaded", cell=name, archive=str(plan.sidecar.id), dumps=loaded)
@@ -644,6 +648,18 @@ def prepare(
         return restore_failed(run, plan, step, exc, swap.duration + time.monotonic() - started)
     swap.duration += time.monotonic() - started
     return None
+
+
+def _tree_size(folder: Path) -> int:
+    """The bytes of the files under *folder* (the staged dumps a load will read)."""
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@contextlib.contextmanager
+def _no_step() -> Iterator[None]:
+    yield None
 
 
 def health_check(run: Run, plan: RestorePlan, into: Path | None) -> str | None:

@@ -30,8 +30,8 @@ after a backup uses it too); :func:`verify` is the operation.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast
 
 from ..archive import ArchiveId, Selector, Sidecar
 from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, TargetError
@@ -39,6 +39,7 @@ from ..extract import verify_archive
 from ..integrity import DECOMPRESS_ERRORS, LEVELS, check_meta, scan
 from ..log import get_logger
 from ..manifest import Manifest
+from ..progress import CountingReader
 from ..report import VerifyReport, VerifyResult
 from ..run import Run
 from ..state import StateFile, slot
@@ -136,23 +137,34 @@ def verify_cell(
         chosen = chosen[-1:]
     key = f"{cell}@{target.name}"
     if level != "quick":  # quick reads no data: its progress is in checks alone
-        run.expect(bytes=sum(s.size for s in chosen), files=len(chosen), cell=key)
+        run.expect(bytes=sum(s.size for s in chosen), files=sum(s.files for s in chosen), cell=key)
     out = []
     for sidecar in chosen:
-        out.append(verify_result(run, target, sidecar, level, committed))
+        out.append(verify_result(run, target, sidecar, level, committed, progress=key))
         if level != "quick":
-            run.advance(key, bytes=sidecar.size, files=1, add=True)
+            run.advance(key, files=sidecar.files, add=True)
     return out
 
 
 def verify_result(
-    run: Run, target: Target, sidecar: Sidecar, level: str, committed: set[ArchiveId]
+    run: Run,
+    target: Target,
+    sidecar: Sidecar,
+    level: str,
+    committed: set[ArchiveId],
+    *,
+    progress: str | None = None,
 ) -> VerifyResult:
-    """Check one archive at *level*; a failure is alerted and in the result."""
+    """Check one archive at *level*; a failure is alerted and in the result.
+
+    With *progress*, the bytes read count in the run's progress under that key.
+    """
     started = time.monotonic()
     ident = str(sidecar.id)
+    key = progress
+    on_read = None if key is None else (lambda n: run.advance(key, bytes=n, add=True))
     try:
-        checks, members = check_archive(target, sidecar, level, committed)
+        checks, members = check_archive(target, sidecar, level, committed, on_read=on_read)
     except CellvaultError as exc:
         run.fail("verify", str(exc), cell=sidecar.id.cell, target=target.name, archive=ident)
         return VerifyResult(
@@ -192,22 +204,29 @@ def check_archive(
     *,
     manifest_copy: bytes | None = None,
     manifest: Manifest | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> tuple[tuple[str, ...], int]:
     """Check a committed archive at *level* (``quick``, ``read`` or ``full``).
 
     *committed* are the archive ids committed on *target* (for the chain);
     *manifest_copy* and *manifest*, what a backup just wrote (see
-    :func:`read_check`). Returns what was compared and the members read
-    (``full``); raises :class:`ArchiveCorrupt` naming the archive and target.
+    :func:`read_check`); *on_read* is told the bytes of the archive read.
+    Returns what was compared and the members read (``full``); raises
+    :class:`ArchiveCorrupt` naming the archive and target.
     """
     if level == "quick":
         return quick_check(target, sidecar, committed), 0
     if level == "read":
         checks = read_check(
-            target, sidecar, committed, manifest_copy=manifest_copy, manifest=manifest
+            target,
+            sidecar,
+            committed,
+            manifest_copy=manifest_copy,
+            manifest=manifest,
+            on_read=on_read,
         )
         return checks, 0
-    return (), full_check(target, sidecar, committed)
+    return (), full_check(target, sidecar, committed, on_read=on_read)
 
 
 def quick_check(target: Target, sidecar: Sidecar, committed: set[ArchiveId]) -> tuple[str, ...]:
@@ -269,6 +288,7 @@ def read_check(
     *,
     manifest_copy: bytes | None = None,
     manifest: Manifest | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> tuple[str, ...]:
     """Read a committed archive on *target* once, to its end, without unpacking it.
 
@@ -296,7 +316,7 @@ def read_check(
 
     with target.open_archive(sidecar) as raw, target.guard(f"read archive {ident}"):
         try:
-            found = scan(sidecar.data_name, raw)
+            found = scan(sidecar.data_name, _counted(raw, on_read))
         except DECOMPRESS_ERRORS as exc:
             raise corrupt(f"data does not decompress ({exc})") from None
     if found.count != sidecar.size:
@@ -319,7 +339,18 @@ def read_check(
     return ("size", "sha256", "decompress", "meta.json", "manifest", "chain")
 
 
-def full_check(target: Target, sidecar: Sidecar, committed: set[ArchiveId]) -> int:
+def _counted(raw: IO[bytes], on_read: Callable[[int], None] | None) -> IO[bytes]:
+    """*raw*, telling *on_read* the bytes read from it (the run's progress)."""
+    return raw if on_read is None else cast(IO[bytes], CountingReader(raw, on_read))
+
+
+def full_check(
+    target: Target,
+    sidecar: Sidecar,
+    committed: set[ArchiveId],
+    *,
+    on_read: Callable[[int], None] | None = None,
+) -> int:
     """Read a committed archive on *target* back, member by member; return the members read.
 
     Every member against the manifest, the sha256 against the sidecar,
@@ -327,7 +358,7 @@ def full_check(target: Target, sidecar: Sidecar, committed: set[ArchiveId]) -> i
     the stored manifest copy against the archive's own; the chain committed.
     """
     with target.open_archive(sidecar) as raw:
-        _, manifest, members = verify_archive(raw, sidecar, target.name)
+        _, manifest, members = verify_archive(_counted(raw, on_read), sidecar, target.name)
     # Incrementals and restore planning trust the stored manifest copy: it
     # must say exactly what the archive's own manifest says.
     if target.manifest(sidecar).entries != manifest.entries:

@@ -195,6 +195,12 @@ class RsyncTarget(Target):
                 self._run([*args, self._remote(folder).rstrip("/") + "/"])
             except FileNotFoundError:
                 return
+            except _RsyncError as exc:
+                # The folder's parent is missing too: the receiver cannot make the
+                # folder to sync into (code 11, mkdir failed), so there is nothing to delete.
+                if exc.code == 11 and "mkdir" in str(exc) and _MISSING[0] in str(exc):
+                    return
+                raise
 
     def _scratch_dir(self) -> str:
         self.scratch.mkdir(parents=True, exist_ok=True)
