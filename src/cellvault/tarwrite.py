@@ -9,7 +9,9 @@ encoding utf-8 and errors surrogateescape (tests/test_tarwrite.py compares them)
 
 from __future__ import annotations
 
+import os
 import tarfile
+from collections.abc import Sequence
 from typing import IO, Any
 
 __all__ = ["BLOCK", "ZEROS", "TarWriter", "pax_mtime", "tar_header"]
@@ -23,16 +25,29 @@ ZEROS = bytes(BLOCK)
 
 
 def _ustar(
-    name: str, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: str
+    name: str,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    kind: bytes,
+    link: str,
+    rdev: int | None = None,
 ) -> bytes:
     """One ustar header block; the numbers must fit (the PAX header carries the rest)."""
+    tail = _MAGIC_TAIL
+    if rdev is not None:
+        # Device numbers: after the magic, the user and group names (32 bytes each).
+        dev = b"%07o\0%07o\0" % (os.major(rdev) & 0o7777777, os.minor(rdev) & 0o7777777)
+        tail = _MAGIC_TAIL[:72] + dev + _MAGIC_TAIL[88:]
     head = b"".join(
         (
             name.encode("ascii", "replace")[:100].ljust(100, b"\0"),
             b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode, uid, gid, size, mtime),
             kind,
             link.encode("ascii", "replace")[:100].ljust(100, b"\0") if link else ZEROS[:100],
-            _MAGIC_TAIL,
+            tail,
         )
     )
     return b"%s%06o\0%s" % (head[:148], sum(head), head[155:])
@@ -71,11 +86,16 @@ def tar_header(
     size: int,
     mtime: float,
     link: str = "",
+    *,
+    extra: Sequence[tuple[str, bytes]] = (),
+    rdev: int | None = None,
 ) -> bytes:
     """The header blocks of one member, as ``tarfile`` writes them in PAX_FORMAT.
 
     *mtime* is an int, or a float when it has a fraction (then the PAX header
     keeps it and the ustar field has it rounded), as in :class:`tarfile.TarInfo`.
+    *extra* are further PAX records (``SCHILY.xattr.*``, ``GNU.sparse.*``),
+    written after the others, values as they are; *rdev* is a device's number.
     """
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
@@ -103,9 +123,12 @@ def tar_header(
             numbers[i] = 0
             pax = pax or {}
             pax[key] = str(val)
-    header = _ustar(name, mode & 0o7777, numbers[0], numbers[1], numbers[2], numbers[3], kind, link)
-    if pax is None:
+    header = _ustar(
+        name, mode & 0o7777, numbers[0], numbers[1], numbers[2], numbers[3], kind, link, rdev
+    )
+    if pax is None and not extra:
         return header
+    pax = pax or {}
     binary = False
     for value in pax.values():
         try:
@@ -118,6 +141,8 @@ def tar_header(
     errors = "surrogateescape" if binary else "strict"
     for key, value in pax.items():
         records.append(_pax_record(key.encode(), value.encode("utf-8", errors)))
+    for key, raw in extra:
+        records.append(_pax_record(key.encode("utf-8", "surrogateescape"), raw))
     payload = b"".join(records)
     return b"".join((_pax_head(len(payload)), payload, ZEROS[: -len(payload) % 512], header))
 
@@ -174,6 +199,22 @@ class TarWriter:
             self.write(block)
             left -= want
         self.pad()
+
+    def add_stream(self, name: str, data: IO[bytes], size: int, mtime: int) -> bool:
+        """A regular member (mode 0644, owner 0) of *size* bytes read from *data*.
+
+        Returns ``False`` if *data* ends early (the stream is then unusable).
+        """
+        self.write(tar_header(name, tarfile.REGTYPE, 0o644, 0, 0, size, mtime))
+        left = size
+        while left:
+            block = data.read(min(BLOCK, left))
+            if not block:
+                return False
+            self.write(block)
+            left -= len(block)
+        self.pad()
+        return True
 
     def close(self) -> None:
         self.write(ZEROS[:1024])
