@@ -1,44 +1,116 @@
 """Extracting a cell's tree from its archives into a staging directory, safely.
 
-Member names and link targets are checked before anything is written:
-absolute paths, ``..``, hard links, devices and links that escape the
-destination are refused with :class:`~cellvault.UnsafeArchive`. Files are
-created with ``O_EXCL | O_NOFOLLOW`` under directories this module made, so
-nothing is ever written through a link, and each is checked against the
-manifest as it is written.
+Links are data: symbolic links are restored verbatim, wherever they point.
+Safety comes from how the tree is written, never through a link:
+
+* every path is created relative to a directory file descriptor, and every
+  directory on the way is opened with ``O_NOFOLLOW | O_DIRECTORY`` from the
+  staging root down (:class:`DirFds`), so a directory replaced by a link while
+  the tree is built makes the restore fail instead of writing through it;
+* files are created with ``O_EXCL | O_NOFOLLOW``;
+* hard links, FIFOs and devices come after every file, and symbolic links
+  last of all (GNU tar's delayed links), so no member is ever written through
+  a link member of the archive;
+* hostile manifests are refused before anything is written: absolute or
+  ``..`` names, a path below a link or a file, a hard link to anything but a
+  file of the same archive.
+
+Each file is checked against the manifest as it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import attrs
 
 from ..errors import ArchiveCorrupt, UnsafeArchive
-from ..manifest import Entry, Manifest
-from .names import check_link, checked_name
-from .stream import ArchiveStream, MemberData
+from ..fsmeta import decode_xattrs, set_xattrs
+from ..log import get_logger
+from ..manifest import SPECIAL_TYPES, Entry, Manifest
+from .names import checked_name
+from .stream import ArchiveStream, MemberData, hash_zeros, sparse_regions
 from .tarread import BLOCK
 
-__all__ = ["StagedTree"]
+__all__ = ["DirFds", "StagedTree"]
+
+log = get_logger(__name__)
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
 
 
-def _set_attributes(fd: int, entry: Entry, as_root: bool) -> None:
-    """Owner, mode and times through the open file, right after its data."""
-    if as_root:
-        with contextlib.suppress(OSError):
-            os.fchown(fd, entry.uid, entry.gid)
-    # After chown, which clears the set-user-ID and set-group-ID bits; the data
-    # is written already, so a read-only mode is harmless.
-    os.fchmod(fd, entry.mode)
-    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+class DirFds:
+    """The directories of a tree, opened from its root without following links.
+
+    :meth:`fd` keeps the chain of the last directory asked for open (archives
+    list paths depth first, so consecutive files share it); :meth:`open`
+    gives a descriptor of its own.
+    """
+
+    def __init__(self, root: str, archive: str) -> None:
+        self.archive = archive
+        self.root = os.open(root, _OPEN_DIR)
+        self._chain: list[tuple[str, int]] = []
+
+    def _step(self, parent: int, name: str, path: str, create: bool) -> int:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        try:
+            return os.open(name, _OPEN_DIR, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise UnsafeArchive(
+                f"{path} is no longer a directory of the staging tree (replaced by a "
+                "link or a file while the restore ran); nothing was written through it",
+                archive=self.archive,
+                hint="find what changes the staging directory, then restore again",
+            ) from None
+
+    def fd(self, rel: str, create: bool = True) -> int:
+        """The directory *rel* (relative to the root; ``""`` for the root), kept open."""
+        parts = rel.split("/") if rel else []
+        chain = self._chain
+        keep = 0
+        while keep < len(chain) and keep < len(parts) and chain[keep][0] == parts[keep]:
+            keep += 1
+        for _, fd in chain[keep:]:
+            os.close(fd)
+        del chain[keep:]
+        parent = chain[-1][1] if chain else self.root
+        for i in range(keep, len(parts)):
+            parent = self._step(parent, parts[i], "/".join(parts[: i + 1]), create)
+            chain.append((parts[i], parent))
+        return parent
+
+    def open(self, rel: str) -> int:
+        """A new descriptor of the directory *rel*, for the caller to close."""
+        fd = os.dup(self.root)
+        for i, name in enumerate(rel.split("/") if rel else []):
+            try:
+                child = self._step(fd, name, "/".join(rel.split("/")[: i + 1]), False)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def close(self) -> None:
+        self.fd("", create=False)
+        os.close(self.root)
+
+
+def _split(rel: str) -> tuple[str, str]:
+    parent, _, base = rel.rpartition("/")
+    return parent, base
 
 
 @attrs.define
@@ -46,13 +118,17 @@ class StagedTree:
     """Build a cell's tree from its manifest and archives, in a staging directory.
 
     *staging* receives ``<root name>/...`` for each ``data/<root name>`` of the
-    manifest. With *dumps*, the ``dumps/`` tree (database dumps) is extracted
-    and checked there too (``dumps/<dumper>/...`` lands in ``<dumps>/<dumper>/...``);
-    without, it is skipped. Call :meth:`prepare`, then :meth:`take` once per
-    archive of the chain (any order), then :meth:`finish`.
+    manifest. With *dumps* (a folder inside *staging*), the ``dumps/`` tree
+    (database dumps) is extracted and checked there too (``dumps/<dumper>/...``
+    lands in ``<dumps>/<dumper>/...``); without, it is skipped. Call
+    :meth:`prepare`, then :meth:`take` once per archive of the chain (any
+    order), then :meth:`finish`.
 
-    Each file gets its owner, mode and times as soon as its data is written;
-    :meth:`finish` creates the links and sets the directories.
+    Each file gets its owner, mode, extended attributes and times as soon as
+    its data is written; :meth:`finish` creates the hard links, FIFOs and
+    devices, then the symbolic links, then sets the directories.
+    *allow_external_links* is accepted and ignored: links are always restored
+    as they were (see the module's docstring for why that is safe).
     """
 
     staging: Path
@@ -62,78 +138,80 @@ class StagedTree:
     on_bytes: Callable[[int], None] | None = None
     dumps: Path | None = None
     _pending: dict[str, Entry] = attrs.field(init=False, factory=dict)
-    _dirs: set[str] = attrs.field(init=False, factory=set)
-    #: Manifest path -> where it goes (``None``: a dump that is not wanted), checked once.
-    _dests: dict[str, str | None] = attrs.field(init=False, factory=dict)
+    _dirs: DirFds | None = attrs.field(init=False, default=None)
+    #: Where dumps go, relative to *staging* (``None``: dumps are not wanted).
+    _dumps_rel: str | None = attrs.field(init=False, default=None)
     files: int = attrs.field(init=False, default=0)
     bytes: int = attrs.field(init=False, default=0)
+    #: What could not be restored as it was (one line per kind of problem).
+    warnings: list[str] = attrs.field(init=False, factory=list)
+    _refused: dict[str, tuple[int, str]] = attrs.field(init=False, factory=dict)
 
     def _dest(self, path: str) -> str | None:
-        """Where a manifest path goes; ``None`` for a dump when dumps are not wanted."""
-        try:
-            return self._dests[path]
-        except KeyError:
-            pass
+        """Where a manifest path goes, relative to *staging*; ``None`` for an unwanted dump."""
         norm = checked_name(path, self.archive)
-        top, slash, _ = norm.partition("/")
-        dest: str | None
+        top, slash, rest = norm.partition("/")
         if top == "dumps":
-            dest = None if self.dumps is None else os.fspath(self.dumps) + norm[5:]
-        elif top != "data" or not slash:
+            if self._dumps_rel is None:
+                return None
+            return f"{self._dumps_rel}/{rest}" if rest else self._dumps_rel
+        if top != "data" or not slash:
             raise UnsafeArchive(
                 "manifest path lies outside data/", archive=self.archive, member=path
             )
-        else:
-            dest = os.fspath(self.staging) + norm[4:]
-        self._dests[path] = dest
-        return dest
+        return rest
+
+    def _tree(self) -> DirFds:
+        if self._dirs is None:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self._dirs = DirFds(os.fspath(self.staging), self.archive)
+        return self._dirs
 
     def prepare(self) -> None:
         """Check every manifest path and create the directories."""
-        self.staging.mkdir(parents=True, exist_ok=True)
-        self._dirs.add(os.fspath(self.staging))
-        links = {e.path: e.target or "" for e in self.manifest if e.type == "symlink"}
+        if self.dumps is not None:
+            rel = os.path.relpath(self.dumps, self.staging)
+            if rel.startswith("..") or rel == ".":
+                raise ValueError(f"the dumps folder {self.dumps} is not inside {self.staging}")
+            self._dumps_rel = rel
+        dirs = self._tree()
         not_dirs = {e.path for e in self.manifest if e.type != "dir"}
-        dumps_name = None
-        if self.dumps is not None and self.dumps.parent == self.staging:
-            dumps_name = self.dumps.name
+        dumps_name = self._dumps_rel if self._dumps_rel and "/" not in self._dumps_rel else None
         for entry in self.manifest:
             dest = self._dest(entry.path)
             if dest is None:
                 continue
-            norm = checked_name(entry.path, self.archive)
-            parts = norm.split("/")
-            if parts[0] == "dumps":
-                if entry.type == "symlink":
-                    raise UnsafeArchive(
-                        "a symbolic link under dumps/; refused",
-                        archive=self.archive,
-                        member=entry.path,
-                    )
-            elif len(parts) == 2 and parts[1] == dumps_name:
+            parts = entry.path.split("/")
+            if parts[0] == "dumps" and entry.type not in ("file", "dir"):
+                raise UnsafeArchive(
+                    f"a {entry.type} under dumps/; refused", archive=self.archive, member=entry.path
+                )
+            if parts[0] == "data" and len(parts) == 2 and parts[1] == dumps_name:
                 raise UnsafeArchive(
                     "a cell path has the name of the dumps folder; refused",
                     archive=self.archive,
                     member=entry.path,
                 )
-            above = norm
+            above = entry.path
             while (cut := above.rfind("/")) > 0:
                 above = above[:cut]
                 if above in not_dirs:
                     self._refuse_under(parts, entry)
-            if entry.type == "symlink":
-                assert entry.target is not None
-                check_link(
-                    PurePosixPath(entry.path),
-                    entry.target,
-                    archive=self.archive,
-                    allow_external=self.allow_external_links,
-                    links=links,
-                )
+            if entry.type == "hardlink":
+                self._check_hardlink(entry)
             elif entry.type == "dir":
-                self._mkdir(dest)
+                dirs.fd(dest)
             elif entry.type == "file":
                 self._pending[entry.path] = entry
+
+    def _check_hardlink(self, entry: Entry) -> None:
+        first = self.manifest.get(entry.target or "")
+        if first is None or first.type != "file" or not first.path.startswith("data/"):
+            raise UnsafeArchive(
+                f"hard link to {entry.target!r}, which is not a file of this archive; refused",
+                archive=self.archive,
+                member=entry.path,
+            )
 
     def _refuse_under(self, parts: list[str], entry: Entry) -> None:
         # Name the outermost file or link the path lies under.
@@ -150,23 +228,6 @@ class StagedTree:
     def holders(self) -> set[str]:
         """The archives that still have to be read."""
         return {e.archive for e in self._pending.values() if e.archive}
-
-    def _mkdir(self, path: str) -> None:
-        if path in self._dirs:
-            return
-        parent = os.path.dirname(path)
-        if parent and parent != path:
-            self._mkdir(parent)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise UnsafeArchive(
-                    "a directory path is taken by a file or link",
-                    archive=self.archive,
-                    member=path,
-                ) from None
-        self._dirs.add(path)
 
     def take(self, stream: ArchiveStream) -> None:
         """Extract from *stream* the files the manifest says it holds, checking each."""
@@ -185,7 +246,8 @@ class StagedTree:
     def _take(self, stream: ArchiveStream, as_root: bool) -> None:
         holder = stream.archive
         pending = self._pending
-        for _member, name, data in stream.members():
+        dirs = self._tree()
+        for member, name, data in stream.members():
             if data is None:
                 continue
             entry = pending.get(name)
@@ -193,19 +255,40 @@ class StagedTree:
                 continue
             dest = self._dest(name)
             assert dest is not None  # only wanted paths are pending
-            self._mkdir(os.path.dirname(dest))
-            size = self._write(dest, data, entry, stream, as_root)
+            parent, base = _split(dest)
+            fd = os.open(base, _CREATE, 0o600, dir_fd=dirs.fd(parent))
+            try:
+                size = self._write(fd, data, entry, stream, member.realsize)
+                self._attributes(fd, entry, as_root)
+            finally:
+                os.close(fd)
             del pending[name]
             self.files += 1
             self.bytes += size
 
     def _write(
-        self, dest: str, data: MemberData, entry: Entry, stream: ArchiveStream, as_root: bool
+        self,
+        fd: int,
+        data: MemberData,
+        entry: Entry,
+        stream: ArchiveStream,
+        realsize: int | None,
     ) -> int:
         digest = hashlib.sha256()
         size = 0
-        fd = os.open(dest, _CREATE, 0o600)
-        try:
+        if realsize is not None:
+            # Sparse: each region at its offset; the holes are left unwritten.
+            for offset, block in sparse_regions(data, realsize):
+                hash_zeros(digest, offset - size)
+                os.pwrite(fd, block, offset)
+                digest.update(block)
+                size = offset + len(block)
+                if self.on_bytes is not None:
+                    self.on_bytes(len(block))
+            hash_zeros(digest, realsize - size)
+            size = realsize
+            os.ftruncate(fd, size)
+        else:
             while block := data.read(BLOCK):
                 digest.update(block)
                 view = memoryview(block)
@@ -214,17 +297,31 @@ class StagedTree:
                 size += len(block)
                 if self.on_bytes is not None:
                     self.on_bytes(len(block))
-            if size != entry.size or digest.hexdigest() != entry.sha256:
-                raise stream.corrupt(
-                    "content does not match the manifest (sha256 differs)", member=data.name
-                )
-            _set_attributes(fd, entry, as_root)
-        finally:
-            os.close(fd)
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise stream.corrupt(
+                "content does not match the manifest (sha256 differs)", member=data.name
+            )
         return size
 
+    def _attributes(self, fd: int, entry: Entry, as_root: bool) -> None:
+        """Owner, mode, extended attributes and times through an open file or directory."""
+        if as_root:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, entry.uid, entry.gid)
+        # After chown, which clears the set-user-ID and set-group-ID bits (and
+        # file capabilities, set next); the data is written already.
+        os.fchmod(fd, entry.mode)
+        if entry.xattrs:
+            self._note_refused(entry, set_xattrs(fd, decode_xattrs(entry.xattrs)))
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _note_refused(self, entry: Entry, names: list[str]) -> None:
+        for name in names:
+            count, first = self._refused.get(name, (0, entry.path))
+            self._refused[name] = (count + 1, first)
+
     def finish(self) -> None:
-        """Create links, then set the directories' modes, owners and times (deepest first)."""
+        """Create hard links, FIFOs and devices, then symbolic links, then set the directories."""
         if self._pending:
             missing = sorted(self._pending)[0]
             entry = self._pending[missing]
@@ -234,24 +331,80 @@ class StagedTree:
                 member=missing,
             )
         as_root = os.geteuid() == 0
-        dirs: list[tuple[str, Entry]] = []
-        for entry in self.manifest:
-            dest = self._dest(entry.path)
-            if dest is None:
-                continue
-            if entry.type == "symlink":
-                assert entry.target is not None
-                self._mkdir(os.path.dirname(dest))
-                os.symlink(entry.target, dest)
-                if as_root:
-                    with contextlib.suppress(OSError):
-                        os.lchown(dest, entry.uid, entry.gid)
-                os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            elif entry.type == "dir":
-                dirs.append((dest, entry))
-        for dest, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
-            if as_root:
-                with contextlib.suppress(OSError):
-                    os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
-            os.chmod(dest, entry.mode)
-            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        dirs = self._tree()
+        try:
+            wanted = [(e, d) for e in self.manifest if (d := self._dest(e.path)) is not None]
+            for entry, dest in wanted:
+                if entry.type == "hardlink" or entry.type in SPECIAL_TYPES:
+                    self._make_other(dirs, entry, dest, as_root)
+            for entry, dest in wanted:
+                if entry.type == "symlink":
+                    self._make_symlink(dirs, entry, dest, as_root)
+            # Deepest first: a directory's times change as its children are made.
+            tree = [(d, e) for e, d in wanted if e.type == "dir"]
+            for dest, entry in sorted(tree, key=lambda d: d[0].count("/"), reverse=True):
+                fd = dirs.open(dest)
+                try:
+                    self._attributes(fd, entry, as_root)
+                finally:
+                    os.close(fd)
+        finally:
+            dirs.close()
+            self._dirs = None
+        self._summarise()
+
+    def _make_other(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
+        """A hard link, FIFO or device node, with its attributes."""
+        parent, base = _split(dest)
+        at = dirs.fd(parent)
+        if entry.type == "hardlink":
+            first = self._dest(entry.target or "")
+            assert first is not None
+            src_parent, src_base = _split(first)
+            src = dirs.open(src_parent)
+            try:
+                os.link(src_base, base, src_dir_fd=src, dst_dir_fd=at, follow_symlinks=False)
+            finally:
+                os.close(src)
+            return  # one inode: its attributes are the first name's
+        try:
+            if entry.type == "fifo":
+                os.mkfifo(base, 0o600, dir_fd=at)
+            else:
+                os.mknod(base, 0o600 | _DEV_MODES[entry.type], entry.rdev, dir_fd=at)
+        except PermissionError:
+            self._note_refused(entry, [f"({entry.type}: only root can create it)"])
+            return
+        if as_root:
+            with contextlib.suppress(OSError):
+                os.chown(base, entry.uid, entry.gid, dir_fd=at, follow_symlinks=False)
+        # No link exists in the tree yet: the name is the node just made.
+        os.chmod(base, entry.mode, dir_fd=at)
+        if entry.xattrs:
+            names = set_xattrs(base, decode_xattrs(entry.xattrs), dir_fd=at)
+            self._note_refused(entry, names)
+        os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=at, follow_symlinks=False)
+
+    def _make_symlink(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
+        assert entry.target is not None
+        parent, base = _split(dest)
+        at = dirs.fd(parent)
+        os.symlink(entry.target, base, dir_fd=at)
+        if as_root:
+            with contextlib.suppress(OSError):
+                os.chown(base, entry.uid, entry.gid, dir_fd=at, follow_symlinks=False)
+        if entry.xattrs:
+            names = set_xattrs(base, decode_xattrs(entry.xattrs), dir_fd=at)
+            self._note_refused(entry, names)
+        os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=at, follow_symlinks=False)
+
+    def _summarise(self) -> None:
+        """One warning per kind of attribute (or node) this process could not restore."""
+        for name, (count, first) in sorted(self._refused.items()):
+            what = name if name.startswith("(") else f"extended attribute {name}"
+            message = (
+                f"{what} could not be set on {count} path(s), first {first}: this process "
+                "or file system does not allow it; restore as root to keep it"
+            )
+            self.warnings.append(message)
+            log.warning("restore.attributes_skipped", archive=self.archive, detail=message)
