@@ -239,8 +239,11 @@ class ArchiveStream:
                 f"a {kind} under dumps/; refused", archive=self.archive, member=name
             )
         if kind == "hardlink":
-            target = checked_name(member.linkname, self.archive)
-            if not target.startswith("data/") or target == name:
+            target = member.linkname.rstrip("/")
+            parts = target.split("/")
+            if target != member.linkname or "" in parts or "." in parts or ".." in parts:
+                target = ""
+            if not target.startswith("data/") or target == name or "\0" in target:
                 raise UnsafeArchive(
                     f"hard link to {member.linkname!r}, outside the cell's data; refused",
                     archive=self.archive,
