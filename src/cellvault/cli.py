@@ -429,7 +429,8 @@ def status(
 @click.option(
     "--allow-external-links",
     is_flag=True,
-    help="Restore symbolic links that point outside the cell (only for archives you trust).",
+    help="No longer needed, and does nothing: symbolic links are always restored as they "
+    "were, and extraction never writes through one.",
 )
 @click.option(
     "--dumps/--no-dumps",
@@ -473,6 +474,12 @@ def restore(
     restore hooks run, and only then swapped into place: a restore that fails
     leaves the live files as they were.
     """
+    if allow_external_links:
+        click.echo(
+            "note: --allow-external-links is no longer needed and does nothing: symbolic "
+            "links are always restored as they were, and never written through",
+            err=True,
+        )
     with _errors(state):
         config = state.load()
         chosen = list(cells) or ([config.restore_cell] if config.restore_cell else None)
@@ -509,6 +516,8 @@ def restore(
                 )
             else:
                 click.echo(f"FAIL {c.cell}: {c.stage}: {c.error}", err=True)
+            for warning in c.warnings:
+                click.echo(f"warn {c.cell}: {warning}", err=True)
         if report.error:
             click.echo(f"FAIL {report.error}", err=True)
         click.echo(f"restore: {'ok' if report.ok else 'FAILED'} in {report.duration:.1f}s")

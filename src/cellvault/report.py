@@ -188,6 +188,9 @@ class CellRestore(Report):
     files: int = 0
     bytes: int = 0
     duration: float = 0.0
+    #: What could not be restored as it was (an extended attribute this process
+    #: may not set, a device node without root), one line per kind.
+    warnings: tuple[str, ...] = ()
 
 
 @attrs.frozen

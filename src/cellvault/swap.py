@@ -105,6 +105,7 @@ class Swap:
     files: int = 0
     bytes: int = 0
     duration: float = 0.0
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, dests: dict[str, Path], archive: str) -> Swap:

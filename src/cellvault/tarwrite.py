@@ -84,7 +84,7 @@ def tar_header(
     uid: int,
     gid: int,
     size: int,
-    mtime: float,
+    mtime: float | str,
     link: str = "",
     *,
     extra: Sequence[tuple[str, bytes]] = (),
@@ -112,7 +112,12 @@ def tar_header(
         (2, "size", 8**11, size),
         (3, "mtime", 8**11, mtime),
     ):
-        if isinstance(val, float):
+        if isinstance(val, str):  # exact decimal seconds (see pax_mtime)
+            whole = int(val.partition(".")[0])
+            numbers[i] = whole if 0 <= whole < limit else 0
+            pax = pax or {}
+            pax[key] = val
+        elif isinstance(val, float):
             whole = round(val)
             numbers[i] = whole if 0 <= whole < limit else 0
             pax = pax or {}
@@ -223,9 +228,15 @@ class TarWriter:
             self.write(ZEROS[:pad])
 
 
-def pax_mtime(mtime_ns: int) -> float:
+def pax_mtime(mtime_ns: int) -> int | str:
     """A member's mtime for :func:`tar_header`, from nanoseconds.
 
-    PAX keeps sub-second mtimes; the manifest keeps the exact nanoseconds.
+    Whole seconds are an int; otherwise the exact decimal text of the PAX
+    ``mtime`` record (``1700000000.123456789``), so that stock tar restores
+    the nanoseconds too (a float would round them).
     """
-    return mtime_ns / 1e9 if mtime_ns % 1_000_000_000 else mtime_ns // 1_000_000_000
+    seconds, ns = divmod(abs(mtime_ns), 1_000_000_000)
+    if not ns:
+        return mtime_ns // 1_000_000_000
+    sign = "-" if mtime_ns < 0 else ""
+    return f"{sign}{seconds}.{ns:09d}".rstrip("0")

@@ -374,6 +374,11 @@ class Vault:
         options) changes a dumper's options for this restore, e.g.
         ``{"pg": {"tables": ["public.orders"]}}``. After the swap, the
         ``cellvault_health_check`` hooks (``health_check_<cell>.sh``) run.
+
+        Symbolic links are restored as they were, wherever they point
+        (absolute, dangling, outside the cell): extraction never writes
+        through a link. *allow_external_links* is accepted for compatibility
+        and does nothing.
         """
         with self._open("restore") as run:
             report = restore_op.restore(

@@ -262,6 +262,7 @@ class _Restore:
                 files=swap.files,
                 bytes=swap.bytes,
                 duration=swap.duration,
+                warnings=swap.warnings,
             )
 
     def _abort(self, staged: list[tuple[RestorePlan, Swap]]) -> str:
@@ -324,6 +325,7 @@ def stage(
             swap.discard()
         return restore_failed(run, plan, step, exc, time.monotonic() - started)
     swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
+    swap.warnings = tuple(tree.warnings)
     return swap
 
 
