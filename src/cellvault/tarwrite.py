@@ -113,7 +113,7 @@ def tar_header(
         (3, "mtime", 8**11, mtime),
     ):
         if isinstance(val, str):  # exact decimal seconds (see pax_mtime)
-            whole = int(val.partition(".")[0])
+            whole = round(float(val))  # the ustar field rounds, as tarfile does
             numbers[i] = whole if 0 <= whole < limit else 0
             pax = pax or {}
             pax[key] = val
