@@ -1,9 +1,10 @@
 """The fidelity matrix: every kind of Linux path comes back as it was backed up.
 
 One source tree holds one case per kind. It is backed up once; the archive
-is restored by cellvault (``restore --into``) and, from the very same archive,
-by stock GNU tar (``zstd -d | tar --xattrs --xattrs-include='*' -x``). Each
-case then compares both restored trees with the source by lstat (type, mode
+is restored by cellvault (``restore --into``) and, from the very same
+archive, by stock GNU tar (``zstd -d | tar --xattrs --xattrs-include='*'
+--acls -x``) and by bsdtar. Each case then compares every restored tree with
+the source by lstat (type, mode
 with its set-user-ID, set-group-ID and sticky bits, owner, size, nanosecond
 mtime, device number), extended attributes (ACLs among them), link targets,
 hard-link identity, allocated blocks and content.
@@ -261,6 +262,7 @@ class Restored:
     source: Describe
     cellvault: Describe
     gnu_tar: Describe
+    bsdtar: Describe | None
     made: frozenset[str]
 
 
@@ -292,7 +294,7 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     with open(archive, "rb") as raw:
         zstd = subprocess.Popen(["zstd", "-d"], stdin=raw, stdout=subprocess.PIPE)
         tar = subprocess.run(
-            ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", "-"],
+            ["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner", "-xpf", "-"],
             stdin=zstd.stdout,
             cwd=gnu,
             capture_output=True,
@@ -302,22 +304,37 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
         zstd.stdout.close()
         assert zstd.wait() == 0
     assert tar.returncode == 0, tar.stderr
+    bsd = base / "bsd"
+    bsd.mkdir()
+    if find("bsdtar") is not None:
+        with open(archive, "rb") as raw:
+            done = subprocess.run(
+                ["bsdtar", "--xattrs", "--numeric-owner", "-xpf", "-"],
+                stdin=raw,
+                cwd=bsd,
+                capture_output=True,
+                check=False,
+            )
+        assert done.returncode == 0, done.stderr
     yield Restored(
         source=describe(src),
         cellvault=describe(base / "cv" / "crm" / "crm"),
         gnu_tar=describe(gnu / "data" / "crm"),
+        bsdtar=describe(bsd / "data" / "crm") if find("bsdtar") is not None else None,
         made=frozenset(made),
     )
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("tool", ["cellvault", "gnu_tar"])
+@pytest.mark.parametrize("tool", ["cellvault", "gnu_tar", "bsdtar"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_kind_restores_as_it_was(restored: Restored, case: Case, tool: str) -> None:
     if case.needs_root and not AS_ROOT:
         pytest.skip("only root can make and restore this kind (devices, other owners)")
     for program in case.tools:
         require(program)
+    if tool == "bsdtar":
+        require("bsdtar")
     assert case.name in restored.made
     got: Describe = getattr(restored, tool)
     for path in case.paths:

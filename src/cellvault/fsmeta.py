@@ -25,6 +25,7 @@ from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
 __all__ = [
     "XATTR_PREFIX",
     "Xattrs",
+    "acl_text",
     "add_sparse",
     "data_map",
     "decode_xattrs",
@@ -238,8 +239,47 @@ def special_type(mode: int) -> str | None:
 
 
 def xattr_records(xattrs: Xattrs) -> list[tuple[str, bytes]]:
-    """The PAX records of *xattrs* (``SCHILY.xattr.<name>=<value>``)."""
-    return [(XATTR_PREFIX + name, value) for name, value in xattrs]
+    """The PAX records of *xattrs* (``SCHILY.xattr.<name>=<value>``).
+
+    POSIX ACLs also get star's text records (``SCHILY.acl.access`` and
+    ``SCHILY.acl.default``), which bsdtar reads (it ignores the ACLs'
+    attributes) and GNU tar reads with ``--acls``.
+    """
+    records = [(XATTR_PREFIX + name, value) for name, value in xattrs]
+    for name, value in xattrs:
+        which = _ACL_RECORDS.get(name)
+        text = acl_text(value) if which else None
+        if which and text:
+            records.append((which, text.encode("ascii")))
+    return records
+
+
+_ACL_RECORDS = {
+    "system.posix_acl_access": "SCHILY.acl.access",
+    "system.posix_acl_default": "SCHILY.acl.default",
+}
+_ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
+
+
+def acl_text(value: bytes) -> str | None:
+    """A POSIX ACL attribute's value as star's text (``user:1234:rw-:1234,...``).
+
+    ``None`` if it is not an ACL in the kernel's format (version 2).
+    """
+    if len(value) < 4 or (len(value) - 4) % 8 or int.from_bytes(value[:4], "little") != 2:
+        return None
+    parts = []
+    for at in range(4, len(value), 8):
+        tag = int.from_bytes(value[at : at + 2], "little")
+        perm = int.from_bytes(value[at + 2 : at + 4], "little")
+        ident = int.from_bytes(value[at + 4 : at + 8], "little")
+        name = _ACL_TAGS.get(tag)
+        if name is None:
+            return None
+        bits = "".join(c if perm & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))
+        named = tag in (0x02, 0x08)
+        parts.append(f"{name}:{ident}:{bits}:{ident}" if named else f"{name}::{bits}")
+    return ",".join(parts)
 
 
 def _hash_zeros(digest: Any, n: int) -> None:
