@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,33 @@ def test_sparse_files_come_back_with_their_holes(restored: Restored) -> None:
 def test_the_whole_tree_matches(restored: Restored) -> None:
     assert restored.cellvault == restored.source
     assert restored.gnu_tar == restored.source
+
+
+def test_in_place_restore_across_file_systems_keeps_every_kind(tmp_path: Path) -> None:
+    """A cell path on another file system: its staged copy is moved across, whole."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    other = Path(tempfile.mkdtemp(dir=shm)) / "crm-shm"
+    other.mkdir()
+    try:
+        for make in (_regular, _sparse, _hardlinks, _links, _fifo, _special_modes, _mtimes):
+            make(other)
+        if AS_ROOT:
+            _devices(other)
+            _owners(other)
+        want = describe(other)
+        # The staging tree is made beside the first path: the second one crosses.
+        first = tmp_path / "crm"
+        first.mkdir()
+        _regular(first)
+        vault = make_vault(tmp_path / "backup", [first, other])
+        ident = vault.backup().cells[0].archive
+        shutil.rmtree(other / "hl")
+        (other / "regular.txt").write_text("changed")
+        report = vault.restore(ident)
+        assert report.ok, report.cells[0].error
+        assert describe(other) == want
+        assert sorted(p.name for p in other.parent.iterdir()) == ["crm-shm"]
+    finally:
+        shutil.rmtree(other.parent)
