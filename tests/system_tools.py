@@ -46,6 +46,7 @@ PACKAGES: dict[str, str] = {
     "getfacl": "acl",
     "getfattr": "attr",
     "bsdtar": "libarchive-tools",
+    "setpriv": "util-linux",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

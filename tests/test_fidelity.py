@@ -16,10 +16,12 @@ Paths are walked through directory descriptors, so a path longer than
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -384,3 +386,60 @@ def test_in_place_restore_across_file_systems_keeps_every_kind(tmp_path: Path) -
         assert sorted(p.name for p in other.parent.iterdir()) == ["crm-shm"]
     finally:
         shutil.rmtree(other.parent)
+
+
+_RESTORE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.archive_helpers import make_vault
+vault = make_vault(Path(sys.argv[2]), [Path(sys.argv[3])])
+report = vault.restore(sys.argv[4], into=Path(sys.argv[5]))
+cell = report.cells[0]
+print(json.dumps({"ok": report.ok, "error": cell.error, "warnings": list(cell.warnings)}))
+"""
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="makes a device node and a trusted.* attribute")
+def test_what_the_restoring_process_may_not_set_is_one_warning_per_cell(tmp_path: Path) -> None:
+    require("setpriv")
+    src = tmp_path / "crm"
+    src.mkdir()
+    _devices(src)
+    _regular(src)
+    os.setxattr(src / "regular.txt", "trusted.one", b"1")
+    os.setxattr(src / "regular.txt", "user.ok", b"fine")
+    vault = make_vault(tmp_path / "backup", [src])
+    ident = vault.backup().cells[0].archive
+    out = tmp_path / "out"
+    # Root without CAP_MKNOD and CAP_SYS_ADMIN: no device nodes, no trusted.* attributes.
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-mknod,-sys_admin",
+            "--inh-caps=-mknod,-sys_admin",
+            sys.executable,
+            "-c",
+            _RESTORE,
+            str(Path(__file__).parent.parent),
+            str(tmp_path / "backup"),
+            str(src),
+            str(ident),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["ok"], result["error"]
+    (warning,) = result["warnings"]
+    assert "3 attribute(s) or node(s) could not be restored" in warning
+    assert "trusted.one (1 path(s), first data/crm/regular.txt)" in warning
+    assert "chardev node: only root can make it (1 path(s), first data/crm/null)" in warning
+    assert "blockdev node" in warning
+    restored = out / "crm" / "crm" / "regular.txt"
+    assert os.getxattr(restored, "user.ok") == b"fine"  # the rest is there
+    assert restored.read_bytes() == (src / "regular.txt").read_bytes()

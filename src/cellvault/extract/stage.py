@@ -143,7 +143,7 @@ class StagedTree:
     _dumps_rel: str | None = attrs.field(init=False, default=None)
     files: int = attrs.field(init=False, default=0)
     bytes: int = attrs.field(init=False, default=0)
-    #: What could not be restored as it was (one line per kind of problem).
+    #: What could not be restored as it was: one line for the whole tree, or none.
     warnings: list[str] = attrs.field(init=False, factory=list)
     _refused: dict[str, tuple[int, str]] = attrs.field(init=False, factory=dict)
 
@@ -373,7 +373,7 @@ class StagedTree:
             else:
                 os.mknod(base, 0o600 | _DEV_MODES[entry.type], entry.rdev, dir_fd=at)
         except PermissionError:
-            self._note_refused(entry, [f"({entry.type}: only root can create it)"])
+            self._note_refused(entry, [f"({entry.type} node: only root can make it)"])
             return
         if as_root:
             with contextlib.suppress(OSError):
@@ -399,12 +399,18 @@ class StagedTree:
         os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=at, follow_symlinks=False)
 
     def _summarise(self) -> None:
-        """One warning per kind of attribute (or node) this process could not restore."""
-        for name, (count, first) in sorted(self._refused.items()):
-            what = name if name.startswith("(") else f"extended attribute {name}"
-            message = (
-                f"{what} could not be set on {count} path(s), first {first}: this process "
-                "or file system does not allow it; restore as root to keep it"
-            )
-            self.warnings.append(message)
-            log.warning("restore.attributes_skipped", archive=self.archive, detail=message)
+        """One warning for all this process could not restore (attributes, device nodes)."""
+        if not self._refused:
+            return
+        paths = sum(count for count, _ in self._refused.values())
+        what = ", ".join(
+            f"{name.strip('()')} ({count} path(s), first {first})"
+            for name, (count, first) in sorted(self._refused.items())
+        )
+        message = (
+            f"{paths} attribute(s) or node(s) could not be restored, as this process or "
+            f"file system does not allow it: {what}; restore as root, onto a file system "
+            "that supports them, to get them back"
+        )
+        self.warnings.append(message)
+        log.warning("restore.attributes_skipped", archive=self.archive, detail=message)
