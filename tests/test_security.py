@@ -505,3 +505,40 @@ def test_path_under_a_file_is_refused(env: Setup) -> None:
     assert "data/crm/ok.txt/inner" in (report.cells[0].error or "")
     assert "under the file data/crm/ok.txt" in (report.cells[0].error or "")
     assert snapshot(env.src) == live
+
+
+def test_absolute_links_restore_from_the_seed_variables_and_drill_with_no_option(
+    env: Setup,
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    (env.src / "localtime").symlink_to("/usr/share/zoneinfo/UTC")
+    (env.src / "current").symlink_to(env.outside)
+    backup = env.tmp / "backup"
+    config = env.tmp / "backup_config.env"
+    config.write_text(
+        f"export BACKUP_DIR={backup}\nexport BACKUP_CELLS=crm\n"
+        f"export BACKUP_CELLS_ROOT={env.src.parent}\nBACKUP_TARGETS=local\n"
+    )
+    runner = CliRunner()
+
+    def run(*args: str, **extra: str) -> tuple[int, str]:
+        result = runner.invoke(cli, ["--env-file", str(config), *args], env=extra)
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output + result.stderr
+
+    code, out = run("backup")
+    assert code == 0, out
+    original = snapshot(env.src)
+    code, out = run("verify", "--level", "drill")
+    assert code == 0, out
+    (env.src / "localtime").unlink()
+    code, out = run("restore", RESTORE_DATE="latest", RESTORE_SKIP_PREBACKUP="1")
+    assert code == 0, out
+    assert snapshot(env.src) == original
+    code, out = run("restore", "--allow-external-links", "--into", str(env.tmp / "into"))
+    assert code == 0, out
+    assert "--allow-external-links is no longer needed and does nothing" in out
+    assert (env.tmp / "into" / "crm" / "crm" / "current").readlink() == env.outside
