@@ -17,7 +17,7 @@ import pytest
 
 from cellvault import UnsafeArchive
 from cellvault.events import Event
-from cellvault.extract import ArchiveStream, StagedTree
+from cellvault.extract import ArchiveStream, StagedTree, stage
 
 from ..archive_helpers import make_vault, snapshot
 
@@ -104,3 +104,27 @@ def test_in_place_restore_with_a_directory_swapped_for_a_link_leaves_everything(
     assert snapshot(src) == live
     assert snapshot(outside) == before
     assert not list(src.parent.glob(".cellvault-restore-*"))
+
+
+@pytest.mark.parametrize("with_openat2", [True, False], ids=["openat2", "fallback"])
+def test_dir_fds_never_open_through_a_link(
+    tmp_path: Path, with_openat2: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not with_openat2:
+        monkeypatch.setattr(stage.openat2, "works", False)
+    (tmp_path / "tree" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "outside" / "b").mkdir(parents=True)
+    (tmp_path / "tree" / "l").symlink_to(tmp_path / "outside")
+    dirs = stage.DirFds(str(tmp_path / "tree"), "cell_crm_20250101_020000")
+    try:
+        fd = dirs.open("a/b")
+        assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "tree" / "a" / "b"))
+        os.close(fd)
+        for through in ("l/b", "l"):
+            with pytest.raises(UnsafeArchive, match="no longer a directory of the staging tree"):
+                dirs.open(through)
+            with pytest.raises(UnsafeArchive):
+                dirs.fd(through)
+    finally:
+        dirs.close()
+    assert list((tmp_path / "outside").iterdir()) == [tmp_path / "outside" / "b"]
