@@ -226,7 +226,13 @@ class StagedTree:
             if rel.startswith("..") or rel == ".":
                 raise ValueError(f"the dumps folder {self.dumps} is not inside {self.staging}")
             self._dumps_rel = rel
-        dirs = self._tree()
+        try:
+            self._prepare(self._tree())
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, dirs: DirFds) -> None:
         not_dirs = {e.path for e in self.manifest if e.type != "dir"}
         dumps_name = self._dumps_rel if self._dumps_rel and "/" not in self._dumps_rel else None
         for entry in self.manifest:
@@ -281,10 +287,19 @@ class StagedTree:
         """The archives that still have to be read."""
         return {e.archive for e in self._pending.values() if e.archive}
 
+    def close(self) -> None:
+        """Close the directory descriptors (:meth:`finish` does; call it after a failure)."""
+        if self._dirs is not None:
+            dirs, self._dirs = self._dirs, None
+            dirs.close()
+
     def take(self, stream: ArchiveStream) -> None:
         """Extract from *stream* the files the manifest says it holds, checking each."""
         try:
             self._take(stream, os.geteuid() == 0)
+        except BaseException:
+            self.close()
+            raise
         finally:
             stream.close()
         # The selected archive's own manifest must be the one we planned with.
@@ -307,6 +322,11 @@ class StagedTree:
                 continue
             dest = self._dest(name)
             assert dest is not None  # only wanted paths are pending
+            if member.realsize is not None and member.realsize != entry.size:
+                raise stream.corrupt(
+                    f"sparse file of {member.realsize} bytes, the manifest says {entry.size}",
+                    member=name,
+                )
             parent, base = _split(dest)
             fd = os.open(base, _CREATE, 0o600, dir_fd=dirs.fd(parent))
             try:
@@ -360,11 +380,13 @@ class StagedTree:
         if as_root:
             with contextlib.suppress(OSError):
                 os.fchown(fd, entry.uid, entry.gid)
-        # After chown, which clears the set-user-ID and set-group-ID bits (and
-        # file capabilities, set next); the data is written already.
-        os.fchmod(fd, entry.mode)
+        # After chown, which clears file capabilities; before chmod, as an owner
+        # who is not root may not set user.* attributes on a read-only file.
         if entry.xattrs:
             self._note_refused(entry, set_xattrs(fd, decode_xattrs(entry.xattrs)))
+        # After chown, which clears the set-user-ID and set-group-ID bits; the
+        # data is written already. (It keeps an ACL: its bits are the ACL's.)
+        os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _note_refused(self, entry: Entry, names: list[str]) -> None:
@@ -401,8 +423,7 @@ class StagedTree:
                 finally:
                     os.close(fd)
         finally:
-            dirs.close()
-            self._dirs = None
+            self.close()
         self._summarise()
 
     def _make_other(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
@@ -430,11 +451,11 @@ class StagedTree:
         if as_root:
             with contextlib.suppress(OSError):
                 os.chown(base, entry.uid, entry.gid, dir_fd=at, follow_symlinks=False)
-        # No link exists in the tree yet: the name is the node just made.
-        os.chmod(base, entry.mode, dir_fd=at)
         if entry.xattrs:
             names = set_xattrs(base, decode_xattrs(entry.xattrs), dir_fd=at)
             self._note_refused(entry, names)
+        # No link exists in the tree yet: the name is the node just made.
+        os.chmod(base, entry.mode, dir_fd=at)
         os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=at, follow_symlinks=False)
 
     def _make_symlink(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
