@@ -443,3 +443,16 @@ def test_what_the_restoring_process_may_not_set_is_one_warning_per_cell(tmp_path
     restored = out / "crm" / "crm" / "regular.txt"
     assert os.getxattr(restored, "user.ok") == b"fine"  # the rest is there
     assert restored.read_bytes() == (src / "regular.txt").read_bytes()
+
+
+def test_a_drill_of_every_kind_passes(tmp_path: Path) -> None:
+    src = tmp_path / "crm"
+    src.mkdir()
+    for case in CASES:
+        if (case.needs_root and not AS_ROOT) or any(find(t) is None for t in case.tools):
+            continue
+        case.make(src)
+    vault = make_vault(tmp_path / "backup", [src])
+    assert vault.backup().ok
+    report = vault.verify(level="drill")
+    assert report.ok, [r.error for r in report.results]
