@@ -23,6 +23,7 @@ from .manifest import Entry
 from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
 
 __all__ = [
+    "SPECIAL_TAR_TYPES",
     "XATTR_PREFIX",
     "Xattrs",
     "acl_text",
@@ -43,6 +44,13 @@ __all__ = [
 
 #: The PAX keyword prefix of an extended attribute (star, GNU tar, bsdtar).
 XATTR_PREFIX = "SCHILY.xattr."
+
+#: The tar member type of each special file's manifest type.
+SPECIAL_TAR_TYPES = {
+    "fifo": tarfile.FIFOTYPE,
+    "chardev": tarfile.CHRTYPE,
+    "blockdev": tarfile.BLKTYPE,
+}
 
 #: A path's extended attributes: (name, value) sorted by name.
 Xattrs = tuple[tuple[str, bytes], ...]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import io
 import os
 import stat
 import tarfile
@@ -36,6 +35,7 @@ from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
 from .errors import BackupError
 from .fsmeta import (
+    SPECIAL_TAR_TYPES,
     Xattrs,
     add_sparse,
     data_map,
@@ -340,8 +340,7 @@ class Packer:
                 hashing = HashingWriter(raw)
                 compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
                 tar = TarWriter(compressor)
-                data = meta.to_json()
-                tar.add_stream("meta.json", io.BytesIO(data), len(data), int(backed_at.timestamp()))
+                tar.add_bytes("meta.json", meta.to_json(), int(backed_at.timestamp()))
                 self._add_trees(tar, roots)
                 dumps = self._add_dumps(tar)
                 # The manifest goes through a spool file, never whole in memory; its
@@ -604,9 +603,8 @@ class Packer:
         self._add_other(tar, item, "hardlink", tarfile.LNKTYPE, target=item[4], xattrs=False)
 
     def _add_special(self, tar: TarWriter, item: _Item) -> None:
-        kind = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE}
         rdev = item[3].st_rdev if item[4] != "fifo" else None
-        self._add_other(tar, item, item[4], kind[item[4]], rdev=rdev)
+        self._add_other(tar, item, item[4], SPECIAL_TAR_TYPES[item[4]], rdev=rdev)
 
     def _add_other(
         self,
@@ -666,7 +664,7 @@ class Packer:
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
-                if self._same_content(source, prev, st, mode):
+                if self._same_content(source, prev, st, path):
                     return
                 if size > READ_WHOLE:
                     raw.seek(0)
@@ -721,7 +719,7 @@ class Packer:
         )
 
     def _same_content(
-        self, source: _FileSource, prev: Entry, st: os.stat_result, mode: int
+        self, source: _FileSource, prev: Entry, st: os.stat_result, path: str
     ) -> bool:
         """With *checksum*: list the file as unchanged if its bytes hash as the parent's did."""
         digest = source.digest
@@ -731,7 +729,8 @@ class Packer:
             raw = source.raw
             for block in iter(lambda: raw.read(BLOCK), b""):
                 digest.update(block)
-        if digest.hexdigest() != prev.sha256 or mode != prev.mode:
+        now = (digest.hexdigest(), stat.S_IMODE(st.st_mode), encode_xattrs(self._xattrs(path)))
+        if now != (prev.sha256, prev.mode, prev.xattrs):
             return False
         self._manifest.add(
             attrs.evolve(

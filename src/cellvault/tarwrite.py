@@ -9,6 +9,7 @@ encoding utf-8 and errors surrogateescape (tests/test_tarwrite.py compares them)
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from collections.abc import Sequence
@@ -204,6 +205,10 @@ class TarWriter:
             self.write(block)
             left -= want
         self.pad()
+
+    def add_bytes(self, name: str, data: bytes, mtime: int) -> None:
+        """A regular member (mode 0644, owner 0) holding *data*."""
+        self.add_stream(name, io.BytesIO(data), len(data), mtime)
 
     def add_stream(self, name: str, data: IO[bytes], size: int, mtime: int) -> bool:
         """A regular member (mode 0644, owner 0) of *size* bytes read from *data*.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from ..archive_helpers import make_vault
 
 #: Well before the (fake) backup clock: no file is "racy".
@@ -46,10 +48,13 @@ def test_the_first_incremental_after_a_restore_stores_nothing_new(tmp_path: Path
     assert cell.bytes_read == 0
 
 
-def test_an_extended_attribute_change_alone_stores_the_file_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checksum", [False, True], ids=["stat", "checksum"])
+def test_an_extended_attribute_change_alone_stores_the_file_again(
+    tmp_path: Path, checksum: bool
+) -> None:
     src = tmp_path / "cells" / "crm"
     _tree(src)
-    vault = make_vault(tmp_path / "backup", [src])
+    vault = make_vault(tmp_path / "backup", [src], checksum=checksum)
     assert vault.backup().ok
     os.setxattr(src / "sub" / "f1.txt", "user.tag", b"new")
     _age(src)
