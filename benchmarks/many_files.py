@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("cellvault verify (read)", [*cv, "verify"])
     step("cellvault verify --level drill", [*cv, "verify", "--level", "drill"])
     step("tar -c | zstd -T0", ["tar", "-C", str(cells), "-cf", "-", "crm"], ["zstd", "-T0", "-q"])
-    archive = next((work / "backup" / "crm").glob("*.tar.zst"))
+    # The full backup's archive (the oldest): the incremental holds no file.
+    archive = sorted((work / "backup" / "crm").glob("*.tar.zst"))[0]
     (work / "tar-out").mkdir()
     step(
         "zstd -d < archive | tar -x",
