@@ -213,9 +213,12 @@ def claim_epoch(
     return epoch
 
 
-def written_after_fence(meta_epoch: int | None, backed_at: dt.datetime, current: Epoch) -> bool:
-    """Whether an archive of epoch *meta_epoch* taken at *backed_at* was written by a fenced site."""
-    return meta_epoch is not None and meta_epoch < current.number and backed_at >= current.at
+def written_after_fence(meta_epoch: int | None, stamp: dt.datetime, current: Epoch) -> bool:
+    """Whether an archive of epoch *meta_epoch*, stamped *stamp*, was written by a fenced site.
+
+    *stamp* is the archive id's time (the writing vault's clock, as the epoch's is).
+    """
+    return meta_epoch is not None and meta_epoch < current.number and stamp > current.at
 
 
 @attrs.define

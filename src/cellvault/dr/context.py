@@ -18,7 +18,7 @@ import attrs
 
 from ..archive import Selector, Sidecar
 from ..errors import CellvaultError, ConfigError, TargetError
-from ..fence import Fence
+from ..fence import Epoch, Fence, claim_epoch
 from ..layout import BackupDirLayout
 from ..log import get_logger
 from ..plugins import call_each
@@ -63,6 +63,20 @@ class SiteContext:
     def fence(self) -> Fence:
         """This site's fencing: its id and the object storage the epochs live on."""
         return Fence(self.site_id, self.storage)
+
+    def take_epoch(self, reason: str) -> Epoch:
+        """Claim the next DR epoch for this site (:func:`cellvault.fence.claim_epoch`).
+
+        A site that holds the current epoch already keeps it (a failover run
+        again after a failed restore). :class:`DrError` when another site won.
+        """
+        self.need_storage("taking the DR epoch")
+        current = self.fence.current()
+        if current is not None and current.site == self.site_id:
+            return current
+        return claim_epoch(
+            self.storage, self.site_id, reason=reason, now=self.now(), host=self.vault.host
+        )
 
     @property
     def markers(self) -> MarkerStore:

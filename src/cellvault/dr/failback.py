@@ -173,6 +173,14 @@ def take_over(
         return step.report(
             ok=False, marker=marker, pull=sync, verify=verify, warnings=(), error=error
         )
+    try:
+        # The active site is fenced from here on: it must not push any more.
+        epoch = ctx.take_epoch("failback")
+    except DrError as exc:
+        error = f"this site could not take the DR epoch, so it did not take over: {exc}"
+        return step.report(
+            ok=False, marker=marker, pull=sync, verify=verify, warnings=(), error=error
+        )
     result = None
     if restore:
         configured = ctx.configured()
@@ -183,9 +191,19 @@ def take_over(
         ]
         result = ctx.restore(chosen, Selector.at_or_before(when), skip_prebackup=skip_prebackup)
         if result is not None and not result.ok:
-            error = f"the restore failed; the failover marker stays: {restore_error(result)}"
+            error = (
+                f"the restore failed; the failover marker stays (this site holds epoch "
+                f"{epoch.number}: run the failback again once the cause is fixed): "
+                f"{restore_error(result)}"
+            )
             return step.report(
-                ok=False, marker=marker, pull=sync, verify=verify, restore=result, error=error
+                ok=False,
+                marker=marker,
+                pull=sync,
+                verify=verify,
+                restore=result,
+                error=error,
+                epoch=epoch.number,
             )
     back = FailoverMarker(
         site_id=ctx.site_id,
@@ -198,7 +216,9 @@ def take_over(
         handback=handback,
         forced=force and (handback is None or bool(problems)),
     )
-    return _clear(ctx, step, marker, back, pull=sync, verify=verify, restore=result)
+    return _clear(
+        ctx, step, marker, back, pull=sync, verify=verify, restore=result, epoch=epoch.number
+    )
 
 
 def _clear(

@@ -8,6 +8,7 @@ import attrs
 
 from ..archive import Selector, Sidecar
 from ..errors import DrError, TargetError
+from ..fence import Epoch
 from ..log import get_logger
 from ..report import RestoreReport, VerifyReport, iso
 from .context import SiteContext, hooks_error, restore_error, restored_archives, verify_error
@@ -31,11 +32,13 @@ class _Failover:
     pull: SyncReport | None = None
     verify: VerifyReport | None = None
     restore: RestoreReport | None = None
+    epoch: Epoch | None = None
 
     def report(self, *, ok: bool, **fields: object) -> FailoverReport:
         return FailoverReport(
             site=self.ctx.site_id,
             ok=ok,
+            epoch=self.epoch.number if self.epoch else None,
             pull=self.pull,
             verify=self.verify,
             restore=self.restore,
@@ -130,12 +133,21 @@ def failover(
         return attempt.stop(
             f"the newest archives do not verify on this site: {verify_error(verify)}"
         )
+    # Fence the old primary: claim the next epoch. Only one claimant wins, so
+    # two standbys racing to fail over cannot both go on.
+    try:
+        attempt.epoch = ctx.take_epoch("failover")
+    except DrError as exc:
+        return attempt.stop(
+            f"this site could not take the DR epoch, so it did not fail over: {exc}"
+        )
     if restore:
         attempt.restore = ctx.restore(chosen, selector, skip_prebackup=skip_prebackup)
         if attempt.restore is not None and not attempt.restore.ok:
             return attempt.stop(
-                "the restore failed, so no failover marker was written: "
-                + restore_error(attempt.restore)
+                f"the restore failed, so no failover marker was written (this site holds epoch "
+                f"{attempt.epoch.number}: the old primary is fenced; run the failover again "
+                "with --force once the cause is fixed): " + restore_error(attempt.restore)
             )
     marker = FailoverMarker(
         site_id=ctx.site_id,

@@ -57,12 +57,20 @@ def lag(cell: str, target: str, here: list[ArchiveId], there: list[ArchiveId]) -
         if newest_here and newest_there
         else None
     )
+    behind = [str(i) for i in there if newest_here is None or i > newest_here]
+    ahead = [str(i) for i in here if newest_there is None or i > newest_there]
+    leader = "remote" if behind and not ahead else "local" if ahead and not behind else "even"
+    if newest_here and newest_there and newest_here != newest_there and leader == "even":
+        leader = "remote" if newest_there > newest_here else "local"
     return CellLag(
         cell=cell,
         target=target,
         local=str(newest_here) if newest_here else None,
         remote=str(newest_there) if newest_there else None,
-        lag_seconds=seconds,
-        behind=sum(1 for i in there if newest_here is None or i > newest_here),
-        ahead=sum(1 for i in here if newest_there is None or i > newest_there),
+        lag_seconds=abs(seconds) if seconds is not None else None,
+        behind=len(behind),
+        ahead=len(ahead),
+        leader=leader,
+        behind_archives=tuple(behind),
+        ahead_archives=tuple(ahead),
     )

@@ -71,7 +71,7 @@ def _not_safety(include_safety: bool, sidecar: Sidecar) -> str | None:
 def _pullable(include_safety: bool, current: Epoch | None, sidecar: Sidecar) -> str | None:
     """Why a pull leaves *sidecar* on the storage: a safety backup, or a fenced site's late write."""
     meta = sidecar.meta
-    if current is not None and written_after_fence(meta.epoch, meta.backed_at, current):
+    if current is not None and written_after_fence(meta.epoch, sidecar.id.when, current):
         return (
             f"written by site {meta.site} under epoch {meta.epoch} after site {current.site} "
             f"took epoch {current.number} at {iso(current.at)}: a fenced site's write, ignored"

@@ -7,6 +7,7 @@ lag of a cell) are :class:`~cellvault.dr.records.Record` values, without an ``ok
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
 import attrs
@@ -139,6 +140,8 @@ class SwitchReport(Report):
     steps: tuple[str, ...] = ()
     error: str | None = None
     duration: float = 0.0
+    #: The DR epoch this site took (:mod:`cellvault.fence`), when it took one.
+    epoch: int | None = None
 
 
 @attrs.frozen
@@ -180,12 +183,19 @@ class CellLag(Record):
     #: Newest archive here and there.
     local: str | None
     remote: str | None
-    #: Newest there minus newest here, in seconds (positive: this site is behind).
+    #: How far apart the newest archives are, in seconds (never negative; see *leader*).
     lag_seconds: float | None
     #: Archives there newer than the newest here (what a pull would bring).
     behind: int
     #: Archives here newer than the newest there (what a push would bring).
     ahead: int
+    #: Which side holds the newer archive: ``local`` (this site), ``remote`` (the
+    #: target) or ``even``. Pre-restore safety backups never count: they stay
+    #: on the site that took them.
+    leader: str = "even"
+    #: The archives a pull (*behind*) or a push (*ahead*) would bring, oldest first.
+    behind_archives: tuple[str, ...] = ()
+    ahead_archives: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -203,6 +213,11 @@ class StatusReport(Report):
     #: What every site recorded at its last DR step (the other site's view, too).
     sites: tuple[SiteRecord, ...]
     warnings: tuple[str, ...] = ()
+    #: The current DR epoch (:mod:`cellvault.fence`): its number, the site that
+    #: holds it (the only one that may write to the object storage) and since when.
+    epoch: int | None = None
+    epoch_site: str | None = None
+    epoch_since: dt.datetime | None = None
 
     @property
     def ok(self) -> bool:

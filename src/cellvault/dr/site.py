@@ -66,6 +66,8 @@ class Site:
             local=local,
             storage=others,
         )
+        # The vault's own writers (backup, prune) are fenced as this site.
+        vault.fence = self.context.fence
 
     def __repr__(self) -> str:
         return f"<Site {self.site_id} local={self.local.name} storage={[t.name for t in self.storage]}>"

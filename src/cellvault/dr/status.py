@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from ..archive import ArchiveId
 from ..errors import CellvaultError
+from ..targets.base import Target
 from .context import SiteContext
 from .holdings import cells_of, holding, lag
 from .records import FailoverMarker
@@ -50,10 +51,37 @@ def _views(
     return views, ids
 
 
+def _scheduled(target: Target, ids: list[ArchiveId], since: ArchiveId | None) -> list[ArchiveId]:
+    """*ids* without the pre-restore safety backups among those newer than *since*.
+
+    Only those can change the lag; their sidecars are read (few), the rest not.
+    """
+    out = []
+    for ident in ids:
+        if since is None or ident > since:
+            try:
+                if target.sidecar(ident).meta.reason == "pre-restore":
+                    continue
+            except CellvaultError:
+                pass  # counted: what is wrong with it shows elsewhere
+        out.append(ident)
+    return out
+
+
 def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport:
     """See :meth:`cellvault.dr.Site.status`."""
     warnings: list[str] = []
     marker, source = _marker(ctx, warnings)
+    epoch = ctx.fence.current() if ctx.storage else None
+    if (
+        epoch is not None
+        and epoch.site != ctx.site_id
+        and (marker is None or marker.site_id == ctx.site_id)
+    ):
+        warnings.append(
+            f"site {epoch.site} holds DR epoch {epoch.number}: this site is fenced from the "
+            "object storage (its backups, pushes and prunes there are refused)"
+        )
     views, ids = _views(ctx, cells)
     lags: list[CellLag] = []
     here = ids.get(ctx.local.name)
@@ -63,7 +91,16 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
             if there is None:
                 continue
             for cell in sorted(set(here) | set(there)):
-                lags.append(lag(cell, target.name, here.get(cell, []), there.get(cell, [])))
+                mine, theirs = here.get(cell, []), there.get(cell, [])
+                since = min(mine[-1], theirs[-1]) if mine and theirs else None
+                lags.append(
+                    lag(
+                        cell,
+                        target.name,
+                        _scheduled(ctx.local, mine, since),
+                        _scheduled(target, theirs, since),
+                    )
+                )
     return StatusReport(
         site=ctx.site_id,
         active=marker.site_id if marker else None,
@@ -73,4 +110,7 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
         lag=tuple(lags),
         sites=tuple(ctx.markers.records()),
         warnings=tuple(warnings),
+        epoch=epoch.number if epoch else None,
+        epoch_site=epoch.site if epoch else None,
+        epoch_since=epoch.at if epoch else None,
     )

@@ -17,10 +17,14 @@ from ..archive import ArchiveId, Selector, Sidecar
 from ..cell import Cell
 from ..config import Config
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, RestoreError, TargetError
+from ..fence import Epoch, written_after_fence
+from ..log import get_logger
 from ..manifest import Manifest
 from ..targets.base import Target
 
 __all__ = ["RestorePlan", "plan_restore"]
+
+log = get_logger(__name__)
 
 
 @attrs.frozen
@@ -39,19 +43,27 @@ class RestorePlan:
 
 
 def plan_restore(
-    config: Config, name: str, selector: Selector, sources: Sequence[Target], into: Path | None
+    config: Config,
+    name: str,
+    selector: Selector,
+    sources: Sequence[Target],
+    into: Path | None,
+    *,
+    epoch: Epoch | None = None,
 ) -> RestorePlan:
     """Plan the restore of cell *name* to the archive *selector* picks.
 
     Read from the first of *sources* holding the archive and its whole
     chain; into the cell's own paths or, with *into*, under ``<into>/<cell>/``
-    (a cell known only from its archives may be restored so).
+    (a cell known only from its archives may be restored so). With the
+    current DR *epoch*, an archive a fenced site wrote after it began is
+    passed over (and logged) unless named by its id.
     """
     if into is None:
         cell = config.cell(name)
     else:
         cell = next((c for c in config.cells if c.name == name), None) or _placeholder(name)
-    ident = _choose(name, selector, sources)
+    ident = _choose(name, selector, sources, epoch)
     last_error: CellvaultError | None = None
     for target in sources:
         found = _plan_on(target, cell, ident, into)
@@ -63,7 +75,9 @@ def plan_restore(
     raise last_error
 
 
-def _choose(name: str, selector: Selector, sources: Sequence[Target]) -> ArchiveId:
+def _choose(
+    name: str, selector: Selector, sources: Sequence[Target], epoch: Epoch | None = None
+) -> ArchiveId:
     """The archive of *name* that *selector* picks among every source's."""
     candidates: dict[ArchiveId, Target] = {}
     errors = []
@@ -80,7 +94,7 @@ def _choose(name: str, selector: Selector, sources: Sequence[Target]) -> Archive
             + (f" (and {len(errors)} target(s) could not be read: {errors[0]})" if errors else ""),
             hint=_nearest(sorted(candidates), selector),
         )
-    return _prefer_scheduled(matching, candidates, selector)
+    return _prefer_scheduled(matching, candidates, selector, epoch)
 
 
 def _plan_on(
@@ -125,24 +139,41 @@ def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:
 
 
 def _prefer_scheduled(
-    matching: list[ArchiveId], where: dict[ArchiveId, Target], selector: Selector
+    matching: list[ArchiveId],
+    where: dict[ArchiveId, Target],
+    selector: Selector,
+    epoch: Epoch | None = None,
 ) -> ArchiveId:
     """The newest match that is not a pre-restore safety backup, if there is one.
 
     A restore's safety backup holds the data the restore replaced. Picked
     by ``latest`` or a date, it would bring that data back on a second run
     of the same restore; it is restored only when named by its id (or when
-    nothing else matches).
+    nothing else matches). Nor is an archive a fenced site wrote after the
+    current *epoch* began (logged as ``restore.fenced_archive_ignored``).
     """
     if selector.kind == "id":
         return matching[-1]
+    fallback: ArchiveId | None = None
     for ident in reversed(matching):
         try:
-            if where[ident].sidecar(ident).meta.reason != "pre-restore":
-                return ident
+            meta = where[ident].sidecar(ident).meta
         except CellvaultError:
             return ident  # let planning report what is wrong with it
-    return matching[-1]
+        if epoch is not None and written_after_fence(meta.epoch, ident.when, epoch):
+            log.warning(
+                "restore.fenced_archive_ignored",
+                archive=str(ident),
+                written_by=meta.site,
+                epoch=meta.epoch,
+                current_epoch=epoch.number,
+                active=epoch.site,
+            )
+            continue
+        if meta.reason != "pre-restore":
+            return ident
+        fallback = fallback or ident
+    return fallback or matching[-1]
 
 
 def _placeholder(name: str) -> Cell:

@@ -79,7 +79,10 @@ def restore(
         if cells
         else [c.name for c in configured_cells(run.config, None)]
     )
-    plans = [plan_restore(run.config, name, selector, sources, into_path) for name in names]
+    epoch = res.fence.current()
+    plans = [
+        plan_restore(run.config, name, selector, sources, into_path, epoch=epoch) for name in names
+    ]
     check_dump_choices(res, plans, load_dumps, dump_options)
     log.info("restore.planned", run=run.id, archives=[str(p.sidecar.id) for p in plans])
     run.emit("restore.planned", archives=[str(p.sidecar.id) for p in plans])
