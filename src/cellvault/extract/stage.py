@@ -48,6 +48,9 @@ log = get_logger(__name__)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+#: Marks a destination below a dumps folder that is not inside the staging tree
+#: (a NUL: no member name holds one).
+_OUTSIDE = "\0"
 
 #: openat2(2) (Linux 5.6+; the same number on every architecture) and its
 #: RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: a whole relative path opened in one
@@ -170,7 +173,7 @@ class StagedTree:
     """Build a cell's tree from its manifest and archives, in a staging directory.
 
     *staging* receives ``<root name>/...`` for each ``data/<root name>`` of the
-    manifest. With *dumps* (a folder inside *staging*), the ``dumps/`` tree
+    manifest. With *dumps* (a folder, inside *staging* or not), the ``dumps/`` tree
     (database dumps) is extracted and checked there too (``dumps/<dumper>/...``
     lands in ``<dumps>/<dumper>/...``); without, it is skipped. Call
     :meth:`prepare`, then :meth:`take` once per archive of the chain (any
@@ -193,6 +196,8 @@ class StagedTree:
     _dirs: DirFds | None = attrs.field(init=False, default=None)
     #: Where dumps go, relative to *staging* (``None``: dumps are not wanted).
     _dumps_rel: str | None = attrs.field(init=False, default=None)
+    #: The dumps folder's own descriptors when it is not inside *staging*.
+    _dump_dirs: DirFds | None = attrs.field(init=False, default=None)
     files: int = attrs.field(init=False, default=0)
     bytes: int = attrs.field(init=False, default=0)
     #: What could not be restored as it was: one line for the whole tree, or none.
@@ -206,12 +211,24 @@ class StagedTree:
         if top == "dumps":
             if self._dumps_rel is None:
                 return None
+            if self._dumps_rel == _OUTSIDE:  # below the dumps folder's own root
+                return _OUTSIDE + rest
             return f"{self._dumps_rel}/{rest}" if rest else self._dumps_rel
         if top != "data" or not slash:
             raise UnsafeArchive(
                 "manifest path lies outside data/", archive=self.archive, member=path
             )
         return rest
+
+    def _at(self, dest: str) -> tuple[DirFds, str]:
+        """The tree a destination of :meth:`_dest` lies in, and its path there."""
+        if dest.startswith(_OUTSIDE):
+            if self._dump_dirs is None:
+                assert self.dumps is not None
+                self.dumps.mkdir(parents=True, exist_ok=True)
+                self._dump_dirs = DirFds(os.fspath(self.dumps), self.archive)
+            return self._dump_dirs, dest[1:]
+        return self._tree(), dest
 
     def _tree(self) -> DirFds:
         if self._dirs is None:
@@ -223,9 +240,7 @@ class StagedTree:
         """Check every manifest path and create the directories."""
         if self.dumps is not None:
             rel = os.path.relpath(self.dumps, self.staging)
-            if rel.startswith("..") or rel == ".":
-                raise ValueError(f"the dumps folder {self.dumps} is not inside {self.staging}")
-            self._dumps_rel = rel
+            self._dumps_rel = _OUTSIDE if rel.startswith("..") or rel == "." else rel
         try:
             self._prepare(self._tree())
         except BaseException:
@@ -258,7 +273,8 @@ class StagedTree:
             if entry.type == "hardlink":
                 self._check_hardlink(entry)
             elif entry.type == "dir":
-                dirs.fd(dest)
+                tree, rel = self._at(dest)
+                tree.fd(rel)
             elif entry.type == "file":
                 self._pending[entry.path] = entry
 
@@ -292,6 +308,9 @@ class StagedTree:
         if self._dirs is not None:
             dirs, self._dirs = self._dirs, None
             dirs.close()
+        if self._dump_dirs is not None:
+            dirs, self._dump_dirs = self._dump_dirs, None
+            dirs.close()
 
     def take(self, stream: ArchiveStream) -> None:
         """Extract from *stream* the files the manifest says it holds, checking each."""
@@ -313,7 +332,6 @@ class StagedTree:
     def _take(self, stream: ArchiveStream, as_root: bool) -> None:
         holder = stream.archive
         pending = self._pending
-        dirs = self._tree()
         for member, name, data in stream.members():
             if data is None:
                 continue
@@ -327,8 +345,9 @@ class StagedTree:
                     f"sparse file of {member.realsize} bytes, the manifest says {entry.size}",
                     member=name,
                 )
-            parent, base = _split(dest)
-            fd = os.open(base, _CREATE, 0o600, dir_fd=dirs.fd(parent))
+            tree, rel = self._at(dest)
+            parent, base = _split(rel)
+            fd = os.open(base, _CREATE, 0o600, dir_fd=tree.fd(parent))
             try:
                 size = self._write(fd, data, entry, stream, member.realsize)
                 self._attributes(fd, entry, as_root)
@@ -417,7 +436,8 @@ class StagedTree:
             # Deepest first: a directory's times change as its children are made.
             tree = [(d, e) for e, d in wanted if e.type == "dir"]
             for dest, entry in sorted(tree, key=lambda d: d[0].count("/"), reverse=True):
-                fd = dirs.open(dest)
+                tree_at, rel = self._at(dest)
+                fd = tree_at.open(rel)
                 try:
                     self._attributes(fd, entry, as_root)
                 finally:
