@@ -178,6 +178,10 @@ def link_entry(path: str, target: str, *, mtime_ns: int = 1_700_000_000 * 10**9)
     return Entry(path=path, type="symlink", mode=0o777, mtime_ns=mtime_ns, target=target)
 
 
+def hardlink_entry(path: str, target: str, *, mtime_ns: int = 1_700_000_000 * 10**9) -> Entry:
+    return Entry(path=path, type="hardlink", mode=0o644, mtime_ns=mtime_ns, target=target)
+
+
 def plant_archive(
     backup_dir: Path,
     ident: ArchiveId,

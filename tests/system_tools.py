@@ -41,6 +41,12 @@ PACKAGES: dict[str, str] = {
     "mariadb-dump": "mariadb-client",
     "redis-cli": "redis-tools",
     "redis-server": "redis-server",
+    # The fidelity tests: ACLs set and read, extended attributes, bsdtar reading archives.
+    "setfacl": "acl",
+    "getfacl": "acl",
+    "getfattr": "attr",
+    "bsdtar": "libarchive-tools",
+    "setpriv": "util-linux",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

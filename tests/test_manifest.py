@@ -94,7 +94,7 @@ def test_manifest_queries() -> None:
 
 def test_entry_type_is_validated() -> None:
     with pytest.raises(ValueError):
-        Entry("data/crm/x", "fifo", 0o644, 0)
+        Entry("data/crm/x", "socket", 0o644, 0)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_entry_type_is_validated() -> None:
         b'{"entries": []}',
         b'{"archive": "x"}',
         b'{"archive": "x", "entries": [{"path": "data/crm/a"}]}',
-        b'{"archive": "x", "entries": [{"path": "a", "type": "fifo", "mode": 1, "mtime_ns": 1}]}',
+        b'{"archive": "x", "entries": [{"path": "a", "type": "socket", "mode": 1, "mtime_ns": 1}]}',
         b'{"archive": "x", "entries": [{"path": 5, "type": "file", "mode": 1, "mtime_ns": 1}]}',
         b'{"archive": "x", "entries": [{"path": "a", "type": "file", "mode": "r", "mtime_ns": 1}]}',
         b'{"archive": "x", "entries": ["data/crm/a"]}',

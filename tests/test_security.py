@@ -28,6 +28,7 @@ from .archive_helpers import (
     build_tar,
     dir_entry,
     file_entry,
+    hardlink_entry,
     link_entry,
     make_vault,
     member,
@@ -106,7 +107,7 @@ def link_then_file(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-a
         link_entry("data/crm/evil", str(env.outside)),
         file_entry("data/crm/evil/passwd", b"root::0:0::/:/bin/sh\n", ARCHIVE),
     ]
-    return members, entries, "data/crm/evil"
+    return members, entries, "data/crm/evil/passwd"
 
 
 def relative_link_then_file(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
@@ -119,7 +120,7 @@ def relative_link_then_file(env: Setup) -> tuple[list, list, str]:  # type: igno
         link_entry("data/crm/evil", target),
         file_entry("data/crm/evil/passwd", b"x", ARCHIVE),
     ]
-    return members, entries, "data/crm/evil"
+    return members, entries, "data/crm/evil/passwd"
 
 
 def hard_link(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
@@ -127,25 +128,50 @@ def hard_link(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
     return [member(name, kind=tarfile.LNKTYPE, linkname=str(env.outside / "target"))], [], name
 
 
-def hard_link_inside(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+def hard_link_dotdot(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    name, target = "data/crm/hl", "data/crm/../../outside/target"
+    members = [member(name, kind=tarfile.LNKTYPE, linkname=target)]
+    return members, [hardlink_entry(name, target)], name
+
+
+def hard_link_to_a_link(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    # A hard link to a symbolic link of the archive would give a second name to
+    # a link pointing outside: only files may be linked to.
+    members = [
+        member("data/crm/abs", kind=tarfile.SYMTYPE, linkname=str(env.outside / "target")),
+        member("data/crm/hl", kind=tarfile.LNKTYPE, linkname="data/crm/abs"),
+    ]
+    entries = [
+        link_entry("data/crm/abs", str(env.outside / "target")),
+        hardlink_entry("data/crm/hl", "data/crm/abs"),
+    ]
+    return members, entries, "data/crm/hl"
+
+
+def hard_link_not_in_archive(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
     name = "data/crm/hl"
-    return [member(name, kind=tarfile.LNKTYPE, linkname="data/crm/ok.txt")], [], name
+    members = [member(name, kind=tarfile.LNKTYPE, linkname="data/crm/nothing")]
+    return members, [hardlink_entry(name, "data/crm/nothing")], name
 
 
-def char_device(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
-    info, _ = member("data/crm/null", kind=tarfile.CHRTYPE, mode=0o666)
+def device_under_dumps(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    info, _ = member("dumps/pg/null", kind=tarfile.CHRTYPE, mode=0o666)
     info.devmajor, info.devminor = 1, 3
-    return [(info, None)], [], "data/crm/null"
+    return [(info, None)], [], "dumps/pg/null"
 
 
-def block_device(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
-    info, _ = member("data/crm/sda", kind=tarfile.BLKTYPE, mode=0o660)
-    info.devmajor, info.devminor = 8, 0
-    return [(info, None)], [], "data/crm/sda"
-
-
-def fifo(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
-    return [member("data/crm/fifo", kind=tarfile.FIFOTYPE)], [], "data/crm/fifo"
+def link_dir_then_file(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
+    # A link listed before a directory of the same name's files: the file would
+    # be written through the link if links were made first.
+    members = [
+        member("data/crm/d", kind=tarfile.SYMTYPE, linkname=str(env.outside), mode=0o777),
+        member("data/crm/d/x", b"pwned"),
+    ]
+    entries = [
+        link_entry("data/crm/d", str(env.outside)),
+        file_entry("data/crm/d/x", b"pwned", ARCHIVE),
+    ]
+    return members, entries, "data/crm/d/x"
 
 
 def duplicate(env: Setup) -> tuple[list, list, str]:  # type: ignore[type-arg]
@@ -218,14 +244,12 @@ CASES: list[Case] = [
     link_then_file,
     relative_link_then_file,
     hard_link,
-    hard_link_inside,
-    char_device,
-    block_device,
-    fifo,
+    hard_link_dotdot,
+    hard_link_to_a_link,
+    hard_link_not_in_archive,
+    device_under_dumps,
+    link_dir_then_file,
     duplicate,
-    link_escape,
-    link_escape_deep,
-    link_escape_through_link,
     outside_data,
     pax_path_dotdot,
     pax_path_absolute,
@@ -233,7 +257,7 @@ CASES: list[Case] = [
 ]
 #: Cases refused while the tar stream is read, so verify sees them too (the others are
 #: refused when a restore plans the links it would create).
-STREAM_CASES = {abs_path, dotdot, hard_link, hard_link_inside, char_device, block_device, fifo}
+STREAM_CASES = {abs_path, dotdot, hard_link, hard_link_dotdot, device_under_dumps}
 STREAM_CASES |= {duplicate, outside_data, pax_path_dotdot, pax_path_absolute, pax_path_nul}
 
 
@@ -330,33 +354,48 @@ def test_hostile_archive_fails_verify(env: Setup, case: Case) -> None:
     assert name in (res.error or "")
 
 
-def test_allow_external_links_lets_an_absolute_link_through(env: Setup) -> None:
+def test_links_are_data_absolute_relative_and_escaping_ones_restore_verbatim(env: Setup) -> None:
     (env.src / "abs").symlink_to(env.outside / "target")
     (env.src / "abs-dir").symlink_to(env.outside)
+    (env.src / "up").symlink_to("../../..")
+    (env.src / "dangling").symlink_to("/nonexistent/x")
     vault = make_vault(env.backup, [env.src])
     ident = vault.backup().cells[0].archive
     assert vault.verify().ok  # absolute links are data, not damage
     original = snapshot(env.src)
     outside = snapshot(env.outside)
 
-    refused = vault.restore(ident, into=env.tmp / "a")
-    assert not refused.ok
-    error = refused.cells[0].error or ""
-    assert "data/crm/abs" in error
-    assert "allow_external_links" in error  # says how to let it through
-    assert not (env.tmp / "a" / "crm" / "crm").exists()
-
-    allowed = vault.restore(ident, into=env.tmp / "b", allow_external_links=True)
-    assert allowed.ok, allowed.cells[0].error
-    restored = env.tmp / "b" / "crm" / "crm"
+    into = vault.restore(ident, into=env.tmp / "a")
+    assert into.ok, into.cells[0].error
+    restored = env.tmp / "a" / "crm" / "crm"
     assert (restored / "abs").readlink() == env.outside / "target"
     assert snapshot(restored) == original
 
     (env.src / "live.txt").write_text("changed")
-    in_place = vault.restore(ident, allow_external_links=True)
-    assert in_place.ok
+    in_place = vault.restore(ident)
+    assert in_place.ok, in_place.cells[0].error
     assert snapshot(env.src) == original
     assert snapshot(env.outside) == outside
+
+
+def test_link_members_that_escape_are_restored_as_links_and_nothing_is_written_outside(
+    env: Setup,
+) -> None:
+    for case in (link_escape, link_escape_deep, link_escape_through_link):
+        members, entries, _ = case(env)
+        backup = env.tmp / f"backup-{case.__name__}"
+        plant_archive(
+            backup,
+            IDENT,
+            [*base_members(), *members],
+            [*base_entries(), *entries],
+            roots={"crm": str(env.src)},
+        )
+        outside = snapshot(env.outside)
+        vault = make_vault(backup, [env.src])
+        report = vault.restore(ARCHIVE, into=env.tmp / f"out-{case.__name__}")
+        assert report.ok, report.cells[0].error
+        assert snapshot(env.outside) == outside
 
 
 def test_allow_external_links_does_not_allow_writing_through_a_link(env: Setup) -> None:
@@ -364,7 +403,7 @@ def test_allow_external_links_does_not_allow_writing_through_a_link(env: Setup) 
     vault = make_vault(env.backup, [env.src])
     live = snapshot(env.src)
     outside = snapshot(env.outside)
-    report = vault.restore(ARCHIVE, allow_external_links=True)
+    report = vault.restore(ARCHIVE, allow_external_links=True)  # a no-op now
     assert not report.ok
     error = report.cells[0].error or ""
     assert "data/crm/evil/passwd" in error
@@ -469,3 +508,40 @@ def test_path_under_a_file_is_refused(env: Setup) -> None:
     assert "data/crm/ok.txt/inner" in (report.cells[0].error or "")
     assert "under the file data/crm/ok.txt" in (report.cells[0].error or "")
     assert snapshot(env.src) == live
+
+
+def test_absolute_links_restore_from_the_seed_variables_and_drill_with_no_option(
+    env: Setup,
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    (env.src / "localtime").symlink_to("/usr/share/zoneinfo/UTC")
+    (env.src / "current").symlink_to(env.outside)
+    backup = env.tmp / "backup"
+    config = env.tmp / "backup_config.env"
+    config.write_text(
+        f"export BACKUP_DIR={backup}\nexport BACKUP_CELLS=crm\n"
+        f"export BACKUP_CELLS_ROOT={env.src.parent}\nBACKUP_TARGETS=local\n"
+    )
+    runner = CliRunner()
+
+    def run(*args: str, **extra: str) -> tuple[int, str]:
+        result = runner.invoke(cli, ["--env-file", str(config), *args], env=extra)
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output + result.stderr
+
+    code, out = run("backup")
+    assert code == 0, out
+    original = snapshot(env.src)
+    code, out = run("verify", "--level", "drill")
+    assert code == 0, out
+    (env.src / "localtime").unlink()
+    code, out = run("restore", RESTORE_DATE="latest", RESTORE_SKIP_PREBACKUP="1")
+    assert code == 0, out
+    assert snapshot(env.src) == original
+    code, out = run("restore", "--allow-external-links", "--into", str(env.tmp / "into"))
+    assert code == 0, out
+    assert "--allow-external-links is no longer needed and does nothing" in out
+    assert (env.tmp / "into" / "crm" / "crm" / "current").readlink() == env.outside

@@ -193,6 +193,10 @@ def re_encoded(raw: bytes) -> bytes:
                 mtime=info.mtime,
                 link=info.linkname,
             )
+            # The packer writes an mtime's exact nanoseconds (tarfile would round a
+            # float): keep the records as read, in their order.
+            keep = ("path", "linkpath", "uid", "gid", "size", "mtime")
+            copy.pax_headers = {k: v for k, v in info.pax_headers.items() if k in keep}
             dst.addfile(copy, src.extractfile(info) if info.isreg() else None)
     return out.getvalue()
 

@@ -435,7 +435,8 @@ def _echo_status(state: State, report: Any) -> NoReturn:
 @click.option(
     "--allow-external-links",
     is_flag=True,
-    help="Restore symbolic links that point outside the cell (only for archives you trust).",
+    help="No longer needed, and does nothing: symbolic links are always restored as they "
+    "were, and extraction never writes through one.",
 )
 @click.option(
     "--dumps/--no-dumps",
@@ -486,6 +487,12 @@ def restore(
     restore hooks run, and only then swapped into place: a restore that fails
     leaves the live files as they were.
     """
+    if allow_external_links:
+        click.echo(
+            "note: --allow-external-links is no longer needed and does nothing: symbolic "
+            "links are always restored as they were, and never written through",
+            err=True,
+        )
     with _errors(state):
         config = state.load()
         chosen = list(cells) or ([config.restore_cell] if config.restore_cell else None)
@@ -525,6 +532,8 @@ def restore(
                 )
             else:
                 click.echo(f"FAIL {c.cell}: {c.stage}: {c.error}", err=True)
+            for warning in c.warnings:
+                click.echo(f"warn {c.cell}: {warning}", err=True)
             for part, what in c.parts.items():
                 click.echo(f"     {part}: {what}", err=not c.ok)
             if c.undo:

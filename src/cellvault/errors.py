@@ -88,10 +88,13 @@ class ArchiveCorrupt(CellvaultError):
 
 
 class UnsafeArchive(ArchiveCorrupt):
-    """An archive member would escape the restore destination.
+    """An archive member would escape the restore destination, or be written through a link.
 
-    Absolute paths, ``..`` components, links pointing outside the destination,
-    hard links and device files are refused before anything is written.
+    Absolute paths, ``..`` components, duplicates, paths below a link or a
+    file, hard links to anything but a file of the archive, and anything but
+    files and directories under ``dumps/`` are refused before anything is
+    written; a directory of the staging tree replaced by a link while a
+    restore runs is refused too. Link targets are not: links are data.
     """
 
 

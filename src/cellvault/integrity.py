@@ -25,7 +25,7 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 import attrs
@@ -34,7 +34,7 @@ import zstandard
 from .archive import ArchiveMeta, Sidecar
 from .codec import HashingReader, codec_for
 from .errors import ArchiveCorrupt
-from .manifest import Manifest
+from .manifest import Entry, Manifest
 
 __all__ = [
     "DECOMPRESS_ERRORS",
@@ -265,57 +265,87 @@ def check_meta(
         raise corrupt(f"meta.json names archive {meta.id}", "meta.json")
 
 
+_KINDS = {
+    stat.S_IFLNK: "symlink",
+    stat.S_IFDIR: "dir",
+    stat.S_IFREG: "file",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFCHR: "chardev",
+    stat.S_IFBLK: "blockdev",
+}
+
+
 def compare_tree(root: Path, manifest: Manifest) -> int:
     """Compare a restored tree under *root* with *manifest*; return the paths compared.
 
     Every ``data/<root name>/...`` entry must be at ``root/<root name>/...``
-    with its type, mode, size (files) and link target (links), and nothing
-    else may be there. Contents were hashed as they were written.
+    with its type, mode, size (files), link target (links), device number
+    (devices) and, for a hard link, the inode of its group's first name; and
+    nothing else may be there. Contents were hashed as they were written.
+    The tree is walked through directory descriptors (any path length). A
+    device node may be missing when not running as root: only root makes them.
     """
-    expected: dict[str, str] = {}
+    expected: dict[str, Entry] = {}
     for entry in manifest:
-        parts = PurePosixPath(entry.path).parts
-        if len(parts) < 2 or parts[0] != "data":
-            continue
-        rel = "/".join(parts[1:])
-        expected[rel] = entry.path
-        dest = root.joinpath(*parts[1:])
-        try:
-            st = os.lstat(dest)
-        except FileNotFoundError:
-            raise ArchiveCorrupt(
-                "missing from the restored tree", archive=manifest.archive, member=entry.path
-            ) from None
-        kind = (
-            "symlink"
-            if stat.S_ISLNK(st.st_mode)
-            else "dir"
-            if stat.S_ISDIR(st.st_mode)
-            else "file"
-            if stat.S_ISREG(st.st_mode)
-            else "other"
-        )
-        problem = None
-        if kind != entry.type:
-            problem = f"restored as a {kind}, the manifest says {entry.type}"
-        elif kind == "file" and st.st_size != entry.size:
-            problem = f"restored with {st.st_size} bytes, the manifest says {entry.size}"
-        elif kind == "symlink" and os.readlink(dest) != entry.target:
-            problem = "link target differs from the manifest"
-        elif kind != "symlink" and stat.S_IMODE(st.st_mode) != stat.S_IMODE(entry.mode):
-            problem = (
-                f"mode {stat.S_IMODE(st.st_mode):o} differs from the manifest's "
-                f"{stat.S_IMODE(entry.mode):o}"
-            )
-        if problem:
-            raise ArchiveCorrupt(problem, archive=manifest.archive, member=entry.path)
-    for dirpath, dirnames, filenames in os.walk(root):
+        parts = entry.path.split("/")
+        if len(parts) >= 2 and parts[0] == "data":
+            expected["/".join(parts[1:])] = entry
+    inodes: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    top = os.fspath(root)
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(top):
+        base = os.path.relpath(dirpath, top)
         for name in dirnames + filenames:
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel not in expected:
+            rel = name if base == "." else f"{base}/{name}"
+            found = expected.get(rel)
+            if found is None:
                 raise ArchiveCorrupt(
                     "the restored tree holds a path the manifest does not list",
                     archive=manifest.archive,
                     member=f"data/{rel}",
                 )
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            seen.add(rel)
+            inodes[rel] = (st.st_dev, st.st_ino)
+            problem = _differs(st, found, name, dirfd)
+            if problem:
+                raise ArchiveCorrupt(problem, archive=manifest.archive, member=found.path)
+    for rel, entry in expected.items():
+        if rel in seen:
+            if entry.type == "hardlink" and inodes[rel] != inodes.get(
+                (entry.target or "").partition("/")[2]
+            ):
+                raise ArchiveCorrupt(
+                    f"not a hard link of {entry.target}",
+                    archive=manifest.archive,
+                    member=entry.path,
+                )
+            continue
+        if entry.type in ("chardev", "blockdev") and os.geteuid() != 0:
+            continue
+        raise ArchiveCorrupt(
+            "missing from the restored tree", archive=manifest.archive, member=entry.path
+        )
     return len(expected)
+
+
+def _differs(st: os.stat_result, entry: Entry, name: str, dirfd: int) -> str | None:
+    """What of a restored path differs from its manifest entry, if anything."""
+    kind = _KINDS.get(stat.S_IFMT(st.st_mode), "other")
+    want = "file" if entry.type == "hardlink" else entry.type
+    if kind != want:
+        return f"restored as a {kind}, the manifest says {entry.type}"
+    if entry.type == "file" and st.st_size != entry.size:
+        return f"restored with {st.st_size} bytes, the manifest says {entry.size}"
+    if kind == "symlink":
+        if os.readlink(name, dir_fd=dirfd) != entry.target:
+            return "link target differs from the manifest"
+        return None
+    if kind in ("chardev", "blockdev") and st.st_rdev != entry.rdev:
+        return "device number differs from the manifest"
+    if entry.type != "hardlink" and stat.S_IMODE(st.st_mode) != stat.S_IMODE(entry.mode):
+        return (
+            f"mode {stat.S_IMODE(st.st_mode):o} differs from the manifest's "
+            f"{stat.S_IMODE(entry.mode):o}"
+        )
+    return None

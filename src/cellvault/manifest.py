@@ -24,8 +24,10 @@ __all__ = ["Entry", "EntryType", "Manifest"]
 #: Entries serialised per chunk by :meth:`Manifest.write_json`.
 JSON_CHUNK = 2048
 
-EntryType = Literal["file", "dir", "symlink"]
-ENTRY_TYPES: tuple[str, ...] = ("file", "dir", "symlink")
+EntryType = Literal["file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev"]
+ENTRY_TYPES: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev")
+#: Types whose entry names another path or device (no bytes of their own).
+SPECIAL_TYPES: tuple[str, ...] = ("fifo", "chardev", "blockdev")
 
 
 @attrs.frozen
@@ -38,7 +40,8 @@ class Entry:
     mtime_ns: int
     size: int = 0
     sha256: str | None = None
-    #: The link's target, for symlinks.
+    #: The link's target, for symlinks; for a hard link, the member path of the
+    #: group's first name (an entry of type ``file`` of the same manifest).
     target: str | None = None
     uid: int = 0
     gid: int = 0
@@ -49,6 +52,11 @@ class Entry:
     ctime_ns: int = 0
     #: The archive that holds this path's bytes (for files); itself for new ones.
     archive: str | None = None
+    #: The device number, for character and block devices (``os.makedev``).
+    rdev: int = 0
+    #: Extended attributes (ACLs are ``system.posix_acl_*`` among them): name ->
+    #: value as base64, sorted by name; empty for most paths.
+    xattrs: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -62,8 +70,12 @@ class Entry:
         if self.type == "file":
             out.update(size=self.size, sha256=self.sha256, archive=self.archive)
             out.update(inode=self.inode, dev=self.dev, ctime_ns=self.ctime_ns)
-        elif self.type == "symlink":
+        elif self.type in ("symlink", "hardlink"):
             out["target"] = self.target
+        elif self.type in ("chardev", "blockdev"):
+            out["rdev"] = self.rdev
+        if self.xattrs:
+            out["xattrs"] = dict(self.xattrs)
         return out
 
     def to_json(self) -> str:
@@ -76,15 +88,21 @@ class Entry:
             f'{{"path":{_quote(self.path)},"type":"{self.type}","mode":{self.mode:d},'
             f'"mtime_ns":{self.mtime_ns:d},"uid":{self.uid:d},"gid":{self.gid:d}'
         )
+        tail = "}"
+        if self.xattrs:
+            pairs = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in self.xattrs)
+            tail = f',"xattrs":{{{pairs}}}}}'
         if self.type == "file":
             return (
                 f'{head},"size":{self.size:d},"sha256":{_quote_opt(self.sha256)},'
                 f'"archive":{_quote_opt(self.archive)},"inode":{self.inode:d},'
-                f'"dev":{self.dev:d},"ctime_ns":{self.ctime_ns:d}}}'
+                f'"dev":{self.dev:d},"ctime_ns":{self.ctime_ns:d}{tail}'
             )
-        if self.type == "symlink":
-            return f'{head},"target":{_quote_opt(self.target)}}}'
-        return head + "}"
+        if self.type in ("symlink", "hardlink"):
+            return f'{head},"target":{_quote_opt(self.target)}{tail}'
+        if self.type in ("chardev", "blockdev"):
+            return f'{head},"rdev":{self.rdev:d}{tail}'
+        return head + tail
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Entry:
@@ -119,6 +137,8 @@ class Entry:
             dev=int(get("dev", 0)),
             ctime_ns=int(get("ctime_ns", 0)),
             archive=archive,
+            rdev=int(get("rdev", 0)),
+            xattrs=_xattrs(get("xattrs")),
         )
 
 
@@ -205,6 +225,16 @@ class Manifest:
                 member="manifest.json",
             ) from None
         return manifest
+
+
+def _xattrs(raw: object) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise TypeError("xattrs of an entry is not an object of strings")
+    return tuple(sorted(raw.items()))
 
 
 def _quote(text: str) -> str:

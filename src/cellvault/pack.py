@@ -34,6 +34,19 @@ from .codec import Codec, HashingWriter
 from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
 from .errors import BackupError
+from .fsmeta import (
+    SPECIAL_TAR_TYPES,
+    Xattrs,
+    add_sparse,
+    data_map,
+    encode_xattrs,
+    member_header,
+    privileged_warning,
+    read_xattrs,
+    special_kind,
+    special_type,
+    xattr_records,
+)
 from .log import get_logger
 from .manifest import Entry, Manifest
 from .report import DumpSummary
@@ -247,10 +260,11 @@ class _ReadAhead:
 
 
 # The walk's items, in archive order (tuples: built once per path, cheap to pass).
-_DIR, _LINK, _FILE, _SAME, _WARN = range(5)
+_DIR, _LINK, _FILE, _SAME, _WARN, _HARD, _SPECIAL = range(7)
 #: (kind, path, member name, stat, extra): extra is the link's target for _LINK,
 #: the parent's entry (or None) for _FILE, the entry to list for _SAME, the
-#: message for _WARN.
+#: message for _WARN, the member name of the group's first name for _HARD, the
+#: entry type for _SPECIAL (a FIFO or a device).
 _Item = tuple[int, str, str, Any, Any]
 
 
@@ -263,10 +277,10 @@ class Packer:
     """Build one archive of one cell.
 
     With a *parent* manifest, the archive is incremental: a file goes in only
-    when its (size, mtime_ns, inode, mode) differ from the parent's, or when it
-    was modified within :data:`RACY_NS` of the parent's scan; with *checksum*,
-    every file is hashed and compared too. Unchanged files are listed in the
-    manifest with the archive that holds their bytes.
+    when its size, mtime_ns, mode or extended attributes differ from the
+    parent's (not its inode, which a restore changes), or when it was modified
+    within :data:`RACY_NS` of the parent's scan; with *checksum*, every file is
+    hashed and compared too. Unchanged files are listed with their archive.
     """
 
     cell: Cell
@@ -305,6 +319,9 @@ class Packer:
     _archive: str = attrs.field(init=False, default="")
     #: A file modified before this instant (ns) cannot have changed unseen since the parent.
     _racy_before: int | None = attrs.field(init=False, default=None)
+    #: (device, inode) -> member name of the first name, for files with several names.
+    _inodes: dict[tuple[int, int], str] = attrs.field(init=False, factory=dict)
+    _xattr_warned: bool = attrs.field(init=False, default=False)
 
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
@@ -323,7 +340,7 @@ class Packer:
                 hashing = HashingWriter(raw)
                 compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
                 tar = TarWriter(compressor)
-                self._add_bytes(tar, "meta.json", meta.to_json(), backed_at)
+                tar.add_bytes("meta.json", meta.to_json(), int(backed_at.timestamp()))
                 self._add_trees(tar, roots)
                 dumps = self._add_dumps(tar)
                 # The manifest goes through a spool file, never whole in memory; its
@@ -455,9 +472,13 @@ class Packer:
                     assert future is not None
                     self._add_file(tar, item, future)
                 elif kind == _DIR:
-                    self._add_dir(tar, item[2], item[3])
+                    self._add_dir(tar, item[2], item[3], item[1])
                 elif kind == _LINK:
-                    self._add_symlink(tar, item[2], item[3], item[4])
+                    self._add_symlink(tar, item)
+                elif kind == _HARD:
+                    self._add_hardlink(tar, item)
+                elif kind == _SPECIAL:
+                    self._add_special(tar, item)
                 else:
                     self._warn(item[4])
         finally:
@@ -533,9 +554,14 @@ class Packer:
         """The item of a path that is not a directory."""
         mode = st.st_mode
         if stat.S_ISREG(mode):
+            if st.st_nlink > 1:
+                # A hard-link group: the first name holds the bytes, the others name it.
+                first = self._inodes.setdefault((st.st_dev, st.st_ino), member)
+                if first != member:
+                    return (_HARD, path, member, st, first)
             self._bytes_total += st.st_size
             prev = self.parent.get(member) if self.parent is not None else None
-            if prev is not None and not self.checksum and self._unchanged(prev, st):
+            if prev is not None and not self.checksum and self._unchanged(prev, st, path):
                 if prev.uid != st.st_uid or prev.gid != st.st_gid:
                     prev = attrs.evolve(prev, uid=st.st_uid, gid=st.st_gid)
                 return (_SAME, path, member, st, prev)
@@ -552,37 +578,72 @@ class Packer:
                     f"{path} vanished during the scan; not in this archive",
                 )
             return (_LINK, path, member, st, target)
-        kind = _special_kind(mode)
-        message = f"{path} is a {kind}; skipped (only files, directories and links are kept)"
+        special = special_type(mode)
+        if special is not None:
+            if special != "fifo" and os.geteuid() != 0:
+                self._warn(
+                    f"{path} is a {special_kind(mode)}; kept in the archive, but only a "
+                    "restore run as root can create it again"
+                )
+            return (_SPECIAL, path, member, st, special)
+        kind = special_kind(mode)
+        message = (
+            f"{path} is a {kind}; skipped (a socket is made anew by the program that listens on it)"
+        )
         return (_WARN, path, member, st, message)
 
-    def _add_dir(self, tar: TarWriter, member: str, st: os.stat_result) -> None:
-        mode = stat.S_IMODE(st.st_mode)
-        mtime_ns = st.st_mtime_ns
-        uid, gid = st.st_uid, st.st_gid
-        tar.write(tar_header(member, tarfile.DIRTYPE, mode, uid, gid, 0, pax_mtime(mtime_ns)))
-        self._manifest.add(
-            Entry(path=member, type="dir", mode=mode, mtime_ns=mtime_ns, uid=uid, gid=gid)
-        )
+    def _add_dir(self, tar: TarWriter, member: str, st: os.stat_result, path: str) -> None:
+        self._add_other(tar, (_DIR, path, member, st, None), "dir", tarfile.DIRTYPE)
 
-    def _add_symlink(self, tar: TarWriter, member: str, st: os.stat_result, target: str) -> None:
-        mode = stat.S_IMODE(st.st_mode)
-        mtime_ns = st.st_mtime_ns
-        uid, gid = st.st_uid, st.st_gid
-        tar.write(
-            tar_header(member, tarfile.SYMTYPE, mode, uid, gid, 0, pax_mtime(mtime_ns), target)
+    def _add_symlink(self, tar: TarWriter, item: _Item) -> None:
+        self._add_other(tar, item, "symlink", tarfile.SYMTYPE, target=item[4])
+
+    def _add_hardlink(self, tar: TarWriter, item: _Item) -> None:
+        # No attributes of its own: they are the first name's (one inode).
+        self._add_other(tar, item, "hardlink", tarfile.LNKTYPE, target=item[4], xattrs=False)
+
+    def _add_special(self, tar: TarWriter, item: _Item) -> None:
+        rdev = item[3].st_rdev if item[4] != "fifo" else None
+        self._add_other(tar, item, item[4], SPECIAL_TAR_TYPES[item[4]], rdev=rdev)
+
+    def _add_other(
+        self,
+        tar: TarWriter,
+        item: _Item,
+        type_: str,
+        kind: bytes,
+        *,
+        target: str | None = None,
+        rdev: int | None = None,
+        xattrs: bool = True,
+    ) -> None:
+        """A member without data (directory, link, FIFO, device) and its entry."""
+        _, path, member, st, _ = item
+        found = self._xattrs(path) if xattrs else ()
+        entry = Entry(
+            path=member,
+            type=type_,
+            mode=stat.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            target=target,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            rdev=rdev or 0,
+            xattrs=encode_xattrs(found),
         )
-        self._manifest.add(
-            Entry(
-                path=member,
-                type="symlink",
-                mode=mode,
-                mtime_ns=mtime_ns,
-                target=target,
-                uid=uid,
-                gid=gid,
-            )
-        )
+        tar.write(member_header(entry, kind, found, rdev))
+        self._manifest.add(entry)
+
+    def _xattrs(self, path: str) -> Xattrs:
+        try:
+            found = read_xattrs(path)
+        except OSError as exc:
+            self._warn(f"cannot read the extended attributes of {path} ({exc.strerror}); not kept")
+            return ()
+        if found and not self._xattr_warned and (warning := privileged_warning(path, found)):
+            self._xattr_warned = True
+            self._warn(warning)
+        return found
 
     def _add_file(self, tar: TarWriter, item: _Item, future: Future[_Opened]) -> None:
         _, path, name, st, prev = item
@@ -603,14 +664,27 @@ class Packer:
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
-                if self._same_content(source, prev, st, mode):
+                if self._same_content(source, prev, st, path):
                     return
                 if size > READ_WHOLE:
                     raw.seek(0)
                     source = _FileSource(raw, size)
                     head = b""
-            mtime = pax_mtime(st.st_mtime_ns)
-            tar.write(tar_header(name, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size, mtime))
+            found = self._xattrs(path)
+            regions = None
+            if size > READ_WHOLE and st.st_blocks * 512 < size:
+                regions = data_map(raw.fileno(), size)
+            if regions is not None:
+                source.short = add_sparse(
+                    tar, name, st, raw.fileno(), source.digest, regions, found
+                )
+                source.remaining = 0
+                head = b""
+                self._progress(size)
+            else:
+                head_of = (name, tarfile.REGTYPE, mode, st.st_uid, st.st_gid, size)
+                mtime = pax_mtime(st.st_mtime_ns)
+                tar.write(tar_header(*head_of, mtime, extra=xattr_records(found)))
             if head:
                 tar.write(head)
                 self._progress(len(head))
@@ -640,11 +714,12 @@ class Packer:
                 dev=st.st_dev,
                 ctime_ns=st.st_ctime_ns,
                 archive=self._archive,
+                xattrs=encode_xattrs(found),
             )
         )
 
     def _same_content(
-        self, source: _FileSource, prev: Entry, st: os.stat_result, mode: int
+        self, source: _FileSource, prev: Entry, st: os.stat_result, path: str
     ) -> bool:
         """With *checksum*: list the file as unchanged if its bytes hash as the parent's did."""
         digest = source.digest
@@ -654,7 +729,8 @@ class Packer:
             raw = source.raw
             for block in iter(lambda: raw.read(BLOCK), b""):
                 digest.update(block)
-        if digest.hexdigest() != prev.sha256 or mode != prev.mode:
+        now = (digest.hexdigest(), stat.S_IMODE(st.st_mode), encode_xattrs(self._xattrs(path)))
+        if now != (prev.sha256, prev.mode, prev.xattrs):
             return False
         self._manifest.add(
             attrs.evolve(
@@ -684,16 +760,17 @@ class Packer:
             tar.write(block)
             pos += len(block)
 
-    def _unchanged(self, prev: Entry, st: os.stat_result) -> bool:
+    def _unchanged(self, prev: Entry, st: os.stat_result, path: str) -> bool:
+        # The inode is not compared: a restore gives every file a new one, and the
+        # next incremental must not store the whole tree again for that.
         if prev.type != "file" or prev.archive is None:
             return False
         same = (
             prev.size == st.st_size
             and prev.mtime_ns == st.st_mtime_ns
-            and prev.inode == st.st_ino
             and prev.mode == stat.S_IMODE(st.st_mode)
         )
-        if not same:
+        if not same or prev.xattrs != encode_xattrs(self._xattrs(path)):
             return False
         # Racy: modified so close to the parent's scan that a change in the
         # same timestamp tick would not show. Store it again.
@@ -705,22 +782,8 @@ class Packer:
     def _add_manifest(self, tar: TarWriter, spool: IO[bytes], when: dt.datetime) -> None:
         size = self._manifest.write_json(spool)
         spool.seek(0)
-        tar.write(
-            tar_header("manifest.json", tarfile.REGTYPE, 0o644, 0, 0, size, int(when.timestamp()))
-        )
-        left = size
-        while left:
-            block = spool.read(min(BLOCK, left))
-            if not block:
-                raise BackupError(f"the manifest's spool file in {self.spool} was cut short")
-            tar.write(block)
-            left -= len(block)
-        tar.pad()
-
-    def _add_bytes(self, tar: TarWriter, name: str, data: bytes, when: dt.datetime) -> None:
-        tar.write(tar_header(name, tarfile.REGTYPE, 0o644, 0, 0, len(data), int(when.timestamp())))
-        tar.write(data)
-        tar.pad()
+        if not tar.add_stream("manifest.json", spool, size, int(when.timestamp())):
+            raise BackupError(f"the manifest's spool file in {self.spool} was cut short")
 
     def _warn(self, message: str) -> None:
         self._warnings.append(message)
@@ -734,15 +797,3 @@ class Packer:
         if now - self._last_report >= 0.25:
             self._last_report = now
             self.on_progress(self._done, self._seen)
-
-
-def _special_kind(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISFIFO(mode):
-        return "named pipe"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    return "special file"

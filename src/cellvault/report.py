@@ -197,6 +197,9 @@ class CellRestore(Report):
     parts: Mapping[str, str] = attrs.field(factory=dict)
     #: The command that undoes this restore (restores the safety backup), if there is one.
     undo: str | None = None
+    #: What could not be restored as it was (an extended attribute this process
+    #: may not set, a device node without root), one line per kind.
+    warnings: tuple[str, ...] = ()
 
 
 @attrs.frozen

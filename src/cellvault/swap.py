@@ -14,13 +14,14 @@ import ctypes.util
 import os
 import secrets
 import shutil
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 
+from .errors import RestoreError
 from .log import get_logger
+from .tool import run_tool
 
 __all__ = ["Swap", "exchange"]
 
@@ -64,28 +65,20 @@ def exchange(a: Path, b: Path) -> None:
 
 
 def _copy_across(src: Path, dst: Path) -> None:
-    """Copy a staged tree to another file system, keeping modes, times, links and owners.
+    """Copy a staged tree to another file system, keeping all that a restore keeps.
 
-    ``shutil.move`` across file systems copies with ``copy2``, which keeps
-    modes and times but not owners: every restored path would belong to the
-    user running the restore.
+    GNU ``cp -a`` keeps modes, times, owners (as root), hard links, extended
+    attributes and ACLs, holes of sparse files, FIFOs and devices;
+    ``shutil.copytree`` keeps none of the last five (and blocks on a FIFO).
     """
-    if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dst, symlinks=True)
-        copies = [dst]
-        for dirpath, dirnames, filenames in os.walk(dst):
-            copies.extend(Path(dirpath, name) for name in [*dirnames, *filenames])
-    else:
-        shutil.copy2(src, dst, follow_symlinks=False)
-        copies = [dst]
-    as_root = os.geteuid() == 0
-    for there in copies:
-        st = os.lstat(src / there.relative_to(dst))
-        if as_root:
-            os.chown(there, st.st_uid, st.st_gid, follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode):
-            # chown clears the set-user-ID and set-group-ID bits: put the mode back.
-            there.chmod(stat.S_IMODE(st.st_mode))
+    run_tool(
+        ["cp", "-a", "--", os.fspath(src), os.fspath(dst)],
+        what=f"copying the staged tree to {dst.parent}",
+        error=RestoreError,
+        stdout="discard",
+        timeout=None,
+        hint="check the free space and permissions of the destination's file system",
+    )
 
 
 def _remove(path: Path) -> None:
@@ -108,6 +101,7 @@ class Swap:
     files: int = 0
     bytes: int = 0
     duration: float = 0.0
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, dests: dict[str, Path], archive: str, near: Path | None = None) -> Swap:

@@ -9,7 +9,10 @@ encoding utf-8 and errors surrogateescape (tests/test_tarwrite.py compares them)
 
 from __future__ import annotations
 
+import io
+import os
 import tarfile
+from collections.abc import Sequence
 from typing import IO, Any
 
 __all__ = ["BLOCK", "ZEROS", "TarWriter", "pax_mtime", "tar_header"]
@@ -23,16 +26,29 @@ ZEROS = bytes(BLOCK)
 
 
 def _ustar(
-    name: str, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: str
+    name: str,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    kind: bytes,
+    link: str,
+    rdev: int | None = None,
 ) -> bytes:
     """One ustar header block; the numbers must fit (the PAX header carries the rest)."""
+    tail = _MAGIC_TAIL
+    if rdev is not None:
+        # Device numbers: after the magic, the user and group names (32 bytes each).
+        dev = b"%07o\0%07o\0" % (os.major(rdev) & 0o7777777, os.minor(rdev) & 0o7777777)
+        tail = _MAGIC_TAIL[:72] + dev + _MAGIC_TAIL[88:]
     head = b"".join(
         (
             name.encode("ascii", "replace")[:100].ljust(100, b"\0"),
             b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode, uid, gid, size, mtime),
             kind,
             link.encode("ascii", "replace")[:100].ljust(100, b"\0") if link else ZEROS[:100],
-            _MAGIC_TAIL,
+            tail,
         )
     )
     return b"%s%06o\0%s" % (head[:148], sum(head), head[155:])
@@ -69,13 +85,18 @@ def tar_header(
     uid: int,
     gid: int,
     size: int,
-    mtime: float,
+    mtime: float | str,
     link: str = "",
+    *,
+    extra: Sequence[tuple[str, bytes]] = (),
+    rdev: int | None = None,
 ) -> bytes:
     """The header blocks of one member, as ``tarfile`` writes them in PAX_FORMAT.
 
     *mtime* is an int, or a float when it has a fraction (then the PAX header
     keeps it and the ustar field has it rounded), as in :class:`tarfile.TarInfo`.
+    *extra* are further PAX records (``SCHILY.xattr.*``, ``GNU.sparse.*``),
+    written after the others, values as they are; *rdev* is a device's number.
     """
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
@@ -92,7 +113,12 @@ def tar_header(
         (2, "size", 8**11, size),
         (3, "mtime", 8**11, mtime),
     ):
-        if isinstance(val, float):
+        if isinstance(val, str):  # exact decimal seconds (see pax_mtime)
+            whole = round(float(val))  # the ustar field rounds, as tarfile does
+            numbers[i] = whole if 0 <= whole < limit else 0
+            pax = pax or {}
+            pax[key] = val
+        elif isinstance(val, float):
             whole = round(val)
             numbers[i] = whole if 0 <= whole < limit else 0
             pax = pax or {}
@@ -103,9 +129,12 @@ def tar_header(
             numbers[i] = 0
             pax = pax or {}
             pax[key] = str(val)
-    header = _ustar(name, mode & 0o7777, numbers[0], numbers[1], numbers[2], numbers[3], kind, link)
-    if pax is None:
+    header = _ustar(
+        name, mode & 0o7777, numbers[0], numbers[1], numbers[2], numbers[3], kind, link, rdev
+    )
+    if pax is None and not extra:
         return header
+    pax = pax or {}
     binary = False
     for value in pax.values():
         try:
@@ -118,6 +147,8 @@ def tar_header(
     errors = "surrogateescape" if binary else "strict"
     for key, value in pax.items():
         records.append(_pax_record(key.encode(), value.encode("utf-8", errors)))
+    for key, raw in extra:
+        records.append(_pax_record(key.encode("utf-8", "surrogateescape"), raw))
     payload = b"".join(records)
     return b"".join((_pax_head(len(payload)), payload, ZEROS[: -len(payload) % 512], header))
 
@@ -175,6 +206,26 @@ class TarWriter:
             left -= want
         self.pad()
 
+    def add_bytes(self, name: str, data: bytes, mtime: int) -> None:
+        """A regular member (mode 0644, owner 0) holding *data*."""
+        self.add_stream(name, io.BytesIO(data), len(data), mtime)
+
+    def add_stream(self, name: str, data: IO[bytes], size: int, mtime: int) -> bool:
+        """A regular member (mode 0644, owner 0) of *size* bytes read from *data*.
+
+        Returns ``False`` if *data* ends early (the stream is then unusable).
+        """
+        self.write(tar_header(name, tarfile.REGTYPE, 0o644, 0, 0, size, mtime))
+        left = size
+        while left:
+            block = data.read(min(BLOCK, left))
+            if not block:
+                return False
+            self.write(block)
+            left -= len(block)
+        self.pad()
+        return True
+
     def close(self) -> None:
         self.write(ZEROS[:1024])
         pad = -self.offset % _RECORD
@@ -182,9 +233,15 @@ class TarWriter:
             self.write(ZEROS[:pad])
 
 
-def pax_mtime(mtime_ns: int) -> float:
+def pax_mtime(mtime_ns: int) -> int | str:
     """A member's mtime for :func:`tar_header`, from nanoseconds.
 
-    PAX keeps sub-second mtimes; the manifest keeps the exact nanoseconds.
+    Whole seconds are an int; otherwise the exact decimal text of the PAX
+    ``mtime`` record (``1700000000.123456789``), so that stock tar restores
+    the nanoseconds too (a float would round them).
     """
-    return mtime_ns / 1e9 if mtime_ns % 1_000_000_000 else mtime_ns // 1_000_000_000
+    seconds, ns = divmod(abs(mtime_ns), 1_000_000_000)
+    if not ns:
+        return mtime_ns // 1_000_000_000
+    sign = "-" if mtime_ns < 0 else ""
+    return f"{sign}{seconds}.{ns:09d}".rstrip("0")

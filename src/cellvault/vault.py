@@ -393,6 +393,11 @@ class Vault:
         (``docs/concepts.md``). The archives read are held by a read lease that
         ``prune`` respects. In place, live paths the cell's ``exclude`` rules
         leave out of backups are kept (*keep_excluded*); ``False`` removes them.
+
+        Symbolic links are restored as they were, wherever they point
+        (absolute, dangling, outside the cell): extraction never writes
+        through a link. *allow_external_links* is accepted for compatibility
+        and does nothing.
         """
         with self._open("restore") as run:
             report = restore_op.restore(

@@ -5,10 +5,11 @@ archive's sha256 is computed while it is read and compared with its sidecar
 when the stream ends. The tar stream is parsed by a small reader for the
 subset cellvault writes (ustar headers and pax ``x`` records); the input is
 untrusted, so every malformed or truncated header is :class:`ArchiveCorrupt`.
-Member names and link targets are checked before anything is written:
-absolute paths, ``..``, hard links, devices and links that escape the
-destination are refused with :class:`UnsafeArchive`. Files are created with
-``O_EXCL | O_NOFOLLOW`` under directories this module made, so nothing is ever
+Member names are checked before anything is written: absolute paths, ``..``,
+duplicates, paths below a link or a file and hard links to anything but a
+file of the archive are refused with :class:`UnsafeArchive`. Links are data
+and are restored verbatim; every path is created relative to directory file
+descriptors opened with ``O_NOFOLLOW``, and links last, so nothing is ever
 written through a link.
 
 The parts: :mod:`~cellvault.extract.tarread` (the tar reader),

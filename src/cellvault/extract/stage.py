@@ -1,44 +1,171 @@
 """Extracting a cell's tree from its archives into a staging directory, safely.
 
-Member names and link targets are checked before anything is written:
-absolute paths, ``..``, hard links, devices and links that escape the
-destination are refused with :class:`~cellvault.UnsafeArchive`. Files are
-created with ``O_EXCL | O_NOFOLLOW`` under directories this module made, so
-nothing is ever written through a link, and each is checked against the
-manifest as it is written.
+Links are data: symbolic links are restored verbatim, wherever they point.
+Safety comes from how the tree is written, never through a link:
+
+* every path is created relative to a directory file descriptor, and every
+  directory on the way is opened with ``O_NOFOLLOW | O_DIRECTORY`` from the
+  staging root down (:class:`DirFds`; a whole path at once with
+  ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` where the kernel has it),
+  so a directory replaced by a link while the tree is built makes the restore
+  fail instead of writing through it;
+* files are created with ``O_EXCL | O_NOFOLLOW``;
+* hard links, FIFOs and devices come after every file, and symbolic links
+  last of all (GNU tar's delayed links), so no member is ever written through
+  a link member of the archive;
+* hostile manifests are refused before anything is written: absolute or
+  ``..`` names, a path below a link or a file, a hard link to anything but a
+  file of the same archive.
+
+Each file is checked against the manifest as it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import attrs
 
 from ..errors import ArchiveCorrupt, UnsafeArchive
-from ..manifest import Entry, Manifest
-from .names import check_link, checked_name
-from .stream import ArchiveStream, MemberData
+from ..fsmeta import decode_xattrs, set_xattrs
+from ..log import get_logger
+from ..manifest import SPECIAL_TYPES, Entry, Manifest
+from .names import checked_name
+from .stream import ArchiveStream, MemberData, hash_zeros, sparse_regions
 from .tarread import BLOCK
 
-__all__ = ["StagedTree"]
+__all__ = ["DirFds", "StagedTree"]
+
+log = get_logger(__name__)
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+#: Marks a destination below a dumps folder that is not inside the staging tree
+#: (a NUL: no member name holds one).
+_OUTSIDE = "\0"
+
+#: openat2(2) (Linux 5.6+; the same number on every architecture) and its
+#: RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: a whole relative path opened in one
+#: call, refusing any link on the way and any escape from the directory.
+_SYS_OPENAT2 = 437
+_RESOLVE = 0x04 | 0x08
 
 
-def _set_attributes(fd: int, entry: Entry, as_root: bool) -> None:
-    """Owner, mode and times through the open file, right after its data."""
-    if as_root:
-        with contextlib.suppress(OSError):
-            os.fchown(fd, entry.uid, entry.gid)
-    # After chown, which clears the set-user-ID and set-group-ID bits; the data
-    # is written already, so a read-only mode is harmless.
-    os.fchmod(fd, entry.mode)
-    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+class _Openat2:
+    """``openat2`` through libc's ``syscall``, or ``None`` where the kernel lacks it."""
+
+    def __init__(self) -> None:
+        self.works: bool | None = None  # unknown until tried
+        try:
+            self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        except (OSError, AttributeError):
+            self.works = False
+
+    def __call__(self, dirfd: int, path: str, flags: int) -> int | None:
+        if self.works is False:
+            return None
+        how = _OpenHow(flags, 0, _RESOLVE)
+        fd: int = self._syscall(
+            _SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)
+        )
+        if fd >= 0:
+            self.works = True
+            return fd
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EPERM) and self.works is None:
+            self.works = False  # no openat2 here (or a seccomp filter refuses it)
+            return None
+        raise OSError(err, os.strerror(err), path)
+
+
+openat2 = _Openat2()
+
+
+class DirFds:
+    """The directories of a tree, opened from its root without following links.
+
+    :meth:`fd` keeps the chain of the last directory asked for open (archives
+    list paths depth first, so consecutive files share it); :meth:`open`
+    gives a descriptor of its own.
+    """
+
+    def __init__(self, root: str, archive: str) -> None:
+        self.archive = archive
+        self.root = os.open(root, _OPEN_DIR)
+        self._chain: list[tuple[str, int]] = []
+
+    def _step(self, parent: int, name: str, path: str, create: bool) -> int:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        try:
+            return os.open(name, _OPEN_DIR, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise UnsafeArchive(
+                f"{path} is no longer a directory of the staging tree (replaced by a "
+                "link or a file while the restore ran); nothing was written through it",
+                archive=self.archive,
+                hint="find what changes the staging directory, then restore again",
+            ) from None
+
+    def fd(self, rel: str, create: bool = True) -> int:
+        """The directory *rel* (relative to the root; ``""`` for the root), kept open."""
+        parts = rel.split("/") if rel else []
+        chain = self._chain
+        keep = 0
+        while keep < len(chain) and keep < len(parts) and chain[keep][0] == parts[keep]:
+            keep += 1
+        for _, fd in chain[keep:]:
+            os.close(fd)
+        del chain[keep:]
+        parent = chain[-1][1] if chain else self.root
+        for i in range(keep, len(parts)):
+            parent = self._step(parent, parts[i], "/".join(parts[: i + 1]), create)
+            chain.append((parts[i], parent))
+        return parent
+
+    def open(self, rel: str) -> int:
+        """A new descriptor of the directory *rel*, for the caller to close."""
+        if rel:
+            try:
+                fd = openat2(self.root, rel, _OPEN_DIR)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                    raise
+                fd = None  # the walk below names the culprit
+            if fd is not None:
+                return fd
+        fd = os.dup(self.root)
+        for i, name in enumerate(rel.split("/") if rel else []):
+            try:
+                child = self._step(fd, name, "/".join(rel.split("/")[: i + 1]), False)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def close(self) -> None:
+        self.fd("", create=False)
+        os.close(self.root)
+
+
+def _split(rel: str) -> tuple[str, str]:
+    parent, _, base = rel.rpartition("/")
+    return parent, base
 
 
 @attrs.define
@@ -46,13 +173,17 @@ class StagedTree:
     """Build a cell's tree from its manifest and archives, in a staging directory.
 
     *staging* receives ``<root name>/...`` for each ``data/<root name>`` of the
-    manifest. With *dumps*, the ``dumps/`` tree (database dumps) is extracted
-    and checked there too (``dumps/<dumper>/...`` lands in ``<dumps>/<dumper>/...``);
-    without, it is skipped. Call :meth:`prepare`, then :meth:`take` once per
-    archive of the chain (any order), then :meth:`finish`.
+    manifest. With *dumps* (a folder, inside *staging* or not), the ``dumps/`` tree
+    (database dumps) is extracted and checked there too (``dumps/<dumper>/...``
+    lands in ``<dumps>/<dumper>/...``); without, it is skipped. Call
+    :meth:`prepare`, then :meth:`take` once per archive of the chain (any
+    order), then :meth:`finish`.
 
-    Each file gets its owner, mode and times as soon as its data is written;
-    :meth:`finish` creates the links and sets the directories.
+    Each file gets its owner, mode, extended attributes and times as soon as
+    its data is written; :meth:`finish` creates the hard links, FIFOs and
+    devices, then the symbolic links, then sets the directories.
+    *allow_external_links* is accepted and ignored: links are always restored
+    as they were (see the module's docstring for why that is safe).
     """
 
     staging: Path
@@ -62,78 +193,99 @@ class StagedTree:
     on_bytes: Callable[[int], None] | None = None
     dumps: Path | None = None
     _pending: dict[str, Entry] = attrs.field(init=False, factory=dict)
-    _dirs: set[str] = attrs.field(init=False, factory=set)
-    #: Manifest path -> where it goes (``None``: a dump that is not wanted), checked once.
-    _dests: dict[str, str | None] = attrs.field(init=False, factory=dict)
+    _dirs: DirFds | None = attrs.field(init=False, default=None)
+    #: Where dumps go, relative to *staging* (``None``: dumps are not wanted).
+    _dumps_rel: str | None = attrs.field(init=False, default=None)
+    #: The dumps folder's own descriptors when it is not inside *staging*.
+    _dump_dirs: DirFds | None = attrs.field(init=False, default=None)
     files: int = attrs.field(init=False, default=0)
     bytes: int = attrs.field(init=False, default=0)
+    #: What could not be restored as it was: one line for the whole tree, or none.
+    warnings: list[str] = attrs.field(init=False, factory=list)
+    _refused: dict[str, tuple[int, str]] = attrs.field(init=False, factory=dict)
 
     def _dest(self, path: str) -> str | None:
-        """Where a manifest path goes; ``None`` for a dump when dumps are not wanted."""
-        try:
-            return self._dests[path]
-        except KeyError:
-            pass
+        """Where a manifest path goes, relative to *staging*; ``None`` for an unwanted dump."""
         norm = checked_name(path, self.archive)
-        top, slash, _ = norm.partition("/")
-        dest: str | None
+        top, slash, rest = norm.partition("/")
         if top == "dumps":
-            dest = None if self.dumps is None else os.fspath(self.dumps) + norm[5:]
-        elif top != "data" or not slash:
+            if self._dumps_rel is None:
+                return None
+            if self._dumps_rel == _OUTSIDE:  # below the dumps folder's own root
+                return _OUTSIDE + rest
+            return f"{self._dumps_rel}/{rest}" if rest else self._dumps_rel
+        if top != "data" or not slash:
             raise UnsafeArchive(
                 "manifest path lies outside data/", archive=self.archive, member=path
             )
-        else:
-            dest = os.fspath(self.staging) + norm[4:]
-        self._dests[path] = dest
-        return dest
+        return rest
+
+    def _at(self, dest: str) -> tuple[DirFds, str]:
+        """The tree a destination of :meth:`_dest` lies in, and its path there."""
+        if dest.startswith(_OUTSIDE):
+            if self._dump_dirs is None:
+                assert self.dumps is not None
+                self.dumps.mkdir(parents=True, exist_ok=True)
+                self._dump_dirs = DirFds(os.fspath(self.dumps), self.archive)
+            return self._dump_dirs, dest[1:]
+        return self._tree(), dest
+
+    def _tree(self) -> DirFds:
+        if self._dirs is None:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self._dirs = DirFds(os.fspath(self.staging), self.archive)
+        return self._dirs
 
     def prepare(self) -> None:
         """Check every manifest path and create the directories."""
-        self.staging.mkdir(parents=True, exist_ok=True)
-        self._dirs.add(os.fspath(self.staging))
-        links = {e.path: e.target or "" for e in self.manifest if e.type == "symlink"}
+        if self.dumps is not None:
+            rel = os.path.relpath(self.dumps, self.staging)
+            self._dumps_rel = _OUTSIDE if rel.startswith("..") or rel == "." else rel
+        try:
+            self._prepare(self._tree())
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, dirs: DirFds) -> None:
         not_dirs = {e.path for e in self.manifest if e.type != "dir"}
-        dumps_name = None
-        if self.dumps is not None and self.dumps.parent == self.staging:
-            dumps_name = self.dumps.name
+        dumps_name = self._dumps_rel if self._dumps_rel and "/" not in self._dumps_rel else None
         for entry in self.manifest:
             dest = self._dest(entry.path)
             if dest is None:
                 continue
-            norm = checked_name(entry.path, self.archive)
-            parts = norm.split("/")
-            if parts[0] == "dumps":
-                if entry.type == "symlink":
-                    raise UnsafeArchive(
-                        "a symbolic link under dumps/; refused",
-                        archive=self.archive,
-                        member=entry.path,
-                    )
-            elif len(parts) == 2 and parts[1] == dumps_name:
+            parts = entry.path.split("/")
+            if parts[0] == "dumps" and entry.type not in ("file", "dir"):
+                raise UnsafeArchive(
+                    f"a {entry.type} under dumps/; refused", archive=self.archive, member=entry.path
+                )
+            if parts[0] == "data" and len(parts) == 2 and parts[1] == dumps_name:
                 raise UnsafeArchive(
                     "a cell path has the name of the dumps folder; refused",
                     archive=self.archive,
                     member=entry.path,
                 )
-            above = norm
+            above = entry.path
             while (cut := above.rfind("/")) > 0:
                 above = above[:cut]
                 if above in not_dirs:
                     self._refuse_under(parts, entry)
-            if entry.type == "symlink":
-                assert entry.target is not None
-                check_link(
-                    PurePosixPath(entry.path),
-                    entry.target,
-                    archive=self.archive,
-                    allow_external=self.allow_external_links,
-                    links=links,
-                )
+            if entry.type == "hardlink":
+                self._check_hardlink(entry)
             elif entry.type == "dir":
-                self._mkdir(dest)
+                tree, rel = self._at(dest)
+                tree.fd(rel)
             elif entry.type == "file":
                 self._pending[entry.path] = entry
+
+    def _check_hardlink(self, entry: Entry) -> None:
+        first = self.manifest.get(entry.target or "")
+        if first is None or first.type != "file" or not first.path.startswith("data/"):
+            raise UnsafeArchive(
+                f"hard link to {entry.target!r}, which is not a file of this archive; refused",
+                archive=self.archive,
+                member=entry.path,
+            )
 
     def _refuse_under(self, parts: list[str], entry: Entry) -> None:
         # Name the outermost file or link the path lies under.
@@ -151,27 +303,22 @@ class StagedTree:
         """The archives that still have to be read."""
         return {e.archive for e in self._pending.values() if e.archive}
 
-    def _mkdir(self, path: str) -> None:
-        if path in self._dirs:
-            return
-        parent = os.path.dirname(path)
-        if parent and parent != path:
-            self._mkdir(parent)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise UnsafeArchive(
-                    "a directory path is taken by a file or link",
-                    archive=self.archive,
-                    member=path,
-                ) from None
-        self._dirs.add(path)
+    def close(self) -> None:
+        """Close the directory descriptors (:meth:`finish` does; call it after a failure)."""
+        if self._dirs is not None:
+            dirs, self._dirs = self._dirs, None
+            dirs.close()
+        if self._dump_dirs is not None:
+            dirs, self._dump_dirs = self._dump_dirs, None
+            dirs.close()
 
     def take(self, stream: ArchiveStream) -> None:
         """Extract from *stream* the files the manifest says it holds, checking each."""
         try:
             self._take(stream, os.geteuid() == 0)
+        except BaseException:
+            self.close()
+            raise
         finally:
             stream.close()
         # The selected archive's own manifest must be the one we planned with.
@@ -185,7 +332,7 @@ class StagedTree:
     def _take(self, stream: ArchiveStream, as_root: bool) -> None:
         holder = stream.archive
         pending = self._pending
-        for _member, name, data in stream.members():
+        for member, name, data in stream.members():
             if data is None:
                 continue
             entry = pending.get(name)
@@ -193,19 +340,46 @@ class StagedTree:
                 continue
             dest = self._dest(name)
             assert dest is not None  # only wanted paths are pending
-            self._mkdir(os.path.dirname(dest))
-            size = self._write(dest, data, entry, stream, as_root)
+            if member.realsize is not None and member.realsize != entry.size:
+                raise stream.corrupt(
+                    f"sparse file of {member.realsize} bytes, the manifest says {entry.size}",
+                    member=name,
+                )
+            tree, rel = self._at(dest)
+            parent, base = _split(rel)
+            fd = os.open(base, _CREATE, 0o600, dir_fd=tree.fd(parent))
+            try:
+                size = self._write(fd, data, entry, stream, member.realsize)
+                self._attributes(fd, entry, as_root)
+            finally:
+                os.close(fd)
             del pending[name]
             self.files += 1
             self.bytes += size
 
     def _write(
-        self, dest: str, data: MemberData, entry: Entry, stream: ArchiveStream, as_root: bool
+        self,
+        fd: int,
+        data: MemberData,
+        entry: Entry,
+        stream: ArchiveStream,
+        realsize: int | None,
     ) -> int:
         digest = hashlib.sha256()
         size = 0
-        fd = os.open(dest, _CREATE, 0o600)
-        try:
+        if realsize is not None:
+            # Sparse: each region at its offset; the holes are left unwritten.
+            for offset, block in sparse_regions(data, realsize):
+                hash_zeros(digest, offset - size)
+                os.pwrite(fd, block, offset)
+                digest.update(block)
+                size = offset + len(block)
+                if self.on_bytes is not None:
+                    self.on_bytes(len(block))
+            hash_zeros(digest, realsize - size)
+            size = realsize
+            os.ftruncate(fd, size)
+        else:
             while block := data.read(BLOCK):
                 digest.update(block)
                 view = memoryview(block)
@@ -214,17 +388,33 @@ class StagedTree:
                 size += len(block)
                 if self.on_bytes is not None:
                     self.on_bytes(len(block))
-            if size != entry.size or digest.hexdigest() != entry.sha256:
-                raise stream.corrupt(
-                    "content does not match the manifest (sha256 differs)", member=data.name
-                )
-            _set_attributes(fd, entry, as_root)
-        finally:
-            os.close(fd)
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise stream.corrupt(
+                "content does not match the manifest (sha256 differs)", member=data.name
+            )
         return size
 
+    def _attributes(self, fd: int, entry: Entry, as_root: bool) -> None:
+        """Owner, mode, extended attributes and times through an open file or directory."""
+        if as_root:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, entry.uid, entry.gid)
+        # After chown, which clears file capabilities; before chmod, as an owner
+        # who is not root may not set user.* attributes on a read-only file.
+        if entry.xattrs:
+            self._note_refused(entry, set_xattrs(fd, decode_xattrs(entry.xattrs)))
+        # After chown, which clears the set-user-ID and set-group-ID bits; the
+        # data is written already. (It keeps an ACL: its bits are the ACL's.)
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _note_refused(self, entry: Entry, names: list[str]) -> None:
+        for name in names:
+            count, first = self._refused.get(name, (0, entry.path))
+            self._refused[name] = (count + 1, first)
+
     def finish(self) -> None:
-        """Create links, then set the directories' modes, owners and times (deepest first)."""
+        """Create hard links, FIFOs and devices, then symbolic links, then set the directories."""
         if self._pending:
             missing = sorted(self._pending)[0]
             entry = self._pending[missing]
@@ -234,24 +424,86 @@ class StagedTree:
                 member=missing,
             )
         as_root = os.geteuid() == 0
-        dirs: list[tuple[str, Entry]] = []
-        for entry in self.manifest:
-            dest = self._dest(entry.path)
-            if dest is None:
-                continue
-            if entry.type == "symlink":
-                assert entry.target is not None
-                self._mkdir(os.path.dirname(dest))
-                os.symlink(entry.target, dest)
-                if as_root:
-                    with contextlib.suppress(OSError):
-                        os.lchown(dest, entry.uid, entry.gid)
-                os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            elif entry.type == "dir":
-                dirs.append((dest, entry))
-        for dest, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
-            if as_root:
-                with contextlib.suppress(OSError):
-                    os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
-            os.chmod(dest, entry.mode)
-            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        dirs = self._tree()
+        try:
+            wanted = [(e, d) for e in self.manifest if (d := self._dest(e.path)) is not None]
+            for entry, dest in wanted:
+                if entry.type == "hardlink" or entry.type in SPECIAL_TYPES:
+                    self._make_other(dirs, entry, dest, as_root)
+            for entry, dest in wanted:
+                if entry.type == "symlink":
+                    self._make_symlink(dirs, entry, dest, as_root)
+            # Deepest first: a directory's times change as its children are made.
+            tree = [(d, e) for e, d in wanted if e.type == "dir"]
+            for dest, entry in sorted(tree, key=lambda d: d[0].count("/"), reverse=True):
+                tree_at, rel = self._at(dest)
+                fd = tree_at.open(rel)
+                try:
+                    self._attributes(fd, entry, as_root)
+                finally:
+                    os.close(fd)
+        finally:
+            self.close()
+        self._summarise()
+
+    def _make_other(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
+        """A hard link, FIFO or device node, with its attributes."""
+        parent, base = _split(dest)
+        at = dirs.fd(parent)
+        if entry.type == "hardlink":
+            first = self._dest(entry.target or "")
+            assert first is not None
+            src_parent, src_base = _split(first)
+            src = dirs.open(src_parent)
+            try:
+                os.link(src_base, base, src_dir_fd=src, dst_dir_fd=at, follow_symlinks=False)
+            finally:
+                os.close(src)
+            return  # one inode: its attributes are the first name's
+        try:
+            if entry.type == "fifo":
+                os.mkfifo(base, 0o600, dir_fd=at)
+            else:
+                os.mknod(base, 0o600 | _DEV_MODES[entry.type], entry.rdev, dir_fd=at)
+        except PermissionError:
+            self._note_refused(entry, [f"({entry.type} node: only root can make it)"])
+            return
+        if as_root:
+            with contextlib.suppress(OSError):
+                os.chown(base, entry.uid, entry.gid, dir_fd=at, follow_symlinks=False)
+        if entry.xattrs:
+            names = set_xattrs(base, decode_xattrs(entry.xattrs), dir_fd=at)
+            self._note_refused(entry, names)
+        # No link exists in the tree yet: the name is the node just made.
+        os.chmod(base, entry.mode, dir_fd=at)
+        os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=at, follow_symlinks=False)
+
+    def _make_symlink(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
+        assert entry.target is not None
+        parent, base = _split(dest)
+        at = dirs.fd(parent)
+        os.symlink(entry.target, base, dir_fd=at)
+        if as_root:
+            with contextlib.suppress(OSError):
+                os.chown(base, entry.uid, entry.gid, dir_fd=at, follow_symlinks=False)
+        if entry.xattrs:
+            names = set_xattrs(base, decode_xattrs(entry.xattrs), dir_fd=at)
+            self._note_refused(entry, names)
+        os.utime(base, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=at, follow_symlinks=False)
+
+    def _summarise(self) -> None:
+        """One warning for all this process could not restore (attributes, device nodes)."""
+        if not self._refused:
+            return
+        paths = sum(count for count, _ in self._refused.values())
+        what = ", ".join(
+            f"{name.strip('()')} ({count} path(s), first {first})"
+            for name, (count, first) in sorted(self._refused.items())
+        )
+        message = (
+            f"{paths} attribute(s) or node(s) could not be restored, as this process or "
+            f"file system does not allow it: {what}; restore as root, onto a file system "
+            "that supports them, to get them back"
+        )
+        self.warnings.append(message)
+        log.warning("restore.attributes_skipped", archive=self.archive, detail=message)

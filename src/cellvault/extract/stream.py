@@ -13,7 +13,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 import attrs
 import zstandard
@@ -21,11 +21,13 @@ import zstandard
 from ..archive import ArchiveMeta, Sidecar
 from ..codec import HashingReader, codec_for
 from ..errors import ArchiveCorrupt, UnsafeArchive
+from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
 from .names import checked_name
 from .tarread import (
     BLOCK,
     DIRTYPE,
+    PAX_MAX,
     PREFETCH,
     Prefetch,
     Source,
@@ -35,7 +37,15 @@ from .tarread import (
     type_name,
 )
 
-__all__ = ["ArchiveStream", "MemberData", "MemberRecord", "check_members", "verify_archive"]
+__all__ = [
+    "ArchiveStream",
+    "MemberData",
+    "MemberRecord",
+    "check_members",
+    "hash_zeros",
+    "sparse_regions",
+    "verify_archive",
+]
 
 #: Limit for ``meta.json``, read whole into memory, far above what cellvault writes.
 META_MAX = 1 << 20
@@ -212,9 +222,10 @@ class ArchiveStream:
         """A member of the cell's data (or dumps): a file, directory or link below them."""
         if self.manifest_raw is not None:
             raise self.corrupt("a member follows manifest.json", member=name)
-        if member.kind is None:
+        kind = member.kind
+        if kind is None:
             raise UnsafeArchive(
-                f"member is a {type_name(member.type)}; only files, directories and symbolic links are allowed",
+                f"member is a {type_name(member.type)}; cellvault writes no such member",
                 archive=self.archive,
                 member=name,
             )
@@ -223,6 +234,21 @@ class ArchiveStream:
             raise UnsafeArchive(
                 "member lies outside data/ and dumps/", archive=self.archive, member=name
             )
+        if top == "dumps" and kind not in ("file", "dir"):
+            raise UnsafeArchive(
+                f"a {kind} under dumps/; refused", archive=self.archive, member=name
+            )
+        if kind == "hardlink":
+            target = member.linkname.rstrip("/")
+            parts = target.split("/")
+            if target != member.linkname or "" in parts or "." in parts or ".." in parts:
+                target = ""
+            if not target.startswith("data/") or target == name or "\0" in target:
+                raise UnsafeArchive(
+                    f"hard link to {member.linkname!r}, outside the cell's data; refused",
+                    archive=self.archive,
+                    member=name,
+                )
 
     def _meta(self, member: TarMember, data: MemberData) -> ArchiveMeta:
         if member.size > META_MAX:
@@ -266,6 +292,57 @@ class ArchiveStream:
         return self._manifest
 
 
+def sparse_regions(data: MemberData, realsize: int) -> Iterator[tuple[int, bytes]]:
+    """The data regions of a sparse member (PAX sparse 1.0): (offset, bytes), in order.
+
+    Each region comes in pieces of at most :data:`BLOCK` bytes. A map that is
+    malformed, or data that ends before the map's regions do, is
+    :class:`ArchiveCorrupt` naming the member.
+    """
+    stream = data.stream
+    head = b""
+    while True:
+        try:
+            parsed = sparse_map_parse(head, realsize)
+        except ValueError as exc:
+            raise stream.corrupt(f"{exc}; damaged", member=data.name) from None
+        if parsed is not None:
+            break
+        more = data.read(512)
+        if not more or len(head) > PAX_MAX:
+            raise stream.corrupt("the sparse map ends early; damaged", member=data.name)
+        head += more
+    regions, used = parsed
+    while len(head) < used:
+        more = data.read(used - len(head))
+        if not more:
+            raise stream.corrupt("the sparse map ends early; damaged", member=data.name)
+        head += more
+    rest = head[used:]
+    for offset, length in regions:
+        pos = offset
+        while length:
+            if not rest:
+                rest = data.read(min(length, BLOCK))
+                if not rest:
+                    raise stream.corrupt("sparse data ends early; damaged", member=data.name)
+            piece, rest = rest[:length], rest[length:]
+            yield pos, piece
+            pos += len(piece)
+            length -= len(piece)
+    if rest or data.read(1):
+        raise stream.corrupt("data after the sparse map's regions; damaged", member=data.name)
+
+
+def hash_zeros(digest: Any, n: int) -> None:
+    """Feed *n* zero bytes (a hole) to *digest*."""
+    zeros = bytes(min(n, BLOCK))
+    while n > 0:
+        step = min(n, BLOCK)
+        digest.update(zeros[:step] if step < len(zeros) else zeros)
+        n -= step
+
+
 def verify_archive(
     raw: IO[bytes], sidecar: Sidecar, target: str
 ) -> tuple[ArchiveMeta, Manifest, int]:
@@ -285,13 +362,25 @@ def verify_archive(
             for member, name, data in stream.members():
                 if data is not None:
                     digest = sha256()
-                    while block := data.read(BLOCK):
-                        digest.update(block)
-                    seen[name] = MemberRecord("file", member.size, member.mode, digest.hexdigest())
+                    size = member.size
+                    if member.realsize is not None:
+                        size = member.realsize
+                        pos = 0
+                        for offset, block in sparse_regions(data, size):
+                            hash_zeros(digest, offset - pos)
+                            digest.update(block)
+                            pos = offset + len(block)
+                        hash_zeros(digest, size - pos)
+                    else:
+                        while block := data.read(BLOCK):
+                            digest.update(block)
+                    seen[name] = MemberRecord("file", size, member.mode, digest.hexdigest())
                 elif member.type == DIRTYPE:
                     seen[name] = MemberRecord("dir", 0, member.mode)
                 else:
-                    seen[name] = MemberRecord("symlink", 0, member.mode, target=member.linkname)
+                    kind = member.kind or "?"
+                    link = member.linkname if kind in ("symlink", "hardlink") else None
+                    seen[name] = MemberRecord(kind, 0, member.mode, target=link)
         finally:
             stream.close()
     except ArchiveCorrupt:
@@ -333,7 +422,7 @@ def check_members(stream: ArchiveStream, manifest: Manifest, seen: dict[str, Mem
                 raise stream.corrupt(
                     "content does not match the manifest (sha256 differs)", member=name
                 )
-        if rec.type == "symlink" and rec.target != entry.target:
+        if rec.type in ("symlink", "hardlink") and rec.target != entry.target:
             raise stream.corrupt("link target does not match the manifest", member=name)
         if rec.mode != entry.mode:
             raise stream.corrupt(

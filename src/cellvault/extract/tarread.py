@@ -11,6 +11,7 @@ pax path, linkpath and size records. Anything else malformed is a
 
 from __future__ import annotations
 
+import os
 import queue
 import struct
 import threading
@@ -48,11 +49,13 @@ _SIGNED = struct.Struct("148b8x356b")
 # Tar type flags.
 _REGTYPE, _AREGTYPE, DIRTYPE, _SYMTYPE = b"0", b"\0", b"5", b"2"
 _KINDS = {_REGTYPE: "file", _AREGTYPE: "file", DIRTYPE: "dir", _SYMTYPE: "symlink"}
+_KINDS |= {b"1": "hardlink", b"3": "chardev", b"4": "blockdev", b"6": "fifo"}
+_XATTR = b"SCHILY.xattr."
 #: Types whose size field does not count data blocks.
 _NO_DATA = frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))
 #: Extension headers cellvault never writes: GNU long names, global pax headers, sparse files.
 _UNSUPPORTED = {b"g": "global pax", b"L": "GNU long name", b"K": "GNU long link"}
-_UNSUPPORTED |= {b"S": "GNU sparse", b"M": "GNU multi-volume", b"V": "GNU volume"}
+_UNSUPPORTED |= {b"S": "GNU old sparse", b"M": "GNU multi-volume", b"V": "GNU volume"}
 
 
 class TarFormatError(CellvaultError):
@@ -62,7 +65,7 @@ class TarFormatError(CellvaultError):
 class TarMember:
     """One member's header, as the reader parsed it (names not checked yet)."""
 
-    __slots__ = ("linkname", "mode", "name", "size", "type")
+    __slots__ = ("linkname", "mode", "name", "rdev", "realsize", "size", "type", "xattrs")
 
     def __init__(self, name: str, type: bytes, mode: int, size: int, linkname: str) -> None:
         self.name = name
@@ -70,10 +73,19 @@ class TarMember:
         self.mode = mode
         self.size = size
         self.linkname = linkname
+        #: A device's number (``os.makedev`` of the header's major and minor).
+        self.rdev = 0
+        #: For a sparse file (PAX sparse 1.0): its length; its data starts with the map.
+        self.realsize: int | None = None
+        #: ``SCHILY.xattr.*`` records: (name, value), in the header's order.
+        self.xattrs: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def kind(self) -> str | None:
-        """``file``, ``dir`` or ``symlink``; ``None`` for any other type."""
+        """``file``, ``dir``, ``symlink``, ``hardlink``, ``fifo``, ``chardev``, ``blockdev``.
+
+        ``None`` for any other type.
+        """
         return _KINDS.get(self.type)
 
 
@@ -324,7 +336,35 @@ def _member(block: bytes, kind: bytes, size: int, pax: dict[bytes, bytes]) -> Ta
         kind = DIRTYPE  # the old V7 way of writing a directory
     if kind == DIRTYPE:
         name = name.rstrip("/")  # as tarfile reports it: errors name "data/crm/conf"
-    return TarMember(name, kind, _number(block[100:108]), size, linkname)
+    member = TarMember(name, kind, _number(block[100:108]), size, linkname)
+    if kind in (b"3", b"4"):
+        member.rdev = os.makedev(_number(block[329:337]), _number(block[337:345]))
+    if pax:
+        _extensions(member, pax)
+    return member
+
+
+def _extensions(member: TarMember, pax: dict[bytes, bytes]) -> None:
+    """Extended attributes and the sparse format's records."""
+    xattrs = [
+        (key[len(_XATTR) :].decode("utf-8", "surrogateescape"), value)
+        for key, value in pax.items()
+        if key.startswith(_XATTR)
+    ]
+    if xattrs:
+        member.xattrs = tuple(xattrs)
+    major = pax.get(b"GNU.sparse.major")
+    if major is None:
+        if any(key.startswith(b"GNU.sparse.") for key in pax):
+            raise TarFormatError("GNU sparse format 0.x; cellvault reads format 1.0 only")
+        return
+    if major != b"1" or pax.get(b"GNU.sparse.minor") != b"0":
+        raise TarFormatError("GNU sparse format other than 1.0")
+    name, realsize = pax.get(b"GNU.sparse.name"), pax.get(b"GNU.sparse.realsize")
+    if name is None or realsize is None or member.type not in (_REGTYPE, _AREGTYPE):
+        raise TarFormatError("invalid sparse file header")
+    member.name = name.decode("utf-8", "surrogateescape")
+    member.realsize = _pax_size(realsize)
 
 
 def type_name(kind: bytes) -> str:

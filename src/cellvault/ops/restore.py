@@ -419,6 +419,7 @@ class _Restore:
                     files=swap.files,
                     bytes=swap.bytes,
                     duration=swap.duration,
+                    warnings=swap.warnings,
                 )
             )
 
@@ -579,6 +580,7 @@ def stage(
             swap.discard()
         return restore_failed(run, plan, step, exc, time.monotonic() - started)
     swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
+    swap.warnings = tuple(tree.warnings)
     return swap
 
 
