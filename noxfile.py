@@ -14,7 +14,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typing"]
 
 # Every optional feature is tested: the object-storage targets and the apprise notifier.
-TEST_EXTRAS = ".[test,s3,oss,apprise]"
+TEST_EXTRAS = ".[test,s3,oss,apprise,mount]"
 
 
 @nox.session

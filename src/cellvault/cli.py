@@ -1451,6 +1451,58 @@ def diff(state: State, cell: str, a: str, b: str, sources: tuple[str, ...]) -> N
     )
 
 
+@cli.command()
+@click.argument("cell")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--date", "select", default="latest", show_default=True, help=_DATE_HELP)
+@click.option(
+    "--all", "all_points", is_flag=True, help="Show every point, as a directory per archive id."
+)
+@click.option("--source", "sources", multiple=True, help="Read from these targets, in this order.")
+@click.option(
+    "--cache-mb",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="MiB of fetched files kept; the least recently used go first.",
+)
+@pass_state
+def mount(
+    state: State,
+    cell: str,
+    mountpoint: Path,
+    select: str,
+    all_points: bool,
+    sources: tuple[str, ...],
+    cache_mb: int,
+) -> None:
+    """Mount a read-only view of CELL at MOUNTPOINT, for cp, grep and diff.
+
+    The point --date picks appears as the cell's tree (MOUNTPOINT/<root>/...);
+    with --all, every point as a directory named by its archive id. Listing
+    reads manifests only; a file's bytes are fetched when it is first read
+    (its archive read only up to it, checked against the manifest) and kept
+    in a bounded cache. Runs in the foreground until 'fusermount -u
+    MOUNTPOINT' or Ctrl-C. Needs FUSE (/dev/fuse and libfuse) and the extra:
+    pip install 'cellvault[mount]'.
+    """
+    with _errors(state):
+        vault = state.vault()
+        if not state.as_json:
+            click.echo(
+                f"mounting cell {cell} at {mountpoint}; unmount with: fusermount -u {mountpoint}"
+            )
+        vault.mount(
+            cell,
+            mountpoint,
+            select=None if all_points else select,
+            source=list(sources) or None,
+            cache_bytes=cache_mb << 20,
+        )
+    if state.as_json:
+        _emit_json({"ok": True, "cell": cell, "mountpoint": str(mountpoint)})
+
+
 def _restore_paths(
     state: State,
     config: Config,

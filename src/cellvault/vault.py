@@ -32,6 +32,7 @@ from .layout import BackupDirLayout
 from .notify import alert_settings
 from .ops import backup as backup_op
 from .ops import browse, listing
+from .ops import mount as mount_op
 from .ops import partial as partial_op
 from .ops import prune as prune_op
 from .ops import restore as restore_op
@@ -505,3 +506,38 @@ class Vault:
             )
             run.finish(report)
         return report
+
+    def mount(
+        self,
+        cell: str,
+        mountpoint: str | os.PathLike[str],
+        *,
+        select: str | Selector | None = "latest",
+        source: Names = None,
+        cache_bytes: int = mount_op.DEFAULT_CACHE_BYTES,
+    ) -> None:
+        """Serve a read-only FUSE view of *cell* at *mountpoint* until it is unmounted.
+
+        The point *select* picks (as :meth:`restore` picks it) appears as the
+        cell's tree (``<mountpoint>/<root>/...``); with *select* ``None``,
+        every point appears as a directory named by its archive id. The
+        tree comes from manifests; a file's bytes are fetched on first read
+        (its archive streamed only up to that member, checked against the
+        manifest's sha256) into a cache of at most *cache_bytes* under the
+        spool folder, removed when the view is unmounted. Needs the
+        ``mount`` extra (``mfusepy``) and FUSE (``/dev/fuse``, libfuse);
+        :class:`~cellvault.ConfigError` says which is missing. Blocks in the
+        foreground: unmount with ``fusermount -u MOUNTPOINT`` (or Ctrl-C).
+        """
+        mount_op.load_fuse()
+        with self._open("mount") as run:
+            view = mount_op.open_view(
+                self.config,
+                self._resources(),
+                cell,
+                self.spool / f"mount-{run.id}",
+                select=select,
+                source=names(source, "source"),
+                cache_bytes=cache_bytes,
+            )
+            mount_op.mount(view, Path(mountpoint))

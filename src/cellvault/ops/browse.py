@@ -46,6 +46,7 @@ __all__ = [
     "list_tree",
     "member_path",
     "open_point",
+    "points_of",
 ]
 
 log = get_logger(__name__)
@@ -266,7 +267,7 @@ def find(
     One manifest is held at a time; matches are yielded as each is read.
     """
     matcher = PathMatcher(patterns, config_roots(config, cell))
-    points = _points(res, cell, source)
+    points = points_of(res, cell, source)
     if not points:
         raise ArchiveNotFound(
             f"no archive of cell {cell} on any target",
@@ -297,7 +298,7 @@ def find(
                 )
 
 
-def _points(res: Resources, cell: str, source: Sequence[str] | None) -> dict[ArchiveId, Any]:
+def points_of(res: Resources, cell: str, source: Sequence[str] | None) -> dict[ArchiveId, Any]:
     """Every committed archive of *cell*: id -> (first target holding it, its sidecar)."""
     found: dict[ArchiveId, Any] = {}
     errors: list[TargetError] = []
