@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import io
+import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
+import zstandard
 
 from ..archive import ArchiveId, Selector, Sidecar
 from ..config import Config
 from ..errors import ArchiveCorrupt, ArchiveNotFound, ConfigError, TargetError
 from ..log import get_logger
-from ..manifest import Entry
-from .plan import RestorePlan, plan_restore
+from ..targets.base import Target
+from .plan import RestorePlan, choose_archive, plan_restore
 from .resources import Resources
 
 __all__ = [
@@ -41,12 +44,14 @@ __all__ = [
     "Point",
     "TreeEntry",
     "cell_path",
+    "choose_point",
     "diff",
     "find",
     "list_tree",
     "member_path",
     "open_point",
     "points_of",
+    "read_rows",
 ]
 
 log = get_logger(__name__)
@@ -96,9 +101,11 @@ class TreeEntry:
     type: str
     size: int
     mode: int
+    #: UTC, ISO 8601, to the second.
     mtime: str
     uid: int
     gid: int
+    mtime_ns: int = 0
     #: The link's target, for symbolic links.
     target: str | None = None
     #: The archive that holds the file's bytes (files only).
@@ -106,24 +113,74 @@ class TreeEntry:
     sha256: str | None = None
 
     @classmethod
-    def of(cls, entry: Entry) -> TreeEntry:
-        path = cell_path(entry.path)
+    def of(cls, row: Row) -> TreeEntry:
+        """The entry of one manifest row (a member under ``data/``)."""
+        path = cell_path(row["path"])
         assert path is not None
+        kind = row["type"]
+        mtime_ns = int(row["mtime_ns"])
         return cls(
             path=path,
-            type=entry.type,
-            size=entry.size,
-            mode=entry.mode,
-            mtime=_when(entry.mtime_ns),
-            uid=entry.uid,
-            gid=entry.gid,
-            target=entry.target,
-            archive=entry.archive if entry.type == "file" else None,
-            sha256=entry.sha256 if entry.type == "file" else None,
+            type=kind,
+            size=int(row.get("size", 0)),
+            mode=int(row["mode"]),
+            mtime=_when(mtime_ns),
+            uid=int(row.get("uid", 0)),
+            gid=int(row.get("gid", 0)),
+            mtime_ns=mtime_ns,
+            target=row.get("target"),
+            archive=row.get("archive") if kind == "file" else None,
+            sha256=row.get("sha256") if kind == "file" else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+#: One manifest entry as parsed JSON (browsing builds no :class:`~cellvault.manifest.Entry`).
+Row = dict[str, Any]
+
+
+def read_rows(target: Target, sidecar: Sidecar) -> dict[str, Row]:
+    """The stored manifest copy of *sidecar* as plain rows, by member path, in manifest order.
+
+    Parsed by the JSON decoder alone (several times faster than building a
+    :class:`~cellvault.manifest.Manifest`), for reading, never for restoring.
+    """
+    with target.guard(f"read manifest of {sidecar.id}"):
+        raw = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
+    try:
+        body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        rows: dict[str, Row] = {}
+        for row in json.loads(body)["entries"]:
+            path = row["path"]
+            if type(path) is not str or row["type"] not in ("file", "dir", "symlink"):
+                raise TypeError("an entry's path or type is malformed")
+            rows[path] = row
+    except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
+        raise ArchiveCorrupt(
+            f"manifest copy is unusable ({type(exc).__name__}: {exc})",
+            archive=str(sidecar.id),
+            target=target.name,
+            member="manifest.json",
+        ) from None
+    return rows
+
+
+def choose_point(
+    res: Resources, cell: str, select: str | Selector, source: Sequence[str] | None = None
+) -> tuple[Target, Sidecar]:
+    """The archive *select* picks, as a restore picks it, and the first target holding it."""
+    selector = select if isinstance(select, Selector) else Selector.parse(select)
+    sources = res.chosen(source)
+    ident = choose_archive(cell, selector, sources, res.fence.current())
+    for target in sources:
+        try:
+            if ident in target.archive_ids(cell):
+                return target, target.sidecar(ident)
+        except TargetError:
+            continue
+    raise ArchiveNotFound(f"archive {ident} is no longer on any target")
 
 
 class PathMatcher:
@@ -204,25 +261,27 @@ def list_tree(
     source: Sequence[str] | None = None,
 ) -> tuple[Point, Iterator[TreeEntry]]:
     """The point of :meth:`cellvault.Vault.ls` (see there) and its entries, in manifest order."""
-    plan = open_point(config, res, cell, select, source)
-    point = Point.of(plan.sidecar, plan.target.name)
+    target, sidecar = choose_point(res, cell, select, source)
+    point = Point.of(sidecar, target.name)
+    rows = read_rows(target, sidecar)
     prefix = None if path is None else PathMatcher([path], config_roots(config, cell)).patterns[0]
+    under: str | None = None
     if prefix is not None and prefix != "*":
-        member = member_path(prefix)
-        if member not in plan.manifest:
+        under = member_path(prefix)
+        if under not in rows:
             raise ArchiveNotFound(
                 f"archive {point.archive} of cell {cell} holds no path {prefix}",
                 hint=f"search the history with: cellvault find {cell} '{prefix.rpartition('/')[2]}'",
             )
 
     def entries() -> Iterator[TreeEntry]:
-        under = None if prefix in (None, "*") else member_path(str(prefix)) + "/"
-        for entry in plan.manifest:
-            if not entry.path.startswith(DATA):
+        inside = None if under is None else under + "/"
+        for name, row in rows.items():
+            if not name.startswith(DATA):
                 continue
-            if under is not None and not (entry.path == under[:-1] or entry.path.startswith(under)):
+            if inside is not None and name != under and not name.startswith(inside):
                 continue
-            yield TreeEntry.of(entry)
+            yield TreeEntry.of(row)
 
     return point, entries()
 
@@ -277,23 +336,19 @@ def find(
         if (since is not None and ident.when < since) or (until is not None and ident.when > until):
             continue
         target, sidecar = points[ident]
-        try:
-            manifest = target.manifest(sidecar)
-        except (ArchiveCorrupt, TargetError) as exc:
-            log.warning("find.manifest_unreadable", archive=str(ident), error=str(exc))
-            raise
+        rows = read_rows(target, sidecar)
         backed_at = sidecar.meta.to_dict()["backed_at"]
-        for entry in manifest:
-            path = cell_path(entry.path)
+        for name, row in rows.items():
+            path = cell_path(name)
             if path is not None and matcher.matches(path):
                 yield Found(
                     str(ident),
                     backed_at,
                     path,
-                    entry.type,
-                    entry.size,
-                    _when(entry.mtime_ns),
-                    entry.sha256,
+                    row["type"],
+                    int(row.get("size", 0)),
+                    _when(int(row["mtime_ns"])),
+                    row.get("sha256"),
                     target.name,
                 )
 
@@ -387,45 +442,54 @@ def diff(
     source: Sequence[str] | None = None,
 ) -> DiffReport:
     """The report of :meth:`cellvault.Vault.diff` (see there)."""
-    old = open_point(config, res, cell, a, source)
-    new = open_point(config, res, cell, b, source)
+    old_target, old_sidecar = choose_point(res, cell, a, source)
+    new_target, new_sidecar = choose_point(res, cell, b, source)
+    old = read_rows(old_target, old_sidecar)
+    new = read_rows(new_target, new_sidecar)
     entries: list[DiffEntry] = []
-    for entry in old.manifest:
-        path = cell_path(entry.path)
+    for name, row in old.items():
+        path = cell_path(name)
         if path is None:
             continue
-        after = new.manifest.get(entry.path)
+        after = new.get(name)
+        size = int(row.get("size", 0))
         if after is None:
-            entries.append(DiffEntry(path, "removed", (), entry.type, entry.size, 0))
+            entries.append(DiffEntry(path, "removed", (), row["type"], size, 0))
             continue
-        changes = changed(entry, after)
+        if after == row:
+            continue
+        changes = changed(row, after)
         if changes:
-            entries.append(DiffEntry(path, "modified", changes, after.type, entry.size, after.size))
-    for entry in new.manifest:
-        path = cell_path(entry.path)
-        if path is not None and entry.path not in old.manifest:
-            entries.append(DiffEntry(path, "added", (), entry.type, 0, entry.size))
+            entries.append(
+                DiffEntry(path, "modified", changes, after["type"], size, int(after.get("size", 0)))
+            )
+    for name, row in new.items():
+        path = cell_path(name)
+        if path is not None and name not in old:
+            entries.append(DiffEntry(path, "added", (), row["type"], 0, int(row.get("size", 0))))
     entries.sort(key=lambda e: e.path)
     return DiffReport(
-        Point.of(old.sidecar, old.target.name),
-        Point.of(new.sidecar, new.target.name),
+        Point.of(old_sidecar, old_target.name),
+        Point.of(new_sidecar, new_target.name),
         tuple(entries),
     )
 
 
-def changed(before: Entry, after: Entry) -> tuple[str, ...]:
-    """What differs between two entries of one path (directories' mtimes are not compared)."""
-    if before.type != after.type:
+def changed(before: Row, after: Row) -> tuple[str, ...]:
+    """What differs between two manifest rows of one path (a directory's mtime is not compared)."""
+    kind = before["type"]
+    if kind != after["type"]:
         return ("type",)
+    get, got = before.get, after.get
     out: list[str] = []
-    if before.type == "file" and (before.sha256, before.size) != (after.sha256, after.size):
+    if kind == "file" and (get("sha256"), get("size")) != (got("sha256"), got("size")):
         out.append("content")
-    if before.mode != after.mode:
+    if get("mode") != got("mode"):
         out.append("mode")
-    if (before.uid, before.gid) != (after.uid, after.gid):
+    if (get("uid"), get("gid")) != (got("uid"), got("gid")):
         out.append("owner")
-    if before.type == "symlink" and before.target != after.target:
+    if kind == "symlink" and get("target") != got("target"):
         out.append("target")
-    if before.type != "dir" and before.mtime_ns != after.mtime_ns:
+    if kind != "dir" and get("mtime_ns") != got("mtime_ns"):
         out.append("mtime")
     return tuple(out)
