@@ -1362,8 +1362,8 @@ def ls(state: State, cell: str, path: str | None, select: str, sources: tuple[st
             name = f"{e.path} -> {e.target}" if e.type == "symlink" else e.path
             held = f"  [{e.archive}]" if e.archive and e.archive != point.archive else ""
             click.echo(
-                f"{_mode(e.type, e.mode)} {e.uid:>5}:{e.gid:<5} {e.size:>12} "
-                f"{e.mtime[:19].replace('T', ' ')}  {name}{held}"
+                f"{_mode(e.type, e.mode)} {e.uid:>5}:{e.gid:<5} {e.size:>12}  "
+                f"{e.mtime}  {name}{held}"
             )
     if state.as_json:
         _line({"ok": True, "point": point.to_dict(), "paths": count})
@@ -1407,7 +1407,7 @@ def find(
                 _line(f.to_dict())
             else:
                 click.echo(
-                    f"{f.archive}  {f.type:<7} {f.size:>12} {f.mtime[:19].replace('T', ' ')}  {f.path}"
+                    f"{f.archive}  {f.type:<7} {f.size:>12}  {f.mtime}  {f.path}"
                 )
     if state.as_json:
         _line({"ok": True, "matches": count})
