@@ -207,3 +207,23 @@ def test_command_line(history) -> None:
         [*cmd, "--path", "x", "--no-dumps"], env=env, capture_output=True, text=True
     )
     assert dumps.returncode == 2 and "files only" in dumps.stderr
+
+
+def test_the_rest_of_a_stream_is_skipped(tmp_path: Path) -> None:
+    """A file near the start of a large archive: the archive is read only up to it."""
+    live = tmp_path / "crm"
+    live.mkdir()
+    (live / "a.txt").write_text("first member")
+    (live / "z.bin").write_bytes(os.urandom(16 << 20))
+    age(live, 100)
+    vault = make_vault(tmp_path, live)
+    report = vault.backup(kind="full")
+    assert report.ok, report
+    size = vault.list()[0].size
+    (live / "a.txt").unlink()
+    before = snapshot(live)
+    done = vault.restore_paths("crm", "a.txt")
+    assert done.ok, done
+    assert (live / "a.txt").read_text() == "first member"
+    assert 0 < done.bytes_read < size // 2
+    assert without(snapshot(live), "a.txt") == without(before, "a.txt")
