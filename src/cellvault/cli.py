@@ -497,11 +497,6 @@ def restore(
     with _errors(state):
         config = state.load()
         chosen = list(cells) or ([config.restore_cell] if config.restore_cell else None)
-        if paths and (load_dumps is not None or only_dumps or dump_options):
-            raise ConfigError(
-                "--path restores files only: --dumps, --dump and --dump-option do not apply",
-                hint="restore a database with a whole-cell restore and --dump NAME",
-            )
     if paths:
         _restore_paths(
             state,
@@ -512,6 +507,7 @@ def restore(
             into or config.restore_into,
             sources,
             allow_external_links,
+            dumps=load_dumps is not None or bool(only_dumps or dump_options),
         )
     with _errors(state):
         options: dict[str, dict[str, str]] = {}
@@ -1515,9 +1511,16 @@ def _restore_paths(
     into: Path | None,
     sources: tuple[str, ...],
     allow_external_links: bool,
+    *,
+    dumps: bool,
 ) -> None:
     """``restore --path``: the chosen paths of one cell (see :meth:`Vault.restore_paths`)."""
     with _errors(state):
+        if dumps:
+            raise ConfigError(
+                "--path restores files only: --dumps, --dump and --dump-option do not apply",
+                hint="restore a database with a whole-cell restore and --dump NAME",
+            )
         if not cells or len(cells) != 1:
             raise ConfigError(
                 "--path restores paths of one cell: name it with --cell (or RESTORE_CELL)",
