@@ -351,6 +351,7 @@ def find(
                     row.get("sha256"),
                     target.name,
                 )
+        del rows  # one manifest at a time: freed before the next is read
 
 
 def points_of(res: Resources, cell: str, source: Sequence[str] | None) -> dict[ArchiveId, Any]:
