@@ -39,12 +39,16 @@ def timed(fn):  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200_000)
-    parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp one)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="scratch folder (default: a temp one)"
+    )
     args = parser.parse_args()
     scratch = args.dir or Path(tempfile.mkdtemp(prefix="cv-browse-"))
     live = scratch / "crm"
     build(live, args.files)
-    vault = Vault(Config(backup_dir=scratch / "backup", cells=[Cell("crm", [live])]), load_entry_points=False)
+    vault = Vault(
+        Config(backup_dir=scratch / "backup", cells=[Cell("crm", [live])]), load_entry_points=False
+    )
     backup_s, full = timed(lambda: vault.backup(kind="full"))
     for i in range(0, args.files, 100):
         (live / f"d{i % 1000:03d}" / f"f{i:06d}.txt").write_bytes(b"changed")
