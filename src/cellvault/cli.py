@@ -460,13 +460,20 @@ def _echo_status(state: State, report: Any) -> NoReturn:
     "(repeatable; see docs/dumpers.md).",
 )
 @click.option(
+    "--remove-excluded",
+    is_flag=True,
+    help="In place: also remove live paths the cell's exclude rules leave out of backups "
+    "(default: keep them).",
+)
+@click.option(
     "--path",
     "paths",
     multiple=True,
     metavar="PATTERN",
     help="Restore only the paths of the cell matching this glob, each with what is under it "
-    "(repeatable; needs one --cell; e.g. 'crm/config/*.yml'). The rest of the cell is not "
-    "touched; what is replaced is kept beside the cell's root. No dumps, no restore hooks.",
+    "(repeatable; needs one --cell; e.g. 'crm/config/*.yml'). Only the archives holding them "
+    "are read; the rest of the cell is not touched; what is replaced is kept beside the "
+    "cell's root. No dumps, no restore hooks.",
 )
 @pass_state
 def restore(
@@ -480,6 +487,7 @@ def restore(
     load_dumps: bool | None,
     only_dumps: tuple[str, ...],
     dump_options: tuple[str, ...],
+    remove_excluded: bool,
     paths: tuple[str, ...],
 ) -> None:
     """Restore all cells, or one, to a point in time, in one step.
@@ -488,27 +496,13 @@ def restore(
     fetched from the first target that has it, extracted beside its
     destination, checked file by file, its database dumps loaded and its
     restore hooks run, and only then swapped into place: a restore that fails
-    leaves the live files as they were.
-
-    With --path, only the matching paths of one cell are restored: only the
-    archives that hold them are read, each is staged and checked, then
-    swapped into place (or put under --into DIR).
+    leaves the live files as they were. With --path, only chosen paths.
     """
     with _errors(state):
         config = state.load()
         chosen = list(cells) or ([config.restore_cell] if config.restore_cell else None)
     if paths:
-        _restore_paths(
-            state,
-            config,
-            chosen,
-            paths,
-            select or config.restore_date or "latest",
-            into or config.restore_into,
-            sources,
-            allow_external_links,
-            dumps=load_dumps is not None or bool(only_dumps or dump_options),
-        )
+        _restore_paths(state, config, chosen, click.get_current_context().params)
     with _errors(state):
         options: dict[str, dict[str, str]] = {}
         for item in dump_options:
@@ -530,10 +524,13 @@ def restore(
             allow_external_links=allow_external_links,
             load_dumps=list(only_dumps) if only_dumps else load_dumps,
             dump_options=options,
+            keep_excluded=not remove_excluded,
         )
     if state.as_json:
         _emit_json(report.to_dict())
     else:
+        for line in report.recovered:
+            click.echo(f"note {line}")
         for c in report.cells:
             if c.ok:
                 safety = f"; safety backup {c.safety_backup}" if c.safety_backup else ""
@@ -543,6 +540,10 @@ def restore(
                 )
             else:
                 click.echo(f"FAIL {c.cell}: {c.stage}: {c.error}", err=True)
+            for part, what in c.parts.items():
+                click.echo(f"     {part}: {what}", err=not c.ok)
+            if c.undo:
+                click.echo(f"     undo: {c.undo}", err=not c.ok)
         if report.error:
             click.echo(f"FAIL {report.error}", err=True)
         click.echo(f"restore: {'ok' if report.ok else 'FAILED'} in {report.duration:.1f}s")
@@ -1503,20 +1504,14 @@ def mount(
 
 
 def _restore_paths(
-    state: State,
-    config: Config,
-    cells: list[str] | None,
-    paths: tuple[str, ...],
-    select: str,
-    into: Path | None,
-    sources: tuple[str, ...],
-    allow_external_links: bool,
-    *,
-    dumps: bool,
+    state: State, config: Config, cells: list[str] | None, params: dict[str, Any]
 ) -> None:
-    """``restore --path``: the chosen paths of one cell (see :meth:`Vault.restore_paths`)."""
+    """``restore --path``: the chosen paths of one cell (see :meth:`Vault.restore_paths`).
+
+    *params* are the restore command's own.
+    """
     with _errors(state):
-        if dumps:
+        if params["load_dumps"] is not None or params["only_dumps"] or params["dump_options"]:
             raise ConfigError(
                 "--path restores files only: --dumps, --dump and --dump-option do not apply",
                 hint="restore a database with a whole-cell restore and --dump NAME",
@@ -1528,11 +1523,11 @@ def _restore_paths(
             )
         report = state.vault(config).restore_paths(
             cells[0],
-            list(paths),
-            select,
-            into=into,
-            source=list(sources) or None,
-            allow_external_links=allow_external_links,
+            list(params["paths"]),
+            params["select"] or config.restore_date or "latest",
+            into=params["into"] or config.restore_into,
+            source=list(params["sources"]) or None,
+            allow_external_links=params["allow_external_links"],
         )
     if state.as_json:
         _emit_json(report.to_dict())
