@@ -13,9 +13,9 @@ import nox
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typing"]
 
-# Every optional feature is tested: the object-storage targets, the apprise notifier, the fleet,
-# and mount (its FUSE test runs where /dev/fuse is usable).
-TEST_EXTRAS = ".[test,s3,oss,apprise,fleet,mount]"
+# Every optional feature is tested: the object-storage targets, the apprise notifier, the
+# Kubernetes traffic switch, the fleet, and mount (its FUSE test runs where /dev/fuse is usable).
+TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet,mount]"
 
 
 @nox.session

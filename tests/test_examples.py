@@ -278,7 +278,9 @@ def test_backup_verify_restore_as_cron_runs_them(tmp_path: Path) -> None:
     assert (p.cells / "crm" / "config.yaml").read_text() == SAMPLE["config.yaml"]
 
     out = ok(p.run("restore_full.sh", RESTORE_CELL="billing", RESTORE_SKIP_PREBACKUP="1"))
-    assert "ok   billing: cell_billing_" in out and "safety backup" not in out
+    assert "ok   billing: cell_billing_" in out and "; safety backup cell_" not in out
+    # The report says that no safety backup was taken, and why.
+    assert "safety backup: skipped (RESTORE_SKIP_PREBACKUP=1)" in out
 
     bad = p.run("restore_full.sh", RESTORE_DATE="20251301")
     assert bad.returncode == 2

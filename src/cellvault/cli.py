@@ -8,6 +8,7 @@ one clear message on stderr, never a traceback (``--debug`` shows one).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -576,8 +577,10 @@ def list_(state: State, cells: tuple[str, ...], targets: tuple[str, ...]) -> Non
             else (f"<- {a.parent}" if a.parent else "")
         )
         kind = a.kind if a.reason == "scheduled" else f"{a.kind}*"
+        safety = "  [safety backup: stays on this site]" if a.reason == "pre-restore" else ""
         click.echo(
-            f"{a.id:<40} {kind:<12} {_size(a.size):>10} {a.files:>7}  {','.join(a.targets):<16} {chain}"
+            f"{a.id:<40} {kind:<12} {_size(a.size):>10} {a.files:>7}  {','.join(a.targets):<16} "
+            f"{chain}{safety}"
         )
     if any(a.reason != "scheduled" for a in archives):
         click.echo(
@@ -726,7 +729,9 @@ def _utc(when: Any) -> str:
 def _echo_hooks_error_steps(report: Any) -> None:
     """The end of a failover or failback report: plugin outcomes, the error, the manual steps."""
     for hook in report.hooks:
-        if hook.ok:
+        if hook.ok and hook.detail:
+            click.echo(f"ok   traffic switch {hook.plugin}: {hook.detail}")
+        elif hook.ok:
             click.echo(f"ok   failover plugin {hook.plugin}")
         else:
             click.echo(f"FAIL failover plugin {hook.plugin}: {hook.error}", err=True)
@@ -1051,6 +1056,115 @@ def failback(
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
+@dr.command()
+@_site_option
+@_json_option
+@pass_state
+def heartbeat(state: State, site_id: str | None, as_json: bool) -> None:
+    """Write this site's heartbeat to the shared store (a timer on the primary).
+
+    What 'cellvault dr watch' on the standby reads: a primary whose heartbeat
+    is fresh is never failed over. Scheduled backups write it too.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        beat = _site(state, site_id).heartbeat()
+    if state.as_json:
+        _emit_json({"site": beat.site, "at": _utc(beat.at), "source": beat.source})
+    else:
+        click.echo(f"heartbeat of site {beat.site} written at {_utc(beat.at)}")
+
+
+@dr.command()
+@click.option("--primary", help="The site id of the primary watched (DR_WATCH_PRIMARY).")
+@click.option(
+    "--url", "urls", multiple=True, help="A health URL of the primary (repeatable; DR_WATCH_URLS)."
+)
+@click.option(
+    "--probes", type=click.IntRange(min=1), help="Failed probes in a row (DR_WATCH_PROBES, 3)."
+)
+@click.option(
+    "--window",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds the primary must be gone (DR_WATCH_WINDOW, 180).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between probes (DR_WATCH_INTERVAL, 30).",
+)
+@click.option(
+    "--restore",
+    default="latest",
+    show_default=True,
+    help="What the failover restores (latest, a date, an archive id).",
+)
+@click.option("--once", is_flag=True, help="One probe and decision, then exit (for cron).")
+@click.option("--dry-run", is_flag=True, help="Probe and say what it would do; change nothing.")
+@_site_option
+@_json_option
+@pass_state
+def watch(
+    state: State,
+    primary: str | None,
+    urls: tuple[str, ...],
+    probes: int | None,
+    window: float | None,
+    interval: float | None,
+    restore: str,
+    once: bool,
+    dry_run: bool,
+    site_id: str | None,
+    as_json: bool,
+) -> None:
+    """On the standby: fail over by itself when the primary is gone (manual 5.5).
+
+    Probes the primary's health URLs and reads its heartbeat in the shared
+    store every --interval seconds; fails over only when both say it is gone
+    in --probes probes in a row over --window seconds, then switches the
+    traffic (DR_SWITCH_COMMAND, DR_SWITCH_K8S, cellvault_switch_traffic
+    plugins) and alerts. Every decision is printed with its probes. Exit 0
+    when the watch ends with a failover (or --once decided anything but a
+    failed failover), 1 when a failover or a traffic switch failed.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        site = _site(state, site_id)
+        watcher = site.watcher(
+            primary=primary,
+            urls=urls,
+            probes=probes,
+            window=window,
+            interval=interval,
+            restore=restore,
+        )
+        echo = functools.partial(_echo_decision, state)
+        if once:
+            decision = watcher.step(dry_run=dry_run)
+            echo(decision)
+        else:
+            decision = watcher.run(dry_run=dry_run, on_decision=echo)
+    sys.exit(EXIT_OK if decision.ok else EXIT_FAILED)
+
+
+def _echo_decision(state: State, decision: Any) -> None:
+    """One round of dr watch, for people (or one JSON object per line)."""
+    if state.as_json:
+        click.echo(json.dumps(decision.to_dict(), default=str, sort_keys=True))
+        return
+    click.echo(f"watch: {decision.action}: {decision.reason}")
+    for probe in decision.probes:
+        click.echo(f"  probe {probe.summary()}")
+    if decision.failover is not None:
+        _echo_hooks_error_steps(decision.failover)
+    for hook in decision.traffic:
+        if hook.ok:
+            click.echo(f"ok   traffic switch {hook.plugin}: {hook.detail}")
+        else:
+            click.echo(f"FAIL traffic switch {hook.plugin}: {hook.error}", err=True)
+    sys.stdout.flush()
+
+
 @dr.command(name="status")
 @click.option("--cell", "cells", multiple=True, help="Only this cell (repeatable).")
 @_site_option
@@ -1102,6 +1216,9 @@ def dr_status(state: State, cells: tuple[str, ...], site_id: str | None, as_json
             click.echo(
                 f"{lag.cell:<16} {lag.target:<10} {text:>10} {lag.behind:>7} {lag.ahead:>6}  {newer}"
             )
+        for lag in report.lag:
+            for ident in lag.safety:
+                click.echo(f"  {lag.cell}: {ident} is a pre-restore safety backup (not counted)")
     for record in report.sites:
         newest = ", ".join(f"{c}={h.newest}" for c, h in sorted(record.cells.items()))
         click.echo(

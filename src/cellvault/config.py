@@ -103,6 +103,15 @@ KNOWN_ENV: tuple[str, ...] = (
     "DR_SITE_ID",
     "DR_PULL_ONLY",
     "DR_TARGET",
+    # cellvault dr watch (automatic failover) and the traffic switch.
+    "DR_WATCH_PRIMARY",
+    "DR_WATCH_URLS",
+    "DR_WATCH_PROBES",
+    "DR_WATCH_WINDOW",
+    "DR_WATCH_INTERVAL",
+    "DR_WATCH_HEARTBEAT_AGE",
+    "DR_SWITCH_COMMAND",
+    "DR_SWITCH_K8S",
     # The fleet (cellvault.fleet): Celery's broker and the fleet's settings.
     *FLEET_ENV,
 )
@@ -244,6 +253,22 @@ class Config:
     #: The object-storage targets of the DR pair (``DR_TARGET``; default: every
     #: target but the first).
     dr_targets: tuple[str, ...] = attrs.field(default=(), converter=parse_names)
+    #: ``cellvault dr watch`` (:mod:`cellvault.dr.watch`): the site watched
+    #: (``DR_WATCH_PRIMARY``), its health URLs (``DR_WATCH_URLS``), how many
+    #: failed probes over how many seconds mean it is gone, the seconds
+    #: between probes, and the age past which its heartbeat is stale.
+    dr_watch_primary: str | None = None
+    dr_watch_urls: tuple[str, ...] = attrs.field(default=(), converter=parse_names)
+    dr_watch_probes: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    dr_watch_window: float = attrs.field(default=180.0, validator=_more_than_zero)
+    dr_watch_interval: float = attrs.field(default=30.0, validator=_more_than_zero)
+    dr_watch_heartbeat_age: float = attrs.field(default=300.0, validator=_more_than_zero)
+    #: The traffic switch (``cellvault_switch_traffic``): a command run with the
+    #: new site's id (``DR_SWITCH_COMMAND``), a Kubernetes Service or Ingress
+    #: to patch (``DR_SWITCH_K8S``, ``service/<namespace>/<name>`` or
+    #: ``ingress/<namespace>/<name>/<service name, {site} for the site>``).
+    dr_switch_command: str | None = None
+    dr_switch_k8s: str | None = None
     #: The file this configuration was read from (``--env-file`` or
     #: ``--config``), or ``None``. Relative paths of plugins' settings (the
     #: alert log) are taken from its folder. Not part of a config's value.
@@ -428,6 +453,14 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         dr_site_id=env.get("DR_SITE_ID", "").strip() or None,
         dr_pull_only=env_flag(env, "DR_PULL_ONLY", False),
         dr_targets=env.get("DR_TARGET", ""),
+        dr_watch_primary=env.get("DR_WATCH_PRIMARY", "").strip() or None,
+        dr_watch_urls=env.get("DR_WATCH_URLS", ""),
+        dr_watch_probes=_int(env, "DR_WATCH_PROBES", 3),
+        dr_watch_window=_float(env, "DR_WATCH_WINDOW", 180.0),
+        dr_watch_interval=_float(env, "DR_WATCH_INTERVAL", 30.0),
+        dr_watch_heartbeat_age=_float(env, "DR_WATCH_HEARTBEAT_AGE", 300.0),
+        dr_switch_command=env.get("DR_SWITCH_COMMAND", "").strip() or None,
+        dr_switch_k8s=env.get("DR_SWITCH_K8S", "").strip() or None,
         source=env_file,
     )
 
@@ -612,6 +645,14 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "dr_site_id": (str,),
     "dr_pull_only": (bool,),
     "dr_targets": (str, list),
+    "dr_watch_primary": (str,),
+    "dr_watch_urls": (str, list),
+    "dr_watch_probes": (int,),
+    "dr_watch_window": (int, float),
+    "dr_watch_interval": (int, float),
+    "dr_watch_heartbeat_age": (int, float),
+    "dr_switch_command": (str,),
+    "dr_switch_k8s": (str,),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 

@@ -39,12 +39,16 @@ from .targets.base import Target
 
 __all__ = [
     "EPOCHS_FOLDER",
+    "HEARTBEATS_FOLDER",
     "Epoch",
     "Fence",
+    "Heartbeat",
     "claim_epoch",
     "fence_for",
     "host_site_id",
     "read_epoch",
+    "read_heartbeat",
+    "write_heartbeat",
     "written_after_fence",
 ]
 
@@ -52,6 +56,8 @@ log = get_logger(__name__)
 
 #: Where the epochs live on every shared target.
 EPOCHS_FOLDER = ".dr/epochs"
+#: Where each site's heartbeat lives (``<site>.json``), for ``cellvault dr watch``.
+HEARTBEATS_FOLDER = ".dr/heartbeats"
 _NAME = re.compile(r"(\d{10})\.json")
 _SITE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -162,7 +168,13 @@ def read_epoch(storage: Sequence[Target]) -> tuple[Epoch | None, str | None, lis
 
 
 def claim_epoch(
-    storage: Sequence[Target], site: str, *, reason: str, now: dt.datetime, host: str = ""
+    storage: Sequence[Target],
+    site: str,
+    *,
+    reason: str,
+    now: dt.datetime,
+    host: str = "",
+    over: int | None = None,
 ) -> Epoch:
     """Claim the next epoch for *site* on the arbiter (the first shared target); return it.
 
@@ -171,6 +183,9 @@ def claim_epoch(
     naming it; the arbiter unreachable is one too (a claim must not be made
     where the other site might not see it). The record is then copied to the
     other shared targets (best effort, for readers while the arbiter is down).
+    With *over* (the epoch number the claimant saw when it decided, ``0`` for
+    none), the claim is of epoch *over* + 1 exactly: a site that decided on
+    an outdated view loses, whoever claimed in the meantime.
     """
     if not storage:
         raise ConfigError("claiming an epoch needs a shared (object-storage) target")
@@ -182,8 +197,15 @@ def claim_epoch(
             f"cannot read the epochs on the arbiter {arbiter.name}: {exc}",
             hint="the first shared target decides which site is active; it must be reachable",
         ) from None
+    seen = current.number if current else 0
+    if over is not None and seen != over and current is not None:
+        raise DrError(
+            f"site {current.site} took epoch {current.number} ({current.reason} at "
+            f"{_iso(current.at)}) since this site ({site}) looked; it did not become active",
+            hint="see 'cellvault dr status'; only one site may be active at a time",
+        )
     epoch = Epoch(
-        number=(current.number if current else 0) + 1,
+        number=(over if over is not None else seen) + 1,
         site=site,
         at=now.astimezone(dt.UTC),
         reason=reason,
@@ -231,6 +253,9 @@ class Fence:
 
     site: str
     storage: Sequence[Target]
+    #: Whether this vault is a site of a DR pair (``DR_SITE_ID`` or ``DR_TARGET`` set, or
+    #: a :class:`~cellvault.dr.Site`): its scheduled backups then write its heartbeat.
+    dr: bool = False
 
     @property
     def names(self) -> frozenset[str]:
@@ -242,6 +267,22 @@ class Fence:
         if not self.storage:
             return None
         return read_epoch(self.storage)[0]
+
+    def take(
+        self, reason: str, *, now: dt.datetime, host: str = "", over: int | None = None
+    ) -> Epoch:
+        """Become the active site: the current epoch if this site holds it, else claim the next.
+
+        :class:`~cellvault.errors.DrError` when another site claimed that
+        number first (it won; this site did not become active) or the
+        arbiter cannot be reached. *over*: the epoch number this site saw when
+        it decided to take over (``0``: none); another site's claim since then
+        wins (see :func:`claim_epoch`).
+        """
+        current = read_epoch(self.storage)[0] if self.storage else None
+        if current is not None and current.site == self.site:
+            return current
+        return claim_epoch(self.storage, self.site, reason=reason, now=now, host=host, over=over)
 
     def check(self, action: str) -> Epoch | None:
         """Prove this site may write to the shared targets; return the epoch it holds.
@@ -270,4 +311,69 @@ def fence_for(config: Any, targets: Sequence[Target]) -> Fence:
     site = config.dr_site_id or host_site_id()
     names = list(config.dr_targets)
     shared = [t for t in targets if t.name in names] if names else list(targets[1:])
-    return Fence(site, shared)
+    return Fence(site, shared, dr=bool(config.dr_site_id or names))
+
+
+@attrs.frozen
+class Heartbeat:
+    """A site's sign of life in the shared store: when, by what (``backup``, ``dr heartbeat``)."""
+
+    site: str
+    at: dt.datetime
+    source: str = "heartbeat"
+    host: str = ""
+
+    @staticmethod
+    def key(site: str) -> str:
+        return f"{HEARTBEATS_FOLDER}/{site}.json"
+
+    def to_json(self) -> bytes:
+        data = {"site": self.site, "at": _iso(self.at), "source": self.source, "host": self.host}
+        return json.dumps(data, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Heartbeat:
+        """Read a heartbeat record; :class:`DrError` when it is not one."""
+        try:
+            data = json.loads(raw)
+            at = dt.datetime.fromisoformat(str(data["at"]).replace("Z", "+00:00"))
+            if at.tzinfo is None:
+                raise ValueError("its time has no time zone")
+            return cls(
+                str(data["site"]), at, str(data.get("source", "")), str(data.get("host", ""))
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DrError(f"heartbeat record is unusable ({exc})") from None
+
+
+def read_heartbeat(storage: Sequence[Target], site: str) -> tuple[Heartbeat | None, list[str]]:
+    """The newest heartbeat of *site* on the shared targets, and the errors of those that failed."""
+    newest: Heartbeat | None = None
+    errors: list[str] = []
+    for target in storage:
+        try:
+            with target.guard("read a heartbeat", missing_ok=True):
+                raw = target.retrying(target.read_bytes, Heartbeat.key(site))
+            beat = Heartbeat.from_json(raw)
+        except FileNotFoundError:
+            continue
+        except (TargetError, DrError) as exc:
+            errors.append(f"{target.name}: {exc}")
+            continue
+        if newest is None or beat.at > newest.at:
+            newest = beat
+    return newest, errors
+
+
+def write_heartbeat(fence: Fence, *, now: dt.datetime, source: str, host: str = "") -> list[str]:
+    """Write *fence*'s site heartbeat to every shared target; the errors (never raised)."""
+    beat = Heartbeat(fence.site, now.astimezone(dt.UTC), source, host)
+    errors: list[str] = []
+    for target in fence.storage:
+        try:
+            with target.guard("write a heartbeat"):
+                target.retrying(target.put_bytes, Heartbeat.key(fence.site), beat.to_json())
+        except TargetError as exc:
+            errors.append(f"{target.name}: {exc}")
+            log.warning("fence.heartbeat_failed", target=target.name, error=str(exc))
+    return errors

@@ -170,3 +170,23 @@ def cellvault_failover(marker: FailoverMarker) -> None:
     the failover report (the command exits 1 and says to switch by hand), the
     others are still called, and the marker stands.
     """
+
+
+@hookspec
+def cellvault_switch_traffic(
+    site: str, previous_site: str | None, event: str, config: Config
+) -> str | None:
+    """Called when *site* becomes the active one, to send the users' traffic to it.
+
+    After a failover (*event* ``failover``, also one ``cellvault dr watch``
+    started) once the marker is written, and after a failback's takeover
+    (*event* ``failback``) once it is cleared; *previous_site* served before.
+    Return what was switched, in a few words (``"DNS paas.example.com ->
+    dr"``), or ``None`` when this implementation is not configured. Raise
+    when the switch failed: the report says so, the command exits 1 and
+    says to switch by hand, and the other implementations are still called.
+    Built in: ``DR_SWITCH_COMMAND`` (:mod:`cellvault.traffic.command`) and
+    ``DR_SWITCH_K8S`` (:mod:`cellvault.traffic.k8s`). An implementation may be
+    called again for the same switch (a ``dr watch`` restarted mid-failover):
+    make it idempotent.
+    """

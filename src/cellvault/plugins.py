@@ -47,6 +47,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cellvault.dumpers.postgres",
     "cellvault.dumpers.mysql",
     "cellvault.dumpers.redis",
+    "cellvault.traffic.command",
+    "cellvault.traffic.k8s",
 )
 
 

@@ -26,7 +26,7 @@ from .config import Config, load_env, load_toml
 from .dumpers.base import Dumper
 from .errors import ConfigError
 from .events import Event
-from .fence import Fence, fence_for
+from .fence import Fence, fence_for, write_heartbeat
 from .hooks import ScriptHooks
 from .layout import BackupDirLayout
 from .notify import alert_settings
@@ -249,6 +249,9 @@ class Vault:
         ``cellvault_backup_failed`` hook); nothing committed is ever partial.
         Each run writes ``<backup_dir>/logs/backup_<stamp>.log`` and is
         remembered per cell and target for :meth:`status` and the metrics.
+        A scheduled backup of a DR site (``DR_SITE_ID`` or ``DR_TARGET`` set,
+        or a :class:`~cellvault.dr.Site`'s vault) also writes the site's heartbeat to
+        the shared targets (what ``cellvault dr watch`` on the standby reads).
         """
         with self._open("backup") as run:
             report = backup_op.backup(
@@ -260,6 +263,11 @@ class Vault:
                 reason=reason,
             )
             run.finish(report, metrics=self.write_metrics)
+        if reason == "scheduled" and self.fence.dr and self.fence.storage:
+            # The run's own stamp (the vault's clock at its start) and its duration.
+            at = dt.datetime.strptime(report.stamp, "%Y%m%d_%H%M%S").replace(tzinfo=dt.UTC)
+            at += dt.timedelta(seconds=report.duration)
+            write_heartbeat(self.fence, now=at, source="backup", host=self.host)
         return report
 
     def verify(

@@ -691,3 +691,29 @@ def test_settings_and_marker_round_trip() -> None:
     assert json.loads(marker.to_json())["at"] == "2025-01-02T03:04:05Z"
     with pytest.raises(DrError, match="unusable"):
         FailoverMarker.from_json(b'{"site": 1}')
+
+
+def test_dr_watch_examples_run_the_watch() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the example")
+    docs = list(yaml.safe_load_all((EXAMPLES / "dr-watch-deployment.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["cellvault", "dr", "watch"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = load_env(
+        {**env, "BACKUP_DIR": "/backup/paas", "BACKUP_CELLS": "crm", "BACKUP_CELLS_ROOT": "/srv"}
+    )
+    from cellvault.dr import WatchSettings
+    from cellvault.traffic.k8s import K8sSwitch
+
+    settings = WatchSettings.from_config(config)
+    assert settings.primary == "primary" and len(settings.urls) == 2
+    assert K8sSwitch.parse(env["DR_SWITCH_K8S"]).name == "paas-gateway"
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["rules"][0]["verbs"] == ["get", "patch"]
+    assert pod["serviceAccountName"] == "cellvault-dr-watch"
+    unit = (EXAMPLES / "cellvault-dr-watch.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split()[-2:] == ["dr", "watch"]

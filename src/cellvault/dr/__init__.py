@@ -13,6 +13,8 @@ What lives where on the object storage, beside the cells' folders::
     <root>/.dr/failover.json            the failover marker, while a failover is in effect
     <root>/.dr/history/<stamp>_*.json   markers of finished failovers and failbacks
     <root>/.dr/sites/<site>.json        what each site held at its last sync
+    <root>/.dr/epochs/<N>.json          the DR epochs (cellvault.fence): who may write
+    <root>/.dr/heartbeats/<site>.json   each site's last sign of life (dr watch reads it)
 
 and on each site, ``<backup_dir>/.cellvault/dr/failover.json`` (the marker as
 this site last wrote or saw it) and ``<backup_dir>/.cellvault/spool/sync/``
@@ -29,7 +31,7 @@ The package, one concept per module:
 * :mod:`~cellvault.dr.context`: what every step of one site works with;
 * :mod:`~cellvault.dr.replicate`, :mod:`~cellvault.dr.prepare`,
   :mod:`~cellvault.dr.failover`, :mod:`~cellvault.dr.failback`,
-  :mod:`~cellvault.dr.status`: the steps, as functions of a
+  :mod:`~cellvault.dr.status`, :mod:`~cellvault.dr.watch`: the steps, as functions of a
   :class:`~cellvault.dr.context.SiteContext`;
 * :mod:`~cellvault.dr.steps`: the manual steps' texts;
 * :mod:`~cellvault.dr.site`: :class:`Site`, the façade.
@@ -64,6 +66,7 @@ from .settings import DrSettings
 from .site import Site
 from .steps import failover_steps, handback_steps, takeover_steps
 from .sync import COPY_ATTEMPTS, copy_cell
+from .watch import Probe, WatchDecision, Watcher, WatchSettings
 
 __all__ = [
     "COPY_ATTEMPTS",
@@ -82,12 +85,16 @@ __all__ = [
     "Holding",
     "HookOutcome",
     "PrepareReport",
+    "Probe",
     "Site",
     "SiteRecord",
     "StatusReport",
     "SyncReport",
     "TargetCheck",
     "TargetView",
+    "WatchDecision",
+    "WatchSettings",
+    "Watcher",
     "copy_cell",
     "failover_steps",
     "handback_steps",

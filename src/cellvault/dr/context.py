@@ -18,7 +18,7 @@ import attrs
 
 from ..archive import Selector, Sidecar
 from ..errors import CellvaultError, ConfigError, TargetError
-from ..fence import Epoch, Fence, claim_epoch
+from ..fence import Epoch, Fence
 from ..layout import BackupDirLayout
 from ..log import get_logger
 from ..plugins import call_each
@@ -62,21 +62,18 @@ class SiteContext:
     @property
     def fence(self) -> Fence:
         """This site's fencing: its id and the object storage the epochs live on."""
-        return Fence(self.site_id, self.storage)
+        return Fence(self.site_id, self.storage, dr=True)
 
-    def take_epoch(self, reason: str) -> Epoch:
-        """Claim the next DR epoch for this site (:func:`cellvault.fence.claim_epoch`).
+    def take_epoch(self, reason: str, *, over: int | None = None) -> Epoch:
+        """Claim the next DR epoch for this site (:meth:`cellvault.fence.Fence.take`).
 
         A site that holds the current epoch already keeps it (a failover run
-        again after a failed restore). :class:`DrError` when another site won.
+        again after a failed restore). *over*: the epoch number seen when the
+        step started; a claim by another site since then wins. :class:`DrError`
+        when another site won.
         """
         self.need_storage("taking the DR epoch")
-        current = self.fence.current()
-        if current is not None and current.site == self.site_id:
-            return current
-        return claim_epoch(
-            self.storage, self.site_id, reason=reason, now=self.now(), host=self.vault.host
-        )
+        return self.fence.take(reason, now=self.now(), host=self.vault.host, over=over)
 
     @property
     def markers(self) -> MarkerStore:
@@ -190,6 +187,29 @@ class SiteContext:
                 continue
             error = error_text(outcome.exception)
             log.error("dr.hook_failed", plugin=outcome.plugin, error=error)
+            out.append(HookOutcome(outcome.plugin, False, error))
+        return out
+
+    def switch_traffic(self, marker: FailoverMarker) -> list[HookOutcome]:
+        """Call each ``cellvault_switch_traffic`` implementation that is configured; report each."""
+        out = []
+        outcomes = call_each(
+            self.vault.plugins,
+            "cellvault_switch_traffic",
+            site=marker.site_id,
+            previous_site=marker.previous_site,
+            event=marker.event,
+            config=self.vault.config,
+        )
+        for outcome in outcomes:
+            if outcome.exception is None:
+                # pluggy drops a None result: an implementation not configured gives [].
+                if outcome.result is not None and outcome.result != []:
+                    log.info("dr.traffic_switched", plugin=outcome.plugin, done=outcome.result)
+                    out.append(HookOutcome(outcome.plugin, True, detail=str(outcome.result)))
+                continue
+            error = error_text(outcome.exception)
+            log.error("dr.traffic_switch_failed", plugin=outcome.plugin, error=error)
             out.append(HookOutcome(outcome.plugin, False, error))
         return out
 

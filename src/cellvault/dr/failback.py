@@ -38,6 +38,8 @@ class _Step:
     step: str
     started: float = attrs.Factory(time.monotonic)
     warnings: list[str] = attrs.Factory(list)
+    #: The epoch number seen when the step started (another claim since wins).
+    over: int | None = None
 
     def report(self, *, ok: bool, **fields: Any) -> FailbackReport:
         fields.setdefault("warnings", tuple(self.warnings))
@@ -103,6 +105,7 @@ def hand_back(ctx: SiteContext, marker: FailoverMarker, final_backup: str | None
                 error = f"archive {chosen.id} is not on {target.name} after the push"
                 return step.report(ok=False, backup=backup, push=sync, error=error)
         archives[cell] = str(chosen.id)
+    ctx.fence.check("hand back")  # pushed under this site's epoch; still so before the marker
     handback = Handback(site_id=ctx.site_id, host=ctx.vault.host, at=now, archives=archives)
     handed = attrs.evolve(marker, handback=handback)
     written, errors = ctx.markers.publish(handed)
@@ -149,6 +152,8 @@ def take_over(
 ) -> FailbackReport:
     """Step ``takeover`` on the recovered primary: pull, verify, restore, clear the marker."""
     step = _Step(ctx, "takeover")
+    seen = ctx.fence.current()
+    step.over = seen.number if seen else 0
     handback = marker.handback
     if handback is None and not force:
         raise DrError(
@@ -175,7 +180,7 @@ def take_over(
         )
     try:
         # The active site is fenced from here on: it must not push any more.
-        epoch = ctx.take_epoch("failback")
+        epoch = ctx.take_epoch("failback", over=step.over)
     except DrError as exc:
         error = f"this site could not take the DR epoch, so it did not take over: {exc}"
         return step.report(
@@ -233,7 +238,7 @@ def _clear(
     # The failback itself goes into the history beside the failover it ended.
     step.warnings += ctx.markers.retire(back, everywhere=True)
     log.info("dr.failback", site=ctx.site_id, restored=dict(back.restored))
-    hooks = ctx.failover_hooks(back)
+    hooks = ctx.failover_hooks(back) + ctx.switch_traffic(back)
     step.warnings += ctx.record("failback")
     error = hooks_error(
         hooks, "failback done and marker cleared", "switch the traffic back by hand"

@@ -29,6 +29,8 @@ class _Failover:
     ctx: SiteContext
     started: float = attrs.Factory(time.monotonic)
     warnings: list[str] = attrs.Factory(list)
+    #: The epoch number seen when the failover started (another claim since wins).
+    over: int | None = None
     pull: SyncReport | None = None
     verify: VerifyReport | None = None
     restore: RestoreReport | None = None
@@ -106,9 +108,18 @@ def failover(
     skip_prebackup: bool = False,
     force: bool = False,
     pull_first: bool = True,
+    switch: bool = True,
+    previous_site: str | None = None,
 ) -> FailoverReport:
-    """See :meth:`cellvault.dr.Site.failover`."""
+    """See :meth:`cellvault.dr.Site.failover`.
+
+    With *switch* false the ``cellvault_switch_traffic`` hooks are left to
+    the caller (``dr watch`` records that it is switching first).
+    *previous_site*: the site that served before, when the caller knows it.
+    """
     attempt = _Failover(ctx)
+    seen = ctx.fence.current()  # the epoch this failover takes over from
+    attempt.over = seen.number if seen else 0
     current = ctx.markers.current()[0] if force else _refuse_if_active(ctx)
     if pull_first and ctx.storage:
         _pull(ctx, attempt)
@@ -136,7 +147,7 @@ def failover(
     # Fence the old primary: claim the next epoch. Only one claimant wins, so
     # two standbys racing to fail over cannot both go on.
     try:
-        attempt.epoch = ctx.take_epoch("failover")
+        attempt.epoch = ctx.take_epoch("failover", over=attempt.over)
     except DrError as exc:
         return attempt.stop(
             f"this site could not take the DR epoch, so it did not fail over: {exc}"
@@ -153,7 +164,10 @@ def failover(
         site_id=ctx.site_id,
         at=ctx.now(),
         host=ctx.vault.host,
-        previous_site=(current.site_id if current else None) or ctx.previous_site(),
+        previous_site=(current.site_id if current else None)
+        or previous_site
+        or (seen.site if seen and seen.site != ctx.site_id else None)
+        or ctx.previous_site(),
         restored=restored_archives(attempt.restore),
         verified={
             c: str(s.id)
@@ -162,11 +176,13 @@ def failover(
         },
         forced=force and (current is not None or bool(problems) or not verify.ok),
     )
-    return _switch(ctx, attempt, marker)
+    return _switch(ctx, attempt, marker, switch=switch)
 
 
-def _switch(ctx: SiteContext, attempt: _Failover, marker: FailoverMarker) -> FailoverReport:
-    """Write *marker* everywhere, call the hooks, record this site: the failover proper."""
+def _switch(
+    ctx: SiteContext, attempt: _Failover, marker: FailoverMarker, *, switch: bool = True
+) -> FailoverReport:
+    """Write *marker* everywhere (the epoch is taken), call the hooks, record this site."""
     written, errors = ctx.markers.publish(marker)
     attempt.warnings += errors
     if not written:
@@ -174,7 +190,7 @@ def _switch(ctx: SiteContext, attempt: _Failover, marker: FailoverMarker) -> Fai
             "the failover marker could not be written anywhere: " + "; ".join(errors)
         )
     log.info("dr.failover", site=ctx.site_id, restored=dict(marker.restored), written=written)
-    hooks = ctx.failover_hooks(marker)
+    hooks = ctx.failover_hooks(marker) + (ctx.switch_traffic(marker) if switch else [])
     attempt.warnings += ctx.record("failover")
     error = hooks_error(hooks, "failover done and marker written", "switch the traffic by hand")
     return attempt.report(

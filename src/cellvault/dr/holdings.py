@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from ..archive import ArchiveId
 from ..cell import validate_cell_name
 from ..errors import ConfigError
@@ -48,17 +50,30 @@ def holdings(target: Target) -> dict[str, Holding]:
     return {cell: holding(target, cell)[0] for cell in cells_of(target)}
 
 
-def lag(cell: str, target: str, here: list[ArchiveId], there: list[ArchiveId]) -> CellLag:
-    """How far *here* (this site's archives of *cell*) is from *there* (on *target*)."""
-    newest_here = here[-1] if here else None
-    newest_there = there[-1] if there else None
+def lag(
+    cell: str,
+    target: str,
+    here: list[ArchiveId],
+    there: list[ArchiveId],
+    safety: Collection[ArchiveId] = (),
+) -> CellLag:
+    """How far *here* (this site's archives of *cell*) is from *there* (on *target*).
+
+    The archives in *safety* (pre-restore safety backups) are listed apart
+    and never counted: they stay on the site that took them.
+    """
+    skip = set(safety)
+    mine = [i for i in here if i not in skip]
+    theirs = [i for i in there if i not in skip]
+    newest_here = mine[-1] if mine else None
+    newest_there = theirs[-1] if theirs else None
     seconds = (
-        (newest_there.when - newest_here.when).total_seconds()
+        abs((newest_there.when - newest_here.when).total_seconds())
         if newest_here and newest_there
         else None
     )
-    behind = [str(i) for i in there if newest_here is None or i > newest_here]
-    ahead = [str(i) for i in here if newest_there is None or i > newest_there]
+    behind = [str(i) for i in theirs if newest_here is None or i > newest_here]
+    ahead = [str(i) for i in mine if newest_there is None or i > newest_there]
     leader = "remote" if behind and not ahead else "local" if ahead and not behind else "even"
     if newest_here and newest_there and newest_here != newest_there and leader == "even":
         leader = "remote" if newest_there > newest_here else "local"
@@ -73,4 +88,5 @@ def lag(cell: str, target: str, here: list[ArchiveId], there: list[ArchiveId]) -
         leader=leader,
         behind_archives=tuple(behind),
         ahead_archives=tuple(ahead),
+        safety=tuple(sorted(str(i) for i in skip if i in set(here) | set(there))),
     )

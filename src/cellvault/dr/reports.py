@@ -115,11 +115,13 @@ class PrepareReport(Report):
 
 @attrs.frozen
 class HookOutcome(Report):
-    """One ``cellvault_failover`` hook implementation's result."""
+    """One ``cellvault_failover`` or ``cellvault_switch_traffic`` implementation's result."""
 
     plugin: str
     ok: bool
     error: str | None = None
+    #: What a traffic switch says it switched.
+    detail: str | None = None
 
 
 @attrs.frozen
@@ -185,9 +187,9 @@ class CellLag(Record):
     remote: str | None
     #: How far apart the newest archives are, in seconds (never negative; see *leader*).
     lag_seconds: float | None
-    #: Archives there newer than the newest here (what a pull would bring).
+    #: Archives there that this site lacks (what a pull would bring).
     behind: int
-    #: Archives here newer than the newest there (what a push would bring).
+    #: Archives here that the target lacks (what a push would bring).
     ahead: int
     #: Which side holds the newer archive: ``local`` (this site), ``remote`` (the
     #: target) or ``even``. Pre-restore safety backups never count: they stay
@@ -196,6 +198,9 @@ class CellLag(Record):
     #: The archives a pull (*behind*) or a push (*ahead*) would bring, oldest first.
     behind_archives: tuple[str, ...] = ()
     ahead_archives: tuple[str, ...] = ()
+    #: Pre-restore safety backups on either side: they stay on the site that
+    #: took them and are never counted.
+    safety: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DrError
+from ..fence import Heartbeat, write_heartbeat
 from ..targets.base import Target
 from ..vault import Vault
 from . import failback, failover, prepare, replicate, status
@@ -21,6 +22,7 @@ from .reports import (
     TargetCheck,
 )
 from .settings import DrSettings, host_site_id, validate_site_id
+from .watch import Watcher, WatchSettings
 
 __all__ = ["Site"]
 
@@ -276,3 +278,31 @@ class Site:
     def status(self, cells: Sequence[str] | None = None) -> StatusReport:
         """Which site is active, what each target holds, and the replication lag per cell."""
         return status.status(self.context, cells)
+
+    # -- automatic failover ---------------------------------------------------------
+
+    def heartbeat(self) -> Heartbeat:
+        """Write this site's heartbeat to the shared store (``cellvault dr heartbeat``).
+
+        What ``dr watch`` on the standby reads: a primary whose heartbeat is
+        fresh is never failed over. :class:`DrError` when no shared target
+        took it.
+        """
+        self.context.need_storage("a heartbeat")
+        now = self.context.now()
+        errors = write_heartbeat(
+            self.context.fence, now=now, source="dr heartbeat", host=self.vault.host
+        )
+        if len(errors) == len(self.storage):
+            raise DrError("the heartbeat could not be written: " + "; ".join(errors))
+        return Heartbeat(self.site_id, now, "dr heartbeat", self.vault.host)
+
+    def watcher(self, settings: WatchSettings | None = None, **overrides: Any) -> Watcher:
+        """The ``dr watch`` of this (standby) site; *settings* default to the ``DR_WATCH_*`` ones.
+
+        ``site.watcher().step()`` is one round (``--once``), ``.run()`` the
+        long-running watch; see :mod:`cellvault.dr.watch`.
+        """
+        self.context.need_storage("dr watch")
+        settings = settings or WatchSettings.from_config(self.vault.config, **overrides)
+        return Watcher(self.context, settings)

@@ -93,14 +93,11 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
             for cell in sorted(set(here) | set(there)):
                 mine, theirs = here.get(cell, []), there.get(cell, [])
                 since = min(mine[-1], theirs[-1]) if mine and theirs else None
-                lags.append(
-                    lag(
-                        cell,
-                        target.name,
-                        _scheduled(ctx.local, mine, since),
-                        _scheduled(target, theirs, since),
-                    )
+                kept = set(_scheduled(ctx.local, mine, since)) | set(
+                    _scheduled(target, theirs, since)
                 )
+                safety = (set(mine) | set(theirs)) - kept
+                lags.append(lag(cell, target.name, mine, theirs, safety))
     return StatusReport(
         site=ctx.site_id,
         active=marker.site_id if marker else None,

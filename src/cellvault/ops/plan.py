@@ -180,7 +180,14 @@ def _prefer_scheduled(
         if meta.reason != "pre-restore":
             return ident
         fallback = fallback or ident
-    return fallback or matching[-1]
+    if fallback is None:
+        # Every match was written by a fenced site after the fence: none is restored.
+        raise ArchiveNotFound(
+            f"every archive matching {selector} was written by a fenced site after site "
+            f"{epoch.site if epoch else '?'} took the current DR epoch; none is restored",
+            hint="pick an earlier date, or name an archive by its id to restore it anyway",
+        )
+    return fallback
 
 
 def _placeholder(name: str) -> Cell:
