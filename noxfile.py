@@ -14,8 +14,8 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typing"]
 
 # Every optional feature is tested: the object-storage targets, the apprise notifier, the
-# Kubernetes traffic switch, the fleet.
-TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet]"
+# Kubernetes traffic switch, the fleet, and mount (its FUSE test runs where /dev/fuse is usable).
+TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet,mount]"
 
 
 @nox.session

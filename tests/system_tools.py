@@ -47,6 +47,8 @@ PACKAGES: dict[str, str] = {
     "getfattr": "attr",
     "bsdtar": "libarchive-tools",
     "setpriv": "util-linux",
+    # cellvault mount (tests/ops/test_mount.py): unmounting, and libfuse3 with it.
+    "fusermount3": "fuse3",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -226,6 +226,9 @@ def run_console(
         "CELLVAULT_LOAD_PLUGINS": "",
         "LANG": "C.UTF-8",
     }
+    if os.environ.get("PYTHONPATH"):
+        # A checkout run with PYTHONPATH=src: its commands are the ones documented.
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     (tmp / "home").mkdir()
     # One bash reads the commands one by one from a pipe, so that each one can use the
     # stamps the ones before it printed (RESTORE_DATE=..., a damaged archive's name).

@@ -30,6 +30,8 @@ from .errors import (
 from .events import Event
 from .hookspecs import hookimpl
 from .manifest import Entry, Manifest
+from .ops.browse import DiffEntry, DiffReport, Found, Point, TreeEntry
+from .ops.partial import PathRestoreReport
 from .report import (
     BackupReport,
     CellReport,
@@ -60,10 +62,13 @@ __all__ = [
     "CellvaultError",
     "Config",
     "ConfigError",
+    "DiffEntry",
+    "DiffReport",
     "Entry",
     "Event",
     "Failure",
     "Fenced",
+    "Found",
     "FsspecTarget",
     "Kind",
     "Level",
@@ -73,6 +78,8 @@ __all__ = [
     "Names",
     "ObjectInfo",
     "ObjectStat",
+    "PathRestoreReport",
+    "Point",
     "RestoreError",
     "RestoreReport",
     "Selector",
@@ -81,6 +88,7 @@ __all__ = [
     "TargetError",
     "TargetOutcome",
     "TargetSpec",
+    "TreeEntry",
     "UnsafeArchive",
     "Vault",
     "VerifyReport",

@@ -7,10 +7,12 @@ one clear message on stderr, never a traceback (``--debug`` shows one).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -465,6 +467,16 @@ def _echo_status(state: State, report: Any) -> NoReturn:
     help="In place: also remove live paths the cell's exclude rules leave out of backups "
     "(default: keep them).",
 )
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="PATTERN",
+    help="Restore only the paths of the cell matching this glob, each with what is under it "
+    "(repeatable; needs one --cell; e.g. 'crm/config/*.yml'). Only the archives holding them "
+    "are read; the rest of the cell is not touched; what is replaced is kept beside the "
+    "cell's root. No dumps, no restore hooks.",
+)
 @pass_state
 def restore(
     state: State,
@@ -478,6 +490,7 @@ def restore(
     only_dumps: tuple[str, ...],
     dump_options: tuple[str, ...],
     remove_excluded: bool,
+    paths: tuple[str, ...],
 ) -> None:
     """Restore all cells, or one, to a point in time, in one step.
 
@@ -485,7 +498,7 @@ def restore(
     fetched from the first target that has it, extracted beside its
     destination, checked file by file, its database dumps loaded and its
     restore hooks run, and only then swapped into place: a restore that fails
-    leaves the live files as they were.
+    leaves the live files as they were. With --path, only chosen paths.
     """
     if allow_external_links:
         click.echo(
@@ -496,6 +509,9 @@ def restore(
     with _errors(state):
         config = state.load()
         chosen = list(cells) or ([config.restore_cell] if config.restore_cell else None)
+    if paths:
+        _restore_paths(state, config, chosen, click.get_current_context().params)
+    with _errors(state):
         options: dict[str, dict[str, str]] = {}
         for item in dump_options:
             name, dot, rest = item.partition(".")
@@ -1410,6 +1426,252 @@ def completion(state: State, shell: str) -> None:
         _emit_json({"ok": True, "shell": shell, "script": script})
     else:
         click.echo(script)
+
+
+# -- browsing the history: ls, find, diff, mount -------------------------
+
+
+def _line(data: Any) -> None:
+    """One JSON line (the --json output of ls, find and diff)."""
+    click.echo(json.dumps(data, sort_keys=True, default=str))
+
+
+def _mode(kind: str, mode: int) -> str:
+    return {"dir": "d", "symlink": "l"}.get(kind, "-") + stat.filemode(mode)[1:]
+
+
+def _instant(value: str | None, option: str) -> dt.datetime | None:
+    """An ISO date or time given to *option* (UTC when it names no zone)."""
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {value!r} is not a date or time",
+            hint="give an ISO date or time, e.g. 2025-01-31 or 2025-01-31T02:00",
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+_DATE_HELP = (
+    "latest, an archive id, a date prefix such as 20250101_0200, or an ISO time "
+    "(newest at or before it). Default: latest."
+)
+
+
+@cli.command()
+@click.argument("cell")
+@click.argument("path", required=False)
+@click.option("--date", "select", default="latest", show_default=True, help=_DATE_HELP)
+@click.option("--source", "sources", multiple=True, help="Read from these targets, in this order.")
+@pass_state
+def ls(state: State, cell: str, path: str | None, select: str, sources: tuple[str, ...]) -> None:
+    """List the tree of CELL at a point in time (only PATH and what is under it, if given).
+
+    Each line: mode, owner, size, mtime (UTC), path relative to the cell
+    (starting with the root's name, e.g. crm/config/app.yml) and, for files,
+    the archive that holds its bytes. Reads the archive's manifest only, never
+    its data. With --json: one JSON object per path, then a last line
+    {"ok": true, "point": {...}, "paths": N}.
+    """
+    with _errors(state):
+        point, entries = state.vault().ls(
+            cell, select=select, path=path, source=list(sources) or None
+        )
+        count = 0
+        if not state.as_json:
+            click.echo(f"# {point.archive} ({point.kind}, {point.backed_at}) on {point.target}")
+        for e in entries:
+            count += 1
+            if state.as_json:
+                _line(e.to_dict())
+                continue
+            name = f"{e.path} -> {e.target}" if e.type == "symlink" else e.path
+            held = f"  [{e.archive}]" if e.archive and e.archive != point.archive else ""
+            click.echo(
+                f"{_mode(e.type, e.mode)} {e.uid:>5}:{e.gid:<5} {e.size:>12}  "
+                f"{e.mtime}  {name}{held}"
+            )
+    if state.as_json:
+        _line({"ok": True, "point": point.to_dict(), "paths": count})
+
+
+@cli.command()
+@click.argument("cell")
+@click.argument("patterns", nargs=-1, required=True, metavar="PATTERN...")
+@click.option("--since", help="Only points taken at or after this ISO date or time (UTC).")
+@click.option("--until", help="Only points taken at or before this ISO date or time (UTC).")
+@click.option("--source", "sources", multiple=True, help="Read from these targets, in this order.")
+@pass_state
+def find(
+    state: State,
+    cell: str,
+    patterns: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    sources: tuple[str, ...],
+) -> None:
+    """Find every point at which a path matching PATTERN existed, newest first.
+
+    A PATTERN with a / is a glob over the path relative to the cell
+    ('crm/uploads/2025/*'; * also crosses /); one without matches the file
+    name ('*.yml'). Each line: archive, size, mtime (UTC), path. Reads the
+    manifests only, one at a time, never archive data. With --json: one JSON
+    object per match, then {"ok": true, "matches": N}.
+    """
+    with _errors(state):
+        found = state.vault().find(
+            cell,
+            patterns,
+            since=_instant(since, "--since"),
+            until=_instant(until, "--until"),
+            source=list(sources) or None,
+        )
+        count = 0
+        for f in found:
+            count += 1
+            if state.as_json:
+                _line(f.to_dict())
+            else:
+                click.echo(f"{f.archive}  {f.type:<7} {f.size:>12}  {f.mtime}  {f.path}")
+    if state.as_json:
+        _line({"ok": True, "matches": count})
+    elif not count:
+        click.echo(f"no path of cell {cell} matches {' '.join(patterns)} at any point")
+
+
+@cli.command()
+@click.argument("cell")
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B", default="latest")
+@click.option("--source", "sources", multiple=True, help="Read from these targets, in this order.")
+@pass_state
+def diff(state: State, cell: str, a: str, b: str, sources: tuple[str, ...]) -> None:
+    """Show what changed in CELL from point A to point B (default: latest).
+
+    A and B are chosen as --date of restore chooses (latest, an archive id,
+    a date prefix, an ISO time). Each line: + added, - removed, M modified
+    (with what changed: type, content, mode, owner, target, mtime), then the
+    totals. Reads the two manifests only. With --json: one JSON object per
+    path, then {"ok": true, "a": ..., "b": ..., "totals": ...}.
+    """
+    with _errors(state):
+        report = state.vault().diff(cell, a, b, source=list(sources) or None)
+    signs = {"added": "+", "removed": "-", "modified": "M"}
+    for e in report.entries:
+        if state.as_json:
+            _line(e.to_dict())
+        else:
+            what = f"  ({', '.join(e.changes)})" if e.changes else ""
+            click.echo(f"{signs[e.status]} {e.path}{what}")
+    t = report.totals()
+    if state.as_json:
+        _line({"ok": True, "a": report.a.to_dict(), "b": report.b.to_dict(), "totals": t})
+        return
+    click.echo(
+        f"{report.a.archive} -> {report.b.archive}: "
+        f"{t['added']} added ({_size(t['added_bytes'])}), "
+        f"{t['removed']} removed ({_size(t['removed_bytes'])}), "
+        f"{t['modified']} modified ({_size(t['modified_bytes'])} of new content)"
+    )
+
+
+@cli.command()
+@click.argument("cell")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--date", "select", default="latest", show_default=True, help=_DATE_HELP)
+@click.option(
+    "--all", "all_points", is_flag=True, help="Show every point, as a directory per archive id."
+)
+@click.option("--source", "sources", multiple=True, help="Read from these targets, in this order.")
+@click.option(
+    "--cache-mb",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="MiB of fetched files kept; the least recently used go first.",
+)
+@pass_state
+def mount(
+    state: State,
+    cell: str,
+    mountpoint: Path,
+    select: str,
+    all_points: bool,
+    sources: tuple[str, ...],
+    cache_mb: int,
+) -> None:
+    """Mount a read-only view of CELL at MOUNTPOINT, for cp, grep and diff.
+
+    The point --date picks appears as the cell's tree (MOUNTPOINT/<root>/...);
+    with --all, every point as a directory named by its archive id. Listing
+    reads manifests only; a file's bytes are fetched when it is first read
+    (its archive read only up to it, checked against the manifest) and kept
+    in a bounded cache. Runs in the foreground until 'fusermount -u
+    MOUNTPOINT' or Ctrl-C. Needs FUSE (/dev/fuse and libfuse) and the extra:
+    pip install 'cellvault[mount]'.
+    """
+    with _errors(state):
+        vault = state.vault()
+        if not state.as_json:
+            click.echo(
+                f"mounting cell {cell} at {mountpoint}; unmount with: fusermount -u {mountpoint}"
+            )
+        vault.mount(
+            cell,
+            mountpoint,
+            select=None if all_points else select,
+            source=list(sources) or None,
+            cache_bytes=cache_mb << 20,
+        )
+    if state.as_json:
+        _emit_json({"ok": True, "cell": cell, "mountpoint": str(mountpoint)})
+
+
+def _restore_paths(
+    state: State, config: Config, cells: list[str] | None, params: dict[str, Any]
+) -> None:
+    """``restore --path``: the chosen paths of one cell (see :meth:`Vault.restore_paths`).
+
+    *params* are the restore command's own.
+    """
+    with _errors(state):
+        if params["load_dumps"] is not None or params["only_dumps"] or params["dump_options"]:
+            raise ConfigError(
+                "--path restores files only: --dumps, --dump and --dump-option do not apply",
+                hint="restore a database with a whole-cell restore and --dump NAME",
+            )
+        if not cells or len(cells) != 1:
+            raise ConfigError(
+                "--path restores paths of one cell: name it with --cell (or RESTORE_CELL)",
+                hint="for example: cellvault restore --cell crm --path 'crm/config/app.yml'",
+            )
+        report = state.vault(config).restore_paths(
+            cells[0],
+            list(params["paths"]),
+            params["select"] or config.restore_date or "latest",
+            into=params["into"] or config.restore_into,
+            source=list(params["sources"]) or None,
+            allow_external_links=params["allow_external_links"],
+        )
+    if state.as_json:
+        _emit_json(report.to_dict())
+    elif report.ok:
+        click.echo(
+            f"ok   {report.cell}: {', '.join(report.paths)} from {report.archive} "
+            f"({report.files} files, {_size(report.bytes)}; read {len(report.archives_read)} "
+            f"archive(s), {_size(report.bytes_read)})"
+        )
+        for dest in report.destinations:
+            click.echo(f"     -> {dest}")
+        if report.replaced_kept_in:
+            click.echo(f"     what was replaced is kept in {report.replaced_kept_in}")
+        click.echo(f"restore: ok in {report.duration:.1f}s")
+    else:
+        click.echo(f"FAIL {report.cell}: {report.stage}: {report.error}", err=True)
+        click.echo(f"restore: FAILED in {report.duration:.1f}s")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 # -- the fleet (cellvault[fleet]) ---------------------------------------------------------

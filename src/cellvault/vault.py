@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,12 +31,16 @@ from .hooks import ScriptHooks
 from .layout import BackupDirLayout
 from .notify import alert_settings
 from .ops import backup as backup_op
-from .ops import listing
+from .ops import browse, listing
+from .ops import mount as mount_op
+from .ops import partial as partial_op
 from .ops import prune as prune_op
 from .ops import restore as restore_op
 from .ops import verify as verify_op
 from .ops.backup import iter_failures
+from .ops.browse import DiffReport, Found, Point, TreeEntry
 from .ops.listing import ArchiveInfo
+from .ops.partial import PathRestoreReport
 from .ops.resources import Resources, find_target
 from .plugins import make_plugin_manager
 from .report import BackupReport, RestoreReport, VerifyReport
@@ -417,3 +421,148 @@ class Vault:
             )
             run.finish(report)
         return report
+
+    # -- browsing the history (manifests only) ----------------------------
+
+    def ls(
+        self,
+        cell: str,
+        *,
+        select: str | Selector = "latest",
+        path: str | None = None,
+        source: Names = None,
+    ) -> tuple[Point, Iterator[TreeEntry]]:
+        """The tree of *cell* at the point *select* picks, read from its manifest alone.
+
+        *select* is chosen as :meth:`restore` chooses (``latest``, an id, a
+        date prefix, an ISO time). Returns the point (archive, time, target)
+        and an iterator of its entries: cell-relative path (``<root>/...``),
+        type, size, mode, mtime, owner, link target and, for files, the
+        archive holding the bytes and their sha256. With *path*, only that
+        path and what lies under it (:class:`~cellvault.ArchiveNotFound`
+        when the point does not hold it). No archive data is read.
+        """
+        return browse.list_tree(
+            self.config, self._resources(), cell, select, path, names(source, "source")
+        )
+
+    def find(
+        self,
+        cell: str,
+        patterns: str | Iterable[str],
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        source: Names = None,
+    ) -> Iterator[Found]:
+        """Every point of *cell* at which a path matching one of *patterns* existed, newest first.
+
+        A pattern with a ``/`` is a glob over the cell-relative path
+        (``crm/config/*.yml``); one without matches the last component
+        (``*.yml``). Yields one :class:`~cellvault.ops.browse.Found` per
+        point and path (its size, mtime and sha256 there), reading each
+        archive's manifest copy once, one at a time; *since* and *until*
+        (UTC) bound the points. No archive data is read.
+        """
+        wanted = [patterns] if isinstance(patterns, str) else list(patterns)
+        return browse.find(
+            self.config,
+            self._resources(),
+            cell,
+            wanted,
+            since=since,
+            until=until,
+            source=names(source, "source"),
+        )
+
+    def diff(
+        self,
+        cell: str,
+        a: str | Selector,
+        b: str | Selector = "latest",
+        *,
+        source: Names = None,
+    ) -> DiffReport:
+        """What changed in *cell* from point *a* to point *b*, from their manifests alone.
+
+        Paths added, removed and modified (what changed: ``type``,
+        ``content``, ``mode``, ``owner``, link ``target``, ``mtime``; a
+        directory's mtime is not compared), sorted by path, with counts and
+        byte totals (:meth:`~cellvault.ops.browse.DiffReport.totals`).
+        """
+        return browse.diff(self.config, self._resources(), cell, a, b, names(source, "source"))
+
+    def restore_paths(
+        self,
+        cell: str,
+        paths: str | Iterable[str],
+        select: str | Selector = "latest",
+        *,
+        into: str | os.PathLike[str] | None = None,
+        source: Names = None,
+        allow_external_links: bool = False,
+    ) -> PathRestoreReport:
+        """Restore only the paths of *cell* matching *paths* (globs), from the point *select* picks.
+
+        Patterns as in :meth:`find`; a live absolute path under one of the
+        cell's roots works too. Each topmost match is restored with
+        everything under it (a directory replaces the live directory as a
+        whole). Only the chain archives that hold selected files are
+        opened, each read up to the last member wanted. Everything is staged
+        and checked against the manifest beside the cell's root, then each
+        path is swapped into place; a failure puts back what was swapped.
+        What was replaced is kept beside the root
+        (``.cellvault-replaced-<cell>-<run>``, in the report); the rest of
+        the live tree is not touched. With *into*, paths land under
+        ``<into>/<cell>/<root>/...`` instead. No dumps are loaded and no
+        restore hooks run.
+        """
+        wanted = [paths] if isinstance(paths, str) else list(paths)
+        with self._open("restore") as run:
+            report = partial_op.restore_paths(
+                run,
+                self._resources(),
+                cell,
+                wanted,
+                select,
+                into=into,
+                source=names(source, "source"),
+                allow_external_links=allow_external_links,
+            )
+            run.finish(report)
+        return report
+
+    def mount(
+        self,
+        cell: str,
+        mountpoint: str | os.PathLike[str],
+        *,
+        select: str | Selector | None = "latest",
+        source: Names = None,
+        cache_bytes: int = mount_op.DEFAULT_CACHE_BYTES,
+    ) -> None:
+        """Serve a read-only FUSE view of *cell* at *mountpoint* until it is unmounted.
+
+        The point *select* picks (as :meth:`restore` picks it) appears as the
+        cell's tree (``<mountpoint>/<root>/...``); with *select* ``None``,
+        every point appears as a directory named by its archive id. The
+        tree comes from manifests; a file's bytes are fetched on first read
+        (its archive streamed only up to that member, checked against the
+        manifest's sha256) into a cache of at most *cache_bytes* under the
+        spool folder, removed when the view is unmounted. Needs the
+        ``mount`` extra (``mfusepy``) and FUSE (``/dev/fuse``, libfuse);
+        :class:`~cellvault.ConfigError` says which is missing. Blocks in the
+        foreground: unmount with ``fusermount -u MOUNTPOINT`` (or Ctrl-C).
+        """
+        mount_op.load_fuse()
+        with self._open("mount") as run:
+            view = mount_op.open_view(
+                self.config,
+                self._resources(),
+                cell,
+                self.spool / f"mount-{run.id}",
+                select=select,
+                source=names(source, "source"),
+                cache_bytes=cache_bytes,
+            )
+            mount_op.mount(view, Path(mountpoint))

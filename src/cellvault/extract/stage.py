@@ -192,6 +192,10 @@ class StagedTree:
     allow_external_links: bool = False
     on_bytes: Callable[[int], None] | None = None
     dumps: Path | None = None
+    #: A partial restore (*manifest* holds only the chosen paths): each archive is
+    #: read only up to the last member it holds for them, and its own manifest,
+    #: at the end of the stream, is not compared.
+    partial: bool = False
     _pending: dict[str, Entry] = attrs.field(init=False, factory=dict)
     _dirs: DirFds | None = attrs.field(init=False, default=None)
     #: Where dumps go, relative to *staging* (``None``: dumps are not wanted).
@@ -322,8 +326,10 @@ class StagedTree:
         finally:
             stream.close()
         # The selected archive's own manifest must be the one we planned with.
-        if stream.archive == self.archive and (
-            stream.manifest_raw is None or stream.manifest().entries != self.manifest.entries
+        if (
+            not self.partial
+            and stream.archive == self.archive
+            and (stream.manifest_raw is None or stream.manifest().entries != self.manifest.entries)
         ):
             raise stream.corrupt(
                 "manifest.json differs from the stored manifest copy", member="manifest.json"
@@ -332,6 +338,9 @@ class StagedTree:
     def _take(self, stream: ArchiveStream, as_root: bool) -> None:
         holder = stream.archive
         pending = self._pending
+        left = sum(1 for e in pending.values() if e.archive == holder)
+        if self.partial and not left:
+            return
         for member, name, data in stream.members():
             if data is None:
                 continue
@@ -356,6 +365,9 @@ class StagedTree:
             del pending[name]
             self.files += 1
             self.bytes += size
+            left -= 1
+            if self.partial and not left:
+                break  # the rest of the stream holds nothing wanted
 
     def _write(
         self,

@@ -22,7 +22,7 @@ from ..log import get_logger
 from ..manifest import Manifest
 from ..targets.base import Target
 
-__all__ = ["RestorePlan", "plan_restore"]
+__all__ = ["RestorePlan", "choose_archive", "plan_restore"]
 
 log = get_logger(__name__)
 
@@ -73,6 +73,13 @@ def plan_restore(
             last_error = found
     assert last_error is not None
     raise last_error
+
+
+def choose_archive(
+    name: str, selector: Selector, sources: Sequence[Target], epoch: Epoch | None = None
+) -> ArchiveId:
+    """The archive of cell *name* a restore with *selector* would pick (reads sidecars only)."""
+    return _choose(name, selector, sources, epoch)
 
 
 def _choose(
