@@ -18,6 +18,14 @@ import attrs
 
 from .cell import validate_cell_name
 from .errors import ArchiveCorrupt, ConfigError
+from .trust import (
+    MAX_SIDECAR_BYTES,
+    check_count,
+    check_data_name,
+    check_digest,
+    check_holder,
+    check_roots,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -117,6 +125,13 @@ def _epoch(value: Any) -> int | None:
     return value
 
 
+def _older(text: Any, own: str) -> ArchiveId:
+    """A parent or chain link: an archive id of the same cell, not newer than *own*."""
+    if not isinstance(text, str):
+        raise TypeError(f"an archive id is a {type(text).__name__}, not a string")
+    return ArchiveId.parse(check_holder(text, own))
+
+
 def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -183,6 +198,9 @@ class ArchiveMeta:
         try:
             if "backed_at" not in data:
                 raise KeyError("backed_at")
+            chain = data.get("chain") or ()
+            if not isinstance(chain, list | tuple):
+                raise TypeError(f"chain is a {type(chain).__name__}, not a list")
             return cls(
                 id=ArchiveId.parse(data["id"]),
                 kind=data["kind"],
@@ -190,9 +208,9 @@ class ArchiveMeta:
                 host=data.get("host", ""),
                 version=data.get("cellvault_version", ""),
                 codec=data.get("codec", ""),
-                parent=ArchiveId.parse(data["parent"]) if data.get("parent") else None,
-                chain=tuple(ArchiveId.parse(a) for a in data.get("chain", ())),
-                roots=dict(data.get("roots", {})),
+                parent=_older(data["parent"], ident) if data.get("parent") else None,
+                chain=tuple(_older(a, ident) for a in chain),
+                roots=check_roots(data.get("roots", {}), archive=ident),
                 reason=data.get("reason", "scheduled"),
                 format=int(data.get("format", FORMAT_VERSION)),
                 epoch=_epoch(data.get("epoch")),
@@ -228,6 +246,8 @@ class Sidecar:
     #: ``crc64ecma``): what object stores report on HEAD, so that a quick
     #: verify can compare them without reading the data.
     checksums: Mapping[str, str] = attrs.field(factory=dict)
+    #: Bytes of the uncompressed manifest (its copy is never expanded further).
+    manifest_size: int | None = None
 
     @property
     def id(self) -> ArchiveId:
@@ -244,24 +264,45 @@ class Sidecar:
         }
         if self.checksums:
             body["checksums"] = dict(self.checksums)
+        if self.manifest_size is not None:
+            body["manifest_size"] = self.manifest_size
         return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def from_json(cls, raw: bytes, *, name: str = "?") -> Sidecar:
-        """Parse a sidecar; raise :class:`ArchiveCorrupt` when it is unusable."""
+    def from_json(cls, raw: bytes, *, name: str = "?", cell: str | None = None) -> Sidecar:
+        """Parse a sidecar; raise :class:`ArchiveCorrupt` when it is unusable.
+
+        *name* is the archive id the sidecar is stored under and *cell* the
+        cell folder it was found in: a sidecar that names another archive or
+        another cell is refused, as is any value that is not what cellvault
+        writes (see :mod:`cellvault.trust`).
+        """
         try:
+            if len(raw) > MAX_SIDECAR_BYTES:
+                raise ValueError(f"{len(raw)} bytes, more than a sidecar ever holds")
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise TypeError(f"a JSON {type(data).__name__}, not an object")
             meta = ArchiveMeta.from_dict(data)
+            _check_identity(meta.id, name, cell)
+            stem = str(meta.id)
+            checksums = data.get("checksums") or {}
+            if not isinstance(checksums, dict):
+                raise TypeError(f"checksums is a {type(checksums).__name__}, not an object")
+            declared = data.get("manifest_size")
             return cls(
                 meta=meta,
-                data_name=str(data["data"]),
-                size=int(data["size"]),
-                sha256=str(data["sha256"]),
-                files=int(data.get("files", 0)),
-                bytes_read=int(data.get("bytes_read", 0)),
-                checksums={str(k): str(v) for k, v in dict(data.get("checksums") or {}).items()},
+                data_name=check_data_name(data["data"], stem),
+                size=check_count(data["size"], "size", archive=stem),
+                sha256=check_digest(data["sha256"], archive=stem),
+                files=check_count(data.get("files"), "files", archive=stem, default=0),
+                bytes_read=check_count(
+                    data.get("bytes_read"), "bytes_read", archive=stem, default=0
+                ),
+                checksums={str(k): str(v) for k, v in checksums.items()},
+                manifest_size=None
+                if declared is None
+                else check_count(declared, "manifest_size", archive=stem),
             )
         except ArchiveCorrupt:
             raise
@@ -269,6 +310,22 @@ class Sidecar:
             raise ArchiveCorrupt(
                 f"sidecar is unusable ({type(exc).__name__}: {exc})", archive=name
             ) from None
+
+
+def _check_identity(ident: ArchiveId, name: str, cell: str | None) -> None:
+    """Refuse a sidecar that names another archive than the one it is stored as."""
+    if ArchiveId.is_id(name) and str(ident) != name:
+        raise ArchiveCorrupt(
+            f"sidecar stored as {name} says it is archive {ident}",
+            archive=name,
+            hint="the sidecar was altered or misplaced; it is ignored",
+        )
+    if cell is not None and ident.cell != cell:
+        raise ArchiveCorrupt(
+            f"sidecar in the folder of cell {cell} names archive {ident} of cell {ident.cell}",
+            archive=name,
+            hint="the sidecar was altered or misplaced; it is ignored",
+        )
 
 
 _DATE_PREFIX = re.compile(r"\d{8}(_\d{1,6})?", re.ASCII)
