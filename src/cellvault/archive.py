@@ -216,6 +216,10 @@ class ArchiveMeta:
                 epoch=_epoch(data.get("epoch")),
                 site=str(data["site"]) if data.get("site") is not None else None,
             )
+        except ArchiveCorrupt as exc:
+            raise ArchiveCorrupt(
+                f"meta.json is unusable ({exc.detail})", archive=ident, member="meta.json"
+            ) from None
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ArchiveCorrupt(
                 f"meta.json is unusable ({type(exc).__name__}: {exc})",

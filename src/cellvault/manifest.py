@@ -18,7 +18,7 @@ from typing import IO, Any, Literal
 import attrs
 
 from .errors import ArchiveCorrupt
-from .trust import check_count, check_holder, check_member_path, check_mode
+from .trust import check_count, check_holder, check_mode
 
 __all__ = ["Entry", "EntryType", "Manifest"]
 
@@ -106,7 +106,6 @@ class Entry:
             ):
                 if value is not None and not isinstance(value, str):
                     raise TypeError(f"{key} of an entry is a {type(value).__name__}, not a string")
-        check_member_path(path)
         return cls(
             path=path,
             type=data["type"],

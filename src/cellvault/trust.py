@@ -7,10 +7,11 @@ attacker may have put anything there. Sidecars, manifest copies,
 ...), and those parsers call the checks here, so that no command works from a
 value that was not checked:
 
-* names that become paths (a sidecar's ``data``, the keys of ``roots``, a
-  manifest entry's path) are plain, relative names that stay inside the
+* names that become paths (a sidecar's ``data``, the keys of ``roots``) are plain, relative names that stay inside the
   cell's own area: no ``..``, no absolute path, no NUL, no separator where
-  one name is expected;
+  one name is expected (a manifest entry's path is checked where it is
+  used: the extractor refuses, per member, any path that leaves its
+  destination, as :class:`~cellvault.errors.UnsafeArchive`);
 * ids name their own object: a sidecar stored as ``crm/<id>.json`` says
   ``<id>``, of cell ``crm``; its parent, chain and the manifest's holders are
   archives of the same cell, older than it;
@@ -50,6 +51,7 @@ __all__ = [
     "check_root_name",
     "check_roots",
     "manifest_limit",
+    "zstd_content_size",
 ]
 
 #: The largest sidecar read (a real one is under 2 KiB).
@@ -177,6 +179,17 @@ def manifest_limit(files: int, declared: int | None = None) -> int:
     if declared is not None:
         return min(declared, MAX_MANIFEST_BYTES)
     return min(BASE_MANIFEST_BYTES + files * PER_FILE_BYTES, MAX_MANIFEST_BYTES)
+
+
+def zstd_content_size(path: Any) -> int | None:
+    """The content size a zstd file's first frame header records, if it records one."""
+    with open(path, "rb") as f:
+        head = f.read(18)
+    try:
+        size = zstandard.frame_content_size(head)
+    except zstandard.ZstdError:
+        return None
+    return size if size >= 0 else None
 
 
 def bounded_zstd(

@@ -36,6 +36,7 @@ from ..runlog import carry
 from ..scan import tree_totals
 from ..state import StateFile, slot
 from ..targets.base import Target
+from ..trust import zstd_content_size
 from .listing import configured_cells
 from .resources import Resources, check_fence
 from .store import store_all
@@ -290,6 +291,8 @@ class CellBackup:
             sha256=result.sha256,
             files=len(result.manifest),
             bytes_read=result.bytes_total,
+            # Declared, so that no reader expands the manifest copy further.
+            manifest_size=zstd_content_size(result.manifest_path),
             # What the stores report on HEAD, for quick verifies (one read of the spool file).
             checksums=content_checksums(
                 result.data_path, set().union(*(t.stat_checksums for t in self.live))
