@@ -371,16 +371,12 @@ class Selector:
                 hint="use 'latest', an archive id, a date prefix such as 20250101_0200, "
                 "or an ISO time such as 2025-01-01T02:00:00Z",
             ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return cls(text, "before", when.astimezone(dt.UTC))
+        return cls(text, "before", _to_utc(when, text))
 
     @classmethod
     def at_or_before(cls, when: dt.datetime) -> Selector:
         """The newest archive at or before *when*."""
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return cls(when.isoformat(), "before", when.astimezone(dt.UTC))
+        return cls(when.isoformat(), "before", _to_utc(when, when.isoformat()))
 
     def matches(self, ident: ArchiveId) -> bool:
         """Tell whether *ident* is a candidate (the newest candidate wins)."""
@@ -395,6 +391,19 @@ class Selector:
 
     def __str__(self) -> str:
         return self.text
+
+
+def _to_utc(when: dt.datetime, text: str) -> dt.datetime:
+    """*when* in UTC (UTC when it names no zone); :class:`ConfigError` when UTC cannot hold it."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ConfigError(
+            f"restore date {text!r} is outside the range of dates (year 1 to 9999 in UTC)",
+            hint="give a date between 0001-01-02 and 9999-12-30",
+        ) from None
 
 
 def _check_prefix(text: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from .._version import __version__
-from ..archive import ArchiveId, ArchiveMeta, Sidecar, parse_stamp
+from ..archive import ArchiveId, ArchiveMeta, Sidecar, format_stamp, parse_stamp
 from ..cell import Cell
 from ..errors import BackupError, CellvaultError, ConfigError, DumpError, TargetError
 from ..integrity import content_checksums
@@ -110,12 +110,25 @@ def next_stamp(res: Resources, cells: Sequence[Cell], targets: Sequence[Target])
                 if ids and (newest is None or ids[-1].when > newest):
                     newest = ids[-1].when
     now = res.now()
-    while newest is not None and now <= newest:
-        # Two runs in the same second: wait for the next one rather than
-        # stamping an archive with a time that has not come yet.
-        time.sleep(max(0.05, 1 - (time.time() % 1)))
-        now = res.now()
-    return now
+    if newest is None or now > newest:
+        return now
+    # Never wait for the clock (an archive stamped a month ahead by a skewed
+    # host would stop every backup until then): the next id after the newest
+    # keeps ids unique and ordered. A second run in the same second is usual;
+    # a clock further behind is said.
+    stamp = newest + dt.timedelta(seconds=1)
+    if newest - now >= dt.timedelta(seconds=1):
+        skew = (newest - now).total_seconds()
+        log.warning(
+            "backup.clock_behind",
+            newest=format_stamp(newest),
+            now=format_stamp(now),
+            skew_seconds=skew,
+            stamp=format_stamp(stamp),
+            hint="the clock of this host is behind the newest archive (or that archive was "
+            "stamped by a host whose clock ran ahead); check NTP on both",
+        )
+    return stamp
 
 
 class _NoTargetLeft(Exception):
