@@ -29,6 +29,7 @@ after a backup uses it too); :func:`verify` is the operation.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,7 @@ from .resources import Resources
 __all__ = [
     "check_archive",
     "check_chain",
+    "check_parents",
     "full_check",
     "quick_check",
     "read_check",
@@ -136,21 +138,35 @@ def verify_cell(
     if level != "quick":  # quick reads no data: its progress is in checks alone
         run.expect(bytes=sum(s.size for s in chosen), files=len(chosen), cell=key)
     out = []
+    by_id = {s.id: s for s in sidecars}
+    parents: dict[ArchiveId, str | None] = {}
     for sidecar in chosen:
-        out.append(verify_result(run, target, sidecar, level, committed))
+        out.append(verify_result(run, target, sidecar, level, committed, (by_id, parents)))
         if level != "quick":
             run.advance(key, bytes=sidecar.size, files=1, add=True)
     return out
 
 
 def verify_result(
-    run: Run, target: Target, sidecar: Sidecar, level: str, committed: set[ArchiveId]
+    run: Run,
+    target: Target,
+    sidecar: Sidecar,
+    level: str,
+    committed: set[ArchiveId],
+    chain: tuple[dict[ArchiveId, Sidecar], dict[ArchiveId, str | None]] | None = None,
 ) -> VerifyResult:
-    """Check one archive at *level*; a failure is alerted and in the result."""
+    """Check one archive at *level*; a failure is alerted and in the result.
+
+    With *chain* (the target's committed sidecars by id, and the outcome of
+    the parents checked so far in this run), every archive the chain of an
+    incremental depends on is checked too (:func:`check_parents`).
+    """
     started = time.monotonic()
     ident = str(sidecar.id)
     try:
         checks, members = check_archive(target, sidecar, level, committed)
+        if chain is not None and sidecar.meta.chain:
+            checks = (*checks, *check_parents(target, sidecar, level, *chain))
     except CellvaultError as exc:
         run.fail("verify", str(exc), cell=sidecar.id.cell, target=target.name, archive=ident)
         return VerifyResult(
@@ -337,6 +353,62 @@ def full_check(target: Target, sidecar: Sidecar, committed: set[ArchiveId]) -> i
         )
     check_chain(target, sidecar, committed, manifest)
     return members
+
+
+def check_parents(
+    target: Target,
+    sidecar: Sidecar,
+    level: str,
+    by_id: dict[ArchiveId, Sidecar],
+    seen: dict[ArchiveId, str | None],
+) -> tuple[str, ...]:
+    """Check every archive the chain of *sidecar* depends on, as a chain.
+
+    Each parent gets the quick check (committed, size, the store's own
+    checksums); above ``quick``, its data is read once and its sha256
+    compared with its sidecar's: a digest check, far cheaper than unpacking
+    each. *seen* remembers each parent's outcome across the archives of one
+    run. Raises :class:`ArchiveCorrupt` naming the broken link; returns
+    ``("chain-digest",)`` or ``("chain-quick",)``.
+    """
+    for parent_id in sidecar.meta.chain:
+        parent = by_id.get(parent_id)
+        if parent is None:
+            problem: str | None = "it is not committed (or its sidecar is unusable) on this target"
+        else:
+            if parent_id not in seen:
+                seen[parent_id] = _parent_problem(target, parent, level, set(by_id))
+            problem = seen[parent_id]
+        if problem is not None:
+            raise ArchiveCorrupt(
+                f"its chain is broken: archive {parent_id}, which it depends on, is damaged "
+                f"({problem})",
+                archive=str(sidecar.id),
+                target=target.name,
+                hint="this archive cannot be restored from this target; restore from another "
+                "target, and take a full backup (the next backup is a full one by itself)",
+            )
+    return ("chain-quick",) if level == "quick" else ("chain-digest",)
+
+
+def _parent_problem(
+    target: Target, parent: Sidecar, level: str, committed: set[ArchiveId]
+) -> str | None:
+    """What is wrong with one archive of a chain, or ``None``."""
+    try:
+        quick_check(target, parent, committed)
+        if level != "quick":
+            digest = hashlib.sha256()
+            size = 0
+            with target.open_archive(parent) as raw:
+                for block in iter(lambda: raw.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+            if size != parent.size or digest.hexdigest() != parent.sha256:
+                return f"its data does not match its sidecar's sha256 ({size} bytes read)"
+    except ArchiveCorrupt as exc:
+        return exc.detail
+    return None
 
 
 def check_chain(
