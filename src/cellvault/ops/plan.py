@@ -107,10 +107,12 @@ def _plan_on(
         return exc
     if ident not in ids:
         return None
-    sidecar = target.sidecar(ident)
     try:
+        sidecar = target.sidecar(ident)
         manifest = target.manifest(sidecar)
     except ArchiveCorrupt as exc:
+        # Damaged or forged here: the next target holding the archive is tried.
+        log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(exc))
         return exc
     missing = sorted(h for h in manifest.holders() if ArchiveId.parse(h) not in ids)
     if missing:
@@ -120,7 +122,13 @@ def _plan_on(
             hint="restore from a target that has the whole chain, or pick another date",
         )
     dests = _dests(cell, sidecar, into)
-    chain = [target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})]
+    try:
+        chain = [
+            target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})
+        ]
+    except ArchiveCorrupt as exc:
+        log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(exc))
+        return exc
     return RestorePlan(cell, sidecar, manifest, target, chain, dests)
 
 
