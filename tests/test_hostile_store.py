@@ -422,3 +422,87 @@ def test_no_command_leaves_its_area_whatever_the_store_holds(fresh: Any, forged:
     assert all(k in after for k in crm_before if k.startswith(str(newest)))
     assert zlib.crc32(store.victim.read_bytes()) == zlib.crc32(b"must survive\n")
     assert snapshot(store.elsewhere)  # still there
+
+
+# -- a hostile cell tree: files swapped between the scan and the read ---------------
+
+
+def _swap_before_open(monkeypatch: pytest.MonkeyPatch, victim: Path, swap: Any) -> None:
+    """Run *swap* on *victim* just before the packer opens it: after the scan saw a file."""
+    from cellvault import pack
+
+    real_open = pack._open_ahead
+
+    def racing(path: str, size: int) -> Any:
+        if path == str(victim):
+            swap(victim)
+        return real_open(path, size)
+
+    monkeypatch.setattr(pack, "_open_ahead", racing)
+
+
+def _to_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _to_link(path: Path) -> None:
+    secret = path.parent.parent / "root-only.txt"
+    secret.write_text("the content of a file the link points at\n")
+    path.unlink()
+    path.symlink_to(secret)
+
+
+def _to_other_file(path: Path) -> None:
+    other = path.with_name("replacement")
+    other.write_text("another inode\n")
+    os.replace(other, path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("swap", [_to_fifo, _to_link, _to_other_file], ids=lambda f: f.__name__)
+def test_a_file_swapped_after_the_scan_is_skipped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: Any
+) -> None:
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "keep.txt").write_text("kept\n")
+    victim = cell / "victim.txt"
+    victim.write_text("scanned\n")
+    _swap_before_open(monkeypatch, victim, swap)
+    vault = make_vault(tmp_path / "backup", [cell])
+    report = vault.backup()  # a FIFO opened for reading would block here forever
+    assert report.ok, report
+    (result,) = report.cells
+    assert any(str(victim) in w and "after the scan" in w for w in result.warnings)
+    manifest = vault.targets[0].manifest(vault.targets[0].archives("crm")[-1])
+    assert "data/crm/keep.txt" in manifest
+    assert "data/crm/victim.txt" not in manifest
+    # The link's target never reached the archive.
+    into = tmp_path / "into"
+    assert vault.restore("latest", cells=["crm"], into=into).ok
+    assert not any(p.name == "victim.txt" for p in into.rglob("*"))
+
+
+def test_a_directory_vanishing_mid_scan_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cellvault import pack
+
+    cell = tmp_path / "cells" / "crm"
+    (cell / "a").mkdir(parents=True)
+    (cell / "a" / "f.txt").write_text("a\n")
+    (cell / "b").mkdir()
+    (cell / "b" / "g.txt").write_text("b\n")
+    real_list = pack.Packer._list
+
+    def racing(self: Any, path: str) -> Any:
+        if path == str(cell / "b"):
+            shutil.rmtree(cell / "b")
+        return real_list(self, path)
+
+    monkeypatch.setattr(pack.Packer, "_list", racing)
+    report = make_vault(tmp_path / "backup", [cell]).backup()
+    assert report.ok, report
+    (result,) = report.cells
+    assert any(str(cell / "b") in w and "vanished" in w for w in result.warnings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import os
 import stat
@@ -144,18 +145,63 @@ class _FileSource:
 class _Opened:
     """A file opened (and read in part or whole) by a read-ahead thread."""
 
-    __slots__ = ("head", "source")
+    __slots__ = ("head", "source", "st")
 
-    def __init__(self, source: _FileSource, head: bytes) -> None:
+    def __init__(self, source: _FileSource, head: bytes, st: os.stat_result | None = None) -> None:
         self.source = source
         #: All of a small file, already hashed; nothing of a larger one.
         self.head = head
+        #: The opened file's ``fstat``: checked against the scan's ``lstat``.
+        self.st = st
+
+
+class SwappedFile(OSError):
+    """A file that is no longer the one the scan saw (now a FIFO, a socket, a link, another inode)."""
+
+
+# O_NOFOLLOW: a file swapped for a link is not followed to what it points at;
+# O_NONBLOCK: one swapped for a FIFO does not block the open until a writer comes.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_scanned(path: str, st: os.stat_result | None = None) -> IO[bytes]:
+    """Open the regular file at *path* for reading, never following a link nor blocking.
+
+    With *st* (the scan's ``lstat``), the file must also be the one the scan
+    saw (same device and inode). Raises :class:`SwappedFile` when *path* is
+    now something else: a link, a FIFO, a socket, a device, another file.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SwappedFile(errno.ELOOP, "became a symbolic link after the scan", path) from None
+        raise
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode):
+            what = "a " + _special_kind(now.st_mode)
+            raise SwappedFile(errno.ESTALE, f"became {what} after the scan", path)
+        check_same(path, st, now)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_same(path: str, scanned: os.stat_result | None, opened: os.stat_result | None) -> None:
+    """Raise :class:`SwappedFile` when the file opened is not the one scanned (device, inode)."""
+    if scanned is None or opened is None:
+        return
+    if (opened.st_dev, opened.st_ino) != (scanned.st_dev, scanned.st_ino):
+        raise SwappedFile(errno.ESTALE, "was replaced by another file after the scan", path)
 
 
 def _open_ahead(path: str, size: int) -> _Opened:
     """Open *path*; read it whole if it is small, else start the kernel reading it."""
-    raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed here or by the packer
+    raw = open_scanned(path)
     try:
+        opened_st = os.fstat(raw.fileno())
         source = _FileSource(raw, size)
         if size <= READ_WHOLE:
             head = source.read(size)
@@ -171,7 +217,7 @@ def _open_ahead(path: str, size: int) -> _Opened:
     except BaseException:
         raw.close()
         raise
-    return _Opened(source, head)
+    return _Opened(source, head, opened_st)
 
 
 def _close_opened(future: Future[_Opened]) -> None:
@@ -522,6 +568,11 @@ class Packer:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=_by_name)
+        except (FileNotFoundError, NotADirectoryError):
+            # Removed (or replaced) between its parent's listing and its own: what
+            # it held is not in this archive, the rest of the cell is.
+            self._warn(f"{path} vanished during the scan; its contents are not in this archive")
+            return iter(())
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot list {path}: permission denied",
@@ -593,6 +644,10 @@ class Packer:
             self._warn(f"{path} vanished during the scan; not in this archive")
             self._bytes_total -= size
             return
+        except SwappedFile as exc:
+            self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
+            self._bytes_total -= size
+            return
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot read {path}: permission denied",
@@ -600,6 +655,13 @@ class Packer:
             ) from None
         source, head = opened.source, opened.head
         raw = source.raw
+        try:
+            check_same(path, st, opened.st)
+        except SwappedFile as exc:
+            raw.close()
+            self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
+            self._bytes_total -= size
+            return
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:

@@ -53,9 +53,7 @@ class TestCommand(DumperContract):
     def spec(self, tmp_path: Path) -> dict[str, Any]:
         state = tmp_path / "state.txt"
         read = f"import sys,pathlib; sys.stdout.write(pathlib.Path({str(state)!r}).read_text())"
-        write = (
-            f"import sys,pathlib; pathlib.Path({str(state)!r}).write_text(sys.stdin.read())"
-        )
+        write = f"import sys,pathlib; pathlib.Path({str(state)!r}).write_text(sys.stdin.read())"
         return {
             "type": "command",
             "name": "state",
