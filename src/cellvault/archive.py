@@ -252,6 +252,8 @@ class Sidecar:
     checksums: Mapping[str, str] = attrs.field(factory=dict)
     #: Bytes of the uncompressed manifest (its copy is never expanded further).
     manifest_size: int | None = None
+    #: The token of the lease the committing run held on this target (fencing).
+    lease: str | None = None
 
     @property
     def id(self) -> ArchiveId:
@@ -270,6 +272,8 @@ class Sidecar:
             body["checksums"] = dict(self.checksums)
         if self.manifest_size is not None:
             body["manifest_size"] = self.manifest_size
+        if self.lease is not None:
+            body["lease"] = self.lease
         return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -307,6 +311,7 @@ class Sidecar:
                 manifest_size=None
                 if declared is None
                 else check_count(declared, "manifest_size", archive=stem),
+                lease=str(data["lease"]) if data.get("lease") is not None else None,
             )
         except ArchiveCorrupt:
             raise

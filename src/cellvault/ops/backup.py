@@ -217,7 +217,12 @@ class CellBackup:
         result = self._pack(parent, parent_meta)
         self.stage = "upload"
         outcomes = store_all(
-            self.run, self.live, result, self._sidecar(result), fence=self.res.fence
+            self.run,
+            self.live,
+            result,
+            self._sidecar(result),
+            fence=self.res.fence,
+            leases={lease.target.name: lease for lease in self.leases},
         )
         return self._stored(result, outcomes)
 
