@@ -506,3 +506,42 @@ def test_a_directory_vanishing_mid_scan_is_a_warning(
     assert report.ok, report
     (result,) = report.cells
     assert any(str(cell / "b") in w and "vanished" in w for w in result.warnings)
+
+
+# -- cells behind symbolic links --------------------------------------------------------
+
+
+def test_a_cell_path_that_is_a_link_is_backed_up_and_restored_as_its_data(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "crm"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("one\n")
+    (data / "sub" / "b.txt").write_text("two\n")
+    link = tmp_path / "srv" / "cells" / "crm"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(data)
+    vault = make_vault(tmp_path / "backup", [link])
+    report = vault.backup()
+    assert report.ok
+    (sidecar,) = vault.targets[0].archives("crm")
+    assert sidecar.meta.roots == {"crm": str(data)}
+    assert sidecar.files >= 3  # not "ok 0 files": the link's data is in the archive
+    (data / "a.txt").write_text("changed\n")
+    (data / "sub" / "b.txt").unlink()
+    assert vault.restore("latest", cells=["crm"], skip_prebackup=True).ok
+    assert link.is_symlink() and link.resolve() == data  # the link left as it was
+    assert (data / "a.txt").read_text() == "one\n"
+    assert (data / "sub" / "b.txt").read_text() == "two\n"
+
+
+def test_a_cell_link_in_a_cycle_or_to_the_root_is_a_configuration_error(tmp_path: Path) -> None:
+    from cellvault import Cell, ConfigError
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    with pytest.raises(ConfigError, match="cycle|cannot be resolved"):
+        Cell("crm", [loop])
+    root = tmp_path / "root"
+    root.symlink_to("/")
+    with pytest.raises(ConfigError, match="link to '/'"):
+        Cell("crm", [root])

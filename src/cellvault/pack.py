@@ -30,7 +30,7 @@ from typing import IO, Any
 import attrs
 
 from .archive import ArchiveId, ArchiveMeta
-from .cell import Cell, excluder
+from .cell import Cell, excluder, resolve_cell_path
 from .codec import Codec, HashingWriter
 from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
@@ -425,7 +425,9 @@ class Packer:
                 raise BackupError(
                     f"cell {self.cell.name}: cannot read {path}: {exc.strerror}"
                 ) from None
-            roots[name] = path
+            # A cell path that is a link (/srv/cells/crm -> /data/crm) is backed up
+            # as the data it points to; meta.json records the resolved path.
+            roots[name] = resolve_cell_path(self.cell.name, path)
         return roots
 
     def _meta(self, backed_at: dt.datetime, roots: dict[str, Path]) -> ArchiveMeta:

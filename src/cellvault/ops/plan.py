@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 
 from ..archive import ArchiveId, Selector, Sidecar
-from ..cell import Cell
+from ..cell import Cell, resolve_cell_path
 from ..config import Config
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, RestoreError, TargetError
 from ..fence import Epoch, written_after_fence
@@ -150,7 +150,8 @@ def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:
             f"archive {sidecar.id} holds path {roots[unknown[0]]}, which cell {cell.name} no longer has",
             hint="restore it into another directory with --into",
         )
-    return {r: cell.roots[r] for r in roots}
+    # A cell path that is a link is restored into the data it points to; the link stays.
+    return {r: resolve_cell_path(cell.name, cell.roots[r]) for r in roots}
 
 
 def _prefer_scheduled(
