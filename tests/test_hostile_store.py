@@ -539,9 +539,60 @@ def test_a_cell_link_in_a_cycle_or_to_the_root_is_a_configuration_error(tmp_path
     loop = tmp_path / "loop"
     loop.symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(loop)
-    with pytest.raises(ConfigError, match="cycle|cannot be resolved"):
+    with pytest.raises(ConfigError, match=r"cycle|cannot be resolved"):
         Cell("crm", [loop])
     root = tmp_path / "root"
     root.symlink_to("/")
     with pytest.raises(ConfigError, match="link to '/'"):
         Cell("crm", [root])
+
+
+# -- restore: space and fallback -------------------------------------------------------------
+
+
+def _rewrite_manifest(store: Store, ident: ArchiveId, change: Any) -> None:
+    copy = store.backup / ident.cell / f"{ident}.manifest.json.zst"
+    body = json.loads(zstandard.ZstdDecompressor().decompress(copy.read_bytes()))
+    change(body)
+    raw = json.dumps(body).encode()
+    copy.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    sidecar = store.sidecar(ident) | {"manifest_size": len(raw)}
+    store.plant(ident.cell, str(ident), sidecar)
+
+
+def test_a_restore_that_cannot_fit_is_refused_before_anything_is_touched(store: Store) -> None:
+    newest = store.ids("crm")[-1]
+
+    def huge(body: dict[str, Any]) -> None:
+        for entry in body["entries"]:
+            if entry["type"] == "file":
+                entry["size"] = 1 << 60  # more than any file system here holds
+
+    _rewrite_manifest(store, newest, huge)
+    before = _tree(store.tmp)
+    with pytest.raises(CellvaultError, match="nothing was touched"):
+        store.vault().restore(str(newest), cells=["crm"], skip_prebackup=True)
+    after = {k: v for k, v in _tree(store.tmp).items() if not k.startswith("backup/logs/")}
+    assert after == {k: v for k, v in before.items() if not k.startswith("backup/logs/")}
+
+
+def test_a_damaged_copy_on_the_first_target_falls_back_to_the_next(tmp_path: Path) -> None:
+    from cellvault import TargetSpec
+
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "a.txt").write_text("one\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    vault = make_vault(
+        tmp_path / "backup",
+        [cell],
+        targets=[TargetSpec("first", str(first)), TargetSpec("second", str(second))],
+    )
+    assert vault.backup().ok
+    (ident,) = [p.name.removesuffix(".json") for p in (first / "crm").glob("*[0-9].json")]
+    # The first target's sidecar is damaged: the restore reads the second's copy.
+    (first / "crm" / f"{ident}.json").write_text("{ truncated")
+    (cell / "a.txt").write_text("changed\n")
+    report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert report.ok, report
+    assert (cell / "a.txt").read_text() == "one\n"

@@ -8,6 +8,8 @@ here, before any byte is fetched.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,11 +70,47 @@ def plan_restore(
     for target in sources:
         found = _plan_on(target, cell, ident, into)
         if isinstance(found, RestorePlan):
+            check_space(found)
             return found
         if found is not None:
             last_error = found
     assert last_error is not None
     raise last_error
+
+
+def check_space(plan: RestorePlan) -> None:
+    """Refuse, before anything is staged, a restore whose files do not fit where they go.
+
+    The manifest declares every file's size; the staged tree is built beside
+    each destination, on its file system, while the live data is still there.
+    Raises :class:`RestoreError` naming the file system, the need and the
+    free space.
+    """
+    need: dict[int, int] = {}
+    where: dict[int, Path] = {}
+    sizes: dict[str, int] = {}
+    for entry in plan.manifest.files():
+        root = entry.path.split("/", 2)[1] if entry.path.startswith("data/") else ""
+        sizes[root] = sizes.get(root, 0) + entry.size
+    for root, dest in plan.dests.items():
+        probe = dest
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        dev = os.stat(probe).st_dev
+        need[dev] = need.get(dev, 0) + sizes.get(root, 0)
+        where.setdefault(dev, probe)
+    for dev, size in need.items():
+        free = shutil.disk_usage(where[dev]).free
+        if size + SPACE_MARGIN > free:
+            raise RestoreError(
+                f"restoring archive {plan.sidecar.id} needs {size} bytes on the file system of "
+                f"{where[dev]}, which has {free} free; nothing was touched",
+                hint="free some space there, or restore elsewhere with --into",
+            )
+
+
+#: Room kept free beyond the files' declared bytes (directories, tar padding, dumps' scratch).
+SPACE_MARGIN = 16 << 20
 
 
 def _choose(
