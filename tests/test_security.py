@@ -466,3 +466,75 @@ def test_path_under_a_file_is_refused(env: Setup) -> None:
     assert "data/crm/ok.txt/inner" in (report.cells[0].error or "")
     assert "under the file data/crm/ok.txt" in (report.cells[0].error or "")
     assert snapshot(env.src) == live
+
+
+# -- bad input edges and dead targets (issue 18) -------------------------------------------
+
+
+def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    cells = tmp_path / "cells"
+    (cells / "crm").mkdir(parents=True, exist_ok=True)
+    (cells / "crm" / "a.txt").write_text("a\n")
+    return {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(cells),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "says"),
+    [
+        (["prune"], {"BACKUP_KEEP_FULL_DAYS": "nan"}, "BACKUP_KEEP_FULL_DAYS='nan'"),
+        (["prune"], {"BACKUP_KEEP_INCREMENTAL_DAYS": "inf"}, "not a finite number"),
+        (["prune"], {"BACKUP_KEEP_LAST": "-1"}, "BACKUP_KEEP_LAST='-1'"),
+        (
+            ["restore"],
+            {"RESTORE_DATE": "0001-01-01T00:00:00+14:00", "RESTORE_CELL": "crm"},
+            "outside the range of dates",
+        ),
+        (
+            ["restore"],
+            {"RESTORE_DATE": "9999-12-31T23:59:59-14:00", "RESTORE_CELL": "crm"},
+            "outside the range of dates",
+        ),
+    ],
+)
+def test_bad_input_edges_exit_2_with_a_clear_line(
+    tmp_path: Path, args: list[str], extra: dict[str, str], says: str
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    result = CliRunner().invoke(cli, args, env=_cli_env(tmp_path, **extra))
+    assert result.exit_code == 2, result.output
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr and "bug" not in result.stderr
+
+
+def test_an_unreachable_target_fails_alone_and_the_others_proceed(tmp_path: Path) -> None:
+    from cellvault import TargetSpec
+
+    from .archive_helpers import make_vault as vault_on
+
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "a.txt").write_text("a\n")
+    # An FTP server that is not there: fsspec connects when the file system is built.
+    vault = vault_on(
+        tmp_path / "backup",
+        [cell],
+        targets=[
+            TargetSpec("local", str(tmp_path / "backup")),
+            TargetSpec("dead", "ftp://127.0.0.1:1/backups"),
+        ],
+    )
+    report = vault.backup()
+    assert not report.ok
+    (result,) = report.cells
+    outcomes = {o.target: o for o in result.targets}
+    assert outcomes["local"].ok
+    assert not outcomes["dead"].ok and "cannot reach" in (outcomes["dead"].error or "")
+    assert [a.id for a in vault.list(targets=["local"])] == [result.archive]
