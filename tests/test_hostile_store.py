@@ -245,13 +245,18 @@ def test_a_manifest_mode_no_scan_records_is_refused(store: Store) -> None:
         Manifest.from_json(raw, archive="cell_crm_20250101_020000")
 
 
-def test_a_truncated_newest_sidecar_is_reported_and_the_backup_goes_on(store: Store) -> None:
+def test_a_truncated_newest_sidecar_is_reported_and_the_backup_goes_on(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     newest = store.ids("crm")[-1]
     path = store.backup / "crm" / f"{newest}.json"
     path.write_bytes(path.read_bytes()[:40])
     vault = store.vault()
     report = vault.backup(cells=["crm"], kind="incremental")
     assert report.ok, report
+    # Alerted (stage "check"), naming the ignored object.
+    alerts = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"ignored crm/{newest}.json" in m and "check" in m for m in alerts), alerts
     status = vault.status(cells=["crm"])
     assert any("ignored crm/" in p for p in status.problems()), status.problems()
 

@@ -47,7 +47,7 @@ from ..trust import zstd_content_size
 from .listing import configured_cells
 from .resources import Resources, check_fence
 from .store import store_all
-from .verify import quick_check
+from .verify import alert_ignored, quick_check
 
 __all__ = [
     "CellBackup",
@@ -208,6 +208,8 @@ class CellBackup:
                 self.run.config.max_chain,
                 damaged=failed_verifies(self.res.state, self.cell.name),
             )
+            for target in self.live:
+                alert_ignored(self.run, target, self.cell.name)
             if parent is None:
                 self.log.info("backup.full_instead", reason=self.note)
         self.stage = "hook"

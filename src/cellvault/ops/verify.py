@@ -49,6 +49,7 @@ from .listing import cells_to_check
 from .resources import Resources
 
 __all__ = [
+    "alert_ignored",
     "check_archive",
     "check_chain",
     "check_parents",
@@ -130,6 +131,7 @@ def verify_cell(
                 error=str(exc),
             )
         ]
+    alert_ignored(run, target, cell)
     committed = {s.id for s in sidecars}
     chosen = [s for s in sidecars if selector.matches(s.id)]
     if not all_archives:
@@ -145,6 +147,29 @@ def verify_cell(
         if level != "quick":
             run.advance(key, bytes=sidecar.size, files=1, add=True)
     return out
+
+
+_ALERTED: set[tuple[str, str, str]] = set()
+
+
+def alert_ignored(run: Run, target: Target, cell: str) -> None:
+    """Alert, once per process, each object of *cell* on *target* that failed its checks.
+
+    The object is ignored otherwise (see :mod:`cellvault.trust`); ``status``
+    keeps naming it for as long as it is there.
+    """
+    for name, key, error in target.distrusted():
+        if name != target.name or not key.startswith(f"{cell}/"):
+            continue
+        if (name, key, error) in _ALERTED:
+            continue
+        _ALERTED.add((name, key, error))
+        run.fail(
+            "check",
+            f"ignored {key}: {error}",
+            cell=cell,
+            target=target.name,
+        )
 
 
 def verify_result(
