@@ -13,8 +13,8 @@ import nox
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typing"]
 
-# Every optional feature is tested: the object-storage targets and the apprise notifier.
-TEST_EXTRAS = ".[test,s3,oss,apprise]"
+# Every optional feature is tested: the object-storage targets, the apprise notifier, the fleet.
+TEST_EXTRAS = ".[test,s3,oss,apprise,fleet]"
 
 
 @nox.session
@@ -62,7 +62,8 @@ def docs(session: nox.Session) -> None:
     reference from the click commands (mkdocs-click), and the man pages in
     build/man/ from the same commands (click-man).
     """
-    session.install("-e", ".[docs]")
+    # The fleet's API reference imports celery.
+    session.install("-e", ".[docs,fleet]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
     session.run("python", "docs/_tools/man_pages.py", "build/man")
 

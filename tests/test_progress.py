@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def test_backup_restore_and_verify_progress_carry_totals_and_reach_them(tmp_path
     assert (last["cells_done"], last["fraction"]) == (2, 1.0)
     assert last["files_done"] == last["files_total"]
     assert all(0 <= p["fraction"] <= 1 for p in backup)
-    assert all(b["bytes_done"] >= a["bytes_done"] for a, b in zip(backup, backup[1:], strict=False))
+    assert all(b["bytes_done"] >= a["bytes_done"] for a, b in itertools.pairwise(backup))
     assert last["line"].startswith("backup: 2 of 2 cells")
 
     events.clear()

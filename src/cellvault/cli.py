@@ -380,6 +380,11 @@ def status(
         report = state.vault().status(
             list(cells) or None, targets=list(targets) or None, max_age=max_age
         )
+    _echo_status(state, report)
+
+
+def _echo_status(state: State, report: Any) -> NoReturn:
+    """Print a status report (text or JSON) and exit 1 when it is not ok."""
     if state.as_json:
         _emit_json(report.to_dict())
     else:
@@ -1265,6 +1270,210 @@ def completion(state: State, shell: str) -> None:
         _emit_json({"ok": True, "shell": shell, "script": script})
     else:
         click.echo(script)
+
+
+# -- the fleet (cellvault[fleet]) ---------------------------------------------------------
+
+
+def _fleet(state: State, **overrides: Any) -> Any:
+    """The coordinator's :class:`cellvault.fleet.Fleet` (a ConfigError without the extra)."""
+    try:
+        from .fleet import Fleet, FleetSettings
+    except ImportError as exc:
+        raise ConfigError(
+            f"the fleet needs Celery ({exc.name} is not installed)",
+            hint="pip install 'cellvault[fleet]'",
+        ) from None
+    vault = state.vault()
+    return Fleet(vault, FleetSettings.from_config(vault.config, **overrides))
+
+
+def _echo_fleet(report: Any) -> None:
+    for r in report.results:
+        where = f"on {r.host}" if r.host else "(no worker)"
+        if r.ok:
+            again = " (done by an earlier delivery)" if r.already_done else ""
+            click.echo(f"ok   {r.cell} {where}: {r.archive or '-'} in {r.duration:.1f}s{again}")
+        else:
+            click.echo(f"FAIL {r.cell} {where}: {r.error}", err=True)
+    for line in report.unowned:
+        click.echo(f"FAIL {line}: nobody backs it up", err=True)
+    per_host = ", ".join(f"{h} {n}" for h, n in sorted(report.hosts.items()))
+    click.echo(
+        f"fleet {report.operation}: {'ok' if report.ok else 'FAILED'}, {len(report.results)} "
+        f"cell(s) in {report.duration:.1f}s" + (f" ({per_host})" if per_host else "")
+    )
+
+
+@cli.group()
+def fleet() -> None:
+    """Cells on many hosts, through Celery (pip install 'cellvault[fleet]'; docs/fleet.md).
+
+    Each host runs 'cellvault fleet worker' with its own configuration; any
+    host with CELLVAULT_BROKER_URL coordinates: backup, restore, status, hosts.
+    """
+
+
+@fleet.command(name="worker")
+@click.option(
+    "--host",
+    help="This host's name in the fleet (default: CELLVAULT_FLEET_HOST, else the host name).",
+)
+@click.option("--pool", is_flag=True, help="Also serve the standby restore pool's queue.")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=2, show_default=True, help="Tasks at once."
+)
+@click.option(
+    "--beat",
+    is_flag=True,
+    help="Also run the schedule (full at 02:00, incremental every 6 h by default).",
+)
+@pass_state
+def fleet_worker(state: State, host: str | None, pool: bool, concurrency: int, beat: bool) -> None:
+    """Run a worker: this host's cells' tasks (and the pool's), until stopped.
+
+    Tasks are acknowledged only when done: a worker killed mid-task leaves it
+    to be run again, and the cell's lease keeps two runs apart.
+    """
+    from .fleet import start_worker
+
+    with _errors(state):
+        coordinator = _fleet(state, host=host)
+        extra = ["--beat"] if beat else []
+        start_worker(
+            coordinator.app,
+            coordinator.vault,
+            host=coordinator.settings.host,
+            pool=pool,
+            concurrency=concurrency,
+            extra_args=extra,
+        )
+
+
+@fleet.command(name="hosts")
+@click.option(
+    "--timeout",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for the workers' answers.",
+)
+@_json_option
+@pass_state
+def fleet_hosts(state: State, timeout: float, as_json: bool) -> None:
+    """Which cells live on which host; cells nobody owns or two hosts claim. Exit 1 on those."""
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        found = _fleet(state).hosts(timeout=timeout)
+    if state.as_json:
+        _emit_json({**found.to_dict(), "warnings": found.warnings()})
+    else:
+        for host, cells in found.hosts.items():
+            tags = [
+                t for t, on in (("live", host in found.live), ("pool", host in found.pool)) if on
+            ]
+            click.echo(f"{host:<20} {' '.join(cells)}" + (f"  [{', '.join(tags)}]" if tags else ""))
+        for line in found.warnings():
+            click.echo(f"warn {line}", err=True)
+    sys.exit(EXIT_FAILED if found.warnings() else EXIT_OK)
+
+
+@fleet.command(name="backup")
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["full", "incremental"]),
+    help="Backup type (default: BACKUP_TYPE of each host).",
+)
+@click.option("--cell", "cells", multiple=True, help="Only this cell (repeatable).")
+@click.option("--timeout", type=float, help="Seconds to wait for the last result.")
+@_json_option
+@pass_state
+def fleet_backup(
+    state: State, kind: str | None, cells: tuple[str, ...], timeout: float | None, as_json: bool
+) -> None:
+    """Back up every cell on the host that owns it; wait; one summary. Exit 1 if any failed."""
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        coordinator = _fleet(state)
+        echo = None if state.as_json else _fleet_line
+        report = coordinator.backup(list(cells) or None, kind=kind, timeout=timeout, on_result=echo)
+    if state.as_json:
+        _emit_json({**report.to_dict(), "ok": report.ok})
+    else:
+        _echo_fleet(report)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+def _fleet_line(result: Any) -> None:
+    click.echo(f"{'done' if result.ok else 'fail'} {result.cell} on {result.host or '-'}", err=True)
+
+
+@fleet.command(name="restore")
+@click.option(
+    "--date",
+    "select",
+    default="latest",
+    show_default=True,
+    help="latest, an archive id, a date prefix or an ISO time.",
+)
+@click.option(
+    "--cell",
+    "cells",
+    multiple=True,
+    help="Only this cell (repeatable). Default: every cell on the targets.",
+)
+@click.option(
+    "--skip-prebackup", is_flag=True, help="No safety backup on the pool hosts (an empty standby)."
+)
+@click.option("--timeout", type=float, help="Seconds to wait for each result.")
+@_json_option
+@pass_state
+def fleet_restore(
+    state: State,
+    select: str,
+    cells: tuple[str, ...],
+    skip_prebackup: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Restore every cell over the standby restore pool, largest first; report the platform RTO."""
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        coordinator = _fleet(state)
+        echo = None if state.as_json else _fleet_line
+        report = coordinator.restore(
+            select,
+            cells=list(cells) or None,
+            skip_prebackup=skip_prebackup,
+            timeout=timeout,
+            on_result=echo,
+        )
+    if state.as_json:
+        _emit_json({**report.to_dict(), "ok": report.ok, "rto": report.duration})
+    else:
+        _echo_fleet(report)
+        click.echo(f"platform RTO {report.duration:.1f}s")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@fleet.command(name="status")
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Hours a newest archive may be old.",
+)
+@_json_option
+@pass_state
+def fleet_status(state: State, max_age: float | None, as_json: bool) -> None:
+    """Every cell's newest archive and RPO per target, read from the targets (workers may be down).
+
+    Needs no broker and no worker. Exits 1 when a cell is stale, missing or failed its last verify.
+    """
+    state.as_json = state.as_json or as_json
+    with _errors(state):
+        report = state.vault().status(max_age=max_age)
+    _echo_status(state, report)
 
 
 def main(argv: list[str] | None = None) -> None:

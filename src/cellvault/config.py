@@ -25,6 +25,7 @@ from .retention import RetentionPolicy
 from .specs import DEFAULT_TTL, DumperSpec, TargetSpec
 
 __all__ = [
+    "FLEET_ENV",
     "KNOWN_ENV",
     "Config",
     "env_flag",
@@ -38,6 +39,17 @@ __all__ = [
 
 #: Every environment variable cellvault reads (others starting with BACKUP_ or
 #: RESTORE_ are reported as unknown, with a suggestion).
+#: The fleet's variables (``cellvault.fleet``, docs/fleet.md) -> their ``[fleet]`` key.
+FLEET_ENV: dict[str, str] = {
+    "CELLVAULT_BROKER_URL": "broker_url",
+    "CELLVAULT_RESULT_BACKEND": "result_backend",
+    "CELLVAULT_FLEET_HOST": "host",
+    "CELLVAULT_FLEET_TARGET_CONCURRENCY": "target_concurrency",
+    "CELLVAULT_FLEET_VISIBILITY_TIMEOUT": "visibility_timeout",
+    "CELLVAULT_FLEET_FULL_SCHEDULE": "full_schedule",
+    "CELLVAULT_FLEET_INCREMENTAL_SCHEDULE": "incremental_schedule",
+}
+
 KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_DIR",
     "BACKUP_TYPE",
@@ -91,6 +103,8 @@ KNOWN_ENV: tuple[str, ...] = (
     "DR_SITE_ID",
     "DR_PULL_ONLY",
     "DR_TARGET",
+    # The fleet (cellvault.fleet): Celery's broker and the fleet's settings.
+    *FLEET_ENV,
 )
 # Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL,
 # and a cell's dumpers: BACKUP_CELL_<NAME>_DUMPERS, BACKUP_CELL_<NAME>_DUMPER_<DUMPER>_<OPTION>.
@@ -188,6 +202,9 @@ class Config:
     restore_into: Path | None = None
     #: Settings read but owned by plugins (alerts, ...), name -> value.
     extra: Mapping[str, str] = attrs.field(factory=dict)
+    #: The fleet's settings (``cellvault.fleet``): a TOML ``[fleet]`` table, or the
+    #: ``CELLVAULT_*`` variables of :data:`FLEET_ENV` under the same keys.
+    fleet: Mapping[str, Any] = attrs.field(factory=dict)
     #: What ``prune`` keeps on every target (the seed's 7 days full, 3 days incremental).
     retention: RetentionPolicy = attrs.field(factory=RetentionPolicy)
     #: Target name -> its own policy, instead of *retention*.
@@ -401,6 +418,7 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         restore_skip_prebackup=env_flag(env, "RESTORE_SKIP_PREBACKUP", False),
         restore_into=Path(into) if into else None,
         extra={k: v for k, v in env.items() if k.startswith("BACKUP_ALERT")},
+        fleet={key: env[var] for var, key in FLEET_ENV.items() if env.get(var, "").strip()},
         verify_level=env.get("BACKUP_VERIFY_LEVEL", "read").strip().lower() or "read",
         metrics_file=env.get("BACKUP_METRICS_FILE", "").strip() or None,
         max_age=_float(env, "BACKUP_MAX_AGE_HOURS", 26.0),
@@ -555,7 +573,9 @@ _TOP_KEYS = {f.name for f in attrs.fields(Config)} - {
     "extra",
     "target_retention",
     "source",
+    "fleet",
 } | {
+    "fleet",
     "cells",
     "targets",
     "alerts",
@@ -686,8 +706,11 @@ def load_toml(path: Path) -> Config:
     retention = RetentionPolicy.from_mapping(
         _table(f"{path}: [retention]", data.get("retention", {})), where=f"{path} [retention]"
     )
+    fleet = _table(f"{path}: [fleet]", data.get("fleet", {}))
     scalars = {
-        k: v for k, v in data.items() if k not in ("cells", "targets", "alerts", "retention")
+        k: v
+        for k, v in data.items()
+        if k not in ("cells", "targets", "alerts", "retention", "fleet")
     }
     for key, value in scalars.items():
         _check_type(str(path), key, value, _SCALAR_TYPES[key])
@@ -698,6 +721,7 @@ def load_toml(path: Path) -> Config:
             cells=cells,
             targets=targets,
             extra=dict(alerts),
+            fleet=dict(fleet),
             retention=retention,
             target_retention=target_retention,
             source=path,

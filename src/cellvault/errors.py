@@ -17,6 +17,7 @@ __all__ = [
     "DrError",
     "DumpError",
     "Fenced",
+    "FleetError",
     "LoadError",
     "LockHeld",
     "RestoreError",
@@ -137,6 +138,10 @@ class Fenced(DrError):
         self.active = active
         self.since = since
         super().__init__(message, hint=hint)
+
+
+class FleetError(CellvaultError):
+    """The fleet's broker or workers could not do what was asked (``cellvault.fleet``)."""
 
 
 class WebhookError(CellvaultError):

@@ -1,0 +1,139 @@
+"""A platform restore through the fleet with one and with two pool workers, side by side.
+
+    python benchmarks/fleet_restore.py [--cells 12] [--size-mib 16] [--repeat 3]
+        [--broker redis://127.0.0.1:6379/12]
+
+Backs up *cells* cells of *size-mib* MiB each (incompressible) to a shared
+folder, then restores all of them through ``cellvault fleet restore`` onto
+an empty standby, first with one pool worker, then with two (each worker
+one task at a time), alternating, *repeat* times. Prints the median wall
+time (the platform RTO) of each and their ratio. Results go in
+docs/performance.md; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cellvault import Vault
+from cellvault.config import load_env
+from cellvault.fleet import Fleet
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _env(base: Path, cells: list[str], root: Path, broker: str, host: str) -> Path:
+    path = base / f"{host}.env"
+    path.write_text(
+        "\n".join(
+            [
+                f"BACKUP_DIR={base / host / 'backup'}",
+                f"BACKUP_CELLS={' '.join(cells)}",
+                f"BACKUP_CELLS_ROOT={root}",
+                "BACKUP_TARGETS=local,nas",
+                f"BACKUP_NAS_PATH={base / 'nas'}",
+                "BACKUP_ALERT_LOG=off",
+                f"CELLVAULT_BROKER_URL={broker}",
+                f"CELLVAULT_FLEET_HOST={host}",
+                "",
+            ]
+        )
+    )
+    return path
+
+
+def _start(env_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cellvault", "--env-file", str(env_file), "fleet", "worker",
+         "--pool", "--concurrency", "1"],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def one_run(base: Path, cells: list[str], broker: str, workers: int, tag: str) -> float:
+    standby = base / f"standby-{tag}"
+    shutil.rmtree(standby, ignore_errors=True)
+    hosts = [f"pool{n}-{tag}" for n in range(workers)]
+    procs = [_start(_env(base, cells, standby, broker, h), base / f"{h}.log") for h in hosts]
+    coordinator = Fleet(Vault(load_env({**_vars(base, cells, broker)}), load_entry_points=False))
+    try:
+        deadline = time.monotonic() + 60
+        while set(hosts) - set(coordinator.hosts(timeout=1.0).live):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"pool workers {hosts} did not start; see {base}/*.log")
+        report = coordinator.restore("latest", cells=cells, skip_prebackup=True)
+        if not report.ok:
+            raise SystemExit(f"restore failed: {[r for r in report.results if not r.ok]}")
+        return report.duration
+    finally:
+        for proc in procs:
+            _stop(proc)
+        for h in hosts:
+            shutil.rmtree(base / h, ignore_errors=True)
+        shutil.rmtree(standby, ignore_errors=True)
+
+
+def _vars(base: Path, cells: list[str], broker: str) -> dict[str, str]:
+    return {
+        "BACKUP_DIR": str(base / "coordinator"),
+        "BACKUP_CELLS": " ".join(cells),
+        "BACKUP_CELLS_ROOT": str(base / "cells"),
+        "BACKUP_TARGETS": "local,nas",
+        "BACKUP_NAS_PATH": str(base / "nas"),
+        "BACKUP_ALERT_LOG": "off",
+        "CELLVAULT_BROKER_URL": broker,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=12)
+    parser.add_argument("--size-mib", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="cellvault-fleet-bench-"))
+    cells = [f"cell{i:03d}" for i in range(args.cells)]
+    for cell in cells:
+        (base / "cells" / cell).mkdir(parents=True)
+        (base / "cells" / cell / "data.bin").write_bytes(os.urandom(args.size_mib << 20))
+    source = Vault(load_env(_vars(base, cells, args.broker)), load_entry_points=False)
+    if not source.backup(kind="full").ok:
+        raise SystemExit("the backup of the corpus failed")
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for n in range(args.repeat):
+        for workers in (1, 2):
+            seconds = one_run(base, cells, args.broker, workers, f"{workers}w{n}")
+            times[workers].append(seconds)
+            print(f"run {n + 1}: {workers} worker(s): {seconds:.2f} s", flush=True)
+    one, two = statistics.median(times[1]), statistics.median(times[2])
+    print(
+        f"{args.cells} cells x {args.size_mib} MiB: median RTO 1 worker {one:.2f} s, "
+        f"2 workers {two:.2f} s, ratio {two / one:.2f}"
+    )
+    shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
