@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import os
 import stat
@@ -38,6 +37,7 @@ from .errors import BackupError
 from .log import get_logger
 from .manifest import Entry, Manifest
 from .report import DumpSummary
+from .safeopen import SwappedFile, check_same, open_scanned
 from .spool import claim_spool, clear_stale_spool, write_manifest_copy
 from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
 
@@ -153,48 +153,6 @@ class _Opened:
         self.head = head
         #: The opened file's ``fstat``: checked against the scan's ``lstat``.
         self.st = st
-
-
-class SwappedFile(OSError):
-    """A file that is no longer the one the scan saw (now a FIFO, a socket, a link, another inode)."""
-
-
-# O_NOFOLLOW: a file swapped for a link is not followed to what it points at;
-# O_NONBLOCK: one swapped for a FIFO does not block the open until a writer comes.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def open_scanned(path: str, st: os.stat_result | None = None) -> IO[bytes]:
-    """Open the regular file at *path* for reading, never following a link nor blocking.
-
-    With *st* (the scan's ``lstat``), the file must also be the one the scan
-    saw (same device and inode). Raises :class:`SwappedFile` when *path* is
-    now something else: a link, a FIFO, a socket, a device, another file.
-    """
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SwappedFile(errno.ELOOP, "became a symbolic link after the scan", path) from None
-        raise
-    try:
-        now = os.fstat(fd)
-        if not stat.S_ISREG(now.st_mode):
-            what = "a " + _special_kind(now.st_mode)
-            raise SwappedFile(errno.ESTALE, f"became {what} after the scan", path)
-        check_same(path, st, now)
-        return os.fdopen(fd, "rb", buffering=0)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def check_same(path: str, scanned: os.stat_result | None, opened: os.stat_result | None) -> None:
-    """Raise :class:`SwappedFile` when the file opened is not the one scanned (device, inode)."""
-    if scanned is None or opened is None:
-        return
-    if (opened.st_dev, opened.st_ino) != (scanned.st_dev, scanned.st_ino):
-        raise SwappedFile(errno.ESTALE, "was replaced by another file after the scan", path)
 
 
 def _open_ahead(path: str, size: int) -> _Opened:

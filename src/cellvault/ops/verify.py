@@ -161,9 +161,10 @@ def alert_ignored(run: Run, target: Target, cell: str) -> None:
     for name, key, error in target.distrusted():
         if name != target.name or not key.startswith(f"{cell}/"):
             continue
-        if (name, key, error) in _ALERTED:
+        where = (target.spec.url, key, error)
+        if where in _ALERTED:
             continue
-        _ALERTED.add((name, key, error))
+        _ALERTED.add(where)
         run.fail(
             "check",
             f"ignored {key}: {error}",

@@ -332,22 +332,27 @@ class Target(abc.ABC):
         return out
 
     def distrust(self, key: str, error: str) -> None:
-        """Report, once per process, an object of this target that fails its checks.
+        """Report an object of this target that fails its checks; it is then left alone.
 
-        The object is then left alone: no command reads, writes or deletes
-        anything on its word (see :mod:`cellvault.trust`).
+        The warning is logged once per process for each object and error (the
+        same object is met again by every listing); :meth:`distrusted` keeps
+        what this target object met, for ``status`` and the alerts. No command
+        reads, writes or deletes anything on the word of such an object (see
+        :mod:`cellvault.trust`).
         """
+        seen: dict[str, str] = self.__dict__.setdefault("_distrusted", {})
+        seen[key] = error
+        where = (self.spec.url, key, error)
         with _DISTRUSTED_LOCK:
-            seen = (self.name, key, error) in _DISTRUSTED
-            _DISTRUSTED.add((self.name, key, error))
-        if not seen:
+            logged = where in _DISTRUSTED
+            _DISTRUSTED.add(where)
+        if not logged:
             log.warning("sidecar.unreadable", target=self.name, key=key, error=error)
 
-    @staticmethod
-    def distrusted() -> builtins.list[tuple[str, str, str]]:
-        """(target, key, error) of every object reported by :meth:`distrust` in this process."""
-        with _DISTRUSTED_LOCK:
-            return sorted(_DISTRUSTED)
+    def distrusted(self) -> builtins.list[tuple[str, str, str]]:
+        """(target, key, error) of every object of this target :meth:`distrust` met."""
+        seen: dict[str, str] = self.__dict__.get("_distrusted", {})
+        return sorted((self.name, key, error) for key, error in seen.items())
 
     def sidecar(self, ident: ArchiveId) -> Sidecar:
         """The sidecar of *ident*; :class:`ArchiveNotFound` when it is not committed here."""
@@ -432,7 +437,7 @@ class Target(abc.ABC):
         return keys
 
 
-# What :meth:`Target.distrust` reported already: (target, key, error).
+# What :meth:`Target.distrust` logged already: (target URL, key, error).
 _DISTRUSTED: set[tuple[str, str, str]] = set()
 _DISTRUSTED_LOCK = threading.Lock()
 
