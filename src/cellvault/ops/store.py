@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import attrs
 
 from ..archive import Sidecar
-from ..errors import CellvaultError, Fenced
+from ..errors import CellvaultError, Fenced, TargetError
 from ..fence import Fence
 from ..lock import Lease
 from ..log import get_logger
@@ -128,7 +128,20 @@ def check_stored(run: Run, target: Target, result: PackResult, sidecar: Sidecar)
     committed = set(target.archive_ids(sidecar.id.cell))
     # The manifest copy must be, byte for byte, the one this run wrote.
     copy = result.manifest_path.read_bytes() if level == "read" else None
-    check_archive(target, sidecar, level, committed, manifest_copy=copy, manifest=result.manifest)
+    for attempt in range(3):
+        try:
+            check_archive(
+                target, sidecar, level, committed, manifest_copy=copy, manifest=result.manifest
+            )
+            break
+        except TargetError as exc:
+            # The store failed a read mid-stream (a 503): that says nothing about the
+            # copy; read it back again rather than uncommit a good archive.
+            if attempt == 2:
+                raise
+            log.warning(
+                "archive.reread", target=target.name, archive=str(sidecar.id), error=str(exc)
+            )
     log.info(
         "archive.verified",
         run=run.id,
