@@ -265,7 +265,10 @@ def test_hostile_archive_restore_in_place_is_refused(env: Setup, case: Case) -> 
     assert cell.stage in ("fetch", "check")
     assert name in (cell.error or ""), cell.error
     assert ARCHIVE in (cell.error or "")
-    assert cell.safety_backup is None  # not swapped: nothing to report
+    # The safety backup was taken, and is named; no file was swapped.
+    assert cell.safety_backup and cell.undo
+    files = {k: v for k, v in cell.parts.items() if k.startswith("files:")}
+    assert files and all(v.startswith("not staged") for v in files.values()), cell.parts
     assert snapshot(env.src) == live
     assert snapshot(env.outside) == outside
     assert all_paths(env.tmp, skip=[env.backup]) == before

@@ -457,6 +457,12 @@ def _echo_status(state: State, report: Any) -> NoReturn:
     help="Change a dumper's option for this restore, e.g. db.only_tables=public.orders "
     "(repeatable; see docs/dumpers.md).",
 )
+@click.option(
+    "--remove-excluded",
+    is_flag=True,
+    help="In place: also remove live paths the cell's exclude rules leave out of backups "
+    "(default: keep them).",
+)
 @pass_state
 def restore(
     state: State,
@@ -469,6 +475,7 @@ def restore(
     load_dumps: bool | None,
     only_dumps: tuple[str, ...],
     dump_options: tuple[str, ...],
+    remove_excluded: bool,
 ) -> None:
     """Restore all cells, or one, to a point in time, in one step.
 
@@ -501,10 +508,13 @@ def restore(
             allow_external_links=allow_external_links,
             load_dumps=list(only_dumps) if only_dumps else load_dumps,
             dump_options=options,
+            keep_excluded=not remove_excluded,
         )
     if state.as_json:
         _emit_json(report.to_dict())
     else:
+        for line in report.recovered:
+            click.echo(f"note {line}")
         for c in report.cells:
             if c.ok:
                 safety = f"; safety backup {c.safety_backup}" if c.safety_backup else ""
@@ -514,6 +524,10 @@ def restore(
                 )
             else:
                 click.echo(f"FAIL {c.cell}: {c.stage}: {c.error}", err=True)
+            for part, what in c.parts.items():
+                click.echo(f"     {part}: {what}", err=not c.ok)
+            if c.undo:
+                click.echo(f"     undo: {c.undo}", err=not c.ok)
         if report.error:
             click.echo(f"FAIL {report.error}", err=True)
         click.echo(f"restore: {'ok' if report.ok else 'FAILED'} in {report.duration:.1f}s")

@@ -44,6 +44,7 @@ FLEET_ENV: dict[str, str] = {
     "CELLVAULT_BROKER_URL": "broker_url",
     "CELLVAULT_RESULT_BACKEND": "result_backend",
     "CELLVAULT_FLEET_HOST": "host",
+    "CELLVAULT_FLEET_POOL": "pool",
     "CELLVAULT_FLEET_TARGET_CONCURRENCY": "target_concurrency",
     "CELLVAULT_FLEET_VISIBILITY_TIMEOUT": "visibility_timeout",
     "CELLVAULT_FLEET_FULL_SCHEDULE": "full_schedule",

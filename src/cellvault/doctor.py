@@ -625,6 +625,24 @@ def _check_drills(vault: Vault, targets: list[Target], max_days: float, now: flo
 # -- the whole checklist ---------------------------------------------------------------
 
 
+def _check_dumpers(vault: Vault) -> list[Check]:
+    """Probe every configured dumper: connection, permissions, tool versions."""
+    out = []
+    for cell, dumpers in vault.dumpers.items():
+        for dumper in dumpers:
+            name = f"dumper {cell}/{dumper.name}"
+            try:
+                found = dumper.probe()
+            except CellvaultError as exc:
+                out.append(Check(name, False, _one_line(exc.message), fix=exc.hint))
+                continue
+            if found is None:
+                out.append(Check(name, True, f"type {dumper.type} has no probe", warn=True))
+            else:
+                out.append(Check(name, True, _one_line(found)))
+    return out
+
+
 def _check_config(config: Config, source: str | None) -> Check:
     if config.cells:
         return Check("configuration", True, _describe(config, source))
@@ -691,6 +709,8 @@ def run_checks(
         # A target that failed its probe fails on its own line only.
         reachable = [t for t in vault.targets if f"target {t.name}" not in bad]
 
+    if probe:
+        checks.extend(_check_dumpers(vault))
     checks.extend(_check_alerts(config, timeout, send_test_alert))
 
     limit = config.max_age if max_age is None else max_age

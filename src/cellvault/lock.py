@@ -25,7 +25,7 @@ from .specs import DEFAULT_TTL
 from .targets.base import LOCKS, Target
 from .trust import MAX_LEASE_BYTES
 
-__all__ = ["DEFAULT_TTL", "Lease"]
+__all__ = ["DEFAULT_TTL", "Lease", "holder_is_stale", "mark_live"]
 
 log = get_logger(__name__)
 
@@ -262,6 +262,20 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def mark_live(token: str, live: bool = True) -> None:
+    """Count the lease (or read lease) *token* as held by this process, or no longer."""
+    with _LIVE_LOCK:
+        if live:
+            _LIVE.add(token)
+        else:
+            _LIVE.discard(token)
+
+
+def holder_is_stale(holder: dict[str, Any]) -> bool:
+    """Whether the lease (or read lease) whose body is *holder* may be taken over or ignored."""
+    return _is_stale(holder)
 
 
 def _is_stale(holder: dict[str, Any]) -> bool:

@@ -157,6 +157,8 @@ class VerifyResult(Report):
     files: int = 0
     bytes: int = 0
     rto: float | None = None
+    #: Drill: per dumper, whether its dump was loaded into a scratch object (and dropped).
+    dumps: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -188,14 +190,21 @@ class CellRestore(Report):
     files: int = 0
     bytes: int = 0
     duration: float = 0.0
+    #: Per part of the cell (``files:<root>``, ``dump:<dumper>``, ``safety backup``):
+    #: what the restore did with it, in words (staged, swapped in, rolled back, left ...).
+    parts: Mapping[str, str] = attrs.field(factory=dict)
+    #: The command that undoes this restore (restores the safety backup), if there is one.
+    undo: str | None = None
 
 
 @attrs.frozen
 class RestoreReport(Report):
     cells: tuple[CellRestore, ...]
     duration: float
-    #: Set when the restore was refused as a whole before anything was touched.
+    #: Set when the restore was aborted as a whole; says what was touched.
     error: str | None = None
+    #: Interrupted earlier restores this run settled first, one sentence each.
+    recovered: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

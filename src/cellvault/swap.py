@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -102,14 +103,18 @@ class Swap:
     staging: Path
     placed: dict[str, Path] = attrs.field(factory=dict)
     done: list[tuple[str, bool]] = attrs.field(factory=list)
+    #: Root -> where its old live data is, when a rollback could not put it back.
+    stranded: dict[str, Path] = attrs.field(factory=dict)
     files: int = 0
     bytes: int = 0
     duration: float = 0.0
 
     @classmethod
-    def create(cls, dests: dict[str, Path], archive: str) -> Swap:
-        """Make the staging directory beside the first destination."""
-        first = next(iter(dests.values()))
+    def create(cls, dests: dict[str, Path], archive: str, near: Path | None = None) -> Swap:
+        """Make the staging directory beside the first destination (or *near*, if none)."""
+        first = next(iter(dests.values()), near)
+        if first is None:
+            raise ValueError("a swap needs a destination or a place to stage near")
         first.parent.mkdir(parents=True, exist_ok=True)
         staging = first.parent / f".cellvault-restore-{archive}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
@@ -134,20 +139,35 @@ class Swap:
             _remove(staged)
             self.placed[root] = near
 
-    def commit(self) -> None:
-        """Swap every staged root into place; the old data goes where the staged tree was."""
-        for root, dest in self.dests.items():
-            src = self.placed[root]
-            if dest.exists() or dest.is_symlink():
-                exchange(src, dest)
-                self.done.append((root, True))
-            else:
-                os.rename(src, dest)
-                self.done.append((root, False))
-            log.info("restore.swapped", destination=str(dest))
+    def commit(self, on_root: Callable[[str], None] | None = None) -> None:
+        """Swap every staged root into place; the old data goes where the staged tree was.
 
-    def rollback(self) -> None:
-        """Undo :meth:`commit`: put the old data back."""
+        All or nothing for the cell: when the swap of one root fails, the
+        roots already swapped are put back (:meth:`rollback`) before the
+        error is raised. *on_root* is called after each root is swapped.
+        """
+        try:
+            for root, dest in self.dests.items():
+                src = self.placed[root]
+                if dest.exists() or dest.is_symlink():
+                    exchange(src, dest)
+                    self.done.append((root, True))
+                else:
+                    os.rename(src, dest)
+                    self.done.append((root, False))
+                log.info("restore.swapped", destination=str(dest))
+                if on_root is not None:
+                    on_root(root)
+        except BaseException:
+            self.rollback()
+            raise
+
+    def rollback(self) -> dict[str, Path]:
+        """Undo :meth:`commit`: put the old data back.
+
+        Returns, per root whose old data could not be put back, where that
+        data is now (it is then kept by :meth:`cleanup` and :meth:`discard`).
+        """
         for root, had_old in reversed(self.done):
             dest, src = self.dests[root], self.placed[root]
             try:
@@ -159,13 +179,25 @@ class Swap:
                 log.error(
                     "restore.rollback_failed", destination=str(dest), kept=str(src), error=str(exc)
                 )
+                if had_old:
+                    self.stranded[root] = src
         self.done.clear()
+        return dict(self.stranded)
 
     def cleanup(self) -> None:
-        """After success: delete the old data and the staging directory."""
+        """After success: delete the old data and the staging directory.
+
+        Never deletes data :meth:`rollback` could not put back (:attr:`stranded`).
+        """
+        keep = set(self.stranded.values())
         for path in self.placed.values():
-            if path.parent != self.staging:
+            if path.parent != self.staging and path not in keep:
                 _remove(path)
+        if any(path.parent == self.staging for path in keep):
+            for child in list(self.staging.iterdir()):
+                if child not in keep:
+                    _remove(child)
+            return
         _remove(self.staging)
 
     def discard(self) -> None:

@@ -349,6 +349,7 @@ class Vault:
         allow_external_links: bool = False,
         load_dumps: bool | str | Iterable[str] | None = None,
         dump_options: Mapping[str, Mapping[str, Any]] | None = None,
+        keep_excluded: bool = True,
     ) -> RestoreReport:
         """Restore cells to the archive *select* picks (``latest``, an id, a date prefix, a time).
 
@@ -374,6 +375,16 @@ class Vault:
         options) changes a dumper's options for this restore, e.g.
         ``{"pg": {"tables": ["public.orders"]}}``. After the swap, the
         ``cellvault_health_check`` hooks (``health_check_<cell>.sh``) run.
+
+        A restore is all or nothing per cell: when the swap of one root fails,
+        every root already swapped is put back. The report says per cell and
+        per part (``files:<root>``, ``dump:<dumper>``, ``safety backup``) what
+        was staged, loaded, swapped or rolled back, and gives the command that
+        undoes the restore. A journal beside the staging directory lets the
+        next backup or restore of a cell settle a restore that was killed
+        (``docs/concepts.md``). The archives read are held by a read lease that
+        ``prune`` respects. In place, live paths the cell's ``exclude`` rules
+        leave out of backups are kept (*keep_excluded*); ``False`` removes them.
         """
         with self._open("restore") as run:
             report = restore_op.restore(
@@ -389,6 +400,7 @@ class Vault:
                 if isinstance(load_dumps, bool | None)
                 else names(load_dumps, "load_dumps"),
                 dump_options=dump_options,
+                keep_excluded=keep_excluded,
             )
             run.finish(report)
         return report

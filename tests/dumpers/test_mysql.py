@@ -160,7 +160,8 @@ def test_password_from_the_environment_goes_through_an_options_file(
     assert my.sql("SELECT COUNT(*) FROM t;") == "2"
     programs = ("mariadb-dump", "mysqldump", "mariadb", "mysql")  # the tests' own client has a path
     tools = [argv for argv, _ in calls if argv[0] in programs and "--version" not in argv]
-    assert len(tools) == 2
+    # The dump, the load, and the restore's staging probes (CREATE DATABASE, object counts).
+    assert [a[0] for a in tools if "dump" in a[0]] and len(tools) >= 2
     for argv in tools:
         assert not any(password in a for a in argv)
         option_file = argv[1].removeprefix("--defaults-extra-file=")

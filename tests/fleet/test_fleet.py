@@ -68,6 +68,7 @@ class Host:
                     f"BACKUP_HOOKS_DIR={self.root / 'hooks'}",
                     f"CELLVAULT_BROKER_URL={broker}",
                     f"CELLVAULT_FLEET_HOST={name}",
+                    f"CELLVAULT_FLEET_POOL=pool-{name.rsplit('-', 1)[-1]}",
                     "",
                 ]
             )
@@ -135,6 +136,8 @@ def coordinator(tmp_path: Path, broker: str, hosts: list[Host]) -> object:
         "BACKUP_NAS_PATH": str(tmp_path / "nas"),
         "BACKUP_ALERT_LOG": "off",
         "CELLVAULT_BROKER_URL": broker,
+        # The hosts' pool, named after their tag: other tests' pools never take its tasks.
+        "CELLVAULT_FLEET_POOL": f"pool-{hosts[0].name.rsplit('-', 1)[-1]}",
     }
     return Fleet(Vault(load_env(env), load_entry_points=False))
 
@@ -318,6 +321,15 @@ def test_a_platform_restore_spreads_over_the_standby_pool(
         wait_live(fleet, {w.name for w in pool})
         found = fleet.hosts()  # type: ignore[attr-defined]
         assert {w.name for w in pool} <= set(found.pool)
+        # A pool host can also pull a cell's archives into its own backup directory.
+        from cellvault.fleet.app import PULL_TASK
+        from cellvault.fleet.settings import host_queue
+
+        pulled = fleet.app.send_task(  # type: ignore[attr-defined]
+            PULL_TASK, args=(everything[0],), queue=host_queue(pool[0].name)
+        ).get(timeout=120)
+        assert pulled["ok"] and pulled["host"] == pool[0].name, pulled
+        assert archives_on(pool[0].root / "backup", everything[0])
         report = fleet.restore("latest", cells=everything, skip_prebackup=True, timeout=300)  # type: ignore[attr-defined]
         assert report.ok, [r for r in report.results if not r.ok]
         assert sorted(r.cell for r in report.results) == sorted(everything)

@@ -14,6 +14,7 @@ from ..errors import DumpError, LoadError
 from ..specs import DumperSpec
 from ..tool import ToolResult, run_tool
 from .base import DumpContext, Dumper, LoadContext
+from .staging import StagedLoad
 
 __all__ = [
     "DumpContext",
@@ -22,6 +23,7 @@ __all__ = [
     "DumperSpec",
     "LoadContext",
     "LoadError",
+    "StagedLoad",
     "ToolResult",
     "run_tool",
 ]

@@ -29,6 +29,7 @@ from ..report import DumpSummary, iso
 from ..specs import is_dumper_name
 from .base import DumpContext, Dumper, LoadContext
 from .members import DESCRIPTOR, DUMP_CHUNK, DUMPS_ROOT, ArchiveDumps, TarSink
+from .staging import StagedLoad
 
 __all__ = [
     "dumps_folder",
@@ -193,6 +194,11 @@ def load_staged_dumps(
     only: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     staged_roots: Mapping[Path, Path] | None = None,
+    on_loading: Callable[[str], None] | None = None,
+    on_loaded: Callable[[str], None] | None = None,
+    sides: list[StagedLoad] | None = None,
+    no_live: list[str] | None = None,
+    on_staged: Callable[[StagedLoad], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -202,7 +208,14 @@ def load_staged_dumps(
     *only* names the dumpers to load, whatever their ``autoload``, and each
     must be in the archive. *options* (dumper name -> options) changes
     options for this restore only, such as ``tables`` or ``restore_dsn``.
-    Raises :class:`LoadError` at the first failure.
+    Raises :class:`LoadError` at the first failure. *on_loading* is called
+    with a dumper's name before its load begins, *on_loaded* once it is done
+    (a restore journals and reports them). With *sides* (a list), each
+    dumper that can stage (:meth:`Dumper.stage`) loads into a side object
+    instead, appended to *sides* for the caller to swap in; only a dumper
+    that cannot stage loads into the live store (between *on_loading* and
+    *on_loaded*). With *no_live* (a list, a drill's), a dumper that cannot
+    stage is not loaded at all; its name is appended there.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -221,8 +234,23 @@ def load_staged_dumps(
             continue
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
+        if sides is not None:
+            side = _load(ctx, llog, stage=True)
+            if side is not None:
+                sides.append(side)
+                loaded.append(ctx.dumper.name)
+                if on_staged is not None:
+                    on_staged(side)
+                continue
+            if no_live is not None:
+                no_live.append(ctx.dumper.name)
+                continue
+        if on_loading is not None:
+            on_loading(ctx.dumper.name)
         _load(ctx, llog)
         loaded.append(ctx.dumper.name)
+        if on_loaded is not None:
+            on_loaded(ctx.dumper.name)
     return loaded
 
 
@@ -270,15 +298,26 @@ def _load_context(
     return LoadContext(cell, archive, meta, dumper, folder, scratch, descriptor, staged_roots)
 
 
-def _load(ctx: LoadContext, llog: structlog.stdlib.BoundLogger) -> None:
-    """Load one staged dump in a scratch folder of its own; any failure is a LoadError."""
+def _load(
+    ctx: LoadContext, llog: structlog.stdlib.BoundLogger, *, stage: bool = False
+) -> StagedLoad | None:
+    """Load one staged dump in a scratch folder of its own; any failure is a LoadError.
+
+    With *stage*, into a side object (``None``: the dumper cannot stage, nothing was done).
+    """
+    side: StagedLoad | None = None
     dumper, where = ctx.dumper, ctx.where
     started = time.monotonic()
     llog.info("dump.loading", dumper=dumper.name, type=dumper.type)
     try:
         ctx.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            dumper.load(ctx)
+            if stage:
+                side = dumper.stage(ctx)
+                if side is None:
+                    return None
+            else:
+                dumper.load(ctx)
         except LoadError:
             raise
         except CellvaultError as exc:
@@ -288,4 +327,9 @@ def _load(ctx: LoadContext, llog: structlog.stdlib.BoundLogger) -> None:
             raise LoadError(f"{where}: {type(exc).__name__}: {redact_text(str(exc))}") from None
     finally:
         shutil.rmtree(ctx.spool, ignore_errors=True)
-    llog.info("dump.loaded", dumper=dumper.name, duration=round(time.monotonic() - started, 3))
+    llog.info(
+        "dump.staged" if side is not None else "dump.loaded",
+        dumper=dumper.name,
+        duration=round(time.monotonic() - started, 3),
+    )
+    return side

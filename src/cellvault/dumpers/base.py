@@ -44,9 +44,10 @@ from .members import (
     SizedFileReader,
     is_dump_file_name,
 )
+from .options import to_args, to_bool, to_env, to_float, to_list, to_optional_float
 
 # The option converters are part of what a dumper type builds on (docs/plugins.md).
-from .options import to_args, to_bool, to_env, to_float, to_list, to_optional_float
+from .staging import StagedLoad
 
 __all__ = [
     "DESCRIPTOR",
@@ -157,6 +158,27 @@ class Dumper:
         on the type (see ``docs/dumpers.md``).
         """
         raise NotImplementedError
+
+    def probe(self) -> str | None:
+        """Check, from this machine, that a backup and a restore could run; say what was found.
+
+        Connect, check the permissions the dump needs and the tools'
+        versions; raise :class:`DumpError` (with a hint that says the fix)
+        when something is wrong. ``None`` (the default): this type has no
+        probe. ``cellvault doctor`` calls it for every configured dumper.
+        """
+        return None
+
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        """Load the staged dump in *ctx* into a side object; return how to swap it in.
+
+        The default, ``None``, says this dumper cannot stage: :meth:`load`
+        then runs against the live store before the cell's files are swapped,
+        and a restore requires a safety backup (see
+        :mod:`cellvault.dumpers.staging`). Raise :class:`LoadError` on
+        failure, leaving the live store untouched.
+        """
+        return None
 
     def stock_restore(self, files: Sequence[str]) -> str | None:
         """How to load this dump by hand with stock tools, for ``dumper.json`` (optional)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets as _secrets
 import shutil
 import tempfile
 import urllib.parse
@@ -43,14 +44,19 @@ from typing import IO, ClassVar
 
 import attrs
 
-from ..errors import ConfigError, LoadError
+from ..errors import ConfigError, DumpError, LoadError
 from ..hookspecs import hookimpl
+from ..log import get_logger
 from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
+from .mytables import MOVABLE_SQL, TableSwap, ident
 from .options import to_args, to_bool, to_list
+from .staging import StagedLoad
 
 __all__ = ["MysqlDumper", "filter_dump"]
+
+log = get_logger(__name__)
 
 FILENAME = "dump.sql"
 
@@ -194,6 +200,28 @@ class MysqlDumper(Dumper):
 
     # -- backup ----------------------------------------------------------------------
 
+    def probe(self) -> str:
+        """Connect with the dump's settings; check the databases are visible and the tools run."""
+        tool = run_tool([self.dump_program, "--version"], what=f"dumper {self.name}", timeout=30)
+        with self._connection() as (conn, secrets):
+            result = run_tool(
+                [self.client_program, *conn, "--batch", "--skip-column-names", "-e",
+                 "SELECT CONCAT('user=', CURRENT_USER(), ' version=', VERSION()); SHOW DATABASES;"],
+                what=f"dumper {self.name}: {self.client_program}",
+                secrets=secrets,
+                timeout=30,
+                hint="check host, port, user and the password (password_env, defaults_file)",
+            )  # fmt: skip
+        first, *visible = result.stdout.decode().splitlines()
+        missing = [d for d in self.databases if d not in visible]
+        if missing:
+            raise DumpError(
+                f"dumper {self.name}: database {missing[0]} is not visible to this user",
+                hint="create it, or grant this user SELECT, SHOW VIEW, TRIGGER, EVENT and "
+                "LOCK TABLES on it",
+            )
+        return f"connected ({first}); {tool.stdout.decode().strip()}"
+
     def dump(self, ctx: DumpContext) -> None:
         version = run_tool([self.dump_program, "--version"], what=ctx.where, timeout=60)
         ctx.info.update(
@@ -228,6 +256,62 @@ class MysqlDumper(Dumper):
         return f"{self.client_program} --user=<user> -p < {FILENAME}"
 
     # -- restore ---------------------------------------------------------------------
+
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        """One whole database of plain tables: into a scratch schema, swapped by RENAME TABLE.
+
+        Not for ``only_tables``, ``clean = false``, several databases, or a
+        database with views, routines, events or triggers (they cannot move
+        with RENAME TABLE): those load in place (see :mod:`.mytables`).
+        """
+        restored = self._restored()
+        if len(restored) != 1 or self.only_tables or not self.clean:
+            return None
+        target = self.restore_database or restored[0]
+        if "'" in target or self._unmovable(target):
+            return None
+        suffix = _secrets.token_hex(4)
+        scratch, old = f"{target[:40]}_cvnew_{suffix}", f"{target[:40]}_cvold_{suffix}"
+        side = self.with_options({"restore_database": scratch})
+        assert isinstance(side, MysqlDumper)
+        swap = TableSwap(
+            self.name,
+            f"database {target} on {self.socket or self.host or 'localhost'}",
+            scratch,
+            sql=self.run_sql,
+            db=target,
+            old=old,
+        )
+        try:
+            self.run_sql(f"CREATE DATABASE {ident(scratch)};")
+        except LoadError as exc:
+            # A user without CREATE on other databases loads in place, as before.
+            log.info("dump.not_staged", dumper=self.name, reason=exc.message)
+            return None
+        try:
+            side.load(ctx)
+            if self._unmovable(scratch):
+                swap.discard()
+                return None
+        except BaseException:
+            swap.discard()
+            raise
+        return swap
+
+    def _unmovable(self, db: str) -> bool:
+        return self.run_sql(MOVABLE_SQL.format(db=db)).strip() not in ("", "0")
+
+    def run_sql(self, sql: str) -> str:
+        """Run *sql* on the restore server; its output (batch, no column names)."""
+        with self._connection() as (conn, secrets):
+            result = run_tool(
+                [self.client_program, *conn, "--batch", "--skip-column-names", "-e", sql],
+                what=f"dumper {self.name}: {self.client_program}",
+                error=LoadError,
+                secrets=secrets,
+                timeout=self.timeout,
+            )
+        return result.stdout.decode()
 
     def load(self, ctx: LoadContext) -> None:
         dumped = list(self.databases)

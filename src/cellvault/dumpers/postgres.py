@@ -36,6 +36,7 @@ are checked against the restored rows). ``restore_dsn`` or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets as _secrets
@@ -53,6 +54,8 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .options import to_args, to_bool, to_list
+from .pgroles import RELEVANT_ROLES_SQL, ROLES_FILE, filter_roles
+from .staging import StagedLoad
 
 __all__ = ["PostgresDumper", "parse_dsn"]
 
@@ -214,6 +217,8 @@ class PostgresDumper(Dumper):
     keep_old: bool = attrs.field(default=False, converter=to_bool)
     #: The database to connect to for CREATE, RENAME and DROP DATABASE.
     maintenance_db: str = "postgres"
+    #: Also store the roles the database uses (``roles.sql``, no passwords), created on restore.
+    roles: bool = attrs.field(default=False, converter=to_bool)
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password"})
 
@@ -284,6 +289,26 @@ class PostgresDumper(Dumper):
         # Never prompt: a missing password is an error, not a hung backup.
         return env, [password] if password else []
 
+    def probe(self) -> str:
+        """Connect with the dump's settings; check CONNECT and the client tools."""
+        tools = []
+        for program in ("pg_dump", "pg_restore", "psql"):
+            found = run_tool([program, "--version"], what=f"dumper {self.name}", timeout=30)
+            tools.append(found.stdout.decode().strip())
+        keywords = self._keywords(self.dsn)
+        env, secrets = self._env(keywords)
+        sql = "SELECT current_user || ' on ' || split_part(version(), ' ', 2);"
+        result = run_tool(
+            ["psql", "--no-psqlrc", "--no-password", "--tuples-only", "--no-align", "-c", sql],
+            what=f"dumper {self.name}: psql",
+            env=env,
+            secrets=secrets,
+            timeout=30,
+            hint="check dsn (host, port, database), the user and the password",
+        )
+        who = result.stdout.decode().strip()
+        return f"connected as {who} to {keywords.get('dbname', '')}; {tools[0]}"
+
     def _target(self) -> dict[str, str]:
         return self._keywords(self.restore_dsn or self.dsn, restore=True)
 
@@ -310,6 +335,45 @@ class PostgresDumper(Dumper):
             secrets=secrets,
             hint="check the dsn, the password (password_env, PGPASSWORD, .pgpass) and that the "
             "server is up",
+        )
+        if self.roles:
+            self._dump_roles(ctx, env, secrets)
+
+    def _dump_roles(self, ctx: DumpContext, env: dict[str, str], secrets: list[str]) -> None:
+        """Store the roles the database uses (see :mod:`cellvault.dumpers.pgroles`)."""
+        argv = ["psql", "--no-psqlrc", "--no-password", "--tuples-only", "--no-align"]
+        used = run_tool(
+            [*argv, "-c", RELEVANT_ROLES_SQL],
+            what=f"{ctx.where}: psql",
+            env=env,
+            secrets=secrets,
+            timeout=self.timeout,
+        )
+        keep = set(used.stdout.decode().split())
+        everything = run_tool(
+            ["pg_dumpall", "--roles-only", "--no-role-passwords", "--no-password"],
+            what=f"{ctx.where}: pg_dumpall --roles-only",
+            env=env,
+            secrets=secrets,
+            timeout=self.timeout,
+            hint="pg_dumpall --roles-only reads pg_authid: the user needs to be a superuser, "
+            "or set roles = false",
+        )
+        with ctx.open(ROLES_FILE) as out:
+            out.write(filter_roles(everything.stdout.decode(), keep).encode())
+        ctx.info["roles"] = sorted(keep)
+
+    def _load_roles(self, ctx: LoadContext) -> None:
+        """Create the stored roles on the restore server; existing ones are left as they are."""
+        if not self.roles or ROLES_FILE not in ctx.files():
+            return
+        env, secrets = self._env(self._maintenance(self._target()))
+        ctx.run(
+            ["psql", "--no-psqlrc", "--no-password", "--quiet"],
+            stdin=ROLES_FILE,
+            env=env,
+            secrets=secrets,
+            stdout="discard",
         )
 
     @staticmethod
@@ -378,9 +442,10 @@ class PostgresDumper(Dumper):
         )
 
     def load(self, ctx: LoadContext) -> None:
-        files = ctx.files()
+        files = [f for f in ctx.files() if f != ROLES_FILE]
         if len(files) != 1:
             raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
+        self._load_roles(ctx)
         dump = ctx.path(files[0])
         keywords = self._target()
         db = keywords["dbname"]
@@ -396,6 +461,58 @@ class PostgresDumper(Dumper):
             self._create(ctx, keywords, db)
         listing = self._table_list(ctx, dump) if self.only_tables else None
         self._pg_restore(ctx, keywords, dump, clean=True, listing=listing)
+
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        """``mode = replace``: load into a scratch database on the same server, swapped in by renaming.
+
+        ``mode = clean`` restores into the live database (keeping what the
+        dump does not know), so it cannot stage: it loads before the swap.
+        """
+        if self.mode != "replace":
+            return None
+        files = [f for f in ctx.files() if f != ROLES_FILE]
+        if len(files) != 1:
+            raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
+        self._load_roles(ctx)
+        dump = ctx.path(files[0])
+        keywords = self._target()
+        db = keywords["dbname"]
+        suffix = _secrets.token_hex(4)
+        fresh, old = f"{db[:40]}_cvnew_{suffix}", f"{db[:40]}_cvold_{suffix}"
+        self._create(ctx, keywords, fresh)
+        try:
+            self._pg_restore(ctx, {**keywords, "dbname": fresh}, dump, clean=False)
+        except BaseException:
+            with contextlib.suppress(LoadError):
+                self._drop(ctx, keywords, fresh)
+            raise
+        where = f"database {db} on {keywords.get('host', 'localhost')}"
+        return _DatabaseSwap(self.name, where, fresh, owner=self, ctx=ctx, db=db, old=old)
+
+    def rename_swap(self, ctx: LoadContext, db: str, fresh: str, old: str) -> bool:
+        """Rename *db* to *old* and *fresh* to *db*, in one transaction (sessions ended with ``terminate``).
+
+        Returns whether *db* existed (and is now *old*).
+        """
+        keywords = self._target()
+        exists = self._exists(ctx, keywords, db)
+        sql = ""
+        if exists:
+            if self.terminate:
+                sql += (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :'db' AND pid <> pg_backend_pid();\n"
+                )
+            sql += 'BEGIN;\nALTER DATABASE :"db" RENAME TO :"old";\n'
+        else:
+            sql += "BEGIN;\n"
+        sql += 'ALTER DATABASE :"fresh" RENAME TO :"db";\nCOMMIT;\n'
+        self._psql(ctx, self._maintenance(keywords), sql, db=db, old=old, fresh=fresh)
+        return exists
+
+    def drop_database(self, ctx: LoadContext, db: str) -> None:
+        """Drop *db* on the dumper's server (a scratch or an old database)."""
+        self._drop(ctx, self._target(), db)
 
     def _replace(self, ctx: LoadContext, keywords: dict[str, str], dump: Path) -> None:
         db = keywords["dbname"]
@@ -544,3 +661,46 @@ def _split_table(text: str) -> tuple[str | None, str]:
 @hookimpl
 def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
     return PostgresDumper.from_spec(spec) if spec.type == "postgres" else None
+
+
+@attrs.define
+class _DatabaseSwap(StagedLoad):
+    """A scratch database, swapped with the live one by ``ALTER DATABASE ... RENAME``."""
+
+    owner: PostgresDumper = attrs.field(kw_only=True)
+    ctx: LoadContext = attrs.field(kw_only=True)
+    db: str = attrs.field(kw_only=True)
+    old: str = attrs.field(kw_only=True)
+    had_old: bool = attrs.field(default=False, kw_only=True)
+
+    def swap(self) -> None:
+        self.had_old = self.owner.rename_swap(self.ctx, self.db, self.side, self.old)
+
+    def unswap(self) -> None:
+        # The restored database goes back to its scratch name, the old one to its own.
+        if self.had_old:
+            self.owner.rename_swap(self.ctx, self.db, self.old, self.side)
+        else:
+            self.owner.rename_swap(self.ctx, self.side, self.db, self.side + "_x")
+        self.had_old = False
+
+    def discard(self) -> None:
+        try:
+            self.owner.drop_database(self.ctx, self.side)
+        except LoadError as exc:
+            log.warning("dump.cleanup_failed", database=self.side, error=str(exc))
+
+    def commit(self) -> None:
+        if not self.had_old:
+            return
+        if self.owner.keep_old:
+            log.info("dump.old_database_kept", database=self.old)
+            return
+        try:
+            self.owner.drop_database(self.ctx, self.old)
+        except LoadError as exc:
+            log.warning("dump.old_database_kept", database=self.old, error=str(exc))
+
+    def state(self) -> dict[str, Any]:
+        # Once swapped in, the replaced database has this name.
+        return {**super().state(), "old": self.old}

@@ -10,10 +10,14 @@
 
 **Backup.** ``redis-cli --rdb`` asks the server for a replication snapshot:
 the server forks and writes its whole keyspace as of one instant (every
-database; ``db`` only matters at restore). It works with persistence
-switched off (``--save ""``). redis-cli writes it to a file of the run's
-spool: it appends a 40-byte end marker to standard output instead of
-removing it, so the file is the one form of its output that is a clean RDB.
+database). It works with persistence switched off (``--save ""``).
+redis-cli writes it to a file of the run's spool: it appends a 40-byte end
+marker to standard output instead of removing it, so the file is the one
+form of its output that is a clean RDB. With ``db`` set (or a database in the
+url), the snapshot is cut down to those databases in a scratch
+``redis-server`` (the others emptied, then ``SAVE``), so other tenants'
+data never reaches the archive; without it, or without ``redis-server`` on
+the backup host, the whole snapshot is stored and ``dumper.json`` says why.
 The file is then streamed into the archive as ``dumps/<name>/dump.rdb``.
 
 **Restore.** A running Redis cannot load an RDB file without a restart
@@ -55,6 +59,7 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .options import to_bool, to_list
+from .staging import StagedLoad
 
 __all__ = ["RedisDumper", "Resp"]
 
@@ -255,7 +260,38 @@ class RedisDumper(Dumper):
         if not magic.startswith(b"REDIS"):
             raise DumpError(f"{ctx.where}: redis-cli --rdb wrote no RDB file (it starts {magic!r})")
         ctx.info.update(host=host, port=port, rdb_version=magic[5:].decode("ascii", "replace"))
-        ctx.add_file(FILENAME, rdb)
+        ctx.add_file(FILENAME, self._scoped(ctx, rdb))
+
+    def _scoped(self, ctx: DumpContext, rdb: Path) -> Path:
+        """The snapshot with only the cell's databases (``db``), or the whole one, saying why.
+
+        The server's snapshot holds every database (other tenants' too): it is
+        loaded into a scratch ``redis-server``, the other databases are
+        emptied there, and the scratch server saves the result.
+        """
+        if not self.db:
+            ctx.info["databases"] = "all: set db = [N] to store only the cell's database"
+            return rdb
+        folder = ctx.spool / "scope"
+        try:
+            with _scratch_server(
+                self.server_program, rdb, folder, self.timeout or 3600.0, ctx.where
+            ) as scratch:
+                for number in _keyspace(scratch("INFO", "keyspace")):
+                    if number not in self.db:
+                        scratch("SELECT", number)
+                        scratch("FLUSHDB")
+                scratch("SAVE")
+        except (LoadError, _RespError, OSError) as exc:
+            why = exc.message if isinstance(exc, LoadError) else redact_text(str(exc))
+            log.warning("dump.redis_unscoped", dumper=self.name, error=why)
+            ctx.info["databases"] = (
+                f"all: the snapshot could not be cut down to db {list(self.db)} ({why}); "
+                f"install {self.server_program} on the backup host"
+            )
+            return rdb
+        ctx.info["databases"] = list(self.db)
+        return folder / "redis" / FILENAME
 
     def stock_restore(self, files: Sequence[str]) -> str | None:
         return (
@@ -264,6 +300,40 @@ class RedisDumper(Dumper):
         )
 
     # -- restore ---------------------------------------------------------------------
+
+    def probe(self) -> str:
+        """PING the server; compare its version with this machine's redis-server (for loads)."""
+        try:
+            live = self._live(15.0)
+        except LoadError as exc:
+            raise DumpError(
+                f"dumper {self.name}: {exc.message}", hint="check url, host, port and the password"
+            ) from None
+        try:
+            info = live("INFO", "server").decode()
+        except (_RespError, OSError) as exc:
+            raise DumpError(f"dumper {self.name}: INFO failed: {redact_text(str(exc))}") from None
+        finally:
+            live.close()
+        server = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in info.splitlines()
+                if ln.startswith("redis_version:")
+            ),
+            "?",
+        )
+        local = run_tool(
+            [self.server_program, "--version"], what=f"dumper {self.name}", timeout=30
+        ).stdout.decode()
+        mine = next((w.split("=", 1)[1] for w in local.split() if w.startswith("v=")), "?")
+        if _version(mine) < _version(server):
+            raise DumpError(
+                f"dumper {self.name}: the live server is Redis {server}, but this machine's "
+                f"{self.server_program} is {mine}: it may not read the server's snapshots",
+                hint=f"install redis-server {server} or newer on the restore host",
+            )
+        return f"Redis {server} reachable; local {self.server_program} {mine}"
 
     def _live(self, timeout: float) -> Resp:
         host, port = self._address(restore=True)
@@ -312,8 +382,69 @@ class RedisDumper(Dumper):
             finally:
                 live.close()
 
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        """With ``swap_db`` and one database in ``db``: load into ``swap_db``, SWAPDB at the swap.
+
+        Otherwise the keys go into the live database(s): this dumper cannot stage.
+        """
+        if self.swap_db is None or len(self.db) != 1:
+            return None
+        (source,) = self.db
+        target = self.restore_db if self.restore_db is not None else source
+        timeout = self.timeout or 3600.0
+        with _scratch_server(
+            self.server_program, ctx.path(FILENAME), ctx.spool, timeout, ctx.where
+        ) as scratch:
+            try:
+                live = self._live(timeout)
+            except LoadError as exc:
+                raise LoadError(f"{ctx.where}: {exc.message}") from None
+            try:
+                self._copy_db(ctx, scratch, live, source, target, swap=False)
+            except (_RespError, OSError) as exc:
+                with contextlib.suppress(_RespError, OSError):
+                    live("SELECT", self.swap_db)
+                    live("FLUSHDB")
+                raise LoadError(
+                    f"{ctx.where}: loading the keys into database {self.swap_db} failed: "
+                    f"{redact_text(str(exc))}",
+                    hint=f"database {target} was not touched",
+                ) from None
+            finally:
+                live.close()
+        host, port = self._address(restore=True)
+        return _SwapDb(
+            self.name,
+            f"Redis database {target} at {host}:{port}",
+            f"database {self.swap_db}",
+            owner=self,
+            target=target,
+            timeout=timeout,
+        )
+
+    def swap_dbs(self, a: int, b: int, timeout: float, flush: int | None = None) -> None:
+        """``SWAPDB a b`` on the live server; then empty database *flush*, if given."""
+        live = self._live(timeout)
+        try:
+            if flush is None:
+                live("SWAPDB", a, b)
+            else:
+                live("SELECT", flush)
+                live("FLUSHDB")
+        except _RespError as exc:
+            raise LoadError(f"Redis: {redact_text(str(exc))}") from None
+        finally:
+            live.close()
+
     def _copy_db(
-        self, ctx: LoadContext, scratch: Resp, live: Resp, source: int, target: int
+        self,
+        ctx: LoadContext,
+        scratch: Resp,
+        live: Resp,
+        source: int,
+        target: int,
+        *,
+        swap: bool = True,
     ) -> int:
         load_into = target if self.swap_db is None else self.swap_db
         live("SELECT", load_into)
@@ -339,7 +470,7 @@ class RedisDumper(Dumper):
                 if isinstance(reply, _RespError):
                     raise reply
             copied += len(commands)
-        if self.swap_db is not None:
+        if self.swap_db is not None and swap:
             live("SWAPDB", target, self.swap_db)
             live("SELECT", self.swap_db)
             live("FLUSHDB")
@@ -456,3 +587,36 @@ def _log_tail(path: Path) -> str:
 @hookimpl
 def cellvault_make_dumper(spec: DumperSpec) -> Dumper | None:
     return RedisDumper.from_spec(spec) if spec.type == "redis" else None
+
+
+@attrs.define
+class _SwapDb(StagedLoad):
+    """Keys loaded into ``swap_db``, exchanged with the target database by ``SWAPDB``."""
+
+    owner: RedisDumper = attrs.field(kw_only=True)
+    target: int = attrs.field(kw_only=True)
+    timeout: float = attrs.field(kw_only=True)
+
+    @property
+    def _spare(self) -> int:
+        assert self.owner.swap_db is not None
+        return self.owner.swap_db
+
+    def swap(self) -> None:
+        self.owner.swap_dbs(self.target, self._spare, self.timeout)
+
+    def unswap(self) -> None:
+        self.owner.swap_dbs(self.target, self._spare, self.timeout)
+
+    def discard(self) -> None:
+        try:
+            self.owner.swap_dbs(self.target, self._spare, self.timeout, flush=self._spare)
+        except LoadError as exc:
+            log.warning("dump.cleanup_failed", database=self._spare, error=str(exc))
+
+    def commit(self) -> None:
+        self.discard()  # the old keys are in swap_db now
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets as _secrets
 import shutil
 import sqlite3
 import urllib.parse
@@ -39,7 +40,9 @@ import attrs
 from ..errors import DumpError, LoadError
 from ..hookspecs import hookimpl
 from ..specs import DumperSpec
+from ..swap import exchange
 from .base import DumpContext, Dumper, LoadContext
+from .staging import StagedLoad
 
 __all__ = ["SqliteDumper"]
 
@@ -104,6 +107,50 @@ class SqliteDumper(Dumper):
         )
         ctx.add_file(self.filename, copy)
 
+    def probe(self) -> str:
+        """Open the database read-only and run a quick check."""
+        try:
+            with contextlib.closing(_connect_ro(self.path, 5.0)) as db:
+                (pages,) = db.execute("PRAGMA page_count").fetchone()
+        except sqlite3.Error as exc:
+            raise DumpError(
+                f"dumper {self.name}: cannot open {self.path}: {exc}",
+                hint="check path and that this user may read it",
+            ) from None
+        return f"{self.path} opens ({pages} pages)"
+
+    def stage(self, ctx: LoadContext) -> StagedLoad:
+        """Inside the cell: written into the staged files. Outside: a file beside the live one."""
+        target = self.restore_path or self.path
+        if ctx.staged(target) is not None:
+            self.load(ctx)
+            return StagedLoad(self.name, f"{target} (in the staged files)")
+        dump = self._checked(ctx)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        side = target.with_name(f".{target.name}.cellvault-new-{_secrets.token_hex(3)}")
+        try:
+            shutil.copyfile(dump, side)
+            with open(side, "rb+") as f:
+                os.fsync(f.fileno())
+            if target.exists():
+                shutil.copymode(target, side)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                side.unlink()
+            raise LoadError(f"{ctx.where}: cannot write {side}: {exc.strerror}") from None
+        return _FileSwap(self.name, str(target), str(side), target=target, new=side)
+
+    def _checked(self, ctx: LoadContext) -> Path:
+        dump = ctx.path(self.filename)
+        try:
+            with contextlib.closing(sqlite3.connect(dump)) as db:
+                (check,) = db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.Error as exc:
+            raise LoadError(f"{ctx.where}: the dumped database does not open: {exc}") from None
+        if check != "ok":
+            raise LoadError(f"{ctx.where}: the dumped database fails quick_check: {check}")
+        return dump
+
     def load(self, ctx: LoadContext) -> None:
         target = self.restore_path or self.path
         where = ctx.staged(target)
@@ -136,6 +183,50 @@ class SqliteDumper(Dumper):
     def stock_restore(self, files: Sequence[str]) -> str | None:
         target = self.restore_path or self.path
         return f"cp {self.filename} {target} && rm -f {target}-wal {target}-shm {target}-journal"
+
+
+@attrs.define
+class _FileSwap(StagedLoad):
+    """A database file written beside the live one, exchanged with it by rename(2)."""
+
+    target: Path = attrs.field(kw_only=True)
+    new: Path = attrs.field(kw_only=True)
+    old: Path | None = attrs.field(default=None, kw_only=True)
+    aside: list[tuple[Path, Path]] = attrs.field(factory=list, kw_only=True)
+
+    def swap(self) -> None:
+        # A WAL or journal of the old state would be replayed onto the restored file:
+        # moved aside with it, so that an unswap brings them back.
+        for suffix in _SIDE_FILES:
+            live = Path(f"{self.target}{suffix}")
+            if live.exists():
+                away = live.with_name(f".{live.name}.cellvault-old-{_secrets.token_hex(3)}")
+                os.rename(live, away)
+                self.aside.append((live, away))
+        if self.target.exists():
+            exchange(self.new, self.target)
+            self.old = self.new  # the old file is where the new one was
+        else:
+            os.rename(self.new, self.target)
+
+    def unswap(self) -> None:
+        if self.old is not None:
+            exchange(self.old, self.target)
+            self.old = None
+        else:
+            os.rename(self.target, self.new)
+        for live, away in reversed(self.aside):
+            os.rename(away, live)
+        self.aside.clear()
+
+    def discard(self) -> None:
+        self.new.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        if self.old is not None:
+            self.old.unlink(missing_ok=True)
+        for _, away in self.aside:
+            away.unlink(missing_ok=True)
 
 
 @hookimpl

@@ -29,7 +29,7 @@ from ..log import get_logger
 from ..run import error_text
 from ..vault import Vault
 from .inventory import inventory
-from .settings import ANNOUNCE, CONTROL_QUEUE, POOL_QUEUE, FleetSettings, host_queue
+from .settings import ANNOUNCE, CONTROL_QUEUE, FleetSettings, host_queue, pool_queue
 
 __all__ = ["WorkerContext", "make_app", "start_worker"]
 
@@ -39,6 +39,7 @@ log = get_logger(__name__)
 BACKUP_TASK = "cellvault.backup_cell"
 RESTORE_TASK = "cellvault.restore_cell"
 VERIFY_TASK = "cellvault.verify_cell"
+PULL_TASK = "cellvault.pull_cell"
 FAN_OUT_TASK = "cellvault.fan_out_backup"
 
 
@@ -102,6 +103,7 @@ def make_app(settings: FleetSettings) -> Celery:
     app.task(name=BACKUP_TASK, bind=True)(_backup_task)
     app.task(name=RESTORE_TASK, bind=True)(_restore_task)
     app.task(name=VERIFY_TASK, bind=True)(_verify_task)
+    app.task(name=PULL_TASK, bind=True)(_pull_task)
     app.task(name=FAN_OUT_TASK, bind=True)(_fan_out_task)
     return app
 
@@ -188,6 +190,28 @@ def _verify_task(task: Any, cell: str, level: str = "read") -> dict[str, Any]:
     return _result(ctx, cell, started, ok=report.ok, error="; ".join(e or "" for e in bad) or None)
 
 
+def _pull_task(task: Any, cell: str) -> dict[str, Any]:
+    """Pull *cell*'s missing archives from the object storage into this (standby) host."""
+    from ..dr import Site  # DR is a sibling room: only the pull task needs it
+
+    ctx = _context(task)
+    started = time.monotonic()
+    try:
+        report = Site(ctx.vault).pull([cell])
+    except CellvaultError as exc:
+        return _result(ctx, cell, started, ok=False, error=str(exc))
+    errors = [c.error for c in report.cells if not c.ok and c.error]
+    copied = report.copied
+    return _result(
+        ctx,
+        cell,
+        started,
+        ok=report.ok,
+        archive=copied[-1] if copied else None,
+        error="; ".join(errors) or None,
+    )
+
+
 def _fan_out_task(task: Any, kind: Kind = "incremental") -> dict[str, str]:
     """The beat's job: send a backup task for every cell of the inventory to its host."""
     app = task.app
@@ -226,7 +250,8 @@ def start_worker(
 ) -> None:
     """Run a worker for *host* (its queue, the control queue, the pool's if *pool*) until stopped."""
     app.cellvault_context = WorkerContext(host, vault, pool)
-    queues = [host_queue(host), CONTROL_QUEUE, *([POOL_QUEUE] if pool else [])]
+    settings: FleetSettings = app.cellvault_settings
+    queues = [host_queue(host), CONTROL_QUEUE, *([pool_queue(settings.pool)] if pool else [])]
     argv = [
         "worker",
         "--hostname",
@@ -234,7 +259,7 @@ def start_worker(
         "--queues",
         ",".join(queues),
         "--pool",
-        "threads",
+        "prefork",
         "--concurrency",
         str(concurrency),
         "--loglevel",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.exceptions import KombuError
 
@@ -19,7 +21,7 @@ from ..vault import Names, Vault, names
 from .app import BACKUP_TASK, RESTORE_TASK, make_app
 from .inventory import inventory
 from .reports import FleetReport, Inventory, TaskResult
-from .settings import POOL_QUEUE, FleetSettings, host_queue
+from .settings import RESTORE_EXPIRES, FleetSettings, host_queue, pool_queue
 
 __all__ = ["Fleet"]
 
@@ -159,13 +161,20 @@ class Fleet:
                 while waiting and len(pending) < limit:
                     cell = waiting.pop(0)
                     pending[cell] = self.app.send_task(
-                        RESTORE_TASK, args=(cell, select, skip_prebackup), queue=POOL_QUEUE
+                        RESTORE_TASK,
+                        args=(cell, select, skip_prebackup),
+                        queue=pool_queue(self.settings.pool),
+                        expires=RESTORE_EXPIRES,
                     )
                 results.update(self._wait(pending, timeout, on_result, first=True))
                 for cell in results:
                     pending.pop(cell, None)
         except BROKER_ERRORS as exc:
             raise _broker_error(exc, self.settings) from None
+        except BaseException:
+            # Interrupted: restores not yet started must not start later, unasked.
+            self._revoke(pending)
+            raise
         return FleetReport(
             operation="restore",
             results=tuple(results[c] for c in order if c in results),
@@ -178,6 +187,10 @@ class Fleet:
         True even when every worker is down: nothing is asked of them.
         """
         return self.vault.status(max_age=max_age)
+
+    def _revoke(self, pending: dict[str, AsyncResult]) -> None:
+        with contextlib.suppress(*BROKER_ERRORS):
+            self.app.control.revoke([r.id for r in pending.values()])
 
     def _sizes(self, cells: Sequence[str] | None) -> dict[str, int]:
         """Each cell's newest archive's size (with its chain) on the first target holding it."""
@@ -207,13 +220,18 @@ class Fleet:
         left = dict(pending)
         while left:
             for cell, result in list(left.items()):
-                if not result.ready():
+                # get() with a short timeout, not ready(): on the rpc:// backend only
+                # the result consumer sees every reply (a ready() poll can miss those
+                # an earlier get() consumed).
+                try:
+                    value = result.get(timeout=0.02, propagate=False)
+                except CeleryTimeoutError:
                     continue
                 del left[cell]
                 if result.successful():
-                    done = _task_result(cell, result.result, None)
+                    done = _task_result(cell, value, None)
                 else:
-                    done = TaskResult(cell=cell, ok=False, error=error_text(result.result))
+                    done = TaskResult(cell=cell, ok=False, error=error_text(value))
                 out[cell] = done
                 if on_result is not None:
                     on_result(done)
@@ -225,6 +243,6 @@ class Fleet:
                         cell=cell, ok=False, error=f"no result within {timeout:g} s"
                     )
                 return out
-            if left:
-                time.sleep(0.1)
+            if left and len(left) < 5:
+                time.sleep(0.05)
         return out

@@ -15,8 +15,9 @@ __all__ = ["FleetSettings"]
 
 #: The remote-control command a worker answers with its host and cells.
 ANNOUNCE = "cellvault_cells"
-#: The queue every worker of the standby restore pool reads.
-POOL_QUEUE = "cellvault.pool"
+#: Seconds a restore task may wait in the pool's queue before it is dropped: a
+#: restore must never start long after the coordinator that asked for it gave up.
+RESTORE_EXPIRES = 900
 #: The queue every worker reads for the fleet's own housekeeping (the beat's fan-out).
 CONTROL_QUEUE = "cellvault.control"
 
@@ -24,6 +25,11 @@ CONTROL_QUEUE = "cellvault.control"
 def host_queue(host: str) -> str:
     """The queue of the cells whose data lives on *host*."""
     return f"cellvault.host.{host}"
+
+
+def pool_queue(pool: str) -> str:
+    """The queue the workers of the standby restore pool *pool* read."""
+    return f"cellvault.pool.{pool}"
 
 
 def _int(where: str, value: Any, low: int) -> int:
@@ -58,7 +64,8 @@ class FleetSettings:
     From ``[fleet]`` in TOML or the ``CELLVAULT_*`` variables
     (:data:`cellvault.config.FLEET_ENV`): ``broker_url`` (``redis://`` or
     ``amqp://``), ``result_backend`` (default: the broker for Redis,
-    ``rpc://`` for AMQP), ``host`` (default: the host name),
+    ``rpc://`` for AMQP), ``host`` (default: the host name), ``pool`` (the
+    standby restore pool's name, default ``default``),
     ``target_concurrency`` (archives a fleet restore reads from one target at
     once, default 4), ``visibility_timeout`` (seconds a Redis broker waits
     before it hands an unacknowledged task to another worker: longer than
@@ -71,6 +78,9 @@ class FleetSettings:
     broker_url: str
     result_backend: str
     host: str
+    #: The standby restore pool this host's worker serves with ``--pool``, and a
+    #: coordinator's restores go to (``CELLVAULT_FLEET_POOL``).
+    pool: str = "default"
     target_concurrency: int = 4
     visibility_timeout: int = 43200
     full_schedule: str = "0 2 * * *"
@@ -106,6 +116,7 @@ class FleetSettings:
             broker_url=broker,
             result_backend=backend,
             host=str(raw.get("host") or host_site_id()),
+            pool=str(raw.get("pool") or "default"),
             target_concurrency=_int("target_concurrency", raw.get("target_concurrency", 4), 1),
             visibility_timeout=_int("visibility_timeout", raw.get("visibility_timeout", 43200), 60),
             full_schedule=str(raw.get("full_schedule", "0 2 * * *")),

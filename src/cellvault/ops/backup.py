@@ -45,6 +45,7 @@ from ..state import StateFile, slot
 from ..targets.base import Target
 from ..trust import zstd_content_size
 from .listing import configured_cells
+from .outcome import recover_cells
 from .resources import Resources, check_fence
 from .store import store_all
 from .verify import alert_ignored, quick_check
@@ -76,6 +77,8 @@ def backup(
     if kind not in ("full", "incremental"):
         raise ConfigError(f"backup kind {kind!r} is neither full nor incremental")
     chosen = configured_cells(run.config, cells)
+    # A restore of these cells that was killed is settled before their data is read.
+    recover_cells(run, chosen, operation="backup")
     tgts = res.chosen(targets)
     epoch = check_fence(run, res, tgts, "backup")
     started = time.monotonic()

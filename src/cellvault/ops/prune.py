@@ -7,12 +7,15 @@ them out, per target and cell, under the cell's lease.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import attrs
 
 from ..errors import CellvaultError
 from ..lock import Lease
 from ..log import get_logger
-from ..retention import PruneReport, PruneResult, RetentionPolicy, plan
+from ..readlease import read_holds
+from ..retention import Decision, PruneReport, PruneResult, RetentionPolicy, plan
 from ..run import Run, error_text
 from ..runlog import prune_logs
 from ..specs import DEFAULT_TTL
@@ -88,10 +91,11 @@ def prune_cell(
     touches nothing.
     """
     if dry_run:
-        decisions = plan(target.archives(cell), policy, now)
+        decisions = _held(plan(target.archives(cell), policy, now), read_holds(target, cell))
         return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
     with Lease.acquire(target, cell, "prune", lock_ttl):
-        decisions = plan(target.archives(cell), policy, now)
+        # Under the lease no read lease can appear: what a restore reads now is kept.
+        decisions = _held(plan(target.archives(cell), policy, now), read_holds(target, cell))
         for decision in sorted(
             (d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True
         ):
@@ -104,3 +108,13 @@ def prune_cell(
             )
         debris = target.clear_debris(cell)
     return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))
+
+
+def _held(decisions: Sequence[Decision], holds: Mapping[str, str]) -> list[Decision]:
+    """*decisions*, keeping (and saying why) every archive a live read lease names."""
+    return [
+        attrs.evolve(d, keep=True, reasons=(*d.reasons, f"held by {holds[str(d.id)]}"))
+        if not d.keep and str(d.id) in holds
+        else d
+        for d in decisions
+    ]

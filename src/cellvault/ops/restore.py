@@ -13,10 +13,11 @@ before the swap fails, the live data is left as it was.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, cast
@@ -26,8 +27,10 @@ import attrs
 from ..archive import Selector
 from ..dumpers.archive_io import load_staged_dumps
 from ..dumpers.members import DUMPS_ROOT
+from ..dumpers.staging import StagedLoad
 from ..errors import CellvaultError, ConfigError, RestoreError
 from ..extract import ArchiveStream, StagedTree
+from ..journal import Journal
 from ..log import get_logger
 from ..progress import CountingReader
 from ..report import CellRestore, RestoreReport
@@ -35,7 +38,20 @@ from ..run import Run, error_text, open_run
 from ..runlog import carry
 from ..swap import Swap
 from .backup import backup
+from .excluded import carry_excluded
+from .holds import hold_archives
 from .listing import configured_cells, write_metrics
+from .outcome import (
+    DISCARDED,
+    DISCARDED_SIDE,
+    ROLLED_BACK,
+    STAGED_IN_FILES,
+    SWAPPED,
+    CellParts,
+    recover_cells,
+    touched_text,
+    undo_command,
+)
 from .plan import RestorePlan, plan_restore
 from .resources import Resources
 
@@ -68,6 +84,7 @@ def restore(
     allow_external_links: bool = False,
     load_dumps: bool | Sequence[str] | None = None,
     dump_options: Mapping[str, Mapping[str, Any]] | None = None,
+    keep_excluded: bool = True,
 ) -> RestoreReport:
     """The operation of :meth:`cellvault.Vault.restore` (see there), as *run*."""
     selector = select if isinstance(select, Selector) else Selector.parse(select)
@@ -94,6 +111,38 @@ def restore(
             files=p.sidecar.files,
             cell=p.cell.name,
         )
+    # Prune keeps what this restore reads until it is done.
+    with hold_archives(run, plans):
+        return _restore_held(
+            run,
+            res,
+            plans,
+            names,
+            into_path,
+            skip_prebackup,
+            allow_external_links,
+            dump_choice(load_dumps, into_path),
+            dump_options or {},
+            started,
+            keep_excluded,
+        )
+
+
+def _restore_held(
+    run: Run,
+    res: Resources,
+    plans: Sequence[RestorePlan],
+    names: Sequence[str],
+    into_path: Path | None,
+    skip_prebackup: bool,
+    allow_external_links: bool,
+    only: Sequence[str] | None,
+    dump_options: Mapping[str, Mapping[str, Any]],
+    started: float,
+    keep_excluded: bool = True,
+) -> RestoreReport:
+    # An earlier restore of these cells that was killed is settled first.
+    recovered = recover_cells(run, plans) if into_path is None else ()
     safety: dict[str, str] = {}
     if into_path is None and not skip_prebackup:
         safety = safety_backup(run, res, plans)
@@ -103,9 +152,11 @@ def restore(
         plans,
         into_path,
         allow_external_links,
-        dump_choice(load_dumps, into_path),
-        dump_options or {},
+        only,
+        dump_options,
         safety,
+        skipped=into_path is None and skip_prebackup,
+        keep_excluded=keep_excluded,
     )
     try:
         error = work()
@@ -116,6 +167,7 @@ def restore(
         cells=tuple(work.results[n] for n in names if n in work.results),
         duration=time.monotonic() - started,
         error=error,
+        recovered=tuple(r.describe() for r in recovered),
     )
     run.notify("cellvault_after_restore", report=report)
     log.info("restore.finished", run=run.id, ok=report.ok, duration=round(report.duration, 3))
@@ -162,8 +214,13 @@ def safety_backup(run: Run, res: Resources, plans: Sequence[RestorePlan]) -> dic
     :class:`RestoreError` when it fails, so nothing is restored over data
     that could not be saved.
     """
+    # Whatever is live: files on disk, and every database a dumper of the cell reaches
+    # (whether or not its file directory exists).
     present = [
-        p.cell.name for p in plans if any(d.exists() or d.is_symlink() for d in p.dests.values())
+        p.cell.name
+        for p in plans
+        if res.dumpers.get(p.cell.name)
+        or any(d.exists() or d.is_symlink() for d in p.dests.values())
     ]
     if not present:
         return {}
@@ -196,24 +253,108 @@ class _Restore:
     only: Sequence[str] | None
     options: Mapping[str, Mapping[str, Any]]
     safety: Mapping[str, str]
+    skipped: bool = False
+    keep_excluded: bool = True
     results: dict[str, CellRestore] = attrs.Factory(dict)
+    swapped_sides: list[StagedLoad] = attrs.Factory(list)
+    parts: dict[str, CellParts] = attrs.Factory(dict)
+    journals: dict[str, Journal] = attrs.Factory(dict)
+    sides: dict[str, list[StagedLoad]] = attrs.Factory(dict)
 
     def __call__(self) -> str | None:
         """Restore; return why the restore was aborted (``None`` when it was not)."""
+        for plan in self.plans:
+            name = plan.cell.name
+            self.parts[name] = CellParts.of(
+                plan,
+                [d.name for d in self.res.dumpers.get(name, ())],
+                self.safety.get(name),
+                self.skipped,
+                self.into is not None,
+            )
         staged = self._stage_all()
+        for plan, swap in staged:
+            self.parts[plan.cell.name].files("staged (not yet live)")
+            if self.into is None:
+                # Written before any live data is touched: a kill from here on is settled
+                # by the next run (cellvault.journal).
+                self.journals[plan.cell.name] = Journal.start(
+                    plan.cell.name, str(plan.sidecar.id), swap, self.safety.get(plan.cell.name)
+                )
         if len(staged) == len(self.plans):
             # Every cell is extracted and checked: load dumps and run the restore
             # hooks, cell by cell, stopping at the first that fails.
             for plan, swap in staged:
-                refused = prepare(self.run, self.res, plan, swap, self.only, self.options)
+                refused = self._prepare(plan, swap)
                 if refused is not None:
                     self.results[plan.cell.name] = refused
                     break
         if len(staged) == len(self.plans) and not self.results:
             # Everything is staged, loaded and hooked: only now touch live data.
+            if self.into is None and self.keep_excluded:
+                self._carry_excluded(staged)
             self._swap_in(staged)
             return None
         return self._abort(staged)
+
+    def _carry_excluded(self, staged: list[tuple[RestorePlan, Swap]]) -> None:
+        """Link the live paths each cell excludes into its staged tree, so the swap keeps them."""
+        for plan, swap in staged:
+            kept = sum(
+                carry_excluded(plan.cell, dest, swap.placed.get(root, swap.staging / root))
+                for root, dest in swap.dests.items()
+            )
+            if kept:
+                self.parts[plan.cell.name].states["excluded paths"] = (
+                    f"{kept} live path(s) the cell's exclude rules leave out kept in place"
+                )
+
+    def _prepare(self, plan: RestorePlan, swap: Swap) -> CellRestore | None:
+        parts, journal = self.parts[plan.cell.name], self.journals.get(plan.cell.name)
+
+        def loading(dumper: str) -> None:
+            if journal is not None:
+                journal.loading(dumper)
+            parts.loading(dumper)
+
+        def loaded(dumper: str) -> None:
+            if journal is not None:
+                journal.loaded(dumper)
+            parts.done_loading(dumper)
+
+        sides = self.sides.setdefault(plan.cell.name, [])
+
+        def staged(_: StagedLoad) -> None:
+            if journal is not None:
+                journal.staged([side.state() for side in sides if side.side])
+
+        refused = prepare(
+            self.run,
+            self.res,
+            plan,
+            swap,
+            self.only,
+            self.options,
+            on_loading=loading,
+            on_loaded=loaded,
+            sides=sides,
+            on_staged=staged,
+        )
+        for side in sides:
+            parts.states[f"dump:{side.dumper}"] = (
+                f"staged into {side.side} (not yet live)" if side.side else STAGED_IN_FILES
+            )
+        return None if refused is None else self._with_parts(refused)
+
+    def _with_parts(self, result: CellRestore) -> CellRestore:
+        """*result* with the cell's parts, safety backup and undo command."""
+        safety = self.safety.get(result.cell)
+        return attrs.evolve(
+            result,
+            parts=dict(self.parts[result.cell].states),
+            safety_backup=safety,
+            undo=undo_command(result.cell, safety),
+        )
 
     def _stage_all(self) -> list[tuple[RestorePlan, Swap]]:
         def stage_one(plan: RestorePlan) -> Swap | CellRestore:
@@ -231,57 +372,165 @@ class _Restore:
         staged: list[tuple[RestorePlan, Swap]] = []
         for plan, outcome in zip(self.plans, outcomes, strict=True):
             if isinstance(outcome, CellRestore):
-                self.results[plan.cell.name] = outcome
+                self.parts[plan.cell.name].files(f"not staged: {outcome.stage} failed")
+                self.results[plan.cell.name] = self._with_parts(outcome)
             else:
                 staged.append((plan, outcome))
         return staged
 
     def _swap_in(self, staged: list[tuple[RestorePlan, Swap]]) -> None:
-        done: list[Swap] = []
+        done: list[tuple[RestorePlan, Swap]] = []
         try:
             for plan, swap in staged:
-                swap.commit()
-                done.append(swap)
-                self.run.emit("restore.swapped", cell=plan.cell.name, archive=str(plan.sidecar.id))
+                name = plan.cell.name
+                journal = self.journals.get(name)
+                if journal is not None:
+                    journal.phase("swapping")
+                done.append((plan, swap))  # a failing commit rolls its own roots back
+                self._swap_sides(name, journal)
+                swap.commit(on_root=functools.partial(self._root_swapped, name))
+                self.parts[name].files(SWAPPED)
+                if journal is not None:
+                    journal.phase("swapped")
+                self.run.emit("restore.swapped", cell=name, archive=str(plan.sidecar.id))
         except Exception as exc:  # noqa: BLE001 - a boundary: reported as a CellvaultError or logged
-            for swap in reversed(done):
-                swap.rollback()
+            self._unswap(staged, done)
             raise RestoreError(
-                f"swapping the restored data into place failed: {error_text(exc)}"
+                f"swapping the restored data into place failed: {error_text(exc)}; "
+                + self._rollback_text()
             ) from None
-        for swap in done:
+        for plan, swap in done:
+            for side in self.sides.get(plan.cell.name, ()):
+                side.commit()
             swap.cleanup()
+            if plan.cell.name in self.journals:
+                self.journals.pop(plan.cell.name).close()
         for plan, swap in staged:
             health = health_check(self.run, plan, self.into)
-            self.results[plan.cell.name] = CellRestore(
-                cell=plan.cell.name,
-                ok=health is None,
-                archive=str(plan.sidecar.id),
-                target=plan.target.name,
-                destination=tuple(str(d) for d in swap.dests.values()),
-                safety_backup=self.safety.get(plan.cell.name),
-                stage=None if health is None else "health",
-                error=health,
-                files=swap.files,
-                bytes=swap.bytes,
-                duration=swap.duration,
+            self.results[plan.cell.name] = self._with_parts(
+                CellRestore(
+                    cell=plan.cell.name,
+                    ok=health is None,
+                    archive=str(plan.sidecar.id),
+                    target=plan.target.name,
+                    destination=tuple(str(d) for d in swap.dests.values()),
+                    stage=None if health is None else "health",
+                    error=health,
+                    files=swap.files,
+                    bytes=swap.bytes,
+                    duration=swap.duration,
+                )
             )
 
+    def _root_swapped(self, cell: str, root: str) -> None:
+        self.run.emit("restore.root_swapped", cell=cell, root=root)
+
+    def _swap_sides(self, cell: str, journal: Journal | None) -> None:
+        """Swap the cell's staged databases in, one short step each (before its files)."""
+        for side in self.sides.get(cell, ()):
+            if not side.side:
+                continue  # written into the staged files: swapped with them
+            side.swap()
+            self.swapped_sides.append(side)
+            self.parts[cell].states[f"dump:{side.dumper}"] = f"swapped in: {side.what}"
+            if journal is not None:
+                journal.loaded(side.dumper)
+            self.run.emit("restore.dump_swapped", cell=cell, dumper=side.dumper)
+
+    def _unswap_sides(self) -> None:
+        """Put every swapped database back, then drop every side object."""
+        for side in reversed(self.swapped_sides):
+            try:
+                side.unswap()
+                state = f"swapped in, then rolled back: {side.what} is back"
+            except Exception as exc:  # noqa: BLE001 - reported in the cell's parts
+                state = f"rollback failed, {side.what} holds the archive: {error_text(exc)}"
+            for parts in self.parts.values():
+                if f"dump:{side.dumper}" in parts.states and side in self.sides.get(parts.cell, ()):
+                    parts.states[f"dump:{side.dumper}"] = state
+        self.swapped_sides.clear()
+        self._discard_sides(rolled_back=True)
+
+    def _discard_sides(self, rolled_back: bool = False) -> None:
+        for cell, sides in self.sides.items():
+            for side in sides:
+                side.discard()
+                key = f"dump:{side.dumper}"
+                if side.side and not rolled_back:
+                    self.parts[cell].states[key] = DISCARDED_SIDE
+
+    def _unswap(
+        self, staged: list[tuple[RestorePlan, Swap]], done: list[tuple[RestorePlan, Swap]]
+    ) -> None:
+        """After a failed swap: every cell's roots back to live, staged data removed, reported."""
+        self._unswap_sides()
+        for plan, swap in reversed(done):
+            swap.rollback()
+            parts = self.parts[plan.cell.name]
+            parts.files(ROLLED_BACK)
+            for root, where in swap.stranded.items():
+                parts.states[f"files:{root}"] = (
+                    f"rollback failed: the live files are kept at {where}, "
+                    f"the restored ones are at {swap.dests[root]}"
+                )
+        for plan, swap in staged:
+            swap.discard()  # keeps what a rollback could not put back
+            name = plan.cell.name
+            if (plan, swap) not in done:
+                self.parts[name].files(DISCARDED)
+            journal = self.journals.pop(name, None)
+            if journal is not None and not swap.stranded:
+                journal.close()
+            self.results[name] = self._with_parts(
+                CellRestore(
+                    cell=name,
+                    ok=False,
+                    archive=str(plan.sidecar.id),
+                    target=plan.target.name,
+                    stage="swap",
+                    error="not restored: the swap into place failed",
+                )
+            )
+
+    def _rollback_text(self) -> str:
+        stranded = [
+            f"cell {c}: {state}"
+            for c, p in self.parts.items()
+            for part, state in p.states.items()
+            if part.startswith("files:") and state.startswith("rollback failed")
+        ]
+        text = "; ".join(stranded) if stranded else "every cell's live files are back in place"
+        dbs = touched_text(self.parts, {c: undo_command(c, s) for c, s in self.safety.items()})
+        return text + ("; " + dbs if dbs else "")
+
     def _abort(self, staged: list[tuple[RestorePlan, Swap]]) -> str:
-        error = "restore aborted before any live data was touched: " + "; ".join(
-            f"cell {c}: {r.error}" for c, r in self.results.items() if not r.ok
-        )
+        failures = "; ".join(f"cell {c}: {r.error}" for c, r in self.results.items() if not r.ok)
+        dbs = touched_text(self.parts, {c: undo_command(c, s) for c, s in self.safety.items()})
+        if dbs:
+            error = f"restore aborted: {failures}; {dbs}"
+        else:
+            # Checked: no dump was loaded and no root swapped.
+            error = "restore aborted before any live data was touched: " + failures
+        self._discard_sides()
         for plan, swap in staged:
             swap.discard()
-            if plan.cell.name in self.results:
+            name = plan.cell.name
+            self.parts[name].files(DISCARDED)
+            journal = self.journals.pop(name, None)
+            if journal is not None:
+                journal.close()
+            if name in self.results:
+                self.results[name] = self._with_parts(self.results[name])
                 continue  # the cell whose load or hook failed
-            self.results[plan.cell.name] = CellRestore(
-                cell=plan.cell.name,
-                ok=False,
-                archive=str(plan.sidecar.id),
-                target=plan.target.name,
-                stage="aborted",
-                error="not swapped in because another cell failed",
+            self.results[name] = self._with_parts(
+                CellRestore(
+                    cell=name,
+                    ok=False,
+                    archive=str(plan.sidecar.id),
+                    target=plan.target.name,
+                    stage="aborted",
+                    error="not swapped in because another cell failed",
+                )
             )
         return error
 
@@ -304,7 +553,9 @@ def stage(
         if has_dumps and into is not None:
             # Restored elsewhere, the dumps are kept beside the cell's folder.
             dests[DUMPS_STAGE] = into / f"{name}.dumps"
-        swap = Swap.create(dests, str(plan.sidecar.id))
+        # An archive without files (a safety backup of a cell whose directory was gone)
+        # still stages its dumps beside the cell's first path.
+        swap = Swap.create(dests, str(plan.sidecar.id), near=next(iter(plan.cell.roots.values())))
         step = "fetch"
         tree = StagedTree(
             staging=swap.staging,
@@ -337,8 +588,17 @@ def prepare(
     swap: Swap,
     only: Sequence[str] | None,
     options: Mapping[str, Mapping[str, Any]],
+    *,
+    on_loading: Callable[[str], None] | None = None,
+    on_loaded: Callable[[str], None] | None = None,
+    sides: list[StagedLoad] | None = None,
+    on_staged: Callable[[StagedLoad], None] | None = None,
 ) -> CellRestore | None:
-    """Load a staged cell's dumps, then run its restore hooks; return its failure, if any."""
+    """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
+
+    *on_loading* and *on_loaded* are called with each dumper's name before
+    and after its load (see :func:`~cellvault.dumpers.archive_io.load_staged_dumps`).
+    """
     started = time.monotonic()
     name = plan.cell.name
     dumpers = res.dumpers.get(name, ())
@@ -367,6 +627,10 @@ def prepare(
                 for r in plan.dests
                 if r in plan.cell.roots
             },
+            on_loading=on_loading,
+            on_loaded=on_loaded,
+            sides=sides,
+            on_staged=on_staged,
         )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:

@@ -92,7 +92,9 @@ def verify(
     for target in tgts:
         for cell in names:
             if level == "drill":
-                results.append((cell, drill(run, target, cell, selector)))
+                results.append(
+                    (cell, drill(run, target, cell, selector, res.dumpers.get(cell, ())))
+                )
             else:
                 found = verify_cell(run, target, cell, selector, level, all_archives=all_archives)
                 results.extend((cell, r) for r in found)

@@ -1,0 +1,322 @@
+"""The restore journal: what an interrupted restore of a cell had done, and how to settle it.
+
+A restore writes one small JSON file per cell beside its staging directory
+(``.cellvault-journal-<cell>.json``, replaced atomically at each phase): the
+archive, the staging directory, for each root its destination, where its
+staged tree is and the inodes of the live and the staged tree, the safety
+backup, and which dumps were loaded into the live databases. It is deleted
+once the restore of the cell is settled.
+
+A restore killed at any point leaves the journal behind. The next run that
+touches the cell (a backup or a restore) calls :func:`recover` first, which
+reads where each root is by its inode and then:
+
+* before any swap, or during the swap of a cell whose dumps were not loaded:
+  **rolls back** -- every root goes back to its live data, the staged data
+  (a copy of the archive) is removed;
+* during the swap of a cell whose dumps were all loaded: **finishes** the
+  swap, so files and databases are both new;
+* after the swap: **finishes** -- the old data is removed only when a safety
+  backup holds it, otherwise it is kept (and named) beside the destination.
+
+A restore killed while loading dumps cannot be settled here: the databases
+may hold part of the archive. The files are rolled back and the result says
+which databases need the restore run again (or the safety backup restored).
+Nothing is ever deleted that is the only copy of live data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .log import get_logger
+from .swap import Swap, exchange
+
+__all__ = ["JOURNAL_PREFIX", "Journal", "Recovery", "find", "recover"]
+
+log = get_logger(__name__)
+
+JOURNAL_PREFIX = ".cellvault-journal-"
+
+#: The phases a journal records, in order.
+PHASES = ("staged", "loading", "swapping", "swapped")
+
+
+def _ino(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+@attrs.define
+class Journal:
+    """The journal of one cell's restore (written by the restore, read by :func:`recover`)."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @classmethod
+    def start(cls, cell: str, archive: str, swap: Swap, safety_backup: str | None) -> Journal:
+        """Write the journal of a staged cell (phase ``staged``), beside its staging directory."""
+        path = swap.staging.parent / f"{JOURNAL_PREFIX}{cell}.json"
+        data: dict[str, Any] = {
+            "cell": cell,
+            "archive": archive,
+            "staging": str(swap.staging),
+            "safety_backup": safety_backup,
+            "phase": "staged",
+            "loaded": [],
+            "loading": None,
+            "roots": {},
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        journal = cls(path, data)
+        journal.note_roots(swap)
+        return journal
+
+    def note_roots(self, swap: Swap) -> None:
+        """Record each root's destination, staged tree and inodes (before any swap)."""
+        self.data["roots"] = {
+            root: {
+                "dest": str(dest),
+                "placed": str(swap.placed.get(root, swap.staging / root)),
+                "old_ino": _ino(dest),
+                "new_ino": _ino(swap.placed.get(root, swap.staging / root)),
+            }
+            for root, dest in swap.dests.items()
+        }
+        self._save()
+
+    def phase(self, phase: str) -> None:
+        """Move to *phase* (one of :data:`PHASES`)."""
+        self.data["phase"] = phase
+        self._save()
+
+    def loading(self, dumper: str) -> None:
+        """The dump of *dumper* is about to be loaded into its live database."""
+        self.data["phase"] = "loading"
+        self.data["loading"] = dumper
+        self._save()
+
+    def staged(self, sides: Sequence[Mapping[str, Any]]) -> None:
+        """Dumps are loaded into side objects (their :meth:`StagedLoad.state`), not yet swapped in."""
+        self.data["staged"] = [str(s.get("dumper")) for s in sides]
+        self.data["sides"] = [dict(s) for s in sides]
+        self._save()
+
+    def loaded(self, dumper: str) -> None:
+        """The dump of *dumper* is loaded."""
+        self.data["loaded"] = [*self.data["loaded"], dumper]
+        self.data["loading"] = None
+        self._save()
+
+    def close(self) -> None:
+        """The cell's restore is settled: delete the journal."""
+        self.path.unlink(missing_ok=True)
+
+    def _save(self) -> None:
+        _write_atomic(self.path, self.data)
+
+
+@attrs.frozen
+class Recovery:
+    """What :func:`recover` did with one interrupted restore of a cell."""
+
+    cell: str
+    archive: str
+    #: ``rolled back``, ``finished`` or ``files rolled back, databases partly loaded``.
+    action: str
+    #: Root -> what became of it.
+    roots: Mapping[str, str]
+    #: The dumps the interrupted restore had loaded (and the one it was loading, if any).
+    loaded: tuple[str, ...] = ()
+    partly_loaded: str | None = None
+    safety_backup: str | None = None
+    #: Paths kept because they may be the only copy of something.
+    kept: tuple[str, ...] = ()
+    #: Side objects (scratch databases, files) the interrupted restore may have left.
+    sides: tuple[str, ...] = ()
+
+    @property
+    def settled(self) -> bool:
+        """True when the cell is wholly old or wholly new again."""
+        return self.partly_loaded is None and (self.action == "finished" or not self.loaded)
+
+    def describe(self) -> str:
+        """One sentence saying what was found and done."""
+        text = f"an interrupted restore of cell {self.cell} to {self.archive} was {self.action}"
+        if self.loaded or self.partly_loaded:
+            dbs = ", ".join(self.loaded)
+            if self.action != "finished":
+                text += f"; the databases of dumpers {dbs or 'none'} already hold the archive"
+            if self.partly_loaded:
+                text += f", dumper {self.partly_loaded} may hold part of it"
+            if self.action != "finished":
+                way = (
+                    f"restore {self.safety_backup} to go back"
+                    if self.safety_backup
+                    else "no safety backup was taken"
+                )
+                text += f": run the restore again to finish it ({way})"
+        if self.sides:
+            text += f"; it may have left the scratch objects {', '.join(self.sides)} (drop them)"
+        if self.kept:
+            text += f"; the old data is kept at {', '.join(self.kept)}"
+        return text
+
+
+def find(cell: str, dests: Iterable[Path]) -> list[Path]:
+    """The journals of *cell* beside any of *dests*."""
+    seen: dict[Path, None] = {}
+    for dest in dests:
+        path = dest.parent / f"{JOURNAL_PREFIX}{cell}.json"
+        if path.is_file():
+            seen[path] = None
+    return list(seen)
+
+
+def recover(cell: str, dests: Iterable[Path]) -> list[Recovery]:
+    """Settle every interrupted restore of *cell* whose journal sits beside one of *dests*."""
+    out = []
+    for path in find(cell, dests):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.error("restore.journal_unreadable", cell=cell, journal=str(path), error=str(exc))
+            continue
+        if not isinstance(data, dict) or data.get("cell") != cell:
+            continue
+        if _running(data):
+            log.info("restore.journal_live", cell=cell, journal=str(path), pid=data.get("pid"))
+            continue
+        rec = _settle(data)
+        path.unlink(missing_ok=True)
+        log.warning("restore.recovered", cell=cell, action=rec.action, detail=rec.describe())
+        out.append(rec)
+    return out
+
+
+def _running(data: Mapping[str, Any]) -> bool:
+    """Whether the restore that wrote *data* is still running (on this host)."""
+    pid = data.get("pid")
+    if data.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swapped(root: Mapping[str, Any]) -> bool:
+    """Whether the staged tree of *root* is at its destination now."""
+    return root.get("new_ino") is not None and _ino(Path(root["dest"])) == root["new_ino"]
+
+
+def _settle(data: Mapping[str, Any]) -> Recovery:
+    roots: dict[str, dict[str, Any]] = dict(data.get("roots") or {})
+    phase = data.get("phase")
+    loaded = tuple(data.get("loaded") or ())
+    partly = data.get("loading")
+    # Forward only when every database holds the archive (staged ones all swapped in).
+    unswapped = [d for d in data.get("staged") or () if d not in loaded]
+    forward = phase == "swapped" or (
+        phase == "swapping" and bool(loaded) and partly is None and not unswapped
+    )
+    states: dict[str, str] = {}
+    kept: list[str] = []
+    for name, root in roots.items():
+        dest, placed = Path(root["dest"]), Path(root["placed"])
+        is_new = _swapped(root)
+        if forward and not is_new and placed.exists():
+            if dest.exists() or dest.is_symlink():
+                exchange(placed, dest)
+            else:
+                os.rename(placed, dest)
+            is_new = True
+        elif not forward and is_new:
+            if root.get("old_ino") is not None:
+                exchange(placed, dest)
+            else:
+                os.rename(dest, placed)
+            is_new = False
+        states[name] = "new" if is_new else "live data kept"
+        old_here = root.get("old_ino") is not None and _ino(placed) == root["old_ino"]
+        if old_here and (not forward or not data.get("safety_backup")):
+            kept.append(_keep(placed, dest))  # perhaps the only copy of the old data
+    _drop_staged(data, roots, kept)
+    action = "finished" if forward else "rolled back"
+    return Recovery(
+        cell=str(data.get("cell")),
+        archive=str(data.get("archive")),
+        action=action,
+        roots=states,
+        loaded=loaded,
+        partly_loaded=partly,
+        safety_backup=data.get("safety_backup"),
+        kept=tuple(kept),
+        sides=tuple(
+            f"{s.get('side')} ({s.get('dumper')})"
+            for s in data.get("sides") or ()
+            if s.get("side") and s.get("dumper") not in loaded
+        )
+        + tuple(
+            f"{s.get('old') or s.get('side')} (dumper {s.get('dumper')}: the replaced state)"
+            for s in data.get("sides") or ()
+            if s.get("dumper") in loaded
+        ),
+    )
+
+
+def _keep(placed: Path, dest: Path) -> str:
+    """Move old data out of the staging directory to a name beside *dest* that says what it is."""
+    keep = dest.with_name(f".cellvault-replaced-{dest.name}-{secrets.token_hex(3)}")
+    os.rename(placed, keep)
+    return str(keep)
+
+
+def _drop_staged(data: Mapping[str, Any], roots: Mapping[str, Any], kept: Sequence[str]) -> None:
+    """Delete what is left of the staged data and the staging directory (never a kept path)."""
+    staging = Path(str(data.get("staging")))
+    for root in roots.values():
+        placed = Path(root["placed"])
+        if str(placed) in kept or placed.parent == staging:
+            continue
+        _remove(placed)
+    _remove(staging)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""What a restore did with each part of each cell, in words a report can print truthfully.
+
+A cell's parts are its file roots (``files:<root>``), its dumps
+(``dump:<dumper>``) and its safety backup. The restore records each step
+as it happens (staged, loaded, swapped in, rolled back ...), so a report
+never says more than was checked: "nothing was touched" appears only when
+no dump was loaded and no root swapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from ..cell import Cell
+from ..journal import Recovery, recover
+from ..log import get_logger
+from ..run import Run
+from .plan import RestorePlan
+
+__all__ = ["CellParts", "recover_cells", "undo_command"]
+
+log = get_logger(__name__)
+
+STAGED = "staged (not yet live)"
+DISCARDED = "staged, then discarded: the live files are untouched"
+SWAPPED = "swapped in"
+ROLLED_BACK = "swapped in, then rolled back: the live files are back"
+DISCARDED_SIDE = "staged, then discarded: the live database is untouched"
+STAGED_IN_FILES = "written into the staged files (swapped in with them)"
+NOT_LOADED = "not loaded: the live database is untouched"
+LOADED = "loaded into the live database before the swap (this dumper cannot stage)"
+PART_LOADED = (
+    "loaded into the live database before the swap (this dumper cannot stage), "
+    "and the load failed: the live database may hold part of the archive"
+)
+
+
+def undo_command(cell: str, safety: str | None) -> str | None:
+    """The command that puts back what a restore of *cell* replaced (its safety backup)."""
+    return None if not safety else f"cellvault restore --cell {cell} --date {safety}"
+
+
+@attrs.define
+class CellParts:
+    """The parts of one cell being restored, and what happened to each."""
+
+    cell: str
+    states: dict[str, str] = attrs.field(factory=dict)
+    loaded: list[str] = attrs.field(factory=list)
+    partly: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        plan: RestorePlan,
+        dumpers: Iterable[str],
+        safety: str | None,
+        skipped: bool,
+        into: bool,
+    ) -> CellParts:
+        """The parts of *plan*'s cell before anything happened."""
+        parts = cls(plan.cell.name)
+        if not into:
+            if safety:
+                parts.states["safety backup"] = f"taken: {safety}"
+            elif skipped:
+                parts.states["safety backup"] = "skipped (RESTORE_SKIP_PREBACKUP=1)"
+            else:
+                parts.states["safety backup"] = "not needed: no live files and no dumpers"
+        for root in plan.dests:
+            parts.states[f"files:{root}"] = "not staged"
+        for name in dumpers:
+            parts.states[f"dump:{name}"] = NOT_LOADED
+        return parts
+
+    def files(self, state: str) -> None:
+        """Set the state of every file root."""
+        for key in self.states:
+            if key.startswith("files:"):
+                self.states[key] = state
+
+    def loading(self, dumper: str) -> None:
+        """A dumper that cannot stage starts loading into its live store."""
+        self.partly = dumper
+        self.states[f"dump:{dumper}"] = PART_LOADED
+        if self.states.get("safety backup", "").startswith("skipped"):
+            self.states["safety backup"] = (
+                f"skipped (RESTORE_SKIP_PREBACKUP=1), though dumper {dumper} cannot stage: "
+                "this restore is not atomic and cannot be undone"
+            )
+
+    def done_loading(self, dumper: str) -> None:
+        self.partly = None
+        self.loaded.append(dumper)
+        self.states[f"dump:{dumper}"] = LOADED
+
+    @property
+    def touched(self) -> bool:
+        """Whether a live database holds (part of) the archive now."""
+        return bool(self.loaded) or self.partly is not None
+
+    def live_dbs(self) -> str:
+        names = [*self.loaded, *([self.partly] if self.partly else [])]
+        return ", ".join(names)
+
+
+def touched_text(parts: Mapping[str, CellParts], undo: Mapping[str, str | None]) -> str:
+    """What an aborted restore left in the live databases, with the way back; '' when nothing."""
+    touched = [p for p in parts.values() if p.touched]
+    if not touched:
+        return ""
+    out = []
+    for p in touched:
+        way = undo.get(p.cell)
+        back = (
+            f"to go back: {way}" if way else "no safety backup was taken, so there is no way back"
+        )
+        out.append(
+            f"cell {p.cell}: the live files are unchanged but the databases of dumpers "
+            f"{p.live_dbs()} were already loaded from the archive ({back})"
+        )
+    return "; ".join(out)
+
+
+def recover_cells(
+    run: Run, plans: Iterable[RestorePlan | Cell], operation: str = "restore"
+) -> tuple[Recovery, ...]:
+    """Settle the interrupted restores of the cells (see :mod:`cellvault.journal`).
+
+    Each is emitted (``restore.recovered``) and logged; one that leaves a
+    database partly loaded is a failure (alerted) naming the way back.
+    """
+    found: list[Recovery] = []
+    for item in plans:
+        cell, dests = (
+            (item.cell, list(item.dests.values()))
+            if isinstance(item, RestorePlan)
+            else (item, list(item.roots.values()))
+        )
+        for rec in recover(cell.name, dests):
+            run.emit("restore.recovered", cell=rec.cell, action=rec.action, detail=rec.describe())
+            if not rec.settled:
+                run.fail("recover", rec.describe(), cell=rec.cell, operation=operation)
+            found.append(rec)
+    return tuple(found)
