@@ -173,13 +173,6 @@ def _plan_on(
 def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:
     """Where each root of *sidecar*'s archive goes; :class:`RestoreError` for a root gone."""
     roots = dict(sidecar.meta.roots)
-    if not roots:
-        raise ArchiveCorrupt(
-            "its sidecar records no roots, so there is nothing it could restore",
-            archive=str(sidecar.id),
-            hint="every archive records at least one root; the sidecar was altered or damaged: "
-            "restore another archive or from another target",
-        )
     if into is not None:
         return {r: into / cell.name / r for r in roots}
     unknown = sorted(set(roots) - set(cell.roots))
