@@ -438,3 +438,106 @@ def test_two_processes_never_interleave(cells_root: Path, backup_dir: Path, tmp_
     # The child is gone and released its lease: the next run goes through.
     again = vault.backup()
     assert again.ok and again.cells[0].archive != archive
+
+
+# -- atomic takeover (issue 18) ------------------------------------------------------------
+
+
+class SlowLocalTarget(LocalTarget):
+    """A local target whose every primitive is slowed by a random latency (a far store)."""
+
+    def __init__(self, spec: TargetSpec, seed: int) -> None:
+        super().__init__(spec)
+        import random
+
+        self.rng = random.Random(seed)
+
+    def _lag(self) -> None:
+        time.sleep(self.rng.uniform(0, 0.06))
+
+    def read_bytes(self, key: str) -> bytes:
+        self._lag()
+        data = super().read_bytes(key)
+        self._lag()
+        return data
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        self._lag()
+        return super().create_exclusive(key, data)
+
+    def delete(self, key: str) -> None:
+        self._lag()
+        super().delete(key)
+
+
+@pytest.mark.parametrize("racers", [2, 4])
+def test_a_stale_lease_is_taken_over_by_exactly_one_run_each_round(
+    tmp_path: Path, racers: int
+) -> None:
+    root = tmp_path / "backup"
+    plain = LocalTarget(TargetSpec("local", str(root)))
+    for round_ in range(6):
+        write_lock(
+            plain,
+            {"host": "elsewhere", "pid": 1, "purpose": f"stale {round_}", "expires": iso(-60)},
+        )
+        barrier = threading.Barrier(racers)
+        won: list[Lease] = []
+        lost: list[BaseException] = []
+
+        def race(
+            seed: int,
+            barrier: threading.Barrier = barrier,
+            won: list[Lease] = won,
+            lost: list[BaseException] = lost,
+        ) -> None:
+            target = SlowLocalTarget(TargetSpec("local", str(root)), seed)
+            barrier.wait()
+            try:
+                won.append(Lease.acquire(target, "crm", "racer", ttl=60))
+            except LockHeld as exc:
+                lost.append(exc)
+
+        threads = [threading.Thread(target=race, args=(round_ * 10 + i,)) for i in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(won) == 1, f"round {round_}: {len(won)} winners"
+        assert len(lost) == racers - 1
+        assert lock_body(plain)["token"] == won[0].token  # type: ignore[index]
+        won[0].release()
+    # The claims are cleaned up with the leases that made them.
+    assert [p.name for p in (root / ".locks").iterdir()] == []
+
+
+def test_a_run_whose_lease_was_taken_commits_nothing(target: LocalTarget | MemTarget) -> None:
+    lease = Lease.acquire(target, "crm", "slow run", ttl=60)
+    write_lock(target, {"host": "elsewhere", "pid": 1, "token": "theirs", "expires": iso(60)})
+    with pytest.raises(LockHeld, match="lease was lost"):
+        lease.check()
+    lease.release()
+
+
+def test_a_committed_sidecar_records_the_lease_token(tmp_path: Path) -> None:
+    cell = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    vault = make_vault(tmp_path / "backup", {"crm": [cell]})
+    assert vault.backup().ok
+    (sidecar,) = vault.targets[0].archives("crm")
+    assert sidecar.lease is not None and len(sidecar.lease) == 16
+
+
+def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
+    target: LocalTarget | MemTarget,
+) -> None:
+    stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
+    write_lock(target, stale)
+    probe = Lease(target, "crm", "probe", ttl=60)
+    # A run won the takeover's claim and was killed before it replaced the lease.
+    target.put_bytes(
+        probe._claim_key(stale), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
+    )
+    lease = Lease.acquire(target, "crm", "next run", ttl=60)
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    lease.release()
+    assert lock_body(target) is None

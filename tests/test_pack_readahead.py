@@ -176,14 +176,15 @@ def test_permission_denied_in_a_thread_fails_the_pack_with_its_hint(
 ) -> None:
     # Faked: the tests may run as root, who reads everything.
     denied = tree / ("d4/sub/f11.txt" if where == "small" else "big.bin")
-    real_open = open
+    real_open = os.open
 
     def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
         if str(file) == str(denied):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(pack, "open", guarded_open, raising=False)
+    # Files are opened with os.open (O_NOFOLLOW | O_NONBLOCK), then checked.
+    monkeypatch.setattr(pack.os, "open", guarded_open)
     vault = make_vault(tmp_path / "backup", [tree])
     report = vault.backup()
     assert not report.ok

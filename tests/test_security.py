@@ -545,3 +545,57 @@ def test_absolute_links_restore_from_the_seed_variables_and_drill_with_no_option
     assert code == 0, out
     assert "--allow-external-links is no longer needed and does nothing" in out
     assert (env.tmp / "into" / "crm" / "crm" / "current").readlink() == env.outside
+
+
+# -- bad input edges and dead targets (issue 18) -------------------------------------------
+
+
+def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    cells = tmp_path / "cells"
+    (cells / "crm").mkdir(parents=True, exist_ok=True)
+    (cells / "crm" / "a.txt").write_text("a\n")
+    return {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(cells),
+        **extra,
+    }
+
+
+def test_bad_input_edges_exit_2_with_a_clear_line(
+    tmp_path: Path, args: list[str], extra: dict[str, str], says: str
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    result = CliRunner().invoke(cli, args, env=_cli_env(tmp_path, **extra))
+    assert result.exit_code == 2, result.output
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr and "bug" not in result.stderr
+
+
+def test_an_unreachable_target_fails_alone_and_the_others_proceed(tmp_path: Path) -> None:
+    from cellvault import TargetSpec
+
+    from .archive_helpers import make_vault as vault_on
+
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "a.txt").write_text("a\n")
+    # An FTP server that is not there: fsspec connects when the file system is built.
+    vault = vault_on(
+        tmp_path / "backup",
+        [cell],
+        targets=[
+            TargetSpec("local", str(tmp_path / "backup")),
+            TargetSpec("dead", "ftp://127.0.0.1:1/backups"),
+        ],
+    )
+    report = vault.backup()
+    assert not report.ok
+    (result,) = report.cells
+    outcomes = {o.target: o for o in result.targets}
+    assert outcomes["local"].ok
+    assert not outcomes["dead"].ok and "cannot reach" in (outcomes["dead"].error or "")
+    assert [a.id for a in vault.list(targets=["local"])] == [result.archive]

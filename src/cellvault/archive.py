@@ -18,6 +18,14 @@ import attrs
 
 from .cell import validate_cell_name
 from .errors import ArchiveCorrupt, ConfigError
+from .trust import (
+    MAX_SIDECAR_BYTES,
+    check_count,
+    check_data_name,
+    check_digest,
+    check_holder,
+    check_roots,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -127,6 +135,13 @@ def _epoch(value: Any) -> int | None:
     return value
 
 
+def _older(text: Any, own: str) -> ArchiveId:
+    """A parent or chain link: an archive id of the same cell, not newer than *own*."""
+    if not isinstance(text, str):
+        raise TypeError(f"an archive id is a {type(text).__name__}, not a string")
+    return ArchiveId.parse(check_holder(text, own))
+
+
 def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -193,6 +208,9 @@ class ArchiveMeta:
         try:
             if "backed_at" not in data:
                 raise KeyError("backed_at")
+            chain = data.get("chain") or ()
+            if not isinstance(chain, list | tuple):
+                raise TypeError(f"chain is a {type(chain).__name__}, not a list")
             return cls(
                 id=ArchiveId.parse(data["id"]),
                 kind=data["kind"],
@@ -200,14 +218,18 @@ class ArchiveMeta:
                 host=data.get("host", ""),
                 version=data.get("cellvault_version", ""),
                 codec=data.get("codec", ""),
-                parent=ArchiveId.parse(data["parent"]) if data.get("parent") else None,
-                chain=tuple(ArchiveId.parse(a) for a in data.get("chain", ())),
-                roots=dict(data.get("roots", {})),
+                parent=_older(data["parent"], ident) if data.get("parent") else None,
+                chain=tuple(_older(a, ident) for a in chain),
+                roots=check_roots(data.get("roots", {}), archive=ident),
                 reason=data.get("reason", "scheduled"),
                 format=int(data.get("format", FORMAT_VERSION)),
                 epoch=_epoch(data.get("epoch")),
                 site=str(data["site"]) if data.get("site") is not None else None,
             )
+        except ArchiveCorrupt as exc:
+            raise ArchiveCorrupt(
+                f"meta.json is unusable ({exc.detail})", archive=ident, member="meta.json"
+            ) from None
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ArchiveCorrupt(
                 f"meta.json is unusable ({type(exc).__name__}: {exc})",
@@ -238,6 +260,10 @@ class Sidecar:
     #: ``crc64ecma``): what object stores report on HEAD, so that a quick
     #: verify can compare them without reading the data.
     checksums: Mapping[str, str] = attrs.field(factory=dict)
+    #: Bytes of the uncompressed manifest (its copy is never expanded further).
+    manifest_size: int | None = None
+    #: The token of the lease the committing run held on this target (fencing).
+    lease: str | None = None
 
     @property
     def id(self) -> ArchiveId:
@@ -254,24 +280,48 @@ class Sidecar:
         }
         if self.checksums:
             body["checksums"] = dict(self.checksums)
+        if self.manifest_size is not None:
+            body["manifest_size"] = self.manifest_size
+        if self.lease is not None:
+            body["lease"] = self.lease
         return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def from_json(cls, raw: bytes, *, name: str = "?") -> Sidecar:
-        """Parse a sidecar; raise :class:`ArchiveCorrupt` when it is unusable."""
+    def from_json(cls, raw: bytes, *, name: str = "?", cell: str | None = None) -> Sidecar:
+        """Parse a sidecar; raise :class:`ArchiveCorrupt` when it is unusable.
+
+        *name* is the archive id the sidecar is stored under and *cell* the
+        cell folder it was found in: a sidecar that names another archive or
+        another cell is refused, as is any value that is not what cellvault
+        writes (see :mod:`cellvault.trust`).
+        """
         try:
+            if len(raw) > MAX_SIDECAR_BYTES:
+                raise ValueError(f"{len(raw)} bytes, more than a sidecar ever holds")
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise TypeError(f"a JSON {type(data).__name__}, not an object")
             meta = ArchiveMeta.from_dict(data)
+            _check_identity(meta.id, name, cell)
+            stem = str(meta.id)
+            checksums = data.get("checksums") or {}
+            if not isinstance(checksums, dict):
+                raise TypeError(f"checksums is a {type(checksums).__name__}, not an object")
+            declared = data.get("manifest_size")
             return cls(
                 meta=meta,
-                data_name=str(data["data"]),
-                size=int(data["size"]),
-                sha256=str(data["sha256"]),
-                files=int(data.get("files", 0)),
-                bytes_read=int(data.get("bytes_read", 0)),
-                checksums={str(k): str(v) for k, v in dict(data.get("checksums") or {}).items()},
+                data_name=check_data_name(data["data"], stem),
+                size=check_count(data["size"], "size", archive=stem),
+                sha256=check_digest(data["sha256"], archive=stem),
+                files=check_count(data.get("files"), "files", archive=stem, default=0),
+                bytes_read=check_count(
+                    data.get("bytes_read"), "bytes_read", archive=stem, default=0
+                ),
+                checksums={str(k): str(v) for k, v in checksums.items()},
+                manifest_size=None
+                if declared is None
+                else check_count(declared, "manifest_size", archive=stem),
+                lease=str(data["lease"]) if data.get("lease") is not None else None,
             )
         except ArchiveCorrupt:
             raise
@@ -279,6 +329,22 @@ class Sidecar:
             raise ArchiveCorrupt(
                 f"sidecar is unusable ({type(exc).__name__}: {exc})", archive=name
             ) from None
+
+
+def _check_identity(ident: ArchiveId, name: str, cell: str | None) -> None:
+    """Refuse a sidecar that names another archive than the one it is stored as."""
+    if ArchiveId.is_id(name) and str(ident) != name:
+        raise ArchiveCorrupt(
+            f"sidecar stored as {name} says it is archive {ident}",
+            archive=name,
+            hint="the sidecar was altered or misplaced; it is ignored",
+        )
+    if cell is not None and ident.cell != cell:
+        raise ArchiveCorrupt(
+            f"sidecar in the folder of cell {cell} names archive {ident} of cell {ident.cell}",
+            archive=name,
+            hint="the sidecar was altered or misplaced; it is ignored",
+        )
 
 
 _DATE_PREFIX = re.compile(r"\d{8}(_\d{1,6})?", re.ASCII)
@@ -320,16 +386,12 @@ class Selector:
                 hint="use 'latest', an archive id, a date prefix such as 20250101_0200, "
                 "or an ISO time such as 2025-01-01T02:00:00Z",
             ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return cls(text, "before", when.astimezone(dt.UTC))
+        return cls(text, "before", _to_utc(when, text))
 
     @classmethod
     def at_or_before(cls, when: dt.datetime) -> Selector:
         """The newest archive at or before *when*."""
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return cls(when.isoformat(), "before", when.astimezone(dt.UTC))
+        return cls(when.isoformat(), "before", _to_utc(when, when.isoformat()))
 
     def matches(self, ident: ArchiveId) -> bool:
         """Tell whether *ident* is a candidate (the newest candidate wins)."""
@@ -344,6 +406,19 @@ class Selector:
 
     def __str__(self) -> str:
         return self.text
+
+
+def _to_utc(when: dt.datetime, text: str) -> dt.datetime:
+    """*when* in UTC (UTC when it names no zone); :class:`ConfigError` when UTC cannot hold it."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ConfigError(
+            f"restore date {text!r} is outside the range of dates (year 1 to 9999 in UTC)",
+            hint="give a date between 0001-01-02 and 9999-12-30",
+        ) from None
 
 
 def _check_prefix(text: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -60,6 +62,38 @@ def _check_dumpers(cell: Cell, attribute: attrs.Attribute[tuple[Any, ...]], valu
     check_cell_dumpers(cell, attribute, value)
 
 
+def resolve_cell_path(cell: str, path: Path) -> Path:
+    """The data a cell path stands for: itself, or what it links to when it is a symlink.
+
+    ``/srv/cells/crm -> /data/crm`` is a common layout: the cell is backed up
+    as ``/data/crm``'s data (and restored into it, the link left as it is). A
+    link cycle, or a link to ``/``, is a configuration error.
+    """
+    if not path.is_symlink():
+        return path
+    try:
+        resolved = path.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a cycle, before Python 3.13
+        raise ConfigError(
+            f"cell {cell}: path {path} is a symbolic link that cannot be resolved ({exc})",
+            hint="fix the link (a cycle?) or give the cell the path of its data",
+        ) from None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"cell {cell}: path {path} is a symbolic link in a cycle",
+                hint="fix the link or give the cell the path of its data",
+            ) from None
+    if resolved == Path("/"):
+        raise ConfigError(
+            f"cell {cell}: path {path} is a symbolic link to '/'",
+            hint="a cell cannot back up the whole file system; give the path of its data",
+        )
+    return resolved
+
+
 def _check_paths(
     cell: Cell, attribute: attrs.Attribute[tuple[Path, ...]], value: tuple[Path, ...]
 ) -> None:
@@ -77,6 +111,7 @@ def _check_paths(
         root = path.name
         if not root:
             raise ConfigError(f"cell {cell.name}: cannot back up the file system root '/'")
+        resolve_cell_path(cell.name, path)
         if root in seen:
             raise ConfigError(
                 f"cell {cell.name}: paths {seen[root]} and {path} have the same name {root!r}",

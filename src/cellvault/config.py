@@ -8,6 +8,7 @@ environment wins over the file, as in the seed's cron line
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -377,9 +378,12 @@ def _float(environ: Mapping[str, str], key: str, default: float) -> float:
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={raw!r} is not a finite number")
+    return value
 
 
 def _env_key(cell: str) -> str:
@@ -499,9 +503,16 @@ def _env_retention(env: Mapping[str, str]) -> RetentionPolicy:
             values[field.name] = None
             continue
         try:
-            values[field.name] = float(raw) if field.name.endswith("_days") else int(raw)
+            value = float(raw) if field.name.endswith("_days") else int(raw)
         except ValueError:
             raise ConfigError(f"{key}={raw!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(
+                f"{key}={raw!r} is not a finite number of 0 or more",
+                hint="NaN, infinite and negative retention values would switch the rule off "
+                "or delete everything; leave the variable empty to switch a rule off",
+            )
+        values[field.name] = value
     return RetentionPolicy(**values)  # type: ignore[arg-type]
 
 

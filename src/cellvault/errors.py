@@ -79,6 +79,8 @@ class ArchiveCorrupt(CellvaultError):
         self.archive = archive
         self.member = member
         self.target = target
+        #: What is wrong, without the where.
+        self.detail = message
         where = f"archive {archive}"
         if member:
             where += f", member {member}"

@@ -9,6 +9,7 @@ host is gone, is taken over. So a crashed run never needs a manual unlock.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import secrets
@@ -21,7 +22,8 @@ import attrs
 from .errors import LockHeld
 from .log import get_logger
 from .specs import DEFAULT_TTL
-from .targets.base import Target
+from .targets.base import LOCKS, Target
+from .trust import MAX_LEASE_BYTES
 
 __all__ = ["DEFAULT_TTL", "Lease", "holder_is_stale", "mark_live"]
 
@@ -50,6 +52,7 @@ class Lease:
     token: str = attrs.field(factory=lambda: secrets.token_hex(8))
     since: dt.datetime = attrs.field(factory=_now)
     _stop: threading.Event = attrs.field(factory=threading.Event)
+    _claims: list[str] = attrs.field(factory=list)
     _thread: threading.Thread | None = None
 
     @property
@@ -93,9 +96,9 @@ class Lease:
                         return lease
                     if _is_stale(holder):
                         log.warning("lock.expired", target=target.name, cell=cell, holder=holder)
-                        # Delete only the stale lease we saw, not one taken meanwhile.
-                        if lease._holder() == holder:
-                            target.retrying(target.delete, lease.key)
+                        if lease._take_over(holder):
+                            lease._start()
+                            return lease
                         continue
                     raise LockHeld(
                         f"cell {cell} on target {target.name} is locked by {holder.get('purpose', 'a run')} "
@@ -110,11 +113,101 @@ class Lease:
                 _LIVE.discard(lease.token)
             raise
 
+    def _claim_key(self, holder: dict[str, Any]) -> str:
+        """The key whose conditional create wins the takeover of the lease *holder* wrote."""
+        seen = hashlib.sha256(json.dumps(holder, sort_keys=True).encode()).hexdigest()[:32]
+        return f"{LOCKS}/{self.cell}.takeover.{seen}"
+
+    def _take_over(self, holder: dict[str, Any]) -> bool:
+        """Replace the stale lease *holder* with ours; tell whether we did.
+
+        Read-compare-delete-create is not atomic: two runs seeing the same
+        stale lease could both delete it and both create theirs. So the
+        takeover is won first by a conditional create of a claim key named
+        after the stale lease's content (``If-None-Match`` on S3,
+        ``x-oss-forbid-overwrite`` on OSS, ``link()`` locally): exactly one
+        run creates it, and only that run deletes the stale lease and creates
+        its own. The others see the claim exists and go round again (and
+        find the winner's lease). A claim is removed by the next takeover of
+        the lease it replaced, once that one is stale in its turn.
+        """
+        claim = self._claim_key(holder)
+        target = self.target
+        if not self._claim(claim):
+            log.info("lock.takeover_lost", target=target.name, cell=self.cell)
+            return False
+        if self._holder() != holder:
+            # Changed meanwhile (released, renewed, taken): not ours to replace.
+            target.retrying(target.delete, claim)
+            return False
+        self._claims.append(claim)
+        target.retrying(target.delete, self.key)
+        if not target.retrying(target.create_exclusive, self.key, self._body()):
+            # A fresh acquire came between the delete and our create: it holds the lease.
+            self._claims.remove(claim)
+            target.retrying(target.delete, claim)
+            return False
+        # The claims of earlier takeovers of this cell are spent: ours now guards it.
+        self._forget_claims(keep=claim)
+        return True
+
+    def _claim(self, key: str, depth: int = 0) -> bool:
+        """Create the claim *key*; tell whether we did.
+
+        A claim left by a run killed mid-takeover (older than the lease's ttl)
+        is itself taken over the same way, through a claim named after it, so
+        a crash never blocks the cell and two runs never both win.
+        """
+        target = self.target
+        body = json.dumps({"token": self.token, "since": _now().isoformat()}).encode()
+        if target.retrying(target.create_exclusive, key, body):
+            return True
+        if depth >= 3:
+            return False
+        try:
+            old = target.retrying(target.read_bytes, key)
+        except FileNotFoundError:
+            return self._claim(key, depth + 1)
+        try:
+            since = dt.datetime.fromisoformat(json.loads(old[:MAX_LEASE_BYTES])["since"])
+            fresh = since + dt.timedelta(seconds=self.ttl) > _now()
+        except (ValueError, KeyError, TypeError):
+            fresh = False  # damaged: a claim is written whole, so it is no one's
+        if fresh:
+            return False
+        sub = f"{key}.{hashlib.sha256(old).hexdigest()[:8]}"
+        if not self._claim(sub, depth + 1):
+            return False
+        self._claims.append(sub)
+        if target.retrying(target.read_bytes, key) != old:
+            return False
+        target.retrying(target.delete, key)
+        return bool(target.retrying(target.create_exclusive, key, body))
+
+    def _forget_claims(self, keep: str) -> None:
+        prefix = f"{self.cell}.takeover."
+        for entry in self.target.retrying(self.target.list, LOCKS):
+            key = f"{LOCKS}/{entry.name}"
+            if entry.name.startswith(prefix) and key != keep:
+                self.target.retrying(self.target.delete, key)
+
+    def check(self) -> None:
+        """Raise :class:`LockHeld` unless this lease is still ours on its target (the fence)."""
+        holder = self._holder()
+        if holder is None or holder.get("token") != self.token:
+            raise LockHeld(
+                f"cell {self.cell} on target {self.target.name}: the lease was lost "
+                "(taken over after it expired); nothing is committed",
+                holder=holder or {},
+            )
+
     def _holder(self) -> dict[str, Any] | None:
         try:
             raw = self.target.retrying(self.target.read_bytes, self.key)
         except FileNotFoundError:
             return None
+        if len(raw) > MAX_LEASE_BYTES:
+            return {"unreadable": True}
         try:
             data = json.loads(raw)
             return data if isinstance(data, dict) else {"unreadable": True}
@@ -149,6 +242,8 @@ class Lease:
             holder = self._holder()
             if holder is not None and holder.get("token") == self.token:
                 self.target.retrying(self.target.delete, self.key)
+            for claim in self._claims:
+                self.target.retrying(self.target.delete, claim)
         except Exception as exc:  # noqa: BLE001 - the lease then expires by itself; say so
             log.warning(
                 "lock.release_failed",

@@ -18,6 +18,7 @@ from typing import IO, Any, Literal
 import attrs
 
 from .errors import ArchiveCorrupt
+from .trust import check_count, check_holder, check_mode
 
 __all__ = ["Entry", "EntryType", "Manifest"]
 
@@ -126,9 +127,9 @@ class Entry:
         return cls(
             path=path,
             type=data["type"],
-            mode=int(data["mode"]),
+            mode=check_mode(data["mode"]),
             mtime_ns=int(data["mtime_ns"]),
-            size=int(get("size", 0)),
+            size=check_count(get("size", 0), "size"),
             sha256=sha256,
             target=target,
             uid=int(get("uid", 0)),
@@ -218,6 +219,12 @@ class Manifest:
                 if not isinstance(item, Entry):
                     raise TypeError(f"an entry is a {type(item).__name__}, not an object")
                 add(item)
+            for holder in ids:
+                check_holder(holder, archive)
+        except ArchiveCorrupt as exc:
+            raise ArchiveCorrupt(
+                f"manifest is unusable ({exc.detail})", archive=archive, member="manifest.json"
+            ) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise ArchiveCorrupt(
                 f"manifest is unusable ({type(exc).__name__}: {exc})",

@@ -29,7 +29,7 @@ from typing import IO, Any
 import attrs
 
 from .archive import ArchiveId, ArchiveMeta, Kind
-from .cell import Cell, excluder
+from .cell import Cell, excluder, resolve_cell_path
 from .codec import Codec, HashingWriter
 from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
@@ -50,6 +50,7 @@ from .fsmeta import (
 from .log import get_logger
 from .manifest import Entry, Manifest
 from .report import DumpSummary
+from .safeopen import SwappedFile, check_same, open_scanned
 from .spool import claim_spool, clear_stale_spool, write_manifest_copy
 from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
 
@@ -157,18 +158,21 @@ class _FileSource:
 class _Opened:
     """A file opened (and read in part or whole) by a read-ahead thread."""
 
-    __slots__ = ("head", "source")
+    __slots__ = ("head", "source", "st")
 
-    def __init__(self, source: _FileSource, head: bytes) -> None:
+    def __init__(self, source: _FileSource, head: bytes, st: os.stat_result | None = None) -> None:
         self.source = source
         #: All of a small file, already hashed; nothing of a larger one.
         self.head = head
+        #: The opened file's ``fstat``: checked against the scan's ``lstat``.
+        self.st = st
 
 
 def _open_ahead(path: str, size: int) -> _Opened:
     """Open *path*; read it whole if it is small, else start the kernel reading it."""
-    raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed here or by the packer
+    raw = open_scanned(path)
     try:
+        opened_st = os.fstat(raw.fileno())
         source = _FileSource(raw, size)
         if size <= READ_WHOLE:
             head = source.read(size)
@@ -184,7 +188,7 @@ def _open_ahead(path: str, size: int) -> _Opened:
     except BaseException:
         raw.close()
         raise
-    return _Opened(source, head)
+    return _Opened(source, head, opened_st)
 
 
 def _close_opened(future: Future[_Opened]) -> None:
@@ -396,7 +400,9 @@ class Packer:
                 raise BackupError(
                     f"cell {self.cell.name}: cannot read {path}: {exc.strerror}"
                 ) from None
-            roots[name] = path
+            # A cell path that is a link (/srv/cells/crm -> /data/crm) is backed up
+            # as the data it points to; meta.json records the resolved path.
+            roots[name] = resolve_cell_path(self.cell.name, path)
         return roots
 
     def _meta(self, backed_at: dt.datetime, roots: dict[str, Path]) -> ArchiveMeta:
@@ -543,6 +549,11 @@ class Packer:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=_by_name)
+        except (FileNotFoundError, NotADirectoryError):
+            # Removed (or replaced) between its parent's listing and its own: what
+            # it held is not in this archive, the rest of the cell is.
+            self._warn(f"{path} vanished during the scan; its contents are not in this archive")
+            return iter(())
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot list {path}: permission denied",
@@ -654,6 +665,10 @@ class Packer:
             self._warn(f"{path} vanished during the scan; not in this archive")
             self._bytes_total -= size
             return
+        except SwappedFile as exc:
+            self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
+            self._bytes_total -= size
+            return
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot read {path}: permission denied",
@@ -661,6 +676,13 @@ class Packer:
             ) from None
         source, head = opened.source, opened.head
         raw = source.raw
+        try:
+            check_same(path, st, opened.st)
+        except SwappedFile as exc:
+            raw.close()
+            self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
+            self._bytes_total -= size
+            return
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:

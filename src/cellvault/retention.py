@@ -12,6 +12,7 @@ kept archive needs (its chain). :func:`plan` decides; it touches nothing
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,15 @@ __all__ = ["Decision", "PruneReport", "PruneResult", "RetentionPolicy", "plan"]
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value < 0:
+    if value is None:
+        return
+    # NaN compares false with everything: an age rule of NaN would keep nothing.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(
+            f"retention {attribute.name} must be a finite number, not {value!r}",
+            hint="use a whole or decimal number of days (or archives), 0 or more",
+        )
+    if value < 0:
         raise ConfigError(f"retention {attribute.name} must not be negative, not {value}")
 
 

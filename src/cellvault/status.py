@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from .archive import Sidecar
 from .errors import CellvaultError
 from .integrity import LEVELS
 from .report import Report, iso
@@ -140,6 +141,25 @@ def _checks(entry: Mapping[str, Any]) -> tuple[list[CheckResult], list[str]]:
     return results, problems
 
 
+def _store_problems(target: Target, cell: str, sidecars: Sequence[Sidecar]) -> list[str]:
+    """Unusable sidecars of *cell* on *target*, and a broken chain of its newest archive."""
+    problems = [
+        f"ignored {key}: {error}"
+        for name, key, error in target.distrusted()
+        if name == target.name and key.startswith(f"{cell}/")
+    ]
+    if sidecars:
+        newest = sidecars[-1]
+        have = {s.id for s in sidecars}
+        missing = [a for a in newest.meta.chain if a not in have]
+        if missing:
+            problems.append(
+                f"the chain of the newest archive {newest.id} is broken: archive {missing[0]} "
+                "is not committed (or its sidecar is unusable) here; the next backup will be a full one"
+            )
+    return problems
+
+
 def build_status(
     cells: Sequence[str],
     targets: Sequence[Target],
@@ -160,15 +180,16 @@ def build_status(
             newest = backed_at = None
             age = None
             try:
-                ids = target.archive_ids(cell)
+                sidecars = target.archives(cell)
             except CellvaultError as exc:
                 problems.insert(0, f"cannot list archives: {exc}")
-                ids = []
+                sidecars = []
             else:
-                if not ids:
+                if not sidecars:
                     problems.insert(0, "no archive on this target")
-            if ids:
-                ident = ids[-1]
+                problems[:0] = _store_problems(target, cell, sidecars)
+            if sidecars:
+                ident = sidecars[-1].id
                 newest = str(ident)
                 backed_at = iso(ident.when)
                 age = max(0.0, (now - ident.when).total_seconds())

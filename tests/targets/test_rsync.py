@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from cellvault import TargetSpec
 from tests.ops.test_incremental import snapshot
@@ -50,3 +52,23 @@ def test_rsync_over_ssh_backs_up_verifies_and_restores(tmp_path: Path, ssh_serve
     assert vault.restore("latest", into=out, source=["nas"]).ok
     assert snapshot(out / "crm" / "crm") == snapshot(live)
     assert vault.prune(targets=["nas"]).ok
+
+
+def test_the_ssh_control_socket_lives_in_a_private_directory(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import stat as stat_
+
+    from cellvault.targets import rsync as rsync_mod
+
+    monkeypatch.setattr(rsync_mod.tempfile, "tempdir", str(tmp_path))
+    private = rsync_mod.private_socket_dir()
+    st = os.lstat(private)
+    assert stat_.S_ISDIR(st.st_mode) and stat_.S_IMODE(st.st_mode) == 0o700
+    assert st.st_uid == os.getuid()
+    # A planted, open directory (or a link) at that name is not used.
+    private.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o777)
+    private.symlink_to(tmp_path / "elsewhere")
+    other = rsync_mod.private_socket_dir()
+    assert other != private and stat_.S_IMODE(os.lstat(other).st_mode) == 0o700

@@ -21,9 +21,16 @@ from typing import Any
 import attrs
 
 from .._version import __version__
-from ..archive import ArchiveId, ArchiveMeta, Kind, Sidecar, parse_stamp, to_kind
+from ..archive import ArchiveId, ArchiveMeta, Kind, Sidecar, format_stamp, parse_stamp, to_kind
 from ..cell import Cell
-from ..errors import BackupError, CellvaultError, DumpError, TargetError
+from ..errors import (
+    ArchiveCorrupt,
+    BackupError,
+    CellvaultError,
+    ConfigError,
+    DumpError,
+    TargetError,
+)
 from ..integrity import content_checksums
 from ..lock import Lease
 from ..log import get_logger
@@ -36,10 +43,12 @@ from ..runlog import carry
 from ..scan import tree_totals
 from ..state import StateFile, slot
 from ..targets.base import Target
+from ..trust import zstd_content_size
 from .listing import configured_cells
 from .outcome import recover_cells
 from .resources import Resources, check_fence
 from .store import store_all
+from .verify import alert_ignored, quick_check
 
 __all__ = [
     "CellBackup",
@@ -110,12 +119,25 @@ def next_stamp(res: Resources, cells: Sequence[Cell], targets: Sequence[Target])
                 if ids and (newest is None or ids[-1].when > newest):
                     newest = ids[-1].when
     now = res.now()
-    while newest is not None and now <= newest:
-        # Two runs in the same second: wait for the next one rather than
-        # stamping an archive with a time that has not come yet.
-        time.sleep(max(0.05, 1 - (time.time() % 1)))
-        now = res.now()
-    return now
+    if newest is None or now > newest:
+        return now
+    # Never wait for the clock (an archive stamped a month ahead by a skewed
+    # host would stop every backup until then): the next id after the newest
+    # keeps ids unique and ordered. A second run in the same second is usual;
+    # a clock further behind is said.
+    stamp = newest + dt.timedelta(seconds=1)
+    if newest - now >= dt.timedelta(seconds=1):
+        skew = (newest - now).total_seconds()
+        log.warning(
+            "backup.clock_behind",
+            newest=format_stamp(newest),
+            now=format_stamp(now),
+            skew_seconds=skew,
+            stamp=format_stamp(stamp),
+            hint="the clock of this host is behind the newest archive (or that archive was "
+            "stamped by a host whose clock ran ahead); check NTP on both",
+        )
+    return stamp
 
 
 class _NoTargetLeft(Exception):
@@ -182,8 +204,13 @@ class CellBackup:
         parent: Manifest | None = None
         if self.kind == "incremental":
             parent_meta, parent, self.note = find_parent(
-                self.cell, self.live, self.run.config.max_chain
+                self.cell,
+                self.live,
+                self.run.config.max_chain,
+                damaged=failed_verifies(self.res.state, self.cell.name),
             )
+            for target in self.live:
+                alert_ignored(self.run, target, self.cell.name)
             if parent is None:
                 self.log.info("backup.full_instead", reason=self.note)
         self.stage = "hook"
@@ -193,7 +220,12 @@ class CellBackup:
         result = self._pack(parent, parent_meta)
         self.stage = "upload"
         outcomes = store_all(
-            self.run, self.live, result, self._sidecar(result), fence=self.res.fence
+            self.run,
+            self.live,
+            result,
+            self._sidecar(result),
+            fence=self.res.fence,
+            leases={lease.target.name: lease for lease in self.leases},
         )
         return self._stored(result, outcomes)
 
@@ -291,6 +323,8 @@ class CellBackup:
             sha256=result.sha256,
             files=len(result.manifest),
             bytes_read=result.bytes_total,
+            # Declared, so that no reader expands the manifest copy further.
+            manifest_size=zstd_content_size(result.manifest_path),
             # What the stores report on HEAD, for quick verifies (one read of the spool file).
             checksums=content_checksums(
                 result.data_path, set().union(*(t.stat_checksums for t in self.live))
@@ -369,18 +403,35 @@ def after_snapshot(run: Run, cell: Cell, ident: ArchiveId, error: str | None) ->
             )
 
 
-def find_parent(
-    cell: Cell, targets: Sequence[Target], max_chain: int
-) -> tuple[ArchiveMeta | None, Manifest | None, str | None]:
-    """The parent of an incremental: the newest archive committed on every target.
+def failed_verifies(state: StateFile, cell: str) -> set[str]:
+    """The archives of *cell* whose last verify (at any level, on any target) failed."""
+    out: set[str] = set()
+    per_target = state.read()["cells"].get(cell)
+    for entry in per_target.values() if isinstance(per_target, dict) else ():
+        levels = entry.get("verify") if isinstance(entry, dict) else None
+        for record in levels.values() if isinstance(levels, dict) else ():
+            if isinstance(record, dict) and not record.get("ok") and record.get("archive"):
+                out.add(str(record["archive"]))
+    return out
 
-    Returns its meta and manifest, or ``None`` twice and why a full backup is made instead.
+
+def find_parent(
+    cell: Cell, targets: Sequence[Target], max_chain: int, *, damaged: set[str] | None = None
+) -> tuple[ArchiveMeta | None, Manifest | None, str | None]:
+    """The parent of an incremental: the newest archive committed, whole, on every target.
+
+    Only archives whose sidecar passes its checks count (an unusable one is
+    reported once and skipped). The parent's whole chain must be committed
+    on every target and pass the quick check there (size, the store's own
+    checksums); otherwise the chain is broken and a full backup is made, as
+    it is when the parent's manifest copy is unusable. Returns its meta and
+    manifest, or ``None`` twice and why a full backup is made instead.
     """
-    common: set[ArchiveId] | None = None
+    common: dict[ArchiveId, Sidecar] | None = None
     readable: list[Target] = []
     for target in targets:
         try:
-            ids = set(target.archive_ids(cell.name))
+            found = {s.id: s for s in target.archives(cell.name)}
         except TargetError as exc:
             # Its store will fail (or its verify, if the chain is missing there).
             log.warning(
@@ -388,15 +439,45 @@ def find_parent(
             )
             continue
         readable.append(target)
-        common = ids if common is None else common & ids
+        common = (
+            found
+            if common is None
+            else {i: s for i, s in common.items() if i in found and found[i].sha256 == s.sha256}
+        )
     if not common:
         return None, None, "no earlier archive on every target; made a full backup"
-    newest = max(common)
-    sidecar = readable[0].sidecar(newest)
+    sidecar = common[max(common)]
     if len(sidecar.meta.chain) + 1 >= max_chain:
         return None, None, f"chain reached max_chain={max_chain}; made a full backup"
-    manifest = readable[0].manifest(sidecar)
+    broken = _broken_link(sidecar, common, readable)
+    failed = sorted({str(a) for a in (*sidecar.meta.chain, sidecar.id)} & (damaged or set()))
+    if broken is None and failed:
+        broken = f"the last verify of archive {failed[0]} failed"
+    if broken is not None:
+        log.warning("backup.chain_broken", cell=cell.name, archive=str(sidecar.id), error=broken)
+        return None, None, f"the chain of {sidecar.id} is broken ({broken}); made a full backup"
+    try:
+        manifest = readable[0].manifest(sidecar)
+    except ArchiveCorrupt as exc:
+        log.warning("backup.parent_unusable", cell=cell.name, error=str(exc))
+        return None, None, f"the manifest of {sidecar.id} is unusable; made a full backup"
     return sidecar.meta, manifest, None
+
+
+def _broken_link(
+    sidecar: Sidecar, common: dict[ArchiveId, Sidecar], targets: Sequence[Target]
+) -> str | None:
+    """The first archive of *sidecar*'s chain (itself included) missing or damaged on a target."""
+    for ident in (*sidecar.meta.chain, sidecar.id):
+        link = common.get(ident)
+        if link is None:
+            return f"archive {ident} is not committed, whole, on every target"
+        for target in targets:
+            try:
+                quick_check(target, link, set(common))
+            except CellvaultError as exc:
+                return str(exc)
+    return None
 
 
 def record_backup(

@@ -8,13 +8,15 @@ here, before any byte is fetched.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 
 from ..archive import ArchiveId, Selector, Sidecar
-from ..cell import Cell
+from ..cell import Cell, resolve_cell_path
 from ..config import Config
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, RestoreError, TargetError
 from ..fence import Epoch, written_after_fence
@@ -68,6 +70,7 @@ def plan_restore(
     for target in sources:
         found = _plan_on(target, cell, ident, into)
         if isinstance(found, RestorePlan):
+            check_space(found)
             return found
         if found is not None:
             last_error = found
@@ -80,6 +83,41 @@ def choose_archive(
 ) -> ArchiveId:
     """The archive of cell *name* a restore with *selector* would pick (reads sidecars only)."""
     return _choose(name, selector, sources, epoch)
+
+
+def check_space(plan: RestorePlan) -> None:
+    """Refuse, before anything is staged, a restore whose files do not fit where they go.
+
+    The manifest declares every file's size; the staged tree is built beside
+    each destination, on its file system, while the live data is still there.
+    Raises :class:`RestoreError` naming the file system, the need and the
+    free space.
+    """
+    need: dict[int, int] = {}
+    where: dict[int, Path] = {}
+    sizes: dict[str, int] = {}
+    for entry in plan.manifest.files():
+        root = entry.path.split("/", 2)[1] if entry.path.startswith("data/") else ""
+        sizes[root] = sizes.get(root, 0) + entry.size
+    for root, dest in plan.dests.items():
+        probe = dest
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        dev = os.stat(probe).st_dev
+        need[dev] = need.get(dev, 0) + sizes.get(root, 0)
+        where.setdefault(dev, probe)
+    for dev, size in need.items():
+        free = shutil.disk_usage(where[dev]).free
+        if size + SPACE_MARGIN > free:
+            raise RestoreError(
+                f"restoring archive {plan.sidecar.id} needs {size} bytes on the file system of "
+                f"{where[dev]}, which has {free} free; nothing was touched",
+                hint="free some space there, or restore elsewhere with --into",
+            )
+
+
+#: Room kept free beyond the files' declared bytes (directories, tar padding, dumps' scratch).
+SPACE_MARGIN = 16 << 20
 
 
 def _choose(
@@ -114,10 +152,12 @@ def _plan_on(
         return exc
     if ident not in ids:
         return None
-    sidecar = target.sidecar(ident)
     try:
+        sidecar = target.sidecar(ident)
         manifest = target.manifest(sidecar)
     except ArchiveCorrupt as exc:
+        # Damaged or forged here: the next target holding the archive is tried.
+        log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(exc))
         return exc
     missing = sorted(h for h in manifest.holders() if ArchiveId.parse(h) not in ids)
     if missing:
@@ -127,7 +167,13 @@ def _plan_on(
             hint="restore from a target that has the whole chain, or pick another date",
         )
     dests = _dests(cell, sidecar, into)
-    chain = [target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})]
+    try:
+        chain = [
+            target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})
+        ]
+    except ArchiveCorrupt as exc:
+        log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(exc))
+        return exc
     return RestorePlan(cell, sidecar, manifest, target, chain, dests)
 
 
@@ -142,7 +188,8 @@ def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:
             f"archive {sidecar.id} holds path {roots[unknown[0]]}, which cell {cell.name} no longer has",
             hint="restore it into another directory with --into",
         )
-    return {r: cell.roots[r] for r in roots}
+    # A cell path that is a link is restored into the data it points to; the link stays.
+    return {r: resolve_cell_path(cell.name, cell.roots[r]) for r in roots}
 
 
 def _prefer_scheduled(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import attrs
+
 from ..archive import Sidecar
-from ..errors import CellvaultError, Fenced
+from ..errors import CellvaultError, Fenced, TargetError
 from ..fence import Fence
+from ..lock import Lease
 from ..log import get_logger
 from ..pack import PackResult
 from ..report import TargetOutcome
@@ -31,15 +34,27 @@ def store_all(
     sidecar: Sidecar,
     *,
     fence: Fence | None = None,
+    leases: Mapping[str, Lease] | None = None,
 ) -> list[TargetOutcome]:
-    """Store the packed archive to every target at once; one outcome per target, in order."""
-    one = functools.partial(store, run, result=result, sidecar=sidecar, fence=fence)
+    """Store the packed archive to every target at once; one outcome per target, in order.
+
+    With *leases* (target name -> the cell's lease there), each commit first
+    proves the lease is still this run's, and the sidecar records its token.
+    """
+    one = functools.partial(
+        store, run, result=result, sidecar=sidecar, fence=fence, leases=leases or {}
+    )
     with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="store") as pool:
         return list(pool.map(carry(one), targets))
 
 
 def store(
-    run: Run, target: Target, result: PackResult, sidecar: Sidecar, fence: Fence | None = None
+    run: Run,
+    target: Target,
+    result: PackResult,
+    sidecar: Sidecar,
+    fence: Fence | None = None,
+    leases: Mapping[str, Lease] | None = None,
 ) -> TargetOutcome:
     """Store the packed archive to *target*, then check it there (``verify_after_backup``).
 
@@ -54,6 +69,11 @@ def store(
     guard = None
     if fence is not None and target.name in fence.names:
         guard = functools.partial(_still_active, fence, ident, target.name)
+    lease = (leases or {}).get(target.name)
+    if lease is not None:
+        # The fencing token: a run whose lease was taken over commits nothing.
+        sidecar = attrs.evolve(sidecar, lease=lease.token)
+        guard = functools.partial(_still_held, lease, guard)
     try:
         target.store(result.data_path, result.manifest_path, sidecar, before_commit=guard)
         log.info(
@@ -92,6 +112,12 @@ def store(
         )
 
 
+def _still_held(lease: Lease, then: Callable[[], object] | None) -> None:
+    lease.check()
+    if then is not None:
+        then()
+
+
 def _still_active(fence: Fence, archive: str, target: str) -> None:
     fence.check(f"committing archive {archive} to target {target}")
 
@@ -102,7 +128,20 @@ def check_stored(run: Run, target: Target, result: PackResult, sidecar: Sidecar)
     committed = set(target.archive_ids(sidecar.id.cell))
     # The manifest copy must be, byte for byte, the one this run wrote.
     copy = result.manifest_path.read_bytes() if level == "read" else None
-    check_archive(target, sidecar, level, committed, manifest_copy=copy, manifest=result.manifest)
+    for attempt in range(3):
+        try:
+            check_archive(
+                target, sidecar, level, committed, manifest_copy=copy, manifest=result.manifest
+            )
+            break
+        except TargetError as exc:
+            # The store failed a read mid-stream (a 503): that says nothing about the
+            # copy; read it back again rather than uncommit a good archive.
+            if attempt == 2:
+                raise
+            log.warning(
+                "archive.reread", target=target.name, archive=str(sidecar.id), error=str(exc)
+            )
     log.info(
         "archive.verified",
         run=run.id,

@@ -29,6 +29,7 @@ after a backup uses it too); :func:`verify` is the operation.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, cast
@@ -49,8 +50,10 @@ from .listing import cells_to_check
 from .resources import Resources
 
 __all__ = [
+    "alert_ignored",
     "check_archive",
     "check_chain",
+    "check_parents",
     "full_check",
     "quick_check",
     "read_check",
@@ -131,6 +134,7 @@ def verify_cell(
                 error=str(exc),
             )
         ]
+    alert_ignored(run, target, cell)
     committed = {s.id for s in sidecars}
     chosen = [s for s in sidecars if selector.matches(s.id)]
     if not all_archives:
@@ -139,11 +143,39 @@ def verify_cell(
     if level != "quick":  # quick reads no data: its progress is in checks alone
         run.expect(bytes=sum(s.size for s in chosen), files=sum(s.files for s in chosen), cell=key)
     out = []
+    by_id = {s.id: s for s in sidecars}
+    parents: dict[ArchiveId, str | None] = {}
     for sidecar in chosen:
-        out.append(verify_result(run, target, sidecar, level, committed, progress=key))
+        out.append(
+            verify_result(run, target, sidecar, level, committed, (by_id, parents), progress=key)
+        )
         if level != "quick":
             run.advance(key, files=sidecar.files, add=True)
     return out
+
+
+_ALERTED: set[tuple[str, str, str]] = set()
+
+
+def alert_ignored(run: Run, target: Target, cell: str) -> None:
+    """Alert, once per process, each object of *cell* on *target* that failed its checks.
+
+    The object is ignored otherwise (see :mod:`cellvault.trust`); ``status``
+    keeps naming it for as long as it is there.
+    """
+    for name, key, error in target.distrusted():
+        if name != target.name or not key.startswith(f"{cell}/"):
+            continue
+        where = (target.spec.url, key, error)
+        if where in _ALERTED:
+            continue
+        _ALERTED.add(where)
+        run.fail(
+            "check",
+            f"ignored {key}: {error}",
+            cell=cell,
+            target=target.name,
+        )
 
 
 def verify_result(
@@ -152,12 +184,16 @@ def verify_result(
     sidecar: Sidecar,
     level: str,
     committed: set[ArchiveId],
+    chain: tuple[dict[ArchiveId, Sidecar], dict[ArchiveId, str | None]] | None = None,
     *,
     progress: str | None = None,
 ) -> VerifyResult:
     """Check one archive at *level*; a failure is alerted and in the result.
 
-    With *progress*, the bytes read count in the run's progress under that key.
+    With *chain* (the target's committed sidecars by id, and the outcome of
+    the parents checked so far in this run), every archive the chain of an
+    incremental depends on is checked too (:func:`check_parents`). With
+    *progress*, the bytes read count in the run's progress under that key.
     """
     started = time.monotonic()
     ident = str(sidecar.id)
@@ -165,6 +201,8 @@ def verify_result(
     on_read = None if key is None else (lambda n: run.advance(key, bytes=n, add=True))
     try:
         checks, members = check_archive(target, sidecar, level, committed, on_read=on_read)
+        if chain is not None and sidecar.meta.chain:
+            checks = (*checks, *check_parents(target, sidecar, level, *chain))
     except CellvaultError as exc:
         run.fail("verify", str(exc), cell=sidecar.id.cell, target=target.name, archive=ident)
         return VerifyResult(
@@ -370,6 +408,62 @@ def full_check(
         )
     check_chain(target, sidecar, committed, manifest)
     return members
+
+
+def check_parents(
+    target: Target,
+    sidecar: Sidecar,
+    level: str,
+    by_id: dict[ArchiveId, Sidecar],
+    seen: dict[ArchiveId, str | None],
+) -> tuple[str, ...]:
+    """Check every archive the chain of *sidecar* depends on, as a chain.
+
+    Each parent gets the quick check (committed, size, the store's own
+    checksums); above ``quick``, its data is read once and its sha256
+    compared with its sidecar's: a digest check, far cheaper than unpacking
+    each. *seen* remembers each parent's outcome across the archives of one
+    run. Raises :class:`ArchiveCorrupt` naming the broken link; returns
+    ``("chain-digest",)`` or ``("chain-quick",)``.
+    """
+    for parent_id in sidecar.meta.chain:
+        parent = by_id.get(parent_id)
+        if parent is None:
+            problem: str | None = "it is not committed (or its sidecar is unusable) on this target"
+        else:
+            if parent_id not in seen:
+                seen[parent_id] = _parent_problem(target, parent, level, set(by_id))
+            problem = seen[parent_id]
+        if problem is not None:
+            raise ArchiveCorrupt(
+                f"its chain is broken: archive {parent_id}, which it depends on, is damaged "
+                f"({problem})",
+                archive=str(sidecar.id),
+                target=target.name,
+                hint="this archive cannot be restored from this target; restore from another "
+                "target, and take a full backup (the next backup is a full one by itself)",
+            )
+    return ("chain-quick",) if level == "quick" else ("chain-digest",)
+
+
+def _parent_problem(
+    target: Target, parent: Sidecar, level: str, committed: set[ArchiveId]
+) -> str | None:
+    """What is wrong with one archive of a chain, or ``None``."""
+    try:
+        quick_check(target, parent, committed)
+        if level != "quick":
+            digest = hashlib.sha256()
+            size = 0
+            with target.open_archive(parent) as raw:
+                for block in iter(lambda: raw.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+            if size != parent.size or digest.hexdigest() != parent.sha256:
+                return f"its data does not match its sidecar's sha256 ({size} bytes read)"
+    except ArchiveCorrupt as exc:
+        return exc.detail
+    return None
 
 
 def check_chain(

@@ -21,15 +21,14 @@ import abc
 import builtins
 import contextlib
 import errno
-import io
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import attrs
 import tenacity
-import zstandard
 
 from ..archive import ArchiveId, Sidecar
 from ..cell import is_cell_name
@@ -37,6 +36,7 @@ from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetErro
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
 from ..specs import TargetSpec
+from ..trust import MAX_SIDECAR_BYTES, bounded_zstd, manifest_limit
 
 __all__ = ["ObjectInfo", "ObjectStat", "Target"]
 
@@ -316,17 +316,43 @@ class Target(abc.ABC):
             stem = entry.name.removesuffix(SIDECAR_SUFFIX)
             if entry.name == stem or not ArchiveId.is_id(stem) or stem.endswith(".manifest"):
                 continue
+            if entry.is_dir or entry.size > MAX_SIDECAR_BYTES:
+                self.distrust(f"{cell}/{entry.name}", f"{entry.size} bytes, not a sidecar")
+                continue
             try:
                 with self.guard(f"read sidecar {entry.name}", missing_ok=True):
                     raw = self.retrying(self.read_bytes, f"{cell}/{entry.name}")
             except FileNotFoundError:
                 continue  # pruned while we listed
             try:
-                out.append(Sidecar.from_json(raw, name=stem))
+                out.append(Sidecar.from_json(raw, name=stem, cell=cell))
             except ArchiveCorrupt as exc:
-                log.warning("sidecar.unreadable", target=self.name, archive=stem, error=str(exc))
+                self.distrust(f"{cell}/{entry.name}", str(exc))
         out.sort(key=lambda s: s.id)
         return out
+
+    def distrust(self, key: str, error: str) -> None:
+        """Report an object of this target that fails its checks; it is then left alone.
+
+        The warning is logged once per process for each object and error (the
+        same object is met again by every listing); :meth:`distrusted` keeps
+        what this target object met, for ``status`` and the alerts. No command
+        reads, writes or deletes anything on the word of such an object (see
+        :mod:`cellvault.trust`).
+        """
+        seen: dict[str, str] = self.__dict__.setdefault("_distrusted", {})
+        seen[key] = error
+        where = (self.spec.url, key, error)
+        with _DISTRUSTED_LOCK:
+            logged = where in _DISTRUSTED
+            _DISTRUSTED.add(where)
+        if not logged:
+            log.warning("sidecar.unreadable", target=self.name, key=key, error=error)
+
+    def distrusted(self) -> builtins.list[tuple[str, str, str]]:
+        """(target, key, error) of every object of this target :meth:`distrust` met."""
+        seen: dict[str, str] = self.__dict__.get("_distrusted", {})
+        return sorted((self.name, key, error) for key, error in seen.items())
 
     def sidecar(self, ident: ArchiveId) -> Sidecar:
         """The sidecar of *ident*; :class:`ArchiveNotFound` when it is not committed here."""
@@ -335,7 +361,7 @@ class Target(abc.ABC):
                 raw = self.retrying(self.read_bytes, self.sidecar_key(ident))
         except FileNotFoundError:
             raise ArchiveNotFound(f"archive {ident} is not on target {self.name}") from None
-        return Sidecar.from_json(raw, name=str(ident))
+        return Sidecar.from_json(raw, name=str(ident), cell=ident.cell)
 
     @contextlib.contextmanager
     def open_archive(self, sidecar: Sidecar) -> Iterator[IO[bytes]]:
@@ -367,14 +393,11 @@ class Target(abc.ABC):
 
     def parse_manifest(self, sidecar: Sidecar, raw: bytes) -> Manifest:
         """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar*."""
+        limit = manifest_limit(sidecar.files, sidecar.manifest_size)
         try:
-            body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
-        except zstandard.ZstdError as exc:
-            raise ArchiveCorrupt(
-                f"manifest copy does not decompress ({exc})",
-                archive=str(sidecar.id),
-                target=self.name,
-            ) from None
+            body = bounded_zstd(raw, limit, archive=str(sidecar.id))
+        except ArchiveCorrupt as exc:
+            raise ArchiveCorrupt(exc.detail, archive=str(sidecar.id), target=self.name) from None
         return Manifest.from_json(body, archive=str(sidecar.id))
 
     def delete_archive(self, sidecar: Sidecar) -> None:
@@ -412,6 +435,11 @@ class Target(abc.ABC):
                 self.retrying(self.delete, key)
             log.info("debris.removed", target=self.name, key=key)
         return keys
+
+
+# What :meth:`Target.distrust` logged already: (target URL, key, error).
+_DISTRUSTED: set[tuple[str, str, str]] = set()
+_DISTRUSTED_LOCK = threading.Lock()
 
 
 def _is_sidecar(name: str) -> bool:

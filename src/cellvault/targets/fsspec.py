@@ -15,12 +15,15 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TargetError
 from ..hookspecs import hookimpl
+from ..log import get_logger, redact_text
 from ..specs import TargetSpec
 from .base import ObjectInfo, ObjectStat, Target
 
 __all__ = ["FsspecTarget"]
+
+log = get_logger(__name__)
 
 # Protocols whose writes are atomic per object (no rename needed, and none cheap).
 OBJECT_STORES = frozenset({"s3", "s3a", "oss", "gs", "gcs", "az", "abfs", "memory", "r2"})
@@ -31,6 +34,21 @@ class FsspecTarget(Target):
 
     def __init__(self, spec: TargetSpec) -> None:
         super().__init__(spec)
+        self._fs: Any = None
+        self.root = ""
+        self.object_store = spec.scheme in OBJECT_STORES
+        try:
+            self._connect()
+        except TargetError as exc:
+            # A file system that connects when it is built (sftp, ...) and cannot:
+            # this target fails on its own when it is used; the others proceed.
+            log.warning("target.unreachable", target=self.name, error=exc.message)
+
+    def _connect(self) -> Any:
+        """Build the fsspec file system (once); :class:`TargetError` when it cannot be reached."""
+        if self._fs is not None:
+            return self._fs
+        spec = self.spec
         try:
             import fsspec
 
@@ -42,12 +60,26 @@ class FsspecTarget(Target):
             ) from None
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"target {spec.name}: cannot use {spec.display()} ({exc})") from None
-        self.fs: Any = fs
+        except Exception as exc:  # noqa: BLE001 - a boundary: the client's own errors, reported
+            raise TargetError(
+                f"cannot reach {spec.display()} ({redact_text(f'{type(exc).__name__}: {exc}')})",
+                target=spec.name,
+                hint="check the host, the network and the credentials; the other targets "
+                "are backed up meanwhile",
+            ) from None
         self.root = root.rstrip("/")
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
         self.object_store = bool(OBJECT_STORES.intersection(protocols))
+        self._fs = fs
+        return fs
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (connecting to it on first use)."""
+        return self._connect()
 
     def _path(self, key: str) -> str:
+        self._connect()  # the root is known once connected
         return posixpath.join(self.root, key) if key else self.root
 
     def put_file(self, local: Path, key: str) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -29,9 +30,11 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..log import redact_text
+from ..log import get_logger, redact_text
 from ..specs import TargetSpec
 from .base import ObjectInfo, Target
+
+log = get_logger(__name__)
 
 __all__ = ["RsyncTarget"]
 
@@ -55,6 +58,28 @@ class _RsyncError(OSError):
 
 # Messages name the type of the error ("... (RsyncError: rsync exited with code 10 ...)").
 _RsyncError.__name__ = _RsyncError.__qualname__ = "RsyncError"
+
+
+def private_socket_dir() -> Path:
+    """A directory only this user can enter, for ssh's control sockets (mode 0700).
+
+    A socket in a shared ``/tmp`` path could be planted or hijacked by another
+    user: ``<tmp>/cellvault-ssh-<uid>`` is used only when it is a real
+    directory (not a link) owned by this user with no access for others;
+    otherwise a fresh private directory is made.
+    """
+    uid = os.getuid()
+    path = Path(tempfile.gettempdir()) / f"cellvault-ssh-{uid}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="cellvault-ssh-"))
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        log.warning("ssh.control_dir_unsafe", path=str(path))
+        return Path(tempfile.mkdtemp(prefix="cellvault-ssh-"))
+    return path
 
 
 class RsyncTarget(Target):
@@ -89,7 +114,7 @@ class RsyncTarget(Target):
             if spec.options.get("ssh_multiplex", True):
                 # One ssh connection for the many short rsync calls of a run
                 # (list, read sidecars, lease, put): handshakes dominate otherwise.
-                control = Path(tempfile.gettempdir()) / "cellvault-ssh-%C"
+                control = private_socket_dir() / "%C"
                 ssh += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}"]
                 ssh += ["-o", "ControlPersist=30"]
             if parts.port:
