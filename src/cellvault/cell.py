@@ -12,11 +12,18 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigError
+from .errors import BackupError, ConfigError
 from .layout import RESERVED_NAMES
 from .specs import check_cell_dumpers, to_dumpers
 
-__all__ = ["Cell", "excluder", "is_cell_name", "is_excluded", "validate_cell_name"]
+__all__ = [
+    "Cell",
+    "excluder",
+    "existing_roots",
+    "is_cell_name",
+    "is_excluded",
+    "validate_cell_name",
+]
 
 CELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
@@ -195,3 +202,34 @@ def excluder(cell: Cell) -> Callable[[str, str], bool] | None:
         )
 
     return excludes
+
+
+def existing_roots(
+    cell: Cell, *, keep_going: bool = False, warn: Callable[[str], None] | None = None
+) -> dict[str, Path]:
+    """*cell*'s paths by archive root name, each checked to exist, links resolved.
+
+    A missing path is a :class:`~cellvault.errors.BackupError`, unless
+    *keep_going* (the safety backup before a restore keeps what is there: a
+    path that was lost is what the restore is about to bring back), then it
+    is left out and *warn* is told. A cell path that is a link
+    (``/srv/cells/crm -> /data/crm``) is the data it points to
+    (:func:`resolve_cell_path`).
+    """
+    roots: dict[str, Path] = {}
+    for name, path in cell.roots.items():
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            if keep_going:
+                if warn is not None:
+                    warn(f"{path} does not exist; the safety backup holds the other paths")
+                continue
+            raise BackupError(
+                f"cell {cell.name}: path {path} does not exist",
+                hint="create it, fix the cell's paths, or remove the cell from BACKUP_CELLS",
+            ) from None
+        except OSError as exc:
+            raise BackupError(f"cell {cell.name}: cannot read {path}: {exc.strerror}") from None
+        roots[name] = resolve_cell_path(cell.name, path)
+    return roots

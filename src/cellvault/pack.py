@@ -29,7 +29,7 @@ from typing import IO, Any
 import attrs
 
 from .archive import ArchiveId, ArchiveMeta, Kind
-from .cell import Cell, excluder, resolve_cell_path
+from .cell import Cell, excluder, existing_roots
 from .codec import Codec, HashingWriter
 from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
@@ -65,19 +65,12 @@ RACY_NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 #: Read-ahead: threads that open the next files and ask the kernel to read them
-#: into its page cache (READ_WINDOW bytes at a time: not in this process's
-#: memory), and the bounds on what is ahead of the writer: READ_BUDGET bytes,
-#: READ_ITEMS paths, READ_OPEN open files. Files up to READ_WHOLE bytes are read
-#: whole by the thread instead (0: none; it is a knob for file systems where the
-#: kernel's read-ahead does not help, such as some network mounts).
-#:
-#: Measured on 500 MiB / 14,936 files, 2 cores, alternating runs: one thread,
-#: nothing read whole, 128 files open ahead: cold 4.8-5.5 s against 6.2-6.4 s
-#: reading files up to 256 KiB whole with 16 open (warm: the same, 3.7-4.4 s).
-#: Asking the kernel keeps many small reads in flight at once from one thread (a
-#: cold cache costs about 200 us a small file one at a time: `cat` of the corpus
-#: 3.1 s, 1.5 s four at a time); each further thread costs the packer GIL
-#: hand-offs (four threads: warm 5.0-5.2 s, 645,000 futex calls a backup).
+#: into its page cache (READ_WINDOW bytes at a time), and the bounds on what is
+#: ahead of the writer: READ_BUDGET bytes, READ_ITEMS paths, READ_OPEN open files.
+#: Files up to READ_WHOLE bytes are read whole by the thread instead (0: none; a
+#: knob for network mounts). One thread, nothing read whole, 128 files open: the
+#: fastest measured (docs/performance.md, "Read-ahead"); more threads cost GIL
+#: hand-offs.
 READ_THREADS = 1
 READ_BUDGET = 32 << 20
 READ_ITEMS = 512
@@ -381,29 +374,8 @@ class Packer:
         )
 
     def _roots(self) -> dict[str, Path]:
-        """The cell's paths by archive root name, each checked to exist."""
-        roots: dict[str, Path] = {}
-        for name, path in self.cell.roots.items():
-            try:
-                os.lstat(path)
-            except FileNotFoundError:
-                if self.reason == "pre-restore":
-                    # The safety backup before a restore keeps what is there: a path
-                    # that was lost is what the restore is about to bring back.
-                    self._warn(f"{path} does not exist; the safety backup holds the other paths")
-                    continue
-                raise BackupError(
-                    f"cell {self.cell.name}: path {path} does not exist",
-                    hint="create it, fix the cell's paths, or remove the cell from BACKUP_CELLS",
-                ) from None
-            except OSError as exc:
-                raise BackupError(
-                    f"cell {self.cell.name}: cannot read {path}: {exc.strerror}"
-                ) from None
-            # A cell path that is a link (/srv/cells/crm -> /data/crm) is backed up
-            # as the data it points to; meta.json records the resolved path.
-            roots[name] = resolve_cell_path(self.cell.name, path)
-        return roots
+        """The cell's paths by archive root name (see :func:`cellvault.cell.existing_roots`)."""
+        return existing_roots(self.cell, keep_going=self.reason == "pre-restore", warn=self._warn)
 
     def _meta(self, backed_at: dt.datetime, roots: dict[str, Path]) -> ArchiveMeta:
         """The archive's ``meta.json``; for an incremental, also when a file is racy."""
@@ -656,33 +628,40 @@ class Packer:
             self._warn(warning)
         return found
 
-    def _add_file(self, tar: TarWriter, item: _Item, future: Future[_Opened]) -> None:
-        _, path, name, st, prev = item
-        size = st.st_size
+    def _opened(self, path: str, st: os.stat_result, future: Future[_Opened]) -> _Opened | None:
+        """The file the scan saw, opened; ``None`` (with a warning) when it is gone or swapped."""
         try:
             opened = future.result()
         except FileNotFoundError:
             self._warn(f"{path} vanished during the scan; not in this archive")
-            self._bytes_total -= size
-            return
+            self._bytes_total -= st.st_size
+            return None
         except SwappedFile as exc:
             self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
-            self._bytes_total -= size
-            return
+            self._bytes_total -= st.st_size
+            return None
         except PermissionError:
             raise BackupError(
                 f"cell {self.cell.name}: cannot read {path}: permission denied",
                 hint="run the backup as a user that can read the cell's data",
             ) from None
-        source, head = opened.source, opened.head
-        raw = source.raw
         try:
             check_same(path, st, opened.st)
         except SwappedFile as exc:
-            raw.close()
+            opened.source.raw.close()
             self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
-            self._bytes_total -= size
+            self._bytes_total -= st.st_size
+            return None
+        return opened
+
+    def _add_file(self, tar: TarWriter, item: _Item, future: Future[_Opened]) -> None:
+        _, path, name, st, prev = item
+        size = st.st_size
+        opened = self._opened(path, st, future)
+        if opened is None:
             return
+        source, head = opened.source, opened.head
+        raw = source.raw
         mode = stat.S_IMODE(st.st_mode)
         try:  # a small file is closed already: closing again is harmless
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:

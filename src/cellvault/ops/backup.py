@@ -27,7 +27,6 @@ from ..errors import (
     ArchiveCorrupt,
     BackupError,
     CellvaultError,
-    ConfigError,
     DumpError,
     TargetError,
 )
