@@ -562,6 +562,24 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize(
+    ("args", "extra", "says"),
+    [
+        (["prune"], {"BACKUP_KEEP_FULL_DAYS": "nan"}, "BACKUP_KEEP_FULL_DAYS='nan'"),
+        (["prune"], {"BACKUP_KEEP_INCREMENTAL_DAYS": "inf"}, "not a finite number"),
+        (["prune"], {"BACKUP_KEEP_LAST": "-1"}, "BACKUP_KEEP_LAST='-1'"),
+        (
+            ["restore"],
+            {"RESTORE_DATE": "0001-01-01T00:00:00+14:00", "RESTORE_CELL": "crm"},
+            "outside the range of dates",
+        ),
+        (
+            ["restore"],
+            {"RESTORE_DATE": "9999-12-31T23:59:59-14:00", "RESTORE_CELL": "crm"},
+            "outside the range of dates",
+        ),
+    ],
+)
 def test_bad_input_edges_exit_2_with_a_clear_line(
     tmp_path: Path, args: list[str], extra: dict[str, str], says: str
 ) -> None:
