@@ -53,6 +53,8 @@ WILDCARDS = (
     (re.compile(r"\d+(\.\d+)? (B|KiB|MiB|GiB)\b"), r"[\d.]+ (B|KiB|MiB|GiB)"),
     (re.compile(r"\d+(\.\d+)? ?s\b"), r"[\d.]+ ?s"),
     (re.compile(r"\d+(\.\d+)? (min|h|days) (old|ago)"), r"[\d.]+ (min|h|days) (old|ago)"),
+    # How much of a damaged archive was read before the damage showed.
+    (re.compile(r"\(\d+ bytes read\)"), r"\(\d+ bytes read\)"),
 )
 
 

@@ -541,3 +541,25 @@ def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
     assert lock_body(target)["token"] == lease.token  # type: ignore[index]
     lease.release()
     assert lock_body(target) is None
+
+
+def test_a_zombie_holder_is_not_alive() -> None:
+    """A killed holder not yet reaped (a container without a reaping init) holds nothing."""
+    from cellvault.lock import holder_is_stale
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
+        assert not holder_is_stale(holder)  # alive and not expired
+        child.kill()
+        deadline = time.monotonic() + 5
+        state = ""
+        while state != "Z" and time.monotonic() < deadline:  # killed, not yet reaped
+            with open(f"/proc/{child.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        assert state == "Z"
+        assert holder_is_stale(holder)
+    finally:
+        child.kill()
+        child.wait()

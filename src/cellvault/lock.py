@@ -306,10 +306,22 @@ def _is_stale(holder: dict[str, Any]) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process *pid* runs on this host (a zombie, killed but not yet reaped, does not).
+
+    In a container whose first process does not reap orphans, a killed
+    holder stays a zombie: ``kill(pid, 0)`` still succeeds, yet it holds nothing.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return True  # no /proc: trust kill()
+    # "pid (comm) S ...": the state follows the last ")" (comm may hold spaces or parentheses).
+    state = stat_line[stat_line.rfind(b")") + 2 : stat_line.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
