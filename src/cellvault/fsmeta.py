@@ -194,7 +194,7 @@ def sparse_map_parse(head: bytes, realsize: int) -> tuple[list[tuple[int, int]],
 
 
 def special_kind(mode: int) -> str:
-    """What a path that is no file, directory or link is, for messages."""
+    """What a path that is not a regular file is, in words (for messages)."""
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISFIFO(mode):
@@ -203,6 +203,10 @@ def special_kind(mode: int) -> str:
         return "character device"
     if stat.S_ISBLK(mode):
         return "block device"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISDIR(mode):
+        return "directory"
     return "special file"
 
 

@@ -16,24 +16,9 @@ import os
 import stat
 from typing import IO
 
-__all__ = ["SwappedFile", "check_same", "open_scanned", "special_kind"]
+from .fsmeta import special_kind
 
-
-def special_kind(mode: int) -> str:
-    """What a path that is not a file, directory or link is, in words."""
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISFIFO(mode):
-        return "named pipe"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    return "special file"
+__all__ = ["SwappedFile", "check_same", "open_scanned"]
 
 
 class SwappedFile(OSError):
