@@ -49,6 +49,8 @@ PACKAGES: dict[str, str] = {
     "setpriv": "util-linux",
     # cellvault mount (tests/ops/test_mount.py): unmounting, and libfuse3 with it.
     "fusermount3": "fuse3",
+    # Encryption at rest (tests/test_crypt.py): the stock age | zstd | tar restore.
+    "age": "age",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -239,39 +239,62 @@ class Keyring:
 
     files: tuple[Path, ...] = ()
     fetch: Callable[[], Sequence[str]] | None = attrs.field(default=None, repr=False)
-    _identities: list[Any] | None = attrs.field(init=False, default=None, repr=False)
-    _publics: set[str] = attrs.field(init=False, factory=set, repr=False)
+    _loaded: dict[str, tuple[list[Any], set[str]]] = attrs.field(
+        init=False, factory=dict, repr=False
+    )
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
-    def identities(self) -> list[Any]:
-        """Every identity (read once, when first asked for)."""
+    def _load(self, source: str) -> tuple[list[Any], set[str]]:
         with self._lock:
-            if self._identities is None:
+            if source not in self._loaded:
                 found: list[Any] = []
                 publics: set[str] = set()
-                for path in self.files:
-                    text = _read_key_file(path, "identity file (BACKUP_AGE_IDENTITY)")
-                    ids, pubs = parse_identities(text, f"identity file {path}")
+                if source == "files":
+                    texts = [
+                        (
+                            f"identity file {p}",
+                            _read_key_file(p, "identity file (BACKUP_AGE_IDENTITY)"),
+                        )
+                        for p in self.files
+                    ]
+                else:
+                    fetched = self.fetch() if self.fetch is not None else ()
+                    texts = [
+                        (f"identity {n} from the secret store hook", t)
+                        for n, t in enumerate(fetched, 1)
+                    ]
+                for where, text in texts:
+                    ids, pubs = parse_identities(text, where)
                     found += ids
                     publics |= pubs
-                for n, text in enumerate(self.fetch() if self.fetch is not None else (), 1):
-                    ids, pubs = parse_identities(text, f"identity {n} from the secret store hook")
-                    found += ids
-                    publics |= pubs
-                self._identities, self._publics = found, publics
-            return self._identities
+                self._loaded[source] = (found, publics)
+            return self._loaded[source]
 
-    def require(self, sidecar: Sidecar) -> list[Any]:
+    def identities(self, *, fetch: bool = True) -> tuple[list[Any], set[str]]:
+        """Every identity and the fingerprints of those whose public key is known.
+
+        Read once, when first asked for; the hook (*fetch*) only when asked to
+        be used: a read verify after a backup does not call a secret store.
+        """
+        found, publics = self._load("files")
+        if fetch and self.fetch is not None:
+            more, more_publics = self._load("hook")
+            return found + more, publics | more_publics
+        return found, publics
+
+    def known(self) -> frozenset[str]:
+        """The fingerprints of the recipients the identities match, where known."""
+        return frozenset(self.identities()[1])
+
+    def require(self, sidecar: Sidecar, *, fetch: bool = True) -> list[Any]:
         """The identities for *sidecar*; :class:`KeyMissing` naming the key it needs otherwise.
 
-        When an identity's public key is unknown (a plugin's), the archive is
-        only refused when there is no identity at all: opening it tells.
+        When an identity's public key is unknown, the archive is only refused
+        when there is no identity at all: opening it tells.
         """
-        identities = self.identities()
+        identities, publics = self.identities(fetch=fetch)
         needed = sidecar.encryption or ()
-        if not identities or (
-            len(self._publics) == len(identities) and not self._publics.intersection(needed)
-        ):
+        if not identities or (len(publics) >= len(identities) and not publics.intersection(needed)):
             raise missing_key(sidecar, given=bool(identities))
         return identities
 
@@ -435,11 +458,15 @@ def open_small(data: bytes, sidecar: Sidecar, keyring: Keyring | None = None) ->
 
 
 def can_open(sidecar: Sidecar, keyring: Keyring | None = None) -> bool:
-    """Whether *sidecar*'s data can be read here (plain, or an identity is given for it)."""
+    """Whether *sidecar*'s data can be read here: plain, or an identity file opens it.
+
+    The secret-store hook is not asked: what only checks when it can (a read
+    verify, a sync's manifest check) does not fetch keys.
+    """
     if sidecar.encryption is None:
         return True
     try:
-        (keyring or current()).require(sidecar)
+        (keyring or current()).require(sidecar, fetch=False)
     except KeyMissing:
         return False
     return True
