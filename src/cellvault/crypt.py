@@ -551,3 +551,70 @@ def kept_manifest(folder: Path, sidecar: Sidecar) -> Manifest | None:
     except (ArchiveCorrupt, ValueError):
         return None
     return manifest if manifest.archive == str(sidecar.id) else None
+
+
+_GENERATION = re.compile(r"\.k(?P<n>[1-9]\d{0,5})(?=\.tar\.)")
+
+
+def resealed_name(data_name: str) -> str:
+    """The data name an archive gets when :func:`reseal` writes it anew.
+
+    ``<id>.tar.zst`` becomes ``<id>.tar.zst.age``; a sealed ``<id>.tar.zst.age``
+    becomes ``<id>.k1.tar.zst.age``, then ``.k2``...: a new object beside the
+    old one, so that the sidecar alone says which one counts.
+    """
+    if not data_name.endswith(SUFFIX):
+        return data_name + SUFFIX
+    found = _GENERATION.search(data_name)
+    if found is None:
+        stem, _, rest = data_name.partition(".tar.")
+        return f"{stem}.k1.tar.{rest}"
+    return _GENERATION.sub(f".k{int(found['n']) + 1}", data_name, count=1)
+
+
+def reseal(raw: IO[bytes], sidecar: Sidecar, out: Path, recipients: Recipients) -> tuple[int, str]:
+    """Re-encrypt the stored data *raw* of *sidecar* to *recipients* into the file *out*.
+
+    age to age (or plain to age), never decompressed: the plaintext passes
+    from the decrypting thread to the encrypting one through a pipe. The
+    stored bytes' size and sha256 are compared with the sidecar's, and age
+    authenticates every chunk, before the result counts. Returns the new
+    object's size and sha256.
+    """
+    pyrage = _pyrage()
+    hashing = HashingReader(raw)
+    source: Any = hashing
+    if sidecar.encryption is not None:
+        source = Opened(hashing, current().require(sidecar), sidecar)
+    try:
+        with open(out, "xb", opener=_private) as f:
+            written = HashingWriter(f)
+            try:
+                pyrage.encrypt_io(source, written, list(recipients.keys))
+            except pyrage.EncryptError as exc:
+                raise ArchiveCorrupt(
+                    f"cannot re-encrypt ({exc})", archive=str(sidecar.id)
+                ) from None
+            f.flush()
+            os.fsync(f.fileno())
+        source.drain()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.unlink()
+        raise
+    finally:
+        if source is not hashing:
+            source.close()
+    if hashing.count != sidecar.size or hashing.hexdigest() != sidecar.sha256:
+        out.unlink()
+        raise ArchiveCorrupt(
+            f"the stored data ({hashing.count} bytes) does not match its sidecar; not re-encrypted",
+            archive=str(sidecar.id),
+            hint="verify the archive; restore it from another target",
+        )
+    return written.count, written.hexdigest()
+
+
+def reseal_small(data: bytes, sidecar: Sidecar, recipients: Recipients) -> bytes:
+    """A small stored object of *sidecar* (its manifest copy) sealed to *recipients*."""
+    return bytes(_pyrage().encrypt(open_small(data, sidecar), list(recipients.keys)))

@@ -77,6 +77,8 @@ _ROOT = re.compile(r"[^/\x00]{1,255}")
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _ID = re.compile(r"cell_(?P<cell>[a-z0-9][a-z0-9_-]*)_(?P<stamp>\d{8}_\d{6})", re.ASCII)
 DATA_SUFFIXES = (".tar.zst", ".tar.gz", ".tar.zst.age", ".tar.gz.age")
+#: A data name after ``cellvault rekey``: a generation before the sealed suffix.
+_RESEALED = re.compile(r"\.k[1-9]\d{0,5}\.tar\.(zst|gz)\.age")
 #: The most recipients one archive is believed to be sealed to.
 MAX_RECIPIENTS = 64
 
@@ -111,7 +113,9 @@ def check_roots(value: Any, *, archive: str = "?") -> dict[str, str]:
 
 def check_data_name(name: Any, stem: str) -> str:
     """A sidecar's ``data``: exactly ``<stem>.tar.zst`` or ``<stem>.tar.gz`` (``.age`` when sealed)."""
-    if not isinstance(name, str) or name not in {stem + s for s in DATA_SUFFIXES}:
+    if not isinstance(name, str) or not (
+        name in {stem + s for s in DATA_SUFFIXES} or _RESEALED.fullmatch(name.removeprefix(stem))
+    ):
         raise ArchiveCorrupt(
             f"data name {name!r} is not {stem}.tar.zst or {stem}.tar.gz (or .age after either)",
             archive=stem,

@@ -36,6 +36,7 @@ from .ops import browse, listing
 from .ops import mount as mount_op
 from .ops import partial as partial_op
 from .ops import prune as prune_op
+from .ops import rekey as rekey_op
 from .ops import restore as restore_op
 from .ops import verify as verify_op
 from .ops.backup import iter_failures
@@ -353,6 +354,35 @@ class Vault:
                 level=level,
             )
             run.finish(report, metrics=self.write_metrics)
+        return report
+
+    def rekey(
+        self,
+        cells: Names = None,
+        *,
+        targets: Names = None,
+        select: str | Selector = "latest",
+        all_archives: bool = False,
+    ) -> rekey_op.RekeyReport:
+        """Re-encrypt stored archives to the current recipients, without decompressing them.
+
+        The archives *select* picks (the newest, or every match with
+        *all_archives*) of *cells* on *targets* are decrypted with this
+        vault's identities and sealed again to ``BACKUP_ENCRYPT_RECIPIENTS``
+        as one stream each; an archive stored in the clear is sealed. Each is
+        committed like a backup (a new object, then its manifest copy, then
+        the sidecar); the old object is deleted after. See ``docs/encryption.md``.
+        """
+        with self._open("rekey") as run:
+            report = rekey_op.rekey(
+                run,
+                self._resources(),
+                names(cells),
+                targets=names(targets, "targets"),
+                select=select,
+                all_archives=all_archives,
+            )
+            run.finish(report)
         return report
 
     def list(self, cells: Names = None, *, targets: Names = None) -> list[ArchiveInfo]:
