@@ -21,7 +21,7 @@ import pytest
 
 from cellvault import Cell, Config, TargetSpec
 from cellvault.crypt import Keyring, fingerprint, parse_recipients
-from cellvault.errors import ConfigError, KeyMissing
+from cellvault.errors import ArchiveCorrupt, ConfigError, KeyMissing
 from cellvault.hookspecs import hookimpl
 from cellvault.log import redact_text
 from tests.helpers import clock, make_vault, write_tree
@@ -261,6 +261,9 @@ def test_a_truncated_ciphertext_is_refused(tmp_path: Path, keys: tuple[Key, Key]
     (data,) = (tmp_path / "backup" / "crm").glob("*.tar.zst.age")
     data.write_bytes(data.read_bytes()[:-100])
     assert not vault.verify(level="quick").ok  # the size differs from the sidecar's
+    with pytest.raises(ArchiveCorrupt, match="truncated or replaced"):
+        vault.restore(into=tmp_path / "out", skip_prebackup=True)  # refused when planned
+    assert not (tmp_path / "out").exists()
     _reseal_truncated(tmp_path / "backup")
     assert vault.verify(level="quick").ok  # the pair agrees: only decrypting tells
     read = vault.verify(level="read")
