@@ -452,3 +452,26 @@ def test_rekey_on_the_command_line(tmp_path: Path, keys: tuple[Key, Key]) -> Non
     assert result.exit_code == 0, result.output
     assert "re-encrypted as cell_crm_20250101_020000.k1.tar.zst.age" in result.stdout
     assert old.secret not in result.output and new.secret not in result.output
+
+
+def test_sync_copies_encrypted_archives_and_verifies_them_with_the_identity(
+    tmp_path: Path, keys: tuple[Key, Key]
+) -> None:
+    from cellvault.dr import Site
+
+    backup = tmp_path / "backup"
+    storage = TargetSpec("nas", str(tmp_path / "storage"))
+    where = [TargetSpec("local", str(backup)), storage]
+    ticks = clock()
+    keyless = _vault(tmp_path, [keys[0].recipient], targets=where, clock=ticks)
+    assert keyless.backup(targets=["local"]).ok
+    pushed = Site(keyless, "primary").push()
+    assert pushed.ok and len(pushed.copied) == 1  # a host without the identity copies them
+    _no_plaintext(_stored(tmp_path / "storage"))
+    assert keyless.backup(targets=["local"]).ok
+    refused = Site(keyless, "primary").push(verify=True)
+    assert not refused.ok and keys[0].recipient in str(refused.to_dict())
+    keyed = _vault(tmp_path, [keys[0].recipient], targets=where, age_identity=keys[0].path)
+    checked = Site(keyed, "primary").push(verify=True)
+    assert checked.ok and len(checked.copied) == 1, checked
+    assert keyed.verify(level="full", targets=["nas"], all_archives=True).ok
