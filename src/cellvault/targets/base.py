@@ -138,6 +138,29 @@ class Target(abc.ABC):
         with self.open_read(key) as f:
             return f.read()
 
+    #: Whether :meth:`replace_if` is a compare-and-swap of the store itself
+    #: (S3's ``If-Match``). Leases on other targets take a stale lease over
+    #: through a claim made with :meth:`create_exclusive` (see
+    #: :mod:`cellvault.lock`).
+    conditional_replace: bool = False
+
+    def read_tagged(self, key: str, limit: int) -> tuple[bytes, str]:
+        """At most *limit* + 1 bytes of *key*, and the tag of that very version.
+
+        The tag (an ETag) changes whenever *key* is written; it is what
+        :meth:`replace_if` compares. Only for target types with
+        :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        """Store *data* at *key* only if its tag is still *tag*; tell whether it did.
+
+        ``False`` when *key* changed or is gone since the tag was read. Only
+        for target types with :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
+
     def fetch(self, key: str, local: Path) -> None:
         """Copy *key* to the local file *local*."""
         with self.open_read(key) as src, open(local, "wb") as dst:
