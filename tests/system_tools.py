@@ -69,6 +69,8 @@ PACKAGES: dict[str, str] = {
     # The examples' checks: the shell wrappers linted, the systemd units verified.
     "shellcheck": "shellcheck",
     "systemd-analyze": "systemd",
+    # Encryption at rest (tests/test_crypt.py): the stock age | zstd | tar restore.
+    "age": "age",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -32,6 +32,7 @@ import tenacity
 
 from ..archive import ArchiveId, Sidecar
 from ..cell import is_cell_name
+from ..crypt import open_small
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetError
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
@@ -418,6 +419,7 @@ class Target(abc.ABC):
         """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar*."""
         limit = manifest_limit(sidecar.files, sidecar.manifest_size)
         try:
+            raw = open_small(raw, sidecar)
             body = bounded_zstd(raw, limit, archive=str(sidecar.id))
         except ArchiveCorrupt as exc:
             raise ArchiveCorrupt(exc.detail, archive=str(sidecar.id), target=self.name) from None
