@@ -25,8 +25,10 @@ def tests(session: nox.Session) -> None:
     First the programs the tests run (rsync, zstd, OpenSSH, the database
     clients, redis-server): ``tests/system_tools.py`` installs the missing
     ones as root with apt-get, saying what; otherwise it prints the command
-    to run, and the tests that need them are skipped with it (failed under
-    CI=true).
+    to run, and the tests that need them are skipped with it. Under
+    ``CI=true`` (``.ci/run`` exports it) nothing is skipped: a missing
+    program, module, server or root fails its test, and a session that
+    skipped any test fails (docs/testing.md, the skip policy).
     """
     session.run("python", "-m", "tests.system_tools", "--install", external=True)
     session.install("-e", TEST_EXTRAS)

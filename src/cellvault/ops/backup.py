@@ -78,7 +78,7 @@ def backup(
     kind = to_kind(kind or run.config.backup_type)
     chosen = configured_cells(run.config, cells)
     # A restore of these cells that was killed is settled before their data is read.
-    recover_cells(run, chosen, operation="backup")
+    recover_cells(run, chosen, operation="backup", dumpers=res.dumpers)
     tgts = res.chosen(targets)
     epoch = check_fence(run, res, tgts, "backup")
     started = time.monotonic()
