@@ -26,9 +26,9 @@ from cellvault.hookspecs import hookimpl
 from cellvault.log import redact_text
 from tests.helpers import clock, make_vault, write_tree
 from tests.servers.fixtures import S3Bucket
-from tests.system_tools import require
+from tests.system_tools import import_module, require
 
-pyrage = pytest.importorskip("pyrage", reason="pip install 'cellvault[crypt]'")
+pyrage = import_module("pyrage", "'cellvault[crypt]'")
 
 #: Known plaintext, in a cell file and in a dump: random and larger than a zstd block,
 #: so that a plain archive holds its middle verbatim (the search is shown to find it there).
