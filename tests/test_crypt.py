@@ -475,3 +475,25 @@ def test_sync_copies_encrypted_archives_and_verifies_them_with_the_identity(
     checked = Site(keyed, "primary").push(verify=True)
     assert checked.ok and len(checked.copied) == 1, checked
     assert keyed.verify(level="full", targets=["nas"], all_archives=True).ok
+
+
+def test_a_failed_encrypted_pack_leaves_no_thread_and_nothing_in_the_spool(
+    tmp_path: Path, keys: tuple[Key, Key]
+) -> None:
+    import threading
+
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.bin": FILE_MARK})
+    failing = {"type": "command", "name": "db", "command": [sys.executable, "-c", "exit(3)"]}
+    vault = make_vault(
+        tmp_path / "backup",
+        [Cell("crm", [crm], dumpers=[failing])],
+        encrypt_recipients=(keys[0].recipient,),
+        extra={"BACKUP_ALERT_LOG": "off"},
+        clock=clock(),
+    )
+    report = vault.backup()
+    assert not report.ok and report.cells[0].stage == "dump"  # failed while packing
+    assert not [t for t in threading.enumerate() if t.name == "cellvault-seal"]
+    spool = tmp_path / "backup" / ".cellvault" / "spool"
+    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert not list((tmp_path / "backup").glob("crm/*.age"))
