@@ -14,8 +14,10 @@ settings, each a pair:
 * ``read-keyless``: the same, without the identity (a backup host holding only
   the public key): the check of the encrypted archive is its size and sha256.
 
-Wall time and peak RSS (``os.wait4``, through ``run.run_steps``) per run;
-medians and the encrypted/plain ratio per setting. Warm page cache (the
+Wall time, CPU time (user + system, from ``getrusage`` of the children) and
+peak RSS (``os.wait4``, through ``run.run_steps``) per run; medians and the
+encrypted/plain ratios per setting. CPU time moves far less than wall time
+on a machine other jobs share. Warm page cache (the
 corpus is read once first). Prints a Markdown table for docs/performance.md
 and writes the JSON beside it.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -67,15 +70,20 @@ def _env(base: dict[str, str], setting: str, sealed: bool, key: tuple[str, Path]
     return env
 
 
-def one(env: dict[str, str], repo: Path) -> harness.Measurement:
-    """One full backup into the empty *repo*; removed after."""
+def one(env: dict[str, str], repo: Path) -> dict[str, float]:
+    """One full backup into the empty *repo*: wall and CPU seconds, peak RSS, archive size."""
     shutil.rmtree(repo, ignore_errors=True)
     env = dict(env, BACKUP_DIR=str(repo))
     step = harness.Step([[sys.executable, "-m", "cellvault", "backup", "--type", "full"]])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        return harness.run_steps([step], env)
+        m = harness.run_steps([step], env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stored = sum(p.stat().st_size for p in (repo / "bench").glob("cell_*.tar.*"))
     finally:
         shutil.rmtree(repo, ignore_errors=True)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": m.wall, "cpu": cpu, "peak_mib": m.peak_kib / 1024, "stored_mib": stored / 2**20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--corpus", type=Path, help="reuse this corpus instead of generating one")
+    parser.add_argument(
+        "--src", type=Path, help="measure the cellvault in this copy of src/ (git archive REV src)"
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     tree = args.corpus or args.work / "corpus"
@@ -96,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     drop = ("BACKUP_", "RESTORE_", "CELLVAULT_")  # the caller's own configuration
     base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     base.update(BACKUP_CELLS="bench", BACKUP_CELL_BENCH_PATHS=str(tree), BACKUP_ALERT_LOG="off")
-    src = Path(__file__).resolve().parent.parent / "src"
+    src = args.src or Path(__file__).resolve().parent.parent / "src"
     base["PYTHONPATH"] = str(src)
     one(_env(base, "noverify", False, key), args.work / "repo")  # warm the page cache
     runs: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -105,21 +116,26 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             order = (False, True) if rep % 2 == 0 else (True, False)
             for sealed in order:
-                m = one(_env(base, setting, sealed, key), args.work / "repo")
                 runs[setting]["age" if sealed else "plain"].append(
-                    {"wall": m.wall, "peak_mib": m.peak_kib / 1024}
+                    one(_env(base, setting, sealed, key), args.work / "repo")
                 )
                 time.sleep(1.1)  # archive ids have whole seconds
     rows = []
     for setting, pair in runs.items():
         plain = statistics.median(r["wall"] for r in pair["plain"])
         sealed = statistics.median(r["wall"] for r in pair["age"])
+        plain_cpu = statistics.median(r["cpu"] for r in pair["plain"])
+        sealed_cpu = statistics.median(r["cpu"] for r in pair["age"])
         rows.append(
             {
                 "setting": setting,
                 "plain": plain,
                 "age": sealed,
                 "ratio": sealed / plain,
+                "plain_cpu": plain_cpu,
+                "age_cpu": sealed_cpu,
+                "cpu_ratio": sealed_cpu / plain_cpu,
+                "stored_mib": statistics.median(r["stored_mib"] for r in pair["age"]),
                 "plain_peak_mib": statistics.median(r["peak_mib"] for r in pair["plain"]),
                 "age_peak_mib": statistics.median(r["peak_mib"] for r in pair["age"]),
                 "plain_runs": [round(r["wall"], 2) for r in pair["plain"]],
@@ -135,13 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = args.work / "encryption.json"
     out.write_text(json.dumps(result, indent=2))
-    print("| setting | plain (median) | age (median) | age / plain | peak RSS plain / age |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| setting | wall plain | wall age | age / plain | CPU plain | CPU age | age / plain "
+        "| peak RSS plain / age |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
             f"| {r['setting']} | {r['plain']:.2f} s | {r['age']:.2f} s | {r['ratio']:.2f}x "
+            f"| {r['plain_cpu']:.2f} s | {r['age_cpu']:.2f} s | {r['cpu_ratio']:.2f}x "
             f"| {r['plain_peak_mib']:.0f} / {r['age_peak_mib']:.0f} MiB |"
         )
+    print(f"\nencrypted archive: {rows[0]['stored_mib']:.0f} MiB")
     print(
         f"\nruns (s): {json.dumps({r['setting']: [r['plain_runs'], r['age_runs']] for r in rows})}"
     )
