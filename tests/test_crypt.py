@@ -127,6 +127,10 @@ def test_nothing_is_in_clear_on_s3(
     objects = s3_bucket.objects()
     _no_plaintext({k: v for k, v in objects.items() if "/crm/" in k})
     assert vault.verify(level="read").ok  # digests of the ciphertext, without a key
+    keyed = _vault(tmp_path, [keys[0].recipient], targets=[spec], age_identity=keys[0].path)
+    assert keyed.verify(level="full").ok  # decrypted from S3 as it streams
+    assert keyed.restore(into=tmp_path / "out", skip_prebackup=True).ok
+    assert (tmp_path / "out" / "crm" / "crm" / "db" / "ledger.db").read_bytes() == FILE_MARK
 
 
 def test_stock_age_zstd_tar_restore_an_archive(tmp_path: Path, keys: tuple[Key, Key]) -> None:
