@@ -23,6 +23,7 @@ from .cell import Cell, validate_cell_name
 from .codec import get_codec
 from .errors import ConfigError
 from .retention import RetentionPolicy
+from .signing import key_list
 from .specs import DEFAULT_TTL, DumperSpec, TargetSpec
 
 __all__ = [
@@ -99,6 +100,10 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_KEEP_MONTHLY",
     # Hook scripts (cellvault.hooks): restore_hook_<cell>.sh and its siblings.
     "BACKUP_HOOKS_DIR",
+    "BACKUP_SIGNING_KEY",
+    "BACKUP_VERIFY_KEYS",
+    "BACKUP_VERIFY_KEYS_FILE",
+    "BACKUP_REQUIRE_SIGNED",
     "BACKUP_HOOK_TIMEOUT",
     "RESTORE_HOOKS_DIR",
     # Disaster recovery (cellvault.dr): the seed's DR_* names, and DR_TARGET.
@@ -271,6 +276,18 @@ class Config:
     #: ``ingress/<namespace>/<name>/<service name, {site} for the site>``).
     dr_switch_command: str | None = None
     dr_switch_k8s: str | None = None
+    #: Signed sidecars (:mod:`cellvault.signing`): the site's Ed25519 private
+    #: key file (``BACKUP_SIGNING_KEY``), the public keys trusted besides its
+    #: own (``BACKUP_VERIFY_KEYS``; ``BACKUP_VERIFY_KEYS_FILE``, one a line),
+    #: and whether unsigned archives are refused (``BACKUP_REQUIRE_SIGNED``).
+    signing_key: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_abspath)
+    )
+    verify_keys: tuple[str, ...] = attrs.field(default=(), converter=key_list)
+    verify_keys_file: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_abspath)
+    )
+    require_signed: bool = False
     #: The file this configuration was read from (``--env-file`` or
     #: ``--config``), or ``None``. Relative paths of plugins' settings (the
     #: alert log) are taken from its folder. Not part of a config's value.
@@ -464,6 +481,10 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         dr_watch_heartbeat_age=_float(env, "DR_WATCH_HEARTBEAT_AGE", 300.0),
         dr_switch_command=env.get("DR_SWITCH_COMMAND", "").strip() or None,
         dr_switch_k8s=env.get("DR_SWITCH_K8S", "").strip() or None,
+        signing_key=env.get("BACKUP_SIGNING_KEY", "").strip() or None,
+        verify_keys=env.get("BACKUP_VERIFY_KEYS", ""),
+        verify_keys_file=env.get("BACKUP_VERIFY_KEYS_FILE", "").strip() or None,
+        require_signed=env_flag(env, "BACKUP_REQUIRE_SIGNED", False),
         source=env_file,
     )
 
@@ -663,6 +684,10 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "dr_watch_heartbeat_age": (int, float),
     "dr_switch_command": (str,),
     "dr_switch_k8s": (str,),
+    "signing_key": (str,),
+    "verify_keys": (str, list),
+    "verify_keys_file": (str,),
+    "require_signed": (bool,),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 

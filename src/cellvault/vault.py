@@ -46,6 +46,7 @@ from .plugins import make_plugin_manager
 from .report import BackupReport, RestoreReport, VerifyReport
 from .retention import PruneReport
 from .run import Run, open_run
+from .signing import Keyring
 from .state import StateFile
 from .status import StatusReport
 from .targets.base import Target
@@ -108,6 +109,13 @@ class Vault:
         self.clock = clock
         self.host = socket.gethostname()
         self.codec: Codec = get_codec(config.codec, config.level)
+        #: The site's signing key and the public keys archives are checked against.
+        self.keyring: Keyring = Keyring.load(
+            signing_key=config.signing_key,
+            verify_keys=config.verify_keys,
+            verify_keys_file=config.verify_keys_file,
+            require=config.require_signed,
+        )
         self.targets: list[Target] = [self._make_target(spec) for spec in config.target_specs]
         #: DR fencing: who may write to the shared targets (:mod:`cellvault.fence`). A
         #: plugin that writes to a shared target calls ``vault.fence.check("what")`` first.
@@ -150,6 +158,7 @@ class Vault:
                 f"target {spec.name}: no target type handles {spec.display()}",
                 hint="install the plugin or fsspec backend for this URL scheme",
             )
+        target.keyring = self.keyring
         return target  # type: ignore[no-any-return]
 
     def _make_dumpers(self, cell: Cell) -> tuple[Dumper, ...]:

@@ -19,6 +19,7 @@ import attrs
 
 from ..errors import TargetError
 from ..log import get_logger
+from ..modes import private_dirs, private_opener
 from ..targets.base import Target
 from .records import HISTORY_FOLDER, MARKER_KEY, SITES_FOLDER, FailoverMarker, SiteRecord
 
@@ -29,9 +30,9 @@ log = get_logger(__name__)
 
 def _write_local(path: Path, data: bytes) -> None:
     """Write *path* whole or not at all (a temporary file, synced, renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb", opener=private_opener) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

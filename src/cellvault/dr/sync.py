@@ -34,6 +34,7 @@ from ..errors import ArchiveCorrupt, CellvaultError, LockHeld, TargetError
 from ..extract import verify_archive
 from ..lock import Lease
 from ..log import get_logger
+from ..modes import private_dirs, private_opener
 from ..retention import plan
 from ..run import error_text
 from ..targets.base import Target
@@ -172,10 +173,10 @@ def _transfer(
             return
         # The destination cannot take a stream: spool to a local file, checked
         # as it is written, then store that file whole.
-        spool.mkdir(parents=True, exist_ok=True)
+        private_dirs(spool)
         part = spool / f"{sidecar.data_name}.part"
         try:
-            with open(part, "wb") as out:
+            with open(part, "wb", opener=private_opener) as out:
                 for block in iter(lambda: reader.read(_BLOCK), b""):
                     out.write(block)
                 out.flush()
@@ -247,7 +248,8 @@ def copy_archive(
     manifest_raw = _read_small(src, src.manifest_key(ident), "manifest copy", ident)
     src.parse_manifest(sidecar, manifest_raw)
     sidecar_raw = _read_small(src, src.sidecar_key(ident), "sidecar", ident)
-    if Sidecar.from_json(sidecar_raw, name=str(ident)).sha256 != sidecar.sha256:
+    again = src.trusted(Sidecar.from_json(sidecar_raw, name=str(ident), cell=ident.cell))
+    if again.canonical() != sidecar.canonical() or again.signature != sidecar.signature:
         raise ArchiveCorrupt(
             "its sidecar changed while it was being copied", archive=str(ident), target=src.name
         )

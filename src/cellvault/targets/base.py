@@ -21,6 +21,7 @@ import abc
 import builtins
 import contextlib
 import errno
+import hashlib
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -32,9 +33,17 @@ import tenacity
 
 from ..archive import ArchiveId, Sidecar
 from ..cell import is_cell_name
-from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetError
+from ..errors import (
+    ArchiveCorrupt,
+    ArchiveNotFound,
+    CellvaultError,
+    SignatureError,
+    TargetError,
+)
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
+from ..modes import private_opener
+from ..signing import Keyring
 from ..specs import TargetSpec
 from ..trust import MAX_SIDECAR_BYTES, bounded_zstd, manifest_limit
 
@@ -97,6 +106,9 @@ class Target(abc.ABC):
     #: The checksum kinds :meth:`stat` can report for this target type. A
     #: backup records these in the sidecar so a quick verify can compare them.
     stat_checksums: frozenset[str] = frozenset()
+    #: The public keys every sidecar read from this target is checked against
+    #: (:mod:`cellvault.signing`); the vault that makes the target sets it.
+    keyring: Keyring = Keyring()
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
@@ -140,7 +152,7 @@ class Target(abc.ABC):
 
     def fetch(self, key: str, local: Path) -> None:
         """Copy *key* to the local file *local*."""
-        with self.open_read(key) as src, open(local, "wb") as dst:
+        with self.open_read(key) as src, open(local, "wb", opener=private_opener) as dst:
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
 
@@ -325,7 +337,10 @@ class Target(abc.ABC):
             except FileNotFoundError:
                 continue  # pruned while we listed
             try:
-                out.append(Sidecar.from_json(raw, name=stem, cell=cell))
+                out.append(self.trusted(Sidecar.from_json(raw, name=stem, cell=cell)))
+            except SignatureError as exc:
+                self.__dict__.setdefault("_refused", {})[ArchiveId.parse(stem)] = str(exc)
+                self.distrust(f"{cell}/{entry.name}", str(exc))
             except ArchiveCorrupt as exc:
                 self.distrust(f"{cell}/{entry.name}", str(exc))
         out.sort(key=lambda s: s.id)
@@ -349,6 +364,11 @@ class Target(abc.ABC):
         if not logged:
             log.warning("sidecar.unreadable", target=self.name, key=key, error=error)
 
+    def refused(self, cell: str) -> dict[ArchiveId, str]:
+        """The archives of *cell* whose signature a listing refused, and why."""
+        seen: dict[ArchiveId, str] = self.__dict__.get("_refused", {})
+        return {i: why for i, why in seen.items() if i.cell == cell}
+
     def distrusted(self) -> builtins.list[tuple[str, str, str]]:
         """(target, key, error) of every object of this target :meth:`distrust` met."""
         seen: dict[str, str] = self.__dict__.get("_distrusted", {})
@@ -361,7 +381,16 @@ class Target(abc.ABC):
                 raw = self.retrying(self.read_bytes, self.sidecar_key(ident))
         except FileNotFoundError:
             raise ArchiveNotFound(f"archive {ident} is not on target {self.name}") from None
-        return Sidecar.from_json(raw, name=str(ident), cell=ident.cell)
+        return self.trusted(Sidecar.from_json(raw, name=str(ident), cell=ident.cell))
+
+    def trusted(self, sidecar: Sidecar) -> Sidecar:
+        """*sidecar*, once its signature is checked against :attr:`keyring`.
+
+        Raises :class:`~cellvault.errors.SignatureError` (an
+        :class:`ArchiveCorrupt`) naming this target when it is refused.
+        """
+        self.keyring.check(sidecar, target=self.name)
+        return sidecar
 
     @contextlib.contextmanager
     def open_archive(self, sidecar: Sidecar) -> Iterator[IO[bytes]]:
@@ -393,6 +422,15 @@ class Target(abc.ABC):
 
     def parse_manifest(self, sidecar: Sidecar, raw: bytes) -> Manifest:
         """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar*."""
+        if sidecar.manifest_sha256 is not None and (
+            hashlib.sha256(raw).hexdigest() != sidecar.manifest_sha256
+        ):
+            raise ArchiveCorrupt(
+                "manifest copy does not match the sha256 its sidecar records (replaced or damaged)",
+                archive=str(sidecar.id),
+                target=self.name,
+                hint="restore from another target; the archive's own manifest is inside its data",
+            )
         limit = manifest_limit(sidecar.files, sidecar.manifest_size)
         try:
             body = bounded_zstd(raw, limit, archive=str(sidecar.id))

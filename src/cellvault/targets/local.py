@@ -20,6 +20,7 @@ from typing import IO
 
 from ..errors import ConfigError, TargetError
 from ..hookspecs import hookimpl
+from ..modes import private_dirs, private_opener
 from ..specs import TargetSpec
 from .base import ObjectInfo, ObjectStat, Target
 
@@ -46,11 +47,11 @@ class LocalTarget(Target):
 
     def put_file(self, local: Path, key: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         tmp = self._tmp(path)
         try:
             if not _link_once(local, tmp):
-                with open(local, "rb") as src, open(tmp, "wb") as dst:
+                with open(local, "rb") as src, open(tmp, "wb", opener=private_opener) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                     dst.flush()
                     os.fsync(dst.fileno())
@@ -63,7 +64,7 @@ class LocalTarget(Target):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         tmp = self._tmp(path)
         try:
             _write_synced(tmp, data)
@@ -76,7 +77,7 @@ class LocalTarget(Target):
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         tmp = self._tmp(path)
         try:
             _write_synced(tmp, data)
@@ -98,6 +99,8 @@ class LocalTarget(Target):
         return open(self._path(key), "rb")
 
     def fetch(self, key: str, local: Path) -> None:
+        # Created 0600 first: copyfile keeps the mode of a file it overwrites.
+        open(local, "wb", opener=private_opener).close()
         shutil.copyfile(self._path(key), local)
 
     def stat(self, key: str) -> ObjectStat:
@@ -127,7 +130,7 @@ class LocalTarget(Target):
 
     def check(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dirs(self.root)
         except OSError as exc:
             raise TargetError(
                 f"cannot create {self.root} ({exc.strerror})",
@@ -161,7 +164,7 @@ def _link_once(local: Path, tmp: Path) -> bool:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with open(path, "wb", opener=private_opener) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
