@@ -236,7 +236,9 @@ def test_key_parsing_and_configuration_errors(tmp_path: Path, keys: dict[str, Pa
         Keyring.load(signing_key=tmp_path / "absent.key")
     listed = tmp_path / "trusted.pub"
     listed.write_text(f"# the primary\n{text}\n\n{ssh.decode()} dr\n")
-    assert set(Keyring.load(verify_keys_file=listed).trusted) == {key_id(public)}
+    assert set(Keyring.load(verify_keys=[str(listed)]).trusted) == {key_id(public)}
+    with pytest.raises(ConfigError, match="cannot read the public keys file"):
+        Keyring.load(verify_keys=[str(tmp_path / "absent.pub")])
 
 
 def test_keygen_command_writes_a_private_pair_and_never_overwrites(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from .cell import Cell, validate_cell_name
 from .codec import get_codec
 from .errors import ConfigError
 from .retention import RetentionPolicy
-from .signing import key_list
 from .specs import DEFAULT_TTL, DumperSpec, TargetSpec
 
 __all__ = [
@@ -102,8 +101,8 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_HOOKS_DIR",
     "BACKUP_SIGNING_KEY",
     "BACKUP_VERIFY_KEYS",
-    "BACKUP_VERIFY_KEYS_FILE",
     "BACKUP_REQUIRE_SIGNED",
+    "BACKUP_OBJECT_LOCK",
     "BACKUP_HOOK_TIMEOUT",
     "RESTORE_HOOKS_DIR",
     # Disaster recovery (cellvault.dr): the seed's DR_* names, and DR_TARGET.
@@ -163,6 +162,10 @@ def _not_negative(_: object, attribute: attrs.Attribute[float], value: float) ->
 
 def _abspath(value: str | os.PathLike[str]) -> Path:
     return Path(value).expanduser().absolute()
+
+
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else _abspath(value)
 
 
 def _cells(value: Iterable[Cell]) -> tuple[Cell, ...]:
@@ -276,18 +279,12 @@ class Config:
     #: ``ingress/<namespace>/<name>/<service name, {site} for the site>``).
     dr_switch_command: str | None = None
     dr_switch_k8s: str | None = None
-    #: Signed sidecars (:mod:`cellvault.signing`): the site's Ed25519 private
-    #: key file (``BACKUP_SIGNING_KEY``), the public keys trusted besides its
-    #: own (``BACKUP_VERIFY_KEYS``; ``BACKUP_VERIFY_KEYS_FILE``, one a line),
-    #: and whether unsigned archives are refused (``BACKUP_REQUIRE_SIGNED``).
-    signing_key: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_abspath)
-    )
-    verify_keys: tuple[str, ...] = attrs.field(default=(), converter=key_list)
-    verify_keys_file: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_abspath)
-    )
+    #: Signed sidecars (:mod:`cellvault.signing`): the site's private key, trusted public keys.
+    signing_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    verify_keys: tuple[str, ...] = attrs.field(default=(), converter=parse_names)
     require_signed: bool = False
+    #: Object Lock on S3 (:mod:`cellvault.immutability`): governance, compliance or None.
+    object_lock: str | None = None
     #: The file this configuration was read from (``--env-file`` or
     #: ``--config``), or ``None``. Relative paths of plugins' settings (the
     #: alert log) are taken from its folder. Not part of a config's value.
@@ -483,8 +480,8 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         dr_switch_k8s=env.get("DR_SWITCH_K8S", "").strip() or None,
         signing_key=env.get("BACKUP_SIGNING_KEY", "").strip() or None,
         verify_keys=env.get("BACKUP_VERIFY_KEYS", ""),
-        verify_keys_file=env.get("BACKUP_VERIFY_KEYS_FILE", "").strip() or None,
         require_signed=env_flag(env, "BACKUP_REQUIRE_SIGNED", False),
+        object_lock=env.get("BACKUP_OBJECT_LOCK"),
         source=env_file,
     )
 
@@ -686,8 +683,8 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "dr_switch_k8s": (str,),
     "signing_key": (str,),
     "verify_keys": (str, list),
-    "verify_keys_file": (str,),
     "require_signed": (bool,),
+    "object_lock": (str,),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 

@@ -15,8 +15,8 @@ sha256, the chain and everything a later version adds.
 
 Whoever reads an archive (restore, verify at every level, ``dr sync``) checks
 the sidecar with :meth:`Keyring.check` before reading anything else: a
-signature by a key that is not trusted (``BACKUP_VERIFY_KEYS``, plus the
-public half of the site's own signing key), or one that does not match the
+signature by a key that is not trusted (``BACKUP_VERIFY_KEYS``: keys, or files of
+keys one a line, plus the public half of the site's own signing key), or one that does not match the
 sidecar, is refused with :class:`~cellvault.errors.SignatureError`; an
 unsigned sidecar (written before signing was set up) is accepted with a
 warning, unless ``BACKUP_REQUIRE_SIGNED=1``.
@@ -57,7 +57,6 @@ __all__ = [
     "Keyring",
     "generate_keypair",
     "key_id",
-    "key_list",
     "load_private_key",
     "parse_public_key",
     "public_key_text",
@@ -108,14 +107,6 @@ def parse_public_key(text: str, *, where: str = "BACKUP_VERIFY_KEYS") -> Ed25519
     )
 
 
-def key_list(value: str | Iterable[str]) -> tuple[str, ...]:
-    """Public keys as configured: a list, or one string of them separated by commas or lines."""
-    items = value.replace("\n", ",").split(",") if isinstance(value, str) else list(value)
-    if not all(isinstance(k, str) for k in items):
-        raise ConfigError(f"verify_keys must be strings, not {items!r}")
-    return tuple(k.strip() for k in items if k.strip())
-
-
 def read_public_keys(path: Path) -> list[Ed25519PublicKey]:
     """The public keys in the file *path*: one a line; blank lines and ``#`` comments skipped."""
     try:
@@ -123,7 +114,7 @@ def read_public_keys(path: Path) -> list[Ed25519PublicKey]:
     except OSError as exc:
         raise ConfigError(
             f"cannot read the public keys file {path} ({exc.strerror or exc})",
-            hint="check BACKUP_VERIFY_KEYS_FILE",
+            hint="check BACKUP_VERIFY_KEYS: an entry that is not a key is a file of keys",
         ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"the public keys file {path} is not text") from None
@@ -242,20 +233,23 @@ class Keyring:
         *,
         signing_key: Path | None = None,
         verify_keys: Iterable[str] = (),
-        verify_keys_file: Path | None = None,
         require: bool = False,
     ) -> Keyring:
         """The keyring of a configuration; :class:`ConfigError` for a key that is not one."""
         signer = load_private_key(signing_key) if signing_key is not None else None
-        publics = [parse_public_key(k) for k in verify_keys]
-        if verify_keys_file is not None:
-            publics += read_public_keys(verify_keys_file)
+        publics: list[Ed25519PublicKey] = []
+        for entry in verify_keys:
+            # A key, or the path of a file of keys (one a line).
+            if entry.startswith((_PREFIX, _SSH)):
+                publics.append(parse_public_key(entry))
+            else:
+                publics += read_public_keys(Path(entry))
         if signer is not None:
             publics.append(signer.public_key())
         if require and not publics:
             raise ConfigError(
                 "BACKUP_REQUIRE_SIGNED is on but no key to check signatures with is configured",
-                hint="set BACKUP_VERIFY_KEYS (or BACKUP_VERIFY_KEYS_FILE, or BACKUP_SIGNING_KEY)",
+                hint="set BACKUP_VERIFY_KEYS (public keys or files of them) or BACKUP_SIGNING_KEY",
             )
         return cls(signer, {key_id(k): k for k in publics}, require)
 

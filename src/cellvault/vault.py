@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .events import Event
 from .fence import Fence, fence_for, write_heartbeat
 from .hooks import ScriptHooks
+from .immutability import ObjectLock, lock_mode
 from .layout import BackupDirLayout
 from .notify import alert_settings
 from .ops import backup as backup_op
@@ -113,7 +114,6 @@ class Vault:
         self.keyring: Keyring = Keyring.load(
             signing_key=config.signing_key,
             verify_keys=config.verify_keys,
-            verify_keys_file=config.verify_keys_file,
             require=config.require_signed,
         )
         self.targets: list[Target] = [self._make_target(spec) for spec in config.target_specs]
@@ -159,6 +159,9 @@ class Vault:
                 hint="install the plugin or fsspec backend for this URL scheme",
             )
         target.keyring = self.keyring
+        mode = lock_mode(self.config.object_lock)
+        if mode is not None:
+            target.object_lock = ObjectLock(mode, self.config.retention_for(spec.name))
         return target  # type: ignore[no-any-return]
 
     def _make_dumpers(self, cell: Cell) -> tuple[Dumper, ...]:

@@ -256,6 +256,7 @@ def copy_archive(
     _retrying(functools.partial(_transfer, src, dst, sidecar, spool, progress), src, dst, ident)
     with dst.guard(f"store archive {ident}"):
         dst.retrying(dst.put_bytes, dst.manifest_key(ident), manifest_raw)
+        dst.protect(sidecar, [_data_key(sidecar), dst.manifest_key(ident)])
     if verify:
         # Read back what arrived and check every member before it counts.
         with dst.open_archive(sidecar) as raw:
@@ -264,6 +265,7 @@ def copy_archive(
         before_commit()
     with dst.guard(f"commit archive {ident}"):
         dst.retrying(dst.put_bytes, dst.sidecar_key(ident), sidecar_raw)
+        dst.protect(sidecar, [dst.sidecar_key(ident)])
 
 
 def clear_spool(spool: Path) -> list[str]:

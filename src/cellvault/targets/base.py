@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import builtins
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import re
@@ -40,6 +41,7 @@ from ..errors import (
     SignatureError,
     TargetError,
 )
+from ..immutability import ObjectLock
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
 from ..modes import private_opener
@@ -109,6 +111,9 @@ class Target(abc.ABC):
     #: The public keys every sidecar read from this target is checked against
     #: (:mod:`cellvault.signing`); the vault that makes the target sets it.
     keyring: Keyring = Keyring()
+    #: Object Lock retention for what is stored (:mod:`cellvault.immutability`),
+    #: applied by target types that can (:meth:`protect`); set by the vault.
+    object_lock: ObjectLock | None = None
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
@@ -289,10 +294,25 @@ class Target(abc.ABC):
         with self.guard(f"store archive {ident}"):
             self.retrying(self.put_file, data, f"{ident.cell}/{sidecar.data_name}")
             self.retrying(self.put_file, manifest, self.manifest_key(ident))
+            self.protect(sidecar, [f"{ident.cell}/{sidecar.data_name}", self.manifest_key(ident)])
         if before_commit is not None:
             before_commit()
         with self.guard(f"commit archive {ident}"):
             self.retrying(self.put_bytes, self.sidecar_key(ident), sidecar.to_json())
+            self.protect(sidecar, [self.sidecar_key(ident)])
+
+    def protect(self, sidecar: Sidecar, keys: builtins.list[str]) -> None:
+        """Lock *keys* of *sidecar*'s archive against deletion, as :attr:`object_lock` says.
+
+        Called after the data and manifest copy are stored, then after the
+        sidecar (whose call also applies the chain rule). The default locks
+        nothing: target types that can lock objects override it.
+        """
+        return None
+
+    def locked_until(self, sidecar: Sidecar) -> dt.datetime | None:
+        """Until when the store refuses to delete *sidecar*'s archive (``None``: it does not)."""
+        return None
 
     def cells(self) -> builtins.list[str]:
         """The cells whose folder on this target holds at least one committed archive.
