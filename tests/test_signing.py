@@ -269,3 +269,50 @@ def test_env_configuration_of_signing(tmp_path: Path, keys: dict[str, Path]) -> 
     )
     assert config.signing_key == keys["site"] and config.require_signed
     assert config.verify_keys == (public, public)
+
+
+def test_the_signing_key_never_reaches_a_run_log_or_an_alert(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    from cellvault import hookimpl
+    from cellvault.log import redact_text
+
+    pem = keys["site"].read_text()
+    secret_lines = [line for line in pem.splitlines() if "-----" not in line]
+    assert secret_lines
+    assert not any(line in redact_text(f"tool said: {pem} and more") for line in secret_lines)
+    # Cut short (no END line): masked to the end all the same.
+    assert secret_lines[0] not in redact_text(pem[: len(pem) // 2])
+
+    class Leaky:
+        """A hook whose error quotes the key file (a tool that echoes its input)."""
+
+        @hookimpl
+        def cellvault_before_backup(self, cell: Any, archive: str) -> None:
+            raise RuntimeError(f"could not sign with {pem}")
+
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "a.txt").write_text("a\n")
+    alerts = tmp_path / "alerts.jsonl"
+    from cellvault import Cell, Config
+
+    vault = Vault(
+        Config(
+            backup_dir=tmp_path / "backup",
+            cells=[Cell("crm", [cell])],
+            signing_key=keys["site"],
+            extra={"BACKUP_ALERT_LOG": str(alerts)},
+        ),
+        load_entry_points=False,
+        plugins=[Leaky()],
+    )
+    report = vault.backup(kind="full")
+    assert not report.ok
+    written = alerts.read_text() + "".join(
+        p.read_text() for p in (tmp_path / "backup" / "logs").iterdir()
+    )
+    assert "could not sign with" in written
+    assert not any(line in written for line in secret_lines)
+    assert "error" in json.dumps(report.to_dict())
+    assert not any(line in json.dumps(report.to_dict()) for line in secret_lines)

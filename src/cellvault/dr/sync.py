@@ -311,7 +311,12 @@ class _CellCopy:
         src_ids = self.src.archive_ids(self.cell)
         there = set(self.dst.archive_ids(self.cell))
         missing_ids = [i for i in src_ids if i not in there]
-        missing = [self.src.sidecar(i) for i in missing_ids]
+        missing = []
+        for ident in missing_ids:
+            try:
+                missing.append(self.src.sidecar(ident))
+            except ArchiveCorrupt as exc:  # a forged or unreadable sidecar fails alone
+                self.bad[ident] = str(exc)
         ignored: list[str] = []
         if self.select is not None:
             reasons = {s.id: self.select(s) for s in missing}
