@@ -25,7 +25,7 @@ from cellvault.cli import cli
 from cellvault.errors import SignatureError
 from cellvault.signing import (
     DOMAIN,
-    Keyring,
+    SigningKeys,
     generate_keypair,
     key_id,
     load_private_key,
@@ -97,7 +97,7 @@ def test_a_backup_signs_its_sidecar_over_every_field(tmp_path: Path, keys: dict[
 
     public.verify(base64.b64decode(sig["sig"]), DOMAIN + canonical_json(body))
     sidecar = Sidecar.from_json(site.sidecar_path(site.full).read_bytes(), name=site.full)
-    assert Keyring(trusted={key_id(public): public}).check(sidecar) == "signed"
+    assert SigningKeys(trusted={key_id(public): public}).check(sidecar) == "signed"
     # Round trip: what is written again is what was read.
     assert json.loads(sidecar.to_json()) == json.loads(site.sidecar_path(site.full).read_bytes())
 
@@ -152,7 +152,7 @@ def test_a_sidecar_signed_by_an_unknown_key_is_refused(
     site = Site(tmp_path, keys["site"])
     body = site.body(site.full)
     del body["signature"]
-    forged = Keyring(signer=load_private_key(keys["other"])).sign(
+    forged = SigningKeys(signer=load_private_key(keys["other"])).sign(
         Sidecar.from_json(json.dumps(body).encode(), name=site.full)
     )
     site.sidecar_path(site.full).write_bytes(forged.to_json())
@@ -227,18 +227,18 @@ def test_key_parsing_and_configuration_errors(tmp_path: Path, keys: dict[str, Pa
         with pytest.raises(ConfigError, match="not an Ed25519 public key"):
             parse_public_key(bad)
     with pytest.raises(ConfigError, match="no key to check signatures"):
-        Keyring.load(require=True)
+        SigningKeys.load(require=True)
     (tmp_path / "junk.key").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n")
     with pytest.raises(ConfigError) as info:
-        Keyring.load(signing_key=tmp_path / "junk.key")
+        SigningKeys.load(signing_key=tmp_path / "junk.key")
     assert "not a key" not in str(info.value)
     with pytest.raises(ConfigError, match="cannot read the signing key"):
-        Keyring.load(signing_key=tmp_path / "absent.key")
+        SigningKeys.load(signing_key=tmp_path / "absent.key")
     listed = tmp_path / "trusted.pub"
     listed.write_text(f"# the primary\n{text}\n\n{ssh.decode()} dr\n")
-    assert set(Keyring.load(verify_keys=[str(listed)]).trusted) == {key_id(public)}
+    assert set(SigningKeys.load(verify_keys=[str(listed)]).trusted) == {key_id(public)}
     with pytest.raises(ConfigError, match="cannot read the public keys file"):
-        Keyring.load(verify_keys=[str(tmp_path / "absent.pub")])
+        SigningKeys.load(verify_keys=[str(tmp_path / "absent.pub")])
 
 
 def test_keygen_command_writes_a_private_pair_and_never_overwrites(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from .trust import (
     check_count,
     check_data_name,
     check_digest,
+    check_encryption,
     check_holder,
     check_roots,
 )
@@ -265,6 +266,9 @@ class Sidecar:
     manifest_size: int | None = None
     #: The token of the lease the committing run held on this target (fencing).
     lease: str | None = None
+    #: The fingerprints of the age recipients the data and manifest copy are
+    #: sealed to (:mod:`cellvault.crypt`); ``None`` when they are not encrypted.
+    encryption: tuple[str, ...] | None = None
     #: sha256 of the stored manifest copy (``<id>.manifest.json.zst``), so that
     #: the signature covers the manifest too; absent in older sidecars.
     manifest_sha256: str | None = None
@@ -281,12 +285,22 @@ class Sidecar:
 
     def canonical(self) -> bytes:
         """What the signature covers: every field but the signature, as canonical JSON."""
-        if self.signed_body is not None:
-            return self.signed_body
-        return canonical_json(self.body())
+        return canonical_json(self._kept() or self.body())
+
+    def _kept(self) -> dict[str, Any] | None:
+        """The fields as read (unknown ones too), while every known one still has its value.
+
+        A sidecar changed since it was read (``attrs.evolve``) is written from
+        its fields, and its old signature no longer matches it.
+        """
+        if self.signed_body is None:
+            return None
+        raw: dict[str, Any] = json.loads(self.signed_body)
+        known = self.body()
+        return raw if all(k in raw and raw[k] == v for k, v in known.items()) else None
 
     def to_json(self) -> bytes:
-        body = json.loads(self.signed_body) if self.signed_body is not None else self.body()
+        body = self._kept() or self.body()
         if self.signature is not None:
             body["signature"] = dict(self.signature)
         return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
@@ -307,6 +321,8 @@ class Sidecar:
             body["manifest_size"] = self.manifest_size
         if self.lease is not None:
             body["lease"] = self.lease
+        if self.encryption is not None:
+            body["encryption"] = {"scheme": "age", "recipients": list(self.encryption)}
         if self.manifest_sha256 is not None:
             body["manifest_sha256"] = self.manifest_sha256
         return body
@@ -347,6 +363,7 @@ class Sidecar:
                 if declared is None
                 else check_count(declared, "manifest_size", archive=stem),
                 lease=str(data["lease"]) if data.get("lease") is not None else None,
+                encryption=check_encryption(data.get("encryption"), data["data"], stem),
                 manifest_sha256=None
                 if data.get("manifest_sha256") is None
                 else check_digest(data["manifest_sha256"], archive=stem),

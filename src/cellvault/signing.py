@@ -14,7 +14,7 @@ Through the sidecar it covers the data's sha256 and size, the manifest copy's
 sha256, the chain and everything a later version adds.
 
 Whoever reads an archive (restore, verify at every level, ``dr sync``) checks
-the sidecar with :meth:`Keyring.check` before reading anything else: a
+the sidecar with :meth:`SigningKeys.check` before reading anything else: a
 signature by a key that is not trusted (``BACKUP_VERIFY_KEYS``: keys, or files of
 keys one a line, plus the public half of the site's own signing key), or one that does not match the
 sidecar, is refused with :class:`~cellvault.errors.SignatureError`; an
@@ -54,7 +54,7 @@ __all__ = [
     "ALGORITHM",
     "DOMAIN",
     "KeyPair",
-    "Keyring",
+    "SigningKeys",
     "generate_keypair",
     "key_id",
     "load_private_key",
@@ -199,7 +199,7 @@ def generate_keypair(private: Path, public: Path | None = None) -> KeyPair:
     return KeyPair(private, public, text, key_id(key.public_key()))
 
 
-# What Keyring.check warned about already: (target, archive).
+# What SigningKeys.check warned about already: (target, archive).
 _WARNED: set[tuple[str, str]] = set()
 _WARNED_LOCK = threading.Lock()
 
@@ -213,10 +213,10 @@ def _warn_once(event: str, target: str, archive: str, **fields: Any) -> None:
 
 
 @attrs.frozen
-class Keyring:
+class SigningKeys:
     """The site's signing key and the public keys its archives are checked against.
 
-    The empty keyring (the default) signs nothing and checks nothing: every
+    The empty set (the default) signs nothing and checks nothing: every
     archive is believed as before signing existed.
     """
 
@@ -234,8 +234,8 @@ class Keyring:
         signing_key: Path | None = None,
         verify_keys: Iterable[str] = (),
         require: bool = False,
-    ) -> Keyring:
-        """The keyring of a configuration; :class:`ConfigError` for a key that is not one."""
+    ) -> SigningKeys:
+        """The keys of a configuration; :class:`ConfigError` for a key that is not one."""
         signer = load_private_key(signing_key) if signing_key is not None else None
         publics: list[Ed25519PublicKey] = []
         for entry in verify_keys:
@@ -255,12 +255,12 @@ class Keyring:
 
     @property
     def signs(self) -> bool:
-        """Whether sidecars written with this keyring are signed."""
+        """Whether sidecars written with these keys are signed."""
         return self.signer is not None
 
     @property
     def checks(self) -> bool:
-        """Whether sidecars read with this keyring are checked."""
+        """Whether sidecars read with these keys are checked."""
         return bool(self.trusted) or self.require
 
     def sign(self, sidecar: Sidecar) -> Sidecar:
@@ -314,9 +314,9 @@ class Keyring:
                 "restore another archive or from another target",
             )
         try:
-            public.verify(
-                base64.b64decode(sig.get("sig", ""), validate=True), DOMAIN + sidecar.canonical()
-            )
+            # The bytes as read, when read: nothing this version does not know is lost.
+            body = sidecar.signed_body if sidecar.signed_body is not None else sidecar.canonical()
+            public.verify(base64.b64decode(sig.get("sig", ""), validate=True), DOMAIN + body)
         except (InvalidSignature, binascii.Error, ValueError):
             raise SignatureError(
                 f"the signature of its sidecar (key {sig['key']}) does not match the sidecar: "
