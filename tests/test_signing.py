@@ -316,3 +316,42 @@ def test_the_signing_key_never_reaches_a_run_log_or_an_alert(
     assert not any(line in written for line in secret_lines)
     assert "error" in json.dumps(report.to_dict())
     assert not any(line in json.dumps(report.to_dict()) for line in secret_lines)
+
+
+def test_encrypted_signed_archives_rekeyed_stay_signed_and_checked(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    pyrage = pytest.importorskip("pyrage", reason="pip install 'cellvault[crypt]'")
+    old, new = (pyrage.x25519.Identity.generate() for _ in range(2))
+    for name, identity in (("old", old), ("new", new)):
+        (tmp_path / f"{name}.age").write_text(f"{identity}\n")
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "a.txt").write_text("a\n")
+    clock = TickingClock(dt.datetime(2025, 1, 1, 2, 0, tzinfo=UTC))
+
+    def vault(recipient: Any, identity: str, **config: Any) -> Vault:
+        return make_vault(
+            tmp_path / "backup",
+            [cell],
+            clock=clock,
+            encrypt_recipients=[str(recipient.to_public())],
+            age_identity=tmp_path / f"{identity}.age",
+            signing_key=keys["site"],
+            **config,
+        )
+
+    full = vault(old, "old").backup(kind="full").cells[0].archive
+    sidecar = tmp_path / "backup" / "crm" / f"{full}.json"
+    body = json.loads(sidecar.read_text())
+    assert "encryption" in body and "signature" in body  # the encryption field is signed too
+    assert vault(new, "old").rekey().ok
+    again = json.loads(sidecar.read_text())
+    assert again["signature"] != body["signature"] and again["sha256"] != body["sha256"]
+    checker = vault(new, "new", require_signed=True)
+    assert checker.verify(level="full").ok
+    assert checker.restore(into=tmp_path / "out", skip_prebackup=True).ok
+    # Pointing the signed sidecar at the old recipients is a change the signature refuses.
+    again["encryption"]["recipients"] = body["encryption"]["recipients"]
+    sidecar.write_text(json.dumps(again))
+    assert not checker.verify(level="quick").ok
