@@ -2,7 +2,7 @@
 
 With ``BACKUP_OBJECT_LOCK=governance`` (or ``compliance``), every object of
 an archive written to a target that can lock objects (S3 with Object Lock
-enabled on the bucket) is locked until the day the retention policy would
+enabled on the bucket; a local directory, through the immutable attribute) is locked until the day the retention policy would
 release it: its stamp plus ``keep_full_days`` for a full archive,
 ``keep_incremental_days`` for an incremental (or :attr:`ObjectLock.days` for
 both, when a program sets it). The chain rule: an archive an incremental needs is kept
