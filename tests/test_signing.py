@@ -355,3 +355,62 @@ def test_encrypted_signed_archives_rekeyed_stay_signed_and_checked(
     again["encryption"]["recipients"] = body["encryption"]["recipients"]
     sidecar.write_text(json.dumps(again))
     assert not checker.verify(level="quick").ok
+
+
+def test_the_format_page_s_hand_check_of_a_signature_runs_as_written(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
+    script = re.search(r"python3 - (\S+) (\S+) <<'PY'\n(.*?)\nPY\n", page, re.S)
+    assert script is not None
+    site = Site(tmp_path, keys["site"])
+    pub = keys["site"].parent / "site.key.pub"
+
+    def check(sidecar: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-", str(sidecar), str(pub)],
+            input=script[3],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    good = check(site.sidecar_path(site.full))
+    assert good.returncode == 0 and good.stdout.strip() == "signature ok", good.stderr
+    body = site.body(site.full)
+    body["size"] += 1
+    site.write(site.full, body)
+    bad = check(site.sidecar_path(site.full))
+    assert bad.returncode != 0 and "InvalidSignature" in bad.stderr
+
+
+def test_the_command_line_refuses_a_forged_archive_without_a_traceback(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    site = Site(tmp_path, keys["site"])
+    body = site.body(site.incr)
+    body["files"] += 1
+    site.write(site.incr, body)
+    public = (keys["site"].parent / "site.key.pub").read_text().strip()
+    env = {
+        "BACKUP_DIR": str(site.backup),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELL_CRM_PATHS": str(site.cell),
+        "BACKUP_VERIFY_KEYS": public,
+    }
+    runner = CliRunner()
+    out = tmp_path / "out"
+    restored = runner.invoke(
+        cli, ["restore", "--date", site.incr, "--into", str(out), "--skip-prebackup"], env=env
+    )
+    assert restored.exit_code == 1, restored.output
+    assert f"archive {site.incr}" in restored.output and "does not match" in restored.output
+    assert "Traceback" not in restored.output
+    assert not out.exists() or not any(out.rglob("*"))
+    verified = runner.invoke(cli, ["verify", "--level", "quick"], env=env)
+    assert verified.exit_code == 1, verified.output
+    assert site.incr in verified.output
