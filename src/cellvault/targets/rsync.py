@@ -212,6 +212,9 @@ class RsyncTarget(Target):
     def read_bytes(self, key: str) -> bytes:
         """The content of *key*; for a symbolic link (a lease made by
         :meth:`create_exclusive`), its target text, never what it points to."""
+        return self.read_bounded(key, -1)
+
+    def read_bounded(self, key: str, limit: int) -> bytes:
         with tempfile.TemporaryDirectory(dir=self._scratch_dir()) as dst:
             local = Path(dst) / "key"
             self._run(["--links", self._remote(key), str(local)])
@@ -219,7 +222,8 @@ class RsyncTarget(Target):
                 return os.readlink(os.fsencode(local)).removeprefix(_MUNGED)
             if not local.is_file():
                 raise FileNotFoundError(key)  # a folder: rsync copied nothing
-            return local.read_bytes()
+            with open(local, "rb") as f:
+                return f.read(limit + 1 if limit >= 0 else -1)
 
     def open_read(self, key: str) -> IO[bytes]:
         self.scratch.mkdir(parents=True, exist_ok=True)
