@@ -128,6 +128,8 @@ class RsyncTarget(Target):
             if parts.port:
                 ssh += ["-p", str(parts.port)]
             ssh += [str(o) for o in spec.options.get("ssh_options", ())]
+            # After the operator's options: ssh keeps the first value it is given.
+            ssh += ["-o", "ConnectTimeout=15"]
             self.args += ["-e", " ".join(ssh)]
             root = path[1:] if path.startswith("//") else path.lstrip("/")
             if path.startswith("//"):
