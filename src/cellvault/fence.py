@@ -145,8 +145,8 @@ def _read_on(target: Target) -> Epoch | None:
         except FileNotFoundError:
             continue
         except DrError as exc:
-            # A record nobody could have written through claim_epoch: reported, not believed.
-            log.warning("fence.epoch_unusable", target=target.name, key=key, error=str(exc))
+            # A record nobody could have written through claim_epoch: reported once, not believed.
+            target.distrust(key, exc.message)
     return None
 
 

@@ -147,6 +147,11 @@ def test_hostile_records_on_the_shared_target_are_reported_once_and_ignored(
     # Each bad record is reported once (a second listing adds no warning).
     distrusted = {key for _, key, _ in markers.storage[0].distrusted()}
     assert distrusted == {f"{SITES_FOLDER}/{n}.json" for n in ("evil", "big", "bad")}
+    # dr status says which records it does not believe, once each.
+    report = site.status()
+    named = [w for w in report.warnings if "is not believed" in w]
+    assert sorted(w.split(": ")[1].split(" is not")[0] for w in named) == sorted(distrusted)
+    assert [r.site_id for r in report.sites] == ["dr"]
 
 
 def test_a_failover_marker_far_over_the_bound_is_unusable_without_being_read_whole(
