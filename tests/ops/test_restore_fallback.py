@@ -9,6 +9,11 @@ good copy anywhere, the restore fails and the live data is as it was.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +103,66 @@ def test_with_every_copy_damaged_the_restore_fails_and_the_live_data_stays(
     assert not report.ok
     assert snapshot(cell) == live
     assert not [p for p in cell.parent.iterdir() if p.name != "crm"]  # no staging left behind
+
+
+# -- killed while falling back (SIGKILL), settled by the next run -----------------------
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from cellvault import Cell, Config, TargetSpec, Vault
+    from tests.archive_helpers import TickingClock
+
+    backup, cell, first, second, at = sys.argv[1:6]
+
+    def on_event(event):
+        # Only once the restore reads the second copy: the first proved damaged.
+        if event.name == at and (at != "restore.reading" or event.target == "second"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    config = Config(
+        backup_dir=Path(backup), cells=[Cell("crm", [Path(cell)])],
+        targets=[TargetSpec("first", first), TargetSpec("second", second)],
+    )
+    vault = Vault(config, load_entry_points=False, clock=TickingClock(), on_event=on_event)
+    vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    sys.exit(3)  # not killed
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "expect"),
+    [("restore.reading", "live"), ("restore.fetched", "live"), ("restore.swapped", "backed up")],
+)
+def test_a_restore_killed_while_falling_back_is_settled_by_the_next_run(
+    tmp_path: Path, event: str, expect: str
+) -> None:
+    vault, cell, first, second = two_targets(tmp_path)
+    backed_up = snapshot(cell)
+    _flip(data_file(first))
+    (cell / "a.txt").write_text("live, newer than the backup\n")
+    live = snapshot(cell)
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(repo)]),
+    }
+    argv = [sys.executable, "-c", KILLER, str(tmp_path / "backup"), str(cell), str(first)]
+    done = subprocess.run(
+        [*argv, str(second), event], env=env, capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    # The next command on the cell (a backup) settles what the killed restore left.
+    assert vault.backup().ok
+    assert snapshot(cell) == (live if expect == "live" else backed_up)
+    left = [p.name for p in cell.parent.iterdir() if p.name != "crm"]
+    if expect == "live":
+        # Killed while staging, before the journal: only staged data is left, never live data.
+        assert all(name.startswith(".cellvault-restore-") for name in left)
+    else:
+        # No safety backup holds the replaced live data: it is kept, whole, and named.
+        (kept,) = left
+        assert kept.startswith(".cellvault-replaced-crm-")
+        assert snapshot(cell.parent / kept) == live
