@@ -5,7 +5,7 @@ prune, ``restore --into``): two sites share a store (a local directory as the
 object storage). Hypothesis plants a forged sidecar in the store and a
 hostile DR record (a site record, a failover marker, an epoch or a
 heartbeat, well-formed or not, small or huge); then the standby pulls
-(``sync --pull-only``), the primary pushes, both take ``dr status`` and the
+(``sync --pull-only``) and restores in place, the primary pushes, both take ``dr status`` and the
 standby runs ``doctor``. Whatever they answer, nothing outside their own
 area changes: the victim file and folder beside them, the live cells of both
 sites, billing's archives everywhere.
@@ -59,8 +59,10 @@ def outside(root: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"top": sorted(p.name for p in root.iterdir())}
     out["victim"] = (root / "victim.txt").read_bytes()
     out["elsewhere"] = _tree(root / "elsewhere")
-    for site in SITES:
-        out[f"cells-{site}"] = _tree(root / f"cells-{site}")
+    out["cells-primary"] = _tree(root / "cells-primary")
+    # The standby restores crm in place: only its billing must stay as it is.
+    out["cells-dr/billing"] = _tree(root / "cells-dr" / "billing")
+    out["cells-dr/top"] = sorted(p.name for p in (root / "cells-dr").iterdir())
     for where in ("backup-primary", "backup-dr", "store"):
         out[f"{where}/billing"] = _tree(root / where / "billing")
     return out
@@ -169,6 +171,7 @@ def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
     primary, standby = Site(vault(root, "primary"), "primary"), Site(vault(root, "dr"), "dr")
     for step in (
         standby.pull,
+        lambda: standby.vault.restore("latest", cells=["crm"], skip_prebackup=True),
         primary.push,
         standby.status,
         primary.status,
@@ -177,6 +180,9 @@ def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
         with contextlib.suppress(CellvaultError):  # a refusal is fine; leaving the area is not
             step()
     assert outside(root) == before
+    # What the in-place restore wrote stays inside the cell, as plain files and folders.
+    crm = root / "cells-dr" / "crm"
+    assert all(p.resolve().is_relative_to(crm) for p in crm.rglob("*"))
     # The standby's copies are whole archives of crm (or billing's, untouched above).
     for path in (root / "backup-dr" / "crm").glob("cell_*"):
         assert path.name.startswith("cell_crm_") and path.is_file() and not path.is_symlink()
