@@ -200,6 +200,7 @@ def load_staged_dumps(
     no_live: list[str] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
     on_read: Callable[[int], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -217,7 +218,8 @@ def load_staged_dumps(
     that cannot stage loads into the live store (between *on_loading* and
     *on_loaded*). With *no_live* (a list, a drill's), a dumper that cannot
     stage is not loaded at all; its name is appended there. *on_read* is
-    told the bytes each dumper reads through its :class:`LoadContext`.
+    told the bytes each dumper reads through its :class:`LoadContext`;
+    *on_start* is called with each dumper's name before it stages or loads.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -237,6 +239,8 @@ def load_staged_dumps(
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
         ctx.on_read = on_read
+        if on_start is not None:
+            on_start(ctx.dumper.name)
         if sides is not None:
             side = _load(ctx, llog, stage=True)
             if side is not None:

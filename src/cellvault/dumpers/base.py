@@ -191,6 +191,18 @@ class Dumper:
         """
         return None
 
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """The staged load *state* describes (its :meth:`StagedLoad.state`), rebuilt after a kill.
+
+        A restore killed between staging and the end of its swap leaves a
+        journal; the next run calls this to finish the swap or put the old
+        state back (see :mod:`cellvault.dumpers.staging`). Build the object
+        from *state* and this dumper's options only: no load context exists
+        then. ``None`` (the default): the side object is left for a person,
+        and the recovery names it.
+        """
+        return None
+
     def stock_restore(self, files: Sequence[str]) -> str | None:
         """How to load this dump by hand with stock tools, for ``dumper.json`` (optional)."""
         return None

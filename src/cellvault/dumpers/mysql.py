@@ -38,9 +38,9 @@ import secrets as _secrets
 import shutil
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO, Any, ClassVar
 
 import attrs
 
@@ -293,10 +293,28 @@ class MysqlDumper(Dumper):
             if self._unmovable(scratch):
                 swap.discard()
                 return None
+            swap.count()
         except BaseException:
             swap.discard()
             raise
         return swap
+
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """A scratch schema a killed restore left, with the live and the old database's names."""
+        names = [state.get(k) for k in ("side", "old", "db")]
+        if not all(isinstance(n, str) and n for n in names):
+            return None
+        side, old, db = (str(n) for n in names)
+        tables = state.get("tables")
+        return TableSwap(
+            self.name,
+            str(state.get("what")),
+            side,
+            sql=self.run_sql,
+            db=db,
+            old=old,
+            staged_tables=tables if isinstance(tables, int) else 0,
+        )
 
     def _unmovable(self, db: str) -> bool:
         return self.run_sql(MOVABLE_SQL.format(db=db)).strip() not in ("", "0")

@@ -142,7 +142,7 @@ def _restore_held(
     keep_excluded: bool = True,
 ) -> RestoreReport:
     # An earlier restore of these cells that was killed is settled first.
-    recovered = recover_cells(run, plans) if into_path is None else ()
+    recovered = recover_cells(run, plans, dumpers=res.dumpers) if into_path is None else ()
     safety: dict[str, str] = {}
     if into_path is None and not skip_prebackup:
         safety = safety_backup(run, res, plans)
@@ -324,9 +324,10 @@ class _Restore:
 
         sides = self.sides.setdefault(plan.cell.name, [])
 
-        def staged(_: StagedLoad) -> None:
+        def staged(side: StagedLoad) -> None:
             if journal is not None:
                 journal.staged([side.state() for side in sides if side.side])
+            self.run.emit("restore.dump_staged", cell=plan.cell.name, dumper=side.dumper)
 
         refused = prepare(
             self.run,
@@ -431,6 +432,8 @@ class _Restore:
         for side in self.sides.get(cell, ()):
             if not side.side:
                 continue  # written into the staged files: swapped with them
+            if journal is not None:
+                journal.swapping(side.dumper)
             side.swap()
             self.swapped_sides.append(side)
             self.parts[cell].states[f"dump:{side.dumper}"] = f"swapped in: {side.what}"
@@ -670,6 +673,7 @@ def prepare(
                 sides=sides,
                 on_staged=on_staged,
                 on_read=read,
+                on_start=lambda d: run.emit("restore.dump_loading", cell=name, dumper=d),
             )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
