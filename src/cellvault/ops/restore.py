@@ -28,7 +28,7 @@ from ..archive import Selector
 from ..dumpers.archive_io import load_staged_dumps
 from ..dumpers.members import DUMPS_ROOT
 from ..dumpers.staging import StagedLoad
-from ..errors import CellvaultError, ConfigError, RestoreError
+from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, RestoreError, TargetError
 from ..extract import ArchiveStream, StagedTree
 from ..journal import Journal
 from ..log import get_logger
@@ -52,7 +52,7 @@ from .outcome import (
     touched_text,
     undo_command,
 )
-from .plan import RestorePlan, plan_restore
+from .plan import RestorePlan, fall_back, plan_restore
 from .resources import Resources
 
 __all__ = [
@@ -581,10 +581,43 @@ def stage(
     except Exception as exc:  # noqa: BLE001 - reported and alerted by restore_failed
         if swap is not None:
             swap.discard()
+        if step != "staging" and isinstance(exc, ArchiveCorrupt | TargetError):
+            other = _staged_elsewhere(run, plan, exc, allow_external_links, into)
+            if other is not None:
+                return other
         return restore_failed(run, plan, step, exc, time.monotonic() - started)
     swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
     swap.warnings = tuple(tree.warnings)
     return swap
+
+
+def _staged_elsewhere(
+    run: Run, plan: RestorePlan, exc: CellvaultError, allow_external_links: bool, into: Path | None
+) -> Swap | CellRestore | None:
+    """Stage *plan* again from the next target holding its archive, the copy read being damaged.
+
+    Only the staging directory was written (and is gone); the live data is
+    untouched. ``None`` when no other target holds the archive and its chain.
+    """
+    other = fall_back(plan)
+    if other is None:
+        return None
+    warning = (
+        f"the copy of archive {plan.sidecar.id} on target {plan.target.name} is damaged or "
+        f"missing ({exc.message}); restored from target {other.target.name} instead"
+    )
+    log.warning(
+        "restore.copy_damaged",
+        cell=plan.cell.name,
+        archive=str(plan.sidecar.id),
+        target=plan.target.name,
+        error=exc.message,
+        instead=other.target.name,
+    )
+    result = stage(run, other, allow_external_links, into)
+    if isinstance(result, Swap):
+        result.warnings = (warning, *result.warnings)
+    return result
 
 
 def prepare(
