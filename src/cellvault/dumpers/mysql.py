@@ -51,6 +51,7 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .mytables import MOVABLE_SQL, TableSwap, ident
+from .myusers import USERS_FILE, grantees_sql, users_sql
 from .options import to_args, to_bool, to_list
 from .staging import StagedLoad
 
@@ -110,6 +111,9 @@ class MysqlDumper(Dumper):
     #: Drop each restored database first (whole-database restores), so that it
     #: is exactly the dump's. Off: tables created since the backup stay.
     clean: bool = attrs.field(default=True, converter=to_bool)
+    #: Also store the users with privileges on the databases, and those grants
+    #: (``users.sql``, see :mod:`.myusers`); created on restore when missing.
+    users: bool = attrs.field(default=False, converter=to_bool)
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password"})
 
@@ -251,6 +255,46 @@ class MysqlDumper(Dumper):
                 hint="check host, user, the password (password_env, defaults_file) and that "
                 "the databases exist",
             )
+        if self.users:
+            self._dump_users(ctx)
+
+    def _query(self, sql: str) -> str:
+        """Run *sql* on the dump's server; its raw output (batch, no column names)."""
+        with self._connection() as (conn, secrets):
+            result = run_tool(
+                [self.client_program, *conn, "--batch", "--raw", "--skip-column-names", "-e", sql],
+                what=f"dumper {self.name}: {self.client_program}",
+                secrets=secrets,
+                timeout=self.timeout,
+                hint="users = true reads mysql.user and the grants: the user needs SELECT on "
+                "the mysql database, or set users = false",
+            )
+        return result.stdout.decode()
+
+    def _dump_users(self, ctx: DumpContext) -> None:
+        """Store the users with privileges on the dumped databases (see :mod:`.myusers`)."""
+        grantees = [g for g in self._query(grantees_sql(self.databases)).splitlines() if g]
+        out = []
+        for grantee in grantees:
+            create = self._query(f"SHOW CREATE USER {grantee};")
+            grants = self._query(f"SHOW GRANTS FOR {grantee};").splitlines()
+            try:
+                out.append(users_sql(create, grants, self.databases))
+            except ValueError as exc:
+                raise DumpError(f"{ctx.where}: {grantee}: {exc}") from None
+        with ctx.open(USERS_FILE) as f:
+            f.write("".join(out).encode())
+        ctx.info["users"] = grantees
+
+    def _load_users(self, ctx: LoadContext) -> None:
+        """Create the stored users when missing, and give their grants (before the data)."""
+        if not self.users or USERS_FILE not in ctx.files():
+            return
+        with ctx.open(USERS_FILE) as raw:
+            sql = raw.read()
+        if sql.strip():
+            with self._connection() as (conn, secrets):
+                ctx.run([self.client_program, *conn, "--batch"], stdin=sql, secrets=secrets)
 
     def stock_restore(self, files: Sequence[str]) -> str | None:
         return f"{self.client_program} --user=<user> -p < {FILENAME}"
@@ -289,6 +333,7 @@ class MysqlDumper(Dumper):
             log.info("dump.not_staged", dumper=self.name, reason=exc.message)
             return None
         try:
+            self._load_users(ctx)
             side.load(ctx)
             if self._unmovable(scratch):
                 swap.discard()
@@ -352,6 +397,8 @@ class MysqlDumper(Dumper):
                 hint=f"it holds: {', '.join(dumped)}",
             )
         rename = {databases[0]: self.restore_database} if self.restore_database else {}
+        if not rename:  # grants name the databases as dumped
+            self._load_users(ctx)
         seen: set[tuple[str, str]] = set()
         with ctx.open(FILENAME) as raw:
             lines = filter_dump(
