@@ -229,3 +229,36 @@ def test_a_failing_load_of_each_dumper_leaves_the_live_cell_as_it_was(
         for k, v in result.parts.items()
         if k.startswith("files:")
     )
+
+
+def test_a_scratch_database_already_dropped_is_not_taken_for_a_swapped_one(
+    tmp_path: Path,
+    pg: PgDb,  # noqa: F811 - the fixture
+) -> None:
+    """Killed while discarding (phase ``staged``): the scratch database is gone, the live one stays."""
+    from cellvault.dumpers.postgres import PostgresDumper
+    from cellvault.journal import JOURNAL_PREFIX, recover
+
+    pg.sql("CREATE TABLE t (n int); INSERT INTO t VALUES (1), (2);")
+    dumper = PostgresDumper(name="pg", dsn=pg.dsn, mode="replace")
+    live = write_tree(tmp_path / "srv" / "app", {"a.txt": "live\n"})
+    staging = tmp_path / "srv" / ".cellvault-restore-x"
+    staging.mkdir()
+    side = {"dumper": "pg", "what": f"database {pg.name}", "side": f"{pg.name}_cvnew_00000000"}
+    journal = {
+        "cell": "crm",
+        "archive": "cell_crm_20250101_020000",
+        "staging": str(staging),
+        "phase": "staged",
+        "loaded": [],
+        "loading": None,
+        "roots": {},
+        "sides": [{**side, "old": f"{pg.name}_cvold_00000000", "db": pg.name}],
+        "safety_backup": None,
+    }
+    path = live.parent / f"{JOURNAL_PREFIX}crm.json"
+    path.write_text(json.dumps(journal))
+    (rec,) = recover("crm", [live], dumper.resume)
+    assert rec.action == "rolled back" and rec.settled, rec.describe()
+    assert pg.sql("SELECT count(*) FROM t;") == "2"  # the live database, untouched
+    assert not path.exists() and not staging.exists()

@@ -444,8 +444,15 @@ class _Restore:
     def _unswap_sides(self) -> None:
         """Put every swapped database back, then drop every side object."""
         for side in reversed(self.swapped_sides):
+            cell = next((c for c, sides in self.sides.items() if side in sides), "")
+            journal = self.journals.get(cell)
             try:
+                if journal is not None:
+                    journal.phase("rolling back")
+                    journal.swapping(side.dumper)
                 side.unswap()
+                if journal is not None:
+                    journal.unswapped(side.dumper)
                 state = f"swapped in, then rolled back: {side.what} is back"
             except Exception as exc:  # noqa: BLE001 - reported in the cell's parts
                 state = f"rollback failed, {side.what} holds the archive: {error_text(exc)}"
