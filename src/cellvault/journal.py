@@ -241,6 +241,8 @@ def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> l
     it returns ``None``, a side object is named for a person to settle.
     """
     out = []
+    dests = list(dests)
+    live = False
     for path in find(cell, dests):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -251,12 +253,22 @@ def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> l
             continue
         if _running(data):
             log.info("restore.journal_live", cell=cell, journal=str(path), pid=data.get("pid"))
+            live = True
             continue
         rec = _settle(data, resume)
         path.unlink(missing_ok=True)
         log.warning("restore.recovered", cell=cell, action=rec.action, detail=rec.describe())
         out.append(rec)
+    if not live:
+        _drop_torn_writes(cell, dests)
     return out
+
+
+def _drop_torn_writes(cell: str, dests: Iterable[Path]) -> None:
+    """Remove the half-written journal copies a restore killed mid-write left (never read)."""
+    for parent in {dest.parent for dest in dests}:
+        for tmp in parent.glob(f"{JOURNAL_PREFIX}{cell}.json.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _running(data: Mapping[str, Any]) -> bool:

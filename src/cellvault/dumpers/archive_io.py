@@ -201,6 +201,7 @@ def load_staged_dumps(
     on_staged: Callable[[StagedLoad], None] | None = None,
     on_read: Callable[[int], None] | None = None,
     on_start: Callable[[str], None] | None = None,
+    on_side: Callable[[StagedLoad], None] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -219,7 +220,9 @@ def load_staged_dumps(
     *on_loaded*). With *no_live* (a list, a drill's), a dumper that cannot
     stage is not loaded at all; its name is appended there. *on_read* is
     told the bytes each dumper reads through its :class:`LoadContext`;
-    *on_start* is called with each dumper's name before it stages or loads.
+    *on_start* is called with each dumper's name before it stages or loads;
+    *on_side* with a side object as soon as a dumper created it
+    (:meth:`LoadContext.side_created`), before loading into it.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -238,7 +241,7 @@ def load_staged_dumps(
             continue
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
-        ctx.on_read = on_read
+        ctx.on_read, ctx.on_side = on_read, on_side
         if on_start is not None:
             on_start(ctx.dumper.name)
         if sides is not None:

@@ -326,6 +326,7 @@ class MysqlDumper(Dumper):
             db=target,
             old=old,
         )
+        ctx.side_created(swap)  # journalled before it exists: a kill after CREATE leaves it named
         try:
             self.run_sql(f"CREATE DATABASE {ident(scratch)};")
         except LoadError as exc:

@@ -324,10 +324,12 @@ class _Restore:
 
         sides = self.sides.setdefault(plan.cell.name, [])
 
-        def staged(side: StagedLoad) -> None:
+        def staged(side: StagedLoad, loading: bool = False) -> None:
             if journal is not None:
-                journal.staged([side.state() for side in sides if side.side])
-            self.run.emit("restore.dump_staged", cell=plan.cell.name, dumper=side.dumper)
+                more = [side.state()] if loading and side.side else []
+                journal.staged([s.state() for s in sides if s.side] + more)
+            if not loading:
+                self.run.emit("restore.dump_staged", cell=plan.cell.name, dumper=side.dumper)
 
         refused = prepare(
             self.run,
@@ -340,6 +342,7 @@ class _Restore:
             on_loaded=loaded,
             sides=sides,
             on_staged=staged,
+            on_side=functools.partial(staged, loading=True),
         )
         for side in sides:
             parts.states[f"dump:{side.dumper}"] = (
@@ -606,6 +609,7 @@ def prepare(
     on_loaded: Callable[[str], None] | None = None,
     sides: list[StagedLoad] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
+    on_side: Callable[[StagedLoad], None] | None = None,
 ) -> CellRestore | None:
     """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
 
@@ -648,6 +652,7 @@ def prepare(
                 on_staged=on_staged,
                 on_read=read,
                 on_start=lambda d: run.emit("restore.dump_loading", cell=name, dumper=d),
+                on_side=on_side,
             )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
