@@ -60,6 +60,11 @@ __all__ = ["MysqlDumper", "filter_dump"]
 log = get_logger(__name__)
 
 FILENAME = "dump.sql"
+#: Why a database with views, routines, events or triggers cannot stage.
+_UNMOVABLE = (
+    "{db} has views, routines, events or triggers, which RENAME TABLE cannot move "
+    "to another database"
+)
 
 
 def _program(*names: str) -> str:
@@ -310,10 +315,14 @@ class MysqlDumper(Dumper):
         """
         restored = self._restored()
         if len(restored) != 1 or self.only_tables or not self.clean:
-            return None
+            return ctx.cannot_stage(
+                "only_tables and clean = false merge into the live database"
+                if self.only_tables or not self.clean
+                else "it restores several databases"
+            )
         target = self.restore_database or restored[0]
         if "'" in target or self._unmovable(target):
-            return None
+            return ctx.cannot_stage(_UNMOVABLE.format(db=target))
         suffix = _secrets.token_hex(4)
         scratch, old = f"{target[:40]}_cvnew_{suffix}", f"{target[:40]}_cvold_{suffix}"
         side = self.with_options({"restore_database": scratch})
@@ -332,13 +341,13 @@ class MysqlDumper(Dumper):
         except LoadError as exc:
             # A user without CREATE on other databases loads in place, as before.
             log.info("dump.not_staged", dumper=self.name, reason=exc.message)
-            return None
+            return ctx.cannot_stage(f"the user may not create the scratch database {scratch}")
         try:
             self._load_users(ctx)
             side.load(ctx)
             if self._unmovable(scratch):
                 swap.discard()
-                return None
+                return ctx.cannot_stage(_UNMOVABLE.format(db="the dump"))
             swap.count()
         except BaseException:
             swap.discard()

@@ -481,7 +481,9 @@ class PostgresDumper(Dumper):
         dump does not know), so it cannot stage: it loads before the swap.
         """
         if self.mode != "replace":
-            return None
+            return ctx.cannot_stage(
+                "mode = clean merges the dump into the live database; mode = replace stages"
+            )
         files = [f for f in ctx.files() if f != ROLES_FILE]
         if len(files) != 1:
             raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")

@@ -389,7 +389,9 @@ class RedisDumper(Dumper):
         Otherwise the keys go into the live database(s): this dumper cannot stage.
         """
         if self.swap_db is None or len(self.db) != 1:
-            return None
+            return ctx.cannot_stage(
+                "no swap_db is configured" if self.swap_db is None else "db names several databases"
+            )
         (source,) = self.db
         target = self.restore_db if self.restore_db is not None else source
         timeout = self.timeout or 3600.0

@@ -343,6 +343,7 @@ class _Restore:
             sides=sides,
             on_staged=staged,
             on_side=functools.partial(staged, loading=True),
+            not_staged=parts.why,
         )
         for side in sides:
             parts.states[f"dump:{side.dumper}"] = (
@@ -610,6 +611,7 @@ def prepare(
     sides: list[StagedLoad] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
     on_side: Callable[[StagedLoad], None] | None = None,
+    not_staged: dict[str, str] | None = None,
 ) -> CellRestore | None:
     """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
 
@@ -653,6 +655,7 @@ def prepare(
                 on_read=read,
                 on_start=lambda d: run.emit("restore.dump_loading", cell=name, dumper=d),
                 on_side=on_side,
+                not_staged=not_staged,
             )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
