@@ -434,16 +434,16 @@ def test_no_command_leaves_its_area_whatever_the_store_holds(fresh: Any, forged:
 
 def _swap_before_open(monkeypatch: pytest.MonkeyPatch, victim: Path, swap: Any) -> None:
     """Run *swap* on *victim* just before the packer opens it: after the scan saw a file."""
-    from cellvault import pack
+    from cellvault import readahead
 
-    real_open = pack._open_ahead
+    real_open = readahead.open_ahead
 
     def racing(path: str, size: int) -> Any:
         if path == str(victim):
             swap(victim)
         return real_open(path, size)
 
-    monkeypatch.setattr(pack, "_open_ahead", racing)
+    monkeypatch.setattr(readahead, "open_ahead", racing)
 
 
 def _to_fifo(path: Path) -> None:

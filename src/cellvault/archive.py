@@ -23,6 +23,7 @@ from .trust import (
     check_count,
     check_data_name,
     check_digest,
+    check_encryption,
     check_holder,
     check_roots,
 )
@@ -264,6 +265,9 @@ class Sidecar:
     manifest_size: int | None = None
     #: The token of the lease the committing run held on this target (fencing).
     lease: str | None = None
+    #: The fingerprints of the age recipients the data and manifest copy are
+    #: sealed to (:mod:`cellvault.crypt`); ``None`` when they are not encrypted.
+    encryption: tuple[str, ...] | None = None
 
     @property
     def id(self) -> ArchiveId:
@@ -284,6 +288,8 @@ class Sidecar:
             body["manifest_size"] = self.manifest_size
         if self.lease is not None:
             body["lease"] = self.lease
+        if self.encryption is not None:
+            body["encryption"] = {"scheme": "age", "recipients": list(self.encryption)}
         return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -322,6 +328,7 @@ class Sidecar:
                 if declared is None
                 else check_count(declared, "manifest_size", archive=stem),
                 lease=str(data["lease"]) if data.get("lease") is not None else None,
+                encryption=check_encryption(data.get("encryption"), data["data"], stem),
             )
         except ArchiveCorrupt:
             raise

@@ -65,6 +65,9 @@ KNOWN_ENV: tuple[str, ...] = (
     "BACKUP_VERIFY",
     "BACKUP_MAX_CHAIN",
     "BACKUP_CHECKSUM",
+    "BACKUP_ENCRYPT_RECIPIENTS",
+    "BACKUP_ENCRYPT_RECIPIENTS_FILE",
+    "BACKUP_AGE_IDENTITY",
     "BACKUP_S3_BUCKET",
     "BACKUP_S3_PREFIX",
     "BACKUP_S3_ENDPOINT",
@@ -178,6 +181,20 @@ def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(n.strip() for n in names if n.strip())
 
 
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else _abspath(value)
+
+
+def _key_lines(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Public keys: one a line or comma-separated (SSH keys hold spaces), or a list."""
+    if isinstance(value, str):
+        value = value.replace(",", "\n").splitlines()
+    keys = tuple(value)
+    if not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"encrypt_recipients must be strings, not {keys!r}")
+    return tuple(k.strip() for k in keys if k.strip())
+
+
 @attrs.frozen
 class Config:
     """Everything a :class:`~cellvault.Vault` needs.
@@ -271,6 +288,11 @@ class Config:
     #: ``ingress/<namespace>/<name>/<service name, {site} for the site>``).
     dr_switch_command: str | None = None
     dr_switch_k8s: str | None = None
+    #: Encryption (:mod:`cellvault.crypt`): age recipients, ``age1...`` or SSH public keys.
+    encrypt_recipients: tuple[str, ...] = attrs.field(default=(), converter=_key_lines)
+    encrypt_recipients_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The age identity file that reads encrypted archives (restore, full verify, drill).
+    age_identity: Path | None = attrs.field(default=None, converter=_optional_path)
     #: The file this configuration was read from (``--env-file`` or
     #: ``--config``), or ``None``. Relative paths of plugins' settings (the
     #: alert log) are taken from its folder. Not part of a config's value.
@@ -464,6 +486,9 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         dr_watch_heartbeat_age=_float(env, "DR_WATCH_HEARTBEAT_AGE", 300.0),
         dr_switch_command=env.get("DR_SWITCH_COMMAND", "").strip() or None,
         dr_switch_k8s=env.get("DR_SWITCH_K8S", "").strip() or None,
+        encrypt_recipients=env.get("BACKUP_ENCRYPT_RECIPIENTS", ""),
+        encrypt_recipients_file=env.get("BACKUP_ENCRYPT_RECIPIENTS_FILE", "").strip() or None,
+        age_identity=env.get("BACKUP_AGE_IDENTITY", "").strip() or None,
         source=env_file,
     )
 
@@ -663,6 +688,9 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "dr_watch_heartbeat_age": (int, float),
     "dr_switch_command": (str,),
     "dr_switch_k8s": (str,),
+    "encrypt_recipients": (str, list),
+    "encrypt_recipients_file": (str,),
+    "age_identity": (str,),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 

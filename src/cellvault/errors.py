@@ -18,6 +18,7 @@ __all__ = [
     "DumpError",
     "Fenced",
     "FleetError",
+    "KeyMissing",
     "LoadError",
     "LockHeld",
     "RestoreError",
@@ -87,6 +88,14 @@ class ArchiveCorrupt(CellvaultError):
         if target:
             where += f", on target {target}"
         super().__init__(f"{where}: {message}", hint=hint)
+
+
+class KeyMissing(CellvaultError):
+    """An encrypted archive cannot be read: no identity given opens it.
+
+    The message names the archive and the recipients it was sealed to (their
+    fingerprints, never a private key).
+    """
 
 
 class UnsafeArchive(ArchiveCorrupt):

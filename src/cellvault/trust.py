@@ -45,6 +45,7 @@ __all__ = [
     "check_count",
     "check_data_name",
     "check_digest",
+    "check_encryption",
     "check_holder",
     "check_member_path",
     "check_mode",
@@ -75,7 +76,11 @@ MAX_MODE = 0o7777
 _ROOT = re.compile(r"[^/\x00]{1,255}")
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _ID = re.compile(r"cell_(?P<cell>[a-z0-9][a-z0-9_-]*)_(?P<stamp>\d{8}_\d{6})", re.ASCII)
-DATA_SUFFIXES = (".tar.zst", ".tar.gz")
+DATA_SUFFIXES = (".tar.zst", ".tar.gz", ".tar.zst.age", ".tar.gz.age")
+#: A data name after ``cellvault rekey``: a generation before the sealed suffix.
+_RESEALED = re.compile(r"\.k[1-9]\d{0,5}\.tar\.(zst|gz)\.age")
+#: The most recipients one archive is believed to be sealed to.
+MAX_RECIPIENTS = 64
 
 
 def check_root_name(name: Any, *, archive: str = "?") -> str:
@@ -107,14 +112,43 @@ def check_roots(value: Any, *, archive: str = "?") -> dict[str, str]:
 
 
 def check_data_name(name: Any, stem: str) -> str:
-    """A sidecar's ``data``: exactly ``<stem>.tar.zst`` or ``<stem>.tar.gz``, nothing else."""
-    if not isinstance(name, str) or name not in {stem + s for s in DATA_SUFFIXES}:
+    """A sidecar's ``data``: exactly ``<stem>.tar.zst`` or ``<stem>.tar.gz`` (``.age`` when sealed)."""
+    if not isinstance(name, str) or not (
+        name in {stem + s for s in DATA_SUFFIXES} or _RESEALED.fullmatch(name.removeprefix(stem))
+    ):
         raise ArchiveCorrupt(
-            f"data name {name!r} is not {stem}.tar.zst or {stem}.tar.gz",
+            f"data name {name!r} is not {stem}.tar.zst or {stem}.tar.gz (or .age after either)",
             archive=stem,
             hint="the sidecar was altered; it is ignored (restore from another target)",
         )
     return name
+
+
+def check_encryption(value: Any, data_name: Any, stem: str) -> tuple[str, ...] | None:
+    """A sidecar's ``encryption``: age and its recipients' fingerprints, exactly when the data is sealed."""
+    sealed = isinstance(data_name, str) and data_name.endswith(".age")
+    if value is None and not sealed:
+        return None
+    problem = None
+    if value is None or not sealed:
+        problem = "the data name and the encryption field disagree"
+    elif not isinstance(value, dict) or value.get("scheme") != "age":
+        problem = f"encryption {value!r} is not the age scheme"
+    else:
+        names = value.get("recipients")
+        if (
+            not isinstance(names, list)
+            or not 0 < len(names) <= MAX_RECIPIENTS
+            or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in names)
+        ):
+            problem = "encryption recipients are not a list of key fingerprints"
+        else:
+            return tuple(names)
+    raise ArchiveCorrupt(
+        problem,
+        archive=stem,
+        hint="the sidecar was altered; it is ignored (restore from another target)",
+    )
 
 
 def check_count(value: Any, what: str, *, archive: str = "?", default: int | None = None) -> int:

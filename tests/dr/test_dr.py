@@ -39,6 +39,7 @@ from cellvault.dr import (
 from cellvault.lock import Lease
 from tests.helpers import clock, snapshot, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
+from tests.system_tools import import_module
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dr"
@@ -638,7 +639,7 @@ def test_cron_example_lines_run_cellvault() -> None:
 
 
 def test_kubernetes_example_parses() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the example")
+    yaml = import_module("yaml", ".[test]")  # PyYAML (the test extra) reads the example
     docs = list(yaml.safe_load_all((EXAMPLES / "deploy_standby.yaml.example").read_text()))
     kinds = [d["kind"] for d in docs]
     for kind in ("Namespace", "Deployment", "Service", "CronJob"):
@@ -694,7 +695,7 @@ def test_settings_and_marker_round_trip() -> None:
 
 
 def test_dr_watch_examples_run_the_watch() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the example")
+    yaml = import_module("yaml", ".[test]")  # PyYAML (the test extra) reads the example
     docs = list(yaml.safe_load_all((EXAMPLES / "dr-watch-deployment.yaml").read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 1

@@ -30,6 +30,7 @@ from typing import IO, Any, cast
 import attrs
 
 from ..archive import ArchiveId, Sidecar
+from ..crypt import can_open
 from ..errors import ArchiveCorrupt, CellvaultError, LockHeld, TargetError
 from ..extract import verify_archive
 from ..lock import Lease
@@ -245,7 +246,8 @@ def copy_archive(
     """
     ident = sidecar.id
     manifest_raw = _read_small(src, src.manifest_key(ident), "manifest copy", ident)
-    src.parse_manifest(sidecar, manifest_raw)
+    if can_open(sidecar):  # sealed: copied as it is, without a key
+        src.parse_manifest(sidecar, manifest_raw)
     sidecar_raw = _read_small(src, src.sidecar_key(ident), "sidecar", ident)
     if Sidecar.from_json(sidecar_raw, name=str(ident)).sha256 != sidecar.sha256:
         raise ArchiveCorrupt(

@@ -18,6 +18,7 @@ import attrs
 from ..archive import ArchiveId, Selector, Sidecar
 from ..cell import Cell, resolve_cell_path
 from ..config import Config
+from ..crypt import require_all
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, RestoreError, TargetError
 from ..fence import Epoch, written_after_fence
 from ..log import get_logger
@@ -174,6 +175,9 @@ def _plan_on(
     except ArchiveCorrupt as exc:
         log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(exc))
         return exc
+    # A chain sealed to several keys (rotated between its full and incrementals):
+    # the archive whose identity is missing is named here, before anything is touched.
+    require_all([*chain, sidecar])
     return RestorePlan(cell, sidecar, manifest, target, chain, dests)
 
 

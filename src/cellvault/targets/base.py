@@ -21,6 +21,7 @@ import abc
 import builtins
 import contextlib
 import errno
+import io
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -29,14 +30,16 @@ from typing import IO, Any, TypeVar
 
 import attrs
 import tenacity
+import zstandard
 
 from ..archive import ArchiveId, Sidecar
 from ..cell import is_cell_name
+from ..crypt import open_small
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetError
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
 from ..specs import TargetSpec
-from ..trust import MAX_SIDECAR_BYTES, bounded_zstd, manifest_limit
+from ..trust import MAX_SIDECAR_BYTES, manifest_limit
 
 __all__ = ["ObjectInfo", "ObjectStat", "Target"]
 
@@ -137,6 +140,29 @@ class Target(abc.ABC):
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:
             return f.read()
+
+    #: Whether :meth:`replace_if` is a compare-and-swap of the store itself
+    #: (S3's ``If-Match``). Leases on other targets take a stale lease over
+    #: through a claim made with :meth:`create_exclusive` (see
+    #: :mod:`cellvault.lock`).
+    conditional_replace: bool = False
+
+    def read_tagged(self, key: str, limit: int) -> tuple[bytes, str]:
+        """At most *limit* + 1 bytes of *key*, and the tag of that very version.
+
+        The tag (an ETag) changes whenever *key* is written; it is what
+        :meth:`replace_if` compares. Only for target types with
+        :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        """Store *data* at *key* only if its tag is still *tag*; tell whether it did.
+
+        ``False`` when *key* changed or is gone since the tag was read. Only
+        for target types with :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
 
     def fetch(self, key: str, local: Path) -> None:
         """Copy *key* to the local file *local*."""
@@ -381,24 +407,42 @@ class Target(abc.ABC):
             yield f
 
     def manifest(self, sidecar: Sidecar) -> Manifest:
-        """The manifest of a committed archive, from its compressed copy."""
+        """The manifest of a committed archive, from its compressed copy.
+
+        Read as a stream: neither the copy nor its text is ever whole in memory.
+        """
         try:
             with self.guard(f"read manifest of {sidecar.id}", missing_ok=True):
-                raw = self.retrying(self.read_bytes, self.manifest_key(sidecar.id))
+                f = self.retrying(self.open_read, self.manifest_key(sidecar.id))
         except FileNotFoundError:
             raise ArchiveCorrupt(
                 "manifest copy is missing", archive=str(sidecar.id), target=self.name
             ) from None
-        return self.parse_manifest(sidecar, raw)
+        with f, self.guard(f"read manifest of {sidecar.id}"):
+            return self._read_manifest(sidecar, f)
+
+    def _read_manifest(self, sidecar: Sidecar, f: IO[bytes]) -> Manifest:
+        limit = manifest_limit(sidecar.files, sidecar.manifest_size)
+        if sidecar.encryption is not None:
+            # A sealed copy is opened whole (it is the compressed manifest, a small
+            # fraction of the archive), then read as a stream like a plain one.
+            try:
+                f = io.BytesIO(open_small(f.read(), sidecar))
+            except ArchiveCorrupt as exc:
+                raise ArchiveCorrupt(
+                    exc.detail, archive=str(sidecar.id), target=self.name
+                ) from None
+        text = _BoundedZstd(f, limit, str(sidecar.id))
+        try:
+            return Manifest.read(text, archive=str(sidecar.id))
+        except ArchiveCorrupt as exc:
+            if text.failure is None:
+                raise
+            raise ArchiveCorrupt(text.failure, archive=str(sidecar.id), target=self.name) from exc
 
     def parse_manifest(self, sidecar: Sidecar, raw: bytes) -> Manifest:
         """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar*."""
-        limit = manifest_limit(sidecar.files, sidecar.manifest_size)
-        try:
-            body = bounded_zstd(raw, limit, archive=str(sidecar.id))
-        except ArchiveCorrupt as exc:
-            raise ArchiveCorrupt(exc.detail, archive=str(sidecar.id), target=self.name) from None
-        return Manifest.from_json(body, archive=str(sidecar.id))
+        return self._read_manifest(sidecar, io.BytesIO(raw))
 
     def delete_archive(self, sidecar: Sidecar) -> None:
         """Delete an archive: the sidecar first (it stops counting), then its data."""
@@ -456,3 +500,36 @@ def _archive_stem(name: str) -> str | None:
 # Ours: "<id>.<suffix>", and temporary ".<id>.<suffix>.<tmp>" names; any other
 # file in a cell's folder is left alone.
 _OWNED = re.compile(r"\.?(?P<stem>cell_[a-z0-9][a-z0-9_-]*_\d{8}_\d{6})\..*")
+
+
+class _BoundedZstd:
+    """The text of a zstd stream, failing once it would expand past *limit* bytes.
+
+    A failure is raised as :class:`ArchiveCorrupt` and kept in :attr:`failure`
+    (the manifest reader names the manifest; the caller names the copy).
+    """
+
+    def __init__(self, raw: IO[bytes], limit: int, archive: str) -> None:
+        self._reader = zstandard.ZstdDecompressor().stream_reader(raw)
+        self._limit = limit
+        self._archive = archive
+        self._count = 0
+        self.failure: str | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = 1 << 20
+        try:
+            block = self._reader.read(min(size, self._limit + 1 - self._count))
+        except zstandard.ZstdError as exc:
+            self.failure = f"manifest copy does not decompress ({exc})"
+            raise ArchiveCorrupt(self.failure, archive=self._archive) from None
+        self._count += len(block)
+        if self._count > self._limit:
+            self.failure = f"manifest copy expands past the {self._limit} bytes declared for it"
+            raise ArchiveCorrupt(
+                self.failure,
+                archive=self._archive,
+                hint="the object was altered or damaged; it is ignored",
+            )
+        return block
