@@ -324,10 +324,12 @@ class _Restore:
 
         sides = self.sides.setdefault(plan.cell.name, [])
 
-        def staged(side: StagedLoad) -> None:
+        def staged(side: StagedLoad, loading: bool = False) -> None:
             if journal is not None:
-                journal.staged([side.state() for side in sides if side.side])
-            self.run.emit("restore.dump_staged", cell=plan.cell.name, dumper=side.dumper)
+                more = [side.state()] if loading and side.side else []
+                journal.staged([s.state() for s in sides if s.side] + more)
+            if not loading:
+                self.run.emit("restore.dump_staged", cell=plan.cell.name, dumper=side.dumper)
 
         refused = prepare(
             self.run,
@@ -340,6 +342,8 @@ class _Restore:
             on_loaded=loaded,
             sides=sides,
             on_staged=staged,
+            on_side=functools.partial(staged, loading=True),
+            not_staged=parts.why,
         )
         for side in sides:
             parts.states[f"dump:{side.dumper}"] = (
@@ -444,8 +448,15 @@ class _Restore:
     def _unswap_sides(self) -> None:
         """Put every swapped database back, then drop every side object."""
         for side in reversed(self.swapped_sides):
+            cell = next((c for c, sides in self.sides.items() if side in sides), "")
+            journal = self.journals.get(cell)
             try:
+                if journal is not None:
+                    journal.phase("rolling back")
+                    journal.swapping(side.dumper)
                 side.unswap()
+                if journal is not None:
+                    journal.unswapped(side.dumper)
                 state = f"swapped in, then rolled back: {side.what} is back"
             except Exception as exc:  # noqa: BLE001 - reported in the cell's parts
                 state = f"rollback failed, {side.what} holds the archive: {error_text(exc)}"
@@ -632,6 +643,8 @@ def prepare(
     on_loaded: Callable[[str], None] | None = None,
     sides: list[StagedLoad] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
+    on_side: Callable[[StagedLoad], None] | None = None,
+    not_staged: dict[str, str] | None = None,
 ) -> CellRestore | None:
     """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
 
@@ -674,6 +687,8 @@ def prepare(
                 on_staged=on_staged,
                 on_read=read,
                 on_start=lambda d: run.emit("restore.dump_loading", cell=name, dumper=d),
+                on_side=on_side,
+                not_staged=not_staged,
             )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:
