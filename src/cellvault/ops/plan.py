@@ -212,7 +212,37 @@ def _plan_on(
     # A chain sealed to several keys (rotated between its full and incrementals):
     # the archive whose identity is missing is named here, before anything is touched.
     require_all([*chain, sidecar])
+    cut = _sealed_size_problem(target, [*chain, sidecar])
+    if cut is not None:
+        log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(cut))
+        return cut
     return RestorePlan(cell, sidecar, manifest, target, chain, dests)
+
+
+def _sealed_size_problem(target: Target, sidecars: Sequence[Sidecar]) -> ArchiveCorrupt | None:
+    """An encrypted archive whose stored size is not its sidecar's (cut short, replaced).
+
+    age tells a cut stream only at its end: compared here first, so that such an
+    archive is refused before anything is read from it.
+    """
+    for link in sidecars:
+        if link.encryption is None:
+            continue
+        key = f"{link.id.cell}/{link.data_name}"
+        try:
+            with target.guard(f"stat archive {link.id}", missing_ok=True):
+                size = target.retrying(target.stat, key).size
+        except FileNotFoundError:
+            size = -1
+        if size != link.size:
+            found = "missing" if size < 0 else f"{size} bytes"
+            return ArchiveCorrupt(
+                f"stored data is {found}, the sidecar says {link.size} (truncated or replaced)",
+                archive=str(link.id),
+                target=target.name,
+                hint="restore from another target; run 'cellvault verify' there",
+            )
+    return None
 
 
 def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:
