@@ -1459,6 +1459,41 @@ def init(
 
 
 @cli.command()
+@click.argument("private", type=click.Path(dir_okay=False, path_type=Path))
+@_json_option
+@pass_state
+def keygen(state: State, private: Path, as_json: bool) -> None:
+    """Write a new Ed25519 key pair for signing sidecars: PRIVATE and PRIVATE.pub.
+
+    PRIVATE (mode 0600) is the site's BACKUP_SIGNING_KEY; the public key
+    printed (also in PRIVATE.pub) goes into BACKUP_VERIFY_KEYS of every site
+    that restores or pulls these archives. An existing file is never
+    replaced. See docs/security.md.
+    """
+    from .signing import generate_keypair
+
+    if as_json:
+        state.use_json()
+    with _errors(state):
+        pair = generate_keypair(private)
+    if state.as_json:
+        _emit_json(
+            {
+                "private": str(pair.private),
+                "public": str(pair.public),
+                "public_key": pair.public_key,
+                "key_id": pair.key_id,
+            }
+        )
+        return
+    click.echo(
+        f"wrote {pair.private} (the private key: BACKUP_SIGNING_KEY={pair.private.resolve()})"
+    )
+    click.echo(f"wrote {pair.public} (key id {pair.key_id})")
+    click.echo(f"BACKUP_VERIFY_KEYS={pair.public_key}")
+
+
+@cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 @pass_state
 def completion(state: State, shell: str) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "LoadError",
     "LockHeld",
     "RestoreError",
+    "SignatureError",
     "TargetError",
     "UnsafeArchive",
     "WebhookError",
@@ -106,6 +107,15 @@ class UnsafeArchive(ArchiveCorrupt):
     files and directories under ``dumps/`` are refused before anything is
     written; a directory of the staging tree replaced by a link while a
     restore runs is refused too. Link targets are not: links are data.
+    """
+
+
+class SignatureError(ArchiveCorrupt):
+    """An archive's sidecar is not signed by a trusted key (see :mod:`cellvault.signing`).
+
+    A signature that does not match, one by a key that is not trusted, or
+    none at all when signatures are required: the archive is refused before
+    anything else of it is read.
     """
 
 

@@ -52,7 +52,7 @@ from .manifest import Entry, Manifest
 from .readahead import FILE_ITEM, FileSource, Opened, ReadAhead
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
-from .spool import claim_spool, clear_stale_spool, write_manifest_copy
+from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
 from .tarwrite import BLOCK, TarWriter, pax_mtime, tar_header
 
 __all__ = ["PackResult", "Packer"]
@@ -248,7 +248,7 @@ class Packer:
         for attempt in range(5):
             claim_spool(self.spool)
             try:
-                return open(partial, "wb")  # closed by the with in pack()
+                return open_spool_file(partial)  # closed by the with in pack()
             except FileNotFoundError:
                 # The cells of a run share its folder, and the run removes it when
                 # it is empty: another cell may have done so just now. Again.

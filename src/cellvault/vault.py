@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .events import Event
 from .fence import Fence, fence_for, write_heartbeat
 from .hooks import ScriptHooks
+from .immutability import ObjectLock, lock_mode
 from .layout import BackupDirLayout
 from .notify import alert_settings
 from .ops import backup as backup_op
@@ -48,6 +49,7 @@ from .plugins import make_plugin_manager
 from .report import BackupReport, RestoreReport, VerifyReport
 from .retention import PruneReport
 from .run import Run, open_run
+from .signing import SigningKeys
 from .state import StateFile
 from .status import StatusReport
 from .targets.base import Target
@@ -113,6 +115,12 @@ class Vault:
         self.clock = clock
         self.host = socket.gethostname()
         self.codec: Codec = get_codec(config.codec, config.level)
+        #: The site's signing key and the public keys archives are checked against.
+        self.signing_keys: SigningKeys = SigningKeys.load(
+            signing_key=config.signing_key,
+            verify_keys=config.verify_keys,
+            require=config.require_signed,
+        )
         self.targets: list[Target] = [self._make_target(spec) for spec in config.target_specs]
         #: DR fencing: who may write to the shared targets (:mod:`cellvault.fence`). A
         #: plugin that writes to a shared target calls ``vault.fence.check("what")`` first.
@@ -171,6 +179,10 @@ class Vault:
                 f"target {spec.name}: no target type handles {spec.display()}",
                 hint="install the plugin or fsspec backend for this URL scheme",
             )
+        target.signing_keys = self.signing_keys
+        mode = lock_mode(self.config.object_lock)
+        if mode is not None:
+            target.object_lock = ObjectLock(mode, self.config.retention_for(spec.name))
         return target  # type: ignore[no-any-return]
 
     def _make_dumpers(self, cell: Cell) -> tuple[Dumper, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -352,6 +353,7 @@ class CellBackup:
             manifest_size=self.manifest_size
             if self.res.recipients
             else zstd_content_size(result.manifest_path),
+            manifest_sha256=hashlib.sha256(result.manifest_path.read_bytes()).hexdigest(),
             # What the stores report on HEAD, for quick verifies (one read of the spool file).
             checksums=content_checksums(
                 result.data_path, set().union(*(t.stat_checksums for t in self.live))

@@ -19,6 +19,7 @@ rekey removes too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Sequence
 
@@ -152,8 +153,10 @@ def _rekey_one(
             checksums=content_checksums(data, set(target.stat_checksums)),
             encryption=recipients.fingerprints,
             lease=token,
+            manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest(),
         )
-        target.store(data, manifest, new)
+        # Signed again (cellvault.signing): the old signature covered the old bytes.
+        target.store(data, manifest, target.signing_keys.sign(new))
         if sidecar.data_name != name:
             with target.guard(f"delete the old data of {ident}"):
                 target.retrying(target.delete, f"{sidecar.id.cell}/{sidecar.data_name}")

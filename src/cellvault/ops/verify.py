@@ -141,12 +141,17 @@ def verify_cell(
     chosen = [s for s in sidecars if selector.matches(s.id)]
     if not all_archives:
         chosen = chosen[-1:]
+    # A sidecar whose signature is refused fails the check of its archive.
+    out = [
+        VerifyResult(archive=str(i), target=target.name, ok=False, level=level, error=why)
+        for i, why in sorted(target.refused(cell).items())
+        if selector.matches(i) and (all_archives or not chosen or i > chosen[-1].id)
+    ]
     key = f"{cell}@{target.name}"
     if level != "quick":  # quick reads no data: its progress is in checks alone
         run.expect(bytes=sum(s.size for s in chosen), files=sum(s.files for s in chosen), cell=key)
     if level == "full":
         require_all(chosen)  # a sealed archive is read whole: refused at once without its key
-    out = []
     by_id = {s.id: s for s in sidecars}
     parents: dict[ArchiveId, str | None] = {}
     for sidecar in chosen:

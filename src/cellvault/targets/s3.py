@@ -13,15 +13,20 @@ ours) only if no one wrote it since.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from pathlib import Path
 from typing import IO
 
+from ..archive import Sidecar
 from ..hookspecs import hookimpl
+from ..log import get_logger
 from ..specs import TargetSpec
 from .base import Target
 from .fsspec import FsspecTarget
 
 __all__ = ["S3Target"]
+
+log = get_logger(__name__)
 
 # botocore's connection failures are not OSErrors; name them by class.
 _TRANSIENT_NAMES = frozenset(
@@ -120,6 +125,67 @@ class S3Target(FsspecTarget):
             raise
         f.close()
         return True
+
+    # -- Object Lock (cellvault.immutability) -----------------------------
+
+    def protect(self, sidecar: Sidecar, keys: list[str]) -> None:
+        """Lock *keys* until the archive's date; with its sidecar, extend its chain's locks."""
+        if self.object_lock is None:
+            return
+        until = self.object_lock.retain_until(sidecar)
+        # The store compares with its own clock: a date already past locks nothing.
+        if until is None or until <= dt.datetime.now(dt.UTC):
+            return
+        if self.sidecar_key(sidecar.id) in keys and sidecar.meta.chain:
+            # The chain rule: what this incremental needs is kept at least as long.
+            needed = {str(i) for i in sidecar.meta.chain}
+            keys = keys + [
+                f"{sidecar.id.cell}/{e.name}"
+                for e in self.retrying(self.list, sidecar.id.cell)
+                if not e.is_dir and e.name.split(".", 1)[0] in needed
+            ]
+        for key in keys:
+            self.retrying(self._retain, key, until)
+
+    def _retain(self, key: str, until: dt.datetime) -> None:
+        """Lock *key* until *until*, unless it is locked as long already (a lock only grows)."""
+        assert self.object_lock is not None
+        current = self._retention(key)
+        if current is not None and current >= until:
+            return
+        bucket, name, _ = self.fs.split_path(self._path(key))
+        self.fs.call_s3(
+            "put_object_retention",
+            Bucket=bucket,
+            Key=name,
+            Retention={"Mode": self.object_lock.mode.upper(), "RetainUntilDate": until},
+        )
+        log.info("archive.locked", target=self.name, key=key, until=until.isoformat())
+
+    def _retention(self, key: str) -> dt.datetime | None:
+        """The retain-until date of *key*'s current version (``None``: not locked, or absent)."""
+        bucket, name, _ = self.fs.split_path(self._path(key))
+        try:
+            # HEAD says it (x-amz-object-lock-retain-until-date) with s3:GetObjectRetention.
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=name)
+        except FileNotFoundError:
+            return None
+        until = head.get("ObjectLockRetainUntilDate")
+        return until.astimezone(dt.UTC) if isinstance(until, dt.datetime) else None
+
+    def locked_until(self, sidecar: Sidecar) -> dt.datetime | None:
+        """The latest retain-until date of the archive's objects, if still to come."""
+        now = dt.datetime.now(dt.UTC)
+        ident = sidecar.id
+        keys = [
+            f"{ident.cell}/{sidecar.data_name}",
+            self.manifest_key(ident),
+            self.sidecar_key(ident),
+        ]
+        with self.guard(f"read the Object Lock retention of archive {ident}"):
+            dates = [d for d in (self.retrying(self._retention, k) for k in keys) if d is not None]
+        latest = max(dates, default=None)
+        return latest if latest is not None and latest > now else None
 
     def is_transient(self, exc: BaseException) -> bool:
         if type(exc).__name__ in _TRANSIENT_NAMES:
