@@ -21,14 +21,14 @@ import pytest
 
 from cellvault import Cell, Config, TargetSpec
 from cellvault.crypt import Keyring, fingerprint, parse_recipients
-from cellvault.errors import ConfigError, KeyMissing
+from cellvault.errors import ArchiveCorrupt, ConfigError, KeyMissing
 from cellvault.hookspecs import hookimpl
 from cellvault.log import redact_text
 from tests.helpers import clock, make_vault, write_tree
 from tests.servers.fixtures import S3Bucket
-from tests.system_tools import require
+from tests.system_tools import import_module, require
 
-pyrage = pytest.importorskip("pyrage", reason="pip install 'cellvault[crypt]'")
+pyrage = import_module("pyrage", "'cellvault[crypt]'")
 
 #: Known plaintext, in a cell file and in a dump: random and larger than a zstd block,
 #: so that a plain archive holds its middle verbatim (the search is shown to find it there).
@@ -127,6 +127,10 @@ def test_nothing_is_in_clear_on_s3(
     objects = s3_bucket.objects()
     _no_plaintext({k: v for k, v in objects.items() if "/crm/" in k})
     assert vault.verify(level="read").ok  # digests of the ciphertext, without a key
+    keyed = _vault(tmp_path, [keys[0].recipient], targets=[spec], age_identity=keys[0].path)
+    assert keyed.verify(level="full").ok  # decrypted from S3 as it streams
+    assert keyed.restore(into=tmp_path / "out", skip_prebackup=True).ok
+    assert (tmp_path / "out" / "crm" / "crm" / "db" / "ledger.db").read_bytes() == FILE_MARK
 
 
 def test_stock_age_zstd_tar_restore_an_archive(tmp_path: Path, keys: tuple[Key, Key]) -> None:
@@ -261,6 +265,9 @@ def test_a_truncated_ciphertext_is_refused(tmp_path: Path, keys: tuple[Key, Key]
     (data,) = (tmp_path / "backup" / "crm").glob("*.tar.zst.age")
     data.write_bytes(data.read_bytes()[:-100])
     assert not vault.verify(level="quick").ok  # the size differs from the sidecar's
+    with pytest.raises(ArchiveCorrupt, match="truncated or replaced"):
+        vault.restore(into=tmp_path / "out", skip_prebackup=True)  # refused when planned
+    assert not (tmp_path / "out").exists()
     _reseal_truncated(tmp_path / "backup")
     assert vault.verify(level="quick").ok  # the pair agrees: only decrypting tells
     read = vault.verify(level="read")
@@ -449,3 +456,48 @@ def test_rekey_on_the_command_line(tmp_path: Path, keys: tuple[Key, Key]) -> Non
     assert result.exit_code == 0, result.output
     assert "re-encrypted as cell_crm_20250101_020000.k1.tar.zst.age" in result.stdout
     assert old.secret not in result.output and new.secret not in result.output
+
+
+def test_sync_copies_encrypted_archives_and_verifies_them_with_the_identity(
+    tmp_path: Path, keys: tuple[Key, Key]
+) -> None:
+    from cellvault.dr import Site
+
+    backup = tmp_path / "backup"
+    storage = TargetSpec("nas", str(tmp_path / "storage"))
+    where = [TargetSpec("local", str(backup)), storage]
+    ticks = clock()
+    keyless = _vault(tmp_path, [keys[0].recipient], targets=where, clock=ticks)
+    assert keyless.backup(targets=["local"]).ok
+    pushed = Site(keyless, "primary").push()
+    assert pushed.ok and len(pushed.copied) == 1  # a host without the identity copies them
+    _no_plaintext(_stored(tmp_path / "storage"))
+    assert keyless.backup(targets=["local"]).ok
+    refused = Site(keyless, "primary").push(verify=True)
+    assert not refused.ok and keys[0].recipient in str(refused.to_dict())
+    keyed = _vault(tmp_path, [keys[0].recipient], targets=where, age_identity=keys[0].path)
+    checked = Site(keyed, "primary").push(verify=True)
+    assert checked.ok and len(checked.copied) == 1, checked
+    assert keyed.verify(level="full", targets=["nas"], all_archives=True).ok
+
+
+def test_a_failed_encrypted_pack_leaves_no_thread_and_nothing_in_the_spool(
+    tmp_path: Path, keys: tuple[Key, Key]
+) -> None:
+    import threading
+
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.bin": FILE_MARK})
+    failing = {"type": "command", "name": "db", "command": [sys.executable, "-c", "exit(3)"]}
+    vault = make_vault(
+        tmp_path / "backup",
+        [Cell("crm", [crm], dumpers=[failing])],
+        encrypt_recipients=(keys[0].recipient,),
+        extra={"BACKUP_ALERT_LOG": "off"},
+        clock=clock(),
+    )
+    report = vault.backup()
+    assert not report.ok and report.cells[0].stage == "dump"  # failed while packing
+    assert not [t for t in threading.enumerate() if t.name == "cellvault-seal"]
+    spool = tmp_path / "backup" / ".cellvault" / "spool"
+    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert not list((tmp_path / "backup").glob("crm/*.age"))

@@ -50,12 +50,26 @@ __all__ = [
     "SCHEME",
     "SUFFIX",
     "Keyring",
+    "Opened",
     "Recipients",
+    "Sealer",
+    "can_open",
     "current",
+    "digest_only",
+    "fingerprint",
+    "keep_manifest",
+    "kept_manifest",
+    "load_recipients",
+    "missing_key",
     "open_small",
     "opened",
     "parse_identities",
     "parse_recipients",
+    "require_all",
+    "reseal",
+    "reseal_small",
+    "resealed_name",
+    "scan_stored",
     "seal_file",
     "using",
 ]
@@ -353,6 +367,76 @@ def seal_file(source: Path, recipients: Recipients) -> tuple[Path, int, str]:
     return sealed, hashing.count, hashing.hexdigest()
 
 
+def _pipe() -> tuple[int, int]:
+    """A pipe with a 1 MiB buffer where Linux allows it (fewer wake-ups than 64 KiB)."""
+    r, w = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):
+        import fcntl
+
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    return r, w
+
+
+class Sealer:
+    """A file object that encrypts what is written to it into *raw*, on a thread.
+
+    The packer compresses into it, so the archive is sealed as it is written,
+    in one pass (no plain copy of the compressed archive is written first).
+    :meth:`close` ends the age stream and waits for the thread; what the
+    thread met (a full disk) is raised there, and by the next write.
+    """
+
+    def __init__(self, raw: Any, recipients: Recipients) -> None:
+        self.raw = raw
+        self._error: BaseException | None = None
+        r, w = _pipe()
+        # pyrage reads 8 KiB at a time: served from a 1 MiB buffer, one system call
+        # per MiB (encrypting 220 MiB: 0.46 -> 0.30 s of CPU).
+        self._out = os.fdopen(r, "rb", buffering=1 << 20)
+        self._in = os.fdopen(w, "wb")
+        self._closed = False
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=ctx.run,
+            args=(self._run, list(recipients.keys)),
+            name="cellvault-seal",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, keys: list[Any]) -> None:
+        try:
+            _pyrage().encrypt_io(self._out, self.raw, keys)
+        except BaseException as exc:  # noqa: BLE001 - raised by close() in the writer's thread
+            self._error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._out.close()  # a writer still writing gets EPIPE, not a hang
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._in.write(data)
+        except BrokenPipeError:
+            self.close()
+            raise
+
+    def flush(self) -> None:
+        self._in.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """End the stream (idempotent); raise what the encrypting thread met."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._in.close()
+            self._thread.join()
+        if self._error is not None:
+            raise OSError(f"cannot encrypt the archive ({self._error})")
+
+
 class Opened:
     """The plaintext of a sealed stream, decrypted on a thread as it is read.
 
@@ -366,11 +450,7 @@ class Opened:
         self.raw = raw
         self.sidecar = sidecar
         self._error: BaseException | None = None
-        r, w = os.pipe()
-        with contextlib.suppress(OSError, AttributeError):
-            import fcntl
-
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        r, w = _pipe()
         self._out = os.fdopen(r, "rb")
         self._in = os.fdopen(w, "wb")
         self._ended = False

@@ -272,7 +272,7 @@ def _probe(target: Target) -> tuple[str, bool]:
         target.put_bytes(key, body)
     try:
         with target.guard(f"read the probe object {key} back"):
-            back = target.read_bytes(key)
+            back = target.read_bounded(key, len(body))  # no more than was written
         if back != body:
             raise TargetError(
                 f"the probe object {key} read back differs from what was written",

@@ -55,8 +55,8 @@ log = get_logger(__name__)
 
 JOURNAL_PREFIX = ".cellvault-journal-"
 
-#: The phases a journal records, in order.
-PHASES = ("staged", "loading", "swapping", "swapped")
+#: The phases a journal records, in order (``rolling back``: a failed swap is being undone).
+PHASES = ("staged", "loading", "swapping", "swapped", "rolling back")
 
 
 def _ino(path: Path) -> int | None:
@@ -142,10 +142,18 @@ class Journal:
         self.data["swapping"] = dumper
         self._save()
 
+    def unswapped(self, dumper: str) -> None:
+        """The staged load of *dumper* was swapped back out (a failed swap is rolled back)."""
+        self.data["phase"] = "rolling back"
+        self.data["loaded"] = [d for d in self.data["loaded"] if d != dumper]
+        self.data["swapping"] = None
+        self._save()
+
     def loaded(self, dumper: str) -> None:
-        """The dump of *dumper* is loaded."""
+        """The dump of *dumper* is loaded (a staged one: swapped in)."""
         self.data["loaded"] = [*self.data["loaded"], dumper]
         self.data["loading"] = None
+        self.data["swapping"] = None
         self._save()
 
     def close(self) -> None:
@@ -233,6 +241,8 @@ def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> l
     it returns ``None``, a side object is named for a person to settle.
     """
     out = []
+    dests = list(dests)
+    live = False
     for path in find(cell, dests):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -243,12 +253,22 @@ def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> l
             continue
         if _running(data):
             log.info("restore.journal_live", cell=cell, journal=str(path), pid=data.get("pid"))
+            live = True
             continue
         rec = _settle(data, resume)
         path.unlink(missing_ok=True)
         log.warning("restore.recovered", cell=cell, action=rec.action, detail=rec.describe())
         out.append(rec)
+    if not live:
+        _drop_torn_writes(cell, dests)
     return out
+
+
+def _drop_torn_writes(cell: str, dests: Iterable[Path]) -> None:
+    """Remove the half-written journal copies a restore killed mid-write left (never read)."""
+    for parent in {dest.parent for dest in dests}:
+        for tmp in parent.glob(f"{JOURNAL_PREFIX}{cell}.json.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _running(data: Mapping[str, Any]) -> bool:
@@ -298,16 +318,16 @@ def _sides(data: Mapping[str, Any], resume: Resume | None) -> list[_Side]:
         swapped: bool | None = None
         try:
             load = resume(state) if resume is not None else None
-            if load is not None:
-                swapped = load.swapped()
+            if load is not None and state.get("dumper") == data.get("swapping"):
+                swapped = load.swapped()  # the one swap (or swap back) that was under way
         except Exception as exc:  # noqa: BLE001 - a store that cannot answer: put everything back
             log.warning("restore.side_unknown", side=state.get("side"), error=redact_text(str(exc)))
             load = None
         name = state.get("dumper")
         if name in loaded:
-            swapped = True  # journalled after its swap
-        elif swapped is None and name != data.get("swapping"):
-            swapped = False  # never asked to swap
+            swapped = True  # journalled after its swap (and not swapped back since)
+        elif name != data.get("swapping"):
+            swapped = False  # never asked to swap, or swapped back: the store is not asked
         out.append(_Side(state, load, swapped))
     return out
 

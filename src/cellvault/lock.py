@@ -173,7 +173,7 @@ class Lease:
         if depth >= 3:
             return False
         try:
-            old = target.retrying(target.read_bytes, key)
+            old = target.retrying(target.read_bounded, key, MAX_LEASE_BYTES)
         except FileNotFoundError:
             return self._claim(key, depth + 1)
         try:
@@ -187,7 +187,7 @@ class Lease:
         if not self._claim(sub, depth + 1):
             return False
         self._claims.append(sub)
-        if target.retrying(target.read_bytes, key) != old:
+        if target.retrying(target.read_bounded, key, MAX_LEASE_BYTES) != old:
             return False
         target.retrying(target.delete, key)
         return bool(target.retrying(target.create_exclusive, key, body))
@@ -224,7 +224,7 @@ class Lease:
             if target.conditional_replace:
                 raw, tag = target.retrying(target.read_tagged, self.key, MAX_LEASE_BYTES)
             else:
-                raw = target.retrying(target.read_bytes, self.key)
+                raw = target.retrying(target.read_bounded, self.key, MAX_LEASE_BYTES)
         except FileNotFoundError:
             return None, None
         if len(raw) > MAX_LEASE_BYTES:

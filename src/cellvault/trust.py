@@ -27,6 +27,7 @@ wrong; callers report it once and leave the value alone.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -40,8 +41,11 @@ __all__ = [
     "MAX_COUNT",
     "MAX_LEASE_BYTES",
     "MAX_MANIFEST_BYTES",
+    "MAX_RECORD_BYTES",
     "MAX_SIDECAR_BYTES",
     "bounded_zstd",
+    "check_archive_of",
+    "check_cell_archives",
     "check_count",
     "check_data_name",
     "check_digest",
@@ -49,8 +53,10 @@ __all__ = [
     "check_holder",
     "check_member_path",
     "check_mode",
+    "check_name",
     "check_root_name",
     "check_roots",
+    "load_record",
     "manifest_limit",
     "zstd_content_size",
 ]
@@ -244,3 +250,60 @@ def bounded_zstd(
     except zstandard.ZstdError as exc:
         raise ArchiveCorrupt(f"{what} does not decompress ({exc})", archive=archive) from None
     return out.getvalue()
+
+
+# -- DR records ---------------------------------------------------------------------------
+#
+# What DR reads from the shared targets (failover markers and their history,
+# hand-backs, site records, epochs, heartbeats) goes through these. They raise
+# ValueError naming what is wrong: DR's parsers turn it into a DrError, and the
+# readers report it and leave the record alone.
+
+#: The largest DR record read (a site record names every cell; a real one is a few KiB).
+MAX_RECORD_BYTES = 4 << 20
+#: The most cells one DR record may name.
+MAX_RECORD_CELLS = 100_000
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
+
+
+def load_record(raw: bytes, what: str) -> dict[str, Any]:
+    """The JSON object in *raw*, a DR record of at most :data:`MAX_RECORD_BYTES`."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"the {what} is over {MAX_RECORD_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"the {what} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the {what} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def check_name(value: Any, what: str) -> str:
+    """A site id or a cell name a record gives: ``[a-z0-9][a-z0-9_-]``, at most 64 characters."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a plain name")
+    return value
+
+
+def check_cell_archives(value: Any, what: str) -> dict[str, str]:
+    """A record's cell -> archive map: each cell a plain name, each archive an id of that cell."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or len(value) > MAX_RECORD_CELLS:
+        raise ValueError(f"{what} is not an object of at most {MAX_RECORD_CELLS} cells")
+    out: dict[str, str] = {}
+    for cell, ident in value.items():
+        check_name(cell, f"{what}: cell")
+        match = _ID.fullmatch(ident) if isinstance(ident, str) else None
+        if match is None or match["cell"] != cell:
+            raise ValueError(f"{what} names {ident!r} for cell {cell}: not an archive of that cell")
+        out[cell] = ident
+    return out
+
+
+def check_archive_of(value: Any, cell: str, what: str) -> str | None:
+    """An archive id a record gives for *cell* (or ``None``): an id of that very cell."""
+    if value is None:
+        return None
+    return check_cell_archives({cell: value}, what)[cell]

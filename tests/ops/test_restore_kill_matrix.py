@@ -120,6 +120,8 @@ def cell(tmp_path: Path, pg: PgDb, my: MyDb, cache: RedisDb) -> dict[str, Any]: 
         "config": config,
         "old": old,
         "new": new,
+        "pg": pg.name,
+        "my": my.name,
         "state": lambda: fingerprint(app, data, pg, my, cache),
         "left": lambda: leftovers(tmp_path, pg, my, cache),
     }
@@ -138,11 +140,22 @@ KILLER = textwrap.dedent(
     from cellvault import Cell
     from tests.helpers import make_vault, times_clock, utc
 
-    config, at, dumper = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    import subprocess, threading, time
+
+    config, at, dumper, probe = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+
+    def kill_when_probe_passes():
+        # Mid-load: as soon as the dumper's scratch object exists (probe exits 0).
+        while subprocess.run(["sh", "-c", probe]).returncode != 0:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def on_event(event):
         if event.name == at and dumper in ("", event.data.get("dumper")):
-            os.kill(os.getpid(), signal.SIGKILL)
+            if probe:
+                threading.Thread(target=kill_when_probe_passes, daemon=True).start()
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     cells = [Cell("crm", [Path(config["app"]), Path(config["data"])], dumpers=config["dumpers"])]
     vault = make_vault(
@@ -154,26 +167,40 @@ KILLER = textwrap.dedent(
 )
 
 
+#: Shell tests that pass once a dumper's scratch object exists (for a kill mid-load).
+PROBES = {
+    "pg": 'psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database '
+    "WHERE datname LIKE '{pg}_cvnew_%'\" | grep -q 1",
+    "my": "mariadb -h 127.0.0.1 -u root -NBe \"SHOW DATABASES LIKE '{my}\\_cvnew%'\" | grep -q .",
+    "cache": f'test "$(redis-cli -n {SPARE_DB} DBSIZE)" != 0',
+}
+
+
 @pytest.mark.parametrize(
-    ("event", "dumper", "expect"),
+    ("event", "dumper", "mid_load", "expect"),
     [
-        ("restore.planned", "", "old"),  # before the safety backup and the staging
-        ("restore.dump_loading", "pg", "old"),  # the files staged, PostgreSQL about to load
-        ("restore.dump_loading", "my", "old"),  # PostgreSQL loaded into its scratch database
-        ("restore.dump_loading", "cache", "old"),  # PostgreSQL and MariaDB in scratch
-        ("restore.dump_staged", "cache", "old"),  # every dump loaded, nothing swapped
-        ("restore.dump_swapped", "pg", "new"),  # PostgreSQL swapped in, MariaDB not yet
-        ("restore.dump_swapped", "my", "new"),  # MariaDB swapped in, Redis not yet
-        ("restore.dump_swapped", "cache", "new"),  # every database swapped in, no root yet
-        ("restore.root_swapped", "", "new"),  # the first root swapped in, the second not
-        ("restore.swapped", "", "new"),  # all swapped, the replaced state not yet dropped
+        ("restore.planned", "", False, "old"),  # before the safety backup and the staging
+        ("restore.dump_loading", "pg", False, "old"),  # the files staged, PostgreSQL next
+        ("restore.dump_loading", "pg", True, "old"),  # PostgreSQL loading into its scratch
+        ("restore.dump_loading", "my", False, "old"),  # PostgreSQL in its scratch database
+        ("restore.dump_loading", "my", True, "old"),  # MariaDB loading into its scratch
+        ("restore.dump_loading", "cache", False, "old"),  # PostgreSQL and MariaDB in scratch
+        ("restore.dump_loading", "cache", True, "old"),  # Redis loading into swap_db
+        ("restore.dump_staged", "cache", False, "old"),  # every dump loaded, nothing swapped
+        ("restore.dump_swapped", "pg", False, "new"),  # PostgreSQL swapped in, MariaDB not yet
+        ("restore.dump_swapped", "my", False, "new"),  # MariaDB swapped in, Redis not yet
+        ("restore.dump_swapped", "cache", False, "new"),  # every database in, no root yet
+        ("restore.root_swapped", "", False, "new"),  # the first root swapped in, not the second
+        ("restore.swapped", "", False, "new"),  # all swapped, the replaced state not yet dropped
     ],
 )
 def test_killed_restore_leaves_the_cell_wholly_old_or_new(
-    cell: dict[str, Any], event: str, dumper: str, expect: str
+    cell: dict[str, Any], event: str, dumper: str, mid_load: bool, expect: str
 ) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    argv = [sys.executable, "-c", KILLER, json.dumps(cell["config"]), event, dumper]
+    names = {"pg": cell["pg"], "my": cell["my"]}
+    probe = PROBES[dumper].format(**names) if mid_load else ""
+    argv = [sys.executable, "-c", KILLER, json.dumps(cell["config"]), event, dumper, probe]
     done = subprocess.run(argv, env=env, capture_output=True, timeout=300, check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-3000:]
     events: list[Any] = []
@@ -229,3 +256,36 @@ def test_a_failing_load_of_each_dumper_leaves_the_live_cell_as_it_was(
         for k, v in result.parts.items()
         if k.startswith("files:")
     )
+
+
+def test_a_scratch_database_already_dropped_is_not_taken_for_a_swapped_one(
+    tmp_path: Path,
+    pg: PgDb,  # noqa: F811 - the fixture
+) -> None:
+    """Killed while discarding (phase ``staged``): the scratch database is gone, the live one stays."""
+    from cellvault.dumpers.postgres import PostgresDumper
+    from cellvault.journal import JOURNAL_PREFIX, recover
+
+    pg.sql("CREATE TABLE t (n int); INSERT INTO t VALUES (1), (2);")
+    dumper = PostgresDumper(name="pg", dsn=pg.dsn, mode="replace")
+    live = write_tree(tmp_path / "srv" / "app", {"a.txt": "live\n"})
+    staging = tmp_path / "srv" / ".cellvault-restore-x"
+    staging.mkdir()
+    side = {"dumper": "pg", "what": f"database {pg.name}", "side": f"{pg.name}_cvnew_00000000"}
+    journal = {
+        "cell": "crm",
+        "archive": "cell_crm_20250101_020000",
+        "staging": str(staging),
+        "phase": "staged",
+        "loaded": [],
+        "loading": None,
+        "roots": {},
+        "sides": [{**side, "old": f"{pg.name}_cvold_00000000", "db": pg.name}],
+        "safety_backup": None,
+    }
+    path = live.parent / f"{JOURNAL_PREFIX}crm.json"
+    path.write_text(json.dumps(journal))
+    (rec,) = recover("crm", [live], dumper.resume)
+    assert rec.action == "rolled back" and rec.settled, rec.describe()
+    assert pg.sql("SELECT count(*) FROM t;") == "2"  # the live database, untouched
+    assert not path.exists() and not staging.exists()

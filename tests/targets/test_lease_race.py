@@ -181,3 +181,28 @@ def test_rsync_creates_a_lease_as_a_link_read_back_without_following_it(
     target.delete(KEY)
     with pytest.raises(FileNotFoundError):
         target.read_bytes(KEY)
+
+
+def test_an_rsync_call_that_hangs_is_stopped_with_what_it_started(tmp_path: Path) -> None:
+    """Item 5 of issue 18: every wait has a bound. A stand-in rsync that starts a
+    child holding its output open and never ends is stopped, group and all."""
+    fake = tmp_path / "rsync"
+    pidfile = tmp_path / "child.pid"
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nexec sleep 300\n")
+    fake.chmod(0o755)
+    target = RsyncTarget(
+        TargetSpec("nas", "rsync://127.0.0.1:1/m/x", {"rsync": str(fake), "timeout": 1})
+    )
+    with pytest.raises(TimeoutError, match="did not finish within 4 s"):
+        target.list("crm")
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the child {child} rsync started is still running")

@@ -140,9 +140,11 @@ class CommandDumper(Dumper):
     def stage(self, ctx: LoadContext) -> StagedLoad | None:
         """With ``staging``: restore_command loads there; swap_command swaps it in later."""
         if not self.staging:
-            return None
+            return ctx.cannot_stage("no staging location is configured (staging, swap_command)")
+        staged = self._staged(f"{self.staging} (for cell {ctx.cell.name})", ctx.cell.name)
+        ctx.side_created(staged)
         self.load(ctx)
-        return self._staged(f"{self.staging} (for cell {ctx.cell.name})", ctx.cell.name)
+        return staged
 
     def _staged(self, what: str, cell: str) -> _CommandSwap:
         return _CommandSwap(self.name, what, self.staging, owner=self, cell=cell)

@@ -481,7 +481,9 @@ class PostgresDumper(Dumper):
         dump does not know), so it cannot stage: it loads before the swap.
         """
         if self.mode != "replace":
-            return None
+            return ctx.cannot_stage(
+                "mode = clean merges the dump into the live database; mode = replace stages"
+            )
         files = [f for f in ctx.files() if f != ROLES_FILE]
         if len(files) != 1:
             raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
@@ -491,6 +493,9 @@ class PostgresDumper(Dumper):
         db = keywords["dbname"]
         suffix = _secrets.token_hex(4)
         fresh, old = f"{db[:40]}_cvnew_{suffix}", f"{db[:40]}_cvold_{suffix}"
+        where = f"database {db} on {keywords.get('host', 'localhost')}"
+        swap = _DatabaseSwap(self.name, where, fresh, owner=self, ctx=ctx, db=db, old=old)
+        ctx.side_created(swap)  # journalled before it exists: a kill after CREATE leaves it named
         self._create(ctx, keywords, fresh)
         try:
             self._pg_restore(ctx, {**keywords, "dbname": fresh}, dump, clean=False)
@@ -498,8 +503,7 @@ class PostgresDumper(Dumper):
             with contextlib.suppress(LoadError):
                 self._drop(ctx, keywords, fresh)
             raise
-        where = f"database {db} on {keywords.get('host', 'localhost')}"
-        return _DatabaseSwap(self.name, where, fresh, owner=self, ctx=ctx, db=db, old=old)
+        return swap
 
     def rename_swap(self, ctx: LoadContext | None, db: str, fresh: str, old: str) -> bool:
         """Rename *db* to *old* and *fresh* to *db*, in one transaction (sessions ended with ``terminate``).

@@ -389,10 +389,13 @@ class RedisDumper(Dumper):
         Otherwise the keys go into the live database(s): this dumper cannot stage.
         """
         if self.swap_db is None or len(self.db) != 1:
-            return None
+            return ctx.cannot_stage(
+                "no swap_db is configured" if self.swap_db is None else "db names several databases"
+            )
         (source,) = self.db
         target = self.restore_db if self.restore_db is not None else source
         timeout = self.timeout or 3600.0
+        marker = f"__cellvault_swapped__:{_secrets.token_hex(8)}"
         with _scratch_server(
             self.server_program, ctx.path(FILENAME), ctx.spool, timeout, ctx.where
         ) as scratch:
@@ -413,6 +416,9 @@ class RedisDumper(Dumper):
                 ) from None
             finally:
                 live.close()
+        return self._side(target, marker, timeout)
+
+    def _side(self, target: int, marker: str, timeout: float) -> _SwapDb:
         host, port = self._address(restore=True)
         return _SwapDb(
             self.name,
@@ -421,7 +427,7 @@ class RedisDumper(Dumper):
             owner=self,
             target=target,
             timeout=timeout,
-            marker=f"__cellvault_swapped__:{_secrets.token_hex(8)}",
+            marker=marker,
         )
 
     def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
@@ -494,6 +500,8 @@ class RedisDumper(Dumper):
                     f"{ctx.where}: swap_db {self.swap_db} is not empty",
                     hint="choose a database nobody uses for swap_db",
                 )
+            if not swap:  # staged: journalled before a key is written there
+                ctx.side_created(self._side(target, "", 0.0))
         elif self.flush:
             live("FLUSHDB")
         scratch("SELECT", source)

@@ -128,6 +128,7 @@ class SqliteDumper(Dumper):
         dump = self._checked(ctx)
         target.parent.mkdir(parents=True, exist_ok=True)
         side = target.with_name(f".{target.name}.cellvault-new-{_secrets.token_hex(3)}")
+        ctx.side_created(_FileSwap(self.name, str(target), str(side), target=target, new=side))
         try:
             shutil.copyfile(dump, side)
             with open(side, "rb+") as f:

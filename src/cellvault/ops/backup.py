@@ -303,6 +303,7 @@ class CellBackup:
             dumpers=self.res.dumpers.get(cell, ()),
             epoch=self.epoch,
             site=self.res.fence.site,
+            recipients=self.res.recipients,
         )
         self.packed = result = packer.pack()
         if self.res.recipients:
@@ -319,18 +320,20 @@ class CellBackup:
         return result
 
     def _seal(self, result: PackResult) -> PackResult:
-        """Seal the packed archive and its manifest copy to the recipients (:mod:`cellvault.crypt`)."""
+        """Seal the manifest copy to the recipients, as the packer sealed the archive.
+
+        The plain copy is kept on this host first (:func:`cellvault.crypt.keep_manifest`):
+        the next incremental compares with it, without an identity.
+        """
         recipients = self.res.recipients
         assert recipients is not None
         self.manifest_size = zstd_content_size(result.manifest_path)
         keep_manifest(
             self.run.layout.manifests(self.cell.name), str(self.ident), result.manifest_path
         )
-        data, size, sha256 = seal_file(result.data_path, recipients)
-        self.packed = result = attrs.evolve(result, data_path=data, size=size, sha256=sha256)
         manifest, _, _ = seal_file(result.manifest_path, recipients)
         self.packed = result = attrs.evolve(result, manifest_path=manifest)
-        self.log.info("archive.sealed", size=size, recipients=list(recipients.fingerprints))
+        self.log.info("archive.sealed", size=result.size, recipients=list(recipients.fingerprints))
         return result
 
     def _progress(self, archive: str, done: int, files: int) -> None:

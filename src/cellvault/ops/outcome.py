@@ -34,9 +34,9 @@ ROLLED_BACK = "swapped in, then rolled back: the live files are back"
 DISCARDED_SIDE = "staged, then discarded: the live database is untouched"
 STAGED_IN_FILES = "written into the staged files (swapped in with them)"
 NOT_LOADED = "not loaded: the live database is untouched"
-LOADED = "loaded into the live database before the swap (this dumper cannot stage)"
+LOADED = "loaded into the live database before the swap (this dumper cannot stage: {why})"
 PART_LOADED = (
-    "loaded into the live database before the swap (this dumper cannot stage), "
+    "loaded into the live database before the swap (this dumper cannot stage: {why}), "
     "and the load failed: the live database may hold part of the archive"
 )
 
@@ -54,6 +54,8 @@ class CellParts:
     states: dict[str, str] = attrs.field(factory=dict)
     loaded: list[str] = attrs.field(factory=list)
     partly: str | None = None
+    #: Dumper -> why it could not stage (its own words).
+    why: dict[str, str] = attrs.field(factory=dict)
 
     @classmethod
     def of(
@@ -88,7 +90,7 @@ class CellParts:
     def loading(self, dumper: str) -> None:
         """A dumper that cannot stage starts loading into its live store."""
         self.partly = dumper
-        self.states[f"dump:{dumper}"] = PART_LOADED
+        self.states[f"dump:{dumper}"] = PART_LOADED.format(why=self._why(dumper))
         if self.states.get("safety backup", "").startswith("skipped"):
             self.states["safety backup"] = (
                 f"skipped (RESTORE_SKIP_PREBACKUP=1), though dumper {dumper} cannot stage: "
@@ -98,7 +100,10 @@ class CellParts:
     def done_loading(self, dumper: str) -> None:
         self.partly = None
         self.loaded.append(dumper)
-        self.states[f"dump:{dumper}"] = LOADED
+        self.states[f"dump:{dumper}"] = LOADED.format(why=self._why(dumper))
+
+    def _why(self, dumper: str) -> str:
+        return self.why.get(dumper) or "it has no staging step"
 
     @property
     def touched(self) -> bool:

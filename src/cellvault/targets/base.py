@@ -158,6 +158,15 @@ class Target(abc.ABC):
         with self.open_read(key) as f:
             return f.read()
 
+    def read_bounded(self, key: str, limit: int) -> bytes:
+        """At most *limit* + 1 bytes of *key*: enough to tell an object over *limit*.
+
+        For small records read from a target (leases, DR records): a planted
+        giant object costs no more memory than the limit.
+        """
+        with self.open_read(key) as f:
+            return f.read(limit + 1)
+
     #: Whether :meth:`replace_if` is a compare-and-swap of the store itself
     #: (S3's ``If-Match``). Leases on other targets take a stale lease over
     #: through a claim made with :meth:`create_exclusive` (see

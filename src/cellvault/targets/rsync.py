@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -127,6 +128,8 @@ class RsyncTarget(Target):
             if parts.port:
                 ssh += ["-p", str(parts.port)]
             ssh += [str(o) for o in spec.options.get("ssh_options", ())]
+            # After the operator's options: ssh keeps the first value it is given.
+            ssh += ["-o", "ConnectTimeout=15"]
             self.args += ["-e", " ".join(ssh)]
             root = path[1:] if path.startswith("//") else path.lstrip("/")
             if path.startswith("//"):
@@ -147,15 +150,42 @@ class RsyncTarget(Target):
         return f"{self.base}/{key}"
 
     def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Run rsync with *args*; bounded by four times the ``timeout`` option, in all.
+
+        rsync runs in its own process group with its output in files, not
+        pipes: when the bound is reached the whole group (rsync and the ssh
+        it started) is killed, and no process left holding a pipe can keep
+        this call waiting.
+        """
         assert self.binary is not None
-        proc = subprocess.run(
-            [self.binary, *self.args, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=self.timeout * 4,
-            check=False,
-        )
+        argv = [self.binary, *self.args, *args]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            child = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+            try:
+                code = child.wait(timeout=self.timeout * 4)
+            except BaseException as exc:
+                _kill_group(child)
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    raise
+                raise TimeoutError(
+                    f"rsync did not finish within {self.timeout * 4} s (4 x the target's "
+                    f"timeout option, {self.timeout} s); it was stopped"
+                ) from None
+            out.seek(0)
+            err.seek(0)
+            proc = subprocess.CompletedProcess(
+                argv,
+                code,
+                out.read().decode("utf-8", "replace"),
+                err.read().decode("utf-8", "replace"),
+            )
         if proc.returncode != 0:
             if any(m in proc.stderr for m in _MISSING) and proc.returncode in (23, 5, 2):
                 raise FileNotFoundError(redact_text(proc.stderr.strip()))
@@ -212,6 +242,9 @@ class RsyncTarget(Target):
     def read_bytes(self, key: str) -> bytes:
         """The content of *key*; for a symbolic link (a lease made by
         :meth:`create_exclusive`), its target text, never what it points to."""
+        return self.read_bounded(key, -1)
+
+    def read_bounded(self, key: str, limit: int) -> bytes:
         with tempfile.TemporaryDirectory(dir=self._scratch_dir()) as dst:
             local = Path(dst) / "key"
             self._run(["--links", self._remote(key), str(local)])
@@ -219,7 +252,8 @@ class RsyncTarget(Target):
                 return os.readlink(os.fsencode(local)).removeprefix(_MUNGED)
             if not local.is_file():
                 raise FileNotFoundError(key)  # a folder: rsync copied nothing
-            return local.read_bytes()
+            with open(local, "rb") as f:
+                return f.read(limit + 1 if limit >= 0 else -1)
 
     def open_read(self, key: str) -> IO[bytes]:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -281,6 +315,13 @@ class RsyncTarget(Target):
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """Kill *child* and everything it started (its own process group), and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 @hookimpl
