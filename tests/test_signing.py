@@ -32,6 +32,7 @@ from cellvault.signing import (
     parse_public_key,
     public_key_text,
 )
+from tests.system_tools import import_module
 
 from .archive_helpers import TickingClock, make_vault
 
@@ -321,7 +322,7 @@ def test_the_signing_key_never_reaches_a_run_log_or_an_alert(
 def test_encrypted_signed_archives_rekeyed_stay_signed_and_checked(
     tmp_path: Path, keys: dict[str, Path]
 ) -> None:
-    pyrage = pytest.importorskip("pyrage", reason="pip install 'cellvault[crypt]'")
+    pyrage = import_module("pyrage", "'cellvault[crypt]'")
     old, new = (pyrage.x25519.Identity.generate() for _ in range(2))
     for name, identity in (("old", old), ("new", new)):
         (tmp_path / f"{name}.age").write_text(f"{identity}\n")
