@@ -7,7 +7,9 @@ of its group that call the mutated function, and prints per module: mutants,
 killed, survived, without a test, and the survivors ``allowlist.toml``
 explains. The score counts killed (and timed-out) mutants and those the
 allow-list explains; below 90% the command exits 1. ``--report`` prints the
-last results without running anything. Not part of CI: run it before a
+last results without running anything; ``--resume`` carries on with the last
+run of a group (its unchecked mutants, then its survivors again, against the
+tests as they are now). Not part of CI: run it before a
 release and when those modules change (docs/testing.md).
 """
 
@@ -40,15 +42,23 @@ def load(name: str) -> dict:
     return tomllib.loads((HERE / name).read_text())
 
 
-def prepare(group: str, spec: dict) -> Path:
-    """A fresh copy of the checkout for *group*, with mutmut's settings in its pyproject.toml."""
+def prepare(group: str, spec: dict, *, resume: bool = False) -> Path:
+    """A copy of the checkout for *group*, with mutmut's settings in its pyproject.toml.
+
+    With *resume*, the copy of the last run stays (its mutants and results);
+    only the tests and the settings are brought up to date.
+    """
     work = BUILD / group
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
     for name in COPIED:
         source = REPO / name
+        if resume and name == "src":
+            continue
         if source.is_dir():
+            shutil.rmtree(work / name, ignore_errors=True)
             shutil.copytree(source, work / name, ignore=ignore, symlinks=True)
         else:
             shutil.copy2(source, work / name)
@@ -67,24 +77,39 @@ def prepare(group: str, spec: dict) -> Path:
     return work
 
 
-def run(group: str, spec: dict, jobs: int) -> int:
-    work = prepare(group, spec)
+def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
+    resume = resume and (BUILD / group / "mutants").is_dir()
+    work = prepare(group, spec, resume=resume)
     # The tests must import the mutants: no PYTHONPATH pointing at a checkout's src/.
+    # No git either: build/ is inside the checkout, whose untracked files (the
+    # suite's "nothing left in the checkout" check) are not the copy's.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GIT_DIR"] = str(work / ".not-a-git-checkout")
     log = BUILD / f"{group}.log"
     print(f"mutate: {group}: mutmut run in {work} (log: {log})", flush=True)
-    with log.open("w") as out:
-        done = subprocess.run(
-            ["mutmut", "run", "--max-children", str(jobs)],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if done.returncode != 0:
-        print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}", flush=True)
-    return done.returncode
+    runs = [[]]
+    if resume:  # the unchecked mutants, then the survivors again
+        again = [
+            name
+            for codes in results(group, spec).values()
+            for name, code in codes.items()
+            if code is not None and code not in KILLED and code not in TIMEOUT
+        ]
+        runs += [again] if again else []
+    with log.open("a" if resume else "w") as out:
+        for names in runs:
+            done = subprocess.run(
+                ["mutmut", "run", "--max-children", str(jobs), *names],
+                cwd=work,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+            if done.returncode != 0:
+                print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
+                return done.returncode
+    return 0
 
 
 def results(group: str, spec: dict) -> dict[str, dict[str, int | None]]:
@@ -148,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", help="groups of tests/mutation/modules.toml")
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only print the last results")
+    parser.add_argument(
+        "--resume", action="store_true", help="carry on with the last run (then its survivors)"
+    )
     args = parser.parse_args(argv)
     config = load("modules.toml")
     groups = args.groups or list(config["groups"])
@@ -157,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     allowed = load("allowlist.toml").get("mutants", {})
     failed = []
     if not args.report:
-        failed = [g for g in groups if run(g, config["groups"][g], args.jobs) != 0]
+        failed = [
+            g for g in groups if run(g, config["groups"][g], args.jobs, resume=args.resume) != 0
+        ]
     ok = report(groups, config, allowed)
     if failed:
         print(f"mutate: mutmut failed for: {', '.join(failed)}")

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cellvault import Cell, Config, TargetSpec, Vault
+from cellvault import Cell, Config, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
 from cellvault.config import load_toml
 from cellvault.lock import Lease
+from cellvault.report import Failure
 from cellvault.retention import RetentionPolicy
 
 from .test_incremental import age, snapshot
@@ -235,3 +236,59 @@ def test_prune_on_a_second_target_type(tmp_path: Path) -> None:
         assert vault.backup(kind="full").ok
     assert vault.prune().ok
     assert [a.targets for a in vault.list()] == [("local", "mem"), ("local", "mem")]
+
+
+class Failures:
+    """The failures a vault alerts, as the alert channels receive them."""
+
+    def __init__(self) -> None:
+        self.seen: list[Failure] = []
+
+    @hookimpl
+    def cellvault_backup_failed(self, failure: Failure) -> None:
+        self.seen.append(failure)
+
+
+def test_a_cell_that_cannot_be_pruned_is_alerted_naming_cell_and_target(tmp_path: Path) -> None:
+    vault, _, _ = setup(tmp_path)
+    assert vault.backup().ok
+    failures = Failures()
+    alerting = Vault(vault.config, load_entry_points=False, plugins=[failures])
+    lease = Lease.acquire(vault.target("local"), "crm", "a test holding the cell")
+    try:
+        held = alerting.prune()
+    finally:
+        lease.release()
+    (result,) = held.results
+    assert (result.target, result.cell, result.decisions) == ("local", "crm", ())
+    assert result.error and "locked by a test holding the cell" in result.error
+    (failure,) = failures.seen
+    assert (failure.operation, failure.stage, failure.cell, failure.target, failure.error) == (
+        "prune",
+        "prune",
+        "crm",
+        "local",
+        result.error,
+    )
+
+
+def test_prune_of_named_cells_touches_only_them(tmp_path: Path) -> None:
+    lives = {name: tmp_path / name for name in ("crm", "billing")}
+    for live in lives.values():
+        live.mkdir()
+        (live / "base.txt").write_text("base")
+        age(live, 100)
+    clock = Clock()
+    cfg = Config(
+        backup_dir=tmp_path / "backup",
+        cells=[Cell(name, [live]) for name, live in lives.items()],
+        retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None),
+    )
+    vault = Vault(cfg, load_entry_points=False, clock=clock)
+    for hours in (0, 1):
+        clock.now = START + dt.timedelta(hours=hours)
+        assert vault.backup(kind="full").ok
+    report = vault.prune(cells=["crm"])
+    assert [(r.cell, len(r.removed)) for r in report.results] == [("crm", 1)]
+    assert len(vault.list("crm")) == 1
+    assert len(vault.list("billing")) == 2
