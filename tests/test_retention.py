@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cellvault.archive import ArchiveId, ArchiveMeta, Sidecar
 from cellvault.errors import ConfigError
-from cellvault.retention import RetentionPolicy, plan
+from cellvault.retention import PruneReport, PruneResult, RetentionPolicy, plan
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -106,10 +106,58 @@ def test_gfs_buckets() -> None:
 
 def test_policy_from_mapping_rejects_unknown_keys() -> None:
     assert RetentionPolicy.from_mapping({"keep_last": 3}).keep_last == 3
-    with pytest.raises(ConfigError, match="keep_lats"):
-        RetentionPolicy.from_mapping({"keep_lats": 3})
+    with pytest.raises(ConfigError, match="keep_lats") as info:
+        RetentionPolicy.from_mapping({"keep_lats": 3}, where="target nas: retention")
+    assert info.value.message == "target nas: retention: unknown key 'keep_lats'"
+    assert info.value.hint == (
+        "known keys: keep_daily, keep_full_days, keep_hourly, keep_incremental_days, "
+        "keep_last, keep_monthly, keep_weekly"
+    )
     with pytest.raises(ConfigError, match="negative"):
         RetentionPolicy(keep_last=-1)
+    # TOML has no null: an empty value switches a rule off, as None does.
+    off = RetentionPolicy.from_mapping({"keep_full_days": "", "keep_last": None, "keep_daily": 2})
+    assert (off.keep_full_days, off.keep_last, off.keep_daily) == (None, None, 2)
+    assert off.keep_incremental_days == 3  # what the table does not name keeps its default
+
+
+def test_decisions_and_reports_as_json() -> None:
+    old, new = sidecar(NOW - dt.timedelta(days=30)), sidecar(NOW - dt.timedelta(days=1))
+    gone, kept_ = plan([old, new], RetentionPolicy(), NOW)
+    assert gone.to_dict() == {
+        "archive": str(old.id),
+        "keep": False,
+        "reasons": ["full, 30.0 days old, kept by no rule"],
+    }
+    assert kept_.to_dict() == {
+        "archive": str(new.id),
+        "keep": True,
+        "reasons": [
+            "newest archive of the cell",
+            "newest full archive of the cell",
+            "full younger than 7 days",
+        ],
+    }
+    result = PruneResult("nas", "crm", (gone, kept_), dry_run=True, debris=("crm/x.tmp",))
+    assert result.ok and result.removed == [gone]
+    assert result.to_dict() == {
+        "target": "nas",
+        "cell": "crm",
+        "dry_run": True,
+        "ok": True,
+        "error": None,
+        "debris": ["crm/x.tmp"],
+        "decisions": [gone.to_dict(), kept_.to_dict()],
+    }
+    failed = PruneResult("usb", "crm", (), dry_run=False, error="usb is gone")
+    report = PruneReport((result, failed), dry_run=False)
+    assert not failed.ok and not report.ok
+    assert report.to_dict() == {
+        "ok": False,
+        "dry_run": False,
+        "results": [result.to_dict(), failed.to_dict()],
+    }
+    assert PruneReport((result,), dry_run=True).ok
 
 
 @settings(max_examples=60, deadline=None)
