@@ -1,0 +1,54 @@
+"""Swap's own rules, on the file system: a rollback that cannot put old data back keeps it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from cellvault.swap import Swap
+from tests.helpers import write_tree
+
+
+def committed(tmp_path: Path) -> tuple[Swap, Path, Path]:
+    """A swap of one root, committed: the new tree live, the old one where the staged was."""
+    live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    swap = Swap.create({"app": live}, "cell_crm_20250101_020000")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    swap.place()
+    swap.commit()
+    old = swap.placed["app"]
+    assert ((live / "config.yaml").read_text(), (old / "config.yaml").read_text()) == (
+        "new\n",
+        "old\n",
+    )
+    return swap, live, old
+
+
+def test_a_rollback_puts_the_old_data_back_and_cleans_up(tmp_path: Path) -> None:
+    swap, live, _ = committed(tmp_path)
+    assert swap.rollback() == {}
+    assert (live / "config.yaml").read_text() == "old\n"
+    swap.cleanup()
+    assert sorted(p.name for p in live.parent.iterdir()) == ["app"]
+
+
+def test_a_rollback_that_cannot_put_the_old_data_back_keeps_it_and_says_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    swap, live, old = committed(tmp_path)
+    live.rename(tmp_path / "moved")  # the destination went away: the exchange back fails
+    caplog.set_level(logging.ERROR, logger="cellvault.swap")
+    assert swap.rollback() == {"app": old}
+    assert swap.stranded == {"app": old}
+    (record,) = [r.msg for r in caplog.records if r.name == "cellvault.swap"]
+    assert isinstance(record, dict)
+    assert record["event"] == "restore.rollback_failed"
+    assert (record["destination"], record["kept"]) == (str(live), str(old))
+    assert "No such file or directory" in record["error"]
+    # Nothing deletes the stranded old data: not the clean-up, not a discard.
+    swap.cleanup()
+    swap.discard()
+    assert (old / "config.yaml").read_text() == "old\n"
+    assert [p.name for p in old.parent.iterdir()] == [old.name]
