@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
 import pytest
 
+from cellvault import swap as swap_module
 from cellvault.swap import Swap
 from tests.helpers import write_tree
 
@@ -52,3 +54,20 @@ def test_a_rollback_that_cannot_put_the_old_data_back_keeps_it_and_says_where(
     swap.discard()
     assert (old / "config.yaml").read_text() == "old\n"
     assert [p.name for p in old.parent.iterdir()] == [old.name]
+
+
+def test_on_linux_the_exchange_is_one_renameat2_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The C library is loaded afresh, as by a new process.
+    monkeypatch.setattr(swap_module, "_libc", None)
+    tree = write_tree(tmp_path / "tree", {"f": "a folder\n"})
+    (tmp_path / "file").write_text("a file\n")
+    assert swap_module._renameat2(tree, tmp_path / "file") is True
+    assert (tmp_path / "file" / "f").read_text() == "a folder\n"
+    assert (tmp_path / "tree").read_text() == "a file\n"
+    # A failure other than "the file system cannot" is an error, with its errno.
+    with pytest.raises(FileNotFoundError) as info:
+        swap_module._renameat2(tmp_path / "tree", tmp_path / "missing")
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == str(tmp_path / "missing")
