@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,8 +16,11 @@ from cellvault import Cell, Config, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
 from cellvault.config import load_toml
 from cellvault.lock import Lease
+from cellvault.ops.prune import prune_cell
+from cellvault.readlease import ReadLease
 from cellvault.report import Failure
 from cellvault.retention import RetentionPolicy
+from cellvault.targets.local import LocalTarget
 
 from .test_incremental import age, snapshot
 
@@ -292,3 +296,48 @@ def test_prune_of_named_cells_touches_only_them(tmp_path: Path) -> None:
     assert [(r.cell, len(r.removed)) for r in report.results] == [("crm", 1)]
     assert len(vault.list("crm")) == 1
     assert len(vault.list("billing")) == 2
+
+
+def test_a_dry_run_says_what_a_prune_would_do_and_honours_read_leases(tmp_path: Path) -> None:
+    vault, _, clock = setup(tmp_path, retention=RetentionPolicy(None, None))
+    made = []
+    for hours in (0, 1, 2):
+        clock.now = START + dt.timedelta(hours=hours)
+        made.append(vault.backup(kind="full").cells[0].archive)
+    debris = tmp_path / "backup" / "crm" / "cell_crm_20000101_000000.tar.zst"
+    debris.write_bytes(b"half an upload")
+    target = vault.target("local")
+    with ReadLease.acquire(target, "crm", [made[0]], "a restore reading it", wait=0):
+        (result,) = vault.prune(dry_run=True).results
+    assert (result.target, result.cell, result.dry_run, result.ok) == ("local", "crm", True, True)
+    assert result.debris == ("crm/cell_crm_20000101_000000.tar.zst",)
+    assert [str(d.id) for d in result.removed] == [made[1]]
+    (held,) = [d for d in result.decisions if str(d.id) == made[0]]
+    assert held.keep and held.reasons[-1].startswith("held by a restore reading it on host ")
+    assert debris.exists() and [a.id for a in vault.list()] == made
+
+
+class RecordingTarget(LocalTarget):
+    """A local target that remembers the leases taken on it."""
+
+    leases: list[dict[str, object]]
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if key.startswith(".locks/"):
+            self.leases.append(json.loads(data))
+        return super().create_exclusive(key, data)
+
+
+def test_a_prune_holds_the_cell_s_lease_as_a_prune(tmp_path: Path) -> None:
+    # Read leases wait for a lease held by a prune (it deletes archives) and not for
+    # any other: the lease must say "prune".
+    vault, _, _ = setup(tmp_path)
+    assert vault.backup().ok
+    target = RecordingTarget(TargetSpec("local", str(tmp_path / "backup")))
+    target.leases = []
+    result = prune_cell(target, "crm", RetentionPolicy(), START, lock_ttl=123)
+    assert result.ok and not result.dry_run
+    (lease,) = target.leases
+    assert lease["purpose"] == "prune"
+    held = dt.datetime.fromisoformat(str(lease["expires"])) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(seconds=60) < held <= dt.timedelta(seconds=123)
