@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cellvault import Cell, Config, TargetSpec, Vault, hookimpl
+from cellvault.archive import Sidecar
 from cellvault.cli import cli
 from cellvault.config import load_toml
 from cellvault.lock import Lease
@@ -321,22 +324,42 @@ class RecordingTarget(LocalTarget):
     """A local target that remembers the leases taken on it."""
 
     leases: list[dict[str, object]]
+    deleted: list[str]
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         if key.startswith(".locks/"):
             self.leases.append(json.loads(data))
         return super().create_exclusive(key, data)
 
+    def delete_archive(self, sidecar: Sidecar) -> None:
+        self.deleted.append(str(sidecar.id))
+        super().delete_archive(sidecar)
 
-def test_a_prune_holds_the_cell_s_lease_as_a_prune(tmp_path: Path) -> None:
+
+def test_a_prune_holds_the_cell_s_lease_as_a_prune_and_deletes_newest_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Read leases wait for a lease held by a prune (it deletes archives) and not for
     # any other: the lease must say "prune".
-    vault, _, _ = setup(tmp_path)
-    assert vault.backup().ok
+    vault, _, clock = setup(tmp_path)
+    made = []
+    for hours in (0, 1, 2):
+        clock.now = START + dt.timedelta(hours=hours)
+        made.append(vault.backup(kind="full").cells[0].archive)
     target = RecordingTarget(TargetSpec("local", str(tmp_path / "backup")))
-    target.leases = []
-    result = prune_cell(target, "crm", RetentionPolicy(), START, lock_ttl=123)
-    assert result.ok and not result.dry_run
+    target.leases, target.deleted = [], []
+    caplog.set_level(logging.INFO, logger="cellvault.ops.prune")
+    now = START + dt.timedelta(days=2, hours=1)
+    result = prune_cell(target, "crm", RetentionPolicy(None, None), now, lock_ttl=123)
+    assert (result.target, result.cell, result.ok, result.dry_run) == ("local", "crm", True, False)
+    # Newest first: no committed archive ever needs one already gone.
+    assert target.deleted == [made[1], made[0]]
+    records = [r.msg for r in caplog.records if r.name == "cellvault.ops.prune"]
+    assert [(r["event"], r["target"], r["archive"]) for r in records] == [  # type: ignore[index]
+        ("archive.pruned", "local", made[1]),
+        ("archive.pruned", "local", made[0]),
+    ]
+    assert records[0]["reasons"] == ["full, 2.0 days old, kept by no rule"]  # type: ignore[index]
     (lease,) = target.leases
     assert lease["purpose"] == "prune"
     held = dt.datetime.fromisoformat(str(lease["expires"])) - dt.datetime.now(dt.UTC)
