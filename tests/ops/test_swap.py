@@ -71,3 +71,21 @@ def test_on_linux_the_exchange_is_one_renameat2_call(
         swap_module._renameat2(tmp_path / "tree", tmp_path / "missing")
     assert info.value.errno == errno.ENOENT
     assert info.value.filename == str(tmp_path / "missing")
+
+
+def test_without_renameat2_three_renames_swap_and_undo_themselves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A C library without renameat2 (musl before 1.2.3, another kernel): the fallback.
+    monkeypatch.setattr(swap_module, "_libc", False)
+    tree = write_tree(tmp_path / "tree", {"f": "a folder\n"})
+    (tmp_path / "file").write_text("a file\n")
+    swap_module.exchange(tree, tmp_path / "file")
+    assert (tmp_path / "file" / "f").read_text() == "a folder\n"
+    assert (tmp_path / "tree").read_text() == "a file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tree"]
+    # When the second rename fails, the first is undone: both entries as they were.
+    with pytest.raises(FileNotFoundError):
+        swap_module.exchange(tmp_path / "missing", tmp_path / "file")
+    assert (tmp_path / "file" / "f").read_text() == "a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tree"]
