@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_on_linux_the_exchange_is_one_renameat2_call(
     # A failure other than "the file system cannot" is an error, with its errno.
     with pytest.raises(FileNotFoundError) as info:
         swap_module._renameat2(tmp_path / "tree", tmp_path / "missing")
-    assert info.value.errno == errno.ENOENT
+    assert (info.value.errno, info.value.strerror) == (errno.ENOENT, os.strerror(errno.ENOENT))
     assert info.value.filename == str(tmp_path / "missing")
 
 
