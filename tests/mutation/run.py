@@ -8,8 +8,8 @@ killed, survived, without a test, and the survivors ``allowlist.toml``
 explains. The score counts killed (and timed-out) mutants and those the
 allow-list explains; below 90% the command exits 1. ``--report`` prints the
 last results without running anything; ``--resume`` carries on with the last
-run of a group (its unchecked mutants, then its survivors again, against the
-tests as they are now). Not part of CI: run it before a
+run of a group: its survivors again, against the tests as they are now, then
+the mutants it did not run. Not part of CI: run it before a
 release and when those modules change (docs/testing.md).
 """
 
@@ -89,15 +89,15 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
     env["GIT_DIR"] = str(work / ".not-a-git-checkout")
     log = BUILD / f"{group}.log"
     print(f"mutate: {group}: mutmut run in {work} (log: {log})", flush=True)
-    runs = [[]]
-    if resume:  # the unchecked mutants, then the survivors again
+    runs: list[list[str]] = [[]]
+    if resume:  # the survivors again (against today's tests), then the mutants not run yet
         again = [
             name
             for codes in results(group, spec).values()
             for name, code in codes.items()
             if code is not None and code not in KILLED and code not in TIMEOUT
         ]
-        runs += [again] if again else []
+        runs = [again, []] if again else [[]]
     with log.open("a" if resume else "w") as out:
         for names in runs:
             done = subprocess.run(
