@@ -113,12 +113,27 @@ def test_policy_from_mapping_rejects_unknown_keys() -> None:
         "known keys: keep_daily, keep_full_days, keep_hourly, keep_incremental_days, "
         "keep_last, keep_monthly, keep_weekly"
     )
+    with pytest.raises(ConfigError, match=r"^retention: unknown key 'keep_lats' \(known keys"):
+        RetentionPolicy.from_mapping({"keep_lats": 3})
     with pytest.raises(ConfigError, match="negative"):
         RetentionPolicy(keep_last=-1)
     # TOML has no null: an empty value switches a rule off, as None does.
     off = RetentionPolicy.from_mapping({"keep_full_days": "", "keep_last": None, "keep_daily": 2})
     assert (off.keep_full_days, off.keep_last, off.keep_daily) == (None, None, 2)
     assert off.keep_incremental_days == 3  # what the table does not name keeps its default
+
+
+def test_a_policy_describes_the_rules_it_has() -> None:
+    assert RetentionPolicy().describe() == "keep_full_days=7, keep_incremental_days=3"
+    assert (
+        RetentionPolicy(None, None, keep_last=2, keep_monthly=12).describe()
+        == "keep_last=2, keep_monthly=12"
+    )
+    # Not "keep everything": with no rule, a prune deletes all but what every policy keeps.
+    assert (
+        RetentionPolicy(None, None).describe()
+        == "no rule: only the newest archive, the newest full and the archives they need stay"
+    )
 
 
 def test_decisions_and_reports_as_json() -> None:

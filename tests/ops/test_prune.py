@@ -318,6 +318,11 @@ def test_a_dry_run_says_what_a_prune_would_do_and_honours_read_leases(tmp_path: 
     (held,) = [d for d in result.decisions if str(d.id) == made[0]]
     assert held.keep and held.reasons[-1].startswith("held by a restore reading it on host ")
     assert debris.exists() and [a.id for a in vault.list()] == made
+    # The prune itself keeps what a read lease holds, and deletes the rest.
+    with ReadLease.acquire(target, "crm", [made[0]], "a restore reading it", wait=0):
+        (done,) = vault.prune().results
+    assert [str(d.id) for d in done.removed] == [made[1]]
+    assert [a.id for a in vault.list()] == [made[0], made[2]]
 
 
 class RecordingTarget(LocalTarget):
@@ -350,7 +355,7 @@ def test_a_prune_holds_the_cell_s_lease_as_a_prune_and_deletes_newest_first(
     target.leases, target.deleted = [], []
     caplog.set_level(logging.INFO, logger="cellvault.ops.prune")
     now = START + dt.timedelta(days=2, hours=1)
-    result = prune_cell(target, "crm", RetentionPolicy(None, None), now, lock_ttl=123)
+    result = prune_cell(target, "crm", RetentionPolicy(None, None), now, lock_ttl=900)
     assert (result.target, result.cell, result.ok, result.dry_run) == ("local", "crm", True, False)
     # Newest first: no committed archive ever needs one already gone.
     assert target.deleted == [made[1], made[0]]
@@ -363,4 +368,4 @@ def test_a_prune_holds_the_cell_s_lease_as_a_prune_and_deletes_newest_first(
     (lease,) = target.leases
     assert lease["purpose"] == "prune"
     held = dt.datetime.fromisoformat(str(lease["expires"])) - dt.datetime.now(dt.UTC)
-    assert dt.timedelta(seconds=60) < held <= dt.timedelta(seconds=123)
+    assert dt.timedelta(seconds=600) < held <= dt.timedelta(seconds=900)  # not the default 120
