@@ -226,3 +226,50 @@ def expected_keep(
         if limit and (now - s.id.when) <= dt.timedelta(days=limit):
             keep.add(s.id)
     return keep | {needed for s in archives if s.id in keep for needed in s.meta.chain}
+
+
+def test_an_age_rule_keeps_an_archive_exactly_its_age_and_not_a_second_older() -> None:
+    policy = RetentionPolicy(keep_full_days=7, keep_incremental_days=None)
+    old, new = sidecar(NOW - dt.timedelta(days=30)), sidecar(NOW - dt.timedelta(days=1))
+    for age, kept_by_age in (
+        (dt.timedelta(days=7), True),
+        (dt.timedelta(days=7, seconds=1), False),
+    ):
+        edge = sidecar(NOW - age)
+        decisions = {d.id: d for d in plan([old, edge, new], policy, NOW)}
+        assert decisions[edge.id].keep is kept_by_age
+        assert decisions[old.id].keep is False
+
+
+def test_chains_of_older_kept_archives_are_kept_past_an_archive_no_rule_keeps() -> None:
+    day1 = (NOW - dt.timedelta(days=2)).replace(hour=1)
+    f1 = sidecar(day1)
+    i1a = sidecar(day1 + dt.timedelta(hours=6), "incremental", (f1.id,))
+    i1b = sidecar(day1 + dt.timedelta(hours=12), "incremental", (f1.id, i1a.id))
+    day2 = (NOW - dt.timedelta(days=1)).replace(hour=1)
+    f2 = sidecar(day2)
+    i2a = sidecar(day2 + dt.timedelta(hours=6), "incremental", (f2.id,))
+    f3 = sidecar(day2 + dt.timedelta(hours=12))
+    policy = RetentionPolicy(None, None, keep_daily=2)
+    decisions = {d.id: d for d in plan([f1, i1a, i1b, f2, i2a, f3], policy, NOW)}
+    assert {i for i, d in decisions.items() if d.keep} == {f3.id, i1b.id, i1a.id, f1.id}
+    # Needed by two kept archives, an archive says so once: for the newest of them.
+    assert decisions[f1.id].reasons == (f"needed by {i1b.id}",)
+    assert decisions[i1a.id].reasons == (f"needed by {i1b.id}",)
+
+
+def test_a_cell_of_only_incrementals_or_with_a_broken_chain_is_planned() -> None:
+    gone = ArchiveId("crm", NOW - dt.timedelta(days=9))  # pruned elsewhere, or lost
+    orphan = sidecar(NOW - dt.timedelta(days=8), "incremental", (gone,))
+    newest = sidecar(NOW - dt.timedelta(days=1), "incremental", (gone, orphan.id))
+    decisions = plan([orphan, newest], RetentionPolicy(None, None), NOW)
+    assert [(d.id, d.keep) for d in decisions] == [(orphan.id, True), (newest.id, True)]
+    assert decisions[1].reasons == ("newest archive of the cell",)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "3"])
+def test_a_rule_must_be_a_finite_number(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        RetentionPolicy(keep_last=value)  # type: ignore[arg-type]
+    assert info.value.message == f"retention keep_last must be a finite number, not {value!r}"
+    assert info.value.hint == "use a whole or decimal number of days (or archives), 0 or more"
