@@ -68,7 +68,7 @@ def test_a_fenced_primary_refuses_backup_push_and_prune_and_the_standby_restores
     assert primary.vault.backup(kind="incremental", targets=["local"]).ok
     with pytest.raises(DrError, match="site dr is active"):
         primary.push()  # the failover marker says it first; the epoch would too
-    with pytest.raises(Fenced):
+    with pytest.raises(Fenced, match="; prune refused, nothing was written to the shared"):
         primary.vault.prune()
     assert {c: s3_ids(primary, c) for c in CELLS} == on_s3
 
