@@ -15,7 +15,7 @@ nox.options.sessions = ["tests", "lint", "typing"]
 
 # Every optional feature is tested: the object-storage targets, the apprise notifier, the
 # Kubernetes traffic switch, the fleet, and mount (its FUSE test runs where /dev/fuse is usable).
-TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet,mount]"
+TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet,mount,crypt]"
 
 
 @nox.session
@@ -53,7 +53,7 @@ def lint(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package."""
     # types-requests: requests ships no type hints of its own (the alert webhook uses it).
-    session.install("-e", TEST_EXTRAS, "mypy>=1.11", "types-requests")
+    session.install("-e", TEST_EXTRAS, "mypy>=1.11", "types-requests", "pyrage-stubs")
     session.run("mypy")
 
 

@@ -64,11 +64,15 @@ PACKAGES: dict[str, str] = {
     "getfattr": "attr",
     "bsdtar": "libarchive-tools",
     "setpriv": "util-linux",
+    # Local immutable archives (tests/targets/test_local_immutable.py): the attribute read.
+    "lsattr": "e2fsprogs",
     # cellvault mount (tests/ops/test_mount.py): unmounting, and libfuse3 with it.
     "fusermount3": "fuse3",
     # The examples' checks: the shell wrappers linted, the systemd units verified.
     "shellcheck": "shellcheck",
     "systemd-analyze": "systemd",
+    # Encryption at rest (tests/test_crypt.py): the stock age | zstd | tar restore.
+    "age": "age",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -193,8 +194,10 @@ def test_a_manifest_copy_that_expands_past_its_declared_size_is_refused(store: S
     body = store.sidecar(newest)
     declared = body.get("manifest_size")
     assert isinstance(declared, int) and declared > 0  # backups declare it
-    (store.backup / "crm" / f"{newest}.manifest.json.zst").write_bytes(_bomb(256 << 20))
+    bomb = _bomb(256 << 20)
+    (store.backup / "crm" / f"{newest}.manifest.json.zst").write_bytes(bomb)
     target = store.vault().targets[0]
+    # Its size fails it as it streams (before its sha256, checked at its end, could).
     with pytest.raises(ArchiveCorrupt, match="expands past"):
         target.manifest(target.sidecar(newest))
 
@@ -434,16 +437,16 @@ def test_no_command_leaves_its_area_whatever_the_store_holds(fresh: Any, forged:
 
 def _swap_before_open(monkeypatch: pytest.MonkeyPatch, victim: Path, swap: Any) -> None:
     """Run *swap* on *victim* just before the packer opens it: after the scan saw a file."""
-    from cellvault import pack
+    from cellvault import readahead
 
-    real_open = pack._open_ahead
+    real_open = readahead.open_ahead
 
     def racing(path: str, size: int) -> Any:
         if path == str(victim):
             swap(victim)
         return real_open(path, size)
 
-    monkeypatch.setattr(pack, "_open_ahead", racing)
+    monkeypatch.setattr(readahead, "open_ahead", racing)
 
 
 def _to_fifo(path: Path) -> None:
@@ -560,8 +563,12 @@ def _rewrite_manifest(store: Store, ident: ArchiveId, change: Any) -> None:
     body = json.loads(zstandard.ZstdDecompressor().decompress(copy.read_bytes()))
     change(body)
     raw = json.dumps(body).encode()
-    copy.write_bytes(zstandard.ZstdCompressor().compress(raw))
-    sidecar = store.sidecar(ident) | {"manifest_size": len(raw)}
+    packed = zstandard.ZstdCompressor().compress(raw)
+    copy.write_bytes(packed)
+    sidecar = store.sidecar(ident) | {
+        "manifest_size": len(raw),
+        "manifest_sha256": hashlib.sha256(packed).hexdigest(),
+    }
     store.plant(ident.cell, str(ident), sidecar)
 
 

@@ -25,7 +25,8 @@ import cellvault
 from cellvault import ArchiveId, ConfigError, Manifest
 from cellvault.codec import get_codec
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
-from cellvault.pack import Packer, _FileSource
+from cellvault.pack import Packer
+from cellvault.readahead import FileSource as _FileSource
 from cellvault.spool import clear_stale_spool
 
 from .archive_helpers import (
@@ -556,17 +557,17 @@ def test_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
 KILL_CHILD = """
     import errno, os, shutil, sys, time
     from pathlib import Path
-    import cellvault.pack, cellvault.targets.local
+    import cellvault.pack, cellvault.readahead, cellvault.targets.local
     from cellvault import Cell, Config, Vault
 
     mode, src, backup = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     if mode == "pack":
         # Slow the pack down so that the parent sees the spool's .partial file.
-        real_read = cellvault.pack._FileSource.read
+        real_read = cellvault.readahead.FileSource.read
         def slow_read(self, n=-1):
             time.sleep(0.02)
             return real_read(self, n)
-        cellvault.pack._FileSource.read = slow_read
+        cellvault.readahead.FileSource.read = slow_read
     else:
         # Force the copy path of LocalTarget.put_file and hang in the middle of it.
         real_link = os.link

@@ -1,6 +1,6 @@
 """Reading ahead while packing: same archive, same errors, bounded, and no thread left behind.
 
-The packer opens and reads the next files on a few threads (``pack._ReadAhead``)
+The packer opens and reads the next files on a few threads (``readahead.ReadAhead``)
 while it compresses the ones before. Nothing of that may show: members come in
 walk order, errors of a read-ahead thread surface in the packer with the
 messages a direct read gave, and every thread and file is closed when ``pack``
@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 
 import cellvault.pack as pack
+import cellvault.readahead as readahead
 from cellvault import Manifest
-from cellvault.pack import _FileSource, _Opened, _ReadAhead
+from cellvault.readahead import FileSource as _FileSource
+from cellvault.readahead import Opened as _Opened
+from cellvault.readahead import ReadAhead as _ReadAhead
 
 from .archive_helpers import archive_files, make_vault, read_members, snapshot
 
@@ -50,7 +53,7 @@ WHOLE = 256 << 10
 @pytest.fixture(autouse=True, params=[0, WHOLE], ids=["kernel-read-ahead", "read-whole"])
 def read_whole(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Each test twice: files only opened ahead (the default), and small files read whole."""
-    monkeypatch.setattr(pack, "READ_WHOLE", request.param)
+    monkeypatch.setattr(readahead, "READ_WHOLE", request.param)
     return int(request.param)
 
 
@@ -109,16 +112,16 @@ def test_reads_stay_within_the_budget(
     tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A small budget and a slow writer: the threads would run far ahead if unbounded.
-    monkeypatch.setattr(pack, "READ_BUDGET", 64 << 10)
-    monkeypatch.setattr(pack, "READ_ITEMS", 16)
+    monkeypatch.setattr(readahead, "READ_BUDGET", 64 << 10)
+    monkeypatch.setattr(readahead, "READ_ITEMS", 16)
     lock = threading.Lock()
     held = {"bytes": 0, "items": 0, "max_bytes": 0, "max_items": 0}
-    real_open = pack._open_ahead
+    real_open = readahead.open_ahead
 
     def counting_open(path: str, size: int) -> _Opened:
         opened = real_open(path, size)
         with lock:
-            held["bytes"] += min(size, pack.READ_WINDOW)
+            held["bytes"] += min(size, readahead.READ_WINDOW)
             held["items"] += 1
             held["max_bytes"] = max(held["max_bytes"], held["bytes"])
             held["max_items"] = max(held["max_items"], held["items"])
@@ -130,16 +133,16 @@ def test_reads_stay_within_the_budget(
         future.result()  # wait for it, so that only what was taken is subtracted
         time.sleep(0.002)  # a slow writer: the threads get ahead as far as they may
         with lock:
-            held["bytes"] -= min(item[3].st_size, pack.READ_WINDOW)
+            held["bytes"] -= min(item[3].st_size, readahead.READ_WINDOW)
             held["items"] -= 1
         real_add(self, tar, item, future)
 
-    monkeypatch.setattr(pack, "_open_ahead", counting_open)
+    monkeypatch.setattr(readahead, "open_ahead", counting_open)
     monkeypatch.setattr(pack.Packer, "_add_file", slow_add)
     assert make_vault(tmp_path / "backup", [tree]).backup().ok
     assert held["items"] == 0
     # At most the budget, plus the one file that crossed it.
-    assert held["max_bytes"] <= (64 << 10) + pack.READ_WINDOW
+    assert held["max_bytes"] <= (64 << 10) + readahead.READ_WINDOW
     assert held["max_items"] <= 16
     assert held["max_items"] > 1  # it did read ahead
 
@@ -148,14 +151,14 @@ def test_a_file_that_vanishes_before_its_read_is_skipped_with_a_warning(
     tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gone = tree / "d2" / "sub" / "f07.txt"
-    real_open = pack._open_ahead
+    real_open = readahead.open_ahead
 
     def vanishing(path: str, size: int) -> _Opened:
         if path == str(gone):
             gone.unlink()
         return real_open(path, size)
 
-    monkeypatch.setattr(pack, "_open_ahead", vanishing)
+    monkeypatch.setattr(readahead, "open_ahead", vanishing)
     vault = make_vault(tmp_path / "backup", [tree])
     report = vault.backup()
     assert report.ok
@@ -222,14 +225,14 @@ def test_close_drops_what_was_read_and_not_taken(tmp_path: Path) -> None:
     paths = []
     for i in range(8):
         path = tmp_path / f"f{i}"
-        path.write_bytes(b"x" * (pack.READ_WHOLE + 1))  # kept open by the read-ahead
+        path.write_bytes(b"x" * (readahead.READ_WHOLE + 1))  # kept open by the read-ahead
         paths.append(path)
     ahead = _ReadAhead(threads=2)
     items = iter([(pack._FILE, str(p), p.name, p.stat(), None) for p in paths])
     walk = ahead.items(items)
     _, future = next(walk)
     assert future is not None
-    assert future.result().source.remaining == pack.READ_WHOLE + 1
+    assert future.result().source.remaining == readahead.READ_WHOLE + 1
     assert read_threads()
     assert open_under(tmp_path)  # the files opened ahead, taken or not
     future.result().source.raw.close()  # what the packer does with the one it took
@@ -295,11 +298,11 @@ def test_larger_files_held_open_ahead_are_bounded(
     src.mkdir()
     rnd = random.Random(6)
     for i in range(24):
-        (src / f"big{i:02}").write_bytes(rnd.randbytes(pack.READ_WHOLE + 100))
-    monkeypatch.setattr(pack, "READ_OPEN", 3)
+        (src / f"big{i:02}").write_bytes(rnd.randbytes(readahead.READ_WHOLE + 100))
+    monkeypatch.setattr(readahead, "READ_OPEN", 3)
     lock = threading.Lock()
     state = {"open": 0, "max": 0}
-    real_open = pack._open_ahead
+    real_open = readahead.open_ahead
 
     def counting_open(path: str, size: int) -> _Opened:
         opened = real_open(path, size)
@@ -317,7 +320,7 @@ def test_larger_files_held_open_ahead_are_bounded(
             state["open"] -= 1
         real_add(self, tar, item, future)
 
-    monkeypatch.setattr(pack, "_open_ahead", counting_open)
+    monkeypatch.setattr(readahead, "open_ahead", counting_open)
     monkeypatch.setattr(pack.Packer, "_add_file", taking_add)
     vault = make_vault(tmp_path / "backup", [src])
     report = vault.backup()

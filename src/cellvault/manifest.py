@@ -10,14 +10,19 @@ archive that holds them; deleted paths are simply absent.
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import attrs
 
 from .errors import ArchiveCorrupt
+from .spillmap import SpillMap
 from .trust import check_count, check_holder, check_mode
 
 __all__ = ["Entry", "EntryType", "Manifest"]
@@ -143,18 +148,42 @@ class Entry:
         )
 
 
+def _entry_text(entry: Entry) -> str:
+    return entry.to_json()
+
+
+def _entry_of(text: str) -> Entry:
+    return Entry.from_dict(json.loads(text))
+
+
+def _entry_map(value: Mapping[str, Entry] | SpillMap[Entry] | None = None) -> SpillMap[Entry]:
+    if isinstance(value, SpillMap):
+        return value
+    out: SpillMap[Entry] = SpillMap(_entry_text, _entry_of)
+    for path, entry in (value or {}).items():
+        out[path] = entry
+    return out
+
+
 @attrs.define
 class Manifest:
-    """The ordered set of :class:`Entry` of one archive, keyed by path."""
+    """The ordered set of :class:`Entry` of one archive, keyed by path.
+
+    The entries are a :class:`~cellvault.spillmap.SpillMap`: past a few tens of
+    thousands of paths they live in a temporary file, not in memory, so that a
+    manifest of millions of paths needs no more memory than a small one.
+    """
 
     archive: str
-    entries: dict[str, Entry] = attrs.field(factory=dict)
+    entries: SpillMap[Entry] = attrs.field(factory=_entry_map, converter=_entry_map)
+    #: The sha256 of the JSON this manifest was read from (``None``: built, not read).
+    digest: str | None = attrs.field(default=None, eq=False, kw_only=True)
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.path] = entry
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self.entries.values())
+        return self.entries.values()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -189,38 +218,36 @@ class Manifest:
         writes it into a spool file, and both of its copies come from there).
         """
         written = out.write(b'{"format":1,"archive":%s,"entries":[' % _quote(self.archive).encode())
-        entries = list(self.entries.values())
-        for start in range(0, len(entries), JSON_CHUNK):
-            text = ",".join(e.to_json() for e in entries[start : start + JSON_CHUNK])
-            written += out.write((text if start == 0 else "," + text).encode())
+        chunk: list[str] = []
+        first = True
+        for entry in self.entries.values():
+            chunk.append(entry.to_json())
+            if len(chunk) >= JSON_CHUNK:
+                text = ",".join(chunk)
+                written += out.write((text if first else "," + text).encode())
+                first = False
+                chunk = []
+        if chunk:
+            text = ",".join(chunk)
+            written += out.write((text if first else "," + text).encode())
         written += out.write(b"]}\n")
         return written
 
     @classmethod
     def from_json(cls, raw: bytes, *, archive: str = "?") -> Manifest:
-        # Each entry becomes an Entry as soon as the parser has read it (object_hook):
-        # the parsed dicts of a large manifest are never all alive at once. The few
-        # archive ids are shared by all the entries that name them.
-        ids: dict[str, str] = {}
+        """The manifest in *raw* (``manifest.json``'s bytes)."""
+        return cls.read(io.BytesIO(raw), archive=archive)
 
-        def entry(item: dict[str, Any]) -> Any:
-            if "path" not in item:
-                return item
-            holder = item.get("archive")
-            if type(holder) is str:
-                item["archive"] = ids.setdefault(holder, holder)
-            return Entry.from_dict(item)
+    @classmethod
+    def read(cls, source: _Readable, *, archive: str = "?") -> Manifest:
+        """The manifest read from *source* (``manifest.json``'s bytes) as a stream.
 
+        Memory does not grow with the manifest's size: each entry is checked and
+        stored as soon as it is parsed. Raises :class:`ArchiveCorrupt` when the
+        text is not a manifest.
+        """
         try:
-            data = json.loads(raw, object_hook=entry)
-            manifest = cls(archive=str(data["archive"]))
-            add = manifest.add
-            for item in data["entries"]:
-                if not isinstance(item, Entry):
-                    raise TypeError(f"an entry is a {type(item).__name__}, not an object")
-                add(item)
-            for holder in ids:
-                check_holder(holder, archive)
+            return _read(cls, source, archive)
         except ArchiveCorrupt as exc:
             raise ArchiveCorrupt(
                 f"manifest is unusable ({exc.detail})", archive=archive, member="manifest.json"
@@ -231,7 +258,125 @@ class Manifest:
                 archive=archive,
                 member="manifest.json",
             ) from None
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+#: The head of a manifest as cellvault writes it (any whitespace allowed).
+_HEAD = re.compile(
+    r'\s*\{\s*"format"\s*:\s*1\s*,\s*"archive"\s*:\s*("(?:[^"\\]|\\.)*")\s*,'
+    r'\s*"entries"\s*:\s*\[\s*'
+)
+_SPACE = re.compile(r"\s*")
+#: Bytes read from a manifest's source at a time.
+READ_CHUNK = 1 << 20
+
+
+class _Text:
+    """The text of a manifest read a chunk at a time, digested as it passes."""
+
+    def __init__(self, source: _Readable) -> None:
+        self.source = source
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.digest = hashlib.sha256()
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+
+    def more(self) -> bool:
+        """Read the next chunk into the buffer (dropping what was parsed); ``False`` at the end."""
+        if self.eof:
+            return False
+        raw = self.source.read(READ_CHUNK)
+        self.digest.update(raw)
+        if not raw:
+            self.eof = True
+        self.buf = self.buf[self.pos :] + self.decoder.decode(raw, final=not raw)
+        self.pos = 0
+        return True
+
+    def skip(self) -> int:
+        """Skip whitespace (reading on as needed); the position of what follows."""
+        while True:
+            self.pos = _SPACE.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf) or not self.more():
+                return self.pos
+
+    def rest(self) -> str:
+        while self.more():
+            pass
+        return self.buf[self.pos :]
+
+
+def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
+    text = _Text(source)
+    while len(text.buf) < 4096 and text.more():
+        pass
+    head = _HEAD.match(text.buf)
+    if head is None:
+        # Not laid out as cellvault writes it: parsed whole, as before.
+        data = json.loads(text.rest())
+        manifest = cls(archive=str(data["archive"]), digest=text.digest.hexdigest())
+        ids: dict[str, str] = {}
+        for item in data["entries"]:
+            manifest.add(_entry(item, ids))
+        _check_holders(ids, archive)
         return manifest
+    manifest = cls(archive=str(json.loads(head.group(1))))
+    ids = {}
+    decode = json.JSONDecoder().raw_decode
+    add = manifest.add
+    text.pos = head.end()
+    expect_entry = True
+    first = True
+    while True:
+        pos = text.skip()
+        buf = text.buf
+        if pos >= len(buf):
+            raise ValueError("the manifest ends inside its list of entries")
+        if not expect_entry:
+            if buf[pos] == "]":
+                text.pos = pos + 1
+                break
+            if buf[pos] != ",":
+                raise ValueError(f"expected ',' or ']' after an entry, found {buf[pos]!r}")
+            text.pos = pos + 1
+            expect_entry = True
+            continue
+        if first and buf[pos] == "]":
+            text.pos = pos + 1
+            break
+        try:
+            item, end = decode(buf, pos)
+        except json.JSONDecodeError:
+            if text.more():
+                continue  # the entry goes on in the next chunk
+            raise
+        add(_entry(item, ids))
+        text.pos = end
+        expect_entry = first = False
+    if text.rest().strip() != "}":
+        raise ValueError("the manifest does not end after its entries")
+    _check_holders(ids, archive)
+    manifest.digest = text.digest.hexdigest()
+    return manifest
+
+
+def _entry(item: object, ids: dict[str, str]) -> Entry:
+    if not isinstance(item, dict):
+        raise TypeError(f"an entry is a {type(item).__name__}, not an object")
+    # The few archive ids are shared by all the entries that name them.
+    holder = item.get("archive")
+    if type(holder) is str:
+        item["archive"] = ids.setdefault(holder, holder)
+    return Entry.from_dict(item)
+
+
+def _check_holders(ids: dict[str, str], archive: str) -> None:
+    for holder in ids:
+        check_holder(holder, archive)
 
 
 def _xattrs(raw: object) -> tuple[tuple[str, str], ...]:

@@ -6,7 +6,7 @@ blocks, hashed while read, and tar bookkeeping is dropped as it goes. Only the
 manifest (one small record per path) is held for the whole run.
 
 Files are opened and read a little ahead of the tar writer by a few threads
-(:class:`_ReadAhead`), so that the disk's latency for one small file overlaps
+(:class:`ReadAhead`), so that the disk's latency for one small file overlaps
 the compression of the ones before it; the bytes read ahead are bounded.
 """
 
@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import os
 import stat
 import tarfile
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
+from . import readahead
 from .archive import ArchiveId, ArchiveMeta, Kind
 from .cell import Cell, excluder, existing_roots
 from .codec import Codec, HashingWriter
+from .crypt import SUFFIX, Recipients, Sealer
 from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
 from .errors import BackupError
@@ -49,10 +49,11 @@ from .fsmeta import (
 )
 from .log import get_logger
 from .manifest import Entry, Manifest
+from .readahead import FILE_ITEM, FileSource, Opened, ReadAhead
 from .report import DumpSummary
-from .safeopen import SwappedFile, check_same, open_scanned
-from .spool import claim_spool, clear_stale_spool, write_manifest_copy
-from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
+from .safeopen import SwappedFile, check_same
+from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
+from .tarwrite import BLOCK, TarWriter, pax_mtime, tar_header
 
 __all__ = ["PackResult", "Packer"]
 
@@ -63,22 +64,6 @@ log = get_logger(__name__)
 #: file systems with coarse timestamps.
 RACY_NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-#: Read-ahead: threads that open the next files and ask the kernel to read them
-#: into its page cache (READ_WINDOW bytes at a time), and the bounds on what is
-#: ahead of the writer: READ_BUDGET bytes, READ_ITEMS paths, READ_OPEN open files.
-#: Files up to READ_WHOLE bytes are read whole by the thread instead (0: none; a
-#: knob for network mounts). One thread, nothing read whole, 128 files open: the
-#: fastest measured (docs/performance.md, "Read-ahead"); more threads cost GIL
-#: hand-offs.
-READ_THREADS = 1
-READ_BUDGET = 32 << 20
-READ_ITEMS = 512
-READ_WHOLE = 0
-READ_WINDOW = 8 << 20
-#: Files held open ahead of the writer (cells may be packed in parallel: this
-#: keeps a run far from the limit on open files).
-READ_OPEN = 128
 
 
 @attrs.frozen
@@ -102,162 +87,9 @@ class PackResult:
     dumps: tuple[DumpSummary, ...] = ()
 
 
-def _no_progress(n: int) -> None:
-    pass
-
-
-class _FileSource:
-    """Read exactly *size* bytes of an open file, hashing them as they pass.
-
-    A file that shrinks while it is read is padded with zeros so that the tar
-    stays valid; the manifest then records the hash of what was stored and a
-    warning names the file. A file that grows is stored at its scanned size.
-    """
-
-    def __init__(
-        self, raw: IO[bytes], size: int, progress: Callable[[int], None] = _no_progress
-    ) -> None:
-        self.raw = raw
-        self.remaining = size
-        self.digest = hashlib.sha256()
-        self.short = False
-        self.progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > self.remaining:
-            n = self.remaining
-        data = self.raw.read(n)
-        if len(data) < n:
-            # One read may return less than asked (a FUSE or network file system):
-            # only an empty read is the end of the file.
-            parts = [data]
-            got = len(data)
-            while got < n:
-                more = self.raw.read(n - got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-            if got < n:
-                self.short = True
-                data += ZEROS[: n - got] if n - got <= BLOCK else bytes(n - got)
-        self.remaining -= n
-        self.digest.update(data)
-        self.progress(n)
-        return data
-
-
-class _Opened:
-    """A file opened (and read in part or whole) by a read-ahead thread."""
-
-    __slots__ = ("head", "source", "st")
-
-    def __init__(self, source: _FileSource, head: bytes, st: os.stat_result | None = None) -> None:
-        self.source = source
-        #: All of a small file, already hashed; nothing of a larger one.
-        self.head = head
-        #: The opened file's ``fstat``: checked against the scan's ``lstat``.
-        self.st = st
-
-
-def _open_ahead(path: str, size: int) -> _Opened:
-    """Open *path*; read it whole if it is small, else start the kernel reading it."""
-    raw = open_scanned(path)
-    try:
-        opened_st = os.fstat(raw.fileno())
-        source = _FileSource(raw, size)
-        if size <= READ_WHOLE:
-            head = source.read(size)
-            raw.close()
-        else:
-            # Not read here: bytes held in this process would be its memory, the
-            # kernel's read-ahead is not (and is as far ahead when the writer comes).
-            head = b""
-            with contextlib.suppress(OSError):
-                fd = raw.fileno()
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                os.posix_fadvise(fd, 0, READ_WINDOW, os.POSIX_FADV_WILLNEED)
-    except BaseException:
-        raw.close()
-        raise
-    return _Opened(source, head, opened_st)
-
-
-def _close_opened(future: Future[_Opened]) -> None:
-    if future.done() and not future.cancelled() and future.exception() is None:
-        future.result().source.raw.close()
-
-
-class _ReadAhead:
-    """Open and read files in walk order on a few threads, a bounded way ahead.
-
-    :meth:`items` passes the walk's items through in order; for each file to
-    store it starts :func:`_open_ahead` as soon as the item enters the window
-    (at most :data:`READ_ITEMS` items, :data:`READ_BUDGET` bytes and
-    :data:`READ_OPEN` open files ahead) and
-    hands out its future, whose result (or error) the packer takes in order.
-    :meth:`close` stops the threads and closes whatever was opened and not
-    taken; no thread outlives it.
-    """
-
-    def __init__(
-        self, threads: int | None = None, budget: int | None = None, items: int | None = None
-    ) -> None:
-        self.threads = threads or READ_THREADS
-        self.budget = budget or READ_BUDGET
-        self.max_items = items or READ_ITEMS
-        self._pool: ThreadPoolExecutor | None = None
-        self._window: deque[tuple[_Item, Future[_Opened] | None, int]] = deque()
-
-    def _submit(self, item: _Item) -> tuple[_Item, Future[_Opened] | None, int]:
-        if item[0] != _FILE:
-            return item, None, 0
-        if self._pool is None:
-            # Started on the first file to read: an incremental with nothing
-            # changed starts no thread.
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cellvault-read")
-        size: int = item[3].st_size
-        return item, self._pool.submit(_open_ahead, item[1], size), min(size, READ_WINDOW)
-
-    def items(self, walk: Iterator[_Item]) -> Iterator[tuple[_Item, Future[_Opened] | None]]:
-        window = self._window
-        held = 0  # bytes ahead: read into memory, or asked of the kernel
-        opened = 0  # larger files open ahead
-        more = True
-        while True:
-            while (
-                more and len(window) < self.max_items and held < self.budget and opened < READ_OPEN
-            ):
-                item = next(walk, None)
-                if item is None:
-                    more = False
-                    break
-                entry = self._submit(item)
-                held += entry[2]
-                opened += entry[2] > READ_WHOLE
-                window.append(entry)
-            if not window:
-                return
-            item, future, cost = window[0]
-            yield item, future
-            # Taken only now: if the packer failed on it, close() still sees it.
-            window.popleft()
-            held -= cost
-            opened -= cost > READ_WHOLE
-
-    def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for _, future, _ in self._window:
-            if future is not None:
-                _close_opened(future)
-        self._window.clear()
-
-
 # The walk's items, in archive order (tuples: built once per path, cheap to pass).
 _DIR, _LINK, _FILE, _SAME, _WARN, _HARD, _SPECIAL = range(7)
+assert _FILE == FILE_ITEM
 #: (kind, path, member name, stat, extra): extra is the link's target for _LINK,
 #: the parent's entry (or None) for _FILE, the entry to list for _SAME, the
 #: message for _WARN, the member name of the group's first name for _HARD, the
@@ -302,6 +134,8 @@ class Packer:
     #: DR fencing: the epoch this site held when the backup started, and its id.
     epoch: int | None = None
     site: str | None = None
+    #: Encrypt the archive to these age recipients as it is written (``None``: plain).
+    recipients: Recipients | None = None
 
     _manifest: Manifest = attrs.field(init=False)
     _warnings: list[str] = attrs.field(init=False, factory=list)
@@ -327,15 +161,19 @@ class Packer:
         backed_at = dt.datetime.now(dt.UTC)
         roots = self._roots()
         meta = self._meta(backed_at, roots)
-        final = self.spool / f"{self.ident}{self.codec.suffix}"
+        sealed = SUFFIX if self.recipients else ""
+        final = self.spool / f"{self.ident}{self.codec.suffix}{sealed}"
         partial = final.with_name(final.name + ".partial")
         clear_stale_spool(self.spool.parent, keep=self.spool)
         out = self._open_partial(partial)
         manifest_json: IO[bytes] | None = None
+        sealer: Sealer | None = None
         try:
             with out as raw:
                 hashing = HashingWriter(raw)
-                compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
+                # Encrypted as it is written, when recipients are given (cellvault.crypt).
+                sealer = Sealer(hashing, self.recipients) if self.recipients else None
+                compressor = self.codec.writer(sealer or hashing)  # type: ignore[arg-type]
                 tar = TarWriter(compressor)
                 tar.add_bytes("meta.json", meta.to_json(), int(backed_at.timestamp()))
                 self._add_trees(tar, roots)
@@ -346,10 +184,15 @@ class Packer:
                 self._add_manifest(tar, manifest_json, backed_at)
                 tar.close()
                 compressor.close()
+                if sealer is not None:
+                    sealer.close()
                 raw.flush()
                 os.fsync(raw.fileno())
         except BaseException:
             # A failed pack leaves nothing in the spool (the run removes its empty folder).
+            if sealer is not None:
+                with contextlib.suppress(OSError):
+                    sealer.close()  # the encrypting thread ends with it
             with contextlib.suppress(OSError):
                 partial.unlink()
             if manifest_json is not None:
@@ -405,7 +248,7 @@ class Packer:
         for attempt in range(5):
             claim_spool(self.spool)
             try:
-                return open(partial, "wb")  # closed by the with in pack()
+                return open_spool_file(partial)  # closed by the with in pack()
             except FileNotFoundError:
                 # The cells of a run share its folder, and the run removes it when
                 # it is empty: another cell may have done so just now. Again.
@@ -432,13 +275,13 @@ class Packer:
 
     # -- the walk --------------------------------------------------------
     #
-    # The walk (main thread) yields items in archive order; _ReadAhead opens and
+    # The walk (main thread) yields items in archive order; ReadAhead opens and
     # reads the files among them on its threads, ahead of the writer; _add_trees
     # writes the members in that same order. Paths are strings: pathlib per file
     # cost a third of a walk.
 
     def _add_trees(self, tar: TarWriter, roots: dict[str, Path]) -> None:
-        ahead = _ReadAhead()
+        ahead = ReadAhead()
         try:
             for item, future in ahead.items(self._walk(roots)):
                 kind = item[0]
@@ -628,7 +471,7 @@ class Packer:
             self._warn(warning)
         return found
 
-    def _opened(self, path: str, st: os.stat_result, future: Future[_Opened]) -> _Opened | None:
+    def _opened(self, path: str, st: os.stat_result, future: Future[Opened]) -> Opened | None:
         """The file the scan saw, opened; ``None`` (with a warning) when it is gone or swapped."""
         try:
             opened = future.result()
@@ -654,7 +497,7 @@ class Packer:
             return None
         return opened
 
-    def _add_file(self, tar: TarWriter, item: _Item, future: Future[_Opened]) -> None:
+    def _add_file(self, tar: TarWriter, item: _Item, future: Future[Opened]) -> None:
         _, path, name, st, prev = item
         size = st.st_size
         opened = self._opened(path, st, future)
@@ -667,13 +510,13 @@ class Packer:
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
                 if self._same_content(source, prev, st, path):
                     return
-                if size > READ_WHOLE:
+                if size > readahead.READ_WHOLE:
                     raw.seek(0)
-                    source = _FileSource(raw, size)
+                    source = FileSource(raw, size)
                     head = b""
             found = self._xattrs(path)
             regions = None
-            if size > READ_WHOLE and st.st_blocks * 512 < size:
+            if size > readahead.READ_WHOLE and st.st_blocks * 512 < size:
                 regions = data_map(raw.fileno(), size)
             if regions is not None:
                 source.short = add_sparse(
@@ -719,9 +562,7 @@ class Packer:
             )
         )
 
-    def _same_content(
-        self, source: _FileSource, prev: Entry, st: os.stat_result, path: str
-    ) -> bool:
+    def _same_content(self, source: FileSource, prev: Entry, st: os.stat_result, path: str) -> bool:
         """With *checksum*: list the file as unchanged if its bytes hash as the parent's did."""
         digest = source.digest
         if source.remaining:
@@ -746,17 +587,17 @@ class Packer:
         )
         return True
 
-    def _copy_rest(self, tar: TarWriter, source: _FileSource, size: int) -> None:
+    def _copy_rest(self, tar: TarWriter, source: FileSource, size: int) -> None:
         """Copy a large file's remaining bytes, keeping the kernel reading ahead of us."""
         source.progress = self._progress
         fd = source.raw.fileno()
         pos = size - source.remaining
-        advised = READ_WINDOW  # the read-ahead thread asked for the first window
+        advised = readahead.READ_WINDOW  # the read-ahead thread asked for the first window
         while source.remaining:
-            if pos + READ_WINDOW // 2 > advised:
+            if pos + readahead.READ_WINDOW // 2 > advised:
                 with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, advised, READ_WINDOW, os.POSIX_FADV_WILLNEED)
-                advised += READ_WINDOW
+                    os.posix_fadvise(fd, advised, readahead.READ_WINDOW, os.POSIX_FADV_WILLNEED)
+                advised += readahead.READ_WINDOW
             block = source.read(BLOCK)
             tar.write(block)
             pos += len(block)

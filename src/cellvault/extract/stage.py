@@ -28,7 +28,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -196,7 +196,8 @@ class StagedTree:
     #: read only up to the last member it holds for them, and its own manifest,
     #: at the end of the stream, is not compared.
     partial: bool = False
-    _pending: dict[str, Entry] = attrs.field(init=False, factory=dict)
+    #: Files still to write, counted by the archive that holds them.
+    _left: dict[str, int] = attrs.field(init=False, factory=dict)
     _dirs: DirFds | None = attrs.field(init=False, default=None)
     #: Where dumps go, relative to *staging* (``None``: dumps are not wanted).
     _dumps_rel: str | None = attrs.field(init=False, default=None)
@@ -252,8 +253,9 @@ class StagedTree:
             raise
 
     def _prepare(self, dirs: DirFds) -> None:
-        not_dirs = {e.path for e in self.manifest if e.type != "dir"}
         dumps_name = self._dumps_rel if self._dumps_rel and "/" not in self._dumps_rel else None
+        left = self._left
+        checked = None  # the parent of the last entry: its ancestors are all directories
         for entry in self.manifest:
             dest = self._dest(entry.path)
             if dest is None:
@@ -269,18 +271,26 @@ class StagedTree:
                     archive=self.archive,
                     member=entry.path,
                 )
-            above = entry.path
-            while (cut := above.rfind("/")) > 0:
-                above = above[:cut]
-                if above in not_dirs:
-                    self._refuse_under(parts, entry)
+            parent = entry.path.rpartition("/")[0]
+            if parent != checked:
+                self._check_above(parts, entry)
+                checked = parent
             if entry.type == "hardlink":
                 self._check_hardlink(entry)
             elif entry.type == "dir":
                 tree, rel = self._at(dest)
                 tree.fd(rel)
             elif entry.type == "file":
-                self._pending[entry.path] = entry
+                holder = entry.archive or ""
+                left[holder] = left.get(holder, 0) + 1
+
+    def _check_above(self, parts: list[str], entry: Entry) -> None:
+        """Refuse *entry* if a path above it is listed as anything but a directory."""
+        get = self.manifest.get
+        for depth in range(1, len(parts)):
+            above = get("/".join(parts[:depth]))
+            if above is not None and above.type != "dir":
+                self._refuse_under(parts, entry)
 
     def _check_hardlink(self, entry: Entry) -> None:
         first = self.manifest.get(entry.target or "")
@@ -305,7 +315,7 @@ class StagedTree:
 
     def holders(self) -> set[str]:
         """The archives that still have to be read."""
-        return {e.archive for e in self._pending.values() if e.archive}
+        return {holder for holder, n in self._left.items() if n and holder}
 
     def close(self) -> None:
         """Close the directory descriptors (:meth:`finish` does; call it after a failure)."""
@@ -329,26 +339,33 @@ class StagedTree:
         if (
             not self.partial
             and stream.archive == self.archive
-            and (stream.manifest_raw is None or stream.manifest().entries != self.manifest.entries)
+            and (stream.manifest_raw is None or not self._same_manifest(stream))
         ):
             raise stream.corrupt(
                 "manifest.json differs from the stored manifest copy", member="manifest.json"
             )
 
+    def _same_manifest(self, stream: ArchiveStream) -> bool:
+        """Whether the archive's own ``manifest.json`` is the manifest planned with."""
+        if self.manifest.digest is not None and stream.manifest_sha256 == self.manifest.digest:
+            return True  # the very same bytes (the copy is made from the archive's spool)
+        return stream.manifest().entries == self.manifest.entries
+
     def _take(self, stream: ArchiveStream, as_root: bool) -> None:
         holder = stream.archive
-        pending = self._pending
-        left = sum(1 for e in pending.values() if e.archive == holder)
+        left = self._left.get(holder, 0)
         if self.partial and not left:
             return
+        get = self.manifest.get
         for member, name, data in stream.members():
             if data is None:
                 continue
-            entry = pending.get(name)
-            if entry is None or entry.archive != holder:
+            entry = get(name)
+            if entry is None or entry.type != "file" or entry.archive != holder:
                 continue
             dest = self._dest(name)
-            assert dest is not None  # only wanted paths are pending
+            if dest is None:
+                continue  # a dump, not wanted
             if member.realsize is not None and member.realsize != entry.size:
                 raise stream.corrupt(
                     f"sparse file of {member.realsize} bytes, the manifest says {entry.size}",
@@ -362,7 +379,7 @@ class StagedTree:
                 self._attributes(fd, entry, as_root)
             finally:
                 os.close(fd)
-            del pending[name]
+            self._left[holder] -= 1
             self.files += 1
             self.bytes += size
             left -= 1
@@ -427,36 +444,60 @@ class StagedTree:
 
     def finish(self) -> None:
         """Create hard links, FIFOs and devices, then symbolic links, then set the directories."""
-        if self._pending:
-            missing = sorted(self._pending)[0]
-            entry = self._pending[missing]
-            raise ArchiveCorrupt(
-                f"{len(self._pending)} file(s) were not found in the archives that should hold them",
-                archive=entry.archive or self.archive,
-                member=missing,
-            )
+        if any(self._left.values()):
+            self._missing()
         as_root = os.geteuid() == 0
         dirs = self._tree()
         try:
-            wanted = [(e, d) for e in self.manifest if (d := self._dest(e.path)) is not None]
-            for entry, dest in wanted:
+            for entry, dest in self._wanted():
                 if entry.type == "hardlink" or entry.type in SPECIAL_TYPES:
                     self._make_other(dirs, entry, dest, as_root)
-            for entry, dest in wanted:
+            for entry, dest in self._wanted():
                 if entry.type == "symlink":
                     self._make_symlink(dirs, entry, dest, as_root)
             # Deepest first: a directory's times change as its children are made.
-            tree = [(d, e) for e, d in wanted if e.type == "dir"]
-            for dest, entry in sorted(tree, key=lambda d: d[0].count("/"), reverse=True):
+            tree = [(d.count("/"), d, e.path) for e, d in self._wanted() if e.type == "dir"]
+            tree.sort(key=lambda d: d[0], reverse=True)
+            for _, dest, path in tree:
+                found = self.manifest.get(path)
+                assert found is not None
                 tree_at, rel = self._at(dest)
                 fd = tree_at.open(rel)
                 try:
-                    self._attributes(fd, entry, as_root)
+                    self._attributes(fd, found, as_root)
                 finally:
                     os.close(fd)
         finally:
             self.close()
         self._summarise()
+
+    def _wanted(self) -> Iterator[tuple[Entry, str]]:
+        """The manifest's entries to restore, with where each goes."""
+        for entry in self.manifest:
+            dest = self._dest(entry.path)
+            if dest is not None:
+                yield entry, dest
+
+    def _missing(self) -> None:
+        """Raise naming the files no archive held (those :meth:`take` did not write)."""
+        missing: list[Entry] = []
+        for entry, dest in self._wanted():
+            if entry.type != "file":
+                continue
+            tree, rel = self._at(dest)
+            parent, base = _split(rel)
+            try:
+                os.stat(base, dir_fd=tree.fd(parent, create=False), follow_symlinks=False)
+            except FileNotFoundError:
+                missing.append(entry)
+        self.close()
+        first = min(missing, key=lambda e: e.path) if missing else None
+        raise ArchiveCorrupt(
+            f"{len(missing) or sum(self._left.values())} file(s) were not found in the "
+            "archives that should hold them",
+            archive=(first.archive if first else None) or self.archive,
+            member=first.path if first else None,
+        )
 
     def _make_other(self, dirs: DirFds, entry: Entry, dest: str, as_root: bool) -> None:
         """A hard link, FIFO or device node, with its attributes."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tempfile
 import zlib
 from collections.abc import Iterator
 from typing import IO, Any
@@ -20,9 +21,11 @@ import zstandard
 
 from ..archive import ArchiveMeta, Sidecar
 from ..codec import HashingReader, codec_for
+from ..crypt import opened
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
+from ..spillmap import SpillMap
 from .names import checked_name
 from .tarread import (
     BLOCK,
@@ -43,10 +46,13 @@ __all__ = [
     "MemberRecord",
     "check_members",
     "hash_zeros",
+    "member_records",
     "sparse_regions",
     "verify_archive",
 ]
 
+#: Bytes of ``manifest.json`` kept in memory before its spool goes to a temporary file.
+MANIFEST_IN_MEMORY = 4 << 20
 #: Limit for ``meta.json``, read whole into memory, far above what cellvault writes.
 META_MAX = 1 << 20
 
@@ -62,6 +68,19 @@ class MemberRecord:
     mode: int
     sha256: str | None = None
     target: str | None = None
+
+
+def _record_text(rec: MemberRecord) -> str:
+    return json.dumps([rec.type, rec.size, rec.mode, rec.sha256, rec.target])
+
+
+def _record_of(text: str) -> MemberRecord:
+    return MemberRecord(*json.loads(text))
+
+
+def member_records() -> SpillMap[MemberRecord]:
+    """An empty map of member name to :class:`MemberRecord` (spilled past a number of members)."""
+    return SpillMap(_record_text, _record_of)
 
 
 class MemberData:
@@ -122,20 +141,37 @@ class ArchiveStream:
         self.target = target
         self.archive = str(sidecar.id)
         self._hashing = HashingReader(raw)
-        self._reader = codec_for(sidecar.data_name).reader(self._hashing)  # type: ignore[arg-type]
+        #: What is decompressed: the stored bytes, or their plaintext when sealed.
+        self._plain = opened(self._hashing, sidecar)
+        self._reader = codec_for(sidecar.data_name).reader(self._plain)
         self.current: str | None = None
         self.meta: ArchiveMeta | None = None
-        self.manifest_raw: bytes | None = None
+        #: ``manifest.json``'s bytes once read (a spooled temporary file), and their sha256.
+        self.manifest_raw: IO[bytes] | None = None
+        self.manifest_sha256: str | None = None
         self._manifest: Manifest | None = None
         self._prefetch: Prefetch | None = None
         #: Set when the stream ended but its sha256 or size differs from the sidecar: why.
         self.digest_mismatch: str | None = None
 
-    def close(self) -> None:
-        """Stop the decompression thread, if one runs (idempotent)."""
+    def close(self, *, keep_plain: bool = False) -> None:
+        """Stop the decompression thread, and the decryption one unless *keep_plain* (idempotent)."""
         if self._prefetch is not None:
             self._prefetch.close()
             self._prefetch = None
+        if not keep_plain and self._plain is not self._hashing:
+            self._plain.close()
+
+    def _spool_manifest(self, data: MemberData) -> None:
+        """Keep ``manifest.json`` in a temporary file (in memory while it is small)."""
+        spooled = tempfile.SpooledTemporaryFile(MANIFEST_IN_MEMORY)  # noqa: SIM115 - kept
+        digest = hashlib.sha256()
+        while block := data.read(BLOCK):
+            digest.update(block)
+            spooled.write(block)
+        spooled.seek(0)
+        self.manifest_raw = spooled
+        self.manifest_sha256 = digest.hexdigest()
 
     def corrupt(self, message: str, member: str | None = None) -> ArchiveCorrupt:
         return ArchiveCorrupt(
@@ -170,8 +206,8 @@ class ArchiveStream:
             with contextlib.suppress(*_CODEC_ERRORS):
                 while source.take(BLOCK):
                     pass
-            self.close()  # before reading the raw stream from this thread
-            self._hashing.drain()
+            self.close(keep_plain=True)  # before reading the raw stream from this thread
+            self._plain.drain()
         except (TarFormatError, *_CODEC_ERRORS) as exc:
             where = f"at or after member {self.current}" if self.current else "at its start"
             why = str(exc) if isinstance(exc, TarFormatError) else f"{type(exc).__name__}: {exc}"
@@ -193,7 +229,7 @@ class ArchiveStream:
         self, reader: TarReader
     ) -> Iterator[tuple[TarMember, str, MemberData | None]]:
         """The members up to ``manifest.json``: ``meta.json`` first, the data after it."""
-        seen: set[str] = set()
+        seen: SpillMap[str] = SpillMap()
         first = True
         while (member := reader.next()) is not None:
             self.current = member.name
@@ -202,7 +238,7 @@ class ArchiveStream:
                 raise UnsafeArchive(
                     "member appears twice; refused", archive=self.archive, member=name
                 )
-            seen.add(name)
+            seen[name] = ""
             kind = member.kind
             if first:
                 first = False
@@ -213,7 +249,7 @@ class ArchiveStream:
             if name == "manifest.json":
                 if kind != "file":
                     raise self.corrupt("manifest.json is not a file", member=name)
-                self.manifest_raw = MemberData(reader, self, name).readall()
+                self._spool_manifest(MemberData(reader, self, name))
                 continue
             self._check_data_member(member, name)
             yield member, name, MemberData(reader, self, name) if kind == "file" else None
@@ -282,7 +318,8 @@ class ArchiveStream:
         assert self.manifest_raw is not None
         if self._manifest is None:
             try:
-                self._manifest = Manifest.from_json(self.manifest_raw, archive=self.archive)
+                self.manifest_raw.seek(0)
+                self._manifest = Manifest.read(self.manifest_raw, archive=self.archive)
             except (AttributeError, RecursionError, TypeError) as exc:
                 # from_json names bad keys and values; entries that are not even
                 # JSON objects, or nesting too deep to parse, end up here.
@@ -355,7 +392,7 @@ def verify_archive(
     manifest and the number of members.
     """
     stream = ArchiveStream(raw, sidecar, target)
-    seen: dict[str, MemberRecord] = {}
+    seen = member_records()
     sha256 = hashlib.sha256
     try:
         try:
@@ -405,7 +442,11 @@ def verify_archive(
     return stream.meta, manifest, len(seen)
 
 
-def check_members(stream: ArchiveStream, manifest: Manifest, seen: dict[str, MemberRecord]) -> None:
+def check_members(
+    stream: ArchiveStream,
+    manifest: Manifest,
+    seen: SpillMap[MemberRecord] | dict[str, MemberRecord],
+) -> None:
     """Compare what a stream held with its manifest; raise :class:`ArchiveCorrupt` on a difference."""
     for name, rec in seen.items():
         entry = manifest.get(name)

@@ -30,6 +30,7 @@ import zstandard
 
 from ..archive import ArchiveId, Selector, Sidecar
 from ..config import Config
+from ..crypt import open_small
 from ..errors import ArchiveCorrupt, ArchiveNotFound, ConfigError, TargetError
 from ..log import get_logger
 from ..targets.base import Target
@@ -149,6 +150,7 @@ def read_rows(target: Target, sidecar: Sidecar) -> dict[str, Row]:
     """
     with target.guard(f"read manifest of {sidecar.id}"):
         raw = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
+    raw = open_small(raw, sidecar)
     try:
         body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
         rows: dict[str, Row] = {}

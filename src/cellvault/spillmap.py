@@ -1,0 +1,218 @@
+"""A map that stays small in memory: past a number of keys, it moves to a temporary file.
+
+Manifests list every path of a cell: millions, for some cells. What a backup,
+a restore or a verify keeps per path (the manifests, the members seen, the
+files still to write) lives in a :class:`SpillMap`: a plain dict up to
+:data:`SPILL_AT` keys, then a private temporary SQLite database (deleted by
+SQLite when it is closed, or when the process ends), whose page cache is
+bounded by :data:`CACHE_KIB`. Keys keep their first insertion order, as a
+dict's do; values are stored as text through the map's *encode* and *decode*.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["CACHE_KIB", "SPILL_AT", "SpillMap"]
+
+V = TypeVar("V")
+
+#: Keys held as a dict before the map moves to its temporary file.
+SPILL_AT = 32_768
+#: The temporary database's page cache (KiB), what it holds in memory at most.
+CACHE_KIB = 8_192
+#: Writes gathered before they go to the database in one statement.
+_BATCH = 4_096
+
+
+def _same(text: str) -> str:
+    return text
+
+
+class SpillMap(Generic[V]):
+    """A ``str``-keyed map in insertion order, moved to a temporary file past *spill_at* keys.
+
+    *encode* and *decode* turn a value into text and back (the values of a map
+    that has spilled are stored as text). Iterating a map while writing to it
+    is not supported.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[V], str] = _same,  # type: ignore[assignment]
+        decode: Callable[[str], V] = _same,  # type: ignore[assignment]
+        spill_at: int | None = None,
+    ) -> None:
+        self._encode = encode
+        self._decode = decode
+        self._spill_at = SPILL_AT if spill_at is None else spill_at
+        self._mem: dict[str, V] | None = {}
+        self._db: sqlite3.Connection | None = None
+        #: Writes not yet in the database (after the spill).
+        self._buf: dict[str, V] = {}
+        self._len: int | None = 0
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the map lives in its temporary file."""
+        return self._db is not None
+
+    def _spill(self) -> None:
+        # "": a private temporary database on disk, deleted when it is closed.
+        db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("CREATE TABLE m (i INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, v TEXT)")
+        self._db = db
+        mem, self._mem = self._mem, None
+        assert mem is not None
+        self._buf = mem
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf or self._db is None:
+            return
+        encode = self._encode
+        rows = [(k, encode(v)) for k, v in self._buf.items()]
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT INTO m (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            rows,
+        )
+        self._db.execute("COMMIT")
+        self._buf = {}
+
+    def __setitem__(self, key: str, value: V) -> None:
+        mem = self._mem
+        if mem is not None:
+            mem[key] = value
+            if len(mem) > self._spill_at:
+                self._spill()
+            return
+        self._len = None
+        self._buf[key] = value
+        if len(self._buf) >= _BATCH:
+            self._flush()
+
+    def get(self, key: str, default: V | None = None) -> V | None:
+        mem = self._mem
+        if mem is not None:
+            return mem.get(key, default)
+        if key in self._buf:
+            return self._buf[key]
+        assert self._db is not None
+        row = self._db.execute("SELECT v FROM m WHERE k = ?", (key,)).fetchone()
+        return default if row is None else self._decode(row[0])
+
+    def __getitem__(self, key: str) -> V:
+        mem = self._mem
+        if mem is not None:
+            return mem[key]
+        value = self.get(key, _MISSING)  # type: ignore[arg-type]
+        if value is _MISSING:
+            raise KeyError(key)
+        return value  # type: ignore[return-value]
+
+    def __contains__(self, key: object) -> bool:
+        mem = self._mem
+        if mem is not None:
+            return key in mem
+        if key in self._buf:
+            return True
+        assert self._db is not None
+        return self._db.execute("SELECT 1 FROM m WHERE k = ?", (key,)).fetchone() is not None
+
+    def __delitem__(self, key: str) -> None:
+        mem = self._mem
+        if mem is not None:
+            del mem[key]
+            return
+        if key not in self:
+            raise KeyError(key)
+        self._flush()
+        assert self._db is not None
+        self._db.execute("DELETE FROM m WHERE k = ?", (key,))
+        self._len = None
+
+    def __len__(self) -> int:
+        mem = self._mem
+        if mem is not None:
+            return len(mem)
+        if self._len is None:
+            self._flush()
+            assert self._db is not None
+            self._len = int(self._db.execute("SELECT count(*) FROM m").fetchone()[0])
+        return self._len
+
+    def _rows(self, what: str) -> Iterator[tuple[str, str]]:
+        self._flush()
+        assert self._db is not None
+        cursor = self._db.execute(f"SELECT {what} FROM m ORDER BY i")  # noqa: S608 - fixed text
+        while rows := cursor.fetchmany(1024):
+            yield from rows
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        """The keys and values, in insertion order."""
+        mem = self._mem
+        if mem is not None:
+            yield from mem.items()
+            return
+        decode = self._decode
+        for key, text in self._rows("k, v"):
+            yield key, decode(text)
+
+    def values(self) -> Iterator[V]:
+        mem = self._mem
+        if mem is not None:
+            return iter(mem.values())
+        decode = self._decode
+        return (decode(row[0]) for row in self._rows("v"))
+
+    def __iter__(self) -> Iterator[str]:
+        mem = self._mem
+        if mem is not None:
+            return iter(mem)
+        return (row[0] for row in self._rows("k"))
+
+    def keys(self) -> Iterator[str]:
+        return iter(self)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal keys with equal values, whatever the order (compared a key at a time)."""
+        if isinstance(other, dict):
+            other = SpillMap.of(other)
+        if not isinstance(other, SpillMap):
+            return NotImplemented
+        if len(self) != len(other):
+            return False
+        missing = object()
+        return all(other.get(k, missing) == v for k, v in self.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        where = "spilled to a temporary file" if self.spilled else "in memory"
+        return f"<SpillMap of {len(self)} keys, {where}>"
+
+    @classmethod
+    def of(cls, data: dict[str, V]) -> SpillMap[V]:
+        """A map holding *data*'s items (never spilled: *data* is in memory already)."""
+        out: SpillMap[V] = cls(spill_at=max(len(data), SPILL_AT))
+        assert out._mem is not None
+        out._mem.update(data)
+        return out
+
+    def close(self) -> None:
+        """Drop the temporary file now (it goes when the map is collected otherwise)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            self._mem = {}
+            self._buf = {}
+            self._len = 0
+
+
+_MISSING = object()
