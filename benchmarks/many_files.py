@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--work", type=Path, required=True, help="a scratch folder (deleted)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
@@ -113,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, wall, peak in rows:
         cell = label.replace("|", "\\|")  # a pipe inside a Markdown table cell
         print(f"| {cell} | {wall:.1f} s | {peak / 1024:.0f} MiB |")
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

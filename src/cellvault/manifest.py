@@ -14,6 +14,8 @@ import codecs
 import hashlib
 import io
 import json
+import marshal
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
@@ -148,12 +150,17 @@ class Entry:
         )
 
 
-def _entry_text(entry: Entry) -> str:
-    return entry.to_json()
+#: An entry's fields in order: what a spilled manifest stores (marshal'd; its own
+#: temporary file, written and read by this process only).
+_FIELDS = operator.attrgetter(*(a.name for a in attrs.fields(Entry)))
 
 
-def _entry_of(text: str) -> Entry:
-    return Entry.from_dict(json.loads(text))
+def _entry_text(entry: Entry) -> bytes:
+    return marshal.dumps(_FIELDS(entry))
+
+
+def _entry_of(raw: bytes) -> Entry:
+    return Entry(*marshal.loads(raw))  # noqa: S302 - our own temporary file
 
 
 def _entry_map(value: Mapping[str, Entry] | SpillMap[Entry] | None = None) -> SpillMap[Entry]:
@@ -178,9 +185,24 @@ class Manifest:
     entries: SpillMap[Entry] = attrs.field(factory=_entry_map, converter=_entry_map)
     #: The sha256 of the JSON this manifest was read from (``None``: built, not read).
     digest: str | None = attrs.field(default=None, eq=False, kw_only=True)
+    #: The archives named by the files added (kept as they are added: a pass over
+    #: millions of entries only to name a few archives is not cheap).
+    _holders: set[str] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not len(self.entries):
+            self._holders = set()
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.path] = entry
+        if self._holders is not None and entry.type == "file" and entry.archive:
+            self._holders.add(entry.archive)
+
+    def same_as(self, other: Manifest) -> bool:
+        """Whether both list the same entries: the same JSON read, or entry by entry."""
+        if self.digest is not None and self.digest == other.digest:
+            return True
+        return self.entries == other.entries
 
     def __iter__(self) -> Iterator[Entry]:
         return self.entries.values()
@@ -198,8 +220,14 @@ class Manifest:
         return (e for e in self.entries.values() if e.type == "file")
 
     def holders(self) -> set[str]:
-        """The ids of the archives that hold this manifest's file bytes."""
-        return {e.archive for e in self.files() if e.archive}
+        """The ids of the archives that hold this manifest's file bytes.
+
+        Kept as entries are added through :meth:`add`; entries set in
+        :attr:`entries` directly make it go through them all once.
+        """
+        if self._holders is None:
+            self._holders = {e.archive for e in self.files() if e.archive}
+        return set(self._holders)
 
     @property
     def total_size(self) -> int:

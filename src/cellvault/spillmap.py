@@ -6,14 +6,15 @@ files still to write) lives in a :class:`SpillMap`: a plain dict up to
 :data:`SPILL_AT` keys, then a private temporary SQLite database (deleted by
 SQLite when it is closed, or when the process ends), whose page cache is
 bounded by :data:`CACHE_KIB`. Keys keep their first insertion order, as a
-dict's do; values are stored as text through the map's *encode* and *decode*.
+dict's do; values are stored as text or bytes through the map's *encode*
+and *decode*.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["CACHE_KIB", "SPILL_AT", "SpillMap"]
 
@@ -34,15 +35,15 @@ def _same(text: str) -> str:
 class SpillMap(Generic[V]):
     """A ``str``-keyed map in insertion order, moved to a temporary file past *spill_at* keys.
 
-    *encode* and *decode* turn a value into text and back (the values of a map
-    that has spilled are stored as text). Iterating a map while writing to it
+    *encode* and *decode* turn a value into text or bytes and back (the values
+    of a map that has spilled are stored so). Iterating a map while writing to it
     is not supported.
     """
 
     def __init__(
         self,
-        encode: Callable[[V], str] = _same,  # type: ignore[assignment]
-        decode: Callable[[str], V] = _same,  # type: ignore[assignment]
+        encode: Callable[[V], str | bytes] = _same,  # type: ignore[assignment]
+        decode: Callable[[Any], V] = _same,  # type: ignore[assignment]
         spill_at: int | None = None,
     ) -> None:
         self._encode = encode
@@ -147,7 +148,7 @@ class SpillMap(Generic[V]):
             self._len = int(self._db.execute("SELECT count(*) FROM m").fetchone()[0])
         return self._len
 
-    def _rows(self, what: str) -> Iterator[tuple[str, str]]:
+    def _rows(self, what: str) -> Iterator[tuple[Any, ...]]:
         self._flush()
         assert self._db is not None
         cursor = self._db.execute(f"SELECT {what} FROM m ORDER BY i")  # noqa: S608 - fixed text

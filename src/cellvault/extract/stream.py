@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import marshal
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -69,12 +70,12 @@ class MemberRecord:
     target: str | None = None
 
 
-def _record_text(rec: MemberRecord) -> str:
-    return json.dumps([rec.type, rec.size, rec.mode, rec.sha256, rec.target])
+def _record_text(rec: MemberRecord) -> bytes:
+    return marshal.dumps((rec.type, rec.size, rec.mode, rec.sha256, rec.target))
 
 
-def _record_of(text: str) -> MemberRecord:
-    return MemberRecord(*json.loads(text))
+def _record_of(raw: bytes) -> MemberRecord:
+    return MemberRecord(*marshal.loads(raw))  # noqa: S302 - our own temporary file
 
 
 def member_records() -> SpillMap[MemberRecord]:

@@ -399,7 +399,7 @@ def full_check(
         _, manifest, members = verify_archive(_counted(raw, on_read), sidecar, target.name)
     # Incrementals and restore planning trust the stored manifest copy: it
     # must say exactly what the archive's own manifest says.
-    if target.manifest(sidecar).entries != manifest.entries:
+    if not target.manifest(sidecar).same_as(manifest):
         raise ArchiveCorrupt(
             "the stored manifest copy differs from the archive's manifest.json",
             archive=str(sidecar.id),
