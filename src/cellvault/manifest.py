@@ -27,7 +27,7 @@ from .errors import ArchiveCorrupt
 from .spillmap import SpillMap
 from .trust import check_count, check_holder, check_mode
 
-__all__ = ["Entry", "EntryType", "Manifest"]
+__all__ = ["Entry", "EntryType", "Manifest", "ManifestText"]
 
 #: Entries serialised per chunk by :meth:`Manifest.write_json`.
 JSON_CHUNK = 2048
@@ -163,6 +163,14 @@ def _entry_of(raw: bytes) -> Entry:
     return Entry(*marshal.loads(raw))  # noqa: S302 - our own temporary file
 
 
+def _select(stored: Iterator[bytes], types: tuple[str, ...]) -> Iterator[Entry]:
+    loads = marshal.loads
+    for raw in stored:
+        fields = loads(raw)
+        if fields[1] in types:
+            yield Entry(*fields)
+
+
 def _entry_map(value: Mapping[str, Entry] | SpillMap[Entry] | None = None) -> SpillMap[Entry]:
     if isinstance(value, SpillMap):
         return value
@@ -217,7 +225,14 @@ class Manifest:
         return self.entries.get(path)
 
     def files(self) -> Iterable[Entry]:
-        return (e for e in self.entries.values() if e.type == "file")
+        return self.select("file")
+
+    def select(self, *types: str) -> Iterator[Entry]:
+        """The entries of the given types, in order (a spilled manifest builds no other)."""
+        stored = self.entries.stored()
+        if stored is None:
+            return (e for e in self.entries.values() if e.type in types)
+        return _select(stored, types)
 
     def holders(self) -> set[str]:
         """The ids of the archives that hold this manifest's file bytes.
@@ -338,57 +353,81 @@ class _Text:
         return self.buf[self.pos :]
 
 
-def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
-    text = _Text(source)
-    while len(text.buf) < 4096 and text.more():
-        pass
-    head = _HEAD.match(text.buf)
-    if head is None:
-        # Not laid out as cellvault writes it: parsed whole, as before.
-        data = json.loads(text.rest())
-        manifest = cls(archive=str(data["archive"]), digest=text.digest.hexdigest())
-        ids: dict[str, str] = {}
-        for item in data["entries"]:
-            manifest.add(_entry(item, ids))
-        _check_holders(ids, archive)
-        return manifest
-    manifest = cls(archive=str(json.loads(head.group(1))))
-    ids = {}
-    decode = json.JSONDecoder().raw_decode
-    add = manifest.add
-    text.pos = head.end()
-    expect_entry = True
-    first = True
-    while True:
-        pos = text.skip()
-        buf = text.buf
-        if pos >= len(buf):
-            raise ValueError("the manifest ends inside its list of entries")
-        if not expect_entry:
-            if buf[pos] == "]":
+class ManifestText:
+    """The text of a ``manifest.json``, parsed as a stream.
+
+    :attr:`archive` is the archive it names; :meth:`items` yields its entries
+    as parsed JSON, one at a time (memory does not grow with their number),
+    then checks that the text ends; :attr:`digest` is the sha256 of the text
+    once :meth:`items` has run to its end. Raises :class:`ValueError`,
+    :class:`KeyError` or :class:`TypeError` on what is not a manifest.
+    """
+
+    def __init__(self, source: _Readable) -> None:
+        text = self._text = _Text(source)
+        while len(text.buf) < 4096 and text.more():
+            pass
+        head = _HEAD.match(text.buf)
+        self._whole: Any = None
+        if head is None:
+            # Not laid out as cellvault writes it: parsed whole, as before.
+            self._whole = json.loads(text.rest())
+            self.archive = str(self._whole["archive"])
+        else:
+            self.archive = str(json.loads(head.group(1)))
+            text.pos = head.end()
+
+    @property
+    def digest(self) -> str:
+        return self._text.digest.hexdigest()
+
+    def items(self) -> Iterator[Any]:
+        if self._whole is not None:
+            yield from self._whole["entries"]
+            return
+        text = self._text
+        decode = json.JSONDecoder().raw_decode
+        expect_entry = True
+        first = True
+        while True:
+            pos = text.skip()
+            buf = text.buf
+            if pos >= len(buf):
+                raise ValueError("the manifest ends inside its list of entries")
+            if not expect_entry:
+                if buf[pos] == "]":
+                    text.pos = pos + 1
+                    break
+                if buf[pos] != ",":
+                    raise ValueError(f"expected ',' or ']' after an entry, found {buf[pos]!r}")
+                text.pos = pos + 1
+                expect_entry = True
+                continue
+            if first and buf[pos] == "]":
                 text.pos = pos + 1
                 break
-            if buf[pos] != ",":
-                raise ValueError(f"expected ',' or ']' after an entry, found {buf[pos]!r}")
-            text.pos = pos + 1
-            expect_entry = True
-            continue
-        if first and buf[pos] == "]":
-            text.pos = pos + 1
-            break
-        try:
-            item, end = decode(buf, pos)
-        except json.JSONDecodeError:
-            if text.more():
-                continue  # the entry goes on in the next chunk
-            raise
+            try:
+                item, end = decode(buf, pos)
+            except json.JSONDecodeError:
+                if text.more():
+                    continue  # the entry goes on in the next chunk
+                raise
+            text.pos = end
+            expect_entry = first = False
+            yield item
+        if text.rest().strip() != "}":
+            raise ValueError("the manifest does not end after its entries")
+
+
+def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
+    text = ManifestText(source)
+    manifest = cls(archive=text.archive)
+    ids: dict[str, str] = {}
+    add = manifest.add
+    for item in text.items():
         add(_entry(item, ids))
-        text.pos = end
-        expect_entry = first = False
-    if text.rest().strip() != "}":
-        raise ValueError("the manifest does not end after its entries")
     _check_holders(ids, archive)
-    manifest.digest = text.digest.hexdigest()
+    manifest.digest = text.digest
     return manifest
 
 

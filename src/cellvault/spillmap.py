@@ -172,6 +172,12 @@ class SpillMap(Generic[V]):
         decode = self._decode
         return (decode(row[0]) for row in self._rows("v"))
 
+    def stored(self) -> Iterator[Any] | None:
+        """The values as stored (encoded), in insertion order; ``None`` if not spilled."""
+        if self._mem is not None:
+            return None
+        return (row[0] for row in self._rows("v"))
+
     def __iter__(self) -> Iterator[str]:
         mem = self._mem
         if mem is not None:

@@ -487,14 +487,12 @@ class StagedTree:
         as_root = os.geteuid() == 0
         dirs = self._tree()
         try:
-            for entry, dest in self._wanted():
-                if entry.type == "hardlink" or entry.type in SPECIAL_TYPES:
-                    self._make_other(dirs, entry, dest, as_root)
-            for entry, dest in self._wanted():
-                if entry.type == "symlink":
-                    self._make_symlink(dirs, entry, dest, as_root)
+            for entry, dest in self._wanted("hardlink", *SPECIAL_TYPES):
+                self._make_other(dirs, entry, dest, as_root)
+            for entry, dest in self._wanted("symlink"):
+                self._make_symlink(dirs, entry, dest, as_root)
             # Deepest first: a directory's times change as its children are made.
-            tree = [(d.count("/"), d, e.path) for e, d in self._wanted() if e.type == "dir"]
+            tree = [(d.count("/"), d, e.path) for e, d in self._wanted("dir")]
             tree.sort(key=lambda d: d[0], reverse=True)
             for _, dest, path in tree:
                 found = self.manifest.get(path)
@@ -509,9 +507,9 @@ class StagedTree:
             self.close()
         self._summarise()
 
-    def _wanted(self) -> Iterator[tuple[Entry, str]]:
-        """The manifest's entries to restore, with where each goes."""
-        for entry in self.manifest:
+    def _wanted(self, *types: str) -> Iterator[tuple[Entry, str]]:
+        """The manifest's entries of *types* to restore, with where each goes."""
+        for entry in self.manifest.select(*types):
             dest = self._dest(entry.path)
             if dest is not None:
                 yield entry, dest
@@ -519,9 +517,7 @@ class StagedTree:
     def _missing(self) -> None:
         """Raise naming the files no archive held (those :meth:`take` did not write)."""
         missing: list[Entry] = []
-        for entry, dest in self._wanted():
-            if entry.type != "file":
-                continue
+        for entry, dest in self._wanted("file"):
             tree, rel = self._at(dest)
             parent, base = _split(rel)
             try:
