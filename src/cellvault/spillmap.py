@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CACHE_KIB", "SPILL_AT", "SpillMap"]
+__all__ = ["CACHE_KIB", "SPILL_AT", "SeenNames", "SpillMap"]
 
 V = TypeVar("V")
 
@@ -223,3 +223,56 @@ class SpillMap(Generic[V]):
 
 
 _MISSING = object()
+
+
+class SeenNames:
+    """Names that must each be seen once (an archive's members), kept like a :class:`SpillMap`.
+
+    :meth:`add` returns a name seen twice. Past *spill_at* names they go to a
+    temporary table in batches, whose unique key finds a repeat: one seen
+    before the last batch is then reported up to a batch later, and
+    :meth:`finish` reports one in the last batch.
+    """
+
+    def __init__(self, spill_at: int | None = None) -> None:
+        self._spill_at = SPILL_AT if spill_at is None else spill_at
+        self._set: set[str] = set()
+        self._db: sqlite3.Connection | None = None
+
+    def add(self, name: str) -> str | None:
+        """Note *name*; return a name seen twice, if one is found now."""
+        names = self._set
+        if name in names:
+            return name
+        names.add(name)
+        if len(names) > (self._spill_at if self._db is None else _BATCH):
+            return self._flush()
+        return None
+
+    def finish(self) -> str | None:
+        """The name seen twice among the last ones noted, if any."""
+        return self._flush() if self._db is not None else None
+
+    def _flush(self) -> str | None:
+        db = self._db
+        if db is None:
+            db = self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE s (k TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("CREATE TABLE b (k TEXT)")
+        batch, self._set = self._set, set()
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO b (k) VALUES (?)", ((k,) for k in batch))
+        row = db.execute("SELECT k FROM b WHERE k IN (SELECT k FROM s) ORDER BY k LIMIT 1").fetchone()
+        if row is None:
+            db.execute("INSERT INTO s (k) SELECT k FROM b")
+        db.execute("DELETE FROM b")
+        db.execute("COMMIT")
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -404,7 +404,14 @@ class StagedTree:
             # Made with its own permission bits when they are what it gets (then
             # no chmod): inside the staging tree, which only this user can enter.
             created = entry.mode & 0o777 if self._umask is not None and not entry.xattrs else 0o600
-            fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
+            try:
+                fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
+            except FileExistsError:
+                # Written already: the member appears twice (the stream tells a
+                # repeat a little later when the names it has seen are many).
+                raise UnsafeArchive(
+                    "member appears twice; refused", archive=self.archive, member=name
+                ) from None
             try:
                 size = self._write(fd, data, entry, stream, member.realsize)
                 unmasked = self._umask is not None and created & ~self._umask == entry.mode

@@ -25,7 +25,7 @@ from ..codec import HashingReader, codec_for
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
-from ..spillmap import SpillMap
+from ..spillmap import SeenNames, SpillMap
 from .names import checked_name
 from .tarread import (
     BLOCK,
@@ -225,16 +225,15 @@ class ArchiveStream:
         self, reader: TarReader
     ) -> Iterator[tuple[TarMember, str, MemberData | None]]:
         """The members up to ``manifest.json``: ``meta.json`` first, the data after it."""
-        seen: SpillMap[str] = SpillMap()
+        seen = SeenNames()
         first = True
         while (member := reader.next()) is not None:
             self.current = member.name
             name = checked_name(member.name, self.archive)
-            if name in seen:
+            if (twice := seen.add(name)) is not None:
                 raise UnsafeArchive(
-                    "member appears twice; refused", archive=self.archive, member=name
+                    "member appears twice; refused", archive=self.archive, member=twice
                 )
-            seen[name] = ""
             kind = member.kind
             if first:
                 first = False
@@ -249,6 +248,9 @@ class ArchiveStream:
                 continue
             self._check_data_member(member, name)
             yield member, name, MemberData(reader, self, name) if kind == "file" else None
+        if (twice := seen.finish()) is not None:
+            raise UnsafeArchive("member appears twice; refused", archive=self.archive, member=twice)
+        seen.close()
 
     def _check_data_member(self, member: TarMember, name: str) -> None:
         """A member of the cell's data (or dumps): a file, directory or link below them."""
