@@ -187,6 +187,42 @@ def _creation_umask(root: int) -> int | None:
     return None
 
 
+class _InOrder:
+    """A manifest's files looked up in the order the manifest lists them.
+
+    An archive holds its files in manifest order: each is found by reading
+    the manifest on (a few thousand entries ahead at most, the ones passed
+    over kept for a while), not by a lookup; a file out of order is looked up.
+    """
+
+    AHEAD = 4096
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._files: Iterator[Entry] | None = manifest.select("file")
+        self._passed: dict[str, Entry] = {}
+        self._lookup = manifest.get
+
+    def get(self, name: str) -> Entry | None:
+        passed = self._passed
+        entry = passed.pop(name, None)
+        if entry is not None:
+            return entry
+        files = self._files
+        for _ in range(self.AHEAD):
+            if files is None:
+                break
+            entry = next(files, None)
+            if entry is None:
+                self._files = files = None
+                break
+            if entry.path == name:
+                return entry
+            passed[entry.path] = entry
+            if len(passed) > self.AHEAD:
+                del passed[next(iter(passed))]
+        return self._lookup(name)
+
+
 def _split(rel: str) -> tuple[str, str]:
     parent, _, base = rel.rpartition("/")
     return parent, base
@@ -384,7 +420,7 @@ class StagedTree:
         left = self._left.get(holder, 0)
         if self.partial and not left:
             return
-        get = self.manifest.get
+        get = _InOrder(self.manifest).get
         for member, name, data in stream.members():
             if data is None:
                 continue
