@@ -27,7 +27,7 @@ from .errors import ArchiveCorrupt
 from .spillmap import SpillMap
 from .trust import check_count, check_holder, check_mode
 
-__all__ = ["Entry", "EntryType", "Manifest", "ManifestText"]
+__all__ = ["Entry", "EntryType", "InOrder", "Manifest", "ManifestText"]
 
 #: Entries serialised per chunk by :meth:`Manifest.write_json`.
 JSON_CHUNK = 2048
@@ -444,6 +444,44 @@ def _entry(item: object, ids: dict[str, str]) -> Entry:
 def _check_holders(ids: dict[str, str], archive: str) -> None:
     for holder in ids:
         check_holder(holder, archive)
+
+
+class InOrder:
+    """A manifest's files looked up in the order the manifest lists them.
+
+    An archive holds its files in manifest order, and a backup walks a tree
+    in the order of its parent's manifest: each file is found by reading the
+    manifest on (a few thousand entries ahead at most, the ones passed over
+    kept for a while) rather than by a lookup in a spilled manifest; a path
+    out of order, or not a file, is looked up.
+    """
+
+    AHEAD = 4096
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._files: Iterator[Entry] | None = manifest.select("file")
+        self._passed: dict[str, Entry] = {}
+        self._lookup = manifest.get
+
+    def get(self, name: str) -> Entry | None:
+        passed = self._passed
+        entry = passed.pop(name, None)
+        if entry is not None:
+            return entry
+        files = self._files
+        for _ in range(self.AHEAD):
+            if files is None:
+                break
+            entry = next(files, None)
+            if entry is None:
+                self._files = files = None
+                break
+            if entry.path == name:
+                return entry
+            passed[entry.path] = entry
+            if len(passed) > self.AHEAD:
+                del passed[next(iter(passed))]
+        return self._lookup(name)
 
 
 def _xattrs(raw: object) -> tuple[tuple[str, str], ...]:

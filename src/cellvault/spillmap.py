@@ -265,7 +265,9 @@ class SeenNames:
         batch, self._set = self._set, set()
         db.execute("BEGIN")
         db.executemany("INSERT INTO b (k) VALUES (?)", ((k,) for k in batch))
-        row = db.execute("SELECT k FROM b WHERE k IN (SELECT k FROM s) ORDER BY k LIMIT 1").fetchone()
+        row = db.execute(
+            "SELECT k FROM b WHERE k IN (SELECT k FROM s) ORDER BY k LIMIT 1"
+        ).fetchone()
         if row is None:
             db.execute("INSERT INTO s (k) SELECT k FROM b")
         db.execute("DELETE FROM b")

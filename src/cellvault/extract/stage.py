@@ -36,7 +36,7 @@ import attrs
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import decode_xattrs, set_xattrs
 from ..log import get_logger
-from ..manifest import SPECIAL_TYPES, Entry, Manifest
+from ..manifest import SPECIAL_TYPES, Entry, InOrder, Manifest
 from .names import checked_name
 from .stream import ArchiveStream, MemberData, hash_zeros, sparse_regions
 from .tarread import BLOCK
@@ -185,42 +185,6 @@ def _creation_umask(root: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-class _InOrder:
-    """A manifest's files looked up in the order the manifest lists them.
-
-    An archive holds its files in manifest order: each is found by reading
-    the manifest on (a few thousand entries ahead at most, the ones passed
-    over kept for a while), not by a lookup; a file out of order is looked up.
-    """
-
-    AHEAD = 4096
-
-    def __init__(self, manifest: Manifest) -> None:
-        self._files: Iterator[Entry] | None = manifest.select("file")
-        self._passed: dict[str, Entry] = {}
-        self._lookup = manifest.get
-
-    def get(self, name: str) -> Entry | None:
-        passed = self._passed
-        entry = passed.pop(name, None)
-        if entry is not None:
-            return entry
-        files = self._files
-        for _ in range(self.AHEAD):
-            if files is None:
-                break
-            entry = next(files, None)
-            if entry is None:
-                self._files = files = None
-                break
-            if entry.path == name:
-                return entry
-            passed[entry.path] = entry
-            if len(passed) > self.AHEAD:
-                del passed[next(iter(passed))]
-        return self._lookup(name)
 
 
 def _split(rel: str) -> tuple[str, str]:
@@ -420,7 +384,7 @@ class StagedTree:
         left = self._left.get(holder, 0)
         if self.partial and not left:
             return
-        get = _InOrder(self.manifest).get
+        get = InOrder(self.manifest).get
         for member, name, data in stream.members():
             if data is None:
                 continue
