@@ -15,7 +15,7 @@ nox.options.sessions = ["tests", "lint", "typing"]
 
 # Every optional feature is tested: the object-storage targets, the apprise notifier, the
 # Kubernetes traffic switch, the fleet, and mount (its FUSE test runs where /dev/fuse is usable).
-TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet,mount]"
+TEST_EXTRAS = ".[test,s3,oss,apprise,k8s,fleet,mount,crypt]"
 
 
 @nox.session
@@ -25,8 +25,10 @@ def tests(session: nox.Session) -> None:
     First the programs the tests run (rsync, zstd, OpenSSH, the database
     clients, redis-server): ``tests/system_tools.py`` installs the missing
     ones as root with apt-get, saying what; otherwise it prints the command
-    to run, and the tests that need them are skipped with it (failed under
-    CI=true).
+    to run, and the tests that need them are skipped with it. Under
+    ``CI=true`` (``.ci/run`` exports it) nothing is skipped: a missing
+    program, module, server or root fails its test, and a session that
+    skipped any test fails (docs/testing.md, the skip policy).
     """
     session.run("python", "-m", "tests.system_tools", "--install", external=True)
     session.install("-e", TEST_EXTRAS)
@@ -51,7 +53,7 @@ def lint(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package."""
     # types-requests: requests ships no type hints of its own (the alert webhook uses it).
-    session.install("-e", TEST_EXTRAS, "mypy>=1.11", "types-requests")
+    session.install("-e", TEST_EXTRAS, "mypy>=1.11", "types-requests", "pyrage-stubs")
     session.run("mypy")
 
 

@@ -1,10 +1,11 @@
 """A platform restore through the fleet with one and with two pool workers, side by side.
 
-    python benchmarks/fleet_restore.py [--cells 12] [--size-mib 16] [--repeat 3]
-        [--broker redis://127.0.0.1:6379/12]
+    python benchmarks/fleet_restore.py [--cells 12] [--size-mib 16] [--files 0]
+        [--repeat 3] [--broker redis://127.0.0.1:6379/12]
 
-Backs up *cells* cells of *size-mib* MiB each (incompressible) to a shared
-folder, then restores all of them through ``cellvault fleet restore`` onto
+Backs up *cells* cells of *size-mib* MiB each (one incompressible file, plus
+*files* small text files of 1 to 8 KiB in nested folders, as a service's
+configuration, templates and uploads) to a shared folder, then restores all of them through ``cellvault fleet restore`` onto
 an empty standby, first with one pool worker, then with two (each worker
 one task at a time), alternating, *repeat* times. Prints the median wall
 time (the platform RTO) of each and their ratio. Results go in
@@ -106,10 +107,20 @@ def _vars(base: Path, cells: list[str], broker: str) -> dict[str, str]:
     }
 
 
+def _small_files(root: Path, count: int) -> None:
+    """*count* compressible text files of 1 to 8 KiB, 100 to a folder."""
+    for n in range(count):
+        folder = root / "app" / f"d{n // 100:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        line = f"{root.name} item {n} " + "lorem ipsum dolor sit amet " * 3 + "\n"
+        (folder / f"f{n:06d}.txt").write_text(line * (1 + (n * 7919) % 8 * 1024 // len(line)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=12)
     parser.add_argument("--size-mib", type=int, default=16)
+    parser.add_argument("--files", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     args = parser.parse_args()
@@ -118,6 +129,7 @@ def main() -> None:
     for cell in cells:
         (base / "cells" / cell).mkdir(parents=True)
         (base / "cells" / cell / "data.bin").write_bytes(os.urandom(args.size_mib << 20))
+        _small_files(base / "cells" / cell, args.files)
     source = Vault(load_env(_vars(base, cells, args.broker)), load_entry_points=False)
     if not source.backup(kind="full").ok:
         raise SystemExit("the backup of the corpus failed")
@@ -129,7 +141,7 @@ def main() -> None:
             print(f"run {n + 1}: {workers} worker(s): {seconds:.2f} s", flush=True)
     one, two = statistics.median(times[1]), statistics.median(times[2])
     print(
-        f"{args.cells} cells x {args.size_mib} MiB: median RTO 1 worker {one:.2f} s, "
+        f"{args.cells} cells x ({args.size_mib} MiB + {args.files} files): median RTO 1 worker {one:.2f} s, "
         f"2 workers {two:.2f} s, ratio {two / one:.2f}"
     )
     shutil.rmtree(base, ignore_errors=True)

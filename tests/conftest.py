@@ -16,7 +16,7 @@ from tests.system_tools import require
 # Entry points are loaded only by the tests that install one on purpose.
 os.environ["CELLVAULT_LOAD_PLUGINS"] = ""
 
-pytest_plugins = ["tests.servers.fixtures", "cellvault.testing"]
+pytest_plugins = ["tests.servers.fixtures", "tests.skip_policy", "cellvault.testing"]
 
 REPO = Path(__file__).resolve().parents[1]
 _BEFORE = pytest.StashKey[set[str] | None]()

@@ -11,6 +11,11 @@ One table for two users:
   test whose program is missing, with the install command, except under
   ``CI=true``, where it fails it: CI must not go green by skipping.
 
+:func:`unavailable` is the suite's one way to skip: every skip of the suite
+(a missing program, Python module, server, root, device) goes through it, and
+under ``CI=true`` it fails the test instead. :func:`needs_root` and
+:func:`import_module` are its two common uses.
+
 Only the standard library: it runs before anything is installed.
 """
 
@@ -23,8 +28,20 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
-__all__ = ["PACKAGES", "find", "install_command", "missing", "require"]
+__all__ = [
+    "PACKAGES",
+    "find",
+    "import_module",
+    "in_ci",
+    "install_command",
+    "missing",
+    "needs_root",
+    "require",
+    "unavailable",
+]
 
 #: Program -> the Debian package that installs it.
 PACKAGES: dict[str, str] = {
@@ -47,8 +64,15 @@ PACKAGES: dict[str, str] = {
     "getfattr": "attr",
     "bsdtar": "libarchive-tools",
     "setpriv": "util-linux",
+    # Local immutable archives (tests/targets/test_local_immutable.py): the attribute read.
+    "lsattr": "e2fsprogs",
     # cellvault mount (tests/ops/test_mount.py): unmounting, and libfuse3 with it.
     "fusermount3": "fuse3",
+    # The examples' checks: the shell wrappers linted, the systemd units verified.
+    "shellcheck": "shellcheck",
+    "systemd-analyze": "systemd",
+    # Encryption at rest (tests/test_crypt.py): the stock age | zstd | tar restore.
+    "age": "age",
 }
 # sshd and redis-server live in sbin folders that a user's PATH may lack.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -81,21 +105,42 @@ def install_command(programs: Iterable[str]) -> str:
     return f"{sudo}apt-get install -y {' '.join(_packages(programs))}"
 
 
-def _in_ci() -> bool:
+def in_ci() -> bool:
+    """Whether this is a CI run (``CI=true``, as ``.ci/run`` exports it)."""
     return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the running test for *reason*, or fail it under ``CI=true``: the suite's one skip."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing test dependency is an error)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def needs_root(what: str) -> None:
+    """Skip (fail under ``CI=true``, which runs as root) a test that only root can run."""
+    if os.geteuid() != 0:
+        unavailable(f"only root can {what}; run the tests as root")
+
+
+def import_module(name: str, install: str) -> ModuleType:
+    """Import the module *name*, or :func:`unavailable` saying to ``pip install`` *install*."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        problem = f"Python module {name!r} is missing ({err}); pip install {install}"
+    unavailable(problem)  # outside the except: no chained traceback
 
 
 def require(*programs: str) -> None:
     """Skip the running test when one of *programs* is missing (fail it under ``CI=true``)."""
-    import pytest
-
     absent = missing(programs)
-    if not absent:
-        return
-    reason = f"{', '.join(absent)} not installed; install with: {install_command(absent)}"
-    if _in_ci():
-        pytest.fail(f"{reason} (CI=true: a missing test dependency is an error)", pytrace=False)
-    pytest.skip(reason)
+    if absent:
+        unavailable(f"{', '.join(absent)} not installed; install with: {install_command(absent)}")
 
 
 def _install(packages: Sequence[str]) -> bool:
@@ -140,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(Debian's packages: {' '.join(_packages(absent))})",
             file=sys.stderr,
         )
-    if _in_ci():
+    if in_ci():
         print("system_tools: CI=true: the tests need every program", file=sys.stderr)
         return 1
     print("system_tools: the tests that need them will be skipped", file=sys.stderr)

@@ -234,6 +234,9 @@ def test_ci_runs_the_readme_test_command_as_written() -> None:
     assert test_line in ci.splitlines()
     # Beyond the services it starts, .ci/run installs nothing itself.
     assert "apt-get" not in ci
+    # ...and it runs the suite as CI, where nothing may skip (tests/test_skip_policy.py).
+    lines = ci.splitlines()
+    assert lines.index("export CI=true") < lines.index(test_line)
 
 
 def test_the_quickstart_says_what_the_code_does_about_latest() -> None:

@@ -26,9 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import SAMPLE, write_tree
+from tests.system_tools import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 RUNBOOK = REPO / "docs" / "runbook.md"
@@ -220,7 +219,7 @@ def run_console(
     """
     cellvault = Path(sys.executable).parent / "cellvault"
     if not cellvault.exists():
-        pytest.skip("the cellvault console script is not installed next to this Python")
+        unavailable("the cellvault console script is not installed next to this Python")
     env = {
         "PATH": f"/usr/bin:/bin:{cellvault.parent}",
         "HOME": str(tmp / "home"),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cellvault import Cell, Config, TargetSpec, Vault
+from cellvault import Cell, Config, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
 from cellvault.doctor import PROBE_PREFIX, Check, DoctorReport, run_checks
 from tests.helpers import SAMPLE, write_tree
@@ -92,7 +92,9 @@ def test_a_healthy_setup_passes_every_check(
     report = run_checks(vault, environ=environ, source="test")
 
     assert report.ok, show(report)
-    assert not report.warnings(), show(report)
+    # The one reservation: these credentials may delete what they wrote (docs/security.md).
+    assert [c.name for c in report.warnings()] == ["target s3 deletion", "target oss deletion"]
+    assert "can delete objects in" in report.check("target s3 deletion").detail
     names = [c.name for c in report.checks]
     assert names == [
         "configuration",
@@ -102,6 +104,8 @@ def test_a_healthy_setup_passes_every_check(
         "target local",
         "target s3",
         "target oss",
+        "target s3 deletion",
+        "target oss deletion",
         "alert webhook",
         "alert log",
         "backup crm",
@@ -109,7 +113,7 @@ def test_a_healthy_setup_passes_every_check(
         "drill crm",
         "drill billing",
     ]
-    assert all(c.mark == "[ok]" for c in report.checks)
+    assert all(c.mark == "[ok]" for c in report.checks if "deletion" not in c.name)
     assert "probe .cellvault-doctor-" in report.check("target oss").detail
     assert "verified" in report.check("backup crm").detail
     assert "RTO" in report.check("drill crm").detail
@@ -120,6 +124,38 @@ def test_a_healthy_setup_passes_every_check(
     assert not any(PROBE_PREFIX in k for k in s3_bucket.objects())
     assert not any(PROBE_PREFIX in k for k in oss_bucket.objects())
     assert not list(s.backup_dir.glob(f"{PROBE_PREFIX}*"))
+
+
+def test_a_locked_bucket_or_a_put_only_credential_passes_the_deletion_line(
+    s: Setup, s3_bucket: S3Bucket
+) -> None:
+    from cellvault.targets.local import LocalTarget
+
+    locked = run_checks(s.vault(s3_spec(s3_bucket), object_lock="compliance"))
+    deletion = locked.check("target s3 deletion")
+    assert (
+        deletion.status == "ok" and "archives are locked (Object Lock compliance" in deletion.detail
+    )
+
+    class PutOnly(LocalTarget):
+        """A store whose credential may put but not delete (a WORM share)."""
+
+        object_store = True
+
+        def delete(self, key: str) -> None:
+            raise PermissionError(13, "AccessDenied", key)
+
+    class Plugin:
+        @hookimpl(tryfirst=True)
+        def cellvault_make_target(self, spec: TargetSpec) -> Any:
+            return PutOnly(spec) if spec.name == "worm" else None
+
+    config = s.config(TargetSpec("worm", str(s.tmp / "worm")))
+    report = run_checks(Vault(config, load_entry_points=False, plugins=[Plugin()]))
+    assert report.check("target worm deletion").status == "ok", show(report)
+    assert "cannot delete" in report.check("target worm deletion").detail
+    assert "left (its delete was refused)" in report.check("target worm").detail
+    assert "target local deletion" not in [c.name for c in report.checks]
 
 
 def test_the_report_as_json_and_text() -> None:

@@ -26,6 +26,7 @@ from cellvault.config import KNOWN_ENV, read_env_file, unknown_env
 from cellvault.notify import alert_settings
 from tests.helpers import SAMPLE, write_tree
 from tests.servers.fixtures import S3Bucket
+from tests.system_tools import import_module, require, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -65,7 +66,7 @@ def cellvault_bin() -> Path:
     """The ``cellvault`` console script of this interpreter (not a pyenv shim)."""
     path = Path(sys.executable).parent / "cellvault"
     if not path.exists():
-        pytest.skip("the cellvault console script is not installed next to this Python")
+        unavailable("the cellvault console script is not installed next to this Python")
     return path
 
 
@@ -232,8 +233,8 @@ def test_scripts_are_thin_strict_bash(script: str) -> None:
     assert len(code) <= 12, f"{script} is not thin: {len(code)} lines of code"
     assert code[-1].startswith('exec "${cv[@]}" '), code[-1]
     subprocess.run(["bash", "-n", str(path)], check=True)
-    if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", str(path)], check=True)
+    require("shellcheck")
+    subprocess.run(["shellcheck", str(path)], check=True)
 
 
 def test_backup_verify_restore_as_cron_runs_them(tmp_path: Path) -> None:
@@ -411,24 +412,23 @@ def test_systemd_units(tmp_path: Path) -> None:
     assert "  full  " in run_unit(p, service, "full")
     assert "  incremental  " in run_unit(p, service, "incremental")
 
-    analyze = shutil.which("systemd-analyze")
-    if analyze:
-        units = tmp_path / "units"
-        units.mkdir()
-        for path in folder.iterdir():
-            (units / path.name).write_text(path.read_text().replace(PLACEHOLDER, str(p.root)))
-        result = subprocess.run(
-            [analyze, "verify", "--man=no", *sorted(str(u) for u in units.iterdir())],
-            capture_output=True,
-            text=True,
-            cwd=units,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+    require("systemd-analyze")
+    units = tmp_path / "units"
+    units.mkdir()
+    for path in folder.iterdir():
+        (units / path.name).write_text(path.read_text().replace(PLACEHOLDER, str(p.root)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *sorted(str(u) for u in units.iterdir())],
+        capture_output=True,
+        text=True,
+        cwd=units,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_kubernetes_backup_cronjobs(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the example")
+    yaml = import_module("yaml", ".[test]")  # PyYAML (the test extra) reads the example
     docs = list(yaml.safe_load_all((EXAMPLES / "k8s" / "backup-cronjob.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["CronJob", "CronJob"]
     schedules = {d["metadata"]["name"]: d["spec"]["schedule"] for d in docs}

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.system_tools import find, require
+from tests.system_tools import find, needs_root, require, unavailable
 
 from .archive_helpers import make_vault
 
@@ -333,7 +333,7 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_kind_restores_as_it_was(restored: Restored, case: Case, tool: str) -> None:
     if case.needs_root and not AS_ROOT:
-        pytest.skip("only root can make and restore this kind (devices, other owners)")
+        needs_root("make and restore this kind (devices, other owners)")
     for program in case.tools:
         require(program)
     if tool == "bsdtar":
@@ -362,7 +362,7 @@ def test_in_place_restore_across_file_systems_keeps_every_kind(tmp_path: Path) -
     """A cell path on another file system: its staged copy is moved across, whole."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("needs /dev/shm on a file system of its own")
+        unavailable("needs /dev/shm on a file system of its own")
     other = Path(tempfile.mkdtemp(dir=shm)) / "crm-shm"
     other.mkdir()
     try:
@@ -400,8 +400,8 @@ print(json.dumps({"ok": report.ok, "error": cell.error, "warnings": list(cell.wa
 """
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="makes a device node and a trusted.* attribute")
 def test_what_the_restoring_process_may_not_set_is_one_warning_per_cell(tmp_path: Path) -> None:
+    needs_root("make a device node and a trusted.* attribute")
     require("setpriv")
     src = tmp_path / "crm"
     src.mkdir()

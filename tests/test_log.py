@@ -79,6 +79,23 @@ from cellvault.log import MASK, configure_logging, get_logger, redact, redact_te
         ),
         ("OSS_ACCESS_KEY_SECRET=abc123 and DB_PASSWORD=pw1", "abc123", "DB_PASSWORD=***"),
         ("GITHUB_TOKEN=ghp_123", "ghp_123", "GITHUB_TOKEN=***"),
+        # age identities and private keys (BACKUP_AGE_IDENTITY, the secret-store hook).
+        (
+            "identity AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQY7UCCC fails",
+            "QYQSZQGP",
+            "identity *** fails",
+        ),
+        (
+            "key -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+            "-----END OPENSSH PRIVATE KEY----- unusable",
+            "b3BlbnNzaC1rZXktdjEAAAAA",
+            "key *** unusable",
+        ),
+        (
+            "cut -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXkt",
+            "b3BlbnNzaC1rZXkt",
+            "cut ***",
+        ),
     ],
 )
 def test_redact_text(text: str, secret: str, kept: str) -> None:
@@ -96,6 +113,8 @@ def test_redact_text(text: str, secret: str, kept: str) -> None:
         "backup@nas.local:/srv/backup",
         "s3://bucket/prefix/cell_crm_20250101_020000.tar.zst",
         "BACKUP_DIR=/backup/paas",
+        "archive cell_crm_20250101_020000 is encrypted to age1gu7emptctndw7pkc05p8wzpstsruk3fmwf2h8406r7uz42gvc40qm0admj",
+        "BACKUP_AGE_IDENTITY=/etc/cellvault/age.key",
     ],
 )
 def test_redact_text_leaves_plain_text_alone(text: str) -> None:

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.system_tools import needs_root
+
 from .archive_helpers import make_vault, snapshot
 
 # -- generated trees ------------------------------------------------------------------------
@@ -283,8 +285,8 @@ def give_away(root: Path) -> None:
         os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root restores owners")
 def test_owners_and_setuid_bits_are_restored(tmp_path: Path, tree: Path) -> None:
+    needs_root("restore owners")
     (tree / "suid").write_text("#!/bin/sh\n")
     give_away(tree)
     (tree / "suid").chmod(0o4755)  # after chown, which clears it

@@ -15,6 +15,7 @@ from ._version import __version__
 from .archive import ArchiveId, ArchiveMeta, Kind, Selector, Sidecar
 from .cell import Cell
 from .config import Config, load_env, load_toml
+from .crypt import Keyring, Recipients
 from .errors import (
     ArchiveCorrupt,
     ArchiveNotFound,
@@ -22,6 +23,7 @@ from .errors import (
     CellvaultError,
     ConfigError,
     Fenced,
+    KeyMissing,
     LockHeld,
     RestoreError,
     TargetError,
@@ -32,6 +34,7 @@ from .hookspecs import hookimpl
 from .manifest import Entry, Manifest
 from .ops.browse import DiffEntry, DiffReport, Found, Point, TreeEntry
 from .ops.partial import PathRestoreReport
+from .ops.rekey import RekeyReport, RekeyResult
 from .report import (
     BackupReport,
     CellReport,
@@ -70,6 +73,8 @@ __all__ = [
     "Fenced",
     "Found",
     "FsspecTarget",
+    "KeyMissing",
+    "Keyring",
     "Kind",
     "Level",
     "LocalTarget",
@@ -80,6 +85,9 @@ __all__ = [
     "ObjectStat",
     "PathRestoreReport",
     "Point",
+    "Recipients",
+    "RekeyReport",
+    "RekeyResult",
     "RestoreError",
     "RestoreReport",
     "Selector",

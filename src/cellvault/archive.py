@@ -23,6 +23,7 @@ from .trust import (
     check_count,
     check_data_name,
     check_digest,
+    check_encryption,
     check_holder,
     check_roots,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Kind",
     "Selector",
     "Sidecar",
+    "canonical_json",
     "format_stamp",
     "parse_stamp",
 ]
@@ -264,12 +266,47 @@ class Sidecar:
     manifest_size: int | None = None
     #: The token of the lease the committing run held on this target (fencing).
     lease: str | None = None
+    #: The fingerprints of the age recipients the data and manifest copy are
+    #: sealed to (:mod:`cellvault.crypt`); ``None`` when they are not encrypted.
+    encryption: tuple[str, ...] | None = None
+    #: sha256 of the stored manifest copy (``<id>.manifest.json.zst``), so that
+    #: the signature covers the manifest too; absent in older sidecars.
+    manifest_sha256: str | None = None
+    #: The site's signature of :meth:`canonical` (:mod:`cellvault.signing`):
+    #: ``alg``, ``key`` (the key id) and ``sig`` (base64); ``None``: unsigned.
+    signature: Mapping[str, str] | None = None
+    #: The canonical JSON of every field but the signature, as read from a
+    #: target (unknown fields included); ``None`` for a sidecar built here.
+    signed_body: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def id(self) -> ArchiveId:
         return self.meta.id
 
+    def canonical(self) -> bytes:
+        """What the signature covers: every field but the signature, as canonical JSON."""
+        return canonical_json(self._kept() or self.body())
+
+    def _kept(self) -> dict[str, Any] | None:
+        """The fields as read (unknown ones too), while every known one still has its value.
+
+        A sidecar changed since it was read (``attrs.evolve``) is written from
+        its fields, and its old signature no longer matches it.
+        """
+        if self.signed_body is None:
+            return None
+        raw: dict[str, Any] = json.loads(self.signed_body)
+        known = self.body()
+        return raw if all(k in raw and raw[k] == v for k, v in known.items()) else None
+
     def to_json(self) -> bytes:
+        body = self._kept() or self.body()
+        if self.signature is not None:
+            body["signature"] = dict(self.signature)
+        return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+
+    def body(self) -> dict[str, Any]:
+        """The sidecar's fields as JSON values, the signature left out."""
         body = {
             **self.meta.to_dict(),
             "data": self.data_name,
@@ -284,7 +321,11 @@ class Sidecar:
             body["manifest_size"] = self.manifest_size
         if self.lease is not None:
             body["lease"] = self.lease
-        return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+        if self.encryption is not None:
+            body["encryption"] = {"scheme": "age", "recipients": list(self.encryption)}
+        if self.manifest_sha256 is not None:
+            body["manifest_sha256"] = self.manifest_sha256
+        return body
 
     @classmethod
     def from_json(cls, raw: bytes, *, name: str = "?", cell: str | None = None) -> Sidecar:
@@ -322,6 +363,12 @@ class Sidecar:
                 if declared is None
                 else check_count(declared, "manifest_size", archive=stem),
                 lease=str(data["lease"]) if data.get("lease") is not None else None,
+                encryption=check_encryption(data.get("encryption"), data["data"], stem),
+                manifest_sha256=None
+                if data.get("manifest_sha256") is None
+                else check_digest(data["manifest_sha256"], archive=stem),
+                signature=_signature(data.get("signature"), stem),
+                signed_body=canonical_json({k: v for k, v in data.items() if k != "signature"}),
             )
         except ArchiveCorrupt:
             raise
@@ -329,6 +376,28 @@ class Sidecar:
             raise ArchiveCorrupt(
                 f"sidecar is unusable ({type(exc).__name__}: {exc})", archive=name
             ) from None
+
+
+def canonical_json(value: Any) -> bytes:
+    """*value* as canonical JSON: sorted keys, no spaces, UTF-8 (what a signature covers)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _signature(value: Any, stem: str) -> dict[str, str] | None:
+    """A sidecar's ``signature``: absent, or an object of short strings."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not all(isinstance(v, str) and len(v) <= 512 for v in value.values())
+        or not {"alg", "key", "sig"} <= set(value)
+    ):
+        raise ArchiveCorrupt(
+            "signature is not an object of alg, key and sig",
+            archive=stem,
+            hint="the sidecar was altered; it is ignored",
+        )
+    return {str(k): v for k, v in value.items()}
 
 
 def _check_identity(ident: ArchiveId, name: str, cell: str | None) -> None:

@@ -350,6 +350,58 @@ def verify(
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
+@cli.command()
+@click.option("--cell", "cells", multiple=True, help="Rekey only this cell (repeatable).")
+@click.option("--target", "targets", multiple=True, help="Only on this target (repeatable).")
+@click.option(
+    "--date",
+    "select",
+    default="latest",
+    show_default=True,
+    help="Which archive: latest, an id, a date prefix (20250101_0200) or an ISO time.",
+)
+@click.option(
+    "--all", "all_archives", is_flag=True, help="Every archive --date matches, not only the newest."
+)
+@pass_state
+def rekey(
+    state: State,
+    cells: tuple[str, ...],
+    targets: tuple[str, ...],
+    select: str,
+    all_archives: bool,
+) -> None:
+    """Re-encrypt stored archives to the current recipients (BACKUP_ENCRYPT_RECIPIENTS).
+
+    Each chosen archive is decrypted with BACKUP_AGE_IDENTITY (or the secret-store
+    plugin's identities) and encrypted again as one stream, never decompressed;
+    an archive stored in the clear is encrypted. Each is committed like a backup
+    (new object, manifest copy, then sidecar), and the old object deleted. Run it
+    after a key rotation, with --all, before retiring the old identity. Exits 1 if
+    any archive failed.
+    """
+    with _errors(state):
+        report = state.vault().rekey(
+            list(cells) or None,
+            targets=list(targets) or None,
+            select=select,
+            all_archives=all_archives,
+        )
+    if state.as_json:
+        _emit_json(report.to_dict())
+    else:
+        for r in report.results:
+            if not r.ok:
+                click.echo(f"FAIL {r.archive} on {r.target}: {r.error}", err=True)
+            elif r.outcome == "current":
+                click.echo(f"ok   {r.archive} on {r.target}: already encrypted to these recipients")
+            else:
+                click.echo(f"ok   {r.archive} on {r.target}: re-encrypted as {r.data}")
+        if not report.results:
+            click.echo("nothing to rekey: no archives found")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -1404,6 +1456,41 @@ def init(
         flag = "--env-file" if fmt == "env" else "--config"
         click.echo(f"next: cellvault {flag} {result.config} backup")
     sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("private", type=click.Path(dir_okay=False, path_type=Path))
+@_json_option
+@pass_state
+def keygen(state: State, private: Path, as_json: bool) -> None:
+    """Write a new Ed25519 key pair for signing sidecars: PRIVATE and PRIVATE.pub.
+
+    PRIVATE (mode 0600) is the site's BACKUP_SIGNING_KEY; the public key
+    printed (also in PRIVATE.pub) goes into BACKUP_VERIFY_KEYS of every site
+    that restores or pulls these archives. An existing file is never
+    replaced. See docs/security.md.
+    """
+    from .signing import generate_keypair
+
+    if as_json:
+        state.use_json()
+    with _errors(state):
+        pair = generate_keypair(private)
+    if state.as_json:
+        _emit_json(
+            {
+                "private": str(pair.private),
+                "public": str(pair.public),
+                "public_key": pair.public_key,
+                "key_id": pair.key_id,
+            }
+        )
+        return
+    click.echo(
+        f"wrote {pair.private} (the private key: BACKUP_SIGNING_KEY={pair.private.resolve()})"
+    )
+    click.echo(f"wrote {pair.public} (key id {pair.key_id})")
+    click.echo(f"BACKUP_VERIFY_KEYS={pair.public_key}")
 
 
 @cli.command()

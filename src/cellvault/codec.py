@@ -86,9 +86,9 @@ def get_codec(name: str, level: int | None = None) -> Codec:
 
 
 def codec_for(data_name: str) -> Codec:
-    """The codec of an archive data file, from its suffix."""
+    """The codec of an archive data file, from its suffix (``.age`` after it: sealed)."""
     for codec in CODECS.values():
-        if data_name.endswith(codec.suffix):
+        if data_name.removesuffix(".age").endswith(codec.suffix):
             return codec
     raise ConfigError(f"no codec for {data_name!r}", hint="archives end in .tar.zst or .tar.gz")
 

@@ -21,6 +21,7 @@ import attrs
 from .archive import Kind, to_kind
 from .cell import Cell, validate_cell_name
 from .codec import get_codec
+from .envnames import FLEET_ENV, KNOWN_ENV
 from .errors import ConfigError
 from .retention import RetentionPolicy
 from .specs import DEFAULT_TTL, DumperSpec, TargetSpec
@@ -38,85 +39,6 @@ __all__ = [
     "with_restore_env",
 ]
 
-#: Every environment variable cellvault reads (others starting with BACKUP_ or
-#: RESTORE_ are reported as unknown, with a suggestion).
-#: The fleet's variables (``cellvault.fleet``, docs/fleet.md) -> their ``[fleet]`` key.
-FLEET_ENV: dict[str, str] = {
-    "CELLVAULT_BROKER_URL": "broker_url",
-    "CELLVAULT_RESULT_BACKEND": "result_backend",
-    "CELLVAULT_FLEET_HOST": "host",
-    "CELLVAULT_FLEET_POOL": "pool",
-    "CELLVAULT_FLEET_TARGET_CONCURRENCY": "target_concurrency",
-    "CELLVAULT_FLEET_VISIBILITY_TIMEOUT": "visibility_timeout",
-    "CELLVAULT_FLEET_FULL_SCHEDULE": "full_schedule",
-    "CELLVAULT_FLEET_INCREMENTAL_SCHEDULE": "incremental_schedule",
-}
-
-KNOWN_ENV: tuple[str, ...] = (
-    "BACKUP_DIR",
-    "BACKUP_TYPE",
-    "BACKUP_TARGETS",
-    "BACKUP_CELLS",
-    "BACKUP_CELLS_ROOT",
-    "BACKUP_EXCLUDE",
-    "BACKUP_CODEC",
-    "BACKUP_COMPRESSION_LEVEL",
-    "BACKUP_JOBS",
-    "BACKUP_VERIFY",
-    "BACKUP_MAX_CHAIN",
-    "BACKUP_CHECKSUM",
-    "BACKUP_S3_BUCKET",
-    "BACKUP_S3_PREFIX",
-    "BACKUP_S3_ENDPOINT",
-    "BACKUP_S3_REGION",
-    "BACKUP_OSS_BUCKET",
-    "BACKUP_OSS_PREFIX",
-    "BACKUP_OSS_ENDPOINT",
-    "BACKUP_NAS_PATH",
-    "BACKUP_NAS_RSYNC",
-    "BACKUP_ALERT_WEBHOOK",
-    "BACKUP_ALERT_LOG",
-    "BACKUP_ALERT_FORMAT",
-    "BACKUP_ALERT_SECRET",
-    "BACKUP_ALERT_TIMEOUT",
-    "BACKUP_ALERT_ON",
-    "BACKUP_ALERT_URLS",
-    "BACKUP_VERIFY_LEVEL",
-    "BACKUP_METRICS_FILE",
-    "BACKUP_MAX_AGE_HOURS",
-    "BACKUP_LOG_KEEP_DAYS",
-    "BACKUP_PROGRESS_INTERVAL",
-    "RESTORE_DATE",
-    "RESTORE_CELL",
-    "RESTORE_SKIP_PREBACKUP",
-    "RESTORE_INTO",
-    "BACKUP_KEEP_FULL_DAYS",
-    "BACKUP_KEEP_INCREMENTAL_DAYS",
-    "BACKUP_KEEP_LAST",
-    "BACKUP_KEEP_HOURLY",
-    "BACKUP_KEEP_DAILY",
-    "BACKUP_KEEP_WEEKLY",
-    "BACKUP_KEEP_MONTHLY",
-    # Hook scripts (cellvault.hooks): restore_hook_<cell>.sh and its siblings.
-    "BACKUP_HOOKS_DIR",
-    "BACKUP_HOOK_TIMEOUT",
-    "RESTORE_HOOKS_DIR",
-    # Disaster recovery (cellvault.dr): the seed's DR_* names, and DR_TARGET.
-    "DR_SITE_ID",
-    "DR_PULL_ONLY",
-    "DR_TARGET",
-    # cellvault dr watch (automatic failover) and the traffic switch.
-    "DR_WATCH_PRIMARY",
-    "DR_WATCH_URLS",
-    "DR_WATCH_PROBES",
-    "DR_WATCH_WINDOW",
-    "DR_WATCH_INTERVAL",
-    "DR_WATCH_HEARTBEAT_AGE",
-    "DR_SWITCH_COMMAND",
-    "DR_SWITCH_K8S",
-    # The fleet (cellvault.fleet): Celery's broker and the fleet's settings.
-    *FLEET_ENV,
-)
 # Per-cell and per-target families: BACKUP_CELL_<NAME>_PATHS, BACKUP_TARGET_<NAME>_URL,
 # and a cell's dumpers: BACKUP_CELL_<NAME>_DUMPERS, BACKUP_CELL_<NAME>_DUMPER_<DUMPER>_<OPTION>.
 _FAMILY = re.compile(
@@ -176,6 +98,20 @@ def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in names):
         raise ConfigError(f"target names must be strings, not {names!r}")
     return tuple(n.strip() for n in names if n.strip())
+
+
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else _abspath(value)
+
+
+def _key_lines(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Public keys: one a line or comma-separated (SSH keys hold spaces), or a list."""
+    if isinstance(value, str):
+        value = value.replace(",", "\n").splitlines()
+    keys = tuple(value)
+    if not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"encrypt_recipients must be strings, not {keys!r}")
+    return tuple(k.strip() for k in keys if k.strip())
 
 
 @attrs.frozen
@@ -271,6 +207,17 @@ class Config:
     #: ``ingress/<namespace>/<name>/<service name, {site} for the site>``).
     dr_switch_command: str | None = None
     dr_switch_k8s: str | None = None
+    #: Encryption (:mod:`cellvault.crypt`): age recipients, ``age1...`` or SSH public keys.
+    encrypt_recipients: tuple[str, ...] = attrs.field(default=(), converter=_key_lines)
+    encrypt_recipients_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The age identity file that reads encrypted archives (restore, full verify, drill).
+    age_identity: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: Signed sidecars (:mod:`cellvault.signing`): the site's private key, trusted public keys.
+    signing_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    verify_keys: tuple[str, ...] = attrs.field(default=(), converter=parse_names)
+    require_signed: bool = False
+    #: Object Lock on S3 (:mod:`cellvault.immutability`): governance, compliance or None.
+    object_lock: str | None = None
     #: The file this configuration was read from (``--env-file`` or
     #: ``--config``), or ``None``. Relative paths of plugins' settings (the
     #: alert log) are taken from its folder. Not part of a config's value.
@@ -464,8 +411,22 @@ def load_env(environ: Mapping[str, str] | None = None, env_file: Path | None = N
         dr_watch_heartbeat_age=_float(env, "DR_WATCH_HEARTBEAT_AGE", 300.0),
         dr_switch_command=env.get("DR_SWITCH_COMMAND", "").strip() or None,
         dr_switch_k8s=env.get("DR_SWITCH_K8S", "").strip() or None,
+        encrypt_recipients=env.get("BACKUP_ENCRYPT_RECIPIENTS", ""),
+        encrypt_recipients_file=env.get("BACKUP_ENCRYPT_RECIPIENTS_FILE", "").strip() or None,
+        age_identity=env.get("BACKUP_AGE_IDENTITY", "").strip() or None,
+        **_env_protection(env),
         source=env_file,
     )
+
+
+def _env_protection(env: Mapping[str, str]) -> dict[str, Any]:
+    """Signed sidecars and locked archives (docs/security.md), from ``BACKUP_*``."""
+    return {
+        "signing_key": env.get("BACKUP_SIGNING_KEY", "").strip() or None,
+        "verify_keys": env.get("BACKUP_VERIFY_KEYS", ""),
+        "require_signed": env_flag(env, "BACKUP_REQUIRE_SIGNED", False),
+        "object_lock": env.get("BACKUP_OBJECT_LOCK"),
+    }
 
 
 def _env_dumpers(env: Mapping[str, str], cell: str, key: str) -> list[DumperSpec]:
@@ -663,6 +624,13 @@ _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "dr_watch_heartbeat_age": (int, float),
     "dr_switch_command": (str,),
     "dr_switch_k8s": (str,),
+    "encrypt_recipients": (str, list),
+    "encrypt_recipients_file": (str,),
+    "age_identity": (str,),
+    "signing_key": (str,),
+    "verify_keys": (str, list),
+    "require_signed": (bool,),
+    "object_lock": (str,),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 

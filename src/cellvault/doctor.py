@@ -257,8 +257,12 @@ def _check_cell(cell: Cell) -> Check:
 # -- targets ---------------------------------------------------------------------------
 
 
-def _probe(target: Target) -> str:
-    """Reach *target*, then write, read back and delete a probe object; return its key."""
+def _probe(target: Target) -> tuple[str, bool]:
+    """Reach *target*, then write, read back and delete a probe object.
+
+    Return its key, and whether the delete removed it (a put-only backup
+    credential, as docs/security.md sets up, cannot: the probe then stays).
+    """
     key = f"{PROBE_PREFIX}{secrets.token_hex(6)}"
     body = f"cellvault doctor probe from {socket.gethostname()} at {time.time():.0f}\n".encode()
     # One try each, no retries: doctor reports what the target does now.
@@ -268,7 +272,7 @@ def _probe(target: Target) -> str:
         target.put_bytes(key, body)
     try:
         with target.guard(f"read the probe object {key} back"):
-            back = target.read_bytes(key)
+            back = target.read_bounded(key, len(body))  # no more than was written
         if back != body:
             raise TargetError(
                 f"the probe object {key} read back differs from what was written",
@@ -276,8 +280,43 @@ def _probe(target: Target) -> str:
             )
     finally:
         with target.guard(f"delete the probe object {key}"):
-            target.delete(key)
-    return key
+            deleted = _delete_probe(target, key)
+    return key, deleted
+
+
+def _delete_probe(target: Target, key: str) -> bool:
+    """Delete the probe object *key* (and nothing else); tell whether it is gone."""
+    try:
+        target.delete(key)
+    except PermissionError:
+        return False
+    try:
+        target.stat(key)
+    except FileNotFoundError:
+        return True
+    return False  # the store answered, and kept it
+
+
+def _check_deletion(target: Target, deleted: bool) -> Check | None:
+    """Warn when the backup credential of an object store can delete what it wrote."""
+    if not getattr(target, "object_store", False):
+        return None  # a directory: the backup user owns what it writes (see docs/security.md)
+    name = f"target {target.name} deletion"
+    if not deleted:
+        return Check(name, True, "the backup credential cannot delete (the probe was refused)")
+    if target.object_lock is not None:
+        locked = f"archives are locked ({target.object_lock.describe()})"
+        return Check(name, True, f"the backup credential can delete, but {locked}")
+    return Check(
+        name,
+        True,
+        f"the backup credential can delete objects in {target.spec.display()}: a stolen "
+        "credential can delete every archive",
+        fix="give backups a credential that can put but not delete and prune a separate one, "
+        "or lock archives (BACKUP_OBJECT_LOCK with Object Lock on the bucket); "
+        "see docs/security.md",
+        warn=True,
+    )
 
 
 def _target_fix(target: Target, error: str, hint: str | None) -> str:
@@ -311,12 +350,13 @@ def _target_fix(target: Target, error: str, hint: str | None) -> str:
 def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
     """Probe every target at once, each within *timeout* seconds."""
     results: dict[str, Check] = {}
+    extra: dict[str, Check] = {}
     lock = threading.Lock()
 
     def work(target: Target) -> None:
         started = time.monotonic()
         try:
-            key = _probe(target)
+            key, deleted = _probe(target)
         except CellvaultError as exc:
             check = Check(
                 f"target {target.name}",
@@ -328,12 +368,17 @@ def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
             text = _one_line(f"{type(exc).__name__}: {exc}")
             check = Check(f"target {target.name}", False, text, fix=_target_fix(target, text, None))
         else:
+            removed = "removed" if deleted else "left (its delete was refused)"
             check = Check(
                 f"target {target.name}",
                 True,
                 f"{target.spec.display()}: reachable; probe {key} written, read back and "
-                f"removed in {time.monotonic() - started:.2f} s",
+                f"{removed} in {time.monotonic() - started:.2f} s",
             )
+            deletion = _check_deletion(target, deleted)
+            if deletion is not None:
+                with lock:
+                    extra[target.name] = deletion
         with lock:
             results.setdefault(target.name, check)
 
@@ -362,6 +407,7 @@ def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
                 )
                 results[target.name] = check
             out.append(check)
+        out.extend(extra[t.name] for t in targets if t.name in extra)
     return out
 
 

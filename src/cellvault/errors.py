@@ -18,9 +18,11 @@ __all__ = [
     "DumpError",
     "Fenced",
     "FleetError",
+    "KeyMissing",
     "LoadError",
     "LockHeld",
     "RestoreError",
+    "SignatureError",
     "TargetError",
     "UnsafeArchive",
     "WebhookError",
@@ -89,6 +91,14 @@ class ArchiveCorrupt(CellvaultError):
         super().__init__(f"{where}: {message}", hint=hint)
 
 
+class KeyMissing(CellvaultError):
+    """An encrypted archive cannot be read: no identity given opens it.
+
+    The message names the archive and the recipients it was sealed to (their
+    fingerprints, never a private key).
+    """
+
+
 class UnsafeArchive(ArchiveCorrupt):
     """An archive member would escape the restore destination, or be written through a link.
 
@@ -97,6 +107,15 @@ class UnsafeArchive(ArchiveCorrupt):
     files and directories under ``dumps/`` are refused before anything is
     written; a directory of the staging tree replaced by a link while a
     restore runs is refused too. Link targets are not: links are data.
+    """
+
+
+class SignatureError(ArchiveCorrupt):
+    """An archive's sidecar is not signed by a trusted key (see :mod:`cellvault.signing`).
+
+    A signature that does not match, one by a key that is not trusted, or
+    none at all when signatures are required: the archive is refused before
+    anything else of it is read.
     """
 
 

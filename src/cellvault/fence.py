@@ -28,7 +28,7 @@ import datetime as dt
 import json
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -36,6 +36,7 @@ import attrs
 from .errors import ConfigError, DrError, Fenced, TargetError
 from .log import get_logger
 from .targets.base import Target
+from .trust import MAX_RECORD_BYTES, check_name, load_record
 
 __all__ = [
     "EPOCHS_FOLDER",
@@ -101,9 +102,7 @@ class Epoch:
     def from_json(cls, raw: bytes, *, name: str) -> Epoch:
         """Read an epoch record; :class:`DrError` when it is not one (or not the one *name* says)."""
         try:
-            data = json.loads(raw)
-            if not isinstance(data, Mapping):
-                raise TypeError("not a JSON object")
+            data = load_record(raw, "epoch record")
             number, site = data["epoch"], data["site"]
             if not isinstance(number, int) or isinstance(number, bool) or number < 1:
                 raise ValueError(f"epoch {number!r} is not a positive integer")
@@ -141,13 +140,13 @@ def _read_on(target: Target) -> Epoch | None:
         key = f"{EPOCHS_FOLDER}/{number:010d}.json"
         try:
             with target.guard("read an epoch record", missing_ok=True):
-                raw = target.retrying(target.read_bytes, key)
+                raw = target.retrying(target.read_bounded, key, MAX_RECORD_BYTES)
             return Epoch.from_json(raw, name=key)
         except FileNotFoundError:
             continue
         except DrError as exc:
-            # A record nobody could have written through claim_epoch: reported, not believed.
-            log.warning("fence.epoch_unusable", target=target.name, key=key, error=str(exc))
+            # A record nobody could have written through claim_epoch: reported once, not believed.
+            target.distrust(key, exc.message)
     return None
 
 
@@ -335,12 +334,15 @@ class Heartbeat:
     def from_json(cls, raw: bytes) -> Heartbeat:
         """Read a heartbeat record; :class:`DrError` when it is not one."""
         try:
-            data = json.loads(raw)
+            data = load_record(raw, "heartbeat record")
             at = dt.datetime.fromisoformat(str(data["at"]).replace("Z", "+00:00"))
             if at.tzinfo is None:
                 raise ValueError("its time has no time zone")
             return cls(
-                str(data["site"]), at, str(data.get("source", "")), str(data.get("host", ""))
+                check_name(data["site"], "site"),
+                at,
+                str(data.get("source", "")),
+                str(data.get("host", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DrError(f"heartbeat record is unusable ({exc})") from None
@@ -353,8 +355,10 @@ def read_heartbeat(storage: Sequence[Target], site: str) -> tuple[Heartbeat | No
     for target in storage:
         try:
             with target.guard("read a heartbeat", missing_ok=True):
-                raw = target.retrying(target.read_bytes, Heartbeat.key(site))
+                raw = target.retrying(target.read_bounded, Heartbeat.key(site), MAX_RECORD_BYTES)
             beat = Heartbeat.from_json(raw)
+            if beat.site != site:
+                raise DrError(f"the heartbeat of site {site} names site {beat.site}")
         except FileNotFoundError:
             continue
         except (TargetError, DrError) as exc:

@@ -8,6 +8,7 @@ group; see ``docs/plugins.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -189,4 +190,17 @@ def cellvault_switch_traffic(
     ``DR_SWITCH_K8S`` (:mod:`cellvault.traffic.k8s`). An implementation may be
     called again for the same switch (a ``dr watch`` restarted mid-failover):
     make it idempotent.
+    """
+
+
+@hookspec
+def cellvault_age_identities(config: Config) -> Sequence[str] | None:
+    """Return age identities that read encrypted archives, from a secret store.
+
+    Called once per vault, the first time an encrypted archive is read
+    (restore, ``verify --level full`` or ``drill``, ``sync --verify``,
+    browsing), never by a backup. Each item is the text of an identity file:
+    ``AGE-SECRET-KEY-1...`` lines, or an unencrypted OpenSSH private key.
+    Return ``None`` (or nothing) when this plugin has none. What is returned
+    is never logged; see ``docs/encryption.md``.
     """

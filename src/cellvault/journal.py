@@ -9,20 +9,27 @@ once the restore of the cell is settled.
 
 A restore killed at any point leaves the journal behind. The next run that
 touches the cell (a backup or a restore) calls :func:`recover` first, which
-reads where each root is by its inode and then:
+reads where each root is by its inode, asks each staged database whether its
+swap took effect (through its dumper, :meth:`~cellvault.dumpers.Dumper.resume`),
+and then:
 
-* before any swap, or during the swap of a cell whose dumps were not loaded:
-  **rolls back** -- every root goes back to its live data, the staged data
-  (a copy of the archive) is removed;
-* during the swap of a cell whose dumps were all loaded: **finishes** the
-  swap, so files and databases are both new;
-* after the swap: **finishes** -- the old data is removed only when a safety
-  backup holds it, otherwise it is kept (and named) beside the destination.
+* before any swap, or during the swap of a cell before anything was swapped
+  in, or when a staged database cannot say where it is: **rolls back** --
+  every swapped database goes back (its old state is swapped in again), every
+  scratch database is dropped, every root goes back to its live data, the
+  staged data (a copy of the archive) is removed;
+* during the swap of a cell once something is swapped in (a database or a
+  root), when every staged database can be swapped: **finishes** the swap,
+  so files and databases are all new;
+* after the swap: **finishes** -- the old data (files and databases) is
+  removed only when a safety backup holds it, otherwise it is kept (and
+  named) beside the live data.
 
-A restore killed while loading dumps cannot be settled here: the databases
-may hold part of the archive. The files are rolled back and the result says
-which databases need the restore run again (or the safety backup restored).
-Nothing is ever deleted that is the only copy of live data.
+A restore killed while a dumper that cannot stage was loading into a live
+database cannot be settled here: that database may hold part of the
+archive. The files are rolled back and the result says which databases need
+the restore run again (or the safety backup restored). Nothing is ever
+deleted that is the only copy of live data.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .log import get_logger
+from .dumpers.staging import StagedLoad
+from .log import get_logger, redact_text
 from .swap import Swap, exchange
 
 __all__ = ["JOURNAL_PREFIX", "Journal", "Recovery", "find", "recover"]
@@ -47,8 +55,8 @@ log = get_logger(__name__)
 
 JOURNAL_PREFIX = ".cellvault-journal-"
 
-#: The phases a journal records, in order.
-PHASES = ("staged", "loading", "swapping", "swapped")
+#: The phases a journal records, in order (``rolling back``: a failed swap is being undone).
+PHASES = ("staged", "loading", "swapping", "swapped", "rolling back")
 
 
 def _ino(path: Path) -> int | None:
@@ -129,10 +137,23 @@ class Journal:
         self.data["sides"] = [dict(s) for s in sides]
         self._save()
 
+    def swapping(self, dumper: str) -> None:
+        """The staged load of *dumper* is about to be swapped in."""
+        self.data["swapping"] = dumper
+        self._save()
+
+    def unswapped(self, dumper: str) -> None:
+        """The staged load of *dumper* was swapped back out (a failed swap is rolled back)."""
+        self.data["phase"] = "rolling back"
+        self.data["loaded"] = [d for d in self.data["loaded"] if d != dumper]
+        self.data["swapping"] = None
+        self._save()
+
     def loaded(self, dumper: str) -> None:
-        """The dump of *dumper* is loaded."""
+        """The dump of *dumper* is loaded (a staged one: swapped in)."""
         self.data["loaded"] = [*self.data["loaded"], dumper]
         self.data["loading"] = None
+        self.data["swapping"] = None
         self._save()
 
     def close(self) -> None:
@@ -143,13 +164,17 @@ class Journal:
         _write_atomic(self.path, self.data)
 
 
+#: Rebuilds a staged load from its journal state (``None``: it cannot be).
+Resume = Callable[[Mapping[str, Any]], StagedLoad | None]
+
+
 @attrs.frozen
 class Recovery:
     """What :func:`recover` did with one interrupted restore of a cell."""
 
     cell: str
     archive: str
-    #: ``rolled back``, ``finished`` or ``files rolled back, databases partly loaded``.
+    #: ``rolled back`` or ``finished``.
     action: str
     #: Root -> what became of it.
     roots: Mapping[str, str]
@@ -159,19 +184,27 @@ class Recovery:
     safety_backup: str | None = None
     #: Paths kept because they may be the only copy of something.
     kept: tuple[str, ...] = ()
-    #: Side objects (scratch databases, files) the interrupted restore may have left.
+    #: Side objects (scratch databases, files) left for a person to settle.
     sides: tuple[str, ...] = ()
+    #: Staged database (dumper) -> what the recovery did with it.
+    dumps: Mapping[str, str] = attrs.field(factory=dict)
+    #: Dumpers that loaded into their live databases (they cannot stage).
+    live_loads: tuple[str, ...] = ()
 
     @property
     def settled(self) -> bool:
         """True when the cell is wholly old or wholly new again."""
-        return self.partly_loaded is None and (self.action == "finished" or not self.loaded)
+        if self.partly_loaded is not None or self.sides:
+            return False
+        return self.action == "finished" or not self.live_loads
 
     def describe(self) -> str:
         """One sentence saying what was found and done."""
         text = f"an interrupted restore of cell {self.cell} to {self.archive} was {self.action}"
-        if self.loaded or self.partly_loaded:
-            dbs = ", ".join(self.loaded)
+        for dumper, done in self.dumps.items():
+            text += f"; dumper {dumper}: {done}"
+        if self.live_loads or self.partly_loaded:
+            dbs = ", ".join(self.live_loads)
             if self.action != "finished":
                 text += f"; the databases of dumpers {dbs or 'none'} already hold the archive"
             if self.partly_loaded:
@@ -184,7 +217,7 @@ class Recovery:
                 )
                 text += f": run the restore again to finish it ({way})"
         if self.sides:
-            text += f"; it may have left the scratch objects {', '.join(self.sides)} (drop them)"
+            text += f"; it may have left the scratch objects {', '.join(self.sides)} (settle them)"
         if self.kept:
             text += f"; the old data is kept at {', '.join(self.kept)}"
         return text
@@ -200,9 +233,16 @@ def find(cell: str, dests: Iterable[Path]) -> list[Path]:
     return list(seen)
 
 
-def recover(cell: str, dests: Iterable[Path]) -> list[Recovery]:
-    """Settle every interrupted restore of *cell* whose journal sits beside one of *dests*."""
+def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> list[Recovery]:
+    """Settle every interrupted restore of *cell* whose journal sits beside one of *dests*.
+
+    *resume* rebuilds a staged database from its journal state (the cell's
+    dumper's :meth:`~cellvault.dumpers.Dumper.resume`); without it, or when
+    it returns ``None``, a side object is named for a person to settle.
+    """
     out = []
+    dests = list(dests)
+    live = False
     for path in find(cell, dests):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -213,12 +253,22 @@ def recover(cell: str, dests: Iterable[Path]) -> list[Recovery]:
             continue
         if _running(data):
             log.info("restore.journal_live", cell=cell, journal=str(path), pid=data.get("pid"))
+            live = True
             continue
-        rec = _settle(data)
+        rec = _settle(data, resume)
         path.unlink(missing_ok=True)
         log.warning("restore.recovered", cell=cell, action=rec.action, detail=rec.describe())
         out.append(rec)
+    if not live:
+        _drop_torn_writes(cell, dests)
     return out
+
+
+def _drop_torn_writes(cell: str, dests: Iterable[Path]) -> None:
+    """Remove the half-written journal copies a restore killed mid-write left (never read)."""
+    for parent in {dest.parent for dest in dests}:
+        for tmp in parent.glob(f"{JOURNAL_PREFIX}{cell}.json.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _running(data: Mapping[str, Any]) -> bool:
@@ -242,16 +292,99 @@ def _swapped(root: Mapping[str, Any]) -> bool:
     return root.get("new_ino") is not None and _ino(Path(root["dest"])) == root["new_ino"]
 
 
-def _settle(data: Mapping[str, Any]) -> Recovery:
+@attrs.define
+class _Side:
+    """One staged database of an interrupted restore: its journal state, and where it is."""
+
+    state: Mapping[str, Any]
+    load: StagedLoad | None
+    #: Swapped in (True), not (False), cannot tell (None).
+    swapped: bool | None
+
+    @property
+    def name(self) -> str:
+        return str(self.state.get("dumper"))
+
+    def label(self) -> str:
+        return f"{self.state.get('side')} ({self.name}, for {self.state.get('what')})"
+
+
+def _sides(data: Mapping[str, Any], resume: Resume | None) -> list[_Side]:
+    """The staged databases of *data*, rebuilt and asked whether their swap took effect."""
+    loaded = set(data.get("loaded") or ())
+    out = []
+    for state in data.get("sides") or ():
+        load: StagedLoad | None = None
+        swapped: bool | None = None
+        try:
+            load = resume(state) if resume is not None else None
+            if load is not None and state.get("dumper") == data.get("swapping"):
+                swapped = load.swapped()  # the one swap (or swap back) that was under way
+        except Exception as exc:  # noqa: BLE001 - a store that cannot answer: put everything back
+            log.warning("restore.side_unknown", side=state.get("side"), error=redact_text(str(exc)))
+            load = None
+        name = state.get("dumper")
+        if name in loaded:
+            swapped = True  # journalled after its swap (and not swapped back since)
+        elif name != data.get("swapping"):
+            swapped = False  # never asked to swap, or swapped back: the store is not asked
+        out.append(_Side(state, load, swapped))
+    return out
+
+
+def _settle_sides(
+    sides: Sequence[_Side], forward: bool, safety: str | None
+) -> tuple[dict[str, str], list[str]]:
+    """Swap the staged databases in (*forward*) or put the old ones back; what was done, what is left."""
+    done: dict[str, str] = {}
+    left: list[str] = []
+    for side in sides:
+        what = side.state.get("what")
+        old = side.state.get("old") or side.state.get("side")
+        try:
+            if side.load is None:
+                if forward and side.swapped:
+                    done[side.name] = f"swapped in ({what}); the replaced state is kept as {old}"
+                    continue
+                left.append(side.label())
+                continue
+            if forward:
+                if not side.swapped:
+                    side.load.swap()
+                if safety:
+                    side.load.commit()
+                    done[side.name] = f"swapped in ({what}); the replaced state {old} dropped"
+                else:
+                    done[side.name] = f"swapped in ({what}); the replaced state is kept as {old}"
+            else:
+                if side.swapped:
+                    side.load.unswap()
+                side.load.discard()
+                done[side.name] = f"put back ({what}); the scratch {side.state.get('side')} dropped"
+        except Exception as exc:  # noqa: BLE001 - named for a person to settle
+            log.error("restore.side_unsettled", side=side.label(), error=redact_text(str(exc)))
+            left.append(f"{side.label()}: {redact_text(str(exc))}")
+    return done, left
+
+
+def _settle(data: Mapping[str, Any], resume: Resume | None = None) -> Recovery:
     roots: dict[str, dict[str, Any]] = dict(data.get("roots") or {})
     phase = data.get("phase")
     loaded = tuple(data.get("loaded") or ())
     partly = data.get("loading")
-    # Forward only when every database holds the archive (staged ones all swapped in).
-    unswapped = [d for d in data.get("staged") or () if d not in loaded]
+    sides = _sides(data, resume)
+    staged = {side.name for side in sides}
+    live_loads = tuple(d for d in loaded if d not in staged)
+    # Swapped before the files: a root swapped in means every database was.
+    something_new = bool(live_loads) or any(s.swapped for s in sides)
+    # Forward only when every database can end up holding the archive.
     forward = phase == "swapped" or (
-        phase == "swapping" and bool(loaded) and partly is None and not unswapped
+        phase == "swapping"
+        and something_new
+        and partly is None
+        and all(s.swapped or (s.swapped is False and s.load is not None) for s in sides)
     )
+    dumps, left = _settle_sides(sides, forward, data.get("safety_backup"))
     states: dict[str, str] = {}
     kept: list[str] = []
     for name, root in roots.items():
@@ -274,26 +407,18 @@ def _settle(data: Mapping[str, Any]) -> Recovery:
         if old_here and (not forward or not data.get("safety_backup")):
             kept.append(_keep(placed, dest))  # perhaps the only copy of the old data
     _drop_staged(data, roots, kept)
-    action = "finished" if forward else "rolled back"
     return Recovery(
         cell=str(data.get("cell")),
         archive=str(data.get("archive")),
-        action=action,
+        action="finished" if forward else "rolled back",
         roots=states,
         loaded=loaded,
         partly_loaded=partly,
         safety_backup=data.get("safety_backup"),
         kept=tuple(kept),
-        sides=tuple(
-            f"{s.get('side')} ({s.get('dumper')})"
-            for s in data.get("sides") or ()
-            if s.get("side") and s.get("dumper") not in loaded
-        )
-        + tuple(
-            f"{s.get('old') or s.get('side')} (dumper {s.get('dumper')}: the replaced state)"
-            for s in data.get("sides") or ()
-            if s.get("dumper") in loaded
-        ),
+        sides=tuple(left),
+        dumps=dumps,
+        live_loads=live_loads,
     )
 
 

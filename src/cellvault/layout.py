@@ -10,6 +10,7 @@ the local target, so no module spells them on its own::
     <backup_dir>/.cellvault/drill/<run>-...       a drill's scratch restore
     <backup_dir>/.cellvault/health/<run>-<cell>   links a health check is given
     <backup_dir>/.cellvault/dr/failover.json      this site's copy of the failover marker
+    <backup_dir>/.cellvault/manifests/<cell>/     the newest manifests of encrypted archives
 
 ``logs`` is a reserved cell name for this reason (:data:`RESERVED_NAMES`).
 """
@@ -64,6 +65,10 @@ class BackupDirLayout:
     def sync_spool(self) -> Path:
         """DR copies in transfer: ``<root>/.cellvault/spool/sync``."""
         return self.spool / "sync"
+
+    def manifests(self, cell: str) -> Path:
+        """The plain manifest copies of *cell*'s newest encrypted archives (incrementals' parents)."""
+        return self.private / "manifests" / cell
 
     def drill(self, run: str, target: str, cell: str) -> Path:
         """The scratch folder of a drill of *cell* from *target*."""

@@ -87,7 +87,7 @@ class Lease:
                         lease._start()
                         log.debug("lock.acquired", target=target.name, cell=cell, purpose=purpose)
                         return lease
-                    holder = lease._holder()
+                    holder, tag = lease._read()
                     if holder is None:
                         continue  # released between our attempt and the read
                     if holder.get("token") == lease.token:
@@ -96,7 +96,7 @@ class Lease:
                         return lease
                     if _is_stale(holder):
                         log.warning("lock.expired", target=target.name, cell=cell, holder=holder)
-                        if lease._take_over(holder):
+                        if lease._take_over(holder, tag):
                             lease._start()
                             return lease
                         continue
@@ -118,21 +118,29 @@ class Lease:
         seen = hashlib.sha256(json.dumps(holder, sort_keys=True).encode()).hexdigest()[:32]
         return f"{LOCKS}/{self.cell}.takeover.{seen}"
 
-    def _take_over(self, holder: dict[str, Any]) -> bool:
-        """Replace the stale lease *holder* with ours; tell whether we did.
+    def _take_over(self, holder: dict[str, Any], tag: str | None) -> bool:
+        """Replace the stale lease *holder* (read with *tag*) with ours; tell whether we did.
 
         Read-compare-delete-create is not atomic: two runs seeing the same
-        stale lease could both delete it and both create theirs. So the
-        takeover is won first by a conditional create of a claim key named
-        after the stale lease's content (``If-None-Match`` on S3,
-        ``x-oss-forbid-overwrite`` on OSS, ``link()`` locally): exactly one
-        run creates it, and only that run deletes the stale lease and creates
-        its own. The others see the claim exists and go round again (and
-        find the winner's lease). A claim is removed by the next takeover of
-        the lease it replaced, once that one is stale in its turn.
+        stale lease could both delete it and both create theirs. Where the
+        store has a compare-and-swap (S3: a PUT with ``If-Match`` on the
+        ETag read), the lease is replaced only if no one wrote it since, and
+        exactly one run can. Elsewhere the takeover is won first by a
+        conditional create of a claim key named after the stale lease's
+        content (``x-oss-forbid-overwrite`` on OSS, ``link()`` locally, a
+        symbolic link rsync makes on an rsync target): exactly one run creates
+        it, and only that run deletes the stale lease and creates its own.
+        The others see the claim exists and go round again (and find the
+        winner's lease). A claim is removed by the next takeover of the lease
+        it replaced, once that one is stale in its turn.
         """
-        claim = self._claim_key(holder)
         target = self.target
+        if tag is not None:
+            won = bool(target.retrying(target.replace_if, self.key, self._body(), tag))
+            if not won:
+                log.info("lock.takeover_lost", target=target.name, cell=self.cell)
+            return won
+        claim = self._claim_key(holder)
         if not self._claim(claim):
             log.info("lock.takeover_lost", target=target.name, cell=self.cell)
             return False
@@ -165,7 +173,7 @@ class Lease:
         if depth >= 3:
             return False
         try:
-            old = target.retrying(target.read_bytes, key)
+            old = target.retrying(target.read_bounded, key, MAX_LEASE_BYTES)
         except FileNotFoundError:
             return self._claim(key, depth + 1)
         try:
@@ -179,7 +187,7 @@ class Lease:
         if not self._claim(sub, depth + 1):
             return False
         self._claims.append(sub)
-        if target.retrying(target.read_bytes, key) != old:
+        if target.retrying(target.read_bounded, key, MAX_LEASE_BYTES) != old:
             return False
         target.retrying(target.delete, key)
         return bool(target.retrying(target.create_exclusive, key, body))
@@ -202,17 +210,30 @@ class Lease:
             )
 
     def _holder(self) -> dict[str, Any] | None:
+        return self._read()[0]
+
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The lease's body as its holder wrote it (``None``: no lease), and its tag.
+
+        The tag (an ETag) is read only on targets with a compare-and-swap;
+        ``None`` elsewhere.
+        """
+        target = self.target
+        tag: str | None = None
         try:
-            raw = self.target.retrying(self.target.read_bytes, self.key)
+            if target.conditional_replace:
+                raw, tag = target.retrying(target.read_tagged, self.key, MAX_LEASE_BYTES)
+            else:
+                raw = target.retrying(target.read_bounded, self.key, MAX_LEASE_BYTES)
         except FileNotFoundError:
-            return None
+            return None, None
         if len(raw) > MAX_LEASE_BYTES:
-            return {"unreadable": True}
+            return {"unreadable": True}, tag
         try:
             data = json.loads(raw)
-            return data if isinstance(data, dict) else {"unreadable": True}
         except ValueError:
-            return {"unreadable": True}
+            return {"unreadable": True}, tag
+        return (data if isinstance(data, dict) else {"unreadable": True}), tag
 
     def _start(self) -> None:
         with _LIVE_LOCK:
@@ -223,15 +244,33 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                holder = self._holder()
-                if holder is None or holder.get("token") != self.token:
+                if not self._renew_once():
                     log.error("lock.lost", target=self.target.name, cell=self.cell)
                     return
-                self.target.retrying(self.target.put_bytes, self.key, self._body())
             except Exception as exc:  # noqa: BLE001 - renewal must never kill the run; the next try may work
                 log.warning(
                     "lock.renew_failed", target=self.target.name, cell=self.cell, error=str(exc)
                 )
+
+    def _renew_once(self) -> bool:
+        """Push our lease's expiry forward; ``False`` when it is no longer ours.
+
+        On a target with a compare-and-swap the renewal is conditional on
+        the lease read (ours): a takeover between the read and the write
+        wins, and this holder learns it lost the lease.
+        """
+        target = self.target
+        holder, tag = self._read()
+        if holder is None or holder.get("token") != self.token:
+            return False
+        if tag is None:
+            target.retrying(target.put_bytes, self.key, self._body())
+            return True
+        if target.retrying(target.replace_if, self.key, self._body(), tag):
+            return True
+        # Changed since the read, or our write went through and its answer was lost.
+        holder = self._holder()
+        return holder is not None and holder.get("token") == self.token
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

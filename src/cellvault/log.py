@@ -52,11 +52,17 @@ _QUERY_SECRET = re.compile(
     re.I,
 )
 _ENV_SECRET = re.compile(r"(?P<k>\b[A-Z0-9_]*(?:SECRET|PASSWORD|TOKEN|ACCESS_KEY)[A-Z0-9_]*=)\S+")
+# age identities (AGE-SECRET-KEY-1..., case-insensitive as bech32 is) and private key blocks.
+_KEY_MATERIAL = re.compile(
+    r"AGE-SECRET-KEY-1[0-9A-Z]+|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+    re.I | re.S,
+)
 MASK = "***"
 
 
 def redact_text(text: str) -> str:
-    """Mask credentials inside *text*: URL passwords, signed query strings, ``X_SECRET=...``."""
+    """Mask credentials inside *text*: URL passwords, signed query strings, ``X_SECRET=...``, keys."""
+    text = _KEY_MATERIAL.sub(MASK, text)
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['k']}{MASK}", text)
     return _ENV_SECRET.sub(lambda m: f"{m['k']}{MASK}", text)

@@ -30,6 +30,7 @@ from . import readahead
 from .archive import ArchiveId, ArchiveMeta, Kind
 from .cell import Cell, excluder, existing_roots
 from .codec import Codec, HashingWriter
+from .crypt import SUFFIX, Recipients, Sealer
 from .dumpers.archive_io import write_dumps
 from .dumpers.base import Dumper
 from .errors import BackupError
@@ -51,7 +52,7 @@ from .manifest import Entry, InOrder, Manifest
 from .readahead import FILE_ITEM, FileSource, Opened, ReadAhead
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
-from .spool import claim_spool, clear_stale_spool, write_manifest_copy
+from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
 from .tarwrite import BLOCK, TarWriter, pax_mtime, tar_header
 
 __all__ = ["PackResult", "Packer"]
@@ -133,6 +134,8 @@ class Packer:
     #: DR fencing: the epoch this site held when the backup started, and its id.
     epoch: int | None = None
     site: str | None = None
+    #: Encrypt the archive to these age recipients as it is written (``None``: plain).
+    recipients: Recipients | None = None
 
     _manifest: Manifest = attrs.field(init=False)
     _warnings: list[str] = attrs.field(init=False, factory=list)
@@ -162,15 +165,19 @@ class Packer:
         backed_at = dt.datetime.now(dt.UTC)
         roots = self._roots()
         meta = self._meta(backed_at, roots)
-        final = self.spool / f"{self.ident}{self.codec.suffix}"
+        sealed = SUFFIX if self.recipients else ""
+        final = self.spool / f"{self.ident}{self.codec.suffix}{sealed}"
         partial = final.with_name(final.name + ".partial")
         clear_stale_spool(self.spool.parent, keep=self.spool)
         out = self._open_partial(partial)
         manifest_json: IO[bytes] | None = None
+        sealer: Sealer | None = None
         try:
             with out as raw:
                 hashing = HashingWriter(raw)
-                compressor = self.codec.writer(hashing)  # type: ignore[arg-type]
+                # Encrypted as it is written, when recipients are given (cellvault.crypt).
+                sealer = Sealer(hashing, self.recipients) if self.recipients else None
+                compressor = self.codec.writer(sealer or hashing)  # type: ignore[arg-type]
                 tar = TarWriter(compressor)
                 tar.add_bytes("meta.json", meta.to_json(), int(backed_at.timestamp()))
                 self._add_trees(tar, roots)
@@ -181,10 +188,15 @@ class Packer:
                 self._add_manifest(tar, manifest_json, backed_at)
                 tar.close()
                 compressor.close()
+                if sealer is not None:
+                    sealer.close()
                 raw.flush()
                 os.fsync(raw.fileno())
         except BaseException:
             # A failed pack leaves nothing in the spool (the run removes its empty folder).
+            if sealer is not None:
+                with contextlib.suppress(OSError):
+                    sealer.close()  # the encrypting thread ends with it
             with contextlib.suppress(OSError):
                 partial.unlink()
             if manifest_json is not None:
@@ -240,7 +252,7 @@ class Packer:
         for attempt in range(5):
             claim_spool(self.spool)
             try:
-                return open(partial, "wb")  # closed by the with in pack()
+                return open_spool_file(partial)  # closed by the with in pack()
             except FileNotFoundError:
                 # The cells of a run share its folder, and the run removes it when
                 # it is empty: another cell may have done so just now. Again.

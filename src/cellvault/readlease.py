@@ -33,6 +33,7 @@ from .lock import Lease, holder_is_stale, mark_live
 from .log import get_logger
 from .specs import DEFAULT_TTL
 from .targets.base import Target
+from .trust import MAX_LEASE_BYTES
 
 __all__ = ["ReadLease", "read_holds"]
 
@@ -163,7 +164,10 @@ def read_holds(target: Target, cell: str) -> dict[str, str]:
         if entry.is_dir or not entry.name.startswith(prefix):
             continue
         try:
-            holder: Any = json.loads(target.retrying(target.read_bytes, f".locks/{entry.name}"))
+            raw = target.retrying(target.read_bounded, f".locks/{entry.name}", MAX_LEASE_BYTES)
+            if len(raw) > MAX_LEASE_BYTES:
+                continue  # no lease is that big: damage or a plant, not a holder
+            holder: Any = json.loads(raw)
         except FileNotFoundError:
             continue  # released meanwhile
         except ValueError:

@@ -31,6 +31,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 import structlog
 
 from .log import add_run_sink, get_logger, remove_run_sink, run_sink, summarize_exc_info
+from .modes import private_dirs, private_opener
 
 __all__ = ["LOG_KINDS", "RunLog", "active_log", "carry", "prune_logs"]
 
@@ -71,13 +72,13 @@ class RunLog:
         self._handler: logging.Handler | None = None
 
     def _open(self) -> IO[str]:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.directory)
         for name in (
             f"{self.operation}_{self.stamp}.log",
             f"{self.operation}_{self.stamp}_{self.run}.log",
         ):
             try:
-                stream = open(self.directory / name, "x", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+                stream = open(self.directory / name, "x", encoding="utf-8", opener=private_opener)  # noqa: SIM115 - closed in __exit__
             except FileExistsError:
                 continue
             self.path = self.directory / name

@@ -21,8 +21,9 @@ from typing import IO
 
 from .errors import BackupError
 from .log import get_logger
+from .modes import private_dirs, private_opener
 
-__all__ = ["claim_spool", "clear_stale_spool", "write_manifest_copy"]
+__all__ = ["claim_spool", "clear_stale_spool", "open_spool_file", "write_manifest_copy"]
 
 log = get_logger(__name__)
 
@@ -34,7 +35,7 @@ def write_manifest_copy(path: Path, manifest_json: IO[bytes]) -> None:
     tmp = path.with_name(path.name + ".partial")
     size = manifest_json.seek(0, os.SEEK_END)
     manifest_json.seek(0)
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb", opener=private_opener) as f:
         # Checksummed like the archive: a damaged copy fails to decompress, never parses wrong.
         zstandard.ZstdCompressor(level=3, write_checksum=True).copy_stream(
             manifest_json, f, size=size
@@ -43,6 +44,11 @@ def write_manifest_copy(path: Path, manifest_json: IO[bytes]) -> None:
         # Like the archive: a local target may hard-link this very file and commit it.
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def open_spool_file(path: Path) -> IO[bytes]:
+    """Create (or truncate) the spool file *path* for writing, mode 0600 (:mod:`cellvault.modes`)."""
+    return open(path, "wb", opener=private_opener)
 
 
 _HELD: dict[Path, int] = {}
@@ -60,7 +66,7 @@ def claim_spool(folder: Path) -> None:
             return
         for _ in range(5):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                private_dirs(folder)
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
             except (FileNotFoundError, FileExistsError):
                 continue  # removed (by its run or a cleaner) while we made it: again

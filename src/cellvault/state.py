@@ -22,6 +22,7 @@ from typing import Any
 
 from .layout import BackupDirLayout
 from .log import get_logger
+from .modes import private_dirs, private_opener
 
 __all__ = ["STATE_VERSION", "StateFile", "slot"]
 
@@ -63,8 +64,8 @@ class StateFile:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with _local_lock, open(self.directory / "state.lock", "a") as lock:
+        private_dirs(self.directory)
+        with _local_lock, open(self.directory / "state.lock", "a", opener=private_opener) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -84,7 +85,8 @@ class StateFile:
                 data["version"] = STATE_VERSION
                 tmp = self.directory / f".state.json.{secrets.token_hex(4)}.tmp"
                 try:
-                    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+                    with open(tmp, "w", encoding="utf-8", opener=private_opener) as f:
+                        f.write(json.dumps(data, indent=1, sort_keys=True))
                     os.replace(tmp, self.path)
                 finally:
                     with contextlib.suppress(FileNotFoundError):

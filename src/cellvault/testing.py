@@ -194,9 +194,15 @@ class TargetContract:
         assert info.size == 10
         assert set(info.checksums) <= set(target.stat_checksums)
 
-    def test_put_stream_writes_all_or_nothing(self, target: Target, payload: bytes) -> None:
+    def test_put_stream_writes_all_or_nothing_or_declines(
+        self, target: Target, payload: bytes
+    ) -> None:
         if not target.put_stream(f"{CELL}/stream.bin", io.BytesIO(payload)):
-            pytest.skip(f"{type(target).__name__} writes no streams (put_stream says so)")
+            # The opt-out: a type that writes no streams says False and writes nothing.
+            assert "stream.bin" not in {e.name for e in target.list(CELL)}
+            with pytest.raises(FileNotFoundError):
+                target.stat(f"{CELL}/stream.bin")
+            return
         assert target.read_bytes(f"{CELL}/stream.bin") == payload
         with pytest.raises(OSError, match="broke off"):
             target.put_stream(f"{CELL}/broken.bin", io.BufferedReader(_Flaky(payload)))
@@ -361,24 +367,40 @@ class DumperContract:
 
     And, as your type needs them: a ``broken_spec`` fixture (the same type
     pointed at a source that does not answer: without it the failure test
-    is skipped); a ``dumper_plugins`` fixture (the plugin modules or objects
-    whose ``cellvault_make_dumper`` makes your type; entry points are not
-    loaded, so that whatever else is installed stays out; the built-in types
-    need none); a ``load_failure_options`` fixture (options for one restore
-    that make the load fail before it writes, such as an unreachable server:
-    without it that test is skipped); :attr:`secret_option` and
-    :attr:`secret` (what must never reach an argv, a log, an error or the
-    archive).
+    is not collected); a ``dumper_plugins`` fixture (the plugin modules or
+    objects whose ``cellvault_make_dumper`` makes your type; entry points are
+    not loaded, so that whatever else is installed stays out; the built-in
+    types need none); a ``load_failure_options`` fixture (options for one
+    restore that make the load fail before it writes, such as an unreachable
+    server: without it that test is not collected); :attr:`secret_option`
+    and :attr:`secret` (what must never reach an argv, a log, an error or
+    the archive), or :attr:`spec_has_secret` ``False`` when *spec* carries
+    no secret (the secrets test is then not collected).
+
+    A test left out is not collected at all, rather than skipped: a CI run
+    of a plugin's suite can then require that nothing was skipped.
     """
 
     #: An option of *spec* whose value must reach no argv, file, log or error.
     secret_option: str = "password"  # noqa: S105 - an option's name, not a password
     #: A secret *spec* may carry elsewhere (the password in a DSN, an env value).
     secret: str = "cv-contract-S3cret"  # noqa: S105 - a test value
+    #: Whether *spec* carries a secret (``False``: the secrets test is not collected).
+    spec_has_secret: bool = True
     #: The part size of the large-dump test (the archive's ``DUMP_CHUNK`` for that test).
     part_size: int = 4096
     #: Characters of the large-dump test's marker: enough for a dump of several parts.
     big_marker: int = 16384
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Leave out (not collect) the tests this subclass opts out of."""
+        super().__init_subclass__(**kwargs)
+        if cls.broken_spec is DumperContract.broken_spec:
+            cls.test_a_failing_dump_fails_its_cell_alone_with_a_clear_error_and_an_alert = None  # type: ignore[assignment,method-assign]
+        if cls.load_failure_options is DumperContract.load_failure_options:
+            cls.test_a_failing_load_leaves_files_and_data_untouched = None  # type: ignore[assignment,method-assign]
+        if not cls.spec_has_secret:
+            cls.test_secrets_stay_out_of_argv_logs_errors_and_the_descriptor = None  # type: ignore[assignment,method-assign]
 
     @pytest.fixture
     def spec(self) -> dict[str, Any]:
@@ -387,12 +409,12 @@ class DumperContract:
 
     @pytest.fixture
     def broken_spec(self) -> dict[str, Any] | None:
-        """The same type pointed at a source that is not there (``None``: not tested)."""
+        """The same type pointed at a source that is not there (not overridden: not tested)."""
         return None
 
     @pytest.fixture
     def load_failure_options(self) -> dict[str, Any] | None:
-        """Restore-time options that make the load fail before it writes (``None``: skip)."""
+        """Restore-time options that make the load fail before it writes (not overridden: not tested)."""
         return None
 
     @pytest.fixture
@@ -505,8 +527,7 @@ class DumperContract:
     def test_a_failing_dump_fails_its_cell_alone_with_a_clear_error_and_an_alert(
         self, kit: DumperKit, broken_spec: dict[str, Any] | None
     ) -> None:
-        if broken_spec is None:
-            pytest.skip("no broken_spec fixture: the failure of a dump is not tested")
+        assert broken_spec is not None, "broken_spec gave None: give a spec, or do not override it"
         vault = kit.vault(broken_spec)
         (name,) = [d.name for d in vault.dumpers[CELL]]
         report = vault.backup()
@@ -530,8 +551,9 @@ class DumperContract:
         spec: dict[str, Any],
         load_failure_options: dict[str, Any] | None,
     ) -> None:
-        if load_failure_options is None:
-            pytest.skip("no load_failure_options for this dumper type")
+        assert load_failure_options is not None, (
+            "load_failure_options gave None: give options, or do not override it"
+        )
         vault = kit.vault(spec)
         (name,) = [d.name for d in vault.dumpers[CELL]]
         self.write_state(spec, "backed-up")
@@ -556,8 +578,7 @@ class DumperContract:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         found = self.secrets_of(spec)
-        if not found:
-            pytest.skip("the spec of this type carries no secret")
+        assert found, "spec carries no secret: set spec_has_secret = False in the subclass"
         started: list[list[str]] = []
         real = subprocess.Popen
 

@@ -27,6 +27,7 @@ wrong; callers report it once and leave the value alone.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -40,16 +41,22 @@ __all__ = [
     "MAX_COUNT",
     "MAX_LEASE_BYTES",
     "MAX_MANIFEST_BYTES",
+    "MAX_RECORD_BYTES",
     "MAX_SIDECAR_BYTES",
     "bounded_zstd",
+    "check_archive_of",
+    "check_cell_archives",
     "check_count",
     "check_data_name",
     "check_digest",
+    "check_encryption",
     "check_holder",
     "check_member_path",
     "check_mode",
+    "check_name",
     "check_root_name",
     "check_roots",
+    "load_record",
     "manifest_limit",
     "zstd_content_size",
 ]
@@ -75,7 +82,11 @@ MAX_MODE = 0o7777
 _ROOT = re.compile(r"[^/\x00]{1,255}")
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _ID = re.compile(r"cell_(?P<cell>[a-z0-9][a-z0-9_-]*)_(?P<stamp>\d{8}_\d{6})", re.ASCII)
-DATA_SUFFIXES = (".tar.zst", ".tar.gz")
+DATA_SUFFIXES = (".tar.zst", ".tar.gz", ".tar.zst.age", ".tar.gz.age")
+#: A data name after ``cellvault rekey``: a generation before the sealed suffix.
+_RESEALED = re.compile(r"\.k[1-9]\d{0,5}\.tar\.(zst|gz)\.age")
+#: The most recipients one archive is believed to be sealed to.
+MAX_RECIPIENTS = 64
 
 
 def check_root_name(name: Any, *, archive: str = "?") -> str:
@@ -107,14 +118,43 @@ def check_roots(value: Any, *, archive: str = "?") -> dict[str, str]:
 
 
 def check_data_name(name: Any, stem: str) -> str:
-    """A sidecar's ``data``: exactly ``<stem>.tar.zst`` or ``<stem>.tar.gz``, nothing else."""
-    if not isinstance(name, str) or name not in {stem + s for s in DATA_SUFFIXES}:
+    """A sidecar's ``data``: exactly ``<stem>.tar.zst`` or ``<stem>.tar.gz`` (``.age`` when sealed)."""
+    if not isinstance(name, str) or not (
+        name in {stem + s for s in DATA_SUFFIXES} or _RESEALED.fullmatch(name.removeprefix(stem))
+    ):
         raise ArchiveCorrupt(
-            f"data name {name!r} is not {stem}.tar.zst or {stem}.tar.gz",
+            f"data name {name!r} is not {stem}.tar.zst or {stem}.tar.gz (or .age after either)",
             archive=stem,
             hint="the sidecar was altered; it is ignored (restore from another target)",
         )
     return name
+
+
+def check_encryption(value: Any, data_name: Any, stem: str) -> tuple[str, ...] | None:
+    """A sidecar's ``encryption``: age and its recipients' fingerprints, exactly when the data is sealed."""
+    sealed = isinstance(data_name, str) and data_name.endswith(".age")
+    if value is None and not sealed:
+        return None
+    problem = None
+    if value is None or not sealed:
+        problem = "the data name and the encryption field disagree"
+    elif not isinstance(value, dict) or value.get("scheme") != "age":
+        problem = f"encryption {value!r} is not the age scheme"
+    else:
+        names = value.get("recipients")
+        if (
+            not isinstance(names, list)
+            or not 0 < len(names) <= MAX_RECIPIENTS
+            or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in names)
+        ):
+            problem = "encryption recipients are not a list of key fingerprints"
+        else:
+            return tuple(names)
+    raise ArchiveCorrupt(
+        problem,
+        archive=stem,
+        hint="the sidecar was altered; it is ignored (restore from another target)",
+    )
 
 
 def check_count(value: Any, what: str, *, archive: str = "?", default: int | None = None) -> int:
@@ -210,3 +250,60 @@ def bounded_zstd(
     except zstandard.ZstdError as exc:
         raise ArchiveCorrupt(f"{what} does not decompress ({exc})", archive=archive) from None
     return out.getvalue()
+
+
+# -- DR records ---------------------------------------------------------------------------
+#
+# What DR reads from the shared targets (failover markers and their history,
+# hand-backs, site records, epochs, heartbeats) goes through these. They raise
+# ValueError naming what is wrong: DR's parsers turn it into a DrError, and the
+# readers report it and leave the record alone.
+
+#: The largest DR record read (a site record names every cell; a real one is a few KiB).
+MAX_RECORD_BYTES = 4 << 20
+#: The most cells one DR record may name.
+MAX_RECORD_CELLS = 100_000
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
+
+
+def load_record(raw: bytes, what: str) -> dict[str, Any]:
+    """The JSON object in *raw*, a DR record of at most :data:`MAX_RECORD_BYTES`."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"the {what} is over {MAX_RECORD_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"the {what} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the {what} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def check_name(value: Any, what: str) -> str:
+    """A site id or a cell name a record gives: ``[a-z0-9][a-z0-9_-]``, at most 64 characters."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a plain name")
+    return value
+
+
+def check_cell_archives(value: Any, what: str) -> dict[str, str]:
+    """A record's cell -> archive map: each cell a plain name, each archive an id of that cell."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or len(value) > MAX_RECORD_CELLS:
+        raise ValueError(f"{what} is not an object of at most {MAX_RECORD_CELLS} cells")
+    out: dict[str, str] = {}
+    for cell, ident in value.items():
+        check_name(cell, f"{what}: cell")
+        match = _ID.fullmatch(ident) if isinstance(ident, str) else None
+        if match is None or match["cell"] != cell:
+            raise ValueError(f"{what} names {ident!r} for cell {cell}: not an archive of that cell")
+        out[cell] = ident
+    return out
+
+
+def check_archive_of(value: Any, cell: str, what: str) -> str | None:
+    """An archive id a record gives for *cell* (or ``None``): an id of that very cell."""
+    if value is None:
+        return None
+    return check_cell_archives({cell: value}, what)[cell]

@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pluggy
 
@@ -23,11 +23,13 @@ from .archive import Kind, Selector, utcnow
 from .cell import Cell
 from .codec import Codec, get_codec
 from .config import Config, load_env, load_toml
+from .crypt import Keyring, Recipients, load_recipients, using
 from .dumpers.base import Dumper
 from .errors import ConfigError
 from .events import Event
 from .fence import Fence, fence_for, write_heartbeat
 from .hooks import ScriptHooks
+from .immutability import ObjectLock, lock_mode
 from .layout import BackupDirLayout
 from .notify import alert_settings
 from .ops import backup as backup_op
@@ -35,6 +37,7 @@ from .ops import browse, listing
 from .ops import mount as mount_op
 from .ops import partial as partial_op
 from .ops import prune as prune_op
+from .ops import rekey as rekey_op
 from .ops import restore as restore_op
 from .ops import verify as verify_op
 from .ops.backup import iter_failures
@@ -46,6 +49,7 @@ from .plugins import make_plugin_manager
 from .report import BackupReport, RestoreReport, VerifyReport
 from .retention import PruneReport
 from .run import Run, open_run
+from .signing import SigningKeys
 from .state import StateFile
 from .status import StatusReport
 from .targets.base import Target
@@ -58,6 +62,9 @@ Level = Literal["quick", "read", "full", "drill"]
 #: Cells, targets or dumpers named at a call: one name, any iterable of names,
 #: or ``None`` for all of them. One string is one name, never its characters.
 Names = str | Iterable[str] | None
+
+
+_T = TypeVar("_T")
 
 
 def names(value: Names, what: str = "cells") -> tuple[str, ...] | None:
@@ -108,6 +115,12 @@ class Vault:
         self.clock = clock
         self.host = socket.gethostname()
         self.codec: Codec = get_codec(config.codec, config.level)
+        #: The site's signing key and the public keys archives are checked against.
+        self.signing_keys: SigningKeys = SigningKeys.load(
+            signing_key=config.signing_key,
+            verify_keys=config.verify_keys,
+            require=config.require_signed,
+        )
         self.targets: list[Target] = [self._make_target(spec) for spec in config.target_specs]
         #: DR fencing: who may write to the shared targets (:mod:`cellvault.fence`). A
         #: plugin that writes to a shared target calls ``vault.fence.check("what")`` first.
@@ -127,6 +140,22 @@ class Vault:
         alert_settings(config)
         #: What status and metrics remember between runs.
         self.state = StateFile(config.backup_dir)
+        #: Encryption at rest (:mod:`cellvault.crypt`): the recipients new archives are
+        #: sealed to (``None``: not encrypted), and the identities that read them,
+        #: loaded the first time a sealed archive is read.
+        self.recipients: Recipients | None = (
+            load_recipients(config.encrypt_recipients, config.encrypt_recipients_file)
+            if config.encrypt_recipients or config.encrypt_recipients_file
+            else None
+        )
+        self.keyring = Keyring(
+            files=(config.age_identity,) if config.age_identity else (),
+            fetch=self._fetch_identities,
+        )
+
+    def _fetch_identities(self) -> list[str]:
+        found = self.plugins.hook.cellvault_age_identities(config=self.config)
+        return [text for batch in found if batch for text in batch]
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Vault:
@@ -150,6 +179,10 @@ class Vault:
                 f"target {spec.name}: no target type handles {spec.display()}",
                 hint="install the plugin or fsspec backend for this URL scheme",
             )
+        target.signing_keys = self.signing_keys
+        mode = lock_mode(self.config.object_lock)
+        if mode is not None:
+            target.object_lock = ObjectLock(mode, self.config.retention_for(spec.name))
         return target  # type: ignore[no-any-return]
 
     def _make_dumpers(self, cell: Cell) -> tuple[Dumper, ...]:
@@ -189,17 +222,33 @@ class Vault:
             clock=self.clock,
             stamp_lock=self._stamp_lock,
             fence=self.fence,
+            recipients=self.recipients,
         )
 
-    def _open(self, operation: str) -> contextlib.AbstractContextManager[Run]:
+    @contextlib.contextmanager
+    def _open(self, operation: str) -> Iterator[Run]:
         """Open a run of *operation* (its id, run log and events) for this vault."""
-        return open_run(
-            operation,
-            config=self.config,
-            plugins=self.plugins,
-            host=self.host,
-            on_event=self.on_event,
-        )
+        with (
+            using(self.keyring),
+            open_run(
+                operation,
+                config=self.config,
+                plugins=self.plugins,
+                host=self.host,
+                on_event=self.on_event,
+            ) as run,
+        ):
+            yield run
+
+    def _keyed(self, items: Iterator[_T]) -> Iterator[_T]:
+        """*items*, each produced with this vault's keyring current (lazy browsing)."""
+        while True:
+            with using(self.keyring):
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+            yield item
 
     def write_metrics(self, path: str | os.PathLike[str] | None = None) -> Path | None:
         """Rewrite the Prometheus textfile (*path*, else ``metrics_file``) from the state file.
@@ -317,6 +366,35 @@ class Vault:
                 level=level,
             )
             run.finish(report, metrics=self.write_metrics)
+        return report
+
+    def rekey(
+        self,
+        cells: Names = None,
+        *,
+        targets: Names = None,
+        select: str | Selector = "latest",
+        all_archives: bool = False,
+    ) -> rekey_op.RekeyReport:
+        """Re-encrypt stored archives to the current recipients, without decompressing them.
+
+        The archives *select* picks (the newest, or every match with
+        *all_archives*) of *cells* on *targets* are decrypted with this
+        vault's identities and sealed again to ``BACKUP_ENCRYPT_RECIPIENTS``
+        as one stream each; an archive stored in the clear is sealed. Each is
+        committed like a backup (a new object, then its manifest copy, then
+        the sidecar); the old object is deleted after. See ``docs/encryption.md``.
+        """
+        with self._open("rekey") as run:
+            report = rekey_op.rekey(
+                run,
+                self._resources(),
+                names(cells),
+                targets=names(targets, "targets"),
+                select=select,
+                all_archives=all_archives,
+            )
+            run.finish(report)
         return report
 
     def list(self, cells: Names = None, *, targets: Names = None) -> list[ArchiveInfo]:
@@ -442,9 +520,11 @@ class Vault:
         path and what lies under it (:class:`~cellvault.ArchiveNotFound`
         when the point does not hold it). No archive data is read.
         """
-        return browse.list_tree(
-            self.config, self._resources(), cell, select, path, names(source, "source")
-        )
+        with using(self.keyring):
+            point, entries = browse.list_tree(
+                self.config, self._resources(), cell, select, path, names(source, "source")
+            )
+        return point, self._keyed(entries)
 
     def find(
         self,
@@ -465,7 +545,7 @@ class Vault:
         (UTC) bound the points. No archive data is read.
         """
         wanted = [patterns] if isinstance(patterns, str) else list(patterns)
-        return browse.find(
+        found = browse.find(
             self.config,
             self._resources(),
             cell,
@@ -474,6 +554,7 @@ class Vault:
             until=until,
             source=names(source, "source"),
         )
+        return self._keyed(found)
 
     def diff(
         self,
@@ -490,7 +571,8 @@ class Vault:
         directory's mtime is not compared), sorted by path, with counts and
         byte totals (:meth:`~cellvault.ops.browse.DiffReport.totals`).
         """
-        return browse.diff(self.config, self._resources(), cell, a, b, names(source, "source"))
+        with using(self.keyring):
+            return browse.diff(self.config, self._resources(), cell, a, b, names(source, "source"))
 
     def restore_paths(
         self,

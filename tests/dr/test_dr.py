@@ -39,6 +39,7 @@ from cellvault.dr import (
 from cellvault.lock import Lease
 from tests.helpers import clock, snapshot, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
+from tests.system_tools import import_module
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dr"
@@ -638,7 +639,7 @@ def test_cron_example_lines_run_cellvault() -> None:
 
 
 def test_kubernetes_example_parses() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the example")
+    yaml = import_module("yaml", ".[test]")  # PyYAML (the test extra) reads the example
     docs = list(yaml.safe_load_all((EXAMPLES / "deploy_standby.yaml.example").read_text()))
     kinds = [d["kind"] for d in docs]
     for kind in ("Namespace", "Deployment", "Service", "CronJob"):
@@ -694,7 +695,7 @@ def test_settings_and_marker_round_trip() -> None:
 
 
 def test_dr_watch_examples_run_the_watch() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the example")
+    yaml = import_module("yaml", ".[test]")  # PyYAML (the test extra) reads the example
     docs = list(yaml.safe_load_all((EXAMPLES / "dr-watch-deployment.yaml").read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 1
@@ -717,3 +718,42 @@ def test_dr_watch_examples_run_the_watch() -> None:
     unit = (EXAMPLES / "cellvault-dr-watch.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert exec_start.split()[-2:] == ["dr", "watch"]
+
+
+def test_pull_refuses_a_forged_archive_and_copies_the_signed_ones(
+    tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    from cellvault.signing import generate_keypair
+
+    site_key = generate_keypair(tmp_path / "site.key")
+    storage = s3_spec(s3_bucket)
+    primary = make_site(
+        tmp_path / "p", "primary", storage, cells=("crm",), signing_key=site_key.private
+    )
+    seed_cells(tmp_path / "p")
+    forged = primary.vault.backup(kind="full").cells[0].archive
+    (tmp_path / "p" / "cells" / "crm" / "more.txt").write_text("more")
+    chained = primary.vault.backup(kind="incremental").cells[0].archive
+    newer = primary.vault.backup(kind="full").cells[0].archive
+    # Someone with write access to the bucket changes a signed field of the oldest sidecar.
+    key = f"{PREFIX}/crm/{forged}.json"
+    body = json.loads(s3_bucket.objects()[key])
+    body["roots"] = {"crm": "/etc"}
+    s3_bucket.client().put_object(Bucket=s3_bucket.name, Key=key, Body=json.dumps(body).encode())
+
+    standby = make_site(
+        tmp_path / "s", "dr", storage, cells=("crm",), verify_keys=[site_key.public_key]
+    )
+    pulled = standby.pull()
+    assert not pulled.ok
+    assert pulled.copied == [newer]
+    error = pulled.cells[0].error or ""
+    assert f"archive {forged}" in error and "does not match the sidecar" in error, error
+    assert (
+        f"archive {chained}: its chain needs archive {forged}, which could not be copied" in error
+    )
+    local = tmp_path / "s" / "backup" / "crm"
+    assert not (local / f"{forged}.json").exists() and not (local / f"{chained}.json").exists()
+    # What arrived is the signed original, still signed.
+    assert "signature" in json.loads((local / f"{newer}.json").read_text())
+    assert standby.vault.verify(targets=["local"], level="full").ok

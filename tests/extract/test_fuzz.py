@@ -128,11 +128,21 @@ def decompressing_threads() -> list[threading.Thread]:
 
 
 def check_both(archive: Packed, stored: bytes, sidecar: Sidecar) -> None:
-    """Verify and restore *stored*; only ArchiveCorrupt may come out, nothing lands outside."""
+    """Verify and restore *stored*; only ArchiveCorrupt may come out, nothing lands outside.
+
+    Damaged bytes under the original sidecar always fail verify (the sidecar's
+    sha256 no longer matches); damage the sidecar was rehashed for may pass
+    only if it changed nothing the archive holds, and then the restore
+    brings back the cell as packed.
+    """
+    verified = True
     try:
         verify_archive(io.BytesIO(stored), sidecar, "fuzz")
     except ArchiveCorrupt as exc:
         assert exc.archive == str(IDENT)
+        verified = False
+    if stored != archive.stored and sidecar.sha256 == archive.sidecar.sha256:
+        assert not verified, "verify passed damaged bytes its sidecar's sha256 does not match"
     scratch = Path(tempfile.mkdtemp(prefix="cv-fuzz-"))
     try:
         staging = scratch / "staging"
@@ -143,6 +153,7 @@ def check_both(archive: Packed, stored: bytes, sidecar: Sidecar) -> None:
             tree.finish()
         except ArchiveCorrupt as exc:
             assert exc.archive == str(IDENT)
+            assert not verified, f"verify passed what the restore refused: {exc}"
         else:
             # Accepted: then it is the cell as it was packed, byte for byte.
             assert snapshot(staging / "crm") == snapshot(archive.src)

@@ -7,9 +7,9 @@ import shlex
 from pathlib import Path
 
 import click
-import pytest
 
 from cellvault.cli import cli
+from tests.system_tools import import_module
 
 FLEET = Path(__file__).resolve().parents[2] / "examples" / "fleet"
 
@@ -36,7 +36,7 @@ def test_the_systemd_unit_starts_a_worker() -> None:
 
 
 def test_the_daemonset_and_the_restore_pool() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the examples")
+    yaml = import_module("yaml", ".[test]")  # PyYAML (the test extra) reads the examples
     (daemonset,) = yaml.safe_load_all((FLEET / "worker-daemonset.yaml").read_text())
     (pool,) = yaml.safe_load_all((FLEET / "restore-pool.yaml").read_text())
     assert (daemonset["kind"], pool["kind"]) == ("DaemonSet", "Deployment")

@@ -14,7 +14,7 @@ import pytest
 from cellvault import ConfigError
 from cellvault.ops.mount import MemberCache, load_fuse, open_view
 from tests.ops.test_incremental import ChainMachine, snapshot
-from tests.system_tools import require
+from tests.system_tools import require, unavailable
 
 
 @pytest.fixture
@@ -72,25 +72,23 @@ def test_cache_drops_the_least_recently_used(tmp_path: Path) -> None:
 
 
 def _need_fuse() -> None:
-    """Skip where this machine has no FUSE device; otherwise FUSE's programs and binding are needed.
+    """FUSE's device, programs and binding, or :func:`unavailable` (a failure under CI=true).
 
     A missing /dev/fuse (a container started without --device /dev/fuse) cannot be
-    installed, so it skips under CI=true too; a missing fuse3 package or mfusepy
-    (the 'mount' extra, in noxfile's TEST_EXTRAS) fails there like any dependency.
+    installed: CI runs where it exists. A missing fuse3 package or mfusepy (the
+    'mount' extra, in noxfile's TEST_EXTRAS) fails there like any dependency.
     """
     if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse does not exist on this machine: FUSE cannot mount here")
+        unavailable("/dev/fuse does not exist on this machine: FUSE cannot mount here")
     try:
         os.close(os.open("/dev/fuse", os.O_RDWR))
     except OSError as exc:
-        pytest.skip(f"/dev/fuse exists but cannot be opened here ({exc}): FUSE cannot mount")
+        unavailable(f"/dev/fuse exists but cannot be opened here ({exc}): FUSE cannot mount")
     require("fusermount3")
     try:
         load_fuse()
     except ConfigError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{exc.message} (CI=true: a missing test dependency is an error)")
-        pytest.skip(exc.message)
+        unavailable(exc.message)
 
 
 def test_mount_shows_every_file_of_a_point(walked: ChainMachine) -> None:

@@ -622,7 +622,10 @@ def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_said(tmp_path:
     assert report.ok, report.to_dict()
     (cell,) = report.cells
     assert cell.parts["safety backup"].endswith("this restore is not atomic and cannot be undone")
-    assert cell.parts["dump:cmd"].startswith("loaded into the live database before the swap")
+    assert cell.parts["dump:cmd"] == (
+        "loaded into the live database before the swap (this dumper cannot stage: "
+        "no staging location is configured (staging, swap_command))"
+    )
     assert out.read_text() == "state\n"
 
 
@@ -666,4 +669,26 @@ def test_mariadb_is_swapped_in_with_the_files_or_put_back(tmp_path: Path, my: My
     assert my.sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM a;") == "1,2"
     assert my.sql("SELECT a_id FROM b;") == "1"
     assert my.sql("SHOW TABLES LIKE 'later';") == ""  # exactly the dump
+    assert my_siblings(my) == ""
+
+
+def test_mariadb_with_a_view_says_why_it_loads_live(tmp_path: Path, my: MyDb) -> None:  # noqa: F811 - the fixture
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    my.sql(
+        "CREATE TABLE a (id INT PRIMARY KEY); INSERT INTO a VALUES (1); CREATE VIEW v AS SELECT id FROM a;"
+    )
+    cell = Cell("crm", [crm], dumpers=[{"type": "mysql", "name": "db", "dsn": my.dsn}])
+    vault = make_vault(tmp_path / "backup", [cell], clock=times_clock(list(TIMES)))
+    assert vault.backup().ok
+    my.sql("INSERT INTO a VALUES (2);")
+    report = vault.restore("latest", cells=["crm"])
+    assert report.ok, report.to_dict()
+    (result,) = report.cells
+    assert result.parts["dump:db"] == (
+        "loaded into the live database before the swap (this dumper cannot stage: "
+        f"{my.name} has views, routines, events or triggers, which RENAME TABLE cannot move "
+        "to another database)"
+    )
+    assert result.safety_backup and result.undo
+    assert my.sql("SELECT GROUP_CONCAT(id) FROM v;") == "1"
     assert my_siblings(my) == ""

@@ -24,19 +24,18 @@ except under ``CI=true``, where it fails it: CI must not go green by skipping.
 
 from __future__ import annotations
 
-import importlib
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.servers.oss import OssServer
 from tests.servers.rsyncd import RsyncDaemon, RsyncModule, rsync_binary
+from tests.system_tools import import_module, unavailable
 
 if TYPE_CHECKING:
     from tests.servers.s3 import S3Server
@@ -64,23 +63,10 @@ S3_KEY_ID = "cellvault-test-key-id"
 S3_KEY_SECRET = "cellvault-test-secret"
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip the test for ``reason``, or fail it when ``CI=true``."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: a missing test dependency is an error)", pytrace=False)
-    pytest.skip(reason)
-
-
 def require_modules(*names: str, install: str) -> None:
     """Import ``names`` or call :func:`unavailable` saying what to install."""
     for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            problem = f"Python module {name!r} is missing ({err}); pip install {install}"
-        else:
-            continue
-        unavailable(problem)  # outside the except: no chained traceback
+        import_module(name, install)
 
 
 def _unique_name(prefix: str) -> str:

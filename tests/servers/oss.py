@@ -17,6 +17,8 @@ What it does, in the shape oss2 2.18 parses:
   ``InvalidAccessKeyId``, ``AccessDenied`` for anonymous requests,
   ``RequestTimeTooSkewed``); ossfs builds a plain ``oss2.Auth`` (v1);
 * list buckets; create, delete, ``?bucketInfo``, ``?location`` of a bucket;
+  a bucket's WORM retention policy (``POST``/``GET ?worm``), enforced: a key
+  it keeps is neither deleted nor overwritten (409 ``FileImmutable``);
   list objects v1 (marker) and v2 (continuation token) with prefix, delimiter,
   ``max-keys`` and ``encoding-type=url``; batch delete (``?delete``);
 * put, get (ranges, both the legacy and the ``x-oss-range-behavior: standard``
@@ -104,7 +106,7 @@ _SUBRESOURCES = frozenset(
 # _SUBRESOURCES gets NotImplemented instead of being silently misread (a GET
 # bucket?acl must not come back as an object listing).
 _BUCKET_SUBRESOURCES = frozenset(
-    ["bucketInfo", "location", "uploads", "delete", "continuation-token"]
+    ["bucketInfo", "location", "uploads", "delete", "continuation-token", "worm"]
 )
 _OBJECT_SUBRESOURCES = frozenset(
     [
@@ -252,6 +254,17 @@ class _Bucket:
     created: int
     objects: dict[str, OssObject] = field(default_factory=dict)
     uploads: dict[str, _Upload] = field(default_factory=dict)
+    #: The WORM retention policy (``?worm``): days objects are kept after they
+    #: are written; ``None`` when the bucket has none.
+    worm_days: int | None = None
+
+    def immutable(self, key: str) -> None:
+        """Refuse (409 FileImmutable) to delete or overwrite *key* while the policy keeps it."""
+        obj = self.objects.get(key)
+        if self.worm_days and obj and time.time() < obj.last_modified + self.worm_days * 86400:
+            raise _OssError(
+                409, "FileImmutable", "Object is protected by the bucket's retention policy."
+            )
 
 
 @dataclass
@@ -492,6 +505,8 @@ class _Backend:
         if method == "PUT" and not _subresources(q):
             return self._put_bucket(req)
         bucket = self.bucket(req.bucket)
+        if "worm" in q:
+            return self._worm(bucket, req)
         if method == "GET":
             if "bucketInfo" in q:
                 return self._bucket_info(bucket)
@@ -543,6 +558,7 @@ class _Backend:
             if "uploadId" in q:
                 return self._abort_upload(bucket, req)
             if not _subresources(q):
+                bucket.immutable(req.key)
                 bucket.objects.pop(req.key, None)
                 return _Response(204)
         raise _not_implemented(req)
@@ -744,6 +760,26 @@ class _Backend:
         children += [("CommonPrefixes", [("Prefix", _enc(p, encode))]) for p in prefixes]
         return _Response(body=_xml("ListBucketResult", children))
 
+    def _worm(self, bucket: _Bucket, req: _Request) -> _Response:
+        """``POST ?worm`` sets the retention policy (InProgress at once); ``GET ?worm`` reads it."""
+        if req.method == "POST":
+            root = ET.fromstring(req.body)  # noqa: S314 - the tests' own clients
+            bucket.worm_days = int(root.findtext("RetentionPeriodInDays") or "0")
+            return _Response(headers={"x-oss-worm-id": f"worm-{bucket.name}"})
+        if req.method == "GET" and bucket.worm_days is not None:
+            children: list[tuple[str, _XmlValue]] = [
+                ("WormId", f"worm-{bucket.name}"),
+                ("State", "InProgress"),
+                ("RetentionPeriodInDays", str(bucket.worm_days)),
+                ("CreationDate", "2026-01-01T00:00:00.000Z"),
+            ]
+            return _Response(body=_xml("WormConfiguration", children))
+        if req.method == "GET":
+            raise _OssError(
+                404, "NoSuchWORMConfiguration", "The WORM Configuration does not exist."
+            )
+        raise _not_implemented(req)
+
     def _batch_delete(self, bucket: _Bucket, req: _Request) -> _Response:
         _check_md5(req)
         try:
@@ -758,6 +794,8 @@ class _Backend:
             raise _OssError(400, "MalformedXML", "Delete needs 1 to 1000 <Object> entries.")
         quiet = _is_true(root.findtext("Quiet") or "")
         encode = req.query.get("encoding-type") == "url"
+        for key in keys:
+            bucket.immutable(key)
         for key in keys:
             bucket.objects.pop(key, None)
         children: list[tuple[str, _XmlValue]] = []
@@ -820,6 +858,7 @@ class _Backend:
     def _put_object(self, bucket: _Bucket, req: _Request) -> _Response:
         _check_md5(req)
         self._forbid_overwrite(bucket, req.key, _is_true(req.header("x-oss-forbid-overwrite")))
+        bucket.immutable(req.key)
         obj = self._new_object(req.body, req, "Normal")
         bucket.objects[req.key] = obj
         return _Response(headers=_write_headers(obj))

@@ -79,6 +79,24 @@ class _TrackingWSGIServer(ThreadedWSGIServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+def _serialized_writes(app: Any) -> Any:
+    """*app* with its writes one at a time, as S3 evaluates a conditional write.
+
+    moto checks ``If-None-Match`` / ``If-Match`` and then stores, in two
+    steps of a request thread: two racing PUTs could both pass the check.
+    S3 itself decides a conditional write atomically; so does this server.
+    """
+    lock = threading.Lock()
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") not in ("PUT", "POST", "DELETE"):
+            return app(environ, start_response)
+        with lock:
+            return list(app(environ, start_response))
+
+    return serve
+
+
 class _MotoServer(ThreadedMotoServer):
     """ThreadedMotoServer on a server class that can really go away.
 
@@ -87,7 +105,7 @@ class _MotoServer(ThreadedMotoServer):
     """
 
     def _server_entry(self) -> None:
-        app = DomainDispatcherApplication(create_backend_app)
+        app = _serialized_writes(DomainDispatcherApplication(create_backend_app))
         self._server = _TrackingWSGIServer(self._ip_address, self._port, app, handler=_QuietHandler)
         self._server_ready_event.set()
         self._server.serve_forever(poll_interval=0.05)

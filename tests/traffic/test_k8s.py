@@ -12,8 +12,9 @@ from cellvault.errors import ConfigError, DrError
 from cellvault.plugins import make_plugin_manager
 from cellvault.traffic.k8s import K8sSwitch
 from tests.servers.k8s import FakeKubeApi
+from tests.system_tools import import_module
 
-pytest.importorskip("kubernetes", reason="the k8s extra is not installed (pip install .[k8s])")
+import_module("kubernetes", ".[k8s]")  # the k8s extra
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from cellvault.testing import DumperContract
 
 
 class TestSqliteSql(DumperContract):
+    spec_has_secret = False  # a SQLite file has no password
+
     @pytest.fixture
     def dumper_plugins(self):
         import cellvault_sqlitesql

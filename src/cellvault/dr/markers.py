@@ -17,9 +17,11 @@ from pathlib import Path
 
 import attrs
 
-from ..errors import TargetError
+from ..errors import DrError, TargetError
 from ..log import get_logger
+from ..modes import private_dirs, private_opener
 from ..targets.base import Target
+from ..trust import MAX_RECORD_BYTES
 from .records import HISTORY_FOLDER, MARKER_KEY, SITES_FOLDER, FailoverMarker, SiteRecord
 
 __all__ = ["MarkerStore"]
@@ -29,9 +31,9 @@ log = get_logger(__name__)
 
 def _write_local(path: Path, data: bytes) -> None:
     """Write *path* whole or not at all (a temporary file, synced, renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb", opener=private_opener) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -70,7 +72,7 @@ class MarkerStore:
         for target in self.storage:
             try:
                 with target.guard("read the failover marker", missing_ok=True):
-                    raw = target.retrying(target.read_bytes, MARKER_KEY)
+                    raw = target.retrying(target.read_bounded, MARKER_KEY, MAX_RECORD_BYTES)
             except FileNotFoundError:
                 return None, target.name, errors
             except TargetError as exc:
@@ -178,10 +180,12 @@ class MarkerStore:
         for entry in entries:
             if entry.is_dir or not entry.name.endswith(".json"):
                 continue
+            key = f"{SITES_FOLDER}/{entry.name}"
             with target.guard("read a site record"):
-                raw = target.retrying(target.read_bytes, f"{SITES_FOLDER}/{entry.name}")
+                raw = target.retrying(target.read_bounded, key, MAX_RECORD_BYTES)
             try:
-                out.append(SiteRecord.from_json(raw))
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("dr.site_record_unreadable", name=entry.name, error=str(exc))
+                out.append(SiteRecord.from_json(raw, name=entry.name))
+            except DrError as exc:
+                # Reported once per target, key and error; otherwise left alone.
+                target.distrust(key, exc.message)
         return sorted(out, key=lambda r: r.site_id)

@@ -26,7 +26,7 @@ def check_target(target: Target, site_id: str) -> TargetCheck:
             target.retrying(target.put_bytes, key, body)
         try:
             with target.guard("read the probe object back"):
-                back = target.retrying(target.read_bytes, key)
+                back = target.retrying(target.read_bounded, key, len(body))
             if back != body:
                 raise TargetError(
                     "the probe object read back differs from what was written",

@@ -20,8 +20,15 @@ from typing import Any
 
 import attrs
 
-from ..errors import DrError
+from ..errors import ArchiveCorrupt, DrError
 from ..report import plain
+from ..trust import (
+    check_archive_of,
+    check_cell_archives,
+    check_count,
+    check_name,
+    load_record,
+)
 
 __all__ = [
     "DR_FORMAT",
@@ -52,10 +59,6 @@ def parse_time(text: Any) -> dt.datetime:
     return when.astimezone(dt.UTC)
 
 
-def _names(data: Mapping[str, Any], key: str) -> dict[str, str]:
-    return {str(k): str(v) for k, v in dict(data.get(key) or {}).items()}
-
-
 class Record:
     """The base of DR's persisted values (and of the plain values inside its reports)."""
 
@@ -81,11 +84,13 @@ class Handback(Record):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Handback:
+        if not isinstance(data, Mapping):
+            raise TypeError("the hand-back is not a JSON object")
         return cls(
-            site_id=str(data["site_id"]),
+            site_id=check_name(data["site_id"], "hand-back site"),
             host=str(data.get("host", "")),
             at=parse_time(data["at"]),
-            archives=_names(data, "archives"),
+            archives=check_cell_archives(data.get("archives"), "hand-back archives"),
         )
 
 
@@ -125,22 +130,24 @@ class FailoverMarker(Record):
     def from_json(cls, raw: bytes, *, where: str = "failover marker") -> FailoverMarker:
         """Parse a marker; :class:`DrError` when it is unusable."""
         try:
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise TypeError("not a JSON object")
+            data = load_record(raw, where)
+            previous = data.get("previous_site")
+            event = str(data.get("event", "failover"))
+            if event not in ("failover", "failback"):
+                raise ValueError(f"event {event!r} is neither failover nor failback")
             return cls(
-                site_id=str(data["site_id"]),
+                site_id=check_name(data["site_id"], "site"),
                 at=parse_time(data["at"]),
                 host=str(data.get("host", "")),
-                event=str(data.get("event", "failover")),
-                previous_site=data.get("previous_site"),
-                restored=_names(data, "restored"),
-                verified=_names(data, "verified"),
+                event=event,
+                previous_site=None if previous is None else check_name(previous, "previous site"),
+                restored=check_cell_archives(data.get("restored"), "restored"),
+                verified=check_cell_archives(data.get("verified"), "verified"),
                 handback=Handback.from_dict(data["handback"]) if data.get("handback") else None,
-                forced=bool(data.get("forced", False)),
-                format=int(data.get("format", DR_FORMAT)),
+                forced=data.get("forced", False) is True,
+                format=check_count(data.get("format"), "format", default=DR_FORMAT),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, ArchiveCorrupt) as exc:
             raise DrError(
                 f"the {where} is unusable ({type(exc).__name__}: {exc})",
                 hint="inspect it; delete it only if you know which site serves",
@@ -157,11 +164,13 @@ class Holding(Record):
     newest_at: dt.datetime | None = None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Holding:
+    def from_dict(cls, data: Mapping[str, Any], cell: str = "?") -> Holding:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"the holding of cell {cell} is not a JSON object")
         return cls(
-            count=int(data.get("count", 0)),
-            bytes=int(data.get("bytes", 0)),
-            newest=data.get("newest"),
+            count=check_count(data.get("count"), "count", default=0),
+            bytes=check_count(data.get("bytes"), "bytes", default=0),
+            newest=check_archive_of(data.get("newest"), cell, "newest"),
             newest_at=parse_time(data["newest_at"]) if data.get("newest_at") else None,
         )
 
@@ -178,12 +187,26 @@ class SiteRecord(Record):
     cells: Mapping[str, Holding] = attrs.field(factory=dict)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> SiteRecord:
-        data = json.loads(raw)
-        return cls(
-            site_id=str(data["site_id"]),
-            host=str(data.get("host", "")),
-            at=parse_time(data["at"]),
-            action=str(data.get("action", "")),
-            cells={str(k): Holding.from_dict(v) for k, v in dict(data.get("cells") or {}).items()},
-        )
+    def from_json(cls, raw: bytes, *, name: str | None = None) -> SiteRecord:
+        """Parse a site record (stored as ``<site>.json``: *name*); :class:`DrError` when unusable."""
+        try:
+            data = load_record(raw, "site record")
+            site = check_name(data["site_id"], "site")
+            if name is not None and name != f"{site}.json":
+                raise ValueError(f"it names site {site}, not the one its name says")
+            cells = data.get("cells") or {}
+            if not isinstance(cells, Mapping) or len(cells) > 100_000:
+                raise TypeError("cells is not an object of cells")
+            return cls(
+                site_id=site,
+                host=str(data.get("host", "")),
+                at=parse_time(data["at"]),
+                action=str(data.get("action", "")),
+                cells={
+                    check_name(k, "cell"): Holding.from_dict(v, str(k)) for k, v in cells.items()
+                },
+            )
+        except (KeyError, TypeError, ValueError, OverflowError, ArchiveCorrupt) as exc:
+            raise DrError(
+                f"the site record {name or ''} is unusable ({exc})".replace("  ", " ")
+            ) from None

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import attrs
 
 from ..archive import Sidecar
+from ..crypt import using
 from ..errors import CellvaultError, ConfigError, DrError, Fenced, TargetError
 from ..fence import Epoch, written_after_fence
 from ..log import get_logger
@@ -41,9 +42,16 @@ log = get_logger(__name__)
 def _sync_run(ctx: SiteContext, mode: str, pairs: list[tuple[Target, Target]]) -> Iterator[Run]:
     """The ``sync`` run of a push or a pull, its start and end in its run log."""
     vault = ctx.vault
-    with open_run(
-        "sync", config=vault.config, plugins=vault.plugins, host=vault.host, on_event=vault.on_event
-    ) as run:
+    with (
+        using(vault.keyring),  # sync --verify reads sealed archives through it
+        open_run(
+            "sync",
+            config=vault.config,
+            plugins=vault.plugins,
+            host=vault.host,
+            on_event=vault.on_event,
+        ) as run,
+    ):
         log.info(
             "sync.started",
             mode=mode,

@@ -98,6 +98,14 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
                 )
                 safety = (set(mine) | set(theirs)) - kept
                 lags.append(lag(cell, target.name, mine, theirs, safety))
+    sites = tuple(ctx.markers.records())
+    # What DR found on the shared targets and does not believe (reported, never used).
+    warnings.extend(
+        f"{name}: {key} is not believed ({error})"
+        for target in ctx.storage
+        for name, key, error in target.distrusted()
+        if key.startswith(".dr/")
+    )
     return StatusReport(
         site=ctx.site_id,
         active=marker.site_id if marker else None,
@@ -105,7 +113,7 @@ def status(ctx: SiteContext, cells: Sequence[str] | None = None) -> StatusReport
         marker_source=source,
         targets=tuple(views),
         lag=tuple(lags),
-        sites=tuple(ctx.markers.records()),
+        sites=sites,
         warnings=tuple(warnings),
         epoch=epoch.number if epoch else None,
         epoch_site=epoch.site if epoch else None,

@@ -30,10 +30,12 @@ from typing import IO, Any, cast
 import attrs
 
 from ..archive import ArchiveId, Sidecar
+from ..crypt import can_open
 from ..errors import ArchiveCorrupt, CellvaultError, LockHeld, TargetError
 from ..extract import verify_archive
 from ..lock import Lease
 from ..log import get_logger
+from ..modes import private_dirs, private_opener
 from ..retention import plan
 from ..run import error_text
 from ..targets.base import Target
@@ -172,10 +174,10 @@ def _transfer(
             return
         # The destination cannot take a stream: spool to a local file, checked
         # as it is written, then store that file whole.
-        spool.mkdir(parents=True, exist_ok=True)
+        private_dirs(spool)
         part = spool / f"{sidecar.data_name}.part"
         try:
-            with open(part, "wb") as out:
+            with open(part, "wb", opener=private_opener) as out:
                 for block in iter(lambda: reader.read(_BLOCK), b""):
                     out.write(block)
                 out.flush()
@@ -245,15 +247,18 @@ def copy_archive(
     """
     ident = sidecar.id
     manifest_raw = _read_small(src, src.manifest_key(ident), "manifest copy", ident)
-    src.parse_manifest(sidecar, manifest_raw)
+    if can_open(sidecar):  # sealed: copied as it is, without a key
+        src.parse_manifest(sidecar, manifest_raw)
     sidecar_raw = _read_small(src, src.sidecar_key(ident), "sidecar", ident)
-    if Sidecar.from_json(sidecar_raw, name=str(ident)).sha256 != sidecar.sha256:
+    again = src.trusted(Sidecar.from_json(sidecar_raw, name=str(ident), cell=ident.cell))
+    if again.canonical() != sidecar.canonical() or again.signature != sidecar.signature:
         raise ArchiveCorrupt(
             "its sidecar changed while it was being copied", archive=str(ident), target=src.name
         )
     _retrying(functools.partial(_transfer, src, dst, sidecar, spool, progress), src, dst, ident)
     with dst.guard(f"store archive {ident}"):
         dst.retrying(dst.put_bytes, dst.manifest_key(ident), manifest_raw)
+        dst.protect(sidecar, [_data_key(sidecar), dst.manifest_key(ident)])
     if verify:
         # Read back what arrived and check every member before it counts.
         with dst.open_archive(sidecar) as raw:
@@ -262,6 +267,7 @@ def copy_archive(
         before_commit()
     with dst.guard(f"commit archive {ident}"):
         dst.retrying(dst.put_bytes, dst.sidecar_key(ident), sidecar_raw)
+        dst.protect(sidecar, [dst.sidecar_key(ident)])
 
 
 def clear_spool(spool: Path) -> list[str]:
@@ -307,7 +313,12 @@ class _CellCopy:
         src_ids = self.src.archive_ids(self.cell)
         there = set(self.dst.archive_ids(self.cell))
         missing_ids = [i for i in src_ids if i not in there]
-        missing = [self.src.sidecar(i) for i in missing_ids]
+        missing = []
+        for ident in missing_ids:
+            try:
+                missing.append(self.src.sidecar(ident))
+            except ArchiveCorrupt as exc:  # a forged or unreadable sidecar fails alone
+                self.bad[ident] = str(exc)
         ignored: list[str] = []
         if self.select is not None:
             reasons = {s.id: self.select(s) for s in missing}

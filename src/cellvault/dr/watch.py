@@ -45,6 +45,7 @@ from ..config import Config
 from ..errors import ConfigError, DrError
 from ..fence import claim_epoch, read_epoch, read_heartbeat
 from ..log import get_logger, redact_text
+from ..modes import private_dirs, private_opener
 from ..report import Report, iso
 from ..run import open_run
 from .context import SiteContext
@@ -155,9 +156,9 @@ class WatchDecision(Report):
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8", opener=private_opener) as f:
         json.dump(data, f, sort_keys=True, indent=1)
         f.flush()
         os.fsync(f.fileno())

@@ -200,6 +200,9 @@ def load_staged_dumps(
     no_live: list[str] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
     on_read: Callable[[int], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_side: Callable[[StagedLoad], None] | None = None,
+    not_staged: dict[str, str] | None = None,
 ) -> list[str]:
     """Load the dumps staged in *dumps* with the cell's configured *dumpers*; return their names.
 
@@ -217,7 +220,9 @@ def load_staged_dumps(
     that cannot stage loads into the live store (between *on_loading* and
     *on_loaded*). With *no_live* (a list, a drill's), a dumper that cannot
     stage is not loaded at all; its name is appended there. *on_read* is
-    told the bytes each dumper reads through its :class:`LoadContext`.
+    told the bytes each dumper reads; *on_start* each dumper's name before it
+    starts; *on_side* each side object once named (:meth:`LoadContext.side_created`);
+    *not_staged* (a dict) why each dumper that cannot stage cannot.
     """
     archive = str(meta.id)
     staged = set(staged_dumpers(dumps))
@@ -236,9 +241,13 @@ def load_staged_dumps(
             continue
         folder = dumps / dumper.name
         ctx = _load_context(cell, meta, dumper, folder, spool, options, staged_roots or {})
-        ctx.on_read = on_read
+        ctx.on_read, ctx.on_side = on_read, on_side
+        if on_start is not None:
+            on_start(ctx.dumper.name)
         if sides is not None:
             side = _load(ctx, llog, stage=True)
+            if side is None and not_staged is not None:
+                not_staged[ctx.dumper.name] = ctx.not_staged or "it has no staging step"
             if side is not None:
                 sides.append(side)
                 loaded.append(ctx.dumper.name)

@@ -191,6 +191,18 @@ class Dumper:
         """
         return None
 
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """The staged load *state* describes (its :meth:`StagedLoad.state`), rebuilt after a kill.
+
+        A restore killed between staging and the end of its swap leaves a
+        journal; the next run calls this to finish the swap or put the old
+        state back (see :mod:`cellvault.dumpers.staging`). Build the object
+        from *state* and this dumper's options only: no load context exists
+        then. ``None`` (the default): the side object is left for a person,
+        and the recovery names it.
+        """
+        return None
+
     def stock_restore(self, files: Sequence[str]) -> str | None:
         """How to load this dump by hand with stock tools, for ``dumper.json`` (optional)."""
         return None
@@ -303,6 +315,30 @@ class LoadContext:
     #: Told the bytes read through :meth:`open` (and ``run(stdin=<file name>)``):
     #: the restore's progress display.
     on_read: Callable[[int], None] | None = None
+    #: Told of a side object as soon as it exists (see :meth:`side_created`).
+    on_side: Callable[[StagedLoad], None] | None = None
+    #: Why :meth:`Dumper.stage` did not stage (see :meth:`cannot_stage`).
+    not_staged: str = ""
+
+    def cannot_stage(self, reason: str) -> StagedLoad | None:
+        """Say, from :meth:`Dumper.stage`, why this load cannot stage; ``return ctx.cannot_stage(...)``.
+
+        The restore report quotes *reason* beside "loaded into the live
+        database before the swap (this dumper cannot stage: ...)". Returns
+        ``None``, what ``stage`` returns then.
+        """
+        self.not_staged = reason
+        return None
+
+    def side_created(self, side: StagedLoad) -> None:
+        """Say, from :meth:`Dumper.stage`, that *side*'s object exists, before loading into it.
+
+        The restore journals it at once, so that a restore killed during the
+        load leaves it named, and the next run drops it (through
+        :meth:`Dumper.resume` and :meth:`StagedLoad.discard`).
+        """
+        if self.on_side is not None:
+            self.on_side(side)
 
     def staged(self, path: Path) -> Path | None:
         """Where *path* is staged, if it lies in one of the cell's paths (else ``None``).

@@ -38,9 +38,9 @@ import secrets as _secrets
 import shutil
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO, Any, ClassVar
 
 import attrs
 
@@ -51,6 +51,7 @@ from ..specs import DumperSpec
 from ..tool import run_tool
 from .base import DumpContext, Dumper, LoadContext
 from .mytables import MOVABLE_SQL, TableSwap, ident
+from .myusers import USERS_FILE, grantees_sql, users_sql
 from .options import to_args, to_bool, to_list
 from .staging import StagedLoad
 
@@ -59,6 +60,11 @@ __all__ = ["MysqlDumper", "filter_dump"]
 log = get_logger(__name__)
 
 FILENAME = "dump.sql"
+#: Why a database with views, routines, events or triggers cannot stage.
+_UNMOVABLE = (
+    "{db} has views, routines, events or triggers, which RENAME TABLE cannot move "
+    "to another database"
+)
 
 
 def _program(*names: str) -> str:
@@ -110,6 +116,9 @@ class MysqlDumper(Dumper):
     #: Drop each restored database first (whole-database restores), so that it
     #: is exactly the dump's. Off: tables created since the backup stay.
     clean: bool = attrs.field(default=True, converter=to_bool)
+    #: Also store the users with privileges on the databases, and those grants
+    #: (``users.sql``, see :mod:`.myusers`); created on restore when missing.
+    users: bool = attrs.field(default=False, converter=to_bool)
 
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password"})
 
@@ -251,6 +260,46 @@ class MysqlDumper(Dumper):
                 hint="check host, user, the password (password_env, defaults_file) and that "
                 "the databases exist",
             )
+        if self.users:
+            self._dump_users(ctx)
+
+    def _query(self, sql: str) -> str:
+        """Run *sql* on the dump's server; its raw output (batch, no column names)."""
+        with self._connection() as (conn, secrets):
+            result = run_tool(
+                [self.client_program, *conn, "--batch", "--raw", "--skip-column-names", "-e", sql],
+                what=f"dumper {self.name}: {self.client_program}",
+                secrets=secrets,
+                timeout=self.timeout,
+                hint="users = true reads mysql.user and the grants: the user needs SELECT on "
+                "the mysql database, or set users = false",
+            )
+        return result.stdout.decode()
+
+    def _dump_users(self, ctx: DumpContext) -> None:
+        """Store the users with privileges on the dumped databases (see :mod:`.myusers`)."""
+        grantees = [g for g in self._query(grantees_sql(self.databases)).splitlines() if g]
+        out = []
+        for grantee in grantees:
+            create = self._query(f"SHOW CREATE USER {grantee};")
+            grants = self._query(f"SHOW GRANTS FOR {grantee};").splitlines()
+            try:
+                out.append(users_sql(create, grants, self.databases))
+            except ValueError as exc:
+                raise DumpError(f"{ctx.where}: {grantee}: {exc}") from None
+        with ctx.open(USERS_FILE) as f:
+            f.write("".join(out).encode())
+        ctx.info["users"] = grantees
+
+    def _load_users(self, ctx: LoadContext) -> None:
+        """Create the stored users when missing, and give their grants (before the data)."""
+        if not self.users or USERS_FILE not in ctx.files():
+            return
+        with ctx.open(USERS_FILE) as raw:
+            sql = raw.read()
+        if sql.strip():
+            with self._connection() as (conn, secrets):
+                ctx.run([self.client_program, *conn, "--batch"], stdin=sql, secrets=secrets)
 
     def stock_restore(self, files: Sequence[str]) -> str | None:
         return f"{self.client_program} --user=<user> -p < {FILENAME}"
@@ -266,10 +315,14 @@ class MysqlDumper(Dumper):
         """
         restored = self._restored()
         if len(restored) != 1 or self.only_tables or not self.clean:
-            return None
+            return ctx.cannot_stage(
+                "only_tables and clean = false merge into the live database"
+                if self.only_tables or not self.clean
+                else "it restores several databases"
+            )
         target = self.restore_database or restored[0]
         if "'" in target or self._unmovable(target):
-            return None
+            return ctx.cannot_stage(_UNMOVABLE.format(db=target))
         suffix = _secrets.token_hex(4)
         scratch, old = f"{target[:40]}_cvnew_{suffix}", f"{target[:40]}_cvold_{suffix}"
         side = self.with_options({"restore_database": scratch})
@@ -282,21 +335,41 @@ class MysqlDumper(Dumper):
             db=target,
             old=old,
         )
+        ctx.side_created(swap)  # journalled before it exists: a kill after CREATE leaves it named
         try:
             self.run_sql(f"CREATE DATABASE {ident(scratch)};")
         except LoadError as exc:
             # A user without CREATE on other databases loads in place, as before.
             log.info("dump.not_staged", dumper=self.name, reason=exc.message)
-            return None
+            return ctx.cannot_stage(f"the user may not create the scratch database {scratch}")
         try:
+            self._load_users(ctx)
             side.load(ctx)
             if self._unmovable(scratch):
                 swap.discard()
-                return None
+                return ctx.cannot_stage(_UNMOVABLE.format(db="the dump"))
+            swap.count()
         except BaseException:
             swap.discard()
             raise
         return swap
+
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """A scratch schema a killed restore left, with the live and the old database's names."""
+        names = [state.get(k) for k in ("side", "old", "db")]
+        if not all(isinstance(n, str) and n for n in names):
+            return None
+        side, old, db = (str(n) for n in names)
+        tables = state.get("tables")
+        return TableSwap(
+            self.name,
+            str(state.get("what")),
+            side,
+            sql=self.run_sql,
+            db=db,
+            old=old,
+            staged_tables=tables if isinstance(tables, int) else 0,
+        )
 
     def _unmovable(self, db: str) -> bool:
         return self.run_sql(MOVABLE_SQL.format(db=db)).strip() not in ("", "0")
@@ -334,6 +407,8 @@ class MysqlDumper(Dumper):
                 hint=f"it holds: {', '.join(dumped)}",
             )
         rename = {databases[0]: self.restore_database} if self.restore_database else {}
+        if not rename:  # grants name the databases as dumped
+            self._load_users(ctx)
         seen: set[tuple[str, str]] = set()
         with ctx.open(FILENAME) as raw:
             lines = filter_dump(

@@ -49,28 +49,41 @@ class TableSwap(StagedLoad):
     sql: Callable[[str], str] = attrs.field(kw_only=True)
     db: str = attrs.field(kw_only=True)
     old: str = attrs.field(kw_only=True)
-    swapped: bool = attrs.field(default=False, kw_only=True)
+    #: How many tables the scratch schema held once loaded.
+    staged_tables: int = attrs.field(default=0, kw_only=True)
 
     def _tables(self, db: str) -> list[str]:
-        query = "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}' AND table_type = 'BASE TABLE';"
+        query = (
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = '{}' AND table_type = 'BASE TABLE';"
+        )
         return [t for t in self.sql(query.format(db)).splitlines() if t]
+
+    def count(self) -> None:
+        """Note how many tables the scratch schema holds (once loaded)."""
+        self.staged_tables = len(self._tables(self.side))
 
     def swap(self) -> None:
         self.sql(
-            f"CREATE DATABASE IF NOT EXISTS {ident(self.db)}; CREATE DATABASE {ident(self.old)};"
+            f"CREATE DATABASE IF NOT EXISTS {ident(self.db)}; "
+            f"CREATE DATABASE IF NOT EXISTS {ident(self.old)};"
         )
         moves = [(t, self.db, self.old) for t in self._tables(self.db)]
         moves += [(t, self.side, self.db) for t in self._tables(self.side)]
         if moves:
             self.sql(rename_sql(moves))
-        self.swapped = True
+
+    def swapped(self) -> bool:
+        # The one RENAME TABLE empties the scratch schema (or, with nothing staged, the live one).
+        if self.staged_tables:
+            return not self._tables(self.side)
+        return not self._tables(self.db)
 
     def unswap(self) -> None:
         moves = [(t, self.db, self.side) for t in self._tables(self.db)]
         moves += [(t, self.old, self.db) for t in self._tables(self.old)]
         if moves:
             self.sql(rename_sql(moves))
-        self.swapped = False
         self._drop(self.old)
 
     def discard(self) -> None:
@@ -87,4 +100,4 @@ class TableSwap(StagedLoad):
             log.warning("dump.cleanup_failed", database=db, error=str(exc))
 
     def state(self) -> dict[str, object]:
-        return {**super().state(), "old": self.old}
+        return {**super().state(), "old": self.old, "db": self.db, "tables": self.staged_tables}

@@ -390,26 +390,38 @@ class PostgresDumper(Dumper):
     # -- restore ---------------------------------------------------------------------
 
     def _psql(
-        self, ctx: LoadContext, keywords: Mapping[str, str], sql: str, **variables: str
+        self, ctx: LoadContext | None, keywords: Mapping[str, str], sql: str, **variables: str
     ) -> str:
+        """Run *sql* with psql (through *ctx*, or on its own after a kill); its output."""
         env, secrets = self._env(keywords)
         argv = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--tuples-only", "--no-align"]
         argv += ["--set=ON_ERROR_STOP=1"]
         argv += [f"--set={k}={v}" for k, v in variables.items()]
-        result = ctx.run(argv, stdin=sql.encode(), env=env, secrets=secrets)
+        if ctx is not None:
+            result = ctx.run(argv, stdin=sql.encode(), env=env, secrets=secrets)
+        else:
+            result = run_tool(
+                argv,
+                what=f"dumper {self.name}: psql",
+                error=LoadError,
+                env=env,
+                stdin=sql.encode(),
+                secrets=secrets,
+                timeout=self.timeout,
+            )
         return result.stdout.decode().strip()
 
     def _maintenance(self, keywords: Mapping[str, str]) -> dict[str, str]:
         return {**keywords, "dbname": self.maintenance_db}
 
-    def _exists(self, ctx: LoadContext, keywords: Mapping[str, str], db: str) -> bool:
+    def _exists(self, ctx: LoadContext | None, keywords: Mapping[str, str], db: str) -> bool:
         sql = "SELECT 1 FROM pg_database WHERE datname = :'db';\n"
         return self._psql(ctx, self._maintenance(keywords), sql, db=db) == "1"
 
-    def _create(self, ctx: LoadContext, keywords: Mapping[str, str], db: str) -> None:
+    def _create(self, ctx: LoadContext | None, keywords: Mapping[str, str], db: str) -> None:
         self._psql(ctx, self._maintenance(keywords), 'CREATE DATABASE :"db";\n', db=db)
 
-    def _drop(self, ctx: LoadContext, keywords: Mapping[str, str], db: str) -> None:
+    def _drop(self, ctx: LoadContext | None, keywords: Mapping[str, str], db: str) -> None:
         self._psql(ctx, self._maintenance(keywords), 'DROP DATABASE IF EXISTS :"db";\n', db=db)
 
     def _pg_restore(
@@ -469,7 +481,9 @@ class PostgresDumper(Dumper):
         dump does not know), so it cannot stage: it loads before the swap.
         """
         if self.mode != "replace":
-            return None
+            return ctx.cannot_stage(
+                "mode = clean merges the dump into the live database; mode = replace stages"
+            )
         files = [f for f in ctx.files() if f != ROLES_FILE]
         if len(files) != 1:
             raise LoadError(f"{ctx.where}: expected one .pgdump file, found {files}")
@@ -479,6 +493,9 @@ class PostgresDumper(Dumper):
         db = keywords["dbname"]
         suffix = _secrets.token_hex(4)
         fresh, old = f"{db[:40]}_cvnew_{suffix}", f"{db[:40]}_cvold_{suffix}"
+        where = f"database {db} on {keywords.get('host', 'localhost')}"
+        swap = _DatabaseSwap(self.name, where, fresh, owner=self, ctx=ctx, db=db, old=old)
+        ctx.side_created(swap)  # journalled before it exists: a kill after CREATE leaves it named
         self._create(ctx, keywords, fresh)
         try:
             self._pg_restore(ctx, {**keywords, "dbname": fresh}, dump, clean=False)
@@ -486,10 +503,9 @@ class PostgresDumper(Dumper):
             with contextlib.suppress(LoadError):
                 self._drop(ctx, keywords, fresh)
             raise
-        where = f"database {db} on {keywords.get('host', 'localhost')}"
-        return _DatabaseSwap(self.name, where, fresh, owner=self, ctx=ctx, db=db, old=old)
+        return swap
 
-    def rename_swap(self, ctx: LoadContext, db: str, fresh: str, old: str) -> bool:
+    def rename_swap(self, ctx: LoadContext | None, db: str, fresh: str, old: str) -> bool:
         """Rename *db* to *old* and *fresh* to *db*, in one transaction (sessions ended with ``terminate``).
 
         Returns whether *db* existed (and is now *old*).
@@ -510,9 +526,30 @@ class PostgresDumper(Dumper):
         self._psql(ctx, self._maintenance(keywords), sql, db=db, old=old, fresh=fresh)
         return exists
 
-    def drop_database(self, ctx: LoadContext, db: str) -> None:
+    def drop_database(self, ctx: LoadContext | None, db: str) -> None:
         """Drop *db* on the dumper's server (a scratch or an old database)."""
         self._drop(ctx, self._target(), db)
+
+    def database_exists(self, db: str) -> bool:
+        """Whether *db* exists on the dumper's restore server."""
+        return self._exists(None, self._target(), db)
+
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """A scratch database a killed restore left (``mode = replace``, or ``clean`` staged)."""
+        names = [state.get(k) for k in ("side", "old", "db")]
+        if not all(isinstance(n, str) and n for n in names):
+            return None
+        side, old, db = (str(n) for n in names)
+        return _DatabaseSwap(
+            self.name,
+            str(state.get("what")),
+            side,
+            owner=self,
+            ctx=None,
+            db=db,
+            old=old,
+            had_old=self.database_exists(old),
+        )
 
     def _replace(self, ctx: LoadContext, keywords: dict[str, str], dump: Path) -> None:
         db = keywords["dbname"]
@@ -668,7 +705,7 @@ class _DatabaseSwap(StagedLoad):
     """A scratch database, swapped with the live one by ``ALTER DATABASE ... RENAME``."""
 
     owner: PostgresDumper = attrs.field(kw_only=True)
-    ctx: LoadContext = attrs.field(kw_only=True)
+    ctx: LoadContext | None = attrs.field(kw_only=True)
     db: str = attrs.field(kw_only=True)
     old: str = attrs.field(kw_only=True)
     had_old: bool = attrs.field(default=False, kw_only=True)
@@ -701,6 +738,10 @@ class _DatabaseSwap(StagedLoad):
         except LoadError as exc:
             log.warning("dump.old_database_kept", database=self.old, error=str(exc))
 
+    def swapped(self) -> bool:
+        # The rename moves the scratch database away in one transaction.
+        return not self.owner.database_exists(self.side)
+
     def state(self) -> dict[str, Any]:
         # Once swapped in, the replaced database has this name.
-        return {**super().state(), "old": self.old}
+        return {**super().state(), "old": self.old, "db": self.db}

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets as _secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -388,10 +389,13 @@ class RedisDumper(Dumper):
         Otherwise the keys go into the live database(s): this dumper cannot stage.
         """
         if self.swap_db is None or len(self.db) != 1:
-            return None
+            return ctx.cannot_stage(
+                "no swap_db is configured" if self.swap_db is None else "db names several databases"
+            )
         (source,) = self.db
         target = self.restore_db if self.restore_db is not None else source
         timeout = self.timeout or 3600.0
+        marker = f"__cellvault_swapped__:{_secrets.token_hex(8)}"
         with _scratch_server(
             self.server_program, ctx.path(FILENAME), ctx.spool, timeout, ctx.where
         ) as scratch:
@@ -412,6 +416,9 @@ class RedisDumper(Dumper):
                 ) from None
             finally:
                 live.close()
+        return self._side(target, marker, timeout)
+
+    def _side(self, target: int, marker: str, timeout: float) -> _SwapDb:
         host, port = self._address(restore=True)
         return _SwapDb(
             self.name,
@@ -420,17 +427,56 @@ class RedisDumper(Dumper):
             owner=self,
             target=target,
             timeout=timeout,
+            marker=marker,
         )
 
-    def swap_dbs(self, a: int, b: int, timeout: float, flush: int | None = None) -> None:
-        """``SWAPDB a b`` on the live server; then empty database *flush*, if given."""
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """Keys a killed restore loaded into ``swap_db`` (or swapped in, the old ones there)."""
+        target, spare, marker = state.get("target"), state.get("spare"), state.get("marker")
+        if not isinstance(target, int) or spare != self.swap_db or not isinstance(marker, str):
+            return None
+        return _SwapDb(
+            self.name,
+            str(state.get("what")),
+            str(state.get("side")),
+            owner=self,
+            target=target,
+            timeout=self.timeout or 3600.0,
+            marker=marker,
+        )
+
+    def swap_dbs(
+        self, a: int, b: int, timeout: float, flush: int | None = None, marker: str = ""
+    ) -> None:
+        """``SWAPDB a b`` on the live server; then empty database *flush*, if given.
+
+        With *marker*, the swap also sets that key in *b* (which holds the
+        old keys then), in one ``MULTI``: how a recovery after a kill tells
+        that the swap took effect. A swap back (*marker* starting with
+        ``-``) deletes it from *b* first, in the same ``MULTI``.
+        """
         live = self._live(timeout)
         try:
-            if flush is None:
-                live("SWAPDB", a, b)
-            else:
+            if flush is not None:
                 live("SELECT", flush)
                 live("FLUSHDB")
+            elif marker.startswith("-"):
+                _exec(live, [("SELECT", b), ("DEL", marker[1:]), ("SWAPDB", a, b)])
+            elif marker:
+                _exec(live, [("SWAPDB", a, b), ("SELECT", b), ("SET", marker, "1")])
+            else:
+                live("SWAPDB", a, b)
+        except _RespError as exc:
+            raise LoadError(f"Redis: {redact_text(str(exc))}") from None
+        finally:
+            live.close()
+
+    def has_key(self, db: int, key: str) -> bool:
+        """Whether *key* exists in database *db* of the live server."""
+        live = self._live(self.timeout or 3600.0)
+        try:
+            live("SELECT", db)
+            return bool(live("EXISTS", key))
         except _RespError as exc:
             raise LoadError(f"Redis: {redact_text(str(exc))}") from None
         finally:
@@ -454,6 +500,8 @@ class RedisDumper(Dumper):
                     f"{ctx.where}: swap_db {self.swap_db} is not empty",
                     hint="choose a database nobody uses for swap_db",
                 )
+            if not swap:  # staged: journalled before a key is written there
+                ctx.side_created(self._side(target, "", 0.0))
         elif self.flush:
             live("FLUSHDB")
         scratch("SELECT", source)
@@ -475,6 +523,16 @@ class RedisDumper(Dumper):
             live("SELECT", self.swap_db)
             live("FLUSHDB")
         return copied
+
+
+def _exec(client: Resp, commands: Sequence[Sequence[bytes | str | int]]) -> None:
+    """Run *commands* in one ``MULTI``/``EXEC``; raise the first error among the replies."""
+    *queued, done = client.pipeline([("MULTI",), *commands, ("EXEC",)])
+    if not isinstance(done, list):
+        done = [done if isinstance(done, _RespError) else _RespError("EXEC discarded")]
+    for reply in [*queued, *done]:
+        if isinstance(reply, _RespError):
+            raise reply
 
 
 def _scan(client: Resp) -> Iterator[list[bytes]]:
@@ -596,6 +654,8 @@ class _SwapDb(StagedLoad):
     owner: RedisDumper = attrs.field(kw_only=True)
     target: int = attrs.field(kw_only=True)
     timeout: float = attrs.field(kw_only=True)
+    #: Set in the spare database (then holding the old keys) by the swap itself.
+    marker: str = attrs.field(kw_only=True)
 
     @property
     def _spare(self) -> int:
@@ -603,10 +663,13 @@ class _SwapDb(StagedLoad):
         return self.owner.swap_db
 
     def swap(self) -> None:
-        self.owner.swap_dbs(self.target, self._spare, self.timeout)
+        self.owner.swap_dbs(self.target, self._spare, self.timeout, marker=self.marker)
+
+    def swapped(self) -> bool:
+        return self.owner.has_key(self._spare, self.marker)
 
     def unswap(self) -> None:
-        self.owner.swap_dbs(self.target, self._spare, self.timeout)
+        self.owner.swap_dbs(self.target, self._spare, self.timeout, marker="-" + self.marker)
 
     def discard(self) -> None:
         try:
@@ -615,7 +678,15 @@ class _SwapDb(StagedLoad):
             log.warning("dump.cleanup_failed", database=self._spare, error=str(exc))
 
     def commit(self) -> None:
-        self.discard()  # the old keys are in swap_db now
+        self.discard()  # the old keys (and the marker) are in swap_db now
+
+    def state(self) -> dict[str, Any]:
+        return {
+            **super().state(),
+            "target": self.target,
+            "spare": self._spare,
+            "marker": self.marker,
+        }
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ import secrets as _secrets
 import shutil
 import sqlite3
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -128,6 +128,7 @@ class SqliteDumper(Dumper):
         dump = self._checked(ctx)
         target.parent.mkdir(parents=True, exist_ok=True)
         side = target.with_name(f".{target.name}.cellvault-new-{_secrets.token_hex(3)}")
+        ctx.side_created(_FileSwap(self.name, str(target), str(side), target=target, new=side))
         try:
             shutil.copyfile(dump, side)
             with open(side, "rb+") as f:
@@ -138,7 +139,24 @@ class SqliteDumper(Dumper):
             with contextlib.suppress(OSError):
                 side.unlink()
             raise LoadError(f"{ctx.where}: cannot write {side}: {exc.strerror}") from None
-        return _FileSwap(self.name, str(target), str(side), target=target, new=side)
+        ino = os.stat(side).st_ino
+        return _FileSwap(self.name, str(target), str(side), target=target, new=side, new_ino=ino)
+
+    def resume(self, state: Mapping[str, Any]) -> StagedLoad | None:
+        """A file a killed restore wrote beside the live one (or swapped in, the old one there)."""
+        target, side, ino = state.get("target"), state.get("side"), state.get("new_ino")
+        if not isinstance(target, str) or not isinstance(side, str) or not side:
+            return None
+        if Path(side).parent != Path(target).parent or not isinstance(ino, int):
+            return None
+        return _FileSwap(
+            self.name,
+            str(state.get("what")),
+            side,
+            target=Path(target),
+            new=Path(side),
+            new_ino=ino,
+        )
 
     def _checked(self, ctx: LoadContext) -> Path:
         dump = ctx.path(self.filename)
@@ -187,12 +205,16 @@ class SqliteDumper(Dumper):
 
 @attrs.define
 class _FileSwap(StagedLoad):
-    """A database file written beside the live one, exchanged with it by rename(2)."""
+    """A database file written beside the live one, exchanged with it by rename(2).
+
+    After the swap the old file is where the new one was (*new*), its WAL and
+    journal beside it (``<new>-wal``...): a recovery after a kill finds
+    everything from the names alone.
+    """
 
     target: Path = attrs.field(kw_only=True)
     new: Path = attrs.field(kw_only=True)
-    old: Path | None = attrs.field(default=None, kw_only=True)
-    aside: list[tuple[Path, Path]] = attrs.field(factory=list, kw_only=True)
+    new_ino: int = attrs.field(default=0, kw_only=True)
 
     def swap(self) -> None:
         # A WAL or journal of the old state would be replayed onto the restored file:
@@ -200,33 +222,37 @@ class _FileSwap(StagedLoad):
         for suffix in _SIDE_FILES:
             live = Path(f"{self.target}{suffix}")
             if live.exists():
-                away = live.with_name(f".{live.name}.cellvault-old-{_secrets.token_hex(3)}")
-                os.rename(live, away)
-                self.aside.append((live, away))
+                os.rename(live, f"{self.new}{suffix}")
         if self.target.exists():
-            exchange(self.new, self.target)
-            self.old = self.new  # the old file is where the new one was
+            exchange(self.new, self.target)  # the old file is where the new one was
         else:
             os.rename(self.new, self.target)
 
+    def swapped(self) -> bool:
+        try:
+            return os.lstat(self.target).st_ino == self.new_ino
+        except FileNotFoundError:
+            return False
+
     def unswap(self) -> None:
-        if self.old is not None:
-            exchange(self.old, self.target)
-            self.old = None
+        if self.new.exists():
+            exchange(self.new, self.target)
         else:
             os.rename(self.target, self.new)
-        for live, away in reversed(self.aside):
-            os.rename(away, live)
-        self.aside.clear()
+        for suffix in _SIDE_FILES:
+            away = Path(f"{self.new}{suffix}")
+            if away.exists():
+                os.rename(away, f"{self.target}{suffix}")
 
     def discard(self) -> None:
         self.new.unlink(missing_ok=True)
 
     def commit(self) -> None:
-        if self.old is not None:
-            self.old.unlink(missing_ok=True)
-        for _, away in self.aside:
-            away.unlink(missing_ok=True)
+        for path in (self.new, *(Path(f"{self.new}{s}") for s in _SIDE_FILES)):
+            path.unlink(missing_ok=True)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "target": str(self.target), "new_ino": self.new_ino}
 
 
 @hookimpl

@@ -14,6 +14,14 @@ whose :meth:`~cellvault.dumpers.Dumper.stage` returns ``None`` cannot stage:
 its :meth:`~cellvault.dumpers.Dumper.load` runs against the live store before
 the swap, and the restore then requires a safety backup and says it cannot
 be atomic.
+
+A restore killed mid-way leaves its journal, which records each staged
+load's :meth:`StagedLoad.state`. The next run asks the dumper to rebuild the
+staged load from that state (:meth:`~cellvault.dumpers.Dumper.resume`),
+asks it whether its swap took effect (:meth:`StagedLoad.swapped`), and then
+finishes the swap or puts the old state back, with the cell's files. A
+dumper whose ``resume`` returns ``None`` (the default) leaves its side
+object to a person: the recovery names it.
 """
 
 from __future__ import annotations
@@ -49,6 +57,19 @@ class StagedLoad:
     def commit(self) -> None:
         """After the whole cell is in: drop the old state (unless configured to keep it)."""
 
+    def swapped(self) -> bool | None:
+        """Whether :meth:`swap` has taken effect, as the store says (``None``: cannot tell).
+
+        Asked only by the recovery of a killed restore, on a staged load
+        rebuilt by :meth:`~cellvault.dumpers.Dumper.resume`: a swap killed
+        before it was journalled is found done or not done here. The default,
+        ``None``, makes the recovery put every part back rather than guess.
+        """
+        return None
+
     def state(self) -> dict[str, Any]:
-        """What a journal records of this staged load (for reports after a crash)."""
+        """What a journal records of this staged load: enough for ``Dumper.resume`` to rebuild it.
+
+        Keep it JSON (strings, numbers, lists, dicts) and free of secrets.
+        """
         return {"dumper": self.dumper, "what": self.what, "side": self.side}

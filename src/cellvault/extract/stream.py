@@ -22,6 +22,7 @@ import zstandard
 
 from ..archive import ArchiveMeta, Sidecar
 from ..codec import HashingReader, codec_for
+from ..crypt import opened
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
@@ -141,7 +142,9 @@ class ArchiveStream:
         self.target = target
         self.archive = str(sidecar.id)
         self._hashing = HashingReader(raw)
-        self._reader = codec_for(sidecar.data_name).reader(self._hashing)  # type: ignore[arg-type]
+        #: What is decompressed: the stored bytes, or their plaintext when sealed.
+        self._plain = opened(self._hashing, sidecar)
+        self._reader = codec_for(sidecar.data_name).reader(self._plain)
         self.current: str | None = None
         self.meta: ArchiveMeta | None = None
         #: ``manifest.json``'s bytes once read (a spooled temporary file), and their sha256.
@@ -152,11 +155,13 @@ class ArchiveStream:
         #: Set when the stream ended but its sha256 or size differs from the sidecar: why.
         self.digest_mismatch: str | None = None
 
-    def close(self) -> None:
-        """Stop the decompression thread, if one runs (idempotent)."""
+    def close(self, *, keep_plain: bool = False) -> None:
+        """Stop the decompression thread, and the decryption one unless *keep_plain* (idempotent)."""
         if self._prefetch is not None:
             self._prefetch.close()
             self._prefetch = None
+        if not keep_plain and self._plain is not self._hashing:
+            self._plain.close()
 
     def _spool_manifest(self, data: MemberData) -> None:
         """Keep ``manifest.json`` in a temporary file (in memory while it is small)."""
@@ -202,8 +207,8 @@ class ArchiveStream:
             with contextlib.suppress(*_CODEC_ERRORS):
                 while source.take(BLOCK):
                     pass
-            self.close()  # before reading the raw stream from this thread
-            self._hashing.drain()
+            self.close(keep_plain=True)  # before reading the raw stream from this thread
+            self._plain.drain()
         except (TarFormatError, *_CODEC_ERRORS) as exc:
             where = f"at or after member {self.current}" if self.current else "at its start"
             why = str(exc) if isinstance(exc, TarFormatError) else f"{type(exc).__name__}: {exc}"

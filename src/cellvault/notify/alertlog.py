@@ -26,6 +26,7 @@ from typing import Any
 from ..config import Config
 from ..hookspecs import hookimpl
 from ..log import get_logger, redact
+from ..modes import FILE_MODE, private_dirs
 from ..report import Failure
 from . import alert_for, alert_settings, summary_for
 
@@ -39,9 +40,9 @@ def append(path: Path, alert: Mapping[str, Any]) -> bool:
     """Append *alert* as one JSON line to *path*; tell whether it was written. Never raises."""
     line = json.dumps(redact(dict(alert)), ensure_ascii=False, sort_keys=True) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         with _lock:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 os.write(fd, line.encode())

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,11 +25,13 @@ import attrs
 from .._version import __version__
 from ..archive import ArchiveId, ArchiveMeta, Kind, Sidecar, format_stamp, parse_stamp, to_kind
 from ..cell import Cell
+from ..crypt import keep_manifest, kept_manifest, seal_file
 from ..errors import (
     ArchiveCorrupt,
     BackupError,
     CellvaultError,
     DumpError,
+    KeyMissing,
     TargetError,
 )
 from ..integrity import content_checksums
@@ -75,7 +79,7 @@ def backup(
     kind = to_kind(kind or run.config.backup_type)
     chosen = configured_cells(run.config, cells)
     # A restore of these cells that was killed is settled before their data is read.
-    recover_cells(run, chosen, operation="backup")
+    recover_cells(run, chosen, operation="backup", dumpers=res.dumpers)
     tgts = res.chosen(targets)
     epoch = check_fence(run, res, tgts, "backup")
     started = time.monotonic()
@@ -171,6 +175,8 @@ class CellBackup:
     snapshot_pending: bool = False
     packed: PackResult | None = None
     note: str | None = None
+    #: The manifest's own size, taken before its copy is sealed (encryption).
+    manifest_size: int | None = None
 
     def __call__(self) -> CellReport:
         try:
@@ -207,6 +213,7 @@ class CellBackup:
                 self.live,
                 self.run.config.max_chain,
                 damaged=failed_verifies(self.res.state, self.cell.name),
+                kept=self.run.layout.manifests(self.cell.name),
             )
             for target in self.live:
                 alert_ignored(self.run, target, self.cell.name)
@@ -296,8 +303,11 @@ class CellBackup:
             dumpers=self.res.dumpers.get(cell, ()),
             epoch=self.epoch,
             site=self.res.fence.site,
+            recipients=self.res.recipients,
         )
         self.packed = result = packer.pack()
+        if self.res.recipients:
+            result = self._seal(result)
         self.snapshot_pending = False
         after_snapshot(self.run, self.cell, self.ident, None)
         self.log.info(
@@ -307,6 +317,23 @@ class CellBackup:
             bytes=result.bytes_stored,
         )
         self.run.emit("archive.packed", cell=cell, archive=archive, size=result.size)
+        return result
+
+    def _seal(self, result: PackResult) -> PackResult:
+        """Seal the manifest copy to the recipients, as the packer sealed the archive.
+
+        The plain copy is kept on this host first (:func:`cellvault.crypt.keep_manifest`):
+        the next incremental compares with it, without an identity.
+        """
+        recipients = self.res.recipients
+        assert recipients is not None
+        self.manifest_size = zstd_content_size(result.manifest_path)
+        keep_manifest(
+            self.run.layout.manifests(self.cell.name), str(self.ident), result.manifest_path
+        )
+        manifest, _, _ = seal_file(result.manifest_path, recipients)
+        self.packed = result = attrs.evolve(result, manifest_path=manifest)
+        self.log.info("archive.sealed", size=result.size, recipients=list(recipients.fingerprints))
         return result
 
     def _progress(self, archive: str, done: int, files: int) -> None:
@@ -323,11 +350,15 @@ class CellBackup:
             files=len(result.manifest),
             bytes_read=result.bytes_total,
             # Declared, so that no reader expands the manifest copy further.
-            manifest_size=zstd_content_size(result.manifest_path),
+            manifest_size=self.manifest_size
+            if self.res.recipients
+            else zstd_content_size(result.manifest_path),
+            manifest_sha256=hashlib.sha256(result.manifest_path.read_bytes()).hexdigest(),
             # What the stores report on HEAD, for quick verifies (one read of the spool file).
             checksums=content_checksums(
                 result.data_path, set().union(*(t.stat_checksums for t in self.live))
             ),
+            encryption=self.res.recipients.fingerprints if self.res.recipients else None,
         )
 
     def _stored(self, result: PackResult, stored: list[TargetOutcome]) -> CellReport:
@@ -415,7 +446,12 @@ def failed_verifies(state: StateFile, cell: str) -> set[str]:
 
 
 def find_parent(
-    cell: Cell, targets: Sequence[Target], max_chain: int, *, damaged: set[str] | None = None
+    cell: Cell,
+    targets: Sequence[Target],
+    max_chain: int,
+    *,
+    damaged: set[str] | None = None,
+    kept: Path | None = None,
 ) -> tuple[ArchiveMeta | None, Manifest | None, str | None]:
     """The parent of an incremental: the newest archive committed, whole, on every target.
 
@@ -423,7 +459,9 @@ def find_parent(
     reported once and skipped). The parent's whole chain must be committed
     on every target and pass the quick check there (size, the store's own
     checksums); otherwise the chain is broken and a full backup is made, as
-    it is when the parent's manifest copy is unusable. Returns its meta and
+    it is when the parent's manifest copy is unusable. A sealed manifest copy
+    this host cannot open is taken from *kept* (:func:`cellvault.crypt.keep_manifest`).
+    Returns its meta and
     manifest, or ``None`` twice and why a full backup is made instead.
     """
     common: dict[ArchiveId, Sidecar] | None = None
@@ -455,8 +493,21 @@ def find_parent(
     if broken is not None:
         log.warning("backup.chain_broken", cell=cell.name, archive=str(sidecar.id), error=broken)
         return None, None, f"the chain of {sidecar.id} is broken ({broken}); made a full backup"
+    manifest: Manifest | None
     try:
         manifest = readable[0].manifest(sidecar)
+    except KeyMissing:
+        # Sealed, and this host holds only public keys: the copy it kept when it wrote it.
+        manifest = kept_manifest(kept, sidecar) if kept is not None else None
+        if manifest is None:
+            return (
+                None,
+                None,
+                (
+                    f"the manifest of {sidecar.id} is encrypted, no identity is given and this "
+                    "host kept no copy of it; made a full backup"
+                ),
+            )
     except ArchiveCorrupt as exc:
         log.warning("backup.parent_unusable", cell=cell.name, error=str(exc))
         return None, None, f"the manifest of {sidecar.id} is unusable; made a full backup"

@@ -142,6 +142,7 @@ class _Drill:
     ) -> None:
         """Load every dump that can stage into a scratch object (dropped by the caller)."""
         skipped: list[str] = []
+        why: dict[str, str] = {}
         load_staged_dumps(
             cell=plan.cell,
             meta=plan.sidecar.meta,
@@ -155,11 +156,14 @@ class _Drill:
             },
             sides=sides,
             no_live=skipped,
+            not_staged=why,
         )
         for side in sides:
             self.dumps[side.dumper] = f"loaded into {side.side or 'the drill tree'}, then dropped"
         for name in skipped:
-            self.dumps[name] = "not loaded: this dumper cannot stage into a scratch object"
+            self.dumps[name] = (
+                f"not loaded: this dumper cannot stage into a scratch object ({why.get(name)})"
+            )
 
     def _failed(self, exc: Exception) -> VerifyResult:
         # A health check that raises is a verdict on the data, not a crash.

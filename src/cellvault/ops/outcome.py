@@ -9,11 +9,15 @@ no dump was loaded and no root swapped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from ..cell import Cell
+from ..dumpers.base import Dumper
+from ..dumpers.staging import StagedLoad
 from ..journal import Recovery, recover
 from ..log import get_logger
 from ..run import Run
@@ -30,9 +34,9 @@ ROLLED_BACK = "swapped in, then rolled back: the live files are back"
 DISCARDED_SIDE = "staged, then discarded: the live database is untouched"
 STAGED_IN_FILES = "written into the staged files (swapped in with them)"
 NOT_LOADED = "not loaded: the live database is untouched"
-LOADED = "loaded into the live database before the swap (this dumper cannot stage)"
+LOADED = "loaded into the live database before the swap (this dumper cannot stage: {why})"
 PART_LOADED = (
-    "loaded into the live database before the swap (this dumper cannot stage), "
+    "loaded into the live database before the swap (this dumper cannot stage: {why}), "
     "and the load failed: the live database may hold part of the archive"
 )
 
@@ -50,6 +54,8 @@ class CellParts:
     states: dict[str, str] = attrs.field(factory=dict)
     loaded: list[str] = attrs.field(factory=list)
     partly: str | None = None
+    #: Dumper -> why it could not stage (its own words).
+    why: dict[str, str] = attrs.field(factory=dict)
 
     @classmethod
     def of(
@@ -84,7 +90,7 @@ class CellParts:
     def loading(self, dumper: str) -> None:
         """A dumper that cannot stage starts loading into its live store."""
         self.partly = dumper
-        self.states[f"dump:{dumper}"] = PART_LOADED
+        self.states[f"dump:{dumper}"] = PART_LOADED.format(why=self._why(dumper))
         if self.states.get("safety backup", "").startswith("skipped"):
             self.states["safety backup"] = (
                 f"skipped (RESTORE_SKIP_PREBACKUP=1), though dumper {dumper} cannot stage: "
@@ -94,7 +100,10 @@ class CellParts:
     def done_loading(self, dumper: str) -> None:
         self.partly = None
         self.loaded.append(dumper)
-        self.states[f"dump:{dumper}"] = LOADED
+        self.states[f"dump:{dumper}"] = LOADED.format(why=self._why(dumper))
+
+    def _why(self, dumper: str) -> str:
+        return self.why.get(dumper) or "it has no staging step"
 
     @property
     def touched(self) -> bool:
@@ -125,12 +134,18 @@ def touched_text(parts: Mapping[str, CellParts], undo: Mapping[str, str | None])
 
 
 def recover_cells(
-    run: Run, plans: Iterable[RestorePlan | Cell], operation: str = "restore"
+    run: Run,
+    plans: Iterable[RestorePlan | Cell],
+    operation: str = "restore",
+    dumpers: Mapping[str, Sequence[Dumper]] | None = None,
 ) -> tuple[Recovery, ...]:
     """Settle the interrupted restores of the cells (see :mod:`cellvault.journal`).
 
-    Each is emitted (``restore.recovered``) and logged; one that leaves a
-    database partly loaded is a failure (alerted) naming the way back.
+    *dumpers* (cell name -> its dumpers) rebuild the staged databases a
+    killed restore left, so that they are swapped in or put back with the
+    files. Each recovery is emitted (``restore.recovered``) and logged; one
+    that leaves a database partly loaded, or a side object unsettled, is a
+    failure (alerted) naming the way back.
     """
     found: list[Recovery] = []
     for item in plans:
@@ -139,9 +154,16 @@ def recover_cells(
             if isinstance(item, RestorePlan)
             else (item, list(item.roots.values()))
         )
-        for rec in recover(cell.name, dests):
+        mine = {d.name: d for d in (dumpers or {}).get(cell.name, ())}
+        for rec in recover(cell.name, dests, functools.partial(_resume, mine)):
             run.emit("restore.recovered", cell=rec.cell, action=rec.action, detail=rec.describe())
             if not rec.settled:
                 run.fail("recover", rec.describe(), cell=rec.cell, operation=operation)
             found.append(rec)
     return tuple(found)
+
+
+def _resume(dumpers: Mapping[str, Dumper], state: Mapping[str, Any]) -> StagedLoad | None:
+    """The staged load *state* describes, rebuilt by the cell's dumper of that name (if any)."""
+    dumper = dumpers.get(str(state.get("dumper")))
+    return None if dumper is None else dumper.resume(state)

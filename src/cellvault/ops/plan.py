@@ -18,6 +18,7 @@ import attrs
 from ..archive import ArchiveId, Selector, Sidecar
 from ..cell import Cell, resolve_cell_path
 from ..config import Config
+from ..crypt import require_all
 from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, RestoreError, TargetError
 from ..fence import Epoch, written_after_fence
 from ..log import get_logger
@@ -42,6 +43,10 @@ class RestorePlan:
     chain: list[Sidecar]
     #: Root name -> the path it is restored to.
     dests: dict[str, Path]
+    #: The targets after :attr:`target`, in order: read instead (see
+    #: :func:`fall_back`) when the copy on :attr:`target` proves damaged or
+    #: missing while it is staged.
+    fallbacks: tuple[Target, ...] = ()
 
 
 def plan_restore(
@@ -67,15 +72,40 @@ def plan_restore(
         cell = next((c for c in config.cells if c.name == name), None) or _placeholder(name)
     ident = _choose(name, selector, sources, epoch)
     last_error: CellvaultError | None = None
-    for target in sources:
+    for n, target in enumerate(sources):
         found = _plan_on(target, cell, ident, into)
         if isinstance(found, RestorePlan):
             check_space(found)
-            return found
+            return attrs.evolve(found, fallbacks=tuple(sources[n + 1 :]))
         if found is not None:
             last_error = found
     assert last_error is not None
     raise last_error
+
+
+def fall_back(plan: RestorePlan) -> RestorePlan | None:
+    """*plan* read from the next of its :attr:`~RestorePlan.fallbacks` that holds the archive.
+
+    That target must hold the archive and its whole chain, with sidecars
+    naming the same roots (so the destinations stay as planned); ``None``
+    when no fallback does. Nothing is read but sidecars and manifests.
+    """
+    rest = list(plan.fallbacks)
+    while rest:
+        target = rest.pop(0)
+        found = _plan_on(target, plan.cell, plan.sidecar.id, None, dests=plan.dests)
+        if not isinstance(found, RestorePlan):
+            continue
+        if dict(found.sidecar.meta.roots) != dict(plan.sidecar.meta.roots):
+            log.warning(
+                "restore.copy_unusable",
+                target=target.name,
+                archive=str(plan.sidecar.id),
+                error="its sidecar names other roots than the copy planned from",
+            )
+            continue
+        return attrs.evolve(found, fallbacks=tuple(rest))
+    return None
 
 
 def choose_archive(
@@ -143,7 +173,11 @@ def _choose(
 
 
 def _plan_on(
-    target: Target, cell: Cell, ident: ArchiveId, into: Path | None
+    target: Target,
+    cell: Cell,
+    ident: ArchiveId,
+    into: Path | None,
+    dests: dict[str, Path] | None = None,
 ) -> RestorePlan | CellvaultError | None:
     """The plan reading *ident* from *target*; why not (``None``: it is not there)."""
     try:
@@ -166,7 +200,8 @@ def _plan_on(
             "which is missing there",
             hint="restore from a target that has the whole chain, or pick another date",
         )
-    dests = _dests(cell, sidecar, into)
+    if dests is None:
+        dests = _dests(cell, sidecar, into)
     try:
         chain = [
             target.sidecar(ArchiveId.parse(h)) for h in sorted(manifest.holders() - {str(ident)})
@@ -174,7 +209,40 @@ def _plan_on(
     except ArchiveCorrupt as exc:
         log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(exc))
         return exc
+    # A chain sealed to several keys (rotated between its full and incrementals):
+    # the archive whose identity is missing is named here, before anything is touched.
+    require_all([*chain, sidecar])
+    cut = _sealed_size_problem(target, [*chain, sidecar])
+    if cut is not None:
+        log.warning("restore.copy_unusable", target=target.name, archive=str(ident), error=str(cut))
+        return cut
     return RestorePlan(cell, sidecar, manifest, target, chain, dests)
+
+
+def _sealed_size_problem(target: Target, sidecars: Sequence[Sidecar]) -> ArchiveCorrupt | None:
+    """An encrypted archive whose stored size is not its sidecar's (cut short, replaced).
+
+    age tells a cut stream only at its end: compared here first, so that such an
+    archive is refused before anything is read from it.
+    """
+    for link in sidecars:
+        if link.encryption is None:
+            continue
+        key = f"{link.id.cell}/{link.data_name}"
+        try:
+            with target.guard(f"stat archive {link.id}", missing_ok=True):
+                size = target.retrying(target.stat, key).size
+        except FileNotFoundError:
+            size = -1
+        if size != link.size:
+            found = "missing" if size < 0 else f"{size} bytes"
+            return ArchiveCorrupt(
+                f"stored data is {found}, the sidecar says {link.size} (truncated or replaced)",
+                archive=str(link.id),
+                target=target.name,
+                hint="restore from another target; run 'cellvault verify' there",
+            )
+    return None
 
 
 def _dests(cell: Cell, sidecar: Sidecar, into: Path | None) -> dict[str, Path]:

@@ -92,10 +92,13 @@ def prune_cell(
     """
     if dry_run:
         decisions = _held(plan(target.archives(cell), policy, now), read_holds(target, cell))
+        decisions = _locked(decisions, target)
         return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
     with Lease.acquire(target, cell, "prune", lock_ttl):
         # Under the lease no read lease can appear: what a restore reads now is kept.
         decisions = _held(plan(target.archives(cell), policy, now), read_holds(target, cell))
+        # Never ask the store to delete what it keeps locked: wait for the date.
+        decisions = _locked(decisions, target)
         for decision in sorted(
             (d for d in decisions if not d.keep), key=lambda d: d.id, reverse=True
         ):
@@ -118,3 +121,15 @@ def _held(decisions: Sequence[Decision], holds: Mapping[str, str]) -> list[Decis
         else d
         for d in decisions
     ]
+
+
+def _locked(decisions: Sequence[Decision], target: Target) -> list[Decision]:
+    """*decisions*, keeping (and saying until when) every archive the store holds locked."""
+    out = []
+    for d in decisions:
+        until = None if d.keep else target.locked_until(d.sidecar)
+        if until is not None:
+            why = f"locked on the store until {until.isoformat().replace('+00:00', 'Z')}; pruned after that"
+            d = attrs.evolve(d, keep=True, reasons=(*d.reasons, why))
+        out.append(d)
+    return out

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from ..codec import Codec
+from ..crypt import Recipients
 from ..dumpers.base import Dumper
 from ..errors import ConfigError, Fenced
 from ..fence import Fence
@@ -48,6 +49,8 @@ class Resources:
     stamp_lock: threading.Lock
     #: DR fencing: checked before writing to a shared target.
     fence: Fence = attrs.field(factory=lambda: Fence("", ()))
+    #: The age recipients new archives are sealed to; ``None``: not encrypted.
+    recipients: Recipients | None = None
 
     def target(self, name: str) -> Target:
         """The configured target called *name*."""

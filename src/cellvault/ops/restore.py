@@ -28,7 +28,7 @@ from ..archive import Selector
 from ..dumpers.archive_io import load_staged_dumps
 from ..dumpers.members import DUMPS_ROOT
 from ..dumpers.staging import StagedLoad
-from ..errors import CellvaultError, ConfigError, RestoreError
+from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, RestoreError, TargetError
 from ..extract import ArchiveStream, StagedTree
 from ..journal import Journal
 from ..log import get_logger
@@ -52,7 +52,7 @@ from .outcome import (
     touched_text,
     undo_command,
 )
-from .plan import RestorePlan, plan_restore
+from .plan import RestorePlan, fall_back, plan_restore
 from .resources import Resources
 
 __all__ = [
@@ -142,7 +142,7 @@ def _restore_held(
     keep_excluded: bool = True,
 ) -> RestoreReport:
     # An earlier restore of these cells that was killed is settled first.
-    recovered = recover_cells(run, plans) if into_path is None else ()
+    recovered = recover_cells(run, plans, dumpers=res.dumpers) if into_path is None else ()
     safety: dict[str, str] = {}
     if into_path is None and not skip_prebackup:
         safety = safety_backup(run, res, plans)
@@ -324,9 +324,12 @@ class _Restore:
 
         sides = self.sides.setdefault(plan.cell.name, [])
 
-        def staged(_: StagedLoad) -> None:
+        def staged(side: StagedLoad, loading: bool = False) -> None:
             if journal is not None:
-                journal.staged([side.state() for side in sides if side.side])
+                more = [side.state()] if loading and side.side else []
+                journal.staged([s.state() for s in sides if s.side] + more)
+            if not loading:
+                self.run.emit("restore.dump_staged", cell=plan.cell.name, dumper=side.dumper)
 
         refused = prepare(
             self.run,
@@ -339,6 +342,8 @@ class _Restore:
             on_loaded=loaded,
             sides=sides,
             on_staged=staged,
+            on_side=functools.partial(staged, loading=True),
+            not_staged=parts.why,
         )
         for side in sides:
             parts.states[f"dump:{side.dumper}"] = (
@@ -431,6 +436,8 @@ class _Restore:
         for side in self.sides.get(cell, ()):
             if not side.side:
                 continue  # written into the staged files: swapped with them
+            if journal is not None:
+                journal.swapping(side.dumper)
             side.swap()
             self.swapped_sides.append(side)
             self.parts[cell].states[f"dump:{side.dumper}"] = f"swapped in: {side.what}"
@@ -441,8 +448,15 @@ class _Restore:
     def _unswap_sides(self) -> None:
         """Put every swapped database back, then drop every side object."""
         for side in reversed(self.swapped_sides):
+            cell = next((c for c, sides in self.sides.items() if side in sides), "")
+            journal = self.journals.get(cell)
             try:
+                if journal is not None:
+                    journal.phase("rolling back")
+                    journal.swapping(side.dumper)
                 side.unswap()
+                if journal is not None:
+                    journal.unswapped(side.dumper)
                 state = f"swapped in, then rolled back: {side.what} is back"
             except Exception as exc:  # noqa: BLE001 - reported in the cell's parts
                 state = f"rollback failed, {side.what} holds the archive: {error_text(exc)}"
@@ -578,10 +592,43 @@ def stage(
     except Exception as exc:  # noqa: BLE001 - reported and alerted by restore_failed
         if swap is not None:
             swap.discard()
+        if step != "staging" and isinstance(exc, ArchiveCorrupt | TargetError):
+            other = _staged_elsewhere(run, plan, exc, allow_external_links, into)
+            if other is not None:
+                return other
         return restore_failed(run, plan, step, exc, time.monotonic() - started)
     swap.files, swap.bytes, swap.duration = tree.files, tree.bytes, time.monotonic() - started
     swap.warnings = tuple(tree.warnings)
     return swap
+
+
+def _staged_elsewhere(
+    run: Run, plan: RestorePlan, exc: CellvaultError, allow_external_links: bool, into: Path | None
+) -> Swap | CellRestore | None:
+    """Stage *plan* again from the next target holding its archive, the copy read being damaged.
+
+    Only the staging directory was written (and is gone); the live data is
+    untouched. ``None`` when no other target holds the archive and its chain.
+    """
+    other = fall_back(plan)
+    if other is None:
+        return None
+    warning = (
+        f"the copy of archive {plan.sidecar.id} on target {plan.target.name} is damaged or "
+        f"missing ({exc.message}); restored from target {other.target.name} instead"
+    )
+    log.warning(
+        "restore.copy_damaged",
+        cell=plan.cell.name,
+        archive=str(plan.sidecar.id),
+        target=plan.target.name,
+        error=exc.message,
+        instead=other.target.name,
+    )
+    result = stage(run, other, allow_external_links, into)
+    if isinstance(result, Swap):
+        result.warnings = (warning, *result.warnings)
+    return result
 
 
 def prepare(
@@ -596,6 +643,8 @@ def prepare(
     on_loaded: Callable[[str], None] | None = None,
     sides: list[StagedLoad] | None = None,
     on_staged: Callable[[StagedLoad], None] | None = None,
+    on_side: Callable[[StagedLoad], None] | None = None,
+    not_staged: dict[str, str] | None = None,
 ) -> CellRestore | None:
     """Load a staged cell's dumps, then run its restore hooks; return its failure, if any.
 
@@ -637,6 +686,9 @@ def prepare(
                 sides=sides,
                 on_staged=on_staged,
                 on_read=read,
+                on_start=lambda d: run.emit("restore.dump_loading", cell=name, dumper=d),
+                on_side=on_side,
+                not_staged=not_staged,
             )
         shutil.rmtree(scratch, ignore_errors=True)
         if loaded:

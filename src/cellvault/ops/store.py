@@ -76,6 +76,8 @@ def store(
         # The fencing token: a run whose lease was taken over commits nothing.
         sidecar = attrs.evolve(sidecar, lease=lease.token)
         guard = functools.partial(_still_held, lease, guard)
+    # Signed last, over every field (the lease token included): cellvault.signing.
+    sidecar = target.signing_keys.sign(sidecar)
     try:
         target.store(result.data_path, result.manifest_path, sidecar, before_commit=guard)
         log.info(

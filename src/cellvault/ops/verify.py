@@ -29,15 +29,17 @@ after a backup uses it too); :func:`verify` is the operation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, cast
 
 from ..archive import ArchiveId, Selector, Sidecar
+from ..crypt import can_open, digest_only, require_all, scan_stored
 from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, TargetError
 from ..extract import verify_archive
-from ..integrity import DECOMPRESS_ERRORS, LEVELS, check_meta, scan
+from ..integrity import DECOMPRESS_ERRORS, LEVELS, check_meta
 from ..log import get_logger
 from ..manifest import Manifest
 from ..progress import CountingReader
@@ -139,10 +141,17 @@ def verify_cell(
     chosen = [s for s in sidecars if selector.matches(s.id)]
     if not all_archives:
         chosen = chosen[-1:]
+    # A sidecar whose signature is refused fails the check of its archive.
+    out = [
+        VerifyResult(archive=str(i), target=target.name, ok=False, level=level, error=why)
+        for i, why in sorted(target.refused(cell).items())
+        if selector.matches(i) and (all_archives or not chosen or i > chosen[-1].id)
+    ]
     key = f"{cell}@{target.name}"
     if level != "quick":  # quick reads no data: its progress is in checks alone
         run.expect(bytes=sum(s.size for s in chosen), files=sum(s.files for s in chosen), cell=key)
-    out = []
+    if level == "full":
+        require_all(chosen)  # a sealed archive is read whole: refused at once without its key
     by_id = {s.id: s for s in sidecars}
     parents: dict[ArchiveId, str | None] = {}
     for sidecar in chosen:
@@ -356,15 +365,20 @@ def read_check(
             hint="the stored copy is damaged; verify other targets and restore from a good one",
         )
 
+    # Sealed, without an identity here: the stored bytes' size and sha256 only.
+    keyless = not can_open(sidecar)
     with target.open_archive(sidecar) as raw, target.guard(f"read archive {ident}"):
         try:
-            found = scan(sidecar.data_name, _counted(raw, on_read))
+            read = digest_only if keyless else functools.partial(scan_stored, sidecar)
+            found = read(_counted(raw, on_read))
         except DECOMPRESS_ERRORS as exc:
             raise corrupt(f"data does not decompress ({exc})") from None
     if found.count != sidecar.size:
         raise corrupt(f"stored data is {found.count} bytes, the sidecar says {sidecar.size}")
     if found.sha256 != sidecar.sha256:
         raise corrupt("sha256 of the stored data differs from the sidecar")
+    if keyless:
+        return _keyless_rest(target, sidecar, committed, manifest_copy, corrupt)
     if not found.tar_ends:
         raise corrupt("the tar stream has no end-of-archive blocks (truncated)")
     check_meta(found.head, sidecar, corrupt)
@@ -386,6 +400,25 @@ def read_check(
         manifest = target.manifest(sidecar)
     check_chain(target, sidecar, committed, manifest)
     return ("size", "sha256", "decompress", "meta.json", "manifest", "chain")
+
+
+def _keyless_rest(
+    target: Target,
+    sidecar: Sidecar,
+    committed: set[ArchiveId],
+    manifest_copy: bytes | None,
+    corrupt: Callable[[str], ArchiveCorrupt],
+) -> tuple[str, ...]:
+    """The read check of a sealed archive past its digest, without a key: the manifest copy is there."""
+    try:
+        with target.guard(f"read manifest of {sidecar.id}", missing_ok=True):
+            stored = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
+    except FileNotFoundError:
+        raise corrupt("manifest copy is missing") from None
+    if manifest_copy is not None and stored != manifest_copy:
+        raise corrupt("the stored manifest copy differs from the one written")
+    check_chain(target, sidecar, committed)
+    return ("size", "sha256", "sealed", "chain")
 
 
 def _counted(raw: IO[bytes], on_read: Callable[[int], None] | None) -> IO[bytes]:

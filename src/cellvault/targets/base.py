@@ -20,13 +20,14 @@ from __future__ import annotations
 import abc
 import builtins
 import contextlib
+import datetime as dt
 import errno
 import io
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import attrs
 import tenacity
@@ -34,9 +35,20 @@ import zstandard
 
 from ..archive import ArchiveId, Sidecar
 from ..cell import is_cell_name
-from ..errors import ArchiveCorrupt, ArchiveNotFound, CellvaultError, TargetError
+from ..codec import HashingReader
+from ..crypt import open_small
+from ..errors import (
+    ArchiveCorrupt,
+    ArchiveNotFound,
+    CellvaultError,
+    SignatureError,
+    TargetError,
+)
+from ..immutability import ObjectLock
 from ..log import get_logger, redact_text
 from ..manifest import Manifest
+from ..modes import private_opener
+from ..signing import SigningKeys
 from ..specs import TargetSpec
 from ..trust import MAX_SIDECAR_BYTES, manifest_limit
 
@@ -99,6 +111,12 @@ class Target(abc.ABC):
     #: The checksum kinds :meth:`stat` can report for this target type. A
     #: backup records these in the sidecar so a quick verify can compare them.
     stat_checksums: frozenset[str] = frozenset()
+    #: The public keys every sidecar read from this target is checked against
+    #: (:mod:`cellvault.signing`); the vault that makes the target sets it.
+    signing_keys: SigningKeys = SigningKeys()
+    #: Object Lock retention for what is stored (:mod:`cellvault.immutability`),
+    #: applied by target types that can (:meth:`protect`); set by the vault.
+    object_lock: ObjectLock | None = None
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
@@ -140,9 +158,41 @@ class Target(abc.ABC):
         with self.open_read(key) as f:
             return f.read()
 
+    def read_bounded(self, key: str, limit: int) -> bytes:
+        """At most *limit* + 1 bytes of *key*: enough to tell an object over *limit*.
+
+        For small records read from a target (leases, DR records): a planted
+        giant object costs no more memory than the limit.
+        """
+        with self.open_read(key) as f:
+            return f.read(limit + 1)
+
+    #: Whether :meth:`replace_if` is a compare-and-swap of the store itself
+    #: (S3's ``If-Match``). Leases on other targets take a stale lease over
+    #: through a claim made with :meth:`create_exclusive` (see
+    #: :mod:`cellvault.lock`).
+    conditional_replace: bool = False
+
+    def read_tagged(self, key: str, limit: int) -> tuple[bytes, str]:
+        """At most *limit* + 1 bytes of *key*, and the tag of that very version.
+
+        The tag (an ETag) changes whenever *key* is written; it is what
+        :meth:`replace_if` compares. Only for target types with
+        :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        """Store *data* at *key* only if its tag is still *tag*; tell whether it did.
+
+        ``False`` when *key* changed or is gone since the tag was read. Only
+        for target types with :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
+
     def fetch(self, key: str, local: Path) -> None:
         """Copy *key* to the local file *local*."""
-        with self.open_read(key) as src, open(local, "wb") as dst:
+        with self.open_read(key) as src, open(local, "wb", opener=private_opener) as dst:
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
 
@@ -279,10 +329,25 @@ class Target(abc.ABC):
         with self.guard(f"store archive {ident}"):
             self.retrying(self.put_file, data, f"{ident.cell}/{sidecar.data_name}")
             self.retrying(self.put_file, manifest, self.manifest_key(ident))
+            self.protect(sidecar, [f"{ident.cell}/{sidecar.data_name}", self.manifest_key(ident)])
         if before_commit is not None:
             before_commit()
         with self.guard(f"commit archive {ident}"):
             self.retrying(self.put_bytes, self.sidecar_key(ident), sidecar.to_json())
+            self.protect(sidecar, [self.sidecar_key(ident)])
+
+    def protect(self, sidecar: Sidecar, keys: builtins.list[str]) -> None:
+        """Lock *keys* of *sidecar*'s archive against deletion, as :attr:`object_lock` says.
+
+        Called after the data and manifest copy are stored, then after the
+        sidecar (whose call also applies the chain rule). The default locks
+        nothing: target types that can lock objects override it.
+        """
+        return None
+
+    def locked_until(self, sidecar: Sidecar) -> dt.datetime | None:
+        """Until when the store refuses to delete *sidecar*'s archive (``None``: it does not)."""
+        return None
 
     def cells(self) -> builtins.list[str]:
         """The cells whose folder on this target holds at least one committed archive.
@@ -327,7 +392,10 @@ class Target(abc.ABC):
             except FileNotFoundError:
                 continue  # pruned while we listed
             try:
-                out.append(Sidecar.from_json(raw, name=stem, cell=cell))
+                out.append(self.trusted(Sidecar.from_json(raw, name=stem, cell=cell)))
+            except SignatureError as exc:
+                self.__dict__.setdefault("_refused", {})[ArchiveId.parse(stem)] = str(exc)
+                self.distrust(f"{cell}/{entry.name}", str(exc))
             except ArchiveCorrupt as exc:
                 self.distrust(f"{cell}/{entry.name}", str(exc))
         out.sort(key=lambda s: s.id)
@@ -351,6 +419,11 @@ class Target(abc.ABC):
         if not logged:
             log.warning("sidecar.unreadable", target=self.name, key=key, error=error)
 
+    def refused(self, cell: str) -> dict[ArchiveId, str]:
+        """The archives of *cell* whose signature a listing refused, and why."""
+        seen: dict[ArchiveId, str] = self.__dict__.get("_refused", {})
+        return {i: why for i, why in seen.items() if i.cell == cell}
+
     def distrusted(self) -> builtins.list[tuple[str, str, str]]:
         """(target, key, error) of every object of this target :meth:`distrust` met."""
         seen: dict[str, str] = self.__dict__.get("_distrusted", {})
@@ -363,7 +436,16 @@ class Target(abc.ABC):
                 raw = self.retrying(self.read_bytes, self.sidecar_key(ident))
         except FileNotFoundError:
             raise ArchiveNotFound(f"archive {ident} is not on target {self.name}") from None
-        return Sidecar.from_json(raw, name=str(ident), cell=ident.cell)
+        return self.trusted(Sidecar.from_json(raw, name=str(ident), cell=ident.cell))
+
+    def trusted(self, sidecar: Sidecar) -> Sidecar:
+        """*sidecar*, once its signature is checked against :attr:`signing_keys`.
+
+        Raises :class:`~cellvault.errors.SignatureError` (an
+        :class:`ArchiveCorrupt`) naming this target when it is refused.
+        """
+        self.signing_keys.check(sidecar, target=self.name)
+        return sidecar
 
     @contextlib.contextmanager
     def open_archive(self, sidecar: Sidecar) -> Iterator[IO[bytes]]:
@@ -398,7 +480,34 @@ class Target(abc.ABC):
             return self._read_manifest(sidecar, f)
 
     def _read_manifest(self, sidecar: Sidecar, f: IO[bytes]) -> Manifest:
+        if sidecar.manifest_sha256 is not None:
+            # The copy's digest (signed with the sidecar): checked once it is read.
+            hashing = HashingReader(f)
+            manifest = self._parse_manifest(sidecar, cast(IO[bytes], hashing))
+            while hashing.read(1 << 20):
+                pass
+            if hashing.digest.hexdigest() != sidecar.manifest_sha256:
+                raise ArchiveCorrupt(
+                    "manifest copy does not match the sha256 its sidecar records "
+                    "(replaced or damaged)",
+                    archive=str(sidecar.id),
+                    target=self.name,
+                    hint="restore from another target; the archive's own manifest is in its data",
+                )
+            return manifest
+        return self._parse_manifest(sidecar, f)
+
+    def _parse_manifest(self, sidecar: Sidecar, f: IO[bytes]) -> Manifest:
         limit = manifest_limit(sidecar.files, sidecar.manifest_size)
+        if sidecar.encryption is not None:
+            # A sealed copy is opened whole (it is the compressed manifest, a small
+            # fraction of the archive), then read as a stream like a plain one.
+            try:
+                f = io.BytesIO(open_small(f.read(), sidecar))
+            except ArchiveCorrupt as exc:
+                raise ArchiveCorrupt(
+                    exc.detail, archive=str(sidecar.id), target=self.name
+                ) from None
         text = _BoundedZstd(f, limit, str(sidecar.id))
         try:
             return Manifest.read(text, archive=str(sidecar.id))

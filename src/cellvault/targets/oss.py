@@ -11,8 +11,10 @@ errors, so cellvault's own retries do.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from ..archive import Sidecar
 from ..hookspecs import hookimpl
 from ..specs import TargetSpec
 from .base import ObjectInfo, ObjectStat, Target
@@ -55,6 +57,64 @@ class OssTarget(FsspecTarget):
         if head.server_crc is not None:
             checksums["crc64ecma"] = str(head.server_crc)
         return ObjectStat(int(head.content_length or 0), checksums)
+
+    def worm_days(self) -> int | None:
+        """The days the bucket's WORM retention policy keeps objects (``None``: it has none).
+
+        Read once per target object. An ``InProgress`` policy protects as a
+        ``Locked`` one does (it can still be deleted within 24 hours).
+        """
+        if "_worm" not in self.__dict__:
+            import oss2
+
+            bucket = self.fs.split_path(self._path(""))[0]
+            try:
+                found = self.fs._call_oss("get_bucket_worm", bucket=bucket)
+                days = int(found.retention_period_days or 0) or None
+            except (FileNotFoundError, oss2.exceptions.NoSuchWORMConfiguration):
+                days = None
+            except oss2.exceptions.OssError as exc:
+                raise _oss_error(exc) from None
+            except OSError as exc:
+                if "NoSuchWORMConfiguration" not in str(exc):
+                    raise
+                days = None
+            self.__dict__["_worm"] = days
+        days = self.__dict__["_worm"]
+        return days if isinstance(days, int) else None
+
+    def locked_until(self, sidecar: Sidecar) -> dt.datetime | None:
+        """Until when the bucket's WORM policy keeps the archive's newest object, if still to come."""
+        with self.guard(f"read the retention policy of {self.spec.display()}"):
+            days = self.retrying(self.worm_days)
+        if days is None:
+            return None
+        ident = sidecar.id
+        keys = [
+            f"{ident.cell}/{sidecar.data_name}",
+            self.manifest_key(ident),
+            self.sidecar_key(ident),
+        ]
+        with self.guard(f"read when archive {ident} was written"):
+            written = [w for w in (self.retrying(self._written, k) for k in keys) if w]
+        if not written:
+            return None
+        until = dt.datetime.fromtimestamp(max(written), dt.UTC) + dt.timedelta(days=days)
+        return until if until > dt.datetime.now(dt.UTC) else None
+
+    def _written(self, key: str) -> int | None:
+        """When *key* was last written (seconds since the epoch); ``None``: it is absent."""
+        import oss2
+
+        bucket, name = self.fs.split_path(self._path(key))
+        try:
+            return int(self.fs._call_oss("head_object", name, bucket=bucket).last_modified)
+        except FileNotFoundError:
+            return None
+        except oss2.exceptions.OssError as exc:
+            if getattr(exc, "status", None) == 404:
+                return None
+            raise _oss_error(exc) from None
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         try:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -41,6 +42,13 @@ __all__ = ["RsyncTarget"]
 _LISTING = re.compile(
     r"(?P<mode>[-dlcbps][-rwxsStT]{9})\s+(?P<size>[\d,.]+)\s+\S+\s+\S+\s(?P<name>.+)"
 )
+# rsync's words when the symlink() that creates a name finds it taken.
+_LINK_TAKEN = re.compile(r"symlink .* failed: File exists")
+# The longest lease or claim created as a link's text (a Linux path holds 4095 bytes).
+_MAX_LINK_TEXT = 3 << 10
+# What an rsync daemon with "munge symlinks" puts before a link's text (it strips
+# it again when it sends the link; removed here too in case it does not).
+_MUNGED = b"/rsyncd-munged/"
 _MISSING = ("No such file or directory", "change_dir", "does not exist")
 
 
@@ -120,6 +128,8 @@ class RsyncTarget(Target):
             if parts.port:
                 ssh += ["-p", str(parts.port)]
             ssh += [str(o) for o in spec.options.get("ssh_options", ())]
+            # After the operator's options: ssh keeps the first value it is given.
+            ssh += ["-o", "ConnectTimeout=15"]
             self.args += ["-e", " ".join(ssh)]
             root = path[1:] if path.startswith("//") else path.lstrip("/")
             if path.startswith("//"):
@@ -140,15 +150,42 @@ class RsyncTarget(Target):
         return f"{self.base}/{key}"
 
     def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Run rsync with *args*; bounded by four times the ``timeout`` option, in all.
+
+        rsync runs in its own process group with its output in files, not
+        pipes: when the bound is reached the whole group (rsync and the ssh
+        it started) is killed, and no process left holding a pipe can keep
+        this call waiting.
+        """
         assert self.binary is not None
-        proc = subprocess.run(
-            [self.binary, *self.args, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=self.timeout * 4,
-            check=False,
-        )
+        argv = [self.binary, *self.args, *args]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            child = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+            try:
+                code = child.wait(timeout=self.timeout * 4)
+            except BaseException as exc:
+                _kill_group(child)
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    raise
+                raise TimeoutError(
+                    f"rsync did not finish within {self.timeout * 4} s (4 x the target's "
+                    f"timeout option, {self.timeout} s); it was stopped"
+                ) from None
+            out.seek(0)
+            err.seek(0)
+            proc = subprocess.CompletedProcess(
+                argv,
+                code,
+                out.read().decode("utf-8", "replace"),
+                err.read().decode("utf-8", "replace"),
+            )
         if proc.returncode != 0:
             if any(m in proc.stderr for m in _MISSING) and proc.returncode in (23, 5, 2):
                 raise FileNotFoundError(redact_text(proc.stderr.strip()))
@@ -171,15 +208,52 @@ class RsyncTarget(Target):
             self.put_file(path, key)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        # rsync has no atomic create-if-absent: --ignore-existing skips a file
-        # that is there, and --itemize-changes says whether ours was sent. Two
-        # runs starting within the same instant could both pass; the lease's
-        # token check on renewal and release limits what that can break.
-        with self._scratch_file(data) as path:
-            proc = self._run(
-                ["--mkpath", "--ignore-existing", "--itemize-changes", str(path), self._remote(key)]
-            )
-        return any(line.startswith("<f") for line in proc.stdout.splitlines())
+        """Create *key* only if absent, atomically: as a symbolic link rsync makes.
+
+        rsync writes a file to a temporary name and renames it over whatever
+        is there (``--ignore-existing`` checks only before the transfer), so
+        two runs could both "create" a file. A symbolic link it makes with
+        ``symlink()``, which fails if the name exists by then ("File exists",
+        exit code 23); if the name exists when rsync checks, it skips it.
+        So *key* is created as a link whose target text is *data* (a lease
+        or a claim: small JSON, no NUL byte); :meth:`read_bytes` reads the
+        text back without following it, and a later :meth:`put_bytes` (a
+        renewal) replaces the link with a plain file.
+        """
+        if len(data) > _MAX_LINK_TEXT or b"\0" in data:
+            raise ValueError(f"{key}: {len(data)} bytes cannot be created exclusively on rsync")
+        folder, _, name = key.rpartition("/")
+        with tempfile.TemporaryDirectory(dir=self._scratch_dir()) as src:
+            os.symlink(data, Path(src) / name)
+            args = ["--links", "--mkpath", "--ignore-existing", "--itemize-changes"]
+            try:
+                proc = self._run(
+                    [*args, str(Path(src) / name), self._remote(folder).rstrip("/") + "/"]
+                )
+            except _RsyncError as exc:
+                if exc.code == 23 and _LINK_TAKEN.search(str(exc)):
+                    return False  # our symlink() found the name taken: another run made it first
+                raise
+        return any(
+            line.startswith("cL+") and line[12:].startswith(f"{name} -> ")
+            for line in proc.stdout.splitlines()
+        )
+
+    def read_bytes(self, key: str) -> bytes:
+        """The content of *key*; for a symbolic link (a lease made by
+        :meth:`create_exclusive`), its target text, never what it points to."""
+        return self.read_bounded(key, -1)
+
+    def read_bounded(self, key: str, limit: int) -> bytes:
+        with tempfile.TemporaryDirectory(dir=self._scratch_dir()) as dst:
+            local = Path(dst) / "key"
+            self._run(["--links", self._remote(key), str(local)])
+            if local.is_symlink():
+                return os.readlink(os.fsencode(local)).removeprefix(_MUNGED)
+            if not local.is_file():
+                raise FileNotFoundError(key)  # a folder: rsync copied nothing
+            with open(local, "rb") as f:
+                return f.read(limit + 1 if limit >= 0 else -1)
 
     def open_read(self, key: str) -> IO[bytes]:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -241,6 +315,13 @@ class RsyncTarget(Target):
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """Kill *child* and everything it started (its own process group), and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 @hookimpl

@@ -36,6 +36,11 @@ log = get_logger(__name__)
 DEFAULT_LABEL = "cellvault.io/site"
 
 
+#: (connect, read) seconds of each Kubernetes API request: an API server that
+#: does not answer fails the switch ("switch by hand") instead of hanging it.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
 @attrs.frozen
 class K8sSwitch:
     """What ``DR_SWITCH_K8S`` names: a Service's selector or an Ingress's backends."""
@@ -67,11 +72,13 @@ class K8sSwitch:
 
         if self.kind == "service":
             body = {"spec": {"selector": {self.detail: site}}}
-            client.CoreV1Api(api_client).patch_namespaced_service(self.name, self.namespace, body)
+            client.CoreV1Api(api_client).patch_namespaced_service(
+                self.name, self.namespace, body, _request_timeout=REQUEST_TIMEOUT
+            )
             return f"Service {self.namespace}/{self.name} selects {self.detail}={site}"
         api = client.NetworkingV1Api(api_client)
         ingress = api_client.sanitize_for_serialization(
-            api.read_namespaced_ingress(self.name, self.namespace)
+            api.read_namespaced_ingress(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         )
         service = self.detail.replace("{site}", site)
         spec = ingress.get("spec") or {}
@@ -83,7 +90,9 @@ class K8sSwitch:
         for backend in backends:
             if backend and backend.get("service"):
                 backend["service"]["name"] = service
-        api.patch_namespaced_ingress(self.name, self.namespace, {"spec": spec})
+        api.patch_namespaced_ingress(
+            self.name, self.namespace, {"spec": spec}, _request_timeout=REQUEST_TIMEOUT
+        )
         return f"Ingress {self.namespace}/{self.name} routes to Service {service}"
 
 
