@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import marshal
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from ..crypt import opened
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
-from ..spillmap import SpillMap
+from ..spillmap import SeenNames, SpillMap
 from .names import checked_name
 from .tarread import (
     BLOCK,
@@ -70,12 +71,12 @@ class MemberRecord:
     target: str | None = None
 
 
-def _record_text(rec: MemberRecord) -> str:
-    return json.dumps([rec.type, rec.size, rec.mode, rec.sha256, rec.target])
+def _record_text(rec: MemberRecord) -> bytes:
+    return marshal.dumps((rec.type, rec.size, rec.mode, rec.sha256, rec.target))
 
 
-def _record_of(text: str) -> MemberRecord:
-    return MemberRecord(*json.loads(text))
+def _record_of(raw: bytes) -> MemberRecord:
+    return MemberRecord(*marshal.loads(raw))  # noqa: S302 - our own temporary file
 
 
 def member_records() -> SpillMap[MemberRecord]:
@@ -229,16 +230,15 @@ class ArchiveStream:
         self, reader: TarReader
     ) -> Iterator[tuple[TarMember, str, MemberData | None]]:
         """The members up to ``manifest.json``: ``meta.json`` first, the data after it."""
-        seen: SpillMap[str] = SpillMap()
+        seen = SeenNames()
         first = True
         while (member := reader.next()) is not None:
             self.current = member.name
             name = checked_name(member.name, self.archive)
-            if name in seen:
+            if (twice := seen.add(name)) is not None:
                 raise UnsafeArchive(
-                    "member appears twice; refused", archive=self.archive, member=name
+                    "member appears twice; refused", archive=self.archive, member=twice
                 )
-            seen[name] = ""
             kind = member.kind
             if first:
                 first = False
@@ -253,6 +253,9 @@ class ArchiveStream:
                 continue
             self._check_data_member(member, name)
             yield member, name, MemberData(reader, self, name) if kind == "file" else None
+        if (twice := seen.finish()) is not None:
+            raise UnsafeArchive("member appears twice; refused", archive=self.archive, member=twice)
+        seen.close()
 
     def _check_data_member(self, member: TarMember, name: str) -> None:
         """A member of the cell's data (or dumps): a file, directory or link below them."""
