@@ -16,6 +16,7 @@ release and when those modules change (docs/testing.md).
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import shutil
@@ -79,8 +80,22 @@ def prepare(group: str, spec: dict, *, resume: bool = False) -> Path:
     return work
 
 
+def same_source(group: str) -> bool:
+    """Whether the last run of *group* mutated the package as it is now (then it can resume)."""
+    copy = BUILD / group / "src"
+    here = sorted(p.relative_to(REPO / "src") for p in (REPO / "src").rglob("*.py"))
+    there = sorted(p.relative_to(copy) for p in copy.rglob("*.py")) if copy.is_dir() else []
+    return here == there and all(
+        filecmp.cmp(REPO / "src" / p, copy / p, shallow=False) for p in here
+    )
+
+
 def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
     resume = resume and (BUILD / group / "mutants").is_dir()
+    if resume and not same_source(group):
+        # Its mutants are of other code, and today's tests test today's code.
+        print(f"mutate: {group}: the package changed since the last run; running afresh")
+        resume = False
     work = prepare(group, spec, resume=resume)
     # The tests must import the mutants: no PYTHONPATH pointing at a checkout's src/.
     # No git either: build/ is inside the checkout, whose untracked files (the
