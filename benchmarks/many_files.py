@@ -1,9 +1,11 @@
 """Many small files: cellvault side by side with ``tar | zstd`` on one generated tree.
 
 A tree of ``--files`` small files (200 to 2,000 bytes, 100 per directory,
-deterministic) is backed up, backed up again with nothing changed, restored
-into an empty directory and verified by cellvault's command line; the same
-tree goes through ``tar -c | zstd -T0`` and ``zstd -d | tar -x``. Each
+deterministic) is backed up, backed up again with nothing changed and with
+1% of the files changed, restored (the chain) into an empty directory and
+verified at each level by cellvault's command line; the same tree goes
+through ``tar -c | zstd -T0`` and ``zstd -d | tar -x`` (the full backup's
+archive), and through restic when it is installed. Each
 command is timed (wall) and its peak resident set taken from ``os.wait4``
 (for a pipeline, the sum of its processes' peaks). Warm cache: nothing is
 dropped between steps. Prints a Markdown table for docs/performance.md.
@@ -41,6 +43,17 @@ def generate(root: Path, files: int, seed: int = 8) -> int:
     return total
 
 
+def touch(root: Path, files: int, every: int = 100) -> int:
+    """Rewrite one file in *every* (same size, new content and mtime); return how many."""
+    count = 0
+    for i in range(0, files, every):
+        path = root / f"d{i // 10000:03d}" / f"e{i // 100 % 100:02d}" / f"f{i:07d}.txt"
+        data = path.read_bytes()
+        path.write_bytes(data[::-1])
+        count += 1
+    return count
+
+
 def measure(commands: Sequence[Sequence[str]], env: dict[str, str], cwd: Path) -> tuple[float, int]:
     """Run *commands* as a pipeline; return wall seconds and the summed peak RSS (KiB)."""
     started = time.monotonic()
@@ -73,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--work", type=Path, required=True, help="a scratch folder (deleted)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
@@ -95,25 +109,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     step("cellvault full backup", [*cv, "backup"])
     step("cellvault incremental, no change", [*cv, "backup", "--type", "incremental"])
-    step("cellvault restore --into", [*cv, "restore", "--into", str(work / "cv-out")])
-    step("cellvault verify (read)", [*cv, "verify"])
-    step("cellvault verify --level drill", [*cv, "verify", "--level", "drill"])
-    step("tar -c | zstd -T0", ["tar", "-C", str(cells), "-cf", "-", "crm"], ["zstd", "-T0", "-q"])
-    # The full backup's archive (the oldest): the incremental holds no file.
+    changed = touch(cells / "crm", args.files)
+    step(
+        f"cellvault incremental, {changed:,} files changed",
+        [*cv, "backup", "--type", "incremental"],
+    )
+    step("cellvault restore --into (chain)", [*cv, "restore", "--into", str(work / "cv-out")])
+    shutil.rmtree(work / "cv-out")
+    for level in ("quick", "read", "full", "drill"):
+        step(f"cellvault verify --level {level}", [*cv, "verify", "--level", level])
+    step("tar -c \\| zstd -T0", ["tar", "-C", str(cells), "-cf", "-", "crm"], ["zstd", "-T0", "-q"])
+    # The full backup's archive (the oldest): the same bytes tar reads back.
     archive = sorted((work / "backup" / "crm").glob("*.tar.zst"))[0]
     (work / "tar-out").mkdir()
     step(
-        "zstd -d < archive | tar -x",
+        "zstd -d < archive \\| tar -x",
         ["zstd", "-dc", str(archive)],
         ["tar", "-C", str(work / "tar-out"), "-xf", "-"],
     )
+    shutil.rmtree(work / "tar-out")
+    if shutil.which("restic"):
+        env["RESTIC_REPOSITORY"] = str(work / "restic")
+        env["RESTIC_PASSWORD"] = "bench"  # noqa: S105 - a scratch repository
+        restic = ["restic", "-q"]
+        measure([[*restic, "init"]], env, work)
+        step("restic backup", [*restic, "backup", str(cells / "crm")])
+        step("restic backup, no change", [*restic, "backup", str(cells / "crm")])
+        step("restic restore", [*restic, "restore", "latest", "--target", str(work / "restic-out")])
+        shutil.rmtree(work / "restic-out")
     print(f"\n{args.files:,} files, {size / 1e6:.0f} MB\n")
     print("| operation | wall | peak RSS |")
     print("| --- | ---: | ---: |")
     for label, wall, peak in rows:
-        cell = label.replace("|", "\\|")  # a pipe inside a Markdown table cell
-        print(f"| {cell} | {wall:.1f} s | {peak / 1024:.0f} MiB |")
-    shutil.rmtree(work, ignore_errors=True)
+        print(f"| {label} | {wall:.1f} s | {peak / 1024:.0f} MiB |")
+    walls = {label: wall for label, wall, _ in rows}
+    tar_c = walls["tar -c \\| zstd -T0"]
+    tar_x = walls["zstd -d < archive \\| tar -x"]
+    print(f"\nfull backup / tar -c: {walls['cellvault full backup'] / tar_c:.2f}x; ", end="")
+    print(f"restore / tar -x: {walls['cellvault restore --into (chain)'] / tar_x:.2f}x")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

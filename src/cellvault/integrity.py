@@ -34,7 +34,7 @@ import zstandard
 from .archive import ArchiveMeta, Sidecar
 from .codec import HashingReader, codec_for
 from .errors import ArchiveCorrupt
-from .manifest import Entry, Manifest
+from .manifest import ENTRY_TYPES, Entry, Manifest
 
 __all__ = [
     "DECOMPRESS_ERRORS",
@@ -285,19 +285,21 @@ def compare_tree(root: Path, manifest: Manifest) -> int:
     The tree is walked through directory descriptors (any path length). A
     device node may be missing when not running as root: only root makes them.
     """
-    expected: dict[str, Entry] = {}
-    for entry in manifest:
-        parts = entry.path.split("/")
-        if len(parts) >= 2 and parts[0] == "data":
-            expected["/".join(parts[1:])] = entry
-    inodes: dict[str, tuple[int, int]] = {}
-    seen: set[str] = set()
+    as_root = os.geteuid() == 0
+    listed = expected = 0  # the manifest's paths under data/, and those that must be there
+    for entry in manifest.select(*ENTRY_TYPES):
+        if entry.path.startswith("data/"):
+            listed += 1
+            expected += as_root or entry.type not in _DEVICES
+    # Hard links, checked at the end against their first names: (path, inode, first name).
+    links: list[tuple[str, tuple[int, int], str]] = []
+    present = 0
     top = os.fspath(root)
     for dirpath, dirnames, filenames, dirfd in os.fwalk(top):
         base = os.path.relpath(dirpath, top)
         for name in dirnames + filenames:
             rel = name if base == "." else f"{base}/{name}"
-            found = expected.get(rel)
+            found = manifest.get(f"data/{rel}")
             if found is None:
                 raise ArchiveCorrupt(
                     "the restored tree holds a path the manifest does not list",
@@ -305,28 +307,43 @@ def compare_tree(root: Path, manifest: Manifest) -> int:
                     member=f"data/{rel}",
                 )
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            seen.add(rel)
-            inodes[rel] = (st.st_dev, st.st_ino)
+            present += as_root or found.type not in _DEVICES
+            if found.type == "hardlink":
+                links.append((found.path, (st.st_dev, st.st_ino), found.target or ""))
             problem = _differs(st, found, name, dirfd)
             if problem:
                 raise ArchiveCorrupt(problem, archive=manifest.archive, member=found.path)
-    for rel, entry in expected.items():
-        if rel in seen:
-            if entry.type == "hardlink" and inodes[rel] != inodes.get(
-                (entry.target or "").partition("/")[2]
-            ):
-                raise ArchiveCorrupt(
-                    f"not a hard link of {entry.target}",
-                    archive=manifest.archive,
-                    member=entry.path,
-                )
+    if present != expected:
+        _name_missing(top, manifest, as_root)
+    for path, inode, first in links:
+        try:
+            first_st = os.lstat(os.path.join(top, first.partition("/")[2]))
+            first_inode = (first_st.st_dev, first_st.st_ino)
+        except OSError:
+            first_inode = None
+        if first_inode != inode:
+            raise ArchiveCorrupt(
+                f"not a hard link of {first}", archive=manifest.archive, member=path
+            )
+    return expected
+
+
+_DEVICES = ("chardev", "blockdev")
+
+
+def _name_missing(top: str, manifest: Manifest, as_root: bool) -> None:
+    """Raise naming a path of *manifest* missing under *top* (the walk counted fewer)."""
+    for entry in manifest:
+        parts = entry.path.split("/")
+        if len(parts) < 2 or parts[0] != "data" or (entry.type in _DEVICES and not as_root):
             continue
-        if entry.type in ("chardev", "blockdev") and os.geteuid() != 0:
-            continue
-        raise ArchiveCorrupt(
-            "missing from the restored tree", archive=manifest.archive, member=entry.path
-        )
-    return len(expected)
+        if not os.path.lexists(os.path.join(top, *parts[1:])):
+            raise ArchiveCorrupt(
+                "missing from the restored tree", archive=manifest.archive, member=entry.path
+            )
+    raise ArchiveCorrupt(  # not reached: the walk counted fewer paths than the manifest lists
+        "a path is missing from the restored tree", archive=manifest.archive
+    )
 
 
 def _differs(st: os.stat_result, entry: Entry, name: str, dirfd: int) -> str | None:

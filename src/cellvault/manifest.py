@@ -14,6 +14,8 @@ import codecs
 import hashlib
 import io
 import json
+import marshal
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
@@ -25,7 +27,7 @@ from .errors import ArchiveCorrupt
 from .spillmap import SpillMap
 from .trust import check_count, check_holder, check_mode
 
-__all__ = ["Entry", "EntryType", "Manifest"]
+__all__ = ["Entry", "EntryType", "InOrder", "Manifest", "ManifestText"]
 
 #: Entries serialised per chunk by :meth:`Manifest.write_json`.
 JSON_CHUNK = 2048
@@ -148,12 +150,25 @@ class Entry:
         )
 
 
-def _entry_text(entry: Entry) -> str:
-    return entry.to_json()
+#: An entry's fields in order: what a spilled manifest stores (marshal'd; its own
+#: temporary file, written and read by this process only).
+_FIELDS = operator.attrgetter(*(a.name for a in attrs.fields(Entry)))
 
 
-def _entry_of(text: str) -> Entry:
-    return Entry.from_dict(json.loads(text))
+def _entry_text(entry: Entry) -> bytes:
+    return marshal.dumps(_FIELDS(entry))
+
+
+def _entry_of(raw: bytes) -> Entry:
+    return Entry(*marshal.loads(raw))  # noqa: S302 - our own temporary file
+
+
+def _select(stored: Iterator[bytes], types: tuple[str, ...]) -> Iterator[Entry]:
+    loads = marshal.loads
+    for raw in stored:
+        fields = loads(raw)
+        if fields[1] in types:
+            yield Entry(*fields)
 
 
 def _entry_map(value: Mapping[str, Entry] | SpillMap[Entry] | None = None) -> SpillMap[Entry]:
@@ -178,9 +193,24 @@ class Manifest:
     entries: SpillMap[Entry] = attrs.field(factory=_entry_map, converter=_entry_map)
     #: The sha256 of the JSON this manifest was read from (``None``: built, not read).
     digest: str | None = attrs.field(default=None, eq=False, kw_only=True)
+    #: The archives named by the files added (kept as they are added: a pass over
+    #: millions of entries only to name a few archives is not cheap).
+    _holders: set[str] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not len(self.entries):
+            self._holders = set()
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.path] = entry
+        if self._holders is not None and entry.type == "file" and entry.archive:
+            self._holders.add(entry.archive)
+
+    def same_as(self, other: Manifest) -> bool:
+        """Whether both list the same entries: the same JSON read, or entry by entry."""
+        if self.digest is not None and self.digest == other.digest:
+            return True
+        return self.entries == other.entries
 
     def __iter__(self) -> Iterator[Entry]:
         return self.entries.values()
@@ -195,11 +225,24 @@ class Manifest:
         return self.entries.get(path)
 
     def files(self) -> Iterable[Entry]:
-        return (e for e in self.entries.values() if e.type == "file")
+        return self.select("file")
+
+    def select(self, *types: str) -> Iterator[Entry]:
+        """The entries of the given types, in order (a spilled manifest builds no other)."""
+        stored = self.entries.stored()
+        if stored is None:
+            return (e for e in self.entries.values() if e.type in types)
+        return _select(stored, types)
 
     def holders(self) -> set[str]:
-        """The ids of the archives that hold this manifest's file bytes."""
-        return {e.archive for e in self.files() if e.archive}
+        """The ids of the archives that hold this manifest's file bytes.
+
+        Kept as entries are added through :meth:`add`; entries set in
+        :attr:`entries` directly make it go through them all once.
+        """
+        if self._holders is None:
+            self._holders = {e.archive for e in self.files() if e.archive}
+        return set(self._holders)
 
     @property
     def total_size(self) -> int:
@@ -310,57 +353,81 @@ class _Text:
         return self.buf[self.pos :]
 
 
-def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
-    text = _Text(source)
-    while len(text.buf) < 4096 and text.more():
-        pass
-    head = _HEAD.match(text.buf)
-    if head is None:
-        # Not laid out as cellvault writes it: parsed whole, as before.
-        data = json.loads(text.rest())
-        manifest = cls(archive=str(data["archive"]), digest=text.digest.hexdigest())
-        ids: dict[str, str] = {}
-        for item in data["entries"]:
-            manifest.add(_entry(item, ids))
-        _check_holders(ids, archive)
-        return manifest
-    manifest = cls(archive=str(json.loads(head.group(1))))
-    ids = {}
-    decode = json.JSONDecoder().raw_decode
-    add = manifest.add
-    text.pos = head.end()
-    expect_entry = True
-    first = True
-    while True:
-        pos = text.skip()
-        buf = text.buf
-        if pos >= len(buf):
-            raise ValueError("the manifest ends inside its list of entries")
-        if not expect_entry:
-            if buf[pos] == "]":
+class ManifestText:
+    """The text of a ``manifest.json``, parsed as a stream.
+
+    :attr:`archive` is the archive it names; :meth:`items` yields its entries
+    as parsed JSON, one at a time (memory does not grow with their number),
+    then checks that the text ends; :attr:`digest` is the sha256 of the text
+    once :meth:`items` has run to its end. Raises :class:`ValueError`,
+    :class:`KeyError` or :class:`TypeError` on what is not a manifest.
+    """
+
+    def __init__(self, source: _Readable) -> None:
+        text = self._text = _Text(source)
+        while len(text.buf) < 4096 and text.more():
+            pass
+        head = _HEAD.match(text.buf)
+        self._whole: Any = None
+        if head is None:
+            # Not laid out as cellvault writes it: parsed whole, as before.
+            self._whole = json.loads(text.rest())
+            self.archive = str(self._whole["archive"])
+        else:
+            self.archive = str(json.loads(head.group(1)))
+            text.pos = head.end()
+
+    @property
+    def digest(self) -> str:
+        return self._text.digest.hexdigest()
+
+    def items(self) -> Iterator[Any]:
+        if self._whole is not None:
+            yield from self._whole["entries"]
+            return
+        text = self._text
+        decode = json.JSONDecoder().raw_decode
+        expect_entry = True
+        first = True
+        while True:
+            pos = text.skip()
+            buf = text.buf
+            if pos >= len(buf):
+                raise ValueError("the manifest ends inside its list of entries")
+            if not expect_entry:
+                if buf[pos] == "]":
+                    text.pos = pos + 1
+                    break
+                if buf[pos] != ",":
+                    raise ValueError(f"expected ',' or ']' after an entry, found {buf[pos]!r}")
+                text.pos = pos + 1
+                expect_entry = True
+                continue
+            if first and buf[pos] == "]":
                 text.pos = pos + 1
                 break
-            if buf[pos] != ",":
-                raise ValueError(f"expected ',' or ']' after an entry, found {buf[pos]!r}")
-            text.pos = pos + 1
-            expect_entry = True
-            continue
-        if first and buf[pos] == "]":
-            text.pos = pos + 1
-            break
-        try:
-            item, end = decode(buf, pos)
-        except json.JSONDecodeError:
-            if text.more():
-                continue  # the entry goes on in the next chunk
-            raise
+            try:
+                item, end = decode(buf, pos)
+            except json.JSONDecodeError:
+                if text.more():
+                    continue  # the entry goes on in the next chunk
+                raise
+            text.pos = end
+            expect_entry = first = False
+            yield item
+        if text.rest().strip() != "}":
+            raise ValueError("the manifest does not end after its entries")
+
+
+def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
+    text = ManifestText(source)
+    manifest = cls(archive=text.archive)
+    ids: dict[str, str] = {}
+    add = manifest.add
+    for item in text.items():
         add(_entry(item, ids))
-        text.pos = end
-        expect_entry = first = False
-    if text.rest().strip() != "}":
-        raise ValueError("the manifest does not end after its entries")
     _check_holders(ids, archive)
-    manifest.digest = text.digest.hexdigest()
+    manifest.digest = text.digest
     return manifest
 
 
@@ -377,6 +444,44 @@ def _entry(item: object, ids: dict[str, str]) -> Entry:
 def _check_holders(ids: dict[str, str], archive: str) -> None:
     for holder in ids:
         check_holder(holder, archive)
+
+
+class InOrder:
+    """A manifest's files looked up in the order the manifest lists them.
+
+    An archive holds its files in manifest order, and a backup walks a tree
+    in the order of its parent's manifest: each file is found by reading the
+    manifest on (a few thousand entries ahead at most, the ones passed over
+    kept for a while) rather than by a lookup in a spilled manifest; a path
+    out of order, or not a file, is looked up.
+    """
+
+    AHEAD = 4096
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._files: Iterator[Entry] | None = manifest.select("file")
+        self._passed: dict[str, Entry] = {}
+        self._lookup = manifest.get
+
+    def get(self, name: str) -> Entry | None:
+        passed = self._passed
+        entry = passed.pop(name, None)
+        if entry is not None:
+            return entry
+        files = self._files
+        for _ in range(self.AHEAD):
+            if files is None:
+                break
+            entry = next(files, None)
+            if entry is None:
+                self._files = files = None
+                break
+            if entry.path == name:
+                return entry
+            passed[entry.path] = entry
+            if len(passed) > self.AHEAD:
+                del passed[next(iter(passed))]
+        return self._lookup(name)
 
 
 def _xattrs(raw: object) -> tuple[tuple[str, str], ...]:

@@ -48,7 +48,7 @@ from .fsmeta import (
     xattr_records,
 )
 from .log import get_logger
-from .manifest import Entry, Manifest
+from .manifest import Entry, InOrder, Manifest
 from .readahead import FILE_ITEM, FileSource, Opened, ReadAhead
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
@@ -153,11 +153,15 @@ class Packer:
     #: (device, inode) -> member name of the first name, for files with several names.
     _inodes: dict[tuple[int, int], str] = attrs.field(init=False, factory=dict)
     _xattr_warned: bool = attrs.field(init=False, default=False)
+    #: The parent's entry of a path, read in the parent manifest's order.
+    _parent_get: Callable[[str], Entry | None] | None = attrs.field(init=False, default=None)
 
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
         self._archive = str(self.ident)
         self._manifest = Manifest(archive=self._archive)
+        if self.parent is not None:
+            self._parent_get = InOrder(self.parent).get
         backed_at = dt.datetime.now(dt.UTC)
         roots = self._roots()
         meta = self._meta(backed_at, roots)
@@ -386,7 +390,7 @@ class Packer:
                 if first != member:
                     return (_HARD, path, member, st, first)
             self._bytes_total += st.st_size
-            prev = self.parent.get(member) if self.parent is not None else None
+            prev = self._parent_get(member) if self._parent_get is not None else None
             if prev is not None and not self.checksum and self._unchanged(prev, st, path):
                 if prev.uid != st.st_uid or prev.gid != st.st_gid:
                     prev = attrs.evolve(prev, uid=st.st_uid, gid=st.st_gid)

@@ -6,16 +6,17 @@ files still to write) lives in a :class:`SpillMap`: a plain dict up to
 :data:`SPILL_AT` keys, then a private temporary SQLite database (deleted by
 SQLite when it is closed, or when the process ends), whose page cache is
 bounded by :data:`CACHE_KIB`. Keys keep their first insertion order, as a
-dict's do; values are stored as text through the map's *encode* and *decode*.
+dict's do; values are stored as text or bytes through the map's *encode*
+and *decode*.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["CACHE_KIB", "SPILL_AT", "SpillMap"]
+__all__ = ["CACHE_KIB", "SPILL_AT", "SeenNames", "SpillMap"]
 
 V = TypeVar("V")
 
@@ -34,15 +35,15 @@ def _same(text: str) -> str:
 class SpillMap(Generic[V]):
     """A ``str``-keyed map in insertion order, moved to a temporary file past *spill_at* keys.
 
-    *encode* and *decode* turn a value into text and back (the values of a map
-    that has spilled are stored as text). Iterating a map while writing to it
+    *encode* and *decode* turn a value into text or bytes and back (the values
+    of a map that has spilled are stored so). Iterating a map while writing to it
     is not supported.
     """
 
     def __init__(
         self,
-        encode: Callable[[V], str] = _same,  # type: ignore[assignment]
-        decode: Callable[[str], V] = _same,  # type: ignore[assignment]
+        encode: Callable[[V], str | bytes] = _same,  # type: ignore[assignment]
+        decode: Callable[[Any], V] = _same,  # type: ignore[assignment]
         spill_at: int | None = None,
     ) -> None:
         self._encode = encode
@@ -147,7 +148,7 @@ class SpillMap(Generic[V]):
             self._len = int(self._db.execute("SELECT count(*) FROM m").fetchone()[0])
         return self._len
 
-    def _rows(self, what: str) -> Iterator[tuple[str, str]]:
+    def _rows(self, what: str) -> Iterator[tuple[Any, ...]]:
         self._flush()
         assert self._db is not None
         cursor = self._db.execute(f"SELECT {what} FROM m ORDER BY i")  # noqa: S608 - fixed text
@@ -170,6 +171,12 @@ class SpillMap(Generic[V]):
             return iter(mem.values())
         decode = self._decode
         return (decode(row[0]) for row in self._rows("v"))
+
+    def stored(self) -> Iterator[Any] | None:
+        """The values as stored (encoded), in insertion order; ``None`` if not spilled."""
+        if self._mem is not None:
+            return None
+        return (row[0] for row in self._rows("v"))
 
     def __iter__(self) -> Iterator[str]:
         mem = self._mem
@@ -216,3 +223,58 @@ class SpillMap(Generic[V]):
 
 
 _MISSING = object()
+
+
+class SeenNames:
+    """Names that must each be seen once (an archive's members), kept like a :class:`SpillMap`.
+
+    :meth:`add` returns a name seen twice. Past *spill_at* names they go to a
+    temporary table in batches, whose unique key finds a repeat: one seen
+    before the last batch is then reported up to a batch later, and
+    :meth:`finish` reports one in the last batch.
+    """
+
+    def __init__(self, spill_at: int | None = None) -> None:
+        self._spill_at = SPILL_AT if spill_at is None else spill_at
+        self._set: set[str] = set()
+        self._db: sqlite3.Connection | None = None
+
+    def add(self, name: str) -> str | None:
+        """Note *name*; return a name seen twice, if one is found now."""
+        names = self._set
+        if name in names:
+            return name
+        names.add(name)
+        if len(names) > (self._spill_at if self._db is None else _BATCH):
+            return self._flush()
+        return None
+
+    def finish(self) -> str | None:
+        """The name seen twice among the last ones noted, if any."""
+        return self._flush() if self._db is not None else None
+
+    def _flush(self) -> str | None:
+        db = self._db
+        if db is None:
+            db = self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE s (k TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("CREATE TABLE b (k TEXT)")
+        batch, self._set = self._set, set()
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO b (k) VALUES (?)", ((k,) for k in batch))
+        row = db.execute(
+            "SELECT k FROM b WHERE k IN (SELECT k FROM s) ORDER BY k LIMIT 1"
+        ).fetchone()
+        if row is None:
+            db.execute("INSERT INTO s (k) SELECT k FROM b")
+        db.execute("DELETE FROM b")
+        db.execute("COMMIT")
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -36,7 +36,7 @@ import attrs
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import decode_xattrs, set_xattrs
 from ..log import get_logger
-from ..manifest import SPECIAL_TYPES, Entry, Manifest
+from ..manifest import SPECIAL_TYPES, Entry, InOrder, Manifest
 from .names import checked_name
 from .stream import ArchiveStream, MemberData, hash_zeros, sparse_regions
 from .tarread import BLOCK
@@ -163,6 +163,30 @@ class DirFds:
         os.close(self.root)
 
 
+def _creation_umask(root: int) -> int | None:
+    """The mask the kernel applies to the modes of files made below *root*, if it is known.
+
+    The process's umask (from /proc: reading it with ``os.umask`` would change
+    it for a moment for every thread), unless *root* has a default ACL (which
+    replaces the umask for what is made below it).
+    """
+    try:
+        os.getxattr(root, "system.posix_acl_default")
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+    else:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _split(rel: str) -> tuple[str, str]:
     parent, _, base = rel.rpartition("/")
     return parent, base
@@ -208,6 +232,9 @@ class StagedTree:
     #: What could not be restored as it was: one line for the whole tree, or none.
     warnings: list[str] = attrs.field(init=False, factory=list)
     _refused: dict[str, tuple[int, str]] = attrs.field(init=False, factory=dict)
+    #: The umask files are made with in the staging tree; ``None`` when it cannot be
+    #: relied on (a default ACL above, or no /proc): every file is then chmod'ed.
+    _umask: int | None = attrs.field(init=False, default=None)
 
     def _dest(self, path: str) -> str | None:
         """Where a manifest path goes, relative to *staging*; ``None`` for an unwanted dump."""
@@ -248,6 +275,7 @@ class StagedTree:
             self._dumps_rel = _OUTSIDE if rel.startswith("..") or rel == "." else rel
         try:
             self._prepare(self._tree())
+            self._umask = _creation_umask(self._tree().root)
         except BaseException:
             self.close()
             raise
@@ -349,14 +377,14 @@ class StagedTree:
         """Whether the archive's own ``manifest.json`` is the manifest planned with."""
         if self.manifest.digest is not None and stream.manifest_sha256 == self.manifest.digest:
             return True  # the very same bytes (the copy is made from the archive's spool)
-        return stream.manifest().entries == self.manifest.entries
+        return stream.manifest().same_as(self.manifest)
 
     def _take(self, stream: ArchiveStream, as_root: bool) -> None:
         holder = stream.archive
         left = self._left.get(holder, 0)
         if self.partial and not left:
             return
-        get = self.manifest.get
+        get = InOrder(self.manifest).get
         for member, name, data in stream.members():
             if data is None:
                 continue
@@ -373,10 +401,21 @@ class StagedTree:
                 )
             tree, rel = self._at(dest)
             parent, base = _split(rel)
-            fd = os.open(base, _CREATE, 0o600, dir_fd=tree.fd(parent))
+            # Made with its own permission bits when they are what it gets (then
+            # no chmod): inside the staging tree, which only this user can enter.
+            created = entry.mode & 0o777 if self._umask is not None and not entry.xattrs else 0o600
+            try:
+                fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
+            except FileExistsError:
+                # Written already: the member appears twice (the stream tells a
+                # repeat a little later when the names it has seen are many).
+                raise UnsafeArchive(
+                    "member appears twice; refused", archive=self.archive, member=name
+                ) from None
             try:
                 size = self._write(fd, data, entry, stream, member.realsize)
-                self._attributes(fd, entry, as_root)
+                unmasked = self._umask is not None and created & ~self._umask == entry.mode
+                self._attributes(fd, entry, as_root, chmod=not unmasked)
             finally:
                 os.close(fd)
             self._left[holder] -= 1
@@ -423,8 +462,13 @@ class StagedTree:
             )
         return size
 
-    def _attributes(self, fd: int, entry: Entry, as_root: bool) -> None:
-        """Owner, mode, extended attributes and times through an open file or directory."""
+    def _attributes(self, fd: int, entry: Entry, as_root: bool, *, chmod: bool = True) -> None:
+        """Owner, mode, extended attributes and times through an open file or directory.
+
+        Without *chmod*, the file was made with its mode already (and has no
+        extended attributes); as root, a set-ID bit (which chown clears) makes
+        *chmod* true anyway, as the file could not be made with it.
+        """
         if as_root:
             with contextlib.suppress(OSError):
                 os.fchown(fd, entry.uid, entry.gid)
@@ -434,7 +478,8 @@ class StagedTree:
             self._note_refused(entry, set_xattrs(fd, decode_xattrs(entry.xattrs)))
         # After chown, which clears the set-user-ID and set-group-ID bits; the
         # data is written already. (It keeps an ACL: its bits are the ACL's.)
-        os.fchmod(fd, entry.mode)
+        if chmod:
+            os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _note_refused(self, entry: Entry, names: list[str]) -> None:
@@ -449,14 +494,12 @@ class StagedTree:
         as_root = os.geteuid() == 0
         dirs = self._tree()
         try:
-            for entry, dest in self._wanted():
-                if entry.type == "hardlink" or entry.type in SPECIAL_TYPES:
-                    self._make_other(dirs, entry, dest, as_root)
-            for entry, dest in self._wanted():
-                if entry.type == "symlink":
-                    self._make_symlink(dirs, entry, dest, as_root)
+            for entry, dest in self._wanted("hardlink", *SPECIAL_TYPES):
+                self._make_other(dirs, entry, dest, as_root)
+            for entry, dest in self._wanted("symlink"):
+                self._make_symlink(dirs, entry, dest, as_root)
             # Deepest first: a directory's times change as its children are made.
-            tree = [(d.count("/"), d, e.path) for e, d in self._wanted() if e.type == "dir"]
+            tree = [(d.count("/"), d, e.path) for e, d in self._wanted("dir")]
             tree.sort(key=lambda d: d[0], reverse=True)
             for _, dest, path in tree:
                 found = self.manifest.get(path)
@@ -471,9 +514,9 @@ class StagedTree:
             self.close()
         self._summarise()
 
-    def _wanted(self) -> Iterator[tuple[Entry, str]]:
-        """The manifest's entries to restore, with where each goes."""
-        for entry in self.manifest:
+    def _wanted(self, *types: str) -> Iterator[tuple[Entry, str]]:
+        """The manifest's entries of *types* to restore, with where each goes."""
+        for entry in self.manifest.select(*types):
             dest = self._dest(entry.path)
             if dest is not None:
                 yield entry, dest
@@ -481,9 +524,7 @@ class StagedTree:
     def _missing(self) -> None:
         """Raise naming the files no archive held (those :meth:`take` did not write)."""
         missing: list[Entry] = []
-        for entry, dest in self._wanted():
-            if entry.type != "file":
-                continue
+        for entry, dest in self._wanted("file"):
             tree, rel = self._at(dest)
             parent, base = _split(rel)
             try:

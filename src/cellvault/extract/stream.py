@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import marshal
 import tempfile
+import weakref
 import zlib
 from collections.abc import Iterator
 from typing import IO, Any
@@ -25,7 +27,7 @@ from ..crypt import opened
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
-from ..spillmap import SpillMap
+from ..spillmap import SeenNames, SpillMap
 from .names import checked_name
 from .tarread import (
     BLOCK,
@@ -70,12 +72,12 @@ class MemberRecord:
     target: str | None = None
 
 
-def _record_text(rec: MemberRecord) -> str:
-    return json.dumps([rec.type, rec.size, rec.mode, rec.sha256, rec.target])
+def _record_text(rec: MemberRecord) -> bytes:
+    return marshal.dumps((rec.type, rec.size, rec.mode, rec.sha256, rec.target))
 
 
-def _record_of(text: str) -> MemberRecord:
-    return MemberRecord(*json.loads(text))
+def _record_of(raw: bytes) -> MemberRecord:
+    return MemberRecord(*marshal.loads(raw))  # noqa: S302 - our own temporary file
 
 
 def member_records() -> SpillMap[MemberRecord]:
@@ -170,6 +172,9 @@ class ArchiveStream:
             digest.update(block)
             spooled.write(block)
         spooled.seek(0)
+        # Read after the stream is closed (checked against the planned manifest),
+        # so it lives as long as this object, and is closed with it.
+        weakref.finalize(self, spooled.close)
         self.manifest_raw = spooled
         self.manifest_sha256 = digest.hexdigest()
 
@@ -229,16 +234,15 @@ class ArchiveStream:
         self, reader: TarReader
     ) -> Iterator[tuple[TarMember, str, MemberData | None]]:
         """The members up to ``manifest.json``: ``meta.json`` first, the data after it."""
-        seen: SpillMap[str] = SpillMap()
+        seen = SeenNames()
         first = True
         while (member := reader.next()) is not None:
             self.current = member.name
             name = checked_name(member.name, self.archive)
-            if name in seen:
+            if (twice := seen.add(name)) is not None:
                 raise UnsafeArchive(
-                    "member appears twice; refused", archive=self.archive, member=name
+                    "member appears twice; refused", archive=self.archive, member=twice
                 )
-            seen[name] = ""
             kind = member.kind
             if first:
                 first = False
@@ -253,6 +257,9 @@ class ArchiveStream:
                 continue
             self._check_data_member(member, name)
             yield member, name, MemberData(reader, self, name) if kind == "file" else None
+        if (twice := seen.finish()) is not None:
+            raise UnsafeArchive("member appears twice; refused", archive=self.archive, member=twice)
+        seen.close()
 
     def _check_data_member(self, member: TarMember, name: str) -> None:
         """A member of the cell's data (or dumps): a file, directory or link below them."""

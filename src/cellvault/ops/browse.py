@@ -33,6 +33,8 @@ from ..config import Config
 from ..crypt import open_small
 from ..errors import ArchiveCorrupt, ArchiveNotFound, ConfigError, TargetError
 from ..log import get_logger
+from ..manifest import ENTRY_TYPES, ManifestText
+from ..spillmap import SpillMap
 from ..targets.base import Target
 from .plan import RestorePlan, choose_archive, plan_restore
 from .resources import Resources
@@ -48,6 +50,7 @@ __all__ = [
     "choose_point",
     "diff",
     "find",
+    "iter_rows",
     "list_tree",
     "member_path",
     "open_point",
@@ -142,30 +145,50 @@ class TreeEntry:
 Row = dict[str, Any]
 
 
-def read_rows(target: Target, sidecar: Sidecar) -> dict[str, Row]:
-    """The stored manifest copy of *sidecar* as plain rows, by member path, in manifest order.
+def iter_rows(target: Target, sidecar: Sidecar) -> Iterator[tuple[str, Row]]:
+    """The stored manifest copy of *sidecar* as plain rows with their member paths, in order.
 
     Parsed by the JSON decoder alone (several times faster than building a
-    :class:`~cellvault.manifest.Manifest`), for reading, never for restoring.
+    :class:`~cellvault.manifest.Manifest`) as a stream: memory does not grow
+    with the number of paths. For reading, never for restoring.
     """
     with target.guard(f"read manifest of {sidecar.id}"):
-        raw = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
-    raw = open_small(raw, sidecar)
-    try:
-        body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
-        rows: dict[str, Row] = {}
-        for row in json.loads(body)["entries"]:
-            path = row["path"]
-            if type(path) is not str or row["type"] not in ("file", "dir", "symlink"):
-                raise TypeError("an entry's path or type is malformed")
-            rows[path] = row
-    except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
-        raise ArchiveCorrupt(
-            f"manifest copy is unusable ({type(exc).__name__}: {exc})",
-            archive=str(sidecar.id),
-            target=target.name,
-            member="manifest.json",
-        ) from None
+        f = target.retrying(target.open_read, target.manifest_key(sidecar.id))
+    with f:
+        if sidecar.encryption is not None:
+            # A sealed copy is opened whole (the compressed manifest: a small
+            # fraction of the archive), then read as a stream like a plain one.
+            with target.guard(f"read manifest of {sidecar.id}"):
+                f = io.BytesIO(open_small(f.read(), sidecar))
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(f)
+            for row in ManifestText(reader).items():
+                path = row["path"]
+                if type(path) is not str or row["type"] not in ENTRY_TYPES:
+                    raise TypeError("an entry's path or type is malformed")
+                yield path, row
+        except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
+            raise ArchiveCorrupt(
+                f"manifest copy is unusable ({type(exc).__name__}: {exc})",
+                archive=str(sidecar.id),
+                target=target.name,
+                member="manifest.json",
+            ) from None
+
+
+def _row_text(row: Row) -> str:
+    return json.dumps(row, separators=(",", ":"))
+
+
+def read_rows(target: Target, sidecar: Sidecar) -> SpillMap[Row]:
+    """The rows of :func:`iter_rows` by member path, in manifest order.
+
+    A :class:`~cellvault.spillmap.SpillMap`: a large manifest's rows are kept
+    in a temporary file, not in memory.
+    """
+    rows: SpillMap[Row] = SpillMap(_row_text, json.loads)
+    for path, row in iter_rows(target, sidecar):
+        rows[path] = row
     return rows
 
 
@@ -265,12 +288,11 @@ def list_tree(
     """The point of :meth:`cellvault.Vault.ls` (see there) and its entries, in manifest order."""
     target, sidecar = choose_point(res, cell, select, source)
     point = Point.of(sidecar, target.name)
-    rows = read_rows(target, sidecar)
     prefix = None if path is None else PathMatcher([path], config_roots(config, cell)).patterns[0]
     under: str | None = None
     if prefix is not None and prefix != "*":
         under = member_path(prefix)
-        if under not in rows:
+        if not any(name == under for name, _ in iter_rows(target, sidecar)):
             raise ArchiveNotFound(
                 f"archive {point.archive} of cell {cell} holds no path {prefix}",
                 hint=f"search the history with: cellvault find {cell} '{prefix.rpartition('/')[2]}'",
@@ -278,7 +300,7 @@ def list_tree(
 
     def entries() -> Iterator[TreeEntry]:
         inside = None if under is None else under + "/"
-        for name, row in rows.items():
+        for name, row in iter_rows(target, sidecar):
             if not name.startswith(DATA):
                 continue
             if inside is not None and name != under and not name.startswith(inside):
@@ -338,9 +360,8 @@ def find(
         if (since is not None and ident.when < since) or (until is not None and ident.when > until):
             continue
         target, sidecar = points[ident]
-        rows = read_rows(target, sidecar)
         backed_at = sidecar.meta.to_dict()["backed_at"]
-        for name, row in rows.items():
+        for name, row in iter_rows(target, sidecar):
             path = cell_path(name)
             if path is not None and matcher.matches(path):
                 yield Found(
@@ -353,7 +374,6 @@ def find(
                     row.get("sha256"),
                     target.name,
                 )
-        del rows  # one manifest at a time: freed before the next is read
 
 
 def points_of(res: Resources, cell: str, source: Sequence[str] | None) -> dict[ArchiveId, Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import attrs
 
@@ -103,7 +105,7 @@ def store(
         if stage == "verify":
             # A copy that does not verify must not count: uncommit it.
             with contextlib.suppress(Exception):
-                target.delete(target.sidecar_key(sidecar.id))
+                target.uncommit(sidecar)
         run.fail(stage, error, cell=sidecar.id.cell, target=target.name, archive=ident)
         return TargetOutcome(
             target=target.name,
@@ -124,16 +126,29 @@ def _still_active(fence: Fence, archive: str, target: str) -> None:
     fence.check(f"committing archive {archive} to target {target}")
 
 
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_stored(run: Run, target: Target, result: PackResult, sidecar: Sidecar) -> None:
     """Check the archive just stored on *target* at the configured ``verify_level``."""
     level = run.config.verify_level
     committed = set(target.archive_ids(sidecar.id.cell))
     # The manifest copy must be, byte for byte, the one this run wrote.
-    copy = result.manifest_path.read_bytes() if level == "read" else None
+    copy = _sha256_of(result.manifest_path) if level == "read" else None
     for attempt in range(3):
         try:
             check_archive(
-                target, sidecar, level, committed, manifest_copy=copy, manifest=result.manifest
+                target,
+                sidecar,
+                level,
+                committed,
+                manifest_copy_sha256=copy,
+                manifest=result.manifest,
             )
             break
         except TargetError as exc:

@@ -252,6 +252,7 @@ def check_archive(
     manifest_copy: bytes | None = None,
     manifest: Manifest | None = None,
     on_read: Callable[[int], None] | None = None,
+    manifest_copy_sha256: str | None = None,
 ) -> tuple[tuple[str, ...], int]:
     """Check a committed archive at *level* (``quick``, ``read`` or ``full``).
 
@@ -269,6 +270,7 @@ def check_archive(
             sidecar,
             committed,
             manifest_copy=manifest_copy,
+            manifest_copy_sha256=manifest_copy_sha256,
             manifest=manifest,
             on_read=on_read,
         )
@@ -336,6 +338,7 @@ def read_check(
     manifest_copy: bytes | None = None,
     manifest: Manifest | None = None,
     on_read: Callable[[int], None] | None = None,
+    manifest_copy_sha256: str | None = None,
 ) -> tuple[str, ...]:
     """Read a committed archive on *target* once, to its end, without unpacking it.
 
@@ -345,8 +348,9 @@ def read_check(
     is the first member, names this archive and has ``backed_at``; that the
     tar stream ends with its end-of-archive blocks; that the manifest copy
     decompresses, parses and names this archive (and, with *manifest_copy*,
-    the compressed bytes just written, is byte for byte that, and *manifest*,
-    what they hold, need not be parsed again); and that the chain of an
+    the compressed bytes just written, or *manifest_copy_sha256*, their
+    sha256, is byte for byte that, and *manifest*, what they hold, need not
+    be parsed again); and that the chain of an
     incremental is committed (*committed*). Returns what was
     compared; raises :class:`ArchiveCorrupt` naming the archive and target.
     """
@@ -378,15 +382,22 @@ def read_check(
     if not found.tar_ends:
         raise corrupt("the tar stream has no end-of-archive blocks (truncated)")
     check_meta(found.head, sidecar, corrupt)
-    try:
-        with target.guard(f"read manifest of {ident}", missing_ok=True):
-            stored = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
-    except FileNotFoundError:
-        raise corrupt("manifest copy is missing") from None
-    if manifest_copy is not None and stored != manifest_copy:
-        raise corrupt("the stored manifest copy differs from the one written")
-    if manifest is None or manifest_copy is None:
-        manifest = target.parse_manifest(sidecar, stored)
+    if manifest_copy is not None and manifest_copy_sha256 is None:
+        manifest_copy_sha256 = hashlib.sha256(manifest_copy).hexdigest()
+    if manifest_copy_sha256 is not None:
+        try:
+            with target.guard(f"read manifest of {ident}", missing_ok=True):
+                f = target.retrying(target.open_read, target.manifest_key(sidecar.id))
+        except FileNotFoundError:
+            raise corrupt("manifest copy is missing") from None
+        with f, target.guard(f"read manifest of {ident}"):
+            digest = hashlib.sha256()
+            while block := f.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != manifest_copy_sha256:
+            raise corrupt("the stored manifest copy differs from the one written")
+    if manifest is None or manifest_copy_sha256 is None:
+        manifest = target.manifest(sidecar)
     check_chain(target, sidecar, committed, manifest)
     return ("size", "sha256", "decompress", "meta.json", "manifest", "chain")
 
@@ -432,7 +443,7 @@ def full_check(
         _, manifest, members = verify_archive(_counted(raw, on_read), sidecar, target.name)
     # Incrementals and restore planning trust the stored manifest copy: it
     # must say exactly what the archive's own manifest says.
-    if target.manifest(sidecar).entries != manifest.entries:
+    if not target.manifest(sidecar).same_as(manifest):
         raise ArchiveCorrupt(
             "the stored manifest copy differs from the archive's manifest.json",
             archive=str(sidecar.id),
