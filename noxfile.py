@@ -72,6 +72,20 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def mutate(session: nox.Session) -> None:
+    """Mutation testing of the safety-critical modules (not a default session, not in CI).
+
+    mutmut mutates each module of ``tests/mutation/modules.toml`` in a copy of the
+    checkout (``build/mutate/``) and runs the tests that call the mutated code;
+    the survivors not explained in ``tests/mutation/allowlist.toml`` are listed and
+    below 90% killed or explained the session fails. Arguments name groups and
+    options, e.g. ``nox -s mutate -- swap journal --jobs 2``; see docs/testing.md.
+    """
+    session.install("-e", f"{TEST_EXTRAS[:-1]},mutate]")
+    session.run("python", "-m", "tests.mutation.run", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark harness: cellvault against tar+zstd, restic and borg (not a default session).
 

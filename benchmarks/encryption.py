@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "repeat": args.repeat,
         "revision": harness.git_revision(),
+        "src": str(src),
         "machine": harness.machine_info(args.work),
         "rows": rows,
     }

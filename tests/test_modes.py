@@ -18,6 +18,7 @@ import pytest
 
 from cellvault import TargetSpec
 from cellvault.modes import private_dirs, private_opener
+from tests.servers.fixtures import S3Bucket
 
 from .archive_helpers import TickingClock, make_vault
 
@@ -101,3 +102,23 @@ def test_the_helpers_ignore_the_umask_and_leave_existing_folders_alone(
     with open(mine / "a" / "f", "w", opener=private_opener) as f:
         f.write("x")
     assert stat.S_IMODE((mine / "a" / "f").stat().st_mode) == 0o600
+
+
+def test_a_standby_prepared_and_pulled_is_private_whatever_the_umask(
+    tmp_path: Path, umask: int, s3_bucket: S3Bucket
+) -> None:
+    from tests.dr.test_dr import make_site, s3_spec, seed_cells
+
+    storage = s3_spec(s3_bucket)
+    primary = make_site(tmp_path / "p", "primary", storage, cells=("crm",))
+    seed_cells(tmp_path / "p")
+    assert primary.vault.backup(kind="full").ok
+    assert primary.push().ok
+    standby = make_site(tmp_path / "s", "dr", storage, cells=("crm",))
+    prepared = standby.prepare()
+    assert prepared.ok, prepared
+    assert standby.pull().ok
+    backup = tmp_path / "s" / "backup"
+    assert any(backup.rglob("cell_crm_*.json"))
+    problems = _wrong(backup)
+    assert not problems, problems

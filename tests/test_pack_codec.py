@@ -12,6 +12,7 @@ import io
 import random
 from pathlib import Path
 
+import attrs
 import pytest
 import zstandard
 
@@ -110,3 +111,48 @@ def test_archives_without_a_checksum_still_verify_and_restore(
     restored = vault.restore(into=tmp_path / "out")
     assert restored.ok
     assert snapshot(tmp_path / "out" / "crm" / "crm") == snapshot(src)
+
+
+def _text(words: int = 300_000) -> bytes:
+    """Compressible, but not trivially: every level gives a different size."""
+    rnd = random.Random(5)
+    vocabulary = [bytes(rnd.choices(b"abcdefghijklmnop", k=rnd.randint(2, 9))) for _ in range(2000)]
+    return b" ".join(rnd.choice(vocabulary) for _ in range(words))
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "default", "high"), [("zstd", 1, 3, 19), ("gzip", 1, 6, 9)]
+)
+def test_the_compression_level_is_the_one_asked_for(
+    name: str, low: int, default: int, high: int
+) -> None:
+    data = _text()
+
+    def at(level: int | None) -> bytes:
+        out = io.BytesIO()
+        writer = get_codec(name, level).writer(out)
+        writer.write(data)
+        writer.close()
+        return out.getvalue()
+
+    assert at(None) == at(default)  # no level: the codec's documented default
+    assert len(at(low)) > len(at(default))
+    if name == "zstd":
+        assert len(at(high)) < len(at(default))
+    assert get_codec(name, low).reader(io.BytesIO(at(low))).read() == data
+
+
+def test_the_configured_level_reaches_the_archives(tmp_path: Path) -> None:
+    from cellvault import Cell, Config, Vault
+
+    live = tmp_path / "crm"
+    live.mkdir()
+    (live / "words.txt").write_bytes(_text())
+    sizes = {}
+    for level in (1, 19):
+        config = Config(backup_dir=tmp_path / f"backup-{level}", cells=[Cell("crm", [live])])
+        vault = Vault(attrs.evolve(config, level=level), load_entry_points=False)
+        assert vault.backup(kind="full").ok
+        (data,) = (tmp_path / f"backup-{level}" / "crm").glob("*.tar.zst")
+        sizes[level] = data.stat().st_size
+    assert sizes[19] < sizes[1]

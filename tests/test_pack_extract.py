@@ -498,7 +498,12 @@ def test_verify_archive_and_staged_tree_directly(tmp_path: Path, src: Path) -> N
 
 
 def run_python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "CELLVAULT_LOAD_PLUGINS": ""}
+    # This checkout's cellvault, not whichever one is installed.
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
+        "CELLVAULT_LOAD_PLUGINS": "",
+    }
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
@@ -621,7 +626,12 @@ def test_backup_killed_mid_write_commits_nothing_and_next_run_cleans_up(
     backup = tmp_path / "backup"
     spool = backup / ".cellvault" / "spool"
     cell_dir = backup / "crm"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "CELLVAULT_LOAD_PLUGINS": ""}
+    # This checkout's cellvault, not whichever one is installed.
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
+        "CELLVAULT_LOAD_PLUGINS": "",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(KILL_CHILD), where, str(src), str(backup)],
         stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cellvault.archive import ArchiveId, ArchiveMeta, Sidecar
 from cellvault.errors import ConfigError
-from cellvault.retention import RetentionPolicy, plan
+from cellvault.retention import PruneReport, PruneResult, RetentionPolicy, plan
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -106,10 +106,73 @@ def test_gfs_buckets() -> None:
 
 def test_policy_from_mapping_rejects_unknown_keys() -> None:
     assert RetentionPolicy.from_mapping({"keep_last": 3}).keep_last == 3
-    with pytest.raises(ConfigError, match="keep_lats"):
+    with pytest.raises(ConfigError, match="keep_lats") as info:
+        RetentionPolicy.from_mapping({"keep_lats": 3}, where="target nas: retention")
+    assert info.value.message == "target nas: retention: unknown key 'keep_lats'"
+    assert info.value.hint == (
+        "known keys: keep_daily, keep_full_days, keep_hourly, keep_incremental_days, "
+        "keep_last, keep_monthly, keep_weekly"
+    )
+    with pytest.raises(ConfigError, match=r"^retention: unknown key 'keep_lats' \(known keys"):
         RetentionPolicy.from_mapping({"keep_lats": 3})
     with pytest.raises(ConfigError, match="negative"):
         RetentionPolicy(keep_last=-1)
+    # TOML has no null: an empty value switches a rule off, as None does.
+    off = RetentionPolicy.from_mapping({"keep_full_days": "", "keep_last": None, "keep_daily": 2})
+    assert (off.keep_full_days, off.keep_last, off.keep_daily) == (None, None, 2)
+    assert off.keep_incremental_days == 3  # what the table does not name keeps its default
+
+
+def test_a_policy_describes_the_rules_it_has() -> None:
+    assert RetentionPolicy().describe() == "keep_full_days=7, keep_incremental_days=3"
+    assert (
+        RetentionPolicy(None, None, keep_last=2, keep_monthly=12).describe()
+        == "keep_last=2, keep_monthly=12"
+    )
+    # Not "keep everything": with no rule, a prune deletes all but what every policy keeps.
+    assert (
+        RetentionPolicy(None, None).describe()
+        == "no rule: only the newest archive, the newest full and the archives they need stay"
+    )
+
+
+def test_decisions_and_reports_as_json() -> None:
+    old, new = sidecar(NOW - dt.timedelta(days=30)), sidecar(NOW - dt.timedelta(days=1))
+    gone, kept_ = plan([old, new], RetentionPolicy(), NOW)
+    assert gone.to_dict() == {
+        "archive": str(old.id),
+        "keep": False,
+        "reasons": ["full, 30.0 days old, kept by no rule"],
+    }
+    assert kept_.to_dict() == {
+        "archive": str(new.id),
+        "keep": True,
+        "reasons": [
+            "newest archive of the cell",
+            "newest full archive of the cell",
+            "full younger than 7 days",
+        ],
+    }
+    result = PruneResult("nas", "crm", (gone, kept_), dry_run=True, debris=("crm/x.tmp",))
+    assert result.ok and result.removed == [gone]
+    assert result.to_dict() == {
+        "target": "nas",
+        "cell": "crm",
+        "dry_run": True,
+        "ok": True,
+        "error": None,
+        "debris": ["crm/x.tmp"],
+        "decisions": [gone.to_dict(), kept_.to_dict()],
+    }
+    failed = PruneResult("usb", "crm", (), dry_run=False, error="usb is gone")
+    report = PruneReport((result, failed), dry_run=False)
+    assert not failed.ok and not report.ok
+    assert report.to_dict() == {
+        "ok": False,
+        "dry_run": False,
+        "results": [result.to_dict(), failed.to_dict()],
+    }
+    assert PruneReport((result,), dry_run=True).ok
 
 
 @settings(max_examples=60, deadline=None)
@@ -163,3 +226,50 @@ def expected_keep(
         if limit and (now - s.id.when) <= dt.timedelta(days=limit):
             keep.add(s.id)
     return keep | {needed for s in archives if s.id in keep for needed in s.meta.chain}
+
+
+def test_an_age_rule_keeps_an_archive_exactly_its_age_and_not_a_second_older() -> None:
+    policy = RetentionPolicy(keep_full_days=7, keep_incremental_days=None)
+    old, new = sidecar(NOW - dt.timedelta(days=30)), sidecar(NOW - dt.timedelta(days=1))
+    for age, kept_by_age in (
+        (dt.timedelta(days=7), True),
+        (dt.timedelta(days=7, seconds=1), False),
+    ):
+        edge = sidecar(NOW - age)
+        decisions = {d.id: d for d in plan([old, edge, new], policy, NOW)}
+        assert decisions[edge.id].keep is kept_by_age
+        assert decisions[old.id].keep is False
+
+
+def test_chains_of_older_kept_archives_are_kept_past_an_archive_no_rule_keeps() -> None:
+    day1 = (NOW - dt.timedelta(days=2)).replace(hour=1)
+    f1 = sidecar(day1)
+    i1a = sidecar(day1 + dt.timedelta(hours=6), "incremental", (f1.id,))
+    i1b = sidecar(day1 + dt.timedelta(hours=12), "incremental", (f1.id, i1a.id))
+    day2 = (NOW - dt.timedelta(days=1)).replace(hour=1)
+    f2 = sidecar(day2)
+    i2a = sidecar(day2 + dt.timedelta(hours=6), "incremental", (f2.id,))
+    f3 = sidecar(day2 + dt.timedelta(hours=12))
+    policy = RetentionPolicy(None, None, keep_daily=2)
+    decisions = {d.id: d for d in plan([f1, i1a, i1b, f2, i2a, f3], policy, NOW)}
+    assert {i for i, d in decisions.items() if d.keep} == {f3.id, i1b.id, i1a.id, f1.id}
+    # Needed by two kept archives, an archive says so once: for the newest of them.
+    assert decisions[f1.id].reasons == (f"needed by {i1b.id}",)
+    assert decisions[i1a.id].reasons == (f"needed by {i1b.id}",)
+
+
+def test_a_cell_of_only_incrementals_or_with_a_broken_chain_is_planned() -> None:
+    gone = ArchiveId("crm", NOW - dt.timedelta(days=9))  # pruned elsewhere, or lost
+    orphan = sidecar(NOW - dt.timedelta(days=8), "incremental", (gone,))
+    newest = sidecar(NOW - dt.timedelta(days=1), "incremental", (gone, orphan.id))
+    decisions = plan([orphan, newest], RetentionPolicy(None, None), NOW)
+    assert [(d.id, d.keep) for d in decisions] == [(orphan.id, True), (newest.id, True)]
+    assert decisions[1].reasons == ("newest archive of the cell",)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "3"])
+def test_a_rule_must_be_a_finite_number(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        RetentionPolicy(keep_last=value)  # type: ignore[arg-type]
+    assert info.value.message == f"retention keep_last must be a finite number, not {value!r}"
+    assert info.value.hint == "use a whole or decimal number of days (or archives), 0 or more"

@@ -76,7 +76,10 @@ class RetentionPolicy:
             for f in attrs.fields(type(self))
             if getattr(self, f.name) is not None
         ]
-        return ", ".join(parts) or "keep everything"
+        # With no rule, only what every policy keeps stays (see plan).
+        return ", ".join(parts) or (
+            "no rule: only the newest archive, the newest full and the archives they need stay"
+        )
 
 
 @attrs.frozen

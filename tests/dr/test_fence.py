@@ -10,12 +10,20 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cellvault import Vault, hookimpl, load_env
+from cellvault import TargetSpec, Vault, hookimpl, load_env
 from cellvault.archive import ArchiveId
 from cellvault.cli import cli
 from cellvault.dr import Site
 from cellvault.errors import ConfigError, DrError, Fenced
-from cellvault.fence import EPOCHS_FOLDER, Epoch, claim_epoch, read_epoch
+from cellvault.fence import (
+    EPOCHS_FOLDER,
+    Epoch,
+    Fence,
+    claim_epoch,
+    read_epoch,
+    written_after_fence,
+)
+from cellvault.targets.local import LocalTarget
 from tests.dr.test_dr import CELLS, make_site, s3_spec, seed_cells, site_env, trees, utc
 from tests.helpers import clock, write_tree
 from tests.servers.fixtures import S3Bucket
@@ -60,7 +68,7 @@ def test_a_fenced_primary_refuses_backup_push_and_prune_and_the_standby_restores
     assert primary.vault.backup(kind="incremental", targets=["local"]).ok
     with pytest.raises(DrError, match="site dr is active"):
         primary.push()  # the failover marker says it first; the epoch would too
-    with pytest.raises(Fenced):
+    with pytest.raises(Fenced, match="; prune refused, nothing was written to the shared"):
         primary.vault.prune()
     assert {c: s3_ids(primary, c) for c in CELLS} == on_s3
 
@@ -315,3 +323,33 @@ def test_safety_backups_stay_local_and_never_count_toward_the_lag(
     assert (lag.ahead, lag.behind, lag.leader) == (1, 0, "local")
     assert lag.lag_seconds is not None and lag.lag_seconds > 0
     assert lag.ahead_archives != (safety["crm"],)
+
+
+def test_written_after_the_fence_means_an_older_epoch_stamped_after_the_claim() -> None:
+    at = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+    current = Epoch(number=3, site="dr", at=at)
+    later = at + dt.timedelta(seconds=1)
+    assert written_after_fence(2, later, current)
+    assert not written_after_fence(2, at, current)  # stamped at the claim: before it took hold
+    assert not written_after_fence(2, at - dt.timedelta(seconds=1), current)
+    assert not written_after_fence(3, later, current)  # the current epoch's own writes
+    assert not written_after_fence(None, later, current)  # written before any fencing
+
+
+def test_a_fenced_site_is_told_who_holds_the_epoch_and_what_to_do(tmp_path: Path) -> None:
+    shared = LocalTarget(TargetSpec("nas", str(tmp_path / "nas")))
+    at = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+    claim_epoch([shared], "dr", reason="failover", now=at)
+    assert Fence("dr", [shared]).check("backup") == Epoch(1, "dr", at, "failover")
+    assert Fence("primary", []).check("backup") is None  # no shared target: nothing to fence
+    with pytest.raises(Fenced) as info:
+        Fence("primary", [shared]).check("backup of cell crm")
+    assert info.value.message == (
+        "this site (primary) is fenced: site dr holds epoch 1 since 2025-03-01T12:00:00Z "
+        "(failover); backup of cell crm refused, nothing was written to the shared targets"
+    )
+    assert info.value.hint == (
+        "if site dr took over, run 'cellvault dr failback' there and then here to hand back; "
+        "to serve as its standby instead, set DR_PULL_ONLY=1 and run 'cellvault dr prepare' here"
+    )
+    assert (info.value.active, info.value.since) == ("dr", "2025-03-01T12:00:00Z")

@@ -33,8 +33,9 @@ def _failure_fields(text: str) -> None:
 
 
 def _one_alert(server: WebhookServer) -> Any:
+    # An alert is posted before the run returns: what has arrived is all there is.
     got = server.wait_for(1)
-    assert len(got) == 1, server.received
+    assert len(server.received) == 1, server.received
     return got[0]
 
 
@@ -253,6 +254,16 @@ def test_server_error_is_retried_then_given_up(receiver: WebhookServer) -> None:
     # Recently down: the next alert gets one attempt only.
     assert send(settings, {"status": "failed", "stage": "pack"}) is False
     assert len(receiver.received) == 4
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(429, 3), (502, 3), (400, 1), (404, 1)])
+def test_rate_limits_and_server_errors_are_retried_client_errors_not(
+    receiver: WebhookServer, status: int, attempts: int
+) -> None:
+    receiver.status = status
+    settings = AlertSettings(webhook=receiver.url(), format="slack", timeout=1.0)
+    assert send(settings, {"status": "failed", "stage": "pack"}) is False
+    assert len(receiver.received) == attempts
 
 
 def test_success_notice_only_when_asked(tmp_path: Path, receiver: WebhookServer) -> None:

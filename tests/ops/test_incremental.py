@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -117,20 +118,29 @@ def test_chain_is_capped_by_max_chain(tmp_path: Path) -> None:
 
 
 def test_racy_file_is_stored_again(tmp_path: Path) -> None:
-    """A file modified within the timestamp tick of the parent's scan is not trusted."""
+    """A file modified at or after the start of the parent's scan is not trusted."""
     live = tmp_path / "crm"
     live.mkdir()
-    (live / "racy").write_text("v1")
     vault = make_vault(tmp_path, live)
-    vault.backup(kind="full")
-    # Same size, and its mtime stays at the parent's scan time: only the racy rule catches it.
-    parent = vault.list()[-1]
-    scan = dt.datetime.fromisoformat(parent.backed_at.replace("Z", "+00:00"))
-    (live / "racy").write_text("v2")
-    ns = int(scan.timestamp()) * 1_000_000_000
-    os.utime(live / "racy", ns=(ns, ns))
+    # The parent's scan starts after this line: a file modified at (or after) its start
+    # is racy, one modified ten minutes before it is not.
+    racy_ns = time.time_ns() + 60_000_000_000
+    calm_ns = time.time_ns() - 600_000_000_000
+    for name, ns in (("racy", racy_ns), ("calm", calm_ns)):
+        (live / name).write_text("v1")
+        os.utime(live / name, ns=(ns, ns))
+    assert vault.backup(kind="full").ok
+    # Both change, keeping size and mtime: only the racy rule can catch the change, and
+    # only for the file modified within the tick of the parent's scan.
+    for name, ns in (("racy", racy_ns), ("calm", calm_ns)):
+        (live / name).write_text("v2")
+        os.utime(live / name, ns=(ns, ns))
     first = vault.backup(kind="incremental").cells[0]
-    assert first.files == 1
+    assert (first.kind, first.files) == ("incremental", 1)
+    out = tmp_path / "out"
+    assert vault.restore("latest", into=out).ok
+    restored = out / "crm" / "crm"
+    assert ((restored / "racy").read_text(), (restored / "calm").read_text()) == ("v2", "v1")
 
 
 def test_checksum_mode_catches_changes_that_keep_size_and_mtime(tmp_path: Path) -> None:
@@ -200,6 +210,10 @@ def test_corrupted_parent_fails_the_restore_and_leaves_live_data(tmp_path: Path)
 
 class ChainMachine(RuleBasedStateMachine):
     """Mutate a tree through many steps, back it up between steps, restore every point."""
+
+    # Each backup is followed by a no-change incremental, itself a point, which must
+    # store no file; a fixed walk that counts its points turns this off.
+    check_unchanged = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -324,6 +338,8 @@ class ChainMachine(RuleBasedStateMachine):
         report = self.vault.backup(kind=kind)
         assert report.ok, report
         self.points.append((report.cells[0].archive, snapshot(self.live)))
+        if not self.check_unchanged:
+            return
         # Nothing changed since (every file's mtime is well in the past): an incremental
         # now stores no file of its own, each one is held by an older archive of the chain;
         # a chain at its longest starts over with a full that stores every file.

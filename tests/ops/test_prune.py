@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cellvault import Cell, Config, TargetSpec, Vault
+from cellvault import Cell, Config, TargetSpec, Vault, hookimpl
+from cellvault.archive import Sidecar
 from cellvault.cli import cli
 from cellvault.config import load_toml
 from cellvault.lock import Lease
+from cellvault.ops.prune import prune_cell
+from cellvault.readlease import ReadLease
+from cellvault.report import Failure
 from cellvault.retention import RetentionPolicy
+from cellvault.targets.local import LocalTarget
 
 from .test_incremental import age, snapshot
 
@@ -235,3 +243,129 @@ def test_prune_on_a_second_target_type(tmp_path: Path) -> None:
         assert vault.backup(kind="full").ok
     assert vault.prune().ok
     assert [a.targets for a in vault.list()] == [("local", "mem"), ("local", "mem")]
+
+
+class Failures:
+    """The failures a vault alerts, as the alert channels receive them."""
+
+    def __init__(self) -> None:
+        self.seen: list[Failure] = []
+
+    @hookimpl
+    def cellvault_backup_failed(self, failure: Failure) -> None:
+        self.seen.append(failure)
+
+
+def test_a_cell_that_cannot_be_pruned_is_alerted_naming_cell_and_target(tmp_path: Path) -> None:
+    vault, _, _ = setup(tmp_path)
+    assert vault.backup().ok
+    failures = Failures()
+    alerting = Vault(vault.config, load_entry_points=False, plugins=[failures])
+    lease = Lease.acquire(vault.target("local"), "crm", "a test holding the cell")
+    try:
+        held = alerting.prune()
+    finally:
+        lease.release()
+    (result,) = held.results
+    assert (result.target, result.cell, result.decisions) == ("local", "crm", ())
+    assert result.error and "locked by a test holding the cell" in result.error
+    (failure,) = failures.seen
+    assert (failure.operation, failure.stage, failure.cell, failure.target, failure.error) == (
+        "prune",
+        "prune",
+        "crm",
+        "local",
+        result.error,
+    )
+
+
+def test_prune_of_named_cells_touches_only_them(tmp_path: Path) -> None:
+    lives = {name: tmp_path / name for name in ("crm", "billing")}
+    for live in lives.values():
+        live.mkdir()
+        (live / "base.txt").write_text("base")
+        age(live, 100)
+    clock = Clock()
+    cfg = Config(
+        backup_dir=tmp_path / "backup",
+        cells=[Cell(name, [live]) for name, live in lives.items()],
+        retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None),
+    )
+    vault = Vault(cfg, load_entry_points=False, clock=clock)
+    for hours in (0, 1):
+        clock.now = START + dt.timedelta(hours=hours)
+        assert vault.backup(kind="full").ok
+    report = vault.prune(cells=["crm"])
+    assert [(r.cell, len(r.removed)) for r in report.results] == [("crm", 1)]
+    assert len(vault.list("crm")) == 1
+    assert len(vault.list("billing")) == 2
+
+
+def test_a_dry_run_says_what_a_prune_would_do_and_honours_read_leases(tmp_path: Path) -> None:
+    vault, _, clock = setup(tmp_path, retention=RetentionPolicy(None, None))
+    made = []
+    for hours in (0, 1, 2):
+        clock.now = START + dt.timedelta(hours=hours)
+        made.append(vault.backup(kind="full").cells[0].archive)
+    debris = tmp_path / "backup" / "crm" / "cell_crm_20000101_000000.tar.zst"
+    debris.write_bytes(b"half an upload")
+    target = vault.target("local")
+    with ReadLease.acquire(target, "crm", [made[0]], "a restore reading it", wait=0):
+        (result,) = vault.prune(dry_run=True).results
+    assert (result.target, result.cell, result.dry_run, result.ok) == ("local", "crm", True, True)
+    assert result.debris == ("crm/cell_crm_20000101_000000.tar.zst",)
+    assert [str(d.id) for d in result.removed] == [made[1]]
+    (held,) = [d for d in result.decisions if str(d.id) == made[0]]
+    assert held.keep and held.reasons[-1].startswith("held by a restore reading it on host ")
+    assert debris.exists() and [a.id for a in vault.list()] == made
+    # The prune itself keeps what a read lease holds, and deletes the rest.
+    with ReadLease.acquire(target, "crm", [made[0]], "a restore reading it", wait=0):
+        (done,) = vault.prune().results
+    assert [str(d.id) for d in done.removed] == [made[1]]
+    assert [a.id for a in vault.list()] == [made[0], made[2]]
+
+
+class RecordingTarget(LocalTarget):
+    """A local target that remembers the leases taken on it."""
+
+    leases: list[dict[str, object]]
+    deleted: list[str]
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if key.startswith(".locks/"):
+            self.leases.append(json.loads(data))
+        return super().create_exclusive(key, data)
+
+    def delete_archive(self, sidecar: Sidecar) -> None:
+        self.deleted.append(str(sidecar.id))
+        super().delete_archive(sidecar)
+
+
+def test_a_prune_holds_the_cell_s_lease_as_a_prune_and_deletes_newest_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read leases wait for a lease held by a prune (it deletes archives) and not for
+    # any other: the lease must say "prune".
+    vault, _, clock = setup(tmp_path)
+    made = []
+    for hours in (0, 1, 2):
+        clock.now = START + dt.timedelta(hours=hours)
+        made.append(vault.backup(kind="full").cells[0].archive)
+    target = RecordingTarget(TargetSpec("local", str(tmp_path / "backup")))
+    target.leases, target.deleted = [], []
+    caplog.set_level(logging.INFO, logger="cellvault.ops.prune")
+    now = START + dt.timedelta(days=2, hours=1)
+    result = prune_cell(target, "crm", RetentionPolicy(None, None), now, lock_ttl=900)
+    assert (result.target, result.cell, result.ok, result.dry_run) == ("local", "crm", True, False)
+    # Newest first: no committed archive ever needs one already gone.
+    assert target.deleted == [made[1], made[0]]
+    records = [r.msg for r in caplog.records if r.name == "cellvault.ops.prune"]
+    assert [(r["event"], r["target"], r["archive"]) for r in records] == [  # type: ignore[index]
+        ("archive.pruned", "local", made[1]),
+        ("archive.pruned", "local", made[0]),
+    ]
+    assert records[0]["reasons"] == ["full, 2.0 days old, kept by no rule"]  # type: ignore[index]
+    (lease,) = target.leases
+    assert lease["purpose"] == "prune"
+    held = dt.datetime.fromisoformat(str(lease["expires"])) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(seconds=600) < held <= dt.timedelta(seconds=900)  # not the default 120

@@ -8,6 +8,7 @@ SIGKILL at each stage (the next run rolls it back or finishes it).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -83,6 +84,27 @@ def test_second_root_failing_to_swap_puts_the_first_back(two_roots) -> None:  # 
     assert cell.parts["files:app"].startswith("swapped in, then rolled back")
     assert cell.parts["files:data"].startswith("swapped in, then rolled back")
     assert "every cell's live files are back in place" in (report.error or "")
+
+
+def test_a_root_that_was_not_there_is_taken_away_again_by_the_rollback(two_roots) -> None:  # type: ignore[no-untyped-def]
+    vault, app, data = two_roots
+    shutil.rmtree(app)  # gone since the backup: the restore puts it where nothing was
+    live = (snapshot(data), data.stat().st_ino)
+    broken = make_vault(
+        vault.config.backup_dir,
+        list(vault.config.cells),
+        plugins=[BreakSecondRoot()],
+        clock=times_clock([utc(2025, 2, 1)]),
+    )
+    report = broken.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    # As before the restore: no app, the same data, nothing left beside them.
+    assert not app.exists()
+    assert (snapshot(data), data.stat().st_ino) == live
+    assert leftovers(app.parent, data.parent) == []
+    (cell,) = report.cells
+    assert cell.stage == "swap"
+    assert cell.parts["files:app"].startswith("swapped in, then rolled back")
 
 
 def test_report_names_every_part_the_safety_backup_and_the_undo(two_roots) -> None:  # type: ignore[no-untyped-def]

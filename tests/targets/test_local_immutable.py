@@ -145,3 +145,20 @@ def test_where_the_attribute_cannot_be_set_it_is_said_once(site: Path) -> None:
     assert "CAP_LINUX_IMMUTABLE" in done.stderr
     stored = list((site / "backup").rglob("cell_*.json"))
     assert len(stored) == 2 and not any(is_immutable(p) for p in stored)
+
+
+def test_an_uncommitted_locked_copy_is_debris_that_a_later_run_clears(site: Path) -> None:
+    vault = _vault(site, Clock())
+    full = vault.backup(kind="full").cells[0].archive
+    target = vault.targets[0]
+    (sidecar,) = target.archives("crm")
+    # What a backup does when the copy it just stored fails its check.
+    target.uncommit(sidecar)
+    assert target.archives("crm") == []
+    debris = target.debris("crm")
+    assert sorted(debris) == sorted(
+        f"crm/{p.name}" for p in (site / "backup" / "crm").glob(f"{full}*")
+    )
+    assert all(is_immutable(site / "backup" / key) for key in debris)
+    assert sorted(target.clear_debris("crm")) == sorted(debris)
+    assert not list((site / "backup" / "crm").glob(f"{full}*"))

@@ -7,6 +7,7 @@ import secrets
 import time
 
 from ..errors import CellvaultError, DrError, TargetError
+from ..modes import private_dirs
 from ..targets.base import Target
 from .context import SiteContext
 from .replicate import pull
@@ -54,11 +55,16 @@ def _create_directories(ctx: SiteContext) -> list[str]:
         layout.dr,
         *(p.parent for c in ctx.vault.config.cells for p in c.paths),
     ]
+    ours = {layout.root, layout.logs, layout.spool, layout.dr}
     created = []
     for path in dict.fromkeys(wanted):
         if not path.exists():
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                # The backup directory's own folders are private; the cells' parents are not ours.
+                if path in ours:
+                    private_dirs(path)
+                else:
+                    path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DrError(
                     f"cannot create {path} ({exc.strerror})",

@@ -13,6 +13,7 @@ import hashlib
 import json
 import marshal
 import tempfile
+import weakref
 import zlib
 from collections.abc import Iterator
 from typing import IO, Any
@@ -171,6 +172,9 @@ class ArchiveStream:
             digest.update(block)
             spooled.write(block)
         spooled.seek(0)
+        # Read after the stream is closed (checked against the planned manifest),
+        # so it lives as long as this object, and is closed with it.
+        weakref.finalize(self, spooled.close)
         self.manifest_raw = spooled
         self.manifest_sha256 = digest.hexdigest()
 

@@ -105,7 +105,7 @@ def store(
         if stage == "verify":
             # A copy that does not verify must not count: uncommit it.
             with contextlib.suppress(Exception):
-                target.delete(target.sidecar_key(sidecar.id))
+                target.uncommit(sidecar)
         run.fail(stage, error, cell=sidecar.id.cell, target=target.name, archive=ident)
         return TargetOutcome(
             target=target.name,

@@ -349,6 +349,14 @@ class Target(abc.ABC):
         """Until when the store refuses to delete *sidecar*'s archive (``None``: it does not)."""
         return None
 
+    def uncommit(self, sidecar: Sidecar) -> None:
+        """Delete the sidecar this run just wrote, whose copy failed its check after the store.
+
+        The archive stops counting (its data is debris). A target that locks
+        what it stores unlocks that sidecar first: it was never a good copy.
+        """
+        self.delete(self.sidecar_key(sidecar.id))
+
     def cells(self) -> builtins.list[str]:
         """The cells whose folder on this target holds at least one committed archive.
 

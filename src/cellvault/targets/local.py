@@ -157,6 +157,18 @@ class LocalTarget(Target):
                 set_immutable(path, False)
         super().delete_archive(sidecar)
 
+    def uncommit(self, sidecar: Sidecar) -> None:
+        path = self._path(self.sidecar_key(sidecar.id))
+        if _locked_until(path) is not None:
+            set_immutable(path, False)
+        super().uncommit(sidecar)
+
+    def clear_debris(self, cell: str) -> list[str]:
+        """Clear the debris of interrupted runs, immutable parts included (never committed)."""
+        for key in self.debris(cell):
+            set_immutable(self._path(key), False)
+        return super().clear_debris(cell)
+
     def _archive_keys(self, sidecar: Sidecar) -> list[str]:
         ident = sidecar.id
         return [
@@ -164,12 +176,6 @@ class LocalTarget(Target):
             self.manifest_key(ident),
             self.sidecar_key(ident),
         ]
-
-    def clear_debris(self, cell: str) -> list[str]:
-        """Clear the debris of interrupted runs, immutable parts included (never committed)."""
-        for key in self.debris(cell):
-            set_immutable(self._path(key), False)
-        return super().clear_debris(cell)
 
     def open_read(self, key: str) -> IO[bytes]:
         return open(self._path(key), "rb")

@@ -1,0 +1,205 @@
+"""Mutation testing of the safety-critical modules: ``nox -s mutate`` runs this.
+
+``python -m tests.mutation.run [GROUP ...]`` runs mutmut (3.x) on each group
+of ``tests/mutation/modules.toml`` (all of them without arguments) in a copy
+of the checkout under ``build/mutate/<group>``, each mutant against the tests
+of its group that call the mutated function, and prints per module: mutants,
+killed, survived, without a test, and the survivors ``allowlist.toml``
+explains. The score counts killed (and timed-out) mutants and those the
+allow-list explains; below 90% the command exits 1. ``--report`` prints the
+last results without running anything; ``--resume`` carries on with the last
+run of a group: its survivors again, against the tests as they are now, then
+the mutants it did not run. Not part of CI: run it before a
+release and when those modules change (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BUILD = REPO / "build" / "mutate"
+#: What the tests read besides src/ and tests/ (docs pages, examples).
+COPIED = ("src", "tests", "docs", "examples", "README.md", "mkdocs.yml")
+TARGET = 0.90
+#: The columns of the report, in order.
+KINDS = ("total", "killed", "allowed", "survived", "no tests", "other", "not run")
+#: mutmut's exit codes of a mutant's test run, as its ``stats`` module reads them.
+KILLED = {1, 3}
+TIMEOUT = {36, -24, 24, 152, 255}
+NO_TESTS = {5, 33}
+SURVIVED = {0}
+
+
+def load(name: str) -> dict:
+    return tomllib.loads((HERE / name).read_text())
+
+
+def prepare(group: str, spec: dict, *, resume: bool = False) -> Path:
+    """A copy of the checkout for *group*, with mutmut's settings in its pyproject.toml.
+
+    With *resume*, the copy of the last run stays (its mutants and results);
+    only the tests and the settings are brought up to date.
+    """
+    work = BUILD / group
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
+    for name in COPIED:
+        source = REPO / name
+        if resume and name == "src":
+            continue
+        if source.is_dir():
+            shutil.rmtree(work / name, ignore_errors=True)
+            shutil.copytree(source, work / name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(source, work / name)
+    args = ["-p", "no:cacheprovider", "-q", "-p", "no:randomly"]
+    if spec.get("deselect"):
+        args += ["-k", spec["deselect"]]
+    settings = {
+        "source_paths": ["src/"],
+        "only_mutate": spec["modules"],
+        "pytest_add_cli_args_test_selection": spec["tests"],
+        "pytest_add_cli_args": args,
+        "also_copy": [n for n in COPIED if n not in ("src", "tests")],
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + "\n".join(lines))
+    return work
+
+
+def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
+    resume = resume and (BUILD / group / "mutants").is_dir()
+    work = prepare(group, spec, resume=resume)
+    # The tests must import the mutants: no PYTHONPATH pointing at a checkout's src/.
+    # No git either: build/ is inside the checkout, whose untracked files (the
+    # suite's "nothing left in the checkout" check) are not the copy's.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GIT_DIR"] = str(work / ".not-a-git-checkout")
+    log = BUILD / f"{group}.log"
+    print(f"mutate: {group}: mutmut run in {work} (log: {log})", flush=True)
+    runs: list[list[str]] = [[]]
+    if resume:  # the survivors again (against today's tests), then the mutants not run yet
+        again = [
+            name
+            for codes in results(group, spec).values()
+            for name, code in codes.items()
+            if code is not None and code not in KILLED and code not in TIMEOUT
+        ]
+        runs = [again, []] if again else [[]]
+    with log.open("a" if resume else "w") as out:
+        for names in runs:
+            done = subprocess.run(
+                ["mutmut", "run", "--max-children", str(jobs), *names],
+                cwd=work,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+            if done.returncode != 0:
+                print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
+                return done.returncode
+    return 0
+
+
+def results(group: str, spec: dict) -> dict[str, dict[str, int | None]]:
+    """Per module of *group*: each mutant's exit code, from mutmut's ``.meta`` files."""
+    out: dict[str, dict[str, int | None]] = {}
+    mutants = BUILD / group / "mutants"
+    for pattern in spec["modules"]:
+        for meta in sorted(mutants.glob(pattern + ".meta")):
+            module = str(meta.relative_to(mutants))[: -len(".meta")]
+            out[module] = json.loads(meta.read_text())["exit_code_by_key"]
+    return out
+
+
+def summarise(codes: dict[str, int | None], allowed: dict[str, str]) -> dict[str, object]:
+    kinds: Counter[str] = Counter()
+    unexplained: list[str] = []
+    for name, code in codes.items():
+        if code is None:
+            kinds["not run"] += 1  # an interrupted run: --resume runs it
+        elif code in KILLED or code in TIMEOUT:
+            kinds["killed"] += 1
+        elif name in allowed:
+            kinds["allowed"] += 1
+        else:
+            kinds[
+                "no tests" if code in NO_TESTS else "survived" if code in SURVIVED else "other"
+            ] += 1
+            unexplained.append(name)
+    total = len(codes)
+    tested = total - kinds["not run"]
+    score = (kinds["killed"] + kinds["allowed"]) / tested if tested else 0.0
+    return {"total": total, **kinds, "score": score, "unexplained": sorted(unexplained)}
+
+
+def report(groups: list[str], config: dict, allowed: dict[str, str]) -> bool:
+    rows = []
+    totals: Counter[str] = Counter()
+    for group in groups:
+        for module, codes in results(group, config["groups"][group]).items():
+            s = summarise(codes, allowed)
+            rows.append((module, s))
+            for key in KINDS:
+                totals[key] += int(s.get(key, 0))  # type: ignore[call-overload]
+    print(
+        "| module | mutants | killed | allow-listed | survived | no test | other | not run | score |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for module, s in rows:
+        counts = " | ".join(str(s.get(key, 0)) for key in KINDS)
+        print(f"| {module} | {counts} | {s['score']:.1%} |")
+    tested = totals["total"] - totals["not run"]
+    score = (totals["killed"] + totals["allowed"]) / tested if tested else 0.0
+    print(f"| all | {' | '.join(str(totals[key]) for key in KINDS)} | {score:.1%} |")
+    print("score: killed or allow-listed, of the mutants run (a group with mutants not run")
+    print("does not meet the target, whatever its score)")
+    for _, s in rows:
+        for name in s["unexplained"]:  # type: ignore[attr-defined]
+            print(f"not killed, not allow-listed: {name} (mutmut show {name}, in build/mutate)")
+    return score >= TARGET and not totals["not run"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation.run", description=__doc__)
+    parser.add_argument("groups", nargs="*", help="groups of tests/mutation/modules.toml")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
+    parser.add_argument("--report", action="store_true", help="only print the last results")
+    parser.add_argument(
+        "--resume", action="store_true", help="carry on with the last run (then its survivors)"
+    )
+    args = parser.parse_args(argv)
+    config = load("modules.toml")
+    groups = args.groups or list(config["groups"])
+    unknown = [g for g in groups if g not in config["groups"]]
+    if unknown:
+        parser.error(f"unknown groups: {', '.join(unknown)}; known: {', '.join(config['groups'])}")
+    allowed = load("allowlist.toml").get("mutants", {})
+    failed = []
+    if not args.report:
+        failed = [
+            g for g in groups if run(g, config["groups"][g], args.jobs, resume=args.resume) != 0
+        ]
+    ok = report(groups, config, allowed)
+    if failed:
+        print(f"mutate: mutmut failed for: {', '.join(failed)}")
+    if not ok:
+        print(f"mutate: below the target of {TARGET:.0%} killed or explained")
+    return 0 if ok and not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Swap's own rules, on the file system: a rollback that cannot put old data back keeps it."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from cellvault import swap as swap_module
+from cellvault.swap import Swap
+from tests.helpers import write_tree
+
+
+def committed(tmp_path: Path) -> tuple[Swap, Path, Path]:
+    """A swap of one root, committed: the new tree live, the old one where the staged was."""
+    live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    swap = Swap.create({"app": live}, "cell_crm_20250101_020000")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    swap.place()
+    swap.commit()
+    old = swap.placed["app"]
+    assert ((live / "config.yaml").read_text(), (old / "config.yaml").read_text()) == (
+        "new\n",
+        "old\n",
+    )
+    return swap, live, old
+
+
+def test_a_rollback_puts_the_old_data_back_and_cleans_up(tmp_path: Path) -> None:
+    swap, live, _ = committed(tmp_path)
+    assert swap.rollback() == {}
+    assert (live / "config.yaml").read_text() == "old\n"
+    swap.cleanup()
+    assert sorted(p.name for p in live.parent.iterdir()) == ["app"]
+
+
+def test_a_rollback_that_cannot_put_the_old_data_back_keeps_it_and_says_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    swap, live, old = committed(tmp_path)
+    live.rename(tmp_path / "moved")  # the destination went away: the exchange back fails
+    caplog.set_level(logging.ERROR, logger="cellvault.swap")
+    assert swap.rollback() == {"app": old}
+    assert swap.stranded == {"app": old}
+    (record,) = [r.msg for r in caplog.records if r.name == "cellvault.swap"]
+    assert isinstance(record, dict)
+    assert record["event"] == "restore.rollback_failed"
+    assert (record["destination"], record["kept"]) == (str(live), str(old))
+    assert "No such file or directory" in record["error"]
+    # Nothing deletes the stranded old data: not the clean-up, not a discard.
+    swap.cleanup()
+    swap.discard()
+    assert (old / "config.yaml").read_text() == "old\n"
+    assert [p.name for p in old.parent.iterdir()] == [old.name]
+
+
+def test_on_linux_the_exchange_is_one_renameat2_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The C library is loaded afresh, as by a new process.
+    monkeypatch.setattr(swap_module, "_libc", None)
+    tree = write_tree(tmp_path / "tree", {"f": "a folder\n"})
+    (tmp_path / "file").write_text("a file\n")
+    assert swap_module._renameat2(tree, tmp_path / "file") is True
+    assert (tmp_path / "file" / "f").read_text() == "a folder\n"
+    assert (tmp_path / "tree").read_text() == "a file\n"
+    # A failure other than "the file system cannot" is an error, with its errno.
+    with pytest.raises(FileNotFoundError) as info:
+        swap_module._renameat2(tmp_path / "tree", tmp_path / "missing")
+    assert (info.value.errno, info.value.strerror) == (errno.ENOENT, os.strerror(errno.ENOENT))
+    assert info.value.filename == str(tmp_path / "missing")
+
+
+def test_without_renameat2_three_renames_swap_and_undo_themselves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A C library without renameat2 (musl before 1.2.3, another kernel): the fallback.
+    monkeypatch.setattr(swap_module, "_libc", False)
+    tree = write_tree(tmp_path / "tree", {"f": "a folder\n"})
+    (tmp_path / "file").write_text("a file\n")
+    swap_module.exchange(tree, tmp_path / "file")
+    assert (tmp_path / "file" / "f").read_text() == "a folder\n"
+    assert (tmp_path / "tree").read_text() == "a file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tree"]
+    # When the second rename fails, the first is undone: both entries as they were.
+    with pytest.raises(FileNotFoundError):
+        swap_module.exchange(tmp_path / "missing", tmp_path / "file")
+    assert (tmp_path / "file" / "f").read_text() == "a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tree"]
