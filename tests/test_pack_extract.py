@@ -22,7 +22,7 @@ import pytest
 import zstandard
 
 import cellvault
-from cellvault import ArchiveId, ConfigError, Manifest
+from cellvault import ArchiveCorrupt, ArchiveId, ConfigError, Manifest
 from cellvault.codec import get_codec
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
 from cellvault.pack import Packer
@@ -468,14 +468,11 @@ def test_manifest_copy_that_differs_from_the_archive_is_refused(tmp_path: Path, 
     del manifest.entries["data/crm/db/empty-dir"]
     copy.write_bytes(zstandard.ZstdCompressor().compress(manifest.to_json()))
     before = snapshot(src)
-    restored = vault.restore(ident)
-    assert not restored.ok
     # The sidecar records the copy's sha256 (issue 19), so the replaced copy is
-    # refused before planning; an older sidecar without it meets the staging check
-    # ("manifest.json differs from the stored manifest copy").
-    assert "manifest copy does not match the sha256 its sidecar records" in (
-        restored.cells[0].error or ""
-    )
+    # refused while the restore is planned, before anything is staged; an older
+    # sidecar without it meets the staging check ("manifest.json differs ...").
+    with pytest.raises(ArchiveCorrupt, match="manifest copy does not match the sha256"):
+        vault.restore(ident)
     assert snapshot(src) == before
 
 
