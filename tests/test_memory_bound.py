@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,19 +35,35 @@ def _generate(root: Path, files: int) -> None:
         (folder / f"f{i:06d}").write_bytes(b"%d\n" % i)
 
 
+# The peak is read by the child itself (VmHWM of its own memory, at exit): a parent's
+# wait4 ru_maxrss would include the high-water mark of the (large) test process the
+# child was spawned from, which exec carries over on Linux.
+_WRAP = """
+import atexit, runpy, sys
+def _hwm_to(path):
+    with open("/proc/self/status") as f:
+        kib = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(str(kib))
+atexit.register(_hwm_to, sys.argv.pop(1))
+sys.argv[0] = "cellvault"
+runpy.run_module("cellvault", run_name="__main__", alter_sys=True)
+"""
+
+
 def _peak_mib(argv: list[str], env: dict[str, str]) -> float:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cellvault", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, f"cellvault {' '.join(argv)} failed:\n{out.decode()[-3000:]}"
-    return usage.ru_maxrss / 1024
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
+        done = subprocess.run(
+            [sys.executable, "-c", _WRAP, hwm.name, *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        assert done.returncode == 0, (
+            f"cellvault {' '.join(argv)} failed:\n{done.stdout.decode()[-3000:]}"
+        )
+        return int(hwm.read()) / 1024
 
 
 @pytest.mark.timeout(900)
