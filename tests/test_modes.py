@@ -19,6 +19,7 @@ import pytest
 from cellvault import TargetSpec
 from cellvault.modes import private_dirs, private_opener
 from tests.servers.fixtures import S3Bucket
+from tests.system_tools import import_module
 
 from .archive_helpers import TickingClock, make_vault
 
@@ -56,6 +57,10 @@ def test_every_created_path_is_private_whatever_the_umask(tmp_path: Path, umask:
     from cellvault.signing import generate_keypair
 
     generate_keypair(key)
+    # Encrypted too: the sealed manifest copy and the manifests a keyless backup host
+    # keeps (.cellvault/manifests) are made on paths of their own.
+    identity = import_module("pyrage", "'cellvault[crypt]'").x25519.Identity.generate()
+    (key.parent / "age.txt").write_text(f"{identity}\n")
     vault = make_vault(
         backup,
         [cell],
@@ -63,8 +68,11 @@ def test_every_created_path_is_private_whatever_the_umask(tmp_path: Path, umask:
         targets=[TargetSpec("local", str(backup)), TargetSpec("nas", str(nas))],
         extra={"BACKUP_ALERT_LOG": str(alerts)},
         signing_key=key,
+        encrypt_recipients=(str(identity.to_public()),),
+        age_identity=key.parent / "age.txt",
     )
     assert vault.backup(kind="full").ok
+    assert list(backup.glob("crm/*.tar.zst.age"))  # sealed, so the sealed paths are checked
     (cell / "b.txt").write_text("b\n")
     assert vault.backup(kind="incremental").ok
     for level in ("quick", "read", "full", "drill"):

@@ -44,6 +44,7 @@ from .codec import HashingReader, HashingWriter
 from .errors import ArchiveCorrupt, ConfigError, KeyMissing
 from .integrity import Scan, scan
 from .manifest import Manifest
+from .modes import private_dirs
 from .trust import bounded_zstd, manifest_limit
 
 __all__ = [
@@ -353,7 +354,7 @@ def seal_file(source: Path, recipients: Recipients) -> tuple[Path, int, str]:
     sealed = source.with_name(source.name + SUFFIX)
     partial = sealed.with_name(sealed.name + ".partial")
     try:
-        with source.open("rb") as plain, partial.open("xb") as out:
+        with source.open("rb") as plain, open(partial, "xb", opener=_private) as out:
             hashing = HashingWriter(out)
             pyrage.encrypt_io(plain, hashing, list(recipients.keys))
             out.flush()
@@ -601,7 +602,7 @@ def keep_manifest(folder: Path, ident: str, plain: Path) -> None:
     newest few instead (their content is the file list and digests, which
     this host can read anyway, from the cell itself).
     """
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dirs(folder)
     final = folder / f"{ident}.manifest.json.zst"
     partial = final.with_name(final.name + ".partial")
     with plain.open("rb") as src, open(partial, "xb", opener=_private) as out:

@@ -26,6 +26,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..archive import Sidecar
 from ..errors import ConfigError, TargetError
 from ..hookspecs import hookimpl
 from ..log import get_logger
-from ..modes import private_dirs, private_opener
+from ..modes import FILE_MODE, private_dirs, private_opener
 from ..specs import TargetSpec
 from .base import ObjectInfo, ObjectStat, Target
 
@@ -72,6 +73,9 @@ class LocalTarget(Target):
                     shutil.copyfileobj(src, dst, 1 << 20)
                     dst.flush()
                     os.fsync(dst.fileno())
+            elif stat.S_IMODE(os.stat(tmp).st_mode) != FILE_MODE:
+                # A linked spool file keeps its own mode: stored objects are 0600 all the same.
+                os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
