@@ -173,14 +173,7 @@ class SqliteDumper(Dumper):
         target = self.restore_path or self.path
         where = ctx.staged(target)
         dest = where if where is not None else target
-        dump = ctx.path(self.filename)
-        try:
-            with contextlib.closing(sqlite3.connect(dump)) as db:
-                (check,) = db.execute("PRAGMA quick_check").fetchone()
-        except sqlite3.Error as exc:
-            raise LoadError(f"{ctx.where}: the dumped database does not open: {exc}") from None
-        if check != "ok":
-            raise LoadError(f"{ctx.where}: the dumped database fails quick_check: {check}")
+        dump = self._checked(ctx)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.cellvault-restore")
         try:
