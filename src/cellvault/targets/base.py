@@ -349,6 +349,15 @@ class Target(abc.ABC):
         """Until when the store refuses to delete *sidecar*'s archive (``None``: it does not)."""
         return None
 
+    def unlock_expired(self, sidecar: Sidecar) -> None:
+        """Lift what still protects *sidecar*'s archive though its lock's date has passed.
+
+        Called before an archive's objects are rewritten in place (``rekey``),
+        after :meth:`locked_until` said it is no longer locked. The default does
+        nothing: object stores end a retention by themselves.
+        """
+        return None
+
     def uncommit(self, sidecar: Sidecar) -> None:
         """Delete the sidecar this run just wrote, whose copy failed its check after the store.
 
