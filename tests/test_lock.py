@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from cellvault import LocalTarget, LockHeld, TargetSpec, hookimpl
 from cellvault.lock import Lease
+from cellvault.readlease import ReadLease, read_holds
 from tests.helpers import SAMPLE, MemTarget, make_vault, snapshot, write_tree
 
 
@@ -563,3 +565,121 @@ def test_a_zombie_holder_is_not_alive() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# -- read leases -------------------------------------------------------------------------
+
+
+def read_leases(target: LocalTarget | MemTarget, cell: str = "crm") -> list[str]:
+    try:
+        return sorted(e.name for e in target.list(".locks") if e.name.startswith(f"{cell}.read-"))
+    except FileNotFoundError:
+        return []
+
+
+def test_a_read_lease_names_the_archives_it_reads_until_it_is_released(
+    target: LocalTarget | MemTarget,
+) -> None:
+    assert read_holds(target, "crm") == {}  # no .locks at all
+    lease = ReadLease.acquire(target, "crm", ["cell_crm_1", "cell_crm_2"], "restore", ttl=60)
+    try:
+        assert lease.key == f".locks/crm.read-{lease.token}.lock"
+        assert read_leases(target) == [f"crm.read-{lease.token}.lock"]
+        assert lock_body(target) is None  # the cell's lease was held only for a moment
+        body = json.loads(target.read_bytes(lease.key))
+        expires = dt.datetime.fromisoformat(body.pop("expires"))
+        assert 50 < (expires - dt.datetime.now(dt.UTC)).total_seconds() <= 60
+        assert body == {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "purpose": "restore",
+            "since": lease.since.isoformat(),
+            "token": lease.token,
+            "archives": ["cell_crm_1", "cell_crm_2"],
+        }
+        who = f"restore on host {socket.gethostname()} (pid {os.getpid()}) since {lease.since.isoformat()}"
+        assert read_holds(target, "crm") == {"cell_crm_1": who, "cell_crm_2": who}
+        assert read_holds(target, "billing") == {}
+    finally:
+        lease.release()
+    assert read_leases(target) == []
+    assert read_holds(target, "crm") == {}
+    # Released, its token is no longer this process's: a copy of it left behind is stale.
+    target.put_bytes(lease.key, lease._body())
+    assert read_holds(target, "crm") == {}
+
+
+def test_a_read_lease_is_renewed_while_it_is_held(target: LocalTarget | MemTarget) -> None:
+    with ReadLease.acquire(target, "crm", ["cell_crm_1"], "drill", ttl=0.6) as lease:
+        first = json.loads(target.read_bytes(lease.key))["expires"]
+        time.sleep(1.0)
+        assert json.loads(target.read_bytes(lease.key))["expires"] > first
+        assert read_holds(target, "crm") == {
+            "cell_crm_1": f"drill on host {socket.gethostname()} (pid {os.getpid()}) "
+            f"since {lease.since.isoformat()}"
+        }
+    assert read_leases(target) == []
+
+
+def test_a_read_lease_waits_for_a_prune_but_not_for_a_backup(
+    target: LocalTarget | MemTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        Lease.acquire(target, "crm", "backup run abc"),
+        ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=0),
+    ):
+        assert len(read_leases(target)) == 1
+    prune = Lease.acquire(target, "crm", "prune run abc")
+    try:
+        with pytest.raises(LockHeld) as info:
+            ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=0)
+        assert info.value.message == (
+            f"cell crm on target {target.name}: a prune has run for more than 0s, so the "
+            "restore cannot protect the archives it reads"
+        )
+        assert info.value.holder["token"] == prune.token
+        assert read_leases(target) == []
+        caplog.set_level(logging.INFO)
+        started = time.monotonic()
+        threading.Timer(0.7, prune.release).start()
+        with ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=30):
+            waited = time.monotonic() - started
+            assert len(read_leases(target)) == 1
+        assert 0.7 <= waited < 10
+        waits = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+        waits = [m for m in waits if m.get("event") == "readlease.waiting"]
+        assert waits and waits[0]["cell"] == "crm" and waits[0]["target"] == target.name
+        assert waits[0]["holder"]["purpose"] == "prune run abc"
+    finally:
+        prune.release()
+
+
+def test_read_holds_pass_over_what_is_not_a_live_read_lease(
+    target: LocalTarget | MemTarget,
+) -> None:
+    here = {"host": socket.gethostname(), "since": "2025-01-01T00:00:00+00:00"}
+    gone = {**here, "pid": dead_pid(), "expires": iso(600), "archives": ["cell_crm_1"]}
+    old = {"host": "elsewhere", "pid": 1, "expires": iso(-1), "archives": ["cell_crm_2"]}
+    live = {
+        "host": "elsewhere",
+        "pid": 7,
+        "expires": iso(600),
+        "since": "s",
+        "archives": ["cell_crm_3", 4],
+    }
+    for name, raw in {
+        "crm.read-gone.lock": json.dumps(gone).encode(),
+        "crm.read-old.lock": json.dumps(old).encode(),
+        "crm.read-torn.lock": b'{"archives": ["cell_crm_4"]',
+        "crm.read-list.lock": b'["cell_crm_5"]',
+        "crm.read-big.lock": b" " * (64 << 10) + json.dumps(live).encode(),
+        "crm.read-none.lock": json.dumps({**live, "archives": None}).encode(),
+        "crm.read-live.lock": json.dumps(live).encode(),
+        "crmx.read-live.lock": json.dumps({**live, "archives": ["cell_crmx_1"]}).encode(),
+        "crm.lock": json.dumps({**live, "archives": ["cell_crm_6"]}).encode(),
+    }.items():
+        target.put_bytes(f".locks/{name}", raw)
+    if isinstance(target, LocalTarget):
+        (Path(target.spec.url) / ".locks" / "crm.read-dir.lock").mkdir()
+    who = "a reader on host elsewhere (pid 7) since s"
+    assert read_holds(target, "crm") == {"cell_crm_3": who, "4": who}

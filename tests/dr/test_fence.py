@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +377,40 @@ def folder(tmp_path: Path, name: str) -> LocalTarget:
     return LocalTarget(TargetSpec(name, str(tmp_path / name)))
 
 
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of each log event *name* (cellvault logs structured events)."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
+
+
+@pytest.fixture
+def far_east(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone is UTC+8 (the records are written in UTC whatever it is)."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_records_are_written_in_utc_whatever_the_local_time_zone(
+    far_east: None, tmp_path: Path
+) -> None:
+    assert dt.datetime(2025, 3, 1, 12, 0).astimezone().utcoffset() == dt.timedelta(hours=8)
+    epoch = Epoch(1, "dr", AT)
+    assert epoch.to_json() == (
+        b'{"at": "2025-03-01T12:00:00Z", "epoch": 1, "host": "", "reason": "failover", '
+        b'"site": "dr"}\n'
+    )
+    assert Heartbeat("dr", AT).to_json().startswith(b'{"at": "2025-03-01T12:00:00Z", ')
+    shared = folder(tmp_path, "a")
+    write_heartbeat(Fence("dr", [shared]), now=AT, source="backup")
+    assert shared.read_bytes(".dr/heartbeats/dr.json").startswith(b'{"at": "2025-03-01T12:00:00Z"')
+
+
 def broken(tmp_path: Path, name: str) -> LocalTarget:
     """A target whose folder is a file: every call fails (a TargetError through guard)."""
     (tmp_path / name).write_text("not a folder\n")
@@ -532,9 +568,10 @@ def test_a_claim_takes_the_next_number_on_the_arbiter_and_copies_it_to_the_other
     assert first == Epoch(1, "dr", AT, "failover", "h")
     assert first.at.tzinfo is dt.UTC
     assert arbiter.read_bytes(first.key) == first.to_json() == copy.read_bytes(first.key)
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("fence.copy_failed" in m and "down" in m for m in messages) == 1, messages
-    assert sum("fence.claimed" in m for m in messages) == 1, messages
+    (failed,) = events(caplog, "fence.copy_failed")
+    assert failed["target"] == "down"
+    assert failed["error"].startswith("target down: cannot copy epoch 1 (NotADirectoryError")
+    assert events(caplog, "fence.claimed") == [{"epoch": 1, "site": "dr", "reason": "failover"}]
     second = claim_epoch([arbiter], "primary", reason="failback", now=AT, over=1)
     assert (second.number, second.site, second.reason) == (2, "primary", "failback")
     assert claim_epoch([arbiter], "dr", reason="t", now=AT).number == 3
@@ -551,6 +588,12 @@ def test_a_claim_takes_the_next_number_on_the_arbiter_and_copies_it_to_the_other
     # Over 0 on an arbiter without epochs: epoch 1.
     fresh = folder(tmp_path, "f")
     assert claim_epoch([fresh], "dr", reason="t", now=AT, over=0).number == 1
+    # Over a number an arbiter without epochs never saw (a new arbiter, the view read from
+    # a copy): the numbers go on from what the claimant saw.
+    assert claim_epoch([folder(tmp_path, "g")], "dr", reason="t", now=AT, over=4).number == 5
+    with pytest.raises(ConfigError) as empty:
+        claim_epoch([], "dr", reason="t", now=AT)
+    assert empty.value.message == "claiming an epoch needs a shared (object-storage) target"
 
 
 def test_a_claim_of_a_number_already_taken_names_who_took_it(tmp_path: Path) -> None:
@@ -692,7 +735,9 @@ def test_heartbeats_are_written_everywhere_and_the_newest_is_read(
     assert len(errors) == 1 and errors[0].startswith(
         "down: target down: cannot write a heartbeat ("
     )
-    assert sum("fence.heartbeat_failed" in r.getMessage() for r in caplog.records) == 1
+    assert events(caplog, "fence.heartbeat_failed") == [
+        {"target": "down", "error": errors[0].removeprefix("down: ")}
+    ]
     assert a.read_bytes(".dr/heartbeats/dr.json") == Heartbeat("dr", AT, "backup", "h").to_json()
     assert b.read_bytes(".dr/heartbeats/dr.json") == a.read_bytes(".dr/heartbeats/dr.json")
     later = AT + dt.timedelta(minutes=5)
