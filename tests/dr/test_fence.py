@@ -35,6 +35,7 @@ from cellvault.fence import (
     write_heartbeat,
     written_after_fence,
 )
+from cellvault.targets.base import ObjectInfo
 from cellvault.targets.local import LocalTarget
 from tests.dr.test_dr import CELLS, make_site, s3_spec, seed_cells, site_env, trees, utc
 from tests.helpers import clock, write_tree
@@ -495,6 +496,11 @@ def test_an_epoch_record_is_written_and_read_back_exactly() -> None:
             "0000000001.json",
             "Invalid isoformat string: 'noon'",
         ),
+        (
+            {"epoch": 1, "site": "dr", "at": "2025-03-01T12:00:00z"},
+            "0000000001.json",
+            "Invalid isoformat string: '2025-03-01T12:00:00z'",
+        ),
         ({"epoch": 1, "at": "2025-03-01T12:00:00Z"}, "0000000001.json", "'site'"),
         ({"site": "dr", "at": "2025-03-01T12:00:00Z"}, "0000000001.json", "'epoch'"),
         ({"epoch": 1, "site": "dr"}, "0000000001.json", "'at'"),
@@ -638,6 +644,40 @@ def test_a_claim_needs_a_reachable_arbiter(tmp_path: Path) -> None:
     assert read_epoch([copy]) == (None, "b", [])
 
 
+class Flaky(LocalTarget):
+    """A folder whose listing names records that fail when read (gone, or an I/O error)."""
+
+    def __init__(self, spec: TargetSpec, fail: dict[str, OSError], *, no_folder: bool = False):
+        super().__init__(spec)
+        self.fail, self.no_folder = fail, no_folder
+
+    def list(self, folder: str) -> list[ObjectInfo]:
+        if self.no_folder:
+            raise FileNotFoundError(folder)  # an object store without the prefix
+        return [*super().list(folder), *(ObjectInfo(n, 10) for n in self.fail)]
+
+    def read_bounded(self, key: str, limit: int) -> bytes:
+        error = self.fail.get(key.rsplit("/", 1)[-1])
+        if error is not None:
+            raise error
+        return super().read_bounded(key, limit)
+
+
+def test_an_epoch_record_that_vanishes_or_fails_when_read(tmp_path: Path) -> None:
+    spec = TargetSpec("a", str(tmp_path / "a"))
+    gone = Flaky(spec, {"0000000009.json": FileNotFoundError("0000000009.json")})
+    gone.put_bytes(Epoch(2, "dr", AT).key, Epoch(2, "dr", AT).to_json())
+    assert read_epoch([gone]) == (Epoch(2, "dr", AT), "a", [])  # the next one down
+    assert read_epoch([Flaky(spec, {}, no_folder=True)]) == (None, "a", [])
+    failing = Flaky(spec, {"0000000009.json": OSError(errno.EIO, "Input/output error")})
+    epoch, where, errors = read_epoch([failing, folder(tmp_path, "b")])
+    assert (epoch, where) == (None, "b")
+    assert errors == [
+        "target a: cannot read an epoch record (OSError: [Errno 5] Input/output error) "
+        f"(check that {tmp_path / 'a'} is reachable and writable, and the credentials)"
+    ]
+
+
 class FullDisk(LocalTarget):
     """A folder that lists and reads but cannot take a new record."""
 
@@ -718,6 +758,10 @@ def test_a_heartbeat_record_is_written_and_read_back_exactly() -> None:
         (b'{"at": "2025-03-01T12:00:00Z"}', "'site'"),
         (b'{"site": "D R", "at": "2025-03-01T12:00:00Z"}', "site 'D R' is not a plain name"),
         (b'{"site": "dr", "at": "soon"}', "Invalid isoformat string: 'soon'"),
+        (
+            b'{"site": "dr", "at": "2025-03-01T12:00:00z"}',
+            "Invalid isoformat string: '2025-03-01T12:00:00z'",
+        ),
         (b"7", "the heartbeat record is a JSON int, not an object"),
     ]:
         with pytest.raises(DrError) as info:
@@ -730,6 +774,8 @@ def test_heartbeats_are_written_everywhere_and_the_newest_is_read(
 ) -> None:
     a, b, down = folder(tmp_path, "a"), folder(tmp_path, "b"), broken(tmp_path, "down")
     assert read_heartbeat([a, b], "dr") == (None, [])
+    write_heartbeat(Fence("dr", [b]), now=AT, source="backup")
+    assert read_heartbeat([a, b], "dr") == (Heartbeat("dr", AT, "backup", ""), [])
     caplog.set_level(logging.WARNING)
     errors = write_heartbeat(Fence("dr", [a, down, b]), now=AT, source="backup", host="h")
     assert len(errors) == 1 and errors[0].startswith(

@@ -38,6 +38,15 @@ def read(root: Path) -> dict[str, str]:
     }
 
 
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of each log event *name* (cellvault logs structured events)."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
+
+
 def beside(*dirs: Path) -> list[str]:
     return sorted(p.name for d in dirs for p in d.iterdir() if p.name.startswith(".cellvault"))
 
@@ -179,8 +188,10 @@ def test_killed_before_the_swap_the_live_data_stays_and_the_staged_data_goes(
     assert rec.describe() == f"an interrupted restore of cell crm to {ARCHIVE} was rolled back"
     assert (read(cell.app), read(cell.data)) == LIVE
     assert beside(tmp_path / "srv") == []
-    (event,) = [r.getMessage() for r in caplog.records if "restore.recovered" in r.getMessage()]
-    assert "rolled back" in event
+    assert events(caplog, "restore.recovered") == [
+        {"cell": "crm", "action": "rolled back", "detail": rec.describe()}
+    ]
+    assert events(caplog, "restore.side_unknown") == []
     assert recover("crm", [cell.app, cell.data]) == []
 
 
@@ -240,11 +251,14 @@ def test_a_root_without_live_data_is_moved_in_when_the_restore_is_finished(
     assert beside(tmp_path / "srv") == []
 
 
-def test_a_root_placed_outside_the_staging_folder_is_removed_with_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("root", ["app", "data"])
+def test_a_root_placed_outside_the_staging_folder_is_removed_with_it(
+    tmp_path: Path, root: str
+) -> None:
     cell = staged_cell(tmp_path)
-    elsewhere = tmp_path / "srv" / ".cellvault-restore-app-x"
-    os.rename(cell.swap.placed["app"], elsewhere)
-    cell.swap.placed["app"] = elsewhere
+    elsewhere = tmp_path / "srv" / f".cellvault-restore-{root}-x"
+    os.rename(cell.swap.placed[root], elsewhere)
+    cell.swap.placed[root] = elsewhere
     cell.journal("staged")
     (rec,) = recover("crm", [cell.app, cell.data])
     assert rec.roots == {"app": "live data kept", "data": "live data kept"}
@@ -278,14 +292,21 @@ def test_journals_of_other_cells_and_unreadable_ones_are_left_alone(
         assert recover("crm", [cell.app]) == []
         assert path.read_text() == text
         assert (read(cell.app), read(cell.data)) == LIVE
-    unreadable = [r.getMessage() for r in caplog.records]
-    assert len(unreadable) == 1 and "restore.journal_unreadable" in unreadable[0]
+    assert events(caplog, "restore.journal_unreadable") == [
+        {
+            "cell": "crm",
+            "journal": str(path),
+            "error": "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        }
+    ]
     path.unlink()
     path.mkdir()  # a folder is not a journal
     assert find("crm", [cell.app]) == []
 
 
-def test_a_journal_of_a_restore_still_running_is_left_to_it(tmp_path: Path) -> None:
+def test_a_journal_of_a_restore_still_running_is_left_to_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cell = staged_cell(tmp_path)
     torn = tmp_path / "srv" / f"{JOURNAL_PREFIX}crm.json.0a1b2c3d.tmp"
     other = tmp_path / "srv" / f"{JOURNAL_PREFIX}other.json.0a1b2c3d.tmp"
@@ -294,8 +315,13 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(tmp_path: Path) -> N
         journal = cell.journal("swapping", pid=runner.pid)
         torn.write_text("{")
         other.write_text("{")
+        caplog.set_level(logging.INFO)
         assert recover("crm", [cell.app, cell.data]) == []
         assert journal.path.exists() and torn.exists() and cell.swap.staging.exists()
+        assert runner.poll() is None  # asked, not signalled
+        assert events(caplog, "restore.journal_live") == [
+            {"cell": "crm", "journal": str(journal.path), "pid": runner.pid}
+        ]
         # Another host's restore cannot be asked: this host settles it.
         journal.data["host"] = "elsewhere"
         journal._save()
@@ -317,14 +343,19 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(tmp_path: Path) -> N
 def test_a_restore_of_another_user_still_running_is_left_to_it() -> None:
     """Signalling another user's process is refused (EPERM): it runs, so its journal is its own."""
     data = {"host": socket.gethostname(), "pid": 1}
-    if os.geteuid() == 0:
-        os.seteuid(65534)  # only for the question: pid 1 is then another user's
-        try:
-            assert _running(data) is True
-        finally:
-            os.seteuid(0)
     assert _running(data) is True
     assert _running({**data, "host": "elsewhere"}) is False
+    if os.geteuid() != 0:
+        return  # pid 1 is then another user's already: the check above was that case
+    child = os.fork()
+    if child == 0:  # as another user, pid 1 (root's) cannot be signalled
+        try:
+            os.setuid(65534)
+            os._exit(0 if _running(data) is True else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- staged databases -----------------------------------------------------------
@@ -565,4 +596,103 @@ def test_whether_a_recovery_settled_the_cell() -> None:
     finished = attrs.evolve(base, action="finished", live_loads=("redis",), partly_loaded="m")
     assert finished.describe() == (
         f"an interrupted restore of cell crm to {ARCHIVE} was finished, dumper m may hold part of it"
+    )
+
+
+def test_every_journal_of_the_cell_is_settled_whatever_the_others_are(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cell with roots in two folders: a journal beside each (two restores, one killed each)."""
+    first = staged_cell(tmp_path / "one")
+    second = staged_cell(tmp_path / "two")
+    dests = [first.app, second.app]
+    for blocker in ("unreadable", "live"):
+        if blocker == "unreadable":
+            (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").write_text("{")
+        else:
+            first.journal("staged", pid=os.getppid())
+        second.journal("staged", pid=None)
+        (rec,) = recover("crm", dests)
+        assert rec.action == "rolled back"
+        assert not (tmp_path / "two" / "srv" / f"{JOURNAL_PREFIX}crm.json").exists()
+        assert (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").exists()
+        second = staged_cell(tmp_path / "two" / blocker)
+        dests = [first.app, second.app]
+
+
+def test_a_side_left_for_a_person_does_not_stop_the_others(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    lost, my = database(tmp_path, "pg"), database(tmp_path, "my")
+    cell.journal("staged", sides=[{**lost, "lost": True}, my])
+    (rec,) = recover("crm", [cell.app, cell.data], resume_with())
+    assert rec.sides == ("pg_new (pg, for database pg)",)
+    assert rec.dumps == {"my": "put back (database my); the scratch my_new dropped"}
+    assert files(my) == {"live.db": "old\n"}
+
+
+def test_only_the_database_being_swapped_is_asked_where_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cell = staged_cell(tmp_path)
+    pg, my = database(tmp_path, "pg"), database(tmp_path, "my")
+    cell.journal("staged", sides=[pg, my], swapping="my")
+    caplog.set_level(logging.WARNING)
+    # pg would fail if asked; it is not the one under way: it is put back.
+    (rec,) = recover("crm", [cell.app, cell.data], resume_with({"pg": "swapped"}))
+    assert rec.dumps["pg"] == "put back (database pg); the scratch pg_new dropped"
+    assert rec.settled and events(caplog, "restore.side_unknown") == []
+    # Without a way to rebuild them, nothing is asked (and nothing warns).
+    cell = staged_cell(tmp_path / "b")
+    pg = database(tmp_path / "b", "pg")
+    cell.journal("swapping", sides=[pg], swapping="pg")
+    (rec,) = recover("crm", [cell.app, cell.data])
+    assert rec.sides == ("pg_new (pg, for database pg)",)
+    assert events(caplog, "restore.side_unknown") == []
+
+
+def test_a_swap_that_cannot_say_whether_it_took_effect_is_not_finished(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    pg = database(tmp_path, "pg", swapped=True)
+    my = database(tmp_path, "my")
+    (Path(my["folder"]) / "side.db").unlink()  # neither side nor old: it cannot tell
+    cell.journal("swapping", sides=[pg, my], loaded=["pg"], swapping="my")
+    (rec,) = recover("crm", [cell.app, cell.data], resume_with())
+    assert rec.action == "rolled back"
+    assert files(pg) == {"live.db": "old\n"}
+    assert (read(cell.app), read(cell.data)) == LIVE
+
+
+def test_the_errors_and_the_warnings_name_the_side_and_the_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cell = staged_cell(tmp_path)
+    pg, my = database(tmp_path, "pg", swapped=True), database(tmp_path, "my", swapped=True)
+    cell.journal("swapping", sides=[pg, my], loaded=["pg"], swapping="my")
+    caplog.set_level(logging.WARNING)
+    recover("crm", [cell.app, cell.data], resume_with({"my": "resume", "pg": "unswap"}))
+    assert events(caplog, "restore.side_unknown") == [
+        {"side": "my_new", "error": "cannot reach postgresql://app:***@db:5432/crm"}
+    ]
+    assert events(caplog, "restore.side_unsettled") == [
+        {
+            "side": "pg_new (pg, for database pg)",
+            "error": "unswap refused by postgresql://app:***@db:5432/crm",
+        }
+    ]
+
+
+def test_a_description_lists_every_database_and_scratch_object() -> None:
+    rec = Recovery(
+        "crm",
+        ARCHIVE,
+        "rolled back",
+        {},
+        live_loads=("redis", "mongo"),
+        sides=("a_new (pg, for database a)", "b_new (my, for database b)"),
+    )
+    assert rec.describe() == (
+        f"an interrupted restore of cell crm to {ARCHIVE} was rolled back; the databases of "
+        "dumpers redis, mongo already hold the archive: run the restore again to finish it "
+        "(no safety backup was taken); it may have left the scratch objects a_new (pg, for "
+        "database a), b_new (my, for database b) (settle them)"
     )
