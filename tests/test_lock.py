@@ -139,19 +139,26 @@ def test_a_finished_process_leaves_a_stale_lease(target: LocalTarget | MemTarget
 
 
 def test_live_holders_are_respected(target: LocalTarget | MemTarget) -> None:
-    # A live process of this host (our parent) with time left.
-    write_lock(
-        target,
-        {
-            "host": socket.gethostname(),
-            "pid": os.getppid(),
-            "since": iso(-5),
-            "expires": iso(3600),
-            "token": "parent",
-        },
-    )
-    with pytest.raises(LockHeld, match=f"pid {os.getppid()}"):
-        Lease.acquire(target, "crm", "backup")
+    # A live process of this host with time left: a child of ours (not our parent, which
+    # a mutant of the liveness check, sending a real signal, would stop).
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(
+            target,
+            {
+                "host": socket.gethostname(),
+                "pid": other.pid,
+                "since": iso(-5),
+                "expires": iso(3600),
+                "token": "other",
+            },
+        )
+        with pytest.raises(LockHeld, match=f"pid {other.pid}"):
+            Lease.acquire(target, "crm", "backup")
+        assert other.poll() is None  # asked whether it runs, not signalled
+    finally:
+        other.kill()
+        other.wait()
     # Another host's pid means nothing here: only its expiry counts.
     write_lock(
         target,

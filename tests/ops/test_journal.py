@@ -342,20 +342,26 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(
 
 def test_a_restore_of_another_user_still_running_is_left_to_it() -> None:
     """Signalling another user's process is refused (EPERM): it runs, so its journal is its own."""
-    data = {"host": socket.gethostname(), "pid": 1}
-    assert _running(data) is True
-    assert _running({**data, "host": "elsewhere"}) is False
-    if os.geteuid() != 0:
-        return  # pid 1 is then another user's already: the check above was that case
-    child = os.fork()
-    if child == 0:  # as another user, pid 1 (root's) cannot be signalled
-        try:
-            os.setuid(65534)
-            os._exit(0 if _running(data) is True else 1)
-        finally:
-            os._exit(2)
-    _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        data = {"host": socket.gethostname(), "pid": runner.pid}
+        assert _running(data) is True
+        assert _running({**data, "host": "elsewhere"}) is False
+        if os.geteuid() != 0:
+            return  # the EPERM case needs a process of another user: root's, seen from nobody
+        child = os.fork()
+        if child == 0:  # as another user, this root-owned process cannot be signalled
+            try:
+                os.setuid(65534)
+                os._exit(0 if _running(data) is True else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert runner.poll() is None
+    finally:
+        runner.kill()
+        runner.wait()
 
 
 # -- staged databases -----------------------------------------------------------
@@ -604,20 +610,23 @@ def test_every_journal_of_the_cell_is_settled_whatever_the_others_are(
 ) -> None:
     """A cell with roots in two folders: a journal beside each (two restores, one killed each)."""
     first = staged_cell(tmp_path / "one")
-    second = staged_cell(tmp_path / "two")
-    dests = [first.app, second.app]
-    for blocker in ("unreadable", "live"):
-        if blocker == "unreadable":
-            (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").write_text("{")
-        else:
-            first.journal("staged", pid=os.getppid())
-        second.journal("staged", pid=None)
-        (rec,) = recover("crm", dests)
-        assert rec.action == "rolled back"
-        assert not (tmp_path / "two" / "srv" / f"{JOURNAL_PREFIX}crm.json").exists()
-        assert (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").exists()
-        second = staged_cell(tmp_path / "two" / blocker)
-        dests = [first.app, second.app]
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for blocker in ("unreadable", "live"):
+            second = staged_cell(tmp_path / "two" / blocker)
+            if blocker == "unreadable":
+                (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").write_text("{")
+            else:
+                first.journal("staged", pid=runner.pid)
+            second.journal("staged", pid=None)
+            (rec,) = recover("crm", [first.app, second.app])
+            assert rec.action == "rolled back"
+            assert not (second.app.parent / f"{JOURNAL_PREFIX}crm.json").exists()
+            assert (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").exists()
+        assert runner.poll() is None
+    finally:
+        runner.kill()
+        runner.wait()
 
 
 def test_a_side_left_for_a_person_does_not_stop_the_others(tmp_path: Path) -> None:
