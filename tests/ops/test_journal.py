@@ -612,10 +612,14 @@ def test_every_journal_of_the_cell_is_settled_whatever_the_others_are(
     first = staged_cell(tmp_path / "one")
     runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for blocker in ("unreadable", "live"):
+        for blocker in ("unreadable", "another cell's", "live"):
             second = staged_cell(tmp_path / "two" / blocker)
             if blocker == "unreadable":
                 (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").write_text("{")
+            elif blocker == "another cell's":
+                (tmp_path / "one" / "srv" / f"{JOURNAL_PREFIX}crm.json").write_text(
+                    json.dumps({"cell": "web"})
+                )
             else:
                 first.journal("staged", pid=runner.pid)
             second.journal("staged", pid=None)
