@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import pytest
 from cellvault import LocalTarget, LockHeld, TargetSpec, hookimpl
 from cellvault.lock import Lease
 from cellvault.readlease import ReadLease, read_holds
+from cellvault.targets.base import ObjectInfo
 from tests.helpers import SAMPLE, MemTarget, make_vault, snapshot, write_tree
 
 
@@ -155,7 +157,8 @@ def test_live_holders_are_respected(target: LocalTarget | MemTarget) -> None:
         )
         with pytest.raises(LockHeld, match=f"pid {other.pid}"):
             Lease.acquire(target, "crm", "backup")
-        assert other.poll() is None  # asked whether it runs, not signalled
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=0.5)  # asked whether it runs, not signalled
     finally:
         other.kill()
         other.wait()
@@ -574,6 +577,129 @@ def test_a_zombie_holder_is_not_alive() -> None:
         child.wait()
 
 
+def test_a_holder_of_another_user_is_alive() -> None:
+    """kill(pid, 0) refused (EPERM): the process exists, so the lease is held."""
+    from cellvault.lock import holder_is_stale
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
+        if os.geteuid() != 0:
+            assert not holder_is_stale(holder)
+            return
+        probe = os.fork()
+        if probe == 0:  # as another user: this root-owned child cannot be signalled
+            try:
+                os.setuid(65534)
+                os._exit(0 if holder_is_stale(holder) is False else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(probe, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_zombie_whose_name_holds_parentheses_is_not_alive(tmp_path: Path) -> None:
+    """The state follows the last ')' of /proc/<pid>/stat: a name may hold ') S ('."""
+    from cellvault.lock import holder_is_stale
+
+    odd = tmp_path / "a) S (b"
+    odd.symlink_to(Path(sys.executable))
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    child = subprocess.Popen([str(odd), "-c", "import time; time.sleep(30)"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
+        deadline = time.monotonic() + 5
+        name = ""
+        while name != "(a) S (b)" and time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/stat") as f:
+                line = f.read()
+            name = line[line.find("(") : line.rfind(")") + 1]
+        assert name == "(a) S (b)"
+        assert not holder_is_stale(holder)
+        child.kill()
+        state = ""
+        while state != "Z" and time.monotonic() < deadline + 5:
+            with open(f"/proc/{child.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        assert state == "Z"
+        assert holder_is_stale(holder)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_lease_lost_refuses_the_commit(target: LocalTarget | MemTarget) -> None:
+    lease = Lease.acquire(target, "crm", "backup")
+    try:
+        lease.check()
+        target.delete(lease.key)
+        with pytest.raises(LockHeld) as info:
+            lease.check()
+        assert info.value.message == (
+            f"cell crm on target {target.name}: the lease was lost (taken over after it "
+            "expired); nothing is committed"
+        )
+        assert info.value.holder == {}
+        theirs = {"host": "elsewhere", "pid": 7, "token": "theirs", "expires": iso(600)}
+        write_lock(target, theirs)
+        with pytest.raises(LockHeld) as info:
+            lease.check()
+        assert info.value.holder == theirs
+    finally:
+        lease.release()
+
+
+class TaggedMem(MemTarget):
+    """A store with a compare-and-swap (as S3's If-Match): a write's answer may be lost."""
+
+    conditional_replace = True
+    lose_answer = False
+    race: bytes | None = None
+
+    def read_tagged(self, key: str, limit: int) -> tuple[bytes, str]:
+        raw = self.read_bounded(key, limit)
+        return raw, hashlib.sha256(raw).hexdigest()
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        if self.race is not None:  # another run wrote between our read and our write
+            self.put_bytes(key, self.race)
+            self.race = None
+        with self._lock:
+            current = self.data.get(key)
+            if current is None or hashlib.sha256(current).hexdigest() != tag:
+                return False
+            self.data[key] = bytes(data)
+        return not self.lose_answer
+
+
+def test_a_renewal_on_a_compare_and_swap_store(tmp_path: Path) -> None:
+    target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}"))
+    lease = Lease.acquire(target, "crm", "slow run", ttl=120)
+    try:
+        before = json.loads(target.read_bytes(lease.key))["expires"]
+        time.sleep(0.01)
+        assert lease._renew_once() is True
+        assert json.loads(target.read_bytes(lease.key))["expires"] > before
+        # The write went through, its answer was lost: still ours.
+        target.lose_answer = True
+        assert lease._renew_once() is True
+        assert json.loads(target.read_bytes(lease.key))["token"] == lease.token
+        target.lose_answer = False
+        # Taken between the read and the write: lost, and the taker's lease stays.
+        theirs = {"host": "elsewhere", "pid": 7, "token": "theirs", "expires": iso(600)}
+        target.race = json.dumps(theirs).encode()
+        assert lease._renew_once() is False
+        assert json.loads(target.read_bytes(lease.key)) == theirs
+    finally:
+        lease.release()
+    assert json.loads(target.read_bytes(lease.key)) == theirs
+
+
 # -- read leases -------------------------------------------------------------------------
 
 
@@ -690,3 +816,21 @@ def test_read_holds_pass_over_what_is_not_a_live_read_lease(
         (Path(target.spec.url) / ".locks" / "crm.read-dir.lock").mkdir()
     who = "a reader on host elsewhere (pid 7) since s"
     assert read_holds(target, "crm") == {"cell_crm_3": who, "4": who}
+    # A lease of exactly the largest size read is believed.
+    body = json.dumps({**live, "archives": ["cell_crm_7"]}).encode()
+    target.put_bytes(".locks/crm.read-full.lock", body + b" " * ((64 << 10) - len(body)))
+    assert read_holds(target, "crm")["cell_crm_7"] == who
+
+
+class Vanishing(MemTarget):
+    """A store whose listing names a read lease that is gone when read (released meanwhile)."""
+
+    def list(self, folder: str) -> list[ObjectInfo]:
+        return [ObjectInfo("crm.read-aaa.lock", 10), *super().list(folder)]
+
+
+def test_a_read_lease_released_while_listed_is_passed_over(tmp_path: Path) -> None:
+    target = Vanishing(TargetSpec("mem", f"mem://vanishing-{tmp_path.name}"))
+    live = {"host": "elsewhere", "pid": 7, "expires": iso(600), "since": "s"}
+    target.put_bytes(".locks/crm.read-zzz.lock", json.dumps({**live, "archives": ["a"]}).encode())
+    assert read_holds(target, "crm") == {"a": "a reader on host elsewhere (pid 7) since s"}
