@@ -132,6 +132,7 @@ def test_encryption_is_age_with_recipients_exactly_when_the_data_is_sealed() -> 
     sealed = STEM + ".tar.zst.age"
     assert check_encryption(None, STEM + ".tar.zst", STEM) is None
     assert check_encryption(None, None, STEM) is None
+    assert check_encryption({"scheme": "age", "recipients": ["k"]}, sealed, STEM) == ("k",)
     good = {"scheme": "age", "recipients": ["a" * 200, "b"]}
     assert check_encryption(good, sealed, STEM) == ("a" * 200, "b")
     many = {"scheme": "age", "recipients": [f"k{n}" for n in range(64)]}
@@ -323,3 +324,13 @@ def test_a_records_archive_of_one_cell() -> None:
     with pytest.raises(ValueError) as info:
         check_archive_of(STEM, "web", "marker")
     assert str(info.value) == f"marker names {STEM!r} for cell web: not an archive of that cell"
+
+
+def test_an_error_without_its_archive_says_so() -> None:
+    """Checks called without the archive's name (tools, tests) report it as '?'."""
+    assert refused(check_digest, "x").archive == "?"
+    assert refused(check_member_path, "/x").archive == "?"
+    assert refused(check_mode, -1).archive == "?"
+    assert refused(check_count, -1, "files").archive == "?"
+    assert refused(check_roots, []).archive == "?"
+    assert refused(bounded_zstd, b"x", 10).archive == "?"
