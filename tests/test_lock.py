@@ -772,7 +772,7 @@ def test_a_read_lease_waits_for_a_prune_but_not_for_a_backup(
         )
         assert info.value.holder["token"] == prune.token
         assert read_leases(target) == []
-        caplog.set_level(logging.INFO)
+        caplog.set_level(logging.INFO, logger="cellvault")
         started = time.monotonic()
         threading.Timer(0.7, prune.release).start()
         with ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=30):

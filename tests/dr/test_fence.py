@@ -567,7 +567,7 @@ def test_a_claim_takes_the_next_number_on_the_arbiter_and_copies_it_to_the_other
 ) -> None:
     arbiter, copy, down = folder(tmp_path, "a"), folder(tmp_path, "b"), broken(tmp_path, "down")
     plus_one = dt.timezone(dt.timedelta(hours=1))
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="cellvault")
     first = claim_epoch(
         [arbiter, copy, down], "dr", reason="failover", now=AT.astimezone(plus_one), host="h"
     )
@@ -776,7 +776,7 @@ def test_heartbeats_are_written_everywhere_and_the_newest_is_read(
     assert read_heartbeat([a, b], "dr") == (None, [])
     write_heartbeat(Fence("dr", [b]), now=AT, source="backup")
     assert read_heartbeat([a, b], "dr") == (Heartbeat("dr", AT, "backup", ""), [])
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     errors = write_heartbeat(Fence("dr", [a, down, b]), now=AT, source="backup", host="h")
     assert len(errors) == 1 and errors[0].startswith(
         "down: target down: cannot write a heartbeat ("

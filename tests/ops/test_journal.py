@@ -176,7 +176,7 @@ def test_killed_before_the_swap_the_live_data_stays_and_the_staged_data_goes(
 ) -> None:
     cell = staged_cell(tmp_path)
     cell.journal("staged", pid=None)
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     (rec,) = recover("crm", [cell.app, cell.data])
     assert rec == Recovery(
         cell="crm",
@@ -285,7 +285,7 @@ def test_journals_of_other_cells_and_unreadable_ones_are_left_alone(
     cell = staged_cell(tmp_path)
     path = tmp_path / "srv" / f"{JOURNAL_PREFIX}crm.json"
     assert find("crm", [cell.app, cell.data]) == []
-    caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.ERROR, logger="cellvault")
     for text in ("{", json.dumps({"cell": "other"}), "[]"):
         path.write_text(text)
         assert find("crm", [cell.app, cell.data, tmp_path / "var" / "x"]) == [path]
@@ -315,7 +315,7 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(
         journal = cell.journal("swapping", pid=runner.pid)
         torn.write_text("{")
         other.write_text("{")
-        caplog.set_level(logging.INFO)
+        caplog.set_level(logging.INFO, logger="cellvault")
         assert recover("crm", [cell.app, cell.data]) == []
         assert journal.path.exists() and torn.exists() and cell.swap.staging.exists()
         assert runner.poll() is None  # asked, not signalled
@@ -506,7 +506,7 @@ def test_a_database_that_cannot_say_where_it_is_puts_everything_back(
     pg = database(tmp_path, "pg", swapped=True)
     my = database(tmp_path, "my", swapped=True)
     cell.journal("swapping", sides=[pg, my], loaded=["pg"], swapping="my")
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     (rec,) = recover("crm", [cell.app, cell.data], resume_with({"my": "swapped"}))
     assert rec.action == "rolled back" and not rec.settled
     assert files(pg) == {"live.db": "old\n"}  # put back
@@ -552,7 +552,7 @@ def test_a_database_that_fails_to_settle_is_named_with_the_error_without_secrets
     pg = database(tmp_path, "pg", swapped=True)
     my = database(tmp_path, "my")
     cell.journal("staged", sides=[pg, my], loaded=["pg"])
-    caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.ERROR, logger="cellvault")
     (rec,) = recover("crm", [cell.app, cell.data], resume_with({"pg": "unswap"}))
     assert rec.action == "rolled back" and not rec.settled
     assert len(rec.sides) == 1
@@ -649,7 +649,7 @@ def test_only_the_database_being_swapped_is_asked_where_it_is(
     cell = staged_cell(tmp_path)
     pg, my = database(tmp_path, "pg"), database(tmp_path, "my")
     cell.journal("staged", sides=[pg, my], swapping="my")
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     # pg would fail if asked; it is not the one under way: it is put back.
     (rec,) = recover("crm", [cell.app, cell.data], resume_with({"pg": "swapped"}))
     assert rec.dumps["pg"] == "put back (database pg); the scratch pg_new dropped"
@@ -681,7 +681,7 @@ def test_the_errors_and_the_warnings_name_the_side_and_the_error(
     cell = staged_cell(tmp_path)
     pg, my = database(tmp_path, "pg", swapped=True), database(tmp_path, "my", swapped=True)
     cell.journal("swapping", sides=[pg, my], loaded=["pg"], swapping="my")
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     recover("crm", [cell.app, cell.data], resume_with({"my": "resume", "pg": "unswap"}))
     assert events(caplog, "restore.side_unknown") == [
         {"side": "my_new", "error": "cannot reach postgresql://app:***@db:5432/crm"}
