@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -14,10 +15,12 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cellvault import LocalTarget, LockHeld, TargetSpec, hookimpl
+from cellvault.errors import TargetError
 from cellvault.lock import Lease
 from cellvault.readlease import ReadLease, read_holds
 from cellvault.targets.base import ObjectInfo
@@ -40,6 +43,15 @@ def lock_body(target: LocalTarget | MemTarget, cell: str = "crm") -> dict[str, o
 
 def write_lock(target: LocalTarget | MemTarget, body: dict[str, object], cell: str = "crm") -> None:
     target.put_bytes(f".locks/{cell}.lock", json.dumps(body).encode())
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of each log event *name* (cellvault logs structured events)."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
 
 
 def iso(delta: float) -> str:
@@ -834,3 +846,81 @@ def test_a_read_lease_released_while_listed_is_passed_over(tmp_path: Path) -> No
     live = {"host": "elsewhere", "pid": 7, "expires": iso(600), "since": "s"}
     target.put_bytes(".locks/crm.read-zzz.lock", json.dumps({**live, "archives": ["a"]}).encode())
     assert read_holds(target, "crm") == {"a": "a reader on host elsewhere (pid 7) since s"}
+
+
+class Failing(MemTarget):
+    """A store that refuses writes or deletes on demand (and records the cell leases taken)."""
+
+    fail_put = False
+    fail_delete = False
+
+    def __init__(self, spec: TargetSpec) -> None:
+        super().__init__(spec)
+        self.taken: list[dict[str, Any]] = []
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if self.fail_put:
+            raise PermissionError(errno.EACCES, "refused")
+        super().put_bytes(key, data)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        created = super().create_exclusive(key, data)
+        if created and key == ".locks/crm.lock":
+            self.taken.append(json.loads(data))
+        return created
+
+    def delete(self, key: str) -> None:
+        if self.fail_delete:
+            raise PermissionError(errno.EACCES, "refused")
+        super().delete(key)
+
+
+def test_a_read_lease_that_cannot_be_written_renewed_or_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Failing(TargetSpec("mem", f"mem://failing-{tmp_path.name}"))
+    caplog.set_level(logging.DEBUG, logger="cellvault")
+    lease = ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", ttl=0.3)
+    try:
+        assert lease._thread is not None
+        assert (lease._thread.name, lease._thread.daemon) == ("read-lease-crm", True)
+        # The cell's lease was held for the moment of the creation, named for it.
+        (taken,) = target.taken
+        assert taken["purpose"] == "restore (taking a read lease)"
+        expires = dt.datetime.fromisoformat(taken["expires"])
+        assert (expires - dt.datetime.now(dt.UTC)).total_seconds() < 1  # the ttl asked for
+        assert events(caplog, "readlease.acquired") == [{"target": "mem", "cell": "crm"}]
+        target.fail_put = True
+        time.sleep(0.5)
+        failed = events(caplog, "readlease.renew_failed")
+        assert failed and failed[0] == {
+            "target": "mem",
+            "cell": "crm",
+            "error": "[Errno 13] refused",
+        }
+        target.fail_delete = True
+    finally:
+        lease.release()  # never raises: the lease then expires by itself
+    assert events(caplog, "readlease.release_failed") == [
+        {"target": "mem", "cell": "crm", "error": "[Errno 13] refused"}
+    ]
+    target.fail_delete = False
+    with pytest.raises(TargetError) as info:
+        ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore")
+    assert info.value.message == (
+        "target mem: cannot read lease on cell crm (PermissionError: [Errno 13] refused)"
+    )
+    # A read lease never created is released without error.
+    ReadLease(target, "crm", ("cell_crm_1",), "restore").release()
+
+
+def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
+    tmp_path: Path,
+) -> None:
+    target = LocalTarget(TargetSpec("local", str(tmp_path / "backup")))
+    stale = {"host": "elsewhere", "pid": 7, "token": "old", "purpose": "p", "expires": iso(-60)}
+    write_lock(target, stale)
+    with Lease.acquire(target, "crm", "backup"):
+        digest = hashlib.sha256(json.dumps(stale, sort_keys=True).encode()).hexdigest()[:32]
+        names = sorted(e.name for e in target.list(".locks"))
+        assert names == ["crm.lock", f"crm.takeover.{digest}"]
