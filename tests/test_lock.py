@@ -690,7 +690,7 @@ class TaggedMem(MemTarget):
 
 
 def test_a_renewal_on_a_compare_and_swap_store(tmp_path: Path) -> None:
-    target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}"))
+    target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}-{time.monotonic_ns()}"))
     lease = Lease.acquire(target, "crm", "slow run", ttl=120)
     try:
         before = json.loads(target.read_bytes(lease.key))["expires"]
@@ -842,7 +842,7 @@ class Vanishing(MemTarget):
 
 
 def test_a_read_lease_released_while_listed_is_passed_over(tmp_path: Path) -> None:
-    target = Vanishing(TargetSpec("mem", f"mem://vanishing-{tmp_path.name}"))
+    target = Vanishing(TargetSpec("mem", f"mem://vanishing-{tmp_path.name}-{time.monotonic_ns()}"))
     live = {"host": "elsewhere", "pid": 7, "expires": iso(600), "since": "s"}
     target.put_bytes(".locks/crm.read-zzz.lock", json.dumps({**live, "archives": ["a"]}).encode())
     assert read_holds(target, "crm") == {"a": "a reader on host elsewhere (pid 7) since s"}
@@ -878,7 +878,7 @@ class Failing(MemTarget):
 def test_a_read_lease_that_cannot_be_written_renewed_or_deleted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    target = Failing(TargetSpec("mem", f"mem://failing-{tmp_path.name}"))
+    target = Failing(TargetSpec("mem", f"mem://failing-{tmp_path.name}-{time.monotonic_ns()}"))
     caplog.set_level(logging.DEBUG, logger="cellvault")
     lease = ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", ttl=0.3)
     try:
