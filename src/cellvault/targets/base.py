@@ -168,8 +168,8 @@ class Target(abc.ABC):
             return f.read(limit + 1)
 
     #: Whether :meth:`replace_if` is a compare-and-swap of the store itself
-    #: (S3's ``If-Match``). Leases on other targets take a stale lease over
-    #: through a claim made with :meth:`create_exclusive` (see
+    #: (S3's ``If-Match``). Leases on other targets are taken over, renewed
+    #: and released through a claim made with :meth:`create_exclusive` (see
     #: :mod:`cellvault.lock`).
     conditional_replace: bool = False
 
