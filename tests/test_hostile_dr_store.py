@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -186,3 +187,25 @@ def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
     # The standby's copies are whole archives of crm (or billing's, untouched above).
     for path in (root / "backup-dr" / "crm").glob("cell_*"):
         assert path.name.startswith("cell_crm_") and path.is_file() and not path.is_symlink()
+
+
+def test_a_dr_record_failing_validation_is_logged_as_a_dr_record(
+    fresh: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: a site record or an epoch that fails validation has its own event name."""
+    root: Path = fresh()
+    (root / "store" / ".dr" / "sites").mkdir(parents=True, exist_ok=True)
+    (root / "store" / ".dr" / "sites" / "dr.json").write_bytes(b"{not json")
+    (root / "store" / ".dr" / "epochs").mkdir(parents=True, exist_ok=True)
+    (root / "store" / ".dr" / "epochs" / "0000000007.json").write_text('{"epoch": "seven"}')
+    caplog.set_level(logging.WARNING)
+    primary = Site(vault(root, "primary"), "primary")
+    with contextlib.suppress(CellvaultError):
+        primary.status()
+    with contextlib.suppress(CellvaultError):
+        primary.push()
+    logged = [r.getMessage() for r in caplog.records]
+    for key in (".dr/sites/dr.json", ".dr/epochs/0000000007.json"):
+        named = [m for m in logged if key in m]
+        assert named and all("dr.record_unreadable" in m for m in named), (key, logged)
+    assert not any("sidecar.unreadable" in m for m in logged), logged
