@@ -183,7 +183,10 @@ class Lease:
         a crash never blocks the cell and two runs never both win.
         """
         target = self.target
-        body = json.dumps({"token": self.token, "since": _now().isoformat()}).encode()
+        # Named by this attempt, not by the lease: a release racing a stuck renewal of
+        # the same lease must not take the renewal's claim for its own.
+        attempt = secrets.token_hex(8)
+        body = json.dumps({"token": attempt, "since": _now().isoformat()}).encode()
         if target.retrying(target.create_exclusive, key, body):
             return True
         if depth >= 3:
@@ -194,7 +197,7 @@ class Lease:
             return self._claim(key, depth + 1)
         try:
             made = json.loads(old[:MAX_LEASE_BYTES])
-            if made["token"] == self.token:
+            if made["token"] == attempt:
                 return True  # ours: the create went through and its answer was lost
             since = dt.datetime.fromisoformat(made["since"])
             fresh = since + dt.timedelta(seconds=self.ttl) > _now()
