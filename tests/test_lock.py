@@ -557,9 +557,11 @@ def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
     stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
     write_lock(target, stale)
     probe = Lease(target, "crm", "probe", ttl=60)
+    seen = probe._read()
+    assert seen is not None
     # A run won the takeover's claim and was killed before it replaced the lease.
     target.put_bytes(
-        probe._claim_key(stale), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
+        probe._claim_key(seen), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
     )
     lease = Lease.acquire(target, "crm", "next run", ttl=60)
     assert lock_body(target)["token"] == lease.token  # type: ignore[index]

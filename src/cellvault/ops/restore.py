@@ -28,7 +28,14 @@ from ..archive import Selector
 from ..dumpers.archive_io import load_staged_dumps
 from ..dumpers.members import DUMPS_ROOT
 from ..dumpers.staging import StagedLoad
-from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, RestoreError, TargetError
+from ..errors import (
+    ArchiveCorrupt,
+    ArchiveNotFound,
+    CellvaultError,
+    ConfigError,
+    RestoreError,
+    TargetError,
+)
 from ..extract import ArchiveStream, StagedTree
 from ..journal import Journal
 from ..log import get_logger
@@ -609,26 +616,42 @@ def _staged_elsewhere(
 
     Only the staging directory was written (and is gone); the live data is
     untouched. ``None`` when no other target holds the archive and its chain.
+
+    The copy is read under a read lease on that target too (as the first one
+    was), so a prune there keeps the archive and its chain meanwhile; a
+    target where they were pruned since the planning is passed over.
     """
     other = fall_back(plan)
-    if other is None:
-        return None
-    warning = (
-        f"the copy of archive {plan.sidecar.id} on target {plan.target.name} is damaged or "
-        f"missing ({exc.message}); restored from target {other.target.name} instead"
-    )
-    log.warning(
-        "restore.copy_damaged",
-        cell=plan.cell.name,
-        archive=str(plan.sidecar.id),
-        target=plan.target.name,
-        error=exc.message,
-        instead=other.target.name,
-    )
-    result = stage(run, other, allow_external_links, into)
-    if isinstance(result, Swap):
-        result.warnings = (warning, *result.warnings)
-    return result
+    while other is not None:
+        try:
+            held = hold_archives(run, [other])
+        except ArchiveNotFound as gone:
+            log.warning(
+                "restore.copy_unusable",
+                target=other.target.name,
+                archive=str(plan.sidecar.id),
+                error=gone.message,
+            )
+            other = fall_back(other)
+            continue
+        warning = (
+            f"the copy of archive {plan.sidecar.id} on target {plan.target.name} is damaged or "
+            f"missing ({exc.message}); restored from target {other.target.name} instead"
+        )
+        log.warning(
+            "restore.copy_damaged",
+            cell=plan.cell.name,
+            archive=str(plan.sidecar.id),
+            target=plan.target.name,
+            error=exc.message,
+            instead=other.target.name,
+        )
+        with held:
+            result = stage(run, other, allow_external_links, into)
+        if isinstance(result, Swap):
+            result.warnings = (warning, *result.warnings)
+        return result
+    return None
 
 
 def prepare(
