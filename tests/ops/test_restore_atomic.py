@@ -21,6 +21,7 @@ import pytest
 from cellvault import Cell, Vault, hookimpl
 from cellvault.retention import RetentionPolicy
 from tests.dumpers.conftest import (  # noqa: F401 - pg, my and redis_db are fixtures
+    Alerts,
     MyDb,
     PgDb,
     RedisDb,
@@ -625,29 +626,138 @@ def test_killed_restore_of_files_and_postgres_is_wholly_old_or_new(
         psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
 
 
-def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_said(tmp_path: Path) -> None:
+def unstageable_cell(tmp_path: Path, *plugins: object) -> tuple[Vault, Path, Path, Path]:
+    """Cell crm: a command dumper that stages (into a folder), then one that cannot."""
     crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
-    out = tmp_path / "loaded.txt"
+    staged, live, out = tmp_path / "staged", tmp_path / "live", tmp_path / "loaded.txt"
     dumpers = [
+        {
+            "type": "command",
+            "name": "first",
+            "command": ["sh", "-c", "echo first"],
+            "staging": str(staged),
+            "restore_command": [
+                "sh",
+                "-c",
+                'mkdir -p "$CELLVAULT_STAGING" && cat > "$CELLVAULT_STAGING/x"',
+            ],
+            "swap_command": ["sh", "-c", f"rm -rf {live} && mv {staged} {live}"],
+            "unswap_command": ["true"],
+            "discard_command": ["rm", "-rf", str(staged)],
+        },
         {
             "type": "command",
             "name": "cmd",
             "command": ["sh", "-c", "echo state"],
             "restore_command": ["sh", "-c", f"cat > {out}"],
-        }
+        },
     ]
     vault = make_vault(
-        tmp_path / "backup", [Cell("crm", [crm], dumpers=dumpers)], clock=times_clock(list(TIMES))
+        tmp_path / "backup",
+        [Cell("crm", [crm], dumpers=dumpers)],
+        clock=times_clock(list(TIMES)),
+        plugins=list(plugins),
     )
     assert vault.backup().ok
+    write_tree(crm, {"a.txt": "live\n"})
+    return vault, crm, staged, out
+
+
+def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_refused(tmp_path: Path) -> None:
+    alerts = Alerts()
+    vault, crm, staged, out = unstageable_cell(tmp_path, alerts)
     report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    (cell,) = report.cells
+    why = "no staging location is configured (staging, swap_command)"
+    refusal = (
+        f"cell crm: refused: dumper cmd cannot stage ({why}), so its dump would be loaded into "
+        "the live database before the swap and the restore cannot be atomic, and the safety "
+        "backup was skipped (RESTORE_SKIP_PREBACKUP=1), so there would be no way back"
+    )
+    assert cell.stage == "load"
+    assert cell.error is not None and cell.error.startswith(refusal + " (run the restore without")
+    assert (
+        report.error == "restore aborted before any live data was touched: cell crm: " + cell.error
+    )
+    assert cell.parts == {
+        "safety backup": "skipped (RESTORE_SKIP_PREBACKUP=1)",
+        "files:crm": "staged, then discarded: the live files are untouched",
+        "dump:first": "staged, then discarded: the live database is untouched",
+        "dump:cmd": (
+            f"not loaded: this dumper cannot stage ({why}) and the safety backup was skipped, "
+            "so the restore was refused; the live database is untouched"
+        ),
+    }
+    assert cell.undo is None
+    assert [(f.stage, f.cell, f.operation) for f in alerts.failures] == [
+        ("restore", "crm", "restore")
+    ]
+    assert alerts.failures[0].error == cell.error
+    # Nothing live was touched: no load ran, the staged part is gone, the files are live.
+    assert not out.exists()
+    assert not staged.exists() and not (tmp_path / "live").exists()
+    assert (crm / "a.txt").read_text() == "live\n"
+    assert leftovers(crm.parent) == []
+
+
+def test_dumper_that_cannot_stage_loads_live_with_the_safety_backup(tmp_path: Path) -> None:
+    vault, crm, _, out = unstageable_cell(tmp_path)
+    report = vault.restore("latest", cells=["crm"])
     assert report.ok, report.to_dict()
     (cell,) = report.cells
-    assert cell.parts["safety backup"].endswith("this restore is not atomic and cannot be undone")
+    assert (
+        cell.safety_backup
+        and cell.undo == f"cellvault restore --cell crm --date {cell.safety_backup}"
+    )
     assert cell.parts["dump:cmd"] == (
         "loaded into the live database before the swap (this dumper cannot stage: "
         "no staging location is configured (staging, swap_command))"
     )
+    assert cell.parts["dump:first"].startswith("swapped in: ")
+    assert out.read_text() == "state\n"
+    assert (tmp_path / "live" / "x").read_text() == "first\n"
+    assert (crm / "a.txt").read_text() == "a\n"
+
+
+def test_cli_refuses_a_restore_that_cannot_be_atomic_without_the_safety_backup(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    out = tmp_path / "loaded.txt"
+    load = tmp_path / "load.sh"
+    load.write_text(f"#!/bin/sh\ncat > {out}\n")
+    load.chmod(0o755)
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(tmp_path / "cells"),
+        "BACKUP_ALERT_LOG": str(tmp_path / "alerts.log"),
+        "BACKUP_CELL_CRM_DUMPERS": "cmd",
+        "BACKUP_CELL_CRM_DUMPER_CMD_TYPE": "command",
+        "BACKUP_CELL_CRM_DUMPER_CMD_COMMAND": "echo state",
+        "BACKUP_CELL_CRM_DUMPER_CMD_RESTORE_COMMAND": str(load),
+    }
+    runner = CliRunner()
+    assert runner.invoke(cli, ["backup"], env=env).exit_code == 0
+    result = runner.invoke(cli, ["restore", "--cell", "crm", "--skip-prebackup"], env=env)
+    assert result.exit_code == 1
+    assert "FAIL crm: load: cell crm: refused: dumper cmd cannot stage" in result.stderr
+    assert "run the restore without RESTORE_SKIP_PREBACKUP=1" in result.stderr
+    assert "FAIL restore aborted before any live data was touched" in result.stderr
+    assert "refused: dumper cmd cannot stage" in (tmp_path / "alerts.log").read_text()
+    assert not out.exists()
+    # The same with RESTORE_SKIP_PREBACKUP=1; without it, the safety backup makes it go.
+    again = runner.invoke(
+        cli, ["restore", "--cell", "crm"], env={**env, "RESTORE_SKIP_PREBACKUP": "1"}
+    )
+    assert again.exit_code == 1 and not out.exists()
+    done = runner.invoke(cli, ["restore", "--cell", "crm"], env=env)
+    assert done.exit_code == 0, done.output
     assert out.read_text() == "state\n"
 
 

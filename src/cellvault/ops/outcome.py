@@ -35,6 +35,10 @@ DISCARDED_SIDE = "staged, then discarded: the live database is untouched"
 STAGED_IN_FILES = "written into the staged files (swapped in with them)"
 NOT_LOADED = "not loaded: the live database is untouched"
 LOADED = "loaded into the live database before the swap (this dumper cannot stage: {why})"
+REFUSED = (
+    "not loaded: this dumper cannot stage ({why}) and the safety backup was skipped, "
+    "so the restore was refused; the live database is untouched"
+)
 PART_LOADED = (
     "loaded into the live database before the swap (this dumper cannot stage: {why}), "
     "and the load failed: the live database may hold part of the archive"
@@ -91,11 +95,20 @@ class CellParts:
         """A dumper that cannot stage starts loading into its live store."""
         self.partly = dumper
         self.states[f"dump:{dumper}"] = PART_LOADED.format(why=self._why(dumper))
-        if self.states.get("safety backup", "").startswith("skipped"):
-            self.states["safety backup"] = (
-                f"skipped (RESTORE_SKIP_PREBACKUP=1), though dumper {dumper} cannot stage: "
-                "this restore is not atomic and cannot be undone"
-            )
+
+    def refuse(self, dumper: str) -> str:
+        """A dumper that cannot stage, with the safety backup skipped: say so; return the refusal.
+
+        Called before its load starts, so its live store is untouched.
+        """
+        why = self._why(dumper)
+        self.states[f"dump:{dumper}"] = REFUSED.format(why=why)
+        return (
+            f"cell {self.cell}: refused: dumper {dumper} cannot stage ({why}), so its dump "
+            "would be loaded into the live database before the swap and the restore cannot be "
+            "atomic, and the safety backup was skipped (RESTORE_SKIP_PREBACKUP=1), so there "
+            "would be no way back"
+        )
 
     def done_loading(self, dumper: str) -> None:
         self.partly = None
