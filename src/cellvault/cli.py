@@ -453,6 +453,8 @@ def _echo_status(state: State, report: Any) -> NoReturn:
                 )
         for line in report.problems():
             click.echo(f"FAIL {line}", err=True)
+        for line in report.debris():
+            click.echo(f"left {line}", err=True)
         click.echo(f"status: {'ok' if report.ok else 'PROBLEMS'} (max age {report.max_age:g} h)")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 

@@ -7,6 +7,7 @@ SIGKILL at each stage (the next run rolls it back or finishes it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -312,8 +313,12 @@ def test_killed_restore_is_settled_by_the_next_run(two_roots, event, expect, ski
         assert recovered == [] and left == []
         return
     if event == "restore.fetched":
-        # Killed while staging, before the journal: only staged data is left, never live data.
-        assert all(".cellvault-restore-" in name for name in left)
+        # Killed while staging, before the journal: only a copy of the archive was there,
+        # and the next run removed it, and said so.
+        (rec,) = recovered
+        assert rec.data["action"] == "cleaned up"
+        assert "killed before its journal was written" in rec.data["detail"]
+        assert left == []
         return
     (rec,) = recovered
     assert rec.data["action"] == ("finished" if expect == "new" else "rolled back")
@@ -325,6 +330,118 @@ def test_killed_restore_is_settled_by_the_next_run(two_roots, event, expect, ski
         assert snapshot(data.parent / left[1]) == old[data]
     else:
         assert left == []
+
+
+KILL_IN_EXTRACTION = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import cellvault.ops.restore as restore
+    from cellvault import Cell
+    from cellvault.progress import CountingReader
+    from tests.helpers import make_vault, times_clock, utc
+
+    backup, crm = sys.argv[1:3]
+
+    class KillMidway(CountingReader):
+        # The archive is read in small pieces; once 100 files are extracted, SIGKILL.
+        def read(self, size=-1):
+            data = super().read(16384 if size is None or size < 0 else min(size, 16384))
+            staging = [p for p in Path(crm).parent.glob(".cellvault-restore-*") if p.is_dir()]
+            if staging and sum(1 for _ in staging[0].rglob("*.txt")) >= 100:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return data
+
+    restore.CountingReader = KillMidway
+    vault = make_vault(
+        Path(backup), [Cell("crm", [Path(crm)])], clock=times_clock([utc(2025, 3, 1)])
+    )
+    vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    sys.exit(3)  # not killed
+    """
+)
+
+
+def test_staging_left_by_a_restore_killed_in_extraction_is_reported_then_removed(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    files = {f"d{i % 10}/f{i:03}.txt": os.urandom(4096).hex() for i in range(400)}
+    crm = write_tree(tmp_path / "cells" / "crm", files)
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(tmp_path / "cells"),
+        "BACKUP_ALERT_LOG": "off",
+    }
+    runner = CliRunner()
+    assert runner.invoke(cli, ["backup"], env=env).exit_code == 0
+    write_tree(crm, {"d0/f000.txt": "live\n"})
+    live = snapshot(crm)
+    child = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    argv = [sys.executable, "-c", KILL_IN_EXTRACTION, str(tmp_path / "backup"), str(crm)]
+    done = subprocess.run(argv, env=child, capture_output=True, timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    (staging,) = [p for p in (tmp_path / "cells").glob(".cellvault-restore-*") if p.is_dir()]
+    assert 100 <= sum(1 for _ in staging.rglob("*.txt")) < 400  # killed mid-way
+    assert snapshot(crm) == live
+    # No journal (killed before it): the staging directory and its owner file.
+    assert leftovers(crm.parent) == [staging.name, f"{staging.name}.owner.json"]
+    owner = json.loads((crm.parent / f"{staging.name}.owner.json").read_text())
+    assert owner["cell"] == "crm" and owner["in_place"] is True and owner["pid"] > 0
+
+    # status names it (and does not fail for it)
+    status = runner.invoke(cli, ["status"], env=env)
+    assert status.exit_code == 0, status.output
+    assert (
+        f"left cell crm: staging directory {staging} of a killed restore: it holds only a copy "
+        "of the archive; the next restore or backup of the cell removes it"
+    ) in status.stderr
+    as_json = runner.invoke(cli, ["--json", "status"], env=env)
+    assert json.loads(as_json.stdout)["cells"][0]["debris"] == [
+        f"staging directory {staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    ]
+
+    # the next restore removes it, says so, and restores
+    again = runner.invoke(cli, ["restore", "--cell", "crm", "--skip-prebackup"], env=env)
+    assert again.exit_code == 0, again.output
+    archive = staging.name.removeprefix(".cellvault-restore-")[:-9]
+    assert (
+        f"note a restore of cell crm to {archive} was killed before its journal "
+        "was written (so before any live data was touched); removed what it had staged, which "
+        f"held only a copy of the archive: {staging}"
+    ) in again.stdout
+    assert not staging.exists()
+    assert leftovers(crm.parent) == []
+    assert (crm / "d0" / "f000.txt").read_text() == files["d0/f000.txt"]
+    status = runner.invoke(cli, ["status"], env=env)
+    assert "left cell crm" not in status.stderr
+
+
+def test_staging_of_a_running_restore_is_left_alone(tmp_path: Path) -> None:
+    """A staging directory whose owner still runs (this process) is neither removed nor debris."""
+    from cellvault.journal import debris, recover
+    from cellvault.swap import Swap
+
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    swap = Swap.create({"crm": crm}, "cell_crm_20250101_020000", cell="crm", in_place=True)
+    (swap.staging / "crm").mkdir()
+    assert recover("crm", [crm]) == []
+    assert debris("crm", [crm]) == []
+    assert swap.staging.is_dir()
+    assert sorted(p.name for p in swap.staging.iterdir()) == ["crm"]  # hooks see only roots
+    # Without an owner file nothing proves its run is gone: named, kept.
+    (crm.parent / f"{swap.staging.name}.owner.json").unlink()
+    assert recover("crm", [crm]) == []
+    assert debris("crm", [crm]) == [
+        f"staging directory {swap.staging}: no owner file says which run made it; "
+        "remove it once no restore runs"
+    ]
+    swap.discard()
 
 
 # -- a restore's read lease: prune keeps what it reads ---------------------------------

@@ -580,7 +580,13 @@ def stage(
             dests[DUMPS_STAGE] = into / f"{name}.dumps"
         # An archive without files (a safety backup of a cell whose directory was gone)
         # still stages its dumps beside the cell's first path.
-        swap = Swap.create(dests, str(plan.sidecar.id), near=next(iter(plan.cell.roots.values())))
+        swap = Swap.create(
+            dests,
+            str(plan.sidecar.id),
+            near=next(iter(plan.cell.roots.values())),
+            cell=name,
+            in_place=into is None,
+        )
         step = "fetch"
         tree = StagedTree(
             staging=swap.staging,
