@@ -345,6 +345,8 @@ def verify(
                 click.echo(f"ok   {r.archive} on {r.target}: {', '.join(r.checks)} as recorded")
             else:
                 click.echo(f"ok   {r.archive} on {r.target}: {r.members} members")
+            for line in r.cleaned:
+                click.echo(f"note {line}")
         if not report.results:
             click.echo("nothing to verify: no archives found")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)

@@ -21,6 +21,7 @@ from ..dumpers.staging import StagedLoad
 from ..journal import Recovery, recover
 from ..log import get_logger
 from ..run import Run
+from .drill import sweep_drills
 from .plan import RestorePlan
 
 __all__ = ["CellParts", "recover_cells", "undo_command"]
@@ -154,6 +155,9 @@ def recover_cells(
 ) -> tuple[Recovery, ...]:
     """Settle the interrupted restores of the cells (see :mod:`cellvault.journal`).
 
+    What drills of the cells killed mid-way left is removed first
+    (:func:`~cellvault.ops.drill.sweep_drills`).
+
     *dumpers* (cell name -> its dumpers) rebuild the staged databases a
     killed restore left, so that they are swapped in or put back with the
     files. Each recovery is emitted (``restore.recovered``) and logged; one
@@ -168,7 +172,11 @@ def recover_cells(
             else (item, list(item.roots.values()))
         )
         mine = {d.name: d for d in (dumpers or {}).get(cell.name, ())}
-        for rec in recover(cell.name, dests, functools.partial(_resume, mine)):
+        drills = [
+            Recovery(cell.name, "", "cleaned up", {}, note=text)
+            for text in sweep_drills(run.layout, dumpers or {}, cell.name)
+        ]
+        for rec in [*drills, *recover(cell.name, dests, functools.partial(_resume, mine))]:
             run.emit("restore.recovered", cell=rec.cell, action=rec.action, detail=rec.describe())
             if not rec.settled:
                 run.fail("recover", rec.describe(), cell=rec.cell, operation=operation)
