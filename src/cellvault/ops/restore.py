@@ -75,6 +75,13 @@ __all__ = [
 
 log = get_logger(__name__)
 
+#: What to do when a dumper that cannot stage meets a skipped safety backup.
+NOT_ATOMIC_HINT = (
+    "run the restore without RESTORE_SKIP_PREBACKUP=1 (--skip-prebackup), so that a safety "
+    "backup is the way back; or restore the cell elsewhere with --into; or configure the "
+    "dumper to stage (docs/dumpers.md says how for each type)"
+)
+
 #: The staged dumps' folder inside a cell's staging directory.
 DUMPS_STAGE = ".cellvault-dumps"
 
@@ -320,6 +327,9 @@ class _Restore:
         parts, journal = self.parts[plan.cell.name], self.journals.get(plan.cell.name)
 
         def loading(dumper: str) -> None:
+            if self.skipped:
+                # Without a safety backup, a load into the live store has no way back.
+                raise RestoreError(parts.refuse(dumper), hint=NOT_ATOMIC_HINT)
             if journal is not None:
                 journal.loading(dumper)
             parts.loading(dumper)
@@ -577,7 +587,13 @@ def stage(
             dests[DUMPS_STAGE] = into / f"{name}.dumps"
         # An archive without files (a safety backup of a cell whose directory was gone)
         # still stages its dumps beside the cell's first path.
-        swap = Swap.create(dests, str(plan.sidecar.id), near=next(iter(plan.cell.roots.values())))
+        swap = Swap.create(
+            dests,
+            str(plan.sidecar.id),
+            near=next(iter(plan.cell.roots.values())),
+            cell=name,
+            in_place=into is None,
+        )
         step = "fetch"
         tree = StagedTree(
             staging=swap.staging,
