@@ -348,6 +348,29 @@ def test_pull_rejects_a_damaged_copy_and_still_copies_what_does_not_need_it(
     assert not spool.exists() or not any(p.is_file() for p in spool.rglob("*"))
 
 
+def test_pull_refuses_a_manifest_copy_larger_than_its_sidecar_allows(
+    tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    storage = s3_spec(s3_bucket)
+    primary = make_site(tmp_path / "p", "primary", storage, cells=("crm",))
+    seed_cells(tmp_path / "p")
+    archive = primary.vault.backup(kind="full").cells[0].archive
+    # Planted: 4 MiB where the sidecar declares a manifest of a few hundred bytes.
+    key = f"{PREFIX}/crm/{archive}.manifest.json.zst"
+    s3_bucket.client().put_object(Bucket=s3_bucket.name, Key=key, Body=b"\0" * (4 << 20))
+
+    standby = make_site(tmp_path / "s", "dr", storage, cells=("crm",))
+    pulled = standby.pull()
+    assert not pulled.ok and pulled.copied == []
+    error = pulled.cells[0].error or ""
+    assert f"archive {archive}" in error, error
+    assert "its manifest copy is larger than its sidecar allows" in error, error
+    local = tmp_path / "s" / "backup" / "crm"
+    assert not local.exists() or not any(local.iterdir())
+    spool = tmp_path / "s" / "backup" / ".cellvault" / "spool"
+    assert not spool.exists() or not any(p.is_file() for p in spool.rglob("*"))
+
+
 def test_push_of_a_damaged_archive_aborts_its_multipart_upload(
     tmp_path: Path, s3_bucket: S3Bucket
 ) -> None:

@@ -39,6 +39,7 @@ from ..modes import private_dirs, private_opener
 from ..retention import plan
 from ..run import error_text
 from ..targets.base import Target
+from ..trust import manifest_limit
 from .reports import CellSync
 
 __all__ = ["COPY_ATTEMPTS", "CheckingReader", "clear_spool", "copy_archive", "copy_cell"]
@@ -146,6 +147,46 @@ def _data_key(sidecar: Sidecar) -> str:
     return Target.data_key(ident, suffix)
 
 
+def _fetch_manifest(src: Target, sidecar: Sidecar, spool: Path) -> Path:
+    """Copy *sidecar*'s manifest copy from *src* into a file of *spool*, a block at a time."""
+    ident = sidecar.id
+    private_dirs(spool)
+    path = spool / f"{ident}.manifest.json.zst.part"
+    # Compressed (and sealed) it is at most a little over what it expands to.
+    limit = manifest_limit(sidecar.files, sidecar.manifest_size)
+    bound = limit + limit // 64 + (1 << 16)
+    try:
+        with src.guard(f"read manifest copy of {ident}", missing_ok=True):
+            f = src.retrying(src.open_read, src.manifest_key(ident))
+            with f, open(path, "wb", opener=private_opener) as out:
+                copied = 0
+                for block in iter(lambda: f.read(_BLOCK), b""):
+                    copied += len(block)
+                    if copied > bound:
+                        raise ArchiveCorrupt(
+                            f"its manifest copy is larger than its sidecar allows ({bound} bytes)",
+                            archive=str(ident),
+                            target=src.name,
+                            hint="the archive cannot be copied from this target",
+                        )
+                    out.write(block)
+                out.flush()
+                # It becomes the stored copy (a hard link on a local target).
+                os.fsync(out.fileno())
+    except FileNotFoundError:
+        raise ArchiveCorrupt(
+            "its manifest copy is missing although its sidecar exists",
+            archive=str(ident),
+            target=src.name,
+            hint="the archive cannot be copied from this target",
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    return path
+
+
 def _read_small(target: Target, key: str, what: str, ident: ArchiveId) -> bytes:
     try:
         with target.guard(f"read {what} of {ident}", missing_ok=True):
@@ -245,10 +286,29 @@ def copy_archive(
     *before_commit* is called just before the sidecar is written (DR fencing);
     if it raises, the copy stays uncommitted.
     """
+    # Spooled, not held: the manifest copy of a cell of millions of paths is tens of MiB.
+    manifest = _fetch_manifest(src, sidecar, spool)
+    try:
+        _copy_committed(src, dst, sidecar, spool, manifest, verify, progress, before_commit)
+    finally:
+        with contextlib.suppress(OSError):
+            manifest.unlink()
+
+
+def _copy_committed(
+    src: Target,
+    dst: Target,
+    sidecar: Sidecar,
+    spool: Path,
+    manifest: Path,
+    verify: bool,
+    progress: Callable[[int], None] | None,
+    before_commit: Callable[[], object] | None,
+) -> None:
     ident = sidecar.id
-    manifest_raw = _read_small(src, src.manifest_key(ident), "manifest copy", ident)
     if can_open(sidecar):  # sealed: copied as it is, without a key
-        src.parse_manifest(sidecar, manifest_raw)
+        with open(manifest, "rb") as f:
+            src.parse_manifest(sidecar, f)
     sidecar_raw = _read_small(src, src.sidecar_key(ident), "sidecar", ident)
     again = src.trusted(Sidecar.from_json(sidecar_raw, name=str(ident), cell=ident.cell))
     if again.canonical() != sidecar.canonical() or again.signature != sidecar.signature:
@@ -257,7 +317,7 @@ def copy_archive(
         )
     _retrying(functools.partial(_transfer, src, dst, sidecar, spool, progress), src, dst, ident)
     with dst.guard(f"store archive {ident}"):
-        dst.retrying(dst.put_bytes, dst.manifest_key(ident), manifest_raw)
+        dst.retrying(dst.put_file, manifest, dst.manifest_key(ident))
         dst.protect(sidecar, [_data_key(sidecar), dst.manifest_key(ident)])
     if verify:
         # Read back what arrived and check every member before it counts.

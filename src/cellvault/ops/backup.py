@@ -353,7 +353,7 @@ class CellBackup:
             manifest_size=self.manifest_size
             if self.res.recipients
             else zstd_content_size(result.manifest_path),
-            manifest_sha256=hashlib.sha256(result.manifest_path.read_bytes()).hexdigest(),
+            manifest_sha256=_file_sha256(result.manifest_path),
             # What the stores report on HEAD, for quick verifies (one read of the spool file).
             checksums=content_checksums(
                 result.data_path, set().union(*(t.stat_checksums for t in self.live))
@@ -601,3 +601,12 @@ def iter_failures(report: BackupReport) -> Iterator[str]:
         # The cell's own failure (pack, hook, ...), unless it is one of the targets' above.
         if cell.error not in {target_error(o.target, o.error) for o in failed}:
             yield f"cell {cell.cell}: {cell.stage} failed: {cell.error}"
+
+
+def _file_sha256(path: Path) -> str:
+    """The sha256 of the file *path*, read a block at a time.
+
+    Never read whole: the manifest copy of a cell of millions of paths is tens of MiB.
+    """
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -551,9 +551,9 @@ class Target(abc.ABC):
                 raise
             raise ArchiveCorrupt(text.failure, archive=str(sidecar.id), target=self.name) from exc
 
-    def parse_manifest(self, sidecar: Sidecar, raw: bytes) -> Manifest:
-        """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar*."""
-        return self._read_manifest(sidecar, io.BytesIO(raw))
+    def parse_manifest(self, sidecar: Sidecar, raw: bytes | IO[bytes]) -> Manifest:
+        """The manifest in *raw*, the stored (compressed) manifest copy of *sidecar* (or a file of it)."""
+        return self._read_manifest(sidecar, io.BytesIO(raw) if isinstance(raw, bytes) else raw)
 
     def delete_archive(self, sidecar: Sidecar) -> None:
         """Delete an archive: the sidecar first (it stops counting), then its data."""
