@@ -922,7 +922,16 @@ def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
     target = LocalTarget(TargetSpec("local", str(tmp_path / "backup")))
     stale = {"host": "elsewhere", "pid": 7, "token": "old", "purpose": "p", "expires": iso(-60)}
     write_lock(target, stale)
+    created: list[str] = []
+    create = target.create_exclusive
+
+    def recording(key: str, data: bytes) -> bool:
+        created.append(key)
+        return create(key, data)
+
+    target.create_exclusive = recording  # type: ignore[method-assign]
     with Lease.acquire(target, "crm", "backup"):
-        digest = hashlib.sha256(json.dumps(stale, sort_keys=True).encode()).hexdigest()[:32]
-        names = sorted(e.name for e in target.list(".locks"))
-        assert names == ["crm.lock", f"crm.takeover.{digest}"]
+        # Named after the stale lease's bytes as read, and held only while it is replaced.
+        digest = hashlib.sha256(json.dumps(stale).encode()).hexdigest()[:32]
+        assert created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
+        assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]
