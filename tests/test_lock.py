@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -919,19 +919,20 @@ def test_a_read_lease_that_cannot_be_written_renewed_or_deleted(
 def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
     tmp_path: Path,
 ) -> None:
-    target = LocalTarget(TargetSpec("local", str(tmp_path / "backup")))
+    class Recording(LocalTarget):
+        created: ClassVar[list[str]] = []
+
+        def create_exclusive(self, key: str, data: bytes) -> bool:
+            Recording.created.append(key)
+            return super().create_exclusive(key, data)
+
+    target = Recording(TargetSpec("local", str(tmp_path / "backup")))
     stale = {"host": "elsewhere", "pid": 7, "token": "old", "purpose": "p", "expires": iso(-60)}
     write_lock(target, stale)
-    created: list[str] = []
-    create = target.create_exclusive
-
-    def recording(key: str, data: bytes) -> bool:
-        created.append(key)
-        return create(key, data)
-
-    target.create_exclusive = recording  # type: ignore[method-assign]
+    digest = hashlib.sha256(target.read_bytes(".locks/crm.lock")).hexdigest()[:32]
+    Recording.created.clear()
     with Lease.acquire(target, "crm", "backup"):
-        # Named after the stale lease's bytes as read, and held only while it is replaced.
-        digest = hashlib.sha256(json.dumps(stale).encode()).hexdigest()[:32]
-        assert created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
+        # A create of the lease (refused: the stale one is there), then the claim of the
+        # stale version, deleted once the lease was replaced: only the lease is left.
+        assert Recording.created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
         assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]

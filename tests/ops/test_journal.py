@@ -24,7 +24,7 @@ import pytest
 
 from cellvault.dumpers.staging import StagedLoad
 from cellvault.journal import JOURNAL_PREFIX, Journal, Recovery, _running, find, recover
-from cellvault.swap import Swap, exchange
+from cellvault.swap import OWNER_SUFFIX, Swap, exchange
 from tests.helpers import write_tree
 
 ARCHIVE = "cell_crm_20250101_020000"
@@ -148,7 +148,11 @@ def test_the_journal_records_each_phase_of_the_restore(tmp_path: Path) -> None:
         None,
     )
     assert beside(tmp_path / "srv") == sorted(
-        [cell.swap.staging.name, f"{JOURNAL_PREFIX}crm.json"]
+        [
+            cell.swap.staging.name,
+            cell.swap.staging.name + OWNER_SUFFIX,
+            f"{JOURNAL_PREFIX}crm.json",
+        ]
     )  # no temporary copy left
     journal.close()
     journal.close()  # twice: no error
