@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -557,9 +557,11 @@ def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
     stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
     write_lock(target, stale)
     probe = Lease(target, "crm", "probe", ttl=60)
+    seen = probe._read()
+    assert seen is not None
     # A run won the takeover's claim and was killed before it replaced the lease.
     target.put_bytes(
-        probe._claim_key(stale), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
+        probe._claim_key(seen), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
     )
     lease = Lease.acquire(target, "crm", "next run", ttl=60)
     assert lock_body(target)["token"] == lease.token  # type: ignore[index]
@@ -917,10 +919,20 @@ def test_a_read_lease_that_cannot_be_written_renewed_or_deleted(
 def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
     tmp_path: Path,
 ) -> None:
-    target = LocalTarget(TargetSpec("local", str(tmp_path / "backup")))
+    class Recording(LocalTarget):
+        created: ClassVar[list[str]] = []
+
+        def create_exclusive(self, key: str, data: bytes) -> bool:
+            Recording.created.append(key)
+            return super().create_exclusive(key, data)
+
+    target = Recording(TargetSpec("local", str(tmp_path / "backup")))
     stale = {"host": "elsewhere", "pid": 7, "token": "old", "purpose": "p", "expires": iso(-60)}
     write_lock(target, stale)
+    digest = hashlib.sha256(target.read_bytes(".locks/crm.lock")).hexdigest()[:32]
+    Recording.created.clear()
     with Lease.acquire(target, "crm", "backup"):
-        digest = hashlib.sha256(json.dumps(stale, sort_keys=True).encode()).hexdigest()[:32]
-        names = sorted(e.name for e in target.list(".locks"))
-        assert names == ["crm.lock", f"crm.takeover.{digest}"]
+        # A create of the lease (refused: the stale one is there), then the claim of the
+        # stale version, deleted once the lease was replaced: only the lease is left.
+        assert Recording.created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
+        assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]
