@@ -148,8 +148,12 @@ def test_the_journal_records_each_phase_of_the_restore(tmp_path: Path) -> None:
         None,
     )
     assert beside(tmp_path / "srv") == sorted(
-        [cell.swap.staging.name, f"{JOURNAL_PREFIX}crm.json"]
-    )  # no temporary copy left
+        [
+            cell.swap.staging.name,
+            f"{cell.swap.staging.name}.owner.json",
+            f"{JOURNAL_PREFIX}crm.json",
+        ]
+    )  # no temporary copy of the journal left
     journal.close()
     journal.close()  # twice: no error
     assert not path.exists()
