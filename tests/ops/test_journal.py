@@ -25,7 +25,7 @@ import pytest
 
 from cellvault.dumpers.staging import StagedLoad
 from cellvault.journal import JOURNAL_PREFIX, Journal, Recovery, _running, debris, find, recover
-from cellvault.swap import HELD, Swap, exchange
+from cellvault.swap import HELD, OWNER_SUFFIX, Swap, exchange
 from tests.helpers import write_tree
 
 ARCHIVE = "cell_crm_20250101_020000"
@@ -151,7 +151,7 @@ def test_the_journal_records_each_phase_of_the_restore(tmp_path: Path) -> None:
     assert beside(tmp_path / "srv") == sorted(
         [
             cell.swap.staging.name,
-            f"{cell.swap.staging.name}.owner.json",
+            cell.swap.staging.name + OWNER_SUFFIX,
             f"{JOURNAL_PREFIX}crm.json",
         ]
     )  # no temporary copy of the journal left
