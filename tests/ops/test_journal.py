@@ -24,7 +24,16 @@ import attrs
 import pytest
 
 from cellvault.dumpers.staging import StagedLoad
-from cellvault.journal import JOURNAL_PREFIX, Journal, Recovery, _running, debris, find, recover
+from cellvault.journal import (
+    JOURNAL_PREFIX,
+    Journal,
+    Recovery,
+    _running,
+    debris,
+    find,
+    recover,
+    running,
+)
 from cellvault.swap import HELD, OWNER_SUFFIX, Swap, exchange
 from tests.helpers import write_tree
 
@@ -841,3 +850,67 @@ def test_debris_names_journals_and_old_data_kept(tmp_path: Path) -> None:
     assert debris("crm", [cell.app])[0] == (
         f"unreadable restore journal {journal.path}: read it, then settle the cell by hand"
     )
+
+
+def test_debris_of_a_cell_in_two_folders_and_restores_still_running(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    data = write_tree(tmp_path / "var" / "data", {"d.txt": "live d\n"})
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # A running restore's journal and a running --into restore's staging: nothing to say.
+        journal = cell.journal("swapping", pid=runner.pid)
+        into = unjournalled(tmp_path / "into", pid=runner.pid, in_place=False)
+        assert debris("crm", [cell.app, data]) == []
+        assert debris("crm", [tmp_path / "into" / "srv" / "app"]) == []
+        assert running({"host": socket.gethostname(), "pid": runner.pid}) is True
+        assert into.staging.is_dir()
+    finally:
+        runner.kill()
+        runner.wait()
+    assert running({"host": socket.gethostname(), "pid": runner.pid}) is False
+    # Unreadable here, killed there; old data kept beside the second folder's root.
+    journal.path.write_text("{")
+    other = Journal.start("crm", ARCHIVE, Swap.create({"data": data}, ARCHIVE), None)
+    other.data.update(pid=None)
+    other._save()
+    kept = tmp_path / "var" / ".cellvault-replaced-data-0a1b2c"
+    kept.mkdir()
+    said = debris("crm", [cell.app, data])
+    assert said[:2] == [
+        f"unreadable restore journal {journal.path}: read it, then settle the cell by hand",
+        f"restore journal {other.path} of a killed restore (phase staged): the next restore "
+        "or backup of the cell settles it",
+    ]
+    assert said[-1] == (
+        f"old data {kept} kept by the recovery of a killed restore (perhaps the only copy of "
+        "what the restore replaced): check it, then remove it"
+    )
+
+
+def test_a_journalled_staging_is_not_debris_but_the_next_one_is(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    cell.journal("staged", pid=None)
+    later = Swap.create({"app": cell.app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
+    HELD.discard(later.staging)
+    later.owner.update(pid=dead_child())
+    later._save_owner()
+    said = debris("crm", [cell.app])
+    assert said[-1] == (
+        f"staging directory {later.staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    )
+
+
+def test_the_copies_a_dead_restore_placed_on_other_file_systems_are_removed(
+    tmp_path: Path,
+) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    copy = tmp_path / "var" / ".cellvault-restore-data-0a1b2c3d"
+    write_tree(copy, {"d.txt": "new d\n"})
+    outside = tmp_path / "var" / "not-ours"
+    outside.mkdir()
+    swap.owner.update(copies=[str(copy), str(outside)])
+    swap._save_owner()
+    (rec,) = recover("crm", [tmp_path / "srv" / "app"])
+    assert rec.removed == (str(swap.staging), str(copy))
+    assert not copy.exists() and outside.is_dir()  # only what is named like a staged copy
