@@ -814,6 +814,7 @@ def test_staging_of_a_running_restore_is_left_to_it(tmp_path: Path) -> None:
         HELD.add(mine.staging)
         try:
             assert recover("crm", [tmp_path / "mine" / "srv" / "app"]) == []
+            assert debris("crm", [tmp_path / "mine" / "srv" / "app"]) == []
         finally:
             HELD.discard(mine.staging)
         assert len(recover("crm", [tmp_path / "mine" / "srv" / "app"])) == 1
