@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -252,6 +254,33 @@ def test_selector_iso_time_without_zone_is_utc() -> None:
     sel = Selector.parse("2025-01-01T02:00:29")
     assert sel.before == dt.datetime(2025, 1, 1, 2, 0, 29, tzinfo=UTC)
     assert pick(sel) == "cell_crm_20250101_020000"
+
+
+@pytest.fixture
+def far_east(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone is UTC+8: a time without a zone is still UTC."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_time_without_a_zone_is_utc_whatever_the_local_zone(far_east: None) -> None:
+    sel = Selector.at_or_before(dt.datetime(2025, 1, 1, 2, 0, 29))
+    assert (sel.text, sel.kind) == ("2025-01-01T02:00:29", "before")
+    assert sel.before == dt.datetime(2025, 1, 1, 2, 0, 29, tzinfo=UTC)
+    assert sel.before is not None and sel.before.utcoffset() == dt.timedelta(0)
+    assert pick(sel) == "cell_crm_20250101_020000"
+    parsed = Selector.parse("2025-01-01T02:00:29")
+    assert parsed == sel
+    with pytest.raises(ConfigError) as info:
+        Selector.at_or_before(dt.datetime(1, 1, 1, 0, 0, tzinfo=dt.timezone(dt.timedelta(hours=1))))
+    assert info.value.message == (
+        "restore date '0001-01-01T00:00:00+01:00' is outside the range of dates "
+        "(year 1 to 9999 in UTC)"
+    )
+    assert info.value.hint == "give a date between 0001-01-02 and 9999-12-30"
 
 
 def test_selector_at_or_before() -> None:

@@ -528,8 +528,9 @@ def test_an_epoch_record_under_another_name_than_its_number_is_refused(name: str
 
 
 def test_the_current_epoch_is_the_highest_valid_record_of_the_first_target_that_answers(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="cellvault")
     down, arbiter, copy = broken(tmp_path, "down"), folder(tmp_path, "a"), folder(tmp_path, "b")
     assert read_epoch([arbiter, copy]) == (None, "a", [])  # no epochs folder at all
     assert read_epoch([]) == (None, None, [])
@@ -554,6 +555,13 @@ def test_the_current_epoch_is_the_highest_valid_record_of_the_first_target_that_
             f"{EPOCHS_FOLDER}/0000000005.json",
             f"epoch record {EPOCHS_FOLDER}/0000000005.json is unusable ('site')",
         )
+    ]
+    assert events(caplog, "dr.record_unreadable") == [
+        {
+            "target": "a",
+            "key": f"{EPOCHS_FOLDER}/0000000005.json",
+            "error": f"epoch record {EPOCHS_FOLDER}/0000000005.json is unusable ('site')",
+        }
     ]
     assert read_epoch([copy, arbiter])[:2] == (Epoch(1, "primary", AT), "b")
     # Only unusable records: none.

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +24,17 @@ import attrs
 import pytest
 
 from cellvault.dumpers.staging import StagedLoad
-from cellvault.journal import JOURNAL_PREFIX, Journal, Recovery, _running, find, recover
-from cellvault.swap import OWNER_SUFFIX, Swap, exchange
+from cellvault.journal import (
+    JOURNAL_PREFIX,
+    Journal,
+    Recovery,
+    _running,
+    debris,
+    find,
+    recover,
+    running,
+)
+from cellvault.swap import HELD, OWNER_SUFFIX, Swap, exchange
 from tests.helpers import write_tree
 
 ARCHIVE = "cell_crm_20250101_020000"
@@ -153,7 +163,7 @@ def test_the_journal_records_each_phase_of_the_restore(tmp_path: Path) -> None:
             cell.swap.staging.name + OWNER_SUFFIX,
             f"{JOURNAL_PREFIX}crm.json",
         ]
-    )  # no temporary copy left
+    )  # no temporary copy of the journal left
     journal.close()
     journal.close()  # twice: no error
     assert not path.exists()
@@ -713,3 +723,195 @@ def test_a_description_lists_every_database_and_scratch_object() -> None:
         "(no safety backup was taken); it may have left the scratch objects a_new (pg, for "
         "database a), b_new (my, for database b) (settle them)"
     )
+
+
+# -- staging a killed restore left before its journal ------------------------------------
+
+
+def dead_child() -> int:
+    """The pid of a process of ours that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def unjournalled(tmp_path: Path, **owner: Any) -> Swap:
+    """A staging directory and its owner file, as a restore killed while extracting leaves them."""
+    app = write_tree(tmp_path / "srv" / "app", {"a.txt": "live a\n"})
+    swap = Swap.create({"app": app}, ARCHIVE, cell="crm", in_place=True)
+    write_tree(swap.staging / "app", {"a.txt": "new a\n"})
+    HELD.discard(swap.staging)
+    swap.owner.update(owner)
+    swap._save_owner()
+    return swap
+
+
+def test_staging_left_by_a_dead_in_place_restore_is_removed_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    app = tmp_path / "srv" / "app"
+    assert debris("crm", [app]) == [
+        f"staging directory {swap.staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    ]
+    assert debris("web", [app]) == []  # another cell's
+    caplog.set_level(logging.WARNING, logger="cellvault")
+    (rec,) = recover("crm", [app])
+    assert (rec.action, rec.archive, rec.removed) == ("cleaned up", ARCHIVE, (str(swap.staging),))
+    assert rec.describe() == (
+        f"a restore of cell crm to {ARCHIVE} was killed before its journal was written (so "
+        "before any live data was touched); removed what it had staged, which held only a copy "
+        f"of the archive: {swap.staging}"
+    )
+    assert events(caplog, "restore.staging_removed") == [{"cell": "crm", "detail": rec.describe()}]
+    assert beside(tmp_path / "srv") == [] and read(app) == {"a.txt": "live a\n"}
+    assert recover("crm", [app]) == [] and debris("crm", [app]) == []
+
+
+def test_an_owner_file_without_its_staging_is_removed(tmp_path: Path) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    shutil.rmtree(swap.staging)
+    app = tmp_path / "srv" / "app"
+    owner = tmp_path / "srv" / f"{swap.staging.name}.owner.json"
+    assert debris("crm", [app]) == [
+        f"owner file {owner} of a killed restore (its staging directory is gone): the next "
+        "restore or backup of the cell removes it"
+    ]
+    (rec,) = recover("crm", [app])
+    assert rec.removed == (f"{owner} (its staging directory was gone)",)
+    assert beside(tmp_path / "srv") == []
+
+
+@pytest.mark.parametrize(
+    ("owner", "why"),
+    [
+        ({"host": "elsewhere"}, "made on host elsewhere; remove it there"),
+        ({"in_place": False, "pid": None}, "made by a restore elsewhere (--into)"),
+    ],
+)
+def test_staging_that_cannot_be_proved_dead_is_named_not_removed(
+    tmp_path: Path, owner: dict[str, Any], why: str
+) -> None:
+    if owner.get("pid", 0) is None:
+        owner["pid"] = dead_child()
+    swap = unjournalled(tmp_path, **owner)
+    app = tmp_path / "srv" / "app"
+    assert recover("crm", [app]) == []
+    assert swap.staging.is_dir()
+    assert debris("crm", [app]) == [f"staging directory {swap.staging}: {why}"]
+
+
+def test_staging_of_a_running_restore_is_left_to_it(tmp_path: Path) -> None:
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        swap = unjournalled(tmp_path, pid=runner.pid)
+        app = tmp_path / "srv" / "app"
+        assert recover("crm", [app]) == [] and debris("crm", [app]) == []
+        assert swap.staging.is_dir()
+        # This very process holds its own while its swap runs.
+        mine = unjournalled(tmp_path / "mine", pid=os.getpid())
+        HELD.add(mine.staging)
+        try:
+            assert recover("crm", [tmp_path / "mine" / "srv" / "app"]) == []
+            assert debris("crm", [tmp_path / "mine" / "srv" / "app"]) == []
+        finally:
+            HELD.discard(mine.staging)
+        assert len(recover("crm", [tmp_path / "mine" / "srv" / "app"])) == 1
+    finally:
+        runner.kill()
+        runner.wait()
+
+
+def test_staging_without_an_owner_file_is_named_by_its_cell(tmp_path: Path) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    (tmp_path / "srv" / f"{swap.staging.name}.owner.json").unlink()
+    other = tmp_path / "srv" / ".cellvault-restore-cell_web_20250101_020000-0a1b2c3d"
+    other.mkdir()
+    app = tmp_path / "srv" / "app"
+    assert recover("crm", [app]) == []
+    assert debris("crm", [app]) == [
+        f"staging directory {swap.staging}: no owner file says which run made it; remove it "
+        "once no restore runs"
+    ]
+
+
+def test_debris_names_journals_and_old_data_kept(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    journal = cell.journal("swapping", pid=None)
+    kept = tmp_path / "srv" / ".cellvault-replaced-app-0a1b2c"
+    kept.mkdir()
+    assert debris("crm", [cell.app, cell.data]) == [
+        f"restore journal {journal.path} of a killed restore (phase swapping): the next "
+        "restore or backup of the cell settles it",
+        f"old data {kept} kept by the recovery of a killed restore (perhaps the only copy of "
+        "what the restore replaced): check it, then remove it",
+    ]
+    journal.path.write_text("{")
+    assert debris("crm", [cell.app])[0] == (
+        f"unreadable restore journal {journal.path}: read it, then settle the cell by hand"
+    )
+
+
+def test_debris_of_a_cell_in_two_folders_and_restores_still_running(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    data = write_tree(tmp_path / "var" / "data", {"d.txt": "live d\n"})
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # A running restore's journal and a running --into restore's staging: nothing to say.
+        journal = cell.journal("swapping", pid=runner.pid)
+        into = unjournalled(tmp_path / "into", pid=runner.pid, in_place=False)
+        assert debris("crm", [cell.app, data]) == []
+        assert debris("crm", [tmp_path / "into" / "srv" / "app"]) == []
+        assert running({"host": socket.gethostname(), "pid": runner.pid}) is True
+        assert into.staging.is_dir()
+    finally:
+        runner.kill()
+        runner.wait()
+    assert running({"host": socket.gethostname(), "pid": runner.pid}) is False
+    # Unreadable here, killed there; old data kept beside the second folder's root.
+    journal.path.write_text("{")
+    other = Journal.start("crm", ARCHIVE, Swap.create({"data": data}, ARCHIVE), None)
+    other.data.update(pid=None)
+    other._save()
+    kept = tmp_path / "var" / ".cellvault-replaced-data-0a1b2c"
+    kept.mkdir()
+    said = debris("crm", [cell.app, data])
+    assert said[:2] == [
+        f"unreadable restore journal {journal.path}: read it, then settle the cell by hand",
+        f"restore journal {other.path} of a killed restore (phase staged): the next restore "
+        "or backup of the cell settles it",
+    ]
+    assert said[-1] == (
+        f"old data {kept} kept by the recovery of a killed restore (perhaps the only copy of "
+        "what the restore replaced): check it, then remove it"
+    )
+
+
+def test_a_journalled_staging_is_not_debris_but_the_next_one_is(tmp_path: Path) -> None:
+    cell = staged_cell(tmp_path)
+    cell.journal("staged", pid=None)
+    later = Swap.create({"app": cell.app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
+    HELD.discard(later.staging)
+    later.owner.update(pid=dead_child())
+    later._save_owner()
+    said = debris("crm", [cell.app])
+    assert said[-1] == (
+        f"staging directory {later.staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    )
+
+
+def test_the_copies_a_dead_restore_placed_on_other_file_systems_are_removed(
+    tmp_path: Path,
+) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    copy = tmp_path / "var" / ".cellvault-restore-data-0a1b2c3d"
+    write_tree(copy, {"d.txt": "new d\n"})
+    outside = tmp_path / "var" / "not-ours"
+    outside.mkdir()
+    swap.owner.update(copies=[str(copy), str(outside)])
+    swap._save_owner()
+    (rec,) = recover("crm", [tmp_path / "srv" / "app"])
+    assert rec.removed == (str(swap.staging), str(copy))
+    assert not copy.exists() and outside.is_dir()  # only what is named like a staged copy
