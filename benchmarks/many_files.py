@@ -11,6 +11,12 @@ command is timed (wall) and its peak resident set taken from ``os.wait4``
 dropped between steps. Prints a Markdown table for docs/performance.md.
 
     python benchmarks/many_files.py --files 200000 --work /scratch/cv-many
+
+With ``--backup-pairs N``, only full backups, each into a fresh backup folder
+and each followed at once by ``tar -c | zstd -T0`` of the same tree: N pairs
+with the default check after the backup and N with ``BACKUP_VERIFY=0``,
+alternating; prints every pair's ratio and the medians (a shared machine's
+load moves both of a pair alike, not two runs minutes apart).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -87,11 +94,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--work", type=Path, required=True, help="a scratch folder (deleted)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--cells", type=Path, help="reuse the cells folder of a run made with --keep"
+    )
+    parser.add_argument(
+        "--backup-pairs", type=int, default=0, help="only full backups side by side with tar"
+    )
     args = parser.parse_args(argv)
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
     cells = work / "cells"
-    size = generate(cells / "crm", args.files)
+    if args.cells is not None:
+        # A tree generated before (by this script, kept): its crm folder, as it is.
+        cells = args.cells
+        size = 0
+        work.mkdir(parents=True)
+    else:
+        size = generate(cells / "crm", args.files)
     env = {
         **os.environ,
         "BACKUP_DIR": str(work / "backup"),
@@ -107,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append((label, wall, peak))
         print(f"{label}: {wall:.1f} s, {peak / 1024:.0f} MiB", file=sys.stderr, flush=True)
 
+    if args.backup_pairs:
+        backup_pairs(args.backup_pairs, env, cv, cells, work)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     step("cellvault full backup", [*cv, "backup"])
     step("cellvault incremental, no change", [*cv, "backup", "--type", "incremental"])
     changed = touch(cells / "crm", args.files)
@@ -150,6 +174,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def backup_pairs(pairs: int, env: dict[str, str], cv: list[str], cells: Path, work: Path) -> None:
+    """Full backups and ``tar -c | zstd -T0`` side by side; print the ratios."""
+    tar = (["tar", "-C", str(cells), "-cf", "-", "crm"], ["zstd", "-T0", "-q"])
+    found: dict[str, list[tuple[float, float, int, int]]] = {"default": [], "BACKUP_VERIFY=0": []}
+    for _ in range(pairs):
+        for label, runs in found.items():
+            shutil.rmtree(work / "backup", ignore_errors=True)
+            run_env = {**env, "BACKUP_VERIFY": "0"} if label != "default" else env
+            wall, peak = measure([[*cv, "backup"]], run_env, work)
+            tar_wall, tar_peak = measure(tar, env, work)
+            runs.append((wall, tar_wall, peak, tar_peak))
+            load = os.getloadavg()[0]
+            print(
+                f"{label}: cellvault {wall:.1f} s, tar | zstd {tar_wall:.1f} s, "
+                f"{wall / tar_wall:.2f}x (load {load:.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
+    print("\n| full backup | cellvault | tar -c \\| zstd -T0 | ratio | peak RSS |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label, runs in found.items():
+        cv_med = statistics.median(r[0] for r in runs)
+        tar_med = statistics.median(r[1] for r in runs)
+        ratio = statistics.median(r[0] / r[1] for r in runs)
+        peak = max(r[2] for r in runs)
+        print(
+            f"| {label} | {cv_med:.1f} s | {tar_med:.1f} s | {ratio:.2f}x | {peak / 1024:.0f} MiB |"
+        )
+    print(f"\nmedians of {pairs} pairs each; ratio: the median of the pairs' ratios")
 
 
 if __name__ == "__main__":

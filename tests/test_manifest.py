@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellvault import ArchiveCorrupt, Entry, Manifest
+from cellvault.manifest import ManifestWriter
 
 from .archive_helpers import archive_files, make_vault, read_members
 
@@ -208,6 +209,40 @@ def test_write_json_in_chunks_is_to_json(tmp_path: Path, monkeypatch: pytest.Mon
     assert size == len(raw)
     assert raw == dumps_whole(m)
     assert Manifest.from_json(raw).entries == m.entries
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(entries(), max_size=20, unique_by=lambda e: e.path), st.integers(1, 4))
+def test_manifest_writer_writes_what_write_json_writes(items: list[Entry], chunk: int) -> None:
+    # A backup writes its manifest as the walk goes (never held): the same bytes,
+    # in chunks of any size, with the count and the holding archives kept.
+    import io
+
+    import cellvault.manifest
+
+    m = Manifest(archive=ARCHIVE)
+    out = io.BytesIO()
+    saved = cellvault.manifest.JSON_CHUNK
+    cellvault.manifest.JSON_CHUNK = chunk
+    try:
+        writer = ManifestWriter(ARCHIVE, out)
+        for item in items:
+            m.add(item)
+            writer.add(item)
+        size = writer.close()
+    finally:
+        cellvault.manifest.JSON_CHUNK = saved
+    assert out.getvalue() == m.to_json()
+    assert size == len(out.getvalue())
+    assert len(writer) == len(m)
+    assert writer.holders() == m.holders()
+
+
+def test_a_manifest_naming_its_holders_has_no_entries() -> None:
+    named = Manifest.naming(ARCHIVE, {ARCHIVE, "cell_crm_20241231_020000"})
+    assert named.holders() == {ARCHIVE, "cell_crm_20241231_020000"}
+    assert len(named) == 0
+    assert named.archive == ARCHIVE
 
 
 def test_manifest_of_a_backup_describes_every_path(tmp_path: Path) -> None:

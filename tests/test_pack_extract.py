@@ -17,11 +17,13 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
 import cellvault
+import cellvault.readahead as readahead
 from cellvault import ArchiveCorrupt, ArchiveId, ConfigError, Manifest
 from cellvault.codec import get_codec
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
@@ -271,24 +273,40 @@ def test_file_source_pads_a_file_that_shrank() -> None:
     assert source.digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["kernel-read-ahead", "read-whole"])
 def test_pack_warns_for_a_file_that_shrinks_while_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool
 ) -> None:
     src = tmp_path / "crm"
     src.mkdir()
     (src / "log").write_bytes(b"x" * 1000)
-    real_read = _FileSource.read
+    if whole:
+        # Small files are read whole by the read-ahead thread, right after their open.
+        real_open = readahead.open_scanned_fd
 
-    def shrinking(self: _FileSource, n: int = -1) -> bytes:
-        os.truncate(src / "log", 10)  # truncated while it is read
-        return real_read(self, n)
+        def shrinking_open(path: str, st: Any = None) -> Any:
+            opened = real_open(path, st)
+            os.truncate(src / "log", 10)  # truncated between the open and the read
+            return opened
 
-    monkeypatch.setattr(_FileSource, "read", shrinking)
+        monkeypatch.setattr(readahead, "open_scanned_fd", shrinking_open)
+    else:
+        monkeypatch.setattr(readahead, "READ_WHOLE", 0)
+        real_read = _FileSource.read
+
+        def shrinking(self: _FileSource, n: int = -1) -> bytes:
+            os.truncate(src / "log", 10)  # truncated while it is read
+            return real_read(self, n)
+
+        monkeypatch.setattr(_FileSource, "read", shrinking)
     vault = make_vault(tmp_path / "backup", [src])
     report = vault.backup()
     assert report.ok
     assert any("shrank" in w and str(src / "log") in w for w in report.cells[0].warnings)
     monkeypatch.undo()
+    (data,) = archive_files(tmp_path / "backup")
+    members = {info.name: body for info, body in read_members(data)}
+    assert members["data/crm/log"] == b"x" * 10 + bytes(990)
     assert vault.verify().ok  # the padded file is what the manifest says
 
 
@@ -782,3 +800,35 @@ def test_a_failed_pack_leaves_nothing_in_the_spool(
     spool = tmp_path / "backup" / ".cellvault" / "spool"
     assert not spool.exists() or not list(spool.rglob("*"))
     assert vault.list() == []
+
+
+def test_pack_result_counts_the_manifest_it_wrote_without_holding_it(tmp_path: Path) -> None:
+    from cellvault.cell import Cell
+
+    src = tmp_path / "crm"
+    (src / "sub").mkdir(parents=True)
+    for i in range(5):
+        (src / "sub" / f"f{i}").write_bytes(b"x" * i)
+    (src / "link").symlink_to("sub/f1")
+    ident = ArchiveId("crm", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    result = Packer(
+        cell=Cell("crm", [src]),
+        ident=ident,
+        codec=get_codec("zstd"),
+        spool=tmp_path / "spool" / "run",
+        host="test",
+        version="0",
+    ).pack()
+    # data/crm, sub, five files, the link: counted as written.
+    assert result.entries == 8
+    assert result.holders == {str(ident)}
+    # The manifest itself is parsed from the copy in the spool, when asked for.
+    manifest = result.manifest
+    assert len(manifest) == 8
+    assert manifest.holders() == {str(ident)}
+    entry = manifest.get("data/crm/sub/f3")
+    assert entry is not None
+    assert entry.sha256 == hashlib.sha256(b"xxx").hexdigest()
+    (data,) = [result.data_path]
+    members = {info.name: body for info, body in read_members(data)}
+    assert Manifest.from_json(members["manifest.json"] or b"").entries == manifest.entries

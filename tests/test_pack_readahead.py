@@ -248,13 +248,23 @@ def test_a_file_that_grows_is_stored_at_its_scanned_size(
     src.mkdir()
     (src / "log").write_bytes(b"a" * 1000)
     real_read = _FileSource.read
+    real_open = readahead.open_scanned_fd
+
+    def grow() -> None:
+        with open(src / "log", "ab") as f:
+            f.write(b"b" * 500)
 
     def growing(self: _FileSource, n: int = -1) -> bytes:
-        with open(src / "log", "ab") as f:
-            f.write(b"b" * 500)  # appended while it is read
+        grow()  # appended while it is read
         return real_read(self, n)
 
+    def growing_open(path: str, st: Any = None) -> Any:
+        opened = real_open(path, st)
+        grow()  # appended between the open and the read of a file read whole
+        return opened
+
     monkeypatch.setattr(_FileSource, "read", growing)
+    monkeypatch.setattr(readahead, "open_scanned_fd", growing_open)
     vault = make_vault(tmp_path / "backup", [src])
     report = vault.backup()
     assert report.ok
@@ -327,3 +337,34 @@ def test_larger_files_held_open_ahead_are_bounded(
     assert report.ok
     assert report.cells[0].files == 24
     assert 1 < state["max"] <= 3
+
+
+def test_small_files_keep_their_attributes_and_holes(tmp_path: Path) -> None:
+    # Read whole by the thread (attributes read through the open descriptor), or
+    # opened ahead when nothing is read whole; a small sparse file is never read
+    # whole: its holes stay holes.
+    src = tmp_path / "crm"
+    src.mkdir()
+    (src / "tagged.txt").write_bytes(b"small and tagged\n")
+    os.setxattr(src / "tagged.txt", "user.colour", b"blue")
+    with open(src / "holes.img", "wb") as f:
+        f.truncate(48 << 10)
+        f.seek(40 << 10)
+        f.write(b"after a hole")
+    assert os.stat(src / "holes.img").st_blocks * 512 < 48 << 10
+    vault = make_vault(tmp_path / "backup", [src])
+    report = vault.backup()
+    assert report.ok
+    assert report.cells[0].files == 2
+    (data,) = archive_files(tmp_path / "backup")
+    members = {info.name: info for info, _ in read_members(data)}
+    assert members["data/crm/tagged.txt"].pax_headers["SCHILY.xattr.user.colour"] == "blue"
+    assert members["data/crm/holes.img"].pax_headers["GNU.sparse.major"] == "1"
+    restored = vault.restore(report.cells[0].archive or "", into=tmp_path / "out")
+    assert restored.ok
+    out = tmp_path / "out" / "crm" / "crm"
+    assert os.getxattr(out / "tagged.txt", "user.colour") == b"blue"
+    assert (out / "holes.img").read_bytes() == (src / "holes.img").read_bytes()
+    assert os.stat(out / "holes.img").st_blocks == os.stat(src / "holes.img").st_blocks
+    assert not read_threads()
+    assert not open_under(src)

@@ -59,10 +59,13 @@ Xattrs = tuple[tuple[str, bytes], ...]
 _UNSUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL)
 
 
-def read_xattrs(path: str) -> Xattrs:
-    """The extended attributes of *path* (not following a link); ``()`` where there are none."""
+def read_xattrs(path: str | int) -> Xattrs:
+    """The extended attributes of *path* (not following a link), or of an open
+    descriptor; ``()`` where there are none."""
+    # A descriptor is what it is: following links does not apply (nor is it allowed).
+    follow = isinstance(path, int)
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
             return ()
@@ -72,7 +75,7 @@ def read_xattrs(path: str) -> Xattrs:
     out: list[tuple[str, bytes]] = []
     for name in sorted(names):
         try:
-            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            out.append((name, os.getxattr(path, name, follow_symlinks=follow)))
         except OSError as exc:
             if exc.errno in (errno.ENODATA, errno.ENOENT):
                 continue  # removed since it was listed

@@ -27,7 +27,7 @@ from .errors import ArchiveCorrupt
 from .spillmap import SpillMap
 from .trust import check_count, check_holder, check_mode
 
-__all__ = ["Entry", "EntryType", "InOrder", "Manifest", "ManifestText"]
+__all__ = ["Entry", "EntryType", "InOrder", "Manifest", "ManifestText", "ManifestWriter"]
 
 #: Entries serialised per chunk by :meth:`Manifest.write_json`.
 JSON_CHUNK = 2048
@@ -292,6 +292,17 @@ class Manifest:
         return written
 
     @classmethod
+    def naming(cls, archive: str, holders: Iterable[str]) -> Manifest:
+        """A manifest without its entries that names the archives holding its files.
+
+        What a chain check reads (:meth:`holders`) of a manifest a backup has
+        just written (:class:`ManifestWriter`), which is not read back for that.
+        """
+        out = cls(archive=archive)
+        out._holders = set(holders)
+        return out
+
+    @classmethod
     def from_json(cls, raw: bytes, *, archive: str = "?") -> Manifest:
         """The manifest in *raw* (``manifest.json``'s bytes)."""
         return cls.read(io.BytesIO(raw), archive=archive)
@@ -316,6 +327,53 @@ class Manifest:
                 archive=archive,
                 member="manifest.json",
             ) from None
+
+
+class ManifestWriter:
+    """A new archive's manifest, written into *out* as its entries come, never held.
+
+    The bytes are those :meth:`Manifest.write_json` writes for the same entries
+    in the same order. Each path is added once (a backup's walk and its dumps
+    name each path once); :meth:`close` ends the text and returns its size.
+    """
+
+    def __init__(self, archive: str, out: IO[bytes]) -> None:
+        self.archive = archive
+        self._out = out
+        self._chunk: list[str] = []
+        self._first = True
+        self._count = 0
+        self._holders: set[str] = set()
+        self._size = out.write(b'{"format":1,"archive":%s,"entries":[' % _quote(archive).encode())
+
+    def add(self, entry: Entry) -> None:
+        chunk = self._chunk
+        chunk.append(entry.to_json())
+        self._count += 1
+        if entry.type == "file" and entry.archive:
+            self._holders.add(entry.archive)
+        if len(chunk) >= JSON_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._chunk:
+            text = ",".join(self._chunk)
+            self._size += self._out.write((text if self._first else "," + text).encode())
+            self._first = False
+            self._chunk = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def holders(self) -> set[str]:
+        """The ids of the archives that hold the files added."""
+        return set(self._holders)
+
+    def close(self) -> int:
+        """Write the end of the text; return the size of the whole."""
+        self._flush()
+        self._size += self._out.write(b"]}\n")
+        return self._size
 
 
 class _Readable(Protocol):

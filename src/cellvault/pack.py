@@ -20,7 +20,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,12 +47,12 @@ from .fsmeta import (
     xattr_records,
 )
 from .log import get_logger
-from .manifest import Entry, InOrder, Manifest
-from .readahead import FILE_ITEM, FileSource, Opened, ReadAhead
+from .manifest import Entry, InOrder, Manifest, ManifestWriter
+from .readahead import FILE_ITEM, FileSource, Handle, Opened, ReadAhead
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
 from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
-from .tarwrite import BLOCK, TarWriter, pax_mtime, tar_header
+from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
 
 __all__ = ["PackResult", "Packer"]
 
@@ -71,7 +70,6 @@ class PackResult:
     """A finished archive in the spool, ready to be stored."""
 
     meta: ArchiveMeta
-    manifest: Manifest
     data_path: Path
     manifest_path: Path
     size: int
@@ -85,6 +83,29 @@ class PackResult:
     warnings: tuple[str, ...] = ()
     #: What each of the cell's dumpers did (see :mod:`cellvault.dumpers`).
     dumps: tuple[DumpSummary, ...] = ()
+    #: Paths the manifest lists.
+    entries: int = 0
+    #: The archives holding the manifest's files (this one, and its chain's for an incremental).
+    holders: frozenset[str] = frozenset()
+    #: The manifest copy as written (plain, before any sealing), for :attr:`manifest`.
+    _plain: Path | None = attrs.field(default=None, kw_only=True)
+    _parsed: list[Manifest] = attrs.field(init=False, factory=list, eq=False, repr=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest written, parsed from its copy in the spool on first use.
+
+        The packer writes the manifest as it goes and does not hold it: what a
+        backup needs of it is :attr:`entries` and :attr:`holders`. The copy
+        must still be in the spool (a run removes it once stored).
+        """
+        if not self._parsed:
+            import zstandard
+
+            path = self._plain or self.manifest_path
+            with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as text:
+                self._parsed.append(Manifest.read(text, archive=str(self.meta.id)))
+        return self._parsed[0]
 
 
 # The walk's items, in archive order (tuples: built once per path, cheap to pass).
@@ -137,7 +158,7 @@ class Packer:
     #: Encrypt the archive to these age recipients as it is written (``None``: plain).
     recipients: Recipients | None = None
 
-    _manifest: Manifest = attrs.field(init=False)
+    _manifest: ManifestWriter = attrs.field(init=False)
     _warnings: list[str] = attrs.field(init=False, factory=list)
     _files_stored: int = attrs.field(init=False, default=0)
     _bytes_stored: int = attrs.field(init=False, default=0)
@@ -159,7 +180,6 @@ class Packer:
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
         self._archive = str(self.ident)
-        self._manifest = Manifest(archive=self._archive)
         if self.parent is not None:
             self._parent_get = InOrder(self.parent).get
         backed_at = dt.datetime.now(dt.UTC)
@@ -174,6 +194,10 @@ class Packer:
         sealer: Sealer | None = None
         try:
             with out as raw:
+                # The manifest goes through a spool file as entries come, never whole
+                # in memory; its compressed copy is made from the same file below.
+                manifest_json = tempfile.TemporaryFile(dir=self.spool)  # noqa: SIM115 - closed below
+                self._manifest = ManifestWriter(self._archive, manifest_json)
                 hashing = HashingWriter(raw)
                 # Encrypted as it is written, when recipients are given (cellvault.crypt).
                 sealer = Sealer(hashing, self.recipients) if self.recipients else None
@@ -182,9 +206,6 @@ class Packer:
                 tar.add_bytes("meta.json", meta.to_json(), int(backed_at.timestamp()))
                 self._add_trees(tar, roots)
                 dumps = self._add_dumps(tar)
-                # The manifest goes through a spool file, never whole in memory; its
-                # compressed copy is made from the same file below.
-                manifest_json = tempfile.TemporaryFile(dir=self.spool)  # noqa: SIM115 - closed below
                 self._add_manifest(tar, manifest_json, backed_at)
                 tar.close()
                 compressor.close()
@@ -208,7 +229,6 @@ class Packer:
             write_manifest_copy(manifest_path, manifest_json)
         return PackResult(
             meta=meta,
-            manifest=self._manifest,
             data_path=final,
             manifest_path=manifest_path,
             size=hashing.count,
@@ -218,6 +238,9 @@ class Packer:
             bytes_total=self._bytes_total,
             warnings=tuple(self._warnings),
             dumps=tuple(dumps),
+            entries=len(self._manifest),
+            holders=frozenset(self._manifest.holders()),
+            plain=manifest_path,
         )
 
     def _roots(self) -> dict[str, Path]:
@@ -464,18 +487,23 @@ class Packer:
         tar.write(member_header(entry, kind, found, rdev))
         self._manifest.add(entry)
 
-    def _xattrs(self, path: str) -> Xattrs:
-        try:
-            found = read_xattrs(path)
-        except OSError as exc:
-            self._warn(f"cannot read the extended attributes of {path} ({exc.strerror}); not kept")
+    def _xattrs(self, path: str, read: Xattrs | OSError | None = None) -> Xattrs:
+        """*path*'s extended attributes (or what a read-ahead thread read), warned about."""
+        if read is None:
+            try:
+                read = read_xattrs(path)
+            except OSError as exc:
+                read = exc
+        if isinstance(read, OSError):
+            self._warn(f"cannot read the extended attributes of {path} ({read.strerror}); not kept")
             return ()
+        found = read
         if found and not self._xattr_warned and (warning := privileged_warning(path, found)):
             self._xattr_warned = True
             self._warn(warning)
         return found
 
-    def _opened(self, path: str, st: os.stat_result, future: Future[Opened]) -> Opened | None:
+    def _opened(self, path: str, st: os.stat_result, future: Handle) -> Opened | None:
         """The file the scan saw, opened; ``None`` (with a warning) when it is gone or swapped."""
         try:
             opened = future.result()
@@ -495,32 +523,35 @@ class Packer:
         try:
             check_same(path, st, opened.st)
         except SwappedFile as exc:
-            opened.source.raw.close()
+            if opened.source is not None:
+                opened.source.raw.close()
             self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
             self._bytes_total -= st.st_size
             return None
         return opened
 
-    def _add_file(self, tar: TarWriter, item: _Item, future: Future[Opened]) -> None:
+    def _add_file(self, tar: TarWriter, item: _Item, future: Handle) -> None:
         _, path, name, st, prev = item
         size = st.st_size
         opened = self._opened(path, st, future)
         if opened is None:
             return
         source, head = opened.source, opened.head
+        if source is None:
+            self._add_whole(tar, item, opened)
+            return
         raw = source.raw
         mode = stat.S_IMODE(st.st_mode)
-        try:  # a small file is closed already: closing again is harmless
+        try:
             if self.checksum and prev is not None and prev.type == "file" and prev.size == size:
                 if self._same_content(source, prev, st, path):
                     return
-                if size > readahead.READ_WHOLE:
-                    raw.seek(0)
-                    source = FileSource(raw, size)
-                    head = b""
+                raw.seek(0)  # hashed to its end: read again from the start to store it
+                source = FileSource(raw, size)
+                head = b""
             found = self._xattrs(path)
             regions = None
-            if size > readahead.READ_WHOLE and st.st_blocks * 512 < size:
+            if size and st.st_blocks * 512 < size:
                 regions = data_map(raw.fileno(), size)
             if regions is not None:
                 source.short = add_sparse(
@@ -566,6 +597,60 @@ class Packer:
             )
         )
 
+    def _add_whole(self, tar: TarWriter, item: _Item, opened: Opened) -> None:
+        """A small file the read-ahead thread read whole, hashed and closed."""
+        _, path, name, st, prev = item
+        size = st.st_size
+        mode = stat.S_IMODE(st.st_mode)
+        digest = opened.sha256
+        found = self._xattrs(path, opened.xattrs)
+        encoded = encode_xattrs(found) if found else ()
+        if (
+            self.checksum
+            and prev is not None
+            and prev.type == "file"
+            and (size, digest, mode, encoded) == (prev.size, prev.sha256, prev.mode, prev.xattrs)
+        ):
+            self._listed_unchanged(prev, st)
+            return
+        header = tar_header(
+            name,
+            tarfile.REGTYPE,
+            mode,
+            st.st_uid,
+            st.st_gid,
+            size,
+            pax_mtime(st.st_mtime_ns),
+            extra=xattr_records(found) if found else (),
+        )
+        # One write for the member: header, bytes and padding.
+        tar.write(header + opened.head + ZEROS[: -size % 512])
+        self._progress(size)
+        if opened.short:
+            self._warn(
+                f"{path} shrank while it was read; stored padded with zeros, back it up again"
+            )
+        self._files_stored += 1
+        self._seen += 1
+        self._bytes_stored += size
+        self._manifest.add(
+            Entry(
+                path=name,
+                type="file",
+                mode=mode,
+                mtime_ns=st.st_mtime_ns,
+                size=size,
+                sha256=digest,
+                uid=st.st_uid,
+                gid=st.st_gid,
+                inode=st.st_ino,
+                dev=st.st_dev,
+                ctime_ns=st.st_ctime_ns,
+                archive=self._archive,
+                xattrs=encoded,
+            )
+        )
+
     def _same_content(self, source: FileSource, prev: Entry, st: os.stat_result, path: str) -> bool:
         """With *checksum*: list the file as unchanged if its bytes hash as the parent's did."""
         digest = source.digest
@@ -578,6 +663,11 @@ class Packer:
         now = (digest.hexdigest(), stat.S_IMODE(st.st_mode), encode_xattrs(self._xattrs(path)))
         if now != (prev.sha256, prev.mode, prev.xattrs):
             return False
+        self._listed_unchanged(prev, st)
+        return True
+
+    def _listed_unchanged(self, prev: Entry, st: os.stat_result) -> None:
+        """With *checksum*: list a file whose bytes hash as the parent's did, as unchanged."""
         self._manifest.add(
             attrs.evolve(
                 prev,
@@ -589,7 +679,6 @@ class Packer:
                 gid=st.st_gid,
             )
         )
-        return True
 
     def _copy_rest(self, tar: TarWriter, source: FileSource, size: int) -> None:
         """Copy a large file's remaining bytes, keeping the kernel reading ahead of us."""
@@ -626,7 +715,7 @@ class Packer:
     # -- tar members -----------------------------------------------------
 
     def _add_manifest(self, tar: TarWriter, spool: IO[bytes], when: dt.datetime) -> None:
-        size = self._manifest.write_json(spool)
+        size = self._manifest.close()
         spool.seek(0)
         if not tar.add_stream("manifest.json", spool, size, int(when.timestamp())):
             raise BackupError(f"the manifest's spool file in {self.spool} was cut short")

@@ -16,20 +16,25 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-from .safeopen import open_scanned
+from .fsmeta import Xattrs, read_xattrs
+from .safeopen import open_scanned_fd
 from .tarwrite import BLOCK, ZEROS
 
 __all__ = [
     "FILE_ITEM",
+    "READ_BATCH",
     "READ_BUDGET",
     "READ_ITEMS",
     "READ_OPEN",
     "READ_THREADS",
     "READ_WHOLE",
     "READ_WINDOW",
+    "Batch",
     "FileSource",
+    "Handle",
     "Opened",
     "ReadAhead",
+    "Slot",
     "close_opened",
     "open_ahead",
 ]
@@ -42,14 +47,16 @@ Item = tuple[int, str, str, Any, Any]
 #: Read-ahead: threads that open the next files and ask the kernel to read them
 #: into its page cache (READ_WINDOW bytes at a time), and the bounds on what is
 #: ahead of the writer: READ_BUDGET bytes, READ_ITEMS paths, READ_OPEN open files.
-#: Files up to READ_WHOLE bytes are read whole by the thread instead (0: none; a
-#: knob for network mounts). One thread, nothing read whole, 128 files open: the
-#: fastest measured (docs/performance.md, "Read-ahead"); more threads cost GIL
-#: hand-offs.
+#: Files up to READ_WHOLE bytes (and not sparse) are read whole, hashed, their
+#: extended attributes read and closed by the thread instead, READ_BATCH files
+#: to a task (0: none read whole). One thread, 128 files open: the fastest
+#: measured (docs/performance.md, "Read-ahead" and "Backup speed at 200,000
+#: files"); more threads cost GIL hand-offs, and so did a task per small file.
 READ_THREADS = 1
 READ_BUDGET = 32 << 20
 READ_ITEMS = 512
-READ_WHOLE = 0
+READ_WHOLE = 64 << 10
+READ_BATCH = 64
 READ_WINDOW = 8 << 20
 #: Files held open ahead of the writer (cells may be packed in parallel: this
 #: keeps a run far from the limit on open files).
@@ -103,44 +110,146 @@ class FileSource:
 
 
 class Opened:
-    """A file opened (and read in part or whole) by a read-ahead thread."""
+    """A file opened (and read in part or whole) by a read-ahead thread.
 
-    __slots__ = ("head", "source", "st")
+    A small file is read whole (:attr:`source` is ``None``, the descriptor is
+    closed already): :attr:`head` holds its bytes, :attr:`sha256` their hash,
+    :attr:`xattrs` its extended attributes (or the error reading them gave).
+    """
 
-    def __init__(self, source: FileSource, head: bytes, st: os.stat_result | None = None) -> None:
+    __slots__ = ("head", "sha256", "short", "source", "st", "xattrs")
+
+    def __init__(
+        self,
+        source: FileSource | None,
+        head: bytes,
+        st: os.stat_result | None = None,
+        *,
+        sha256: str = "",
+        short: bool = False,
+        xattrs: Xattrs | OSError = (),
+    ) -> None:
         self.source = source
         #: All of a small file, already hashed; nothing of a larger one.
         self.head = head
         #: The opened file's ``fstat``: checked against the scan's ``lstat``.
         self.st = st
+        self.sha256 = sha256
+        #: The file was shorter than *size* when read (padded with zeros).
+        self.short = short
+        self.xattrs = xattrs
 
 
 def open_ahead(path: str, size: int) -> Opened:
     """Open *path*; read it whole if it is small, else start the kernel reading it."""
-    raw = open_scanned(path)
+    fd, opened_st = open_scanned_fd(path)
     try:
-        opened_st = os.fstat(raw.fileno())
+        if size <= READ_WHOLE and opened_st.st_blocks * 512 >= size:
+            # Not sparse (a sparse file keeps its holes: the packer maps them).
+            return _read_whole(fd, size, opened_st)
+        raw = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         source = FileSource(raw, size)
-        if size <= READ_WHOLE:
-            head = source.read(size)
-            raw.close()
-        else:
-            # Not read here: bytes held in this process would be its memory, the
-            # kernel's read-ahead is not (and is as far ahead when the writer comes).
-            head = b""
-            with contextlib.suppress(OSError):
-                fd = raw.fileno()
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                os.posix_fadvise(fd, 0, READ_WINDOW, os.POSIX_FADV_WILLNEED)
+        # Not read here: bytes held in this process would be its memory, the
+        # kernel's read-ahead is not (and is as far ahead when the writer comes).
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            os.posix_fadvise(fd, 0, READ_WINDOW, os.POSIX_FADV_WILLNEED)
     except BaseException:
         raw.close()
         raise
-    return Opened(source, head, opened_st)
+    return Opened(source, b"", opened_st)
 
 
-def close_opened(future: Future[Opened]) -> None:
+def _read_whole(fd: int, size: int, opened_st: os.stat_result) -> Opened:
+    """Read exactly *size* bytes of *fd* (zeros past a shrunk end), its attributes; close it."""
+    try:
+        data = os.read(fd, size) if size else b""
+        short = False
+        if len(data) < size:
+            # One read may return less than asked: only an empty read is the end.
+            parts = [data]
+            got = len(data)
+            while got < size:
+                more = os.read(fd, size - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            if got < size:
+                short = True
+                parts.append(bytes(size - got))
+            data = b"".join(parts)
+        xattrs: Xattrs | OSError
+        try:
+            xattrs = read_xattrs(fd)
+        except OSError as exc:
+            xattrs = exc
+    finally:
+        os.close(fd)
+    digest = hashlib.sha256(data).hexdigest()
+    return Opened(None, data, opened_st, sha256=digest, short=short, xattrs=xattrs)
+
+
+def _open_batch(files: list[tuple[str, int]]) -> list[Opened | Exception]:
+    """:func:`open_ahead` on each of *files* in turn; an error is kept in its place."""
+    out: list[Opened | Exception] = []
+    for path, size in files:
+        try:
+            out.append(open_ahead(path, size))
+        except Exception as exc:  # noqa: BLE001 - raised again by the packer, in order
+            out.append(exc)
+    return out
+
+
+class Batch:
+    """Small files opened (and read whole) by one task of a read-ahead thread."""
+
+    __slots__ = ("files", "future")
+
+    def __init__(self) -> None:
+        self.files: list[tuple[str, int]] = []
+        self.future: Future[list[Opened | Exception]] | None = None
+
+
+class Slot:
+    """One file of a :class:`Batch`: what the packer takes, as it would a future's."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def result(self) -> Opened:
+        future = self.batch.future
+        assert future is not None  # submitted before it is handed out
+        got = future.result()[self.index]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
+#: What the packer is handed for a file to store: its ``result()`` is the file opened.
+Handle = Future[Opened] | Slot
+
+
+def close_opened(future: Handle) -> None:
+    if isinstance(future, Slot):
+        batch = future.batch.future
+        if batch is None or not batch.done() or batch.cancelled() or batch.exception():
+            return
+        got = batch.result()[future.index]
+        if isinstance(got, Opened) and got.source is not None:
+            got.source.raw.close()
+        return
     if future.done() and not future.cancelled() and future.exception() is None:
-        future.result().source.raw.close()
+        source = future.result().source
+        if source is not None:
+            source.raw.close()
 
 
 class ReadAhead:
@@ -162,19 +271,42 @@ class ReadAhead:
         self.budget = budget or READ_BUDGET
         self.max_items = items or READ_ITEMS
         self._pool: ThreadPoolExecutor | None = None
-        self._window: deque[tuple[Item, Future[Opened] | None, int]] = deque()
+        #: (item, its handle, bytes it holds ahead, whether it stays open until taken)
+        self._window: deque[tuple[Item, Handle | None, int, bool]] = deque()
+        #: Small files gathered for the next task, not yet submitted.
+        self._batch: Batch | None = None
 
-    def _submit(self, item: Item) -> tuple[Item, Future[Opened] | None, int]:
-        if item[0] != FILE_ITEM:
-            return item, None, 0
+    def _started(self) -> ThreadPoolExecutor:
         if self._pool is None:
             # Started on the first file to read: an incremental with nothing
             # changed starts no thread.
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cellvault-read")
-        size: int = item[3].st_size
-        return item, self._pool.submit(open_ahead, item[1], size), min(size, READ_WINDOW)
+        return self._pool
 
-    def items(self, walk: Iterator[Item]) -> Iterator[tuple[Item, Future[Opened] | None]]:
+    def _send(self, batch: Batch) -> None:
+        batch.future = self._started().submit(_open_batch, batch.files)
+        if self._batch is batch:
+            self._batch = None
+
+    def _submit(self, item: Item) -> tuple[Item, Handle | None, int, bool]:
+        if item[0] != FILE_ITEM:
+            return item, None, 0, False
+        st = item[3]
+        size: int = st.st_size
+        cost = min(size, READ_WINDOW)
+        if size <= READ_WHOLE and st.st_blocks * 512 >= size:
+            # Small, not sparse: read whole and closed by the thread, a batch to a task.
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = Batch()
+            slot = Slot(batch, len(batch.files))
+            batch.files.append((item[1], size))
+            if len(batch.files) >= READ_BATCH:
+                self._send(batch)
+            return item, slot, cost, False
+        return item, self._started().submit(open_ahead, item[1], size), cost, True
+
+    def items(self, walk: Iterator[Item]) -> Iterator[tuple[Item, Handle | None]]:
         window = self._window
         held = 0  # bytes ahead: read into memory, or asked of the kernel
         opened = 0  # larger files open ahead
@@ -189,22 +321,25 @@ class ReadAhead:
                     break
                 entry = self._submit(item)
                 held += entry[2]
-                opened += entry[2] > READ_WHOLE
+                opened += entry[3]
                 window.append(entry)
             if not window:
                 return
-            item, future, cost = window[0]
-            yield item, future
+            item, handle, cost, is_open = window[0]
+            if type(handle) is Slot and handle.batch.future is None:
+                self._send(handle.batch)  # wanted now: not waiting for the batch to fill
+            yield item, handle
             # Taken only now: if the packer failed on it, close() still sees it.
             window.popleft()
             held -= cost
-            opened -= cost > READ_WHOLE
+            opened -= is_open
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        for _, future, _ in self._window:
-            if future is not None:
-                close_opened(future)
+        for _, handle, _, _ in self._window:
+            if handle is not None:
+                close_opened(handle)
         self._window.clear()
+        self._batch = None

@@ -18,7 +18,7 @@ from typing import IO
 
 from .fsmeta import special_kind
 
-__all__ = ["SwappedFile", "check_same", "open_scanned"]
+__all__ = ["SwappedFile", "check_same", "open_scanned", "open_scanned_fd"]
 
 
 class SwappedFile(OSError):
@@ -37,6 +37,16 @@ def open_scanned(path: str, st: os.stat_result | None = None) -> IO[bytes]:
     saw (same device and inode). Raises :class:`SwappedFile` when *path* is
     now something else: a link, a FIFO, a socket, a device, another file.
     """
+    fd, _ = open_scanned_fd(path, st)
+    try:
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_scanned_fd(path: str, st: os.stat_result | None = None) -> tuple[int, os.stat_result]:
+    """:func:`open_scanned`, as a bare descriptor and its ``fstat`` (the caller closes it)."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
@@ -49,10 +59,10 @@ def open_scanned(path: str, st: os.stat_result | None = None) -> IO[bytes]:
             what = "a " + special_kind(now.st_mode)
             raise SwappedFile(errno.ESTALE, f"became {what} after the scan", path)
         check_same(path, st, now)
-        return os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise
+    return fd, now
 
 
 def check_same(path: str, scanned: os.stat_result | None, opened: os.stat_result | None) -> None:

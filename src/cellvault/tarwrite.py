@@ -15,14 +15,18 @@ import tarfile
 from collections.abc import Sequence
 from typing import IO, Any
 
-__all__ = ["BLOCK", "ZEROS", "TarWriter", "pax_mtime", "tar_header"]
+__all__ = ["BLOCK", "GATHER", "ZEROS", "TarWriter", "pax_mtime", "tar_header"]
 
 #: Bytes copied at a time.
 BLOCK = 1 << 20
+#: Writes smaller than this are gathered until they add up to it (see TarWriter.write).
+GATHER = 256 << 10
 
 _RECORD = tarfile.RECORDSIZE
 _MAGIC_TAIL = tarfile.POSIX_MAGIC + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
 ZEROS = bytes(BLOCK)
+_MAGIC_TAIL_SUM = sum(_MAGIC_TAIL)
+_SPACES_SUM = 8 * ord(" ")
 
 
 def _ustar(
@@ -38,20 +42,27 @@ def _ustar(
 ) -> bytes:
     """One ustar header block; the numbers must fit (the PAX header carries the rest)."""
     tail = _MAGIC_TAIL
+    tail_sum = _MAGIC_TAIL_SUM
     if rdev is not None:
         # Device numbers: after the magic, the user and group names (32 bytes each).
         dev = b"%07o\0%07o\0" % (os.major(rdev) & 0o7777777, os.minor(rdev) & 0o7777777)
         tail = _MAGIC_TAIL[:72] + dev + _MAGIC_TAIL[88:]
-    head = b"".join(
+        tail_sum = sum(tail)
+    name_b = name.encode("ascii", "replace")[:100]
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    link_b = link.encode("ascii", "replace")[:100] if link else b""
+    # The checksum counts its own field as eight spaces; the zeros of padding count nothing.
+    chksum = sum(name_b) + sum(numbers) + _SPACES_SUM + kind[0] + sum(link_b) + tail_sum
+    return b"".join(
         (
-            name.encode("ascii", "replace")[:100].ljust(100, b"\0"),
-            b"%07o\0%07o\0%07o\0%011o\0%011o\0        " % (mode, uid, gid, size, mtime),
+            name_b.ljust(100, b"\0"),
+            numbers,
+            b"%06o\0 " % chksum,
             kind,
-            link.encode("ascii", "replace")[:100].ljust(100, b"\0") if link else ZEROS[:100],
+            link_b.ljust(100, b"\0"),
             tail,
         )
     )
-    return b"%s%06o\0%s" % (head[:148], sum(head), head[155:])
 
 
 def _pax_record(keyword: bytes, value: bytes) -> bytes:
@@ -166,17 +177,35 @@ class TarWriter:
         self.offset = 0
         #: Always empty: nothing is kept per member.
         self.members: list[tarfile.TarInfo] = []
+        # Small writes gathered (up to GATHER bytes) into one write of *fileobj*:
+        # a call into the compressor per header and per small file cost more
+        # than the copy.
+        self._parts: list[bytes] = []
+        self._held = 0
 
     def write(self, data: bytes) -> None:
-        self.fileobj.write(data)
-        self.offset += len(data)
+        n = len(data)
+        self.offset += n
+        if n >= GATHER:
+            self.flush()
+            self.fileobj.write(data)
+            return
+        self._parts.append(data)
+        self._held += n
+        if self._held >= GATHER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Pass what was gathered on to *fileobj*."""
+        if self._parts:
+            parts, self._parts, self._held = self._parts, [], 0
+            self.fileobj.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def pad(self) -> None:
         """End a member's data with zeros to a whole block."""
         pad = -self.offset % 512
         if pad:
-            self.fileobj.write(ZEROS[:pad])
-            self.offset += pad
+            self.write(ZEROS[:pad])
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: IO[bytes] | None = None) -> None:
         if tarinfo.uname or tarinfo.gname or tarinfo.pax_headers or tarinfo.isdev():
@@ -227,10 +256,12 @@ class TarWriter:
         return True
 
     def close(self) -> None:
+        """End the archive (its end blocks, padded to a record) and flush it."""
         self.write(ZEROS[:1024])
         pad = -self.offset % _RECORD
         if pad:
             self.write(ZEROS[:pad])
+        self.flush()
 
 
 def pax_mtime(mtime_ns: int) -> int | str:

@@ -24,7 +24,7 @@ from ..archive import ArchiveMeta
 from ..cell import Cell
 from ..errors import CellvaultError, DumpError, LoadError
 from ..log import get_logger, redact, redact_text
-from ..manifest import Manifest
+from ..manifest import ManifestWriter
 from ..report import DumpSummary, iso
 from ..specs import is_dumper_name
 from .base import DumpContext, Dumper, LoadContext
@@ -51,7 +51,7 @@ def _iso(when: float) -> str:
 
 def write_dumps(
     tar: TarSink,
-    manifest: Manifest,
+    manifest: ManifestWriter,
     dumpers: Sequence[Dumper],
     *,
     cell: Cell,

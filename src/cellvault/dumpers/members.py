@@ -34,7 +34,7 @@ from typing import IO, Any, Protocol
 import attrs
 
 from ..errors import DumpError
-from ..manifest import Entry, Manifest
+from ..manifest import Entry, ManifestWriter
 
 __all__ = [
     "DESCRIPTOR",
@@ -83,7 +83,7 @@ class ArchiveDumps:
     """Writes the ``dumps/`` tree of one archive into its tar stream, and into its manifest."""
 
     tar: TarSink
-    manifest: Manifest
+    manifest: ManifestWriter
     archive: str
     chunk: int = DUMP_CHUNK
     on_progress: Callable[[int], None] | None = None

@@ -347,7 +347,7 @@ class CellBackup:
             data_name=result.data_path.name,
             size=result.size,
             sha256=result.sha256,
-            files=len(result.manifest),
+            files=result.entries,
             bytes_read=result.bytes_total,
             # Declared, so that no reader expands the manifest copy further.
             manifest_size=self.manifest_size

@@ -17,6 +17,7 @@ from ..errors import CellvaultError, Fenced, TargetError
 from ..fence import Fence
 from ..lock import Lease
 from ..log import get_logger
+from ..manifest import Manifest
 from ..pack import PackResult
 from ..report import TargetOutcome
 from ..run import Run, error_text
@@ -148,7 +149,7 @@ def check_stored(run: Run, target: Target, result: PackResult, sidecar: Sidecar)
                 level,
                 committed,
                 manifest_copy_sha256=copy,
-                manifest=result.manifest,
+                manifest=Manifest.naming(str(sidecar.id), result.holders),
             )
             break
         except TargetError as exc:
