@@ -456,3 +456,27 @@ def test_a_drill_of_every_kind_passes(tmp_path: Path) -> None:
     assert vault.backup().ok
     report = vault.verify(level="drill")
     assert report.ok, [r.error for r in report.results]
+
+
+def test_owners_come_back_below_a_set_group_id_folder(tmp_path: Path) -> None:
+    """Files that already have their owner are not chowned, unless a folder hands down its group."""
+    needs_root("own files as other users")
+    src = tmp_path / "crm"
+    src.mkdir()
+    (src / "mine.txt").write_text("root's")
+    (src / "theirs.txt").write_text("someone else's")
+    os.chown(src / "theirs.txt", 1234, 5678)
+    vault = make_vault(tmp_path / "backup", [src])
+    ident = vault.backup().cells[0].archive
+    for name, setgid in (("plain", False), ("setgid", True)):
+        into = tmp_path / name
+        into.mkdir()
+        os.chown(into, 0, 4242)
+        os.chmod(into, 0o2755 if setgid else 0o755)
+        report = vault.restore(ident, into=into)
+        assert report.ok, report.cells[0].error
+        restored = into / "crm" / "crm"
+        mine, theirs = (restored / "mine.txt").stat(), (restored / "theirs.txt").stat()
+        assert (mine.st_uid, mine.st_gid) == (0, 0), name
+        assert (theirs.st_uid, theirs.st_gid) == (1234, 5678), name
+        assert (restored / "mine.txt").read_text() == "root's"

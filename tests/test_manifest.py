@@ -301,3 +301,28 @@ def test_manifest_of_a_backup_describes_every_path(tmp_path: Path) -> None:
     # And the vault's target reads it back.
     sidecar = vault.targets[0].sidecar(vault.targets[0].archive_ids("crm")[-1])
     assert vault.targets[0].manifest(sidecar).entries == Manifest.from_json(raw).entries
+
+
+@pytest.mark.parametrize("spill_at", [100_000, 3])
+def test_brief_and_has_under_read_spilled_and_held_manifests_alike(
+    monkeypatch: pytest.MonkeyPatch, spill_at: int
+) -> None:
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", spill_at)
+    manifest = Manifest(archive="cell_crm_20250101_000000")
+    manifest.add(Entry("data/crm", "dir", 0o755, 1))
+    for i in range(5):
+        manifest.add(
+            Entry(f"data/crm/f{i}", "file", 0o644, 1, size=i, sha256="0" * 64, archive="a1")
+        )
+    manifest.add(Entry("data/crm/l", "symlink", 0o777, 1, target="/etc/hostname"))
+    assert manifest.entries.spilled is (spill_at == 3)
+    assert list(manifest.brief()) == [
+        ("data/crm", "dir", None),
+        *((f"data/crm/f{i}", "file", "a1") for i in range(5)),
+        ("data/crm/l", "symlink", None),
+    ]
+    assert manifest.has_under("data") is True
+    assert manifest.has_under("dumps") is False
+    manifest.add(Entry("dumps/pg/db.sql", "file", 0o600, 1, size=1, sha256="1" * 64, archive="a1"))
+    assert manifest.has_under("dumps") is True
+    assert manifest.has_under("dump") is False

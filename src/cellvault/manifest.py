@@ -153,6 +153,8 @@ class Entry:
 #: An entry's fields in order: what a spilled manifest stores (marshal'd; its own
 #: temporary file, written and read by this process only).
 _FIELDS = operator.attrgetter(*(a.name for a in attrs.fields(Entry)))
+#: Where the holding archive is among them.
+_ARCHIVE_AT = [a.name for a in attrs.fields(Entry)].index("archive")
 
 
 def _entry_text(entry: Entry) -> bytes:
@@ -247,6 +249,19 @@ class Manifest:
     @property
     def total_size(self) -> int:
         return sum(e.size for e in self.files())
+
+    def brief(self) -> Iterator[tuple[str, str, str | None]]:
+        """Each entry's path, type and holding archive, in order (a spilled manifest builds no entry)."""
+        stored = self.entries.stored()
+        if stored is None:
+            return ((e.path, e.type, e.archive) for e in self.entries.values())
+        at = _ARCHIVE_AT
+        return ((f[0], f[1], f[at]) for f in map(marshal.loads, stored))
+
+    def has_under(self, top: str) -> bool:
+        """Whether any path lies below the top-level folder *top* (``dumps``); no entry is built."""
+        prefix = f"{top}/"
+        return any(path.startswith(prefix) for path in self.entries)
 
     def to_json(self) -> bytes:
         """The manifest as ``manifest.json`` (format v1, see docs/format.md)."""

@@ -82,7 +82,8 @@ def test_in_place_restore_with_a_directory_swapped_for_a_link_leaves_everything(
         ):
             return
         # The full archive is staged; the incremental (which holds b/2.txt) is next.
-        (staging,) = src.parent.glob(".cellvault-restore-*")
+        # The staging directory (its owner file, .owner.json, lies beside it).
+        (staging,) = [p for p in src.parent.glob(".cellvault-restore-*") if p.is_dir()]
         _swap_for_link(staging / "crm" / "b", outside)
 
     vault = make_vault(tmp_path / "backup", [src])

@@ -46,6 +46,9 @@ __all__ = ["DirFds", "StagedTree"]
 log = get_logger(__name__)
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Files up to this size are read whole and written in one call.
+_SMALL = 256 << 10
+_sha256 = hashlib.sha256
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
 #: Marks a destination below a dumps folder that is not inside the staging tree
@@ -105,6 +108,9 @@ class DirFds:
         self.archive = archive
         self.root = os.open(root, _OPEN_DIR)
         self._chain: list[tuple[str, int]] = []
+        #: The last directory :meth:`fd` gave (path and descriptor): most files
+        #: of an archive follow a sibling.
+        self._last: tuple[str, int] | None = None
 
     def _step(self, parent: int, name: str, path: str, create: bool) -> int:
         if create:
@@ -124,6 +130,10 @@ class DirFds:
 
     def fd(self, rel: str, create: bool = True) -> int:
         """The directory *rel* (relative to the root; ``""`` for the root), kept open."""
+        last = self._last
+        if last is not None and last[0] == rel:
+            return last[1]
+        self._last = None
         parts = rel.split("/") if rel else []
         chain = self._chain
         keep = 0
@@ -136,6 +146,7 @@ class DirFds:
         for i in range(keep, len(parts)):
             parent = self._step(parent, parts[i], "/".join(parts[: i + 1]), create)
             chain.append((parts[i], parent))
+        self._last = (rel, parent)
         return parent
 
     def open(self, rel: str) -> int:
@@ -187,6 +198,18 @@ def _creation_umask(root: int) -> int | None:
     return None
 
 
+def _creation_owner(root: int) -> tuple[int, int] | None:
+    """The user and group of the files made below *root*, if that is known.
+
+    They are this process's (effective) user and group, unless *root* is
+    set-group-ID (its group is handed down, and the set-group-ID bit to the
+    directories made below it).
+    """
+    if os.fstat(root).st_mode & stat.S_ISGID:
+        return None
+    return os.geteuid(), os.getegid()
+
+
 def _split(rel: str) -> tuple[str, str]:
     parent, _, base = rel.rpartition("/")
     return parent, base
@@ -235,6 +258,9 @@ class StagedTree:
     #: The umask files are made with in the staging tree; ``None`` when it cannot be
     #: relied on (a default ACL above, or no /proc): every file is then chmod'ed.
     _umask: int | None = attrs.field(init=False, default=None)
+    #: The user and group that files made in the staging tree get, when it is known
+    #: (``None``: a set-group-ID staging directory; every file is then chowned as root).
+    _owner: tuple[int, int] | None = attrs.field(init=False, default=None)
 
     def _dest(self, path: str) -> str | None:
         """Where a manifest path goes, relative to *staging*; ``None`` for an unwanted dump."""
@@ -276,6 +302,7 @@ class StagedTree:
         try:
             self._prepare(self._tree())
             self._umask = _creation_umask(self._tree().root)
+            self._owner = _creation_owner(self._tree().root)
         except BaseException:
             self.close()
             raise
@@ -284,41 +311,43 @@ class StagedTree:
         dumps_name = self._dumps_rel if self._dumps_rel and "/" not in self._dumps_rel else None
         left = self._left
         checked = None  # the parent of the last entry: its ancestors are all directories
-        for entry in self.manifest:
-            dest = self._dest(entry.path)
+        get = self.manifest.get
+        for path, kind, holder in self.manifest.brief():
+            dest = self._dest(path)
             if dest is None:
                 continue
-            parts = entry.path.split("/")
-            if parts[0] == "dumps" and entry.type not in ("file", "dir"):
+            parts = path.split("/")
+            if parts[0] == "dumps" and kind not in ("file", "dir"):
                 raise UnsafeArchive(
-                    f"a {entry.type} under dumps/; refused", archive=self.archive, member=entry.path
+                    f"a {kind} under dumps/; refused", archive=self.archive, member=path
                 )
             if parts[0] == "data" and len(parts) == 2 and parts[1] == dumps_name:
                 raise UnsafeArchive(
                     "a cell path has the name of the dumps folder; refused",
                     archive=self.archive,
-                    member=entry.path,
+                    member=path,
                 )
-            parent = entry.path.rpartition("/")[0]
+            parent = path.rpartition("/")[0]
             if parent != checked:
-                self._check_above(parts, entry)
+                self._check_above(parts, path)
                 checked = parent
-            if entry.type == "hardlink":
+            if kind == "hardlink":
+                entry = get(path)
+                assert entry is not None
                 self._check_hardlink(entry)
-            elif entry.type == "dir":
+            elif kind == "dir":
                 tree, rel = self._at(dest)
                 tree.fd(rel)
-            elif entry.type == "file":
-                holder = entry.archive or ""
-                left[holder] = left.get(holder, 0) + 1
+            elif kind == "file":
+                left[holder or ""] = left.get(holder or "", 0) + 1
 
-    def _check_above(self, parts: list[str], entry: Entry) -> None:
-        """Refuse *entry* if a path above it is listed as anything but a directory."""
+    def _check_above(self, parts: list[str], path: str) -> None:
+        """Refuse *path* if a path above it is listed as anything but a directory."""
         get = self.manifest.get
         for depth in range(1, len(parts)):
             above = get("/".join(parts[:depth]))
             if above is not None and above.type != "dir":
-                self._refuse_under(parts, entry)
+                self._refuse_under(parts, path)
 
     def _check_hardlink(self, entry: Entry) -> None:
         first = self.manifest.get(entry.target or "")
@@ -329,7 +358,7 @@ class StagedTree:
                 member=entry.path,
             )
 
-    def _refuse_under(self, parts: list[str], entry: Entry) -> None:
+    def _refuse_under(self, parts: list[str], path: str) -> None:
         # Name the outermost file or link the path lies under.
         for depth in range(1, len(parts)):
             above = self.manifest.get("/".join(parts[:depth]))
@@ -338,7 +367,7 @@ class StagedTree:
                 raise UnsafeArchive(
                     f"path lies under the {kind} {above.path}; refused",
                     archive=self.archive,
-                    member=entry.path,
+                    member=path,
                 )
 
     def holders(self) -> set[str]:
@@ -385,25 +414,39 @@ class StagedTree:
         if self.partial and not left:
             return
         get = InOrder(self.manifest).get
+        umask = self._umask
+        # Files made here belong to this process's user and group already (no
+        # set-group-ID directory above hands down another group): as root, the
+        # chown is only made for entries that belong to someone else.
+        owner = self._owner
+        main = self._tree()
+        files = size_sum = 0
         for member, name, data in stream.members():
             if data is None:
                 continue
             entry = get(name)
             if entry is None or entry.type != "file" or entry.archive != holder:
                 continue
-            dest = self._dest(name)
-            if dest is None:
-                continue  # a dump, not wanted
-            if member.realsize is not None and member.realsize != entry.size:
+            # The stream checked the name (checked_name) already.
+            top, _, rest = name.partition("/")
+            if top == "data":
+                tree, rel = main, rest
+            else:
+                dest = self._dest(name)
+                if dest is None:
+                    continue  # a dump, not wanted
+                tree, rel = self._at(dest)
+            realsize = member.realsize
+            if realsize is not None and realsize != entry.size:
                 raise stream.corrupt(
-                    f"sparse file of {member.realsize} bytes, the manifest says {entry.size}",
+                    f"sparse file of {realsize} bytes, the manifest says {entry.size}",
                     member=name,
                 )
-            tree, rel = self._at(dest)
-            parent, base = _split(rel)
+            parent, _, base = rel.rpartition("/")
             # Made with its own permission bits when they are what it gets (then
             # no chmod): inside the staging tree, which only this user can enter.
-            created = entry.mode & 0o777 if self._umask is not None and not entry.xattrs else 0o600
+            mode = entry.mode
+            created = mode & 0o777 if umask is not None and not entry.xattrs else 0o600
             try:
                 fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
             except FileExistsError:
@@ -413,17 +456,22 @@ class StagedTree:
                     "member appears twice; refused", archive=self.archive, member=name
                 ) from None
             try:
-                size = self._write(fd, data, entry, stream, member.realsize)
-                unmasked = self._umask is not None and created & ~self._umask == entry.mode
-                self._attributes(fd, entry, as_root, chmod=not unmasked)
+                size = self._write(fd, data, entry, stream, realsize)
+                unmasked = umask is not None and created & ~umask == mode
+                chown = as_root and (
+                    tree is not main or owner is None or owner != (entry.uid, entry.gid)
+                )
+                self._attributes(fd, entry, chown, chmod=not unmasked)
             finally:
                 os.close(fd)
-            self._left[holder] -= 1
-            self.files += 1
-            self.bytes += size
+            files += 1
+            size_sum += size
             left -= 1
             if self.partial and not left:
                 break  # the rest of the stream holds nothing wanted
+        self._left[holder] = left
+        self.files += files
+        self.bytes += size_sum
 
     def _write(
         self,
@@ -433,6 +481,20 @@ class StagedTree:
         stream: ArchiveStream,
         realsize: int | None,
     ) -> int:
+        if realsize is None and data.reader.left <= _SMALL:
+            # A small file: read whole, checked, then written in one call.
+            block = data.readall()
+            size = len(block)
+            if size != entry.size or _sha256(block).hexdigest() != entry.sha256:
+                raise stream.corrupt(
+                    "content does not match the manifest (sha256 differs)", member=data.name
+                )
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.on_bytes is not None and size:
+                self.on_bytes(size)
+            return size
         digest = hashlib.sha256()
         size = 0
         if realsize is not None:
@@ -462,14 +524,15 @@ class StagedTree:
             )
         return size
 
-    def _attributes(self, fd: int, entry: Entry, as_root: bool, *, chmod: bool = True) -> None:
+    def _attributes(self, fd: int, entry: Entry, chown: bool, *, chmod: bool = True) -> None:
         """Owner, mode, extended attributes and times through an open file or directory.
 
+        *chown*: set the owner (as root, unless the file has it already).
         Without *chmod*, the file was made with its mode already (and has no
-        extended attributes); as root, a set-ID bit (which chown clears) makes
-        *chmod* true anyway, as the file could not be made with it.
+        extended attributes); a set-ID bit (which chown clears) makes *chmod*
+        true anyway, as the file could not be made with it.
         """
-        if as_root:
+        if chown:
             with contextlib.suppress(OSError):
                 os.fchown(fd, entry.uid, entry.gid)
         # After chown, which clears file capabilities; before chmod, as an owner
@@ -494,12 +557,21 @@ class StagedTree:
         as_root = os.geteuid() == 0
         dirs = self._tree()
         try:
-            for entry, dest in self._wanted("hardlink", *SPECIAL_TYPES):
-                self._make_other(dirs, entry, dest, as_root)
-            for entry, dest in self._wanted("symlink"):
-                self._make_symlink(dirs, entry, dest, as_root)
+            # One pass makes the hard links, FIFOs and devices and notes the
+            # directories; the symbolic links, last, take a second one if any.
+            tree: list[tuple[int, str, str]] = []
+            symlinks = False
+            for entry, dest in self._wanted("hardlink", "dir", "symlink", *SPECIAL_TYPES):
+                if entry.type == "dir":
+                    tree.append((dest.count("/"), dest, entry.path))
+                elif entry.type == "symlink":
+                    symlinks = True
+                else:
+                    self._make_other(dirs, entry, dest, as_root)
+            if symlinks:
+                for entry, dest in self._wanted("symlink"):
+                    self._make_symlink(dirs, entry, dest, as_root)
             # Deepest first: a directory's times change as its children are made.
-            tree = [(d.count("/"), d, e.path) for e, d in self._wanted("dir")]
             tree.sort(key=lambda d: d[0], reverse=True)
             for _, dest, path in tree:
                 found = self.manifest.get(path)

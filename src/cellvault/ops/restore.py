@@ -581,7 +581,7 @@ def stage(
     step = "staging"
     try:
         dests = dict(plan.dests)
-        has_dumps = any(e.path.startswith(f"{DUMPS_ROOT}/") for e in plan.manifest)
+        has_dumps = plan.manifest.has_under(DUMPS_ROOT)
         if has_dumps and into is not None:
             # Restored elsewhere, the dumps are kept beside the cell's folder.
             dests[DUMPS_STAGE] = into / f"{name}.dumps"
