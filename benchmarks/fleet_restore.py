@@ -1,15 +1,20 @@
 """A platform restore through the fleet with one and with two pool workers, side by side.
 
     python benchmarks/fleet_restore.py [--cells 12] [--size-mib 16] [--files 0]
-        [--repeat 3] [--broker redis://127.0.0.1:6379/12]
+        [--repeat 3] [--broker redis://127.0.0.1:6379/6]
 
 Backs up *cells* cells of *size-mib* MiB each (one incompressible file, plus
 *files* small text files of 1 to 8 KiB in nested folders, as a service's
 configuration, templates and uploads) to a shared folder, then restores all of them through ``cellvault fleet restore`` onto
 an empty standby, first with one pool worker, then with two (each worker
-one task at a time), alternating, *repeat* times. Prints the median wall
-time (the platform RTO) of each and their ratio. Results go in
-docs/performance.md; nothing here is a test.
+one task at a time), alternating, *repeat* times (the order flips every
+repetition, so a drift of the machine lands on both counts). Before each
+timed restore the previous standby is removed and the page cache's dirty
+pages are written back (``sync``, then a bounded wait until the kernel's
+``Dirty`` and ``Writeback`` are small), so no run pays for the one before.
+Prints the median wall time (the platform RTO) of each, their ratio, the
+ratio of each pair and the load average at the start and the end. Results
+go in docs/performance.md; nothing here is a test.
 """
 
 from __future__ import annotations
@@ -72,9 +77,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def _dirty_kib() -> int:
+    """The page cache's dirty and under-writeback memory, in KiB (0 where unknown)."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return 0
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return sum(int(fields.get(k, "0 kB").split()[0]) for k in ("Dirty", "Writeback"))
+
+
+def settle(limit_kib: int = 16 << 10, wait: float = 60.0) -> None:
+    """Write back what earlier runs left dirty, so the next timed run starts even."""
+    os.sync()
+    deadline = time.monotonic() + wait
+    while _dirty_kib() > limit_kib and time.monotonic() < deadline:
+        time.sleep(0.2)
+        os.sync()
+
+
 def one_run(base: Path, cells: list[str], broker: str, workers: int, tag: str) -> float:
     standby = base / f"standby-{tag}"
     shutil.rmtree(standby, ignore_errors=True)
+    settle()
     hosts = [f"pool{n}-{tag}" for n in range(workers)]
     procs = [_start(_env(base, cells, standby, broker, h), base / f"{h}.log") for h in hosts]
     coordinator = Fleet(Vault(load_env({**_vars(base, cells, broker)}), load_entry_points=False))
@@ -93,6 +118,7 @@ def one_run(base: Path, cells: list[str], broker: str, workers: int, tag: str) -
         for h in hosts:
             shutil.rmtree(base / h, ignore_errors=True)
         shutil.rmtree(standby, ignore_errors=True)
+        settle()
 
 
 def _vars(base: Path, cells: list[str], broker: str) -> dict[str, str]:
@@ -122,7 +148,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=16)
     parser.add_argument("--files", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/6")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cellvault-fleet-bench-"))
     cells = [f"cell{i:03d}" for i in range(args.cells)]
@@ -134,15 +160,19 @@ def main() -> None:
     if not source.backup(kind="full").ok:
         raise SystemExit("the backup of the corpus failed")
     times: dict[int, list[float]] = {1: [], 2: []}
+    load_start = os.getloadavg()
     for n in range(args.repeat):
-        for workers in (1, 2):
+        for workers in (1, 2) if n % 2 == 0 else (2, 1):
             seconds = one_run(base, cells, args.broker, workers, f"{workers}w{n}")
             times[workers].append(seconds)
             print(f"run {n + 1}: {workers} worker(s): {seconds:.2f} s", flush=True)
+    load_end = os.getloadavg()
     one, two = statistics.median(times[1]), statistics.median(times[2])
+    pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(times[1], times[2], strict=True))
     print(
         f"{args.cells} cells x ({args.size_mib} MiB + {args.files} files): median RTO 1 worker {one:.2f} s, "
-        f"2 workers {two:.2f} s, ratio {two / one:.2f}"
+        f"2 workers {two:.2f} s, ratio {two / one:.2f}; pair ratios {pairs}; "
+        f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
     )
     shutil.rmtree(base, ignore_errors=True)
 

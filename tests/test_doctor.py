@@ -106,6 +106,7 @@ def test_a_healthy_setup_passes_every_check(
         "target oss",
         "target s3 deletion",
         "target oss deletion",
+        "leftovers",
         "alert webhook",
         "alert log",
         "backup crm",
@@ -117,6 +118,7 @@ def test_a_healthy_setup_passes_every_check(
     assert "probe .cellvault-doctor-" in report.check("target oss").detail
     assert "verified" in report.check("backup crm").detail
     assert "RTO" in report.check("drill crm").detail
+    assert report.check("leftovers").detail == "no leftovers of killed restores or drills"
     # No alert was posted (only a HEAD request), and the robot's key is never shown.
     assert receiver.received == []
     assert "SECRET123" not in json.dumps(report.to_dict())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -138,16 +139,8 @@ def hostile_records(draw: st.DrawFn) -> tuple[str, bytes]:
     return key, json.dumps(body).encode()
 
 
-@settings(
-    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "15")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(forged=hostile_sidecars(), planted=hostile_records())
-def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
-    fresh: Any, forged: Any, planted: tuple[str, bytes]
-) -> None:
-    root: Path = fresh()
+def plant(root: Path, forged: Any, planted: tuple[str, bytes]) -> None:
+    """Put a forged sidecar of crm and a hostile DR record into the shared store."""
     store = root / "store"
     newest = sorted(
         ArchiveId.parse(p.name.removesuffix(".json"))
@@ -166,6 +159,19 @@ def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
     key, raw = planted
     (store / key).parent.mkdir(parents=True, exist_ok=True)
     (store / key).write_bytes(raw)
+
+
+@settings(
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(forged=hostile_sidecars(), planted=hostile_records())
+def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
+    fresh: Any, forged: Any, planted: tuple[str, bytes]
+) -> None:
+    root: Path = fresh()
+    plant(root, forged, planted)
     before = outside(root)
 
     primary, standby = Site(vault(root, "primary"), "primary"), Site(vault(root, "dr"), "dr")
@@ -186,3 +192,78 @@ def test_sync_dr_and_doctor_leave_their_area_whatever_the_shared_store_holds(
     # The standby's copies are whole archives of crm (or billing's, untouched above).
     for path in (root / "backup-dr" / "crm").glob("cell_*"):
         assert path.name.startswith("cell_crm_") and path.is_file() and not path.is_symlink()
+
+
+def test_a_dr_record_failing_validation_is_logged_as_a_dr_record(
+    fresh: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: a site record or an epoch that fails validation has its own event name."""
+    root: Path = fresh()
+    (root / "store" / ".dr" / "sites").mkdir(parents=True, exist_ok=True)
+    (root / "store" / ".dr" / "sites" / "dr.json").write_bytes(b"{not json")
+    (root / "store" / ".dr" / "epochs").mkdir(parents=True, exist_ok=True)
+    (root / "store" / ".dr" / "epochs" / "0000000007.json").write_text('{"epoch": "seven"}')
+    caplog.set_level(logging.WARNING)
+    primary = Site(vault(root, "primary"), "primary")
+    with contextlib.suppress(CellvaultError):
+        primary.status()
+    with contextlib.suppress(CellvaultError):
+        primary.push()
+    logged = [r.getMessage() for r in caplog.records]
+    for key in (".dr/sites/dr.json", ".dr/epochs/0000000007.json"):
+        named = [m for m in logged if key in m]
+        assert named and all("dr.record_unreadable" in m for m in named), (key, logged)
+    assert not any("sidecar.unreadable" in m for m in logged), logged
+
+
+def outside_dr(root: Path) -> dict[str, Any]:
+    """What verify, failover and failback may not change (they restore both sites' cells)."""
+    out: dict[str, Any] = {"top": sorted(p.name for p in root.iterdir())}
+    out["victim"] = (root / "victim.txt").read_bytes()
+    out["elsewhere"] = _tree(root / "elsewhere")
+    for where in ("backup-primary", "backup-dr", "store"):
+        out[f"{where}/billing"] = _tree(root / where / "billing")
+    return out
+
+
+@settings(
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "10")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(forged=hostile_sidecars(), planted=hostile_records())
+def test_verify_failover_and_failback_leave_their_area_whatever_the_shared_store_holds(
+    fresh: Any, forged: Any, planted: tuple[str, bytes]
+) -> None:
+    """Issue 18: ``verify --level full``, ``dr failover`` (restoring), then ``dr failback``
+    (the hand-back on the standby, the takeover on the primary) against a hostile store."""
+    root: Path = fresh()
+    plant(root, forged, planted)
+    before = outside_dr(root)
+    # billing's one archive holds the primary's billing: a restore may put it back, nothing else.
+    billing = {site: _tree(root / f"cells-{site}" / "billing") for site in SITES}
+    archived = billing["primary"]
+
+    primary, standby = Site(vault(root, "primary"), "primary"), Site(vault(root, "dr"), "dr")
+    for step in (
+        lambda: standby.vault.verify(level="full"),
+        lambda: primary.vault.verify(level="full", targets=["store"]),
+        lambda: standby.failover(restore="latest", skip_prebackup=True),
+        lambda: standby.failback(final_backup=None),
+        lambda: primary.failback(skip_prebackup=True),
+    ):
+        with contextlib.suppress(CellvaultError):  # a refusal is fine; leaving the area is not
+            step()
+    assert outside_dr(root) == before
+    for site in SITES:
+        cells = root / f"cells-{site}"
+        assert sorted(p.name for p in cells.iterdir()) == ["billing", "crm"]
+        for cell in ("crm", "billing"):
+            # What a restore wrote stays inside its cell, as plain files and folders.
+            assert all(p.resolve().is_relative_to(cells / cell) for p in (cells / cell).rglob("*"))
+        assert _tree(cells / "billing") in (billing[site], archived)
+        # Each site's copies are whole archives of their own cell.
+        for cell in ("crm", "billing"):
+            for path in (root / f"backup-{site}" / cell).glob("cell_*"):
+                assert path.name.startswith(f"cell_{cell}_") and path.is_file()
+                assert not path.is_symlink()

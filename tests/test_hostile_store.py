@@ -264,6 +264,32 @@ def test_a_truncated_newest_sidecar_is_reported_and_the_backup_goes_on(
     assert any("ignored crm/" in p for p in status.problems()), status.problems()
 
 
+def test_plain_verify_fails_on_a_forged_older_sidecar_naming_it_once(store: Store) -> None:
+    """The newest archive is still verified; a record that failed validation fails the verify."""
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    full, newest = store.ids("crm")
+    # Older than both, and in no chain: only a validation can fail it.
+    older = ArchiveId("crm", full.when - dt.timedelta(seconds=1))
+    store.plant("crm", str(older), store.sidecar(full) | {"id": str(older), "size": -1})
+    vault = store.vault()
+    report = vault.verify(cells=["crm"])
+    assert [(r.archive, r.ok) for r in report.results] == [(str(newest), True), (str(older), False)]
+    assert not report.ok
+    assert f"ignored crm/{older}.json" in (report.results[1].error or "")
+    assert not vault.status(cells=["crm"]).ok
+    env = {"BACKUP_DIR": str(store.backup), "BACKUP_ALERT_LOG": str(store.tmp / "alerts.log")}
+    result = CliRunner().invoke(cli, ["verify", "--cell", "crm"], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stdout.count("ok   ") == 1 and f"ok   {newest} on local" in result.stdout
+    assert result.stderr.count(f"FAIL {older} on local: ignored crm/{older}.json") == 1
+    # Once the forged record is gone, the same target object verifies clean again.
+    (store.backup / "crm" / f"{older}.json").unlink()
+    assert vault.verify(cells=["crm"]).ok
+
+
 def test_a_corrupt_full_parent_fails_verify_and_status_and_the_next_backup_is_full(
     store: Store,
 ) -> None:

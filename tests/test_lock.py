@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -12,11 +15,15 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from cellvault import LocalTarget, LockHeld, TargetSpec, hookimpl
+from cellvault.errors import TargetError
 from cellvault.lock import Lease
+from cellvault.readlease import ReadLease, read_holds
+from cellvault.targets.base import ObjectInfo
 from tests.helpers import SAMPLE, MemTarget, make_vault, snapshot, write_tree
 
 
@@ -36,6 +43,15 @@ def lock_body(target: LocalTarget | MemTarget, cell: str = "crm") -> dict[str, o
 
 def write_lock(target: LocalTarget | MemTarget, body: dict[str, object], cell: str = "crm") -> None:
     target.put_bytes(f".locks/{cell}.lock", json.dumps(body).encode())
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of each log event *name* (cellvault logs structured events)."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
 
 
 def iso(delta: float) -> str:
@@ -137,19 +153,27 @@ def test_a_finished_process_leaves_a_stale_lease(target: LocalTarget | MemTarget
 
 
 def test_live_holders_are_respected(target: LocalTarget | MemTarget) -> None:
-    # A live process of this host (our parent) with time left.
-    write_lock(
-        target,
-        {
-            "host": socket.gethostname(),
-            "pid": os.getppid(),
-            "since": iso(-5),
-            "expires": iso(3600),
-            "token": "parent",
-        },
-    )
-    with pytest.raises(LockHeld, match=f"pid {os.getppid()}"):
-        Lease.acquire(target, "crm", "backup")
+    # A live process of this host with time left: a child of ours (not our parent, which
+    # a mutant of the liveness check, sending a real signal, would stop).
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(
+            target,
+            {
+                "host": socket.gethostname(),
+                "pid": other.pid,
+                "since": iso(-5),
+                "expires": iso(3600),
+                "token": "other",
+            },
+        )
+        with pytest.raises(LockHeld, match=f"pid {other.pid}"):
+            Lease.acquire(target, "crm", "backup")
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=0.5)  # asked whether it runs, not signalled
+    finally:
+        other.kill()
+        other.wait()
     # Another host's pid means nothing here: only its expiry counts.
     write_lock(
         target,
@@ -533,9 +557,11 @@ def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
     stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
     write_lock(target, stale)
     probe = Lease(target, "crm", "probe", ttl=60)
+    seen = probe._read()
+    assert seen is not None
     # A run won the takeover's claim and was killed before it replaced the lease.
     target.put_bytes(
-        probe._claim_key(stale), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
+        probe._claim_key(seen), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
     )
     lease = Lease.acquire(target, "crm", "next run", ttl=60)
     assert lock_body(target)["token"] == lease.token  # type: ignore[index]
@@ -563,3 +589,350 @@ def test_a_zombie_holder_is_not_alive() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_holder_of_another_user_is_alive() -> None:
+    """kill(pid, 0) refused (EPERM): the process exists, so the lease is held."""
+    from cellvault.lock import holder_is_stale
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
+        if os.geteuid() != 0:
+            assert not holder_is_stale(holder)
+            return
+        probe = os.fork()
+        if probe == 0:  # as another user: this root-owned child cannot be signalled
+            try:
+                os.setuid(65534)
+                os._exit(0 if holder_is_stale(holder) is False else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(probe, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_zombie_whose_name_holds_parentheses_is_not_alive(tmp_path: Path) -> None:
+    """The state follows the last ')' of /proc/<pid>/stat: a name may hold ') S ('."""
+    from cellvault.lock import holder_is_stale
+
+    odd = tmp_path / "a) S (b"
+    odd.symlink_to(Path(sys.executable))
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    child = subprocess.Popen([str(odd), "-c", "import time; time.sleep(30)"])
+    try:
+        holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
+        deadline = time.monotonic() + 5
+        name = ""
+        while name != "(a) S (b)" and time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/stat") as f:
+                line = f.read()
+            name = line[line.find("(") : line.rfind(")") + 1]
+        assert name == "(a) S (b)"
+        assert not holder_is_stale(holder)
+        child.kill()
+        state = ""
+        while state != "Z" and time.monotonic() < deadline + 5:
+            with open(f"/proc/{child.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        assert state == "Z"
+        assert holder_is_stale(holder)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_lease_lost_refuses_the_commit(target: LocalTarget | MemTarget) -> None:
+    lease = Lease.acquire(target, "crm", "backup")
+    try:
+        lease.check()
+        target.delete(lease.key)
+        with pytest.raises(LockHeld) as info:
+            lease.check()
+        assert info.value.message == (
+            f"cell crm on target {target.name}: the lease was lost (taken over after it "
+            "expired); nothing is committed"
+        )
+        assert info.value.holder == {}
+        theirs = {"host": "elsewhere", "pid": 7, "token": "theirs", "expires": iso(600)}
+        write_lock(target, theirs)
+        with pytest.raises(LockHeld) as info:
+            lease.check()
+        assert info.value.holder == theirs
+    finally:
+        lease.release()
+
+
+class TaggedMem(MemTarget):
+    """A store with a compare-and-swap (as S3's If-Match): a write's answer may be lost."""
+
+    conditional_replace = True
+    lose_answer = False
+    race: bytes | None = None
+
+    def read_tagged(self, key: str, limit: int) -> tuple[bytes, str]:
+        raw = self.read_bounded(key, limit)
+        return raw, hashlib.sha256(raw).hexdigest()
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        if self.race is not None:  # another run wrote between our read and our write
+            self.put_bytes(key, self.race)
+            self.race = None
+        with self._lock:
+            current = self.data.get(key)
+            if current is None or hashlib.sha256(current).hexdigest() != tag:
+                return False
+            self.data[key] = bytes(data)
+        return not self.lose_answer
+
+
+def test_a_renewal_on_a_compare_and_swap_store(tmp_path: Path) -> None:
+    target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}-{time.monotonic_ns()}"))
+    lease = Lease.acquire(target, "crm", "slow run", ttl=120)
+    try:
+        before = json.loads(target.read_bytes(lease.key))["expires"]
+        time.sleep(0.01)
+        assert lease._renew_once() is True
+        assert json.loads(target.read_bytes(lease.key))["expires"] > before
+        # The write went through, its answer was lost: still ours.
+        target.lose_answer = True
+        assert lease._renew_once() is True
+        assert json.loads(target.read_bytes(lease.key))["token"] == lease.token
+        target.lose_answer = False
+        # Taken between the read and the write: lost, and the taker's lease stays.
+        theirs = {"host": "elsewhere", "pid": 7, "token": "theirs", "expires": iso(600)}
+        target.race = json.dumps(theirs).encode()
+        assert lease._renew_once() is False
+        assert json.loads(target.read_bytes(lease.key)) == theirs
+    finally:
+        lease.release()
+    assert json.loads(target.read_bytes(lease.key)) == theirs
+
+
+# -- read leases -------------------------------------------------------------------------
+
+
+def read_leases(target: LocalTarget | MemTarget, cell: str = "crm") -> list[str]:
+    try:
+        return sorted(e.name for e in target.list(".locks") if e.name.startswith(f"{cell}.read-"))
+    except FileNotFoundError:
+        return []
+
+
+def test_a_read_lease_names_the_archives_it_reads_until_it_is_released(
+    target: LocalTarget | MemTarget,
+) -> None:
+    assert read_holds(target, "crm") == {}  # no .locks at all
+    lease = ReadLease.acquire(target, "crm", ["cell_crm_1", "cell_crm_2"], "restore", ttl=60)
+    try:
+        assert lease.key == f".locks/crm.read-{lease.token}.lock"
+        assert read_leases(target) == [f"crm.read-{lease.token}.lock"]
+        assert lock_body(target) is None  # the cell's lease was held only for a moment
+        body = json.loads(target.read_bytes(lease.key))
+        expires = dt.datetime.fromisoformat(body.pop("expires"))
+        assert 50 < (expires - dt.datetime.now(dt.UTC)).total_seconds() <= 60
+        assert body == {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "purpose": "restore",
+            "since": lease.since.isoformat(),
+            "token": lease.token,
+            "archives": ["cell_crm_1", "cell_crm_2"],
+        }
+        who = f"restore on host {socket.gethostname()} (pid {os.getpid()}) since {lease.since.isoformat()}"
+        assert read_holds(target, "crm") == {"cell_crm_1": who, "cell_crm_2": who}
+        assert read_holds(target, "billing") == {}
+    finally:
+        lease.release()
+    assert read_leases(target) == []
+    assert read_holds(target, "crm") == {}
+    # Released, its token is no longer this process's: a copy of it left behind is stale.
+    target.put_bytes(lease.key, lease._body())
+    assert read_holds(target, "crm") == {}
+
+
+def test_a_read_lease_is_renewed_while_it_is_held(target: LocalTarget | MemTarget) -> None:
+    with ReadLease.acquire(target, "crm", ["cell_crm_1"], "drill", ttl=0.6) as lease:
+        first = json.loads(target.read_bytes(lease.key))["expires"]
+        time.sleep(1.0)
+        assert json.loads(target.read_bytes(lease.key))["expires"] > first
+        assert read_holds(target, "crm") == {
+            "cell_crm_1": f"drill on host {socket.gethostname()} (pid {os.getpid()}) "
+            f"since {lease.since.isoformat()}"
+        }
+    assert read_leases(target) == []
+
+
+def test_a_read_lease_waits_for_a_prune_but_not_for_a_backup(
+    target: LocalTarget | MemTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        Lease.acquire(target, "crm", "backup run abc"),
+        ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=0),
+    ):
+        assert len(read_leases(target)) == 1
+    prune = Lease.acquire(target, "crm", "prune run abc")
+    try:
+        with pytest.raises(LockHeld) as info:
+            ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=0)
+        assert info.value.message == (
+            f"cell crm on target {target.name}: a prune has run for more than 0s, so the "
+            "restore cannot protect the archives it reads"
+        )
+        assert info.value.holder["token"] == prune.token
+        assert read_leases(target) == []
+        caplog.set_level(logging.INFO, logger="cellvault")
+        started = time.monotonic()
+        threading.Timer(0.7, prune.release).start()
+        with ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", wait=30):
+            waited = time.monotonic() - started
+            assert len(read_leases(target)) == 1
+        assert 0.7 <= waited < 10
+        waits = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+        waits = [m for m in waits if m.get("event") == "readlease.waiting"]
+        assert waits and waits[0]["cell"] == "crm" and waits[0]["target"] == target.name
+        assert waits[0]["holder"]["purpose"] == "prune run abc"
+    finally:
+        prune.release()
+
+
+def test_read_holds_pass_over_what_is_not_a_live_read_lease(
+    target: LocalTarget | MemTarget,
+) -> None:
+    here = {"host": socket.gethostname(), "since": "2025-01-01T00:00:00+00:00"}
+    gone = {**here, "pid": dead_pid(), "expires": iso(600), "archives": ["cell_crm_1"]}
+    old = {"host": "elsewhere", "pid": 1, "expires": iso(-1), "archives": ["cell_crm_2"]}
+    live = {
+        "host": "elsewhere",
+        "pid": 7,
+        "expires": iso(600),
+        "since": "s",
+        "archives": ["cell_crm_3", 4],
+    }
+    for name, raw in {
+        "crm.read-gone.lock": json.dumps(gone).encode(),
+        "crm.read-old.lock": json.dumps(old).encode(),
+        "crm.read-torn.lock": b'{"archives": ["cell_crm_4"]',
+        "crm.read-list.lock": b'["cell_crm_5"]',
+        "crm.read-big.lock": b" " * (64 << 10) + json.dumps(live).encode(),
+        "crm.read-none.lock": json.dumps({**live, "archives": None}).encode(),
+        "crm.read-live.lock": json.dumps(live).encode(),
+        "crmx.read-live.lock": json.dumps({**live, "archives": ["cell_crmx_1"]}).encode(),
+        "crm.lock": json.dumps({**live, "archives": ["cell_crm_6"]}).encode(),
+    }.items():
+        target.put_bytes(f".locks/{name}", raw)
+    if isinstance(target, LocalTarget):
+        (Path(target.spec.url) / ".locks" / "crm.read-dir.lock").mkdir()
+    who = "a reader on host elsewhere (pid 7) since s"
+    assert read_holds(target, "crm") == {"cell_crm_3": who, "4": who}
+    # A lease of exactly the largest size read is believed.
+    body = json.dumps({**live, "archives": ["cell_crm_7"]}).encode()
+    target.put_bytes(".locks/crm.read-full.lock", body + b" " * ((64 << 10) - len(body)))
+    assert read_holds(target, "crm")["cell_crm_7"] == who
+
+
+class Vanishing(MemTarget):
+    """A store whose listing names a read lease that is gone when read (released meanwhile)."""
+
+    def list(self, folder: str) -> list[ObjectInfo]:
+        return [ObjectInfo("crm.read-aaa.lock", 10), *super().list(folder)]
+
+
+def test_a_read_lease_released_while_listed_is_passed_over(tmp_path: Path) -> None:
+    target = Vanishing(TargetSpec("mem", f"mem://vanishing-{tmp_path.name}-{time.monotonic_ns()}"))
+    live = {"host": "elsewhere", "pid": 7, "expires": iso(600), "since": "s"}
+    target.put_bytes(".locks/crm.read-zzz.lock", json.dumps({**live, "archives": ["a"]}).encode())
+    assert read_holds(target, "crm") == {"a": "a reader on host elsewhere (pid 7) since s"}
+
+
+class Failing(MemTarget):
+    """A store that refuses writes or deletes on demand (and records the cell leases taken)."""
+
+    fail_put = False
+    fail_delete = False
+
+    def __init__(self, spec: TargetSpec) -> None:
+        super().__init__(spec)
+        self.taken: list[dict[str, Any]] = []
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if self.fail_put:
+            raise PermissionError(errno.EACCES, "refused")
+        super().put_bytes(key, data)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        created = super().create_exclusive(key, data)
+        if created and key == ".locks/crm.lock":
+            self.taken.append(json.loads(data))
+        return created
+
+    def delete(self, key: str) -> None:
+        if self.fail_delete:
+            raise PermissionError(errno.EACCES, "refused")
+        super().delete(key)
+
+
+def test_a_read_lease_that_cannot_be_written_renewed_or_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Failing(TargetSpec("mem", f"mem://failing-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.DEBUG, logger="cellvault")
+    lease = ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore", ttl=0.3)
+    try:
+        assert lease._thread is not None
+        assert (lease._thread.name, lease._thread.daemon) == ("read-lease-crm", True)
+        # The cell's lease was held for the moment of the creation, named for it.
+        (taken,) = target.taken
+        assert taken["purpose"] == "restore (taking a read lease)"
+        expires = dt.datetime.fromisoformat(taken["expires"])
+        assert (expires - dt.datetime.now(dt.UTC)).total_seconds() < 1  # the ttl asked for
+        assert events(caplog, "readlease.acquired") == [{"target": "mem", "cell": "crm"}]
+        target.fail_put = True
+        time.sleep(0.5)
+        failed = events(caplog, "readlease.renew_failed")
+        assert failed and failed[0] == {
+            "target": "mem",
+            "cell": "crm",
+            "error": "[Errno 13] refused",
+        }
+        target.fail_delete = True
+    finally:
+        lease.release()  # never raises: the lease then expires by itself
+    assert events(caplog, "readlease.release_failed") == [
+        {"target": "mem", "cell": "crm", "error": "[Errno 13] refused"}
+    ]
+    target.fail_delete = False
+    with pytest.raises(TargetError) as info:
+        ReadLease.acquire(target, "crm", ["cell_crm_1"], "restore")
+    assert info.value.message == (
+        "target mem: cannot read lease on cell crm (PermissionError: [Errno 13] refused)"
+    )
+    # A read lease never created is released without error.
+    ReadLease(target, "crm", ("cell_crm_1",), "restore").release()
+
+
+def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
+    tmp_path: Path,
+) -> None:
+    class Recording(LocalTarget):
+        created: ClassVar[list[str]] = []
+
+        def create_exclusive(self, key: str, data: bytes) -> bool:
+            Recording.created.append(key)
+            return super().create_exclusive(key, data)
+
+    target = Recording(TargetSpec("local", str(tmp_path / "backup")))
+    stale = {"host": "elsewhere", "pid": 7, "token": "old", "purpose": "p", "expires": iso(-60)}
+    write_lock(target, stale)
+    digest = hashlib.sha256(target.read_bytes(".locks/crm.lock")).hexdigest()[:32]
+    Recording.created.clear()
+    with Lease.acquire(target, "crm", "backup"):
+        # A create of the lease (refused: the stale one is there), then the claim of the
+        # stale version, deleted once the lease was replaced: only the lease is left.
+        assert Recording.created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
+        assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]

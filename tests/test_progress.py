@@ -216,7 +216,7 @@ def test_a_dump_load_is_a_step_with_the_bytes_it_read(tmp_path: Path) -> None:
     )
     assert vault.backup().ok
     events.clear()
-    assert vault.restore("latest", skip_prebackup=True).ok
+    assert vault.restore("latest").ok
     assert out.stat().st_size == size
     steps = [p for p in _progress(events) if p.get("step")]
     assert steps and steps[0]["step"] == "crm: loading dumps (blob)"
@@ -248,7 +248,7 @@ def test_a_long_step_still_gets_its_line_in_the_run_log(tmp_path: Path) -> None:
         tmp_path / "backup", [Cell("crm", [crm], dumpers=[dumper])], progress_interval=1e-9
     )
     assert vault.backup().ok
-    report = vault.restore("latest", skip_prebackup=True)
+    report = vault.restore("latest")
     assert report.ok, report.cells[0].error
     (log,) = logs.glob("restore_*.log")
     lines = [json.loads(x) for x in log.read_text().splitlines()]

@@ -273,3 +273,13 @@ def test_a_rule_must_be_a_finite_number(value: object) -> None:
         RetentionPolicy(keep_last=value)  # type: ignore[arg-type]
     assert info.value.message == f"retention keep_last must be a finite number, not {value!r}"
     assert info.value.hint == "use a whole or decimal number of days (or archives), 0 or more"
+
+
+def test_an_archive_stamped_ahead_of_the_clock_is_said_to_be_so_not_a_negative_age() -> None:
+    # Ids from a host whose clock ran ahead; no age rule, one kept by count.
+    ahead = [sidecar(NOW + dt.timedelta(hours=h)) for h in (1, 24, 50)]
+    decisions = plan(ahead, RetentionPolicy(keep_full_days=0, keep_incremental_days=0), NOW)
+    assert [d.reasons for d in decisions if not d.keep] == [
+        ("full, stamped 1.0 hours ahead of this host's clock, kept by no rule",),
+        ("full, stamped 1.0 days ahead of this host's clock, kept by no rule",),
+    ]

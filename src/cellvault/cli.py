@@ -345,6 +345,8 @@ def verify(
                 click.echo(f"ok   {r.archive} on {r.target}: {', '.join(r.checks)} as recorded")
             else:
                 click.echo(f"ok   {r.archive} on {r.target}: {r.members} members")
+            for line in r.cleaned:
+                click.echo(f"note {line}")
         if not report.results:
             click.echo("nothing to verify: no archives found")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
@@ -453,6 +455,8 @@ def _echo_status(state: State, report: Any) -> NoReturn:
                 )
         for line in report.problems():
             click.echo(f"FAIL {line}", err=True)
+        for line in report.debris():
+            click.echo(f"left {line}", err=True)
         click.echo(f"status: {'ok' if report.ok else 'PROBLEMS'} (max age {report.max_age:g} h)")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 

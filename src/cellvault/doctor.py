@@ -39,9 +39,12 @@ import requests
 from .cell import Cell
 from .config import Config, unknown_env
 from .errors import CellvaultError, ConfigError, TargetError
+from .journal import debris
+from .layout import BackupDirLayout
 from .log import get_logger, redact_text
 from .notify import AlertSettings, alert_settings
 from .notify.webhook import WebhookError, build_request, detect_format, display_url, post
+from .ops.drill import sweep_drills
 from .targets.base import Target
 from .vault import Vault
 
@@ -689,6 +692,32 @@ def _check_dumpers(vault: Vault) -> list[Check]:
     return out
 
 
+def _check_leftovers(vault: Vault) -> Check:
+    """Remove what killed drills left; name what killed restores left (their next run settles it)."""
+    name = "leftovers"
+    try:
+        removed = sweep_drills(BackupDirLayout(vault.config.backup_dir), vault.dumpers)
+        left = [
+            f"cell {cell.name}: {text}"
+            for cell in vault.config.cells
+            for text in debris(cell.name, list(cell.roots.values()))
+        ]
+    except (CellvaultError, OSError) as exc:
+        return Check(name, False, _one_line(str(exc)), fix="check the backup directory")
+    if not removed and not left:
+        return Check(name, True, "no leftovers of killed restores or drills")
+    return Check(
+        name,
+        True,
+        "; ".join([*(f"removed: {r}" for r in removed), *left]),
+        warn=True,
+        fix="run a backup or a restore of each cell named, which settles what its "
+        "killed restore left"
+        if left
+        else None,
+    )
+
+
 def _check_config(config: Config, source: str | None) -> Check:
     if config.cells:
         return Check("configuration", True, _describe(config, source))
@@ -757,6 +786,7 @@ def run_checks(
 
     if probe:
         checks.extend(_check_dumpers(vault))
+    checks.append(_check_leftovers(vault))
     checks.extend(_check_alerts(config, timeout, send_test_alert))
 
     limit = config.max_age if max_age is None else max_age

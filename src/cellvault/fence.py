@@ -146,7 +146,7 @@ def _read_on(target: Target) -> Epoch | None:
             continue
         except DrError as exc:
             # A record nobody could have written through claim_epoch: reported once, not believed.
-            target.distrust(key, exc.message)
+            target.distrust(key, exc.message, "dr.record_unreadable")
     return None
 
 

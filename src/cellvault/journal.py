@@ -25,6 +25,18 @@ and then:
   removed only when a safety backup holds it, otherwise it is kept (and
   named) beside the live data.
 
+A restore killed before its journal was written (while extracting or
+checking) leaves only its staging directory (``.cellvault-restore-<archive>-<hex>``,
+its owner file ``<name>.owner.json``, and the copies of roots on other file
+systems that the owner file names).
+Nothing live is ever moved into a staging directory before the journal
+exists, so such a directory holds only a copy of the archive: once its owner
+file shows the restore that made it (an in-place restore of the cell, on this
+host) is gone, :func:`recover` removes it, with any helper process still
+running under it (a scratch ``redis-server``), and says so. One it cannot
+prove dead (another host, no owner file, a restore elsewhere) is left, and
+:func:`debris` names it (``cellvault status`` prints it).
+
 A restore killed while a dumper that cannot stage was loading into a live
 database cannot be settled here: that database may hold part of the
 archive. The files are rolled back and the result says which databases need
@@ -36,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -47,9 +60,18 @@ import attrs
 
 from .dumpers.staging import StagedLoad
 from .log import get_logger, redact_text
-from .swap import Swap, exchange
+from .swap import (
+    HELD,
+    OWNER_SUFFIX,
+    STAGING_PREFIX,
+    Swap,
+    exchange,
+    owner_path,
+    read_owner,
+    stop_processes_under,
+)
 
-__all__ = ["JOURNAL_PREFIX", "Journal", "Recovery", "find", "recover"]
+__all__ = ["JOURNAL_PREFIX", "Journal", "Recovery", "debris", "find", "recover", "running"]
 
 log = get_logger(__name__)
 
@@ -190,6 +212,10 @@ class Recovery:
     dumps: Mapping[str, str] = attrs.field(factory=dict)
     #: Dumpers that loaded into their live databases (they cannot stage).
     live_loads: tuple[str, ...] = ()
+    #: What was removed (action ``cleaned up``: an unjournalled staging directory).
+    removed: tuple[str, ...] = ()
+    #: Said instead of the sentence above (a killed drill's leftovers, removed).
+    note: str = ""
 
     @property
     def settled(self) -> bool:
@@ -200,6 +226,14 @@ class Recovery:
 
     def describe(self) -> str:
         """One sentence saying what was found and done."""
+        if self.note:
+            return self.note
+        if self.action == "cleaned up":
+            return (
+                f"a restore of cell {self.cell} to {self.archive} was killed before its journal "
+                "was written (so before any live data was touched); removed what it had staged, "
+                f"which held only a copy of the archive: {', '.join(self.removed)}"
+            )
         text = f"an interrupted restore of cell {self.cell} to {self.archive} was {self.action}"
         for dumper, done in self.dumps.items():
             text += f"; dumper {dumper}: {done}"
@@ -242,12 +276,13 @@ def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> l
     """
     out = []
     dests = list(dests)
-    live = False
+    live = unreadable = False
     for path in find(cell, dests):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             log.error("restore.journal_unreadable", cell=cell, journal=str(path), error=str(exc))
+            unreadable = True
             continue
         if not isinstance(data, dict) or data.get("cell") != cell:
             continue
@@ -261,6 +296,169 @@ def recover(cell: str, dests: Iterable[Path], resume: Resume | None = None) -> l
         out.append(rec)
     if not live:
         _drop_torn_writes(cell, dests)
+    if not unreadable:  # a journal that cannot be read may name a staging directory
+        out.extend(_sweep_staging(cell, dests))
+    return out
+
+
+@attrs.frozen
+class _Staging:
+    """A staging directory beside a cell's destination, and what its owner file says."""
+
+    path: Path
+    owner: Mapping[str, Any] | None
+    #: Named by a journal (settled by :func:`recover`, not swept).
+    journalled: bool
+
+    @property
+    def cell(self) -> str | None:
+        return None if self.owner is None else str(self.owner.get("cell"))
+
+    def copies(self) -> list[Path]:
+        return [Path(str(c)) for c in (self.owner or {}).get("copies") or ()]
+
+    def dead(self) -> bool:
+        """Made by an in-place restore on this host whose process is gone."""
+        owner = self.owner
+        if owner is None or not owner.get("in_place") or owner.get("host") != socket.gethostname():
+            return False
+        if owner.get("pid") == os.getpid():
+            return self.path not in HELD  # this process: held while its swap is
+        return not _running(owner)
+
+    def why_kept(self) -> str:
+        owner = self.owner
+        if self.journalled:
+            return "named by a restore journal"
+        if owner is None:
+            return "no owner file says which run made it; remove it once no restore runs"
+        if owner.get("host") != socket.gethostname():
+            return f"made on host {owner.get('host')}; remove it there"
+        if not owner.get("in_place"):
+            return "made by a restore elsewhere (--into)"
+        return f"its restore (pid {owner.get('pid')}) is still running"
+
+
+def _journalled(parent: Path) -> set[Path]:
+    """The staging directories and staged copies the journals in *parent* name."""
+    named: set[Path] = set()
+    for path in parent.glob(f"{JOURNAL_PREFIX}*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            named.add(Path(str(data.get("staging"))))
+            for root in (data.get("roots") or {}).values():
+                named.add(Path(str(root.get("placed"))).parent)
+                named.add(Path(str(root.get("placed"))))
+    return named
+
+
+def _stagings(cell: str, dests: Iterable[Path]) -> list[_Staging]:
+    """The staging directories of *cell* (by owner file, or by name) beside *dests*."""
+    out = []
+    for parent in dict.fromkeys(dest.parent for dest in dests):
+        if not parent.is_dir():
+            continue
+        named = _journalled(parent)
+        for path in sorted(parent.glob(f"{STAGING_PREFIX}*")):
+            if not path.is_dir() or path.is_symlink():
+                continue
+            owner = read_owner(path)
+            if owner is None and not re.fullmatch(
+                rf"{re.escape(STAGING_PREFIX)}cell_{re.escape(cell)}_\d{{8}}_\d{{6}}-[0-9a-f]{{8}}",
+                path.name,
+            ):
+                continue  # a copy across file systems, or another cell's
+            if owner is not None and owner.get("cell") != cell:
+                continue
+            out.append(_Staging(path, owner, path in named))
+        for file in sorted(parent.glob(f"{STAGING_PREFIX}*{OWNER_SUFFIX}")):
+            # An owner file without its directory: killed just before mkdir, or after rmtree.
+            path = file.with_name(file.name.removesuffix(OWNER_SUFFIX))
+            owner = read_owner(path)
+            if not path.exists() and owner is not None and owner.get("cell") == cell:
+                out.append(_Staging(path, owner, path in named))
+    return out
+
+
+def _sweep_staging(cell: str, dests: Iterable[Path]) -> list[Recovery]:
+    """Remove the unjournalled staging of *cell* that a dead in-place restore left."""
+    out = []
+    for staging in _stagings(cell, dests):
+        if staging.journalled or not staging.dead():
+            continue
+        removed = [str(staging.path)] if staging.path.exists() else []
+        removed += stop_processes_under([staging.path, *staging.copies()])
+        for copy in staging.copies():
+            if copy.name.startswith(STAGING_PREFIX) and (copy.exists() or copy.is_symlink()):
+                _remove(copy)
+                removed.append(str(copy))
+        _remove(staging.path)
+        owner_path(staging.path).unlink(missing_ok=True)
+        removed = removed or [f"{owner_path(staging.path)} (its staging directory was gone)"]
+        rec = Recovery(
+            cell=cell,
+            archive=str((staging.owner or {}).get("archive")),
+            action="cleaned up",
+            roots={},
+            removed=tuple(removed),
+        )
+        log.warning("restore.staging_removed", cell=cell, detail=rec.describe())
+        out.append(rec)
+    return out
+
+
+def debris(cell: str, dests: Iterable[Path]) -> list[str]:
+    """What interrupted restores of *cell* left beside *dests*, one sentence each (nothing removed).
+
+    Journals of restores that were killed (the next restore or backup of
+    the cell settles them), staging directories, and old data a recovery
+    kept (``.cellvault-replaced-*``).
+    """
+    dests = list(dests)
+    out = []
+    for path in find(cell, dests):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            out.append(f"unreadable restore journal {path}: read it, then settle the cell by hand")
+            continue
+        state = "running" if isinstance(data, dict) and _running(data) else "killed"
+        if state == "killed":
+            out.append(
+                f"restore journal {path} of a killed restore (phase {data.get('phase')}): "
+                "the next restore or backup of the cell settles it"
+            )
+    for staging in _stagings(cell, dests):
+        if staging.journalled:
+            continue
+        if staging.dead() and not staging.path.exists():
+            out.append(
+                f"owner file {owner_path(staging.path)} of a killed restore (its staging "
+                "directory is gone): the next restore or backup of the cell removes it"
+            )
+        elif staging.dead():
+            out.append(
+                f"staging directory {staging.path} of a killed restore: it holds only a copy "
+                "of the archive; the next restore or backup of the cell removes it"
+            )
+        elif (
+            staging.owner is None
+            or staging.owner.get("host") != socket.gethostname()
+            or (not staging.owner.get("in_place") and not _running(staging.owner))
+        ):
+            out.append(f"staging directory {staging.path}: {staging.why_kept()}")
+    for parent in dict.fromkeys(dest.parent for dest in dests):
+        for dest in dests:
+            if dest.parent != parent or not parent.is_dir():
+                continue
+            for kept in sorted(parent.glob(f".cellvault-replaced-{dest.name}-*")):
+                out.append(
+                    f"old data {kept} kept by the recovery of a killed restore (perhaps the only "
+                    "copy of what the restore replaced): check it, then remove it"
+                )
     return out
 
 
@@ -269,6 +467,16 @@ def _drop_torn_writes(cell: str, dests: Iterable[Path]) -> None:
     for parent in {dest.parent for dest in dests}:
         for tmp in parent.glob(f"{JOURNAL_PREFIX}{cell}.json.*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+def running(data: Mapping[str, Any]) -> bool:
+    """Whether the process *data* names (``pid`` and ``host``) runs, on this host.
+
+    ``False`` for another host, or for this very process (a record it wrote
+    earlier and did not remove); callers that may run twice in one process
+    keep a set of what they hold.
+    """
+    return _running(data)
 
 
 def _running(data: Mapping[str, Any]) -> bool:
@@ -438,6 +646,7 @@ def _drop_staged(data: Mapping[str, Any], roots: Mapping[str, Any], kept: Sequen
             continue
         _remove(placed)
     _remove(staging)
+    owner_path(staging).unlink(missing_ok=True)
 
 
 def _remove(path: Path) -> None:

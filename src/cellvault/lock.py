@@ -4,6 +4,9 @@ A lease is a small JSON object at ``.locks/<cell>.lock`` on the target,
 created only if absent (a conditional create). Its holder renews it in the
 background; a lease whose expiry has passed, or whose holder process on this
 host is gone, is taken over. So a crashed run never needs a manual unlock.
+Every change of an existing lease (takeover, renewal, release) is
+conditional on the version read (:meth:`Lease._replace`), so a renewal
+racing a takeover leaves exactly one holder, and the other learns it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -39,6 +43,16 @@ _LIVE_LOCK = threading.Lock()
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@attrs.frozen
+class _Seen:
+    """One version of a lease as read: its bytes, its body (``{"unreadable": True}``
+    when it is not a lease's JSON) and, on a target with a compare-and-swap, its tag."""
+
+    raw: bytes
+    holder: dict[str, Any]
+    tag: str | None
 
 
 @attrs.define
@@ -87,18 +101,20 @@ class Lease:
                         lease._start()
                         log.debug("lock.acquired", target=target.name, cell=cell, purpose=purpose)
                         return lease
-                    holder, tag = lease._read()
-                    if holder is None:
+                    seen = lease._read()
+                    if seen is None:
                         continue  # released between our attempt and the read
+                    holder = seen.holder
                     if holder.get("token") == lease.token:
                         # Our create went through but its answer was lost, and a retry said "exists".
                         lease._start()
                         return lease
                     if _is_stale(holder):
                         log.warning("lock.expired", target=target.name, cell=cell, holder=holder)
-                        if lease._take_over(holder, tag):
+                        if lease._replace(seen, lease._body):
                             lease._start()
                             return lease
+                        log.info("lock.takeover_lost", target=target.name, cell=cell)
                         continue
                     raise LockHeld(
                         f"cell {cell} on target {target.name} is locked by {holder.get('purpose', 'a run')} "
@@ -113,51 +129,51 @@ class Lease:
                 _LIVE.discard(lease.token)
             raise
 
-    def _claim_key(self, holder: dict[str, Any]) -> str:
-        """The key whose conditional create wins the takeover of the lease *holder* wrote."""
-        seen = hashlib.sha256(json.dumps(holder, sort_keys=True).encode()).hexdigest()[:32]
-        return f"{LOCKS}/{self.cell}.takeover.{seen}"
+    def _claim_key(self, seen: _Seen) -> str:
+        """The key whose conditional create wins the right to replace the lease version *seen*."""
+        return f"{LOCKS}/{self.cell}.takeover.{hashlib.sha256(seen.raw).hexdigest()[:32]}"
 
-    def _take_over(self, holder: dict[str, Any], tag: str | None) -> bool:
-        """Replace the stale lease *holder* (read with *tag*) with ours; tell whether we did.
+    def _replace(self, seen: _Seen, body: Callable[[], bytes] | None) -> bool:
+        """Replace the lease version *seen* with what *body* makes (``None``: delete it); tell whether we did.
 
-        Read-compare-delete-create is not atomic: two runs seeing the same
-        stale lease could both delete it and both create theirs. Where the
-        store has a compare-and-swap (S3: a PUT with ``If-Match`` on the
-        ETag read), the lease is replaced only if no one wrote it since, and
-        exactly one run can. Elsewhere the takeover is won first by a
-        conditional create of a claim key named after the stale lease's
-        content (``x-oss-forbid-overwrite`` on OSS, ``link()`` locally, a
-        symbolic link rsync makes on an rsync target): exactly one run creates
-        it, and only that run deletes the stale lease and creates its own.
-        The others see the claim exists and go round again (and find the
-        winner's lease). A claim is removed by the next takeover of the lease
-        it replaced, once that one is stale in its turn.
+        Every change of an existing lease goes through here: a takeover, a
+        renewal, a release. Read-compare-write is not atomic: a renewal and a
+        takeover of the same version could both write, and each believe it
+        holds the lease. Where the store has a compare-and-swap (S3: a PUT
+        with ``If-Match`` on the ETag read) the version is replaced only if
+        no one wrote it since, and exactly one writer can. Elsewhere (OSS,
+        whose PutObject has ``x-oss-forbid-overwrite`` but no ``If-Match``;
+        a local folder; an rsync target) the right to replace a version is
+        won first by a conditional create of a claim key named after that
+        version's content (``x-oss-forbid-overwrite``, ``link()``, a symbolic
+        link rsync makes): exactly one writer creates it. The winner reads
+        the lease again and writes only if it is still that version; it then
+        deletes the claim. No one changes a lease without the claim of its
+        current version, and a new lease is only ever created where none is,
+        so between the winner's second read and its write nothing else can.
+        The others learn they lost (a renewal: the lease is no longer ours).
         """
         target = self.target
-        if tag is not None:
-            won = bool(target.retrying(target.replace_if, self.key, self._body(), tag))
-            if not won:
-                log.info("lock.takeover_lost", target=target.name, cell=self.cell)
-            return won
-        claim = self._claim_key(holder)
+        if seen.tag is not None:
+            if body is None:
+                target.retrying(target.delete, self.key)
+                return True
+            return bool(target.retrying(target.replace_if, self.key, body(), seen.tag))
+        claim = self._claim_key(seen)
         if not self._claim(claim):
-            log.info("lock.takeover_lost", target=target.name, cell=self.cell)
             return False
-        if self._holder() != holder:
-            # Changed meanwhile (released, renewed, taken): not ours to replace.
+        try:
+            now = self._read()
+            if now is None or now.raw != seen.raw:
+                return False  # changed meanwhile (released, renewed, taken): not ours to replace
+            if body is None:
+                target.retrying(target.delete, self.key)
+            else:
+                # Made now, not before the claim: the expiry counts from the write.
+                target.retrying(target.put_bytes, self.key, body())
+            return True
+        finally:
             target.retrying(target.delete, claim)
-            return False
-        self._claims.append(claim)
-        target.retrying(target.delete, self.key)
-        if not target.retrying(target.create_exclusive, self.key, self._body()):
-            # A fresh acquire came between the delete and our create: it holds the lease.
-            self._claims.remove(claim)
-            target.retrying(target.delete, claim)
-            return False
-        # The claims of earlier takeovers of this cell are spent: ours now guards it.
-        self._forget_claims(keep=claim)
-        return True
 
     def _claim(self, key: str, depth: int = 0) -> bool:
         """Create the claim *key*; tell whether we did.
@@ -167,7 +183,10 @@ class Lease:
         a crash never blocks the cell and two runs never both win.
         """
         target = self.target
-        body = json.dumps({"token": self.token, "since": _now().isoformat()}).encode()
+        # Named by this attempt, not by the lease: a release racing a stuck renewal of
+        # the same lease must not take the renewal's claim for its own.
+        attempt = secrets.token_hex(8)
+        body = json.dumps({"token": attempt, "since": _now().isoformat()}).encode()
         if target.retrying(target.create_exclusive, key, body):
             return True
         if depth >= 3:
@@ -177,7 +196,10 @@ class Lease:
         except FileNotFoundError:
             return self._claim(key, depth + 1)
         try:
-            since = dt.datetime.fromisoformat(json.loads(old[:MAX_LEASE_BYTES])["since"])
+            made = json.loads(old[:MAX_LEASE_BYTES])
+            if made["token"] == attempt:
+                return True  # ours: the create went through and its answer was lost
+            since = dt.datetime.fromisoformat(made["since"])
             fresh = since + dt.timedelta(seconds=self.ttl) > _now()
         except (ValueError, KeyError, TypeError):
             fresh = False  # damaged: a claim is written whole, so it is no one's
@@ -192,13 +214,6 @@ class Lease:
         target.retrying(target.delete, key)
         return bool(target.retrying(target.create_exclusive, key, body))
 
-    def _forget_claims(self, keep: str) -> None:
-        prefix = f"{self.cell}.takeover."
-        for entry in self.target.retrying(self.target.list, LOCKS):
-            key = f"{LOCKS}/{entry.name}"
-            if entry.name.startswith(prefix) and key != keep:
-                self.target.retrying(self.target.delete, key)
-
     def check(self) -> None:
         """Raise :class:`LockHeld` unless this lease is still ours on its target (the fence)."""
         holder = self._holder()
@@ -210,10 +225,11 @@ class Lease:
             )
 
     def _holder(self) -> dict[str, Any] | None:
-        return self._read()[0]
+        seen = self._read()
+        return None if seen is None else seen.holder
 
-    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
-        """The lease's body as its holder wrote it (``None``: no lease), and its tag.
+    def _read(self) -> _Seen | None:
+        """The lease as it is now on the target (``None``: no lease).
 
         The tag (an ETag) is read only on targets with a compare-and-swap;
         ``None`` elsewhere.
@@ -226,14 +242,16 @@ class Lease:
             else:
                 raw = target.retrying(target.read_bounded, self.key, MAX_LEASE_BYTES)
         except FileNotFoundError:
-            return None, None
-        if len(raw) > MAX_LEASE_BYTES:
-            return {"unreadable": True}, tag
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return {"unreadable": True}, tag
-        return (data if isinstance(data, dict) else {"unreadable": True}), tag
+            return None
+        holder: dict[str, Any] = {"unreadable": True}
+        if len(raw) <= MAX_LEASE_BYTES:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                holder = data
+        return _Seen(raw, holder, tag)
 
     def _start(self) -> None:
         with _LIVE_LOCK:
@@ -255,32 +273,28 @@ class Lease:
     def _renew_once(self) -> bool:
         """Push our lease's expiry forward; ``False`` when it is no longer ours.
 
-        On a target with a compare-and-swap the renewal is conditional on
-        the lease read (ours): a takeover between the read and the write
-        wins, and this holder learns it lost the lease.
+        The renewal is conditional on the version read (ours), like a
+        takeover (:meth:`_replace`): a takeover between the read and the
+        write wins, and this holder learns it lost the lease.
         """
-        target = self.target
-        holder, tag = self._read()
-        if holder is None or holder.get("token") != self.token:
+        seen = self._read()
+        if seen is None or seen.holder.get("token") != self.token:
             return False
-        if tag is None:
-            target.retrying(target.put_bytes, self.key, self._body())
-            return True
-        if target.retrying(target.replace_if, self.key, self._body(), tag):
+        if self._replace(seen, self._body):
             return True
         # Changed since the read, or our write went through and its answer was lost.
         holder = self._holder()
         return holder is not None and holder.get("token") == self.token
 
     def release(self) -> None:
-        """Stop renewing and delete the lease if it is still ours."""
+        """Stop renewing and delete the lease if it is still ours (conditionally, like a renewal)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            holder = self._holder()
-            if holder is not None and holder.get("token") == self.token:
-                self.target.retrying(self.target.delete, self.key)
+            seen = self._read()
+            if seen is not None and seen.holder.get("token") == self.token:
+                self._replace(seen, None)
             for claim in self._claims:
                 self.target.retrying(self.target.delete, claim)
         except Exception as exc:  # noqa: BLE001 - the lease then expires by itself; say so

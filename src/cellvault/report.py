@@ -161,6 +161,8 @@ class VerifyResult(Report):
     rto: float | None = None
     #: Drill: per dumper, whether its dump was loaded into a scratch object (and dropped).
     dumps: Mapping[str, str] = attrs.field(factory=dict)
+    #: Drill: what drills of the cell killed mid-way had left, removed first.
+    cleaned: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -123,9 +123,17 @@ def plan(sidecars: Sequence[Sidecar], policy: RetentionPolicy, now: dt.datetime)
         if reasons[s.id]:
             out.append(Decision(s, True, tuple(reasons[s.id])))
         else:
-            why = f"{s.meta.kind}, {_age_days(s, now):.1f} days old, kept by no rule"
-            out.append(Decision(s, False, (why,)))
+            out.append(Decision(s, False, (f"{s.meta.kind}, {_age(s, now)}, kept by no rule",)))
     return out
+
+
+def _age(sidecar: Sidecar, now: dt.datetime) -> str:
+    """How old an archive is, in words; an id ahead of *now* (a skewed clock) says so."""
+    days = _age_days(sidecar, now)
+    if days < 0:
+        ahead = f"{-days:.1f} days" if days <= -1 else f"{-days * 24:.1f} hours"
+        return f"stamped {ahead} ahead of this host's clock"
+    return f"{days:.1f} days old"
 
 
 def _age_days(sidecar: Sidecar, now: dt.datetime) -> float:

@@ -79,6 +79,10 @@ class CellStatus(Report):
     cell: str
     ok: bool
     targets: tuple[TargetStatus, ...] = ()
+    #: What killed restores left beside the cell's paths (journals, staging
+    #: directories, kept old data), one sentence each; it does not make the cell
+    #: fail, as the next restore or backup of the cell settles most of it.
+    debris: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -93,6 +97,10 @@ class StatusReport(Report):
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.cells)
+
+    def debris(self) -> list[str]:
+        """One line per leftover of a killed restore: ``cell crm: ...``."""
+        return [f"cell {c.cell}: {d}" for c in self.cells for d in c.debris]
 
     def problems(self) -> list[str]:
         """One line per problem: ``cell crm on target s3: ...``."""
@@ -167,8 +175,13 @@ def build_status(
     *,
     now: dt.datetime,
     max_age: float,
+    debris: Mapping[str, Sequence[str]] | None = None,
 ) -> StatusReport:
-    """The status of *cells* on *targets* at *now*, with the remembered *state*."""
+    """The status of *cells* on *targets* at *now*, with the remembered *state*.
+
+    *debris*: cell -> what killed restores left beside its paths
+    (:func:`cellvault.journal.debris`).
+    """
     limit = max_age * 3600
     out = []
     recorded = state.get("cells", {})
@@ -213,7 +226,12 @@ def build_status(
                 )
             )
         out.append(
-            CellStatus(cell=cell, ok=all(t.ok for t in per_target), targets=tuple(per_target))
+            CellStatus(
+                cell=cell,
+                ok=all(t.ok for t in per_target),
+                targets=tuple(per_target),
+                debris=tuple((debris or {}).get(cell, ())),
+            )
         )
     return StatusReport(
         cells=tuple(out),

@@ -9,13 +9,20 @@ is deleted only after every root of every cell is in place.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import itertools
+import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -23,9 +30,35 @@ from .errors import RestoreError
 from .log import get_logger
 from .tool import run_tool
 
-__all__ = ["Swap", "exchange"]
+__all__ = [
+    "OWNER_SUFFIX",
+    "STAGING_PREFIX",
+    "Swap",
+    "exchange",
+    "owner_path",
+    "read_owner",
+    "stop_processes_under",
+]
 
 log = get_logger(__name__)
+
+#: The staging directories' names: ``.cellvault-restore-<archive>-<hex>`` (and, for a root
+#: copied to another file system, ``.cellvault-restore-<root>-<hex>``).
+STAGING_PREFIX = ".cellvault-restore-"
+#: Beside each staging directory, ``<its name>.owner.json`` says who made it (cell,
+#: archive, pid, host) and which copies beside other destinations belong to it; it is
+#: written before the directory is made, and removed after it (outside the staged tree,
+#: which restore hooks see).
+OWNER_SUFFIX = ".owner.json"
+
+
+def owner_path(staging: Path) -> Path:
+    """The owner file of the staging directory *staging*."""
+    return staging.with_name(staging.name + OWNER_SUFFIX)
+
+
+#: The staging directories this process holds (a run of another thread is alive too).
+HELD: set[Path] = set()
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -102,17 +135,55 @@ class Swap:
     bytes: int = 0
     duration: float = 0.0
     warnings: tuple[str, ...] = ()
+    #: What its owner file says (empty for a swap not made by :meth:`create`).
+    owner: dict[str, Any] = attrs.field(factory=dict)
 
     @classmethod
-    def create(cls, dests: dict[str, Path], archive: str, near: Path | None = None) -> Swap:
-        """Make the staging directory beside the first destination (or *near*, if none)."""
+    def create(
+        cls,
+        dests: dict[str, Path],
+        archive: str,
+        near: Path | None = None,
+        cell: str = "",
+        *,
+        in_place: bool = False,
+    ) -> Swap:
+        """Make the staging directory beside the first destination (or *near*, if none).
+
+        Its owner file (:func:`owner_path`: the cell, the archive, this
+        process) is written first, so that the next run can tell a staging
+        directory a dead restore left from one a running restore holds. *in_place*: a restore into the cell's
+        own paths, which journals the cell before any swap (:mod:`cellvault.journal`).
+        """
         first = next(iter(dests.values()), near)
         if first is None:
             raise ValueError("a swap needs a destination or a place to stage near")
         first.parent.mkdir(parents=True, exist_ok=True)
-        staging = first.parent / f".cellvault-restore-{archive}-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o700)
-        return cls(dests=dict(dests), staging=staging)
+        staging = first.parent / f"{STAGING_PREFIX}{archive}-{secrets.token_hex(4)}"
+        swap = cls(dests=dict(dests), staging=staging)
+        swap.owner = {
+            "cell": cell,
+            "archive": archive,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "copies": [],
+            "in_place": in_place,
+        }
+        HELD.add(staging)
+        swap._save_owner()
+        try:
+            staging.mkdir(mode=0o700)
+        except BaseException:
+            owner_path(staging).unlink(missing_ok=True)
+            HELD.discard(staging)
+            raise
+        return swap
+
+    def _save_owner(self) -> None:
+        path = owner_path(self.staging)
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text(json.dumps(self.owner, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
 
     def place(self) -> None:
         """Make sure each staged root sits on its destination's file system."""
@@ -124,7 +195,11 @@ class Swap:
                 self.placed[root] = staged
                 continue
             # Another file system: copy it next to the destination first.
-            near = dest.parent / f".cellvault-restore-{root}-{secrets.token_hex(4)}"
+            near = dest.parent / f"{STAGING_PREFIX}{root}-{secrets.token_hex(4)}"
+            if self.owner:
+                # Named before it is made: a kill during the copy leaves it findable.
+                self.owner["copies"] = [*self.owner.get("copies", []), str(near)]
+                self._save_owner()
             try:
                 _copy_across(staged, near)
             except BaseException:
@@ -193,7 +268,137 @@ class Swap:
                     _remove(child)
             return
         _remove(self.staging)
+        owner_path(self.staging).unlink(missing_ok=True)
+        HELD.discard(self.staging)
 
     def discard(self) -> None:
         """Before any swap: delete what was staged."""
         self.cleanup()
+
+
+def read_owner(staging: Path) -> dict[str, Any] | None:
+    """What the owner file of *staging* says (``None``: absent or unreadable)."""
+    try:
+        data = json.loads(owner_path(staging).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
+
+
+def _own(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
+    except OSError:
+        return False
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    """The program's name (a command line may be rewritten: ``redis-server *:0``)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _unix_sockets(pid: int) -> list[Path]:
+    """The paths of the Unix sockets *pid* holds open (a scratch server's listening socket)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[6] in inodes:
+            out.append(Path(fields[7]))
+    return out
+
+
+def _processes_under(roots: list[str]) -> dict[int, list[str]]:
+    """This user's processes whose command line or working directory is under one of *roots*.
+
+    A ``redis-server`` rewrites its command line (``redis-server *:0``) but
+    works in its ``--dir``.
+    """
+    found: dict[int, list[str]] = {}
+
+    def under(path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") for r in roots)
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        argv = _argv(pid)
+        if argv and (under(_cwd(pid)) or any(under(a) for a in argv)) and _own(pid):
+            found[pid] = argv
+    return found
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+def stop_processes_under(trees: Iterable[Path], wait: float = 5.0) -> list[str]:
+    """Stop the processes of this user that run in, or name, a path under one of *trees*.
+
+    A run killed with SIGKILL leaves the helpers it started in sessions of
+    their own running (a scratch ``redis-server`` working in its ``--dir``,
+    in the run's scratch tree). Each gets SIGTERM, then SIGKILL after *wait*
+    seconds; the private folder of its Unix socket (``cv-redis-*``) is
+    removed with it.
+    Returns one description per process stopped.
+    """
+    roots = [str(t) for t in trees]
+    if not roots or not Path("/proc").is_dir():
+        return []
+    found = _processes_under(roots)
+    sockets = {pid: _unix_sockets(pid) for pid in found}
+    names = {pid: _comm(pid) or Path(argv[0]).name for pid, argv in found.items()}
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    for pid in found:
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    out = []
+    for pid, argv in found.items():
+        named = [Path(v) for f, v in itertools.pairwise(argv) if f == "--unixsocket"]
+        for sock in [*named, *sockets[pid]]:
+            if sock.parent.name.startswith("cv-redis-"):  # the scratch server's private folder
+                shutil.rmtree(sock.parent, ignore_errors=True)
+        out.append(f"process {pid} ({names[pid]})")
+        log.warning("restore.stray_stopped", pid=pid, program=names[pid])
+    return out
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return ") Z" in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True

@@ -465,12 +465,12 @@ class DumperContract:
         assert vault.verify(CELL, level="full").ok
         self.write_state(spec, "later")
         assert self.read_state(spec) == "later"
-        latest = vault.restore("latest", cells=CELL, skip_prebackup=True)
+        latest = vault.restore("latest", cells=CELL)
         assert latest.ok, [(c.stage, c.error) for c in latest.cells]
         assert self.read_state(spec) == "incremental"
         (archive,) = [c.archive for c in full.cells if c.cell == CELL]
         assert archive is not None
-        older = vault.restore(archive, cells=CELL, skip_prebackup=True)
+        older = vault.restore(archive, cells=CELL)
         assert older.ok, [(c.stage, c.error) for c in older.cells]
         assert self.read_state(spec) == "full"
 
@@ -520,7 +520,7 @@ class DumperContract:
             # A streamed file is cut into parts of part_size; a file of known size
             # (DumpContext.add_file) is one member, whatever its size.
             assert all(size == self.part_size for size in sizes[:-1])
-        loaded = vault.restore("latest", cells=CELL, skip_prebackup=True)
+        loaded = vault.restore("latest", cells=CELL)
         assert loaded.ok, [(c.stage, c.error) for c in loaded.cells]
         assert self.read_state(spec) == big
 
@@ -560,9 +560,7 @@ class DumperContract:
         assert vault.backup(CELL).ok
         self.write_state(spec, "now")
         (kit.crm / "config.yaml").write_text("changed after the backup\n")
-        report = vault.restore(
-            "latest", cells=CELL, skip_prebackup=True, dump_options={name: load_failure_options}
-        )
+        report = vault.restore("latest", cells=CELL, dump_options={name: load_failure_options})
         assert not report.ok
         (cell,) = report.cells
         assert cell.stage == "load" and f"dumper {name}" in (cell.error or "")
@@ -593,7 +591,7 @@ class DumperContract:
         self.write_state(spec, "secret")
         assert vault.backup(CELL).ok
         self.write_state(spec, "other")
-        assert vault.restore("latest", cells=CELL, skip_prebackup=True).ok
+        assert vault.restore("latest", cells=CELL).ok
         assert self.read_state(spec) == "secret"
         assert vault.restore("latest", cells=CELL, into=kit.root / "elsewhere").ok
         descriptor = kit.root / "elsewhere" / f"{CELL}.dumps" / dumper.name / DESCRIPTOR

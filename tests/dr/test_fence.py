@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import json
+import logging
+import os
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from click.testing import CliRunner
 
@@ -14,15 +21,21 @@ from cellvault import TargetSpec, Vault, hookimpl, load_env
 from cellvault.archive import ArchiveId
 from cellvault.cli import cli
 from cellvault.dr import Site
-from cellvault.errors import ConfigError, DrError, Fenced
+from cellvault.errors import ConfigError, DrError, Fenced, TargetError
 from cellvault.fence import (
     EPOCHS_FOLDER,
     Epoch,
     Fence,
+    Heartbeat,
     claim_epoch,
+    fence_for,
+    host_site_id,
     read_epoch,
+    read_heartbeat,
+    write_heartbeat,
     written_after_fence,
 )
+from cellvault.targets.base import ObjectInfo
 from cellvault.targets.local import LocalTarget
 from tests.dr.test_dr import CELLS, make_site, s3_spec, seed_cells, site_env, trees, utc
 from tests.helpers import clock, write_tree
@@ -353,3 +366,448 @@ def test_a_fenced_site_is_told_who_holds_the_epoch_and_what_to_do(tmp_path: Path
         "to serve as its standby instead, set DR_PULL_ONLY=1 and run 'cellvault dr prepare' here"
     )
     assert (info.value.active, info.value.since) == ("dr", "2025-03-01T12:00:00Z")
+
+
+# -- the records, the claim and the heartbeats, on folders ------------------------
+# Quick tests of each rule of cellvault.fence (the mutation group runs these).
+
+AT = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def folder(tmp_path: Path, name: str) -> LocalTarget:
+    return LocalTarget(TargetSpec(name, str(tmp_path / name)))
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of each log event *name* (cellvault logs structured events)."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
+
+
+@pytest.fixture
+def far_east(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone is UTC+8 (the records are written in UTC whatever it is)."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_records_are_written_in_utc_whatever_the_local_time_zone(
+    far_east: None, tmp_path: Path
+) -> None:
+    assert dt.datetime(2025, 3, 1, 12, 0).astimezone().utcoffset() == dt.timedelta(hours=8)
+    epoch = Epoch(1, "dr", AT)
+    assert epoch.to_json() == (
+        b'{"at": "2025-03-01T12:00:00Z", "epoch": 1, "host": "", "reason": "failover", '
+        b'"site": "dr"}\n'
+    )
+    assert Heartbeat("dr", AT).to_json().startswith(b'{"at": "2025-03-01T12:00:00Z", ')
+    shared = folder(tmp_path, "a")
+    write_heartbeat(Fence("dr", [shared]), now=AT, source="backup")
+    assert shared.read_bytes(".dr/heartbeats/dr.json").startswith(b'{"at": "2025-03-01T12:00:00Z"')
+
+
+def broken(tmp_path: Path, name: str) -> LocalTarget:
+    """A target whose folder is a file: every call fails (a TargetError through guard)."""
+    (tmp_path / name).write_text("not a folder\n")
+    return LocalTarget(TargetSpec(name, str(tmp_path / name)))
+
+
+@pytest.mark.parametrize(
+    ("hostname", "site"),
+    [
+        ("Web-01.example.com", "web-01"),
+        ("__Bad Host!!.lan", "bad-host"),
+        ("db_2", "db_2"),
+        (".example.com", "site"),
+        ("-_-", "site"),
+        ("a" * 70, "a" * 63),
+    ],
+)
+def test_the_host_site_id_is_the_short_host_name_made_a_site_id(
+    monkeypatch: pytest.MonkeyPatch, hostname: str, site: str
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: hostname)
+    assert host_site_id() == site
+
+
+def test_an_epoch_record_is_written_and_read_back_exactly() -> None:
+    plus_one = dt.timezone(dt.timedelta(hours=1))
+    epoch = Epoch(3, "dr", dt.datetime(2025, 3, 1, 13, 0, tzinfo=plus_one), "failback", "h1")
+    assert epoch.key == ".dr/epochs/0000000003.json"
+    raw = epoch.to_json()
+    assert raw == (
+        b'{"at": "2025-03-01T12:00:00Z", "epoch": 3, "host": "h1", "reason": "failback", '
+        b'"site": "dr"}\n'
+    )
+    back = Epoch.from_json(raw, name=epoch.key)
+    assert back == Epoch(3, "dr", AT, "failback", "h1")
+    assert back.at.tzinfo is dt.UTC
+    # Reason and host are optional; a time with an offset is read as UTC.
+    bare = b'{"epoch": 12, "site": "a_b-1", "at": "2025-03-01T14:00:00+02:00"}'
+    assert Epoch.from_json(bare, name="x/0000000012.json") == Epoch(12, "a_b-1", AT, "", "")
+
+
+@pytest.mark.parametrize(
+    ("record", "name", "error"),
+    [
+        (
+            {"epoch": 0, "site": "dr", "at": "2025-03-01T12:00:00Z"},
+            "0000000000.json",
+            "epoch 0 is not a positive integer",
+        ),
+        (
+            {"epoch": -2, "site": "dr", "at": "2025-03-01T12:00:00Z"},
+            "0000000001.json",
+            "epoch -2 is not a positive integer",
+        ),
+        (
+            {"epoch": True, "site": "dr", "at": "2025-03-01T12:00:00Z"},
+            "0000000001.json",
+            "epoch True is not a positive integer",
+        ),
+        (
+            {"epoch": "1", "site": "dr", "at": "2025-03-01T12:00:00Z"},
+            "0000000001.json",
+            "epoch '1' is not a positive integer",
+        ),
+        (
+            {"epoch": 1, "site": "Dr", "at": "2025-03-01T12:00:00Z"},
+            "0000000001.json",
+            "site 'Dr' is not a site id",
+        ),
+        (
+            {"epoch": 1, "site": 7, "at": "2025-03-01T12:00:00Z"},
+            "0000000001.json",
+            "site 7 is not a site id",
+        ),
+        (
+            {"epoch": 1, "site": "dr", "at": "2025-03-01T12:00:00"},
+            "0000000001.json",
+            "its time has no time zone",
+        ),
+        (
+            {"epoch": 1, "site": "dr", "at": "noon"},
+            "0000000001.json",
+            "Invalid isoformat string: 'noon'",
+        ),
+        (
+            {"epoch": 1, "site": "dr", "at": "2025-03-01T12:00:00z"},
+            "0000000001.json",
+            "Invalid isoformat string: '2025-03-01T12:00:00z'",
+        ),
+        ({"epoch": 1, "at": "2025-03-01T12:00:00Z"}, "0000000001.json", "'site'"),
+        ({"site": "dr", "at": "2025-03-01T12:00:00Z"}, "0000000001.json", "'epoch'"),
+        ({"epoch": 1, "site": "dr"}, "0000000001.json", "'at'"),
+        (["epoch"], "0000000001.json", "the epoch record is a JSON list, not an object"),
+    ],
+)
+def test_an_epoch_record_that_is_not_one_is_refused_with_what_is_wrong(
+    record: Any, name: str, error: str
+) -> None:
+    key = f"{EPOCHS_FOLDER}/{name}"
+    with pytest.raises(DrError) as info:
+        Epoch.from_json(json.dumps(record).encode(), name=key)
+    assert info.value.message == f"epoch record {key} is unusable ({error})"
+
+
+@pytest.mark.parametrize(
+    "name", ["0000000002.json", "000000001.json", "0000000001.jsonx", "1.json"]
+)
+def test_an_epoch_record_under_another_name_than_its_number_is_refused(name: str) -> None:
+    raw = Epoch(1, "dr", AT).to_json()
+    with pytest.raises(DrError) as info:
+        Epoch.from_json(raw, name=f"{EPOCHS_FOLDER}/{name}")
+    assert info.value.message == f"epoch record {EPOCHS_FOLDER}/{name} names epoch 1, not its own"
+    assert Epoch.from_json(raw, name="0000000001.json").number == 1  # a bare name is one too
+
+
+def test_the_current_epoch_is_the_highest_valid_record_of_the_first_target_that_answers(
+    tmp_path: Path,
+) -> None:
+    down, arbiter, copy = broken(tmp_path, "down"), folder(tmp_path, "a"), folder(tmp_path, "b")
+    assert read_epoch([arbiter, copy]) == (None, "a", [])  # no epochs folder at all
+    assert read_epoch([]) == (None, None, [])
+    none, where, errors = read_epoch([down])
+    assert (none, where, len(errors)) == (None, None, 1)
+    assert errors[0].startswith("target down: cannot list the epochs (NotADirectoryError")
+    copy.put_bytes(Epoch(1, "primary", AT).key, Epoch(1, "primary", AT).to_json())
+    arbiter.put_bytes(Epoch(2, "dr", AT).key, Epoch(2, "dr", AT).to_json())
+    arbiter.put_bytes(Epoch(1, "primary", AT).key, Epoch(1, "primary", AT).to_json())
+    # Not records: a folder named like one, another name, a temporary file.
+    (tmp_path / "a" / EPOCHS_FOLDER / "0000000009.json").mkdir()
+    arbiter.put_bytes(f"{EPOCHS_FOLDER}/0000000008.json.bak", b"{}")
+    arbiter.put_bytes(f"{EPOCHS_FOLDER}/notes.txt", b"x")
+    # An unusable record above the others is reported and passed over.
+    arbiter.put_bytes(f"{EPOCHS_FOLDER}/0000000005.json", b'{"epoch": 4}')
+    epoch, where, errors = read_epoch([down, arbiter, copy])
+    assert (epoch, where) == (Epoch(2, "dr", AT), "a")
+    assert len(errors) == 1 and errors[0].startswith("target down: cannot list the epochs (")
+    assert arbiter.distrusted() == [
+        (
+            "a",
+            f"{EPOCHS_FOLDER}/0000000005.json",
+            f"epoch record {EPOCHS_FOLDER}/0000000005.json is unusable ('site')",
+        )
+    ]
+    assert read_epoch([copy, arbiter])[:2] == (Epoch(1, "primary", AT), "b")
+    # Only unusable records: none.
+    lone = folder(tmp_path, "c")
+    lone.put_bytes(f"{EPOCHS_FOLDER}/0000000001.json", b"[]")
+    assert read_epoch([lone]) == (None, "c", [])
+
+
+def test_a_claim_takes_the_next_number_on_the_arbiter_and_copies_it_to_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    arbiter, copy, down = folder(tmp_path, "a"), folder(tmp_path, "b"), broken(tmp_path, "down")
+    plus_one = dt.timezone(dt.timedelta(hours=1))
+    caplog.set_level(logging.INFO, logger="cellvault")
+    first = claim_epoch(
+        [arbiter, copy, down], "dr", reason="failover", now=AT.astimezone(plus_one), host="h"
+    )
+    assert first == Epoch(1, "dr", AT, "failover", "h")
+    assert first.at.tzinfo is dt.UTC
+    assert arbiter.read_bytes(first.key) == first.to_json() == copy.read_bytes(first.key)
+    (failed,) = events(caplog, "fence.copy_failed")
+    assert failed["target"] == "down"
+    assert failed["error"].startswith("target down: cannot copy epoch 1 (NotADirectoryError")
+    assert events(caplog, "fence.claimed") == [{"epoch": 1, "site": "dr", "reason": "failover"}]
+    second = claim_epoch([arbiter], "primary", reason="failback", now=AT, over=1)
+    assert (second.number, second.site, second.reason) == (2, "primary", "failback")
+    assert claim_epoch([arbiter], "dr", reason="t", now=AT).number == 3
+    assert [e.name for e in arbiter.list(EPOCHS_FOLDER)].count("0000000003.json") == 1
+    # A claim over an outdated view loses: someone took epoch 3 since.
+    with pytest.raises(DrError) as info:
+        claim_epoch([arbiter], "primary", reason="failback", now=AT, over=2)
+    assert info.value.message == (
+        "site dr took epoch 3 (t at 2025-03-01T12:00:00Z) since this site (primary) looked; "
+        "it did not become active"
+    )
+    assert info.value.hint == "see 'cellvault dr status'; only one site may be active at a time"
+    assert read_epoch([arbiter])[0] == Epoch(3, "dr", AT, "t")
+    # Over 0 on an arbiter without epochs: epoch 1.
+    fresh = folder(tmp_path, "f")
+    assert claim_epoch([fresh], "dr", reason="t", now=AT, over=0).number == 1
+    # Over a number an arbiter without epochs never saw (a new arbiter, the view read from
+    # a copy): the numbers go on from what the claimant saw.
+    assert claim_epoch([folder(tmp_path, "g")], "dr", reason="t", now=AT, over=4).number == 5
+    with pytest.raises(ConfigError) as empty:
+        claim_epoch([], "dr", reason="t", now=AT)
+    assert empty.value.message == "claiming an epoch needs a shared (object-storage) target"
+
+
+def test_a_claim_of_a_number_already_taken_names_who_took_it(tmp_path: Path) -> None:
+    arbiter = folder(tmp_path, "a")
+    claim_epoch([arbiter], "dr", reason="failover", now=AT)
+    # Epoch 2 exists but cannot be read: the claim of 2 loses to it.
+    arbiter.put_bytes(f"{EPOCHS_FOLDER}/0000000002.json", b"{}")
+    with pytest.raises(DrError) as info:
+        claim_epoch([arbiter], "primary", reason="failback", now=AT)
+    assert info.value.message == (
+        "epoch 2 was claimed first by site dr (failover at 2025-03-01T12:00:00Z); "
+        "this site (primary) did not become active"
+    )
+    assert info.value.hint == "see 'cellvault dr status'; only one site may be active at a time"
+    lone = folder(tmp_path, "b")
+    lone.put_bytes(f"{EPOCHS_FOLDER}/0000000001.json", b"{}")
+    with pytest.raises(DrError) as info:
+        claim_epoch([lone], "primary", reason="failback", now=AT)
+    assert info.value.message == (
+        "epoch 1 was claimed first by another site; this site (primary) did not become active"
+    )
+
+
+def test_a_claim_needs_a_reachable_arbiter(tmp_path: Path) -> None:
+    down, copy = broken(tmp_path, "down"), folder(tmp_path, "b")
+    with pytest.raises(DrError) as info:
+        claim_epoch([down, copy], "dr", reason="failover", now=AT)
+    assert info.value.message.startswith(
+        "cannot read the epochs on the arbiter down: target down: cannot list the epochs "
+        "(NotADirectoryError"
+    )
+    assert info.value.hint == (
+        "the first shared target decides which site is active; it must be reachable"
+    )
+    assert not (tmp_path / "b" / EPOCHS_FOLDER).exists()  # nothing copied
+    full = FullDisk(TargetSpec("full", str(tmp_path / "full")))
+    with pytest.raises(TargetError) as failed:
+        claim_epoch([full, copy], "dr", reason="failover", now=AT)
+    assert failed.value.message == (
+        "target full: cannot claim epoch 1 (OSError: [Errno 28] No space left on device)"
+    )
+    assert read_epoch([copy]) == (None, "b", [])
+
+
+class Flaky(LocalTarget):
+    """A folder whose listing names records that fail when read (gone, or an I/O error)."""
+
+    def __init__(self, spec: TargetSpec, fail: dict[str, OSError], *, no_folder: bool = False):
+        super().__init__(spec)
+        self.fail, self.no_folder = fail, no_folder
+
+    def list(self, folder: str) -> list[ObjectInfo]:
+        if self.no_folder:
+            raise FileNotFoundError(folder)  # an object store without the prefix
+        return [*super().list(folder), *(ObjectInfo(n, 10) for n in self.fail)]
+
+    def read_bounded(self, key: str, limit: int) -> bytes:
+        error = self.fail.get(key.rsplit("/", 1)[-1])
+        if error is not None:
+            raise error
+        return super().read_bounded(key, limit)
+
+
+def test_an_epoch_record_that_vanishes_or_fails_when_read(tmp_path: Path) -> None:
+    spec = TargetSpec("a", str(tmp_path / "a"))
+    gone = Flaky(spec, {"0000000009.json": FileNotFoundError("0000000009.json")})
+    gone.put_bytes(Epoch(2, "dr", AT).key, Epoch(2, "dr", AT).to_json())
+    assert read_epoch([gone]) == (Epoch(2, "dr", AT), "a", [])  # the next one down
+    assert read_epoch([Flaky(spec, {}, no_folder=True)]) == (None, "a", [])
+    failing = Flaky(spec, {"0000000009.json": OSError(errno.EIO, "Input/output error")})
+    epoch, where, errors = read_epoch([failing, folder(tmp_path, "b")])
+    assert (epoch, where) == (None, "b")
+    assert errors == [
+        "target a: cannot read an epoch record (OSError: [Errno 5] Input/output error) "
+        f"(check that {tmp_path / 'a'} is reachable and writable, and the credentials)"
+    ]
+
+
+class FullDisk(LocalTarget):
+    """A folder that lists and reads but cannot take a new record."""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_fence_takes_the_epoch_once_and_checks_who_holds_it(tmp_path: Path) -> None:
+    arbiter, copy = folder(tmp_path, "a"), folder(tmp_path, "b")
+    dr, primary = Fence("dr", [arbiter, copy]), Fence("primary", [arbiter, copy])
+    assert dr.names == frozenset({"a", "b"}) and Fence("x", []).names == frozenset()
+    assert dr.current() is None and Fence("x", []).current() is None
+    assert dr.check("backup") is None and primary.check("backup") is None
+    taken = dr.take("failover", now=AT, host="h")
+    assert taken == Epoch(1, "dr", AT, "failover", "h")
+    # Taking what this site holds claims nothing new.
+    assert dr.take("again", now=AT + dt.timedelta(hours=1)) == taken
+    assert [e.name for e in arbiter.list(EPOCHS_FOLDER)] == ["0000000001.json"]
+    assert dr.current() == taken and dr.check("backup") == taken
+    with pytest.raises(Fenced):
+        primary.check("push")
+    # The other site takes it over what it saw.
+    assert primary.take("failback", now=AT, over=1) == Epoch(2, "primary", AT, "failback")
+    with pytest.raises(DrError, match="site primary took epoch 2"):
+        dr.take("failover", now=AT, over=1)
+    with pytest.raises(Fenced):
+        dr.check("prune")
+    assert primary.check("prune") == Epoch(2, "primary", AT, "failback")
+    with pytest.raises(ConfigError, match="needs a shared"):
+        Fence("x", []).take("failover", now=AT)
+
+
+@attrs.define
+class DrSettings:
+    dr_site_id: str = ""
+    dr_targets: tuple[str, ...] = ()
+
+
+def test_the_fence_of_a_vault_is_its_site_id_and_its_shared_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "Host-7.lan")
+    local, s3, oss = folder(tmp_path, "local"), folder(tmp_path, "s3"), folder(tmp_path, "oss")
+    targets = [local, s3, oss]
+    plain = fence_for(DrSettings(), targets)
+    assert (plain.site, [t.name for t in plain.storage], plain.dr) == (
+        "host-7",
+        ["s3", "oss"],
+        False,
+    )
+    named = fence_for(DrSettings("dr"), targets)
+    assert (named.site, [t.name for t in named.storage], named.dr) == ("dr", ["s3", "oss"], True)
+    chosen = fence_for(DrSettings("", ("oss", "local")), targets)
+    assert (chosen.site, [t.name for t in chosen.storage], chosen.dr) == (
+        "host-7",
+        ["local", "oss"],
+        True,
+    )
+    assert fence_for(DrSettings(), [local]).storage == []
+
+
+def test_a_heartbeat_record_is_written_and_read_back_exactly() -> None:
+    plus_one = dt.timezone(dt.timedelta(hours=1))
+    beat = Heartbeat("dr", dt.datetime(2025, 3, 1, 13, 0, tzinfo=plus_one), "backup", "h1")
+    assert Heartbeat.key("dr") == ".dr/heartbeats/dr.json"
+    raw = beat.to_json()
+    assert (
+        raw == b'{"at": "2025-03-01T12:00:00Z", "host": "h1", "site": "dr", "source": "backup"}\n'
+    )
+    assert Heartbeat.from_json(raw) == Heartbeat("dr", AT, "backup", "h1")
+    assert Heartbeat.from_json(b'{"site": "dr", "at": "2025-03-01T12:00:00Z"}') == Heartbeat(
+        "dr", AT, "", ""
+    )
+    assert Heartbeat("dr", AT) == Heartbeat("dr", AT, "heartbeat", "")
+    for raw, error in [
+        (b'{"site": "dr", "at": "2025-03-01T12:00:00"}', "its time has no time zone"),
+        (b'{"site": "dr"}', "'at'"),
+        (b'{"at": "2025-03-01T12:00:00Z"}', "'site'"),
+        (b'{"site": "D R", "at": "2025-03-01T12:00:00Z"}', "site 'D R' is not a plain name"),
+        (b'{"site": "dr", "at": "soon"}', "Invalid isoformat string: 'soon'"),
+        (
+            b'{"site": "dr", "at": "2025-03-01T12:00:00z"}',
+            "Invalid isoformat string: '2025-03-01T12:00:00z'",
+        ),
+        (b"7", "the heartbeat record is a JSON int, not an object"),
+    ]:
+        with pytest.raises(DrError) as info:
+            Heartbeat.from_json(raw)
+        assert info.value.message == f"heartbeat record is unusable ({error})"
+
+
+def test_heartbeats_are_written_everywhere_and_the_newest_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b, down = folder(tmp_path, "a"), folder(tmp_path, "b"), broken(tmp_path, "down")
+    assert read_heartbeat([a, b], "dr") == (None, [])
+    write_heartbeat(Fence("dr", [b]), now=AT, source="backup")
+    assert read_heartbeat([a, b], "dr") == (Heartbeat("dr", AT, "backup", ""), [])
+    caplog.set_level(logging.WARNING, logger="cellvault")
+    errors = write_heartbeat(Fence("dr", [a, down, b]), now=AT, source="backup", host="h")
+    assert len(errors) == 1 and errors[0].startswith(
+        "down: target down: cannot write a heartbeat ("
+    )
+    assert events(caplog, "fence.heartbeat_failed") == [
+        {"target": "down", "error": errors[0].removeprefix("down: ")}
+    ]
+    assert a.read_bytes(".dr/heartbeats/dr.json") == Heartbeat("dr", AT, "backup", "h").to_json()
+    assert b.read_bytes(".dr/heartbeats/dr.json") == a.read_bytes(".dr/heartbeats/dr.json")
+    later = AT + dt.timedelta(minutes=5)
+    assert write_heartbeat(Fence("dr", [b]), now=later, source="heartbeat") == []
+    # The newest of the targets, whichever order they are asked in; the failures are reported.
+    for order in ([a, down, b], [b, a, down]):
+        beat, errors = read_heartbeat(order, "dr")
+        assert beat == Heartbeat("dr", later, "heartbeat", "")
+        assert len(errors) == 1 and errors[0].startswith(
+            "down: target down: cannot read a heartbeat ("
+        ), errors
+    # Equal times: the first read stays.
+    write_heartbeat(Fence("dr", [a]), now=later, source="backup")
+    assert read_heartbeat([a, b], "dr")[0] == Heartbeat("dr", later, "backup", "")
+    assert read_heartbeat([b, a], "dr")[0] == Heartbeat("dr", later, "heartbeat", "")
+    a.put_bytes(".dr/heartbeats/dr.json", b"{")
+    beat, errors = read_heartbeat([a, b], "dr")
+    assert beat == Heartbeat("dr", later, "heartbeat", "")
+    assert errors == [
+        "a: heartbeat record is unusable (the heartbeat record is not JSON "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1)))"
+    ]
+    b.put_bytes(".dr/heartbeats/dr.json", Heartbeat("primary", later).to_json())
+    assert read_heartbeat([b], "dr") == (
+        None,
+        ["b: the heartbeat of site dr names site primary"],
+    )

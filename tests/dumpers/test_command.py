@@ -82,7 +82,7 @@ def test_dump_goes_into_the_archive_and_loads_back(tmp_path: Path) -> None:
     assert entries["dumps/blob/blob.bin"]["archive"] == report.cells[0].archive
     assert vault.verify().ok
 
-    restored = vault.restore("latest", skip_prebackup=True)
+    restored = vault.restore("latest")
     assert restored.ok, restored.cells[0].error
     assert out.read_bytes() == expected(5000)
 
@@ -116,7 +116,7 @@ def test_a_large_dump_is_written_in_parts_that_stock_tools_join(
     )
     assert (unpacked / "joined").read_bytes() == expected(10_000)
     assert vault.verify().ok
-    assert vault.restore("latest", skip_prebackup=True).ok
+    assert vault.restore("latest").ok
     assert out.read_bytes() == expected(10_000)
 
 
@@ -249,7 +249,7 @@ def test_a_failing_load_leaves_the_files_untouched(tmp_path: Path, alerts: Alert
     crm = tmp_path / "cells" / "crm"
     (crm / "config.yaml").write_text("changed after the backup\n")
     before = snapshot(crm)
-    report = vault.restore("latest", skip_prebackup=True)
+    report = vault.restore("latest")
     assert not report.ok
     (cell,) = report.cells
     assert cell.stage == "load" and "import failed" in (cell.error or "")
@@ -272,24 +272,22 @@ def test_restore_chooses_which_dumps_load(tmp_path: Path) -> None:
     ]
     vault = vault_for(tmp_path, dumpers, clock=clock())
     assert vault.backup().ok
-    assert vault.restore("latest", skip_prebackup=True).ok
+    assert vault.restore("latest").ok
     assert a.read_text() == "A\n" and not b.exists()  # b is not autoloaded
     a.unlink()
-    assert vault.restore("latest", skip_prebackup=True, load_dumps=["b"]).ok
+    assert vault.restore("latest", load_dumps=["b"]).ok
     assert b.read_text() == "B\n" and not a.exists()
     b.unlink()
-    assert vault.restore("latest", skip_prebackup=True, load_dumps=False).ok
+    assert vault.restore("latest", load_dumps=False).ok
     assert not a.exists() and not b.exists()
     # Options for this restore only: here, another restore command.
     c = tmp_path / "c.out"
-    assert vault.restore(
-        "latest", skip_prebackup=True, dump_options={"a": {"restore_command": sink(c)}}
-    ).ok
+    assert vault.restore("latest", dump_options={"a": {"restore_command": sink(c)}}).ok
     assert c.read_text() == "A\n" and not a.exists()
     with pytest.raises(ConfigError, match="no cell being restored has a dumper named 'nope'"):
-        vault.restore("latest", skip_prebackup=True, load_dumps=["nope"])
+        vault.restore("latest", load_dumps=["nope"])
     with pytest.raises(ConfigError, match="unknown option 'restor_command'"):
-        vault.restore("latest", skip_prebackup=True, dump_options={"a": {"restor_command": []}})
+        vault.restore("latest", dump_options={"a": {"restor_command": []}})
 
 
 def test_restore_into_a_directory_keeps_the_dumps_and_loads_none(tmp_path: Path) -> None:
@@ -388,7 +386,7 @@ class Upper(Dumper):
 def test_a_dumper_object_loads_into_the_staged_cell(tmp_path: Path) -> None:
     vault = vault_for(tmp_path, [Upper(name="up")], clock=clock())
     assert vault.backup().ok
-    report = vault.restore("latest", skip_prebackup=True)
+    report = vault.restore("latest")
     assert report.ok, report.cells[0].error
     # Written into the staged copy, swapped in with the rest.
     assert (tmp_path / "cells" / "crm" / "from-dump.txt").read_text() == "HELLO\n"

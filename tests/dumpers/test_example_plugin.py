@@ -78,7 +78,7 @@ path = "{db_path}"
     assert "data/crm/app.sqlite" not in got
 
     db_path.unlink()
-    report = vault.restore("latest", skip_prebackup=True)
+    report = vault.restore("latest")
     assert report.ok, report.cells[0].error
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT count(*), max(body) FROM notes").fetchone() == (

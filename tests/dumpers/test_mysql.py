@@ -69,7 +69,7 @@ def test_backup_change_drop_restore(my: MyDb, tmp_path: Path) -> None:
         "UPDATE customers SET note = 'changed'; DELETE FROM orders WHERE id % 3 = 0;"
         "DROP TABLE audit; DROP PROCEDURE total; CREATE TABLE added_later (x INT);"
     )
-    restored = vault.restore("latest", skip_prebackup=True)
+    restored = vault.restore("latest")
     assert restored.ok, restored.cells[0].error
     assert checksums(my) == original
     # The database is exactly the dump's: a table added since is gone.
@@ -86,9 +86,7 @@ def test_restore_a_single_table_leaves_the_others_untouched(my: MyDb, tmp_path: 
     assert vault.backup().ok
     my.sql("DELETE FROM orders WHERE id > 500; UPDATE customers SET note = 'changed';")
     changed = checksums(my)
-    report = vault.restore(
-        "latest", skip_prebackup=True, dump_options={"db": {"only_tables": ["orders"]}}
-    )
+    report = vault.restore("latest", dump_options={"db": {"only_tables": ["orders"]}})
     assert report.ok, report.cells[0].error
     now = checksums(my)
     assert now["orders"] == original["orders"]
@@ -96,9 +94,7 @@ def test_restore_a_single_table_leaves_the_others_untouched(my: MyDb, tmp_path: 
     assert now["audit"] == changed["audit"]
     # The table's trigger came back with it.
     assert my.sql("SHOW TRIGGERS;").split()[0] == "orders_audit"
-    missing = vault.restore(
-        "latest", skip_prebackup=True, dump_options={"db": {"only_tables": [f"{my.name}.nope"]}}
-    )
+    missing = vault.restore("latest", dump_options={"db": {"only_tables": [f"{my.name}.nope"]}})
     assert not missing.ok and "no table" in (missing.cells[0].error or "")
 
 
@@ -108,9 +104,7 @@ def test_restore_into_another_database(my: MyDb, tmp_path: Path) -> None:
     vault = vault_for(tmp_path, [my_dumper(my)], clock=clock())
     assert vault.backup().ok
     other = my.other("copy")
-    report = vault.restore(
-        "latest", skip_prebackup=True, dump_options={"db": {"restore_database": other}}
-    )
+    report = vault.restore("latest", dump_options={"db": {"restore_database": other}})
     assert report.ok, report.cells[0].error
     assert checksums(my, other) == original
     assert checksums(my) == original  # the source database was not touched
@@ -156,7 +150,7 @@ def test_password_from_the_environment_goes_through_an_options_file(
     report = vault.backup()
     assert report.ok, report.cells[0].error
     my.sql("DELETE FROM t;")
-    assert vault.restore("latest", skip_prebackup=True).ok
+    assert vault.restore("latest").ok
     assert my.sql("SELECT COUNT(*) FROM t;") == "2"
     programs = ("mariadb-dump", "mysqldump", "mariadb", "mysql")  # the tests' own client has a path
     tools = [argv for argv, _ in calls if argv[0] in programs and "--version" not in argv]

@@ -43,7 +43,7 @@ def test_roles_and_grants_come_back_on_a_server_without_them(pg: PgDb, tmp_path:
         # A fresh server: the database and the role are gone.
         pg.sql("DROP TABLE t;")
         psql(f"DROP ROLE {role};")
-        report = vault.restore("latest", skip_prebackup=True)
+        report = vault.restore("latest")
         assert report.ok, report.to_dict()
         assert psql(f"SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}';") == "t"  # noqa: S608 - generated name
         assert pg.sql(f"SELECT has_table_privilege('{role}', 't', 'SELECT');") == "t"

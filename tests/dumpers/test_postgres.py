@@ -78,7 +78,7 @@ def test_backup_change_drop_restore(pg: PgDb, tmp_path: Path) -> None:
     crm = tmp_path / "cells" / "crm"
     (crm / "config.yaml").write_text("changed\n")
 
-    restored = vault.restore("latest", skip_prebackup=True)
+    restored = vault.restore("latest")
     assert restored.ok, restored.cells[0].error
     assert fingerprint(pg) == original
     assert (crm / "config.yaml").read_text() == "db: crm\n"
@@ -106,9 +106,7 @@ def test_restore_a_single_table_leaves_the_others_untouched(pg: PgDb, tmp_path: 
     )
     changed = fingerprint(pg)
 
-    report = vault.restore(
-        "latest", skip_prebackup=True, dump_options={"db": {"only_tables": ["public.orders"]}}
-    )
+    report = vault.restore("latest", dump_options={"db": {"only_tables": ["public.orders"]}})
     assert report.ok, report.cells[0].error
     now = fingerprint(pg)
     assert now["orders"] == original["orders"]
@@ -136,7 +134,7 @@ def test_a_failed_load_rolls_back_and_leaves_the_files(pg: PgDb, tmp_path: Path)
     (crm / "config.yaml").write_text("live\n")
     live = snapshot(crm)
     # The view depends on orders, so pg_restore --clean cannot drop it: the load fails.
-    report = vault.restore("latest", skip_prebackup=True)
+    report = vault.restore("latest")
     assert not report.ok
     (cell,) = report.cells
     assert cell.stage == "load"
@@ -154,10 +152,10 @@ def test_replace_mode_makes_the_database_exactly_the_dump(pg: PgDb, tmp_path: Pa
         "CREATE TABLE added_later (x int); DELETE FROM customers WHERE id > 400 AND id NOT IN (SELECT customer_id FROM orders);"
     )
     # clean mode keeps what the dump does not know...
-    assert vault.restore("latest", skip_prebackup=True).ok
+    assert vault.restore("latest").ok
     assert pg.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'added_later';") == "1"
     # ...replace mode swaps in a database restored from scratch.
-    report = vault.restore("latest", skip_prebackup=True, dump_options={"db": {"mode": "replace"}})
+    report = vault.restore("latest", dump_options={"db": {"mode": "replace"}})
     assert report.ok, report.cells[0].error
     assert pg.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'added_later';") == "0"
     assert fingerprint(pg) == original
@@ -173,13 +171,11 @@ def test_restore_into_another_database_and_after_the_database_is_gone(
     vault = vault_for(tmp_path, [pg_dumper(pg)], clock=clock())
     assert vault.backup().ok
     other = f"{pg.name}_copy"
-    report = vault.restore(
-        "latest", skip_prebackup=True, dump_options={"db": {"restore_database": other}}
-    )
+    report = vault.restore("latest", dump_options={"db": {"restore_database": other}})
     assert report.ok, report.cells[0].error
     assert fingerprint(pg, other) == original
     psql(f'DROP DATABASE "{pg.name}" WITH (FORCE);')
-    report = vault.restore("latest", skip_prebackup=True)
+    report = vault.restore("latest")
     assert report.ok, report.cells[0].error
     assert fingerprint(pg) == original
 
@@ -230,7 +226,7 @@ def test_the_password_goes_to_the_child_environment_only(
     caplog.set_level("DEBUG")
     vault = vault_for(tmp_path, [pg_dumper(pg, password_env="CRM_PG_PASSWORD")], clock=clock())
     assert vault.backup().ok
-    assert vault.restore("latest", skip_prebackup=True).ok
+    assert vault.restore("latest").ok
     tools = [(argv, env) for argv, env in calls if argv[0] in ("pg_dump", "pg_restore", "psql")]
     assert {argv[0] for argv, _ in tools} >= {"pg_dump", "pg_restore", "psql"}
     for argv, env in tools:
@@ -239,8 +235,11 @@ def test_the_password_goes_to_the_child_environment_only(
             assert env["PGPASSWORD"] == secret and env["PGHOST"] == "127.0.0.1"
     assert "PGPASSWORD" not in os.environ or os.environ["PGPASSWORD"] != secret
     assert secret not in caplog.text
-    got = members(only_archive(tmp_path / "backup"))
-    assert secret.encode() not in got["dumps/db/dumper.json"]
+    # The backup's archive and the restore's safety backup alike.
+    archives = sorted((tmp_path / "backup" / "crm").glob("*.tar.zst"))
+    assert len(archives) == 2
+    for archive in archives:
+        assert secret.encode() not in members(archive)["dumps/db/dumper.json"]
 
 
 def test_dsn_forms() -> None:

@@ -67,7 +67,7 @@ def test_keys_round_trip(redis_db: RedisDb, tmp_path: Path) -> None:
         redis_db.cli("RPUSH", "list", "changed")
         redis_db.cli("SET", "added_later", "x")
         redis_db.cli("SET", other_key, "after", db=10)
-        report = vault.restore("latest", skip_prebackup=True)
+        report = vault.restore("latest")
         assert report.ok, report.cells[0].error
         assert state(redis_db) == original  # exactly: the key added later is gone
         ttl = int(redis_db.cli("TTL", "expiring"))
@@ -76,9 +76,7 @@ def test_keys_round_trip(redis_db: RedisDb, tmp_path: Path) -> None:
         assert redis_db.cli("GET", other_key, db=10) == "after"
 
         # Into another database.
-        report = vault.restore(
-            "latest", skip_prebackup=True, dump_options={"cache": {"restore_db": 11}}
-        )
+        report = vault.restore("latest", dump_options={"cache": {"restore_db": 11}})
         assert report.ok, report.cells[0].error
         assert state(target) == original
 
@@ -86,9 +84,7 @@ def test_keys_round_trip(redis_db: RedisDb, tmp_path: Path) -> None:
         redis_db.cli("FLUSHDB")
         redis_db.cli("SET", "new", "x")
         assert redis_db.cli("DBSIZE", db=15) == "0", "database 15 is in use on this Redis"
-        report = vault.restore(
-            "latest", skip_prebackup=True, dump_options={"cache": {"swap_db": 15}}
-        )
+        report = vault.restore("latest", dump_options={"cache": {"swap_db": 15}})
         assert report.ok, report.cells[0].error
         assert state(redis_db) == original
         assert redis_db.cli("DBSIZE", db=15) == "0"

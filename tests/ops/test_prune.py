@@ -332,7 +332,7 @@ class RecordingTarget(LocalTarget):
     deleted: list[str]
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        if key.startswith(".locks/"):
+        if key.startswith(".locks/") and key.endswith(".lock"):  # not the claim of a release
             self.leases.append(json.loads(data))
         return super().create_exclusive(key, data)
 

@@ -7,6 +7,7 @@ SIGKILL at each stage (the next run rolls it back or finishes it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 from cellvault import Cell, Vault, hookimpl
 from cellvault.retention import RetentionPolicy
 from tests.dumpers.conftest import (  # noqa: F401 - pg, my and redis_db are fixtures
+    Alerts,
     MyDb,
     PgDb,
     RedisDb,
@@ -311,8 +313,12 @@ def test_killed_restore_is_settled_by_the_next_run(two_roots, event, expect, ski
         assert recovered == [] and left == []
         return
     if event == "restore.fetched":
-        # Killed while staging, before the journal: only staged data is left, never live data.
-        assert all(".cellvault-restore-" in name for name in left)
+        # Killed while staging, before the journal: only a copy of the archive was there,
+        # and the next run removed it, and said so.
+        (rec,) = recovered
+        assert rec.data["action"] == "cleaned up"
+        assert "killed before its journal was written" in rec.data["detail"]
+        assert left == []
         return
     (rec,) = recovered
     assert rec.data["action"] == ("finished" if expect == "new" else "rolled back")
@@ -324,6 +330,118 @@ def test_killed_restore_is_settled_by_the_next_run(two_roots, event, expect, ski
         assert snapshot(data.parent / left[1]) == old[data]
     else:
         assert left == []
+
+
+KILL_IN_EXTRACTION = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import cellvault.ops.restore as restore
+    from cellvault import Cell
+    from cellvault.progress import CountingReader
+    from tests.helpers import make_vault, times_clock, utc
+
+    backup, crm = sys.argv[1:3]
+
+    class KillMidway(CountingReader):
+        # The archive is read in small pieces; once 100 files are extracted, SIGKILL.
+        def read(self, size=-1):
+            data = super().read(16384 if size is None or size < 0 else min(size, 16384))
+            staging = [p for p in Path(crm).parent.glob(".cellvault-restore-*") if p.is_dir()]
+            if staging and sum(1 for _ in staging[0].rglob("*.txt")) >= 100:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return data
+
+    restore.CountingReader = KillMidway
+    vault = make_vault(
+        Path(backup), [Cell("crm", [Path(crm)])], clock=times_clock([utc(2025, 3, 1)])
+    )
+    vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    sys.exit(3)  # not killed
+    """
+)
+
+
+def test_staging_left_by_a_restore_killed_in_extraction_is_reported_then_removed(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    files = {f"d{i % 10}/f{i:03}.txt": os.urandom(4096).hex() for i in range(400)}
+    crm = write_tree(tmp_path / "cells" / "crm", files)
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(tmp_path / "cells"),
+        "BACKUP_ALERT_LOG": "off",
+    }
+    runner = CliRunner()
+    assert runner.invoke(cli, ["backup"], env=env).exit_code == 0
+    write_tree(crm, {"d0/f000.txt": "live\n"})
+    live = snapshot(crm)
+    child = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    argv = [sys.executable, "-c", KILL_IN_EXTRACTION, str(tmp_path / "backup"), str(crm)]
+    done = subprocess.run(argv, env=child, capture_output=True, timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    (staging,) = [p for p in (tmp_path / "cells").glob(".cellvault-restore-*") if p.is_dir()]
+    assert 100 <= sum(1 for _ in staging.rglob("*.txt")) < 400  # killed mid-way
+    assert snapshot(crm) == live
+    # No journal (killed before it): the staging directory and its owner file.
+    assert leftovers(crm.parent) == [staging.name, f"{staging.name}.owner.json"]
+    owner = json.loads((crm.parent / f"{staging.name}.owner.json").read_text())
+    assert owner["cell"] == "crm" and owner["in_place"] is True and owner["pid"] > 0
+
+    # status names it (and does not fail for it)
+    status = runner.invoke(cli, ["status"], env=env)
+    assert status.exit_code == 0, status.output
+    assert (
+        f"left cell crm: staging directory {staging} of a killed restore: it holds only a copy "
+        "of the archive; the next restore or backup of the cell removes it"
+    ) in status.stderr
+    as_json = runner.invoke(cli, ["--json", "status"], env=env)
+    assert json.loads(as_json.stdout)["cells"][0]["debris"] == [
+        f"staging directory {staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    ]
+
+    # the next restore removes it, says so, and restores
+    again = runner.invoke(cli, ["restore", "--cell", "crm", "--skip-prebackup"], env=env)
+    assert again.exit_code == 0, again.output
+    archive = staging.name.removeprefix(".cellvault-restore-")[:-9]
+    assert (
+        f"note a restore of cell crm to {archive} was killed before its journal "
+        "was written (so before any live data was touched); removed what it had staged, which "
+        f"held only a copy of the archive: {staging}"
+    ) in again.stdout
+    assert not staging.exists()
+    assert leftovers(crm.parent) == []
+    assert (crm / "d0" / "f000.txt").read_text() == files["d0/f000.txt"]
+    status = runner.invoke(cli, ["status"], env=env)
+    assert "left cell crm" not in status.stderr
+
+
+def test_staging_of_a_running_restore_is_left_alone(tmp_path: Path) -> None:
+    """A staging directory whose owner still runs (this process) is neither removed nor debris."""
+    from cellvault.journal import debris, recover
+    from cellvault.swap import Swap
+
+    crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    swap = Swap.create({"crm": crm}, "cell_crm_20250101_020000", cell="crm", in_place=True)
+    (swap.staging / "crm").mkdir()
+    assert recover("crm", [crm]) == []
+    assert debris("crm", [crm]) == []
+    assert swap.staging.is_dir()
+    assert sorted(p.name for p in swap.staging.iterdir()) == ["crm"]  # hooks see only roots
+    # Without an owner file nothing proves its run is gone: named, kept.
+    (crm.parent / f"{swap.staging.name}.owner.json").unlink()
+    assert recover("crm", [crm]) == []
+    assert debris("crm", [crm]) == [
+        f"staging directory {swap.staging}: no owner file says which run made it; "
+        "remove it once no restore runs"
+    ]
+    swap.discard()
 
 
 # -- a restore's read lease: prune keeps what it reads ---------------------------------
@@ -625,29 +743,138 @@ def test_killed_restore_of_files_and_postgres_is_wholly_old_or_new(
         psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);')
 
 
-def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_said(tmp_path: Path) -> None:
+def unstageable_cell(tmp_path: Path, *plugins: object) -> tuple[Vault, Path, Path, Path]:
+    """Cell crm: a command dumper that stages (into a folder), then one that cannot."""
     crm = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
-    out = tmp_path / "loaded.txt"
+    staged, live, out = tmp_path / "staged", tmp_path / "live", tmp_path / "loaded.txt"
     dumpers = [
+        {
+            "type": "command",
+            "name": "first",
+            "command": ["sh", "-c", "echo first"],
+            "staging": str(staged),
+            "restore_command": [
+                "sh",
+                "-c",
+                'mkdir -p "$CELLVAULT_STAGING" && cat > "$CELLVAULT_STAGING/x"',
+            ],
+            "swap_command": ["sh", "-c", f"rm -rf {live} && mv {staged} {live}"],
+            "unswap_command": ["true"],
+            "discard_command": ["rm", "-rf", str(staged)],
+        },
         {
             "type": "command",
             "name": "cmd",
             "command": ["sh", "-c", "echo state"],
             "restore_command": ["sh", "-c", f"cat > {out}"],
-        }
+        },
     ]
     vault = make_vault(
-        tmp_path / "backup", [Cell("crm", [crm], dumpers=dumpers)], clock=times_clock(list(TIMES))
+        tmp_path / "backup",
+        [Cell("crm", [crm], dumpers=dumpers)],
+        clock=times_clock(list(TIMES)),
+        plugins=list(plugins),
     )
     assert vault.backup().ok
+    write_tree(crm, {"a.txt": "live\n"})
+    return vault, crm, staged, out
+
+
+def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_refused(tmp_path: Path) -> None:
+    alerts = Alerts()
+    vault, crm, staged, out = unstageable_cell(tmp_path, alerts)
     report = vault.restore("latest", cells=["crm"], skip_prebackup=True)
+    assert not report.ok
+    (cell,) = report.cells
+    why = "no staging location is configured (staging, swap_command)"
+    refusal = (
+        f"cell crm: refused: dumper cmd cannot stage ({why}), so its dump would be loaded into "
+        "the live database before the swap and the restore cannot be atomic, and the safety "
+        "backup was skipped (RESTORE_SKIP_PREBACKUP=1), so there would be no way back"
+    )
+    assert cell.stage == "load"
+    assert cell.error is not None and cell.error.startswith(refusal + " (run the restore without")
+    assert (
+        report.error == "restore aborted before any live data was touched: cell crm: " + cell.error
+    )
+    assert cell.parts == {
+        "safety backup": "skipped (RESTORE_SKIP_PREBACKUP=1)",
+        "files:crm": "staged, then discarded: the live files are untouched",
+        "dump:first": "staged, then discarded: the live database is untouched",
+        "dump:cmd": (
+            f"not loaded: this dumper cannot stage ({why}) and the safety backup was skipped, "
+            "so the restore was refused; the live database is untouched"
+        ),
+    }
+    assert cell.undo is None
+    assert [(f.stage, f.cell, f.operation) for f in alerts.failures] == [
+        ("restore", "crm", "restore")
+    ]
+    assert alerts.failures[0].error == cell.error
+    # Nothing live was touched: no load ran, the staged part is gone, the files are live.
+    assert not out.exists()
+    assert not staged.exists() and not (tmp_path / "live").exists()
+    assert (crm / "a.txt").read_text() == "live\n"
+    assert leftovers(crm.parent) == []
+
+
+def test_dumper_that_cannot_stage_loads_live_with_the_safety_backup(tmp_path: Path) -> None:
+    vault, crm, _, out = unstageable_cell(tmp_path)
+    report = vault.restore("latest", cells=["crm"])
     assert report.ok, report.to_dict()
     (cell,) = report.cells
-    assert cell.parts["safety backup"].endswith("this restore is not atomic and cannot be undone")
+    assert (
+        cell.safety_backup
+        and cell.undo == f"cellvault restore --cell crm --date {cell.safety_backup}"
+    )
     assert cell.parts["dump:cmd"] == (
         "loaded into the live database before the swap (this dumper cannot stage: "
         "no staging location is configured (staging, swap_command))"
     )
+    assert cell.parts["dump:first"].startswith("swapped in: ")
+    assert out.read_text() == "state\n"
+    assert (tmp_path / "live" / "x").read_text() == "first\n"
+    assert (crm / "a.txt").read_text() == "a\n"
+
+
+def test_cli_refuses_a_restore_that_cannot_be_atomic_without_the_safety_backup(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from cellvault.cli import cli
+
+    write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    out = tmp_path / "loaded.txt"
+    load = tmp_path / "load.sh"
+    load.write_text(f"#!/bin/sh\ncat > {out}\n")
+    load.chmod(0o755)
+    env = {
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "BACKUP_CELLS": "crm",
+        "BACKUP_CELLS_ROOT": str(tmp_path / "cells"),
+        "BACKUP_ALERT_LOG": str(tmp_path / "alerts.log"),
+        "BACKUP_CELL_CRM_DUMPERS": "cmd",
+        "BACKUP_CELL_CRM_DUMPER_CMD_TYPE": "command",
+        "BACKUP_CELL_CRM_DUMPER_CMD_COMMAND": "echo state",
+        "BACKUP_CELL_CRM_DUMPER_CMD_RESTORE_COMMAND": str(load),
+    }
+    runner = CliRunner()
+    assert runner.invoke(cli, ["backup"], env=env).exit_code == 0
+    result = runner.invoke(cli, ["restore", "--cell", "crm", "--skip-prebackup"], env=env)
+    assert result.exit_code == 1
+    assert "FAIL crm: load: cell crm: refused: dumper cmd cannot stage" in result.stderr
+    assert "run the restore without RESTORE_SKIP_PREBACKUP=1" in result.stderr
+    assert "FAIL restore aborted before any live data was touched" in result.stderr
+    assert "refused: dumper cmd cannot stage" in (tmp_path / "alerts.log").read_text()
+    assert not out.exists()
+    # The same with RESTORE_SKIP_PREBACKUP=1; without it, the safety backup makes it go.
+    again = runner.invoke(
+        cli, ["restore", "--cell", "crm"], env={**env, "RESTORE_SKIP_PREBACKUP": "1"}
+    )
+    assert again.exit_code == 1 and not out.exists()
+    done = runner.invoke(cli, ["restore", "--cell", "crm"], env=env)
+    assert done.exit_code == 0, done.output
     assert out.read_text() == "state\n"
 
 

@@ -16,6 +16,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,62 @@ def test_with_every_copy_damaged_the_restore_fails_and_the_live_data_stays(
     assert not report.ok
     assert snapshot(cell) == live
     assert not [p for p in cell.parent.iterdir() if p.name != "crm"]  # no staging left behind
+
+
+def test_a_prune_of_the_fallback_target_keeps_what_the_fallback_reads(tmp_path: Path) -> None:
+    """The copy read instead is held by a read lease on its own target, like the first."""
+    from cellvault import Cell, Config
+    from cellvault.retention import PruneReport, RetentionPolicy
+    from tests.archive_helpers import TickingClock
+
+    cell = tmp_path / "cells" / "crm"
+    cell.mkdir(parents=True)
+    (cell / "a.txt").write_text("as it was at the first backup\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    pruned: list[PruneReport] = []
+
+    def config() -> Config:
+        return Config(
+            backup_dir=tmp_path / "backup",
+            cells=[Cell("crm", [cell])],
+            targets=[TargetSpec("first", str(first)), TargetSpec("second", str(second))],
+            # Only the newest archive is kept: a prune deletes the older one unless held.
+            retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None),
+        )
+
+    def on_event(event: Any) -> None:
+        # While the restore reads the second copy (the first proved damaged), a prune
+        # of that target runs, from another process's point of view: its own vault.
+        if event.name == "restore.reading" and event.target == "second" and not pruned:
+            pruner = Vault(config(), load_entry_points=False, clock=TickingClock())
+            pruned.append(pruner.prune(targets=["second"]))
+
+    vault = Vault(config(), load_entry_points=False, clock=TickingClock(), on_event=on_event)
+    older = vault.backup(kind="full").cells[0].archive
+    (cell / "a.txt").write_text("as it was at the second backup\n")
+    newer = vault.backup(kind="full").cells[0].archive
+    assert older is not None and newer is not None
+    (data,) = (first / "crm").glob(f"{older}.tar.*")
+    _flip(data)
+    (cell / "a.txt").write_text("live\n")
+
+    report = vault.restore(older, cells=["crm"], skip_prebackup=True)
+
+    assert report.ok, report
+    assert (cell / "a.txt").read_text() == "as it was at the first backup\n"
+    (result,) = report.cells
+    assert any("restored from target second instead" in w for w in result.warnings)
+    (prune,) = pruned
+    (done,) = prune.results
+    assert (done.target, done.cell, done.ok, list(done.removed)) == ("second", "crm", True, [])
+    (held,) = [d for d in done.decisions if str(d.id) == older]
+    assert held.keep and held.reasons[-1].startswith("held by restore on host ")
+    # Still there, both; the read lease is gone with the restore.
+    assert sorted(a.id for a in vault.list(targets=["second"])) == [older, newer]
+    assert [p.name for p in (second / ".locks").iterdir()] == []
+    # Unheld now, the next prune of the second target deletes the older archive.
+    (after,) = vault.prune(targets=["second"]).results
+    assert [str(d.id) for d in after.removed] == [older]
 
 
 # -- killed while falling back (SIGKILL), settled by the next run -----------------------

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from cellvault import LocalTarget, LockHeld, TargetSpec
-from cellvault.lock import Lease
+from cellvault.lock import Lease, mark_live
 from cellvault.targets.base import Target
 from cellvault.targets.oss import OssTarget
 from cellvault.targets.rsync import RsyncTarget
@@ -35,7 +35,15 @@ from tests.targets.helpers import oss_spec, s3_spec
 
 ROUNDS = 10
 KEY = ".locks/crm.lock"
-_PRIMITIVES = ("read_bytes", "read_tagged", "create_exclusive", "replace_if", "delete", "put_bytes")
+_PRIMITIVES = (
+    "read_bytes",
+    "read_bounded",
+    "read_tagged",
+    "create_exclusive",
+    "replace_if",
+    "delete",
+    "put_bytes",
+)
 
 
 def slowed(target: Target, seed: int, most: float) -> Target:
@@ -127,6 +135,73 @@ def test_two_runs_taking_over_a_stale_lease_one_wins_every_round(
     make_target: Callable[[], Target],
 ) -> None:
     check_rounds(make_target, takeover=True)
+
+
+def renewal_round(make: Callable[[], Target], round_: int, most: float) -> None:
+    """A holder renews while another run takes its (stale-looking) lease over."""
+    plain = make()
+    holder = Lease.acquire(make(), "crm", f"holder round {round_}", ttl=120)
+    holder._stop.set()  # no background renewal: this round renews by hand
+    # The holder is the slow one (why its lease looks stale): its renewal's read
+    # and write are far apart, and the takeover starts somewhere in between.
+    slowed(holder.target, round_ * 100, 8 * most)
+    head_start = random.Random(round_).uniform(0, 2 * most)
+    # Seen as left behind (our host, our pid, a token not live): stale to the taker.
+    mark_live(holder.token, live=False)
+    barrier = threading.Barrier(2)
+    renewed: list[bool] = []
+    taken: list[Lease] = []
+    refused: list[LockHeld] = []
+
+    def renew() -> None:
+        barrier.wait()
+        renewed.append(holder._renew_once())
+
+    def take() -> None:
+        target = slowed(make(), round_ * 100 + 1, most)
+        barrier.wait()
+        time.sleep(head_start)
+        try:
+            taken.append(Lease.acquire(target, "crm", f"taker round {round_}", ttl=120))
+        except LockHeld as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=renew), threading.Thread(target=take)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(renewed) == 1 and len(taken) + len(refused) == 1, f"round {round_}: a racer hung"
+    on_target = json.loads(plain.read_bytes(KEY))["token"]
+    if taken:
+        # The takeover came last: no renewal may have written over it.
+        assert on_target == taken[0].token, f"round {round_}: the taker lost its lease to a renewal"
+        taken[0].check()
+        with pytest.raises(LockHeld, match="lease was lost"):
+            holder.check()
+        winner, loser = taken[0], holder
+    else:
+        assert renewed == [True], f"round {round_}: neither the renewal nor the takeover won"
+        assert on_target == holder.token, f"round {round_}: the lease names another run"
+        holder.check()
+        winner, loser = holder, None
+    if renewed == [False]:
+        assert taken, f"round {round_}: the renewal lost to no one"
+    if loser is not None:
+        loser.release()  # not its lease any more: deletes nothing
+        assert json.loads(plain.read_bytes(KEY))["token"] == winner.token
+    winner.release()
+    with pytest.raises(FileNotFoundError):
+        plain.read_bytes(KEY)
+    # Claims live only while a version is replaced.
+    assert [e.name for e in plain.list(".locks")] == [], f"round {round_}: claims left behind"
+
+
+def test_a_renewal_racing_a_takeover_leaves_exactly_one_holder_every_round(
+    make_target: Callable[[], Target],
+) -> None:
+    for round_ in range(ROUNDS):
+        renewal_round(make_target, round_, 0.05)
 
 
 def test_s3_takes_a_stale_lease_over_only_if_unchanged_since_read(s3_bucket: S3Bucket) -> None:

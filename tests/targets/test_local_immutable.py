@@ -162,3 +162,53 @@ def test_an_uncommitted_locked_copy_is_debris_that_a_later_run_clears(site: Path
     assert all(is_immutable(site / "backup" / key) for key in debris)
     assert sorted(target.clear_debris("crm")) == sorted(debris)
     assert not list((site / "backup" / "crm").glob(f"{full}*"))
+
+
+def test_rekey_leaves_a_locked_archive_whole_and_rekeys_it_once_its_date_has_passed(
+    site: Path,
+) -> None:
+    require("age-keygen")
+    keys = {}
+    for name in ("old", "new"):
+        path = site / f"{name}.key"
+        subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+        keys[name] = (path, path.read_text().split("public key: ")[1].split()[0])
+
+    def vault(recipient: str, **extra: Any) -> Vault:
+        config = Config(
+            backup_dir=site / "backup",
+            cells=[Cell("crm", [site / "cells" / "crm"])],
+            retention=RetentionPolicy(keep_full_days=7),
+            object_lock="governance",
+            encrypt_recipients=(recipient,),
+            **extra,
+        )
+        return Vault(config, load_entry_points=False, clock=Clock())
+
+    archive = vault(keys["old"][1]).backup(kind="full").cells[0].archive
+    folder = site / "backup" / "crm"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rotated = vault(keys["new"][1], age_identity=keys["old"][0])
+    report = rotated.rekey()
+    assert not report.ok
+    (result,) = report.results
+    assert (result.archive, result.outcome) == (archive, "locked")
+    assert "under object lock until " in (result.error or "")
+    assert "keep the old identity until that date, then run rekey again" in (result.error or "")
+    # Nothing written, nothing left behind: the same files, still immutable.
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert all(is_immutable(folder / name) for name in before)
+    assert not any(p.is_file() for p in (site / "backup" / ".cellvault" / "spool").rglob("*"))
+    # Once its date has passed (set back here, as root), rekey clears the attribute
+    # itself and rewrites the archive, which the new identity alone then restores.
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat().encode()
+    for name in before:
+        set_immutable(folder / name, False)
+        os.setxattr(folder / name, "user.cellvault.retain_until", past)
+        set_immutable(folder / name, True)
+    again = rotated.rekey()
+    assert again.ok and [r.outcome for r in again.results] == ["rekeyed"], again
+    assert not (folder / f"{archive}.tar.zst.age").exists()
+    only_new = vault(keys["new"][1], age_identity=keys["new"][0])
+    assert only_new.restore(into=site / "out", skip_prebackup=True).ok
+    assert (site / "out" / "crm" / "crm" / "a.txt").read_text() == "a\n"

@@ -8,13 +8,17 @@
 #                archive it matches), an archive id, an ISO time (the newest at
 #                or before it), or latest (the default).
 # RESTORE_CELL   only this cell (default: every cell of BACKUP_CELLS).
-# RESTORE_SKIP_PREBACKUP=1   no safety backup of the current data first (needs approval).
+# RESTORE_SKIP_PREBACKUP=1   no safety backup of the current data first (needs approval);
+#                a cell with a database dumper that cannot stage is then refused.
 #
 # First a safety backup of the current data (if it fails, nothing is restored);
 # then each archive is fetched from the first target that has it (local, else
 # S3/OSS/NAS), extracted beside the live data, checked file by file, its
-# database dumps loaded and restore_hook_<cell>.sh run (BACKUP_HOOKS_DIR), and
-# only then swapped into place. Any failure leaves the live data as it was.
+# database dumps loaded into scratch databases and restore_hook_<cell>.sh run
+# (BACKUP_HOOKS_DIR), and only then files and databases are swapped into place.
+# A failure leaves the live files and the staged databases as they were; a
+# dumper that cannot stage loads its live database before the swap (the safety
+# backup is the way back), so without the safety backup such a restore is refused.
 # Arguments go to `cellvault restore` (--into DIR, --source s3, ...).
 # Exit status: 0 ok; 1 failed (nothing swapped in); 2 bad date, unknown cell or configuration.
 set -euo pipefail

@@ -187,5 +187,5 @@ class MarkerStore:
                 out.append(SiteRecord.from_json(raw, name=entry.name))
             except DrError as exc:
                 # Reported once per target, key and error; otherwise left alone.
-                target.distrust(key, exc.message)
+                target.distrust(key, exc.message, "dr.record_unreadable")
         return sorted(out, key=lambda r: r.site_id)

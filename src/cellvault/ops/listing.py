@@ -14,6 +14,7 @@ from ..archive import ArchiveId, Kind, Sidecar
 from ..cell import Cell, validate_cell_name
 from ..config import Config
 from ..errors import ConfigError, TargetError
+from ..journal import debris
 from ..log import get_logger
 from ..metrics import write_textfile
 from ..run import error_text
@@ -166,7 +167,9 @@ def status(
     limit = config.max_age if max_age is None else max_age
     if not limit > 0:
         raise ConfigError(f"max_age must be more than 0 hours, not {limit}")
-    return build_status(names, tgts, res.state.read(), now=res.now(), max_age=limit)
+    roots = {c.name: list(c.roots.values()) for c in config.cells}
+    left = {name: debris(name, roots[name]) for name in names if name in roots}
+    return build_status(names, tgts, res.state.read(), now=res.now(), max_age=limit, debris=left)
 
 
 def write_metrics(

@@ -21,6 +21,7 @@ from ..dumpers.staging import StagedLoad
 from ..journal import Recovery, recover
 from ..log import get_logger
 from ..run import Run
+from .drill import sweep_drills
 from .plan import RestorePlan
 
 __all__ = ["CellParts", "recover_cells", "undo_command"]
@@ -35,6 +36,10 @@ DISCARDED_SIDE = "staged, then discarded: the live database is untouched"
 STAGED_IN_FILES = "written into the staged files (swapped in with them)"
 NOT_LOADED = "not loaded: the live database is untouched"
 LOADED = "loaded into the live database before the swap (this dumper cannot stage: {why})"
+REFUSED = (
+    "not loaded: this dumper cannot stage ({why}) and the safety backup was skipped, "
+    "so the restore was refused; the live database is untouched"
+)
 PART_LOADED = (
     "loaded into the live database before the swap (this dumper cannot stage: {why}), "
     "and the load failed: the live database may hold part of the archive"
@@ -91,11 +96,20 @@ class CellParts:
         """A dumper that cannot stage starts loading into its live store."""
         self.partly = dumper
         self.states[f"dump:{dumper}"] = PART_LOADED.format(why=self._why(dumper))
-        if self.states.get("safety backup", "").startswith("skipped"):
-            self.states["safety backup"] = (
-                f"skipped (RESTORE_SKIP_PREBACKUP=1), though dumper {dumper} cannot stage: "
-                "this restore is not atomic and cannot be undone"
-            )
+
+    def refuse(self, dumper: str) -> str:
+        """A dumper that cannot stage, with the safety backup skipped: say so; return the refusal.
+
+        Called before its load starts, so its live store is untouched.
+        """
+        why = self._why(dumper)
+        self.states[f"dump:{dumper}"] = REFUSED.format(why=why)
+        return (
+            f"cell {self.cell}: refused: dumper {dumper} cannot stage ({why}), so its dump "
+            "would be loaded into the live database before the swap and the restore cannot be "
+            "atomic, and the safety backup was skipped (RESTORE_SKIP_PREBACKUP=1), so there "
+            "would be no way back"
+        )
 
     def done_loading(self, dumper: str) -> None:
         self.partly = None
@@ -141,6 +155,9 @@ def recover_cells(
 ) -> tuple[Recovery, ...]:
     """Settle the interrupted restores of the cells (see :mod:`cellvault.journal`).
 
+    What drills of the cells killed mid-way left is removed first
+    (:func:`~cellvault.ops.drill.sweep_drills`).
+
     *dumpers* (cell name -> its dumpers) rebuild the staged databases a
     killed restore left, so that they are swapped in or put back with the
     files. Each recovery is emitted (``restore.recovered``) and logged; one
@@ -155,7 +172,11 @@ def recover_cells(
             else (item, list(item.roots.values()))
         )
         mine = {d.name: d for d in (dumpers or {}).get(cell.name, ())}
-        for rec in recover(cell.name, dests, functools.partial(_resume, mine)):
+        drills = [
+            Recovery(cell.name, "", "cleaned up", {}, note=text)
+            for text in sweep_drills(run.layout, dumpers or {}, cell.name)
+        ]
+        for rec in [*drills, *recover(cell.name, dests, functools.partial(_resume, mine))]:
             run.emit("restore.recovered", cell=rec.cell, action=rec.action, detail=rec.describe())
             if not rec.settled:
                 run.fail("recover", rec.describe(), cell=rec.cell, operation=operation)

@@ -49,7 +49,9 @@ class RekeyResult:
     archive: str
     target: str
     ok: bool
-    #: ``rekeyed``, ``current`` (already sealed to exactly these recipients) or ``failed``.
+    #: ``rekeyed``, ``current`` (already sealed to exactly these recipients), ``locked``
+    #: (under the target's object lock: nothing was written; run rekey again after
+    #: the date in :attr:`error`) or ``failed``.
     outcome: str
     data: str | None = None
     recipients: tuple[str, ...] = ()
@@ -134,12 +136,26 @@ def _rekey_one(
         return RekeyResult(
             ident, target.name, True, "current", sidecar.data_name, recipients.fingerprints
         )
+    until = target.locked_until(sidecar)
+    if until is not None:
+        # Rewriting would fail half-way on a store that refuses to change it (or, on a
+        # versioned bucket, keep the old ciphertext anyway): check before writing.
+        why = (
+            f"archive {ident} on target {target.name} is under object lock until "
+            f"{until:%Y-%m-%d %H:%M} UTC; its objects cannot be rewritten before then, so it "
+            "stays sealed to its old recipients: keep the old identity until that date, then "
+            "run rekey again"
+        )
+        run.fail("rekey", why, cell=sidecar.id.cell, target=target.name, archive=ident)
+        return RekeyResult(ident, target.name, False, "locked", sidecar.data_name, error=why)
     spool = run.layout.run_spool(run.id)
     spool.mkdir(parents=True, exist_ok=True)
     name = resealed_name(sidecar.data_name)
     data, manifest = spool / name, spool / f"{ident}.manifest.json.zst.age"
     try:
         _clear_stale(target, sidecar)
+        # A lock whose date has passed may still hold (the local immutable attribute).
+        target.unlock_expired(sidecar)
         with target.open_archive(sidecar) as raw, target.guard(f"read archive {ident}"):
             size, sha256 = reseal(raw, sidecar, data, recipients)
         with target.guard(f"read manifest of {ident}"):

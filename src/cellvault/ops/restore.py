@@ -28,7 +28,14 @@ from ..archive import Selector
 from ..dumpers.archive_io import load_staged_dumps
 from ..dumpers.members import DUMPS_ROOT
 from ..dumpers.staging import StagedLoad
-from ..errors import ArchiveCorrupt, CellvaultError, ConfigError, RestoreError, TargetError
+from ..errors import (
+    ArchiveCorrupt,
+    ArchiveNotFound,
+    CellvaultError,
+    ConfigError,
+    RestoreError,
+    TargetError,
+)
 from ..extract import ArchiveStream, StagedTree
 from ..journal import Journal
 from ..log import get_logger
@@ -67,6 +74,13 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+#: What to do when a dumper that cannot stage meets a skipped safety backup.
+NOT_ATOMIC_HINT = (
+    "run the restore without RESTORE_SKIP_PREBACKUP=1 (--skip-prebackup), so that a safety "
+    "backup is the way back; or restore the cell elsewhere with --into; or configure the "
+    "dumper to stage (docs/dumpers.md says how for each type)"
+)
 
 #: The staged dumps' folder inside a cell's staging directory.
 DUMPS_STAGE = ".cellvault-dumps"
@@ -313,6 +327,9 @@ class _Restore:
         parts, journal = self.parts[plan.cell.name], self.journals.get(plan.cell.name)
 
         def loading(dumper: str) -> None:
+            if self.skipped:
+                # Without a safety backup, a load into the live store has no way back.
+                raise RestoreError(parts.refuse(dumper), hint=NOT_ATOMIC_HINT)
             if journal is not None:
                 journal.loading(dumper)
             parts.loading(dumper)
@@ -570,7 +587,13 @@ def stage(
             dests[DUMPS_STAGE] = into / f"{name}.dumps"
         # An archive without files (a safety backup of a cell whose directory was gone)
         # still stages its dumps beside the cell's first path.
-        swap = Swap.create(dests, str(plan.sidecar.id), near=next(iter(plan.cell.roots.values())))
+        swap = Swap.create(
+            dests,
+            str(plan.sidecar.id),
+            near=next(iter(plan.cell.roots.values())),
+            cell=name,
+            in_place=into is None,
+        )
         step = "fetch"
         tree = StagedTree(
             staging=swap.staging,
@@ -609,26 +632,42 @@ def _staged_elsewhere(
 
     Only the staging directory was written (and is gone); the live data is
     untouched. ``None`` when no other target holds the archive and its chain.
+
+    The copy is read under a read lease on that target too (as the first one
+    was), so a prune there keeps the archive and its chain meanwhile; a
+    target where they were pruned since the planning is passed over.
     """
     other = fall_back(plan)
-    if other is None:
-        return None
-    warning = (
-        f"the copy of archive {plan.sidecar.id} on target {plan.target.name} is damaged or "
-        f"missing ({exc.message}); restored from target {other.target.name} instead"
-    )
-    log.warning(
-        "restore.copy_damaged",
-        cell=plan.cell.name,
-        archive=str(plan.sidecar.id),
-        target=plan.target.name,
-        error=exc.message,
-        instead=other.target.name,
-    )
-    result = stage(run, other, allow_external_links, into)
-    if isinstance(result, Swap):
-        result.warnings = (warning, *result.warnings)
-    return result
+    while other is not None:
+        try:
+            held = hold_archives(run, [other])
+        except ArchiveNotFound as gone:
+            log.warning(
+                "restore.copy_unusable",
+                target=other.target.name,
+                archive=str(plan.sidecar.id),
+                error=gone.message,
+            )
+            other = fall_back(other)
+            continue
+        warning = (
+            f"the copy of archive {plan.sidecar.id} on target {plan.target.name} is damaged or "
+            f"missing ({exc.message}); restored from target {other.target.name} instead"
+        )
+        log.warning(
+            "restore.copy_damaged",
+            cell=plan.cell.name,
+            archive=str(plan.sidecar.id),
+            target=plan.target.name,
+            error=exc.message,
+            instead=other.target.name,
+        )
+        with held:
+            result = stage(run, other, allow_external_links, into)
+        if isinstance(result, Swap):
+            result.warnings = (warning, *result.warnings)
+        return result
+    return None
 
 
 def prepare(

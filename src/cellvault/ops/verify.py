@@ -147,6 +147,7 @@ def verify_cell(
         for i, why in sorted(target.refused(cell).items())
         if selector.matches(i) and (all_archives or not chosen or i > chosen[-1].id)
     ]
+    late = ignored_results(target, cell, level, {r.archive for r in out})
     key = f"{cell}@{target.name}"
     if level != "quick":  # quick reads no data: its progress is in checks alone
         run.expect(bytes=sum(s.size for s in chosen), files=sum(s.files for s in chosen), cell=key)
@@ -160,6 +161,43 @@ def verify_cell(
         )
         if level != "quick":
             run.advance(key, files=sidecar.files, add=True)
+    return out + late
+
+
+def ignored_results(target: Target, cell: str, level: str, named: set[str]) -> list[VerifyResult]:
+    """A failed result for each record of *cell* the listing of *target* refused, once each.
+
+    The newest archive is still verified (these come after it), but a forged
+    or damaged sidecar anywhere in the cell fails the verify (exit 1), as it
+    fails ``status``: an older one included. *named* are the archives that
+    already have a result.
+    """
+    out = []
+    for name, key, error in target.distrusted():
+        if name != target.name or not key.startswith(f"{cell}/"):
+            continue
+        stem = key.removeprefix(f"{cell}/").removesuffix(".json")
+        archive = stem if ArchiveId.is_id(stem) else key
+        if archive in named:
+            continue
+        named.add(archive)
+        out.append(
+            VerifyResult(
+                archive=archive,
+                target=target.name,
+                ok=False,
+                level=level,
+                error=f"ignored {key}: {error}",
+            )
+        )
+    for ident, why in sorted(target.refused(cell).items()):
+        if str(ident) not in named:
+            named.add(str(ident))
+            out.append(
+                VerifyResult(
+                    archive=str(ident), target=target.name, ok=False, level=level, error=why
+                )
+            )
     return out
 
 

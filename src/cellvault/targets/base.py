@@ -168,8 +168,8 @@ class Target(abc.ABC):
             return f.read(limit + 1)
 
     #: Whether :meth:`replace_if` is a compare-and-swap of the store itself
-    #: (S3's ``If-Match``). Leases on other targets take a stale lease over
-    #: through a claim made with :meth:`create_exclusive` (see
+    #: (S3's ``If-Match``). Leases on other targets are taken over, renewed
+    #: and released through a claim made with :meth:`create_exclusive` (see
     #: :mod:`cellvault.lock`).
     conditional_replace: bool = False
 
@@ -349,6 +349,15 @@ class Target(abc.ABC):
         """Until when the store refuses to delete *sidecar*'s archive (``None``: it does not)."""
         return None
 
+    def unlock_expired(self, sidecar: Sidecar) -> None:
+        """Lift what still protects *sidecar*'s archive though its lock's date has passed.
+
+        Called before an archive's objects are rewritten in place (``rekey``),
+        after :meth:`locked_until` said it is no longer locked. The default does
+        nothing: object stores end a retention by themselves.
+        """
+        return None
+
     def uncommit(self, sidecar: Sidecar) -> None:
         """Delete the sidecar this run just wrote, whose copy failed its check after the store.
 
@@ -383,9 +392,14 @@ class Target(abc.ABC):
         return sorted(ids)
 
     def archives(self, cell: str) -> builtins.list[Sidecar]:
-        """The committed archives of *cell*, oldest first (those whose sidecar exists)."""
+        """The committed archives of *cell*, oldest first (those whose sidecar exists).
+
+        What the listing refuses is reported (:meth:`distrust`); :meth:`distrusted`
+        and :meth:`refused` then name, for *cell*, what this listing refused.
+        """
         with self.guard(f"list archives of cell {cell}"):
             entries = self.retrying(self.list, cell)
+        self._forget_refused(cell)
         out: builtins.list[Any] = []
         for entry in entries:
             stem = entry.name.removesuffix(SIDECAR_SUFFIX)
@@ -409,8 +423,12 @@ class Target(abc.ABC):
         out.sort(key=lambda s: s.id)
         return out
 
-    def distrust(self, key: str, error: str) -> None:
+    def distrust(self, key: str, error: str, event: str = "sidecar.unreadable") -> None:
         """Report an object of this target that fails its checks; it is then left alone.
+
+        *event* names the kind of object in the log: ``sidecar.unreadable``
+        for an archive's sidecar, manifest copy or ``meta.json``,
+        ``dr.record_unreadable`` for a DR record (an epoch, a site record).
 
         The warning is logged once per process for each object and error (the
         same object is met again by every listing); :meth:`distrusted` keeps
@@ -425,7 +443,16 @@ class Target(abc.ABC):
             logged = where in _DISTRUSTED
             _DISTRUSTED.add(where)
         if not logged:
-            log.warning("sidecar.unreadable", target=self.name, key=key, error=error)
+            log.warning(event, target=self.name, key=key, error=error)
+
+    def _forget_refused(self, cell: str) -> None:
+        """Drop what earlier listings of *cell* refused (a forged sidecar since removed)."""
+        distrusted: dict[str, str] = self.__dict__.get("_distrusted", {})
+        for key in [k for k in list(distrusted) if k.startswith(f"{cell}/")]:
+            distrusted.pop(key, None)
+        refused: dict[ArchiveId, str] = self.__dict__.get("_refused", {})
+        for ident in [i for i in list(refused) if i.cell == cell]:
+            refused.pop(ident, None)
 
     def refused(self, cell: str) -> dict[ArchiveId, str]:
         """The archives of *cell* whose signature a listing refused, and why."""

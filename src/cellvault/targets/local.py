@@ -149,6 +149,15 @@ class LocalTarget(Target):
         latest = max((d for d in dates if d is not None), default=None)
         return latest if latest is not None and latest > dt.datetime.now(dt.UTC) else None
 
+    def unlock_expired(self, sidecar: Sidecar) -> None:
+        """Clear the immutable attribute cellvault set on the archive's files, once past its date."""
+        now = dt.datetime.now(dt.UTC)
+        for key in self._archive_keys(sidecar):
+            path = self._path(key)
+            until = _locked_until(path)
+            if until is not None and until <= now:
+                set_immutable(path, False)
+
     def delete_archive(self, sidecar: Sidecar) -> None:
         """Delete an archive, clearing the lock cellvault set once its date has passed.
 

@@ -5,7 +5,9 @@ Options: ``endpoint`` (``https://oss-cn-hangzhou.aliyuncs.com``), ``key`` and
 configuration). Archives are uploaded from the spooled file with
 ``put_file`` (one PUT, or oss2's resumable multipart upload for large files):
 ossfs's streaming writer cannot write past its first block. Leases use OSS's
-``x-oss-forbid-overwrite`` conditional create. ossfs does not retry server
+``x-oss-forbid-overwrite`` conditional create, for the lease and for the claim
+that guards each change of it (OSS has no ``If-Match`` on a write: see
+:mod:`cellvault.lock`). ossfs does not retry server
 errors, so cellvault's own retries do.
 """
 
