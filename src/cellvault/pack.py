@@ -1,13 +1,15 @@
 """Writing an archive: scan a cell, stream its files into a compressed tar.
 
 The archive is written once into a spool directory; targets then store that
-file. Memory stays bounded whatever the file sizes: files are read in 1 MiB
-blocks, hashed while read, and tar bookkeeping is dropped as it goes. Only the
-manifest (one small record per path) is held for the whole run.
+file. Memory stays bounded whatever the file sizes and their number: files are
+read in 1 MiB blocks, hashed while read, tar bookkeeping is dropped as it goes,
+and the manifest is written into a spool file entry by entry
+(:class:`~cellvault.manifest.ManifestWriter`), never held.
 
 Files are opened and read a little ahead of the tar writer by a few threads
 (:class:`ReadAhead`), so that the disk's latency for one small file overlaps
-the compression of the ones before it; the bytes read ahead are bounded.
+the compression of the ones before it; small files are read whole, hashed and
+closed there, in batches. The bytes read ahead are bounded.
 """
 
 from __future__ import annotations
