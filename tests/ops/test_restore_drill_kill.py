@@ -132,6 +132,22 @@ DRILL_KILLER = textwrap.dedent(
         if event.name == "drill.dump_loading" and event.data.get("dumper") == dumper:
             threading.Thread(target=kill_when_probe_passes, daemon=True).start()
 
+    if dumper in ("pg", "my"):
+        # On a busy machine the load can end before the probe sees the scratch
+        # database: then the drill is killed as its stage returns, the scratch
+        # database loaded and recorded, before the next dumper starts.
+        if dumper == "pg":
+            from cellvault.dumpers.postgres import PostgresDumper as Staging
+        else:
+            from cellvault.dumpers.mysql import MysqlDumper as Staging
+        stage = Staging.stage
+
+        def stage_then_die(self, *args, **kwargs):
+            stage(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        Staging.stage = stage_then_die
+
     if dumper == "cache":
         # Redis copies its few keys in an instant: killed right after the copy into
         # swap_db, while the scratch redis-server still runs.
