@@ -1,7 +1,7 @@
 """A platform restore through the fleet with one and with two pool workers, side by side.
 
     python benchmarks/fleet_restore.py [--cells 12] [--size-mib 16] [--files 0]
-        [--repeat 3] [--broker redis://127.0.0.1:6379/6]
+        [--repeat 3] [--broker redis://127.0.0.1:6379/8]
 
 Backs up *cells* cells of *size-mib* MiB each (one incompressible file, plus
 *files* small text files of 1 to 8 KiB in nested folders, as a service's
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=16)
     parser.add_argument("--files", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--broker", default="redis://127.0.0.1:6379/6")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/8")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cellvault-fleet-bench-"))
     cells = [f"cell{i:03d}" for i in range(args.cells)]
