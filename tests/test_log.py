@@ -79,6 +79,10 @@ from cellvault.log import MASK, configure_logging, get_logger, redact, redact_te
         ),
         ("OSS_ACCESS_KEY_SECRET=abc123 and DB_PASSWORD=pw1", "abc123", "DB_PASSWORD=***"),
         ("GITHUB_TOKEN=ghp_123", "ghp_123", "GITHUB_TOKEN=***"),
+        # libpq's keyword=value connection strings, in any case, quoted values whole.
+        ("connect to host=db user=app password=hunter2 dbname=crm", "hunter2", "password=***"),
+        ("host=db password='a b c' dbname=crm", "b c", "password=*** dbname=crm"),
+        ("Passwd=pw9 next", "pw9", "Passwd=*** next"),
         # age identities and private keys (BACKUP_AGE_IDENTITY, the secret-store hook).
         (
             "identity AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQY7UCCC fails",

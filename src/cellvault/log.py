@@ -51,7 +51,13 @@ _QUERY_SECRET = re.compile(
     r"[^&#\s]+",
     re.I,
 )
-_ENV_SECRET = re.compile(r"(?P<k>\b[A-Z0-9_]*(?:SECRET|PASSWORD|TOKEN|ACCESS_KEY)[A-Z0-9_]*=)\S+")
+# NAME=value and libpq's keyword=value (``host=db password=...``), quoted values whole;
+# a URL's query parameters are _QUERY_SECRET's.
+_ENV_SECRET = re.compile(
+    r"(?<![?&\w])(?P<k>[A-Z0-9_]*(?:SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY)[A-Z0-9_]*=)"
+    r"(?:'[^']*'|\"[^\"]*\"|\S+)",
+    re.I,
+)
 # age identities (AGE-SECRET-KEY-1..., case-insensitive as bech32 is) and private key blocks.
 _KEY_MATERIAL = re.compile(
     r"AGE-SECRET-KEY-1[0-9A-Z]+|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
