@@ -310,6 +310,36 @@ def test_restore_into_a_directory_keeps_the_dumps_and_loads_none(tmp_path: Path)
     assert (tmp_path / "elsewhere" / "crm" / "crm" / "config.yaml").exists()
 
 
+def test_restore_into_a_directory_that_loads_dumps_saves_the_live_databases_first(
+    tmp_path: Path,
+) -> None:
+    """--into with --dumps replaces live databases: a safety backup first, or a refusal."""
+    out = tmp_path / "loaded.out"
+    out.write_text("live\n")
+    dumper = {
+        "type": "command",
+        "name": "db",
+        "command": ["cat", str(out)],
+        "restore_command": sink(out),  # no staging: loads straight into the live store
+    }
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    out.write_text("newer\n")
+    refused = vault.restore("latest", into=tmp_path / "a", load_dumps=True, skip_prebackup=True)
+    assert not refused.ok
+    assert "refused: dumper db cannot stage" in (refused.error or "")
+    assert "or load no dump (--no-dumps" in (refused.error or "")
+    assert out.read_text() == "newer\n"  # untouched
+    report = vault.restore("latest", into=tmp_path / "b", load_dumps=True)
+    assert report.ok, report.error
+    assert out.read_text() == "live\n"
+    safety = report.cells[0].safety_backup
+    (pre,) = [a for a in vault.list(["crm"]) if a.id == safety]
+    assert pre.reason == "pre-restore"
+    got = members(tmp_path / "backup" / "crm" / f"{safety}.tar.zst")
+    assert got["dumps/db/output"] == b"newer\n"  # the way back holds what was live
+
+
 def test_the_safety_backup_survives_a_failing_dumper(tmp_path: Path) -> None:
     """The database may be what the restore repairs: its dump failing must not block it."""
     flag = tmp_path / "broken"

@@ -788,7 +788,7 @@ def test_skipped_safety_backup_with_a_dumper_that_cannot_stage_is_refused(tmp_pa
     (cell,) = report.cells
     why = "no staging location is configured (staging, swap_command)"
     refusal = (
-        f"cell crm: refused: dumper cmd cannot stage ({why}), so its dump would be loaded into "
+        f"refused: dumper cmd cannot stage ({why}), so its dump would be loaded into "
         "the live database before the swap and the restore cannot be atomic, and the safety "
         "backup was skipped (RESTORE_SKIP_PREBACKUP=1), so there would be no way back"
     )
@@ -863,7 +863,7 @@ def test_cli_refuses_a_restore_that_cannot_be_atomic_without_the_safety_backup(
     assert runner.invoke(cli, ["backup"], env=env).exit_code == 0
     result = runner.invoke(cli, ["restore", "--cell", "crm", "--skip-prebackup"], env=env)
     assert result.exit_code == 1
-    assert "FAIL crm: load: cell crm: refused: dumper cmd cannot stage" in result.stderr
+    assert "FAIL crm: load: refused: dumper cmd cannot stage" in result.stderr
     assert "run the restore without RESTORE_SKIP_PREBACKUP=1" in result.stderr
     assert "FAIL restore aborted before any live data was touched" in result.stderr
     assert "refused: dumper cmd cannot stage" in (tmp_path / "alerts.log").read_text()

@@ -105,7 +105,7 @@ class CellParts:
         why = self._why(dumper)
         self.states[f"dump:{dumper}"] = REFUSED.format(why=why)
         return (
-            f"cell {self.cell}: refused: dumper {dumper} cannot stage ({why}), so its dump "
+            f"refused: dumper {dumper} cannot stage ({why}), so its dump "
             "would be loaded into the live database before the swap and the restore cannot be "
             "atomic, and the safety backup was skipped (RESTORE_SKIP_PREBACKUP=1), so there "
             "would be no way back"

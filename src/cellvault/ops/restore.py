@@ -82,6 +82,12 @@ NOT_ATOMIC_HINT = (
     "dumper to stage (docs/dumpers.md says how for each type)"
 )
 
+NOT_ATOMIC_INTO_HINT = (
+    "run the restore without RESTORE_SKIP_PREBACKUP=1 (--skip-prebackup), so that a safety "
+    "backup is the way back; or load no dump (--no-dumps: they are kept beside the restored "
+    "files); or configure the dumper to stage (docs/dumpers.md says how for each type)"
+)
+
 #: The staged dumps' folder inside a cell's staging directory.
 DUMPS_STAGE = ".cellvault-dumps"
 
@@ -158,7 +164,9 @@ def _restore_held(
     # An earlier restore of these cells that was killed is settled first.
     recovered = recover_cells(run, plans, dumpers=res.dumpers) if into_path is None else ()
     safety: dict[str, str] = {}
-    if into_path is None and not skip_prebackup:
+    # In place, or --into with dumps to load: live data (the databases at least) is replaced.
+    live = into_path is None or _loads_dumps(res, plans, only)
+    if live and not skip_prebackup:
         safety = safety_backup(run, res, plans)
     work = _Restore(
         run,
@@ -169,7 +177,7 @@ def _restore_held(
         only,
         dump_options,
         safety,
-        skipped=into_path is None and skip_prebackup,
+        skipped=live and skip_prebackup,
         keep_excluded=keep_excluded,
     )
     try:
@@ -208,6 +216,15 @@ def check_dump_choices(
     for plan in plans:  # a bad option must fail before anything is touched
         for dumper in res.dumpers.get(plan.cell.name, ()):
             dumper.with_options((dump_options or {}).get(dumper.name, {}))
+
+
+def _loads_dumps(res: Resources, plans: Sequence[RestorePlan], only: Sequence[str] | None) -> bool:
+    """Whether the restore loads any dump into a database server (*only* as :func:`dump_choice`)."""
+    for plan in plans:
+        for dumper in res.dumpers.get(plan.cell.name, ()):
+            if (dumper.name in only) if only is not None else dumper.autoload:
+                return True
+    return False
 
 
 def dump_choice(load: bool | Sequence[str] | None, into: Path | None) -> Sequence[str] | None:
@@ -329,7 +346,10 @@ class _Restore:
         def loading(dumper: str) -> None:
             if self.skipped:
                 # Without a safety backup, a load into the live store has no way back.
-                raise RestoreError(parts.refuse(dumper), hint=NOT_ATOMIC_HINT)
+                raise RestoreError(
+                    parts.refuse(dumper),
+                    hint=NOT_ATOMIC_HINT if self.into is None else NOT_ATOMIC_INTO_HINT,
+                )
             if journal is not None:
                 journal.loading(dumper)
             parts.loading(dumper)
