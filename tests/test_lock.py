@@ -690,6 +690,14 @@ class TaggedMem(MemTarget):
             self.data[key] = bytes(data)
         return not self.lose_answer
 
+    def delete_if(self, key: str, tag: str) -> bool:
+        with self._lock:
+            current = self.data.get(key)
+            if current is None or hashlib.sha256(current).hexdigest() != tag:
+                return False
+            del self.data[key]
+        return True
+
 
 def test_a_renewal_on_a_compare_and_swap_store(tmp_path: Path) -> None:
     target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}-{time.monotonic_ns()}"))

@@ -139,9 +139,10 @@ class Lease:
         Every change of an existing lease goes through here: a takeover, a
         renewal, a release. Read-compare-write is not atomic: a renewal and a
         takeover of the same version could both write, and each believe it
-        holds the lease. Where the store has a compare-and-swap (S3: a PUT
-        with ``If-Match`` on the ETag read) the version is replaced only if
-        no one wrote it since, and exactly one writer can. Elsewhere (OSS,
+        holds the lease. Where the store has a compare-and-swap (S3: a PUT,
+        or a DELETE for a release, with ``If-Match`` on the ETag read) the
+        version is replaced only if no one wrote it since, and exactly one
+        writer can. Elsewhere (OSS,
         whose PutObject has ``x-oss-forbid-overwrite`` but no ``If-Match``;
         a local folder; an rsync target) the right to replace a version is
         won first by a conditional create of a claim key named after that
@@ -156,8 +157,7 @@ class Lease:
         target = self.target
         if seen.tag is not None:
             if body is None:
-                target.retrying(target.delete, self.key)
-                return True
+                return bool(target.retrying(target.delete_if, self.key, seen.tag))
             return bool(target.retrying(target.replace_if, self.key, body(), seen.tag))
         claim = self._claim_key(seen)
         if not self._claim(claim):

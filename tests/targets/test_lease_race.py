@@ -224,6 +224,27 @@ def test_s3_takes_a_stale_lease_over_only_if_unchanged_since_read(s3_bucket: S3B
         target.read_bytes(KEY)
 
 
+def test_s3_release_racing_a_takeover_leaves_the_new_holder_its_lease(
+    s3_bucket: S3Bucket,
+) -> None:
+    """A release deletes with If-Match on the ETag read: a lease taken over since stays."""
+    target = S3Target(s3_spec(s3_bucket))
+    lease = Lease.acquire(target, "crm", "stalled run", ttl=120)
+    seen = lease._read()
+    assert seen is not None and seen.tag is not None
+    theirs = {"host": "elsewhere", "pid": 1, "token": "theirs", "expires": "2999-01-01"}
+    target.put_bytes(KEY, json.dumps(theirs).encode())  # taken over between read and delete
+    assert lease._replace(seen, None) is False
+    assert json.loads(target.read_bytes(KEY))["token"] == "theirs"
+    _, tag = target.read_tagged(KEY, 1 << 10)
+    assert target.delete_if(KEY, "not-" + tag) is False
+    assert target.delete_if(KEY, tag) is True
+    assert target.delete_if(KEY, tag) is False  # gone
+    with pytest.raises(FileNotFoundError):
+        target.read_bytes(KEY)
+    lease.release()  # not ours any more: nothing deleted, the renewal stopped
+
+
 def test_s3_renewal_of_a_lease_taken_meanwhile_does_not_overwrite_it(s3_bucket: S3Bucket) -> None:
     target = S3Target(s3_spec(s3_bucket))
     lease = Lease.acquire(target, "crm", "slow run", ttl=120)

@@ -190,6 +190,14 @@ class Target(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no conditional replace")
 
+    def delete_if(self, key: str, tag: str) -> bool:
+        """Delete *key* only if its tag is still *tag*; tell whether it did.
+
+        ``False`` when *key* changed or is gone since the tag was read. Only
+        for target types with :attr:`conditional_replace`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no conditional delete")
+
     def fetch(self, key: str, local: Path) -> None:
         """Copy *key* to the local file *local*."""
         with self.open_read(key) as src, open(local, "wb", opener=private_opener) as dst:

@@ -86,6 +86,21 @@ class S3Target(FsspecTarget):
     def replace_if(self, key: str, data: bytes, tag: str) -> bool:
         return self._put_if(key, data, IfMatch=tag)
 
+    def delete_if(self, key: str, tag: str) -> bool:
+        # DELETE with If-Match on the ETag: a lease taken over meanwhile stays.
+        bucket, name, _ = self.fs.split_path(self._path(key))
+        try:
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=name, IfMatch=tag)
+        except FileNotFoundError:
+            return False  # gone already
+        except OSError as exc:
+            if _s3_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        finally:
+            self.fs.invalidate_cache(self._path(key))
+        return True
+
     def _put_if(self, key: str, data: bytes, **condition: str) -> bool:
         """One PUT of *data* at *key* under *condition*; ``False`` when the condition fails."""
         bucket, name, _ = self.fs.split_path(self._path(key))
