@@ -9,9 +9,10 @@ configuration, templates and uploads) to a shared folder, then restores all of t
 an empty standby, first with one pool worker, then with two (each worker
 one task at a time), alternating, *repeat* times (the order flips every
 repetition, so a drift of the machine lands on both counts). Before each
-timed restore the previous standby is removed and the page cache's dirty
+timed restore the previous standby is removed, the page cache's dirty
 pages are written back (``sync``, then a bounded wait until the kernel's
-``Dirty`` and ``Writeback`` are small), so no run pays for the one before.
+``Dirty`` and ``Writeback`` are small) and the caches are dropped (as root),
+so no run pays for the one before and every run reads the archives cold.
 Prints the median wall time (the platform RTO) of each, their ratio, the
 ratio of each pair and the load average at the start and the end. Results
 go in docs/performance.md; nothing here is a test.
@@ -20,6 +21,7 @@ go in docs/performance.md; nothing here is a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -88,12 +90,20 @@ def _dirty_kib() -> int:
 
 
 def settle(limit_kib: int = 16 << 10, wait: float = 60.0) -> None:
-    """Write back what earlier runs left dirty, so the next timed run starts even."""
+    """Write back what earlier runs left dirty and drop the caches, so each timed run starts even.
+
+    Without the drop, a run that follows the creation and removal of tens of
+    thousands of files took up to six times as long as the first (kernel time
+    growing run after run); with it, every run starts cold, as after a
+    disaster. Where dropping is not allowed, the runs are warm and may drift.
+    """
     os.sync()
     deadline = time.monotonic() + wait
     while _dirty_kib() > limit_kib and time.monotonic() < deadline:
         time.sleep(0.2)
         os.sync()
+    with contextlib.suppress(OSError):  # not root, or not allowed here: warm runs
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def one_run(base: Path, cells: list[str], broker: str, workers: int, tag: str) -> float:
