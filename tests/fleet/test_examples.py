@@ -47,3 +47,12 @@ def test_the_daemonset_and_the_restore_pool() -> None:
         assert ctx.params["pool"] is is_pool
         env = {e["name"] for e in container["env"]}
         assert {"CELLVAULT_FLEET_HOST", "CELLVAULT_BROKER_URL"} <= env
+    # The pool's workers spread over nodes: on one node they share its disk.
+    (term,) = pool["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == pool["spec"]["selector"]["matchLabels"]
+    )
