@@ -574,29 +574,8 @@ class Packer:
             tar.pad()
         finally:
             raw.close()
-        if source.short:
-            self._warn(
-                f"{path} shrank while it was read; stored padded with zeros, back it up again"
-            )
-        self._files_stored += 1
-        self._seen += 1
-        self._bytes_stored += size
-        self._manifest.add(
-            Entry(
-                path=name,
-                type="file",
-                mode=mode,
-                mtime_ns=st.st_mtime_ns,
-                size=size,
-                sha256=source.digest.hexdigest(),
-                uid=st.st_uid,
-                gid=st.st_gid,
-                inode=st.st_ino,
-                dev=st.st_dev,
-                ctime_ns=st.st_ctime_ns,
-                archive=self._archive,
-                xattrs=encode_xattrs(found),
-            )
+        self._stored(
+            path, name, st, mode, source.digest.hexdigest(), encode_xattrs(found), source.short
         )
 
     def _add_whole(self, tar: TarWriter, item: _Item, opened: Opened) -> None:
@@ -628,28 +607,41 @@ class Packer:
         # One write for the member: header, bytes and padding.
         tar.write(header + opened.head + ZEROS[: -size % 512])
         self._progress(size)
-        if opened.short:
+        self._stored(path, name, st, mode, digest, encoded, opened.short)
+
+    def _stored(
+        self,
+        path: str,
+        name: str,
+        st: os.stat_result,
+        mode: int,
+        sha256: str,
+        xattrs: tuple[tuple[str, str], ...],
+        short: bool,
+    ) -> None:
+        """Count a file member just written (its size is the scan's) and list it in the manifest."""
+        if short:
             self._warn(
                 f"{path} shrank while it was read; stored padded with zeros, back it up again"
             )
         self._files_stored += 1
         self._seen += 1
-        self._bytes_stored += size
+        self._bytes_stored += st.st_size
         self._manifest.add(
             Entry(
                 path=name,
                 type="file",
                 mode=mode,
                 mtime_ns=st.st_mtime_ns,
-                size=size,
-                sha256=digest,
+                size=st.st_size,
+                sha256=sha256,
                 uid=st.st_uid,
                 gid=st.st_gid,
                 inode=st.st_ino,
                 dev=st.st_dev,
                 ctime_ns=st.st_ctime_ns,
                 archive=self._archive,
-                xattrs=encoded,
+                xattrs=xattrs,
             )
         )
 
