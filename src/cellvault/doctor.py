@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import secrets
 import socket
 import threading
@@ -45,6 +44,7 @@ from .log import get_logger, redact_text
 from .notify import AlertSettings, alert_settings
 from .notify.webhook import WebhookError, build_request, detect_format, display_url, post
 from .ops.drill import sweep_drills
+from .targets.advice import target_fix
 from .targets.base import Target
 from .vault import Vault
 
@@ -63,18 +63,6 @@ log = get_logger(__name__)
 PROBE_PREFIX = ".cellvault-doctor-"
 #: Entries of a cell's tree checked for readability, at most (a bound for huge trees).
 WALK_LIMIT = 200_000
-
-_CREDENTIALS = re.compile(
-    r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|\b403\b|"
-    r"auth(entication|orization)? failed|@ERROR: auth|password|permission denied|credential",
-    re.I,
-)
-_MISSING = re.compile(r"NoSuchBucket|does not exist|unknown module|No such file", re.I)
-_UNREACHABLE = re.compile(
-    r"Connection refused|refused|timed out|timeout|Could not connect|Name or service not known|"
-    r"nodename nor servname|No route to host|Network is unreachable|no answer",
-    re.I,
-)
 
 
 def _one_line(text: str, target: str | None = None) -> str:
@@ -322,34 +310,6 @@ def _check_deletion(target: Target, deleted: bool) -> Check | None:
     )
 
 
-def _target_fix(target: Target, error: str, hint: str | None) -> str:
-    scheme = target.spec.scheme
-    if _CREDENTIALS.search(error):
-        which = {
-            "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or [targets.s3.options] key, secret)",
-            "s3a": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-            "oss": "OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET (or [targets.oss.options] key, secret)",
-            "rsync": "RSYNC_PASSWORD and the module's 'auth users'",
-            "rsync+ssh": "the ssh key and the user's rights on the NAS",
-        }.get(scheme, "its credentials")
-        return (
-            f"the credentials of target {target.name} were refused or may not write there: "
-            f"check {which}, and that they may read, write and delete under "
-            f"{target.spec.display()}"
-        )
-    if _UNREACHABLE.search(error):
-        return (
-            f"check that {target.spec.display()} is reachable from this host: is the server up, "
-            "the endpoint and port right, a firewall or proxy in the way?"
-        )
-    if _MISSING.search(error):
-        return f"create {target.spec.display()} (bucket, module or folder) or fix the target's URL"
-    return hint or (
-        f"check that {target.spec.display()} is reachable from this host (network, firewall, "
-        "endpoint) and writable"
-    )
-
-
 def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
     """Probe every target at once, each within *timeout* seconds."""
     results: dict[str, Check] = {}
@@ -365,11 +325,11 @@ def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
                 f"target {target.name}",
                 False,
                 _one_line(exc.message, target.name),
-                fix=_target_fix(target, exc.message, exc.hint),
+                fix=target_fix(target, exc.message, exc.hint),
             )
         except Exception as exc:  # noqa: BLE001 - a boundary: reported as a failed check
             text = _one_line(f"{type(exc).__name__}: {exc}")
-            check = Check(f"target {target.name}", False, text, fix=_target_fix(target, text, None))
+            check = Check(f"target {target.name}", False, text, fix=target_fix(target, text, None))
         else:
             removed = "removed" if deleted else "left (its delete was refused)"
             check = Check(
@@ -406,7 +366,7 @@ def _check_targets(targets: Iterable[Target], timeout: float) -> list[Check]:
                     f"target {target.name}",
                     False,
                     f"no answer within {timeout:g} s from {target.spec.display()}",
-                    fix=_target_fix(target, "no answer", None),
+                    fix=target_fix(target, "no answer", None),
                 )
                 results[target.name] = check
             out.append(check)
