@@ -16,7 +16,11 @@ With ``--backup-pairs N``, only full backups, each into a fresh backup folder
 and each followed at once by ``tar -c | zstd -T0`` of the same tree: N pairs
 with the default check after the backup and N with ``BACKUP_VERIFY=0``,
 alternating; prints every pair's ratio and the medians (a shared machine's
-load moves both of a pair alike, not two runs minutes apart).
+load moves both of a pair alike, not two runs minutes apart). With
+``--restore-pairs N``, one full backup, then N pairs of ``zstd -dc archive |
+tar -x`` and ``cellvault restore --into`` of that one archive, each into an
+empty folder, the order flipped every pair; each output folder is removed and
+the removal written back (``sync``) outside the timed window.
 """
 
 from __future__ import annotations
@@ -100,6 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backup-pairs", type=int, default=0, help="only full backups side by side with tar"
     )
+    parser.add_argument(
+        "--restore-pairs", type=int, default=0, help="only restores side by side with tar -x"
+    )
+    parser.add_argument(
+        "--restore-to",
+        type=Path,
+        help="restore into a folder here (for example /dev/shm, to leave the disk out)",
+    )
     args = parser.parse_args(argv)
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
@@ -126,8 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append((label, wall, peak))
         print(f"{label}: {wall:.1f} s, {peak / 1024:.0f} MiB", file=sys.stderr, flush=True)
 
-    if args.backup_pairs:
-        backup_pairs(args.backup_pairs, env, cv, cells, work)
+    if args.backup_pairs or args.restore_pairs:
+        if args.backup_pairs:
+            backup_pairs(args.backup_pairs, env, cv, cells, work)
+        if args.restore_pairs:
+            restore_pairs(args.restore_pairs, env, cv, work, args.restore_to or work)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         return 0
@@ -205,6 +220,51 @@ def backup_pairs(pairs: int, env: dict[str, str], cv: list[str], cells: Path, wo
             f"| {label} | {cv_med:.1f} s | {tar_med:.1f} s | {ratio:.2f}x | {peak / 1024:.0f} MiB |"
         )
     print(f"\nmedians of {pairs} pairs each; ratio: the median of the pairs' ratios")
+
+
+def restore_pairs(pairs: int, env: dict[str, str], cv: list[str], work: Path, where: Path) -> None:
+    """One full backup; ``cellvault restore --into`` and ``zstd -dc | tar -x`` of it, side by side."""
+    shutil.rmtree(work / "backup", ignore_errors=True)
+    measure([[*cv, "backup"]], {**env, "BACKUP_VERIFY": "0"}, work)
+    archive = sorted((work / "backup" / "crm").glob("*.tar.zst"))[0]
+    out = where / "cv-restored"
+
+    def cellvault() -> float:
+        return measure([[*cv, "restore", "--into", str(out)]], env, work)[0]
+
+    def tar() -> float:
+        out.mkdir()
+        return measure(
+            [["zstd", "-dc", str(archive)], ["tar", "-C", str(out), "-xf", "-"]], env, work
+        )[0]
+
+    ratios: list[float] = []
+    walls: dict[str, list[float]] = {"cellvault": [], "tar": []}
+    for i in range(pairs):
+        order = [("cellvault", cellvault), ("tar", tar)]
+        found: dict[str, float] = {}
+        for label, run in order if i % 2 else order[::-1]:
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(["sync"], check=True)
+            found[label] = run()
+        shutil.rmtree(out, ignore_errors=True)
+        for label, wall in found.items():
+            walls[label].append(wall)
+        ratios.append(found["cellvault"] / found["tar"])
+        load = os.getloadavg()[0]
+        print(
+            f"restore: cellvault {found['cellvault']:.1f} s, zstd -dc | tar -x "
+            f"{found['tar']:.1f} s, {ratios[-1]:.2f}x (load {load:.1f})",
+            file=sys.stderr,
+            flush=True,
+        )
+    print("\n| restore of one full archive | cellvault | zstd -dc \\| tar -x | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    print(
+        f"| restore --into | {statistics.median(walls['cellvault']):.1f} s | "
+        f"{statistics.median(walls['tar']):.1f} s | {statistics.median(ratios):.2f}x |"
+    )
+    print(f"\nmedians of {pairs} pairs; ratio: the median of the pairs' ratios")
 
 
 if __name__ == "__main__":
