@@ -8,14 +8,17 @@ cellvault.journal is checked by a test that runs in-process.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from cellvault.journal import (
 )
 from cellvault.swap import HELD, OWNER_SUFFIX, Swap, exchange
 from tests.helpers import write_tree
+from tests.system_tools import needs_root
 
 ARCHIVE = "cell_crm_20250101_020000"
 
@@ -324,7 +328,7 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(
     cell = staged_cell(tmp_path)
     torn = tmp_path / "srv" / f"{JOURNAL_PREFIX}crm.json.0a1b2c3d.tmp"
     other = tmp_path / "srv" / f"{JOURNAL_PREFIX}other.json.0a1b2c3d.tmp"
-    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    runner = blocking_child()
     try:
         journal = cell.journal("swapping", pid=runner.pid)
         torn.write_text("{")
@@ -332,7 +336,7 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(
         caplog.set_level(logging.INFO, logger="cellvault")
         assert recover("crm", [cell.app, cell.data]) == []
         assert journal.path.exists() and torn.exists() and cell.swap.staging.exists()
-        assert runner.poll() is None  # asked, not signalled
+        assert signals_sent(runner.pid) == 0  # asked, not signalled
         assert events(caplog, "restore.journal_live") == [
             {"cell": "crm", "journal": str(journal.path), "pid": runner.pid}
         ]
@@ -735,6 +739,27 @@ def dead_child() -> int:
     return child.pid
 
 
+def blocking_child() -> subprocess.Popen[str]:
+    """A running child that blocks every signal it may: one sent to it stays pending."""
+    code = (
+        "import signal, time\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, set(range(1, 32)) - {9, 19})\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    return child
+
+
+def signals_sent(pid: int) -> int:
+    """The signals pending for *pid* (a bit each), as /proc says the moment kill() returned."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+
+
 def unjournalled(tmp_path: Path, **owner: Any) -> Swap:
     """A staging directory and its owner file, as a restore killed while extracting leaves them."""
     app = write_tree(tmp_path / "srv" / "app", {"a.txt": "live a\n"})
@@ -922,6 +947,7 @@ def test_the_copies_a_dead_restore_placed_on_other_file_systems_are_removed(
     swap._save_owner()
     (rec,) = recover("crm", [tmp_path / "srv" / "app"])
     assert rec.removed == (str(swap.staging), str(copy))
+    assert rec.describe().endswith(f"held only a copy of the archive: {swap.staging}, {copy}")
     assert not copy.exists() and outside.is_dir()  # only what is named like a staged copy
 
 
@@ -1041,3 +1067,53 @@ def test_the_owner_file_of_a_journalled_staging_that_is_gone_is_the_journals(
         f"restore journal {journal.path} of a killed restore (phase staged): the next "
         "restore or backup of the cell settles it"
     ]
+
+
+def test_a_journal_of_a_restore_from_before_owner_files_is_settled(tmp_path: Path) -> None:
+    # Staging made by a cellvault that wrote no owner file beside it.
+    cell = staged_cell(tmp_path)
+    cell.journal("staged", pid=None)
+    owner = tmp_path / "srv" / f"{cell.swap.staging.name}{OWNER_SUFFIX}"
+    owner.unlink()
+    (rec,) = recover("crm", [cell.app, cell.data])
+    assert rec.action == "rolled back"
+    assert beside(tmp_path / "srv") == [] and read(cell.app) == LIVE[0]
+
+
+def test_no_staging_is_swept_while_a_journal_of_the_cell_cannot_be_read(tmp_path: Path) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    unreadable = tmp_path / "srv" / f"{JOURNAL_PREFIX}crm.json"
+    unreadable.write_text("{")
+    app = tmp_path / "srv" / "app"
+    assert recover("crm", [app]) == []  # it may name that staging: a person settles it
+    assert swap.staging.is_dir() and unreadable.exists()
+    unreadable.unlink()
+    (rec,) = recover("crm", [app])
+    assert rec.removed == (str(swap.staging),)
+
+
+def test_a_restore_that_is_pid_1_of_its_container_is_running() -> None:
+    """pid 1 is a real process (a container's entry point): its journal is its own."""
+    needs_root("start a process in a PID namespace of its own")
+    assert _running({"host": socket.gethostname(), "pid": os.getpid()}) is False  # this one
+    clone_newpid = 0x20000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    child = os.fork()
+    if child == 0:  # a new PID namespace: its first process is pid 1, the next one asks about it
+        code = 3
+        try:
+            if libc.unshare(clone_newpid) != 0:
+                os._exit(4)
+            init = os.fork()
+            if init == 0:
+                time.sleep(60)
+                os._exit(0)
+            asker = os.fork()
+            if asker == 0:
+                os._exit(0 if _running({"host": socket.gethostname(), "pid": 1}) is True else 1)
+            code = os.waitstatus_to_exitcode(os.waitpid(asker, 0)[1])
+            os.kill(init, signal.SIGKILL)
+            os.waitpid(init, 0)
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
