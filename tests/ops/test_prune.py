@@ -481,3 +481,40 @@ def test_run_logs_that_cannot_be_deleted_are_warned_of_and_the_prune_stands(
         assert str(stuck[0]) in str(warning["error"])
     finally:
         set_immutable(stuck[0], False)
+
+
+def test_an_archive_whose_data_is_missing_or_cut_is_neither_counted_nor_deleted(
+    tmp_path: Path,
+) -> None:
+    vault, _, clock = setup(
+        tmp_path,
+        retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_last=1),
+    )
+    made = []
+    for hours in (0, 1, 2):
+        clock.now = START + dt.timedelta(hours=hours)
+        made.append(vault.backup(kind="full").cells[0].archive)
+    folder = tmp_path / "backup" / "crm"
+    # A sidecar one hour newer than the newest, its data absent (planted, or lost by the store).
+    sidecar = json.loads((folder / f"{made[2]}.json").read_text())
+    planted = "cell_crm_20250101_050000"
+    sidecar |= {"id": planted, "data": f"{planted}.tar.zst"}
+    (folder / f"{planted}.json").write_text(json.dumps(sidecar))
+    # The oldest archive's data cut short.
+    data = folder / f"{made[0]}.tar.zst"
+    data.write_bytes(data.read_bytes()[:100])
+    clock.now = START + dt.timedelta(days=1)
+    report = vault.prune()
+    ((result,),) = [report.results]
+    by_id = {str(d.id): d for d in result.decisions}
+    assert [str(d.id) for d in result.removed] == [made[1]]  # the real newest is kept
+    assert by_id[made[2]].keep and "newest archive of the cell" in by_id[made[2]].reasons
+    assert by_id[planted].reasons == (
+        "its data is missing: not counted by the rules and not deleted (see verify)",
+    )
+    size = json.loads((folder / f"{made[0]}.json").read_text())["size"]
+    assert by_id[made[0]].reasons == (
+        f"its data is 100 bytes, the sidecar says {size}: not counted by the rules and not "
+        "deleted (see verify)",
+    )
+    assert (folder / f"{planted}.json").exists() and data.exists()

@@ -91,12 +91,12 @@ def prune_cell(
     touches nothing.
     """
     if dry_run:
-        decisions = _held(plan(target.archives(cell), policy, now), read_holds(target, cell))
+        decisions = _held(_planned(target, cell, policy, now), read_holds(target, cell))
         decisions = _locked(decisions, target)
         return PruneResult(target.name, cell, tuple(decisions), True, tuple(target.debris(cell)))
     with Lease.acquire(target, cell, "prune", lock_ttl):
         # Under the lease no read lease can appear: what a restore reads now is kept.
-        decisions = _held(plan(target.archives(cell), policy, now), read_holds(target, cell))
+        decisions = _held(_planned(target, cell, policy, now), read_holds(target, cell))
         # Never ask the store to delete what it keeps locked: wait for the date.
         decisions = _locked(decisions, target)
         for decision in sorted(
@@ -111,6 +111,32 @@ def prune_cell(
             )
         debris = target.clear_debris(cell)
     return PruneResult(target.name, cell, tuple(decisions), False, tuple(debris))
+
+
+def _planned(
+    target: Target, cell: str, policy: RetentionPolicy, now: dt.datetime
+) -> list[Decision]:
+    """The retention plan of *cell* on *target*, over the archives whose data is there whole.
+
+    An archive whose stored data is missing, or not the size its sidecar
+    says (by the listing: nothing is read), is neither counted by the rules
+    nor deleted: counted, a sidecar planted in the store (or one whose data
+    the store lost) could pass for the newest archive and have the real
+    newest pruned. ``verify`` names it; a person decides.
+    """
+    sidecars = target.archives(cell)
+    with target.guard(f"list archives of cell {cell}"):
+        stored = {e.name: e.size for e in target.retrying(target.list, cell) if not e.is_dir}
+    whole = [s for s in sidecars if stored.get(s.data_name) == s.size]
+    out = plan(whole, policy, now)
+    for s in sidecars:
+        size = stored.get(s.data_name)
+        if size == s.size:
+            continue
+        found = "is missing" if size is None else f"is {size} bytes, the sidecar says {s.size}"
+        why = f"its data {found}: not counted by the rules and not deleted (see verify)"
+        out.append(Decision(s, keep=True, reasons=(why,)))
+    return sorted(out, key=lambda d: d.id)
 
 
 def _held(decisions: Sequence[Decision], holds: Mapping[str, str]) -> list[Decision]:
