@@ -1,16 +1,30 @@
-"""The checks below the verify levels, on bytes and files: a drill's tree against its manifest."""
+"""The checks below the verify levels, on bytes and files: checksums, streams, meta.json, trees."""
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
 import os
 import shutil
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from cellvault import ArchiveCorrupt
-from cellvault.integrity import compare_tree
+from cellvault import ArchiveCorrupt, ArchiveId, ArchiveMeta, Sidecar
+from cellvault.integrity import (
+    DECOMPRESS_ERRORS,
+    Scan,
+    check_meta,
+    compare_tree,
+    content_checksums,
+    scan,
+)
 from cellvault.manifest import Entry, Manifest
 
 ARCHIVE = "cell_crm_20250101_020000"
@@ -38,6 +52,7 @@ def _restored(root: Path) -> Manifest:
         os.mknod(top / "null", 0o620 | stat.S_IFCHR, os.makedev(1, 3))
         os.chmod(top / "null", 0o620)  # past the umask
     manifest = Manifest(archive=ARCHIVE)
+    manifest.add(Entry("dumps/crm/db.sql", "file", 0o600, 0, size=10))
 
     def add(rel: str, kind: str, mode: int, **more: object) -> None:
         manifest.add(Entry(f"data/{rel}", kind, mode, 0, **more))  # type: ignore[arg-type]
@@ -50,7 +65,6 @@ def _restored(root: Path) -> Manifest:
     add("crm/hard", "hardlink", 0o000, target="data/crm/a.txt")
     add("crm/pipe", "fifo", 0o640)
     add("crm/null", "chardev", 0o620, rdev=os.makedev(1, 3))
-    manifest.add(Entry("dumps/crm/db.sql", "file", 0o600, 0, size=10))
     return manifest
 
 
@@ -72,14 +86,14 @@ def test_a_path_the_manifest_does_not_list_is_refused(tmp_path: Path) -> None:
     (tmp_path / "crm" / "sub" / "extra").write_text("x")
     error = _refused(tmp_path, manifest)
     assert error.member == "data/crm/sub/extra"
-    assert "holds a path the manifest does not list" in error.detail
+    assert error.detail == "the restored tree holds a path the manifest does not list"
 
 
-@pytest.mark.parametrize("rel", ["crm/sub/b.txt", "crm/link", "crm/pipe", "crm/sub"])
+@pytest.mark.parametrize("rel", ["crm/sub/b.txt", "crm/link", "crm/pipe", "crm/sub", "crm"])
 def test_a_path_missing_from_the_tree_is_named(tmp_path: Path, rel: str) -> None:
     manifest = _restored(tmp_path)
     path = tmp_path / rel
-    if rel == "crm/sub":
+    if path.is_dir():
         shutil.rmtree(path)
     else:
         path.unlink()
@@ -95,6 +109,30 @@ def test_as_root_a_missing_device_node_is_named(tmp_path: Path) -> None:
     (tmp_path / "crm" / "null").unlink()
     error = _refused(tmp_path, manifest)
     assert (error.member, error.detail) == ("data/crm/null", "missing from the restored tree")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="root plays another user here")
+def test_not_as_root_a_device_node_may_be_missing(tmp_path: Path) -> None:
+    """Only root makes device nodes: a restore by another user cannot have made them."""
+    import tempfile
+
+    nobody = 65534
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="cellvault-not-root-"))
+    try:
+        manifest = _restored(top)
+        (top / "crm" / "null").unlink()
+        for path in [top, *top.rglob("*")]:
+            os.chown(path, nobody, nobody, follow_symlinks=False)
+        os.seteuid(nobody)
+        try:
+            assert compare_tree(top, manifest) == 7  # the device node is not expected
+            (top / "crm" / "a.txt").unlink()
+            error = _refused(top, manifest)
+        finally:
+            os.seteuid(0)
+        assert (error.member, error.detail) == ("data/crm/a.txt", "missing from the restored tree")
+    finally:
+        shutil.rmtree(top)
 
 
 def test_a_path_of_another_type_is_refused(tmp_path: Path) -> None:
@@ -173,3 +211,130 @@ def test_as_root_another_device_number_is_refused(tmp_path: Path) -> None:
         "data/crm/null",
         "device number differs from the manifest",
     )
+
+
+# -- content checksums, stream scans, meta.json ------------------------------------------
+
+
+def test_content_checksums_are_the_stores_md5_and_crc64_in_one_pass(tmp_path: Path) -> None:
+    check = tmp_path / "check"
+    check.write_bytes(b"123456789")
+    # CRC-64/XZ (ECMA-182, reflected), as OSS reports it: the standard check value.
+    assert content_checksums(check, ["crc64ecma"]) == {"crc64ecma": "11051210869376104954"}
+    big = tmp_path / "big"
+    data = os.urandom(3 << 20) + b"tail"  # more than one block read
+    big.write_bytes(data)
+    both = content_checksums(big, ["md5", "crc64ecma", "sha1"])
+    assert both["md5"] == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert set(both) == {"md5", "crc64ecma"}  # a kind not computed here is left out
+    assert both["crc64ecma"] != content_checksums(check, ["crc64ecma"])["crc64ecma"]
+    assert content_checksums(big, ["md5"]) == {"md5": both["md5"]}
+    assert content_checksums(big, ["sha1"]) == {}
+    assert content_checksums(tmp_path / "absent", []) == {}  # nothing wanted: nothing read
+
+
+def test_the_crc64_of_a_file_read_in_blocks_is_that_of_its_bytes(tmp_path: Path) -> None:
+    import crcmod
+
+    whole = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=(1 << 64) - 1)
+    data = os.urandom((2 << 20) + 17)
+    (tmp_path / "f").write_bytes(data)
+    assert content_checksums(tmp_path / "f", ["crc64ecma"]) == {"crc64ecma": str(whole(data))}
+
+
+ARCHIVE_ID = ArchiveId.parse(ARCHIVE)
+META = ArchiveMeta(
+    id=ARCHIVE_ID,
+    kind="full",
+    backed_at=dt.datetime(2025, 1, 1, 2, 0, tzinfo=dt.UTC),
+    host="vm",
+    version="0.1.0",
+    codec="zstd",
+)
+SIDECAR = Sidecar(meta=META, data_name=f"{ARCHIVE}.tar.zst", size=0, sha256="0" * 64)
+
+
+def _tar(*members: tuple[str, bytes | None]) -> bytes:
+    """A tar stream of *members* (name, body; ``None``: a folder), ended as tarfile ends one."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in members:
+            info = tarfile.TarInfo(name)
+            if body is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def _meta_problem(head: bytes) -> str | None:
+    def corrupt(message: str, member: str | None = None) -> ArchiveCorrupt:
+        return ArchiveCorrupt(message, archive=ARCHIVE, member=member)
+
+    try:
+        check_meta(head, SIDECAR, corrupt)
+    except ArchiveCorrupt as exc:
+        assert exc.member == "meta.json"
+        return exc.detail
+    return None
+
+
+def test_meta_json_must_come_first_name_the_archive_and_have_backed_at() -> None:
+    good = META.to_json()
+    assert _meta_problem(_tar(("meta.json", good), ("data/crm", None))) is None
+    first = "meta.json is not the first member"
+    assert _meta_problem(_tar(("data/crm", None), ("meta.json", good))) == first
+    assert _meta_problem(_tar(("meta.jsoN", good))) == first
+    assert _meta_problem(_tar(("meta.json", None))) == first
+    assert _meta_problem(_tar()) == first
+    assert _meta_problem(b"") == first
+    assert _meta_problem(b"not a tar stream at all" * 40) == first
+    assert _meta_problem(_tar(("meta.json", good))[:700]) == first  # its body cut off
+    assert _meta_problem(_tar(("meta.json", b"{not json"))) == "meta.json is not JSON"
+    data = json.loads(good)
+    assert _meta_problem(_tar(("meta.json", b"[1, 2]"))) == "meta.json has no backed_at"
+    del data["backed_at"]
+    assert _meta_problem(_tar(("meta.json", json.dumps(data).encode()))) == (
+        "meta.json has no backed_at"
+    )
+    data = json.loads(good) | {"kind": "weekly"}
+    problem = _meta_problem(_tar(("meta.json", json.dumps(data).encode())))
+    assert problem is not None and problem.startswith("meta.json is unusable (")
+    assert "weekly" in problem
+    other = json.loads(good) | {"id": "cell_crm_20250101_020100"}
+    assert _meta_problem(_tar(("meta.json", json.dumps(other).encode()))) == (
+        "meta.json names archive cell_crm_20250101_020100"
+    )
+
+
+def test_a_tar_ends_with_a_kib_of_zeros() -> None:
+    assert Scan(0, "", b"", bytes(1024)).tar_ends
+    assert not Scan(0, "", b"", bytes(1023)).tar_ends
+    assert not Scan(0, "", b"", bytes(1023) + b"x").tar_ends
+    assert not Scan(0, "", b"", b"x" + bytes(1023)).tar_ends
+
+
+def test_a_scan_reads_every_stored_byte_and_keeps_the_head_and_the_tail() -> None:
+    tar = _tar(("meta.json", META.to_json()), ("big", os.urandom(600_000)))
+    for name, stored in (
+        ("a.tar.zst", zstandard.ZstdCompressor(write_checksum=True).compress(tar)),
+        ("a.tar.gz", gzip.compress(tar)),
+    ):
+        found = scan(name, io.BytesIO(stored))
+        assert (found.count, found.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())
+        assert found.head == tar[: 256 << 10]  # meta.json lies well within
+        assert found.tail == tar[-1024:] and found.tar_ends
+        with pytest.raises(DECOMPRESS_ERRORS):
+            scan(name, io.BytesIO(stored[:-5]))  # cut inside the checksum (zstd) or the trailer
+    small = zstandard.ZstdCompressor(write_checksum=True).compress(_tar(("meta.json", b"{}")))
+    found = scan("a.tar.zst", io.BytesIO(small))
+    assert found.head == _tar(("meta.json", b"{}")) and found.tar_ends
+    # Bytes after the last frame are not a zstd frame: refused, not ignored.
+    with pytest.raises(zstandard.ZstdError):
+        scan("a.tar.zst", io.BytesIO(small + b"garbage!"))
+    # A stream ended quietly at a frame's edge, its last frame whole: the frame walk refuses a cut.
+    two = small + zstandard.ZstdCompressor(write_checksum=True).compress(b"\0" * 1024)
+    with pytest.raises(EOFError):
+        scan("a.tar.zst", io.BytesIO(two[:-4]))

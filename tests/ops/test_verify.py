@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -540,3 +543,94 @@ def test_read_memory_stays_bounded_on_a_very_compressible_archive(tmp_path: Path
     )
     peak_mib = int(out.stdout.split()[-1]) / 1024
     assert peak_mib < 150, f"{peak_mib:.0f} MiB"
+
+
+# -- what each result leaves: events, state, the copy of the manifest -------------------
+
+
+def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    caplog.set_level(logging.INFO, logger="cellvault.ops.verify")
+    before = time.time()
+    report = vault.verify(level="read", cells=["crm"], targets=["nas"])
+    assert report.ok and report.level == "read"
+    (result,) = report.results
+    records = [r.msg for r in caplog.records if r.name == "cellvault.ops.verify"]
+    assert isinstance(records[0], dict)
+    assert [r["event"] for r in records] == ["verify.started", "verify.ok", "verify.finished"]  # type: ignore[index]
+    started, ok, finished = records
+    assert {k: started[k] for k in ("run", "verify_level", "cells", "targets")} == {  # type: ignore[index]
+        "run": report.run,
+        "verify_level": "read",
+        "cells": ["crm"],
+        "targets": ["nas"],
+    }
+    assert (ok["run"], ok["verify_level"], ok["cell"], ok["target"]) == (  # type: ignore[index]
+        report.run,
+        "read",
+        "crm",
+        "nas",
+    )
+    assert (ok["archive"], ok["members"], ok["checks"]) == (  # type: ignore[index]
+        result.archive,
+        0,
+        list(result.checks),
+    )
+    assert (finished["run"], finished["verify_level"], finished["ok"]) == (report.run, "read", True)  # type: ignore[index]
+    assert finished["duration"] == round(report.duration, 3) > 0  # type: ignore[index]
+    entry = vault.state.entry("crm", "nas")["verify"]
+    assert entry["read"] == {
+        "ok": True,
+        "at": entry["read"]["at"],
+        "archive": result.archive,
+        "error": None,
+        "duration": round(result.duration, 3),
+    }
+    assert before <= entry["read"]["at"] <= time.time()
+
+    # A target whose listing fails: a failed result for the cell, remembered without an archive.
+    shutil.rmtree(tmp_path / "nas" / "crm")
+    (tmp_path / "nas" / "crm").write_text("not a folder\n")
+    report = vault.verify(level="quick", cells=["crm"])
+    assert not report.ok
+    results = {r.target: r for r in report.results}
+    assert results["local"].ok
+    bad = results["nas"]
+    assert (bad.ok, bad.archive, bad.level) == (False, "cell_crm", "quick")
+    assert "list archives of cell crm" in (bad.error or "")
+    entry = vault.state.entry("crm", "nas")["verify"]
+    assert (entry["quick"]["ok"], entry["quick"]["archive"]) == (False, None)
+    assert entry["quick"]["error"] == bad.error
+    assert entry["read"]["ok"] is True  # each level keeps its own last result
+    alert = _alerts(tmp_path)[-1]
+    assert (alert["stage"], alert["cell"], alert["target"]) == ("verify", "crm", "nas")
+
+
+def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_path: Path) -> None:
+    """Restores plan from the copy: full compares it with the manifest.json inside the archive."""
+    import zstandard
+
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    folder = tmp_path / "nas" / "crm"
+    (copy,) = folder.glob("*.manifest.json.zst")
+    (sidecar,) = folder.glob("cell_*.json")
+    body = json.loads(sidecar.read_text())
+    del body["manifest_sha256"], body["manifest_size"]  # unsigned: rewritten as easily as the copy
+    sidecar.write_text(json.dumps(body))
+    manifest = json.loads(zstandard.ZstdDecompressor().stream_reader(copy.read_bytes()).read())
+    (entry,) = [e for e in manifest["entries"] if e["path"].endswith("config.yaml")]
+    entry["mode"] ^= 0o002
+    _own_copy(copy)
+    copy.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+    report = vault.verify(level="full", cells=["crm"])
+    results = {r.target: r for r in report.results}
+    assert results["local"].ok and results["local"].members == len(manifest["entries"])
+    assert results["local"].checks == ()
+    assert not results["nas"].ok
+    assert "the stored manifest copy differs from the archive's manifest.json" in (
+        results["nas"].error or ""
+    )
