@@ -230,7 +230,7 @@ def test_without_an_identity_read_compares_the_sealed_manifest_copy_and_the_chai
     assert not report.ok
     (failed,) = report.cells[0].targets
     assert failed.stage == "verify"
-    assert "the stored manifest copy differs from the one written" in (failed.error or "")
+    assert ": the stored manifest copy differs from the one written (" in (failed.error or "")
     monkeypatch.undo()
     inc = vault.backup(kind="incremental")
     assert inc.ok and inc.cells[0].kind == "incremental"

@@ -51,6 +51,7 @@ def _restored(root: Path) -> Manifest:
     if AS_ROOT:
         os.mknod(top / "null", 0o620 | stat.S_IFCHR, os.makedev(1, 3))
         os.chmod(top / "null", 0o620)  # past the umask
+        os.mknod(top / "loop", 0o600 | stat.S_IFBLK, os.makedev(7, 0))
     manifest = Manifest(archive=ARCHIVE)
     manifest.add(Entry("dumps/crm/db.sql", "file", 0o600, 0, size=10))
 
@@ -65,6 +66,7 @@ def _restored(root: Path) -> Manifest:
     add("crm/hard", "hardlink", 0o000, target="data/crm/a.txt")
     add("crm/pipe", "fifo", 0o640)
     add("crm/null", "chardev", 0o620, rdev=os.makedev(1, 3))
+    add("crm/loop", "blockdev", 0o600, rdev=os.makedev(7, 0))
     return manifest
 
 
@@ -78,7 +80,7 @@ def _refused(root: Path, manifest: Manifest) -> ArchiveCorrupt:
 def test_a_tree_as_its_manifest_says_compares_each_path_under_data(tmp_path: Path) -> None:
     manifest = _restored(tmp_path)
     # The manifest's paths under data/ (a device node only as root: only root makes them).
-    assert compare_tree(tmp_path, manifest) == (8 if AS_ROOT else 7)
+    assert compare_tree(tmp_path, manifest) == (9 if AS_ROOT else 7)
 
 
 def test_a_path_the_manifest_does_not_list_is_refused(tmp_path: Path) -> None:
@@ -121,6 +123,7 @@ def test_not_as_root_a_device_node_may_be_missing(tmp_path: Path) -> None:
     try:
         manifest = _restored(top)
         (top / "crm" / "null").unlink()
+        (top / "crm" / "loop").unlink()
         for path in [top, *top.rglob("*")]:
             os.chown(path, nobody, nobody, follow_symlinks=False)
         os.seteuid(nobody)
@@ -209,6 +212,16 @@ def test_as_root_another_device_number_is_refused(tmp_path: Path) -> None:
     error = _refused(tmp_path, manifest)
     assert (error.member, error.detail) == (
         "data/crm/null",
+        "device number differs from the manifest",
+    )
+    (tmp_path / "crm" / "null").unlink()
+    os.mknod(tmp_path / "crm" / "null", 0o620 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(tmp_path / "crm" / "null", 0o620)
+    (tmp_path / "crm" / "loop").unlink()
+    os.mknod(tmp_path / "crm" / "loop", 0o600 | stat.S_IFBLK, os.makedev(7, 1))
+    error = _refused(tmp_path, manifest)
+    assert (error.member, error.detail) == (
+        "data/crm/loop",
         "device number differs from the manifest",
     )
 

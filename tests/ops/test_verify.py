@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellvault import ArchiveMeta, Cell, TargetSpec, Vault, hookimpl
+from cellvault import ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
 from cellvault.targets.local import LocalTarget
 from tests.helpers import SAMPLE, clock, make_vault, snapshot, write_tree
@@ -551,13 +551,21 @@ def test_read_memory_stays_bounded_on_a_very_compressible_archive(tmp_path: Path
 def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    vault = _two_targets(tmp_path)
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
     assert vault.backup().ok
     caplog.set_level(logging.INFO, logger="cellvault.ops.verify")
     before = time.time()
+    events.clear()
     report = vault.verify(level="read", cells=["crm"], targets=["nas"])
     assert report.ok and report.level == "read"
     (result,) = report.results
+    # Progress: the checks, and the bytes and files of the archives read.
+    (sidecar,) = vault.target("nas").archives("crm")
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["unit"], last["cells_done"], last["cells_total"]) == ("checks", 1, 1)
+    assert last["bytes_done"] == last["bytes_total"] == sidecar.size
+    assert last["files_done"] == last["files_total"] == sidecar.files > 0
     records = [r.msg for r in caplog.records if r.name == "cellvault.ops.verify"]
     assert isinstance(records[0], dict)
     assert [r["event"] for r in records] == ["verify.started", "verify.ok", "verify.finished"]  # type: ignore[index]
@@ -594,8 +602,11 @@ def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
     # A target whose listing fails: a failed result for the cell, remembered without an archive.
     shutil.rmtree(tmp_path / "nas" / "crm")
     (tmp_path / "nas" / "crm").write_text("not a folder\n")
+    events.clear()
     report = vault.verify(level="quick", cells=["crm"])
     assert not report.ok
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["cells_done"], last["cells_total"], last["bytes_total"]) == (2, 2, 0)  # reads none
     results = {r.target: r for r in report.results}
     assert results["local"].ok
     bad = results["nas"]

@@ -418,7 +418,7 @@ def read_check(
     if manifest_copy is not None and manifest_copy_sha256 is None:
         manifest_copy_sha256 = hashlib.sha256(manifest_copy).hexdigest()
     if keyless:
-        return _keyless_rest(target, sidecar, committed, manifest_copy_sha256, manifest, corrupt)
+        return _keyless_rest(target, sidecar, committed, manifest_copy_sha256, corrupt)
     if not found.tar_ends:
         raise corrupt("the tar stream has no end-of-archive blocks (truncated)")
     check_meta(found.head, sidecar, corrupt)
@@ -438,19 +438,18 @@ def _keyless_rest(
     sidecar: Sidecar,
     committed: set[ArchiveId],
     manifest_copy_sha256: str | None,
-    manifest: Manifest | None,
     corrupt: Callable[[str], ArchiveCorrupt],
 ) -> tuple[str, ...]:
     """The read check of a sealed archive past its digest, without a key.
 
     The manifest copy is there and, with *manifest_copy_sha256* (a backup's
-    check), is byte for byte the one written; then *manifest* (what it
-    holds) names the archives the chain needs too: sealed, it cannot be read.
+    check), is byte for byte the one written; the chain its meta names is
+    committed.
     """
     stored = _manifest_copy_sha256(target, sidecar, corrupt)
     if manifest_copy_sha256 is not None and stored != manifest_copy_sha256:
         raise corrupt("the stored manifest copy differs from the one written")
-    check_chain(target, sidecar, committed, manifest if manifest_copy_sha256 else None)
+    check_chain(target, sidecar, committed)
     return ("size", "sha256", "sealed", "chain")
 
 
