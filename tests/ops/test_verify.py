@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,8 +19,9 @@ from hypothesis import strategies as st
 
 from cellvault import ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
+from cellvault.targets.base import ObjectStat, Target
 from cellvault.targets.local import LocalTarget
-from tests.helpers import SAMPLE, clock, make_vault, snapshot, write_tree
+from tests.helpers import SAMPLE, MemTarget, clock, make_vault, snapshot, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
 
 
@@ -645,3 +647,58 @@ def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_pat
     assert "the stored manifest copy differs from the archive's manifest.json" in (
         results["nas"].error or ""
     )
+
+
+class HeadTarget(MemTarget):
+    """A store whose HEAD reports an MD5 in capital hex and a CRC-64, as some S3-compatible ones do."""
+
+    stat_checksums = frozenset({"md5", "crc64ecma"})
+
+    def stat(self, key: str) -> ObjectStat:
+        import crcmod
+
+        with self._lock:
+            if key not in self.data:
+                raise FileNotFoundError(key)
+            data = self.data[key]
+        crc = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=(1 << 64) - 1)
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest().upper()
+        return ObjectStat(len(data), {"md5": md5, "crc64ecma": str(crc(data))})
+
+
+class HeadPlugin:
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> Target | None:
+        return HeadTarget(spec) if spec.scheme == "head" else None
+
+
+def test_quick_compares_each_checksum_the_sidecar_recorded_whatever_its_case(
+    tmp_path: Path,
+) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    url = f"head://{tmp_path.name}-{time.monotonic_ns()}"
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [crm]},
+        targets=[TargetSpec("head", url)],
+        plugins=[HeadPlugin()],
+        extra={"BACKUP_ALERT_LOG": "off"},
+        verify_level="quick",
+    )
+    assert vault.backup().ok
+    target = vault.target("head")
+    assert isinstance(target, HeadTarget)
+    (sidecar,) = target.archives("crm")
+    assert set(sidecar.checksums) == {"md5", "crc64ecma"}
+    assert sidecar.checksums["md5"].islower()  # hashlib's; the store answers in capitals
+    assert vault.verify(level="quick").results[0].checks == ("size", "crc64ecma", "md5")
+    # An archive whose sidecar recorded the MD5 alone: that one is compared, and still refused.
+    key = f"crm/{sidecar.data_name}"
+    body = json.loads(target.data[f"crm/{sidecar.id}.json"])
+    del body["checksums"]["crc64ecma"]
+    target.put_bytes(f"crm/{sidecar.id}.json", json.dumps(body).encode())
+    assert vault.verify(level="quick").results[0].checks == ("size", "md5")
+    target.put_bytes(key, bytes(b ^ 1 for b in target.data[key]))
+    (bad,) = vault.verify(level="quick").results
+    assert not bad.ok
+    assert "the store's md5 of the data is" in (bad.error or "")
