@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
+import tarfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellvault import ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
+from cellvault import ArchiveId, ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
 from cellvault.targets.base import ObjectStat, Target
 from cellvault.targets.local import LocalTarget
@@ -551,7 +554,7 @@ def test_read_memory_stays_bounded_on_a_very_compressible_archive(tmp_path: Path
 
 
 def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[Event] = []
     vault = _two_targets(tmp_path, on_event=events.append)
@@ -620,6 +623,20 @@ def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
     assert entry["read"]["ok"] is True  # each level keeps its own last result
     alert = _alerts(tmp_path)[-1]
     assert (alert["stage"], alert["cell"], alert["target"]) == ("verify", "crm", "nas")
+    # The bytes count as they are read, not only when the check ends: with a run clock
+    # that moves a second a call, each step is an event.
+    import cellvault.run
+
+    ticks = itertools.count(time.monotonic())
+    clock = types.SimpleNamespace(**(vars(time) | {"monotonic": lambda: float(next(ticks))}))
+    monkeypatch.setattr(cellvault.run, "time", clock)
+    for level in ("read", "full"):
+        events.clear()
+        assert vault.verify(level=level, cells=["crm"], targets=["local"]).ok
+        steps = [e.data for e in events if e.name == "progress" and not e.data["cells_done"]]
+        assert {"bytes_done": sidecar.size, "files_done": 0} in [
+            {k: e[k] for k in ("bytes_done", "files_done")} for e in steps
+        ], level
 
 
 def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_path: Path) -> None:
@@ -643,9 +660,10 @@ def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_pat
     results = {r.target: r for r in report.results}
     assert results["local"].ok and results["local"].members == len(manifest["entries"])
     assert results["local"].checks == ()
-    assert not results["nas"].ok
-    assert "the stored manifest copy differs from the archive's manifest.json" in (
-        results["nas"].error or ""
+    assert results["nas"].error == (
+        f"archive {results['nas'].archive}, on target nas: the stored manifest copy differs "
+        "from the archive's manifest.json (take a new full backup; restore this archive "
+        "from another target)"
     )
 
 
@@ -702,3 +720,73 @@ def test_quick_compares_each_checksum_the_sidecar_recorded_whatever_its_case(
     (bad,) = vault.verify(level="quick").results
     assert not bad.ok
     assert "the store's md5 of the data is" in (bad.error or "")
+
+
+def test_quick_checks_each_link_of_a_chain_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup(["crm"]).ok
+    for n in (1, 2):
+        write_tree(tmp_path / "cells" / "crm", {f"uploads/new{n}.txt": f"new {n}\n"})
+        assert vault.backup(["crm"], kind="incremental").cells[0].kind == "incremental"
+    full, inc1, inc2 = (s.id for s in vault.target("nas").archives("crm"))
+    _no_reads(monkeypatch)
+    report = vault.verify(level="quick", cells=["crm"], all_archives=True)
+    assert report.ok, [r.error for r in report.results]
+    checks = {(r.archive, r.target): r.checks for r in report.results}
+    assert checks[str(full), "nas"] == ("size",)
+    assert checks[str(inc1), "nas"] == checks[str(inc2), "nas"] == ("size", "chain-quick")
+    data = _data_of(tmp_path / "nas", full)
+    _own_copy(data)
+    os.truncate(data, data.stat().st_size - 1)
+    report = vault.verify(level="quick", cells=["crm"], targets=["nas"], all_archives=True)
+    errors = {r.archive: r.error for r in report.results}
+    assert errors[str(full)] == (
+        f"archive {full}, on target nas: stored data is {data.stat().st_size} bytes, the sidecar "
+        f"says {data.stat().st_size + 1} (truncated or replaced) (restore from another target; "
+        "run 'cellvault verify --level full' to read it back)"
+    )
+    for inc in (inc1, inc2):
+        assert errors[str(inc)] == (
+            f"archive {inc}, on target nas: its chain is broken: archive {full}, which it "
+            f"depends on, is damaged (stored data is {data.stat().st_size} bytes, the sidecar "
+            f"says {data.stat().st_size + 1} (truncated or replaced)) (this archive cannot be "
+            "restored from this target; restore from another target, and take a full backup "
+            "(the next backup is a full one by itself))"
+        )
+
+
+def _data_of(root: Path, ident: ArchiveId) -> Path:
+    (path,) = (root / ident.cell).glob(f"{ident}.tar.*")
+    return path
+
+
+def test_read_and_full_refuse_an_archive_whose_files_are_held_by_one_not_committed(
+    tmp_path: Path,
+) -> None:
+    """The manifest's holders are the chain too: an archive held nowhere here cannot restore."""
+    from tests.archive_helpers import dir_entry, file_entry, member, plant_archive
+
+    live = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    vault = make_vault(tmp_path / "backup", {"crm": [live]}, extra={"BACKUP_ALERT_LOG": "off"})
+    ident = ArchiveId.parse("cell_crm_20250101_020000")
+    elsewhere = "cell_crm_20240101_020000"
+    plant_archive(
+        tmp_path / "backup",
+        ident,
+        [member("data/crm", kind=tarfile.DIRTYPE, mode=0o755), member("data/crm/a.txt", b"a\n")],
+        [
+            dir_entry("data/crm"),
+            file_entry("data/crm/a.txt", b"a\n", str(ident)),
+            file_entry("data/crm/b.txt", b"b\n", elsewhere),
+        ],
+        roots={"crm": str(live)},
+    )
+    assert vault.verify(level="quick").ok  # names no holder: the meta's chain is empty
+    for level in ("read", "full"):
+        (result,) = vault.verify(level=level).results
+        assert result.error == (
+            f"archive {ident}, on target local: its chain needs archive {elsewhere}, which is "
+            "not committed on this target (restore from another target, or take a full backup)"
+        ), level
