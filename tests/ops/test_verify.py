@@ -731,6 +731,8 @@ def test_quick_checks_each_link_of_a_chain_without_reading_it(
         write_tree(tmp_path / "cells" / "crm", {f"uploads/new{n}.txt": f"new {n}\n"})
         assert vault.backup(["crm"], kind="incremental").cells[0].kind == "incremental"
     full, inc1, inc2 = (s.id for s in vault.target("nas").archives("crm"))
+    read = vault.verify(level="read", cells=["crm"], targets=["nas"], all_archives=True)
+    assert [r.checks[-1] for r in read.results] == ["chain", "chain-digest", "chain-digest"]
     _no_reads(monkeypatch)
     report = vault.verify(level="quick", cells=["crm"], all_archives=True)
     assert report.ok, [r.error for r in report.results]
