@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from cellvault import ArchiveId, ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
+from cellvault.errors import ConfigError
 from cellvault.targets.base import ObjectStat, Target
 from cellvault.targets.local import LocalTarget
 from tests.helpers import SAMPLE, MemTarget, clock, make_vault, snapshot, write_tree
@@ -243,6 +244,16 @@ def test_drill_restores_checks_and_measures(tmp_path: Path) -> None:
     drill = vault.state.entry("crm", "nas")["drill"]
     assert drill["ok"] is True and drill["rto"] == round(crm.rto, 3)
     assert drill["archive"] == crm.archive
+    assert drill == {
+        "ok": True,
+        "at": drill["at"],
+        "archive": crm.archive,
+        "error": None,
+        "duration": round(crm.duration, 3),
+        "rto": round(crm.rto, 3),
+        "files": 4,
+        "bytes": crm.bytes,
+    }
 
 
 def _bytes(files: dict[str, bytes | str]) -> dict[str, bytes]:
@@ -275,6 +286,12 @@ def test_failing_health_check_or_corrupt_copy_fails_the_drill(tmp_path: Path) ->
     alerts = {(a["cell"], a["target"]): a for a in _alerts(tmp_path)}
     assert set(alerts) == {("crm", "nas"), ("billing", "local"), ("billing", "nas")}
     assert {a["stage"] for a in alerts.values()} == {"drill"}
+    failed = vault.state.entry("crm", "nas")["drill"]
+    assert (failed["ok"], failed["rto"], failed["error"]) == (
+        False,
+        None,
+        result["crm", "nas"].error,
+    )
     assert not (tmp_path / "backup" / ".cellvault" / "drill").exists()
 
 
@@ -319,6 +336,11 @@ def test_cli_levels(tmp_path: Path) -> None:
     assert "(RTO)" in text.stdout
     bad = runner.invoke(cli, ["verify", "--level", "deep"], env=env)
     assert bad.exit_code == 2
+    with pytest.raises(ConfigError) as unknown:
+        vault.verify(level="deep")
+    assert str(unknown.value) == (
+        "unknown verify level 'deep' (use one of quick, read, full, drill)"
+    )
 
 
 # -- read: every byte once, decompressed to the end, nothing unpacked --------------
@@ -660,6 +682,7 @@ def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_pat
     results = {r.target: r for r in report.results}
     assert results["local"].ok and results["local"].members == len(manifest["entries"])
     assert results["local"].checks == ()
+    assert 0 < results["nas"].duration < 60
     assert results["nas"].error == (
         f"archive {results['nas'].archive}, on target nas: the stored manifest copy differs "
         "from the archive's manifest.json (take a new full backup; restore this archive "
