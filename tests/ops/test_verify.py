@@ -433,6 +433,17 @@ def test_read_catches_a_truncated_stream_and_a_bad_meta(tmp_path: Path) -> None:
     errors = {r.archive.split("_")[1]: r.error or "" for r in report.results if not r.ok}
     assert "no end-of-archive blocks" in errors["crm"]
     assert "meta.json" in errors["billing"]
+    damaged = "(the stored copy is damaged; verify other targets and restore from a good one)"
+    for r in report.results:
+        assert (
+            r.error
+            == {
+                "crm": f"archive {r.archive}, on target nas: the tar stream has no end-of-archive "
+                f"blocks (truncated) {damaged}",
+                "billing": f"archive {r.archive}, member meta.json, on target nas: meta.json is not "
+                f"the first member {damaged}",
+            }[r.archive.split("_")[1]]
+        )
 
 
 def test_read_after_backup_compares_the_manifest_copy_byte_for_byte(
@@ -742,7 +753,12 @@ def test_quick_compares_each_checksum_the_sidecar_recorded_whatever_its_case(
     target.put_bytes(key, bytes(b ^ 1 for b in target.data[key]))
     (bad,) = vault.verify(level="quick").results
     assert not bad.ok
-    assert "the store's md5 of the data is" in (bad.error or "")
+    stored = hashlib.md5(target.data[key], usedforsecurity=False).hexdigest().upper()
+    assert bad.error == (
+        f"archive {sidecar.id}, on target head: the store's md5 of the data is {stored}, the "
+        f"sidecar recorded {sidecar.checksums['md5']} (the object was replaced or damaged) "
+        "(restore from another target; run 'cellvault verify --level full' to read it back)"
+    )
 
 
 def test_quick_checks_each_link_of_a_chain_without_reading_it(
@@ -815,3 +831,43 @@ def test_read_and_full_refuse_an_archive_whose_files_are_held_by_one_not_committ
             f"archive {ident}, on target local: its chain needs archive {elsewhere}, which is "
             "not committed on this target (restore from another target, or take a full backup)"
         ), level
+
+
+def test_quick_and_read_name_exactly_what_differs_from_the_sidecar(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    nas = tmp_path / "nas"
+    data = _data(nas, "crm")
+    ident = data.name.split(".")[0]
+    (sidecar,) = (nas / "crm").glob("cell_*.json")
+    _own_copy(sidecar)
+    body = json.loads(sidecar.read_text())
+    damaged = "(the stored copy is damaged; verify other targets and restore from a good one)"
+
+    def error(level: str) -> str | None:
+        (result,) = vault.verify(level=level, cells=["crm"], targets=["nas"]).results
+        return result.error
+
+    # An unsigned sidecar edited: the stored bytes no longer match what it records.
+    sidecar.write_text(json.dumps(body | {"sha256": "0" * 64}))
+    assert error("read") == (
+        f"archive {ident}, on target nas: sha256 of the stored data differs from the sidecar "
+        + damaged
+    )
+    size = body["size"]
+    sidecar.write_text(json.dumps(body | {"size": size + 1}))
+    assert error("read") == (
+        f"archive {ident}, on target nas: stored data is {size} bytes, the sidecar says "
+        f"{size + 1} " + damaged
+    )
+    sidecar.write_text(json.dumps(body))
+    assert error("read") is None
+    (copy,) = (nas / "crm").glob("*.manifest.json.zst")
+    copy.rename(tmp_path / "copy")
+    assert error("quick") == f"archive {ident}, on target nas: manifest copy is missing"
+    (tmp_path / "copy").rename(copy)
+    data.unlink()
+    assert error("quick") == (
+        f"archive {ident}, on target nas: data is missing although the sidecar exists "
+        "(restore from another target; the next backup stores a new copy)"
+    )
