@@ -871,3 +871,27 @@ def test_quick_and_read_name_exactly_what_differs_from_the_sidecar(tmp_path: Pat
         f"archive {ident}, on target nas: data is missing although the sidecar exists "
         "(restore from another target; the next backup stores a new copy)"
     )
+
+
+def test_a_forged_record_fails_its_own_cell_on_its_own_target_alerted_once(
+    tmp_path: Path,
+) -> None:
+    import datetime as dt
+
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    folder = tmp_path / "nas" / "crm"
+    (sidecar,) = folder.glob("cell_*.json")
+    real = ArchiveId.parse(sidecar.stem)
+    older = ArchiveId("crm", real.when - dt.timedelta(seconds=1))
+    body = json.loads(sidecar.read_text()) | {"id": str(older), "size": -1}
+    (folder / f"{older}.json").write_text(json.dumps(body))
+    for _ in range(2):
+        report = vault.verify()
+        failed = [(r.archive, r.target) for r in report.results if not r.ok]
+        assert failed == [(str(older), "nas")]
+        assert len(report.results) == 5  # each cell's newest on each target, and the forged one
+    checks = [a for a in _alerts(tmp_path) if a["stage"] == "check"]
+    assert len(checks) == 1
+    assert (checks[0]["cell"], checks[0]["target"]) == ("crm", "nas")
+    assert checks[0]["error"].startswith(f"ignored crm/{older}.json: ")
