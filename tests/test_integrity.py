@@ -351,3 +351,47 @@ def test_a_scan_reads_every_stored_byte_and_keeps_the_head_and_the_tail() -> Non
     two = small + zstandard.ZstdCompressor(write_checksum=True).compress(b"\0" * 1024)
     with pytest.raises(EOFError):
         scan("a.tar.zst", io.BytesIO(two[:-4]))
+
+
+def _frame(*, single: bool, dict_code: int, fcs_code: int, checksum: bool) -> bytes:
+    """A zstd frame built by hand (RFC 8878): each header field size, a raw, an RLE and a compressed block.
+
+    The frame walk follows the structure alone, so the block contents need not decompress.
+    """
+    fhd = (fcs_code << 6) | (0x20 if single else 0) | (0x04 if checksum else 0) | dict_code
+    out = (0xFD2FB528).to_bytes(4, "little") + bytes([fhd])
+    out += b"" if single else b"\x48"  # the window descriptor
+    out += b"\x07" * (0, 1, 2, 4)[dict_code]
+    out += b"\x09" * (1 if single else 0, 2, 4, 8)[fcs_code]
+    for last, kind, size, body in ((0, 0, 5, b"raw!!"), (0, 1, 3000, b"r"), (1, 2, 6, b"zstd!!")):
+        out += (last | kind << 1 | size << 3).to_bytes(3, "little") + body
+    return out + (b"\xab\xcd\xef\x01" if checksum else b"")
+
+
+def test_the_zstd_frame_walk_reads_every_header_field_and_block_type() -> None:
+    from cellvault.integrity import ZstdFrames
+
+    def walk(data: bytes, step: int) -> None:
+        frames = ZstdFrames()
+        for i in range(0, len(data), step):
+            frames.feed(data[i : i + step])
+        frames.finish()
+
+    for single in (False, True):
+        for dict_code in range(4):
+            for fcs_code in range(4):
+                for checksum in (False, True):
+                    frame = _frame(
+                        single=single, dict_code=dict_code, fcs_code=fcs_code, checksum=checksum
+                    )
+                    for step in (1, 3, len(frame)):
+                        walk(frame + frame, step)
+                    for cut in range(1, len(frame)):
+                        with pytest.raises(EOFError):
+                            walk(frame[:cut], 7)
+                        with pytest.raises(EOFError):
+                            walk(frame + frame[:cut], 7)
+    reserved = _frame(single=True, dict_code=0, fcs_code=0, checksum=False)[:-9]
+    reserved += (1 | 3 << 1 | 2 << 3).to_bytes(3, "little") + b"??"
+    with pytest.raises(zstandard.ZstdError, match="reserved type"):
+        walk(reserved, 4)
