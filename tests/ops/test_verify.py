@@ -900,3 +900,24 @@ def test_a_forged_record_fails_its_own_cell_on_its_own_target_alerted_once(
     assert len(checks) == 1
     assert (checks[0]["cell"], checks[0]["target"]) == ("crm", "nas")
     assert checks[0]["error"].startswith(f"ignored crm/{older}.json: ")
+
+
+def test_read_checks_the_digest_of_a_parent_larger_than_a_block(tmp_path: Path) -> None:
+    live = write_tree(tmp_path / "cells" / "crm", {"big.bin": os.urandom(3 << 19), "a.txt": "a"})
+    vault = make_vault(tmp_path / "backup", {"crm": [live]}, clock=clock())
+    assert vault.backup().ok
+    write_tree(live, {"a.txt": "b"})
+    assert vault.backup(kind="incremental").cells[0].kind == "incremental"
+    full, inc = vault.target("local").archives("crm")
+    assert full.size > 1 << 20  # read in more than one block
+    (result,) = vault.verify(level="read").results
+    assert result.ok and result.checks[-1] == "chain-digest"
+    data = _data_of(tmp_path / "backup", full.id)
+    _flip_a_byte(data)
+    (result,) = vault.verify(level="read").results
+    assert result.error == (
+        f"archive {inc.id}, on target local: its chain is broken: archive {full.id}, which it "
+        f"depends on, is damaged (its data does not match its sidecar's sha256 ({full.size} "
+        "bytes read)) (this archive cannot be restored from this target; restore from another "
+        "target, and take a full backup (the next backup is a full one by itself))"
+    )
