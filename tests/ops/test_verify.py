@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -12,7 +13,7 @@ import tarfile
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
 import hypothesis
 import pytest
@@ -920,4 +921,94 @@ def test_read_checks_the_digest_of_a_parent_larger_than_a_block(tmp_path: Path) 
         f"depends on, is damaged (its data does not match its sidecar's sha256 ({full.size} "
         "bytes read)) (this archive cannot be restored from this target; restore from another "
         "target, and take a full backup (the next backup is a full one by itself))"
+    )
+
+
+class _Failing(io.RawIOBase):
+    """A stream whose reads fail, as a store's connection dropped mid-read would."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise PermissionError("read refused")
+
+
+class FaultyTarget(MemTarget):
+    """A store that fails the calls named in :attr:`faults`, (call, key suffix) -> error, once or always."""
+
+    faults: ClassVar[dict[tuple[str, str], tuple[type[Exception], bool]]] = {}
+
+    def _fault(self, call: str, key: str) -> None:
+        for (name, suffix), (error, always) in list(self.faults.items()):
+            if name == call and key.endswith(suffix):
+                if not always:
+                    del self.faults[name, suffix]
+                raise error(f"{call} refused")
+
+    def stat(self, key: str) -> ObjectStat:
+        self._fault("stat", key)
+        return super().stat(key)
+
+    def open_read(self, key: str) -> IO[bytes]:
+        self._fault("open", key)
+        f = super().open_read(key)
+        try:
+            self._fault("read", key)
+        except PermissionError:
+            return io.BufferedReader(_Failing())
+        return f
+
+
+class FaultyPlugin:
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> Target | None:
+        return FaultyTarget(spec) if spec.scheme == "faulty" else None
+
+
+def test_a_store_that_fails_a_call_is_named_and_retried_not_taken_for_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FaultyTarget, "faults", {})
+    faults = FaultyTarget.faults
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    url = f"faulty://{tmp_path.name}-{time.monotonic_ns()}"
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [crm]},
+        targets=[TargetSpec("store", url)],
+        plugins=[FaultyPlugin()],
+        extra={"BACKUP_ALERT_LOG": "off"},
+    )
+    # The check after the backup reads the manifest copy back: a transient failure is retried.
+    faults["open", ".manifest.json.zst"] = (ConnectionError, False)
+    assert vault.backup().ok
+    assert not faults
+    # Refused for good: the backup names the call that failed, not a damaged copy.
+    for call in ("open", "read"):
+        faults[call, ".manifest.json.zst"] = (PermissionError, True)
+        report = vault.backup()
+        (outcome,) = report.cells[0].targets
+        assert outcome.stage == "verify", call
+        assert f"cannot read manifest of {report.cells[0].archive} (PermissionError: " in (
+            outcome.error or ""
+        ), call
+        del faults[call, ".manifest.json.zst"]
+    (sidecar,) = vault.target("store").archives("crm")
+
+    def error(level: str) -> str:
+        (result,) = vault.verify(level=level).results
+        return result.error or ""
+
+    for suffix, what in ((".tar.zst", "stat archive"), (".manifest.json.zst", "stat manifest of")):
+        faults["stat", suffix] = (ConnectionError, False)
+        assert error("quick") == ""  # retried
+        faults["stat", suffix] = (PermissionError, True)
+        assert error("quick").startswith(
+            f"target store: cannot {what} {sidecar.id} (PermissionError: stat refused)"
+        )
+        del faults["stat", suffix]
+    faults["read", ".tar.zst"] = (PermissionError, True)
+    assert error("read").startswith(
+        f"target store: cannot read archive {sidecar.id} (PermissionError: read refused)"
     )
