@@ -657,6 +657,7 @@ def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
     assert entry["read"]["ok"] is True  # each level keeps its own last result
     alert = _alerts(tmp_path)[-1]
     assert (alert["stage"], alert["cell"], alert["target"]) == ("verify", "crm", "nas")
+    assert alert["error"] == bad.error
     # The bytes count as they are read, not only when the check ends: with a run clock
     # that moves a second a call, each step is an event.
     import cellvault.run
