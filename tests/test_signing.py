@@ -190,12 +190,18 @@ def test_verify_fails_each_refused_sidecar_once_where_its_archive_falls(
     def outcome(**options: Any) -> list[tuple[str, bool]]:
         report = vault.verify(level="quick", **options)
         assert all("not signed" in (r.error or "") for r in report.results if not r.ok)
+        assert {r.level for r in report.results} == {"quick"}
         return [(r.archive, r.ok) for r in report.results]
 
     assert outcome() == [(site.incr, False), (site.full, True)]
     assert outcome(all_archives=True) == [(site.incr, False), (site.full, True)]
     assert outcome(select=site.incr) == [(site.incr, False)]
     assert outcome(select=site.full) == [(site.full, True), (site.incr, False)]
+    # A selector of both (the day's stamps): the refused newer one first, as with the newest.
+    assert outcome(select="20250101", all_archives=True) == [
+        (site.incr, False),
+        (site.full, True),
+    ]
     site.write(site.incr, signed)
     body = site.body(site.full)
     del body["signature"]

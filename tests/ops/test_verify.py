@@ -668,15 +668,14 @@ def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
     for level in ("quick", "read", "full"):
         events.clear()
         assert vault.verify(level=level, cells=["crm"], targets=["local"]).ok
-        steps = [
-            (e.data["bytes_done"], e.data["files_done"])
-            for e in events
-            if e.name == "progress" and not e.data["cells_done"]
-        ]
+        progress = [e.data for e in events if e.name == "progress" and not e.data["cells_done"]]
+        steps = [(e["bytes_done"], e["files_done"]) for e in progress]
         if level == "quick":  # reads nothing: counts checks alone
             assert steps == []
-        else:  # the bytes as they are read, then the archive's files
+        else:  # the bytes as they are read, then the archive's files, of totals known at once
             assert {(sidecar.size, 0), (sidecar.size, sidecar.files)} <= set(steps), level
+            totals = {(e["bytes_total"], e["files_total"]) for e in progress}
+            assert totals == {(sidecar.size, sidecar.files)}, level
 
 
 def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_path: Path) -> None:
