@@ -592,6 +592,7 @@ def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
 ) -> None:
     events: list[Event] = []
     vault = _two_targets(tmp_path, on_event=events.append)
+    write_tree(tmp_path / "cells" / "crm", {"big.bin": os.urandom(3 << 19)})  # read in blocks
     assert vault.backup().ok
     caplog.set_level(logging.INFO, logger="cellvault.ops.verify")
     before = time.time()
