@@ -71,11 +71,16 @@ def _alerts(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def test_corrupt_copy_on_one_target_fails_full_verify_there_only(tmp_path: Path) -> None:
-    vault = _two_targets(tmp_path)
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
     assert vault.backup().ok
     _flip_a_byte(_data(tmp_path / "nas", "crm"))
 
+    events.clear()
     report = vault.verify(level="full")
+    # A check that stopped mid-read still counts its archive whole: the run reaches its total.
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["fraction"], last["bytes_done"]) == (1.0, last["bytes_total"])
     outcome = {(r.archive.split("_")[1], r.target): r.ok for r in report.results}
     assert outcome == {
         ("crm", "local"): True,
