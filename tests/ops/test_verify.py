@@ -907,6 +907,12 @@ def test_a_forged_record_fails_its_own_cell_on_its_own_target_alerted_once(
     assert len(checks) == 1
     assert (checks[0]["cell"], checks[0]["target"]) == ("crm", "nas")
     assert checks[0]["error"].startswith(f"ignored crm/{older}.json: ")
+    # Another cell's forged record, listed first, hides nothing of this one's.
+    (other,) = (tmp_path / "nas" / "billing").glob("cell_*.json")
+    billing = ArchiveId("billing", ArchiveId.parse(other.stem).when - dt.timedelta(seconds=1))
+    (other.parent / f"{billing}.json").write_bytes(b"{")
+    report = vault.verify(["billing", "crm"], targets=["nas"])
+    assert [r.archive for r in report.results if not r.ok] == [str(billing), str(older)]
 
 
 def test_read_checks_the_digest_of_a_parent_larger_than_a_block(tmp_path: Path) -> None:
