@@ -83,6 +83,9 @@ def test_a_fenced_primary_refuses_backup_push_and_prune_and_the_standby_restores
         primary.push()  # the failover marker says it first; the epoch would too
     with pytest.raises(Fenced, match="; prune refused, nothing was written to the shared"):
         primary.vault.prune()
+    # A dry run writes nothing: the fenced site may still see what a prune would do.
+    dry = primary.vault.prune(dry_run=True)
+    assert dry.ok and dry.dry_run and {r.target for r in dry.results} == {"local", "s3"}
     assert {c: s3_ids(primary, c) for c in CELLS} == on_s3
 
     # The standby pulls and restores: nothing of the fenced primary's comes back.

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import attrs
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -241,8 +242,24 @@ def test_prune_on_a_second_target_type(tmp_path: Path) -> None:
     for hour in range(4):
         clock.now = START + dt.timedelta(hours=hour)
         assert vault.backup(kind="full").ok
+    # One target named: only it is pruned.
+    only = vault.prune(targets=["mem"])
+    assert only.ok and [(r.target, r.cell, len(r.removed)) for r in only.results] == [
+        ("mem", "crm", 2)
+    ]
+    kept = [("local",), ("local",), ("local", "mem"), ("local", "mem")]
+    assert [a.targets for a in vault.list()] == kept
     assert vault.prune().ok
     assert [a.targets for a in vault.list()] == [("local", "mem"), ("local", "mem")]
+    # A cell no longer configured, named: known by its archives on the targets, and pruned.
+    clock.now = START + dt.timedelta(hours=5)
+    assert vault.backup(kind="full").ok
+    gone = Vault(attrs.evolve(vault.config, cells=[]), load_entry_points=False, clock=clock)
+    report = gone.prune(["crm"])
+    assert report.ok and sorted((r.target, len(r.removed)) for r in report.results) == [
+        ("local", 1),
+        ("mem", 1),
+    ]
 
 
 class Failures:
