@@ -202,6 +202,15 @@ def test_verify_fails_each_refused_sidecar_once_where_its_archive_falls(
         (site.incr, False),
         (site.full, True),
     ]
+    # A damaged record listed after the refused one is named too.
+    (site.backup / "crm" / "cell_crm_20250102_000000.json").write_bytes(b"{")
+    report = vault.verify(level="quick")
+    assert [(r.archive, r.ok) for r in report.results] == [
+        (site.incr, False),
+        (site.full, True),
+        ("cell_crm_20250102_000000", False),
+    ]
+    (site.backup / "crm" / "cell_crm_20250102_000000.json").unlink()
     site.write(site.incr, signed)
     body = site.body(site.full)
     del body["signature"]
