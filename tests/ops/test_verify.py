@@ -682,6 +682,16 @@ def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
             assert {(sidecar.size, 0), (sidecar.size, sidecar.files)} <= set(steps), level
             totals = {(e["bytes_total"], e["files_total"]) for e in progress}
             assert totals == {(sidecar.size, sidecar.files)}, level
+    # Every archive checked adds its files to the cell's count.
+    write_tree(tmp_path / "cells" / "crm", {"more.txt": "more\n"})
+    assert vault.backup(["crm"], kind="incremental", targets=["local"]).ok
+    first, second = vault.target("local").archives("crm")
+    events.clear()
+    assert vault.verify(level="read", cells=["crm"], targets=["local"], all_archives=True).ok
+    files = {
+        e.data["files_done"] for e in events if e.name == "progress" and not e.data["cells_done"]
+    }
+    assert {first.files, first.files + second.files} <= files
 
 
 def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_path: Path) -> None:
