@@ -1034,3 +1034,16 @@ def test_a_store_that_fails_a_call_is_named_and_retried_not_taken_for_damage(
     assert error("read").startswith(
         f"target store: cannot read archive {sidecar.id} (PermissionError: read refused)"
     )
+
+
+def test_a_check_that_fails_before_reading_still_brings_progress_to_its_total(
+    tmp_path: Path,
+) -> None:
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
+    assert vault.backup().ok
+    _data(tmp_path / "nas", "crm").unlink()
+    events.clear()
+    assert not vault.verify(level="read").ok
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["fraction"], last["bytes_done"]) == (1.0, last["bytes_total"])
