@@ -207,6 +207,49 @@ def test_without_an_identity_quick_and_read_work_the_rest_is_refused(
     assert len(list((tmp_path / "backup" / "crm").glob("*.json"))) == 1  # no safety backup
 
 
+def test_without_an_identity_read_compares_the_sealed_manifest_copy_and_the_chain(
+    tmp_path: Path, keys: tuple[Key, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyless host's check after backup: the sealed manifest copy stored is the one written."""
+    from cellvault.targets.local import LocalTarget
+
+    vault = _vault(tmp_path, [keys[0].recipient])
+    assert vault.backup().ok
+    (tmp_path / "cells" / "crm" / "notes.txt").write_text("second\n")
+    original = LocalTarget.put_file
+
+    def damaging(self: LocalTarget, local: Path, key: str) -> None:
+        original(self, local, key)
+        if key.endswith(".manifest.json.zst"):
+            stored = tmp_path / "backup" / key
+            stored.unlink()  # a local target may hard-link the spool's file: an inode of its own
+            stored.write_bytes(local.read_bytes() + b"\0")
+
+    monkeypatch.setattr(LocalTarget, "put_file", damaging)
+    report = vault.backup(kind="incremental")
+    assert not report.ok
+    (failed,) = report.cells[0].targets
+    assert failed.stage == "verify"
+    assert ": the stored manifest copy differs from the one written (" in (failed.error or "")
+    monkeypatch.undo()
+    inc = vault.backup(kind="incremental")
+    assert inc.ok and inc.cells[0].kind == "incremental"
+    read = vault.verify(level="read", all_archives=True)
+    sealed = ("size", "sha256", "sealed", "chain")
+    assert [r.checks for r in read.results] == [sealed, (*sealed, "chain-digest")]
+    full, newest = sorted((tmp_path / "backup" / "crm").glob("cell_*.manifest.json.zst"))
+    # A manifest copy gone, or the full archive the incremental needs: refused without a key.
+    newest.rename(tmp_path / "newest")
+    (result,) = vault.verify(level="read").results
+    assert not result.ok and "manifest copy is missing" in (result.error or "")
+    (tmp_path / "newest").rename(newest)
+    sidecar = full.with_name(full.name.replace(".manifest.json.zst", ".json"))
+    sidecar.unlink()
+    (result,) = vault.verify(level="read").results
+    assert not result.ok
+    assert f"its chain needs archive {sidecar.stem}" in (result.error or "")
+
+
 def test_a_wrong_identity_is_named_with_the_key_needed(
     tmp_path: Path, keys: tuple[Key, Key]
 ) -> None:

@@ -176,6 +176,51 @@ def test_a_replaced_manifest_copy_is_refused(tmp_path: Path, keys: dict[str, Pat
         site.checker().restore(site.incr, into=tmp_path / "out", skip_prebackup=True)
 
 
+def test_verify_fails_each_refused_sidecar_once_where_its_archive_falls(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """A refused newest archive fails first (the newest trusted one is still checked); an older after."""
+    site = Site(tmp_path, keys["site"])
+    signed = site.body(site.incr)
+    stripped = dict(signed)
+    del stripped["signature"]
+    site.write(site.incr, stripped)
+    vault = site.checker(require_signed=True)
+
+    def outcome(**options: Any) -> list[tuple[str, bool]]:
+        report = vault.verify(level="quick", **options)
+        assert all("not signed" in (r.error or "") for r in report.results if not r.ok)
+        assert {r.level for r in report.results} == {"quick"}
+        return [(r.archive, r.ok) for r in report.results]
+
+    assert outcome() == [(site.incr, False), (site.full, True)]
+    assert outcome(all_archives=True) == [(site.incr, False), (site.full, True)]
+    assert outcome(select=site.incr) == [(site.incr, False)]
+    assert outcome(select=site.full) == [(site.full, True), (site.incr, False)]
+    # A selector of both (the day's stamps): the refused newer one first, as with the newest.
+    assert outcome(select="20250101", all_archives=True) == [
+        (site.incr, False),
+        (site.full, True),
+    ]
+    # A damaged record listed after the refused one is named too.
+    (site.backup / "crm" / "cell_crm_20250102_000000.json").write_bytes(b"{")
+    report = vault.verify(level="quick")
+    assert [(r.archive, r.ok) for r in report.results] == [
+        (site.incr, False),
+        (site.full, True),
+        ("cell_crm_20250102_000000", False),
+    ]
+    (site.backup / "crm" / "cell_crm_20250102_000000.json").unlink()
+    site.write(site.incr, signed)
+    body = site.body(site.full)
+    del body["signature"]
+    site.write(site.full, body)
+    report = vault.verify(level="quick")
+    assert [(r.archive, r.ok) for r in report.results] == [(site.incr, False), (site.full, False)]
+    assert f"its chain needs archive {site.full}" in (report.results[0].error or "")
+    assert "not signed" in (report.results[1].error or "")
+
+
 def test_a_stripped_signature_warns_or_is_refused_when_required(
     tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

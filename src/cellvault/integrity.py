@@ -286,10 +286,9 @@ def compare_tree(root: Path, manifest: Manifest) -> int:
     device node may be missing when not running as root: only root makes them.
     """
     as_root = os.geteuid() == 0
-    listed = expected = 0  # the manifest's paths under data/, and those that must be there
+    expected = 0  # the manifest's paths under data/ that must be there
     for entry in manifest.select(*ENTRY_TYPES):
         if entry.path.startswith("data/"):
-            listed += 1
             expected += as_root or entry.type not in _DEVICES
     # Hard links, checked at the end against their first names: (path, inode, first name).
     links: list[tuple[str, tuple[int, int], str]] = []

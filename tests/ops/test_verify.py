@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
 import json
+import logging
 import os
+import shutil
+import tarfile
+import time
+import types
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
 import hypothesis
 import pytest
@@ -13,10 +21,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellvault import ArchiveMeta, Cell, TargetSpec, Vault, hookimpl
+from cellvault import ArchiveId, ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
+from cellvault.errors import ConfigError
+from cellvault.targets.base import ObjectStat, Target
 from cellvault.targets.local import LocalTarget
-from tests.helpers import SAMPLE, clock, make_vault, snapshot, write_tree
+from tests.helpers import SAMPLE, MemTarget, clock, make_vault, snapshot, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
 
 
@@ -61,11 +71,16 @@ def _alerts(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def test_corrupt_copy_on_one_target_fails_full_verify_there_only(tmp_path: Path) -> None:
-    vault = _two_targets(tmp_path)
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
     assert vault.backup().ok
     _flip_a_byte(_data(tmp_path / "nas", "crm"))
 
+    events.clear()
     report = vault.verify(level="full")
+    # A check that stopped mid-read still counts its archive whole: the run reaches its total.
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["fraction"], last["bytes_done"]) == (1.0, last["bytes_total"])
     outcome = {(r.archive.split("_")[1], r.target): r.ok for r in report.results}
     assert outcome == {
         ("crm", "local"): True,
@@ -235,6 +250,16 @@ def test_drill_restores_checks_and_measures(tmp_path: Path) -> None:
     drill = vault.state.entry("crm", "nas")["drill"]
     assert drill["ok"] is True and drill["rto"] == round(crm.rto, 3)
     assert drill["archive"] == crm.archive
+    assert drill == {
+        "ok": True,
+        "at": drill["at"],
+        "archive": crm.archive,
+        "error": None,
+        "duration": round(crm.duration, 3),
+        "rto": round(crm.rto, 3),
+        "files": 4,
+        "bytes": crm.bytes,
+    }
 
 
 def _bytes(files: dict[str, bytes | str]) -> dict[str, bytes]:
@@ -267,6 +292,12 @@ def test_failing_health_check_or_corrupt_copy_fails_the_drill(tmp_path: Path) ->
     alerts = {(a["cell"], a["target"]): a for a in _alerts(tmp_path)}
     assert set(alerts) == {("crm", "nas"), ("billing", "local"), ("billing", "nas")}
     assert {a["stage"] for a in alerts.values()} == {"drill"}
+    failed = vault.state.entry("crm", "nas")["drill"]
+    assert (failed["ok"], failed["rto"], failed["error"]) == (
+        False,
+        None,
+        result["crm", "nas"].error,
+    )
     assert not (tmp_path / "backup" / ".cellvault" / "drill").exists()
 
 
@@ -311,6 +342,11 @@ def test_cli_levels(tmp_path: Path) -> None:
     assert "(RTO)" in text.stdout
     bad = runner.invoke(cli, ["verify", "--level", "deep"], env=env)
     assert bad.exit_code == 2
+    with pytest.raises(ConfigError) as unknown:
+        vault.verify(level="deep")
+    assert str(unknown.value) == (
+        "unknown verify level 'deep' (use one of quick, read, full, drill)"
+    )
 
 
 # -- read: every byte once, decompressed to the end, nothing unpacked --------------
@@ -403,6 +439,17 @@ def test_read_catches_a_truncated_stream_and_a_bad_meta(tmp_path: Path) -> None:
     errors = {r.archive.split("_")[1]: r.error or "" for r in report.results if not r.ok}
     assert "no end-of-archive blocks" in errors["crm"]
     assert "meta.json" in errors["billing"]
+    damaged = "(the stored copy is damaged; verify other targets and restore from a good one)"
+    for r in report.results:
+        assert (
+            r.error
+            == {
+                "crm": f"archive {r.archive}, on target nas: the tar stream has no end-of-archive "
+                f"blocks (truncated) {damaged}",
+                "billing": f"archive {r.archive}, member meta.json, on target nas: meta.json is not "
+                f"the first member {damaged}",
+            }[r.archive.split("_")[1]]
+        )
 
 
 def test_read_after_backup_compares_the_manifest_copy_byte_for_byte(
@@ -540,3 +587,463 @@ def test_read_memory_stays_bounded_on_a_very_compressible_archive(tmp_path: Path
     )
     peak_mib = int(out.stdout.split()[-1]) / 1024
     assert peak_mib < 150, f"{peak_mib:.0f} MiB"
+
+
+# -- what each result leaves: events, state, the copy of the manifest -------------------
+
+
+def test_each_result_is_logged_and_remembered_per_cell_target_and_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
+    write_tree(tmp_path / "cells" / "crm", {"big.bin": os.urandom(3 << 19)})  # read in blocks
+    assert vault.backup().ok
+    caplog.set_level(logging.INFO, logger="cellvault.ops.verify")
+    before = time.time()
+    events.clear()
+    report = vault.verify(level="read", cells=["crm"], targets=["nas"])
+    assert report.ok and report.level == "read"
+    (result,) = report.results
+    # Progress: the checks, and the bytes and files of the archives read.
+    (sidecar,) = vault.target("nas").archives("crm")
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["unit"], last["cells_done"], last["cells_total"]) == ("checks", 1, 1)
+    assert last["bytes_done"] == last["bytes_total"] == sidecar.size
+    assert last["files_done"] == last["files_total"] == sidecar.files > 0
+    records = [r.msg for r in caplog.records if r.name == "cellvault.ops.verify"]
+    assert isinstance(records[0], dict)
+    assert [r["event"] for r in records] == ["verify.started", "verify.ok", "verify.finished"]  # type: ignore[index]
+    started, ok, finished = records
+    assert {k: started[k] for k in ("run", "verify_level", "cells", "targets")} == {  # type: ignore[index]
+        "run": report.run,
+        "verify_level": "read",
+        "cells": ["crm"],
+        "targets": ["nas"],
+    }
+    assert (ok["run"], ok["verify_level"], ok["cell"], ok["target"]) == (  # type: ignore[index]
+        report.run,
+        "read",
+        "crm",
+        "nas",
+    )
+    assert (ok["archive"], ok["members"], ok["checks"]) == (  # type: ignore[index]
+        result.archive,
+        0,
+        list(result.checks),
+    )
+    assert (finished["run"], finished["verify_level"], finished["ok"]) == (report.run, "read", True)  # type: ignore[index]
+    assert finished["duration"] == round(report.duration, 3) > 0  # type: ignore[index]
+    entry = vault.state.entry("crm", "nas")["verify"]
+    assert entry["read"] == {
+        "ok": True,
+        "at": entry["read"]["at"],
+        "archive": result.archive,
+        "error": None,
+        "duration": round(result.duration, 3),
+    }
+    assert before <= entry["read"]["at"] <= time.time()
+
+    # A target whose listing fails: a failed result for the cell, remembered without an archive.
+    shutil.rmtree(tmp_path / "nas" / "crm")
+    (tmp_path / "nas" / "crm").write_text("not a folder\n")
+    events.clear()
+    report = vault.verify(level="quick", cells=["crm"])
+    assert not report.ok
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["cells_done"], last["cells_total"], last["bytes_total"]) == (2, 2, 0)  # reads none
+    results = {r.target: r for r in report.results}
+    assert results["local"].ok
+    bad = results["nas"]
+    assert (bad.ok, bad.archive, bad.level) == (False, "cell_crm", "quick")
+    assert "list archives of cell crm" in (bad.error or "")
+    entry = vault.state.entry("crm", "nas")["verify"]
+    assert (entry["quick"]["ok"], entry["quick"]["archive"]) == (False, None)
+    assert entry["quick"]["error"] == bad.error
+    assert entry["read"]["ok"] is True  # each level keeps its own last result
+    alert = _alerts(tmp_path)[-1]
+    assert (alert["stage"], alert["cell"], alert["target"]) == ("verify", "crm", "nas")
+    assert alert["error"] == bad.error
+    # The bytes count as they are read, not only when the check ends: with a run clock
+    # that moves a second a call, each step is an event.
+    import cellvault.run
+
+    ticks = itertools.count(time.monotonic())
+    clock = types.SimpleNamespace(**(vars(time) | {"monotonic": lambda: float(next(ticks))}))
+    monkeypatch.setattr(cellvault.run, "time", clock)
+    for level in ("quick", "read", "full"):
+        events.clear()
+        assert vault.verify(level=level, cells=["crm"], targets=["local"]).ok
+        progress = [e.data for e in events if e.name == "progress" and not e.data["cells_done"]]
+        steps = [(e["bytes_done"], e["files_done"]) for e in progress]
+        if level == "quick":  # reads nothing: counts checks alone
+            assert steps == []
+        else:  # the bytes as they are read, then the archive's files, of totals known at once
+            assert {(sidecar.size, 0), (sidecar.size, sidecar.files)} <= set(steps), level
+            totals = {(e["bytes_total"], e["files_total"]) for e in progress}
+            assert totals == {(sidecar.size, sidecar.files)}, level
+    # Every archive checked adds its files to the cell's count.
+    write_tree(tmp_path / "cells" / "crm", {"more.txt": "more\n"})
+    assert vault.backup(["crm"], kind="incremental", targets=["local"]).ok
+    first, second = vault.target("local").archives("crm")
+    events.clear()
+    assert vault.verify(level="read", cells=["crm"], targets=["local"], all_archives=True).ok
+    files = {
+        e.data["files_done"] for e in events if e.name == "progress" and not e.data["cells_done"]
+    }
+    assert {first.files, first.files + second.files} <= files
+
+
+def test_full_refuses_a_manifest_copy_that_differs_from_the_archives_own(tmp_path: Path) -> None:
+    """Restores plan from the copy: full compares it with the manifest.json inside the archive."""
+    import zstandard
+
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    folder = tmp_path / "nas" / "crm"
+    (copy,) = folder.glob("*.manifest.json.zst")
+    (sidecar,) = folder.glob("cell_*.json")
+    body = json.loads(sidecar.read_text())
+    del body["manifest_sha256"], body["manifest_size"]  # unsigned: rewritten as easily as the copy
+    sidecar.write_text(json.dumps(body))
+    manifest = json.loads(zstandard.ZstdDecompressor().stream_reader(copy.read_bytes()).read())
+    (entry,) = [e for e in manifest["entries"] if e["path"].endswith("config.yaml")]
+    entry["mode"] ^= 0o002
+    _own_copy(copy)
+    copy.write_bytes(zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+    report = vault.verify(level="full", cells=["crm"])
+    results = {r.target: r for r in report.results}
+    assert results["local"].ok and results["local"].members == len(manifest["entries"])
+    assert results["local"].checks == ()
+    assert 0 < results["nas"].duration < 60
+    assert results["nas"].error == (
+        f"archive {results['nas'].archive}, on target nas: the stored manifest copy differs "
+        "from the archive's manifest.json (take a new full backup; restore this archive "
+        "from another target)"
+    )
+
+
+class HeadTarget(MemTarget):
+    """A store whose HEAD reports an MD5 in capital hex and a CRC-64, as some S3-compatible ones do."""
+
+    stat_checksums = frozenset({"md5", "crc64ecma"})
+
+    def stat(self, key: str) -> ObjectStat:
+        import crcmod
+
+        with self._lock:
+            if key not in self.data:
+                raise FileNotFoundError(key)
+            data = self.data[key]
+        crc = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=(1 << 64) - 1)
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest().upper()
+        return ObjectStat(len(data), {"md5": md5, "crc64ecma": str(crc(data))})
+
+
+class HeadPlugin:
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> Target | None:
+        return HeadTarget(spec) if spec.scheme == "head" else None
+
+
+def test_quick_compares_each_checksum_the_sidecar_recorded_whatever_its_case(
+    tmp_path: Path,
+) -> None:
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    url = f"head://{tmp_path.name}-{time.monotonic_ns()}"
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [crm]},
+        targets=[TargetSpec("head", url)],
+        plugins=[HeadPlugin()],
+        extra={"BACKUP_ALERT_LOG": "off"},
+        verify_level="quick",
+    )
+    assert vault.backup().ok
+    target = vault.target("head")
+    assert isinstance(target, HeadTarget)
+    (sidecar,) = target.archives("crm")
+    assert set(sidecar.checksums) == {"md5", "crc64ecma"}
+    assert sidecar.checksums["md5"].islower()  # hashlib's; the store answers in capitals
+    assert vault.verify(level="quick").results[0].checks == ("size", "crc64ecma", "md5")
+    # An archive whose sidecar recorded the MD5 alone: that one is compared, and still refused.
+    key = f"crm/{sidecar.data_name}"
+    body = json.loads(target.data[f"crm/{sidecar.id}.json"])
+    del body["checksums"]["crc64ecma"]
+    target.put_bytes(f"crm/{sidecar.id}.json", json.dumps(body).encode())
+    assert vault.verify(level="quick").results[0].checks == ("size", "md5")
+    target.put_bytes(key, bytes(b ^ 1 for b in target.data[key]))
+    (bad,) = vault.verify(level="quick").results
+    assert not bad.ok
+    stored = hashlib.md5(target.data[key], usedforsecurity=False).hexdigest().upper()
+    assert bad.error == (
+        f"archive {sidecar.id}, on target head: the store's md5 of the data is {stored}, the "
+        f"sidecar recorded {sidecar.checksums['md5']} (the object was replaced or damaged) "
+        "(restore from another target; run 'cellvault verify --level full' to read it back)"
+    )
+
+
+def test_quick_checks_each_link_of_a_chain_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup(["crm"]).ok
+    for n in (1, 2):
+        write_tree(tmp_path / "cells" / "crm", {f"uploads/new{n}.txt": f"new {n}\n"})
+        assert vault.backup(["crm"], kind="incremental").cells[0].kind == "incremental"
+    full, inc1, inc2 = (s.id for s in vault.target("nas").archives("crm"))
+    read = vault.verify(level="read", cells=["crm"], targets=["nas"], all_archives=True)
+    assert [r.checks[-1] for r in read.results] == ["chain", "chain-digest", "chain-digest"]
+    _no_reads(monkeypatch)
+    report = vault.verify(level="quick", cells=["crm"], all_archives=True)
+    assert report.ok, [r.error for r in report.results]
+    checks = {(r.archive, r.target): r.checks for r in report.results}
+    assert checks[str(full), "nas"] == ("size",)
+    assert checks[str(inc1), "nas"] == checks[str(inc2), "nas"] == ("size", "chain-quick")
+    data = _data_of(tmp_path / "nas", full)
+    _own_copy(data)
+    os.truncate(data, data.stat().st_size - 1)
+    report = vault.verify(level="quick", cells=["crm"], targets=["nas"], all_archives=True)
+    errors = {r.archive: r.error for r in report.results}
+    assert errors[str(full)] == (
+        f"archive {full}, on target nas: stored data is {data.stat().st_size} bytes, the sidecar "
+        f"says {data.stat().st_size + 1} (truncated or replaced) (restore from another target; "
+        "run 'cellvault verify --level full' to read it back)"
+    )
+    for inc in (inc1, inc2):
+        assert errors[str(inc)] == (
+            f"archive {inc}, on target nas: its chain is broken: archive {full}, which it "
+            f"depends on, is damaged (stored data is {data.stat().st_size} bytes, the sidecar "
+            f"says {data.stat().st_size + 1} (truncated or replaced)) (this archive cannot be "
+            "restored from this target; restore from another target, and take a full backup "
+            "(the next backup is a full one by itself))"
+        )
+
+
+def _data_of(root: Path, ident: ArchiveId) -> Path:
+    (path,) = (root / ident.cell).glob(f"{ident}.tar.*")
+    return path
+
+
+def test_read_and_full_refuse_an_archive_whose_files_are_held_by_one_not_committed(
+    tmp_path: Path,
+) -> None:
+    """The manifest's holders are the chain too: an archive held nowhere here cannot restore."""
+    from tests.archive_helpers import dir_entry, file_entry, member, plant_archive
+
+    live = write_tree(tmp_path / "cells" / "crm", {"a.txt": "a\n"})
+    vault = make_vault(tmp_path / "backup", {"crm": [live]}, extra={"BACKUP_ALERT_LOG": "off"})
+    ident = ArchiveId.parse("cell_crm_20250101_020000")
+    elsewhere = "cell_crm_20240101_020000"
+    plant_archive(
+        tmp_path / "backup",
+        ident,
+        [member("data/crm", kind=tarfile.DIRTYPE, mode=0o755), member("data/crm/a.txt", b"a\n")],
+        [
+            dir_entry("data/crm"),
+            file_entry("data/crm/a.txt", b"a\n", str(ident)),
+            file_entry("data/crm/b.txt", b"b\n", elsewhere),
+        ],
+        roots={"crm": str(live)},
+    )
+    assert vault.verify(level="quick").ok  # names no holder: the meta's chain is empty
+    for level in ("read", "full"):
+        (result,) = vault.verify(level=level).results
+        assert result.error == (
+            f"archive {ident}, on target local: its chain needs archive {elsewhere}, which is "
+            "not committed on this target (restore from another target, or take a full backup)"
+        ), level
+
+
+def test_quick_and_read_name_exactly_what_differs_from_the_sidecar(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    nas = tmp_path / "nas"
+    data = _data(nas, "crm")
+    ident = data.name.split(".")[0]
+    (sidecar,) = (nas / "crm").glob("cell_*.json")
+    _own_copy(sidecar)
+    body = json.loads(sidecar.read_text())
+    damaged = "(the stored copy is damaged; verify other targets and restore from a good one)"
+
+    def error(level: str) -> str | None:
+        (result,) = vault.verify(level=level, cells=["crm"], targets=["nas"]).results
+        return result.error
+
+    # An unsigned sidecar edited: the stored bytes no longer match what it records.
+    sidecar.write_text(json.dumps(body | {"sha256": "0" * 64}))
+    assert error("read") == (
+        f"archive {ident}, on target nas: sha256 of the stored data differs from the sidecar "
+        + damaged
+    )
+    size = body["size"]
+    sidecar.write_text(json.dumps(body | {"size": size + 1}))
+    assert error("read") == (
+        f"archive {ident}, on target nas: stored data is {size} bytes, the sidecar says "
+        f"{size + 1} " + damaged
+    )
+    sidecar.write_text(json.dumps(body))
+    assert error("read") is None
+    (copy,) = (nas / "crm").glob("*.manifest.json.zst")
+    copy.rename(tmp_path / "copy")
+    assert error("quick") == f"archive {ident}, on target nas: manifest copy is missing"
+    (tmp_path / "copy").rename(copy)
+    data.unlink()
+    assert error("quick") == (
+        f"archive {ident}, on target nas: data is missing although the sidecar exists "
+        "(restore from another target; the next backup stores a new copy)"
+    )
+
+
+def test_a_forged_record_fails_its_own_cell_on_its_own_target_alerted_once(
+    tmp_path: Path,
+) -> None:
+    import datetime as dt
+
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    folder = tmp_path / "nas" / "crm"
+    (sidecar,) = folder.glob("cell_*.json")
+    real = ArchiveId.parse(sidecar.stem)
+    older = ArchiveId("crm", real.when - dt.timedelta(seconds=1))
+    body = json.loads(sidecar.read_text()) | {"id": str(older), "size": -1}
+    (folder / f"{older}.json").write_text(json.dumps(body))
+    for _ in range(2):
+        report = vault.verify()
+        failed = [(r.archive, r.target) for r in report.results if not r.ok]
+        assert failed == [(str(older), "nas")]
+        assert len(report.results) == 5  # each cell's newest on each target, and the forged one
+    checks = [a for a in _alerts(tmp_path) if a["stage"] == "check"]
+    assert len(checks) == 1
+    assert (checks[0]["cell"], checks[0]["target"]) == ("crm", "nas")
+    assert checks[0]["error"].startswith(f"ignored crm/{older}.json: ")
+    # Another cell's forged record, listed first, hides nothing of this one's.
+    (other,) = (tmp_path / "nas" / "billing").glob("cell_*.json")
+    billing = ArchiveId("billing", ArchiveId.parse(other.stem).when - dt.timedelta(seconds=1))
+    (other.parent / f"{billing}.json").write_bytes(b"{")
+    report = vault.verify(["billing", "crm"], targets=["nas"])
+    assert [r.archive for r in report.results if not r.ok] == [str(billing), str(older)]
+
+
+def test_read_checks_the_digest_of_a_parent_larger_than_a_block(tmp_path: Path) -> None:
+    live = write_tree(tmp_path / "cells" / "crm", {"big.bin": os.urandom(3 << 19), "a.txt": "a"})
+    vault = make_vault(tmp_path / "backup", {"crm": [live]}, clock=clock())
+    assert vault.backup().ok
+    write_tree(live, {"a.txt": "b"})
+    assert vault.backup(kind="incremental").cells[0].kind == "incremental"
+    full, inc = vault.target("local").archives("crm")
+    assert full.size > 1 << 20  # read in more than one block
+    (result,) = vault.verify(level="read").results
+    assert result.ok and result.checks[-1] == "chain-digest"
+    data = _data_of(tmp_path / "backup", full.id)
+    _flip_a_byte(data)
+    (result,) = vault.verify(level="read").results
+    assert result.error == (
+        f"archive {inc.id}, on target local: its chain is broken: archive {full.id}, which it "
+        f"depends on, is damaged (its data does not match its sidecar's sha256 ({full.size} "
+        "bytes read)) (this archive cannot be restored from this target; restore from another "
+        "target, and take a full backup (the next backup is a full one by itself))"
+    )
+
+
+class _Failing(io.RawIOBase):
+    """A stream whose reads fail, as a store's connection dropped mid-read would."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise PermissionError("read refused")
+
+
+class FaultyTarget(MemTarget):
+    """A store that fails the calls named in :attr:`faults`, (call, key suffix) -> error, once or always."""
+
+    faults: ClassVar[dict[tuple[str, str], tuple[type[Exception], bool]]] = {}
+
+    def _fault(self, call: str, key: str) -> None:
+        for (name, suffix), (error, always) in list(self.faults.items()):
+            if name == call and key.endswith(suffix):
+                if not always:
+                    del self.faults[name, suffix]
+                raise error(f"{call} refused")
+
+    def stat(self, key: str) -> ObjectStat:
+        self._fault("stat", key)
+        return super().stat(key)
+
+    def open_read(self, key: str) -> IO[bytes]:
+        self._fault("open", key)
+        f = super().open_read(key)
+        try:
+            self._fault("read", key)
+        except PermissionError:
+            return io.BufferedReader(_Failing())
+        return f
+
+
+class FaultyPlugin:
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> Target | None:
+        return FaultyTarget(spec) if spec.scheme == "faulty" else None
+
+
+def test_a_store_that_fails_a_call_is_named_and_retried_not_taken_for_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FaultyTarget, "faults", {})
+    faults = FaultyTarget.faults
+    crm = write_tree(tmp_path / "cells" / "crm", SAMPLE)
+    url = f"faulty://{tmp_path.name}-{time.monotonic_ns()}"
+    vault = make_vault(
+        tmp_path / "backup",
+        {"crm": [crm]},
+        targets=[TargetSpec("store", url)],
+        plugins=[FaultyPlugin()],
+        extra={"BACKUP_ALERT_LOG": "off"},
+    )
+    # The check after the backup reads the manifest copy back: a transient failure is retried.
+    faults["open", ".manifest.json.zst"] = (ConnectionError, False)
+    assert vault.backup().ok
+    assert not faults
+    # Refused for good: the backup names the call that failed, not a damaged copy.
+    for call in ("open", "read"):
+        faults[call, ".manifest.json.zst"] = (PermissionError, True)
+        report = vault.backup()
+        (outcome,) = report.cells[0].targets
+        assert outcome.stage == "verify", call
+        assert f"cannot read manifest of {report.cells[0].archive} (PermissionError: " in (
+            outcome.error or ""
+        ), call
+        del faults[call, ".manifest.json.zst"]
+    (sidecar,) = vault.target("store").archives("crm")
+
+    def error(level: str) -> str:
+        (result,) = vault.verify(level=level).results
+        return result.error or ""
+
+    for suffix, what in ((".tar.zst", "stat archive"), (".manifest.json.zst", "stat manifest of")):
+        faults["stat", suffix] = (ConnectionError, False)
+        assert error("quick") == ""  # retried
+        faults["stat", suffix] = (PermissionError, True)
+        assert error("quick").startswith(
+            f"target store: cannot {what} {sidecar.id} (PermissionError: stat refused)"
+        )
+        del faults["stat", suffix]
+    faults["read", ".tar.zst"] = (PermissionError, True)
+    assert error("read").startswith(
+        f"target store: cannot read archive {sidecar.id} (PermissionError: read refused)"
+    )
+
+
+def test_a_check_that_fails_before_reading_still_brings_progress_to_its_total(
+    tmp_path: Path,
+) -> None:
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
+    assert vault.backup().ok
+    _data(tmp_path / "nas", "crm").unlink()
+    events.clear()
+    assert not vault.verify(level="read").ok
+    last = [e.data for e in events if e.name == "progress"][-1]
+    assert (last["fraction"], last["bytes_done"]) == (1.0, last["bytes_total"])

@@ -415,25 +415,18 @@ def read_check(
         raise corrupt(f"stored data is {found.count} bytes, the sidecar says {sidecar.size}")
     if found.sha256 != sidecar.sha256:
         raise corrupt("sha256 of the stored data differs from the sidecar")
+    if manifest_copy is not None and manifest_copy_sha256 is None:
+        manifest_copy_sha256 = hashlib.sha256(manifest_copy).hexdigest()
     if keyless:
-        return _keyless_rest(target, sidecar, committed, manifest_copy, corrupt)
+        return _keyless_rest(target, sidecar, committed, manifest_copy_sha256, corrupt)
     if not found.tar_ends:
         raise corrupt("the tar stream has no end-of-archive blocks (truncated)")
     check_meta(found.head, sidecar, corrupt)
-    if manifest_copy is not None and manifest_copy_sha256 is None:
-        manifest_copy_sha256 = hashlib.sha256(manifest_copy).hexdigest()
-    if manifest_copy_sha256 is not None:
-        try:
-            with target.guard(f"read manifest of {ident}", missing_ok=True):
-                f = target.retrying(target.open_read, target.manifest_key(sidecar.id))
-        except FileNotFoundError:
-            raise corrupt("manifest copy is missing") from None
-        with f, target.guard(f"read manifest of {ident}"):
-            digest = hashlib.sha256()
-            while block := f.read(1 << 20):
-                digest.update(block)
-        if digest.hexdigest() != manifest_copy_sha256:
-            raise corrupt("the stored manifest copy differs from the one written")
+    stored = (
+        None if manifest_copy_sha256 is None else _manifest_copy_sha256(target, sidecar, corrupt)
+    )
+    if stored != manifest_copy_sha256:
+        raise corrupt("the stored manifest copy differs from the one written")
     if manifest is None or manifest_copy_sha256 is None:
         manifest = target.manifest(sidecar)
     check_chain(target, sidecar, committed, manifest)
@@ -444,19 +437,36 @@ def _keyless_rest(
     target: Target,
     sidecar: Sidecar,
     committed: set[ArchiveId],
-    manifest_copy: bytes | None,
+    manifest_copy_sha256: str | None,
     corrupt: Callable[[str], ArchiveCorrupt],
 ) -> tuple[str, ...]:
-    """The read check of a sealed archive past its digest, without a key: the manifest copy is there."""
-    try:
-        with target.guard(f"read manifest of {sidecar.id}", missing_ok=True):
-            stored = target.retrying(target.read_bytes, target.manifest_key(sidecar.id))
-    except FileNotFoundError:
-        raise corrupt("manifest copy is missing") from None
-    if manifest_copy is not None and stored != manifest_copy:
+    """The read check of a sealed archive past its digest, without a key.
+
+    The manifest copy is there and, with *manifest_copy_sha256* (a backup's
+    check), is byte for byte the one written; the chain its meta names is
+    committed.
+    """
+    stored = _manifest_copy_sha256(target, sidecar, corrupt)
+    if manifest_copy_sha256 is not None and stored != manifest_copy_sha256:
         raise corrupt("the stored manifest copy differs from the one written")
     check_chain(target, sidecar, committed)
     return ("size", "sha256", "sealed", "chain")
+
+
+def _manifest_copy_sha256(
+    target: Target, sidecar: Sidecar, corrupt: Callable[[str], ArchiveCorrupt]
+) -> str:
+    """The sha256 of the stored manifest copy of *sidecar*, read a block at a time."""
+    try:
+        with target.guard(f"read manifest of {sidecar.id}", missing_ok=True):
+            f = target.retrying(target.open_read, target.manifest_key(sidecar.id))
+    except FileNotFoundError:
+        raise corrupt("manifest copy is missing") from None
+    with f, target.guard(f"read manifest of {sidecar.id}"):
+        digest = hashlib.sha256()
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _counted(raw: IO[bytes], on_read: Callable[[int], None] | None) -> IO[bytes]:
