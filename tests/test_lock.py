@@ -944,3 +944,56 @@ def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
         # stale version, deleted once the lease was replaced: only the lease is left.
         assert Recording.created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
         assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]
+
+
+def test_claims_left_by_runs_killed_mid_takeover_are_taken_over_three_deep(
+    target: LocalTarget | MemTarget,
+) -> None:
+    """A stale claim is taken through a claim named after it, and so on, three deep; not four."""
+    write_lock(target, {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)})
+    probe = Lease(target, "crm", "probe", ttl=60)
+    seen = probe._read()
+    assert seen is not None
+    # Each run killed after winning the claim of the one before it.
+    key = probe._claim_key(seen)
+    chain = []
+    for i in range(4):
+        body = json.dumps({"token": f"dead{i}", "since": iso(-3600)}).encode()
+        target.put_bytes(key, body)
+        chain.append(key)
+        key = f"{key}.{hashlib.sha256(body).hexdigest()[:8]}"
+    # Four deep: the last one is past the depth tried, so the cell stays locked.
+    with pytest.raises(LockHeld, match="changed hands"):
+        Lease.acquire(target, "crm", "next run", ttl=60)
+    target.delete(chain[-1])
+    # Three deep: taken over, and every claim is gone with the lease.
+    lease = Lease.acquire(target, "crm", "next run", ttl=60)
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    lease.release()
+    assert [e.name for e in target.list(".locks")] == []
+
+
+class Flapping(MemTarget):
+    """A store where another run's claim is there at each create and gone at each read."""
+
+    flaps = 0
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if ".takeover." in key and self.flaps > 0:
+            self.flaps -= 1
+            return False
+        return super().create_exclusive(key, data)
+
+
+def test_a_claim_released_between_the_create_and_the_read_is_tried_again_three_times(
+    tmp_path: Path,
+) -> None:
+    target = Flapping(TargetSpec("mem", f"mem://flapping-{tmp_path.name}-{time.monotonic_ns()}"))
+    probe = Lease(target, "crm", "probe", ttl=60)
+    target.flaps = 3
+    assert probe._claim(".locks/crm.takeover.a") is True
+    assert target.flaps == 0
+    target.flaps = 5
+    assert probe._claim(".locks/crm.takeover.b") is False  # not without end
+    assert target.flaps == 1
+    assert [e.name for e in target.list(".locks")] == ["crm.takeover.a"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -67,7 +68,10 @@ def test_on_linux_the_exchange_is_one_renameat2_call(
     assert swap_module._renameat2(tree, tmp_path / "file") is True
     assert (tmp_path / "file" / "f").read_text() == "a folder\n"
     assert (tmp_path / "tree").read_text() == "a file\n"
-    # A failure other than "the file system cannot" is an error, with its errno.
+    # A failure other than "the file system cannot" is an error, with its errno: the
+    # call's own, not a stale one ctypes kept from an earlier call of this thread (or
+    # of the process this one was forked from).
+    ctypes.set_errno(errno.EBUSY)
     with pytest.raises(FileNotFoundError) as info:
         swap_module._renameat2(tmp_path / "tree", tmp_path / "missing")
     assert (info.value.errno, info.value.strerror) == (errno.ENOENT, os.strerror(errno.ENOENT))
