@@ -997,3 +997,32 @@ def test_a_claim_released_between_the_create_and_the_read_is_tried_again_three_t
     assert probe._claim(".locks/crm.takeover.b") is False  # not without end
     assert target.flaps == 1
     assert [e.name for e in target.list(".locks")] == ["crm.takeover.a"]
+
+
+class LostClaimAnswer(MemTarget):
+    """A store where the create of a claim goes through and its answer is lost (a retry says "exists")."""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        created = super().create_exclusive(key, data)
+        return created and ".takeover." not in key
+
+
+def test_a_claim_whose_create_answer_was_lost_is_known_as_ours(tmp_path: Path) -> None:
+    target = LostClaimAnswer(TargetSpec("mem", f"mem://lost-{tmp_path.name}-{time.monotonic_ns()}"))
+    write_lock(target, {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)})
+    with Lease.acquire(target, "crm", "next run", ttl=60) as lease:
+        assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+        assert [e.name for e in target.list(".locks")] == ["crm.lock"]
+
+
+@pytest.mark.parametrize("claim", [b"\x00torn{", b"[]", b'{"token": "t"}', b'{"since": 7}'])
+def test_a_damaged_claim_is_no_ones(target: LocalTarget | MemTarget, claim: bytes) -> None:
+    """A claim is written whole: one that is not a claim's JSON is taken over at once."""
+    write_lock(target, {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)})
+    probe = Lease(target, "crm", "probe", ttl=3600)
+    seen = probe._read()
+    assert seen is not None
+    target.put_bytes(probe._claim_key(seen), claim)
+    with Lease.acquire(target, "crm", "next run", ttl=3600) as lease:
+        assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    assert [e.name for e in target.list(".locks")] == []
