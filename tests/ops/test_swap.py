@@ -6,13 +6,19 @@ import ctypes
 import errno
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cellvault import swap as swap_module
-from cellvault.swap import Swap
+from cellvault.errors import RestoreError
+from cellvault.swap import Swap, read_owner
 from tests.helpers import write_tree
+from tests.system_tools import unavailable
 
 
 def committed(tmp_path: Path) -> tuple[Swap, Path, Path]:
@@ -94,3 +100,74 @@ def test_without_renameat2_three_renames_swap_and_undo_themselves(
         swap_module.exchange(tmp_path / "missing", tmp_path / "file")
     assert (tmp_path / "file" / "f").read_text() == "a folder\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tree"]
+
+
+@pytest.fixture
+def other_fs(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than *tmp_path* (/dev/shm)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        unavailable("needs /dev/shm on a file system of its own")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_root_on_another_file_system_is_copied_beside_it_and_named_first(
+    tmp_path: Path, other_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    far = write_tree(other_fs / "data", {"big.bin": "old data\n"})
+    swap = Swap.create({"app": local, "data": far}, "cell_crm_20250101_020000", cell="crm")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    write_tree(swap.staging / "data", {"big.bin": "new data\n"})
+    calls: list[dict[str, object]] = []
+    real = swap_module.run_tool
+
+    def seen(argv: list[str], **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(swap_module, "run_tool", seen)
+    swap.place()
+    near = swap.placed["data"]
+    assert near.parent == other_fs and near.name.startswith(".cellvault-restore-data-")
+    assert (near / "big.bin").read_text() == "new data\n"
+    assert swap.placed["app"] == swap.staging / "app"
+    assert sorted(p.name for p in swap.staging.iterdir()) == ["app"]  # the copied root moved out
+    # The copy is named in the owner file (written before it was made).
+    assert read_owner(swap.staging)["copies"] == [str(near)]  # type: ignore[index]
+    # A big tree's copy is not cut short by the tools' time limit.
+    assert [c["timeout"] for c in calls] == [None]
+    swap.commit()
+    assert (far / "big.bin").read_text() == "new data\n"
+    assert (near / "big.bin").read_text() == "old data\n"
+    swap.cleanup()
+    assert sorted(p.name for p in other_fs.iterdir()) == ["data"]
+    assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
+
+
+def test_a_copy_to_another_file_system_that_fails_leaves_nothing_there(
+    tmp_path: Path, other_fs: Path
+) -> None:
+    local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    far = write_tree(other_fs / "data", {"big.bin": "old data\n"})
+    swap = Swap.create({"app": local, "data": far}, "cell_crm_20250101_020000", cell="crm")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    # Nothing staged for "data": cp fails.
+    with pytest.raises(RestoreError) as info:
+        swap.place()
+    assert info.value.message.startswith(
+        f"copying the staged tree to {other_fs}: failed with exit code 1: cp: cannot stat"
+    )
+    assert (
+        info.value.hint == "check the free space and permissions of the destination's file system"
+    )
+    assert sorted(p.name for p in other_fs.iterdir()) == ["data"]
+    assert (far / "big.bin").read_text() == "old data\n"
+    (copy,) = read_owner(swap.staging)["copies"]  # type: ignore[index]
+    assert Path(copy).parent == other_fs
+    swap.discard()
+    assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
