@@ -551,7 +551,7 @@ def test_a_committed_sidecar_records_the_lease_token(tmp_path: Path) -> None:
     assert sidecar.lease is not None and len(sidecar.lease) == 16
 
 
-def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
+def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_cell(
     target: LocalTarget | MemTarget,
 ) -> None:
     stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
@@ -946,7 +946,7 @@ def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
         assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]
 
 
-def test_claims_left_by_runs_killed_mid_takeover_are_taken_over_three_deep(
+def test_claims_left_by_runs_that_died_mid_takeover_are_taken_over_three_deep(
     target: LocalTarget | MemTarget,
 ) -> None:
     """A stale claim is taken through a claim named after it, and so on, three deep; not four."""
