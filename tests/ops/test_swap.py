@@ -171,3 +171,35 @@ def test_a_copy_to_another_file_system_that_fails_leaves_nothing_there(
     assert Path(copy).parent == other_fs
     swap.discard()
     assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
+
+
+def test_a_commit_says_each_root_it_swapped_in(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    new = tmp_path / "srv" / "new"
+    swap = Swap.create({"app": live, "new": new}, "cell_crm_20250101_020000")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    write_tree(swap.staging / "new", {"f": "new\n"})
+    swap.place()
+    caplog.set_level(logging.INFO, logger="cellvault.swap")
+    roots: list[str] = []
+    swap.commit(on_root=roots.append)
+    swapped = [r.msg for r in caplog.records if r.name == "cellvault.swap"]
+    assert [(m["event"], m["destination"]) for m in swapped] == [  # type: ignore[index]
+        ("restore.swapped", str(live)),
+        ("restore.swapped", str(new)),
+    ]
+    assert roots == ["app", "new"]
+    assert swap.done == [("app", True), ("new", False)]
+    swap.cleanup()
+
+
+def test_an_owner_file_that_is_not_an_owner_s_object_says_nothing(tmp_path: Path) -> None:
+    staging = tmp_path / ".cellvault-restore-cell_crm_20250101_020000-0123abcd"
+    assert read_owner(staging) is None  # none
+    for raw in ('{"cell": "crm"', '["crm"]', '"crm"'):
+        swap_module.owner_path(staging).write_text(raw)
+        assert read_owner(staging) is None, raw
+    swap_module.owner_path(staging).write_text('{"cell": "crm"}')
+    assert read_owner(staging) == {"cell": "crm"}
