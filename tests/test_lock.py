@@ -1026,3 +1026,34 @@ def test_a_damaged_claim_is_no_ones(target: LocalTarget | MemTarget, claim: byte
     with Lease.acquire(target, "crm", "next run", ttl=3600) as lease:
         assert lock_body(target)["token"] == lease.token  # type: ignore[index]
     assert [e.name for e in target.list(".locks")] == []
+
+
+def test_a_release_on_a_compare_and_swap_store_deletes_our_version(tmp_path: Path) -> None:
+    target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}-{time.monotonic_ns()}"))
+    lease = Lease.acquire(target, "crm", "run", ttl=120)
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    lease.release()
+    assert lock_body(target) is None
+    assert target.data == {}
+
+
+class Overtaken(MemTarget):
+    """A store where another run takes a stale claim over while we win the claim named after it."""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        created = super().create_exclusive(key, data)
+        if created and key.startswith(".locks/crm.takeover.a."):
+            self.put_bytes(
+                ".locks/crm.takeover.a", json.dumps({"token": "other", "since": iso(0)}).encode()
+            )
+        return created
+
+
+def test_a_stale_claim_taken_by_another_run_meanwhile_is_theirs(tmp_path: Path) -> None:
+    target = Overtaken(TargetSpec("mem", f"mem://overtaken-{tmp_path.name}-{time.monotonic_ns()}"))
+    target.put_bytes(
+        ".locks/crm.takeover.a", json.dumps({"token": "dead", "since": iso(-3600)}).encode()
+    )
+    probe = Lease(target, "crm", "probe", ttl=60)
+    assert probe._claim(".locks/crm.takeover.a") is False
+    assert json.loads(target.read_bytes(".locks/crm.takeover.a"))["token"] == "other"
