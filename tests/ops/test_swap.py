@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from cellvault import swap as swap_module
 from cellvault.errors import RestoreError
 from cellvault.swap import Swap, read_owner
 from tests.helpers import write_tree
-from tests.system_tools import unavailable
+from tests.system_tools import needs_root, require, unavailable
 
 
 def committed(tmp_path: Path) -> tuple[Swap, Path, Path]:
@@ -203,3 +204,42 @@ def test_an_owner_file_that_is_not_an_owner_s_object_says_nothing(tmp_path: Path
         assert read_owner(staging) is None, raw
     swap_module.owner_path(staging).write_text('{"cell": "crm"}')
     assert read_owner(staging) == {"cell": "crm"}
+
+
+def test_roots_that_are_a_file_and_a_link_on_another_file_system_leave_nothing_behind(
+    tmp_path: Path, other_fs: Path
+) -> None:
+    local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    conf = other_fs / "app.conf"
+    conf.write_text("old\n")
+    link = other_fs / "current"
+    link.symlink_to("releases/1")
+    swap = Swap.create(
+        {"app": local, "conf": conf, "link": link}, "cell_crm_20250101_020000", cell="crm"
+    )
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    (swap.staging / "conf").write_text("new\n")
+    (swap.staging / "link").symlink_to("releases/2")
+    swap.place()
+    swap.commit()
+    assert (conf.read_text(), os.readlink(link)) == ("new\n", "releases/2")
+    swap.cleanup()
+    assert sorted(p.name for p in other_fs.iterdir()) == ["app.conf", "current"]
+    assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
+
+
+def test_old_data_that_cannot_be_removed_does_not_fail_the_clean_up(tmp_path: Path) -> None:
+    """The swap is done: a file of the old data that refuses removal (immutable) stays, no error."""
+    needs_root("make a file immutable")
+    require("chattr")
+    swap, live, old = committed(tmp_path)
+    stuck = old / "stuck.txt"
+    stuck.write_text("immutable\n")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, check=False).returncode:
+        unavailable("the file system of the temporary folder has no immutable flag")
+    try:
+        swap.cleanup()
+        assert [p.name for p in old.iterdir()] == ["stuck.txt"]  # the rest is gone
+        assert (live / "config.yaml").read_text() == "new\n"
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
