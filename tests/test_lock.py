@@ -1057,3 +1057,17 @@ def test_a_stale_claim_taken_by_another_run_meanwhile_is_theirs(tmp_path: Path) 
     probe = Lease(target, "crm", "probe", ttl=60)
     assert probe._claim(".locks/crm.takeover.a") is False
     assert json.loads(target.read_bytes(".locks/crm.takeover.a"))["token"] == "other"
+
+
+def test_an_expiry_without_a_zone_is_utc_and_a_holder_without_one_is_respected(
+    target: LocalTarget | MemTarget,
+) -> None:
+    naive = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    holder = {"host": "elsewhere", "pid": 7, "token": "theirs"}
+    for expires in ((naive + dt.timedelta(hours=1)).isoformat(), "soon", None):
+        write_lock(target, {**holder} if expires is None else {**holder, "expires": expires})
+        with pytest.raises(LockHeld, match="host elsewhere"):
+            Lease.acquire(target, "crm", "backup")
+    write_lock(target, {**holder, "expires": (naive - dt.timedelta(hours=1)).isoformat()})
+    with Lease.acquire(target, "crm", "backup") as lease:
+        assert lock_body(target)["token"] == lease.token  # type: ignore[index]
