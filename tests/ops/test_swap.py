@@ -243,3 +243,15 @@ def test_old_data_that_cannot_be_removed_does_not_fail_the_clean_up(tmp_path: Pa
         assert (live / "config.yaml").read_text() == "new\n"
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+
+def test_the_folders_of_a_new_destination_are_made(tmp_path: Path) -> None:
+    live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    deep = tmp_path / "var" / "lib" / "cell" / "data"
+    swap = Swap.create({"app": live, "data": deep}, "cell_crm_20250101_020000")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    write_tree(swap.staging / "data", {"f": "new\n"})
+    swap.place()
+    swap.commit()
+    assert (deep / "f").read_text() == "new\n"
+    swap.cleanup()
