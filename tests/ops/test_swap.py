@@ -18,6 +18,7 @@ import pytest
 from cellvault import swap as swap_module
 from cellvault.errors import RestoreError
 from cellvault.swap import Swap, read_owner
+from cellvault.tool import run_tool
 from tests.helpers import write_tree
 from tests.system_tools import needs_root, require, unavailable
 
@@ -125,11 +126,9 @@ def test_a_root_on_another_file_system_is_copied_beside_it_and_named_first(
     write_tree(swap.staging / "app", {"config.yaml": "new\n"})
     write_tree(swap.staging / "data", {"big.bin": "new data\n"})
     calls: list[dict[str, object]] = []
-    real = swap_module.run_tool
-
     def seen(argv: list[str], **kwargs: Any) -> Any:
         calls.append(kwargs)
-        return real(argv, **kwargs)
+        return run_tool(argv, **kwargs)
 
     monkeypatch.setattr(swap_module, "run_tool", seen)
     swap.place()
