@@ -126,6 +126,7 @@ def test_a_root_on_another_file_system_is_copied_beside_it_and_named_first(
     write_tree(swap.staging / "app", {"config.yaml": "new\n"})
     write_tree(swap.staging / "data", {"big.bin": "new data\n"})
     calls: list[dict[str, object]] = []
+
     def seen(argv: list[str], **kwargs: Any) -> Any:
         calls.append(kwargs)
         return run_tool(argv, **kwargs)
