@@ -250,16 +250,22 @@ def test_release_deletes_only_our_own_lease(target: LocalTarget | MemTarget) -> 
     assert lock_body(target) == theirs
 
 
-def test_renewal_stops_when_the_lease_was_taken(target: LocalTarget | MemTarget) -> None:
+def test_renewal_stops_when_the_lease_was_taken(
+    target: LocalTarget | MemTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="cellvault")
     lease = Lease.acquire(target, "crm", "slow run", ttl=0.3)
     theirs = {"host": "other", "pid": 1, "since": iso(0), "expires": iso(3600), "token": "theirs"}
     assert lease._thread is not None
+    # A thread of its own, which never keeps the process alive.
+    assert (lease._thread.name, lease._thread.daemon) == ("lease-crm", True)
     for _ in range(5):
         write_lock(target, theirs)
         lease._thread.join(timeout=1)  # it sees another holder and stops renewing
         if not lease._thread.is_alive():
             break
     assert not lease._thread.is_alive()
+    assert events(caplog, "lock.lost") == [{"target": target.name, "cell": "crm"}]
     time.sleep(0.25)
     assert lock_body(target) == theirs
     lease.release()
