@@ -21,7 +21,7 @@ import pytest
 
 from cellvault import LocalTarget, LockHeld, TargetSpec, hookimpl
 from cellvault.errors import TargetError
-from cellvault.lock import Lease
+from cellvault.lock import Lease, holder_is_stale
 from cellvault.readlease import ReadLease, read_holds
 from cellvault.targets.base import ObjectInfo
 from tests.helpers import SAMPLE, MemTarget, make_vault, snapshot, write_tree
@@ -1077,3 +1077,22 @@ def test_an_expiry_without_a_zone_is_utc_and_a_holder_without_one_is_respected(
     write_lock(target, {**holder, "expires": (naive - dt.timedelta(hours=1)).isoformat()})
     with Lease.acquire(target, "crm", "backup") as lease:
         assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+
+
+def test_a_lease_that_cannot_be_deleted_is_left_to_expire_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Failing(TargetSpec("mem", f"mem://undeletable-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.WARNING, logger="cellvault")
+    lease = Lease.acquire(target, "crm", "run", ttl=60)
+    target.fail_delete = True
+    lease.release()  # never raises: the lease then expires by itself
+    assert events(caplog, "lock.release_failed") == [
+        {"target": "mem", "cell": "crm", "error": "[Errno 13] refused", "expires_in": 60}
+    ]
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    # Released, its token is no longer this process's: what it left is stale at once.
+    assert holder_is_stale(lock_body(target))  # type: ignore[arg-type]
+    # A lease never taken is released without error.
+    target.fail_delete = False
+    Lease(target, "crm", "never taken").release()
