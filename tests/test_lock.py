@@ -1096,3 +1096,20 @@ def test_a_lease_that_cannot_be_deleted_is_left_to_expire_and_said(
     # A lease never taken is released without error.
     target.fail_delete = False
     Lease(target, "crm", "never taken").release()
+
+
+def test_a_renewal_that_fails_is_said_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Failing(TargetSpec("mem", f"mem://unwritable-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.WARNING, logger="cellvault")
+    with Lease.acquire(target, "crm", "run", ttl=0.3) as lease:
+        target.fail_put = True
+        deadline = time.monotonic() + 10
+        while len(events(caplog, "lock.renew_failed")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failed = events(caplog, "lock.renew_failed")
+        assert len(failed) >= 2  # the thread goes on after a failure
+        assert failed[0] == {"target": "mem", "cell": "crm", "error": "[Errno 13] refused"}
+        assert lease._thread is not None and lease._thread.is_alive()
+        target.fail_put = False
