@@ -122,9 +122,13 @@ def test_a_root_on_another_file_system_is_copied_beside_it_and_named_first(
 ) -> None:
     local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
     far = write_tree(other_fs / "data", {"big.bin": "old data\n"})
-    swap = Swap.create({"app": local, "data": far}, "cell_crm_20250101_020000", cell="crm")
+    logs = other_fs / "logs"  # not there yet
+    swap = Swap.create(
+        {"app": local, "data": far, "logs": logs}, "cell_crm_20250101_020000", cell="crm"
+    )
     write_tree(swap.staging / "app", {"config.yaml": "new\n"})
     write_tree(swap.staging / "data", {"big.bin": "new data\n"})
+    write_tree(swap.staging / "logs", {"a.log": "new log\n"})
     calls: list[dict[str, object]] = []
 
     def seen(argv: list[str], **kwargs: Any) -> Any:
@@ -137,16 +141,18 @@ def test_a_root_on_another_file_system_is_copied_beside_it_and_named_first(
     assert near.parent == other_fs and near.name.startswith(".cellvault-restore-data-")
     assert (near / "big.bin").read_text() == "new data\n"
     assert swap.placed["app"] == swap.staging / "app"
-    assert sorted(p.name for p in swap.staging.iterdir()) == ["app"]  # the copied root moved out
-    # The copy is named in the owner file (written before it was made).
-    assert read_owner(swap.staging)["copies"] == [str(near)]  # type: ignore[index]
+    assert sorted(p.name for p in swap.staging.iterdir()) == ["app"]  # the copied roots moved out
+    # Each copy is named in the owner file (written before it was made).
+    copies = [str(swap.placed["data"]), str(swap.placed["logs"])]
+    assert read_owner(swap.staging)["copies"] == copies  # type: ignore[index]
     # A big tree's copy is not cut short by the tools' time limit.
-    assert [c["timeout"] for c in calls] == [None]
+    assert [c["timeout"] for c in calls] == [None, None]
     swap.commit()
     assert (far / "big.bin").read_text() == "new data\n"
+    assert (logs / "a.log").read_text() == "new log\n"
     assert (near / "big.bin").read_text() == "old data\n"
     swap.cleanup()
-    assert sorted(p.name for p in other_fs.iterdir()) == ["data"]
+    assert sorted(p.name for p in other_fs.iterdir()) == ["data", "logs"]
     assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
 
 
