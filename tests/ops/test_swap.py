@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -261,3 +262,26 @@ def test_the_folders_of_a_new_destination_are_made(tmp_path: Path) -> None:
     swap.commit()
     assert (deep / "f").read_text() == "new\n"
     swap.cleanup()
+
+
+def test_the_owner_file_says_who_made_the_staging_before_it_is_made(tmp_path: Path) -> None:
+    live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    swap = Swap.create({"app": live}, "cell_crm_20250101_020000", cell="crm", in_place=True)
+    assert swap.staging.parent == live.parent and swap.staging.is_dir()
+    assert (
+        read_owner(swap.staging)
+        == swap.owner
+        == {
+            "cell": "crm",
+            "archive": "cell_crm_20250101_020000",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "copies": [],
+            "in_place": True,
+        }
+    )
+    swap.discard()
+    assert read_owner(swap.staging) is None
+    assert sorted(p.name for p in live.parent.iterdir()) == ["app"]
+    with pytest.raises(ValueError, match=r"^a swap needs a destination or a place to stage near$"):
+        Swap.create({}, "cell_crm_20250101_020000")
