@@ -1113,3 +1113,44 @@ def test_a_renewal_that_fails_is_said_and_tried_again(
         assert failed[0] == {"target": "mem", "cell": "crm", "error": "[Errno 13] refused"}
         assert lease._thread is not None and lease._thread.is_alive()
         target.fail_put = False
+
+
+class Answers(MemTarget):
+    """A store whose create of the lease goes through with its answer lost, or is refused once
+    for a lease released meanwhile, or fails."""
+
+    mode = ""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if key == ".locks/crm.lock" and self.mode == "fail":
+            raise PermissionError(errno.EACCES, "refused")
+        if key == ".locks/crm.lock" and self.mode == "released":
+            self.mode = ""
+            return False
+        created = super().create_exclusive(key, data)
+        return created and not (key == ".locks/crm.lock" and self.mode == "lost")
+
+
+def test_taking_a_lease_says_what_it_did_and_knows_its_own_lost_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Answers(TargetSpec("mem", f"mem://answers-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.DEBUG, logger="cellvault")
+    with Lease.acquire(target, "crm", "backup"):
+        pass
+    assert events(caplog, "lock.acquired") == [
+        {"target": "mem", "cell": "crm", "purpose": "backup"}
+    ]
+    stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
+    write_lock(target, stale)
+    with Lease.acquire(target, "crm", "backup"):
+        pass
+    assert events(caplog, "lock.expired") == [{"target": "mem", "cell": "crm", "holder": stale}]
+    for mode in ("lost", "released"):  # ours after all; gone when read: tried again
+        target.mode = mode
+        with Lease.acquire(target, "crm", "backup") as lease:
+            assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    target.mode = "fail"
+    with pytest.raises(TargetError) as info:
+        Lease.acquire(target, "crm", "backup")
+    assert info.value.message.startswith("target mem: cannot lock cell crm (PermissionError")
