@@ -268,6 +268,7 @@ def test_the_owner_file_says_who_made_the_staging_before_it_is_made(tmp_path: Pa
     live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
     swap = Swap.create({"app": live}, "cell_crm_20250101_020000", cell="crm", in_place=True)
     assert swap.staging.parent == live.parent and swap.staging.is_dir()
+    assert swap.staging.stat().st_mode & 0o777 == 0o700  # the restore's own, until swapped in
     assert (
         read_owner(swap.staging)
         == swap.owner
