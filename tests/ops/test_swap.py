@@ -269,6 +269,7 @@ def test_the_owner_file_says_who_made_the_staging_before_it_is_made(tmp_path: Pa
     swap = Swap.create({"app": live}, "cell_crm_20250101_020000", cell="crm", in_place=True)
     assert swap.staging.parent == live.parent and swap.staging.is_dir()
     assert swap.staging.stat().st_mode & 0o777 == 0o700  # the restore's own, until swapped in
+    assert swap.staging in swap_module.HELD  # held by this process (a running restore)
     assert (
         read_owner(swap.staging)
         == swap.owner
@@ -283,6 +284,7 @@ def test_the_owner_file_says_who_made_the_staging_before_it_is_made(tmp_path: Pa
     )
     swap.discard()
     assert read_owner(swap.staging) is None
+    assert swap.staging not in swap_module.HELD
     assert sorted(p.name for p in live.parent.iterdir()) == ["app"]
     with pytest.raises(ValueError, match=r"^a swap needs a destination or a place to stage near$"):
         Swap.create({}, "cell_crm_20250101_020000")
