@@ -1159,6 +1159,6 @@ def test_taking_a_lease_says_what_it_did_and_knows_its_own_lost_answer(
 def test_a_holder_without_a_purpose_is_named_a_run(target: LocalTarget | MemTarget) -> None:
     write_lock(target, {"host": "elsewhere", "pid": 7, "token": "t", "expires": iso(600)})
     with pytest.raises(
-        LockHeld, match="^cell crm on target .* is locked by a run on host elsewhere"
+        LockHeld, match=r"^cell crm on target .* is locked by a run on host elsewhere"
     ):
         Lease.acquire(target, "crm", "backup")
