@@ -64,8 +64,10 @@ PACKAGES: dict[str, str] = {
     "getfattr": "attr",
     "bsdtar": "libarchive-tools",
     "setpriv": "util-linux",
-    # Local immutable archives (tests/targets/test_local_immutable.py): the attribute read.
+    # Local immutable archives (tests/targets/test_local_immutable.py): the attribute read;
+    # a swap's clean-up of old data that refuses removal (tests/ops/test_swap.py): set.
     "lsattr": "e2fsprogs",
+    "chattr": "e2fsprogs",
     # cellvault mount (tests/ops/test_mount.py): unmounting, and libfuse3 with it.
     "fusermount3": "fuse3",
     # The examples' checks: the shell wrappers linted, the systemd units verified.

@@ -21,7 +21,7 @@ import pytest
 
 from cellvault import LocalTarget, LockHeld, TargetSpec, hookimpl
 from cellvault.errors import TargetError
-from cellvault.lock import Lease
+from cellvault.lock import Lease, holder_is_stale
 from cellvault.readlease import ReadLease, read_holds
 from cellvault.targets.base import ObjectInfo
 from tests.helpers import SAMPLE, MemTarget, make_vault, snapshot, write_tree
@@ -250,16 +250,22 @@ def test_release_deletes_only_our_own_lease(target: LocalTarget | MemTarget) -> 
     assert lock_body(target) == theirs
 
 
-def test_renewal_stops_when_the_lease_was_taken(target: LocalTarget | MemTarget) -> None:
+def test_renewal_stops_when_the_lease_was_taken(
+    target: LocalTarget | MemTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="cellvault")
     lease = Lease.acquire(target, "crm", "slow run", ttl=0.3)
     theirs = {"host": "other", "pid": 1, "since": iso(0), "expires": iso(3600), "token": "theirs"}
     assert lease._thread is not None
+    # A thread of its own, which never keeps the process alive.
+    assert (lease._thread.name, lease._thread.daemon) == ("lease-crm", True)
     for _ in range(5):
         write_lock(target, theirs)
         lease._thread.join(timeout=1)  # it sees another holder and stops renewing
         if not lease._thread.is_alive():
             break
     assert not lease._thread.is_alive()
+    assert events(caplog, "lock.lost") == [{"target": target.name, "cell": "crm"}]
     time.sleep(0.25)
     assert lock_body(target) == theirs
     lease.release()
@@ -551,7 +557,7 @@ def test_a_committed_sidecar_records_the_lease_token(tmp_path: Path) -> None:
     assert sidecar.lease is not None and len(sidecar.lease) == 16
 
 
-def test_a_claim_left_by_a_run_killed_mid_takeover_does_not_block_the_cell(
+def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_cell(
     target: LocalTarget | MemTarget,
 ) -> None:
     stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
@@ -944,3 +950,215 @@ def test_a_takeover_is_won_through_a_claim_named_after_the_stale_lease(
         # stale version, deleted once the lease was replaced: only the lease is left.
         assert Recording.created == [".locks/crm.lock", f".locks/crm.takeover.{digest}"]
         assert sorted(e.name for e in target.list(".locks")) == ["crm.lock"]
+
+
+def test_claims_left_by_runs_that_died_mid_takeover_are_taken_over_three_deep(
+    target: LocalTarget | MemTarget,
+) -> None:
+    """A stale claim is taken through a claim named after it, and so on, three deep; not four."""
+    write_lock(target, {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)})
+    probe = Lease(target, "crm", "probe", ttl=60)
+    seen = probe._read()
+    assert seen is not None
+    # Each run killed after winning the claim of the one before it.
+    key = probe._claim_key(seen)
+    chain = []
+    for i in range(4):
+        body = json.dumps({"token": f"dead{i}", "since": iso(-3600)}).encode()
+        target.put_bytes(key, body)
+        chain.append(key)
+        key = f"{key}.{hashlib.sha256(body).hexdigest()[:8]}"
+    # Four deep: the last one is past the depth tried, so the cell stays locked.
+    with pytest.raises(LockHeld, match="changed hands"):
+        Lease.acquire(target, "crm", "next run", ttl=60)
+    target.delete(chain[-1])
+    # Three deep: taken over, and every claim is gone with the lease.
+    lease = Lease.acquire(target, "crm", "next run", ttl=60)
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    lease.release()
+    assert [e.name for e in target.list(".locks")] == []
+
+
+class Flapping(MemTarget):
+    """A store where another run's claim is there at each create and gone at each read."""
+
+    flaps = 0
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if ".takeover." in key and self.flaps > 0:
+            self.flaps -= 1
+            return False
+        return super().create_exclusive(key, data)
+
+
+def test_a_claim_released_between_the_create_and_the_read_is_tried_again_three_times(
+    tmp_path: Path,
+) -> None:
+    target = Flapping(TargetSpec("mem", f"mem://flapping-{tmp_path.name}-{time.monotonic_ns()}"))
+    probe = Lease(target, "crm", "probe", ttl=60)
+    target.flaps = 3
+    assert probe._claim(".locks/crm.takeover.a") is True
+    assert target.flaps == 0
+    target.flaps = 5
+    assert probe._claim(".locks/crm.takeover.b") is False  # not without end
+    assert target.flaps == 1
+    assert [e.name for e in target.list(".locks")] == ["crm.takeover.a"]
+
+
+class LostClaimAnswer(MemTarget):
+    """A store where the create of a claim goes through and its answer is lost (a retry says "exists")."""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        created = super().create_exclusive(key, data)
+        return created and ".takeover." not in key
+
+
+def test_a_claim_whose_create_answer_was_lost_is_known_as_ours(tmp_path: Path) -> None:
+    target = LostClaimAnswer(TargetSpec("mem", f"mem://lost-{tmp_path.name}-{time.monotonic_ns()}"))
+    write_lock(target, {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)})
+    with Lease.acquire(target, "crm", "next run", ttl=60) as lease:
+        assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+        assert [e.name for e in target.list(".locks")] == ["crm.lock"]
+
+
+@pytest.mark.parametrize("claim", [b"\x00torn{", b"[]", b'{"token": "t"}', b'{"since": 7}'])
+def test_a_damaged_claim_is_no_ones(target: LocalTarget | MemTarget, claim: bytes) -> None:
+    """A claim is written whole: one that is not a claim's JSON is taken over at once."""
+    write_lock(target, {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)})
+    probe = Lease(target, "crm", "probe", ttl=3600)
+    seen = probe._read()
+    assert seen is not None
+    target.put_bytes(probe._claim_key(seen), claim)
+    with Lease.acquire(target, "crm", "next run", ttl=3600) as lease:
+        assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    assert [e.name for e in target.list(".locks")] == []
+
+
+def test_a_release_on_a_compare_and_swap_store_deletes_our_version(tmp_path: Path) -> None:
+    target = TaggedMem(TargetSpec("tagged", f"mem://tagged-{tmp_path.name}-{time.monotonic_ns()}"))
+    lease = Lease.acquire(target, "crm", "run", ttl=120)
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    lease.release()
+    assert lock_body(target) is None
+    assert target.data == {}
+
+
+class Overtaken(MemTarget):
+    """A store where another run takes a stale claim over while we win the claim named after it."""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        created = super().create_exclusive(key, data)
+        if created and key.startswith(".locks/crm.takeover.a."):
+            self.put_bytes(
+                ".locks/crm.takeover.a", json.dumps({"token": "other", "since": iso(0)}).encode()
+            )
+        return created
+
+
+def test_a_stale_claim_taken_by_another_run_meanwhile_is_theirs(tmp_path: Path) -> None:
+    target = Overtaken(TargetSpec("mem", f"mem://overtaken-{tmp_path.name}-{time.monotonic_ns()}"))
+    target.put_bytes(
+        ".locks/crm.takeover.a", json.dumps({"token": "dead", "since": iso(-3600)}).encode()
+    )
+    probe = Lease(target, "crm", "probe", ttl=60)
+    assert probe._claim(".locks/crm.takeover.a") is False
+    assert json.loads(target.read_bytes(".locks/crm.takeover.a"))["token"] == "other"
+
+
+def test_an_expiry_without_a_zone_is_utc_and_a_holder_without_one_is_respected(
+    target: LocalTarget | MemTarget,
+) -> None:
+    naive = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    holder = {"host": "elsewhere", "pid": 7, "token": "theirs"}
+    for expires in ((naive + dt.timedelta(hours=1)).isoformat(), "soon", None):
+        write_lock(target, {**holder} if expires is None else {**holder, "expires": expires})
+        with pytest.raises(LockHeld, match="host elsewhere"):
+            Lease.acquire(target, "crm", "backup")
+    write_lock(target, {**holder, "expires": (naive - dt.timedelta(hours=1)).isoformat()})
+    with Lease.acquire(target, "crm", "backup") as lease:
+        assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+
+
+def test_a_lease_that_cannot_be_deleted_is_left_to_expire_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Failing(TargetSpec("mem", f"mem://undeletable-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.WARNING, logger="cellvault")
+    lease = Lease.acquire(target, "crm", "run", ttl=60)
+    target.fail_delete = True
+    lease.release()  # never raises: the lease then expires by itself
+    assert events(caplog, "lock.release_failed") == [
+        {"target": "mem", "cell": "crm", "error": "[Errno 13] refused", "expires_in": 60}
+    ]
+    assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    # Released, its token is no longer this process's: what it left is stale at once.
+    assert holder_is_stale(lock_body(target))  # type: ignore[arg-type]
+    # A lease never taken is released without error.
+    target.fail_delete = False
+    Lease(target, "crm", "never taken").release()
+
+
+def test_a_renewal_that_fails_is_said_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Failing(TargetSpec("mem", f"mem://unwritable-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.WARNING, logger="cellvault")
+    with Lease.acquire(target, "crm", "run", ttl=0.3) as lease:
+        target.fail_put = True
+        deadline = time.monotonic() + 10
+        while len(events(caplog, "lock.renew_failed")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failed = events(caplog, "lock.renew_failed")
+        assert len(failed) >= 2  # the thread goes on after a failure
+        assert failed[0] == {"target": "mem", "cell": "crm", "error": "[Errno 13] refused"}
+        assert lease._thread is not None and lease._thread.is_alive()
+        target.fail_put = False
+
+
+class Answers(MemTarget):
+    """A store whose create of the lease goes through with its answer lost, or is refused once
+    for a lease released meanwhile, or fails."""
+
+    mode = ""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if key == ".locks/crm.lock" and self.mode == "fail":
+            raise PermissionError(errno.EACCES, "refused")
+        if key == ".locks/crm.lock" and self.mode == "released":
+            self.mode = ""
+            return False
+        created = super().create_exclusive(key, data)
+        return created and not (key == ".locks/crm.lock" and self.mode == "lost")
+
+
+def test_taking_a_lease_says_what_it_did_and_knows_its_own_lost_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Answers(TargetSpec("mem", f"mem://answers-{tmp_path.name}-{time.monotonic_ns()}"))
+    caplog.set_level(logging.DEBUG, logger="cellvault")
+    with Lease.acquire(target, "crm", "backup"):
+        pass
+    assert events(caplog, "lock.acquired") == [
+        {"target": "mem", "cell": "crm", "purpose": "backup"}
+    ]
+    stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
+    write_lock(target, stale)
+    with Lease.acquire(target, "crm", "backup"):
+        pass
+    assert events(caplog, "lock.expired") == [{"target": "mem", "cell": "crm", "holder": stale}]
+    for mode in ("lost", "released"):  # ours after all; gone when read: tried again
+        target.mode = mode
+        with Lease.acquire(target, "crm", "backup") as lease:
+            assert lock_body(target)["token"] == lease.token  # type: ignore[index]
+    target.mode = "fail"
+    with pytest.raises(TargetError) as info:
+        Lease.acquire(target, "crm", "backup")
+    assert info.value.message.startswith("target mem: cannot lock cell crm (PermissionError")
+
+
+def test_a_holder_without_a_purpose_is_named_a_run(target: LocalTarget | MemTarget) -> None:
+    write_lock(target, {"host": "elsewhere", "pid": 7, "token": "t", "expires": iso(600)})
+    with pytest.raises(
+        LockHeld, match=r"^cell crm on target .* is locked by a run on host elsewhere"
+    ):
+        Lease.acquire(target, "crm", "backup")
