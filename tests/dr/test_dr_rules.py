@@ -32,10 +32,6 @@ from tests.helpers import clock, write_tree
 AT = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=dt.UTC)  # type: ignore[misc]
-
-
 def site(
     tmp_path: Path,
     name: str,

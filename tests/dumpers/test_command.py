@@ -14,6 +14,7 @@ import zstandard
 
 from cellvault import Cell, ConfigError, Vault, hookimpl
 from cellvault.dumpers import DumpContext, Dumper, LoadContext, archive_io
+from cellvault.errors import CellvaultError, DumpError
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
 from tests.helpers import clock, snapshot, write_tree
 
@@ -432,3 +433,52 @@ def test_a_plugin_registers_a_dumper_type(tmp_path: Path) -> None:
     vault = vault_for(tmp_path, [{"type": "upper", "name": "u"}], plugins=[Registers()])
     assert isinstance(vault.dumpers["crm"][0], Upper)
     assert isinstance(vault, Vault)
+
+
+class Crashing(Dumper):
+    """A dumper that fails its dump: with *error*, or a crash of its own (not a CellvaultError)."""
+
+    type = "crashing"
+    error: Exception = RuntimeError("lost the socket, PGPASSWORD=s3cr3t")
+
+    def dump(self, ctx: DumpContext) -> None:
+        raise self.error
+
+    def load(self, ctx: LoadContext) -> None:
+        raise AssertionError("never loaded")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        # A crash: its type and its redacted text, after the cell and the dumper.
+        (
+            RuntimeError("lost the socket, PGPASSWORD=s3cr3t"),
+            "cell crm, dumper boom: RuntimeError: lost the socket, PGPASSWORD=***",
+        ),
+        # A known failure says it all; the cell and the dumper are named once.
+        (
+            ConfigError("cell crm, dumper boom: DB_PASSWORD is not set"),
+            "cell crm, dumper boom: DB_PASSWORD is not set",
+        ),
+        (ConfigError("DB_PASSWORD is not set"), "cell crm, dumper boom: DB_PASSWORD is not set"),
+        # A dumper's own DumpError is the backup's error as it is.
+        (DumpError("no space"), "no space"),
+    ],
+)
+def test_a_failed_dump_is_named_once_and_a_crash_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, message: str
+) -> None:
+    dumper = Crashing(name="boom")
+    dumper.error = error
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    (crm,) = vault.backup().cells
+    assert not crm.ok and crm.stage == "dump"
+    assert crm.error == message
+    crashed = [
+        r
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.crashed"
+    ]
+    assert len(crashed) == (0 if isinstance(error, CellvaultError) else 1)
+    assert all(r.msg.get("dumper") == "boom" and r.exc_info for r in crashed)  # type: ignore[union-attr]
