@@ -9,6 +9,7 @@ end test).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from cellvault.dr.failover import _switch as switch_to
 from cellvault.dr.failover import failover as failover_of
 from cellvault.dr.markers import MarkerStore
 from cellvault.dr.records import HISTORY_FOLDER, SITES_FOLDER, Handback, SiteRecord
+from cellvault.dr.steps import failover_steps, takeover_steps
 from cellvault.errors import Fenced
 from cellvault.fence import claim_epoch
 from cellvault.report import iso
@@ -73,7 +75,10 @@ def pair(tmp_path: Path, **kw: Any) -> tuple[Site, Site]:
     return primary, site(tmp_path, "dr", start=AT + dt.timedelta(hours=1), **kw)
 
 
-def test_a_failover_pulls_verifies_takes_the_epoch_and_writes_the_marker(tmp_path: Path) -> None:
+def test_a_failover_pulls_verifies_takes_the_epoch_and_writes_the_marker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     _primary, standby = pair(tmp_path)
     (newest,) = [str(i) for i in nas(tmp_path).archive_ids("crm")]
     report = standby.failover()
@@ -92,6 +97,10 @@ def test_a_failover_pulls_verifies_takes_the_epoch_and_writes_the_marker(tmp_pat
     assert [r.ok for r in report.verify.results] == [True]  # type: ignore[union-attr]
     records = {r.site_id: r.action for r in standby.context.markers.records()}
     assert records == {"dr": "failover", "primary": "push"}
+    assert report.steps == failover_steps(marker, restored=False)
+    assert events(caplog, "dr.failover") == [
+        {"site": "dr", "restored": {}, "written": ["nas", "local"]}
+    ]
 
 
 def archive_of(tmp_path: Path, name: str, cell: str = "crm") -> Path:
@@ -258,7 +267,7 @@ def test_a_site_with_no_cell_and_no_archive_does_not_fail_over(tmp_path: Path) -
     pair(tmp_path)
     empty = site(tmp_path, "dr", cells=())
     report = empty.failover(pull=False)
-    assert not report.ok and report.error == (
+    assert report.ok is False and report.error == (
         "this site holds no archive of any cell and has no cell configured"
     )
     # Without configured cells, the cells with archives here are failed over.
@@ -301,6 +310,8 @@ def test_a_failover_restores_and_a_failed_restore_writes_no_marker(tmp_path: Pat
     (newest,) = [str(i) for i in nas(tmp_path).archive_ids("crm")]
     assert report.marker is not None and dict(report.marker.restored) == {"crm": newest}
     assert (tmp_path / "dr" / "cells" / "crm" / "a.txt").read_text() == "crm on primary\n"
+    assert report.steps == failover_steps(report.marker, restored=True)
+    assert report.steps != failover_steps(report.marker, restored=False)
     # On another standby whose cell cannot be written, the restore fails: no marker.
     other = site(tmp_path, "dr2", start=AT + dt.timedelta(hours=2))
     shutil.rmtree(tmp_path / "dr2" / "cells")
@@ -394,7 +405,19 @@ def later(s: Site, hours: int = 3) -> Site:
     return s
 
 
-def test_a_failback_hands_back_then_the_primary_takes_over(tmp_path: Path) -> None:
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of each log event *name* (cellvault logs structured events)."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
+
+
+def test_a_failback_hands_back_then_the_primary_takes_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     hooks = Hooks()
     primary, standby = failed_over(tmp_path, plugins=(hooks,))
     handback = standby.failback()
@@ -403,6 +426,8 @@ def test_a_failback_hands_back_then_the_primary_takes_over(tmp_path: Path) -> No
     assert handback.push is not None and handback.push.ok
     newest = str(nas(tmp_path).archive_ids("crm")[-1])
     assert newest == archive_of(tmp_path, "dr").name.removesuffix(".tar.zst")
+    meta = standby.local.sidecar(nas(tmp_path).archive_ids("crm")[-1]).meta
+    assert (meta.kind, meta.reason) == ("incremental", "failback")  # the final backup
     marker = handback.marker
     assert marker is not None and marker.handback is not None
     assert (marker.handback.site_id, dict(marker.handback.archives)) == ("dr", {"crm": newest})
@@ -421,7 +446,9 @@ def test_a_failback_hands_back_then_the_primary_takes_over(tmp_path: Path) -> No
     assert dict(back.restored) == {"crm": newest} and dict(back.verified) == {"crm": newest}
     assert back.handback == marker.handback and back.forced is False
     assert (tmp_path / "primary" / "cells" / "crm" / "during.txt").read_text() == "written on dr\n"
-    assert takeover.marker_written == ("nas",) and takeover.steps
+    assert takeover.marker_written == ("nas",)
+    assert takeover.steps == takeover_steps(back, restored=True)
+    assert events(caplog, "dr.failback") == [{"site": "primary", "restored": {"crm": newest}}]
     assert hooks.markers == [back] and hooks.switches == [("primary", "dr", "failback")]
     assert [h.ok for h in takeover.hooks] == [True, True]
     # The marker is gone everywhere; the failover and the failback are in the history.
@@ -555,6 +582,8 @@ def test_a_takeover_without_restore_and_a_failed_restore(tmp_path: Path) -> None
     unrestored = primary.failback(restore=False)
     assert unrestored.ok and unrestored.restore is None and unrestored.warnings == ()
     assert unrestored.marker is not None and dict(unrestored.marker.restored) == {}
+    assert unrestored.steps == takeover_steps(unrestored.marker, restored=False)
+    assert unrestored.steps != takeover_steps(unrestored.marker, restored=True)
     assert sorted(unrestored.marker.verified) == ["crm", "iam"]
 
 
@@ -577,6 +606,17 @@ def test_a_hand_back_without_final_backup_hands_back_the_newest_here(tmp_path: P
     (only,) = [str(i) for i in nas(tmp_path).archive_ids("crm")]
     assert report.marker is not None and report.marker.handback is not None
     assert dict(report.marker.handback.archives) == {"crm": only}
+
+
+def test_a_hand_back_takes_the_final_backup_of_the_kind_asked(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path)
+    report = standby.failback(final_backup="full")
+    assert report.ok and report.backup is not None
+    newest = nas(tmp_path).archive_ids("crm")[-1]
+    meta = standby.local.sidecar(newest).meta
+    assert (meta.kind, meta.reason) == ("full", "failback")
+    assert report.marker is not None and report.marker.handback is not None
+    assert dict(report.marker.handback.archives) == {"crm": str(newest)}
 
 
 def test_a_hand_back_stops_when_its_final_backup_or_push_fails(tmp_path: Path) -> None:
@@ -714,3 +754,13 @@ def test_site_records_are_written_everywhere_and_read_from_the_first_readable(
     assert [r.site_id for r in store(tmp_path, down, b).records()] == ["alpha", "beta", "zeta"]
     assert store(tmp_path, down).records() == []
     assert store(tmp_path, nas(tmp_path, "none")).records() == []
+
+
+def test_a_damaged_copy_of_the_marker_here_says_where_it_is(tmp_path: Path) -> None:
+    markers = store(tmp_path)
+    markers.local_path.parent.mkdir(parents=True)
+    markers.local_path.write_bytes(b"[1, 2]")
+    with pytest.raises(DrError) as info:
+        markers.current()
+    assert str(markers.local_path) in str(info.value)
+    assert "failover marker" in str(info.value)
