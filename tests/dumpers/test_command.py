@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tarfile
@@ -482,3 +483,24 @@ def test_a_failed_dump_is_named_once_and_a_crash_is_logged(
     ]
     assert len(crashed) == (0 if isinstance(error, CellvaultError) else 1)
     assert all(r.msg.get("dumper") == "boom" and r.exc_info for r in crashed)  # type: ignore[union-attr]
+
+
+def test_a_load_is_logged_by_dumper_and_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    vault = vault_for(tmp_path, [Upper(name="up")], clock=clock())
+    assert vault.backup().ok
+    assert vault.restore("latest").ok
+    logged = [
+        (r.msg["event"], r.msg.get("dumper"), r.msg.get("type"), r.msg.get("cell"))
+        for r in caplog.records
+        if isinstance(r.msg, dict) and str(r.msg.get("event")).startswith("dump.")
+    ]
+    # It cannot stage (asked first), so it loads into the staged cell.
+    loads = [e for e in logged if e[0] in ("dump.loading", "dump.loaded", "dump.staged")]
+    assert loads == [
+        ("dump.loading", "up", "upper", "crm"),
+        ("dump.loading", "up", "upper", "crm"),
+        ("dump.loaded", "up", None, "crm"),
+    ]
