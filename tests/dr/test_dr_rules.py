@@ -27,6 +27,7 @@ from cellvault.dr.records import HISTORY_FOLDER, SITES_FOLDER, Handback, SiteRec
 from cellvault.dr.steps import failover_steps, takeover_steps
 from cellvault.errors import Fenced
 from cellvault.fence import claim_epoch
+from cellvault.lock import Lease
 from cellvault.report import iso
 from cellvault.targets.local import LocalTarget
 from tests.helpers import clock, write_tree
@@ -183,7 +184,7 @@ def test_a_failover_refuses_without_the_newest_archive_here_unless_forced(
 ) -> None:
     primary, standby = pair(tmp_path)
     nothing = standby.failover(pull=False)
-    assert not nothing.ok and nothing.marker is None and nothing.pull is None
+    assert nothing.ok is False and nothing.marker is None and nothing.pull is None
     assert nothing.error == (
         "this site does not hold the newest backups: cell crm: no archive matching latest on "
         "this site (fix the pull and run again, or --force to fail over with what is here)"
@@ -283,7 +284,7 @@ def test_a_failover_refuses_an_archive_that_does_not_verify_unless_forced(
     assert standby.pull().ok
     damage(archive_of(tmp_path, "dr"))
     bad = standby.failover(pull=False)
-    assert not bad.ok and bad.marker is None and bad.epoch is None
+    assert bad.ok is False and bad.marker is None and bad.epoch is None
     assert (bad.error or "").startswith("the newest archives do not verify on this site: cell_crm_")
     assert bad.verify is not None and not bad.verify.ok
     forced = standby.failover(pull=False, force=True)
@@ -295,7 +296,7 @@ def test_a_failover_stops_when_another_site_took_the_epoch_meanwhile(tmp_path: P
     _, standby = pair(tmp_path)
     claim_on_first_event(standby, tmp_path, "dr2")
     report = standby.failover()
-    assert not report.ok and report.marker is None and report.epoch is None
+    assert report.ok is False and report.marker is None and report.epoch is None
     assert (report.error or "").startswith(
         "this site could not take the DR epoch, so it did not fail over: "
     )
@@ -317,7 +318,7 @@ def test_a_failover_restores_and_a_failed_restore_writes_no_marker(tmp_path: Pat
     shutil.rmtree(tmp_path / "dr2" / "cells")
     (tmp_path / "dr2" / "cells").write_text("not a folder\n")
     failed = other.failover(restore="latest", skip_prebackup=True, force=True)
-    assert not failed.ok and failed.marker is None and failed.epoch == 2
+    assert failed.ok is False and failed.marker is None and failed.epoch == 2
     assert (failed.error or "").startswith(
         "the restore failed, so no failover marker was written (this site holds epoch 2: the "
         "old primary is fenced; run the failover again with --force once the cause is fixed): "
@@ -363,7 +364,7 @@ def test_failover_hooks_and_the_traffic_switch(tmp_path: Path) -> None:
     other_hooks = Hooks(fail=True)
     other = site(tmp_path, "dr2", start=AT + dt.timedelta(hours=2), plugins=(other_hooks,))
     failed = failover_of(other.context, force=True, switch=False)
-    assert not failed.ok and failed.marker is not None and other_hooks.switches == []
+    assert failed.ok is False and failed.marker is not None and other_hooks.switches == []
     assert failed.error is not None and failed.error.startswith(
         "failover done and marker written, but hook(s) failed: "
     )
@@ -381,7 +382,7 @@ def test_a_marker_written_nowhere_stops_the_switch(tmp_path: Path) -> None:
     (ctx.markers.local_path / "x").write_text("x")
     marker = FailoverMarker(site_id="dr", at=AT, host="h")
     report = switch_to(ctx, _Failover(ctx), marker)
-    assert not report.ok and hooks.markers == []
+    assert report.ok is False and hooks.markers == []
     assert (report.error or "").startswith(
         "the failover marker could not be written anywhere: target nas: cannot write the "
         "failover marker"
@@ -502,7 +503,7 @@ def test_a_takeover_refuses_when_the_newest_here_is_not_the_one_handed_back(
     wanted = "cell_crm_20250301_125959"
     handed(standby, {"crm": wanted})
     refused = later(primary).failback(skip_prebackup=True)
-    assert not refused.ok and refused.verify is None and refused.epoch is None
+    assert refused.ok is False and refused.verify is None and refused.epoch is None
     assert refused.error == (
         f"cell crm: the newest archive here is {first}, not {wanted} that site dr handed back "
         "(were backups taken on this site during the failover?)"
@@ -541,7 +542,7 @@ def test_a_takeover_refuses_archives_that_do_not_verify_even_forced(tmp_path: Pa
     damage(archive_of(tmp_path, "primary"))
     for force in (False, True):
         refused = later(primary).failback(skip_prebackup=True, force=force)
-        assert not refused.ok and refused.epoch is None and refused.warnings == ()
+        assert refused.ok is False and refused.epoch is None and refused.warnings == ()
         assert refused.verify is not None and not refused.verify.ok
         assert (refused.error or "").startswith(
             "the handed-back archives do not verify here: cell_crm_"
@@ -554,7 +555,7 @@ def test_a_takeover_stops_when_another_site_took_the_epoch_meanwhile(tmp_path: P
     assert standby.failback().ok
     claim_on_first_event(later(primary), tmp_path, "dr2")
     report = primary.failback(skip_prebackup=True)
-    assert not report.ok and report.epoch is None and report.warnings == ()
+    assert report.ok is False and report.epoch is None and report.warnings == ()
     assert (report.error or "").startswith(
         "this site could not take the DR epoch, so it did not take over: "
     )
@@ -570,7 +571,7 @@ def test_a_takeover_without_restore_and_a_failed_restore(tmp_path: Path) -> None
     shutil.rmtree(tmp_path / "primary" / "cells")
     (tmp_path / "primary" / "cells").write_text("not a folder\n")
     failed = primary.failback(skip_prebackup=True)
-    assert not failed.ok and failed.epoch == 2, failed
+    assert failed.ok is False and failed.epoch == 2, failed
     assert failed.restore is not None and not failed.restore.ok
     assert (failed.error or "").startswith(
         "the restore failed; the failover marker stays (this site holds epoch 2: run the "
@@ -593,7 +594,7 @@ def test_a_failed_takeover_hook_is_reported_after_the_marker_is_cleared(tmp_path
     hooks = Hooks(fail=True)
     primary = site(tmp_path, "primary", start=AT + dt.timedelta(hours=3), plugins=(hooks,))
     report = primary.failback(skip_prebackup=True)
-    assert not report.ok and report.marker is not None and hooks.markers == [report.marker]
+    assert report.ok is False and report.marker is not None and hooks.markers == [report.marker]
     assert (report.error or "").startswith("failback done and marker cleared, but hook(s) failed: ")
     assert (report.error or "").endswith("; switch the traffic back by hand")
     assert primary.marker() == (None, None)
@@ -623,14 +624,14 @@ def test_a_hand_back_stops_when_its_final_backup_or_push_fails(tmp_path: Path) -
     _, standby = failed_over(tmp_path)
     shutil.rmtree(tmp_path / "dr" / "cells" / "crm")
     report = standby.failback()
-    assert not report.ok and report.backup is not None and not report.backup.ok
+    assert report.ok is False and report.backup is not None and not report.backup.ok
     assert report.error == "the final backup failed; nothing was handed back"
     assert report.push is None
     write_tree(tmp_path / "dr" / "cells" / "crm", {"a.txt": "back\n"})
     shutil.rmtree(tmp_path / "nas" / "crm")
     (tmp_path / "nas" / "crm").write_text("not a folder\n")
     pushed = standby.failback(final_backup=None)
-    assert not pushed.ok and pushed.push is not None and not pushed.push.ok
+    assert pushed.ok is False and pushed.push is not None and not pushed.push.ok
     assert pushed.error == "the push failed; nothing was handed back"
     assert standby.marker()[0] is not None and standby.marker()[0].handback is None  # type: ignore[union-attr]
 
@@ -764,3 +765,29 @@ def test_a_damaged_copy_of_the_marker_here_says_where_it_is(tmp_path: Path) -> N
         markers.current()
     assert str(markers.local_path) in str(info.value)
     assert "failover marker" in str(info.value)
+
+
+def test_a_hand_back_stops_while_a_cell_is_locked_by_another_run(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path)
+    assert standby.vault.backup(kind="incremental").ok  # the storage has all but this one
+    with Lease.acquire(nas(tmp_path), "crm", "push to nas (another cron run)"):
+        report = standby.failback(final_backup=None)
+    assert report.ok is False and report.push is not None and report.backup is None
+    (locked,) = [c.locked for c in report.push.locked]
+    assert locked and "another cron run" in locked
+    assert report.error == (
+        f"cells were locked by another run, so the push is incomplete: {locked} (run it again)"
+    )
+    assert standby.marker()[0].handback is None  # type: ignore[union-attr]
+
+
+def test_a_hand_back_whose_push_fails_reports_its_final_backup(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path)
+    # An archive made here only, damaged since: the push refuses to copy it.
+    assert standby.vault.backup(kind="full", targets=["local"]).ok
+    damage(archive_of(tmp_path, "dr"))
+    write_tree(tmp_path / "dr" / "cells" / "crm", {"last.txt": "last\n"})
+    report = standby.failback(final_backup="full")
+    assert report.ok is False and report.error == "the push failed; nothing was handed back"
+    assert report.backup is not None and report.backup.ok
+    assert report.push is not None and not report.push.ok
