@@ -18,6 +18,7 @@ import attrs
 import pytest
 
 from cellvault import Cell, Config, TargetSpec, Vault, hookimpl
+from cellvault.archive import ArchiveId
 from cellvault.dr import MARKER_KEY, DrError, FailoverMarker, Site
 from cellvault.dr.failover import _Failover
 from cellvault.dr.failover import _switch as switch_to
@@ -791,3 +792,40 @@ def test_a_hand_back_whose_push_fails_reports_its_final_backup(tmp_path: Path) -
     assert report.ok is False and report.error == "the push failed; nothing was handed back"
     assert report.backup is not None and report.backup.ok
     assert report.push is not None and not report.push.ok
+
+
+class LaggingListing(LocalTarget):
+    """A shared folder whose listing of a cell's archives lags behind its writes (by one)."""
+
+    def archive_ids(self, cell: str) -> list[ArchiveId]:
+        return super().archive_ids(cell)[:-1]
+
+
+def test_a_hand_back_checks_that_the_storage_lists_what_it_hands_back(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path)
+    assert standby.vault.backup(kind="incremental").ok
+    newest = standby.local.archive_ids("crm")[-1]
+    standby.context.storage[0] = LaggingListing(TargetSpec("nas", str(tmp_path / "nas")))
+    report = standby.failback(final_backup=None)
+    assert report.ok is False and report.backup is None and report.push is not None
+    assert report.error == f"archive {newest} is not on nas after the push"
+    assert standby.marker()[0].handback is None  # type: ignore[union-attr]
+    # With a final backup, the report keeps it.
+    backed = standby.failback()
+    assert backed.ok is False and backed.backup is not None and backed.backup.ok
+    assert backed.push is not None and backed.error is not None
+
+
+def test_a_hand_back_passes_over_a_cell_with_no_archive_before_now(tmp_path: Path) -> None:
+    primary = site(tmp_path, "primary", cells=("crm", "iam"))
+    assert primary.vault.backup(cells=["iam"], kind="full").ok
+    primary.vault.clock = clock(AT + dt.timedelta(hours=2))
+    assert primary.vault.backup(cells=["crm"], kind="full").ok and primary.push().ok
+    standby = site(tmp_path, "dr", cells=("crm", "iam"), start=AT + dt.timedelta(hours=3))
+    assert standby.failover().ok
+    (iam,) = standby.local.archive_ids("iam")
+    # Its clock is behind: crm's archive is after "now", iam's before.
+    standby.vault.clock = clock(AT + dt.timedelta(hours=1))
+    report = standby.failback(final_backup=None)
+    assert report.ok and report.marker is not None and report.marker.handback is not None
+    assert dict(report.marker.handback.archives) == {"iam": str(iam)}
