@@ -116,12 +116,12 @@ def damage(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-def claim_on_first_event(s: Site, tmp_path: Path, by: str) -> None:
-    """Another site claims the next epoch while *s* is on its way (at *s*'s first event)."""
+def claim_on_first_event(s: Site, tmp_path: Path, by: str, at: str | None = None) -> None:
+    """Another site claims the next epoch while *s* is on its way (at *s*'s first event *at*)."""
     claimed: list[object] = []
 
-    def on_event(_: object) -> None:
-        if not claimed:
+    def on_event(event: Any) -> None:
+        if not claimed and at in (None, event.name):
             claimed.append(claim_epoch([nas(tmp_path)], by, reason="failover", now=AT))
 
     s.vault.on_event = on_event
@@ -829,3 +829,14 @@ def test_a_hand_back_passes_over_a_cell_with_no_archive_before_now(tmp_path: Pat
     report = standby.failback(final_backup=None)
     assert report.ok and report.marker is not None and report.marker.handback is not None
     assert dict(report.marker.handback.archives) == {"iam": str(iam)}
+
+
+def test_a_hand_back_fenced_after_its_push_writes_no_hand_back(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path)
+    assert standby.vault.backup(kind="incremental", targets=["local"]).ok  # to push
+    claim_on_first_event(standby, tmp_path, "dr2", "archive.copied")  # once pushed
+    with pytest.raises(Fenced) as info:
+        standby.failback(final_backup=None)
+    assert "site dr2 holds epoch 2" in info.value.message
+    assert "; hand back refused, nothing was written" in info.value.message
+    assert standby.marker()[0].handback is None  # type: ignore[union-attr]
