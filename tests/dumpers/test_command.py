@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -15,7 +17,7 @@ import zstandard
 
 from cellvault import Cell, ConfigError, Vault, hookimpl
 from cellvault.dumpers import DumpContext, Dumper, LoadContext, archive_io
-from cellvault.errors import CellvaultError, DumpError
+from cellvault.errors import CellvaultError, DumpError, LoadError
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
 from tests.helpers import clock, snapshot, write_tree
 
@@ -504,3 +506,73 @@ def test_a_load_is_logged_by_dumper_and_type(
         ("dump.loading", "up", "upper", "crm"),
         ("dump.loaded", "up", None, "crm"),
     ]
+
+
+class LoadFails(Upper):
+    """Dumps as Upper does; its load fails with *error*."""
+
+    type = "upper"
+    error: Exception = RuntimeError("lost the socket, PGPASSWORD=s3cr3t")
+
+    def load(self, ctx: LoadContext) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            RuntimeError("lost the socket, PGPASSWORD=s3cr3t"),
+            "cell crm, dumper up: RuntimeError: lost the socket, PGPASSWORD=***",
+        ),
+        (ConfigError("DB_PASSWORD is not set"), "cell crm, dumper up: DB_PASSWORD is not set"),
+        (
+            LoadError("cell crm, dumper up: the server refused"),
+            "cell crm, dumper up: the server refused",
+        ),
+    ],
+)
+def test_a_failed_load_names_the_dumper_and_a_crash_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, message: str
+) -> None:
+    dumper = LoadFails(name="up")
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    dumper.error = error
+    report = vault.restore("latest")
+    assert not report.ok
+    assert message in (report.cells[0].error or ""), report.cells[0].error
+    assert "s3cr3t" not in (report.cells[0].error or "")
+    crashed = [
+        r.msg
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.load_crashed"
+    ]
+    assert crashed == ([] if isinstance(error, CellvaultError) else [crashed[0]])
+    assert all(c.get("dumper") == "up" for c in crashed)  # type: ignore[union-attr]
+
+
+class Scratch(Upper):
+    """Loads as Upper does, noting its scratch folder; removes that folder itself."""
+
+    type = "upper"
+
+    def load(self, ctx: LoadContext) -> None:
+        self.spools.append((ctx.spool, stat.S_IMODE(ctx.spool.stat().st_mode)))
+        shutil.rmtree(ctx.spool)  # a dumper may clean up after itself
+        # What a killed restore leaves: the next dumper's scratch folder.
+        (ctx.spool.parent / ".load-second").mkdir(exist_ok=True)
+        super().load(ctx)
+
+
+def test_each_load_has_a_private_scratch_folder_removed_after_it(tmp_path: Path) -> None:
+    first, second = Scratch(name="first"), Scratch(name="second")
+    first.spools, second.spools = [], []
+    vault = vault_for(tmp_path, [first, second], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest")
+    assert report.ok, report.cells[0].error
+    ((one, mode_one),), ((two, mode_two),) = first.spools, second.spools
+    assert (one.name, two.name) == (".load-first", ".load-second")
+    assert mode_one == mode_two == 0o700
+    assert not one.exists() and not two.exists()
