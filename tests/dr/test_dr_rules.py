@@ -840,3 +840,30 @@ def test_a_hand_back_fenced_after_its_push_writes_no_hand_back(tmp_path: Path) -
     assert "site dr2 holds epoch 2" in info.value.message
     assert "; hand back refused, nothing was written" in info.value.message
     assert standby.marker()[0].handback is None  # type: ignore[union-attr]
+
+
+def block_marker(tmp_path: Path, name: str) -> None:
+    """Target *name* can no longer take the marker (a folder stands in its place)."""
+    key = tmp_path / name / MARKER_KEY
+    key.unlink(missing_ok=True)
+    key.mkdir(parents=True)
+    (key / "x").write_text("x\n")
+
+
+def test_a_hand_back_must_reach_the_object_storage(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path, shared=("nas", "far"))
+    block_marker(tmp_path, "far")
+    report = standby.failback(final_backup="full")
+    assert report.ok and report.marker_written == ("nas", "local"), report
+    (warning,) = report.warnings
+    assert warning.startswith("target far: cannot write the failover marker")
+    # Neither target takes it: written here only, which the primary cannot read.
+    block_marker(tmp_path, "nas")
+    refused = standby.failback(final_backup="full")
+    assert refused.ok is False and refused.backup is not None and refused.backup.ok
+    assert refused.push is not None and refused.push.ok
+    errors = refused.warnings
+    assert len(errors) == 2 and refused.error == (
+        "the hand-back could not be written to the object storage: " + "; ".join(errors)
+    )
+    assert errors[0].startswith("target nas: cannot write the failover marker")
