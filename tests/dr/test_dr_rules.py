@@ -499,10 +499,11 @@ def handed(standby: Site, archives: dict[str, str]) -> FailoverMarker:
 def test_a_takeover_refuses_when_the_newest_here_is_not_the_one_handed_back(
     tmp_path: Path,
 ) -> None:
-    primary, standby = failed_over(tmp_path)
-    (first,) = [str(i) for i in nas(tmp_path).archive_ids("crm")]
+    primary, standby = failed_over(tmp_path, cells=("crm", "iam"))
+    first = str(nas(tmp_path).archive_ids("crm")[0])
+    iam = str(nas(tmp_path).archive_ids("iam")[0])
     wanted = "cell_crm_20250301_125959"
-    handed(standby, {"crm": wanted})
+    handed(standby, {"crm": wanted, "iam": iam})
     refused = later(primary).failback(skip_prebackup=True)
     assert refused.ok is False and refused.verify is None and refused.epoch is None
     assert refused.error == (
@@ -513,17 +514,32 @@ def test_a_takeover_refuses_when_the_newest_here_is_not_the_one_handed_back(
     forced = primary.failback(skip_prebackup=True, force=True)
     assert forced.ok and forced.marker is not None and forced.marker.forced, forced
     assert forced.warnings == (refused.error,)
-    assert dict(forced.marker.verified) == {} and dict(forced.marker.restored) == {}
+    assert dict(forced.marker.verified) == {"iam": iam}  # crm is not taken over
+    assert dict(forced.marker.restored) == {"iam": iam}
 
 
 def test_a_takeover_of_a_cell_without_an_archive_here(tmp_path: Path) -> None:
     primary, standby = failed_over(tmp_path)
-    handed(
-        standby,
-        {"crm": str(nas(tmp_path).archive_ids("crm")[0]), "iam": "cell_iam_20250301_120000"},
-    )
+    crm = str(nas(tmp_path).archive_ids("crm")[0])
+    handed(standby, {"iam": "cell_iam_20250301_120000", "crm": crm})
     refused = later(primary).failback(skip_prebackup=True)
     assert refused.error == "cell iam: no archive here after the pull"
+    forced = primary.failback(skip_prebackup=True, force=True)
+    assert forced.ok and forced.marker is not None, forced
+    assert forced.warnings == ("cell iam: no archive here after the pull",)
+    assert dict(forced.marker.verified) == {"crm": crm}
+
+
+def test_a_takeover_of_a_failover_without_an_epoch_takes_the_first(tmp_path: Path) -> None:
+    primary, _ = pair(tmp_path)
+    # A failover marker and hand-back written without a DR epoch (as before fencing).
+    archive = str(nas(tmp_path).archive_ids("crm")[0])
+    back = Handback(
+        site_id="dr", host="h", at=AT + dt.timedelta(hours=2), archives={"crm": archive}
+    )
+    site(tmp_path, "dr").context.markers.publish(attrs.evolve(MARKER, handback=back))
+    takeover = later(primary).failback(skip_prebackup=True)
+    assert takeover.ok and takeover.epoch == 1, takeover
 
 
 def test_a_forced_takeover_without_hand_back_uses_every_cell_on_the_storage(
