@@ -884,3 +884,28 @@ def test_a_hand_back_must_reach_the_object_storage(tmp_path: Path) -> None:
         "the hand-back could not be written to the object storage: " + "; ".join(errors)
     )
     assert errors[0].startswith("target nas: cannot write the failover marker")
+
+
+def test_a_takeover_stops_when_its_pull_is_incomplete(tmp_path: Path) -> None:
+    primary, standby = failed_over(tmp_path)
+    handed_back = standby.failback()
+    assert handed_back.ok
+    with Lease.acquire(primary.local, "crm", "pull from nas (another cron run)"):
+        report = later(primary).failback(skip_prebackup=True)
+    assert report.ok is False and report.marker == handed_back.marker
+    assert report.pull is not None and report.pull.ok and report.pull.locked
+    assert report.error == "the pull failed or was incomplete; nothing was restored (run it again)"
+    assert report.warnings == () and report.epoch is None
+    # The pull of a takeover is not recorded as this site's step.
+    records = {r.site_id: r.action for r in primary.context.markers.records()}
+    assert records["primary"] == "push"
+
+
+def test_a_failover_warns_of_a_cell_its_pull_left_to_another_run(tmp_path: Path) -> None:
+    _, standby = pair(tmp_path)
+    assert standby.pull().ok
+    with Lease.acquire(standby.local, "crm", "pull from nas (another cron run)"):
+        report = standby.failover()
+    assert report.ok, report
+    (warning,) = report.warnings
+    assert warning.startswith("pull: crm: ") and "another cron run" in warning
