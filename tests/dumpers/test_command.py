@@ -506,6 +506,12 @@ def test_a_load_is_logged_by_dumper_and_type(
         ("dump.loading", "up", "upper", "crm"),
         ("dump.loaded", "up", None, "crm"),
     ]
+    (duration,) = [
+        r.msg["duration"]
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.loaded"
+    ]
+    assert isinstance(duration, float) and 0 <= duration < 3 and round(duration, 3) == duration
 
 
 class LoadFails(Upper):
@@ -576,3 +582,35 @@ def test_each_load_has_a_private_scratch_folder_removed_after_it(tmp_path: Path)
     assert (one.name, two.name) == (".load-first", ".load-second")
     assert mode_one == mode_two == 0o700
     assert not one.exists() and not two.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "hint"),
+    [
+        (
+            None,
+            "cell crm, dumper db: archive cell_crm_x holds no dumper.json for this dump",
+            "the archive was made before this dumper was configured; restore without it",
+        ),
+        (b"{not json", "cell crm, dumper db: dumper.json is not JSON (", None),
+        (b"[1, 2]", "cell crm, dumper db: dumper.json is unusable", None),
+        (b'{"ok": true, "files": []}', "cell crm, dumper db: dumper.json is unusable", None),
+        (
+            b'{"ok": false, "error": "disk full", "files": {}}',
+            "cell crm, dumper db: archive cell_crm_x holds an incomplete dump (disk full)",
+            "choose an older archive, or restore with this dump skipped",
+        ),
+    ],
+)
+def test_a_dump_descriptor_that_is_missing_unusable_or_incomplete_is_refused(
+    tmp_path: Path, body: bytes | None, message: str, hint: str | None
+) -> None:
+    if body is not None:
+        (tmp_path / "dumper.json").write_bytes(body)
+    with pytest.raises(LoadError) as info:
+        archive_io.read_descriptor(tmp_path, where="cell crm, dumper db", archive="cell_crm_x")
+    assert info.value.message.startswith(message), info.value.message
+    assert info.value.hint == hint
+    good = {"ok": True, "files": {}, "type": "command"}
+    (tmp_path / "dumper.json").write_text(json.dumps(good))
+    assert archive_io.read_descriptor(tmp_path, where="w", archive="a") == good

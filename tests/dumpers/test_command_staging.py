@@ -9,6 +9,7 @@ it is), and a half configuration is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -132,7 +133,10 @@ def test_half_a_staging_configuration_is_refused(tmp_path: Path, missing: str) -
         make_vault(tmp_path / "backup", [Cell("crm", [tmp_path], dumpers=[dumper])])
 
 
-def test_the_journal_names_each_staged_load_for_the_next_run(tmp_path: Path) -> None:
+def test_the_journal_names_each_staged_load_for_the_next_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     cells, _store, _ = setup(tmp_path)
     seen: list[dict[str, Any]] = []
 
@@ -151,3 +155,11 @@ def test_the_journal_names_each_staged_load_for_the_next_run(tmp_path: Path) -> 
     assert journal["sides"] == [
         {"dumper": "store", "what": "live.new (for cell crm)", "side": "live.new", "cell": "crm"}
     ]
+    staged = [
+        (r.msg["event"], r.msg.get("dumper"), isinstance(r.msg.get("duration"), float))
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") in ("dump.staged", "dump.loaded")
+    ]
+    assert staged == [
+        ("dump.staged", "store", True)
+    ]  # loaded into its staging location, not the live store
