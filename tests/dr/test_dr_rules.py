@@ -506,6 +506,7 @@ def test_a_takeover_refuses_when_the_newest_here_is_not_the_one_handed_back(
     handed(standby, {"crm": wanted, "iam": iam})
     refused = later(primary).failback(skip_prebackup=True)
     assert refused.ok is False and refused.verify is None and refused.epoch is None
+    assert refused.marker == standby.marker()[0] and refused.pull is not None
     assert refused.error == (
         f"cell crm: the newest archive here is {first}, not {wanted} that site dr handed back "
         "(were backups taken on this site during the failover?)"
@@ -522,12 +523,23 @@ def test_a_takeover_of_a_cell_without_an_archive_here(tmp_path: Path) -> None:
     primary, standby = failed_over(tmp_path)
     crm = str(nas(tmp_path).archive_ids("crm")[0])
     # The hand-back is read back in the order of the cells' names: billing first.
-    handed(standby, {"billing": "cell_billing_20250301_120000", "crm": crm})
+    handed(
+        standby,
+        {
+            "audit": "cell_audit_20250301_120000",
+            "billing": "cell_billing_20250301_120000",
+            "crm": crm,
+        },
+    )
     refused = later(primary).failback(skip_prebackup=True)
-    assert refused.error == "cell billing: no archive here after the pull"
+    problems = (
+        "cell audit: no archive here after the pull",
+        "cell billing: no archive here after the pull",
+    )
+    assert refused.error == "; ".join(problems)
     forced = primary.failback(skip_prebackup=True, force=True)
     assert forced.ok and forced.marker is not None, forced
-    assert forced.warnings == ("cell billing: no archive here after the pull",)
+    assert forced.warnings == problems
     assert dict(forced.marker.verified) == {"crm": crm}
 
 
@@ -561,6 +573,7 @@ def test_a_takeover_refuses_archives_that_do_not_verify_even_forced(tmp_path: Pa
     for force in (False, True):
         refused = later(primary).failback(skip_prebackup=True, force=force)
         assert refused.ok is False and refused.epoch is None and refused.warnings == ()
+        assert refused.marker == standby.marker()[0] and refused.pull is not None
         assert refused.verify is not None and not refused.verify.ok
         assert (refused.error or "").startswith(
             "the handed-back archives do not verify here: cell_crm_"
@@ -909,3 +922,18 @@ def test_a_failover_warns_of_a_cell_its_pull_left_to_another_run(tmp_path: Path)
     assert report.ok, report
     (warning,) = report.warnings
     assert warning.startswith("pull: crm: ") and "another cron run" in warning
+
+
+def test_a_takeover_restores_what_was_handed_back_not_what_came_after(tmp_path: Path) -> None:
+    primary, standby = failed_over(tmp_path)
+    handback = standby.failback()
+    assert handback.ok and handback.marker is not None and handback.marker.handback is not None
+    handed_back = handback.marker.handback.archives["crm"]
+    # A backup after the hand-back (writes went on there), pushed: not the one handed back.
+    write_tree(tmp_path / "dr" / "cells" / "crm", {"after.txt": "after the hand-back\n"})
+    assert standby.vault.backup(kind="incremental").ok and standby.push().ok
+    assert str(nas(tmp_path).archive_ids("crm")[-1]) != handed_back
+    takeover = later(primary, hours=5).failback(skip_prebackup=True)
+    assert takeover.ok and takeover.marker is not None, takeover
+    assert dict(takeover.marker.restored) == {"crm": handed_back}
+    assert not (tmp_path / "primary" / "cells" / "crm" / "after.txt").exists()
