@@ -27,7 +27,7 @@ from cellvault.dr.markers import MarkerStore
 from cellvault.dr.records import HISTORY_FOLDER, SITES_FOLDER, Handback, SiteRecord
 from cellvault.dr.steps import failover_steps, takeover_steps
 from cellvault.errors import Fenced
-from cellvault.fence import claim_epoch
+from cellvault.fence import claim_epoch, read_epoch
 from cellvault.lock import Lease
 from cellvault.report import iso
 from cellvault.targets.local import LocalTarget
@@ -86,6 +86,8 @@ def test_a_failover_pulls_verifies_takes_the_epoch_and_writes_the_marker(
     report = standby.failover()
     assert report.ok and report.error is None, report
     assert report.epoch == 1 and report.pull is not None and report.pull.ok
+    epoch = read_epoch([nas(tmp_path)])[0]
+    assert epoch is not None and (epoch.number, epoch.site, epoch.reason) == (1, "dr", "failover")
     assert report.restore is None and report.warnings == ()
     marker = report.marker
     assert marker is not None
@@ -442,6 +444,12 @@ def test_a_failback_hands_back_then_the_primary_takes_over(
     takeover = later(primary).failback(skip_prebackup=True)
     assert takeover.ok and takeover.step == "takeover" and takeover.error is None, takeover
     assert takeover.epoch == 2 and takeover.warnings == ()
+    epoch = read_epoch([nas(tmp_path)])[0]
+    assert epoch is not None and (epoch.number, epoch.site, epoch.reason) == (
+        2,
+        "primary",
+        "failback",
+    )
     back = takeover.marker
     assert back is not None
     assert (back.site_id, back.event, back.previous_site) == ("primary", "failback", "dr")
@@ -590,6 +598,7 @@ def test_a_takeover_stops_when_another_site_took_the_epoch_meanwhile(tmp_path: P
     assert (report.error or "").startswith(
         "this site could not take the DR epoch, so it did not take over: "
     )
+    assert report.marker == standby.marker()[0] and report.pull is not None
     assert report.verify is not None and report.verify.ok
     assert standby.marker()[0] is not None
 
@@ -937,3 +946,13 @@ def test_a_takeover_restores_what_was_handed_back_not_what_came_after(tmp_path: 
     assert takeover.ok and takeover.marker is not None, takeover
     assert dict(takeover.marker.restored) == {"crm": handed_back}
     assert not (tmp_path / "primary" / "cells" / "crm" / "after.txt").exists()
+
+
+def test_a_forced_takeover_that_does_not_verify_reports_no_warnings(tmp_path: Path) -> None:
+    primary, standby = failed_over(tmp_path)
+    crm = str(nas(tmp_path).archive_ids("crm")[0])  # the primary's own archive
+    handed(standby, {"audit": "cell_audit_20250301_120000", "crm": crm})
+    damage(archive_of(tmp_path, "primary"))
+    refused = later(primary).failback(skip_prebackup=True, force=True)
+    assert refused.ok is False and refused.verify is not None and not refused.verify.ok
+    assert refused.warnings == ()  # the refusal is the error; nothing else is said
