@@ -956,3 +956,13 @@ def test_a_forced_takeover_that_does_not_verify_reports_no_warnings(tmp_path: Pa
     refused = later(primary).failback(skip_prebackup=True, force=True)
     assert refused.ok is False and refused.verify is not None and not refused.verify.ok
     assert refused.warnings == ()  # the refusal is the error; nothing else is said
+
+
+def test_a_forced_takeover_that_cannot_take_the_epoch_reports_no_warnings(tmp_path: Path) -> None:
+    primary, standby = failed_over(tmp_path)
+    crm = str(nas(tmp_path).archive_ids("crm")[0])
+    handed(standby, {"audit": "cell_audit_20250301_120000", "crm": crm})
+    claim_on_first_event(later(primary), tmp_path, "dr2")
+    refused = primary.failback(skip_prebackup=True, force=True)
+    assert refused.ok is False and refused.epoch is None and refused.verify is not None
+    assert refused.warnings == ()
