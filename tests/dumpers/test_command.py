@@ -596,6 +596,11 @@ def test_each_load_has_a_private_scratch_folder_removed_after_it(tmp_path: Path)
         (b"[1, 2]", "cell crm, dumper db: dumper.json is unusable", None),
         (b'{"ok": true, "files": []}', "cell crm, dumper db: dumper.json is unusable", None),
         (
+            b'{"files": {}}',
+            "cell crm, dumper db: archive cell_crm_x holds an incomplete dump (None)",
+            "choose an older archive, or restore with this dump skipped",
+        ),
+        (
             b'{"ok": false, "error": "disk full", "files": {}}',
             "cell crm, dumper db: archive cell_crm_x holds an incomplete dump (disk full)",
             "choose an older archive, or restore with this dump skipped",
@@ -614,3 +619,50 @@ def test_a_dump_descriptor_that_is_missing_unusable_or_incomplete_is_refused(
     good = {"ok": True, "files": {}, "type": "command"}
     (tmp_path / "dumper.json").write_text(json.dumps(good))
     assert archive_io.read_descriptor(tmp_path, where="w", archive="a") == good
+
+
+def test_a_dump_of_another_type_is_not_loaded(tmp_path: Path) -> None:
+    vault = vault_for(tmp_path, [Upper(name="db")], clock=clock())
+    backup = vault.backup()
+    assert backup.ok
+    archive = backup.cells[0].archive
+    other = vault_for(tmp_path, [{"type": "command", "name": "db", "command": ["true"]}])
+    report = other.restore("latest")
+    assert not report.ok
+    error = report.cells[0].error or ""
+    assert (
+        f"cell crm, dumper db: archive {archive} holds a upper dump, but the dumper is of type "
+        "command"
+    ) in error, error
+    assert "rename the dumper, or restore with this dump skipped" in error
+
+
+class DumpFailsLater(Upper):
+    """Dumps as Upper does until told to fail (then a crash of its own)."""
+
+    type = "upper"
+    failing = False
+
+    def dump(self, ctx: DumpContext) -> None:
+        if self.failing:
+            raise RuntimeError("the database is down")
+        super().dump(ctx)
+
+
+def test_a_safety_backup_without_its_dump_is_not_loaded(tmp_path: Path) -> None:
+    dumper = DumpFailsLater(name="up")
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    dumper.failing = True  # the database the restore is about to repair
+    report = vault.restore("latest")
+    assert report.ok, report.cells[0].error
+    safety = report.cells[0].safety_backup
+    assert safety is not None
+    again = vault.restore(str(safety))
+    assert not again.ok
+    error = again.cells[0].error or ""
+    assert (
+        f"cell crm, dumper up: archive {safety} holds an incomplete dump (cell crm, dumper up: "
+        "RuntimeError: the database is down)"
+    ) in error, error
+    assert "choose an older archive, or restore with this dump skipped" in error
