@@ -456,6 +456,7 @@ def test_a_failback_hands_back_then_the_primary_takes_over(
     assert dict(back.restored) == {"crm": newest} and dict(back.verified) == {"crm": newest}
     assert back.handback == marker.handback and back.forced is False
     assert (tmp_path / "primary" / "cells" / "crm" / "during.txt").read_text() == "written on dr\n"
+    assert takeover.restore is not None and takeover.restore.cells[0].safety_backup is None
     assert takeover.marker_written == ("nas",)
     assert takeover.steps == takeover_steps(back, restored=True)
     assert events(caplog, "dr.failback") == [{"site": "primary", "restored": {"crm": newest}}]
@@ -613,6 +614,8 @@ def test_a_takeover_without_restore_and_a_failed_restore(tmp_path: Path) -> None
     failed = primary.failback(skip_prebackup=True)
     assert failed.ok is False and failed.epoch == 2, failed
     assert failed.restore is not None and not failed.restore.ok
+    assert failed.marker == standby.marker()[0] and failed.pull is not None
+    assert failed.verify is not None and failed.verify.ok
     assert (failed.error or "").startswith(
         "the restore failed; the failover marker stays (this site holds epoch 2: run the "
         "failback again once the cause is fixed): "
