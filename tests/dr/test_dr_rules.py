@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -969,3 +970,29 @@ def test_a_forced_takeover_that_cannot_take_the_epoch_reports_no_warnings(tmp_pa
     refused = primary.failback(skip_prebackup=True, force=True)
     assert refused.ok is False and refused.epoch is None and refused.verify is not None
     assert refused.warnings == ()
+
+
+def test_a_failover_says_which_pull_failed(tmp_path: Path) -> None:
+    _, standby = pair(tmp_path)
+    damage(max((tmp_path / "nas" / "crm").glob("cell_crm_*.tar.zst")))
+    refused = standby.failover()
+    assert refused.ok is False and refused.pull is not None and not refused.pull.ok
+    assert refused.warnings[0].startswith("pull: crm from nas: "), refused.warnings
+    assert "no archive matching latest on this site" in (refused.error or "")
+
+
+def test_a_failover_restoring_no_configured_cell_restores_nothing(tmp_path: Path) -> None:
+    pair(tmp_path)
+    empty = site(tmp_path, "dr", cells=())
+    report = empty.failover(restore="latest")
+    assert report.ok and report.restore is None, report
+    assert report.marker is not None and dict(report.marker.restored) == {}
+    assert list(report.marker.verified) == ["crm"]
+
+
+def test_this_sites_marker_is_written_whole_and_private(tmp_path: Path) -> None:
+    markers = store(tmp_path, nas(tmp_path, "a"))
+    markers.publish(MARKER)
+    assert stat.S_IMODE(markers.local_path.stat().st_mode) == 0o600
+    assert [p.name for p in markers.local_path.parent.iterdir()] == ["failover.json"]
+    assert markers.local_path.read_bytes() == MARKER.to_json()
