@@ -93,6 +93,7 @@ def test_a_failover_pulls_verifies_takes_the_epoch_and_writes_the_marker(
     marker = report.marker
     assert marker is not None
     assert (marker.site_id, marker.event, marker.previous_site) == ("dr", "failover", "primary")
+    assert marker.host == standby.vault.host
     assert dict(marker.verified) == {"crm": newest} and dict(marker.restored) == {}
     assert marker.forced is False and marker.handback is None
     assert report.marker_written == ("nas", "local")
@@ -454,6 +455,7 @@ def test_a_failback_hands_back_then_the_primary_takes_over(
     back = takeover.marker
     assert back is not None
     assert (back.site_id, back.event, back.previous_site) == ("primary", "failback", "dr")
+    assert back.host == primary.vault.host and marker.handback.host == standby.vault.host
     assert dict(back.restored) == {"crm": newest} and dict(back.verified) == {"crm": newest}
     assert back.handback == marker.handback and back.forced is False
     assert (tmp_path / "primary" / "cells" / "crm" / "during.txt").read_text() == "written on dr\n"
