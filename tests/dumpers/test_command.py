@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import shutil
@@ -666,3 +667,37 @@ def test_a_safety_backup_without_its_dump_is_not_loaded(tmp_path: Path) -> None:
         "RuntimeError: the database is down)"
     ) in error, error
     assert "choose an older archive, or restore with this dump skipped" in error
+
+
+class MetaSeen(Upper):
+    """Loads as Upper does, noting the archive metadata its load is given."""
+
+    type = "upper"
+
+    def load(self, ctx: LoadContext) -> None:
+        self.metas = [*getattr(self, "metas", []), ctx.meta]
+        super().load(ctx)
+
+
+def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
+    tmp_path: Path,
+) -> None:
+    dumper = MetaSeen(name="up")
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    before = time.time()
+    backup = vault.backup()
+    after = time.time()
+    assert backup.ok
+    body = json.loads(members(only_archive(tmp_path / "backup"))["dumps/up/dumper.json"])
+    assert (body["format"], body["name"], body["type"], body["ok"], body["error"]) == (
+        1,
+        "up",
+        "upper",
+        True,
+        None,
+    )
+    started = dt.datetime.fromisoformat(body["started_at"].replace("Z", "+00:00"))
+    assert body["started_at"].endswith("Z") and before - 1 <= started.timestamp() <= after + 1
+    assert vault.restore("latest").ok
+    (meta,) = dumper.metas
+    assert str(meta.id) == backup.cells[0].archive
