@@ -460,6 +460,8 @@ def test_a_failback_hands_back_then_the_primary_takes_over(
     assert back.handback == marker.handback and back.forced is False
     assert (tmp_path / "primary" / "cells" / "crm" / "during.txt").read_text() == "written on dr\n"
     assert takeover.restore is not None and takeover.restore.cells[0].safety_backup is None
+    assert takeover.restore.ok and takeover.pull is not None and takeover.pull.ok
+    assert takeover.verify is not None and [r.ok for r in takeover.verify.results] == [True]
     assert takeover.marker_written == ("nas",)
     assert takeover.steps == takeover_steps(back, restored=True)
     assert events(caplog, "dr.failback") == [{"site": "primary", "restored": {"crm": newest}}]
@@ -998,3 +1000,10 @@ def test_this_sites_marker_is_written_whole_and_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(markers.local_path.stat().st_mode) == 0o600
     assert [p.name for p in markers.local_path.parent.iterdir()] == ["failover.json"]
     assert markers.local_path.read_bytes() == MARKER.to_json()
+
+
+def test_a_forced_takeover_with_nothing_to_force_is_not_marked_forced(tmp_path: Path) -> None:
+    primary, standby = failed_over(tmp_path)
+    assert standby.failback().ok
+    takeover = later(primary).failback(skip_prebackup=True, force=True)
+    assert takeover.ok and takeover.marker is not None and takeover.marker.forced is False
