@@ -635,7 +635,7 @@ def test_a_dump_of_another_type_is_not_loaded(tmp_path: Path) -> None:
         f"cell crm, dumper db: archive {archive} holds a upper dump, but the dumper is of type "
         "command"
     ) in error, error
-    assert "rename the dumper, or restore with this dump skipped" in error
+    assert "(rename the dumper, or restore with this dump skipped)" in error
 
 
 class DumpFailsLater(Upper):
@@ -666,7 +666,7 @@ def test_a_safety_backup_without_its_dump_is_not_loaded(tmp_path: Path) -> None:
         f"cell crm, dumper up: archive {safety} holds an incomplete dump (cell crm, dumper up: "
         "RuntimeError: the database is down)"
     ) in error, error
-    assert "choose an older archive, or restore with this dump skipped" in error
+    assert "(choose an older archive, or restore with this dump skipped)" in error
 
 
 class MetaSeen(Upper):
@@ -696,8 +696,14 @@ def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
         True,
         None,
     )
+    assert sorted(body) == sorted(
+        ["format", "name", "type", "ok", "error", "started_at", "finished_at"]
+        + ["options", "info", "files", "restore"]
+    )
     started = dt.datetime.fromisoformat(body["started_at"].replace("Z", "+00:00"))
-    assert body["started_at"].endswith("Z") and before - 1 <= started.timestamp() <= after + 1
+    finished = dt.datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00"))
+    assert body["started_at"].endswith("Z") and body["finished_at"].endswith("Z")
+    assert before - 1 <= started.timestamp() <= finished.timestamp() <= after + 1
     assert vault.restore("latest").ok
     (meta,) = dumper.metas
     assert str(meta.id) == backup.cells[0].archive
