@@ -696,10 +696,8 @@ def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
         True,
         None,
     )
-    assert sorted(body) == sorted(
-        ["format", "name", "type", "ok", "error", "started_at", "finished_at"]
-        + ["options", "info", "files", "restore"]
-    )
+    fields = "format name type ok error started_at finished_at options info files restore"
+    assert sorted(body) == sorted(fields.split())
     started = dt.datetime.fromisoformat(body["started_at"].replace("Z", "+00:00"))
     finished = dt.datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00"))
     assert body["started_at"].endswith("Z") and body["finished_at"].endswith("Z")
