@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -678,6 +680,9 @@ class MetaSeen(Upper):
         self.metas = [*getattr(self, "metas", []), ctx.meta]
         super().load(ctx)
 
+    def stock_restore(self, files: Sequence[str]) -> str | None:
+        return f"upper-load {' '.join(files)}"
+
 
 def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
     tmp_path: Path,
@@ -698,6 +703,10 @@ def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
     )
     fields = "format name type ok error started_at finished_at options info files restore"
     assert sorted(body) == sorted(fields.split())
+    text = body["files"]["text"]
+    assert sorted(text) == ["parts", "sha256", "size"] and text["size"] == len(b"hello\n")
+    assert text["sha256"] == hashlib.sha256(b"hello\n").hexdigest()
+    assert body["restore"] == "upper-load text"  # told the files it wrote
     started = dt.datetime.fromisoformat(body["started_at"].replace("Z", "+00:00"))
     finished = dt.datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00"))
     assert body["started_at"].endswith("Z") and body["finished_at"].endswith("Z")
@@ -705,3 +714,33 @@ def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
     assert vault.restore("latest").ok
     (meta,) = dumper.metas
     assert str(meta.id) == backup.cells[0].archive
+
+
+def test_a_dump_the_archive_lacks_is_skipped_unless_asked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = vault_for(tmp_path, [Upper(name="up")], clock=clock())
+    backup = old.backup()
+    assert backup.ok
+    archive = backup.cells[0].archive
+    # A dumper configured since: the archive has no dump of it.
+    vault = vault_for(tmp_path, [Upper(name="up"), Upper(name="new")], clock=clock())
+    assert vault.restore("latest").ok
+    skipped = [
+        r.msg
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.not_in_archive"
+    ]
+    assert [(m["dumper"], m["cell"], m["archive"]) for m in skipped] == [("new", "crm", archive)]  # type: ignore[index]
+    asked = vault.restore(archive, load_dumps=["new"])
+    assert not asked.ok
+    error = asked.cells[0].error or ""
+    assert f"cell crm: archive {archive} holds no dump of dumper new (it holds: up)" in error, error
+
+
+def test_the_staged_dumps_are_the_folders_named_as_dumpers(tmp_path: Path) -> None:
+    dumps = tmp_path / "dumps"
+    assert archive_io.staged_dumpers(dumps) == []  # an archive without dumps
+    write_tree(dumps, {"up/dumper.json": "{}", "db/dumper.json": "{}", "stray": "a file"})
+    (dumps / "Not A Name").mkdir()
+    assert archive_io.staged_dumpers(dumps) == ["db", "up"]
