@@ -445,6 +445,8 @@ def test_a_failback_hands_back_then_the_primary_takes_over(
     hooks.switches.clear()
     takeover = later(primary).failback(skip_prebackup=True)
     assert takeover.ok and takeover.step == "takeover" and takeover.error is None, takeover
+    assert (handback.site, takeover.site) == ("dr", "primary")
+    assert 0 < handback.duration < 60 and 0 < takeover.duration < 60
     assert takeover.epoch == 2 and takeover.warnings == ()
     epoch = read_epoch([nas(tmp_path)])[0]
     assert epoch is not None and (epoch.number, epoch.site, epoch.reason) == (
@@ -816,15 +818,20 @@ def test_a_damaged_copy_of_the_marker_here_says_where_it_is(tmp_path: Path) -> N
 
 
 def test_a_hand_back_stops_while_a_cell_is_locked_by_another_run(tmp_path: Path) -> None:
-    _, standby = failed_over(tmp_path)
-    assert standby.vault.backup(kind="incremental").ok  # the storage has all but this one
-    with Lease.acquire(nas(tmp_path), "crm", "push to nas (another cron run)"):
+    _, standby = failed_over(tmp_path, cells=("crm", "iam"))
+    # The storage has all but these.
+    assert standby.vault.backup(kind="incremental", targets=["local"]).ok
+    with (
+        Lease.acquire(nas(tmp_path), "crm", "push to nas (another cron run)"),
+        Lease.acquire(nas(tmp_path), "iam", "push to nas (another cron run)"),
+    ):
         report = standby.failback(final_backup=None)
     assert report.ok is False and report.push is not None and report.backup is None
-    (locked,) = [c.locked for c in report.push.locked]
-    assert locked and "another cron run" in locked
+    locked = [c.locked for c in report.push.locked]
+    assert len(locked) == 2 and all(c and "another cron run" in c for c in locked)
     assert report.error == (
-        f"cells were locked by another run, so the push is incomplete: {locked} (run it again)"
+        "cells were locked by another run, so the push is incomplete: "
+        f"{locked[0]}; {locked[1]} (run it again)"
     )
     assert standby.marker()[0].handback is None  # type: ignore[union-attr]
 
@@ -1007,3 +1014,24 @@ def test_a_forced_takeover_with_nothing_to_force_is_not_marked_forced(tmp_path: 
     assert standby.failback().ok
     takeover = later(primary).failback(skip_prebackup=True, force=True)
     assert takeover.ok and takeover.marker is not None and takeover.marker.forced is False
+
+
+def test_a_hand_back_locked_out_after_its_final_backup_reports_it(tmp_path: Path) -> None:
+    _, standby = failed_over(tmp_path)
+    held: list[Any] = []
+
+    def on_event(event: Any) -> None:  # another run takes the cell once the backup is done
+        if not held and event.name.startswith("backup.") and event.name != "backup.started":
+            lease = Lease.acquire(nas(tmp_path), "crm", "push to nas (another cron run)")
+            lease.__enter__()
+            held.append(lease)
+
+    standby.vault.on_event = on_event
+    try:
+        report = standby.failback(final_backup="incremental")
+    finally:
+        for lease in held:
+            lease.__exit__(None, None, None)
+    assert held, "no event after the backup"
+    assert report.ok is False and report.push is not None and report.push.locked, report
+    assert report.backup is not None and report.backup.ok
