@@ -21,6 +21,7 @@ import zstandard
 from cellvault import Cell, ConfigError, Vault, hookimpl
 from cellvault.dumpers import DumpContext, Dumper, LoadContext, archive_io
 from cellvault.errors import CellvaultError, DumpError, LoadError
+from cellvault.events import Event
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
 from tests.helpers import clock, snapshot, write_tree
 
@@ -496,7 +497,11 @@ def test_a_load_is_logged_by_dumper_and_type(
     caplog.set_level(logging.INFO)
     vault = vault_for(tmp_path, [Upper(name="up")], clock=clock())
     assert vault.backup().ok
+    events: list[Event] = []
+    vault.on_event = events.append
     assert vault.restore("latest").ok
+    started = [e.data for e in events if e.name == "restore.dump_loading"]
+    assert started == [{"dumper": "up"}]
     logged = [
         (r.msg["event"], r.msg.get("dumper"), r.msg.get("type"), r.msg.get("cell"))
         for r in caplog.records
@@ -723,9 +728,11 @@ def test_a_dump_the_archive_lacks_is_skipped_unless_asked_for(
     backup = old.backup()
     assert backup.ok
     archive = backup.cells[0].archive
-    # A dumper configured since: the archive has no dump of it.
-    vault = vault_for(tmp_path, [Upper(name="up"), Upper(name="new")], clock=clock())
+    # A dumper configured since (first): the archive has no dump of it.
+    (tmp_path / "cells" / "crm" / "from-dump.txt").unlink(missing_ok=True)
+    vault = vault_for(tmp_path, [Upper(name="new"), Upper(name="up")], clock=clock())
     assert vault.restore("latest").ok
+    assert (tmp_path / "cells" / "crm" / "from-dump.txt").read_text() == "HELLO\n"  # up loaded
     skipped = [
         r.msg
         for r in caplog.records
