@@ -27,7 +27,7 @@ from cellvault.dr.failover import failover as failover_of
 from cellvault.dr.markers import MarkerStore
 from cellvault.dr.records import HISTORY_FOLDER, SITES_FOLDER, Handback, SiteRecord
 from cellvault.dr.steps import failover_steps, takeover_steps
-from cellvault.errors import Fenced
+from cellvault.errors import ConfigError, Fenced
 from cellvault.fence import claim_epoch, read_epoch
 from cellvault.lock import Lease
 from cellvault.report import iso
@@ -482,8 +482,13 @@ def test_a_failback_hands_back_then_the_primary_takes_over(
 
 def test_a_failback_needs_a_failover_in_effect(tmp_path: Path) -> None:
     primary, _ = pair(tmp_path)
-    with pytest.raises(DrError, match="no failover is in effect: there is nothing to fail back"):
+    with pytest.raises(DrError) as info:
         primary.failback()
+    assert info.value.message == "no failover is in effect: there is nothing to fail back"
+    assert info.value.hint == "'cellvault dr status' shows which site is active"
+    alone = site(tmp_path, "alone", shared=())
+    with pytest.raises(ConfigError, match=r"^a failback needs an object-storage target"):
+        alone.failback()
 
 
 def test_a_takeover_needs_the_hand_back_unless_forced(tmp_path: Path) -> None:
