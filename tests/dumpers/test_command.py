@@ -20,6 +20,7 @@ import zstandard
 
 from cellvault import Cell, ConfigError, Vault, hookimpl
 from cellvault.dumpers import DumpContext, Dumper, LoadContext, archive_io
+from cellvault.dumpers.staging import StagedLoad
 from cellvault.errors import CellvaultError, DumpError, LoadError
 from cellvault.events import Event
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
@@ -751,3 +752,29 @@ def test_the_staged_dumps_are_the_folders_named_as_dumpers(tmp_path: Path) -> No
     write_tree(dumps, {"up/dumper.json": "{}", "db/dumper.json": "{}", "stray": "a file"})
     (dumps / "Not A Name").mkdir()
     assert archive_io.staged_dumpers(dumps) == ["db", "up"]
+
+
+class NoStage(Upper):
+    """Loads as Upper does; says why it cannot stage."""
+
+    type = "upper"
+
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        ctx.cannot_stage("its server is too old")
+        return None
+
+
+def test_a_restore_says_why_each_dumper_could_not_stage(tmp_path: Path) -> None:
+    vault = vault_for(tmp_path, [NoStage(name="old"), Upper(name="up")], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest")
+    assert report.ok, report.cells[0].error
+    parts = report.cells[0].parts
+    assert parts["dump:old"] == (
+        "loaded into the live database before the swap (this dumper cannot stage: its server "
+        "is too old)"
+    )
+    assert parts["dump:up"] == (
+        "loaded into the live database before the swap (this dumper cannot stage: it has no "
+        "staging step)"
+    )
