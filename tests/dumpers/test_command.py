@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
+import logging
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,9 @@ import zstandard
 
 from cellvault import Cell, ConfigError, Vault, hookimpl
 from cellvault.dumpers import DumpContext, Dumper, LoadContext, archive_io
+from cellvault.dumpers.staging import StagedLoad
+from cellvault.errors import CellvaultError, DumpError, LoadError
+from cellvault.events import Event
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
 from tests.helpers import clock, snapshot, write_tree
 
@@ -432,3 +441,340 @@ def test_a_plugin_registers_a_dumper_type(tmp_path: Path) -> None:
     vault = vault_for(tmp_path, [{"type": "upper", "name": "u"}], plugins=[Registers()])
     assert isinstance(vault.dumpers["crm"][0], Upper)
     assert isinstance(vault, Vault)
+
+
+class Crashing(Dumper):
+    """A dumper that fails its dump: with *error*, or a crash of its own (not a CellvaultError)."""
+
+    type = "crashing"
+    error: Exception = RuntimeError("lost the socket, PGPASSWORD=s3cr3t")
+
+    def dump(self, ctx: DumpContext) -> None:
+        raise self.error
+
+    def load(self, ctx: LoadContext) -> None:
+        raise AssertionError("never loaded")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        # A crash: its type and its redacted text, after the cell and the dumper.
+        (
+            RuntimeError("lost the socket, PGPASSWORD=s3cr3t"),
+            "cell crm, dumper boom: RuntimeError: lost the socket, PGPASSWORD=***",
+        ),
+        # A known failure says it all; the cell and the dumper are named once.
+        (
+            ConfigError("cell crm, dumper boom: DB_PASSWORD is not set"),
+            "cell crm, dumper boom: DB_PASSWORD is not set",
+        ),
+        (ConfigError("DB_PASSWORD is not set"), "cell crm, dumper boom: DB_PASSWORD is not set"),
+        # A dumper's own DumpError is the backup's error as it is.
+        (DumpError("no space"), "no space"),
+    ],
+)
+def test_a_failed_dump_is_named_once_and_a_crash_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, message: str
+) -> None:
+    dumper = Crashing(name="boom")
+    dumper.error = error
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    (crm,) = vault.backup().cells
+    assert not crm.ok and crm.stage == "dump"
+    assert crm.error == message
+    crashed = [
+        r
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.crashed"
+    ]
+    assert len(crashed) == (0 if isinstance(error, CellvaultError) else 1)
+    assert all(r.msg.get("dumper") == "boom" and r.exc_info for r in crashed)  # type: ignore[union-attr]
+
+
+def test_a_load_is_logged_by_dumper_and_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    vault = vault_for(tmp_path, [Upper(name="up")], clock=clock())
+    assert vault.backup().ok
+    events: list[Event] = []
+    vault.on_event = events.append
+    assert vault.restore("latest").ok
+    started = [e.data for e in events if e.name == "restore.dump_loading"]
+    assert started == [{"dumper": "up"}]
+    logged = [
+        (r.msg["event"], r.msg.get("dumper"), r.msg.get("type"), r.msg.get("cell"))
+        for r in caplog.records
+        if isinstance(r.msg, dict) and str(r.msg.get("event")).startswith("dump.")
+    ]
+    # It cannot stage (asked first), so it loads into the staged cell.
+    loads = [e for e in logged if e[0] in ("dump.loading", "dump.loaded", "dump.staged")]
+    assert loads == [
+        ("dump.loading", "up", "upper", "crm"),
+        ("dump.loading", "up", "upper", "crm"),
+        ("dump.loaded", "up", None, "crm"),
+    ]
+    (duration,) = [
+        r.msg["duration"]
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.loaded"
+    ]
+    assert isinstance(duration, float) and 0 <= duration < 3 and round(duration, 3) == duration
+
+
+class LoadFails(Upper):
+    """Dumps as Upper does; its load fails with *error*."""
+
+    type = "upper"
+    error: Exception = RuntimeError("lost the socket, PGPASSWORD=s3cr3t")
+
+    def load(self, ctx: LoadContext) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            RuntimeError("lost the socket, PGPASSWORD=s3cr3t"),
+            "cell crm, dumper up: RuntimeError: lost the socket, PGPASSWORD=***",
+        ),
+        (ConfigError("DB_PASSWORD is not set"), "cell crm, dumper up: DB_PASSWORD is not set"),
+        (
+            LoadError("cell crm, dumper up: the server refused"),
+            "cell crm, dumper up: the server refused",
+        ),
+    ],
+)
+def test_a_failed_load_names_the_dumper_and_a_crash_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, message: str
+) -> None:
+    dumper = LoadFails(name="up")
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    dumper.error = error
+    report = vault.restore("latest")
+    assert not report.ok
+    assert message in (report.cells[0].error or ""), report.cells[0].error
+    assert "s3cr3t" not in (report.cells[0].error or "")
+    crashed = [
+        r.msg
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.load_crashed"
+    ]
+    assert crashed == ([] if isinstance(error, CellvaultError) else [crashed[0]])
+    assert all(c.get("dumper") == "up" for c in crashed)  # type: ignore[union-attr]
+
+
+class Scratch(Upper):
+    """Loads as Upper does, noting its scratch folder; removes that folder itself."""
+
+    type = "upper"
+
+    def load(self, ctx: LoadContext) -> None:
+        self.spools.append((ctx.spool, stat.S_IMODE(ctx.spool.stat().st_mode)))
+        shutil.rmtree(ctx.spool)  # a dumper may clean up after itself
+        # What a killed restore leaves: the next dumper's scratch folder.
+        (ctx.spool.parent / ".load-second").mkdir(exist_ok=True)
+        super().load(ctx)
+
+
+def test_each_load_has_a_private_scratch_folder_removed_after_it(tmp_path: Path) -> None:
+    first, second = Scratch(name="first"), Scratch(name="second")
+    first.spools, second.spools = [], []
+    vault = vault_for(tmp_path, [first, second], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest")
+    assert report.ok, report.cells[0].error
+    ((one, mode_one),), ((two, mode_two),) = first.spools, second.spools
+    assert (one.name, two.name) == (".load-first", ".load-second")
+    assert mode_one == mode_two == 0o700
+    assert not one.exists() and not two.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "hint"),
+    [
+        (
+            None,
+            "cell crm, dumper db: archive cell_crm_x holds no dumper.json for this dump",
+            "the archive was made before this dumper was configured; restore without it",
+        ),
+        (b"{not json", "cell crm, dumper db: dumper.json is not JSON (", None),
+        (b"[1, 2]", "cell crm, dumper db: dumper.json is unusable", None),
+        (b'{"ok": true, "files": []}', "cell crm, dumper db: dumper.json is unusable", None),
+        (
+            b'{"files": {}}',
+            "cell crm, dumper db: archive cell_crm_x holds an incomplete dump (None)",
+            "choose an older archive, or restore with this dump skipped",
+        ),
+        (
+            b'{"ok": false, "error": "disk full", "files": {}}',
+            "cell crm, dumper db: archive cell_crm_x holds an incomplete dump (disk full)",
+            "choose an older archive, or restore with this dump skipped",
+        ),
+    ],
+)
+def test_a_dump_descriptor_that_is_missing_unusable_or_incomplete_is_refused(
+    tmp_path: Path, body: bytes | None, message: str, hint: str | None
+) -> None:
+    if body is not None:
+        (tmp_path / "dumper.json").write_bytes(body)
+    with pytest.raises(LoadError) as info:
+        archive_io.read_descriptor(tmp_path, where="cell crm, dumper db", archive="cell_crm_x")
+    assert info.value.message.startswith(message), info.value.message
+    assert info.value.hint == hint
+    good = {"ok": True, "files": {}, "type": "command"}
+    (tmp_path / "dumper.json").write_text(json.dumps(good))
+    assert archive_io.read_descriptor(tmp_path, where="w", archive="a") == good
+
+
+def test_a_dump_of_another_type_is_not_loaded(tmp_path: Path) -> None:
+    vault = vault_for(tmp_path, [Upper(name="db")], clock=clock())
+    backup = vault.backup()
+    assert backup.ok
+    archive = backup.cells[0].archive
+    other = vault_for(tmp_path, [{"type": "command", "name": "db", "command": ["true"]}])
+    report = other.restore("latest")
+    assert not report.ok
+    error = report.cells[0].error or ""
+    assert (
+        f"cell crm, dumper db: archive {archive} holds a upper dump, but the dumper is of type "
+        "command"
+    ) in error, error
+    assert "(rename the dumper, or restore with this dump skipped)" in error
+
+
+class DumpFailsLater(Upper):
+    """Dumps as Upper does until told to fail (then a crash of its own)."""
+
+    type = "upper"
+    failing = False
+
+    def dump(self, ctx: DumpContext) -> None:
+        if self.failing:
+            raise RuntimeError("the database is down")
+        super().dump(ctx)
+
+
+def test_a_safety_backup_without_its_dump_is_not_loaded(tmp_path: Path) -> None:
+    dumper = DumpFailsLater(name="up")
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    assert vault.backup().ok
+    dumper.failing = True  # the database the restore is about to repair
+    report = vault.restore("latest")
+    assert report.ok, report.cells[0].error
+    safety = report.cells[0].safety_backup
+    assert safety is not None
+    again = vault.restore(str(safety))
+    assert not again.ok
+    error = again.cells[0].error or ""
+    assert (
+        f"cell crm, dumper up: archive {safety} holds an incomplete dump (cell crm, dumper up: "
+        "RuntimeError: the database is down)"
+    ) in error, error
+    assert "(choose an older archive, or restore with this dump skipped)" in error
+
+
+class MetaSeen(Upper):
+    """Loads as Upper does, noting the archive metadata its load is given."""
+
+    type = "upper"
+
+    def load(self, ctx: LoadContext) -> None:
+        self.metas = [*getattr(self, "metas", []), ctx.meta]
+        super().load(ctx)
+
+    def stock_restore(self, files: Sequence[str]) -> str | None:
+        return f"upper-load {' '.join(files)}"
+
+
+def test_a_dumps_descriptor_says_what_it_is_and_a_load_is_told_its_archive(
+    tmp_path: Path,
+) -> None:
+    dumper = MetaSeen(name="up")
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    before = time.time()
+    backup = vault.backup()
+    after = time.time()
+    assert backup.ok
+    body = json.loads(members(only_archive(tmp_path / "backup"))["dumps/up/dumper.json"])
+    assert (body["format"], body["name"], body["type"], body["ok"], body["error"]) == (
+        1,
+        "up",
+        "upper",
+        True,
+        None,
+    )
+    fields = "format name type ok error started_at finished_at options info files restore"
+    assert sorted(body) == sorted(fields.split())
+    text = body["files"]["text"]
+    assert sorted(text) == ["parts", "sha256", "size"] and text["size"] == len(b"hello\n")
+    assert text["sha256"] == hashlib.sha256(b"hello\n").hexdigest()
+    assert body["restore"] == "upper-load text"  # told the files it wrote
+    started = dt.datetime.fromisoformat(body["started_at"].replace("Z", "+00:00"))
+    finished = dt.datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00"))
+    assert body["started_at"].endswith("Z") and body["finished_at"].endswith("Z")
+    assert before - 1 <= started.timestamp() <= finished.timestamp() <= after + 1
+    assert vault.restore("latest").ok
+    (meta,) = dumper.metas
+    assert str(meta.id) == backup.cells[0].archive
+
+
+def test_a_dump_the_archive_lacks_is_skipped_unless_asked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = vault_for(tmp_path, [Upper(name="up")], clock=clock())
+    backup = old.backup()
+    assert backup.ok
+    archive = backup.cells[0].archive
+    # A dumper configured since (first): the archive has no dump of it.
+    (tmp_path / "cells" / "crm" / "from-dump.txt").unlink(missing_ok=True)
+    vault = vault_for(tmp_path, [Upper(name="new"), Upper(name="up")], clock=clock())
+    assert vault.restore("latest").ok
+    assert (tmp_path / "cells" / "crm" / "from-dump.txt").read_text() == "HELLO\n"  # up loaded
+    skipped = [
+        r.msg
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dump.not_in_archive"
+    ]
+    assert [(m["dumper"], m["cell"], m["archive"]) for m in skipped] == [("new", "crm", archive)]  # type: ignore[index]
+    asked = vault.restore(archive, load_dumps=["new"])
+    assert not asked.ok
+    error = asked.cells[0].error or ""
+    assert f"cell crm: archive {archive} holds no dump of dumper new (it holds: up)" in error, error
+
+
+def test_the_staged_dumps_are_the_folders_named_as_dumpers(tmp_path: Path) -> None:
+    dumps = tmp_path / "dumps"
+    assert archive_io.staged_dumpers(dumps) == []  # an archive without dumps
+    write_tree(dumps, {"up/dumper.json": "{}", "db/dumper.json": "{}", "stray": "a file"})
+    (dumps / "Not A Name").mkdir()
+    assert archive_io.staged_dumpers(dumps) == ["db", "up"]
+
+
+class NoStage(Upper):
+    """Loads as Upper does; says why it cannot stage."""
+
+    type = "upper"
+
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        ctx.cannot_stage("its server is too old")
+        return None
+
+
+def test_a_restore_says_why_each_dumper_could_not_stage(tmp_path: Path) -> None:
+    vault = vault_for(tmp_path, [NoStage(name="old"), Upper(name="up")], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest")
+    assert report.ok, report.cells[0].error
+    parts = report.cells[0].parts
+    assert parts["dump:old"] == (
+        "loaded into the live database before the swap (this dumper cannot stage: its server "
+        "is too old)"
+    )
+    assert parts["dump:up"] == (
+        "loaded into the live database before the swap (this dumper cannot stage: it has no "
+        "staging step)"
+    )

@@ -8,6 +8,8 @@ it is), and a half configuration is refused.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -129,3 +131,35 @@ def test_half_a_staging_configuration_is_refused(tmp_path: Path, missing: str) -
     del dumper[missing]
     with pytest.raises(ConfigError, match="staging needs staging, swap_command and unswap_command"):
         make_vault(tmp_path / "backup", [Cell("crm", [tmp_path], dumpers=[dumper])])
+
+
+def test_the_journal_names_each_staged_load_for_the_next_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    cells, _store, _ = setup(tmp_path)
+    seen: list[dict[str, Any]] = []
+
+    def on_event(event: Any) -> None:
+        if event.name == "restore.dump_swapped":
+            (journal,) = tmp_path.rglob(".cellvault-journal-crm.json")
+            seen.append(json.loads(journal.read_text()))
+
+    vault = make_vault(
+        tmp_path / "backup", cells, on_event=on_event, clock=times_clock([utc(2025, 2, 2)])
+    )
+    assert vault.restore("latest", cells=["crm"], skip_prebackup=True).ok
+    (journal,) = seen
+    # What a next run rebuilds the staged load from (Dumper.resume): the dumper by name.
+    assert journal["staged"] == ["store"]
+    assert journal["sides"] == [
+        {"dumper": "store", "what": "live.new (for cell crm)", "side": "live.new", "cell": "crm"}
+    ]
+    staged = [
+        (r.msg["event"], r.msg.get("dumper"), isinstance(r.msg.get("duration"), float))
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") in ("dump.staged", "dump.loaded")
+    ]
+    assert staged == [
+        ("dump.staged", "store", True)
+    ]  # loaded into its staging location, not the live store
