@@ -479,3 +479,82 @@ def test_restore_with_a_malformed_date_touches_nothing(tmp_path: Path, text: str
         vault.restore(text)
     assert (src / "f").read_text() == "live"
     assert len(vault.list()) == 1  # not even a safety backup was taken
+
+
+# -- what the parsers say, and when -------------------------------------------------------------
+
+
+def test_now_is_utc_to_the_second() -> None:
+    from cellvault.archive import utcnow
+
+    before = dt.datetime.now(UTC)
+    now = utcnow()
+    assert now.tzinfo is UTC and now.microsecond == 0
+    assert before.replace(microsecond=0) <= now <= dt.datetime.now(UTC)
+
+
+def test_malformed_dates_say_what_a_good_one_looks_like() -> None:
+    with pytest.raises(ConfigError) as info:
+        Selector.parse("yesterday")
+    assert info.value.hint == (
+        "use 'latest', an archive id, a date prefix such as 20250101_0200, "
+        "or an ISO time such as 2025-01-01T02:00:00Z"
+    )
+    with pytest.raises(ConfigError) as info:
+        Selector.parse("20250132")
+    assert info.value.message == "malformed restore date '20250132': no such date or time"
+    assert info.value.hint == (
+        "a date prefix is YYYYMMDD, optionally followed by _HH, _HHMM or _HHMMSS"
+    )
+    with pytest.raises(ConfigError) as info:
+        Selector.parse(" 0001-01-01T00:30:00+01:00 ")
+    assert info.value.message == (
+        "restore date '0001-01-01T00:30:00+01:00' is outside the range of dates "
+        "(year 1 to 9999 in UTC)"
+    )
+
+
+def test_a_selector_is_what_the_operator_typed() -> None:
+    for text in ("latest", "cell_crm_20250101_020000", "20250101_02", "2025-01-01T02:00:00Z"):
+        selector = Selector.parse(f"  {text}\n")
+        assert selector.text == str(selector) == text
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"parent": 5}, "TypeError: an archive id is a int, not a string"),
+        (
+            {"chain": ["cell_crm_20241230_020000", None]},
+            "TypeError: an archive id is a NoneType, not a string",
+        ),
+        ({"chain": "cell_crm_20241230_020000"}, "TypeError: chain is a str, not a list"),
+        ({"epoch": 0}, "ValueError: epoch 0 is not a positive integer"),
+        ({"epoch": True}, "ValueError: epoch True is not a positive integer"),
+    ],
+)
+def test_unusable_meta_says_which_value(change: dict[str, object], why: str) -> None:
+    data = {**sample_meta().to_dict(), **change}
+    with pytest.raises(ArchiveCorrupt) as info:
+        ArchiveMeta.from_dict(data)
+    assert info.value.detail == f"meta.json is unusable ({why})"
+    assert info.value.archive == "cell_crm_20250101_020000"
+
+
+def test_a_signature_covers_the_fields_as_read_unknown_ones_too() -> None:
+    from cellvault.archive import canonical_json
+
+    sidecar = Sidecar(sample_meta(), "cell_crm_20250101_020000.tar.zst", 1, "00" * 32)
+    assert sidecar.canonical() == canonical_json(sidecar.body())
+    assert json.loads(sidecar.canonical())["data"] == "cell_crm_20250101_020000.tar.zst"
+    body = {**json.loads(sidecar.to_json()), "future": {"é": 1}}
+    read = Sidecar.from_json(json.dumps(body).encode(), name="cell_crm_20250101_020000")
+    assert json.loads(read.canonical()) == body
+    assert read.canonical() == canonical_json(body)
+    assert json.loads(read.to_json()) == body  # written back as read
+    # Changed since it was read: written from its fields, the unknown one gone.
+    import attrs
+
+    changed = attrs.evolve(read, size=2)
+    assert changed.canonical() == canonical_json(changed.body())
+    assert "future" not in json.loads(changed.to_json())
