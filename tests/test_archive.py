@@ -308,6 +308,7 @@ def test_selector_at_or_before() -> None:
         "",
         "now",
         "2025-01-01T25:00:00",
+        "2025-01-01T02:00:00z",  # the zone is "Z", as fromisoformat reads it
         f"{ARABIC_2025}0101",
     ],
 )
@@ -558,3 +559,13 @@ def test_a_signature_covers_the_fields_as_read_unknown_ones_too() -> None:
     changed = attrs.evolve(read, size=2)
     assert changed.canonical() == canonical_json(changed.body())
     assert "future" not in json.loads(changed.to_json())
+
+
+def test_canonical_json_is_sorted_compact_utf8() -> None:
+    from cellvault.archive import canonical_json
+
+    # The bytes a signature covers: any change here breaks every signature made before.
+    value = {"size": 2, "data": "é.tar.zst", "roots": {"b": "/b", "a": "/a"}, "chain": [1, None]}
+    assert canonical_json(value) == (
+        '{"chain":[1,null],"data":"é.tar.zst","roots":{"a":"/a","b":"/b"},"size":2}'.encode()
+    )
