@@ -569,3 +569,201 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
     assert canonical_json(value) == (
         '{"chain":[1,null],"data":"é.tar.zst","roots":{"a":"/a","b":"/b"},"size":2}'.encode()
     )
+
+
+def test_meta_fields_left_out_take_their_defaults() -> None:
+    data = {"id": "cell_crm_20250101_020000", "kind": "full", "backed_at": "2025-01-01T02:00:00Z"}
+    meta = ArchiveMeta.from_dict(data)
+    assert (meta.host, meta.version, meta.codec, meta.reason) == ("", "", "", "scheduled")
+    assert (meta.parent, meta.chain, dict(meta.roots)) == (None, (), {})
+    assert (meta.format, meta.epoch, meta.site) == (FORMAT_VERSION, None, None)
+    nulls = {**data, "chain": None, "parent": None, "roots": None, "epoch": None, "site": None}
+    assert ArchiveMeta.from_dict(nulls) == meta
+    assert ArchiveMeta.from_dict({**data, "format": "1"}).format == 1
+
+
+def test_a_fenced_meta_round_trips_its_epoch_and_site() -> None:
+    meta = sample_meta(epoch=3, site="east", reason="pre-restore", roots={"a": "/a", "b": "/b"})
+    data = json.loads(meta.to_json())
+    assert (data["epoch"], data["site"], data["reason"]) == (3, "east", "pre-restore")
+    assert data["chain"] == ["cell_crm_20241230_020000", "cell_crm_20241231_020000"]
+    assert data["roots"] == {"a": "/a", "b": "/b"}
+    assert ArchiveMeta.from_dict(data) == meta
+    assert "epoch" not in sample_meta().to_dict() and "site" not in sample_meta().to_dict()
+    assert ArchiveMeta.from_dict({**data, "site": 7}).site == "7"
+
+
+def test_meta_json_is_written_sorted_and_indented() -> None:
+    meta = sample_meta(parent=None, chain=(), roots={})
+    assert meta.to_json() == (
+        b"{\n"
+        b'  "backed_at": "2025-01-01T02:00:00.123456Z",\n'
+        b'  "cell": "crm",\n'
+        b'  "cellvault_version": "0.1.0",\n'
+        b'  "chain": [],\n'
+        b'  "codec": "zstd",\n'
+        b'  "format": 1,\n'
+        b'  "host": "node-1",\n'
+        b'  "id": "cell_crm_20250101_020000",\n'
+        b'  "kind": "incremental",\n'
+        b'  "parent": null,\n'
+        b'  "reason": "scheduled",\n'
+        b'  "roots": {}\n'
+        b"}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "archive", "why"),
+    [
+        ([], "?", "a JSON list, not an object"),
+        ({"kind": "full", "backed_at": "2025-01-01T02:00:00Z"}, "?", "KeyError: 'id'"),
+        ({"id": "cell_crm_20250101_020000", "kind": "full"}, None, "KeyError: 'backed_at'"),
+        (
+            {"id": "cell_crm_2025", "kind": "full", "backed_at": "2025-01-01T02:00:00Z"},
+            "cell_crm_2025",
+            "ConfigError: malformed archive id 'cell_crm_2025' "
+            "(archive ids look like cell_crm_20250101_020000)",
+        ),
+        (
+            {"id": "cell_crm_20250101_020000", "kind": "full", "backed_at": "2025-01-01T02:00:00Z",
+             "roots": {"a": "rel"}},
+            None,
+            "root 'a' names 'rel', not an absolute path",
+        ),
+        (
+            {"id": "cell_crm_20250101_020000", "kind": "full", "backed_at": "2025-01-01T02:00:00Z",
+             "parent": "cell_crm_20250102_020000"},
+            None,
+            "names archive 'cell_crm_20250102_020000', which is not an older archive of cell crm",
+        ),
+    ],
+)  # fmt: skip
+def test_unusable_meta_names_the_archive_and_why(
+    data: object, archive: str | None, why: str
+) -> None:
+    with pytest.raises(ArchiveCorrupt) as info:
+        ArchiveMeta.from_dict(data)  # type: ignore[arg-type]
+    assert info.value.detail == f"meta.json is unusable ({why})"
+    assert info.value.archive == (archive or "cell_crm_20250101_020000")
+    assert info.value.member == "meta.json"
+
+
+NAME = "cell_crm_20250101_020000"
+
+
+def full_sidecar(**over: object) -> Sidecar:
+    fields: dict[str, object] = dict(
+        meta=sample_meta(),
+        data_name=f"{NAME}.tar.zst",
+        size=1234,
+        sha256="ab" * 32,
+        files=7,
+        bytes_read=99,
+        checksums={"md5": "00" * 16, "crc64ecma": "1" * 16},
+        manifest_size=555,
+        lease="token-1",
+        manifest_sha256="cd" * 32,
+        signature={"alg": "ed25519", "key": "k1", "sig": "c2ln"},
+    )
+    fields.update(over)
+    return Sidecar(**fields)  # type: ignore[arg-type]
+
+
+def test_every_sidecar_field_round_trips() -> None:
+    sidecar = full_sidecar()
+    data = json.loads(sidecar.to_json())
+    assert data["checksums"] == {"md5": "00" * 16, "crc64ecma": "1" * 16}
+    assert (data["manifest_size"], data["lease"]) == (555, "token-1")
+    assert data["manifest_sha256"] == "cd" * 32
+    assert data["signature"] == {"alg": "ed25519", "key": "k1", "sig": "c2ln"}
+    assert (data["files"], data["bytes_read"]) == (7, 99)
+    back = Sidecar.from_json(sidecar.to_json(), name=NAME, cell="crm")
+    assert back == sidecar
+    assert back.signed_body == canonical(data)
+    sealed = full_sidecar(data_name=f"{NAME}.tar.zst.age", encryption=("fp1", "fp2"))
+    data = json.loads(sealed.to_json())
+    assert data["encryption"] == {"scheme": "age", "recipients": ["fp1", "fp2"]}
+    assert Sidecar.from_json(sealed.to_json(), name=NAME) == sealed
+    bare = Sidecar(sample_meta(), f"{NAME}.tar.gz", 0, "00" * 32)
+    data = json.loads(bare.to_json())
+    for absent in ("checksums", "manifest_size", "lease", "encryption", "manifest_sha256"):
+        assert absent not in data
+    assert "signature" not in data
+    back = Sidecar.from_json(bare.to_json(), name=NAME)
+    assert back == bare and back.signature is None and back.encryption is None
+    del data["files"], data["bytes_read"]
+    nulls = {**data, "checksums": None, "manifest_size": None, "lease": None}
+    nulls |= {"manifest_sha256": None, "signature": None, "encryption": None}
+    assert Sidecar.from_json(json.dumps(nulls).encode(), name=NAME) == bare
+    odd = {**data, "checksums": {"md5": 5}, "lease": 12, "manifest_size": 0}
+    back = Sidecar.from_json(json.dumps(odd).encode(), name=NAME)
+    assert (dict(back.checksums), back.lease, back.manifest_size) == ({"md5": "5"}, "12", 0)
+
+
+def canonical(data: dict[str, object]) -> bytes:
+    from cellvault.archive import canonical_json
+
+    return canonical_json({k: v for k, v in data.items() if k != "signature"})
+
+
+def test_a_sidecar_up_to_its_size_limit_is_read() -> None:
+    from cellvault.trust import MAX_SIDECAR_BYTES
+
+    raw = Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json()
+    padded = raw + b" " * (MAX_SIDECAR_BYTES - len(raw))
+    assert Sidecar.from_json(padded, name=NAME).size == 1
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(padded + b" ", name=NAME)
+    assert info.value.detail == (
+        f"sidecar is unusable (ValueError: {MAX_SIDECAR_BYTES + 1} bytes, "
+        "more than a sidecar ever holds)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"checksums": ["md5"]}, "sidecar is unusable (TypeError: checksums is a list, not an object)"),
+        ({"data": None}, "data name None is not"),
+        ({"size": -1}, "size -1 is not a whole number >= 0"),
+        ({"files": 1.5}, "files 1.5 is not a whole number >= 0"),
+        ({"bytes_read": "9"}, "bytes_read '9' is not a whole number >= 0"),
+        ({"manifest_size": True}, "manifest_size True is not a whole number >= 0"),
+        ({"sha256": "AB" * 32}, "sha256 'ABAB"),
+        ({"manifest_sha256": "xy"}, "sha256 'xy' is not 64 hex digits"),
+        ({"encryption": {"scheme": "age", "recipients": ["f"]}}, "disagree"),
+        ({"signature": {"alg": "a", "key": "k"}}, "signature is not an object of alg, key and sig"),
+        ({"signature": {"alg": "a", "key": "k", "sig": 5}}, "signature is not an object of alg"),
+        ({"signature": {"alg": "a", "key": "k", "sig": "s" * 513}}, "signature is not an object"),
+        ({"signature": ["alg", "key", "sig"]}, "signature is not an object of alg, key and sig"),
+        ({"id": "cell_crm_20250101_020001"}, f"sidecar stored as {NAME} says it is archive "
+         "cell_crm_20250101_020001"),
+        ({"id": "cell_web_20250101_020000", "cell": "web", "parent": None, "chain": []},
+         f"sidecar stored as {NAME} says it is archive cell_web_20250101_020000"),
+    ],
+)  # fmt: skip
+def test_an_altered_sidecar_says_what_is_wrong(change: dict[str, object], why: str) -> None:
+    data = {**json.loads(Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json())}
+    data.update(change)
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(json.dumps(data).encode(), name=NAME, cell="crm")
+    assert why in info.value.detail
+    assert info.value.archive in (NAME, str(data["id"]))
+
+
+def test_a_sidecar_in_another_cells_folder_is_refused() -> None:
+    raw = Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json()
+    assert Sidecar.from_json(raw, name="?", cell="crm").id == ident("crm", "20250101_020000")
+    assert Sidecar.from_json(raw, name="not-an-id", cell=None).size == 1
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name=NAME, cell="web")
+    assert (
+        info.value.detail == f"sidecar in the folder of cell web names archive {NAME} of cell crm"
+    )
+    assert info.value.hint == "the sidecar was altered or misplaced; it is ignored"
+    assert info.value.archive == NAME
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name="cell_crm_20250101_020001")
+    assert info.value.hint == "the sidecar was altered or misplaced; it is ignored"
+    assert info.value.archive == "cell_crm_20250101_020001"

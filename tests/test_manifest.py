@@ -624,3 +624,78 @@ def test_a_streamed_manifest_with_a_missing_entry_is_refused(
     for chunk in (1, 1 << 20):
         with pytest.raises(ArchiveCorrupt, match="manifest is unusable"):
             streamed(text, monkeypatch, chunk)
+
+
+def test_entry_fields_left_out_take_their_defaults() -> None:
+    entry = Entry.from_dict({"path": "data/crm/f", "type": "file", "mode": 0o644, "mtime_ns": 5})
+    assert entry == Entry("data/crm/f", "file", 0o644, 5)
+    assert (entry.size, entry.sha256, entry.target, entry.archive) == (0, None, None, None)
+    assert (entry.uid, entry.gid, entry.inode, entry.dev, entry.ctime_ns, entry.rdev) == (0,) * 6
+    assert entry.xattrs == ()
+    full = {
+        "path": "data/crm/f",
+        "type": "file",
+        "mode": 0o644,
+        "mtime_ns": "5",  # whole numbers as JSON may spell them
+        "size": 3.0,
+        "uid": 1,
+        "gid": 2,
+        "inode": 3,
+        "dev": 4,
+        "ctime_ns": 6,
+        "rdev": 7,
+        "sha256": "a" * 64,
+        "archive": ARCHIVE,
+        "target": "t",
+        "xattrs": {"user.b": "Yg==", "user.a": ""},
+    }
+    assert Entry.from_dict(full) == Entry(
+        "data/crm/f", "file", 0o644, 5, size=3, sha256="a" * 64, target="t", uid=1, gid=2,
+        inode=3, dev=4, ctime_ns=6, archive=ARCHIVE, rdev=7,
+        xattrs=(("user.a", ""), ("user.b", "Yg==")),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"size": -1}, "size -1 is not a whole number >= 0"),
+        ({"mode": 0o10000}, "mode 4096 is not one a manifest records (0 to 0o7777)"),
+        ({"mode": True}, "mode True is not one a manifest records"),
+        ({"xattrs": ["user.a"]}, "TypeError: xattrs of an entry is not an object of strings"),
+        ({"xattrs": {"user.a": 1}}, "TypeError: xattrs of an entry is not an object of strings"),
+        ({"xattrs": {"user.a": "x", "user.b": None}}, "xattrs of an entry is not an object"),
+        ({"type": "socket"}, "'type' must be in"),
+        ({"mtime_ns": None}, "TypeError: int() argument"),
+    ],
+)
+def test_an_unusable_entry_says_why(change: dict[str, object], why: str) -> None:
+    entry = {"path": "data/crm/f", "type": "file", "mode": 0o644, "mtime_ns": 1, **change}
+    raw = json.dumps({"format": 1, "archive": ARCHIVE, "entries": [entry]}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(raw, archive=ARCHIVE)
+    assert info.value.detail.startswith("manifest is unusable (")
+    assert why in info.value.detail
+    assert (info.value.archive, info.value.member) == (ARCHIVE, "manifest.json")
+
+
+def test_the_holders_of_a_read_manifest_are_shared_and_checked() -> None:
+    older = "cell_crm_20241231_020000"
+    m = Manifest(archive=ARCHIVE)
+    for i in range(3):
+        m.add(Entry(f"data/crm/f{i}", "file", 0o644, 1, sha256="a" * 64, archive=older))
+    m.add(Entry("data/crm/g", "file", 0o644, 1, sha256="a" * 64, archive=ARCHIVE))
+    m.add(Entry("data/crm/h", "file", 0o644, 1, sha256="a" * 64))
+    m.add(Entry("data/crm/d", "dir", 0o755, 1))
+    read = Manifest.from_json(m.to_json(), archive=ARCHIVE)
+    assert read.holders() == {older, ARCHIVE}
+    first, *others = (e.archive for e in read.files() if e.archive == older)
+    assert all(other is first for other in others)  # one string for all
+    assert read.get("data/crm/h").archive is None  # type: ignore[union-attr]
+    # A manifest whose entries were set directly goes through them once.
+    built = Manifest(archive=ARCHIVE, entries={e.path: e for e in m})
+    assert built.holders() == {older, ARCHIVE}
+    assert Manifest(archive=ARCHIVE).holders() == set()
+    held = built.holders()
+    held.add("x")
+    assert built.holders() == {older, ARCHIVE}  # a copy
