@@ -672,7 +672,14 @@ def full_sidecar(**over: object) -> Sidecar:
 
 def test_every_sidecar_field_round_trips() -> None:
     sidecar = full_sidecar()
-    data = json.loads(sidecar.to_json())
+    raw = sidecar.to_json()
+    # Sorted and indented by two, as meta.json.
+    assert raw.startswith(b'{\n  "backed_at": "2025-01-01T02:00:00.123456Z",\n  "bytes_read": 99,')
+    assert raw.endswith(
+        b'\n  "signature": {\n    "alg": "ed25519",\n    "key": "k1",\n    "sig": "c2ln"\n  },'
+        b'\n  "size": 1234\n}\n'
+    )
+    data = json.loads(raw)
     assert data["checksums"] == {"md5": "00" * 16, "crc64ecma": "1" * 16}
     assert (data["manifest_size"], data["lease"]) == (555, "token-1")
     assert data["manifest_sha256"] == "cd" * 32
@@ -767,3 +774,57 @@ def test_a_sidecar_in_another_cells_folder_is_refused() -> None:
         Sidecar.from_json(raw, name="cell_crm_20250101_020001")
     assert info.value.hint == "the sidecar was altered or misplaced; it is ignored"
     assert info.value.archive == "cell_crm_20250101_020001"
+
+
+def test_a_signature_of_up_to_512_characters_a_value_is_read() -> None:
+    body = json.loads(Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json())
+    signature = {"alg": "a" * 512, "key": "k", "sig": "s" * 512, "more": ""}
+    read = Sidecar.from_json(json.dumps({**body, "signature": signature}).encode(), name=NAME)
+    assert read.signature == signature
+
+
+def test_a_backup_kind_is_full_or_incremental() -> None:
+    from cellvault.archive import to_kind
+
+    assert (to_kind("full"), to_kind("incremental")) == ("full", "incremental")
+    with pytest.raises(ConfigError) as info:
+        to_kind("weekly")
+    assert info.value.message == "backup kind 'weekly' is neither full nor incremental"
+    with pytest.raises(ConfigError) as info:
+        to_kind(None, "BACKUP_TYPE")
+    assert info.value.message == "BACKUP_TYPE None is neither full nor incremental"
+
+
+def test_malformed_stamps_say_why() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_stamp("2025")
+    assert (info.value.message, info.value.hint) == (
+        "malformed archive stamp '2025'",
+        "expected YYYYMMDD_HHMMSS",
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_stamp("20251301_000000")
+    assert info.value.message.startswith("malformed archive stamp '20251301_000000': ")
+    assert info.value.hint is None
+    with pytest.raises(
+        ValueError, match=r"^archive stamps are made from timezone-aware datetimes$"
+    ):
+        format_stamp(dt.datetime(2025, 1, 1))
+
+
+def test_epochs_are_positive_integers() -> None:
+    data = sample_meta().to_dict()
+    assert ArchiveMeta.from_dict({**data, "epoch": 1, "site": "s"}).epoch == 1
+    for bad in (0, -1, 1.0, "1", False):
+        with pytest.raises(ArchiveCorrupt, match="is not a positive integer"):
+            ArchiveMeta.from_dict({**data, "epoch": bad})
+
+
+def test_meta_times_are_utc_whatever_the_local_zone(far_east: None) -> None:
+    meta = sample_meta()
+    assert meta.to_dict()["backed_at"] == "2025-01-01T02:00:00.123456Z"
+    back = ArchiveMeta.from_dict(meta.to_dict())
+    assert back.backed_at.utcoffset() == dt.timedelta(0)
+    assert back.backed_at.tzinfo is UTC
+    east = {**meta.to_dict(), "backed_at": "2025-01-01T10:00:00+08:00"}
+    assert ArchiveMeta.from_dict(east).backed_at.tzinfo is UTC
