@@ -828,3 +828,17 @@ def test_meta_times_are_utc_whatever_the_local_zone(far_east: None) -> None:
     assert back.backed_at.tzinfo is UTC
     east = {**meta.to_dict(), "backed_at": "2025-01-01T10:00:00+08:00"}
     assert ArchiveMeta.from_dict(east).backed_at.tzinfo is UTC
+
+
+def test_an_altered_signature_is_ignored_with_the_sidecar() -> None:
+    body = json.loads(Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json())
+    raw = json.dumps({**body, "signature": {"alg": "a"}}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name=NAME)
+    assert info.value.detail == "signature is not an object of alg, key and sig"
+    assert info.value.hint == "the sidecar was altered; it is ignored"
+    assert info.value.archive == NAME
+    # Read without the name it is stored as, an unusable sidecar says so.
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(b"[]")
+    assert info.value.archive == "?"
