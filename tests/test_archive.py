@@ -842,3 +842,4 @@ def test_an_altered_signature_is_ignored_with_the_sidecar() -> None:
     with pytest.raises(ArchiveCorrupt) as info:
         Sidecar.from_json(b"[]")
     assert info.value.archive == "?"
+    assert info.value.detail == "sidecar is unusable (TypeError: a JSON list, not an object)"
