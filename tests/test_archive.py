@@ -388,6 +388,7 @@ def test_meta_backed_at_in_another_zone_is_stored_as_utc() -> None:
         {"id": "cell_crm_garbage"},
         {"backed_at": "not a time"},
         {"parent": "nope"},
+        {"backed_at": "2025-01-01T02:00:00z"},  # the zone is "Z", as fromisoformat reads it
     ],
 )
 def test_unusable_meta_is_archive_corrupt(change: dict[str, object]) -> None:
@@ -579,7 +580,7 @@ def test_meta_fields_left_out_take_their_defaults() -> None:
     assert (meta.format, meta.epoch, meta.site) == (FORMAT_VERSION, None, None)
     nulls = {**data, "chain": None, "parent": None, "roots": None, "epoch": None, "site": None}
     assert ArchiveMeta.from_dict(nulls) == meta
-    assert ArchiveMeta.from_dict({**data, "format": "1"}).format == 1
+    assert ArchiveMeta.from_dict({**data, "format": "2"}).format == 2
 
 
 def test_a_fenced_meta_round_trips_its_epoch_and_site() -> None:
