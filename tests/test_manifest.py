@@ -699,3 +699,33 @@ def test_the_holders_of_a_read_manifest_are_shared_and_checked() -> None:
     held = built.holders()
     held.add("x")
     assert built.holders() == {older, ARCHIVE}  # a copy
+
+
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_a_manifest_writer_writes_a_chunk_of_entries_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    import cellvault.manifest
+
+    monkeypatch.setattr(cellvault.manifest, "JSON_CHUNK", 3)
+    out = _Parts()
+    writer = ManifestWriter(ARCHIVE, out)  # type: ignore[arg-type]
+    assert writer.archive == ARCHIVE
+    m = Manifest(archive=ARCHIVE)
+    for i in range(count):
+        entry = Entry(f"data/crm/f{i}", "file", 0o644, i, sha256="a" * 64, archive=ARCHIVE)
+        writer.add(entry)
+        m.add(entry)
+    # Entries that are not files name no holder, whatever their archive field says.
+    for entry in (
+        Entry("data/crm/h", "hardlink", 0o644, 1, target="data/crm/f0", archive="other"),
+        Entry("data/crm/d", "dir", 0o755, 1, archive="other"),
+    ):
+        writer.add(entry)
+        m.add(entry)
+    assert writer.holders() == m.holders() == {ARCHIVE}
+    assert writer.close() == len(b"".join(out.parts))
+    assert b"".join(out.parts) == m.to_json()
+    sizes = [part.count(b'{"path"') for part in out.parts[1:-1]]
+    total = count + 2
+    assert sizes == [3] * (total // 3) + ([total % 3] if total % 3 else [])
