@@ -561,8 +561,10 @@ def test_a_manifest_reads_alike_in_chunks_of_any_size(
     monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     m = sample()
-    m.add(Entry("data/crm/x", "dir", 0o755, 1))
+    for i in range(200):  # past the 4 KiB read before the head is parsed
+        m.add(Entry(f"data/crm/x{i:03d}", "dir", 0o755, i))
     raw = m.to_json()
+    assert len(raw) > 3 * 4096
     read = streamed(raw, monkeypatch, chunk)
     assert read.archive == ARCHIVE
     assert list(read) == list(m)
@@ -589,14 +591,40 @@ def test_a_manifest_reads_alike_in_chunks_of_any_size(
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        (b'{"format":1,"archive":"a","entries":[', "ends inside its list of entries"),
-        (b'{"format":1,"archive":"a","entries":[  ', "ends inside its list of entries"),
-        (b'{"format":1,"archive":"a","entries":[{}', "ends inside its list of entries"),
-        (b'{"format":1,"archive":"a","entries":[{} {}]}', "expected ',' or ']' after an entry"),
-        (b'{"format":1,"archive":"a","entries":[{};{}]}', "expected ',' or ']' after an entry"),
-        (b'{"format":1,"archive":"a","entries":[]', "does not end after its entries"),
-        (b'{"format":1,"archive":"a","entries":[]}}', "does not end after its entries"),
-        (b'{"format":1,"archive":"a","entries":[] ]}', "does not end after its entries"),
+        (b'{"format":1,"archive":"a","entries":[', "the manifest ends inside its list of entries"),
+        (
+            b'{"format":1,"archive":"a","entries":[  ',
+            "the manifest ends inside its list of entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{}',
+            "the manifest ends inside its list of entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{} {}]}',
+            "expected ',' or ']' after an entry, found '{'",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{};{}]}',
+            "expected ',' or ']' after an entry, found ';'",
+        ),
+        (b'{"format":1,"archive":"a","entries":[]', "the manifest does not end after its entries"),
+        (
+            b'{"format":1,"archive":"a","entries":[]}}',
+            "the manifest does not end after its entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[] ]}',
+            "the manifest does not end after its entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{}]}}',
+            "the manifest does not end after its entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{}] ]}',
+            "the manifest does not end after its entries",
+        ),
     ],
 )
 def test_a_streamed_manifest_that_does_not_end_as_one_says_why(
@@ -606,7 +634,7 @@ def test_a_streamed_manifest_that_does_not_end_as_one_says_why(
         with pytest.raises(ArchiveCorrupt) as info:
             streamed(text.replace(b"{}", b'{"path":"p","type":"dir","mode":1,"mtime_ns":1}'),
                      monkeypatch, chunk)  # fmt: skip
-        assert why in info.value.detail
+        assert info.value.detail == f"manifest is unusable (ValueError: {why})"
         assert info.value.member == "manifest.json"
 
 
@@ -729,3 +757,12 @@ def test_a_manifest_writer_writes_a_chunk_of_entries_at_a_time(
     sizes = [part.count(b'{"path"') for part in out.parts[1:-1]]
     total = count + 2
     assert sizes == [3] * (total // 3) + ([total % 3] if total % 3 else [])
+
+
+def test_an_entry_that_is_not_an_object_says_what_it_is() -> None:
+    raw = json.dumps({"format": 1, "archive": ARCHIVE, "entries": [["data/crm/a"]]}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(raw, archive=ARCHIVE)
+    assert (
+        info.value.detail == "manifest is unusable (TypeError: an entry is a list, not an object)"
+    )
