@@ -766,3 +766,10 @@ def test_an_entry_that_is_not_an_object_says_what_it_is() -> None:
     assert (
         info.value.detail == "manifest is unusable (TypeError: an entry is a list, not an object)"
     )
+
+
+def test_a_manifest_cut_inside_a_character_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = sample().to_json()
+    for chunk in (1, 1 << 20):
+        with pytest.raises(ArchiveCorrupt, match="UnicodeDecodeError"):
+            streamed(raw + b"\xc3", monkeypatch, chunk)  # the first byte of a two-byte character
