@@ -308,6 +308,7 @@ def test_selector_at_or_before() -> None:
         "",
         "now",
         "2025-01-01T25:00:00",
+        "2025-01-01T02:00:00z",  # the zone is "Z", as fromisoformat reads it
         f"{ARABIC_2025}0101",
     ],
 )
@@ -387,6 +388,7 @@ def test_meta_backed_at_in_another_zone_is_stored_as_utc() -> None:
         {"id": "cell_crm_garbage"},
         {"backed_at": "not a time"},
         {"parent": "nope"},
+        {"backed_at": "2025-01-01T02:00:00z"},  # the zone is "Z", as fromisoformat reads it
     ],
 )
 def test_unusable_meta_is_archive_corrupt(change: dict[str, object]) -> None:
@@ -479,3 +481,366 @@ def test_restore_with_a_malformed_date_touches_nothing(tmp_path: Path, text: str
         vault.restore(text)
     assert (src / "f").read_text() == "live"
     assert len(vault.list()) == 1  # not even a safety backup was taken
+
+
+# -- what the parsers say, and when -------------------------------------------------------------
+
+
+def test_now_is_utc_to_the_second() -> None:
+    from cellvault.archive import utcnow
+
+    before = dt.datetime.now(UTC)
+    now = utcnow()
+    assert now.tzinfo is UTC and now.microsecond == 0
+    assert before.replace(microsecond=0) <= now <= dt.datetime.now(UTC)
+
+
+def test_malformed_dates_say_what_a_good_one_looks_like() -> None:
+    with pytest.raises(ConfigError) as info:
+        Selector.parse("yesterday")
+    assert info.value.hint == (
+        "use 'latest', an archive id, a date prefix such as 20250101_0200, "
+        "or an ISO time such as 2025-01-01T02:00:00Z"
+    )
+    with pytest.raises(ConfigError) as info:
+        Selector.parse("20250132")
+    assert info.value.message == "malformed restore date '20250132': no such date or time"
+    assert info.value.hint == (
+        "a date prefix is YYYYMMDD, optionally followed by _HH, _HHMM or _HHMMSS"
+    )
+    with pytest.raises(ConfigError) as info:
+        Selector.parse(" 0001-01-01T00:30:00+01:00 ")
+    assert info.value.message == (
+        "restore date '0001-01-01T00:30:00+01:00' is outside the range of dates "
+        "(year 1 to 9999 in UTC)"
+    )
+
+
+def test_a_selector_is_what_the_operator_typed() -> None:
+    for text in ("latest", "cell_crm_20250101_020000", "20250101_02", "2025-01-01T02:00:00Z"):
+        selector = Selector.parse(f"  {text}\n")
+        assert selector.text == str(selector) == text
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"parent": 5}, "TypeError: an archive id is a int, not a string"),
+        (
+            {"chain": ["cell_crm_20241230_020000", None]},
+            "TypeError: an archive id is a NoneType, not a string",
+        ),
+        ({"chain": "cell_crm_20241230_020000"}, "TypeError: chain is a str, not a list"),
+        ({"epoch": 0}, "ValueError: epoch 0 is not a positive integer"),
+        ({"epoch": True}, "ValueError: epoch True is not a positive integer"),
+    ],
+)
+def test_unusable_meta_says_which_value(change: dict[str, object], why: str) -> None:
+    data = {**sample_meta().to_dict(), **change}
+    with pytest.raises(ArchiveCorrupt) as info:
+        ArchiveMeta.from_dict(data)
+    assert info.value.detail == f"meta.json is unusable ({why})"
+    assert info.value.archive == "cell_crm_20250101_020000"
+
+
+def test_a_signature_covers_the_fields_as_read_unknown_ones_too() -> None:
+    from cellvault.archive import canonical_json
+
+    sidecar = Sidecar(sample_meta(), "cell_crm_20250101_020000.tar.zst", 1, "00" * 32)
+    assert sidecar.canonical() == canonical_json(sidecar.body())
+    assert json.loads(sidecar.canonical())["data"] == "cell_crm_20250101_020000.tar.zst"
+    body = {**json.loads(sidecar.to_json()), "future": {"é": 1}}
+    read = Sidecar.from_json(json.dumps(body).encode(), name="cell_crm_20250101_020000")
+    assert json.loads(read.canonical()) == body
+    assert read.canonical() == canonical_json(body)
+    assert json.loads(read.to_json()) == body  # written back as read
+    # Changed since it was read: written from its fields, the unknown one gone.
+    import attrs
+
+    changed = attrs.evolve(read, size=2)
+    assert changed.canonical() == canonical_json(changed.body())
+    assert "future" not in json.loads(changed.to_json())
+
+
+def test_canonical_json_is_sorted_compact_utf8() -> None:
+    from cellvault.archive import canonical_json
+
+    # The bytes a signature covers: any change here breaks every signature made before.
+    value = {"size": 2, "data": "é.tar.zst", "roots": {"b": "/b", "a": "/a"}, "chain": [1, None]}
+    assert canonical_json(value) == (
+        '{"chain":[1,null],"data":"é.tar.zst","roots":{"a":"/a","b":"/b"},"size":2}'.encode()
+    )
+
+
+def test_meta_fields_left_out_take_their_defaults() -> None:
+    data = {"id": "cell_crm_20250101_020000", "kind": "full", "backed_at": "2025-01-01T02:00:00Z"}
+    meta = ArchiveMeta.from_dict(data)
+    assert (meta.host, meta.version, meta.codec, meta.reason) == ("", "", "", "scheduled")
+    assert (meta.parent, meta.chain, dict(meta.roots)) == (None, (), {})
+    assert (meta.format, meta.epoch, meta.site) == (FORMAT_VERSION, None, None)
+    nulls = {**data, "chain": None, "parent": None, "roots": None, "epoch": None, "site": None}
+    assert ArchiveMeta.from_dict(nulls) == meta
+    assert ArchiveMeta.from_dict({**data, "format": "2"}).format == 2
+
+
+def test_a_fenced_meta_round_trips_its_epoch_and_site() -> None:
+    meta = sample_meta(epoch=3, site="east", reason="pre-restore", roots={"a": "/a", "b": "/b"})
+    data = json.loads(meta.to_json())
+    assert (data["epoch"], data["site"], data["reason"]) == (3, "east", "pre-restore")
+    assert data["chain"] == ["cell_crm_20241230_020000", "cell_crm_20241231_020000"]
+    assert data["roots"] == {"a": "/a", "b": "/b"}
+    assert ArchiveMeta.from_dict(data) == meta
+    assert "epoch" not in sample_meta().to_dict() and "site" not in sample_meta().to_dict()
+    assert ArchiveMeta.from_dict({**data, "site": 7}).site == "7"
+
+
+def test_meta_json_is_written_sorted_and_indented() -> None:
+    meta = sample_meta(parent=None, chain=(), roots={})
+    assert meta.to_json() == (
+        b"{\n"
+        b'  "backed_at": "2025-01-01T02:00:00.123456Z",\n'
+        b'  "cell": "crm",\n'
+        b'  "cellvault_version": "0.1.0",\n'
+        b'  "chain": [],\n'
+        b'  "codec": "zstd",\n'
+        b'  "format": 1,\n'
+        b'  "host": "node-1",\n'
+        b'  "id": "cell_crm_20250101_020000",\n'
+        b'  "kind": "incremental",\n'
+        b'  "parent": null,\n'
+        b'  "reason": "scheduled",\n'
+        b'  "roots": {}\n'
+        b"}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "archive", "why"),
+    [
+        ([], "?", "a JSON list, not an object"),
+        ({"kind": "full", "backed_at": "2025-01-01T02:00:00Z"}, "?", "KeyError: 'id'"),
+        ({"id": "cell_crm_20250101_020000", "kind": "full"}, None, "KeyError: 'backed_at'"),
+        (
+            {"id": "cell_crm_2025", "kind": "full", "backed_at": "2025-01-01T02:00:00Z"},
+            "cell_crm_2025",
+            "ConfigError: malformed archive id 'cell_crm_2025' "
+            "(archive ids look like cell_crm_20250101_020000)",
+        ),
+        (
+            {"id": "cell_crm_20250101_020000", "kind": "full", "backed_at": "2025-01-01T02:00:00Z",
+             "roots": {"a": "rel"}},
+            None,
+            "root 'a' names 'rel', not an absolute path",
+        ),
+        (
+            {"id": "cell_crm_20250101_020000", "kind": "full", "backed_at": "2025-01-01T02:00:00Z",
+             "parent": "cell_crm_20250102_020000"},
+            None,
+            "names archive 'cell_crm_20250102_020000', which is not an older archive of cell crm",
+        ),
+    ],
+)  # fmt: skip
+def test_unusable_meta_names_the_archive_and_why(
+    data: object, archive: str | None, why: str
+) -> None:
+    with pytest.raises(ArchiveCorrupt) as info:
+        ArchiveMeta.from_dict(data)  # type: ignore[arg-type]
+    assert info.value.detail == f"meta.json is unusable ({why})"
+    assert info.value.archive == (archive or "cell_crm_20250101_020000")
+    assert info.value.member == "meta.json"
+
+
+NAME = "cell_crm_20250101_020000"
+
+
+def full_sidecar(**over: object) -> Sidecar:
+    fields: dict[str, object] = dict(
+        meta=sample_meta(),
+        data_name=f"{NAME}.tar.zst",
+        size=1234,
+        sha256="ab" * 32,
+        files=7,
+        bytes_read=99,
+        checksums={"md5": "00" * 16, "crc64ecma": "1" * 16},
+        manifest_size=555,
+        lease="token-1",
+        manifest_sha256="cd" * 32,
+        signature={"alg": "ed25519", "key": "k1", "sig": "c2ln"},
+    )
+    fields.update(over)
+    return Sidecar(**fields)  # type: ignore[arg-type]
+
+
+def test_every_sidecar_field_round_trips() -> None:
+    sidecar = full_sidecar()
+    raw = sidecar.to_json()
+    # Sorted and indented by two, as meta.json.
+    assert raw.startswith(b'{\n  "backed_at": "2025-01-01T02:00:00.123456Z",\n  "bytes_read": 99,')
+    assert raw.endswith(
+        b'\n  "signature": {\n    "alg": "ed25519",\n    "key": "k1",\n    "sig": "c2ln"\n  },'
+        b'\n  "size": 1234\n}\n'
+    )
+    data = json.loads(raw)
+    assert data["checksums"] == {"md5": "00" * 16, "crc64ecma": "1" * 16}
+    assert (data["manifest_size"], data["lease"]) == (555, "token-1")
+    assert data["manifest_sha256"] == "cd" * 32
+    assert data["signature"] == {"alg": "ed25519", "key": "k1", "sig": "c2ln"}
+    assert (data["files"], data["bytes_read"]) == (7, 99)
+    back = Sidecar.from_json(sidecar.to_json(), name=NAME, cell="crm")
+    assert back == sidecar
+    assert back.signed_body == canonical(data)
+    sealed = full_sidecar(data_name=f"{NAME}.tar.zst.age", encryption=("fp1", "fp2"))
+    data = json.loads(sealed.to_json())
+    assert data["encryption"] == {"scheme": "age", "recipients": ["fp1", "fp2"]}
+    assert Sidecar.from_json(sealed.to_json(), name=NAME) == sealed
+    bare = Sidecar(sample_meta(), f"{NAME}.tar.gz", 0, "00" * 32)
+    data = json.loads(bare.to_json())
+    for absent in ("checksums", "manifest_size", "lease", "encryption", "manifest_sha256"):
+        assert absent not in data
+    assert "signature" not in data
+    back = Sidecar.from_json(bare.to_json(), name=NAME)
+    assert back == bare and back.signature is None and back.encryption is None
+    del data["files"], data["bytes_read"]
+    nulls = {**data, "checksums": None, "manifest_size": None, "lease": None}
+    nulls |= {"manifest_sha256": None, "signature": None, "encryption": None}
+    assert Sidecar.from_json(json.dumps(nulls).encode(), name=NAME) == bare
+    odd = {**data, "checksums": {"md5": 5}, "lease": 12, "manifest_size": 0}
+    back = Sidecar.from_json(json.dumps(odd).encode(), name=NAME)
+    assert (dict(back.checksums), back.lease, back.manifest_size) == ({"md5": "5"}, "12", 0)
+
+
+def canonical(data: dict[str, object]) -> bytes:
+    from cellvault.archive import canonical_json
+
+    return canonical_json({k: v for k, v in data.items() if k != "signature"})
+
+
+def test_a_sidecar_up_to_its_size_limit_is_read() -> None:
+    from cellvault.trust import MAX_SIDECAR_BYTES
+
+    raw = Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json()
+    padded = raw + b" " * (MAX_SIDECAR_BYTES - len(raw))
+    assert Sidecar.from_json(padded, name=NAME).size == 1
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(padded + b" ", name=NAME)
+    assert info.value.detail == (
+        f"sidecar is unusable (ValueError: {MAX_SIDECAR_BYTES + 1} bytes, "
+        "more than a sidecar ever holds)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"checksums": ["md5"]}, "sidecar is unusable (TypeError: checksums is a list, not an object)"),
+        ({"data": None}, "data name None is not"),
+        ({"size": -1}, "size -1 is not a whole number >= 0"),
+        ({"files": 1.5}, "files 1.5 is not a whole number >= 0"),
+        ({"bytes_read": "9"}, "bytes_read '9' is not a whole number >= 0"),
+        ({"manifest_size": True}, "manifest_size True is not a whole number >= 0"),
+        ({"sha256": "AB" * 32}, "sha256 'ABAB"),
+        ({"manifest_sha256": "xy"}, "sha256 'xy' is not 64 hex digits"),
+        ({"encryption": {"scheme": "age", "recipients": ["f"]}}, "disagree"),
+        ({"signature": {"alg": "a", "key": "k"}}, "signature is not an object of alg, key and sig"),
+        ({"signature": {"alg": "a", "key": "k", "sig": 5}}, "signature is not an object of alg"),
+        ({"signature": {"alg": "a", "key": "k", "sig": "s" * 513}}, "signature is not an object"),
+        ({"signature": ["alg", "key", "sig"]}, "signature is not an object of alg, key and sig"),
+        ({"id": "cell_crm_20250101_020001"}, f"sidecar stored as {NAME} says it is archive "
+         "cell_crm_20250101_020001"),
+        ({"id": "cell_web_20250101_020000", "cell": "web", "parent": None, "chain": []},
+         f"sidecar stored as {NAME} says it is archive cell_web_20250101_020000"),
+    ],
+)  # fmt: skip
+def test_an_altered_sidecar_says_what_is_wrong(change: dict[str, object], why: str) -> None:
+    data = {**json.loads(Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json())}
+    data.update(change)
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(json.dumps(data).encode(), name=NAME, cell="crm")
+    assert why in info.value.detail
+    assert info.value.archive in (NAME, str(data["id"]))
+
+
+def test_a_sidecar_in_another_cells_folder_is_refused() -> None:
+    raw = Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json()
+    assert Sidecar.from_json(raw, name="?", cell="crm").id == ident("crm", "20250101_020000")
+    assert Sidecar.from_json(raw, name="not-an-id", cell=None).size == 1
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name=NAME, cell="web")
+    assert (
+        info.value.detail == f"sidecar in the folder of cell web names archive {NAME} of cell crm"
+    )
+    assert info.value.hint == "the sidecar was altered or misplaced; it is ignored"
+    assert info.value.archive == NAME
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name="cell_crm_20250101_020001")
+    assert info.value.hint == "the sidecar was altered or misplaced; it is ignored"
+    assert info.value.archive == "cell_crm_20250101_020001"
+
+
+def test_a_signature_of_up_to_512_characters_a_value_is_read() -> None:
+    body = json.loads(Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json())
+    signature = {"alg": "a" * 512, "key": "k", "sig": "s" * 512, "more": ""}
+    read = Sidecar.from_json(json.dumps({**body, "signature": signature}).encode(), name=NAME)
+    assert read.signature == signature
+
+
+def test_a_backup_kind_is_full_or_incremental() -> None:
+    from cellvault.archive import to_kind
+
+    assert (to_kind("full"), to_kind("incremental")) == ("full", "incremental")
+    with pytest.raises(ConfigError) as info:
+        to_kind("weekly")
+    assert info.value.message == "backup kind 'weekly' is neither full nor incremental"
+    with pytest.raises(ConfigError) as info:
+        to_kind(None, "BACKUP_TYPE")
+    assert info.value.message == "BACKUP_TYPE None is neither full nor incremental"
+
+
+def test_malformed_stamps_say_why() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_stamp("2025")
+    assert (info.value.message, info.value.hint) == (
+        "malformed archive stamp '2025'",
+        "expected YYYYMMDD_HHMMSS",
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_stamp("20251301_000000")
+    assert info.value.message.startswith("malformed archive stamp '20251301_000000': ")
+    assert info.value.hint is None
+    with pytest.raises(
+        ValueError, match=r"^archive stamps are made from timezone-aware datetimes$"
+    ):
+        format_stamp(dt.datetime(2025, 1, 1))
+
+
+def test_epochs_are_positive_integers() -> None:
+    data = sample_meta().to_dict()
+    assert ArchiveMeta.from_dict({**data, "epoch": 1, "site": "s"}).epoch == 1
+    for bad in (0, -1, 1.0, "1", False):
+        with pytest.raises(ArchiveCorrupt, match="is not a positive integer"):
+            ArchiveMeta.from_dict({**data, "epoch": bad})
+
+
+def test_meta_times_are_utc_whatever_the_local_zone(far_east: None) -> None:
+    meta = sample_meta()
+    assert meta.to_dict()["backed_at"] == "2025-01-01T02:00:00.123456Z"
+    back = ArchiveMeta.from_dict(meta.to_dict())
+    assert back.backed_at.utcoffset() == dt.timedelta(0)
+    assert back.backed_at.tzinfo is UTC
+    east = {**meta.to_dict(), "backed_at": "2025-01-01T10:00:00+08:00"}
+    assert ArchiveMeta.from_dict(east).backed_at.tzinfo is UTC
+
+
+def test_an_altered_signature_is_ignored_with_the_sidecar() -> None:
+    body = json.loads(Sidecar(sample_meta(), f"{NAME}.tar.zst", 1, "00" * 32).to_json())
+    raw = json.dumps({**body, "signature": {"alg": "a"}}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(raw, name=NAME)
+    assert info.value.detail == "signature is not an object of alg, key and sig"
+    assert info.value.hint == "the sidecar was altered; it is ignored"
+    assert info.value.archive == NAME
+    # Read without the name it is stored as, an unusable sidecar says so.
+    with pytest.raises(ArchiveCorrupt) as info:
+        Sidecar.from_json(b"[]")
+    assert info.value.archive == "?"
+    assert info.value.detail == "sidecar is unusable (TypeError: a JSON list, not an object)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellvault import ArchiveCorrupt, Entry, Manifest
-from cellvault.manifest import ManifestWriter
+from cellvault.manifest import ENTRY_TYPES, ManifestWriter
 
 from .archive_helpers import archive_files, make_vault, read_members
 
@@ -134,12 +135,13 @@ names = st.text(
 @st.composite
 def entries(draw: st.DrawFn) -> Entry:
     path = "data/crm/" + "/".join(draw(st.lists(names, min_size=1, max_size=4)))
-    kind = draw(st.sampled_from(["file", "dir", "symlink"]))
+    kind = draw(st.sampled_from(ENTRY_TYPES))
     common = dict(
         mode=draw(st.integers(0, 0o7777)),
         mtime_ns=draw(st.integers(-(2**62), 2**62)),
         uid=draw(st.integers(0, 2**32 - 1)),
         gid=draw(st.integers(0, 2**32 - 1)),
+        xattrs=tuple(sorted(draw(st.dictionaries(names, names, max_size=2)).items())),
     )
     if kind == "file":
         return Entry(
@@ -153,9 +155,11 @@ def entries(draw: st.DrawFn) -> Entry:
             archive=ARCHIVE,
             **common,  # type: ignore[arg-type]
         )
-    if kind == "symlink":
-        return Entry(path, "symlink", target=draw(names), **common)  # type: ignore[arg-type]
-    return Entry(path, "dir", **common)  # type: ignore[arg-type]
+    if kind in ("symlink", "hardlink"):
+        return Entry(path, kind, target=draw(names), **common)  # type: ignore[arg-type]
+    if kind in ("chardev", "blockdev"):
+        return Entry(path, kind, rdev=draw(st.integers(0, 2**32)), **common)  # type: ignore[arg-type]
+    return Entry(path, kind, **common)  # type: ignore[arg-type]
 
 
 @settings(max_examples=40, deadline=None)
@@ -326,3 +330,446 @@ def test_brief_and_has_under_read_spilled_and_held_manifests_alike(
     manifest.add(Entry("dumps/pg/db.sql", "file", 0o600, 1, size=1, sha256="1" * 64, archive="a1"))
     assert manifest.has_under("dumps") is True
     assert manifest.has_under("dump") is False
+
+
+# -- each kind of entry, selections, comparisons, lookups in order -----------------------------
+
+
+def every_kind() -> list[Entry]:
+    """One entry of each type, with the fields each type records (and some xattrs)."""
+    return [
+        Entry("data/crm", "dir", 0o755, 1, xattrs=(("user.a", "MQ=="), ("user.b", ""))),
+        Entry("data/crm/f", "file", 0o644, 2, size=5, sha256="a" * 64, archive=ARCHIVE, inode=9),
+        Entry("data/crm/h", "hardlink", 0o644, 3, target="data/crm/f"),
+        Entry("data/crm/s", "symlink", 0o777, 4, target="/etc/hostname"),
+        Entry("data/crm/p", "fifo", 0o600, 5),
+        Entry("data/crm/c", "chardev", 0o660, 6, rdev=os.makedev(1, 3)),
+        Entry("data/crm/b", "blockdev", 0o660, 7, rdev=os.makedev(8, 1)),
+    ]
+
+
+def test_each_kind_of_entry_records_its_own_fields() -> None:
+    by_path = {e.path: e.to_dict() for e in every_kind()}
+    common = {"mode", "mtime_ns", "uid", "gid", "path", "type"}
+    assert set(by_path["data/crm"]) == common | {"xattrs"}
+    assert by_path["data/crm"]["xattrs"] == {"user.a": "MQ==", "user.b": ""}
+    assert set(by_path["data/crm/f"]) == common | {
+        "size", "sha256", "archive", "inode", "dev", "ctime_ns"
+    }  # fmt: skip
+    assert by_path["data/crm/h"]["target"] == "data/crm/f"
+    assert set(by_path["data/crm/h"]) == set(by_path["data/crm/s"]) == common | {"target"}
+    assert set(by_path["data/crm/p"]) == common
+    assert by_path["data/crm/c"]["rdev"] == os.makedev(1, 3)
+    assert by_path["data/crm/b"]["rdev"] == os.makedev(8, 1)
+    for entry in every_kind():
+        # The text written directly is json.dumps of the dict, and reads back as the entry.
+        assert entry.to_json() == json.dumps(entry.to_dict(), separators=(",", ":"))
+        assert Entry.from_dict(json.loads(entry.to_json())) == entry
+    m = Manifest(archive=ARCHIVE)
+    for entry in every_kind():
+        m.add(entry)
+    assert m.to_json() == dumps_whole(m)
+    assert list(Manifest.from_json(m.to_json(), archive=ARCHIVE)) == every_kind()
+
+
+@pytest.mark.parametrize("key", ["path", "sha256", "target", "archive"])
+def test_an_entry_string_of_another_type_is_named_in_the_error(key: str) -> None:
+    entry = {"path": "data/crm/f", "type": "file", "mode": 0o644, "mtime_ns": 1, key: 7}
+    raw = json.dumps({"format": 1, "archive": ARCHIVE, "entries": [entry]}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(raw, archive=ARCHIVE)
+    assert info.value.detail == (
+        f"manifest is unusable (TypeError: {key} of an entry is a int, not a string)"
+    )
+
+
+def test_a_manifest_read_without_its_id_says_so_when_unusable() -> None:
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(b"[]")
+    assert info.value.archive == "?"
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.read(io.BytesIO(b"[]"))
+    assert info.value.archive == "?"
+
+
+def test_a_holder_newer_than_the_manifest_or_of_another_cell_is_refused() -> None:
+    for holder in ("cell_crm_20250102_020000", "cell_web_20241231_020000", "nonsense"):
+        m = Manifest(archive=ARCHIVE)
+        m.add(Entry("data/crm/f", "file", 0o644, 1, sha256="a" * 64, archive=holder))
+        with pytest.raises(ArchiveCorrupt) as info:
+            Manifest.from_json(m.to_json(), archive=ARCHIVE)
+        assert info.value.archive == ARCHIVE
+        assert info.value.member == "manifest.json"
+        assert info.value.detail.startswith(f"manifest is unusable (names archive {holder!r}")
+        # Read without its id (a tool, a test), nothing is compared.
+        assert Manifest.from_json(m.to_json()).holders() == {holder}
+
+
+@pytest.mark.parametrize("spill_at", [100_000, 3])
+def test_select_and_get_in_held_and_spilled_manifests(
+    monkeypatch: pytest.MonkeyPatch, spill_at: int
+) -> None:
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", spill_at)
+    m = Manifest(archive=ARCHIVE)
+    for entry in every_kind():
+        m.add(entry)
+    read = Manifest.from_json(m.to_json(), archive=ARCHIVE)
+    for manifest in (m, read):
+        assert manifest.entries.spilled is (spill_at == 3)
+        assert list(manifest.select("file")) == [every_kind()[1]]
+        assert list(manifest.files()) == [every_kind()[1]]
+        assert [e.path for e in manifest.select("symlink", "fifo", "dir")] == [
+            "data/crm",
+            "data/crm/s",
+            "data/crm/p",
+        ]
+        assert list(manifest.select()) == []
+        assert list(manifest.select("chardev", "blockdev")) == every_kind()[5:]
+        assert manifest.get("data/crm/c") == every_kind()[5]
+        assert manifest.get("data/crm/nothing") is None
+        assert manifest.holders() == {ARCHIVE}
+        assert manifest.total_size == 5
+
+
+def test_same_as_compares_the_text_read_or_else_the_entries() -> None:
+    m = sample()
+    raw = m.to_json()
+    a, b = Manifest.from_json(raw), Manifest.from_json(raw)
+    assert a.digest == b.digest == hashlib.sha256(raw).hexdigest()
+    assert a.same_as(b) and a.same_as(m) and m.same_as(a) and m.same_as(sample())
+    other = sample()
+    other.add(Entry("data/crm/new", "dir", 0o755, 1))
+    assert not m.same_as(other) and not other.same_as(m)
+    assert not a.same_as(other) and not other.same_as(a)
+    c = Manifest.from_json(other.to_json())
+    assert c.digest != a.digest
+    assert not a.same_as(c) and not c.same_as(a)
+    # The same entries written with other spacing: another text, the same entries.
+    spaced = Manifest.from_json(json.dumps(json.loads(raw), indent=1).encode())
+    assert spaced.digest != a.digest and spaced.same_as(a)
+    # Read from the same text, it is the same manifest without comparing its entries.
+    a.add(Entry("data/crm/added", "dir", 0o755, 1))
+    assert a.same_as(b)
+    assert not b.same_as(sample().__class__(archive=ARCHIVE))
+
+
+class _Counted(Manifest):
+    """A manifest that records the paths looked up in it (not read on in order)."""
+
+    looked_up: list[str]
+
+    def get(self, path: str) -> Entry | None:
+        self.looked_up.append(path)
+        return super().get(path)
+
+
+def test_in_order_reads_on_and_looks_up_only_what_it_passed_or_evicted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cellvault.manifest import InOrder
+
+    monkeypatch.setattr(InOrder, "AHEAD", 3)
+    m = _Counted(archive=ARCHIVE)
+    m.looked_up = []
+    files = [
+        Entry(f"data/crm/f{i}", "file", 0o644, i, sha256="a" * 64, archive=ARCHIVE)
+        for i in range(10)
+    ]
+    for entry in files[:5]:
+        m.add(entry)
+    m.add(Entry("data/crm/d", "dir", 0o755, 1))
+    for entry in files[5:]:
+        m.add(entry)
+    lookup = InOrder(m)
+    steps = [
+        ("f2", []),  # read on: f0 and f1 passed over
+        ("f0", []),  # passed over: kept
+        ("f0", ["f0"]),  # taken once; reading on three more (f3 to f5) evicts f1
+        ("f4", ["f0"]),
+        ("f1", ["f0", "f1"]),  # evicted; f6 to f8 read on
+        ("f9", ["f0", "f1"]),
+        ("f7", ["f0", "f1"]),
+        ("f3", ["f0", "f1", "f3"]),  # evicted, and the files are all read
+        ("d", ["f0", "f1", "f3", "d"]),  # not a file: looked up
+        ("nothing", ["f0", "f1", "f3", "d", "nothing"]),
+    ]
+    for name, looked_up in steps:
+        want = m.entries.get(f"data/crm/{name}")
+        assert lookup.get(f"data/crm/{name}") == want, name
+        assert m.looked_up == [f"data/crm/{n}" for n in looked_up], name
+
+
+def test_in_order_reads_no_further_than_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellvault.manifest import InOrder
+
+    monkeypatch.setattr(InOrder, "AHEAD", 2)
+    m = _Counted(archive=ARCHIVE)
+    m.looked_up = []
+    for i in range(6):
+        m.add(Entry(f"data/crm/f{i}", "file", 0o644, i, sha256="a" * 64, archive=ARCHIVE))
+    lookup = InOrder(m)
+    assert lookup.get("data/crm/f2") == m.entries["data/crm/f2"]  # two read on: not found
+    assert m.looked_up == ["data/crm/f2"]
+    assert lookup.get("data/crm/f3") == m.entries["data/crm/f3"]  # f2 read on (f0 evicted), f3
+    assert m.looked_up == ["data/crm/f2"]
+    assert lookup.get("data/crm/f1") == m.entries["data/crm/f1"]
+    assert m.looked_up == ["data/crm/f2"]
+    assert lookup.get("data/crm/f0") == m.entries["data/crm/f0"]  # evicted when f2 was read
+    assert m.looked_up == ["data/crm/f2", "data/crm/f0"]
+
+
+class _Parts:
+    """A sink that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("count", [0, 2, 3, 6, 7])
+def test_write_json_writes_a_chunk_of_entries_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    import cellvault.manifest
+
+    monkeypatch.setattr(cellvault.manifest, "JSON_CHUNK", 3)
+    m = Manifest(archive=ARCHIVE)
+    for i in range(count):
+        m.add(Entry(f"data/crm/f{i}", "file", 0o644, i, sha256="a" * 64, archive=ARCHIVE))
+    out = _Parts()
+    assert m.write_json(out) == len(b"".join(out.parts))
+    assert b"".join(out.parts) == dumps_whole(m)
+    # The head, full chunks of three entries, what is left, the end.
+    sizes = [part.count(b'{"path"') for part in out.parts[1:-1]]
+    assert sizes == [3] * (count // 3) + ([count % 3] if count % 3 else [])
+    assert out.parts[0] == b'{"format":1,"archive":"%s","entries":[' % ARCHIVE.encode()
+    assert out.parts[-1] == b"]}\n"
+
+
+def streamed(raw: bytes, monkeypatch: pytest.MonkeyPatch, chunk: int) -> Manifest:
+    import cellvault.manifest
+
+    monkeypatch.setattr(cellvault.manifest, "READ_CHUNK", chunk)
+    return Manifest.read(io.BytesIO(raw), archive=ARCHIVE)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_a_manifest_reads_alike_in_chunks_of_any_size(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    m = sample()
+    for i in range(200):  # past the 4 KiB read before the head is parsed
+        m.add(Entry(f"data/crm/x{i:03d}", "dir", 0o755, i))
+    raw = m.to_json()
+    assert len(raw) > 3 * 4096
+    read = streamed(raw, monkeypatch, chunk)
+    assert read.archive == ARCHIVE
+    assert list(read) == list(m)
+    assert read.digest == hashlib.sha256(raw).hexdigest()
+    # Written by hand: spaces anywhere, non-ASCII bytes (split across chunks), an
+    # archive name with escapes, an empty list.
+    body = json.loads(raw)
+    body["entries"][0]["path"] = "data/crm/é€"
+    spaced = json.dumps(body, indent=3, ensure_ascii=False).encode() + b"  \n\n"
+    read = streamed(spaced, monkeypatch, chunk)
+    assert read.get("data/crm/é€") is not None and len(read) == len(m)
+    assert read.digest == hashlib.sha256(spaced).hexdigest()
+    odd = b' { "format" : 1 , "archive" : "a\\"b\\u00e9" , "entries" : [ ] } '
+    read = streamed(odd, monkeypatch, chunk)
+    assert (read.archive, len(read)) == ('a"b\u00e9', 0)
+    assert read.digest == hashlib.sha256(odd).hexdigest()
+    # Laid out otherwise (keys in another order): read whole, the same manifest.
+    other = json.dumps({"entries": body["entries"], "archive": ARCHIVE, "format": 1}).encode()
+    read = streamed(other, monkeypatch, chunk)
+    assert read.archive == ARCHIVE and len(read) == len(m)
+    assert read.digest == hashlib.sha256(other).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (b'{"format":1,"archive":"a","entries":[', "the manifest ends inside its list of entries"),
+        (
+            b'{"format":1,"archive":"a","entries":[  ',
+            "the manifest ends inside its list of entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{}',
+            "the manifest ends inside its list of entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{} {}]}',
+            "expected ',' or ']' after an entry, found '{'",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{};{}]}',
+            "expected ',' or ']' after an entry, found ';'",
+        ),
+        (b'{"format":1,"archive":"a","entries":[]', "the manifest does not end after its entries"),
+        (
+            b'{"format":1,"archive":"a","entries":[]}}',
+            "the manifest does not end after its entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[] ]}',
+            "the manifest does not end after its entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{}]}}',
+            "the manifest does not end after its entries",
+        ),
+        (
+            b'{"format":1,"archive":"a","entries":[{}] ]}',
+            "the manifest does not end after its entries",
+        ),
+    ],
+)
+def test_a_streamed_manifest_that_does_not_end_as_one_says_why(
+    monkeypatch: pytest.MonkeyPatch, text: bytes, why: str
+) -> None:
+    for chunk in (1, 1 << 20):
+        with pytest.raises(ArchiveCorrupt) as info:
+            streamed(text.replace(b"{}", b'{"path":"p","type":"dir","mode":1,"mtime_ns":1}'),
+                     monkeypatch, chunk)  # fmt: skip
+        assert info.value.detail == f"manifest is unusable (ValueError: {why})"
+        assert info.value.member == "manifest.json"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"format":1,"archive":"a","entries":[,]}',
+        b'{"format":1,"archive":"a","entries":[{"path":"p","type":"dir","mode":1,"mtime_ns":1},]}',
+        b'{"format":1,"archive":"a","entries":[{"path":"p","type":"dir","mode":1,"mtime_ns":1},',
+    ],
+)
+def test_a_streamed_manifest_with_a_missing_entry_is_refused(
+    monkeypatch: pytest.MonkeyPatch, text: bytes
+) -> None:
+    for chunk in (1, 1 << 20):
+        with pytest.raises(ArchiveCorrupt, match="manifest is unusable"):
+            streamed(text, monkeypatch, chunk)
+
+
+def test_entry_fields_left_out_take_their_defaults() -> None:
+    entry = Entry.from_dict({"path": "data/crm/f", "type": "file", "mode": 0o644, "mtime_ns": 5})
+    assert entry == Entry("data/crm/f", "file", 0o644, 5)
+    assert (entry.size, entry.sha256, entry.target, entry.archive) == (0, None, None, None)
+    assert (entry.uid, entry.gid, entry.inode, entry.dev, entry.ctime_ns, entry.rdev) == (0,) * 6
+    assert entry.xattrs == ()
+    full = {
+        "path": "data/crm/f",
+        "type": "file",
+        "mode": 0o644,
+        "mtime_ns": "5",  # whole numbers as JSON may spell them
+        "size": 3.0,
+        "uid": 1,
+        "gid": 2,
+        "inode": 3,
+        "dev": 4,
+        "ctime_ns": 6,
+        "rdev": 7,
+        "sha256": "a" * 64,
+        "archive": ARCHIVE,
+        "target": "t",
+        "xattrs": {"user.b": "Yg==", "user.a": ""},
+    }
+    assert Entry.from_dict(full) == Entry(
+        "data/crm/f", "file", 0o644, 5, size=3, sha256="a" * 64, target="t", uid=1, gid=2,
+        inode=3, dev=4, ctime_ns=6, archive=ARCHIVE, rdev=7,
+        xattrs=(("user.a", ""), ("user.b", "Yg==")),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"size": -1}, "size -1 is not a whole number >= 0"),
+        ({"mode": 0o10000}, "mode 4096 is not one a manifest records (0 to 0o7777)"),
+        ({"mode": True}, "mode True is not one a manifest records"),
+        ({"xattrs": ["user.a"]}, "TypeError: xattrs of an entry is not an object of strings"),
+        ({"xattrs": {"user.a": 1}}, "TypeError: xattrs of an entry is not an object of strings"),
+        ({"xattrs": {"user.a": "x", "user.b": None}}, "xattrs of an entry is not an object"),
+        ({"type": "socket"}, "'type' must be in"),
+        ({"mtime_ns": None}, "TypeError: int() argument"),
+    ],
+)
+def test_an_unusable_entry_says_why(change: dict[str, object], why: str) -> None:
+    entry = {"path": "data/crm/f", "type": "file", "mode": 0o644, "mtime_ns": 1, **change}
+    raw = json.dumps({"format": 1, "archive": ARCHIVE, "entries": [entry]}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(raw, archive=ARCHIVE)
+    assert info.value.detail.startswith("manifest is unusable (")
+    assert why in info.value.detail
+    assert (info.value.archive, info.value.member) == (ARCHIVE, "manifest.json")
+
+
+def test_the_holders_of_a_read_manifest_are_shared_and_checked() -> None:
+    older = "cell_crm_20241231_020000"
+    m = Manifest(archive=ARCHIVE)
+    for i in range(3):
+        m.add(Entry(f"data/crm/f{i}", "file", 0o644, 1, sha256="a" * 64, archive=older))
+    m.add(Entry("data/crm/g", "file", 0o644, 1, sha256="a" * 64, archive=ARCHIVE))
+    m.add(Entry("data/crm/h", "file", 0o644, 1, sha256="a" * 64))
+    m.add(Entry("data/crm/d", "dir", 0o755, 1))
+    read = Manifest.from_json(m.to_json(), archive=ARCHIVE)
+    assert read.holders() == {older, ARCHIVE}
+    first, *others = (e.archive for e in read.files() if e.archive == older)
+    assert all(other is first for other in others)  # one string for all
+    assert read.get("data/crm/h").archive is None  # type: ignore[union-attr]
+    # A manifest whose entries were set directly goes through them once.
+    built = Manifest(archive=ARCHIVE, entries={e.path: e for e in m})
+    assert built.holders() == {older, ARCHIVE}
+    assert Manifest(archive=ARCHIVE).holders() == set()
+    held = built.holders()
+    held.add("x")
+    assert built.holders() == {older, ARCHIVE}  # a copy
+
+
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_a_manifest_writer_writes_a_chunk_of_entries_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    import cellvault.manifest
+
+    monkeypatch.setattr(cellvault.manifest, "JSON_CHUNK", 3)
+    out = _Parts()
+    writer = ManifestWriter(ARCHIVE, out)  # type: ignore[arg-type]
+    assert writer.archive == ARCHIVE
+    m = Manifest(archive=ARCHIVE)
+    for i in range(count):
+        entry = Entry(f"data/crm/f{i}", "file", 0o644, i, sha256="a" * 64, archive=ARCHIVE)
+        writer.add(entry)
+        m.add(entry)
+    # Entries that are not files name no holder, whatever their archive field says.
+    for entry in (
+        Entry("data/crm/h", "hardlink", 0o644, 1, target="data/crm/f0", archive="other"),
+        Entry("data/crm/d", "dir", 0o755, 1, archive="other"),
+    ):
+        writer.add(entry)
+        m.add(entry)
+    assert writer.holders() == m.holders() == {ARCHIVE}
+    assert writer.close() == len(b"".join(out.parts))
+    assert b"".join(out.parts) == m.to_json()
+    sizes = [part.count(b'{"path"') for part in out.parts[1:-1]]
+    total = count + 2
+    assert sizes == [3] * (total // 3) + ([total % 3] if total % 3 else [])
+
+
+def test_an_entry_that_is_not_an_object_says_what_it_is() -> None:
+    raw = json.dumps({"format": 1, "archive": ARCHIVE, "entries": [["data/crm/a"]]}).encode()
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(raw, archive=ARCHIVE)
+    assert (
+        info.value.detail == "manifest is unusable (TypeError: an entry is a list, not an object)"
+    )
+
+
+def test_a_manifest_cut_inside_a_character_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = sample().to_json()
+    for chunk in (1, 1 << 20):
+        with pytest.raises(ArchiveCorrupt, match="UnicodeDecodeError"):
+            streamed(raw + b"\xc3", monkeypatch, chunk)  # the first byte of a two-byte character
