@@ -348,3 +348,20 @@ def test_reading_a_member_after_the_next_one_is_an_error() -> None:
     assert [name for name, _ in files] == ["data/crm/f", "data/crm/g"]
     with pytest.raises(ValueError, match="after the next member"):
         files[0][1].read()
+
+
+def test_members_past_the_spill_size_are_checked_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An archive of many members keeps what verify saw of them in a temporary file.
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", 2)
+    names = [f"data/crm/{n}" for n in "abcd"]
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle += b"".join(blocks(*member(name, DATA)) for name in names)
+    middle += blocks(*member("data/crm/l", kind=tarfile.SYMTYPE, mode=0o777, linkname="a"))
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in names)]
+    assert verify(middle, [*entries, link_entry("data/crm/l", "a")]) == 6
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(middle, [*entries, link_entry("data/crm/l", "b")])
+    assert (info.value.detail, info.value.member) == (
+        "link target does not match the manifest",
+        "data/crm/l",
+    )

@@ -1,0 +1,174 @@
+"""The staging tree's own rules, on hand-made archives: what is missing, what is left, what is refused.
+
+:class:`StagedTree` counts the files each archive of a chain holds, names
+those no archive held, refuses a manifest that puts a path below a file, and
+says in one warning what the restoring process could not set.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import attrs
+import pytest
+
+from cellvault import ArchiveCorrupt, UnsafeArchive
+from cellvault.extract import ArchiveStream, StagedTree, stage
+from cellvault.manifest import Entry
+from tests.archive_helpers import dir_entry, file_entry, link_entry, member
+
+from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks
+
+#: An archive earlier in the chain, never read here.
+OLDER = "cell_crm_20210101_000000"
+
+
+def folder() -> bytes:
+    return blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+
+
+def staged(
+    middle: bytes, entries: list[Entry], tmp_path: Path, **kwargs: object
+) -> tuple[StagedTree, ArchiveStream]:
+    raw, sidecar, manifest = archive_bytes(middle, entries)
+    tree = StagedTree(staging=tmp_path / "staging", manifest=manifest, archive=ARCHIVE, **kwargs)  # type: ignore[arg-type]
+    return tree, ArchiveStream(io.BytesIO(raw), sidecar, "t")
+
+
+def test_the_archives_left_to_read_are_those_with_files_not_yet_written(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/f", DATA, ARCHIVE),
+        file_entry("data/crm/old", DATA, OLDER),
+    ]
+    tree, stream = staged(folder() + blocks(*member("data/crm/f", DATA)), entries, tmp_path)
+    tree.prepare()
+    assert tree.holders() == {ARCHIVE, OLDER}
+    tree.take(stream)
+    assert tree.holders() == {OLDER}
+    assert (tree.files, tree.bytes) == (1, len(DATA))
+    # Never read: the file it holds is named, with the archive that should hold it.
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert info.value.detail == "1 file(s) were not found in the archives that should hold them"
+    assert (info.value.archive, info.value.member) == (OLDER, "data/crm/old")
+
+
+def test_files_the_archive_lacks_are_named_the_first_by_path(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/c", DATA, ARCHIVE),  # listed first, named second
+        file_entry("data/crm/b", DATA, ARCHIVE),
+        file_entry("data/crm/a", DATA, ARCHIVE),
+    ]
+    tree, stream = staged(folder() + blocks(*member("data/crm/b", DATA)), entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert info.value.detail == "2 file(s) were not found in the archives that should hold them"
+    assert (info.value.archive, info.value.member) == (ARCHIVE, "data/crm/a")
+    assert (tmp_path / "staging" / "crm" / "b").read_bytes() == DATA
+
+
+def test_files_left_unread_are_counted_when_none_is_missing_from_the_tree(tmp_path: Path) -> None:
+    # The file is in the staging folder already (not written by this restore), and
+    # its archive was never read: the count comes from the archives left.
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    tree, _ = staged(folder(), entries, tmp_path)
+    (tmp_path / "staging" / "crm").mkdir(parents=True)
+    (tmp_path / "staging" / "crm" / "f").write_bytes(DATA)
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert info.value.detail == "1 file(s) were not found in the archives that should hold them"
+    assert (info.value.archive, info.value.member) == (ARCHIVE, None)
+
+
+def test_a_path_below_a_file_named_as_the_dumps_folder_is_refused(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("dumps", DATA, ARCHIVE),
+        dir_entry("dumps/pg"),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path, dumps=tmp_path / "dumps")
+    with pytest.raises(UnsafeArchive) as info:
+        tree.prepare()
+    assert info.value.detail == "path lies under the file dumps; refused"
+    assert info.value.member == "dumps/pg"
+
+
+def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) -> None:
+    # No file system has a "bogus." namespace (EOPNOTSUPP), and no user.* attribute
+    # goes on a symbolic link (EPERM): refused, counted, named with the first path.
+    bogus = (("bogus.one", base64.b64encode(b"1").decode()),)
+    on_link = (("user.x", base64.b64encode(b"2").decode()),)
+    entries = [
+        dir_entry("data/crm"),
+        attrs.evolve(file_entry("data/crm/a", DATA, ARCHIVE), xattrs=bogus),
+        attrs.evolve(file_entry("data/crm/b", DATA, ARCHIVE), xattrs=bogus),
+        attrs.evolve(dir_entry("data/crm/d"), xattrs=bogus),
+        attrs.evolve(link_entry("data/crm/l", "a"), xattrs=on_link),
+        attrs.evolve(
+            Entry(path="data/crm/p", type="fifo", mode=0o640, mtime_ns=10**18), xattrs=bogus
+        ),
+    ]
+    middle = folder() + blocks(*member("data/crm/a", DATA)) + blocks(*member("data/crm/b", DATA))
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    (warning,) = tree.warnings
+    assert warning == (
+        "5 attribute(s) or node(s) could not be restored, as this process or file system "
+        "does not allow it: bogus.one (4 path(s), first data/crm/a), user.x (1 path(s), "
+        "first data/crm/l); restore as root, onto a file system that supports them, to get "
+        "them back"
+    )
+    # The rest of each is there.
+    out = tmp_path / "staging" / "crm"
+    assert (out / "b").read_bytes() == DATA
+    assert stat.S_ISFIFO(os.lstat(out / "p").st_mode)
+    assert stat.S_IMODE(os.lstat(out / "p").st_mode) == 0o640
+    assert os.lstat(out / "p").st_mtime_ns == 10**18
+    assert os.readlink(out / "l") == "a"
+
+
+def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
+    entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
+    tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert tree.warnings == []
+
+
+def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "l").symlink_to("a")
+    fresh = stage._Openat2()
+    assert fresh.works is None
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = fresh(root, "a/b", stage._OPEN_DIR)
+        if fd is None:
+            pytest.skip("no openat2 on this kernel")
+        try:
+            assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "a" / "b"))
+        finally:
+            os.close(fd)
+        assert fresh.works is True
+        with pytest.raises(OSError) as info:
+            fresh(root, "l/b", stage._OPEN_DIR)
+        assert info.value.errno == 40  # ELOOP: RESOLVE_NO_SYMLINKS
+        with pytest.raises(OSError) as escaped:
+            fresh(root, "../" + tmp_path.name, stage._OPEN_DIR)
+        assert escaped.value.errno == 18  # EXDEV: RESOLVE_BENEATH
+        assert fresh.works is True
+    finally:
+        os.close(root)
