@@ -131,6 +131,13 @@ def test_a_sparse_map_is_read_up_to_a_limit(
     assert info.value.detail == "the sparse map ends early; damaged"
 
 
+def test_a_one_byte_hole_is_hashed(tmp_path: Path) -> None:
+    content = b"a" * 10 + bytes(1)
+    data = sparse_map((0, 10)) + b"a" * 10
+    manifest_entries = [dir_entry("data/crm"), file_entry(NAME, content, ARCHIVE)]
+    assert verify(sparse_member(data, realsize=11), manifest_entries) == 2
+
+
 def test_a_sparse_member_of_another_size_than_the_manifests_is_refused(tmp_path: Path) -> None:
     longer = len(CONTENT) + 512
     with pytest.raises(ArchiveCorrupt) as info:

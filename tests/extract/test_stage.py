@@ -114,8 +114,14 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) ->
         attrs.evolve(file_entry("data/crm/b", DATA, ARCHIVE), xattrs=bogus),
         attrs.evolve(dir_entry("data/crm/d"), xattrs=bogus),
         attrs.evolve(link_entry("data/crm/l", "a"), xattrs=on_link),
-        attrs.evolve(
-            Entry(path="data/crm/p", type="fifo", mode=0o640, mtime_ns=10**18), xattrs=bogus
+        Entry(
+            path="data/crm/p",
+            type="fifo",
+            mode=0o640,
+            mtime_ns=10**18,
+            uid=1234,
+            gid=2345,
+            xattrs=(*bogus, ("trusted.ok", base64.b64encode(b"3").decode())),
         ),
     ]
     middle = folder() + blocks(*member("data/crm/a", DATA)) + blocks(*member("data/crm/b", DATA))
@@ -133,10 +139,40 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) ->
     # The rest of each is there.
     out = tmp_path / "staging" / "crm"
     assert (out / "b").read_bytes() == DATA
-    assert stat.S_ISFIFO(os.lstat(out / "p").st_mode)
-    assert stat.S_IMODE(os.lstat(out / "p").st_mode) == 0o640
-    assert os.lstat(out / "p").st_mtime_ns == 10**18
+    fifo = os.lstat(out / "p")
+    assert stat.S_ISFIFO(fifo.st_mode)
+    assert (stat.S_IMODE(fifo.st_mode), fifo.st_mtime_ns) == (0o640, 10**18)
+    if os.geteuid() == 0:
+        assert (fifo.st_uid, fifo.st_gid) == (1234, 2345)
+        assert os.getxattr(out / "p", "trusted.ok", follow_symlinks=False) == b"3"
     assert os.readlink(out / "l") == "a"
+
+
+def test_a_device_node_this_process_may_not_make_is_one_warning(tmp_path: Path) -> None:
+    # As a user without CAP_MKNOD (root's effective user id changed for the call):
+    # the node is left out, named in the warning, and the rest is restored.
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as another user")
+    entries = [
+        dir_entry("data/crm"),
+        Entry(path="data/crm/null", type="chardev", mode=0o666, mtime_ns=0, rdev=os.makedev(1, 3)),
+        Entry(path="data/crm/p", type="fifo", mode=0o600, mtime_ns=0),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    os.chown(tmp_path / "staging" / "crm", 65534, 65534)
+    os.seteuid(65534)
+    try:
+        tree.finish()
+    finally:
+        os.seteuid(0)
+    assert tree.warnings == [
+        "1 attribute(s) or node(s) could not be restored, as this process or file system "
+        "does not allow it: chardev node: only root can make it (1 path(s), first "
+        "data/crm/null); restore as root, onto a file system that supports them, to get "
+        "them back"
+    ]
+    assert sorted(os.listdir(tmp_path / "staging" / "crm")) == ["p"]
 
 
 def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:

@@ -365,3 +365,17 @@ def test_members_past_the_spill_size_are_checked_alike(monkeypatch: pytest.Monke
         "link target does not match the manifest",
         "data/crm/l",
     )
+
+
+def test_a_pax_size_has_at_most_19_digits() -> None:
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    nineteen = pax(record(b"size", b"%019d" % len(DATA))) + header(b"data/crm/f") + padded(DATA)
+    assert verify(folder + nineteen, entries) == 2
+    twenty = pax(record(b"size", b"%020d" % len(DATA))) + header(b"data/crm/f") + padded(DATA)
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + twenty, entries)
+    assert info.value.detail == (
+        "unreadable at or after member data/crm (invalid size in a pax header); "
+        "truncated or damaged"
+    )
