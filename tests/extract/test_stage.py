@@ -20,7 +20,7 @@ import pytest
 from cellvault import ArchiveCorrupt, UnsafeArchive
 from cellvault.extract import ArchiveStream, StagedTree, stage
 from cellvault.manifest import Entry
-from tests.archive_helpers import dir_entry, file_entry, link_entry, member
+from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
 
 from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks
 
@@ -101,6 +101,17 @@ def test_a_path_below_a_file_named_as_the_dumps_folder_is_refused(tmp_path: Path
         tree.prepare()
     assert info.value.detail == "path lies under the file dumps; refused"
     assert info.value.member == "dumps/pg"
+
+
+def test_a_hard_link_to_a_directory_is_refused_naming_it(tmp_path: Path) -> None:
+    entries = [dir_entry("data/crm"), hardlink_entry("data/crm/h", "data/crm")]
+    tree, _ = staged(folder(), entries, tmp_path)
+    with pytest.raises(UnsafeArchive) as info:
+        tree.prepare()
+    assert info.value.detail == (
+        "hard link to 'data/crm', which is not a file of this archive; refused"
+    )
+    assert info.value.member == "data/crm/h"
 
 
 def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) -> None:
