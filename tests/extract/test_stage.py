@@ -186,6 +186,35 @@ def test_a_device_node_this_process_may_not_make_is_one_warning(tmp_path: Path) 
     assert sorted(os.listdir(tmp_path / "staging" / "crm")) == ["p"]
 
 
+def test_a_links_owner_and_time_are_set_on_the_link_not_its_target(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not the restore's\n")
+    os.utime(outside, ns=(5 * 10**17, 5 * 10**17))
+    before = os.stat(outside)
+    link = Entry(
+        path="data/crm/l",
+        type="symlink",
+        mode=0o777,
+        mtime_ns=10**18,
+        target=str(outside),
+        uid=1234,
+        gid=2345,
+    )
+    tree, _ = staged(folder(), [dir_entry("data/crm"), link], tmp_path)
+    tree.prepare()
+    tree.finish()
+    restored = os.lstat(tmp_path / "staging" / "crm" / "l")
+    assert restored.st_mtime_ns == 10**18
+    if os.geteuid() == 0:
+        assert (restored.st_uid, restored.st_gid) == (1234, 2345)
+    after = os.stat(outside)
+    assert (after.st_uid, after.st_gid, after.st_mtime_ns) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mtime_ns,
+    )
+
+
 def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
     tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
