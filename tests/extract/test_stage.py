@@ -215,6 +215,29 @@ def test_a_links_owner_and_time_are_set_on_the_link_not_its_target(tmp_path: Pat
     )
 
 
+def test_a_folder_swapped_for_a_link_before_the_nodes_are_made_is_refused(tmp_path: Path) -> None:
+    # Each directory on the way to a FIFO, a device or a link is opened without
+    # following links, one at a time: a folder replaced by a link is refused, and
+    # nothing is made where it points.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("data/crm/sub"),
+        Entry(path="data/crm/sub/p", type="fifo", mode=0o600, mtime_ns=0),
+        dir_entry("data/crm/z"),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    sub = tmp_path / "staging" / "crm" / "sub"
+    sub.rename(sub.with_name("sub.moved"))
+    sub.symlink_to(outside)
+    with pytest.raises(UnsafeArchive) as info:
+        tree.finish()
+    assert info.value.detail.startswith("crm/sub is no longer a directory of the staging tree")
+    assert os.listdir(outside) == []
+
+
 def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
     tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
