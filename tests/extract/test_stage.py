@@ -115,9 +115,10 @@ def test_a_hard_link_to_a_directory_is_refused_naming_it(tmp_path: Path) -> None
 
 
 def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) -> None:
-    # No file system has a "bogus." namespace (EOPNOTSUPP), and no user.* attribute
+    # No file system has a "bogus." namespace (EOPNOTSUPP; a name ending in X: only the
+    # parentheses of a node's note are stripped), and no user.* attribute
     # goes on a symbolic link (EPERM): refused, counted, named with the first path.
-    bogus = (("bogus.one", base64.b64encode(b"1").decode()),)
+    bogus = (("bogus.X", base64.b64encode(b"1").decode()),)
     on_link = (("user.x", base64.b64encode(b"2").decode()),)
     entries = [
         dir_entry("data/crm"),
@@ -143,7 +144,7 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) ->
     (warning,) = tree.warnings
     assert warning == (
         "5 attribute(s) or node(s) could not be restored, as this process or file system "
-        "does not allow it: bogus.one (4 path(s), first data/crm/a), user.x (1 path(s), "
+        "does not allow it: bogus.X (4 path(s), first data/crm/a), user.x (1 path(s), "
         "first data/crm/l); restore as root, onto a file system that supports them, to get "
         "them back"
     )
