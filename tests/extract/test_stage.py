@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import stat
 import tarfile
@@ -114,7 +115,9 @@ def test_a_hard_link_to_a_directory_is_refused_naming_it(tmp_path: Path) -> None
     assert info.value.member == "data/crm/h"
 
 
-def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) -> None:
+def test_what_cannot_be_set_is_one_warning_counting_each_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # No file system has a "bogus." namespace (EOPNOTSUPP; a name ending in X: only the
     # parentheses of a node's note are stripped), and no user.* attribute
     # goes on a symbolic link (EPERM): refused, counted, named with the first path.
@@ -140,6 +143,7 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) ->
     tree, stream = staged(middle, entries, tmp_path)
     tree.prepare()
     tree.take(stream)
+    caplog.set_level(logging.WARNING)
     tree.finish()
     (warning,) = tree.warnings
     assert warning == (
@@ -148,6 +152,12 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(tmp_path: Path) ->
         "first data/crm/l); restore as root, onto a file system that supports them, to get "
         "them back"
     )
+    logged = [
+        (r.msg.get("archive"), r.msg.get("detail"))
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "restore.attributes_skipped"
+    ]
+    assert logged == [(ARCHIVE, warning)]
     # The rest of each is there.
     out = tmp_path / "staging" / "crm"
     assert (out / "b").read_bytes() == DATA
