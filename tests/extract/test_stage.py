@@ -249,6 +249,44 @@ def test_a_folder_swapped_for_a_link_before_the_nodes_are_made_is_refused(tmp_pa
     assert os.listdir(outside) == []
 
 
+def test_a_folder_swapped_for_a_link_before_its_attributes_are_set_is_refused(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.chmod(outside, 0o701)  # any mode the restore must leave alone
+    entries = [dir_entry("data/crm"), dir_entry("data/crm/sub", mode=0o700)]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    sub = tmp_path / "staging" / "crm" / "sub"
+    sub.rename(sub.with_name("sub.moved"))
+    sub.symlink_to(outside)
+    with pytest.raises(UnsafeArchive) as info:
+        tree.finish()
+    assert info.value.detail.startswith("crm/sub is no longer a directory of the staging tree")
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o701
+
+
+def test_a_dumps_folder_outside_the_staging_tree_gets_its_attributes(tmp_path: Path) -> None:
+    sql = b"create table t (x int);\n"
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("dumps", mode=0o750, mtime_ns=10**18),
+        dir_entry("dumps/pg", mode=0o700),
+        file_entry("dumps/pg/db.sql", sql, ARCHIVE, mode=0o600),
+    ]
+    middle = folder() + blocks(*member("dumps/pg/db.sql", sql, mode=0o600))
+    out = tmp_path / "dumps-out"
+    tree, stream = staged(middle, entries, tmp_path, dumps=out)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert (out / "pg" / "db.sql").read_bytes() == sql
+    top = os.stat(out)
+    assert (stat.S_IMODE(top.st_mode), top.st_mtime_ns) == (0o750, 10**18)
+    assert stat.S_IMODE(os.stat(out / "pg").st_mode) == 0o700
+
+
 def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
     tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
