@@ -255,7 +255,12 @@ def test_a_folder_swapped_for_a_link_before_its_attributes_are_set_is_refused(
     outside = tmp_path / "outside"
     outside.mkdir()
     os.chmod(outside, 0o701)  # any mode the restore must leave alone
-    entries = [dir_entry("data/crm"), dir_entry("data/crm/sub", mode=0o700)]
+    # The deepest folder's attributes are set first: the walk to it names the link.
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("data/crm/sub", mode=0o700),
+        dir_entry("data/crm/sub/deeper", mode=0o700),
+    ]
     tree, _ = staged(folder(), entries, tmp_path)
     tree.prepare()
     sub = tmp_path / "staging" / "crm" / "sub"
