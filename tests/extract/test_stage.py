@@ -8,6 +8,7 @@ says in one warning what the restoring process could not set.
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
 import os
@@ -20,7 +21,7 @@ import pytest
 
 from cellvault import ArchiveCorrupt, UnsafeArchive
 from cellvault.extract import ArchiveStream, StagedTree, stage
-from cellvault.manifest import Entry
+from cellvault.manifest import Entry, Manifest
 from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
 
 from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks
@@ -292,6 +293,23 @@ def test_a_dumps_folder_outside_the_staging_tree_gets_its_attributes(tmp_path: P
     assert stat.S_IMODE(os.stat(out / "pg").st_mode) == 0o700
 
 
+def test_an_archives_manifest_other_than_the_planned_copy_is_refused(tmp_path: Path) -> None:
+    # The planned manifest read from its stored copy (so it has a digest), which
+    # lists a mode the archive's own manifest.json does not.
+    entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
+    tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
+    other = Manifest(archive=ARCHIVE)
+    other.add(dir_entry("data/crm", mode=0o700))
+    other.add(file_entry("data/crm/a", DATA, ARCHIVE))
+    planned = Manifest.read(io.BytesIO(other.to_json()), archive=ARCHIVE)
+    assert planned.digest is not None
+    tree = attrs.evolve(tree, manifest=planned)
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.take(stream)
+    assert info.value.detail == "manifest.json differs from the stored manifest copy"
+
+
 def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
     tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
@@ -302,15 +320,20 @@ def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
 
 
 def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Path) -> None:
+    # Linux 5.6 and later (every machine the suite runs on).
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "l").symlink_to("a")
     fresh = stage._Openat2()
     assert fresh.works is None
     root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        # Its first call refused (a link on the way): the error, and openat2 still usable.
+        first = stage._Openat2()
+        with pytest.raises(OSError) as refused:
+            first(root, "l/b", stage._OPEN_DIR)
+        assert (refused.value.errno, first.works) == (errno.ELOOP, None)
         fd = fresh(root, "a/b", stage._OPEN_DIR)
-        if fd is None:
-            pytest.skip("no openat2 on this kernel")
+        assert fd is not None
         try:
             assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "a" / "b"))
         finally:
@@ -318,10 +341,10 @@ def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Pa
         assert fresh.works is True
         with pytest.raises(OSError) as info:
             fresh(root, "l/b", stage._OPEN_DIR)
-        assert info.value.errno == 40  # ELOOP: RESOLVE_NO_SYMLINKS
+        assert info.value.errno == errno.ELOOP  # RESOLVE_NO_SYMLINKS
         with pytest.raises(OSError) as escaped:
             fresh(root, "../" + tmp_path.name, stage._OPEN_DIR)
-        assert escaped.value.errno == 18  # EXDEV: RESOLVE_BENEATH
+        assert escaped.value.errno == errno.EXDEV  # RESOLVE_BENEATH
         assert fresh.works is True
     finally:
         os.close(root)
