@@ -310,6 +310,30 @@ def test_an_archives_manifest_other_than_the_planned_copy_is_refused(tmp_path: P
     assert info.value.detail == "manifest.json differs from the stored manifest copy"
 
 
+def test_folders_get_their_modes_deepest_first(tmp_path: Path) -> None:
+    # A folder no one may enter is set after what lies below it: as its owner
+    # (not root, who may enter anything), the folder below is reached first.
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as another user")
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("data/crm/locked", mode=0o000),
+        dir_entry("data/crm/locked/sub", mode=0o700),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    for path in ("crm", "crm/locked", "crm/locked/sub"):
+        os.chown(tmp_path / "staging" / path, 65534, 65534)
+    os.seteuid(65534)
+    try:
+        tree.finish()
+    finally:
+        os.seteuid(0)
+    out = tmp_path / "staging" / "crm"
+    assert stat.S_IMODE(os.stat(out / "locked").st_mode) == 0o000
+    assert stat.S_IMODE(os.stat(out / "locked" / "sub").st_mode) == 0o700
+
+
 def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
     tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
@@ -332,6 +356,10 @@ def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Pa
         with pytest.raises(OSError) as refused:
             first(root, "l/b", stage._OPEN_DIR)
         assert (refused.value.errno, first.works) == (errno.ELOOP, None)
+        assert (refused.value.strerror, refused.value.filename) == (
+            os.strerror(errno.ELOOP),
+            "l/b",
+        )
         fd = fresh(root, "a/b", stage._OPEN_DIR)
         assert fd is not None
         try:
