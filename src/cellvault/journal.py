@@ -340,7 +340,13 @@ class _Staging:
 
 
 def _journalled(parent: Path) -> set[Path]:
-    """The staging directories and staged copies the journals in *parent* name."""
+    """The staging directories the journals in *parent* name.
+
+    Only staging directories are listed by :func:`_stagings` (by owner file,
+    or by a cell's staging name), so a journal's staging is all there is to
+    match: the copies it placed on other file systems have neither, and go
+    with the journal when :func:`recover` settles it.
+    """
     named: set[Path] = set()
     for path in parent.glob(f"{JOURNAL_PREFIX}*.json"):
         try:
@@ -349,9 +355,6 @@ def _journalled(parent: Path) -> set[Path]:
             continue
         if isinstance(data, dict):
             named.add(Path(str(data.get("staging"))))
-            for root in (data.get("roots") or {}).values():
-                named.add(Path(str(root.get("placed"))).parent)
-                named.add(Path(str(root.get("placed"))))
     return named
 
 

@@ -35,6 +35,7 @@ from cellvault.fence import (
     write_heartbeat,
     written_after_fence,
 )
+from cellvault.retention import RetentionPolicy
 from cellvault.targets.base import ObjectInfo
 from cellvault.targets.local import LocalTarget
 from tests.dr.test_dr import CELLS, make_site, s3_spec, seed_cells, site_env, trees, utc
@@ -83,6 +84,9 @@ def test_a_fenced_primary_refuses_backup_push_and_prune_and_the_standby_restores
         primary.push()  # the failover marker says it first; the epoch would too
     with pytest.raises(Fenced, match="; prune refused, nothing was written to the shared"):
         primary.vault.prune()
+    # A dry run writes nothing: the fenced site may still see what a prune would do.
+    dry = primary.vault.prune(dry_run=True)
+    assert dry.ok and dry.dry_run and {r.target for r in dry.results} == {"local", "s3"}
     assert {c: s3_ids(primary, c) for c in CELLS} == on_s3
 
     # The standby pulls and restores: nothing of the fenced primary's comes back.
@@ -138,6 +142,58 @@ def test_a_backup_fenced_while_it_runs_commits_nothing_to_the_shared_target(
     # Committed locally (its own directory), never on the shared target.
     assert all(s3_ids(primary, c) == [] for c in CELLS)
     assert all("is fenced: site dr holds epoch 1" in str(c.error) for c in report.cells), report
+
+
+class _FenceOnFirstDelete:
+    """Makes the primary's local target have the standby take the epoch at its first deletion."""
+
+    def __init__(self, standby: Site) -> None:
+        self.standby = standby
+        self.taken = False
+
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> LocalTarget | None:
+        if spec.name != "local":
+            return None
+        hook = self
+
+        class Fencing(LocalTarget):
+            def delete_archive(self, sidecar: Any) -> None:
+                super().delete_archive(sidecar)
+                if not hook.taken:
+                    hook.standby.context.fence.take("failover", now=hook.standby.context.now())
+                    hook.taken = True
+
+        return Fencing(spec)
+
+
+def test_a_prune_fenced_while_it_runs_deletes_nothing_more_on_the_shared_target(
+    tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    storage = s3_spec(s3_bucket)
+    standby = make_site(tmp_path / "standby", "dr", storage, start=utc(2025, 1, 2, 2))
+    hook = _FenceOnFirstDelete(standby)
+    primary = make_site(
+        tmp_path / "primary",
+        "primary",
+        storage,
+        start=utc(2025, 1, 1, 2),
+        plugins=(hook,),
+        retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_last=1),
+    )
+    seed_cells(tmp_path / "primary")
+    assert primary.vault.backup(kind="full").ok and primary.vault.backup(kind="full").ok
+    on_s3 = {c: s3_ids(primary, c) for c in CELLS}
+    assert all(len(ids) == 2 for ids in on_s3.values())
+    # The prune starts unfenced, on the local target first; the standby takes over meanwhile.
+    report = primary.vault.prune()
+    assert hook.taken and not report.ok
+    shared = [r for r in report.results if r.target == "s3"]
+    assert sorted(r.cell for r in shared) == sorted(CELLS)
+    for r in shared:
+        assert not r.removed and "is fenced: site dr holds epoch 1" in str(r.error)
+        assert f"pruning cell {r.cell} on target s3 refused" in str(r.error)
+    assert {c: s3_ids(primary, c) for c in CELLS} == on_s3
 
 
 def test_pull_and_restore_pass_over_what_a_fenced_site_wrote_after_the_fence(

@@ -8,14 +8,17 @@ cellvault.journal is checked by a test that runs in-process.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from cellvault.journal import (
 )
 from cellvault.swap import HELD, OWNER_SUFFIX, Swap, exchange
 from tests.helpers import write_tree
+from tests.system_tools import needs_root
 
 ARCHIVE = "cell_crm_20250101_020000"
 
@@ -324,7 +328,7 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(
     cell = staged_cell(tmp_path)
     torn = tmp_path / "srv" / f"{JOURNAL_PREFIX}crm.json.0a1b2c3d.tmp"
     other = tmp_path / "srv" / f"{JOURNAL_PREFIX}other.json.0a1b2c3d.tmp"
-    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    runner = blocking_child()
     try:
         journal = cell.journal("swapping", pid=runner.pid)
         torn.write_text("{")
@@ -332,7 +336,7 @@ def test_a_journal_of_a_restore_still_running_is_left_to_it(
         caplog.set_level(logging.INFO, logger="cellvault")
         assert recover("crm", [cell.app, cell.data]) == []
         assert journal.path.exists() and torn.exists() and cell.swap.staging.exists()
-        assert runner.poll() is None  # asked, not signalled
+        assert signals_sent(runner.pid) == 0  # asked, not signalled
         assert events(caplog, "restore.journal_live") == [
             {"cell": "crm", "journal": str(journal.path), "pid": runner.pid}
         ]
@@ -735,6 +739,27 @@ def dead_child() -> int:
     return child.pid
 
 
+def blocking_child() -> subprocess.Popen[str]:
+    """A running child that blocks every signal it may: one sent to it stays pending."""
+    code = (
+        "import signal, time\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, set(range(1, 32)) - {9, 19})\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    return child
+
+
+def signals_sent(pid: int) -> int:
+    """The signals pending for *pid* (a bit each), as /proc says the moment kill() returned."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+
+
 def unjournalled(tmp_path: Path, **owner: Any) -> Swap:
     """A staging directory and its owner file, as a restore killed while extracting leaves them."""
     app = write_tree(tmp_path / "srv" / "app", {"a.txt": "live a\n"})
@@ -759,6 +784,7 @@ def test_staging_left_by_a_dead_in_place_restore_is_removed_and_said(
     caplog.set_level(logging.WARNING, logger="cellvault")
     (rec,) = recover("crm", [app])
     assert (rec.action, rec.archive, rec.removed) == ("cleaned up", ARCHIVE, (str(swap.staging),))
+    assert rec.roots == {}  # no root was touched: the staging held only a copy of the archive
     assert rec.describe() == (
         f"a restore of cell crm to {ARCHIVE} was killed before its journal was written (so "
         "before any live data was touched); removed what it had staged, which held only a copy "
@@ -889,17 +915,24 @@ def test_debris_of_a_cell_in_two_folders_and_restores_still_running(tmp_path: Pa
 
 
 def test_a_journalled_staging_is_not_debris_but_the_next_one_is(tmp_path: Path) -> None:
-    cell = staged_cell(tmp_path)
-    cell.journal("staged", pid=None)
-    later = Swap.create({"app": cell.app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
+    # A killed in-place restore of crm with a journal: the journal is what debris names (the
+    # next restore settles journal and staging together), not its staging directory as well.
+    first = unjournalled(tmp_path, pid=dead_child())
+    journal = Journal.start("crm", ARCHIVE, first, None)
+    journal.data.update(pid=None)
+    journal._save()
+    app = tmp_path / "srv" / "app"
+    later = Swap.create({"app": app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
     HELD.discard(later.staging)
     later.owner.update(pid=dead_child())
     later._save_owner()
-    said = debris("crm", [cell.app])
-    assert said[-1] == (
+    assert first.staging.name < later.staging.name  # the journalled one is met first
+    assert debris("crm", [app]) == [
+        f"restore journal {journal.path} of a killed restore (phase staged): the next "
+        "restore or backup of the cell settles it",
         f"staging directory {later.staging} of a killed restore: it holds only a copy of the "
-        "archive; the next restore or backup of the cell removes it"
-    )
+        "archive; the next restore or backup of the cell removes it",
+    ]
 
 
 def test_the_copies_a_dead_restore_placed_on_other_file_systems_are_removed(
@@ -914,4 +947,173 @@ def test_the_copies_a_dead_restore_placed_on_other_file_systems_are_removed(
     swap._save_owner()
     (rec,) = recover("crm", [tmp_path / "srv" / "app"])
     assert rec.removed == (str(swap.staging), str(copy))
+    assert rec.describe().endswith(f"held only a copy of the archive: {swap.staging}, {copy}")
     assert not copy.exists() and outside.is_dir()  # only what is named like a staged copy
+
+
+def test_staging_beside_a_root_whose_folder_is_gone_is_still_found_beside_the_others(
+    tmp_path: Path,
+) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    dests = [tmp_path / "gone" / "data", tmp_path / "srv" / "app"]
+    assert debris("crm", dests) == [
+        f"staging directory {swap.staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    ]
+    (rec,) = recover("crm", dests)
+    assert rec.removed == (str(swap.staging),) and not swap.staging.exists()
+
+
+def test_what_only_looks_like_staging_is_never_staging(tmp_path: Path) -> None:
+    # A link and a file named like a dead restore's staging, each with an owner file saying so,
+    # and a copy across file systems (no owner file) that sorts before the real staging.
+    swap = unjournalled(tmp_path, pid=dead_child())
+    srv = tmp_path / "srv"
+    victim = write_tree(tmp_path / "victim", {"keep.txt": "not ours\n"})
+    link = srv / ".cellvault-restore-cell_crm_20250101_020000-00000000"
+    link.symlink_to(victim, target_is_directory=True)
+    plain = srv / ".cellvault-restore-cell_crm_20250101_020000-00000001"
+    plain.write_text("not a folder\n")
+    for fake in (link, plain):
+        owner = {**swap.owner, "pid": dead_child()}
+        (srv / f"{fake.name}{OWNER_SUFFIX}").write_text(json.dumps(owner))
+    copy = write_tree(srv / ".cellvault-restore-app-0a1b2c3d", {"a.txt": "new a\n"})
+    assert sorted([link.name, plain.name, copy.name, swap.staging.name])[0] == copy.name
+    assert debris("crm", [srv / "app"]) == [
+        f"staging directory {swap.staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it"
+    ]
+    (rec,) = recover("crm", [srv / "app"])
+    assert rec.removed == (str(swap.staging),)
+    assert link.is_symlink() and read(victim) == {"keep.txt": "not ours\n"}
+    assert plain.read_text() == "not a folder\n" and read(copy) == {"a.txt": "new a\n"}
+
+
+def test_staging_met_after_one_that_must_stay_is_still_removed(tmp_path: Path) -> None:
+    app = write_tree(tmp_path / "srv" / "app", {"a.txt": "live a\n"})
+    stays = Swap.create({"app": app}, "cell_crm_20250101_020000", cell="crm", in_place=True)
+    stays.owner.update(host="elsewhere")
+    stays._save_owner()
+    goes = Swap.create({"app": app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
+    goes.owner.update(pid=dead_child())
+    goes._save_owner()
+    HELD.discard(stays.staging)
+    HELD.discard(goes.staging)
+    assert stays.staging.name < goes.staging.name
+    (rec,) = recover("crm", [app])
+    assert rec.removed == (str(goes.staging),)
+    assert stays.staging.is_dir() and not goes.staging.exists()
+
+
+def test_old_data_kept_beside_one_of_two_roots_of_the_same_name_is_named_once(
+    tmp_path: Path,
+) -> None:
+    # Roots /srv/data and /var/data: the old data kept beside the second is named once.
+    first = write_tree(tmp_path / "srv" / "data", {"d.txt": "d\n"})
+    second = write_tree(tmp_path / "var" / "data", {"d.txt": "d\n"})
+    kept = tmp_path / "var" / ".cellvault-replaced-data-0a1b2c"
+    kept.mkdir()
+    assert debris("crm", [first, second]) == [
+        f"old data {kept} kept by the recovery of a killed restore (perhaps the only copy of "
+        "what the restore replaced): check it, then remove it"
+    ]
+
+
+def test_another_cells_staging_and_journal_met_first_hide_nothing_of_this_cell(
+    tmp_path: Path,
+) -> None:
+    # billing sorts before crm: its unreadable journal and its dead restore's staging are met
+    # first, and neither stops crm's journalled staging from being matched or crm's next one
+    # from being found.
+    crm = unjournalled(tmp_path, pid=dead_child())
+    journal = Journal.start("crm", ARCHIVE, crm, None)
+    journal.data.update(pid=None)
+    journal._save()
+    app = tmp_path / "srv" / "app"
+    billing = Swap.create(
+        {"app": app}, "cell_billing_20250101_020000", cell="billing", in_place=True
+    )
+    billing.owner.update(pid=dead_child())
+    billing._save_owner()
+    later = Swap.create({"app": app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
+    later.owner.update(pid=dead_child())
+    later._save_owner()
+    for swap in (billing, later):
+        HELD.discard(swap.staging)
+    unreadable = tmp_path / "srv" / ".cellvault-journal-billing.json"
+    unreadable.write_text("{")
+    assert sorted([unreadable.name, journal.path.name]) == [unreadable.name, journal.path.name]
+    assert billing.staging.name < crm.staging.name < later.staging.name
+    assert debris("crm", [app]) == [
+        f"restore journal {journal.path} of a killed restore (phase staged): the next "
+        "restore or backup of the cell settles it",
+        f"staging directory {later.staging} of a killed restore: it holds only a copy of the "
+        "archive; the next restore or backup of the cell removes it",
+    ]
+
+
+def test_the_owner_file_of_a_journalled_staging_that_is_gone_is_the_journals(
+    tmp_path: Path,
+) -> None:
+    # Killed after its staging was removed, before its journal was: the journal settles both.
+    swap = unjournalled(tmp_path, pid=dead_child())
+    journal = Journal.start("crm", ARCHIVE, swap, None)
+    journal.data.update(pid=None)
+    journal._save()
+    shutil.rmtree(swap.staging)
+    app = tmp_path / "srv" / "app"
+    assert (tmp_path / "srv" / f"{swap.staging.name}{OWNER_SUFFIX}").is_file()
+    assert debris("crm", [app]) == [
+        f"restore journal {journal.path} of a killed restore (phase staged): the next "
+        "restore or backup of the cell settles it"
+    ]
+
+
+def test_a_journal_of_a_restore_from_before_owner_files_is_settled(tmp_path: Path) -> None:
+    # Staging made by a cellvault that wrote no owner file beside it.
+    cell = staged_cell(tmp_path)
+    cell.journal("staged", pid=None)
+    owner = tmp_path / "srv" / f"{cell.swap.staging.name}{OWNER_SUFFIX}"
+    owner.unlink()
+    (rec,) = recover("crm", [cell.app, cell.data])
+    assert rec.action == "rolled back"
+    assert beside(tmp_path / "srv") == [] and read(cell.app) == LIVE[0]
+
+
+def test_no_staging_is_swept_while_a_journal_of_the_cell_cannot_be_read(tmp_path: Path) -> None:
+    swap = unjournalled(tmp_path, pid=dead_child())
+    unreadable = tmp_path / "srv" / f"{JOURNAL_PREFIX}crm.json"
+    unreadable.write_text("{")
+    app = tmp_path / "srv" / "app"
+    assert recover("crm", [app]) == []  # it may name that staging: a person settles it
+    assert swap.staging.is_dir() and unreadable.exists()
+    unreadable.unlink()
+    (rec,) = recover("crm", [app])
+    assert rec.removed == (str(swap.staging),)
+
+
+def test_a_restore_that_is_pid_1_of_its_container_is_running() -> None:
+    """pid 1 is a real process (a container's entry point): its journal is its own."""
+    needs_root("start a process in a PID namespace of its own")
+    assert _running({"host": socket.gethostname(), "pid": os.getpid()}) is False  # this one
+    clone_newpid = 0x20000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    child = os.fork()
+    if child == 0:  # a new PID namespace: its first process is pid 1, the next one asks about it
+        code = 3
+        try:
+            if libc.unshare(clone_newpid) != 0:
+                os._exit(4)
+            init = os.fork()
+            if init == 0:
+                time.sleep(60)
+                os._exit(0)
+            asker = os.fork()
+            if asker == 0:
+                os._exit(0 if _running({"host": socket.gethostname(), "pid": 1}) is True else 1)
+            code = os.waitstatus_to_exitcode(os.waitpid(asker, 0)[1])
+            os.kill(init, signal.SIGKILL)
+            os.waitpid(init, 0)
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0

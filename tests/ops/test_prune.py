@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import attrs
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +25,9 @@ from cellvault.ops.prune import prune_cell
 from cellvault.readlease import ReadLease
 from cellvault.report import Failure
 from cellvault.retention import RetentionPolicy
-from cellvault.targets.local import LocalTarget
+from cellvault.run import Event
+from cellvault.targets.local import LocalTarget, set_immutable
+from tests.system_tools import needs_root, unavailable
 
 from .test_incremental import age, snapshot
 
@@ -241,8 +245,24 @@ def test_prune_on_a_second_target_type(tmp_path: Path) -> None:
     for hour in range(4):
         clock.now = START + dt.timedelta(hours=hour)
         assert vault.backup(kind="full").ok
+    # One target named: only it is pruned.
+    only = vault.prune(targets=["mem"])
+    assert only.ok and [(r.target, r.cell, len(r.removed)) for r in only.results] == [
+        ("mem", "crm", 2)
+    ]
+    kept = [("local",), ("local",), ("local", "mem"), ("local", "mem")]
+    assert [a.targets for a in vault.list()] == kept
     assert vault.prune().ok
     assert [a.targets for a in vault.list()] == [("local", "mem"), ("local", "mem")]
+    # A cell no longer configured, named: known by its archives on the targets, and pruned.
+    clock.now = START + dt.timedelta(hours=5)
+    assert vault.backup(kind="full").ok
+    gone = Vault(attrs.evolve(vault.config, cells=[]), load_entry_points=False, clock=clock)
+    report = gone.prune(["crm"])
+    assert report.ok and sorted((r.target, len(r.removed)) for r in report.results) == [
+        ("local", 1),
+        ("mem", 1),
+    ]
 
 
 class Failures:
@@ -268,6 +288,7 @@ def test_a_cell_that_cannot_be_pruned_is_alerted_naming_cell_and_target(tmp_path
         lease.release()
     (result,) = held.results
     assert (result.target, result.cell, result.decisions) == ("local", "crm", ())
+    assert result.dry_run is False
     assert result.error and "locked by a test holding the cell" in result.error
     (failure,) = failures.seen
     assert (failure.operation, failure.stage, failure.cell, failure.target, failure.error) == (
@@ -369,3 +390,94 @@ def test_a_prune_holds_the_cell_s_lease_as_a_prune_and_deletes_newest_first(
     assert lease["purpose"] == "prune"
     held = dt.datetime.fromisoformat(str(lease["expires"])) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(seconds=600) < held <= dt.timedelta(seconds=900)  # not the default 120
+
+
+class Recorded:
+    """Makes the "local" target a RecordingTarget, and keeps it."""
+
+    def __init__(self) -> None:
+        self.made: list[RecordingTarget] = []
+
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> RecordingTarget | None:
+        if spec.name != "local":
+            return None
+        target = RecordingTarget(spec)
+        target.leases, target.deleted = [], []
+        self.made.append(target)
+        return target
+
+
+def test_a_prune_takes_its_lease_for_the_configured_time_says_each_cell_and_ages_run_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vault, _, clock = setup(
+        tmp_path, lock_ttl=900, log_keep_days=1, retention=RetentionPolicy(None, None)
+    )
+    made = []
+    for hours in (0, 1, 2):
+        clock.now = START + dt.timedelta(hours=hours)
+        made.append(vault.backup(kind="full").cells[0].archive)
+    # Run logs: twelve of earlier prunes, five days old (real time: their age is their mtime).
+    logs = tmp_path / "backup" / "logs"
+    old = [logs / f"prune_20240101_0000{n:02d}.log" for n in range(12)]
+    five_days_ago = dt.datetime.now(dt.UTC).timestamp() - 5 * 86400
+    for n, path in enumerate(old):
+        path.write_text("an earlier prune\n")
+        os.utime(path, (five_days_ago + n, five_days_ago + n))
+    events: list[Event] = []
+    recorded = Recorded()
+    pruning = Vault(
+        vault.config,
+        load_entry_points=False,
+        plugins=[recorded],
+        clock=clock,
+        on_event=events.append,
+    )
+    clock.now = START + dt.timedelta(days=2, hours=1)
+    assert pruning.prune(dry_run=True).ok
+    assert all(p.exists() for p in old)  # a dry run touches no run log either
+    report = pruning.prune()
+    assert report.ok
+    assert [d for t in recorded.made for d in t.deleted] == [made[1], made[0]]
+    (lease,) = [lease for t in recorded.made for lease in t.leases if lease["purpose"] == "prune"]
+    held = dt.datetime.fromisoformat(str(lease["expires"])) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(seconds=600) < held <= dt.timedelta(seconds=900)  # the configured 900
+    said = [(e.name, e.cell, e.target, e.data) for e in events if e.name == "prune.cell"]
+    assert said[-1] == (
+        "prune.cell",
+        "crm",
+        "local",
+        {"removed": [made[0], made[1]], "dry_run": False},  # oldest first, as decided
+    )
+    assert said[0][3]["dry_run"] is True
+    # The newest ten prune logs stay (the dry run's and this run's among them); older ones
+    # past a day go.
+    kept = sorted(p.name for p in logs.glob("prune_*.log"))
+    assert len(kept) == 10 and [p for p in old if p.exists()] == old[-8:]
+
+
+def test_run_logs_that_cannot_be_deleted_are_warned_of_and_the_prune_stands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    needs_root("set the immutable attribute")
+    vault, _, _ = setup(tmp_path, log_keep_days=1)
+    assert vault.backup(kind="full").ok
+    logs = tmp_path / "backup" / "logs"
+    stuck = [logs / f"prune_20240101_0000{n:02d}.log" for n in range(12)]
+    for path in stuck:
+        path.write_text("an earlier prune\n")
+        os.utime(path, (0, 0))
+    if set_immutable(stuck[0], True) is not None:
+        unavailable(f"{tmp_path} has no immutable attribute (not ext4, xfs, btrfs or tmpfs)")
+    try:
+        caplog.set_level(logging.WARNING, logger="cellvault")
+        assert vault.prune().ok
+        (warning,) = [
+            r.msg for r in caplog.records if isinstance(r.msg, dict)
+            and r.msg.get("event") == "runlog.prune_failed"
+        ]  # fmt: skip
+        assert "Operation not permitted" in str(warning["error"])
+        assert str(stuck[0]) in str(warning["error"])
+    finally:
+        set_immutable(stuck[0], False)
