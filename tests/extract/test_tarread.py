@@ -505,3 +505,18 @@ def test_a_checksum_of_signed_bytes_is_accepted() -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/é", DATA, ARCHIVE)]
     folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
     assert verify(folder + bytes(block) + padded(DATA), entries) == 2
+
+
+def test_a_member_the_manifest_does_not_list_or_lists_as_another_kind_is_named() -> None:
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    extra = blocks(*member("data/crm/x", DATA))
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + extra, [dir_entry("data/crm")])
+    assert (info.value.detail, info.value.member) == ("member is not in the manifest", "data/crm/x")
+    as_dir = blocks(*member("data/crm/x", kind=tarfile.DIRTYPE, mode=0o644))
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + as_dir, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, ARCHIVE)])
+    assert (info.value.detail, info.value.member) == (
+        "member is a dir, the manifest says file",
+        "data/crm/x",
+    )
