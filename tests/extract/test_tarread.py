@@ -520,3 +520,10 @@ def test_a_member_the_manifest_does_not_list_or_lists_as_another_kind_is_named()
         "member is a dir, the manifest says file",
         "data/crm/x",
     )
+    older = "cell_crm_20210101_000000"
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + extra, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, older)])
+    assert (info.value.detail, info.value.member) == (
+        f"manifest says archive {older} holds it",
+        "data/crm/x",
+    )
