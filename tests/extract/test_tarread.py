@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -348,3 +349,181 @@ def test_reading_a_member_after_the_next_one_is_an_error() -> None:
     assert [name for name, _ in files] == ["data/crm/f", "data/crm/g"]
     with pytest.raises(ValueError, match="after the next member"):
         files[0][1].read()
+
+
+def test_members_past_the_spill_size_are_checked_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An archive of many members keeps what verify saw of them in a temporary file.
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", 2)
+    names = [f"data/crm/{n}" for n in "abcd"]
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle += b"".join(blocks(*member(name, DATA)) for name in names)
+    middle += blocks(*member("data/crm/l", kind=tarfile.SYMTYPE, mode=0o777, linkname="a"))
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in names)]
+    assert verify(middle, [*entries, link_entry("data/crm/l", "a")]) == 6
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(middle, [*entries, link_entry("data/crm/l", "b")])
+    assert (info.value.detail, info.value.member) == (
+        "link target does not match the manifest",
+        "data/crm/l",
+    )
+
+
+def test_a_pax_size_has_at_most_19_digits() -> None:
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    nineteen = pax(record(b"size", b"%019d" % len(DATA))) + header(b"data/crm/f") + padded(DATA)
+    assert verify(folder + nineteen, entries) == 2
+    twenty = pax(record(b"size", b"%020d" % len(DATA))) + header(b"data/crm/f") + padded(DATA)
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + twenty, entries)
+    assert info.value.detail == (
+        "unreadable at or after member data/crm (invalid size in a pax header); "
+        "truncated or damaged"
+    )
+
+
+def test_a_device_members_number_and_a_members_xattrs_are_read() -> None:
+    dev, _ = member("data/crm/null", kind=tarfile.CHRTYPE, mode=0o666)
+    dev.devmajor, dev.devminor = 1, 3
+    disk, _ = member("data/crm/sda", kind=tarfile.BLKTYPE, mode=0o660)
+    disk.devmajor, disk.devminor = 8, 0
+    records = pax(
+        record(b"SCHILY.xattr.user.b", b"2"),
+        record(b"SCHILY.xattr.user.a", b"\xff\x00"),
+        record(b"comment", b"not an attribute"),
+    )
+    middle = blocks(dev) + blocks(disk) + records + header(b"data/crm/f") + padded(DATA)
+    raw, sidecar, _ = archive_bytes(middle)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    got = {name: (m.kind, m.rdev, m.xattrs) for m, name, _ in stream.members()}
+    assert got == {
+        "data/crm/null": ("chardev", os.makedev(1, 3), ()),
+        "data/crm/sda": ("blockdev", os.makedev(8, 0), ()),
+        "data/crm/f": ("file", 0, (("user.b", b"2"), ("user.a", b"\xff\x00"))),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        (b"g", "global pax"),
+        (b"L", "GNU long name"),
+        (b"K", "GNU long link"),
+        (b"S", "GNU old sparse"),
+        (b"M", "GNU multi-volume"),
+        (b"V", "GNU volume"),
+    ],
+)
+def test_extension_headers_cellvault_never_writes_are_named(kind: bytes, what: str) -> None:
+    middle = header(b"x", kind=kind, size=b"%011o\0" % 512) + bytes(512)
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(middle)
+    assert info.value.detail == (
+        f"unreadable at or after member meta.json ({what} header; cellvault does not write "
+        "those); "
+        "truncated or damaged"
+    )
+
+
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        ([(b"GNU.sparse.offset", b"0")], "GNU sparse format 0.x; cellvault reads format 1.0 only"),
+        (
+            [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"1")],
+            "GNU sparse format other than 1.0",
+        ),
+        (
+            [(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"0")],
+            "GNU sparse format other than 1.0",
+        ),
+        (
+            [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0")],
+            "invalid sparse file header",
+        ),
+        (
+            [
+                (b"GNU.sparse.major", b"1"),
+                (b"GNU.sparse.minor", b"0"),
+                (b"GNU.sparse.name", b"data/crm/f"),
+            ],
+            "invalid sparse file header",
+        ),
+        (
+            [
+                (b"GNU.sparse.major", b"1"),
+                (b"GNU.sparse.minor", b"0"),
+                (b"GNU.sparse.realsize", b"10"),
+            ],
+            "invalid sparse file header",
+        ),
+    ],
+    ids=["0.x", "1.1", "0.0", "no name or size", "no size", "no name"],
+)
+def test_sparse_headers_other_than_pax_1_0_are_refused(
+    records: list[tuple[bytes, bytes]], why: str
+) -> None:
+    middle = pax(*(record(k, v) for k, v in records)) + header(b"data/crm/f") + padded(DATA)
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(middle)
+    assert info.value.detail == (
+        f"unreadable at or after member meta.json ({why}); truncated or damaged"
+    )
+
+
+def test_a_sparse_directory_is_refused() -> None:
+    records = [
+        (b"GNU.sparse.major", b"1"),
+        (b"GNU.sparse.minor", b"0"),
+        (b"GNU.sparse.name", b"data/crm/d"),
+        (b"GNU.sparse.realsize", b"10"),
+    ]
+    middle = pax(*(record(k, v) for k, v in records)) + header(b"data/crm/d", kind=b"5")
+    with pytest.raises(ArchiveCorrupt, match="invalid sparse file header"):
+        verify(middle)
+
+
+def test_number_fields() -> None:
+    # A size of NULs only is 0 (an empty file); a first byte with the high bit set
+    # is base-256 only as 0x80 (positive) or 0xff (negative).
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    entries = [dir_entry("data/crm"), file_entry("data/crm/e", b"", ARCHIVE)]
+    assert verify(folder + header(b"data/crm/e", size=bytes(12)), entries) == 2
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + header(b"data/crm/e", size=b"\x81" + bytes(11)), entries)
+    assert info.value.detail == (
+        "unreadable at or after member data/crm (invalid number in a header); truncated or damaged"
+    )
+
+
+def test_a_checksum_of_signed_bytes_is_accepted() -> None:
+    # Some writers summed the header's bytes as signed chars: bytes over 0x7f count negative.
+    block = bytearray(header("data/crm/é".encode(), size=b"%011o\0" % len(DATA)))
+    block[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in block)
+    block[148:156] = b"%06o\0 " % signed
+    entries = [dir_entry("data/crm"), file_entry("data/crm/é", DATA, ARCHIVE)]
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    assert verify(folder + bytes(block) + padded(DATA), entries) == 2
+
+
+def test_a_member_the_manifest_does_not_list_or_lists_as_another_kind_is_named() -> None:
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    extra = blocks(*member("data/crm/x", DATA))
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + extra, [dir_entry("data/crm")])
+    assert (info.value.detail, info.value.member) == ("member is not in the manifest", "data/crm/x")
+    as_dir = blocks(*member("data/crm/x", kind=tarfile.DIRTYPE, mode=0o644))
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + as_dir, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, ARCHIVE)])
+    assert (info.value.detail, info.value.member) == (
+        "member is a dir, the manifest says file",
+        "data/crm/x",
+    )
+    older = "cell_crm_20210101_000000"
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(folder + extra, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, older)])
+    assert (info.value.detail, info.value.member) == (
+        f"manifest says archive {older} holds it",
+        "data/crm/x",
+    )

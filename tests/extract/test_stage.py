@@ -1,0 +1,378 @@
+"""The staging tree's own rules, on hand-made archives: what is missing, what is left, what is refused.
+
+:class:`StagedTree` counts the files each archive of a chain holds, names
+those no archive held, refuses a manifest that puts a path below a file, and
+says in one warning what the restoring process could not set.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import io
+import logging
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import attrs
+import pytest
+
+from cellvault import ArchiveCorrupt, UnsafeArchive
+from cellvault.extract import ArchiveStream, StagedTree, stage
+from cellvault.manifest import Entry, Manifest
+from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
+
+from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks
+
+#: An archive earlier in the chain, never read here.
+OLDER = "cell_crm_20210101_000000"
+
+
+def folder() -> bytes:
+    return blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+
+
+def staged(
+    middle: bytes, entries: list[Entry], tmp_path: Path, **kwargs: object
+) -> tuple[StagedTree, ArchiveStream]:
+    raw, sidecar, manifest = archive_bytes(middle, entries)
+    tree = StagedTree(staging=tmp_path / "staging", manifest=manifest, archive=ARCHIVE, **kwargs)  # type: ignore[arg-type]
+    return tree, ArchiveStream(io.BytesIO(raw), sidecar, "t")
+
+
+def test_the_archives_left_to_read_are_those_with_files_not_yet_written(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/f", DATA, ARCHIVE),
+        file_entry("data/crm/old", DATA, OLDER),
+    ]
+    tree, stream = staged(folder() + blocks(*member("data/crm/f", DATA)), entries, tmp_path)
+    tree.prepare()
+    assert tree.holders() == {ARCHIVE, OLDER}
+    tree.take(stream)
+    assert tree.holders() == {OLDER}
+    assert (tree.files, tree.bytes) == (1, len(DATA))
+    # Never read: the file it holds is named, with the archive that should hold it.
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert info.value.detail == "1 file(s) were not found in the archives that should hold them"
+    assert (info.value.archive, info.value.member) == (OLDER, "data/crm/old")
+
+
+def test_files_the_archive_lacks_are_named_the_first_by_path(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/c", DATA, ARCHIVE),  # listed first, named second
+        file_entry("data/crm/b", DATA, ARCHIVE),
+        file_entry("data/crm/a", DATA, ARCHIVE),
+    ]
+    tree, stream = staged(folder() + blocks(*member("data/crm/b", DATA)), entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert info.value.detail == "2 file(s) were not found in the archives that should hold them"
+    assert (info.value.archive, info.value.member) == (ARCHIVE, "data/crm/a")
+    assert (tmp_path / "staging" / "crm" / "b").read_bytes() == DATA
+
+
+def test_files_left_unread_are_counted_when_none_is_missing_from_the_tree(tmp_path: Path) -> None:
+    # The file is in the staging folder already (not written by this restore), and
+    # its archive was never read: the count comes from the archives left.
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    tree, _ = staged(folder(), entries, tmp_path)
+    (tmp_path / "staging" / "crm").mkdir(parents=True)
+    (tmp_path / "staging" / "crm" / "f").write_bytes(DATA)
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert info.value.detail == "1 file(s) were not found in the archives that should hold them"
+    assert (info.value.archive, info.value.member) == (ARCHIVE, None)
+
+
+def test_a_path_below_a_file_named_as_the_dumps_folder_is_refused(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("dumps", DATA, ARCHIVE),
+        dir_entry("dumps/pg"),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path, dumps=tmp_path / "dumps")
+    with pytest.raises(UnsafeArchive) as info:
+        tree.prepare()
+    assert info.value.detail == "path lies under the file dumps; refused"
+    assert info.value.member == "dumps/pg"
+
+
+def test_a_hard_link_to_a_directory_is_refused_naming_it(tmp_path: Path) -> None:
+    entries = [dir_entry("data/crm"), hardlink_entry("data/crm/h", "data/crm")]
+    tree, _ = staged(folder(), entries, tmp_path)
+    with pytest.raises(UnsafeArchive) as info:
+        tree.prepare()
+    assert info.value.detail == (
+        "hard link to 'data/crm', which is not a file of this archive; refused"
+    )
+    assert info.value.member == "data/crm/h"
+
+
+def test_what_cannot_be_set_is_one_warning_counting_each_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No file system has a "bogus." namespace (EOPNOTSUPP; a name ending in X: only the
+    # parentheses of a node's note are stripped), and no user.* attribute
+    # goes on a symbolic link (EPERM): refused, counted, named with the first path.
+    bogus = (("bogus.X", base64.b64encode(b"1").decode()),)
+    on_link = (("user.x", base64.b64encode(b"2").decode()),)
+    entries = [
+        dir_entry("data/crm"),
+        attrs.evolve(file_entry("data/crm/a", DATA, ARCHIVE), xattrs=bogus),
+        attrs.evolve(file_entry("data/crm/b", DATA, ARCHIVE), xattrs=bogus),
+        attrs.evolve(dir_entry("data/crm/d"), xattrs=bogus),
+        attrs.evolve(link_entry("data/crm/l", "a"), xattrs=on_link),
+        Entry(
+            path="data/crm/p",
+            type="fifo",
+            mode=0o640,
+            mtime_ns=10**18,
+            uid=1234,
+            gid=2345,
+            xattrs=(*bogus, ("trusted.ok", base64.b64encode(b"3").decode())),
+        ),
+    ]
+    middle = folder() + blocks(*member("data/crm/a", DATA)) + blocks(*member("data/crm/b", DATA))
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    caplog.set_level(logging.WARNING)
+    tree.finish()
+    (warning,) = tree.warnings
+    assert warning == (
+        "5 attribute(s) or node(s) could not be restored, as this process or file system "
+        "does not allow it: bogus.X (4 path(s), first data/crm/a), user.x (1 path(s), "
+        "first data/crm/l); restore as root, onto a file system that supports them, to get "
+        "them back"
+    )
+    logged = [
+        (r.msg.get("archive"), r.msg.get("detail"))
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "restore.attributes_skipped"
+    ]
+    assert logged == [(ARCHIVE, warning)]
+    # The rest of each is there.
+    out = tmp_path / "staging" / "crm"
+    assert (out / "b").read_bytes() == DATA
+    fifo = os.lstat(out / "p")
+    assert stat.S_ISFIFO(fifo.st_mode)
+    assert (stat.S_IMODE(fifo.st_mode), fifo.st_mtime_ns) == (0o640, 10**18)
+    if os.geteuid() == 0:
+        assert (fifo.st_uid, fifo.st_gid) == (1234, 2345)
+        assert os.getxattr(out / "p", "trusted.ok", follow_symlinks=False) == b"3"
+    assert os.readlink(out / "l") == "a"
+
+
+def test_a_device_node_this_process_may_not_make_is_one_warning(tmp_path: Path) -> None:
+    # As a user without CAP_MKNOD (root's effective user id changed for the call):
+    # the node is left out, named in the warning, and the rest is restored.
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as another user")
+    entries = [
+        dir_entry("data/crm"),
+        Entry(path="data/crm/null", type="chardev", mode=0o666, mtime_ns=0, rdev=os.makedev(1, 3)),
+        Entry(path="data/crm/p", type="fifo", mode=0o600, mtime_ns=0),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    os.chown(tmp_path / "staging" / "crm", 65534, 65534)
+    os.seteuid(65534)
+    try:
+        tree.finish()
+    finally:
+        os.seteuid(0)
+    assert tree.warnings == [
+        "1 attribute(s) or node(s) could not be restored, as this process or file system "
+        "does not allow it: chardev node: only root can make it (1 path(s), first "
+        "data/crm/null); restore as root, onto a file system that supports them, to get "
+        "them back"
+    ]
+    assert sorted(os.listdir(tmp_path / "staging" / "crm")) == ["p"]
+
+
+def test_a_links_owner_and_time_are_set_on_the_link_not_its_target(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not the restore's\n")
+    os.utime(outside, ns=(5 * 10**17, 5 * 10**17))
+    before = os.stat(outside)
+    link = Entry(
+        path="data/crm/l",
+        type="symlink",
+        mode=0o777,
+        mtime_ns=10**18,
+        target=str(outside),
+        uid=1234,
+        gid=2345,
+    )
+    tree, _ = staged(folder(), [dir_entry("data/crm"), link], tmp_path)
+    tree.prepare()
+    tree.finish()
+    restored = os.lstat(tmp_path / "staging" / "crm" / "l")
+    assert restored.st_mtime_ns == 10**18
+    if os.geteuid() == 0:
+        assert (restored.st_uid, restored.st_gid) == (1234, 2345)
+    after = os.stat(outside)
+    assert (after.st_uid, after.st_gid, after.st_mtime_ns) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mtime_ns,
+    )
+
+
+def test_a_folder_swapped_for_a_link_before_the_nodes_are_made_is_refused(tmp_path: Path) -> None:
+    # Each directory on the way to a FIFO, a device or a link is opened without
+    # following links, one at a time: a folder replaced by a link is refused, and
+    # nothing is made where it points.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("data/crm/sub"),
+        Entry(path="data/crm/sub/p", type="fifo", mode=0o600, mtime_ns=0),
+        dir_entry("data/crm/z"),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    sub = tmp_path / "staging" / "crm" / "sub"
+    sub.rename(sub.with_name("sub.moved"))
+    sub.symlink_to(outside)
+    with pytest.raises(UnsafeArchive) as info:
+        tree.finish()
+    assert info.value.detail.startswith("crm/sub is no longer a directory of the staging tree")
+    assert os.listdir(outside) == []
+
+
+def test_a_folder_swapped_for_a_link_before_its_attributes_are_set_is_refused(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.chmod(outside, 0o701)  # any mode the restore must leave alone
+    # The deepest folder's attributes are set first: the walk to it names the link.
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("data/crm/sub", mode=0o700),
+        dir_entry("data/crm/sub/deeper", mode=0o700),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    sub = tmp_path / "staging" / "crm" / "sub"
+    sub.rename(sub.with_name("sub.moved"))
+    sub.symlink_to(outside)
+    with pytest.raises(UnsafeArchive) as info:
+        tree.finish()
+    assert info.value.detail.startswith("crm/sub is no longer a directory of the staging tree")
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o701
+
+
+def test_a_dumps_folder_outside_the_staging_tree_gets_its_attributes(tmp_path: Path) -> None:
+    sql = b"create table t (x int);\n"
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("dumps", mode=0o750, mtime_ns=10**18),
+        dir_entry("dumps/pg", mode=0o700),
+        file_entry("dumps/pg/db.sql", sql, ARCHIVE, mode=0o600),
+    ]
+    middle = folder() + blocks(*member("dumps/pg/db.sql", sql, mode=0o600))
+    out = tmp_path / "dumps-out"
+    tree, stream = staged(middle, entries, tmp_path, dumps=out)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert (out / "pg" / "db.sql").read_bytes() == sql
+    top = os.stat(out)
+    assert (stat.S_IMODE(top.st_mode), top.st_mtime_ns) == (0o750, 10**18)
+    assert stat.S_IMODE(os.stat(out / "pg").st_mode) == 0o700
+
+
+def test_an_archives_manifest_other_than_the_planned_copy_is_refused(tmp_path: Path) -> None:
+    # The planned manifest read from its stored copy (so it has a digest), which
+    # lists a mode the archive's own manifest.json does not.
+    entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
+    tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
+    other = Manifest(archive=ARCHIVE)
+    other.add(dir_entry("data/crm", mode=0o700))
+    other.add(file_entry("data/crm/a", DATA, ARCHIVE))
+    planned = Manifest.read(io.BytesIO(other.to_json()), archive=ARCHIVE)
+    assert planned.digest is not None
+    tree = attrs.evolve(tree, manifest=planned)
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.take(stream)
+    assert info.value.detail == "manifest.json differs from the stored manifest copy"
+
+
+def test_folders_get_their_modes_deepest_first(tmp_path: Path) -> None:
+    # A folder no one may enter is set after what lies below it: as its owner
+    # (not root, who may enter anything), the folder below is reached first.
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as another user")
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("data/crm/locked", mode=0o000),
+        dir_entry("data/crm/locked/sub", mode=0o700),
+    ]
+    tree, _ = staged(folder(), entries, tmp_path)
+    tree.prepare()
+    for path in ("crm", "crm/locked", "crm/locked/sub"):
+        os.chown(tmp_path / "staging" / path, 65534, 65534)
+    os.seteuid(65534)
+    try:
+        tree.finish()
+    finally:
+        os.seteuid(0)
+    out = tmp_path / "staging" / "crm"
+    assert stat.S_IMODE(os.stat(out / "locked").st_mode) == 0o000
+    assert stat.S_IMODE(os.stat(out / "locked" / "sub").st_mode) == 0o700
+
+
+def test_nothing_refused_is_no_warning(tmp_path: Path) -> None:
+    entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
+    tree, stream = staged(folder() + blocks(*member("data/crm/a", DATA)), entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert tree.warnings == []
+
+
+def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Path) -> None:
+    # Linux 5.6 and later (every machine the suite runs on).
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "l").symlink_to("a")
+    fresh = stage._Openat2()
+    assert fresh.works is None
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # Its first call refused (a link on the way): the error, and openat2 still usable.
+        first = stage._Openat2()
+        with pytest.raises(OSError) as refused:
+            first(root, "l/b", stage._OPEN_DIR)
+        assert (refused.value.errno, first.works) == (errno.ELOOP, None)
+        assert (refused.value.strerror, refused.value.filename) == (
+            os.strerror(errno.ELOOP),
+            "l/b",
+        )
+        fd = fresh(root, "a/b", stage._OPEN_DIR)
+        assert fd is not None
+        try:
+            assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "a" / "b"))
+        finally:
+            os.close(fd)
+        assert fresh.works is True
+        with pytest.raises(OSError) as info:
+            fresh(root, "l/b", stage._OPEN_DIR)
+        assert info.value.errno == errno.ELOOP  # RESOLVE_NO_SYMLINKS
+        with pytest.raises(OSError) as escaped:
+            fresh(root, "../" + tmp_path.name, stage._OPEN_DIR)
+        assert escaped.value.errno == errno.EXDEV  # RESOLVE_BENEATH
+        assert fresh.works is True
+    finally:
+        os.close(root)
