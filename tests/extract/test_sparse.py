@@ -112,8 +112,8 @@ def test_a_region_larger_than_a_read_is_written_piece_by_piece(tmp_path: Path) -
 def test_a_sparse_map_is_read_up_to_a_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # The map is read 512 bytes at a time while it is not whole, and no further
-    # once more than PAX_MAX bytes of it are read (lowered here to 1 KiB).
+    # The map is read while it is not whole (512 bytes, 512, then twice what is read),
+    # and no further once more than PAX_MAX bytes of it are read (lowered here to 1 KiB).
     monkeypatch.setattr("cellvault.extract.stream.PAX_MAX", 1024)
     # 38 regions of one byte each, 30 bytes a region: a map of 1,143 bytes, read in three.
     regions = [(2 * i, 1) for i in range(38)]
@@ -129,6 +129,40 @@ def test_a_sparse_map_is_read_up_to_a_limit(
     with pytest.raises(ArchiveCorrupt) as info:
         verify(sparse_member(padded(text) + b"a" * 52, realsize=104), entries())
     assert info.value.detail == "the sparse map ends early; damaged"
+
+
+def test_a_long_sparse_map_is_parsed_a_few_times_not_once_a_block(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # 20,000 regions: a map of about 165 KiB. Parsed again from its start after each read
+    # of 512 bytes, it took minutes of CPU near its 1 MiB limit (a hostile archive's cost
+    # before its digest is checked); read twice as much each time, a dozen parses.
+    from cellvault.extract import stream
+
+    calls = []
+    real = stream.sparse_map_parse
+
+    def counted(head: bytes, realsize: int) -> object:
+        calls.append(len(head))
+        return real(head, realsize)
+
+    monkeypatch.setattr(stream, "sparse_map_parse", counted)
+    regions = [(10 * i, 1) for i in range(20_000)]
+    content = b"".join(b"a" + bytes(9) for _ in regions)
+    data = sparse_map(*regions) + b"a" * len(regions)
+    assert len(data) > 180_000
+    entry = file_entry(NAME, content, ARCHIVE)
+    middle = sparse_member(data, realsize=len(content))
+    assert verify(middle, [dir_entry("data/crm"), entry]) == 2
+    assert 2 < len(calls) <= 12, calls
+    calls.clear()
+    raw, sidecar, manifest = archive_bytes(middle, [dir_entry("data/crm"), entry])
+    tree = StagedTree(staging=tmp_path / "staging", manifest=manifest, archive=ARCHIVE)
+    tree.prepare()
+    tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    tree.finish()
+    assert (tmp_path / "staging" / "crm" / "s").read_bytes() == content
+    assert 2 < len(calls) <= 12, calls
 
 
 def test_a_one_byte_hole_is_hashed(tmp_path: Path) -> None:

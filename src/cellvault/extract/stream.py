@@ -352,8 +352,12 @@ def sparse_regions(data: MemberData, realsize: int) -> Iterator[tuple[int, bytes
             raise stream.corrupt(f"{exc}; damaged", member=data.name) from None
         if parsed is not None:
             break
-        more = data.read(512)
-        if not more or len(head) > PAX_MAX:
+        if len(head) > PAX_MAX:
+            raise stream.corrupt("the sparse map ends early; damaged", member=data.name)
+        # Twice as much each time (the map is parsed from its start again): a map of n
+        # bytes costs about 2n of parsing, not n * n / 512. Never past PAX_MAX + 512.
+        more = data.read(min(max(512, len(head)), PAX_MAX + 512 - len(head)))
+        if not more:
             raise stream.corrupt("the sparse map ends early; damaged", member=data.name)
         head += more
     regions, used = parsed
