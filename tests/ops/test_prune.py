@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import attrs
@@ -238,7 +239,7 @@ def test_prune_on_a_second_target_type(tmp_path: Path) -> None:
         tmp_path,
         targets=[
             TargetSpec("local", str(tmp_path / "backup")),
-            TargetSpec("mem", "memory://cv-prune-" + tmp_path.name),
+            TargetSpec("mem", f"memory://cv-prune-{uuid.uuid4().hex}"),
         ],
         retention=RetentionPolicy(keep_full_days=None, keep_incremental_days=None, keep_last=2),
     )
