@@ -760,6 +760,14 @@ def signals_sent(pid: int) -> int:
     return int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
 
 
+def killed_journal(swap: Swap) -> Journal:
+    """The journal a restore of crm to ARCHIVE through *swap* left when it was killed."""
+    journal = Journal.start("crm", ARCHIVE, swap, None)
+    journal.data.update(pid=None)
+    journal._save()
+    return journal
+
+
 def unjournalled(tmp_path: Path, **owner: Any) -> Swap:
     """A staging directory and its owner file, as a restore killed while extracting leaves them."""
     app = write_tree(tmp_path / "srv" / "app", {"a.txt": "live a\n"})
@@ -918,9 +926,7 @@ def test_a_journalled_staging_is_not_debris_but_the_next_one_is(tmp_path: Path) 
     # A killed in-place restore of crm with a journal: the journal is what debris names (the
     # next restore settles journal and staging together), not its staging directory as well.
     first = unjournalled(tmp_path, pid=dead_child())
-    journal = Journal.start("crm", ARCHIVE, first, None)
-    journal.data.update(pid=None)
-    journal._save()
+    journal = killed_journal(first)
     app = tmp_path / "srv" / "app"
     later = Swap.create({"app": app}, "cell_crm_20250102_020000", cell="crm", in_place=True)
     HELD.discard(later.staging)
@@ -1026,9 +1032,7 @@ def test_another_cells_staging_and_journal_met_first_hide_nothing_of_this_cell(
     # first, and neither stops crm's journalled staging from being matched or crm's next one
     # from being found.
     crm = unjournalled(tmp_path, pid=dead_child())
-    journal = Journal.start("crm", ARCHIVE, crm, None)
-    journal.data.update(pid=None)
-    journal._save()
+    journal = killed_journal(crm)
     app = tmp_path / "srv" / "app"
     billing = Swap.create(
         {"app": app}, "cell_billing_20250101_020000", cell="billing", in_place=True
@@ -1057,9 +1061,7 @@ def test_the_owner_file_of_a_journalled_staging_that_is_gone_is_the_journals(
 ) -> None:
     # Killed after its staging was removed, before its journal was: the journal settles both.
     swap = unjournalled(tmp_path, pid=dead_child())
-    journal = Journal.start("crm", ARCHIVE, swap, None)
-    journal.data.update(pid=None)
-    journal._save()
+    journal = killed_journal(swap)
     shutil.rmtree(swap.staging)
     app = tmp_path / "srv" / "app"
     assert (tmp_path / "srv" / f"{swap.staging.name}{OWNER_SUFFIX}").is_file()
