@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -519,3 +520,41 @@ def test_an_archive_whose_data_is_missing_or_cut_is_neither_counted_nor_deleted(
         "deleted (see verify)",
     )
     assert (folder / f"{planted}.json").exists() and data.exists()
+
+
+class GoneAfterSidecars:
+    """Makes the "local" target fail every listing once a sidecar of crm has been read."""
+
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> LocalTarget | None:
+        if spec.name != "local":
+            return None
+
+        class Gone(LocalTarget):
+            gone = False
+
+            def read_bytes(self, key: str) -> bytes:
+                if key.startswith("crm/") and key.endswith(".json"):
+                    type(self).gone = True
+                return super().read_bytes(key)
+
+            def list(self, prefix: str) -> list[Any]:
+                if type(self).gone:
+                    raise ConnectionError("the store went away")
+                return super().list(prefix)
+
+        return Gone(spec)
+
+
+def test_a_listing_that_fails_while_a_prune_plans_is_an_error_naming_it(tmp_path: Path) -> None:
+    vault, _, _ = setup(tmp_path)
+    assert vault.backup().ok
+    failing = Vault(vault.config, load_entry_points=False, plugins=[GoneAfterSidecars()])
+    report = failing.prune()
+    ((result,),) = [report.results]
+    assert not report.ok and result.decisions == ()
+    assert result.error == (
+        "target local: cannot list archives of cell crm (ConnectionError: the store went away) "
+        f"(check that {tmp_path / 'backup'} is reachable and writable, and the credentials)"
+    )
+    assert files_of(tmp_path / "backup", vault.list()[0].id)  # nothing deleted

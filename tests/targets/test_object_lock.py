@@ -111,6 +111,8 @@ def test_archives_are_locked_and_the_chain_rule_extends_the_full(
         assert decisions[ident].keep
         assert f"locked on the store until {until}; pruned after that" in decisions[ident].reasons
     assert decisions[newer].keep
+    # What a rule keeps is kept for the rule: the store's lock is not asked about, nor said.
+    assert not any(r.startswith("locked on the store") for r in decisions[newer].reasons)
     assert _keys(locked_bucket, full) == keys
     assert vault.restore(full, into=tmp_path / "out", skip_prebackup=True).ok
 
