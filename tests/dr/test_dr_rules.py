@@ -167,7 +167,10 @@ def test_a_failover_in_effect_is_refused_unless_forced(tmp_path: Path) -> None:
         f"a failover to this site is already in effect since {since} "
         f"(marker on nas, written by host {standby.vault.host})"
     )
-    assert "--force writes a new marker anyway" in (again.value.hint or "")
+    assert again.value.hint == (
+        "see 'cellvault dr status'; after the primary recovers use 'cellvault dr failback'; "
+        "--force writes a new marker anyway"
+    )
     other = site(tmp_path, "dr2", start=AT + dt.timedelta(hours=2))
     with pytest.raises(DrError, match="a failover to site dr is already in effect since"):
         other.failover()

@@ -10,6 +10,7 @@ reported once and otherwise ignored; nothing is read past the bound.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,10 @@ def shared_site(tmp_path: Path) -> tuple[Site, LocalTarget]:
 
 
 def test_hostile_records_on_the_shared_target_are_reported_once_and_ignored(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     site, store = shared_site(tmp_path)
+    store.put_bytes(f"{SITES_FOLDER}/a-note.txt", b"not a record: passed over")
     store.put_bytes(f"{SITES_FOLDER}/dr.json", record())
     store.put_bytes(f"{SITES_FOLDER}/evil.json", record(site_id="dr"))  # claims to be dr
     store.put_bytes(f"{SITES_FOLDER}/big.json", b"{" + b" " * (2 * MAX_RECORD_BYTES))
@@ -136,9 +138,24 @@ def test_hostile_records_on_the_shared_target_are_reported_once_and_ignored(
     store.put_bytes(".dr/heartbeats/dr.json", json.dumps({"site": "primary", "at": AT}).encode())
     markers = site.context.markers
     before = {p: p.read_bytes() for p in (tmp_path / "shared").rglob("*") if p.is_file()}
+    caplog.set_level(logging.WARNING, logger="cellvault")
     for _ in range(2):
         records = markers.records()
         assert [r.site_id for r in records] == ["dr"]
+    unusable = {
+        "bad": "archive ?: count -5 is not a whole number >= 0",
+        "big": f"the site record is over {MAX_RECORD_BYTES} bytes",
+        "evil": "it names site dr, not the one its name says",
+    }
+    said = {
+        (r.msg["key"], r.msg["error"])
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "dr.record_unreadable"
+    }
+    assert said == {
+        (f"{SITES_FOLDER}/{n}.json", f"the site record {n}.json is unusable ({why})")
+        for n, why in unusable.items()
+    }
     # The heartbeat of site dr that names site primary is not dr's heartbeat.
     beat, errors = read_heartbeat(site.context.storage, "dr")
     assert beat is None and any("names site primary" in e for e in errors)
