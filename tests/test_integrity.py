@@ -26,6 +26,7 @@ from cellvault.integrity import (
     scan,
 )
 from cellvault.manifest import Entry, Manifest
+from tests.system_tools import needs_root
 
 ARCHIVE = "cell_crm_20250101_020000"
 AS_ROOT = os.geteuid() == 0
@@ -105,17 +106,17 @@ def test_a_path_missing_from_the_tree_is_named(tmp_path: Path, rel: str) -> None
     assert error.detail == "missing from the restored tree"
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="only root makes device nodes")
 def test_as_root_a_missing_device_node_is_named(tmp_path: Path) -> None:
+    needs_root("make device nodes")
     manifest = _restored(tmp_path)
     (tmp_path / "crm" / "null").unlink()
     error = _refused(tmp_path, manifest)
     assert (error.member, error.detail) == ("data/crm/null", "missing from the restored tree")
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="root plays another user here")
 def test_not_as_root_a_device_node_may_be_missing(tmp_path: Path) -> None:
     """Only root makes device nodes: a restore by another user cannot have made them."""
+    needs_root("act as another user")
     import tempfile
 
     nobody = 65534
@@ -203,8 +204,8 @@ def test_a_hard_link_whose_first_name_is_not_there_is_refused(tmp_path: Path) ->
     assert (error.member, error.detail) == ("data/crm/hard", "not a hard link of data/crm/gone")
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="only root makes device nodes")
 def test_as_root_another_device_number_is_refused(tmp_path: Path) -> None:
+    needs_root("make device nodes")
     manifest = _restored(tmp_path)
     (tmp_path / "crm" / "null").unlink()
     os.mknod(tmp_path / "crm" / "null", 0o620 | stat.S_IFCHR, os.makedev(1, 5))

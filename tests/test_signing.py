@@ -236,7 +236,7 @@ def test_a_stripped_signature_warns_or_is_refused_when_required(
     assert not (tmp_path / "strict").exists()
     assert not vault.verify(level="quick", select=site.incr).ok
     # Not required: restored, with a warning naming the archive.
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     report = site.checker().restore(site.incr, into=tmp_path / "lax", skip_prebackup=True)
     assert report.ok
     assert any(

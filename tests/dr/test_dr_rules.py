@@ -81,7 +81,7 @@ def pair(tmp_path: Path, **kw: Any) -> tuple[Site, Site]:
 def test_a_failover_pulls_verifies_takes_the_epoch_and_writes_the_marker(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="cellvault")
     _primary, standby = pair(tmp_path)
     (newest,) = [str(i) for i in nas(tmp_path).archive_ids("crm")]
     report = standby.failover()
@@ -426,7 +426,7 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
 def test_a_failback_hands_back_then_the_primary_takes_over(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="cellvault")
     hooks = Hooks()
     primary, standby = failed_over(tmp_path, plugins=(hooks,))
     handback = standby.failback()

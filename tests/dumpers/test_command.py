@@ -417,9 +417,9 @@ class Upper(Dumper):
 
     def load(self, ctx: LoadContext) -> None:
         with ctx.open("text") as f:
-            (ctx.staged(ctx.cell.paths[0] / "from-dump.txt") or Path("/nonexistent")).write_bytes(
-                f.read().upper()
-            )
+            staged = ctx.staged(ctx.cell.paths[0] / "from-dump.txt")
+            assert staged is not None, "a cell's path has a staged copy"
+            staged.write_bytes(f.read().upper())
 
 
 def test_a_dumper_object_loads_into_the_staged_cell(tmp_path: Path) -> None:
@@ -495,7 +495,7 @@ def test_a_failed_dump_is_named_once_and_a_crash_is_logged(
 def test_a_load_is_logged_by_dumper_and_type(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="cellvault")
     vault = vault_for(tmp_path, [Upper(name="up")], clock=clock())
     assert vault.backup().ok
     events: list[Event] = []

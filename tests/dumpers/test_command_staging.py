@@ -136,7 +136,7 @@ def test_half_a_staging_configuration_is_refused(tmp_path: Path, missing: str) -
 def test_the_journal_names_each_staged_load_for_the_next_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="cellvault")
     cells, _store, _ = setup(tmp_path)
     seen: list[dict[str, Any]] = []
 

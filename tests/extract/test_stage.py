@@ -23,6 +23,7 @@ from cellvault import ArchiveCorrupt, UnsafeArchive
 from cellvault.extract import ArchiveStream, StagedTree, stage
 from cellvault.manifest import Entry, Manifest
 from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
+from tests.system_tools import needs_root
 
 from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks
 
@@ -144,7 +145,7 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(
     tree, stream = staged(middle, entries, tmp_path)
     tree.prepare()
     tree.take(stream)
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="cellvault")
     tree.finish()
     (warning,) = tree.warnings
     assert warning == (
@@ -174,8 +175,7 @@ def test_what_cannot_be_set_is_one_warning_counting_each_name(
 def test_a_device_node_this_process_may_not_make_is_one_warning(tmp_path: Path) -> None:
     # As a user without CAP_MKNOD (root's effective user id changed for the call):
     # the node is left out, named in the warning, and the rest is restored.
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to act as another user")
+    needs_root("act as another user")
     entries = [
         dir_entry("data/crm"),
         Entry(path="data/crm/null", type="chardev", mode=0o666, mtime_ns=0, rdev=os.makedev(1, 3)),
@@ -313,8 +313,7 @@ def test_an_archives_manifest_other_than_the_planned_copy_is_refused(tmp_path: P
 def test_folders_get_their_modes_deepest_first(tmp_path: Path) -> None:
     # A folder no one may enter is set after what lies below it: as its owner
     # (not root, who may enter anything), the folder below is reached first.
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to act as another user")
+    needs_root("act as another user")
     entries = [
         dir_entry("data/crm"),
         dir_entry("data/crm/locked", mode=0o000),
