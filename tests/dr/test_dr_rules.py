@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1043,3 +1044,113 @@ def test_a_hand_back_locked_out_after_its_final_backup_reports_it(tmp_path: Path
     assert held, "no event after the backup"
     assert report.ok is False and report.push is not None and report.push.locked, report
     assert report.backup is not None and report.backup.ok
+
+
+def test_site_records_unreadable_on_a_target_are_passed_over_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellvault")
+    down, a = broken(tmp_path, "down"), nas(tmp_path, "a")
+    assert store(tmp_path, a).write_record(record("alpha")) == []
+    assert [r.site_id for r in store(tmp_path, down, a).records()] == ["alpha"]
+    (warned,) = events(caplog, "dr.records_unreadable")
+    assert warned["target"] == "down"
+    assert warned["error"].startswith("target down: cannot list site records")
+    # A record that is listed but cannot be read (a link to a folder): that target is passed over.
+    caplog.clear()
+    b = nas(tmp_path, "b")
+    (tmp_path / "b" / SITES_FOLDER).mkdir(parents=True)
+    (tmp_path / "b" / SITES_FOLDER / "odd.json").symlink_to(tmp_path / "a")
+    assert [r.site_id for r in store(tmp_path, b, a).records()] == ["alpha"]
+    (warned,) = events(caplog, "dr.records_unreadable")
+    assert warned["target"] == "b"
+    assert warned["error"].startswith("target b: cannot read a site record")
+
+
+def test_a_site_record_not_written_says_what_was_not_written(tmp_path: Path) -> None:
+    warnings = store(tmp_path, broken(tmp_path, "down")).write_record(record("zeta"))
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "site record not written: target down: cannot write the site record"
+    )
+
+
+def test_a_damaged_marker_on_the_storage_names_the_target(tmp_path: Path) -> None:
+    a = nas(tmp_path, "a")
+    a.put_bytes(MARKER_KEY, b"[1, 2]")
+    with pytest.raises(DrError) as info:
+        store(tmp_path, a).remote()
+    assert "failover marker on target a" in str(info.value)
+
+
+def test_a_failover_report_names_the_site_and_how_long_it_took(tmp_path: Path) -> None:
+    _, standby = pair(tmp_path)
+    started = time.monotonic()
+    report = standby.failover()
+    took = time.monotonic() - started
+    assert report.ok and report.site == "dr"
+    assert 0 <= report.duration <= took
+    empty = site(tmp_path, "empty", cells=())
+    started = time.monotonic()
+    stopped = empty.failover(pull=False, force=True)
+    took = time.monotonic() - started
+    assert stopped.ok is False and stopped.site == "empty" and 0 <= stopped.duration <= took
+
+
+def test_a_failover_behind_on_several_targets_and_cells_lists_every_problem(
+    tmp_path: Path,
+) -> None:
+    primary, standby = pair(tmp_path, cells=("crm", "iam"), shared=("far", "nas"))
+    assert standby.pull(cells=["crm"]).ok  # iam is never pulled here
+    older = str(archive_of(tmp_path, "dr").name).removesuffix(".tar.zst")
+    for n in range(2):  # two archives newer than this site's: the newest is named
+        write_tree(tmp_path / "primary" / "cells" / "crm", {"b.txt": f"later {n}\n"})
+        assert primary.vault.backup(cells=["crm"], kind="incremental").ok
+    assert primary.push().ok
+    newest = str(nas(tmp_path).archive_ids("crm")[-1])
+    assert len(nas(tmp_path).archive_ids("crm")) == 3
+    shutil.rmtree(tmp_path / "far")
+    (tmp_path / "far").write_text("not a folder\n")  # what far holds cannot be told
+    refused = standby.failover(pull=False)
+    assert refused.ok is False and refused.error is not None
+    problems = refused.error.removeprefix("this site does not hold the newest backups: ")
+    problems = problems.removesuffix(
+        " (fix the pull and run again, or --force to fail over with what is here)"
+    )
+    parts = problems.split("; ")
+    assert len(parts) == 3, parts
+    assert parts[0].startswith("cell crm: cannot tell what far holds: target far:")
+    assert parts[1] == (
+        f"cell crm: nas holds {newest}, newer than {older} on this site (the pull did not bring it)"
+    )
+    assert parts[2] == "cell iam: no archive matching latest on this site"
+    # Forced (with far back, where the epoch is taken), the cells with an archive here go on.
+    (tmp_path / "far").unlink()
+    shutil.copytree(tmp_path / "nas", tmp_path / "far")
+    forced = standby.failover(pull=False, force=True)
+    assert forced.ok and forced.marker is not None and forced.marker.forced
+    assert list(forced.marker.verified) == ["crm"]
+
+
+def test_failover_called_bare_refuses_a_failover_in_effect_and_backs_up_first(
+    tmp_path: Path,
+) -> None:
+    _, standby = pair(tmp_path)
+    assert failover_of(standby.context).ok
+    with pytest.raises(DrError):
+        failover_of(standby.context)  # not forced unless asked
+    other = site(tmp_path, "dr2")
+    report = failover_of(other.context, restore="latest", force=True)
+    assert report.ok and report.restore is not None, report
+    (cell,) = report.restore.cells
+    assert cell.safety_backup, "a restore takes a safety backup first unless asked"
+
+
+def test_a_failover_records_its_own_step_and_its_pull_records_none(tmp_path: Path) -> None:
+    _, standby = pair(tmp_path)
+    stopped = standby.failover(restore="20000101")  # pulls, then finds nothing that old
+    assert stopped.ok is False and stopped.pull is not None and stopped.pull.ok
+    assert [r.site_id for r in standby.context.markers.records()] == ["primary"]
+    assert standby.failover().ok
+    mine = [r for r in standby.context.markers.records() if r.site_id == "dr"]
+    assert [r.action for r in mine] == ["failover"]

@@ -165,11 +165,18 @@ class MarkerStore:
         return warnings
 
     def records(self) -> list[SiteRecord]:
-        """What every site recorded at its last DR step (from the first readable storage target)."""
+        """What every site recorded at its last DR step (from the first readable storage target).
+
+        A target that cannot be listed or read is passed over with a
+        ``dr.records_unreadable`` warning; none readable gives ``[]``.
+        """
         for target in self.storage:
             try:
                 return self._records_on(target)
-            except (TargetError, FileNotFoundError):
+            except FileNotFoundError:
+                continue
+            except TargetError as exc:
+                log.warning("dr.records_unreadable", target=target.name, error=str(exc))
                 continue
         return []
 
