@@ -1162,3 +1162,42 @@ def test_a_holder_without_a_purpose_is_named_a_run(target: LocalTarget | MemTarg
         LockHeld, match=r"^cell crm on target .* is locked by a run on host elsewhere"
     ):
         Lease.acquire(target, "crm", "backup")
+
+
+def test_a_takeover_whose_claim_another_run_holds_is_lost_and_retried(
+    target: LocalTarget | MemTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellvault")
+    from cellvault import lock
+
+    stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
+    write_lock(target, stale)
+    probe = Lease(target, "crm", "probe", ttl=60)
+    seen = probe._read()
+    assert seen is not None
+    # Another run is taking the stale lease over right now: it holds the fresh claim.
+    target.put_bytes(
+        probe._claim_key(seen), json.dumps({"token": "other", "since": iso(0)}).encode()
+    )
+    live = set(lock._LIVE)
+    with pytest.raises(LockHeld) as info:
+        Lease.acquire(target, "crm", "next run", ttl=60)
+    assert str(info.value).startswith(
+        f"cell crm on target {target.name}: the lock changed hands while taking it"
+    )
+    # Each of the three attempts saw the stale lease and lost its takeover.
+    assert events(caplog, "lock.takeover_lost") == [{"target": target.name, "cell": "crm"}] * 3
+    assert live == lock._LIVE  # the failed attempt's token is not kept as live
+    assert lock_body(target) == stale
+
+
+def test_a_lease_of_exactly_the_size_limit_is_read(target: LocalTarget | MemTarget) -> None:
+    from cellvault.lock import MAX_LEASE_BYTES
+
+    body = {"host": "elsewhere", "pid": 1, "purpose": "at the limit", "expires": iso(600)}
+    raw = json.dumps(body).encode()
+    target.put_bytes(".locks/crm.lock", raw + b" " * (MAX_LEASE_BYTES - len(raw)))
+    with pytest.raises(LockHeld, match="is locked by at the limit on host elsewhere"):
+        Lease.acquire(target, "crm", "backup")
+    target.put_bytes(".locks/crm.lock", raw + b" " * (MAX_LEASE_BYTES + 1 - len(raw)))
+    Lease.acquire(target, "crm", "backup").release()  # over the limit: unreadable, stale
