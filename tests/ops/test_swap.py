@@ -288,3 +288,59 @@ def test_the_owner_file_says_who_made_the_staging_before_it_is_made(tmp_path: Pa
     assert sorted(p.name for p in live.parent.iterdir()) == ["app"]
     with pytest.raises(ValueError, match=r"^a swap needs a destination or a place to stage near$"):
         Swap.create({}, "cell_crm_20250101_020000")
+
+
+def test_old_data_stranded_beside_another_file_system_is_kept_by_the_clean_up(
+    tmp_path: Path, other_fs: Path
+) -> None:
+    local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    far = write_tree(other_fs / "data", {"big.bin": "old data\n"})
+    swap = Swap.create({"app": local, "data": far}, "cell_crm_20250101_020000", cell="crm")
+    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    write_tree(swap.staging / "data", {"big.bin": "new data\n"})
+    swap.place()
+    near = swap.placed["data"]
+    assert near.parent == other_fs
+    swap.commit()
+    far.rename(other_fs / "moved")  # the exchange back of data fails; app's succeeds
+    assert swap.rollback() == {"data": near}
+    assert (local / "config.yaml").read_text() == "old\n"
+    swap.cleanup()
+    # The old data of data, beside it on its own file system, is still there; the rest is gone.
+    assert (near / "big.bin").read_text() == "old data\n"
+    assert sorted(p.name for p in other_fs.iterdir()) == sorted(["moved", near.name])
+    assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
+
+
+def test_a_clean_up_keeps_stranded_old_data_in_the_staging_and_removes_the_rest(
+    tmp_path: Path,
+) -> None:
+    app = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old app\n"})
+    web = write_tree(tmp_path / "srv" / "web", {"index.html": "old web\n"})
+    swap = Swap.create({"app": app, "web": web}, "cell_crm_20250101_020000")
+    write_tree(swap.staging / "app", {"config.yaml": "new app\n"})
+    write_tree(swap.staging / "web", {"index.html": "new web\n"})
+    swap.place()
+    swap.commit()
+    app.rename(tmp_path / "srv" / "moved")  # app's exchange back fails; web's succeeds
+    assert swap.rollback() == {"app": swap.staging / "app"}
+    assert (web / "index.html").read_text() == "old web\n"
+    swap.cleanup()
+    # Only the stranded old data of app stays in the staging; web's new tree is removed.
+    assert [p.name for p in swap.staging.iterdir()] == ["app"]
+    assert (swap.staging / "app" / "config.yaml").read_text() == "old app\n"
+
+
+def test_a_staging_that_cannot_be_made_leaves_no_owner_file_and_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
+    monkeypatch.setattr(swap_module.secrets, "token_hex", lambda n: "f" * (2 * n))
+    taken = live.parent / ".cellvault-restore-cell_crm_20250101_020000-ffffffff"
+    taken.write_text("someone else's file\n")  # the staging's name is taken
+    held = set(swap_module.HELD)
+    with pytest.raises(FileExistsError):
+        Swap.create({"app": live}, "cell_crm_20250101_020000", cell="crm")
+    assert held == swap_module.HELD
+    assert sorted(p.name for p in live.parent.iterdir()) == sorted(["app", taken.name])
+    assert taken.read_text() == "someone else's file\n"
