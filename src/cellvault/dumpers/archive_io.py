@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,11 +28,10 @@ from ..manifest import ManifestWriter
 from ..report import DumpSummary, iso
 from ..specs import is_dumper_name
 from .base import DumpContext, Dumper, LoadContext
-from .members import DESCRIPTOR, DUMP_CHUNK, DUMPS_ROOT, ArchiveDumps, TarSink
+from .members import DESCRIPTOR, DUMP_CHUNK, ArchiveDumps, TarSink
 from .staging import StagedLoad
 
 __all__ = [
-    "dumps_folder",
     "load_staged_dumps",
     "read_descriptor",
     "staged_dumpers",
@@ -177,11 +176,6 @@ def staged_dumpers(dumps: Path) -> list[str]:
     if not dumps.is_dir():
         return []
     return sorted(p.name for p in dumps.iterdir() if p.is_dir() and is_dumper_name(p.name))
-
-
-def dumps_folder(path: PurePosixPath) -> bool:
-    """Tell whether an archive member path lies in the ``dumps/`` tree."""
-    return bool(path.parts) and path.parts[0] == DUMPS_ROOT
 
 
 def load_staged_dumps(
