@@ -60,16 +60,8 @@ import attrs
 
 from .dumpers.staging import StagedLoad
 from .log import get_logger, redact_text
-from .swap import (
-    HELD,
-    OWNER_SUFFIX,
-    STAGING_PREFIX,
-    Swap,
-    exchange,
-    owner_path,
-    read_owner,
-    stop_processes_under,
-)
+from .strays import stop_processes_under
+from .swap import HELD, OWNER_SUFFIX, STAGING_PREFIX, Swap, exchange, owner_path, read_owner
 
 __all__ = ["JOURNAL_PREFIX", "Journal", "Recovery", "debris", "find", "recover", "running"]
 

@@ -114,7 +114,12 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
         ]
         runs = [again, []] if again else [[]]
     with log.open("a" if resume else "w") as out:
+        if spec.get("forked") and not resume:
+            # Mutants, and which test calls which function, without running a mutant.
+            runs.insert(0, [NOTHING])
         for names in runs:
+            if names == [] and spec.get("forked"):
+                add_forked_callers(work, spec["forked"])
             done = subprocess.run(
                 ["mutmut", "run", "--max-children", str(jobs), *names],
                 cwd=work,
@@ -127,6 +132,29 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
                 print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
                 return done.returncode
     return 0
+
+
+#: A mutant name no module has: ``mutmut run NOTHING`` makes the mutants and
+#: collects which tests call which function, and runs no mutant.
+NOTHING = "cellvault.no_such_module.x_none__mutmut_0"
+
+
+def add_forked_callers(work: Path, forked: dict[str, list[str]]) -> None:
+    """Record the tests that call functions in a forked child (``forked`` in modules.toml).
+
+    mutmut learns which test calls which function from the calls it sees in
+    the test's own process; a test that runs the code in a child it forks
+    (stop_processes_under in a PID namespace of its own) calls it where
+    mutmut does not see it. Without this, those functions' mutants would
+    count as having no test.
+    """
+    path = work / "mutants" / "mutmut-stats.json"
+    stats = json.loads(path.read_text())
+    callers = stats["tests_by_mangled_function_name"]
+    for test, functions in forked.items():
+        for function in functions:
+            callers[function] = sorted({*callers.get(function, []), test})
+    path.write_text(json.dumps(stats))
 
 
 def results(group: str, spec: dict) -> dict[str, dict[str, int | None]]:

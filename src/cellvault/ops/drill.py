@@ -27,7 +27,7 @@ from ..layout import BackupDirLayout
 from ..log import get_logger, redact_text
 from ..report import VerifyResult
 from ..run import Run, error_text
-from ..swap import stop_processes_under
+from ..strays import stop_processes_under
 from ..targets.base import Target
 from .plan import RestorePlan, plan_restore
 
