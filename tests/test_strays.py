@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import socket
@@ -79,9 +80,30 @@ def _in_namespace(tmp_path: Path, scenario: Callable[[Path], dict[str, Any]]) ->
 
 
 def _start(argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, start_new_session=True)
+    """Start *argv* (its argv[0] is ``stray``, its program name stays Python's) in *cwd*."""
+    process = subprocess.Popen(
+        ["stray", *argv[1:]],
+        executable=argv[0],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     assert process.stdout is not None and process.stdout.readline() == b"ready\n"
     return process
+
+
+class _Events(logging.Handler):
+    """Collects the structured events logged (each a dict: event, pid, program, ...)."""
+
+    def __init__(self, into: list[dict[str, Any]]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, dict):
+            self.into.append(
+                {k: v for k, v in record.msg.items() if k in ("event", "pid", "program")}
+            )
 
 
 def _stops_what_runs_under_the_tree(tmp_path: Path) -> dict[str, Any]:
@@ -107,6 +129,10 @@ def _stops_what_runs_under_the_tree(tmp_path: Path) -> dict[str, Any]:
         ),
         "held socket": _start([python, "-c", HOLDS_SOCKET, str(held / "redis.sock")], tree),
         "other socket": _start([python, "-c", HOLDS_SOCKET, str(kept / "app.sock")], tree),
+        "gone socket": _start(  # its socket folder is gone already
+            [python, "-c", PYTHON_SLEEP, "--unixsocket", str(tmp_path / "cv-redis-gone" / "s")],
+            tree,
+        ),
     }
     outside = {
         "beside": _start([python, "-c", PYTHON_SLEEP, str(beside / "x")], beside),
@@ -114,9 +140,15 @@ def _stops_what_runs_under_the_tree(tmp_path: Path) -> dict[str, Any]:
     }
     names = {p.pid: Path(f"/proc/{p.pid}/comm").read_text().strip() for p in started.values()}
     nothing = stop_processes_under([])
+    events: list[dict[str, Any]] = []
+    handler = _Events(events)
+    logger = logging.getLogger("cellvault")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     began = time.monotonic()
     stopped = stop_processes_under([tree], wait=1.0)
     took = time.monotonic() - began
+    logger.removeHandler(handler)
     codes = {name: p.wait(timeout=10) for name, p in started.items()}
     alive = {name: p.poll() is None for name, p in outside.items()}
     for p in outside.values():
@@ -127,6 +159,8 @@ def _stops_what_runs_under_the_tree(tmp_path: Path) -> dict[str, Any]:
         "stopped": stopped,
         "expected": [f"process {pid} ({name})" for pid, name in names.items()],
         "pids": {name: p.pid for name, p in started.items()},
+        "names": names,
+        "events": events,
         "codes": codes,
         "alive": alive,
         "took": took,
@@ -140,7 +174,13 @@ def test_the_processes_under_a_tree_are_stopped_and_no_other(tmp_path: Path) -> 
     assert result["pid"] == 1  # the scenario ran alone in its namespace
     assert result["nothing"] == []
     assert sorted(result["stopped"]) == sorted(result["expected"])
-    assert len(result["stopped"]) == 7
+    assert len(result["stopped"]) == 8
+    # Named by the program's name (/proc/PID/comm), not by a command line it may rewrite.
+    assert set(result["names"].values()) == {Path(sys.executable).name[:15]}
+    assert sorted(result["events"], key=lambda e: e["pid"]) == [
+        {"event": "restore.stray_stopped", "pid": int(pid), "program": name}
+        for pid, name in sorted(result["names"].items(), key=lambda kv: int(kv[0]))
+    ]
     term, kill = -signal.SIGTERM, -signal.SIGKILL
     assert result["codes"] == {
         "cwd": term,
@@ -150,6 +190,7 @@ def test_the_processes_under_a_tree_are_stopped_and_no_other(tmp_path: Path) -> 
         "named socket": term,
         "held socket": term,
         "other socket": term,
+        "gone socket": term,
     }
     assert 1.0 <= result["took"] < 10  # it waited for the one that ignored SIGTERM
     assert result["alive"] == {"beside": True, "elsewhere": True}

@@ -115,8 +115,9 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
         runs = [again, []] if again else [[]]
     with log.open("a" if resume else "w") as out:
         if spec.get("forked") and not resume:
-            # Mutants, and which test calls which function, without running a mutant.
-            runs.insert(0, [NOTHING])
+            # The mutants, and which test calls which function, with one mutant run
+            # (mutmut runs at least one): one of a function called in the test's process.
+            runs.insert(0, [spec["warm_up"]])
         for names in runs:
             if names == [] and spec.get("forked"):
                 add_forked_callers(work, spec["forked"])
@@ -132,11 +133,6 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
                 print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
                 return done.returncode
     return 0
-
-
-#: A mutant name no module has: ``mutmut run NOTHING`` makes the mutants and
-#: collects which tests call which function, and runs no mutant.
-NOTHING = "cellvault.no_such_module.x_none__mutmut_0"
 
 
 def add_forked_callers(work: Path, forked: dict[str, list[str]]) -> None:
