@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellvault import ArchiveId, ArchiveMeta, Cell, Event, TargetSpec, Vault, hookimpl
+from cellvault import ArchiveId, ArchiveMeta, Cell, Event, Selector, TargetSpec, Vault, hookimpl
 from cellvault.cli import cli
 from cellvault.errors import ConfigError
 from cellvault.targets.base import ObjectStat, Target
@@ -1047,3 +1047,91 @@ def test_a_check_that_fails_before_reading_still_brings_progress_to_its_total(
     assert not vault.verify(level="read").ok
     last = [e.data for e in events if e.name == "progress"][-1]
     assert (last["fraction"], last["bytes_done"]) == (1.0, last["bytes_total"])
+
+
+def _logged(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    return [
+        dict(r.msg)
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]
+
+
+def test_a_verify_reports_its_run_level_durations_progress_and_alerts_exactly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellvault")
+    events: list[Event] = []
+    vault = _two_targets(tmp_path, on_event=events.append)
+    assert vault.backup().ok
+    _flip_a_byte(_data(tmp_path / "nas", "crm"))
+    events.clear()
+    caplog.clear()
+    started = time.monotonic()
+    report = vault.verify(level="full")
+    took = time.monotonic() - started
+    assert not report.ok and report.level == "full" and 0 <= report.duration <= took
+    assert len(report.results) == 4
+    assert all(r.level == "full" and 0 <= r.duration <= took for r in report.results)
+    (began,) = _logged(caplog, "verify.started")
+    assert report.run and began["run"] == report.run
+    oks = _logged(caplog, "verify.ok")
+    assert len(oks) == 3 and {e["run"] for e in oks} == {report.run}
+    # Two cells on two targets: four checks, known from the start and all reached.
+    progress = [dict(e.data) for e in events if e.name == "progress"]
+    assert (progress[0]["cells_total"], progress[-1]["cells_done"]) == (4, 4)
+    # The alert says what the result says.
+    (failed,) = [r for r in report.results if not r.ok]
+    (alert,) = _alerts(tmp_path)
+    assert failed.error and alert["error"] == failed.error
+    # A selector given as an object, not as text, picks the same archive.
+    newest = vault.list("crm", targets=["local"])[-1].id
+    picked = vault.verify(["crm"], targets=["local"], select=Selector.parse(str(newest)))
+    assert [r.archive for r in picked.results] == [str(newest)] and picked.ok
+
+
+def test_a_drill_loads_the_dumps_of_the_cell(tmp_path: Path) -> None:
+    import sqlite3
+
+    crm = write_tree(tmp_path / "cells" / "crm", {"config.yaml": "x\n"})
+    db = sqlite3.connect(crm / "app.sqlite")
+    db.execute("CREATE TABLE t (a)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.commit()
+    db.close()
+    dumper = {"type": "sqlite", "name": "app", "path": str(crm / "app.sqlite")}
+    vault = make_vault(tmp_path / "backup", [Cell("crm", [crm], dumpers=[dumper])], clock=clock())
+    assert vault.backup().ok
+    report = vault.verify(level="drill")
+    assert report.ok, report.to_dict()
+    (result,) = report.results
+    assert dict(result.dumps) == {"app": "loaded into the drill tree, then dropped"}
+
+
+def test_ignored_records_are_alerted_for_their_own_cell_once_each(tmp_path: Path) -> None:
+    import datetime as dt
+
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+
+    real = {
+        c: ArchiveId.parse(next((tmp_path / "nas" / c).glob("cell_*.json")).stem)
+        for c in ("billing", "crm")
+    }
+
+    def forge(cell: str, seconds: int) -> ArchiveId:
+        forged = ArchiveId(cell, real[cell].when - dt.timedelta(seconds=seconds))
+        (tmp_path / "nas" / cell / f"{forged}.json").write_bytes(b"{")
+        return forged
+
+    billing, first = forge("billing", 1), forge("crm", 2)
+    assert not vault.status().ok  # both listed (and distrusted) by the same target objects
+    assert not vault.verify(["crm"], targets=["nas"]).ok
+    # Only crm's record is alerted, and as crm's: billing's sorts before it.
+    alerted = [(a["cell"], a["error"].split(":")[0]) for a in _alerts(tmp_path)]
+    assert alerted == [("crm", f"ignored crm/{first}.json")]
+    second = forge("crm", 1)  # sorts after the first, which was alerted already
+    assert not vault.verify(["crm"], targets=["nas"]).ok
+    alerted = [(a["cell"], a["error"].split(":")[0]) for a in _alerts(tmp_path)]
+    assert alerted[1:] == [("crm", f"ignored crm/{second}.json")]
+    assert str(billing) not in json.dumps(_alerts(tmp_path))

@@ -173,8 +173,8 @@ def ignored_results(target: Target, cell: str, level: str, named: set[str]) -> l
     already have a result.
     """
     out = []
-    for name, key, error in target.distrusted():
-        if name != target.name or not key.startswith(f"{cell}/"):
+    for _, key, error in target.distrusted():
+        if not key.startswith(f"{cell}/"):
             continue
         stem = key.removeprefix(f"{cell}/").removesuffix(".json")
         archive = stem if ArchiveId.is_id(stem) else key
@@ -190,14 +190,6 @@ def ignored_results(target: Target, cell: str, level: str, named: set[str]) -> l
                 error=f"ignored {key}: {error}",
             )
         )
-    for ident, why in sorted(target.refused(cell).items()):
-        if str(ident) not in named:
-            named.add(str(ident))
-            out.append(
-                VerifyResult(
-                    archive=str(ident), target=target.name, ok=False, level=level, error=why
-                )
-            )
     return out
 
 
@@ -210,8 +202,8 @@ def alert_ignored(run: Run, target: Target, cell: str) -> None:
     The object is ignored otherwise (see :mod:`cellvault.trust`); ``status``
     keeps naming it for as long as it is there.
     """
-    for name, key, error in target.distrusted():
-        if name != target.name or not key.startswith(f"{cell}/"):
+    for _, key, error in target.distrusted():
+        if not key.startswith(f"{cell}/"):
             continue
         where = (target.spec.url, key, error)
         if where in _ALERTED:
@@ -233,19 +225,21 @@ def verify_result(
     committed: set[ArchiveId],
     chain: tuple[dict[ArchiveId, Sidecar], dict[ArchiveId, str | None]] | None = None,
     *,
-    progress: str | None = None,
+    progress: str,
 ) -> VerifyResult:
     """Check one archive at *level*; a failure is alerted and in the result.
 
     With *chain* (the target's committed sidecars by id, and the outcome of
     the parents checked so far in this run), every archive the chain of an
-    incremental depends on is checked too (:func:`check_parents`). With
-    *progress*, the bytes read count in the run's progress under that key.
+    incremental depends on is checked too (:func:`check_parents`). The bytes
+    read count in the run's progress under the key *progress*.
     """
     started = time.monotonic()
     ident = str(sidecar.id)
-    key = progress
-    on_read = None if key is None else (lambda n: run.advance(key, bytes=n, add=True))
+
+    def on_read(n: int) -> None:
+        run.advance(progress, bytes=n, add=True)
+
     try:
         checks, members = check_archive(target, sidecar, level, committed, on_read=on_read)
         if chain is not None and sidecar.meta.chain:
