@@ -259,8 +259,7 @@ def check_meta(
     try:
         meta = ArchiveMeta.from_dict(data)
     except ArchiveCorrupt as exc:
-        detail = exc.message.partition(": ")[2] or "meta.json is unusable"
-        raise corrupt(detail, "meta.json") from None
+        raise corrupt(exc.detail, "meta.json") from None
     if meta.id != sidecar.id:
         raise corrupt(f"meta.json names archive {meta.id}", "meta.json")
 
