@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -773,3 +774,47 @@ def test_a_manifest_cut_inside_a_character_is_refused(monkeypatch: pytest.Monkey
     for chunk in (1, 1 << 20):
         with pytest.raises(ArchiveCorrupt, match="UnicodeDecodeError"):
             streamed(raw + b"\xc3", monkeypatch, chunk)  # the first byte of a two-byte character
+
+
+@pytest.mark.parametrize("spill_at", [100_000, 1])
+def test_entries_past_the_spill_read_as_from_dict_reads_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, spill_at: int
+) -> None:
+    """Past the spill, entries are checked and stored without an Entry: the same result."""
+    caplog.set_level(logging.INFO, logger="cellvault")
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", spill_at)
+    older = "cell_crm_20241231_020000"
+    base = {"type": "file", "mode": 0o644, "mtime_ns": 1, "sha256": "a" * 64, "size": 2}
+    items: list[dict[str, object]] = [
+        {"path": "data/crm", "type": "dir", "mode": 0o755, "mtime_ns": 1},
+        {"path": "data/crm/a", **base, "archive": older},
+        {"path": "data/crm/b", **base, "mtime_ns": "5", "size": 3.0, "uid": True},
+        {"path": "data/crm/c", **base, "xattrs": {"user.b": "Yg==", "user.a": ""}},
+        {"path": "data/crm/l", "type": "symlink", "mode": 0o777, "mtime_ns": 1, "target": "a"},
+        {"path": "data/crm/n", "type": "chardev", "mode": 0o600, "mtime_ns": 1, "rdev": 7},
+        {"path": "data/crm/a", **base, "archive": ARCHIVE, "extra": 1},  # a repeat: the last wins
+        {"path": "data/crm/d", **base, "archive": older, "uid": 1, "gid": 2, "inode": 3},
+    ]
+    raw = json.dumps({"format": 1, "archive": ARCHIVE, "entries": items}).encode()
+    read = Manifest.from_json(raw, archive=ARCHIVE)
+    assert read.entries.spilled is (spill_at == 1)
+    expected = {e.path: e for e in map(Entry.from_dict, items)}
+    assert list(read) == list(expected.values())
+    assert [read.get(p) for p in expected] == list(expected.values())
+    assert read.holders() == {older, ARCHIVE}
+    assert dict(read.file_sizes()) == {p: e.size for p, e in expected.items() if e.type == "file"}
+    first, *others = (e.archive for e in read.files() if e.archive == older)
+    assert all(other is first for other in others)  # one string for all
+    for change, why in [
+        ({"mode": True}, "mode True is not one"),
+        ({"size": -1}, "size -1 is not a whole number"),
+        ({"type": "socket"}, "'type' must be in"),
+        ({"mtime_ns": None}, "TypeError: int() argument"),
+        ({"path": 3}, "path of an entry is a int"),
+        ({"archive": "cell_web_20241231_020000"}, "not an older archive of cell crm"),
+    ]:
+        bad = [*items, {"path": "data/crm/z", **base, **change}]
+        text = json.dumps({"format": 1, "archive": ARCHIVE, "entries": bad}).encode()
+        with pytest.raises(ArchiveCorrupt) as info:
+            Manifest.from_json(text, archive=ARCHIVE)
+        assert why in info.value.detail

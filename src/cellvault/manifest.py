@@ -25,7 +25,7 @@ import attrs
 
 from .errors import ArchiveCorrupt
 from .spillmap import SpillMap
-from .trust import check_count, check_holder, check_mode
+from .trust import MAX_COUNT, MAX_MODE, check_count, check_holder, check_mode
 
 __all__ = ["Entry", "EntryType", "InOrder", "Manifest", "ManifestText", "ManifestWriter"]
 
@@ -155,6 +155,7 @@ class Entry:
 _FIELDS = operator.attrgetter(*(a.name for a in attrs.fields(Entry)))
 #: Where the holding archive is among them.
 _ARCHIVE_AT = [a.name for a in attrs.fields(Entry)].index("archive")
+_SIZE_AT = [a.name for a in attrs.fields(Entry)].index("size")
 
 
 def _entry_text(entry: Entry) -> bytes:
@@ -235,6 +236,14 @@ class Manifest:
         if stored is None:
             return (e for e in self.entries.values() if e.type in types)
         return _select(stored, types)
+
+    def file_sizes(self) -> Iterator[tuple[str, int]]:
+        """Each file's path and size, in order (a spilled manifest builds no entry)."""
+        stored = self.entries.stored()
+        if stored is None:
+            return ((e.path, e.size) for e in self.entries.values() if e.type == "file")
+        at = _SIZE_AT
+        return ((f[0], f[at]) for f in map(marshal.loads, stored) if f[1] == "file")
 
     def holders(self) -> set[str]:
         """The ids of the archives that hold this manifest's file bytes.
@@ -462,9 +471,13 @@ class ManifestText:
         decode = json.JSONDecoder().raw_decode
         expect_entry = True
         first = True
+        fast = False  # the next entry starts at text.pos, inside the buffer
         while True:
-            pos = text.skip()
-            buf = text.buf
+            if fast:
+                pos, buf, fast = text.pos, text.buf, False
+            else:
+                pos = text.skip()
+                buf = text.buf
             if pos >= len(buf):
                 raise ValueError("the manifest ends inside its list of entries")
             if not expect_entry:
@@ -488,6 +501,10 @@ class ManifestText:
             text.pos = end
             expect_entry = first = False
             yield item
+            # As cellvault writes them: a comma, then the next entry, without spaces.
+            if buf.startswith(",{", end):
+                text.pos = end + 1
+                expect_entry = fast = True
         if text.rest().strip() != "}":
             raise ValueError("the manifest does not end after its entries")
 
@@ -497,11 +514,90 @@ def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
     manifest = cls(archive=text.archive)
     ids: dict[str, str] = {}
     add = manifest.add
-    for item in text.items():
+    entries = manifest.entries
+    items = text.items()
+    # Until the map spills, entries are kept as Entry objects.
+    for item in items:
         add(_entry(item, ids))
+        if entries.spilled:
+            break
+    # Past that, each entry's checked fields are stored as they are, a batch at a
+    # time: no Entry is built (:func:`_fields` checks what Entry.from_dict does).
+    holders = manifest._holders
+    dumps = marshal.dumps
+    batch: list[tuple[str, bytes]] = []
+    for item in items:
+        fields = _fields(item, ids)
+        if holders is not None and fields[1] == "file" and fields[_ARCHIVE_AT]:
+            holders.add(fields[_ARCHIVE_AT])
+        batch.append((fields[0], dumps(fields)))
+        if len(batch) >= JSON_CHUNK:
+            entries.put_stored(batch)
+            batch = []
+    if batch:
+        entries.put_stored(batch)
     _check_holders(ids, archive)
     manifest.digest = text.digest
     return manifest
+
+
+_TYPES_SET = frozenset(ENTRY_TYPES)
+
+
+def _fields(item: Any, ids: dict[str, str]) -> tuple[Any, ...]:
+    """An entry's fields in :class:`Entry`'s order, checked as :meth:`Entry.from_dict` does.
+
+    The usual entry (whole numbers in range, strings or nulls, no extended
+    attributes) is checked here; any other goes through ``from_dict``, which
+    raises what it raises or converts what it converts.
+    """
+    if type(item) is dict:
+        get = item.get
+        path, kind, mode, mtime = get("path"), get("type"), get("mode"), get("mtime_ns")
+        size, sha256, target, holder = get("size", 0), get("sha256"), get("target"), get("archive")
+        uid, gid, inode, dev = get("uid", 0), get("gid", 0), get("inode", 0), get("dev", 0)
+        ctime, rdev = get("ctime_ns", 0), get("rdev", 0)
+        if (
+            type(path) is str
+            and type(kind) is str
+            and kind in _TYPES_SET
+            and type(mode) is int
+            and 0 <= mode <= MAX_MODE
+            and type(size) is int
+            and 0 <= size <= MAX_COUNT
+            and type(mtime) is int
+            and type(uid) is int
+            and type(gid) is int
+            and type(inode) is int
+            and type(dev) is int
+            and type(ctime) is int
+            and type(rdev) is int
+            and (sha256 is None or type(sha256) is str)
+            and (target is None or type(target) is str)
+            and (holder is None or type(holder) is str)
+            and get("xattrs") is None
+        ):
+            if holder is not None:
+                holder = ids.setdefault(holder, holder)
+            return (
+                path,
+                kind,
+                mode,
+                mtime,
+                size,
+                sha256,
+                target,
+                uid,
+                gid,
+                inode,
+                dev,
+                ctime,
+                holder,
+                rdev,
+                (),
+            )
+    fields: tuple[Any, ...] = _FIELDS(_entry(item, ids))
+    return fields
 
 
 def _entry(item: object, ids: dict[str, str]) -> Entry:

@@ -26,6 +26,7 @@ SPILL_AT = 32_768
 CACHE_KIB = 8_192
 #: Writes gathered before they go to the database in one statement.
 _BATCH = 4_096
+_UPSERT = "INSERT INTO m (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 
 
 def _same(text: str) -> str:
@@ -79,10 +80,7 @@ class SpillMap(Generic[V]):
         encode = self._encode
         rows = [(k, encode(v)) for k, v in self._buf.items()]
         self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT INTO m (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            rows,
-        )
+        self._db.executemany(_UPSERT, rows)
         self._db.execute("COMMIT")
         self._buf = {}
 
@@ -97,6 +95,18 @@ class SpillMap(Generic[V]):
         self._buf[key] = value
         if len(self._buf) >= _BATCH:
             self._flush()
+
+    def put_stored(self, rows: list[tuple[str, Any]]) -> None:
+        """Set keys to values given as stored (encoded), in order; the map must have spilled.
+
+        The same as setting each key to its decoded value, without decoding.
+        """
+        assert self._db is not None, "put_stored on a map that has not spilled"
+        self._flush()
+        self._len = None
+        self._db.execute("BEGIN")
+        self._db.executemany(_UPSERT, rows)
+        self._db.execute("COMMIT")
 
     def get(self, key: str, default: V | None = None) -> V | None:
         mem = self._mem

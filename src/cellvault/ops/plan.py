@@ -126,9 +126,9 @@ def check_space(plan: RestorePlan) -> None:
     need: dict[int, int] = {}
     where: dict[int, Path] = {}
     sizes: dict[str, int] = {}
-    for entry in plan.manifest.files():
-        root = entry.path.split("/", 2)[1] if entry.path.startswith("data/") else ""
-        sizes[root] = sizes.get(root, 0) + entry.size
+    for path, size in plan.manifest.file_sizes():
+        root = path.split("/", 2)[1] if path.startswith("data/") else ""
+        sizes[root] = sizes.get(root, 0) + size
     for root, dest in plan.dests.items():
         probe = dest
         while not probe.exists() and probe != probe.parent:
