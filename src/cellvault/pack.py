@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,12 +50,12 @@ from .fsmeta import (
     xattr_records,
 )
 from .log import get_logger
-from .manifest import Entry, InOrder, Manifest, ManifestWriter
+from .manifest import JSON_CHUNK, Entry, InOrder, Manifest, ManifestWriter
 from .readahead import FILE_ITEM, FileSource, Handle, Opened, ReadAhead
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
 from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
-from .tarwrite import BLOCK, ZEROS, TarWriter, pax_mtime, tar_header
+from .tarwrite import BLOCK, ZEROS, TarWriter, file_header, pax_mtime, tar_header
 
 __all__ = ["PackResult", "Packer"]
 
@@ -124,6 +125,19 @@ def _by_name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
+class _Writer(ManifestWriter):
+    """The manifest's writer, also taking an entry as its JSON text (a file stored)."""
+
+    def add_json(self, text: str, archive: str) -> None:
+        """Add the entry whose :meth:`Entry.to_json` is *text*: a file held by *archive*."""
+        chunk = self._chunk
+        chunk.append(text)
+        self._count += 1
+        self._holders.add(archive)
+        if len(chunk) >= JSON_CHUNK:
+            self._flush()
+
+
 @attrs.define
 class Packer:
     """Build one archive of one cell.
@@ -160,7 +174,7 @@ class Packer:
     #: Encrypt the archive to these age recipients as it is written (``None``: plain).
     recipients: Recipients | None = None
 
-    _manifest: ManifestWriter = attrs.field(init=False)
+    _manifest: _Writer = attrs.field(init=False)
     _warnings: list[str] = attrs.field(init=False, factory=list)
     _files_stored: int = attrs.field(init=False, default=0)
     _bytes_stored: int = attrs.field(init=False, default=0)
@@ -171,6 +185,8 @@ class Packer:
     _last_report: float = attrs.field(init=False, default=0.0)
     #: This archive's id, one string shared by the entries of the files it stores.
     _archive: str = attrs.field(init=False, default="")
+    #: The same, as JSON text.
+    _quoted: str = attrs.field(init=False, default="")
     #: A file modified before this instant (ns) cannot have changed unseen since the parent.
     _racy_before: int | None = attrs.field(init=False, default=None)
     #: (device, inode) -> member name of the first name, for files with several names.
@@ -182,6 +198,7 @@ class Packer:
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
         self._archive = str(self.ident)
+        self._quoted = _quote(self._archive)
         if self.parent is not None:
             self._parent_get = InOrder(self.parent).get
         backed_at = dt.datetime.now(dt.UTC)
@@ -199,7 +216,7 @@ class Packer:
                 # The manifest goes through a spool file as entries come, never whole
                 # in memory; its compressed copy is made from the same file below.
                 manifest_json = tempfile.TemporaryFile(dir=self.spool)  # noqa: SIM115 - closed below
-                self._manifest = ManifestWriter(self._archive, manifest_json)
+                self._manifest = _Writer(self._archive, manifest_json)
                 hashing = HashingWriter(raw)
                 # Encrypted as it is written, when recipients are given (cellvault.crypt).
                 sealer = Sealer(hashing, self.recipients) if self.recipients else None
@@ -594,16 +611,19 @@ class Packer:
         ):
             self._listed_unchanged(prev, st)
             return
-        header = tar_header(
-            name,
-            tarfile.REGTYPE,
-            mode,
-            st.st_uid,
-            st.st_gid,
-            size,
-            pax_mtime(st.st_mtime_ns),
-            extra=xattr_records(found) if found else (),
-        )
+        if found:
+            header = tar_header(
+                name,
+                tarfile.REGTYPE,
+                mode,
+                st.st_uid,
+                st.st_gid,
+                size,
+                pax_mtime(st.st_mtime_ns),
+                extra=xattr_records(found),
+            )
+        else:
+            header = file_header(name, mode, st.st_uid, st.st_gid, size, st.st_mtime_ns)
         # One write for the member: header, bytes and padding.
         tar.write(header + opened.head + ZEROS[: -size % 512])
         self._progress(size)
@@ -627,22 +647,18 @@ class Packer:
         self._files_stored += 1
         self._seen += 1
         self._bytes_stored += st.st_size
-        self._manifest.add(
-            Entry(
-                path=name,
-                type="file",
-                mode=mode,
-                mtime_ns=st.st_mtime_ns,
-                size=st.st_size,
-                sha256=sha256,
-                uid=st.st_uid,
-                gid=st.st_gid,
-                inode=st.st_ino,
-                dev=st.st_dev,
-                ctime_ns=st.st_ctime_ns,
-                archive=self._archive,
-                xattrs=xattrs,
-            )
+        # Entry(path=name, type="file", ...).to_json(), without the Entry: this
+        # is once per file stored (tests/test_pack_extract.py compares the text).
+        tail = "}"
+        if xattrs:
+            pairs = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in xattrs)
+            tail = f',"xattrs":{{{pairs}}}}}'
+        self._manifest.add_json(
+            f'{{"path":{_quote(name)},"type":"file","mode":{mode:d},'
+            f'"mtime_ns":{st.st_mtime_ns:d},"uid":{st.st_uid:d},"gid":{st.st_gid:d},'
+            f'"size":{st.st_size:d},"sha256":{_quote(sha256)},"archive":{self._quoted},'
+            f'"inode":{st.st_ino:d},"dev":{st.st_dev:d},"ctime_ns":{st.st_ctime_ns:d}{tail}',
+            self._archive,
         )
 
     def _same_content(self, source: FileSource, prev: Entry, st: os.stat_result, path: str) -> bool:
