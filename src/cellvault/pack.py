@@ -601,7 +601,8 @@ class Packer:
         size = st.st_size
         mode = stat.S_IMODE(st.st_mode)
         digest = opened.sha256
-        found = self._xattrs(path, opened.xattrs)
+        # () for most files: nothing to check or encode.
+        found = self._xattrs(path, opened.xattrs) if opened.xattrs else ()
         encoded = encode_xattrs(found) if found else ()
         if (
             self.checksum
@@ -653,11 +654,12 @@ class Packer:
         if xattrs:
             pairs = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in xattrs)
             tail = f',"xattrs":{{{pairs}}}}}'
+        # (Ints as they are: the same text as with ":d", in half the time.)
         self._manifest.add_json(
-            f'{{"path":{_quote(name)},"type":"file","mode":{mode:d},'
-            f'"mtime_ns":{st.st_mtime_ns:d},"uid":{st.st_uid:d},"gid":{st.st_gid:d},'
-            f'"size":{st.st_size:d},"sha256":{_quote(sha256)},"archive":{self._quoted},'
-            f'"inode":{st.st_ino:d},"dev":{st.st_dev:d},"ctime_ns":{st.st_ctime_ns:d}{tail}',
+            f'{{"path":{_quote(name)},"type":"file","mode":{mode},'
+            f'"mtime_ns":{st.st_mtime_ns},"uid":{st.st_uid},"gid":{st.st_gid},'
+            f'"size":{st.st_size},"sha256":{_quote(sha256)},"archive":{self._quoted},'
+            f'"inode":{st.st_ino},"dev":{st.st_dev},"ctime_ns":{st.st_ctime_ns}{tail}',
             self._archive,
         )
 

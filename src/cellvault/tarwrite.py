@@ -165,6 +165,10 @@ def tar_header(
 
 
 _REG = tarfile.REGTYPE
+#: A regular file's ustar block after its checksum (type, no link name, magic and
+#: the rest), and what it and the checksum's own field add to the checksum.
+_FILE_TAIL = _REG + b"\0" * 100 + _MAGIC_TAIL
+_FILE_SUM = _SPACES_SUM + _REG[0] + _MAGIC_TAIL_SUM
 _UID_LIMIT = 8**7
 _SIZE_LIMIT = 8**11
 
@@ -187,10 +191,18 @@ def file_header(name: str, mode: int, uid: int, gid: int, size: int, mtime_ns: i
         and 0 <= seconds < _SIZE_LIMIT - 1
     ):
         return tar_header(name, _REG, mode, uid, gid, size, pax_mtime(mtime_ns))
+    if ns:
+        text = f"{seconds}.{ns:09d}".rstrip("0")
+        mtime = round(float(text))  # the ustar field rounds, as tarfile does
+    else:
+        mtime = seconds
+    # _ustar's block for a regular file without a link: the same bytes.
+    name_b = name.encode("ascii")
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode & 0o7777, uid, gid, size, mtime)
+    chksum = sum(name_b) + sum(numbers) + _FILE_SUM
+    header = b"".join((name_b.ljust(100, b"\0"), numbers, b"%06o\0 " % chksum, _FILE_TAIL))
     if not ns:
-        return _ustar(name, mode & 0o7777, uid, gid, size, seconds, _REG, "")
-    text = f"{seconds}.{ns:09d}".rstrip("0")
-    header = _ustar(name, mode & 0o7777, uid, gid, size, round(float(text)), _REG, "")
+        return header
     # "NN mtime=<text>\n": the length counts its own two digits (the text is at
     # most 21 characters).
     payload = b"%d mtime=%s\n" % (len(text) + 10, text.encode())
