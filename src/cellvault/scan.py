@@ -102,7 +102,10 @@ class TotalsAhead:
         if pid == 0:  # pragma: no cover - the child, measured by the parent's counts
             code = 1
             try:
-                os.close(read_fd)
+                # Nothing of the parent's held open here (a lock's descriptor kept
+                # alive by this child would outlive its release by the parent).
+                os.closerange(3, write_fd)
+                os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
                 found = [tree_totals(cell) for cell in self.cells]
                 text = " ".join(f"{t.files}:{t.bytes}" for t in found) + "\n"
                 os.write(write_fd, text.encode())
