@@ -832,3 +832,40 @@ def test_pack_result_counts_the_manifest_it_wrote_without_holding_it(tmp_path: P
     (data,) = [result.data_path]
     members = {info.name: body for info, body in read_members(data)}
     assert Manifest.from_json(members["manifest.json"] or b"").entries == manifest.entries
+
+
+def test_the_manifest_of_stored_files_is_the_text_of_their_entries(tmp_path: Path) -> None:
+    # The packer writes a stored file's entry as text, not through Entry.to_json:
+    # the same bytes, odd names, extended attributes and fractional times too.
+    from cellvault.cell import Cell
+
+    src = tmp_path / "crm"
+    src.mkdir()
+    names = ["plain", 'quo"te\\', "tab\tnew\nline", "é数", "x" * 150, "bad\udcff"]
+    for i, name in enumerate(names):
+        path = src / name
+        path.write_bytes(b"y" * i * 100)
+        os.utime(path, ns=(0, 1_700_000_000_123_456_789 + i))
+    big = src / "big"
+    big.write_bytes(random.Random(3).randbytes(readahead.READ_WHOLE + 1))
+    try:
+        os.setxattr(src / "plain", "user.note", b"\x00\xffhi")
+        os.setxattr(big, "user.note", b"big")
+    except OSError:
+        pass  # a file system without user attributes: the rest is still compared
+    ident = ArchiveId("crm", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    result = Packer(
+        cell=Cell("crm", [src]),
+        ident=ident,
+        codec=get_codec("zstd"),
+        spool=tmp_path / "spool" / "run",
+        host="test",
+        version="0",
+    ).pack()
+    members = {info.name: body for info, body in read_members(result.data_path)}
+    text = members["manifest.json"] or b""
+    manifest = Manifest.from_json(text)
+    assert manifest.to_json() == text
+    assert result.files_stored == len(names) + 1
+    stored = [e for e in manifest.entries.values() if e.type == "file"]
+    assert len(stored) == len(names) + 1 and all(e.archive == str(ident) for e in stored)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from cellvault import Cell, Event
 from cellvault.cli import cli
 from cellvault.display import Display, PlainProgress
 from cellvault.progress import Meter
+from cellvault.scan import TotalsAhead, tree_totals
 from tests.helpers import SAMPLE, make_vault, write_tree
 
 SAMPLE_BYTES = sum(len(v.encode() if isinstance(v, str) else v) for v in SAMPLE.values())
@@ -73,6 +77,74 @@ def test_without_a_byte_total_the_fraction_counts_cells() -> None:
     snap = meter.snapshot()
     assert snap["fraction"] == 0.25 and snap["eta"] is None
     assert meter.line(snap).startswith("verify: 1 of 4 checks")
+
+
+def test_the_pre_scan_counts_in_a_child_what_it_would_count_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellvault")
+    cells = []
+    for name in ("crm", "billing"):
+        root = tmp_path / name
+        write_tree(root, SAMPLE)
+        (root / "deep" / "er").mkdir(parents=True)
+        (root / "deep" / "er" / "f").write_bytes(b"z" * 5000)
+        (root / "skipped.log").write_bytes(b"l" * 70)
+        cells.append(Cell(name, [root], exclude=["*.log"]))
+    ahead = TotalsAhead(cells)
+    deadline = time.monotonic() + 30
+    while not ahead.ready():
+        assert time.monotonic() < deadline, "the child never gave its counts"
+        time.sleep(0.01)
+    assert ahead.get() == [tree_totals(c) for c in cells]
+    assert ahead.get()[0].files == len(SAMPLE) + 1
+    ahead.close()
+    assert TotalsAhead([]).ready() and TotalsAhead([]).get() == []
+
+
+def test_without_a_child_the_pre_scan_counts_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellvault")
+    root = tmp_path / "crm"
+    write_tree(root, SAMPLE)
+    cell = Cell("crm", [root])
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    ahead = TotalsAhead([cell])
+    assert ahead.ready()
+    assert ahead.get() == [tree_totals(cell)]
+
+
+def test_a_pre_scan_child_that_never_answers_is_ended_and_the_counts_taken_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cellvault import scan
+
+    root = tmp_path / "crm"
+    write_tree(root, SAMPLE)
+    cell = Cell("crm", [root])
+    parent = os.getpid()
+
+    def stuck_in_the_child(cell: Cell) -> scan.TreeTotals:
+        if os.getpid() != parent:  # the forked child hangs (a lock taken at the fork, say)
+            time.sleep(120)
+        return tree_totals(cell)
+
+    monkeypatch.setattr(scan, "tree_totals", stuck_in_the_child)
+    monkeypatch.setattr(TotalsAhead, "WAIT", 0.5)
+    ahead = TotalsAhead([cell])
+    child = ahead._pid
+    assert child and not ahead.ready()
+    started = time.monotonic()
+    assert ahead.get() == [tree_totals(cell)]
+    assert time.monotonic() - started < 60  # not the child's two minutes
+    assert ahead._pid == 0
+    with pytest.raises(ChildProcessError):  # ended and reaped
+        os.waitpid(child, os.WNOHANG)
 
 
 # -- events with totals, from real runs ---------------------------------------------------

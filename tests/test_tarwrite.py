@@ -18,7 +18,7 @@ import pytest
 import zstandard
 
 from cellvault.tarwrite import TarWriter as _TarWriter
-from cellvault.tarwrite import tar_header
+from cellvault.tarwrite import file_header, pax_mtime, tar_header
 
 from .archive_helpers import archive_files, make_vault
 from .test_stock_tools import need
@@ -270,3 +270,28 @@ def test_gnu_tar_extracts_the_odd_tree(tmp_path: Path, odd_tree: Path) -> None:
     ).stdout.splitlines()
     assert os.fsencode(f"data/crm/{'d' * 60}/{'e' * 60}/{'f' * 110}") in listed
     assert b"data/crm/bad-\xff-name" in listed
+
+
+def test_a_plain_file_s_header_is_tar_header_s() -> None:
+    rnd = random.Random(15)
+    for _ in range(5000):
+        name = random_name(rnd)
+        ns = rnd.choice(
+            [
+                0,
+                1_700_000_000 * 10**9,
+                rnd.randrange(0, 2**62),
+                rnd.randrange(0, 10**9) + 1_700_000_000 * 10**9,
+                10**9 * (8**11 - 1) + rnd.randrange(10**9),
+                10**9 * (8**11 - 2) + 999_999_999,
+                10**9 * 8**11 + 1,
+                -(10**9) * rnd.randrange(1, 10**9) - rnd.randrange(10**9),
+                rnd.randrange(1, 10**9),
+            ]
+        )
+        uid = rnd.choice([0, 1000, 8**7 - 1, 8**7, rnd.randrange(2**64)])
+        gid = rnd.choice([0, 1000, 8**7 - 1, 8**7, rnd.randrange(2**32)])
+        size = rnd.choice([0, 1, 511, 512, 8**11 - 1, 8**11, rnd.randrange(2**50)])
+        mode = rnd.randrange(0, 0o177777)
+        expected = tar_header(name, tarfile.REGTYPE, mode, uid, gid, size, pax_mtime(ns))
+        assert file_header(name, mode, uid, gid, size, ns) == expected, (name, ns)

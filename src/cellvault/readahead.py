@@ -208,11 +208,13 @@ def _open_batch(files: list[tuple[str, int]]) -> list[Opened | Exception]:
 class Batch:
     """Small files opened (and read whole) by one task of a read-ahead thread."""
 
-    __slots__ = ("files", "future")
+    __slots__ = ("done", "files", "future")
 
     def __init__(self) -> None:
         self.files: list[tuple[str, int]] = []
         self.future: Future[list[Opened | Exception]] | None = None
+        #: The future's result, once taken (its lock is not taken again per file).
+        self.done: list[Opened | Exception] | None = None
 
 
 class Slot:
@@ -225,9 +227,13 @@ class Slot:
         self.index = index
 
     def result(self) -> Opened:
-        future = self.batch.future
-        assert future is not None  # submitted before it is handed out
-        got = future.result()[self.index]
+        batch = self.batch
+        done = batch.done
+        if done is None:
+            future = batch.future
+            assert future is not None  # submitted before it is handed out
+            done = batch.done = future.result()
+        got = done[self.index]
         if isinstance(got, Exception):
             raise got
         return got

@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Sequence
 from typing import IO, Any
 
-__all__ = ["BLOCK", "GATHER", "ZEROS", "TarWriter", "pax_mtime", "tar_header"]
+__all__ = ["BLOCK", "GATHER", "ZEROS", "TarWriter", "file_header", "pax_mtime", "tar_header"]
 
 #: Bytes copied at a time.
 BLOCK = 1 << 20
@@ -162,6 +162,51 @@ def tar_header(
         records.append(_pax_record(key.encode("utf-8", "surrogateescape"), raw))
     payload = b"".join(records)
     return b"".join((_pax_head(len(payload)), payload, ZEROS[: -len(payload) % 512], header))
+
+
+_REG = tarfile.REGTYPE
+#: A regular file's ustar block after its checksum (type, no link name, magic and
+#: the rest), and what it and the checksum's own field add to the checksum.
+_FILE_TAIL = _REG + b"\0" * 100 + _MAGIC_TAIL
+_FILE_SUM = _SPACES_SUM + _REG[0] + _MAGIC_TAIL_SUM
+_UID_LIMIT = 8**7
+_SIZE_LIMIT = 8**11
+
+
+def file_header(name: str, mode: int, uid: int, gid: int, size: int, mtime_ns: int) -> bytes:
+    """``tar_header(name, REGTYPE, mode, uid, gid, size, pax_mtime(mtime_ns))``, sooner.
+
+    A regular file without extra records, as most of a backup's members are:
+    when its name is short ASCII and its numbers fit the ustar fields, the
+    only PAX record is the mtime's (when it has a fraction), written here
+    without the general case's dict and loops; otherwise :func:`tar_header`.
+    """
+    seconds, ns = divmod(mtime_ns, 1_000_000_000)
+    if not (
+        len(name) <= 100
+        and name.isascii()
+        and 0 <= uid < _UID_LIMIT
+        and 0 <= gid < _UID_LIMIT
+        and 0 <= size < _SIZE_LIMIT
+        and 0 <= seconds < _SIZE_LIMIT - 1
+    ):
+        return tar_header(name, _REG, mode, uid, gid, size, pax_mtime(mtime_ns))
+    if ns:
+        text = f"{seconds}.{ns:09d}".rstrip("0")
+        mtime = round(float(text))  # the ustar field rounds, as tarfile does
+    else:
+        mtime = seconds
+    # _ustar's block for a regular file without a link: the same bytes.
+    name_b = name.encode("ascii")
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode & 0o7777, uid, gid, size, mtime)
+    chksum = sum(name_b) + sum(numbers) + _FILE_SUM
+    header = b"".join((name_b.ljust(100, b"\0"), numbers, b"%06o\0 " % chksum, _FILE_TAIL))
+    if not ns:
+        return header
+    # "NN mtime=<text>\n": the length counts its own two digits (the text is at
+    # most 21 characters).
+    payload = b"%d mtime=%s\n" % (len(text) + 10, text.encode())
+    return b"".join((_pax_head(len(payload)), payload, ZEROS[: 512 - len(payload)], header))
 
 
 class TarWriter:

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ from ..plugins import call_each
 from ..report import BackupReport, CellReport, TargetOutcome
 from ..run import Run, error_text
 from ..runlog import carry
-from ..scan import tree_totals
+from ..scan import TotalsAhead
 from ..state import StateFile, slot
 from ..targets.base import Target
 from ..trust import zstd_content_size
@@ -55,6 +56,7 @@ from .verify import alert_ignored, quick_check
 
 __all__ = [
     "CellBackup",
+    "Totals",
     "backup",
     "find_parent",
     "iter_failures",
@@ -87,20 +89,23 @@ def backup(
         when = next_stamp(res, chosen, tgts)
     stamp = when.strftime("%Y%m%d_%H%M%S")
     names = [c.name for c in chosen]
-    for cell in chosen:
-        # The progress totals: what a full backup would read (an incremental
-        # counts the files it finds unchanged as done).
-        totals = tree_totals(cell)
-        run.expect(cells=1, bytes=totals.bytes, files=totals.files, cell=cell.name)
+    # The progress totals: what a full backup would read (an incremental
+    # counts the files it finds unchanged as done), counted on another core
+    # while the cells are packed; no progress is reported before they are in.
+    totals = Totals(run, TotalsAhead(chosen))
     log.info("backup.started", run=run.id, stamp=stamp, kind=kind, cells=names)
     run.emit("backup.started", stamp=stamp, kind=kind, cells=names)
 
     def one(cell: Cell) -> CellReport:
         ident = ArchiveId(cell.name, when)
-        return CellBackup(run, res, cell, ident, kind, tgts, reason, epoch=epoch)()
+        return CellBackup(run, res, cell, ident, kind, tgts, reason, epoch=epoch, totals=totals)()
 
-    with ThreadPoolExecutor(max_workers=run.config.jobs, thread_name_prefix="cell") as pool:
-        reports = list(pool.map(carry(one), chosen))
+    try:
+        with ThreadPoolExecutor(max_workers=run.config.jobs, thread_name_prefix="cell") as pool:
+            reports = list(pool.map(carry(one), chosen))
+        totals.given(wait=True)
+    finally:
+        totals.ahead.close()
     # The run's spool folder is shared by its cells: removed once, when all are done.
     shutil.rmtree(run.layout.run_spool(run.id), ignore_errors=True)
     report = BackupReport(
@@ -143,6 +148,33 @@ def next_stamp(res: Resources, cells: Sequence[Cell], targets: Sequence[Target])
     return stamp
 
 
+@attrs.define
+class Totals:
+    """The run's progress totals, given to its meter once the pre-scan has counted them.
+
+    The meter is made by the first :meth:`Run.expect`: until then no
+    progress is emitted nor logged, so that the totals are there from the
+    first progress event on.
+    """
+
+    run: Run
+    ahead: TotalsAhead
+    _given: bool = attrs.field(init=False, default=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+
+    def given(self, *, wait: bool) -> bool:
+        """Whether the totals are given (with *wait*, waiting for the pre-scan)."""
+        with self._lock:
+            if self._given:
+                return True
+            if not wait and not self.ahead.ready():
+                return False
+            for cell, found in zip(self.ahead.cells, self.ahead.get(), strict=True):
+                self.run.expect(cells=1, bytes=found.bytes, files=found.files, cell=cell.name)
+            self._given = True
+            return True
+
+
 class _NoTargetLeft(Exception):
     """No target of a cell's backup could be locked (each refusal is reported already)."""
 
@@ -177,6 +209,8 @@ class CellBackup:
     note: str | None = None
     #: The manifest's own size, taken before its copy is sealed (encryption).
     manifest_size: int | None = None
+    #: The run's progress totals (``None``: given before, by the caller).
+    totals: Totals | None = None
 
     def __call__(self) -> CellReport:
         try:
@@ -194,6 +228,8 @@ class CellBackup:
                         path.unlink()
         self.run.notify("cellvault_after_backup", report=report)
         self.run.emit("cell.finished", cell=self.cell.name, archive=report.archive, ok=report.ok)
+        if self.totals is not None:
+            self.totals.given(wait=True)
         self.run.advance(self.cell.name, finished=True)
         return report
 
@@ -339,7 +375,8 @@ class CellBackup:
     def _progress(self, archive: str, done: int, files: int) -> None:
         cell = self.cell.name
         self.run.emit("cell.progress", cell=cell, archive=archive, bytes=done, files=files)
-        self.run.advance(cell, bytes=done, files=files)
+        if self.totals is None or self.totals.given(wait=False):
+            self.run.advance(cell, bytes=done, files=files)
 
     def _sidecar(self, result: PackResult) -> Sidecar:
         return Sidecar(
