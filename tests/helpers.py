@@ -173,3 +173,12 @@ class MemPlugin:
     @hookimpl
     def cellvault_make_target(self, spec: TargetSpec) -> Target | None:
         return MemTarget(spec) if spec.scheme == "mem" else None
+
+
+def logged(caplog: Any, name: str) -> list[dict[str, Any]]:
+    """The fields of each structured log event *name* that *caplog* captured."""
+    return [
+        {k: v for k, v in r.msg.items() if k not in ("event", "logger", "level", "timestamp")}
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == name
+    ]

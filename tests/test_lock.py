@@ -557,18 +557,22 @@ def test_a_committed_sidecar_records_the_lease_token(tmp_path: Path) -> None:
     assert sidecar.lease is not None and len(sidecar.lease) == 16
 
 
-def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_cell(
-    target: LocalTarget | MemTarget,
-) -> None:
+def stale_with_claim(target: LocalTarget | MemTarget, *, token: str, since: str) -> dict[str, Any]:
+    """A stale lease of crm, and the claim of its takeover made by run *token* at *since*."""
     stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
     write_lock(target, stale)
     probe = Lease(target, "crm", "probe", ttl=60)
     seen = probe._read()
     assert seen is not None
+    target.put_bytes(probe._claim_key(seen), json.dumps({"token": token, "since": since}).encode())
+    return stale
+
+
+def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_cell(
+    target: LocalTarget | MemTarget,
+) -> None:
     # A run won the takeover's claim and was killed before it replaced the lease.
-    target.put_bytes(
-        probe._claim_key(seen), json.dumps({"token": "dead", "since": iso(-3600)}).encode()
-    )
+    stale_with_claim(target, token="dead", since=iso(-3600))
     lease = Lease.acquire(target, "crm", "next run", ttl=60)
     assert lock_body(target)["token"] == lease.token  # type: ignore[index]
     lease.release()
@@ -1170,15 +1174,8 @@ def test_a_takeover_whose_claim_another_run_holds_is_lost_and_retried(
     caplog.set_level(logging.INFO, logger="cellvault")
     from cellvault import lock
 
-    stale = {"host": "elsewhere", "pid": 1, "purpose": "stale", "expires": iso(-60)}
-    write_lock(target, stale)
-    probe = Lease(target, "crm", "probe", ttl=60)
-    seen = probe._read()
-    assert seen is not None
     # Another run is taking the stale lease over right now: it holds the fresh claim.
-    target.put_bytes(
-        probe._claim_key(seen), json.dumps({"token": "other", "since": iso(0)}).encode()
-    )
+    stale = stale_with_claim(target, token="other", since=iso(0))
     live = set(lock._LIVE)
     with pytest.raises(LockHeld) as info:
         Lease.acquire(target, "crm", "next run", ttl=60)

@@ -26,7 +26,7 @@ from cellvault.cli import cli
 from cellvault.errors import ConfigError
 from cellvault.targets.base import ObjectStat, Target
 from cellvault.targets.local import LocalTarget
-from tests.helpers import SAMPLE, MemTarget, clock, make_vault, snapshot, write_tree
+from tests.helpers import SAMPLE, MemTarget, clock, logged, make_vault, snapshot, write_tree
 from tests.servers.fixtures import OssBucket, S3Bucket
 
 
@@ -1049,14 +1049,6 @@ def test_a_check_that_fails_before_reading_still_brings_progress_to_its_total(
     assert (last["fraction"], last["bytes_done"]) == (1.0, last["bytes_total"])
 
 
-def _logged(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    return [
-        dict(r.msg)
-        for r in caplog.records
-        if isinstance(r.msg, dict) and r.msg.get("event") == name
-    ]
-
-
 def test_a_verify_reports_its_run_level_durations_progress_and_alerts_exactly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1073,9 +1065,9 @@ def test_a_verify_reports_its_run_level_durations_progress_and_alerts_exactly(
     assert not report.ok and report.level == "full" and 0 <= report.duration <= took
     assert len(report.results) == 4
     assert all(r.level == "full" and 0 <= r.duration <= took for r in report.results)
-    (began,) = _logged(caplog, "verify.started")
+    (began,) = logged(caplog, "verify.started")
     assert report.run and began["run"] == report.run
-    oks = _logged(caplog, "verify.ok")
+    oks = logged(caplog, "verify.ok")
     assert len(oks) == 3 and {e["run"] for e in oks} == {report.run}
     # Two cells on two targets: four checks, known from the start and all reached.
     progress = [dict(e.data) for e in events if e.name == "progress"]
