@@ -396,3 +396,33 @@ def test_the_zstd_frame_walk_reads_every_header_field_and_block_type() -> None:
     reserved += (1 | 3 << 1 | 2 << 3).to_bytes(3, "little") + b"??"
     with pytest.raises(zstandard.ZstdError, match="reserved type"):
         walk(reserved, 4)
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        0,
+        100,
+        1023,
+        1024,
+        1500,
+        (256 << 10) - 1,
+        (256 << 10) + 1,
+        (1 << 20) + 1500,
+        3 * (1 << 20) + 17,
+    ],
+)
+def test_a_scan_keeps_the_first_and_the_last_bytes_of_the_stream(length: int) -> None:
+    """The head (256 KiB) and the tail (1,024 bytes) whatever the blocks' edges, a short last one too."""
+    import random
+
+    import zstandard
+
+    from cellvault.integrity import scan
+
+    data = random.Random(length).randbytes(length)
+    raw = zstandard.ZstdCompressor(write_checksum=True).compress(data)
+    found = scan("x.tar.zst", io.BytesIO(raw))
+    assert found.head == data[: 256 << 10]
+    assert found.tail == data[-1024:]
+    assert (found.count, found.sha256) == (len(raw), hashlib.sha256(raw).hexdigest())
