@@ -80,9 +80,10 @@ def test_without_a_byte_total_the_fraction_counts_cells() -> None:
 
 
 def test_the_pre_scan_counts_in_a_child_what_it_would_count_here(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="cellvault")
+    monkeypatch.setattr(TotalsAhead, "FORK_MAX_RSS", 1 << 62)
     cells = []
     for name in ("crm", "billing"):
         root = tmp_path / name
@@ -92,6 +93,7 @@ def test_the_pre_scan_counts_in_a_child_what_it_would_count_here(
         (root / "skipped.log").write_bytes(b"l" * 70)
         cells.append(Cell(name, [root], exclude=["*.log"]))
     ahead = TotalsAhead(cells)
+    assert ahead._pid, "a child counts"
     deadline = time.monotonic() + 30
     while not ahead.ready():
         assert time.monotonic() < deadline, "the child never gave its counts"
@@ -119,6 +121,18 @@ def test_without_a_child_the_pre_scan_counts_here(
     assert ahead.get() == [tree_totals(cell)]
 
 
+def test_a_big_process_counts_here_rather_than_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "crm"
+    write_tree(root, SAMPLE)
+    cell = Cell("crm", [root])
+    monkeypatch.setattr(TotalsAhead, "FORK_MAX_RSS", 1)  # every process is bigger
+    ahead = TotalsAhead([cell])
+    assert ahead._pid == 0 and ahead.ready()
+    assert ahead.get() == [tree_totals(cell)]
+
+
 def test_a_pre_scan_child_that_never_answers_is_ended_and_the_counts_taken_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,6 +150,7 @@ def test_a_pre_scan_child_that_never_answers_is_ended_and_the_counts_taken_here(
 
     monkeypatch.setattr(scan, "tree_totals", stuck_in_the_child)
     monkeypatch.setattr(TotalsAhead, "WAIT", 0.5)
+    monkeypatch.setattr(TotalsAhead, "FORK_MAX_RSS", 1 << 62)
     ahead = TotalsAhead([cell])
     child = ahead._pid
     assert child and not ahead.ready()

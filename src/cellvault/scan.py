@@ -70,6 +70,15 @@ def tree_totals(cell: Cell) -> TreeTotals:
     return TreeTotals(files=files, bytes=size)
 
 
+def _resident() -> int:
+    """This process's resident size in bytes (0 where /proc cannot tell)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class TotalsAhead:
     """:func:`tree_totals` of some cells, counted by a child process while the backup goes on.
 
@@ -83,6 +92,9 @@ class TotalsAhead:
 
     #: Seconds :meth:`get` waits for the child's counts before counting here instead.
     WAIT = 60.0
+    #: Above this resident size the counts are taken here: a fork of a big process
+    #: (a service that embeds cellvault) costs more than the walk it would save.
+    FORK_MAX_RSS = 256 << 20
 
     def __init__(self, cells: Sequence[Cell]) -> None:
         self.cells = list(cells)
@@ -93,6 +105,8 @@ class TotalsAhead:
         if not self.cells:
             self._totals = []
             return
+        if _resident() > self.FORK_MAX_RSS:
+            return  # counted here, by get()
         try:
             read_fd, write_fd = os.pipe()
         except OSError:
