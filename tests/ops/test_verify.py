@@ -1127,3 +1127,13 @@ def test_ignored_records_are_alerted_for_their_own_cell_once_each(tmp_path: Path
     alerted = [(a["cell"], a["error"].split(":")[0]) for a in _alerts(tmp_path)]
     assert alerted[1:] == [("crm", f"ignored crm/{second}.json")]
     assert str(billing) not in json.dumps(_alerts(tmp_path))
+
+
+def test_a_quick_check_reads_no_member(tmp_path: Path) -> None:
+    vault = _two_targets(tmp_path)
+    assert vault.backup().ok
+    report = vault.verify(level="quick")
+    assert report.ok and len(report.results) == 4
+    assert {r.members for r in report.results} == {0}  # no data read, so no member counted
+    full = vault.verify(["crm"], targets=["local"], level="full")
+    assert full.results[0].members > 0
