@@ -27,7 +27,7 @@ import cellvault.readahead as readahead
 from cellvault import ArchiveCorrupt, ArchiveId, ConfigError, Manifest
 from cellvault.codec import get_codec
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
-from cellvault.pack import Packer
+from cellvault.pack import Packer, PackResult
 from cellvault.readahead import FileSource as _FileSource
 from cellvault.spool import clear_stale_spool
 
@@ -802,23 +802,32 @@ def test_a_failed_pack_leaves_nothing_in_the_spool(
     assert vault.list() == []
 
 
-def test_pack_result_counts_the_manifest_it_wrote_without_holding_it(tmp_path: Path) -> None:
+PACKED = ArchiveId("crm", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+
+
+def _pack(tmp_path: Path, src: Path) -> PackResult:
+    """A full backup of the one-root cell crm at *src*, as archive PACKED, in tmp_path's spool."""
     from cellvault.cell import Cell
+
+    return Packer(
+        cell=Cell("crm", [src]),
+        ident=PACKED,
+        codec=get_codec("zstd"),
+        spool=tmp_path / "spool" / "run",
+        host="test",
+        version="0",
+    ).pack()
+
+
+def test_pack_result_counts_the_manifest_it_wrote_without_holding_it(tmp_path: Path) -> None:
 
     src = tmp_path / "crm"
     (src / "sub").mkdir(parents=True)
     for i in range(5):
         (src / "sub" / f"f{i}").write_bytes(b"x" * i)
     (src / "link").symlink_to("sub/f1")
-    ident = ArchiveId("crm", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
-    result = Packer(
-        cell=Cell("crm", [src]),
-        ident=ident,
-        codec=get_codec("zstd"),
-        spool=tmp_path / "spool" / "run",
-        host="test",
-        version="0",
-    ).pack()
+    ident = PACKED
+    result = _pack(tmp_path, src)
     # data/crm, sub, five files, the link: counted as written.
     assert result.entries == 8
     assert result.holders == {str(ident)}
@@ -837,7 +846,6 @@ def test_pack_result_counts_the_manifest_it_wrote_without_holding_it(tmp_path: P
 def test_the_manifest_of_stored_files_is_the_text_of_their_entries(tmp_path: Path) -> None:
     # The packer writes a stored file's entry as text, not through Entry.to_json:
     # the same bytes, odd names, extended attributes and fractional times too.
-    from cellvault.cell import Cell
 
     src = tmp_path / "crm"
     src.mkdir()
@@ -853,15 +861,8 @@ def test_the_manifest_of_stored_files_is_the_text_of_their_entries(tmp_path: Pat
         os.setxattr(big, "user.note", b"big")
     except OSError:
         pass  # a file system without user attributes: the rest is still compared
-    ident = ArchiveId("crm", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
-    result = Packer(
-        cell=Cell("crm", [src]),
-        ident=ident,
-        codec=get_codec("zstd"),
-        spool=tmp_path / "spool" / "run",
-        host="test",
-        version="0",
-    ).pack()
+    ident = PACKED
+    result = _pack(tmp_path, src)
     members = {info.name: body for info, body in read_members(result.data_path)}
     text = members["manifest.json"] or b""
     manifest = Manifest.from_json(text)

@@ -104,8 +104,9 @@ def test_the_pre_scan_counts_in_a_child_what_it_would_count_here(
     assert TotalsAhead([]).ready() and TotalsAhead([]).get() == []
 
 
+@pytest.mark.parametrize("why", ["fork fails", "a big process"])
 def test_without_a_child_the_pre_scan_counts_here(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="cellvault")
     root = tmp_path / "crm"
@@ -115,19 +116,10 @@ def test_without_a_child_the_pre_scan_counts_here(
     def no_fork() -> int:
         raise OSError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(os, "fork", no_fork)
-    ahead = TotalsAhead([cell])
-    assert ahead.ready()
-    assert ahead.get() == [tree_totals(cell)]
-
-
-def test_a_big_process_counts_here_rather_than_fork(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / "crm"
-    write_tree(root, SAMPLE)
-    cell = Cell("crm", [root])
-    monkeypatch.setattr(TotalsAhead, "FORK_MAX_RSS", 1)  # every process is bigger
+    if why == "fork fails":
+        monkeypatch.setattr(os, "fork", no_fork)
+    else:
+        monkeypatch.setattr(TotalsAhead, "FORK_MAX_RSS", 1)  # every process is bigger
     ahead = TotalsAhead([cell])
     assert ahead._pid == 0 and ahead.ready()
     assert ahead.get() == [tree_totals(cell)]

@@ -157,13 +157,19 @@ def test_a_root_on_another_file_system_is_copied_beside_it_and_named_first(
     assert sorted(p.name for p in local.parent.iterdir()) == ["app"]
 
 
-def test_a_copy_to_another_file_system_that_fails_leaves_nothing_there(
-    tmp_path: Path, other_fs: Path
-) -> None:
+def across_file_systems(tmp_path: Path, other_fs: Path) -> tuple[Path, Path, Swap]:
+    """Live roots app (here) and data (on another file system), and a swap with app staged."""
     local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
     far = write_tree(other_fs / "data", {"big.bin": "old data\n"})
     swap = Swap.create({"app": local, "data": far}, "cell_crm_20250101_020000", cell="crm")
     write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    return local, far, swap
+
+
+def test_a_copy_to_another_file_system_that_fails_leaves_nothing_there(
+    tmp_path: Path, other_fs: Path
+) -> None:
+    local, far, swap = across_file_systems(tmp_path, other_fs)
     # Nothing staged for "data": cp fails.
     with pytest.raises(RestoreError) as info:
         swap.place()
@@ -293,10 +299,7 @@ def test_the_owner_file_says_who_made_the_staging_before_it_is_made(tmp_path: Pa
 def test_old_data_stranded_beside_another_file_system_is_kept_by_the_clean_up(
     tmp_path: Path, other_fs: Path
 ) -> None:
-    local = write_tree(tmp_path / "srv" / "app", {"config.yaml": "old\n"})
-    far = write_tree(other_fs / "data", {"big.bin": "old data\n"})
-    swap = Swap.create({"app": local, "data": far}, "cell_crm_20250101_020000", cell="crm")
-    write_tree(swap.staging / "app", {"config.yaml": "new\n"})
+    local, far, swap = across_file_systems(tmp_path, other_fs)
     write_tree(swap.staging / "data", {"big.bin": "new data\n"})
     swap.place()
     near = swap.placed["data"]
