@@ -1137,3 +1137,53 @@ def test_a_quick_check_reads_no_member(tmp_path: Path) -> None:
     assert {r.members for r in report.results} == {0}  # no data read, so no member counted
     full = vault.verify(["crm"], targets=["local"], level="full")
     assert full.results[0].members > 0
+
+
+def test_a_backup_refuses_a_stored_manifest_copy_that_is_not_the_one_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check after backup compares the manifest copy's bytes, not only what they parse to.
+
+    The copy stored on nas is the same manifest compressed again (valid, and naming
+    this archive), so only the byte comparison with the copy written can refuse it.
+    """
+    import zstandard
+
+    vault = _two_targets(tmp_path)
+    original = LocalTarget.put_file
+    rewritten: list[str] = []
+
+    def recompressing(self: LocalTarget, local: Path, key: str) -> None:
+        original(self, local, key)
+        if self.name == "nas" and key.endswith(".manifest.json.zst"):
+            stored = tmp_path / "nas" / key
+            body = zstandard.ZstdDecompressor().stream_reader(local.read_bytes()).read()
+            stored.unlink()  # a local target may hard-link the spool's file
+            stored.write_bytes(zstandard.ZstdCompressor(level=19).compress(body))
+            rewritten.append(key)
+
+    monkeypatch.setattr(LocalTarget, "put_file", recompressing)
+    manifests: list[str] = []
+    reading = Target.manifest
+
+    def counted(self: Target, sidecar: Any) -> Any:
+        manifests.append(self.name)
+        return reading(self, sidecar)
+
+    monkeypatch.setattr(Target, "manifest", counted)
+    report = vault.backup(["crm"])
+    assert not report.ok and len(rewritten) == 1
+    outcomes = {t.target: t for t in report.cells[0].targets}
+    assert outcomes["local"].ok and outcomes["local"].verified
+    nas = outcomes["nas"]
+    assert (nas.ok, nas.stage) == (False, "verify")
+    ident = report.cells[0].archive
+    assert nas.error == (
+        f"archive {ident}, on target nas: the stored manifest copy differs from the one "
+        "written (the stored copy is damaged; verify other targets and restore from a good one)"
+    )
+    # The check used the manifest it was given: no manifest was read back from a target.
+    assert manifests == []
+    # The copy that did not verify is not committed there; the good one is.
+    assert [s.id for s in vault.target("nas").archives("crm")] == []
+    assert [str(s.id) for s in vault.target("local").archives("crm")] == [ident]
