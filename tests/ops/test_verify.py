@@ -1139,30 +1139,38 @@ def test_a_quick_check_reads_no_member(tmp_path: Path) -> None:
     assert full.results[0].members > 0
 
 
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("recompressed", "the stored manifest copy differs from the one written"),
+        ("deleted", "manifest copy is missing"),
+    ],
+)
 def test_a_backup_refuses_a_stored_manifest_copy_that_is_not_the_one_it_wrote(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str, problem: str
 ) -> None:
     """The check after backup compares the manifest copy's bytes, not only what they parse to.
 
-    The copy stored on nas is the same manifest compressed again (valid, and naming
-    this archive), so only the byte comparison with the copy written can refuse it.
+    Recompressed, the copy stored on nas is the same manifest, valid and naming this
+    archive: only the byte comparison with the copy written can refuse it.
     """
     import zstandard
 
     vault = _two_targets(tmp_path)
     original = LocalTarget.put_file
-    rewritten: list[str] = []
+    damaged: list[str] = []
 
-    def recompressing(self: LocalTarget, local: Path, key: str) -> None:
+    def damaging(self: LocalTarget, local: Path, key: str) -> None:
         original(self, local, key)
         if self.name == "nas" and key.endswith(".manifest.json.zst"):
             stored = tmp_path / "nas" / key
             body = zstandard.ZstdDecompressor().stream_reader(local.read_bytes()).read()
             stored.unlink()  # a local target may hard-link the spool's file
-            stored.write_bytes(zstandard.ZstdCompressor(level=19).compress(body))
-            rewritten.append(key)
+            if damage == "recompressed":
+                stored.write_bytes(zstandard.ZstdCompressor(level=19).compress(body))
+            damaged.append(key)
 
-    monkeypatch.setattr(LocalTarget, "put_file", recompressing)
+    monkeypatch.setattr(LocalTarget, "put_file", damaging)
     manifests: list[str] = []
     reading = Target.manifest
 
@@ -1172,18 +1180,42 @@ def test_a_backup_refuses_a_stored_manifest_copy_that_is_not_the_one_it_wrote(
 
     monkeypatch.setattr(Target, "manifest", counted)
     report = vault.backup(["crm"])
-    assert not report.ok and len(rewritten) == 1
+    assert not report.ok and len(damaged) == 1
     outcomes = {t.target: t for t in report.cells[0].targets}
     assert outcomes["local"].ok and outcomes["local"].verified
     nas = outcomes["nas"]
     assert (nas.ok, nas.stage) == (False, "verify")
     ident = report.cells[0].archive
     assert nas.error == (
-        f"archive {ident}, on target nas: the stored manifest copy differs from the one "
-        "written (the stored copy is damaged; verify other targets and restore from a good one)"
+        f"archive {ident}, on target nas: {problem} (the stored copy is damaged; "
+        "verify other targets and restore from a good one)"
     )
     # The check used the manifest it was given: no manifest was read back from a target.
     assert manifests == []
     # The copy that did not verify is not committed there; the good one is.
     assert [s.id for s in vault.target("nas").archives("crm")] == []
     assert [str(s.id) for s in vault.target("local").archives("crm")] == [ident]
+
+
+def test_read_needs_every_link_of_the_chain_even_one_that_holds_no_file_of_the_newest(
+    tmp_path: Path,
+) -> None:
+    """The chain the meta names counts, as well as the archives holding the manifest's files."""
+    vault = _two_targets(tmp_path)
+    assert vault.backup(["crm"]).ok
+    extra = write_tree(tmp_path / "cells" / "crm", {"tmp/scratch.txt": "gone soon\n"})
+    assert vault.backup(["crm"], kind="incremental").ok
+    (extra / "tmp" / "scratch.txt").unlink()
+    write_tree(tmp_path / "cells" / "crm", {"uploads/kept.txt": "kept\n"})
+    assert vault.backup(["crm"], kind="incremental").ok
+    full, inc1, inc2 = vault.target("nas").archives("crm")
+    assert [str(a) for a in inc2.meta.chain] == [str(full.id), str(inc1.id)]
+    assert vault.target("nas").manifest(inc2).holders() == {str(full.id), str(inc2.id)}
+    (tmp_path / "nas" / "crm" / f"{inc1.id}.json").unlink()  # inc1 no longer committed on nas
+    report = vault.verify(level="read", cells=["crm"], targets=["nas"])
+    (result,) = report.results
+    assert (result.archive, result.ok) == (str(inc2.id), False)
+    assert result.error == (
+        f"archive {inc2.id}, on target nas: its chain needs archive {inc1.id}, which is not "
+        "committed on this target (restore from another target, or take a full backup)"
+    )

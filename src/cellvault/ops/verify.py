@@ -281,7 +281,6 @@ def check_archive(
     level: str,
     committed: set[ArchiveId],
     *,
-    manifest_copy: bytes | None = None,
     manifest: Manifest | None = None,
     on_read: Callable[[int], None] | None = None,
     manifest_copy_sha256: str | None = None,
@@ -289,7 +288,7 @@ def check_archive(
     """Check a committed archive at *level* (``quick``, ``read`` or ``full``).
 
     *committed* are the archive ids committed on *target* (for the chain);
-    *manifest_copy* and *manifest*, what a backup just wrote (see
+    *manifest_copy_sha256* and *manifest*, what a backup just wrote (see
     :func:`read_check`); *on_read* is told the bytes of the archive read.
     Returns what was compared and the members read (``full``); raises
     :class:`ArchiveCorrupt` naming the archive and target.
@@ -301,7 +300,6 @@ def check_archive(
             target,
             sidecar,
             committed,
-            manifest_copy=manifest_copy,
             manifest_copy_sha256=manifest_copy_sha256,
             manifest=manifest,
             on_read=on_read,
@@ -367,7 +365,6 @@ def read_check(
     sidecar: Sidecar,
     committed: set[ArchiveId],
     *,
-    manifest_copy: bytes | None = None,
     manifest: Manifest | None = None,
     on_read: Callable[[int], None] | None = None,
     manifest_copy_sha256: str | None = None,
@@ -379,12 +376,12 @@ def read_check(
     by cellvault 0.1.0: zstd's XXH64, gzip's CRC-32); that ``meta.json``
     is the first member, names this archive and has ``backed_at``; that the
     tar stream ends with its end-of-archive blocks; that the manifest copy
-    decompresses, parses and names this archive (and, with *manifest_copy*,
-    the compressed bytes just written, or *manifest_copy_sha256*, their
-    sha256, is byte for byte that, and *manifest*, what they hold, need not
-    be parsed again); and that the chain of an
-    incremental is committed (*committed*). Returns what was
-    compared; raises :class:`ArchiveCorrupt` naming the archive and target.
+    decompresses, parses and names this archive (and, with
+    *manifest_copy_sha256*, the sha256 of the compressed copy a backup just
+    wrote, is byte for byte that copy; then *manifest*, what it holds, need
+    not be parsed again); and that the chain of an incremental is committed
+    (*committed*). Returns what was compared; raises :class:`ArchiveCorrupt`
+    naming the archive and target.
     """
     ident = str(sidecar.id)
 
@@ -409,8 +406,6 @@ def read_check(
         raise corrupt(f"stored data is {found.count} bytes, the sidecar says {sidecar.size}")
     if found.sha256 != sidecar.sha256:
         raise corrupt("sha256 of the stored data differs from the sidecar")
-    if manifest_copy is not None and manifest_copy_sha256 is None:
-        manifest_copy_sha256 = hashlib.sha256(manifest_copy).hexdigest()
     if keyless:
         return _keyless_rest(target, sidecar, committed, manifest_copy_sha256, corrupt)
     if not found.tar_ends:
