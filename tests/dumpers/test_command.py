@@ -14,6 +14,7 @@ import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -24,7 +25,7 @@ from cellvault.dumpers.staging import StagedLoad
 from cellvault.errors import CellvaultError, DumpError, LoadError
 from cellvault.events import Event
 from tests.dumpers.conftest import Alerts, argv_log, vault_for
-from tests.helpers import clock, snapshot, write_tree
+from tests.helpers import clock, logged, snapshot, write_tree
 
 PY = sys.executable
 
@@ -778,3 +779,194 @@ def test_a_restore_says_why_each_dumper_could_not_stage(tmp_path: Path) -> None:
         "loaded into the live database before the swap (this dumper cannot stage: it has no "
         "staging step)"
     )
+
+
+class Recording(Upper):
+    """Dumps as Upper does, noting its context; removes its scratch folder itself."""
+
+    type = "recording"
+    seen: list[tuple[str, int, Path]]
+
+    def dump(self, ctx: DumpContext) -> None:
+        self.seen.append((ctx.reason, stat.S_IMODE(ctx.spool.stat().st_mode), ctx.spool))
+        shutil.rmtree(ctx.spool)  # a dumper may clean up after itself
+        time.sleep(0.01)
+        super().dump(ctx)
+        with ctx.open("more") as out:
+            out.write(b"12345")
+
+
+def test_a_dump_is_summed_up_in_the_report_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellvault")
+    dumper = Recording(name="rec")
+    dumper.seen = []
+    vault = vault_for(tmp_path, [dumper], clock=clock())
+    started = time.monotonic()
+    (crm,) = vault.backup().cells
+    wall = time.monotonic() - started
+    assert crm.ok, crm.error
+    ((reason, mode, scratch),) = dumper.seen
+    assert (reason, mode, scratch.name) == ("scheduled", 0o700, ".dump-crm-rec")
+    assert not scratch.exists()
+    (summary,) = crm.dumps
+    assert (summary.name, summary.type, summary.ok, summary.bytes, summary.error) == (
+        "rec",
+        "recording",
+        True,
+        len(b"hello\n12345"),
+        None,
+    )
+    assert 0.01 <= summary.duration <= wall
+    (written,) = logged(caplog, "dump.written")
+    assert {k: written[k] for k in ("cell", "archive", "dumper", "type", "bytes", "ok")} == {
+        "cell": "crm",
+        "archive": crm.archive,
+        "dumper": "rec",
+        "type": "recording",
+        "bytes": 11,
+        "ok": True,
+    }
+    assert written["duration"] == round(summary.duration, 3)
+
+
+def test_a_safety_backup_says_which_dump_it_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed dump does not block the restore, and the restore's report says what is missing."""
+    caplog.set_level(logging.INFO, logger="cellvault")
+    dumper = Recording(name="rec")
+    dumper.seen = []
+    # An archive taken before the dumper "boom" was configured (and began to fail).
+    assert vault_for(tmp_path, [dumper], clock=clock()).backup().ok
+    vault = vault_for(tmp_path, [dumper, Crashing(name="boom")], clock=clock())
+    assert not vault.backup().ok  # a scheduled backup fails on the crashing dump
+    caplog.clear()
+    report = vault.restore("latest", load_dumps=[])
+    assert report.ok, report.error
+    (cell,) = report.cells
+    safety = cell.safety_backup
+    assert safety and [s[0] for s in dumper.seen][-1] == "pre-restore"
+    error = "cell crm, dumper boom: RuntimeError: lost the socket, PGPASSWORD=***"
+    assert cell.warnings == (
+        f"safety backup {safety}: dumper boom failed, so the safety backup lacks its dump: {error}",
+    )
+    (failed,) = logged(caplog, "dump.failed")
+    assert (failed["cell"], failed["dumper"], failed["type"], failed["error"]) == (
+        "crm",
+        "boom",
+        "crashing",
+        error,
+    )
+    assert failed["archive"] == safety
+    (summary,) = [s for s in logged(caplog, "dump.written") if s["dumper"] == "boom"]
+    assert (summary["ok"], summary["bytes"]) == (False, 0)
+
+
+class Side(Upper):
+    """Stages into a side object named after it, or says why it cannot (``cannot`` set)."""
+
+    type = "side"
+    cannot = ""
+
+    def stage(self, ctx: LoadContext) -> StagedLoad | None:
+        if self.cannot:
+            return ctx.cannot_stage(self.cannot)
+        side = StagedLoad(self.name, f"store {self.name}", f"{self.name}-side")
+        ctx.side_created(side)
+        return side
+
+
+def test_load_staged_dumps_stages_each_dumper_in_order_and_says_what_it_did(
+    tmp_path: Path,
+) -> None:
+    """Two that stage, one that cannot: each staged side reported; the third per the caller."""
+    a, b, c = Side(name="a"), Side(name="b"), Side(name="c")
+    c.cannot = "no side database here"
+    vault = vault_for(tmp_path, [a, b, c], clock=clock())
+    assert vault.backup().ok
+    report = vault.restore("latest", into=tmp_path / "out")
+    assert report.ok, report.cells[0].error
+    dumps = tmp_path / "out" / "crm.dumps"
+    (meta,) = [s.meta for s in vault.target("local").archives("crm")]
+    cell = vault.config.cells[0]
+    (tmp_path / "staged").mkdir()
+
+    def load(**kwargs: Any) -> tuple[list[str], dict[str, Any]]:
+        seen: dict[str, Any] = {"sides": [], "staged": [], "created": [], "why": {}, "order": []}
+        loaded = archive_io.load_staged_dumps(
+            cell=cell,
+            meta=meta,
+            dumpers=[a, b, c],
+            dumps=dumps,
+            spool=tmp_path / "scratch",
+            staged_roots={cell.paths[0]: tmp_path / "staged"},
+            sides=seen["sides"],
+            on_staged=seen["staged"].append,
+            on_side=seen["created"].append,
+            not_staged=seen["why"],
+            on_loading=seen["order"].append,
+            **kwargs,
+        )
+        return loaded, seen
+
+    # A restore's: the one that cannot stage loads into the live store, after the others.
+    loaded, seen = load()
+    assert loaded == ["a", "b", "c"]
+    assert [s.side for s in seen["sides"]] == ["a-side", "b-side"]
+    assert seen["staged"] == seen["sides"] == seen["created"]
+    assert seen["why"] == {"c": "no side database here"}
+    assert seen["order"] == ["c"]  # only c loads live, between on_loading and on_loaded
+    # A drill's: the one that cannot stage is not loaded at all, only named.
+    no_live: list[str] = []
+    loaded, seen = load(no_live=no_live)
+    assert (loaded, no_live, seen["order"]) == (["a", "b"], ["c"], [])
+    # Asked for a dumper the cell lacks, or one whose dump the archive lacks: refused.
+    with pytest.raises(LoadError) as unknown:
+        load(only=["a", "zz"])
+    assert (unknown.value.message, unknown.value.hint) == (
+        "cell crm: no dumper named 'zz' is configured",
+        "configured dumpers: a, b, c",
+    )
+    with pytest.raises(LoadError) as bare:
+        archive_io.load_staged_dumps(
+            cell=cell, meta=meta, dumpers=[], dumps=dumps, spool=tmp_path / "s", only=["a"]
+        )
+    assert bare.value.hint == "configured dumpers: none"
+    shutil.rmtree(dumps / "b")
+    with pytest.raises(LoadError) as lacking:
+        load(only=["b"])
+    assert (lacking.value.message, lacking.value.hint) == (
+        f"cell crm: archive {meta.id} holds no dump of dumper b",
+        "it holds: a, c",
+    )
+    shutil.rmtree(dumps)
+    dumps.mkdir()
+    with pytest.raises(LoadError) as empty:
+        load(only=["b"])
+    assert empty.value.hint == "it holds: no dumps"
+
+
+class Slow(Upper):
+    """Writes 192 KiB in three parts, a third of a second apart."""
+
+    type = "slow"
+
+    def dump(self, ctx: DumpContext) -> None:
+        with ctx.open("data") as out:
+            for _ in range(3):
+                out.write(b"x" * 65536)
+                time.sleep(0.3)
+
+
+def test_a_dump_counts_in_the_backup_s_progress_as_it_is_written(tmp_path: Path) -> None:
+    events: list[Event] = []
+    vault = vault_for(
+        tmp_path, [Slow(name="s")], clock=clock(), on_event=events.append, progress_interval=1e-9
+    )
+    assert vault.backup().ok
+    files = len("db: crm\n") + len("a\n")
+    done = [e.data["bytes_done"] for e in events if e.name == "progress"]
+    assert max(done) == files + 3 * 65536
+    assert {v for v in done if files < v < files + 3 * 65536}, "no progress during the dump"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RestoreError
+from ..report import CellReport
 from ..run import Run, open_run
 from .backup import backup
 from .listing import write_metrics
@@ -64,8 +65,8 @@ def dump_choice(load: bool | Sequence[str] | None, into: Path | None) -> Sequenc
     return list(load)
 
 
-def safety_backup(run: Run, res: Resources, plans: Sequence[RestorePlan]) -> dict[str, str]:
-    """Back up the cells whose destinations hold data, to the first target; return their archives.
+def safety_backup(run: Run, res: Resources, plans: Sequence[RestorePlan]) -> dict[str, CellReport]:
+    """Back up the cells whose destinations hold data, to the first target; return their reports.
 
     A backup run of its own (its own id and run log, reason ``pre-restore``);
     :class:`RestoreError` when it fails, so nothing is restored over data
@@ -95,4 +96,4 @@ def safety_backup(run: Run, res: Resources, plans: Sequence[RestorePlan]) -> dic
             hint="fix the backup directory or its permissions and retry, "
             "or (with approval) skip it with RESTORE_SKIP_PREBACKUP=1",
         )
-    return {c.cell: c.archive or "" for c in pre.cells}
+    return {c.cell: c for c in pre.cells}

@@ -39,7 +39,7 @@ from ..extract import ArchiveStream, StagedTree
 from ..journal import Journal
 from ..log import get_logger
 from ..progress import CountingReader
-from ..report import CellRestore, RestoreReport
+from ..report import CellReport, CellRestore, RestoreReport
 from ..run import Run, error_text
 from ..runlog import carry
 from ..swap import Swap
@@ -162,11 +162,12 @@ def _restore_held(
 ) -> RestoreReport:
     # An earlier restore of these cells that was killed is settled first.
     recovered = recover_cells(run, plans, dumpers=res.dumpers) if into_path is None else ()
-    safety: dict[str, str] = {}
+    taken: dict[str, CellReport] = {}
     # In place, or --into with dumps to load: live data (the databases at least) is replaced.
     live = into_path is None or loads_dumps(res, plans, only)
     if live and not skip_prebackup:
-        safety = safety_backup(run, res, plans)
+        taken = safety_backup(run, res, plans)
+    safety = {cell: pre.archive or "" for cell, pre in taken.items()}
     work = _Restore(
         run,
         res,
@@ -185,7 +186,9 @@ def _restore_held(
         error = str(exc)
         run.fail("restore", error)
     report = RestoreReport(
-        cells=tuple(work.results[n] for n in names if n in work.results),
+        cells=tuple(
+            _with_safety_warnings(work.results[n], taken) for n in names if n in work.results
+        ),
         duration=time.monotonic() - started,
         error=error,
         recovered=tuple(r.describe() for r in recovered),
@@ -194,6 +197,15 @@ def _restore_held(
     log.info("restore.finished", run=run.id, ok=report.ok, duration=round(report.duration, 3))
     run.emit("restore.finished", ok=report.ok)
     return report
+
+
+def _with_safety_warnings(result: CellRestore, taken: Mapping[str, CellReport]) -> CellRestore:
+    """*result*, warned of what its safety backup lacks (a dump that failed, a missing root)."""
+    pre = taken.get(result.cell)
+    if pre is None or not pre.warnings:
+        return result
+    lacks = tuple(f"safety backup {pre.archive}: {w}" for w in pre.warnings)
+    return attrs.evolve(result, warnings=(*lacks, *result.warnings))
 
 
 @attrs.define
