@@ -32,7 +32,8 @@ def tests(session: nox.Session) -> None:
     """
     session.run("python", "-m", "tests.system_tools", "--install", external=True)
     session.install("-e", TEST_EXTRAS)
-    args = session.posargs or ["-q", "-p", "no:cacheprovider"]
+    # The slowest tests are listed at the end: where a run's time went (docs/testing.md).
+    args = session.posargs or ["-q", "-p", "no:cacheprovider", "--durations=25"]
     session.run(
         "pytest",
         *args,
