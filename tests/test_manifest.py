@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -783,6 +784,7 @@ def test_entries_past_the_spill_read_as_from_dict_reads_them(
     """Past the spill, entries are checked and stored without an Entry: the same result."""
     caplog.set_level(logging.INFO, logger="cellvault")
     monkeypatch.setattr("cellvault.spillmap.SPILL_AT", spill_at)
+    monkeypatch.setattr("cellvault.manifest.JSON_CHUNK", 3)  # stored three at a time
     older = "cell_crm_20241231_020000"
     base = {"type": "file", "mode": 0o644, "mtime_ns": 1, "sha256": "a" * 64, "size": 2}
     items: list[dict[str, object]] = [
@@ -818,3 +820,111 @@ def test_entries_past_the_spill_read_as_from_dict_reads_them(
         with pytest.raises(ArchiveCorrupt) as info:
             Manifest.from_json(text, archive=ARCHIVE)
         assert why in info.value.detail
+
+
+def test_a_manifest_reads_alike_wherever_a_chunk_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk size up to 300 bytes, and one that ends the first chunk before the last entry.
+
+    The next chunk then starts with the comma before that entry, and the entry is
+    followed by the end of the list, not by another comma.
+    """
+    m = sample()
+    for i in range(80):
+        m.add(Entry(f"data/crm/x{i:03d}", "dir", 0o755, i))
+    raw = m.to_json()
+    last = raw.rindex(b',{"path"')
+    assert last > 4096  # the first read, before the head is parsed, is one chunk
+    for chunk in [*range(1, 300), last]:
+        read = streamed(raw, monkeypatch, chunk)
+        assert list(read) == list(m), chunk
+
+
+_USUAL_INTS = st.sampled_from([0, 1, 0o644, 2**31, 2**63 - 1])
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([0o7777, 0o10000, 1 << 62, (1 << 62) + 1, 2**63, -(2**63)]),
+    st.floats(allow_nan=False, allow_infinity=False, width=16),
+    st.sampled_from(["", "5", "a" * 64, "file", "socket", "cell_crm_20241231_020000"]),
+    st.lists(st.integers(0, 1), max_size=1),
+    st.dictionaries(st.sampled_from(["user.a"]), st.sampled_from(["", "Yg=="]), max_size=1),
+)
+_KEYS = [
+    "mode",
+    "mtime_ns",
+    "size",
+    "sha256",
+    "target",
+    "archive",
+    "uid",
+    "gid",
+    "inode",
+    "dev",
+    "ctime_ns",
+    "rdev",
+    "xattrs",
+]
+
+
+def _outcome(read: Any, item: Any) -> tuple[str, object]:
+    """What reading *item* gives: its fields as stored (exact types), or the error raised."""
+    import marshal
+
+    try:
+        return "fields", marshal.dumps(read(dict(item) if isinstance(item, dict) else item, {}))
+    except Exception as exc:
+        return "error", (type(exc), str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([[], "entry", 3, None])
+    | st.fixed_dictionaries(
+        {
+            "path": st.sampled_from(["data/crm/f", 3, None]),
+            "type": st.sampled_from([*ENTRY_TYPES, "socket", 3]),
+        },
+        optional={k: _VALUES for k in _KEYS},
+    )
+)
+def test_the_fields_of_any_entry_past_the_spill_are_what_from_dict_gives(item: Any) -> None:
+    """Valid or not, an entry read without an Entry gives the same fields, or the same error."""
+    from cellvault.manifest import _FIELDS, _entry, _fields
+
+    assert _outcome(_fields, item) == _outcome(lambda i, ids: _FIELDS(_entry(i, ids)), item)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "path": st.sampled_from(["data/crm/f", "data/crm/é"]),
+            "type": st.sampled_from(ENTRY_TYPES),
+            "mode": st.sampled_from([0, 0o644, 0o7777]),
+            "mtime_ns": st.sampled_from([0, -5, 2**63 - 1]),
+        },
+        optional={
+            "size": st.sampled_from([0, 1, 1 << 62]),  # 0 to MAX_COUNT
+            **{
+                k: st.one_of(st.none(), st.sampled_from(["a" * 64, "x"]))
+                for k in ("sha256", "target")
+            },
+            "archive": st.sampled_from([None, "cell_crm_20241231_020000"]),
+            **{k: _USUAL_INTS for k in ("uid", "gid", "inode", "dev", "ctime_ns", "rdev")},
+        },
+    )
+)
+def test_a_usual_entry_past_the_spill_is_read_without_from_dict(
+    item: dict[str, Any],
+) -> None:
+    """Whole numbers in range, strings or nulls, keys left out: no Entry is built for it."""
+    from cellvault import manifest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest.Entry, "from_dict", None)  # calling it would fail the test
+        ids: dict[str, str] = {}
+        fields = manifest._fields(dict(item), ids)
+    assert fields == manifest._FIELDS(Entry.from_dict(dict(item)))
+    if item.get("archive"):
+        assert fields[manifest._ARCHIVE_AT] is ids[item["archive"]]
