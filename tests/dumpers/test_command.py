@@ -786,14 +786,26 @@ class Recording(Upper):
 
     type = "recording"
     seen: list[tuple[str, int, Path]]
+    scratch: list[str]
 
     def dump(self, ctx: DumpContext) -> None:
         self.seen.append((ctx.reason, stat.S_IMODE(ctx.spool.stat().st_mode), ctx.spool))
+        self.scratch = sorted(p.name for p in ctx.spool.parent.glob(".dump-*"))
         shutil.rmtree(ctx.spool)  # a dumper may clean up after itself
         time.sleep(0.01)
         super().dump(ctx)
         with ctx.open("more") as out:
             out.write(b"12345")
+
+
+class Leaves(Upper):
+    """Dumps as Upper does, leaving a file in its scratch folder."""
+
+    type = "leaves"
+
+    def dump(self, ctx: DumpContext) -> None:
+        (ctx.spool / "work.tmp").write_bytes(b"x" * 1000)
+        super().dump(ctx)
 
 
 def test_a_dump_is_summed_up_in_the_report_and_the_log(
@@ -802,7 +814,7 @@ def test_a_dump_is_summed_up_in_the_report_and_the_log(
     caplog.set_level(logging.INFO, logger="cellvault")
     dumper = Recording(name="rec")
     dumper.seen = []
-    vault = vault_for(tmp_path, [dumper], clock=clock())
+    vault = vault_for(tmp_path, [Leaves(name="first"), dumper], clock=clock())
     started = time.monotonic()
     (crm,) = vault.backup().cells
     wall = time.monotonic() - started
@@ -810,7 +822,8 @@ def test_a_dump_is_summed_up_in_the_report_and_the_log(
     ((reason, mode, scratch),) = dumper.seen
     assert (reason, mode, scratch.name) == ("scheduled", 0o700, ".dump-crm-rec")
     assert not scratch.exists()
-    (summary,) = crm.dumps
+    assert dumper.scratch == [".dump-crm-rec"]  # the first dumper's is gone, with its file
+    first, summary = crm.dumps
     assert (summary.name, summary.type, summary.ok, summary.bytes, summary.error) == (
         "rec",
         "recording",
@@ -819,7 +832,8 @@ def test_a_dump_is_summed_up_in_the_report_and_the_log(
         None,
     )
     assert 0.01 <= summary.duration <= wall
-    (written,) = logged(caplog, "dump.written")
+    assert (first.name, first.ok, first.bytes) == ("first", True, len("hello\n"))
+    _, written = logged(caplog, "dump.written")
     assert {k: written[k] for k in ("cell", "archive", "dumper", "type", "bytes", "ok")} == {
         "cell": "crm",
         "archive": crm.archive,
@@ -862,6 +876,14 @@ def test_a_safety_backup_says_which_dump_it_lacks(
     assert failed["archive"] == safety
     (summary,) = [s for s in logged(caplog, "dump.written") if s["dumper"] == "boom"]
     assert (summary["ok"], summary["bytes"]) == (False, 0)
+    # Taken on its own (Vault.backup's reason), the safety backup's report says the same.
+    (pre,) = vault.backup(reason="pre-restore").cells
+    assert pre.ok
+    assert [(d.name, d.ok, d.error) for d in pre.dumps] == [
+        ("rec", True, None),
+        ("boom", False, error),
+    ]
+    assert pre.warnings == (f"dumper boom failed, so the safety backup lacks its dump: {error}",)
 
 
 class Side(Upper):
@@ -884,7 +906,7 @@ def test_load_staged_dumps_stages_each_dumper_in_order_and_says_what_it_did(
     """Two that stage, one that cannot: each staged side reported; the third per the caller."""
     a, b, c = Side(name="a"), Side(name="b"), Side(name="c")
     c.cannot = "no side database here"
-    vault = vault_for(tmp_path, [a, b, c], clock=clock())
+    vault = vault_for(tmp_path, [a, c, b], clock=clock())
     assert vault.backup().ok
     report = vault.restore("latest", into=tmp_path / "out")
     assert report.ok, report.cells[0].error
@@ -898,7 +920,7 @@ def test_load_staged_dumps_stages_each_dumper_in_order_and_says_what_it_did(
         loaded = archive_io.load_staged_dumps(
             cell=cell,
             meta=meta,
-            dumpers=[a, b, c],
+            dumpers=[a, c, b],
             dumps=dumps,
             spool=tmp_path / "scratch",
             staged_roots={cell.paths[0]: tmp_path / "staged"},
@@ -911,9 +933,9 @@ def test_load_staged_dumps_stages_each_dumper_in_order_and_says_what_it_did(
         )
         return loaded, seen
 
-    # A restore's: the one that cannot stage loads into the live store, after the others.
+    # A restore's: the one that cannot stage loads into the live store, in its turn.
     loaded, seen = load()
-    assert loaded == ["a", "b", "c"]
+    assert loaded == ["a", "c", "b"]
     assert [s.side for s in seen["sides"]] == ["a-side", "b-side"]
     assert seen["staged"] == seen["sides"] == seen["created"]
     assert seen["why"] == {"c": "no side database here"}
@@ -927,7 +949,7 @@ def test_load_staged_dumps_stages_each_dumper_in_order_and_says_what_it_did(
         load(only=["a", "zz"])
     assert (unknown.value.message, unknown.value.hint) == (
         "cell crm: no dumper named 'zz' is configured",
-        "configured dumpers: a, b, c",
+        "configured dumpers: a, c, b",
     )
     with pytest.raises(LoadError) as bare:
         archive_io.load_staged_dumps(
