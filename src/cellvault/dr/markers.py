@@ -173,8 +173,6 @@ class MarkerStore:
         for target in self.storage:
             try:
                 return self._records_on(target)
-            except FileNotFoundError:
-                continue
             except TargetError as exc:
                 log.warning("dr.records_unreadable", target=target.name, error=str(exc))
                 continue
