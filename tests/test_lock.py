@@ -610,6 +610,8 @@ def test_a_holder_of_another_user_is_alive() -> None:
     try:
         holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
         assert not holder_is_stale(holder)  # our own child: kill(pid, 0) answers
+        time.sleep(0.2)
+        assert child.poll() is None  # asking sent it no signal that ends it (SIGHUP, SIGTERM)
         if os.geteuid() != 0:
             return
         probe = os.fork()
