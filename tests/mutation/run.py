@@ -209,7 +209,34 @@ def report(groups: list[str], config: dict, allowed: dict[str, str]) -> bool:
     for _, s in rows:
         for name in s["unexplained"]:  # type: ignore[attr-defined]
             print(f"not killed, not allow-listed: {name} (mutmut show {name}, in build/mutate)")
+    for name, why in stale_entries(groups, config, allowed):
+        print(f"allow-list entry to remove: {name} ({why})")
     return score >= TARGET and not totals["not run"]
+
+
+def stale_entries(
+    groups: list[str], config: dict, allowed: dict[str, str]
+) -> list[tuple[str, str]]:
+    """The allow-list's entries for the modules of *groups* that explain nothing any more.
+
+    A mutant killed needs no reason; a name no mutant has any more (its function
+    changed, or went) would explain, wrongly, whatever mutant takes it later.
+    """
+    codes: dict[str, int | None] = {}
+    prefixes: set[str] = set()
+    for group in groups:
+        for module, found in results(group, config["groups"][group]).items():
+            codes.update(found)
+            prefixes.add(module.removeprefix("src/").removesuffix(".py").replace("/", ".") + ".")
+    stale = []
+    for name in sorted(allowed):
+        if not any(name.startswith(prefix) for prefix in prefixes):
+            continue
+        if name not in codes:
+            stale.append((name, "no such mutant"))
+        elif codes[name] in KILLED or codes[name] in TIMEOUT:
+            stale.append((name, "killed"))
+    return stale
 
 
 def main(argv: list[str] | None = None) -> int:
