@@ -128,7 +128,67 @@ def test_a_sparse_map_is_read_up_to_a_limit(
     text = b"52\n" + b"".join(b"%014d\n%014d\n" % r for r in regions)
     with pytest.raises(ArchiveCorrupt) as info:
         verify(sparse_member(padded(text) + b"a" * 52, realsize=104), entries())
-    assert info.value.detail == "the sparse map ends early; damaged"
+    assert (info.value.detail, info.value.member) == ("the sparse map ends early; damaged", NAME)
+
+
+@pytest.mark.parametrize(("length", "read"), [(1536, True), (1537, False)])
+def test_a_sparse_map_of_up_to_its_limit_and_a_block_is_read_and_no_longer(
+    monkeypatch: pytest.MonkeyPatch, length: int, read: bool
+) -> None:
+    """PAX_MAX (here 1 KiB) and the block the map may end in: 1,536 bytes read, 1,537 not."""
+    monkeypatch.setattr("cellvault.extract.stream.PAX_MAX", 1024)
+    regions = [(2 * i, 1) for i in range(51)]  # 3 + 51 * 30 = 1,533 bytes at 14 digits
+    first = b"%0*d\n%014d\n" % (14 + length - 1533, 0, 1)
+    text = b"51\n" + first + b"".join(b"%014d\n%014d\n" % r for r in regions[1:])
+    assert len(text) == length
+    data = padded(text) + b"a" * 51
+    middle = sparse_member(data, realsize=102)
+    if read:
+        assert verify(middle, [dir_entry("data/crm"), file_entry(NAME, b"a\0" * 51, ARCHIVE)]) == 2
+        return
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(middle, entries())
+    assert (info.value.detail, info.value.member) == ("the sparse map ends early; damaged", NAME)
+
+
+class Trickle:
+    """A sparse member's data read back at most *step* bytes at a time, as a stream may give it."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.name = data, step, NAME
+        self.stream = self
+
+    def corrupt(self, message: str, member: str | None = None) -> ArchiveCorrupt:
+        return ArchiveCorrupt(message, archive=ARCHIVE, member=member, target="t")
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.step if size < 0 else min(size, self.step)
+        piece, self.data = self.data[:size], self.data[size:]
+        return piece
+
+
+@pytest.mark.parametrize("step", [1, 7, 100, 511, 513, 1 << 20])
+def test_a_sparse_member_read_in_short_pieces_gives_the_same_regions(step: int) -> None:
+    from cellvault.extract.stream import sparse_regions
+
+    # A map longer than a block (its padding read in pieces too), then its regions.
+    regions = [(10 * i, 3) for i in range(100)]
+    data = sparse_map(*regions) + b"abc" * 100
+    assert len(sparse_map(*regions)) == 1024
+    got = list(sparse_regions(Trickle(data, step), 1000))  # type: ignore[arg-type]
+    joined: dict[int, bytes] = {}
+    for offset, piece in got:
+        start = next((o for o in joined if o + len(joined[o]) == offset), offset)
+        joined[start] = joined.get(start, b"") + piece
+    assert joined == {10 * i: b"abc" for i in range(100)}
+    for damaged, message in [
+        (data + b"x", "data after the sparse map's regions; damaged"),
+        (data[:-1], "sparse data ends early; damaged"),
+        (sparse_map(*regions)[:1000], "the sparse map ends early; damaged"),
+    ]:
+        with pytest.raises(ArchiveCorrupt) as info:
+            list(sparse_regions(Trickle(damaged, step), 1000))  # type: ignore[arg-type]
+        assert (info.value.detail, info.value.member) == (message, NAME)
 
 
 def test_a_long_sparse_map_is_parsed_a_few_times_not_once_a_block(
