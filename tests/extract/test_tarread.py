@@ -17,9 +17,24 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cellvault import ArchiveCorrupt, ArchiveId, ArchiveMeta, Manifest, Sidecar, UnsafeArchive
+from cellvault import (
+    ArchiveCorrupt,
+    ArchiveId,
+    ArchiveMeta,
+    Entry,
+    Manifest,
+    Sidecar,
+    UnsafeArchive,
+)
 from cellvault.extract import ArchiveStream, StagedTree, verify_archive
-from tests.archive_helpers import all_paths, dir_entry, file_entry, link_entry, member
+from tests.archive_helpers import (
+    all_paths,
+    dir_entry,
+    file_entry,
+    hardlink_entry,
+    link_entry,
+    member,
+)
 
 IDENT = ArchiveId("crm", dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.UTC))
 ARCHIVE = str(IDENT)
@@ -318,17 +333,40 @@ def test_unusable_meta_json_is_corrupt(meta_json: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "manifest_json",
-    [b'{"archive": "a", "entries": [1, 2]}', b"[" * 100_000, b'{"entries": []}'],
-    ids=["numbers", "deep", "no-archive"],
+    ("manifest_json", "why"),
+    [
+        (
+            b'{"archive": "a", "entries": [1, 2]}',
+            "manifest is unusable (TypeError: an entry is a int, not an object)",
+        ),
+        (b"[" * 100_000, "manifest is unusable (RecursionError)"),
+        (b'{"entries": []}', None),
+        (
+            b'{"format": 1, "archive": "%s", "entries": [{"path": "data/crm/f", "type": "file",'
+            b' "mode": 420, "mtime_ns": 1, "size": 0, "archive": "cell_crm_20991231_020000"}]}'
+            % ARCHIVE.encode(),
+            "manifest is unusable (names archive 'cell_crm_20991231_020000', which is not an "
+            "older archive of cell crm)",
+        ),
+    ],
+    ids=["numbers", "deep", "no-archive", "newer-holder"],
 )
-def test_unusable_manifest_json_is_corrupt(manifest_json: bytes) -> None:
+def test_unusable_manifest_json_is_corrupt(manifest_json: bytes, why: str | None) -> None:
     tar = (
         blocks(*member("meta.json", META.to_json()))
         + blocks(*member("manifest.json", manifest_json))
         + bytes(1024)
     )
     raw, sidecar = sealed(tar)
+    if why is not None:
+        with pytest.raises(ArchiveCorrupt) as info:
+            verify_archive(io.BytesIO(raw), sidecar, "t")
+        assert (info.value.detail, info.value.member, info.value.target) == (
+            why,
+            "manifest.json",
+            "t",
+        )
+        return
     with pytest.raises(ArchiveCorrupt, match="manifest"):
         verify_archive(io.BytesIO(raw), sidecar, "t")
 
@@ -527,3 +565,107 @@ def test_a_member_the_manifest_does_not_list_or_lists_as_another_kind_is_named()
         f"manifest says archive {older} holds it",
         "data/crm/x",
     )
+
+
+_FOLDER = dir_entry("data/crm")
+_OLDER = "cell_crm_20210101_020000"
+
+# Each case: the members after data/crm, the manifest's entries after it, and what is refused.
+MISMATCHES: dict[str, tuple[list[tuple[str, dict]], list[Entry], tuple[str, str] | None]] = {  # type: ignore[type-arg]
+    "content differs": (
+        [("data/crm/f", {"data": b"other data"})],
+        [file_entry("data/crm/f", DATA, ARCHIVE)],
+        ("content does not match the manifest (sha256 differs)", "data/crm/f"),
+    ),
+    "hard link elsewhere": (
+        [
+            ("data/crm/f", {"data": DATA}),
+            ("data/crm/h", {"kind": tarfile.LNKTYPE, "linkname": "data/crm/f"}),
+        ],
+        [
+            file_entry("data/crm/f", DATA, ARCHIVE),
+            file_entry("data/crm/g", DATA, _OLDER),
+            hardlink_entry("data/crm/h", "data/crm/g"),
+        ],
+        ("link target does not match the manifest", "data/crm/h"),
+    ),
+    "mode differs": (
+        [("data/crm/f", {"data": DATA, "mode": 0o600})],
+        [file_entry("data/crm/f", DATA, ARCHIVE)],
+        ("mode 600 does not match the manifest (644)", "data/crm/f"),
+    ),
+    "a file held here is missing": (
+        [],
+        [file_entry("data/crm/f", DATA, ARCHIVE)],
+        ("listed in the manifest but missing from the archive", "data/crm/f"),
+    ),
+    "a folder is missing": (
+        [],
+        [dir_entry("data/crm/sub")],
+        ("listed in the manifest but missing from the archive", "data/crm/sub"),
+    ),
+    "a file an older archive holds is not here, rightly": (
+        [],
+        [file_entry("data/crm/f", DATA, _OLDER)],
+        None,
+    ),
+    "a file here that an older archive should hold": (
+        [("data/crm/f", {"data": DATA})],
+        [file_entry("data/crm/f", DATA, _OLDER)],
+        (f"manifest says archive {_OLDER} holds it", "data/crm/f"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_each_difference_from_the_manifest_is_named_with_its_member(case: str) -> None:
+    members, entries, refused = MISMATCHES[case]
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    for name, kwargs in members:
+        middle += blocks(*member(name, **kwargs))
+    if refused is None:
+        assert verify(middle, [_FOLDER, *entries]) == 1 + len(members)
+        return
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify(middle, [_FOLDER, *entries])
+    assert (info.value.detail, info.value.member, info.value.target) == (*refused, "t")
+    assert info.value.hint == (
+        "the stored copy is damaged; verify other targets and restore from a good one"
+    )
+
+
+def test_a_member_cut_short_or_undecodable_is_named_with_why() -> None:
+    """The tar's own failure in its words; the codec's with its type, the member named."""
+    big = b"".join(b"line %06d of the log\n" % i for i in range(40000))
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle += blocks(*member("data/crm/big", big))
+    raw, _, _ = archive_bytes(middle, [_FOLDER, file_entry("data/crm/big", big, ARCHIVE)])
+
+    def refused(stored: bytes) -> ArchiveCorrupt:
+        vouched = Sidecar(
+            meta=META,
+            data_name=f"{ARCHIVE}.tar.zst",
+            size=len(stored),
+            sha256=hashlib.sha256(stored).hexdigest(),
+            files=2,
+        )
+        with pytest.raises(ArchiveCorrupt) as info:
+            verify_archive(io.BytesIO(stored), vouched, "t")
+        return info.value
+
+    cut = refused(raw[: len(raw) // 2])
+    assert (cut.detail, cut.member) == (
+        "unreadable data (unexpected end of data); truncated or damaged",
+        "data/crm/big",
+    )
+    # A byte flipped early in the compressed stream: some flips fail zstd inside the member.
+    codec = []
+    for pos in range(6, 200, 3):
+        damaged = refused(raw[:pos] + bytes([raw[pos] ^ 0xFF]) + raw[pos + 1 :])
+        if damaged.member == "data/crm/big" and "Zstd" in damaged.detail:
+            codec.append(damaged.detail)
+    assert codec
+    assert all(
+        d.startswith("unreadable data (ZstdError: ") and d.endswith("); truncated or damaged")
+        for d in codec
+    ), codec
