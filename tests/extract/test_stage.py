@@ -375,3 +375,62 @@ def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Pa
         assert fresh.works is True
     finally:
         os.close(root)
+
+
+@pytest.mark.parametrize("size", [10, 300 << 10], ids=["small", "large"])
+def test_content_of_the_manifest_s_size_but_other_bytes_is_refused(
+    tmp_path: Path, size: int
+) -> None:
+    """Read whole (up to 256 KiB) or a block at a time: the sha256 is checked, not the size only."""
+    planned = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    stored = bytearray(planned)
+    stored[-1] ^= 0xFF
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", planned, ARCHIVE)]
+    tree, stream = staged(
+        folder() + blocks(*member("data/crm/f", bytes(stored))), entries, tmp_path
+    )
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.take(stream)
+    assert (info.value.detail, info.value.member, info.value.target) == (
+        "content does not match the manifest (sha256 differs)",
+        "data/crm/f",
+        "t",
+    )
+
+
+@pytest.mark.parametrize("size", [0, 10, 256 << 10, (256 << 10) + 1, 3 << 20])
+def test_each_byte_written_is_counted_once(tmp_path: Path, size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", data, ARCHIVE)]
+    counted: list[int] = []
+    tree, stream = staged(
+        folder() + blocks(*member("data/crm/f", data)), entries, tmp_path, on_bytes=counted.append
+    )
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert sum(counted) == size and all(n > 0 for n in counted)
+    assert (tmp_path / "staging" / "crm" / "f").read_bytes() == data
+
+
+def test_the_archive_s_own_manifest_of_the_very_bytes_planned_is_not_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    raw, sidecar, manifest = archive_bytes(folder() + blocks(*member("data/crm/f", DATA)), entries)
+    planned = Manifest.read(io.BytesIO(manifest.to_json()), archive=ARCHIVE)  # digest known
+    assert planned.digest is not None
+    parsed: list[object] = []
+    real = ArchiveStream.manifest
+    monkeypatch.setattr(ArchiveStream, "manifest", lambda self: parsed.append(self) or real(self))
+    tree = StagedTree(staging=tmp_path / "staging", manifest=planned, archive=ARCHIVE)
+    tree.prepare()
+    tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    tree.finish()
+    assert parsed == []
+    # Planned from a manifest built in memory (no digest): compared entry by entry.
+    tree = StagedTree(staging=tmp_path / "again", manifest=manifest, archive=ARCHIVE)
+    tree.prepare()
+    tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    assert len(parsed) == 1

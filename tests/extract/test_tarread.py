@@ -669,3 +669,35 @@ def test_a_member_cut_short_or_undecodable_is_named_with_why() -> None:
         d.startswith("unreadable data (ZstdError: ") and d.endswith("); truncated or damaged")
         for d in codec
     ), codec
+
+
+def test_a_digest_that_does_not_match_names_the_member_the_manifest_tells() -> None:
+    """The sidecar vouches for other bytes: the member whose content differs is named with it."""
+    entries = [_FOLDER, file_entry("data/crm/f", DATA, ARCHIVE)]
+    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    _, good, _ = archive_bytes(folder + blocks(*member("data/crm/f", DATA)), entries)
+    other = DATA.upper()
+    raw, _, _ = archive_bytes(folder + blocks(*member("data/crm/f", other)), entries)
+    mismatch = (
+        f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}… over {len(raw)} bytes does not match "
+        f"the sidecar ({good.sha256[:16]}… over {good.size} bytes)"
+    )
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify_archive(io.BytesIO(raw), good, "t")
+    assert (info.value.detail, info.value.member, info.value.target) == (
+        f"content does not match the manifest (sha256 differs); {mismatch}",
+        "data/crm/f",
+        "t",
+    )
+    # Nothing the manifest can tell (the members are as it lists them): the mismatch alone.
+    raw, _, _ = archive_bytes(folder + blocks(*member("data/crm/f", DATA, mode=0o644)), entries)
+    forged = Sidecar(
+        meta=META, data_name=good.data_name, size=good.size, sha256="0" * 64, files=good.files
+    )
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify_archive(io.BytesIO(raw), forged, "t")
+    assert (info.value.member, info.value.target) == (None, "t")
+    assert info.value.detail == (
+        f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}… over {len(raw)} bytes does not match "
+        f"the sidecar ({'0' * 16}… over {good.size} bytes)"
+    )
