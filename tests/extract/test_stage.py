@@ -307,7 +307,11 @@ def test_an_archives_manifest_other_than_the_planned_copy_is_refused(tmp_path: P
     tree.prepare()
     with pytest.raises(ArchiveCorrupt) as info:
         tree.take(stream)
-    assert info.value.detail == "manifest.json differs from the stored manifest copy"
+    assert (info.value.detail, info.value.member, info.value.target) == (
+        "manifest.json differs from the stored manifest copy",
+        "manifest.json",
+        "t",
+    )
 
 
 def test_folders_get_their_modes_deepest_first(tmp_path: Path) -> None:
