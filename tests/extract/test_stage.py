@@ -438,3 +438,21 @@ def test_the_archive_s_own_manifest_of_the_very_bytes_planned_is_not_parsed_agai
     tree.prepare()
     tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
     assert len(parsed) == 1
+
+
+def test_a_member_whose_file_another_archive_holds_is_passed_over(tmp_path: Path) -> None:
+    """Reading an older archive of a chain: a file changed since comes from the newer one."""
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/a", DATA, OLDER),  # changed later: the other archive's copy
+        file_entry("data/crm/b", DATA, ARCHIVE),
+        file_entry("data/crm/c", DATA, OLDER),
+    ]
+    middle = folder() + b"".join(blocks(*member(f"data/crm/{n}", b"stale " + DATA)) for n in "ac")
+    middle += blocks(*member("data/crm/b", DATA))
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    assert (tree.files, tree.bytes) == (1, len(DATA))
+    assert sorted(p.name for p in (tmp_path / "staging" / "crm").iterdir()) == ["b"]
+    assert tree.holders() == {OLDER}
