@@ -9,8 +9,11 @@ explains. The score counts killed (and timed-out) mutants and those the
 allow-list explains; below 90% the command exits 1. ``--report`` prints the
 last results without running anything; ``--resume`` carries on with the last
 run of a group: its survivors again, against the tests as they are now, then
-the mutants it did not run. Not part of CI: run it before a
-release and when those modules change (docs/testing.md).
+the mutants it did not run; ``GROUP --again MUTANT ...`` runs the mutants
+named, in a fresh copy of the code as it is, and says what became of each.
+``--report`` also names the allow-list's entries that explain nothing any
+more. Not part of CI: run it before a release and when those modules change
+(docs/testing.md).
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ def load(name: str) -> dict:
     return tomllib.loads((HERE / name).read_text())
 
 
-def prepare(group: str, spec: dict, *, resume: bool = False) -> Path:
+def prepare(group: str, spec: dict, *, resume: bool = False, folder: str | None = None) -> Path:
     """A copy of the checkout for *group*, with mutmut's settings in its pyproject.toml.
 
     With *resume*, the copy of the last run stays (its mutants and results);
-    only the tests and the settings are brought up to date.
+    only the tests and the settings are brought up to date. *folder* names
+    the copy under ``build/mutate`` (default: the group's name).
     """
-    work = BUILD / group
+    work = BUILD / (folder or group)
     if not resume:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,53 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
                 print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
                 return done.returncode
     return 0
+
+
+def again(group: str, spec: dict, jobs: int, names: list[str]) -> int:
+    """Run the mutants *names* of *group* in a fresh copy of the code as it is; say what each became.
+
+    For the survivors of a whole run, against the tests written since, or for
+    the mutants of a function changed since (their names are the new code's).
+    The copy is ``build/mutate/<group>-again``; the group's own results stay.
+    """
+    if spec.get("forked"):
+        print(f"mutate: {group}: its forked tests need a whole run (--resume)")
+        return 2
+    work = prepare(group, spec, folder=f"{group}-again")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GIT_DIR"] = str(work / ".not-a-git-checkout")
+    log = BUILD / f"{group}-again.log"
+    print(f"mutate: {group}: {len(names)} mutants in {work} (log: {log})", flush=True)
+    with log.open("w") as out:
+        done = subprocess.run(
+            ["mutmut", "run", "--max-children", str(jobs), *names],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0:
+        print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
+        return done.returncode
+    codes: dict[str, int | None] = {}
+    for meta in (work / "mutants").rglob("*.meta"):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    allowed = load("allowlist.toml").get("mutants", {})
+    left = 0
+    for name in names:
+        code = codes.get(name, "no such mutant")
+        if code in KILLED or code in TIMEOUT:
+            what = "killed"
+        elif code == "no such mutant":
+            what = "no such mutant in the code as it is"
+        elif name in allowed:
+            what = "survived, allow-listed"
+        else:
+            what = "survived" if code in SURVIVED else f"not killed (exit {code})"
+            left += 1
+        print(f"{name}: {what}")
+    return 1 if left else 0
 
 
 def add_forked_callers(work: Path, forked: dict[str, list[str]]) -> None:
@@ -247,12 +298,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="carry on with the last run (then its survivors)"
     )
+    parser.add_argument(
+        "--again",
+        nargs="+",
+        metavar="MUTANT",
+        help="run these mutants of the one group named, in a fresh copy of the code as it is",
+    )
     args = parser.parse_args(argv)
     config = load("modules.toml")
     groups = args.groups or list(config["groups"])
     unknown = [g for g in groups if g not in config["groups"]]
     if unknown:
         parser.error(f"unknown groups: {', '.join(unknown)}; known: {', '.join(config['groups'])}")
+    if args.again:
+        if len(args.groups) != 1:
+            parser.error("--again runs the mutants of one group: name it")
+        return again(groups[0], config["groups"][groups[0]], args.jobs, args.again)
     allowed = load("allowlist.toml").get("mutants", {})
     failed = []
     if not args.report:
