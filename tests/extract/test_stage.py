@@ -456,3 +456,76 @@ def test_a_member_whose_file_another_archive_holds_is_passed_over(tmp_path: Path
     assert (tree.files, tree.bytes) == (1, len(DATA))
     assert sorted(p.name for p in (tmp_path / "staging" / "crm").iterdir()) == ["b"]
     assert tree.holders() == {OLDER}
+
+
+_SQL = b"create table t (x int);\n"
+_DUMP_ENTRIES = [
+    dir_entry("data/crm"),
+    file_entry("data/crm/f", DATA, ARCHIVE),
+    dir_entry("dumps", mode=0o750),
+    dir_entry("dumps/pg", mode=0o700),
+    file_entry("dumps/pg/db.sql", _SQL, ARCHIVE, mode=0o600),
+]
+_DUMP_MIDDLE = (
+    folder()
+    + blocks(*member("data/crm/f", DATA))
+    + blocks(*member("dumps/pg/db.sql", _SQL, mode=0o600))
+)
+
+
+@pytest.mark.parametrize(
+    "where", ["none", "inside", "deeper inside", "outside", "the staging folder itself"]
+)
+def test_dumps_go_where_asked_or_nowhere(tmp_path: Path, where: str) -> None:
+    """A restore keeps the dumps beside the tree (a folder of the staging tree), elsewhere, or not."""
+    staging = tmp_path / "staging"
+    dumps = {
+        "none": None,
+        "inside": staging / "crm.dumps",
+        "deeper inside": staging / "keep" / "crm.dumps",
+        "outside": tmp_path / "out" / "crm" / "dumps",  # its parents made too
+        "the staging folder itself": staging,
+    }[where]
+    tree, stream = staged(_DUMP_MIDDLE, _DUMP_ENTRIES, tmp_path, dumps=dumps)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert (staging / "crm" / "f").read_bytes() == DATA
+    assert (tree.files, tree.bytes) == (
+        (1, len(DATA)) if dumps is None else (2, len(DATA) + len(_SQL))
+    )
+    if dumps is None:
+        assert sorted(p.name for p in staging.iterdir()) == ["crm"]
+        return
+    assert (dumps / "pg" / "db.sql").read_bytes() == _SQL
+    assert stat.S_IMODE(os.stat(dumps / "pg").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(dumps).st_mode) == 0o750
+
+
+@pytest.mark.parametrize(
+    ("entry", "detail"),
+    [
+        (link_entry("dumps/pg/l", "db.sql"), "a symlink under dumps/; refused"),
+        (hardlink_entry("dumps/pg/h", "dumps/pg/db.sql"), "a hardlink under dumps/; refused"),
+        (file_entry("etc/passwd", DATA, ARCHIVE), "manifest path lies outside data/"),
+        (dir_entry("data"), "manifest path lies outside data/"),
+        (
+            file_entry("data/crm.dumps", DATA, ARCHIVE),
+            "a cell path has the name of the dumps folder; refused",
+        ),
+    ],
+)
+def test_what_a_manifest_may_not_list_is_refused_before_any_file_is_written(
+    tmp_path: Path, entry: Entry, detail: str
+) -> None:
+    staging = tmp_path / "staging"
+    tree, _ = staged(_DUMP_MIDDLE, [*_DUMP_ENTRIES, entry], tmp_path, dumps=staging / "crm.dumps")
+    with pytest.raises(UnsafeArchive) as info:
+        tree.prepare()
+    assert (info.value.detail, info.value.member, info.value.archive) == (
+        detail,
+        entry.path,
+        ARCHIVE,
+    )
+    # prepare makes folders only (in the staging tree, which the caller then removes).
+    assert [p for p in staging.rglob("*") if not p.is_dir()] == []
