@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -320,16 +321,43 @@ def test_oversized_meta_json_is_refused() -> None:
         verify_archive(io.BytesIO(raw), sidecar, "t")
 
 
+_META = json.loads(META.to_json())
+
+
 @pytest.mark.parametrize(
-    "meta_json",
-    [b'{"backed_at": 1, "id": 5}', b'{"backed_at": "x", "id": []}', b"[" * 100_000],
-    ids=["numbers", "list-id", "deep"],
+    ("meta_json", "why"),
+    [
+        (b"{", "meta.json is not JSON"),
+        (b"[" * 100_000, "meta.json is not JSON"),
+        (b"[1]", "meta.json has no backed_at"),
+        (b'{"id": "x"}', "meta.json has no backed_at"),
+        (
+            b'{"backed_at": 1, "id": 5}',
+            "meta.json is unusable (TypeError: expected string or bytes-like object, got 'int')",
+        ),
+        (
+            json.dumps(_META | {"backed_at": "yesterday"}).encode(),
+            "meta.json is unusable (ValueError: Invalid isoformat string: 'yesterday')",
+        ),
+        (
+            json.dumps(_META | {"chain": ["x"]}).encode(),
+            "meta.json is unusable (names archive 'x', which is not an older archive of cell crm)",
+        ),
+        (
+            json.dumps(_META | {"id": "cell_crm_20210304_050608"}).encode(),
+            "meta.json names archive cell_crm_20210304_050608",
+        ),
+        (b" " * ((1 << 20) + 1), "meta.json has 1048577 bytes; too large"),
+    ],
+    ids=["cut", "deep", "list", "no-time", "numbers", "bad-time", "bad-chain", "other", "huge"],
 )
-def test_unusable_meta_json_is_corrupt(meta_json: bytes) -> None:
+def test_unusable_meta_json_is_corrupt(meta_json: bytes, why: str) -> None:
     tar = blocks(*member("meta.json", meta_json)) + bytes(1024)
     raw, sidecar = sealed(tar)
-    with pytest.raises(ArchiveCorrupt, match=r"meta\.json"):
+    with pytest.raises(ArchiveCorrupt) as info:
         verify_archive(io.BytesIO(raw), sidecar, "t")
+    assert (info.value.detail, info.value.member, info.value.target) == (why, "meta.json", "t")
+    assert info.value.archive == ARCHIVE  # the archive read, not the one meta.json names
 
 
 @pytest.mark.parametrize(
