@@ -469,6 +469,7 @@ _DUMP_ENTRIES = [
 _DUMP_MIDDLE = (
     folder()
     + blocks(*member("data/crm/f", DATA))
+    + blocks(*member("dumps/pg", kind=tarfile.DIRTYPE, mode=0o700))
     + blocks(*member("dumps/pg/db.sql", _SQL, mode=0o600))
 )
 

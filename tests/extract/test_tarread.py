@@ -729,3 +729,83 @@ def test_a_digest_that_does_not_match_names_the_member_the_manifest_tells() -> N
         f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}… over {len(raw)} bytes does not match "
         f"the sidecar ({'0' * 16}… over {good.size} bytes)"
     )
+
+
+# Each case: a member after data/crm, and why the stream refuses it (before the manifest is read).
+HOSTILE_MEMBERS: dict[str, tuple[tuple[str, dict], str]] = {  # type: ignore[type-arg]
+    "outside data/": (("etc/passwd", {"data": DATA}), "member lies outside data/ and dumps/"),
+    "a bare name": (("data", {"kind": tarfile.DIRTYPE}), "member lies outside data/ and dumps/"),
+    "a link under dumps/": (
+        ("dumps/pg/l", {"kind": tarfile.SYMTYPE, "linkname": "x"}),
+        "a symlink under dumps/; refused",
+    ),
+    "a FIFO under dumps/": (
+        ("dumps/pg/p", {"kind": tarfile.FIFOTYPE}),
+        "a fifo under dumps/; refused",
+    ),
+    "a contiguous file": (
+        ("data/crm/c", {"kind": tarfile.CONTTYPE}),
+        "member is a member of type b'7'; cellvault writes no such member",
+    ),
+    **{
+        f"a hard link to {target!r}": (
+            ("data/crm/h", {"kind": tarfile.LNKTYPE, "linkname": target}),
+            f"hard link to {target!r}, outside the cell's data; refused",
+        )
+        for target in [
+            "/etc/passwd",
+            "data/crm/../../etc/passwd",
+            "data/./crm/f",
+            "data//crm/f",
+            "data/crm/f/",
+            "dumps/pg/db.sql",
+            "data/crm/h",
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
+def test_a_hostile_member_is_refused_naming_it(case: str) -> None:
+    (name, kwargs), why = HOSTILE_MEMBERS[case]
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle += blocks(*member("data/crm/f", DATA)) + blocks(*member(name, **kwargs))
+    entries = [_FOLDER, file_entry("data/crm/f", DATA, ARCHIVE)]
+    with pytest.raises(UnsafeArchive) as info:
+        verify(middle, entries)
+    assert (info.value.detail, info.value.member, info.value.archive) == (why, name, ARCHIVE)
+
+
+def test_a_member_after_the_manifest_is_refused_naming_it() -> None:
+    manifest = Manifest(archive=ARCHIVE)
+    manifest.add(_FOLDER)
+    tar = (
+        blocks(*member("meta.json", META.to_json()))
+        + blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+        + blocks(*member("manifest.json", manifest.to_json()))
+        + blocks(*member("data/crm/late", DATA))
+        + bytes(1024)
+    )
+    raw, sidecar = sealed(tar, files=1)
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify_archive(io.BytesIO(raw), sidecar, "t")
+    assert (info.value.detail, info.value.member, info.value.target) == (
+        "a member follows manifest.json",
+        "data/crm/late",
+        "t",
+    )
+
+
+def test_a_hard_link_whose_pax_target_holds_a_nul_is_refused() -> None:
+    """A ustar field ends at its first NUL; a pax linkpath can carry one."""
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle += blocks(*member("data/crm/f", DATA))
+    middle += pax(record(b"linkpath", b"data/crm/f\0x")) + header(
+        b"data/crm/h", kind=b"1", size=b"%011o\0" % 0
+    )
+    with pytest.raises(UnsafeArchive) as info:
+        verify(middle, [_FOLDER, file_entry("data/crm/f", DATA, ARCHIVE)])
+    assert (info.value.detail, info.value.member) == (
+        "hard link to 'data/crm/f\\x00x', outside the cell's data; refused",
+        "data/crm/h",
+    )
