@@ -809,3 +809,12 @@ def test_a_hard_link_whose_pax_target_holds_a_nul_is_refused() -> None:
         "hard link to 'data/crm/f\\x00x', outside the cell's data; refused",
         "data/crm/h",
     )
+
+
+def test_a_hard_link_to_a_file_whose_name_ends_in_a_space_is_read() -> None:
+    odd = "data/crm/f "  # a name of its own, not "data/crm/f" with its end trimmed
+    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle += blocks(*member(odd, DATA))
+    middle += blocks(*member("data/crm/h", kind=tarfile.LNKTYPE, linkname=odd))
+    entries = [_FOLDER, file_entry(odd, DATA, ARCHIVE), hardlink_entry("data/crm/h", odd)]
+    assert verify(middle, entries) == 3
