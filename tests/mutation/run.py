@@ -28,6 +28,7 @@ import sys
 import tomllib
 from collections import Counter
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -101,11 +102,6 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
         print(f"mutate: {group}: the package changed since the last run; running afresh")
         resume = False
     work = prepare(group, spec, resume=resume)
-    # The tests must import the mutants: no PYTHONPATH pointing at a checkout's src/.
-    # No git either: build/ is inside the checkout, whose untracked files (the
-    # suite's "nothing left in the checkout" check) are not the copy's.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["GIT_DIR"] = str(work / ".not-a-git-checkout")
     log = BUILD / f"{group}.log"
     print(f"mutate: {group}: mutmut run in {work} (log: {log})", flush=True)
     runs: list[list[str]] = [[]]
@@ -125,18 +121,34 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
         for names in runs:
             if names == [] and spec.get("forked"):
                 add_forked_callers(work, spec["forked"])
-            done = subprocess.run(
-                ["mutmut", "run", "--max-children", str(jobs), *names],
-                cwd=work,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-            if done.returncode != 0:
-                print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
-                return done.returncode
+            code = mutmut_run(work, jobs, names, out)
+            if code != 0:
+                print(f"mutate: {group}: mutmut failed (exit {code}); see {log}")
+                return code
     return 0
+
+
+def mutmut_env(work: Path) -> dict[str, str]:
+    """The environment of a run in *work*: its tests import the mutants, not a checkout's src/.
+
+    No git either: build/ is inside the checkout, whose untracked files (the
+    suite's "nothing left in the checkout" check) are not the copy's.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GIT_DIR"] = str(work / ".not-a-git-checkout")
+    return env
+
+
+def mutmut_run(work: Path, jobs: int, names: list[str], out: IO[str]) -> int:
+    """``mutmut run`` in *work* (the mutants *names*, or all), its output to *out*; its exit code."""
+    return subprocess.run(
+        ["mutmut", "run", "--max-children", str(jobs), *names],
+        cwd=work,
+        env=mutmut_env(work),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        check=False,
+    ).returncode
 
 
 def again(group: str, spec: dict, jobs: int, names: list[str]) -> int:
@@ -150,22 +162,13 @@ def again(group: str, spec: dict, jobs: int, names: list[str]) -> int:
         print(f"mutate: {group}: its forked tests need a whole run (--resume)")
         return 2
     work = prepare(group, spec, folder=f"{group}-again")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["GIT_DIR"] = str(work / ".not-a-git-checkout")
     log = BUILD / f"{group}-again.log"
     print(f"mutate: {group}: {len(names)} mutants in {work} (log: {log})", flush=True)
     with log.open("w") as out:
-        done = subprocess.run(
-            ["mutmut", "run", "--max-children", str(jobs), *names],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if done.returncode != 0:
-        print(f"mutate: {group}: mutmut failed (exit {done.returncode}); see {log}")
-        return done.returncode
+        code = mutmut_run(work, jobs, names, out)
+    if code != 0:
+        print(f"mutate: {group}: mutmut failed (exit {code}); see {log}")
+        return code
     codes: dict[str, int | None] = {}
     for meta in (work / "mutants").rglob("*.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
