@@ -110,7 +110,7 @@ def run(group: str, spec: dict, jobs: int, *, resume: bool = False) -> int:
             name
             for codes in results(group, spec).values()
             for name, code in codes.items()
-            if code is not None and code not in KILLED and code not in TIMEOUT
+            if code is not None and not killed(code)
         ]
         runs = [again, []] if again else [[]]
     with log.open("a" if resume else "w") as out:
@@ -170,16 +170,16 @@ def again(group: str, spec: dict, jobs: int, names: list[str]) -> int:
         print(f"mutate: {group}: mutmut failed (exit {code}); see {log}")
         return code
     codes: dict[str, int | None] = {}
-    for meta in (work / "mutants").rglob("*.meta"):
-        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    for found in results(group, spec, folder=work.name).values():
+        codes.update(found)
     allowed = load("allowlist.toml").get("mutants", {})
     left = 0
     for name in names:
         code = codes.get(name, "no such mutant")
-        if code in KILLED or code in TIMEOUT:
-            what = "killed"
-        elif code == "no such mutant":
+        if code == "no such mutant":
             what = "no such mutant in the code as it is"
+        elif killed(code):
+            what = "killed"
         elif name in allowed:
             what = "survived, allow-listed"
         else:
@@ -207,15 +207,25 @@ def add_forked_callers(work: Path, forked: dict[str, list[str]]) -> None:
     path.write_text(json.dumps(stats))
 
 
-def results(group: str, spec: dict) -> dict[str, dict[str, int | None]]:
-    """Per module of *group*: each mutant's exit code, from mutmut's ``.meta`` files."""
+def results(
+    group: str, spec: dict, *, folder: str | None = None
+) -> dict[str, dict[str, int | None]]:
+    """Per module of *group*: each mutant's exit code, from mutmut's ``.meta`` files.
+
+    *folder* names the copy under ``build/mutate`` (default: the group's name).
+    """
     out: dict[str, dict[str, int | None]] = {}
-    mutants = BUILD / group / "mutants"
+    mutants = BUILD / (folder or group) / "mutants"
     for pattern in spec["modules"]:
         for meta in sorted(mutants.glob(pattern + ".meta")):
             module = str(meta.relative_to(mutants))[: -len(".meta")]
             out[module] = json.loads(meta.read_text())["exit_code_by_key"]
     return out
+
+
+def killed(code: int | None) -> bool:
+    """Whether a mutant's exit code says a test failed on it (or its tests timed out)."""
+    return code in KILLED or code in TIMEOUT
 
 
 def summarise(codes: dict[str, int | None], allowed: dict[str, str]) -> dict[str, object]:
@@ -224,7 +234,7 @@ def summarise(codes: dict[str, int | None], allowed: dict[str, str]) -> dict[str
     for name, code in codes.items():
         if code is None:
             kinds["not run"] += 1  # an interrupted run: --resume runs it
-        elif code in KILLED or code in TIMEOUT:
+        elif killed(code):
             kinds["killed"] += 1
         elif name in allowed:
             kinds["allowed"] += 1
@@ -288,7 +298,7 @@ def stale_entries(
             continue
         if name not in codes:
             stale.append((name, "no such mutant"))
-        elif codes[name] in KILLED or codes[name] in TIMEOUT:
+        elif killed(codes[name]):
             stale.append((name, "killed"))
     return stale
 
