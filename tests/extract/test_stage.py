@@ -25,14 +25,10 @@ from cellvault.manifest import Entry, Manifest
 from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
 from tests.system_tools import needs_root
 
-from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks
+from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks, folder
 
 #: An archive earlier in the chain, never read here.
 OLDER = "cell_crm_20210101_000000"
-
-
-def folder() -> bytes:
-    return blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
 
 
 def staged(
@@ -381,12 +377,17 @@ def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Pa
         os.close(root)
 
 
+def _content(size: int) -> bytes:
+    """*size* bytes, not all alike."""
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+
 @pytest.mark.parametrize("size", [10, 300 << 10], ids=["small", "large"])
 def test_content_of_the_manifest_s_size_but_other_bytes_is_refused(
     tmp_path: Path, size: int
 ) -> None:
     """Read whole (up to 256 KiB) or a block at a time: the sha256 is checked, not the size only."""
-    planned = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    planned = _content(size)
     stored = bytearray(planned)
     stored[-1] ^= 0xFF
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", planned, ARCHIVE)]
@@ -405,7 +406,7 @@ def test_content_of_the_manifest_s_size_but_other_bytes_is_refused(
 
 @pytest.mark.parametrize("size", [0, 10, 256 << 10, (256 << 10) + 1, 3 << 20])
 def test_each_byte_written_is_counted_once(tmp_path: Path, size: int) -> None:
-    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    data = _content(size)
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", data, ARCHIVE)]
     counted: list[int] = []
     tree, stream = staged(

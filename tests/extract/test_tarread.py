@@ -15,6 +15,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import attrs
 import pytest
 import zstandard
 
@@ -99,17 +100,26 @@ def padded(data: bytes) -> bytes:
 META = ArchiveMeta(id=IDENT, kind="full", backed_at=IDENT.when, host="t", version="0", codec="zstd")
 
 
-def sealed(tar: bytes, files: int = 0) -> tuple[bytes, Sidecar]:
-    """*tar* compressed, with a sidecar that vouches for exactly those bytes."""
-    raw = zstandard.ZstdCompressor().compress(tar)
-    sidecar = Sidecar(
+def vouching(raw: bytes, files: int = 0) -> Sidecar:
+    """A sidecar that vouches for exactly the stored bytes *raw*."""
+    return Sidecar(
         meta=META,
         data_name=f"{ARCHIVE}.tar.zst",
         size=len(raw),
         sha256=hashlib.sha256(raw).hexdigest(),
         files=files,
     )
-    return raw, sidecar
+
+
+def sealed(tar: bytes, files: int = 0) -> tuple[bytes, Sidecar]:
+    """*tar* compressed, with a sidecar that vouches for exactly those bytes."""
+    raw = zstandard.ZstdCompressor().compress(tar)
+    return raw, vouching(raw, files)
+
+
+def folder() -> bytes:
+    """The member of the cell's folder, ``data/crm``, as most archives here begin."""
+    return blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
 
 
 def archive_bytes(middle: bytes, entries: list | None = None) -> tuple[bytes, Sidecar, Manifest]:  # type: ignore[type-arg]
@@ -137,7 +147,7 @@ def test_what_tarfile_writes_is_read() -> None:
     dir_info, _ = member(long_dir, kind=tarfile.DIRTYPE, mode=0o750)
     link_info, _ = member("data/crm/l", kind=tarfile.SYMTYPE, mode=0o777, linkname="x" * 200)
     middle = (
-        blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+        folder()
         + blocks(dir_info)
         + blocks(*member(long_dir + "/f", DATA))
         + blocks(*member(odd, DATA, mode=0o600))
@@ -401,9 +411,7 @@ def test_unusable_manifest_json_is_corrupt(manifest_json: bytes, why: str | None
 
 def test_reading_a_member_after_the_next_one_is_an_error() -> None:
     raw, sidecar, _ = archive_bytes(
-        blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
-        + blocks(*member("data/crm/f", DATA))
-        + blocks(*member("data/crm/g", DATA)),
+        folder() + blocks(*member("data/crm/f", DATA)) + blocks(*member("data/crm/g", DATA)),
         [
             dir_entry("data/crm"),
             file_entry("data/crm/f", DATA, ARCHIVE),
@@ -421,7 +429,7 @@ def test_members_past_the_spill_size_are_checked_alike(monkeypatch: pytest.Monke
     # An archive of many members keeps what verify saw of them in a temporary file.
     monkeypatch.setattr("cellvault.spillmap.SPILL_AT", 2)
     names = [f"data/crm/{n}" for n in "abcd"]
-    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle = folder()
     middle += b"".join(blocks(*member(name, DATA)) for name in names)
     middle += blocks(*member("data/crm/l", kind=tarfile.SYMTYPE, mode=0o777, linkname="a"))
     entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in names)]
@@ -436,12 +444,12 @@ def test_members_past_the_spill_size_are_checked_alike(monkeypatch: pytest.Monke
 
 def test_a_pax_size_has_at_most_19_digits() -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
-    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    cell_dir = folder()
     nineteen = pax(record(b"size", b"%019d" % len(DATA))) + header(b"data/crm/f") + padded(DATA)
-    assert verify(folder + nineteen, entries) == 2
+    assert verify(cell_dir + nineteen, entries) == 2
     twenty = pax(record(b"size", b"%020d" % len(DATA))) + header(b"data/crm/f") + padded(DATA)
     with pytest.raises(ArchiveCorrupt) as info:
-        verify(folder + twenty, entries)
+        verify(cell_dir + twenty, entries)
     assert info.value.detail == (
         "unreadable at or after member data/crm (invalid size in a pax header); "
         "truncated or damaged"
@@ -552,11 +560,11 @@ def test_a_sparse_directory_is_refused() -> None:
 def test_number_fields() -> None:
     # A size of NULs only is 0 (an empty file); a first byte with the high bit set
     # is base-256 only as 0x80 (positive) or 0xff (negative).
-    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    cell_dir = folder()
     entries = [dir_entry("data/crm"), file_entry("data/crm/e", b"", ARCHIVE)]
-    assert verify(folder + header(b"data/crm/e", size=bytes(12)), entries) == 2
+    assert verify(cell_dir + header(b"data/crm/e", size=bytes(12)), entries) == 2
     with pytest.raises(ArchiveCorrupt) as info:
-        verify(folder + header(b"data/crm/e", size=b"\x81" + bytes(11)), entries)
+        verify(cell_dir + header(b"data/crm/e", size=b"\x81" + bytes(11)), entries)
     assert info.value.detail == (
         "unreadable at or after member data/crm (invalid number in a header); truncated or damaged"
     )
@@ -569,26 +577,26 @@ def test_a_checksum_of_signed_bytes_is_accepted() -> None:
     signed = sum(b - 256 if b > 127 else b for b in block)
     block[148:156] = b"%06o\0 " % signed
     entries = [dir_entry("data/crm"), file_entry("data/crm/é", DATA, ARCHIVE)]
-    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
-    assert verify(folder + bytes(block) + padded(DATA), entries) == 2
+    cell_dir = folder()
+    assert verify(cell_dir + bytes(block) + padded(DATA), entries) == 2
 
 
 def test_a_member_the_manifest_does_not_list_or_lists_as_another_kind_is_named() -> None:
-    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    cell_dir = folder()
     extra = blocks(*member("data/crm/x", DATA))
     with pytest.raises(ArchiveCorrupt) as info:
-        verify(folder + extra, [dir_entry("data/crm")])
+        verify(cell_dir + extra, [dir_entry("data/crm")])
     assert (info.value.detail, info.value.member) == ("member is not in the manifest", "data/crm/x")
     as_dir = blocks(*member("data/crm/x", kind=tarfile.DIRTYPE, mode=0o644))
     with pytest.raises(ArchiveCorrupt) as info:
-        verify(folder + as_dir, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, ARCHIVE)])
+        verify(cell_dir + as_dir, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, ARCHIVE)])
     assert (info.value.detail, info.value.member) == (
         "member is a dir, the manifest says file",
         "data/crm/x",
     )
     older = "cell_crm_20210101_000000"
     with pytest.raises(ArchiveCorrupt) as info:
-        verify(folder + extra, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, older)])
+        verify(cell_dir + extra, [dir_entry("data/crm"), file_entry("data/crm/x", DATA, older)])
     assert (info.value.detail, info.value.member) == (
         f"manifest says archive {older} holds it",
         "data/crm/x",
@@ -648,7 +656,7 @@ MISMATCHES: dict[str, tuple[list[tuple[str, dict]], list[Entry], tuple[str, str]
 @pytest.mark.parametrize("case", sorted(MISMATCHES))
 def test_each_difference_from_the_manifest_is_named_with_its_member(case: str) -> None:
     members, entries, refused = MISMATCHES[case]
-    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle = folder()
     for name, kwargs in members:
         middle += blocks(*member(name, **kwargs))
     if refused is None:
@@ -665,20 +673,13 @@ def test_each_difference_from_the_manifest_is_named_with_its_member(case: str) -
 def test_a_member_cut_short_or_undecodable_is_named_with_why() -> None:
     """The tar's own failure in its words; the codec's with its type, the member named."""
     big = b"".join(b"line %06d of the log\n" % i for i in range(40000))
-    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle = folder()
     middle += blocks(*member("data/crm/big", big))
     raw, _, _ = archive_bytes(middle, [_FOLDER, file_entry("data/crm/big", big, ARCHIVE)])
 
     def refused(stored: bytes) -> ArchiveCorrupt:
-        vouched = Sidecar(
-            meta=META,
-            data_name=f"{ARCHIVE}.tar.zst",
-            size=len(stored),
-            sha256=hashlib.sha256(stored).hexdigest(),
-            files=2,
-        )
         with pytest.raises(ArchiveCorrupt) as info:
-            verify_archive(io.BytesIO(stored), vouched, "t")
+            verify_archive(io.BytesIO(stored), vouching(stored, files=2), "t")
         return info.value
 
     cut = refused(raw[: len(raw) // 2])
@@ -702,10 +703,10 @@ def test_a_member_cut_short_or_undecodable_is_named_with_why() -> None:
 def test_a_digest_that_does_not_match_names_the_member_the_manifest_tells() -> None:
     """The sidecar vouches for other bytes: the member whose content differs is named with it."""
     entries = [_FOLDER, file_entry("data/crm/f", DATA, ARCHIVE)]
-    folder = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
-    _, good, _ = archive_bytes(folder + blocks(*member("data/crm/f", DATA)), entries)
+    cell_dir = folder()
+    _, good, _ = archive_bytes(cell_dir + blocks(*member("data/crm/f", DATA)), entries)
     other = DATA.upper()
-    raw, _, _ = archive_bytes(folder + blocks(*member("data/crm/f", other)), entries)
+    raw, _, _ = archive_bytes(cell_dir + blocks(*member("data/crm/f", other)), entries)
     mismatch = (
         f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}… over {len(raw)} bytes does not match "
         f"the sidecar ({good.sha256[:16]}… over {good.size} bytes)"
@@ -718,10 +719,8 @@ def test_a_digest_that_does_not_match_names_the_member_the_manifest_tells() -> N
         "t",
     )
     # Nothing the manifest can tell (the members are as it lists them): the mismatch alone.
-    raw, _, _ = archive_bytes(folder + blocks(*member("data/crm/f", DATA, mode=0o644)), entries)
-    forged = Sidecar(
-        meta=META, data_name=good.data_name, size=good.size, sha256="0" * 64, files=good.files
-    )
+    raw, _, _ = archive_bytes(cell_dir + blocks(*member("data/crm/f", DATA, mode=0o644)), entries)
+    forged = attrs.evolve(good, sha256="0" * 64)
     with pytest.raises(ArchiveCorrupt) as info:
         verify_archive(io.BytesIO(raw), forged, "t")
     assert (info.value.member, info.value.target) == (None, "t")
@@ -768,7 +767,7 @@ HOSTILE_MEMBERS: dict[str, tuple[tuple[str, dict], str]] = {  # type: ignore[typ
 @pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
 def test_a_hostile_member_is_refused_naming_it(case: str) -> None:
     (name, kwargs), why = HOSTILE_MEMBERS[case]
-    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle = folder()
     middle += blocks(*member("data/crm/f", DATA)) + blocks(*member(name, **kwargs))
     entries = [_FOLDER, file_entry("data/crm/f", DATA, ARCHIVE)]
     with pytest.raises(UnsafeArchive) as info:
@@ -781,7 +780,7 @@ def test_a_member_after_the_manifest_is_refused_naming_it() -> None:
     manifest.add(_FOLDER)
     tar = (
         blocks(*member("meta.json", META.to_json()))
-        + blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+        + folder()
         + blocks(*member("manifest.json", manifest.to_json()))
         + blocks(*member("data/crm/late", DATA))
         + bytes(1024)
@@ -798,7 +797,7 @@ def test_a_member_after_the_manifest_is_refused_naming_it() -> None:
 
 def test_a_hard_link_whose_pax_target_holds_a_nul_is_refused() -> None:
     """A ustar field ends at its first NUL; a pax linkpath can carry one."""
-    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle = folder()
     middle += blocks(*member("data/crm/f", DATA))
     middle += pax(record(b"linkpath", b"data/crm/f\0x")) + header(
         b"data/crm/h", kind=b"1", size=b"%011o\0" % 0
@@ -813,7 +812,7 @@ def test_a_hard_link_whose_pax_target_holds_a_nul_is_refused() -> None:
 
 def test_a_hard_link_to_a_file_whose_name_ends_in_a_space_is_read() -> None:
     odd = "data/crm/f "  # a name of its own, not "data/crm/f" with its end trimmed
-    middle = blocks(*member("data/crm", kind=tarfile.DIRTYPE, mode=0o755))
+    middle = folder()
     middle += blocks(*member(odd, DATA))
     middle += blocks(*member("data/crm/h", kind=tarfile.LNKTYPE, linkname=odd))
     entries = [_FOLDER, file_entry(odd, DATA, ARCHIVE), hardlink_entry("data/crm/h", odd)]
