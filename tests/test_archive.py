@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -533,6 +534,15 @@ def test_a_selector_is_what_the_operator_typed() -> None:
         ({"chain": "cell_crm_20241230_020000"}, "TypeError: chain is a str, not a list"),
         ({"epoch": 0}, "ValueError: epoch 0 is not a positive integer"),
         ({"epoch": True}, "ValueError: epoch True is not a positive integer"),
+        ({"backed_at": 5}, "TypeError: backed_at is a number, not a string"),
+        ({"backed_at": ["2025"]}, "TypeError: backed_at is an array, not a string"),
+        ({"kind": "weekly"}, "ValueError: kind 'weekly' is neither full nor incremental"),
+        ({"kind": ["full"]}, "ValueError: kind ['full'] is neither full nor incremental"),
+        ({"host": ["a"]}, "TypeError: host is an array, not a string"),
+        ({"cellvault_version": {}}, "TypeError: cellvault_version is an object, not a string"),
+        ({"codec": True}, "TypeError: codec is true or false, not a string"),
+        ({"reason": None}, "TypeError: reason is null, not a string"),
+        ({"host": 1.5}, "TypeError: host is a number, not a string"),
     ],
 )
 def test_unusable_meta_says_which_value(change: dict[str, object], why: str) -> None:
@@ -541,6 +551,40 @@ def test_unusable_meta_says_which_value(change: dict[str, object], why: str) -> 
         ArchiveMeta.from_dict(data)
     assert info.value.detail == f"meta.json is unusable ({why})"
     assert info.value.archive == "cell_crm_20250101_020000"
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(
+        ["id", "kind", "backed_at", "host", "cellvault_version", "codec", "parent", "chain",
+         "roots", "reason", "format", "epoch", "site", "data", "size", "sha256", "files",
+         "bytes_read", "checksums", "manifest_size", "lease", "encryption", "manifest_sha256",
+         "signature"]
+    ),
+    value=_JSON,
+)  # fmt: skip
+def test_any_json_value_in_meta_or_a_sidecar_is_read_or_refused_as_corrupt(
+    key: str, value: object
+) -> None:
+    """Whatever a crafted meta.json or sidecar holds, the error is ArchiveCorrupt, never another."""
+    sidecar = json.loads(full_sidecar().to_json())
+    sidecar[key] = value
+    meta = {**sample_meta().to_dict(), key: value}
+    for read in (
+        lambda: ArchiveMeta.from_dict(meta),
+        lambda: Sidecar.from_json(json.dumps(sidecar).encode(), name=NAME, cell="crm"),
+    ):
+        with contextlib.suppress(ArchiveCorrupt):
+            read()
 
 
 def test_a_signature_covers_the_fields_as_read_unknown_ones_too() -> None:
@@ -619,6 +663,11 @@ def test_meta_json_is_written_sorted_and_indented() -> None:
     [
         ([], "?", "a JSON list, not an object"),
         ({"kind": "full", "backed_at": "2025-01-01T02:00:00Z"}, "?", "KeyError: 'id'"),
+        (
+            {"id": 5, "kind": "full", "backed_at": "2025-01-01T02:00:00Z"},
+            "5",
+            "TypeError: id is a number, not a string",
+        ),
         ({"id": "cell_crm_20250101_020000", "kind": "full"}, None, "KeyError: 'backed_at'"),
         (
             {"id": "cell_crm_2025", "kind": "full", "backed_at": "2025-01-01T02:00:00Z"},

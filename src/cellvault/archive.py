@@ -148,8 +148,27 @@ def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _from_iso(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+def _from_iso(text: Any) -> dt.datetime:
+    return dt.datetime.fromisoformat(_text(text, "backed_at").replace("Z", "+00:00")).astimezone(
+        dt.UTC
+    )
+
+
+def _text(value: Any, what: str) -> str:
+    """A ``meta.json`` value that must be a string."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is {_JSON_KINDS.get(type(value), 'not JSON')}, not a string")
+    return value
+
+
+_JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
 
 
 @attrs.frozen
@@ -213,17 +232,19 @@ class ArchiveMeta:
             chain = data.get("chain") or ()
             if not isinstance(chain, list | tuple):
                 raise TypeError(f"chain is a {type(chain).__name__}, not a list")
+            if data["kind"] not in KINDS:
+                raise ValueError(f"kind {data['kind']!r} is neither full nor incremental")
             return cls(
-                id=ArchiveId.parse(data["id"]),
+                id=ArchiveId.parse(_text(data["id"], "id")),
                 kind=data["kind"],
                 backed_at=_from_iso(data["backed_at"]),
-                host=data.get("host", ""),
-                version=data.get("cellvault_version", ""),
-                codec=data.get("codec", ""),
+                host=_text(data.get("host", ""), "host"),
+                version=_text(data.get("cellvault_version", ""), "cellvault_version"),
+                codec=_text(data.get("codec", ""), "codec"),
                 parent=_older(data["parent"], ident) if data.get("parent") else None,
                 chain=tuple(_older(a, ident) for a in chain),
                 roots=check_roots(data.get("roots", {}), archive=ident),
-                reason=data.get("reason", "scheduled"),
+                reason=_text(data.get("reason", "scheduled"), "reason"),
                 format=int(data.get("format", FORMAT_VERSION)),
                 epoch=_epoch(data.get("epoch")),
                 site=str(data["site"]) if data.get("site") is not None else None,

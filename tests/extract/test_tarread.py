@@ -342,8 +342,12 @@ _META = json.loads(META.to_json())
         (b"[1]", "meta.json has no backed_at"),
         (b'{"id": "x"}', "meta.json has no backed_at"),
         (
-            b'{"backed_at": 1, "id": 5}',
-            "meta.json is unusable (TypeError: expected string or bytes-like object, got 'int')",
+            b'{"backed_at": 1, "id": 5, "kind": "full"}',
+            "meta.json is unusable (TypeError: id is a number, not a string)",
+        ),
+        (
+            json.dumps(_META | {"backed_at": 1}).encode(),
+            "meta.json is unusable (TypeError: backed_at is a number, not a string)",
         ),
         (
             json.dumps(_META | {"backed_at": "yesterday"}).encode(),
@@ -359,7 +363,18 @@ _META = json.loads(META.to_json())
         ),
         (b" " * ((1 << 20) + 1), "meta.json has 1048577 bytes; too large"),
     ],
-    ids=["cut", "deep", "list", "no-time", "numbers", "bad-time", "bad-chain", "other", "huge"],
+    ids=[
+        "cut",
+        "deep",
+        "list",
+        "no-time",
+        "numbers",
+        "time-number",
+        "bad-time",
+        "bad-chain",
+        "other",
+        "huge",
+    ],
 )
 def test_unusable_meta_json_is_corrupt(meta_json: bytes, why: str) -> None:
     tar = blocks(*member("meta.json", meta_json)) + bytes(1024)

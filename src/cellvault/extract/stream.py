@@ -306,13 +306,7 @@ class ArchiveStream:
             meta = ArchiveMeta.from_dict(parsed)
         except ArchiveCorrupt as exc:
             # It names the archive the damaged meta.json claims to be: name the one read.
-            detail = exc.message.partition(": ")[2] or exc.message
-            raise self.corrupt(detail, member="meta.json") from None
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            # from_dict names the usual problems; a value of an odd JSON type may slip past it.
-            raise self.corrupt(
-                f"meta.json is unusable ({type(exc).__name__}: {exc})", member="meta.json"
-            ) from None
+            raise self.corrupt(exc.detail, member="meta.json") from None
         if meta.id != self.sidecar.id:
             raise self.corrupt(f"meta.json names archive {meta.id}", member="meta.json")
         return meta
