@@ -77,3 +77,26 @@ def test_again_needs_one_group_named() -> None:
     with pytest.raises(SystemExit) as info:
         run.main(["--again", "cellvault.swap.x_a__mutmut_1"])
     assert info.value.code == 2
+
+
+def test_a_group_sets_its_timeout_in_the_copy_and_the_rest_keep_mutmuts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tomllib
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    monkeypatch.setattr(run, "REPO", repo)
+    monkeypatch.setattr(run, "BUILD", tmp_path / "build")
+    monkeypatch.setattr(run, "COPIED", ("src",))
+    spec = {**SPEC, "deselect": "not slow", "timeout_multiplier": 4, "timeout_constant": 2}
+    work = run.prepare("swap", spec)
+    settings = tomllib.loads((work / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert settings["timeout_multiplier"] == 4.0
+    assert settings["timeout_constant"] == 2.0
+    assert settings["only_mutate"] == ["src/cellvault/swap.py"]
+    assert settings["pytest_add_cli_args"][-2:] == ["-k", "not slow"]
+    plain = tomllib.loads((run.prepare("swap", SPEC) / "pyproject.toml").read_text())
+    assert "timeout_multiplier" not in plain["tool"]["mutmut"]
+    assert "timeout_constant" not in plain["tool"]["mutmut"]

@@ -531,3 +531,51 @@ def test_what_a_manifest_may_not_list_is_refused_before_any_file_is_written(
     )
     # prepare makes folders only (in the staging tree, which the caller then removes).
     assert [p for p in staging.rglob("*") if not p.is_dir()] == []
+
+
+def test_a_member_repeated_past_the_spill_point_is_refused_when_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the names kept in memory, the stream tells a repeat late; the file written is first."""
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", 2)
+    names = [f"data/crm/{n}" for n in "abcd"]
+    middle = folder() + b"".join(blocks(*member(n, DATA)) for n in [*names, names[0]])
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in names)]
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    with pytest.raises(UnsafeArchive) as info:
+        tree.take(stream)
+    assert (info.value.detail, info.value.member, info.value.archive) == (
+        "member appears twice; refused",
+        "data/crm/a",
+        ARCHIVE,
+    )
+
+
+def test_files_and_bytes_are_counted_over_every_archive_of_the_chain(tmp_path: Path) -> None:
+    from cellvault import ArchiveId
+
+    from .test_tarread import META, sealed
+
+    older = ArchiveId.parse(OLDER)
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/a", DATA, OLDER),
+        file_entry("data/crm/b", DATA * 3, ARCHIVE),
+    ]
+    tree, newest = staged(folder() + blocks(*member("data/crm/b", DATA * 3)), entries, tmp_path)
+    meta = attrs.evolve(META, id=older, backed_at=older.when, kind="full")
+    raw, sidecar = sealed(
+        blocks(*member("meta.json", meta.to_json()))
+        + folder()
+        + blocks(*member("data/crm/a", DATA))
+        + blocks(*member("manifest.json", Manifest(archive=OLDER).to_json()))
+        + bytes(1024)
+    )
+    sidecar = attrs.evolve(sidecar, meta=meta, data_name=f"{OLDER}.tar.zst")
+    tree.prepare()
+    tree.take(newest)
+    tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    tree.finish()
+    assert (tree.files, tree.bytes) == (2, 4 * len(DATA))
+    assert (tmp_path / "staging" / "crm" / "a").read_bytes() == DATA

@@ -80,6 +80,12 @@ def prepare(group: str, spec: dict, *, resume: bool = False, folder: str | None 
         "pytest_add_cli_args": args,
         "also_copy": [n for n in COPIED if n not in ("src", "tests")],
     }
+    # A mutant that deadlocks a thread burns no CPU: only mutmut's wall-clock
+    # bound, (the tests' time + constant) x multiplier, ends it. A group whose
+    # mutants deadlock sets a lower multiplier than mutmut's 15.
+    for key in ("timeout_multiplier", "timeout_constant"):
+        if key in spec:
+            settings[key] = float(spec[key])
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + "\n".join(lines))
     return work
