@@ -291,6 +291,41 @@ HOSTILE: dict[str, tuple[bytes, type[ArchiveCorrupt], str]] = {
 }
 
 
+#: The whole of each case's message (its words above are a part of it).
+
+
+def _unreadable(why: str) -> str:
+    return f"unreadable at or after member meta.json ({why}); truncated or damaged"
+
+
+HOSTILE_DETAIL = {
+    "GNU long name": _unreadable("GNU long name header; cellvault does not write those"),
+    "bad checksum": _unreadable("bad header checksum"),
+    "checksum not a number": _unreadable("invalid number in a header"),
+    "contiguous file": "member is a member of type b'7'; cellvault writes no such member",
+    "global pax header": _unreadable("global pax header; cellvault does not write those"),
+    "hard link": "hard link to '/etc/passwd', outside the cell's data; refused",
+    "header cut short": _unreadable("bad header checksum"),
+    "huge pax header": _unreadable("pax header of 8589934591 bytes; too large"),
+    "huge pax size": _unreadable("invalid size in a pax header"),
+    "huge size (base-256)": _unreadable("member size 309485009821345068724781055 out of range"),
+    "huge size (octal), data missing": "unreadable data (unexpected end of data); truncated or damaged",
+    "negative pax size": _unreadable("invalid size in a pax header"),
+    "negative size (base-256)": _unreadable("member size -1 out of range"),
+    "negative size (octal text)": _unreadable("invalid number in a header"),
+    "octal digits 8 and 9": _unreadable("invalid number in a header"),
+    "pax path absolute": "member name '/etc/cron.d/x' is absolute or empty; refused",
+    "pax path with ..": "member name 'data/crm/../../../x' has '..', '.' or empty components; refused",
+    "pax path with NUL": "member name 'data/crm/a\\x00/../../x' is absolute or empty; refused",
+    "pax record length not decimal": _unreadable("invalid pax header"),
+    "pax record length too long": _unreadable("invalid pax header"),
+    "pax record length zero": _unreadable("invalid pax header"),
+    "pax record without =": _unreadable("invalid pax header"),
+    "ustar prefix absolute": "member name '/etc/cron.d/x' is absolute or empty; refused",
+    "ustar prefix with ..": "member name 'data/crm/../../x' has '..', '.' or empty components; refused",
+}
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_or_malformed_headers_are_refused(case: str, tmp_path: Path) -> None:
     middle, error, words = HOSTILE[case]
@@ -298,6 +333,7 @@ def test_hostile_or_malformed_headers_are_refused(case: str, tmp_path: Path) -> 
     with pytest.raises(error) as info:
         verify(middle, entries)
     assert words in info.value.message
+    assert info.value.detail == HOSTILE_DETAIL[case]
     assert info.value.archive == ARCHIVE
 
     # A restore refuses it the same way, and writes nothing outside its staging folder.
