@@ -868,3 +868,90 @@ def test_a_hard_link_to_a_file_whose_name_ends_in_a_space_is_read() -> None:
     middle += blocks(*member("data/crm/h", kind=tarfile.LNKTYPE, linkname=odd))
     entries = [_FOLDER, file_entry(odd, DATA, ARCHIVE), hardlink_entry("data/crm/h", odd)]
     assert verify(middle, entries) == 3
+
+
+# Each case: the whole tar, and what both a verify and a restore's stream refuse it with.
+INCOMPLETE: dict[str, tuple[bytes, str, str | None]] = {
+    "nothing": (b"", "the archive is empty (no meta.json)", None),
+    "only the end": (bytes(1024), "the archive is empty (no meta.json)", None),
+    "a folder first": (folder() + bytes(1024), "meta.json is not the first member", "data/crm"),
+    "meta.json a folder": (
+        blocks(*member("meta.json", kind=tarfile.DIRTYPE)) + bytes(1024),
+        "meta.json is not the first member",
+        "meta.json",
+    ),
+    "no manifest": (
+        blocks(*member("meta.json", META.to_json())) + folder() + bytes(1024),
+        "manifest.json is missing: the archive is truncated",
+        "data/crm",
+    ),
+    "no manifest and no end": (
+        blocks(*member("meta.json", META.to_json())) + folder(),
+        "manifest.json is missing: the archive is truncated",
+        "data/crm",
+    ),
+    "meta.json alone": (
+        blocks(*member("meta.json", META.to_json())) + bytes(1024),
+        "manifest.json is missing: the archive is truncated",
+        "meta.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INCOMPLETE))
+@pytest.mark.parametrize("reader", ["verify", "stream"])
+def test_an_archive_without_its_first_or_last_member_is_refused_naming_where(
+    case: str, reader: str
+) -> None:
+    tar, why, where = INCOMPLETE[case]
+    raw, sidecar = sealed(tar)
+    with pytest.raises(ArchiveCorrupt) as info:
+        if reader == "verify":
+            verify_archive(io.BytesIO(raw), sidecar, "t")
+        else:
+            list(ArchiveStream(io.BytesIO(raw), sidecar, "t").members())
+    assert (info.value.detail, info.value.member, info.value.target) == (why, where, "t")
+    assert info.value.archive == ARCHIVE
+
+
+def test_bytes_that_are_not_the_codecs_are_unreadable_at_the_start() -> None:
+    raw = b"not zstd at all" * 10
+    with pytest.raises(ArchiveCorrupt) as info:
+        verify_archive(io.BytesIO(raw), vouching(raw), "t")
+    assert info.value.detail == (
+        "unreadable at its start (ZstdError: zstd decompress error: Unknown frame descriptor); "
+        "truncated or damaged"
+    )
+    assert info.value.member is None
+
+
+def _decompressing() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "cellvault-decompress"]
+
+
+def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> None:
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
+    raw, sidecar, manifest = archive_bytes(folder() + blocks(*member("data/crm/f", DATA)), entries)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    names = []
+    for _, name, data in stream.members():
+        assert stream.current == name
+        names.append((name, data.readall() if data is not None else None))
+    assert names == [("data/crm", None), ("data/crm/f", DATA)]
+    assert stream.current is None
+    assert stream.meta == META
+    assert stream.digest_mismatch is None
+    assert stream.manifest().same_as(manifest)
+    assert _decompressing() == []
+    # Stopped early by its reader: the thread, waiting to hand over more, is stopped too.
+    big = bytes(16 << 20)  # more than the thread reads ahead
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", big, ARCHIVE)]
+    raw, sidecar, _ = archive_bytes(folder() + blocks(*member("data/crm/f", big)), entries)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    members = stream.members()
+    next(members)
+    assert _decompressing() == ["cellvault-decompress"]
+    members.close()
+    assert _decompressing() == []
