@@ -579,3 +579,20 @@ def test_files_and_bytes_are_counted_over_every_archive_of_the_chain(tmp_path: P
     tree.finish()
     assert (tree.files, tree.bytes) == (2, 4 * len(DATA))
     assert (tmp_path / "staging" / "crm" / "a").read_bytes() == DATA
+
+
+def test_a_dumps_path_below_a_file_named_dumps_is_refused(tmp_path: Path) -> None:
+    """``dumps`` itself listed as a file: what the manifest lists below it lies under a file."""
+    staging = tmp_path / "staging"
+    entries = [
+        e if e.path != "dumps" else file_entry("dumps", DATA, ARCHIVE) for e in _DUMP_ENTRIES
+    ]
+    tree, _ = staged(_DUMP_MIDDLE, entries, tmp_path, dumps=staging / "crm.dumps")
+    with pytest.raises(UnsafeArchive) as info:
+        tree.prepare()
+    assert (info.value.detail, info.value.member, info.value.archive) == (
+        "path lies under the file dumps; refused",
+        "dumps/pg",
+        ARCHIVE,
+    )
+    assert [p for p in staging.rglob("*") if not p.is_dir()] == []
