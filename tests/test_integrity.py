@@ -426,3 +426,42 @@ def test_a_scan_keeps_the_first_and_the_last_bytes_of_the_stream(length: int) ->
     assert found.head == data[: 256 << 10]
     assert found.tail == data[-1024:]
     assert (found.count, found.sha256) == (len(raw), hashlib.sha256(raw).hexdigest())
+
+
+def test_the_zstd_frame_walk_counts_frames_and_says_what_is_wrong() -> None:
+    from cellvault.integrity import ZstdFrames
+
+    frame = _frame(single=False, dict_code=1, fcs_code=2, checksum=True)
+    plain = _frame(single=True, dict_code=0, fcs_code=0, checksum=False)
+    frames = ZstdFrames()
+    frames.feed(frame + plain + frame)
+    frames.finish()
+    assert frames.frames == 3
+    # A skippable frame (magic 0x184D2A5?, a length, that many bytes) is passed over, not counted.
+    skippable = (0x184D2A53).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"12345"
+    frames = ZstdFrames()
+    frames.feed(skippable + plain)
+    frames.finish()
+    assert frames.frames == 1
+
+    with pytest.raises(EOFError) as eof:
+        ZstdFrames().finish()
+    assert str(eof.value) == "no zstd frame in the data"
+    frames = ZstdFrames()
+    frames.feed(skippable)
+    with pytest.raises(EOFError) as eof:
+        frames.finish()
+    assert str(eof.value) == "no zstd frame in the data"
+    for cut in (1, 4, 5, len(plain) - 1):
+        frames = ZstdFrames()
+        frames.feed(plain + plain[:cut])
+        with pytest.raises(EOFError) as eof:
+            frames.finish()
+        assert str(eof.value) == "the data ends inside a zstd frame (truncated)"
+    with pytest.raises(zstandard.ZstdError) as bad:
+        ZstdFrames().feed(b"garbage!")
+    assert str(bad.value) == "not a zstd frame (magic 0x62726167)"
+    reserved = plain[:-9] + (1 | 3 << 1 | 2 << 3).to_bytes(3, "little") + b"??"
+    with pytest.raises(zstandard.ZstdError) as bad:
+        ZstdFrames().feed(reserved)
+    assert str(bad.value) == "a zstd block of the reserved type"

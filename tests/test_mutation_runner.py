@@ -25,18 +25,18 @@ def _ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codes: dict[str, int |
 
 
 def test_the_score_counts_killed_timed_out_and_explained_of_those_run() -> None:
-    codes = {"a": 1, "b": 3, "c": 36, "d": 0, "e": 0, "f": None, "g": 5, "h": 99}
+    codes = {"a": 1, "b": 3, "c": 36, "d": 0, "e": 0, "f": None, "g": 5, "h": 99, "i": -9}
     summary = run.summarise(codes, {"d": "why"})
     assert {k: summary.get(k, 0) for k in run.KINDS} == {
-        "total": 8,
-        "killed": 3,
+        "total": 9,
+        "killed": 4,
         "allowed": 1,
         "survived": 1,
         "no tests": 1,
         "other": 1,
         "not run": 1,
     }
-    assert summary["score"] == 4 / 7
+    assert summary["score"] == 5 / 8
     assert summary["unexplained"] == ["e", "g", "h"]
 
 

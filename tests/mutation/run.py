@@ -41,6 +41,10 @@ KINDS = ("total", "killed", "allowed", "survived", "no tests", "other", "not run
 #: mutmut's exit codes of a mutant's test run, as its ``stats`` module reads them.
 KILLED = {1, 3}
 TIMEOUT = {36, -24, 24, 152, 255}
+#: SIGKILL (mutmut says "segfault"): its wall-clock bound's second signal, or the
+#: kernel's out-of-memory killer, ended a run that did not stop (a mutant that
+#: loops growing a buffer). The tests did not pass: counted as killed.
+SIGKILLED = {-9}
 NO_TESTS = {5, 33}
 SURVIVED = {0}
 
@@ -230,8 +234,8 @@ def results(
 
 
 def killed(code: int | None) -> bool:
-    """Whether a mutant's exit code says a test failed on it (or its tests timed out)."""
-    return code in KILLED or code in TIMEOUT
+    """Whether a mutant's exit code says a test failed on it (or its tests timed out or were killed)."""
+    return code in KILLED or code in TIMEOUT or code in SIGKILLED
 
 
 def summarise(codes: dict[str, int | None], allowed: dict[str, str]) -> dict[str, object]:
