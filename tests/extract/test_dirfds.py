@@ -167,7 +167,10 @@ def test_the_creation_owner_is_the_processes_unless_a_folder_hands_down_its_grou
         os.close(fd)
 
 
+# 022, 070 and 007: bits a umask takes away and nothing else, so that a file made with
+# its mode differs from its mode exactly where the umask says.
 MODES = [0o644, 0o666, 0o777, 0o600, 0o640, 0o400, 0o000, 0o755, 0o4755, 0o2750, 0o1777]
+MODES += [0o022, 0o070, 0o007]
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0])
@@ -215,3 +218,23 @@ def test_as_root_files_get_their_owner_in_a_plain_or_a_group_handing_folder(
         for name, (uid, gid) in zip(names, owners, strict=True):
             st = (where / "staging" / name.removeprefix("data/")).stat()
             assert (st.st_uid, st.st_gid) == (uid, gid), (handing, name)
+
+
+def test_every_file_gets_its_mode_below_a_default_acl(tmp_path: Path) -> None:
+    """A default ACL above replaces the umask: each file is then chmod-ed to its mode."""
+    require("setfacl")
+    subprocess.run(["setfacl", "-d", "-m", "u::rwx,g::rx,o::-", str(tmp_path)], check=True)
+    names = [f"data/crm/m{mode:o}" for mode in MODES]
+    middle = folder() + b"".join(
+        blocks(*member(name, DATA, mode=mode)) for name, mode in zip(names, MODES, strict=True)
+    )
+    entries = [dir_entry("data/crm")] + [
+        file_entry(name, DATA, ARCHIVE, mode=mode) for name, mode in zip(names, MODES, strict=True)
+    ]
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    for name, mode in zip(names, MODES, strict=True):
+        path = tmp_path / "staging" / name.removeprefix("data/")
+        assert stat.S_IMODE(path.stat().st_mode) == mode, name

@@ -238,3 +238,16 @@ def test_a_sparse_member_of_another_size_than_the_manifests_is_refused(tmp_path:
         restore(sparse_member(GOOD, realsize=longer), tmp_path)
     assert info.value.detail == f"sparse file of {longer} bytes, the manifest says {len(CONTENT)}"
     assert info.value.member == NAME
+
+
+def test_each_byte_of_a_sparse_file_s_regions_is_counted_once(tmp_path: Path) -> None:
+    raw, sidecar, manifest = archive_bytes(sparse_member(GOOD), entries())
+    counted: list[int] = []
+    tree = StagedTree(
+        staging=tmp_path / "staging", manifest=manifest, archive=ARCHIVE, on_bytes=counted.append
+    )
+    tree.prepare()
+    tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    tree.finish()
+    assert counted == [50, 20]  # the data of the two regions, not the holes
+    assert (tree.files, tree.bytes) == (1, len(CONTENT))

@@ -596,3 +596,93 @@ def test_a_dumps_path_below_a_file_named_dumps_is_refused(tmp_path: Path) -> Non
         ARCHIVE,
     )
     assert [p for p in staging.rglob("*") if not p.is_dir()] == []
+
+
+def test_an_archive_that_holds_no_file_is_read_and_leaves_nothing_to_find(tmp_path: Path) -> None:
+    """The newest archive of a chain may hold no file at all (nothing changed but folders)."""
+    entries = [dir_entry("data/crm"), dir_entry("data/crm/sub", mode=0o750)]
+    tree, stream = staged(
+        folder() + blocks(*member("data/crm/sub", kind=tarfile.DIRTYPE, mode=0o750)),
+        entries,
+        tmp_path,
+    )
+    tree.prepare()
+    assert tree.holders() == set()
+    tree.take(stream)
+    assert tree.holders() == set()
+    tree.finish()
+    assert (tree.files, tree.bytes) == (0, 0)
+    assert stat.S_IMODE((tmp_path / "staging" / "crm" / "sub").stat().st_mode) == 0o750
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_the_staging_tree_s_descriptors_are_closed_when_it_ends_or_fails(tmp_path: Path) -> None:
+    before = _fds()
+    tree, stream = staged(_DUMP_MIDDLE, _DUMP_ENTRIES, tmp_path, dumps=tmp_path / "out" / "dumps")
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert _fds() == before
+    # A take that fails closes them too (the caller then removes the staging tree).
+    stored = blocks(*member("data/crm/f", b"other data"))
+    tree, stream = staged(
+        folder() + stored,
+        [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)],
+        tmp_path / "again",
+    )
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt):
+        tree.take(stream)
+    assert _fds() == before
+    tree.close()  # and again: nothing left to close
+    assert _fds() == before
+
+
+@pytest.mark.parametrize("where", ["the cell's tree", "a dumps folder outside"])
+def test_a_folder_swapped_for_a_link_is_refused_naming_the_archive(
+    tmp_path: Path, where: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = tmp_path / "staging"
+    dumps = tmp_path / "out" / "dumps"
+    swap = staging / "crm" / "sub" if where == "the cell's tree" else dumps / "pg"
+    rel = "crm/sub" if where == "the cell's tree" else "pg"
+    # The folders are opened by prepare, the last one (zz) kept open: pg is opened
+    # again, and found swapped, when its file is written.
+    entries = [
+        *_DUMP_ENTRIES,
+        dir_entry("data/crm/sub"),
+        file_entry("data/crm/sub/g", DATA, ARCHIVE),
+        dir_entry("dumps/zz"),
+        file_entry("dumps/zz/x.sql", _SQL, ARCHIVE),
+    ]
+    middle = (
+        folder()
+        + blocks(*member("data/crm/f", DATA))
+        + blocks(*member("data/crm/sub", kind=tarfile.DIRTYPE, mode=0o755))
+        + blocks(*member("data/crm/sub/g", DATA))
+        + blocks(*member("dumps/pg", kind=tarfile.DIRTYPE, mode=0o700))
+        + blocks(*member("dumps/pg/db.sql", _SQL, mode=0o600))
+        + blocks(*member("dumps/zz", kind=tarfile.DIRTYPE, mode=0o755))
+        + blocks(*member("dumps/zz/x.sql", _SQL))
+    )
+
+    def race(_n: int) -> None:
+        if not swap.is_symlink():  # after the first file's bytes; the folders exist already
+            swap.rename(swap.with_name("moved"))
+            swap.symlink_to(outside)
+
+    tree, stream = staged(middle, entries, tmp_path, dumps=dumps, on_bytes=race)
+    tree.prepare()
+    with pytest.raises(UnsafeArchive) as info:
+        tree.take(stream)
+    assert (info.value.detail, info.value.archive) == (
+        f"{rel} is no longer a directory of the staging tree (replaced by a link or a file "
+        "while the restore ran); nothing was written through it",
+        ARCHIVE,
+    )
+    assert list(outside.iterdir()) == []

@@ -955,3 +955,40 @@ def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> No
     assert _decompressing() == ["cellvault-decompress"]
     members.close()
     assert _decompressing() == []
+
+
+@pytest.mark.parametrize(
+    ("manifest_json", "why"),
+    [
+        (
+            b'{"archive": "a", "entries": [1, 2]}',
+            "manifest is unusable (TypeError: an entry is a int, not an object)",
+        ),
+        (
+            b'{"format": 1, "archive": "%s", "entries": [{"path": "data/crm/f", "type": "file",'
+            b' "mode": "x", "mtime_ns": 1, "size": 0}]}' % ARCHIVE.encode(),
+            "manifest is unusable (mode 'x' is not one a manifest records (0 to 0o7777))",
+        ),
+    ],
+    ids=["numbers", "bad-mode"],
+)
+def test_a_streams_own_manifest_that_does_not_parse_is_named_on_its_target(
+    manifest_json: bytes, why: str
+) -> None:
+    """What a restore compares with the planned manifest: refused as the parser says, said of this copy."""
+    tar = (
+        blocks(*member("meta.json", META.to_json()))
+        + blocks(*member("manifest.json", manifest_json))
+        + bytes(1024)
+    )
+    raw, sidecar = sealed(tar)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    assert list(stream.members()) == []
+    with pytest.raises(ArchiveCorrupt) as info:
+        stream.manifest()
+    assert (info.value.detail, info.value.member, info.value.target, info.value.archive) == (
+        why,
+        "manifest.json",
+        "t",
+        ARCHIVE,
+    )

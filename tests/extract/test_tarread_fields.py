@@ -372,3 +372,33 @@ def test_prefetch_closed_early_stops_a_thread_waiting_on_a_full_queue() -> None:
     closer.start()
     assert done.wait(10), "close() did not stop the thread"
     assert not prefetch._thread.is_alive()
+
+
+def test_member_data_is_read_at_most_a_block_at_a_time_and_never_past_its_end() -> None:
+    from cellvault.extract import ArchiveStream
+    from tests.archive_helpers import dir_entry, file_entry, member
+
+    from .test_tarread import ARCHIVE, archive_bytes, blocks, folder
+
+    big = bytes(range(256)) * ((3 * tarread.BLOCK + 5) // 256) + b"tail!"
+    entries = [dir_entry("data/crm"), file_entry("data/crm/f", big, ARCHIVE)]
+    raw, sidecar, _ = archive_bytes(folder() + blocks(*member("data/crm/f", big)), entries)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    for _, _name, data in stream.members():
+        if data is None:
+            continue
+        got = [
+            data.read(0),
+            data.read(5),
+            data.read(),
+            data.read(-1),
+            data.read(10 * tarread.BLOCK),
+        ]
+        assert got[0] == b""
+        assert 0 < len(got[1]) <= 5
+        assert all(0 < len(g) <= tarread.BLOCK for g in got[2:])
+        rest = b""
+        while block := data.read(tarread.BLOCK):
+            rest += block
+        assert b"".join(got) + rest == big
+        assert data.read() == b"" and data.read(7) == b""
