@@ -238,3 +238,20 @@ def test_every_file_gets_its_mode_below_a_default_acl(tmp_path: Path) -> None:
     for name, mode in zip(names, MODES, strict=True):
         path = tmp_path / "staging" / name.removeprefix("data/")
         assert stat.S_IMODE(path.stat().st_mode) == mode, name
+
+
+@pytest.mark.parametrize("rel", ["..", "a/..", "a/../e", ".", "a/./b", "a//b", "a/", "/a"])
+def test_a_folder_path_is_walked_down_only(tree: Path, openat2: bool, rel: str) -> None:
+    """No checked name holds '..', '.' or an empty part; a path that does is refused, not walked."""
+    dirs = stage.DirFds(str(tree), ARCHIVE)
+    try:
+        for how in ("fd", "open"):
+            with pytest.raises(UnsafeArchive) as info:
+                getattr(dirs, how)(rel)
+            assert info.value.detail == (
+                f"folder path {rel!r} has '..', '.' or empty components; refused"
+            )
+            assert info.value.archive == ARCHIVE
+    finally:
+        dirs.close()
+    assert sorted(p.name for p in tree.iterdir()) == ["a", "e"]

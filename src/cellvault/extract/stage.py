@@ -128,13 +128,24 @@ class DirFds:
                 hint="find what changes the staging directory, then restore again",
             ) from None
 
+    def _parts(self, rel: str) -> list[str]:
+        """The folder names of *rel*, walked down one by one: never up, never in place."""
+        parts = rel.split("/") if rel else []
+        if "" in parts or "." in parts or ".." in parts:
+            # Checked member names never hold one (checked_name); a caller's bug, refused.
+            raise UnsafeArchive(
+                f"folder path {rel!r} has '..', '.' or empty components; refused",
+                archive=self.archive,
+            )
+        return parts
+
     def fd(self, rel: str, create: bool = True) -> int:
         """The directory *rel* (relative to the root; ``""`` for the root), kept open."""
         last = self._last
         if last is not None and last[0] == rel:
             return last[1]
         self._last = None
-        parts = rel.split("/") if rel else []
+        parts = self._parts(rel)
         chain = self._chain
         keep = 0
         while keep < len(chain) and keep < len(parts) and chain[keep][0] == parts[keep]:
@@ -151,6 +162,7 @@ class DirFds:
 
     def open(self, rel: str) -> int:
         """A new descriptor of the directory *rel*, for the caller to close."""
+        parts = self._parts(rel)
         if rel:
             try:
                 fd = openat2(self.root, rel, _OPEN_DIR)
@@ -161,9 +173,9 @@ class DirFds:
             if fd is not None:
                 return fd
         fd = os.dup(self.root)
-        for i, name in enumerate(rel.split("/") if rel else []):
+        for i, name in enumerate(parts):
             try:
-                child = self._step(fd, name, "/".join(rel.split("/")[: i + 1]), False)
+                child = self._step(fd, name, "/".join(parts[: i + 1]), False)
             finally:
                 os.close(fd)
             fd = child
@@ -300,14 +312,14 @@ class StagedTree:
             rel = os.path.relpath(self.dumps, self.staging)
             self._dumps_rel = _OUTSIDE if rel.startswith("..") or rel == "." else rel
         try:
-            self._prepare(self._tree())
+            self._prepare()
             self._umask = _creation_umask(self._tree().root)
             self._owner = _creation_owner(self._tree().root)
         except BaseException:
             self.close()
             raise
 
-    def _prepare(self, dirs: DirFds) -> None:
+    def _prepare(self) -> None:
         dumps_name = self._dumps_rel if self._dumps_rel and "/" not in self._dumps_rel else None
         left = self._left
         checked = None  # the parent of the last entry: its ancestors are all directories
