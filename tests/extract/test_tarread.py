@@ -992,3 +992,49 @@ def test_a_streams_own_manifest_that_does_not_parse_is_named_on_its_target(
         "t",
         ARCHIVE,
     )
+
+
+def test_a_small_member_cut_short_is_named_when_verified_or_restored(tmp_path: Path) -> None:
+    """A file read whole (up to 256 KiB): the tar ends inside its data."""
+    tar = (
+        blocks(*member("meta.json", META.to_json()))
+        + folder()
+        + header(b"data/crm/f", size=b"%011o\0" % 1000)
+        + b"x" * 100
+    )
+    raw, sidecar = sealed(tar)
+    manifest = Manifest(archive=ARCHIVE)
+    for entry in (dir_entry("data/crm"), file_entry("data/crm/f", b"x" * 1000, ARCHIVE)):
+        manifest.add(entry)
+    tree = StagedTree(staging=tmp_path / "staging", manifest=manifest, archive=ARCHIVE)
+    tree.prepare()
+    with pytest.raises(ArchiveCorrupt) as restored:
+        tree.take(ArchiveStream(io.BytesIO(raw), sidecar, "t"))
+    with pytest.raises(ArchiveCorrupt) as verified:
+        verify_archive(io.BytesIO(raw), sidecar, "t")
+    for info in (restored, verified):
+        assert (info.value.detail, info.value.member, info.value.target) == (
+            "unreadable data (unexpected end of data); truncated or damaged",
+            "data/crm/f",
+            "t",
+        )
+
+
+def test_a_meta_json_of_exactly_its_limit_is_read() -> None:
+    from cellvault.extract.stream import META_MAX
+
+    body = META.to_json()
+    padded_meta = body + b" " * (META_MAX - len(body))  # whitespace after the object: valid JSON
+    tar = (
+        blocks(*member("meta.json", padded_meta))
+        + blocks(*member("manifest.json", Manifest(archive=ARCHIVE).to_json()))
+        + bytes(1024)
+    )
+    raw, sidecar = sealed(tar)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
+    assert list(stream.members()) == []
+    assert stream.meta == META
+    raw, sidecar = sealed(blocks(*member("meta.json", padded_meta + b" ")) + bytes(1024))
+    with pytest.raises(ArchiveCorrupt) as info:
+        list(ArchiveStream(io.BytesIO(raw), sidecar, "t").members())
+    assert info.value.detail == f"meta.json has {META_MAX + 1} bytes; too large"

@@ -171,11 +171,16 @@ def test_pax_records_override_the_header_and_carry_xattrs_and_sparse_files() -> 
             b"size": b"7",
             b"SCHILY.xattr.user.b": b"2",
             b"SCHILY.xattr.user.a": b"\x00\xff",
+            b"SCHILY.xattr.user.caf\xe9": b"not UTF-8 in its name",
             b"mtime": b"1.5",
         }
     )
     assert (member.name, member.linkname, member.size) == ("data/crm/caf\udce9", "t\udcff", 7)
-    assert member.xattrs == (("user.b", b"2"), ("user.a", b"\x00\xff"))
+    assert member.xattrs == (
+        ("user.b", b"2"),
+        ("user.a", b"\x00\xff"),
+        ("user.caf\udce9", b"not UTF-8 in its name"),
+    )
     sparse = _member(
         {
             b"GNU.sparse.major": b"1",
