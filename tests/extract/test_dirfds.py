@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -255,3 +256,35 @@ def test_a_folder_path_is_walked_down_only(tree: Path, openat2: bool, rel: str) 
     finally:
         dirs.close()
     assert sorted(p.name for p in tree.iterdir()) == ["a", "e"]
+
+
+def test_as_root_dump_files_get_their_owner_in_a_group_handing_dumps_folder(
+    tmp_path: Path,
+) -> None:
+    """The dumps folder outside the staging tree may hand down its group: its files are chown-ed."""
+    needs_root("give files another owner")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, 0, 555)
+    os.chmod(out, 0o2755)  # noqa: S103 - the test of it
+    sql = b"create table t (x int);\n"
+    entries = [
+        dir_entry("data/crm"),
+        dir_entry("dumps", mode=0o750),
+        dir_entry("dumps/pg", mode=0o700),
+        file_entry("dumps/pg/db.sql", sql, ARCHIVE, mode=0o600),
+        attrs.evolve(file_entry("dumps/pg/other.sql", sql, ARCHIVE), uid=1234, gid=4321),
+    ]
+    middle = (
+        folder()
+        + blocks(*member("dumps/pg", kind=tarfile.DIRTYPE, mode=0o700))
+        + blocks(*member("dumps/pg/db.sql", sql, mode=0o600))
+        + blocks(*member("dumps/pg/other.sql", sql))
+    )
+    tree, stream = staged(middle, entries, tmp_path, dumps=out / "crm" / "dumps")
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    for name, owner in (("db.sql", (0, 0)), ("other.sql", (1234, 4321))):
+        st = (out / "crm" / "dumps" / "pg" / name).stat()
+        assert (st.st_uid, st.st_gid) == owner, name
