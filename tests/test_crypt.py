@@ -548,3 +548,40 @@ def test_a_failed_encrypted_pack_leaves_no_thread_and_nothing_in_the_spool(
     spool = tmp_path / "backup" / ".cellvault" / "spool"
     assert not [p for p in spool.rglob("*") if p.is_file()]
     assert not list((tmp_path / "backup").glob("crm/*.age"))
+
+
+def test_a_sealed_stream_leaves_no_thread_read_whole_or_stopped_early(
+    tmp_path: Path, keys: tuple[Key, Key]
+) -> None:
+    """Its decryption thread is stopped with it, whether it was read to the end or not."""
+    import threading
+
+    from cellvault.crypt import using
+    from cellvault.extract import ArchiveStream
+
+    def sealing() -> list[str]:
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t.name in ("cellvault-age", "cellvault-decompress")
+        ]
+
+    vault = _vault(tmp_path, [keys[0].recipient])
+    # More than a pipe holds: the thread is still writing when the reader stops.
+    (tmp_path / "cells" / "crm" / "big.bin").write_bytes(random.Random(1).randbytes(4 << 20))
+    assert vault.backup().ok
+    target = vault.targets[0]
+    (sidecar,) = target.archives("crm")
+    with using(Keyring(files=(keys[0].path,))):
+        with target.open_archive(sidecar) as raw:
+            stream = ArchiveStream(raw, sidecar, target.name)
+            names = [name for _, name, _ in stream.members()]
+        assert "data/crm/notes.txt" in names and stream.meta is not None
+        assert stream.digest_mismatch is None
+        assert sealing() == []
+        with target.open_archive(sidecar) as raw:
+            stream = ArchiveStream(raw, sidecar, target.name)
+            members = stream.members()
+            next(members)
+            members.close()
+        assert sealing() == []

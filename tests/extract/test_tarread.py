@@ -350,14 +350,19 @@ def test_archive_ending_after_a_pax_header_is_refused() -> None:
     for end in (b"", bytes(1024)):
         tar = blocks(*member("meta.json", META.to_json())) + pax(record(b"path", b"x")) + end
         raw, sidecar = sealed(tar)
-        with pytest.raises(ArchiveCorrupt, match="ends after a pax header"):
+        with pytest.raises(ArchiveCorrupt) as info:
             verify_archive(io.BytesIO(raw), sidecar, "t")
+        assert info.value.detail == _unreadable("the archive ends after a pax header")
 
 
 def test_manifest_json_must_be_a_file() -> None:
     info, _ = member("manifest.json", kind=tarfile.DIRTYPE)
-    with pytest.raises(ArchiveCorrupt, match=r"manifest\.json is not a file"):
+    with pytest.raises(ArchiveCorrupt) as refused:
         verify(blocks(info))
+    assert (refused.value.detail, refused.value.member) == (
+        "manifest.json is not a file",
+        "manifest.json",
+    )
 
 
 def test_oversized_meta_json_is_refused() -> None:
@@ -1038,3 +1043,36 @@ def test_a_meta_json_of_exactly_its_limit_is_read() -> None:
     with pytest.raises(ArchiveCorrupt) as info:
         list(ArchiveStream(io.BytesIO(raw), sidecar, "t").members())
     assert info.value.detail == f"meta.json has {META_MAX + 1} bytes; too large"
+
+
+@pytest.mark.parametrize("spill_at", [None, 2], ids=["in memory", "past the spill point"])
+def test_a_member_that_appears_twice_is_refused_naming_it(
+    spill_at: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In memory the repeat is seen at once; past the spill point, in the last batch, at the end."""
+    if spill_at is not None:
+        monkeypatch.setattr("cellvault.spillmap.SPILL_AT", spill_at)
+    names = [f"data/crm/{n}" for n in "abcd"]
+    # a is in the first batch kept (meta.json, data/crm, a), its repeat in the last.
+    middle = folder() + b"".join(blocks(*member(n, DATA)) for n in [*names, "data/crm/a"])
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in names)]
+    with pytest.raises(UnsafeArchive) as info:
+        verify(middle, entries)
+    assert (info.value.detail, info.value.member, info.value.archive) == (
+        "member appears twice; refused",
+        "data/crm/a",
+        ARCHIVE,
+    )
+
+
+@pytest.mark.parametrize("name", ["meta.json", "manifest.json"])
+def test_meta_or_manifest_json_cut_short_is_named(name: str) -> None:
+    first = b"" if name == "meta.json" else blocks(*member("meta.json", META.to_json()))
+    tar = first + header(name.encode(), size=b"%011o\0" % 5000) + b"{" * 100
+    raw, sidecar = sealed(tar)
+    with pytest.raises(ArchiveCorrupt) as info:
+        list(ArchiveStream(io.BytesIO(raw), sidecar, "t").members())
+    assert (info.value.detail, info.value.member) == (
+        "unreadable data (unexpected end of data); truncated or damaged",
+        name,
+    )

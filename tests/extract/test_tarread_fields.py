@@ -8,6 +8,7 @@ name, with the exact value or message it should give.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import tarfile
 import threading
@@ -407,3 +408,117 @@ def test_member_data_is_read_at_most_a_block_at_a_time_and_never_past_its_end() 
             rest += block
         assert b"".join(got) + rest == big
         assert data.read() == b"" and data.read(7) == b""
+
+
+def _ustar(**fields: bytes) -> bytes:
+    """A ustar header block with each field given in full (no NUL where a field is full)."""
+    offsets = {
+        "name": (0, 100),
+        "mode": (100, 8),
+        "uid": (108, 8),
+        "gid": (116, 8),
+        "size": (124, 12),
+        "mtime": (136, 12),
+        "type": (156, 1),
+        "linkname": (157, 100),
+        "major": (329, 8),
+        "minor": (337, 8),
+        "prefix": (345, 155),
+        "pad": (500, 12),
+    }
+    block = bytearray(512)
+    block[257:265] = b"ustar\x0000"
+    for name, (start, length) in offsets.items():
+        numeric = name in ("mode", "uid", "gid", "size", "mtime", "major", "minor")
+        value = fields.get(name, b"0" * (length - 1) + b"\0" if numeric else b"")
+        assert len(value) <= length, name
+        block[start : start + len(value)] = value
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_every_header_field_is_read_whole_and_no_further() -> None:
+    block = _ustar(
+        name=b"n" * 99 + b"N",
+        mode=b"12345670",
+        linkname=b"l" * 99 + b"L",
+        major=b"01000000",
+        minor=b"02000000",
+        prefix=b"data/" + b"p" * 150,
+        pad=b"padding!",
+        type=b"3",
+    )
+    assert tarread._checksum_ok(block)
+    member = tarread._member(block, b"3", 0, {})
+    assert member.name == "data/" + "p" * 150 + "/" + "n" * 99 + "N"
+    assert member.linkname == "l" * 99 + "L"
+    assert member.mode == 0o12345670
+    assert member.rdev == os.makedev(0o1000000, 0o2000000)
+    block = _ustar(type=b"4", major=b"10000000", minor=b"30000000", prefix=b"data")
+    assert tarread._member(block, b"4", 0, {}).rdev == os.makedev(0o10000000, 0o30000000)
+
+
+def test_a_folder_loses_only_its_trailing_slashes() -> None:
+    for name, kind in (
+        (b"data/crm/BOX/", b"5"),
+        (b"data/crm/BOX//", b"5"),
+        (b"data/crm/BOX/", b"\0"),
+    ):
+        member = tarread._member(_ustar(name=name), kind, 0, {})
+        assert (member.name, member.type) == ("data/crm/BOX", b"5")
+    # A file's name is kept as it is (a trailing slash there is refused when checked).
+    assert tarread._member(_ustar(name=b"data/crm/fX"), b"0", 0, {}).name == "data/crm/fX"
+
+
+def test_a_pax_size_of_exactly_the_largest_is_read() -> None:
+    member = tarread._member(_ustar(), b"0", 0, {b"size": str(tarread.SIZE_MAX).encode()})
+    assert member.size == tarread.SIZE_MAX
+
+
+def test_more_numeric_fields() -> None:
+    # Negative base-256 whose second byte is not 0xff: the first byte alone says negative.
+    assert tarread._number(b"\xff" + (1 << 87).to_bytes(11, "big")) == -(1 << 87)
+    with pytest.raises(TarFormatError) as info:
+        tarread._number(b"00X0644\0")
+    assert info.value.message == "invalid number in a header"
+
+
+def test_checksums_of_every_width_and_every_byte_are_read() -> None:
+    # A header whose sum needs six octal digits, the first not 0.
+    block = bytearray(_ustar(name=b"\xe9" * 100, linkname=b"\xe9" * 100))
+    assert int(bytes(block[148:154]), 8) >= 0o100000
+    assert tarread._checksum_ok(bytes(block))
+    # The checksum written as eight digits, with neither NUL nor space.
+    total = int(bytes(block[148:154]), 8)
+    block[148:156] = b"%08o" % total
+    assert tarread._checksum_ok(bytes(block))
+    # Bytes at the edge of the two halves summed (256: the linkname's last byte).
+    block = bytearray(_ustar(linkname=b"l" * 100))
+    assert block[255] and block[256]
+    assert tarread._checksum_ok(bytes(block))
+
+
+def test_a_member_of_the_largest_size_and_a_pax_header_of_the_largest_are_read() -> None:
+    size = tarread.SIZE_MAX
+    head = _ustar(name=b"data/crm/huge", size=b"\x80" + size.to_bytes(11, "big"), type=b"0")
+    member = TarReader(Source(io.BytesIO(head))).next()
+    assert member is not None and member.size == size
+    body = b" comment=\n"
+    filler = tarread.PAX_MAX - len(body) - len(str(tarread.PAX_MAX))
+    payload = str(tarread.PAX_MAX).encode() + b" comment=" + b"x" * filler + b"\n"
+    assert len(payload) == tarread.PAX_MAX
+    pax_head = _ustar(name=b"pax", size=b"%011o\0" % len(payload), type=b"x")
+    tar = pax_head + payload + bytes(-len(payload) % 512) + _ustar(name=b"data/crm/f", type=b"0")
+    member = TarReader(Source(io.BytesIO(tar))).next()
+    assert member is not None and member.name == "data/crm/f"
+
+
+def test_headers_are_read_whole_across_short_reads() -> None:
+    tar = _tar(("a", b"x" * 700), ("b", b"yz"), ("c", b""))
+    for step in (7, 100, 511, 513):
+        reader = TarReader(Source(Pieces(tar, step), chunk=64))
+        names = []
+        while (member := reader.next()) is not None:
+            names.append((member.name, member.size))
+        assert names == [("a", 700), ("b", 2), ("c", 0)], step
