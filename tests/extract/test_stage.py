@@ -686,3 +686,16 @@ def test_a_folder_swapped_for_a_link_is_refused_naming_the_archive(
         ARCHIVE,
     )
     assert list(outside.iterdir()) == []
+
+
+def test_a_partial_restore_passes_over_an_archive_holding_nothing_wanted(tmp_path: Path) -> None:
+    """Not read at all (its stream is closed unread), and nothing is counted."""
+    entries = [dir_entry("data/crm"), file_entry("data/crm/old", DATA, OLDER)]
+    tree, stream = staged(
+        folder() + blocks(*member("data/crm/f", DATA)), entries, tmp_path, partial=True
+    )
+    tree.prepare()
+    tree.take(stream)
+    assert stream.meta is None  # never read
+    assert (tree.files, tree.bytes) == (0, 0)
+    assert tree.holders() == {OLDER}

@@ -522,3 +522,19 @@ def test_headers_are_read_whole_across_short_reads() -> None:
         while (member := reader.next()) is not None:
             names.append((member.name, member.size))
         assert names == [("a", 700), ("b", 2), ("c", 0)], step
+
+
+def test_a_source_gives_the_rest_of_its_buffer_from_where_it_is() -> None:
+    source = Source(io.BytesIO(b"abcdef"), chunk=64)
+    assert source.take(1) == b"a"
+    assert source.take(10) == b"bcdef"  # the rest, from the second byte
+    assert source.take(10) == b""
+
+
+def test_prefetch_gives_nothing_for_a_read_of_nothing() -> None:
+    prefetch = Prefetch(io.BytesIO(b"abcdef"), chunk=4)
+    assert prefetch.read(0) == b""
+    assert prefetch.read(2) == b"ab"
+    assert prefetch.read(0) == b""
+    assert prefetch.read() == b"cd"
+    prefetch.close()
