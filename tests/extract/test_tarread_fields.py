@@ -12,6 +12,7 @@ import os
 import struct
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -368,6 +369,9 @@ def test_prefetch_raises_the_threads_error_in_stream_order_once() -> None:
 def test_prefetch_closed_early_stops_a_thread_waiting_on_a_full_queue() -> None:
     prefetch = Prefetch(io.BytesIO(bytes(100_000)), chunk=10, depth=1)
     assert prefetch.read(3) == bytes(3)
+    while not prefetch._queue.full():
+        time.sleep(0.01)
+    time.sleep(0.2)  # the thread is now waiting to hand over the chunk after
     done = threading.Event()
 
     def close() -> None:
@@ -538,3 +542,15 @@ def test_prefetch_gives_nothing_for_a_read_of_nothing() -> None:
     assert prefetch.read(0) == b""
     assert prefetch.read() == b"cd"
     prefetch.close()
+
+
+def test_prefetch_keeps_every_chunk_for_a_reader_slower_than_it() -> None:
+    """The queue stays full longer than one wait to hand over: the chunk is offered again, not lost."""
+    data = bytes(range(50))
+    prefetch = Prefetch(io.BytesIO(data), chunk=10, depth=1)
+    got = b""
+    while block := prefetch.read():
+        got += block
+        time.sleep(0.15)  # three of the thread's waits
+    prefetch.close()
+    assert got == data
