@@ -543,6 +543,8 @@ def test_a_selector_is_what_the_operator_typed() -> None:
         ({"codec": True}, "TypeError: codec is true or false, not a string"),
         ({"reason": None}, "TypeError: reason is null, not a string"),
         ({"host": 1.5}, "TypeError: host is a number, not a string"),
+        # from_dict is also called with Python values, not only parsed JSON.
+        ({"host": b"bytes"}, "TypeError: host is not JSON, not a string"),
     ],
 )
 def test_unusable_meta_says_which_value(change: dict[str, object], why: str) -> None:
