@@ -699,3 +699,40 @@ def test_a_partial_restore_passes_over_an_archive_holding_nothing_wanted(tmp_pat
     assert stream.meta is None  # never read
     assert (tree.files, tree.bytes) == (0, 0)
     assert tree.holders() == {OLDER}
+
+
+def test_files_whose_archive_the_manifest_does_not_name_are_missing_not_sought(
+    tmp_path: Path,
+) -> None:
+    """No archive is asked for them; the restore fails naming the first, counting all."""
+    entries = [
+        dir_entry("data/crm"),
+        attrs.evolve(file_entry("data/crm/f", DATA, ARCHIVE), archive=None),
+        attrs.evolve(file_entry("data/crm/g", DATA, ARCHIVE), archive=None),
+    ]
+    middle = folder() + blocks(*member("data/crm/f", DATA)) + blocks(*member("data/crm/g", DATA))
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    assert tree.holders() == set()
+    tree.take(stream)
+    assert tree.holders() == set()
+    with pytest.raises(ArchiveCorrupt) as info:
+        tree.finish()
+    assert (info.value.detail, info.value.archive, info.value.member) == (
+        "2 file(s) were not found in the archives that should hold them",
+        ARCHIVE,
+        "data/crm/f",
+    )
+
+
+def test_a_manifest_that_lists_dumps_first_restores_the_cell_without_them(tmp_path: Path) -> None:
+    """Dumps not wanted are passed over wherever the manifest lists them, not taken as its end."""
+    dumps_first = [e for e in _DUMP_ENTRIES if e.path.startswith("dumps")]
+    cell = [e for e in _DUMP_ENTRIES if e.path.startswith("data")]
+    tree, stream = staged(_DUMP_MIDDLE, [*dumps_first, *cell], tmp_path)
+    tree.prepare()
+    assert tree.holders() == {ARCHIVE}
+    tree.take(stream)
+    tree.finish()
+    assert (tree.files, tree.bytes) == (1, len(DATA))
+    assert (tmp_path / "staging" / "crm" / "f").read_bytes() == DATA

@@ -490,10 +490,10 @@ def test_more_numeric_fields() -> None:
 
 def test_checksums_of_every_width_and_every_byte_are_read() -> None:
     # A header whose sum needs six octal digits, the first not 0.
-    block = bytearray(_ustar(name=b"\xe9" * 100, linkname=b"\xe9" * 100))
+    block = bytearray(_ustar(name=b"\xe9" * 100, linkname=b"\xe9" * 100, type=b"0"))
     assert int(bytes(block[148:154]), 8) >= 0o100000
     assert tarread._checksum_ok(bytes(block))
-    # The checksum written as eight digits, with neither NUL nor space.
+    # The checksum written as eight digits, with neither NUL nor space (the type flag next).
     total = int(bytes(block[148:154]), 8)
     block[148:156] = b"%08o" % total
     assert tarread._checksum_ok(bytes(block))

@@ -323,7 +323,7 @@ class ArchiveStream:
                 self._manifest = Manifest.read(self.manifest_raw, archive=self.archive)
             except ArchiveCorrupt as exc:
                 # What the parser found wrong, said of this archive on this target.
-                raise self.corrupt(exc.detail, member=exc.member or "manifest.json") from None
+                raise self.corrupt(exc.detail, member="manifest.json") from None
             except (AttributeError, RecursionError, TypeError) as exc:
                 # from_json names bad keys and values; entries that are not even
                 # JSON objects, or nesting too deep to parse, end up here.
