@@ -25,12 +25,8 @@ from cellvault.extract import stage
 from tests.archive_helpers import dir_entry, file_entry, member
 from tests.system_tools import needs_root, require
 
-from .test_stage import staged
+from .test_stage import open_fds, staged
 from .test_tarread import ARCHIVE, DATA, blocks, folder
-
-
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
@@ -49,7 +45,7 @@ def openat2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_each_folder_asked_for_is_that_folder_and_the_chain_is_closed_after(tree: Path) -> None:
-    before = _open_fds()
+    before = open_fds()
     dirs = stage.DirFds(str(tree), ARCHIVE)
     for rel in ["a/b/c", "a/b/c", "a/b", "a/d", "a", "", "e", "a/b/c", "a/d", "e", ""]:
         fd = dirs.fd(rel)
@@ -58,11 +54,11 @@ def test_each_folder_asked_for_is_that_folder_and_the_chain_is_closed_after(tree
     assert dirs.fd("a/d") == dirs.fd("a/d")
     # Open: the root and the chain down to the last folder, no more.
     dirs.fd("a/b/c")
-    assert len(_open_fds() - before) == 1 + 3
+    assert len(open_fds() - before) == 1 + 3
     dirs.fd("e")
-    assert len(_open_fds() - before) == 1 + 1
+    assert len(open_fds() - before) == 1 + 1
     dirs.close()
-    assert _open_fds() == before
+    assert open_fds() == before
 
 
 def test_a_missing_folder_is_made_private_or_not_at_all(tree: Path) -> None:
@@ -84,7 +80,7 @@ def test_a_missing_folder_is_made_private_or_not_at_all(tree: Path) -> None:
 
 
 def test_open_gives_a_descriptor_of_its_own(tree: Path, openat2: bool) -> None:
-    before = _open_fds()
+    before = open_fds()
     dirs = stage.DirFds(str(tree), ARCHIVE)
     kept = dirs.fd("a/b")
     for rel in ("a/b/c", "a", ""):
@@ -94,7 +90,7 @@ def test_open_gives_a_descriptor_of_its_own(tree: Path, openat2: bool) -> None:
         os.close(fd)
     assert os.path.samestat(os.fstat(kept), os.stat(tree / "a" / "b"))  # still open
     dirs.close()
-    assert _open_fds() == before
+    assert open_fds() == before
 
 
 def _swapped_message(path: str) -> str:
@@ -115,7 +111,7 @@ def test_a_folder_replaced_is_refused_with_the_whole_message(
         (tree / "a" / "b").symlink_to(outside)
     else:
         (tree / "a" / "b").write_bytes(b"")
-    before = _open_fds()
+    before = open_fds()
     dirs = stage.DirFds(str(tree), ARCHIVE)
     for how, rel in (("open", "a/b/c"), ("fd", "a/b/c"), ("fd", "a/b")):
         with pytest.raises(UnsafeArchive) as info:
@@ -125,7 +121,7 @@ def test_a_folder_replaced_is_refused_with_the_whole_message(
         assert info.value.hint == "find what changes the staging directory, then restore again"
         assert info.value.__cause__ is None and info.value.__suppress_context__
     dirs.close()
-    assert _open_fds() == before  # what the failed walks opened is closed too
+    assert open_fds() == before  # what the failed walks opened is closed too
     assert sorted(p.name for p in outside.iterdir()) == ["c"]
 
 
@@ -174,8 +170,8 @@ MODES = [0o644, 0o666, 0o777, 0o600, 0o640, 0o400, 0o000, 0o755, 0o4755, 0o2750,
 MODES += [0o022, 0o070, 0o007]
 
 
-@pytest.mark.parametrize("mask", [0o022, 0o077, 0])
-def test_every_file_gets_its_mode_whatever_the_umask(tmp_path: Path, mask: int) -> None:
+def _restore_every_mode(where: Path) -> None:
+    """Restore a file of each of MODES into a staging tree below *where*; each has its mode."""
     names = [f"data/crm/m{mode:o}" for mode in MODES]
     middle = folder() + b"".join(
         blocks(*member(name, DATA, mode=mode)) for name, mode in zip(names, MODES, strict=True)
@@ -183,17 +179,22 @@ def test_every_file_gets_its_mode_whatever_the_umask(tmp_path: Path, mask: int) 
     entries = [dir_entry("data/crm")] + [
         file_entry(name, DATA, ARCHIVE, mode=mode) for name, mode in zip(names, MODES, strict=True)
     ]
+    tree, stream = staged(middle, entries, where)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    for name, mode in zip(names, MODES, strict=True):
+        path = where / "staging" / name.removeprefix("data/")
+        assert stat.S_IMODE(path.stat().st_mode) == mode, name
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0])
+def test_every_file_gets_its_mode_whatever_the_umask(tmp_path: Path, mask: int) -> None:
     old = os.umask(mask)
     try:
-        tree, stream = staged(middle, entries, tmp_path)
-        tree.prepare()
-        tree.take(stream)
-        tree.finish()
+        _restore_every_mode(tmp_path)
     finally:
         os.umask(old)
-    for name, mode in zip(names, MODES, strict=True):
-        path = tmp_path / "staging" / name.removeprefix("data/")
-        assert stat.S_IMODE(path.stat().st_mode) == mode, name
 
 
 def test_as_root_files_get_their_owner_in_a_plain_or_a_group_handing_folder(
@@ -225,20 +226,7 @@ def test_every_file_gets_its_mode_below_a_default_acl(tmp_path: Path) -> None:
     """A default ACL above replaces the umask: each file is then chmod-ed to its mode."""
     require("setfacl")
     subprocess.run(["setfacl", "-d", "-m", "u::rwx,g::rx,o::-", str(tmp_path)], check=True)
-    names = [f"data/crm/m{mode:o}" for mode in MODES]
-    middle = folder() + b"".join(
-        blocks(*member(name, DATA, mode=mode)) for name, mode in zip(names, MODES, strict=True)
-    )
-    entries = [dir_entry("data/crm")] + [
-        file_entry(name, DATA, ARCHIVE, mode=mode) for name, mode in zip(names, MODES, strict=True)
-    ]
-    tree, stream = staged(middle, entries, tmp_path)
-    tree.prepare()
-    tree.take(stream)
-    tree.finish()
-    for name, mode in zip(names, MODES, strict=True):
-        path = tmp_path / "staging" / name.removeprefix("data/")
-        assert stat.S_IMODE(path.stat().st_mode) == mode, name
+    _restore_every_mode(tmp_path)
 
 
 @pytest.mark.parametrize("rel", ["..", "a/..", "a/../e", ".", "a/./b", "a//b", "a/", "/a"])

@@ -21,7 +21,6 @@ import random
 import shutil
 import tarfile
 import tempfile
-import threading
 from pathlib import Path
 
 import attrs
@@ -36,6 +35,8 @@ from cellvault.extract import ArchiveStream, StagedTree, verify_archive
 from cellvault.manifest import Manifest
 from cellvault.pack import Packer
 from tests.archive_helpers import snapshot
+
+from .test_tarread import decompressing_threads
 
 IDENT = ArchiveId("crm", dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC))
 
@@ -121,10 +122,6 @@ def with_sidecar(archive: Packed, stored: bytes, rehash: bool) -> Sidecar:
     return attrs.evolve(
         archive.sidecar, size=len(stored), sha256=hashlib.sha256(stored).hexdigest()
     )
-
-
-def decompressing_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "cellvault-decompress"]
 
 
 def check_both(archive: Packed, stored: bytes, sidecar: Sidecar) -> None:

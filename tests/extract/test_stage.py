@@ -615,17 +615,18 @@ def test_an_archive_that_holds_no_file_is_read_and_leaves_nothing_to_find(tmp_pa
     assert stat.S_IMODE((tmp_path / "staging" / "crm" / "sub").stat().st_mode) == 0o750
 
 
-def _fds() -> set[str]:
+def open_fds() -> set[str]:
+    """The descriptors this process has open."""
     return set(os.listdir("/proc/self/fd"))
 
 
 def test_the_staging_tree_s_descriptors_are_closed_when_it_ends_or_fails(tmp_path: Path) -> None:
-    before = _fds()
+    before = open_fds()
     tree, stream = staged(_DUMP_MIDDLE, _DUMP_ENTRIES, tmp_path, dumps=tmp_path / "out" / "dumps")
     tree.prepare()
     tree.take(stream)
     tree.finish()
-    assert _fds() == before
+    assert open_fds() == before
     # A take that fails closes them too (the caller then removes the staging tree).
     stored = blocks(*member("data/crm/f", b"other data"))
     tree, stream = staged(
@@ -636,9 +637,9 @@ def test_the_staging_tree_s_descriptors_are_closed_when_it_ends_or_fails(tmp_pat
     tree.prepare()
     with pytest.raises(ArchiveCorrupt):
         tree.take(stream)
-    assert _fds() == before
+    assert open_fds() == before
     tree.close()  # and again: nothing left to close
-    assert _fds() == before
+    assert open_fds() == before
 
 
 @pytest.mark.parametrize("where", ["the cell's tree", "a dumps folder outside"])

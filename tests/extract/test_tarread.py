@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import attrs
@@ -930,10 +931,9 @@ def test_bytes_that_are_not_the_codecs_are_unreadable_at_the_start() -> None:
     assert info.value.member is None
 
 
-def _decompressing() -> list[str]:
-    import threading
-
-    return [t.name for t in threading.enumerate() if t.name == "cellvault-decompress"]
+def decompressing_threads() -> list[threading.Thread]:
+    """The decompression threads alive now (each stream's own, stopped with it)."""
+    return [t for t in threading.enumerate() if t.name == "cellvault-decompress"]
 
 
 def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> None:
@@ -949,7 +949,7 @@ def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> No
     assert stream.meta == META
     assert stream.digest_mismatch is None
     assert stream.manifest().same_as(manifest)
-    assert _decompressing() == []
+    assert decompressing_threads() == []
     # Stopped early by its reader: the thread, waiting to hand over more, is stopped too.
     big = bytes(16 << 20)  # more than the thread reads ahead
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", big, ARCHIVE)]
@@ -957,9 +957,9 @@ def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> No
     stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
     members = stream.members()
     next(members)
-    assert _decompressing() == ["cellvault-decompress"]
+    assert [t.name for t in decompressing_threads()] == ["cellvault-decompress"]
     members.close()
-    assert _decompressing() == []
+    assert decompressing_threads() == []
 
 
 @pytest.mark.parametrize(
