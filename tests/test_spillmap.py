@@ -76,6 +76,34 @@ def test_seen_names_finds_a_repeat_in_memory_and_spilled() -> None:
     assert clean.finish() is None
 
 
+NAMES = ["ascii", "caf\u00e9", os.fsdecode(b"not utf-8 \xff"), "\ud800 a lone surrogate", ""]
+
+
+@pytest.mark.parametrize("spill_at", [2, 10_000])
+def test_spill_map_keys_are_any_string(spill_at: int) -> None:
+    """Path names that are not UTF-8 (surrogates) are keys like any other, spilled or not."""
+    m: SpillMap[str] = SpillMap(spill_at=spill_at)
+    for i, name in enumerate(NAMES):
+        m[name] = f"v{i}"
+    assert m.spilled is (spill_at == 2)
+    assert list(m) == NAMES and list(m.items()) == [(n, f"v{i}") for i, n in enumerate(NAMES)]
+    assert all(m[n] == f"v{i}" and n in m for i, n in enumerate(NAMES))
+    assert os.fsdecode(b"not utf-8 \xfe") not in m and "caf" not in m and 5 not in m
+    del m[NAMES[2]]
+    assert NAMES[2] not in m and len(m) == len(NAMES) - 1
+    m.close()
+
+
+def test_seen_names_finds_a_repeat_of_any_string_spilled() -> None:
+    for name in NAMES:
+        seen = SeenNames(spill_at=2)
+        assert seen.add(name) is None
+        assert all(seen.add(f"n{i}") is None for i in range(5))  # name is written out
+        assert seen.add(name) is None  # in the batch not yet written
+        assert seen.finish() == name
+        seen.close()
+
+
 def test_a_spilled_manifest_round_trips_and_reads_as_a_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -131,11 +159,17 @@ def test_backup_restore_and_every_verify_level_with_everything_spilled(
             (src / f"d{d}" / f"f{f:02d}").write_bytes(b"%d-%d\n" % (d, f))
     os.link(src / "d0" / "f00", src / "d0" / "hard")
     os.symlink("/etc/hostname", src / "d1" / "abs")
+    # Names a file system holds that are not UTF-8, or not ASCII: keys of every map.
+    (src / os.fsdecode(b"d4/not utf-8 \xff\xfe")).write_bytes(b"latin-1 name\n")
+    (src / "d5" / "caf\u00e9 \u65e5\u672c").write_bytes(b"utf-8 name\n")
     vault = make_vault(tmp_path / "backup", [src])
     assert vault.backup().ok
     (src / "d2" / "f03").write_bytes(b"changed\n")
     (src / "d3" / "f04").unlink()
-    assert vault.backup(kind="incremental").ok
+    incremental = vault.backup(kind="incremental")
+    assert incremental.ok
+    # Planned from the full archive's manifest, read back spilled: not a full one again.
+    assert incremental.cells[0].kind == "incremental"
     original = snapshot(src)
     report = vault.restore(into=tmp_path / "out")
     assert report.ok, report.error or report.cells[0].error

@@ -33,6 +33,24 @@ def _same(text: str) -> str:
     return text
 
 
+def _key(key: str) -> str | bytes:
+    """*key* as the database stores it: ASCII as text, anything else as its bytes.
+
+    Paths are names a file system gave, decoded with ``surrogateescape``: a
+    name that is not UTF-8 holds lone surrogates, which SQLite's text cannot
+    (Python's sqlite3 encodes text as strict UTF-8). ``surrogatepass`` gives
+    every string bytes of its own; ASCII keys, nearly all, stay text for free
+    (``isascii`` reads a flag). A key is always stored the same way, so
+    lookups find it.
+    """
+    return key if key.isascii() else key.encode("utf-8", "surrogatepass")
+
+
+def _unkey(stored: str | bytes) -> str:
+    """A key read back from the database (see :func:`_key`)."""
+    return stored if isinstance(stored, str) else stored.decode("utf-8", "surrogatepass")
+
+
 class SpillMap(Generic[V]):
     """A ``str``-keyed map in insertion order, moved to a temporary file past *spill_at* keys.
 
@@ -67,7 +85,8 @@ class SpillMap(Generic[V]):
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-        db.execute("CREATE TABLE m (i INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, v TEXT)")
+        # k: text or bytes (see _key), so no column affinity converts one into the other.
+        db.execute("CREATE TABLE m (i INTEGER PRIMARY KEY, k BLOB NOT NULL UNIQUE, v TEXT)")
         self._db = db
         mem, self._mem = self._mem, None
         assert mem is not None
@@ -78,7 +97,7 @@ class SpillMap(Generic[V]):
         if not self._buf or self._db is None:
             return
         encode = self._encode
-        rows = [(k, encode(v)) for k, v in self._buf.items()]
+        rows = [(_key(k), encode(v)) for k, v in self._buf.items()]
         self._db.execute("BEGIN")
         self._db.executemany(_UPSERT, rows)
         self._db.execute("COMMIT")
@@ -105,7 +124,7 @@ class SpillMap(Generic[V]):
         self._flush()
         self._len = None
         self._db.execute("BEGIN")
-        self._db.executemany(_UPSERT, rows)
+        self._db.executemany(_UPSERT, ((_key(k), v) for k, v in rows))
         self._db.execute("COMMIT")
 
     def get(self, key: str, default: V | None = None) -> V | None:
@@ -115,7 +134,7 @@ class SpillMap(Generic[V]):
         if key in self._buf:
             return self._buf[key]
         assert self._db is not None
-        row = self._db.execute("SELECT v FROM m WHERE k = ?", (key,)).fetchone()
+        row = self._db.execute("SELECT v FROM m WHERE k = ?", (_key(key),)).fetchone()
         return default if row is None else self._decode(row[0])
 
     def __getitem__(self, key: str) -> V:
@@ -134,7 +153,9 @@ class SpillMap(Generic[V]):
         if key in self._buf:
             return True
         assert self._db is not None
-        return self._db.execute("SELECT 1 FROM m WHERE k = ?", (key,)).fetchone() is not None
+        if not isinstance(key, str):
+            return False
+        return self._db.execute("SELECT 1 FROM m WHERE k = ?", (_key(key),)).fetchone() is not None
 
     def __delitem__(self, key: str) -> None:
         mem = self._mem
@@ -145,7 +166,7 @@ class SpillMap(Generic[V]):
             raise KeyError(key)
         self._flush()
         assert self._db is not None
-        self._db.execute("DELETE FROM m WHERE k = ?", (key,))
+        self._db.execute("DELETE FROM m WHERE k = ?", (_key(key),))
         self._len = None
 
     def __len__(self) -> int:
@@ -173,7 +194,7 @@ class SpillMap(Generic[V]):
             return
         decode = self._decode
         for key, text in self._rows("k, v"):
-            yield key, decode(text)
+            yield _unkey(key), decode(text)
 
     def values(self) -> Iterator[V]:
         mem = self._mem
@@ -192,7 +213,7 @@ class SpillMap(Generic[V]):
         mem = self._mem
         if mem is not None:
             return iter(mem)
-        return (row[0] for row in self._rows("k"))
+        return (_unkey(row[0]) for row in self._rows("k"))
 
     def keys(self) -> Iterator[str]:
         return iter(self)
@@ -270,11 +291,11 @@ class SeenNames:
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
             db.execute("PRAGMA journal_mode=OFF")
             db.execute("PRAGMA synchronous=OFF")
-            db.execute("CREATE TABLE s (k TEXT PRIMARY KEY) WITHOUT ROWID")
-            db.execute("CREATE TABLE b (k TEXT)")
+            db.execute("CREATE TABLE s (k BLOB PRIMARY KEY) WITHOUT ROWID")
+            db.execute("CREATE TABLE b (k BLOB)")
         batch, self._set = self._set, set()
         db.execute("BEGIN")
-        db.executemany("INSERT INTO b (k) VALUES (?)", ((k,) for k in batch))
+        db.executemany("INSERT INTO b (k) VALUES (?)", ((_key(k),) for k in batch))
         row = db.execute(
             "SELECT k FROM b WHERE k IN (SELECT k FROM s) ORDER BY k LIMIT 1"
         ).fetchone()
@@ -282,7 +303,7 @@ class SeenNames:
             db.execute("INSERT INTO s (k) SELECT k FROM b")
         db.execute("DELETE FROM b")
         db.execute("COMMIT")
-        return None if row is None else str(row[0])
+        return None if row is None else _unkey(row[0])
 
     def close(self) -> None:
         if self._db is not None:
