@@ -28,6 +28,9 @@ from tests.system_tools import needs_root, require
 from .test_stage import open_fds, staged
 from .test_tarread import ARCHIVE, DATA, blocks, folder
 
+#: Files get their modes and owners whoever creates them: this process, or the forked writer.
+pytestmark = pytest.mark.usefixtures("who_writes")
+
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:

@@ -30,6 +30,9 @@ from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks, folder
 #: An archive earlier in the chain, never read here.
 OLDER = "cell_crm_20210101_000000"
 
+#: Every rule holds whoever creates the small files: this process, or the forked writer.
+pytestmark = pytest.mark.usefixtures("who_writes")
+
 
 def staged(
     middle: bytes, entries: list[Entry], tmp_path: Path, **kwargs: object

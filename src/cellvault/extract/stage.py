@@ -40,6 +40,7 @@ from ..manifest import SPECIAL_TYPES, Entry, InOrder, Manifest
 from .names import checked_name
 from .stream import ArchiveStream, MemberData, hash_zeros, sparse_regions
 from .tarread import BLOCK
+from .writer import FileWriter
 
 __all__ = ["DirFds", "StagedTree"]
 
@@ -48,6 +49,10 @@ log = get_logger(__name__)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Files up to this size are read whole and written in one call.
 _SMALL = 256 << 10
+#: An archive holding at least this many files of the tree has its small files
+#: created by a second process (:class:`~cellvault.extract.writer.FileWriter`)
+#: while this one reads and checks the next ones.
+WRITER_MIN_FILES = 1000
 _sha256 = hashlib.sha256
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
@@ -104,9 +109,10 @@ class DirFds:
     gives a descriptor of its own.
     """
 
-    def __init__(self, root: str, archive: str) -> None:
+    def __init__(self, root: str | int, archive: str) -> None:
+        """*root*: the tree's path, or a descriptor of it (which this object then owns)."""
         self.archive = archive
-        self.root = os.open(root, _OPEN_DIR)
+        self.root = root if isinstance(root, int) else os.open(root, _OPEN_DIR)
         self._chain: list[tuple[str, int]] = []
         #: The last directory :meth:`fd` gave (path and descriptor): most files
         #: of an archive follow a sibling.
@@ -220,6 +226,16 @@ def _creation_owner(root: int) -> tuple[int, int] | None:
     if os.fstat(root).st_mode & stat.S_ISGID:
         return None
     return os.geteuid(), os.getegid()
+
+
+def _checked_bytes(data: MemberData, entry: Entry, stream: ArchiveStream) -> bytes:
+    """A small file's bytes, read whole and checked against its manifest entry."""
+    block = data.readall()
+    if len(block) != entry.size or _sha256(block).hexdigest() != entry.sha256:
+        raise stream.corrupt(
+            "content does not match the manifest (sha256 differs)", member=data.name
+        )
+    return block
 
 
 def _split(rel: str) -> tuple[str, str]:
@@ -425,13 +441,35 @@ class StagedTree:
         left = self._left.get(holder, 0)
         if self.partial and not left:
             return
+        main = self._tree()
+        writer = (
+            FileWriter.start(main.root, self.archive, lambda root: DirFds(root, self.archive))
+            if left >= WRITER_MIN_FILES
+            else None
+        )
+        try:
+            self._take_members(stream, holder, left, main, writer, as_root)
+            if writer is not None:
+                writer.close()
+        finally:
+            if writer is not None:
+                writer.abort()
+
+    def _take_members(
+        self,
+        stream: ArchiveStream,
+        holder: str,
+        left: int,
+        main: DirFds,
+        writer: FileWriter | None,
+        as_root: bool,
+    ) -> None:
         get = InOrder(self.manifest).get
         umask = self._umask
         # Files made here belong to this process's user and group already (no
         # set-group-ID directory above hands down another group): as root, the
         # chown is only made for entries that belong to someone else.
         owner = self._owner
-        main = self._tree()
         files = size_sum = 0
         for member, name, data in stream.members():
             if data is None:
@@ -459,23 +497,33 @@ class StagedTree:
             # no chmod): inside the staging tree, which only this user can enter.
             mode = entry.mode
             created = mode & 0o777 if umask is not None and not entry.xattrs else 0o600
-            try:
-                fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
-            except FileExistsError:
-                # Written already: the member appears twice (the stream tells a
-                # repeat a little later when the names it has seen are many).
-                raise UnsafeArchive(
-                    "member appears twice; refused", archive=self.archive, member=name
-                ) from None
-            try:
-                size = self._write(fd, data, entry, stream, realsize)
-                unmasked = umask is not None and created & ~umask == mode
-                chown = as_root and (
-                    tree is not main or owner is None or owner != (entry.uid, entry.gid)
-                )
-                self._attributes(fd, entry, chown, chmod=not unmasked)
-            finally:
-                os.close(fd)
+            unmasked = umask is not None and created & ~umask == mode
+            chown = as_root and (
+                tree is not main or owner is None or owner != (entry.uid, entry.gid)
+            )
+            if (
+                writer is not None
+                and tree is main
+                and realsize is None
+                and not entry.xattrs
+                and data.reader.left <= _SMALL
+            ):
+                # Read and checked here; created, with its attributes, by the writer.
+                size = self._hand_over(writer, data, entry, stream, (parent, base, created), chown)
+            else:
+                try:
+                    fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
+                except FileExistsError:
+                    # Written already: the member appears twice (the stream tells a
+                    # repeat a little later when the names it has seen are many).
+                    raise UnsafeArchive(
+                        "member appears twice; refused", archive=self.archive, member=name
+                    ) from None
+                try:
+                    size = self._write(fd, data, entry, stream, realsize)
+                    self._attributes(fd, entry, chown, chmod=not unmasked)
+                finally:
+                    os.close(fd)
             files += 1
             size_sum += size
             left -= 1
@@ -495,12 +543,8 @@ class StagedTree:
     ) -> int:
         if realsize is None and data.reader.left <= _SMALL:
             # A small file: read whole, checked, then written in one call.
-            block = data.readall()
+            block = _checked_bytes(data, entry, stream)
             size = len(block)
-            if size != entry.size or _sha256(block).hexdigest() != entry.sha256:
-                raise stream.corrupt(
-                    "content does not match the manifest (sha256 differs)", member=data.name
-                )
             view = memoryview(block)
             while view:
                 view = view[os.write(fd, view) :]
@@ -535,6 +579,40 @@ class StagedTree:
                 "content does not match the manifest (sha256 differs)", member=data.name
             )
         return size
+
+    def _hand_over(
+        self,
+        writer: FileWriter,
+        data: MemberData,
+        entry: Entry,
+        stream: ArchiveStream,
+        where: tuple[str, str, int],
+        chown: bool,
+    ) -> int:
+        """A small file read and checked here, for *writer* to create at *where*.
+
+        *where*: its folder and name in the staging tree, and the mode it is
+        created with (no chmod after when that is its mode once masked).
+        """
+        block = _checked_bytes(data, entry, stream)
+        parent, base, created = where
+        umask = self._umask
+        unmasked = umask is not None and created & ~umask == entry.mode
+        writer.add(
+            (
+                parent,
+                base,
+                created,
+                block,
+                -1 if unmasked else entry.mode,
+                entry.uid if chown else -1,
+                entry.gid,
+                entry.mtime_ns,
+            )
+        )
+        if self.on_bytes is not None and block:
+            self.on_bytes(len(block))
+        return len(block)
 
     def _attributes(self, fd: int, entry: Entry, chown: bool, *, chmod: bool = True) -> None:
         """Owner, mode, extended attributes and times through an open file or directory.

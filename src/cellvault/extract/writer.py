@@ -1,0 +1,267 @@
+"""Small files of a staging tree created by a second process.
+
+A restore of many small files spends as much time in the kernel, creating
+them, as in Python, reading and checking them: one process does both in
+turn on one core. :class:`FileWriter` forks a child that creates the files
+the restore has already read and checked (its name, size and sha256 against
+the manifest), fed through a pipe a batch at a time, while the parent reads
+and checks the next ones on the other core.
+
+The child writes as the parent would: each file relative to a directory
+descriptor opened without following links from the staging root down
+(:class:`~cellvault.extract.stage.DirFds`), created with ``O_EXCL |
+O_NOFOLLOW``, then its owner, mode and times through the open descriptor.
+What it cannot do ends it, and the parent raises it: a file that exists
+already (a member twice), a directory replaced by a link, a full disk.
+The parent waits for the child (:meth:`FileWriter.close`) before it makes
+the links of the tree, and ends it (:meth:`FileWriter.abort`) before a
+failed restore removes the staging tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import marshal
+import os
+import select
+import signal
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import UnsafeArchive
+
+__all__ = ["FileWriter"]
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_LENGTH = struct.Struct("<Q")
+#: A batch is sent when it holds this many bytes of file data, or this many files.
+BATCH_BYTES = 1 << 20
+BATCH_FILES = 2048
+#: The pipe's buffer (Linux lets a process ask for up to 1 MiB).
+PIPE_SIZE = 1 << 20
+#: Seconds the child waits for a batch before it checks that its parent lives.
+_POLL = 1.0
+
+#: A file for the child: the folder (relative to the staging root) and the name
+#: in it, the mode it is created with, its bytes, the mode to set after (-1:
+#: none), the owner to set (-1: none) and the modification time in nanoseconds.
+Record = tuple[str, str, int, bytes, int, int, int, int]
+
+
+class FileWriter:
+    """A forked child that creates checked files below a staging root.
+
+    :meth:`start` forks it (``None`` where this process cannot fork); :meth:`add`
+    queues a file; :meth:`close` sends the rest and waits for the child's
+    count, raising what it met; :meth:`abort` ends it at once.
+    """
+
+    def __init__(self, pid: int, feed: int, result: int, archive: str) -> None:
+        self._pid = pid
+        self._feed = feed
+        self._result = result
+        self.archive = archive
+        self._batch: list[Record] = []
+        self._bytes = 0
+        #: Files handed to the child.
+        self.sent = 0
+
+    @classmethod
+    def start(cls, root: int, archive: str, dirs: Callable[[int], Any]) -> FileWriter | None:
+        """Fork a writer below the directory descriptor *root*.
+
+        *dirs* makes, in the child, the directory walker of *root* (a
+        :class:`~cellvault.extract.stage.DirFds`). ``None`` when no child can
+        be started: the caller writes the files itself.
+        """
+        try:
+            feed_r, feed_w = os.pipe()
+        except OSError:
+            return None
+        try:
+            result_r, result_w = os.pipe()
+        except OSError:
+            os.close(feed_r)
+            os.close(feed_w)
+            return None
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            import fcntl
+
+            fcntl.fcntl(feed_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except (OSError, AttributeError):
+            for fd in (feed_r, feed_w, result_r, result_w):
+                os.close(fd)
+            return None
+        if pid == 0:  # pragma: no cover - the child; its work is checked through the parent
+            code = 1
+            try:
+                _keep_only(root, feed_r, result_w)
+                outcome = _serve(dirs(root), feed_r, parent)
+                os.write(result_w, marshal.dumps(outcome))
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+                with contextlib.suppress(BaseException):
+                    os.write(result_w, marshal.dumps(("crash", f"{type(exc).__name__}: {exc}")))
+            finally:
+                os._exit(code)
+        os.close(feed_r)
+        os.close(result_w)
+        return cls(pid, feed_w, result_r, archive)
+
+    def add(self, record: Record) -> None:
+        """Queue one file (see :data:`Record`); a full batch goes to the child."""
+        self._batch.append(record)
+        self._bytes += len(record[3])
+        if self._bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
+            self._send()
+
+    def _send(self) -> None:
+        batch, self._batch, self._bytes = self._batch, [], 0
+        self.sent += len(batch)
+        payload = marshal.dumps(batch)
+        try:
+            _write_all(self._feed, _LENGTH.pack(len(payload)) + payload)
+        except BrokenPipeError:
+            # The child stopped reading: it met something, and says what.
+            self._raise(self._outcome())
+
+    def close(self) -> int:
+        """Send the last batch, wait for the child; the number of files it made.
+
+        Raises what the child met (see the module's docstring).
+        """
+        if self._batch:
+            self._send()
+        with contextlib.suppress(BrokenPipeError):
+            _write_all(self._feed, _LENGTH.pack(0))
+        outcome = self._outcome()
+        if outcome[0] != "ok" or outcome[1] != self.sent:
+            self._raise(outcome)
+        return int(outcome[1])
+
+    def _outcome(self) -> tuple[Any, ...]:
+        """The child's last word, once it has ended (a crash says so)."""
+        chunks = []
+        while chunk := os.read(self._result, 1 << 16):
+            chunks.append(chunk)
+        self._reap()
+        try:
+            outcome = marshal.loads(b"".join(chunks))  # noqa: S302 - our own child's words
+        except (EOFError, ValueError, TypeError):
+            outcome = ("crash", "the file writer ended without a word")
+        return outcome if isinstance(outcome, tuple) and outcome else ("crash", repr(outcome))
+
+    def _raise(self, outcome: tuple[Any, ...]) -> None:
+        kind = outcome[0]
+        if kind == "twice":
+            raise UnsafeArchive(
+                "member appears twice; refused", archive=self.archive, member=f"data/{outcome[1]}"
+            )
+        if kind == "unsafe":
+            raise UnsafeArchive(outcome[1], archive=self.archive, hint=outcome[2])
+        if kind == "os":
+            raise OSError(outcome[1], outcome[2], outcome[3])
+        if kind == "ok":
+            raise OSError(
+                errno.EIO, f"the file writer made {outcome[1]} of {self.sent} files", None
+            )
+        raise OSError(errno.EIO, f"the file writer failed ({outcome[1]})", None)
+
+    def abort(self) -> None:
+        """End the child now and wait for it (after a failure; idempotent)."""
+        if self._pid:
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        for fd in (self._feed, self._result):
+            if fd >= 0:
+                os.close(fd)
+        self._feed = self._result = -1
+        if self._pid:
+            pid, self._pid = self._pid, 0
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor but *fds* (nothing of the parent's stays open here)."""
+    low = 3
+    for fd in sorted(fds):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _frames(feed: int, parent: int) -> Iterator[list[Record]]:
+    """The batches the parent sends, up to its end mark (or its death)."""
+    while True:
+        head = _exactly(feed, _LENGTH.size, parent)
+        if head is None:
+            return  # the parent is gone without its end mark: nothing more comes
+        (size,) = _LENGTH.unpack(head)
+        if not size:
+            return
+        payload = _exactly(feed, size, parent)
+        if payload is None:
+            return
+        yield marshal.loads(payload)  # noqa: S302 - our own parent's words
+
+
+def _exactly(fd: int, size: int, parent: int) -> bytes | None:
+    parts = []
+    while size:
+        if not select.select([fd], [], [], _POLL)[0]:
+            if os.getppid() != parent:
+                return None
+            continue
+        chunk = os.read(fd, min(size, PIPE_SIZE))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def _serve(dirs: Any, feed: int, parent: int) -> tuple[Any, ...]:  # pragma: no cover - child
+    """Create each file the parent sends; what happened, for the parent."""
+    made = 0
+    fd_of = dirs.fd
+    utime = os.utime
+    try:
+        for batch in _frames(feed, parent):
+            for folder, base, created, data, mode, uid, gid, mtime in batch:
+                try:
+                    fd = os.open(base, _CREATE, created, dir_fd=fd_of(folder))
+                except FileExistsError:
+                    return ("twice", f"{folder}/{base}" if folder else base)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    if uid >= 0:
+                        with contextlib.suppress(OSError):
+                            os.fchown(fd, uid, gid)
+                    if mode >= 0:
+                        os.fchmod(fd, mode)
+                    utime(fd, ns=(mtime, mtime))
+                finally:
+                    os.close(fd)
+                made += 1
+    except UnsafeArchive as exc:
+        return ("unsafe", exc.detail, exc.hint)
+    except OSError as exc:
+        return ("os", exc.errno, exc.strerror, exc.filename)
+    return ("ok", made)

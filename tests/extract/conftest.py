@@ -1,0 +1,20 @@
+"""Fixtures of the extraction tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from cellvault.extract import stage
+
+
+@pytest.fixture(params=["here", "writer"])
+def who_writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Who creates the small files of a staging tree: this process, or the forked writer.
+
+    The writer (:class:`~cellvault.extract.writer.FileWriter`) is used by an
+    archive of :data:`~cellvault.extract.stage.WRITER_MIN_FILES` files or
+    more; here, by every archive.
+    """
+    if request.param == "writer":
+        monkeypatch.setattr(stage, "WRITER_MIN_FILES", 0)
+    return str(request.param)

@@ -1,0 +1,173 @@
+"""The forked writer of small files: what it meets is raised, and it never outlives a take.
+
+A restore hands the small files it has read and checked to a child process
+(:class:`~cellvault.extract.writer.FileWriter`) that creates them. The rules
+of the staging tree hold with it (``tests/extract/test_stage.py`` and
+``test_dirfds.py`` run both ways); these are the writer's own: a failure on
+either side ends the child before the take returns, a child that fails or
+dies is an error naming the cause, and without ``fork`` the files are made
+in the restoring process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cellvault import ArchiveCorrupt
+from cellvault.extract import stage, writer
+from cellvault.extract.writer import FileWriter
+from tests.archive_helpers import dir_entry, file_entry, member
+
+from .test_stage import staged
+from .test_tarread import ARCHIVE, DATA, blocks, folder
+
+NAMES = [f"data/crm/f{i}" for i in range(6)]
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[FileWriter | None]:
+    """Every archive uses the writer; the writers started, in order."""
+    monkeypatch.setattr(stage, "WRITER_MIN_FILES", 0)
+    found: list[FileWriter | None] = []
+    start = FileWriter.start
+
+    def spy(*args: object, **kwargs: object) -> FileWriter | None:
+        made = start(*args, **kwargs)  # type: ignore[arg-type]
+        found.append(made)
+        return made
+
+    monkeypatch.setattr(FileWriter, "start", spy)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_writer_makes_the_files_and_is_reaped(
+    tmp_path: Path, started: list[FileWriter | None]
+) -> None:
+    middle = folder() + b"".join(blocks(*member(n, DATA, mode=0o640)) for n in NAMES)
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE, mode=0o640) for n in NAMES)]
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    [made] = started
+    assert made is not None and made.sent == len(NAMES)
+    for name in NAMES:
+        path = tmp_path / "staging" / name.removeprefix("data/")
+        st = path.stat()
+        assert (path.read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns) == (
+            DATA,
+            0o640,
+            1_700_000_000 * 10**9,
+        )
+    assert (tree.files, tree.bytes) == (len(NAMES), len(NAMES) * len(DATA))
+
+
+def test_a_take_that_fails_ends_its_writer_before_it_returns(
+    tmp_path: Path, started: list[FileWriter | None]
+) -> None:
+    """The caller removes the staging tree next: no child may still be making files in it."""
+    stored = [member(n, DATA) for n in NAMES[:3]] + [member(NAMES[3], b"other data")]
+    middle = folder() + b"".join(blocks(*m) for m in stored)
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in NAMES[:4])]
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    pids: list[int] = []
+    add = FileWriter.add
+
+    def note(self: FileWriter, record: writer.Record) -> None:
+        pids.append(self._pid)
+        add(self, record)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FileWriter, "add", note)
+        with pytest.raises(ArchiveCorrupt) as info:
+            tree.take(stream)
+    assert info.value.member == NAMES[3]
+    assert pids and all(_gone(pid) for pid in set(pids))
+
+
+def test_what_the_writer_cannot_write_is_raised_with_its_cause(
+    tmp_path: Path, started: list[FileWriter | None]
+) -> None:
+    """A file the kernel refuses (here: over the size limit, as a full disk would be)."""
+    big = b"x" * 4096
+    middle = folder() + blocks(*member(NAMES[0], big))
+    tree, stream = staged(
+        middle, [dir_entry("data/crm"), file_entry(NAMES[0], big, ARCHIVE)], tmp_path
+    )
+    tree.prepare()
+    # Python ignores SIGXFSZ: past the limit a write fails with EFBIG. This process
+    # writes nothing of its own during the take (the archive is in memory).
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+    try:
+        with pytest.raises(OSError) as info:
+            tree.take(stream)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert info.value.errno == errno.EFBIG
+    [made] = started
+    assert made is not None and made._pid == 0  # reaped
+
+
+def test_a_writer_that_dies_is_an_error_not_a_success(tmp_path: Path) -> None:
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    made = FileWriter.start(root, ARCHIVE, lambda fd: stage.DirFds(fd, ARCHIVE))
+    assert made is not None
+    made.add(("", "a", 0o644, DATA, -1, -1, -1, 0))
+    os.kill(made._pid, signal.SIGKILL)
+    with pytest.raises(OSError) as info:
+        made.close()
+    assert info.value.errno == errno.EIO
+    assert "the file writer failed (the file writer ended without a word)" in str(info.value)
+    os.close(root)
+
+
+def test_without_fork_the_files_are_made_here(
+    tmp_path: Path, started: list[FileWriter | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "no more processes")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    middle = folder() + b"".join(blocks(*member(n, DATA)) for n in NAMES)
+    entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in NAMES)]
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert started == [None]
+    assert sorted(p.name for p in (tmp_path / "staging" / "crm").iterdir()) == sorted(
+        n.rsplit("/", 1)[1] for n in NAMES
+    )
+
+
+def test_a_writer_stops_waiting_when_its_parent_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No end mark ever comes from a parent killed mid-restore: the child must not wait forever."""
+    monkeypatch.setattr(writer, "_POLL", 0.01)
+    read, write = os.pipe()
+    try:
+        began = time.monotonic()
+        # Its parent is this process; a child of another parent sees itself orphaned.
+        assert writer._exactly(read, 8, parent=os.getppid() + 1_000_000) is None
+        assert time.monotonic() - began < 5
+        os.write(write, b"12345678")
+        assert writer._exactly(read, 8, parent=os.getppid()) == b"12345678"
+    finally:
+        os.close(read)
+        os.close(write)
