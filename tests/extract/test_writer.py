@@ -90,7 +90,7 @@ def test_a_take_that_fails_ends_its_writer_before_it_returns(
     add = FileWriter.add
 
     def note(self: FileWriter, record: writer.Record) -> None:
-        pids.append(self._pid)
+        pids.extend(self.pids)
         add(self, record)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -122,15 +122,15 @@ def test_what_the_writer_cannot_write_is_raised_with_its_cause(
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert info.value.errno == errno.EFBIG
     [made] = started
-    assert made is not None and made._pid == 0  # reaped
+    assert made is not None and made.pids == [0] * writer.CHILDREN  # reaped
 
 
 def test_a_writer_that_dies_is_an_error_not_a_success(tmp_path: Path) -> None:
     root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    made = FileWriter.start(root, ARCHIVE, lambda fd: stage.DirFds(fd, ARCHIVE))
+    made = FileWriter.start(root, ARCHIVE, lambda fd: stage.DirFds(fd, ARCHIVE), children=1)
     assert made is not None
     made.add(("", "a", 0o644, DATA, -1, -1, -1, 0))
-    os.kill(made._pid, signal.SIGKILL)
+    os.kill(made.pids[0], signal.SIGKILL)
     with pytest.raises(OSError) as info:
         made.close()
     assert info.value.errno == errno.EIO

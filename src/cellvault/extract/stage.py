@@ -50,8 +50,8 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Files up to this size are read whole and written in one call.
 _SMALL = 256 << 10
 #: An archive holding at least this many files of the tree has its small files
-#: created by a second process (:class:`~cellvault.extract.writer.FileWriter`)
-#: while this one reads and checks the next ones.
+#: created by forked children (:class:`~cellvault.extract.writer.FileWriter`)
+#: while this process reads and checks the next ones.
 WRITER_MIN_FILES = 1000
 _sha256 = hashlib.sha256
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -1,21 +1,23 @@
-"""Small files of a staging tree created by a second process.
+"""Small files of a staging tree created by other processes.
 
 A restore of many small files spends as much time in the kernel, creating
 them, as in Python, reading and checking them: one process does both in
-turn on one core. :class:`FileWriter` forks a child that creates the files
-the restore has already read and checked (its name, size and sha256 against
-the manifest), fed through a pipe a batch at a time, while the parent reads
-and checks the next ones on the other core.
+turn on one core. :class:`FileWriter` forks children (two: the kernel's work
+of creating the files is then shared too) that create the files the restore
+has already read and checked (name, size and sha256 against the manifest),
+fed through pipes a batch at a time, while the restoring process reads and
+checks the next ones.
 
-The child writes as the parent would: each file relative to a directory
+A child writes as the parent would: each file relative to a directory
 descriptor opened without following links from the staging root down
 (:class:`~cellvault.extract.stage.DirFds`), created with ``O_EXCL |
 O_NOFOLLOW``, then its owner, mode and times through the open descriptor.
 What it cannot do ends it, and the parent raises it: a file that exists
 already (a member twice), a directory replaced by a link, a full disk.
-The parent waits for the child (:meth:`FileWriter.close`) before it makes
-the links of the tree, and ends it (:meth:`FileWriter.abort`) before a
-failed restore removes the staging tree.
+The parent waits for the children (:meth:`FileWriter.close`) before it makes
+the links of the tree, and ends them (:meth:`FileWriter.abort`) before a
+failed restore removes the staging tree. A child whose parent is gone
+(killed mid-restore) stops within a second.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ _LENGTH = struct.Struct("<Q")
 #: A batch is sent when it holds this many bytes of file data, or this many files.
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 2048
+#: Writers forked per archive: two share the kernel's work of creating the files.
+CHILDREN = 2
 #: The pipe's buffer (Linux lets a process ask for up to 1 MiB).
 PIPE_SIZE = 1 << 20
 #: Seconds the child waits for a batch before it checks that its parent lives.
@@ -51,31 +55,92 @@ Record = tuple[str, str, int, bytes, int, int, int, int]
 
 
 class FileWriter:
-    """A forked child that creates checked files below a staging root.
+    """Forked children that create checked files below a staging root.
 
-    :meth:`start` forks it (``None`` where this process cannot fork); :meth:`add`
-    queues a file; :meth:`close` sends the rest and waits for the child's
-    count, raising what it met; :meth:`abort` ends it at once.
+    :meth:`start` forks them (``None`` where this process cannot fork);
+    :meth:`add` queues a file, and each full batch goes to the next child in
+    turn (files of a batch are mostly of a few folders, so the children seldom
+    wait for each other's folder in the kernel); :meth:`close` sends the rest
+    and waits for every child, raising what one met; :meth:`abort` ends them
+    at once.
     """
 
-    def __init__(self, pid: int, feed: int, result: int, archive: str) -> None:
-        self._pid = pid
-        self._feed = feed
-        self._result = result
+    def __init__(self, children: list[_Child], archive: str) -> None:
+        self._children = children
+        self._turn = 0
         self.archive = archive
         self._batch: list[Record] = []
         self._bytes = 0
-        #: Files handed to the child.
-        self.sent = 0
 
     @classmethod
-    def start(cls, root: int, archive: str, dirs: Callable[[int], Any]) -> FileWriter | None:
-        """Fork a writer below the directory descriptor *root*.
+    def start(
+        cls, root: int, archive: str, dirs: Callable[[int], Any], children: int | None = None
+    ) -> FileWriter | None:
+        """Fork writers below the directory descriptor *root* (:data:`CHILDREN` of them).
 
-        *dirs* makes, in the child, the directory walker of *root* (a
+        *dirs* makes, in a child, the directory walker of *root* (a
         :class:`~cellvault.extract.stage.DirFds`). ``None`` when no child can
         be started: the caller writes the files itself.
         """
+        started: list[_Child] = []
+        for _ in range(CHILDREN if children is None else children):
+            child = _Child.start(root, archive, dirs)
+            if child is None:
+                break
+            started.append(child)
+        return cls(started, archive) if started else None
+
+    @property
+    def sent(self) -> int:
+        """Files handed to the children."""
+        return sum(child.sent for child in self._children)
+
+    @property
+    def pids(self) -> list[int]:
+        """The children's process ids (0 for one that has ended)."""
+        return [child.pid for child in self._children]
+
+    def add(self, record: Record) -> None:
+        """Queue one file (see :data:`Record`); a full batch goes to a child."""
+        self._batch.append(record)
+        self._bytes += len(record[3])
+        if self._bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
+            self._send()
+
+    def _send(self) -> None:
+        batch, self._batch, self._bytes = self._batch, [], 0
+        child = self._children[self._turn]
+        self._turn = (self._turn + 1) % len(self._children)
+        child.send(batch)
+
+    def close(self) -> int:
+        """Send the last batch, wait for every child; the number of files they made.
+
+        Raises what a child met (see the module's docstring).
+        """
+        if self._batch:
+            self._send()
+        return sum(child.finish() for child in self._children)
+
+    def abort(self) -> None:
+        """End the children now and wait for them (after a failure; idempotent)."""
+        for child in self._children:
+            child.abort()
+
+
+class _Child:
+    """One forked writer, fed batches through a pipe; its last word through another."""
+
+    def __init__(self, pid: int, feed: int, result: int, archive: str) -> None:
+        self.pid = pid
+        self._feed = feed
+        self._result = result
+        self.archive = archive
+        #: Files handed to it.
+        self.sent = 0
+
+    @classmethod
+    def start(cls, root: int, archive: str, dirs: Callable[[int], Any]) -> _Child | None:
         try:
             feed_r, feed_w = os.pipe()
         except OSError:
@@ -113,15 +178,7 @@ class FileWriter:
         os.close(result_w)
         return cls(pid, feed_w, result_r, archive)
 
-    def add(self, record: Record) -> None:
-        """Queue one file (see :data:`Record`); a full batch goes to the child."""
-        self._batch.append(record)
-        self._bytes += len(record[3])
-        if self._bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
-            self._send()
-
-    def _send(self) -> None:
-        batch, self._batch, self._bytes = self._batch, [], 0
+    def send(self, batch: list[Record]) -> None:
         self.sent += len(batch)
         payload = marshal.dumps(batch)
         try:
@@ -130,13 +187,8 @@ class FileWriter:
             # The child stopped reading: it met something, and says what.
             self._raise(self._outcome())
 
-    def close(self) -> int:
-        """Send the last batch, wait for the child; the number of files it made.
-
-        Raises what the child met (see the module's docstring).
-        """
-        if self._batch:
-            self._send()
+    def finish(self) -> int:
+        """Send the end mark and wait for the child; the number of files it made."""
         with contextlib.suppress(BrokenPipeError):
             _write_all(self._feed, _LENGTH.pack(0))
         outcome = self._outcome()
@@ -173,10 +225,10 @@ class FileWriter:
         raise OSError(errno.EIO, f"the file writer failed ({outcome[1]})", None)
 
     def abort(self) -> None:
-        """End the child now and wait for it (after a failure; idempotent)."""
-        if self._pid:
+        """End the child now and wait for it (idempotent)."""
+        if self.pid:
             with contextlib.suppress(OSError):
-                os.kill(self._pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
         self._reap()
 
     def _reap(self) -> None:
@@ -184,8 +236,8 @@ class FileWriter:
             if fd >= 0:
                 os.close(fd)
         self._feed = self._result = -1
-        if self._pid:
-            pid, self._pid = self._pid, 0
+        if self.pid:
+            pid, self.pid = self.pid, 0
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
 
