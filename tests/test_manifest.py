@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellvault import ArchiveCorrupt, Entry, Manifest
-from cellvault.manifest import ENTRY_TYPES, ManifestWriter
+from cellvault.manifest import ENTRY_TYPES, InOrder, ManifestWriter, Row, RowsInOrder
 
 from .archive_helpers import archive_files, make_vault, read_members
 
@@ -465,12 +466,18 @@ class _Counted(Manifest):
         return super().get(path)
 
 
-def test_in_order_reads_on_and_looks_up_only_what_it_passed_or_evicted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from cellvault.manifest import InOrder
+def _as(kind: type, entry: Entry | None) -> object:
+    """What a lookup of *kind* (InOrder, RowsInOrder) gives for *entry*."""
+    if entry is None or kind is InOrder:
+        return entry
+    return Row(*attrs.astuple(entry, recurse=False))
 
-    monkeypatch.setattr(InOrder, "AHEAD", 3)
+
+@pytest.mark.parametrize("kind", [InOrder, RowsInOrder])
+def test_in_order_reads_on_and_looks_up_only_what_it_passed_or_evicted(
+    monkeypatch: pytest.MonkeyPatch, kind: type[InOrder] | type[RowsInOrder]
+) -> None:
+    monkeypatch.setattr(kind, "AHEAD", 3)
     m = _Counted(archive=ARCHIVE)
     m.looked_up = []
     files = [
@@ -482,7 +489,7 @@ def test_in_order_reads_on_and_looks_up_only_what_it_passed_or_evicted(
     m.add(Entry("data/crm/d", "dir", 0o755, 1))
     for entry in files[5:]:
         m.add(entry)
-    lookup = InOrder(m)
+    lookup = kind(m)
     steps = [
         ("f2", []),  # read on: f0 and f1 passed over
         ("f0", []),  # passed over: kept
@@ -496,27 +503,32 @@ def test_in_order_reads_on_and_looks_up_only_what_it_passed_or_evicted(
         ("nothing", ["f0", "f1", "f3", "d", "nothing"]),
     ]
     for name, looked_up in steps:
-        want = m.entries.get(f"data/crm/{name}")
+        want = _as(kind, m.entries.get(f"data/crm/{name}"))
         assert lookup.get(f"data/crm/{name}") == want, name
         assert m.looked_up == [f"data/crm/{n}" for n in looked_up], name
 
 
-def test_in_order_reads_no_further_than_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cellvault.manifest import InOrder
-
-    monkeypatch.setattr(InOrder, "AHEAD", 2)
+@pytest.mark.parametrize("kind", [InOrder, RowsInOrder])
+def test_in_order_reads_no_further_than_ahead(
+    monkeypatch: pytest.MonkeyPatch, kind: type[InOrder] | type[RowsInOrder]
+) -> None:
+    monkeypatch.setattr(kind, "AHEAD", 2)
     m = _Counted(archive=ARCHIVE)
     m.looked_up = []
     for i in range(6):
         m.add(Entry(f"data/crm/f{i}", "file", 0o644, i, sha256="a" * 64, archive=ARCHIVE))
-    lookup = InOrder(m)
-    assert lookup.get("data/crm/f2") == m.entries["data/crm/f2"]  # two read on: not found
+    lookup = kind(m)
+
+    def want(i: int) -> object:
+        return _as(kind, m.entries[f"data/crm/f{i}"])
+
+    assert lookup.get("data/crm/f2") == want(2)  # two read on: not found
     assert m.looked_up == ["data/crm/f2"]
-    assert lookup.get("data/crm/f3") == m.entries["data/crm/f3"]  # f2 read on (f0 evicted), f3
+    assert lookup.get("data/crm/f3") == want(3)  # f2 read on (f0 evicted), f3
     assert m.looked_up == ["data/crm/f2"]
-    assert lookup.get("data/crm/f1") == m.entries["data/crm/f1"]
+    assert lookup.get("data/crm/f1") == want(1)
     assert m.looked_up == ["data/crm/f2"]
-    assert lookup.get("data/crm/f0") == m.entries["data/crm/f0"]  # evicted when f2 was read
+    assert lookup.get("data/crm/f0") == want(0)  # evicted when f2 was read
     assert m.looked_up == ["data/crm/f2", "data/crm/f0"]
 
 
@@ -928,3 +940,22 @@ def test_a_usual_entry_past_the_spill_is_read_without_from_dict(
     assert fields == manifest._FIELDS(Entry.from_dict(dict(item)))
     if item.get("archive"):
         assert fields[manifest._ARCHIVE_AT] is ids[item["archive"]]
+
+
+def test_a_row_has_an_entry_s_fields_in_its_order_and_reads_the_same() -> None:
+    """What a restore looks members up as (RowsInOrder) is an Entry's fields, as a tuple."""
+    assert Row._fields == tuple(a.name for a in attrs.fields(Entry))
+    entry = Entry(
+        path="data/crm/f",
+        type="file",
+        mode=0o4755,
+        mtime_ns=5,
+        size=3,
+        sha256="ab",
+        uid=7,
+        gid=8,
+        archive="a",
+        xattrs=(("user.k", "dg=="),),
+    )
+    row = Row(*attrs.astuple(entry, recurse=False))
+    assert all(getattr(row, name) == getattr(entry, name) for name in Row._fields)

@@ -12,12 +12,13 @@ import json
 import os
 from pathlib import Path
 
+import attrs
 import pytest
 
 import cellvault.manifest as manifest_module
 import cellvault.spillmap as spillmap
 from cellvault import ArchiveCorrupt, Entry, Manifest
-from cellvault.manifest import InOrder
+from cellvault.manifest import InOrder, Row, RowsInOrder
 from cellvault.spillmap import SeenNames, SpillMap
 
 from .archive_helpers import make_vault, snapshot
@@ -132,6 +133,11 @@ def test_a_spilled_manifest_round_trips_and_reads_as_a_stream(
     ]
     assert lookup.get("data/crm/d0005") == _entry(5, kind="dir")  # not a file: looked up
     assert lookup.get("data/crm/nothing") is None
+    rows = RowsInOrder(read)  # a restore's lookup: the same fields, as tuples
+    for i, kind in ((1, "file"), (9, "file"), (3, "file"), (5, "dir")):
+        name = f"data/crm/{'f' if kind == 'file' else 'd'}{i:04d}"
+        assert rows.get(name) == Row(*attrs.astuple(_entry(i, kind=kind), recurse=False))
+    assert rows.get("data/crm/nothing") is None
 
 
 @pytest.mark.parametrize(

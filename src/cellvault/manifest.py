@@ -17,9 +17,9 @@ import json
 import marshal
 import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import attrs
 
@@ -27,7 +27,18 @@ from .errors import ArchiveCorrupt
 from .spillmap import SpillMap
 from .trust import MAX_COUNT, MAX_MODE, check_count, check_holder, check_mode
 
-__all__ = ["Entry", "EntryType", "InOrder", "Manifest", "ManifestText", "ManifestWriter"]
+__all__ = [
+    "Entry",
+    "EntryType",
+    "InOrder",
+    "Manifest",
+    "ManifestText",
+    "ManifestWriter",
+    "Row",
+    "RowsInOrder",
+]
+
+_T = TypeVar("_T", "Entry", "Row")
 
 #: Entries serialised per chunk by :meth:`Manifest.write_json`.
 JSON_CHUNK = 2048
@@ -150,6 +161,31 @@ class Entry:
         )
 
 
+class Row(NamedTuple):
+    """An entry's fields in :class:`Entry`'s order, as a tuple.
+
+    Read like an :class:`Entry` (the same names), built in a fraction of its
+    time: what a restore looks each archive member up as
+    (:class:`RowsInOrder`), from fields checked when the manifest was read.
+    """
+
+    path: str
+    type: str
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    sha256: str | None = None
+    target: str | None = None
+    uid: int = 0
+    gid: int = 0
+    inode: int = 0
+    dev: int = 0
+    ctime_ns: int = 0
+    archive: str | None = None
+    rdev: int = 0
+    xattrs: tuple[tuple[str, str], ...] = ()
+
+
 #: An entry's fields in order: what a spilled manifest stores (marshal'd; its own
 #: temporary file, written and read by this process only).
 _FIELDS = operator.attrgetter(*(a.name for a in attrs.fields(Entry)))
@@ -172,6 +208,15 @@ def _select(stored: Iterator[bytes], types: tuple[str, ...]) -> Iterator[Entry]:
         fields = loads(raw)
         if fields[1] in types:
             yield Entry(*fields)
+
+
+def _select_rows(stored: Iterator[bytes], types: tuple[str, ...]) -> Iterator[Row]:
+    loads = marshal.loads
+    new = tuple.__new__
+    for raw in stored:
+        fields = loads(raw)
+        if fields[1] in types:
+            yield new(Row, fields)
 
 
 def _entry_map(value: Mapping[str, Entry] | SpillMap[Entry] | None = None) -> SpillMap[Entry]:
@@ -236,6 +281,13 @@ class Manifest:
         if stored is None:
             return (e for e in self.entries.values() if e.type in types)
         return _select(stored, types)
+
+    def rows(self, *types: str) -> Iterator[Row]:
+        """:meth:`select`'s entries as :class:`Row` tuples (a spilled manifest builds no Entry)."""
+        stored = self.entries.stored()
+        if stored is None:
+            return (Row(*_FIELDS(e)) for e in self.entries.values() if e.type in types)
+        return _select_rows(stored, types)
 
     def file_sizes(self) -> Iterator[tuple[str, int]]:
         """Each file's path and size, in order (a spilled manifest builds no entry)."""
@@ -615,8 +667,8 @@ def _check_holders(ids: dict[str, str], archive: str) -> None:
         check_holder(holder, archive)
 
 
-class InOrder:
-    """A manifest's files looked up in the order the manifest lists them.
+class _Ahead(Generic[_T]):
+    """Items of a manifest's files looked up in the order the manifest lists them.
 
     An archive holds its files in manifest order, and a backup walks a tree
     in the order of its parent's manifest: each file is found by reading the
@@ -627,30 +679,49 @@ class InOrder:
 
     AHEAD = 4096
 
-    def __init__(self, manifest: Manifest) -> None:
-        self._files: Iterator[Entry] | None = manifest.select("file")
-        self._passed: dict[str, Entry] = {}
-        self._lookup = manifest.get
+    def __init__(self, files: Iterator[_T], lookup: Callable[[str], _T | None]) -> None:
+        self._files: Iterator[_T] | None = files
+        self._passed: dict[str, _T] = {}
+        self._lookup: Callable[[str], _T | None] = lookup
 
-    def get(self, name: str) -> Entry | None:
+    def get(self, name: str) -> _T | None:
         passed = self._passed
-        entry = passed.pop(name, None)
-        if entry is not None:
-            return entry
+        item = passed.pop(name, None)
+        if item is not None:
+            return item
         files = self._files
         for _ in range(self.AHEAD):
             if files is None:
                 break
-            entry = next(files, None)
-            if entry is None:
+            item = next(files, None)
+            if item is None:
                 self._files = files = None
                 break
-            if entry.path == name:
-                return entry
-            passed[entry.path] = entry
+            path = item.path
+            if path == name:
+                return item
+            passed[path] = item
             if len(passed) > self.AHEAD:
                 del passed[next(iter(passed))]
         return self._lookup(name)
+
+
+class InOrder(_Ahead[Entry]):
+    """A manifest's files looked up in the order the manifest lists them, as :class:`Entry`."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(manifest.select("file"), manifest.get)
+
+
+class RowsInOrder(_Ahead[Row]):
+    """A manifest's files looked up in the order the manifest lists them, as :class:`Row`."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        def lookup(path: str) -> Row | None:
+            entry = manifest.get(path)
+            return None if entry is None else Row(*_FIELDS(entry))
+
+        super().__init__(manifest.rows("file"), lookup)
 
 
 def _xattrs(raw: object) -> tuple[tuple[str, str], ...]:

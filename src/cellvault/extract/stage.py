@@ -36,7 +36,7 @@ import attrs
 from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import decode_xattrs, set_xattrs
 from ..log import get_logger
-from ..manifest import SPECIAL_TYPES, Entry, InOrder, Manifest
+from ..manifest import SPECIAL_TYPES, Entry, Manifest, Row, RowsInOrder
 from .names import checked_name
 from .stream import ArchiveStream, MemberData, hash_zeros, sparse_regions
 from .tarread import BLOCK
@@ -228,7 +228,7 @@ def _creation_owner(root: int) -> tuple[int, int] | None:
     return os.geteuid(), os.getegid()
 
 
-def _checked_bytes(data: MemberData, entry: Entry, stream: ArchiveStream) -> bytes:
+def _checked_bytes(data: MemberData, entry: Entry | Row, stream: ArchiveStream) -> bytes:
     """A small file's bytes, read whole and checked against its manifest entry."""
     block = data.readall()
     if len(block) != entry.size or _sha256(block).hexdigest() != entry.sha256:
@@ -464,7 +464,7 @@ class StagedTree:
         writer: FileWriter | None,
         as_root: bool,
     ) -> None:
-        get = InOrder(self.manifest).get
+        get = RowsInOrder(self.manifest).get
         umask = self._umask
         # Files made here belong to this process's user and group already (no
         # set-group-ID directory above hands down another group): as root, the
@@ -537,7 +537,7 @@ class StagedTree:
         self,
         fd: int,
         data: MemberData,
-        entry: Entry,
+        entry: Entry | Row,
         stream: ArchiveStream,
         realsize: int | None,
     ) -> int:
@@ -584,7 +584,7 @@ class StagedTree:
         self,
         writer: FileWriter,
         data: MemberData,
-        entry: Entry,
+        entry: Entry | Row,
         stream: ArchiveStream,
         where: tuple[str, str, int],
         chown: bool,
@@ -614,7 +614,7 @@ class StagedTree:
             self.on_bytes(len(block))
         return len(block)
 
-    def _attributes(self, fd: int, entry: Entry, chown: bool, *, chmod: bool = True) -> None:
+    def _attributes(self, fd: int, entry: Entry | Row, chown: bool, *, chmod: bool = True) -> None:
         """Owner, mode, extended attributes and times through an open file or directory.
 
         *chown*: set the owner (as root, unless the file has it already).
@@ -635,7 +635,7 @@ class StagedTree:
             os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
-    def _note_refused(self, entry: Entry, names: list[str]) -> None:
+    def _note_refused(self, entry: Entry | Row, names: list[str]) -> None:
         for name in names:
             count, first = self._refused.get(name, (0, entry.path))
             self._refused[name] = (count + 1, first)
