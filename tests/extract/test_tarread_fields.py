@@ -45,6 +45,9 @@ def test_a_numeric_field_is_octal_text_or_base_256(field: bytes, value: int) -> 
     "field",
     [
         b"0000008\0",
+        b"0000089\0",  # digits, but not octal ones
+        b"0_12\0\0\0\0",  # what int() would read
+        b"+000012\0",
         b"-000012\0",
         b"12 34\0",
         b"0x1f\0\0\0",

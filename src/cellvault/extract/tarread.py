@@ -45,6 +45,7 @@ SIZE_MAX = 1 << 62
 PREFETCH = 8
 
 _ZERO_BLOCK = bytes(512)
+_OCTAL = b"01234567"
 _adler32 = zlib.adler32
 _SIGNED = struct.Struct("148b8x356b")
 
@@ -147,6 +148,11 @@ class Source:
 
 def _number(field: bytes) -> int:
     """A numeric header field: octal text, or base-256 (GNU) when the high bit is set."""
+    if field[-1] == 0:
+        # As cellvault and GNU tar write it: octal digits, then a NUL.
+        digits = field[:-1]
+        if not digits.strip(_OCTAL):
+            return int(digits, 8)
     if field[0] & 0x80:
         value = int.from_bytes(field[1:], "big")
         if field[0] == 0x80:
@@ -167,7 +173,10 @@ def _text(field: bytes) -> str:
 
 
 def _checksum_ok(block: bytes) -> bool:
-    stored = _number(block[148:156])
+    field = block[148:156]
+    # "%06o\0 ", as cellvault and GNU tar write it; any other form through _number.
+    digits = field[:6]
+    stored = int(digits, 8) if field[6:] == b"\0 " and not digits.strip(_OCTAL) else _number(field)
     # The checksum field counts as eight spaces; some writers summed signed bytes.
     # The sum of the bytes, from adler32's first half (1 + their sum, modulo 65521)
     # over each half of the block (at most 256 * 255 = 65280: no modulo taken):
@@ -323,12 +332,13 @@ class TarReader:
 
 def _member(block: bytes, kind: bytes, size: int, pax: dict[bytes, bytes]) -> TarMember:
     """The member a header block describes, with what its pax records override."""
-    name = _text(block[0:100])
-    if block[257:263] == b"ustar\0":
+    name = block[0:100].partition(b"\0")[0].decode("utf-8", "surrogateescape")
+    # A field that starts with a NUL is empty (most prefixes and link names).
+    if block[345] and block[257:263] == b"ustar\0":
         prefix = _text(block[345:500])
         if prefix:
             name = f"{prefix}/{name}"
-    linkname = _text(block[157:257])
+    linkname = _text(block[157:257]) if block[157] else ""
     if pax:
         if b"path" in pax:
             name = pax[b"path"].decode("utf-8", "surrogateescape")
