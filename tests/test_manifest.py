@@ -959,3 +959,30 @@ def test_a_row_has_an_entry_s_fields_in_its_order_and_reads_the_same() -> None:
     )
     row = Row(*attrs.astuple(entry, recurse=False))
     assert all(getattr(row, name) == getattr(entry, name) for name in Row._fields)
+
+
+@pytest.mark.parametrize("spill_at", [3, 1000], ids=["spilled", "in memory"])
+def test_the_bytes_by_root_are_counted_as_read_and_a_path_listed_twice_once(
+    monkeypatch: pytest.MonkeyPatch, spill_at: int
+) -> None:
+    """What a restore's space check sums: each file once, by its top folder below data/."""
+    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", spill_at)
+    built = Manifest(archive=ARCHIVE)
+    built.add(Entry("data/crm", "dir", 0o755, 1))
+    for i, (path, size) in enumerate(
+        [("data/crm/a", 10), ("data/crm/b/c", 20), ("data/www/i", 300), ("dumps/pg/x", 4000)]
+    ):
+        built.add(Entry(path, "file", 0o644, i, size=size, sha256="a" * 64, archive=ARCHIVE))
+    built.add(Entry("data/top", "file", 0o644, 9, size=5, sha256="a" * 64, archive=ARCHIVE))
+    want = {"crm": 30, "www": 300, "": 4000, "top": 5}
+    assert built.root_bytes() == want  # counted when asked
+    read = Manifest.from_json(built.to_json(), archive=ARCHIVE)
+    assert read.root_bytes() == want
+    assert read.root_bytes() == want  # a copy each time
+    raw = json.loads(built.to_json())
+    again = dict(raw["entries"][1], size=99)  # data/crm/a again: the later entry is the file
+    raw["entries"].append(again)
+    twice = Manifest.from_json(json.dumps(raw, separators=(",", ":")).encode(), archive=ARCHIVE)
+    assert twice.root_bytes() == {**want, "crm": 119}
+    read.add(Entry("data/crm/new", "file", 0o644, 1, size=7, sha256="a" * 64, archive=ARCHIVE))
+    assert read.root_bytes() == {**want, "crm": 37}  # added after the read: counted again

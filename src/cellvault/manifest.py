@@ -244,6 +244,9 @@ class Manifest:
     #: The archives named by the files added (kept as they are added: a pass over
     #: millions of entries only to name a few archives is not cheap).
     _holders: set[str] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    #: What :meth:`root_bytes` says, counted as the manifest was read (``None``:
+    #: counted when asked; any :meth:`add` after the read drops it).
+    _root_bytes: dict[str, int] | None = attrs.field(init=False, default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not len(self.entries):
@@ -251,8 +254,23 @@ class Manifest:
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.path] = entry
+        self._root_bytes = None
         if self._holders is not None and entry.type == "file" and entry.archive:
             self._holders.add(entry.archive)
+
+    def root_bytes(self) -> dict[str, int]:
+        """The bytes of the files below each top folder of ``data/`` (``""``: the others).
+
+        What a restore needs room for, by destination (``data/<root>/...``
+        goes to the cell's root of that name; dumps are counted under ``""``).
+        """
+        if self._root_bytes is not None:
+            return dict(self._root_bytes)
+        sizes: dict[str, int] = {}
+        for path, size in self.file_sizes():
+            root = _root_of(path)
+            sizes[root] = sizes.get(root, 0) + size
+        return sizes
 
     def same_as(self, other: Manifest) -> bool:
         """Whether both list the same entries: the same JSON read, or entry by entry."""
@@ -569,8 +587,16 @@ def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
     entries = manifest.entries
     items = text.items()
     # Until the map spills, entries are kept as Entry objects.
+    # The bytes of the files by root, counted on the way (see Manifest.root_bytes).
+    sizes: dict[str, int] = {}
+    count = 0
     for item in items:
-        add(_entry(item, ids))
+        entry = _entry(item, ids)
+        add(entry)
+        count += 1
+        if entry.type == "file":
+            root = _root_of(entry.path)
+            sizes[root] = sizes.get(root, 0) + entry.size
         if entries.spilled:
             break
     # Past that, each entry's checked fields are stored as they are, a batch at a
@@ -580,8 +606,12 @@ def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
     batch: list[tuple[str, bytes]] = []
     for item in items:
         fields = _fields(item, ids)
-        if holders is not None and fields[1] == "file" and fields[_ARCHIVE_AT]:
-            holders.add(fields[_ARCHIVE_AT])
+        count += 1
+        if fields[1] == "file":
+            if holders is not None and fields[_ARCHIVE_AT]:
+                holders.add(fields[_ARCHIVE_AT])
+            root = _root_of(fields[0])
+            sizes[root] = sizes.get(root, 0) + fields[_SIZE_AT]
         batch.append((fields[0], dumps(fields)))
         if len(batch) >= JSON_CHUNK:
             entries.put_stored(batch)
@@ -590,7 +620,14 @@ def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
         entries.put_stored(batch)
     _check_holders(ids, archive)
     manifest.digest = text.digest
+    # A path listed twice is one file (the later entry): counted again only then.
+    manifest._root_bytes = sizes if len(entries) == count else None
     return manifest
+
+
+def _root_of(path: str) -> str:
+    """The top folder below ``data/`` that *path* lies in (``""``: not below ``data/``)."""
+    return path.split("/", 2)[1] if path.startswith("data/") else ""
 
 
 _TYPES_SET = frozenset(ENTRY_TYPES)

@@ -368,3 +368,34 @@ def test_a_destination_that_cannot_be_staged_fails_cleanly(history, tmp_path: Pa
     assert by_cell["billing"].stage == "staging" and by_cell["billing"].error
     assert by_cell["crm"].stage == "aborted"
     assert sorted(p.name for p in out.rglob("*")) == ["billing", "crm"]
+
+
+def test_a_restore_whose_files_do_not_fit_is_refused_before_anything_is_staged(
+    history: tuple[Vault, Path, Path, dict[str, dict]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manifest's file sizes, by root, against the free space where each root goes."""
+    import shutil
+
+    from cellvault.ops import plan as plan_module
+
+    vault, crm, _, _ = history
+    need = sum(p.stat().st_size for p in crm.rglob("*") if p.is_file() and not p.is_symlink())
+    free = need + plan_module.SPACE_MARGIN - 1  # one byte short
+    real = shutil.disk_usage
+
+    def usage(path: object) -> object:
+        return real(path)._replace(free=free)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module.shutil, "disk_usage", usage)
+    out = tmp_path / "out"
+    with pytest.raises(RestoreError) as info:
+        vault.restore("latest", cells=["crm"], into=out)
+    assert f"restoring archive {IDS[2]} needs {need} bytes on the file system of " in str(
+        info.value
+    )
+    assert f"which has {free} free; nothing was touched" in str(info.value)
+    assert not out.exists()
+    free += 1  # just enough
+    assert vault.restore("latest", cells=["crm"], into=out).ok

@@ -125,10 +125,7 @@ def check_space(plan: RestorePlan) -> None:
     """
     need: dict[int, int] = {}
     where: dict[int, Path] = {}
-    sizes: dict[str, int] = {}
-    for path, size in plan.manifest.file_sizes():
-        root = path.split("/", 2)[1] if path.startswith("data/") else ""
-        sizes[root] = sizes.get(root, 0) + size
+    sizes = plan.manifest.root_bytes()
     for root, dest in plan.dests.items():
         probe = dest
         while not probe.exists() and probe != probe.parent:
