@@ -171,3 +171,54 @@ def test_a_writer_stops_waiting_when_its_parent_is_gone(monkeypatch: pytest.Monk
     finally:
         os.close(read)
         os.close(write)
+
+
+_KILLED = """
+import os, signal, sys
+from cellvault.extract import stage
+from cellvault.extract.writer import FileWriter
+root = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+made = FileWriter.start(root, "a", lambda fd: stage.DirFds(fd, "a"))
+print(" ".join(map(str, made.pids)), flush=True)
+# Another child of this process (a dumper's, say) holds the pipes to the writers
+# open: they see no end of their input when this process dies.
+if os.fork() == 0:
+    import time
+    os.close(1)  # the test reads this process's output to its end
+    os.close(2)
+    time.sleep(3)
+    os._exit(0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie no one reaps has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_writers_of_a_killed_restore_are_killed_with_it(tmp_path: Path) -> None:
+    """A restore killed with SIGKILL leaves no child writing into its staging tree.
+
+    Not even one whose input stays open in another process: the kernel kills it.
+    """
+    import subprocess
+    import sys
+
+    # Its pids from the first line (the writers keep its output open: not read to the end).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stdout.close()
+    assert len(pids) == writer.CHILDREN
+    deadline = time.monotonic() + 0.5  # half the poll of the fallback
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_alive(pid) for pid in pids)

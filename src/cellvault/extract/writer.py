@@ -16,13 +16,15 @@ What it cannot do ends it, and the parent raises it: a file that exists
 already (a member twice), a directory replaced by a link, a full disk.
 The parent waits for the children (:meth:`FileWriter.close`) before it makes
 the links of the tree, and ends them (:meth:`FileWriter.abort`) before a
-failed restore removes the staging tree. A child whose parent is gone
-(killed mid-restore) stops within a second.
+failed restore removes the staging tree. A child whose parent is killed
+mid-restore is killed by the kernel with it (``PR_SET_PDEATHSIG``; where
+that is not available, it stops within a second).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import marshal
 import os
@@ -165,6 +167,7 @@ class _Child:
         if pid == 0:  # pragma: no cover - the child; its work is checked through the parent
             code = 1
             try:
+                _die_with(parent)
                 _keep_only(root, feed_r, result_w)
                 outcome = _serve(dirs(root), feed_r, parent)
                 os.write(result_w, marshal.dumps(outcome))
@@ -240,6 +243,31 @@ class _Child:
             pid, self.pid = self.pid, 0
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+#: prctl(2), to have the kernel kill a child whose parent dies (Linux).
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """End this child when its parent dies (a restore killed mid-way leaves no writer).
+
+    Where the kernel cannot do it, :func:`_exactly` notices the parent's death
+    within :data:`_POLL` seconds.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
 
 
 def _write_all(fd: int, data: bytes) -> None:
