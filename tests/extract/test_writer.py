@@ -12,6 +12,7 @@ in the restoring process.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import resource
 import signal
@@ -127,9 +128,11 @@ def test_what_the_writer_cannot_write_is_raised_with_its_cause(
 
 def test_a_writer_that_dies_is_an_error_not_a_success(tmp_path: Path) -> None:
     root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    made = FileWriter.start(root, ARCHIVE, lambda fd: stage.DirFds(fd, ARCHIVE), children=1)
+    made = FileWriter.start(
+        root, ARCHIVE, lambda fd: stage.DirFds(fd, ARCHIVE), ValueError, children=1
+    )
     assert made is not None
-    made.add(("", "a", 0o644, DATA, -1, -1, -1, 0))
+    made.add(("", "a", 0o644, DATA, -1, -1, -1, 0, hashlib.sha256(DATA).hexdigest()))
     os.kill(made.pids[0], signal.SIGKILL)
     with pytest.raises(OSError) as info:
         made.close()
@@ -178,7 +181,7 @@ import os, signal, sys
 from cellvault.extract import stage
 from cellvault.extract.writer import FileWriter
 root = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-made = FileWriter.start(root, "a", lambda fd: stage.DirFds(fd, "a"))
+made = FileWriter.start(root, "a", lambda fd: stage.DirFds(fd, "a"), ValueError)
 print(" ".join(map(str, made.pids)), flush=True)
 # Another child of this process (a dumper's, say) holds the pipes to the writers
 # open: they see no end of their input when this process dies.

@@ -56,6 +56,7 @@ WRITER_MIN_FILES = 1000
 _sha256 = hashlib.sha256
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+_DIFFERS = "content does not match the manifest (sha256 differs)"
 #: Marks a destination below a dumps folder that is not inside the staging tree
 #: (a NUL: no member name holds one).
 _OUTSIDE = "\0"
@@ -232,9 +233,7 @@ def _checked_bytes(data: MemberData, entry: Entry | Row, stream: ArchiveStream) 
     """A small file's bytes, read whole and checked against its manifest entry."""
     block = data.readall()
     if len(block) != entry.size or _sha256(block).hexdigest() != entry.sha256:
-        raise stream.corrupt(
-            "content does not match the manifest (sha256 differs)", member=data.name
-        )
+        raise stream.corrupt(_DIFFERS, member=data.name)
     return block
 
 
@@ -443,7 +442,12 @@ class StagedTree:
             return
         main = self._tree()
         writer = (
-            FileWriter.start(main.root, self.archive, lambda root: DirFds(root, self.archive))
+            FileWriter.start(
+                main.root,
+                self.archive,
+                lambda root: DirFds(root, self.archive),
+                lambda member: stream.corrupt(_DIFFERS, member=member),
+            )
             if left >= WRITER_MIN_FILES
             else None
         )
@@ -575,9 +579,7 @@ class StagedTree:
                 if self.on_bytes is not None:
                     self.on_bytes(len(block))
         if size != entry.size or digest.hexdigest() != entry.sha256:
-            raise stream.corrupt(
-                "content does not match the manifest (sha256 differs)", member=data.name
-            )
+            raise stream.corrupt(_DIFFERS, member=data.name)
         return size
 
     def _hand_over(
@@ -589,12 +591,15 @@ class StagedTree:
         where: tuple[str, str, int],
         chown: bool,
     ) -> int:
-        """A small file read and checked here, for *writer* to create at *where*.
+        """A small file read here, for *writer* to check and create at *where*.
 
         *where*: its folder and name in the staging tree, and the mode it is
-        created with (no chmod after when that is its mode once masked).
+        created with (no chmod after when that is its mode once masked). Its
+        size is checked here, its sha256 by the writer.
         """
-        block = _checked_bytes(data, entry, stream)
+        block = data.readall()
+        if len(block) != entry.size or entry.sha256 is None:
+            raise stream.corrupt(_DIFFERS, member=data.name)
         parent, base, created = where
         umask = self._umask
         unmasked = umask is not None and created & ~umask == entry.mode
@@ -608,6 +613,7 @@ class StagedTree:
                 entry.uid if chown else -1,
                 entry.gid,
                 entry.mtime_ns,
+                entry.sha256,
             )
         )
         if self.on_bytes is not None and block:

@@ -6,14 +6,17 @@ turn on one core. :class:`FileWriter` forks children (two: the kernel's work
 of creating the files is then shared too) that create the files the restore
 has already read and checked (name, size and sha256 against the manifest),
 fed through pipes a batch at a time, while the restoring process reads and
-checks the next ones.
+checks the next ones. The children check each file's sha256 against the
+manifest before they create it (the restoring process checks its name and
+size).
 
 A child writes as the parent would: each file relative to a directory
 descriptor opened without following links from the staging root down
 (:class:`~cellvault.extract.stage.DirFds`), created with ``O_EXCL |
 O_NOFOLLOW``, then its owner, mode and times through the open descriptor.
-What it cannot do ends it, and the parent raises it: a file that exists
-already (a member twice), a directory replaced by a link, a full disk.
+What it cannot do ends it, and the parent raises it: bytes other than the
+manifest's, a file that exists already (a member twice), a directory
+replaced by a link, a full disk.
 The parent waits for the children (:meth:`FileWriter.close`) before it makes
 the links of the tree, and ends them (:meth:`FileWriter.abort`) before a
 failed restore removes the staging tree. A child whose parent is killed
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import marshal
 import os
 import select
@@ -38,6 +42,7 @@ from ..errors import UnsafeArchive
 
 __all__ = ["FileWriter"]
 
+_sha256 = hashlib.sha256
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _LENGTH = struct.Struct("<Q")
 #: A batch is sent when it holds this many bytes of file data, or this many files.
@@ -52,8 +57,9 @@ _POLL = 1.0
 
 #: A file for the child: the folder (relative to the staging root) and the name
 #: in it, the mode it is created with, its bytes, the mode to set after (-1:
-#: none), the owner to set (-1: none) and the modification time in nanoseconds.
-Record = tuple[str, str, int, bytes, int, int, int, int]
+#: none), the owner to set (-1: none), the modification time in nanoseconds
+#: and the sha256 its bytes must have (hex), checked before it is created.
+Record = tuple[str, str, int, bytes, int, int, int, int, str]
 
 
 class FileWriter:
@@ -76,17 +82,24 @@ class FileWriter:
 
     @classmethod
     def start(
-        cls, root: int, archive: str, dirs: Callable[[int], Any], children: int | None = None
+        cls,
+        root: int,
+        archive: str,
+        dirs: Callable[[int], Any],
+        differs: Callable[[str], Exception],
+        children: int | None = None,
     ) -> FileWriter | None:
         """Fork writers below the directory descriptor *root* (:data:`CHILDREN` of them).
 
         *dirs* makes, in a child, the directory walker of *root* (a
-        :class:`~cellvault.extract.stage.DirFds`). ``None`` when no child can
-        be started: the caller writes the files itself.
+        :class:`~cellvault.extract.stage.DirFds`); *differs* makes the error
+        raised for a member (named as in the archive) whose bytes are not
+        those of its sha256. ``None`` when no child can be started: the caller
+        writes the files itself.
         """
         started: list[_Child] = []
         for _ in range(CHILDREN if children is None else children):
-            child = _Child.start(root, archive, dirs)
+            child = _Child.start(root, archive, dirs, differs)
             if child is None:
                 break
             started.append(child)
@@ -133,8 +146,11 @@ class FileWriter:
 class _Child:
     """One forked writer, fed batches through a pipe; its last word through another."""
 
-    def __init__(self, pid: int, feed: int, result: int, archive: str) -> None:
+    def __init__(
+        self, pid: int, feed: int, result: int, archive: str, differs: Callable[[str], Exception]
+    ) -> None:
         self.pid = pid
+        self._differs = differs
         self._feed = feed
         self._result = result
         self.archive = archive
@@ -142,7 +158,13 @@ class _Child:
         self.sent = 0
 
     @classmethod
-    def start(cls, root: int, archive: str, dirs: Callable[[int], Any]) -> _Child | None:
+    def start(
+        cls,
+        root: int,
+        archive: str,
+        dirs: Callable[[int], Any],
+        differs: Callable[[str], Exception],
+    ) -> _Child | None:
         try:
             feed_r, feed_w = os.pipe()
         except OSError:
@@ -179,7 +201,7 @@ class _Child:
                 os._exit(code)
         os.close(feed_r)
         os.close(result_w)
-        return cls(pid, feed_w, result_r, archive)
+        return cls(pid, feed_w, result_r, archive, differs)
 
     def send(self, batch: list[Record]) -> None:
         self.sent += len(batch)
@@ -213,6 +235,8 @@ class _Child:
 
     def _raise(self, outcome: tuple[Any, ...]) -> None:
         kind = outcome[0]
+        if kind == "differs":
+            raise self._differs(f"data/{outcome[1]}")
         if kind == "twice":
             raise UnsafeArchive(
                 "member appears twice; refused", archive=self.archive, member=f"data/{outcome[1]}"
@@ -318,11 +342,14 @@ def _exactly(fd: int, size: int, parent: int) -> bytes | None:
 def _serve(dirs: Any, feed: int, parent: int) -> tuple[Any, ...]:  # pragma: no cover - child
     """Create each file the parent sends; what happened, for the parent."""
     made = 0
+    sha256 = _sha256
     fd_of = dirs.fd
     utime = os.utime
     try:
         for batch in _frames(feed, parent):
-            for folder, base, created, data, mode, uid, gid, mtime in batch:
+            for folder, base, created, data, mode, uid, gid, mtime, digest in batch:
+                if sha256(data).hexdigest() != digest:
+                    return ("differs", f"{folder}/{base}" if folder else base)
                 try:
                     fd = os.open(base, _CREATE, created, dir_fd=fd_of(folder))
                 except FileExistsError:
