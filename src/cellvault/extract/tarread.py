@@ -42,6 +42,8 @@ SIZE_MAX = 1 << 62
 #: Decompressed chunks read ahead by the decompression thread (0: no thread).
 #: Writer threads for the files were tried too: on 2 cores their GIL hand-offs
 #: and concurrent creates in one directory cost more than they overlapped.
+#: Writer processes, fed a batch of files at a time, do not
+#: (:mod:`cellvault.extract.writer`).
 PREFETCH = 8
 
 _ZERO_BLOCK = bytes(512)
