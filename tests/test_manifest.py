@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import marshal
 import os
 from pathlib import Path
 from typing import Any
@@ -986,3 +987,149 @@ def test_the_bytes_by_root_are_counted_as_read_and_a_path_listed_twice_once(
     assert twice.root_bytes() == {**want, "crm": 119}
     read.add(Entry("data/crm/new", "file", 0o644, 1, size=7, sha256="a" * 64, archive=ARCHIVE))
     assert read.root_bytes() == {**want, "crm": 37}  # added after the read: counted again
+
+
+#: Values for each place of a file's entry: mostly what the pattern reads (whole
+#: numbers, in range or not; plain strings or null), sometimes what it must leave
+#: to JSON (other numbers, escapes, control characters, other types).
+_NUMBERS = ["0", "-0", "420", "4095", "4096", "-5", "-1", str(1 << 62), str((1 << 62) + 1)]
+_NUMBERS = _NUMBERS * 4 + [str(1 << 70), "0644", "1e3", "1.0", "true", '"5"', "null", " 1"]
+_TEXTS = ["null", '""', '"abc"', '"cell_crm_20241231_020000"', '"caf\u00e9"', '"x\x7fy"'] * 4
+_TEXTS += ['"a\\"b"', '"\\u00e9"', "3", '"a\x01b"', '"a\\qb"']
+
+
+@st.composite
+def _file_entry_text(draw: st.DrawFn) -> str:
+    """A file's entry laid out as Entry.to_json does, with any value in each place."""
+    path = draw(
+        st.text(max_size=12).map(lambda t: json.dumps("data/crm/" + t))
+        | st.text(max_size=12).map(lambda t: json.dumps("data/" + t, ensure_ascii=False))
+        | st.sampled_from(_TEXTS)
+    )
+    number = st.sampled_from(_NUMBERS)
+    text = st.sampled_from(_TEXTS)
+    kind = draw(st.sampled_from(['"file"'] * 6 + ['"dir"', '"fifo"']))
+    fields = [("path", path), ("type", kind)]
+    for key in ("mode", "mtime_ns", "uid", "gid", "size"):
+        fields.append((key, draw(number)))
+    fields += [("sha256", draw(text)), ("archive", draw(text))]
+    for key in ("inode", "dev", "ctime_ns"):
+        fields.append((key, draw(number)))
+    body = ",".join(f'"{key}":{value}' for key, value in fields)
+    tail = draw(
+        st.sampled_from([""] * 6 + [',"xattrs":{}', ',"xattrs":{"user.a":"Yg=="}', ',"size":1'])
+    )
+    return "{" + body + tail + "}"
+
+
+def _pattern_and_json(raw: bytes, chunk: int) -> tuple[object, object]:
+    """What the pattern's way and JSON's way read from *raw*: fields (exact types) or an error."""
+    from cellvault import manifest
+
+    def outcome(how: str) -> tuple[str, object]:
+        ids: dict[str, str] = {}
+        text = manifest.ManifestText(io.BytesIO(raw))
+
+        def convert(item: Any) -> tuple[Any, ...]:
+            return manifest._fields(item, ids)
+
+        try:
+            if how == "pattern":
+                got = list(text.fields(convert, ids))
+            else:
+                got = [convert(item) for item in text.items()]
+        except Exception as exc:
+            return "error", (type(exc), str(exc))
+        # Version 2: no back-references, so that equal values compare equal whatever
+        # object holds them; the archive ids are shared alike either way.
+        return "fields", (marshal.dumps(got, 2), sorted(ids))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest, "READ_CHUNK", chunk)  # entries cut across chunks
+        return outcome("pattern"), outcome("json")
+
+
+def _manifest_of(*entries: str) -> bytes:
+    return ('{"format":1,"archive":"a","entries":[' + ",".join(entries) + "]}").encode()
+
+
+_USUAL_FILE = {
+    "path": '"data/crm/a b"',
+    "type": '"file"',
+    "mode": "420",
+    "mtime_ns": "-7",
+    "uid": "1000",
+    "gid": "0",
+    "size": "3",
+    "sha256": f'"{"a" * 64}"',
+    "archive": '"cell_crm_20241231_020000"',
+    "inode": "12",
+    "dev": "2049",
+    "ctime_ns": "99",
+}
+#: What each place of a file's entry may hold instead: in range or not, what
+#: JSON reads and what it refuses, what the pattern must leave to JSON.
+_INSTEAD = {
+    "number": [
+        *("0", "-0", "4095", "4096", "-1", str(1 << 62), str((1 << 62) + 1), str(1 << 70)),
+        *("0644", "1e3", "1.0", "-", "true", "null", '"5"', " 1", "1 "),
+    ],
+    "text": [
+        *("null", '""', '"caf\u00e9"', '"x\x7fy"', '"a\\"b"', '"\\u00e9"', '"a\\qb"'),
+        *('"a\x01b"', "3", '"a"b"', "nul", '"\\\\"'),
+    ],
+}
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_each_place_of_a_file_entry_reads_as_json_reads_it(chunk: int) -> None:
+    """Whatever one place holds, the pattern's way gives JSON's fields, or its error."""
+    checked = 0
+    for key in _USUAL_FILE:
+        kind = "text" if key in ("path", "type", "sha256", "archive") else "number"
+        for value in _INSTEAD[kind]:
+            entry = ",".join(f'"{k}":{value if k == key else v}' for k, v in _USUAL_FILE.items())
+            raw = _manifest_of(entry.join("{}"), entry.join("{}"))
+            pattern, json_way = _pattern_and_json(raw, chunk)
+            assert pattern == json_way, (key, value)
+            checked += 1
+    assert checked == 8 * len(_INSTEAD["number"]) + 4 * len(_INSTEAD["text"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_file_entry_text(), min_size=1, max_size=6), st.sampled_from([7, 64, 1 << 20]))
+def test_a_file_entry_read_by_the_pattern_gives_what_json_gives(
+    texts: list[str], chunk: int
+) -> None:
+    """Laid out as cellvault writes it or not, valid or not: the same fields, or the same error."""
+    pattern, json_way = _pattern_and_json(_manifest_of(*texts), chunk)
+    assert pattern == json_way
+
+
+def test_the_usual_file_entry_is_read_by_the_pattern() -> None:
+    """What a backup writes for a file takes the pattern's way (JSON's is the fallback)."""
+    from cellvault import manifest
+
+    entry = Entry(
+        "data/crm/a b.txt",
+        "file",
+        0o640,
+        -1,
+        size=5,
+        sha256="a" * 64,
+        uid=1000,
+        gid=1000,
+        inode=12,
+        dev=2049,
+        ctime_ns=1_700_000_000_123_456_789,
+        archive=ARCHIVE,
+    )
+    raw = f'{{"format":1,"archive":"a","entries":[{entry.to_json()}]}}'.encode()
+
+    def refuse(_item: Any) -> tuple[Any, ...]:
+        raise AssertionError("parsed as JSON")
+
+    ids: dict[str, str] = {}
+    [fields] = manifest.ManifestText(io.BytesIO(raw)).fields(refuse, ids)
+    assert fields == manifest._FIELDS(entry)
+    assert fields[manifest._ARCHIVE_AT] is ids[ARCHIVE]
