@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import pytest
 
+from cellvault.extract import stage
 from tests.system_tools import find, needs_root, require, unavailable
 
 from .archive_helpers import make_vault
@@ -264,6 +265,7 @@ CASES = [
 class Restored:
     source: Describe
     cellvault: Describe
+    cellvault_writers: Describe
     gnu_tar: Describe
     bsdtar: Describe | None
     made: frozenset[str]
@@ -290,6 +292,11 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     assert backup.ok, backup.cells[0].error
     assert vault.verify().ok
     report = vault.restore(backup.cells[0].archive, into=base / "cv")
+    assert report.ok, report.cells[0].error
+    # Again with the small files made by the forked writers (a cell of many files).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage, "WRITER_MIN_FILES", 0)
+        report = vault.restore(backup.cells[0].archive, into=base / "cvw")
     assert report.ok, report.cells[0].error
     archive = next((base / "backup" / "crm").glob("*.tar.zst"))
     gnu = base / "gnu"
@@ -322,6 +329,7 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     yield Restored(
         source=describe(src),
         cellvault=describe(base / "cv" / "crm" / "crm"),
+        cellvault_writers=describe(base / "cvw" / "crm" / "crm"),
         gnu_tar=describe(gnu / "data" / "crm"),
         bsdtar=describe(bsd / "data" / "crm") if find("bsdtar") is not None else None,
         made=frozenset(made),
@@ -329,7 +337,7 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("tool", ["cellvault", "gnu_tar", "bsdtar"])
+@pytest.mark.parametrize("tool", ["cellvault", "cellvault_writers", "gnu_tar", "bsdtar"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_kind_restores_as_it_was(restored: Restored, case: Case, tool: str) -> None:
     if case.needs_root and not AS_ROOT:
@@ -349,12 +357,13 @@ def test_every_kind_restores_as_it_was(restored: Restored, case: Case, tool: str
 def test_sparse_files_come_back_with_their_holes(restored: Restored) -> None:
     source = restored.source["sparse.img"]
     assert source["blocks"] * 512 < source["size"] // 100  # the source is sparse
-    for tool in ("cellvault", "gnu_tar"):
+    for tool in ("cellvault", "cellvault_writers", "gnu_tar"):
         assert getattr(restored, tool)["sparse.img"]["blocks"] == source["blocks"]
 
 
 def test_the_whole_tree_matches(restored: Restored) -> None:
     assert restored.cellvault == restored.source
+    assert restored.cellvault_writers == restored.source
     assert restored.gnu_tar == restored.source
 
 
