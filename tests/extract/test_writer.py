@@ -225,3 +225,28 @@ def test_the_writers_of_a_killed_restore_are_killed_with_it(tmp_path: Path) -> N
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_hosts_signal_handlers_do_not_run_in_a_writer(tmp_path: Path) -> None:
+    """A service's SIGTERM handler is the service's: a writer it reaches just ends."""
+    ran = tmp_path / "handler-ran"
+
+    def handler(_number: int, _frame: object) -> None:
+        ran.touch()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        made = FileWriter.start(
+            root, ARCHIVE, lambda fd: stage.DirFds(fd, ARCHIVE), ValueError, children=1
+        )
+        assert made is not None
+        time.sleep(0.2)  # the child has set its signals up
+        os.kill(made.pids[0], signal.SIGTERM)
+        with pytest.raises(OSError) as info:
+            made.close()
+        assert info.value.errno == errno.EIO
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        os.close(root)
+    assert not ran.exists()

@@ -286,8 +286,13 @@ def _die_with(parent: int) -> None:
     """End this child when its parent dies (a restore killed mid-way leaves no writer).
 
     Where the kernel cannot do it, :func:`_exactly` notices the parent's death
-    within :data:`_POLL` seconds.
+    within :data:`_POLL` seconds. The signals a host process may handle (a
+    service's shutdown on SIGTERM) end this child instead of running the
+    host's handlers in it.
     """
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(number, signal.SIG_DFL)
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the request was made
