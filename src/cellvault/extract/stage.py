@@ -17,7 +17,10 @@ Safety comes from how the tree is written, never through a link:
   ``..`` names, a path below a link or a file, a hard link to anything but a
   file of the same archive.
 
-Each file is checked against the manifest as it is written.
+Each file is checked against the manifest as it is written. An archive of
+many files has its small files created by forked writers that check them
+and write them the same way (:mod:`cellvault.extract.writer`), while this
+process reads the next ones.
 """
 
 from __future__ import annotations
