@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cellvault import ArchiveCorrupt
+from cellvault import ArchiveCorrupt, forking
 from cellvault.extract import stage, writer
 from cellvault.extract.writer import FileWriter
 from tests.archive_helpers import dir_entry, file_entry, member
@@ -162,15 +162,15 @@ def test_without_fork_the_files_are_made_here(
 
 def test_a_writer_stops_waiting_when_its_parent_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     """No end mark ever comes from a parent killed mid-restore: the child must not wait forever."""
-    monkeypatch.setattr(writer, "_POLL", 0.01)
+    monkeypatch.setattr(forking, "POLL", 0.01)
     read, write = os.pipe()
     try:
         began = time.monotonic()
         # Its parent is this process; a child of another parent sees itself orphaned.
-        assert writer._exactly(read, 8, parent=os.getppid() + 1_000_000) is None
+        assert forking.read_exactly(read, 8, parent=os.getppid() + 1_000_000) is None
         assert time.monotonic() - began < 5
         os.write(write, b"12345678")
-        assert writer._exactly(read, 8, parent=os.getppid()) == b"12345678"
+        assert forking.read_exactly(read, 8, parent=os.getppid()) == b"12345678"
     finally:
         os.close(read)
         os.close(write)

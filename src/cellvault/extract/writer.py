@@ -20,31 +20,27 @@ replaced by a link, a full disk.
 The parent waits for the children (:meth:`FileWriter.close`) before it makes
 the links of the tree, and ends them (:meth:`FileWriter.abort`) before a
 failed restore removes the staging tree. A child whose parent is killed
-mid-restore is killed by the kernel with it (``PR_SET_PDEATHSIG``; where
-that is not available, it stops within a second).
+mid-restore is killed by the kernel with it (:func:`~cellvault.forking.become_child`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import marshal
 import os
-import select
 import signal
-import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UnsafeArchive
+from ..forking import become_child, receive, send
 
 __all__ = ["FileWriter"]
 
 _sha256 = hashlib.sha256
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_LENGTH = struct.Struct("<Q")
 #: A batch is sent when it holds this many bytes of file data, or this many files.
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 2048
@@ -52,8 +48,6 @@ BATCH_FILES = 2048
 CHILDREN = 2
 #: The pipe's buffer (Linux lets a process ask for up to 1 MiB).
 PIPE_SIZE = 1 << 20
-#: Seconds the child waits for a batch before it checks that its parent lives.
-_POLL = 1.0
 
 #: A file for the child: the folder (relative to the staging root) and the name
 #: in it, the mode it is created with, its bytes, the mode to set after (-1:
@@ -189,8 +183,7 @@ class _Child:
         if pid == 0:  # pragma: no cover - the child; its work is checked through the parent
             code = 1
             try:
-                _die_with(parent)
-                _keep_only(root, feed_r, result_w)
+                become_child(parent, root, feed_r, result_w)
                 outcome = _serve(dirs(root), feed_r, parent)
                 os.write(result_w, marshal.dumps(outcome))
                 code = 0
@@ -205,9 +198,8 @@ class _Child:
 
     def send(self, batch: list[Record]) -> None:
         self.sent += len(batch)
-        payload = marshal.dumps(batch)
         try:
-            _write_all(self._feed, _LENGTH.pack(len(payload)) + payload)
+            send(self._feed, batch)
         except BrokenPipeError:
             # The child stopped reading: it met something, and says what.
             self._raise(self._outcome())
@@ -215,7 +207,7 @@ class _Child:
     def finish(self) -> int:
         """Send the end mark and wait for the child; the number of files it made."""
         with contextlib.suppress(BrokenPipeError):
-            _write_all(self._feed, _LENGTH.pack(0))
+            send(self._feed, None)
         outcome = self._outcome()
         if outcome[0] != "ok" or outcome[1] != self.sent:
             self._raise(outcome)
@@ -269,79 +261,16 @@ class _Child:
                 os.waitpid(pid, 0)
 
 
-def _libc_prctl() -> Callable[..., int] | None:
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-#: prctl(2), to have the kernel kill a child whose parent dies (Linux).
-_PRCTL = _libc_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with(parent: int) -> None:
-    """End this child when its parent dies (a restore killed mid-way leaves no writer).
-
-    Where the kernel cannot do it, :func:`_exactly` notices the parent's death
-    within :data:`_POLL` seconds. The signals a host process may handle (a
-    service's shutdown on SIGTERM) end this child instead of running the
-    host's handlers in it.
-    """
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(number, signal.SIG_DFL)
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request was made
-        os._exit(1)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _keep_only(*fds: int) -> None:
-    """Close every descriptor but *fds* (nothing of the parent's stays open here)."""
-    low = 3
-    for fd in sorted(fds):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-
-
 def _frames(feed: int, parent: int) -> Iterator[list[Record]]:
     """The batches the parent sends, up to its end mark (or its death)."""
     while True:
-        head = _exactly(feed, _LENGTH.size, parent)
-        if head is None:
+        try:
+            batch = receive(feed, parent)
+        except EOFError:
             return  # the parent is gone without its end mark: nothing more comes
-        (size,) = _LENGTH.unpack(head)
-        if not size:
+        if batch is None:
             return
-        payload = _exactly(feed, size, parent)
-        if payload is None:
-            return
-        yield marshal.loads(payload)  # noqa: S302 - our own parent's words
-
-
-def _exactly(fd: int, size: int, parent: int) -> bytes | None:
-    parts = []
-    while size:
-        if not select.select([fd], [], [], _POLL)[0]:
-            if os.getppid() != parent:
-                return None
-            continue
-        chunk = os.read(fd, min(size, PIPE_SIZE))
-        if not chunk:
-            return None
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
+        yield batch
 
 
 def _serve(dirs: Any, feed: int, parent: int) -> tuple[Any, ...]:  # pragma: no cover - child

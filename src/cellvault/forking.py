@@ -1,0 +1,110 @@
+"""Helpers of the short-lived children cellvault forks to use a second core.
+
+A restore's writers (:mod:`cellvault.extract.writer`) and a large
+manifest's parser (:mod:`cellvault.manifest`) are forked from the process
+that needs them, fed through pipes and waited for before it goes on. In the
+child, :func:`become_child` first makes it die with its parent and end on
+the signals a host may handle, then closes every descriptor it does not
+need; it then speaks in :func:`send` frames (``marshal``'d, a length first)
+and leaves with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import marshal
+import os
+import select
+import signal
+import struct
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["become_child", "read_exactly", "receive", "send", "write_all"]
+
+_LENGTH = struct.Struct("<Q")
+#: Seconds a child waits for input before it checks that its parent lives.
+POLL = 1.0
+#: Bytes read from a pipe at a time.
+_READ = 1 << 20
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+#: prctl(2), to have the kernel kill a child whose parent dies (Linux).
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def become_child(parent: int, *keep: int) -> None:
+    """Set up a freshly forked child of *parent* that keeps only the descriptors *keep*.
+
+    It is killed by the kernel when its parent dies (``PR_SET_PDEATHSIG``;
+    where that is not available, :func:`read_exactly` notices within
+    :data:`POLL` seconds), and the signals a host process may handle (a
+    service's shutdown on SIGTERM) end it instead of running the host's
+    handlers in it.
+    """
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(number, signal.SIG_DFL)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def send(fd: int, value: Any) -> None:
+    """Write *value* (``marshal``-able) as one frame."""
+    payload = marshal.dumps(value)
+    write_all(fd, _LENGTH.pack(len(payload)) + payload)
+
+
+def receive(fd: int, parent: int | None = None) -> Any:
+    """The next frame's value; ``EOFError`` when the other end has closed (or *parent* died)."""
+    head = read_exactly(fd, _LENGTH.size, parent)
+    if head is None:
+        raise EOFError("the other process is gone")
+    (size,) = _LENGTH.unpack(head)
+    payload = read_exactly(fd, size, parent)
+    if payload is None:
+        raise EOFError("the other process is gone")
+    return marshal.loads(payload)  # noqa: S302 - our own process's words
+
+
+def read_exactly(fd: int, size: int, parent: int | None = None) -> bytes | None:
+    """*size* bytes from *fd*, or ``None`` at its end.
+
+    With *parent* (in a child), also ``None`` once the parent is gone, checked
+    every :data:`POLL` seconds of silence.
+    """
+    parts = []
+    while size:
+        if parent is not None and not select.select([fd], [], [], POLL)[0]:
+            if os.getppid() != parent:
+                return None
+            continue
+        chunk = os.read(fd, min(size, _READ))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
