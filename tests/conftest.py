@@ -117,3 +117,15 @@ def receiver() -> Iterator[WebhookServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["here", "apart"])
+def manifest_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where a manifest's entries are parsed: in the reading process, or a forked child.
+
+    A manifest of ``PARSE_APART`` characters or more has them parsed apart;
+    here, every manifest does.
+    """
+    if request.param == "apart":
+        monkeypatch.setattr("cellvault.manifest.PARSE_APART", 0)
+    return str(request.param)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -23,6 +25,9 @@ from cellvault.manifest import ENTRY_TYPES, InOrder, ManifestWriter, Row, RowsIn
 from .archive_helpers import archive_files, make_vault, read_members
 
 ARCHIVE = "cell_crm_20250101_020000"
+
+#: Every rule of reading a manifest holds wherever its entries are parsed.
+pytestmark = pytest.mark.usefixtures("manifest_parser")
 
 
 def sample() -> Manifest:
@@ -1133,3 +1138,120 @@ def test_the_usual_file_entry_is_read_by_the_pattern() -> None:
     [fields] = manifest.ManifestText(io.BytesIO(raw)).fields(refuse, ids)
     assert fields == manifest._FIELDS(entry)
     assert fields[manifest._ARCHIVE_AT] is ids[ARCHIVE]
+
+
+def _wide_manifest() -> Manifest:
+    """Files with names of one- to four-byte characters, from two archives."""
+    older = "cell_crm_20241231_020000"
+    m = Manifest(archive=ARCHIVE)
+    m.add(Entry("data/crm", "dir", 0o755, 1))
+    for i, name in enumerate(["a", "é" * 30, "中文" * 20, "😀" * 20, "naïve"] * 60):
+        holder = older if i % 3 else ARCHIVE
+        m.add(
+            Entry(f"data/crm/{name}{i}", "file", 0o644, i, size=i, sha256="a" * 64, archive=holder)
+        )
+    return m
+
+
+def test_a_manifest_parsed_apart_from_any_point_reads_as_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read ahead to any point (a character cut in two there too), then parsed by the child."""
+    from cellvault import manifest
+
+    built = _wide_manifest()
+    raw = json.dumps(json.loads(built.to_json()), ensure_ascii=False).encode()  # raw UTF-8
+    monkeypatch.setattr(manifest, "READ_CHUNK", 5)
+    monkeypatch.setattr(manifest, "PARSE_APART", 1 << 40)
+    here = Manifest.read(io.BytesIO(raw), archive=ARCHIVE)
+    cut: list[bytes] = []
+    start = manifest._Apart.start
+
+    def spy(text: Any) -> object:
+        cut.append(text._text.decoder.getstate()[0])  # bytes of a character cut in two
+        made = start(text)
+        assert made is not None
+        return made
+
+    monkeypatch.setattr(manifest._Apart, "start", spy)
+
+    def cut_at(ahead: int) -> bool:
+        text = manifest.ManifestText(io.BytesIO(raw))
+        text._long(ahead)
+        return bool(text._text.decoder.getstate()[0])
+
+    # The head is read with the first 4,096 characters at least; then on to points
+    # where a character is cut in two, and to some where none is.
+    points = range(4_000, 4_800)
+    cuts = [ahead for ahead in points if cut_at(ahead)]
+    whole = [ahead for ahead in points if ahead not in cuts]
+    assert cuts and whole
+    for ahead in [0, *cuts[:6], *whole[:: len(whole) // 3]]:
+        monkeypatch.setattr(manifest, "PARSE_APART", ahead)
+        apart = Manifest.read(io.BytesIO(raw), archive=ARCHIVE)
+        assert apart == here and apart.digest == here.digest == hashlib.sha256(raw).hexdigest()
+        assert apart.holders() == here.holders() and apart.root_bytes() == here.root_bytes()
+    assert any(cut) and not all(cut)
+
+
+def _children() -> set[int]:
+    """The processes this one has forked and not reaped (zombies too)."""
+    found = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+            found |= {int(pid) for pid in f.read().split()}
+    return found
+
+
+def test_a_manifest_parsed_apart_leaves_no_child_whether_it_reads_or_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cellvault import manifest
+
+    monkeypatch.setattr(manifest, "PARSE_APART", 0)
+    before = _children()
+    raw = sample().to_json()
+    assert Manifest.read(io.BytesIO(raw), archive=ARCHIVE) == sample()
+    assert _children() == before
+    with pytest.raises(ArchiveCorrupt):
+        Manifest.read(io.BytesIO(raw.replace(b'"type":"file"', b'"type":"sock"')), archive="x")
+    assert _children() == before
+
+
+class _Breaks:
+    """A source that fails after a few chunks, as a damaged compressed stream does."""
+
+    def __init__(self, raw: bytes, after: int) -> None:
+        self._raw = io.BytesIO(raw)
+        self._left = after
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._left:
+            raise zstandard.ZstdError("corrupted block detected")
+        self._left -= 1
+        return self._raw.read(size)
+
+
+def test_what_reading_the_source_raised_is_raised_not_what_the_parser_made_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parser sees the text end early; the cause is the source's error, raised as before."""
+    from cellvault import manifest
+
+    monkeypatch.setattr(manifest, "READ_CHUNK", 64)
+    raw = _wide_manifest().to_json()
+    for apart in (1 << 40, 0):
+        monkeypatch.setattr(manifest, "PARSE_APART", apart)
+        with pytest.raises(zstandard.ZstdError, match="corrupted block detected"):
+            Manifest.read(_Breaks(raw, after=100), archive=ARCHIVE)  # past the head
+
+
+def test_without_fork_a_long_manifest_is_parsed_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellvault import manifest
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "no more processes")
+
+    monkeypatch.setattr(manifest, "PARSE_APART", 0)
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert Manifest.read(io.BytesIO(sample().to_json()), archive=ARCHIVE) == sample()

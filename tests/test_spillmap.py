@@ -25,6 +25,9 @@ from .archive_helpers import make_vault, snapshot
 
 ARCHIVE = "cell_crm_20261204_120000"
 
+#: Spilled manifests read the same wherever their entries are parsed.
+pytestmark = pytest.mark.usefixtures("manifest_parser")
+
 
 def _entry(i: int, *, kind: str = "file") -> Entry:
     if kind == "dir":

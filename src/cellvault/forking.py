@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["become_child", "read_exactly", "receive", "send", "write_all"]
+__all__ = ["become_child", "read_exactly", "read_up_to", "receive", "send", "write_all"]
 
 _LENGTH = struct.Struct("<Q")
 #: Seconds a child waits for input before it checks that its parent lives.
@@ -105,6 +105,22 @@ def read_exactly(fd: int, size: int, parent: int | None = None) -> bytes | None:
         chunk = os.read(fd, min(size, _READ))
         if not chunk:
             return None
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def read_up_to(fd: int, size: int, parent: int | None = None) -> bytes:
+    """Up to *size* bytes from *fd*, fewer only at its end (``b""`` then, or once *parent* died)."""
+    parts = []
+    while size:
+        if parent is not None and not select.select([fd], [], [], POLL)[0]:
+            if os.getppid() != parent:
+                break
+            continue
+        chunk = os.read(fd, min(size, _READ))
+        if not chunk:
+            break
         parts.append(chunk)
         size -= len(chunk)
     return b"".join(parts)

@@ -11,19 +11,25 @@ archive that holds them; deleted paths are simply absent.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import io
 import json
 import marshal
 import operator
+import os
+import pickle
 import re
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
-from typing import IO, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import IO, Any, Generic, Literal, NamedTuple, NoReturn, Protocol, TypeVar
 
 import attrs
 
 from .errors import ArchiveCorrupt
+from .forking import become_child, read_up_to, receive, send, write_all
 from .spillmap import SpillMap
 from .trust import MAX_COUNT, MAX_MODE, check_count, check_holder, check_mode
 
@@ -566,6 +572,24 @@ class ManifestText:
     def digest(self) -> str:
         return self._text.digest.hexdigest()
 
+    @classmethod
+    def _after_head(cls, source: _Readable) -> ManifestText:
+        """The entries of a text whose head was read elsewhere: *source* starts at the first."""
+        text = cls.__new__(cls)
+        text._text = _Text(source)
+        text._whole = None
+        text.archive = ""
+        return text
+
+    def _long(self, size: int) -> bool:
+        """Whether the entries' text holds *size* characters or more (reading ahead for that)."""
+        if self._whole is not None:
+            return False
+        text = self._text
+        while len(text.buf) - text.pos < size and text.more():
+            pass
+        return len(text.buf) - text.pos >= size
+
     def items(self) -> Iterator[Any]:
         if self._whole is not None:
             yield from self._whole["entries"]
@@ -671,6 +695,10 @@ class ManifestText:
 def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
     text = ManifestText(source)
     manifest = cls(archive=text.archive)
+    if text._long(PARSE_APART):
+        apart = _Apart.start(text)
+        if apart is not None:
+            return _read_apart(manifest, text, apart, archive)
     ids: dict[str, str] = {}
     add = manifest.add
     entries = manifest.entries
@@ -711,6 +739,207 @@ def _read(cls: type[Manifest], source: _Readable, archive: str) -> Manifest:
     # A path listed twice is one file (the later entry): counted again only then.
     manifest._root_bytes = sizes if len(entries) == count else None
     return manifest
+
+
+def _read_apart(manifest: Manifest, text: ManifestText, apart: _Apart, archive: str) -> Manifest:
+    """:func:`_read`'s work with the entries parsed by *apart*: stored here as they come."""
+    entries = manifest.entries
+    add = manifest.add
+    loads = marshal.loads
+    ids: dict[str, str] = {}  # the archive ids of the entries kept in memory, shared
+    end: tuple[Any, ...] | None = None
+    failure: tuple[Any, ...] | None = None
+    try:
+        while True:
+            try:
+                message = receive(apart.result)
+            except EOFError:
+                failure = ("crash", "the manifest's parser ended without a word")
+                break
+            if message[0] != "rows":
+                if message[0] == "end":
+                    end = message
+                else:
+                    failure = message
+                break
+            rows = message[1]
+            start = 0
+            # Until the map spills, entries are kept as Entry objects.
+            while start < len(rows) and not entries.spilled:
+                fields = loads(rows[start][1])
+                holder = fields[_ARCHIVE_AT]
+                if holder is not None and ids.setdefault(holder, holder) is not holder:
+                    at = _ARCHIVE_AT
+                    fields = (*fields[:at], ids[holder], *fields[at + 1 :])
+                add(Entry(*fields))
+                start += 1
+            if start < len(rows):
+                entries.put_stored(rows[start:] if start else rows)
+    finally:
+        source_error = apart.close()
+    if source_error is not None:
+        raise source_error  # the text could not be read: what the parser said follows from it
+    if failure is not None:
+        _raise_apart(failure)
+    assert end is not None
+    _, file_holders, sizes, count, holder_ids = end
+    if manifest._holders is not None:
+        manifest._holders.update(file_holders)
+    _check_holders({holder: holder for holder in holder_ids}, archive)
+    manifest.digest = text.digest
+    manifest._root_bytes = sizes if len(entries) == count else None
+    return manifest
+
+
+def _raise_apart(failure: tuple[Any, ...]) -> NoReturn:
+    """Raise here what the manifest's parser raised (see :func:`_parse_apart`)."""
+    if failure[0] == "corrupt":
+        raise ArchiveCorrupt(failure[1], archive="?")
+    if failure[0] == "raised":
+        raise pickle.loads(failure[1])  # noqa: S301 - our own child's exception
+    raise ValueError(failure[1])
+
+
+#: A manifest whose entries' text is this long or longer (about 30,000
+#: entries) has them parsed by a forked child while this process stores them.
+PARSE_APART = 8 << 20
+
+
+class _Apart:
+    """A forked child that parses a manifest's entries (:func:`_parse_apart`).
+
+    This process feeds it the text from a thread (what was read ahead, then
+    the rest of the source, digested on the way) and reads its batches.
+    """
+
+    def __init__(self, pid: int, result: int, feed: int, text: ManifestText) -> None:
+        self.pid = pid
+        self.result = result
+        self._feed = feed
+        self._source_error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._pump, args=(text,), name="cellvault-manifest-feed", daemon=True
+        )
+        self._thread.start()
+
+    @classmethod
+    def start(cls, text: ManifestText) -> _Apart | None:
+        """Fork the parser (``None`` where this process cannot: it parses here)."""
+        try:
+            feed_r, feed_w = os.pipe()
+        except OSError:
+            return None
+        try:
+            result_r, result_w = os.pipe()
+        except OSError:
+            os.close(feed_r)
+            os.close(feed_w)
+            return None
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except (OSError, AttributeError):
+            for fd in (feed_r, feed_w, result_r, result_w):
+                os.close(fd)
+            return None
+        if pid == 0:  # pragma: no cover - the child; checked through what the parent reads
+            code = 1
+            try:
+                become_child(parent, feed_r, result_w)
+                _parse_apart(feed_r, result_w, parent)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(feed_r)
+        os.close(result_w)
+        return cls(pid, result_r, feed_w, text)
+
+    def _pump(self, text: ManifestText) -> None:
+        read = text._text
+        try:
+            # What was read ahead (its text, and the bytes of a character cut in two).
+            write_all(self._feed, read.buf[read.pos :].encode() + read.decoder.getstate()[0])
+            while not read.eof:
+                raw = read.source.read(READ_CHUNK)
+                read.digest.update(raw)
+                if not raw:
+                    break
+                write_all(self._feed, raw)
+        except BrokenPipeError:
+            pass  # the parser stopped reading: it says why
+        except BaseException as exc:  # noqa: BLE001 - raised by the reading thread (close)
+            self._source_error = exc
+        finally:
+            os.close(self._feed)
+
+    def close(self) -> BaseException | None:
+        """End the child and the feeding thread; what reading the source raised, if anything."""
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
+        self._thread.join()
+        if self.result >= 0:
+            os.close(self.result)
+            self.result = -1
+        return self._source_error
+
+
+class _PipeSource:
+    """A pipe read like a file: full chunks until its end (or its writer's death)."""
+
+    def __init__(self, fd: int, parent: int) -> None:
+        self.fd = fd
+        self.parent = parent
+
+    def read(self, size: int = -1, /) -> bytes:
+        return read_up_to(self.fd, READ_CHUNK if size < 0 else size, self.parent)
+
+
+def _parse_apart(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
+    """In the forked child: parse the entries from *feed*, send them to *out* a batch at a time.
+
+    Each batch is ``("rows", [(path, stored fields), ...])``; the last word
+    ``("end", file holders, bytes by root, entries, archive ids)``, or what
+    was raised: ``("corrupt", detail)``, ``("raised", pickled exception)`` or
+    ``("crash", text)``.
+    """
+    text = ManifestText._after_head(_PipeSource(feed, parent))
+    ids: dict[str, str] = {}
+    holders: set[str] = set()
+    sizes: dict[str, int] = {}
+    count = 0
+    dumps = marshal.dumps
+    rows: list[tuple[str, bytes]] = []
+    try:
+        for fields in text.fields(lambda item: _fields(item, ids), ids):
+            count += 1
+            if fields[1] == "file":
+                if fields[_ARCHIVE_AT]:
+                    holders.add(fields[_ARCHIVE_AT])
+                root = _root_of(fields[0])
+                sizes[root] = sizes.get(root, 0) + fields[_SIZE_AT]
+            rows.append((fields[0], dumps(fields)))
+            if len(rows) >= JSON_CHUNK:
+                send(out, ("rows", rows))
+                rows = []
+        if rows:
+            send(out, ("rows", rows))
+        send(out, ("end", sorted(holders), sizes, count, sorted(ids)))
+    except BrokenPipeError:
+        return  # the parent stopped listening
+    except ArchiveCorrupt as exc:
+        send(out, ("corrupt", exc.detail))
+    except Exception as exc:  # noqa: BLE001 - raised in the parent
+        try:
+            payload = pickle.dumps(exc)
+            pickle.loads(payload)  # noqa: S301 - made here, just now
+        except Exception:  # noqa: BLE001 - not one that travels: its text does
+            send(out, ("crash", f"{type(exc).__name__}: {exc}"))
+        else:
+            send(out, ("raised", payload))
 
 
 def _root_of(path: str) -> str:
