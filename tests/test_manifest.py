@@ -10,6 +10,7 @@ import json
 import logging
 import marshal
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -1255,3 +1256,24 @@ def test_without_fork_a_long_manifest_is_parsed_here(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(manifest, "PARSE_APART", 0)
     monkeypatch.setattr(os, "fork", no_fork)
     assert Manifest.read(io.BytesIO(sample().to_json()), archive=ARCHIVE) == sample()
+
+
+def test_a_parser_that_dies_is_said_to_have_died_not_the_manifest_to_be_bad(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cellvault import manifest
+
+    start = manifest._Apart.start
+
+    def killed(text: Any) -> object:
+        made = start(text)
+        assert made is not None
+        os.kill(made.pid, signal.SIGKILL)
+        return made
+
+    monkeypatch.setattr(manifest, "PARSE_APART", 0)
+    monkeypatch.setattr(manifest._Apart, "start", killed)
+    with pytest.raises(
+        RuntimeError, match=r"the process parsing the manifest ended without a word"
+    ):
+        Manifest.read(io.BytesIO(_wide_manifest().to_json()), archive=ARCHIVE)

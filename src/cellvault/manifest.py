@@ -754,7 +754,7 @@ def _read_apart(manifest: Manifest, text: ManifestText, apart: _Apart, archive: 
             try:
                 message = receive(apart.result)
             except EOFError:
-                failure = ("crash", "the manifest's parser ended without a word")
+                failure = ("gone",)
                 break
             if message[0] != "rows":
                 if message[0] == "end":
@@ -797,6 +797,11 @@ def _raise_apart(failure: tuple[Any, ...]) -> NoReturn:
         raise ArchiveCorrupt(failure[1], archive="?")
     if failure[0] == "raised":
         raise pickle.loads(failure[1])  # noqa: S301 - our own child's exception
+    if failure[0] == "gone":
+        # Not the manifest's fault, as far as anyone can tell: killed, or out of memory.
+        raise RuntimeError(
+            "the process parsing the manifest ended without a word (killed?); run it again"
+        )
     raise ValueError(failure[1])
 
 
