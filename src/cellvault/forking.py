@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["become_child", "read_exactly", "read_up_to", "receive", "send", "write_all"]
+__all__ = ["become_child", "pipe", "read_exactly", "read_up_to", "receive", "send", "write_all"]
 
 _LENGTH = struct.Struct("<Q")
 #: Seconds a child waits for input before it checks that its parent lives.
@@ -64,6 +64,24 @@ def become_child(parent: int, *keep: int) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+#: The buffer asked for a pipe (Linux lets a process ask for up to 1 MiB).
+PIPE_SIZE = 1 << 20
+
+
+def pipe() -> tuple[int, int]:
+    """A pipe (read end, write end) with a buffer of :data:`PIPE_SIZE` where the kernel allows it.
+
+    A writer that fills a small buffer waits for the reader at every few
+    kilobytes; each wait, in a thread, is a hand-over of the GIL.
+    """
+    read, write = os.pipe()
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        import fcntl
+
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read, write
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -29,7 +29,7 @@ from typing import IO, Any, Generic, Literal, NamedTuple, NoReturn, Protocol, Ty
 import attrs
 
 from .errors import ArchiveCorrupt
-from .forking import become_child, read_up_to, receive, send, write_all
+from .forking import become_child, pipe, read_up_to, receive, send, write_all
 from .spillmap import SpillMap
 from .trust import MAX_COUNT, MAX_MODE, check_count, check_holder, check_mode
 
@@ -745,7 +745,7 @@ def _read_apart(manifest: Manifest, text: ManifestText, apart: _Apart, archive: 
     """:func:`_read`'s work with the entries parsed by *apart*: stored here as they come."""
     entries = manifest.entries
     add = manifest.add
-    loads = marshal.loads
+    dumps = marshal.dumps
     ids: dict[str, str] = {}  # the archive ids of the entries kept in memory, shared
     end: tuple[Any, ...] | None = None
     failure: tuple[Any, ...] | None = None
@@ -766,7 +766,7 @@ def _read_apart(manifest: Manifest, text: ManifestText, apart: _Apart, archive: 
             start = 0
             # Until the map spills, entries are kept as Entry objects.
             while start < len(rows) and not entries.spilled:
-                fields = loads(rows[start][1])
+                fields = rows[start]
                 holder = fields[_ARCHIVE_AT]
                 if holder is not None and ids.setdefault(holder, holder) is not holder:
                     at = _ARCHIVE_AT
@@ -774,7 +774,7 @@ def _read_apart(manifest: Manifest, text: ManifestText, apart: _Apart, archive: 
                 add(Entry(*fields))
                 start += 1
             if start < len(rows):
-                entries.put_stored(rows[start:] if start else rows)
+                entries.put_stored([(fields[0], dumps(fields)) for fields in rows[start:]])
     finally:
         source_error = apart.close()
     if source_error is not None:
@@ -831,11 +831,11 @@ class _Apart:
     def start(cls, text: ManifestText) -> _Apart | None:
         """Fork the parser (``None`` where this process cannot: it parses here)."""
         try:
-            feed_r, feed_w = os.pipe()
+            feed_r, feed_w = pipe()
         except OSError:
             return None
         try:
-            result_r, result_w = os.pipe()
+            result_r, result_w = pipe()
         except OSError:
             os.close(feed_r)
             os.close(feed_w)
@@ -906,7 +906,7 @@ class _PipeSource:
 def _parse_apart(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
     """In the forked child: parse the entries from *feed*, send them to *out* a batch at a time.
 
-    Each batch is ``("rows", [(path, stored fields), ...])``; the last word
+    Each batch is ``("rows", [fields, ...])``; the last word
     ``("end", file holders, bytes by root, entries, archive ids)``, or what
     was raised: ``("corrupt", detail)``, ``("raised", pickled exception)`` or
     ``("crash", text)``.
@@ -916,8 +916,7 @@ def _parse_apart(feed: int, out: int, parent: int) -> None:  # pragma: no cover 
     holders: set[str] = set()
     sizes: dict[str, int] = {}
     count = 0
-    dumps = marshal.dumps
-    rows: list[tuple[str, bytes]] = []
+    rows: list[tuple[Any, ...]] = []
     try:
         for fields in text.fields(lambda item: _fields(item, ids), ids):
             count += 1
@@ -926,7 +925,7 @@ def _parse_apart(feed: int, out: int, parent: int) -> None:  # pragma: no cover 
                     holders.add(fields[_ARCHIVE_AT])
                 root = _root_of(fields[0])
                 sizes[root] = sizes.get(root, 0) + fields[_SIZE_AT]
-            rows.append((fields[0], dumps(fields)))
+            rows.append(fields)
             if len(rows) >= JSON_CHUNK:
                 send(out, ("rows", rows))
                 rows = []

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UnsafeArchive
-from ..forking import become_child, receive, send
+from ..forking import become_child, pipe, receive, send
 
 __all__ = ["FileWriter"]
 
@@ -46,8 +46,6 @@ BATCH_BYTES = 1 << 20
 BATCH_FILES = 2048
 #: Writers forked per archive: two share the kernel's work of creating the files.
 CHILDREN = 2
-#: The pipe's buffer (Linux lets a process ask for up to 1 MiB).
-PIPE_SIZE = 1 << 20
 
 #: A file for the child: the folder (relative to the staging root) and the name
 #: in it, the mode it is created with, its bytes, the mode to set after (-1:
@@ -160,7 +158,7 @@ class _Child:
         differs: Callable[[str], Exception],
     ) -> _Child | None:
         try:
-            feed_r, feed_w = os.pipe()
+            feed_r, feed_w = pipe()
         except OSError:
             return None
         try:
@@ -169,10 +167,6 @@ class _Child:
             os.close(feed_r)
             os.close(feed_w)
             return None
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            import fcntl
-
-            fcntl.fcntl(feed_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         parent = os.getpid()
         try:
             pid = os.fork()
