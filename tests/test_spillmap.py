@@ -14,6 +14,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cellvault.manifest as manifest_module
 import cellvault.spillmap as spillmap
@@ -186,3 +188,37 @@ def test_backup_restore_and_every_verify_level_with_everything_spilled(
     assert os.stat(tmp_path / "out" / "crm" / "crm" / "d0" / "hard").st_nlink == 2
     for level in ("quick", "read", "full", "drill"):
         assert vault.verify(all_archives=True, level=level).ok, level  # type: ignore[arg-type]
+
+
+_KEY_TEXT = st.sampled_from(
+    ["", "d", "dumps", "dumps/", "dumps0", "é", "\udcff", "\U0010ffff", "z"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(_KEY_TEXT, max_size=4).map("".join), max_size=12),
+    st.lists(_KEY_TEXT, max_size=3).map("".join),
+    st.booleans(),
+)
+def test_a_prefix_is_found_as_a_scan_of_the_keys_finds_it(
+    keys: list[str], prefix: str, spilled: bool
+) -> None:
+    """Text keys and byte keys (not ASCII, not UTF-8), in memory or spilled: one answer."""
+    found = SpillMap(spill_at=0 if spilled else 1000)
+    for key in keys:
+        found[key] = "v"
+    assert found.spilled == (spilled and bool(keys))
+    assert len(found) == len(set(keys))  # and the writes are in the database
+    assert found.has_prefix(prefix) == any(key.startswith(prefix) for key in keys)
+
+
+@pytest.mark.parametrize("spill_at", [0, 1, 3])
+def test_a_map_that_spills_on_its_last_write_counts_every_key(spill_at: int) -> None:
+    """Found by the prefix test: the count was the in-memory one, 0, until the next write."""
+    found: SpillMap[str] = SpillMap(spill_at=spill_at)
+    for i in range(spill_at + 1):
+        found[str(i)] = "v"
+    assert found.spilled
+    assert len(found) == spill_at + 1
+    assert found == {str(i): "v" for i in range(spill_at + 1)}

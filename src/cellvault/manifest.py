@@ -345,8 +345,7 @@ class Manifest:
 
     def has_under(self, top: str) -> bool:
         """Whether any path lies below the top-level folder *top* (``dumps``); no entry is built."""
-        prefix = f"{top}/"
-        return any(path.startswith(prefix) for path in self.entries)
+        return self.entries.has_prefix(f"{top}/")
 
     def to_json(self) -> bytes:
         """The manifest as ``manifest.json`` (format v1, see docs/format.md)."""

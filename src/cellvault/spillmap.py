@@ -91,6 +91,7 @@ class SpillMap(Generic[V]):
         mem, self._mem = self._mem, None
         assert mem is not None
         self._buf = mem
+        self._len = None  # counted in the database from now on
         self._flush()
 
     def _flush(self) -> None:
@@ -217,6 +218,40 @@ class SpillMap(Generic[V]):
 
     def keys(self) -> Iterator[str]:
         return iter(self)
+
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether a key starts with *prefix* (spilled: one lookup in the keys' index, not a scan)."""
+        mem = self._mem
+        if mem is not None:
+            return any(key.startswith(prefix) for key in mem)
+        if any(key.startswith(prefix) for key in self._buf):
+            return True
+        assert self._db is not None
+        if prefix and ord(prefix[-1]) == 0x10FFFF:  # no code point above it: looked for
+            return any(key.startswith(prefix) for key in self)
+        # A key is stored as text (ASCII) or as bytes (see _key): the keys from the
+        # prefix up to the prefix with its last code point raised, of either kind
+        # (text only for an ASCII prefix: no other starts an ASCII key).
+        ranges: list[tuple[str | bytes, str | bytes | None]] = []
+        high = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+        if prefix.isascii():
+            ranges.append((prefix, high))
+        ranges.append(
+            (
+                prefix.encode("utf-8", "surrogatepass"),
+                None if high is None else high.encode("utf-8", "surrogatepass"),
+            )
+        )
+        for low_key, high_key in ranges:
+            if high_key is None:
+                found = self._db.execute("SELECT 1 FROM m WHERE k >= ? LIMIT 1", (low_key,))
+            else:
+                found = self._db.execute(
+                    "SELECT 1 FROM m WHERE k >= ? AND k < ? LIMIT 1", (low_key, high_key)
+                )
+            if found.fetchone() is not None:
+                return True
+        return False
 
     def __eq__(self, other: object) -> bool:
         """Equal keys with equal values, whatever the order (compared a key at a time)."""
