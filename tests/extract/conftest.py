@@ -18,3 +18,16 @@ def who_writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if request.param == "writer":
         monkeypatch.setattr(stage, "WRITER_MIN_FILES", 0)
     return str(request.param)
+
+
+@pytest.fixture(params=["noted", "read through"])
+def others_noted(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a staging tree's end finds the folders, links and nodes it makes.
+
+    From the paths its preparation noted, or (past
+    :data:`~cellvault.extract.stage.OTHERS_KEPT` of them) by reading the
+    manifest through; here, also for the few of a test.
+    """
+    if request.param == "read through":
+        monkeypatch.setattr(stage, "OTHERS_KEPT", 0)
+    return str(request.param)

@@ -21,7 +21,7 @@ import pytest
 
 from cellvault import ArchiveCorrupt, UnsafeArchive
 from cellvault.extract import ArchiveStream, StagedTree, stage
-from cellvault.manifest import Entry, Manifest
+from cellvault.manifest import SPECIAL_TYPES, Entry, Manifest
 from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
 from tests.system_tools import needs_root
 
@@ -30,8 +30,9 @@ from .test_tarread import ARCHIVE, DATA, archive_bytes, blocks, folder
 #: An archive earlier in the chain, never read here.
 OLDER = "cell_crm_20210101_000000"
 
-#: Every rule holds whoever creates the small files: this process, or the forked writer.
-pytestmark = pytest.mark.usefixtures("who_writes")
+#: Every rule holds whoever creates the small files (this process, or the forked
+#: writers) and however the end of the tree finds its folders and links.
+pytestmark = pytest.mark.usefixtures("who_writes", "others_noted")
 
 
 def staged(
@@ -740,3 +741,35 @@ def test_a_manifest_that_lists_dumps_first_restores_the_cell_without_them(tmp_pa
     tree.finish()
     assert (tree.files, tree.bytes) == (1, len(DATA))
     assert (tmp_path / "staging" / "crm" / "f").read_bytes() == DATA
+
+
+def test_the_end_of_the_tree_reads_no_manifest_through_for_its_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, others_noted: str
+) -> None:
+    """Noted by the preparation (a few thousand among millions of files), looked up by path."""
+    entries = [
+        dir_entry("data/crm"),
+        file_entry("data/crm/f", DATA, ARCHIVE),
+        dir_entry("data/crm/sub", mode=0o701),
+        link_entry("data/crm/l", "/etc/hostname"),
+        hardlink_entry("data/crm/h", "data/crm/f"),
+    ]
+    middle = folder() + blocks(*member("data/crm/f", DATA))
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    select = Manifest.select
+    scanned: list[tuple[str, ...]] = []
+
+    def spy(self: Manifest, *types: str) -> object:
+        scanned.append(types)
+        return select(self, *types)
+
+    monkeypatch.setattr(Manifest, "select", spy)
+    tree.finish()
+    staging = tmp_path / "staging" / "crm"
+    assert stat.S_IMODE((staging / "sub").stat().st_mode) == 0o701
+    assert os.readlink(staging / "l") == "/etc/hostname"
+    assert (staging / "h").stat().st_ino == (staging / "f").stat().st_ino
+    read_through = [("hardlink", "dir", "symlink", *SPECIAL_TYPES), ("symlink",)]
+    assert scanned == ([] if others_noted == "noted" else read_through)

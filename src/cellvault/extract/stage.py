@@ -60,6 +60,9 @@ _sha256 = hashlib.sha256
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEV_MODES = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
 _DIFFERS = "content does not match the manifest (sha256 differs)"
+#: Paths other than files a staging tree notes for its end (folders, links,
+#: nodes); past this many, its end reads the manifest through for them instead.
+OTHERS_KEPT = 65_536
 #: Marks a destination below a dumps folder that is not inside the staging tree
 #: (a NUL: no member name holds one).
 _OUTSIDE = "\0"
@@ -291,6 +294,9 @@ class StagedTree:
     #: The user and group that files made in the staging tree get, when it is known
     #: (``None``: a set-group-ID staging directory; every file is then chowned as root).
     _owner: tuple[int, int] | None = attrs.field(init=False, default=None)
+    #: The paths that are not files, in manifest order, noted by :meth:`prepare` for
+    #: :meth:`finish` (``None``: more than :data:`OTHERS_KEPT`; finish reads them all).
+    _others: list[str] | None = attrs.field(init=False, factory=list)
 
     def _dest(self, path: str) -> str | None:
         """Where a manifest path goes, relative to *staging*; ``None`` for an unwanted dump."""
@@ -342,6 +348,8 @@ class StagedTree:
         left = self._left
         checked = None  # the parent of the last entry: its ancestors are all directories
         get = self.manifest.get
+        others: list[str] | None = []
+        self._others = others
         for path, kind, holder in self.manifest.brief():
             dest = self._dest(path)
             if dest is None:
@@ -370,6 +378,11 @@ class StagedTree:
                 tree.fd(rel)
             elif kind == "file":
                 left[holder or ""] = left.get(holder or "", 0) + 1
+                continue
+            if others is not None:
+                others.append(path)
+                if len(others) > OTHERS_KEPT:
+                    others = self._others = None
 
     def _check_above(self, parts: list[str], path: str) -> None:
         """Refuse *path* if a path above it is listed as anything but a directory."""
@@ -686,7 +699,22 @@ class StagedTree:
         self._summarise()
 
     def _wanted(self, *types: str) -> Iterator[tuple[Entry, str]]:
-        """The manifest's entries of *types* to restore, with where each goes."""
+        """The manifest's entries of *types* to restore, with where each goes.
+
+        The entries that are not files are looked up from the paths
+        :meth:`prepare` noted, when it kept them all (a manifest of millions of
+        files is not read through for its few thousand folders).
+        """
+        others = self._others
+        if others is not None and "file" not in types:
+            get = self.manifest.get
+            for path in others:
+                found = get(path)
+                if found is not None and found.type in types:
+                    dest = self._dest(path)
+                    if dest is not None:
+                        yield found, dest
+            return
         for entry in self.manifest.select(*types):
             dest = self._dest(entry.path)
             if dest is not None:
