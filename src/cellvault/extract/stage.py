@@ -63,6 +63,8 @@ _DIFFERS = "content does not match the manifest (sha256 differs)"
 #: Paths other than files a staging tree notes for its end (folders, links,
 #: nodes); past this many, its end reads the manifest through for them instead.
 OTHERS_KEPT = 65_536
+#: Paths above checked ones kept as fine (then forgotten, and looked up again).
+_FINE_KEPT = 4_096
 #: Marks a destination below a dumps folder that is not inside the staging tree
 #: (a NUL: no member name holds one).
 _OUTSIDE = "\0"
@@ -297,6 +299,8 @@ class StagedTree:
     #: The paths that are not files, in manifest order, noted by :meth:`prepare` for
     #: :meth:`finish` (``None``: more than :data:`OTHERS_KEPT`; finish reads them all).
     _others: list[str] | None = attrs.field(init=False, factory=list)
+    #: Paths found to be folders (or absent) above others checked (see _check_above).
+    _fine_above: set[str] = attrs.field(init=False, factory=set)
 
     def _dest(self, path: str) -> str | None:
         """Where a manifest path goes, relative to *staging*; ``None`` for an unwanted dump."""
@@ -385,12 +389,23 @@ class StagedTree:
                     others = self._others = None
 
     def _check_above(self, parts: list[str], path: str) -> None:
-        """Refuse *path* if a path above it is listed as anything but a directory."""
+        """Refuse *path* if a path above it is listed as anything but a directory.
+
+        The paths above found fine are kept (a few thousand: siblings share
+        them), so that each is looked up once, not once per folder below it.
+        """
         get = self.manifest.get
+        fine = self._fine_above
         for depth in range(1, len(parts)):
-            above = get("/".join(parts[:depth]))
+            above_path = "/".join(parts[:depth])
+            if above_path in fine:
+                continue
+            above = get(above_path)
             if above is not None and above.type != "dir":
                 self._refuse_under(parts, path)
+            if len(fine) >= _FINE_KEPT:
+                fine.clear()
+            fine.add(above_path)
 
     def _check_hardlink(self, entry: Entry) -> None:
         first = self.manifest.get(entry.target or "")
