@@ -21,7 +21,16 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["become_child", "pipe", "read_exactly", "read_up_to", "receive", "send", "write_all"]
+__all__ = [
+    "become_child",
+    "fork",
+    "pipe",
+    "read_exactly",
+    "read_up_to",
+    "receive",
+    "send",
+    "write_all",
+]
 
 _LENGTH = struct.Struct("<Q")
 #: Seconds a child waits for input before it checks that its parent lives.
@@ -82,6 +91,46 @@ def pipe() -> tuple[int, int]:
 
         fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     return read, write
+
+
+def fork(work: Callable[[int, int, int], None], *keep: int) -> tuple[int, int, int] | None:
+    """Fork a child that runs ``work(feed, out, parent)``, then exits.
+
+    *feed* is the read end of a pipe this process writes to, *out* the write
+    end of one it reads; the child keeps them and the descriptors *keep*
+    (:func:`become_child`) and exits 0 if *work* returns, 1 if it raises.
+    Returns the child's pid, the feed's write end and the output's read end
+    (the caller closes them and waits for the child), or ``None`` where no
+    child can be started.
+    """
+    try:
+        feed_r, feed_w = pipe()
+    except OSError:
+        return None
+    try:
+        out_r, out_w = pipe()
+    except OSError:
+        os.close(feed_r)
+        os.close(feed_w)
+        return None
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except (OSError, AttributeError):
+        for fd in (feed_r, feed_w, out_r, out_w):
+            os.close(fd)
+        return None
+    if pid == 0:  # pragma: no cover - the child; its work is checked through the parent
+        code = 1
+        try:
+            become_child(parent, *keep, feed_r, out_w)
+            work(feed_r, out_w, parent)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(feed_r)
+    os.close(out_w)
+    return pid, feed_w, out_r
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -29,7 +29,7 @@ from typing import IO, Any, Generic, Literal, NamedTuple, NoReturn, Protocol, Ty
 import attrs
 
 from .errors import ArchiveCorrupt
-from .forking import become_child, pipe, read_up_to, receive, send, write_all
+from .forking import fork, read_up_to, receive, send, write_all
 from .spillmap import SpillMap
 from .trust import MAX_COUNT, MAX_MODE, check_count, check_holder, check_mode
 
@@ -829,33 +829,10 @@ class _Apart:
     @classmethod
     def start(cls, text: ManifestText) -> _Apart | None:
         """Fork the parser (``None`` where this process cannot: it parses here)."""
-        try:
-            feed_r, feed_w = pipe()
-        except OSError:
+        started = fork(_parse_apart)
+        if started is None:
             return None
-        try:
-            result_r, result_w = pipe()
-        except OSError:
-            os.close(feed_r)
-            os.close(feed_w)
-            return None
-        parent = os.getpid()
-        try:
-            pid = os.fork()
-        except (OSError, AttributeError):
-            for fd in (feed_r, feed_w, result_r, result_w):
-                os.close(fd)
-            return None
-        if pid == 0:  # pragma: no cover - the child; checked through what the parent reads
-            code = 1
-            try:
-                become_child(parent, feed_r, result_w)
-                _parse_apart(feed_r, result_w, parent)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(feed_r)
-        os.close(result_w)
+        pid, feed_w, result_r = started
         return cls(pid, result_r, feed_w, text)
 
     def _pump(self, text: ManifestText) -> None:

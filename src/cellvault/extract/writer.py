@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UnsafeArchive
-from ..forking import become_child, pipe, receive, send
+from ..forking import fork, receive, send
 
 __all__ = ["FileWriter"]
 
@@ -157,37 +157,18 @@ class _Child:
         dirs: Callable[[int], Any],
         differs: Callable[[str], Exception],
     ) -> _Child | None:
-        try:
-            feed_r, feed_w = pipe()
-        except OSError:
-            return None
-        try:
-            result_r, result_w = os.pipe()
-        except OSError:
-            os.close(feed_r)
-            os.close(feed_w)
-            return None
-        parent = os.getpid()
-        try:
-            pid = os.fork()
-        except (OSError, AttributeError):
-            for fd in (feed_r, feed_w, result_r, result_w):
-                os.close(fd)
-            return None
-        if pid == 0:  # pragma: no cover - the child; its work is checked through the parent
-            code = 1
+
+        def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
             try:
-                become_child(parent, root, feed_r, result_w)
-                outcome = _serve(dirs(root), feed_r, parent)
-                os.write(result_w, marshal.dumps(outcome))
-                code = 0
+                outcome = _serve(dirs(root), feed, parent)
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
-                with contextlib.suppress(BaseException):
-                    os.write(result_w, marshal.dumps(("crash", f"{type(exc).__name__}: {exc}")))
-            finally:
-                os._exit(code)
-        os.close(feed_r)
-        os.close(result_w)
+                outcome = ("crash", f"{type(exc).__name__}: {exc}")
+            os.write(out, marshal.dumps(outcome))
+
+        started = fork(work, root)
+        if started is None:
+            return None
+        pid, feed_w, result_r = started
         return cls(pid, feed_w, result_r, archive, differs)
 
     def send(self, batch: list[Record]) -> None:
