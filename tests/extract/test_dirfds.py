@@ -21,7 +21,7 @@ import attrs
 import pytest
 
 from cellvault import UnsafeArchive
-from cellvault.extract import stage
+from cellvault.extract import dirfds, stage
 from tests.archive_helpers import dir_entry, file_entry, member
 from tests.system_tools import needs_root, require
 
@@ -43,7 +43,7 @@ def tree(tmp_path: Path) -> Path:
 @pytest.fixture(params=[True, False], ids=["openat2", "fallback"])
 def openat2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
     if not request.param:
-        monkeypatch.setattr(stage.openat2, "works", False)
+        monkeypatch.setattr(dirfds.openat2, "works", False)
     yield request.param
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from cellvault import UnsafeArchive
 from cellvault.events import Event
-from cellvault.extract import ArchiveStream, StagedTree, stage
+from cellvault.extract import ArchiveStream, StagedTree, dirfds, stage
 
 from ..archive_helpers import make_vault, snapshot
 
@@ -112,7 +112,7 @@ def test_dir_fds_never_open_through_a_link(
     tmp_path: Path, with_openat2: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not with_openat2:
-        monkeypatch.setattr(stage.openat2, "works", False)
+        monkeypatch.setattr(dirfds.openat2, "works", False)
     (tmp_path / "tree" / "a" / "b").mkdir(parents=True)
     (tmp_path / "outside" / "b").mkdir(parents=True)
     (tmp_path / "tree" / "l").symlink_to(tmp_path / "outside")

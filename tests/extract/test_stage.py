@@ -20,7 +20,7 @@ import attrs
 import pytest
 
 from cellvault import ArchiveCorrupt, UnsafeArchive
-from cellvault.extract import ArchiveStream, StagedTree, stage
+from cellvault.extract import ArchiveStream, StagedTree, dirfds
 from cellvault.manifest import SPECIAL_TYPES, Entry, Manifest
 from tests.archive_helpers import dir_entry, file_entry, hardlink_entry, link_entry, member
 from tests.system_tools import needs_root
@@ -350,20 +350,20 @@ def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Pa
     # Linux 5.6 and later (every machine the suite runs on).
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "l").symlink_to("a")
-    fresh = stage._Openat2()
+    fresh = dirfds._Openat2()
     assert fresh.works is None
     root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         # Its first call refused (a link on the way): the error, and openat2 still usable.
-        first = stage._Openat2()
+        first = dirfds._Openat2()
         with pytest.raises(OSError) as refused:
-            first(root, "l/b", stage._OPEN_DIR)
+            first(root, "l/b", dirfds._OPEN_DIR)
         assert (refused.value.errno, first.works) == (errno.ELOOP, None)
         assert (refused.value.strerror, refused.value.filename) == (
             os.strerror(errno.ELOOP),
             "l/b",
         )
-        fd = fresh(root, "a/b", stage._OPEN_DIR)
+        fd = fresh(root, "a/b", dirfds._OPEN_DIR)
         assert fd is not None
         try:
             assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "a" / "b"))
@@ -371,10 +371,10 @@ def test_openat2_opens_a_path_beneath_and_refuses_a_link_on_the_way(tmp_path: Pa
             os.close(fd)
         assert fresh.works is True
         with pytest.raises(OSError) as info:
-            fresh(root, "l/b", stage._OPEN_DIR)
+            fresh(root, "l/b", dirfds._OPEN_DIR)
         assert info.value.errno == errno.ELOOP  # RESOLVE_NO_SYMLINKS
         with pytest.raises(OSError) as escaped:
-            fresh(root, "../" + tmp_path.name, stage._OPEN_DIR)
+            fresh(root, "../" + tmp_path.name, dirfds._OPEN_DIR)
         assert escaped.value.errno == errno.EXDEV  # RESOLVE_BENEATH
         assert fresh.works is True
     finally:

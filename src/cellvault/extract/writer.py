@@ -12,7 +12,7 @@ size).
 
 A child writes as the parent would: each file relative to a directory
 descriptor opened without following links from the staging root down
-(:class:`~cellvault.extract.stage.DirFds`), created with ``O_EXCL |
+(:class:`~cellvault.extract.dirfds.DirFds`), created with ``O_EXCL |
 O_NOFOLLOW``, then its owner, mode and times through the open descriptor.
 What it cannot do ends it, and the parent raises it: bytes other than the
 manifest's, a file that exists already (a member twice), a directory
@@ -84,7 +84,7 @@ class FileWriter:
         """Fork writers below the directory descriptor *root* (:data:`CHILDREN` of them).
 
         *dirs* makes, in a child, the directory walker of *root* (a
-        :class:`~cellvault.extract.stage.DirFds`); *differs* makes the error
+        :class:`~cellvault.extract.dirfds.DirFds`); *differs* makes the error
         raised for a member (named as in the archive) whose bytes are not
         those of its sha256. ``None`` when no child can be started: the caller
         writes the files itself.
