@@ -20,8 +20,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellvault import ArchiveCorrupt, Entry, Manifest
+from cellvault import ArchiveCorrupt, Entry, Manifest, manifest_text
 from cellvault.manifest import ENTRY_TYPES, InOrder, ManifestWriter, Row, RowsInOrder
+from cellvault.trust import MAX_COUNT, MAX_MODE
 
 from .archive_helpers import archive_files, make_vault, read_members
 
@@ -571,9 +572,8 @@ def test_write_json_writes_a_chunk_of_entries_at_a_time(
 
 
 def streamed(raw: bytes, monkeypatch: pytest.MonkeyPatch, chunk: int) -> Manifest:
-    import cellvault.manifest
 
-    monkeypatch.setattr(cellvault.manifest, "READ_CHUNK", chunk)
+    monkeypatch.setattr(manifest_text, "READ_CHUNK", chunk)
     return Manifest.read(io.BytesIO(raw), archive=ARCHIVE)
 
 
@@ -1041,7 +1041,7 @@ def _pattern_and_json(raw: bytes, chunk: int) -> tuple[object, object]:
 
         try:
             if how == "pattern":
-                got = list(text.fields(convert, ids))
+                got = list(text.fields(convert, ids, max_mode=MAX_MODE, max_count=MAX_COUNT))
             else:
                 got = [convert(item) for item in text.items()]
         except Exception as exc:
@@ -1051,7 +1051,7 @@ def _pattern_and_json(raw: bytes, chunk: int) -> tuple[object, object]:
         return "fields", (marshal.dumps(got, 2), sorted(ids))
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(manifest, "READ_CHUNK", chunk)  # entries cut across chunks
+        patch.setattr(manifest_text, "READ_CHUNK", chunk)  # entries cut across chunks
         return outcome("pattern"), outcome("json")
 
 
@@ -1136,7 +1136,9 @@ def test_the_usual_file_entry_is_read_by_the_pattern() -> None:
         raise AssertionError("parsed as JSON")
 
     ids: dict[str, str] = {}
-    [fields] = manifest.ManifestText(io.BytesIO(raw)).fields(refuse, ids)
+    [fields] = manifest.ManifestText(io.BytesIO(raw)).fields(
+        refuse, ids, max_mode=MAX_MODE, max_count=MAX_COUNT
+    )
     assert fields == manifest._FIELDS(entry)
     assert fields[manifest._ARCHIVE_AT] is ids[ARCHIVE]
 
@@ -1162,19 +1164,19 @@ def test_a_manifest_parsed_apart_from_any_point_reads_as_here(
 
     built = _wide_manifest()
     raw = json.dumps(json.loads(built.to_json()), ensure_ascii=False).encode()  # raw UTF-8
-    monkeypatch.setattr(manifest, "READ_CHUNK", 5)
+    monkeypatch.setattr(manifest_text, "READ_CHUNK", 5)
     monkeypatch.setattr(manifest, "PARSE_APART", 1 << 40)
     here = Manifest.read(io.BytesIO(raw), archive=ARCHIVE)
     cut: list[bytes] = []
-    start = manifest._Apart.start
+    start = manifest_text.ApartParser.start
 
-    def spy(text: Any) -> object:
+    def spy(text: Any, work: Any) -> object:
         cut.append(text._text.decoder.getstate()[0])  # bytes of a character cut in two
-        made = start(text)
+        made = start(text, work)
         assert made is not None
         return made
 
-    monkeypatch.setattr(manifest._Apart, "start", spy)
+    monkeypatch.setattr(manifest_text.ApartParser, "start", spy)
 
     def cut_at(ahead: int) -> bool:
         text = manifest.ManifestText(io.BytesIO(raw))
@@ -1239,7 +1241,7 @@ def test_what_reading_the_source_raised_is_raised_not_what_the_parser_made_of_it
     """The parser sees the text end early; the cause is the source's error, raised as before."""
     from cellvault import manifest
 
-    monkeypatch.setattr(manifest, "READ_CHUNK", 64)
+    monkeypatch.setattr(manifest_text, "READ_CHUNK", 64)
     raw = _wide_manifest().to_json()
     for apart in (1 << 40, 0):
         monkeypatch.setattr(manifest, "PARSE_APART", apart)
@@ -1263,16 +1265,16 @@ def test_a_parser_that_dies_is_said_to_have_died_not_the_manifest_to_be_bad(
 ) -> None:
     from cellvault import manifest
 
-    start = manifest._Apart.start
+    start = manifest_text.ApartParser.start
 
-    def killed(text: Any) -> object:
-        made = start(text)
+    def killed(text: Any, work: Any) -> object:
+        made = start(text, work)
         assert made is not None
         os.kill(made.pid, signal.SIGKILL)
         return made
 
     monkeypatch.setattr(manifest, "PARSE_APART", 0)
-    monkeypatch.setattr(manifest._Apart, "start", killed)
+    monkeypatch.setattr(manifest_text.ApartParser, "start", killed)
     with pytest.raises(
         RuntimeError, match=r"the process parsing the manifest ended without a word"
     ):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cellvault.manifest as manifest_module
+import cellvault.manifest_text as manifest_text
 import cellvault.spillmap as spillmap
 from cellvault import ArchiveCorrupt, Entry, Manifest
 from cellvault.manifest import InOrder, Row, RowsInOrder
@@ -118,7 +118,7 @@ def test_a_spilled_manifest_round_trips_and_reads_as_a_stream(
         built.add(_entry(i, kind="dir" if i % 5 == 0 else "file"))
     raw = built.to_json()
     monkeypatch.setattr(spillmap, "SPILL_AT", 8)
-    monkeypatch.setattr(manifest_module, "READ_CHUNK", 7)  # entries cut across chunks
+    monkeypatch.setattr(manifest_text, "READ_CHUNK", 7)  # entries cut across chunks
     read = Manifest.read(io.BytesIO(raw), archive=ARCHIVE)
     assert read.entries.spilled
     assert [e.path for e in read] == [e.path for e in built]
