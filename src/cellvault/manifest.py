@@ -461,46 +461,77 @@ def _read(cls: type[Manifest], source: Readable, archive: str) -> Manifest:
         if apart is not None:
             return _read_apart(manifest, text, apart, archive)
     ids: dict[str, str] = {}
-    add = manifest.add
-    entries = manifest.entries
-    items = text.fields(
+    tally = _Tally()
+    fields = text.fields(
         lambda item: _fields(item, ids), ids, max_mode=MAX_MODE, max_count=MAX_COUNT
     )
-    # Until the map spills, entries are kept as Entry objects.
-    # The bytes of the files by root, counted on the way (see Manifest.root_bytes).
-    sizes: dict[str, int] = {}
-    count = 0
-    for item in items:
-        entry = Entry(*item)
-        add(entry)
-        count += 1
-        if entry.type == "file":
-            root = _root_of(entry.path)
-            sizes[root] = sizes.get(root, 0) + entry.size
-        if entries.spilled:
-            break
-    # Past that, each entry's checked fields are stored as they are, a batch at a
-    # time: no Entry is built (:func:`_fields` checks what Entry.from_dict does).
-    holders = manifest._holders
-    dumps = marshal.dumps
-    batch: list[tuple[str, bytes]] = []
-    for fields in items:
-        count += 1
-        if fields[1] == "file":
-            if holders is not None and fields[_ARCHIVE_AT]:
-                holders.add(fields[_ARCHIVE_AT])
-            root = _root_of(fields[0])
-            sizes[root] = sizes.get(root, 0) + fields[_SIZE_AT]
-        batch.append((fields[0], dumps(fields)))
-        if len(batch) >= JSON_CHUNK:
-            entries.put_stored(batch)
-            batch = []
-    if batch:
-        entries.put_stored(batch)
+    for rows in tally.batches(fields):
+        _store(manifest, rows, ids)
+    return _finish(manifest, text, tally, ids, archive)
+
+
+class _Tally:
+    """What reading a manifest counts on the way.
+
+    Its entries, the archives holding its files, and the files' bytes by root
+    (see :meth:`Manifest.root_bytes`).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.holders: set[str] = set()
+        self.sizes: dict[str, int] = {}
+
+    def batches(self, fields: Iterable[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+        """*fields* (each entry's, in order) counted, a batch of :data:`JSON_CHUNK` at a time."""
+        holders, sizes = self.holders, self.sizes
+        rows: list[tuple[Any, ...]] = []
+        for entry in fields:
+            self.count += 1
+            if entry[1] == "file":
+                if entry[_ARCHIVE_AT]:
+                    holders.add(entry[_ARCHIVE_AT])
+                root = _root_of(entry[0])
+                sizes[root] = sizes.get(root, 0) + entry[_SIZE_AT]
+            rows.append(entry)
+            if len(rows) >= JSON_CHUNK:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+
+
+def _store(manifest: Manifest, rows: list[tuple[Any, ...]], ids: dict[str, str]) -> None:
+    """Add entries given by their checked fields.
+
+    As :class:`Entry` objects until the map spills (their archive ids shared
+    through *ids*), then stored as they are, a batch at a time.
+    """
+    entries = manifest.entries
+    start = 0
+    while start < len(rows) and not entries.spilled:
+        fields = rows[start]
+        holder = fields[_ARCHIVE_AT]
+        if holder is not None and ids.setdefault(holder, holder) is not holder:
+            at = _ARCHIVE_AT
+            fields = (*fields[:at], ids[holder], *fields[at + 1 :])
+        manifest.add(Entry(*fields))
+        start += 1
+    if start < len(rows):
+        dumps = marshal.dumps
+        entries.put_stored([(fields[0], dumps(fields)) for fields in rows[start:]])
+
+
+def _finish(
+    manifest: Manifest, text: ManifestText, tally: _Tally, ids: Iterable[str], archive: str
+) -> Manifest:
+    """The end of a read: the archive ids checked, the counts kept, the digest."""
     _check_holders(ids, archive)
+    if manifest._holders is not None:
+        manifest._holders.update(tally.holders)
     manifest.digest = text.digest
     # A path listed twice is one file (the later entry): counted again only then.
-    manifest._root_bytes = sizes if len(entries) == count else None
+    manifest._root_bytes = tally.sizes if len(manifest.entries) == tally.count else None
     return manifest
 
 
@@ -508,9 +539,6 @@ def _read_apart(
     manifest: Manifest, text: ManifestText, apart: ApartParser, archive: str
 ) -> Manifest:
     """:func:`_read`'s work with the entries parsed by *apart*: stored here as they come."""
-    entries = manifest.entries
-    add = manifest.add
-    dumps = marshal.dumps
     ids: dict[str, str] = {}  # the archive ids of the entries kept in memory, shared
     end: tuple[Any, ...] | None = None
     failure: tuple[Any, ...] | None = None
@@ -527,19 +555,7 @@ def _read_apart(
                 else:
                     failure = message
                 break
-            rows = message[1]
-            start = 0
-            # Until the map spills, entries are kept as Entry objects.
-            while start < len(rows) and not entries.spilled:
-                fields = rows[start]
-                holder = fields[_ARCHIVE_AT]
-                if holder is not None and ids.setdefault(holder, holder) is not holder:
-                    at = _ARCHIVE_AT
-                    fields = (*fields[:at], ids[holder], *fields[at + 1 :])
-                add(Entry(*fields))
-                start += 1
-            if start < len(rows):
-                entries.put_stored([(fields[0], dumps(fields)) for fields in rows[start:]])
+            _store(manifest, message[1], ids)
     finally:
         source_error = apart.close()
     if source_error is not None:
@@ -547,13 +563,10 @@ def _read_apart(
     if failure is not None:
         _raise_apart(failure)
     assert end is not None
-    _, file_holders, sizes, count, holder_ids = end
-    if manifest._holders is not None:
-        manifest._holders.update(file_holders)
-    _check_holders({holder: holder for holder in holder_ids}, archive)
-    manifest.digest = text.digest
-    manifest._root_bytes = sizes if len(entries) == count else None
-    return manifest
+    tally = _Tally()
+    _, holders, tally.sizes, tally.count, holder_ids = end
+    tally.holders.update(holders)
+    return _finish(manifest, text, tally, holder_ids, archive)
 
 
 def _raise_apart(failure: tuple[Any, ...]) -> NoReturn:
@@ -585,27 +598,14 @@ def _parse_apart(feed: int, out: int, parent: int) -> None:  # pragma: no cover 
     """
     text = ManifestText._after_head(PipeSource(feed, parent))
     ids: dict[str, str] = {}
-    holders: set[str] = set()
-    sizes: dict[str, int] = {}
-    count = 0
-    rows: list[tuple[Any, ...]] = []
+    tally = _Tally()
     try:
-        for fields in text.fields(
+        fields = text.fields(
             lambda item: _fields(item, ids), ids, max_mode=MAX_MODE, max_count=MAX_COUNT
-        ):
-            count += 1
-            if fields[1] == "file":
-                if fields[_ARCHIVE_AT]:
-                    holders.add(fields[_ARCHIVE_AT])
-                root = _root_of(fields[0])
-                sizes[root] = sizes.get(root, 0) + fields[_SIZE_AT]
-            rows.append(fields)
-            if len(rows) >= JSON_CHUNK:
-                send(out, ("rows", rows))
-                rows = []
-        if rows:
+        )
+        for rows in tally.batches(fields):
             send(out, ("rows", rows))
-        send(out, ("end", sorted(holders), sizes, count, sorted(ids)))
+        send(out, ("end", sorted(tally.holders), tally.sizes, tally.count, sorted(ids)))
     except BrokenPipeError:
         return  # the parent stopped listening
     except ArchiveCorrupt as exc:
@@ -694,7 +694,7 @@ def _entry(item: object, ids: dict[str, str]) -> Entry:
     return Entry.from_dict(item)
 
 
-def _check_holders(ids: dict[str, str], archive: str) -> None:
+def _check_holders(ids: Iterable[str], archive: str) -> None:
     for holder in ids:
         check_holder(holder, archive)
 
