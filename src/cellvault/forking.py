@@ -56,7 +56,7 @@ def become_child(parent: int, *keep: int) -> None:
     """Set up a freshly forked child of *parent* that keeps only the descriptors *keep*.
 
     It is killed by the kernel when its parent dies (``PR_SET_PDEATHSIG``;
-    where that is not available, :func:`read_exactly` notices within
+    where that is not available, :func:`read_up_to` notices within
     :data:`POLL` seconds), and the signals a host process may handle (a
     service's shutdown on SIGTERM) end it instead of running the host's
     handlers in it.
@@ -158,27 +158,17 @@ def receive(fd: int, parent: int | None = None) -> Any:
 
 
 def read_exactly(fd: int, size: int, parent: int | None = None) -> bytes | None:
-    """*size* bytes from *fd*, or ``None`` at its end.
-
-    With *parent* (in a child), also ``None`` once the parent is gone, checked
-    every :data:`POLL` seconds of silence.
-    """
-    parts = []
-    while size:
-        if parent is not None and not select.select([fd], [], [], POLL)[0]:
-            if os.getppid() != parent:
-                return None
-            continue
-        chunk = os.read(fd, min(size, _READ))
-        if not chunk:
-            return None
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
+    """*size* bytes from *fd*, or ``None`` at its end (see :func:`read_up_to`)."""
+    data = read_up_to(fd, size, parent)
+    return data if len(data) == size else None
 
 
 def read_up_to(fd: int, size: int, parent: int | None = None) -> bytes:
-    """Up to *size* bytes from *fd*, fewer only at its end (``b""`` then, or once *parent* died)."""
+    """Up to *size* bytes from *fd*, fewer only at its end.
+
+    With *parent* (in a child), the end comes too once the parent is gone,
+    checked every :data:`POLL` seconds of silence.
+    """
     parts = []
     while size:
         if parent is not None and not select.select([fd], [], [], POLL)[0]:
