@@ -36,6 +36,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import ArchiveCorrupt, UnsafeArchive
+from ..forking import write_all
 from ..fsmeta import decode_xattrs, set_xattrs
 from ..log import get_logger
 from ..manifest import SPECIAL_TYPES, Entry, Manifest, Row, RowsInOrder
@@ -448,9 +449,7 @@ class StagedTree:
             # A small file: read whole, checked, then written in one call.
             block = _checked_bytes(data, entry, stream)
             size = len(block)
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, block)
             if self.on_bytes is not None and size:
                 self.on_bytes(size)
             return size
@@ -471,9 +470,7 @@ class StagedTree:
         else:
             while block := data.read(BLOCK):
                 digest.update(block)
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, block)
                 size += len(block)
                 if self.on_bytes is not None:
                     self.on_bytes(len(block))

@@ -28,14 +28,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import marshal
 import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import UnsafeArchive
-from ..forking import fork, receive, send
+from ..forking import fork, receive, send, write_all
 
 __all__ = ["FileWriter"]
 
@@ -65,10 +64,13 @@ class FileWriter:
     at once.
     """
 
-    def __init__(self, children: list[_Child], archive: str) -> None:
+    def __init__(
+        self, children: list[_Child], archive: str, differs: Callable[[str], Exception]
+    ) -> None:
         self._children = children
         self._turn = 0
         self.archive = archive
+        self._differs = differs
         self._batch: list[Record] = []
         self._bytes = 0
 
@@ -89,13 +91,21 @@ class FileWriter:
         those of its sha256. ``None`` when no child can be started: the caller
         writes the files itself.
         """
+
+        def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
+            try:
+                outcome = _serve(dirs(root), feed, parent)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+                outcome = ("crash", f"{type(exc).__name__}: {exc}")
+            send(out, outcome)
+
         started: list[_Child] = []
         for _ in range(CHILDREN if children is None else children):
-            child = _Child.start(root, archive, dirs, differs)
-            if child is None:
+            forked = fork(work, root)
+            if forked is None:
                 break
-            started.append(child)
-        return cls(started, archive) if started else None
+            started.append(_Child(*forked))
+        return cls(started, archive, differs) if started else None
 
     @property
     def sent(self) -> int:
@@ -118,7 +128,9 @@ class FileWriter:
         batch, self._batch, self._bytes = self._batch, [], 0
         child = self._children[self._turn]
         self._turn = (self._turn + 1) % len(self._children)
-        child.send(batch)
+        stopped = child.send(batch)
+        if stopped is not None:
+            self._raise(stopped, child)
 
     def close(self) -> int:
         """Send the last batch, wait for every child; the number of files they made.
@@ -127,80 +139,20 @@ class FileWriter:
         """
         if self._batch:
             self._send()
-        return sum(child.finish() for child in self._children)
+        made = 0
+        for child in self._children:
+            outcome = child.finish()
+            if outcome[0] != "ok" or outcome[1] != child.sent:
+                self._raise(outcome, child)
+            made += int(outcome[1])
+        return made
 
     def abort(self) -> None:
         """End the children now and wait for them (after a failure; idempotent)."""
         for child in self._children:
             child.abort()
 
-
-class _Child:
-    """One forked writer, fed batches through a pipe; its last word through another."""
-
-    def __init__(
-        self, pid: int, feed: int, result: int, archive: str, differs: Callable[[str], Exception]
-    ) -> None:
-        self.pid = pid
-        self._differs = differs
-        self._feed = feed
-        self._result = result
-        self.archive = archive
-        #: Files handed to it.
-        self.sent = 0
-
-    @classmethod
-    def start(
-        cls,
-        root: int,
-        archive: str,
-        dirs: Callable[[int], Any],
-        differs: Callable[[str], Exception],
-    ) -> _Child | None:
-
-        def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
-            try:
-                outcome = _serve(dirs(root), feed, parent)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
-                outcome = ("crash", f"{type(exc).__name__}: {exc}")
-            os.write(out, marshal.dumps(outcome))
-
-        started = fork(work, root)
-        if started is None:
-            return None
-        pid, feed_w, result_r = started
-        return cls(pid, feed_w, result_r, archive, differs)
-
-    def send(self, batch: list[Record]) -> None:
-        self.sent += len(batch)
-        try:
-            send(self._feed, batch)
-        except BrokenPipeError:
-            # The child stopped reading: it met something, and says what.
-            self._raise(self._outcome())
-
-    def finish(self) -> int:
-        """Send the end mark and wait for the child; the number of files it made."""
-        with contextlib.suppress(BrokenPipeError):
-            send(self._feed, None)
-        outcome = self._outcome()
-        if outcome[0] != "ok" or outcome[1] != self.sent:
-            self._raise(outcome)
-        return int(outcome[1])
-
-    def _outcome(self) -> tuple[Any, ...]:
-        """The child's last word, once it has ended (a crash says so)."""
-        chunks = []
-        while chunk := os.read(self._result, 1 << 16):
-            chunks.append(chunk)
-        self._reap()
-        try:
-            outcome = marshal.loads(b"".join(chunks))  # noqa: S302 - our own child's words
-        except (EOFError, ValueError, TypeError):
-            outcome = ("crash", "the file writer ended without a word")
-        return outcome if isinstance(outcome, tuple) and outcome else ("crash", repr(outcome))
-
-    def _raise(self, outcome: tuple[Any, ...]) -> None:
+    def _raise(self, outcome: tuple[Any, ...], child: _Child) -> NoReturn:
         kind = outcome[0]
         if kind == "differs":
             raise self._differs(f"data/{outcome[1]}")
@@ -214,9 +166,44 @@ class _Child:
             raise OSError(outcome[1], outcome[2], outcome[3])
         if kind == "ok":
             raise OSError(
-                errno.EIO, f"the file writer made {outcome[1]} of {self.sent} files", None
+                errno.EIO, f"the file writer made {outcome[1]} of {child.sent} files", None
             )
         raise OSError(errno.EIO, f"the file writer failed ({outcome[1]})", None)
+
+
+class _Child:
+    """One forked writer (:func:`~cellvault.forking.fork`): batches in, its last word out."""
+
+    def __init__(self, pid: int, feed: int, result: int) -> None:
+        self.pid = pid
+        self._feed = feed
+        self._result = result
+        #: Files handed to it.
+        self.sent = 0
+
+    def send(self, batch: list[Record]) -> tuple[Any, ...] | None:
+        """Hand *batch* over; the child's last word if it has stopped reading (it met something)."""
+        self.sent += len(batch)
+        try:
+            send(self._feed, batch)
+        except BrokenPipeError:
+            return self._outcome()
+        return None
+
+    def finish(self) -> tuple[Any, ...]:
+        """Send the end mark and wait for the child; its last word."""
+        with contextlib.suppress(BrokenPipeError):
+            send(self._feed, None)
+        return self._outcome()
+
+    def _outcome(self) -> tuple[Any, ...]:
+        """The child's last word, once it has ended (a crash says so)."""
+        try:
+            outcome = receive(self._result)
+        except (EOFError, ValueError, TypeError):
+            outcome = ("crash", "the file writer ended without a word")
+        self._reap()
+        return outcome if isinstance(outcome, tuple) and outcome else ("crash", repr(outcome))
 
     def abort(self) -> None:
         """End the child now and wait for it (idempotent)."""
@@ -264,9 +251,7 @@ def _serve(dirs: Any, feed: int, parent: int) -> tuple[Any, ...]:  # pragma: no 
                 except FileExistsError:
                     return ("twice", f"{folder}/{base}" if folder else base)
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    write_all(fd, data)
                     if uid >= 0:
                         with contextlib.suppress(OSError):
                             os.fchown(fd, uid, gid)
