@@ -150,11 +150,11 @@ class Source:
 
 def _number(field: bytes) -> int:
     """A numeric header field: octal text, or base-256 (GNU) when the high bit is set."""
-    if field[-1] == 0:
-        # As cellvault and GNU tar write it: octal digits, then a NUL.
-        digits = field[:-1]
-        if not digits.strip(_OCTAL):
-            return int(digits, 8)
+    # As cellvault and GNU tar write it: octal digits up to the first NUL (what
+    # follows it is not read); any other form below.
+    digits = field.partition(b"\0")[0]
+    if digits and not digits.strip(_OCTAL):
+        return int(digits, 8)
     if field[0] & 0x80:
         value = int.from_bytes(field[1:], "big")
         if field[0] == 0x80:
@@ -175,10 +175,7 @@ def _text(field: bytes) -> str:
 
 
 def _checksum_ok(block: bytes) -> bool:
-    field = block[148:156]
-    # "%06o\0 ", as cellvault and GNU tar write it; any other form through _number.
-    digits = field[:6]
-    stored = int(digits, 8) if field[6:] == b"\0 " and not digits.strip(_OCTAL) else _number(field)
+    stored = _number(block[148:156])
     # The checksum field counts as eight spaces; some writers summed signed bytes.
     # The sum of the bytes, from adler32's first half (1 + their sum, modulo 65521)
     # over each half of the block (at most 256 * 255 = 65280: no modulo taken):
