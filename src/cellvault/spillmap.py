@@ -33,6 +33,18 @@ def _same(text: str) -> str:
     return text
 
 
+def _scratch_db() -> sqlite3.Connection:
+    """A private temporary database ("": on disk, deleted when closed), its cache bounded.
+
+    Nothing in it needs to survive a crash: no journal, no syncs.
+    """
+    db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    return db
+
+
 def _key(key: str) -> str | bytes:
     """*key* as the database stores it: ASCII as text, anything else as its bytes.
 
@@ -80,11 +92,7 @@ class SpillMap(Generic[V]):
         return self._db is not None
 
     def _spill(self) -> None:
-        # "": a private temporary database on disk, deleted when it is closed.
-        db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("PRAGMA synchronous=OFF")
+        db = _scratch_db()
         # k: text or bytes (see _key), so no column affinity converts one into the other.
         db.execute("CREATE TABLE m (i INTEGER PRIMARY KEY, k BLOB NOT NULL UNIQUE, v TEXT)")
         self._db = db
@@ -322,10 +330,7 @@ class SeenNames:
     def _flush(self) -> str | None:
         db = self._db
         if db is None:
-            db = self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
-            db.execute(f"PRAGMA cache_size=-{CACHE_KIB:d}")
-            db.execute("PRAGMA journal_mode=OFF")
-            db.execute("PRAGMA synchronous=OFF")
+            db = self._db = _scratch_db()
             db.execute("CREATE TABLE s (k BLOB PRIMARY KEY) WITHOUT ROWID")
             db.execute("CREATE TABLE b (k BLOB)")
         batch, self._set = self._set, set()
