@@ -413,15 +413,7 @@ class StagedTree:
                 and data.reader.left <= _SMALL
             ):
                 # Read and checked here; created, with its attributes, by the writer.
-                size = self._hand_over(
-                    writer,
-                    data,
-                    entry,
-                    stream,
-                    (parent, base, created),
-                    chown=chown,
-                    chmod=not unmasked,
-                )
+                size = self._hand_over(writer, data, entry, stream, (parent, base, created), chown)
             else:
                 try:
                     fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
@@ -493,28 +485,27 @@ class StagedTree:
         entry: Entry | Row,
         stream: ArchiveStream,
         where: tuple[str, str, int],
-        *,
         chown: bool,
-        chmod: bool,
     ) -> int:
         """A small file read here, for *writer* to check and create at *where*.
 
         *where*: its folder and name in the staging tree, and the mode it is
-        created with; *chown* and *chmod* say whether its owner and mode are
-        set after, as :meth:`_attributes` says. Its size is checked here, its
-        sha256 by the writer.
+        created with (no chmod after when that is its mode once masked). Its
+        size is checked here, its sha256 by the writer.
         """
         block = data.readall()
         if len(block) != entry.size or entry.sha256 is None:
             raise stream.corrupt(_DIFFERS, member=data.name)
         parent, base, created = where
+        umask = self._umask
+        unmasked = umask is not None and created & ~umask == entry.mode
         writer.add(
             (
                 parent,
                 base,
                 created,
                 block,
-                entry.mode if chmod else -1,
+                -1 if unmasked else entry.mode,
                 entry.uid if chown else -1,
                 entry.gid,
                 entry.mtime_ns,
