@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import pytest
 
+from cellvault import readahead
 from cellvault.extract import stage
 from tests.system_tools import find, needs_root, require, unavailable
 
@@ -266,6 +267,7 @@ class Restored:
     source: Describe
     cellvault: Describe
     cellvault_writers: Describe
+    cellvault_readers: Describe
     gnu_tar: Describe
     bsdtar: Describe | None
     made: frozenset[str]
@@ -297,6 +299,15 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage, "WRITER_MIN_FILES", 0)
         report = vault.restore(backup.cells[0].archive, into=base / "cvw")
+    assert report.ok, report.cells[0].error
+    # And backed up with the small files read by the forked readers (a cell of many files).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(readahead, "FORK_MIN_FILES", 0)
+        patch.setattr(readahead, "FORK_MAX_RSS", 1 << 62)
+        forked = make_vault(base / "backup-r", [src])
+        backup_r = forked.backup()
+        assert backup_r.ok, backup_r.cells[0].error
+    report = forked.restore(backup_r.cells[0].archive, into=base / "cvr")
     assert report.ok, report.cells[0].error
     archive = next((base / "backup" / "crm").glob("*.tar.zst"))
     gnu = base / "gnu"
@@ -330,6 +341,7 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
         source=describe(src),
         cellvault=describe(base / "cv" / "crm" / "crm"),
         cellvault_writers=describe(base / "cvw" / "crm" / "crm"),
+        cellvault_readers=describe(base / "cvr" / "crm" / "crm"),
         gnu_tar=describe(gnu / "data" / "crm"),
         bsdtar=describe(bsd / "data" / "crm") if find("bsdtar") is not None else None,
         made=frozenset(made),
@@ -337,7 +349,9 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("tool", ["cellvault", "cellvault_writers", "gnu_tar", "bsdtar"])
+@pytest.mark.parametrize(
+    "tool", ["cellvault", "cellvault_writers", "cellvault_readers", "gnu_tar", "bsdtar"]
+)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_kind_restores_as_it_was(restored: Restored, case: Case, tool: str) -> None:
     if case.needs_root and not AS_ROOT:
@@ -357,13 +371,14 @@ def test_every_kind_restores_as_it_was(restored: Restored, case: Case, tool: str
 def test_sparse_files_come_back_with_their_holes(restored: Restored) -> None:
     source = restored.source["sparse.img"]
     assert source["blocks"] * 512 < source["size"] // 100  # the source is sparse
-    for tool in ("cellvault", "cellvault_writers", "gnu_tar"):
+    for tool in ("cellvault", "cellvault_writers", "cellvault_readers", "gnu_tar"):
         assert getattr(restored, tool)["sparse.img"]["blocks"] == source["blocks"]
 
 
 def test_the_whole_tree_matches(restored: Restored) -> None:
     assert restored.cellvault == restored.source
     assert restored.cellvault_writers == restored.source
+    assert restored.cellvault_readers == restored.source
     assert restored.gnu_tar == restored.source
 
 

@@ -21,6 +21,7 @@ import pytest
 
 import cellvault.pack as pack
 import cellvault.readahead as readahead
+import cellvault.readers as readers
 from cellvault import Manifest
 from cellvault.readahead import FileSource as _FileSource
 from cellvault.readahead import Opened as _Opened
@@ -50,11 +51,20 @@ def open_under(root: Path) -> list[str]:
 WHOLE = 256 << 10
 
 
-@pytest.fixture(autouse=True, params=[0, WHOLE], ids=["kernel-read-ahead", "read-whole"])
+@pytest.fixture(
+    autouse=True,
+    params=[(0, False), (WHOLE, False), (WHOLE, True)],
+    ids=["kernel-read-ahead", "read-whole", "forked-readers"],
+)
 def read_whole(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Each test twice: files only opened ahead (the default), and small files read whole."""
-    monkeypatch.setattr(readahead, "READ_WHOLE", request.param)
-    return int(request.param)
+    """Each test three times: files only opened ahead, small files read whole by a
+    thread, and small files built by forked readers (:mod:`cellvault.readers`)
+    from the first one on."""
+    whole, forked = request.param
+    monkeypatch.setattr(readahead, "READ_WHOLE", whole)
+    monkeypatch.setattr(readahead, "FORK_MIN_FILES", 0 if forked else 1 << 62)
+    monkeypatch.setattr(readahead, "FORK_MAX_RSS", 1 << 62)  # a long test run grows
+    return int(whole)
 
 
 @pytest.fixture
@@ -111,6 +121,9 @@ def test_members_in_walk_order_with_their_bytes(tmp_path: Path, tree: Path) -> N
 def test_reads_stay_within_the_budget(
     tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The threads' window (the readers' is tests/test_readers.py's
+    # test_readers_have_one_bounded_batch_each): no readers here.
+    monkeypatch.setattr(readahead, "FORK_MIN_FILES", 1 << 62)
     # A small budget and a slow writer: the threads would run far ahead if unbounded.
     monkeypatch.setattr(readahead, "READ_BUDGET", 64 << 10)
     monkeypatch.setattr(readahead, "READ_ITEMS", 16)
@@ -152,13 +165,20 @@ def test_a_file_that_vanishes_before_its_read_is_skipped_with_a_warning(
 ) -> None:
     gone = tree / "d2" / "sub" / "f07.txt"
     real_open = readahead.open_ahead
+    real_open_fd = readers.open_scanned_fd
 
     def vanishing(path: str, size: int) -> _Opened:
         if path == str(gone):
-            gone.unlink()
+            gone.unlink(missing_ok=True)
         return real_open(path, size)
 
+    def vanishing_fd(path: str) -> tuple[int, os.stat_result]:
+        if path == str(gone):  # in a forked reader
+            gone.unlink(missing_ok=True)
+        return real_open_fd(path)
+
     monkeypatch.setattr(readahead, "open_ahead", vanishing)
+    monkeypatch.setattr(readers, "open_scanned_fd", vanishing_fd)
     vault = make_vault(tmp_path / "backup", [tree])
     report = vault.backup()
     assert report.ok

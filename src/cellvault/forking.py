@@ -22,12 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "FORK_MAX_RSS",
     "become_child",
     "fork",
     "pipe",
     "read_exactly",
     "read_up_to",
     "receive",
+    "resident",
     "send",
     "write_all",
 ]
@@ -37,6 +39,22 @@ _LENGTH = struct.Struct("<Q")
 POLL = 1.0
 #: Bytes read from a pipe at a time.
 _READ = 1 << 20
+
+
+#: Above this resident size a process does the work itself rather than fork
+#: for it: the fork of a big process (a service that embeds cellvault) copies
+#: its page tables, then its pages as they are written, and costs more than
+#: the work it would share.
+FORK_MAX_RSS = 256 << 20
+
+
+def resident() -> int:
+    """This process's resident size in bytes (0 where /proc cannot tell)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _libc_prctl() -> Callable[..., int] | None:

@@ -9,7 +9,9 @@ and the manifest is written into a spool file entry by entry
 Files are opened and read a little ahead of the tar writer by a few threads
 (:class:`ReadAhead`), so that the disk's latency for one small file overlaps
 the compression of the ones before it; small files are read whole, hashed and
-closed there, in batches. The bytes read ahead are bounded.
+closed there, in batches. The bytes read ahead are bounded. In a cell of many
+small files, forked readers (:mod:`cellvault.readers`) build those files'
+members and entries instead, on the other core.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from .fsmeta import (
 )
 from .log import get_logger
 from .manifest import JSON_CHUNK, Entry, InOrder, Manifest, ManifestWriter
-from .readahead import FILE_ITEM, FileSource, Handle, Opened, ReadAhead
+from .readahead import FILE_ITEM, FileSource, Handle, Made, Opened, ReadAhead
+from .readers import file_entry
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
 from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
@@ -328,7 +331,9 @@ class Packer:
     # cost a third of a walk.
 
     def _add_trees(self, tar: TarWriter, roots: dict[str, Path]) -> None:
-        ahead = ReadAhead()
+        # Forked readers build the members of small files, unless each file's
+        # hash is to be compared with the parent's here (checksum).
+        ahead = ReadAhead(fork_for=None if self.checksum else self._archive)
         try:
             for item, future in ahead.items(self._walk(roots)):
                 kind = item[0]
@@ -338,6 +343,13 @@ class Packer:
                     self._progress(item[3].st_size)
                 elif kind == _FILE:
                     assert future is not None
+                    if isinstance(future, Made):
+                        built = future.result()
+                        if built is not None:
+                            self._add_built(tar, item[3].st_size, built)
+                            continue
+                        # Not plain, or it failed there: opened here, warned here.
+                        future = readahead.opened_now(item[1], item[3].st_size)
                     self._add_file(tar, item, future)
                 elif kind == _DIR:
                     self._add_dir(tar, item[2], item[3], item[1])
@@ -632,6 +644,16 @@ class Packer:
         self._progress(size)
         self._stored(path, name, st, mode, digest, encoded, opened.short)
 
+    def _add_built(self, tar: TarWriter, size: int, built: tuple[bytes, str]) -> None:
+        """A small file's member and entry, built by a forked reader (:mod:`cellvault.readers`)."""
+        member, entry = built
+        tar.write(member)
+        self._progress(size)
+        self._files_stored += 1
+        self._seen += 1
+        self._bytes_stored += size
+        self._manifest.add_json(entry, self._archive)
+
     def _stored(
         self,
         path: str,
@@ -650,18 +672,21 @@ class Packer:
         self._files_stored += 1
         self._seen += 1
         self._bytes_stored += st.st_size
-        # Entry(path=name, type="file", ...).to_json(), without the Entry: this
-        # is once per file stored (tests/test_pack_extract.py compares the text).
-        tail = "}"
-        if xattrs:
-            pairs = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in xattrs)
-            tail = f',"xattrs":{{{pairs}}}}}'
-        # (Ints as they are: the same text as with ":d", in half the time.)
         self._manifest.add_json(
-            f'{{"path":{_quote(name)},"type":"file","mode":{mode},'
-            f'"mtime_ns":{st.st_mtime_ns},"uid":{st.st_uid},"gid":{st.st_gid},'
-            f'"size":{st.st_size},"sha256":{_quote(sha256)},"archive":{self._quoted},'
-            f'"inode":{st.st_ino},"dev":{st.st_dev},"ctime_ns":{st.st_ctime_ns}{tail}',
+            file_entry(
+                name,
+                mode,
+                st.st_mtime_ns,
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                sha256,
+                self._quoted,
+                st.st_ino,
+                st.st_dev,
+                st.st_ctime_ns,
+                xattrs,
+            ),
             self._archive,
         )
 

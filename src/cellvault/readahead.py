@@ -16,12 +16,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
+from .forking import FORK_MAX_RSS, resident
 from .fsmeta import Xattrs, read_xattrs
+from .readers import Built, Job, Readers
 from .safeopen import open_scanned_fd
 from .tarwrite import BLOCK, ZEROS
 
 __all__ = [
     "FILE_ITEM",
+    "FORK_BATCH",
+    "FORK_BYTES",
+    "FORK_ITEMS",
+    "FORK_MIN_FILES",
     "READ_BATCH",
     "READ_BUDGET",
     "READ_ITEMS",
@@ -29,14 +35,17 @@ __all__ = [
     "READ_THREADS",
     "READ_WHOLE",
     "READ_WINDOW",
+    "Ahead",
     "Batch",
     "FileSource",
     "Handle",
+    "Made",
     "Opened",
     "ReadAhead",
     "Slot",
     "close_opened",
     "open_ahead",
+    "opened_now",
 ]
 
 #: The kind of a walk item (its first field) that is a file to read.
@@ -61,6 +70,14 @@ READ_WINDOW = 8 << 20
 #: Files held open ahead of the writer (cells may be packed in parallel: this
 #: keeps a run far from the limit on open files).
 READ_OPEN = 128
+#: Forked readers (:mod:`cellvault.readers`) take a cell's small files once
+#: the walk has found this many (a small cell is not worth two processes),
+#: FORK_BATCH files or FORK_BYTES of them to a batch, with up to FORK_ITEMS
+#: items ahead of the writer (their batches are larger than a thread's).
+FORK_MIN_FILES = 1000
+FORK_BATCH = 256
+FORK_BYTES = 1 << 20
+FORK_ITEMS = 4096
 
 
 def _no_progress(n: int) -> None:
@@ -239,11 +256,63 @@ class Slot:
         return got
 
 
-#: What the packer is handed for a file to store: its ``result()`` is the file opened.
+class Jobs:
+    """Small files for a forked reader (:mod:`cellvault.readers`), sent as one batch."""
+
+    __slots__ = ("bytes", "child", "done", "jobs", "readers")
+
+    def __init__(self, readers: Readers) -> None:
+        self.readers = readers
+        self.jobs: list[Job] = []
+        self.bytes = 0
+        #: The reader it was sent to (``None``: not yet sent).
+        self.child: Any = None
+        #: The reader's answer, once taken.
+        self.done: list[Built] | None = None
+
+
+class Made:
+    """One file of a :class:`Jobs` batch: its ``result()`` is what the reader built (or ``None``).
+
+    ``None`` means the reader did not store the file (not plain, or an error):
+    the packer opens it itself (:func:`opened_now`).
+    """
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: Jobs, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def result(self) -> Built:
+        batch = self.batch
+        done = batch.done
+        if done is None:
+            assert batch.child is not None  # sent before it is handed out
+            done = batch.done = batch.readers.take(batch.child)
+        return done[self.index]
+
+
+def opened_now(path: str, size: int) -> Future[Opened]:
+    """:func:`open_ahead` in this thread, as a finished future (its result or its error)."""
+    future: Future[Opened] = Future()
+    try:
+        future.set_result(open_ahead(path, size))
+    except Exception as exc:  # noqa: BLE001 - raised by result(), as a thread's would be
+        future.set_exception(exc)
+    return future
+
+
+#: What the packer opens a file to store through: its ``result()`` is the file opened.
 Handle = Future[Opened] | Slot
+#: What the packer is handed for a file to store: a :data:`Handle`, or a
+#: :class:`Made` (the file's member, built by a forked reader).
+Ahead = Handle | Made
 
 
-def close_opened(future: Handle) -> None:
+def close_opened(future: Ahead) -> None:
+    if isinstance(future, Made):
+        return  # nothing of it is open here
     if isinstance(future, Slot):
         batch = future.batch.future
         if batch is None or not batch.done() or batch.cancelled() or batch.exception():
@@ -266,21 +335,36 @@ class ReadAhead:
     (at most :data:`READ_ITEMS` items, :data:`READ_BUDGET` bytes and
     :data:`READ_OPEN` open files ahead) and
     hands out its future, whose result (or error) the packer takes in order.
-    :meth:`close` stops the threads and closes whatever was opened and not
-    taken; no thread outlives it.
+    With *fork_for* (the archive's id), once the walk has found
+    :data:`FORK_MIN_FILES` small files, forked readers take the small files
+    instead (:mod:`cellvault.readers`; a :class:`Made` handle each).
+    :meth:`close` stops the threads and the readers and closes whatever was
+    opened and not taken; no thread or reader outlives it.
     """
 
     def __init__(
-        self, threads: int | None = None, budget: int | None = None, items: int | None = None
+        self,
+        threads: int | None = None,
+        budget: int | None = None,
+        items: int | None = None,
+        *,
+        fork_for: str | None = None,
     ) -> None:
         self.threads = threads or READ_THREADS
         self.budget = budget or READ_BUDGET
         self.max_items = items or READ_ITEMS
         self._pool: ThreadPoolExecutor | None = None
         #: (item, its handle, bytes it holds ahead, whether it stays open until taken)
-        self._window: deque[tuple[Item, Handle | None, int, bool]] = deque()
+        self._window: deque[tuple[Item, Ahead | None, int, bool]] = deque()
         #: Small files gathered for the next task, not yet submitted.
         self._batch: Batch | None = None
+        #: The archive the forked readers build members for (``None``: no readers).
+        self._fork_for = fork_for
+        #: Small files found so far, until the readers are forked.
+        self._small = 0
+        self._readers: Readers | None = None
+        #: Small files gathered for the next reader, not yet sent.
+        self._jobs: Jobs | None = None
 
     def _started(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -294,14 +378,30 @@ class ReadAhead:
         if self._batch is batch:
             self._batch = None
 
-    def _submit(self, item: Item) -> tuple[Item, Handle | None, int, bool]:
+    def _forked(self) -> Readers | None:
+        """The forked readers, started once enough small files were found (``None``: none)."""
+        if self._readers is None and self._fork_for is not None:
+            self._small += 1
+            if self._small >= FORK_MIN_FILES:
+                archive, self._fork_for = self._fork_for, None  # one try
+                if resident() <= FORK_MAX_RSS:
+                    self._readers = Readers.start(archive)
+                    if self._readers is not None:
+                        self.max_items = max(self.max_items, FORK_ITEMS)
+        return self._readers
+
+    def _submit(self, item: Item) -> tuple[Item, Ahead | None, int, bool]:
         if item[0] != FILE_ITEM:
             return item, None, 0, False
         st = item[3]
         size: int = st.st_size
         cost = min(size, READ_WINDOW)
         if size <= READ_WHOLE and st.st_blocks * 512 >= size:
-            # Small, not sparse: read whole and closed by the thread, a batch to a task.
+            # Small, not sparse: read whole and closed by a thread (a batch to a
+            # task) or built by a forked reader.
+            readers = self._forked()
+            if readers is not None:
+                return item, self._job(readers, item), cost, False
             batch = self._batch
             if batch is None:
                 batch = self._batch = Batch()
@@ -312,14 +412,65 @@ class ReadAhead:
             return item, slot, cost, False
         return item, self._started().submit(open_ahead, item[1], size), cost, True
 
-    def items(self, walk: Iterator[Item]) -> Iterator[tuple[Item, Handle | None]]:
+    def _job(self, readers: Readers, item: Item) -> Made:
+        st = item[3]
+        jobs = self._jobs
+        if jobs is None:
+            jobs = self._jobs = Jobs(readers)
+        made = Made(jobs, len(jobs.jobs))
+        jobs.jobs.append(
+            (
+                item[1],
+                item[2],
+                st.st_mode & 0o7777,
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+                st.st_dev,
+                st.st_ctime_ns,
+            )
+        )
+        jobs.bytes += st.st_size
+        if len(jobs.jobs) >= FORK_BATCH or jobs.bytes >= FORK_BYTES:
+            self._hand_over()
+        return made
+
+    def _hand_over(self) -> bool:
+        """Send the gathered jobs to an idle reader; ``False`` if every reader has a batch."""
+        jobs = self._jobs
+        if jobs is None:
+            return True
+        child = jobs.readers.idle()
+        if child is None:
+            return False
+        jobs.child = child
+        self._jobs = None
+        jobs.readers.send(child, jobs.jobs)
+        return True
+
+    def _stuck(self) -> bool:
+        """A full batch waits for a reader: the window grows no further until one is free."""
+        jobs = self._jobs
+        return (
+            jobs is not None
+            and (len(jobs.jobs) >= FORK_BATCH or jobs.bytes >= FORK_BYTES)
+            and not self._hand_over()
+        )
+
+    def items(self, walk: Iterator[Item]) -> Iterator[tuple[Item, Ahead | None]]:
         window = self._window
         held = 0  # bytes ahead: read into memory, or asked of the kernel
         opened = 0  # larger files open ahead
         more = True
         while True:
             while (
-                more and len(window) < self.max_items and held < self.budget and opened < READ_OPEN
+                more
+                and len(window) < self.max_items
+                and held < self.budget
+                and opened < READ_OPEN
+                and not self._stuck()
             ):
                 item = next(walk, None)
                 if item is None:
@@ -334,6 +485,10 @@ class ReadAhead:
             item, handle, cost, is_open = window[0]
             if type(handle) is Slot and handle.batch.future is None:
                 self._send(handle.batch)  # wanted now: not waiting for the batch to fill
+            elif type(handle) is Made and handle.batch.child is None:
+                # Wanted now. Every batch before it was taken: a reader is idle.
+                sent = self._hand_over()
+                assert sent
             yield item, handle
             # Taken only now: if the packer failed on it, close() still sees it.
             window.popleft()
@@ -344,8 +499,12 @@ class ReadAhead:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.close()
         for _, handle, _, _ in self._window:
             if handle is not None:
                 close_opened(handle)
         self._window.clear()
         self._batch = None
+        self._jobs = None

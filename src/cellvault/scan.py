@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import attrs
 
 from .cell import Cell, excluder
+from .forking import FORK_MAX_RSS, resident
 
 __all__ = ["TotalsAhead", "TreeTotals", "tree_totals"]
 
@@ -70,15 +71,6 @@ def tree_totals(cell: Cell) -> TreeTotals:
     return TreeTotals(files=files, bytes=size)
 
 
-def _resident() -> int:
-    """This process's resident size in bytes (0 where /proc cannot tell)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class TotalsAhead:
     """:func:`tree_totals` of some cells, counted by a child process while the backup goes on.
 
@@ -94,7 +86,7 @@ class TotalsAhead:
     WAIT = 60.0
     #: Above this resident size the counts are taken here: a fork of a big process
     #: (a service that embeds cellvault) costs more than the walk it would save.
-    FORK_MAX_RSS = 256 << 20
+    FORK_MAX_RSS = FORK_MAX_RSS
 
     def __init__(self, cells: Sequence[Cell]) -> None:
         self.cells = list(cells)
@@ -105,7 +97,7 @@ class TotalsAhead:
         if not self.cells:
             self._totals = []
             return
-        if _resident() > self.FORK_MAX_RSS:
+        if resident() > self.FORK_MAX_RSS:
             return  # counted here, by get()
         try:
             read_fd, write_fd = os.pipe()

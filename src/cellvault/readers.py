@@ -1,0 +1,214 @@
+"""Small files of a backup read by other processes.
+
+A backup of many small files spends most of its time on work per file:
+opening, reading and hashing it, then its tar header and manifest entry. In
+one process that work runs on one core, and read-ahead threads only pass the
+GIL to and fro. :class:`Readers` forks children (two) that do it instead:
+the packer walks the cell and sends the small files it finds, a batch at a
+time, to whichever child is idle; a child opens each file as the packer
+would (:func:`~cellvault.safeopen.open_scanned_fd`: no link followed, a
+regular file, the inode the walk saw), reads and hashes it, and answers with
+the file's whole tar member (header, bytes, padding) and its manifest entry
+(:func:`file_entry`). The packer writes them in walk order, as if it had
+built them.
+
+A child builds a member only for a plain file: still the one the walk saw,
+of the size the walk saw, without extended attributes. For anything else (an
+error, a file that shrank or was swapped, extended attributes) it answers
+``None``, and the packer opens and stores that file itself, so that every
+warning and error is the packer's own, word for word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii as _quote
+from typing import Any
+
+from .errors import BackupError
+from .forking import fork, receive, send
+from .fsmeta import read_xattrs
+from .safeopen import open_scanned_fd
+from .tarwrite import ZEROS, file_header
+
+__all__ = ["CHILDREN", "Built", "Job", "Readers", "build", "file_entry"]
+
+#: Readers forked per cell packed: two keep the packer and both cores busy.
+CHILDREN = 2
+
+#: A file for a child, from the walk's ``lstat``: its path, member name, mode
+#: (permission bits), owner, group, size, mtime (ns), inode, device and ctime (ns).
+Job = tuple[str, str, int, int, int, int, int, int, int, int]
+#: What a child answers for a file: its tar member and manifest entry, or
+#: ``None`` (the packer stores it itself).
+Built = tuple[bytes, str] | None
+
+_sha256 = hashlib.sha256
+
+
+def file_entry(
+    name: str,
+    mode: int,
+    mtime_ns: int,
+    uid: int,
+    gid: int,
+    size: int,
+    sha256: str,
+    archive: str,
+    inode: int,
+    dev: int,
+    ctime_ns: int,
+    xattrs: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """The manifest entry of a stored file: ``Entry(path=name, type="file", ...).to_json()``.
+
+    Written as text, without the :class:`~cellvault.manifest.Entry`: this is
+    once per file stored (``tests/test_pack_extract.py`` compares the two).
+    *archive* is the archive's id as JSON text (quoted).
+    """
+    tail = "}"
+    if xattrs:
+        pairs = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in xattrs)
+        tail = f',"xattrs":{{{pairs}}}}}'
+    # (Ints as they are: the same text as with ":d", in half the time.)
+    return (
+        f'{{"path":{_quote(name)},"type":"file","mode":{mode},'
+        f'"mtime_ns":{mtime_ns},"uid":{uid},"gid":{gid},'
+        f'"size":{size},"sha256":{_quote(sha256)},"archive":{archive},'
+        f'"inode":{inode},"dev":{dev},"ctime_ns":{ctime_ns}{tail}'
+    )
+
+
+def build(job: Job, archive: str) -> Built:
+    """The tar member and manifest entry of the file *job* names, or ``None`` if it is not plain.
+
+    *archive* is the archive's id as JSON text.
+    """
+    path, name, mode, uid, gid, size, mtime_ns, inode, dev, ctime_ns = job
+    try:
+        fd, now = open_scanned_fd(path)
+    except OSError:
+        return None
+    try:
+        if (now.st_ino, now.st_dev) != (inode, dev) or now.st_blocks * 512 < size:
+            return None  # another file now, or sparse now: the packer sees to it
+        data = os.read(fd, size) if size else b""
+        if len(data) != size or read_xattrs(fd):
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    entry = file_entry(
+        name,
+        mode,
+        mtime_ns,
+        uid,
+        gid,
+        size,
+        _sha256(data).hexdigest(),
+        archive,
+        inode,
+        dev,
+        ctime_ns,
+    )
+    return file_header(name, mode, uid, gid, size, mtime_ns) + data + ZEROS[: -size % 512], entry
+
+
+class _Child:
+    """One reader: a batch of jobs in, the batch's members out, one batch at a time."""
+
+    def __init__(self, pid: int, feed: int, result: int) -> None:
+        self.pid = pid
+        self.feed = feed
+        self.result = result
+        #: A batch was sent and its answer not yet taken.
+        self.busy = False
+
+    def end(self, *, kill: bool) -> None:
+        """Close its pipes (its end of input) and wait for it; first kill it if *kill*."""
+        if kill and self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        for fd in (self.feed, self.result):
+            if fd >= 0:
+                os.close(fd)
+        self.feed = self.result = -1
+        if self.pid:
+            pid, self.pid = self.pid, 0
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+class Readers:
+    """Forked children that read small files and build their members (see the module).
+
+    :meth:`start` forks them (``None`` where this process cannot fork);
+    :meth:`idle` names a child free for a batch, :meth:`send` hands it one,
+    :meth:`take` waits for that batch's answer. A child has one batch at a
+    time: neither side can then wait on a full pipe the other is not reading.
+    :meth:`close` ends them (killed if a batch is still out).
+    """
+
+    def __init__(self, children: list[_Child]) -> None:
+        self._children = children
+
+    @classmethod
+    def start(cls, archive: str) -> Readers | None:
+        """Fork the readers for the archive whose id is *archive*."""
+        quoted = _quote(archive)
+
+        def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
+            for jobs in _batches(feed, parent):
+                send(out, [build(job, quoted) for job in jobs])
+
+        children: list[_Child] = []
+        for _ in range(CHILDREN):
+            got = fork(work)
+            if got is None:
+                break
+            children.append(_Child(*got))
+        return cls(children) if children else None
+
+    def idle(self) -> _Child | None:
+        """A child with no batch out, if there is one."""
+        for child in self._children:
+            if not child.busy:
+                return child
+        return None
+
+    def send(self, child: _Child, jobs: list[Job]) -> None:
+        child.busy = True
+        with contextlib.suppress(BrokenPipeError):  # it is gone: take() says so
+            send(child.feed, jobs)
+
+    def take(self, child: _Child) -> list[Built]:
+        """The answer to the batch *child* was sent."""
+        try:
+            built: list[Built] = receive(child.result)
+        except (EOFError, ValueError, TypeError):
+            raise BackupError(
+                "the process reading the cell's files ended without a word (killed?)",
+                hint="run the backup again",
+            ) from None
+        child.busy = False
+        return built
+
+    def close(self) -> None:
+        """End the children: at once if a batch is still out, else once they have read the end."""
+        for child in self._children:
+            child.end(kill=child.busy)
+        self._children = []
+
+
+def _batches(feed: int, parent: int) -> Iterator[Any]:  # pragma: no cover - the child
+    """The batches the packer sends, until it closes the pipe (or dies)."""
+    while True:
+        try:
+            yield receive(feed, parent)
+        except EOFError:
+            return
