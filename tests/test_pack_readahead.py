@@ -227,7 +227,8 @@ def test_an_interrupt_stops_the_threads_and_closes_the_files(
 
     def interrupted(self: pack.TarWriter, data: bytes) -> None:
         calls["n"] += 1
-        if calls["n"] == 60:  # well inside the walk, with reads in flight
+        # Well inside the walk, with reads in flight (a reader's run is one write).
+        if calls["n"] == 10:
             raise KeyboardInterrupt
         real_write(self, data)
 
@@ -330,6 +331,9 @@ def test_larger_files_held_open_ahead_are_bounded(
     for i in range(24):
         (src / f"big{i:02}").write_bytes(rnd.randbytes(readahead.READ_WHOLE + 100))
     monkeypatch.setattr(readahead, "READ_OPEN", 3)
+    # The threads' window: a full backup's walk past FORK_MIN_FILES paths does
+    # not stat its files, and larger ones are then opened as they come.
+    monkeypatch.setattr(readahead, "FORK_MIN_FILES", 1 << 62)
     lock = threading.Lock()
     state = {"open": 0, "max": 0}
     real_open = readahead.open_ahead

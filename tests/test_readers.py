@@ -58,8 +58,8 @@ def use_readers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     pids: list[int] = []
     real_start = Readers.start.__func__  # type: ignore[attr-defined]
 
-    def start(cls: type[Readers], archive: str) -> Readers | None:
-        started = real_start(cls, archive)
+    def start(cls: type[Readers], archive: str, *rest: int) -> Readers | None:
+        started = real_start(cls, archive, *rest)
         assert started is not None
         pids.extend(child.pid for child in started._children)
         return started
@@ -82,7 +82,8 @@ def test_a_member_is_the_header_bytes_and_padding_and_the_entry_is_entrys(tmp_pa
     st = os.lstat(path)
     built = build(job(path, "data/crm/é data", st), QUOTED)
     assert built is not None
-    member, text = built
+    member, text, size = built
+    assert size == 1234
     assert len(member) % 512 == 0
     # Read back by Python's own tar reader, not by cellvault's.
     with tarfile.open(fileobj=io.BytesIO(member + bytes(1024)), mode="r:") as tar:
@@ -180,7 +181,7 @@ def test_readers_answer_each_batch_and_leave_no_process(tmp_path: Path) -> None:
         path = tmp_path / f"f{i:02}"
         path.write_bytes(bytes([i]) * i * 10)
         paths.append(path)
-    started = Readers.start(ARCHIVE)
+    started = Readers.start(ARCHIVE, readahead.READ_WHOLE, readahead.RUN_BYTES)
     assert started is not None
     pids = [child.pid for child in started._children]
     assert len(pids) == readers.CHILDREN
@@ -202,7 +203,7 @@ def test_readers_answer_each_batch_and_leave_no_process(tmp_path: Path) -> None:
 
 
 def test_a_reader_killed_fails_the_take_clearly() -> None:
-    started = Readers.start(ARCHIVE)
+    started = Readers.start(ARCHIVE, readahead.READ_WHOLE, readahead.RUN_BYTES)
     assert started is not None
     child = started.idle()
     assert child is not None
@@ -277,28 +278,64 @@ def test_the_readers_end_with_the_pack(tmp_path: Path, use_readers: list[int]) -
     assert all(gone(pid) for pid in use_readers)
 
 
+def _files(batch: list[Any]) -> list[tuple[str, int | None]]:
+    """The files a batch names: (path, the size the walk saw, or None for a run's)."""
+    out: list[tuple[str, int | None]] = []
+    for one in batch:
+        if len(one) == 3:  # a run: folder, member folder, names
+            out += [(one[0] + name, None) for name in one[2]]
+        else:
+            out.append((one[0], one[5]))
+    return out
+
+
 def test_readers_have_one_bounded_batch_each(
     tmp_path: Path, use_readers: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(readahead, "FORK_BATCH", 16)
     monkeypatch.setattr(readahead, "FORK_BYTES", 8 << 10)
-    sent: list[tuple[bool, int, int]] = []
+    sent: list[tuple[bool, list[tuple[str, int | None]]]] = []
     real_send = Readers.send
 
-    def counting(self: Readers, child: Any, jobs: list[readers.Job]) -> None:
-        sent.append((child.busy, len(jobs), sum(j[5] for j in jobs)))
-        real_send(self, child, jobs)
+    def counting(self: Readers, child: Any, batch: list[Any]) -> None:
+        sent.append((child.busy, _files(batch)))
+        real_send(self, child, batch)
 
     monkeypatch.setattr(Readers, "send", counting)
     src = tree_of(tmp_path / "crm", 400)
-    report = make_vault(tmp_path / "backup", [src]).backup()
-    assert report.ok
-    assert sum(n for _, n, _ in sent) == 400  # every small file, once
-    assert not any(busy for busy, _, _ in sent)
+    vault = make_vault(tmp_path / "backup", [src])
+    assert vault.backup().ok
+    # The full backup: runs of each folder's files, not stat-ed by the walk.
+    assert sorted(path for _, files in sent for path, _ in files) == sorted(
+        str(p) for p in src.rglob("*") if p.is_file() and not p.is_symlink()
+    )
+    assert all(size is None for _, files in sent for _, size in files)
+    assert not any(busy for busy, _ in sent)
+    # A run is cut at FORK_BATCH names, a batch sent once it holds that many.
+    assert all(len(files) < 2 * 16 for _, files in sent)
+    # An incremental after every file changed: files the walk stat-ed, bounded by bytes too.
+    sent.clear()
+    for p in src.rglob("*.txt"):
+        os.utime(p, ns=(0, 1_700_000_000_000_000_000))
+    assert vault.backup(kind="incremental").ok
+    assert sum(len(files) for _, files in sent) == 400
+    assert not any(busy for busy, _ in sent)
     largest = max(p.stat().st_size for p in src.rglob("*.txt"))
-    for _, n, size in sent:
-        assert n <= 16
-        assert size < (8 << 10) + largest  # the file that crossed the bound, at most
+    for _, files in sent:
+        assert len(files) <= 16
+        # At most the file that crossed the bound past it.
+        assert sum(size or 0 for _, size in files) < (8 << 10) + largest
+
+
+def test_a_reader_answers_runs_within_its_budget(tmp_path: Path) -> None:
+    for i in range(10):
+        (tmp_path / f"f{i}").write_bytes(b"x" * 1000)
+    names = [f"f{i}" for i in range(10)]
+    built = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 4096, 2500)
+    # 1000, 2000, 3000 bytes built: the budget is crossed by the third, the rest left.
+    assert [b is not None for b in built] == [True] * 3 + [False] * 7
+    larger = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 999, 1 << 20)
+    assert larger == [None] * 10  # each over *largest*
 
 
 def test_a_reader_killed_mid_backup_fails_it_and_commits_nothing(
@@ -334,9 +371,9 @@ def test_a_big_process_reads_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     starts = []
     real_start = Readers.start.__func__  # type: ignore[attr-defined]
 
-    def start(cls: type[Readers], archive: str) -> Readers | None:
+    def start(cls: type[Readers], archive: str, *rest: int) -> Readers | None:
         starts.append(archive)
-        return real_start(cls, archive)
+        return real_start(cls, archive, *rest)
 
     monkeypatch.setattr(Readers, "start", classmethod(start))
     src = tree_of(tmp_path / "crm", 50)

@@ -54,8 +54,18 @@ from .fsmeta import (
 )
 from .log import get_logger
 from .manifest import JSON_CHUNK, Entry, InOrder, Manifest, ManifestWriter
-from .readahead import FILE_ITEM, FileSource, Handle, Made, Opened, ReadAhead
-from .readers import file_entry
+from .readahead import (
+    FILE_ITEM,
+    RUN_ITEM,
+    Ahead,
+    FileSource,
+    Handle,
+    Made,
+    Opened,
+    Ran,
+    ReadAhead,
+)
+from .readers import Built, file_entry
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
 from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
@@ -116,12 +126,14 @@ class PackResult:
 
 
 # The walk's items, in archive order (tuples: built once per path, cheap to pass).
-_DIR, _LINK, _FILE, _SAME, _WARN, _HARD, _SPECIAL = range(7)
+_DIR, _LINK, _FILE, _SAME, _WARN, _HARD, _SPECIAL, _RUN = range(8)
 assert _FILE == FILE_ITEM
+assert _RUN == RUN_ITEM
 #: (kind, path, member name, stat, extra): extra is the link's target for _LINK,
 #: the parent's entry (or None) for _FILE, the entry to list for _SAME, the
 #: message for _WARN, the member name of the group's first name for _HARD, the
-#: entry type for _SPECIAL (a FIFO or a device).
+#: entry type for _SPECIAL (a FIFO or a device). A _RUN is (kind, folder path +
+#: "/", its member name + "/", names of regular files, None): see readahead.RUN_ITEM.
 _Item = tuple[int, str, str, Any, Any]
 
 
@@ -137,6 +149,15 @@ class _Writer(ManifestWriter):
         chunk = self._chunk
         chunk.append(text)
         self._count += 1
+        self._holders.add(archive)
+        if len(chunk) >= JSON_CHUNK:
+            self._flush()
+
+    def add_texts(self, texts: list[str], archive: str) -> None:
+        """:meth:`add_json` of each of *texts*, in order."""
+        chunk = self._chunk
+        chunk += texts
+        self._count += len(texts)
         self._holders.add(archive)
         if len(chunk) >= JSON_CHUNK:
             self._flush()
@@ -198,6 +219,10 @@ class Packer:
     _xattr_warned: bool = attrs.field(init=False, default=False)
     #: The parent's entry of a path, read in the parent manifest's order.
     _parent_get: Callable[[str], Entry | None] | None = attrs.field(init=False, default=None)
+    #: Starts the forked readers (a full backup of many paths); ``None``: no runs.
+    _start_readers: Callable[[], bool] | None = attrs.field(init=False, default=None)
+    #: Paths listed by the walk so far.
+    _listed: int = attrs.field(init=False, default=0)
 
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
@@ -334,35 +359,97 @@ class Packer:
         # Forked readers build the members of small files, unless each file's
         # hash is to be compared with the parent's here (checksum).
         ahead = ReadAhead(fork_for=None if self.checksum else self._archive)
+        if self.parent is None and not self.checksum:
+            # A full backup: past FORK_MIN_FILES paths, the walk hands runs of
+            # regular files to the readers unstat-ed (their fstat is the scan).
+            self._start_readers = ahead.start_readers
         try:
             for item, future in ahead.items(self._walk(roots)):
-                kind = item[0]
-                if kind == _SAME:
-                    self._manifest.add(item[4])
-                    self._seen += 1
-                    self._progress(item[3].st_size)
-                elif kind == _FILE:
-                    assert future is not None
-                    if isinstance(future, Made):
-                        built = future.result()
-                        if built is not None:
-                            self._add_built(tar, item[3].st_size, built)
-                            continue
-                        # Not plain, or it failed there: opened here, warned here.
-                        future = readahead.opened_now(item[1], item[3].st_size)
-                    self._add_file(tar, item, future)
-                elif kind == _DIR:
-                    self._add_dir(tar, item[2], item[3], item[1])
-                elif kind == _LINK:
-                    self._add_symlink(tar, item)
-                elif kind == _HARD:
-                    self._add_hardlink(tar, item)
-                elif kind == _SPECIAL:
-                    self._add_special(tar, item)
-                else:
-                    self._warn(item[4])
+                self._add_item(tar, item, future)
         finally:
             ahead.close()
+
+    def _add_item(self, tar: TarWriter, item: _Item, future: Ahead | None) -> None:
+        kind = item[0]
+        if kind == _RUN:
+            assert isinstance(future, Ran)
+            self._add_run(tar, item, future.result())
+        elif kind == _SAME:
+            self._manifest.add(item[4])
+            self._seen += 1
+            self._progress(item[3].st_size)
+        elif kind == _FILE:
+            assert future is not None
+            if isinstance(future, Made):
+                built = future.result()
+                if built is not None:
+                    self._add_built(tar, [built[0]], [built[1]], built[2], counted=True)
+                    return
+                # Not plain, or it failed there: opened here, warned here.
+                future = readahead.opened_now(item[1], item[3].st_size)
+            assert not isinstance(future, Ran)
+            self._add_file(tar, item, future)
+        elif kind == _DIR:
+            self._add_dir(tar, item[2], item[3], item[1])
+        elif kind == _LINK:
+            self._add_symlink(tar, item)
+        elif kind == _HARD:
+            self._add_hardlink(tar, item)
+        elif kind == _SPECIAL:
+            self._add_special(tar, item)
+        else:
+            self._warn(item[4])
+
+    def _add_run(self, tar: TarWriter, item: _Item, built: list[Built]) -> None:
+        """A run of regular files of one folder (:data:`_RUN`), mostly built by a reader."""
+        _, base, mbase, names, _ = item
+        members: list[bytes] = []
+        entries: list[str] = []
+        size = 0
+        for name, got in zip(names, built, strict=True):
+            if got is not None:
+                members.append(got[0])
+                entries.append(got[1])
+                size += got[2]
+                continue
+            if members:
+                self._add_built(tar, members, entries, size, counted=False)
+                members, entries, size = [], [], 0
+            # Not plain (a hard link, larger, sparse, attributes) or gone: seen here.
+            self._add_alone(tar, base + name, mbase + name)
+        if members:
+            self._add_built(tar, members, entries, size, counted=False)
+
+    def _add_alone(self, tar: TarWriter, path: str, member: str) -> None:
+        """A file of a run the reader left: ``lstat``-ed, then packed as the walk would have."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._warn(f"{path} vanished during the scan; not in this archive")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._warn(f"{path} became a directory after the scan; skipped, not in this archive")
+            return
+        item = self._item(path, member, st)
+        future = readahead.opened_now(path, st.st_size) if item[0] == _FILE else None
+        self._add_item(tar, item, future)
+
+    def _add_built(
+        self, tar: TarWriter, members: list[bytes], entries: list[str], size: int, *, counted: bool
+    ) -> None:
+        """Files' members and entries built by a forked reader (:mod:`cellvault.readers`).
+
+        *counted*: their sizes are in the cell's total already (the walk
+        ``stat``-ed them); a run's were not.
+        """
+        tar.write(members[0] if len(members) == 1 else b"".join(members))
+        self._progress(size)
+        self._files_stored += len(members)
+        self._seen += len(members)
+        self._bytes_stored += size
+        if not counted:
+            self._bytes_total += size
+        self._manifest.add_texts(entries, self._archive)
 
     def _walk(self, roots: dict[str, Path]) -> Iterator[_Item]:
         for name, root in roots.items():
@@ -389,14 +476,27 @@ class Packer:
         # per level would pass every item up through each level).
         excludes = excluder(self.cell)
         item = self._item
+        runs = False  # regular files go to the readers as runs, unstat-ed
         yield (_DIR, path, member, st, None)
         stack = [(self._list(path), path + "/", member + "/", "")]
         while stack:
             entries, base, mbase, rbase = stack[-1]
+            if not runs and self._start_readers is not None:
+                runs = self._runs_now()
+            run: list[str] = []
             for entry in entries:
                 name = entry.name
                 if excludes is not None and excludes(rbase + name, name):
                     continue
+                if runs and entry.is_file(follow_symlinks=False):
+                    run.append(name)
+                    if len(run) >= readahead.FORK_BATCH:
+                        yield (_RUN, base, mbase, run, None)
+                        run = []
+                    continue
+                if run:
+                    yield (_RUN, base, mbase, run, None)
+                    run = []
                 child = base + name
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -419,11 +519,21 @@ class Packer:
                 yield item(child, mbase + name, st)
             else:
                 stack.pop()
+                if run:
+                    yield (_RUN, base, mbase, run, None)
+
+    def _runs_now(self) -> bool:
+        """Whether the walk hands regular files over as runs from now on (see ``_add_trees``)."""
+        if self._listed < readahead.FORK_MIN_FILES or self._start_readers is None:
+            return False
+        start, self._start_readers = self._start_readers, None  # asked once
+        return start()
 
     def _list(self, path: str) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=_by_name)
+            self._listed += len(entries)
         except (FileNotFoundError, NotADirectoryError):
             # Removed (or replaced) between its parent's listing and its own: what
             # it held is not in this archive, the rest of the cell is.
@@ -643,16 +753,6 @@ class Packer:
         tar.write(header + opened.head + ZEROS[: -size % 512])
         self._progress(size)
         self._stored(path, name, st, mode, digest, encoded, opened.short)
-
-    def _add_built(self, tar: TarWriter, size: int, built: tuple[bytes, str]) -> None:
-        """A small file's member and entry, built by a forked reader (:mod:`cellvault.readers`)."""
-        member, entry = built
-        tar.write(member)
-        self._progress(size)
-        self._files_stored += 1
-        self._seen += 1
-        self._bytes_stored += size
-        self._manifest.add_json(entry, self._archive)
 
     def _stored(
         self,

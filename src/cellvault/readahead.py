@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from .forking import FORK_MAX_RSS, resident
 from .fsmeta import Xattrs, read_xattrs
-from .readers import Built, Job, Readers
+from .readers import Built, Job, Readers, Run
 from .safeopen import open_scanned_fd
 from .tarwrite import BLOCK, ZEROS
 
@@ -35,12 +35,15 @@ __all__ = [
     "READ_THREADS",
     "READ_WHOLE",
     "READ_WINDOW",
+    "RUN_BYTES",
+    "RUN_ITEM",
     "Ahead",
     "Batch",
     "FileSource",
     "Handle",
     "Made",
     "Opened",
+    "Ran",
     "ReadAhead",
     "Slot",
     "close_opened",
@@ -50,6 +53,10 @@ __all__ = [
 
 #: The kind of a walk item (its first field) that is a file to read.
 FILE_ITEM = 2
+#: The kind of a walk item that is a run of regular files of one folder, not
+#: yet ``stat``-ed: (kind, folder path + "/", member name + "/", names, None).
+#: Only forked readers read them (:meth:`ReadAhead.start_readers`).
+RUN_ITEM = 7
 #: A walk item: (kind, path, member name, stat, extra); see :mod:`cellvault.pack`.
 Item = tuple[int, str, str, Any, Any]
 
@@ -78,6 +85,9 @@ FORK_MIN_FILES = 1000
 FORK_BATCH = 256
 FORK_BYTES = 1 << 20
 FORK_ITEMS = 4096
+#: The file data a reader's answer for runs holds at most (their sizes are not
+#: known before): past it, a run's files are left to the packer.
+RUN_BYTES = 4 << 20
 
 
 def _no_progress(n: int) -> None:
@@ -259,11 +269,13 @@ class Slot:
 class Jobs:
     """Small files for a forked reader (:mod:`cellvault.readers`), sent as one batch."""
 
-    __slots__ = ("bytes", "child", "done", "jobs", "readers")
+    __slots__ = ("bytes", "child", "count", "done", "jobs", "readers")
 
     def __init__(self, readers: Readers) -> None:
         self.readers = readers
-        self.jobs: list[Job] = []
+        self.jobs: list[Job | Run] = []
+        #: Files in it (a run is several).
+        self.count = 0
         self.bytes = 0
         #: The reader it was sent to (``None``: not yet sent).
         self.child: Any = None
@@ -285,12 +297,29 @@ class Made:
         self.index = index
 
     def result(self) -> Built:
-        batch = self.batch
-        done = batch.done
-        if done is None:
-            assert batch.child is not None  # sent before it is handed out
-            done = batch.done = batch.readers.take(batch.child)
-        return done[self.index]
+        return _answer(self.batch)[self.index]
+
+
+class Ran:
+    """A run of files of a :class:`Jobs` batch: its ``result()`` is what the reader built of each."""
+
+    __slots__ = ("batch", "count", "start")
+
+    def __init__(self, batch: Jobs, start: int, count: int) -> None:
+        self.batch = batch
+        self.start = start
+        self.count = count
+
+    def result(self) -> list[Built]:
+        return _answer(self.batch)[self.start : self.start + self.count]
+
+
+def _answer(batch: Jobs) -> list[Built]:
+    done = batch.done
+    if done is None:
+        assert batch.child is not None  # sent before it is handed out
+        done = batch.done = batch.readers.take(batch.child)
+    return done
 
 
 def opened_now(path: str, size: int) -> Future[Opened]:
@@ -307,11 +336,11 @@ def opened_now(path: str, size: int) -> Future[Opened]:
 Handle = Future[Opened] | Slot
 #: What the packer is handed for a file to store: a :data:`Handle`, or a
 #: :class:`Made` (the file's member, built by a forked reader).
-Ahead = Handle | Made
+Ahead = Handle | Made | Ran
 
 
 def close_opened(future: Ahead) -> None:
-    if isinstance(future, Made):
+    if isinstance(future, (Made, Ran)):
         return  # nothing of it is open here
     if isinstance(future, Slot):
         batch = future.batch.future
@@ -383,15 +412,29 @@ class ReadAhead:
         if self._readers is None and self._fork_for is not None:
             self._small += 1
             if self._small >= FORK_MIN_FILES:
-                archive, self._fork_for = self._fork_for, None  # one try
-                if resident() <= FORK_MAX_RSS:
-                    self._readers = Readers.start(archive)
-                    if self._readers is not None:
-                        self.max_items = max(self.max_items, FORK_ITEMS)
+                self.start_readers()
         return self._readers
+
+    def start_readers(self) -> bool:
+        """Fork the readers now, if they may be (once); whether they run.
+
+        The walk of a full backup asks, once it has found enough paths, so
+        that it may then hand over runs of files it has not ``stat``-ed
+        (:data:`RUN_ITEM`).
+        """
+        if self._readers is None and self._fork_for is not None:
+            archive, self._fork_for = self._fork_for, None  # one try
+            if resident() <= FORK_MAX_RSS:
+                self._readers = Readers.start(archive, READ_WHOLE, RUN_BYTES)
+                if self._readers is not None:
+                    self.max_items = max(self.max_items, FORK_ITEMS)
+        return self._readers is not None
 
     def _submit(self, item: Item) -> tuple[Item, Ahead | None, int, bool]:
         if item[0] != FILE_ITEM:
+            if item[0] == RUN_ITEM:
+                assert self._readers is not None  # runs come only once they run
+                return item, self._run(self._readers, item), 0, False
             return item, None, 0, False
         st = item[3]
         size: int = st.st_size
@@ -432,10 +475,23 @@ class ReadAhead:
                 st.st_ctime_ns,
             )
         )
+        jobs.count += 1
         jobs.bytes += st.st_size
-        if len(jobs.jobs) >= FORK_BATCH or jobs.bytes >= FORK_BYTES:
+        if jobs.count >= FORK_BATCH or jobs.bytes >= FORK_BYTES:
             self._hand_over()
         return made
+
+    def _run(self, readers: Readers, item: Item) -> Ran:
+        jobs = self._jobs
+        if jobs is None:
+            jobs = self._jobs = Jobs(readers)
+        names: list[str] = item[3]
+        ran = Ran(jobs, jobs.count, len(names))
+        jobs.jobs.append((item[1], item[2], names))
+        jobs.count += len(names)
+        if jobs.count >= FORK_BATCH:
+            self._hand_over()
+        return ran
 
     def _hand_over(self) -> bool:
         """Send the gathered jobs to an idle reader; ``False`` if every reader has a batch."""
@@ -455,7 +511,7 @@ class ReadAhead:
         jobs = self._jobs
         return (
             jobs is not None
-            and (len(jobs.jobs) >= FORK_BATCH or jobs.bytes >= FORK_BYTES)
+            and (jobs.count >= FORK_BATCH or jobs.bytes >= FORK_BYTES)
             and not self._hand_over()
         )
 
@@ -485,7 +541,7 @@ class ReadAhead:
             item, handle, cost, is_open = window[0]
             if type(handle) is Slot and handle.batch.future is None:
                 self._send(handle.batch)  # wanted now: not waiting for the batch to fill
-            elif type(handle) is Made and handle.batch.child is None:
+            elif (type(handle) is Made or type(handle) is Ran) and handle.batch.child is None:
                 # Wanted now. Every batch before it was taken: a reader is idle.
                 sent = self._hand_over()
                 assert sent

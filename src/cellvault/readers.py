@@ -35,7 +35,7 @@ from .fsmeta import read_xattrs
 from .safeopen import open_scanned_fd
 from .tarwrite import ZEROS, file_header
 
-__all__ = ["CHILDREN", "Built", "Job", "Readers", "build", "file_entry"]
+__all__ = ["CHILDREN", "Built", "Job", "Readers", "Run", "build", "build_run", "file_entry"]
 
 #: Readers forked per cell packed: two keep the packer and both cores busy.
 CHILDREN = 2
@@ -43,9 +43,14 @@ CHILDREN = 2
 #: A file for a child, from the walk's ``lstat``: its path, member name, mode
 #: (permission bits), owner, group, size, mtime (ns), inode, device and ctime (ns).
 Job = tuple[str, str, int, int, int, int, int, int, int, int]
-#: What a child answers for a file: its tar member and manifest entry, or
-#: ``None`` (the packer stores it itself).
-Built = tuple[bytes, str] | None
+#: Regular files of one folder, in walk order, known by name only (a full
+#: backup's walk does not ``stat`` them: the reader's ``fstat`` is their scan):
+#: the folder's path and member name (each ending in ``/``), and the names.
+#: (A run is told from a :data:`Job` by its length.)
+Run = tuple[str, str, list[str]]
+#: What a child answers for a file: its tar member, manifest entry and size,
+#: or ``None`` (the packer stores it itself).
+Built = tuple[bytes, str, int] | None
 
 _sha256 = hashlib.sha256
 
@@ -103,6 +108,22 @@ def build(job: Job, archive: str) -> Built:
         return None
     finally:
         os.close(fd)
+    return _built(name, mode, uid, gid, size, mtime_ns, inode, dev, ctime_ns, data, archive)
+
+
+def _built(
+    name: str,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime_ns: int,
+    inode: int,
+    dev: int,
+    ctime_ns: int,
+    data: bytes,
+    archive: str,
+) -> Built:
     entry = file_entry(
         name,
         mode,
@@ -116,7 +137,60 @@ def build(job: Job, archive: str) -> Built:
         dev,
         ctime_ns,
     )
-    return file_header(name, mode, uid, gid, size, mtime_ns) + data + ZEROS[: -size % 512], entry
+    member = file_header(name, mode, uid, gid, size, mtime_ns) + data + ZEROS[: -size % 512]
+    return member, entry, size
+
+
+def build_run(run: Run, archive: str, largest: int, budget: int) -> list[Built]:
+    """What :func:`build` answers, for each file of *run*, from its ``fstat``.
+
+    A file is built when it is a plain file: regular, of one name (a hard
+    link's group is the packer's), of at most *largest* bytes, not sparse,
+    without extended attributes. Once the members built hold *budget* bytes
+    of data, the rest is left to the packer too (an answer stays bounded).
+    """
+    base, mbase, names = run
+    out: list[Built] = []
+    held = 0
+    for name in names:
+        got = None
+        if held < budget:
+            got = _build_named(base + name, mbase + name, largest, archive)
+            if got is not None:
+                held += got[2]
+        out.append(got)
+    return out
+
+
+def _build_named(path: str, name: str, largest: int, archive: str) -> Built:
+    try:
+        fd, st = open_scanned_fd(path)
+    except OSError:
+        return None
+    try:
+        size = st.st_size
+        if st.st_nlink != 1 or size > largest or st.st_blocks * 512 < size:
+            return None
+        data = os.read(fd, size) if size else b""
+        if len(data) != size or read_xattrs(fd):
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return _built(
+        name,
+        st.st_mode & 0o7777,
+        st.st_uid,
+        st.st_gid,
+        size,
+        st.st_mtime_ns,
+        st.st_ino,
+        st.st_dev,
+        st.st_ctime_ns,
+        data,
+        archive,
+    )
 
 
 class _Child:
@@ -158,13 +232,19 @@ class Readers:
         self._children = children
 
     @classmethod
-    def start(cls, archive: str) -> Readers | None:
-        """Fork the readers for the archive whose id is *archive*."""
+    def start(cls, archive: str, largest: int, budget: int) -> Readers | None:
+        """Fork the readers for the archive whose id is *archive* (see :func:`build_run`)."""
         quoted = _quote(archive)
 
         def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
-            for jobs in _batches(feed, parent):
-                send(out, [build(job, quoted) for job in jobs])
+            for batch in _batches(feed, parent):
+                answer: list[Built] = []
+                for one in batch:
+                    if len(one) == 3:
+                        answer += build_run(one, quoted, largest, budget)
+                    else:
+                        answer.append(build(one, quoted))
+                send(out, answer)
 
         children: list[_Child] = []
         for _ in range(CHILDREN):
@@ -181,7 +261,7 @@ class Readers:
                 return child
         return None
 
-    def send(self, child: _Child, jobs: list[Job]) -> None:
+    def send(self, child: _Child, jobs: list[Job | Run]) -> None:
         child.busy = True
         with contextlib.suppress(BrokenPipeError):  # it is gone: take() says so
             send(child.feed, jobs)
