@@ -327,15 +327,31 @@ def test_readers_have_one_bounded_batch_each(
         assert sum(size or 0 for _, size in files) < (8 << 10) + largest
 
 
+def test_a_run_is_built_in_parts_around_the_files_left_to_the_packer(tmp_path: Path) -> None:
+    names = [f"f{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([65 + i]) * (100 * i))
+    os.link(tmp_path / "f2", tmp_path / "other")  # f2: a hard link's group
+    (tmp_path / "f4").unlink()  # f4: gone since the listing
+    parts = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 4096, 1 << 20)
+    assert [p if isinstance(p, str) else len(p[1]) for p in parts] == [2, "f2", 1, "f4", 1]
+    one = {name: build(job(tmp_path / name, f"data/crm/{name}"), QUOTED) for name in names[:4]}
+    first = parts[0]
+    assert isinstance(first, tuple)
+    assert first[0] == one["f0"][0] + one["f1"][0]  # type: ignore[index]
+    assert first[1] == [one["f0"][1], one["f1"][1]]  # type: ignore[index]
+    assert first[2] == 100
+
+
 def test_a_reader_answers_runs_within_its_budget(tmp_path: Path) -> None:
     for i in range(10):
         (tmp_path / f"f{i}").write_bytes(b"x" * 1000)
     names = [f"f{i}" for i in range(10)]
-    built = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 4096, 2500)
+    parts = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 4096, 2500)
     # 1000, 2000, 3000 bytes built: the budget is crossed by the third, the rest left.
-    assert [b is not None for b in built] == [True] * 3 + [False] * 7
+    assert [p if isinstance(p, str) else len(p[1]) for p in parts] == [3, *names[3:]]
     larger = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 999, 1 << 20)
-    assert larger == [None] * 10  # each over *largest*
+    assert larger == names  # each over *largest*
 
 
 def test_a_reader_killed_mid_backup_fails_it_and_commits_nothing(

@@ -65,7 +65,7 @@ from .readahead import (
     Ran,
     ReadAhead,
 )
-from .readers import Built, file_entry
+from .readers import Part, file_entry
 from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
 from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
@@ -383,7 +383,7 @@ class Packer:
             if isinstance(future, Made):
                 built = future.result()
                 if built is not None:
-                    self._add_built(tar, [built[0]], [built[1]], built[2], counted=True)
+                    self._add_built(tar, built[0], [built[1]], built[2], counted=True)
                     return
                 # Not plain, or it failed there: opened here, warned here.
                 future = readahead.opened_now(item[1], item[3].st_size)
@@ -400,25 +400,16 @@ class Packer:
         else:
             self._warn(item[4])
 
-    def _add_run(self, tar: TarWriter, item: _Item, built: list[Built]) -> None:
+    def _add_run(self, tar: TarWriter, item: _Item, parts: list[Part]) -> None:
         """A run of regular files of one folder (:data:`_RUN`), mostly built by a reader."""
-        _, base, mbase, names, _ = item
-        members: list[bytes] = []
-        entries: list[str] = []
-        size = 0
-        for name, got in zip(names, built, strict=True):
-            if got is not None:
-                members.append(got[0])
-                entries.append(got[1])
-                size += got[2]
-                continue
-            if members:
+        _, base, mbase, _, _ = item
+        for part in parts:
+            if isinstance(part, str):
+                # Not plain (a hard link, larger, sparse, attributes) or gone: seen here.
+                self._add_alone(tar, base + part, mbase + part)
+            else:
+                members, entries, size = part
                 self._add_built(tar, members, entries, size, counted=False)
-                members, entries, size = [], [], 0
-            # Not plain (a hard link, larger, sparse, attributes) or gone: seen here.
-            self._add_alone(tar, base + name, mbase + name)
-        if members:
-            self._add_built(tar, members, entries, size, counted=False)
 
     def _add_alone(self, tar: TarWriter, path: str, member: str) -> None:
         """A file of a run the reader left: ``lstat``-ed, then packed as the walk would have."""
@@ -435,17 +426,17 @@ class Packer:
         self._add_item(tar, item, future)
 
     def _add_built(
-        self, tar: TarWriter, members: list[bytes], entries: list[str], size: int, *, counted: bool
+        self, tar: TarWriter, members: bytes, entries: list[str], size: int, *, counted: bool
     ) -> None:
         """Files' members and entries built by a forked reader (:mod:`cellvault.readers`).
 
         *counted*: their sizes are in the cell's total already (the walk
         ``stat``-ed them); a run's were not.
         """
-        tar.write(members[0] if len(members) == 1 else b"".join(members))
+        tar.write(members)
         self._progress(size)
-        self._files_stored += len(members)
-        self._seen += len(members)
+        self._files_stored += len(entries)
+        self._seen += len(entries)
         self._bytes_stored += size
         if not counted:
             self._bytes_total += size

@@ -14,11 +14,11 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .forking import FORK_MAX_RSS, resident
 from .fsmeta import Xattrs, read_xattrs
-from .readers import Built, Job, Readers, Run
+from .readers import Answer, Built, Job, Part, Readers, Run
 from .safeopen import open_scanned_fd
 from .tarwrite import BLOCK, ZEROS
 
@@ -280,7 +280,7 @@ class Jobs:
         #: The reader it was sent to (``None``: not yet sent).
         self.child: Any = None
         #: The reader's answer, once taken.
-        self.done: list[Built] | None = None
+        self.done: Answer | None = None
 
 
 class Made:
@@ -297,24 +297,28 @@ class Made:
         self.index = index
 
     def result(self) -> Built:
-        return _answer(self.batch)[self.index]
+        return cast(Built, _answer(self.batch)[self.index])
 
 
 class Ran:
-    """A run of files of a :class:`Jobs` batch: its ``result()`` is what the reader built of each."""
+    """A run of files of a :class:`Jobs` batch: its ``result()`` is what the reader built of it.
 
-    __slots__ = ("batch", "count", "start")
+    That is, in order, the members of files built one after the other, and
+    the names of those the reader left to the packer (see
+    :data:`cellvault.readers.Part`).
+    """
 
-    def __init__(self, batch: Jobs, start: int, count: int) -> None:
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: Jobs, index: int) -> None:
         self.batch = batch
-        self.start = start
-        self.count = count
+        self.index = index
 
-    def result(self) -> list[Built]:
-        return _answer(self.batch)[self.start : self.start + self.count]
+    def result(self) -> list[Part]:
+        return cast(list[Part], _answer(self.batch)[self.index])
 
 
-def _answer(batch: Jobs) -> list[Built]:
+def _answer(batch: Jobs) -> Answer:
     done = batch.done
     if done is None:
         assert batch.child is not None  # sent before it is handed out
@@ -486,7 +490,7 @@ class ReadAhead:
         if jobs is None:
             jobs = self._jobs = Jobs(readers)
         names: list[str] = item[3]
-        ran = Ran(jobs, jobs.count, len(names))
+        ran = Ran(jobs, len(jobs.jobs))
         jobs.jobs.append((item[1], item[2], names))
         jobs.count += len(names)
         if jobs.count >= FORK_BATCH:

@@ -35,7 +35,18 @@ from .fsmeta import read_xattrs
 from .safeopen import open_scanned_fd
 from .tarwrite import ZEROS, file_header
 
-__all__ = ["CHILDREN", "Built", "Job", "Readers", "Run", "build", "build_run", "file_entry"]
+__all__ = [
+    "CHILDREN",
+    "Answer",
+    "Built",
+    "Job",
+    "Part",
+    "Readers",
+    "Run",
+    "build",
+    "build_run",
+    "file_entry",
+]
 
 #: Readers forked per cell packed: two keep the packer and both cores busy.
 CHILDREN = 2
@@ -51,6 +62,14 @@ Run = tuple[str, str, list[str]]
 #: What a child answers for a file: its tar member, manifest entry and size,
 #: or ``None`` (the packer stores it itself).
 Built = tuple[bytes, str, int] | None
+#: A part of what a child answers for a run, in order: the members of files
+#: built one after the other (their tar members as one string of bytes, their
+#: manifest entries, their total size), or the name of a file it left to the
+#: packer.
+Part = tuple[bytes, list[str], int] | str
+#: A child's answer to a batch: for each of its jobs what :func:`build` gave,
+#: for each run what :func:`build_run` gave.
+Answer = list[Built | list[Part]]
 
 _sha256 = hashlib.sha256
 
@@ -141,25 +160,37 @@ def _built(
     return member, entry, size
 
 
-def build_run(run: Run, archive: str, largest: int, budget: int) -> list[Built]:
-    """What :func:`build` answers, for each file of *run*, from its ``fstat``.
+def build_run(run: Run, archive: str, largest: int, budget: int) -> list[Part]:
+    """The files of *run* built as :func:`build` would, from their ``fstat``, in parts.
 
     A file is built when it is a plain file: regular, of one name (a hard
     link's group is the packer's), of at most *largest* bytes, not sparse,
-    without extended attributes. Once the members built hold *budget* bytes
-    of data, the rest is left to the packer too (an answer stays bounded).
+    without extended attributes; the others are named in the answer, for the
+    packer. Once the members built hold *budget* bytes of data, the rest is
+    left to the packer too (an answer stays bounded).
     """
     base, mbase, names = run
-    out: list[Built] = []
-    held = 0
+    parts: list[Part] = []
+    members: list[bytes] = []
+    entries: list[str] = []
+    size = held = 0
     for name in names:
         got = None
         if held < budget:
             got = _build_named(base + name, mbase + name, largest, archive)
-            if got is not None:
-                held += got[2]
-        out.append(got)
-    return out
+        if got is not None:
+            members.append(got[0])
+            entries.append(got[1])
+            size += got[2]
+            held += got[2]
+            continue
+        if members:
+            parts.append((b"".join(members), entries, size))
+            members, entries, size = [], [], 0
+        parts.append(name)
+    if members:
+        parts.append((b"".join(members), entries, size))
+    return parts
 
 
 def _build_named(path: str, name: str, largest: int, archive: str) -> Built:
@@ -238,13 +269,15 @@ class Readers:
 
         def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
             for batch in _batches(feed, parent):
-                answer: list[Built] = []
-                for one in batch:
-                    if len(one) == 3:
-                        answer += build_run(one, quoted, largest, budget)
-                    else:
-                        answer.append(build(one, quoted))
-                send(out, answer)
+                send(
+                    out,
+                    [
+                        build_run(one, quoted, largest, budget)
+                        if len(one) == 3
+                        else build(one, quoted)
+                        for one in batch
+                    ],
+                )
 
         children: list[_Child] = []
         for _ in range(CHILDREN):
@@ -266,10 +299,10 @@ class Readers:
         with contextlib.suppress(BrokenPipeError):  # it is gone: take() says so
             send(child.feed, jobs)
 
-    def take(self, child: _Child) -> list[Built]:
+    def take(self, child: _Child) -> Answer:
         """The answer to the batch *child* was sent."""
         try:
-            built: list[Built] = receive(child.result)
+            built: Answer = receive(child.result)
         except (EOFError, ValueError, TypeError):
             raise BackupError(
                 "the process reading the cell's files ended without a word (killed?)",
