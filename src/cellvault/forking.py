@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "FORK_MAX_RSS",
+    "alive",
     "become_child",
     "fork",
     "pipe",
@@ -55,6 +56,29 @@ def resident() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def alive(pid: int) -> bool:
+    """Whether process *pid* runs on this host (a zombie, killed but not yet reaped, does not).
+
+    In a container whose first process does not reap orphans, a killed
+    process stays a zombie for a while: ``kill(pid, 0)`` still succeeds, yet
+    it holds nothing and does nothing.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return True  # no /proc: trust kill()
+    # "pid (comm) S ...": the state follows the last ")" (comm may hold spaces or parentheses).
+    state = stat_line[stat_line.rfind(b")") + 2 : stat_line.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
 
 
 def _libc_prctl() -> Callable[..., int] | None:

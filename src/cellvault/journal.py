@@ -59,6 +59,7 @@ from typing import Any
 import attrs
 
 from .dumpers.staging import StagedLoad
+from .forking import alive
 from .log import get_logger, redact_text
 from .strays import stop_processes_under
 from .swap import HELD, OWNER_SUFFIX, STAGING_PREFIX, Swap, exchange, owner_path, read_owner
@@ -481,13 +482,7 @@ def _running(data: Mapping[str, Any]) -> bool:
         return False
     if pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return alive(pid)  # a killed restore not yet reaped (a zombie) runs no more
 
 
 def _swapped(root: Mapping[str, Any]) -> bool:

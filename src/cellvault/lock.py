@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from .errors import LockHeld
+from .forking import alive
 from .log import get_logger
 from .specs import DEFAULT_TTL
 from .targets.base import LOCKS, Target
@@ -342,7 +343,7 @@ def _is_stale(holder: dict[str, Any]) -> bool:
             and not isinstance(pid, bool)
             and pid > 0
             and pid != os.getpid()
-            and not _alive(pid)
+            and not alive(pid)
         ):
             return True
         if pid == os.getpid():
@@ -356,25 +357,3 @@ def _is_stale(holder: dict[str, Any]) -> bool:
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=dt.UTC)
     return expires < _now()
-
-
-def _alive(pid: int) -> bool:
-    """Whether process *pid* runs on this host (a zombie, killed but not yet reaped, does not).
-
-    In a container whose first process does not reap orphans, a killed
-    holder stays a zombie: ``kill(pid, 0)`` still succeeds, yet it holds nothing.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read()
-    except OSError:
-        return True  # no /proc: trust kill()
-    # "pid (comm) S ...": the state follows the last ")" (comm may hold spaces or parentheses).
-    state = stat_line[stat_line.rfind(b")") + 2 : stat_line.rfind(b")") + 3]
-    return state not in (b"Z", b"X")

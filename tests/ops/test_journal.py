@@ -803,6 +803,29 @@ def test_staging_left_by_a_dead_in_place_restore_is_removed_and_said(
     assert recover("crm", [app]) == [] and debris("crm", [app]) == []
 
 
+def test_staging_of_a_killed_restore_not_yet_reaped_is_removed(tmp_path: Path) -> None:
+    # In a container whose first process does not reap orphans, a restore
+    # killed with SIGKILL stays a zombie a while: kill(pid, 0) still answers.
+    # The next restore removed its staging only on the run after (seen by hand).
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        swap = unjournalled(tmp_path, pid=child.pid)
+        app = tmp_path / "srv" / "app"
+        child.kill()
+        deadline = time.monotonic() + 5
+        state = ""
+        while state != "Z" and time.monotonic() < deadline:  # killed, not yet reaped
+            with open(f"/proc/{child.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        assert state == "Z"
+        (rec,) = recover("crm", [app])
+        assert (rec.action, rec.removed) == ("cleaned up", (str(swap.staging),))
+        assert beside(tmp_path / "srv") == [] and read(app) == {"a.txt": "live a\n"}
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_an_owner_file_without_its_staging_is_removed(tmp_path: Path) -> None:
     swap = unjournalled(tmp_path, pid=dead_child())
     shutil.rmtree(swap.staging)
