@@ -22,6 +22,7 @@ import pytest
 import cellvault.pack as pack
 import cellvault.readahead as readahead
 import cellvault.readers as readers
+import cellvault.walk as walk
 from cellvault import Manifest
 from cellvault.readahead import FileSource as _FileSource
 from cellvault.readahead import Opened as _Opened
@@ -249,9 +250,9 @@ def test_close_drops_what_was_read_and_not_taken(tmp_path: Path) -> None:
         path.write_bytes(b"x" * (readahead.READ_WHOLE + 1))  # kept open by the read-ahead
         paths.append(path)
     ahead = _ReadAhead(threads=2)
-    items = iter([(pack._FILE, str(p), p.name, p.stat(), None) for p in paths])
-    walk = ahead.items(items)
-    _, future = next(walk)
+    items = iter([(walk.FILE, str(p), p.name, p.stat(), None) for p in paths])
+    through = ahead.items(items)
+    _, future = next(through)
     assert future is not None
     assert future.result().source.remaining == readahead.READ_WHOLE + 1
     assert read_threads()

@@ -18,22 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import operator
 import os
 import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import attrs
 
 from . import readahead
 from .archive import ArchiveId, ArchiveMeta, Kind
-from .cell import Cell, excluder, existing_roots
+from .cell import Cell, existing_roots
 from .codec import Codec, HashingWriter
 from .crypt import SUFFIX, Recipients, Sealer
 from .dumpers.archive_io import write_dumps
@@ -48,15 +47,11 @@ from .fsmeta import (
     member_header,
     privileged_warning,
     read_xattrs,
-    special_kind,
-    special_type,
     xattr_records,
 )
 from .log import get_logger
 from .manifest import JSON_CHUNK, Entry, InOrder, Manifest, ManifestWriter
 from .readahead import (
-    FILE_ITEM,
-    RUN_ITEM,
     Ahead,
     FileSource,
     Handle,
@@ -70,6 +65,7 @@ from .report import DumpSummary
 from .safeopen import SwappedFile, check_same
 from .spool import claim_spool, clear_stale_spool, open_spool_file, write_manifest_copy
 from .tarwrite import BLOCK, ZEROS, TarWriter, file_header, pax_mtime, tar_header
+from .walk import DIR, FILE, HARD, LINK, RUN, SAME, SPECIAL, CellWalk, Item
 
 __all__ = ["PackResult", "Packer"]
 
@@ -123,22 +119,6 @@ class PackResult:
             with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as text:
                 self._parsed.append(Manifest.read(text, archive=str(self.meta.id)))
         return self._parsed[0]
-
-
-# The walk's items, in archive order (tuples: built once per path, cheap to pass).
-_DIR, _LINK, _FILE, _SAME, _WARN, _HARD, _SPECIAL, _RUN = range(8)
-assert _FILE == FILE_ITEM
-assert _RUN == RUN_ITEM
-#: (kind, path, member name, stat, extra): extra is the link's target for _LINK,
-#: the parent's entry (or None) for _FILE, the entry to list for _SAME, the
-#: message for _WARN, the member name of the group's first name for _HARD, the
-#: entry type for _SPECIAL (a FIFO or a device). A _RUN is (kind, folder path +
-#: "/", its member name + "/", names of regular files, None): see readahead.RUN_ITEM.
-_Item = tuple[int, str, str, Any, Any]
-
-
-#: A directory entry's name (the walk's sort key; a getter in C, not a call per entry).
-_by_name = operator.attrgetter("name")
 
 
 class _Writer(ManifestWriter):
@@ -203,7 +183,6 @@ class Packer:
     _warnings: list[str] = attrs.field(init=False, factory=list)
     _files_stored: int = attrs.field(init=False, default=0)
     _bytes_stored: int = attrs.field(init=False, default=0)
-    _bytes_total: int = attrs.field(init=False, default=0)
     _done: int = attrs.field(init=False, default=0)
     #: Regular files done: stored, or found unchanged since the parent.
     _seen: int = attrs.field(init=False, default=0)
@@ -214,22 +193,14 @@ class Packer:
     _quoted: str = attrs.field(init=False, default="")
     #: A file modified before this instant (ns) cannot have changed unseen since the parent.
     _racy_before: int | None = attrs.field(init=False, default=None)
-    #: (device, inode) -> member name of the first name, for files with several names.
-    _inodes: dict[tuple[int, int], str] = attrs.field(init=False, factory=dict)
     _xattr_warned: bool = attrs.field(init=False, default=False)
-    #: The parent's entry of a path, read in the parent manifest's order.
-    _parent_get: Callable[[str], Entry | None] | None = attrs.field(init=False, default=None)
-    #: Starts the forked readers (a full backup of many paths); ``None``: no runs.
-    _start_readers: Callable[[], bool] | None = attrs.field(init=False, default=None)
-    #: Paths listed by the walk so far.
-    _listed: int = attrs.field(init=False, default=0)
+    #: The walk of the cell (:mod:`cellvault.walk`), made by :meth:`_add_trees`.
+    _scan: CellWalk = attrs.field(init=False)
 
     def pack(self) -> PackResult:
         """Scan the cell and write the archive; return what was written."""
         self._archive = str(self.ident)
         self._quoted = _quote(self._archive)
-        if self.parent is not None:
-            self._parent_get = InOrder(self.parent).get
         backed_at = dt.datetime.now(dt.UTC)
         roots = self._roots()
         meta = self._meta(backed_at, roots)
@@ -283,7 +254,7 @@ class Packer:
             sha256=hashing.hexdigest(),
             files_stored=self._files_stored,
             bytes_stored=self._bytes_stored,
-            bytes_total=self._bytes_total,
+            bytes_total=self._scan.bytes_total,
             warnings=tuple(self._warnings),
             dumps=tuple(dumps),
             entries=len(self._manifest),
@@ -348,37 +319,44 @@ class Packer:
             warn=self._warnings.append,
         )
 
-    # -- the walk --------------------------------------------------------
+    # -- the trees -------------------------------------------------------
     #
-    # The walk (main thread) yields items in archive order; ReadAhead opens and
-    # reads the files among them on its threads, ahead of the writer; _add_trees
-    # writes the members in that same order. Paths are strings: pathlib per file
-    # cost a third of a walk.
+    # The walk (cellvault.walk) yields items in archive order; ReadAhead opens
+    # and reads the files among them on its threads (or forked readers build
+    # them), ahead of the writer; _add_trees writes the members in that order.
 
     def _add_trees(self, tar: TarWriter, roots: dict[str, Path]) -> None:
         # Forked readers build the members of small files, unless each file's
         # hash is to be compared with the parent's here (checksum).
         ahead = ReadAhead(fork_for=None if self.checksum else self._archive)
-        if self.parent is None and not self.checksum:
+        full = self.parent is None and not self.checksum
+        self._scan = CellWalk(
+            self.cell,
+            self._warn,
+            self._xattrs,
+            parent_get=InOrder(self.parent).get if self.parent is not None else None,
+            checksum=self.checksum,
+            racy_before=self._racy_before,
             # A full backup: past FORK_MIN_FILES paths, the walk hands runs of
             # regular files to the readers unstat-ed (their fstat is the scan).
-            self._start_readers = ahead.start_readers
+            start_readers=ahead.start_readers if full else None,
+        )
         try:
-            for item, future in ahead.items(self._walk(roots)):
+            for item, future in ahead.items(self._scan.items(roots)):
                 self._add_item(tar, item, future)
         finally:
             ahead.close()
 
-    def _add_item(self, tar: TarWriter, item: _Item, future: Ahead | None) -> None:
+    def _add_item(self, tar: TarWriter, item: Item, future: Ahead | None) -> None:
         kind = item[0]
-        if kind == _RUN:
+        if kind == RUN:
             assert isinstance(future, Ran)
             self._add_run(tar, item, future.result())
-        elif kind == _SAME:
+        elif kind == SAME:
             self._manifest.add(item[4])
             self._seen += 1
             self._progress(item[3].st_size)
-        elif kind == _FILE:
+        elif kind == FILE:
             assert future is not None
             if isinstance(future, Made):
                 built = future.result()
@@ -389,19 +367,19 @@ class Packer:
                 future = readahead.opened_now(item[1], item[3].st_size)
             assert not isinstance(future, Ran)
             self._add_file(tar, item, future)
-        elif kind == _DIR:
+        elif kind == DIR:
             self._add_dir(tar, item[2], item[3], item[1])
-        elif kind == _LINK:
+        elif kind == LINK:
             self._add_symlink(tar, item)
-        elif kind == _HARD:
+        elif kind == HARD:
             self._add_hardlink(tar, item)
-        elif kind == _SPECIAL:
+        elif kind == SPECIAL:
             self._add_special(tar, item)
         else:
             self._warn(item[4])
 
-    def _add_run(self, tar: TarWriter, item: _Item, parts: list[Part]) -> None:
-        """A run of regular files of one folder (:data:`_RUN`), mostly built by a reader."""
+    def _add_run(self, tar: TarWriter, item: Item, parts: list[Part]) -> None:
+        """A run of regular files of one folder (:data:`cellvault.walk.RUN`), mostly built by a reader."""
         _, base, mbase, _, _ = item
         for part in parts:
             if isinstance(part, str):
@@ -421,8 +399,8 @@ class Packer:
         if stat.S_ISDIR(st.st_mode):
             self._warn(f"{path} became a directory after the scan; skipped, not in this archive")
             return
-        item = self._item(path, member, st)
-        future = readahead.opened_now(path, st.st_size) if item[0] == _FILE else None
+        item = self._scan.item(path, member, st)
+        future = readahead.opened_now(path, st.st_size) if item[0] == FILE else None
         self._add_item(tar, item, future)
 
     def _add_built(
@@ -439,164 +417,27 @@ class Packer:
         self._seen += len(entries)
         self._bytes_stored += size
         if not counted:
-            self._bytes_total += size
+            self._scan.bytes_total += size
         self._manifest.add_texts(entries, self._archive)
 
-    def _walk(self, roots: dict[str, Path]) -> Iterator[_Item]:
-        for name, root in roots.items():
-            path = str(root)
-            member = f"data/{name}"
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                yield (
-                    _WARN,
-                    path,
-                    member,
-                    None,
-                    f"{path} vanished during the scan; not in this archive",
-                )
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                yield from self._walk_dir(path, member, st)
-            else:
-                yield self._item(path, member, st)
-
-    def _walk_dir(self, path: str, member: str, st: os.stat_result) -> Iterator[_Item]:
-        # Depth first, names sorted, as a stack of directory listings (a generator
-        # per level would pass every item up through each level).
-        excludes = excluder(self.cell)
-        item = self._item
-        runs = False  # regular files go to the readers as runs, unstat-ed
-        yield (_DIR, path, member, st, None)
-        stack = [(self._list(path), path + "/", member + "/", "")]
-        while stack:
-            entries, base, mbase, rbase = stack[-1]
-            if not runs and self._start_readers is not None:
-                runs = self._runs_now()
-            run: list[str] = []
-            for entry in entries:
-                name = entry.name
-                if excludes is not None and excludes(rbase + name, name):
-                    continue
-                if runs and entry.is_file(follow_symlinks=False):
-                    run.append(name)
-                    if len(run) >= readahead.FORK_BATCH:
-                        yield (_RUN, base, mbase, run, None)
-                        run = []
-                    continue
-                if run:
-                    yield (_RUN, base, mbase, run, None)
-                    run = []
-                child = base + name
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    yield (
-                        _WARN,
-                        child,
-                        "",
-                        None,
-                        f"{child} vanished during the scan; not in this archive",
-                    )
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    cmember = mbase + name
-                    yield (_DIR, child, cmember, st, None)
-                    stack.append(
-                        (self._list(child), child + "/", cmember + "/", rbase + name + "/")
-                    )
-                    break
-                yield item(child, mbase + name, st)
-            else:
-                stack.pop()
-                if run:
-                    yield (_RUN, base, mbase, run, None)
-
-    def _runs_now(self) -> bool:
-        """Whether the walk hands regular files over as runs from now on (see ``_add_trees``)."""
-        if self._listed < readahead.FORK_MIN_FILES or self._start_readers is None:
-            return False
-        start, self._start_readers = self._start_readers, None  # asked once
-        return start()
-
-    def _list(self, path: str) -> Iterator[os.DirEntry[str]]:
-        try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=_by_name)
-            self._listed += len(entries)
-        except (FileNotFoundError, NotADirectoryError):
-            # Removed (or replaced) between its parent's listing and its own: what
-            # it held is not in this archive, the rest of the cell is.
-            self._warn(f"{path} vanished during the scan; its contents are not in this archive")
-            return iter(())
-        except PermissionError:
-            raise BackupError(
-                f"cell {self.cell.name}: cannot list {path}: permission denied",
-                hint="run the backup as a user that can read the cell's data",
-            ) from None
-        return iter(entries)
-
-    def _item(self, path: str, member: str, st: os.stat_result) -> _Item:
-        """The item of a path that is not a directory."""
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            if st.st_nlink > 1:
-                # A hard-link group: the first name holds the bytes, the others name it.
-                first = self._inodes.setdefault((st.st_dev, st.st_ino), member)
-                if first != member:
-                    return (_HARD, path, member, st, first)
-            self._bytes_total += st.st_size
-            prev = self._parent_get(member) if self._parent_get is not None else None
-            if prev is not None and not self.checksum and self._unchanged(prev, st, path):
-                if prev.uid != st.st_uid or prev.gid != st.st_gid:
-                    prev = attrs.evolve(prev, uid=st.st_uid, gid=st.st_gid)
-                return (_SAME, path, member, st, prev)
-            return (_FILE, path, member, st, prev)
-        if stat.S_ISLNK(mode):
-            try:
-                target = os.readlink(path)
-            except FileNotFoundError:
-                return (
-                    _WARN,
-                    path,
-                    member,
-                    st,
-                    f"{path} vanished during the scan; not in this archive",
-                )
-            return (_LINK, path, member, st, target)
-        special = special_type(mode)
-        if special is not None:
-            if special != "fifo" and os.geteuid() != 0:
-                self._warn(
-                    f"{path} is a {special_kind(mode)}; kept in the archive, but only a "
-                    "restore run as root can create it again"
-                )
-            return (_SPECIAL, path, member, st, special)
-        kind = special_kind(mode)
-        message = (
-            f"{path} is a {kind}; skipped (a socket is made anew by the program that listens on it)"
-        )
-        return (_WARN, path, member, st, message)
-
     def _add_dir(self, tar: TarWriter, member: str, st: os.stat_result, path: str) -> None:
-        self._add_other(tar, (_DIR, path, member, st, None), "dir", tarfile.DIRTYPE)
+        self._add_other(tar, (DIR, path, member, st, None), "dir", tarfile.DIRTYPE)
 
-    def _add_symlink(self, tar: TarWriter, item: _Item) -> None:
+    def _add_symlink(self, tar: TarWriter, item: Item) -> None:
         self._add_other(tar, item, "symlink", tarfile.SYMTYPE, target=item[4])
 
-    def _add_hardlink(self, tar: TarWriter, item: _Item) -> None:
+    def _add_hardlink(self, tar: TarWriter, item: Item) -> None:
         # No attributes of its own: they are the first name's (one inode).
         self._add_other(tar, item, "hardlink", tarfile.LNKTYPE, target=item[4], xattrs=False)
 
-    def _add_special(self, tar: TarWriter, item: _Item) -> None:
+    def _add_special(self, tar: TarWriter, item: Item) -> None:
         rdev = item[3].st_rdev if item[4] != "fifo" else None
         self._add_other(tar, item, item[4], SPECIAL_TAR_TYPES[item[4]], rdev=rdev)
 
     def _add_other(
         self,
         tar: TarWriter,
-        item: _Item,
+        item: Item,
         type_: str,
         kind: bytes,
         *,
@@ -643,11 +484,11 @@ class Packer:
             opened = future.result()
         except FileNotFoundError:
             self._warn(f"{path} vanished during the scan; not in this archive")
-            self._bytes_total -= st.st_size
+            self._scan.bytes_total -= st.st_size
             return None
         except SwappedFile as exc:
             self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
-            self._bytes_total -= st.st_size
+            self._scan.bytes_total -= st.st_size
             return None
         except PermissionError:
             raise BackupError(
@@ -660,11 +501,11 @@ class Packer:
             if opened.source is not None:
                 opened.source.raw.close()
             self._warn(f"{path} {exc.strerror}; skipped, not in this archive")
-            self._bytes_total -= st.st_size
+            self._scan.bytes_total -= st.st_size
             return None
         return opened
 
-    def _add_file(self, tar: TarWriter, item: _Item, future: Handle) -> None:
+    def _add_file(self, tar: TarWriter, item: Item, future: Handle) -> None:
         _, path, name, st, prev = item
         size = st.st_size
         opened = self._opened(path, st, future)
@@ -710,7 +551,7 @@ class Packer:
             path, name, st, mode, source.digest.hexdigest(), encode_xattrs(found), source.short
         )
 
-    def _add_whole(self, tar: TarWriter, item: _Item, opened: Opened) -> None:
+    def _add_whole(self, tar: TarWriter, item: Item, opened: Opened) -> None:
         """A small file the read-ahead thread read whole, hashed and closed."""
         _, path, name, st, prev = item
         size = st.st_size
@@ -824,23 +665,6 @@ class Packer:
             block = source.read(BLOCK)
             tar.write(block)
             pos += len(block)
-
-    def _unchanged(self, prev: Entry, st: os.stat_result, path: str) -> bool:
-        # The inode is not compared: a restore gives every file a new one, and the
-        # next incremental must not store the whole tree again for that.
-        if prev.type != "file" or prev.archive is None:
-            return False
-        same = (
-            prev.size == st.st_size
-            and prev.mtime_ns == st.st_mtime_ns
-            and prev.mode == stat.S_IMODE(st.st_mode)
-        )
-        if not same or prev.xattrs != encode_xattrs(self._xattrs(path)):
-            return False
-        # Racy: modified so close to the parent's scan that a change in the
-        # same timestamp tick would not show. Store it again.
-        assert self._racy_before is not None
-        return prev.mtime_ns < self._racy_before
 
     # -- tar members -----------------------------------------------------
 
