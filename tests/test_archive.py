@@ -245,6 +245,16 @@ def test_selector_iso_time_at_or_before_utc() -> None:
     assert pick(Selector.parse("2024-01-01T00:00:00Z")) is None
 
 
+def test_selector_iso_time_with_a_lowercase_z_is_utc() -> None:
+    # RFC 3339 allows "z" (and "t"); an operator may type either.
+    for text in ("2025-01-01T05:00:00z", "2025-01-01t05:00:00z"):
+        sel = Selector.parse(text)
+        assert sel.before == dt.datetime(2025, 1, 1, 5, 0, tzinfo=UTC)
+        assert pick(sel) == "cell_crm_20250101_020030"
+    with pytest.raises(ConfigError, match="malformed restore date"):
+        Selector.parse("2025-01-01T05:00:00zz")
+
+
 def test_selector_iso_time_with_zone() -> None:
     sel = Selector.parse("2025-01-01T10:00:15+08:00")
     assert sel.before == dt.datetime(2025, 1, 1, 2, 0, 15, tzinfo=UTC)
@@ -309,7 +319,6 @@ def test_selector_at_or_before() -> None:
         "",
         "now",
         "2025-01-01T25:00:00",
-        "2025-01-01T02:00:00z",  # the zone is "Z", as fromisoformat reads it
         f"{ARABIC_2025}0101",
     ],
 )

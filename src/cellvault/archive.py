@@ -468,8 +468,12 @@ class Selector:
         if _DATE_PREFIX.fullmatch(text):
             _check_prefix(text)
             return cls(text, "prefix")
+        # RFC 3339 allows a lowercase "z" (UTC), which fromisoformat refuses.
+        zoned = text
+        if text[-1:] in ("Z", "z") and text[-2:-1].isdigit():
+            zoned = text[:-1] + "+00:00"
         try:
-            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            when = dt.datetime.fromisoformat(zoned)
         except ValueError:
             raise ConfigError(
                 f"malformed restore date {text!r}",
