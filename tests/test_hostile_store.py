@@ -535,21 +535,21 @@ def test_a_file_swapped_after_the_scan_is_skipped_with_a_warning(
 def test_a_directory_vanishing_mid_scan_is_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cellvault import pack
+    from cellvault import walk
 
     cell = tmp_path / "cells" / "crm"
     (cell / "a").mkdir(parents=True)
     (cell / "a" / "f.txt").write_text("a\n")
     (cell / "b").mkdir()
     (cell / "b" / "g.txt").write_text("b\n")
-    real_list = pack.Packer._list
+    real_list = walk.CellWalk._list
 
     def racing(self: Any, path: str) -> Any:
         if path == str(cell / "b"):
             shutil.rmtree(cell / "b")
         return real_list(self, path)
 
-    monkeypatch.setattr(pack.Packer, "_list", racing)
+    monkeypatch.setattr(walk.CellWalk, "_list", racing)
     report = make_vault(tmp_path / "backup", [cell]).backup()
     assert report.ok, report
     (result,) = report.cells

@@ -390,7 +390,7 @@ def test_an_entry_string_of_another_type_is_named_in_the_error(key: str) -> None
     with pytest.raises(ArchiveCorrupt) as info:
         Manifest.from_json(raw, archive=ARCHIVE)
     assert info.value.detail == (
-        f"manifest is unusable (TypeError: {key} of an entry is a int, not a string)"
+        f"manifest is unusable (TypeError: {key} of an entry is a number, not a string)"
     )
 
 
@@ -831,7 +831,7 @@ def test_entries_past_the_spill_read_as_from_dict_reads_them(
         ({"size": -1}, "size -1 is not a whole number"),
         ({"type": "socket"}, "'type' must be in"),
         ({"mtime_ns": None}, "TypeError: int() argument"),
-        ({"path": 3}, "path of an entry is a int"),
+        ({"path": 3}, "path of an entry is a number"),
         ({"archive": "cell_web_20241231_020000"}, "not an older archive of cell crm"),
     ]:
         bad = [*items, {"path": "data/crm/z", **base, **change}]

@@ -74,7 +74,7 @@ def test_roots_map_plain_names_to_absolute_paths() -> None:
     assert check_roots({"app": "/srv/app", "db": "/"}) == {"app": "/srv/app", "db": "/"}
     error = refused(check_roots, ["app"], archive=STEM)
     assert (error.detail, error.archive) == ("roots is a list, not an object", STEM)
-    assert refused(check_roots, "x").detail == "roots is a str, not an object"
+    assert refused(check_roots, "x").detail == "roots is a string, not an object"
     for path in ("srv/app", "", "/srv/\x00", 3, None):
         error = refused(check_roots, {"app": path}, archive=STEM)
         assert error.detail == f"root 'app' names {path!r}, not an absolute path"
@@ -264,8 +264,8 @@ def test_a_record_is_a_bounded_json_object() -> None:
     assert load_record(big, "site record")["a"] == "x" * (MAX_RECORD_BYTES - 9)
     for raw, message in [
         (big + b" ", f"the site record is over {MAX_RECORD_BYTES} bytes"),
-        (b"[1]", "the site record is a JSON list, not an object"),
-        (b"null", "the site record is a JSON NoneType, not an object"),
+        (b"[1]", "the site record is a list, not an object"),
+        (b"null", "the site record is null, not an object"),
         (
             b"{",
             "the site record is not JSON (Expecting property name enclosed in double quotes: "

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 
 from .cell import validate_cell_name
-from .errors import ArchiveCorrupt, ConfigError
+from .errors import ArchiveCorrupt, ConfigError, json_kind
 from .trust import (
     MAX_SIDECAR_BYTES,
     check_count,
@@ -140,7 +140,7 @@ def _epoch(value: Any) -> int | None:
 def _older(text: Any, own: str) -> ArchiveId:
     """A parent or chain link: an archive id of the same cell, not newer than *own*."""
     if not isinstance(text, str):
-        raise TypeError(f"an archive id is a {type(text).__name__}, not a string")
+        raise TypeError(f"an archive id is {json_kind(text)}, not a string")
     return ArchiveId.parse(check_holder(text, own))
 
 
@@ -221,7 +221,7 @@ class ArchiveMeta:
         """Read ``meta.json``; raise :class:`ArchiveCorrupt` when it is unusable."""
         if not isinstance(data, Mapping):
             raise ArchiveCorrupt(
-                f"meta.json is unusable (a JSON {type(data).__name__}, not an object)",
+                f"meta.json is unusable ({json_kind(data)}, not an object)",
                 archive="?",
                 member="meta.json",
             )
@@ -231,7 +231,7 @@ class ArchiveMeta:
                 raise KeyError("backed_at")
             chain = data.get("chain") or ()
             if not isinstance(chain, list | tuple):
-                raise TypeError(f"chain is a {type(chain).__name__}, not a list")
+                raise TypeError(f"chain is {json_kind(chain)}, not a list")
             if data["kind"] not in KINDS:
                 raise ValueError(f"kind {data['kind']!r} is neither full nor incremental")
             return cls(
@@ -362,13 +362,13 @@ class Sidecar:
                 raise ValueError(f"{len(raw)} bytes, more than a sidecar ever holds")
             data = json.loads(raw)
             if not isinstance(data, dict):
-                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+                raise TypeError(f"{json_kind(data)}, not an object")
             meta = ArchiveMeta.from_dict(data)
             _check_identity(meta.id, name, cell)
             stem = str(meta.id)
             checksums = data.get("checksums") or {}
             if not isinstance(checksums, dict):
-                raise TypeError(f"checksums is a {type(checksums).__name__}, not an object")
+                raise TypeError(f"checksums is {json_kind(checksums)}, not an object")
             declared = data.get("manifest_size")
             return cls(
                 meta=meta,

@@ -26,7 +26,28 @@ __all__ = [
     "TargetError",
     "UnsafeArchive",
     "WebhookError",
+    "json_kind",
 ]
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words, for a message: ``"a number"``, ``"null"``.
+
+    (A message built from a Python type's name said "is a int", "is a NoneType".)
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 class CellvaultError(Exception):

@@ -20,7 +20,7 @@ from typing import IO, Any, Generic, Literal, NamedTuple, NoReturn, TypeVar
 
 import attrs
 
-from .errors import ArchiveCorrupt
+from .errors import ArchiveCorrupt, json_kind
 from .forking import receive, send
 from .manifest_text import ApartParser, ManifestText, PipeSource, Readable
 from .spillmap import SpillMap
@@ -140,7 +140,7 @@ class Entry:
                 ("archive", archive),
             ):
                 if value is not None and not isinstance(value, str):
-                    raise TypeError(f"{key} of an entry is a {type(value).__name__}, not a string")
+                    raise TypeError(f"{key} of an entry is {json_kind(value)}, not a string")
         return cls(
             path=path,
             type=data["type"],
@@ -686,7 +686,7 @@ def _fields(item: Any, ids: dict[str, str]) -> tuple[Any, ...]:
 
 def _entry(item: object, ids: dict[str, str]) -> Entry:
     if not isinstance(item, dict):
-        raise TypeError(f"an entry is a {type(item).__name__}, not an object")
+        raise TypeError(f"an entry is {json_kind(item)}, not an object")
     # The few archive ids are shared by all the entries that name them.
     holder = item.get("archive")
     if type(holder) is str:

@@ -35,7 +35,7 @@ from typing import Any
 
 import zstandard
 
-from .errors import ArchiveCorrupt
+from .errors import ArchiveCorrupt, json_kind
 
 __all__ = [
     "MAX_COUNT",
@@ -105,7 +105,7 @@ def check_roots(value: Any, *, archive: str = "?") -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ArchiveCorrupt(f"roots is a {type(value).__name__}, not an object", archive=archive)
+        raise ArchiveCorrupt(f"roots is {json_kind(value)}, not an object", archive=archive)
     out: dict[str, str] = {}
     for key, path in value.items():
         check_root_name(key, archive=archive)
@@ -275,7 +275,7 @@ def load_record(raw: bytes, what: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"the {what} is not JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"the {what} is a JSON {type(data).__name__}, not an object")
+        raise ValueError(f"the {what} is {json_kind(data)}, not an object")
     return data
 
 

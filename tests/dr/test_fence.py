@@ -560,7 +560,7 @@ def test_an_epoch_record_is_written_and_read_back_exactly() -> None:
         ({"epoch": 1, "at": "2025-03-01T12:00:00Z"}, "0000000001.json", "'site'"),
         ({"site": "dr", "at": "2025-03-01T12:00:00Z"}, "0000000001.json", "'epoch'"),
         ({"epoch": 1, "site": "dr"}, "0000000001.json", "'at'"),
-        (["epoch"], "0000000001.json", "the epoch record is a JSON list, not an object"),
+        (["epoch"], "0000000001.json", "the epoch record is a list, not an object"),
     ],
 )
 def test_an_epoch_record_that_is_not_one_is_refused_with_what_is_wrong(
@@ -826,7 +826,7 @@ def test_a_heartbeat_record_is_written_and_read_back_exactly() -> None:
             b'{"site": "dr", "at": "2025-03-01T12:00:00z"}',
             "Invalid isoformat string: '2025-03-01T12:00:00z'",
         ),
-        (b"7", "the heartbeat record is a JSON int, not an object"),
+        (b"7", "the heartbeat record is a number, not an object"),
     ]:
         with pytest.raises(DrError) as info:
             Heartbeat.from_json(raw)

@@ -432,7 +432,7 @@ def test_unusable_meta_json_is_corrupt(meta_json: bytes, why: str) -> None:
     [
         (
             b'{"archive": "a", "entries": [1, 2]}',
-            "manifest is unusable (TypeError: an entry is a int, not an object)",
+            "manifest is unusable (TypeError: an entry is a number, not an object)",
         ),
         (b"[" * 100_000, "manifest is unusable (RecursionError)"),
         (b'{"entries": []}', None),
@@ -967,7 +967,7 @@ def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> No
     [
         (
             b'{"archive": "a", "entries": [1, 2]}',
-            "manifest is unusable (TypeError: an entry is a int, not an object)",
+            "manifest is unusable (TypeError: an entry is a number, not an object)",
         ),
         (
             b'{"format": 1, "archive": "%s", "entries": [{"path": "data/crm/f", "type": "file",'
