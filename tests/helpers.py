@@ -8,6 +8,7 @@ import itertools
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -182,3 +183,17 @@ def logged(caplog: Any, name: str) -> list[dict[str, Any]]:
         for r in caplog.records
         if isinstance(r.msg, dict) and r.msg.get("event") == name
     ]
+
+
+def killed_not_reaped(pid: int) -> None:
+    """Wait (up to 5 s) until process *pid*, killed, is a zombie: ended, not yet reaped.
+
+    As a process killed in a container whose first process does not reap
+    orphans stays: ``kill(pid, 0)`` still answers for it.
+    """
+    deadline = time.monotonic() + 5
+    state = ""
+    while state != "Z" and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    assert state == "Z"

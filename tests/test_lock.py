@@ -24,7 +24,7 @@ from cellvault.errors import TargetError
 from cellvault.lock import Lease, holder_is_stale
 from cellvault.readlease import ReadLease, read_holds
 from cellvault.targets.base import ObjectInfo
-from tests.helpers import SAMPLE, MemTarget, make_vault, snapshot, write_tree
+from tests.helpers import SAMPLE, MemTarget, killed_not_reaped, make_vault, snapshot, write_tree
 
 
 @pytest.fixture(params=["local", "mem"])
@@ -589,12 +589,7 @@ def test_a_zombie_holder_is_not_alive() -> None:
         holder = {"host": socket.gethostname(), "pid": child.pid, "expires": later}
         assert not holder_is_stale(holder)  # alive and not expired
         child.kill()
-        deadline = time.monotonic() + 5
-        state = ""
-        while state != "Z" and time.monotonic() < deadline:  # killed, not yet reaped
-            with open(f"/proc/{child.pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        assert state == "Z"
+        killed_not_reaped(child.pid)
         assert holder_is_stale(holder)
     finally:
         child.kill()

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import stat
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,7 @@ QUOTED = json.dumps(ARCHIVE)
 
 
 def job(path: Path, member: str, st: os.stat_result | None = None) -> readers.Job:
-    st = st or os.lstat(path)
-    return (
-        str(path),
-        member,
-        stat.S_IMODE(st.st_mode),
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ino,
-        st.st_dev,
-        st.st_ctime_ns,
-    )
+    return readers.job_of(str(path), member, st or os.lstat(path))
 
 
 @pytest.fixture

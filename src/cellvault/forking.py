@@ -18,14 +18,16 @@ import os
 import select
 import signal
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
     "FORK_MAX_RSS",
+    "Child",
     "alive",
     "become_child",
     "fork",
+    "frames",
     "pipe",
     "read_exactly",
     "read_up_to",
@@ -175,6 +177,34 @@ def fork(work: Callable[[int, int, int], None], *keep: int) -> tuple[int, int, i
     return pid, feed_w, out_r
 
 
+class Child:
+    """A forked child as :func:`fork` returns it: its pid, the pipe it reads, the one it writes."""
+
+    def __init__(self, pid: int, feed: int, result: int) -> None:
+        self.pid = pid
+        #: The write end of the pipe the child reads (-1 once closed).
+        self.feed = feed
+        #: The read end of the pipe the child writes (-1 once closed).
+        self.result = result
+
+    def end(self, *, kill: bool) -> None:
+        """Close both pipes (the child reads its end of input) and wait for it; first kill it if *kill*.
+
+        Idempotent: a child already waited for is not waited for again.
+        """
+        if kill and self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        for fd in (self.feed, self.result):
+            if fd >= 0:
+                os.close(fd)
+        self.feed = self.result = -1
+        if self.pid:
+            pid, self.pid = self.pid, 0
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -197,6 +227,18 @@ def receive(fd: int, parent: int | None = None) -> Any:
     if payload is None:
         raise EOFError("the other process is gone")
     return marshal.loads(payload)  # noqa: S302 - our own process's words
+
+
+def frames(fd: int, parent: int) -> Iterator[Any]:
+    """In a child: the values *parent* sends, until it sends ``None`` or closes the pipe (or dies)."""
+    while True:
+        try:
+            value = receive(fd, parent)
+        except EOFError:
+            return  # the parent is gone without its end mark: nothing more comes
+        if value is None:
+            return
+        yield value
 
 
 def read_exactly(fd: int, size: int, parent: int | None = None) -> bytes | None:

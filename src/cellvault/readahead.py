@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 
 from .forking import FORK_MAX_RSS, resident
 from .fsmeta import Xattrs, read_xattrs
-from .readers import Answer, Built, Job, Part, Readers, Run
+from .readers import Answer, Built, Job, Part, Readers, Run, job_of
 from .safeopen import open_scanned_fd
 from .tarwrite import BLOCK, ZEROS
 
@@ -465,20 +465,7 @@ class ReadAhead:
         if jobs is None:
             jobs = self._jobs = Jobs(readers)
         made = Made(jobs, len(jobs.jobs))
-        jobs.jobs.append(
-            (
-                item[1],
-                item[2],
-                st.st_mode & 0o7777,
-                st.st_uid,
-                st.st_gid,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ino,
-                st.st_dev,
-                st.st_ctime_ns,
-            )
-        )
+        jobs.jobs.append(job_of(item[1], item[2], st))
         jobs.count += 1
         jobs.bytes += st.st_size
         if jobs.count >= FORK_BATCH or jobs.bytes >= FORK_BYTES:

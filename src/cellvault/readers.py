@@ -24,13 +24,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
-from collections.abc import Iterator
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any
 
 from .errors import BackupError
-from .forking import fork, receive, send
+from .forking import Child, fork, frames, receive, send
 from .fsmeta import read_xattrs
 from .safeopen import open_scanned_fd
 from .tarwrite import ZEROS, file_header
@@ -46,6 +44,7 @@ __all__ = [
     "build",
     "build_run",
     "file_entry",
+    "job_of",
 ]
 
 #: Readers forked per cell packed: two keep the packer and both cores busy.
@@ -107,19 +106,54 @@ def file_entry(
     )
 
 
+def job_of(path: str, member: str, st: os.stat_result) -> Job:
+    """The :data:`Job` of the file at *path*, to be stored as *member*, from the walk's ``lstat``."""
+    return (
+        path,
+        member,
+        st.st_mode & 0o7777,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ino,
+        st.st_dev,
+        st.st_ctime_ns,
+    )
+
+
 def build(job: Job, archive: str) -> Built:
     """The tar member and manifest entry of the file *job* names, or ``None`` if it is not plain.
 
     *archive* is the archive's id as JSON text.
     """
-    path, name, mode, uid, gid, size, mtime_ns, inode, dev, ctime_ns = job
+    path, size, inode, dev = job[0], job[5], job[7], job[8]
+
+    def same(now: os.stat_result) -> int | None:
+        # Another file now (the packer sees to it), or the walk's size to read.
+        return size if (now.st_ino, now.st_dev) == (inode, dev) else None
+
+    got = _read_plain(path, same)
+    return None if got is None else _built(job, got[1], archive)
+
+
+def _read_plain(
+    path: str, size_of: Callable[[os.stat_result], int | None]
+) -> tuple[os.stat_result, bytes] | None:
+    """Open *path* as the packer would and read it whole, if it is plain.
+
+    *size_of* tells, from the open file's ``fstat``, how many bytes to read
+    (``None``: not plain). Not plain either: sparse (the packer maps its
+    holes), shorter than that, with extended attributes, or any error.
+    """
     try:
-        fd, now = open_scanned_fd(path)
+        fd, st = open_scanned_fd(path)
     except OSError:
         return None
     try:
-        if (now.st_ino, now.st_dev) != (inode, dev) or now.st_blocks * 512 < size:
-            return None  # another file now, or sparse now: the packer sees to it
+        size = size_of(st)
+        if size is None or st.st_blocks * 512 < size:
+            return None
         data = os.read(fd, size) if size else b""
         if len(data) != size or read_xattrs(fd):
             return None
@@ -127,22 +161,11 @@ def build(job: Job, archive: str) -> Built:
         return None
     finally:
         os.close(fd)
-    return _built(name, mode, uid, gid, size, mtime_ns, inode, dev, ctime_ns, data, archive)
+    return st, data
 
 
-def _built(
-    name: str,
-    mode: int,
-    uid: int,
-    gid: int,
-    size: int,
-    mtime_ns: int,
-    inode: int,
-    dev: int,
-    ctime_ns: int,
-    data: bytes,
-    archive: str,
-) -> Built:
+def _built(job: Job, data: bytes, archive: str) -> Built:
+    _, name, mode, uid, gid, size, mtime_ns, inode, dev, ctime_ns = job
     entry = file_entry(
         name,
         mode,
@@ -194,59 +217,21 @@ def build_run(run: Run, archive: str, largest: int, budget: int) -> list[Part]:
 
 
 def _build_named(path: str, name: str, largest: int, archive: str) -> Built:
-    try:
-        fd, st = open_scanned_fd(path)
-    except OSError:
-        return None
-    try:
-        size = st.st_size
-        if st.st_nlink != 1 or size > largest or st.st_blocks * 512 < size:
-            return None
-        data = os.read(fd, size) if size else b""
-        if len(data) != size or read_xattrs(fd):
-            return None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return _built(
-        name,
-        st.st_mode & 0o7777,
-        st.st_uid,
-        st.st_gid,
-        size,
-        st.st_mtime_ns,
-        st.st_ino,
-        st.st_dev,
-        st.st_ctime_ns,
-        data,
-        archive,
-    )
+    def plain(st: os.stat_result) -> int | None:
+        # Of one name (a hard link's group is the packer's), not larger than *largest*.
+        return st.st_size if st.st_nlink == 1 and st.st_size <= largest else None
+
+    got = _read_plain(path, plain)
+    return None if got is None else _built(job_of(path, name, got[0]), got[1], archive)
 
 
-class _Child:
+class _Child(Child):
     """One reader: a batch of jobs in, the batch's members out, one batch at a time."""
 
     def __init__(self, pid: int, feed: int, result: int) -> None:
-        self.pid = pid
-        self.feed = feed
-        self.result = result
+        super().__init__(pid, feed, result)
         #: A batch was sent and its answer not yet taken.
         self.busy = False
-
-    def end(self, *, kill: bool) -> None:
-        """Close its pipes (its end of input) and wait for it; first kill it if *kill*."""
-        if kill and self.pid:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-        for fd in (self.feed, self.result):
-            if fd >= 0:
-                os.close(fd)
-        self.feed = self.result = -1
-        if self.pid:
-            pid, self.pid = self.pid, 0
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
 
 
 class Readers:
@@ -268,7 +253,7 @@ class Readers:
         quoted = _quote(archive)
 
         def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
-            for batch in _batches(feed, parent):
+            for batch in frames(feed, parent):
                 send(
                     out,
                     [
@@ -316,12 +301,3 @@ class Readers:
         for child in self._children:
             child.end(kill=child.busy)
         self._children = []
-
-
-def _batches(feed: int, parent: int) -> Iterator[Any]:  # pragma: no cover - the child
-    """The batches the packer sends, until it closes the pipe (or dies)."""
-    while True:
-        try:
-            yield receive(feed, parent)
-        except EOFError:
-            return

@@ -38,7 +38,7 @@ from cellvault.journal import (
     running,
 )
 from cellvault.swap import HELD, OWNER_SUFFIX, Swap, exchange
-from tests.helpers import write_tree
+from tests.helpers import killed_not_reaped, write_tree
 from tests.system_tools import needs_root
 
 ARCHIVE = "cell_crm_20250101_020000"
@@ -812,12 +812,7 @@ def test_staging_of_a_killed_restore_not_yet_reaped_is_removed(tmp_path: Path) -
         swap = unjournalled(tmp_path, pid=child.pid)
         app = tmp_path / "srv" / "app"
         child.kill()
-        deadline = time.monotonic() + 5
-        state = ""
-        while state != "Z" and time.monotonic() < deadline:  # killed, not yet reaped
-            with open(f"/proc/{child.pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        assert state == "Z"
+        killed_not_reaped(child.pid)
         (rec,) = recover("crm", [app])
         assert (rec.action, rec.removed) == ("cleaned up", (str(swap.staging),))
         assert beside(tmp_path / "srv") == [] and read(app) == {"a.txt": "live a\n"}

@@ -29,12 +29,11 @@ import contextlib
 import errno
 import hashlib
 import os
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..errors import UnsafeArchive
-from ..forking import fork, receive, send, write_all
+from ..forking import Child, fork, frames, receive, send, write_all
 
 __all__ = ["FileWriter"]
 
@@ -171,13 +170,11 @@ class FileWriter:
         raise OSError(errno.EIO, f"the file writer failed ({outcome[1]})", None)
 
 
-class _Child:
+class _Child(Child):
     """One forked writer (:func:`~cellvault.forking.fork`): batches in, its last word out."""
 
     def __init__(self, pid: int, feed: int, result: int) -> None:
-        self.pid = pid
-        self._feed = feed
-        self._result = result
+        super().__init__(pid, feed, result)
         #: Files handed to it.
         self.sent = 0
 
@@ -185,7 +182,7 @@ class _Child:
         """Hand *batch* over; the child's last word if it has stopped reading (it met something)."""
         self.sent += len(batch)
         try:
-            send(self._feed, batch)
+            send(self.feed, batch)
         except BrokenPipeError:
             return self._outcome()
         return None
@@ -193,46 +190,21 @@ class _Child:
     def finish(self) -> tuple[Any, ...]:
         """Send the end mark and wait for the child; its last word."""
         with contextlib.suppress(BrokenPipeError):
-            send(self._feed, None)
+            send(self.feed, None)
         return self._outcome()
 
     def _outcome(self) -> tuple[Any, ...]:
         """The child's last word, once it has ended (a crash says so)."""
         try:
-            outcome = receive(self._result)
+            outcome = receive(self.result)
         except (EOFError, ValueError, TypeError):
             outcome = ("crash", "the file writer ended without a word")
-        self._reap()
+        self.end(kill=False)
         return outcome if isinstance(outcome, tuple) and outcome else ("crash", repr(outcome))
 
     def abort(self) -> None:
         """End the child now and wait for it (idempotent)."""
-        if self.pid:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-        self._reap()
-
-    def _reap(self) -> None:
-        for fd in (self._feed, self._result):
-            if fd >= 0:
-                os.close(fd)
-        self._feed = self._result = -1
-        if self.pid:
-            pid, self.pid = self.pid, 0
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-
-
-def _frames(feed: int, parent: int) -> Iterator[list[Record]]:
-    """The batches the parent sends, up to its end mark (or its death)."""
-    while True:
-        try:
-            batch = receive(feed, parent)
-        except EOFError:
-            return  # the parent is gone without its end mark: nothing more comes
-        if batch is None:
-            return
-        yield batch
+        self.end(kill=True)
 
 
 def _serve(dirs: Any, feed: int, parent: int) -> tuple[Any, ...]:  # pragma: no cover - child
@@ -242,7 +214,7 @@ def _serve(dirs: Any, feed: int, parent: int) -> tuple[Any, ...]:  # pragma: no 
     fd_of = dirs.fd
     utime = os.utime
     try:
-        for batch in _frames(feed, parent):
+        for batch in frames(feed, parent):
             for folder, base, created, data, mode, uid, gid, mtime, digest in batch:
                 if sha256(data).hexdigest() != digest:
                     return ("differs", f"{folder}/{base}" if folder else base)
