@@ -282,6 +282,11 @@ class Jobs:
         #: The reader's answer, once taken.
         self.done: Answer | None = None
 
+    @property
+    def full(self) -> bool:
+        """It holds :data:`FORK_BATCH` files or :data:`FORK_BYTES` of them: send it."""
+        return self.count >= FORK_BATCH or self.bytes >= FORK_BYTES
+
 
 class Made:
     """One file of a :class:`Jobs` batch: its ``result()`` is what the reader built (or ``None``).
@@ -461,28 +466,24 @@ class ReadAhead:
 
     def _job(self, readers: Readers, item: Item) -> Made:
         st = item[3]
-        jobs = self._jobs
-        if jobs is None:
-            jobs = self._jobs = Jobs(readers)
-        made = Made(jobs, len(jobs.jobs))
-        jobs.jobs.append(job_of(item[1], item[2], st))
-        jobs.count += 1
-        jobs.bytes += st.st_size
-        if jobs.count >= FORK_BATCH or jobs.bytes >= FORK_BYTES:
-            self._hand_over()
-        return made
+        return Made(*self._gather(readers, job_of(item[1], item[2], st), 1, st.st_size))
 
     def _run(self, readers: Readers, item: Item) -> Ran:
+        names: list[str] = item[3]
+        return Ran(*self._gather(readers, (item[1], item[2], names), len(names), 0))
+
+    def _gather(self, readers: Readers, one: Job | Run, files: int, size: int) -> tuple[Jobs, int]:
+        """Add *one* (of *files* files, *size* bytes known) to the next batch; its batch and place."""
         jobs = self._jobs
         if jobs is None:
             jobs = self._jobs = Jobs(readers)
-        names: list[str] = item[3]
-        ran = Ran(jobs, len(jobs.jobs))
-        jobs.jobs.append((item[1], item[2], names))
-        jobs.count += len(names)
-        if jobs.count >= FORK_BATCH:
+        index = len(jobs.jobs)
+        jobs.jobs.append(one)
+        jobs.count += files
+        jobs.bytes += size
+        if jobs.full:
             self._hand_over()
-        return ran
+        return jobs, index
 
     def _hand_over(self) -> bool:
         """Send the gathered jobs to an idle reader; ``False`` if every reader has a batch."""
@@ -500,11 +501,7 @@ class ReadAhead:
     def _stuck(self) -> bool:
         """A full batch waits for a reader: the window grows no further until one is free."""
         jobs = self._jobs
-        return (
-            jobs is not None
-            and (jobs.count >= FORK_BATCH or jobs.bytes >= FORK_BYTES)
-            and not self._hand_over()
-        )
+        return jobs is not None and jobs.full and not self._hand_over()
 
     def items(self, walk: Iterator[Item]) -> Iterator[tuple[Item, Ahead | None]]:
         window = self._window
