@@ -26,6 +26,7 @@ from .archive import Kind
 from .config import Config, load_env, load_toml, read_env_file, unknown_env, with_restore_env
 from .display import Display, PlainProgress
 from .errors import CellvaultError, ConfigError
+from .forking import keep_freed_memory
 from .log import configure_logging, get_logger, redact_text
 from .progress import human_size
 from .vault import Level, Vault, iter_failures
@@ -1971,4 +1972,7 @@ def fleet_status(state: State, max_age: float | None, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cellvault`` console script."""
+    # This process is the command's own, no host's: its allocator keeps what it
+    # frees, as the children's do (forking.keep_freed_memory; a backup's batches).
+    keep_freed_memory()
     cli.main(args=argv, prog_name="cellvault")

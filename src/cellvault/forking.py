@@ -28,6 +28,7 @@ __all__ = [
     "become_child",
     "fork",
     "frames",
+    "keep_freed_memory",
     "pipe",
     "read_exactly",
     "read_up_to",
@@ -95,6 +96,35 @@ def _libc_prctl() -> Callable[..., int] | None:
 _PRCTL = _libc_prctl()
 _PR_SET_PDEATHSIG = 1
 
+#: mallopt(3) parameters (glibc): the size from which a block is mapped on its
+#: own, and the free memory above which the heap is given back to the system.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: What a child asks of both (:func:`keep_freed_memory`).
+CHILD_MMAP_THRESHOLD = 32 << 20
+CHILD_TRIM_THRESHOLD = 64 << 20
+
+
+def keep_freed_memory() -> None:
+    """Have this process's allocator keep the memory it frees, for the next batch (glibc).
+
+    A child's batches are megabytes each (joined members, their ``marshal``
+    text, a pipe's worth): by default each such block is mapped anew and
+    unmapped when freed, and each of its pages faults in again: at 200,000
+    small files, 230,000 page faults and a tenth of the backup's system time.
+    Blocks up to :data:`CHILD_MMAP_THRESHOLD` then come from the heap, which
+    keeps up to :data:`CHILD_TRIM_THRESHOLD` free. Only for a child and for the
+    ``cellvault`` command's own process: a host process's allocator is the
+    host's own. (At 200,000 files, both: page faults 230,000 -> 42,000, the
+    backup 5% sooner; ``docs/performance.md``.)
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: its allocator as it is
+    mallopt(_M_MMAP_THRESHOLD, CHILD_MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, CHILD_TRIM_THRESHOLD)
+
 
 def become_child(parent: int, *keep: int) -> None:
     """Set up a freshly forked child of *parent* that keeps only the descriptors *keep*.
@@ -112,6 +142,7 @@ def become_child(parent: int, *keep: int) -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the request was made
         os._exit(1)
+    keep_freed_memory()
     low = 3
     for fd in sorted(keep):
         os.closerange(low, fd)
