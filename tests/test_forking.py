@@ -7,8 +7,12 @@ import marshal
 import os
 import platform
 import resource
+import signal
+import time
 
-from cellvault.forking import fork, keep_freed_memory, receive, send
+import pytest
+
+from cellvault.forking import Child, fork, keep_freed_memory, receive, send
 from tests.system_tools import unavailable
 
 
@@ -81,3 +85,54 @@ def test_a_forked_child_answers_through_its_pipes_with_freed_memory_kept() -> No
         os.close(result)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _child_that(end: str) -> Child:
+    """A forked child that ends as *end* says, its pipe closed without a word."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            if end == "linger":
+                os.close(write)
+                time.sleep(5)
+            elif end not in ("exit", "ok"):
+                number = getattr(signal, end)
+                if number != signal.SIGKILL:
+                    signal.signal(number, signal.SIG_DFL)  # not pytest's handler
+                os.kill(os.getpid(), number)
+                time.sleep(5)
+        finally:
+            os._exit(3 if end == "exit" else 0)
+    os.close(write)
+    assert os.read(read, 1) == b""  # its end of the pipe closed
+    return Child(pid, -1, read)
+
+
+@pytest.mark.parametrize(
+    ("end", "words"),
+    [
+        ("SIGKILL", "was killed by SIGKILL (out of memory, or killed by hand?)"),
+        ("SIGINT", "was killed by SIGINT (Ctrl-C?)"),
+        ("SIGTERM", "was killed by SIGTERM"),
+        ("exit", "exited with status 3"),
+        ("ok", "exited without answering"),
+    ],
+)
+def test_a_child_gone_is_told_as_it_ended(end: str, words: str) -> None:
+    child = _child_that(end)
+    assert child.how_ended() == words
+    assert child.pid == 0  # reaped
+    child.end(kill=False)
+
+
+def test_a_child_that_closed_its_pipe_and_lives_on_is_left_to_end() -> None:
+    child = _child_that("linger")
+    pid = child.pid
+    started = time.monotonic()
+    assert child.how_ended(wait=0.2) == "ended without a word"
+    assert time.monotonic() - started < 2
+    assert child.pid == pid
+    child.end(kill=True)
+    assert child.pid == 0

@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import struct
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "Child",
     "alive",
     "become_child",
+    "ended_as",
     "fork",
     "frames",
     "keep_freed_memory",
@@ -234,6 +236,50 @@ class Child:
             pid, self.pid = self.pid, 0
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+
+    def how_ended(self, *, wait: float = 2.0) -> str:
+        """How the child ended, in words, once the pipe it writes closed early; reaped here.
+
+        "was killed by SIGKILL (...)", "was killed by SIGINT (Ctrl-C?)",
+        "exited with status 1". A child not gone within *wait* seconds (it
+        closed its pipe and lives on) "ended without a word": :meth:`end`
+        deals with it.
+        """
+        deadline = time.monotonic() + wait
+        while self.pid:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: nothing to tell
+                self.pid = 0
+                break
+            if pid:
+                self.pid = 0
+                return ended_as(status)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        return "ended without a word"
+
+
+#: Why a child may have been killed by a signal, as far as one can guess.
+_LIKELY: dict[int, str] = {
+    signal.SIGKILL: " (out of memory, or killed by hand?)",
+    signal.SIGINT: " (Ctrl-C?)",
+    signal.SIGSEGV: " (a crash: report it)",
+}
+
+
+def ended_as(status: int) -> str:
+    """A child's end, from its wait status: "was killed by SIGTERM", "exited with status 3"."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"was killed by {name}{_LIKELY.get(number, '')}"
+    code = os.waitstatus_to_exitcode(status)
+    return f"exited with status {code}" if code else "exited without answering"
 
 
 def write_all(fd: int, data: bytes) -> None:

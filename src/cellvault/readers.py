@@ -290,7 +290,7 @@ class Readers:
             built: Answer = receive(child.result)
         except (EOFError, ValueError, TypeError):
             raise BackupError(
-                "the process reading the cell's files ended without a word (killed?)",
+                f"the process reading the cell's files {child.how_ended()}",
                 hint="run the backup again",
             ) from None
         child.busy = False

@@ -137,7 +137,7 @@ def test_a_writer_that_dies_is_an_error_not_a_success(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         made.close()
     assert info.value.errno == errno.EIO
-    assert "the file writer failed (the file writer ended without a word)" in str(info.value)
+    assert "the file writer failed (the file writer was killed by SIGKILL" in str(info.value)
     os.close(root)
 
 

@@ -198,7 +198,7 @@ class _Child(Child):
         try:
             outcome = receive(self.result)
         except (EOFError, ValueError, TypeError):
-            outcome = ("crash", "the file writer ended without a word")
+            outcome = ("crash", f"the file writer {self.how_ended()}")
         self.end(kill=False)
         return outcome if isinstance(outcome, tuple) and outcome else ("crash", repr(outcome))
 
