@@ -799,7 +799,7 @@ def record(site_id: str, action: str = "push") -> SiteRecord:
     return SiteRecord(site_id=site_id, host="h", at=AT, action=action, cells={})
 
 
-def test_site_records_are_written_everywhere_and_read_from_the_first_readable(
+def test_site_records_are_written_everywhere_and_read_from_every_readable_target(
     tmp_path: Path,
 ) -> None:
     down, a, b = broken(tmp_path, "down"), nas(tmp_path, "a"), nas(tmp_path, "b")
@@ -810,10 +810,31 @@ def test_site_records_are_written_everywhere_and_read_from_the_first_readable(
     b.put_bytes(f"{SITES_FOLDER}/beta.json", record("beta").to_json())
     a.put_bytes(f"{SITES_FOLDER}/notes.txt", b"not a record")
     (tmp_path / "a" / SITES_FOLDER / "old.json").mkdir()
-    assert [r.site_id for r in markers.records()] == ["alpha", "zeta"]  # a answers first
+    # beta's record is on b only (a was down when beta wrote it): read all the same.
+    assert [r.site_id for r in markers.records()] == ["alpha", "beta", "zeta"]
     assert [r.site_id for r in store(tmp_path, down, b).records()] == ["alpha", "beta", "zeta"]
     assert store(tmp_path, down).records() == []
     assert store(tmp_path, nas(tmp_path, "none")).records() == []
+
+
+def test_of_a_sites_records_on_the_storage_its_newest_counts(tmp_path: Path) -> None:
+    a, b = nas(tmp_path, "a"), nas(tmp_path, "b")
+    both = store(tmp_path, a, b)
+    assert both.write_record(record("alpha", "push")) == []
+    later = SiteRecord(
+        site_id="alpha", host="h", at=AT + dt.timedelta(hours=1), action="failover", cells={}
+    )
+    # Written while a was down: a keeps the push, b has the failover.
+    assert (
+        store(tmp_path, broken(tmp_path, "down"), b)
+        .write_record(later)[0]
+        .startswith("site record not written: target down:")
+    )
+    assert [(r.site_id, r.action) for r in both.records()] == [("alpha", "failover")]
+    assert [(r.site_id, r.action) for r in store(tmp_path, b, a).records()] == [
+        ("alpha", "failover")
+    ]
+    assert [(r.site_id, r.action) for r in store(tmp_path, a).records()] == [("alpha", "push")]
 
 
 def test_a_damaged_copy_of_the_marker_here_says_where_it_is(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ def _write_local(path: Path, data: bytes) -> None:
 class MarkerStore:
     """The failover marker and the site records of one site: on *storage* and in *state_dir*."""
 
-    #: The object-storage targets, in order: the first that answers decides.
+    #: The object-storage targets, in order: for the marker, the first that answers
+    #: decides; the site records of all that answer are merged (:meth:`records`).
     storage: Sequence[Target]
     #: This site's DR state folder (``<backup_dir>/.cellvault/dr``).
     state_dir: Path
@@ -165,18 +166,26 @@ class MarkerStore:
         return warnings
 
     def records(self) -> list[SiteRecord]:
-        """What every site recorded at its last DR step (from the first readable storage target).
+        """What every site recorded at its last DR step: each site's newest, over the storage.
 
-        A target that cannot be listed or read is passed over with a
+        A site writes its record to every storage target, and one that was
+        down then keeps the record before it: each readable target is read,
+        and of a site's records the newest (by its time) is kept. A target
+        that cannot be listed or read is passed over with a
         ``dr.records_unreadable`` warning; none readable gives ``[]``.
         """
+        newest: dict[str, SiteRecord] = {}
         for target in self.storage:
             try:
-                return self._records_on(target)
+                found = self._records_on(target)
             except TargetError as exc:
                 log.warning("dr.records_unreadable", target=target.name, error=str(exc))
                 continue
-        return []
+            for record in found:
+                kept = newest.get(record.site_id)
+                if kept is None or record.at > kept.at:
+                    newest[record.site_id] = record
+        return [newest[site] for site in sorted(newest)]
 
     def _records_on(self, target: Target) -> list[SiteRecord]:
         with target.guard("list site records"):

@@ -133,7 +133,7 @@ class Site:
         return self.context.holdings(target)
 
     def site_records(self) -> list[SiteRecord]:
-        """What every site recorded at its last DR step (from the first readable storage target)."""
+        """What every site recorded at its last DR step (each site's newest on the storage)."""
         return self.context.markers.records()
 
     # -- push and pull ------------------------------------------------------------
