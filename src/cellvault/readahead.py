@@ -288,12 +288,8 @@ class Jobs:
         return self.count >= FORK_BATCH or self.bytes >= FORK_BYTES
 
 
-class Made:
-    """One file of a :class:`Jobs` batch: its ``result()`` is what the reader built (or ``None``).
-
-    ``None`` means the reader did not store the file (not plain, or an error):
-    the packer opens it itself (:func:`opened_now`).
-    """
+class _InBatch:
+    """A place in a :class:`Jobs` batch: the reader's answer for it, once taken."""
 
     __slots__ = ("batch", "index")
 
@@ -301,11 +297,21 @@ class Made:
         self.batch = batch
         self.index = index
 
+
+class Made(_InBatch):
+    """One file of a :class:`Jobs` batch: its ``result()`` is what the reader built (or ``None``).
+
+    ``None`` means the reader did not store the file (not plain, or an error):
+    the packer opens it itself (:func:`opened_now`).
+    """
+
+    __slots__ = ()
+
     def result(self) -> Built:
         return cast(Built, _answer(self.batch)[self.index])
 
 
-class Ran:
+class Ran(_InBatch):
     """A run of files of a :class:`Jobs` batch: its ``result()`` is what the reader built of it.
 
     That is, in order, the members of files built one after the other, and
@@ -313,11 +319,7 @@ class Ran:
     :data:`cellvault.readers.Part`).
     """
 
-    __slots__ = ("batch", "index")
-
-    def __init__(self, batch: Jobs, index: int) -> None:
-        self.batch = batch
-        self.index = index
+    __slots__ = ()
 
     def result(self) -> list[Part]:
         return cast(list[Part], _answer(self.batch)[self.index])
