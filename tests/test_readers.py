@@ -184,9 +184,8 @@ def test_readers_answer_each_batch_and_leave_no_process(tmp_path: Path) -> None:
     finally:
         started.close()
     assert all(gone(pid) for pid in pids)
-    assert [a and a[0] for a in answers] == [
-        build(job(p, f"data/crm/{p.name}"), QUOTED)[0] for p in paths
-    ]  # type: ignore[index]
+    # Member, manifest entry and size: what this process builds of each.
+    assert answers == [build(job(p, f"data/crm/{p.name}"), QUOTED) for p in paths]
 
 
 def test_a_reader_killed_fails_the_take_clearly() -> None:
@@ -197,15 +196,48 @@ def test_a_reader_killed_fails_the_take_clearly() -> None:
     pid = child.pid
     try:
         os.kill(pid, signal.SIGKILL)
+        # Dead (not reaped): the batch meets a pipe no one reads, and take() says why.
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         started.send(child, [("/nonexistent", "data/crm/x", 0o644, 0, 0, 1, 0, 1, 1, 0)])
         with pytest.raises(
             readers.BackupError,
             match=r"the process reading the cell's files was killed by SIGKILL \(out of memory",
-        ):
+        ) as info:
             started.take(child)
+        assert info.value.hint == "run the backup again"
     finally:
         started.close()
     assert gone(pid)
+
+
+def test_readers_start_with_the_children_that_could_be_forked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_fork = readers.fork
+    forked: list[int] = []
+
+    def fork_once(work: Any) -> Any:
+        if forked:
+            return None  # the second fork fails
+        got = real_fork(work)
+        assert got is not None
+        forked.append(got[0])
+        return got
+
+    monkeypatch.setattr(readers, "fork", fork_once)
+    started = Readers.start(ARCHIVE, readahead.READ_WHOLE, readahead.RUN_BYTES)
+    try:
+        assert started is not None
+        assert [child.pid for child in started._children] == forked
+    finally:
+        if started is not None:
+            started.close()
+        for pid in forked:
+            if not gone(pid):  # not ended through the Readers: end it here
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    monkeypatch.setattr(readers, "fork", lambda work: None)
+    assert Readers.start(ARCHIVE, readahead.READ_WHOLE, readahead.RUN_BYTES) is None
 
 
 def tree_of(root: Path, files: int) -> Path:
@@ -318,19 +350,50 @@ def test_readers_have_one_bounded_batch_each(
 
 
 def test_a_run_is_built_in_parts_around_the_files_left_to_the_packer(tmp_path: Path) -> None:
-    names = [f"f{i}" for i in range(6)]
+    names = [f"f{i}" for i in range(7)]
     for i, name in enumerate(names):
-        (tmp_path / name).write_bytes(bytes([65 + i]) * (100 * i))
+        (tmp_path / name).write_bytes(bytes([65 + i]) * (100 * (i + 1)))
     os.link(tmp_path / "f2", tmp_path / "other")  # f2: a hard link's group
+    one = {
+        name: build(job(tmp_path / name, f"data/crm/{name}"), QUOTED)
+        for name in names
+        if name not in ("f2", "f4")
+    }
     (tmp_path / "f4").unlink()  # f4: gone since the listing
     parts = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 4096, 1 << 20)
-    assert [p if isinstance(p, str) else len(p[1]) for p in parts] == [2, "f2", 1, "f4", 1]
-    one = {name: build(job(tmp_path / name, f"data/crm/{name}"), QUOTED) for name in names[:4]}
-    first = parts[0]
-    assert isinstance(first, tuple)
-    assert first[0] == one["f0"][0] + one["f1"][0]  # type: ignore[index]
-    assert first[1] == [one["f0"][1], one["f1"][1]]  # type: ignore[index]
-    assert first[2] == 100
+
+    def part(*built: str) -> tuple[bytes, list[str], int]:
+        # The members built one after the other: their bytes joined, entries, total size.
+        got = [one[name] for name in built]
+        return (
+            b"".join(b[0] for b in got),  # type: ignore[index]
+            [b[1] for b in got],  # type: ignore[index]
+            sum(b[2] for b in got),  # type: ignore[index]
+        )
+
+    assert parts == [part("f0", "f1"), "f2", part("f3"), "f4", part("f5", "f6")]
+    assert [p[2] for p in parts if not isinstance(p, str)] == [300, 400, 1300]
+
+
+def test_a_file_of_the_largest_size_is_built_and_one_byte_more_is_left(tmp_path: Path) -> None:
+    (tmp_path / "at").write_bytes(b"a" * 4096)
+    (tmp_path / "over").write_bytes(b"o" * 4097)
+    parts = readers.build_run((f"{tmp_path}/", "data/crm/", ["at", "over"]), QUOTED, 4096, 1 << 20)
+    assert [p if isinstance(p, str) else len(p[1]) for p in parts] == [1, "over"]
+
+
+def test_a_file_with_a_hole_at_its_end_is_left_to_the_packer(tmp_path: Path) -> None:
+    # Its blocks hold less than its size: sparse, whose holes the packer maps.
+    path = tmp_path / "tail"
+    with open(path, "wb") as f:
+        f.write(b"t" * 4096)
+        f.truncate(4097)
+    st = os.lstat(path)
+    if st.st_blocks * 512 >= st.st_size:
+        unavailable("this file system allocates a file's hole at its end")
+    assert build(job(path, "data/crm/tail"), QUOTED) is None
+    parts = readers.build_run((f"{tmp_path}/", "data/crm/", ["tail"]), QUOTED, 1 << 20, 1 << 20)
+    assert parts == ["tail"]
 
 
 def test_a_reader_answers_runs_within_its_budget(tmp_path: Path) -> None:
@@ -342,6 +405,34 @@ def test_a_reader_answers_runs_within_its_budget(tmp_path: Path) -> None:
     assert [p if isinstance(p, str) else len(p[1]) for p in parts] == [3, *names[3:]]
     larger = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 999, 1 << 20)
     assert larger == names  # each over *largest*
+    # A budget met exactly: the file after it is left too.
+    exact = readers.build_run((f"{tmp_path}/", "data/crm/", names), QUOTED, 4096, 2000)
+    assert [p if isinstance(p, str) else len(p[1]) for p in exact] == [2, *names[2:]]
+
+
+def test_an_entry_with_extended_attributes_is_entrys_text() -> None:
+    # file_entry is the packer's too, for files with attributes (readers leave those).
+    pairs = (("user.a", "eA=="), ("user.b", "eQ=="))
+    text = readers.file_entry(
+        "data/crm/x", 0o644, 5, 1, 2, 3, "ab" * 32, QUOTED, 7, 8, 9, xattrs=pairs
+    )
+    entry = Entry(
+        path="data/crm/x",
+        type="file",
+        mode=0o644,
+        mtime_ns=5,
+        uid=1,
+        gid=2,
+        size=3,
+        sha256="ab" * 32,
+        archive=ARCHIVE,
+        inode=7,
+        dev=8,
+        ctime_ns=9,
+        xattrs=pairs,
+    )
+    assert text == entry.to_json()
+    assert json.loads(text)["xattrs"] == {"user.a": "eA==", "user.b": "eQ=="}
 
 
 def test_a_reader_killed_mid_backup_fails_it_and_commits_nothing(
