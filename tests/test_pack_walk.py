@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 import cellvault.readahead as readahead
-from cellvault import Cell, Manifest
+from cellvault import Cell, Manifest, Vault
 from cellvault.cell import excluder as _excluder
 from cellvault.cell import is_excluded
 from tests.system_tools import needs_root, unavailable
@@ -96,7 +96,8 @@ def test_excluded_paths_are_not_walked(tmp_path: Path) -> None:
     ]
 
 
-def test_unchanged_files_keep_the_parents_entries(tmp_path: Path) -> None:
+def old_files(tmp_path: Path) -> tuple[Path, Vault]:
+    """A cell of five small files modified long before any backup (not racy), and its vault."""
     src = tmp_path / "crm"
     src.mkdir()
     for i in range(5):
@@ -104,18 +105,27 @@ def test_unchanged_files_keep_the_parents_entries(tmp_path: Path) -> None:
     old = 1_600_000_000 * 10**9  # long before the parent's scan: not racy
     for path in src.iterdir():
         os.utime(path, ns=(old, old))
-    vault = make_vault(tmp_path / "backup", [src])
+    return src, make_vault(tmp_path / "backup", [src])
+
+
+def manifests_of(backup_dir: Path) -> list[Manifest]:
+    """The manifest inside each archive of cell crm, oldest first."""
+    out = []
+    for data in archive_files(backup_dir):
+        members = dict((info.name, body) for info, body in read_members(data))
+        out.append(Manifest.from_json(members["manifest.json"] or b""))
+    return out
+
+
+def test_unchanged_files_keep_the_parents_entries(tmp_path: Path) -> None:
+    src, vault = old_files(tmp_path)
     full = vault.backup()
     assert full.ok
     (src / "f2").write_text("changed")
     inc = vault.backup(kind="incremental")
     assert inc.ok
     assert inc.cells[0].files == 1
-    manifests = []
-    for data in archive_files(tmp_path / "backup"):
-        members = dict((info.name, body) for info, body in read_members(data))
-        manifests.append(Manifest.from_json(members["manifest.json"] or b""))
-    first, second = manifests
+    first, second = manifests_of(tmp_path / "backup")
     for i in (0, 1, 3, 4):
         name = f"data/crm/f{i}"
         entry = second.get(name)
@@ -127,24 +137,9 @@ def test_unchanged_files_keep_the_parents_entries(tmp_path: Path) -> None:
     assert changed.archive == second.archive
 
 
-def manifests_of(backup_dir: Path) -> list[Manifest]:
-    out = []
-    for data in archive_files(backup_dir):
-        members = dict((info.name, body) for info, body in read_members(data))
-        out.append(Manifest.from_json(members["manifest.json"] or b""))
-    return out
-
-
 def test_a_new_owner_alone_keeps_a_file_unchanged_under_its_new_owner(tmp_path: Path) -> None:
     needs_root("give a file another owner")
-    src = tmp_path / "crm"
-    src.mkdir()
-    for i in range(5):
-        (src / f"f{i}").write_text(str(i))
-    old = 1_600_000_000 * 10**9  # long before the parent's scan: not racy
-    for path in src.iterdir():
-        os.utime(path, ns=(old, old))
-    vault = make_vault(tmp_path / "backup", [src])
+    src, vault = old_files(tmp_path)
     assert vault.backup().ok
     os.chown(src / "f1", 1234, 5678)  # both
     os.chown(src / "f3", 1234, -1)  # the user only
