@@ -537,11 +537,8 @@ def test_what_a_manifest_may_not_list_is_refused_before_any_file_is_written(
     assert [p for p in staging.rglob("*") if not p.is_dir()] == []
 
 
-def test_a_member_repeated_past_the_spill_point_is_refused_when_written_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past the names kept in memory, the stream tells a repeat late; the file written is first."""
-    monkeypatch.setattr("cellvault.spillmap.SPILL_AT", 2)
+def test_a_file_member_repeated_is_refused_when_written_again(tmp_path: Path) -> None:
+    """A restore keeps no names: the repeat's creation (``O_EXCL``) refuses it."""
     names = [f"data/crm/{n}" for n in "abcd"]
     middle = folder() + b"".join(blocks(*member(n, DATA)) for n in [*names, names[0]])
     entries = [dir_entry("data/crm"), *(file_entry(n, DATA, ARCHIVE) for n in names)]
@@ -554,6 +551,21 @@ def test_a_member_repeated_past_the_spill_point_is_refused_when_written_again(
         "data/crm/a",
         ARCHIVE,
     )
+
+
+def test_a_folder_member_repeated_changes_nothing_a_restore_makes(tmp_path: Path) -> None:
+    """Folders and links come from the manifest, not the stream: a repeated one is inert.
+
+    (A verify of the same archive refuses it: ``test_tarread``.)
+    """
+    middle = folder() + folder() + blocks(*member("data/crm/a", DATA))
+    entries = [dir_entry("data/crm"), file_entry("data/crm/a", DATA, ARCHIVE)]
+    tree, stream = staged(middle, entries, tmp_path)
+    tree.prepare()
+    tree.take(stream)
+    tree.finish()
+    assert (tmp_path / "staging" / "crm" / "a").read_bytes() == DATA
+    assert sorted(p.name for p in (tmp_path / "staging").rglob("*")) == ["a", "crm"]
 
 
 def test_files_and_bytes_are_counted_over_every_archive_of_the_chain(tmp_path: Path) -> None:

@@ -1065,6 +1065,31 @@ def test_a_member_that_appears_twice_is_refused_naming_it(
     )
 
 
+def test_a_second_manifest_json_is_refused_as_a_member_after_it() -> None:
+    """The archive's manifest is the one read last: a second copy would replace the first."""
+    text = Manifest(archive=ARCHIVE).to_json()
+    tar = (
+        blocks(*member("meta.json", META.to_json()))
+        + blocks(*member("manifest.json", text))
+        + blocks(*member("manifest.json", text))
+        + bytes(1024)
+    )
+    raw, sidecar = sealed(tar)
+    # Names kept (a verify): a repeat; not kept (a restore): a member after it.
+    with pytest.raises(UnsafeArchive) as repeat:
+        list(ArchiveStream(io.BytesIO(raw), sidecar, "t").members())
+    assert (repeat.value.detail, repeat.value.member) == (
+        "member appears twice; refused",
+        "manifest.json",
+    )
+    with pytest.raises(ArchiveCorrupt) as after:
+        list(ArchiveStream(io.BytesIO(raw), sidecar, "t").members(once=False))
+    assert (after.value.detail, after.value.member) == (
+        "a member follows manifest.json",
+        "manifest.json",
+    )
+
+
 @pytest.mark.parametrize("name", ["meta.json", "manifest.json"])
 def test_meta_or_manifest_json_cut_short_is_named(name: str) -> None:
     first = b"" if name == "meta.json" else blocks(*member("meta.json", META.to_json()))

@@ -375,7 +375,7 @@ class StagedTree:
         # chown is only made for entries that belong to someone else.
         owner = self._owner
         files = size_sum = 0
-        for member, name, data in stream.members():
+        for member, name, data in stream.members(once=False):
             if data is None:
                 continue
             entry = get(name)
