@@ -11,6 +11,7 @@ import logging
 import marshal
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -734,13 +735,11 @@ def test_the_holders_of_a_read_manifest_are_shared_and_checked() -> None:
     for i in range(3):
         m.add(Entry(f"data/crm/f{i}", "file", 0o644, 1, sha256="a" * 64, archive=older))
     m.add(Entry("data/crm/g", "file", 0o644, 1, sha256="a" * 64, archive=ARCHIVE))
-    m.add(Entry("data/crm/h", "file", 0o644, 1, sha256="a" * 64))
     m.add(Entry("data/crm/d", "dir", 0o755, 1))
     read = Manifest.from_json(m.to_json(), archive=ARCHIVE)
     assert read.holders() == {older, ARCHIVE}
     first, *others = (e.archive for e in read.files() if e.archive == older)
     assert all(other is first for other in others)  # one string for all
-    assert read.get("data/crm/h").archive is None  # type: ignore[union-attr]
     # A manifest whose entries were set directly goes through them once.
     built = Manifest(archive=ARCHIVE, entries={e.path: e for e in m})
     assert built.holders() == {older, ARCHIVE}
@@ -748,6 +747,26 @@ def test_the_holders_of_a_read_manifest_are_shared_and_checked() -> None:
     held = built.holders()
     held.add("x")
     assert built.holders() == {older, ARCHIVE}  # a copy
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"sha256": "a" * 64}, "the file 'data/crm/h' has no archive holding it"),
+        ({"sha256": "a" * 64, "archive": ""}, "the file 'data/crm/h' has no archive holding it"),
+        ({"archive": ARCHIVE}, "the file 'data/crm/h' has no sha256"),
+    ],
+)
+def test_a_file_entry_without_its_archive_or_sha256_is_refused_when_read(
+    fields: dict[str, str], detail: str
+) -> None:
+    """Else a restore would look for the file in no archive, and say so only at its end."""
+    m = Manifest(archive=ARCHIVE)
+    m.add(Entry("data/crm/g", "file", 0o644, 1, sha256="a" * 64, archive=ARCHIVE))
+    m.add(Entry("data/crm/h", "file", 0o644, 1, **fields))  # type: ignore[arg-type]
+    with pytest.raises(ArchiveCorrupt) as info:
+        Manifest.from_json(m.to_json(), archive=ARCHIVE)
+    assert info.value.detail == f"manifest is unusable ({detail})"
 
 
 @pytest.mark.parametrize("count", [2, 3, 7])
@@ -806,11 +825,12 @@ def test_entries_past_the_spill_read_as_from_dict_reads_them(
     monkeypatch.setattr("cellvault.manifest.JSON_CHUNK", 3)  # stored three at a time
     older = "cell_crm_20241231_020000"
     base = {"type": "file", "mode": 0o644, "mtime_ns": 1, "sha256": "a" * 64, "size": 2}
+    mine = {**base, "archive": ARCHIVE}
     items: list[dict[str, object]] = [
         {"path": "data/crm", "type": "dir", "mode": 0o755, "mtime_ns": 1},
         {"path": "data/crm/a", **base, "archive": older},
-        {"path": "data/crm/b", **base, "mtime_ns": "5", "size": 3.0, "uid": True},
-        {"path": "data/crm/c", **base, "xattrs": {"user.b": "Yg==", "user.a": ""}},
+        {"path": "data/crm/b", **mine, "mtime_ns": "5", "size": 3.0, "uid": True},
+        {"path": "data/crm/c", **mine, "xattrs": {"user.b": "Yg==", "user.a": ""}},
         {"path": "data/crm/l", "type": "symlink", "mode": 0o777, "mtime_ns": 1, "target": "a"},
         {"path": "data/crm/n", "type": "chardev", "mode": 0o600, "mtime_ns": 1, "rdev": 7},
         {"path": "data/crm/a", **base, "archive": ARCHIVE, "extra": 1},  # a repeat: the last wins
@@ -1266,16 +1286,30 @@ def test_a_parser_that_dies_is_said_to_have_died_not_the_manifest_to_be_bad(
     from cellvault import manifest
 
     start = manifest_text.ApartParser.start
+    dead = threading.Event()
 
     def killed(text: Any, work: Any) -> object:
         made = start(text, work)
         assert made is not None
         os.kill(made.pid, signal.SIGKILL)
+        dead.set()
         return made
+
+    class Held(io.BytesIO):
+        """The text a few KiB at a time, the rest only once the child is killed.
+
+        Else a child fed the whole of a small text may parse it all before the
+        signal lands, and the read succeeds.
+        """
+
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() >= 8192:
+                assert dead.wait(30)
+            return super().read(4096)
 
     monkeypatch.setattr(manifest, "PARSE_APART", 0)
     monkeypatch.setattr(manifest_text.ApartParser, "start", killed)
     with pytest.raises(
         RuntimeError, match=r"the process parsing the manifest ended without a word"
     ):
-        Manifest.read(io.BytesIO(_wide_manifest().to_json()), archive=ARCHIVE)
+        Manifest.read(Held(_wide_manifest().to_json()), archive=ARCHIVE)

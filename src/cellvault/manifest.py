@@ -191,6 +191,7 @@ _FIELDS = operator.attrgetter(*(a.name for a in attrs.fields(Entry)))
 #: Where the holding archive is among them.
 _ARCHIVE_AT = [a.name for a in attrs.fields(Entry)].index("archive")
 _SIZE_AT = [a.name for a in attrs.fields(Entry)].index("size")
+_SHA256_AT = [a.name for a in attrs.fields(Entry)].index("sha256")
 
 
 def _entry_text(entry: Entry) -> bytes:
@@ -489,8 +490,12 @@ class _Tally:
         for entry in fields:
             self.count += 1
             if entry[1] == "file":
-                if entry[_ARCHIVE_AT]:
-                    holders.add(entry[_ARCHIVE_AT])
+                if not entry[_ARCHIVE_AT] or entry[_SHA256_AT] is None:
+                    # cellvault names both for every file: without them a restore would
+                    # find the file in no archive, and learn it only at the end.
+                    what = "archive holding it" if not entry[_ARCHIVE_AT] else "sha256"
+                    raise ArchiveCorrupt(f"the file {entry[0]!r} has no {what}", archive="?")
+                holders.add(entry[_ARCHIVE_AT])
                 root = _root_of(entry[0])
                 sizes[root] = sizes.get(root, 0) + entry[_SIZE_AT]
             rows.append(entry)

@@ -438,8 +438,8 @@ def test_unusable_meta_json_is_corrupt(meta_json: bytes, why: str) -> None:
         (b'{"entries": []}', None),
         (
             b'{"format": 1, "archive": "%s", "entries": [{"path": "data/crm/f", "type": "file",'
-            b' "mode": 420, "mtime_ns": 1, "size": 0, "archive": "cell_crm_20991231_020000"}]}'
-            % ARCHIVE.encode(),
+            b' "mode": 420, "mtime_ns": 1, "size": 0, "sha256": "%s",'
+            b' "archive": "cell_crm_20991231_020000"}]}' % (ARCHIVE.encode(), b"0" * 64),
             "manifest is unusable (names archive 'cell_crm_20991231_020000', which is not an "
             "older archive of cell crm)",
         ),
