@@ -471,8 +471,13 @@ class Crashing(Dumper):
             "cell crm, dumper boom: DB_PASSWORD is not set",
         ),
         (ConfigError("DB_PASSWORD is not set"), "cell crm, dumper boom: DB_PASSWORD is not set"),
-        # A dumper's own DumpError is the backup's error as it is.
-        (DumpError("no space"), "no space"),
+        # A dumper's own DumpError is named as the others are, its hint kept.
+        (DumpError("no space"), "cell crm, dumper boom: no space"),
+        (
+            DumpError("no space", hint="free some"),
+            "cell crm, dumper boom: no space (free some)",
+        ),
+        (DumpError("cell crm, dumper boom: no space"), "cell crm, dumper boom: no space"),
     ],
 )
 def test_a_failed_dump_is_named_once_and_a_crash_is_logged(

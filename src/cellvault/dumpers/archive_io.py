@@ -99,9 +99,12 @@ def _write_dump(
         # A failed dump fails the backup; in a safety backup, only a failed
         # write does (the tar stream is then unusable).
         if reason != "pre-restore" or out.broken:
-            if isinstance(exc, DumpError):
-                raise
-            raise DumpError(error) from None
+            if isinstance(exc, DumpError) and str(exc) == error:
+                raise  # it names the cell and the dumper already
+            # Named once, the hint kept apart (a DumpError's own, or none).
+            hint = exc.hint if isinstance(exc, CellvaultError) else None
+            message = error.removesuffix(f" ({hint})") if hint else error
+            raise DumpError(message, hint=hint) from None
         dlog.warning("dump.failed", error=error)
         if warn is not None:
             warn(f"dumper {dumper.name} failed, so the safety backup lacks its dump: {error}")
