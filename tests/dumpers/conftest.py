@@ -9,9 +9,11 @@ Redis tests use database 9 only, emptied before and after.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -170,6 +172,13 @@ class RedisDb:
 
 @pytest.fixture
 def redis_db() -> Iterator[RedisDb]:
+    """The machine's Redis, database 9 emptied, held by this test alone.
+
+    The tests use fixed databases (9, 10, 11, 15) of the one server: two
+    run at once (``pytest -n 2``, or two sessions on one machine) would
+    empty and fill them under each other. A lock in the temporary folder
+    takes them in turn.
+    """
     _require("redis-cli", package="redis-tools")
     _require("redis-server", package="redis-server")
     r = RedisDb()
@@ -179,9 +188,12 @@ def redis_db() -> Iterator[RedisDb]:
         unavailable(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}: {exc}")
     if pong != "PONG":
         unavailable(f"Redis on {REDIS_HOST}:{REDIS_PORT} answers {pong!r} to PING")
-    r.cli("FLUSHDB")
-    yield r
-    r.cli("FLUSHDB")
+    lock = Path(tempfile.gettempdir()) / "cellvault-tests-redis.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r.cli("FLUSHDB")
+        yield r
+        r.cli("FLUSHDB")
 
 
 # -- vaults -------------------------------------------------------------------------
