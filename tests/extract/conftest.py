@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cellvault.extract import stage
+from cellvault.extract import inflate, stage
 
 
 @pytest.fixture(params=["here", "writer"])
@@ -30,4 +30,17 @@ def others_noted(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """
     if request.param == "read through":
         monkeypatch.setattr(stage, "OTHERS_KEPT", 0)
+    return str(request.param)
+
+
+@pytest.fixture(params=["thread", "child"])
+def who_decompresses(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Who decompresses an archive: a thread of this process, or a forked child.
+
+    The child (:class:`~cellvault.extract.inflate.Inflate`) takes archives
+    of :data:`~cellvault.extract.inflate.INFLATE_MIN` stored bytes or more;
+    here, every archive.
+    """
+    if request.param == "child":
+        monkeypatch.setattr(inflate, "INFLATE_MIN", 0)
     return str(request.param)

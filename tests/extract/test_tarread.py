@@ -39,6 +39,9 @@ from tests.archive_helpers import (
     member,
 )
 
+#: Every rule holds whoever decompresses: a thread of this process, or a forked child.
+pytestmark = pytest.mark.usefixtures("who_decompresses")
+
 IDENT = ArchiveId("crm", dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.UTC))
 ARCHIVE = str(IDENT)
 DATA = b"file data\n"
@@ -932,11 +935,30 @@ def test_bytes_that_are_not_the_codecs_are_unreadable_at_the_start() -> None:
 
 
 def decompressing_threads() -> list[threading.Thread]:
-    """The decompression threads alive now (each stream's own, stopped with it)."""
-    return [t for t in threading.enumerate() if t.name == "cellvault-decompress"]
+    """The threads that decompress, or feed the child that does, alive now (a stream's own)."""
+    names = ("cellvault-decompress", "cellvault-inflate-feed")
+    return [t for t in threading.enumerate() if t.name in names]
 
 
-def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> None:
+def forked_children() -> list[int]:
+    """The processes this one forked that have not been waited for (zombies too)."""
+    mine = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[1] == mine:
+                found.append(int(entry))
+    return found
+
+
+def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member(
+    who_decompresses: str,
+) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
     raw, sidecar, manifest = archive_bytes(folder() + blocks(*member("data/crm/f", DATA)), entries)
     stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
@@ -950,16 +972,22 @@ def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member() -> No
     assert stream.digest_mismatch is None
     assert stream.manifest().same_as(manifest)
     assert decompressing_threads() == []
-    # Stopped early by its reader: the thread, waiting to hand over more, is stopped too.
-    big = bytes(16 << 20)  # more than the thread reads ahead
+    assert forked_children() == []
+    # Stopped early by its reader: the thread, or the child, waiting to hand over
+    # more, is stopped too.
+    big = bytes(16 << 20)  # more than the thread reads ahead, or the pipes hold
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", big, ARCHIVE)]
     raw, sidecar, _ = archive_bytes(folder() + blocks(*member("data/crm/f", big)), entries)
     stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")
     members = stream.members()
     next(members)
-    assert [t.name for t in decompressing_threads()] == ["cellvault-decompress"]
+    if who_decompresses == "thread":
+        assert [t.name for t in decompressing_threads()] == ["cellvault-decompress"]
+    else:
+        assert len(forked_children()) == 1
     members.close()
     assert decompressing_threads() == []
+    assert forked_children() == []
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ descriptors opened with ``O_NOFOLLOW``, and links last, so nothing is ever
 written through a link.
 
 The parts: :mod:`~cellvault.extract.tarread` (the tar reader),
+:mod:`~cellvault.extract.inflate` (decompression in a forked child),
 :mod:`~cellvault.extract.stream` (one archive's members, and verify),
 :mod:`~cellvault.extract.names` (name and link checks) and
 :mod:`~cellvault.extract.stage` (the staging tree).

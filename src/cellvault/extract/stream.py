@@ -28,6 +28,7 @@ from ..errors import ArchiveCorrupt, UnsafeArchive
 from ..fsmeta import sparse_map_parse
 from ..manifest import Manifest
 from ..spillmap import SeenNames, SpillMap
+from .inflate import Inflate
 from .names import checked_name
 from .tarread import (
     BLOCK,
@@ -152,7 +153,7 @@ class ArchiveStream:
         self.manifest_raw: IO[bytes] | None = None
         self.manifest_sha256: str | None = None
         self._manifest: Manifest | None = None
-        self._prefetch: Prefetch | None = None
+        self._prefetch: Prefetch | Inflate | None = None
         #: Set when the stream ended but its sha256 or size differs from the sidecar: why.
         self.digest_mismatch: str | None = None
 
@@ -200,7 +201,8 @@ class ArchiveStream:
         as well, and takes nothing else from the stream; the names then cost
         it nothing (a tenth of its staging at 200,000 files).
         """
-        if PREFETCH:
+        self._prefetch = Inflate.start(self._plain, self.sidecar.data_name, self.sidecar.size)
+        if self._prefetch is None and PREFETCH:
             self._prefetch = Prefetch(self._reader)
         source = Source(self._prefetch or self._reader)
         try:

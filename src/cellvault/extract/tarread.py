@@ -39,7 +39,8 @@ READ_CHUNK = 256 << 10
 PAX_MAX = 1 << 20
 #: Largest member size accepted (a size field is at most 2**88 in base-256).
 SIZE_MAX = 1 << 62
-#: Decompressed chunks read ahead by the decompression thread (0: no thread).
+#: Decompressed chunks read ahead by the decompression thread (0: no thread), for
+#: the archives no forked child decompresses (:mod:`cellvault.extract.inflate`).
 #: Writer threads for the files were tried too: on 2 cores their GIL hand-offs
 #: and concurrent creates in one directory cost more than they overlapped.
 #: Writer processes, fed a batch of files at a time, do not
