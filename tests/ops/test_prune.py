@@ -522,8 +522,8 @@ def test_an_archive_whose_data_is_missing_or_cut_is_neither_counted_nor_deleted(
     assert (folder / f"{planted}.json").exists() and data.exists()
 
 
-class GoneAfterSidecars:
-    """Makes the "local" target fail every listing once a sidecar of crm has been read."""
+class GoneOnceLocked:
+    """Makes the "local" target fail every listing once the prune holds crm's lease."""
 
     @hookimpl
     def cellvault_make_target(self, spec: TargetSpec) -> LocalTarget | None:
@@ -533,10 +533,10 @@ class GoneAfterSidecars:
         class Gone(LocalTarget):
             gone = False
 
-            def read_bytes(self, key: str) -> bytes:
-                if key.startswith("crm/") and key.endswith(".json"):
-                    type(self).gone = True
-                return super().read_bytes(key)
+            def create_exclusive(self, key: str, data: bytes) -> bool:
+                made = super().create_exclusive(key, data)
+                type(self).gone = made
+                return made
 
             def list(self, prefix: str) -> list[Any]:
                 if type(self).gone:
@@ -549,7 +549,7 @@ class GoneAfterSidecars:
 def test_a_listing_that_fails_while_a_prune_plans_is_an_error_naming_it(tmp_path: Path) -> None:
     vault, _, _ = setup(tmp_path)
     assert vault.backup().ok
-    failing = Vault(vault.config, load_entry_points=False, plugins=[GoneAfterSidecars()])
+    failing = Vault(vault.config, load_entry_points=False, plugins=[GoneOnceLocked()])
     report = failing.prune()
     ((result,),) = [report.results]
     assert not report.ok and result.decisions == ()
@@ -558,3 +558,37 @@ def test_a_listing_that_fails_while_a_prune_plans_is_an_error_naming_it(tmp_path
         f"(check that {tmp_path / 'backup'} is reachable and writable, and the credentials)"
     )
     assert files_of(tmp_path / "backup", vault.list()[0].id)  # nothing deleted
+
+
+class CountingLists:
+    """Counts the "local" target's listings, by folder."""
+
+    def __init__(self) -> None:
+        self.folders: list[str] = []
+
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> LocalTarget | None:
+        if spec.name != "local":
+            return None
+        folders = self.folders
+
+        class Counting(LocalTarget):
+            def list(self, prefix: str) -> list[Any]:
+                folders.append(prefix)
+                return super().list(prefix)
+
+        return Counting(spec)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_prune_lists_the_cells_folder_to_plan_once(tmp_path: Path, dry_run: bool) -> None:
+    """The sidecars and the data sizes come from one listing (a LIST per cell on a store)."""
+    vault, _, _ = setup(tmp_path)
+    assert vault.backup().ok
+    counting = CountingLists()
+    pruning = Vault(vault.config, load_entry_points=False, plugins=[counting])
+    assert pruning.prune(dry_run=dry_run).ok
+    # Which cells have archives; the plan (sidecars and data sizes: once, where
+    # it was twice); the debris of interrupted runs, which a local target's
+    # clear_debris finds twice (to unlock immutable parts first).
+    assert counting.folders.count("crm") == (3 if dry_run else 4)

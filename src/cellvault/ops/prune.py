@@ -124,9 +124,10 @@ def _planned(
     the store lost) could pass for the newest archive and have the real
     newest pruned. ``verify`` names it; a person decides.
     """
-    sidecars = target.archives(cell)
     with target.guard(f"list archives of cell {cell}"):
-        stored = {e.name: e.size for e in target.retrying(target.list, cell) if not e.is_dir}
+        listing = target.retrying(target.list, cell)
+    sidecars = target.archives(cell, listing)
+    stored = {e.name: e.size for e in listing if not e.is_dir}
     whole = [s for s in sidecars if stored.get(s.data_name) == s.size]
     out = plan(whole, policy, now)
     for s in sidecars:

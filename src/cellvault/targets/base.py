@@ -25,7 +25,7 @@ import errno
 import io
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
@@ -399,14 +399,20 @@ class Target(abc.ABC):
         ]
         return sorted(ids)
 
-    def archives(self, cell: str) -> builtins.list[Sidecar]:
+    def archives(
+        self, cell: str, listing: Sequence[ObjectInfo] | None = None
+    ) -> builtins.list[Sidecar]:
         """The committed archives of *cell*, oldest first (those whose sidecar exists).
 
         What the listing refuses is reported (:meth:`distrust`); :meth:`distrusted`
         and :meth:`refused` then name, for *cell*, what this listing refused.
+        *listing*: the cell folder's listing, when the caller made one already
+        (``self.list(cell)``); otherwise it is listed here.
         """
-        with self.guard(f"list archives of cell {cell}"):
-            entries = self.retrying(self.list, cell)
+        if listing is None:
+            with self.guard(f"list archives of cell {cell}"):
+                listing = self.retrying(self.list, cell)
+        entries = listing
         self._forget_refused(cell)
         out: builtins.list[Any] = []
         for entry in entries:
