@@ -413,7 +413,8 @@ class StagedTree:
                 and data.reader.left <= _SMALL
             ):
                 # Read and checked here; created, with its attributes, by the writer.
-                size = self._hand_over(writer, data, entry, stream, (parent, base, created), chown)
+                where = (parent, base, created, -1 if unmasked else mode)
+                size = self._hand_over(writer, data, entry, stream, where, chown)
             else:
                 try:
                     fd = os.open(base, _CREATE, created, dir_fd=tree.fd(parent))
@@ -484,28 +485,27 @@ class StagedTree:
         data: MemberData,
         entry: Entry | Row,
         stream: ArchiveStream,
-        where: tuple[str, str, int],
+        where: tuple[str, str, int, int],
         chown: bool,
     ) -> int:
         """A small file read here, for *writer* to check and create at *where*.
 
-        *where*: its folder and name in the staging tree, and the mode it is
-        created with (no chmod after when that is its mode once masked). Its
-        size is checked here, its sha256 by the writer.
+        *where*: its folder and name in the staging tree, the mode it is
+        created with, and the mode set after (-1: none, it is what it was
+        created with once masked). Its size is checked here, its sha256 by
+        the writer.
         """
         block = data.readall()
         if len(block) != entry.size or entry.sha256 is None:
             raise stream.corrupt(_DIFFERS, member=data.name)
-        parent, base, created = where
-        umask = self._umask
-        unmasked = umask is not None and created & ~umask == entry.mode
+        parent, base, created, chmod = where
         writer.add(
             (
                 parent,
                 base,
                 created,
                 block,
-                -1 if unmasked else entry.mode,
+                chmod,
                 entry.uid if chown else -1,
                 entry.gid,
                 entry.mtime_ns,
