@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -14,7 +15,7 @@ from cellvault.extract import ArchiveStream, inflate, verify_archive
 from cellvault.extract.inflate import Inflate
 from tests.archive_helpers import dir_entry, file_entry, member
 
-from .test_tarread import ARCHIVE, archive_bytes, blocks, folder, forked_children
+from .test_tarread import ARCHIVE, archive_bytes, blocks, folder
 
 #: Incompressible: the stored archive is as long as its content.
 NOISE = os.urandom(3 << 20)
@@ -41,7 +42,9 @@ class Failing(io.BytesIO):
 
 
 @pytest.mark.usefixtures("who_decompresses")
-def test_a_failed_read_of_the_stored_bytes_is_told_the_same_by_a_thread_and_a_child() -> None:
+def test_a_failed_read_of_the_stored_bytes_is_told_the_same_by_a_thread_and_a_child(
+    forked_children: Callable[[], list[int]],
+) -> None:
     """The source's own error comes first, whoever decompresses (not the codec's view of it)."""
     raw, sidecar = noisy_archive()
     with pytest.raises(ArchiveCorrupt) as info:
@@ -54,7 +57,7 @@ def test_a_failed_read_of_the_stored_bytes_is_told_the_same_by_a_thread_and_a_ch
 
 
 def test_a_killed_child_is_said_to_be_killed_not_the_archive_damaged(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, forked_children: Callable[[], list[int]]
 ) -> None:
     monkeypatch.setattr(inflate, "INFLATE_MIN", 0)
     raw, sidecar = noisy_archive()
@@ -76,7 +79,7 @@ def test_a_killed_child_is_said_to_be_killed_not_the_archive_damaged(
 
 
 def test_small_archives_and_large_processes_are_decompressed_by_a_thread(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, forked_children: Callable[[], list[int]]
 ) -> None:
     raw, _ = noisy_archive()
     plain = io.BytesIO(raw)
@@ -88,7 +91,7 @@ def test_small_archives_and_large_processes_are_decompressed_by_a_thread(
 
 
 def test_a_child_reads_gzip_too_and_tells_its_errors_by_name(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, forked_children: Callable[[], list[int]]
 ) -> None:
     import gzip
 

@@ -14,6 +14,7 @@ import json
 import os
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -940,24 +941,8 @@ def decompressing_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in names]
 
 
-def forked_children() -> list[int]:
-    """The processes this one forked that have not been waited for (zombies too)."""
-    mine = str(os.getpid())
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[1] == mine:
-                found.append(int(entry))
-    return found
-
-
 def test_a_stream_read_to_its_end_leaves_no_thread_and_no_current_member(
-    who_decompresses: str,
+    who_decompresses: str, forked_children: Callable[[], list[int]]
 ) -> None:
     entries = [dir_entry("data/crm"), file_entry("data/crm/f", DATA, ARCHIVE)]
     raw, sidecar, manifest = archive_bytes(folder() + blocks(*member("data/crm/f", DATA)), entries)
