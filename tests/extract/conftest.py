@@ -45,8 +45,18 @@ def who_decompresses(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     here, every archive.
     """
     if request.param == "child":
-        monkeypatch.setattr(inflate, "INFLATE_MIN", 0)
+        in_a_child(monkeypatch)
     return str(request.param)
+
+
+def in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every archive decompressed by a forked child, however large this process has grown.
+
+    (A long test run grows past :data:`~cellvault.forking.FORK_MAX_RSS`,
+    above which the child is not forked.)
+    """
+    monkeypatch.setattr(inflate, "INFLATE_MIN", 0)
+    monkeypatch.setattr(inflate, "FORK_MAX_RSS", 1 << 62)
 
 
 def _children() -> set[int]:

@@ -15,6 +15,7 @@ from cellvault.extract import ArchiveStream, inflate, verify_archive
 from cellvault.extract.inflate import Inflate
 from tests.archive_helpers import dir_entry, file_entry, member
 
+from .conftest import in_a_child
 from .test_tarread import ARCHIVE, archive_bytes, blocks, folder
 
 #: Incompressible: the stored archive is as long as its content.
@@ -59,7 +60,7 @@ def test_a_failed_read_of_the_stored_bytes_is_told_the_same_by_a_thread_and_a_ch
 def test_a_killed_child_is_said_to_be_killed_not_the_archive_damaged(
     monkeypatch: pytest.MonkeyPatch, forked_children: Callable[[], list[int]]
 ) -> None:
-    monkeypatch.setattr(inflate, "INFLATE_MIN", 0)
+    in_a_child(monkeypatch)
     raw, sidecar = noisy_archive()
     stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")  # type: ignore[arg-type]
     members = stream.members()
@@ -95,7 +96,7 @@ def test_a_child_reads_gzip_too_and_tells_its_errors_by_name(
 ) -> None:
     import gzip
 
-    monkeypatch.setattr(inflate, "INFLATE_MIN", 0)
+    in_a_child(monkeypatch)
     text = NOISE[:100_000]
     child = Inflate.start(io.BytesIO(gzip.compress(text)), "x.tar.gz", 1 << 30)
     assert child is not None
