@@ -9,6 +9,7 @@ is deleted only after every root of every cell is in place.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -132,6 +133,9 @@ class Swap:
     warnings: tuple[str, ...] = ()
     #: What its owner file says (empty for a swap not made by :meth:`create`).
     owner: dict[str, Any] = attrs.field(factory=dict)
+    #: The folders made on the way to the destinations, outermost first:
+    #: :meth:`discard` removes those a failed restore leaves empty.
+    made: list[Path] = attrs.field(factory=list)
 
     @classmethod
     def create(
@@ -153,9 +157,10 @@ class Swap:
         first = next(iter(dests.values()), near)
         if first is None:
             raise ValueError("a swap needs a destination or a place to stage near")
-        first.parent.mkdir(parents=True, exist_ok=True)
+        made: list[Path] = []
+        _make_folder(first.parent, made)
         staging = first.parent / f"{STAGING_PREFIX}{archive}-{secrets.token_hex(4)}"
-        swap = cls(dests=dict(dests), staging=staging)
+        swap = cls(dests=dict(dests), staging=staging, made=made)
         swap.owner = {
             "cell": cell,
             "archive": archive,
@@ -185,7 +190,7 @@ class Swap:
         stage_dev = os.stat(self.staging).st_dev
         for root, dest in self.dests.items():
             staged = self.staging / root
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(dest.parent, self.made)
             if os.stat(dest.parent).st_dev == stage_dev:
                 self.placed[root] = staged
                 continue
@@ -267,8 +272,23 @@ class Swap:
         HELD.discard(self.staging)
 
     def discard(self) -> None:
-        """Before any swap: delete what was staged."""
+        """Before any swap: delete what was staged, and the folders made for it, if empty."""
         self.cleanup()
+        for folder in reversed(self.made):
+            with contextlib.suppress(OSError):  # not empty (another cell's), or gone
+                folder.rmdir()
+        self.made = []
+
+
+def _make_folder(path: Path, made: list[Path]) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, adding to *made* the folders it made."""
+    missing = []
+    above = path
+    while not os.path.lexists(above):
+        missing.append(above)
+        above = above.parent
+    path.mkdir(parents=True, exist_ok=True)
+    made.extend(reversed(missing))
 
 
 def read_owner(staging: Path) -> dict[str, Any] | None:

@@ -367,7 +367,22 @@ def test_a_destination_that_cannot_be_staged_fails_cleanly(history, tmp_path: Pa
     by_cell = {c.cell: c for c in report.cells}
     assert by_cell["billing"].stage == "staging" and by_cell["billing"].error
     assert by_cell["crm"].stage == "aborted"
-    assert sorted(p.name for p in out.rglob("*")) == ["billing", "crm"]
+    # crm's folder, made for its staging, went with it: only the file is there.
+    assert sorted(p.name for p in out.rglob("*")) == ["billing"]
+
+
+def test_a_failed_restore_into_a_new_folder_leaves_no_folder(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The folders made on the way to the destination go when the restore fails."""
+    vault, _, _, _ = history
+    data = sorted((vault.config.backup_dir / "crm").glob("*.tar.zst"))[-1]
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # damaged: the restore fails while it reads
+    data.write_bytes(bytes(raw))
+    where = tmp_path / "restores"
+    (where / "keep").mkdir(parents=True)
+    report = vault.restore("latest", cells=["crm"], into=where / "new" / "place")
+    assert not report.ok
+    assert [p.name for p in where.rglob("*")] == ["keep"]
 
 
 def test_a_restore_whose_files_do_not_fit_is_refused_before_anything_is_staged(
