@@ -111,3 +111,28 @@ def test_a_child_reads_gzip_too_and_tells_its_errors_by_name(
     child.close()
     assert str(info.value).startswith("Unknown compression method")
     assert forked_children() == []
+
+
+def test_a_reader_that_stops_early_ends_the_child_and_the_feeding_thread(
+    monkeypatch: pytest.MonkeyPatch, forked_children: Callable[[], list[int]]
+) -> None:
+    """Both wait on full pipes then (the stored bytes do not compress): both are ended."""
+    import threading
+    import time
+
+    in_a_child(monkeypatch)
+    noise = NOISE * 3
+    entries = [dir_entry("data/crm"), file_entry("data/crm/noise", noise, ARCHIVE)]
+    raw, sidecar, _ = archive_bytes(folder() + blocks(*member("data/crm/noise", noise)), entries)
+    stream = ArchiveStream(io.BytesIO(raw), sidecar, "t")  # type: ignore[arg-type]
+    members = stream.members()
+    next(members)
+    time.sleep(0.2)  # the pipes fill
+    assert len(forked_children()) == 1
+    feeding = [t for t in threading.enumerate() if t.name == "cellvault-inflate-feed"]
+    assert len(feeding) == 1 and feeding[0].is_alive()
+    started = time.monotonic()
+    members.close()
+    assert time.monotonic() - started < 5
+    assert forked_children() == []
+    assert not feeding[0].is_alive()
