@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "FORK_MAX_RSS",
     "Child",
+    "PipeSource",
     "alive",
     "become_child",
     "ended_as",
@@ -342,3 +343,21 @@ def read_up_to(fd: int, size: int, parent: int | None = None) -> bytes:
         parts.append(chunk)
         size -= len(chunk)
     return b"".join(parts)
+
+
+class PipeSource:
+    """A pipe read like a file, in a child: full chunks of *chunk* bytes until its end.
+
+    Its end comes too once the *parent* is gone (see :func:`read_up_to`).
+    """
+
+    def __init__(self, fd: int, parent: int, chunk: int = _READ) -> None:
+        self.fd = fd
+        self.parent = parent
+        self.chunk = chunk
+
+    def read(self, size: int = -1, /) -> bytes:
+        return read_up_to(self.fd, self.chunk if size < 0 else size, self.parent)
+
+    def readable(self) -> bool:
+        return True

@@ -21,8 +21,8 @@ from typing import IO, Any, Generic, Literal, NamedTuple, NoReturn, TypeVar
 import attrs
 
 from .errors import ArchiveCorrupt, json_kind
-from .forking import receive, send
-from .manifest_text import ApartParser, ManifestText, PipeSource, Readable
+from .forking import PipeSource, receive, send
+from .manifest_text import ApartParser, ManifestText, Readable
 from .spillmap import SpillMap
 from .trust import MAX_COUNT, MAX_MODE, check_count, check_holder, check_mode
 

@@ -21,9 +21,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from .forking import fork, read_up_to, write_all
+from .forking import fork, write_all
 
-__all__ = ["READ_CHUNK", "ApartParser", "ManifestText", "PipeSource", "Readable"]
+__all__ = ["READ_CHUNK", "ApartParser", "ManifestText", "Readable"]
 
 
 class Readable(Protocol):
@@ -286,7 +286,7 @@ class ApartParser:
         """Fork the parser, which runs *work* (``None`` where this process cannot: it parses here).
 
         *work(feed, out, parent)* parses the entries from *feed* (a
-        :class:`PipeSource`) and sends them to *out*.
+        :class:`~cellvault.forking.PipeSource`) and sends them to *out*.
         """
         started = fork(work)
         if started is None:
@@ -325,14 +325,3 @@ class ApartParser:
             os.close(self.result)
             self.result = -1
         return self._source_error
-
-
-class PipeSource:
-    """A pipe read like a file: full chunks until its end (or its writer's death)."""
-
-    def __init__(self, fd: int, parent: int) -> None:
-        self.fd = fd
-        self.parent = parent
-
-    def read(self, size: int = -1, /) -> bytes:
-        return read_up_to(self.fd, READ_CHUNK if size < 0 else size, self.parent)

@@ -32,10 +32,10 @@ import zstandard
 from ..codec import codec_for
 from ..forking import (
     FORK_MAX_RSS,
+    PipeSource,
     ended_as,
     fork,
     pipe,
-    read_up_to,
     receive,
     resident,
     send,
@@ -58,20 +58,6 @@ _CODEC_ERRORS: dict[str, type[Exception]] = {
     "error": zlib.error,
     "BadGzipFile": gzip.BadGzipFile,
 }
-
-
-class _Feed:
-    """The child's end of the stored bytes: a pipe read like a file (until the parent dies)."""
-
-    def __init__(self, fd: int, parent: int) -> None:
-        self.fd = fd
-        self.parent = parent
-
-    def read(self, size: int = -1, /) -> bytes:
-        return read_up_to(self.fd, FEED_CHUNK if size < 0 else size, self.parent)
-
-    def readable(self) -> bool:
-        return True
 
 
 class Inflate:
@@ -111,7 +97,7 @@ class Inflate:
             return None
 
         def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
-            _inflate(codec.reader(_Feed(feed, parent)), out, status_w)  # type: ignore[arg-type]
+            _inflate(codec.reader(PipeSource(feed, parent, FEED_CHUNK)), out, status_w)  # type: ignore[arg-type]
 
         started = fork(work, status_w)
         os.close(status_w)
