@@ -100,6 +100,7 @@ def test_a_child_reads_gzip_too_and_tells_its_errors_by_name(
     text = NOISE[:100_000]
     child = Inflate.start(io.BytesIO(gzip.compress(text)), "x.tar.gz", 1 << 30)
     assert child is not None
+    assert child.read(0) == b""  # nothing asked: not the end
     got = b"".join(iter(lambda: child.read(65536), b""))
     child.close()
     assert got == text

@@ -120,7 +120,7 @@ class Inflate:
 
     def read(self, size: int = -1) -> bytes:
         """Up to *size* decompressed bytes (at least one); ``b""`` at the stream's end."""
-        if self._ended:
+        if self._ended or not size:
             return b""
         data = os.read(self._out, OUT_CHUNK if size < 0 else size)
         if data:
