@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import io
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -16,6 +19,7 @@ from cellvault import (
     Vault,
     hookimpl,
 )
+from cellvault.targets.local import LocalTarget
 from tests.helpers import SAMPLE, make_vault, snapshot, times_clock, utc, write_tree
 
 #: Three runs, as the seed's cron would make them: a full at 02:00, one at
@@ -414,3 +418,49 @@ def test_a_restore_whose_files_do_not_fit_is_refused_before_anything_is_staged(
     assert not out.exists()
     free += 1  # just enough
     assert vault.restore("latest", cells=["crm"], into=out).ok
+
+
+class FailingDisk:
+    """Makes the "local" target's archive reads fail with an I/O error after their first KiB."""
+
+    @hookimpl
+    def cellvault_make_target(self, spec: TargetSpec) -> LocalTarget | None:
+        if spec.name != "local":
+            return None
+
+        class Failing(io.RawIOBase):
+            def __init__(self, raw: IO[bytes]) -> None:
+                self.raw = raw
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int = -1) -> bytes:
+                if self.raw.tell() >= 1024:
+                    raise OSError(errno.EIO, "Input/output error")
+                return self.raw.read(min(1024, size if size >= 0 else 1024))
+
+            def close(self) -> None:
+                self.raw.close()
+                super().close()
+
+        class Disk(LocalTarget):
+            def open_read(self, key: str) -> IO[bytes]:
+                raw = super().open_read(key)
+                return Failing(raw) if key.endswith(".tar.zst") else raw  # type: ignore[return-value]
+
+        return Disk(spec)
+
+
+def test_a_read_that_fails_midway_is_the_targets_error_not_a_damaged_archive(history) -> None:  # type: ignore[no-untyped-def]
+    vault, _, _, _ = history
+    failing = Vault(vault.config, load_entry_points=False, plugins=[FailingDisk()])
+    report = failing.restore("latest", cells=["crm"], into=vault.config.backup_dir.parent / "out")
+    assert not report.ok
+    (crm,) = report.cells
+    assert crm.error is not None
+    assert crm.error.startswith("target local: cannot read archive cell_crm_")
+    assert "(OSError: [Errno 5] Input/output error)" in crm.error
+    assert "damaged" not in crm.error
+    verified = failing.verify(level="full", cells=["crm"])
+    assert not verified.ok

@@ -511,7 +511,7 @@ class Target(abc.ABC):
                 hint="the archive cannot be restored from this target; use another target",
             ) from None
         with f:
-            yield f
+            yield cast(IO[bytes], _GuardedRead(f, self, f"read archive {sidecar.id}"))
 
     def manifest(self, sidecar: Sidecar) -> Manifest:
         """The manifest of a committed archive, from its compressed copy.
@@ -625,6 +625,27 @@ def _archive_stem(name: str) -> str | None:
 # Ours: "<id>.<suffix>", and temporary ".<id>.<suffix>.<tmp>" names; any other
 # file in a cell's folder is left alone.
 _OWNED = re.compile(r"\.?(?P<stem>cell_[a-z0-9][a-z0-9_-]*_\d{8}_\d{6})\..*")
+
+
+class _GuardedRead:
+    """A stored archive read through :meth:`Target.guard`.
+
+    A read that fails in the middle (a disk's I/O error, a connection
+    reset) is then the target's error, naming it, as a failed open is:
+    not "truncated or damaged", which the bytes read may not be.
+    """
+
+    def __init__(self, raw: IO[bytes], target: Target, action: str) -> None:
+        self._raw = raw
+        self._target = target
+        self._action = action
+
+    def read(self, size: int = -1, /) -> bytes:
+        with self._target.guard(self._action):
+            return self._raw.read(size)
+
+    def readable(self) -> bool:
+        return True
 
 
 class _BoundedZstd:
