@@ -129,3 +129,33 @@ def test_a_child_that_closed_its_pipe_and_lives_on_is_left_to_end() -> None:
     assert child.pid == pid
     child.end(kill=True)
     assert child.pid == 0
+
+
+def test_a_child_ignores_what_its_parent_ignores_and_ends_on_what_it_handles() -> None:
+    """A host that ignores SIGINT (a script's background job) keeps its children from dying
+    of it; a SIGTERM handler of the host's is not run in them (they end on it)."""
+
+    def work(feed: int, out: int, parent: int) -> None:  # pragma: no cover - the child
+        send(
+            out,
+            [
+                signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+            ],
+        )
+
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda number, frame: None)
+    try:
+        got = fork(work)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    assert got is not None
+    pid, feed, result = got
+    try:
+        assert receive(result) == [True, True]
+    finally:
+        os.close(feed)
+        os.close(result)
+        os.waitpid(pid, 0)

@@ -136,11 +136,14 @@ def become_child(parent: int, *keep: int) -> None:
     where that is not available, :func:`read_up_to` notices within
     :data:`POLL` seconds), and the signals a host process may handle (a
     service's shutdown on SIGTERM) end it instead of running the host's
-    handlers in it.
+    handlers in it. A signal the host ignores (SIGINT in a script's
+    background job) it ignores too: else a Ctrl-C meant for others would
+    kill the children of a run that goes on.
     """
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         with contextlib.suppress(OSError, ValueError):
-            signal.signal(number, signal.SIG_DFL)
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                signal.signal(number, signal.SIG_DFL)
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the request was made
