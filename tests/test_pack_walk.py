@@ -73,6 +73,14 @@ def test_a_cell_with_its_own_exclusion_rules_is_asked(tmp_path: Path) -> None:
     assert _excluder(Cell("crm", [str(tmp_path)])) is None
 
 
+def members_backed_up(tmp_path: Path, src: Path, exclude: list[str]) -> list[str]:
+    """The member names of the one archive a backup of *src* with *exclude* makes."""
+    vault = make_vault(tmp_path / "backup", [src], exclude=exclude)
+    assert vault.backup().ok
+    (data,) = archive_files(tmp_path / "backup")
+    return [info.name for info, _ in read_members(data)]
+
+
 def test_excluded_paths_are_not_walked(tmp_path: Path) -> None:
     src = tmp_path / "crm"
     (src / "logs").mkdir(parents=True)
@@ -82,11 +90,7 @@ def test_excluded_paths_are_not_walked(tmp_path: Path) -> None:
     (src / "cache" / "deep" / "x").write_text("x")
     (src / "keep.tmp.txt").write_text("kept")
     (src / "drop.tmp").write_text("dropped")
-    vault = make_vault(tmp_path / "backup", [src], exclude=["logs/*.gz", "cache", "*.tmp"])
-    assert vault.backup().ok
-    (data,) = archive_files(tmp_path / "backup")
-    names = [info.name for info, _ in read_members(data)]
-    assert names == [
+    assert members_backed_up(tmp_path, src, ["logs/*.gz", "cache", "*.tmp"]) == [
         "meta.json",
         "data/crm",
         "data/crm/keep.tmp.txt",
@@ -233,11 +237,7 @@ def test_files_around_an_excluded_one_go_to_the_readers_all(
     src.mkdir()
     for name in ("a", "b", "c.tmp", "d", "e.tmp", "f"):
         (src / name).write_text(name)
-    vault = make_vault(tmp_path / "backup", [src], exclude=["*.tmp"])
-    assert vault.backup().ok
-    (data,) = archive_files(tmp_path / "backup")
-    names = [info.name for info, _ in read_members(data)]
-    assert names == [
+    assert members_backed_up(tmp_path, src, ["*.tmp"]) == [
         "meta.json",
         "data/crm",
         "data/crm/a",
