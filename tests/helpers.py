@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import itertools
@@ -197,3 +198,12 @@ def killed_not_reaped(pid: int) -> None:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
     assert state == "Z"
+
+
+def children() -> set[int]:
+    """The processes this one has forked and not reaped (zombies too)."""
+    found = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+            found |= {int(pid) for pid in f.read().split()}
+    return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -26,6 +25,7 @@ from cellvault.manifest import ENTRY_TYPES, InOrder, ManifestWriter, Row, RowsIn
 from cellvault.trust import MAX_COUNT, MAX_MODE
 
 from .archive_helpers import archive_files, make_vault, read_members
+from .helpers import children
 
 ARCHIVE = "cell_crm_20250101_020000"
 
@@ -1217,28 +1217,19 @@ def test_a_manifest_parsed_apart_from_any_point_reads_as_here(
     assert any(cut) and not all(cut)
 
 
-def _children() -> set[int]:
-    """The processes this one has forked and not reaped (zombies too)."""
-    found = set()
-    for task in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
-            found |= {int(pid) for pid in f.read().split()}
-    return found
-
-
 def test_a_manifest_parsed_apart_leaves_no_child_whether_it_reads_or_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from cellvault import manifest
 
     monkeypatch.setattr(manifest, "PARSE_APART", 0)
-    before = _children()
+    before = children()
     raw = sample().to_json()
     assert Manifest.read(io.BytesIO(raw), archive=ARCHIVE) == sample()
-    assert _children() == before
+    assert children() == before
     with pytest.raises(ArchiveCorrupt):
         Manifest.read(io.BytesIO(raw.replace(b'"type":"file"', b'"type":"sock"')), archive="x")
-    assert _children() == before
+    assert children() == before
 
 
 class _Breaks:

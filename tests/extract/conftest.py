@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
 
 from cellvault.extract import inflate, stage
+from tests.helpers import children
 
 
 @pytest.fixture(params=["here", "writer"])
@@ -59,27 +59,11 @@ def in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(inflate, "FORK_MAX_RSS", 1 << 62)
 
 
-def _children() -> set[int]:
-    """The processes this one forked that have not been waited for (zombies too)."""
-    mine = str(os.getpid())
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[1] == mine:
-                found.add(int(entry))
-    return found
-
-
 @pytest.fixture
 def forked_children() -> Callable[[], list[int]]:
     """What gives the children forked since the test began and not yet waited for.
 
     Others may be there before it: the servers a test session started.
     """
-    before = _children()
-    return lambda: sorted(_children() - before)
+    before = children()
+    return lambda: sorted(children() - before)
