@@ -58,6 +58,8 @@ _CODEC_ERRORS: dict[str, type[Exception]] = {
     "error": zlib.error,
     "BadGzipFile": gzip.BadGzipFile,
 }
+#: What a child reports: those, and any other ``OSError`` (raised here as one).
+_REPORTED: tuple[type[Exception], ...] = (*_CODEC_ERRORS.values(), OSError)
 
 
 class Inflate:
@@ -148,9 +150,7 @@ class Inflate:
         raise RuntimeError(f"the process decompressing the archive {said}; run it again")
 
     def _reap(self) -> str:
-        """Wait for the child; how it ended, in words."""
-        if not self._pid:
-            return "ended"
+        """Wait for the child (not yet waited for); how it ended, in words."""
         pid, self._pid = self._pid, 0
         try:
             _, status = os.waitpid(pid, 0)
@@ -175,18 +175,13 @@ class Inflate:
 
 def _inflate(reader: Any, out: int, status: int) -> None:  # pragma: no cover - the child
     """In the child: decompress *reader* into *out*; the last word on *status*."""
+    word: tuple[str, ...] = ("end",)
     try:
         while block := reader.read(OUT_CHUNK):
             write_all(out, block)
     except BrokenPipeError:
         return  # the parent stopped reading
-    except tuple(_CODEC_ERRORS.values()) as exc:
-        os.close(out)
-        send(status, ("codec", type(exc).__name__, str(exc)))
-        return
-    except OSError as exc:
-        os.close(out)
-        send(status, ("codec", "OSError", str(exc)))
-        return
+    except _REPORTED as exc:
+        word = ("codec", type(exc).__name__, str(exc))
     os.close(out)
-    send(status, ("end",))
+    send(status, word)

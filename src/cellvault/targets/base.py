@@ -412,10 +412,9 @@ class Target(abc.ABC):
         if listing is None:
             with self.guard(f"list archives of cell {cell}"):
                 listing = self.retrying(self.list, cell)
-        entries = listing
         self._forget_refused(cell)
         out: builtins.list[Any] = []
-        for entry in entries:
+        for entry in listing:
             stem = entry.name.removesuffix(SIDECAR_SUFFIX)
             if entry.name == stem or not ArchiveId.is_id(stem) or stem.endswith(".manifest"):
                 continue
