@@ -25,7 +25,9 @@ import pytest
 from tests.helpers import write_tree
 from tests.servers.fixtures import require_modules, unavailable
 
-REDIS = "redis://127.0.0.1:6379/11"
+# Database 12: the Redis dumper's tests take 9, 10, 11 and 15 (tests/dumpers/conftest.py),
+# the kill tests 4 to 7; a broker there would be emptied under a run of them beside it.
+REDIS = "redis://127.0.0.1:6379/12"
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 CELLS_PER_HOST = 20
 
