@@ -32,8 +32,10 @@ def tests(session: nox.Session) -> None:
     """
     session.run("python", "-m", "tests.system_tools", "--install", external=True)
     session.install("-e", TEST_EXTRAS)
-    # The slowest tests are listed at the end: where a run's time went (docs/testing.md).
-    args = session.posargs or ["-q", "-p", "no:cacheprovider", "--durations=25"]
+    # Two worker processes (pytest-xdist), one a core: most tests wait on servers,
+    # children and the disk, and the suite took half the time (docs/testing.md).
+    # The slowest tests are listed at the end: where a run's time went.
+    args = session.posargs or ["-q", "-p", "no:cacheprovider", "--durations=25", "-n", "2"]
     session.run(
         "pytest",
         *args,
