@@ -36,6 +36,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from installed import compile_cellvault
+
 
 def generate(root: Path, files: int, seed: int = 8) -> int:
     """Write the tree; return its bytes."""
@@ -113,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="restore into a folder here (for example /dev/shm, to leave the disk out)",
     )
     args = parser.parse_args(argv)
+    compile_cellvault()
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
     cells = work / "cells"

@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import corpus as corpus_mod  # noqa: E402 - the sibling module, found through HERE
+from installed import compile_cellvault  # noqa: E402 - the same
 
 OPS = ("full", "incr_nochange", "incr_change", "restore", "verify")
 OP_LABELS = {
@@ -817,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
 
     global CELLVAULT_SRC
     CELLVAULT_SRC = args.cellvault_src.resolve() if args.cellvault_src else None
+    compile_cellvault(CELLVAULT_SRC)
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
     if args.baseline_src is not None:
         CellvaultBaseline.src = args.baseline_src.resolve()
