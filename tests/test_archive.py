@@ -261,6 +261,20 @@ def test_selector_iso_time_with_zone() -> None:
     assert pick(sel) == "cell_crm_20250101_020000"
 
 
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        ("2025-01-01", dt.datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2025-01-01 02:00", dt.datetime(2025, 1, 1, 2, tzinfo=UTC)),
+        ("2025-01-01T10:00:15+0800", dt.datetime(2025, 1, 1, 2, 0, 15, tzinfo=UTC)),
+        ("2025-01-01T02:00:00.250Z", dt.datetime(2025, 1, 1, 2, 0, 0, 250000, tzinfo=UTC)),
+        ("2025-01-01T02:00:00,5-01:00", dt.datetime(2025, 1, 1, 3, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_selector_iso_time_shapes(text: str, utc: dt.datetime) -> None:
+    assert Selector.parse(text).before == utc
+
+
 def test_selector_iso_time_without_zone_is_utc() -> None:
     sel = Selector.parse("2025-01-01T02:00:29")
     assert sel.before == dt.datetime(2025, 1, 1, 2, 0, 29, tzinfo=UTC)
@@ -320,6 +334,13 @@ def test_selector_at_or_before() -> None:
         "now",
         "2025-01-01T25:00:00",
         f"{ARABIC_2025}0101",
+        # What fromisoformat reads but is no RFC 3339 time: a zone after a "z",
+        # week and ordinal dates, a time without its date's dashes.
+        "2025-01-01T05:00:00z+00:00",
+        "2025-01-01T05:00:00Z+08:00",
+        "2025-W01-1",
+        "2025-001",
+        "20250101T050000",
     ],
 )
 def test_malformed_dates_are_a_config_error(text: str) -> None:
@@ -904,3 +925,18 @@ def test_an_altered_signature_is_ignored_with_the_sidecar() -> None:
         Sidecar.from_json(b"[]")
     assert info.value.archive == "?"
     assert info.value.detail == "sidecar is unusable (TypeError: a list, not an object)"
+
+
+def test_iso_time_is_what_find_and_the_selector_read() -> None:
+    from cellvault.archive import iso_time
+    from cellvault.cli import _instant
+
+    assert iso_time("2025-01-31") == dt.datetime(2025, 1, 31)
+    assert iso_time("2025-01-31T02:00z") == dt.datetime(2025, 1, 31, 2, tzinfo=UTC)
+    assert _instant("2025-01-31T02:00", "--since") == dt.datetime(2025, 1, 31, 2, tzinfo=UTC)
+    for text in ("2025-01-31T02:00:00z+00:00", "2025-W05-5", "yesterday", ""):
+        with pytest.raises(ValueError, match="not an ISO date or time"):
+            iso_time(text)
+        with pytest.raises(ConfigError, match="is not a date or time") as info:
+            _instant(text, "--since")
+        assert info.value.hint == "give an ISO date or time, e.g. 2025-01-31 or 2025-01-31T02:00"

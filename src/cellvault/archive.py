@@ -438,6 +438,29 @@ def _check_identity(ident: ArchiveId, name: str, cell: str | None) -> None:
 
 
 _DATE_PREFIX = re.compile(r"\d{8}(_\d{1,6})?", re.ASCII)
+#: The ISO times a selector takes (RFC 3339's, the seconds and the zone optional):
+#: what ``fromisoformat`` reads beyond them ("...z+00:00", week dates) is refused.
+_ISO_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[Tt ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
+    r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?",
+    re.ASCII,
+)
+
+
+def iso_time(text: str) -> dt.datetime:
+    """The ISO date or time *text* (naive when it names no zone); ``ValueError`` otherwise.
+
+    RFC 3339's shapes, the seconds and the zone optional (``2025-01-01``,
+    ``2025-01-01T02:00``, ``2025-01-01 02:00:00.5+08:00``, a lowercase ``z``);
+    the other shapes ``fromisoformat`` reads (``...z+00:00``, week dates) are refused.
+    """
+    if not _ISO_TIME.fullmatch(text):
+        raise ValueError(f"not an ISO date or time: {text!r}")
+    # RFC 3339 allows a lowercase "z" (UTC), which fromisoformat refuses.
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    return dt.datetime.fromisoformat(text)
 
 
 @attrs.frozen
@@ -468,12 +491,8 @@ class Selector:
         if _DATE_PREFIX.fullmatch(text):
             _check_prefix(text)
             return cls(text, "prefix")
-        # RFC 3339 allows a lowercase "z" (UTC), which fromisoformat refuses.
-        zoned = text
-        if text[-1:] in ("Z", "z") and text[-2:-1].isdigit():
-            zoned = text[:-1] + "+00:00"
         try:
-            when = dt.datetime.fromisoformat(zoned)
+            when = iso_time(text)
         except ValueError:
             raise ConfigError(
                 f"malformed restore date {text!r}",

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .archive import Kind
+from .archive import Kind, iso_time
 from .config import Config, load_env, load_toml, read_env_file, unknown_env, with_restore_env
 from .display import Display, PlainProgress
 from .errors import CellvaultError, ConfigError
@@ -1537,7 +1537,7 @@ def _instant(value: str | None, option: str) -> dt.datetime | None:
     if value is None:
         return None
     try:
-        when = dt.datetime.fromisoformat(value)
+        when = iso_time(value.strip())
     except ValueError:
         raise ConfigError(
             f"{option} {value!r} is not a date or time",
