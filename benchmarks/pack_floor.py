@@ -1,0 +1,310 @@
+"""The least time a full backup written in Python takes, beside ``tar -c | zstd -T0``'s.
+
+``benchmarks/floor.py`` counts only the CPU of reading each file; this times
+a whole bare packer, as wall time: this process walks the tree and hands
+its files in batches to *children* forked readers in turn, which, per file, open it (no link
+followed), ``fstat`` it, read it, list its extended attributes, close it,
+hash it (sha256) and make its header (cellvault's own,
+:func:`cellvault.tarwrite.file_header`, which adds a PAX record for an
+mtime's nanoseconds; or, with ``--headers ustar``, a bare ustar block with
+whole seconds, as ``tar -c`` writes); each batch of members goes back joined
+(``marshal``'d, through a pipe) to this process, which writes them in order
+into ``zstd -T0`` (its output thrown away). The shape of cellvault's backup
+(:mod:`cellvault.readers`), without its manifest, its other PAX records, its
+folders and links, its checks, its spool, its sidecar, its imports and its
+settings.
+
+Timed in alternating rounds with ``tar -c <tree> | zstd -T0`` (output thrown
+away too) and, with ``--with-cellvault``, a full ``cellvault backup`` of the
+tree with ``BACKUP_VERIFY=0``. The ratio is a lower bound for the one ``benchmarks/many_files.py
+--backup-pairs`` measures, for a packer whose work per file is Python code.
+Warm cache::
+
+    python benchmarks/pack_floor.py --tree /scratch/mf/cells/crm
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import marshal
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cellvault.tarwrite import file_header
+
+#: Makes a member's header from its name and its ``fstat``.
+Header = Callable[[bytes, os.stat_result], bytes]
+
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_BATCH = 256
+_BLANK = b" " * 8
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _header(name: bytes, st: os.stat_result) -> bytes:
+    """A ustar header (a name of up to 100 bytes; longer ones are split at a slash)."""
+    prefix = b""
+    if len(name) > 100:
+        prefix, _, name = name.rpartition(b"/")
+    head = b"".join(
+        (
+            name.ljust(100, b"\0"),
+            b"%07o\0" % (st.st_mode & 0o7777),
+            b"%07o\0" % st.st_uid,
+            b"%07o\0" % st.st_gid,
+            b"%011o\0" % st.st_size,
+            b"%011o\0" % int(st.st_mtime),
+            _BLANK,
+            b"0",
+            bytes(100),
+            b"ustar\x0000",
+            bytes(80),
+            prefix.ljust(155, b"\0"),
+            bytes(12),
+        )
+    )
+    checksum = b"%06o\0 " % sum(head)
+    return head[:148] + checksum + head[156:]
+
+
+def _cellvault_header(name: bytes, st: os.stat_result) -> bytes:
+    """cellvault's own header of a regular file: a PAX mtime record when it has nanoseconds."""
+    return file_header(
+        os.fsdecode(name), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns
+    )
+
+
+def _members(paths: list[tuple[str, bytes]], header: Header) -> bytes:
+    """The tar members (header, bytes, padding) of *paths*, joined; each file also hashed."""
+    opened, fstat, read, close = os.open, os.fstat, os.read, os.close
+    listxattr, sha256 = os.listxattr, hashlib.sha256
+    parts: list[bytes] = []
+    for path, name in paths:
+        fd = opened(path, _OPEN)
+        st = fstat(fd)
+        data = read(fd, st.st_size)
+        listxattr(fd)
+        close(fd)
+        sha256(data).hexdigest()
+        parts.append(header(name, st))
+        parts.append(data)
+        parts.append(bytes(-len(data) % 512))
+    return b"".join(parts)
+
+
+def _reader(feed: int, out: int, header: Header) -> None:
+    """A forked reader: packs each batch of paths read from *feed*, sent back as one frame."""
+    while (batch := _frame(feed)) is not None:
+        _send(out, _members(batch, header))
+
+
+def _send(out: int, value: Any) -> None:
+    frame = marshal.dumps(value)
+    _write_all(out, len(frame).to_bytes(4, "little") + frame)
+
+
+def _frame(source: int) -> Any:
+    """The next frame's value; ``None`` at the end of the pipe."""
+
+    def exactly(size: int) -> bytes | None:
+        chunks = []
+        while size:
+            chunk = os.read(source, min(size, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    size = exactly(4)
+    raw = exactly(int.from_bytes(size, "little")) if size is not None else None
+    if raw is None:
+        return None
+    return marshal.loads(raw)  # noqa: S302 - our own pipe
+
+
+def walk(tree: Path) -> Iterator[list[tuple[str, bytes]]]:
+    """The regular files under *tree* (path, member name), in walk order, a batch at a time."""
+    batch: list[tuple[str, bytes]] = []
+    for folder, dirs, names in os.walk(tree):
+        dirs.sort()
+        rel = os.path.relpath(folder, tree.parent)
+        for name in sorted(names):
+            batch.append((os.path.join(folder, name), os.fsencode(os.path.join(rel, name))))
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def pack(tree: Path, children: int, header: Header) -> float:
+    """The bare backup of *tree* into ``zstd -T0`` (output thrown away): its wall seconds.
+
+    This process walks the tree and hands each batch of paths to the next
+    reader in turn; it reads the packed batches back in the same order, and
+    before it hands a reader a new batch, it has read back every batch older
+    than the one that reader holds (so neither side waits on a full pipe for
+    ever).
+    """
+    started = time.monotonic()
+    feeds: list[int] = []
+    sources: list[int] = []
+    pids: list[int] = []
+    for _ in range(children):
+        feed_read, feed_write = os.pipe()
+        out_read, out_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the reader: its batches, then gone
+            code = 1
+            try:
+                for fd in (feed_write, out_read, *feeds, *sources):
+                    os.close(fd)
+                _reader(feed_read, out_write, header)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(feed_read)
+        os.close(out_write)
+        feeds.append(feed_write)
+        sources.append(out_read)
+        pids.append(pid)
+    zstd = subprocess.Popen(
+        ["zstd", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert zstd.stdin is not None
+    sink = zstd.stdin.fileno()
+    sent = done = 0
+    for batch in walk(tree):
+        while done < sent - children:
+            _write_all(sink, _frame(sources[done % children]))
+            done += 1
+        _send(feeds[sent % children], batch)
+        sent += 1
+    for feed in feeds:
+        os.close(feed)
+    while done < sent:
+        _write_all(sink, _frame(sources[done % children]))
+        done += 1
+    _write_all(sink, bytes(1024))
+    zstd.stdin.close()
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit("a reader failed")
+    if zstd.wait():
+        raise SystemExit("zstd -T0 failed")
+    for source in sources:
+        os.close(source)
+    return time.monotonic() - started
+
+
+def tar_zstd(tree: Path) -> float:
+    """``tar -c | zstd -T0 -q > /dev/null`` of *tree*: its wall seconds."""
+    started = time.monotonic()
+    with subprocess.Popen(
+        ["tar", "-C", str(tree.parent), "-c", tree.name], stdout=subprocess.PIPE
+    ) as tar:
+        zstd = subprocess.Popen(
+            ["zstd", "-T0", "-q", "-c"], stdin=tar.stdout, stdout=subprocess.DEVNULL
+        )
+        assert tar.stdout is not None
+        tar.stdout.close()
+        if zstd.wait():
+            raise SystemExit("zstd -T0 failed")
+    if tar.returncode:
+        raise SystemExit("tar -c failed")
+    return time.monotonic() - started
+
+
+def cellvault_backup(tree: Path, scratch: Path) -> float:
+    """A full ``python -m cellvault backup`` of *tree* (the cell ``crm``) into *scratch*, unchecked.
+
+    ``BACKUP_VERIFY=0``: the stored archive is not read back, as the bare
+    packer's is not; *scratch* is emptied first.
+    """
+    shutil.rmtree(scratch, ignore_errors=True)
+    env = {
+        **os.environ,
+        "BACKUP_DIR": str(scratch),
+        "BACKUP_CELLS": tree.name,
+        "BACKUP_CELLS_ROOT": str(tree.parent),
+        "BACKUP_TARGETS": "local",
+        "BACKUP_VERIFY": "0",
+    }
+    begun = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "cellvault", "backup"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.monotonic() - begun
+    shutil.rmtree(scratch, ignore_errors=True)
+    return wall
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=Path, required=True, help="the cell folder to read")
+    parser.add_argument("--children", type=int, default=2, help="forked readers")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument(
+        "--headers",
+        choices=("cellvault", "ustar"),
+        default="cellvault",
+        help="cellvault's own headers (nanosecond mtimes kept), or bare ustar ones (seconds)",
+    )
+    parser.add_argument(
+        "--with-cellvault",
+        type=Path,
+        metavar="SCRATCH",
+        help="time a full `cellvault backup` (BACKUP_VERIFY=0) into SCRATCH in each round too",
+    )
+    args = parser.parse_args(argv)
+    header = _cellvault_header if args.headers == "cellvault" else _header
+    tar_zstd(args.tree)  # the cache warm
+    walls: dict[str, list[float]] = {"floor": [], "tar": [], "cellvault": []}
+    runs: dict[str, Callable[[], float]] = {
+        "floor": lambda: pack(args.tree, args.children, header),
+        "tar": lambda: tar_zstd(args.tree),
+    }
+    if args.with_cellvault:
+        runs["cellvault"] = lambda: cellvault_backup(args.tree, args.with_cellvault)
+    for i in range(args.pairs):
+        for label in list(runs)[:: 1 if i % 2 else -1]:
+            walls[label].append(runs[label]())
+        print(", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items() if v), file=sys.stderr)
+    tar = statistics.median(walls["tar"])
+    print(
+        f"medians of {args.pairs} alternating rounds, {args.children} readers, {args.headers} headers"
+    )
+    print(f"tar -c | zstd -T0: {tar:.2f} s wall")
+    for label, text in (("floor", "bare backup in Python"), ("cellvault", "cellvault backup")):
+        if walls[label]:
+            ratio = statistics.median(
+                a / t for a, t in zip(walls[label], walls["tar"], strict=True)
+            )
+            print(f"{text}: {statistics.median(walls[label]):.2f} s wall, {ratio:.2f}x tar | zstd")
+    floor = statistics.median(walls["floor"])
+    print(
+        f"1.5x of tar | zstd: {1.5 * tar:.2f} s; left beyond the bare backup: {1.5 * tar - floor:.2f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The least time a restore written in Python takes, beside ``zstd -dc | tar -x``'s.
+
+What any restore in Python that writes files safely and checks them must do
+with one ``.tar.zst`` archive, and nothing else: ``zstd -dc`` decompresses
+into this process, which reads the tar stream (512-byte headers, PAX
+``path`` records, the members' bytes), makes each folder, and hands the
+regular files in batches (``marshal``'d, through pipes) to *children*
+forked writers, which compute each file's sha256 and create it relative to
+a directory descriptor opened without following links (``O_EXCL |
+O_NOFOLLOW``), write it, set its times and close it: the shape of
+cellvault's restore (:mod:`cellvault.extract`), without its manifest, its
+checks of names and sizes, its links, owners, modes, attributes and
+folders' metadata, its imports and its settings.
+
+Timed in alternating rounds with ``zstd -dc < archive | tar -x`` of the same
+archive into the same folder (emptied before each run), and with
+``--with-cellvault`` with ``cellvault restore --into`` (its settings, the
+``BACKUP_*`` variables, from the environment; the archive should be the one
+it restores); then the start of a bare interpreter and the import of
+cellvault's command line.
+The ratio is a lower bound for the one ``benchmarks/many_files.py
+--restore-pairs`` measures, for a restore whose work per file is Python
+code. Warm cache: run it after a backup of the many-files tree::
+
+    python benchmarks/restore_floor.py --archive <backup>/crm/<id>.tar.zst --into /dev/shm/floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import marshal
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_BLOCK = 512
+_BATCH_BYTES = 1 << 20
+_BATCH_FILES = 2048
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _writer(feed: int, root: int) -> int:
+    """A forked writer: creates the files of each batch read from *feed*; how many."""
+    folders: dict[str, int] = {"": root}
+    sha256, opened, utime, close = hashlib.sha256, os.open, os.utime, os.close
+    made = 0
+    with os.fdopen(feed, "rb", buffering=1 << 20) as source:
+        while size := source.read(4):
+            batch = marshal.loads(source.read(int.from_bytes(size, "little")))  # noqa: S302 - our pipe
+            for folder, base, mode, data, mtime_ns in batch:
+                at = folders.get(folder)
+                if at is None:
+                    at = folders[folder] = opened(folder, _DIR, dir_fd=root)
+                sha256(data).hexdigest()
+                fd = opened(base, _CREATE, mode, dir_fd=at)
+                _write_all(fd, data)
+                utime(fd, ns=(mtime_ns, mtime_ns))
+                close(fd)
+                made += 1
+    return made
+
+
+class _Stream:
+    """The decompressed tar stream, read a member at a time."""
+
+    def __init__(self, source: int) -> None:
+        self._source = source
+        self._buf = bytearray()
+        self._at = 0
+
+    def read(self, size: int) -> bytes:
+        while len(self._buf) - self._at < size:
+            chunk = os.read(self._source, 1 << 20)
+            if not chunk:
+                raise SystemExit("the tar stream ended early")
+            del self._buf[: self._at]
+            self._at = 0
+            self._buf += chunk
+        out = bytes(self._buf[self._at : self._at + size])
+        self._at += size
+        return out
+
+
+def _octal(field: bytes) -> int:
+    return int(field.rstrip(b"\0 ") or b"0", 8)
+
+
+def _pax_path(records: bytes) -> str | None:
+    for record in records.split(b"\n"):
+        _, _, pair = record.partition(b" ")
+        key, _, value = pair.partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+    return None
+
+
+def _feed(stream: _Stream, root: Path, feeds: list[int]) -> int:
+    """Read the tar stream; make its folders, hand its files to the writers; how many files."""
+    batch: list[tuple[str, str, int, bytes, int]] = []
+    size = turn = files = 0
+    long_name: str | None = None
+    while (header := stream.read(_BLOCK)) != bytes(_BLOCK):
+        name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
+        prefix = header[345:500].rstrip(b"\0")
+        if prefix:
+            name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+        length, kind = _octal(header[124:136]), header[156:157]
+        data = stream.read((length + _BLOCK - 1) & ~(_BLOCK - 1))[:length] if length else b""
+        if kind == b"x":
+            long_name = _pax_path(data)
+            continue
+        if long_name is not None:
+            name, long_name = long_name, None
+        if kind == b"5":
+            (root / name).mkdir(parents=True, exist_ok=True)
+        elif kind in (b"0", b"\0"):
+            folder, _, base = name.rpartition("/")
+            mtime_ns = _octal(header[136:148]) * 1_000_000_000
+            batch.append((folder, base, _octal(header[100:108]), data, mtime_ns))
+            size += length
+            files += 1
+            if size >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
+                turn = _hand(batch, feeds, turn)
+                batch, size = [], 0
+    if batch:
+        _hand(batch, feeds, turn)
+    return files
+
+
+def _hand(batch: list[tuple[str, str, int, bytes, int]], feeds: list[int], turn: int) -> int:
+    data = marshal.dumps(batch)
+    _write_all(feeds[turn], len(data).to_bytes(4, "little") + data)
+    return (turn + 1) % len(feeds)
+
+
+def floor_restore(archive: Path, into: Path, children: int) -> float:
+    """The bare restore of *archive* into *into* (made here): its wall seconds."""
+    into.mkdir(parents=True)
+    started = time.monotonic()
+    root = os.open(into, _DIR)
+    feeds: list[int] = []
+    pids: list[int] = []
+    for _ in range(children):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the writer: its share, then gone
+            code = 1
+            try:
+                os.close(write_end)
+                for other in feeds:
+                    os.close(other)
+                _writer(read_end, root)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(read_end)
+        feeds.append(write_end)
+        pids.append(pid)
+    with subprocess.Popen(["zstd", "-dcq", str(archive)], stdout=subprocess.PIPE) as zstd:
+        assert zstd.stdout is not None
+        _feed(_Stream(zstd.stdout.fileno()), into, feeds)
+    for feed in feeds:
+        os.close(feed)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit("a writer failed")
+    os.close(root)
+    if zstd.returncode:
+        raise SystemExit("zstd -dc failed")
+    return time.monotonic() - started
+
+
+def tar_restore(archive: Path, into: Path) -> float:
+    """``zstd -dc < archive | tar -x`` into *into* (made here): its wall seconds."""
+    into.mkdir(parents=True)
+    started = time.monotonic()
+    with open(archive, "rb") as stored:
+        zstd = subprocess.Popen(["zstd", "-dcq"], stdin=stored, stdout=subprocess.PIPE)
+        assert zstd.stdout is not None
+        tar = subprocess.run(["tar", "-C", str(into), "-xf", "-"], stdin=zstd.stdout, check=False)
+        zstd.stdout.close()
+        if zstd.wait() or tar.returncode:
+            raise SystemExit("zstd -dc | tar -x failed")
+    return time.monotonic() - started
+
+
+def started(command: Sequence[str], rounds: int) -> float:
+    """The median wall seconds of *rounds* runs of *command* (an interpreter's start)."""
+    walls = []
+    for _ in range(rounds):
+        begun = time.monotonic()
+        subprocess.run(command, check=True)
+        walls.append(time.monotonic() - begun)
+    return statistics.median(walls)
+
+
+def cellvault_restore(into: Path) -> float:
+    """``python -m cellvault restore --into <into>`` (the settings from the environment)."""
+    into.mkdir(parents=True)
+    begun = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "cellvault", "restore", "--into", str(into / "cv")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - begun
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", type=Path, required=True, help="a .tar.zst of cellvault's")
+    parser.add_argument("--into", type=Path, required=True, help="a scratch folder (deleted)")
+    parser.add_argument("--children", type=int, default=2, help="forked writers")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument(
+        "--with-cellvault",
+        action="store_true",
+        help="time `cellvault restore --into` in each round too (BACKUP_* from the environment)",
+    )
+    args = parser.parse_args(argv)
+    walls: dict[str, list[float]] = {"floor": [], "tar": [], "cellvault": []}
+    runs: dict[str, Callable[[], float]] = {
+        "floor": lambda: floor_restore(args.archive, args.into, args.children),
+        "tar": lambda: tar_restore(args.archive, args.into),
+    }
+    if args.with_cellvault:
+        runs["cellvault"] = lambda: cellvault_restore(args.into)
+    for i in range(args.pairs):
+        for label in list(runs)[:: 1 if i % 2 else -1]:
+            shutil.rmtree(args.into, ignore_errors=True)
+            subprocess.run(["sync"], check=True)
+            walls[label].append(runs[label]())
+        print(", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items() if v), file=sys.stderr)
+    shutil.rmtree(args.into, ignore_errors=True)
+    bare = started([sys.executable, "-c", "pass"], 5)
+    cli = started([sys.executable, "-c", "import cellvault.cli"], 5)
+    tar = statistics.median(walls["tar"])
+    print(f"medians of {args.pairs} alternating rounds, {args.children} writers")
+    print(f"zstd -dc | tar -x: {tar:.2f} s wall")
+    for label, text in (("floor", "bare restore in Python"), ("cellvault", "cellvault restore")):
+        if walls[label]:
+            ratio = statistics.median(
+                a / t for a, t in zip(walls[label], walls["tar"], strict=True)
+            )
+            print(f"{text}: {statistics.median(walls[label]):.2f} s wall, {ratio:.2f}x tar -x")
+    floor = statistics.median(walls["floor"])
+    print(f"2x of tar -x: {2 * tar:.2f} s; left beyond the bare restore: {2 * tar - floor:.2f} s")
+    print(f"python -c pass: {bare:.2f} s; import cellvault.cli: {cli:.2f} s (medians of 5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
