@@ -595,11 +595,16 @@ class Target(abc.ABC):
                 out.append(f"{cell}/{name}")
         return out
 
+    def _deletable(self, key: str) -> None:
+        """Make the debris *key* deletable before :meth:`clear_debris` deletes it (here: nothing)."""
+        return
+
     def clear_debris(self, cell: str) -> builtins.list[str]:
         """Delete what :meth:`debris` finds; return the deleted keys."""
         keys = self.debris(cell)
         for key in keys:
             with self.guard(f"delete debris {key}"):
+                self._deletable(key)
                 self.retrying(self.delete, key)
             log.info("debris.removed", target=self.name, key=key)
         return keys

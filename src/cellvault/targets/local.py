@@ -176,11 +176,10 @@ class LocalTarget(Target):
             set_immutable(path, False)
         super().uncommit(sidecar)
 
-    def clear_debris(self, cell: str) -> list[str]:
-        """Clear the debris of interrupted runs, immutable parts included (never committed)."""
-        for key in self.debris(cell):
-            set_immutable(self._path(key), False)
-        return super().clear_debris(cell)
+    def _deletable(self, key: str) -> None:
+        # Debris is never committed: an immutable part of it (a run stopped between
+        # making its files immutable and committing) is cleared too.
+        set_immutable(self._path(key), False)
 
     def _archive_keys(self, sidecar: Sidecar) -> list[str]:
         ident = sidecar.id
