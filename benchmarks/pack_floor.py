@@ -38,6 +38,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from floor import tar_zstd
+from rounds import against, alternate
+
 from cellvault.tarwrite import file_header
 
 #: Makes a member's header from its name and its ``fstat``.
@@ -212,24 +215,6 @@ def pack(tree: Path, children: int, header: Header) -> float:
     return time.monotonic() - started
 
 
-def tar_zstd(tree: Path) -> float:
-    """``tar -c | zstd -T0 -q > /dev/null`` of *tree*: its wall seconds."""
-    started = time.monotonic()
-    with subprocess.Popen(
-        ["tar", "-C", str(tree.parent), "-c", tree.name], stdout=subprocess.PIPE
-    ) as tar:
-        zstd = subprocess.Popen(
-            ["zstd", "-T0", "-q", "-c"], stdin=tar.stdout, stdout=subprocess.DEVNULL
-        )
-        assert tar.stdout is not None
-        tar.stdout.close()
-        if zstd.wait():
-            raise SystemExit("zstd -T0 failed")
-    if tar.returncode:
-        raise SystemExit("tar -c failed")
-    return time.monotonic() - started
-
-
 def cellvault_backup(tree: Path, scratch: Path) -> float:
     """A full ``python -m cellvault backup`` of *tree* (the cell ``crm``) into *scratch*, unchecked.
 
@@ -277,28 +262,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     header = _cellvault_header if args.headers == "cellvault" else _header
     tar_zstd(args.tree)  # the cache warm
-    walls: dict[str, list[float]] = {"floor": [], "tar": [], "cellvault": []}
     runs: dict[str, Callable[[], float]] = {
         "floor": lambda: pack(args.tree, args.children, header),
-        "tar": lambda: tar_zstd(args.tree),
+        "tar": lambda: tar_zstd(args.tree)[0],
     }
     if args.with_cellvault:
         runs["cellvault"] = lambda: cellvault_backup(args.tree, args.with_cellvault)
-    for i in range(args.pairs):
-        for label in list(runs)[:: 1 if i % 2 else -1]:
-            walls[label].append(runs[label]())
-        print(", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items() if v), file=sys.stderr)
-    tar = statistics.median(walls["tar"])
+    walls = alternate(runs, args.pairs)
     print(
         f"medians of {args.pairs} alternating rounds, {args.children} readers, {args.headers} headers"
     )
-    print(f"tar -c | zstd -T0: {tar:.2f} s wall")
-    for label, text in (("floor", "bare backup in Python"), ("cellvault", "cellvault backup")):
-        if walls[label]:
-            ratio = statistics.median(
-                a / t for a, t in zip(walls[label], walls["tar"], strict=True)
-            )
-            print(f"{text}: {statistics.median(walls[label]):.2f} s wall, {ratio:.2f}x tar | zstd")
+    tar = against(
+        walls,
+        "tar",
+        {
+            "tar": "tar -c | zstd -T0",
+            "floor": "bare backup in Python",
+            "cellvault": "cellvault backup",
+        },
+    )
     floor = statistics.median(walls["floor"])
     print(
         f"1.5x of tar | zstd: {1.5 * tar:.2f} s; left beyond the bare backup: {1.5 * tar - floor:.2f} s"

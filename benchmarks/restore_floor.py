@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rounds import against, alternate
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BLOCK = 512
@@ -232,31 +234,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="time `cellvault restore --into` in each round too (BACKUP_* from the environment)",
     )
     args = parser.parse_args(argv)
-    walls: dict[str, list[float]] = {"floor": [], "tar": [], "cellvault": []}
     runs: dict[str, Callable[[], float]] = {
         "floor": lambda: floor_restore(args.archive, args.into, args.children),
         "tar": lambda: tar_restore(args.archive, args.into),
     }
     if args.with_cellvault:
         runs["cellvault"] = lambda: cellvault_restore(args.into)
-    for i in range(args.pairs):
-        for label in list(runs)[:: 1 if i % 2 else -1]:
-            shutil.rmtree(args.into, ignore_errors=True)
-            subprocess.run(["sync"], check=True)
-            walls[label].append(runs[label]())
-        print(", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items() if v), file=sys.stderr)
+
+    def emptied() -> None:
+        shutil.rmtree(args.into, ignore_errors=True)
+        subprocess.run(["sync"], check=True)
+
+    walls = alternate(runs, args.pairs, emptied)
     shutil.rmtree(args.into, ignore_errors=True)
     bare = started([sys.executable, "-c", "pass"], 5)
     cli = started([sys.executable, "-c", "import cellvault.cli"], 5)
-    tar = statistics.median(walls["tar"])
     print(f"medians of {args.pairs} alternating rounds, {args.children} writers")
-    print(f"zstd -dc | tar -x: {tar:.2f} s wall")
-    for label, text in (("floor", "bare restore in Python"), ("cellvault", "cellvault restore")):
-        if walls[label]:
-            ratio = statistics.median(
-                a / t for a, t in zip(walls[label], walls["tar"], strict=True)
-            )
-            print(f"{text}: {statistics.median(walls[label]):.2f} s wall, {ratio:.2f}x tar -x")
+    tar = against(
+        walls,
+        "tar",
+        {
+            "tar": "zstd -dc | tar -x",
+            "floor": "bare restore in Python",
+            "cellvault": "cellvault restore",
+        },
+    )
     floor = statistics.median(walls["floor"])
     print(f"2x of tar -x: {2 * tar:.2f} s; left beyond the bare restore: {2 * tar - floor:.2f} s")
     print(f"python -c pass: {bare:.2f} s; import cellvault.cli: {cli:.2f} s (medians of 5)")
