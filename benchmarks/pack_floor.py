@@ -41,6 +41,7 @@ from typing import Any
 from floor import tar_zstd
 from rounds import against, alternate
 
+from cellvault.forking import fork
 from cellvault.tarwrite import file_header
 
 #: Makes a member's header from its name and its ``fstat``.
@@ -168,22 +169,13 @@ def pack(tree: Path, children: int, header: Header) -> float:
     sources: list[int] = []
     pids: list[int] = []
     for _ in range(children):
-        feed_read, feed_write = os.pipe()
-        out_read, out_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the reader: its batches, then gone
-            code = 1
-            try:
-                for fd in (feed_write, out_read, *feeds, *sources):
-                    os.close(fd)
-                _reader(feed_read, out_write, header)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(feed_read)
-        os.close(out_write)
-        feeds.append(feed_write)
-        sources.append(out_read)
+        # A reader as cellvault forks its own (killed with this process, only its pipes).
+        forked = fork(lambda feed, out, _parent: _reader(feed, out, header))
+        if forked is None:
+            raise SystemExit("this process cannot fork")
+        pid, feed, source = forked
+        feeds.append(feed)
+        sources.append(source)
         pids.append(pid)
     zstd = subprocess.Popen(
         ["zstd", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
