@@ -21,6 +21,10 @@ tree with ``BACKUP_VERIFY=0``. The ratio is a lower bound for the one ``benchmar
 Warm cache::
 
     python benchmarks/pack_floor.py --tree /scratch/mf/cells/crm
+
+The readers are forked by :func:`cellvault.forking.fork`, as cellvault forks its
+own (pipes of 1 MiB where the kernel allows, freed memory kept by the
+allocator, killed with this process).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ The ratio is a lower bound for the one ``benchmarks/many_files.py
 code. Warm cache: run it after a backup of the many-files tree::
 
     python benchmarks/restore_floor.py --archive <backup>/crm/<id>.tar.zst --into /dev/shm/floor
+
+The writers are forked by :func:`cellvault.forking.fork`, as cellvault forks its
+own (pipes of 1 MiB where the kernel allows, freed memory kept by the
+allocator, killed with this process).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from pathlib import Path
 
 from rounds import against, alternate
 
+from cellvault.forking import fork
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BLOCK = 512
@@ -54,11 +60,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _writer(feed: int, root: int) -> int:
-    """A forked writer: creates the files of each batch read from *feed*; how many."""
+def _writer(feed: int, root: int) -> None:
+    """A forked writer: creates the files of each batch read from *feed*."""
     folders: dict[str, int] = {"": root}
     sha256, opened, utime, close = hashlib.sha256, os.open, os.utime, os.close
-    made = 0
     with os.fdopen(feed, "rb", buffering=1 << 20) as source:
         while size := source.read(4):
             batch = marshal.loads(source.read(int.from_bytes(size, "little")))  # noqa: S302 - our pipe
@@ -71,8 +76,6 @@ def _writer(feed: int, root: int) -> int:
                 _write_all(fd, data)
                 utime(fd, ns=(mtime_ns, mtime_ns))
                 close(fd)
-                made += 1
-    return made
 
 
 class _Stream:
@@ -155,21 +158,16 @@ def floor_restore(archive: Path, into: Path, children: int) -> float:
     root = os.open(into, _DIR)
     feeds: list[int] = []
     pids: list[int] = []
+    outs: list[int] = []
     for _ in range(children):
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the writer: its share, then gone
-            code = 1
-            try:
-                os.close(write_end)
-                for other in feeds:
-                    os.close(other)
-                _writer(read_end, root)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(read_end)
-        feeds.append(write_end)
+        # A writer as cellvault forks its own (killed with this process, only its
+        # pipes and the root's descriptor kept).
+        forked = fork(lambda feed, _out, _parent: _writer(feed, root), root)
+        if forked is None:
+            raise SystemExit("this process cannot fork")
+        pid, feed, out = forked
+        feeds.append(feed)
+        outs.append(out)
         pids.append(pid)
     with subprocess.Popen(["zstd", "-dcq", str(archive)], stdout=subprocess.PIPE) as zstd:
         assert zstd.stdout is not None
@@ -180,7 +178,8 @@ def floor_restore(archive: Path, into: Path, children: int) -> float:
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status):
             raise SystemExit("a writer failed")
-    os.close(root)
+    for fd in (root, *outs):
+        os.close(fd)
     if zstd.returncode:
         raise SystemExit("zstd -dc failed")
     return time.monotonic() - started
