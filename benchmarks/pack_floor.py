@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import zstandard
 from floor import tar_zstd
 from rounds import against, alternate
 
@@ -113,10 +114,16 @@ def _members(paths: list[tuple[str, bytes]], header: Header) -> bytes:
     return b"".join(parts)
 
 
-def _reader(feed: int, out: int, header: Header) -> None:
-    """A forked reader: packs each batch of paths read from *feed*, sent back as one frame."""
+def _reader(feed: int, out: int, header: Header, compress: bool) -> None:
+    """A forked reader: packs each batch of paths read from *feed*, sent back as one frame.
+
+    With *compress*, each batch is sent as a zstd frame of its own (level 3,
+    as ``zstd -T0``'s default): the frames of a stream concatenate.
+    """
+    squeeze = zstandard.ZstdCompressor(level=3).compress if compress else None
     while (batch := _frame(feed)) is not None:
-        _send(out, _members(batch, header))
+        packed = _members(batch, header)
+        _send(out, squeeze(packed) if squeeze is not None else packed)
 
 
 def _send(out: int, value: Any) -> None:
@@ -159,7 +166,7 @@ def walk(tree: Path) -> Iterator[list[tuple[str, bytes]]]:
         yield batch
 
 
-def pack(tree: Path, children: int, header: Header) -> float:
+def pack(tree: Path, children: int, header: Header, compress: bool = False) -> float:
     """The bare backup of *tree* into ``zstd -T0`` (output thrown away): its wall seconds.
 
     This process walks the tree and hands each batch of paths to the next
@@ -174,18 +181,23 @@ def pack(tree: Path, children: int, header: Header) -> float:
     pids: list[int] = []
     for _ in range(children):
         # A reader as cellvault forks its own (killed with this process, only its pipes).
-        forked = fork(lambda feed, out, _parent: _reader(feed, out, header))
+        forked = fork(lambda feed, out, _parent: _reader(feed, out, header, compress))
         if forked is None:
             raise SystemExit("this process cannot fork")
         pid, feed, source = forked
         feeds.append(feed)
         sources.append(source)
         pids.append(pid)
-    zstd = subprocess.Popen(
-        ["zstd", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
-    assert zstd.stdin is not None
-    sink = zstd.stdin.fileno()
+    # The stream goes into zstd -T0, or, compressed by the readers, straight to /dev/null.
+    zstd = None
+    if compress:
+        sink = os.open(os.devnull, os.O_WRONLY)
+    else:
+        zstd = subprocess.Popen(
+            ["zstd", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        assert zstd.stdin is not None
+        sink = zstd.stdin.fileno()
     sent = done = 0
     for batch in walk(tree):
         while done < sent - children:
@@ -198,14 +210,18 @@ def pack(tree: Path, children: int, header: Header) -> float:
     while done < sent:
         _write_all(sink, _frame(sources[done % children]))
         done += 1
-    _write_all(sink, bytes(1024))
-    zstd.stdin.close()
     for pid in pids:
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status):
             raise SystemExit("a reader failed")
-    if zstd.wait():
-        raise SystemExit("zstd -T0 failed")
+    if zstd is None:
+        os.close(sink)
+    else:
+        _write_all(sink, bytes(1024))
+        assert zstd.stdin is not None
+        zstd.stdin.close()
+        if zstd.wait():
+            raise SystemExit("zstd -T0 failed")
     for source in sources:
         os.close(source)
     return time.monotonic() - started
@@ -250,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="cellvault's own headers (nanosecond mtimes kept), or bare ustar ones (seconds)",
     )
     parser.add_argument(
+        "--compress-in-readers",
+        action="store_true",
+        help="each reader compresses its own batches (zstd frames that concatenate), no zstd -T0",
+    )
+    parser.add_argument(
         "--with-cellvault",
         type=Path,
         metavar="SCRATCH",
@@ -259,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = _cellvault_header if args.headers == "cellvault" else _header
     tar_zstd(args.tree)  # the cache warm
     runs: dict[str, Callable[[], float]] = {
-        "floor": lambda: pack(args.tree, args.children, header),
+        "floor": lambda: pack(args.tree, args.children, header, args.compress_in_readers),
         "tar": lambda: tar_zstd(args.tree)[0],
     }
     if args.with_cellvault:
