@@ -45,8 +45,8 @@ from typing import Any
 import zstandard
 from floor import tar_zstd
 from rounds import against, alternate
+from rounds import children as forked
 
-from cellvault.forking import fork
 from cellvault.tarwrite import file_header
 
 #: Makes a member's header from its name and its ``fstat``.
@@ -179,12 +179,9 @@ def pack(tree: Path, children: int, header: Header, compress: bool = False) -> f
     feeds: list[int] = []
     sources: list[int] = []
     pids: list[int] = []
-    for _ in range(children):
-        # A reader as cellvault forks its own (killed with this process, only its pipes).
-        forked = fork(lambda feed, out, _parent: _reader(feed, out, header, compress))
-        if forked is None:
-            raise SystemExit("this process cannot fork")
-        pid, feed, source = forked
+    for pid, feed, source in forked(
+        children, lambda feed, out: _reader(feed, out, header, compress)
+    ):
         feeds.append(feed)
         sources.append(source)
         pids.append(pid)

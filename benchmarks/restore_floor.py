@@ -46,8 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rounds import against, alternate
-
-from cellvault.forking import fork
+from rounds import children as forked
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -173,13 +172,7 @@ def floor_restore(archive: Path, into: Path, children: int) -> float:
     feeds: list[int] = []
     pids: list[int] = []
     outs: list[int] = []
-    for _ in range(children):
-        # A writer as cellvault forks its own (killed with this process, only its
-        # pipes and the root's descriptor kept).
-        forked = fork(lambda feed, _out, _parent: _writer(feed, root), root)
-        if forked is None:
-            raise SystemExit("this process cannot fork")
-        pid, feed, out = forked
+    for pid, feed, out in forked(children, lambda feed, _out: _writer(feed, root), root):
         feeds.append(feed)
         outs.append(out)
         pids.append(pid)

@@ -1,8 +1,9 @@
-"""Commands timed in alternating rounds, and their medians against a stock tool's.
+"""What the bare packer and the bare restore share (``pack_floor.py``, ``restore_floor.py``).
 
-Used by ``pack_floor.py`` and ``restore_floor.py``: each round runs every
-command once, in the opposite order from the round before, so that neither
-side always runs on a cache or a machine warmed by the other.
+Their children, forked as cellvault forks its own; their commands timed in
+alternating rounds (each round runs every command once, in the opposite
+order from the round before, so that neither side always runs on a cache or
+a machine warmed by the other), and the medians against a stock tool's.
 """
 
 from __future__ import annotations
@@ -10,6 +11,26 @@ from __future__ import annotations
 import statistics
 import sys
 from collections.abc import Callable
+
+from cellvault.forking import fork
+
+
+def children(
+    count: int, work: Callable[[int, int], None], *keep: int
+) -> list[tuple[int, int, int]]:
+    """*count* children forked by :func:`cellvault.forking.fork`, each running *work(feed, out)*.
+
+    Each is killed with this process and keeps only its two pipes and *keep*;
+    returns each one's process id, the write end of its feed and the read end
+    of what it sends back.
+    """
+    started = []
+    for _ in range(count):
+        got = fork(lambda feed, out, _parent: work(feed, out), *keep)
+        if got is None:
+            raise SystemExit("this process cannot fork")
+        started.append(got)
+    return started
 
 
 def alternate(
