@@ -1,37 +1,36 @@
 """The least time a full backup written in Python takes, beside ``tar -c | zstd -T0``'s.
 
 ``benchmarks/floor.py`` counts only the CPU of reading each file; this times
-a whole bare packer, as wall time: this process walks the tree and hands
-its files in batches to *children* forked readers in turn, which, per file, open it (no link
-followed), ``fstat`` it, read it, list its extended attributes, close it,
-hash it (sha256) and make its header (cellvault's own,
+a whole bare packer, as wall time. This process walks the tree and hands its
+files in batches to *children* forked readers in turn, which, per file, open
+it (no link followed), ``fstat`` it, read it, list its extended attributes,
+close it, hash it (sha256) and make its header (cellvault's own,
 :func:`cellvault.tarwrite.file_header`, which adds a PAX record for an
-mtime's nanoseconds; or, with ``--headers ustar``, a bare ustar block with
-whole seconds, as ``tar -c`` writes); each batch of members goes back joined
-(``marshal``'d, through a pipe) to this process, which writes them in order
-into ``zstd -T0`` (its output thrown away). The shape of cellvault's backup
+mtime's nanoseconds); each batch of members goes back joined to this
+process, which writes the batches in order into ``zstd -T0`` (its output
+thrown away). With ``--compress-in-readers``, each reader compresses its
+batches into zstd frames of their own instead (they concatenate into one
+stream) and no ``zstd -T0`` runs. The shape of cellvault's backup
 (:mod:`cellvault.readers`), without its manifest, its other PAX records, its
 folders and links, its checks, its spool, its sidecar, its imports and its
-settings.
+settings. The readers are forked, and the batches pass, as cellvault's own
+do (:mod:`cellvault.forking`: pipes of 1 MiB where the kernel allows,
+``marshal``'d frames, freed memory kept by the allocator, children killed
+with this process).
 
 Timed in alternating rounds with ``tar -c <tree> | zstd -T0`` (output thrown
 away too) and, with ``--with-cellvault``, a full ``cellvault backup`` of the
-tree with ``BACKUP_VERIFY=0``. The ratio is a lower bound for the one ``benchmarks/many_files.py
---backup-pairs`` measures, for a packer whose work per file is Python code.
-Warm cache::
+tree with ``BACKUP_VERIFY=0``. The ratio is a lower bound for the one
+``benchmarks/many_files.py --backup-pairs`` measures, for a packer whose work
+per file is Python code. Warm cache::
 
     python benchmarks/pack_floor.py --tree /scratch/mf/cells/crm
-
-The readers are forked by :func:`cellvault.forking.fork`, as cellvault forks its
-own (pipes of 1 MiB where the kernel allows, freed memory kept by the
-allocator, killed with this process).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import marshal
 import os
 import shutil
 import statistics
@@ -40,64 +39,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import zstandard
 from floor import tar_zstd
 from rounds import against, alternate
 from rounds import children as forked
 
+from cellvault.forking import frames, receive, send, write_all
 from cellvault.tarwrite import file_header
-
-#: Makes a member's header from its name and its ``fstat``.
-Header = Callable[[bytes, os.stat_result], bytes]
 
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _BATCH = 256
-_BLANK = b" " * 8
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _header(name: bytes, st: os.stat_result) -> bytes:
-    """A ustar header (a name of up to 100 bytes; longer ones are split at a slash)."""
-    prefix = b""
-    if len(name) > 100:
-        prefix, _, name = name.rpartition(b"/")
-    head = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            b"%07o\0" % (st.st_mode & 0o7777),
-            b"%07o\0" % st.st_uid,
-            b"%07o\0" % st.st_gid,
-            b"%011o\0" % st.st_size,
-            b"%011o\0" % int(st.st_mtime),
-            _BLANK,
-            b"0",
-            bytes(100),
-            b"ustar\x0000",
-            bytes(80),
-            prefix.ljust(155, b"\0"),
-            bytes(12),
-        )
-    )
-    checksum = b"%06o\0 " % sum(head)
-    return head[:148] + checksum + head[156:]
-
-
-def _cellvault_header(name: bytes, st: os.stat_result) -> bytes:
-    """cellvault's own header of a regular file: a PAX mtime record when it has nanoseconds."""
-    return file_header(
-        os.fsdecode(name), st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns
-    )
-
-
-def _members(paths: list[tuple[str, bytes]], header: Header) -> bytes:
-    """The tar members (header, bytes, padding) of *paths*, joined; each file also hashed."""
+def _members(paths: list[tuple[str, str]]) -> bytes:
+    """The tar members (cellvault's header, bytes, padding) of *paths*, joined; each file hashed."""
     opened, fstat, read, close = os.open, os.fstat, os.read, os.close
     listxattr, sha256 = os.listxattr, hashlib.sha256
     parts: list[bytes] = []
@@ -108,57 +64,34 @@ def _members(paths: list[tuple[str, bytes]], header: Header) -> bytes:
         listxattr(fd)
         close(fd)
         sha256(data).hexdigest()
-        parts.append(header(name, st))
+        parts.append(
+            file_header(name, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+        )
         parts.append(data)
         parts.append(bytes(-len(data) % 512))
     return b"".join(parts)
 
 
-def _reader(feed: int, out: int, header: Header, compress: bool) -> None:
+def _reader(feed: int, out: int, parent: int, compress: bool) -> None:
     """A forked reader: packs each batch of paths read from *feed*, sent back as one frame.
 
     With *compress*, each batch is sent as a zstd frame of its own (level 3,
     as ``zstd -T0``'s default): the frames of a stream concatenate.
     """
     squeeze = zstandard.ZstdCompressor(level=3).compress if compress else None
-    while (batch := _frame(feed)) is not None:
-        packed = _members(batch, header)
-        _send(out, squeeze(packed) if squeeze is not None else packed)
+    for batch in frames(feed, parent):
+        packed = _members(batch)
+        send(out, squeeze(packed) if squeeze is not None else packed)
 
 
-def _send(out: int, value: Any) -> None:
-    frame = marshal.dumps(value)
-    _write_all(out, len(frame).to_bytes(4, "little") + frame)
-
-
-def _frame(source: int) -> Any:
-    """The next frame's value; ``None`` at the end of the pipe."""
-
-    def exactly(size: int) -> bytes | None:
-        chunks = []
-        while size:
-            chunk = os.read(source, min(size, 1 << 20))
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
-
-    size = exactly(4)
-    raw = exactly(int.from_bytes(size, "little")) if size is not None else None
-    if raw is None:
-        return None
-    return marshal.loads(raw)  # noqa: S302 - our own pipe
-
-
-def walk(tree: Path) -> Iterator[list[tuple[str, bytes]]]:
+def walk(tree: Path) -> Iterator[list[tuple[str, str]]]:
     """The regular files under *tree* (path, member name), in walk order, a batch at a time."""
-    batch: list[tuple[str, bytes]] = []
+    batch: list[tuple[str, str]] = []
     for folder, dirs, names in os.walk(tree):
         dirs.sort()
         rel = os.path.relpath(folder, tree.parent)
         for name in sorted(names):
-            batch.append((os.path.join(folder, name), os.fsencode(os.path.join(rel, name))))
+            batch.append((os.path.join(folder, name), os.path.join(rel, name)))
             if len(batch) >= _BATCH:
                 yield batch
                 batch = []
@@ -166,7 +99,7 @@ def walk(tree: Path) -> Iterator[list[tuple[str, bytes]]]:
         yield batch
 
 
-def pack(tree: Path, children: int, header: Header, compress: bool = False) -> float:
+def pack(tree: Path, children: int, compress: bool = False) -> float:
     """The bare backup of *tree* into ``zstd -T0`` (output thrown away): its wall seconds.
 
     This process walks the tree and hands each batch of paths to the next
@@ -176,15 +109,10 @@ def pack(tree: Path, children: int, header: Header, compress: bool = False) -> f
     ever).
     """
     started = time.monotonic()
-    feeds: list[int] = []
-    sources: list[int] = []
-    pids: list[int] = []
-    for pid, feed, source in forked(
-        children, lambda feed, out: _reader(feed, out, header, compress)
-    ):
-        feeds.append(feed)
-        sources.append(source)
-        pids.append(pid)
+    pids, feeds, sources = zip(
+        *forked(children, lambda feed, out, parent: _reader(feed, out, parent, compress)),
+        strict=True,
+    )
     # The stream goes into zstd -T0, or, compressed by the readers, straight to /dev/null.
     zstd = None
     if compress:
@@ -198,14 +126,14 @@ def pack(tree: Path, children: int, header: Header, compress: bool = False) -> f
     sent = done = 0
     for batch in walk(tree):
         while done < sent - children:
-            _write_all(sink, _frame(sources[done % children]))
+            write_all(sink, receive(sources[done % children]))
             done += 1
-        _send(feeds[sent % children], batch)
+        send(feeds[sent % children], batch)
         sent += 1
     for feed in feeds:
         os.close(feed)
     while done < sent:
-        _write_all(sink, _frame(sources[done % children]))
+        write_all(sink, receive(sources[done % children]))
         done += 1
     for pid in pids:
         _, status = os.waitpid(pid, 0)
@@ -214,7 +142,7 @@ def pack(tree: Path, children: int, header: Header, compress: bool = False) -> f
     if zstd is None:
         os.close(sink)
     else:
-        _write_all(sink, bytes(1024))
+        write_all(sink, bytes(1024))
         assert zstd.stdin is not None
         zstd.stdin.close()
         if zstd.wait():
@@ -257,12 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=2, help="forked readers")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument(
-        "--headers",
-        choices=("cellvault", "ustar"),
-        default="cellvault",
-        help="cellvault's own headers (nanosecond mtimes kept), or bare ustar ones (seconds)",
-    )
-    parser.add_argument(
         "--compress-in-readers",
         action="store_true",
         help="each reader compresses its own batches (zstd frames that concatenate), no zstd -T0",
@@ -274,18 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="time a full `cellvault backup` (BACKUP_VERIFY=0) into SCRATCH in each round too",
     )
     args = parser.parse_args(argv)
-    header = _cellvault_header if args.headers == "cellvault" else _header
     tar_zstd(args.tree)  # the cache warm
     runs: dict[str, Callable[[], float]] = {
-        "floor": lambda: pack(args.tree, args.children, header, args.compress_in_readers),
+        "floor": lambda: pack(args.tree, args.children, args.compress_in_readers),
         "tar": lambda: tar_zstd(args.tree)[0],
     }
     if args.with_cellvault:
         runs["cellvault"] = lambda: cellvault_backup(args.tree, args.with_cellvault)
     walls = alternate(runs, args.pairs)
-    print(
-        f"medians of {args.pairs} alternating rounds, {args.children} readers, {args.headers} headers"
-    )
+    print(f"medians of {args.pairs} alternating rounds, {args.children} readers")
     tar = against(
         walls,
         "tar",

@@ -4,29 +4,29 @@ What any restore in Python that writes files safely and checks them must do
 with one ``.tar.zst`` archive, and nothing else: ``zstd -dc`` decompresses
 into this process, which reads the tar stream (512-byte headers, PAX
 ``path`` records, the members' bytes), makes each folder, and hands the
-regular files in batches (``marshal``'d, through pipes) to *children*
-forked writers, which compute each file's sha256 and create it relative to
-a directory descriptor opened without following links (``O_EXCL |
-O_NOFOLLOW``), write it, set its times and close it: the shape of
-cellvault's restore (:mod:`cellvault.extract`), without its manifest, its
-checks of names and sizes, its links, owners, modes, attributes and
-folders' metadata, its imports and its settings.
+regular files in batches to *children* forked writers, which compute each
+file's sha256 and create it relative to a directory descriptor opened
+without following links (``O_EXCL | O_NOFOLLOW``), write it, set its times
+and close it: the shape of cellvault's restore (:mod:`cellvault.extract`),
+without its manifest, its checks of names and sizes, its links, owners,
+modes, attributes and folders' metadata, its imports and its settings. The
+writers are forked, and the batches pass, as cellvault's own do
+(:mod:`cellvault.forking`: pipes of 1 MiB where the kernel allows,
+``marshal``'d frames, freed memory kept by the allocator, children killed
+with this process).
 
 Timed in alternating rounds with ``zstd -dc < archive | tar -x`` of the same
 archive into the same folder (emptied before each run), and with
 ``--with-cellvault`` with ``cellvault restore --into`` (its settings, the
 ``BACKUP_*`` variables, from the environment; the archive should be the one
-it restores); then the start of a bare interpreter and the import of
-cellvault's command line.
-The ratio is a lower bound for the one ``benchmarks/many_files.py
---restore-pairs`` measures, for a restore whose work per file is Python
-code. Warm cache: run it after a backup of the many-files tree::
+it restores); then the start of a bare interpreter and of cellvault's
+command line, the least reading of the archive's manifest copy, and the sum
+of the CPU they take at best on this machine's cores. The ratio is a lower
+bound for the one ``benchmarks/many_files.py --restore-pairs`` measures, for
+a restore whose work per file is Python code. Warm cache: run it after a
+backup of the many-files tree::
 
     python benchmarks/restore_floor.py --archive <backup>/crm/<id>.tar.zst --into /dev/shm/floor
-
-The writers are forked by :func:`cellvault.forking.fork`, as cellvault forks its
-own (pipes of 1 MiB where the kernel allows, freed memory kept by the
-allocator, killed with this process).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import marshal
 import os
 import resource
 import shutil
@@ -48,6 +47,8 @@ from pathlib import Path
 from rounds import against, alternate
 from rounds import children as forked
 
+from cellvault.forking import frames, send, write_all
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BLOCK = 512
@@ -55,28 +56,20 @@ _BATCH_BYTES = 1 << 20
 _BATCH_FILES = 2048
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _writer(feed: int, root: int) -> None:
+def _writer(feed: int, root: int, parent: int) -> None:
     """A forked writer: creates the files of each batch read from *feed*."""
     folders: dict[str, int] = {"": root}
     sha256, opened, utime, close = hashlib.sha256, os.open, os.utime, os.close
-    with os.fdopen(feed, "rb", buffering=1 << 20) as source:
-        while size := source.read(4):
-            batch = marshal.loads(source.read(int.from_bytes(size, "little")))  # noqa: S302 - our pipe
-            for folder, base, mode, data, mtime_ns in batch:
-                at = folders.get(folder)
-                if at is None:
-                    at = folders[folder] = opened(folder, _DIR, dir_fd=root)
-                sha256(data).hexdigest()
-                fd = opened(base, _CREATE, mode, dir_fd=at)
-                _write_all(fd, data)
-                utime(fd, ns=(mtime_ns, mtime_ns))
-                close(fd)
+    for batch in frames(feed, parent):
+        for folder, base, mode, data, mtime_ns in batch:
+            at = folders.get(folder)
+            if at is None:
+                at = folders[folder] = opened(folder, _DIR, dir_fd=root)
+            sha256(data).hexdigest()
+            fd = opened(base, _CREATE, mode, dir_fd=at)
+            write_all(fd, data)
+            utime(fd, ns=(mtime_ns, mtime_ns))
+            close(fd)
 
 
 class _Stream:
@@ -113,10 +106,10 @@ def _pax_path(records: bytes) -> str | None:
     return None
 
 
-def _feed(stream: _Stream, root: Path, feeds: list[int]) -> int:
-    """Read the tar stream; make its folders, hand its files to the writers; how many files."""
+def _feed(stream: _Stream, root: Path, feeds: Sequence[int]) -> None:
+    """Read the tar stream; make its folders, hand its files to the writers in turn."""
     batch: list[tuple[str, str, int, bytes, int]] = []
-    size = turn = files = 0
+    size = turn = 0
     long_name: str | None = None
     while (header := stream.read(_BLOCK)) != bytes(_BLOCK):
         name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -137,23 +130,12 @@ def _feed(stream: _Stream, root: Path, feeds: list[int]) -> int:
             mtime_ns = _octal(header[136:148]) * 1_000_000_000
             batch.append((folder, base, _octal(header[100:108]), data, mtime_ns))
             size += length
-            files += 1
             if size >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
-                turn = _hand(batch, feeds, turn)
+                send(feeds[turn], batch)
+                turn = (turn + 1) % len(feeds)
                 batch, size = [], 0
     if batch:
-        _hand(batch, feeds, turn)
-    return files
-
-
-def _hand(batch: list[tuple[str, str, int, bytes, int]], feeds: list[int], turn: int) -> int:
-    data = marshal.dumps(batch)
-    _write_all(feeds[turn], len(data).to_bytes(4, "little") + data)
-    return (turn + 1) % len(feeds)
-
-
-#: The CPU seconds of each bare restore (this process's, its writers' and zstd's).
-FLOOR_CPU: list[float] = []
+        send(feeds[turn], batch)
 
 
 def _cpu() -> float:
@@ -163,19 +145,19 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def floor_restore(archive: Path, into: Path, children: int) -> float:
-    """The bare restore of *archive* into *into* (made here): its wall seconds (CPU: FLOOR_CPU)."""
+def floor_restore(archive: Path, into: Path, children: int) -> tuple[float, float]:
+    """The bare restore of *archive* into *into* (made here): its wall and CPU seconds.
+
+    The CPU: this process's, its writers' and ``zstd``'s.
+    """
     into.mkdir(parents=True)
     started = time.monotonic()
     cpu = _cpu()
     root = os.open(into, _DIR)
-    feeds: list[int] = []
-    pids: list[int] = []
-    outs: list[int] = []
-    for pid, feed, out in forked(children, lambda feed, _out: _writer(feed, root), root):
-        feeds.append(feed)
-        outs.append(out)
-        pids.append(pid)
+    pids, feeds, outs = zip(
+        *forked(children, lambda feed, _out, parent: _writer(feed, root, parent), root),
+        strict=True,
+    )
     with subprocess.Popen(["zstd", "-dcq", str(archive)], stdout=subprocess.PIPE) as zstd:
         assert zstd.stdout is not None
         _feed(_Stream(zstd.stdout.fileno()), into, feeds)
@@ -189,8 +171,7 @@ def floor_restore(archive: Path, into: Path, children: int) -> float:
         os.close(fd)
     if zstd.returncode:
         raise SystemExit("zstd -dc failed")
-    FLOOR_CPU.append(_cpu() - cpu)
-    return time.monotonic() - started
+    return time.monotonic() - started, _cpu() - cpu
 
 
 def manifest_cpu(manifest: Path) -> float:
@@ -267,8 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
+    floor_cpus: list[float] = []
+
+    def floor_run() -> float:
+        wall, cpu = floor_restore(args.archive, args.into, args.children)
+        floor_cpus.append(cpu)
+        return wall
+
     runs: dict[str, Callable[[], float]] = {
-        "floor": lambda: floor_restore(args.archive, args.into, args.children),
+        "floor": floor_run,
         "tar": lambda: tar_restore(args.archive, args.into),
     }
     if args.with_cellvault:
@@ -298,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The least CPU a restore that checks its files against the manifest spends, on
     # every core at once: the bare restore, the manifest read, the command's start.
     manifest = manifest_cpu(args.manifest or _manifest_of(args.archive))
-    spent = statistics.median(FLOOR_CPU)
+    spent = statistics.median(floor_cpus)
     least = (spent + manifest + cli[1]) / cores
     print(
         f"CPU: bare restore {spent:.2f} s, manifest copy {manifest:.2f} s, "

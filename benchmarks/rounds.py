@@ -16,9 +16,9 @@ from cellvault.forking import fork
 
 
 def children(
-    count: int, work: Callable[[int, int], None], *keep: int
+    count: int, work: Callable[[int, int, int], None], *keep: int
 ) -> list[tuple[int, int, int]]:
-    """*count* children forked by :func:`cellvault.forking.fork`, each running *work(feed, out)*.
+    """*count* children forked by :func:`cellvault.forking.fork`, each running *work(feed, out, parent)*.
 
     Each is killed with this process and keeps only its two pipes and *keep*;
     returns each one's process id, the write end of its feed and the read end
@@ -26,7 +26,7 @@ def children(
     """
     started = []
     for _ in range(count):
-        got = fork(lambda feed, out, _parent: work(feed, out), *keep)
+        got = fork(work, *keep)
         if got is None:
             raise SystemExit("this process cannot fork")
         started.append(got)
