@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellvault import ArchiveCorrupt, ArchiveId, ArchiveMeta, ConfigError, Selector, Sidecar
-from cellvault.archive import FORMAT_VERSION, format_stamp, parse_stamp
+from cellvault.archive import FORMAT_VERSION, format_stamp, iso_time, parse_stamp
+from cellvault.cli import _instant
 
 from .archive_helpers import make_vault
 
@@ -928,9 +929,6 @@ def test_an_altered_signature_is_ignored_with_the_sidecar() -> None:
 
 
 def test_iso_time_is_what_find_and_the_selector_read() -> None:
-    from cellvault.archive import iso_time
-    from cellvault.cli import _instant
-
     assert iso_time("2025-01-31") == dt.datetime(2025, 1, 31)
     assert iso_time("2025-01-31T02:00z") == dt.datetime(2025, 1, 31, 2, tzinfo=UTC)
     assert _instant("2025-01-31T02:00", "--since") == dt.datetime(2025, 1, 31, 2, tzinfo=UTC)
